@@ -1,0 +1,73 @@
+"""The event contract: Avro schemas, frozen event models, the codec, ids and errors.
+
+This package imports none of its siblings and no network library: everything that
+crosses a process boundary in chatlog is defined here.
+"""
+
+from schemas.codec import EventCodec, SchemaVersion, schema_versions
+from schemas.errors import (
+    BrokerUnavailable,
+    ChatlogError,
+    ConfigError,
+    DecodeError,
+    InvalidEvent,
+    InvalidId,
+    InvalidInput,
+    PublishError,
+    PublishTimeout,
+    QueueFull,
+    ServiceError,
+    TopicMissing,
+    UnknownSchema,
+)
+from schemas.events import (
+    ConversationEvent,
+    MessageAppended,
+    MessageRedacted,
+    Payload,
+    ProducerInfo,
+    Role,
+    SessionClosed,
+    SessionStarted,
+    SummaryUpdated,
+    ToolCall,
+    UserErased,
+)
+from schemas.ids import new_id, validate_id
+from schemas.position import Position
+from schemas.registry import InMemorySchemaRegistry, SchemaRegistry
+
+__all__ = [
+    "BrokerUnavailable",
+    "ChatlogError",
+    "ConfigError",
+    "ConversationEvent",
+    "DecodeError",
+    "EventCodec",
+    "InMemorySchemaRegistry",
+    "InvalidEvent",
+    "InvalidId",
+    "InvalidInput",
+    "MessageAppended",
+    "MessageRedacted",
+    "Payload",
+    "Position",
+    "ProducerInfo",
+    "PublishError",
+    "PublishTimeout",
+    "QueueFull",
+    "Role",
+    "SchemaRegistry",
+    "SchemaVersion",
+    "ServiceError",
+    "SessionClosed",
+    "SessionStarted",
+    "SummaryUpdated",
+    "ToolCall",
+    "TopicMissing",
+    "UnknownSchema",
+    "UserErased",
+    "new_id",
+    "schema_versions",
+    "validate_id",
+]

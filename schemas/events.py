@@ -1,0 +1,187 @@
+"""The conversation events: frozen pydantic values that mirror the Avro contract.
+
+An event is a fact that already happened, so its class is named in the past tense and
+it is immutable. `ConversationEvent` is the envelope every event shares (who, which
+session, when, written by what); `payload` is one of the six payload types. The models
+know nothing of Avro: `schemas.codec` converts them to and from the wire format, and
+`schemas/avro/ConversationEvent.v*.avsc` is the language-neutral contract they mirror.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeAlias, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from schemas.errors import InvalidEvent, InvalidId, InvalidInput
+from schemas.ids import new_id, validate_id
+
+__all__ = [
+    "MAX_CONTENT_CHARS",
+    "ConversationEvent",
+    "EventId",
+    "MessageAppended",
+    "MessageRedacted",
+    "Payload",
+    "ProducerInfo",
+    "Role",
+    "SessionClosed",
+    "SessionStarted",
+    "SummaryUpdated",
+    "ToolCall",
+    "UserErased",
+    "validated",
+]
+
+_M = TypeVar("_M", bound=BaseModel)
+
+# Kafka's default message.max.bytes is 1 MB; a 256 Ki-character message stays well below it
+# even in 4-byte UTF-8, and a chat turn larger than that is a bug upstream, not a memory.
+MAX_CONTENT_CHARS = 256 * 1024
+
+
+def _id_field(field: str) -> AfterValidator:
+    return AfterValidator(lambda value: validate_id(value, field=field))
+
+
+EventId = Annotated[str, _id_field("event_id")]
+SessionId = Annotated[str, _id_field("session_id")]
+UserId = Annotated[str, _id_field("user_id")]
+TenantId = Annotated[str, _id_field("tenant")]
+MessageId = Annotated[str, _id_field("message_id")]
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("occurred_at must be timezone-aware (use datetime.now(UTC))")
+    # Avro timestamp-millis keeps milliseconds; truncate now so a round trip is exact.
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+
+
+def _now() -> datetime:
+    return _utc(datetime.now(UTC))
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class Role(enum.StrEnum):
+    """Who wrote a message, as in the OpenAI chat format."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class ToolCall(_Value):
+    """A function call an assistant message asked for; `arguments` is JSON text."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class ProducerInfo(_Value):
+    """Which client wrote the event (for debugging and audits)."""
+
+    client: str = "chatlog"
+    version: str = "0"
+    host: str | None = None
+
+
+class SessionStarted(_Value):
+    """A session was opened (optional: appending to a new session starts it too)."""
+
+    title: str | None = None
+    metadata: Mapping[str, str] = Field(default_factory=dict)
+
+
+class MessageAppended(_Value):
+    """A chat message was added to the session."""
+
+    message_id: MessageId = Field(default_factory=new_id)
+    role: Role
+    content: str = Field(max_length=MAX_CONTENT_CHARS)
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    metadata: Mapping[str, str] = Field(default_factory=dict)
+
+
+class MessageRedacted(_Value):
+    """A message's content must no longer be shown or summarized."""
+
+    message_id: MessageId
+    reason: str | None = None
+
+
+class SummaryUpdated(_Value):
+    """A rolling summary of the session's turns up to and including `through_offset`."""
+
+    summary: str
+    through_offset: int = Field(ge=0)
+    model: str
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    covered_messages: int = Field(default=0, ge=0)
+
+
+class SessionClosed(_Value):
+    """The session ended; it stays readable until its time-to-live runs out."""
+
+    reason: str | None = None
+
+
+class UserErased(_Value):
+    """The session's owner asked to be forgotten; derived views drop the session."""
+
+    reason: str | None = None
+
+
+Payload: TypeAlias = (
+    SessionStarted | MessageAppended | MessageRedacted | SummaryUpdated | SessionClosed | UserErased
+)
+
+
+class ConversationEvent(_Value):
+    """The envelope: one event in one session's log. Its Kafka key is `session_id`."""
+
+    event_id: EventId = Field(default_factory=new_id)
+    session_id: SessionId
+    user_id: UserId
+    tenant: TenantId = "default"
+    occurred_at: Timestamp = Field(default_factory=_now)
+    producer: ProducerInfo = Field(default_factory=ProducerInfo)
+    payload: Payload
+
+
+def validated(model: type[_M], data: Mapping[str, Any]) -> _M:
+    """Build `model` from `data`, raising chatlog's own errors instead of pydantic's.
+
+    An id problem raises `InvalidId` (its message names the id and the rule); anything
+    else raises `InvalidEvent` listing each bad field and why.
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _translate(model, exc) from exc
+
+
+def _translate(model: type[BaseModel], exc: ValidationError) -> InvalidInput:
+    problems = []
+    for error in exc.errors(include_url=False):
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, InvalidId):
+            return InvalidId(cause.message, **cause.context)
+        where = ".".join(str(part) for part in error["loc"]) or model.__name__
+        problems.append(f"{where}: {error['msg']}")
+    return InvalidEvent(f"invalid {model.__name__}: " + "; ".join(problems))

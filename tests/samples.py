@@ -1,0 +1,116 @@
+"""Sample events covering every payload type and optional field, for tests and vectors.
+
+`python -m tests.samples` writes ``tests/vectors/ConversationEvent.v<N>.json`` for the
+newest schema version if that file does not exist yet. Vector files are frozen once
+written: every later codec must still decode them (schema evolution), and the codec of
+their own version must reproduce their bytes exactly (byte compatibility across
+implementations).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from schemas.codec import EventCodec, schema_versions
+from schemas.events import (
+    ConversationEvent,
+    MessageAppended,
+    MessageRedacted,
+    Payload,
+    ProducerInfo,
+    SessionClosed,
+    SessionStarted,
+    SummaryUpdated,
+    ToolCall,
+    UserErased,
+)
+
+VECTORS = Path(__file__).parent / "vectors"
+
+PAYLOADS: list[Payload] = [
+    SessionStarted(),
+    SessionStarted(title="Order 7731 delayed", metadata={"channel": "web", "locale": "de-DE"}),
+    MessageAppended(message_id="m-1", role="user", content="Where is order 7731?"),
+    MessageAppended(
+        message_id="m-2",
+        role="assistant",
+        content="",
+        tool_calls=(ToolCall(id="call_1", name="lookup_order", arguments='{"id": 7731}'),),
+    ),
+    MessageAppended(
+        message_id="m-3",
+        role="tool",
+        content='{"status": "shipped"}',
+        name="lookup_order",
+        tool_call_id="call_1",
+    ),
+    MessageAppended(
+        message_id="m-4",
+        role="system",
+        content="Ünïcödé ✓ 日本語 🙂\n\ttabs and newlines",
+        metadata={"k": "v"},
+    ),
+    MessageRedacted(message_id="m-1", reason="contained a card number"),
+    MessageRedacted(message_id="m-2"),
+    SummaryUpdated(
+        summary="User asked about order 7731; it shipped.",
+        through_offset=41,
+        model="gpt-4o-mini",
+        prompt_tokens=120,
+        completion_tokens=30,
+        covered_messages=12,
+    ),
+    SessionClosed(),
+    SessionClosed(reason="idle"),
+    UserErased(reason="GDPR article 17 request"),
+]
+
+
+def sample_events() -> list[ConversationEvent]:
+    """One event per sample payload, with fixed ids and times so bytes are stable."""
+    at = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    return [
+        ConversationEvent(
+            event_id=f"00000000-0000-4000-8000-{i:012d}",
+            session_id=f"session-{i % 3}",
+            user_id="user@example.com",
+            tenant="acme" if i % 2 else "default",
+            occurred_at=at,
+            producer=ProducerInfo(client="tests", version="1", host=None if i % 2 else "h1"),
+            payload=payload,
+        )
+        for i, payload in enumerate(PAYLOADS)
+    ]
+
+
+def vector_file(version: int) -> Path:
+    return VECTORS / f"ConversationEvent.v{version}.json"
+
+
+def write_current_vectors() -> Path | None:
+    """Write the newest version's vector file unless it exists (vectors are frozen)."""
+    newest = schema_versions()[-1]
+    path = vector_file(newest.version)
+    if path.exists():
+        return None
+    codec = EventCodec()
+    rows = [
+        {
+            "payload_type": type(event.payload).__name__,
+            "event": event.model_dump(mode="json"),
+            "bytes": codec.encode(event).hex(),
+        }
+        for event in sample_events()
+    ]
+    VECTORS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":
+    written = write_current_vectors()
+    print(f"wrote {written}" if written else "the newest version's vectors exist already")
+    sys.exit(0)
