@@ -1,0 +1,438 @@
+"""The producer: publish conversation events to Kafka and return their positions.
+
+What this adds to a bare confluent-kafka Producer:
+
+* The guarantees chatlog relies on are not optional: idempotence on, ``acks=all``, the
+  Java-compatible murmur2 partitioner, key = session_id. Settings that would weaken them
+  are refused at construction, as is any property librdkafka does not know.
+* Every publish resolves to a `Position` (partition, offset), the token a reader passes to
+  wait for its own write. `publish` waits for it; `send` returns a future at once;
+  `publish_many` sends a batch and waits once; `AsyncConversationProducer` awaits it.
+* Failures become chatlog errors that say what to do: no broker (`BrokerUnavailable`), no
+  topic (`TopicMissing`), a full local queue for too long (`QueueFull`), and so on. A
+  publish never hangs past its timeout.
+* Pending events are flushed on `close`, at interpreter exit, and on SIGTERM.
+
+One background thread serves librdkafka's delivery reports, so callers on any thread (or
+an asyncio loop) only wait on futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from types import FrameType, TracebackType
+from typing import Any, Self, Unpack
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from producers.commands import MessageFields, append_message
+from schemas.codec import EventCodec
+from schemas.errors import (
+    BrokerUnavailable,
+    ChatlogError,
+    ConfigError,
+    InvalidEvent,
+    PublishError,
+    PublishTimeout,
+    QueueFull,
+    TopicMissing,
+)
+from schemas.events import ConversationEvent, ProducerInfo, Role
+from schemas.position import Position
+
+__all__ = ["AsyncConversationProducer", "ConversationProducer"]
+
+_VERSION = "0.1.0"
+# Properties chatlog's guarantees rest on: per-session order needs idempotence with
+# acks=all (no reordering on retry), and cross-language placement needs murmur2.
+_REQUIRED = {"enable.idempotence": "true", "acks": "all", "partitioner": "murmur2_random"}
+_RESERVED = {"bootstrap.servers", "error_cb", "on_delivery", "message.timeout.ms"}
+_KAFKA_LOG = logging.getLogger("chatlog.kafka")
+_BROKER_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+_NO_TOPIC = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
+
+
+class ConversationProducer:
+    """Publishes `ConversationEvent`s to the events topic, keyed by session_id."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topic: str = "chatlog.events",
+        codec: EventCodec | None = None,
+        config: Mapping[str, Any] | None = None,
+        delivery_timeout: float = 30.0,
+        queue_timeout: float = 10.0,
+        linger_ms: int = 2,
+        check_topic: bool = True,
+        check_timeout: float = 10.0,
+        flush_on_sigterm: bool = True,
+    ) -> None:
+        self.topic = topic
+        self.bootstrap_servers = bootstrap_servers
+        self.codec = codec or EventCodec()
+        self.delivery_timeout = delivery_timeout
+        self.queue_timeout = queue_timeout
+        self.info = ProducerInfo(
+            client="chatlog-python", version=_VERSION, host=socket.gethostname()
+        )
+        self._last_broker_error: KafkaError | None = None
+        self._producer = _build_producer(
+            bootstrap_servers=bootstrap_servers,
+            config=config or {},
+            delivery_timeout=delivery_timeout,
+            linger_ms=linger_ms,
+            error_cb=self._on_client_error,
+        )
+        self._closed = threading.Event()
+        self._poller = threading.Thread(
+            target=self._serve_delivery_reports, name="chatlog-producer-poll", daemon=True
+        )
+        self._poller.start()
+        _LIVE.add(self)
+        if flush_on_sigterm:
+            _install_sigterm_flush()
+        if check_topic:
+            self.check(timeout=check_timeout)
+
+    # -- publishing -------------------------------------------------------------------
+
+    def append(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        role: Role | str,
+        content: str,
+        timeout: float | None = None,
+        **fields: Unpack[MessageFields],
+    ) -> Position:
+        """Append one chat message to `session_id` and wait for its position."""
+        event = append_message(
+            session_id, user_id=user_id, role=role, content=content, producer=self.info, **fields
+        )
+        return self.publish(event, timeout=timeout)
+
+    def publish(self, event: ConversationEvent, *, timeout: float | None = None) -> Position:
+        """Publish `event` and wait until the broker acknowledged it."""
+        future = self.send(event)
+        return _result(future, self._wait_limit(timeout), event)
+
+    def publish_many(
+        self, events: Iterable[ConversationEvent], *, timeout: float | None = None
+    ) -> list[Position]:
+        """Publish a batch without waiting per event; positions in the batch's order.
+
+        Events are encoded (and so validated) before the first is sent, so a batch with a
+        bad event publishes nothing.
+        """
+        payloads = [(event, self.codec.encode(event)) for event in events]
+        futures = [self._send_encoded(event, value) for event, value in payloads]
+        limit = self._wait_limit(timeout)
+        return [_result(f, limit, event) for f, (event, _) in zip(futures, payloads, strict=True)]
+
+    def send(self, event: ConversationEvent) -> Future[Position]:
+        """Publish `event` without waiting; the future resolves to its position."""
+        return self._send_encoded(event, self.codec.encode(event))
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait until every pending event is acknowledged; returns how many are left."""
+        return int(self._producer.flush(timeout))
+
+    def check(self, *, timeout: float = 10.0) -> int:
+        """Fail fast: raise unless the broker answers and the topic exists.
+
+        Returns the topic's partition count.
+        """
+        try:
+            metadata = self._producer.list_topics(self.topic, timeout=timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"no Kafka broker answered at {self.bootstrap_servers} within {timeout:g} s "
+                f"({_reason(exc)}); start one (`make services`) or set CHATLOG_KAFKA_BOOTSTRAP",
+                bootstrap_servers=self.bootstrap_servers,
+            ) from exc
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise TopicMissing(
+                f"topic {self.topic!r} does not exist on {self.bootstrap_servers}; "
+                f"create it with `chatlog topics create`",
+                topic=self.topic,
+            )
+        return len(topic.partitions)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush pending events and stop; idempotent."""
+        if self._closed.is_set():
+            return
+        left = self.flush(timeout)
+        self._closed.set()
+        self._poller.join()
+        _LIVE.discard(self)
+        if left:
+            raise PublishTimeout(
+                f"{left} events were still unacknowledged after {timeout:g} s at close",
+                topic=self.topic,
+            )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _send_encoded(self, event: ConversationEvent, value: bytes) -> Future[Position]:
+        deadline = time.monotonic() + self.queue_timeout
+        while True:
+            future = self._try_produce(event, value)
+            if future is not None:
+                return future
+            # The local queue is full: the poller drains it as the broker acknowledges.
+            self._raise_if_queue_stuck(event, deadline)
+            time.sleep(0.005)
+
+    def _try_produce(self, event: ConversationEvent, value: bytes) -> Future[Position] | None:
+        """Hand `event` to librdkafka; None when its local queue is full."""
+        if self._closed.is_set():
+            raise PublishError("the producer is closed", topic=self.topic)
+        future: Future[Position] = Future()
+        try:
+            self._producer.produce(
+                self.topic,
+                value=value,
+                key=event.session_id.encode("utf-8"),
+                timestamp=int(event.occurred_at.timestamp() * 1000),
+                on_delivery=lambda err, msg: self._on_delivery(future, err, msg),
+            )
+        except BufferError:
+            return None
+        except KafkaException as exc:
+            raise PublishError(
+                f"could not publish to {self.topic}: {_reason(exc)}",
+                topic=self.topic,
+                session_id=event.session_id,
+            ) from exc
+        return future
+
+    def _raise_if_queue_stuck(self, event: ConversationEvent, deadline: float) -> None:
+        if time.monotonic() >= deadline:
+            raise QueueFull(
+                f"the producer queue stayed full for {self.queue_timeout:g} s; the broker at "
+                f"{self.bootstrap_servers} is slow or down",
+                topic=self.topic,
+                session_id=event.session_id,
+            )
+
+    def _on_delivery(self, future: Future[Position], err: KafkaError | None, msg: Message) -> None:
+        partition, offset = msg.partition(), msg.offset()
+        if err is None and partition is not None and offset is not None:
+            future.set_result(Position(partition, offset))
+        elif err is None:
+            future.set_exception(PublishError(f"delivered without a position: {msg!r}"))
+        else:
+            future.set_exception(self._delivery_error(err, msg))
+
+    def _delivery_error(self, err: KafkaError, msg: Message) -> ChatlogError:
+        key = msg.key()
+        context = {"topic": self.topic, "session_id": key.decode() if key else None}
+        code = err.code()
+        if code in _NO_TOPIC:
+            return TopicMissing(
+                f"topic {self.topic!r} does not exist; create it with `chatlog topics create`",
+                **context,
+            )
+        if code == KafkaError.MSG_SIZE_TOO_LARGE:
+            return InvalidEvent(f"event too large for the broker: {err.str()}", **context)
+        if code == KafkaError._MSG_TIMED_OUT:
+            broker = self._last_broker_error
+            if broker is not None and broker.code() in _BROKER_DOWN:
+                return BrokerUnavailable(
+                    f"no broker at {self.bootstrap_servers} acknowledged within "
+                    f"{self.delivery_timeout:g} s ({broker.str()}); is Kafka running? "
+                    f"check CHATLOG_KAFKA_BOOTSTRAP",
+                    **context,
+                )
+            return PublishTimeout(
+                f"not acknowledged within {self.delivery_timeout:g} s: {err.str()}", **context
+            )
+        return PublishError(f"publish failed: {err.str()}", **context)
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        self._last_broker_error = err
+
+    def _serve_delivery_reports(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.1)
+
+    def _wait_limit(self, timeout: float | None) -> float:
+        # librdkafka fails the delivery itself at delivery_timeout; the margin covers the
+        # report's way back, so the caller sees librdkafka's precise error, not ours.
+        return timeout if timeout is not None else self.delivery_timeout + 5.0
+
+
+class AsyncConversationProducer:
+    """The asyncio face of `ConversationProducer`: the same events, awaited."""
+
+    def __init__(self, producer: ConversationProducer) -> None:
+        self.sync = producer
+
+    async def append(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        role: Role | str,
+        content: str,
+        **fields: Unpack[MessageFields],
+    ) -> Position:
+        """Append one chat message (as `ConversationProducer.append`) and await it."""
+        event = append_message(
+            session_id,
+            user_id=user_id,
+            role=role,
+            content=content,
+            producer=self.sync.info,
+            **fields,
+        )
+        return await self.publish(event)
+
+    async def publish(self, event: ConversationEvent) -> Position:
+        """Publish `event` and await its position."""
+        return await asyncio.wrap_future(await self._send(event))
+
+    async def publish_many(self, events: Sequence[ConversationEvent]) -> list[Position]:
+        """Publish a batch without awaiting per event."""
+        futures = [await self._send(event) for event in events]
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+
+    async def _send(self, event: ConversationEvent) -> Future[Position]:
+        value = self.sync.codec.encode(event)
+        deadline = time.monotonic() + self.sync.queue_timeout
+        while True:
+            future = self.sync._try_produce(event, value)
+            if future is not None:
+                return future
+            # Back-pressure without blocking the event loop.
+            self.sync._raise_if_queue_stuck(event, deadline)
+            await asyncio.sleep(0.005)
+
+    async def aclose(self) -> None:
+        """Flush and stop without blocking the event loop."""
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _build_producer(
+    *,
+    bootstrap_servers: str,
+    config: Mapping[str, Any],
+    delivery_timeout: float,
+    linger_ms: int,
+    error_cb: Any,
+) -> Producer:
+    for key, required in _REQUIRED.items():
+        if key in config and str(config[key]).lower() != required:
+            raise ConfigError(
+                f"Kafka property {key}={config[key]!r} conflicts with chatlog's guarantees "
+                f"(it needs {key}={required}); remove it from the Kafka settings",
+                setting=key,
+            )
+    reserved = sorted(_RESERVED & set(config))
+    if reserved:
+        raise ConfigError(
+            f"Kafka properties {', '.join(reserved)} are set by chatlog; use its own settings",
+            setting=reserved[0],
+        )
+    conf: dict[str, Any] = {
+        "linger.ms": linger_ms,
+        "compression.type": "lz4",
+        "client.id": "chatlog-producer",
+        **config,
+        **_REQUIRED,
+        "bootstrap.servers": bootstrap_servers,
+        "message.timeout.ms": int(delivery_timeout * 1000),
+        "error_cb": error_cb,
+        # librdkafka logs through `logging` rather than straight to stderr.
+        "logger": _KAFKA_LOG,
+    }
+    try:
+        return Producer(conf)
+    except KafkaException as exc:
+        raise ConfigError(f"invalid Kafka producer settings: {_reason(exc)}") from exc
+
+
+def _reason(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else exc
+    return error.str() if isinstance(error, KafkaError) else str(error)
+
+
+def _result(future: Future[Position], timeout: float, event: ConversationEvent) -> Position:
+    try:
+        return future.result(timeout=timeout)
+    except TimeoutError:
+        raise PublishTimeout(
+            f"no delivery report for event {event.event_id} within {timeout:g} s",
+            session_id=event.session_id,
+        ) from None
+
+
+# -- flushing on exit and SIGTERM -------------------------------------------------------
+
+_LIVE: weakref.WeakSet[ConversationProducer] = weakref.WeakSet()
+_SIGTERM_INSTALLED = False
+
+
+def _flush_live(timeout: float = 10.0) -> None:
+    for producer in list(_LIVE):
+        with contextlib.suppress(Exception):
+            producer.flush(timeout)
+
+
+def _install_sigterm_flush() -> None:
+    """On SIGTERM, flush every live producer, then do what SIGTERM did before."""
+    global _SIGTERM_INSTALLED  # noqa: PLW0603 - installed once per process
+    if _SIGTERM_INSTALLED or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        _flush_live()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    _SIGTERM_INSTALLED = True
+
+
+atexit.register(_flush_live)
