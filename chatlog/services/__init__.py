@@ -1,0 +1,127 @@
+"""The local Kafka + Redis stack that chatlog's tests, demo and CLI run against.
+
+What is "the stack"? One real Apache Kafka cluster (1 or 3 KRaft nodes, run from the
+Maven Central jars by `kafka_local`) and one real `redis-server` (from Debian's package,
+run by `redis_local`), both on free loopback ports, both started by `up` and stopped by
+`down`. No Docker is needed. What runs is recorded in a state dir (`state`):
+`$CHATLOG_STATE_DIR`, else `./.chatlog`, where `services.env` holds the two addresses::
+
+    CHATLOG_KAFKA_BOOTSTRAP=127.0.0.1:PORT
+    CHATLOG_REDIS_URL=redis://127.0.0.1:PORT/0
+
+`up` is idempotent: a recorded stack whose processes run and answer is reused as is; a
+stale record (a process gone) is cleaned up and the stack started anew. `down` stops only
+the pids it recorded, after checking that each still is the process it started.
+
+From a shell: `python -m chatlog.services up|down|status|env`. Failures raise
+`schemas.errors.ServiceError`, whose message says what failed and how to fix it.
+"""
+
+from __future__ import annotations
+
+# Submodules and `__all__` only: the package's namespace is its public surface.
+import logging
+import pathlib
+import time
+
+from chatlog.services import kafka_local, redis_local, state
+from chatlog.services.state import Addresses, read_addresses
+from schemas import errors
+
+__all__ = ["Addresses", "down", "read_addresses", "status", "up"]
+
+_log = logging.getLogger(__name__)
+
+
+def up(*, brokers: int = 1, state_dir: pathlib.Path | None = None) -> Addresses:
+    """Start the stack, or reuse the one already running; return its addresses.
+
+    Raises ServiceError when a stack with another broker count runs (stop it with `down`
+    first), or when Kafka or Redis cannot be fetched or started.
+    """
+    if brokers not in (1, 3):
+        raise errors.ServiceError(f"brokers must be 1 or 3, not {brokers}", brokers=brokers)
+    directory = state.resolve_state_dir(state_dir)
+    with state.locked(directory):
+        existing = state.read_state(state_dir=directory)
+        if existing is not None:
+            if _answers(existing):
+                return _reuse(existing, brokers=brokers)
+            _log.info("the recorded stack in %s no longer runs; cleaning it up", directory)
+            _stop(existing, state_dir=directory)
+        return _start(brokers=brokers, state_dir=directory).addresses
+
+
+def down(*, state_dir: pathlib.Path | None = None) -> None:
+    """Stop the recorded stack's processes, delete their data dirs and the state file."""
+    directory = state.resolve_state_dir(state_dir)
+    if not directory.is_dir():
+        _log.info("nothing to stop: %s does not exist", directory)
+        return
+    with state.locked(directory):
+        existing = state.read_state(state_dir=directory)
+        if existing is None:
+            _log.info("nothing to stop: no stack recorded in %s", directory)
+            return
+        started = time.monotonic()
+        _stop(existing, state_dir=directory)
+        _log.info(
+            "stopped kafka (pid %s) and redis (pid %d) in %.1f s",
+            ", ".join(map(str, existing.kafka.pids)),
+            existing.redis.pid,
+            time.monotonic() - started,
+        )
+
+
+def status(*, state_dir: pathlib.Path | None = None) -> Addresses | None:
+    """The addresses of the recorded stack if all its processes run and answer, else None."""
+    existing = state.read_state(state_dir=state.resolve_state_dir(state_dir))
+    if existing is None or not _answers(existing):
+        return None
+    return existing.addresses
+
+
+def _answers(stack: state.StackState) -> bool:
+    # Redis first: it answers in milliseconds, Kafka's check may wait a few seconds.
+    return redis_local.redis_answers(stack.redis) and kafka_local.kafka_answers(stack.kafka)
+
+
+def _reuse(stack: state.StackState, *, brokers: int) -> Addresses:
+    if stack.kafka.brokers != brokers:
+        raise errors.ServiceError(
+            f"a {stack.kafka.brokers}-broker stack already runs at {stack.kafka.bootstrap}; "
+            f"run `python -m chatlog.services down` first to start a {brokers}-broker one",
+            brokers=stack.kafka.brokers,
+        )
+    _log.info(
+        "reusing the running stack: kafka at %s (pid %s), redis at %s (pid %d)",
+        stack.kafka.bootstrap,
+        ", ".join(map(str, stack.kafka.pids)),
+        stack.redis.url,
+        stack.redis.pid,
+    )
+    return stack.addresses
+
+
+def _start(*, brokers: int, state_dir: pathlib.Path) -> state.StackState:
+    # Redis first: it is quick, and it surfaces a missing package before the jar download.
+    redis_state = redis_local.start_redis(base_dir=state_dir)
+    try:
+        kafka_state = kafka_local.start_kafka(brokers=brokers, base_dir=state_dir)
+    except BaseException:
+        redis_local.stop_redis(redis_state)
+        raise
+    stack = state.StackState(kafka=kafka_state, redis=redis_state)
+    try:
+        state.write_state(stack, state_dir=state_dir)
+    except BaseException:
+        _stop(stack, state_dir=state_dir)
+        raise
+    return stack
+
+
+def _stop(stack: state.StackState, *, state_dir: pathlib.Path) -> None:
+    # The state file goes last, so an interrupted stop can be run again.
+    kafka_local.stop_kafka(stack.kafka)
+    redis_local.stop_redis(stack.redis)
+    state.remove_state(state_dir=state_dir)

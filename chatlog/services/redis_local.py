@@ -1,0 +1,191 @@
+"""A real redis-server on a free loopback port, with persistence off.
+
+`redis-server` comes from Debian's package. A machine that has never run the project
+lacks it, so when this process is root it installs the package with apt-get (the same
+command a developer would type); otherwise it says which command to run.
+
+The server runs in the foreground of its own session (`--daemonize no`, detached by
+`spawn_detached`) so that the pid recorded is the server's own. Its data dir and log
+live in `<state dir>/redis/`, and its process title names that dir, which is how `down`
+recognises it later even though Redis rewrites its command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from chatlog.services.state import (
+    RedisState,
+    free_ports,
+    is_running,
+    port_open,
+    spawn_detached,
+    stop_processes,
+    tail,
+)
+from schemas.errors import ServiceError
+
+__all__ = ["ensure_redis_server", "find_redis_server", "redis_answers", "start_redis", "stop_redis"]
+
+log = logging.getLogger(__name__)
+
+_SEARCH_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin")
+_INSTALL_COMMAND = (
+    "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server"
+)
+_APT_TIMEOUT_S = 600.0
+
+
+def find_redis_server() -> str | None:
+    """The path of `redis-server` on PATH or in the usual system dirs, or None."""
+    return shutil.which("redis-server") or shutil.which(
+        "redis-server", path=os.pathsep.join(_SEARCH_DIRS)
+    )
+
+
+def ensure_redis_server() -> str:
+    """The path of `redis-server`, installed from Debian's packages if missing."""
+    found = find_redis_server()
+    if found is not None:
+        return found
+    if os.geteuid() != 0:
+        raise ServiceError(
+            f"redis-server is not installed; install it with `sudo sh -c '{_INSTALL_COMMAND}'`",
+            service="redis",
+        )
+    started = time.monotonic()
+    log.info("installing redis-server with apt-get (first run only)…")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _apt(["apt-get", "update"], env=env)
+    _apt(["apt-get", "install", "-y", "--no-install-recommends", "redis-server"], env=env)
+    found = find_redis_server()
+    if found is None:
+        raise ServiceError(
+            f"apt-get installed redis-server but no redis-server binary was found in "
+            f"PATH or {', '.join(_SEARCH_DIRS)}; run `{_INSTALL_COMMAND}` by hand",
+            service="redis",
+        )
+    log.info("installed %s in %.1f s", found, time.monotonic() - started)
+    return found
+
+
+def start_redis(*, base_dir: Path, timeout: float = 20.0) -> RedisState:
+    """Start redis-server in `base_dir/redis` on a free port; wait until it answers PING."""
+    binary = ensure_redis_server()
+    data_dir = base_dir / "redis"
+    # The dir of a stopped stack holds nothing worth keeping (persistence is off).
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    (port,) = free_ports(1)
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        str(data_dir),
+        "--logfile",
+        str(data_dir / "redis.log"),
+        # Redis rewrites its command line; keep the data dir in it so `down` and the
+        # liveness check can tell this server from any other redis-server.
+        "--proc-title-template",
+        f"{{title}} {{listen-addr}} {data_dir}",
+    ]
+    started = time.monotonic()
+    pid = spawn_detached(argv, log_file=data_dir / "stdout.log")
+    state = RedisState(
+        url=f"redis://127.0.0.1:{port}/0", pid=pid, port=port, data_dir=str(data_dir)
+    )
+    try:
+        _wait_ready(state, timeout=timeout)
+    except BaseException:
+        # Keep the data dir: the error quotes its log, and the next `up` wipes it.
+        stop_processes([(state.pid, state.data_dir)])
+        raise
+    log.info("redis ready at %s in %.1f s", state.url, time.monotonic() - started)
+    return state
+
+
+def redis_answers(state: RedisState, *, timeout: float = 2.0) -> bool:
+    """True when the recorded server runs and answers PING."""
+    if not is_running(state.pid, marker=state.data_dir) or not port_open(state.port):
+        return False
+    return _ping(state.port, timeout=timeout)
+
+
+def stop_redis(state: RedisState) -> None:
+    """Stop exactly the recorded server and delete its data dir."""
+    stop_processes([(state.pid, state.data_dir)])
+    shutil.rmtree(state.data_dir, ignore_errors=True)
+
+
+def _wait_ready(state: RedisState, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    data_dir = Path(state.data_dir)
+    while not (port_open(state.port) and _ping(state.port, timeout=1.0)):
+        if not is_running(state.pid, marker=state.data_dir):
+            raise ServiceError(
+                f"redis-server (pid {state.pid}) exited during start-up; its log:\n"
+                f"{tail(data_dir / 'redis.log')}\n{tail(data_dir / 'stdout.log')}",
+                service="redis",
+            )
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"redis-server did not answer PING on 127.0.0.1:{state.port} within "
+                f"{timeout:g} s; its log:\n{tail(data_dir / 'redis.log')}",
+                service="redis",
+            )
+        time.sleep(0.05)
+
+
+def _ping(port: int, *, timeout: float) -> bool:
+    # Imported here so that reading the state file never loads the Redis client.
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis(
+        host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _apt(argv: list[str], *, env: dict[str, str]) -> None:
+    try:
+        result = subprocess.run(  # noqa: S603 - fixed argv
+            argv,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=_APT_TIMEOUT_S,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ServiceError(
+            f"`{' '.join(argv)}` did not finish within {_APT_TIMEOUT_S:.0f} s; "
+            f"run `{_INSTALL_COMMAND}` by hand",
+            service="redis",
+        ) from exc
+    if result.returncode != 0:
+        output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise ServiceError(
+            f"`{' '.join(argv)}` failed (exit {result.returncode}); run "
+            f"`{_INSTALL_COMMAND}` by hand to see why:\n{output}",
+            service="redis",
+        )

@@ -1,0 +1,179 @@
+"""The local stack (`chatlog.services`) against real processes: up, reuse, status, down.
+
+Every test works in its own temporary state dir, so a stack someone runs in ./.chatlog is
+left alone. The jar cache (~/.cache/chatlog) is shared: only the first start on a machine
+pays for the Maven download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka.admin import AdminClient
+
+from chatlog import services
+from chatlog.services import redis_local, state
+from schemas.errors import ServiceError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("stack")
+    yield directory
+    services.down(state_dir=directory)
+
+
+@pytest.fixture(scope="module")
+def addresses(stack_dir):
+    return services.up(state_dir=stack_dir)
+
+
+def _recorded(directory: Path) -> dict:
+    return json.loads((directory / "services.json").read_text())
+
+
+def _own_pids(record: dict) -> list[int]:
+    return [*record["kafka"]["pids"], record["redis"]["pid"]]
+
+
+def _alive(pid: int) -> bool:
+    # Checked from /proc directly rather than with the module under test; a zombie is dead.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _broker_count(bootstrap: str) -> int:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    return len(admin.describe_cluster(request_timeout=10).result(15).nodes)
+
+
+def _pings(url: str) -> bool:
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        return bool(client.ping())
+
+
+def _cli(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatlog.services", "--state-dir", str(directory), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_up_gives_a_broker_and_a_redis_that_answer(addresses):
+    assert addresses.kafka_bootstrap.startswith("127.0.0.1:")
+    assert _broker_count(addresses.kafka_bootstrap) == 1
+    assert _pings(addresses.redis_url)
+
+
+def test_up_writes_the_addresses_where_settings_and_shells_find_them(stack_dir, addresses):
+    expected = {
+        "CHATLOG_KAFKA_BOOTSTRAP": addresses.kafka_bootstrap,
+        "CHATLOG_REDIS_URL": addresses.redis_url,
+    }
+    assert services.read_addresses(state_dir=stack_dir) == expected
+    env_lines = (stack_dir / "services.env").read_text().splitlines()
+    assert env_lines == [f"{key}={value}" for key, value in expected.items()]
+
+
+def test_a_second_up_reuses_the_running_processes(stack_dir, addresses):
+    before = _recorded(stack_dir)
+    assert services.up(state_dir=stack_dir) == addresses
+    assert _recorded(stack_dir) == before
+
+
+def test_status_reports_the_running_stack(stack_dir, addresses):
+    assert services.status(state_dir=stack_dir) == addresses
+
+
+def test_cli_status_and_env_print_the_stack(stack_dir, addresses):
+    shown = _cli(stack_dir, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert addresses.kafka_bootstrap in shown.stdout
+    assert addresses.redis_url in shown.stdout
+    exported = _cli(stack_dir, "env")
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.splitlines() == [
+        f"export CHATLOG_KAFKA_BOOTSTRAP={addresses.kafka_bootstrap}",
+        f"export CHATLOG_REDIS_URL={addresses.redis_url}",
+    ]
+
+
+def test_up_with_another_broker_count_asks_for_down_first(stack_dir, addresses):
+    with pytest.raises(ServiceError, match="down"):
+        services.up(brokers=3, state_dir=stack_dir)
+    assert services.status(state_dir=stack_dir) == addresses
+
+
+def test_cli_reports_a_missing_stack_in_one_line_and_exit_1(tmp_path):
+    shown = _cli(tmp_path, "status")
+    assert shown.returncode == 1
+    assert shown.stdout == ""
+    assert len(shown.stderr.strip().splitlines()) == 1
+    assert "up" in shown.stderr
+
+
+def test_up_replaces_a_stack_whose_process_died(tmp_path):
+    services.up(state_dir=tmp_path)
+    old = _recorded(tmp_path)
+    try:
+        os.kill(old["redis"]["pid"], signal.SIGKILL)
+        assert services.status(state_dir=tmp_path) is None
+        fresh = services.up(state_dir=tmp_path)
+        new = _recorded(tmp_path)
+        assert set(_own_pids(new)).isdisjoint(_own_pids(old))
+        assert not any(_alive(pid) for pid in _own_pids(old))
+        assert _broker_count(fresh.kafka_bootstrap) == 1
+        assert _pings(fresh.redis_url)
+    finally:
+        services.down(state_dir=tmp_path)
+
+
+def test_down_stops_exactly_its_own_processes(tmp_path):
+    services.up(state_dir=tmp_path)
+    record = _recorded(tmp_path)
+    # A second redis-server of the same binary: `pkill redis-server` would stop it too.
+    (decoy_port,) = state.free_ports(1)
+    binary = redis_local.find_redis_server()
+    assert binary is not None
+    decoy = subprocess.Popen(
+        [binary, "--port", str(decoy_port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    decoy_url = f"redis://127.0.0.1:{decoy_port}/0"
+    try:
+        _wait_until(lambda: state.port_open(decoy_port))
+        services.down(state_dir=tmp_path)
+        assert not any(_alive(pid) for pid in _own_pids(record))
+        assert decoy.poll() is None
+        assert _pings(decoy_url)
+        assert services.read_addresses(state_dir=tmp_path) is None
+        data_dirs = [*record["kafka"]["data_dirs"], record["redis"]["data_dir"]]
+        assert not any(Path(data_dir).exists() for data_dir in data_dirs)
+    finally:
+        decoy.terminate()
+        decoy.wait(10)
+
+
+def _wait_until(condition, *, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
