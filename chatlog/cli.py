@@ -1,0 +1,131 @@
+"""The `chatlog` command line: publish, create topics, run the local stack.
+
+Every command prints for people by default and JSON with ``--json`` (for scripts). On
+error it prints one line naming the problem and exits non-zero: 1 for a chatlog error
+(bad input, no broker, ...), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from chatlog import services, wiring
+from chatlog.settings import Settings
+from schemas.errors import ChatlogError
+from schemas.events import Role
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace, Settings], Any]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        result = args.handler(args, settings)
+    except ChatlogError as exc:
+        print(f"chatlog: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    _print(result, as_json=args.json)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatlog", description="Event-sourced conversation memory on Kafka and Redis."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    publish = commands.add_parser(
+        "publish", parents=[common], help="append one message to a session"
+    )
+    publish.add_argument("session", help="session id")
+    publish.add_argument("--user", required=True, help="user id (the session's owner)")
+    publish.add_argument("--role", required=True, choices=[r.value for r in Role])
+    publish.add_argument("--content", required=True, help="the message text")
+    publish.add_argument("--name", help="author name (for tool or multi-agent messages)")
+    publish.set_defaults(handler=_publish)
+
+    topics = commands.add_parser("topics", help="manage chatlog's Kafka topics")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True)
+    create = topic_commands.add_parser(
+        "create", parents=[common], help="create the events and dead-letter topics"
+    )
+    create.add_argument("--partitions", type=int, help="overrides CHATLOG_PARTITIONS")
+    create.add_argument(
+        "--replication-factor", type=int, help="overrides CHATLOG_REPLICATION_FACTOR"
+    )
+    create.set_defaults(handler=_topics_create)
+
+    config = commands.add_parser("config", parents=[common], help="show the effective settings")
+    config.set_defaults(handler=lambda args, settings: settings.describe())
+
+    stack = commands.add_parser("services", help="the local Kafka and Redis (no Docker)")
+    stack_commands = stack.add_subparsers(dest="services_command", required=True)
+    up = stack_commands.add_parser("up", parents=[common], help="fetch, start and wait")
+    up.add_argument("--brokers", type=int, choices=[1, 3], default=1)
+    up.set_defaults(handler=lambda args, _: asdict(services.up(brokers=args.brokers)))
+    down = stack_commands.add_parser("down", parents=[common], help="stop what `up` started")
+    down.set_defaults(handler=lambda args, _: services.down())
+    status = stack_commands.add_parser("status", parents=[common], help="is it running?")
+    status.set_defaults(handler=_services_status)
+    return parser
+
+
+def _publish(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    with wiring.producer(settings) as producer:
+        position = producer.append(
+            args.session, user_id=args.user, role=args.role, content=args.content, name=args.name
+        )
+    return {"session_id": args.session, "position": str(position)}
+
+
+def _topics_create(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]]:
+    overrides = {
+        k: v
+        for k, v in {
+            "partitions": args.partitions,
+            "replication_factor": args.replication_factor,
+        }.items()
+        if v is not None
+    }
+    settings = settings.model_copy(update=overrides)
+    return [asdict(report) for report in wiring.create_topics(settings)]
+
+
+def _services_status(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    addresses = services.status()
+    if addresses is None:
+        raise ChatlogError("the local stack is not running; start it with `make services`")
+    return asdict(addresses)
+
+
+def _print(result: Any, *, as_json: bool) -> None:
+    if result is None:
+        return
+    if as_json:
+        print(json.dumps(result, indent=None, default=str))
+    elif isinstance(result, list):
+        for item in result:
+            print("  ".join(f"{k}={v}" for k, v in item.items() if v not in ("", None)))
+    elif isinstance(result, dict):
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    else:
+        print(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

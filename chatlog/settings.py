@@ -1,0 +1,149 @@
+"""Settings: every knob chatlog has, read once from the environment and validated.
+
+Each setting is an environment variable ``CHATLOG_<NAME>`` (see the README's table).
+Librdkafka properties pass straight through as ``CHATLOG_KAFKA__<PROPERTY>``, with dots
+written as single underscores (``CHATLOG_KAFKA__SASL_MECHANISM=PLAIN`` sets
+``sasl.mechanism``), which is how TLS and SASL are configured.
+
+Where the Kafka and Redis addresses are not set, the addresses of the local stack that
+`make services` started (its state file) are used, then the conventional local ports.
+A ``CHATLOG_*`` variable that is not a setting is an error, not silently ignored: a typo
+in a deployment should stop it at start-up, not change its behaviour.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chatlog.services.state import read_addresses
+from schemas.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings"]
+
+ENV_PREFIX = "CHATLOG_"
+_KAFKA_PASSTHROUGH = "CHATLOG_KAFKA__"
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+class Settings(BaseModel):
+    """chatlog's configuration; `Settings.from_env()` is the usual way to get one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://)"
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Confluent-compatible Schema Registry; unset: single-object encoding"
+    )
+    topic: str = Field("chatlog.events", description="the events topic (source of truth)")
+    dlq_topic: str = Field("chatlog.events.dlq", description="dead letters from processors")
+    partitions: int = Field(6, ge=1, le=10_000, description="partitions when creating topics")
+    replication_factor: int | None = Field(
+        None, ge=1, description="replicas when creating topics; unset: min(3, brokers)"
+    )
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="min ISR of created topics; unset: 1 for RF 1-2, else 2"
+    )
+    delivery_timeout_s: float = Field(
+        30.0, gt=0, description="how long a publish may take before it fails"
+    )
+    linger_ms: int = Field(2, ge=0, le=1000, description="producer batching delay")
+    state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
+    kafka: dict[str, str] = Field(
+        default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"
+    )
+
+    @field_validator("topic", "dlq_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if _TOPIC.fullmatch(value) is None:
+            raise ValueError(f"{value!r} is not a valid Kafka topic name (1-249 of [A-Za-z0-9._-])")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{value!r} must start with redis://, rediss:// or unix://")
+        return value
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable of setting `field`."""
+        return ENV_PREFIX + field.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``CHATLOG_*`` variables (default: `os.environ`); `overrides` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        kafka: dict[str, str] = {}
+        by_env = {cls.env_name(name): name for name in cls.model_fields if name != "kafka"}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            if key.startswith(_KAFKA_PASSTHROUGH):
+                kafka[key.removeprefix(_KAFKA_PASSTHROUGH).lower().replace("_", ".")] = raw
+            elif key in by_env:
+                values[by_env[key]] = raw if raw != "" else None
+            else:
+                raise ConfigError(_unknown_message(key, by_env), setting=key)
+        values = {k: v for k, v in values.items() if v is not None}
+        if kafka:
+            values["kafka"] = kafka
+        values.update(overrides)
+        _fill_from_local_stack(values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise _config_error(exc) from exc
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as environment variables, secrets in Kafka properties masked."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "kafka":
+                for prop, prop_value in value.items():
+                    secret = any(w in prop for w in ("password", "secret", "key"))
+                    shown[_KAFKA_PASSTHROUGH + prop.replace(".", "_").upper()] = (
+                        "***" if secret else prop_value
+                    )
+            else:
+                shown[self.env_name(name)] = None if value is None else str(value)
+        return shown
+
+
+def _fill_from_local_stack(values: dict[str, Any]) -> None:
+    if "kafka_bootstrap" in values and "redis_url" in values:
+        return
+    state_dir = values.get("state_dir")
+    local = read_addresses(state_dir=Path(state_dir) if state_dir else None)
+    if local is None:
+        return
+    values.setdefault("kafka_bootstrap", local[Settings.env_name("kafka_bootstrap")])
+    values.setdefault("redis_url", local[Settings.env_name("redis_url")])
+
+
+def _unknown_message(key: str, known: Mapping[str, str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"did you mean {close[0]}?" if close else f"known settings: {', '.join(sorted(known))}"
+    return f"unknown setting {key}: {hint} (Kafka properties go in {_KAFKA_PASSTHROUGH}<NAME>)"
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    problems = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = Settings.env_name(field)
+        problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
+    return ConfigError("invalid settings: " + "; ".join(problems), setting=problems[0])

@@ -1,0 +1,104 @@
+"""Settings: read once from CHATLOG_* variables; anything unknown or invalid is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chatlog.services.state import KafkaState, RedisState, StackState, write_state
+from chatlog.settings import Settings
+from schemas.errors import ConfigError
+
+
+def test_defaults_when_nothing_is_set(tmp_path):
+    settings = Settings.from_env({"CHATLOG_STATE_DIR": str(tmp_path)})
+    assert settings.kafka_bootstrap == "127.0.0.1:9092"
+    assert settings.topic == "chatlog.events"
+    assert settings.partitions == 6
+    assert settings.kafka == {}
+
+
+def test_values_are_read_and_typed(tmp_path):
+    settings = Settings.from_env(
+        {
+            "CHATLOG_KAFKA_BOOTSTRAP": "k1:9092,k2:9092",
+            "CHATLOG_REDIS_URL": "rediss://r:6380/2",
+            "CHATLOG_PARTITIONS": "12",
+            "CHATLOG_DELIVERY_TIMEOUT_S": "2.5",
+            "CHATLOG_STATE_DIR": str(tmp_path),
+            "HOME": "/ignored",
+        }
+    )
+    assert settings.kafka_bootstrap == "k1:9092,k2:9092"
+    assert settings.redis_url == "rediss://r:6380/2"
+    assert settings.partitions == 12
+    assert settings.delivery_timeout_s == 2.5
+    assert settings.state_dir == Path(tmp_path)
+
+
+def test_kafka_properties_pass_through():
+    settings = Settings.from_env(
+        {
+            "CHATLOG_KAFKA_BOOTSTRAP": "k:9092",
+            "CHATLOG_REDIS_URL": "redis://r",
+            "CHATLOG_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "CHATLOG_KAFKA__SASL_MECHANISM": "PLAIN",
+            "CHATLOG_KAFKA__SASL_PASSWORD": "hunter2",
+        }
+    )
+    assert settings.kafka == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "sasl.password": "hunter2",
+    }
+    shown = settings.describe()
+    assert shown["CHATLOG_KAFKA__SASL_PASSWORD"] == "***"
+    assert shown["CHATLOG_KAFKA__SASL_MECHANISM"] == "PLAIN"
+
+
+def test_unknown_setting_is_an_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match="unknown setting CHATLOG_PARTITION: did you mean"):
+        Settings.from_env({"CHATLOG_PARTITION": "3"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("CHATLOG_PARTITIONS", "0", "CHATLOG_PARTITIONS='0': Input should be greater"),
+        ("CHATLOG_PARTITIONS", "many", "CHATLOG_PARTITIONS='many'"),
+        ("CHATLOG_TOPIC", "chat log", "not a valid Kafka topic name"),
+        ("CHATLOG_REDIS_URL", "localhost:6379", "must start with redis://"),
+        ("CHATLOG_DELIVERY_TIMEOUT_S", "-1", "CHATLOG_DELIVERY_TIMEOUT_S='-1'"),
+    ],
+)
+def test_invalid_values_name_the_variable(name, value, expected):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"CHATLOG_KAFKA_BOOTSTRAP": "k:1", name: value})
+    assert expected in str(caught.value)
+
+
+def test_local_stack_addresses_fill_what_is_unset(tmp_path):
+    stack = StackState(
+        kafka=KafkaState(
+            bootstrap="127.0.0.1:39092",
+            version="4.4.0",
+            brokers=1,
+            cluster_id="c",
+            pids=(1,),
+            ports=(39092,),
+            controller_ports=(39093,),
+            data_dirs=(str(tmp_path / "kafka-1"),),
+        ),
+        redis=RedisState(url="redis://127.0.0.1:36379/0", pid=2, port=36379, data_dir="r"),
+    )
+    write_state(stack, state_dir=tmp_path)
+    settings = Settings.from_env({"CHATLOG_STATE_DIR": str(tmp_path)})
+    assert settings.kafka_bootstrap == "127.0.0.1:39092"
+    assert settings.redis_url == "redis://127.0.0.1:36379/0"
+    # An explicit variable still wins over the local stack.
+    explicit = Settings.from_env(
+        {"CHATLOG_STATE_DIR": str(tmp_path), "CHATLOG_KAFKA_BOOTSTRAP": "elsewhere:9092"}
+    )
+    assert explicit.kafka_bootstrap == "elsewhere:9092"
+    assert explicit.redis_url == "redis://127.0.0.1:36379/0"
