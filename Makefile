@@ -1,0 +1,66 @@
+# chatlog: the two commands a newcomer needs are `make demo` and `make test`.
+# Everything they need is installed here, every time; caches only make it faster.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: help venv lint services services-3 services-stop services-status topics test demo bench clean
+
+help:
+	@echo "make demo           set everything up and run the demo on the embedded default"
+	@echo "make test           set everything up, lint, and run every test (real Kafka + Redis)"
+	@echo "make services       start the local Kafka broker and Redis (no Docker needed)"
+	@echo "make services-3     the same with a three-broker Kafka cluster (fault tests)"
+	@echo "make services-stop  stop exactly what make services started"
+	@echo "make lint           ruff + mypy --strict on the package code"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "chatlog needs Python >= 3.11; set PYTHON=python3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+services: venv
+	$(PY) -m chatlog.services up
+
+services-3: venv
+	$(PY) -m chatlog.services up --brokers 3
+
+services-stop: venv
+	$(PY) -m chatlog.services down
+
+services-status: venv
+	$(PY) -m chatlog.services status
+
+topics: services
+	$(VENV)/bin/chatlog topics create
+
+# The stack stays up after the tests so a second run is fast; `make services-stop` ends it.
+test: lint services
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: topics
+	@echo
+	@$(VENV)/bin/chatlog publish demo-session --user demo-user --role user \
+		--content "Hello! Where is my order 7731?"
+	@echo
+	@echo "The projector, the Redis read-model and the full demo come with the projection issue."
+	@echo "Stop the local Kafka and Redis with: make services-stop"
+
+bench:
+	@echo "Benchmarks come with the projection issue (bench/)."
+
+clean: services-stop
+	rm -rf $(VENV) .chatlog .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Processors: the long-running workers (projector, summarizer, replay)."""

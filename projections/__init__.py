@@ -1,0 +1,1 @@
+"""Projections: the pure read-model (`evolve`) and its Redis adapter."""

@@ -1,0 +1,170 @@
+"""Shared fixtures: one real Kafka cluster and one real Redis server per test session.
+
+Where they come from, in order:
+
+1. ``CHATLOG_KAFKA_BOOTSTRAP`` / ``CHATLOG_REDIS_URL`` when set: services someone runs.
+2. testcontainers, when a Docker engine answers (``docker info``).
+3. The local stack (`chatlog.services`: Kafka from Maven Central jars, Debian's
+   redis-server), started if it is not running and stopped again at the end if this
+   session started it.
+
+Tests never share names: `kafka.create_topic(prefix)` adds a unique suffix and
+`redis_prefix` is unique per test, so tests can run against a long-lived cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import hypothesis
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from chatlog import services
+
+# Property tests check behaviour, not speed: a loaded 2-core machine must not fail them.
+hypothesis.settings.register_profile("chatlog", deadline=None, print_blob=True)
+hypothesis.settings.load_profile("chatlog")
+
+KAFKA_ENV = "CHATLOG_KAFKA_BOOTSTRAP"
+REDIS_ENV = "CHATLOG_REDIS_URL"
+
+
+@dataclass
+class KafkaCluster:
+    """A reachable Kafka cluster and helpers to make and read unique topics."""
+
+    bootstrap: str
+    created: list[str] = field(default_factory=list)
+    _admin: AdminClient | None = None
+
+    def admin(self) -> AdminClient:
+        # One long-lived client: a dropped AdminClient cancels its pending futures.
+        if self._admin is None:
+            self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        return self._admin
+
+    def create_topic(
+        self, prefix: str, *, partitions: int = 6, config: dict[str, str] | None = None
+    ) -> str:
+        """Create `prefix.<unique>` and wait until it is usable; returns its name."""
+        name = f"{prefix}.{uuid.uuid4().hex[:10]}"
+        futures = self.admin().create_topics(
+            [NewTopic(name, partitions, 1, config=config or {})], operation_timeout=30
+        )
+        futures[name].result(30)
+        self.created.append(name)
+        return name
+
+    def consume_all(self, topic: str, *, timeout: float = 30.0) -> list:
+        """Every message of `topic` up to its current end, in partition order."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"test-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout)
+            ends: dict[int, int] = {}
+            for partition in metadata.topics[topic].partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout
+                )
+                if high > low:
+                    ends[partition] = high
+            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+            messages = []
+            remaining = dict(ends)
+            deadline = time.monotonic() + timeout
+            while remaining and time.monotonic() < deadline:
+                for message in consumer.consume(1000, timeout=0.5):
+                    if message.error():
+                        raise AssertionError(f"consume error: {message.error()}")
+                    messages.append(message)
+                    if message.offset() + 1 >= remaining.get(message.partition(), 0):
+                        remaining.pop(message.partition(), None)
+            assert not remaining, f"partitions not read to the end in {timeout} s: {remaining}"
+            return messages
+        finally:
+            consumer.close()
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """The high watermark of each partition of `topic`."""
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "watermarks"})
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in partitions
+            }
+        finally:
+            consumer.close()
+
+
+def _docker_engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return (
+            subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=10, check=False
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def _services() -> Iterator[tuple[str, str]]:
+    """(kafka bootstrap, redis url) for the whole session, from the first source that has them."""
+    if os.environ.get(KAFKA_ENV) and os.environ.get(REDIS_ENV):
+        yield os.environ[KAFKA_ENV], os.environ[REDIS_ENV]
+        return
+    if _docker_engine_answers():
+        from testcontainers.community.kafka import KafkaContainer
+        from testcontainers.community.redis import RedisContainer
+
+        # testcontainers configures KRaft for the cp-kafka image it is written around.
+        kafka_image = "confluentinc/cp-kafka:7.9.0"
+        with KafkaContainer(kafka_image).with_kraft() as kafka, RedisContainer("redis:7") as redis:
+            host = redis.get_container_host_ip()
+            port = redis.get_exposed_port(6379)
+            yield kafka.get_bootstrap_server(), f"redis://{host}:{port}/0"
+        return
+    already_running = services.status() is not None
+    addresses = services.up()
+    try:
+        yield addresses.kafka_bootstrap, addresses.redis_url
+    finally:
+        if not already_running:
+            services.down()
+
+
+@pytest.fixture(scope="session")
+def kafka(_services: tuple[str, str]) -> Iterator[KafkaCluster]:
+    cluster = KafkaCluster(_services[0])
+    yield cluster
+    if cluster.created:
+        cluster.admin().delete_topics(cluster.created, operation_timeout=30)
+
+
+@pytest.fixture(scope="session")
+def redis_url(_services: tuple[str, str]) -> str:
+    return _services[1]
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"t{uuid.uuid4().hex[:12]}"
