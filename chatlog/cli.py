@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -28,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    # librdkafka reports transient retries (a coordinator still loading, a reconnect) as
+    # warnings; the CLI's own errors say what matters, so those stay hidden by default.
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("chatlog.kafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         settings = Settings.from_env()
         result = args.handler(args, settings)
@@ -44,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatlog", description="Event-sourced conversation memory on Kafka and Redis."
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Kafka client logs")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
