@@ -51,16 +51,12 @@ topics: services
 test: lint services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: topics
-	@echo
-	@$(VENV)/bin/chatlog publish demo-session --user demo-user --role user \
-		--content "Hello! Where is my order 7731?"
-	@echo
-	@echo "The projector, the Redis read-model and the full demo come with the projection issue."
-	@echo "Stop the local Kafka and Redis with: make services-stop"
+# The demo starts what it needs, stops the projector it ran, and leaves the stack up.
+demo: services
+	$(PY) -m chatlog.demo
 
-bench:
-	@echo "Benchmarks come with the projection issue (bench/)."
+bench: services
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean: services-stop
 	rm -rf $(VENV) .chatlog .mypy_cache .ruff_cache .pytest_cache

@@ -57,6 +57,19 @@ class Settings(BaseModel):
         30.0, gt=0, description="how long a publish may take before it fails"
     )
     linger_ms: int = Field(2, ge=0, le=1000, description="producer batching delay")
+    redis_prefix: str = Field("chatlog", description="prefix of every read-model key")
+    window: int = Field(20, ge=1, le=10_000, description="recent messages kept per session")
+    max_overflow: int = Field(
+        200, ge=0, le=100_000, description="evicted, not yet summarized messages kept"
+    )
+    session_ttl_s: float = Field(
+        30 * 24 * 3600, ge=0, description="idle time before a session's view expires; 0: never"
+    )
+    read_timeout_s: float = Field(
+        5.0, gt=0, description="how long a read waits for its own write (after=position)"
+    )
+    projector_group: str = Field("chatlog-projector", description="the projector's group id")
+    projector_batch: int = Field(1000, ge=1, le=100_000, description="records per batch")
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"

@@ -11,6 +11,10 @@ setting) as attributes as well as in the message::
     │   └── InvalidEvent                   an event or command breaks the contract
     ├── DecodeError(ValueError)            bytes on the topic are not a chatlog event
     │   └── UnknownSchema                  ... written with a schema chatlog does not know
+    ├── ReadError                          a read could not be answered
+    │   ├── SessionNotFound(LookupError)   no such session (never existed, expired, erased)
+    │   ├── OwnershipError(PermissionError) the session belongs to another user
+    │   └── ReadTimeout(TimeoutError)      the projection did not reach a position in time
     ├── PublishError                       an event could not be published
     │   ├── BrokerUnavailable(ConnectionError)
     │   ├── PublishTimeout(TimeoutError)
@@ -31,10 +35,14 @@ __all__ = [
     "InvalidEvent",
     "InvalidId",
     "InvalidInput",
+    "OwnershipError",
     "PublishError",
     "PublishTimeout",
     "QueueFull",
+    "ReadError",
+    "ReadTimeout",
     "ServiceError",
+    "SessionNotFound",
     "TopicMissing",
     "UnknownSchema",
 ]
@@ -71,6 +79,22 @@ class DecodeError(ChatlogError, ValueError):
 
 class UnknownSchema(DecodeError):
     """The event names a writer schema (fingerprint or registry id) chatlog cannot find."""
+
+
+class ReadError(ChatlogError):
+    """A read of the read-model could not be answered."""
+
+
+class SessionNotFound(ReadError, LookupError):
+    """No such session: it never existed, expired, or its owner was erased."""
+
+
+class OwnershipError(ReadError, PermissionError):
+    """The session belongs to another user; nothing of it is returned."""
+
+
+class ReadTimeout(ReadError, TimeoutError):
+    """The projection did not reach the awaited position within the timeout."""
 
 
 class PublishError(ChatlogError):

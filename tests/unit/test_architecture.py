@@ -51,6 +51,6 @@ def test_every_error_is_a_chatlog_error_and_a_builtin():
     for name in errors.__all__:
         cls = getattr(errors, name)
         assert issubclass(cls, errors.ChatlogError)
-        if cls is not errors.ChatlogError and cls is not errors.PublishError:
+        if cls not in (errors.ChatlogError, errors.PublishError, errors.ReadError):
             builtin_bases = [b for b in cls.__mro__ if b.__module__ == "builtins"]
             assert builtin_bases[0] is not Exception, f"{name} resembles no builtin"

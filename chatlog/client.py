@@ -1,0 +1,172 @@
+"""`ChatLog` and `AsyncChatLog`: the three calls a chat back end makes.
+
+    log = ChatLog.from_env()
+    position = log.append("session-42", user_id="alice", role="user", content="Hi!")
+    context = log.context("session-42", user_id="alice", after=position)
+    messages = context.to_openai(system="You are helpful.", max_tokens=3000)
+
+`append` publishes an event and returns its position; `context` reads the projection,
+waiting for that position when given one (read-your-writes); `sessions` lists a user's
+sessions. Every read names the user, and a session of another user is refused.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self, Unpack
+
+from chatlog import wiring
+from chatlog.settings import Settings
+from producers.commands import MessageFields
+from producers.kafka_producer import AsyncConversationProducer, ConversationProducer
+from projections.context import Context
+from projections.redis_reader import AsyncRedisReader, RedisReader
+from projections.store import SessionEntry
+from schemas.events import Role
+from schemas.position import Position
+
+__all__ = ["AsyncChatLog", "ChatLog"]
+
+
+class ChatLog:
+    """Publish messages and read contexts (blocking)."""
+
+    def __init__(
+        self, *, producer: ConversationProducer, reader: RedisReader, read_timeout_s: float = 5.0
+    ) -> None:
+        self.producer = producer
+        self.reader = reader
+        self.read_timeout_s = read_timeout_s
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ChatLog:
+        """Built from `CHATLOG_*` settings (`overrides` win)."""
+        settings = Settings.from_env(**overrides)
+        return cls(
+            producer=wiring.producer(settings),
+            reader=wiring.reader(settings),
+            read_timeout_s=settings.read_timeout_s,
+        )
+
+    def append(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        role: Role | str,
+        content: str,
+        **fields: Unpack[MessageFields],
+    ) -> Position:
+        """Append one message; returns its position once the broker has it."""
+        return self.producer.append(
+            session_id, user_id=user_id, role=role, content=content, **fields
+        )
+
+    def context(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        after: Position | None = None,
+        timeout: float | None = None,
+    ) -> Context:
+        """The session's summary and recent messages; waits for `after` if given."""
+        return self.reader.context(
+            session_id, user_id=user_id, after=after, timeout=timeout or self.read_timeout_s
+        )
+
+    def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
+        """The user's sessions, most recently active first."""
+        return self.reader.sessions(user_id, limit=limit)
+
+    def close(self) -> None:
+        """Flush pending events and release connections."""
+        try:
+            self.producer.close()
+        finally:
+            self.reader.client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncChatLog:
+    """Publish messages and read contexts (asyncio)."""
+
+    def __init__(
+        self,
+        *,
+        producer: AsyncConversationProducer,
+        reader: AsyncRedisReader,
+        read_timeout_s: float = 5.0,
+    ) -> None:
+        self.producer = producer
+        self.reader = reader
+        self.read_timeout_s = read_timeout_s
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AsyncChatLog:
+        """Built from `CHATLOG_*` settings (`overrides` win)."""
+        settings = Settings.from_env(**overrides)
+        return cls(
+            producer=AsyncConversationProducer(wiring.producer(settings)),
+            reader=wiring.async_reader(settings),
+            read_timeout_s=settings.read_timeout_s,
+        )
+
+    async def append(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        role: Role | str,
+        content: str,
+        **fields: Unpack[MessageFields],
+    ) -> Position:
+        """Append one message; returns its position once the broker has it."""
+        return await self.producer.append(
+            session_id, user_id=user_id, role=role, content=content, **fields
+        )
+
+    async def context(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        after: Position | None = None,
+        timeout: float | None = None,
+    ) -> Context:
+        """The session's summary and recent messages; waits for `after` if given."""
+        return await self.reader.context(
+            session_id, user_id=user_id, after=after, timeout=timeout or self.read_timeout_s
+        )
+
+    async def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
+        """The user's sessions, most recently active first."""
+        return await self.reader.sessions(user_id, limit=limit)
+
+    async def aclose(self) -> None:
+        """Flush pending events and release connections."""
+        try:
+            await self.producer.aclose()
+        finally:
+            await self.reader.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

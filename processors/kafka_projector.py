@@ -1,0 +1,216 @@
+"""The projector process: consume `chatlog.events`, project into Redis, commit.
+
+It is a plain confluent-kafka consumer group member (not faust: the projection path
+needs exact offset control). Its loop, per batch:
+
+1. consume up to `batch_size` records;
+2. `ProjectionCore.handle` folds them into the view store (one atomic, idempotent write
+   per session);
+3. dead letters are produced to the DLQ topic and acknowledged;
+4. only then are the batch's offsets stored for the next commit.
+
+A crash anywhere before step 4 replays the batch, which changes nothing (writes are
+idempotent and dead letters may repeat, never vanish). On a rebalance the cached views
+of moved partitions are dropped and stored offsets are committed before partitions go.
+SIGTERM or SIGINT (through `stop`) finishes the current batch, commits and leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from processors.dead_letters import dead_letter_headers
+from processors.projection import BatchResult, DeadLetter, ProjectionCore, Record
+from schemas.errors import BrokerUnavailable, ChatlogError
+
+__all__ = ["KafkaProjector", "ProjectorStats"]
+
+log = logging.getLogger("chatlog.projector")
+_KAFKA_LOG = logging.getLogger("chatlog.kafka")
+
+
+@dataclass(slots=True)
+class ProjectorStats:
+    """Running totals since start."""
+
+    batches: int = 0
+    events: int = 0
+    applied: int = 0
+    unchanged: int = 0
+    conflicts: int = 0
+    dead_letters: int = 0
+
+    def add(self, result: BatchResult) -> None:
+        """Count one batch."""
+        self.batches += 1
+        self.events += result.events
+        self.applied += result.applied
+        self.unchanged += result.unchanged
+        self.conflicts += result.conflicts
+        self.dead_letters += len(result.dead_letters)
+
+
+class KafkaProjector:
+    """Runs a `ProjectionCore` as a member of a Kafka consumer group."""
+
+    def __init__(
+        self,
+        core: ProjectionCore,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        dlq_topic: str,
+        group_id: str = "chatlog-projector",
+        config: Mapping[str, Any] | None = None,
+        batch_size: int = 1000,
+        poll_timeout: float = 0.05,
+    ) -> None:
+        self.core = core
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.stats = ProjectorStats()
+        self.assigned: set[int] = set()
+        extra = dict(config or {})
+        self._consumer = Consumer(
+            {
+                **extra,
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": group_id,
+                "auto.offset.reset": "earliest",
+                # Offsets are stored by hand after Redis acknowledged, committed in the
+                # background; a crash replays at most the uncommitted tail.
+                "enable.auto.commit": True,
+                "enable.auto.offset.store": False,
+                "auto.commit.interval.ms": 1000,
+                "partition.assignment.strategy": "cooperative-sticky",
+                "logger": _KAFKA_LOG,
+            }
+        )
+        self._dlq = Producer(
+            {
+                **extra,
+                "bootstrap.servers": bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "logger": _KAFKA_LOG,
+            }
+        )
+
+    def run(self, *, stop: threading.Event | None = None, report_every_s: float = 10.0) -> None:
+        """Project until `stop` is set; then commit and leave the group."""
+        stop = stop or threading.Event()
+        self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        last_report = time.monotonic()
+        try:
+            while not stop.is_set():
+                self.step()
+                if time.monotonic() - last_report >= report_every_s:
+                    log.info("projector: %s", self.stats)
+                    last_report = time.monotonic()
+        finally:
+            self.close()
+
+    def step(self) -> BatchResult:
+        """Consume and project one batch."""
+        messages = self._consumer.consume(self.batch_size, timeout=self.poll_timeout)
+        records = [r for r in (self._record(m) for m in messages) if r is not None]
+        if not records:
+            return BatchResult()
+        result = self.core.handle(records)
+        self._dead_letter(result.dead_letters)
+        self._store_offsets(records)
+        self.stats.add(result)
+        return result
+
+    def close(self) -> None:
+        """Commit what was stored and leave the consumer group."""
+        try:
+            self._consumer.close()
+        finally:
+            self._dlq.flush(10)
+
+    def _record(self, message: Message) -> Record | None:
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return None
+            if error.fatal() or not error.retriable():
+                raise BrokerUnavailable(f"consuming {self.topic} failed: {error.str()}")
+            log.warning("consumer: %s", error.str())
+            return None
+        return Record(
+            topic=message.topic() or self.topic,
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            key=message.key(),
+            value=message.value(),
+        )
+
+    def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        failures: list[str] = []
+
+        def delivered(err: KafkaError | None, _: Message) -> None:
+            if err is not None:
+                failures.append(err.str())
+
+        for letter in letters:
+            log.warning(
+                "dead-lettering %s[%d]@%d: %s",
+                letter.record.topic,
+                letter.record.partition,
+                letter.record.offset,
+                letter.error.message,
+            )
+            self._dlq.produce(
+                self.dlq_topic,
+                key=letter.record.key,
+                value=letter.record.value,
+                headers=dead_letter_headers(letter),
+                on_delivery=delivered,
+            )
+        left = self._dlq.flush(30)
+        if left or failures:
+            # Not storing offsets replays the batch: a dead letter may repeat, never vanish.
+            raise ChatlogError(
+                f"could not write {len(letters)} dead letters to {self.dlq_topic}: "
+                f"{failures or f'{left} unacknowledged'}",
+                topic=self.dlq_topic,
+            )
+
+    def _store_offsets(self, records: Sequence[Record]) -> None:
+        next_offsets: dict[int, int] = {}
+        for record in records:
+            next_offsets[record.partition] = max(
+                next_offsets.get(record.partition, 0), record.offset + 1
+            )
+        try:
+            self._consumer.store_offsets(
+                offsets=[TopicPartition(self.topic, p, o) for p, o in next_offsets.items()]
+            )
+        except KafkaException as exc:
+            # A partition revoked meanwhile: its new owner replays, which is harmless.
+            log.info("offsets not stored (%s); the next owner replays them", exc)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {tp.partition for tp in partitions}
+        log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned -= {tp.partition for tp in partitions}
+        # The new owner may write these sessions: our cached views of them go stale.
+        self.core.forget()
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            log.info("commit on revoke: %s", exc)

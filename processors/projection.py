@@ -1,0 +1,175 @@
+"""The projector's logic, without Kafka: turn a batch of records into view writes.
+
+What does one batch do? It decodes every record, sets aside what cannot be projected
+(undecodable bytes, a key that is not the event's session, an event from someone who
+does not own the session), groups the rest by session, folds each session's events into
+its view with `evolve`, and writes every changed view in one `ViewStore.apply`. It
+returns the records to dead-letter rather than sending them: the Kafka adapter sends
+them, and only then stores the batch's offsets (Kafka Streams' `forward`, in small).
+
+A view written by someone else meanwhile (a zombie projector after a rebalance) makes
+`apply` report a conflict; the session is then reloaded and folded again, and `evolve`
+skips what the stored view already has. So any interleaving of crashes, restarts and
+rebalances ends in the same views as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from projections.store import Change, Outcome, ViewStore
+from projections.view import DEFAULT_POLICY, SessionView, WindowPolicy, fold
+from schemas.codec import EventCodec
+from schemas.errors import ChatlogError, DecodeError, InvalidEvent, InvalidInput
+from schemas.events import ConversationEvent
+from schemas.position import Position
+
+__all__ = ["BatchResult", "DeadLetter", "ProjectionCore", "Record"]
+
+_MAX_ROUNDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka record, as the core needs it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that cannot be projected, and why."""
+
+    record: Record
+    error: ChatlogError
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch did."""
+
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    applied: int = 0
+    unchanged: int = 0
+    conflicts: int = 0
+    events: int = 0
+
+
+class ProjectionCore:
+    """Folds batches into a `ViewStore`, caching recently written views."""
+
+    def __init__(
+        self,
+        store: ViewStore,
+        *,
+        codec: EventCodec | None = None,
+        policy: WindowPolicy = DEFAULT_POLICY,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.codec = codec or EventCodec()
+        self.policy = policy
+        self.cache_size = cache_size
+        # Views as last written by this process, so a hot session needs no read per batch.
+        self._cache: OrderedDict[str, SessionView] = OrderedDict()
+
+    def handle(self, records: Sequence[Record]) -> BatchResult:
+        """Project `records` (in log order per partition); see the module docstring."""
+        result = BatchResult()
+        by_session: dict[str, list[tuple[ConversationEvent, Position]]] = {}
+        for record in records:
+            event = self._decode(record, result)
+            if event is not None:
+                result.events += 1
+                position = Position(record.partition, record.offset)
+                by_session.setdefault(event.session_id, []).append((event, position))
+        records_at = {(r.partition, r.offset): r for r in records}
+        pending = by_session
+        for _ in range(_MAX_ROUNDS):
+            pending = self._write(pending, records_at, result)
+            if not pending:
+                return result
+            self.forget(pending)  # someone else wrote these sessions: reload them
+        raise ChatlogError(
+            f"sessions kept changing under the projector for {_MAX_ROUNDS} rounds: "
+            f"{sorted(pending)[:5]}; is a second projector writing the same generation?"
+        )
+
+    def forget(self, session_ids: Iterable[str] | None = None) -> None:
+        """Drop cached views (all of them by default), e.g. when partitions move."""
+        if session_ids is None:
+            self._cache.clear()
+        else:
+            for session_id in session_ids:
+                self._cache.pop(session_id, None)
+
+    def _decode(self, record: Record, result: BatchResult) -> ConversationEvent | None:
+        try:
+            if record.value is None:
+                raise InvalidEvent("record has no value (a tombstone?); events are never null")
+            event = self.codec.decode(record.value)
+            if record.key != event.session_id.encode():
+                raise InvalidEvent(
+                    f"record key {record.key!r} is not the event's session_id "
+                    f"{event.session_id!r}; chatlog keys every event by its session"
+                )
+        except (DecodeError, InvalidInput) as exc:
+            result.dead_letters.append(DeadLetter(record, exc))
+            return None
+        return event
+
+    def _write(
+        self,
+        by_session: dict[str, list[tuple[ConversationEvent, Position]]],
+        records_at: dict[tuple[int, int], Record],
+        result: BatchResult,
+    ) -> dict[str, list[tuple[ConversationEvent, Position]]]:
+        views = self._views(by_session)
+        changes = []
+        for session_id, events in by_session.items():
+            before = views[session_id]
+            after, refused = fold(before, events, self.policy)
+            for _, position, error in refused:
+                record = records_at[(position.partition, position.offset)]
+                if all(d.record is not record for d in result.dead_letters):
+                    result.dead_letters.append(DeadLetter(record, error))
+            if after is None or (before is not None and after.last_offset == before.last_offset):
+                result.unchanged += 1
+                continue
+            changes.append(Change(before, after))
+        retry: dict[str, list[tuple[ConversationEvent, Position]]] = {}
+        for change, outcome in zip(changes, self.store.apply(changes), strict=True):
+            session_id = change.new.session_id
+            if outcome is Outcome.APPLIED:
+                result.applied += 1
+                self._remember(change.new)
+            else:
+                result.conflicts += 1
+                retry[session_id] = by_session[session_id]
+        return retry
+
+    def _views(self, session_ids: Iterable[str]) -> dict[str, SessionView | None]:
+        views: dict[str, SessionView | None] = {}
+        missing = []
+        for session_id in session_ids:
+            cached = self._cache.get(session_id)
+            if cached is None:
+                missing.append(session_id)
+            else:
+                self._cache.move_to_end(session_id)
+                views[session_id] = cached
+        if missing:
+            views.update(self.store.load(missing))
+        return views
+
+    def _remember(self, view: SessionView) -> None:
+        self._cache[view.session_id] = view
+        self._cache.move_to_end(view.session_id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)

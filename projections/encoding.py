@@ -1,0 +1,147 @@
+"""How a `SessionView` is laid out in Redis, and the smallest write that updates it.
+
+A view becomes a meta hash (scalars) and a list of messages (one compact JSON document
+each, oldest first). Rewriting the whole list on every event would multiply the write
+volume by the window size, so `diff` computes what changed between the stored view and
+the new one: how many messages to drop from the left (evicted or summarized), which to
+overwrite in place (redacted), which to append. Pure: no Redis here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from projections.view import Message, SessionStatus, SessionView
+from schemas.events import ToolCall
+
+__all__ = ["MessagesDelta", "decode_view", "diff", "encode_message", "encode_meta"]
+
+_NONE = ""
+
+
+def encode_message(message: Message) -> str:
+    """One message as compact JSON (short keys: it is stored once per message)."""
+    doc: dict[str, object] = {
+        "o": message.offset,
+        "id": message.message_id,
+        "r": message.role,
+        "c": message.content,
+        "t": message.occurred_at_ms,
+    }
+    if message.name is not None:
+        doc["n"] = message.name
+    if message.tool_calls:
+        doc["tc"] = [[c.id, c.name, c.arguments] for c in message.tool_calls]
+    if message.tool_call_id is not None:
+        doc["tid"] = message.tool_call_id
+    if message.metadata:
+        doc["m"] = dict(message.metadata)
+    if message.redacted:
+        doc["x"] = 1
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_message(raw: str | bytes) -> Message:
+    """The message `encode_message` wrote."""
+    doc = json.loads(raw)
+    return Message(
+        offset=doc["o"],
+        message_id=doc["id"],
+        role=doc["r"],
+        content=doc["c"],
+        occurred_at_ms=doc["t"],
+        name=doc.get("n"),
+        tool_calls=tuple(ToolCall(id=i, name=n, arguments=a) for i, n, a in doc.get("tc", ())),
+        tool_call_id=doc.get("tid"),
+        metadata=doc.get("m", {}),
+        redacted=bool(doc.get("x")),
+    )
+
+
+def encode_meta(view: SessionView, *, window: int) -> dict[str, str]:
+    """The meta hash of `view`; `window` tells readers how many messages are recent."""
+    return {
+        "session_id": view.session_id,
+        "user_id": view.user_id,
+        "tenant": view.tenant,
+        "partition": str(view.partition),
+        "last_offset": str(view.last_offset),
+        "created_at": str(view.created_at_ms),
+        "updated_at": str(view.updated_at_ms),
+        "status": view.status.value,
+        "title": _NONE if view.title is None else view.title,
+        "message_count": str(view.message_count),
+        "summary": _NONE if view.summary is None else view.summary,
+        "summary_through": str(view.summary_through),
+        "summary_model": _NONE if view.summary_model is None else view.summary_model,
+        "summary_covered": str(view.summary_covered),
+        "overflow_dropped": str(view.overflow_dropped),
+        "window": str(window),
+    }
+
+
+def decode_view(meta: Mapping[str, str], messages: Sequence[str | bytes]) -> SessionView | None:
+    """The view stored as `meta` and `messages`; None when there is no meta."""
+    if not meta:
+        return None
+    return SessionView(
+        session_id=meta["session_id"],
+        user_id=meta["user_id"],
+        tenant=meta["tenant"],
+        partition=int(meta["partition"]),
+        last_offset=int(meta["last_offset"]),
+        created_at_ms=int(meta["created_at"]),
+        updated_at_ms=int(meta["updated_at"]),
+        status=SessionStatus(meta["status"]),
+        title=meta["title"] or None,
+        messages=tuple(decode_message(raw) for raw in messages),
+        message_count=int(meta["message_count"]),
+        summary=meta["summary"] or None,
+        summary_through=int(meta["summary_through"]),
+        summary_model=meta["summary_model"] or None,
+        summary_covered=int(meta["summary_covered"]),
+        overflow_dropped=int(meta["overflow_dropped"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesDelta:
+    """Turns the stored message list into the new one: trim, then overwrite, then append."""
+
+    trim_left: int = 0
+    overwrite: tuple[tuple[int, str], ...] = ()
+    append: tuple[str, ...] = ()
+    replace_all: tuple[str, ...] | None = field(default=None)
+
+    @property
+    def empty(self) -> bool:
+        """True when the list does not change."""
+        return (
+            self.replace_all is None
+            and not self.trim_left
+            and not self.overwrite
+            and not self.append
+        )
+
+
+def diff(old: Sequence[Message], new: Sequence[Message]) -> MessagesDelta:
+    """The delta from `old` to `new` (both ordered by offset, as views keep them)."""
+    new_offsets = {m.offset for m in new}
+    trim = 0
+    while trim < len(old) and old[trim].offset not in new_offsets:
+        trim += 1
+    kept = old[trim:]
+    if len(kept) > len(new) or any(
+        a.offset != b.offset for a, b in zip(kept, new[: len(kept)], strict=False)
+    ):
+        # Not a trim-and-append shape (cannot happen with `evolve`): write it whole.
+        return MessagesDelta(replace_all=tuple(encode_message(m) for m in new))
+    overwrite = tuple(
+        (index, encode_message(b))
+        for index, (a, b) in enumerate(zip(kept, new, strict=False))
+        if a != b
+    )
+    append = tuple(encode_message(m) for m in new[len(kept) :])
+    return MessagesDelta(trim_left=trim, overwrite=overwrite, append=append)

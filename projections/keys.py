@@ -1,0 +1,69 @@
+"""The Redis key layout of the read-model.
+
+Every key lives under `<prefix>:<generation>:`, and one pointer key `<prefix>:generation`
+names the live generation. A rebuild fills a new generation while readers keep using the
+live one, then flips the pointer. A session's keys share the hash tag `{<session_id>}`, so
+one Lua call can update them atomically, on a single Redis as on Redis Cluster. A user's
+session index has a tag of its own, `{u:<user_id>}`, and is updated separately.
+
+    chatlog:generation                          -> "g1"
+    chatlog:g1:s:{session-42}:meta              hash: owner, counts, summary, last offset
+    chatlog:g1:s:{session-42}:msgs              list: overflow then window, oldest first
+    chatlog:g1:u:{u:alice}:sessions             sorted set: session id by last activity
+
+Ids cannot contain `{`, `}` or `:` (see `schemas.ids`), so no id can break out of its tag.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from schemas.errors import ConfigError
+
+__all__ = ["KeySpace"]
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_GENERATION = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Names the keys of one generation of the read-model."""
+
+    prefix: str = "chatlog"
+    generation: str = "g1"
+
+    def __post_init__(self) -> None:
+        if _PREFIX.fullmatch(self.prefix) is None:
+            raise ConfigError(
+                f"Redis key prefix {self.prefix!r} must be 1-64 of [A-Za-z0-9_.:-]",
+                setting="CHATLOG_REDIS_PREFIX",
+            )
+        if _GENERATION.fullmatch(self.generation) is None:
+            raise ConfigError(f"generation {self.generation!r} must be 1-32 of [A-Za-z0-9_.-]")
+
+    @property
+    def pointer(self) -> str:
+        """The key naming the live generation (shared by all generations)."""
+        return f"{self.prefix}:generation"
+
+    def with_generation(self, generation: str) -> KeySpace:
+        """The same layout in another generation."""
+        return KeySpace(self.prefix, generation)
+
+    def meta(self, session_id: str) -> str:
+        """A session's meta hash."""
+        return f"{self.prefix}:{self.generation}:s:{{{session_id}}}:meta"
+
+    def messages(self, session_id: str) -> str:
+        """A session's message list (overflow then window, oldest first)."""
+        return f"{self.prefix}:{self.generation}:s:{{{session_id}}}:msgs"
+
+    def user_sessions(self, user_id: str) -> str:
+        """A user's sessions, scored by last activity (ms)."""
+        return f"{self.prefix}:{self.generation}:u:{{u:{user_id}}}:sessions"
+
+    def generation_pattern(self) -> str:
+        """A SCAN pattern for every key of this generation."""
+        return f"{self.prefix}:{self.generation}:*"

@@ -1,0 +1,248 @@
+"""Reading the read-model: a session's context and a user's sessions, sync and asyncio.
+
+One context read is one round trip (the session's meta hash and message list in one
+MULTI on keys of one hash slot). Two rules hold for every read:
+
+* Ownership: every read names the user. A session owned by someone else raises
+  `OwnershipError`; none of its content leaves Redis through this reader.
+* Read-your-writes: `context(..., after=position)` waits, bounded by `timeout`, until the
+  projection has applied the event at `position` (the one `append` returned), so a prompt
+  built right after a user's message always contains it.
+
+The live generation is looked up through the pointer key and cached for
+`generation_refresh_s`; a rebuild keeps the old generation for longer than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from projections.context import Context
+from projections.encoding import decode_view
+from projections.keys import KeySpace
+from projections.redis_store import text, text_map
+from projections.store import SessionEntry, session_entries
+from projections.view import SessionStatus, SessionView
+from schemas.errors import InvalidInput, OwnershipError, ReadTimeout, SessionNotFound
+from schemas.ids import validate_id
+from schemas.position import Position
+
+__all__ = ["DEFAULT_GENERATION", "AsyncRedisReader", "RedisReader"]
+
+DEFAULT_GENERATION = "g1"
+_FIRST_POLL_S = 0.0005
+_MAX_POLL_S = 0.01
+
+
+class RedisReader:
+    """Reads contexts and session lists from Redis (blocking client)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "chatlog",
+        ttl_s: float | None = None,
+        generation_refresh_s: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
+        self._keys = KeySpace(prefix)
+        self._refresh_s = generation_refresh_s
+        self._checked_at = float("-inf")
+
+    def keys(self) -> KeySpace:
+        """The key space of the live generation (cached briefly)."""
+        now = time.monotonic()
+        if now - self._checked_at >= self._refresh_s:
+            live = self.client.get(self._keys.pointer)
+            self._keys = self._keys.with_generation(text(live) if live else DEFAULT_GENERATION)
+            self._checked_at = now
+        return self._keys
+
+    def context(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        after: Position | None = None,
+        timeout: float = 5.0,
+    ) -> Context:
+        """The session's context, once the projection has applied `after` (if given)."""
+        _check_ids(session_id, user_id)
+        deadline = time.monotonic() + timeout
+        delay = _FIRST_POLL_S
+        while True:
+            view, window = self._load(session_id)
+            ready = _answer(view, session_id=session_id, user_id=user_id, after=after)
+            if ready is not None:
+                return Context.from_view(ready, window_size=window)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _not_reached(session_id, after, view, timeout)
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, _MAX_POLL_S)
+
+    def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
+        """The user's sessions, most recently active first (expired ones left out)."""
+        validate_id(user_id, field="user_id")
+        keys = self.keys()
+        index = keys.user_sessions(user_id)
+        pipe = self.client.pipeline(transaction=False)
+        if self.ttl_ms:
+            pipe.zremrangebyscore(index, "-inf", _now_ms() - self.ttl_ms)
+        pipe.zrevrange(index, 0, limit - 1)
+        session_ids = [text(s) for s in pipe.execute()[-1]]
+        pipe = self.client.pipeline(transaction=False)
+        for session_id in session_ids:
+            pipe.hgetall(keys.meta(session_id))
+        metas = [text_map(raw) for raw in pipe.execute()]
+        entries, gone = session_entries(session_ids, metas, user_id)
+        if gone:
+            self.client.zrem(index, *gone)
+        return entries
+
+    def _load(self, session_id: str) -> tuple[SessionView | None, int]:
+        keys = self.keys()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(keys.meta(session_id))
+        pipe.lrange(keys.messages(session_id), 0, -1)
+        meta, messages = pipe.execute()
+        return _decode(meta, messages)
+
+
+class AsyncRedisReader:
+    """Reads contexts and session lists from Redis (asyncio client)."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "chatlog",
+        ttl_s: float | None = None,
+        generation_refresh_s: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
+        self._keys = KeySpace(prefix)
+        self._refresh_s = generation_refresh_s
+        self._checked_at = float("-inf")
+
+    async def keys(self) -> KeySpace:
+        """The key space of the live generation (cached briefly)."""
+        now = time.monotonic()
+        if now - self._checked_at >= self._refresh_s:
+            live = await self.client.get(self._keys.pointer)
+            self._keys = self._keys.with_generation(text(live) if live else DEFAULT_GENERATION)
+            self._checked_at = now
+        return self._keys
+
+    async def context(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        after: Position | None = None,
+        timeout: float = 5.0,
+    ) -> Context:
+        """The session's context, once the projection has applied `after` (if given)."""
+        _check_ids(session_id, user_id)
+        deadline = time.monotonic() + timeout
+        delay = _FIRST_POLL_S
+        while True:
+            view, window = await self._load(session_id)
+            ready = _answer(view, session_id=session_id, user_id=user_id, after=after)
+            if ready is not None:
+                return Context.from_view(ready, window_size=window)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _not_reached(session_id, after, view, timeout)
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, _MAX_POLL_S)
+
+    async def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
+        """The user's sessions, most recently active first (expired ones left out)."""
+        validate_id(user_id, field="user_id")
+        keys = await self.keys()
+        index = keys.user_sessions(user_id)
+        pipe = self.client.pipeline(transaction=False)
+        if self.ttl_ms:
+            pipe.zremrangebyscore(index, "-inf", _now_ms() - self.ttl_ms)
+        pipe.zrevrange(index, 0, limit - 1)
+        session_ids = [text(s) for s in (await pipe.execute())[-1]]
+        pipe = self.client.pipeline(transaction=False)
+        for session_id in session_ids:
+            pipe.hgetall(keys.meta(session_id))
+        metas = [text_map(raw) for raw in await pipe.execute()]
+        entries, gone = session_entries(session_ids, metas, user_id)
+        if gone:
+            await self.client.zrem(index, *gone)
+        return entries
+
+    async def _load(self, session_id: str) -> tuple[SessionView | None, int]:
+        keys = await self.keys()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(keys.meta(session_id))
+        pipe.lrange(keys.messages(session_id), 0, -1)
+        meta, messages = await pipe.execute()
+        return _decode(meta, messages)
+
+
+def _check_ids(session_id: str, user_id: str) -> None:
+    validate_id(session_id, field="session_id")
+    validate_id(user_id, field="user_id")
+
+
+def _decode(meta: Any, messages: Sequence[Any]) -> tuple[SessionView | None, int]:
+    fields = text_map(meta)
+    window = int(fields.get("window", "0") or 0)
+    return decode_view(fields, messages), window
+
+
+def _answer(
+    view: SessionView | None, *, session_id: str, user_id: str, after: Position | None
+) -> SessionView | None:
+    """The view if it answers the read, None to wait; raises for reads to refuse."""
+    if view is not None and view.status is SessionStatus.ERASED:
+        raise SessionNotFound(f"session {session_id} was erased", session_id=session_id)
+    if view is not None and view.user_id != user_id:
+        raise OwnershipError(
+            f"session {session_id} belongs to another user, not {user_id}",
+            session_id=session_id,
+        )
+    if after is None:
+        if view is None:
+            raise SessionNotFound(
+                f"no session {session_id} (never created, or expired)", session_id=session_id
+            )
+        return view
+    if view is None:
+        return None
+    if after.partition != view.partition:
+        raise InvalidInput(
+            f"position {after} is on partition {after.partition}, but session {session_id} "
+            f"lives on partition {view.partition}; pass the position its append returned",
+            session_id=session_id,
+        )
+    return view if view.last_offset >= after.offset else None
+
+
+def _not_reached(
+    session_id: str, after: Position | None, view: SessionView | None, timeout: float
+) -> ReadTimeout:
+    at = "nothing yet" if view is None else str(view.position)
+    return ReadTimeout(
+        f"the projection of session {session_id} did not reach {after} within {timeout:g} s "
+        f"(it is at {at}); is the projector running (`chatlog run projector`)?",
+        session_id=session_id,
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

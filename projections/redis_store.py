@@ -1,0 +1,177 @@
+"""The read-model in Redis: `RedisViewStore` writes session views and lists sessions.
+
+Each write of one session is one Lua call on the session's two keys (same hash tag),
+so it is atomic, and it carries the expected and the new last offset, so it is
+idempotent (see `projections.store`). Ids travel as KEYS and ARGV, never inside the
+script text. All the writes of a batch go in one pipeline: one round trip per batch.
+
+Time-to-live slides with activity and counts from the session's last event time, not
+from the moment of the write, so a replay rebuilds exactly the expiry the live
+projector produced. The per-user index has its own hash tag (another slot on a
+cluster), so it is maintained by a second small script in the same pipeline; its
+entries are scored by last activity, which lets a read drop expired sessions from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import redis
+
+from projections.encoding import MessagesDelta, decode_view, diff, encode_meta
+from projections.keys import KeySpace
+from projections.store import Change, Outcome
+from projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowPolicy
+
+__all__ = ["RedisViewStore", "text", "text_map"]
+
+# KEYS: meta, msgs. ARGV: expected offset, new offset, expire-at ms (0: none), mode
+# ("d" delta / "r" replace), trim, #overwrites, #appends, #meta pairs, then the
+# overwrites (index, json)..., the appended json..., the meta pairs.
+_APPLY = """
+local stored = redis.call('HGET', KEYS[1], 'last_offset')
+local expected = tonumber(ARGV[1])
+local new_last = tonumber(ARGV[2])
+if stored then
+  stored = tonumber(stored)
+  if stored >= new_last then return 0 end
+  if stored ~= expected then return 2 end
+elseif expected ~= -1 then
+  return 2
+end
+local n_over, n_app, n_meta = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local i = 9
+if ARGV[4] == 'r' then
+  redis.call('DEL', KEYS[2])
+else
+  local trim = tonumber(ARGV[5])
+  if trim > 0 then redis.call('LTRIM', KEYS[2], trim, -1) end
+  for _ = 1, n_over do
+    redis.call('LSET', KEYS[2], tonumber(ARGV[i]), ARGV[i + 1])
+    i = i + 2
+  end
+end
+local j = 0
+while j < n_app do
+  local k = math.min(j + 500, n_app)
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, i + j, i + k - 1))
+  j = k
+end
+i = i + n_app
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n_meta - 1))
+local expire_at = tonumber(ARGV[3])
+if expire_at > 0 then
+  redis.call('PEXPIREAT', KEYS[1], expire_at)
+  redis.call('PEXPIREAT', KEYS[2], expire_at)
+end
+return 1
+"""
+
+# KEYS: the user's index. ARGV: session id, score (last activity ms), ttl ms (0: none),
+# "add" or "rem". The index lives as long as its most recently active session.
+_INDEX = """
+if ARGV[4] == 'rem' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  local top = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if top[2] then redis.call('PEXPIREAT', KEYS[1], tonumber(top[2]) + ttl) end
+end
+return 1
+"""
+
+_OUTCOMES = {0: Outcome.DUPLICATE, 1: Outcome.APPLIED, 2: Outcome.CONFLICT}
+
+
+class RedisViewStore:
+    """The `ViewStore` role on Redis (single node or Cluster)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: KeySpace,
+        policy: WindowPolicy = DEFAULT_POLICY,
+        ttl_s: float | None = None,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.policy = policy
+        self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
+        self._apply = client.register_script(_APPLY)
+        self._index = client.register_script(_INDEX)
+
+    def load(self, session_ids: Collection[str]) -> dict[str, SessionView | None]:
+        ids = list(session_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for session_id in ids:
+            pipe.hgetall(self.keys.meta(session_id))
+            pipe.lrange(self.keys.messages(session_id), 0, -1)
+        replies = pipe.execute()
+        return {
+            session_id: decode_view(text_map(replies[2 * n]), replies[2 * n + 1])
+            for n, session_id in enumerate(ids)
+        }
+
+    def apply(self, changes: Sequence[Change]) -> list[Outcome]:
+        if not changes:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for change in changes:
+            self._queue_apply(pipe, change)
+        for change in changes:
+            self._queue_index(pipe, change.new)
+        replies = pipe.execute()
+        return [_OUTCOMES[int(reply)] for reply in replies[: len(changes)]]
+
+    def _queue_apply(self, pipe: Any, change: Change) -> None:
+        new = change.new
+        old_messages = change.expected.messages if change.expected is not None else ()
+        delta = diff(old_messages, new.messages)
+        meta = encode_meta(new, window=self.policy.window)
+        mode = "d"
+        if delta.replace_all is not None:
+            mode, delta = "r", MessagesDelta(append=delta.replace_all)
+        args: list[Any] = [
+            -1 if change.expected is None else change.expected.last_offset,
+            new.last_offset,
+            new.updated_at_ms + self.ttl_ms if self.ttl_ms else 0,
+            mode,
+            delta.trim_left,
+            len(delta.overwrite),
+            len(delta.append),
+            len(meta),
+        ]
+        for index, doc in delta.overwrite:
+            args.extend((index, doc))
+        args.extend(delta.append)
+        for field, value in meta.items():
+            args.extend((field, value))
+        self._apply(
+            keys=[self.keys.meta(new.session_id), self.keys.messages(new.session_id)],
+            args=args,
+            client=pipe,
+        )
+
+    def _queue_index(self, pipe: Any, view: SessionView) -> None:
+        op = "rem" if view.status is SessionStatus.ERASED else "add"
+        self._index(
+            keys=[self.keys.user_sessions(view.user_id)],
+            args=[view.session_id, view.updated_at_ms, self.ttl_ms, op],
+            client=pipe,
+        )
+
+
+def text(value: str | bytes) -> str:
+    """A Redis reply as text, whatever the client's decode_responses setting."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def text_map(raw: dict[Any, Any]) -> dict[str, str]:
+    """A Redis hash reply as text."""
+    return {text(k): text(v) for k, v in raw.items()}

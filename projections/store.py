@@ -1,0 +1,123 @@
+"""The view store role: where projected session views live, and its in-memory stand-in.
+
+The projector loads the views a batch touches, folds the batch with `evolve`, and hands
+back (expected, new) pairs. `apply` writes each new view only if the stored one still has
+the expected last offset, which makes every write idempotent and safe against a second,
+zombie projector: an offset at or below the stored one changes nothing (DUPLICATE), and
+a view that changed under our feet is reported (CONFLICT) for the caller to reload and
+fold again. `InMemoryViewStore` is the tiny fake beside the role; the Redis adapter must
+behave the same, and one contract test class checks both.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from projections.encoding import decode_view
+from projections.view import SessionStatus, SessionView
+
+__all__ = [
+    "Change",
+    "InMemoryViewStore",
+    "Outcome",
+    "SessionEntry",
+    "ViewStore",
+    "entry",
+    "session_entries",
+]
+
+
+class Outcome(enum.Enum):
+    """What `apply` did with one change."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Replace `expected` (the view as loaded; None if there was none) by `new`."""
+
+    expected: SessionView | None
+    new: SessionView
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEntry:
+    """One line of a user's session list."""
+
+    session_id: str
+    title: str | None
+    status: SessionStatus
+    message_count: int
+    created_at_ms: int
+    updated_at_ms: int
+
+
+class ViewStore(Protocol):
+    """Stores session views; see the module docstring for the contract."""
+
+    def load(self, session_ids: Collection[str]) -> dict[str, SessionView | None]:
+        """The stored view of each session (None where there is none)."""
+        ...
+
+    def apply(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Write each change if its expected view is still the stored one."""
+        ...
+
+
+def entry(view: SessionView) -> SessionEntry:
+    """The session-list line of `view`."""
+    return SessionEntry(
+        session_id=view.session_id,
+        title=view.title,
+        status=view.status,
+        message_count=view.message_count,
+        created_at_ms=view.created_at_ms,
+        updated_at_ms=view.updated_at_ms,
+    )
+
+
+class InMemoryViewStore:
+    """A `ViewStore` in a dict, for the pure core's tests."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, SessionView] = {}
+
+    def load(self, session_ids: Collection[str]) -> dict[str, SessionView | None]:
+        return {s: self.views.get(s) for s in session_ids}
+
+    def apply(self, changes: Sequence[Change]) -> list[Outcome]:
+        outcomes = []
+        for change in changes:
+            stored = self.views.get(change.new.session_id)
+            if stored is not None and stored.last_offset >= change.new.last_offset:
+                outcomes.append(Outcome.DUPLICATE)
+            elif _offset(stored) != _offset(change.expected):
+                outcomes.append(Outcome.CONFLICT)
+            else:
+                self.views[change.new.session_id] = change.new
+                outcomes.append(Outcome.APPLIED)
+        return outcomes
+
+
+def session_entries(
+    session_ids: Sequence[str], metas: Sequence[Mapping[str, str]], user_id: str
+) -> tuple[list[SessionEntry], list[str]]:
+    """Session-list lines from meta hashes; and the ids whose meta is gone or not theirs."""
+    entries, gone = [], []
+    for session_id, meta in zip(session_ids, metas, strict=True):
+        view = decode_view(meta, ())
+        if view is None or view.status is SessionStatus.ERASED or view.user_id != user_id:
+            gone.append(session_id)
+        else:
+            entries.append(entry(view))
+    return entries, gone
+
+
+def _offset(view: SessionView | None) -> int:
+    return -1 if view is None else view.last_offset

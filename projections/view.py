@@ -1,0 +1,277 @@
+"""The session view and `evolve`: what a session looks like after a sequence of events.
+
+What is a view? It is everything a chat back end needs to build its next prompt for one
+session, derived from the session's events and nothing else: who owns it, the recent
+window of messages, the older messages not yet folded into the rolling summary (the
+overflow), and the summary itself. `evolve(view, event, position)` returns the view after
+one more event. It does no I/O, so the live projector, the replay and the tests all run
+the same code, and a view can always be rebuilt from the log.
+
+Positions make it idempotent: a view records the offset of the last event it applied,
+and `evolve` returns the view unchanged for an event at or below that offset. Replaying
+part of the log after a crash therefore changes nothing.
+
+The window keeps the last `window` messages; older ones move to the overflow, where the
+summarizer finds them. A `SummaryUpdated` whose `through_offset` is newer than the current
+summary's removes the overflow it covers. The overflow is bounded: past `max_overflow`,
+the oldest overflow messages are dropped from the view (never from the log) and counted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from schemas.errors import InvalidEvent
+from schemas.events import (
+    ConversationEvent,
+    MessageAppended,
+    MessageRedacted,
+    SessionClosed,
+    SessionStarted,
+    SummaryUpdated,
+    ToolCall,
+    UserErased,
+)
+from schemas.position import Position
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "REDACTED",
+    "ForeignEvent",
+    "Message",
+    "SessionStatus",
+    "SessionView",
+    "WindowPolicy",
+    "evolve",
+    "fold",
+]
+
+REDACTED = "[redacted]"
+
+
+class ForeignEvent(InvalidEvent):
+    """An event that must not touch this session: another owner, or another partition."""
+
+
+class SessionStatus(enum.StrEnum):
+    """Where a session is in its life."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    ERASED = "erased"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPolicy:
+    """How much of a session the view keeps in full."""
+
+    window: int = 20
+    max_overflow: int = 200
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be at least 1, got {self.window}")
+        if self.max_overflow < 0:
+            raise ValueError(f"max_overflow must be at least 0, got {self.max_overflow}")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message as the read-model keeps it, with the offset that wrote it."""
+
+    offset: int
+    message_id: str
+    role: str
+    content: str
+    occurred_at_ms: int
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    redacted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """One session's read-model. `messages` holds the overflow, then the window."""
+
+    session_id: str
+    user_id: str
+    tenant: str
+    partition: int
+    last_offset: int
+    created_at_ms: int
+    updated_at_ms: int
+    status: SessionStatus = SessionStatus.OPEN
+    title: str | None = None
+    messages: tuple[Message, ...] = ()
+    message_count: int = 0
+    summary: str | None = None
+    summary_through: int = -1
+    summary_model: str | None = None
+    summary_covered: int = 0
+    overflow_dropped: int = 0
+
+    @property
+    def position(self) -> Position:
+        """Where the last applied event sits in the log."""
+        return Position(self.partition, self.last_offset)
+
+    def window(self, policy: WindowPolicy) -> tuple[Message, ...]:
+        """The most recent messages, at most `policy.window` of them."""
+        return self.messages[-policy.window :]
+
+    def overflow(self, policy: WindowPolicy) -> tuple[Message, ...]:
+        """Messages evicted from the window and not yet covered by the summary."""
+        return self.messages[: max(0, len(self.messages) - policy.window)]
+
+
+DEFAULT_POLICY = WindowPolicy()
+
+
+def evolve(
+    view: SessionView | None,
+    event: ConversationEvent,
+    position: Position,
+    policy: WindowPolicy = DEFAULT_POLICY,
+) -> SessionView | None:
+    """The view after `event`, stored at `position`; None while no session exists.
+
+    Raises `ForeignEvent` for an event that may not change this session (written by
+    another user, or found on another partition); the view is then unchanged.
+    """
+    if view is not None:
+        if position.partition != view.partition:
+            raise ForeignEvent(
+                f"session {view.session_id} lives on partition {view.partition}, but an event "
+                f"for it arrived on partition {position.partition}; its producer does not "
+                f"partition by murmur2(session_id)",
+                session_id=view.session_id,
+                partition=position.partition,
+                offset=position.offset,
+            )
+        if position.offset <= view.last_offset:
+            return view  # already applied: replays change nothing
+        if event.user_id != view.user_id:
+            raise ForeignEvent(
+                f"session {view.session_id} belongs to another user; an event from "
+                f"{event.user_id} may not change it",
+                session_id=view.session_id,
+                partition=position.partition,
+                offset=position.offset,
+            )
+    at_ms = _millis(event.occurred_at)
+    if view is None:
+        if isinstance(event.payload, UserErased | SessionClosed | MessageRedacted):
+            return None  # nothing to erase, close or redact: no session comes into being
+        view = SessionView(
+            session_id=event.session_id,
+            user_id=event.user_id,
+            tenant=event.tenant,
+            partition=position.partition,
+            last_offset=position.offset,
+            created_at_ms=at_ms,
+            updated_at_ms=at_ms,
+        )
+    view = replace(view, last_offset=position.offset, updated_at_ms=max(view.updated_at_ms, at_ms))
+    payload = event.payload
+    if isinstance(payload, MessageAppended):
+        return _append(view, payload, position.offset, at_ms, policy)
+    if isinstance(payload, SummaryUpdated):
+        return _summarize(view, payload)
+    if isinstance(payload, MessageRedacted):
+        return _redact(view, payload.message_id)
+    if isinstance(payload, SessionStarted):
+        return replace(view, title=payload.title if payload.title is not None else view.title)
+    if isinstance(payload, SessionClosed):
+        return replace(view, status=SessionStatus.CLOSED)
+    if isinstance(payload, UserErased):
+        return _erase(view)
+    raise AssertionError(f"unhandled payload {type(payload).__name__}")  # pragma: no cover
+
+
+def fold(
+    view: SessionView | None,
+    events: list[tuple[ConversationEvent, Position]],
+    policy: WindowPolicy = DEFAULT_POLICY,
+) -> tuple[SessionView | None, list[tuple[ConversationEvent, Position, ForeignEvent]]]:
+    """Apply `events` in order; returns the view and the events refused as foreign."""
+    refused = []
+    for event, position in events:
+        try:
+            view = evolve(view, event, position, policy)
+        except ForeignEvent as exc:
+            refused.append((event, position, exc))
+    return view, refused
+
+
+def _append(
+    view: SessionView, payload: MessageAppended, offset: int, at_ms: int, policy: WindowPolicy
+) -> SessionView:
+    message = Message(
+        offset=offset,
+        message_id=payload.message_id,
+        role=payload.role.value,
+        content=payload.content,
+        occurred_at_ms=at_ms,
+        name=payload.name,
+        tool_calls=payload.tool_calls,
+        tool_call_id=payload.tool_call_id,
+        metadata=payload.metadata,
+    )
+    messages = (*view.messages, message)
+    limit = policy.window + policy.max_overflow
+    dropped = max(0, len(messages) - limit)
+    # An erased or closed session that gets a new message is in use again.
+    return replace(
+        view,
+        messages=messages[dropped:],
+        message_count=view.message_count + 1,
+        overflow_dropped=view.overflow_dropped + dropped,
+        status=SessionStatus.OPEN,
+    )
+
+
+def _summarize(view: SessionView, payload: SummaryUpdated) -> SessionView:
+    if payload.through_offset <= view.summary_through:
+        return view  # a stale or duplicate summary: keep the newer one
+    kept = tuple(m for m in view.messages if m.offset > payload.through_offset)
+    return replace(
+        view,
+        messages=kept,
+        summary=payload.summary,
+        summary_through=payload.through_offset,
+        summary_model=payload.model,
+        summary_covered=payload.covered_messages,
+    )
+
+
+def _redact(view: SessionView, message_id: str) -> SessionView:
+    messages = tuple(
+        replace(m, content=REDACTED, tool_calls=(), metadata={}, redacted=True)
+        if m.message_id == message_id
+        else m
+        for m in view.messages
+    )
+    return replace(view, messages=messages)
+
+
+def _erase(view: SessionView) -> SessionView:
+    # A tombstone: nothing of the user's content survives, but the offset does, so a
+    # replay of events before the erasure cannot bring the session back.
+    return replace(
+        view,
+        status=SessionStatus.ERASED,
+        title=None,
+        messages=(),
+        summary=None,
+        summary_model=None,
+        summary_covered=0,
+    )
+
+
+def _millis(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
