@@ -1,8 +1,9 @@
-"""The `chatlog` command line: publish, create topics, run the local stack.
+"""The `chatlog` command line: publish, read, tail, run the projector, manage the stack.
 
 Every command prints for people by default and JSON with ``--json`` (for scripts). On
 error it prints one line naming the problem and exits non-zero: 1 for a chatlog error
-(bad input, no broker, ...), 2 for a usage error.
+(bad input, no broker, ...), 2 for a usage error. This module is the parser and the
+dispatcher; the read commands (`context`, `sessions`, `tail`) live in `chatlog.cli_read`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from chatlog import services, wiring
+from chatlog import cli_read, services, wiring
 from chatlog.settings import Settings
 from schemas.errors import ChatlogError
 from schemas.events import Role
@@ -64,6 +65,52 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--name", help="author name (for tool or multi-agent messages)")
     publish.set_defaults(handler=_publish)
 
+    context = commands.add_parser(
+        "context", parents=[common], help="a session's context, as a chat back end reads it"
+    )
+    context.add_argument("session", help="session id")
+    context.add_argument("--user", required=True, help="the reading user (must own it)")
+    context.add_argument(
+        "--after", metavar="P:O", help="wait until the projection has applied this position"
+    )
+    context.add_argument(
+        "--max-tokens", type=_positive_int, metavar="N", help="trim the oldest turns to fit"
+    )
+    context.add_argument("--system", metavar="TEXT", help="a system prompt to put first")
+    context.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="S",
+        help="how long --after may wait (default CHATLOG_READ_TIMEOUT_S)",
+    )
+    context.set_defaults(handler=cli_read.context)
+
+    sessions = commands.add_parser(
+        "sessions", parents=[common], help="a user's sessions, most recently active first"
+    )
+    sessions.add_argument("user", help="user id")
+    sessions.add_argument("--limit", type=_positive_int, default=50, metavar="N")
+    sessions.set_defaults(handler=cli_read.sessions)
+
+    tail = commands.add_parser(
+        "tail", parents=[common], help="a session's events from the log, then new ones"
+    )
+    tail.add_argument("session", help="session id")
+    tail.add_argument(
+        "--no-follow",
+        dest="follow",
+        action="store_false",
+        help="stop at the end of the log as it was at start",
+    )
+    tail.set_defaults(handler=cli_read.tail)
+
+    run = commands.add_parser("run", help="run a long-lived processor")
+    run_commands = run.add_subparsers(dest="run_command", required=True)
+    projector = run_commands.add_parser(
+        "projector", help="project the events topic into Redis until SIGTERM or Ctrl-C"
+    )
+    projector.set_defaults(handler=_run_projector, json=False)
+
     topics = commands.add_parser("topics", help="manage chatlog's Kafka topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True)
     create = topic_commands.add_parser(
@@ -111,11 +158,53 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> list[dict[st
     return [asdict(report) for report in wiring.create_topics(settings)]
 
 
+def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
+    log = logging.getLogger("chatlog.projector")
+    log.setLevel(logging.INFO)
+    # A long-lived process: its log lines need times.
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Fail at start-up with the fix, rather than with a consumer error later.
+    cli_read.partition_count(wiring.admin_client(settings), settings)
+    with cli_read.redis_errors(settings):
+        projector = wiring.projector(settings)
+    log.info(
+        "projecting %s (group %s) into Redis prefix %s; dead letters to %s",
+        settings.topic,
+        settings.projector_group,
+        settings.redis_prefix,
+        settings.dlq_topic,
+    )
+    with cli_read.redis_errors(settings), cli_read.stop_on_signals() as stop:
+        projector.run(stop=stop)
+    log.info("stopped: %s", projector.stats)
+
+
 def _services_status(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     addresses = services.status()
     if addresses is None:
         raise ChatlogError("the local stack is not running; start it with `make services`")
     return asdict(addresses)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
 
 
 def _print(result: Any, *, as_json: bool) -> None:

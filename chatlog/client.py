@@ -72,7 +72,10 @@ class ChatLog:
     ) -> Context:
         """The session's summary and recent messages; waits for `after` if given."""
         return self.reader.context(
-            session_id, user_id=user_id, after=after, timeout=timeout or self.read_timeout_s
+            session_id,
+            user_id=user_id,
+            after=after,
+            timeout=self.read_timeout_s if timeout is None else timeout,
         )
 
     def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
@@ -146,7 +149,10 @@ class AsyncChatLog:
     ) -> Context:
         """The session's summary and recent messages; waits for `after` if given."""
         return await self.reader.context(
-            session_id, user_id=user_id, after=after, timeout=timeout or self.read_timeout_s
+            session_id,
+            user_id=user_id,
+            after=after,
+            timeout=self.read_timeout_s if timeout is None else timeout,
         )
 
     async def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:

@@ -121,7 +121,12 @@ class KafkaProjector:
 
     def step(self) -> BatchResult:
         """Consume and project one batch."""
-        messages = self._consumer.consume(self.batch_size, timeout=self.poll_timeout)
+        # Wait for the first record only, then take whatever else is already fetched:
+        # consume(n, timeout) would hold a lone event until the timeout ran out.
+        first = self._consumer.poll(self.poll_timeout)
+        if first is None:
+            return BatchResult()
+        messages = [first, *self._consumer.consume(self.batch_size - 1, timeout=0)]
         records = [r for r in (self._record(m) for m in messages) if r is not None]
         if not records:
             return BatchResult()
@@ -213,4 +218,5 @@ class KafkaProjector:
         try:
             consumer.commit(asynchronous=False)
         except KafkaException as exc:
-            log.info("commit on revoke: %s", exc)
+            if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
+                log.warning("commit on revoke: %s", exc)

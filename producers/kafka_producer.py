@@ -47,7 +47,7 @@ from schemas.errors import (
     QueueFull,
     TopicMissing,
 )
-from schemas.events import ConversationEvent, ProducerInfo, Role
+from schemas.events import ConversationEvent, ProducerInfo, Role, epoch_millis
 from schemas.position import Position
 
 __all__ = ["AsyncConversationProducer", "ConversationProducer"]
@@ -219,7 +219,7 @@ class ConversationProducer:
                 self.topic,
                 value=value,
                 key=event.session_id.encode("utf-8"),
-                timestamp=int(event.occurred_at.timestamp() * 1000),
+                timestamp=epoch_millis(event.occurred_at),
                 on_delivery=lambda err, msg: self._on_delivery(future, err, msg),
             )
         except BufferError:

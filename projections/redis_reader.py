@@ -16,8 +16,9 @@ The live generation is looked up through the pointer key and cached for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
@@ -29,7 +30,13 @@ from projections.keys import KeySpace
 from projections.redis_store import text, text_map
 from projections.store import SessionEntry, session_entries
 from projections.view import SessionStatus, SessionView
-from schemas.errors import InvalidInput, OwnershipError, ReadTimeout, SessionNotFound
+from schemas.errors import (
+    InvalidInput,
+    OwnershipError,
+    ReadTimeout,
+    SessionNotFound,
+    StoreUnavailable,
+)
 from schemas.ids import validate_id
 from schemas.position import Position
 
@@ -79,7 +86,8 @@ class RedisReader:
         deadline = time.monotonic() + timeout
         delay = _FIRST_POLL_S
         while True:
-            view, window = self._load(session_id)
+            with _redis_errors():
+                view, window = self._load(session_id)
             ready = _answer(view, session_id=session_id, user_id=user_id, after=after)
             if ready is not None:
                 return Context.from_view(ready, window_size=window)
@@ -92,6 +100,10 @@ class RedisReader:
     def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
         """The user's sessions, most recently active first (expired ones left out)."""
         validate_id(user_id, field="user_id")
+        with _redis_errors():
+            return self._sessions(user_id, limit)
+
+    def _sessions(self, user_id: str, limit: int) -> list[SessionEntry]:
         keys = self.keys()
         index = keys.user_sessions(user_id)
         pipe = self.client.pipeline(transaction=False)
@@ -156,7 +168,8 @@ class AsyncRedisReader:
         deadline = time.monotonic() + timeout
         delay = _FIRST_POLL_S
         while True:
-            view, window = await self._load(session_id)
+            with _redis_errors():
+                view, window = await self._load(session_id)
             ready = _answer(view, session_id=session_id, user_id=user_id, after=after)
             if ready is not None:
                 return Context.from_view(ready, window_size=window)
@@ -169,6 +182,10 @@ class AsyncRedisReader:
     async def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
         """The user's sessions, most recently active first (expired ones left out)."""
         validate_id(user_id, field="user_id")
+        with _redis_errors():
+            return await self._sessions(user_id, limit)
+
+    async def _sessions(self, user_id: str, limit: int) -> list[SessionEntry]:
         keys = await self.keys()
         index = keys.user_sessions(user_id)
         pipe = self.client.pipeline(transaction=False)
@@ -192,6 +209,18 @@ class AsyncRedisReader:
         pipe.lrange(keys.messages(session_id), 0, -1)
         meta, messages = await pipe.execute()
         return _decode(meta, messages)
+
+
+@contextlib.contextmanager
+def _redis_errors() -> Iterator[None]:
+    """Redis client errors as chatlog's own, with the fix in the message."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreUnavailable(
+            f"Redis did not answer ({type(exc).__name__}: {exc}); is it running? "
+            f"check CHATLOG_REDIS_URL"
+        ) from exc
 
 
 def _check_ids(session_id: str, user_id: str) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 
 from schemas.errors import InvalidEvent
 from schemas.events import (
@@ -34,6 +33,7 @@ from schemas.events import (
     SummaryUpdated,
     ToolCall,
     UserErased,
+    epoch_millis,
 )
 from schemas.position import Position
 
@@ -144,6 +144,14 @@ def evolve(
     another user, or found on another partition); the view is then unchanged.
     """
     if view is not None:
+        if event.session_id != view.session_id or event.tenant != view.tenant:
+            raise ForeignEvent(
+                f"an event of session {event.session_id} (tenant {event.tenant}) cannot change "
+                f"session {view.session_id} (tenant {view.tenant})",
+                session_id=view.session_id,
+                partition=position.partition,
+                offset=position.offset,
+            )
         if position.partition != view.partition:
             raise ForeignEvent(
                 f"session {view.session_id} lives on partition {view.partition}, but an event "
@@ -163,7 +171,7 @@ def evolve(
                 partition=position.partition,
                 offset=position.offset,
             )
-    at_ms = _millis(event.occurred_at)
+    at_ms = epoch_millis(event.occurred_at)
     if view is None:
         if isinstance(event.payload, UserErased | SessionClosed | MessageRedacted):
             return None  # nothing to erase, close or redact: no session comes into being
@@ -181,7 +189,7 @@ def evolve(
     if isinstance(payload, MessageAppended):
         return _append(view, payload, position.offset, at_ms, policy)
     if isinstance(payload, SummaryUpdated):
-        return _summarize(view, payload)
+        return _summarize(view, payload, policy)
     if isinstance(payload, MessageRedacted):
         return _redact(view, payload.message_id)
     if isinstance(payload, SessionStarted):
@@ -211,6 +219,8 @@ def fold(
 def _append(
     view: SessionView, payload: MessageAppended, offset: int, at_ms: int, policy: WindowPolicy
 ) -> SessionView:
+    if any(m.message_id == payload.message_id for m in view.messages):
+        return view  # a client's retry of an append it already made (same message_id)
     message = Message(
         offset=offset,
         message_id=payload.message_id,
@@ -235,10 +245,12 @@ def _append(
     )
 
 
-def _summarize(view: SessionView, payload: SummaryUpdated) -> SessionView:
+def _summarize(view: SessionView, payload: SummaryUpdated, policy: WindowPolicy) -> SessionView:
     if payload.through_offset <= view.summary_through:
         return view  # a stale or duplicate summary: keep the newer one
-    kept = tuple(m for m in view.messages if m.offset > payload.through_offset)
+    # The summary replaces overflow only: the recent window always stays in full.
+    overflow, window = view.overflow(policy), view.window(policy)
+    kept = tuple(m for m in overflow if m.offset > payload.through_offset) + window
     return replace(
         view,
         messages=kept,
@@ -262,16 +274,17 @@ def _redact(view: SessionView, message_id: str) -> SessionView:
 def _erase(view: SessionView) -> SessionView:
     # A tombstone: nothing of the user's content survives, but the offset does, so a
     # replay of events before the erasure cannot bring the session back.
+    # A summary of the erased turns may still be in flight: moving summary_through to the
+    # erasure makes it stale on arrival, so it cannot bring the erased content back.
     return replace(
         view,
         status=SessionStatus.ERASED,
         title=None,
         messages=(),
+        message_count=0,
+        overflow_dropped=0,
         summary=None,
+        summary_through=max(view.summary_through, view.last_offset),
         summary_model=None,
         summary_covered=0,
     )
-
-
-def _millis(at: datetime) -> int:
-    return int(at.timestamp() * 1000)

@@ -14,7 +14,8 @@ setting) as attributes as well as in the message::
     ├── ReadError                          a read could not be answered
     │   ├── SessionNotFound(LookupError)   no such session (never existed, expired, erased)
     │   ├── OwnershipError(PermissionError) the session belongs to another user
-    │   └── ReadTimeout(TimeoutError)      the projection did not reach a position in time
+    │   ├── ReadTimeout(TimeoutError)      the projection did not reach a position in time
+    │   └── StoreUnavailable(ConnectionError) Redis did not answer
     ├── PublishError                       an event could not be published
     │   ├── BrokerUnavailable(ConnectionError)
     │   ├── PublishTimeout(TimeoutError)
@@ -43,6 +44,7 @@ __all__ = [
     "ReadTimeout",
     "ServiceError",
     "SessionNotFound",
+    "StoreUnavailable",
     "TopicMissing",
     "UnknownSchema",
 ]
@@ -95,6 +97,10 @@ class OwnershipError(ReadError, PermissionError):
 
 class ReadTimeout(ReadError, TimeoutError):
     """The projection did not reach the awaited position within the timeout."""
+
+
+class StoreUnavailable(ReadError, ConnectionError):
+    """The read-model's store (Redis) did not answer."""
 
 
 class PublishError(ChatlogError):

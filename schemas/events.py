@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeAlias, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -33,6 +33,7 @@ __all__ = [
     "SummaryUpdated",
     "ToolCall",
     "UserErased",
+    "epoch_millis",
     "validated",
 ]
 
@@ -63,6 +64,14 @@ def _utc(value: datetime) -> datetime:
 
 
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_millis(at: datetime) -> int:
+    """Milliseconds since the Unix epoch, exactly (`timestamp() * 1000` can be 1 ms short)."""
+    return (at - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _now() -> datetime:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import hypothesis
 import pytest
+import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -165,6 +166,24 @@ def redis_url(_services: tuple[str, str]) -> str:
 
 
 @pytest.fixture
-def redis_prefix() -> str:
-    """A key prefix no other test uses."""
-    return f"t{uuid.uuid4().hex[:12]}"
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted afterwards."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for batch in _batched(client.scan_iter(f"{prefix}*", count=1000), 500):
+            client.unlink(*batch)
+    finally:
+        client.close()
+
+
+def _batched(items, size):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,419 @@
+"""The CLI's read commands: `context`, `sessions` and `tail`.
+
+`context` and `sessions` read the Redis read-model, exactly as a chat back end does
+(ownership checked, read-your-writes with ``--after``). `tail` reads the log itself: the
+one partition of the events topic that holds the session, from its start, so it shows
+what was published even when no projector runs. `cli.py` owns the parser and the exit
+codes; the functions here take parsed arguments and either return what to print as JSON
+or print as they go (`tail`). The text formatting is shared with the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from chatlog import wiring
+from chatlog.settings import Settings
+from producers.partitioning import partition_for
+from projections.context import SUMMARY_PREAMBLE, Context
+from projections.store import SessionEntry
+from schemas.errors import BrokerUnavailable, ChatlogError, DecodeError, TopicMissing
+from schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
+from schemas.ids import validate_id
+from schemas.position import Position
+
+__all__ = [
+    "context",
+    "context_lines",
+    "iso",
+    "partition_count",
+    "redis_errors",
+    "session_rows",
+    "sessions",
+    "stop_on_signals",
+    "tail",
+]
+
+_METADATA_TIMEOUT_S = 10.0
+_KAFKA_LOG = logging.getLogger("chatlog.kafka")
+
+
+# -- context ------------------------------------------------------------------------
+
+
+def context(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
+    """`chatlog context`: the session's context; JSON, or printed as a transcript."""
+    after = Position.parse(args.after) if args.after is not None else None
+    reader = wiring.reader(settings)
+    try:
+        with redis_errors(settings):
+            ctx = reader.context(
+                args.session,
+                user_id=args.user,
+                after=after,
+                timeout=args.timeout if args.timeout is not None else settings.read_timeout_s,
+            )
+    finally:
+        reader.client.close()
+    messages = ctx.to_openai(system=args.system, max_tokens=args.max_tokens)
+    if not args.json:
+        for line in context_lines(ctx, messages, system=args.system):
+            print(line)
+        return None
+    return {
+        "session_id": ctx.session_id,
+        "user_id": ctx.user_id,
+        "position": str(ctx.position),
+        "message_count": ctx.message_count,
+        "summary": ctx.summary,
+        "messages": messages,
+    }
+
+
+def context_lines(
+    ctx: Context, messages: Sequence[dict[str, Any]], *, system: str | None = None
+) -> list[str]:
+    """A header line, then one line per message of `messages`.
+
+    `messages` is ``ctx.to_openai(system=system, ...)``: the system prompt and the summary
+    (when there are) come first, then the turns that fit the token budget.
+    """
+    held = len(ctx.messages)
+    overflow = max(0, held - ctx.window_size)
+    turns = len(messages) - bool(system) - bool(ctx.summary)
+    header = [
+        f"session {ctx.session_id}",
+        f"owner {ctx.user_id}",
+        f"position {ctx.position}",
+        f"{ctx.message_count} messages",
+    ]
+    if held != ctx.message_count:
+        header[-1] += f" ({held} held: {overflow} overflow + {held - overflow} window)"
+    elif overflow:
+        header[-1] += f" ({overflow} overflow + {held - overflow} window)"
+    if turns < held:
+        header.append(f"showing the newest {turns}")
+    if ctx.summary:
+        header.append(f"summary through offset {ctx.summary_through}")
+    if ctx.title:
+        header.append(f"title {ctx.title!r}")
+    return ["  ".join(header), *(_message_line(m, ctx) for m in messages)]
+
+
+def _is_summary(message: dict[str, Any], ctx: Context) -> bool:
+    return bool(ctx.summary) and message.get("content") == SUMMARY_PREAMBLE + (ctx.summary or "")
+
+
+def _message_line(message: dict[str, Any], ctx: Context) -> str:
+    if _is_summary(message, ctx):
+        return f"[summary] {_one_line(ctx.summary or '')}"
+    label = message["role"]
+    if message.get("name"):
+        label += f":{message['name']}"
+    parts = [f"[{label}]"]
+    if message.get("content"):
+        parts.append(_one_line(message["content"]))
+    for call in message.get("tool_calls", ()):
+        function = call["function"]
+        parts.append(f"-> {function['name']}({_one_line(function['arguments'])})")
+    return " ".join(parts)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\n", " ⏎ ")
+
+
+# -- sessions -----------------------------------------------------------------------
+
+
+def sessions(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]] | None:
+    """`chatlog sessions`: the user's sessions, most recently active first."""
+    reader = wiring.reader(settings)
+    try:
+        with redis_errors(settings):
+            entries = reader.sessions(args.user, limit=args.limit)
+    finally:
+        reader.client.close()
+    if args.json:
+        return [_session_json(e) for e in entries]
+    if not entries:
+        print(f"no sessions for user {args.user}")
+    for line in session_rows(entries):
+        print(line)
+    return None
+
+
+def _session_json(entry: SessionEntry) -> dict[str, Any]:
+    return {
+        "session_id": entry.session_id,
+        "title": entry.title,
+        "status": entry.status.value,
+        "message_count": entry.message_count,
+        "created_at": iso(entry.created_at_ms),
+        "last_activity": iso(entry.updated_at_ms),
+    }
+
+
+def session_rows(entries: Sequence[SessionEntry]) -> list[str]:
+    """An aligned table of `entries` with a heading; no lines for no entries."""
+    if not entries:
+        return []
+    rows = [("SESSION", "STATUS", "MESSAGES", "LAST ACTIVITY", "TITLE")]
+    rows += [
+        (
+            e.session_id,
+            e.status.value,
+            str(e.message_count),
+            iso(e.updated_at_ms),
+            e.title or "-",
+        )
+        for e in entries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return [
+        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  "
+        f"{r[3]:<{widths[3]}}  {r[4]}"
+        for r in rows
+    ]
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as an ISO 8601 UTC time with milliseconds."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+# -- tail ---------------------------------------------------------------------------
+
+
+def tail(args: argparse.Namespace, settings: Settings) -> None:
+    """`chatlog tail`: print the session's events from the log, then follow new ones."""
+    validate_id(args.session, field="session_id")
+    consumer = Consumer(
+        {
+            **settings.kafka,
+            "bootstrap.servers": settings.kafka_bootstrap,
+            # A reader, not a group member: nothing is committed, so a throwaway id is fine.
+            "group.id": f"chatlog-tail-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "logger": _KAFKA_LOG,
+        }
+    )
+    try:
+        partition, low, high = _locate(consumer, settings, args.session)
+        if not args.json:
+            span = f"offsets {low}..{high - 1}" if high > low else "empty"
+            until = "following; Ctrl-C to stop" if args.follow else "up to its end"
+            print(f"session {args.session}: {settings.topic}[{partition}] ({span}), {until}")
+        shown = _read(
+            consumer, settings, args, TopicPartition(settings.topic, partition, low), high
+        )
+        if not args.json and not args.follow:
+            print(f"{shown} events of session {args.session}")
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep the interpreter's final
+        # flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        consumer.close()
+
+
+def _read(
+    consumer: Consumer,
+    settings: Settings,
+    args: argparse.Namespace,
+    start: TopicPartition,
+    high: int,
+) -> int:
+    """Print the session's events from `start`; returns how many were shown."""
+    if not args.follow and high <= start.offset:
+        return 0
+    key = args.session.encode("utf-8")
+    codec = wiring.codec(settings)
+    emit = _emit_json if args.json else _emit_text
+    shown = 0
+    consumer.assign([start])
+    with stop_on_signals() as stop:
+        while not stop.is_set():
+            for message in consumer.consume(500, timeout=0.2):
+                if _usable(message, start.topic) and message.key() == key:
+                    shown += _show(message, codec.decode, emit, args.session)
+            if not args.follow and _reached(consumer, start, high):
+                break
+    return shown
+
+
+def _locate(consumer: Consumer, settings: Settings, session_id: str) -> tuple[int, int, int]:
+    """The session's partition and that partition's low and high watermarks."""
+    partition = partition_for(session_id, partition_count(consumer, settings))
+    try:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(settings.topic, partition), timeout=_METADATA_TIMEOUT_S
+        )
+    except KafkaException as exc:
+        raise _no_broker(settings, exc) from exc
+    return partition, low, high
+
+
+def partition_count(client: Consumer | AdminClient, settings: Settings) -> int:
+    """The events topic's partition count; a missing topic or broker is a one-line error."""
+    try:
+        metadata = client.list_topics(settings.topic, timeout=_METADATA_TIMEOUT_S)
+    except KafkaException as exc:
+        raise _no_broker(settings, exc) from exc
+    found = metadata.topics.get(settings.topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise TopicMissing(
+            f"topic {settings.topic!r} does not exist on {settings.kafka_bootstrap}; "
+            f"create it with `chatlog topics create`",
+            topic=settings.topic,
+        )
+    return len(found.partitions)
+
+
+def _no_broker(settings: Settings, exc: KafkaException) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"no Kafka broker answered at {settings.kafka_bootstrap} within "
+        f"{_METADATA_TIMEOUT_S:g} s ({exc.args[0]}); start one (`make services`) or set "
+        f"CHATLOG_KAFKA_BOOTSTRAP",
+        bootstrap_servers=settings.kafka_bootstrap,
+    )
+
+
+def _usable(message: Message, topic: str) -> bool:
+    error = message.error()
+    if error is None:
+        return True
+    if error.code() == KafkaError._PARTITION_EOF:
+        return False
+    if error.fatal() or not error.retriable():
+        raise BrokerUnavailable(f"reading {topic} failed: {error.str()}", topic=topic)
+    _warn(f"consumer: {error.str()}")
+    return False
+
+
+def _reached(consumer: Consumer, start: TopicPartition, high: int) -> bool:
+    [position] = consumer.position([TopicPartition(start.topic, start.partition)])
+    # Before the first fetch the position is a negative sentinel (OFFSET_INVALID).
+    return position.offset >= high
+
+
+def _show(
+    message: Message,
+    decode: Callable[[bytes], ConversationEvent],
+    emit: Callable[[Message, ConversationEvent], None],
+    session_id: str,
+) -> bool:
+    where = f"{message.partition()}:{message.offset()}"
+    try:
+        event = decode(message.value() or b"")
+    except DecodeError as exc:
+        _warn(f"{where}: skipped an undecodable record: {exc.message}")
+        return False
+    if event.session_id != session_id:
+        _warn(f"{where}: keyed {session_id} but the event names session {event.session_id}")
+        return False
+    emit(message, event)
+    return True
+
+
+def _emit_text(message: Message, event: ConversationEvent) -> None:
+    payload = event.payload
+    at = event.occurred_at.isoformat(timespec="milliseconds")
+    line = f"{message.offset():>8}  {at}  {type(payload).__name__:<15}"
+    if isinstance(payload, MessageAppended):
+        label = payload.role.value + (f":{payload.name}" if payload.name else "")
+        parts = [f"[{label}]", _one_line(payload.content)]
+        parts += [f"-> {c.name}({c.arguments})" for c in payload.tool_calls]
+        line += "  " + " ".join(part for part in parts if part)
+    elif isinstance(payload, SummaryUpdated):
+        line += f"  through offset {payload.through_offset} by {payload.model}"
+    else:
+        details = payload.model_dump(exclude_defaults=True)
+        if details:
+            line += "  " + " ".join(f"{k}={v}" for k, v in details.items())
+    print(line.rstrip(), flush=True)
+
+
+def _emit_json(message: Message, event: ConversationEvent) -> None:
+    record = {
+        "position": f"{message.partition()}:{message.offset()}",
+        "offset": message.offset(),
+        "occurred_at": event.occurred_at.isoformat(timespec="milliseconds"),
+        "type": type(event.payload).__name__,
+        "event_id": event.event_id,
+        "session_id": event.session_id,
+        "user_id": event.user_id,
+        "payload": event.payload.model_dump(mode="json"),
+    }
+    print(json.dumps(record), flush=True)
+
+
+def _warn(text: str) -> None:
+    print(f"chatlog: warning: {text}", file=sys.stderr, flush=True)
+
+
+# -- shared -------------------------------------------------------------------------
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT while the block runs; handlers restored after.
+
+    The first signal asks for a clean stop; a second one gets the previous behaviour
+    back (Ctrl-C twice interrupts a stop that hangs).
+    """
+    stop = threading.Event()
+    watched = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in watched}
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+
+    for signum in watched:
+        signal.signal(signum, request_stop)
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def redis_errors(settings: Settings) -> Iterator[None]:
+    """Translate the Redis client's errors into one-line chatlog errors."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise ChatlogError(
+            f"Redis at {_redacted(settings.redis_url)} failed: {exc}; is it running "
+            f"(`make services`), and is CHATLOG_REDIS_URL right?"
+        ) from exc
+
+
+def _redacted(url: str) -> str:
+    """`url` without a password (redis://user:secret@host -> redis://user:***@host)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

@@ -1,0 +1,394 @@
+"""The read commands, `run projector` and the demo, run as processes against the real servers.
+
+Every command runs as `python -m chatlog.cli` with CHATLOG_* variables naming a topic,
+dead-letter topic, Redis prefix and consumer group of its own, as an operator would run
+it. Events are published in-process with the producer, so each test knows the exact
+positions it waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import pytest
+import redis
+from confluent_kafka import Producer
+
+from chatlog import wiring
+from chatlog.settings import Settings
+from producers.kafka_producer import ConversationProducer
+from producers.partitioning import partition_for
+from schemas.position import Position
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stack:
+    """One private topic, DLQ, Redis prefix and group, and ways to run the CLI on them."""
+
+    settings: Settings
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLOG_")}
+        for name in (
+            "kafka_bootstrap",
+            "redis_url",
+            "topic",
+            "dlq_topic",
+            "redis_prefix",
+            "projector_group",
+        ):
+            env[Settings.env_name(name)] = str(getattr(self.settings, name))
+        return env
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "chatlog.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "chatlog.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+
+    def producer(self) -> ConversationProducer:
+        # The test process keeps pytest's own SIGTERM behaviour.
+        return wiring.producer(self.settings, flush_on_sigterm=False)
+
+    def wait_projected(self, session: str, user: str, position: Position) -> None:
+        reader = wiring.reader(self.settings)
+        try:
+            reader.context(session, user_id=user, after=position, timeout=20)
+        finally:
+            reader.client.close()
+
+
+def _stack(kafka, redis_url: str, prefix: str) -> Stack:
+    return Stack(
+        Settings(
+            kafka_bootstrap=kafka.bootstrap,
+            redis_url=redis_url,
+            topic=kafka.create_topic("cliread"),
+            dlq_topic=kafka.create_topic("cliread.dlq"),
+            redis_prefix=prefix,
+            projector_group=f"cliread-{uuid.uuid4().hex[:10]}",
+        )
+    )
+
+
+def _drop_keys(redis_url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+
+
+@pytest.fixture(scope="module")
+def projected(kafka, redis_url) -> Iterator[Stack]:
+    """A stack with `chatlog run projector` running for the whole module."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    stack = _stack(kafka, redis_url, prefix)
+    projector = stack.start("run", "projector")
+    try:
+        yield stack
+    finally:
+        _stop(projector)
+        _drop_keys(redis_url, prefix)
+
+
+def _session() -> str:
+    return f"s-{uuid.uuid4().hex[:10]}"
+
+
+def test_run_projector_projects_and_exits_0_on_sigterm(kafka, redis_url, redis_prefix):
+    stack = _stack(kafka, redis_url, redis_prefix)
+    projector = stack.start("run", "projector")
+    try:
+        with stack.producer() as producer:
+            positions = [
+                producer.append("s-run", user_id="u1", role="user", content=f"m{i}")
+                for i in range(3)
+            ]
+        stack.wait_projected("s-run", "u1", positions[-1])
+    finally:
+        _, err = _stop(projector)
+        _drop_keys(redis_url, redis_prefix)
+    assert projector.returncode == 0, err
+    settings = stack.settings
+    assert (
+        f"projecting {settings.topic} (group {settings.projector_group}) "
+        f"into Redis prefix {redis_prefix}"
+    ) in err
+    assert "stopped: ProjectorStats(" in err
+
+
+def test_run_projector_refuses_a_missing_topic_in_one_line(kafka, redis_url, redis_prefix):
+    stack = Stack(
+        Settings(
+            kafka_bootstrap=kafka.bootstrap,
+            redis_url=redis_url,
+            topic=f"missing.{uuid.uuid4().hex}",
+            redis_prefix=redis_prefix,
+        )
+    )
+    result = stack.cli("run", "projector")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("chatlog: error: topic ")
+    assert "chatlog topics create" in line
+
+
+def test_context_json_holds_the_messages_in_order_with_the_position(projected):
+    session = _session()
+    turns = [("user", "Where is #A7-1042?"), ("assistant", "On its way."), ("user", "Thanks")]
+    with projected.producer() as producer:
+        positions = [
+            producer.append(session, user_id="alice", role=role, content=content)
+            for role, content in turns
+        ]
+
+    result = projected.cli(
+        "context", session, "--user", "alice", "--after", str(positions[-1]), "--json"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "session_id": session,
+        "user_id": "alice",
+        "position": str(positions[-1]),
+        "message_count": 3,
+        "summary": None,
+        "messages": [{"role": role, "content": content} for role, content in turns],
+    }
+
+
+def test_context_applies_the_system_prompt_and_the_token_budget(projected):
+    session = _session()
+    with projected.producer() as producer:
+        for content in ("x" * 400, "y" * 400, "the newest"):
+            position = producer.append(session, user_id="bob", role="user", content=content)
+    projected.wait_projected(session, "bob", position)
+
+    result = projected.cli(
+        "context", session, "--user", "bob", "--system", "Be brief.", "--max-tokens", "30",
+        "--json",
+    )  # fmt: skip
+    human = projected.cli("context", session, "--user", "bob", "--max-tokens", "30")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "the newest"},
+    ]
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.splitlines() == [
+        f"session {session}  owner bob  position {position}  3 messages  showing the newest 1",
+        "[user] the newest",
+    ]
+
+
+def test_context_of_another_users_session_is_refused_in_one_line(projected):
+    session = _session()
+    with projected.producer() as producer:
+        position = producer.append(session, user_id="alice", role="user", content="secret #Z9-0001")
+    projected.wait_projected(session, "alice", position)
+
+    result = projected.cli("context", session, "--user", "mallory")
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line == f"chatlog: error: session {session} belongs to another user, not mallory"
+
+
+def test_context_after_waits_for_the_write(projected):
+    session = _session()
+    with projected.producer() as producer:
+        first = producer.append(session, user_id="carol", role="user", content="first")
+        projected.wait_projected(session, "carol", first)
+        # Only this test writes to the module's topic now, so the next event of the
+        # session's partition lands at the next offset: a position not written yet.
+        awaited = Position(first.partition, first.offset + 1)
+        reader = projected.start(
+            "context", session, "--user", "carol", "--after", str(awaited), "--timeout", "20",
+            "--json",
+        )  # fmt: skip
+        time.sleep(2.0)
+        assert reader.poll() is None, "context returned before the awaited write existed"
+        second = producer.append(session, user_id="carol", role="user", content="second")
+    out, err = reader.communicate(timeout=30)
+
+    assert second == awaited
+    assert reader.returncode == 0, err
+    shown = json.loads(out)
+    assert shown["position"] == str(awaited)
+    assert [m["content"] for m in shown["messages"]] == ["first", "second"]
+
+
+def test_context_after_a_position_never_reached_times_out_in_one_line(projected):
+    session = _session()
+    with projected.producer() as producer:
+        position = producer.append(session, user_id="dave", role="user", content="only")
+    projected.wait_projected(session, "dave", position)
+    later = Position(position.partition, position.offset + 1000)
+
+    result = projected.cli(
+        "context", session, "--user", "dave", "--after", str(later), "--timeout", "0.5"
+    )
+
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"chatlog: error: the projection of session {session} did not reach")
+
+
+def test_sessions_json_lists_the_users_sessions_newest_first(projected):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    older, newer = _session(), _session()
+    with projected.producer() as producer:
+        producer.append(older, user_id=user, role="user", content="one")
+        last_older = producer.append(older, user_id=user, role="assistant", content="two")
+        time.sleep(0.01)  # distinct last-activity milliseconds
+        last_newer = producer.append(newer, user_id=user, role="user", content="three")
+        producer.append(_session(), user_id="someone-else", role="user", content="not listed")
+    projected.wait_projected(older, user, last_older)
+    projected.wait_projected(newer, user, last_newer)
+
+    result = projected.cli("sessions", user, "--json")
+    human = projected.cli("sessions", user)
+
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)
+    assert [(s["session_id"], s["message_count"], s["status"]) for s in listed] == [
+        (newer, 1, "open"),
+        (older, 2, "open"),
+    ]
+    assert datetime.fromisoformat(listed[0]["last_activity"]) >= datetime.fromisoformat(
+        listed[1]["last_activity"]
+    )
+    assert human.returncode == 0, human.stderr
+    [heading, first, second] = human.stdout.splitlines()
+    assert heading.split() == ["SESSION", "STATUS", "MESSAGES", "LAST", "ACTIVITY", "TITLE"]
+    assert first.startswith(newer)
+    assert second.startswith(older)
+
+
+def test_tail_no_follow_json_shows_exactly_the_sessions_events(projected, kafka):
+    session = _session()
+    partitions = projected.settings.partitions
+    partition = partition_for(session, partitions)
+    # A neighbour on the same partition: tail must leave its events out.
+    neighbour = next(
+        s for s in (_session() for _ in range(1000)) if partition_for(s, partitions) == partition
+    )
+    with projected.producer() as producer:
+        mine = [producer.append(session, user_id="erin", role="user", content="hello")]
+        producer.append(neighbour, user_id="frank", role="user", content="not erin's")
+        raw = Producer({"bootstrap.servers": kafka.bootstrap})
+        raw.produce(
+            projected.settings.topic, key=session.encode(), value=b"not avro", partition=partition
+        )
+        raw.flush(10)
+        mine.append(producer.append(session, user_id="erin", role="assistant", content="hi"))
+
+    result = projected.cli("tail", session, "--no-follow", "--json")
+
+    assert result.returncode == 0, result.stderr
+    shown = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["position"] for e in shown] == [str(p) for p in mine]
+    assert [(e["type"], e["payload"]["content"]) for e in shown] == [
+        ("MessageAppended", "hello"),
+        ("MessageAppended", "hi"),
+    ]
+    assert {e["session_id"] for e in shown} == {session}
+    [warning] = result.stderr.strip().splitlines()
+    assert warning.startswith(f"chatlog: warning: {partition}:{mine[0].offset + 2}: skipped")
+
+
+def test_tail_follows_new_events_until_sigterm(projected):
+    session = _session()
+    with projected.producer() as producer:
+        producer.append(session, user_id="grace", role="user", content="before")
+        tail = projected.start("tail", session, "--json")
+        try:
+            assert _read_json_line(tail, timeout=20)["payload"]["content"] == "before"
+            producer.append(session, user_id="grace", role="user", content="while following")
+            assert _read_json_line(tail, timeout=20)["payload"]["content"] == "while following"
+        finally:
+            _, err = _stop(tail)
+    assert tail.returncode == 0, err
+
+
+def _read_json_line(process: subprocess.Popen[str], *, timeout: float) -> dict:
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError(f"no line within {timeout} s")
+    return json.loads(process.stdout.readline())
+
+
+def test_the_demo_runs_end_to_end_and_leaves_no_process(kafka, redis_url, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLOG_")}
+    env |= {
+        "CHATLOG_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "CHATLOG_REDIS_URL": redis_url,
+        "CHATLOG_STATE_DIR": str(tmp_path),  # the projector's log goes there
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "chatlog.demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    topic = re.search(r"CHATLOG_TOPIC=(\S+)", result.stdout)
+    prefix = re.search(r"CHATLOG_REDIS_PREFIX=(\S+)", result.stdout)
+    if topic:
+        kafka.created.extend([topic.group(1), f"{topic.group(1)}.dlq"])
+    if prefix:
+        _drop_keys(redis_url, prefix.group(1))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "isolation: 300/300 sessions hold only their own messages" in result.stdout
+    assert "read-your-writes: 100/100 fresh appends" in result.stdout
+    assert "make services-stop" in result.stdout
+    pid = re.search(r"projector +pid (\d+)", result.stdout)
+    assert pid is not None, result.stdout
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid.group(1)), 0)

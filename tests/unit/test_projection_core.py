@@ -1,0 +1,104 @@
+"""The projector's logic on an in-memory store: folding, dead letters, conflicts, replays."""
+
+from __future__ import annotations
+
+import pytest
+
+from processors.projection import ProjectionCore, Record
+from producers.commands import append_message
+from projections.store import InMemoryViewStore
+from projections.view import ForeignEvent, WindowPolicy
+from schemas.codec import EventCodec
+from schemas.errors import DecodeError, InvalidEvent
+
+CODEC = EventCodec()
+
+
+def record(offset: int, event=None, *, partition: int = 0, key=None, value=None) -> Record:
+    if event is not None:
+        value = CODEC.encode(event)
+        key = event.session_id.encode() if key is None else key
+    return Record("events", partition, offset, key, value)
+
+
+def msg(session: str, text: str, user: str = "u1"):
+    return append_message(session, user_id=user, role="user", content=text)
+
+
+@pytest.fixture
+def store():
+    return InMemoryViewStore()
+
+
+def test_a_batch_is_folded_per_session_in_log_order(store):
+    core = ProjectionCore(store)
+    result = core.handle(
+        [record(0, msg("a", "a1")), record(1, msg("b", "b1")), record(2, msg("a", "a2"))]
+    )
+    assert (result.events, result.applied, result.dead_letters) == (3, 2, [])
+    assert [m.content for m in store.views["a"].messages] == ["a1", "a2"]
+    assert [m.content for m in store.views["b"].messages] == ["b1"]
+    assert store.views["a"].last_offset == 2
+
+
+def test_replaying_a_batch_changes_nothing(store):
+    batch = [record(n, msg("a", str(n))) for n in range(5)]
+    ProjectionCore(store).handle(batch)
+    before = dict(store.views)
+    # A fresh core (a restarted projector) sees the same records again.
+    result = ProjectionCore(store).handle(batch)
+    assert (result.applied, result.unchanged) == (0, 1)
+    assert store.views == before
+
+
+def test_undecodable_records_are_dead_lettered_and_the_rest_applied(store):
+    good = msg("a", "fine")
+    result = ProjectionCore(store).handle(
+        [
+            record(0, value=b"garbage", key=b"a"),
+            record(1, value=None, key=b"a"),
+            record(2, good),
+            record(3, msg("b", "x"), key=b"not-b"),
+        ]
+    )
+    errors = {d.record.offset: d.error for d in result.dead_letters}
+    assert set(errors) == {0, 1, 3}
+    assert isinstance(errors[0], DecodeError)
+    assert isinstance(errors[1], InvalidEvent)
+    assert "record key b'not-b' is not the event's session_id 'b'" in errors[3].message
+    assert [m.content for m in store.views["a"].messages] == ["fine"]
+    assert "b" not in store.views
+
+
+def test_an_event_from_another_user_is_dead_lettered_not_applied(store):
+    core = ProjectionCore(store)
+    result = core.handle(
+        [
+            record(0, msg("a", "mine", user="alice")),
+            record(1, msg("a", "intruder", user="mallory")),
+            record(2, msg("a", "mine again", user="alice")),
+        ]
+    )
+    [letter] = result.dead_letters
+    assert letter.record.offset == 1
+    assert isinstance(letter.error, ForeignEvent)
+    assert [m.content for m in store.views["a"].messages] == ["mine", "mine again"]
+
+
+def test_a_zombie_projector_is_corrected_by_the_conflict_check(store):
+    zombie = ProjectionCore(store)
+    owner = ProjectionCore(store)
+    zombie.handle([record(0, msg("a", "0"))])  # the zombie caches offset 0
+    owner.handle([record(1, msg("a", "1")), record(2, msg("a", "2"))])
+    # The zombie still believes the session is at offset 0 and sees offsets 1-3 again.
+    result = zombie.handle([record(n, msg("a", str(n))) for n in (1, 2, 3)])
+    assert result.conflicts == 1
+    assert [m.content for m in store.views["a"].messages] == ["0", "1", "2", "3"]
+
+
+def test_the_view_cache_is_bounded_and_reloads_from_the_store(store):
+    core = ProjectionCore(store, cache_size=1, policy=WindowPolicy(window=2, max_overflow=0))
+    core.handle([record(0, msg("a", "a0")), record(1, msg("b", "b0"))])
+    core.handle([record(2, msg("a", "a1")), record(3, msg("a", "a2"))])
+    assert [m.content for m in store.views["a"].messages] == ["a1", "a2"]
+    assert store.views["a"].overflow_dropped == 1

@@ -1,0 +1,14 @@
+"""The view store contract against the in-memory store."""
+
+from __future__ import annotations
+
+import pytest
+
+from projections.store import InMemoryViewStore
+from tests.contracts import ViewStoreContract
+
+
+class TestInMemoryViewStore(ViewStoreContract):
+    @pytest.fixture
+    def store(self):
+        return InMemoryViewStore()
