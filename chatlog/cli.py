@@ -18,6 +18,7 @@ from typing import Any
 
 from chatlog import cli_read, services, wiring
 from chatlog.settings import Settings
+from processors.kafka_projector import tune_garbage_collector
 from schemas.errors import ChatlogError
 from schemas.events import Role
 
@@ -175,6 +176,7 @@ def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
         settings.redis_prefix,
         settings.dlq_topic,
     )
+    tune_garbage_collector()
     with cli_read.redis_errors(settings), cli_read.stop_on_signals() as stop:
         projector.run(stop=stop)
     log.info("stopped: %s", projector.stats)

@@ -17,6 +17,7 @@ SIGTERM or SIGINT (through `stop`) finishes the current batch, commits and leave
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -30,7 +31,7 @@ from processors.dead_letters import dead_letter_headers
 from processors.projection import BatchResult, DeadLetter, ProjectionCore, Record
 from schemas.errors import BrokerUnavailable, ChatlogError
 
-__all__ = ["KafkaProjector", "ProjectorStats"]
+__all__ = ["KafkaProjector", "ProjectorStats", "tune_garbage_collector"]
 
 log = logging.getLogger("chatlog.projector")
 _KAFKA_LOG = logging.getLogger("chatlog.kafka")
@@ -44,6 +45,7 @@ class ProjectorStats:
     events: int = 0
     applied: int = 0
     unchanged: int = 0
+    duplicates: int = 0
     conflicts: int = 0
     dead_letters: int = 0
 
@@ -53,6 +55,7 @@ class ProjectorStats:
         self.events += result.events
         self.applied += result.applied
         self.unchanged += result.unchanged
+        self.duplicates += result.duplicates
         self.conflicts += result.conflicts
         self.dead_letters += len(result.dead_letters)
 
@@ -220,3 +223,20 @@ class KafkaProjector:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
                 log.warning("commit on revoke: %s", exc)
+
+
+def tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector from pausing the projection for long.
+
+    For a process whose main job is projecting (`chatlog run projector`); it changes
+    process-wide state, so a library embedding the projector decides for itself.
+
+    The projector holds many long-lived, acyclic objects (cached views and their
+    messages) and allocates quickly, so with the default thresholds every few thousand
+    events a full collection walks the whole cache: pauses of 100-200 ms, seen as
+    publish-to-visible tail latency. Start-up objects are frozen out of collection, and
+    young collections run less often; reference counting still frees nearly everything.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)

@@ -57,6 +57,7 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     applied: int = 0
     unchanged: int = 0
+    duplicates: int = 0
     conflicts: int = 0
     events: int = 0
 
@@ -141,6 +142,8 @@ class ProjectionCore:
                     result.dead_letters.append(DeadLetter(record, error))
             if after is None or (before is not None and after.last_offset == before.last_offset):
                 result.unchanged += 1
+                if before is not None:
+                    self._remember(before)  # a replayed range: next batch needs no reload
                 continue
             changes.append(Change(before, after))
         retry: dict[str, list[tuple[ConversationEvent, Position]]] = {}
@@ -149,9 +152,14 @@ class ProjectionCore:
             if outcome is Outcome.APPLIED:
                 result.applied += 1
                 self._remember(change.new)
+                continue
+            # Someone else wrote the session meanwhile (DUPLICATE: these very events):
+            # reload it and fold again; evolve skips what the stored view already has.
+            if outcome is Outcome.DUPLICATE:
+                result.duplicates += 1
             else:
                 result.conflicts += 1
-                retry[session_id] = by_session[session_id]
+            retry[session_id] = by_session[session_id]
         return retry
 
     def _views(self, session_ids: Iterable[str]) -> dict[str, SessionView | None]:

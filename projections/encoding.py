@@ -128,20 +128,27 @@ class MessagesDelta:
 
 def diff(old: Sequence[Message], new: Sequence[Message]) -> MessagesDelta:
     """The delta from `old` to `new` (both ordered by offset, as views keep them)."""
-    new_offsets = {m.offset for m in new}
+    if not new:
+        return MessagesDelta(trim_left=len(old))
+    # Evolve drops from the left (eviction, summaries), so `new` starts inside `old`.
+    first = new[0].offset
     trim = 0
-    while trim < len(old) and old[trim].offset not in new_offsets:
+    while trim < len(old) and old[trim].offset < first:
         trim += 1
     kept = old[trim:]
-    if len(kept) > len(new) or any(
-        a.offset != b.offset for a, b in zip(kept, new[: len(kept)], strict=False)
-    ):
-        # Not a trim-and-append shape (cannot happen with `evolve`): write it whole.
-        return MessagesDelta(replace_all=tuple(encode_message(m) for m in new))
-    overwrite = tuple(
-        (index, encode_message(b))
-        for index, (a, b) in enumerate(zip(kept, new, strict=False))
-        if a != b
-    )
+    if len(kept) > len(new):
+        return _replace_all(new)
+    overwrite = []
+    for index, (before, after) in enumerate(zip(kept, new, strict=False)):
+        if before is after:
+            continue  # evolve reuses unchanged messages: identity is the cheap, common case
+        if before.offset != after.offset:
+            return _replace_all(new)  # not a trim-and-append shape: write it whole
+        if before != after:
+            overwrite.append((index, encode_message(after)))
     append = tuple(encode_message(m) for m in new[len(kept) :])
-    return MessagesDelta(trim_left=trim, overwrite=overwrite, append=append)
+    return MessagesDelta(trim_left=trim, overwrite=tuple(overwrite), append=append)
+
+
+def _replace_all(messages: Sequence[Message]) -> MessagesDelta:
+    return MessagesDelta(replace_all=tuple(encode_message(m) for m in messages))

@@ -22,12 +22,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from schemas.errors import InvalidEvent
 from schemas.events import (
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
+    Payload,
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
@@ -184,21 +186,13 @@ def evolve(
             created_at_ms=at_ms,
             updated_at_ms=at_ms,
         )
-    view = replace(view, last_offset=position.offset, updated_at_ms=max(view.updated_at_ms, at_ms))
-    payload = event.payload
-    if isinstance(payload, MessageAppended):
-        return _append(view, payload, position.offset, at_ms, policy)
-    if isinstance(payload, SummaryUpdated):
-        return _summarize(view, payload, policy)
-    if isinstance(payload, MessageRedacted):
-        return _redact(view, payload.message_id)
-    if isinstance(payload, SessionStarted):
-        return replace(view, title=payload.title if payload.title is not None else view.title)
-    if isinstance(payload, SessionClosed):
-        return replace(view, status=SessionStatus.CLOSED)
-    if isinstance(payload, UserErased):
-        return _erase(view)
-    raise AssertionError(f"unhandled payload {type(payload).__name__}")  # pragma: no cover
+    # One replace per event: the projector's hot loop runs this for every record.
+    return replace(
+        view,
+        last_offset=position.offset,
+        updated_at_ms=max(view.updated_at_ms, at_ms),
+        **_changes(view, event.payload, position.offset, at_ms, policy),
+    )
 
 
 def fold(
@@ -216,11 +210,34 @@ def fold(
     return view, refused
 
 
+def _changes(
+    view: SessionView, payload: Payload, offset: int, at_ms: int, policy: WindowPolicy
+) -> dict[str, Any]:
+    """The fields `payload` changes, besides the offset and time every event moves."""
+    if isinstance(payload, MessageAppended):
+        return _append(view, payload, offset, at_ms, policy)
+    if isinstance(payload, SummaryUpdated):
+        return _summarize(view, payload, policy)
+    if isinstance(payload, MessageRedacted):
+        return _redact(view, payload.message_id)
+    if isinstance(payload, SessionStarted):
+        return {"title": payload.title} if payload.title is not None else {}
+    if isinstance(payload, SessionClosed):
+        return {"status": SessionStatus.CLOSED}
+    if isinstance(payload, UserErased):
+        return _erase(view)
+    raise AssertionError(f"unhandled payload {type(payload).__name__}")  # pragma: no cover
+
+
 def _append(
     view: SessionView, payload: MessageAppended, offset: int, at_ms: int, policy: WindowPolicy
-) -> SessionView:
-    if any(m.message_id == payload.message_id for m in view.messages):
-        return view  # a client's retry of an append it already made (same message_id)
+) -> dict[str, Any]:
+    # A client retrying an append it already made (same message_id) does so right after
+    # the failure, so the recent window is where the first copy is.
+    message_id = payload.message_id
+    for recent in view.messages[-policy.window :]:
+        if recent.message_id == message_id:
+            return {}
     message = Message(
         offset=offset,
         message_id=payload.message_id,
@@ -236,55 +253,52 @@ def _append(
     limit = policy.window + policy.max_overflow
     dropped = max(0, len(messages) - limit)
     # An erased or closed session that gets a new message is in use again.
-    return replace(
-        view,
-        messages=messages[dropped:],
-        message_count=view.message_count + 1,
-        overflow_dropped=view.overflow_dropped + dropped,
-        status=SessionStatus.OPEN,
-    )
+    return {
+        "messages": messages[dropped:] if dropped else messages,
+        "message_count": view.message_count + 1,
+        "overflow_dropped": view.overflow_dropped + dropped,
+        "status": SessionStatus.OPEN,
+    }
 
 
-def _summarize(view: SessionView, payload: SummaryUpdated, policy: WindowPolicy) -> SessionView:
+def _summarize(view: SessionView, payload: SummaryUpdated, policy: WindowPolicy) -> dict[str, Any]:
     if payload.through_offset <= view.summary_through:
-        return view  # a stale or duplicate summary: keep the newer one
+        return {}  # a stale or duplicate summary: keep the newer one
     # The summary replaces overflow only: the recent window always stays in full.
     overflow, window = view.overflow(policy), view.window(policy)
     kept = tuple(m for m in overflow if m.offset > payload.through_offset) + window
-    return replace(
-        view,
-        messages=kept,
-        summary=payload.summary,
-        summary_through=payload.through_offset,
-        summary_model=payload.model,
-        summary_covered=payload.covered_messages,
-    )
+    return {
+        "messages": kept,
+        "summary": payload.summary,
+        "summary_through": payload.through_offset,
+        "summary_model": payload.model,
+        "summary_covered": payload.covered_messages,
+    }
 
 
-def _redact(view: SessionView, message_id: str) -> SessionView:
+def _redact(view: SessionView, message_id: str) -> dict[str, Any]:
     messages = tuple(
         replace(m, content=REDACTED, tool_calls=(), metadata={}, redacted=True)
         if m.message_id == message_id
         else m
         for m in view.messages
     )
-    return replace(view, messages=messages)
+    return {"messages": messages}
 
 
-def _erase(view: SessionView) -> SessionView:
+def _erase(view: SessionView) -> dict[str, Any]:
     # A tombstone: nothing of the user's content survives, but the offset does, so a
     # replay of events before the erasure cannot bring the session back.
     # A summary of the erased turns may still be in flight: moving summary_through to the
     # erasure makes it stale on arrival, so it cannot bring the erased content back.
-    return replace(
-        view,
-        status=SessionStatus.ERASED,
-        title=None,
-        messages=(),
-        message_count=0,
-        overflow_dropped=0,
-        summary=None,
-        summary_through=max(view.summary_through, view.last_offset),
-        summary_model=None,
-        summary_covered=0,
-    )
+    return {
+        "status": SessionStatus.ERASED,
+        "title": None,
+        "messages": (),
+        "message_count": 0,
+        "overflow_dropped": 0,
+        "summary": None,
+        "summary_through": max(view.summary_through, view.last_offset),
+        "summary_model": None,
+        "summary_covered": 0,
+    }

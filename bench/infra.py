@@ -1,0 +1,456 @@
+"""What the scenarios stand on: unique names, topics, the projector process, clean-up.
+
+Every scenario gets its own events topic (six partitions), dead-letter topic, Redis key
+prefix and consumer group, all named after one run id, so two runs (or two scenarios of
+one run) never read each other's data, and the clean-up can find everything it made:
+topics and groups by the names it recorded, Redis keys by SCAN on the run's prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+from chatlog import wiring
+from chatlog.services.state import read_state, resolve_state_dir
+from chatlog.settings import Settings
+from projections.keys import KeySpace
+from projections.redis_reader import DEFAULT_GENERATION
+from projections.redis_store import text
+from schemas.position import Position
+
+__all__ = [
+    "BenchStack",
+    "CpuMeter",
+    "ProjectorProcess",
+    "ReadModelProbe",
+    "Versions",
+    "running",
+    "source_digest",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+PARTITIONS = 6
+_POM = REPO / "chatlog" / "services" / "pom.xml"
+_STOP_WAIT_S = 20.0
+_UNLINK_CHUNK = 500
+_NOTHING_THERE = {KafkaError.GROUP_ID_NOT_FOUND, KafkaError.UNKNOWN_TOPIC_OR_PART}
+
+
+_PACKAGES = ("chatlog", "schemas", "producers", "processors", "projections")
+
+
+def source_digest() -> str:
+    """A short hash of the code under test (its .py and .avsc files, as on disk now).
+
+    Taken at the start and at the end of a run: in a shared working tree, a table whose
+    code changed halfway through describes no version of it, and the header says so.
+    """
+    digest = hashlib.sha256()
+    for package in _PACKAGES:
+        for path in sorted((REPO / package).rglob("*")):
+            if path.suffix in {".py", ".avsc"} and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(REPO)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class Versions:
+    """What the numbers were measured on."""
+
+    kafka: str
+    redis: str
+    python: str
+    cores: int
+
+
+@dataclass
+class BenchStack:
+    """The Kafka and Redis one run uses, and everything the run created on them."""
+
+    base: Settings
+    run_id: str = field(default_factory=lambda: time.strftime("%H%M%S") + secrets.token_hex(2))
+    topics: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    replication: int = 0
+    _admin: AdminClient | None = None
+    _redis: redis.Redis | None = None
+
+    @property
+    def admin(self) -> AdminClient:
+        """One long-lived admin client (a dropped one cancels its pending futures)."""
+        if self._admin is None:
+            self._admin = wiring.admin_client(self.base)
+        return self._admin
+
+    @property
+    def redis(self) -> redis.Redis:
+        """A Redis client for the benchmark's own probing and clean-up."""
+        if self._redis is None:
+            self._redis = wiring.redis_client(self.base)
+        return self._redis
+
+    @property
+    def redis_root(self) -> str:
+        """The prefix under which every Redis key of this run lives."""
+        return f"bench:{self.run_id}"
+
+    def scenario(self, name: str) -> Settings:
+        """Settings for scenario `name`, with its topics created (and recorded)."""
+        topic = f"bench.{self.run_id}.{name}"
+        settings = self.base.model_copy(
+            update={
+                "topic": topic,
+                "dlq_topic": f"{topic}.dlq",
+                "partitions": PARTITIONS,
+                "redis_prefix": f"{self.redis_root}:{name}",
+                "projector_group": f"bench-{self.run_id}-{name}",
+            }
+        )
+        self.topics += [settings.topic, settings.dlq_topic]
+        wiring.create_topics(settings)
+        found = self.admin.list_topics(settings.topic, timeout=30).topics[settings.topic]
+        self.replication = len(found.partitions[0].replicas) if found.partitions else 0
+        return settings
+
+    def repetition(self, settings: Settings, rep: str) -> Settings:
+        """The same topic, with a read-model prefix and consumer group of their own."""
+        return settings.model_copy(
+            update={
+                "redis_prefix": f"{settings.redis_prefix}:{rep}",
+                "projector_group": f"{settings.projector_group}-{rep}",
+            }
+        )
+
+    def forget_keys(self, prefix: str) -> int:
+        """UNLINK every key under `prefix`; returns how many there were."""
+        removed = 0
+        batch: list[bytes] = []
+        # Our prefixes hold no glob characters (KeySpace allows [A-Za-z0-9_.:-] only).
+        for key in self.redis.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= _UNLINK_CHUNK:
+                removed += int(self.redis.unlink(*batch))
+                batch.clear()
+        if batch:
+            removed += int(self.redis.unlink(*batch))
+        return removed
+
+    def cleanup(self) -> list[str]:
+        """Delete the run's topics, consumer groups and Redis keys; returns what failed."""
+        problems: list[str] = []
+        # Each name once: the admin client refuses a request that repeats one.
+        groups, topics = sorted(set(self.groups)), sorted(set(self.topics))
+        if groups:
+            futures = self.admin.delete_consumer_groups(groups, request_timeout=30)
+            for group, future in futures.items():
+                try:
+                    future.result(30)
+                except Exception as exc:  # report, and go on deleting the rest
+                    if not _gone(exc):
+                        problems.append(f"group {group}: {exc}")
+        if topics:
+            futures = self.admin.delete_topics(topics, operation_timeout=30)
+            for topic, future in futures.items():
+                try:
+                    future.result(30)
+                except Exception as exc:
+                    if not _gone(exc):
+                        problems.append(f"topic {topic}: {exc}")
+        try:
+            self.forget_keys(self.redis_root)
+        except redis.RedisError as exc:
+            problems.append(f"redis keys {self.redis_root}:*: {exc}")
+        if self._redis is not None:
+            self._redis.close()
+        return problems
+
+    def versions(self) -> Versions:
+        """Kafka (local stack's state file, else the pom), Redis, Python, cores."""
+        return Versions(
+            kafka=self._kafka_version(),
+            redis=str(self.redis.info("server").get("redis_version", "?")),
+            python=sys.version.split()[0],
+            cores=os.cpu_count() or 0,
+        )
+
+    def _kafka_version(self) -> str:
+        state = read_state(state_dir=resolve_state_dir(self.base.state_dir))
+        if state is not None and state.kafka.bootstrap == self.base.kafka_bootstrap:
+            brokers = "broker" if state.kafka.brokers == 1 else "brokers"
+            return f"{state.kafka.version} ({state.kafka.brokers} {brokers}, local stack)"
+        found = re.search(r"<kafka.version>([^<]+)</kafka.version>", _POM.read_text("utf-8"))
+        pinned = found.group(1) if found else "?"
+        return f"unknown (not the local stack; the local stack would run {pinned})"
+
+
+class CpuMeter:
+    """CPU time of the processes involved, from /proc, to see who was busy during a run.
+
+    On two cores, "the projector used 95% of a core" says it is CPU-bound, and "the
+    benchmark itself used 120%" says the measuring is in the way. Linux only; elsewhere
+    it reports nothing.
+    """
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._start: dict[str, float] = {}
+        self._started_at = 0.0
+
+    @classmethod
+    def for_stack(cls, stack: BenchStack, **more: int) -> CpuMeter:
+        """The benchmark, the local Kafka and Redis (when they are the local stack), `more`."""
+        pids = {"bench": os.getpid(), **more}
+        state = read_state(state_dir=resolve_state_dir(stack.base.state_dir))
+        if state is not None and state.kafka.bootstrap == stack.base.kafka_bootstrap:
+            pids.update({f"kafka-{n}": pid for n, pid in enumerate(state.kafka.pids, 1)})
+            if len(state.kafka.pids) == 1:
+                pids["kafka"] = pids.pop("kafka-1")
+            pids["redis"] = state.redis.pid
+        return cls(pids)
+
+    def start(self) -> None:
+        """Take the starting point."""
+        self._start = self._read()
+        self._started_at = time.perf_counter()
+
+    def busy(self) -> dict[str, float]:
+        """Per process, the share of one core used since `start` (1.0 = one full core).
+
+        `other` is what the rest of the machine used meanwhile (all cores busy, minus the
+        processes named): on a shared machine, it says how noisy the run was.
+        """
+        wall = time.perf_counter() - self._started_at
+        now = self._read()
+        shares = {
+            name: (now[name] - self._start[name]) / wall
+            for name in now
+            if name in self._start and wall > 0
+        }
+        machine = shares.pop("machine", None)
+        if machine is not None:
+            shares["other"] = max(0.0, machine - sum(shares.values()))
+        return shares
+
+    @staticmethod
+    def describe(busy: Mapping[str, float]) -> str:
+        """`bench 85%, projector 97%, ...` (percent of one core)."""
+        return ", ".join(f"{name} {share:.0%}" for name, share in busy.items())
+
+    def _read(self) -> dict[str, float]:
+        seconds = {}
+        for name, pid in self.pids.items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
+            seconds[name] = (int(fields[11]) + int(fields[12])) / self._tick
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # The first line of /proc/stat: every core's time, by state; idle and iowait
+            # are the 4th and 5th numbers.
+            ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+            seconds["machine"] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / self._tick
+        return seconds
+
+
+class ProjectorProcess:
+    """`bench.projector_child` in a child process, stopped by SIGTERM."""
+
+    def __init__(self, settings: Settings, stack: BenchStack) -> None:
+        self.settings = settings
+        self.stack = stack
+        self._process: subprocess.Popen[bytes] | None = None
+        self.totals: dict[str, Any] = {}
+        # Files, not pipes: nobody reads the child while it runs, and a full pipe would
+        # block it. Both are closed in `stop`.
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115
+        stack.groups.append(settings.projector_group)
+
+    def start(self) -> float:
+        """Spawn the projector; returns the moment it was spawned (perf_counter)."""
+        env = {
+            **os.environ,
+            "CHATLOG_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
+            "CHATLOG_REDIS_URL": self.settings.redis_url,
+            "CHATLOG_TOPIC": self.settings.topic,
+            "CHATLOG_DLQ_TOPIC": self.settings.dlq_topic,
+            "CHATLOG_REDIS_PREFIX": self.settings.redis_prefix,
+            "CHATLOG_PROJECTOR_GROUP": self.settings.projector_group,
+        }
+        started = time.perf_counter()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.projector_child"],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=self._err,
+        )
+        return started
+
+    @property
+    def pid(self) -> int:
+        """The child's process id (0 before `start`)."""
+        return self._process.pid if self._process is not None else 0
+
+    def check_alive(self) -> None:
+        """Raise, with the child's last words, if it has exited."""
+        if self._process is not None and self._process.poll() is not None:
+            raise RuntimeError(
+                f"the projector exited with {self._process.returncode}:\n{self._tail()}"
+            )
+
+    def wait_assigned(self, *, timeout: float = 60.0) -> float:
+        """Wait until the group has every partition assigned; returns when (perf_counter).
+
+        The broker's view of the group is the observable moment the projector can start
+        fetching; it is seen at most one poll (20 ms) late, which slightly flatters the
+        throughput over a run of several seconds.
+        """
+        group = self.settings.projector_group
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(Exception):  # the group does not exist yet
+                described = self.stack.admin.describe_consumer_groups([group], request_timeout=5)[
+                    group
+                ].result(5)
+                assigned = sum(
+                    len(member.assignment.topic_partitions) for member in described.members
+                )
+                if assigned >= PARTITIONS:
+                    return time.perf_counter()
+            time.sleep(0.02)
+        raise TimeoutError(f"the projector got no partitions within {timeout:g} s:\n{self._tail()}")
+
+    def stop(self) -> dict[str, Any]:
+        """SIGTERM, wait, then kill if it hangs; returns its totals (empty if none).
+
+        The totals stay in `totals` for whoever started it with `running`.
+        """
+        process = self._process
+        if process is None:
+            return {}
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(_STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._out.seek(0)
+        lines = self._out.read().decode(errors="replace").strip().splitlines()
+        self._out.close()
+        self._err.close()
+        self._process = None
+        with contextlib.suppress(ValueError, IndexError):
+            self.totals = json.loads(lines[-1])
+        return self.totals
+
+    def _tail(self, lines: int = 20) -> str:
+        self._err.seek(0)
+        return "\n".join(self._err.read().decode(errors="replace").splitlines()[-lines:])
+
+
+class ReadModelProbe:
+    """Reads `last_offset` straight from the meta hashes, to see how far a projection got."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def keys(self) -> KeySpace:
+        """The live generation's key space (the projector names it at start-up)."""
+        keys = KeySpace(self.prefix)
+        live = self.client.get(keys.pointer)
+        return keys.with_generation(text(live) if live else DEFAULT_GENERATION)
+
+    def behind(self, expected: Mapping[str, Position], sessions: Sequence[str]) -> list[str]:
+        """The sessions among `sessions` whose view has not reached its expected offset."""
+        keys = self.keys()
+        pipe = self.client.pipeline(transaction=False)
+        for session_id in sessions:
+            pipe.hget(keys.meta(session_id), "last_offset")
+        return [
+            session_id
+            for session_id, raw in zip(sessions, pipe.execute(), strict=True)
+            if raw is None or int(raw) < expected[session_id].offset
+        ]
+
+    def wait_applied(
+        self,
+        expected: Mapping[str, Position],
+        projector: ProjectorProcess,
+        *,
+        timeout: float,
+        poll_s: float = 0.01,
+    ) -> float:
+        """Wait until every session's view holds its last event; returns when (perf_counter).
+
+        Polling all sessions every 10 ms would take CPU from the projector on a 2-core
+        machine, so the probe first watches only the session that holds each partition's
+        last event (each partition is projected in log order), and checks every session
+        once those are there; should that full check fail, it keeps checking every session.
+        """
+        tails: dict[int, str] = {}
+        for session_id, position in expected.items():
+            known = tails.get(position.partition)
+            if known is None or position.offset > expected[known].offset:
+                tails[position.partition] = session_id
+        watch = sorted(tails.values())
+        everyone = sorted(expected)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.behind(expected, watch):
+                behind = self.behind(expected, everyone)
+                if not behind:
+                    return time.perf_counter()
+                watch = behind
+            projector.check_alive()
+            time.sleep(poll_s)
+        late = self.behind(expected, everyone)
+        raise TimeoutError(
+            f"{len(late)} of {len(everyone)} sessions not projected within {timeout:g} s "
+            f"(e.g. {late[:3]})"
+        )
+
+
+def _gone(exc: Exception) -> bool:
+    """True when a delete failed only because there was nothing to delete.
+
+    A projector stopped before it committed anything leaves no group behind.
+    """
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(error, KafkaError) and error.code() in _NOTHING_THERE
+
+
+@contextlib.contextmanager
+def running(settings: Settings, stack: BenchStack) -> Iterator[ProjectorProcess]:
+    """A started projector that is stopped however the block ends."""
+    projector = ProjectorProcess(settings, stack)
+    try:
+        projector.start()
+        yield projector
+    finally:
+        projector.stop()

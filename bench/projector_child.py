@@ -1,0 +1,85 @@
+"""The projector as the benchmark runs it: its own process, configured by CHATLOG_* variables.
+
+Why a child process rather than a `KafkaProjector` thread in the benchmark? A deployed
+projector is its own process, and in the benchmark's process it would share the GIL with
+the publisher and with the threads that measure, so each would slow the other and the
+numbers would describe neither. It is not ``chatlog run projector`` either, so that it
+depends on nothing but `chatlog.wiring.projector(Settings.from_env())` (the same object
+the CLI runs), adds no code to the projection path, and can hand its totals back.
+
+On exit it prints the projector's running totals as one JSON line, so the benchmark can
+check that nothing was dead-lettered and see how large the batches were, together with
+the garbage collector's pauses (observed through `gc.callbacks`, which costs next to
+nothing): a full collection stops the projector, and shows up as latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from chatlog import wiring
+from chatlog.settings import Settings
+from processors.kafka_projector import tune_garbage_collector
+
+
+class GcPauses:
+    """Counts and times the collector's passes (one callback before, one after each)."""
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.total_s = 0.0
+        self.longest_s = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.total_s += pause
+        self.longest_s = max(self.longest_s, pause)
+        if info.get("generation") == 2:
+            self.full += 1
+
+    def totals(self) -> dict[str, float]:
+        """The pauses as the benchmark reads them."""
+        return {
+            "gc_full_collections": self.full,
+            "gc_pause_total_ms": round(self.total_s * 1000, 1),
+            "gc_pause_max_ms": round(self.longest_s * 1000, 1),
+        }
+
+
+def main() -> int:
+    """Project until SIGTERM or SIGINT, then print the totals."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # librdkafka's transient warnings (a coordinator still loading) are noise here; the
+    # benchmark notices real trouble by the read-model not advancing.
+    logging.getLogger("chatlog.kafka").setLevel(logging.ERROR)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
+    projector = wiring.projector(Settings.from_env())
+    tune_garbage_collector()  # as `chatlog run projector` does
+    projector.run(stop=stop, report_every_s=3600.0)
+    print(json.dumps({**dataclasses.asdict(projector.stats), **pauses.totals()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
