@@ -139,12 +139,27 @@ class KafkaProjector:
         self.stats.add(result)
         return result
 
-    def close(self) -> None:
-        """Commit what was stored and leave the consumer group."""
-        try:
-            self._consumer.close()
-        finally:
-            self._dlq.flush(10)
+    def close(self, *, timeout: float = 15.0) -> bool:
+        """Commit what was stored and leave the consumer group, within `timeout` seconds.
+
+        Returns False if the consumer did not close in time. That is safe to walk away
+        from: every write is idempotent, so the uncommitted tail is replayed by the next
+        owner of the partitions and changes nothing.
+        """
+        closing = threading.Thread(
+            target=self._consumer.close, name="chatlog-projector-close", daemon=True
+        )
+        closing.start()
+        closing.join(timeout)
+        self._dlq.flush(10)
+        if closing.is_alive():
+            log.warning(
+                "the consumer did not close within %g s; leaving without the final commit "
+                "(the next owner replays the uncommitted tail, which changes nothing)",
+                timeout,
+            )
+            return False
+        return True
 
     def _record(self, message: Message) -> Record | None:
         error = message.error()
