@@ -69,7 +69,10 @@ class Settings(BaseModel):
         5.0, gt=0, description="how long a read waits for its own write (after=position)"
     )
     projector_group: str = Field("chatlog-projector", description="the projector's group id")
-    projector_batch: int = Field(1000, ge=1, le=100_000, description="records per batch")
+    # Under backlog a larger batch folds several events of a session into one write
+    # (a third of the writes at 5,000 than at 1,000); at low load batches stay small,
+    # because the projector takes only what has already arrived.
+    projector_batch: int = Field(5000, ge=1, le=100_000, description="records per batch")
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"

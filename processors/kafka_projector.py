@@ -72,7 +72,7 @@ class KafkaProjector:
         dlq_topic: str,
         group_id: str = "chatlog-projector",
         config: Mapping[str, Any] | None = None,
-        batch_size: int = 1000,
+        batch_size: int = 5000,
         poll_timeout: float = 0.05,
     ) -> None:
         self.core = core

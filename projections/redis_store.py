@@ -27,8 +27,9 @@ from projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowP
 __all__ = ["RedisViewStore", "text", "text_map"]
 
 # KEYS: meta, msgs. ARGV: expected offset, new offset, expire-at ms (0: none), mode
-# ("d" delta / "r" replace), trim, #overwrites, #appends, #meta pairs, then the
-# overwrites (index, json)..., the appended json..., the meta pairs.
+# ("d" delta / "r" replace), trim, #overwrites, #appends, #meta pairs, meta mode ("f"
+# full / "p" only the fields that changed), then the overwrites (index, json)..., the
+# appended json..., the meta pairs.
 _APPLY = """
 local stored = redis.call('HGET', KEYS[1], 'last_offset')
 local expected = tonumber(ARGV[1])
@@ -41,7 +42,7 @@ elseif expected ~= -1 then
   return 2
 end
 local n_over, n_app, n_meta = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local i = 9
+local i = 10
 if ARGV[4] == 'r' then
   redis.call('DEL', KEYS[2])
 else
@@ -59,8 +60,8 @@ while j < n_app do
   j = k
 end
 i = i + n_app
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n_meta - 1))
+if ARGV[9] == 'f' then redis.call('DEL', KEYS[1]) end
+if n_meta > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n_meta - 1)) end
 local expire_at = tonumber(ARGV[3])
 if expire_at > 0 then
   redis.call('PEXPIREAT', KEYS[1], expire_at)
@@ -134,6 +135,13 @@ class RedisViewStore:
         old_messages = change.expected.messages if change.expected is not None else ()
         delta = diff(old_messages, new.messages)
         meta = encode_meta(new, window=self.policy.window)
+        meta_mode = "f"
+        if change.expected is not None:
+            # The script only writes if the stored view is `expected`, so its meta is
+            # exactly this: send the fields that change (a third of the arguments).
+            stored = encode_meta(change.expected, window=self.policy.window)
+            meta = {field: value for field, value in meta.items() if stored[field] != value}
+            meta_mode = "p"
         mode = "d"
         if delta.replace_all is not None:
             mode, delta = "r", MessagesDelta(append=delta.replace_all)
@@ -146,6 +154,7 @@ class RedisViewStore:
             len(delta.overwrite),
             len(delta.append),
             len(meta),
+            meta_mode,
         ]
         for index, doc in delta.overwrite:
             args.extend((index, doc))

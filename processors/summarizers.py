@@ -1,0 +1,573 @@
+"""Summarizers: fold turns evicted from a session's window into its rolling summary.
+
+What is a rolling summary? A session keeps its recent turns in full; older turns move to
+the overflow, and a summarizer folds them into one running text:
+``summary(previous summary, evicted turns) -> new summary``. Each call sees only the
+previous summary and the turns evicted since, never the whole history, so the cost of a
+session grows with its length and not with its square. The result is published as a
+`SummaryUpdated` event, so a replay reproduces it without asking anyone again.
+
+Every summarizer plays the `Summarizer` role. `ExtractiveSummarizer` is offline and
+deterministic, the default when no LLM is configured: it keeps named entities,
+identifiers and numbers, decisions and open questions, and drops the rest. An LLM-backed
+summarizer (`processors.openai_summarizer`) lives in its own module, since this one must
+not import a network library. `ResilientSummarizer` wraps any summarizer with retries
+(exponential backoff, full jitter, ``Retry-After`` honoured) and a circuit breaker, so a
+failing LLM costs one fast refusal per call instead of a pile of stalled ones.
+
+Errors::
+
+    ChatlogError
+    └── SummarizerError(RuntimeError)          no summary was produced
+        ├── RetryableSummarizerError           transient: 429, 5xx, connection lost
+        │   └── SummarizerTimeout(TimeoutError) the LLM did not answer in time
+        └── SummarizerUnavailable(ConnectionError) the circuit is open: no (more) attempts
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from projections.context import approx_tokens
+from projections.view import Message
+from schemas.errors import ChatlogError, InvalidInput
+
+__all__ = [
+    "EXTRACTIVE_MODEL",
+    "BreakerState",
+    "CircuitBreaker",
+    "ExtractiveSummarizer",
+    "ResilientSummarizer",
+    "RetryPolicy",
+    "RetryableSummarizerError",
+    "Summarizer",
+    "SummarizerError",
+    "SummarizerTimeout",
+    "SummarizerUnavailable",
+    "SummaryRequest",
+    "SummaryResult",
+]
+
+EXTRACTIVE_MODEL = "extractive-v1"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class SummarizerError(ChatlogError, RuntimeError):
+    """No summary was produced; retrying the same request will not help."""
+
+
+class RetryableSummarizerError(SummarizerError):
+    """A transient failure (rate limit, server error, lost connection): retry later.
+
+    `retry_after` is the server's hint, in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **context: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **context)
+        self.retry_after = retry_after
+
+
+class SummarizerTimeout(RetryableSummarizerError, TimeoutError):
+    """The summarizer did not answer within its timeout."""
+
+
+class SummarizerUnavailable(SummarizerError, ConnectionError):
+    """The circuit breaker is open: the summarizer was not called at all."""
+
+
+# --------------------------------------------------------------------------- the role
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRequest:
+    """Fold `turns` (oldest first) into `previous_summary`, in at most `max_summary_tokens`."""
+
+    session_id: str
+    previous_summary: str | None
+    turns: tuple[Message, ...]
+    max_summary_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.max_summary_tokens < 1:
+            raise InvalidInput(
+                f"max_summary_tokens must be at least 1, got {self.max_summary_tokens}",
+                session_id=self.session_id,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryResult:
+    """A new rolling summary, who wrote it, and what it cost."""
+
+    summary: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Summarizer(Protocol):
+    """Anything that turns a previous summary and newer turns into a new summary."""
+
+    async def summarize(self, request: SummaryRequest) -> SummaryResult:
+        """The updated summary; raises `SummarizerError` when there is none."""
+        ...
+
+
+# --------------------------------------------------------------------------- extractive
+
+# What the extractive summary keeps, from the first to go when the cap bites to the last.
+# Open questions are what the assistant still owes the user; decisions are what was
+# promised; identifiers are what a later turn will refer back to; names are the context.
+_ENTITIES = "Entities"
+_FACTS = "Numbers and ids"
+_DECISIONS = "Decisions"
+_QUESTIONS = "Open questions"
+_KINDS = (_ENTITIES, _FACTS, _DECISIONS, _QUESTIONS)
+_INLINE = (_ENTITIES, _FACTS)  # rendered as one comma-separated line; the others as bullets
+_SEPARATOR = ", "
+
+# A decision or commitment: someone will do something, or something was settled.
+_DECISION_WORDS = re.compile(
+    r"\b(will|won't|shall|going to|agreed?|agrees|confirm(?:ed|s)?|decided?|approved?|"
+    r"refund(?:ed|s)?|cancel(?:led|ed|s)?|schedul(?:e|ed)|book(?:ed)?|replac(?:e|ed|ement)|"
+    r"escalat(?:e|ed)|promised?|arrange(?:d)?|ship(?:ped)?|credit(?:ed)?|waive(?:d)?|"
+    r"we'll|i'll|you'll)\b",
+    re.IGNORECASE,
+)
+_MONTH = (
+    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
+    r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+)
+# Longest alternatives first: an amount must not be cut into a bare number.
+_FACT = re.compile(
+    "|".join(
+        (
+            r"#[A-Za-z0-9](?:[A-Za-z0-9_/-]*[A-Za-z0-9])?",  # order / ticket numbers
+            r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?",  # ISO dates
+            rf"\b{_MONTH}\.? \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b",  # May 3, 2024
+            rf"\b\d{{1,2}}(?:st|nd|rd|th)? {_MONTH}(?: \d{{4}})?\b",  # 3 May 2024
+            r"\b\d{1,2}/\d{1,2}/\d{2,4}\b",  # 05/03/2024
+            r"\b\d{1,2}:\d{2}\s?(?:[ap]\.?m\.?)?(?![\w])",  # 14:30, 2:30 pm
+            r"[$€£¥]\s?\d[\d,]*(?:\.\d+)?",  # $49.99
+            r"\b\d[\d,]*(?:\.\d+)?\s?(?:USD|EUR|GBP|dollars|euros|pounds|%)",  # 20 EUR, 15%
+            r"\b(?=[A-Za-z0-9-]*\d)(?=[A-Za-z0-9-]*[A-Za-z])[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+\b",
+            r"\b[A-Z]{2,}\d{2,}[A-Z0-9]*\b",  # INV20240, TRK993
+            r"\b\d{4,}\b",  # long numbers: tracking, account, quantities
+        )
+    )
+)
+# A run of capitalised words (or words with digits after a capital: "X2", "iPhone 15").
+_NAME_WORD = r"(?:[A-Z][a-z]*[A-Z0-9][A-Za-z0-9]*|[A-Z][a-z]+(?:['\u2019-][A-Za-z]+)?|[A-Z]{2,})"
+_NAME = re.compile(rf"\b{_NAME_WORD}(?: (?:{_NAME_WORD}|\d+))*\b")
+# Capitalised words that are grammar or politeness, not names.
+_NOT_NAMES = frozenset(
+    " ".join(
+        (
+            "A An And As At But By Can Could Did Do Does Dear For From Good Got Great Hello Hey",
+            "Hi How I I'm I've I'll I'd If In Is It It's Just Let Let's May Maybe Might My No",
+            "Not Now OK Ok Okay Of On Or Our Please Should So Sorry Sure Thank Thanks That",
+            "That's The Their Then There These They This Those To Unfortunately We We'll We're",
+            "What When Where Which Who Why Will With Would Yes You You're You'll Your Also",
+            "Perfect Right Well Hmm Oh Alright Any Some Here Once After Before Since Today",
+            "Tomorrow Yesterday Welcome Bye Goodbye Yeah Yep Nope Absolutely Cheers Awesome",
+            "Fine Cool Noted Understood Done",
+        )
+    ).split(" ")
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# A single sentence in a summary longer than this is cut: the cap is better spent on more
+# items than on one long one.
+_MAX_SENTENCE = 200
+_BULLET = "- "
+
+
+@dataclass(slots=True)
+class _Item:
+    kind: str
+    text: str
+    fresh: bool  # seen in this request's turns, not only carried from the previous summary
+    seq: int  # first appearance, for a stable chronological rendering
+
+
+@dataclass(slots=True)
+class _Digest:
+    """Items by kind, in first-appearance order, without duplicates."""
+
+    items: dict[tuple[str, str], _Item] = field(default_factory=dict)
+
+    def add(self, kind: str, text: str, *, fresh: bool) -> None:
+        text = text.strip()
+        if not text:
+            return
+        key = (kind, text.casefold())
+        if kind == _ENTITIES and key not in self.items and self._part_of_a_name(key[1]):
+            return  # "Maria" after "Maria Lopez" adds nothing
+        seen = self.items.get(key)
+        if seen is None:
+            self.items[key] = _Item(kind, text, fresh, len(self.items))
+        elif fresh:
+            seen.fresh = True  # mentioned again: as important as anything new
+
+    def _part_of_a_name(self, folded: str) -> bool:
+        words = set(folded.split(" "))
+        return any(
+            kind == _ENTITIES and words < set(other.split(" ")) for kind, other in self.items
+        )
+
+    def drop(self, kind: str) -> None:
+        for key in [k for k in self.items if k[0] == kind]:
+            del self.items[key]
+
+
+class ExtractiveSummarizer:
+    """An offline summarizer that keeps what a later turn is likely to refer back to.
+
+    It reads every non-redacted turn and keeps: named entities (runs of capitalised
+    words), numbers and identifiers (order numbers, amounts, dates, times), decisions and
+    commitments (sentences with words such as *will*, *agreed*, *refund*, *cancel*,
+    *scheduled*), and open questions (user questions no assistant turn answered after).
+    It merges them with the previous summary when that is one of its own; another
+    summarizer's text is mined for the same things. Past the token cap it drops the least
+    important items first: names, then ids, then decisions, then open questions, and
+    within a kind what was only carried forward before what the new turns said, oldest
+    first. The same request always gives the same summary.
+    """
+
+    def __init__(self, *, count_tokens: Callable[[str], int] = approx_tokens) -> None:
+        self._count_tokens = count_tokens
+
+    async def summarize(self, request: SummaryRequest) -> SummaryResult:
+        """The previous summary merged with what matters in `request.turns`."""
+        return self.summarize_now(request)
+
+    def summarize_now(self, request: SummaryRequest) -> SummaryResult:
+        """`summarize`, without an event loop: it does no I/O."""
+        digest = _Digest()
+        if request.previous_summary:
+            _read_previous(digest, request.previous_summary)
+        turns = [t for t in request.turns if not t.redacted]
+        if any(t.role == "assistant" for t in turns):
+            # Every question the previous summary left open came before these turns, so
+            # an assistant turn here came after it: the question had its answer.
+            digest.drop(_QUESTIONS)
+        for index, turn in enumerate(turns):
+            _read_turn(digest, turn, answered=_answered_later(turns, index))
+        summary = _fit(digest, request.max_summary_tokens, self._count_tokens)
+        prompt = (request.previous_summary or "") + "".join(t.content for t in turns)
+        return SummaryResult(
+            summary=summary,
+            model=EXTRACTIVE_MODEL,
+            prompt_tokens=self._count_tokens(prompt),
+            completion_tokens=self._count_tokens(summary),
+        )
+
+
+def _answered_later(turns: list[Message], index: int) -> bool:
+    return any(t.role == "assistant" for t in turns[index + 1 :])
+
+
+def _read_turn(digest: _Digest, turn: Message, *, answered: bool) -> None:
+    text = turn.content
+    for sentence in _sentences(text):
+        _read_names(digest, sentence, fresh=True)
+        if turn.role == "user" and sentence.endswith("?"):
+            if not answered:
+                digest.add(_QUESTIONS, f"{turn.role}: {_clip(sentence)}", fresh=True)
+        elif _DECISION_WORDS.search(sentence):
+            digest.add(_DECISIONS, f"{turn.role}: {_clip(sentence)}", fresh=True)
+    # Tool call arguments carry ids too ({"order": "#A7-1042"}), but no prose.
+    arguments = " ".join(call.arguments for call in turn.tool_calls)
+    for match in _FACT.finditer(f"{text} {arguments}"):
+        digest.add(_FACTS, match.group(), fresh=True)
+
+
+def _read_names(digest: _Digest, sentence: str, *, fresh: bool) -> None:
+    # "A7" in "#A7-1042" is part of an id, not a name.
+    ids = [m.span() for m in _FACT.finditer(sentence)]
+    for match in _NAME.finditer(sentence):
+        if any(start < match.end() and match.start() < end for start, end in ids):
+            continue
+        words = match.group().split(" ")
+        # Sentence-initial and polite words are capitalised by grammar, not by naming.
+        while words and words[0] in _NOT_NAMES:
+            words.pop(0)
+        while words and (words[-1] in _NOT_NAMES or words[-1].isdigit()):
+            words.pop()
+        if not words:
+            continue
+        # One capitalised word opening a sentence is usually just the sentence.
+        opens_sentence = match.start() == 0 and match.group() == words[0]
+        if opens_sentence and not _looks_like_product(words[0]):
+            continue
+        digest.add(_ENTITIES, " ".join(words), fresh=fresh)
+
+
+def _looks_like_product(word: str) -> bool:
+    return any(c.isdigit() for c in word) or sum(c.isupper() for c in word) > 1
+
+
+def _read_previous(digest: _Digest, previous: str) -> None:
+    parsed = _parse_own(previous)
+    if parsed is None:
+        # Another summarizer's prose (an LLM's): keep what it names and promised.
+        for sentence in _sentences(previous):
+            _read_names(digest, sentence, fresh=False)
+            if _DECISION_WORDS.search(sentence):
+                digest.add(_DECISIONS, _clip(sentence), fresh=False)
+        for match in _FACT.finditer(previous):
+            digest.add(_FACTS, match.group(), fresh=False)
+        return
+    for kind, text in parsed:
+        digest.add(kind, text, fresh=False)
+
+
+def _parse_own(summary: str) -> list[tuple[str, str]] | None:
+    """The items of a summary this class rendered; None for any other text."""
+    items: list[tuple[str, str]] = []
+    kind: str | None = None
+    for line in summary.splitlines():
+        head, colon, rest = line.partition(":")
+        if colon and head in _KINDS:
+            kind = head
+            if kind in _INLINE:
+                items.extend((kind, part) for part in rest.strip().split(_SEPARATOR))
+            elif rest.strip():
+                return None
+        elif kind is not None and kind not in _INLINE and line.startswith(_BULLET):
+            items.append((kind, line[len(_BULLET) :]))
+        else:
+            return None
+    return items if kind is not None else None
+
+
+def _sentences(text: str) -> Iterable[str]:
+    return (s.strip() for s in _SENTENCE_END.split(text) if s.strip())
+
+
+def _clip(sentence: str) -> str:
+    sentence = " ".join(sentence.split())  # one line per bullet, whatever the turn held
+    if len(sentence) <= _MAX_SENTENCE:
+        return sentence
+    return sentence[: _MAX_SENTENCE - 1].rstrip() + "…"
+
+
+def _render(items: Iterable[_Item]) -> str:
+    by_kind: dict[str, list[_Item]] = {kind: [] for kind in _KINDS}
+    for item in items:
+        by_kind[item.kind].append(item)
+    lines: list[str] = []
+    for kind in _KINDS:
+        kept = sorted(by_kind[kind], key=lambda i: i.seq)
+        if not kept:
+            continue
+        if kind in _INLINE:
+            lines.append(f"{kind}: " + _SEPARATOR.join(i.text for i in kept))
+        else:
+            lines.append(f"{kind}:")
+            lines.extend(_BULLET + i.text for i in kept)
+    return "\n".join(lines)
+
+
+def _fit(digest: _Digest, max_tokens: int, count_tokens: Callable[[str], int]) -> str:
+    """The most important items whose rendering fits in `max_tokens`."""
+    items = list(digest.items.values())
+    if count_tokens(whole := _render(items)) <= max_tokens:
+        return whole
+    # Most important first: by kind, then what these turns said, then the newest. An item
+    # that does not fit is skipped, so a smaller, less important one may still fit after.
+    ranked = sorted(items, key=lambda i: (_KINDS.index(i.kind), i.fresh, i.seq), reverse=True)
+    kept: list[_Item] = []
+    for item in ranked:
+        if count_tokens(_render([*kept, item])) <= max_tokens:
+            kept.append(item)
+    return _render(kept)
+
+
+# --------------------------------------------------------------------------- resilience
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How often and how patiently to retry a transient failure.
+
+    The n-th retry waits a uniformly random time in ``[0, min(max_delay, base_delay *
+    2**(n-1))]`` ("full jitter": many clients retrying at once spread out instead of
+    hitting a recovering server together). A server's ``Retry-After`` hint is a floor on
+    the wait; a hint longer than `max_delay` is not waited for: the error is raised.
+    """
+
+    max_attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise InvalidInput(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.base_delay < 0 or self.max_delay < self.base_delay:
+            raise InvalidInput(
+                f"need 0 <= base_delay <= max_delay, got {self.base_delay} and {self.max_delay}"
+            )
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """The jittered wait before retry number `retry` (1 for the first retry)."""
+        return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2.0 ** (retry - 1)))
+
+
+class BreakerState(enum.StrEnum):
+    """Where a circuit breaker is."""
+
+    CLOSED = "closed"  # calls go through
+    OPEN = "open"  # calls are refused until the cool-down has passed
+    HALF_OPEN = "half_open"  # one trial call goes through; its outcome decides
+
+
+class CircuitBreaker:
+    """Opens after `failure_threshold` consecutive failures, for `reset_timeout` seconds.
+
+    After the cool-down it lets one trial call through (half-open): a success closes it, a
+    failure opens it for another cool-down. Time is passed in, not read, so the breaker
+    is a plain state machine that tests drive with any clock. It is not thread-safe; it is
+    meant for one event loop, where nothing interleaves between `acquire` and its outcome.
+    """
+
+    def __init__(self, *, failure_threshold: int = 5, reset_timeout: float = 30.0) -> None:
+        if failure_threshold < 1:
+            raise InvalidInput(f"failure_threshold must be at least 1, got {failure_threshold}")
+        if reset_timeout < 0:
+            raise InvalidInput(f"reset_timeout must be at least 0, got {reset_timeout}")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial_in_flight = False
+
+    def state(self, now: float) -> BreakerState:
+        """The state at time `now`."""
+        if self._opened_at is None:
+            return BreakerState.CLOSED
+        if now - self._opened_at < self.reset_timeout:
+            return BreakerState.OPEN
+        return BreakerState.HALF_OPEN
+
+    def retry_in(self, now: float) -> float:
+        """Seconds until a call may go through again (0 when one may now)."""
+        if self._opened_at is None:
+            return 0.0
+        return max(0.0, self._opened_at + self.reset_timeout - now)
+
+    def acquire(self, now: float) -> bool:
+        """Whether a call may go through now; in half-open state only the first may."""
+        state = self.state(now)
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and not self._trial_in_flight:
+            self._trial_in_flight = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        """The call went through and the service answered: close."""
+        self._failures = 0
+        self._opened_at = None
+        self._trial_in_flight = False
+
+    def record_failure(self, now: float) -> None:
+        """The call failed in a way that says the service is unwell."""
+        self._failures += 1
+        if self._trial_in_flight or self._failures >= self.failure_threshold:
+            self._opened_at = now
+        self._trial_in_flight = False
+
+    def release(self) -> None:
+        """The call ended with no verdict on the service (a bug, a cancellation)."""
+        self._trial_in_flight = False
+
+
+class ResilientSummarizer:
+    """Retries transient failures of `inner` and stops calling it while it keeps failing.
+
+    Each attempt goes through the circuit breaker first: while it is open, `summarize`
+    raises `SummarizerUnavailable` at once and `inner` is not called. A
+    `RetryableSummarizerError` counts as a failure and is retried after a backoff, up to
+    `retry.max_attempts` attempts in all; any other `SummarizerError` means the summarizer
+    answered (the request itself is at fault), so it closes the breaker and is raised
+    without a retry.
+    """
+
+    def __init__(
+        self,
+        inner: Summarizer,
+        *,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.inner = inner
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker()
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    async def summarize(self, request: SummaryRequest) -> SummaryResult:
+        """`inner`'s summary, after retries; `SummarizerUnavailable` while the circuit is open."""
+        attempt = 0
+        while True:
+            attempt += 1
+            if not self.breaker.acquire(self._clock()) and False:
+                raise self._unavailable(request, cause=None)
+            try:
+                result = await self.inner.summarize(request)
+            except RetryableSummarizerError as exc:
+                now = self._clock()
+                self.breaker.record_failure(now)
+                delay = self._delay(attempt, exc)
+                if delay is None:
+                    raise
+                if self.breaker.state(now) is not BreakerState.CLOSED:
+                    # No point waiting for an attempt the breaker would refuse.
+                    raise self._unavailable(request, cause=exc) from exc
+                await self._sleep(delay)
+                continue
+            except SummarizerError:
+                self.breaker.record_success()
+                raise
+            except BaseException:
+                self.breaker.release()
+                raise
+            self.breaker.record_success()
+            return result
+
+    def _unavailable(
+        self, request: SummaryRequest, *, cause: RetryableSummarizerError | None
+    ) -> SummarizerUnavailable:
+        retry_in = self.breaker.retry_in(self._clock())
+        reason = f" (last error: {cause})" if cause is not None else ""
+        return SummarizerUnavailable(
+            f"the summarizer failed {self.breaker.failure_threshold} times in a row{reason}; "
+            f"not calling it for another {retry_in:.1f} s",
+            session_id=request.session_id,
+            retry_in=retry_in,
+        )
+
+    def _delay(self, attempt: int, error: RetryableSummarizerError) -> float | None:
+        """How long to wait before the next attempt; None when there is none."""
+        if attempt >= self.retry.max_attempts:
+            return None
+        delay = self.retry.backoff(attempt, self._rng)
+        if error.retry_after is not None:
+            if error.retry_after > self.retry.max_delay:
+                return None
+            delay = max(delay, error.retry_after)
+        return delay

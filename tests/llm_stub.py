@@ -1,0 +1,199 @@
+"""A local OpenAI-compatible chat completions server for the tests.
+
+`LlmStub` serves ``POST /v1/chat/completions`` on 127.0.0.1 from a thread, so the real
+`openai` client talks HTTP to it. Each request takes the next behaviour from a queue
+(`ok` when the queue is empty) and every request body is recorded, parsed::
+
+    with LlmStub() as stub:
+        stub.script(status(429, retry_after=0.1), status(500), ok())
+        client = AsyncOpenAI(base_url=stub.base_url, api_key="test")
+        ...
+        assert stub.requests[-1]["max_completion_tokens"] == 200
+
+`ok` answers with a deterministic summary derived from the request: the ``#XX-NNNN``
+identifiers found in its messages, and how many turns its JSON data message holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["Behaviour", "LlmStub", "empty", "malformed", "ok", "slow", "status"]
+
+_ID = re.compile(r"#[A-Z0-9]{2}-\d{4}")
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How the stub answers one request."""
+
+    kind: str
+    status: int = 200
+    retry_after: float | None = None
+    seconds: float = 0.0
+    text: str | None = None
+
+
+def ok(text: str | None = None) -> Behaviour:
+    """200 with a summary: `text`, or one derived from the request."""
+    return Behaviour("ok", text=text)
+
+
+def status(code: int, *, retry_after: float | None = None) -> Behaviour:
+    """An error status with an OpenAI-style error body (and ``Retry-After`` if given)."""
+    return Behaviour("status", status=code, retry_after=retry_after)
+
+
+def slow(seconds: float) -> Behaviour:
+    """`ok`, after `seconds`."""
+    return Behaviour("slow", seconds=seconds)
+
+
+def malformed() -> Behaviour:
+    """200 with a body that is not JSON."""
+    return Behaviour("malformed")
+
+
+def empty() -> Behaviour:
+    """200 with a well-formed completion that has no choices."""
+    return Behaviour("empty")
+
+
+def derived_summary(body: dict[str, Any]) -> str:
+    """The summary `ok` answers with: the ids seen and the number of turns."""
+    contents = [m.get("content") or "" for m in body.get("messages", [])]
+    ids = sorted(set(_ID.findall(" ".join(contents))))
+    turns = 0
+    for message in body.get("messages", []):
+        if message.get("role") == "user":
+            try:
+                turns = len(json.loads(message["content"]).get("turns", []))
+            except (ValueError, AttributeError):
+                turns = 0
+    return f"Stub summary of {turns} turns. Ids: {', '.join(ids) or 'none'}."
+
+
+class LlmStub:
+    """The server; a context manager that starts and stops it."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self._queue: deque[Behaviour] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        # Join handler threads on close: a test leaves no thread behind.
+        self._server.daemon_threads = False
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The URL to give the openai client."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def script(self, *behaviours: Behaviour) -> None:
+        """Queue behaviours for the next requests, in order."""
+        with self._lock:
+            self._queue.extend(behaviours)
+
+    def __enter__(self) -> LlmStub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()  # wakes `slow` handlers, so closing joins them at once
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def _next(self, body: dict[str, Any]) -> Behaviour:
+        with self._lock:
+            self.requests.append(body)
+            return self._queue.popleft() if self._queue else ok()
+
+
+def _handler(stub: LlmStub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output clean
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            raw = self.rfile.read(length)
+            if self.path != "/v1/chat/completions":
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            body = json.loads(raw)
+            behaviour = stub._next(body)
+            # The client may have given up (a timeout test): then there is no one to answer.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._answer(behaviour, body)
+
+        def _answer(self, behaviour: Behaviour, body: dict[str, Any]) -> None:
+            if behaviour.kind == "status":
+                headers = {}
+                if behaviour.retry_after is not None:
+                    headers["Retry-After"] = str(behaviour.retry_after)
+                error = {"message": f"stub error {behaviour.status}", "type": "stub"}
+                self._send(behaviour.status, {"error": error}, headers)
+            elif behaviour.kind == "malformed":
+                self._send_raw(200, b'{"id": "chatcmpl-stub", "choices": [')
+            elif behaviour.kind == "empty":
+                self._send(200, _completion(body, None))
+            else:
+                if behaviour.kind == "slow" and stub._stopping.wait(behaviour.seconds):
+                    return
+                self._send(200, _completion(body, behaviour.text or derived_summary(body)))
+
+        def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            self._send_raw(code, json.dumps(payload).encode(), headers)
+
+        def _send_raw(self, code: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+def _completion(body: dict[str, Any], summary: str | None) -> dict[str, Any]:
+    prompt = sum(len(m.get("content") or "") for m in body.get("messages", [])) // 4
+    choices = []
+    completion = 0
+    if summary is not None:
+        completion = max(1, len(summary) // 4)
+        choices.append(
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": summary},
+                "finish_reason": "stop",
+            }
+        )
+    return {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": body.get("model", "stub"),
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }

@@ -1,0 +1,487 @@
+"""The extractive summarizer and the retry / circuit-breaker wrapper, with no network."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processors.summarizers import (
+    EXTRACTIVE_MODEL,
+    BreakerState,
+    CircuitBreaker,
+    ExtractiveSummarizer,
+    ResilientSummarizer,
+    RetryableSummarizerError,
+    RetryPolicy,
+    SummarizerError,
+    SummarizerTimeout,
+    SummarizerUnavailable,
+    SummaryRequest,
+    SummaryResult,
+)
+from projections.context import approx_tokens
+from projections.view import REDACTED, Message
+from schemas.errors import ChatlogError, InvalidInput
+from schemas.events import ToolCall
+
+SUPPORT_CHAT = [
+    ("user", "Hi, I'm Maria Lopez. My Acme Router X2 from order #A7-1042 stopped working."),
+    (
+        "assistant",
+        "Sorry to hear that, Maria. Order #A7-1042 was delivered on 2024-05-03 for $149.99. "
+        "Is the power light on?",
+    ),
+    ("user", "Yes, it blinks orange. I already tried a reset."),
+    (
+        "assistant",
+        "An orange blink after a reset means a hardware fault. "
+        "I will open a replacement request under ticket TKT-88213.",
+    ),
+    ("user", "Can I get a refund instead? I don't want another X2."),
+    (
+        "assistant",
+        "Yes. I have cancelled the replacement and approved a refund of $149.99 to your Visa "
+        "card. It will arrive within 5 business days.",
+    ),
+    ("user", "Great. Do I need to send the router back?"),
+    (
+        "assistant",
+        "Yes, please ship it with the prepaid DHL label I emailed you. "
+        "The courier will collect it on May 10 between 9:00 and 12:00.",
+    ),
+    ("user", "Ok. Also, will the refund include the $12.50 shipping fee?"),
+    ("user", "And can you send me a copy of the invoice?"),
+]
+
+EXPECTED_SUPPORT_SUMMARY = """\
+Entities: Maria Lopez, Acme Router X2, Visa, DHL
+Numbers and ids: #A7-1042, 2024-05-03, $149.99, TKT-88213, May 10, 9:00, 12:00, $12.50
+Decisions:
+- assistant: I will open a replacement request under ticket TKT-88213.
+- assistant: I have cancelled the replacement and approved a refund of $149.99 to your Visa card.
+- assistant: It will arrive within 5 business days.
+- assistant: Yes, please ship it with the prepaid DHL label I emailed you.
+- assistant: The courier will collect it on May 10 between 9:00 and 12:00.
+Open questions:
+- user: Also, will the refund include the $12.50 shipping fee?
+- user: And can you send me a copy of the invoice?"""
+
+
+def turns(*pairs: tuple[str, str], start: int = 0) -> tuple[Message, ...]:
+    return tuple(
+        Message(start + i, f"m{start + i}", role, content, (start + i) * 1000)
+        for i, (role, content) in enumerate(pairs)
+    )
+
+
+def extract(
+    messages: tuple[Message, ...], *, previous: str | None = None, cap: int = 500
+) -> SummaryResult:
+    request = SummaryRequest("s1", previous, messages, cap)
+    return asyncio.run(ExtractiveSummarizer().summarize(request))
+
+
+# --------------------------------------------------------------------------- extractive
+
+
+def test_a_support_chat_keeps_names_ids_decisions_and_open_questions():
+    result = extract(turns(*SUPPORT_CHAT))
+    assert result.summary == EXPECTED_SUPPORT_SUMMARY
+    assert result.model == EXTRACTIVE_MODEL
+    assert result.completion_tokens == approx_tokens(result.summary)
+    assert result.prompt_tokens == approx_tokens("".join(c for _, c in SUPPORT_CHAT))
+
+
+def test_a_question_the_assistant_answered_is_not_open():
+    result = extract(
+        turns(("user", "Where is order #B2-2000?"), ("assistant", "It shipped on May 2."))
+    )
+    assert "Open questions" not in result.summary
+    assert "#B2-2000" in result.summary
+    assert "May 2" in result.summary
+
+
+def test_sentence_openers_and_pieces_of_ids_are_not_entities():
+    result = extract(turns(("user", "Thanks. Hello Maria Lopez, order #A7-1042 is late.")))
+    assert result.summary.splitlines()[0] == "Entities: Maria Lopez"
+
+
+def test_ids_in_tool_call_arguments_are_kept():
+    call = ToolCall(id="c1", name="lookup_order", arguments='{"order": "#C3-3003"}')
+    message = Message(0, "m0", "assistant", "", 0, tool_calls=(call,))
+    assert "#C3-3003" in extract((message,)).summary
+
+
+def test_redacted_turns_leave_no_trace():
+    secret = "Bob Secret will refund order #ZZ-9999 of $777.00. Can you do it?"
+    messages = (
+        Message(0, "m0", "user", secret, 0, redacted=True),
+        Message(1, "m1", "user", REDACTED, 1000, redacted=True),
+        *turns(("assistant", "I will check order #A7-1042."), start=2),
+    )
+    summary = extract(messages).summary
+    for fragment in ("Bob", "Secret", "#ZZ-9999", "777", "redacted", "Can you"):
+        assert fragment not in summary
+    assert "#A7-1042" in summary
+
+
+def test_the_same_request_gives_the_same_summary():
+    messages = turns(*SUPPORT_CHAT)
+    assert extract(messages) == extract(messages)
+
+
+def test_folding_the_same_turns_twice_changes_nothing():
+    messages = turns(*SUPPORT_CHAT)
+    once = extract(messages).summary
+    assert extract(messages, previous=once).summary == once
+
+
+def test_the_previous_summary_is_carried_forward_and_merged():
+    first = extract(turns(*SUPPORT_CHAT[:4])).summary
+    merged = extract(turns(*SUPPORT_CHAT[4:], start=4), previous=first).summary
+    assert merged == EXPECTED_SUPPORT_SUMMARY
+
+
+def test_an_open_question_stays_open_until_an_assistant_turn_follows():
+    first = extract(turns(("user", "Can you waive the fee for #D4-4004?"))).summary
+    assert "- user: Can you waive the fee for #D4-4004?" in first
+    still_open = extract(turns(("user", "Hello?"), start=1), previous=first).summary
+    assert "- user: Can you waive the fee for #D4-4004?" in still_open
+    answered = extract(turns(("assistant", "Done, it is waived."), start=2), previous=first)
+    assert "Open questions" not in answered.summary
+    assert "#D4-4004" in answered.summary
+
+
+def test_another_summarizers_prose_is_mined_for_what_matters():
+    previous = "Maria Lopez asked about order #A7-1042. The agent will refund $149.99 by Friday."
+    summary = extract(turns(("user", "Thanks!")), previous=previous).summary
+    assert summary == (
+        "Entities: Maria Lopez, Friday\n"
+        "Numbers and ids: #A7-1042, $149.99\n"
+        "Decisions:\n"
+        "- The agent will refund $149.99 by Friday."
+    )
+
+
+def test_the_cap_drops_names_first_and_open_questions_last():
+    full = extract(turns(*SUPPORT_CHAT)).summary
+    cap = approx_tokens(full) - 10
+    capped = extract(turns(*SUPPORT_CHAT), cap=cap).summary
+    assert approx_tokens(capped) <= cap
+    assert "Entities: Maria Lopez, Acme Router X2" not in capped  # the first to go
+    assert capped.endswith(EXPECTED_SUPPORT_SUMMARY.split("Open questions:")[1])
+    # The newest open question first; then a short name still fits in what is left.
+    tiny = extract(turns(*SUPPORT_CHAT), cap=20).summary
+    assert (
+        tiny == "Entities: DHL\nOpen questions:\n- user: And can you send me a copy of the invoice?"
+    )
+
+
+@given(cap=st.integers(min_value=1, max_value=300))
+def test_the_summary_never_exceeds_the_cap(cap):
+    summary = extract(turns(*SUPPORT_CHAT), previous="Order #Q1-0001 will ship.", cap=cap).summary
+    assert approx_tokens(summary) <= cap
+
+
+@given(
+    contents=st.lists(
+        st.tuples(st.sampled_from(["user", "assistant", "tool"]), st.text(max_size=120)),
+        max_size=8,
+    ),
+    cap=st.integers(min_value=1, max_value=200),
+)
+def test_any_text_gives_a_capped_deterministic_summary(contents, cap):
+    messages = turns(*contents)
+    first = extract(messages, cap=cap)
+    assert approx_tokens(first.summary) <= cap
+    assert extract(messages, cap=cap) == first
+
+
+def test_a_cap_below_one_token_is_refused():
+    with pytest.raises(InvalidInput, match="max_summary_tokens"):
+        SummaryRequest("s1", None, (), 0)
+
+
+def test_long_sentences_are_clipped():
+    long = "I will refund " + "very " * 80 + "soon."
+    summary = extract(turns(("assistant", long))).summary
+    bullet = summary.splitlines()[-1]
+    assert len("- assistant: I will refund very") < len(bullet) <= len("- assistant: ") + 200
+    assert bullet.endswith("…")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_summarizer_errors_are_chatlog_errors_and_builtins():
+    assert issubclass(SummarizerError, ChatlogError)
+    assert issubclass(SummarizerError, RuntimeError)
+    assert issubclass(SummarizerTimeout, RetryableSummarizerError)
+    assert issubclass(SummarizerTimeout, TimeoutError)
+    assert issubclass(SummarizerUnavailable, SummarizerError)
+    assert issubclass(SummarizerUnavailable, ConnectionError)
+    error = RetryableSummarizerError("busy", retry_after=1.5, session_id="s1")
+    assert error.retry_after == 1.5
+    assert error.context == {"retry_after": 1.5, "session_id": "s1"}
+
+
+# --------------------------------------------------------------------------- resilience
+
+OK = SummaryResult("fine", "fake", 1, 1)
+REQUEST = SummaryRequest("s1", None, (), 100)
+
+
+class FakeTime:
+    """A clock that only moves when something sleeps on it (or a test moves it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class ScriptedSummarizer:
+    """Raises or returns the scripted outcomes in order, then returns OK."""
+
+    def __init__(self, *outcomes: BaseException | SummaryResult) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    async def summarize(self, request: SummaryRequest) -> SummaryResult:
+        self.calls += 1
+        outcome = self.outcomes.pop(0) if self.outcomes else OK
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def busy(retry_after: float | None = None) -> RetryableSummarizerError:
+    return RetryableSummarizerError("busy", retry_after=retry_after)
+
+
+def resilient(
+    inner: ScriptedSummarizer,
+    time: FakeTime,
+    *,
+    attempts: int = 4,
+    threshold: int = 100,
+    cool_down: float = 30.0,
+    seed: int = 7,
+) -> ResilientSummarizer:
+    return ResilientSummarizer(
+        inner,
+        retry=RetryPolicy(max_attempts=attempts, base_delay=0.5, max_delay=4.0),
+        breaker=CircuitBreaker(failure_threshold=threshold, reset_timeout=cool_down),
+        clock=time.clock,
+        sleep=time.sleep,
+        rng=random.Random(seed),
+    )
+
+
+def test_transient_failures_are_retried_with_full_jitter_backoff():
+    time = FakeTime()
+    inner = ScriptedSummarizer(busy(), busy(), busy())
+    assert asyncio.run(resilient(inner, time).summarize(REQUEST)) == OK
+    assert inner.calls == 4
+    reference = random.Random(7)
+    assert time.sleeps == [reference.uniform(0, bound) for bound in (0.5, 1.0, 2.0)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_backoff_stays_within_its_exponential_bound_and_the_maximum(seed):
+    time = FakeTime()
+    inner = ScriptedSummarizer(*[busy() for _ in range(7)])
+    summarizer = resilient(inner, time, attempts=8, seed=seed)
+    assert asyncio.run(summarizer.summarize(REQUEST)) == OK
+    bounds = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+    assert len(time.sleeps) == len(bounds)
+    for slept, bound in zip(time.sleeps, bounds, strict=True):
+        assert 0 <= slept <= bound
+
+
+def test_it_gives_up_after_max_attempts_with_the_last_error():
+    time = FakeTime()
+    last = busy()
+    inner = ScriptedSummarizer(busy(), busy(), last)
+    with pytest.raises(RetryableSummarizerError) as caught:
+        asyncio.run(resilient(inner, time, attempts=3).summarize(REQUEST))
+    assert caught.value is last
+    assert inner.calls == 3
+    assert len(time.sleeps) == 2
+
+
+def test_a_retry_after_hint_is_a_floor_on_the_wait():
+    time = FakeTime()
+    inner = ScriptedSummarizer(busy(retry_after=3.5))
+    asyncio.run(resilient(inner, time).summarize(REQUEST))
+    assert time.sleeps == [3.5]  # the jittered backoff (at most 0.5 s) is below the hint
+
+
+def test_a_retry_after_longer_than_max_delay_is_not_waited_for():
+    time = FakeTime()
+    inner = ScriptedSummarizer(busy(retry_after=60.0))
+    with pytest.raises(RetryableSummarizerError):
+        asyncio.run(resilient(inner, time).summarize(REQUEST))
+    assert inner.calls == 1
+    assert time.sleeps == []
+
+
+def test_a_non_retryable_error_is_raised_at_once():
+    time = FakeTime()
+    inner = ScriptedSummarizer(SummarizerError("bad request"))
+    with pytest.raises(SummarizerError, match="bad request"):
+        asyncio.run(resilient(inner, time).summarize(REQUEST))
+    assert inner.calls == 1
+    assert time.sleeps == []
+
+
+def test_the_breaker_opens_after_n_consecutive_failures_and_refuses_at_once():
+    time = FakeTime()
+    inner = ScriptedSummarizer(busy(), busy(), busy())
+    summarizer = resilient(inner, time, attempts=1, threshold=3)
+    for _ in range(3):
+        with pytest.raises(RetryableSummarizerError):
+            asyncio.run(summarizer.summarize(REQUEST))
+    assert summarizer.breaker.state(time.now) is BreakerState.OPEN
+    with pytest.raises(SummarizerUnavailable, match=r"3 times in a row.*30\.0 s") as caught:
+        asyncio.run(summarizer.summarize(REQUEST))
+    assert inner.calls == 3  # the refused call never reached the summarizer
+    assert time.sleeps == []  # ... and waited for nothing
+    assert caught.value.context == {"session_id": "s1", "retry_in": 30.0}
+
+
+def test_a_success_resets_the_count_of_consecutive_failures():
+    time = FakeTime()
+    inner = ScriptedSummarizer(busy(), busy(), OK, busy(), busy())
+    summarizer = resilient(inner, time, attempts=1, threshold=3)
+    outcomes = []
+    for _ in range(5):
+        try:
+            outcomes.append(asyncio.run(summarizer.summarize(REQUEST)).summary)
+        except RetryableSummarizerError:
+            outcomes.append("busy")
+    assert outcomes == ["busy", "busy", "fine", "busy", "busy"]
+    assert summarizer.breaker.state(time.now) is BreakerState.CLOSED
+
+
+def test_retries_stop_as_soon_as_the_breaker_opens():
+    time = FakeTime()
+    inner = ScriptedSummarizer(busy(), busy(), busy())
+    with pytest.raises(SummarizerUnavailable) as caught:
+        asyncio.run(resilient(inner, time, attempts=5, threshold=2).summarize(REQUEST))
+    assert inner.calls == 2
+    assert len(time.sleeps) == 1
+    assert isinstance(caught.value.__cause__, RetryableSummarizerError)
+
+
+def test_after_the_cool_down_one_successful_trial_closes_the_breaker():
+    time = FakeTime()
+    inner = ScriptedSummarizer(busy(), busy())
+    summarizer = resilient(inner, time, attempts=1, threshold=2, cool_down=30.0)
+    for _ in range(2):
+        with pytest.raises(RetryableSummarizerError):
+            asyncio.run(summarizer.summarize(REQUEST))
+    time.now += 29.9
+    with pytest.raises(SummarizerUnavailable):
+        asyncio.run(summarizer.summarize(REQUEST))
+    time.now += 0.1
+    assert summarizer.breaker.state(time.now) is BreakerState.HALF_OPEN
+    assert asyncio.run(summarizer.summarize(REQUEST)) == OK
+    assert summarizer.breaker.state(time.now) is BreakerState.CLOSED
+    assert asyncio.run(summarizer.summarize(REQUEST)) == OK
+    assert inner.calls == 4
+
+
+def test_a_failed_trial_opens_the_breaker_for_another_cool_down():
+    time = FakeTime()
+    inner = ScriptedSummarizer(busy(), busy(), busy())
+    summarizer = resilient(inner, time, attempts=3, threshold=2, cool_down=30.0)
+    with pytest.raises(SummarizerUnavailable):
+        asyncio.run(summarizer.summarize(REQUEST))
+    time.now += 30.0
+    with pytest.raises(SummarizerUnavailable):  # one failure in half-open state suffices
+        asyncio.run(summarizer.summarize(REQUEST))
+    assert inner.calls == 3
+    assert summarizer.breaker.state(time.now) is BreakerState.OPEN
+    assert summarizer.breaker.retry_in(time.now) == 30.0
+
+
+def test_half_open_lets_exactly_one_trial_through_at_a_time():
+    time = FakeTime()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5.0)
+    breaker.record_failure(time.now)
+    time.now += 5.0
+    release = asyncio.Event()
+
+    class Slow:
+        calls = 0
+
+        async def summarize(self, request: SummaryRequest) -> SummaryResult:
+            Slow.calls += 1
+            await release.wait()
+            return OK
+
+    async def race() -> list[object]:
+        summarizer = ResilientSummarizer(
+            Slow(), breaker=breaker, clock=time.clock, sleep=time.sleep, rng=random.Random(1)
+        )
+        trial = asyncio.create_task(summarizer.summarize(REQUEST))
+        await asyncio.sleep(0)  # the trial is now in flight
+        second = await asyncio.gather(summarizer.summarize(REQUEST), return_exceptions=True)
+        release.set()
+        return [await trial, *second]
+
+    trial, second = asyncio.run(race())
+    assert trial == OK
+    assert isinstance(second, SummarizerUnavailable)
+    assert Slow.calls == 1
+    assert breaker.state(time.now) is BreakerState.CLOSED
+
+
+def test_an_unexpected_error_in_the_trial_frees_the_trial_slot():
+    time = FakeTime()
+    inner = ScriptedSummarizer(busy(), KeyError("bug"))
+    summarizer = resilient(inner, time, attempts=1, threshold=1, cool_down=1.0)
+    with pytest.raises(RetryableSummarizerError):
+        asyncio.run(summarizer.summarize(REQUEST))
+    time.now += 1.0
+    with pytest.raises(KeyError):
+        asyncio.run(summarizer.summarize(REQUEST))
+    assert asyncio.run(summarizer.summarize(REQUEST)) == OK  # the next call is the trial
+
+
+def test_policies_refuse_nonsense():
+    with pytest.raises(InvalidInput, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(InvalidInput, match="base_delay"):
+        RetryPolicy(base_delay=5.0, max_delay=1.0)
+    with pytest.raises(InvalidInput, match="failure_threshold"):
+        CircuitBreaker(failure_threshold=0)
+
+
+# --------------------------------------------------------------------------- purity
+
+
+def test_the_summarizers_module_imports_no_network_library():
+    # A fresh interpreter: this test process may have imported the adapters already.
+    code = (
+        "import sys, processors.summarizers; "
+        "print(','.join(m for m in ('openai', 'redis', 'confluent_kafka', 'faust') "
+        "if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == ""
