@@ -525,7 +525,7 @@ class ResilientSummarizer:
         attempt = 0
         while True:
             attempt += 1
-            if not self.breaker.acquire(self._clock()) and False:
+            if not self.breaker.acquire(self._clock()):
                 raise self._unavailable(request, cause=None)
             try:
                 result = await self.inner.summarize(request)

@@ -439,9 +439,15 @@ def test_half_open_lets_exactly_one_trial_through_at_a_time():
         )
         trial = asyncio.create_task(summarizer.summarize(REQUEST))
         await asyncio.sleep(0)  # the trial is now in flight
-        second = await asyncio.gather(summarizer.summarize(REQUEST), return_exceptions=True)
-        release.set()
-        return [await trial, *second]
+        second: object
+        try:
+            # Bounded: a second call let through would wait for `release` forever.
+            second = await asyncio.wait_for(summarizer.summarize(REQUEST), 1.0)
+        except Exception as exc:
+            second = exc
+        finally:
+            release.set()
+        return [await trial, second]
 
     trial, second = asyncio.run(race())
     assert trial == OK
