@@ -104,7 +104,14 @@ class ConversationProducer:
         if flush_on_sigterm:
             _install_sigterm_flush()
         if check_topic:
-            self.check(timeout=check_timeout)
+            try:
+                self.check(timeout=check_timeout)
+            except Exception:
+                # A constructor that raises must not leave its poller thread running.
+                self._closed.set()
+                self._poller.join()
+                _LIVE.discard(self)
+                raise
 
     # -- publishing -------------------------------------------------------------------
 
@@ -177,12 +184,18 @@ class ConversationProducer:
         if self._closed.is_set():
             return
         left = self.flush(timeout)
+        if left:
+            # Fail the undelivered events' futures now rather than keep them (and this
+            # client, which their callbacks reference) queued and retrying until exit.
+            self._producer.purge()
+            self._producer.poll(0)
         self._closed.set()
         self._poller.join()
         _LIVE.discard(self)
         if left:
             raise PublishTimeout(
-                f"{left} events were still unacknowledged after {timeout:g} s at close",
+                f"{left} events were still unacknowledged after {timeout:g} s at close; "
+                f"they may or may not be stored",
                 topic=self.topic,
             )
 

@@ -225,3 +225,17 @@ def test_sigterm_flushes_pending_events(kafka, topic):
     assert child.returncode == -15  # it still dies of SIGTERM, after flushing
     contents = [CODEC.decode(m.value()).payload.content for m in kafka.consume_all(topic)]
     assert contents == [str(i) for i in range(100)]
+
+
+def test_a_failed_start_leaves_no_thread_behind(kafka):
+    def pollers():
+        return [t for t in threading.enumerate() if t.name == "chatlog-producer-poll"]
+
+    before = len(pollers())
+    with pytest.raises(TopicMissing):
+        ConversationProducer(bootstrap_servers=kafka.bootstrap, topic="no.such.topic.here")
+    with pytest.raises(BrokerUnavailable):
+        ConversationProducer(
+            bootstrap_servers=f"127.0.0.1:{_closed_port()}", check_timeout=1, flush_on_sigterm=False
+        )
+    assert len(pollers()) == before
