@@ -21,6 +21,14 @@ PURE_MODULES = [
     "producers.commands",
     "producers.partitioning",
     "projections",
+    "projections.view",
+    "projections.keys",
+    "projections.encoding",
+    "projections.store",
+    "projections.context",
+    "processors.projection",
+    "processors.dead_letters",
+    "processors.summarizers",
 ]
 
 
