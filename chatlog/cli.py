@@ -167,8 +167,7 @@ def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Fail at start-up with the fix, rather than with a consumer error later.
     cli_read.partition_count(wiring.admin_client(settings), settings)
-    with cli_read.redis_errors(settings):
-        projector = wiring.projector(settings)
+    projector = wiring.projector(settings)
     log.info(
         "projecting %s (group %s) into Redis prefix %s; dead letters to %s",
         settings.topic,
@@ -177,7 +176,7 @@ def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
         settings.dlq_topic,
     )
     tune_garbage_collector()
-    with cli_read.redis_errors(settings), cli_read.stop_on_signals() as stop:
+    with cli_read.stop_on_signals() as stop:
         projector.run(stop=stop)
     log.info("stopped: %s", projector.stats)
 

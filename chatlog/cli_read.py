@@ -24,16 +24,16 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from chatlog import wiring
 from chatlog.settings import Settings
+from producers.kafka_topics import topic_partitions
 from producers.partitioning import partition_for
 from projections.context import SUMMARY_PREAMBLE, Context
 from projections.store import SessionEntry
-from schemas.errors import BrokerUnavailable, ChatlogError, DecodeError, TopicMissing
+from schemas.errors import BrokerUnavailable, DecodeError
 from schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
 from schemas.ids import validate_id
 from schemas.position import Position
@@ -43,7 +43,6 @@ __all__ = [
     "context_lines",
     "iso",
     "partition_count",
-    "redis_errors",
     "session_rows",
     "sessions",
     "stop_on_signals",
@@ -62,13 +61,12 @@ def context(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | No
     after = Position.parse(args.after) if args.after is not None else None
     reader = wiring.reader(settings)
     try:
-        with redis_errors(settings):
-            ctx = reader.context(
-                args.session,
-                user_id=args.user,
-                after=after,
-                timeout=args.timeout if args.timeout is not None else settings.read_timeout_s,
-            )
+        ctx = reader.context(
+            args.session,
+            user_id=args.user,
+            after=after,
+            timeout=args.timeout if args.timeout is not None else settings.read_timeout_s,
+        )
     finally:
         reader.client.close()
     messages = ctx.to_openai(system=args.system, max_tokens=args.max_tokens)
@@ -146,8 +144,7 @@ def sessions(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any
     """`chatlog sessions`: the user's sessions, most recently active first."""
     reader = wiring.reader(settings)
     try:
-        with redis_errors(settings):
-            entries = reader.sessions(args.user, limit=args.limit)
+        entries = reader.sessions(args.user, limit=args.limit)
     finally:
         reader.client.close()
     if args.json:
@@ -273,18 +270,12 @@ def _locate(consumer: Consumer, settings: Settings, session_id: str) -> tuple[in
 
 def partition_count(client: Consumer | AdminClient, settings: Settings) -> int:
     """The events topic's partition count; a missing topic or broker is a one-line error."""
-    try:
-        metadata = client.list_topics(settings.topic, timeout=_METADATA_TIMEOUT_S)
-    except KafkaException as exc:
-        raise _no_broker(settings, exc) from exc
-    found = metadata.topics.get(settings.topic)
-    if found is None or found.error is not None or not found.partitions:
-        raise TopicMissing(
-            f"topic {settings.topic!r} does not exist on {settings.kafka_bootstrap}; "
-            f"create it with `chatlog topics create`",
-            topic=settings.topic,
-        )
-    return len(found.partitions)
+    return topic_partitions(
+        client,
+        settings.topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        timeout=_METADATA_TIMEOUT_S,
+    )
 
 
 def _no_broker(settings: Settings, exc: KafkaException) -> BrokerUnavailable:
@@ -395,25 +386,3 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-@contextmanager
-def redis_errors(settings: Settings) -> Iterator[None]:
-    """Translate the Redis client's errors into one-line chatlog errors."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise ChatlogError(
-            f"Redis at {_redacted(settings.redis_url)} failed: {exc}; is it running "
-            f"(`make services`), and is CHATLOG_REDIS_URL right?"
-        ) from exc
-
-
-def _redacted(url: str) -> str:
-    """`url` without a password (redis://user:secret@host -> redis://user:***@host)."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"

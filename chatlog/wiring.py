@@ -13,7 +13,7 @@ from producers.kafka_producer import ConversationProducer
 from producers.kafka_topics import TopicReport, broker_count, chatlog_topics, ensure_topics
 from projections.keys import KeySpace
 from projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
-from projections.redis_store import RedisViewStore, text
+from projections.redis_store import RedisViewStore, redis_errors, text
 from projections.view import WindowPolicy
 from schemas.codec import EventCodec
 from schemas.errors import ConfigError
@@ -93,8 +93,9 @@ def live_store(settings: Settings, client: redis.Redis | None = None) -> RedisVi
     """The view store of the live generation (naming the first one if none is live yet)."""
     client = client or redis_client(settings)
     keys = KeySpace(settings.redis_prefix)
-    client.set(keys.pointer, DEFAULT_GENERATION, nx=True)
-    live = client.get(keys.pointer)
+    with redis_errors():
+        client.set(keys.pointer, DEFAULT_GENERATION, nx=True)
+        live = client.get(keys.pointer)
     return RedisViewStore(
         client,
         keys=keys.with_generation(text(live) if live else DEFAULT_GENERATION),

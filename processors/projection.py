@@ -90,10 +90,9 @@ class ProjectionCore:
                 result.events += 1
                 position = Position(record.partition, record.offset)
                 by_session.setdefault(event.session_id, []).append((event, position))
-        records_at = {(r.partition, r.offset): r for r in records}
         pending = by_session
         for _ in range(_MAX_ROUNDS):
-            pending = self._write(pending, records_at, result)
+            pending = self._write(pending, records, result)
             if not pending:
                 return result
             self.forget(pending)  # someone else wrote these sessions: reload them
@@ -128,15 +127,18 @@ class ProjectionCore:
     def _write(
         self,
         by_session: dict[str, list[tuple[ConversationEvent, Position]]],
-        records_at: dict[tuple[int, int], Record],
+        records: Sequence[Record],
         result: BatchResult,
     ) -> dict[str, list[tuple[ConversationEvent, Position]]]:
         views = self._views(by_session)
+        records_at: dict[tuple[int, int], Record] | None = None  # built only if needed
         changes = []
         for session_id, events in by_session.items():
             before = views[session_id]
             after, refused = fold(before, events, self.policy)
             for _, position, error in refused:
+                if records_at is None:
+                    records_at = {(r.partition, r.offset): r for r in records}
                 record = records_at[(position.partition, position.offset)]
                 if all(d.record is not record for d in result.dead_letters):
                     result.dead_letters.append(DeadLetter(record, error))

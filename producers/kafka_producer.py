@@ -36,6 +36,7 @@ from typing import Any, Self, Unpack
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from producers.commands import MessageFields, append_message
+from producers.kafka_topics import topic_partitions
 from schemas.codec import EventCodec
 from schemas.errors import (
     BrokerUnavailable,
@@ -162,22 +163,9 @@ class ConversationProducer:
 
         Returns the topic's partition count.
         """
-        try:
-            metadata = self._producer.list_topics(self.topic, timeout=timeout)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"no Kafka broker answered at {self.bootstrap_servers} within {timeout:g} s "
-                f"({_reason(exc)}); start one (`make services`) or set CHATLOG_KAFKA_BOOTSTRAP",
-                bootstrap_servers=self.bootstrap_servers,
-            ) from exc
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            raise TopicMissing(
-                f"topic {self.topic!r} does not exist on {self.bootstrap_servers}; "
-                f"create it with `chatlog topics create`",
-                topic=self.topic,
-            )
-        return len(topic.partitions)
+        return topic_partitions(
+            self._producer, self.topic, bootstrap_servers=self.bootstrap_servers, timeout=timeout
+        )
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush pending events and stop; idempotent."""

@@ -12,13 +12,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from schemas.errors import BrokerUnavailable, ConfigError
+from schemas.errors import BrokerUnavailable, ConfigError, TopicMissing
 
-__all__ = ["TopicReport", "TopicSpec", "broker_count", "chatlog_topics", "ensure_topics"]
+__all__ = [
+    "TopicReport",
+    "TopicSpec",
+    "broker_count",
+    "chatlog_topics",
+    "ensure_topics",
+    "topic_partitions",
+]
 
 DLQ_RETENTION_MS = 7 * 24 * 3600 * 1000
 
@@ -82,6 +90,34 @@ def chatlog_topics(
             {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS), **durable},
         ),
     ]
+
+
+def topic_partitions(
+    client: Any, topic: str, *, bootstrap_servers: str, timeout: float = 10.0
+) -> int:
+    """The partition count of `topic`; fails fast, naming the fix, if it or the broker is missing.
+
+    `client` is any confluent-kafka client (producer, consumer, admin): all answer
+    `list_topics`.
+    """
+    try:
+        metadata = client.list_topics(topic, timeout=timeout)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        reason = error.str() if isinstance(error, KafkaError) else str(error)
+        raise BrokerUnavailable(
+            f"no Kafka broker answered at {bootstrap_servers} within {timeout:g} s "
+            f"({reason}); start one (`make services`) or set CHATLOG_KAFKA_BOOTSTRAP",
+            bootstrap_servers=bootstrap_servers,
+        ) from exc
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise TopicMissing(
+            f"topic {topic!r} does not exist on {bootstrap_servers}; "
+            f"create it with `chatlog topics create`",
+            topic=topic,
+        )
+    return len(found.partitions)
 
 
 def broker_count(admin: AdminClient, *, timeout: float = 10.0) -> int:

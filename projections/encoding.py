@@ -115,16 +115,6 @@ class MessagesDelta:
     append: tuple[str, ...] = ()
     replace_all: tuple[str, ...] | None = field(default=None)
 
-    @property
-    def empty(self) -> bool:
-        """True when the list does not change."""
-        return (
-            self.replace_all is None
-            and not self.trim_left
-            and not self.overwrite
-            and not self.append
-        )
-
 
 def diff(old: Sequence[Message], new: Sequence[Message]) -> MessagesDelta:
     """The delta from `old` to `new` (both ordered by offset, as views keep them)."""

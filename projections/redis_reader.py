@@ -16,9 +16,8 @@ The live generation is looked up through the pointer key and cached for
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -27,7 +26,7 @@ import redis.asyncio
 from projections.context import Context
 from projections.encoding import decode_view
 from projections.keys import KeySpace
-from projections.redis_store import text, text_map
+from projections.redis_store import redis_errors, text, text_map
 from projections.store import SessionEntry, session_entries
 from projections.view import SessionStatus, SessionView
 from schemas.errors import (
@@ -35,7 +34,6 @@ from schemas.errors import (
     OwnershipError,
     ReadTimeout,
     SessionNotFound,
-    StoreUnavailable,
 )
 from schemas.ids import validate_id
 from schemas.position import Position
@@ -87,7 +85,7 @@ class RedisReader:
         delay = _FIRST_POLL_S
         while True:
             remaining = deadline - time.monotonic()
-            with _redis_errors():
+            with redis_errors():
                 # While waiting, poll the applied offset only; read the view once it is there.
                 if after is None or remaining <= 0 or self._reached(session_id, after):
                     view, window = self._load(session_id)
@@ -102,7 +100,7 @@ class RedisReader:
     def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
         """The user's sessions, most recently active first (expired ones left out)."""
         validate_id(user_id, field="user_id")
-        with _redis_errors():
+        with redis_errors():
             return self._sessions(user_id, limit)
 
     def _sessions(self, user_id: str, limit: int) -> list[SessionEntry]:
@@ -175,7 +173,7 @@ class AsyncRedisReader:
         delay = _FIRST_POLL_S
         while True:
             remaining = deadline - time.monotonic()
-            with _redis_errors():
+            with redis_errors():
                 # While waiting, poll the applied offset only; read the view once it is there.
                 if after is None or remaining <= 0 or await self._reached(session_id, after):
                     view, window = await self._load(session_id)
@@ -190,7 +188,7 @@ class AsyncRedisReader:
     async def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
         """The user's sessions, most recently active first (expired ones left out)."""
         validate_id(user_id, field="user_id")
-        with _redis_errors():
+        with redis_errors():
             return await self._sessions(user_id, limit)
 
     async def _sessions(self, user_id: str, limit: int) -> list[SessionEntry]:
@@ -221,18 +219,6 @@ class AsyncRedisReader:
         pipe.lrange(keys.messages(session_id), 0, -1)
         meta, messages = await pipe.execute()
         return _decode(meta, messages)
-
-
-@contextlib.contextmanager
-def _redis_errors() -> Iterator[None]:
-    """Redis client errors as chatlog's own, with the fix in the message."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise StoreUnavailable(
-            f"Redis did not answer ({type(exc).__name__}: {exc}); is it running? "
-            f"check CHATLOG_REDIS_URL"
-        ) from exc
 
 
 def _check_ids(session_id: str, user_id: str) -> None:

@@ -14,7 +14,8 @@ entries are scored by last activity, which lets a read drop expired sessions fro
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import contextlib
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -23,8 +24,9 @@ from projections.encoding import MessagesDelta, decode_view, diff, encode_meta
 from projections.keys import KeySpace
 from projections.store import Change, Outcome
 from projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowPolicy
+from schemas.errors import StoreUnavailable
 
-__all__ = ["RedisViewStore", "text", "text_map"]
+__all__ = ["RedisViewStore", "redis_errors", "text", "text_map"]
 
 # KEYS: meta, msgs. ARGV: expected offset, new offset, expire-at ms (0: none), mode
 # ("d" delta / "r" replace), trim, #overwrites, #appends, #meta pairs, meta mode ("f"
@@ -113,7 +115,8 @@ class RedisViewStore:
         for session_id in ids:
             pipe.hgetall(self.keys.meta(session_id))
             pipe.lrange(self.keys.messages(session_id), 0, -1)
-        replies = pipe.execute()
+        with redis_errors():
+            replies = pipe.execute()
         return {
             session_id: decode_view(text_map(replies[2 * n]), replies[2 * n + 1])
             for n, session_id in enumerate(ids)
@@ -127,7 +130,8 @@ class RedisViewStore:
             self._queue_apply(pipe, change)
         for change in changes:
             self._queue_index(pipe, change.new)
-        replies = pipe.execute()
+        with redis_errors():
+            replies = pipe.execute()
         return [_OUTCOMES[int(reply)] for reply in replies[: len(changes)]]
 
     def _queue_apply(self, pipe: Any, change: Change) -> None:
@@ -174,6 +178,18 @@ class RedisViewStore:
             args=[view.session_id, view.updated_at_ms, self.ttl_ms, op],
             client=pipe,
         )
+
+
+@contextlib.contextmanager
+def redis_errors() -> Iterator[None]:
+    """Redis client errors as chatlog's `StoreUnavailable`, with the fix in the message."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreUnavailable(
+            f"Redis did not answer ({type(exc).__name__}: {exc}); is it running "
+            f"(`make services`)? check CHATLOG_REDIS_URL"
+        ) from exc
 
 
 def text(value: str | bytes) -> str:
