@@ -1,4 +1,4 @@
-"""``python -m bench``: run every scenario, print the table, write bench/results/latest.md.
+"""``python -m bench``: run every scenario, print the tables, write bench/results/latest.md.
 
     python -m bench              # the full run (about five minutes)
     python -m bench --quick      # everything shrunk: checks that it runs (under a minute)
@@ -32,12 +32,13 @@ from bench.scenarios import (
     say,
     visibility,
 )
+from bench.summaries import summary_cost, summary_throughput
 from bench.workload import session_name
 from chatlog.settings import Settings
 from schemas.errors import ChatlogError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("projection", "latency", "reads")
+SCENARIOS = ("projection", "latency", "reads", "summary_cost", "summary_throughput")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             visibility(stack, plan, report)
         if "reads" in args.only:
             context_reads(stack, plan, report)
+        if "summary_cost" in args.only:
+            summary_cost(plan, report)
+        if "summary_throughput" in args.only:
+            summary_throughput(stack, plan, report)
     finally:
         problems = stack.cleanup()
         for problem in problems:
@@ -104,14 +109,19 @@ def _header(
     elapsed: float,
     load: float,
 ) -> list[str]:
-    sizes = report.value_sizes or [0]
+    sizes = report.value_sizes
     key = len(session_name(0))
     mode = "quick (shrunk: checks that it runs, not the numbers)" if plan.quick else "full"
+    record = (
+        f"record: value {statistics.mean(sizes):.0f} B mean ({min(sizes)}-{max(sizes)} B, "
+        f"Avro single-object encoding), key {key} B"
+        if sizes
+        else "record: no chat events published by the scenarios run"
+    )
     return [
         f"mode: {mode}; {plan.repeat} repetition(s) after a warm-up; the run took "
         f"{elapsed:.0f} s; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"record: value {statistics.mean(sizes):.0f} B mean ({min(sizes)}-{max(sizes)} B, "
-        f"Avro single-object encoding), key {key} B; topics of {PARTITIONS} partitions, "
+        f"{record}; topics of {PARTITIONS} partitions, "
         f"replication factor {stack.replication or '?'}; producer lz4, linger.ms "
         f"{stack.base.linger_ms}",
         f"machine: {versions.cores} cores (os.cpu_count), {platform.machine()} "
@@ -120,7 +130,9 @@ def _header(
         f"load average (1 min) at the start: {load:.2f}; the notes give each scenario's CPU "
         f"use per process, `other` being the rest of the (shared) machine",
         "each row: median and range (min - max) over the repetitions; targets are the projection "
-        "issue's, printed for comparison, never asserted",
+        "issue's, printed for comparison, never asserted; the summary throughput rows give "
+        "the ideal rate instead (max_in_flight / LLM latency); the summary cost table is "
+        "counted, not timed, and the same on every run",
     ]
 
 
@@ -137,7 +149,7 @@ def _scenarios(text: str) -> set[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description="chatlog's projection and read benchmark."
+        prog="python -m bench", description="chatlog's projection, read and summary benchmark."
     )
     parser.add_argument(
         "--quick", action="store_true", help="shrink everything (under a minute; for CI)"

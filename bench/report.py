@@ -3,6 +3,10 @@
 The table reports the median of the repetitions and their range, never a single run and
 never a pass/fail: on a small shared machine one run says little, and the spread says how
 much to trust the median. Targets are printed beside the numbers for the reader to judge.
+
+What is counted rather than timed (the LLM calls and tokens a summary strategy costs) is
+the same on every run, so it has no median: it gets a `Table` of its own, with the
+strategies side by side.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Metric", "Report", "percentile"]
+__all__ = ["Metric", "Report", "Table", "percentile"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -57,7 +61,36 @@ class Metric:
             return f"{value:.0f} µs"
         if self.unit == "s":
             return f"{value:.2f} s"
+        if self.unit == "sessions/s":
+            return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
         return f"{value:g}"
+
+
+@dataclass
+class Table:
+    """A table of its own, under the main one: its title, columns, rows of cells, notes.
+
+    The first `labels` columns say what a row is (left-aligned); the rest hold numbers
+    (right-aligned).
+    """
+
+    title: str
+    columns: list[str]
+    labels: int = 1
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> list[str]:
+        """The table's lines, from its title to its notes."""
+        aligns = ["---"] * self.labels + ["--:"] * (len(self.columns) - self.labels)
+        lines = ["", f"## {self.title}", ""]
+        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append("|" + "|".join(aligns) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.notes:
+            lines.append("")
+            lines += [f"- {note}" for note in self.notes]
+        return lines
 
 
 @dataclass
@@ -65,7 +98,7 @@ class Report:
     """The table, its header lines and the notes under it.
 
     `value_sizes` collects the encoded sizes of a sample of what the scenarios published,
-    for the header.
+    for the header; `tables` are printed after the notes.
     """
 
     title: str
@@ -73,6 +106,7 @@ class Report:
     metrics: list[Metric] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     value_sizes: list[int] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
 
     def metric(self, scenario: str, name: str, unit: str, target: str = "") -> Metric:
         """A new row, appended in order."""
@@ -84,11 +118,12 @@ class Report:
         """The whole report as Markdown."""
         lines = [f"# {self.title}", ""]
         lines += [f"- {item}" for item in self.header]
-        lines += [
-            "",
-            "| scenario | metric | median | min - max | target |",
-            "|---|---|--:|--:|---|",
-        ]
+        if self.metrics:
+            lines += [
+                "",
+                "| scenario | metric | median | min - max | target or bound |",
+                "|---|---|--:|--:|---|",
+            ]
         for row in self.metrics:
             median, spread = row.cells()
             lines.append(
@@ -97,4 +132,6 @@ class Report:
         if self.notes:
             lines += ["", "Notes:", ""]
             lines += [f"- {note}" for note in self.notes]
+        for table in self.tables:
+            lines += table.markdown()
         return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""The three scenarios, each filling its rows of the report.
+"""The projection and read scenarios, each filling its rows of the report.
 
 1. Projection throughput. A topic is filled once; each repetition then starts a projector
    process with a consumer group and Redis prefix of its own and times it from the moment
@@ -11,6 +11,8 @@
    unbounded in queue length, so slow reads never hold the publisher back.
 3. Context reads. Sessions of 20 and 200 stored messages are projected, the projector is
    stopped, and `ChatLog.context` is timed on them one call at a time.
+
+The rolling-summary scenarios (4 and 5) are in `bench.summaries`; `Plan` sizes them too.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class Plan:
     reads: int
     read_warmup: int
     read_sessions: int
+    summary_turns: tuple[int, ...]
+    summary_sessions: int
+    summary_rounds: int
+    summary_in_flight: tuple[int, ...]
 
     @classmethod
     def full(cls, repeat: int = 3) -> Plan:
@@ -86,6 +92,10 @@ class Plan:
             reads=5_000,
             read_warmup=500,
             read_sessions=20,
+            summary_turns=(100, 500, 1_000),
+            summary_sessions=2_000,
+            summary_rounds=25,
+            summary_in_flight=(1, 8, 32, 128),
         )
 
     @classmethod
@@ -105,6 +115,10 @@ class Plan:
             reads=300,
             read_warmup=50,
             read_sessions=4,
+            summary_turns=(100, 300),
+            summary_sessions=200,
+            summary_rounds=5,
+            summary_in_flight=(1, 8, 128),
         )
 
 
@@ -219,7 +233,7 @@ def projection(stack: BenchStack, plan: Plan, report: Report) -> Published:
             f"{statistics.mean(batches):,.0f} records (setting {settings.projector_batch}), "
             f"{statistics.mean(applied):,.0f} session writes per run; done = every "
             f"session's meta last_offset equals its last event's offset; CPU while "
-            f"projecting (median, 100% = one core): {CpuMeter.describe(_median_shares(busy))}"
+            f"projecting (median, 100% = one core): {CpuMeter.describe(median_shares(busy))}"
             f"{_gc_note(gc_runs)}"
         )
     return Published(settings=settings, traffic=traffic, positions=positions)
@@ -241,7 +255,8 @@ def _gc_note(runs: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def _median_shares(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+def median_shares(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per process, the median CPU share over runs (processes seen in every run)."""
     names = [name for name in runs[0] if all(name in run for run in runs)] if runs else []
     return {name: statistics.median(run[name] for run in runs) for name in names}
 
@@ -416,7 +431,7 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
         f"after {plan.warmup_s:g} s warm-up per repetition), {failures} not visible within "
         f"{_READ_TIMEOUT_S:g} s; {plan.publishers} publisher thread(s), {_WAITERS} waiter "
         f"threads; CPU per repetition (median, 100% = one core): "
-        f"{CpuMeter.describe(_median_shares(busy))}{_gc_note([projector.totals])}"
+        f"{CpuMeter.describe(median_shares(busy))}{_gc_note([projector.totals])}"
     )
 
 
@@ -555,7 +570,7 @@ def context_reads(stack: BenchStack, plan: Plan, report: Report) -> None:
         f"per size, one thread, projector stopped; window {settings.window}, overflow up to "
         f"{settings.max_overflow}; the round-trip row is the same MULTI (HGETALL + LRANGE) "
         f"without decoding; CPU (median, 100% = one core): "
-        f"{CpuMeter.describe(_median_shares(busy))}"
+        f"{CpuMeter.describe(median_shares(busy))}"
     )
 
 

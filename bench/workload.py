@@ -5,6 +5,10 @@ goes through the same validation and encoding a chat back end's events do. The c
 length is chosen so the encoded record value is about `record_bytes` long; the text is
 drawn from a pool of random words so that lz4 (the producer's compression) sees text
 that compresses like prose, not a run of one letter.
+
+The summary scenarios need turns a summarizer has something to do with, so
+`support_chat` scripts a customer-support session instead: sentences with names, order
+and tracking numbers, amounts, dates, decisions and questions, 40 to 120 words a turn.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "last_positions",
     "records_for",
     "session_name",
+    "support_chat",
     "user_of",
 ]
 
@@ -179,3 +184,112 @@ def _text(rng: random.Random, length: int) -> str:
         words.append(word)
         size += len(word) + 1
     return " ".join(words)[:length]
+
+
+# -- scripted support chats, for the summary scenarios ------------------------------------
+
+_NAMES = ("Maria Lopez", "James Chen", "Aisha Khan", "Tom Becker", "Sofia Rossi", "Liam Walsh")
+_PRODUCTS = (
+    "Aurora X2 headphones",
+    "Nimbus 15 laptop",
+    "Vega S3 phone",
+    "Orbit Mini speaker",
+    "Atlas Pro monitor",
+    "Pulse 4 smartwatch",
+)
+_CITIES = ("Lisbon", "Rotterdam", "Leeds", "Lyon", "Munich", "Valencia")
+_CARRIERS = ("DHL", "UPS", "DPD", "GLS")
+_MIN_WORDS, _MAX_WORDS = 40, 120
+_MONTHS = ("March", "April", "May", "June", "July", "August")
+# Placeholders drawn afresh for every sentence, so a long session keeps mentioning new
+# orders, amounts and dates, as a long support session does, and the summary has work.
+_USER_SENTENCES = (
+    "Hi, this is {name}. I ordered the {product} on {date} under order {order} and it "
+    "still has not arrived.",
+    "The tracking number {tracking} has not shown any update since {date}, which is "
+    "strange because it said out for delivery.",
+    "Can you tell me when it will actually be delivered?",
+    "I was charged {amount} twice on my card ending {last4}, once on {date} and again "
+    "the day after.",
+    "Could you send the invoice {invoice} to my work address as well?",
+    "I would like to change the delivery address to {street}, {city}, if it is not too late.",
+    "Is it possible to get a refund instead of a replacement?",
+    "The {product} stopped working after {days} days; the screen flickers and then it "
+    "turns off completely.",
+    "I tried resetting it as the manual says, holding the power button for {days} "
+    "seconds, but nothing changed at all.",
+    "My colleague {name} ordered the same model under order {order}; does that one have "
+    "the same problem?",
+    "I need it before {date} because I am travelling to {city} for work that week.",
+    "Thanks for looking into this, I really appreciate the quick answers so far.",
+    "What happens to the discount code I used, will it be applied to the new order too?",
+    "Honestly this is the second time this happens with an order from your shop.",
+)
+_ASSISTANT_SENTENCES = (
+    "Thanks, {name}. I found order {order} for the {product}, placed on {date}.",
+    "The parcel left our {city} warehouse on {date} with {carrier}, tracking number "
+    "{tracking}, and it is currently held at their depot.",
+    "I am sorry about the double charge of {amount}; I can see both transactions on the "
+    "card ending {last4}.",
+    "I will refund {amount} to your card today; it usually takes three to five business "
+    "days to appear on your statement.",
+    "I have scheduled a replacement {product} for delivery on {date}, and we will email "
+    "you a prepaid label for the return.",
+    "I have escalated this to our logistics team under ticket {ticket}, and they will "
+    "contact {carrier} directly about the delay.",
+    "Your delivery address is now {street}, {city}; the change applies to order {order} only.",
+    "The invoice {invoice} has been sent again, and a copy is attached to ticket {ticket}.",
+    "For the flickering screen, please update the firmware to version {version} first; "
+    "many customers saw the issue disappear after that.",
+    "If the problem continues, we can offer a full refund of {amount} or an exchange for "
+    "the {product}.",
+    "The discount code stays valid, and I have applied a credit of {amount} to your "
+    "account as an apology for the trouble.",
+    "Is there anything else I can help you with regarding order {order}?",
+    "I understand the frustration, and I have added a note to your account so the next "
+    "agent sees the whole history.",
+)
+
+
+def support_chat(turns: int, *, seed: int = 11) -> list[tuple[str, str]]:
+    """`turns` (role, content) pairs of a customer-support session, user first.
+
+    Each turn has 40 to 120 words (the aim drawn uniformly) of sentences that carry what a rolling
+    summary must keep: names, order, ticket and tracking numbers, amounts, dates, promises
+    and open questions. The same seed gives the same session.
+    """
+    rng = random.Random(seed)
+    chat = []
+    for n in range(turns):
+        role = _ROLES[n % 2]
+        sentences = _USER_SENTENCES if role == "user" else _ASSISTANT_SENTENCES
+        target = rng.randint(_MIN_WORDS, _MAX_WORDS)
+        words: list[str] = []
+        # Each sentence at most once a turn; one that would pass the maximum is skipped.
+        for template in rng.sample(sentences, len(sentences)):
+            sentence = _fill(rng, template).split()
+            if len(words) + len(sentence) <= _MAX_WORDS:
+                words += sentence
+            if len(words) >= target:
+                break
+        chat.append((role, " ".join(words)))
+    return chat
+
+
+def _fill(rng: random.Random, template: str) -> str:
+    return template.format(
+        name=rng.choice(_NAMES),
+        product=rng.choice(_PRODUCTS),
+        city=rng.choice(_CITIES),
+        carrier=rng.choice(_CARRIERS),
+        date=f"{rng.choice(_MONTHS)} {rng.randint(1, 28)}",
+        order=f"#{rng.choice('ABCDEFGH')}{rng.randint(1, 9)}-{rng.randint(1000, 9999)}",
+        tracking=f"TRK{rng.randint(100000, 999999)}",
+        ticket=f"#T-{rng.randint(10000, 99999)}",
+        invoice=f"INV{rng.randint(20240, 20259)}{rng.randint(100, 999)}",
+        amount=f"${rng.randint(9, 899)}.{rng.randint(0, 99):02d}",
+        last4=f"{rng.randint(1000, 9999)}",
+        street=f"{rng.randint(1, 180)} {rng.choice(('Harbour', 'Station', 'Mill', 'Oak'))} Street",
+        days=rng.randint(2, 30),
+        version=f"{rng.randint(1, 4)}.{rng.randint(0, 9)}.{rng.randint(0, 20)}",
+    )

@@ -105,12 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tail.set_defaults(handler=cli_read.tail)
 
-    run = commands.add_parser("run", help="run a long-lived processor")
-    run_commands = run.add_subparsers(dest="run_command", required=True)
-    projector = run_commands.add_parser(
-        "projector", help="project the events topic into Redis until SIGTERM or Ctrl-C"
-    )
-    projector.set_defaults(handler=_run_projector, json=False)
+    _add_run_commands(commands)
 
     topics = commands.add_parser("topics", help="manage chatlog's Kafka topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True)
@@ -136,6 +131,20 @@ def _parser() -> argparse.ArgumentParser:
     status = stack_commands.add_parser("status", parents=[common], help="is it running?")
     status.set_defaults(handler=_services_status)
     return parser
+
+
+def _add_run_commands(commands: Any) -> None:
+    run = commands.add_parser("run", help="run a long-lived processor")
+    run_commands = run.add_subparsers(dest="run_command", required=True)
+    projector = run_commands.add_parser(
+        "projector", help="project the events topic into Redis until SIGTERM or Ctrl-C"
+    )
+    projector.set_defaults(handler=_run_projector, json=False)
+    summarizer = run_commands.add_parser(
+        "summarizer",
+        help="keep every session's overflow folded into its rolling summary (faust agent)",
+    )
+    summarizer.set_defaults(handler=_run_summarizer, json=False)
 
 
 def _publish(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -179,6 +188,28 @@ def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
     with cli_read.stop_on_signals() as stop:
         projector.run(stop=stop)
     log.info("stopped: %s", projector.stats)
+
+
+def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
+    log = logging.getLogger("chatlog.summarizer")
+    cli_read.partition_count(wiring.admin_client(settings), settings)
+    which = (
+        f"{settings.llm_model} at {settings.llm_base_url}"
+        if settings.llm_base_url
+        else "the offline extractive summarizer (set CHATLOG_LLM_BASE_URL for an LLM)"
+    )
+    worker = wiring.summarizer_worker(settings)
+    log.info(
+        "summarizing %s (group %s) with %s: every %d overflow turns, %d in flight at most",
+        settings.topic,
+        settings.summarizer_group,
+        which,
+        settings.summary_threshold,
+        settings.summarizer_concurrency,
+    )
+    status = worker.run()
+    if status:
+        raise SystemExit(status)
 
 
 def _services_status(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

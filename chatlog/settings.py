@@ -73,6 +73,31 @@ class Settings(BaseModel):
     # (a third of the writes at 5,000 than at 1,000); at low load batches stay small,
     # because the projector takes only what has already arrived.
     projector_batch: int = Field(5000, ge=1, le=100_000, description="records per batch")
+    summarizer_group: str = Field("chatlog-summarizer", description="the summarizer's group id")
+    summary_threshold: int = Field(
+        10, ge=1, le=100_000, description="overflow turns that trigger a summary"
+    )
+    summary_max_tokens: int = Field(400, ge=16, le=32_000, description="cap on a summary's size")
+    summarizer_concurrency: int = Field(
+        8, ge=1, le=1_000, description="summaries in flight at once, across sessions"
+    )
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible API for summaries; unset: offline extractive"
+    )
+    llm_model: str = Field("gpt-4o-mini", description="the model that writes summaries")
+    llm_api_key: str | None = Field(
+        None, description="API key of the LLM endpoint; unset: OPENAI_API_KEY, else none"
+    )
+    llm_timeout_s: float = Field(30.0, gt=0, description="how long one summary call may take")
+    llm_breaker_reset_s: float = Field(
+        30.0, ge=0, description="pause after 5 failed LLM calls in a row, before a trial call"
+    )
+    summary_retry_s: float = Field(
+        15.0, ge=0, description="wait before asking again for a session's failed summary"
+    )
+    tokenizer: str = Field(
+        "approx", description="token counter: approx, auto, or tiktoken:<encoding>"
+    )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"
@@ -134,6 +159,8 @@ class Settings(BaseModel):
                     shown[_KAFKA_PASSTHROUGH + prop.replace(".", "_").upper()] = (
                         "***" if secret else prop_value
                     )
+            elif name == "llm_api_key" and value:
+                shown[self.env_name(name)] = "***"
             else:
                 shown[self.env_name(name)] = None if value is None else str(value)
         return shown

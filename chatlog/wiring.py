@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
 import redis
 import redis.asyncio
 from confluent_kafka.admin import AdminClient
@@ -9,14 +14,27 @@ from confluent_kafka.admin import AdminClient
 from chatlog.settings import Settings
 from processors.kafka_projector import KafkaProjector
 from processors.projection import ProjectionCore
-from producers.kafka_producer import ConversationProducer
+from processors.summarizers import (
+    CircuitBreaker,
+    ExtractiveSummarizer,
+    ResilientSummarizer,
+    Summarizer,
+)
+from processors.summary_engine import SummaryEngine, SummaryPolicy
+from producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 from producers.kafka_topics import TopicReport, broker_count, chatlog_topics, ensure_topics
+from projections import tokens
+from projections.context import TokenCounter
 from projections.keys import KeySpace
 from projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
 from projections.redis_store import RedisViewStore, redis_errors, text
 from projections.view import WindowPolicy
 from schemas.codec import EventCodec
 from schemas.errors import ConfigError
+from schemas.events import ProducerInfo
+
+if TYPE_CHECKING:
+    from processors.faust_summarizer import FaustSummarizer
 
 __all__ = [
     "admin_client",
@@ -29,6 +47,10 @@ __all__ = [
     "projector",
     "reader",
     "redis_client",
+    "summarizer",
+    "summarizer_worker",
+    "summary_policy",
+    "token_counter",
 ]
 
 
@@ -124,6 +146,7 @@ def reader(settings: Settings, client: redis.Redis | None = None) -> RedisReader
         client or redis_client(settings),
         prefix=settings.redis_prefix,
         ttl_s=settings.session_ttl_s or None,
+        count_tokens=token_counter(settings),
     )
 
 
@@ -133,4 +156,95 @@ def async_reader(settings: Settings) -> AsyncRedisReader:
         redis.asyncio.Redis.from_url(settings.redis_url),
         prefix=settings.redis_prefix,
         ttl_s=settings.session_ttl_s or None,
+        count_tokens=token_counter(settings),
     )
+
+
+def summarizer(settings: Settings) -> tuple[Summarizer, Callable[[], Awaitable[None]]]:
+    """The summarizer the settings name, and how to close it.
+
+    With ``CHATLOG_LLM_BASE_URL`` set: an LLM behind the OpenAI chat API, with retries and
+    a circuit breaker. Without: the offline extractive summarizer.
+    """
+    if settings.llm_base_url is None:
+        return ExtractiveSummarizer(count_tokens=token_counter(settings)), _nothing_to_close
+    from processors.openai_summarizer import OpenAISummarizer  # noqa: PLC0415 - optional
+
+    api_key = settings.llm_api_key or os.environ.get("OPENAI_API_KEY") or "unused"
+    llm = OpenAISummarizer(
+        base_url=settings.llm_base_url,
+        api_key=api_key,
+        model=settings.llm_model,
+        timeout=settings.llm_timeout_s,
+    )
+    breaker = CircuitBreaker(reset_timeout=settings.llm_breaker_reset_s)
+    return ResilientSummarizer(llm, breaker=breaker), llm.aclose
+
+
+def token_counter(settings: Settings) -> TokenCounter:
+    """The token counter ``CHATLOG_TOKENIZER`` names (checked once, at start-up)."""
+    try:
+        return tokens.token_counter(settings.tokenizer)
+    except ConfigError as exc:
+        raise ConfigError(f"CHATLOG_TOKENIZER: {exc}", setting="CHATLOG_TOKENIZER") from exc
+
+
+def summary_policy(settings: Settings) -> SummaryPolicy:
+    """When and how much the summarizer summarizes."""
+    return SummaryPolicy(
+        threshold=settings.summary_threshold,
+        max_summary_tokens=settings.summary_max_tokens,
+        max_in_flight=settings.summarizer_concurrency,
+        failure_cooldown_s=settings.summary_retry_s,
+    )
+
+
+def summarizer_worker(settings: Settings) -> FaustSummarizer:
+    """The summarizer process: a faust agent over the events topic, into the same topic."""
+    from processors.faust_summarizer import FaustSummarizer  # noqa: PLC0415 - imports faust
+
+    protocol = settings.kafka.get("security.protocol", "plaintext").lower()
+    if protocol != "plaintext":
+        # faust consumes with aiokafka, which these librdkafka properties do not reach:
+        # refuse rather than connect without the security the deployment asked for.
+        raise ConfigError(
+            f"the summarizer connects to Kafka over plain TCP only, but "
+            f"CHATLOG_KAFKA__SECURITY_PROTOCOL is {protocol!r}; run it where a plaintext "
+            f"listener is reachable, or leave summaries to a later version",
+            setting="CHATLOG_KAFKA__SECURITY_PROTOCOL",
+        )
+
+    async def build() -> tuple[SummaryEngine, Callable[[], Awaitable[None]]]:
+        # Built in the worker's event loop: the asyncio clients belong to it.
+        views = async_reader(settings)
+        # faust owns SIGTERM in this process; the producer is flushed when the agent stops.
+        publisher = AsyncConversationProducer(producer(settings, flush_on_sigterm=False))
+        llm, close_llm = summarizer(settings)
+        engine = SummaryEngine(
+            llm,
+            views,
+            publisher,
+            window=policy(settings),
+            policy=summary_policy(settings),
+            codec=codec(settings),
+            producer=ProducerInfo(client="chatlog-summarizer", host=socket.gethostname()),
+        )
+
+        async def close() -> None:
+            await publisher.aclose()
+            await close_llm()
+            await views.client.aclose()
+
+        return engine, close
+
+    return FaustSummarizer(
+        build,
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic=settings.topic,
+        group_id=settings.summarizer_group,
+        datadir=settings.state_dir / "faust",
+    )
+
+
+async def _nothing_to_close() -> None:
+    return None

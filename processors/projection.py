@@ -94,6 +94,10 @@ class ProjectionCore:
         for _ in range(_MAX_ROUNDS):
             pending = self._write(pending, records, result)
             if not pending:
+                # Readers that must know a whole partition is projected up to an offset
+                # (the summarizer, a replay catching up) read this mark, not the views:
+                # an event refused as foreign moves no view.
+                self.store.mark_progress(_last_offsets(records))
                 return result
             self.forget(pending)  # someone else wrote these sessions: reload them
         raise ChatlogError(
@@ -183,3 +187,11 @@ class ProjectionCore:
         self._cache.move_to_end(view.session_id)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+def _last_offsets(records: Sequence[Record]) -> dict[int, int]:
+    last: dict[int, int] = {}
+    for record in records:
+        if record.offset > last.get(record.partition, -1):
+            last[record.partition] = record.offset
+    return last

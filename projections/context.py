@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from projections.view import Message, SessionStatus, SessionView
@@ -50,9 +50,13 @@ class Context:
     position: Position
     message_count: int
     updated_at_ms: int
+    # How `to_openai` counts tokens unless told otherwise: the reader's configured counter.
+    count_tokens: TokenCounter = field(default=approx_tokens, compare=False, repr=False)
 
     @classmethod
-    def from_view(cls, view: SessionView, *, window_size: int) -> Context:
+    def from_view(
+        cls, view: SessionView, *, window_size: int, count_tokens: TokenCounter = approx_tokens
+    ) -> Context:
         """The context of a stored view."""
         return cls(
             session_id=view.session_id,
@@ -66,6 +70,7 @@ class Context:
             position=view.position,
             message_count=view.message_count,
             updated_at_ms=view.updated_at_ms,
+            count_tokens=count_tokens,
         )
 
     @property
@@ -78,14 +83,16 @@ class Context:
         *,
         system: str | None = None,
         max_tokens: int | None = None,
-        count_tokens: TokenCounter = approx_tokens,
+        count_tokens: TokenCounter | None = None,
     ) -> list[dict[str, Any]]:
         """The ``messages`` for an OpenAI chat completion, within `max_tokens`.
 
         The system prompt and the summary always come first. Turns are dropped from the
         oldest until the rest fits; the newest turn is always kept, and a tool result is
-        never kept without the assistant message that called the tool.
+        never kept without the assistant message that called the tool. Tokens are counted
+        with `count_tokens`, else with the context's own counter.
         """
+        count_tokens = count_tokens or self.count_tokens
         head: list[dict[str, Any]] = []
         if system:
             head.append({"role": "system", "content": system})

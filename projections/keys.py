@@ -10,6 +10,7 @@ session index has a tag of its own, `{u:<user_id>}`, and is updated separately.
     chatlog:g1:s:{session-42}:meta              hash: owner, counts, summary, last offset
     chatlog:g1:s:{session-42}:msgs              list: overflow then window, oldest first
     chatlog:g1:u:{u:alice}:sessions             sorted set: session id by last activity
+    chatlog:g1:progress                         hash: partition -> last projected offset
 
 Ids cannot contain `{`, `}` or `:` (see `schemas.ids`), so no id can break out of its tag.
 """
@@ -63,6 +64,11 @@ class KeySpace:
     def user_sessions(self, user_id: str) -> str:
         """A user's sessions, scored by last activity (ms)."""
         return f"{self.prefix}:{self.generation}:u:{{u:{user_id}}}:sessions"
+
+    @property
+    def progress(self) -> str:
+        """The projection's progress: partition -> last offset it has projected."""
+        return f"{self.prefix}:{self.generation}:progress"
 
     def generation_pattern(self) -> str:
         """A SCAN pattern for every key of this generation."""

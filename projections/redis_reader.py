@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from projections.context import Context
+from projections.context import Context, TokenCounter, approx_tokens
 from projections.encoding import decode_view
 from projections.keys import KeySpace
 from projections.redis_store import redis_errors, text, text_map
@@ -43,6 +43,7 @@ __all__ = ["DEFAULT_GENERATION", "AsyncRedisReader", "RedisReader"]
 DEFAULT_GENERATION = "g1"
 _FIRST_POLL_S = 0.0005
 _MAX_POLL_S = 0.005  # a poll is one HGET: cheap enough to poll often
+_MAX_PROGRESS_POLL_S = 0.05  # processors wait on the projector, not a user
 
 
 class RedisReader:
@@ -55,8 +56,10 @@ class RedisReader:
         prefix: str = "chatlog",
         ttl_s: float | None = None,
         generation_refresh_s: float = 1.0,
+        count_tokens: TokenCounter = approx_tokens,
     ) -> None:
         self.client = client
+        self.count_tokens = count_tokens
         self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
         self._keys = KeySpace(prefix)
         self._refresh_s = generation_refresh_s
@@ -91,7 +94,9 @@ class RedisReader:
                     view, window = self._load(session_id)
                     ready = _answer(view, session_id=session_id, user_id=user_id, after=after)
                     if ready is not None:
-                        return Context.from_view(ready, window_size=window)
+                        return Context.from_view(
+                            ready, window_size=window, count_tokens=self.count_tokens
+                        )
                     if remaining <= 0:
                         raise _not_reached(session_id, after, view, timeout)
             time.sleep(min(delay, max(remaining, 0.0)))
@@ -143,8 +148,10 @@ class AsyncRedisReader:
         prefix: str = "chatlog",
         ttl_s: float | None = None,
         generation_refresh_s: float = 1.0,
+        count_tokens: TokenCounter = approx_tokens,
     ) -> None:
         self.client = client
+        self.count_tokens = count_tokens
         self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
         self._keys = KeySpace(prefix)
         self._refresh_s = generation_refresh_s
@@ -179,7 +186,9 @@ class AsyncRedisReader:
                     view, window = await self._load(session_id)
                     ready = _answer(view, session_id=session_id, user_id=user_id, after=after)
                     if ready is not None:
-                        return Context.from_view(ready, window_size=window)
+                        return Context.from_view(
+                            ready, window_size=window, count_tokens=self.count_tokens
+                        )
                     if remaining <= 0:
                         raise _not_reached(session_id, after, view, timeout)
             await asyncio.sleep(min(delay, max(remaining, 0.0)))
@@ -190,6 +199,36 @@ class AsyncRedisReader:
         validate_id(user_id, field="user_id")
         with redis_errors():
             return await self._sessions(user_id, limit)
+
+    async def projected_view(
+        self, session_id: str, position: Position, *, timeout: float = 5.0
+    ) -> SessionView | None:
+        """The session's view (None if it has none), once its whole partition is projected
+        up to `position`; for processors, so no ownership check and erased views included.
+
+        The wait is on the partition's progress mark rather than on the view, because an
+        event the projector refused (a foreign writer) moves no view but does move the mark.
+        """
+        validate_id(session_id, field="session_id")
+        deadline = time.monotonic() + timeout
+        delay = _FIRST_POLL_S
+        while True:
+            with redis_errors():
+                keys = await self.keys()
+                mark = await self.client.hget(keys.progress, str(position.partition))
+                if mark is not None and int(mark) >= position.offset:
+                    return (await self._load(session_id))[0]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                at = "nothing yet" if mark is None else f"{position.partition}:{int(mark)}"
+                raise ReadTimeout(
+                    f"the projection of partition {position.partition} did not reach "
+                    f"{position} within {timeout:g} s (it is at {at}); is the projector "
+                    f"running (`chatlog run projector`)?",
+                    session_id=session_id,
+                )
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, _MAX_PROGRESS_POLL_S)
 
     async def _sessions(self, user_id: str, limit: int) -> list[SessionEntry]:
         keys = await self.keys()

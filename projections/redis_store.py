@@ -15,7 +15,7 @@ entries are scored by last activity, which lets a read drop expired sessions fro
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -88,6 +88,15 @@ end
 return 1
 """
 
+# KEYS: the progress hash. ARGV: partition, offset, ... A mark only moves forward.
+_PROGRESS = """
+for i = 1, #ARGV, 2 do
+  local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > stored then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
+
 _OUTCOMES = {0: Outcome.DUPLICATE, 1: Outcome.APPLIED, 2: Outcome.CONFLICT}
 
 
@@ -108,6 +117,7 @@ class RedisViewStore:
         self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
         self._apply = client.register_script(_APPLY)
         self._index = client.register_script(_INDEX)
+        self._progress = client.register_script(_PROGRESS)
 
     def load(self, session_ids: Collection[str]) -> dict[str, SessionView | None]:
         ids = list(session_ids)
@@ -133,6 +143,18 @@ class RedisViewStore:
         with redis_errors():
             replies = pipe.execute()
         return [_OUTCOMES[int(reply)] for reply in replies[: len(changes)]]
+
+    def mark_progress(self, applied: Mapping[int, int]) -> None:
+        if not applied:
+            return
+        args = [value for pair in sorted(applied.items()) for value in pair]
+        with redis_errors():
+            self._progress(keys=[self.keys.progress], args=args)
+
+    def progress(self) -> dict[int, int]:
+        with redis_errors():
+            marks = text_map(self.client.hgetall(self.keys.progress))
+        return {int(p): int(o) for p, o in marks.items()}
 
     def _queue_apply(self, pipe: Any, change: Change) -> None:
         new = change.new

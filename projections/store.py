@@ -69,6 +69,18 @@ class ViewStore(Protocol):
         """Write each change if its expected view is still the stored one."""
         ...
 
+    def mark_progress(self, applied: Mapping[int, int]) -> None:
+        """Record that every record up to `applied[partition]` (inclusive) is projected.
+
+        A partition's mark never moves back, so a zombie or a replayed batch cannot
+        make the projection look further behind than it is.
+        """
+        ...
+
+    def progress(self) -> dict[int, int]:
+        """The last projected offset of each partition with a mark."""
+        ...
+
 
 def entry(view: SessionView) -> SessionEntry:
     """The session-list line of `view`."""
@@ -87,6 +99,7 @@ class InMemoryViewStore:
 
     def __init__(self) -> None:
         self.views: dict[str, SessionView] = {}
+        self.marks: dict[int, int] = {}
 
     def load(self, session_ids: Collection[str]) -> dict[str, SessionView | None]:
         return {s: self.views.get(s) for s in session_ids}
@@ -103,6 +116,13 @@ class InMemoryViewStore:
                 self.views[change.new.session_id] = change.new
                 outcomes.append(Outcome.APPLIED)
         return outcomes
+
+    def mark_progress(self, applied: Mapping[int, int]) -> None:
+        for partition, offset in applied.items():
+            self.marks[partition] = max(offset, self.marks.get(partition, -1))
+
+    def progress(self) -> dict[int, int]:
+        return dict(self.marks)
 
 
 def session_entries(

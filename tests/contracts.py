@@ -118,3 +118,12 @@ class ViewStoreContract:
             "b": ["b"],
             "c": ["c"],
         }
+
+    def test_progress_marks_start_empty_and_only_move_forward(self, store):
+        assert store.progress() == {}
+        store.mark_progress({0: 10, 3: 4})
+        store.mark_progress({0: 7, 1: 2})  # a zombie's or a replayed batch's older mark
+        store.mark_progress({})
+        assert store.progress() == {0: 10, 1: 2, 3: 4}
+        store.mark_progress({3: 9})
+        assert store.progress() == {0: 10, 1: 2, 3: 9}

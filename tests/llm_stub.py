@@ -85,6 +85,8 @@ class LlmStub:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        # What a request gets when nothing is scripted: `status(500)` takes the LLM down.
+        self.default: Behaviour = ok()
         self._queue: deque[Behaviour] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -119,7 +121,7 @@ class LlmStub:
     def _next(self, body: dict[str, Any]) -> Behaviour:
         with self._lock:
             self.requests.append(body)
-            return self._queue.popleft() if self._queue else ok()
+            return self._queue.popleft() if self._queue else self.default
 
 
 def _handler(stub: LlmStub) -> type[BaseHTTPRequestHandler]:

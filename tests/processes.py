@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from confluent_kafka import ConsumerGroupState
+
 from chatlog.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,10 +46,17 @@ def chatlog_env(settings: Settings) -> dict[str, str]:
 
 def start_projector(settings: Settings, *, log: Path | None = None) -> subprocess.Popen[bytes]:
     """`chatlog run projector` as a child process (its output appended to `log`)."""
+    return start_processor("projector", settings, log=log)
+
+
+def start_processor(
+    name: str, settings: Settings, *, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`chatlog run <name>` as a child process (its output appended to `log`)."""
     with open(log or os.devnull, "ab") as out:
         # The child gets its own copy of the descriptor; ours closes with the block.
         return subprocess.Popen(
-            [sys.executable, "-m", "chatlog.cli", "run", "projector"],
+            [sys.executable, "-m", "chatlog.cli", "run", name],
             env=chatlog_env(settings),
             cwd=ROOT,
             stdout=out,
@@ -80,7 +89,14 @@ def _dump_stacks(pid: int) -> None:
 @contextlib.contextmanager
 def running_projector(settings: Settings, **kwargs) -> Iterator[subprocess.Popen[bytes]]:
     """A projector process for the duration of the block."""
-    process = start_projector(settings, **kwargs)
+    with running_processor("projector", settings, **kwargs) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def running_processor(name: str, settings: Settings, **kwargs) -> Iterator[subprocess.Popen[bytes]]:
+    """`chatlog run <name>` for the duration of the block."""
+    process = start_processor(name, settings, **kwargs)
     try:
         yield process
     finally:
@@ -96,3 +112,15 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(every)
+
+
+def wait_for_group(kafka, group_id: str, *, timeout: float = 60.0) -> None:
+    """Wait until consumer group `group_id` is stable with partitions assigned."""
+
+    def assigned() -> bool:
+        description = kafka.admin().describe_consumer_groups([group_id])[group_id].result(10)
+        return description.state == ConsumerGroupState.STABLE and any(
+            member.assignment.topic_partitions for member in description.members
+        )
+
+    wait_until(assigned, timeout=timeout, what=f"consumer group {group_id} to get partitions")

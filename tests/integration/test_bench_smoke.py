@@ -28,6 +28,12 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     table = output.read_text(encoding="utf-8")
-    for scenario in ("| projection |", "| publish→visible |", "| context read |"):
+    for scenario in (
+        "| projection |",
+        "| publish→visible |",
+        "| context read |",
+        "| summary throughput |",
+        "## summary cost",
+    ):
         assert scenario in table
     assert "n/a" not in table.split("Notes:")[0]

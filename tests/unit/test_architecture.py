@@ -26,9 +26,11 @@ PURE_MODULES = [
     "projections.encoding",
     "projections.store",
     "projections.context",
+    "projections.tokens",
     "processors.projection",
     "processors.dead_letters",
     "processors.summarizers",
+    "processors.summary_engine",
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from projections.context import SUMMARY_PREAMBLE, Context, approx_tokens
 from projections.view import Message, SessionStatus
 from schemas.events import ToolCall
@@ -83,3 +85,20 @@ def test_approx_tokens_is_about_four_characters_a_token():
     assert approx_tokens("") == 0
     assert approx_tokens("abcd") == 1
     assert approx_tokens("abcde") == 2
+
+
+def test_the_token_counter_decides_what_fits():
+    turns = [m(i, content=f"{i:02d}" + "x" * 38) for i in range(10)]
+    by_approx = ctx(turns).to_openai(max_tokens=88)  # 14 a turn: six fit
+    by_characters = ctx(turns).to_openai(max_tokens=88, count_tokens=len)  # 44 a turn: two
+    assert [r["content"][:2] for r in by_approx] == ["04", "05", "06", "07", "08", "09"]
+    assert [r["content"][:2] for r in by_characters] == ["08", "09"]
+
+
+def test_a_context_counts_with_the_counter_its_reader_was_configured_with():
+    turns = [m(i, content=f"{i:02d}" + "x" * 38) for i in range(10)]
+    configured = dataclasses.replace(ctx(turns), count_tokens=len)
+    assert [r["content"][:2] for r in configured.to_openai(max_tokens=88)] == ["08", "09"]
+    # An explicit counter still wins.
+    explicit = configured.to_openai(max_tokens=88, count_tokens=approx_tokens)
+    assert len(explicit) == 6

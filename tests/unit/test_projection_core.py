@@ -102,3 +102,17 @@ def test_the_view_cache_is_bounded_and_reloads_from_the_store(store):
     core.handle([record(2, msg("a", "a1")), record(3, msg("a", "a2"))])
     assert [m.content for m in store.views["a"].messages] == ["a1", "a2"]
     assert store.views["a"].overflow_dropped == 1
+
+
+def test_progress_marks_the_last_record_of_each_partition_even_a_refused_one(store):
+    core = ProjectionCore(store)
+    core.handle(
+        [
+            record(0, msg("a", "mine", user="alice")),
+            record(5, msg("b", "other partition"), partition=1),
+            record(1, msg("a", "intruder", user="mallory")),  # refused: moves no view
+            record(2, value=b"not avro", key=b"a"),  # dead-lettered: moves no view
+        ]
+    )
+    assert store.views["a"].last_offset == 0
+    assert store.progress() == {0: 2, 1: 5}

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from chatlog import wiring
 from chatlog.services.state import KafkaState, RedisState, StackState, write_state
 from chatlog.settings import Settings
+from projections.context import approx_tokens
 from schemas.errors import ConfigError
 
 
@@ -102,3 +104,18 @@ def test_local_stack_addresses_fill_what_is_unset(tmp_path):
     )
     assert explicit.kafka_bootstrap == "elsewhere:9092"
     assert explicit.redis_url == "redis://127.0.0.1:36379/0"
+
+
+def test_an_unknown_tokenizer_is_refused_naming_the_setting():
+    settings = Settings.from_env({"CHATLOG_TOKENIZER": "sentencepiece"})
+    with pytest.raises(ConfigError, match="CHATLOG_TOKENIZER") as raised:
+        wiring.token_counter(settings)
+    assert raised.value.context["setting"] == "CHATLOG_TOKENIZER"
+    assert wiring.token_counter(Settings.from_env({})) is approx_tokens
+
+
+def test_the_summarizer_refuses_kafka_security_it_cannot_honour():
+    settings = Settings.from_env({"CHATLOG_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"})
+    with pytest.raises(ConfigError, match="plain TCP only") as raised:
+        wiring.summarizer_worker(settings)
+    assert raised.value.context["setting"] == "CHATLOG_KAFKA__SECURITY_PROTOCOL"

@@ -1,0 +1,139 @@
+"""The summarizer worker: a faust-streaming agent that feeds `SummaryEngine`.
+
+faust consumes the events topic and runs the worker's life (start, rebalances, timers,
+SIGTERM). Everything that decides what to summarize lives in the engine; this module
+only moves records and acks between the two. Three faust settings matter:
+
+* The agent runs with ``concurrency=1`` over a ``noack()`` stream, and the engine acks
+  each record itself, in offset order, once its work is finished. faust commits the
+  highest offset below which every record is acked; with several agent instances, or
+  with acks out of order, it commits past records still being worked on
+  (faust-streaming issue 606), and a crash would lose their summaries.
+* ``topic_allow_declare=False`` and ``topic_disable_leader=True``: faust creates no
+  topics; chatlog's topics are created by `chatlog topics create`.
+* No tables and no web server: the engine's state is rebuilt from the read-model.
+
+The worker is built inside the event loop (`build` is awaited by the agent), because
+the Redis, Kafka and HTTP clients it uses belong to the loop that runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import TP, EventT, StreamT
+
+from processors.projection import Record
+from processors.summary_engine import SummaryEngine
+
+__all__ = ["EngineFactory", "FaustSummarizer"]
+
+log = logging.getLogger("chatlog.summarizer")
+
+# The engine, and how to close what it uses (clients, producer) once it has stopped.
+EngineFactory = Callable[[], Awaitable[tuple[SummaryEngine, Callable[[], Awaitable[None]]]]]
+
+
+class FaustSummarizer:
+    """A faust app whose one agent drives a `SummaryEngine` over the events topic."""
+
+    def __init__(
+        self,
+        build: EngineFactory,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        group_id: str,
+        datadir: Path,
+        retry_interval_s: float = 1.0,
+        report_interval_s: float = 30.0,
+        drain_timeout_s: float = 10.0,
+    ) -> None:
+        self._build = build
+        self._drain_timeout_s = drain_timeout_s
+        self.engine: SummaryEngine | None = None
+        brokers = ";".join(f"kafka://{server}" for server in bootstrap_servers.split(","))
+        self.app = faust.App(
+            group_id,
+            broker=brokers,
+            store="memory://",
+            datadir=str(datadir),
+            web_enabled=False,
+            autodiscover=False,
+            topic_allow_declare=False,
+            topic_disable_leader=True,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            # A worker that died without leaving the group holds its partitions until this
+            # passes (faust's default is 60 s); the agent's loop never blocks for long.
+            broker_session_timeout=15.0,
+        )
+        source = self.app.topic(
+            topic,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        self.app.agent(source, name=f"{group_id}.agent", concurrency=1)(self._consume)
+        self.app.timer(retry_interval_s, name=f"{group_id}.retry")(self._retry)
+        self.app.timer(report_interval_s, name=f"{group_id}.report")(self._report)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+
+    def run(self, *, loglevel: str = "info") -> int:
+        """Run until SIGTERM or Ctrl-C; the exit status."""
+        worker = faust.Worker(self.app, loglevel=loglevel, redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0  # pragma: no cover - execute_from_commandline always exits
+
+    async def _consume(self, stream: StreamT[bytes]) -> None:
+        engine, close = await self._build()
+        self.engine = engine
+        manual: StreamT[bytes] = stream.noack()  # type: ignore[attr-defined]  # on Stream only
+        try:
+            async for event in manual.events():
+                message = event.message
+                record = Record(
+                    message.topic, message.partition, message.offset, message.key, message.value
+                )
+                await engine.accept(record, partial(_ack, manual, event))
+        finally:
+            log.info("summarizer stopping: %s", engine.stats.line())
+            # faust cancels the agent more than once while it stops: the clean-up runs
+            # shielded, so a summary under way can still publish and the producer flush.
+            await asyncio.shield(self._shut_down(engine, close))
+
+    async def _shut_down(self, engine: SummaryEngine, close: Callable[[], Awaitable[None]]) -> None:
+        # Summaries under way get a moment to publish and commit; the rest are asked for
+        # again by the next worker, since their records stay uncommitted.
+        if not await engine.drain(self._drain_timeout_s):
+            log.warning("summarizer: %d summaries still under way are left", engine.in_flight)
+        await engine.aclose()
+        await close()
+        log.info("summarizer stopped")
+
+    async def _retry(self) -> None:
+        if self.engine is not None:
+            await self.engine.retry_due()
+
+    async def _report(self) -> None:
+        if self.engine is not None:
+            log.info("summarizer: %s", self.engine.stats.line())
+
+    async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
+        if self.engine is not None:
+            self.engine.revoke({tp.partition for tp in revoked})
+
+
+async def _ack(stream: StreamT[bytes], event: EventT[bytes]) -> None:
+    await stream.ack(event)

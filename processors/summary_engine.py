@@ -1,0 +1,531 @@
+"""The summarizer's logic without Kafka: which session to summarize, when, and what to commit.
+
+What does it do with each record? It folds the event into its copy of the session's view
+with the same `evolve` as the projector, so it knows the session's overflow exactly (the
+turns evicted from the window and not yet covered by the summary). When the overflow
+reaches `SummaryPolicy.threshold` it asks the summarizer for
+``summary(previous summary, overflow)`` and publishes the result as a `SummaryUpdated`
+event keyed by the session. The projector then drops the overflow that summary covers.
+
+Where does a session's view come from after a restart? From the read-model: the first
+time the engine meets a session it waits until the projector has projected the
+session's partition up to this record, loads the stored view, and folds on from there
+(`evolve` skips what the view already has). The engine keeps the views of recently
+active sessions in memory, bounded by `max_sessions`.
+
+Rules that keep summaries correct and cheap:
+
+* At most one summary per session is in flight, and after publishing one the engine
+  waits to read it back before asking again, so each request covers only turns no
+  earlier summary covered: the cost of a session grows with its length, not its square.
+* Summaries run concurrently across sessions, at most `max_in_flight` at a time; a slow
+  call holds back neither other sessions nor the partition.
+* Records are committed in log order, and a record that triggered a summary only once
+  that summary is published (or has failed). A crash mid-summary therefore consumes the
+  record again after the restart, and the summary is asked for again.
+* A failed summary (the LLM down, its circuit open, or a publish failure) is retried
+  after `failure_cooldown_s`. Meanwhile the window keeps working and the overflow stays
+  bounded: the projector drops its oldest turns from the read-model (never from the log)
+  and counts them.
+* A result that arrives after the session moved on (erased, or a newer summary already
+  there) is dropped, not published. Duplicates that do get published are harmless: the
+  projector keeps only a newer ``through_offset``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from processors.projection import Record
+from processors.summarizers import (
+    Summarizer,
+    SummarizerError,
+    SummarizerUnavailable,
+    SummaryRequest,
+    SummaryResult,
+)
+from producers.commands import new_event
+from projections.view import ForeignEvent, SessionStatus, SessionView, WindowPolicy, evolve
+from schemas.codec import EventCodec
+from schemas.errors import ChatlogError, ConfigError, DecodeError, InvalidInput
+from schemas.events import ConversationEvent, ProducerInfo, SummaryUpdated
+from schemas.position import Position
+
+__all__ = [
+    "Ack",
+    "CommitTracker",
+    "SummaryEngine",
+    "SummaryPolicy",
+    "SummaryPublisher",
+    "SummaryStats",
+    "ViewSource",
+]
+
+log = logging.getLogger("chatlog.summarizer")
+
+Ack = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SummaryPolicy:
+    """When to summarize, how much at once, and how patiently."""
+
+    threshold: int = 10  # overflow turns that trigger a summary
+    max_summary_tokens: int = 400
+    max_in_flight: int = 8  # summaries in flight across all sessions
+    max_loads: int = 8  # views being loaded from the read-model at once
+    max_pending: int = 20_000  # consumed records not yet committable before consuming waits
+    max_sessions: int = 10_000  # session views kept in memory
+    failure_cooldown_s: float = 15.0
+    echo_timeout_s: float = 60.0  # how long to wait to read back a published summary
+    load_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "max_summary_tokens", "max_in_flight", "max_loads"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_pending < 1 or self.max_sessions < 1:
+            raise InvalidInput("max_pending and max_sessions must be at least 1")
+
+
+@dataclass(slots=True)
+class SummaryStats:
+    """What the engine has done since it started."""
+
+    records: int = 0
+    skipped: int = 0  # undecodable or foreign records: the projector dead-letters them
+    loads: int = 0
+    requested: int = 0
+    published: int = 0
+    failed: int = 0
+    refused: int = 0  # not attempted: the summarizer's circuit was open
+    stale: int = 0  # results dropped because the session had moved on
+    turns: int = 0  # turns folded into published summaries
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # Seconds per published summary, the most recent ones.
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+
+    def line(self) -> str:
+        """A one-line report for the logs."""
+        return (
+            f"records={self.records} loads={self.loads} requested={self.requested} "
+            f"published={self.published} failed={self.failed} refused={self.refused} "
+            f"stale={self.stale} turns={self.turns} prompt_tokens={self.prompt_tokens} "
+            f"completion_tokens={self.completion_tokens}"
+        )
+
+
+class ViewSource(Protocol):
+    """Where the engine gets a session's view the first time it meets the session."""
+
+    async def projected_view(
+        self, session_id: str, position: Position, *, timeout: float
+    ) -> SessionView | None:
+        """The view, once the projection of `position`'s partition has reached it."""
+        ...
+
+
+class SummaryPublisher(Protocol):
+    """Where summaries go: the events topic, keyed by session."""
+
+    async def publish(self, event: ConversationEvent) -> Position:
+        """Publish `event`; its position once the broker has it."""
+        ...
+
+
+# --------------------------------------------------------------------------- commits
+
+
+class _Pending:
+    __slots__ = ("ack", "done", "offset", "partition")
+
+    def __init__(self, partition: int, offset: int, ack: Ack) -> None:
+        self.partition = partition
+        self.offset = offset
+        self.ack = ack
+        self.done = False
+
+
+class CommitTracker:
+    """Acks a partition's records in offset order, each once it is finished.
+
+    A record finished out of order waits for every record before it: a consumer that
+    commits the highest finished offset would skip a record still being worked on, and a
+    crash would then lose that work.
+    """
+
+    def __init__(self) -> None:
+        self._partitions: dict[int, deque[_Pending]] = {}
+        self._lock = asyncio.Lock()
+        self._moved = asyncio.Event()
+        self.size = 0
+
+    def add(self, partition: int, offset: int, ack: Ack) -> _Pending:
+        """Track a consumed record; finish it with `finish`."""
+        item = _Pending(partition, offset, ack)
+        self._partitions.setdefault(partition, deque()).append(item)
+        self.size += 1
+        return item
+
+    async def finish(self, item: _Pending) -> None:
+        """Mark `item` finished and ack every finished record at the head of its partition."""
+        item.done = True
+        # Acks go out in order even when two tasks finish at once.
+        async with self._lock:
+            # Looked up again after every ack: a revoke while an ack is awaited hands the
+            # partition's remaining records to another consumer.
+            while (queue := self._partitions.get(item.partition)) and queue[0].done:
+                head = queue.popleft()
+                self.size -= 1
+                await head.ack()
+        self._moved.set()
+
+    async def wait_below(self, limit: int) -> None:
+        """Return once fewer than `limit` records are tracked."""
+        while self.size >= limit:
+            self._moved.clear()
+            await self._moved.wait()
+
+    def revoke(self, partitions: Collection[int]) -> None:
+        """Forget `partitions`: their records belong to another consumer now."""
+        for partition in partitions:
+            self.size -= len(self._partitions.pop(partition, ()))
+        self._moved.set()
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@dataclass(slots=True)
+class _Session:
+    partition: int
+    view: SessionView | None = None
+    loading: bool = True
+    backlog: list[tuple[ConversationEvent, Position, _Pending]] = field(default_factory=list)
+    in_flight: bool = False
+    awaiting: int | None = None  # through_offset of our summary not read back yet
+    awaiting_until: float = 0.0
+    retry_at: float = 0.0
+
+    def evictable(self, now: float) -> bool:
+        """Nothing under way and nothing to remember: reloaded, it would act the same."""
+        # Waiting to read its summary back, a reloaded view would lack the summary and
+        # ask for the same turns again; cooling down, it would ask again at once.
+        return not (
+            self.loading
+            or self.in_flight
+            or self.backlog
+            or (self.awaiting is not None and now < self.awaiting_until)
+            or now < self.retry_at
+        )
+
+
+class SummaryEngine:
+    """Folds records into session views and keeps each session's overflow summarized."""
+
+    def __init__(
+        self,
+        summarizer: Summarizer,
+        views: ViewSource,
+        publisher: SummaryPublisher,
+        *,
+        window: WindowPolicy,
+        policy: SummaryPolicy | None = None,
+        codec: EventCodec | None = None,
+        producer: ProducerInfo | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy or SummaryPolicy()
+        if window.max_overflow < self.policy.threshold:
+            raise ConfigError(
+                f"the summary threshold ({self.policy.threshold} turns) is above the overflow "
+                f"the read-model keeps ({window.max_overflow}): turns would be dropped before "
+                f"they are summarized; lower CHATLOG_SUMMARY_THRESHOLD or raise "
+                f"CHATLOG_MAX_OVERFLOW",
+                setting="CHATLOG_SUMMARY_THRESHOLD",
+            )
+        self.summarizer = summarizer
+        self.views = views
+        self.publisher = publisher
+        self.window = window
+        self.codec = codec or EventCodec()
+        self.producer = producer
+        self.stats = SummaryStats()
+        self.tracker = CommitTracker()
+        self._clock = clock
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._retry: set[str] = set()
+        self._slots = asyncio.Semaphore(self.policy.max_in_flight)
+        self._load_slots = asyncio.Semaphore(self.policy.max_loads)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ----------------------------------------------------------------------- intake
+
+    async def accept(self, record: Record, ack: Ack) -> None:
+        """Take the next record of a partition (in log order); `ack` commits it later."""
+        self.stats.records += 1
+        item = self.tracker.add(record.partition, record.offset, ack)
+        event = self._decode(record)
+        if event is None:
+            self.stats.skipped += 1
+            await self.tracker.finish(item)
+        else:
+            position = Position(record.partition, record.offset)
+            session = self._sessions.get(event.session_id)
+            if session is None:
+                session = _Session(record.partition, backlog=[(event, position, item)])
+                self._sessions[event.session_id] = session
+                self._spawn(self._load(event.session_id, session, position))
+                self._evict()
+            else:
+                self._sessions.move_to_end(event.session_id)
+                if session.loading or session.backlog:
+                    session.backlog.append((event, position, item))
+                else:
+                    await self._fold(event.session_id, session, event, position, item)
+        # Backpressure: a summary stuck in flight holds its partition's commits, and the
+        # records behind it wait in memory; past the limit, consuming waits instead.
+        await self.tracker.wait_below(self.policy.max_pending)
+
+    async def retry_due(self) -> int:
+        """Ask again for summaries that failed, once their cool-down is over."""
+        now = self._clock()
+        started = 0
+        for session_id in list(self._retry):
+            session = self._sessions.get(session_id)
+            if session is None:
+                self._retry.discard(session_id)
+            elif session.retry_at <= now:
+                self._retry.discard(session_id)
+                started += self._start(session_id, session, None)
+        return started
+
+    def revoke(self, partitions: Collection[int]) -> None:
+        """Forget the sessions and records of `partitions`: another worker owns them now."""
+        gone = set(partitions)
+        self.tracker.revoke(gone)
+        for session_id in [s for s, v in self._sessions.items() if v.partition in gone]:
+            del self._sessions[session_id]
+            self._retry.discard(session_id)
+
+    @property
+    def in_flight(self) -> int:
+        """Loads and summaries under way."""
+        return len(self._tasks)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for work under way; True if none is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # A load that finishes may start a summary: wait for the work it starts too.
+        while self._tasks and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=remaining)
+        return not self._tasks
+
+    async def aclose(self) -> None:
+        """Cancel work under way; its records stay uncommitted and are consumed again."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    # ----------------------------------------------------------------------- folding
+
+    def _decode(self, record: Record) -> ConversationEvent | None:
+        if record.value is None:
+            return None
+        try:
+            event = self.codec.decode(record.value)
+        except (DecodeError, InvalidInput):
+            return None
+        if record.key != event.session_id.encode():
+            return None
+        return event
+
+    async def _load(self, session_id: str, session: _Session, position: Position) -> None:
+        delay = 0.1
+        async with self._load_slots:
+            while True:
+                if self._sessions.get(session_id) is not session:
+                    return  # revoked while waiting
+                try:
+                    view = await self.views.projected_view(
+                        session_id, position, timeout=self.policy.load_timeout_s
+                    )
+                    break
+                except ChatlogError as exc:  # the projector is behind, or Redis is away
+                    log.warning("summarizer: waiting to load session %s: %s", session_id, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        self.stats.loads += 1
+        session.view, session.loading = view, False
+        # Records that arrive while the backlog is folded (an ack may suspend) join its
+        # end: folded before it, they would make `evolve` skip the backlog's events.
+        while session.backlog:
+            event, event_position, item = session.backlog.pop(0)
+            await self._fold(session_id, session, event, event_position, item)
+
+    async def _fold(
+        self,
+        session_id: str,
+        session: _Session,
+        event: ConversationEvent,
+        position: Position,
+        item: _Pending,
+    ) -> None:
+        try:
+            session.view = evolve(session.view, event, position, self.window)
+        except ForeignEvent:
+            self.stats.skipped += 1
+        view, awaiting = session.view, session.awaiting
+        if awaiting is not None and view is not None and view.summary_through >= awaiting:
+            session.awaiting = None  # our summary is back (or a newer one is)
+        if not self._start(session_id, session, item):
+            await self.tracker.finish(item)
+
+    def _start(self, session_id: str, session: _Session, item: _Pending | None) -> bool:
+        """Start a summary of the session's overflow if one is due; True if started."""
+        view = session.view
+        if view is None or view.status is SessionStatus.ERASED:
+            return False
+        if session.loading or session.in_flight:
+            return False
+        now = self._clock()
+        if session.awaiting is not None:
+            if now < session.awaiting_until:
+                return False
+            session.awaiting = None  # never read back (lost, or revoked): ask again
+        if now < session.retry_at:
+            return False
+        turns = view.overflow(self.window)
+        if len(turns) < self.policy.threshold:
+            return False
+        session.in_flight = True
+        request = SummaryRequest(
+            session_id=session_id,
+            previous_summary=view.summary,
+            turns=turns,
+            max_summary_tokens=self.policy.max_summary_tokens,
+        )
+        self._spawn(self._summarize(session_id, session, view, request, item))
+        return True
+
+    # ----------------------------------------------------------------------- summaries
+
+    async def _summarize(
+        self,
+        session_id: str,
+        session: _Session,
+        view: SessionView,
+        request: SummaryRequest,
+        item: _Pending | None,
+    ) -> None:
+        cancelled = False
+        try:
+            async with self._slots:
+                await self._summarize_now(session_id, session, view, request)
+        except asyncio.CancelledError:
+            cancelled = True  # shutting down: leave the record uncommitted, to redo it
+            raise
+        except Exception:
+            log.exception("summarizer: summary of session %s failed", session_id)
+            self.stats.failed += 1
+            self._retry_later(session_id, session)
+        finally:
+            session.in_flight = False
+            if item is not None and not cancelled:
+                await self.tracker.finish(item)
+
+    async def _summarize_now(
+        self, session_id: str, session: _Session, view: SessionView, request: SummaryRequest
+    ) -> None:
+        self.stats.requested += 1
+        started = self._clock()
+        try:
+            result = await self.summarizer.summarize(request)
+        except SummarizerUnavailable:
+            self.stats.refused += 1
+            self._retry_later(session_id, session)
+            return
+        except SummarizerError as exc:
+            log.warning("summarizer: no summary for session %s: %s", session_id, exc)
+            self.stats.failed += 1
+            self._retry_later(session_id, session)
+            return
+        through = request.turns[-1].offset
+        current = session.view
+        if (
+            current is None
+            or current.status is SessionStatus.ERASED
+            or current.summary_through >= through
+        ):
+            self.stats.stale += 1  # erased meanwhile, or already covered: nothing to add
+            return
+        event = self._summary_event(view, request, result, through)
+        try:
+            await self.publisher.publish(event)
+        except ChatlogError as exc:
+            log.warning("summarizer: could not publish the summary of %s: %s", session_id, exc)
+            self.stats.failed += 1
+            self._retry_later(session_id, session)
+            return
+        session.awaiting = through
+        session.awaiting_until = self._clock() + self.policy.echo_timeout_s
+        self.stats.published += 1
+        self.stats.turns += len(request.turns)
+        self.stats.prompt_tokens += result.prompt_tokens
+        self.stats.completion_tokens += result.completion_tokens
+        self.stats.latencies.append(self._clock() - started)
+
+    def _summary_event(
+        self, view: SessionView, request: SummaryRequest, result: SummaryResult, through: int
+    ) -> ConversationEvent:
+        return new_event(
+            view.session_id,
+            user_id=view.user_id,
+            tenant=view.tenant,
+            producer=self.producer,
+            payload=SummaryUpdated(
+                summary=result.summary,
+                through_offset=through,
+                model=result.model,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                # Cumulative: with the turns dropped unsummarized and the turns still held,
+                # it adds up to every message the session ever had.
+                covered_messages=view.summary_covered + len(request.turns),
+            ),
+        )
+
+    def _retry_later(self, session_id: str, session: _Session) -> None:
+        session.retry_at = self._clock() + self.policy.failure_cooldown_s
+        self._retry.add(session_id)
+
+    # ----------------------------------------------------------------------- housekeeping
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _evict(self) -> None:
+        """Forget the least recently active idle sessions beyond `max_sessions`."""
+        excess = len(self._sessions) - self.policy.max_sessions
+        if excess <= 0:
+            return
+        now = self._clock()
+        for session_id in list(itertools.islice(self._sessions, excess * 2)):
+            if excess <= 0:
+                break
+            if self._sessions[session_id].evictable(now):
+                del self._sessions[session_id]
+                self._retry.discard(session_id)
+                excess -= 1
