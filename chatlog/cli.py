@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from chatlog import cli_read, services, wiring
+from chatlog import cli_read, cli_replay, services, wiring
 from chatlog.settings import Settings
 from processors.kafka_projector import tune_garbage_collector
 from schemas.errors import ChatlogError
@@ -71,8 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     context.add_argument("session", help="session id")
     context.add_argument("--user", required=True, help="the reading user (must own it)")
-    context.add_argument(
+    when = context.add_mutually_exclusive_group()
+    when.add_argument(
         "--after", metavar="P:O", help="wait until the projection has applied this position"
+    )
+    when.add_argument(
+        "--as-of",
+        type=cli_read.as_of_argument,
+        metavar="TIME|P:O",
+        help="the context as it was at TIME (ISO 8601; no timezone means UTC; or epoch "
+        "milliseconds) or right after the event at P:O, folded from the log itself "
+        "(no projector or Redis needed)",
     )
     context.add_argument(
         "--max-tokens", type=_positive_int, metavar="N", help="trim the oldest turns to fit"
@@ -82,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_float,
         metavar="S",
-        help="how long --after may wait (default CHATLOG_READ_TIMEOUT_S)",
+        help="how long --after may wait (default CHATLOG_READ_TIMEOUT_S); with --as-of, how "
+        "long Kafka may stay silent (default 10)",
     )
     context.set_defaults(handler=cli_read.context)
 
@@ -106,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     tail.set_defaults(handler=cli_read.tail)
 
     _add_run_commands(commands)
+    _add_replay_command(commands, common)
 
     topics = commands.add_parser("topics", help="manage chatlog's Kafka topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True)
@@ -145,6 +156,41 @@ def _add_run_commands(commands: Any) -> None:
         help="keep every session's overflow folded into its rolling summary (faust agent)",
     )
     summarizer.set_defaults(handler=_run_summarizer, json=False)
+
+
+def _add_replay_command(commands: Any, common: argparse.ArgumentParser) -> None:
+    replay = commands.add_parser(
+        "replay",
+        parents=[common],
+        help="rebuild the read-model from the log into a new generation, then switch to it",
+    )
+    replay.add_argument(
+        "--verify",
+        action="store_true",
+        help="rebuild into a scratch generation, compare with the live one, exit 1 if they differ",
+    )
+    replay.add_argument(
+        "--restart", action="store_true", help="start over instead of resuming an interrupted run"
+    )
+    replay.add_argument(
+        "--keep-old", action="store_true", help="keep the replaced generation (default: delete it)"
+    )
+    replay.add_argument(
+        "--handover",
+        type=_positive_float,
+        default=3.0,
+        metavar="S",
+        help="seconds to keep projecting after the switch, for the live projector to follow",
+    )
+    replay.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="processes rebuilding partitions in parallel (helps with cores to spare beyond "
+        "Kafka's and Redis's; default 1)",
+    )
+    replay.set_defaults(handler=cli_replay.run)
 
 
 def _publish(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

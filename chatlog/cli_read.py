@@ -3,7 +3,9 @@
 `context` and `sessions` read the Redis read-model, exactly as a chat back end does
 (ownership checked, read-your-writes with ``--after``). `tail` reads the log itself: the
 one partition of the events topic that holds the session, from its start, so it shows
-what was published even when no projector runs. `cli.py` owns the parser and the exit
+what was published even when no projector runs. So does `context --as-of`, which folds
+the session's events up to a past time or position (`processors.kafka_history`): what the
+bot saw then, with no projector and no Redis. `cli.py` owns the parser and the exit
 codes; the functions here take parsed arguments and either return what to print as JSON
 or print as they go (`tail`). The text formatting is shared with the demo.
 """
@@ -14,13 +16,14 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -29,19 +32,22 @@ from confluent_kafka.admin import AdminClient
 
 from chatlog import wiring
 from chatlog.settings import Settings
+from processors.kafka_history import AsOf, read_as_of
 from producers.kafka_topics import topic_partitions
 from producers.partitioning import partition_for
 from projections.context import SUMMARY_PREAMBLE, Context
 from projections.store import SessionEntry
-from schemas.errors import BrokerUnavailable, DecodeError
+from schemas.errors import BrokerUnavailable, DecodeError, InvalidInput
 from schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
 from schemas.ids import validate_id
 from schemas.position import Position
 
 __all__ = [
+    "as_of_argument",
     "context",
     "context_lines",
     "iso",
+    "parse_as_of",
     "partition_count",
     "session_rows",
     "sessions",
@@ -58,6 +64,8 @@ _KAFKA_LOG = logging.getLogger("chatlog.kafka")
 
 def context(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
     """`chatlog context`: the session's context; JSON, or printed as a transcript."""
+    if getattr(args, "as_of", None) is not None:
+        return _context_as_of(args, settings)
     after = Position.parse(args.after) if args.after is not None else None
     reader = wiring.reader(settings)
     try:
@@ -69,12 +77,46 @@ def context(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | No
         )
     finally:
         reader.client.close()
+    return _show_context(ctx, args)
+
+
+def _context_as_of(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
+    """`chatlog context --as-of`: the context folded from the log; Redis is never asked."""
+    read = read_as_of(
+        args.session,
+        user_id=args.user,
+        as_of=args.as_of,
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic=settings.topic,
+        policy=wiring.policy(settings),
+        codec=wiring.codec(settings),
+        config=settings.kafka,
+        count_tokens=wiring.token_counter(settings),
+        timeout=args.timeout if args.timeout is not None else _METADATA_TIMEOUT_S,
+    )
+    through = read.through
+    source = {
+        "source": "log",
+        "requested": _as_of_text(args.as_of),
+        # The last position of the log prefix folded (of any session on the partition).
+        "through": str(through) if through is not None else None,
+        "skipped": read.skipped,
+    }
+    return _show_context(read.context, args, as_of=source)
+
+
+def _show_context(
+    ctx: Context, args: argparse.Namespace, *, as_of: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     messages = ctx.to_openai(system=args.system, max_tokens=args.max_tokens)
     if not args.json:
-        for line in context_lines(ctx, messages, system=args.system):
+        lines = context_lines(ctx, messages, system=args.system)
+        if as_of is not None:
+            lines[0] += f"  as of {as_of['requested']} (from the log, through {as_of['through']})"
+        for line in lines:
             print(line)
         return None
-    return {
+    shown: dict[str, Any] = {
         "session_id": ctx.session_id,
         "user_id": ctx.user_id,
         "position": str(ctx.position),
@@ -82,6 +124,48 @@ def context(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | No
         "summary": ctx.summary,
         "messages": messages,
     }
+    if as_of is not None:
+        shown["as_of"] = as_of
+    return shown
+
+
+_POSITION = re.compile(r"[0-9]+:[0-9]+")
+_EPOCH_MS = re.compile(r"[0-9]+")
+
+
+def parse_as_of(text: str) -> AsOf:
+    """An ``--as-of`` value: ``P:O`` (a position), epoch milliseconds, or an ISO 8601 time.
+
+    A time without a timezone is taken as UTC. Raises `InvalidInput` naming the forms.
+    """
+    text = text.strip()
+    if _POSITION.fullmatch(text):
+        return Position.parse(text)
+    try:
+        if _EPOCH_MS.fullmatch(text):
+            return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(text))
+        at = datetime.fromisoformat(text)
+    except (ValueError, OverflowError):
+        raise InvalidInput(
+            f"{text!r} is neither a time (ISO 8601 such as 2025-06-01T12:30:00Z, or "
+            f"epoch milliseconds such as 1748781000000) nor a position (PARTITION:OFFSET "
+            f"such as 3:1042)"
+        ) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def as_of_argument(text: str) -> AsOf:
+    """`parse_as_of` for argparse: a bad value is a usage error (exit status 2)."""
+    try:
+        return parse_as_of(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _as_of_text(as_of: AsOf) -> str:
+    if isinstance(as_of, Position):
+        return str(as_of)
+    return as_of.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def context_lines(

@@ -6,11 +6,20 @@ chats; eight threads publish them concurrently, as the workers of a chat back en
 Every chat is about one order whose number (say ``#A7-1042``) appears in no other chat,
 a canary: if any context ever holds a number that is not its own, sessions got mixed.
 
-The run uses the real parts on the local stack: the producer, a projector running as a
-child process (``chatlog run projector``, stopped with SIGTERM at the end whatever
-happens), and the Redis reader. It then checks, and says so in one line each, that every
-session holds exactly its own messages in order (isolation) and that a context read right
-after an append contains it (read-your-writes), and prints the commands to look further.
+Then one customer's long chat, over a hundred turns in four visits about a leaking
+espresso machine, shows the rolling summary: the turns that leave the window are folded
+into the session's summary as the chat goes on, so the prompt stays small however long
+the chat grows. The demo prints the summary, how many turns it covers and what the
+prompt costs against the whole chat.
+
+The run uses the real parts on the local stack: the producer, a projector and a
+summarizer running as child processes (``chatlog run projector`` and ``chatlog run
+summarizer``, with the offline extractive summarizer unless ``CHATLOG_LLM_BASE_URL``
+names an LLM; both stopped with SIGTERM at the end whatever happens), and the Redis
+reader. It then checks, and says so in one line each, that every session holds exactly
+its own messages in order (isolation), that a context read right after an append
+contains it (read-your-writes), and that each turn of the long chat is either covered by
+the summary or held in full, exactly once, and prints the commands to look further.
 
 Each run writes to a fresh topic and Redis prefix (``chatlog.demo.<time>-<random>``),
 so runs never mix; they are left in place for those commands to read.
@@ -19,6 +28,7 @@ so runs never mix; they are left in place for those commands to read.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -29,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -39,14 +50,25 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupState,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
 from chatlog import wiring
 from chatlog.cli_read import context_lines, session_rows
 from chatlog.client import ChatLog
 from chatlog.settings import Settings
 from producers.commands import new_event
 from projections.context import Context
-from schemas.errors import ChatlogError
-from schemas.events import SessionStarted
+from projections.redis_store import RedisViewStore
+from projections.view import SessionView, WindowPolicy
+from schemas.errors import BrokerUnavailable, ChatlogError, DecodeError
+from schemas.events import SessionStarted, SummaryUpdated
 from schemas.position import Position
 
 __all__ = ["main"]
@@ -54,6 +76,10 @@ __all__ = ["main"]
 CANARY = re.compile(r"#[A-Z][0-9]-[0-9]{4}")
 _LABEL = 12
 _STOP_TIMEOUT_S = 15.0
+_SUMMARY_TIMEOUT_S = 30.0
+_KAFKA_LOG = logging.getLogger("chatlog.kafka")
+# The prompt budget of the long chat's context: its summary and every turn held fit.
+_PROMPT_TOKENS = 2_000
 
 USERS = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
@@ -223,6 +249,7 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
     last: dict[str, Position] = field(default_factory=dict)
     example: Script | None = None
+    long_chat: Script | None = None
 
 
 def write_scripts(rng: random.Random, *, users: int, sessions: int) -> list[Script]:
@@ -277,43 +304,255 @@ def _tool_turns(rng: random.Random, scenario: Scenario, values: dict[str, str]) 
     ]
 
 
-# -- the projector child process ----------------------------------------------------
+# -- the long chat -------------------------------------------------------------------
+
+# One customer's chat about one order, over four visits in ten days: far longer than the
+# window, so the summarizer folds its older turns into the rolling summary as it goes.
+# Each visit alternates user and assistant, starting with the user; the last one ends on
+# a question nobody has answered yet.
+LONG_CHAT_USER = "hannah"
+LONG_CHAT_TITLE = "Leaking espresso machine #BW-48213"
+LONG_CHAT = (
+    (  # Monday: the problem, and what can be done about it
+        "Hi, this is Hannah Becker. My Brightwell Barista Pro from order #BW-48213 is "
+        "leaking water.",
+        "Hi Hannah, I'm Tom from Brightwell support, sorry to hear that. Let's find out where "
+        "the water comes from. When did it start?",
+        "It arrived on 3 March and started leaking two days later.",
+        "Thanks. Does the water come from the front, under the drip tray, or from the back "
+        "near the tank?",
+        "From the back. There's a puddle after every second or third shot.",
+        "That usually means the tank valve or the pump hose. I'll walk you through a few "
+        "checks; it takes about ten minutes.",
+        "OK, I have time now.",
+        "Great. First, please switch the machine off, unplug it and let it cool for a minute.",
+        "Done, it's unplugged.",
+        "Now lift the water tank out and look at the small rubber valve at its bottom. Is it "
+        "clean and seated flat?",
+        "It looks clean. There's a bit of limescale around the edge.",
+        "Wipe the limescale off with a damp cloth and push the tank back until it clicks.",
+        "It clicked. Should I try a shot?",
+        "Not yet. Please read me the serial number on the sticker under the drip tray first; "
+        "I need it for the case.",
+        "It says BP-2207-K.",
+        "Thank you. Now plug it in and run one shot with no coffee in the portafilter.",
+        "Running it now. Still a few drops at the back.",
+        "Is the drip coming from the tank base or lower, from under the side panel?",
+        "Lower, I think from under the side panel.",
+        "Please take a photo of the area under the side panel and attach it here.",
+        "Attached: photo_back_panel.jpg",
+        "Thanks, I can see water on the pump bracket. That points at the pump hose, not at "
+        "anything you did.",
+        "Is it safe to keep using it?",
+        "Please don't: water near the pump is a safety risk. Keep it unplugged for now.",
+        "Can I fix the hose myself?",
+        "I'd rather you didn't open it: the warranty covers this, and an opened machine "
+        "complicates a return.",
+        "How long is the warranty?",
+        "Two years from delivery, so you're well within it.",
+        "What are my options then?",
+        "Three: a repair at our service centre, a replacement machine, or a full refund.",
+        "How soon could a replacement arrive?",
+        "The Barista Pro is out of stock until mid-April, so a replacement would take 5 to "
+        "6 weeks.",
+        "That's too long. What about the repair?",
+        "A repair takes about 3 weeks including shipping both ways.",
+        "Would I get a loan machine meanwhile? I live in Hamburg.",
+        "Unfortunately not: loan machines are only offered in Berlin and Munich at the moment.",
+        "Then I think I prefer a refund. Is that possible?",
+        "Yes. The defect appeared within 30 days of delivery, so you're entitled to a full refund.",
+        "Does that include the descaling kit I bought with it?",
+        "The descaling kit (19.90 EUR) is on the same order; returned unopened, it is "
+        "refunded too.",
+        "It's unopened. And the shipping?",
+        "The shipping of 12.50 EUR is refunded as well when the whole order goes back.",
+        "I need to talk to my partner first. Can I come back tomorrow?",
+        "Of course. Your case number is #CS-90417; quote it and any of us can pick it up.",
+    ),
+    (  # Tuesday: the refund is agreed and the pickup booked
+        "Hi, Hannah Becker again, case #CS-90417.",
+        "Welcome back Hannah, I'm Priya. I have your case here: the Barista Pro with the "
+        "leaking pump hose.",
+        "We decided: we'd like the full refund, please.",
+        "Understood. I'll set up the return of order #BW-48213 for a full refund.",
+        "What exactly will be refunded?",
+        "The Barista Pro at 549.00 EUR, the descaling kit at 19.90 EUR and the shipping at "
+        "12.50 EUR: 581.40 EUR in total.",
+        "That's right. Will it go back to my card?",
+        "Yes, to the Visa card ending 4417 that paid for the order.",
+        "How do I send the machine back? It weighs almost 10 kg.",
+        "You don't carry it anywhere: a courier collects it from your home. Which day suits you?",
+        "Thursday or Friday would work.",
+        "I can book DHL for Thursday 14 March between 9:00 and 13:00. Shall I?",
+        "Thursday morning is fine.",
+        "Booked: DHL pickup on Thursday 14 March, 9:00 to 13:00, at your delivery address.",
+        "Is that still Elbchaussee 112?",
+        "Yes, Elbchaussee 112, 22763 Hamburg, the address on the order.",
+        "I threw away the original box. Is that a problem?",
+        "Not at all. The courier brings a padded box; just have the machine ready to pack.",
+        "Do I need to print a label?",
+        "No, the courier brings one. Your return number is RMA-77120; it's in your email too.",
+        "Should I empty the water tank and the drip tray?",
+        "Yes please, empty both and let them dry overnight so nothing leaks on the way.",
+        "And the portafilter and the milk jug?",
+        "Pack them with the machine: the refund is for the complete set.",
+        "How long does the refund take after the pickup?",
+        "The machine reaches our warehouse in about 2 working days; we refund the same day, "
+        "and your bank takes 3 to 5 working days.",
+        "So I should see the money by the end of next week?",
+        "Most likely by Wednesday 20 March, at the latest by Friday 22 March.",
+        "Honestly, I'm disappointed. I saved up for this machine.",
+        "I understand, and I'm sorry. I've added a 25 EUR voucher to your account for the trouble.",
+        "Thank you, that's kind. Does the voucher expire?",
+        "It's valid for 12 months and works on anything in the shop.",
+        "Can you send me all of this by email?",
+        "Done: the pickup time, RMA-77120 and the refund amount are on their way to you.",
+    ),
+    (  # Thursday: the pickup
+        "Hello, it's Hannah again. The courier hasn't come and it's 12:40.",
+        "Hi Hannah, Tom here. Let me check the DHL booking for RMA-77120.",
+        "Thanks, I have to leave at 13:30.",
+        "The driver is running late: the tracking shows your stop at about 13:10.",
+        "OK, I'll wait until 13:30 but not longer.",
+        "Thank you. If he misses you, I'll rebook for Friday morning at no cost.",
+        "He just rang the bell!",
+        "Perfect timing. Please ask him to scan the label so the pickup is recorded.",
+        "Done, he scanned it and took the box.",
+        "I can see the scan: parcel JJD0002249 is on its way to our warehouse in Kassel.",
+        "Do I get a receipt?",
+        "The scan is your receipt, and I've emailed you a pickup confirmation with the parcel "
+        "number.",
+        "How will I know when it arrives?",
+        "You'll get an email when the warehouse checks it in, and another when the refund is "
+        "issued.",
+        "What if they say I damaged the machine?",
+        "They won't: the leak is on your case with your photo, and our technician confirmed "
+        "a hose defect.",
+        "OK, that reassures me.",
+        "Good. Is there anything else I can do today?",
+        "No, that's it for now.",
+        "Then have a good afternoon, Hannah, and thanks for your patience.",
+    ),
+    (  # the next Wednesday: where is the money, and what next
+        "Hi, Hannah Becker, case #CS-90417. The warehouse email came on Monday but there's "
+        "no refund yet.",
+        "Hi Hannah, Priya again. Let me look at the refund for order #BW-48213.",
+        "Thanks.",
+        "The warehouse checked the machine in on Monday 18 March and confirmed the hose defect.",
+        "So why no refund?",
+        "The refund was approved yesterday and sent to the Visa card ending 4417: 581.40 EUR.",
+        "My banking app shows nothing.",
+        "Card refunds show as pending after 1 to 2 days and settle in 3 to 5 working days, so "
+        "by Friday 22 March.",
+        "Can you send me a proof of the refund?",
+        "Yes: the refund reference is RF-30318, and I've emailed you the credit note as a PDF.",
+        "Got it, thanks.",
+        "You're welcome. Is there anything else?",
+        "Actually yes. I'd still like an espresso machine.",
+        "Happy to help. The Barista Pro again, or something different?",
+        "Is the Barista Pro back in stock?",
+        "Not yet: the new batch, with an improved pump hose, arrives around 15 April.",
+        "What about the Barista Compact?",
+        "The Barista Compact is in stock at 429.00 EUR; it has a different pump and hose.",
+        "What's the difference besides the price?",
+        "The Compact has a smaller tank (1.2 litres instead of 2) and no hot-water spout; the "
+        "espresso is the same.",
+        "Can I use my 25 EUR voucher on it?",
+        "Yes, at checkout, so the Compact would cost you 404.00 EUR.",
+        "And does it have the same warranty?",
+        "Yes, two years from delivery, like every Brightwell machine.",
+        "Let me think about whether I wait for the new Barista Pro batch.",
+        "Sure. I'll note on your case that you're interested, and we'll email you when it's back.",
+        "Please do.",
+        "Noted on case #CS-90417: we'll email you when the Barista Pro is back in stock.",
+        "One last thing: if I wait and order the Barista Pro in April, will my 25 EUR voucher "
+        "still apply, and do I keep the old price of 549.00 EUR if it goes up?",
+    ),
+)
+
+
+def write_long_chat(rng: random.Random) -> tuple[Script, list[int]]:
+    """The long chat as a script, and the number of turns of each visit."""
+    turns = [
+        Turn("user" if number % 2 == 0 else "assistant", content)
+        for visit in LONG_CHAT
+        for number, content in enumerate(visit)
+    ]
+    script = Script(
+        session_id=f"s-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}",
+        user_id=LONG_CHAT_USER,
+        order="#BW-48213",
+        title=LONG_CHAT_TITLE,
+        turns=tuple(turns),
+    )
+    return script, [len(visit) for visit in LONG_CHAT]
+
+
+# -- the child processes ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Child:
+    """A `chatlog run <name>` child process and the file its output goes to."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def problem(self) -> str:
+        """Why it may not have done its part, for a failure message."""
+        if self.process.poll() is None:
+            return (
+                f"the {self.name} (pid {self.process.pid}) is running but did not keep up; "
+                f"see {self.log_path}"
+            )
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        return f"the {self.name} exited with {self.process.returncode}: " + " / ".join(lines)
 
 
 @contextmanager
-def running_projector(settings: Settings, *, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`chatlog run projector` for `settings` as a child; SIGTERM (then kill) on the way out."""
+def running_children(settings: Settings, names: Sequence[str]) -> Iterator[dict[str, Child]]:
+    """`chatlog run <name>` for `settings`, each as a child; SIGTERM (then kill) on the way out."""
     env = dict(os.environ)
     for name in ("kafka_bootstrap", "redis_url", "topic", "dlq_topic", "redis_prefix"):
         env[Settings.env_name(name)] = str(getattr(settings, name))
     env[Settings.env_name("projector_group")] = settings.projector_group
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log_file:
-        # A session of its own: Ctrl-C in the terminal reaches the demo only, which then
-        # stops the projector in order instead of both racing.
-        child = subprocess.Popen(
-            [sys.executable, "-m", "chatlog.cli", "run", "projector"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,
-        )
+    env[Settings.env_name("summarizer_group")] = settings.summarizer_group
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    children: dict[str, Child] = {}
     try:
-        yield child
+        for name in names:
+            log_path = settings.state_dir / f"demo-{name}.log"
+            with log_path.open("wb") as log_file:
+                # A session of its own: Ctrl-C in the terminal reaches the demo only, which
+                # then stops the children in order instead of all of them racing.
+                process = subprocess.Popen(  # noqa: S603 - our own CLI, names from this module
+                    [sys.executable, "-m", "chatlog.cli", "run", name],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    start_new_session=True,
+                )
+            children[name] = Child(name, process, log_path)
+        yield children
     finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+        # Signalled together, they stop side by side: the summarizer takes a second or so.
+        running = [c.process for c in children.values() if c.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        for process in running:
             try:
-                child.wait(_STOP_TIMEOUT_S)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+                process.kill()
+                process.wait()
 
 
 @contextmanager
 def _sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM raises SystemExit, so the `finally` blocks stop the projector."""
+    """SIGTERM raises SystemExit, so the `finally` blocks stop the children."""
 
     def leave(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
@@ -323,13 +562,6 @@ def _sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _projector_problem(child: subprocess.Popen[bytes], log_path: Path) -> str:
-    if child.poll() is None:
-        return f"the projector (pid {child.pid}) is running but did not keep up; see {log_path}"
-    lines = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-    return f"the projector exited with {child.returncode}: " + " / ".join(lines)
 
 
 # -- the steps ----------------------------------------------------------------------
@@ -416,6 +648,182 @@ def read_your_writes(
     return waits, misses
 
 
+def wait_for_group(admin: AdminClient, child: Child, group: str, *, timeout: float) -> bool:
+    """Wait until consumer group `group` is stable with partitions; False if it never was."""
+    deadline = time.monotonic() + timeout
+    while child.process.poll() is None and time.monotonic() < deadline:
+        try:
+            description = admin.describe_consumer_groups([group])[group].result(timeout)
+        except KafkaException:
+            description = None  # the coordinator is still loading the group: ask again
+        if (
+            description is not None
+            and description.state == ConsumerGroupState.STABLE
+            and any(member.assignment.topic_partitions for member in description.members)
+        ):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@dataclass
+class Visits:
+    """How publishing the long chat went: its view at the end, the waits, what went wrong."""
+
+    view: SessionView | None = None
+    waits: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def publish_visits(
+    log: ChatLog,
+    store: RedisViewStore,
+    script: Script,
+    visits: Sequence[int],
+    *,
+    summarizer: Child,
+    policy: WindowPolicy,
+    threshold: int,
+    timeout: float,
+) -> Visits:
+    """Publish `script` a visit at a time, turn by turn, as its user and agent wrote it.
+
+    After each visit: its last append must be in the very next context read, and then the
+    demo waits for the summarizer to fold the overflow (visits are days apart in the story).
+    """
+    started = new_event(
+        script.session_id, user_id=script.user_id, payload=SessionStarted(title=script.title)
+    )
+    log.producer.publish(started)
+    done = Visits()
+    turns = iter(script.turns)
+    for number, size in enumerate(visits, start=1):
+        for turn in itertools.islice(turns, size):
+            position = log.append(
+                script.session_id, user_id=script.user_id, role=turn.role, content=turn.content
+            )
+        ctx = log.context(
+            script.session_id, user_id=script.user_id, after=position, timeout=timeout
+        )
+        if not ctx.messages or ctx.messages[-1].offset != position.offset:
+            done.failures.append(
+                f"{script.session_id}: the context read after visit {number} lacks its last turn"
+            )
+        waited = time.perf_counter()
+        done.view = wait_for_summary(
+            store,
+            script.session_id,
+            summarizer=summarizer,
+            policy=policy,
+            threshold=threshold,
+            timeout=_SUMMARY_TIMEOUT_S,
+        )
+        done.waits.append(time.perf_counter() - waited)
+        if done.view is None or len(done.view.overflow(policy)) >= threshold:
+            done.failures.append(
+                f"{script.session_id}: the overflow after visit {number} was not summarized "
+                f"within {done.waits[-1]:.1f} s"
+            )
+            break
+    return done
+
+
+def wait_for_summary(
+    store: RedisViewStore,
+    session_id: str,
+    *,
+    summarizer: Child,
+    policy: WindowPolicy,
+    threshold: int,
+    timeout: float,
+) -> SessionView | None:
+    """The session's view once its overflow is below `threshold`.
+
+    That state is final: the summarizer asks for a summary only at `threshold` turns of
+    overflow, and the projector drops the overflow a summary covers. After `timeout`
+    seconds, or once the summarizer has exited, the view as it is.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        view = store.load([session_id])[session_id]
+        if view is not None and len(view.overflow(policy)) < threshold:
+            return view
+        if time.monotonic() > deadline or summarizer.process.poll() is not None:
+            return view
+        time.sleep(0.05)
+
+
+def summary_events(settings: Settings, session_id: str, partition: int) -> list[SummaryUpdated]:
+    """The session's `SummaryUpdated` events in the log, oldest first."""
+    consumer = Consumer(
+        {
+            **settings.kafka,
+            "bootstrap.servers": settings.kafka_bootstrap,
+            # A reader, not a group member: nothing is committed, so a throwaway id is fine.
+            "group.id": f"chatlog-demo-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "logger": _KAFKA_LOG,
+        }
+    )
+    codec = wiring.codec(settings)
+    key = session_id.encode("utf-8")
+    found: list[SummaryUpdated] = []
+    where = TopicPartition(settings.topic, partition)
+    try:
+        _, high = consumer.get_watermark_offsets(where, timeout=10)
+        consumer.assign([TopicPartition(settings.topic, partition, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + _SUMMARY_TIMEOUT_S
+        # Before the first fetch the position is a negative sentinel (OFFSET_INVALID).
+        while consumer.position([where])[0].offset < high and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.2):
+                if message.error() is not None or message.key() != key:
+                    continue
+                try:
+                    event = codec.decode(message.value() or b"")
+                except DecodeError:
+                    continue  # the projector dead-letters it; not a summary either way
+                if isinstance(event.payload, SummaryUpdated):
+                    found.append(event.payload)
+    except KafkaException as exc:
+        raise BrokerUnavailable(
+            f"reading {settings.topic}[{partition}] failed: {exc.args[0]}", topic=settings.topic
+        ) from exc
+    finally:
+        consumer.close()
+    return found
+
+
+def summary_problems(
+    script: Script, view: SessionView, events: Sequence[SummaryUpdated]
+) -> list[str]:
+    """Why the summary and the messages held do not add up to the chat, once each."""
+    session = script.session_id
+    held = [m.content for m in view.messages]
+    problems = []
+    published = len(script.turns)
+    if view.summary_covered + len(held) != view.message_count or view.message_count != published:
+        problems.append(
+            f"{session}: {view.summary_covered} summarized + {len(held)} held is not the "
+            f"{view.message_count} messages, or not the {published} published"
+        )
+    if view.overflow_dropped:
+        problems.append(f"{session}: {view.overflow_dropped} turns dropped unsummarized")
+    if held != [t.content for t in script.turns][published - len(held) :]:
+        problems.append(f"{session}: the messages held are not the chat's newest, in order")
+    if any(m.offset <= view.summary_through for m in view.messages):
+        problems.append(f"{session}: a message held is also covered by the summary")
+    # A late duplicate may follow it in the log; the projector keeps the newest only.
+    newest = max(events, key=lambda e: e.through_offset, default=None)
+    if newest is None and view.summary is not None:
+        problems.append(f"{session}: the read-model has a summary the log lacks")
+    elif newest is not None and (newest.through_offset, newest.covered_messages) != (
+        view.summary_through,
+        view.summary_covered,
+    ):
+        problems.append(f"{session}: the read-model's summary is not the newest in the log")
+    return problems
+
+
 # -- output -------------------------------------------------------------------------
 
 
@@ -434,6 +842,14 @@ def _excerpt(lines: Sequence[str], *, head: int, tail: int, what: str) -> list[s
         return list(lines)
     hidden = len(lines) - head - tail
     return [*lines[:head], f"  … {hidden} more {what} …", *lines[len(lines) - tail :]]
+
+
+def _wrapped(lines: Sequence[str], *, width: int) -> list[str]:
+    """`lines` folded to `width`, continuation lines indented under their bullet."""
+    folded: list[str] = []
+    for line in lines:
+        folded += textwrap.wrap(line, width, subsequent_indent="  ") or [""]
+    return folded
 
 
 def _percentile(values: Sequence[float], fraction: float) -> float:
@@ -467,7 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sessions must be 1-9000, --users and --threads at least 1")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     # librdkafka's transient retry warnings would bury the demo's output (as in the CLI).
-    logging.getLogger("chatlog.kafka").setLevel(logging.ERROR)
+    _KAFKA_LOG.setLevel(logging.ERROR)
     try:
         with _sigterm_as_exit():
             return _run(args)
@@ -475,7 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"demo: error: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("demo: interrupted; the projector was stopped", file=sys.stderr)
+        print("demo: interrupted; the projector and the summarizer were stopped", file=sys.stderr)
         return 130
 
 
@@ -487,31 +903,38 @@ def _run(args: argparse.Namespace) -> int:
         dlq_topic=f"{name}.dlq",
         redis_prefix=name,
         projector_group=f"chatlog-projector.demo.{run}",
+        summarizer_group=f"chatlog-summarizer.demo.{run}",
     )
     rng = random.Random(args.seed)
     width = max(80, min(shutil.get_terminal_size((120, 24)).columns, 120))
     print(
         f"chatlog demo: {args.sessions} customer-support chats of {args.users} users, "
-        f"published concurrently, projected, and checked\n"
+        f"published concurrently, projected, and checked; then one long chat summarized\n"
     )
     reports = {r.name: r for r in wiring.create_topics(settings)}
     _say("kafka", f"{settings.kafka_bootstrap}  topic {settings.topic}")
     _say("", f"({reports[settings.topic].partitions} partitions, key = session id)")
     _say("redis", f"{settings.redis_url}  prefix {settings.redis_prefix}")
-    log_path = settings.state_dir / "demo-projector.log"
-    with running_projector(settings, log_path=log_path) as child:
-        _say("projector", f"pid {child.pid}: chatlog run projector  (log: {log_path})")
+    with running_children(settings, ("projector", "summarizer")) as children:
+        for child in children.values():
+            _say(
+                child.name,
+                f"pid {child.process.pid}: chatlog run {child.name}  (log: {child.log_path})",
+            )
         print()
         with ChatLog(
             producer=wiring.producer(settings),
             reader=wiring.reader(settings),
             read_timeout_s=settings.read_timeout_s,
         ) as log:
-            outcome = _steps(log, args, settings, rng, width=width, child=child, log_path=log_path)
-    stopped = child.returncode
-    _say("projector", f"stopped by SIGTERM, exit status {stopped}")
-    if stopped != 0:
-        outcome.failures.append(f"the projector exited with {stopped}, not 0; see {log_path}")
+            outcome = _steps(log, args, settings, rng, width=width, children=children)
+    for child in children.values():
+        stopped = child.process.returncode
+        _say(child.name, f"stopped by SIGTERM, exit status {stopped}")
+        if stopped != 0:
+            outcome.failures.append(
+                f"the {child.name} exited with {stopped}, not 0; see {child.log_path}"
+            )
     if outcome.failures:
         print("\ndemo FAILED:", file=sys.stderr)
         for failure in outcome.failures[:10]:
@@ -528,8 +951,7 @@ def _steps(
     rng: random.Random,
     *,
     width: int,
-    child: subprocess.Popen[bytes],
-    log_path: Path,
+    children: dict[str, Child],
 ) -> Outcome:
     outcome = Outcome()
     scripts = write_scripts(rng, users=args.users, sessions=args.sessions)
@@ -554,7 +976,7 @@ def _steps(
     try:
         contexts = read_all(log, scripts, outcome.last, timeout=30.0)
     except ChatlogError as exc:
-        outcome.failures += [exc.message, _projector_problem(child, log_path)]
+        outcome.failures += [exc.message, children["projector"].problem()]
         return outcome
     _say(
         "projected",
@@ -564,6 +986,11 @@ def _steps(
 
     outcome.example = _show_contexts(scripts, contexts, settings, width=width)
     _show_sessions(log, scripts, width=width, outcome=outcome)
+    try:
+        summarized = _long_chat(log, settings, rng, width=width, children=children, outcome=outcome)
+    except ChatlogError as exc:
+        outcome.failures += [exc.message, children["summarizer"].problem()]
+        summarized = "summary: not checked, the long chat could not be published or read"
 
     problems = isolation_problems(scripts, contexts)
     clean = len(scripts) - len(problems)
@@ -579,8 +1006,107 @@ def _steps(
         f"p99 {_ms(_percentile(waits, 0.99))}"
     )
     outcome.failures += misses
+    print(summarized)
     print()
     return outcome
+
+
+def _long_chat(
+    log: ChatLog,
+    settings: Settings,
+    rng: random.Random,
+    *,
+    width: int,
+    children: dict[str, Child],
+    outcome: Outcome,
+) -> str:
+    """Publish the long chat, wait for its rolling summary and show it; the check's line."""
+    summarizer = children["summarizer"]
+    script, visits = write_long_chat(rng)
+    outcome.long_chat = script
+    # Past `max_overflow` turns the read-model drops the oldest unsummarized: the chat
+    # waits until the summarizer consumes (joining its group takes a second or two).
+    group = settings.summarizer_group
+    if not wait_for_group(_admin(settings), summarizer, group, timeout=_SUMMARY_TIMEOUT_S):
+        outcome.failures += [
+            f"the summarizer's consumer group {group} got no partitions within "
+            f"{_SUMMARY_TIMEOUT_S:g} s",
+            summarizer.problem(),
+        ]
+        return "summary: not checked, the summarizer did not start"
+
+    policy = wiring.policy(settings)
+    store = wiring.live_store(settings, log.reader.client)
+    done = publish_visits(
+        log,
+        store,
+        script,
+        visits,
+        summarizer=summarizer,
+        policy=policy,
+        threshold=settings.summary_threshold,
+        timeout=settings.read_timeout_s,
+    )
+    view = done.view
+    if view is None or done.failures:
+        outcome.failures += [*done.failures, summarizer.problem()]
+        return "summary: not checked, the summarizer did not catch up"
+    events = summary_events(settings, script.session_id, view.partition)
+    ctx = log.context(script.session_id, user_id=script.user_id)
+    prompt = ctx.to_openai(max_tokens=_PROMPT_TOKENS)
+
+    held = len(view.messages)
+    overflow = len(view.overflow(policy))
+    in_prompt = sum(ctx.count_tokens(m.get("content") or "") for m in prompt)
+    whole = sum(ctx.count_tokens(t.content) for t in script.turns)
+    _say(
+        "long chat",
+        f"{script.user_id}'s chat about one order: {len(script.turns)} messages over "
+        f"{len(visits)} visits, appended turn by turn",
+    )
+    _say(
+        "",
+        f"{len(events)} summaries (SummaryUpdated events in the log); the waits for the "
+        f"summarizer after each visit: {', '.join(map(_ms, done.waits))}",
+    )
+    _say("", "(the first wait includes its backlog: every chat above)")
+    _say(
+        "",
+        f"{view.summary_covered} turns are covered by the summary, {held} kept in full "
+        f"({held - overflow} window + {overflow} overflow)",
+    )
+    _say(
+        "",
+        f"to_openai(max_tokens={_PROMPT_TOKENS:,}): {len(prompt)} messages, ~{in_prompt:,} "
+        f"tokens; the whole chat is ~{whole:,} ({in_prompt / whole:.0%})",
+    )
+    print()
+    lines = context_lines(ctx, prompt)
+    _indent([lines[0]], width=width)
+    if view.summary is not None:
+        _indent([f"[summary by {view.summary_model}]"], width=width)
+        _indent(_wrapped(view.summary.splitlines(), width=width - _LABEL), width=width)
+    turns = lines[2:] if view.summary is not None else lines[1:]
+    _indent(_excerpt(turns, head=0, tail=3, what="messages"), width=width)
+    print()
+
+    problems = summary_problems(script, view, events)
+    outcome.failures += problems
+    if problems:
+        return f"summary: the long chat's {len(script.turns)} turns do not add up (see below)"
+    return (
+        f"summary: {view.summary_covered} turns covered exactly once, {held} kept in full: "
+        f"all {view.message_count} accounted for, {view.overflow_dropped} dropped"
+    )
+
+
+def _admin(settings: Settings) -> AdminClient:
+    # Like `wiring.admin_client`, with librdkafka's log in the demo's quiet "chatlog.kafka".
+    config: dict[str, str | int | float | bool] = {
+        **settings.kafka,
+        "bootstrap.servers": settings.kafka_bootstrap,
+    }
+    return AdminClient(config, logger=_KAFKA_LOG)
 
 
 def _ms(seconds: float) -> str:
@@ -639,7 +1165,11 @@ def _next_steps(settings: Settings, outcome: Outcome) -> None:
     print(f"  {cli} context {session} --user {user} --after {position}")
     print(f"  {cli} sessions {user}")
     print(f"  {cli} tail {session} --no-follow")
+    if outcome.long_chat is not None:
+        chat = outcome.long_chat
+        print(f"  {cli} context {chat.session_id} --user {chat.user_id}   # the long chat")
     print(f"  {cli} run projector        # the projector this demo ran, in the foreground")
+    print(f"  {cli} run summarizer       # and the summarizer")
     print("  README.md: 'Using it from Python', 'Command line', 'Guarantees'")
     print("stop the local stack with `make services-stop`")
 

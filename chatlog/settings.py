@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -73,6 +73,9 @@ class Settings(BaseModel):
     # (a third of the writes at 5,000 than at 1,000); at low load batches stay small,
     # because the projector takes only what has already arrived.
     projector_batch: int = Field(5000, ge=1, le=100_000, description="records per batch")
+    on_data_loss: Literal["stop", "rebuild"] = Field(
+        "stop", description="when Redis lost projected data: stop, or re-project the log"
+    )
     summarizer_group: str = Field("chatlog-summarizer", description="the summarizer's group id")
     summary_threshold: int = Field(
         10, ge=1, le=100_000, description="overflow turns that trigger a summary"

@@ -20,12 +20,13 @@ from processors.summarizers import (
     ResilientSummarizer,
     Summarizer,
 )
-from processors.summary_engine import SummaryEngine, SummaryPolicy
+from processors.summary_engine import SummaryEngine, SummaryPolicy, check_policy
 from producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 from producers.kafka_topics import TopicReport, broker_count, chatlog_topics, ensure_topics
 from projections import tokens
 from projections.context import TokenCounter
 from projections.keys import KeySpace
+from projections.redis_generations import GenerationStore
 from projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
 from projections.redis_store import RedisViewStore, redis_errors, text
 from projections.view import WindowPolicy
@@ -41,6 +42,8 @@ __all__ = [
     "async_reader",
     "codec",
     "create_topics",
+    "generation_store",
+    "generations",
     "live_store",
     "policy",
     "producer",
@@ -118,17 +121,31 @@ def live_store(settings: Settings, client: redis.Redis | None = None) -> RedisVi
     with redis_errors():
         client.set(keys.pointer, DEFAULT_GENERATION, nx=True)
         live = client.get(keys.pointer)
+    return generation_store(settings, text(live) if live else DEFAULT_GENERATION, client)
+
+
+def generation_store(
+    settings: Settings, generation: str, client: redis.Redis | None = None
+) -> RedisViewStore:
+    """The view store of one generation, live or not."""
     return RedisViewStore(
-        client,
-        keys=keys.with_generation(text(live) if live else DEFAULT_GENERATION),
+        client or redis_client(settings),
+        keys=KeySpace(settings.redis_prefix, generation),
         policy=policy(settings),
         ttl_s=settings.session_ttl_s or None,
     )
 
 
+def generations(settings: Settings, client: redis.Redis | None = None) -> GenerationStore:
+    """The pointer to the live generation, and the tools to flip, compare and delete."""
+    return GenerationStore(client or redis_client(settings), prefix=settings.redis_prefix)
+
+
 def projector(settings: Settings) -> KafkaProjector:
     """The projector: the events topic into the live generation of the read-model."""
-    core = ProjectionCore(live_store(settings), codec=codec(settings), policy=policy(settings))
+    client = redis_client(settings)
+    store = live_store(settings, client)
+    core = ProjectionCore(store, codec=codec(settings), policy=policy(settings))
     return KafkaProjector(
         core,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -137,6 +154,10 @@ def projector(settings: Settings) -> KafkaProjector:
         group_id=settings.projector_group,
         config=settings.kafka,
         batch_size=settings.projector_batch,
+        generations=generations(settings, client),
+        generation=store.keys.generation,
+        store_for=lambda generation: generation_store(settings, generation, client),
+        on_data_loss=settings.on_data_loss,
     )
 
 
@@ -203,6 +224,9 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
     """The summarizer process: a faust agent over the events topic, into the same topic."""
     from processors.faust_summarizer import FaustSummarizer  # noqa: PLC0415 - imports faust
 
+    # Checked here, before faust starts: inside the worker an error only stops the agent.
+    check_policy(policy(settings), summary_policy(settings))
+    token_counter(settings)
     protocol = settings.kafka.get("security.protocol", "plaintext").lower()
     if protocol != "plaintext":
         # faust consumes with aiokafka, which these librdkafka properties do not reach:

@@ -58,6 +58,7 @@ class FaustSummarizer:
         self._build = build
         self._drain_timeout_s = drain_timeout_s
         self.engine: SummaryEngine | None = None
+        self.error: BaseException | None = None
         brokers = ";".join(f"kafka://{server}" for server in bootstrap_servers.split(","))
         self.app = faust.App(
             group_id,
@@ -92,10 +93,22 @@ class FaustSummarizer:
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
-            return int(exc.code or 0)
-        return 0  # pragma: no cover - execute_from_commandline always exits
+            status = int(exc.code or 0)
+        else:  # pragma: no cover - execute_from_commandline always exits
+            status = 0
+        return 1 if self.error is not None else status
 
     async def _consume(self, stream: StreamT[bytes]) -> None:
+        try:
+            await self._drive(stream)
+        except Exception as exc:
+            # faust would restart the agent and keep the process up, holding its partitions
+            # with nothing consuming them: stop the worker and exit non-zero instead.
+            log.exception("summarizer: the agent failed; stopping")
+            self.error = exc
+            await self.app.crash(exc)
+
+    async def _drive(self, stream: StreamT[bytes]) -> None:
         engine, close = await self._build()
         self.engine = engine
         manual: StreamT[bytes] = stream.noack()  # type: ignore[attr-defined]  # on Stream only

@@ -13,6 +13,18 @@ A crash anywhere before step 4 replays the batch, which changes nothing (writes 
 idempotent and dead letters may repeat, never vanish). On a rebalance the cached views
 of moved partitions are dropped and stored offsets are committed before partitions go.
 SIGTERM or SIGINT (through `stop`) finishes the current batch, commits and leaves.
+
+Generations: about once a second the projector reads the pointer to the live
+generation. When a replay has flipped it, the projector moves to the new generation and
+seeks each of its partitions back to where that generation's progress mark says, so
+nothing the replay had not projected is skipped (what it had is skipped as duplicates).
+
+Lost data: when partitions are assigned, their committed offsets are compared with the
+generation's progress marks. A mark missing or behind the committed offset means Redis
+lost writes (flushed, restarted empty, restored from an old snapshot); so does a pointer
+key that vanished while running. With ``on_data_loss="stop"`` the projector stops with
+an error that says how to rebuild; with ``"rebuild"`` it re-projects the lost range from
+the log into the live generation, and says so loudly.
 """
 
 from __future__ import annotations
@@ -21,17 +33,51 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from processors.dead_letters import dead_letter_headers
 from processors.projection import BatchResult, DeadLetter, ProjectionCore, Record
+from projections.store import ViewStore
 from schemas.errors import BrokerUnavailable, ChatlogError
 
-__all__ = ["KafkaProjector", "ProjectorStats", "tune_garbage_collector"]
+__all__ = [
+    "DataLoss",
+    "GenerationPointer",
+    "KafkaProjector",
+    "ProjectorStats",
+    "tune_garbage_collector",
+]
+
+OnDataLoss = Literal["stop", "rebuild"]
+
+
+class DataLoss(ChatlogError):
+    """Redis no longer holds what the projector had written: it must be rebuilt."""
+
+
+class GenerationPointer(Protocol):
+    """The pointer to the live generation of the read-model."""
+
+    def live(self) -> str | None:
+        """The live generation; None if the pointer is gone."""
+        ...
+
+    def flip(self, expected: str | None, new: str) -> bool:
+        """Point at `new` if the pointer still names `expected`."""
+        ...
+
 
 log = logging.getLogger("chatlog.projector")
 _KAFKA_LOG = logging.getLogger("chatlog.kafka")
@@ -74,8 +120,22 @@ class KafkaProjector:
         config: Mapping[str, Any] | None = None,
         batch_size: int = 5000,
         poll_timeout: float = 0.05,
+        generations: GenerationPointer | None = None,
+        generation: str | None = None,
+        store_for: Callable[[str], ViewStore] | None = None,
+        on_data_loss: OnDataLoss = "stop",
+        generation_check_s: float = 1.0,
     ) -> None:
+        if generations is not None and (generation is None or store_for is None):
+            raise ValueError("watching generations needs the current one and store_for")
         self.core = core
+        self.generations = generations
+        self.generation = generation
+        self.on_data_loss = on_data_loss
+        self._store_for = store_for
+        self._generation_check_s = generation_check_s
+        self._checked_at = time.monotonic()
+        self._seeks: dict[int, int] = {}
         self.topic = topic
         self.dlq_topic = dlq_topic
         self.batch_size = batch_size
@@ -124,6 +184,7 @@ class KafkaProjector:
 
     def step(self) -> BatchResult:
         """Consume and project one batch."""
+        self._watch_generation()
         # Wait for the first record only, then take whatever else is already fetched:
         # consume(n, timeout) would hold a lone event until the timeout ran out.
         first = self._consumer.poll(self.poll_timeout)
@@ -228,9 +289,98 @@ class KafkaProjector:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {tp.partition for tp in partitions}
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+        if self.generations is not None and partitions:
+            # Start where the committed offsets say, unless the store lacks what they
+            # promise; assigning here, before fetching starts, is how the start is set.
+            consumer.incremental_assign(self._starts(consumer, partitions))
+
+    def _starts(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        committed = consumer.committed(partitions, timeout=30)
+        marks = self.core.store.progress()
+        starts = []
+        for tp in committed:
+            mark = marks.get(tp.partition)
+            start = tp.offset
+            if tp.offset < 0:  # never committed: a new group, or a generation built by replay
+                start = mark + 1 if mark is not None else OFFSET_BEGINNING
+            elif (mark is None and tp.offset > 0) or (mark is not None and mark + 1 < tp.offset):
+                start = self._lost(tp.partition, committed=tp.offset, mark=mark)
+            starts.append(TopicPartition(self.topic, tp.partition, start))
+        return starts
+
+    def _lost(self, partition: int, *, committed: int, mark: int | None) -> int:
+        """Where to restart a partition whose projection Redis has lost (or raise)."""
+        have = "nothing" if mark is None else f"up to offset {mark}"
+        problem = (
+            f"Redis has lost part of the read-model: partition {partition} of {self.topic} "
+            f"was projected up to offset {committed - 1}, but generation {self.generation} "
+            f"holds {have}"
+        )
+        if self.on_data_loss == "stop":
+            raise DataLoss(
+                f"{problem}. Rebuild it from the log with `chatlog replay` (readers keep "
+                f"being served meanwhile), or set CHATLOG_ON_DATA_LOSS=rebuild to let the "
+                f"projector re-project the lost range into the live generation",
+                partition=partition,
+            )
+        log.error("%s; re-projecting it from the log (CHATLOG_ON_DATA_LOSS=rebuild)", problem)
+        return mark + 1 if mark is not None else OFFSET_BEGINNING
+
+    def _watch_generation(self) -> None:
+        if self.generations is None or self._store_for is None:
+            return
+        self._seek_pending()
+        now = time.monotonic()
+        if now - self._checked_at < self._generation_check_s:
+            return
+        self._checked_at = now
+        live = self.generations.live()
+        if live is None:
+            self._pointer_lost(self.generations)
+        elif live != self.generation:
+            log.info("generation %s is live now (was %s): switching", live, self.generation)
+            self.generation = live
+            self.core.store = self._store_for(live)
+            self.core.forget()
+            marks = self.core.store.progress()
+            # Continue where the new generation is, not where this projector was: the
+            # events in between went to the old generation only.
+            self._seeks = {p: marks.get(p, -1) + 1 for p in self.assigned}
+            self._seek_pending()
+
+    def _pointer_lost(self, generations: GenerationPointer) -> None:
+        problem = (
+            f"the pointer to the live generation is gone from Redis (it was "
+            f"{self.generation}): Redis lost its data"
+        )
+        if self.on_data_loss == "stop":
+            raise DataLoss(
+                f"{problem}. Rebuild the read-model with `chatlog replay`, or set "
+                f"CHATLOG_ON_DATA_LOSS=rebuild to let the projector re-project the log"
+            )
+        log.error("%s; re-projecting every partition from the log", problem)
+        if self.generation is not None:
+            generations.flip(None, self.generation)
+        self.core.forget()
+        marks = self.core.store.progress()
+        self._seeks = {p: marks.get(p, -1) + 1 for p in self.assigned}
+        self._seek_pending()
+
+    def _seek_pending(self) -> None:
+        for partition, offset in list(self._seeks.items()):
+            start = offset if offset > 0 else OFFSET_BEGINNING
+            try:
+                self._consumer.seek(TopicPartition(self.topic, partition, start))
+            except KafkaException as exc:
+                # Not fetching yet (just assigned): try again before the next batch.
+                log.debug("seek %d to %d deferred: %s", partition, offset, exc)
+                continue
+            del self._seeks[partition]
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned -= {tp.partition for tp in partitions}
+        for tp in partitions:
+            self._seeks.pop(tp.partition, None)
         # The new owner may write these sessions: our cached views of them go stale.
         self.core.forget()
         try:

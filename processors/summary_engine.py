@@ -66,6 +66,7 @@ __all__ = [
     "SummaryPublisher",
     "SummaryStats",
     "ViewSource",
+    "check_policy",
 ]
 
 log = logging.getLogger("chatlog.summarizer")
@@ -139,6 +140,18 @@ class SummaryPublisher(Protocol):
     async def publish(self, event: ConversationEvent) -> Position:
         """Publish `event`; its position once the broker has it."""
         ...
+
+
+def check_policy(window: WindowPolicy, policy: SummaryPolicy) -> None:
+    """Raise `ConfigError` if `policy` cannot work with the read-model's `window`."""
+    if window.max_overflow < policy.threshold:
+        raise ConfigError(
+            f"the summary threshold ({policy.threshold} turns) is above the overflow "
+            f"the read-model keeps ({window.max_overflow}): turns would be dropped before "
+            f"they are summarized; lower CHATLOG_SUMMARY_THRESHOLD or raise "
+            f"CHATLOG_MAX_OVERFLOW",
+            setting="CHATLOG_SUMMARY_THRESHOLD",
+        )
 
 
 # --------------------------------------------------------------------------- commits
@@ -244,14 +257,7 @@ class SummaryEngine:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy or SummaryPolicy()
-        if window.max_overflow < self.policy.threshold:
-            raise ConfigError(
-                f"the summary threshold ({self.policy.threshold} turns) is above the overflow "
-                f"the read-model keeps ({window.max_overflow}): turns would be dropped before "
-                f"they are summarized; lower CHATLOG_SUMMARY_THRESHOLD or raise "
-                f"CHATLOG_MAX_OVERFLOW",
-                setting="CHATLOG_SUMMARY_THRESHOLD",
-            )
+        check_policy(window, self.policy)
         self.summarizer = summarizer
         self.views = views
         self.publisher = publisher

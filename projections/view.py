@@ -110,6 +110,9 @@ class SessionView:
     status: SessionStatus = SessionStatus.OPEN
     title: str | None = None
     messages: tuple[Message, ...] = ()
+    # The offset of the session's first event: a read beyond the window scans the log
+    # from here, not from the partition's start.
+    first_offset: int = -1
     message_count: int = 0
     summary: str | None = None
     summary_through: int = -1
@@ -145,34 +148,8 @@ def evolve(
     Raises `ForeignEvent` for an event that may not change this session (written by
     another user, or found on another partition); the view is then unchanged.
     """
-    if view is not None:
-        if event.session_id != view.session_id or event.tenant != view.tenant:
-            raise ForeignEvent(
-                f"an event of session {event.session_id} (tenant {event.tenant}) cannot change "
-                f"session {view.session_id} (tenant {view.tenant})",
-                session_id=view.session_id,
-                partition=position.partition,
-                offset=position.offset,
-            )
-        if position.partition != view.partition:
-            raise ForeignEvent(
-                f"session {view.session_id} lives on partition {view.partition}, but an event "
-                f"for it arrived on partition {position.partition}; its producer does not "
-                f"partition by murmur2(session_id)",
-                session_id=view.session_id,
-                partition=position.partition,
-                offset=position.offset,
-            )
-        if position.offset <= view.last_offset:
-            return view  # already applied: replays change nothing
-        if event.user_id != view.user_id:
-            raise ForeignEvent(
-                f"session {view.session_id} belongs to another user; an event from "
-                f"{event.user_id} may not change it",
-                session_id=view.session_id,
-                partition=position.partition,
-                offset=position.offset,
-            )
+    if view is not None and not _admit(view, view.last_offset, event, position):
+        return view  # already applied: replays change nothing
     at_ms = epoch_millis(event.occurred_at)
     if view is None:
         if isinstance(event.payload, UserErased | SessionClosed | MessageRedacted):
@@ -185,6 +162,7 @@ def evolve(
             last_offset=position.offset,
             created_at_ms=at_ms,
             updated_at_ms=at_ms,
+            first_offset=position.offset,
         )
     # One replace per event: the projector's hot loop runs this for every record.
     return replace(
@@ -200,14 +178,110 @@ def fold(
     events: list[tuple[ConversationEvent, Position]],
     policy: WindowPolicy = DEFAULT_POLICY,
 ) -> tuple[SessionView | None, list[tuple[ConversationEvent, Position, ForeignEvent]]]:
-    """Apply `events` in order; returns the view and the events refused as foreign."""
-    refused = []
-    for event, position in events:
+    """Apply `events` in order; returns the view and the events refused as foreign.
+
+    The result is exactly that of `evolve` applied event by event. A run of appended
+    messages, the bulk of any log, is folded with one copy of the view instead of one
+    per event: that is most of what a replay or a batch under backlog spends.
+    """
+    refused: list[tuple[ConversationEvent, Position, ForeignEvent]] = []
+    index, total = 0, len(events)
+    while index < total:
+        event, position = events[index]
+        if view is not None and isinstance(event.payload, MessageAppended):
+            view, index = _append_run(view, events, index, policy, refused)
+            continue
         try:
             view = evolve(view, event, position, policy)
         except ForeignEvent as exc:
             refused.append((event, position, exc))
+        index += 1
     return view, refused
+
+
+def _admit(
+    view: SessionView, last_offset: int, event: ConversationEvent, position: Position
+) -> bool:
+    """Whether `event` at `position` changes `view` (last applied: `last_offset`).
+
+    False for an event already applied; raises `ForeignEvent` for one that may not
+    change this session at all.
+    """
+    if event.session_id != view.session_id or event.tenant != view.tenant:
+        raise ForeignEvent(
+            f"an event of session {event.session_id} (tenant {event.tenant}) cannot change "
+            f"session {view.session_id} (tenant {view.tenant})",
+            session_id=view.session_id,
+            partition=position.partition,
+            offset=position.offset,
+        )
+    if position.partition != view.partition:
+        raise ForeignEvent(
+            f"session {view.session_id} lives on partition {view.partition}, but an event "
+            f"for it arrived on partition {position.partition}; its producer does not "
+            f"partition by murmur2(session_id)",
+            session_id=view.session_id,
+            partition=position.partition,
+            offset=position.offset,
+        )
+    if position.offset <= last_offset:
+        return False
+    if event.user_id != view.user_id:
+        raise ForeignEvent(
+            f"session {view.session_id} belongs to another user; an event from "
+            f"{event.user_id} may not change it",
+            session_id=view.session_id,
+            partition=position.partition,
+            offset=position.offset,
+        )
+    return True
+
+
+def _append_run(
+    view: SessionView,
+    events: list[tuple[ConversationEvent, Position]],
+    index: int,
+    policy: WindowPolicy,
+    refused: list[tuple[ConversationEvent, Position, ForeignEvent]],
+) -> tuple[SessionView, int]:
+    """Fold the appends from `index` on, as `evolve` would one by one; the next index."""
+    messages = list(view.messages)
+    last_offset, updated_at_ms = view.last_offset, view.updated_at_ms
+    count, moved, appended = view.message_count, False, False
+    while index < len(events):
+        event, position = events[index]
+        payload = event.payload
+        if not isinstance(payload, MessageAppended):
+            break
+        index += 1
+        try:
+            if not _admit(view, last_offset, event, position):
+                continue
+        except ForeignEvent as exc:
+            refused.append((event, position, exc))
+            continue
+        at_ms = epoch_millis(event.occurred_at)
+        last_offset, updated_at_ms, moved = position.offset, max(updated_at_ms, at_ms), True
+        message_id = payload.message_id
+        if any(m.message_id == message_id for m in messages[-policy.window :]):
+            continue  # a retried append (see `_append`)
+        messages.append(_message(payload, position.offset, at_ms))
+        count += 1
+        appended = True
+    if not moved:
+        return view, index
+    # Trimming once at the end drops what trimming after every append would have: the
+    # window, where duplicates are looked for, is never trimmed.
+    dropped = max(0, len(messages) - (policy.window + policy.max_overflow))
+    changes: dict[str, Any] = {"last_offset": last_offset, "updated_at_ms": updated_at_ms}
+    if appended:
+        changes.update(
+            messages=tuple(messages[dropped:]),
+            message_count=count,
+            overflow_dropped=view.overflow_dropped + dropped,
+            status=SessionStatus.OPEN,
+        )
+    return replace(view, **changes), index
 
 
 def _changes(
@@ -238,7 +312,20 @@ def _append(
     for recent in view.messages[-policy.window :]:
         if recent.message_id == message_id:
             return {}
-    message = Message(
+    messages = (*view.messages, _message(payload, offset, at_ms))
+    limit = policy.window + policy.max_overflow
+    dropped = max(0, len(messages) - limit)
+    # An erased or closed session that gets a new message is in use again.
+    return {
+        "messages": messages[dropped:] if dropped else messages,
+        "message_count": view.message_count + 1,
+        "overflow_dropped": view.overflow_dropped + dropped,
+        "status": SessionStatus.OPEN,
+    }
+
+
+def _message(payload: MessageAppended, offset: int, at_ms: int) -> Message:
+    return Message(
         offset=offset,
         message_id=payload.message_id,
         role=payload.role.value,
@@ -249,16 +336,6 @@ def _append(
         tool_call_id=payload.tool_call_id,
         metadata=payload.metadata,
     )
-    messages = (*view.messages, message)
-    limit = policy.window + policy.max_overflow
-    dropped = max(0, len(messages) - limit)
-    # An erased or closed session that gets a new message is in use again.
-    return {
-        "messages": messages[dropped:] if dropped else messages,
-        "message_count": view.message_count + 1,
-        "overflow_dropped": view.overflow_dropped + dropped,
-        "status": SessionStatus.OPEN,
-    }
 
 
 def _summarize(view: SessionView, payload: SummaryUpdated, policy: WindowPolicy) -> dict[str, Any]:

@@ -119,3 +119,9 @@ def test_the_summarizer_refuses_kafka_security_it_cannot_honour():
     with pytest.raises(ConfigError, match="plain TCP only") as raised:
         wiring.summarizer_worker(settings)
     assert raised.value.context["setting"] == "CHATLOG_KAFKA__SECURITY_PROTOCOL"
+
+
+def test_the_summarizer_refuses_a_threshold_it_could_never_reach_before_starting():
+    settings = Settings.from_env({"CHATLOG_SUMMARY_THRESHOLD": "50", "CHATLOG_MAX_OVERFLOW": "20"})
+    with pytest.raises(ConfigError, match="CHATLOG_SUMMARY_THRESHOLD"):
+        wiring.summarizer_worker(settings)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from projections.view import (
@@ -118,8 +118,17 @@ payloads = st.one_of(
 )
 
 
+# Mostly appends, with retries of the same message id: the runs `fold` takes in one go.
+append_heavy = st.one_of(
+    *[st.builds(appended, st.text(max_size=3), message_id=st.sampled_from(MESSAGE_IDS))] * 6,
+    payloads,
+)
+
+
 @st.composite
-def histories(draw: st.DrawFn, *, start: int = 0, foreign: bool = True) -> Log:
+def histories(
+    draw: st.DrawFn, *, start: int = 0, foreign: bool = True, kinds: st.SearchStrategy = payloads
+) -> Log:
     """A session's log with gaps in the offsets, clocks that may go back, and (if
     `foreign`) the odd event from another user or another partition."""
     users = st.sampled_from((USER, USER, USER, INTRUDER)) if foreign else st.just(USER)
@@ -128,7 +137,7 @@ def histories(draw: st.DrawFn, *, start: int = 0, foreign: bool = True) -> Log:
     )
     steps = draw(
         st.lists(
-            st.tuples(payloads, users, partitions, st.integers(1, 3), st.integers(-60, 600)),
+            st.tuples(kinds, users, partitions, st.integers(1, 3), st.integers(-60, 600)),
             max_size=25,
         )
     )
@@ -559,3 +568,26 @@ def test_a_retried_append_with_the_same_message_id_is_kept_once():
     assert contents(view.messages) == ["hello"]
     assert view.message_count == 1
     assert view.last_offset == 1
+
+
+@settings(max_examples=400)
+@given(
+    data=st.data(),
+    history=histories(kinds=append_heavy),
+    window=st.integers(1, 4),
+    max_overflow=st.integers(0, 4),
+)
+def test_fold_gives_exactly_what_evolve_gives_event_by_event(data, history, window, max_overflow):
+    policy = WindowPolicy(window=window, max_overflow=max_overflow)
+    resent = data.draw(st.lists(st.sampled_from(history), max_size=8)) if history else []
+    start = data.draw(st.sampled_from([None, *[view for view, _ in [fold(None, history[:3])]]]))
+    log = history + resent
+    expected, refused = start, []
+    for item, position in log:
+        try:
+            expected = evolve(expected, item, position, policy)
+        except ForeignEvent:
+            refused.append((item, position))
+    view, refused_by_fold = fold(start, log, policy)
+    assert view == expected
+    assert [(item, position) for item, position, _ in refused_by_fold] == refused

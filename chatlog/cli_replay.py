@@ -1,0 +1,76 @@
+"""The CLI's `replay` command: rebuild the read-model, or verify the live one (`--verify`).
+
+Progress goes to stderr (rewritten in place on a terminal); the result to stdout, as
+text or JSON. `--verify` exits with 1 when the live generation differs from the log.
+SIGTERM or Ctrl-C stops a rebuild cleanly: the live generation stays untouched, and the
+next run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from chatlog import cli_read, wiring
+from chatlog.replay import ProgressPrinter, rebuild, verify
+from chatlog.settings import Settings
+from processors.kafka_projector import tune_garbage_collector
+from processors.kafka_replay import Interrupted
+from schemas.errors import ChatlogError
+
+__all__ = ["run"]
+
+
+def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
+    """`chatlog replay [--verify]`."""
+    cli_read.partition_count(wiring.admin_client(settings), settings)
+    printer = ProgressPrinter(sys.stderr)
+    tune_garbage_collector()  # a replay holds many long-lived views, as the projector does
+    with cli_read.stop_on_signals() as stop:
+        try:
+            if args.verify:
+                return _verify(args, settings, printer, stop)
+            report = rebuild(
+                settings,
+                restart=args.restart,
+                handover_s=args.handover,
+                keep_old=args.keep_old,
+                workers=args.workers,
+                stop=stop,
+                on_progress=printer,
+            )
+        except Interrupted:
+            printer.done()
+            raise ChatlogError(
+                "replay interrupted; the live generation is untouched. Run `chatlog replay` "
+                "again to resume, or `chatlog replay --restart` to start over"
+            ) from None
+    printer.done()
+    result = asdict(report)
+    result["events_per_s"] = round(report.events / report.seconds) if report.seconds else 0
+    return result
+
+
+def _verify(
+    args: argparse.Namespace, settings: Settings, printer: ProgressPrinter, stop: Any
+) -> dict[str, Any] | None:
+    report = verify(settings, stop=stop, on_progress=printer)
+    printer.done()
+    result = asdict(report)
+    if not report.differences:
+        return result
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(
+            f"generation {report.live} differs from the log in "
+            f"{len(report.differences)} keys (of {report.sessions} sessions, "
+            f"{report.users} users):"
+        )
+        for difference in report.differences:
+            print(f"  {difference.kind} {difference.name}: {difference.detail}")
+        print("rebuild it with `chatlog replay`")
+    raise SystemExit(1)

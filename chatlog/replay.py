@@ -1,0 +1,352 @@
+"""`chatlog replay`: rebuild the read-model from the log, or check the live one against it.
+
+`rebuild` runs the steps `processors.kafka_replay` describes: build a new generation,
+catch up with the live projector, flip, hand over, delete the old generation. `verify`
+builds a scratch generation up to the log's end offsets, compares it key by key with the
+live one, and deletes it. Both print their progress: a line rewritten in place on a
+terminal, a log line every few seconds otherwise.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import redis
+
+from chatlog import wiring
+from chatlog.settings import Settings
+from processors.kafka_projector import tune_garbage_collector
+from processors.kafka_replay import Interrupted, KafkaReplay, ReplayProgress
+from processors.projection import ProjectionCore
+from projections.keys import KeySpace
+from projections.redis_generations import Difference, GenerationStore, next_generation
+from projections.redis_reader import DEFAULT_GENERATION
+from projections.redis_store import RedisViewStore, redis_errors, text_map
+from schemas.errors import ChatlogError
+
+__all__ = ["ProgressPrinter", "RebuildReport", "VerifyReport", "rebuild", "verify"]
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    """What a rebuild did."""
+
+    generation: str
+    replaced: str | None
+    resumed: bool
+    events: int
+    seconds: float
+    deleted_keys: int
+    dead_letters: int
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What a verification found."""
+
+    live: str
+    sessions: int
+    users: int
+    events: int
+    seconds: float
+    differences: list[Difference] = field(default_factory=list)
+    moved_on: int = 0  # sessions that changed after the verification started
+
+
+class ProgressPrinter:
+    """Shows a replay's progress on `out`."""
+
+    def __init__(self, out: TextIO = sys.stderr, *, every_s: float | None = None) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.every_s = every_s if every_s is not None else (0.2 if self.tty else 5.0)
+        self._last = 0.0
+
+    def __call__(self, progress: ReplayProgress) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        eta = progress.eta_s
+        share = f" {100 * progress.done / progress.total:3.0f}%" if progress.total else ""
+        line = (
+            f"{progress.phase}: {progress.done:,} / {progress.total:,} events{share}, "
+            f"{progress.rate:,.0f} events/s, ETA {'-' if eta is None else f'{eta:,.0f} s'}"
+        )
+        if self.tty:
+            self.out.write(f"\r\033[K{line}")
+        else:
+            self.out.write(f"{time.strftime('%H:%M:%S')} replay {line}\n")
+        self.out.flush()
+
+    def done(self) -> None:
+        """End the line a terminal display was rewriting."""
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def rebuild(
+    settings: Settings,
+    *,
+    restart: bool = False,
+    handover_s: float = 3.0,
+    keep_old: bool = False,
+    batch_size: int = 20_000,
+    workers: int = 1,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[ReplayProgress], None] | None = None,
+) -> RebuildReport:
+    """Rebuild the read-model into a new generation and make it live.
+
+    With `workers` > 1 the partitions are rebuilt by that many processes (sessions never
+    span partitions, so they write disjoint keys); the catch-up and the flip follow in
+    this process.
+    """
+    client = wiring.redis_client(settings)
+    generations = wiring.generations(settings, client)
+    live = generations.live()
+    target, resumed = _target(generations, live, restart=restart)
+    replay = _replay(settings, target, batch_size=batch_size, stop=stop, on_progress=on_progress)
+    started = time.monotonic()
+    try:
+        ends = replay.start()
+        progress = ReplayProgress(
+            "rebuild", total=sum(end - replay.position[p] for p, end in ends.items())
+        )
+        if workers > 1:
+            replay.close()
+            _rebuild_in_parallel(
+                settings,
+                target,
+                starts=dict(replay.position),
+                ends=ends,
+                progress=progress,
+                workers=workers,
+                batch_size=batch_size,
+                stop=stop,
+                on_progress=on_progress,
+            )
+            replay = _replay(
+                settings, target, batch_size=batch_size, stop=stop, on_progress=on_progress
+            )
+            replay.start()
+        replay.run_to(ends, progress)
+        progress.phase = "catch up"
+        live_store = _store(settings, live) if live is not None else None
+        while live_store is not None and not replay.caught_up_with(live_store.progress()):
+            replay.step(progress)
+        if not generations.flip(live, target):
+            raise ChatlogError(
+                f"the live generation changed from {live} to {generations.live()} while "
+                f"replaying into {target}; another replay won. Run `chatlog replay` again "
+                f"if you still need one",
+                generation=target,
+            )
+        generations.end_rebuild()
+        progress.phase = "hand over"
+        deadline = time.monotonic() + handover_s
+        while time.monotonic() < deadline:
+            replay.step(progress)
+    finally:
+        replay.close()
+    deleted = 0
+    if live is not None and not keep_old:
+        deleted = generations.delete(live)
+    return RebuildReport(
+        generation=target,
+        replaced=live,
+        resumed=resumed,
+        events=progress.done,
+        seconds=time.monotonic() - started,
+        deleted_keys=deleted,
+        dead_letters=progress.dead_letters,
+    )
+
+
+def verify(
+    settings: Settings,
+    *,
+    batch_size: int = 20_000,
+    wait_for_live_s: float = 30.0,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[ReplayProgress], None] | None = None,
+) -> VerifyReport:
+    """Rebuild into a scratch generation and compare it with the live one."""
+    client = wiring.redis_client(settings)
+    generations = wiring.generations(settings, client)
+    live = generations.live() or DEFAULT_GENERATION
+    scratch = f"verify-{uuid.uuid4().hex[:12]}"
+    replay = _replay(settings, scratch, batch_size=batch_size, stop=stop, on_progress=on_progress)
+    started = time.monotonic()
+    try:
+        try:
+            ends = replay.start()
+            progress = ReplayProgress(
+                "verify", total=sum(end - replay.position[p] for p, end in ends.items())
+            )
+            replay.run_to(ends, progress)
+        finally:
+            replay.close()
+        _wait_for_live(_store(settings, live), ends, wait_for_live_s)
+        comparison = generations.compare(live, scratch)
+        report = VerifyReport(
+            live=live,
+            sessions=comparison.sessions,
+            users=comparison.users,
+            events=progress.done,
+            seconds=time.monotonic() - started,
+        )
+        moved_on = _moved_on(client, KeySpace(settings.redis_prefix, live), ends)
+        for difference in comparison.differences:
+            if difference.kind == "session" and moved_on(difference.name):
+                report.moved_on += 1
+            else:
+                report.differences.append(difference)
+        return report
+    finally:
+        generations.delete(scratch)
+
+
+def _rebuild_in_parallel(
+    settings: Settings,
+    generation: str,
+    *,
+    starts: dict[int, int],
+    ends: dict[int, int],
+    progress: ReplayProgress,
+    workers: int,
+    batch_size: int,
+    stop: threading.Event | None,
+    on_progress: Callable[[ReplayProgress], None] | None,
+) -> None:
+    """Rebuild `ends` with `workers` processes, each owning some partitions."""
+    partitions = sorted(p for p, end in ends.items() if end > starts[p])
+    shares = [partitions[n::workers] for n in range(workers) if partitions[n::workers]]
+    context = multiprocessing.get_context("spawn")  # no forked Kafka or Redis clients
+    data = settings.model_dump(mode="json")
+    processes = [
+        context.Process(
+            target=_rebuild_worker,
+            args=(data, generation, share, {p: ends[p] for p in share}, batch_size),
+            name=f"chatlog-replay-{n}",
+        )
+        for n, share in enumerate(shares)
+    ]
+    for process in processes:
+        process.start()
+    store = _store(settings, generation)
+    try:
+        while any(process.is_alive() for process in processes):
+            if stop is not None and stop.is_set():
+                raise Interrupted("the replay was interrupted")
+            marks = store.progress()
+            progress.done = sum(marks.get(p, starts[p] - 1) + 1 - starts[p] for p in starts)
+            if on_progress is not None:
+                on_progress(progress)
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # what it wrote stays: the next run resumes from it
+            process.join(30)
+    failed = [p.name for p in processes if p.exitcode != 0]
+    if failed:
+        raise ChatlogError(f"replay workers {failed} failed; run `chatlog replay` to resume")
+    marks = store.progress()
+    progress.done = sum(marks.get(p, starts[p] - 1) + 1 - starts[p] for p in starts)
+
+
+def _rebuild_worker(
+    data: dict[str, object],
+    generation: str,
+    partitions: list[int],
+    ends: dict[int, int],
+    batch_size: int,
+) -> None:
+    """One replay worker process: rebuild `partitions` up to `ends`."""
+    tune_garbage_collector()
+    settings = Settings.model_validate(data)
+    replay = _replay(settings, generation, batch_size=batch_size, stop=None, on_progress=None)
+    try:
+        replay.start(only=partitions)
+        replay.run_to(ends, ReplayProgress("rebuild"))
+    finally:
+        replay.close()
+
+
+def _target(generations: GenerationStore, live: str | None, *, restart: bool) -> tuple[str, bool]:
+    """The generation to build, and whether an interrupted rebuild is resumed."""
+    record = generations.rebuild_in_progress()
+    recorded = record.get("generation")
+    same_live = record.get("replaces", "") == (live or "")
+    if recorded and recorded != live and same_live and not restart:
+        return recorded, True
+    if recorded and recorded != live:
+        generations.delete(recorded)  # abandoned, or overtaken by a flip: start afresh
+    target = next_generation(live or DEFAULT_GENERATION)
+    if generations.exists(target):
+        generations.delete(target)
+    generations.start_rebuild(target, live)
+    return target, False
+
+
+def _replay(
+    settings: Settings,
+    generation: str,
+    *,
+    batch_size: int,
+    stop: threading.Event | None,
+    on_progress: Callable[[ReplayProgress], None] | None,
+) -> KafkaReplay:
+    core = ProjectionCore(
+        _store(settings, generation),
+        codec=wiring.codec(settings),
+        policy=wiring.policy(settings),
+        # Bounded memory: beyond this many sessions, the least recent views are reloaded.
+        cache_size=50_000,
+    )
+    return KafkaReplay(
+        core,
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic=settings.topic,
+        config=settings.kafka,
+        batch_size=batch_size,
+        on_progress=on_progress,
+        stop=stop,
+    )
+
+
+def _store(settings: Settings, generation: str) -> RedisViewStore:
+    return wiring.generation_store(settings, generation)
+
+
+def _wait_for_live(live: RedisViewStore, ends: dict[int, int], timeout: float) -> None:
+    """Wait (bounded) until the live projection has read as far as the scratch one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        marks = live.progress()
+        if all(marks.get(p, -1) >= end - 1 for p, end in ends.items() if end > 0):
+            return
+        time.sleep(0.2)
+
+
+def _moved_on(client: redis.Redis, keys: KeySpace, ends: dict[int, int]) -> Callable[[str], bool]:
+    """Whether a session's live view has events newer than the verification read."""
+
+    def check(session_id: str) -> bool:
+        with redis_errors():
+            meta = text_map(client.hgetall(keys.meta(session_id)))
+        if not meta:
+            return False
+        partition, last = int(meta.get("partition", -1)), int(meta.get("last_offset", -1))
+        return last >= ends.get(partition, 0)
+
+    return check

@@ -1,0 +1,486 @@
+"""Point-in-time reads straight from the log: a session's context as it was at an offset or time.
+
+What did the bot see when it answered message X? The read-model in Redis only knows the
+present, but the log knows every past: a session's context at any point is the fold of the
+session's events up to that point. `context_as_of` finds the session's partition (murmur2,
+as the producers put it there), reads that partition from its start up to the bound, folds
+the session's records with the same pure `evolve` the projector uses, and applies the same
+read rules as the Redis reader. It needs no projector and never touches Redis.
+
+The bound, exclusive, is the first offset *not* read:
+
+* A `Position` P:O means "right after the event at O was applied": offsets up to and
+  including O. It must name the session's partition, and an offset the log holds.
+* A time T means "every record stamped at or before T". Stamped by the Kafka record
+  timestamp, the log's own clock, not by the events' `occurred_at`: the broker indexes it
+  (``offsets_for_times``), and with ``CreateTime`` (Kafka's default) chatlog's producer sets
+  it to `occurred_at` anyway. The bound is the first record stamped after T; every record
+  before it is read, even one stamped later than T by a producer with a fast clock. So the
+  answer is always a prefix of the log, which is a state the projection really passed
+  through; skipping single records by their own stamps would build views that never
+  existed (a summary covering a message left out, say). A time after the end of the
+  partition reads it to its end as it is now.
+
+Records the projector dead-letters (undecodable, keyed other than their session, written
+by someone who does not own the session) never reached the read-model, so they are skipped
+here too, and counted. Other sessions' records on the partition are skipped by key before
+anything is decoded, so memory holds one session's view, whatever the partition's size.
+
+The read rules are the Redis reader's, with one addition that protects privacy: an erased
+session is not found, another user's session is refused, and a session that did not exist
+yet at that point is not found. Because the log still holds what a `UserErased` or a
+`MessageRedacted` made the read-model forget (there is no crypto-shredding yet), a session
+its owner erased *after* the bound is refused too, and a message redacted after the bound
+is shown redacted: a point-in-time read must not bring forgotten content back. Checking
+that means reading on from the bound to the partition's end as it was when the read began
+(decoding only this session's records).
+
+How close is this to what the bot saw? The fold is the projector's own, so with the
+projector's window policy (`policy`) a position gives exactly the view the read-model held
+once it had applied that position; a back end that records the `Context.position` it
+prompted with can replay that prompt exactly. A time gives the log as it stood then; the
+read-model may have lagged behind it by the projector's delay. Redis's idle expiry (TTL) is
+not modelled: the log never forgets a session. A topic whose retention deleted the
+partition's start would give an incomplete fold; the events topic keeps everything (see
+DESIGN.md), so this module does not guard against it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import ParamSpec, TypeAlias, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from producers.kafka_topics import topic_partitions
+from producers.partitioning import partition_for
+from projections.context import Context, TokenCounter, approx_tokens
+from projections.view import (
+    DEFAULT_POLICY,
+    REDACTED,
+    ForeignEvent,
+    SessionStatus,
+    SessionView,
+    WindowPolicy,
+    evolve,
+)
+from schemas.codec import EventCodec
+from schemas.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    DecodeError,
+    InvalidInput,
+    OwnershipError,
+    SessionNotFound,
+)
+from schemas.events import ConversationEvent, MessageRedacted, UserErased, epoch_millis
+from schemas.ids import validate_id
+from schemas.position import Position
+
+__all__ = ["AsOf", "LogContext", "context_as_of", "describe", "read_as_of"]
+
+_LOG = logging.getLogger("chatlog.history")
+_KAFKA_LOG = logging.getLogger("chatlog.kafka")
+_BATCH = 1000
+_POLL_S = 0.2
+
+AsOf: TypeAlias = datetime | Position
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True, slots=True)
+class LogContext:
+    """A context rebuilt from the log, and which part of the log it was rebuilt from."""
+
+    context: Context
+    as_of: AsOf
+    topic: str
+    partition: int
+    # The prefix folded: offsets start_offset (the partition's low watermark) up to
+    # end_offset, exclusive.
+    start_offset: int
+    end_offset: int
+    # The session's records in that prefix set aside as the projector would set them
+    # aside (undecodable, or from someone who does not own the session).
+    skipped: int = 0
+
+    @property
+    def through(self) -> Position | None:
+        """The last position of the prefix read; None if the prefix was empty."""
+        if self.end_offset <= self.start_offset:
+            return None
+        return Position(self.partition, self.end_offset - 1)
+
+
+def context_as_of(
+    session_id: str,
+    *,
+    user_id: str,
+    as_of: AsOf,
+    bootstrap_servers: str,
+    topic: str,
+    policy: WindowPolicy = DEFAULT_POLICY,
+    codec: EventCodec | None = None,
+    config: Mapping[str, str] | None = None,
+    count_tokens: TokenCounter = approx_tokens,
+    timeout: float = 10.0,
+) -> Context:
+    """The session's context as it was at `as_of`, read from the log (see the module doc).
+
+    Raises `SessionNotFound` (no session yet at that point, or erased), `OwnershipError`
+    (another user's session), `InvalidInput` (a position on another partition or beyond
+    the log, a naive time), `BrokerUnavailable`/`TopicMissing`. `timeout` bounds each
+    broker request and any stretch of the scan during which no record arrives.
+    """
+    return read_as_of(
+        session_id,
+        user_id=user_id,
+        as_of=as_of,
+        bootstrap_servers=bootstrap_servers,
+        topic=topic,
+        policy=policy,
+        codec=codec,
+        config=config,
+        count_tokens=count_tokens,
+        timeout=timeout,
+    ).context
+
+
+def read_as_of(
+    session_id: str,
+    *,
+    user_id: str,
+    as_of: AsOf,
+    bootstrap_servers: str,
+    topic: str,
+    policy: WindowPolicy = DEFAULT_POLICY,
+    codec: EventCodec | None = None,
+    config: Mapping[str, str] | None = None,
+    count_tokens: TokenCounter = approx_tokens,
+    timeout: float = 10.0,
+) -> LogContext:
+    """Like `context_as_of`, and also says which part of the log the context came from."""
+    validate_id(session_id, field="session_id")
+    validate_id(user_id, field="user_id")
+    if isinstance(as_of, datetime) and as_of.tzinfo is None:
+        raise InvalidInput(
+            f"as_of {as_of.isoformat()} has no timezone; pass an aware datetime "
+            f"(datetime.now(UTC), or .replace(tzinfo=UTC) for a UTC time)",
+            session_id=session_id,
+        )
+    consumer = _consumer(bootstrap_servers, config)
+    try:
+        partition = partition_for(
+            session_id,
+            topic_partitions(consumer, topic, bootstrap_servers=bootstrap_servers, timeout=timeout),
+        )
+        where = TopicPartition(topic, partition)
+        # The watermarks first: a time bound found later is capped by them, so records
+        # appended while this read runs are never part of it.
+        low, high = _call(consumer.get_watermark_offsets, where, timeout=timeout)
+        end = _end_offset(
+            consumer, where, as_of, low=low, high=high, session_id=session_id, timeout=timeout
+        )
+        scan = _Scan(
+            session_id,
+            user_id=user_id,
+            as_of=as_of,
+            partition=partition,
+            start=low,
+            end=end,
+            policy=policy,
+        )
+        codec = codec or EventCodec()
+        for message in _messages(consumer, where, low, high, timeout):
+            scan.take(message, codec)
+        view = scan.finish()
+    finally:
+        consumer.close()
+    if scan.skipped:
+        _LOG.warning(
+            "skipped %d record(s) of session %s on %s[%d] that the projector dead-letters "
+            "(undecodable, or written by someone who does not own the session)",
+            scan.skipped,
+            session_id,
+            topic,
+            partition,
+        )
+    return LogContext(
+        context=Context.from_view(view, window_size=policy.window, count_tokens=count_tokens),
+        as_of=as_of,
+        topic=topic,
+        partition=partition,
+        start_offset=low,
+        end_offset=end,
+        skipped=scan.skipped,
+    )
+
+
+def describe(as_of: AsOf) -> str:
+    """`as_of` for people: ``position 3:17`` or an ISO 8601 time with milliseconds."""
+    if isinstance(as_of, Position):
+        return f"position {as_of}"
+    return as_of.isoformat(timespec="milliseconds")
+
+
+class _Scan:
+    """The fold of one session's records, then the watch for later erasures and redactions."""
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        as_of: AsOf,
+        partition: int,
+        start: int,
+        end: int,
+        policy: WindowPolicy,
+    ) -> None:
+        self.session_id = session_id
+        self.user_id = user_id
+        self.as_of = as_of
+        self.partition = partition
+        self.start = start
+        self.end = end
+        self.policy = policy
+        self.key = session_id.encode("utf-8")
+        self.view: SessionView | None = None
+        self.answer: SessionView | None = None  # set once the bound is passed
+        self.redacted_later: set[str] = set()
+        self.skipped = 0
+
+    def take(self, message: Message, codec: EventCodec) -> None:
+        """Fold one record of the partition in; past the bound, watch for what must hide it."""
+        offset = _offset(message)
+        if self.answer is None and offset >= self.end:
+            self.answer = self._answer()  # raises for reads to refuse
+        if message.key() != self.key:
+            return  # another session's record: never decoded
+        event = self._decode(message, codec)
+        if event is None:
+            return
+        if self.answer is None:
+            try:
+                self.view = evolve(self.view, event, Position(self.partition, offset), self.policy)
+            except ForeignEvent:
+                self.skipped += 1
+            return
+        if not self._from_owner(event):
+            return  # the projector would refuse it: it hides nothing
+        if isinstance(event.payload, MessageRedacted):
+            self.redacted_later.add(event.payload.message_id)
+        elif isinstance(event.payload, UserErased):
+            raise SessionNotFound(
+                f"session {self.session_id} was erased later (at position "
+                f"{self.partition}:{offset}); its history before the erasure is not readable",
+                session_id=self.session_id,
+                partition=self.partition,
+                offset=offset,
+            )
+
+    def finish(self) -> SessionView:
+        """The answer, once the scan reached the partition's end as it was at the start."""
+        view = self.answer if self.answer is not None else self._answer()
+        if not self.redacted_later:
+            return view
+        # A message redacted after the bound must no longer be shown, even as it was then.
+        return replace(
+            view,
+            messages=tuple(
+                replace(m, content=REDACTED, tool_calls=(), metadata={}, redacted=True)
+                if m.message_id in self.redacted_later
+                else m
+                for m in view.messages
+            ),
+        )
+
+    def _decode(self, message: Message, codec: EventCodec) -> ConversationEvent | None:
+        value = message.value()
+        try:
+            event = codec.decode(value) if value is not None else None
+        except DecodeError:
+            event = None
+        if event is None or event.session_id != self.session_id:
+            # Dead-lettered by the projector, so never part of any view.
+            if self.answer is None:
+                self.skipped += 1
+            return None
+        return event
+
+    def _from_owner(self, event: ConversationEvent) -> bool:
+        # The projector refuses an event from anyone else (another user, another tenant).
+        view = self.answer
+        return view is not None and event.user_id == view.user_id and event.tenant == view.tenant
+
+    def _answer(self) -> SessionView:
+        """The Redis reader's rules, applied to the view at the bound."""
+        view, session_id = self.view, self.session_id
+        if view is None:
+            read = (
+                f"offsets {self.start}..{self.end - 1} of partition {self.partition} hold"
+                if self.end > self.start
+                else f"partition {self.partition} held nothing by then, so"
+            )
+            raise SessionNotFound(
+                f"no session {session_id} as of {describe(self.as_of)}: it did not exist yet "
+                f"at that time ({read} none of its events)",
+                session_id=session_id,
+                partition=self.partition,
+            )
+        if view.status is SessionStatus.ERASED:
+            raise SessionNotFound(
+                f"session {session_id} was erased as of {describe(self.as_of)}",
+                session_id=session_id,
+            )
+        if view.user_id != self.user_id:
+            raise OwnershipError(
+                f"session {session_id} belongs to another user, not {self.user_id}",
+                session_id=session_id,
+            )
+        return view
+
+
+def _consumer(bootstrap_servers: str, config: Mapping[str, str] | None) -> Consumer:
+    try:
+        return Consumer(
+            {
+                **(config or {}),
+                "bootstrap.servers": bootstrap_servers,
+                # A reader with assign(), not a group member: librdkafka insists on a group
+                # id, but nothing is ever committed under this throwaway one.
+                "group.id": f"chatlog-history-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "logger": _KAFKA_LOG,
+            }
+        )
+    except (KafkaException, ValueError) as exc:
+        raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
+
+
+def _end_offset(
+    consumer: Consumer,
+    where: TopicPartition,
+    as_of: AsOf,
+    *,
+    low: int,
+    high: int,
+    session_id: str,
+    timeout: float,
+) -> int:
+    """The first offset past `as_of` (exclusive bound of the scan), within low..high."""
+    if isinstance(as_of, Position):
+        if as_of.partition != where.partition:
+            raise InvalidInput(
+                f"position {as_of} is on partition {as_of.partition}, but session "
+                f"{session_id} lives on partition {where.partition} of {where.topic}; "
+                f"pass a position on partition {where.partition}",
+                session_id=session_id,
+                partition=as_of.partition,
+                offset=as_of.offset,
+            )
+        if not low <= as_of.offset < high:
+            held = f"offsets {low}..{high - 1}" if high > low else "no records"
+            raise InvalidInput(
+                f"position {as_of} is not in the log: partition {where.partition} of "
+                f"{where.topic} holds {held}",
+                session_id=session_id,
+                partition=as_of.partition,
+                offset=as_of.offset,
+            )
+        return as_of.offset + 1
+    after_ms = epoch_millis(as_of) + 1
+    if after_ms <= 0:
+        return low  # before 1970: nothing can be stamped that early
+    # offsets_for_times answers the earliest offset stamped at or after a time; a record
+    # stamped in the same millisecond as `as_of` is part of the context, hence the +1.
+    [found] = _call(
+        consumer.offsets_for_times,
+        [TopicPartition(where.topic, where.partition, after_ms)],
+        timeout=timeout,
+    )
+    if found.error is not None:
+        raise BrokerUnavailable(
+            f"looking up {describe(as_of)} in {where.topic}[{where.partition}] failed: "
+            f"{found.error}",
+            topic=where.topic,
+            partition=where.partition,
+        )
+    # A negative offset means no record is stamped after `as_of`: read to the end.
+    return high if found.offset < 0 else max(low, min(found.offset, high))
+
+
+def _messages(
+    consumer: Consumer, where: TopicPartition, start: int, stop: int, timeout: float
+) -> Iterator[Message]:
+    """The partition's records from `start` up to `stop` (exclusive), in offset order."""
+    if stop <= start:
+        return
+    consumer.assign([TopicPartition(where.topic, where.partition, start)])
+    heard_at = time.monotonic()
+    while True:
+        batch = _call(consumer.consume, _BATCH, timeout=_POLL_S)
+        if batch:
+            heard_at = time.monotonic()
+        for message in batch:
+            if not _usable(message, where):
+                continue
+            offset = _offset(message)
+            if offset >= stop:
+                return
+            yield message
+            if offset >= stop - 1:
+                return
+        # Offsets may have gaps (transaction markers, aborted records): the position
+        # tells when the partition is read up to `stop` even if no record sits there.
+        [position] = _call(consumer.position, [TopicPartition(where.topic, where.partition)])
+        if position.offset >= stop:
+            return
+        if time.monotonic() - heard_at > timeout:
+            raise BrokerUnavailable(
+                f"reading {where.topic}[{where.partition}] stalled: nothing arrived for "
+                f"{timeout:g} s before offset {stop} (at {max(position.offset, start)})",
+                topic=where.topic,
+                partition=where.partition,
+            )
+
+
+def _usable(message: Message, where: TopicPartition) -> bool:
+    error = message.error()
+    if error is None:
+        return True
+    if error.code() == KafkaError._PARTITION_EOF:
+        return False
+    if error.fatal() or not error.retriable():
+        raise BrokerUnavailable(
+            f"reading {where.topic}[{where.partition}] failed: {error.str()}",
+            topic=where.topic,
+            partition=where.partition,
+        )
+    _KAFKA_LOG.warning("consumer: %s", error.str())
+    return False
+
+
+def _offset(message: Message) -> int:
+    offset = message.offset()
+    # Only error events lack an offset, and those never get this far.
+    assert offset is not None, "a consumed record without an offset"
+    return offset
+
+
+def _call(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """Call a consumer method, turning librdkafka's failures into `BrokerUnavailable`."""
+    try:
+        return function(*args, **kwargs)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        reason = error.str() if isinstance(error, KafkaError) else str(error)
+        raise BrokerUnavailable(f"Kafka did not answer: {reason}") from exc

@@ -1,0 +1,188 @@
+"""Replay: rebuild the read-model from offset 0 into a new generation, then flip to it.
+
+What does a replay do, in order?
+
+1. **Rebuild.** It reads every partition of the events topic from its start (or, when
+   resuming, from where the interrupted run's progress marks say) up to the end offsets
+   it saw when it started, and folds the records into a generation nobody reads yet.
+   It runs the projector's own `ProjectionCore`, with batches large enough that a
+   session's events are folded in memory and written once per batch. Memory stays
+   bounded: a batch, and the core's bounded cache of views.
+2. **Catch up.** It keeps reading new records until, on every partition, the new
+   generation has projected at least as far as the live projector has in the live one.
+3. **Flip.** It moves the pointer to the new generation with a compare-and-set, so
+   readers switch in one step and never see a half-built generation.
+4. **Hand over.** It keeps projecting for `handover_s` more seconds, long enough for the
+   live projector to notice the flip (it checks every second) and continue in the new
+   generation from that generation's progress marks.
+5. **Clean up.** It deletes the old generation with UNLINK in batches.
+
+Interrupted anywhere before step 3, the live generation is untouched; running it again
+resumes from the new generation's progress marks. The verify mode stops after step 1,
+compares the rebuilt generation with the live one, and deletes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from processors.projection import ProjectionCore, Record
+from projections.store import ViewStore
+from schemas.errors import BrokerUnavailable, ChatlogError
+
+__all__ = ["Interrupted", "KafkaReplay", "ReplayProgress"]
+
+log = logging.getLogger("chatlog.replay")
+_KAFKA_LOG = logging.getLogger("chatlog.kafka")
+
+
+class Interrupted(ChatlogError):
+    """The replay was asked to stop before it finished."""
+
+
+@dataclass(slots=True)
+class ReplayProgress:
+    """Where a replay is, for the progress display."""
+
+    phase: str
+    done: int = 0
+    total: int = 0
+    started: float = field(default_factory=time.monotonic)
+    dead_letters: int = 0
+
+    @property
+    def rate(self) -> float:
+        """Events per second since the start."""
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the current rate (None before there is a rate)."""
+        rate = self.rate
+        return max(0, self.total - self.done) / rate if rate > 0 else None
+
+
+class KafkaReplay:
+    """Reads the events topic by assignment (no consumer group) into one generation."""
+
+    def __init__(
+        self,
+        core: ProjectionCore,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        config: Mapping[str, Any] | None = None,
+        batch_size: int = 20_000,
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.core = core
+        self.topic = topic
+        self.batch_size = batch_size
+        self.on_progress = on_progress or (lambda progress: None)
+        self.stop = stop or threading.Event()
+        self.position: dict[int, int] = {}  # next offset to read, per partition
+        self._consumer = Consumer(
+            {
+                **dict(config or {}),
+                "bootstrap.servers": bootstrap_servers,
+                # Assigned, not subscribed: the group id is never used to commit.
+                "group.id": "chatlog-replay",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                "logger": _KAFKA_LOG,
+            }
+        )
+
+    @property
+    def store(self) -> ViewStore:
+        """The generation being built."""
+        return self.core.store
+
+    def start(
+        self, *, only: Collection[int] | None = None, timeout: float = 10.0
+    ) -> dict[int, int]:
+        """Assign the partitions (all, or `only` these) from the new generation's progress;
+        returns their end offsets."""
+        try:
+            metadata = self._consumer.list_topics(self.topic, timeout=timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"cannot read {self.topic}'s partitions: {exc}") from exc
+        partitions = sorted(
+            p for p in metadata.topics[self.topic].partitions if only is None or p in only
+        )
+        marks = self.store.progress()
+        ends: dict[int, int] = {}
+        assignment = []
+        for partition in partitions:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=timeout
+            )
+            start = marks[partition] + 1 if partition in marks else low
+            self.position[partition] = max(start, low)
+            ends[partition] = high
+            offset = self.position[partition] if partition in marks else OFFSET_BEGINNING
+            assignment.append(TopicPartition(self.topic, partition, offset))
+        self._consumer.assign(assignment)
+        return ends
+
+    def run_to(self, ends: Mapping[int, int], progress: ReplayProgress) -> None:
+        """Project until every partition has been read up to `ends` (exclusive)."""
+        while any(self.position[p] < end for p, end in ends.items()):
+            self.step(progress)
+
+    def step(self, progress: ReplayProgress, *, timeout: float = 0.2) -> int:
+        """Project one batch of whatever has arrived; the number of records."""
+        if self.stop.is_set():
+            raise Interrupted("the replay was interrupted")
+        first = self._consumer.poll(timeout)
+        if first is None:
+            self.on_progress(progress)
+            return 0
+        messages = [first, *self._consumer.consume(self.batch_size - 1, timeout=0)]
+        records = [r for r in (self._record(m) for m in messages) if r is not None]
+        if records:
+            result = self.core.handle(records)
+            progress.dead_letters += len(result.dead_letters)
+            progress.done += len(records)
+            for record in records:
+                if record.offset >= self.position.get(record.partition, 0):
+                    self.position[record.partition] = record.offset + 1
+        self.on_progress(progress)
+        return len(records)
+
+    def caught_up_with(self, live: Mapping[int, int]) -> bool:
+        """Whether this generation has projected, everywhere, as far as `live` has."""
+        ours = self.store.progress()
+        return all(ours.get(p, -1) >= mark for p, mark in live.items())
+
+    def close(self) -> None:
+        """Leave; nothing to commit."""
+        self._consumer.close()
+
+    def _record(self, message: Any) -> Record | None:
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return None
+            if error.fatal() or not error.retriable():
+                raise BrokerUnavailable(f"reading {self.topic} failed: {error.str()}")
+            log.warning("consumer: %s", error.str())
+            return None
+        return Record(
+            topic=message.topic() or self.topic,
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            key=message.key(),
+            value=message.value(),
+        )

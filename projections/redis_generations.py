@@ -1,0 +1,216 @@
+"""Generations of the read-model in Redis: which one is live, flipping, comparing, deleting.
+
+A rebuild never writes into the generation readers use. It fills a new one
+(``chatlog:g2:...``) and then flips the pointer key ``chatlog:generation`` from ``g1`` to
+``g2`` with a compare-and-set, so two rebuilds cannot both win and readers switch in one
+step. Readers and the projector re-read the pointer about once a second. The old
+generation is then deleted with UNLINK (freed by a Redis background thread) in batches
+found by SCAN, so no single command holds Redis up however large it is.
+
+A rebuild in progress is recorded in ``chatlog:rebuild`` (which generation, since when),
+so an interrupted one can be resumed: its progress marks say where each partition was.
+
+`compare` checks two generations key by key: every session's meta hash and message
+list, and every user's session index. The progress marks are left out: they say how far
+each generation has read, which is not part of what it shows.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from projections.keys import KeySpace
+from projections.redis_store import redis_errors, text, text_map
+
+__all__ = [
+    "Comparison",
+    "Difference",
+    "GenerationStore",
+    "next_generation",
+]
+
+# KEYS: the pointer. ARGV: the expected live generation ("" for none), the new one.
+_FLIP = """
+local live = redis.call('GET', KEYS[1]) or ''
+if live ~= ARGV[1] then return live end
+redis.call('SET', KEYS[1], ARGV[2])
+return ARGV[2]
+"""
+
+_GENERATION_NUMBER = re.compile(r"g(\d+)")
+_SESSION_META = re.compile(r":s:\{(?P<session>[^}]*)\}:meta$")
+_USER_INDEX = re.compile(r":u:\{u:(?P<user>[^}]*)\}:sessions$")
+
+
+def next_generation(live: str) -> str:
+    """The generation after `live` ("g1" -> "g2")."""
+    match = _GENERATION_NUMBER.fullmatch(live)
+    return f"g{int(match.group(1)) + 1}" if match else "g2"
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One key that differs between two generations."""
+
+    kind: str  # "session" or "user index"
+    name: str  # the session id or the user id
+    detail: str
+
+
+@dataclass(slots=True)
+class Comparison:
+    """The result of comparing two generations."""
+
+    sessions: int = 0
+    users: int = 0
+    differences: list[Difference] = field(default_factory=list)
+
+
+class GenerationStore:
+    """Reads and moves the generation pointer of one key prefix."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str, default: str = "g1") -> None:
+        self.client = client
+        self.keys = KeySpace(prefix)
+        self.default = default
+        self._flip = client.register_script(_FLIP)
+
+    @property
+    def rebuild_key(self) -> str:
+        """Where a rebuild in progress records itself."""
+        return f"{self.keys.prefix}:rebuild"
+
+    def live(self) -> str | None:
+        """The live generation; None when Redis has no pointer (new, or its data lost)."""
+        with redis_errors():
+            value = self.client.get(self.keys.pointer)
+        return text(value) if value is not None else None
+
+    def flip(self, expected: str | None, new: str) -> bool:
+        """Make `new` live if `expected` still is; False if someone else moved it."""
+        with redis_errors():
+            now = self._flip(keys=[self.keys.pointer], args=[expected or "", new])
+        return text(now) == new
+
+    def rebuild_in_progress(self) -> dict[str, str]:
+        """The rebuild recorded as under way (empty if none)."""
+        with redis_errors():
+            return text_map(self.client.hgetall(self.rebuild_key))
+
+    def start_rebuild(self, generation: str, live: str | None) -> None:
+        """Record that `generation` is being built to replace `live`."""
+        with redis_errors():
+            self.client.hset(
+                self.rebuild_key,
+                mapping={"generation": generation, "replaces": live or "", "since": time.time()},
+            )
+
+    def end_rebuild(self) -> None:
+        """Forget the rebuild record."""
+        with redis_errors():
+            self.client.delete(self.rebuild_key)
+
+    def exists(self, generation: str) -> bool:
+        """Whether any key of `generation` exists."""
+        return next(self._scan(generation, count=100), None) is not None
+
+    def delete(self, generation: str, *, batch: int = 500, pause_s: float = 0.0) -> int:
+        """UNLINK every key of `generation`, `batch` at a time; the number of keys removed.
+
+        Refuses to delete the live generation.
+        """
+        if generation == self.live():
+            raise ValueError(f"generation {generation} is live; flip the pointer first")
+        removed = 0
+        keys: list[Any] = []
+        for key in self._scan(generation, count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                removed += self._unlink(keys)
+                keys = []
+                if pause_s:
+                    time.sleep(pause_s)  # leave Redis to its readers between batches
+        if keys:
+            removed += self._unlink(keys)
+        return removed
+
+    def compare(self, left: str, right: str, *, limit: int = 100) -> Comparison:
+        """Compare generations `left` and `right` key by key (at most `limit` differences)."""
+        result = Comparison()
+        sessions: set[str] = set()
+        users: set[str] = set()
+        for generation in (left, right):
+            for key in self._scan(generation, count=1000):
+                name = text(key)
+                if (match := _SESSION_META.search(name)) is not None:
+                    sessions.add(match.group("session"))
+                elif (match := _USER_INDEX.search(name)) is not None:
+                    users.add(match.group("user"))
+        result.sessions, result.users = len(sessions), len(users)
+        ordered = sorted(sessions)
+        for start in range(0, len(ordered), 200):
+            batch = ordered[start : start + 200]
+            for session_id, detail in self._compare_sessions(left, right, batch):
+                result.differences.append(Difference("session", session_id, detail))
+        for user_id in sorted(users):
+            index_detail = self._compare_index(left, right, user_id)
+            if index_detail is not None:
+                result.differences.append(Difference("user index", user_id, index_detail))
+        del result.differences[limit:]
+        return result
+
+    def _compare_sessions(
+        self, left: str, right: str, session_ids: list[str]
+    ) -> Iterator[tuple[str, str]]:
+        a, b = self.keys.with_generation(left), self.keys.with_generation(right)
+        pipe = self.client.pipeline(transaction=False)
+        for session_id in session_ids:
+            for keys in (a, b):
+                pipe.hgetall(keys.meta(session_id))
+                pipe.lrange(keys.messages(session_id), 0, -1)
+        with redis_errors():
+            replies = pipe.execute()
+        for n, session_id in enumerate(session_ids):
+            meta_a, msgs_a, meta_b, msgs_b = replies[4 * n : 4 * n + 4]
+            meta_a, meta_b = text_map(meta_a), text_map(meta_b)
+            if not meta_a or not meta_b:
+                missing = left if not meta_a else right
+                yield session_id, f"missing in {missing}"
+                continue
+            fields = sorted(
+                k for k in meta_a.keys() | meta_b.keys() if meta_a.get(k) != meta_b.get(k)
+            )
+            if fields:
+                shown = ", ".join(
+                    f"{f}: {meta_a.get(f)!r:.40} != {meta_b.get(f)!r:.40}" for f in fields[:5]
+                )
+                yield session_id, f"meta differs ({shown})"
+            elif [text(m) for m in msgs_a] != [text(m) for m in msgs_b]:
+                yield session_id, f"messages differ ({len(msgs_a)} vs {len(msgs_b)} stored)"
+
+    def _compare_index(self, left: str, right: str, user_id: str) -> str | None:
+        pipe = self.client.pipeline(transaction=False)
+        for generation in (left, right):
+            pipe.zrange(
+                self.keys.with_generation(generation).user_sessions(user_id), 0, -1, withscores=True
+            )
+        with redis_errors():
+            a, b = pipe.execute()
+        if [(text(s), score) for s, score in a] == [(text(s), score) for s, score in b]:
+            return None
+        return f"{len(a)} vs {len(b)} sessions listed, or their activity times differ"
+
+    def _scan(self, generation: str, *, count: int) -> Iterator[Any]:
+        pattern = self.keys.with_generation(generation).generation_pattern()
+        with redis_errors():
+            yield from self.client.scan_iter(match=pattern, count=count)
+
+    def _unlink(self, keys: list[Any]) -> int:
+        with redis_errors():
+            return int(self.client.unlink(*keys))
