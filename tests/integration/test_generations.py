@@ -1,0 +1,83 @@
+"""The generation pointer and its tools, against a real Redis."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import redis
+
+from chatlog.replay import ProgressPrinter
+from processors.kafka_replay import ReplayProgress
+from projections.keys import KeySpace
+from projections.redis_generations import GenerationStore, next_generation
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def generations(redis_url, redis_prefix):
+    client = redis.Redis.from_url(redis_url)
+    yield GenerationStore(client, prefix=redis_prefix)
+    client.close()
+
+
+def test_next_generation_counts_up_and_starts_over_from_a_name_it_does_not_know():
+    assert next_generation("g1") == "g2"
+    assert next_generation("g41") == "g42"
+    assert next_generation("blue") == "g2"
+
+
+def test_flip_is_a_compare_and_set(generations):
+    assert generations.live() is None
+    assert generations.flip(None, "g1")
+    assert not generations.flip(None, "g2")  # someone else already made g1 live
+    assert not generations.flip("g7", "g2")
+    assert generations.live() == "g1"
+    assert generations.flip("g1", "g2")
+    assert generations.live() == "g2"
+
+
+def test_delete_unlinks_one_generation_in_batches_and_refuses_the_live_one(generations):
+    client = generations.client
+    for generation in ("g1", "g2", "g10"):
+        keys = KeySpace(generations.keys.prefix, generation)
+        for n in range(1_203):
+            client.hset(keys.meta(f"s{n}"), "session_id", f"s{n}")
+    generations.flip(None, "g2")
+    with pytest.raises(ValueError, match="live"):
+        generations.delete("g2")
+    assert generations.delete("g1", batch=100) == 1_203
+    assert not generations.exists("g1")
+    assert generations.exists("g2")
+    assert generations.exists("g10")  # g1's pattern does not reach g10
+
+
+def test_compare_finds_sessions_and_user_indexes_that_differ(generations):
+    client = generations.client
+    a, b = (KeySpace(generations.keys.prefix, g) for g in ("g1", "g2"))
+    for keys in (a, b):
+        client.hset(keys.meta("same"), mapping={"session_id": "same", "last_offset": 3})
+        client.rpush(keys.messages("same"), "m1", "m2")
+        client.zadd(keys.user_sessions("alice"), {"same": 10})
+    client.hset(a.meta("only-in-g1"), "session_id", "only-in-g1")
+    client.rpush(b.messages("same"), "m3")
+    client.zadd(b.user_sessions("alice"), {"other": 11})
+    comparison = generations.compare("g1", "g2")
+    assert (comparison.sessions, comparison.users) == (2, 1)
+    assert sorted((d.kind, d.name) for d in comparison.differences) == [
+        ("session", "only-in-g1"),
+        ("session", "same"),
+        ("user index", "alice"),
+    ]
+
+
+def test_progress_is_a_line_every_few_seconds_when_not_on_a_terminal():
+    out = io.StringIO()
+    printer = ProgressPrinter(out, every_s=0)
+    printer(ReplayProgress("rebuild", done=250, total=1_000))
+    printer.done()
+    line = out.getvalue()
+    assert "replay rebuild: 250 / 1,000 events  25%" in line
+    assert line.endswith("\n")
+    assert "\r" not in line
