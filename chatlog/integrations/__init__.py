@@ -1,0 +1,11 @@
+"""Drop-in integrations: chatlog behind the interfaces chat back ends already use.
+
+* `chatlog.integrations.langchain`: `ChatlogMessageHistory`, a LangChain
+  `BaseChatMessageHistory` (needs ``pip install chatlog[langchain]``).
+* `chatlog.integrations.store`: `ChatlogConversationStore`, an asyncio store of sessions
+  and messages of the shape agent frameworks plug in. Its role (`ConversationStore`),
+  models and in-memory stand-in are in `chatlog.integrations.conversations`.
+
+Nothing here is imported by the rest of chatlog, and this package imports LangChain only
+in `chatlog.integrations.langchain` and `chatlog.integrations.langchain_messages`.
+"""
