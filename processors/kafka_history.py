@@ -82,7 +82,16 @@ from schemas.events import ConversationEvent, MessageRedacted, UserErased, epoch
 from schemas.ids import validate_id
 from schemas.position import Position
 
-__all__ = ["AsOf", "LogContext", "context_as_of", "describe", "read_as_of"]
+__all__ = [
+    "AsOf",
+    "LogContext",
+    "context_as_of",
+    "describe",
+    "kafka_call",
+    "log_consumer",
+    "partition_records",
+    "read_as_of",
+]
 
 _LOG = logging.getLogger("chatlog.history")
 _KAFKA_LOG = logging.getLogger("chatlog.kafka")
@@ -174,7 +183,7 @@ def read_as_of(
             f"(datetime.now(UTC), or .replace(tzinfo=UTC) for a UTC time)",
             session_id=session_id,
         )
-    consumer = _consumer(bootstrap_servers, config)
+    consumer = log_consumer(bootstrap_servers, config)
     try:
         partition = partition_for(
             session_id,
@@ -183,7 +192,7 @@ def read_as_of(
         where = TopicPartition(topic, partition)
         # The watermarks first: a time bound found later is capped by them, so records
         # appended while this read runs are never part of it.
-        low, high = _call(consumer.get_watermark_offsets, where, timeout=timeout)
+        low, high = kafka_call(consumer.get_watermark_offsets, where, timeout=timeout)
         end = _end_offset(
             consumer, where, as_of, low=low, high=high, session_id=session_id, timeout=timeout
         )
@@ -197,7 +206,7 @@ def read_as_of(
             policy=policy,
         )
         codec = codec or EventCodec()
-        for message in _messages(consumer, where, low, high, timeout):
+        for message in partition_records(consumer, where, low, high, timeout):
             scan.take(message, codec)
         view = scan.finish()
     finally:
@@ -347,7 +356,7 @@ class _Scan:
         return view
 
 
-def _consumer(bootstrap_servers: str, config: Mapping[str, str] | None) -> Consumer:
+def log_consumer(bootstrap_servers: str, config: Mapping[str, str] | None) -> Consumer:
     try:
         return Consumer(
             {
@@ -402,7 +411,7 @@ def _end_offset(
         return low  # before 1970: nothing can be stamped that early
     # offsets_for_times answers the earliest offset stamped at or after a time; a record
     # stamped in the same millisecond as `as_of` is part of the context, hence the +1.
-    [found] = _call(
+    [found] = kafka_call(
         consumer.offsets_for_times,
         [TopicPartition(where.topic, where.partition, after_ms)],
         timeout=timeout,
@@ -418,16 +427,20 @@ def _end_offset(
     return high if found.offset < 0 else max(low, min(found.offset, high))
 
 
-def _messages(
+def partition_records(
     consumer: Consumer, where: TopicPartition, start: int, stop: int, timeout: float
 ) -> Iterator[Message]:
-    """The partition's records from `start` up to `stop` (exclusive), in offset order."""
+    """The partition's records from `start` up to `stop` (exclusive), in offset order.
+
+    Each poll asks for no more records than remain, so the last batch comes back as soon
+    as it has arrived rather than at the end of the poll: a short scan takes milliseconds.
+    """
     if stop <= start:
         return
     consumer.assign([TopicPartition(where.topic, where.partition, start)])
-    heard_at = time.monotonic()
+    heard_at, at = time.monotonic(), start
     while True:
-        batch = _call(consumer.consume, _BATCH, timeout=_POLL_S)
+        batch = kafka_call(consumer.consume, min(_BATCH, max(1, stop - at)), timeout=_POLL_S)
         if batch:
             heard_at = time.monotonic()
         for message in batch:
@@ -437,11 +450,12 @@ def _messages(
             if offset >= stop:
                 return
             yield message
-            if offset >= stop - 1:
+            at = offset + 1
+            if at >= stop:
                 return
         # Offsets may have gaps (transaction markers, aborted records): the position
         # tells when the partition is read up to `stop` even if no record sits there.
-        [position] = _call(consumer.position, [TopicPartition(where.topic, where.partition)])
+        [position] = kafka_call(consumer.position, [TopicPartition(where.topic, where.partition)])
         if position.offset >= stop:
             return
         if time.monotonic() - heard_at > timeout:
@@ -476,7 +490,7 @@ def _offset(message: Message) -> int:
     return offset
 
 
-def _call(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+def kafka_call(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
     """Call a consumer method, turning librdkafka's failures into `BrokerUnavailable`."""
     try:
         return function(*args, **kwargs)

@@ -17,23 +17,20 @@ reader's, `processors.kafka_history`). Blocking: asyncio callers run it in a thr
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import TopicPartition
 
 from chatlog.integrations.conversations import LogPage, Page
 
 # The point-in-time reader's consumer and its handling of librdkafka's errors.
-from processors.kafka_history import _call, _consumer, _offset, _usable
+from processors.kafka_history import kafka_call, log_consumer, partition_records
 from projections.view import DEFAULT_POLICY
 from schemas.codec import EventCodec
-from schemas.errors import BrokerUnavailable, DecodeError
+from schemas.errors import DecodeError
 
 __all__ = ["KafkaSessionLog"]
 
-_BATCH = 1000
-_POLL_S = 0.2
 
 
 class KafkaSessionLog:
@@ -63,13 +60,13 @@ class KafkaSessionLog:
         start) through `last_offset`, folded into `page`."""
         fold = LogPage(session_id, page, window=self.window)
         key = session_id.encode("utf-8")
-        consumer = _consumer(self.bootstrap_servers, self.config)
+        consumer = log_consumer(self.bootstrap_servers, self.config)
         try:
             where = TopicPartition(self.topic, partition)
             start = first_offset
             if start < 0:
-                start, _ = _call(consumer.get_watermark_offsets, where, timeout=self.timeout)
-            for record in _records(consumer, where, start, last_offset + 1, self.timeout):
+                start, _ = kafka_call(consumer.get_watermark_offsets, where, timeout=self.timeout)
+            for record in partition_records(consumer, where, start, last_offset + 1, self.timeout):
                 if record.key() != key:
                     continue
                 value = record.value()
@@ -83,43 +80,3 @@ class KafkaSessionLog:
         finally:
             consumer.close()
         return fold
-
-
-def _records(
-    consumer: Consumer, where: TopicPartition, start: int, stop: int, timeout: float
-) -> Iterator[Message]:
-    """The partition's records from `start` up to `stop` (exclusive), in offset order.
-
-    Each poll asks for no more records than remain, so the last batch comes back as soon
-    as it has arrived rather than at the end of the poll: a short scan takes milliseconds.
-    """
-    if stop <= start:
-        return
-    consumer.assign([TopicPartition(where.topic, where.partition, start)])
-    heard_at, at = time.monotonic(), start
-    while True:
-        batch = _call(consumer.consume, min(_BATCH, max(1, stop - at)), timeout=_POLL_S)
-        if batch:
-            heard_at = time.monotonic()
-        for record in batch:
-            if not _usable(record, where):
-                continue
-            offset = _offset(record)
-            if offset >= stop:
-                return
-            yield record
-            at = offset + 1
-            if at >= stop:
-                return
-        # Offsets may have gaps (transaction markers): the position says when `stop` is
-        # passed even if no record sits there.
-        [position] = _call(consumer.position, [TopicPartition(where.topic, where.partition)])
-        if position.offset >= stop:
-            return
-        if time.monotonic() - heard_at > timeout:
-            raise BrokerUnavailable(
-                f"reading {where.topic}[{where.partition}] stalled: nothing arrived for "
-                f"{timeout:g} s before offset {stop} (at {max(position.offset, at)})",
-                topic=where.topic,
-                partition=where.partition,
-            )
