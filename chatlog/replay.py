@@ -9,6 +9,8 @@ terminal, a log line every few seconds otherwise.
 
 from __future__ import annotations
 
+import functools
+import gc
 import multiprocessing
 import sys
 import threading
@@ -16,13 +18,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import ParamSpec, TextIO, TypeVar
 
 import redis
 
 from chatlog import wiring
 from chatlog.settings import Settings
-from processors.kafka_projector import tune_garbage_collector
 from processors.kafka_replay import Interrupted, KafkaReplay, ReplayProgress
 from processors.projection import ProjectionCore
 from projections.keys import KeySpace
@@ -30,6 +31,10 @@ from projections.redis_generations import Difference, GenerationStore, next_gene
 from projections.redis_reader import DEFAULT_GENERATION
 from projections.redis_store import RedisViewStore, redis_errors, text_map
 from schemas.errors import ChatlogError
+
+_CACHED_VIEWS = 10_000
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = ["ProgressPrinter", "RebuildReport", "VerifyReport", "rebuild", "verify"]
 
@@ -93,6 +98,28 @@ class ProgressPrinter:
             self.out.flush()
 
 
+def _collector_paused(function: Callable[P, R]) -> Callable[P, R]:
+    """Run `function` with no cyclic garbage collection; the setting is restored after.
+
+    A replay holds a large, acyclic cache of views and allocates fast: each full
+    collection walks the whole cache (seconds, every few hundred thousand events), while
+    reference counting alone frees what the replay drops.
+    """
+
+    @functools.wraps(function)
+    def paused(*args: P.args, **kwargs: P.kwargs) -> R:
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return paused
+
+
+@_collector_paused
 def rebuild(
     settings: Settings,
     *,
@@ -171,6 +198,7 @@ def rebuild(
     )
 
 
+@_collector_paused
 def verify(
     settings: Settings,
     *,
@@ -272,7 +300,7 @@ def _rebuild_worker(
     batch_size: int,
 ) -> None:
     """One replay worker process: rebuild `partitions` up to `ends`."""
-    tune_garbage_collector()
+    gc.disable()  # a process of its own: see `_collector_paused`
     settings = Settings.model_validate(data)
     replay = _replay(settings, generation, batch_size=batch_size, stop=None, on_progress=None)
     try:
@@ -310,8 +338,10 @@ def _replay(
         _store(settings, generation),
         codec=wiring.codec(settings),
         policy=wiring.policy(settings),
-        # Bounded memory: beyond this many sessions, the least recent views are reloaded.
-        cache_size=50_000,
+        # Bounded memory: beyond this many sessions, the least recent views are reloaded
+        # from the generation being built. A view holds at most window + max_overflow
+        # messages, so this bounds the replay's memory whatever the topic's size.
+        cache_size=_CACHED_VIEWS,
     )
     return KafkaReplay(
         core,
