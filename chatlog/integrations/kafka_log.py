@@ -32,7 +32,6 @@ from schemas.errors import DecodeError
 __all__ = ["KafkaSessionLog"]
 
 
-
 class KafkaSessionLog:
     """Pages of a session's messages, read from the events topic."""
 
