@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.infra import PARTITIONS, BenchStack, Versions, source_digest
+from bench.replay import replay
 from bench.report import Report
 from bench.scenarios import (
     Plan,
@@ -38,7 +39,7 @@ from chatlog.settings import Settings
 from schemas.errors import ChatlogError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("projection", "latency", "reads", "summary_cost", "summary_throughput")
+SCENARIOS = ("projection", "latency", "reads", "summary_cost", "summary_throughput", "replay")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary_cost(plan, report)
         if "summary_throughput" in args.only:
             summary_throughput(stack, plan, report)
+        if "replay" in args.only:
+            replay(stack, plan, report)
     finally:
         problems = stack.cleanup()
         for problem in problems:
@@ -130,9 +133,10 @@ def _header(
         f"load average (1 min) at the start: {load:.2f}; the notes give each scenario's CPU "
         f"use per process, `other` being the rest of the (shared) machine",
         "each row: median and range (min - max) over the repetitions; targets are the projection "
-        "issue's, printed for comparison, never asserted; the summary throughput rows give "
-        "the ideal rate instead (max_in_flight / LLM latency); the summary cost table is "
-        "counted, not timed, and the same on every run",
+        "and replay issues', printed for comparison, never asserted; the summary throughput "
+        "rows give the ideal rate instead (max_in_flight / LLM latency), the replay rows "
+        "Kafka's own ConsumerPerformance as the bound; the summary cost table is counted, "
+        "not timed, and the same on every run",
     ]
 
 
@@ -149,7 +153,8 @@ def _scenarios(text: str) -> set[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description="chatlog's projection, read and summary benchmark."
+        prog="python -m bench",
+        description="chatlog's projection, read, summary and replay benchmark.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="shrink everything (under a minute; for CI)"

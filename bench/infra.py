@@ -42,6 +42,7 @@ __all__ = [
     "ProjectorProcess",
     "ReadModelProbe",
     "Versions",
+    "child_env",
     "running",
     "source_digest",
 ]
@@ -273,6 +274,19 @@ class CpuMeter:
         return seconds
 
 
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a child process whose `Settings.from_env()` are `settings`' own."""
+    return {
+        **os.environ,
+        "CHATLOG_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CHATLOG_REDIS_URL": settings.redis_url,
+        "CHATLOG_TOPIC": settings.topic,
+        "CHATLOG_DLQ_TOPIC": settings.dlq_topic,
+        "CHATLOG_REDIS_PREFIX": settings.redis_prefix,
+        "CHATLOG_PROJECTOR_GROUP": settings.projector_group,
+    }
+
+
 class ProjectorProcess:
     """`bench.projector_child` in a child process, stopped by SIGTERM."""
 
@@ -289,20 +303,11 @@ class ProjectorProcess:
 
     def start(self) -> float:
         """Spawn the projector; returns the moment it was spawned (perf_counter)."""
-        env = {
-            **os.environ,
-            "CHATLOG_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            "CHATLOG_REDIS_URL": self.settings.redis_url,
-            "CHATLOG_TOPIC": self.settings.topic,
-            "CHATLOG_DLQ_TOPIC": self.settings.dlq_topic,
-            "CHATLOG_REDIS_PREFIX": self.settings.redis_prefix,
-            "CHATLOG_PROJECTOR_GROUP": self.settings.projector_group,
-        }
         started = time.perf_counter()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "bench.projector_child"],
             cwd=REPO,
-            env=env,
+            env=child_env(self.settings),
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,

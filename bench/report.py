@@ -63,6 +63,10 @@ class Metric:
             return f"{value:.2f} s"
         if self.unit == "sessions/s":
             return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+        if self.unit == "MB":
+            return f"{value:,.0f} MB"
+        if self.unit == "share":
+            return f"{value:.0%}" if value >= 0.1 else f"{value:.1%}"
         return f"{value:g}"
 
 

@@ -74,6 +74,8 @@ class Plan:
     summary_sessions: int
     summary_rounds: int
     summary_in_flight: tuple[int, ...]
+    replay_events: int
+    replay_sessions: int
 
     @classmethod
     def full(cls, repeat: int = 3) -> Plan:
@@ -96,6 +98,8 @@ class Plan:
             summary_sessions=2_000,
             summary_rounds=25,
             summary_in_flight=(1, 8, 32, 128),
+            replay_events=1_000_000,
+            replay_sessions=10_000,
         )
 
     @classmethod
@@ -119,6 +123,8 @@ class Plan:
             summary_sessions=200,
             summary_rounds=5,
             summary_in_flight=(1, 8, 128),
+            replay_events=50_000,
+            replay_sessions=1_000,
         )
 
 

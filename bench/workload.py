@@ -14,7 +14,7 @@ and tracking numbers, amounts, dates, decisions and questions, 40 to 120 words a
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from processors.projection import Record
@@ -25,6 +25,7 @@ from schemas.position import Position
 
 __all__ = [
     "Traffic",
+    "chat_event_chunks",
     "chat_events",
     "last_positions",
     "records_for",
@@ -116,6 +117,42 @@ def chat_events(
     With `per_session`, session *i* gets exactly `per_session[i]` messages instead (and
     `count` is ignored): the read scenario needs sessions of a known length.
     """
+    chunks = chat_event_chunks(
+        sessions=sessions,
+        count=count,
+        record_bytes=record_bytes,
+        codec=codec,
+        info=info,
+        seed=seed,
+        per_session=per_session,
+        chunk=max(1, count, sum(per_session or ())),
+    )
+    events = [event for chunk in chunks for event in chunk]
+    total = len(per_session) if per_session is not None else sessions
+    return Traffic(events=events, sessions=[session_name(i) for i in range(total)])
+
+
+def chat_event_chunks(
+    *,
+    sessions: int,
+    count: int,
+    record_bytes: int,
+    codec: EventCodec,
+    info: ProducerInfo,
+    seed: int = 7,
+    per_session: Sequence[int] | None = None,
+    chunk: int = 10_000,
+    share: tuple[int, int] = (0, 1),
+) -> Iterator[list[ConversationEvent]]:
+    """The events of `chat_events`, the same ones in the same order, `chunk` at a time.
+
+    For workloads too large to hold as objects at once (a million events): each chunk can
+    be published and dropped before the next is built. With `share=(k, n)`, only the
+    events of sessions whose number is k modulo n are built (the same events as without
+    it, in the same order), so that n processes can build and publish a workload
+    together, each session's events all from one of them and in order.
+    """
+    mine, shares = share
     rng = random.Random(seed)
     length = content_length(codec, info, record_bytes)
     pool = [_text(rng, length) for _ in range(_POOL_SIZE)]
@@ -125,19 +162,25 @@ def chat_events(
         order = [i for i, n in enumerate(per_session) for _ in range(n)]
     rng.shuffle(order)
     seen = [0] * (len(per_session) if per_session is not None else sessions)
-    events = []
+    events: list[ConversationEvent] = []
     for index in order:
-        events.append(
-            append_message(
-                session_name(index),
-                user_id=user_of(index),
-                role=_ROLES[seen[index] % 2],
-                content=pool[rng.randrange(_POOL_SIZE)],
-                producer=info,
+        content = pool[rng.randrange(_POOL_SIZE)]  # drawn for every event: same stream
+        if index % shares == mine:
+            events.append(
+                append_message(
+                    session_name(index),
+                    user_id=user_of(index),
+                    role=_ROLES[seen[index] % 2],
+                    content=content,
+                    producer=info,
+                )
             )
-        )
+            if len(events) >= chunk:
+                yield events
+                events = []
         seen[index] += 1
-    return Traffic(events=events, sessions=[session_name(i) for i in range(len(seen))])
+    if events:
+        yield events
 
 
 def last_positions(

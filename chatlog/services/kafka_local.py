@@ -6,7 +6,9 @@ How it works, step by step:
    Maven's dependency plugin copies every runtime jar into
    `~/.cache/chatlog/kafka-<version>/libs` (or under `$XDG_CACHE_HOME`). The cache only
    saves time: a marker holding the pom's hash is written after a complete copy, so a
-   half-finished download, or a changed pom, is fetched again.
+   half-finished download, or a changed pom, is fetched again. Kafka's command-line tools
+   (`pom-tools.xml`: kafka-tools, for the benchmark's ConsumerPerformance) are fetched the
+   same way into `kafka-<version>/tools` by `ensure_tool_jars`, only when asked for.
 2. Config. Each node gets `<state dir>/kafka-<id>/` with its `server.properties`, its log
    dir `data/`, `server.log` (log4j2, WARN and above) and `stdout.log` (the JVM's own
    output). Every node is broker and controller at once (combined mode). One node uses the
@@ -50,6 +52,7 @@ from schemas.errors import ServiceError
 __all__ = [
     "KAFKA_VERSION",
     "ensure_jars",
+    "ensure_tool_jars",
     "kafka_answers",
     "start_kafka",
     "stop_kafka",
@@ -59,6 +62,7 @@ log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).resolve().parent
 _POM = _HERE / "pom.xml"
+_TOOLS_POM = _HERE / "pom-tools.xml"
 _LOG4J2_CONFIG = _HERE / "log4j2.xml"
 # Pinned: Debian's Maven 3.8 would otherwise pick its old default dependency plugin.
 _DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.11.0"
@@ -104,9 +108,23 @@ class _Node:
 
 def ensure_jars(*, version: str = KAFKA_VERSION) -> Path:
     """The folder holding every jar the broker needs, fetched with Maven on first use."""
+    return _ensure(_POM, "libs", expect="kafka_2.13-*.jar", version=version)
+
+
+def ensure_tool_jars(*, version: str = KAFKA_VERSION) -> Path:
+    """The folder holding Kafka's command-line tools (kafka-tools) and their dependencies.
+
+    For the benchmark (`org.apache.kafka.tools.ConsumerPerformance`); fetched with Maven
+    on first use, apart from the broker's jars (see `pom-tools.xml`). Run a tool with
+    `java -cp '<folder>/*' <class>`.
+    """
+    return _ensure(_TOOLS_POM, "tools", expect="kafka-tools-[0-9]*.jar", version=version)
+
+
+def _ensure(pom: Path, folder: str, *, expect: str, version: str) -> Path:
     cache = _cache_root() / f"kafka-{version}"
-    libs, marker = cache / "libs", cache / "libs.complete"
-    want = _pom_digest(version)
+    libs, marker = cache / folder, cache / f"{folder}.complete"
+    want = _pom_digest(version, pom=pom)
 
     def complete() -> bool:
         return libs.is_dir() and marker.is_file() and marker.read_text().strip() == want
@@ -116,18 +134,22 @@ def ensure_jars(*, version: str = KAFKA_VERSION) -> Path:
     # The cache is shared by every state dir; a second `up` waits for the first's fetch.
     with locked(cache):
         if not complete():
-            _fetch_jars(version=version, libs=libs, marker=marker, digest=want)
+            _fetch_jars(
+                version=version, libs=libs, marker=marker, digest=want, pom=pom, expect=expect
+            )
     return libs
 
 
-def _fetch_jars(*, version: str, libs: Path, marker: Path, digest: str) -> None:
+def _fetch_jars(
+    *, version: str, libs: Path, marker: Path, digest: str, pom: Path, expect: str
+) -> None:
     started = time.monotonic()
-    log.info("fetching Kafka %s jars with Maven (first run only)…", version)
-    partial = libs.with_name("libs.partial")
+    log.info("fetching Kafka %s jars (%s) with Maven (first run only)…", version, pom.name)
+    partial = libs.with_name(f"{libs.name}.partial")
     for stale in (libs, partial):
         shutil.rmtree(stale, ignore_errors=True)
     marker.unlink(missing_ok=True)
-    _copy_dependencies(version=version, output=partial)
+    _copy_dependencies(version=version, output=partial, pom=pom, expect=expect)
     partial.rename(libs)
     # Written last: without it the next run treats the folder as half-fetched.
     marker.write_text(digest + "\n")
@@ -207,34 +229,35 @@ def _cache_root() -> Path:
     return Path(base) / "chatlog"
 
 
-def _pom_digest(version: str) -> str:
+def _pom_digest(version: str, *, pom: Path = _POM) -> str:
     # A changed pom (say, another log4j2 version) must invalidate the cached jars.
-    return hashlib.sha256(_POM.read_bytes() + version.encode()).hexdigest()
+    return hashlib.sha256(pom.read_bytes() + version.encode()).hexdigest()
 
 
-def _copy_dependencies(*, version: str, output: Path) -> None:
+def _copy_dependencies(*, version: str, output: Path, pom: Path, expect: str) -> None:
     mvn = _require_tool("mvn", package="maven")
     # Maven writes nothing into the pom's folder for this goal, but run it from a scratch
     # copy anyway: the package may be installed read-only.
     with tempfile.TemporaryDirectory(prefix="chatlog-kafka-pom-") as scratch:
-        pom = Path(scratch) / "pom.xml"
-        shutil.copyfile(_POM, pom)
+        copy = Path(scratch) / "pom.xml"
+        shutil.copyfile(pom, copy)
         argv = [
             mvn,
             "-B",
             "-q",
             "-Dstyle.color=never",
             "-f",
-            str(pom),
+            str(copy),
             f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
             "-DincludeScope=runtime",
             f"-DoutputDirectory={output}",
             f"-Dkafka.version={version}",
         ]
         result = _run(argv, timeout=_MAVEN_TIMEOUT_S, cwd=Path(scratch))
-    if result.returncode != 0 or not any(output.glob("kafka_2.13-*.jar")):
+    if result.returncode != 0 or not any(output.glob(expect)):
         raise ServiceError(
-            f"Maven could not fetch the Kafka {version} jars (exit {result.returncode}); "
+            f"Maven could not fetch the Kafka {version} jars of {pom.name} "
+            f"(exit {result.returncode}); "
             f"check that Maven Central is reachable and retry. Maven said:\n"
             f"{_last_lines(result.stdout + result.stderr)}",
             service="kafka",

@@ -33,6 +33,7 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "| publish→visible |",
         "| context read |",
         "| summary throughput |",
+        "| replay |",
         "## summary cost",
     ):
         assert scenario in table

@@ -1,0 +1,476 @@
+"""Scenario 6: how fast `chatlog replay` rebuilds the read-model, beside Kafka's own reader.
+
+What is measured? A topic is filled once with a million `MessageAppended` events over
+ten thousand sessions. Each repetition then reads the whole topic from offset 0 four
+times, each time in a fresh process, one after the other:
+
+1. Kafka's `ConsumerPerformance` (the JVM tool behind kafka-consumer-perf-test.sh): the
+   rate at which the broker can hand these records to a consumer on this machine, the
+   bound for any replay;
+2. a bare confluent-kafka consumer that only counts the records: what reading alone
+   costs in Python (it also decodes a sample afterwards, for the decode-only rate);
+3. the same `rebuild` call with its views folded into an `InMemoryViewStore` instead of
+   Redis: reading, decoding and folding, without the Redis writes;
+4. `chatlog.replay.rebuild` into a fresh Redis prefix: the replay as `chatlog replay`
+   runs it; its peak resident memory is that process's own (`VmHWM`; `bench.replay_child`
+   says why not `ru_maxrss`).
+
+Every rate covers the same span: from the partitions assigned (and the end offsets
+known) until the last record is read, or applied. For ConsumerPerformance that is
+`fetch.nMsg.sec`, which leaves out its consumer group join; for the Python processes
+the start-up (interpreter, imports, metadata, end offsets) is reported apart. The
+ratio of (4) to (1) is taken within each repetition, and its median reported.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.infra import REPO, BenchStack, CpuMeter, child_env
+from bench.replay_child import REPLAY_FETCH
+from bench.report import Report
+from bench.scenarios import Plan, median_shares, say
+from bench.workload import chat_event_chunks
+from chatlog import wiring
+from chatlog.services.kafka_local import ensure_tool_jars
+from chatlog.settings import Settings
+from schemas.errors import ChatlogError
+
+__all__ = [
+    "ConsumerPerformanceResult",
+    "consumer_performance_command",
+    "parse_consumer_performance",
+    "replay",
+]
+
+TARGET_REPLAY = ">= 100,000 events/s"
+TARGET_SHARE = ">= 1/3 of ConsumerPerformance"
+_CHUNK = 10_000
+_PREFILL_PROCESSES = 2
+_TOOL = "org.apache.kafka.tools.ConsumerPerformance"
+# What bin/kafka-consumer-perf-test.sh runs the tool with: its heap (-Xmx512M), and
+# kafka-run-class.sh's default KAFKA_JVM_PERFORMANCE_OPTS.
+_JVM_OPTIONS = (
+    "-Xmx512M",
+    "-server",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:MaxInlineLevel=15",
+    "-Djava.awt.headless=true",
+)
+_ROW_CP = "Kafka ConsumerPerformance (JVM): fetch.nMsg.sec"
+_ROW_READ = "Python confluent-kafka consumer, no decoding"
+_ROW_DECODE = "decode only (EventCodec.decode, no Kafka)"
+_ROW_MEMORY = "the same rebuild into an InMemoryViewStore (no Redis writes)"
+_ROW_REBUILD = "chatlog.replay.rebuild into Redis: assigned → last applied"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerPerformanceResult:
+    """ConsumerPerformance's summary line, by the names of its header."""
+
+    fields: dict[str, str]
+
+    def number(self, name: str) -> float:
+        """One field as a number (e.g. `fetch.nMsg.sec`)."""
+        return float(self.fields[name])
+
+
+def parse_consumer_performance(stdout: str) -> ConsumerPerformanceResult:
+    """The fields of ConsumerPerformance's output (a header line, then one line of values).
+
+    Kafka 4.x prints ``start.time, end.time, data.consumed.in.MB, MB.sec,
+    data.consumed.in.nMsg, nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec,
+    fetch.nMsg.sec``. The dates hold no ", ", so the line splits on it. A run that timed
+    out before reading every record says "WARNING: Exiting before consuming ...".
+    """
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WARNING"):
+            raise RuntimeError(f"ConsumerPerformance: {line}")
+    for n, line in enumerate(lines[:-1]):
+        if line.startswith("start.time,"):
+            names = line.split(", ")
+            values = lines[n + 1].split(", ")
+            if len(names) == len(values):
+                return ConsumerPerformanceResult(dict(zip(names, values, strict=True)))
+    raise RuntimeError(f"ConsumerPerformance printed no result:\n{stdout[-2000:]}")
+
+
+@dataclass
+class _Finished:
+    """A child process that ran to its end."""
+
+    spawned: float  # time.monotonic() just before the spawn
+    stdout: str
+    stderr: str
+    busy: dict[str, float] = field(default_factory=dict)
+
+    def totals(self) -> dict[str, Any]:
+        """The JSON line a `bench.replay_child` printed last."""
+        lines = self.stdout.strip().splitlines()
+        try:
+            return dict(json.loads(lines[-1]))
+        except (IndexError, ValueError) as exc:
+            raise RuntimeError(f"the child printed no totals:\n{self.stderr[-2000:]}") from exc
+
+
+def _run(
+    argv: Sequence[str], *, env: Mapping[str, str], stack: BenchStack, name: str, timeout: float
+) -> _Finished:
+    """Run `argv` to its end; the CPU each process used meanwhile, the child included.
+
+    The child is waited for without being reaped (WNOWAIT), so that its CPU time can still
+    be read from /proc before it is; it is killed if it outlives `timeout`, or if the
+    benchmark is interrupted.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        spawned = time.monotonic()
+        process = subprocess.Popen(
+            list(argv), cwd=REPO, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=err
+        )
+        try:
+            meter = CpuMeter.for_stack(stack, **{name: process.pid})
+            meter.start()
+            deadline = time.monotonic() + timeout
+            while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} still running after {timeout:g} s")
+                time.sleep(0.02)
+            busy = meter.busy()
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        out.seek(0)
+        err.seek(0)
+        finished = _Finished(
+            spawned,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            busy,
+        )
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"{name} exited with {process.returncode}:\n{finished.stderr[-3000:]}"
+            f"\n{finished.stdout[-1000:]}"
+        )
+    return finished
+
+
+def _child(mode: str, settings: Settings, stack: BenchStack, *, timeout: float) -> _Finished:
+    return _run(
+        [sys.executable, "-m", "bench.replay_child", mode],
+        env=child_env(settings),
+        stack=stack,
+        name={"rebuild": "replay", "memory": "in-memory", "read": "consumer"}[mode],
+        timeout=timeout,
+    )
+
+
+def consumer_performance_command() -> tuple[list[str], Path]:
+    """`java ... ConsumerPerformance` without its options, and where its jars are.
+
+    Raises ChatlogError when Java is missing or the jars cannot be fetched.
+    """
+    java = shutil.which("java") or shutil.which("java", path="/usr/bin")
+    if java is None:
+        raise ChatlogError("java is not installed (apt-get install -y openjdk-17-jre-headless)")
+    tools = ensure_tool_jars()
+    return [java, *_JVM_OPTIONS, "-cp", f"{tools}/*", _TOOL], tools
+
+
+def _consumer_performance(
+    command: Sequence[str],
+    settings: Settings,
+    stack: BenchStack,
+    *,
+    group: str,
+    records: int,
+    timeout: float,
+) -> ConsumerPerformanceResult:
+    stack.groups.append(group)  # it subscribes, and commits its offsets: a real group
+    argv = [
+        *command,
+        "--bootstrap-server",
+        settings.kafka_bootstrap,
+        "--topic",
+        settings.topic,
+        "--num-records",
+        str(records),
+        "--group",
+        group,
+        "--timeout",
+        "30000",
+        # The replay's fetch sizes: the bound is reading with the same fetches, not with
+        # the tool's smaller default (1 MiB a partition), which reads about a third slower.
+        "--fetch-size",
+        str(REPLAY_FETCH["max.partition.fetch.bytes"]),
+        "--command-property",
+        f"fetch.max.bytes={REPLAY_FETCH['fetch.max.bytes']}",
+    ]
+    finished = _run(argv, env=os.environ, stack=stack, name="ConsumerPerformance", timeout=timeout)
+    result = parse_consumer_performance(finished.stdout)
+    got = int(result.number("data.consumed.in.nMsg"))
+    if got != records:
+        raise RuntimeError(f"ConsumerPerformance read {got:,} records, not {records:,}")
+    return result
+
+
+def _prefill(settings: Settings, plan: Plan, report: Report) -> tuple[int, float, int]:
+    """Publish the scenario's events; (count, seconds, processes).
+
+    Building a million events and encoding them is CPU work (about 75 µs an event with
+    the publishing), so up to `_PREFILL_PROCESSES` processes share it, each building and
+    publishing the sessions of its share (`chat_event_chunks(share=...)`) with
+    `publish_many`, a chunk at a time. A small workload is not worth their start-up.
+    """
+    processes = max(1, min(_PREFILL_PROCESSES, os.cpu_count() or 1, plan.replay_events // 200_000))
+    started = time.perf_counter()
+    jobs = [(settings, plan, (k, processes)) for k in range(processes)]
+    if processes == 1:
+        done = [_publish_share(*jobs[0])]
+    else:
+        # Spawned, not forked: this process runs librdkafka threads, which fork would copy.
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:  # exit: terminate
+            done = pool.starmap_async(_publish_share, jobs).get(60.0 + plan.replay_events / 2_000)
+    if not report.value_sizes:
+        report.value_sizes += done[0][1]
+    return sum(count for count, _ in done), time.perf_counter() - started, processes
+
+
+def _publish_share(settings: Settings, plan: Plan, share: tuple[int, int]) -> tuple[int, list[int]]:
+    """One pre-fill process: its share of the sessions; (events published, sample sizes)."""
+    count = 0
+    sizes: list[int] = []
+    with wiring.producer(settings, flush_on_sigterm=False) as producer:
+        chunks = chat_event_chunks(
+            sessions=plan.replay_sessions,
+            count=plan.replay_events,
+            record_bytes=plan.record_bytes,
+            codec=producer.codec,
+            info=producer.info,
+            seed=61,
+            chunk=_CHUNK,
+            share=share,
+        )
+        for chunk in chunks:
+            if not sizes:
+                sizes = [len(producer.codec.encode(e)) for e in chunk[:1_000]]
+            count += len(producer.publish_many(chunk))
+    return count, sizes
+
+
+def _rate(totals: Mapping[str, Any]) -> float:
+    """Records over the rebuild phase: partitions assigned → last record read or applied."""
+    return float(totals["events"]) / (float(totals["done"]) - float(totals["assigned"]))
+
+
+def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
+    """Scenario 6: see the module docstring."""
+    settings = stack.scenario("replay")
+    say(f"replay: publishing {plan.replay_events:,} events over {plan.replay_sessions:,} sessions")
+    events, prefill_s, processes = _prefill(settings, plan, report)
+    say(f"replay: published in {prefill_s:.1f} s ({events / prefill_s:,.0f} events/s)")
+    command: list[str] | None = None
+    tools: Path | None = None
+    missing = ""
+    try:
+        command, tools = consumer_performance_command()
+    except ChatlogError as exc:  # no Java, Maven or network: the rest still runs
+        missing = exc.message
+        say(f"replay: ConsumerPerformance left out: {missing}")
+    # Without the tool, its rows are left out rather than printed empty.
+    cp = (
+        report.metric("replay", _ROW_CP, "events/s", "the bound: reading only")
+        if command is not None
+        else None
+    )
+    read = report.metric("replay", _ROW_READ, "events/s")
+    decode = report.metric("replay", _ROW_DECODE, "events/s")
+    memory = report.metric("replay", _ROW_MEMORY, "events/s")
+    rebuilt = report.metric("replay", _ROW_REBUILD, "events/s", TARGET_REPLAY)
+    share = (
+        report.metric("replay", "rebuild ÷ ConsumerPerformance", "share", TARGET_SHARE)
+        if cp is not None
+        else None
+    )
+    rss = report.metric("replay", "rebuild peak resident memory (VmHWM)", "MB")
+    startup = report.metric("replay", "rebuild start-up: spawn → partitions assigned", "s")
+    timeout = 60.0 + plan.replay_events / 2_000  # 560 s for a million: 5 times the slowest seen
+    seen: dict[str, list[dict[str, Any]]] = {"rebuild": [], "memory": [], "read": []}
+    cp_runs: list[ConsumerPerformanceResult] = []
+    busy: list[dict[str, float]] = []
+
+    # The broker's page cache and code are warm after the pre-fill anyway; one reading
+    # more, unmeasured, makes sure every row starts from the same state.
+    warmup = stack.repetition(settings, "warmup")
+    stack.groups.append(warmup.projector_group)
+    warm = _child("read", warmup, stack, timeout=timeout).totals()
+    say(f"replay warm-up (Python consumer): {_rate(warm):,.0f} events/s")
+    for n in range(1, plan.repeat + 1):
+        rep = stack.repetition(settings, f"r{n}")
+        line = [f"replay r{n}:"]
+        if cp is not None and command is not None:
+            result = _consumer_performance(
+                command,
+                settings,
+                stack,
+                group=f"{rep.projector_group}-cp",
+                records=events,
+                timeout=timeout,
+            )
+            cp.add(result.number("fetch.nMsg.sec"))
+            cp_runs.append(result)
+            line.append(f"ConsumerPerformance {cp.values[-1]:,.0f}/s,")
+        stack.groups.append(rep.projector_group)  # the bare consumer's (never committed)
+        reading = _child("read", rep, stack, timeout=timeout).totals()
+        read.add(_rate(reading))
+        decode.add(reading["decoded"] / reading["decode_s"])
+        seen["read"].append(reading)
+        # A prefix of its own: its flip must not leave a live generation to the rebuild's.
+        memory_rep = stack.repetition(settings, f"r{n}-memory")
+        in_memory = _child("memory", memory_rep, stack, timeout=timeout).totals()
+        stack.forget_keys(memory_rep.redis_prefix)
+        _check(in_memory, events)
+        memory.add(_rate(in_memory))
+        seen["memory"].append(in_memory)
+        finished = _child("rebuild", rep, stack, timeout=timeout)
+        stack.forget_keys(rep.redis_prefix)
+        totals = finished.totals()
+        _check(totals, events)
+        rebuilt.add(_rate(totals))
+        rss.add(totals["peak_rss_kib"] / 1024)
+        startup.add(totals["assigned"] - finished.spawned)
+        busy.append(finished.busy)
+        seen["rebuild"].append(totals)
+        if share is not None and cp is not None:
+            share.add(rebuilt.values[-1] / cp.values[-1])
+        line.append(
+            f"Python consumer {read.values[-1]:,.0f}/s, decode {decode.values[-1]:,.0f}/s, "
+            f"in memory {memory.values[-1]:,.0f}/s, rebuild {rebuilt.values[-1]:,.0f}/s "
+            f"({rss.values[-1]:,.0f} MB peak)"
+        )
+        say(" ".join(line))
+    report.notes.extend(
+        _notes(
+            plan,
+            (events, prefill_s, processes),
+            seen,
+            cp_runs,
+            busy,
+            tools=tools,
+            missing=missing,
+        )
+    )
+
+
+def _check(totals: Mapping[str, Any], events: int) -> None:
+    if totals["events"] != events or totals["dead_letters"]:
+        raise AssertionError(
+            f"the {totals['mode']} replay applied {totals['events']:,} of {events:,} events, "
+            f"{totals['dead_letters']} dead letters"
+        )
+
+
+def _workers(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The largest worker process's peak, if `rebuild` started workers."""
+    peaks = [run.get("workers_ru_maxrss_kib", 0) for run in runs]
+    if not any(peaks):
+        return ""
+    return (
+        f", and its largest worker process at most {statistics.median(peaks) / 1024:,.0f} MB "
+        f"(ru_maxrss, which counts the parent's size when it started the worker)"
+    )
+
+
+def _notes(
+    plan: Plan,
+    prefill: tuple[int, float, int],
+    seen: Mapping[str, Sequence[Mapping[str, Any]]],
+    cp_runs: Sequence[ConsumerPerformanceResult],
+    busy: Sequence[dict[str, float]],
+    *,
+    tools: Path | None,
+    missing: str,
+) -> list[str]:
+    def median(mode: str, key: str) -> float:
+        values = [float(run[key]) for run in seen[mode] if run.get(key) is not None]
+        return statistics.median(values) if values else float("nan")
+
+    def mb(mode: str, key: str) -> float:
+        return median(mode, key) / 1024
+
+    def gc(mode: str) -> str:
+        return (
+            f"{median(mode, 'gc_full_collections'):.0f} full collections, pauses "
+            f"{median(mode, 'gc_pause_total_ms'):,.0f} ms in all, longest "
+            f"{median(mode, 'gc_pause_max_ms'):,.0f} ms"
+        )
+
+    events, prefill_s, processes = prefill
+    rebuild_calls = [run["returned"] - run["called"] for run in seen["rebuild"]]
+    first_ms = [(run["first_batch"] - run["assigned"]) * 1000 for run in seen["rebuild"]]
+    read_mb_s = [run["bytes"] / 2**20 / (run["done"] - run["assigned"]) for run in seen["read"]]
+    notes = [
+        f"replay: {events:,} events over {plan.replay_sessions:,} sessions, pre-filled once "
+        f"by {processes} process{'es' if processes > 1 else ''} with publish_many, "
+        f"{_CHUNK:,} at a time ({prefill_s:.0f} s, {events / prefill_s:,.0f} events/s, "
+        f"building the events included); each repetition reads the whole topic from offset "
+        f"0 once per reader, each in a process of its own, in the order of the table; every "
+        f"rate is from the partitions assigned to the last record read or applied"
+    ]
+    peers = []
+    if cp_runs:
+        fetch_mb = statistics.median(r.number("fetch.MB.sec") for r in cp_runs)
+        whole = statistics.median(r.number("nMsg.sec") for r in cp_runs)
+        join = statistics.median(r.number("rebalance.time.ms") for r in cp_runs)
+        peers.append(
+            f"ConsumerPerformance ({_TOOL}, kafka-tools jars from Maven Central in {tools}; "
+            f"--num-records {events} --timeout 30000 --fetch-size "
+            f"{REPLAY_FETCH['max.partition.fetch.bytes']} --command-property "
+            f"fetch.max.bytes={REPLAY_FETCH['fetch.max.bytes']}, the replay consumer's "
+            f"fetch sizes; {_JVM_OPTIONS[0]} as kafka-consumer-perf-test.sh): "
+            f"{fetch_mb:,.1f} MB/s (fetch.MB.sec), {whole:,.0f} events/s with its "
+            f"{join:,.0f} ms group join counted (nMsg.sec)"
+        )
+    else:
+        peers.append(f"ConsumerPerformance not run: {missing}")
+    peers.append(
+        f"Python consumer: {statistics.median(read_mb_s):,.1f} MB/s with the replay "
+        f"consumer's fetch sizes, using {median('read', 'cpu_share'):.0%} of a core; decode "
+        f"only: EventCodec.decode of the first {median('read', 'decoded'):,.0f} values it "
+        f"read, after the reading"
+    )
+    notes.append("replay, the readers: " + "; ".join(peers))
+    notes.append(
+        f"replay, the rebuild: `rebuild(settings, handover_s=0, keep_old=False)` into a "
+        f"fresh prefix per repetition (nothing live: no catch-up), the phase's start and end "
+        f"taken from its ReplayProgress reports; the whole call "
+        f"{statistics.median(rebuild_calls):.1f} s (start-up and flip included); first "
+        f"batch applied {statistics.median(first_ms):,.0f} ms after the assignment; peak "
+        f"resident memory {mb('rebuild', 'peak_rss_kib'):,.0f} MB, of which "
+        f"{mb('rebuild', 'peak_rss_before_kib'):,.0f} MB before it started (interpreter and "
+        f"imports){_workers(seen['rebuild'])}, the in-memory variant's "
+        f"{mb('memory', 'peak_rss_kib'):,.0f} MB (its store holds every view); CPU from the "
+        f"first batch to the last: rebuild "
+        f"{median('rebuild', 'cpu_share'):.0%} of a core, in-memory "
+        f"{median('memory', 'cpu_share'):.0%}; over the rebuild process's life (100% = one "
+        f"core): {CpuMeter.describe(median_shares(busy))}; garbage collector: rebuild "
+        f"{gc('rebuild')}; in-memory {gc('memory')}"
+    )
+    return notes

@@ -1,0 +1,246 @@
+"""One reading of the replay scenario's topic, in a process of its own, configured by CHATLOG_*.
+
+    python -m bench.replay_child rebuild   # chatlog.replay.rebuild into a fresh prefix
+    python -m bench.replay_child memory    # the same pieces, views kept in memory
+    python -m bench.replay_child read      # a bare confluent-kafka consumer, no decoding
+
+Why a process each? A replay is its own process (`chatlog replay`), and its peak
+resident memory is only its own in a process that did nothing else. The three modes
+share one clock: the rebuild phase starts when the partitions are assigned and the end
+offsets known (where `rebuild` creates its `ReplayProgress`), and ends when the last
+record up to those offsets is applied. Consumer start-up (imports, metadata, end
+offsets) comes before it and is reported apart. ConsumerPerformance's `fetch.nMsg.sec`
+covers the same span: from the partitions assigned to the last record.
+
+- `rebuild` calls `chatlog.replay.rebuild(settings, handover_s=0, keep_old=False)`, the
+  code `chatlog replay` runs, and takes the rebuild phase from its progress reports.
+  The prefix is fresh, so nothing is live: no catch-up, and the flip is one command.
+- `memory` runs the same `rebuild` call with one change: the store of the generation it
+  builds is an `InMemoryViewStore` (`chatlog.replay._store` patched, in this process
+  only). So the `KafkaReplay` and `ProjectionCore` are exactly those `rebuild` makes,
+  batch size, view cache and collector settings included, whatever they become: reading,
+  decoding and folding without the Redis writes. (The generation pointer and the flip
+  still go to Redis, outside the rebuild phase.)
+- `read` assigns every partition to a confluent-kafka consumer with the replay's fetch
+  settings and counts the records and their bytes: what reading alone costs in Python.
+  It then decodes a sample of the values it read, off the clock of the reading.
+
+On exit it prints one JSON line: counts, monotonic timestamps (CLOCK_MONOTONIC, shared
+with the parent on Linux), the peak resident memory, also as it was before the reading
+started and that of the largest worker process a rebuild may have started, CPU seconds,
+and the garbage collector's pauses.
+
+Why is the peak `VmHWM` (/proc/self/status) rather than `getrusage().ru_maxrss`? On
+Linux, exec saves the high-water mark of the address space it replaces into the
+process's `ru_maxrss`, and a child spawned by fork or vfork replaces a copy of its
+parent's: a child of a benchmark process that holds 500 MB reports at least 500 MB
+(measured), whatever it uses itself. `VmHWM` belongs to the address space exec created.
+`ru_maxrss` is printed too, and used where /proc is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+import chatlog.replay
+from bench.projector_child import GcPauses
+from chatlog import wiring
+from chatlog.replay import ProgressPrinter, rebuild
+from chatlog.settings import Settings
+from processors.kafka_replay import ReplayProgress
+from projections.store import InMemoryViewStore
+
+MODES = ("rebuild", "memory", "read")
+# The replay consumer's fetch settings (processors.kafka_replay.KafkaReplay); the bare
+# consumer and ConsumerPerformance are given the same.
+REPLAY_FETCH = {"fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024}
+_DECODE_SAMPLE = 100_000
+
+
+class PhaseClock:
+    """Takes the rebuild phase's start and end from a replay's progress reports.
+
+    `ReplayProgress.started` is set when the replay has its partitions and end offsets;
+    the end is the last report, in the rebuild phase, after which no more records came.
+    The reports are also passed on to `ProgressPrinter`, as `chatlog replay` shows them.
+    """
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.first: float | None = None  # the first batch applied
+        self.done_at: float | None = None
+        self.done = 0
+        self.total = 0
+        self.cpu_first = 0.0
+        self.cpu_done = 0.0
+        self.printer = ProgressPrinter(sys.stderr, every_s=5.0)
+
+    def __call__(self, progress: ReplayProgress) -> None:
+        if progress.phase == "rebuild" and progress.done > self.done:
+            now = time.monotonic()
+            if self.first is None:
+                self.first, self.cpu_first = now, time.process_time()
+            self.started = progress.started
+            self.done_at, self.done, self.total = now, progress.done, progress.total
+            self.cpu_done = time.process_time()
+        self.printer(progress)
+
+
+def main() -> int:
+    """Run the mode named on the command line; print its totals as one JSON line."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("chatlog.kafka").setLevel(logging.ERROR)
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    if mode not in MODES:
+        print(f"usage: python -m bench.replay_child {'|'.join(MODES)}", file=sys.stderr)
+        return 2
+    pauses = GcPauses()
+    settings = Settings.from_env()
+    before = peak_rss_kib()
+    began = time.monotonic()
+    gc.callbacks.append(pauses)
+    totals = _read(settings) if mode == "read" else _replay(settings, in_memory=mode == "memory")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    totals |= {
+        "mode": mode,
+        "began": began,
+        "ended": time.monotonic(),
+        "peak_rss_kib": peak_rss_kib(),
+        "peak_rss_before_kib": before,
+        "ru_maxrss_kib": usage.ru_maxrss,
+        # Worker processes (`rebuild(workers=n)`): the largest one's ru_maxrss, which on
+        # Linux is at least this process's resident size when it started them.
+        "workers_ru_maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        **pauses.totals(),
+    }
+    print(json.dumps(totals), flush=True)
+    return 0
+
+
+def _replay(settings: Settings, *, in_memory: bool) -> dict[str, Any]:
+    clock = PhaseClock()
+    called = time.monotonic()
+    with contextlib.ExitStack() as patches:
+        if in_memory:
+            patches.enter_context(_views_in_memory())
+        report = rebuild(settings, handover_s=0.0, keep_old=False, on_progress=clock)
+    returned = time.monotonic()
+    if clock.started is None or clock.done_at is None:
+        raise RuntimeError(f"the replay reported no records (events {report.events})")
+    return {
+        "events": clock.done,
+        "total": clock.total,
+        "dead_letters": report.dead_letters,
+        "generation": report.generation,
+        "called": called,
+        "assigned": clock.started,
+        "first_batch": clock.first,
+        "done": clock.done_at,
+        "returned": returned,
+        # CPU from the first batch applied to the last (the share of a core it used).
+        "cpu_share": _share(clock.cpu_done - clock.cpu_first, clock.done_at - (clock.first or 0)),
+    }
+
+
+def _views_in_memory() -> contextlib.AbstractContextManager[Any]:
+    """Make `rebuild` fold into an `InMemoryViewStore` (see the module docstring)."""
+    if not hasattr(chatlog.replay, "_store"):
+        raise RuntimeError(
+            "chatlog.replay._store, which the in-memory variant replaces, is gone: "
+            "update bench/replay_child.py to the new way `rebuild` makes its store"
+        )
+    stores: dict[str, InMemoryViewStore] = {}
+
+    def store(settings: Settings, generation: str) -> InMemoryViewStore:
+        return stores.setdefault(generation, InMemoryViewStore())
+
+    return mock.patch.object(chatlog.replay, "_store", store)
+
+
+def _read(settings: Settings) -> dict[str, Any]:
+    """Every record of the topic through a bare consumer; then decode a sample, apart."""
+    called = time.monotonic()
+    consumer = Consumer(
+        {
+            **settings.kafka,
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.projector_group,  # assigned, never committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            **REPLAY_FETCH,
+        }
+    )
+    try:
+        topic = settings.topic
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        total = 0
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            total += high - low
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        assigned = time.monotonic()
+        count = size = 0
+        first: float | None = None
+        cpu_first = 0.0
+        sample: list[bytes] = []
+        while count < total:
+            messages = consumer.consume(20_000, timeout=0.2)
+            for message in messages:
+                if message.error() is not None:
+                    raise RuntimeError(f"reading {topic}: {message.error()}")
+                size += len(message.key() or b"") + len(message.value() or b"")
+            if messages and first is None:
+                first, cpu_first = time.monotonic(), time.process_time()
+            if len(sample) < _DECODE_SAMPLE:
+                sample += [m.value() or b"" for m in messages[: _DECODE_SAMPLE - len(sample)]]
+            count += len(messages)
+        done = time.monotonic()
+        cpu_s = time.process_time() - cpu_first
+    finally:
+        consumer.close()
+    codec = wiring.codec(settings)
+    started = time.perf_counter()
+    for value in sample:
+        codec.decode(value)
+    decode_s = time.perf_counter() - started
+    return {
+        "events": count,
+        "total": total,
+        "bytes": size,
+        "called": called,
+        "assigned": assigned,
+        "first_batch": first,
+        "done": done,
+        "cpu_share": _share(cpu_s, done - (first or done)),
+        "decoded": len(sample),
+        "decode_s": decode_s,
+    }
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory in KiB: VmHWM, else ru_maxrss (see above)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _share(cpu_s: float, wall_s: float) -> float | None:
+    return round(cpu_s / wall_s, 3) if wall_s > 0 else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
