@@ -236,10 +236,11 @@ class ExtractiveSummarizer:
     commitments (sentences with words such as *will*, *agreed*, *refund*, *cancel*,
     *scheduled*), and open questions (user questions no assistant turn answered after).
     It merges them with the previous summary when that is one of its own; another
-    summarizer's text is mined for the same things. Past the token cap it drops the least
-    important items first: names, then ids, then decisions, then open questions, and
-    within a kind what was only carried forward before what the new turns said, oldest
-    first. The same request always gives the same summary.
+    summarizer's text is mined for the same things. Past the token cap every kind keeps a
+    share: round after round, open questions, decisions, ids and names each keep their
+    best remaining item while it fits (within a kind, what the new turns said before what
+    was only carried forward, newest first). The same request always gives the same
+    summary.
     """
 
     def __init__(self, *, count_tokens: Callable[[str], int] = approx_tokens) -> None:
@@ -282,7 +283,8 @@ def _read_turn(digest: _Digest, turn: Message, *, answered: bool) -> None:
         if turn.role == "user" and sentence.endswith("?"):
             if not answered:
                 digest.add(_QUESTIONS, f"{turn.role}: {_clip(sentence)}", fresh=True)
-        elif _DECISION_WORDS.search(sentence):
+        elif not sentence.endswith("?") and _DECISION_WORDS.search(sentence):
+            # "Shall I book it?" offers a decision; only its answer settles one.
             digest.add(_DECISIONS, f"{turn.role}: {_clip(sentence)}", fresh=True)
     # Tool call arguments carry ids too ({"order": "#A7-1042"}), but no prose.
     arguments = " ".join(call.arguments for call in turn.tool_calls)
@@ -378,17 +380,24 @@ def _render(items: Iterable[_Item]) -> str:
 
 
 def _fit(digest: _Digest, max_tokens: int, count_tokens: Callable[[str], int]) -> str:
-    """The most important items whose rendering fits in `max_tokens`."""
+    """The items whose rendering fits in `max_tokens`, every kind keeping a share."""
     items = list(digest.items.values())
     if count_tokens(whole := _render(items)) <= max_tokens:
         return whole
-    # Most important first: by kind, then what these turns said, then the newest. An item
-    # that does not fit is skipped, so a smaller, less important one may still fit after.
-    ranked = sorted(items, key=lambda i: (_KINDS.index(i.kind), i.fresh, i.seq), reverse=True)
+    # Round after round, each kind offers its best item, the most important kind first;
+    # within a kind, what these turns said before what was only carried, newest first.
+    # Ranking by kind alone let a long run of decisions crowd out every name and id.
+    queues = [
+        sorted((i for i in items if i.kind == kind), key=lambda i: (i.fresh, i.seq), reverse=True)
+        for kind in reversed(_KINDS)
+    ]
     kept: list[_Item] = []
-    for item in ranked:
-        if count_tokens(_render([*kept, item])) <= max_tokens:
-            kept.append(item)
+    while any(queues):
+        for queue in queues:
+            if queue and count_tokens(_render([*kept, queue[0]])) <= max_tokens:
+                kept.append(queue.pop(0))
+            elif queue:
+                queue.pop(0)  # does not fit: a smaller one of its kind may, next round
     return _render(kept)
 
 

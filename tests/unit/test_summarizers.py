@@ -169,18 +169,28 @@ def test_another_summarizers_prose_is_mined_for_what_matters():
     )
 
 
-def test_the_cap_drops_names_first_and_open_questions_last():
+def test_under_the_cap_every_kind_keeps_its_newest_items():
     full = extract(turns(*SUPPORT_CHAT)).summary
     cap = approx_tokens(full) - 10
     capped = extract(turns(*SUPPORT_CHAT), cap=cap).summary
     assert approx_tokens(capped) <= cap
-    assert "Entities: Maria Lopez, Acme Router X2" not in capped  # the first to go
-    assert capped.endswith(EXPECTED_SUPPORT_SUMMARY.split("Open questions:")[1])
-    # The newest open question first; then a short name still fits in what is left.
+    for kind in ("Entities:", "Numbers and ids:", "Decisions:", "Open questions:"):
+        assert kind in capped
+    assert capped.endswith("- user: And can you send me a copy of the invoice?")
+    # With room for little, the newest open question comes first.
     tiny = extract(turns(*SUPPORT_CHAT), cap=20).summary
-    assert (
-        tiny == "Entities: DHL\nOpen questions:\n- user: And can you send me a copy of the invoice?"
-    )
+    assert approx_tokens(tiny) <= 20
+    assert "- user: And can you send me a copy of the invoice?" in tiny
+
+
+def test_a_long_run_of_decisions_does_not_crowd_out_names_and_ids():
+    chat = [("assistant", f"We will refund part {n} of order #R{n:02d}-4242.") for n in range(60)]
+    chat.append(("user", "Thanks, Hannah Becker here, case #CS-90417."))
+    summary = extract(turns(*chat), cap=120).summary
+    assert approx_tokens(summary) <= 120
+    assert "Hannah Becker" in summary
+    assert "#CS-90417" in summary
+    assert "- assistant: We will refund part 59 of order #R59-4242." in summary
 
 
 @given(cap=st.integers(min_value=1, max_value=300))
@@ -491,3 +501,11 @@ def test_the_summarizers_module_imports_no_network_library():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == ""
+
+
+def test_a_question_is_not_a_decision():
+    summary = extract(
+        turns(("assistant", "I can book DHL for Thursday. Shall I?"), ("user", "Yes, please."))
+    ).summary
+    assert "Shall I?" not in summary
+    assert "- assistant: I can book DHL for Thursday." in summary
