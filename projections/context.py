@@ -50,6 +50,8 @@ class Context:
     position: Position
     message_count: int
     updated_at_ms: int
+    # The offset of the session's last close (-1: never closed); see `SessionView`.
+    closed_through: int = -1
     # How `to_openai` counts tokens unless told otherwise: the reader's configured counter.
     count_tokens: TokenCounter = field(default=approx_tokens, compare=False, repr=False)
 
@@ -70,6 +72,7 @@ class Context:
             position=view.position,
             message_count=view.message_count,
             updated_at_ms=view.updated_at_ms,
+            closed_through=view.closed_through,
             count_tokens=count_tokens,
         )
 

@@ -113,6 +113,9 @@ class SessionView:
     # The offset of the session's first event: a read beyond the window scans the log
     # from here, not from the partition's start.
     first_offset: int = -1
+    # The offset of the session's last SessionClosed (-1: never closed). It stays when a
+    # later message reopens the session, so a reader can start afresh after a close.
+    closed_through: int = -1
     message_count: int = 0
     summary: str | None = None
     summary_through: int = -1
@@ -297,7 +300,7 @@ def _changes(
     if isinstance(payload, SessionStarted):
         return {"title": payload.title} if payload.title is not None else {}
     if isinstance(payload, SessionClosed):
-        return {"status": SessionStatus.CLOSED}
+        return {"status": SessionStatus.CLOSED, "closed_through": offset}
     if isinstance(payload, UserErased):
         return _erase(view)
     raise AssertionError(f"unhandled payload {type(payload).__name__}")  # pragma: no cover

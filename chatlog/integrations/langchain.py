@@ -29,16 +29,13 @@ leave the window; without it, a long conversation would silently lose its beginn
 The marked message is never stored back by `add_messages`.
 
 What `clear()` does: it publishes `SessionClosed` (the log keeps every message; replay
-and audits still see them) and from then on this history reads only what was added after
-the clear. The read-model keeps a closed session's messages, so the boundary is kept by
-the history itself: a closed session reads as empty, and each message added afterwards
-carries the offset of the clear (``langchain.cleared_through``), so every reader, in any
-process, leaves out what came before it. The rolling summary is never shown again after
-a clear, since it would still tell the earlier turns. Within a process the boundary
-always holds, since its histories share what they know of clears. Across processes, a
-message added by a history that had not yet seen the clear (a race), or by a client
-other than this history, carries no mark, and another process may then show the older
-messages again.
+and audits still see them) and from then on every history of the session reads only
+what was added after the clear. The read-model keeps a closed session's messages and
+records the offset of its last close (`Context.closed_through`, kept when a later
+message reopens the session), so every reader, in any process, leaves out what came
+before it, whoever added the later messages. Messages added afterwards also carry the
+clear's offset in metadata (``langchain.cleared_through``). The rolling summary is never
+shown again after a clear, since it would still tell the earlier turns.
 
 Used with `RunnableWithMessageHistory` and no ``history_messages_key``, LangChain reads
 the history again after the call to cut the history out of its input; a summary landing
@@ -254,7 +251,15 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
     def _history(self, context: Context) -> list[BaseMessage]:
         """The LangChain view of a context: the summary, then the messages since the clear."""
         known = self._cleared_through()
-        cleared = max([-1 if known is None else known, *map(cleared_through, context.messages)])
+        # The read-model's record of the last close is exact for every reader in every
+        # process; the marks in metadata and this process's book only add to it.
+        cleared = max(
+            [
+                -1 if known is None else known,
+                context.closed_through,
+                *map(cleared_through, context.messages),
+            ]
+        )
         if context.status is SessionStatus.CLOSED:
             # Closed and not reopened: every message in the view precedes the close.
             cleared = max(cleared, context.position.offset)

@@ -342,6 +342,19 @@ def test_clear_closes_the_session_and_later_reads_start_afresh(settings, chat):
     assert context.status is SessionStatus.OPEN
 
 
+def test_a_clear_holds_for_a_message_added_by_a_client_that_never_saw_it(settings, chat):
+    history = ChatlogMessageHistory("s-clear2", "alice", log=chat)
+    with running_projector(settings):
+        history.add_messages([HumanMessage("old order 7731")])
+        history.clear()
+        # A plain chatlog client (no LangChain, no clear mark) writes after the clear.
+        position = chat.append("s-clear2", user_id="alice", role="user", content="new topic")
+        elsewhere = ChatlogMessageHistory(
+            "s-clear2", "alice", log=chat, book=HistoryBook(), after=position
+        )
+        assert [m.content for m in elsewhere.messages] == ["new topic"]
+
+
 def test_clearing_a_session_that_does_not_exist_publishes_nothing(settings, chat, kafka):
     with running_projector(settings):
         ChatlogMessageHistory("s-none", "alice", log=chat).clear()

@@ -373,7 +373,7 @@ def test_redacting_an_unknown_message_changes_no_message():
 def test_closing_a_session_keeps_its_messages():
     before = folded(*chat(2))
     after = evolve(before, event(SessionClosed(reason="idle")), at(2))
-    assert after == replace(before, status=SessionStatus.CLOSED, last_offset=2)
+    assert after == replace(before, status=SessionStatus.CLOSED, last_offset=2, closed_through=2)
 
 
 def test_a_message_after_closing_reopens_the_session():
@@ -591,3 +591,10 @@ def test_fold_gives_exactly_what_evolve_gives_event_by_event(data, history, wind
     view, refused_by_fold = fold(start, log, policy)
     assert view == expected
     assert [(item, position) for item, position, _ in refused_by_fold] == refused
+
+
+def test_a_close_is_remembered_after_a_later_message_reopens_the_session():
+    view = folded(appended("before", message_id="m0"), SessionClosed(), appended("after"))
+    assert view.status is SessionStatus.OPEN
+    assert view.closed_through == 1
+    assert [m.offset for m in view.messages if m.offset > view.closed_through] == [2]
