@@ -27,12 +27,12 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from chatlog import wiring
 from chatlog.settings import Settings
-from processors.kafka_history import AsOf, read_as_of
+from processors.kafka_history import AsOf, read_as_of, usable
 from producers.kafka_topics import topic_partitions
 from producers.partitioning import partition_for
 from projections.context import SUMMARY_PREAMBLE, Context
@@ -333,7 +333,7 @@ def _read(
     with stop_on_signals() as stop:
         while not stop.is_set():
             for message in consumer.consume(500, timeout=0.2):
-                if _usable(message, start.topic) and message.key() == key:
+                if usable(message, start) and message.key() == key:
                     shown += _show(message, codec.decode, emit, args.session)
             if not args.follow and _reached(consumer, start, high):
                 break
@@ -369,18 +369,6 @@ def _no_broker(settings: Settings, exc: KafkaException) -> BrokerUnavailable:
         f"CHATLOG_KAFKA_BOOTSTRAP",
         bootstrap_servers=settings.kafka_bootstrap,
     )
-
-
-def _usable(message: Message, topic: str) -> bool:
-    error = message.error()
-    if error is None:
-        return True
-    if error.code() == KafkaError._PARTITION_EOF:
-        return False
-    if error.fatal() or not error.retriable():
-        raise BrokerUnavailable(f"reading {topic} failed: {error.str()}", topic=topic)
-    _warn(f"consumer: {error.str()}")
-    return False
 
 
 def _reached(consumer: Consumer, start: TopicPartition, high: int) -> bool:

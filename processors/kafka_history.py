@@ -91,6 +91,7 @@ __all__ = [
     "log_consumer",
     "partition_records",
     "read_as_of",
+    "usable",
 ]
 
 _LOG = logging.getLogger("chatlog.history")
@@ -444,7 +445,7 @@ def partition_records(
         if batch:
             heard_at = time.monotonic()
         for message in batch:
-            if not _usable(message, where):
+            if not usable(message, where):
                 continue
             offset = _offset(message)
             if offset >= stop:
@@ -467,7 +468,8 @@ def partition_records(
             )
 
 
-def _usable(message: Message, where: TopicPartition) -> bool:
+def usable(message: Message, where: TopicPartition) -> bool:
+    """Whether a consumed message is a record of `where` (errors raise or are logged)."""
     error = message.error()
     if error is None:
         return True

@@ -57,6 +57,7 @@ __all__ = [
     "GenerationPointer",
     "KafkaProjector",
     "ProjectorStats",
+    "record_of",
     "tune_garbage_collector",
 ]
 
@@ -191,7 +192,7 @@ class KafkaProjector:
         if first is None:
             return BatchResult()
         messages = [first, *self._consumer.consume(self.batch_size - 1, timeout=0)]
-        records = [r for r in (self._record(m) for m in messages) if r is not None]
+        records = [r for r in (record_of(m, self.topic) for m in messages) if r is not None]
         if not records:
             return BatchResult()
         result = self.core.handle(records)
@@ -221,23 +222,6 @@ class KafkaProjector:
             )
             return False
         return True
-
-    def _record(self, message: Message) -> Record | None:
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                return None
-            if error.fatal() or not error.retriable():
-                raise BrokerUnavailable(f"consuming {self.topic} failed: {error.str()}")
-            log.warning("consumer: %s", error.str())
-            return None
-        return Record(
-            topic=message.topic() or self.topic,
-            partition=message.partition() or 0,
-            offset=message.offset() or 0,
-            key=message.key(),
-            value=message.value(),
-        )
 
     def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
@@ -388,6 +372,29 @@ class KafkaProjector:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
                 log.warning("commit on revoke: %s", exc)
+
+
+def record_of(message: Message, topic: str) -> Record | None:
+    """A consumed message as a `Record`; None for an event that is not a record.
+
+    A fatal or permanent consumer error raises `BrokerUnavailable`; a transient one is
+    logged and skipped (librdkafka retries it).
+    """
+    error = message.error()
+    if error is not None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return None
+        if error.fatal() or not error.retriable():
+            raise BrokerUnavailable(f"consuming {topic} failed: {error.str()}")
+        log.warning("consumer: %s", error.str())
+        return None
+    return Record(
+        topic=message.topic() or topic,
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        key=message.key(),
+        value=message.value(),
+    )
 
 
 def tune_garbage_collector() -> None:

@@ -31,9 +31,10 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from processors.projection import ProjectionCore, Record
+from processors.kafka_projector import record_of
+from processors.projection import ProjectionCore
 from projections.store import ViewStore
 from schemas.errors import BrokerUnavailable, ChatlogError
 
@@ -150,7 +151,7 @@ class KafkaReplay:
             self.on_progress(progress)
             return 0
         messages = [first, *self._consumer.consume(self.batch_size - 1, timeout=0)]
-        records = [r for r in (self._record(m) for m in messages) if r is not None]
+        records = [r for r in (record_of(m, self.topic) for m in messages) if r is not None]
         if records:
             result = self.core.handle(records)
             progress.dead_letters += len(result.dead_letters)
@@ -169,20 +170,3 @@ class KafkaReplay:
     def close(self) -> None:
         """Leave; nothing to commit."""
         self._consumer.close()
-
-    def _record(self, message: Any) -> Record | None:
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                return None
-            if error.fatal() or not error.retriable():
-                raise BrokerUnavailable(f"reading {self.topic} failed: {error.str()}")
-            log.warning("consumer: %s", error.str())
-            return None
-        return Record(
-            topic=message.topic() or self.topic,
-            partition=message.partition() or 0,
-            offset=message.offset() or 0,
-            key=message.key(),
-            value=message.value(),
-        )
