@@ -16,6 +16,7 @@ help:
 	@echo "make services-3     the same with a three-broker Kafka cluster (fault tests)"
 	@echo "make services-stop  stop exactly what make services started"
 	@echo "make lint           ruff + mypy --strict on the package code"
+	@echo "make bench          chatlog beside its peers and Kafka's limits (~9 min; BENCH_ARGS=--quick)"
 
 venv: $(STAMP)
 

@@ -1,17 +1,21 @@
-"""chatlog's benchmark: how fast the projection runs and how soon a write can be read.
+"""chatlog's benchmark: what chatlog costs per message and how soon a prompt is ready.
 
-What is measured, and why these numbers? The projection issue set three targets, and
-each scenario here measures one of them against the real local stack (Kafka and Redis
-on loopback), the way a deployment runs it:
+What is measured, and against what? Each scenario runs against the real local stack
+(Kafka and Redis on loopback), the way a deployment runs it, and puts chatlog beside
+what a chat app would use instead (LangChain's `RedisChatMessageHistory`, a plain Redis
+list written by hand; `bench.peers`) and beside the limits of the broker on the same
+machine (Kafka's own ProducerPerformance, EndToEndLatency and ConsumerPerformance;
+`bench.kafka_tools`):
 
-* projection throughput: a topic pre-filled with chat events, drained by a projector in
-  its own process into a fresh read-model; beside it, the pure core alone (decode and
-  fold, no I/O) and the core writing to Redis without Kafka, to show where time goes;
-* publish-to-visible latency: events sent at a steady rate while a sample of them is
-  read back with ``context(after=position)``, the read-your-writes path of a chat back end;
-* context read latency: ``ChatLog.context`` on sessions of 20 and 200 stored messages.
+* append: messages a second, batched and one at a time (`bench.append`);
+* context reads of sessions of 20, 100 and 1,000 messages, and the Redis memory each
+  store keeps for one (`bench.scenarios`);
+* publish-to-visible latency at three steady rates;
+* projection and replay throughput, and their processes' peak memory (`bench.replay`);
+* what rolling summaries cost and how fast they are made (`bench.summaries`).
 
 Numbers are reported as the median and range of a few repetitions after a warm-up, in a
-Markdown table; they are never asserted (the machine is small and shared). Run it with
-``make bench`` or ``python -m bench --quick``; see ``bench/README.md``.
+Markdown table with the peer in the next column and the ratio, and a latency chart; they
+are never asserted (the machine is small and shared). Run it with ``make bench``,
+``chatlog bench`` or ``python -m bench --quick``; see ``bench/README.md``.
 """

@@ -1,28 +1,38 @@
-"""``python -m bench``: run every scenario, print the tables, write bench/results/latest.md.
+"""``python -m bench`` (or ``chatlog bench``): run every scenario, write the tables and chart.
 
-    python -m bench              # the full run (about five minutes)
-    python -m bench --quick      # everything shrunk: checks that it runs (under a minute)
-    python -m bench --repeat 5   # more repetitions for a tighter median
+    python -m bench                  # the full run (about ten minutes), then the README
+    python -m bench --quick          # everything shrunk: checks that it runs (about a minute)
+    python -m bench --repeat 5       # more repetitions for a tighter median
+    python -m bench --update-readme  # only copy results/latest.md's table into the README
 
 Kafka and Redis come from the usual settings (``CHATLOG_*``, else the local stack that
 ``make services`` started). Whatever the run creates (topics, consumer groups, Redis keys
-under ``bench:<run id>``) is deleted at the end, also when a scenario fails.
+under ``bench:<run id>``) is deleted at the end, also when a scenario fails. A full run of
+every scenario into the default results file also regenerates the README's performance
+table (`bench.readme`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import platform
 import signal
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.infra import PARTITIONS, BenchStack, Versions, source_digest
+import confluent_kafka
+
+from bench.append import append
+from bench.infra import PARTITIONS, REPO, BenchStack, Versions, source_digest
+from bench.readme import update_readme
 from bench.replay import replay
 from bench.report import Report
 from bench.scenarios import (
@@ -39,12 +49,28 @@ from chatlog.settings import Settings
 from schemas.errors import ChatlogError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("projection", "latency", "reads", "summary_cost", "summary_throughput", "replay")
+CHART = RESULTS.with_name("latency.png")
+QUICK = Path(tempfile.gettempdir()) / "chatlog-bench-quick.md"
+README = REPO / "README.md"
+SCENARIOS = (
+    "append",
+    "reads",
+    "memory",
+    "latency",
+    "projection",
+    "summary_cost",
+    "summary_throughput",
+    "replay",
+)
+# The order of the first table, whatever order the scenarios ran in.
+TABLE_ORDER = ("append", "context read", "publish→visible", "projection", "replay", "memory")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") -> int:
     """Run the benchmark; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
+    if args.update_readme:
+        return _update_readme(Path(args.output or RESULTS))
     # A CI job that times out sends SIGTERM: exit through the `finally` below, so the
     # projector processes, topics, groups and keys of the run are cleaned up even then.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -58,33 +84,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChatlogError as exc:
         print(f"bench: error: {exc.message}", file=sys.stderr)
         return 1
-    report = Report(title="chatlog benchmark")
+    report = Report(title="chatlog benchmark", order=TABLE_ORDER)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     code = source_digest()
     started = time.perf_counter()
+    took: dict[str, float] = {}
     try:
         versions = stack.versions()
         say(f"run {stack.run_id} ({'quick' if plan.quick else 'full'}, {plan.repeat} repetitions)")
-        if "projection" in args.only:
-            published = projection(stack, plan, report)
-            projection_core(stack, plan, report, published)
-            del published  # 100,000 events: not to be carried through the other scenarios
-        if "latency" in args.only:
-            visibility(stack, plan, report)
-        if "reads" in args.only:
-            context_reads(stack, plan, report)
-        if "summary_cost" in args.only:
-            summary_cost(plan, report)
-        if "summary_throughput" in args.only:
-            summary_throughput(stack, plan, report)
-        if "replay" in args.only:
-            replay(stack, plan, report)
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("append", lambda: append(stack, plan, report)),
+            (
+                "reads",
+                lambda: context_reads(
+                    stack, plan, report, timed="reads" in args.only, memory="memory" in args.only
+                ),
+            ),
+            ("latency", lambda: visibility(stack, plan, report)),
+            ("projection", lambda: _projection(stack, plan, report)),
+            ("summary_cost", lambda: summary_cost(plan, report)),
+            ("summary_throughput", lambda: summary_throughput(stack, plan, report)),
+            ("replay", lambda: replay(stack, plan, report)),
+        ]
+        for name, run in steps:
+            if name in args.only or (name == "reads" and "memory" in args.only):
+                begun = time.perf_counter()
+                run()
+                took[name] = time.perf_counter() - begun
     finally:
         problems = stack.cleanup()
         for problem in problems:
             say(f"clean-up: {problem}")
     elapsed = time.perf_counter() - started
     report.header = _header(plan, stack, versions, report, elapsed, load)
+    report.header.insert(
+        1, "time per scenario: " + ", ".join(f"{k} {v:.0f} s" for k, v in took.items())
+    )
+    report.summary = _summary(plan, versions, report)
     code_now = source_digest()
     if code_now == code:
         report.header.insert(1, f"code under test: sources {code} (sha256 of the packages' files)")
@@ -95,13 +131,54 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{code_now} at the end): the rows mix two versions; run it again",
         )
         say(f"warning: the code under test changed during the run ({code} -> {code_now})")
-    table = report.markdown()
+    # A quick run's numbers mean nothing: by default they never replace the real ones.
+    output = Path(args.output) if args.output else (QUICK if plan.quick else RESULTS)
+    chart = Path(args.chart) if args.chart else _chart_beside(output)
+    drew = _draw(report, chart, plan)
+    table = report.markdown(chart=os.path.relpath(chart, output.parent) if drew else None)
     print(table)
-    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(table, encoding="utf-8")
-    say(f"wrote {output} ({elapsed:.0f} s)")
-    return 1 if problems else 0
+    say(f"wrote {output}{f' and {chart}' if drew else ''} ({elapsed:.0f} s)")
+    if problems:
+        return 1
+    if not plan.quick and args.only == set(SCENARIOS) and output.resolve() == RESULTS:
+        return _update_readme(output)
+    return 0
+
+
+def _projection(stack: BenchStack, plan: Plan, report: Report) -> None:
+    published = projection(stack, plan, report)
+    # The same records through the core; then they go (100,000 events: not to be carried
+    # through the other scenarios).
+    projection_core(stack, plan, report, published)
+
+
+def _chart_beside(output: Path) -> Path:
+    """results/latency.png for the default results file, else <output>.png beside it."""
+    return CHART if output.resolve() == RESULTS else output.with_suffix(".png")
+
+
+def _draw(report: Report, chart: Path, plan: Plan) -> bool:
+    try:
+        from bench.chart import latency_chart  # noqa: PLC0415 - needs matplotlib
+    except ImportError as exc:
+        say(f"no chart: {exc} (matplotlib is in the dev extra: pip install -e '.[dev]')")
+        return False
+    mode = "quick run, not the numbers" if plan.quick else f"median of {plan.repeat} repetitions"
+    return latency_chart(
+        report.points, chart, title=f"chatlog beside its peers: latency percentiles ({mode})"
+    )
+
+
+def _update_readme(results: Path) -> int:
+    try:
+        changed = update_readme(results, README)
+    except (OSError, ValueError) as exc:
+        print(f"bench: error: cannot regenerate the README: {exc}", file=sys.stderr)
+        return 1
+    say(f"README.md performance table {'regenerated' if changed else 'already up to date'}")
+    return 0
 
 
 def _header(
@@ -130,14 +207,45 @@ def _header(
         f"machine: {versions.cores} cores (os.cpu_count), {platform.machine()} "
         f"{platform.system()} {platform.release()}; Kafka {versions.kafka}; "
         f"Redis {versions.redis}; Python {versions.python}",
+        f"clients: {_clients()}",
         f"load average (1 min) at the start: {load:.2f}; the notes give each scenario's CPU "
         f"use per process, `other` being the rest of the (shared) machine",
-        "each row: median and range (min - max) over the repetitions; targets are the projection "
-        "and replay issues', printed for comparison, never asserted; the summary throughput "
-        "rows give the ideal rate instead (max_in_flight / LLM latency), the replay rows "
-        "Kafka's own ConsumerPerformance as the bound; the summary cost table is counted, "
-        "not timed, and the same on every run",
+        "each value: median and range (min - max) over the repetitions, every peer measured "
+        "in the same run; the ratio says how many times faster (or smaller) chatlog is than "
+        "the peer, or slower (larger); Kafka's tools are limits, not competitors: the "
+        "broker's own rate or round trip on this machine, from Java clients doing nothing "
+        "else. In the details, targets are earlier issues', printed for comparison, never "
+        "asserted; the summary throughput rows give the ideal rate instead (max_in_flight / "
+        "LLM latency); the summary cost table is counted, not timed, and the same on every run",
     ]
+
+
+def _summary(plan: Plan, versions: Versions, report: Report) -> str:
+    """One sentence for the README: what the table was measured on."""
+    sizes = report.value_sizes
+    record = f"{statistics.mean(sizes):.0f}-byte records" if sizes else "records"
+    runs = (
+        "a quick run (shrunk: these numbers only show that it runs)"
+        if plan.quick
+        else f"the median of {plan.repeat} repetitions after a warm-up, range in brackets"
+    )
+    return (
+        f"Measured by `make bench` on {time.strftime('%Y-%m-%d', time.gmtime())}: "
+        f"{versions.cores} cores, Kafka {versions.kafka.split(' (')[0]} (one broker) and Redis "
+        f"{versions.redis} on loopback, Python {versions.python}, {record}, topics of "
+        f"{PARTITIONS} partitions; {runs}. Peers: {_clients()}."
+    )
+
+
+def _clients() -> str:
+    """The client libraries' versions (chatlog's and the peers')."""
+    found = []
+    for package in ("confluent-kafka", "redis", "langchain-community", "langchain-core"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{package} {importlib.metadata.version(package)}")
+            if package == "confluent-kafka":
+                found[-1] += f" (librdkafka {confluent_kafka.libversion()[0]})"
+    return ", ".join(found)
 
 
 def _scenarios(text: str) -> set[str]:
@@ -151,17 +259,34 @@ def _scenarios(text: str) -> set[str]:
     return chosen
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description="chatlog's projection, read, summary and replay benchmark.",
+        prog=prog,
+        description="chatlog beside its peers (LangChain's Redis history, a plain Redis list) "
+        "and Kafka's own tools: append, read, publish-to-visible, projection, replay, memory, "
+        "summaries.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="shrink everything (under a minute; for CI)"
+        "--quick", action="store_true", help="shrink everything (about a minute; for CI)"
     )
     parser.add_argument("--repeat", type=int, help="repetitions per scenario (default 3, quick 1)")
     parser.add_argument("--events", type=int, help="events in the projection scenario")
-    parser.add_argument("--output", default=str(RESULTS), help="where to write the table")
+    parser.add_argument(
+        "--output",
+        help=f"where to write the table (default {RESULTS.relative_to(REPO)}; with --quick "
+        f"{QUICK}, so that a quick run never replaces the real numbers)",
+    )
+    parser.add_argument(
+        "--chart",
+        help="where to draw the latency chart (default: results/latency.png beside the "
+        "default output, else the output's name with .png)",
+    )
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="run nothing: copy the table of --output into README.md's performance section "
+        "(a full run of every scenario into the default output does it by itself)",
+    )
     parser.add_argument(
         "--only",
         type=_scenarios,

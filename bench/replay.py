@@ -1,12 +1,12 @@
-"""Scenario 6: how fast `chatlog replay` rebuilds the read-model, beside Kafka's own reader.
+"""The replay scenario: how fast `chatlog replay` rebuilds the read-model, beside Kafka's reader.
 
-What is measured? A topic is filled once with a million `MessageAppended` events over
-ten thousand sessions. Each repetition then reads the whole topic from offset 0 four
+What is measured? A topic is filled once with `MessageAppended` events (500,000 over
+5,000 sessions in the full run). Each repetition then reads the whole topic from offset 0 four
 times, each time in a fresh process, one after the other:
 
-1. Kafka's `ConsumerPerformance` (the JVM tool behind kafka-consumer-perf-test.sh): the
-   rate at which the broker can hand these records to a consumer on this machine, the
-   bound for any replay;
+1. Kafka's `ConsumerPerformance` (the JVM tool behind kafka-consumer-perf-test.sh, run
+   by `bench.kafka_tools`): the rate at which the broker can hand these records to a
+   consumer on this machine, the bound for any replay;
 2. a bare confluent-kafka consumer that only counts the records: what reading alone
    costs in Python (it also decodes a sample afterwards, for the decode-only rate);
 3. the same `rebuild` call with its views folded into an `InMemoryViewStore` instead of
@@ -24,54 +24,36 @@ ratio of (4) to (1) is taken within each repetition, and its median reported.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.infra import REPO, BenchStack, CpuMeter, child_env
+from bench.infra import BenchStack, CpuMeter, child_env
+from bench.kafka_tools import (
+    CONSUMER_PERFORMANCE,
+    JVM_OPTIONS,
+    ConsumerPerformanceResult,
+    Finished,
+    run_process,
+)
 from bench.replay_child import REPLAY_FETCH
 from bench.report import Report
-from bench.scenarios import Plan, median_shares, say
+from bench.scenarios import CP_PEER, Plan, find_tools, median_shares, say
 from bench.workload import chat_event_chunks
 from chatlog import wiring
-from chatlog.services.kafka_local import ensure_tool_jars
 from chatlog.settings import Settings
-from schemas.errors import ChatlogError
 
-__all__ = [
-    "ConsumerPerformanceResult",
-    "consumer_performance_command",
-    "parse_consumer_performance",
-    "replay",
-]
+__all__ = ["replay"]
 
 TARGET_REPLAY = ">= 100,000 events/s"
 TARGET_SHARE = ">= 1/3 of ConsumerPerformance"
 _CHUNK = 10_000
 _PREFILL_PROCESSES = 2
-_TOOL = "org.apache.kafka.tools.ConsumerPerformance"
-# What bin/kafka-consumer-perf-test.sh runs the tool with: its heap (-Xmx512M), and
-# kafka-run-class.sh's default KAFKA_JVM_PERFORMANCE_OPTS.
-_JVM_OPTIONS = (
-    "-Xmx512M",
-    "-server",
-    "-XX:+UseG1GC",
-    "-XX:MaxGCPauseMillis=20",
-    "-XX:InitiatingHeapOccupancyPercent=35",
-    "-XX:+ExplicitGCInvokesConcurrent",
-    "-XX:MaxInlineLevel=15",
-    "-Djava.awt.headless=true",
-)
 _ROW_CP = "Kafka ConsumerPerformance (JVM): fetch.nMsg.sec"
 _ROW_READ = "Python confluent-kafka consumer, no decoding"
 _ROW_DECODE = "decode only (EventCodec.decode, no Kafka)"
@@ -79,156 +61,14 @@ _ROW_MEMORY = "the same rebuild into an InMemoryViewStore (no Redis writes)"
 _ROW_REBUILD = "chatlog.replay.rebuild into Redis: assigned → last applied"
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumerPerformanceResult:
-    """ConsumerPerformance's summary line, by the names of its header."""
-
-    fields: dict[str, str]
-
-    def number(self, name: str) -> float:
-        """One field as a number (e.g. `fetch.nMsg.sec`)."""
-        return float(self.fields[name])
-
-
-def parse_consumer_performance(stdout: str) -> ConsumerPerformanceResult:
-    """The fields of ConsumerPerformance's output (a header line, then one line of values).
-
-    Kafka 4.x prints ``start.time, end.time, data.consumed.in.MB, MB.sec,
-    data.consumed.in.nMsg, nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec,
-    fetch.nMsg.sec``. The dates hold no ", ", so the line splits on it. A run that timed
-    out before reading every record says "WARNING: Exiting before consuming ...".
-    """
-    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("WARNING"):
-            raise RuntimeError(f"ConsumerPerformance: {line}")
-    for n, line in enumerate(lines[:-1]):
-        if line.startswith("start.time,"):
-            names = line.split(", ")
-            values = lines[n + 1].split(", ")
-            if len(names) == len(values):
-                return ConsumerPerformanceResult(dict(zip(names, values, strict=True)))
-    raise RuntimeError(f"ConsumerPerformance printed no result:\n{stdout[-2000:]}")
-
-
-@dataclass
-class _Finished:
-    """A child process that ran to its end."""
-
-    spawned: float  # time.monotonic() just before the spawn
-    stdout: str
-    stderr: str
-    busy: dict[str, float] = field(default_factory=dict)
-
-    def totals(self) -> dict[str, Any]:
-        """The JSON line a `bench.replay_child` printed last."""
-        lines = self.stdout.strip().splitlines()
-        try:
-            return dict(json.loads(lines[-1]))
-        except (IndexError, ValueError) as exc:
-            raise RuntimeError(f"the child printed no totals:\n{self.stderr[-2000:]}") from exc
-
-
-def _run(
-    argv: Sequence[str], *, env: Mapping[str, str], stack: BenchStack, name: str, timeout: float
-) -> _Finished:
-    """Run `argv` to its end; the CPU each process used meanwhile, the child included.
-
-    The child is waited for without being reaped (WNOWAIT), so that its CPU time can still
-    be read from /proc before it is; it is killed if it outlives `timeout`, or if the
-    benchmark is interrupted.
-    """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        spawned = time.monotonic()
-        process = subprocess.Popen(
-            list(argv), cwd=REPO, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=err
-        )
-        try:
-            meter = CpuMeter.for_stack(stack, **{name: process.pid})
-            meter.start()
-            deadline = time.monotonic() + timeout
-            while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} still running after {timeout:g} s")
-                time.sleep(0.02)
-            busy = meter.busy()
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        out.seek(0)
-        err.seek(0)
-        finished = _Finished(
-            spawned,
-            out.read().decode(errors="replace"),
-            err.read().decode(errors="replace"),
-            busy,
-        )
-    if process.returncode != 0:
-        raise RuntimeError(
-            f"{name} exited with {process.returncode}:\n{finished.stderr[-3000:]}"
-            f"\n{finished.stdout[-1000:]}"
-        )
-    return finished
-
-
-def _child(mode: str, settings: Settings, stack: BenchStack, *, timeout: float) -> _Finished:
-    return _run(
+def _child(mode: str, settings: Settings, stack: BenchStack, *, timeout: float) -> Finished:
+    return run_process(
         [sys.executable, "-m", "bench.replay_child", mode],
         env=child_env(settings),
         stack=stack,
         name={"rebuild": "replay", "memory": "in-memory", "read": "consumer"}[mode],
         timeout=timeout,
     )
-
-
-def consumer_performance_command() -> tuple[list[str], Path]:
-    """`java ... ConsumerPerformance` without its options, and where its jars are.
-
-    Raises ChatlogError when Java is missing or the jars cannot be fetched.
-    """
-    java = shutil.which("java") or shutil.which("java", path="/usr/bin")
-    if java is None:
-        raise ChatlogError("java is not installed (apt-get install -y openjdk-17-jre-headless)")
-    tools = ensure_tool_jars()
-    return [java, *_JVM_OPTIONS, "-cp", f"{tools}/*", _TOOL], tools
-
-
-def _consumer_performance(
-    command: Sequence[str],
-    settings: Settings,
-    stack: BenchStack,
-    *,
-    group: str,
-    records: int,
-    timeout: float,
-) -> ConsumerPerformanceResult:
-    stack.groups.append(group)  # it subscribes, and commits its offsets: a real group
-    argv = [
-        *command,
-        "--bootstrap-server",
-        settings.kafka_bootstrap,
-        "--topic",
-        settings.topic,
-        "--num-records",
-        str(records),
-        "--group",
-        group,
-        "--timeout",
-        "30000",
-        # The replay's fetch sizes: the bound is reading with the same fetches, not with
-        # the tool's smaller default (1 MiB a partition), which reads about a third slower.
-        "--fetch-size",
-        str(REPLAY_FETCH["max.partition.fetch.bytes"]),
-        "--command-property",
-        f"fetch.max.bytes={REPLAY_FETCH['fetch.max.bytes']}",
-    ]
-    finished = _run(argv, env=os.environ, stack=stack, name="ConsumerPerformance", timeout=timeout)
-    result = parse_consumer_performance(finished.stdout)
-    got = int(result.number("data.consumed.in.nMsg"))
-    if got != records:
-        raise RuntimeError(f"ConsumerPerformance read {got:,} records, not {records:,}")
-    return result
 
 
 def _prefill(settings: Settings, plan: Plan, report: Report) -> tuple[int, float, int]:
@@ -281,23 +121,16 @@ def _rate(totals: Mapping[str, Any]) -> float:
 
 
 def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
-    """Scenario 6: see the module docstring."""
+    """The replay scenario: see the module docstring."""
     settings = stack.scenario("replay")
     say(f"replay: publishing {plan.replay_events:,} events over {plan.replay_sessions:,} sessions")
     events, prefill_s, processes = _prefill(settings, plan, report)
     say(f"replay: published in {prefill_s:.1f} s ({events / prefill_s:,.0f} events/s)")
-    command: list[str] | None = None
-    tools: Path | None = None
-    missing = ""
-    try:
-        command, tools = consumer_performance_command()
-    except ChatlogError as exc:  # no Java, Maven or network: the rest still runs
-        missing = exc.message
-        say(f"replay: ConsumerPerformance left out: {missing}")
+    tools, missing = find_tools(stack, "replay")
     # Without the tool, its rows are left out rather than printed empty.
     cp = (
         report.metric("replay", _ROW_CP, "events/s", "the bound: reading only")
-        if command is not None
+        if tools is not None
         else None
     )
     read = report.metric("replay", _ROW_READ, "events/s")
@@ -309,7 +142,22 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
         if cp is not None
         else None
     )
-    rss = report.metric("replay", "rebuild peak resident memory (VmHWM)", "MB")
+    report.compare(
+        "replay",
+        f"events/s, `chatlog replay` of {plan.replay_events:,} events from offset 0 into "
+        f"Redis: partitions assigned → last applied",
+        rebuilt,
+        CP_PEER if cp is not None else f"ConsumerPerformance not run: {missing}",
+        cp,
+    )
+    rss = report.measure("memory", "replay peak RSS", "MB")
+    report.compare(
+        "memory",
+        f"replay process peak resident memory (VmHWM), {plan.replay_events:,} events over "
+        f"{plan.replay_sessions:,} sessions",
+        rss,
+        better="lower",
+    )
     startup = report.metric("replay", "rebuild start-up: spawn → partitions assigned", "s")
     timeout = 60.0 + plan.replay_events / 2_000  # 560 s for a million: 5 times the slowest seen
     seen: dict[str, list[dict[str, Any]]] = {"rebuild": [], "memory": [], "read": []}
@@ -325,13 +173,12 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
     for n in range(1, plan.repeat + 1):
         rep = stack.repetition(settings, f"r{n}")
         line = [f"replay r{n}:"]
-        if cp is not None and command is not None:
-            result = _consumer_performance(
-                command,
+        if cp is not None and tools is not None:
+            result, _ = tools.consumer_performance(
                 settings,
-                stack,
                 group=f"{rep.projector_group}-cp",
                 records=events,
+                fetch=REPLAY_FETCH,
                 timeout=timeout,
             )
             cp.add(result.number("fetch.nMsg.sec"))
@@ -373,7 +220,7 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
             seen,
             cp_runs,
             busy,
-            tools=tools,
+            tools=tools.jars if tools is not None else None,
             missing=missing,
         )
     )
@@ -440,11 +287,12 @@ def _notes(
         whole = statistics.median(r.number("nMsg.sec") for r in cp_runs)
         join = statistics.median(r.number("rebalance.time.ms") for r in cp_runs)
         peers.append(
-            f"ConsumerPerformance ({_TOOL}, kafka-tools jars from Maven Central in {tools}; "
+            f"ConsumerPerformance ({CONSUMER_PERFORMANCE}, kafka-tools jars from Maven Central "
+            f"in {tools}; "
             f"--num-records {events} --timeout 30000 --fetch-size "
             f"{REPLAY_FETCH['max.partition.fetch.bytes']} --command-property "
             f"fetch.max.bytes={REPLAY_FETCH['fetch.max.bytes']}, the replay consumer's "
-            f"fetch sizes; {_JVM_OPTIONS[0]} as kafka-consumer-perf-test.sh): "
+            f"fetch sizes; {JVM_OPTIONS[0]} as kafka-consumer-perf-test.sh): "
             f"{fetch_mb:,.1f} MB/s (fetch.MB.sec), {whole:,.0f} events/s with its "
             f"{join:,.0f} ms group join counted (nMsg.sec)"
         )

@@ -35,7 +35,7 @@ Linux, exec saves the high-water mark of the address space it replaces into the
 process's `ru_maxrss`, and a child spawned by fork or vfork replaces a copy of its
 parent's: a child of a benchmark process that holds 500 MB reports at least 500 MB
 (measured), whatever it uses itself. `VmHWM` belongs to the address space exec created.
-`ru_maxrss` is printed too, and used where /proc is missing.
+`ru_maxrss` is printed too, and used where /proc is missing (`projector_child.peak_rss_kib`).
 """
 
 from __future__ import annotations
@@ -47,14 +47,13 @@ import logging
 import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 import chatlog.replay
-from bench.projector_child import GcPauses
+from bench.projector_child import GcPauses, peak_rss_kib
 from chatlog import wiring
 from chatlog.replay import ProgressPrinter, rebuild
 from chatlog.settings import Settings
@@ -227,15 +226,6 @@ def _read(settings: Settings) -> dict[str, Any]:
         "decoded": len(sample),
         "decode_s": decode_s,
     }
-
-
-def peak_rss_kib() -> int:
-    """This process's peak resident memory in KiB: VmHWM, else ru_maxrss (see above)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _share(cpu_s: float, wall_s: float) -> float | None:

@@ -2,7 +2,12 @@
 
 The table reports the median of the repetitions and their range, never a single run and
 never a pass/fail: on a small shared machine one run says little, and the spread says how
-much to trust the median. Targets are printed beside the numbers for the reader to judge.
+much to trust the median.
+
+The first table puts chatlog beside what a user would use instead, or beside the limit
+of the machine (Kafka's own tools): a `Comparison` row holds chatlog's measurement, the
+peer's, measured in the same run, and the ratio between them, in words ("3.2x slower").
+The second holds the details (breakdowns, start-up, targets of earlier issues).
 
 What is counted rather than timed (the LLM calls and tokens a summary strategy costs) is
 the same on every run, so it has no median: it gets a `Table` of its own, with the
@@ -15,8 +20,26 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-__all__ = ["Metric", "Report", "Table", "percentile"]
+__all__ = [
+    "README_END",
+    "README_START",
+    "ChartPoint",
+    "Comparison",
+    "Metric",
+    "Report",
+    "Table",
+    "percentile",
+]
+
+# The part of results/latest.md that `python -m bench --update-readme` copies into the
+# README's performance section (between the README's own bench:start/bench:end markers).
+README_START = "<!-- readme:start -->"
+README_END = "<!-- readme:end -->"
+# A unit for values a tool reports in whole milliseconds, truncated: 6 means 6 to 7 ms.
+WHOLE_MS = "whole ms"
+_SIZE_UNITS = {"B", "KB", "MB"}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -30,7 +53,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass
 class Metric:
-    """One row: a quantity measured once per repetition."""
+    """One quantity measured once per repetition."""
 
     scenario: str
     name: str
@@ -42,21 +65,41 @@ class Metric:
         """Record one repetition's value."""
         self.values.append(value)
 
+    @property
+    def median(self) -> float:
+        """The median of the repetitions (NaN for none)."""
+        return statistics.median(self.values) if self.values else math.nan
+
     def cells(self) -> tuple[str, str]:
         """The median and the range (min - max), formatted for the unit."""
         if not self.values:
             return "n/a", "n/a"
-        median = statistics.median(self.values)
-        spread = f"{self._format(min(self.values))} - {self._format(max(self.values))}"
-        return self._format(median), spread
+        spread = f"{self.format(min(self.values))} - {self.format(max(self.values))}"
+        return self.format(self.median), spread
 
-    def _format(self, value: float) -> str:
+    def cell(self) -> str:
+        """The median with the range in brackets (the range only with several values)."""
+        if not self.values:
+            return "n/a"
+        if len(self.values) == 1 or min(self.values) == max(self.values):
+            return self.format(self.median)
+        return (
+            f"{self.format(self.median)} ({self.format(min(self.values))} - "
+            f"{self.format(max(self.values))})"
+        )
+
+    def format(self, value: float) -> str:
+        """`value` written for this metric's unit."""
         if math.isnan(value):
             return "n/a"
         if self.unit == "events/s":
             return f"{value:,.0f}"
         if self.unit == "ms":
+            if value < 1:
+                return f"{value:.3f} ms" if value < 0.1 else f"{value:.2f} ms"
             return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
+        if self.unit == WHOLE_MS:
+            return "< 1 ms" if value < 1 else f"{value:g}-{value + 1:g} ms"
         if self.unit == "µs":
             return f"{value:.0f} µs"
         if self.unit == "s":
@@ -65,9 +108,76 @@ class Metric:
             return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
         if self.unit == "MB":
             return f"{value:,.0f} MB"
+        if self.unit == "KB":
+            return f"{value:,.1f} KB" if value < 100 else f"{value:,.0f} KB"
         if self.unit == "share":
             return f"{value:.0%}" if value >= 0.1 else f"{value:.1%}"
         return f"{value:g}"
+
+
+@dataclass
+class Comparison:
+    """One row of the first table: chatlog's measurement beside a peer's, and the ratio.
+
+    `better` says which way is good for this quantity (a rate: higher; a latency or a
+    size: lower). Without a peer (`theirs` None), the row shows chatlog's value alone.
+    """
+
+    scenario: str
+    metric: str
+    ours: Metric
+    peer: str = "—"
+    theirs: Metric | None = None
+    better: Literal["higher", "lower"] = "higher"
+
+    def advantage(self) -> float:
+        """How many times better chatlog is (below 1: the peer is better); NaN if unknown.
+
+        A peer in whole milliseconds counts as the middle of its millisecond.
+        """
+        if self.theirs is None or not self.ours.values or not self.theirs.values:
+            return math.nan
+        ours, theirs = self.ours.median, self.theirs.median
+        if self.theirs.unit == WHOLE_MS:
+            theirs += 0.5
+        if ours <= 0 or theirs <= 0:
+            return math.nan
+        return ours / theirs if self.better == "higher" else theirs / ours
+
+    def ratio(self) -> str:
+        """The ratio in words: `3.2x slower`, `1.4x faster`, `7.1x smaller`."""
+        if self.theirs is None:
+            return "—"
+        good, bad = ("smaller", "larger") if self.ours.unit in _SIZE_UNITS else ("faster", "slower")
+        if self.theirs.unit == WHOLE_MS and self.theirs.values and self.ours.values:
+            return _interval_ratio(self.ours.median, self.theirs.median, good, bad)
+        factor = self.advantage()
+        if math.isnan(factor):
+            return "n/a"
+        if 1 / 1.05 <= factor <= 1.05:
+            return "about the same"
+        return f"{factor:.1f}x {good}" if factor >= 1 else f"{1 / factor:.1f}x {bad}"
+
+
+def _interval_ratio(ours: float, whole: float, good: str, bad: str) -> str:
+    """The ratio of a latency to one known only as [whole, whole + 1) ms."""
+    low = ours / (whole + 1)  # chatlog ÷ the peer's largest possible value
+    high = ours / whole if whole > 0 else math.inf
+    if low >= 1:
+        return f"> {low:.1f}x {bad}" if math.isinf(high) else f"{low:.1f}-{high:.1f}x {bad}"
+    if high <= 1:
+        return f"{1 / high:.1f}-{1 / low:.1f}x {good}"
+    return "about equal (within the tool's 1 ms resolution)"
+
+
+@dataclass(frozen=True, slots=True)
+class ChartPoint:
+    """One bar of the latency chart: in `panel`, at `group` on the x axis, for `series`."""
+
+    panel: str
+    group: str
+    series: str
+    metric: Metric
 
 
 @dataclass
@@ -99,39 +209,108 @@ class Table:
 
 @dataclass
 class Report:
-    """The table, its header lines and the notes under it.
+    """The tables, their header lines and the notes under them.
 
     `value_sizes` collects the encoded sizes of a sample of what the scenarios published,
-    for the header; `tables` are printed after the notes.
+    for the header; `points` are the latency chart's bars; `tables` are printed last.
     """
 
     title: str
+    order: tuple[str, ...] = ()  # scenarios in the order of the first table
     header: list[str] = field(default_factory=list)
+    summary: str = ""
     metrics: list[Metric] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    points: list[ChartPoint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     value_sizes: list[int] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
 
     def metric(self, scenario: str, name: str, unit: str, target: str = "") -> Metric:
-        """A new row, appended in order."""
+        """A new row of the details table, appended in order."""
         row = Metric(scenario, name, unit, target=target)
         self.metrics.append(row)
         return row
 
-    def markdown(self) -> str:
-        """The whole report as Markdown."""
+    def measure(self, scenario: str, name: str, unit: str) -> Metric:
+        """A measurement that appears only where it is compared (not in the details)."""
+        return Metric(scenario, name, unit)
+
+    def compare(
+        self,
+        scenario: str,
+        metric: str,
+        ours: Metric,
+        peer: str = "—",
+        theirs: Metric | None = None,
+        *,
+        better: Literal["higher", "lower"] = "higher",
+    ) -> Comparison:
+        """A new row of the first table, appended in order."""
+        row = Comparison(scenario, metric, ours, peer, theirs, better)
+        self.comparisons.append(row)
+        return row
+
+    def chart(self, panel: str, group: str, series: str, metric: Metric) -> None:
+        """Put `metric`'s median in the latency chart."""
+        self.points.append(ChartPoint(panel, group, series, metric))
+
+    def trailing(self) -> Comparison | None:
+        """The row where chatlog trails its peer the most (None if it trails nowhere)."""
+        rows = [row for row in self.comparisons if not math.isnan(row.advantage())]
+        worst = min(rows, key=Comparison.advantage, default=None)
+        return worst if worst is not None and worst.advantage() < 1 else None
+
+    def _ordered(self) -> list[Comparison]:
+        """The comparisons by `order` of their scenario, in their order within it."""
+
+        def rank(row: Comparison) -> int:
+            return self.order.index(row.scenario) if row.scenario in self.order else len(self.order)
+
+        return sorted(self.comparisons, key=rank)
+
+    def markdown(self, *, chart: str | None = None) -> str:
+        """The whole report as Markdown; `chart` is the chart's path relative to it."""
         lines = [f"# {self.title}", ""]
         lines += [f"- {item}" for item in self.header]
+        if self.comparisons:
+            lines += ["", README_START, ""]
+            if self.summary:
+                lines += [self.summary, ""]
+            lines += [
+                "| scenario | metric | chatlog: median (range) | peer or limit "
+                "| peer: median (range) | ratio |",
+                "|---|---|--:|---|--:|---|",
+            ]
+            for row in self._ordered():
+                theirs = row.theirs.cell() if row.theirs is not None else "—"
+                lines.append(
+                    f"| {row.scenario} | {row.metric} | {row.ours.cell()} | {row.peer} "
+                    f"| {theirs} | {row.ratio()} |"
+                )
+            worst = self.trailing()
+            if worst is not None:
+                lines += [
+                    "",
+                    f"Where chatlog trails most: {worst.scenario}, {worst.metric}, beside "
+                    f"{worst.peer}: {worst.ratio()}.",
+                ]
+            if chart:
+                lines += ["", f"![latency percentiles, chatlog beside its peers]({chart})"]
+            lines += ["", README_END]
         if self.metrics:
             lines += [
+                "",
+                "## Details",
                 "",
                 "| scenario | metric | median | min - max | target or bound |",
                 "|---|---|--:|--:|---|",
             ]
-        for row in self.metrics:
-            median, spread = row.cells()
+        for metric in self.metrics:
+            median, spread = metric.cells()
             lines.append(
-                f"| {row.scenario} | {row.name} | {median} | {spread} | {row.target or '—'} |"
+                f"| {metric.scenario} | {metric.name} | {median} | {spread} "
+                f"| {metric.target or '—'} |"
             )
         if self.notes:
             lines += ["", "Notes:", ""]

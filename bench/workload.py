@@ -25,8 +25,10 @@ from schemas.position import Position
 
 __all__ = [
     "Traffic",
+    "Turn",
     "chat_event_chunks",
     "chat_events",
+    "chat_turns",
     "last_positions",
     "records_for",
     "session_name",
@@ -111,11 +113,13 @@ def chat_events(
     info: ProducerInfo,
     seed: int = 7,
     per_session: Sequence[int] | None = None,
+    first_session: int = 0,
 ) -> Traffic:
     """`count` messages spread over `sessions` sessions in a random interleaving.
 
     With `per_session`, session *i* gets exactly `per_session[i]` messages instead (and
-    `count` is ignored): the read scenario needs sessions of a known length.
+    `count` is ignored): the read scenario needs sessions of a known length. Sessions are
+    numbered from `first_session`, so that two workloads can use sessions of their own.
     """
     chunks = chat_event_chunks(
         sessions=sessions,
@@ -126,10 +130,78 @@ def chat_events(
         seed=seed,
         per_session=per_session,
         chunk=max(1, count, sum(per_session or ())),
+        first_session=first_session,
     )
     events = [event for chunk in chunks for event in chunk]
     total = len(per_session) if per_session is not None else sessions
-    return Traffic(events=events, sessions=[session_name(i) for i in range(total)])
+    return Traffic(
+        events=events,
+        sessions=[session_name(first_session + i) for i in range(total)],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One chat message as a chat back end has it before storing it anywhere."""
+
+    session_id: str
+    user_id: str
+    role: str
+    content: str
+
+
+def chat_turns(
+    *,
+    sessions: int,
+    count: int,
+    record_bytes: int,
+    codec: EventCodec,
+    info: ProducerInfo,
+    seed: int = 7,
+    first_session: int = 0,
+) -> list[Turn]:
+    """The messages `chat_events` would make events of, as plain values.
+
+    For the append scenario: every store (chatlog and its peers) is handed the same
+    messages, and chatlog's cost of making the event is part of what is timed.
+    """
+    return [
+        Turn(
+            session_name(first_session + index),
+            user_of(first_session + index),
+            role,
+            content,
+        )
+        for index, role, content in _turns(
+            sessions=sessions,
+            count=count,
+            per_session=None,
+            length=content_length(codec, info, record_bytes),
+            rng=random.Random(seed),
+        )
+    ]
+
+
+def _turns(
+    *,
+    sessions: int,
+    count: int,
+    per_session: Sequence[int] | None,
+    length: int,
+    rng: random.Random,
+) -> Iterator[tuple[int, str, str]]:
+    """(session number, role, content) of each message, in publishing order."""
+    pool = [_text(rng, length) for _ in range(_POOL_SIZE)]
+    if per_session is None:
+        order = [n % sessions for n in range(count)]
+    else:
+        order = [i for i, n in enumerate(per_session) for _ in range(n)]
+    rng.shuffle(order)
+    seen = [0] * (len(per_session) if per_session is not None else sessions)
+    for index in order:
+        content = pool[rng.randrange(_POOL_SIZE)]
+        yield index, _ROLES[seen[index] % 2], content
+        seen[index] += 1
 
 
 def chat_event_chunks(
@@ -143,6 +215,7 @@ def chat_event_chunks(
     per_session: Sequence[int] | None = None,
     chunk: int = 10_000,
     share: tuple[int, int] = (0, 1),
+    first_session: int = 0,
 ) -> Iterator[list[ConversationEvent]]:
     """The events of `chat_events`, the same ones in the same order, `chunk` at a time.
 
@@ -153,32 +226,29 @@ def chat_event_chunks(
     together, each session's events all from one of them and in order.
     """
     mine, shares = share
-    rng = random.Random(seed)
-    length = content_length(codec, info, record_bytes)
-    pool = [_text(rng, length) for _ in range(_POOL_SIZE)]
-    if per_session is None:
-        order = [n % sessions for n in range(count)]
-    else:
-        order = [i for i, n in enumerate(per_session) for _ in range(n)]
-    rng.shuffle(order)
-    seen = [0] * (len(per_session) if per_session is not None else sessions)
+    turns = _turns(
+        sessions=sessions,
+        count=count,
+        per_session=per_session,
+        length=content_length(codec, info, record_bytes),
+        rng=random.Random(seed),
+    )
     events: list[ConversationEvent] = []
-    for index in order:
-        content = pool[rng.randrange(_POOL_SIZE)]  # drawn for every event: same stream
-        if index % shares == mine:
-            events.append(
-                append_message(
-                    session_name(index),
-                    user_id=user_of(index),
-                    role=_ROLES[seen[index] % 2],
-                    content=content,
-                    producer=info,
-                )
+    for index, role, content in turns:
+        if index % shares != mine:
+            continue  # its content was drawn all the same: the stream stays the same
+        events.append(
+            append_message(
+                session_name(first_session + index),
+                user_id=user_of(first_session + index),
+                role=role,
+                content=content,
+                producer=info,
             )
-            if len(events) >= chunk:
-                yield events
-                events = []
-        seen[index] += 1
+        )
+        if len(events) >= chunk:
+            yield events
+            events = []
     if events:
         yield events
 

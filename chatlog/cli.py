@@ -9,11 +9,13 @@ dispatcher; the read commands (`context`, `sessions`, `tail`) live in `chatlog.c
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from chatlog import cli_read, cli_replay, services, wiring
@@ -29,8 +31,12 @@ Handler = Callable[[argparse.Namespace, Settings], Any]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        # Everything after `bench` is the benchmark's own (`--quick`, `--only`, ...).
+        return _bench(arguments[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     # librdkafka reports transient retries (a coordinator still loading, a reconnect) as
     # warnings; the CLI's own errors say what matters, so those stay hidden by default.
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
@@ -117,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_run_commands(commands)
     _add_replay_command(commands, common)
+    _add_bench_command(commands)
 
     topics = commands.add_parser("topics", help="manage chatlog's Kafka topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True)
@@ -191,6 +198,40 @@ def _add_replay_command(commands: Any, common: argparse.ArgumentParser) -> None:
         "Kafka's and Redis's; default 1)",
     )
     replay.set_defaults(handler=cli_replay.run)
+
+
+def _add_bench_command(commands: Any) -> None:
+    # Listed for --help; `main` hands `chatlog bench ...` to the benchmark before parsing
+    # (this handler only runs for `chatlog -v bench`, with the benchmark's defaults).
+    bench = commands.add_parser(
+        "bench",
+        add_help=False,
+        help="the benchmark beside its peers (python -m bench; `chatlog bench --help`)",
+    )
+    bench.set_defaults(handler=_bench_defaults, json=False)
+
+
+def _bench(arguments: Sequence[str]) -> int:
+    """`python -m bench` with `arguments`; the benchmark lives beside the package, in bench/."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "__main__.py").is_file():
+        print(
+            "chatlog: error: the benchmark (bench/) is not installed with the package; run "
+            "`chatlog bench` from a source checkout",
+            file=sys.stderr,
+        )
+        return 1
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    bench = importlib.import_module("bench.__main__")
+    status: int = bench.main(arguments, prog="chatlog bench")
+    return status
+
+
+def _bench_defaults(args: argparse.Namespace, settings: Settings) -> None:
+    status = _bench([])
+    if status:
+        raise SystemExit(status)
 
 
 def _publish(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`python -m bench --quick` runs end to end and writes its table (numbers not judged)."""
+"""`python -m bench --quick` runs end to end, writing its tables and chart (numbers not judged)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,32 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     table = output.read_text(encoding="utf-8")
     for scenario in (
-        "| projection |",
-        "| publish→visible |",
+        "| append |",
         "| context read |",
-        "| summary throughput |",
+        "| publish→visible |",
+        "| projection |",
         "| replay |",
+        "| memory |",
+        "| summary throughput |",
         "## summary cost",
     ):
         assert scenario in table
+    beside = table.split("## Details")[0]
+    for peer in (
+        "Kafka ProducerPerformance",
+        "LangChain RedisChatMessageHistory.add_message",
+        "plain Redis list: RPUSH + EXPIRE",
+        "LangChain RedisChatMessageHistory.messages",
+        "Kafka EndToEndLatency",
+        "Kafka ConsumerPerformance",
+    ):
+        assert peer in beside
+    for size in ("20-message session", "100-message session", "1,000-message session"):
+        assert size in beside
+    for rate in ("500 events/s", "2,000 events/s", "4,000 events/s"):
+        assert rate in beside
     assert "n/a" not in table.split("Notes:")[0]
+    assert "blocked" not in beside
+    assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
+    # The README part is between its markers, for `--update-readme`.
+    assert beside.count("<!-- readme:start -->") == beside.count("<!-- readme:end -->") == 1

@@ -1,0 +1,261 @@
+"""The append scenario: how many messages a second each store takes in, one process.
+
+What is measured? The same chat messages (about 200 bytes encoded, spread over a few
+hundred sessions) are handed to each store from one thread, and the rate is the number
+of messages over the time until the last one is stored:
+
+* chatlog, batched: `producer.send(append_message(...))` per message without waiting,
+  every position awaited at the end (the broker acknowledged all of them);
+* chatlog, one at a time: `ChatLog.append`, which returns only once the broker has
+  acknowledged the message and its position is known (the read-your-writes token);
+  also with `linger.ms` 0 instead of chatlog's 2 ms, to show what the batching delay costs;
+* LangChain's `RedisChatMessageHistory.add_message`, and a plain Redis list (RPUSH +
+  EXPIRE), one message at a time, each call waiting for Redis (`bench.peers`);
+* Kafka's ProducerPerformance with the same record size and producer settings: the
+  rate the broker takes records at from a Java producer, the limit for a Kafka producer
+  on this machine.
+
+Each repetition runs them all in that order, after one warm-up pass of each; chatlog's
+time includes building and validating the event and encoding it (Avro), as the peers'
+includes making their message and its JSON.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+
+from bench.infra import BenchStack, CpuMeter
+from bench.kafka_tools import KafkaTools
+from bench.peers import LangChainHistory, PlainRedisList, langchain_available
+from bench.report import Metric, Report, percentile
+from bench.scenarios import Plan, frozen_heap, median_shares, say
+from bench.workload import Turn, chat_turns, session_name
+from chatlog import wiring
+from chatlog.client import ChatLog
+from producers.commands import append_message
+from producers.kafka_producer import ConversationProducer
+from schemas.errors import ChatlogError
+from schemas.events import ConversationEvent
+from schemas.position import Position
+
+__all__ = ["append"]
+
+_BATCHED = "events/s, batched (send per message, positions awaited at the end)"
+_ONE = "events/s, one at a time (ChatLog.append waits for the position)"
+
+
+def append(stack: BenchStack, plan: Plan, report: Report) -> None:
+    """Scenario: appends per second, chatlog beside LangChain, a plain list and the limit."""
+    settings = stack.scenario("append")
+    limit_topic = stack.scenario("append_limit")
+    ttl = int(settings.session_ttl_s) or None
+    blocked = langchain_available()
+    tools: KafkaTools | None = None
+    missing = ""
+    try:
+        tools = KafkaTools.find(stack)
+    except ChatlogError as exc:
+        missing = exc.message
+        say(f"append: ProducerPerformance left out: {missing}")
+
+    batched = report.measure("append", _BATCHED, "events/s")
+    one = report.measure("append", _ONE, "events/s")
+    langchain = report.measure("append", "LangChain add_message", "events/s")
+    plain = report.measure("append", "plain list", "events/s")
+    limit = report.measure("append", "ProducerPerformance", "events/s")
+    lc_name = "LangChain RedisChatMessageHistory.add_message"
+    plain_name = "plain Redis list: RPUSH + EXPIRE"
+    limit_name = "Kafka ProducerPerformance (limit)"
+    report.compare(
+        "append", _BATCHED, batched, limit_name if tools else f"{limit_name}: {missing}", limit
+    )
+    report.compare(
+        "append",
+        _BATCHED,
+        batched,
+        lc_name if blocked is None else f"LangChain: blocked, {blocked}",
+        langchain if blocked is None else None,
+    )
+    report.compare("append", _BATCHED, batched, plain_name, plain)
+    report.compare(
+        "append",
+        _ONE,
+        one,
+        lc_name if blocked is None else f"LangChain: blocked, {blocked}",
+        langchain if blocked is None else None,
+    )
+    report.compare("append", _ONE, one, plain_name, plain)
+    unlingered = report.metric(
+        "append", "ChatLog.append one at a time, with linger.ms 0 (chatlog: 2)", "events/s"
+    )
+    one_p50 = report.metric("append", "ChatLog.append one at a time: one call, p50", "ms")
+    one_p99 = report.metric("append", "ChatLog.append one at a time: one call, p99", "ms")
+    peer_p50 = report.metric("append", "plain list RPUSH + EXPIRE: one call, p50", "ms")
+
+    count = max(plan.append_batched, plan.append_each, plan.append_peers)
+    with wiring.producer(settings, flush_on_sigterm=False) as producer:
+        turns = chat_turns(
+            sessions=plan.append_sessions,
+            count=count,
+            record_bytes=plan.record_bytes,
+            codec=producer.codec,
+            info=producer.info,
+            seed=23,
+        )
+        sample = [_event(producer, turn) for turn in turns[:1_000]]
+        sizes = [len(producer.codec.encode(event)) for event in sample]
+        if not report.value_sizes:
+            report.value_sizes += sizes
+        record_size = round(statistics.mean(sizes))
+        log = ChatLog(producer=producer, reader=wiring.reader(settings))
+        quick = wiring.producer(settings.model_copy(update={"linger_ms": 0}))
+        lingerless = ChatLog(producer=quick, reader=wiring.reader(settings))
+        lc = (
+            LangChainHistory(
+                settings.redis_url, key_prefix=f"{stack.redis_root}:append:langchain:", ttl_s=ttl
+            )
+            if blocked is None
+            else None
+        )
+        listed = PlainRedisList(stack.redis, prefix=f"{stack.redis_root}:append:plain:", ttl_s=ttl)
+        meter = CpuMeter.for_stack(stack)
+        busy: list[dict[str, float]] = []
+        pp_latency: list[float] = []
+        try:
+            # Warm-up: every session once per store (LangChain makes its clients here), and
+            # the producers' first sends (metadata, connections).
+            warm = turns[: max(plan.append_sessions, plan.append_each // 10)]
+            _send_all(producer, warm)
+            _one_at_a_time(log, warm[: plan.append_sessions])
+            _one_at_a_time(lingerless, warm[: plan.append_sessions])
+            for store in (lc, listed):
+                if store is not None:
+                    _peer(store.add, warm)
+            if tools is not None:
+                tools.producer_performance(
+                    limit_topic,
+                    records=plan.producer_records // 5,
+                    warmup=0,
+                    record_size=record_size,
+                    timeout=120,
+                )
+            with frozen_heap():
+                for n in range(1, plan.repeat + 1):
+                    meter.start()
+                    batched.add(_send_all(producer, turns[: plan.append_batched]))
+                    busy.append(meter.busy())
+                    rate, calls = _one_at_a_time(log, turns[: plan.append_each])
+                    one.add(rate)
+                    one_p50.add(percentile(calls, 50))
+                    one_p99.add(percentile(calls, 99))
+                    unlingered.add(_one_at_a_time(lingerless, turns[: plan.append_each])[0])
+                    if lc is not None:
+                        langchain.add(_peer(lc.add, turns[: plan.append_peers])[0])
+                    rate, calls = _peer(listed.add, turns[: plan.append_peers])
+                    plain.add(rate)
+                    peer_p50.add(percentile(calls, 50))
+                    if tools is not None:
+                        result, _ = tools.producer_performance(
+                            limit_topic,
+                            records=plan.producer_records,
+                            warmup=plan.producer_records // 6,
+                            record_size=record_size,
+                            timeout=180,
+                        )
+                        limit.add(result.rate)
+                        pp_latency.append(result.avg_ms)
+                    say(
+                        f"append r{n}: chatlog batched {batched.values[-1]:,.0f}/s, one at a "
+                        f"time {one.values[-1]:,.0f}/s (linger 0: {unlingered.values[-1]:,.0f}/s)"
+                        f"; LangChain {_last(langchain)}, plain list {plain.values[-1]:,.0f}/s, "
+                        f"ProducerPerformance {_last(limit)}"
+                    )
+        finally:
+            lingerless.close()
+            log.reader.client.close()
+            if lc is not None:
+                lc.close()
+    stack.forget_keys(f"{stack.redis_root}:append")
+    report.notes.append(
+        f"append: the same {count:,} messages (value {record_size} B encoded by chatlog) over "
+        f"{plan.append_sessions} sessions ({session_name(0)}...) for every store, one "
+        f"thread; per repetition {plan.append_batched:,} batched, {plan.append_each:,} one "
+        f"at a time (each linger setting), {plan.append_peers:,} per peer, after a warm-up "
+        f"pass of each. chatlog's time includes `append_message` (validation) and Avro "
+        f"encoding; acks=all, idempotent, lz4, linger.ms {settings.linger_ms}. The peers "
+        f"wait for each Redis reply; LangChain's `add_message` is LPUSH then EXPIRE (two "
+        f"round trips, ttl {ttl} s), the plain list RPUSH + EXPIRE in one pipeline. "
+        + (
+            f"ProducerPerformance: {plan.producer_records:,} records of {record_size} B "
+            f"(`--record-size`: random letters, no key, so lz4 compresses them differently "
+            f"from chat text) after the first {plan.producer_records // 6:,} as warm-up "
+            f"(`--warmup-records`; its steady-state line is taken), acks=all, "
+            f"enable.idempotence=true, compression.type=lz4, linger.ms={settings.linger_ms}; "
+            f"its mean send-to-ack latency {statistics.median(pp_latency):,.0f} ms (it queues "
+            f"as fast as it can). "
+            if pp_latency
+            else f"ProducerPerformance not run: {missing}. "
+        )
+        + (f"LangChain blocked: {blocked}. " if blocked else "")
+        + f"CPU during the batched run (median, 100% = one core): "
+        f"{CpuMeter.describe(median_shares(busy))}"
+    )
+
+
+def _last(metric: Metric) -> str:
+    return f"{metric.values[-1]:,.0f}/s" if metric.values else "n/a"
+
+
+def _event(producer: ConversationProducer, turn: Turn) -> ConversationEvent:
+    return append_message(
+        turn.session_id,
+        user_id=turn.user_id,
+        role=turn.role,
+        content=turn.content,
+        producer=producer.info,
+    )
+
+
+def _send_all(producer: ConversationProducer, turns: Sequence[Turn]) -> float:
+    """Send every message without waiting, then wait for every position; the rate."""
+    started = time.perf_counter()
+    futures: list[Future[Position]] = [
+        producer.send(
+            append_message(
+                turn.session_id,
+                user_id=turn.user_id,
+                role=turn.role,
+                content=turn.content,
+                producer=producer.info,
+            )
+        )
+        for turn in turns
+    ]
+    for future in futures:
+        future.result(timeout=60)
+    return len(turns) / (time.perf_counter() - started)
+
+
+def _one_at_a_time(log: ChatLog, turns: Sequence[Turn]) -> tuple[float, list[float]]:
+    """`ChatLog.append` per message; the rate and each call's time (ms)."""
+    calls: list[float] = []
+    started = time.perf_counter()
+    for turn in turns:
+        before = time.perf_counter()
+        log.append(turn.session_id, user_id=turn.user_id, role=turn.role, content=turn.content)
+        calls.append((time.perf_counter() - before) * 1000)
+    return len(turns) / (time.perf_counter() - started), calls
+
+
+def _peer(add: Callable[[Turn], None], turns: Sequence[Turn]) -> tuple[float, list[float]]:
+    """A peer's `add` per message; the rate and each call's time (ms)."""
+    calls: list[float] = []
+    started = time.perf_counter()
+    for turn in turns:
+        before = time.perf_counter()
+        add(turn)
+        calls.append((time.perf_counter() - before) * 1000)
+    return len(turns) / (time.perf_counter() - started), calls
