@@ -220,6 +220,12 @@ def _stop_nodes(state: KafkaState) -> None:
     stop_processes([(pid, _marker(data_dir)) for pid, data_dir in targets])
 
 
+def _still_running(pid: int, node: _Node) -> bool:
+    """A second look, a moment later, before calling a node dead."""
+    time.sleep(0.5)
+    return is_running(pid, marker=node.marker)
+
+
 def _marker(data_dir: str) -> str:
     return str(Path(data_dir) / "server.properties")
 
@@ -429,7 +435,7 @@ def _wait_ready(nodes: Sequence[_Node], state: KafkaState, *, timeout: float) ->
     admin = None
     while True:
         for node, pid in zip(nodes, state.pids, strict=True):
-            if not is_running(pid, marker=node.marker):
+            if not is_running(pid, marker=node.marker) and not _still_running(pid, node):
                 raise ServiceError(
                     f"Kafka node {node.node_id} (pid {pid}) exited during start-up; "
                     f"see its logs in {node.directory}:\n{_log_tails(nodes)}",

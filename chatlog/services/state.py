@@ -243,6 +243,10 @@ def is_running(pid: int, *, marker: str) -> bool:
     if state_letter == "Z":
         _reap(pid)
         return False
+    if not cmdline.strip():
+        # Alive, but its command line is not readable for a moment (a process in the
+        # middle of exec, seen under load as a Kafka node reported dead while starting).
+        return True
     return marker in cmdline
 
 
