@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis
@@ -210,25 +210,66 @@ class AsyncRedisReader:
         event the projector refused (a foreign writer) moves no view but does move the mark.
         """
         validate_id(session_id, field="session_id")
+        await self.wait_projected(position, timeout=timeout)
+        with redis_errors():
+            return (await self._load(session_id))[0]
+
+    async def wait_projected(self, position: Position, *, timeout: float = 5.0) -> None:
+        """Return once the projector has applied every record of the partition up to
+        `position`; `ReadTimeout` after `timeout` seconds."""
+
+        async def mark() -> int | None:
+            keys = await self.keys()
+            value = await self.client.hget(keys.progress, str(position.partition))
+            return None if value is None else int(value)
+
+        await self._poll(
+            mark, position, timeout, f"the projection of partition {position.partition}"
+        )
+
+    async def wait_applied(self, session_id: str, after: Position, *, timeout: float = 5.0) -> None:
+        """Return once the session's view has applied `after`; `ReadTimeout` after `timeout`."""
+
+        async def applied() -> int | None:
+            keys = await self.keys()
+            value = await self.client.hget(keys.meta(session_id), "last_offset")
+            return None if value is None else int(value)
+
+        await self._poll(
+            applied,
+            after,
+            timeout,
+            f"the projection of session {session_id}",
+            max_poll_s=_MAX_POLL_S,  # a reader waits for its own write: poll often
+        )
+
+    async def _poll(
+        self,
+        offset: Callable[[], Awaitable[int | None]],
+        target: Position,
+        timeout: float,
+        what: str,
+        *,
+        max_poll_s: float = _MAX_PROGRESS_POLL_S,
+    ) -> None:
+        """Poll `offset` (cheap: one HGET) with a growing pause until it reaches `target`."""
         deadline = time.monotonic() + timeout
         delay = _FIRST_POLL_S
         while True:
             with redis_errors():
-                keys = await self.keys()
-                mark = await self.client.hget(keys.progress, str(position.partition))
-                if mark is not None and int(mark) >= position.offset:
-                    return (await self._load(session_id))[0]
+                reached = await offset()
+            if reached is not None and reached >= target.offset:
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                at = "nothing yet" if mark is None else f"{position.partition}:{int(mark)}"
+                at = "nothing yet" if reached is None else f"{target.partition}:{reached}"
                 raise ReadTimeout(
-                    f"the projection of partition {position.partition} did not reach "
-                    f"{position} within {timeout:g} s (it is at {at}); is the projector "
-                    f"running (`chatlog run projector`)?",
-                    session_id=session_id,
+                    f"{what} did not reach {target} within {timeout:g} s (it is at {at}); "
+                    f"is the projector running (`chatlog run projector`)?",
+                    partition=target.partition,
                 )
             await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, _MAX_PROGRESS_POLL_S)
+            delay = min(delay * 2, max_poll_s)
 
     async def _sessions(self, user_id: str, limit: int) -> list[SessionEntry]:
         keys = await self.keys()

@@ -49,6 +49,7 @@ __all__ = [
     "WindowPolicy",
     "evolve",
     "fold",
+    "message_of",
 ]
 
 REDACTED = "[redacted]"
@@ -268,7 +269,7 @@ def _append_run(
         message_id = payload.message_id
         if any(m.message_id == message_id for m in messages[-policy.window :]):
             continue  # a retried append (see `_append`)
-        messages.append(_message(payload, position.offset, at_ms))
+        messages.append(message_of(payload, position.offset, at_ms))
         count += 1
         appended = True
     if not moved:
@@ -315,7 +316,7 @@ def _append(
     for recent in view.messages[-policy.window :]:
         if recent.message_id == message_id:
             return {}
-    messages = (*view.messages, _message(payload, offset, at_ms))
+    messages = (*view.messages, message_of(payload, offset, at_ms))
     limit = policy.window + policy.max_overflow
     dropped = max(0, len(messages) - limit)
     # An erased or closed session that gets a new message is in use again.
@@ -327,7 +328,8 @@ def _append(
     }
 
 
-def _message(payload: MessageAppended, offset: int, at_ms: int) -> Message:
+def message_of(payload: MessageAppended, offset: int, at_ms: int) -> Message:
+    """The read-model's message for an appended one at `offset`."""
     return Message(
         offset=offset,
         message_id=payload.message_id,

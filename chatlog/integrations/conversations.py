@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 
 from producers.commands import append_message
 from projections.store import SessionEntry
-from projections.view import REDACTED, Message, SessionStatus, SessionView
+from projections.view import REDACTED, Message, SessionStatus, SessionView, message_of
 from schemas.errors import InvalidInput, OwnershipError
 from schemas.events import (
     ConversationEvent,
@@ -486,17 +486,7 @@ class InMemoryConversationStore:
             session = self._sessions[session_id] = _Session(user_id, None, now, now, [])
         payload = event.payload
         assert isinstance(payload, MessageAppended)
-        message = Message(
-            offset=self._offset,
-            message_id=payload.message_id,
-            role=payload.role.value,
-            content=payload.content,
-            occurred_at_ms=now,
-            name=payload.name,
-            tool_calls=payload.tool_calls,
-            tool_call_id=payload.tool_call_id,
-            metadata=payload.metadata,
-        )
+        message = message_of(payload, self._offset, now)
         session.updated_ms = now
         if all(m.message_id != message.message_id for m in session.messages):
             session.messages.append(message)

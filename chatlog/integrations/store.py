@@ -35,7 +35,6 @@ metadata is not kept: the read-model keeps a session's title, not the metadata o
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -62,7 +61,7 @@ from projections.encoding import decode_view
 from projections.redis_reader import AsyncRedisReader
 from projections.redis_store import redis_errors, text_map
 from projections.view import Message, SessionStatus, SessionView
-from schemas.errors import OwnershipError, ReadTimeout
+from schemas.errors import OwnershipError
 from schemas.events import (
     ConversationEvent,
     MessageAppended,
@@ -79,8 +78,6 @@ from schemas.position import Position
 __all__ = ["ChatlogConversationStore"]
 
 DELETE_REASON = "deleted through the conversation store"
-_FIRST_POLL_S = 0.0005
-_MAX_POLL_S = 0.005
 
 
 class ChatlogConversationStore:
@@ -167,7 +164,9 @@ class ChatlogConversationStore:
         """
         validate_id(user_id, field="user_id")
         for partition, offset in list(self._user_writes.get(user_id, {}).items()):
-            await self._wait_for_partition(Position(partition, offset))
+            await self.reader.wait_projected(
+                Position(partition, offset), timeout=self.read_timeout_s
+            )
         entries = await self.reader.sessions(user_id, limit=limit)
         return [session_of_entry(entry, user_id=user_id) for entry in entries]
 
@@ -313,7 +312,7 @@ class ChatlogConversationStore:
         client = self.reader.client
         with redis_errors():
             if after is not None:
-                await self._wait_for(session_id, after)
+                await self.reader.wait_applied(session_id, after, timeout=self.read_timeout_s)
             keys = await self.reader.keys()
             pipe = client.pipeline(transaction=True)
             pipe.hgetall(keys.meta(session_id))
@@ -327,48 +326,6 @@ class ChatlogConversationStore:
                 session_id=session_id,
             )
         return view
-
-    async def _wait_for_partition(self, after: Position) -> None:
-        """Until the projector has applied every record of the partition up to `after`."""
-        partition = after.partition
-        deadline = time.monotonic() + self.read_timeout_s
-        delay = _FIRST_POLL_S
-        with redis_errors():
-            while True:
-                keys = await self.reader.keys()
-                mark = await self.reader.client.hget(keys.progress, str(partition))
-                if mark is not None and int(mark) >= after.offset:
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ReadTimeout(
-                        f"the projection of partition {partition} did not reach {after} "
-                        f"within {self.read_timeout_s:g} s; is the projector running "
-                        f"(`chatlog run projector`)?",
-                        partition=partition,
-                    )
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, _MAX_POLL_S)
-
-    async def _wait_for(self, session_id: str, after: Position) -> None:
-        deadline = time.monotonic() + self.read_timeout_s
-        delay = _FIRST_POLL_S
-        while True:
-            keys = await self.reader.keys()
-            applied = await self.reader.client.hget(keys.meta(session_id), "last_offset")
-            if applied is not None and int(applied) >= after.offset:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                at = "nothing yet" if applied is None else f"offset {int(applied)}"
-                raise ReadTimeout(
-                    f"the projection of session {session_id} did not reach {after} within "
-                    f"{self.read_timeout_s:g} s (it is at {at}); is the projector running "
-                    f"(`chatlog run projector`)?",
-                    session_id=session_id,
-                )
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, _MAX_POLL_S)
 
     async def _from_log(self, view: SessionView, page: Page, user_id: str) -> list[Message]:
         fold = await asyncio.to_thread(
