@@ -21,8 +21,9 @@ Rules that keep summaries correct and cheap:
 * Summaries run concurrently across sessions, at most `max_in_flight` at a time; a slow
   call holds back neither other sessions nor the partition.
 * Records are committed in log order, and a record that triggered a summary only once
-  that summary is published (or has failed). A crash mid-summary therefore consumes the
-  record again after the restart, and the summary is asked for again.
+  that summary is published (or has failed), and so is any follow-up summary of turns
+  that arrived while it ran. A crash mid-summary therefore consumes the record again
+  after the restart, and the summary is asked for again.
 * A failed summary (the LLM down, its circuit open, or a publish failure) is retried
   after `failure_cooldown_s`. Meanwhile the window keeps working and the overflow stays
   bounded: the projector drops its oldest turns from the read-model (never from the log)
@@ -434,21 +435,26 @@ class SummaryEngine:
         request: SummaryRequest,
         item: _Pending | None,
     ) -> None:
-        cancelled = False
         try:
             async with self._slots:
                 await self._summarize_now(session_id, session, view, request)
         except asyncio.CancelledError:
-            cancelled = True  # shutting down: leave the record uncommitted, to redo it
+            session.in_flight = False  # shutting down: leave the record uncommitted, to redo it
             raise
         except Exception:
             log.exception("summarizer: summary of session %s failed", session_id)
             self.stats.failed += 1
             self._retry_later(session_id, session)
-        finally:
-            session.in_flight = False
-            if item is not None and not cancelled:
-                await self.tracker.finish(item)
+        session.in_flight = False
+        # Records folded while this summary ran could not start the next one, and the last
+        # of them may have been its own read-back (the consumer can see a summary before
+        # the producer's delivery report): with no record to come, the overflow they left
+        # would wait for the session's next turn. So look again now, and keep the trigger
+        # uncommitted until that follow-up is done too, so that a crash redoes it.
+        current = self._sessions.get(session_id) is session  # not revoked meanwhile
+        followed = current and self._start(session_id, session, item)
+        if not followed and item is not None:
+            await self.tracker.finish(item)
 
     async def _summarize_now(
         self, session_id: str, session: _Session, view: SessionView, request: SummaryRequest
@@ -476,15 +482,17 @@ class SummaryEngine:
             self.stats.stale += 1  # erased meanwhile, or already covered: nothing to add
             return
         event = self._summary_event(view, request, result, through)
+        # Awaited from before the publish: its read-back may be folded before it returns.
+        session.awaiting = through
+        session.awaiting_until = self._clock() + self.policy.echo_timeout_s
         try:
             await self.publisher.publish(event)
         except ChatlogError as exc:
+            session.awaiting = None
             log.warning("summarizer: could not publish the summary of %s: %s", session_id, exc)
             self.stats.failed += 1
             self._retry_later(session_id, session)
             return
-        session.awaiting = through
-        session.awaiting_until = self._clock() + self.policy.echo_timeout_s
         self.stats.published += 1
         self.stats.turns += len(request.turns)
         self.stats.prompt_tokens += result.prompt_tokens

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from confluent_kafka import ConsumerGroupState
+from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 
 from chatlog.settings import Settings
 
@@ -95,12 +95,23 @@ def running_projector(settings: Settings, **kwargs) -> Iterator[subprocess.Popen
 
 @contextlib.contextmanager
 def running_processor(name: str, settings: Settings, **kwargs) -> Iterator[subprocess.Popen[bytes]]:
-    """`chatlog run <name>` for the duration of the block."""
+    """`chatlog run <name>` for the duration of the block; on a failure in the block, the
+    tail of its log is printed, so that a failed run says what the process was doing."""
     process = start_processor(name, settings, **kwargs)
     try:
         yield process
-    finally:
+    except BaseException:
         stop(process)
+        log = kwargs.get("log")
+        if log is not None and Path(log).exists():
+            tail = Path(log).read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            print(f"--- the last lines of {name}'s log ---", *tail, sep="\n")
+        raise
+    else:
+        stop(process)
+
+
+LOG_TAIL_LINES = 60
 
 
 def wait_until(
@@ -114,11 +125,27 @@ def wait_until(
         time.sleep(every)
 
 
+# What describe_consumer_groups answers before the group coordinator is up; librdkafka
+# does not flag all of them retriable.
+_COORDINATOR_NOT_READY = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
+
 def wait_for_group(kafka, group_id: str, *, timeout: float = 60.0) -> None:
     """Wait until consumer group `group_id` is stable with partitions assigned."""
 
     def assigned() -> bool:
-        description = kafka.admin().describe_consumer_groups([group_id])[group_id].result(10)
+        try:
+            description = kafka.admin().describe_consumer_groups([group_id])[group_id].result(10)
+        except KafkaException as e:
+            # A broker that has just started has no group coordinator yet (NOT_COORDINATOR,
+            # COORDINATOR_LOAD_IN_PROGRESS): not an answer yet.
+            if e.args and e.args[0].code() in _COORDINATOR_NOT_READY:
+                return False
+            raise
         return description.state == ConsumerGroupState.STABLE and any(
             member.assignment.topic_partitions for member in description.members
         )

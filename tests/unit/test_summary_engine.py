@@ -465,8 +465,9 @@ async def test_a_long_session_sends_each_evicted_turn_exactly_once():
 
 
 @async_test
-async def test_a_summary_read_back_before_its_publish_returns_counts_as_read_back():
-    # The consumer can read the summary before the producer's delivery report arrives.
+async def test_a_summary_read_back_before_its_publish_returns_counts_and_the_rest_follows():
+    # The read-back of a summary can be folded before its publish returns, while the
+    # summary is still in flight; the turns that came meanwhile must not wait for another.
     h = Harness(echo_timeout_s=60.0)
     publish = h.publisher.publish
 
@@ -479,16 +480,19 @@ async def test_a_summary_read_back_before_its_publish_returns_counts_as_read_bac
     gate = h.summarizer.hold()
     h.turns("s1", 7)
     await h.run()
-    h.turns("s1", 3, first=7)  # 7..9: the overflow is 0..5 while the summary runs
+    h.turns("s1", 3, first=7)  # 7..9 arrive while the first summary runs
     await h.run()
+    assert h.acked() == [0, 1, 2, 3, 4, 5]  # the trigger (6) holds the rest
     gate.set()
-    await h.settle()  # published at 10, and read back at once
-    assert h.acked() == list(range(11))
+    await h.settle()
 
-    h.turns("s1", 1, first=10)  # 11
-    await h.run()
-
-    assert [offsets(r) for r in h.summarizer.requests] == [[0, 1, 2], [3, 4, 5, 6]]
+    # No turn came after the read-back (10), yet its overflow 3..5 was asked for; the
+    # trigger stayed uncommitted until that follow-up was published and read back (11).
+    assert [offsets(r) for r in h.summarizer.requests] == [[0, 1, 2], [3, 4, 5]]
+    assert [s.through_offset for s in h.publisher.summaries] == [2, 5]
+    assert h.acked() == list(range(12))
+    assert len(h.topic.view("s1", 0).overflow(WINDOW)) < THRESHOLD
+    await h.close()
 
 
 @async_test
