@@ -28,16 +28,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from bench.infra import BenchStack, CpuMeter
-from bench.kafka_tools import KafkaTools
 from bench.peers import LangChainHistory, PlainRedisList, langchain_available
 from bench.report import Metric, Report, percentile
-from bench.scenarios import Plan, frozen_heap, median_shares, say
+from bench.scenarios import Plan, find_tools, frozen_heap, median_shares, say
 from bench.workload import Turn, chat_turns, session_name
 from chatlog import wiring
 from chatlog.client import ChatLog
 from producers.commands import append_message
 from producers.kafka_producer import ConversationProducer
-from schemas.errors import ChatlogError
 from schemas.events import ConversationEvent
 from schemas.position import Position
 
@@ -53,13 +51,7 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
     limit_topic = stack.scenario("append_limit")
     ttl = int(settings.session_ttl_s) or None
     blocked = langchain_available()
-    tools: KafkaTools | None = None
-    missing = ""
-    try:
-        tools = KafkaTools.find(stack)
-    except ChatlogError as exc:
-        missing = exc.message
-        say(f"append: ProducerPerformance left out: {missing}")
+    tools, missing = find_tools(stack, "append")
 
     batched = report.measure("append", _BATCHED, "events/s")
     one = report.measure("append", _ONE, "events/s")
@@ -133,7 +125,7 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
             _one_at_a_time(lingerless, warm[: plan.append_sessions])
             for store in (lc, listed):
                 if store is not None:
-                    _peer(store.add, warm)
+                    _each(store.add, warm)
             if tools is not None:
                 tools.producer_performance(
                     limit_topic,
@@ -153,8 +145,8 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
                     one_p99.add(percentile(calls, 99))
                     unlingered.add(_one_at_a_time(lingerless, turns[: plan.append_each])[0])
                     if lc is not None:
-                        langchain.add(_peer(lc.add, turns[: plan.append_peers])[0])
-                    rate, calls = _peer(listed.add, turns[: plan.append_peers])
+                        langchain.add(_each(lc.add, turns[: plan.append_peers])[0])
+                    rate, calls = _each(listed.add, turns[: plan.append_peers])
                     plain.add(rate)
                     peer_p50.add(percentile(calls, 50))
                     if tools is not None:
@@ -222,18 +214,7 @@ def _event(producer: ConversationProducer, turn: Turn) -> ConversationEvent:
 def _send_all(producer: ConversationProducer, turns: Sequence[Turn]) -> float:
     """Send every message without waiting, then wait for every position; the rate."""
     started = time.perf_counter()
-    futures: list[Future[Position]] = [
-        producer.send(
-            append_message(
-                turn.session_id,
-                user_id=turn.user_id,
-                role=turn.role,
-                content=turn.content,
-                producer=producer.info,
-            )
-        )
-        for turn in turns
-    ]
+    futures: list[Future[Position]] = [producer.send(_event(producer, turn)) for turn in turns]
     for future in futures:
         future.result(timeout=60)
     return len(turns) / (time.perf_counter() - started)
@@ -241,17 +222,16 @@ def _send_all(producer: ConversationProducer, turns: Sequence[Turn]) -> float:
 
 def _one_at_a_time(log: ChatLog, turns: Sequence[Turn]) -> tuple[float, list[float]]:
     """`ChatLog.append` per message; the rate and each call's time (ms)."""
-    calls: list[float] = []
-    started = time.perf_counter()
-    for turn in turns:
-        before = time.perf_counter()
-        log.append(turn.session_id, user_id=turn.user_id, role=turn.role, content=turn.content)
-        calls.append((time.perf_counter() - before) * 1000)
-    return len(turns) / (time.perf_counter() - started), calls
+    return _each(
+        lambda turn: log.append(
+            turn.session_id, user_id=turn.user_id, role=turn.role, content=turn.content
+        ),
+        turns,
+    )
 
 
-def _peer(add: Callable[[Turn], None], turns: Sequence[Turn]) -> tuple[float, list[float]]:
-    """A peer's `add` per message; the rate and each call's time (ms)."""
+def _each(add: Callable[[Turn], object], turns: Sequence[Turn]) -> tuple[float, list[float]]:
+    """`add` per message (a peer's, or chatlog's); the rate and each call's time (ms)."""
     calls: list[float] = []
     started = time.perf_counter()
     for turn in turns:

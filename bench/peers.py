@@ -59,8 +59,6 @@ class LangChainHistory:
     starts (the warm-up touches every session), so that cost is left out.
     """
 
-    name = "LangChain RedisChatMessageHistory"
-
     def __init__(self, url: str, *, key_prefix: str, ttl_s: int | None) -> None:
         from langchain_core.messages import AIMessage, HumanMessage  # noqa: PLC0415
 
@@ -103,8 +101,6 @@ class LangChainHistory:
 
 class PlainRedisList:
     """A hand-written per-session list: RPUSH + EXPIRE per message, LRANGE to read."""
-
-    name = "plain Redis list (RPUSH + EXPIRE)"
 
     def __init__(self, client: redis.Redis, *, prefix: str, ttl_s: int | None) -> None:
         self.client = client

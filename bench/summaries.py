@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bench.infra import PARTITIONS, BenchStack, CpuMeter
@@ -57,7 +57,12 @@ _DRAIN_S = 60.0
 
 def prompt_tokens(request: SummaryRequest) -> int:
     """The prompt chatlog's LLM summarizer would send for `request`, in approximate tokens."""
-    return sum(approx_tokens(str(m.get("content") or "")) for m in summary_messages(request))
+    return _content_tokens(summary_messages(request))
+
+
+def _content_tokens(messages: Iterable[Mapping[str, object]]) -> int:
+    """Approximate tokens of the chat messages' contents."""
+    return sum(approx_tokens(str(m.get("content") or "")) for m in messages)
 
 
 async def _no_ack() -> None:
@@ -408,8 +413,7 @@ def _view(summary: str | None, messages: Sequence[Message]) -> SessionView:
 
 def _context_tokens(view: SessionView) -> int:
     """Tokens of what `Context.to_openai()` sends the chat model for `view`."""
-    rendered = Context.from_view(view, window_size=WINDOW.window).to_openai()
-    return sum(approx_tokens(str(m.get("content") or "")) for m in rendered)
+    return _content_tokens(Context.from_view(view, window_size=WINDOW.window).to_openai())
 
 
 def _cost_row(turns: int, cost: Cost, base: Cost) -> list[str]:
@@ -465,7 +469,7 @@ class SlowLLM:
         return SummaryResult(
             summary=summary,
             model=f"fake-{self.latency * 1000:.0f}ms",
-            prompt_tokens=sum(approx_tokens(str(m.get("content") or "")) for m in messages),
+            prompt_tokens=_content_tokens(messages),
             completion_tokens=approx_tokens(summary),
         )
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import signal
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -32,7 +30,7 @@ from confluent_kafka.admin import AdminClient
 
 from chatlog import wiring
 from chatlog.settings import Settings
-from processors.kafka_history import AsOf, read_as_of, usable
+from processors.kafka_history import AsOf, log_consumer, read_as_of, usable
 from producers.kafka_topics import topic_partitions
 from producers.partitioning import partition_for
 from projections.context import SUMMARY_PREAMBLE, Context
@@ -56,7 +54,6 @@ __all__ = [
 ]
 
 _METADATA_TIMEOUT_S = 10.0
-_KAFKA_LOG = logging.getLogger("chatlog.kafka")
 
 
 # -- context ------------------------------------------------------------------------
@@ -285,17 +282,7 @@ def iso(ms: int) -> str:
 def tail(args: argparse.Namespace, settings: Settings) -> None:
     """`chatlog tail`: print the session's events from the log, then follow new ones."""
     validate_id(args.session, field="session_id")
-    consumer = Consumer(
-        {
-            **settings.kafka,
-            "bootstrap.servers": settings.kafka_bootstrap,
-            # A reader, not a group member: nothing is committed, so a throwaway id is fine.
-            "group.id": f"chatlog-tail-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "logger": _KAFKA_LOG,
-        }
-    )
+    consumer = log_consumer(settings.kafka_bootstrap, settings.kafka)
     try:
         partition, low, high = _locate(consumer, settings, args.session)
         if not args.json:

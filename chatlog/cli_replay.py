@@ -17,7 +17,6 @@ from typing import Any
 from chatlog import cli_read, wiring
 from chatlog.replay import ProgressPrinter, rebuild, verify
 from chatlog.settings import Settings
-from processors.kafka_projector import tune_garbage_collector
 from processors.kafka_replay import Interrupted
 from schemas.errors import ChatlogError
 
@@ -28,7 +27,6 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
     """`chatlog replay [--verify]`."""
     cli_read.partition_count(wiring.admin_client(settings), settings)
     printer = ProgressPrinter(sys.stderr)
-    tune_garbage_collector()  # a replay holds many long-lived views, as the projector does
     with cli_read.stop_on_signals() as stop:
         try:
             if args.verify:

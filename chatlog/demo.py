@@ -567,14 +567,19 @@ def _sigterm_as_exit() -> Iterator[None]:
 # -- the steps ----------------------------------------------------------------------
 
 
+def start_session(log: ChatLog, script: Script) -> Position:
+    """Publish the script's `SessionStarted` (its title); its position."""
+    started = new_event(
+        script.session_id, user_id=script.user_id, payload=SessionStarted(title=script.title)
+    )
+    return log.producer.publish(started)
+
+
 def publish_all(log: ChatLog, scripts: Sequence[Script], *, threads: int) -> dict[str, Position]:
     """Publish every script, `threads` chats at a time; the last position of each."""
 
     def publish(script: Script) -> tuple[str, Position]:
-        started = new_event(
-            script.session_id, user_id=script.user_id, payload=SessionStarted(title=script.title)
-        )
-        position = log.producer.publish(started)
+        position = start_session(log, script)
         for turn in script.turns:
             position = log.append(
                 script.session_id,
@@ -691,10 +696,7 @@ def publish_visits(
     After each visit: its last append must be in the very next context read, and then the
     demo waits for the summarizer to fold the overflow (visits are days apart in the story).
     """
-    started = new_event(
-        script.session_id, user_id=script.user_id, payload=SessionStarted(title=script.title)
-    )
-    log.producer.publish(started)
+    start_session(log, script)
     done = Visits()
     turns = iter(script.turns)
     for number, size in enumerate(visits, start=1):

@@ -275,8 +275,7 @@ def _rebuild_in_parallel(
         while any(process.is_alive() for process in processes):
             if stop is not None and stop.is_set():
                 raise Interrupted("the replay was interrupted")
-            marks = store.progress()
-            progress.done = sum(marks.get(p, starts[p] - 1) + 1 - starts[p] for p in starts)
+            progress.done = _records_done(store, starts)
             if on_progress is not None:
                 on_progress(progress)
             time.sleep(0.2)
@@ -288,8 +287,13 @@ def _rebuild_in_parallel(
     failed = [p.name for p in processes if p.exitcode != 0]
     if failed:
         raise ChatlogError(f"replay workers {failed} failed; run `chatlog replay` to resume")
+    progress.done = _records_done(store, starts)
+
+
+def _records_done(store: RedisViewStore, starts: dict[int, int]) -> int:
+    """How many offsets the workers have projected since `starts`, by their progress marks."""
     marks = store.progress()
-    progress.done = sum(marks.get(p, starts[p] - 1) + 1 - starts[p] for p in starts)
+    return sum(marks.get(p, starts[p] - 1) + 1 - starts[p] for p in starts)
 
 
 def _rebuild_worker(

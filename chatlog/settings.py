@@ -152,21 +152,24 @@ class Settings(BaseModel):
             raise _config_error(exc) from exc
 
     def describe(self) -> dict[str, Any]:
-        """The settings as environment variables, secrets in Kafka properties masked."""
+        """The settings as environment variables, secrets (the LLM key, Kafka's) masked."""
         shown: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
             if name == "kafka":
                 for prop, prop_value in value.items():
-                    secret = any(w in prop for w in ("password", "secret", "key"))
                     shown[_KAFKA_PASSTHROUGH + prop.replace(".", "_").upper()] = (
-                        "***" if secret else prop_value
+                        "***" if _secret(prop) else prop_value
                     )
-            elif name == "llm_api_key" and value:
+            elif value and _secret(name):
                 shown[self.env_name(name)] = "***"
             else:
                 shown[self.env_name(name)] = None if value is None else str(value)
         return shown
+
+
+def _secret(name: str) -> bool:
+    return any(word in name for word in ("password", "secret", "key"))
 
 
 def _fill_from_local_stack(values: dict[str, Any]) -> None:

@@ -57,17 +57,17 @@ from typing import ParamSpec, TypeAlias, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from producers.kafka_topics import topic_partitions
+from producers.kafka_topics import kafka_reason, topic_partitions
 from producers.partitioning import partition_for
 from projections.context import Context, TokenCounter, approx_tokens
 from projections.view import (
     DEFAULT_POLICY,
-    REDACTED,
     ForeignEvent,
     SessionStatus,
     SessionView,
     WindowPolicy,
     evolve,
+    redacted,
 )
 from schemas.codec import EventCodec
 from schemas.errors import (
@@ -304,10 +304,7 @@ class _Scan:
         return replace(
             view,
             messages=tuple(
-                replace(m, content=REDACTED, tool_calls=(), metadata={}, redacted=True)
-                if m.message_id in self.redacted_later
-                else m
-                for m in view.messages
+                redacted(m) if m.message_id in self.redacted_later else m for m in view.messages
             ),
         )
 
@@ -497,6 +494,4 @@ def kafka_call(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) 
     try:
         return function(*args, **kwargs)
     except KafkaException as exc:
-        error = exc.args[0] if exc.args else exc
-        reason = error.str() if isinstance(error, KafkaError) else str(error)
-        raise BrokerUnavailable(f"Kafka did not answer: {reason}") from exc
+        raise BrokerUnavailable(f"Kafka did not answer: {kafka_reason(exc)}") from exc

@@ -197,7 +197,7 @@ class KafkaProjector:
             return BatchResult()
         result = self.core.handle(records)
         self._dead_letter(result.dead_letters)
-        self._store_offsets(records)
+        self._store_offsets(result.last_offsets)
         self.stats.add(result)
         return result
 
@@ -256,15 +256,10 @@ class KafkaProjector:
                 topic=self.dlq_topic,
             )
 
-    def _store_offsets(self, records: Sequence[Record]) -> None:
-        next_offsets: dict[int, int] = {}
-        for record in records:
-            next_offsets[record.partition] = max(
-                next_offsets.get(record.partition, 0), record.offset + 1
-            )
+    def _store_offsets(self, last_offsets: Mapping[int, int]) -> None:
         try:
             self._consumer.store_offsets(
-                offsets=[TopicPartition(self.topic, p, o) for p, o in next_offsets.items()]
+                offsets=[TopicPartition(self.topic, p, o + 1) for p, o in last_offsets.items()]
             )
         except KafkaException as exc:
             # A partition revoked meanwhile: its new owner replays, which is harmless.
@@ -283,18 +278,18 @@ class KafkaProjector:
         marks = self.core.store.progress()
         starts = []
         for tp in committed:
-            mark = marks.get(tp.partition)
+            mark = marks.get(tp.partition, -1)
             start = tp.offset
             if tp.offset < 0:  # never committed: a new group, or a generation built by replay
-                start = mark + 1 if mark is not None else OFFSET_BEGINNING
-            elif (mark is None and tp.offset > 0) or (mark is not None and mark + 1 < tp.offset):
+                start = _after(mark)
+            elif mark + 1 < tp.offset:
                 start = self._lost(tp.partition, committed=tp.offset, mark=mark)
             starts.append(TopicPartition(self.topic, tp.partition, start))
         return starts
 
-    def _lost(self, partition: int, *, committed: int, mark: int | None) -> int:
+    def _lost(self, partition: int, *, committed: int, mark: int) -> int:
         """Where to restart a partition whose projection Redis has lost (or raise)."""
-        have = "nothing" if mark is None else f"up to offset {mark}"
+        have = "nothing" if mark < 0 else f"up to offset {mark}"
         problem = (
             f"Redis has lost part of the read-model: partition {partition} of {self.topic} "
             f"was projected up to offset {committed - 1}, but generation {self.generation} "
@@ -308,7 +303,7 @@ class KafkaProjector:
                 partition=partition,
             )
         log.error("%s; re-projecting it from the log (CHATLOG_ON_DATA_LOSS=rebuild)", problem)
-        return mark + 1 if mark is not None else OFFSET_BEGINNING
+        return _after(mark)
 
     def _watch_generation(self) -> None:
         if self.generations is None or self._store_for is None:
@@ -325,12 +320,9 @@ class KafkaProjector:
             log.info("generation %s is live now (was %s): switching", live, self.generation)
             self.generation = live
             self.core.store = self._store_for(live)
-            self.core.forget()
-            marks = self.core.store.progress()
             # Continue where the new generation is, not where this projector was: the
             # events in between went to the old generation only.
-            self._seeks = {p: marks.get(p, -1) + 1 for p in self.assigned}
-            self._seek_pending()
+            self._resume_from_marks()
 
     def _pointer_lost(self, generations: GenerationPointer) -> None:
         problem = (
@@ -345,16 +337,19 @@ class KafkaProjector:
         log.error("%s; re-projecting every partition from the log", problem)
         if self.generation is not None:
             generations.flip(None, self.generation)
+        self._resume_from_marks()
+
+    def _resume_from_marks(self) -> None:
+        """Drop the cached views and read each assigned partition from after its mark."""
         self.core.forget()
         marks = self.core.store.progress()
-        self._seeks = {p: marks.get(p, -1) + 1 for p in self.assigned}
+        self._seeks = {p: _after(marks.get(p, -1)) for p in self.assigned}
         self._seek_pending()
 
     def _seek_pending(self) -> None:
         for partition, offset in list(self._seeks.items()):
-            start = offset if offset > 0 else OFFSET_BEGINNING
             try:
-                self._consumer.seek(TopicPartition(self.topic, partition, start))
+                self._consumer.seek(TopicPartition(self.topic, partition, offset))
             except KafkaException as exc:
                 # Not fetching yet (just assigned): try again before the next batch.
                 log.debug("seek %d to %d deferred: %s", partition, offset, exc)
@@ -372,6 +367,11 @@ class KafkaProjector:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
                 log.warning("commit on revoke: %s", exc)
+
+
+def _after(mark: int) -> int:
+    """Where to read a partition from once it is projected up to `mark` (-1: nothing)."""
+    return mark + 1 if mark >= 0 else OFFSET_BEGINNING
 
 
 def record_of(message: Message, topic: str) -> Record | None:

@@ -31,12 +31,13 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from processors.kafka_projector import record_of
 from processors.projection import ProjectionCore
+from producers.kafka_topics import topic_partitions
 from projections.store import ViewStore
-from schemas.errors import BrokerUnavailable, ChatlogError
+from schemas.errors import ChatlogError
 
 __all__ = ["Interrupted", "KafkaReplay", "ReplayProgress"]
 
@@ -86,6 +87,7 @@ class KafkaReplay:
         stop: threading.Event | None = None,
     ) -> None:
         self.core = core
+        self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.batch_size = batch_size
         self.on_progress = on_progress or (lambda progress: None)
@@ -115,13 +117,10 @@ class KafkaReplay:
     ) -> dict[int, int]:
         """Assign the partitions (all, or `only` these) from the new generation's progress;
         returns their end offsets."""
-        try:
-            metadata = self._consumer.list_topics(self.topic, timeout=timeout)
-        except KafkaException as exc:
-            raise BrokerUnavailable(f"cannot read {self.topic}'s partitions: {exc}") from exc
-        partitions = sorted(
-            p for p in metadata.topics[self.topic].partitions if only is None or p in only
+        count = topic_partitions(
+            self._consumer, self.topic, bootstrap_servers=self.bootstrap_servers, timeout=timeout
         )
+        partitions = [p for p in range(count) if only is None or p in only]
         marks = self.store.progress()
         ends: dict[int, int] = {}
         assignment = []
@@ -156,9 +155,8 @@ class KafkaReplay:
             result = self.core.handle(records)
             progress.dead_letters += len(result.dead_letters)
             progress.done += len(records)
-            for record in records:
-                if record.offset >= self.position.get(record.partition, 0):
-                    self.position[record.partition] = record.offset + 1
+            for partition, offset in result.last_offsets.items():
+                self.position[partition] = max(self.position.get(partition, 0), offset + 1)
         self.on_progress(progress)
         return len(records)
 

@@ -179,11 +179,12 @@ class OpenAISummarizer:
         request: SummaryRequest,
         messages: list[ChatCompletionMessageParam],
     ) -> SummaryResult:
-        summary = _summary_text(response, request, self.model)
-        if approx_tokens(summary) > request.max_summary_tokens:
-            # A server may ignore the cap (some ignore unknown fields); the summary's size
-            # bounds every later prompt, so it is enforced here too.
-            summary = _truncate(summary, request.max_summary_tokens * _CHARS_PER_TOKEN)
+        # A server may ignore the cap (some ignore unknown fields); the summary's size
+        # bounds every later prompt, so it is enforced here too.
+        summary = _truncate(
+            _summary_text(response, request, self.model),
+            request.max_summary_tokens * _CHARS_PER_TOKEN,
+        )
         usage = response.usage
         if usage is not None:
             prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens

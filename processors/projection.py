@@ -26,7 +26,7 @@ from schemas.errors import ChatlogError, DecodeError, InvalidEvent, InvalidInput
 from schemas.events import ConversationEvent
 from schemas.position import Position
 
-__all__ = ["BatchResult", "DeadLetter", "ProjectionCore", "Record"]
+__all__ = ["BatchResult", "DeadLetter", "ProjectionCore", "Record", "decode_record"]
 
 _MAX_ROUNDS = 5
 
@@ -60,6 +60,8 @@ class BatchResult:
     duplicates: int = 0
     conflicts: int = 0
     events: int = 0
+    # The last offset of each partition in the batch: all projected once `handle` returns.
+    last_offsets: dict[int, int] = field(default_factory=dict)
 
 
 class ProjectionCore:
@@ -84,7 +86,10 @@ class ProjectionCore:
         """Project `records` (in log order per partition); see the module docstring."""
         result = BatchResult()
         by_session: dict[str, list[tuple[ConversationEvent, Position]]] = {}
+        last = result.last_offsets
         for record in records:
+            if record.offset > last.get(record.partition, -1):
+                last[record.partition] = record.offset
             event = self._decode(record, result)
             if event is not None:
                 result.events += 1
@@ -97,7 +102,7 @@ class ProjectionCore:
                 # Readers that must know a whole partition is projected up to an offset
                 # (the summarizer, a replay catching up) read this mark, not the views:
                 # an event refused as foreign moves no view.
-                self.store.mark_progress(_last_offsets(records))
+                self.store.mark_progress(last)
                 return result
             self.forget(pending)  # someone else wrote these sessions: reload them
         raise ChatlogError(
@@ -115,18 +120,10 @@ class ProjectionCore:
 
     def _decode(self, record: Record, result: BatchResult) -> ConversationEvent | None:
         try:
-            if record.value is None:
-                raise InvalidEvent("record has no value (a tombstone?); events are never null")
-            event = self.codec.decode(record.value)
-            if record.key != event.session_id.encode():
-                raise InvalidEvent(
-                    f"record key {record.key!r} is not the event's session_id "
-                    f"{event.session_id!r}; chatlog keys every event by its session"
-                )
+            return decode_record(self.codec, record)
         except (DecodeError, InvalidInput) as exc:
             result.dead_letters.append(DeadLetter(record, exc))
             return None
-        return event
 
     def _write(
         self,
@@ -189,9 +186,15 @@ class ProjectionCore:
             self._cache.popitem(last=False)
 
 
-def _last_offsets(records: Sequence[Record]) -> dict[int, int]:
-    last: dict[int, int] = {}
-    for record in records:
-        if record.offset > last.get(record.partition, -1):
-            last[record.partition] = record.offset
-    return last
+def decode_record(codec: EventCodec, record: Record) -> ConversationEvent:
+    """The event `record` carries; `DecodeError` or `InvalidInput` if it is not a chatlog
+    event keyed by its session (the projector dead-letters those)."""
+    if record.value is None:
+        raise InvalidEvent("record has no value (a tombstone?); events are never null")
+    event = codec.decode(record.value)
+    if record.key != event.session_id.encode():
+        raise InvalidEvent(
+            f"record key {record.key!r} is not the event's session_id "
+            f"{event.session_id!r}; chatlog keys every event by its session"
+        )
+    return event

@@ -256,12 +256,13 @@ class ExtractiveSummarizer:
         if request.previous_summary:
             _read_previous(digest, request.previous_summary)
         turns = [t for t in request.turns if not t.redacted]
-        if any(t.role == "assistant" for t in turns):
+        last_answer = max((i for i, t in enumerate(turns) if t.role == "assistant"), default=-1)
+        if last_answer >= 0:
             # Every question the previous summary left open came before these turns, so
             # an assistant turn here came after it: the question had its answer.
             digest.drop(_QUESTIONS)
         for index, turn in enumerate(turns):
-            _read_turn(digest, turn, answered=_answered_later(turns, index))
+            _read_turn(digest, turn, answered=index < last_answer)
         summary = _fit(digest, request.max_summary_tokens, self._count_tokens)
         prompt = (request.previous_summary or "") + "".join(t.content for t in turns)
         return SummaryResult(
@@ -270,10 +271,6 @@ class ExtractiveSummarizer:
             prompt_tokens=self._count_tokens(prompt),
             completion_tokens=self._count_tokens(summary),
         )
-
-
-def _answered_later(turns: list[Message], index: int) -> bool:
-    return any(t.role == "assistant" for t in turns[index + 1 :])
 
 
 def _read_turn(digest: _Digest, turn: Message, *, answered: bool) -> None:

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from processors.projection import Record
+from processors.projection import Record, decode_record
 from processors.summarizers import (
     Summarizer,
     SummarizerError,
@@ -347,15 +347,10 @@ class SummaryEngine:
     # ----------------------------------------------------------------------- folding
 
     def _decode(self, record: Record) -> ConversationEvent | None:
-        if record.value is None:
-            return None
         try:
-            event = self.codec.decode(record.value)
+            return decode_record(self.codec, record)
         except (DecodeError, InvalidInput):
             return None
-        if record.key != event.session_id.encode():
-            return None
-        return event
 
     async def _load(self, session_id: str, session: _Session, position: Position) -> None:
         delay = 0.1

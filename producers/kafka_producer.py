@@ -36,7 +36,7 @@ from typing import Any, Self, Unpack
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from producers.commands import MessageFields, append_message
-from producers.kafka_topics import topic_partitions
+from producers.kafka_topics import kafka_reason, topic_partitions
 from schemas.codec import EventCodec
 from schemas.errors import (
     BrokerUnavailable,
@@ -109,9 +109,7 @@ class ConversationProducer:
                 self.check(timeout=check_timeout)
             except Exception:
                 # A constructor that raises must not leave its poller thread running.
-                self._closed.set()
-                self._poller.join()
-                _LIVE.discard(self)
+                self._stop()
                 raise
 
     # -- publishing -------------------------------------------------------------------
@@ -177,9 +175,7 @@ class ConversationProducer:
             # client, which their callbacks reference) queued and retrying until exit.
             self._producer.purge()
             self._producer.poll(0)
-        self._closed.set()
-        self._poller.join()
-        _LIVE.discard(self)
+        self._stop()
         if left:
             raise PublishTimeout(
                 f"{left} events were still unacknowledged after {timeout:g} s at close; "
@@ -199,6 +195,11 @@ class ConversationProducer:
         self.close()
 
     # -- internals --------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        self._closed.set()
+        self._poller.join()
+        _LIVE.discard(self)
 
     def _send_encoded(self, event: ConversationEvent, value: bytes) -> Future[Position]:
         deadline = time.monotonic() + self.queue_timeout
@@ -227,7 +228,7 @@ class ConversationProducer:
             return None
         except KafkaException as exc:
             raise PublishError(
-                f"could not publish to {self.topic}: {_reason(exc)}",
+                f"could not publish to {self.topic}: {kafka_reason(exc)}",
                 topic=self.topic,
                 session_id=event.session_id,
             ) from exc
@@ -387,12 +388,7 @@ def _build_producer(
     try:
         return Producer(conf)
     except KafkaException as exc:
-        raise ConfigError(f"invalid Kafka producer settings: {_reason(exc)}") from exc
-
-
-def _reason(exc: KafkaException) -> str:
-    error = exc.args[0] if exc.args else exc
-    return error.str() if isinstance(error, KafkaError) else str(error)
+        raise ConfigError(f"invalid Kafka producer settings: {kafka_reason(exc)}") from exc
 
 
 def _result(future: Future[Position], timeout: float, event: ConversationEvent) -> Position:

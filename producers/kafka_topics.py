@@ -25,6 +25,7 @@ __all__ = [
     "broker_count",
     "chatlog_topics",
     "ensure_topics",
+    "kafka_reason",
     "topic_partitions",
 ]
 
@@ -103,11 +104,9 @@ def topic_partitions(
     try:
         metadata = client.list_topics(topic, timeout=timeout)
     except KafkaException as exc:
-        error = exc.args[0] if exc.args else exc
-        reason = error.str() if isinstance(error, KafkaError) else str(error)
         raise BrokerUnavailable(
             f"no Kafka broker answered at {bootstrap_servers} within {timeout:g} s "
-            f"({reason}); start one (`make services`) or set CHATLOG_KAFKA_BOOTSTRAP",
+            f"({kafka_reason(exc)}); start one (`make services`) or set CHATLOG_KAFKA_BOOTSTRAP",
             bootstrap_servers=bootstrap_servers,
         ) from exc
     found = metadata.topics.get(topic)
@@ -118,6 +117,12 @@ def topic_partitions(
             topic=topic,
         )
     return len(found.partitions)
+
+
+def kafka_reason(exc: KafkaException) -> str:
+    """librdkafka's own description of what went wrong."""
+    error = exc.args[0] if exc.args else exc
+    return error.str() if isinstance(error, KafkaError) else str(error)
 
 
 def broker_count(admin: AdminClient, *, timeout: float = 10.0) -> int:

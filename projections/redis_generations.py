@@ -43,6 +43,7 @@ redis.call('SET', KEYS[1], ARGV[2])
 return ARGV[2]
 """
 
+_COMPARE_BATCH = 200  # sessions or users compared per pipelined round trip
 _GENERATION_NUMBER = re.compile(r"g(\d+)")
 _SESSION_META = re.compile(r":s:\{(?P<session>[^}]*)\}:meta$")
 _USER_INDEX = re.compile(r":u:\{u:(?P<user>[^}]*)\}:sessions$")
@@ -153,15 +154,16 @@ class GenerationStore:
                 elif (match := _USER_INDEX.search(name)) is not None:
                     users.add(match.group("user"))
         result.sessions, result.users = len(sessions), len(users)
-        ordered = sorted(sessions)
-        for start in range(0, len(ordered), 200):
-            batch = ordered[start : start + 200]
-            for session_id, detail in self._compare_sessions(left, right, batch):
-                result.differences.append(Difference("session", session_id, detail))
-        for user_id in sorted(users):
-            index_detail = self._compare_index(left, right, user_id)
-            if index_detail is not None:
-                result.differences.append(Difference("user index", user_id, index_detail))
+        # One pipelined round trip per batch of sessions, then per batch of users.
+        for kind, names, check in (
+            ("session", sessions, self._compare_sessions),
+            ("user index", users, self._compare_indexes),
+        ):
+            ordered = sorted(names)
+            for start in range(0, len(ordered), _COMPARE_BATCH):
+                batch = ordered[start : start + _COMPARE_BATCH]
+                for name, detail in check(left, right, batch):
+                    result.differences.append(Difference(kind, name, detail))
         del result.differences[limit:]
         return result
 
@@ -194,17 +196,24 @@ class GenerationStore:
             elif [text(m) for m in msgs_a] != [text(m) for m in msgs_b]:
                 yield session_id, f"messages differ ({len(msgs_a)} vs {len(msgs_b)} stored)"
 
-    def _compare_index(self, left: str, right: str, user_id: str) -> str | None:
+    def _compare_indexes(
+        self, left: str, right: str, user_ids: list[str]
+    ) -> Iterator[tuple[str, str]]:
+        a, b = self.keys.with_generation(left), self.keys.with_generation(right)
         pipe = self.client.pipeline(transaction=False)
-        for generation in (left, right):
-            pipe.zrange(
-                self.keys.with_generation(generation).user_sessions(user_id), 0, -1, withscores=True
-            )
+        for user_id in user_ids:
+            for keys in (a, b):
+                pipe.zrange(keys.user_sessions(user_id), 0, -1, withscores=True)
         with redis_errors():
-            a, b = pipe.execute()
-        if [(text(s), score) for s, score in a] == [(text(s), score) for s, score in b]:
-            return None
-        return f"{len(a)} vs {len(b)} sessions listed, or their activity times differ"
+            replies = pipe.execute()
+        for n, user_id in enumerate(user_ids):
+            index_a, index_b = replies[2 * n : 2 * n + 2]
+            if _entries(index_a) != _entries(index_b):
+                yield (
+                    user_id,
+                    f"{len(index_a)} vs {len(index_b)} sessions listed, or their activity "
+                    "times differ",
+                )
 
     def _scan(self, generation: str, *, count: int) -> Iterator[Any]:
         pattern = self.keys.with_generation(generation).generation_pattern()
@@ -214,3 +223,8 @@ class GenerationStore:
     def _unlink(self, keys: list[Any]) -> int:
         with redis_errors():
             return int(self.client.unlink(*keys))
+
+
+def _entries(index: list[Any]) -> list[tuple[str, float]]:
+    """A ZRANGE WITHSCORES reply as (session id, score) pairs."""
+    return [(text(session_id), score) for session_id, score in index]

@@ -16,6 +16,7 @@ The live generation is looked up through the pointer key and cached for
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -229,14 +230,8 @@ class AsyncRedisReader:
 
     async def wait_applied(self, session_id: str, after: Position, *, timeout: float = 5.0) -> None:
         """Return once the session's view has applied `after`; `ReadTimeout` after `timeout`."""
-
-        async def applied() -> int | None:
-            keys = await self.keys()
-            value = await self.client.hget(keys.meta(session_id), "last_offset")
-            return None if value is None else int(value)
-
         await self._poll(
-            applied,
+            functools.partial(self._applied, session_id),
             after,
             timeout,
             f"the projection of session {session_id}",
@@ -289,8 +284,13 @@ class AsyncRedisReader:
         return entries
 
     async def _reached(self, session_id: str, after: Position) -> bool:
-        applied = await self.client.hget((await self.keys()).meta(session_id), "last_offset")
-        return applied is not None and int(applied) >= after.offset
+        applied = await self._applied(session_id)
+        return applied is not None and applied >= after.offset
+
+    async def _applied(self, session_id: str) -> int | None:
+        """The offset the session's view has applied (None: no view); one HGET."""
+        value = await self.client.hget((await self.keys()).meta(session_id), "last_offset")
+        return None if value is None else int(value)
 
     async def _load(self, session_id: str) -> tuple[SessionView | None, int]:
         keys = await self.keys()

@@ -50,6 +50,7 @@ __all__ = [
     "evolve",
     "fold",
     "message_of",
+    "redacted",
 ]
 
 REDACTED = "[redacted]"
@@ -358,13 +359,13 @@ def _summarize(view: SessionView, payload: SummaryUpdated, policy: WindowPolicy)
     }
 
 
+def redacted(message: Message) -> Message:
+    """`message` as a `MessageRedacted` leaves it: its place kept, its content gone."""
+    return replace(message, content=REDACTED, tool_calls=(), metadata={}, redacted=True)
+
+
 def _redact(view: SessionView, message_id: str) -> dict[str, Any]:
-    messages = tuple(
-        replace(m, content=REDACTED, tool_calls=(), metadata={}, redacted=True)
-        if m.message_id == message_id
-        else m
-        for m in view.messages
-    )
+    messages = tuple(redacted(m) if m.message_id == message_id else m for m in view.messages)
     return {"messages": messages}
 
 

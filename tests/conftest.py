@@ -62,7 +62,23 @@ class KafkaCluster:
         )
         futures[name].result(30)
         self.created.append(name)
+        # The controller's answer can come before the broker's metadata has the topic: a
+        # client that looks it up at once would be told it does not exist.
+        deadline = time.monotonic() + 30
+        while not self._listed(name, partitions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {name} was created but never listed")
+            time.sleep(0.05)
         return name
+
+    def _listed(self, name: str, partitions: int) -> bool:
+        found = self.admin().list_topics(name, timeout=10).topics.get(name)
+        return (
+            found is not None
+            and found.error is None
+            and len(found.partitions) == partitions
+            and all(p.leader >= 0 for p in found.partitions.values())
+        )
 
     def consume_all(self, topic: str, *, timeout: float = 30.0) -> list:
         """Every message of `topic` up to its current end, in partition order."""

@@ -93,6 +93,9 @@ def running_projector(settings: Settings, **kwargs) -> Iterator[subprocess.Popen
         yield process
 
 
+LOG_TAIL_LINES = 60  # of a processor's log, printed when a block using it fails
+
+
 @contextlib.contextmanager
 def running_processor(name: str, settings: Settings, **kwargs) -> Iterator[subprocess.Popen[bytes]]:
     """`chatlog run <name>` for the duration of the block; on a failure in the block, the
@@ -109,9 +112,6 @@ def running_processor(name: str, settings: Settings, **kwargs) -> Iterator[subpr
         raise
     else:
         stop(process)
-
-
-LOG_TAIL_LINES = 60
 
 
 def wait_until(
@@ -141,8 +141,7 @@ def wait_for_group(kafka, group_id: str, *, timeout: float = 60.0) -> None:
         try:
             description = kafka.admin().describe_consumer_groups([group_id])[group_id].result(10)
         except KafkaException as e:
-            # A broker that has just started has no group coordinator yet (NOT_COORDINATOR,
-            # COORDINATOR_LOAD_IN_PROGRESS): not an answer yet.
+            # A broker that has just started has no group coordinator yet.
             if e.args and e.args[0].code() in _COORDINATOR_NOT_READY:
                 return False
             raise

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 
 from producers.commands import append_message
 from projections.store import SessionEntry
-from projections.view import REDACTED, Message, SessionStatus, SessionView, message_of
+from projections.view import Message, SessionStatus, SessionView, message_of, redacted
 from schemas.errors import InvalidInput, OwnershipError
 from schemas.events import (
     ConversationEvent,
@@ -260,7 +260,6 @@ class LogPage:
         self.page = page
         self.window = window
         self.owner: tuple[str, str] | None = None
-        self.skipped = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -282,8 +281,7 @@ class LogPage:
                 return  # the projector starts no session with these
             self.owner = (event.user_id, event.tenant)
         elif (event.user_id, event.tenant) != self.owner:
-            self.skipped += 1  # the projector dead-letters it
-            return
+            return  # the projector dead-letters it
         if isinstance(payload, MessageAppended):
             self._append(payload, offset, epoch_millis(event.occurred_at))
         elif isinstance(payload, MessageRedacted):
@@ -322,29 +320,12 @@ class LogPage:
         forward = self._kept.maxlen is None
         if forward and self.page.limit is not None and len(self._kept) >= self.page.limit:
             return  # paging forward: the page is full
-        self._kept.append(
-            Message(
-                offset=offset,
-                message_id=message_id,
-                role=payload.role.value,
-                content=payload.content,
-                occurred_at_ms=at_ms,
-                name=payload.name,
-                tool_calls=payload.tool_calls,
-                tool_call_id=payload.tool_call_id,
-                metadata=payload.metadata,
-            )
-        )
+        self._kept.append(message_of(payload, offset, at_ms))
 
     def _redact(self, message_id: str) -> None:
         if any(m.message_id == message_id for m in self._kept):
             self._kept = deque(
-                (
-                    replace(m, content=REDACTED, tool_calls=(), metadata={}, redacted=True)
-                    if m.message_id == message_id
-                    else m
-                    for m in self._kept
-                ),
+                (redacted(m) if m.message_id == message_id else m for m in self._kept),
                 maxlen=self._kept.maxlen,
             )
 

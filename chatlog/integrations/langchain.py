@@ -143,17 +143,8 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """The summary (if any) and the messages since the last clear, oldest first."""
-        log = self._sync_log()
-        try:
-            context = log.context(
-                self.session_id,
-                user_id=self.user_id,
-                after=self.last_position,
-                timeout=self._timeout(log.read_timeout_s),
-            )
-        except SessionNotFound:
-            return self._absent()
-        return self._history(context)
+        context = self._read(self._sync_log())
+        return self._absent() if context is None else self._history(context)
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Append `messages` in order; the next read of the session contains them."""
@@ -167,14 +158,8 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
     def clear(self) -> None:
         """Publish `SessionClosed`; reads then show only what is added afterwards."""
         log = self._sync_log()
-        try:
-            context = log.context(
-                self.session_id,
-                user_id=self.user_id,
-                after=self.last_position,
-                timeout=self._timeout(log.read_timeout_s),
-            )
-        except SessionNotFound:
+        context = self._read(log)
+        if context is None:
             return  # never created, expired or erased: nothing to clear
         if context.status is SessionStatus.CLOSED:
             self._note_cleared(context.position)
@@ -189,16 +174,8 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         """`messages`, awaited."""
         if self.async_log is None:
             return await super().aget_messages()
-        try:
-            context = await self.async_log.context(
-                self.session_id,
-                user_id=self.user_id,
-                after=self.last_position,
-                timeout=self._timeout(self.async_log.read_timeout_s),
-            )
-        except SessionNotFound:
-            return self._absent()
-        return self._history(context)
+        context = await self._aread(self.async_log)
+        return self._absent() if context is None else self._history(context)
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         """`add_messages`, awaited."""
@@ -217,14 +194,8 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         if self.async_log is None:
             await super().aclear()
             return
-        try:
-            context = await self.async_log.context(
-                self.session_id,
-                user_id=self.user_id,
-                after=self.last_position,
-                timeout=self._timeout(self.async_log.read_timeout_s),
-            )
-        except SessionNotFound:
+        context = await self._aread(self.async_log)
+        if context is None:
             return
         if context.status is SessionStatus.CLOSED:
             self._note_cleared(context.position)
@@ -245,8 +216,30 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
             )
         return self.log
 
-    def _timeout(self, default: float) -> float:
-        return default if self.read_timeout is None else self.read_timeout
+    def _read(self, log: ChatLog) -> Context | None:
+        """The session's context after the newest write known; None if there is none."""
+        try:
+            # `timeout=None` is the client's own read timeout.
+            return log.context(
+                self.session_id,
+                user_id=self.user_id,
+                after=self.last_position,
+                timeout=self.read_timeout,
+            )
+        except SessionNotFound:
+            return None
+
+    async def _aread(self, log: AsyncChatLog) -> Context | None:
+        """`_read`, awaited."""
+        try:
+            return await log.context(
+                self.session_id,
+                user_id=self.user_id,
+                after=self.last_position,
+                timeout=self.read_timeout,
+            )
+        except SessionNotFound:
+            return None
 
     def _history(self, context: Context) -> list[BaseMessage]:
         """The LangChain view of a context: the summary, then the messages since the clear."""
@@ -323,7 +316,7 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
 
 
 def _topic(log: ChatLog | None, async_log: AsyncChatLog | None) -> str:
-    topics = {client.producer.topic for client in (log,) if client is not None}
+    topics = set() if log is None else {log.producer.topic}
     if async_log is not None:
         topics.add(async_log.producer.sync.topic)
     if len(topics) != 1:

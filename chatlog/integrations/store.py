@@ -60,7 +60,7 @@ from producers.kafka_producer import AsyncConversationProducer
 from projections.encoding import decode_view
 from projections.redis_reader import AsyncRedisReader
 from projections.redis_store import redis_errors, text_map
-from projections.view import Message, SessionStatus, SessionView
+from projections.view import Message, SessionStatus, SessionView, message_of
 from schemas.errors import OwnershipError
 from schemas.events import (
     ConversationEvent,
@@ -216,17 +216,7 @@ class ChatlogConversationStore:
         position = await self._send(event)
         payload = event.payload
         assert isinstance(payload, MessageAppended)
-        message = Message(
-            offset=position.offset,
-            message_id=payload.message_id,
-            role=payload.role.value,
-            content=payload.content,
-            occurred_at_ms=epoch_millis(event.occurred_at),
-            name=payload.name,
-            tool_calls=payload.tool_calls,
-            tool_call_id=payload.tool_call_id,
-            metadata=payload.metadata,
-        )
+        message = message_of(payload, position.offset, epoch_millis(event.occurred_at))
         return conversation_message(message, session_id=session_id, partition=position.partition)
 
     async def get_messages(

@@ -235,7 +235,7 @@ def _cache_root() -> Path:
     return Path(base) / "chatlog"
 
 
-def _pom_digest(version: str, *, pom: Path = _POM) -> str:
+def _pom_digest(version: str, *, pom: Path) -> str:
     # A changed pom (say, another log4j2 version) must invalidate the cached jars.
     return hashlib.sha256(pom.read_bytes() + version.encode()).hexdigest()
 

@@ -145,22 +145,6 @@ def check_answers(
         assert len(owners) == 1, f"a model call saw the history of users {owners}"
 
 
-@pytest.fixture
-def settings(kafka, redis_url, redis_prefix):
-    return unique_settings(kafka, redis_url, redis_prefix)
-
-
-@pytest.fixture
-def chat(settings):
-    log = ChatLog(
-        producer=wiring.producer(settings, flush_on_sigterm=False),
-        reader=wiring.reader(settings),
-        read_timeout_s=30,
-    )
-    yield log
-    log.close()
-
-
 def async_chat(settings) -> AsyncChatLog:
     """Built inside the running event loop: its Redis client belongs to that loop."""
     return AsyncChatLog(

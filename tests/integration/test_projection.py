@@ -21,22 +21,6 @@ from tests.processes import running_projector, unique_settings, wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def settings(kafka, redis_url, redis_prefix):
-    return unique_settings(kafka, redis_url, redis_prefix)
-
-
-@pytest.fixture
-def chat(settings):
-    log = ChatLog(
-        producer=wiring.producer(settings, flush_on_sigterm=False),
-        reader=wiring.reader(settings),
-        read_timeout_s=30,
-    )
-    yield log
-    log.close()
-
-
 def test_200_sessions_x_50_messages_concurrently_each_sees_only_its_own(settings, chat):
     sessions = {f"s{i:03d}": f"user{i % 37}" for i in range(200)}
     per_session = 50
