@@ -34,16 +34,16 @@ lint: venv
 	$(VENV)/bin/mypy
 
 services: venv
-	$(PY) -m chatlog.services up
+	$(PY) -m dev.services up
 
 services-3: venv
-	$(PY) -m chatlog.services up --brokers 3
+	$(PY) -m dev.services up --brokers 3
 
 services-stop: venv
-	$(PY) -m chatlog.services down
+	$(PY) -m dev.services down
 
 services-status: venv
-	$(PY) -m chatlog.services status
+	$(PY) -m dev.services status
 
 topics: services
 	$(VENV)/bin/chatlog topics create
@@ -54,7 +54,7 @@ test: lint services
 
 # The demo starts what it needs, stops the projector it ran, and leaves the stack up.
 demo: services
-	$(PY) -m chatlog.demo
+	$(PY) -m dev.demo
 
 bench: services
 	$(PY) -m bench $(BENCH_ARGS)

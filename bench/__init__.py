@@ -17,5 +17,5 @@ machine (Kafka's own ProducerPerformance, EndToEndLatency and ConsumerPerformanc
 Numbers are reported as the median and range of a few repetitions after a warm-up, in a
 Markdown table with the peer in the next column and the ratio, and a latency chart; they
 are never asserted (the machine is small and shared). Run it with ``make bench``,
-``chatlog bench`` or ``python -m bench --quick``; see ``bench/README.md``.
+``python -m bench --quick``; see ``bench/README.md``.
 """

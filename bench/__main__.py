@@ -1,4 +1,4 @@
-"""``python -m bench`` (or ``chatlog bench``): run every scenario, write the tables and chart.
+"""``python -m bench`` : run every scenario, write the tables and chart.
 
     python -m bench                  # the full run (about ten minutes), then the README
     python -m bench --quick          # everything shrunk: checks that it runs (about a minute)
@@ -45,8 +45,8 @@ from bench.scenarios import (
 )
 from bench.summaries import summary_cost, summary_throughput
 from bench.workload import session_name
+from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
-from schemas.errors import ChatlogError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 CHART = RESULTS.with_name("latency.png")

@@ -34,10 +34,10 @@ from bench.scenarios import Plan, find_tools, frozen_heap, median_shares, say
 from bench.workload import Turn, chat_turns, session_name
 from chatlog import wiring
 from chatlog.client import ChatLog
-from producers.commands import append_message
-from producers.kafka_producer import ConversationProducer
-from schemas.events import ConversationEvent
-from schemas.position import Position
+from chatlog.producers.commands import append_message
+from chatlog.producers.kafka_producer import ConversationProducer
+from chatlog.schemas.events import ConversationEvent
+from chatlog.schemas.position import Position
 
 __all__ = ["append"]
 

@@ -29,12 +29,13 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from chatlog import wiring
-from chatlog.services.state import read_state, resolve_state_dir
+from chatlog.local_stack import resolve_state_dir
+from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_reader import DEFAULT_GENERATION
+from chatlog.projections.redis_store import text
+from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from projections.keys import KeySpace
-from projections.redis_reader import DEFAULT_GENERATION
-from projections.redis_store import text
-from schemas.position import Position
+from dev.services.state import read_state
 
 __all__ = [
     "BenchStack",
@@ -49,7 +50,7 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 6
-_POM = REPO / "chatlog" / "services" / "pom.xml"
+_POM = REPO / "dev" / "services" / "pom.xml"
 _STOP_WAIT_S = 20.0
 _UNLINK_CHUNK = 500
 _NOTHING_THERE = {KafkaError.GROUP_ID_NOT_FOUND, KafkaError.UNKNOWN_TOPIC_OR_PART}

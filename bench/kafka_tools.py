@@ -10,7 +10,7 @@ classes that time the broker with Kafka's Java clients, no application code arou
   publish-to-visible);
 * `ConsumerPerformance`: records/s a consumer reads (the limit for projection and replay).
 
-`chatlog.services.kafka_local.ensure_tool_jars` fetches the jars from Maven Central on
+`dev.services.kafka_local.ensure_tool_jars` fetches the jars from Maven Central on
 first use. Each tool runs in a JVM of its own with the heap and the default JVM options
 of Kafka's scripts, through `run_process`, which also records the CPU each process of the
 stack used meanwhile. Their summary lines are parsed here; a tool that printed none (or
@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.infra import REPO, BenchStack, CpuMeter
-from chatlog.services.kafka_local import ensure_tool_jars
+from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
-from schemas.errors import ChatlogError
+from dev.services.kafka_local import ensure_tool_jars
 
 __all__ = [
     "CONSUMER_PERFORMANCE",

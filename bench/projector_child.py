@@ -31,8 +31,8 @@ from types import FrameType
 from typing import Any
 
 from chatlog import wiring
+from chatlog.processors.kafka_projector import tune_garbage_collector
 from chatlog.settings import Settings
-from processors.kafka_projector import tune_garbage_collector
 
 
 class GcPauses:

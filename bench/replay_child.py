@@ -55,13 +55,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 import chatlog.replay
 from bench.projector_child import GcPauses, peak_rss_kib
 from chatlog import wiring
+from chatlog.processors.kafka_replay import ReplayProgress
+from chatlog.projections.store import InMemoryViewStore
 from chatlog.replay import ProgressPrinter, rebuild
 from chatlog.settings import Settings
-from processors.kafka_replay import ReplayProgress
-from projections.store import InMemoryViewStore
 
 MODES = ("rebuild", "memory", "read")
-# The replay consumer's fetch settings (processors.kafka_replay.KafkaReplay); the bare
+# The replay consumer's fetch settings (chatlog.processors.kafka_replay.KafkaReplay); the bare
 # consumer and ConsumerPerformance are given the same.
 REPLAY_FETCH = {"fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024}
 _DECODE_SAMPLE = 100_000

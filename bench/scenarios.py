@@ -50,14 +50,14 @@ from bench.workload import (
 )
 from chatlog import wiring
 from chatlog.client import ChatLog
+from chatlog.processors.projection import ProjectionCore, Record
+from chatlog.producers.kafka_producer import ConversationProducer
+from chatlog.projections.redis_reader import RedisReader
+from chatlog.projections.store import InMemoryViewStore, ViewStore
+from chatlog.schemas.errors import ChatlogError
+from chatlog.schemas.events import ConversationEvent, MessageAppended
+from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from processors.projection import ProjectionCore, Record
-from producers.kafka_producer import ConversationProducer
-from projections.redis_reader import RedisReader
-from projections.store import InMemoryViewStore, ViewStore
-from schemas.errors import ChatlogError
-from schemas.events import ConversationEvent, MessageAppended
-from schemas.position import Position
 
 __all__ = [
     "CP_PEER",

@@ -6,7 +6,7 @@
    the publisher appends each summary to the log, and the engine reads it back as the
    next record, as it would from Kafka. A counting summarizer (the offline extractive one,
    plus a tally) counts the calls and the prompt an LLM would be sent for each: the exact
-   chat messages of `processors.openai_summarizer.summary_messages`. Beside it, the same
+   chat messages of `chatlog.processors.openai_summarizer.summary_messages`. Beside it, the same
    session under two other strategies, with the same prompt and the same tally: the
    naive one that re-summarizes the whole history at every eviction, and LangChain's
    ConversationSummaryBufferMemory, which asks for (summary so far + the turns it just
@@ -31,17 +31,17 @@ from bench.report import Report, Table, percentile
 from bench.scenarios import Plan, frozen_heap, median_shares, say
 from bench.workload import session_name, support_chat, user_of
 from chatlog import wiring
-from processors.openai_summarizer import summary_messages
-from processors.projection import Record
-from processors.summarizers import ExtractiveSummarizer, SummaryRequest, SummaryResult
-from processors.summary_engine import SummaryEngine, SummaryPolicy, SummaryStats
-from producers.commands import append_message
-from producers.kafka_producer import AsyncConversationProducer
-from projections.context import Context, approx_tokens
-from projections.view import Message, SessionView, WindowPolicy, evolve
-from schemas.codec import EventCodec
-from schemas.events import ConversationEvent, ProducerInfo
-from schemas.position import Position
+from chatlog.processors.openai_summarizer import summary_messages
+from chatlog.processors.projection import Record
+from chatlog.processors.summarizers import ExtractiveSummarizer, SummaryRequest, SummaryResult
+from chatlog.processors.summary_engine import SummaryEngine, SummaryPolicy, SummaryStats
+from chatlog.producers.commands import append_message
+from chatlog.producers.kafka_producer import AsyncConversationProducer
+from chatlog.projections.context import Context, approx_tokens
+from chatlog.projections.view import Message, SessionView, WindowPolicy, evolve
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.events import ConversationEvent, ProducerInfo
+from chatlog.schemas.position import Position
 
 __all__ = ["summary_cost", "summary_throughput"]
 
@@ -246,7 +246,7 @@ def summary_cost(plan: Plan, report: Report) -> None:
         "prompt, so only the strategy differs; LangChain's own prompt adds a few-shot "
         "example to every call. Unlike what the issue says, it does not re-summarize the "
         "whole history; the naive row is what that would cost.",
-        "Tokens: `projections.context.approx_tokens` (4 characters a token) over the "
+        "Tokens: `chatlog.projections.context.approx_tokens` (4 characters a token) over the "
         "contents of every chat message sent, i.e. the system prompt and the JSON document "
         "of `summary_messages`; tiktoken is not installed here, so these are estimates, but "
         "every strategy is counted the same way: the ratios are what to read. Completion "

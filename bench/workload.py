@@ -17,11 +17,11 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from processors.projection import Record
-from producers.commands import append_message
-from schemas.codec import EventCodec
-from schemas.events import ConversationEvent, ProducerInfo
-from schemas.position import Position
+from chatlog.processors.projection import Record
+from chatlog.producers.commands import append_message
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.events import ConversationEvent, ProducerInfo
+from chatlog.schemas.position import Position
 
 __all__ = [
     "Traffic",

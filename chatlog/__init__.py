@@ -1,17 +1,25 @@
 """chatlog: event-sourced conversation memory for LLM chat applications.
 
-The thin facade over the layers: `ChatLog` / `AsyncChatLog` (append, context, sessions),
-settings, the CLI, and re-exports of what a chat back end uses. Everything here is also
-importable from its own package (`schemas`, `producers`, `projections`, `processors`).
+The one import root. Its sub-packages are the layers (`chatlog.schemas`,
+`chatlog.producers`, `chatlog.projections`, `chatlog.processors`) and the integrations
+(`chatlog.integrations`); this module is the facade a chat back end imports: `ChatLog` /
+`AsyncChatLog` (append, context, sessions), `Settings`, the error tree and the values they
+return.
+
+Importing `chatlog` loads no network library: the clients that need confluent-kafka or
+redis (`ChatLog`, `AsyncChatLog` and the producers) are loaded on first use.
 """
 
-from chatlog.client import AsyncChatLog, ChatLog
-from chatlog.settings import Settings
-from producers.kafka_producer import AsyncConversationProducer, ConversationProducer
-from projections.context import Context
-from projections.store import SessionEntry
-from projections.view import Message
-from schemas.errors import (
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from chatlog.distribution import DISTRIBUTION, installed_version
+from chatlog.projections.context import Context
+from chatlog.projections.store import SessionEntry
+from chatlog.projections.view import Message
+from chatlog.schemas.errors import (
     BrokerUnavailable,
     ChatlogError,
     ConfigError,
@@ -30,10 +38,18 @@ from schemas.errors import (
     TopicMissing,
     UnknownSchema,
 )
-from schemas.events import ConversationEvent, Role
-from schemas.position import Position
+from chatlog.schemas.events import ConversationEvent, Role
+from chatlog.schemas.position import Position
+from chatlog.settings import Settings
+
+if TYPE_CHECKING:
+    from chatlog.client import AsyncChatLog, ChatLog
+    from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
+
+__version__ = installed_version()
 
 __all__ = [
+    "DISTRIBUTION",
     "AsyncChatLog",
     "AsyncConversationProducer",
     "BrokerUnavailable",
@@ -63,3 +79,20 @@ __all__ = [
     "TopicMissing",
     "UnknownSchema",
 ]
+
+_LAZY = {
+    "AsyncChatLog": "chatlog.client",
+    "ChatLog": "chatlog.client",
+    "AsyncConversationProducer": "chatlog.producers.kafka_producer",
+    "ConversationProducer": "chatlog.producers.kafka_producer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'chatlog' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -9,20 +9,18 @@ dispatcher; the read commands (`context`, `sessions`, `tail`) live in `chatlog.c
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from chatlog import cli_read, cli_replay, services, wiring
+from chatlog import cli_read, cli_replay, wiring
+from chatlog.processors.kafka_projector import tune_garbage_collector
+from chatlog.schemas.errors import ChatlogError
+from chatlog.schemas.events import Role
 from chatlog.settings import Settings
-from processors.kafka_projector import tune_garbage_collector
-from schemas.errors import ChatlogError
-from schemas.events import Role
 
 __all__ = ["main"]
 
@@ -32,9 +30,6 @@ Handler = Callable[[argparse.Namespace, Settings], Any]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["bench"]:
-        # Everything after `bench` is the benchmark's own (`--quick`, `--only`, ...).
-        return _bench(arguments[1:])
     parser = _parser()
     args = parser.parse_args(arguments)
     # librdkafka reports transient retries (a coordinator still loading, a reconnect) as
@@ -123,7 +118,6 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_run_commands(commands)
     _add_replay_command(commands, common)
-    _add_bench_command(commands)
 
     topics = commands.add_parser("topics", help="manage chatlog's Kafka topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True)
@@ -139,15 +133,6 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", parents=[common], help="show the effective settings")
     config.set_defaults(handler=lambda args, settings: settings.describe())
 
-    stack = commands.add_parser("services", help="the local Kafka and Redis (no Docker)")
-    stack_commands = stack.add_subparsers(dest="services_command", required=True)
-    up = stack_commands.add_parser("up", parents=[common], help="fetch, start and wait")
-    up.add_argument("--brokers", type=int, choices=[1, 3], default=1)
-    up.set_defaults(handler=lambda args, _: asdict(services.up(brokers=args.brokers)))
-    down = stack_commands.add_parser("down", parents=[common], help="stop what `up` started")
-    down.set_defaults(handler=lambda args, _: services.down())
-    status = stack_commands.add_parser("status", parents=[common], help="is it running?")
-    status.set_defaults(handler=_services_status)
     return parser
 
 
@@ -198,40 +183,6 @@ def _add_replay_command(commands: Any, common: argparse.ArgumentParser) -> None:
         "Kafka's and Redis's; default 1)",
     )
     replay.set_defaults(handler=cli_replay.run)
-
-
-def _add_bench_command(commands: Any) -> None:
-    # Listed for --help; `main` hands `chatlog bench ...` to the benchmark before parsing
-    # (this handler only runs for `chatlog -v bench`, with the benchmark's defaults).
-    bench = commands.add_parser(
-        "bench",
-        add_help=False,
-        help="the benchmark beside its peers (python -m bench; `chatlog bench --help`)",
-    )
-    bench.set_defaults(handler=_bench_defaults, json=False)
-
-
-def _bench(arguments: Sequence[str]) -> int:
-    """`python -m bench` with `arguments`; the benchmark lives beside the package, in bench/."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "bench" / "__main__.py").is_file():
-        print(
-            "chatlog: error: the benchmark (bench/) is not installed with the package; run "
-            "`chatlog bench` from a source checkout",
-            file=sys.stderr,
-        )
-        return 1
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    bench = importlib.import_module("bench.__main__")
-    status: int = bench.main(arguments, prog="chatlog bench")
-    return status
-
-
-def _bench_defaults(args: argparse.Namespace, settings: Settings) -> None:
-    status = _bench([])
-    if status:
-        raise SystemExit(status)
 
 
 def _publish(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -297,13 +248,6 @@ def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
     status = worker.run()
     if status:
         raise SystemExit(status)
-
-
-def _services_status(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    addresses = services.status()
-    if addresses is None:
-        raise ChatlogError("the local stack is not running; start it with `make services`")
-    return asdict(addresses)
 
 
 def _positive_int(text: str) -> int:

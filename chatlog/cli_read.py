@@ -4,7 +4,7 @@
 (ownership checked, read-your-writes with ``--after``). `tail` reads the log itself: the
 one partition of the events topic that holds the session, from its start, so it shows
 what was published even when no projector runs. So does `context --as-of`, which folds
-the session's events up to a past time or position (`processors.kafka_history`): what the
+the session's events up to a past time or position (`chatlog.processors.kafka_history`): what the
 bot saw then, with no projector and no Redis. `cli.py` owns the parser and the exit
 codes; the functions here take parsed arguments and either return what to print as JSON
 or print as they go (`tail`). The text formatting is shared with the demo.
@@ -29,16 +29,16 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from chatlog import wiring
+from chatlog.processors.kafka_history import AsOf, log_consumer, read_as_of, usable
+from chatlog.producers.kafka_topics import topic_partitions
+from chatlog.producers.partitioning import partition_for
+from chatlog.projections.context import SUMMARY_PREAMBLE, Context
+from chatlog.projections.store import SessionEntry
+from chatlog.schemas.errors import BrokerUnavailable, DecodeError, InvalidInput
+from chatlog.schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
+from chatlog.schemas.ids import validate_id
+from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from processors.kafka_history import AsOf, log_consumer, read_as_of, usable
-from producers.kafka_topics import topic_partitions
-from producers.partitioning import partition_for
-from projections.context import SUMMARY_PREAMBLE, Context
-from projections.store import SessionEntry
-from schemas.errors import BrokerUnavailable, DecodeError, InvalidInput
-from schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
-from schemas.ids import validate_id
-from schemas.position import Position
 
 __all__ = [
     "as_of_argument",

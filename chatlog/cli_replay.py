@@ -15,10 +15,10 @@ from dataclasses import asdict
 from typing import Any
 
 from chatlog import cli_read, wiring
+from chatlog.processors.kafka_replay import Interrupted
 from chatlog.replay import ProgressPrinter, rebuild, verify
+from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
-from processors.kafka_replay import Interrupted
-from schemas.errors import ChatlogError
 
 __all__ = ["run"]
 

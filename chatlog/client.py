@@ -16,14 +16,14 @@ from types import TracebackType
 from typing import Any, Self, Unpack
 
 from chatlog import wiring
+from chatlog.producers.commands import MessageFields
+from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
+from chatlog.projections.context import Context
+from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
+from chatlog.projections.store import SessionEntry
+from chatlog.schemas.events import Role
+from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from producers.commands import MessageFields
-from producers.kafka_producer import AsyncConversationProducer, ConversationProducer
-from projections.context import Context
-from projections.redis_reader import AsyncRedisReader, RedisReader
-from projections.store import SessionEntry
-from schemas.events import Role
-from schemas.position import Position
 
 __all__ = ["AsyncChatLog", "ChatLog"]
 

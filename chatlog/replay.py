@@ -1,6 +1,6 @@
 """`chatlog replay`: rebuild the read-model from the log, or check the live one against it.
 
-`rebuild` runs the steps `processors.kafka_replay` describes: build a new generation,
+`rebuild` runs the steps `chatlog.processors.kafka_replay` describes: build a new generation,
 catch up with the live projector, flip, hand over, delete the old generation. `verify`
 builds a scratch generation up to the log's end offsets, compares it key by key with the
 live one, and deletes it. Both print their progress: a line rewritten in place on a
@@ -23,14 +23,14 @@ from typing import ParamSpec, TextIO, TypeVar
 import redis
 
 from chatlog import wiring
+from chatlog.processors.kafka_replay import Interrupted, KafkaReplay, ReplayProgress
+from chatlog.processors.projection import ProjectionCore
+from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_generations import Difference, GenerationStore, next_generation
+from chatlog.projections.redis_reader import DEFAULT_GENERATION
+from chatlog.projections.redis_store import RedisViewStore, redis_errors, text_map
+from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
-from processors.kafka_replay import Interrupted, KafkaReplay, ReplayProgress
-from processors.projection import ProjectionCore
-from projections.keys import KeySpace
-from projections.redis_generations import Difference, GenerationStore, next_generation
-from projections.redis_reader import DEFAULT_GENERATION
-from projections.redis_store import RedisViewStore, redis_errors, text_map
-from schemas.errors import ChatlogError
 
 _CACHED_VIEWS = 10_000
 P = ParamSpec("P")

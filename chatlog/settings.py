@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from chatlog.services.state import read_addresses
-from schemas.errors import ConfigError
+from chatlog.local_stack import read_addresses
+from chatlog.schemas.errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "Settings"]
 

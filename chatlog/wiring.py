@@ -11,31 +11,31 @@ import redis
 import redis.asyncio
 from confluent_kafka.admin import AdminClient
 
-from chatlog.settings import Settings
-from processors.kafka_projector import KafkaProjector
-from processors.projection import ProjectionCore
-from processors.summarizers import (
+from chatlog.processors.kafka_projector import KafkaProjector
+from chatlog.processors.projection import ProjectionCore
+from chatlog.processors.summarizers import (
     CircuitBreaker,
     ExtractiveSummarizer,
     ResilientSummarizer,
     Summarizer,
 )
-from processors.summary_engine import SummaryEngine, SummaryPolicy, check_policy
-from producers.kafka_producer import AsyncConversationProducer, ConversationProducer
-from producers.kafka_topics import TopicReport, broker_count, chatlog_topics, ensure_topics
-from projections import tokens
-from projections.context import TokenCounter
-from projections.keys import KeySpace
-from projections.redis_generations import GenerationStore
-from projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
-from projections.redis_store import RedisViewStore, redis_errors, text
-from projections.view import WindowPolicy
-from schemas.codec import EventCodec
-from schemas.errors import ConfigError
-from schemas.events import ProducerInfo
+from chatlog.processors.summary_engine import SummaryEngine, SummaryPolicy, check_policy
+from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
+from chatlog.producers.kafka_topics import TopicReport, broker_count, chatlog_topics, ensure_topics
+from chatlog.projections import tokens
+from chatlog.projections.context import TokenCounter
+from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_generations import GenerationStore
+from chatlog.projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
+from chatlog.projections.redis_store import RedisViewStore, redis_errors, text
+from chatlog.projections.view import WindowPolicy
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import ConfigError
+from chatlog.schemas.events import ProducerInfo
+from chatlog.settings import Settings
 
 if TYPE_CHECKING:
-    from processors.faust_summarizer import FaustSummarizer
+    from chatlog.processors.faust_summarizer import FaustSummarizer
 
 __all__ = [
     "admin_client",
@@ -61,7 +61,7 @@ def codec(settings: Settings) -> EventCodec:
     """The event codec: Confluent framing when a registry is configured."""
     if settings.schema_registry_url is None:
         return EventCodec()
-    from schemas.kafka_registry import ConfluentSchemaRegistry  # noqa: PLC0415 - optional
+    from chatlog.schemas.kafka_registry import ConfluentSchemaRegistry  # noqa: PLC0415 - optional
 
     return EventCodec(registry=ConfluentSchemaRegistry(settings.schema_registry_url))
 
@@ -189,7 +189,7 @@ def summarizer(settings: Settings) -> tuple[Summarizer, Callable[[], Awaitable[N
     """
     if settings.llm_base_url is None:
         return ExtractiveSummarizer(count_tokens=token_counter(settings)), _nothing_to_close
-    from processors.openai_summarizer import OpenAISummarizer  # noqa: PLC0415 - optional
+    from chatlog.processors.openai_summarizer import OpenAISummarizer  # noqa: PLC0415 - optional
 
     api_key = settings.llm_api_key or os.environ.get("OPENAI_API_KEY") or "unused"
     llm = OpenAISummarizer(
@@ -222,7 +222,7 @@ def summary_policy(settings: Settings) -> SummaryPolicy:
 
 def summarizer_worker(settings: Settings) -> FaustSummarizer:
     """The summarizer process: a faust agent over the events topic, into the same topic."""
-    from processors.faust_summarizer import FaustSummarizer  # noqa: PLC0415 - imports faust
+    from chatlog.processors.faust_summarizer import FaustSummarizer  # noqa: PLC0415 - imports faust
 
     # Checked here, before faust starts: inside the worker an error only stops the agent.
     check_policy(policy(settings), summary_policy(settings))

@@ -6,7 +6,7 @@ headers say where the record came from and why it was refused.
 
 from __future__ import annotations
 
-from processors.projection import DeadLetter
+from chatlog.processors.projection import DeadLetter
 
 __all__ = ["HEADER_PREFIX", "dead_letter_headers"]
 

@@ -26,11 +26,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import faust
-from faust.types import TP, EventT, StreamT
+from chatlog.schemas.errors import MissingExtra
 
-from processors.projection import Record
-from processors.summary_engine import SummaryEngine
+try:
+    import faust
+    from faust.types import TP, EventT, StreamT
+except ImportError as missing:
+    raise MissingExtra.needs(
+        "summarizer", "the summarizer (chatlog run summarizer)", missing
+    ) from missing
+
+from chatlog.processors.projection import Record
+from chatlog.processors.summary_engine import SummaryEngine
 
 __all__ = ["EngineFactory", "FaustSummarizer"]
 

@@ -57,10 +57,10 @@ from typing import ParamSpec, TypeAlias, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from producers.kafka_topics import kafka_reason, topic_partitions
-from producers.partitioning import partition_for
-from projections.context import Context, TokenCounter, approx_tokens
-from projections.view import (
+from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
+from chatlog.producers.partitioning import partition_for
+from chatlog.projections.context import Context, TokenCounter, approx_tokens
+from chatlog.projections.view import (
     DEFAULT_POLICY,
     ForeignEvent,
     SessionStatus,
@@ -69,8 +69,8 @@ from projections.view import (
     evolve,
     redacted,
 )
-from schemas.codec import EventCodec
-from schemas.errors import (
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import (
     BrokerUnavailable,
     ConfigError,
     DecodeError,
@@ -78,9 +78,9 @@ from schemas.errors import (
     OwnershipError,
     SessionNotFound,
 )
-from schemas.events import ConversationEvent, MessageRedacted, UserErased, epoch_millis
-from schemas.ids import validate_id
-from schemas.position import Position
+from chatlog.schemas.events import ConversationEvent, MessageRedacted, UserErased, epoch_millis
+from chatlog.schemas.ids import validate_id
+from chatlog.schemas.position import Position
 
 __all__ = [
     "AsOf",

@@ -47,10 +47,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from processors.dead_letters import dead_letter_headers
-from processors.projection import BatchResult, DeadLetter, ProjectionCore, Record
-from projections.store import ViewStore
-from schemas.errors import BrokerUnavailable, ChatlogError
+from chatlog.processors.dead_letters import dead_letter_headers
+from chatlog.processors.projection import BatchResult, DeadLetter, ProjectionCore, Record
+from chatlog.projections.store import ViewStore
+from chatlog.schemas.errors import BrokerUnavailable, ChatlogError
 
 __all__ = [
     "DataLoss",

@@ -33,11 +33,11 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from processors.kafka_projector import record_of
-from processors.projection import ProjectionCore
-from producers.kafka_topics import topic_partitions
-from projections.store import ViewStore
-from schemas.errors import ChatlogError
+from chatlog.processors.kafka_projector import record_of
+from chatlog.processors.projection import ProjectionCore
+from chatlog.producers.kafka_topics import topic_partitions
+from chatlog.projections.store import ViewStore
+from chatlog.schemas.errors import ChatlogError
 
 __all__ = ["Interrupted", "KafkaReplay", "ReplayProgress"]
 

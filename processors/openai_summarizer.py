@@ -23,19 +23,26 @@ import time
 from types import TracebackType
 from typing import Any, Literal
 
-import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from chatlog.schemas.errors import MissingExtra
 
-from processors.summarizers import (
+try:
+    import openai
+    from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+except ImportError as missing:
+    raise MissingExtra.needs(
+        "summarizer", "the LLM summarizer (CHATLOG_LLM_BASE_URL)", missing
+    ) from missing
+
+from chatlog.processors.summarizers import (
     RetryableSummarizerError,
     SummarizerError,
     SummarizerTimeout,
     SummaryRequest,
     SummaryResult,
 )
-from projections.context import approx_tokens
-from projections.view import Message
-from schemas.errors import ConfigError
+from chatlog.projections.context import approx_tokens
+from chatlog.projections.view import Message
+from chatlog.schemas.errors import ConfigError
 
 __all__ = ["SYSTEM_PROMPT", "OpenAISummarizer", "summary_messages"]
 

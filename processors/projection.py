@@ -19,12 +19,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from projections.store import Change, Outcome, ViewStore
-from projections.view import DEFAULT_POLICY, SessionView, WindowPolicy, fold
-from schemas.codec import EventCodec
-from schemas.errors import ChatlogError, DecodeError, InvalidEvent, InvalidInput
-from schemas.events import ConversationEvent
-from schemas.position import Position
+from chatlog.projections.store import Change, Outcome, ViewStore
+from chatlog.projections.view import DEFAULT_POLICY, SessionView, WindowPolicy, fold
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import ChatlogError, DecodeError, InvalidEvent, InvalidInput
+from chatlog.schemas.events import ConversationEvent
+from chatlog.schemas.position import Position
 
 __all__ = ["BatchResult", "DeadLetter", "ProjectionCore", "Record", "decode_record"]
 

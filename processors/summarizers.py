@@ -10,7 +10,7 @@ session grows with its length and not with its square. The result is published a
 Every summarizer plays the `Summarizer` role. `ExtractiveSummarizer` is offline and
 deterministic, the default when no LLM is configured: it keeps named entities,
 identifiers and numbers, decisions and open questions, and drops the rest. An LLM-backed
-summarizer (`processors.openai_summarizer`) lives in its own module, since this one must
+summarizer (`chatlog.processors.openai_summarizer`) lives in its own module, since this one must
 not import a network library. `ResilientSummarizer` wraps any summarizer with retries
 (exponential backoff, full jitter, ``Retry-After`` honoured) and a circuit breaker, so a
 failing LLM costs one fast refusal per call instead of a pile of stalled ones.
@@ -35,9 +35,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from projections.context import approx_tokens
-from projections.view import Message
-from schemas.errors import ChatlogError, InvalidInput
+from chatlog.projections.context import approx_tokens
+from chatlog.projections.view import Message
+from chatlog.schemas.errors import ChatlogError, InvalidInput
 
 __all__ = [
     "EXTRACTIVE_MODEL",

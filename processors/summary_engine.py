@@ -44,20 +44,20 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from processors.projection import Record, decode_record
-from processors.summarizers import (
+from chatlog.processors.projection import Record, decode_record
+from chatlog.processors.summarizers import (
     Summarizer,
     SummarizerError,
     SummarizerUnavailable,
     SummaryRequest,
     SummaryResult,
 )
-from producers.commands import new_event
-from projections.view import ForeignEvent, SessionStatus, SessionView, WindowPolicy, evolve
-from schemas.codec import EventCodec
-from schemas.errors import ChatlogError, ConfigError, DecodeError, InvalidInput
-from schemas.events import ConversationEvent, ProducerInfo, SummaryUpdated
-from schemas.position import Position
+from chatlog.producers.commands import new_event
+from chatlog.projections.view import ForeignEvent, SessionStatus, SessionView, WindowPolicy, evolve
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import ChatlogError, ConfigError, DecodeError, InvalidInput
+from chatlog.schemas.events import ConversationEvent, ProducerInfo, SummaryUpdated
+from chatlog.schemas.position import Position
 
 __all__ = [
     "Ack",

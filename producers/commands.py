@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict, Unpack
 
-from schemas.events import (
+from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
     Payload,

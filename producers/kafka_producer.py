@@ -35,10 +35,11 @@ from typing import Any, Self, Unpack
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from producers.commands import MessageFields, append_message
-from producers.kafka_topics import kafka_reason, topic_partitions
-from schemas.codec import EventCodec
-from schemas.errors import (
+from chatlog import __version__
+from chatlog.producers.commands import MessageFields, append_message
+from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import (
     BrokerUnavailable,
     ChatlogError,
     ConfigError,
@@ -48,12 +49,11 @@ from schemas.errors import (
     QueueFull,
     TopicMissing,
 )
-from schemas.events import ConversationEvent, ProducerInfo, Role, epoch_millis
-from schemas.position import Position
+from chatlog.schemas.events import ConversationEvent, ProducerInfo, Role, epoch_millis
+from chatlog.schemas.position import Position
 
 __all__ = ["AsyncConversationProducer", "ConversationProducer"]
 
-_VERSION = "0.1.0"
 # Properties chatlog's guarantees rest on: per-session order needs idempotence with
 # acks=all (no reordering on retry), and cross-language placement needs murmur2.
 _REQUIRED = {"enable.idempotence": "true", "acks": "all", "partitioner": "murmur2_random"}
@@ -86,7 +86,7 @@ class ConversationProducer:
         self.delivery_timeout = delivery_timeout
         self.queue_timeout = queue_timeout
         self.info = ProducerInfo(
-            client="chatlog-python", version=_VERSION, host=socket.gethostname()
+            client="chatlog-python", version=__version__, host=socket.gethostname()
         )
         self._last_broker_error: KafkaError | None = None
         self._producer = _build_producer(

@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from schemas.errors import BrokerUnavailable, ConfigError, TopicMissing
+from chatlog.schemas.errors import BrokerUnavailable, ConfigError, TopicMissing
 
 __all__ = [
     "TopicReport",

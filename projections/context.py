@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from projections.view import Message, SessionStatus, SessionView
-from schemas.position import Position
+from chatlog.projections.view import Message, SessionStatus, SessionView
+from chatlog.schemas.position import Position
 
 __all__ = ["SUMMARY_PREAMBLE", "Context", "TokenCounter", "approx_tokens", "render_message"]
 

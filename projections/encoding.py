@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from projections.view import Message, SessionStatus, SessionView
-from schemas.events import ToolCall
+from chatlog.projections.view import Message, SessionStatus, SessionView
+from chatlog.schemas.events import ToolCall
 
 __all__ = ["MessagesDelta", "decode_view", "diff", "encode_message", "encode_meta"]
 

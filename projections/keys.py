@@ -12,7 +12,7 @@ session index has a tag of its own, `{u:<user_id>}`, and is updated separately.
     chatlog:g1:u:{u:alice}:sessions             sorted set: session id by last activity
     chatlog:g1:progress                         hash: partition -> last projected offset
 
-Ids cannot contain `{`, `}` or `:` (see `schemas.ids`), so no id can break out of its tag.
+Ids cannot contain `{`, `}` or `:` (see `chatlog.schemas.ids`), so no id can break out of its tag.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from schemas.errors import ConfigError
+from chatlog.schemas.errors import ConfigError
 
 __all__ = ["KeySpace"]
 

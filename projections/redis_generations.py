@@ -25,8 +25,8 @@ from typing import Any
 
 import redis
 
-from projections.keys import KeySpace
-from projections.redis_store import redis_errors, text, text_map
+from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_store import redis_errors, text, text_map
 
 __all__ = [
     "Comparison",

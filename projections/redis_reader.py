@@ -24,20 +24,20 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from projections.context import Context, TokenCounter, approx_tokens
-from projections.encoding import decode_view
-from projections.keys import KeySpace
-from projections.redis_store import redis_errors, text, text_map
-from projections.store import SessionEntry, session_entries
-from projections.view import SessionStatus, SessionView
-from schemas.errors import (
+from chatlog.projections.context import Context, TokenCounter, approx_tokens
+from chatlog.projections.encoding import decode_view
+from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_store import redis_errors, text, text_map
+from chatlog.projections.store import SessionEntry, session_entries
+from chatlog.projections.view import SessionStatus, SessionView
+from chatlog.schemas.errors import (
     InvalidInput,
     OwnershipError,
     ReadTimeout,
     SessionNotFound,
 )
-from schemas.ids import validate_id
-from schemas.position import Position
+from chatlog.schemas.ids import validate_id
+from chatlog.schemas.position import Position
 
 __all__ = ["DEFAULT_GENERATION", "AsyncRedisReader", "RedisReader"]
 

@@ -2,7 +2,7 @@
 
 Each write of one session is one Lua call on the session's two keys (same hash tag),
 so it is atomic, and it carries the expected and the new last offset, so it is
-idempotent (see `projections.store`). Ids travel as KEYS and ARGV, never inside the
+idempotent (see `chatlog.projections.store`). Ids travel as KEYS and ARGV, never inside the
 script text. All the writes of a batch go in one pipeline: one round trip per batch.
 
 Time-to-live slides with activity and counts from the session's last event time, not
@@ -20,11 +20,11 @@ from typing import Any
 
 import redis
 
-from projections.encoding import MessagesDelta, decode_view, diff, encode_meta
-from projections.keys import KeySpace
-from projections.store import Change, Outcome
-from projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowPolicy
-from schemas.errors import StoreUnavailable
+from chatlog.projections.encoding import MessagesDelta, decode_view, diff, encode_meta
+from chatlog.projections.keys import KeySpace
+from chatlog.projections.store import Change, Outcome
+from chatlog.projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowPolicy
+from chatlog.schemas.errors import StoreUnavailable
 
 __all__ = ["RedisViewStore", "redis_errors", "text", "text_map"]
 

@@ -16,8 +16,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from projections.encoding import decode_view
-from projections.view import SessionStatus, SessionView
+from chatlog.projections.encoding import decode_view
+from chatlog.projections.view import SessionStatus, SessionView
 
 __all__ = [
     "Change",

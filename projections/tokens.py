@@ -5,7 +5,7 @@ and turned into a `TokenCounter` once, at start-up:
 
 - ``"approx"``: about four characters a token (`approx_tokens`); needs nothing.
 - ``"tiktoken:<encoding>"``: exact counts with OpenAI's tiktoken (``pip install
-  'chatlog[tokens]'``), e.g. ``tiktoken:o200k_base`` (GPT-4o and later) or
+  'chatlog-memory[tokens]'``), e.g. ``tiktoken:o200k_base`` (GPT-4o and later) or
   ``tiktoken:cl100k_base`` (GPT-4, GPT-3.5).
 - ``"auto"``: ``tiktoken:o200k_base`` when it loads offline, else ``"approx"``.
 
@@ -25,8 +25,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from projections.context import TokenCounter, approx_tokens
-from schemas.errors import ConfigError
+from chatlog.projections.context import TokenCounter, approx_tokens
+from chatlog.schemas.errors import ConfigError, MissingExtra
 
 __all__ = ["token_counter"]
 
@@ -76,7 +76,7 @@ def token_counter(spec: str = "approx") -> TokenCounter:
     if spec == "auto":
         try:
             return _tiktoken_counter(_AUTO_ENCODING, spec=spec)
-        except ConfigError:
+        except (ConfigError, MissingExtra):
             return approx_tokens
     if spec.startswith(_TIKTOKEN_PREFIX) and spec[len(_TIKTOKEN_PREFIX) :] in _BPE_FILES:
         return _tiktoken_counter(spec[len(_TIKTOKEN_PREFIX) :], spec=spec)
@@ -90,12 +90,10 @@ def token_counter(spec: str = "approx") -> TokenCounter:
 def _tiktoken_counter(encoding_name: str, *, spec: str) -> TokenCounter:
     try:
         import tiktoken  # noqa: PLC0415 - optional, and kept out of the pure core's imports
-    except ImportError as exc:
-        raise ConfigError(
-            f"tokenizer {spec!r} needs the tiktoken package, which is not installed; "
-            "install it (pip install 'chatlog[tokens]') or use the tokenizer 'approx'",
-            spec=spec,
-        ) from exc
+    except ImportError as missing:
+        raise MissingExtra.needs(
+            "tokens", f"tokenizer {spec!r} (or the tokenizer 'approx')", missing
+        ) from missing
     _require_cached_bpe_file(encoding_name, spec=spec)
     try:
         encoding = tiktoken.get_encoding(encoding_name)

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from schemas.errors import InvalidEvent
-from schemas.events import (
+from chatlog.schemas.errors import InvalidEvent
+from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -37,7 +37,7 @@ from schemas.events import (
     UserErased,
     epoch_millis,
 )
-from schemas.position import Position
+from chatlog.schemas.position import Position
 
 __all__ = [
     "DEFAULT_POLICY",

@@ -4,8 +4,8 @@ This package imports none of its siblings and no network library: everything tha
 crosses a process boundary in chatlog is defined here.
 """
 
-from schemas.codec import EventCodec, SchemaVersion, schema_versions
-from schemas.errors import (
+from chatlog.schemas.codec import EventCodec, SchemaVersion, schema_versions
+from chatlog.schemas.errors import (
     BrokerUnavailable,
     ChatlogError,
     ConfigError,
@@ -16,11 +16,10 @@ from schemas.errors import (
     PublishError,
     PublishTimeout,
     QueueFull,
-    ServiceError,
     TopicMissing,
     UnknownSchema,
 )
-from schemas.events import (
+from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -33,9 +32,9 @@ from schemas.events import (
     ToolCall,
     UserErased,
 )
-from schemas.ids import new_id, validate_id
-from schemas.position import Position
-from schemas.registry import InMemorySchemaRegistry, SchemaRegistry
+from chatlog.schemas.ids import new_id, validate_id
+from chatlog.schemas.position import Position
+from chatlog.schemas.registry import InMemorySchemaRegistry, SchemaRegistry
 
 __all__ = [
     "BrokerUnavailable",
@@ -59,7 +58,6 @@ __all__ = [
     "Role",
     "SchemaRegistry",
     "SchemaVersion",
-    "ServiceError",
     "SessionClosed",
     "SessionStarted",
     "SummaryUpdated",

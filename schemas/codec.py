@@ -27,8 +27,8 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas.errors import ConfigError, DecodeError, InvalidInput, UnknownSchema
-from schemas.events import (
+from chatlog.schemas.errors import ConfigError, DecodeError, InvalidInput, UnknownSchema
+from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -39,7 +39,7 @@ from schemas.events import (
     UserErased,
     validated,
 )
-from schemas.registry import SchemaRegistry
+from chatlog.schemas.registry import SchemaRegistry
 
 __all__ = [
     "CONFLUENT_MAGIC",
@@ -93,7 +93,7 @@ class SchemaVersion:
 @cache
 def schema_versions() -> tuple[SchemaVersion, ...]:
     """Every ConversationEvent schema version in ``schemas/avro``, oldest first."""
-    folder = resources.files("schemas") / "avro"
+    folder = resources.files("chatlog.schemas") / "avro"
     found = []
     for entry in folder.iterdir():
         name = entry.name

@@ -6,6 +6,7 @@ setting) as attributes as well as in the message::
 
     ChatlogError
     ├── ConfigError(ValueError)            a setting is missing, unknown or invalid
+    ├── MissingExtra(ImportError)          a feature's optional dependencies are not installed
     ├── InvalidInput(ValueError)           a caller passed something chatlog refuses
     │   ├── InvalidId                      an id breaks the id rules
     │   └── InvalidEvent                   an event or command breaks the contract
@@ -16,17 +17,18 @@ setting) as attributes as well as in the message::
     │   ├── OwnershipError(PermissionError) the session belongs to another user
     │   ├── ReadTimeout(TimeoutError)      the projection did not reach a position in time
     │   └── StoreUnavailable(ConnectionError) Redis did not answer
-    ├── PublishError                       an event could not be published
-    │   ├── BrokerUnavailable(ConnectionError)
-    │   ├── PublishTimeout(TimeoutError)
-    │   ├── QueueFull(BufferError)
-    │   └── TopicMissing(LookupError)
-    └── ServiceError(RuntimeError)         the local Kafka/Redis stack failed to start
+    └── PublishError                       an event could not be published
+        ├── BrokerUnavailable(ConnectionError)
+        ├── PublishTimeout(TimeoutError)
+        ├── QueueFull(BufferError)
+        └── TopicMissing(LookupError)
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from chatlog.distribution import DISTRIBUTION
 
 __all__ = [
     "BrokerUnavailable",
@@ -36,13 +38,13 @@ __all__ = [
     "InvalidEvent",
     "InvalidId",
     "InvalidInput",
+    "MissingExtra",
     "OwnershipError",
     "PublishError",
     "PublishTimeout",
     "QueueFull",
     "ReadError",
     "ReadTimeout",
-    "ServiceError",
     "SessionNotFound",
     "StoreUnavailable",
     "TopicMissing",
@@ -61,6 +63,20 @@ class ChatlogError(Exception):
 
 class ConfigError(ChatlogError, ValueError):
     """A setting is missing, unknown or invalid; the message names it and the fix."""
+
+
+class MissingExtra(ChatlogError, ImportError):
+    """A feature needs an extra (a group of optional dependencies) that is not installed."""
+
+    @classmethod
+    def needs(cls, extra: str, feature: str, missing: ImportError) -> MissingExtra:
+        """The error for `feature`, whose import failed with `missing`; names the install."""
+        return cls(
+            f"{feature} needs the {missing.name or 'optional'} package: "
+            f"pip install '{DISTRIBUTION}[{extra}]'",
+            extra=extra,
+            module=missing.name,
+        )
 
 
 class InvalidInput(ChatlogError, ValueError):
@@ -121,7 +137,3 @@ class QueueFull(PublishError, BufferError):
 
 class TopicMissing(PublishError, LookupError):
     """The events topic does not exist; `chatlog topics create` makes it."""
-
-
-class ServiceError(ChatlogError, RuntimeError):
-    """A local service (Kafka broker, Redis server) could not be fetched or started."""

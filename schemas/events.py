@@ -3,7 +3,7 @@
 An event is a fact that already happened, so its class is named in the past tense and
 it is immutable. `ConversationEvent` is the envelope every event shares (who, which
 session, when, written by what); `payload` is one of the six payload types. The models
-know nothing of Avro: `schemas.codec` converts them to and from the wire format, and
+know nothing of Avro: `chatlog.schemas.codec` converts them to and from the wire format, and
 `schemas/avro/ConversationEvent.v*.avsc` is the language-neutral contract they mirror.
 """
 
@@ -16,8 +16,8 @@ from typing import Annotated, Any, TypeAlias, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from schemas.errors import InvalidEvent, InvalidId, InvalidInput
-from schemas.ids import new_id, validate_id
+from chatlog.schemas.errors import InvalidEvent, InvalidId, InvalidInput
+from chatlog.schemas.ids import new_id, validate_id
 
 __all__ = [
     "MAX_CONTENT_CHARS",

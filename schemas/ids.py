@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from schemas.errors import InvalidId
+from chatlog.schemas.errors import InvalidId
 
 __all__ = ["ALLOWED_ID_CHARS", "MAX_ID_LENGTH", "new_id", "validate_id"]
 

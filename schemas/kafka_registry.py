@@ -2,7 +2,7 @@
 
 Used when `CHATLOG_SCHEMA_REGISTRY_URL` is set: events then carry the registry's schema id
 (Confluent wire format) so that other Confluent clients can read the topic. Needs the
-``schema-registry`` extra (``pip install chatlog[schema-registry]``).
+``schema-registry`` extra (``pip install 'chatlog-memory[schema-registry]'``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.errors import ConfigError, UnknownSchema
+from chatlog.schemas.errors import MissingExtra, UnknownSchema
 
 __all__ = ["ConfluentSchemaRegistry"]
 
@@ -23,12 +23,10 @@ class ConfluentSchemaRegistry:
             from confluent_kafka.schema_registry import (  # noqa: PLC0415 - optional extra
                 SchemaRegistryClient,
             )
-        except ImportError as exc:
-            raise ConfigError(
-                "CHATLOG_SCHEMA_REGISTRY_URL is set but the registry client is not installed; "
-                "pip install 'chatlog[schema-registry]'",
-                setting="CHATLOG_SCHEMA_REGISTRY_URL",
-            ) from exc
+        except ImportError as missing:
+            raise MissingExtra.needs(
+                "schema-registry", "CHATLOG_SCHEMA_REGISTRY_URL", missing
+            ) from missing
         self._client = SchemaRegistryClient({"url": url, **(config or {})})
 
     def register(self, subject: str, schema: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.errors import InvalidInput
+from chatlog.schemas.errors import InvalidInput
 
 __all__ = ["Position"]
 

@@ -3,7 +3,7 @@
 With a Schema Registry URL configured, events carry a 4-byte schema id instead of a
 fingerprint, and the codec needs somewhere to register the writer schema and to look ids
 up. `SchemaRegistry` is that role; `InMemorySchemaRegistry` is the tiny stand-in beside
-it for the pure core's tests; `schemas.kafka_registry.ConfluentSchemaRegistry` talks to a
+it for the pure core's tests; `chatlog.schemas.kafka_registry.ConfluentSchemaRegistry` talks to a
 real Confluent-compatible registry.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from schemas.errors import UnknownSchema
+from chatlog.schemas.errors import UnknownSchema
 
 __all__ = ["InMemorySchemaRegistry", "SchemaRegistry"]
 

@@ -4,7 +4,7 @@ Where they come from, in order:
 
 1. ``CHATLOG_KAFKA_BOOTSTRAP`` / ``CHATLOG_REDIS_URL`` when set: services someone runs.
 2. testcontainers, when a Docker engine answers (``docker info``).
-3. The local stack (`chatlog.services`: Kafka from Maven Central jars, Debian's
+3. The local stack (`dev.services`: Kafka from Maven Central jars, Debian's
    redis-server), started if it is not running and stopped again at the end if this
    session started it.
 
@@ -28,7 +28,7 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from chatlog import services
+from dev import services
 
 # Property tests check behaviour, not speed: a loaded 2-core machine must not fail them.
 hypothesis.settings.register_profile("chatlog", deadline=None, print_blob=True)

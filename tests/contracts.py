@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from projections.store import Change, Outcome, ViewStore
-from projections.view import SessionStatus, WindowPolicy, evolve
-from schemas.events import (
+from chatlog.projections.store import Change, Outcome, ViewStore
+from chatlog.projections.view import SessionStatus, WindowPolicy, evolve
+from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -19,7 +19,7 @@ from schemas.events import (
     ToolCall,
     UserErased,
 )
-from schemas.position import Position
+from chatlog.schemas.position import Position
 
 POLICY = WindowPolicy(window=3, max_overflow=2)
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

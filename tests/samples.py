@@ -14,8 +14,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from schemas.codec import EventCodec, schema_versions
-from schemas.events import (
+from chatlog.schemas.codec import EventCodec, schema_versions
+from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
     MessageRedacted,

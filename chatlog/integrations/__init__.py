@@ -1,7 +1,7 @@
 """Drop-in integrations: chatlog behind the interfaces chat back ends already use.
 
 * `chatlog.integrations.langchain`: `ChatlogMessageHistory`, a LangChain
-  `BaseChatMessageHistory` (needs ``pip install chatlog[langchain]``).
+  `BaseChatMessageHistory` (needs ``pip install 'chatlog-memory[langchain]'``).
 * `chatlog.integrations.store`: `ChatlogConversationStore`, an asyncio store of sessions
   and messages of the shape agent frameworks plug in. Its role (`ConversationStore`),
   models and in-memory stand-in are in `chatlog.integrations.conversations`.

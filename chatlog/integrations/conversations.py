@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict
 
-from producers.commands import append_message
-from projections.store import SessionEntry
-from projections.view import Message, SessionStatus, SessionView, message_of, redacted
-from schemas.errors import InvalidInput, OwnershipError
-from schemas.events import (
+from chatlog.producers.commands import append_message
+from chatlog.projections.store import SessionEntry
+from chatlog.projections.view import Message, SessionStatus, SessionView, message_of, redacted
+from chatlog.schemas.errors import InvalidInput, OwnershipError
+from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -42,8 +42,8 @@ from schemas.events import (
     UserErased,
     epoch_millis,
 )
-from schemas.ids import new_id, validate_id
-from schemas.position import Position
+from chatlog.schemas.ids import new_id, validate_id
+from chatlog.schemas.position import Position
 
 __all__ = [
     "ConversationMessage",

@@ -12,7 +12,7 @@ session's size: a session that lived for an hour on a partition taking 100 event
 second means 360,000 records fetched. Measured against a local broker: 200,000 records
 (~300-byte events) in 1.2 s, 10,000 in 30 ms, a short scan in a few ms. The scan uses a
 short-lived consumer that joins no group and commits nothing (the point-in-time
-reader's, `processors.kafka_history`). Blocking: asyncio callers run it in a thread.
+reader's, `chatlog.processors.kafka_history`). Blocking: asyncio callers run it in a thread.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from confluent_kafka import TopicPartition
 from chatlog.integrations.conversations import LogPage, Page
 
 # The point-in-time reader's consumer and its handling of librdkafka's errors.
-from processors.kafka_history import kafka_call, log_consumer, partition_records
-from projections.view import DEFAULT_POLICY
-from schemas.codec import EventCodec
-from schemas.errors import DecodeError
+from chatlog.processors.kafka_history import kafka_call, log_consumer, partition_records
+from chatlog.projections.view import DEFAULT_POLICY
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import DecodeError
 
 __all__ = ["KafkaSessionLog"]
 

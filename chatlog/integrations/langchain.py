@@ -49,8 +49,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.messages import BaseMessage
+from chatlog.schemas.errors import MissingExtra
+
+try:
+    from langchain_core.chat_history import BaseChatMessageHistory
+    from langchain_core.messages import BaseMessage
+except ImportError as missing:
+    raise MissingExtra.needs("langchain", "ChatlogMessageHistory", missing) from missing
 
 from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.integrations.langchain_messages import (
@@ -61,13 +66,13 @@ from chatlog.integrations.langchain_messages import (
     to_chatlog,
 )
 from chatlog.integrations.positions import PositionBook, SessionKey, newest
-from producers.commands import append_message, new_event
-from projections.context import Context
-from projections.view import SessionStatus
-from schemas.errors import ConfigError, SessionNotFound
-from schemas.events import ConversationEvent, ProducerInfo, SessionClosed
-from schemas.ids import validate_id
-from schemas.position import Position
+from chatlog.producers.commands import append_message, new_event
+from chatlog.projections.context import Context
+from chatlog.projections.view import SessionStatus
+from chatlog.schemas.errors import ConfigError, SessionNotFound
+from chatlog.schemas.events import ConversationEvent, ProducerInfo, SessionClosed
+from chatlog.schemas.ids import validate_id
+from chatlog.schemas.position import Position
 
 __all__ = ["ChatlogMessageHistory", "HistoryBook", "shared_log"]
 

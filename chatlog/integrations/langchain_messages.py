@@ -27,22 +27,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    ChatMessage,
-    FunctionMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-    messages_from_dict,
-)
+from chatlog.schemas.errors import MissingExtra
 
-from projections.context import SUMMARY_PREAMBLE
-from projections.view import Message
-from schemas.errors import InvalidId, InvalidInput
-from schemas.events import Role, ToolCall
-from schemas.ids import new_id, validate_id
+try:
+    from langchain_core.messages import (
+        AIMessage,
+        BaseMessage,
+        ChatMessage,
+        FunctionMessage,
+        HumanMessage,
+        SystemMessage,
+        ToolMessage,
+        messages_from_dict,
+    )
+except ImportError as missing:
+    raise MissingExtra.needs("langchain", "the LangChain message conversion", missing) from missing
+
+from chatlog.projections.context import SUMMARY_PREAMBLE
+from chatlog.projections.view import Message
+from chatlog.schemas.errors import InvalidId, InvalidInput
+from chatlog.schemas.events import Role, ToolCall
+from chatlog.schemas.ids import new_id, validate_id
 
 __all__ = [
     "CLEARED_KEY",

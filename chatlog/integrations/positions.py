@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from schemas.position import Position
+from chatlog.schemas.position import Position
 
 __all__ = ["PositionBook", "SessionKey", "newest"]
 

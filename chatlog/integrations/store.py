@@ -54,15 +54,14 @@ from chatlog.integrations.conversations import (
 )
 from chatlog.integrations.kafka_log import KafkaSessionLog
 from chatlog.integrations.positions import PositionBook
-from chatlog.settings import Settings
-from producers.commands import append_message, new_event
-from producers.kafka_producer import AsyncConversationProducer
-from projections.encoding import decode_view
-from projections.redis_reader import AsyncRedisReader
-from projections.redis_store import redis_errors, text_map
-from projections.view import Message, SessionStatus, SessionView, message_of
-from schemas.errors import OwnershipError
-from schemas.events import (
+from chatlog.producers.commands import append_message, new_event
+from chatlog.producers.kafka_producer import AsyncConversationProducer
+from chatlog.projections.encoding import decode_view
+from chatlog.projections.redis_reader import AsyncRedisReader
+from chatlog.projections.redis_store import redis_errors, text_map
+from chatlog.projections.view import Message, SessionStatus, SessionView, message_of
+from chatlog.schemas.errors import OwnershipError
+from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
     Payload,
@@ -72,8 +71,9 @@ from schemas.events import (
     UserErased,
     epoch_millis,
 )
-from schemas.ids import new_id, validate_id
-from schemas.position import Position
+from chatlog.schemas.ids import new_id, validate_id
+from chatlog.schemas.position import Position
+from chatlog.settings import Settings
 
 __all__ = ["ChatlogConversationStore"]
 

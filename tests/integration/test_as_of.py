@@ -1,4 +1,4 @@
-"""Point-in-time reads from the log (`processors.kafka_history`, `chatlog context --as-of`).
+"""Point-in-time reads from the log (`chatlog.processors.kafka_history`, `chatlog context --as-of`).
 
 One module-scoped scenario is published to a private topic of three partitions: session
 A (alice) and session B (bob) share a partition, so A's reads must skip B's records; A
@@ -25,15 +25,15 @@ import redis.asyncio
 from confluent_kafka import Producer
 
 from chatlog import wiring
+from chatlog.processors.kafka_history import context_as_of, read_as_of
+from chatlog.producers.commands import append_message, new_event
+from chatlog.producers.partitioning import partition_for
+from chatlog.projections.context import Context
+from chatlog.projections.view import REDACTED, WindowPolicy
+from chatlog.schemas.errors import InvalidInput, OwnershipError, SessionNotFound
+from chatlog.schemas.events import MessageRedacted, SummaryUpdated, UserErased
+from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from processors.kafka_history import context_as_of, read_as_of
-from producers.commands import append_message, new_event
-from producers.partitioning import partition_for
-from projections.context import Context
-from projections.view import REDACTED, WindowPolicy
-from schemas.errors import InvalidInput, OwnershipError, SessionNotFound
-from schemas.events import MessageRedacted, SummaryUpdated, UserErased
-from schemas.position import Position
 
 pytestmark = pytest.mark.integration
 
@@ -283,7 +283,7 @@ def test_it_never_builds_a_redis_client(scenario, monkeypatch):
 
 
 def test_the_module_does_not_import_redis():
-    code = "import sys, processors.kafka_history; print('redis' in sys.modules)"
+    code = "import sys, chatlog.processors.kafka_history; print('redis' in sys.modules)"
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.strip()

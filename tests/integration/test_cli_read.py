@@ -26,10 +26,10 @@ import redis
 from confluent_kafka import Producer
 
 from chatlog import wiring
+from chatlog.producers.kafka_producer import ConversationProducer
+from chatlog.producers.partitioning import partition_for
+from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from producers.kafka_producer import ConversationProducer
-from producers.partitioning import partition_for
-from schemas.position import Position
 
 pytestmark = pytest.mark.integration
 

@@ -24,13 +24,13 @@ from chatlog.integrations.conversations import (
 )
 from chatlog.integrations.kafka_log import KafkaSessionLog
 from chatlog.integrations.store import ChatlogConversationStore
-from producers.commands import new_event
-from producers.kafka_producer import AsyncConversationProducer
-from producers.partitioning import partition_for
-from projections.keys import KeySpace
-from projections.redis_reader import DEFAULT_GENERATION
-from schemas.errors import InvalidEvent, InvalidId, InvalidInput, OwnershipError
-from schemas.events import MessageRedacted, SessionStarted, ToolCall
+from chatlog.producers.commands import new_event
+from chatlog.producers.kafka_producer import AsyncConversationProducer
+from chatlog.producers.partitioning import partition_for
+from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_reader import DEFAULT_GENERATION
+from chatlog.schemas.errors import InvalidEvent, InvalidId, InvalidInput, OwnershipError
+from chatlog.schemas.events import MessageRedacted, SessionStarted, ToolCall
 from tests.processes import running_projector, unique_settings
 
 Check = Callable[..., Awaitable[None]]

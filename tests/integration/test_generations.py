@@ -7,10 +7,10 @@ import io
 import pytest
 import redis
 
+from chatlog.processors.kafka_replay import ReplayProgress
+from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_generations import GenerationStore, next_generation
 from chatlog.replay import ProgressPrinter
-from processors.kafka_replay import ReplayProgress
-from projections.keys import KeySpace
-from projections.redis_generations import GenerationStore, next_generation
 
 pytestmark = pytest.mark.integration
 

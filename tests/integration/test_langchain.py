@@ -36,11 +36,11 @@ from chatlog import wiring
 from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.integrations.langchain import ChatlogMessageHistory, HistoryBook
 from chatlog.integrations.langchain_messages import SUMMARY_KWARG
-from producers.commands import new_event
-from producers.kafka_producer import AsyncConversationProducer
-from projections.view import SessionStatus
-from schemas.errors import OwnershipError
-from schemas.events import SummaryUpdated
+from chatlog.producers.commands import new_event
+from chatlog.producers.kafka_producer import AsyncConversationProducer
+from chatlog.projections.view import SessionStatus
+from chatlog.schemas.errors import OwnershipError
+from chatlog.schemas.events import SummaryUpdated
 from tests.processes import chatlog_env, running_projector, unique_settings
 
 pytestmark = [

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from processors.openai_summarizer import SYSTEM_PROMPT, OpenAISummarizer
-from processors.summarizers import (
+from chatlog.processors.openai_summarizer import SYSTEM_PROMPT, OpenAISummarizer
+from chatlog.processors.summarizers import (
     CircuitBreaker,
     ResilientSummarizer,
     RetryableSummarizerError,
@@ -20,8 +20,8 @@ from processors.summarizers import (
     SummaryRequest,
     SummaryResult,
 )
-from projections.context import approx_tokens
-from projections.view import Message
+from chatlog.projections.context import approx_tokens
+from chatlog.projections.view import Message
 from tests.llm_stub import LlmStub, empty, malformed, ok, slow, status
 
 pytestmark = pytest.mark.integration

@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from producers.commands import append_message
-from producers.kafka_producer import AsyncConversationProducer, ConversationProducer
-from producers.partitioning import partition_for
-from schemas.codec import EventCodec
-from schemas.errors import (
+from chatlog.producers.commands import append_message
+from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
+from chatlog.producers.partitioning import partition_for
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import (
     BrokerUnavailable,
     InvalidEvent,
     InvalidId,
@@ -25,7 +25,7 @@ from schemas.errors import (
     QueueFull,
     TopicMissing,
 )
-from schemas.position import Position
+from chatlog.schemas.position import Position
 
 pytestmark = pytest.mark.integration
 CODEC = EventCodec()
@@ -201,8 +201,8 @@ def test_sigterm_flushes_pending_events(kafka, topic):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from producers.commands import append_message
-        from producers.kafka_producer import ConversationProducer
+        from chatlog.producers.commands import append_message
+        from chatlog.producers.kafka_producer import ConversationProducer
         p = ConversationProducer(bootstrap_servers={kafka.bootstrap!r}, topic={topic!r},
                                  linger_ms=20000, delivery_timeout=60)
         for i in range(100):

@@ -13,9 +13,9 @@ from confluent_kafka import Producer
 
 from chatlog import wiring
 from chatlog.client import AsyncChatLog, ChatLog
-from producers.kafka_producer import AsyncConversationProducer
-from schemas.codec import EventCodec
-from schemas.errors import OwnershipError, SessionNotFound
+from chatlog.producers.kafka_producer import AsyncConversationProducer
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import OwnershipError, SessionNotFound
 from tests.processes import running_projector, unique_settings, wait_until
 
 pytestmark = pytest.mark.integration

@@ -8,12 +8,12 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from projections.keys import KeySpace
-from projections.redis_reader import RedisReader
-from projections.redis_store import RedisViewStore
-from projections.store import Change, Outcome
-from projections.view import evolve
-from schemas.position import Position
+from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_reader import RedisReader
+from chatlog.projections.redis_store import RedisViewStore
+from chatlog.projections.store import Change, Outcome
+from chatlog.projections.view import evolve
+from chatlog.schemas.position import Position
 from tests.contracts import POLICY, ViewStoreContract, event, message
 
 pytestmark = pytest.mark.integration
@@ -93,8 +93,8 @@ def test_an_unreachable_redis_is_a_chatlog_error_naming_the_fix():
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from projections.redis_reader import AsyncRedisReader
-    from schemas.errors import StoreUnavailable
+    from chatlog.projections.redis_reader import AsyncRedisReader
+    from chatlog.schemas.errors import StoreUnavailable
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -14,12 +14,12 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from chatlog import wiring
+from chatlog.processors.kafka_replay import Interrupted, ReplayProgress
+from chatlog.producers.commands import append_message, new_event
 from chatlog.replay import rebuild, verify
+from chatlog.schemas.errors import ChatlogError
+from chatlog.schemas.events import MessageRedacted, SessionClosed, SummaryUpdated, UserErased
 from chatlog.settings import Settings
-from processors.kafka_replay import Interrupted, ReplayProgress
-from producers.commands import append_message, new_event
-from schemas.errors import ChatlogError
-from schemas.events import MessageRedacted, SessionClosed, SummaryUpdated, UserErased
 from tests.processes import (
     ROOT,
     chatlog_env,

@@ -1,4 +1,4 @@
-"""The local stack (`chatlog.services`) against real processes: up, reuse, status, down.
+"""The local stack (`dev.services`) against real processes: up, reuse, status, down.
 
 Every test works in its own temporary state dir, so a stack someone runs in ./.chatlog is
 left alone. The jar cache (~/.cache/chatlog) is shared: only the first start on a machine
@@ -19,9 +19,9 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from chatlog import services
-from chatlog.services import redis_local, state
-from schemas.errors import ServiceError
+from dev import services
+from dev.services import redis_local, state
+from dev.services.state import ServiceError
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def _pings(url: str) -> bool:
 
 def _cli(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "chatlog.services", "--state-dir", str(directory), *args],
+        [sys.executable, "-m", "dev.services", "--state-dir", str(directory), *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,12 +11,12 @@ from collections.abc import Callable
 import pytest
 
 from chatlog import wiring
+from chatlog.producers.commands import new_event
+from chatlog.projections.view import SessionView
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.events import SummaryUpdated
+from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from producers.commands import new_event
-from projections.view import SessionView
-from schemas.codec import EventCodec
-from schemas.events import SummaryUpdated
-from schemas.position import Position
 from tests.llm_stub import LlmStub, derived_summary, ok, slow, status
 from tests.processes import (
     running_processor,

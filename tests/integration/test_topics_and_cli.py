@@ -11,9 +11,9 @@ import uuid
 import pytest
 from confluent_kafka.admin import ConfigResource
 
+from chatlog.schemas.codec import EventCodec
 from chatlog.settings import Settings
 from chatlog.wiring import create_topics
-from schemas.codec import EventCodec
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from chatlog import wiring
+from chatlog.producers.commands import append_message
 from chatlog.wiring import live_store
-from producers.commands import append_message
 from tests.processes import start_projector, stop, unique_settings, wait_until
 
 pytestmark = pytest.mark.system

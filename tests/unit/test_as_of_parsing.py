@@ -9,11 +9,11 @@ import pytest
 
 from chatlog.cli import main
 from chatlog.cli_read import as_of_argument, parse_as_of
-from processors.kafka_history import LogContext, describe, read_as_of
-from projections.context import Context
-from projections.view import SessionStatus
-from schemas.errors import InvalidId, InvalidInput
-from schemas.position import Position
+from chatlog.processors.kafka_history import LogContext, describe, read_as_of
+from chatlog.projections.context import Context
+from chatlog.projections.view import SessionStatus
+from chatlog.schemas.errors import InvalidId, InvalidInput
+from chatlog.schemas.position import Position
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.codec import (
+from chatlog.schemas.codec import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
     EventCodec,
@@ -20,9 +20,9 @@ from schemas.codec import (
     schema_versions,
     to_avro,
 )
-from schemas.errors import DecodeError, UnknownSchema
-from schemas.events import ConversationEvent, MessageAppended
-from schemas.registry import InMemorySchemaRegistry
+from chatlog.schemas.errors import DecodeError, UnknownSchema
+from chatlog.schemas.events import ConversationEvent, MessageAppended
+from chatlog.schemas.registry import InMemorySchemaRegistry
 from tests.samples import PAYLOADS, sample_events, vector_file
 
 CODEC = EventCodec()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from projections.context import SUMMARY_PREAMBLE, Context, approx_tokens
-from projections.view import Message, SessionStatus
-from schemas.events import ToolCall
-from schemas.position import Position
+from chatlog.projections.context import SUMMARY_PREAMBLE, Context, approx_tokens
+from chatlog.projections.view import Message, SessionStatus
+from chatlog.schemas.events import ToolCall
+from chatlog.schemas.position import Position
 
 
 def m(offset: int, role: str = "user", content: str = "x" * 40, **fields) -> Message:

@@ -5,10 +5,16 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.encoding import decode_message, decode_view, diff, encode_message, encode_meta
-from projections.view import Message, SessionView, WindowPolicy, evolve
-from schemas.events import MessageRedacted, SummaryUpdated, ToolCall
-from schemas.position import Position
+from chatlog.projections.encoding import (
+    decode_message,
+    decode_view,
+    diff,
+    encode_message,
+    encode_meta,
+)
+from chatlog.projections.view import Message, SessionView, WindowPolicy, evolve
+from chatlog.schemas.events import MessageRedacted, SummaryUpdated, ToolCall
+from chatlog.schemas.position import Position
 from tests.contracts import event, message
 
 messages = st.builds(

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import pydantic
 import pytest
 
-from producers.commands import append_message, new_event
-from schemas.errors import InvalidEvent, InvalidId
-from schemas.events import (
+from chatlog.producers.commands import append_message, new_event
+from chatlog.schemas.errors import InvalidEvent, InvalidId
+from chatlog.schemas.events import (
     MAX_CONTENT_CHARS,
     ConversationEvent,
     MessageAppended,

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from schemas.errors import InvalidId, InvalidInput
-from schemas.ids import MAX_ID_LENGTH, new_id, validate_id
+from chatlog.schemas.errors import InvalidId, InvalidInput
+from chatlog.schemas.ids import MAX_ID_LENGTH, new_id, validate_id
 
 
 @pytest.mark.parametrize(

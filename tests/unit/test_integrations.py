@@ -32,13 +32,13 @@ from chatlog.integrations.langchain_messages import (
     to_chatlog,
 )
 from chatlog.integrations.positions import PositionBook
-from producers.commands import append_message, new_event
-from projections.context import SUMMARY_PREAMBLE
-from projections.encoding import decode_message, encode_message
-from projections.view import Message
-from schemas.errors import InvalidInput
-from schemas.events import MessageRedacted, Role, SessionClosed, ToolCall, UserErased
-from schemas.position import Position
+from chatlog.producers.commands import append_message, new_event
+from chatlog.projections.context import SUMMARY_PREAMBLE
+from chatlog.projections.encoding import decode_message, encode_message
+from chatlog.projections.view import Message
+from chatlog.schemas.errors import InvalidInput
+from chatlog.schemas.events import MessageRedacted, Role, SessionClosed, ToolCall, UserErased
+from chatlog.schemas.position import Position
 
 
 def stored(message: BaseMessage, *, cleared: int = -1, offset: int = 7) -> Message:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.partitioning import murmur2, partition_for
+from chatlog.producers.partitioning import murmur2, partition_for
 
 # Kafka's own test vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest).
 JAVA_MURMUR2 = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from producers.kafka_producer import ConversationProducer
-from schemas.errors import ConfigError
+from chatlog.producers.kafka_producer import ConversationProducer
+from chatlog.schemas.errors import ConfigError
 
 
 def _producer(**config):

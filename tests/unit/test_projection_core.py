@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from processors.projection import ProjectionCore, Record
-from producers.commands import append_message
-from projections.store import InMemoryViewStore
-from projections.view import ForeignEvent, WindowPolicy
-from schemas.codec import EventCodec
-from schemas.errors import DecodeError, InvalidEvent
+from chatlog.processors.projection import ProjectionCore, Record
+from chatlog.producers.commands import append_message
+from chatlog.projections.store import InMemoryViewStore
+from chatlog.projections.view import ForeignEvent, WindowPolicy
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import DecodeError, InvalidEvent
 
 CODEC = EventCodec()
 

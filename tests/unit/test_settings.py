@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from chatlog import wiring
-from chatlog.services.state import KafkaState, RedisState, StackState, write_state
+from chatlog.projections.context import approx_tokens
+from chatlog.schemas.errors import ConfigError
 from chatlog.settings import Settings
-from projections.context import approx_tokens
-from schemas.errors import ConfigError
+from dev.services.state import KafkaState, RedisState, StackState, write_state
 
 
 def test_defaults_when_nothing_is_set(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from projections.store import InMemoryViewStore
+from chatlog.projections.store import InMemoryViewStore
 from tests.contracts import ViewStoreContract
 
 

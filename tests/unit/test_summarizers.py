@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.summarizers import (
+from chatlog.processors.summarizers import (
     EXTRACTIVE_MODEL,
     BreakerState,
     CircuitBreaker,
@@ -25,10 +25,10 @@ from processors.summarizers import (
     SummaryRequest,
     SummaryResult,
 )
-from projections.context import approx_tokens
-from projections.view import REDACTED, Message
-from schemas.errors import ChatlogError, InvalidInput
-from schemas.events import ToolCall
+from chatlog.projections.context import approx_tokens
+from chatlog.projections.view import REDACTED, Message
+from chatlog.schemas.errors import ChatlogError, InvalidInput
+from chatlog.schemas.events import ToolCall
 
 SUPPORT_CHAT = [
     ("user", "Hi, I'm Maria Lopez. My Acme Router X2 from order #A7-1042 stopped working."),
@@ -493,7 +493,7 @@ def test_policies_refuse_nonsense():
 def test_the_summarizers_module_imports_no_network_library():
     # A fresh interpreter: this test process may have imported the adapters already.
     code = (
-        "import sys, processors.summarizers; "
+        "import sys, chatlog.processors.summarizers; "
         "print(','.join(m for m in ('openai', 'redis', 'confluent_kafka', 'faust') "
         "if m in sys.modules))"
     )

@@ -18,19 +18,19 @@ from typing import Any
 
 import pytest
 
-from processors.projection import Record
-from processors.summarizers import (
+from chatlog.processors.projection import Record
+from chatlog.processors.summarizers import (
     RetryableSummarizerError,
     SummarizerError,
     SummarizerUnavailable,
     SummaryRequest,
     SummaryResult,
 )
-from processors.summary_engine import Ack, SummaryEngine, SummaryPolicy
-from producers.commands import append_message, new_event
-from projections.view import ForeignEvent, SessionView, WindowPolicy, evolve
-from schemas.codec import EventCodec
-from schemas.errors import (
+from chatlog.processors.summary_engine import Ack, SummaryEngine, SummaryPolicy
+from chatlog.producers.commands import append_message, new_event
+from chatlog.projections.view import ForeignEvent, SessionView, WindowPolicy, evolve
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import (
     BrokerUnavailable,
     ChatlogError,
     ConfigError,
@@ -39,8 +39,8 @@ from schemas.errors import (
     ReadTimeout,
     StoreUnavailable,
 )
-from schemas.events import ConversationEvent, SummaryUpdated, UserErased
-from schemas.position import Position
+from chatlog.schemas.events import ConversationEvent, SummaryUpdated, UserErased
+from chatlog.schemas.position import Position
 
 CODEC = EventCodec()
 USER = "alice"

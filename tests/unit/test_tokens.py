@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from projections import tokens
-from projections.context import approx_tokens
-from projections.tokens import token_counter
-from schemas.errors import ConfigError
+from chatlog.projections import tokens
+from chatlog.projections.context import approx_tokens
+from chatlog.projections.tokens import token_counter
+from chatlog.schemas.errors import ConfigError, MissingExtra
 
 tiktoken = pytest.importorskip("tiktoken")
 
@@ -177,7 +177,7 @@ def test_auto_falls_back_to_approx_when_not_cached(cache_dir, loaded):
 
 def test_without_tiktoken_installed(cache_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "tiktoken", None)  # makes `import tiktoken` fail
-    with pytest.raises(ConfigError, match=r"pip install 'chatlog\[tokens\]'"):
+    with pytest.raises(MissingExtra, match=r"pip install .chatlog-memory\[tokens\]."):
         token_counter("tiktoken:o200k_base")
     assert token_counter("auto") is approx_tokens
 
@@ -212,7 +212,7 @@ def test_the_bpe_files_are_those_of_the_installed_tiktoken(monkeypatch):
 
 
 def test_importing_the_module_does_not_import_tiktoken():
-    code = "import sys, projections.tokens; print('tiktoken' in sys.modules)"
+    code = "import sys, chatlog.projections.tokens; print('tiktoken' in sys.modules)"
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()

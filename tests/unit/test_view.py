@@ -17,7 +17,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from projections.view import (
+from chatlog.projections.view import (
     REDACTED,
     ForeignEvent,
     Message,
@@ -27,8 +27,8 @@ from projections.view import (
     evolve,
     fold,
 )
-from schemas.errors import InvalidEvent
-from schemas.events import (
+from chatlog.schemas.errors import InvalidEvent
+from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -40,7 +40,7 @@ from schemas.events import (
     ToolCall,
     UserErased,
 )
-from schemas.position import Position
+from chatlog.schemas.position import Position
 
 SESSION = "s-1"
 USER = "alice"
@@ -533,7 +533,7 @@ def test_importing_the_view_loads_no_network_library():
     # A fresh interpreter: this process has imported the adapters through conftest.
     libraries = ("confluent_kafka", "redis", "openai", "faust", "aiokafka")
     code = (
-        "import sys, projections.view; "
+        "import sys, chatlog.projections.view; "
         f"print(','.join(m for m in {libraries!r} if m in sys.modules))"
     )
     loaded = subprocess.run(

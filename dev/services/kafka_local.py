@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chatlog.services.state import (
+from dev.services.state import (
     KafkaState,
+    ServiceError,
     free_ports,
     is_running,
     locked,
@@ -47,7 +48,6 @@ from chatlog.services.state import (
     stop_processes,
     tail,
 )
-from schemas.errors import ServiceError
 
 __all__ = [
     "KAFKA_VERSION",
@@ -312,7 +312,7 @@ def _server_properties(node: _Node, nodes: Sequence[_Node]) -> str:
         quorum = f"controller.quorum.voters={voters}"
     listeners = f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
     lines = [
-        "# Written by chatlog.services.kafka_local; rewritten on every `up`.",
+        "# Written by dev.services.kafka_local; rewritten on every `up`.",
         "process.roles=broker,controller",
         f"node.id={node.node_id}",
         quorum,

@@ -1,7 +1,7 @@
-"""`python -m chatlog.services up|down|status|env`: the local stack from a shell.
+"""`python -m dev.services up|down|status|env`: the local stack from a shell.
 
 Progress goes to stderr, one line a step; stdout carries only what a script may want:
-`up` and `env` print `export KEY=value` lines, so `eval "$(python -m chatlog.services
+`up` and `env` print `export KEY=value` lines, so `eval "$(python -m dev.services
 env)"` points a shell at the stack. Exit status 0 means done; 1 means it failed, and
 stderr says why (first line) and, for a start-up failure, shows the log tail after it.
 """
@@ -15,13 +15,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from chatlog.services import down, status, up
-from chatlog.services.kafka_local import kafka_answers
-from chatlog.services.redis_local import redis_answers
-from chatlog.services.state import read_addresses, read_state, resolve_state_dir
-from schemas.errors import ServiceError
+from chatlog.local_stack import read_addresses, resolve_state_dir
+from dev.services import down, status, up
+from dev.services.kafka_local import kafka_answers
+from dev.services.redis_local import redis_answers
+from dev.services.state import ServiceError, read_state
 
-_PROG = "python -m chatlog.services"
+_PROG = "python -m dev.services"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 def _log_to_stderr() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("chatlog.services")
+    logger = logging.getLogger("dev.services")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 

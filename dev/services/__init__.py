@@ -13,8 +13,8 @@ run by `redis_local`), both on free loopback ports, both started by `up` and sto
 stale record (a process gone) is cleaned up and the stack started anew. `down` stops only
 the pids it recorded, after checking that each still is the process it started.
 
-From a shell: `python -m chatlog.services up|down|status|env`. Failures raise
-`schemas.errors.ServiceError`, whose message says what failed and how to fix it.
+From a shell: `python -m dev.services up|down|status|env`. Failures raise
+`dev.services.state.ServiceError`, whose message says what failed and how to fix it.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import logging
 import pathlib
 import time
 
-from chatlog.services import kafka_local, redis_local, state
-from chatlog.services.state import Addresses, read_addresses
-from schemas import errors
+from chatlog.local_stack import read_addresses, resolve_state_dir
+from dev.services import kafka_local, redis_local, state
+from dev.services.state import Addresses
 
 __all__ = ["Addresses", "down", "read_addresses", "status", "up"]
 
@@ -40,8 +40,8 @@ def up(*, brokers: int = 1, state_dir: pathlib.Path | None = None) -> Addresses:
     first), or when Kafka or Redis cannot be fetched or started.
     """
     if brokers not in (1, 3):
-        raise errors.ServiceError(f"brokers must be 1 or 3, not {brokers}", brokers=brokers)
-    directory = state.resolve_state_dir(state_dir)
+        raise state.ServiceError(f"brokers must be 1 or 3, not {brokers}", brokers=brokers)
+    directory = resolve_state_dir(state_dir)
     with state.locked(directory):
         existing = state.read_state(state_dir=directory)
         if existing is not None:
@@ -54,7 +54,7 @@ def up(*, brokers: int = 1, state_dir: pathlib.Path | None = None) -> Addresses:
 
 def down(*, state_dir: pathlib.Path | None = None) -> None:
     """Stop the recorded stack's processes, delete their data dirs and the state file."""
-    directory = state.resolve_state_dir(state_dir)
+    directory = resolve_state_dir(state_dir)
     if not directory.is_dir():
         _log.info("nothing to stop: %s does not exist", directory)
         return
@@ -75,7 +75,7 @@ def down(*, state_dir: pathlib.Path | None = None) -> None:
 
 def status(*, state_dir: pathlib.Path | None = None) -> Addresses | None:
     """The addresses of the recorded stack if all its processes run and answer, else None."""
-    existing = state.read_state(state_dir=state.resolve_state_dir(state_dir))
+    existing = state.read_state(state_dir=resolve_state_dir(state_dir))
     if existing is None or not _answers(existing):
         return None
     return existing.addresses
@@ -88,9 +88,9 @@ def _answers(stack: state.StackState) -> bool:
 
 def _reuse(stack: state.StackState, *, brokers: int) -> Addresses:
     if stack.kafka.brokers != brokers:
-        raise errors.ServiceError(
+        raise state.ServiceError(
             f"a {stack.kafka.brokers}-broker stack already runs at {stack.kafka.bootstrap}; "
-            f"run `python -m chatlog.services down` first to start a {brokers}-broker one",
+            f"run `python -m dev.services down` first to start a {brokers}-broker one",
             brokers=stack.kafka.brokers,
         )
     _log.info(

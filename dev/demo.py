@@ -1,4 +1,4 @@
-"""The demo (`make demo`, `python -m chatlog.demo`): a support desk's chats, end to end.
+"""The demo (`make demo`, `python -m dev.demo`): a support desk's chats, end to end.
 
 What does it show? The problem chatlog exists for: many users chatting at once, and no
 user ever seeing another's conversation. Forty customers open three hundred support
@@ -62,14 +62,14 @@ from confluent_kafka.admin import AdminClient
 from chatlog import wiring
 from chatlog.cli_read import context_lines, session_rows
 from chatlog.client import ChatLog
+from chatlog.producers.commands import new_event
+from chatlog.projections.context import Context
+from chatlog.projections.redis_store import RedisViewStore
+from chatlog.projections.view import SessionView, WindowPolicy
+from chatlog.schemas.errors import BrokerUnavailable, ChatlogError, DecodeError
+from chatlog.schemas.events import SessionStarted, SummaryUpdated
+from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from producers.commands import new_event
-from projections.context import Context
-from projections.redis_store import RedisViewStore
-from projections.view import SessionView, WindowPolicy
-from schemas.errors import BrokerUnavailable, ChatlogError, DecodeError
-from schemas.events import SessionStarted, SummaryUpdated
-from schemas.position import Position
 
 __all__ = ["main"]
 
@@ -874,7 +874,7 @@ def _cli_path() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit status (0: every check passed)."""
-    parser = argparse.ArgumentParser(prog="python -m chatlog.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dev.demo", description=__doc__)
     parser.add_argument("--users", type=int, default=40, help="customers (default 40)")
     parser.add_argument("--sessions", type=int, default=300, help="chats (default 300)")
     parser.add_argument("--threads", type=int, default=8, help="publishing threads (default 8)")

@@ -19,8 +19,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from chatlog.services.state import (
+from dev.services.state import (
     RedisState,
+    ServiceError,
     free_ports,
     is_running,
     port_open,
@@ -28,7 +29,6 @@ from chatlog.services.state import (
     stop_processes,
     tail,
 )
-from schemas.errors import ServiceError
 
 __all__ = ["ensure_redis_server", "find_redis_server", "redis_answers", "start_redis", "stop_redis"]
 

@@ -27,38 +27,40 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from schemas.errors import ServiceError
+from chatlog.local_stack import ADDRESSES_FILE
+from chatlog.schemas.errors import ChatlogError
 
 __all__ = [
     "KAFKA_BOOTSTRAP_ENV",
     "REDIS_URL_ENV",
-    "STATE_DIR_ENV",
     "Addresses",
     "KafkaState",
     "RedisState",
+    "ServiceError",
     "StackState",
     "free_ports",
     "is_running",
     "locked",
     "port_open",
-    "read_addresses",
     "read_state",
     "remove_state",
-    "resolve_state_dir",
     "spawn_detached",
     "stop_processes",
     "tail",
     "write_state",
 ]
 
-STATE_DIR_ENV = "CHATLOG_STATE_DIR"
 KAFKA_BOOTSTRAP_ENV = "CHATLOG_KAFKA_BOOTSTRAP"
 REDIS_URL_ENV = "CHATLOG_REDIS_URL"
 
 _JSON_NAME = "services.json"
-_ENV_NAME = "services.env"
+_ENV_NAME = ADDRESSES_FILE
 _LOCK_NAME = ".lock"
 _KILL_WAIT_S = 5.0
+
+
+class ServiceError(ChatlogError, RuntimeError):
+    """A local service (Kafka broker, Redis server) could not be fetched or started."""
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,6 @@ class StackState:
         return Addresses(kafka_bootstrap=self.kafka.bootstrap, redis_url=self.redis.url)
 
 
-def resolve_state_dir(state_dir: Path | None = None) -> Path:
-    """The state dir as an absolute path: the argument, `$CHATLOG_STATE_DIR`, or ./.chatlog."""
-    if state_dir is None:
-        state_dir = Path(os.environ.get(STATE_DIR_ENV) or ".chatlog")
-    return state_dir.expanduser().resolve()
-
-
 def write_state(state: StackState, *, state_dir: Path) -> None:
     """Record `state`; each file is replaced whole so a reader never sees half of one."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +150,7 @@ def read_state(*, state_dir: Path) -> StackState | None:
     except (ValueError, KeyError, TypeError) as exc:
         raise ServiceError(
             f"the state file {path} is unreadable ({exc}); stop any chatlog Kafka/Redis "
-            f"processes by hand, delete {state_dir} and run `python -m chatlog.services up`",
+            f"processes by hand, delete {state_dir} and run `python -m dev.services up`",
             path=str(path),
         ) from exc
 
@@ -164,16 +159,6 @@ def remove_state(*, state_dir: Path) -> None:
     """Forget the stack: the env file first, so nobody reads addresses of a dead stack."""
     for name in (_ENV_NAME, _JSON_NAME):
         (state_dir / name).unlink(missing_ok=True)
-
-
-def read_addresses(*, state_dir: Path | None = None) -> dict[str, str] | None:
-    """`{CHATLOG_KAFKA_BOOTSTRAP: ..., CHATLOG_REDIS_URL: ...}` from the state file, if any.
-
-    This reads the file only; it does not check that the stack still answers (use
-    `status` for that), so it costs a file read.
-    """
-    state = read_state(state_dir=resolve_state_dir(state_dir))
-    return None if state is None else state.addresses.as_env()
 
 
 @contextlib.contextmanager
@@ -272,7 +257,7 @@ def stop_processes(targets: Sequence[tuple[int, str]], *, grace: float = 10.0) -
         pids = ", ".join(str(pid) for pid, _ in alive)
         raise ServiceError(
             f"pid {pids} did not exit after SIGKILL; check it with `ps -o pid,stat,args -p "
-            f"{pids}` and run `python -m chatlog.services down` again once it is gone",
+            f"{pids}` and run `python -m dev.services down` again once it is gone",
             pids=[pid for pid, _ in alive],
         )
 

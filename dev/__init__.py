@@ -1,0 +1,1 @@
+"""Development tools beside the package, never installed: the local stack and the demo."""
