@@ -370,7 +370,7 @@ def test_the_demo_runs_end_to_end_and_leaves_no_process(kafka, redis_url, tmp_pa
         "CHATLOG_STATE_DIR": str(tmp_path),  # the projector's log goes there
     }
     result = subprocess.run(
-        [sys.executable, "-m", "chatlog.demo"],
+        [sys.executable, "-m", "dev.demo"],
         capture_output=True,
         text=True,
         env=env,
