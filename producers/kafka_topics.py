@@ -9,6 +9,7 @@ exists; it reports a partition count that differs from the settings instead.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -148,14 +149,7 @@ def ensure_topics(
         if found is None or found.error is not None:
             missing.append(spec)
             continue
-        count = len(found.partitions)
-        note = ""
-        if count != spec.partitions:
-            note = (
-                f"has {count} partitions, settings say {spec.partitions}; a topic's partition "
-                f"count is fixed for its life (migrate with a new topic and a replay)"
-            )
-        reports.append(TopicReport(spec.name, created=False, partitions=count, note=note))
+        reports.append(_existing(spec, len(found.partitions)))
     if missing:
         futures = admin.create_topics(
             [
@@ -166,17 +160,53 @@ def ensure_topics(
             request_timeout=timeout,
         )
         for spec in missing:
-            reports.append(_await_creation(spec, futures[spec.name], timeout))
+            if _created(spec, futures[spec.name], timeout):
+                reports.append(TopicReport(spec.name, created=True, partitions=spec.partitions))
+            else:
+                # Another process created it between our look and our create (or the
+                # metadata we looked at lagged behind the controller): report the topic as
+                # it is, never as the settings would have made it.
+                count = _listed_partitions(admin, spec.name, timeout=timeout)
+                reports.append(_existing(spec, count))
     return reports
 
 
-def _await_creation(spec: TopicSpec, future: Future[None], timeout: float) -> TopicReport:
+def _existing(spec: TopicSpec, count: int) -> TopicReport:
+    note = ""
+    if count != spec.partitions:
+        note = (
+            f"has {count} partitions, settings say {spec.partitions}; a topic's partition "
+            f"count is fixed for its life (migrate with a new topic and a replay)"
+        )
+    return TopicReport(spec.name, created=False, partitions=count, note=note)
+
+
+def _created(spec: TopicSpec, future: Future[None], timeout: float) -> bool:
+    """True when this call created the topic; False when it already existed."""
     try:
         future.result(timeout)
     except KafkaException as exc:
         error = exc.args[0]
         if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-            # Another process created it between our look and our create: that is fine.
-            return TopicReport(spec.name, created=False, partitions=spec.partitions)
+            return False
         raise ConfigError(f"could not create topic {spec.name!r}: {error}") from exc
-    return TopicReport(spec.name, created=True, partitions=spec.partitions)
+    return True
+
+
+def _listed_partitions(admin: AdminClient, topic: str, *, timeout: float) -> int:
+    """The partition count of a topic the controller says exists, once metadata lists it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"no Kafka broker answered: {exc.args[0]}") from exc
+        if found is not None and found.error is None and found.partitions:
+            return len(found.partitions)
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"topic {topic!r} exists according to the controller but no broker lists it "
+                f"after {timeout:g} s; check the cluster's health and run again",
+                topic=topic,
+            )
+        time.sleep(0.1)

@@ -11,6 +11,7 @@ import uuid
 import pytest
 from confluent_kafka.admin import ConfigResource
 
+from chatlog.producers.kafka_topics import chatlog_topics, ensure_topics
 from chatlog.schemas.codec import EventCodec
 from chatlog.settings import Settings
 from chatlog.wiring import create_topics
@@ -49,6 +50,40 @@ def test_create_topics_configures_the_source_of_truth(kafka, settings):
     assert events["min.insync.replicas"] == "1"
     dlq = _describe(kafka, settings.dlq_topic)
     assert dlq["retention.ms"] == str(7 * 24 * 3600 * 1000)
+
+
+class _LaggingMetadata:
+    """The real admin client, whose first full topic listing misses the topics: what a
+    caller sees when another process creates them between its look and its create, or when
+    the broker's metadata lags behind the controller."""
+
+    def __init__(self, admin):
+        self._admin = admin
+        self._looked = False
+
+    def list_topics(self, topic=None, timeout=-1):
+        metadata = self._admin.list_topics(topic, timeout=timeout)
+        if topic is None and not self._looked:
+            self._looked = True
+            metadata.topics = {}
+        return metadata
+
+    def create_topics(self, *args, **kwargs):
+        return self._admin.create_topics(*args, **kwargs)
+
+
+def test_a_topic_created_by_someone_else_is_reported_as_it_is(kafka, settings):
+    create_topics(settings)
+    specs = chatlog_topics(
+        events_topic=settings.topic,
+        dlq_topic=settings.dlq_topic,
+        partitions=8,
+        replication_factor=1,
+    )
+    reports = {r.name: r for r in ensure_topics(_LaggingMetadata(kafka.admin()), specs)}
+    assert not reports[settings.topic].created
+    assert reports[settings.topic].partitions == 4
+    assert "fixed for its life" in reports[settings.topic].note
 
 
 def test_create_topics_is_idempotent_and_never_changes_partitions(kafka, settings):
