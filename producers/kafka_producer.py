@@ -406,7 +406,9 @@ def _build_producer(
 def _result(future: Future[Position], timeout: float, event: ConversationEvent) -> Position:
     try:
         return future.result(timeout=timeout)
-    except TimeoutError:
+    except TimeoutError as exc:
+        if isinstance(exc, ChatlogError):
+            raise  # the delivery report's own error, which is a TimeoutError too
         raise PublishTimeout(
             f"no delivery report for event {event.event_id} within {timeout:g} s",
             session_id=event.session_id,
