@@ -42,7 +42,6 @@ from chatlog.producers.commands import MessageFields, append_message
 from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import (
-    BrokerUnavailable,
     ChatlogError,
     ConfigError,
     DeliveryFailed,
@@ -270,12 +269,16 @@ class ConversationProducer:
         if code == KafkaError.MSG_SIZE_TOO_LARGE:
             return InvalidEvent(f"event too large for the broker: {err.str()}", **context)
         if code == KafkaError._MSG_TIMED_OUT:
+            # A timeout, even with every broker down, may follow a write whose
+            # acknowledgement was lost: the outcome is unknown, not "not stored".
             broker = self._last_broker_error
             if broker is not None and broker.code() in _BROKER_DOWN:
-                return BrokerUnavailable(
+                return PublishTimeout(
                     f"no broker at {self.bootstrap_servers} acknowledged within "
                     f"{self.delivery_timeout:g} s ({broker.str()}); is Kafka running? "
-                    f"check CHATLOG_KAFKA_BOOTSTRAP",
+                    f"check CHATLOG_KAFKA_BOOTSTRAP. The event may or may not be stored: "
+                    f"retry with the same event",
+                    broker_error=broker.str(),
                     **context,
                 )
             return PublishTimeout(
