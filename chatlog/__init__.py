@@ -56,7 +56,7 @@ from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
-    from chatlog.client import AsyncChatLog, ChatLog
+    from chatlog.client import AsyncChatLog, ChatLog, KafkaHistory
     from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 
 __version__ = installed_version()
@@ -81,6 +81,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidId",
     "InvalidInput",
+    "KafkaHistory",
     "Message",
     "MissingExtra",
     "OutcomeUnknown",
@@ -109,6 +110,7 @@ __all__ = [
 _LAZY = {
     "AsyncChatLog": "chatlog.client",
     "ChatLog": "chatlog.client",
+    "KafkaHistory": "chatlog.client",
     "AsyncConversationProducer": "chatlog.producers.kafka_producer",
     "ConversationProducer": "chatlog.producers.kafka_producer",
 }
