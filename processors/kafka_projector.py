@@ -50,7 +50,7 @@ from confluent_kafka import (
 from chatlog.processors.dead_letters import dead_letter_headers
 from chatlog.processors.projection import BatchResult, DeadLetter, ProjectionCore, Record
 from chatlog.projections.store import ViewStore
-from chatlog.schemas.errors import BrokerUnavailable, ChatlogError
+from chatlog.schemas.errors import BrokerUnavailable, ChatlogError, DataLoss
 
 __all__ = [
     "DataLoss",
@@ -62,10 +62,6 @@ __all__ = [
 ]
 
 OnDataLoss = Literal["stop", "rebuild"]
-
-
-class DataLoss(ChatlogError):
-    """Redis no longer holds what the projector had written: it must be rebuilt."""
 
 
 class GenerationPointer(Protocol):

@@ -37,16 +37,12 @@ from chatlog.processors.kafka_projector import record_of
 from chatlog.processors.projection import ProjectionCore
 from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.projections.store import ViewStore
-from chatlog.schemas.errors import ChatlogError
+from chatlog.schemas.errors import Interrupted
 
 __all__ = ["Interrupted", "KafkaReplay", "ReplayProgress"]
 
 log = logging.getLogger("chatlog.replay")
 _KAFKA_LOG = logging.getLogger("chatlog.kafka")
-
-
-class Interrupted(ChatlogError):
-    """The replay was asked to stop before it finished."""
 
 
 @dataclass(slots=True)

@@ -33,16 +33,15 @@ except ImportError as missing:
         "summarizer", "the LLM summarizer (CHATLOG_LLM_BASE_URL)", missing
     ) from missing
 
-from chatlog.processors.summarizers import (
+from chatlog.processors.summarizers import SummaryRequest, SummaryResult
+from chatlog.projections.context import approx_tokens
+from chatlog.projections.view import Message
+from chatlog.schemas.errors import (
+    ConfigError,
     RetryableSummarizerError,
     SummarizerError,
     SummarizerTimeout,
-    SummaryRequest,
-    SummaryResult,
 )
-from chatlog.projections.context import approx_tokens
-from chatlog.projections.view import Message
-from chatlog.schemas.errors import ConfigError
 
 __all__ = ["SYSTEM_PROMPT", "OpenAISummarizer", "summary_messages"]
 
@@ -239,7 +238,9 @@ def _truncate(text: str, max_chars: int) -> str:
     return cut.rstrip() + "…"
 
 
-def _status_error(exc: openai.APIStatusError, request: SummaryRequest) -> SummarizerError:
+def _status_error(
+    exc: openai.APIStatusError, request: SummaryRequest
+) -> SummarizerError | RetryableSummarizerError:
     status = exc.status_code
     context = {"session_id": request.session_id, "status_code": status}
     if status == 429 or status >= 500:

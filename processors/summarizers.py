@@ -15,13 +15,11 @@ not import a network library. `ResilientSummarizer` wraps any summarizer with re
 (exponential backoff, full jitter, ``Retry-After`` honoured) and a circuit breaker, so a
 failing LLM costs one fast refusal per call instead of a pile of stalled ones.
 
-Errors::
-
-    ChatlogError
-    └── SummarizerError(RuntimeError)          no summary was produced
-        ├── RetryableSummarizerError           transient: 429, 5xx, connection lost
-        │   └── SummarizerTimeout(TimeoutError) the LLM did not answer in time
-        └── SummarizerUnavailable(ConnectionError) the circuit is open: no (more) attempts
+A summarizer signals failure with the errors of `chatlog.schemas.errors`, grouped there by
+what went wrong: `SummarizerError` (a `Refused`: the LLM answered, but not with a
+summary) is final; `RetryableSummarizerError` and its `SummarizerTimeout` (`Unavailable`:
+busy, failing, unreachable, slow) are retried; `SummarizerUnavailable` (`Unavailable`)
+says the circuit is open and nothing was attempted.
 """
 
 from __future__ import annotations
@@ -33,11 +31,17 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from chatlog.projections.context import approx_tokens
 from chatlog.projections.view import Message
-from chatlog.schemas.errors import ChatlogError, InvalidInput
+from chatlog.schemas.errors import (
+    InvalidInput,
+    RetryableSummarizerError,
+    SummarizerError,
+    SummarizerTimeout,
+    SummarizerUnavailable,
+)
 
 __all__ = [
     "EXTRACTIVE_MODEL",
@@ -56,32 +60,6 @@ __all__ = [
 ]
 
 EXTRACTIVE_MODEL = "extractive-v1"
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class SummarizerError(ChatlogError, RuntimeError):
-    """No summary was produced; retrying the same request will not help."""
-
-
-class RetryableSummarizerError(SummarizerError):
-    """A transient failure (rate limit, server error, lost connection): retry later.
-
-    `retry_after` is the server's hint, in seconds, when it gave one.
-    """
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **context: Any) -> None:
-        super().__init__(message, retry_after=retry_after, **context)
-        self.retry_after = retry_after
-
-
-class SummarizerTimeout(RetryableSummarizerError, TimeoutError):
-    """The summarizer did not answer within its timeout."""
-
-
-class SummarizerUnavailable(SummarizerError, ConnectionError):
-    """The circuit breaker is open: the summarizer was not called at all."""
 
 
 # --------------------------------------------------------------------------- the role
@@ -118,7 +96,11 @@ class Summarizer(Protocol):
     """Anything that turns a previous summary and newer turns into a new summary."""
 
     async def summarize(self, request: SummaryRequest) -> SummaryResult:
-        """The updated summary; raises `SummarizerError` when there is none."""
+        """The updated summary.
+
+        Raises `SummarizerError` when the answer holds none and asking again will not
+        help, `RetryableSummarizerError` (or `SummarizerTimeout`) when it may.
+        """
         ...
 
 
@@ -504,7 +486,7 @@ class ResilientSummarizer:
     Each attempt goes through the circuit breaker first: while it is open, `summarize`
     raises `SummarizerUnavailable` at once and `inner` is not called. A
     `RetryableSummarizerError` counts as a failure and is retried after a backoff, up to
-    `retry.max_attempts` attempts in all; any other `SummarizerError` means the summarizer
+    `retry.max_attempts` attempts in all; a `SummarizerError` means the summarizer
     answered (the request itself is at fault), so it closes the breaker and is raised
     without a retry.
     """

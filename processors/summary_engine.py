@@ -45,17 +45,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chatlog.processors.projection import Record, decode_record
-from chatlog.processors.summarizers import (
-    Summarizer,
-    SummarizerError,
-    SummarizerUnavailable,
-    SummaryRequest,
-    SummaryResult,
-)
+from chatlog.processors.summarizers import Summarizer, SummaryRequest, SummaryResult
 from chatlog.producers.commands import new_event
 from chatlog.projections.view import ForeignEvent, SessionStatus, SessionView, WindowPolicy, evolve
 from chatlog.schemas.codec import EventCodec
-from chatlog.schemas.errors import ChatlogError, ConfigError, DecodeError, InvalidInput
+from chatlog.schemas.errors import (
+    ChatlogError,
+    ConfigError,
+    DecodeError,
+    InvalidInput,
+    RetryableSummarizerError,
+    SummarizerError,
+    SummarizerUnavailable,
+)
 from chatlog.schemas.events import ConversationEvent, ProducerInfo, SummaryUpdated
 from chatlog.schemas.position import Position
 
@@ -462,7 +464,7 @@ class SummaryEngine:
             self.stats.refused += 1
             self._retry_later(session_id, session)
             return
-        except SummarizerError as exc:
+        except (SummarizerError, RetryableSummarizerError) as exc:  # final, or out of retries
             log.warning("summarizer: no summary for session %s: %s", session_id, exc)
             self.stats.failed += 1
             self._retry_later(session_id, session)

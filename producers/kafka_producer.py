@@ -9,8 +9,10 @@ What this adds to a bare confluent-kafka Producer:
   wait for its own write. `publish` waits for it; `send` returns a future at once;
   `publish_many` sends a batch and waits once; `AsyncConversationProducer` awaits it.
 * Failures become chatlog errors that say what to do: no broker (`BrokerUnavailable`), no
-  topic (`TopicMissing`), a full local queue for too long (`QueueFull`), and so on. A
-  publish never hangs past its timeout.
+  topic (`TopicMissing`), a full local queue for too long (`QueueFull`), and so on. An
+  event sent but not acknowledged is an `OutcomeUnknown` (`PublishTimeout`,
+  `DeliveryFailed`): it may be stored, so it is retried as the same event. A publish
+  never hangs past its timeout.
 * Pending events are flushed on `close`, at interpreter exit, and on SIGTERM.
 
 One background thread serves librdkafka's delivery reports, so callers on any thread (or
@@ -40,11 +42,11 @@ from chatlog.producers.commands import MessageFields, append_message
 from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import (
-    BrokerUnavailable,
     ChatlogError,
     ConfigError,
+    DeliveryFailed,
     InvalidEvent,
-    PublishError,
+    InvalidInput,
     PublishTimeout,
     QueueFull,
     TopicMissing,
@@ -214,7 +216,7 @@ class ConversationProducer:
     def _try_produce(self, event: ConversationEvent, value: bytes) -> Future[Position] | None:
         """Hand `event` to librdkafka; None when its local queue is full."""
         if self._closed.is_set():
-            raise PublishError("the producer is closed", topic=self.topic)
+            raise InvalidInput("the producer is closed", topic=self.topic)
         future: Future[Position] = Future()
         try:
             self._producer.produce(
@@ -227,10 +229,10 @@ class ConversationProducer:
         except BufferError:
             return None
         except KafkaException as exc:
-            raise PublishError(
-                f"could not publish to {self.topic}: {kafka_reason(exc)}",
-                topic=self.topic,
-                session_id=event.session_id,
+            # Not queued, so not stored; the fallback's "maybe stored" only over-states
+            # it, and a retry with the same event is right either way.
+            raise self._error(
+                exc.args[0], {"topic": self.topic, "session_id": event.session_id}
             ) from exc
         return future
 
@@ -248,13 +250,16 @@ class ConversationProducer:
         if err is None and partition is not None and offset is not None:
             future.set_result(Position(partition, offset))
         elif err is None:
-            future.set_exception(PublishError(f"delivered without a position: {msg!r}"))
+            future.set_exception(
+                DeliveryFailed(f"acknowledged without a position: {msg!r}", topic=self.topic)
+            )
         else:
-            future.set_exception(self._delivery_error(err, msg))
+            key = msg.key()
+            context = {"topic": self.topic, "session_id": key.decode() if key else None}
+            future.set_exception(self._error(err, context))
 
-    def _delivery_error(self, err: KafkaError, msg: Message) -> ChatlogError:
-        key = msg.key()
-        context = {"topic": self.topic, "session_id": key.decode() if key else None}
+    def _error(self, err: KafkaError, context: dict[str, Any]) -> ChatlogError:
+        """The chatlog error for a failed produce or delivery; `context` names the event."""
         code = err.code()
         if code in _NO_TOPIC:
             return TopicMissing(
@@ -264,18 +269,28 @@ class ConversationProducer:
         if code == KafkaError.MSG_SIZE_TOO_LARGE:
             return InvalidEvent(f"event too large for the broker: {err.str()}", **context)
         if code == KafkaError._MSG_TIMED_OUT:
+            # A timeout, even with every broker down, may follow a write whose
+            # acknowledgement was lost: the outcome is unknown, not "not stored".
             broker = self._last_broker_error
             if broker is not None and broker.code() in _BROKER_DOWN:
-                return BrokerUnavailable(
+                return PublishTimeout(
                     f"no broker at {self.bootstrap_servers} acknowledged within "
                     f"{self.delivery_timeout:g} s ({broker.str()}); is Kafka running? "
-                    f"check CHATLOG_KAFKA_BOOTSTRAP",
+                    f"check CHATLOG_KAFKA_BOOTSTRAP. The event may or may not be stored: "
+                    f"retry with the same event",
+                    broker_error=broker.str(),
                     **context,
                 )
             return PublishTimeout(
-                f"not acknowledged within {self.delivery_timeout:g} s: {err.str()}", **context
+                f"not acknowledged within {self.delivery_timeout:g} s: {err.str()}; the "
+                f"event may or may not be stored: retry with the same event",
+                **context,
             )
-        return PublishError(f"publish failed: {err.str()}", **context)
+        return DeliveryFailed(
+            f"publish failed: {err.str()}; the event may or may not be stored: retry with "
+            f"the same event",
+            **context,
+        )
 
     def _on_client_error(self, err: KafkaError) -> None:
         self._last_broker_error = err
@@ -394,7 +409,9 @@ def _build_producer(
 def _result(future: Future[Position], timeout: float, event: ConversationEvent) -> Position:
     try:
         return future.result(timeout=timeout)
-    except TimeoutError:
+    except TimeoutError as exc:
+        if isinstance(exc, ChatlogError):
+            raise  # the delivery report's own error, which is a TimeoutError too
         raise PublishTimeout(
             f"no delivery report for event {event.event_id} within {timeout:g} s",
             session_id=event.session_id,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from chatlog.schemas.errors import InvalidEvent
+from chatlog.schemas.errors import ForeignEvent
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
@@ -54,10 +54,6 @@ __all__ = [
 ]
 
 REDACTED = "[redacted]"
-
-
-class ForeignEvent(InvalidEvent):
-    """An event that must not touch this session: another owner, or another partition."""
 
 
 class SessionStatus(enum.StrEnum):

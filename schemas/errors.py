@@ -1,27 +1,47 @@
-"""The error hierarchy shared by every chatlog layer.
+"""The error hierarchy shared by every chatlog layer, grouped by what went wrong.
 
 Every error subclasses `ChatlogError` and, where one fits, the builtin it resembles, so
 callers can catch either. Errors carry their context (topic, partition, offset, session,
-setting) as attributes as well as in the message::
+setting) as attributes as well as in the message. A group says what went wrong, never
+who was calling: `BrokerUnavailable` is the same error from a publish and from a read
+of the log, `StoreUnavailable` the same from a read and from a projector's write::
 
     ChatlogError
     ├── ConfigError(ValueError)            a setting is missing, unknown or invalid
     ├── MissingExtra(ImportError)          a feature's optional dependencies are not installed
-    ├── InvalidInput(ValueError)           a caller passed something chatlog refuses
+    ├── InvalidInput(ValueError)           the caller asked for something chatlog refuses
     │   ├── InvalidId                      an id breaks the id rules
-    │   └── InvalidEvent                   an event or command breaks the contract
-    ├── DecodeError(ValueError)            bytes on the topic are not a chatlog event
-    │   └── UnknownSchema                  ... written with a schema chatlog does not know
-    ├── ReadError                          a read could not be answered
+    │   ├── InvalidEvent                   an event or command breaks the contract
+    │   │   └── ForeignEvent               ... changing a session not its own (owner, partition)
+    │   ├── SessionExists                  a new session's id is taken (or was, once)
+    │   └── UnknownMessage                 a paging cursor is not a message of the session
+    ├── Refused                            understood and answered "no"; nothing changed
     │   ├── SessionNotFound(LookupError)   no such session (never existed, expired, erased)
     │   ├── OwnershipError(PermissionError) the session belongs to another user
+    │   ├── TopicMissing(LookupError)      the events topic does not exist
+    │   └── SummarizerError(RuntimeError)  the LLM answered, but not with a summary
+    ├── Unavailable                        no answer (in time); nothing happened: retry later
+    │   ├── BrokerUnavailable(ConnectionError) no Kafka broker answered
+    │   ├── StoreUnavailable(ConnectionError)  Redis did not answer
+    │   ├── QueueFull(BufferError)         the producer's queue stayed full; event not sent
     │   ├── ReadTimeout(TimeoutError)      the projection did not reach a position in time
-    │   └── StoreUnavailable(ConnectionError) Redis did not answer
-    └── PublishError                       an event could not be published
-        ├── BrokerUnavailable(ConnectionError)
-        ├── PublishTimeout(TimeoutError)
-        ├── QueueFull(BufferError)
-        └── TopicMissing(LookupError)
+    │   ├── RetryableSummarizerError(ConnectionError) the LLM is busy, failing or unreachable
+    │   │   └── SummarizerTimeout(TimeoutError)        ... or did not answer in time
+    │   └── SummarizerUnavailable(ConnectionError)     the circuit is open: the LLM not called
+    ├── OutcomeUnknown                     an event was sent, but may or may not be stored
+    │   ├── PublishTimeout(TimeoutError)   the broker did not acknowledge it in time
+    │   └── DeliveryFailed(RuntimeError)   the client gave up on it for another reason
+    ├── Corrupt                            data in the log or the store is unusable as it is
+    │   ├── DecodeError(ValueError)        bytes on the topic are not a chatlog event
+    │   │   └── UnknownSchema              ... written with a schema chatlog does not know
+    │   └── DataLoss(RuntimeError)         Redis lost part of the read-model
+    └── Interrupted(InterruptedError)      a long run (a replay) was asked to stop
+
+What a writer does next follows from the group. After `OutcomeUnknown` the event may be
+in the log: retry with the *same* event (the same ``message_id``), which the projection
+keeps once, never with a new one, which would store the message twice. After any other
+error from a publish the event is not stored: `Unavailable` says retry later, `Refused`,
+`InvalidInput` and `ConfigError` say a retry gets the same answer until something changes.
 """
 
 from __future__ import annotations
@@ -34,20 +54,32 @@ __all__ = [
     "BrokerUnavailable",
     "ChatlogError",
     "ConfigError",
+    "Corrupt",
+    "DataLoss",
     "DecodeError",
+    "DeliveryFailed",
+    "ForeignEvent",
+    "Interrupted",
     "InvalidEvent",
     "InvalidId",
     "InvalidInput",
     "MissingExtra",
+    "OutcomeUnknown",
     "OwnershipError",
-    "PublishError",
     "PublishTimeout",
     "QueueFull",
-    "ReadError",
     "ReadTimeout",
+    "Refused",
+    "RetryableSummarizerError",
+    "SessionExists",
     "SessionNotFound",
     "StoreUnavailable",
+    "SummarizerError",
+    "SummarizerTimeout",
+    "SummarizerUnavailable",
     "TopicMissing",
+    "Unavailable",
+    "UnknownMessage",
     "UnknownSchema",
 ]
 
@@ -59,6 +91,9 @@ class ChatlogError(Exception):
         super().__init__(message)
         self.message = message
         self.context: dict[str, Any] = {k: v for k, v in context.items() if v is not None}
+
+
+# -- the deployment or the caller is wrong -----------------------------------------------
 
 
 class ConfigError(ChatlogError, ValueError):
@@ -80,7 +115,10 @@ class MissingExtra(ChatlogError, ImportError):
 
 
 class InvalidInput(ChatlogError, ValueError):
-    """The caller passed something chatlog refuses; nothing was published."""
+    """The caller asked for something chatlog refuses (a bad value, a closed client).
+
+    Nothing was published; the same call fails the same way until the caller changes it.
+    """
 
 
 class InvalidId(InvalidInput):
@@ -91,7 +129,139 @@ class InvalidEvent(InvalidInput):
     """An event or command does not satisfy the event contract."""
 
 
-class DecodeError(ChatlogError, ValueError):
+class ForeignEvent(InvalidEvent):
+    """An event that must not touch this session: another owner, or another partition."""
+
+
+class SessionExists(InvalidInput):
+    """`create_session` named a session that exists (or existed: deleted ids are not reused)."""
+
+    @classmethod
+    def about(cls, session_id: str, *, deleted: bool) -> SessionExists:
+        """The error for `session_id`, which exists, or existed and was `deleted`."""
+        if deleted:
+            return cls(
+                f"session {session_id} was deleted, and session ids are not reused; use a new id",
+                session_id=session_id,
+            )
+        return cls(f"session {session_id} exists already", session_id=session_id)
+
+
+class UnknownMessage(InvalidInput):
+    """A paging cursor (`before` / `after`) is not a message of the session."""
+
+
+# -- understood, and answered "no" -------------------------------------------------------
+
+
+class Refused(ChatlogError):
+    """The request was understood and answered "no": nothing was returned or stored.
+
+    Asking again gets the same answer until something changes (the session is written,
+    the topic is created, the prompt is fixed).
+    """
+
+
+class SessionNotFound(Refused, LookupError):
+    """No such session: it never existed, expired, or its owner was erased."""
+
+
+class OwnershipError(Refused, PermissionError):
+    """The session belongs to another user; nothing of it is returned."""
+
+
+class TopicMissing(Refused, LookupError):
+    """The events topic does not exist; `chatlog topics create` makes it."""
+
+
+class SummarizerError(Refused, RuntimeError):
+    """The summarizer answered, but not with a summary (a 4xx, a refusal, a bad body).
+
+    Retrying the same request will not help; transient failures are `Unavailable`.
+    """
+
+
+# -- no answer (in time): nothing happened, retry later ----------------------------------
+
+
+class Unavailable(ChatlogError):
+    """A service chatlog depends on did not answer, or not in time; nothing happened.
+
+    No event was stored and nothing was read, so the same call may simply be retried
+    later (a new event id is harmless here; see `OutcomeUnknown` for when it is not).
+    """
+
+
+class BrokerUnavailable(Unavailable, ConnectionError):
+    """No Kafka broker answered, whether to a publish's check or to a read of the log."""
+
+
+class StoreUnavailable(Unavailable, ConnectionError):
+    """The read-model's store (Redis) did not answer, to a read or to a projector's write."""
+
+
+class QueueFull(Unavailable, BufferError):
+    """The producer's local queue stayed full for the whole timeout (back-pressure).
+
+    The event never left the process: it is not stored.
+    """
+
+
+class ReadTimeout(Unavailable, TimeoutError):
+    """The projection did not reach the awaited position within the timeout."""
+
+
+class RetryableSummarizerError(Unavailable, ConnectionError):
+    """A transient summarizer failure (rate limit, server error, lost connection).
+
+    `retry_after` is the server's hint, in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **context: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **context)
+        self.retry_after = retry_after
+
+
+class SummarizerTimeout(RetryableSummarizerError, TimeoutError):
+    """The summarizer did not answer within its timeout."""
+
+
+class SummarizerUnavailable(Unavailable, ConnectionError):
+    """The circuit breaker is open: the summarizer was not called at all."""
+
+
+# -- sent, but maybe not stored: retry with the same event -------------------------------
+
+
+class OutcomeUnknown(ChatlogError):
+    """An event was handed to the broker, and whether it is stored is not known.
+
+    The broker may have written it and lost only the acknowledgement. Retry with the
+    same event (the same ``message_id``): the projection keeps a message once, so a
+    retry of a stored event changes nothing, while a new id would store it twice.
+    """
+
+
+class PublishTimeout(OutcomeUnknown, TimeoutError):
+    """The broker did not acknowledge the event in time; it may or may not be stored."""
+
+
+class DeliveryFailed(OutcomeUnknown, RuntimeError):
+    """The Kafka client gave up on the event; its error does not say whether it is stored."""
+
+
+# -- data in the log or the store is unusable -----------------------------------------------
+
+
+class Corrupt(ChatlogError):
+    """What chatlog finds in the log or the store is not what it can use as it is.
+
+    Retrying does not help: a bad record goes to the dead-letter topic, a damaged
+    read-model is rebuilt from the log with `chatlog replay`.
+    """
+
+
+class DecodeError(Corrupt, ValueError):
     """Bytes read from the topic are not a decodable chatlog event."""
 
 
@@ -99,41 +269,12 @@ class UnknownSchema(DecodeError):
     """The event names a writer schema (fingerprint or registry id) chatlog cannot find."""
 
 
-class ReadError(ChatlogError):
-    """A read of the read-model could not be answered."""
+class DataLoss(Corrupt, RuntimeError):
+    """Redis no longer holds what the projector had written: it must be rebuilt."""
 
 
-class SessionNotFound(ReadError, LookupError):
-    """No such session: it never existed, expired, or its owner was erased."""
+# -- asked to stop ------------------------------------------------------------------------
 
 
-class OwnershipError(ReadError, PermissionError):
-    """The session belongs to another user; nothing of it is returned."""
-
-
-class ReadTimeout(ReadError, TimeoutError):
-    """The projection did not reach the awaited position within the timeout."""
-
-
-class StoreUnavailable(ReadError, ConnectionError):
-    """The read-model's store (Redis) did not answer."""
-
-
-class PublishError(ChatlogError):
-    """An event could not be published; the caller may retry with the same event."""
-
-
-class BrokerUnavailable(PublishError, ConnectionError):
-    """No broker answered within the delivery timeout."""
-
-
-class PublishTimeout(PublishError, TimeoutError):
-    """The broker did not acknowledge the event in time; it may or may not be stored."""
-
-
-class QueueFull(PublishError, BufferError):
-    """The producer's local queue stayed full for the whole timeout (back-pressure)."""
-
-
-class TopicMissing(PublishError, LookupError):
-    """The events topic does not exist; `chatlog topics create` makes it."""
+class Interrupted(ChatlogError, InterruptedError):
+    """A long run (a replay) was asked to stop before it finished; what it did stays."""

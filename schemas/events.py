@@ -34,6 +34,7 @@ __all__ = [
     "ToolCall",
     "UserErased",
     "epoch_millis",
+    "from_epoch_millis",
     "validated",
 ]
 
@@ -72,6 +73,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def epoch_millis(at: datetime) -> int:
     """Milliseconds since the Unix epoch, exactly (`timestamp() * 1000` can be 1 ms short)."""
     return (at - _EPOCH) // timedelta(milliseconds=1)
+
+
+def from_epoch_millis(ms: int) -> datetime:
+    """The UTC time `ms` milliseconds after the Unix epoch; the inverse of `epoch_millis`."""
+    return _EPOCH + timedelta(milliseconds=ms)
 
 
 def _now() -> datetime:

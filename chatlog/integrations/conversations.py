@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from chatlog.producers.commands import append_message
 from chatlog.projections.store import SessionEntry
 from chatlog.projections.view import Message, SessionStatus, SessionView, message_of, redacted
-from chatlog.schemas.errors import InvalidInput, OwnershipError
+from chatlog.schemas.errors import InvalidInput, OwnershipError, SessionExists, UnknownMessage
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
@@ -59,24 +59,6 @@ __all__ = [
     "session_of_entry",
     "session_of_view",
 ]
-
-
-class SessionExists(InvalidInput):
-    """`create_session` named a session that exists (or existed: deleted ids are not reused)."""
-
-    @classmethod
-    def about(cls, session_id: str, *, deleted: bool) -> SessionExists:
-        """The error for `session_id`, which exists, or existed and was `deleted`."""
-        if deleted:
-            return cls(
-                f"session {session_id} was deleted, and session ids are not reused; use a new id",
-                session_id=session_id,
-            )
-        return cls(f"session {session_id} exists already", session_id=session_id)
-
-
-class UnknownMessage(InvalidInput):
-    """A paging cursor (`before` / `after`) is not a message of the session."""
 
 
 class ConversationSession(BaseModel):

@@ -1,4 +1,4 @@
-"""Point-in-time reads from the log (`chatlog.processors.kafka_history`, `chatlog context --as-of`).
+"""Point-in-time reads from the log (`kafka_history`, `ChatLog.context(as_of=...)`, the CLI).
 
 One module-scoped scenario is published to a private topic of three partitions: session
 A (alice) and session B (bob) share a partition, so A's reads must skip B's records; A
@@ -9,6 +9,7 @@ Redis is reachable: the answers come from the log alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -24,14 +25,14 @@ import redis
 import redis.asyncio
 from confluent_kafka import Producer
 
-from chatlog import wiring
+from chatlog import AsyncChatLog, ChatLog, wiring
 from chatlog.processors.kafka_history import context_as_of, read_as_of
 from chatlog.producers.commands import append_message, new_event
 from chatlog.producers.partitioning import partition_for
 from chatlog.projections.context import Context
 from chatlog.projections.view import REDACTED, WindowPolicy
 from chatlog.schemas.errors import InvalidInput, OwnershipError, SessionNotFound
-from chatlog.schemas.events import MessageRedacted, SummaryUpdated, UserErased
+from chatlog.schemas.events import MessageRedacted, SummaryUpdated, UserErased, epoch_millis
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
@@ -288,6 +289,87 @@ def test_the_module_does_not_import_redis():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.strip()
     assert loaded == "False"
+
+
+def _client_settings(settings: Settings) -> dict[str, object]:
+    # NO_REDIS: a read that went to the read-model instead of the log would fail.
+    return {
+        "kafka_bootstrap": settings.kafka_bootstrap,
+        "redis_url": NO_REDIS,
+        "topic": settings.topic,
+        "window": settings.window,
+        "max_overflow": settings.max_overflow,
+    }
+
+
+@pytest.fixture
+def chat(scenario):
+    with ChatLog.from_env(**_client_settings(scenario.settings)) as log:
+        yield log
+
+
+def test_chatlog_context_as_of_a_position(chat, scenario):
+    ctx = chat.context(scenario.a, user_id="alice", as_of=scenario.at["summary"])
+    assert ctx.summary == "S1: alice said m0 and m1"
+    assert _contents(ctx) == ["m2", "m3"]
+    assert ctx.position == scenario.at["summary"]
+
+
+def test_chatlog_context_as_of_a_datetime_or_epoch_milliseconds(chat, scenario):
+    ctx = chat.context(scenario.a, user_id="alice", as_of=scenario.between)
+    assert _contents(ctx) == ["m2", "m3", "m4"]
+    assert ctx.position == scenario.at["m4"]
+    stamped = epoch_millis(scenario.occurred["m4"])
+    assert _contents(chat.context(scenario.a, user_id="alice", as_of=stamped))[-1] == "m4"
+    assert _contents(chat.context(scenario.a, user_id="alice", as_of=stamped - 1))[-1] == "m3"
+
+
+def test_chatlog_as_of_refuses_another_users_session(chat, scenario):
+    with pytest.raises(OwnershipError, match="belongs to another user"):
+        chat.context(scenario.a, user_id="bob", as_of=scenario.at["m4"])
+
+
+def test_chatlog_refuses_after_with_as_of_and_a_point_that_is_none(chat, scenario):
+    with pytest.raises(InvalidInput, match="pass after or as_of, not both"):
+        chat.context(scenario.a, user_id="alice", after=scenario.at["m1"], as_of=scenario.at["m2"])
+    for bad in (-1, True, "3:17"):
+        with pytest.raises(InvalidInput, match="as_of must be"):
+            chat.context(scenario.a, user_id="alice", as_of=bad)
+
+
+def test_async_chatlog_context_as_of_reads_the_log_off_the_event_loop(scenario):
+    async def run():
+        async with AsyncChatLog.from_env(**_client_settings(scenario.settings)) as log:
+            # Ticks only count while the read is under way: a read that blocked the
+            # loop would let none happen before it returned.
+            reading, ticks = True, 0
+
+            async def tick():
+                nonlocal ticks
+                while reading:
+                    ticks += 1
+                    await asyncio.sleep(0.001)
+
+            ticker = asyncio.create_task(tick())
+            at_position = await log.context(
+                scenario.a, user_id="alice", as_of=scenario.at["summary"]
+            )
+            reading = False
+            await ticker
+            at_time = await log.context(scenario.a, user_id="alice", as_of=scenario.between)
+            with pytest.raises(OwnershipError):
+                await log.context(scenario.a, user_id="bob", as_of=scenario.between)
+            with pytest.raises(InvalidInput, match="not both"):
+                await log.context(
+                    scenario.a, user_id="alice", after=scenario.at["m1"], as_of=scenario.between
+                )
+            return at_position, at_time, ticks
+
+    at_position, at_time, ticks = asyncio.run(run())
+    assert at_position.summary == "S1: alice said m0 and m1"
+    assert _contents(at_position) == ["m2", "m3"]
+    assert _contents(at_time) == ["m2", "m3", "m4"]
+    assert ticks > 1
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

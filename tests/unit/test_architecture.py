@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 import subprocess
 import sys
@@ -60,13 +61,106 @@ def test_public_surface_is_exactly_all(package):
         assert getattr(module, name) is not None
 
 
-def test_every_error_is_a_chatlog_error_and_a_builtin():
-    for name in errors.__all__:
+# The nodes of the tree that group errors by what went wrong; only leaves are raised,
+# so only they need to resemble a builtin.
+ERROR_GROUPS = {"ChatlogError", "Refused", "Unavailable", "OutcomeUnknown", "Corrupt"}
+
+
+def _errors_defined_in_chatlog() -> dict[str, type[BaseException]]:
+    # Every module, extras included (the dev install has them all), so an error class
+    # defined anywhere in the package is seen, not only those imported by chatlog itself.
+    package = importlib.import_module("chatlog")
+    for info in pkgutil.walk_packages(package.__path__, "chatlog."):
+        importlib.import_module(info.name)
+    found: dict[str, type[BaseException]] = {}
+    for name, module in list(sys.modules.items()):
+        if name != "chatlog" and not name.startswith("chatlog."):
+            continue
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and value.__module__.split(".")[0] == "chatlog"
+            ):
+                found[value.__qualname__] = value
+    return found
+
+
+def _names_in_the_drawn_tree() -> set[str]:
+    doc = errors.__doc__ or ""
+    return set(re.findall(r"(?:[├└]── |^ {4})(\w+)", doc, re.MULTILINE))
+
+
+def test_every_error_in_the_package_is_in_the_documented_tree():
+    found = _errors_defined_in_chatlog()
+    assert {"ChatlogError", "DataLoss", "Interrupted", "SummarizerError"} <= set(found)
+    drawn = _names_in_the_drawn_tree()
+    for name, cls in found.items():
+        assert cls.__module__ == errors.__name__, f"{name} is defined outside the error module"
+        assert name in errors.__all__, f"{name} is not exported by the error module"
+        assert issubclass(cls, errors.ChatlogError), f"{name} is not a ChatlogError"
+        assert name in drawn, f"{name} is missing from the tree in the error module's docstring"
+        if name not in ERROR_GROUPS:
+            builtins = [b for b in cls.__mro__ if b.__module__ == "builtins"]
+            assert builtins[0] is not Exception, f"{name} resembles no builtin"
+    assert drawn == set(errors.__all__), "the drawn tree and __all__ disagree"
+
+
+def test_the_drawn_tree_matches_the_classes():
+    # Each line's indent gives its parent; the class must subclass exactly that parent
+    # among the chatlog errors, so the picture cannot drift from the code.
+    lines = (errors.__doc__ or "").split("::", 1)[1].splitlines()
+    parents: list[str] = []
+    for line in lines:
+        match = re.match(r"^ {4}((?:[│ ] {3})*)(?:[├└]── )?(\w+)", line)
+        if match is None:
+            if parents:
+                break  # the tree ended
+            continue
+        depth = len(match.group(1)) // 4 + (1 if "──" in line else 0)
+        name = match.group(2)
+        del parents[depth:]
         cls = getattr(errors, name)
-        assert issubclass(cls, errors.ChatlogError)
-        if cls not in (errors.ChatlogError, errors.PublishError, errors.ReadError):
-            builtin_bases = [b for b in cls.__mro__ if b.__module__ == "builtins"]
-            assert builtin_bases[0] is not Exception, f"{name} resembles no builtin"
+        own = [b.__name__ for b in cls.__bases__ if issubclass(b, errors.ChatlogError)]
+        assert own == (parents[-1:] if parents else []), f"{name} is drawn under {parents}"
+        parents.append(name)
+    assert len(parents) >= 2
+
+
+def test_chatlog_re_exports_every_error():
+    import chatlog
+
+    assert set(errors.__all__) <= set(chatlog.__all__)
+    for name in errors.__all__:
+        assert getattr(chatlog, name) is getattr(errors, name)
+
+
+def test_errors_are_grouped_by_what_went_wrong_not_by_caller():
+    # Read and write paths raise the same errors, so the groups are kinds of failure.
+    assert issubclass(errors.BrokerUnavailable, errors.Unavailable)
+    assert issubclass(errors.StoreUnavailable, errors.Unavailable)
+    assert issubclass(errors.SessionNotFound, errors.Refused)
+    assert issubclass(errors.OwnershipError, errors.Refused)
+    # An unknown outcome is retried with the same event, so it is no "not stored" error.
+    assert issubclass(errors.PublishTimeout, errors.OutcomeUnknown)
+    assert not issubclass(errors.OutcomeUnknown, errors.Unavailable)
+    assert not issubclass(errors.Unavailable, errors.OutcomeUnknown)
+    assert not hasattr(errors, "ReadError")
+    assert not hasattr(errors, "PublishError")
+
+
+def test_old_import_locations_of_moved_errors_still_work():
+    from chatlog.processors import kafka_projector, kafka_replay, summarizers
+
+    assert kafka_projector.DataLoss is errors.DataLoss
+    assert kafka_replay.Interrupted is errors.Interrupted
+    for name in (
+        "SummarizerError",
+        "RetryableSummarizerError",
+        "SummarizerTimeout",
+        "SummarizerUnavailable",
+    ):
+        assert getattr(summarizers, name) is getattr(errors, name)
 
 
 LAYERS = ("schemas", "producers", "projections", "processors")

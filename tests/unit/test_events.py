@@ -15,6 +15,8 @@ from chatlog.schemas.events import (
     MessageAppended,
     Role,
     SessionClosed,
+    epoch_millis,
+    from_epoch_millis,
     validated,
 )
 
@@ -74,3 +76,10 @@ def test_naive_timestamps_are_refused():
 def test_unknown_fields_are_refused():
     with pytest.raises(InvalidEvent, match="colour"):
         validated(MessageAppended, {"role": "user", "content": "x", "colour": "red"})
+
+
+def test_epoch_milliseconds_round_trip_exactly():
+    at = datetime(2025, 6, 1, 12, 30, 0, 123000, tzinfo=UTC)
+    assert from_epoch_millis(epoch_millis(at)) == at
+    assert from_epoch_millis(1748781000000) == datetime(2025, 6, 1, 12, 30, tzinfo=UTC)
+    assert from_epoch_millis(0).tzinfo is UTC

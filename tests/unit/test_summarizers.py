@@ -27,7 +27,7 @@ from chatlog.processors.summarizers import (
 )
 from chatlog.projections.context import approx_tokens
 from chatlog.projections.view import REDACTED, Message
-from chatlog.schemas.errors import ChatlogError, InvalidInput
+from chatlog.schemas.errors import ChatlogError, InvalidInput, Refused, Unavailable
 from chatlog.schemas.events import ToolCall
 
 SUPPORT_CHAT = [
@@ -229,13 +229,18 @@ def test_long_sentences_are_clipped():
 # --------------------------------------------------------------------------- errors
 
 
-def test_summarizer_errors_are_chatlog_errors_and_builtins():
-    assert issubclass(SummarizerError, ChatlogError)
+def test_summarizer_errors_are_grouped_by_what_went_wrong():
+    # Final: the LLM answered, but with no summary.
+    assert issubclass(SummarizerError, Refused)
     assert issubclass(SummarizerError, RuntimeError)
+    # Transient, or not even attempted: retry later, as with a broker or a store away.
+    assert issubclass(RetryableSummarizerError, Unavailable)
+    assert not issubclass(RetryableSummarizerError, SummarizerError)
     assert issubclass(SummarizerTimeout, RetryableSummarizerError)
     assert issubclass(SummarizerTimeout, TimeoutError)
-    assert issubclass(SummarizerUnavailable, SummarizerError)
+    assert issubclass(SummarizerUnavailable, Unavailable)
     assert issubclass(SummarizerUnavailable, ConnectionError)
+    assert issubclass(Unavailable, ChatlogError)
     error = RetryableSummarizerError("busy", retry_after=1.5, session_id="s1")
     assert error.retry_after == 1.5
     assert error.context == {"retry_after": 1.5, "session_id": "s1"}
