@@ -26,14 +26,14 @@ by someone who does not own the session) never reached the read-model, so they a
 here too, and counted. Other sessions' records on the partition are skipped by key before
 anything is decoded, so memory holds one session's view, whatever the partition's size.
 
-The read rules are the Redis reader's, with one addition that protects privacy: an erased
-session is not found, another user's session is refused, and a session that did not exist
-yet at that point is not found. Because the log still holds what a `UserErased` or a
-`MessageRedacted` made the read-model forget (there is no crypto-shredding yet), a session
-its owner erased *after* the bound is refused too, and a message redacted after the bound
-is shown redacted: a point-in-time read must not bring forgotten content back. Checking
-that means reading on from the bound to the partition's end as it was when the read began
-(decoding only this session's records).
+The read rules are the Redis reader's (`chatlog.projections.access`), with one addition
+that protects privacy: an erased session is not found, another user's session is refused,
+and a session that did not exist yet at that point is not found. Because the log still
+holds what a `UserErased` or a `MessageRedacted` made the read-model forget (there is no
+crypto-shredding yet), a session its owner erased *after* the bound is refused too, and a
+message redacted after the bound is shown redacted: a point-in-time read must not bring
+forgotten content back. Checking that means reading on from the bound to the partition's
+end as it was when the read began (decoding only this session's records).
 
 How close is this to what the bot saw? The fold is the projector's own, so with the
 projector's window policy (`policy`) a position gives exactly the view the read-model held
@@ -59,11 +59,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.producers.partitioning import partition_for
+from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
 from chatlog.projections.view import (
     DEFAULT_POLICY,
     ForeignEvent,
-    SessionStatus,
     SessionView,
     WindowPolicy,
     evolve,
@@ -75,7 +75,6 @@ from chatlog.schemas.errors import (
     ConfigError,
     DecodeError,
     InvalidInput,
-    OwnershipError,
     SessionNotFound,
 )
 from chatlog.schemas.events import ConversationEvent, MessageRedacted, UserErased, epoch_millis
@@ -341,17 +340,7 @@ class _Scan:
                 session_id=session_id,
                 partition=self.partition,
             )
-        if view.status is SessionStatus.ERASED:
-            raise SessionNotFound(
-                f"session {session_id} was erased as of {describe(self.as_of)}",
-                session_id=session_id,
-            )
-        if view.user_id != self.user_id:
-            raise OwnershipError(
-                f"session {session_id} belongs to another user, not {self.user_id}",
-                session_id=session_id,
-            )
-        return view
+        return readable(view, user_id=self.user_id, as_of=describe(self.as_of))
 
 
 def log_consumer(bootstrap_servers: str, config: Mapping[str, str] | None) -> Consumer:

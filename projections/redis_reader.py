@@ -3,8 +3,9 @@
 One context read is one round trip (the session's meta hash and message list in one
 MULTI on keys of one hash slot). Two rules hold for every read:
 
-* Ownership: every read names the user. A session owned by someone else raises
-  `OwnershipError`; none of its content leaves Redis through this reader.
+* Ownership: every read names the user. An erased session is not found, and a session
+  owned by someone else raises `OwnershipError` (`chatlog.projections.access.readable`);
+  none of its content leaves Redis through this reader.
 * Read-your-writes: `context(..., after=position)` waits, bounded by `timeout`, until the
   projection has applied the event at `position` (the one `append` returned), so a prompt
   built right after a user's message always contains it.
@@ -24,18 +25,14 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
 from chatlog.projections.encoding import decode_view
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_store import redis_errors, text, text_map
 from chatlog.projections.store import SessionEntry, session_entries
-from chatlog.projections.view import SessionStatus, SessionView
-from chatlog.schemas.errors import (
-    InvalidInput,
-    OwnershipError,
-    ReadTimeout,
-    SessionNotFound,
-)
+from chatlog.projections.view import SessionView
+from chatlog.schemas.errors import InvalidInput, ReadTimeout, SessionNotFound
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.position import Position
 
@@ -316,13 +313,7 @@ def _answer(
     view: SessionView | None, *, session_id: str, user_id: str, after: Position | None
 ) -> SessionView | None:
     """The view if it answers the read, None to wait; raises for reads to refuse."""
-    if view is not None and view.status is SessionStatus.ERASED:
-        raise SessionNotFound(f"session {session_id} was erased", session_id=session_id)
-    if view is not None and view.user_id != user_id:
-        raise OwnershipError(
-            f"session {session_id} belongs to another user, not {user_id}",
-            session_id=session_id,
-        )
+    view = readable(view, user_id=user_id)
     if after is None:
         if view is None:
             raise SessionNotFound(

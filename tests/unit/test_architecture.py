@@ -25,6 +25,7 @@ PURE_MODULES = [
     "chatlog.producers.partitioning",
     "chatlog.projections",
     "chatlog.projections.view",
+    "chatlog.projections.access",
     "chatlog.projections.keys",
     "chatlog.projections.encoding",
     "chatlog.projections.store",
