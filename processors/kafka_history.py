@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -57,6 +56,7 @@ from typing import ParamSpec, TypeAlias, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.producers.partitioning import partition_for
 from chatlog.projections.access import readable
@@ -72,7 +72,6 @@ from chatlog.projections.view import (
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import (
     BrokerUnavailable,
-    ConfigError,
     DecodeError,
     InvalidInput,
     SessionNotFound,
@@ -87,7 +86,6 @@ __all__ = [
     "context_as_of",
     "describe",
     "kafka_call",
-    "log_consumer",
     "partition_records",
     "read_as_of",
     "usable",
@@ -183,7 +181,7 @@ def read_as_of(
             f"(datetime.now(UTC), or .replace(tzinfo=UTC) for a UTC time)",
             session_id=session_id,
         )
-    consumer = log_consumer(bootstrap_servers, config)
+    consumer = groupless_consumer(bootstrap_servers, config, purpose="history")
     try:
         partition = partition_for(
             session_id,
@@ -341,25 +339,6 @@ class _Scan:
                 partition=self.partition,
             )
         return readable(view, user_id=self.user_id, as_of=describe(self.as_of))
-
-
-def log_consumer(bootstrap_servers: str, config: Mapping[str, str] | None) -> Consumer:
-    try:
-        return Consumer(
-            {
-                **(config or {}),
-                "bootstrap.servers": bootstrap_servers,
-                # A reader with assign(), not a group member: librdkafka insists on a group
-                # id, but nothing is ever committed under this throwaway one.
-                "group.id": f"chatlog-history-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "logger": _KAFKA_LOG,
-            }
-        )
-    except (KafkaException, ValueError) as exc:
-        raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
 
 
 def _end_offset(
