@@ -29,7 +29,8 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from chatlog import wiring
-from chatlog.processors.kafka_history import AsOf, log_consumer, read_as_of, usable
+from chatlog.processors.kafka_consumer import groupless_consumer
+from chatlog.processors.kafka_history import AsOf, read_as_of, usable
 from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.producers.partitioning import partition_for
 from chatlog.projections.context import SUMMARY_PREAMBLE, Context
@@ -282,7 +283,7 @@ def iso(ms: int) -> str:
 def tail(args: argparse.Namespace, settings: Settings) -> None:
     """`chatlog tail`: print the session's events from the log, then follow new ones."""
     validate_id(args.session, field="session_id")
-    consumer = log_consumer(settings.kafka_bootstrap, settings.kafka)
+    consumer = groupless_consumer(settings.kafka_bootstrap, settings.kafka, purpose="tail")
     try:
         partition, low, high = _locate(consumer, settings, args.session)
         if not args.json:

@@ -26,14 +26,14 @@ by someone who does not own the session) never reached the read-model, so they a
 here too, and counted. Other sessions' records on the partition are skipped by key before
 anything is decoded, so memory holds one session's view, whatever the partition's size.
 
-The read rules are the Redis reader's, with one addition that protects privacy: an erased
-session is not found, another user's session is refused, and a session that did not exist
-yet at that point is not found. Because the log still holds what a `UserErased` or a
-`MessageRedacted` made the read-model forget (there is no crypto-shredding yet), a session
-its owner erased *after* the bound is refused too, and a message redacted after the bound
-is shown redacted: a point-in-time read must not bring forgotten content back. Checking
-that means reading on from the bound to the partition's end as it was when the read began
-(decoding only this session's records).
+The read rules are the Redis reader's (`chatlog.projections.access`), with one addition
+that protects privacy: an erased session is not found, another user's session is refused,
+and a session that did not exist yet at that point is not found. Because the log still
+holds what a `UserErased` or a `MessageRedacted` made the read-model forget (there is no
+crypto-shredding yet), a session its owner erased *after* the bound is refused too, and a
+message redacted after the bound is shown redacted: a point-in-time read must not bring
+forgotten content back. Checking that means reading on from the bound to the partition's
+end as it was when the read began (decoding only this session's records).
 
 How close is this to what the bot saw? The fold is the projector's own, so with the
 projector's window policy (`policy`) a position gives exactly the view the read-model held
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -57,13 +56,14 @@ from typing import ParamSpec, TypeAlias, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.producers.partitioning import partition_for
+from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
 from chatlog.projections.view import (
     DEFAULT_POLICY,
     ForeignEvent,
-    SessionStatus,
     SessionView,
     WindowPolicy,
     evolve,
@@ -72,10 +72,8 @@ from chatlog.projections.view import (
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import (
     BrokerUnavailable,
-    ConfigError,
     DecodeError,
     InvalidInput,
-    OwnershipError,
     SessionNotFound,
 )
 from chatlog.schemas.events import ConversationEvent, MessageRedacted, UserErased, epoch_millis
@@ -88,7 +86,6 @@ __all__ = [
     "context_as_of",
     "describe",
     "kafka_call",
-    "log_consumer",
     "partition_records",
     "read_as_of",
     "usable",
@@ -184,7 +181,7 @@ def read_as_of(
             f"(datetime.now(UTC), or .replace(tzinfo=UTC) for a UTC time)",
             session_id=session_id,
         )
-    consumer = log_consumer(bootstrap_servers, config)
+    consumer = groupless_consumer(bootstrap_servers, config, purpose="history")
     try:
         partition = partition_for(
             session_id,
@@ -341,36 +338,7 @@ class _Scan:
                 session_id=session_id,
                 partition=self.partition,
             )
-        if view.status is SessionStatus.ERASED:
-            raise SessionNotFound(
-                f"session {session_id} was erased as of {describe(self.as_of)}",
-                session_id=session_id,
-            )
-        if view.user_id != self.user_id:
-            raise OwnershipError(
-                f"session {session_id} belongs to another user, not {self.user_id}",
-                session_id=session_id,
-            )
-        return view
-
-
-def log_consumer(bootstrap_servers: str, config: Mapping[str, str] | None) -> Consumer:
-    try:
-        return Consumer(
-            {
-                **(config or {}),
-                "bootstrap.servers": bootstrap_servers,
-                # A reader with assign(), not a group member: librdkafka insists on a group
-                # id, but nothing is ever committed under this throwaway one.
-                "group.id": f"chatlog-history-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "logger": _KAFKA_LOG,
-            }
-        )
-    except (KafkaException, ValueError) as exc:
-        raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
+        return readable(view, user_id=self.user_id, as_of=describe(self.as_of))
 
 
 def _end_offset(

@@ -31,18 +31,21 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.processors.kafka_projector import record_of
 from chatlog.processors.projection import ProjectionCore
 from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import Interrupted
 
-__all__ = ["Interrupted", "KafkaReplay", "ReplayProgress"]
+__all__ = ["REPLAY_FETCH", "Interrupted", "KafkaReplay", "ReplayProgress"]
 
 log = logging.getLogger("chatlog.replay")
-_KAFKA_LOG = logging.getLogger("chatlog.kafka")
+
+# Fetches far larger than librdkafka's defaults: a replay reads whole partitions at once.
+REPLAY_FETCH = {"fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024}
 
 
 @dataclass(slots=True)
@@ -89,18 +92,8 @@ class KafkaReplay:
         self.on_progress = on_progress or (lambda progress: None)
         self.stop = stop or threading.Event()
         self.position: dict[int, int] = {}  # next offset to read, per partition
-        self._consumer = Consumer(
-            {
-                **dict(config or {}),
-                "bootstrap.servers": bootstrap_servers,
-                # Assigned, not subscribed: the group id is never used to commit.
-                "group.id": "chatlog-replay",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "max.partition.fetch.bytes": 8 * 1024 * 1024,
-                "logger": _KAFKA_LOG,
-            }
+        self._consumer = groupless_consumer(
+            bootstrap_servers, config, purpose="replay", tuning=REPLAY_FETCH
         )
 
     @property

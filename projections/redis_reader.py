@@ -1,10 +1,12 @@
 """Reading the read-model: a session's context and a user's sessions, sync and asyncio.
 
 One context read is one round trip (the session's meta hash and message list in one
-MULTI on keys of one hash slot). Two rules hold for every read:
+MULTI on keys of one hash slot: `load_session`, `aload_session`, which every reader of a
+session's view calls). Two rules hold for every read:
 
-* Ownership: every read names the user. A session owned by someone else raises
-  `OwnershipError`; none of its content leaves Redis through this reader.
+* Ownership: every read names the user. An erased session is not found, and a session
+  owned by someone else raises `OwnershipError` (`chatlog.projections.access.readable`);
+  none of its content leaves Redis through this reader.
 * Read-your-writes: `context(..., after=position)` waits, bounded by `timeout`, until the
   projection has applied the event at `position` (the one `append` returned), so a prompt
   built right after a user's message always contains it.
@@ -24,22 +26,24 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
 from chatlog.projections.encoding import decode_view
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_store import redis_errors, text, text_map
 from chatlog.projections.store import SessionEntry, session_entries
-from chatlog.projections.view import SessionStatus, SessionView
-from chatlog.schemas.errors import (
-    InvalidInput,
-    OwnershipError,
-    ReadTimeout,
-    SessionNotFound,
-)
+from chatlog.projections.view import SessionView
+from chatlog.schemas.errors import InvalidInput, ReadTimeout, SessionNotFound
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.position import Position
 
-__all__ = ["DEFAULT_GENERATION", "AsyncRedisReader", "RedisReader"]
+__all__ = [
+    "DEFAULT_GENERATION",
+    "AsyncRedisReader",
+    "RedisReader",
+    "aload_session",
+    "load_session",
+]
 
 DEFAULT_GENERATION = "g1"
 _FIRST_POLL_S = 0.0005
@@ -131,12 +135,7 @@ class RedisReader:
         return applied is not None and int(applied) >= after.offset
 
     def _load(self, session_id: str) -> tuple[SessionView | None, int]:
-        keys = self.keys()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hgetall(keys.meta(session_id))
-        pipe.lrange(keys.messages(session_id), 0, -1)
-        meta, messages = pipe.execute()
-        return _decode(meta, messages)
+        return load_session(self.client, self.keys(), session_id)
 
 
 class AsyncRedisReader:
@@ -293,12 +292,7 @@ class AsyncRedisReader:
         return None if value is None else int(value)
 
     async def _load(self, session_id: str) -> tuple[SessionView | None, int]:
-        keys = await self.keys()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hgetall(keys.meta(session_id))
-        pipe.lrange(keys.messages(session_id), 0, -1)
-        meta, messages = await pipe.execute()
-        return _decode(meta, messages)
+        return await aload_session(self.client, await self.keys(), session_id)
 
 
 def _check_ids(session_id: str, user_id: str) -> None:
@@ -306,23 +300,51 @@ def _check_ids(session_id: str, user_id: str) -> None:
     validate_id(user_id, field="user_id")
 
 
-def _decode(meta: Any, messages: Sequence[Any]) -> tuple[SessionView | None, int]:
-    fields = text_map(meta)
+def load_session(
+    client: redis.Redis, keys: KeySpace, session_id: str, *, messages: bool = True
+) -> tuple[SessionView | None, int]:
+    """The session's stored view (None if it has none) and window size, in one round trip.
+
+    `messages=False` leaves the message list unread (the view then has no messages), for
+    callers that need only the session's meta.
+    """
+    pipe = client.pipeline(transaction=True)
+    _queue_load(pipe, keys, session_id, messages=messages)
+    with redis_errors():
+        replies = pipe.execute()
+    return _loaded(replies, messages=messages)
+
+
+async def aload_session(
+    client: redis.asyncio.Redis, keys: KeySpace, session_id: str, *, messages: bool = True
+) -> tuple[SessionView | None, int]:
+    """`load_session`, awaited."""
+    pipe = client.pipeline(transaction=True)
+    _queue_load(pipe, keys, session_id, messages=messages)
+    with redis_errors():
+        replies = await pipe.execute()
+    return _loaded(replies, messages=messages)
+
+
+def _queue_load(pipe: Any, keys: KeySpace, session_id: str, *, messages: bool) -> None:
+    # One MULTI on two keys of one hash slot: the meta and the messages of one state,
+    # never a meta from before a projector's write beside messages from after it.
+    pipe.hgetall(keys.meta(session_id))
+    if messages:
+        pipe.lrange(keys.messages(session_id), 0, -1)
+
+
+def _loaded(replies: Sequence[Any], *, messages: bool) -> tuple[SessionView | None, int]:
+    fields = text_map(replies[0])
     window = int(fields.get("window", "0") or 0)
-    return decode_view(fields, messages), window
+    return decode_view(fields, replies[1] if messages else ()), window
 
 
 def _answer(
     view: SessionView | None, *, session_id: str, user_id: str, after: Position | None
 ) -> SessionView | None:
     """The view if it answers the read, None to wait; raises for reads to refuse."""
-    if view is not None and view.status is SessionStatus.ERASED:
-        raise SessionNotFound(f"session {session_id} was erased", session_id=session_id)
-    if view is not None and view.user_id != user_id:
-        raise OwnershipError(
-            f"session {session_id} belongs to another user, not {user_id}",
-            session_id=session_id,
-        )
+    view = readable(view, user_id=user_id)
     if after is None:
         if view is None:
             raise SessionNotFound(

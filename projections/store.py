@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from chatlog.projections.access import may_read
 from chatlog.projections.encoding import decode_view
 from chatlog.projections.view import SessionStatus, SessionView
 
@@ -132,10 +133,10 @@ def session_entries(
     entries, gone = [], []
     for session_id, meta in zip(session_ids, metas, strict=True):
         view = decode_view(meta, ())
-        if view is None or view.status is SessionStatus.ERASED or view.user_id != user_id:
-            gone.append(session_id)
-        else:
+        if view is not None and may_read(view, user_id=user_id):
             entries.append(entry(view))
+        else:
+            gone.append(session_id)
     return entries, gone
 
 

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Protocol, Self
 from pydantic import BaseModel, ConfigDict
 
 from chatlog.producers.commands import append_message
+from chatlog.projections.access import check_owner
 from chatlog.projections.store import SessionEntry
 from chatlog.projections.view import Message, SessionStatus, SessionView, message_of, redacted
-from chatlog.schemas.errors import InvalidInput, OwnershipError, SessionExists, UnknownMessage
+from chatlog.schemas.errors import InvalidInput, SessionExists, UnknownMessage
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
@@ -509,11 +510,8 @@ class InMemoryConversationStore:
         validate_id(session_id, field="session_id")
         validate_id(user_id, field="user_id")
         session = self._sessions.get(session_id)
-        if session is not None and session.owner != user_id:
-            raise OwnershipError(
-                f"session {session_id} belongs to another user, not {user_id}",
-                session_id=session_id,
-            )
+        if session is not None:
+            check_owner(session.owner, session_id=session_id, user_id=user_id)
         return session
 
     def _tick(self) -> int:

@@ -11,8 +11,8 @@ So the cost grows with the partition's traffic over the session's life, not with
 session's size: a session that lived for an hour on a partition taking 100 events a
 second means 360,000 records fetched. Measured against a local broker: 200,000 records
 (~300-byte events) in 1.2 s, 10,000 in 30 ms, a short scan in a few ms. The scan uses a
-short-lived consumer that joins no group and commits nothing (the point-in-time
-reader's, `chatlog.processors.kafka_history`). Blocking: asyncio callers run it in a thread.
+short-lived consumer that joins no group and commits nothing
+(`chatlog.processors.kafka_consumer`). Blocking: asyncio callers run it in a thread.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from confluent_kafka import TopicPartition
 
 from chatlog.integrations.conversations import LogPage, Page
+from chatlog.processors.kafka_consumer import groupless_consumer
 
-# The point-in-time reader's consumer and its handling of librdkafka's errors.
-from chatlog.processors.kafka_history import kafka_call, log_consumer, partition_records
+# The point-in-time reader's scan and its handling of librdkafka's errors.
+from chatlog.processors.kafka_history import kafka_call, partition_records
 from chatlog.projections.view import DEFAULT_POLICY
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import DecodeError
@@ -59,7 +60,7 @@ class KafkaSessionLog:
         start) through `last_offset`, folded into `page`."""
         fold = LogPage(session_id, page, window=self.window)
         key = session_id.encode("utf-8")
-        consumer = log_consumer(self.bootstrap_servers, self.config)
+        consumer = groupless_consumer(self.bootstrap_servers, self.config, purpose="session-log")
         try:
             where = TopicPartition(self.topic, partition)
             start = first_offset

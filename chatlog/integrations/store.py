@@ -56,11 +56,10 @@ from chatlog.integrations.kafka_log import KafkaSessionLog
 from chatlog.integrations.positions import PositionBook
 from chatlog.producers.commands import append_message, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
-from chatlog.projections.encoding import decode_view
-from chatlog.projections.redis_reader import AsyncRedisReader
-from chatlog.projections.redis_store import redis_errors, text_map
+from chatlog.projections.access import check_owner
+from chatlog.projections.redis_reader import AsyncRedisReader, aload_session
+from chatlog.projections.redis_store import redis_errors
 from chatlog.projections.view import Message, SessionStatus, SessionView, message_of
-from chatlog.schemas.errors import OwnershipError
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
@@ -299,22 +298,13 @@ class ChatlogConversationStore:
         validate_id(session_id, field="session_id")
         validate_id(user_id, field="user_id")
         after = self.positions.get((self.log.topic, session_id))
-        client = self.reader.client
         with redis_errors():
             if after is not None:
                 await self.reader.wait_applied(session_id, after, timeout=self.read_timeout_s)
             keys = await self.reader.keys()
-            pipe = client.pipeline(transaction=True)
-            pipe.hgetall(keys.meta(session_id))
-            if messages:
-                pipe.lrange(keys.messages(session_id), 0, -1)
-            replies = await pipe.execute()
-        view = decode_view(text_map(replies[0]), replies[1] if messages else ())
-        if view is not None and view.user_id != user_id:
-            raise OwnershipError(
-                f"session {session_id} belongs to another user, not {user_id}",
-                session_id=session_id,
-            )
+        view, _ = await aload_session(self.reader.client, keys, session_id, messages=messages)
+        if view is not None:
+            check_owner(view.user_id, session_id=session_id, user_id=user_id)
         return view
 
     async def _from_log(self, view: SessionView, page: Page, user_id: str) -> list[Message]:
@@ -326,11 +316,8 @@ class ChatlogConversationStore:
             first_offset=view.first_offset,
             last_offset=view.last_offset,
         )
-        if fold.owner is not None and fold.owner[0] != user_id:
-            raise OwnershipError(
-                f"session {view.session_id} belongs to another user, not {user_id}",
-                session_id=view.session_id,
-            )
+        if fold.owner is not None:
+            check_owner(fold.owner[0], session_id=view.session_id, user_id=user_id)
         return fold.result()
 
 

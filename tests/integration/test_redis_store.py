@@ -118,3 +118,32 @@ def test_an_unreachable_redis_is_a_chatlog_error_naming_the_fix():
 
     with pytest.raises(StoreUnavailable):
         asyncio.run(read_async())
+
+
+def test_one_load_reads_a_sessions_view_sync_and_async_alike(client, redis_url, redis_prefix):
+    import asyncio
+
+    import redis.asyncio
+
+    from chatlog.projections.redis_reader import aload_session, load_session
+
+    keys = KeySpace(redis_prefix)
+    store = RedisViewStore(client, keys=keys, policy=POLICY)
+    view = evolve(None, event("s-load", message("x")), Position(1, 4), POLICY)
+    view = evolve(view, event("s-load", message("y")), Position(1, 5), POLICY)
+    assert store.apply([Change(None, view)]) == [Outcome.APPLIED]
+
+    async def load_async(**options):
+        async_client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return await aload_session(async_client, keys, "s-load", **options)
+        finally:
+            await async_client.aclose()
+
+    assert load_session(client, keys, "s-load") == (view, POLICY.window)
+    assert asyncio.run(load_async()) == (view, POLICY.window)
+    # Meta only: the same session, its message list left unread.
+    meta_only = (view.__class__(**{**_fields(view), "messages": ()}), POLICY.window)
+    assert load_session(client, keys, "s-load", messages=False) == meta_only
+    assert asyncio.run(load_async(messages=False)) == meta_only
+    assert load_session(client, keys, "s-none") == (None, 0)

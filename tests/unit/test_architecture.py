@@ -26,6 +26,7 @@ PURE_MODULES = [
     "chatlog.producers.partitioning",
     "chatlog.projections",
     "chatlog.projections.view",
+    "chatlog.projections.access",
     "chatlog.projections.keys",
     "chatlog.projections.encoding",
     "chatlog.projections.store",

@@ -1,0 +1,63 @@
+"""The one builder of Kafka consumers that read by assignment and join no group.
+
+Which readers are these? Every reader of the log that picks its partitions and offsets
+itself: the point-in-time read, the conversation store's page beyond the window,
+`chatlog tail`, and the replay. None of them subscribes, so none joins a consumer
+group, and none commits: where they start is decided by their caller (a watermark, a
+progress mark, a session's first offset), never by offsets stored at the broker. The
+projector, which does belong to a group, builds its own consumer.
+
+What they share, and so what is written here only: librdkafka insists on a group id, so
+each consumer gets a throwaway one nothing is ever committed under; offsets are neither
+committed nor stored; an assigned offset that is out of range falls back to the
+partition's start, never its end, so a reader never silently skips records; the end of a
+read is known from watermarks and positions, so no end-of-partition events are wanted;
+and librdkafka logs through the ``chatlog.kafka`` logger. Invalid settings are a
+`ConfigError` naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException
+
+from chatlog.schemas.errors import ConfigError
+
+__all__ = ["groupless_consumer"]
+
+_KAFKA_LOG = logging.getLogger("chatlog.kafka")
+
+
+def groupless_consumer(
+    bootstrap_servers: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    purpose: str,
+    tuning: Mapping[str, Any] | None = None,
+) -> Consumer:
+    """A consumer for `assign()` that joins no group and commits nothing.
+
+    `config` is the user's librdkafka settings (``CHATLOG_KAFKA_*``); `tuning` is the
+    caller's own (fetch sizes, say) and wins over `config`; the settings that make the
+    consumer groupless win over both. `purpose` names it in its throwaway group id.
+    """
+    try:
+        return Consumer(
+            {
+                **(config or {}),
+                **(tuning or {}),
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": f"chatlog-{purpose}-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+                "logger": _KAFKA_LOG,
+            }
+        )
+    except (KafkaException, ValueError) as exc:
+        raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
