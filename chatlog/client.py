@@ -7,7 +7,8 @@
 
 `append` publishes an event and returns its position; `context` reads the projection,
 waiting for that position when given one (read-your-writes); `sessions` lists a user's
-sessions. Every read names the user, and a session of another user is refused.
+sessions, with the title `start_session` gave them. Every read names the user, and a
+session of another user is refused.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from types import TracebackType
 from typing import Any, Self, Unpack
 
 from chatlog import wiring
-from chatlog.producers.commands import MessageFields
+from chatlog.producers.commands import MessageFields, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 from chatlog.projections.context import Context
 from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
 from chatlog.projections.store import SessionEntry
-from chatlog.schemas.events import Role
+from chatlog.schemas.events import ConversationEvent, Role, SessionStarted
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
@@ -61,6 +62,13 @@ class ChatLog:
         return self.producer.append(
             session_id, user_id=user_id, role=role, content=content, **fields
         )
+
+    def start_session(self, session_id: str, *, user_id: str, title: str | None = None) -> Position:
+        """Start the session, or retitle it (None keeps the title); returns its position.
+
+        Optional: `append` starts a session too, with no title.
+        """
+        return self.producer.publish(_session_started(session_id, user_id, title))
 
     def context(
         self,
@@ -139,6 +147,15 @@ class AsyncChatLog:
             session_id, user_id=user_id, role=role, content=content, **fields
         )
 
+    async def start_session(
+        self, session_id: str, *, user_id: str, title: str | None = None
+    ) -> Position:
+        """Start the session, or retitle it (None keeps the title); returns its position.
+
+        Optional: `append` starts a session too, with no title.
+        """
+        return await self.producer.publish(_session_started(session_id, user_id, title))
+
     async def context(
         self,
         session_id: str,
@@ -176,3 +193,7 @@ class AsyncChatLog:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _session_started(session_id: str, user_id: str, title: str | None) -> ConversationEvent:
+    return new_event(session_id, user_id=user_id, payload=SessionStarted(title=title))
