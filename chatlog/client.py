@@ -7,7 +7,8 @@
 
 `append` publishes an event and returns its position; `context` reads the projection,
 waiting for that position when given one (read-your-writes); `sessions` lists a user's
-sessions. Every read names the user, and a session of another user is refused.
+sessions, with the title `start_session` gave them. Every read names the user, and a
+session of another user is refused.
 
 `context(..., as_of=...)` answers what the bot saw at a past point, folded from the log
 itself (`KafkaHistory`), so it needs neither the projector nor Redis:
@@ -26,7 +27,7 @@ from typing import Any, Self, TypeAlias, Unpack
 
 from chatlog import wiring
 from chatlog.processors.kafka_history import AsOf, context_as_of
-from chatlog.producers.commands import MessageFields
+from chatlog.producers.commands import MessageFields, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
 from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
@@ -34,7 +35,7 @@ from chatlog.projections.store import SessionEntry
 from chatlog.projections.view import DEFAULT_POLICY, WindowPolicy
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import ConfigError, InvalidInput
-from chatlog.schemas.events import Role, from_epoch_millis
+from chatlog.schemas.events import ConversationEvent, Role, SessionStarted, from_epoch_millis
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
@@ -161,6 +162,13 @@ class ChatLog:
             session_id, user_id=user_id, role=role, content=content, **fields
         )
 
+    def start_session(self, session_id: str, *, user_id: str, title: str | None = None) -> Position:
+        """Start the session, or retitle it (None keeps the title); returns its position.
+
+        Optional: `append` starts a session too, with no title.
+        """
+        return self.producer.publish(_session_started(session_id, user_id, title))
+
     def context(
         self,
         session_id: str,
@@ -250,6 +258,15 @@ class AsyncChatLog:
             session_id, user_id=user_id, role=role, content=content, **fields
         )
 
+    async def start_session(
+        self, session_id: str, *, user_id: str, title: str | None = None
+    ) -> Position:
+        """Start the session, or retitle it (None keeps the title); returns its position.
+
+        Optional: `append` starts a session too, with no title.
+        """
+        return await self.producer.publish(_session_started(session_id, user_id, title))
+
     async def context(
         self,
         session_id: str,
@@ -297,3 +314,7 @@ class AsyncChatLog:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _session_started(session_id: str, user_id: str, title: str | None) -> ConversationEvent:
+    return new_event(session_id, user_id=user_id, payload=SessionStarted(title=title))
