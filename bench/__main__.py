@@ -32,17 +32,11 @@ import confluent_kafka
 
 from bench.append import append
 from bench.infra import PARTITIONS, REPO, BenchStack, Versions, source_digest
+from bench.plan import Plan
 from bench.readme import update_readme
 from bench.replay import replay
-from bench.report import Report
-from bench.scenarios import (
-    Plan,
-    context_reads,
-    projection,
-    projection_core,
-    say,
-    visibility,
-)
+from bench.report import Report, say
+from bench.scenarios import context_reads, projection, projection_core, visibility
 from bench.summaries import summary_cost, summary_throughput
 from bench.workload import session_name
 from chatlog.schemas.errors import ChatlogError

@@ -27,10 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from bench.infra import BenchStack, CpuMeter
+from bench.infra import BenchStack
+from bench.kafka_tools import find_tools
+from bench.measure import CpuMeter, frozen_heap, median_shares, percentile
 from bench.peers import LangChainHistory, PlainRedisList, langchain_available
-from bench.report import Metric, Report, percentile
-from bench.scenarios import Plan, find_tools, frozen_heap, median_shares, say
+from bench.plan import Plan
+from bench.report import Metric, Report, say
 from bench.workload import Turn, chat_turns, session_name
 from chatlog import wiring
 from chatlog.client import ChatLog

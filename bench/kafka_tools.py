@@ -31,13 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.infra import REPO, BenchStack, CpuMeter
+from bench.infra import REPO, BenchStack
+from bench.measure import CpuMeter
+from bench.report import say
 from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
 from dev.services.kafka_local import ensure_tool_jars
 
 __all__ = [
     "CONSUMER_PERFORMANCE",
+    "CP_PEER",
     "END_TO_END_LATENCY",
     "JVM_OPTIONS",
     "PRODUCER_PERFORMANCE",
@@ -46,6 +49,7 @@ __all__ = [
     "Finished",
     "KafkaTools",
     "ProducerPerformanceResult",
+    "find_tools",
     "parse_consumer_performance",
     "parse_end_to_end_latency",
     "parse_producer_performance",
@@ -55,6 +59,8 @@ __all__ = [
 CONSUMER_PERFORMANCE = "org.apache.kafka.tools.ConsumerPerformance"
 PRODUCER_PERFORMANCE = "org.apache.kafka.tools.ProducerPerformance"
 END_TO_END_LATENCY = "org.apache.kafka.tools.EndToEndLatency"
+# How the projection and replay rows name ConsumerPerformance, their limit.
+CP_PEER = "Kafka ConsumerPerformance (limit; reading only)"
 # What bin/kafka-*-perf-test.sh and kafka-e2e-latency.sh run the tools with: a heap of
 # 512 MB (-Xmx512M), and kafka-run-class.sh's default KAFKA_JVM_PERFORMANCE_OPTS.
 JVM_OPTIONS = (
@@ -383,3 +389,12 @@ class KafkaTools:
             timeout=timeout,
         )
         return parse_end_to_end_latency(finished.stdout), finished
+
+
+def find_tools(stack: BenchStack, scenario: str) -> tuple[KafkaTools | None, str]:
+    """Kafka's tools, or None and why not (no Java, no network): the rest still runs."""
+    try:
+        return KafkaTools.find(stack), ""
+    except ChatlogError as exc:
+        say(f"{scenario}: Kafka's tools left out: {exc.message}")
+        return None, exc.message

@@ -33,17 +33,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.infra import BenchStack, CpuMeter, child_env
+from bench.infra import BenchStack, child_env
 from bench.kafka_tools import (
     CONSUMER_PERFORMANCE,
+    CP_PEER,
     JVM_OPTIONS,
     ConsumerPerformanceResult,
     Finished,
+    find_tools,
     run_process,
 )
+from bench.measure import CpuMeter, median_shares
+from bench.plan import Plan
 from bench.replay_child import REPLAY_FETCH
-from bench.report import Report
-from bench.scenarios import CP_PEER, Plan, find_tools, median_shares, say
+from bench.report import Report, say
 from bench.workload import chat_event_chunks
 from chatlog import wiring
 from chatlog.settings import Settings

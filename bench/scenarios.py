@@ -18,27 +18,33 @@
    Redis memory each keeps for a 1,000-message session is compared.
 
 The append scenario is in `bench.append`, the rolling-summary ones (4 and 5) in
-`bench.summaries`, the replay in `bench.replay`; `Plan` sizes them all.
+`bench.summaries`, the replay in `bench.replay`; `bench.plan.Plan` sizes them all.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 import statistics
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from threading import Thread
 from typing import Any
 
-from bench.infra import PARTITIONS, BenchStack, CpuMeter, ProjectorProcess, ReadModelProbe, running
-from bench.kafka_tools import KafkaTools
+from bench.infra import (
+    PARTITIONS,
+    BenchStack,
+    ProjectorProcess,
+    ReadModelProbe,
+    publish_bulk,
+    running,
+)
+from bench.kafka_tools import CP_PEER, KafkaTools, find_tools
+from bench.measure import CpuMeter, frozen_heap, median_shares, percentile
 from bench.peers import LangChainHistory, PlainRedisList, langchain_available
-from bench.report import WHOLE_MS, Metric, Report, percentile
+from bench.plan import Plan
+from bench.report import WHOLE_MS, Metric, Report, say
 from bench.workload import (
     Traffic,
     Turn,
@@ -60,119 +66,21 @@ from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
 __all__ = [
-    "CP_PEER",
-    "Plan",
     "Published",
     "context_reads",
-    "find_tools",
     "projection",
     "projection_core",
     "visibility",
 ]
 
-_PUBLISH_CHUNK = 10_000
 _WAITERS = 32
 _READ_TIMEOUT_S = 5.0
 TARGET_PROJECTION = ">= 20,000 events/s"
 TARGET_VISIBLE = "p99 <= 25 ms at 2,000 events/s"
 TARGET_READ = "p99 <= 2 ms"
-CP_PEER = "Kafka ConsumerPerformance (limit; reading only)"
 # The projector's consumer runs with librdkafka's default fetch sizes; ConsumerPerformance
 # is given the same (they are also the Java consumer's defaults).
 PROJECTOR_FETCH = {"max.partition.fetch.bytes": 1_048_576, "fetch.max.bytes": 52_428_800}
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """How big each scenario is: `full()` for the numbers, `quick_plan()` to check it runs."""
-
-    quick: bool
-    repeat: int
-    events: int
-    sessions: int
-    record_bytes: int
-    # (events/s, every n-th event sampled): about 200 samples a second at every rate, so
-    # that measuring costs the same everywhere (more samples slow the benchmark process,
-    # publisher included, and show up as latency: measured).
-    rates: tuple[tuple[float, int], ...]
-    latency_samples: int  # sampled events per rate and repetition, at least
-    min_duration_s: float
-    warmup_s: float
-    publishers: int
-    end_to_end_records: int
-    reads: tuple[tuple[int, int], ...]  # (messages in the session, timed reads)
-    read_sessions: int
-    append_sessions: int
-    append_batched: int
-    append_each: int
-    append_peers: int
-    producer_records: int
-    summary_turns: tuple[int, ...]
-    summary_sessions: int
-    summary_rounds: int
-    summary_in_flight: tuple[int, ...]
-    replay_events: int
-    replay_sessions: int
-
-    @classmethod
-    def full(cls, repeat: int = 3) -> Plan:
-        """The run the numbers come from (about ten minutes on the 2-core dev machine)."""
-        return cls(
-            quick=False,
-            repeat=repeat,
-            events=100_000,
-            sessions=2_000,
-            record_bytes=200,
-            rates=((500.0, 2), (2_000.0, 10), (4_000.0, 20)),
-            latency_samples=1_700,
-            min_duration_s=5.0,
-            warmup_s=1.0,
-            publishers=1,
-            end_to_end_records=5_000,
-            reads=((20, 3_000), (100, 2_000), (1_000, 500)),
-            read_sessions=10,
-            append_sessions=200,
-            append_batched=30_000,
-            append_each=1_000,
-            append_peers=10_000,
-            producer_records=300_000,
-            summary_turns=(100, 500, 1_000),
-            summary_sessions=2_000,
-            summary_rounds=25,
-            summary_in_flight=(1, 8, 32, 128),
-            replay_events=500_000,
-            replay_sessions=5_000,
-        )
-
-    @classmethod
-    def quick_plan(cls, repeat: int = 1) -> Plan:
-        """Everything shrunk so the run takes about a minute (for CI)."""
-        return cls(
-            quick=True,
-            repeat=repeat,
-            events=5_000,
-            sessions=200,
-            record_bytes=200,
-            rates=((500.0, 2), (2_000.0, 10), (4_000.0, 20)),
-            latency_samples=300,
-            min_duration_s=0.6,
-            warmup_s=0.3,
-            publishers=1,
-            end_to_end_records=300,
-            reads=((20, 200), (100, 100), (1_000, 30)),
-            read_sessions=2,
-            append_sessions=50,
-            append_batched=3_000,
-            append_each=100,
-            append_peers=1_000,
-            producer_records=30_000,
-            summary_turns=(100, 300),
-            summary_sessions=200,
-            summary_rounds=5,
-            summary_in_flight=(1, 8, 128),
-            replay_events=50_000,
-            replay_sessions=1_000,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,38 +90,6 @@ class Published:
     settings: Settings
     traffic: Traffic
     positions: list[Position]
-
-
-def say(message: str) -> None:
-    """Progress on stderr, so stdout carries only the table."""
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def frozen_heap() -> Iterator[None]:
-    """Keep the garbage collector off the benchmark's own long-lived objects meanwhile.
-
-    The benchmark holds its whole workload (up to 100,000 events and records), which a
-    chat back end or the projector process would not; every full collection would walk
-    it, and such pauses (tens of ms, measured) would be charged to the code under test.
-    Frozen, they are skipped; what the measured code allocates is collected as usual.
-    """
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-def publish_bulk(
-    producer: ConversationProducer, events: Sequence[ConversationEvent]
-) -> list[Position]:
-    """`publish_many` in chunks: librdkafka's local queue holds 100,000 messages at most."""
-    positions: list[Position] = []
-    for start in range(0, len(events), _PUBLISH_CHUNK):
-        positions += producer.publish_many(events[start : start + _PUBLISH_CHUNK])
-    return positions
 
 
 # -- 1. projection throughput -----------------------------------------------------------
@@ -333,15 +209,6 @@ def projection(stack: BenchStack, plan: Plan, report: Report) -> Published:
     return Published(settings=settings, traffic=traffic, positions=positions)
 
 
-def find_tools(stack: BenchStack, scenario: str) -> tuple[KafkaTools | None, str]:
-    """Kafka's tools, or None and why not (no Java, no network): the rest still runs."""
-    try:
-        return KafkaTools.find(stack), ""
-    except ChatlogError as exc:
-        say(f"{scenario}: Kafka's tools left out: {exc.message}")
-        return None, exc.message
-
-
 def _gc_note(runs: Sequence[dict[str, Any]]) -> str:
     """The projector's collector pauses (medians over runs; whole process life)."""
     runs = [run for run in runs if "gc_pause_max_ms" in run]
@@ -356,12 +223,6 @@ def _gc_note(runs: Sequence[dict[str, Any]]) -> str:
         f"{median('gc_full_collections'):.0f} full collections, pauses "
         f"{median('gc_pause_total_ms'):,.0f} ms in all, longest {median('gc_pause_max_ms'):.0f} ms"
     )
-
-
-def median_shares(runs: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Per process, the median CPU share over runs (processes seen in every run)."""
-    names = [name for name in runs[0] if all(name in run for run in runs)] if runs else []
-    return {name: statistics.median(run[name] for run in runs) for name in names}
 
 
 def _check_first_session(settings: Settings, stack: BenchStack, traffic: Traffic) -> None:

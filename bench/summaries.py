@@ -26,9 +26,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.infra import PARTITIONS, BenchStack, CpuMeter
-from bench.report import Report, Table, percentile
-from bench.scenarios import Plan, frozen_heap, median_shares, say
+from bench.infra import PARTITIONS, BenchStack
+from bench.measure import CpuMeter, frozen_heap, median_shares, percentile
+from bench.plan import Plan
+from bench.report import Report, Table, say
 from bench.workload import session_name, support_chat, user_of
 from chatlog import wiring
 from chatlog.processors.openai_summarizer import summary_messages
