@@ -23,9 +23,11 @@ import json
 import logging
 import resource
 import signal
+import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -61,6 +63,22 @@ class GcPauses:
             "gc_pause_total_ms": round(self.total_s * 1000, 1),
             "gc_pause_max_ms": round(self.longest_s * 1000, 1),
         }
+
+
+def gc_note(runs: Sequence[dict[str, Any]]) -> str:
+    """The projector's collector pauses (medians over runs; whole process life)."""
+    runs = [run for run in runs if "gc_pause_max_ms" in run]
+    if not runs:
+        return ""
+
+    def median(key: str) -> float:
+        return statistics.median(float(run[key]) for run in runs)
+
+    return (
+        f"; the projector's garbage collector (whole process life, start-up included): "
+        f"{median('gc_full_collections'):.0f} full collections, pauses "
+        f"{median('gc_pause_total_ms'):,.0f} ms in all, longest {median('gc_pause_max_ms'):.0f} ms"
+    )
 
 
 def main() -> int:
