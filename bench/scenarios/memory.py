@@ -10,12 +10,12 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from bench.peers import LangChainHistory, PlainRedisList
-from bench.report import Report
+from bench.peers import LangChainHistory, PlainRedisList, langchain_peer
+from bench.report import Metric, Report
 from bench.workload import Traffic
 from chatlog.projections.redis_reader import RedisReader
 
-__all__ = ["redis_memory"]
+__all__ = ["peak_memory", "redis_memory"]
 
 
 def redis_memory(
@@ -40,16 +40,12 @@ def redis_memory(
     theirs = report.measure("memory", "plain", "KB")
     theirs.add(statistics.median(usage(plain.keys(s)) for s in sessions) / 1024)
     metric = f"Redis memory per {size:,}-message session (MEMORY USAGE of its keys)"
+    lc: Metric | None = None
     if langchain is not None:
         lc = report.measure("memory", "LangChain", "KB")
         lc.add(statistics.median(usage(langchain.keys(s)) for s in sessions) / 1024)
-        report.compare(
-            "memory", metric, ours, "LangChain RedisChatMessageHistory", lc, better="lower"
-        )
-    else:
-        report.compare(
-            "memory", metric, ours, f"LangChain: blocked, {blocked}", None, better="lower"
-        )
+    peer = langchain_peer("LangChain RedisChatMessageHistory", blocked)
+    report.compare("memory", metric, ours, peer, lc, better="lower")
     report.compare("memory", metric, ours, "plain Redis list", theirs, better="lower")
     report.notes.append(
         f"memory: `MEMORY USAGE <key> SAMPLES 0` (every element counted) summed over the keys "
@@ -59,3 +55,16 @@ def redis_memory(
         f"in Kafka's log, on disk, not in Redis), LangChain's list and the plain list (every "
         f"message, as JSON)"
     )
+
+
+def peak_memory(report: Report, process: str, *, events: int, sessions: int) -> Metric:
+    """The memory row of a process's peak resident memory (`VmHWM`), for it to fill."""
+    rss = report.measure("memory", f"{process} peak RSS", "MB")
+    report.compare(
+        "memory",
+        f"{process} process peak resident memory (VmHWM), {events:,} events over "
+        f"{sessions:,} sessions",
+        rss,
+        better="lower",
+    )
+    return rss

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.infra import BenchStack, ProjectorProcess, ReadModelProbe, publish_bulk
-from bench.kafka_tools import CP_PEER, find_tools
+from bench.kafka_tools import cp_peer, find_tools
 from bench.measure import CpuMeter, median_shares
 from bench.plan import Plan
 from bench.projector_child import gc_note
 from bench.report import Report, say
+from bench.scenarios.memory import peak_memory
 from bench.workload import Traffic, chat_events, last_positions, user_of
 from chatlog import wiring
 from chatlog.projections.redis_reader import RedisReader
@@ -79,17 +80,10 @@ def projection(stack: BenchStack, plan: Plan, report: Report) -> Published:
         f"events/s, one projector process, {plan.events:,} events: partitions assigned → "
         f"every view applied",
         rate,
-        CP_PEER if tools is not None else f"ConsumerPerformance not run: {missing}",
+        cp_peer(missing),
         limit if tools is not None else None,
     )
-    rss = report.measure("memory", "projector peak RSS", "MB")
-    report.compare(
-        "memory",
-        f"projector process peak resident memory (VmHWM), {plan.events:,} events over "
-        f"{plan.sessions:,} sessions",
-        rss,
-        better="lower",
-    )
+    rss = peak_memory(report, "projector", events=plan.events, sessions=plan.sessions)
     startup = report.metric("projection", "projector start-up: spawn → partitions assigned", "s")
     batches: list[float] = []
     applied: list[float] = []

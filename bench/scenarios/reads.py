@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from bench.infra import BenchStack, ReadModelProbe, publish_bulk, running
 from bench.measure import CpuMeter, frozen_heap, median_shares, percentile
-from bench.peers import LangChainHistory, PlainRedisList, langchain_available
+from bench.peers import (
+    LangChainHistory,
+    PlainRedisList,
+    langchain_available,
+    langchain_peer,
+    open_peers,
+)
 from bench.plan import Plan
 from bench.report import Metric, Report, say
 from bench.scenarios.memory import redis_memory
@@ -55,19 +61,11 @@ def context_reads(
     settings = stack.scenario("reads")
     sizes = [size for size, _ in plan.reads]
     per_session = [size for size in sizes for _ in range(plan.read_sessions)]
-    ttl = int(settings.session_ttl_s) or None
     blocked = langchain_available()
     rows = _read_rows(report, sizes, blocked) if timed else {}
     producer = wiring.producer(settings, flush_on_sigterm=False)
     log = ChatLog(producer=producer, reader=wiring.reader(settings))
-    langchain = (
-        LangChainHistory(
-            settings.redis_url, key_prefix=f"{stack.redis_root}:reads:langchain:", ttl_s=ttl
-        )
-        if blocked is None
-        else None
-    )
-    plain = PlainRedisList(stack.redis, prefix=f"{stack.redis_root}:reads:plain:", ttl_s=ttl)
+    langchain, plain = open_peers(settings, stack.redis, prefix=f"{stack.redis_root}:reads")
     try:
         traffic = chat_events(
             sessions=len(per_session),
@@ -189,7 +187,7 @@ def _read_rows(report: Report, sizes: Sequence[int], blocked: str | None) -> dic
                 "context read",
                 f"{q}, {msgs}",
                 context[k],
-                _LANGCHAIN_READ if blocked is None else f"LangChain: blocked, {blocked}",
+                langchain_peer(_LANGCHAIN_READ, blocked),
                 langchain[k] if blocked is None else None,
                 better="lower",
             )
