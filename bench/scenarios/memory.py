@@ -3,6 +3,8 @@
 Measured on the sessions the read scenario wrote (`bench.scenarios.reads` calls it):
 `MEMORY USAGE ... SAMPLES 0` summed over each store's keys, chatlog's meta hash and
 message list beside LangChain's `RedisChatMessageHistory` list and a plain Redis list.
+The memory rows of the projector's and the replay's peak resident memory (`peak_memory`)
+are filled by those scenarios; no peer runs such a process.
 """
 
 from __future__ import annotations
