@@ -7,12 +7,15 @@ list written by hand; `bench.peers`) and beside the limits of the broker on the 
 machine (Kafka's own ProducerPerformance, EndToEndLatency and ConsumerPerformance;
 `bench.kafka_tools`):
 
-* append: messages a second, batched and one at a time (`bench.append`);
+* append: messages a second, batched and one at a time;
 * context reads of sessions of 20, 100 and 1,000 messages, and the Redis memory each
-  store keeps for one (`bench.scenarios`);
+  store keeps for one;
 * publish-to-visible latency at three steady rates;
-* projection and replay throughput, and their processes' peak memory (`bench.replay`);
-* what rolling summaries cost and how fast they are made (`bench.summaries`).
+* projection and replay throughput, and their processes' peak memory;
+* what rolling summaries cost and how fast they are made.
+
+Each scenario is a module of `bench.scenarios`; what they stand on is shared, one module
+each (see `bench.scenarios` and the layout in ``bench/README.md``).
 
 Numbers are reported as the median and range of a few repetitions after a warm-up, in a
 Markdown table with the peer in the next column and the ratio, and a latency chart; they

@@ -30,20 +30,18 @@ from pathlib import Path
 
 import confluent_kafka
 
-from bench.append import append
 from bench.infra import PARTITIONS, REPO, BenchStack, Versions, source_digest
+from bench.plan import Plan
 from bench.readme import update_readme
-from bench.replay import replay
-from bench.report import Report
-from bench.scenarios import (
-    Plan,
-    context_reads,
-    projection,
-    projection_core,
-    say,
-    visibility,
-)
-from bench.summaries import summary_cost, summary_throughput
+from bench.report import Report, say
+from bench.scenarios.append import append
+from bench.scenarios.latency import visibility
+from bench.scenarios.projection import projection
+from bench.scenarios.projection_core import projection_core
+from bench.scenarios.reads import context_reads
+from bench.scenarios.replay import replay
+from bench.scenarios.summary_cost import summary_cost
+from bench.scenarios.summary_throughput import summary_throughput
 from bench.workload import session_name
 from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings

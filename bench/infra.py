@@ -30,20 +30,22 @@ from confluent_kafka.admin import AdminClient
 
 from chatlog import wiring
 from chatlog.local_stack import resolve_state_dir
+from chatlog.producers.kafka_producer import ConversationProducer
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
 from chatlog.projections.redis_store import text
+from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 from dev.services.state import read_state
 
 __all__ = [
     "BenchStack",
-    "CpuMeter",
     "ProjectorProcess",
     "ReadModelProbe",
     "Versions",
     "child_env",
+    "publish_bulk",
     "running",
     "source_digest",
 ]
@@ -53,6 +55,7 @@ PARTITIONS = 6
 _POM = REPO / "dev" / "services" / "pom.xml"
 _STOP_WAIT_S = 20.0
 _UNLINK_CHUNK = 500
+_PUBLISH_CHUNK = 10_000
 _NOTHING_THERE = {KafkaError.GROUP_ID_NOT_FOUND, KafkaError.UNKNOWN_TOPIC_OR_PART}
 
 
@@ -204,77 +207,6 @@ class BenchStack:
         return f"unknown (not the local stack; the local stack would run {pinned})"
 
 
-class CpuMeter:
-    """CPU time of the processes involved, from /proc, to see who was busy during a run.
-
-    On two cores, "the projector used 95% of a core" says it is CPU-bound, and "the
-    benchmark itself used 120%" says the measuring is in the way. Linux only; elsewhere
-    it reports nothing.
-    """
-
-    def __init__(self, pids: Mapping[str, int]) -> None:
-        self.pids = dict(pids)
-        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self._start: dict[str, float] = {}
-        self._started_at = 0.0
-
-    @classmethod
-    def for_stack(cls, stack: BenchStack, **more: int) -> CpuMeter:
-        """The benchmark, the local Kafka and Redis (when they are the local stack), `more`."""
-        pids = {"bench": os.getpid(), **more}
-        state = read_state(state_dir=resolve_state_dir(stack.base.state_dir))
-        if state is not None and state.kafka.bootstrap == stack.base.kafka_bootstrap:
-            pids.update({f"kafka-{n}": pid for n, pid in enumerate(state.kafka.pids, 1)})
-            if len(state.kafka.pids) == 1:
-                pids["kafka"] = pids.pop("kafka-1")
-            pids["redis"] = state.redis.pid
-        return cls(pids)
-
-    def start(self) -> None:
-        """Take the starting point."""
-        self._start = self._read()
-        self._started_at = time.perf_counter()
-
-    def busy(self) -> dict[str, float]:
-        """Per process, the share of one core used since `start` (1.0 = one full core).
-
-        `other` is what the rest of the machine used meanwhile (all cores busy, minus the
-        processes named): on a shared machine, it says how noisy the run was.
-        """
-        wall = time.perf_counter() - self._started_at
-        now = self._read()
-        shares = {
-            name: (now[name] - self._start[name]) / wall
-            for name in now
-            if name in self._start and wall > 0
-        }
-        machine = shares.pop("machine", None)
-        if machine is not None:
-            shares["other"] = max(0.0, machine - sum(shares.values()))
-        return shares
-
-    @staticmethod
-    def describe(busy: Mapping[str, float]) -> str:
-        """`bench 85%, projector 97%, ...` (percent of one core)."""
-        return ", ".join(f"{name} {share:.0%}" for name, share in busy.items())
-
-    def _read(self) -> dict[str, float]:
-        seconds = {}
-        for name, pid in self.pids.items():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
-            seconds[name] = (int(fields[11]) + int(fields[12])) / self._tick
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            # The first line of /proc/stat: every core's time, by state; idle and iowait
-            # are the 4th and 5th numbers.
-            ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-            seconds["machine"] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / self._tick
-        return seconds
-
-
 def child_env(settings: Settings) -> dict[str, str]:
     """The environment of a child process whose `Settings.from_env()` are `settings`' own."""
     return {
@@ -286,6 +218,16 @@ def child_env(settings: Settings) -> dict[str, str]:
         "CHATLOG_REDIS_PREFIX": settings.redis_prefix,
         "CHATLOG_PROJECTOR_GROUP": settings.projector_group,
     }
+
+
+def publish_bulk(
+    producer: ConversationProducer, events: Sequence[ConversationEvent]
+) -> list[Position]:
+    """`publish_many` in chunks: librdkafka's local queue holds 100,000 messages at most."""
+    positions: list[Position] = []
+    for start in range(0, len(events), _PUBLISH_CHUNK):
+        positions += producer.publish_many(events[start : start + _PUBLISH_CHUNK])
+    return positions
 
 
 class ProjectorProcess:

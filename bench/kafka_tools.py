@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.infra import REPO, BenchStack, CpuMeter
+from bench.infra import REPO, BenchStack
+from bench.measure import CpuMeter
+from bench.report import say
 from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
 from dev.services.kafka_local import ensure_tool_jars
@@ -46,6 +48,8 @@ __all__ = [
     "Finished",
     "KafkaTools",
     "ProducerPerformanceResult",
+    "cp_peer",
+    "find_tools",
     "parse_consumer_performance",
     "parse_end_to_end_latency",
     "parse_producer_performance",
@@ -55,6 +59,7 @@ __all__ = [
 CONSUMER_PERFORMANCE = "org.apache.kafka.tools.ConsumerPerformance"
 PRODUCER_PERFORMANCE = "org.apache.kafka.tools.ProducerPerformance"
 END_TO_END_LATENCY = "org.apache.kafka.tools.EndToEndLatency"
+_CP_PEER = "Kafka ConsumerPerformance (limit; reading only)"
 # What bin/kafka-*-perf-test.sh and kafka-e2e-latency.sh run the tools with: a heap of
 # 512 MB (-Xmx512M), and kafka-run-class.sh's default KAFKA_JVM_PERFORMANCE_OPTS.
 JVM_OPTIONS = (
@@ -290,12 +295,7 @@ class KafkaTools:
         finished = self.run(
             CONSUMER_PERFORMANCE,
             [
-                "--bootstrap-server",
-                settings.kafka_bootstrap,
-                "--topic",
-                settings.topic,
-                "--num-records",
-                str(records),
+                *_reading(settings, records),
                 "--group",
                 group,
                 "--timeout",
@@ -366,12 +366,7 @@ class KafkaTools:
         finished = self.run(
             END_TO_END_LATENCY,
             [
-                "--bootstrap-server",
-                settings.kafka_bootstrap,
-                "--topic",
-                settings.topic,
-                "--num-records",
-                str(records),
+                *_reading(settings, records),
                 "--producer-acks",
                 "all",
                 "--record-size",
@@ -383,3 +378,29 @@ class KafkaTools:
             timeout=timeout,
         )
         return parse_end_to_end_latency(finished.stdout), finished
+
+
+def find_tools(stack: BenchStack, scenario: str) -> tuple[KafkaTools | None, str]:
+    """Kafka's tools, or None and why not (no Java, no network): the rest still runs."""
+    try:
+        return KafkaTools.find(stack), ""
+    except ChatlogError as exc:
+        say(f"{scenario}: Kafka's tools left out: {exc.message}")
+        return None, exc.message
+
+
+def _reading(settings: Settings, records: int) -> list[str]:
+    """The arguments by which ConsumerPerformance and EndToEndLatency name what they read."""
+    return [
+        "--bootstrap-server",
+        settings.kafka_bootstrap,
+        "--topic",
+        settings.topic,
+        "--num-records",
+        str(records),
+    ]
+
+
+def cp_peer(missing: str) -> str:
+    """How a row names ConsumerPerformance, its limit, or why it did not run (`find_tools`)."""
+    return f"ConsumerPerformance not run: {missing}" if missing else _CP_PEER

@@ -24,8 +24,16 @@ from typing import Any
 import redis
 
 from bench.workload import Turn
+from chatlog.settings import Settings
 
-__all__ = ["LANGCHAIN_BLOCKED", "LangChainHistory", "PlainRedisList", "langchain_available"]
+__all__ = [
+    "LANGCHAIN_BLOCKED",
+    "LangChainHistory",
+    "PlainRedisList",
+    "langchain_available",
+    "langchain_peer",
+    "open_peers",
+]
 
 LANGCHAIN_BLOCKED = "langchain-community not installed (pip install -e '.[dev]')"
 
@@ -37,6 +45,27 @@ def langchain_available() -> str | None:
     except ImportError as exc:
         return f"{LANGCHAIN_BLOCKED}: {exc}"
     return None
+
+
+def langchain_peer(name: str, blocked: str | None) -> str:
+    """How a row names LangChain: `name`, or, when it cannot run, that it is blocked and why."""
+    return name if blocked is None else f"LangChain: blocked, {blocked}"
+
+
+def open_peers(
+    settings: Settings, client: redis.Redis, *, prefix: str
+) -> tuple[LangChainHistory | None, PlainRedisList]:
+    """Both peers, their keys under `prefix`, with chatlog's session time-to-live.
+
+    LangChain's is None when it cannot run (`langchain_available` says why).
+    """
+    ttl = int(settings.session_ttl_s) or None
+    langchain = (
+        LangChainHistory(settings.redis_url, key_prefix=f"{prefix}:langchain:", ttl_s=ttl)
+        if langchain_available() is None
+        else None
+    )
+    return langchain, PlainRedisList(client, prefix=f"{prefix}:plain:", ttl_s=ttl)
 
 
 def _import_history() -> Any:

@@ -21,11 +21,14 @@ import dataclasses
 import gc
 import json
 import logging
+import math
 import resource
 import signal
+import statistics
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -61,6 +64,30 @@ class GcPauses:
             "gc_pause_total_ms": round(self.total_s * 1000, 1),
             "gc_pause_max_ms": round(self.longest_s * 1000, 1),
         }
+
+    @staticmethod
+    def describe(runs: Sequence[Mapping[str, Any]]) -> str:
+        """`N full collections, pauses X ms in all, longest Y ms`: medians of runs' totals."""
+        runs = [run for run in runs if "gc_pause_max_ms" in run]
+
+        def median(key: str) -> float:
+            return statistics.median(float(run[key]) for run in runs) if runs else math.nan
+
+        return (
+            f"{median('gc_full_collections'):.0f} full collections, pauses "
+            f"{median('gc_pause_total_ms'):,.0f} ms in all, longest "
+            f"{median('gc_pause_max_ms'):,.0f} ms"
+        )
+
+
+def gc_note(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The projector's collector pauses for a note (medians over runs; whole process life)."""
+    if not any("gc_pause_max_ms" in run for run in runs):
+        return ""
+    return (
+        f"; the projector's garbage collector (whole process life, start-up included): "
+        f"{GcPauses.describe(runs)}"
+    )
 
 
 def main() -> int:

@@ -12,13 +12,16 @@ The second holds the details (breakdowns, start-up, targets of earlier issues).
 What is counted rather than timed (the LLM calls and tokens a summary strategy costs) is
 the same on every run, so it has no median: it gets a `Table` of its own, with the
 strategies side by side.
+
+While it runs, the benchmark says what it is doing with `say`, on stderr, so that stdout
+carries only the table.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,7 +33,7 @@ __all__ = [
     "Metric",
     "Report",
     "Table",
-    "percentile",
+    "say",
 ]
 
 # The part of results/latest.md that `python -m bench --update-readme` copies into the
@@ -42,13 +45,9 @@ WHOLE_MS = "whole ms"
 _SIZE_UNITS = {"B", "KB", "MB"}
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The `q`-th percentile (0-100) by the nearest-rank method; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+def say(message: str) -> None:
+    """Progress on stderr, so stdout carries only the table."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -27,10 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from bench.infra import BenchStack, CpuMeter
-from bench.peers import LangChainHistory, PlainRedisList, langchain_available
-from bench.report import Metric, Report, percentile
-from bench.scenarios import Plan, find_tools, frozen_heap, median_shares, say
+from bench.infra import BenchStack
+from bench.kafka_tools import find_tools
+from bench.measure import CpuMeter, frozen_heap, median_shares, percentile
+from bench.peers import langchain_available, langchain_peer, open_peers
+from bench.plan import Plan
+from bench.report import Metric, Report, say
 from bench.workload import Turn, chat_turns, session_name
 from chatlog import wiring
 from chatlog.client import ChatLog
@@ -49,7 +51,6 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
     """Scenario: appends per second, chatlog beside LangChain, a plain list and the limit."""
     settings = stack.scenario("append")
     limit_topic = stack.scenario("append_limit")
-    ttl = int(settings.session_ttl_s) or None
     blocked = langchain_available()
     tools, missing = find_tools(stack, "append")
 
@@ -58,28 +59,14 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
     langchain = report.measure("append", "LangChain add_message", "events/s")
     plain = report.measure("append", "plain list", "events/s")
     limit = report.measure("append", "ProducerPerformance", "events/s")
-    lc_name = "LangChain RedisChatMessageHistory.add_message"
-    plain_name = "plain Redis list: RPUSH + EXPIRE"
     limit_name = "Kafka ProducerPerformance (limit)"
     report.compare(
         "append", _BATCHED, batched, limit_name if tools else f"{limit_name}: {missing}", limit
     )
-    report.compare(
-        "append",
-        _BATCHED,
-        batched,
-        lc_name if blocked is None else f"LangChain: blocked, {blocked}",
-        langchain if blocked is None else None,
-    )
-    report.compare("append", _BATCHED, batched, plain_name, plain)
-    report.compare(
-        "append",
-        _ONE,
-        one,
-        lc_name if blocked is None else f"LangChain: blocked, {blocked}",
-        langchain if blocked is None else None,
-    )
-    report.compare("append", _ONE, one, plain_name, plain)
+    lc_name = langchain_peer("LangChain RedisChatMessageHistory.add_message", blocked)
+    for row, ours in ((_BATCHED, batched), (_ONE, one)):
+        report.compare("append", row, ours, lc_name, langchain if blocked is None else None)
+        report.compare("append", row, ours, "plain Redis list: RPUSH + EXPIRE", plain)
     unlingered = report.metric(
         "append", "ChatLog.append one at a time, with linger.ms 0 (chatlog: 2)", "events/s"
     )
@@ -105,14 +92,7 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
         log = ChatLog(producer=producer, reader=wiring.reader(settings))
         quick = wiring.producer(settings.model_copy(update={"linger_ms": 0}))
         lingerless = ChatLog(producer=quick, reader=wiring.reader(settings))
-        lc = (
-            LangChainHistory(
-                settings.redis_url, key_prefix=f"{stack.redis_root}:append:langchain:", ttl_s=ttl
-            )
-            if blocked is None
-            else None
-        )
-        listed = PlainRedisList(stack.redis, prefix=f"{stack.redis_root}:append:plain:", ttl_s=ttl)
+        lc, listed = open_peers(settings, stack.redis, prefix=f"{stack.redis_root}:append")
         meter = CpuMeter.for_stack(stack)
         busy: list[dict[str, float]] = []
         pp_latency: list[float] = []
@@ -179,7 +159,7 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
         f"pass of each. chatlog's time includes `append_message` (validation) and Avro "
         f"encoding; acks=all, idempotent, lz4, linger.ms {settings.linger_ms}. The peers "
         f"wait for each Redis reply; LangChain's `add_message` is LPUSH then EXPIRE (two "
-        f"round trips, ttl {ttl} s), the plain list RPUSH + EXPIRE in one pipeline. "
+        f"round trips, ttl {listed.ttl_s} s), the plain list RPUSH + EXPIRE in one pipeline. "
         + (
             f"ProducerPerformance: {plan.producer_records:,} records of {record_size} B "
             f"(`--record-size`: random letters, no key, so lz4 compresses them differently "

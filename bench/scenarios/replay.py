@@ -33,17 +33,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.infra import BenchStack, CpuMeter, child_env
+from bench.infra import BenchStack, child_env
 from bench.kafka_tools import (
     CONSUMER_PERFORMANCE,
     JVM_OPTIONS,
     ConsumerPerformanceResult,
     Finished,
+    cp_peer,
+    find_tools,
     run_process,
 )
+from bench.measure import CpuMeter, median_shares
+from bench.plan import Plan
+from bench.projector_child import GcPauses
 from bench.replay_child import REPLAY_FETCH
-from bench.report import Report
-from bench.scenarios import CP_PEER, Plan, find_tools, median_shares, say
+from bench.report import Report, say
+from bench.scenarios.memory import peak_memory
 from bench.workload import chat_event_chunks
 from chatlog import wiring
 from chatlog.settings import Settings
@@ -147,17 +152,10 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
         f"events/s, `chatlog replay` of {plan.replay_events:,} events from offset 0 into "
         f"Redis: partitions assigned → last applied",
         rebuilt,
-        CP_PEER if cp is not None else f"ConsumerPerformance not run: {missing}",
+        cp_peer(missing),
         cp,
     )
-    rss = report.measure("memory", "replay peak RSS", "MB")
-    report.compare(
-        "memory",
-        f"replay process peak resident memory (VmHWM), {plan.replay_events:,} events over "
-        f"{plan.replay_sessions:,} sessions",
-        rss,
-        better="lower",
-    )
+    rss = peak_memory(report, "replay", events=plan.replay_events, sessions=plan.replay_sessions)
     startup = report.metric("replay", "rebuild start-up: spawn → partitions assigned", "s")
     timeout = 60.0 + plan.replay_events / 2_000  # 560 s for a million: 5 times the slowest seen
     seen: dict[str, list[dict[str, Any]]] = {"rebuild": [], "memory": [], "read": []}
@@ -262,13 +260,6 @@ def _notes(
     def mb(mode: str, key: str) -> float:
         return median(mode, key) / 1024
 
-    def gc(mode: str) -> str:
-        return (
-            f"{median(mode, 'gc_full_collections'):.0f} full collections, pauses "
-            f"{median(mode, 'gc_pause_total_ms'):,.0f} ms in all, longest "
-            f"{median(mode, 'gc_pause_max_ms'):,.0f} ms"
-        )
-
     events, prefill_s, processes = prefill
     rebuild_calls = [run["returned"] - run["called"] for run in seen["rebuild"]]
     first_ms = [(run["first_batch"] - run["assigned"]) * 1000 for run in seen["rebuild"]]
@@ -319,6 +310,6 @@ def _notes(
         f"{median('rebuild', 'cpu_share'):.0%} of a core, in-memory "
         f"{median('memory', 'cpu_share'):.0%}; over the rebuild process's life (100% = one "
         f"core): {CpuMeter.describe(median_shares(busy))}; garbage collector: rebuild "
-        f"{gc('rebuild')}; in-memory {gc('memory')}"
+        f"{GcPauses.describe(seen['rebuild'])}; in-memory {GcPauses.describe(seen['memory'])}"
     )
     return notes

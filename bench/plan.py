@@ -1,0 +1,100 @@
+"""How big each scenario is: the full run the numbers come from, and the quick one for CI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Plan"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How big each scenario is: `full()` for the numbers, `quick_plan()` to check it runs."""
+
+    quick: bool
+    repeat: int
+    events: int
+    sessions: int
+    record_bytes: int
+    # (events/s, every n-th event sampled): about 200 samples a second at every rate, so
+    # that measuring costs the same everywhere (more samples slow the benchmark process,
+    # publisher included, and show up as latency: measured).
+    rates: tuple[tuple[float, int], ...]
+    latency_samples: int  # sampled events per rate and repetition, at least
+    min_duration_s: float
+    warmup_s: float
+    publishers: int
+    end_to_end_records: int
+    reads: tuple[tuple[int, int], ...]  # (messages in the session, timed reads)
+    read_sessions: int
+    append_sessions: int
+    append_batched: int
+    append_each: int
+    append_peers: int
+    producer_records: int
+    summary_turns: tuple[int, ...]
+    summary_sessions: int
+    summary_rounds: int
+    summary_in_flight: tuple[int, ...]
+    replay_events: int
+    replay_sessions: int
+
+    @classmethod
+    def full(cls, repeat: int = 3) -> Plan:
+        """The run the numbers come from (about ten minutes on the 2-core dev machine)."""
+        return cls(
+            quick=False,
+            repeat=repeat,
+            events=100_000,
+            sessions=2_000,
+            record_bytes=200,
+            rates=((500.0, 2), (2_000.0, 10), (4_000.0, 20)),
+            latency_samples=1_700,
+            min_duration_s=5.0,
+            warmup_s=1.0,
+            publishers=1,
+            end_to_end_records=5_000,
+            reads=((20, 3_000), (100, 2_000), (1_000, 500)),
+            read_sessions=10,
+            append_sessions=200,
+            append_batched=30_000,
+            append_each=1_000,
+            append_peers=10_000,
+            producer_records=300_000,
+            summary_turns=(100, 500, 1_000),
+            summary_sessions=2_000,
+            summary_rounds=25,
+            summary_in_flight=(1, 8, 32, 128),
+            replay_events=500_000,
+            replay_sessions=5_000,
+        )
+
+    @classmethod
+    def quick_plan(cls, repeat: int = 1) -> Plan:
+        """Everything shrunk so the run takes about a minute (for CI)."""
+        return cls(
+            quick=True,
+            repeat=repeat,
+            events=5_000,
+            sessions=200,
+            record_bytes=200,
+            rates=((500.0, 2), (2_000.0, 10), (4_000.0, 20)),
+            latency_samples=300,
+            min_duration_s=0.6,
+            warmup_s=0.3,
+            publishers=1,
+            end_to_end_records=300,
+            reads=((20, 200), (100, 100), (1_000, 30)),
+            read_sessions=2,
+            append_sessions=50,
+            append_batched=3_000,
+            append_each=100,
+            append_peers=1_000,
+            producer_records=30_000,
+            summary_turns=(100, 300),
+            summary_sessions=200,
+            summary_rounds=5,
+            summary_in_flight=(1, 8, 128),
+            replay_events=50_000,
+            replay_sessions=1_000,
+        )

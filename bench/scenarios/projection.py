@@ -1,0 +1,165 @@
+"""Projection throughput (`projection`): how fast a projector process drains a backlog.
+
+A topic is filled once with `publish_many`; each repetition then starts a projector
+process (`bench.projector_child`) with a consumer group and Redis prefix of its own and
+times it from the moment the group has all partitions until every session's view holds
+its last event. Beside it, the limit: Kafka's ConsumerPerformance reading the same topic
+with the projector's fetch sizes (reading only, in a JVM). The projector's peak resident
+memory goes to the memory rows. `bench.scenarios.projection_core` then takes the same
+records apart.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.infra import BenchStack, ProjectorProcess, ReadModelProbe, publish_bulk
+from bench.kafka_tools import cp_peer, find_tools
+from bench.measure import CpuMeter, median_shares
+from bench.plan import Plan
+from bench.projector_child import gc_note
+from bench.report import Report, say
+from bench.scenarios.memory import peak_memory
+from bench.workload import Traffic, chat_events, last_positions, user_of
+from chatlog import wiring
+from chatlog.projections.redis_reader import RedisReader
+from chatlog.schemas.position import Position
+from chatlog.settings import Settings
+
+__all__ = ["PROJECTOR_FETCH", "Published", "projection"]
+
+TARGET_PROJECTION = ">= 20,000 events/s"
+
+
+# The projector's consumer runs with librdkafka's default fetch sizes; ConsumerPerformance
+# is given the same (they are also the Java consumer's defaults).
+PROJECTOR_FETCH = {"max.partition.fetch.bytes": 1_048_576, "fetch.max.bytes": 52_428_800}
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What the projection scenario published, reused by the core scenario."""
+
+    settings: Settings
+    traffic: Traffic
+    positions: list[Position]
+
+
+def projection(stack: BenchStack, plan: Plan, report: Report) -> Published:
+    """Scenario 1: a projector process drains a pre-filled topic into a fresh read-model."""
+    settings = stack.scenario("projection")
+    tools, missing = find_tools(stack, "projection")
+    with wiring.producer(settings, flush_on_sigterm=False) as producer:
+        say(f"projection: building {plan.events:,} events over {plan.sessions:,} sessions")
+        traffic = chat_events(
+            sessions=plan.sessions,
+            count=plan.events,
+            record_bytes=plan.record_bytes,
+            codec=producer.codec,
+            info=producer.info,
+        )
+        say("projection: publishing them (publish_many)")
+        started = time.perf_counter()
+        positions = publish_bulk(producer, traffic.events)
+        publish_rate = len(positions) / (time.perf_counter() - started)
+        report.value_sizes += [len(producer.codec.encode(e)) for e in traffic.events[:1_000]]
+    expected = last_positions(traffic.events, positions)
+    report.metric("projection", "publish_many, bulk pre-fill (1 run)", "events/s").add(publish_rate)
+    rate = report.metric(
+        "projection",
+        "projector process: partitions assigned → all applied",
+        "events/s",
+        TARGET_PROJECTION,
+    )
+    limit = report.measure("projection", "ConsumerPerformance", "events/s")
+    report.compare(
+        "projection",
+        f"events/s, one projector process, {plan.events:,} events: partitions assigned → "
+        f"every view applied",
+        rate,
+        cp_peer(missing),
+        limit if tools is not None else None,
+    )
+    rss = peak_memory(report, "projector", events=plan.events, sessions=plan.sessions)
+    startup = report.metric("projection", "projector start-up: spawn → partitions assigned", "s")
+    batches: list[float] = []
+    applied: list[float] = []
+    gc_runs: list[dict[str, Any]] = []
+    busy: list[dict[str, float]] = []
+    for rep in ["warmup", *(f"r{n}" for n in range(1, plan.repeat + 1))]:
+        rep_settings = stack.repetition(settings, rep)
+        projector = ProjectorProcess(rep_settings, stack)
+        try:
+            spawned = projector.start()
+            meter = CpuMeter.for_stack(stack, projector=projector.pid)
+            assigned = projector.wait_assigned()
+            meter.start()
+            done = ReadModelProbe(stack.redis, rep_settings.redis_prefix).wait_applied(
+                expected, projector, timeout=max(60.0, plan.events / 1_000)
+            )
+            cpu = meter.busy()
+            _check_first_session(rep_settings, stack, traffic)
+        finally:
+            totals = projector.stop()
+        stack.forget_keys(rep_settings.redis_prefix)
+        if totals.get("dead_letters"):
+            report.notes.append(f"projection {rep}: {totals['dead_letters']} dead letters!")
+        read = ""
+        if tools is not None and rep != "warmup":
+            result, _ = tools.consumer_performance(
+                settings,
+                group=f"{rep_settings.projector_group}-cp",
+                records=plan.events,
+                fetch=PROJECTOR_FETCH,
+                timeout=120,
+            )
+            limit.add(result.number("fetch.nMsg.sec"))
+            read = f"; ConsumerPerformance {limit.values[-1]:,.0f}/s"
+        say(
+            f"projection {rep}: {plan.events / (done - assigned):,.0f} events/s{read}; "
+            f"CPU {CpuMeter.describe(cpu)}; {totals}"
+        )
+        if rep == "warmup":
+            continue
+        rate.add(plan.events / (done - assigned))
+        startup.add(assigned - spawned)
+        busy.append(cpu)
+        if "peak_rss_kib" in totals:
+            rss.add(totals["peak_rss_kib"] / 1024)
+        if totals.get("batches"):
+            batches.append(totals["events"] / totals["batches"])
+            applied.append(totals["applied"])
+            gc_runs.append(totals)
+    if batches:
+        report.notes.append(
+            f"projection: {plan.events:,} events over {plan.sessions:,} sessions; mean batch "
+            f"{statistics.mean(batches):,.0f} records (setting {settings.projector_batch}), "
+            f"{statistics.mean(applied):,.0f} session writes per run; done = every "
+            f"session's meta last_offset equals its last event's offset; CPU while "
+            f"projecting (median, 100% = one core): {CpuMeter.describe(median_shares(busy))}"
+            f"{gc_note(gc_runs)}; "
+            + (
+                f"ConsumerPerformance read the same topic from offset 0 after each "
+                f"repetition, with the projector's fetch sizes (librdkafka's defaults: "
+                f"{PROJECTOR_FETCH['max.partition.fetch.bytes']:,} B a partition, "
+                f"{PROJECTOR_FETCH['fetch.max.bytes']:,} B a fetch), its fetch.nMsg.sec "
+                f"(group join left out); the projector's peak memory is its child "
+                f"process's VmHWM over its whole life"
+                if tools is not None
+                else f"ConsumerPerformance not run: {missing}"
+            )
+        )
+    return Published(settings=settings, traffic=traffic, positions=positions)
+
+
+def _check_first_session(settings: Settings, stack: BenchStack, traffic: Traffic) -> None:
+    """A sanity check that the views hold the messages, not just the right offset."""
+    session_id = traffic.sessions[0]
+    want = sum(1 for e in traffic.events if e.session_id == session_id)
+    reader = RedisReader(stack.redis, prefix=settings.redis_prefix)
+    context = reader.context(session_id, user_id=user_of(0))
+    if context.message_count != want:
+        raise AssertionError(f"{session_id}: {context.message_count} messages, expected {want}")
