@@ -49,7 +49,8 @@ from chatlog.settings import Settings
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 CHART = RESULTS.with_name("latency.png")
 QUICK = Path(tempfile.gettempdir()) / "chatlog-bench-quick.md"
-README = REPO / "README.md"
+# The performance table lives in docs/performance.md, between its bench:start/end markers.
+README = REPO / "docs" / "performance.md"
 SCENARIOS = (
     "append",
     "reads",
@@ -175,7 +176,7 @@ def _update_readme(results: Path) -> int:
     except (OSError, ValueError) as exc:
         print(f"bench: error: cannot regenerate the README: {exc}", file=sys.stderr)
         return 1
-    say(f"README.md performance table {'regenerated' if changed else 'already up to date'}")
+    say(f"{README.relative_to(REPO)} table {'regenerated' if changed else 'already up to date'}")
     return 0
 
 
@@ -282,7 +283,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--update-readme",
         action="store_true",
-        help="run nothing: copy the table of --output into README.md's performance section "
+        help="run nothing: copy the table of --output into docs/performance.md "
         "(a full run of every scenario into the default output does it by itself)",
     )
     parser.add_argument(

@@ -1,7 +1,14 @@
-"""The README's examples run: every ```python block and every `$ chatlog` line.
+"""The documentation's examples run: every ```python block and every `$ chatlog` line.
 
-They run against a fresh topic and key prefix with a real projector, through the same
-environment variables a user would set, so an example that drifts from the code fails.
+The files are README.md and every docs/*.md. Python blocks run one test each, against a
+fresh topic and key prefix with a real projector, through the same environment variables a
+user would set, so an example that drifts from the code fails. The `$ chatlog ...` lines of
+```console blocks run in one test, in file order (README first, then docs/ by name), so a
+read can follow the publish before it; their output lines are not checked. ```sh blocks
+are setup commands for people (make, export, servers that run until stopped): not run.
+
+A python block that must not run says so where the reader sees it: its first line is
+`# docs-test: skip: <reason>`. The test reports the reason; a skip with no reason fails.
 """
 
 from __future__ import annotations
@@ -19,11 +26,24 @@ from tests.processes import ROOT, chatlog_env, running_projector, unique_setting
 
 pytestmark = pytest.mark.integration
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+TEXTS = {path.relative_to(ROOT).as_posix(): path.read_text(encoding="utf-8") for path in DOCS}
+SKIP = re.compile(r"#\s*docs-test:\s*skip\b:?\s*(?P<reason>.*)")
+
+
+def _blocks(language: str, text: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+
+
+PYTHON_BLOCKS = [
+    pytest.param(name, code, id=f"{name}:{number}")
+    for name, text in TEXTS.items()
+    for number, code in enumerate(_blocks("python", text), start=1)
+]
 CONSOLE_LINES = [
-    line.removeprefix("$ ")
-    for block in re.findall(r"```console\n(.*?)```", README, flags=re.DOTALL)
+    (name, line.removeprefix("$ "))
+    for name, text in TEXTS.items()
+    for block in _blocks("console", text)
     for line in block.splitlines()
     if line.startswith("$ chatlog ")
 ]
@@ -41,24 +61,37 @@ def settings(kafka, redis_url, redis_prefix, monkeypatch):
     return settings
 
 
-def test_the_readme_has_examples_to_run():
-    assert len(PYTHON_BLOCKS) >= 3
-    assert any(line.startswith("chatlog context") for line in CONSOLE_LINES)
+def test_the_docs_have_examples_to_run():
+    assert _blocks("python", TEXTS["README.md"]), "the README shows one Python example"
+    assert len(PYTHON_BLOCKS) >= 6
+    assert any(line.startswith("chatlog context") for _, line in CONSOLE_LINES)
 
 
-# LangChain deprecated RunnableWithMessageHistory (the README says so); the example still
-# shows the drop-in for the code that uses it today.
+def test_every_skip_gives_its_reason():
+    for param in PYTHON_BLOCKS:
+        name, code = param.values
+        first = code.splitlines()[0] if code.strip() else ""
+        skip = SKIP.match(first)
+        if skip:
+            assert skip["reason"].strip(), f"{name}: a skipped block must say why"
+
+
+# LangChain deprecated RunnableWithMessageHistory (docs/langchain.md says so); the example
+# still shows the drop-in for the code that uses it today.
 @pytest.mark.filterwarnings("ignore:RunnableWithMessageHistory is deprecated")
-@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
-def test_python_example_runs(settings, index):
+@pytest.mark.parametrize(("name", "code"), PYTHON_BLOCKS)
+def test_python_example_runs(settings, name, code):
+    skip = SKIP.match(code.splitlines()[0]) if code.strip() else None
+    if skip:
+        pytest.skip(f"{name}: {skip['reason'].strip()}")
     with running_projector(settings):
-        exec(compile(PYTHON_BLOCKS[index], f"README.md python block {index + 1}", "exec"), {})
+        exec(compile(code, f"{name} python block", "exec"), {})
 
 
 def test_console_examples_run(settings):
     env = chatlog_env(settings)
     with running_projector(settings):
-        for line in CONSOLE_LINES:
+        for name, line in CONSOLE_LINES:
             command = [sys.executable, "-m", "chatlog.cli", *shlex.split(line)[1:]]
             # Reads right after a publish may run ahead of the projector: allow it a moment.
             deadline = time.monotonic() + 15
@@ -69,6 +102,6 @@ def test_console_examples_run(settings):
                 if result.returncode == 0 or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-            assert result.returncode == 0, f"`{line}` failed: {result.stderr}"
+            assert result.returncode == 0, f"{name}: `{line}` failed: {result.stderr}"
             if line.startswith("chatlog context"):
                 assert "Where is my order 7731?" in result.stdout
