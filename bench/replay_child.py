@@ -1,6 +1,6 @@
 """One reading of the replay scenario's topic, in a process of its own, configured by CHATLOG_*.
 
-    python -m bench.replay_child rebuild   # chatlog.replay.rebuild into a fresh prefix
+    python -m bench.replay_child rebuild   # chatlog.processors.replay.rebuild into a fresh prefix
     python -m bench.replay_child memory    # the same pieces, views kept in memory
     python -m bench.replay_child read      # a bare confluent-kafka consumer, no decoding
 
@@ -12,11 +12,11 @@ record up to those offsets is applied. Consumer start-up (imports, metadata, end
 offsets) comes before it and is reported apart. ConsumerPerformance's `fetch.nMsg.sec`
 covers the same span: from the partitions assigned to the last record.
 
-- `rebuild` calls `chatlog.replay.rebuild(settings, handover_s=0, keep_old=False)`, the
+- `rebuild` calls `chatlog.processors.replay.rebuild(settings, handover_s=0, keep_old=False)`, the
   code `chatlog replay` runs, and takes the rebuild phase from its progress reports.
   The prefix is fresh, so nothing is live: no catch-up, and the flip is one command.
 - `memory` runs the same `rebuild` call with one change: the store of the generation it
-  builds is an `InMemoryViewStore` (`chatlog.replay._store` patched, in this process
+  builds is an `InMemoryViewStore` (`chatlog.processors.replay._store` patched, in this process
   only). So the `KafkaReplay` and `ProjectionCore` are exactly those `rebuild` makes,
   batch size, view cache and collector settings included, whatever they become: reading,
   decoding and folding without the Redis writes. (The generation pointer and the flip
@@ -52,12 +52,12 @@ from unittest import mock
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-import chatlog.replay
+import chatlog.processors.replay
 from bench.projector_child import GcPauses, peak_rss_kib
 from chatlog import wiring
 from chatlog.processors.kafka_replay import ReplayProgress
+from chatlog.processors.replay import ProgressPrinter, rebuild
 from chatlog.projections.store import InMemoryViewStore
-from chatlog.replay import ProgressPrinter, rebuild
 from chatlog.settings import Settings
 
 MODES = ("rebuild", "memory", "read")
@@ -155,9 +155,9 @@ def _replay(settings: Settings, *, in_memory: bool) -> dict[str, Any]:
 
 def _views_in_memory() -> contextlib.AbstractContextManager[Any]:
     """Make `rebuild` fold into an `InMemoryViewStore` (see the module docstring)."""
-    if not hasattr(chatlog.replay, "_store"):
+    if not hasattr(chatlog.processors.replay, "_store"):
         raise RuntimeError(
-            "chatlog.replay._store, which the in-memory variant replaces, is gone: "
+            "chatlog.processors.replay._store, which the in-memory variant replaces, is gone: "
             "update bench/replay_child.py to the new way `rebuild` makes its store"
         )
     stores: dict[str, InMemoryViewStore] = {}
@@ -165,7 +165,7 @@ def _views_in_memory() -> contextlib.AbstractContextManager[Any]:
     def store(settings: Settings, generation: str) -> InMemoryViewStore:
         return stores.setdefault(generation, InMemoryViewStore())
 
-    return mock.patch.object(chatlog.replay, "_store", store)
+    return mock.patch.object(chatlog.processors.replay, "_store", store)
 
 
 def _read(settings: Settings) -> dict[str, Any]:

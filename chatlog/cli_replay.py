@@ -16,7 +16,7 @@ from typing import Any
 
 from chatlog import cli_read, wiring
 from chatlog.processors.kafka_replay import Interrupted
-from chatlog.replay import ProgressPrinter, rebuild, verify
+from chatlog.processors.replay import ProgressPrinter, rebuild, verify
 from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
 

@@ -8,9 +8,9 @@ import pytest
 import redis
 
 from chatlog.processors.kafka_replay import ReplayProgress
+from chatlog.processors.replay import ProgressPrinter
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_generations import GenerationStore, next_generation
-from chatlog.replay import ProgressPrinter
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from chatlog import wiring
 from chatlog.processors.kafka_replay import Interrupted, ReplayProgress
+from chatlog.processors.replay import rebuild, verify
 from chatlog.producers.commands import append_message, new_event
-from chatlog.replay import rebuild, verify
 from chatlog.schemas.errors import ChatlogError
 from chatlog.schemas.events import MessageRedacted, SessionClosed, SummaryUpdated, UserErased
 from chatlog.settings import Settings
