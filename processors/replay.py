@@ -20,15 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ParamSpec, TextIO, TypeVar
 
-import redis
-
 from chatlog import wiring
 from chatlog.processors.kafka_replay import Interrupted, KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
-from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_generations import Difference, GenerationStore, next_generation
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
-from chatlog.projections.redis_store import RedisViewStore, redis_errors, text_map
+from chatlog.projections.redis_store import RedisViewStore
 from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
 
@@ -232,7 +229,7 @@ def verify(
             events=progress.done,
             seconds=time.monotonic() - started,
         )
-        moved_on = _moved_on(client, KeySpace(settings.redis_prefix, live), ends)
+        moved_on = _moved_on(generations, live, ends)
         for difference in comparison.differences:
             if difference.kind == "session" and moved_on(difference.name):
                 report.moved_on += 1
@@ -372,15 +369,13 @@ def _wait_for_live(live: RedisViewStore, ends: dict[int, int], timeout: float) -
         time.sleep(0.2)
 
 
-def _moved_on(client: redis.Redis, keys: KeySpace, ends: dict[int, int]) -> Callable[[str], bool]:
+def _moved_on(
+    generations: GenerationStore, live: str, ends: dict[int, int]
+) -> Callable[[str], bool]:
     """Whether a session's live view has events newer than the verification read."""
 
     def check(session_id: str) -> bool:
-        with redis_errors():
-            meta = text_map(client.hgetall(keys.meta(session_id)))
-        if not meta:
-            return False
-        partition, last = int(meta.get("partition", -1)), int(meta.get("last_offset", -1))
-        return last >= ends.get(partition, 0)
+        position = generations.session_position(live, session_id)
+        return position is not None and position.offset >= ends.get(position.partition, 0)
 
     return check
