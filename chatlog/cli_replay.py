@@ -16,7 +16,7 @@ from typing import Any
 
 from chatlog import cli_read, wiring
 from chatlog.processors.kafka_replay import Interrupted
-from chatlog.processors.replay import ProgressPrinter, rebuild, verify
+from chatlog.processors.replay import ProgressPrinter, ReplayParts, rebuild, verify
 from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
 
@@ -27,12 +27,13 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
     """`chatlog replay [--verify]`."""
     cli_read.partition_count(wiring.admin_client(settings), settings)
     printer = ProgressPrinter(sys.stderr)
+    parts = wiring.replay_parts(settings)
     with cli_read.stop_on_signals() as stop:
         try:
             if args.verify:
-                return _verify(args, settings, printer, stop)
+                return _verify(args, parts, printer, stop)
             report = rebuild(
-                settings,
+                parts,
                 restart=args.restart,
                 handover_s=args.handover,
                 keep_old=args.keep_old,
@@ -53,9 +54,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
 
 
 def _verify(
-    args: argparse.Namespace, settings: Settings, printer: ProgressPrinter, stop: Any
+    args: argparse.Namespace, parts: ReplayParts, printer: ProgressPrinter, stop: Any
 ) -> dict[str, Any] | None:
-    report = verify(settings, stop=stop, on_progress=printer)
+    report = verify(parts, stop=stop, on_progress=printer)
     printer.done()
     result = asdict(report)
     if not report.differences:
