@@ -11,16 +11,50 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TextIO
 
 from chatlog import cli_read, wiring
-from chatlog.processors.kafka_replay import Interrupted
-from chatlog.processors.replay import ProgressPrinter, ReplayParts, rebuild, verify
+from chatlog.processors.kafka_replay import Interrupted, ReplayProgress
+from chatlog.processors.replay import ReplayParts, rebuild, verify
 from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
 
-__all__ = ["run"]
+__all__ = ["ProgressPrinter", "run"]
+
+
+class ProgressPrinter:
+    """Shows a replay's progress on `out`."""
+
+    def __init__(self, out: TextIO = sys.stderr, *, every_s: float | None = None) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.every_s = every_s if every_s is not None else (0.2 if self.tty else 5.0)
+        self._last = 0.0
+
+    def __call__(self, progress: ReplayProgress) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        eta = progress.eta_s
+        share = f" {100 * progress.done / progress.total:3.0f}%" if progress.total else ""
+        line = (
+            f"{progress.phase}: {progress.done:,} / {progress.total:,} events{share}, "
+            f"{progress.rate:,.0f} events/s, ETA {'-' if eta is None else f'{eta:,.0f} s'}"
+        )
+        if self.tty:
+            self.out.write(f"\r\033[K{line}")
+        else:
+            self.out.write(f"{time.strftime('%H:%M:%S')} replay {line}\n")
+        self.out.flush()
+
+    def done(self) -> None:
+        """End the line a terminal display was rewriting."""
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import functools
 import gc
 import multiprocessing
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ParamSpec, Protocol, TextIO, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from chatlog.processors.kafka_replay import Interrupted, KafkaReplay, ReplayProgress
 from chatlog.projections.redis_generations import Difference, GenerationStore, next_generation
@@ -35,7 +34,6 @@ R = TypeVar("R")
 
 __all__ = [
     "PartitionWorker",
-    "ProgressPrinter",
     "RebuildReport",
     "ReplayFactory",
     "ReplayParts",
@@ -97,39 +95,6 @@ class VerifyReport:
     seconds: float
     differences: list[Difference] = field(default_factory=list)
     moved_on: int = 0  # sessions that changed after the verification started
-
-
-class ProgressPrinter:
-    """Shows a replay's progress on `out`."""
-
-    def __init__(self, out: TextIO = sys.stderr, *, every_s: float | None = None) -> None:
-        self.out = out
-        self.tty = out.isatty()
-        self.every_s = every_s if every_s is not None else (0.2 if self.tty else 5.0)
-        self._last = 0.0
-
-    def __call__(self, progress: ReplayProgress) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every_s:
-            return
-        self._last = now
-        eta = progress.eta_s
-        share = f" {100 * progress.done / progress.total:3.0f}%" if progress.total else ""
-        line = (
-            f"{progress.phase}: {progress.done:,} / {progress.total:,} events{share}, "
-            f"{progress.rate:,.0f} events/s, ETA {'-' if eta is None else f'{eta:,.0f} s'}"
-        )
-        if self.tty:
-            self.out.write(f"\r\033[K{line}")
-        else:
-            self.out.write(f"{time.strftime('%H:%M:%S')} replay {line}\n")
-        self.out.flush()
-
-    def done(self) -> None:
-        """End the line a terminal display was rewriting."""
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
 
 
 def _collector_paused(function: Callable[P, R]) -> Callable[P, R]:
