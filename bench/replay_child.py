@@ -53,7 +53,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bench.projector_child import GcPauses, peak_rss_kib
 from chatlog import wiring
-from chatlog.cli_replay import ProgressPrinter
+from chatlog.cli.replay import ProgressPrinter
 from chatlog.processors.kafka_replay import ReplayProgress
 from chatlog.processors.replay import ReplayParts, rebuild
 from chatlog.projections.store import InMemoryViewStore

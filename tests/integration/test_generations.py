@@ -7,7 +7,7 @@ import io
 import pytest
 import redis
 
-from chatlog.cli_replay import ProgressPrinter
+from chatlog.cli.replay import ProgressPrinter
 from chatlog.processors.kafka_replay import ReplayProgress
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_generations import GenerationStore, next_generation

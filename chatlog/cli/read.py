@@ -5,7 +5,7 @@
 one partition of the events topic that holds the session, from its start, so it shows
 what was published even when no projector runs. So does `context --as-of`, which folds
 the session's events up to a past time or position (`chatlog.processors.kafka_history`): what the
-bot saw then, with no projector and no Redis. `cli.py` owns the parser and the exit
+bot saw then, with no projector and no Redis. `chatlog.cli` owns the parser and the exit
 codes; the functions here take parsed arguments and either return what to print as JSON
 or print as they go (`tail`). The text formatting is shared with the demo.
 """

@@ -3,7 +3,7 @@
 Every command prints for people by default and JSON with ``--json`` (for scripts). On
 error it prints one line naming the problem and exits non-zero: 1 for a chatlog error
 (bad input, no broker, ...), 2 for a usage error. This module is the parser and the
-dispatcher; the read commands (`context`, `sessions`, `tail`) live in `chatlog.cli_read`.
+dispatcher; the read commands (`context`, `sessions`, `tail`) live in `chatlog.cli.read`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from chatlog import cli_read, cli_replay, wiring
+from chatlog import wiring
+from chatlog.cli import read as cli_read
+from chatlog.cli import replay as cli_replay
 from chatlog.processors.kafka_projector import tune_garbage_collector
 from chatlog.schemas.errors import ChatlogError
 from chatlog.schemas.events import Role
@@ -283,7 +285,3 @@ def _print(result: Any, *, as_json: bool) -> None:
             print(f"{key}: {value}")
     else:
         print(result)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

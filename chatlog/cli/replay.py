@@ -15,7 +15,8 @@ import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from chatlog import cli_read, wiring
+from chatlog import wiring
+from chatlog.cli import read as cli_read
 from chatlog.processors.kafka_replay import Interrupted, ReplayProgress
 from chatlog.processors.replay import ReplayParts, rebuild, verify
 from chatlog.schemas.errors import ChatlogError
