@@ -60,7 +60,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from chatlog import wiring
-from chatlog.cli.read import context_lines, session_rows
+from chatlog.cli.output import context_lines, session_rows
 from chatlog.client import ChatLog
 from chatlog.producers.commands import new_event
 from chatlog.projections.context import Context

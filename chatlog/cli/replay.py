@@ -13,16 +13,55 @@ import json
 import sys
 import time
 from dataclasses import asdict
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from chatlog import wiring
-from chatlog.cli import read as cli_read
+from chatlog.cli.common import partition_count, positive_float, positive_int, stop_on_signals
 from chatlog.processors.kafka_replay import Interrupted, ReplayProgress
 from chatlog.processors.replay import ReplayParts, rebuild, verify
 from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
 
-__all__ = ["ProgressPrinter", "run"]
+if TYPE_CHECKING:
+    from chatlog.cli.common import Commands
+
+__all__ = ["ProgressPrinter", "add_commands", "run"]
+
+
+def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """Add `replay` to the parser's `commands`."""
+    replay = commands.add_parser(
+        "replay",
+        parents=[common],
+        help="rebuild the read-model from the log into a new generation, then switch to it",
+    )
+    replay.add_argument(
+        "--verify",
+        action="store_true",
+        help="rebuild into a scratch generation, compare with the live one, exit 1 if they differ",
+    )
+    replay.add_argument(
+        "--restart", action="store_true", help="start over instead of resuming an interrupted run"
+    )
+    replay.add_argument(
+        "--keep-old", action="store_true", help="keep the replaced generation (default: delete it)"
+    )
+    replay.add_argument(
+        "--handover",
+        type=positive_float,
+        default=3.0,
+        metavar="S",
+        help="seconds to keep projecting after the switch, for the live projector to follow",
+    )
+    replay.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="processes rebuilding partitions in parallel (helps with cores to spare beyond "
+        "Kafka's and Redis's; default 1)",
+    )
+    replay.set_defaults(handler=run)
 
 
 class ProgressPrinter:
@@ -60,10 +99,10 @@ class ProgressPrinter:
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
     """`chatlog replay [--verify]`."""
-    cli_read.partition_count(wiring.admin_client(settings), settings)
+    partition_count(wiring.admin_client(settings), settings)
     printer = ProgressPrinter(sys.stderr)
     parts = wiring.replay_parts(settings)
-    with cli_read.stop_on_signals() as stop:
+    with stop_on_signals() as stop:
         try:
             if args.verify:
                 return _verify(args, parts, printer, stop)
