@@ -87,4 +87,5 @@ def test_every_import_names_the_one_root():
     assert offenders == []
     for layer in LAYERS:
         link = root / "chatlog" / layer
-        assert link.is_symlink() and link.resolve() == root / layer
+        assert link.is_symlink()
+        assert link.resolve() == root / layer
