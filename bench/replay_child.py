@@ -1,6 +1,6 @@
 """One reading of the replay scenario's topic, in a process of its own, configured by CHATLOG_*.
 
-    python -m bench.replay_child rebuild   # chatlog.replay.rebuild into a fresh prefix
+    python -m bench.replay_child rebuild   # chatlog.processors.replay.rebuild into a fresh prefix
     python -m bench.replay_child memory    # the same pieces, views kept in memory
     python -m bench.replay_child read      # a bare confluent-kafka consumer, no decoding
 
@@ -12,15 +12,15 @@ record up to those offsets is applied. Consumer start-up (imports, metadata, end
 offsets) comes before it and is reported apart. ConsumerPerformance's `fetch.nMsg.sec`
 covers the same span: from the partitions assigned to the last record.
 
-- `rebuild` calls `chatlog.replay.rebuild(settings, handover_s=0, keep_old=False)`, the
-  code `chatlog replay` runs, and takes the rebuild phase from its progress reports.
-  The prefix is fresh, so nothing is live: no catch-up, and the flip is one command.
-- `memory` runs the same `rebuild` call with one change: the store of the generation it
-  builds is an `InMemoryViewStore` (`chatlog.replay._store` patched, in this process
-  only). So the `KafkaReplay` and `ProjectionCore` are exactly those `rebuild` makes,
-  batch size, view cache and collector settings included, whatever they become: reading,
-  decoding and folding without the Redis writes. (The generation pointer and the flip
-  still go to Redis, outside the rebuild phase.)
+- `rebuild` calls `chatlog.processors.replay.rebuild` with `wiring.replay_parts(settings)`,
+  `handover_s=0, keep_old=False`: the code `chatlog replay` runs; it takes the rebuild
+  phase from its progress reports. The prefix is fresh, so nothing is live: no catch-up,
+  and the flip is one command.
+- `memory` runs the same `rebuild` call with one change: the parts' `store_for` gives an
+  `InMemoryViewStore` per generation. So the `KafkaReplay` and `ProjectionCore` are
+  exactly those `rebuild` makes, batch size, view cache and collector settings included,
+  whatever they become: reading, decoding and folding without the Redis writes. (The
+  generation pointer and the flip still go to Redis, outside the rebuild phase.)
 - `read` assigns every partition to a confluent-kafka consumer with the replay's fetch
   settings and counts the records and their bytes: what reading alone costs in Python.
   It then decodes a sample of the values it read, off the clock of the reading.
@@ -40,7 +40,7 @@ parent's: a child of a benchmark process that holds 500 MB reports at least 500 
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -48,16 +48,15 @@ import resource
 import sys
 import time
 from typing import Any
-from unittest import mock
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-import chatlog.replay
 from bench.projector_child import GcPauses, peak_rss_kib
 from chatlog import wiring
+from chatlog.cli.replay import ProgressPrinter
 from chatlog.processors.kafka_replay import ReplayProgress
+from chatlog.processors.replay import ReplayParts, rebuild
 from chatlog.projections.store import InMemoryViewStore
-from chatlog.replay import ProgressPrinter, rebuild
 from chatlog.settings import Settings
 
 MODES = ("rebuild", "memory", "read")
@@ -131,10 +130,10 @@ def main() -> int:
 def _replay(settings: Settings, *, in_memory: bool) -> dict[str, Any]:
     clock = PhaseClock()
     called = time.monotonic()
-    with contextlib.ExitStack() as patches:
-        if in_memory:
-            patches.enter_context(_views_in_memory())
-        report = rebuild(settings, handover_s=0.0, keep_old=False, on_progress=clock)
+    parts = wiring.replay_parts(settings)
+    if in_memory:
+        parts = _views_in_memory(parts)
+    report = rebuild(parts, handover_s=0.0, keep_old=False, on_progress=clock)
     returned = time.monotonic()
     if clock.started is None or clock.done_at is None:
         raise RuntimeError(f"the replay reported no records (events {report.events})")
@@ -153,19 +152,14 @@ def _replay(settings: Settings, *, in_memory: bool) -> dict[str, Any]:
     }
 
 
-def _views_in_memory() -> contextlib.AbstractContextManager[Any]:
-    """Make `rebuild` fold into an `InMemoryViewStore` (see the module docstring)."""
-    if not hasattr(chatlog.replay, "_store"):
-        raise RuntimeError(
-            "chatlog.replay._store, which the in-memory variant replaces, is gone: "
-            "update bench/replay_child.py to the new way `rebuild` makes its store"
-        )
+def _views_in_memory(parts: ReplayParts) -> ReplayParts:
+    """`parts` that fold into an `InMemoryViewStore` (see the module docstring)."""
     stores: dict[str, InMemoryViewStore] = {}
 
-    def store(settings: Settings, generation: str) -> InMemoryViewStore:
+    def store(generation: str) -> InMemoryViewStore:
         return stores.setdefault(generation, InMemoryViewStore())
 
-    return mock.patch.object(chatlog.replay, "_store", store)
+    return dataclasses.replace(parts, store_for=store)
 
 
 def _read(settings: Settings) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -12,7 +14,9 @@ import redis.asyncio
 from confluent_kafka.admin import AdminClient
 
 from chatlog.processors.kafka_projector import KafkaProjector
+from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
+from chatlog.processors.replay import ReplayParts, rebuild_partitions
 from chatlog.processors.summarizers import (
     CircuitBreaker,
     ExtractiveSummarizer,
@@ -28,6 +32,7 @@ from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
 from chatlog.projections.redis_store import RedisViewStore, redis_errors, text
+from chatlog.projections.store import ViewStore
 from chatlog.projections.view import WindowPolicy
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import ConfigError
@@ -44,12 +49,14 @@ __all__ = [
     "create_topics",
     "generation_store",
     "generations",
+    "kafka_replay",
     "live_store",
     "policy",
     "producer",
     "projector",
     "reader",
     "redis_client",
+    "replay_parts",
     "summarizer",
     "summarizer_worker",
     "summary_policy",
@@ -159,6 +166,72 @@ def projector(settings: Settings) -> KafkaProjector:
         store_for=lambda generation: generation_store(settings, generation, client),
         on_data_loss=settings.on_data_loss,
     )
+
+
+# Bounded memory: beyond this many sessions, the least recent views are reloaded from
+# the generation being built. A view holds at most window + max_overflow messages, so
+# this bounds the replay's memory whatever the topic's size.
+_REPLAY_CACHED_VIEWS = 10_000
+
+
+def kafka_replay(
+    settings: Settings,
+    store: ViewStore,
+    *,
+    batch_size: int = 20_000,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[ReplayProgress], None] | None = None,
+) -> KafkaReplay:
+    """A reader of the whole events topic (no consumer group) that folds it into `store`."""
+    core = ProjectionCore(
+        store, codec=codec(settings), policy=policy(settings), cache_size=_REPLAY_CACHED_VIEWS
+    )
+    return KafkaReplay(
+        core,
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic=settings.topic,
+        config=settings.kafka,
+        batch_size=batch_size,
+        on_progress=on_progress,
+        stop=stop,
+    )
+
+
+def replay_parts(
+    settings: Settings, client: redis.Redis | None = None, *, batch_size: int = 20_000
+) -> ReplayParts:
+    """What `chatlog.processors.replay.rebuild` and `verify` work with, from `settings`."""
+    client = client or redis_client(settings)
+
+    def replay_for(
+        store: ViewStore,
+        *,
+        stop: threading.Event | None = None,
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+    ) -> KafkaReplay:
+        return kafka_replay(
+            settings, store, batch_size=batch_size, stop=stop, on_progress=on_progress
+        )
+
+    return ReplayParts(
+        generations=generations(settings, client),
+        store_for=lambda generation: generation_store(settings, generation, client),
+        replay_for=replay_for,
+        # Pickled into each spawned worker: the settings travel as data, not as clients.
+        worker=functools.partial(_replay_worker, settings.model_dump(mode="json"), batch_size),
+    )
+
+
+def _replay_worker(
+    data: dict[str, object],
+    batch_size: int,
+    generation: str,
+    partitions: list[int],
+    ends: dict[int, int],
+) -> None:
+    """A replay worker process: its own clients, built from the parent's settings."""
+    settings = Settings.model_validate(data)
+    rebuild_partitions(replay_parts(settings, batch_size=batch_size), generation, partitions, ends)
 
 
 def reader(settings: Settings, client: redis.Redis | None = None) -> RedisReader:

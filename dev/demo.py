@@ -50,7 +50,7 @@ from types import FrameType
 from typing import Any
 
 from chatlog import ChatLog, ChatlogError, Context, Position, Settings, wiring
-from chatlog.cli_read import context_lines, session_rows
+from chatlog.cli.output import context_lines, session_rows
 from dev.demo_chats import Script, read_long_chat, write_scripts
 
 __all__ = ["main"]

@@ -27,6 +27,7 @@ import redis
 
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_store import redis_errors, text, text_map
+from chatlog.schemas.position import Position
 
 __all__ = [
     "Comparison",
@@ -140,6 +141,19 @@ class GenerationStore:
         if keys:
             removed += self._unlink(keys)
         return removed
+
+    def session_position(self, generation: str, session_id: str) -> Position | None:
+        """The position of the last event `generation` applied to a session (None if absent).
+
+        Reads the meta hash alone: this answers for a session whose stored messages
+        may be damaged, which `compare` has just reported.
+        """
+        keys = self.keys.with_generation(generation)
+        with redis_errors():
+            meta = text_map(self.client.hgetall(keys.meta(session_id)))
+        if not meta:
+            return None
+        return Position(int(meta.get("partition", -1)), int(meta.get("last_offset", -1)))
 
     def compare(self, left: str, right: str, *, limit: int = 100) -> Comparison:
         """Compare generations `left` and `right` key by key (at most `limit` differences)."""

@@ -7,10 +7,11 @@ import io
 import pytest
 import redis
 
+from chatlog.cli.replay import ProgressPrinter
 from chatlog.processors.kafka_replay import ReplayProgress
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_generations import GenerationStore, next_generation
-from chatlog.replay import ProgressPrinter
+from chatlog.schemas.position import Position
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +71,17 @@ def test_compare_finds_sessions_and_user_indexes_that_differ(generations):
         ("session", "same"),
         ("user index", "alice"),
     ]
+
+
+def test_session_position_reads_the_meta_alone_of_one_generation(generations):
+    client = generations.client
+    g1, g2 = (KeySpace(generations.keys.prefix, g) for g in ("g1", "g2"))
+    client.hset(g1.meta("s1"), mapping={"session_id": "s1", "partition": 2, "last_offset": 41})
+    client.rpush(g1.messages("s1"), b'{"forged": true}')  # unreadable as a message
+    client.hset(g2.meta("s1"), mapping={"session_id": "s1", "partition": 2, "last_offset": 7})
+    assert generations.session_position("g1", "s1") == Position(2, 41)
+    assert generations.session_position("g2", "s1") == Position(2, 7)
+    assert generations.session_position("g1", "s2") is None
 
 
 def test_progress_is_a_line_every_few_seconds_when_not_on_a_terminal():

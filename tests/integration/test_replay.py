@@ -15,8 +15,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from chatlog import wiring
 from chatlog.processors.kafka_replay import Interrupted, ReplayProgress
+from chatlog.processors.replay import rebuild, verify
 from chatlog.producers.commands import append_message, new_event
-from chatlog.replay import rebuild, verify
 from chatlog.schemas.errors import ChatlogError
 from chatlog.schemas.events import MessageRedacted, SessionClosed, SummaryUpdated, UserErased
 from chatlog.settings import Settings
@@ -92,13 +92,25 @@ def test_a_replay_of_100000_events_equals_the_live_read_model_key_for_key(settin
     with running_projector(settings):
         until = publish(settings, events(100_000, 2_000))
         wait_until(lambda: projected(settings, until), timeout=120, what="live projection")
-        report = rebuild(settings, keep_old=True, handover_s=0.5)
+        report = rebuild(wiring.replay_parts(settings), keep_old=True, handover_s=0.5)
     generations = wiring.generations(settings)
     assert (report.replaced, report.generation, generations.live()) == ("g1", "g2", "g2")
     assert report.events == 100_004
     comparison = generations.compare("g1", "g2")
     assert comparison.sessions == 2_000
     assert comparison.users == 97
+    assert comparison.differences == []
+
+
+def test_a_replay_by_worker_processes_equals_the_live_read_model(settings):
+    with running_projector(settings):
+        until = publish(settings, events(4_000, 200))
+        wait_until(lambda: projected(settings, until), timeout=60, what="live projection")
+        report = rebuild(wiring.replay_parts(settings), keep_old=True, handover_s=0.5, workers=2)
+    assert (report.replaced, report.generation) == ("g1", "g2")
+    assert report.events == 4_004
+    comparison = wiring.generations(settings).compare("g1", "g2")
+    assert comparison.sessions == 200
     assert comparison.differences == []
 
 
@@ -129,13 +141,13 @@ def test_a_replay_during_live_traffic_switches_without_a_failed_read(settings):
         writer = threading.Thread(target=traffic)
         writer.start()
         try:
-            report = rebuild(settings, handover_s=3.0)
+            report = rebuild(wiring.replay_parts(settings), handover_s=3.0)
             time.sleep(1.0)  # traffic continues in the new generation
         finally:
             done.set()
             writer.join(60)
         wait_until(lambda: projected(settings, ends(settings)), timeout=60, what="catch up")
-        result = verify(settings)
+        result = verify(wiring.replay_parts(settings))
     assert failures == []
     assert appended[0] > 50
     assert report.generation == "g2"
@@ -155,18 +167,22 @@ def test_an_interrupted_replay_leaves_the_live_generation_serving_and_resumes(se
                 stop_replay.set()
 
         with pytest.raises(Interrupted):
-            rebuild(settings, batch_size=2_000, stop=stop_replay, on_progress=interrupt_halfway)
+            rebuild(
+                wiring.replay_parts(settings, batch_size=2_000),
+                stop=stop_replay,
+                on_progress=interrupt_halfway,
+            )
         generations = wiring.generations(settings)
         assert generations.live() == "g1"
         assert generations.rebuild_in_progress()["generation"] == "g2"
         context = wiring.reader(settings).context("s7", user_id=user(7))
         assert context.message_count == 100
 
-        report = rebuild(settings, handover_s=0.5)
+        report = rebuild(wiring.replay_parts(settings), handover_s=0.5)
     assert report.resumed
     assert report.generation == "g2"
     assert 0 < report.events < 40_004  # it went on from where it was stopped
-    assert verify(settings).differences == []
+    assert verify(wiring.replay_parts(settings)).differences == []
     assert wiring.generations(settings).rebuild_in_progress() == {}
 
 
@@ -174,12 +190,12 @@ def test_verify_names_the_keys_that_differ_from_the_log(settings, redis_url):
     with running_projector(settings):
         until = publish(settings, events(3_000, 100))
         wait_until(lambda: projected(settings, until), timeout=60, what="live projection")
-        assert verify(settings).differences == []
+        assert verify(wiring.replay_parts(settings)).differences == []
         client = redis.Redis.from_url(redis_url)
         keys = wiring.live_store(settings).keys
         client.lset(keys.messages("s10"), 0, b'{"forged": true}')
         client.hset(keys.meta("s11"), "message_count", 999)
-        result = verify(settings)
+        result = verify(wiring.replay_parts(settings))
         assert sorted((d.name, d.detail.split(" (")[0]) for d in result.differences) == [
             ("s10", "messages differ"),
             ("s11", "meta differs"),
@@ -217,11 +233,11 @@ def test_lost_redis_data_stops_the_projector_loudly_or_is_reprojected(
     rebuilding = settings.model_copy(update={"on_data_loss": "rebuild"})
     with running_projector(rebuilding):
         wait_until(lambda: projected(settings, until), timeout=60, what="re-projection")
-        assert verify(settings).differences == []
+        assert verify(wiring.replay_parts(settings)).differences == []
         # And while it runs: the pointer vanishing is noticed, and the log re-projected.
         client.unlink(*client.keys(f"{settings.redis_prefix}:*"))
         wait_until(lambda: projected(settings, until), timeout=60, what="second re-projection")
-        assert verify(settings).differences == []
+        assert verify(wiring.replay_parts(settings)).differences == []
 
 
 def test_a_projector_that_finds_the_pointer_gone_while_running_stops(settings, redis_url, tmp_path):

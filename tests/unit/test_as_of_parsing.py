@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from chatlog.cli import main
-from chatlog.cli_read import as_of_argument, parse_as_of
+from chatlog.cli.read import as_of_argument, parse_as_of
 from chatlog.processors.kafka_history import LogContext, describe, read_as_of
 from chatlog.projections.context import Context
 from chatlog.projections.view import SessionStatus

@@ -1,10 +1,14 @@
-"""`chatlog replay`: rebuild the read-model from the log, or check the live one against it.
+"""Replay orchestration: rebuild the read-model from the log, or check the live one against it.
 
 `rebuild` runs the steps `chatlog.processors.kafka_replay` describes: build a new generation,
 catch up with the live projector, flip, hand over, delete the old generation. `verify`
 builds a scratch generation up to the log's end offsets, compares it key by key with the
-live one, and deletes it. Both print their progress: a line rewritten in place on a
-terminal, a log line every few seconds otherwise.
+live one, and deletes it. Both report their progress to a callback.
+
+Both take their parts built (`ReplayParts`: the generation store, a view store per
+generation, a factory of Kafka readers, a worker for parallel partitions) rather than
+settings, so a test or a benchmark can hand them other stores; `chatlog.wiring.replay_parts`
+builds them from `Settings`.
 """
 
 from __future__ import annotations
@@ -12,31 +16,59 @@ from __future__ import annotations
 import functools
 import gc
 import multiprocessing
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ParamSpec, TextIO, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
-import redis
-
-from chatlog import wiring
 from chatlog.processors.kafka_replay import Interrupted, KafkaReplay, ReplayProgress
-from chatlog.processors.projection import ProjectionCore
-from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_generations import Difference, GenerationStore, next_generation
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
-from chatlog.projections.redis_store import RedisViewStore, redis_errors, text_map
+from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import ChatlogError
-from chatlog.settings import Settings
 
-_CACHED_VIEWS = 10_000
 P = ParamSpec("P")
 R = TypeVar("R")
 
-__all__ = ["ProgressPrinter", "RebuildReport", "VerifyReport", "rebuild", "verify"]
+__all__ = [
+    "PartitionWorker",
+    "RebuildReport",
+    "ReplayFactory",
+    "ReplayParts",
+    "VerifyReport",
+    "rebuild",
+    "rebuild_partitions",
+    "verify",
+]
+
+
+class ReplayFactory(Protocol):
+    """Makes the Kafka reader that folds the events topic into `store`."""
+
+    def __call__(
+        self,
+        store: ViewStore,
+        *,
+        stop: threading.Event | None = None,
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+    ) -> KafkaReplay: ...
+
+
+# Rebuilds some partitions of a generation up to their end offsets, in a process of its
+# own: `(generation, partitions, ends)`. Sent to a spawned process, so it must pickle.
+PartitionWorker = Callable[[str, list[int], dict[int, int]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayParts:
+    """What a replay works with, built by the caller (`chatlog.wiring.replay_parts`)."""
+
+    generations: GenerationStore
+    store_for: Callable[[str], ViewStore]  # the view store of one generation
+    replay_for: ReplayFactory
+    worker: PartitionWorker | None = None  # needed for `rebuild(workers=...)` > 1
 
 
 @dataclass(slots=True)
@@ -65,39 +97,6 @@ class VerifyReport:
     moved_on: int = 0  # sessions that changed after the verification started
 
 
-class ProgressPrinter:
-    """Shows a replay's progress on `out`."""
-
-    def __init__(self, out: TextIO = sys.stderr, *, every_s: float | None = None) -> None:
-        self.out = out
-        self.tty = out.isatty()
-        self.every_s = every_s if every_s is not None else (0.2 if self.tty else 5.0)
-        self._last = 0.0
-
-    def __call__(self, progress: ReplayProgress) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every_s:
-            return
-        self._last = now
-        eta = progress.eta_s
-        share = f" {100 * progress.done / progress.total:3.0f}%" if progress.total else ""
-        line = (
-            f"{progress.phase}: {progress.done:,} / {progress.total:,} events{share}, "
-            f"{progress.rate:,.0f} events/s, ETA {'-' if eta is None else f'{eta:,.0f} s'}"
-        )
-        if self.tty:
-            self.out.write(f"\r\033[K{line}")
-        else:
-            self.out.write(f"{time.strftime('%H:%M:%S')} replay {line}\n")
-        self.out.flush()
-
-    def done(self) -> None:
-        """End the line a terminal display was rewriting."""
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
-
-
 def _collector_paused(function: Callable[P, R]) -> Callable[P, R]:
     """Run `function` with no cyclic garbage collection; the setting is restored after.
 
@@ -121,12 +120,11 @@ def _collector_paused(function: Callable[P, R]) -> Callable[P, R]:
 
 @_collector_paused
 def rebuild(
-    settings: Settings,
+    parts: ReplayParts,
     *,
     restart: bool = False,
     handover_s: float = 3.0,
     keep_old: bool = False,
-    batch_size: int = 20_000,
     workers: int = 1,
     stop: threading.Event | None = None,
     on_progress: Callable[[ReplayProgress], None] | None = None,
@@ -137,37 +135,38 @@ def rebuild(
     span partitions, so they write disjoint keys); the catch-up and the flip follow in
     this process.
     """
-    client = wiring.redis_client(settings)
-    generations = wiring.generations(settings, client)
+    worker = parts.worker if workers > 1 else None
+    if workers > 1 and worker is None:
+        raise ValueError("a rebuild with workers needs ReplayParts.worker")
+    generations = parts.generations
     live = generations.live()
     target, resumed = _target(generations, live, restart=restart)
-    replay = _replay(settings, target, batch_size=batch_size, stop=stop, on_progress=on_progress)
+    target_store = parts.store_for(target)
+    replay = parts.replay_for(target_store, stop=stop, on_progress=on_progress)
     started = time.monotonic()
     try:
         ends = replay.start()
         progress = ReplayProgress(
             "rebuild", total=sum(end - replay.position[p] for p, end in ends.items())
         )
-        if workers > 1:
+        if worker is not None:
             replay.close()
             _rebuild_in_parallel(
-                settings,
+                worker,
                 target,
+                target_store,
                 starts=dict(replay.position),
                 ends=ends,
                 progress=progress,
                 workers=workers,
-                batch_size=batch_size,
                 stop=stop,
                 on_progress=on_progress,
             )
-            replay = _replay(
-                settings, target, batch_size=batch_size, stop=stop, on_progress=on_progress
-            )
+            replay = parts.replay_for(target_store, stop=stop, on_progress=on_progress)
             replay.start()
         replay.run_to(ends, progress)
         progress.phase = "catch up"
-        live_store = _store(settings, live) if live is not None else None
+        live_store = parts.store_for(live) if live is not None else None
         while live_store is not None and not replay.caught_up_with(live_store.progress()):
             replay.step(progress)
         if not generations.flip(live, target):
@@ -200,19 +199,17 @@ def rebuild(
 
 @_collector_paused
 def verify(
-    settings: Settings,
+    parts: ReplayParts,
     *,
-    batch_size: int = 20_000,
     wait_for_live_s: float = 30.0,
     stop: threading.Event | None = None,
     on_progress: Callable[[ReplayProgress], None] | None = None,
 ) -> VerifyReport:
     """Rebuild into a scratch generation and compare it with the live one."""
-    client = wiring.redis_client(settings)
-    generations = wiring.generations(settings, client)
+    generations = parts.generations
     live = generations.live() or DEFAULT_GENERATION
     scratch = f"verify-{uuid.uuid4().hex[:12]}"
-    replay = _replay(settings, scratch, batch_size=batch_size, stop=stop, on_progress=on_progress)
+    replay = parts.replay_for(parts.store_for(scratch), stop=stop, on_progress=on_progress)
     started = time.monotonic()
     try:
         try:
@@ -223,7 +220,7 @@ def verify(
             replay.run_to(ends, progress)
         finally:
             replay.close()
-        _wait_for_live(_store(settings, live), ends, wait_for_live_s)
+        _wait_for_live(parts.store_for(live), ends, wait_for_live_s)
         comparison = generations.compare(live, scratch)
         report = VerifyReport(
             live=live,
@@ -232,7 +229,7 @@ def verify(
             events=progress.done,
             seconds=time.monotonic() - started,
         )
-        moved_on = _moved_on(client, KeySpace(settings.redis_prefix, live), ends)
+        moved_on = _moved_on(generations, live, ends)
         for difference in comparison.differences:
             if difference.kind == "session" and moved_on(difference.name):
                 report.moved_on += 1
@@ -244,14 +241,14 @@ def verify(
 
 
 def _rebuild_in_parallel(
-    settings: Settings,
+    worker: PartitionWorker,
     generation: str,
+    store: ViewStore,
     *,
     starts: dict[int, int],
     ends: dict[int, int],
     progress: ReplayProgress,
     workers: int,
-    batch_size: int,
     stop: threading.Event | None,
     on_progress: Callable[[ReplayProgress], None] | None,
 ) -> None:
@@ -259,18 +256,16 @@ def _rebuild_in_parallel(
     partitions = sorted(p for p, end in ends.items() if end > starts[p])
     shares = [partitions[n::workers] for n in range(workers) if partitions[n::workers]]
     context = multiprocessing.get_context("spawn")  # no forked Kafka or Redis clients
-    data = settings.model_dump(mode="json")
     processes = [
         context.Process(
-            target=_rebuild_worker,
-            args=(data, generation, share, {p: ends[p] for p in share}, batch_size),
+            target=worker,
+            args=(generation, share, {p: ends[p] for p in share}),
             name=f"chatlog-replay-{n}",
         )
         for n, share in enumerate(shares)
     ]
     for process in processes:
         process.start()
-    store = _store(settings, generation)
     try:
         while any(process.is_alive() for process in processes):
             if stop is not None and stop.is_set():
@@ -290,23 +285,18 @@ def _rebuild_in_parallel(
     progress.done = _records_done(store, starts)
 
 
-def _records_done(store: RedisViewStore, starts: dict[int, int]) -> int:
+def _records_done(store: ViewStore, starts: dict[int, int]) -> int:
     """How many offsets the workers have projected since `starts`, by their progress marks."""
     marks = store.progress()
     return sum(marks.get(p, starts[p] - 1) + 1 - starts[p] for p in starts)
 
 
-def _rebuild_worker(
-    data: dict[str, object],
-    generation: str,
-    partitions: list[int],
-    ends: dict[int, int],
-    batch_size: int,
+def rebuild_partitions(
+    parts: ReplayParts, generation: str, partitions: list[int], ends: dict[int, int]
 ) -> None:
-    """One replay worker process: rebuild `partitions` up to `ends`."""
+    """A replay worker process's job: rebuild `partitions` of `generation` up to `ends`."""
     gc.disable()  # a process of its own: see `_collector_paused`
-    settings = Settings.model_validate(data)
-    replay = _replay(settings, generation, batch_size=batch_size, stop=None, on_progress=None)
+    replay = parts.replay_for(parts.store_for(generation))
     try:
         replay.start(only=partitions)
         replay.run_to(ends, ReplayProgress("rebuild"))
@@ -330,39 +320,7 @@ def _target(generations: GenerationStore, live: str | None, *, restart: bool) ->
     return target, False
 
 
-def _replay(
-    settings: Settings,
-    generation: str,
-    *,
-    batch_size: int,
-    stop: threading.Event | None,
-    on_progress: Callable[[ReplayProgress], None] | None,
-) -> KafkaReplay:
-    core = ProjectionCore(
-        _store(settings, generation),
-        codec=wiring.codec(settings),
-        policy=wiring.policy(settings),
-        # Bounded memory: beyond this many sessions, the least recent views are reloaded
-        # from the generation being built. A view holds at most window + max_overflow
-        # messages, so this bounds the replay's memory whatever the topic's size.
-        cache_size=_CACHED_VIEWS,
-    )
-    return KafkaReplay(
-        core,
-        bootstrap_servers=settings.kafka_bootstrap,
-        topic=settings.topic,
-        config=settings.kafka,
-        batch_size=batch_size,
-        on_progress=on_progress,
-        stop=stop,
-    )
-
-
-def _store(settings: Settings, generation: str) -> RedisViewStore:
-    return wiring.generation_store(settings, generation)
-
-
-def _wait_for_live(live: RedisViewStore, ends: dict[int, int], timeout: float) -> None:
+def _wait_for_live(live: ViewStore, ends: dict[int, int], timeout: float) -> None:
     """Wait (bounded) until the live projection has read as far as the scratch one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -372,15 +330,13 @@ def _wait_for_live(live: RedisViewStore, ends: dict[int, int], timeout: float) -
         time.sleep(0.2)
 
 
-def _moved_on(client: redis.Redis, keys: KeySpace, ends: dict[int, int]) -> Callable[[str], bool]:
+def _moved_on(
+    generations: GenerationStore, live: str, ends: dict[int, int]
+) -> Callable[[str], bool]:
     """Whether a session's live view has events newer than the verification read."""
 
     def check(session_id: str) -> bool:
-        with redis_errors():
-            meta = text_map(client.hgetall(keys.meta(session_id)))
-        if not meta:
-            return False
-        partition, last = int(meta.get("partition", -1)), int(meta.get("last_offset", -1))
-        return last >= ends.get(partition, 0)
+        position = generations.session_position(live, session_id)
+        return position is not None and position.offset >= ends.get(position.partition, 0)
 
     return check

@@ -1,13 +1,13 @@
-"""The CLI's read commands: `context`, `sessions` and `tail`.
+"""The CLI's session commands: `publish`, and the reads `context`, `sessions` and `tail`.
 
 `context` and `sessions` read the Redis read-model, exactly as a chat back end does
 (ownership checked, read-your-writes with ``--after``). `tail` reads the log itself: the
 one partition of the events topic that holds the session, from its start, so it shows
 what was published even when no projector runs. So does `context --as-of`, which folds
 the session's events up to a past time or position (`chatlog.processors.kafka_history`): what the
-bot saw then, with no projector and no Redis. `cli.py` owns the parser and the exit
-codes; the functions here take parsed arguments and either return what to print as JSON
-or print as they go (`tail`). The text formatting is shared with the demo.
+bot saw then, with no projector and no Redis. `chatlog.cli` owns the exit codes; the
+functions here take parsed arguments and either return what to print as JSON or print as
+they go (`tail`). The text formatting is in `chatlog.cli.output`, shared with the demo.
 """
 
 from __future__ import annotations
@@ -16,45 +16,115 @@ import argparse
 import json
 import os
 import re
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from chatlog import wiring
+from chatlog.cli.common import (
+    METADATA_TIMEOUT_S,
+    partition_count,
+    positive_float,
+    positive_int,
+    stop_on_signals,
+)
+from chatlog.cli.output import context_lines, one_line, session_json, session_rows
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.processors.kafka_history import AsOf, read_as_of, usable
-from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.producers.partitioning import partition_for
-from chatlog.projections.context import SUMMARY_PREAMBLE, Context
-from chatlog.projections.store import SessionEntry
+from chatlog.projections.context import Context
 from chatlog.schemas.errors import BrokerUnavailable, DecodeError, InvalidInput
-from chatlog.schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
+from chatlog.schemas.events import ConversationEvent, MessageAppended, Role, SummaryUpdated
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
+if TYPE_CHECKING:
+    from chatlog.cli.common import Commands
+
 __all__ = [
+    "add_commands",
     "as_of_argument",
     "context",
-    "context_lines",
-    "iso",
     "parse_as_of",
-    "partition_count",
-    "session_rows",
+    "publish",
     "sessions",
-    "stop_on_signals",
     "tail",
 ]
 
-_METADATA_TIMEOUT_S = 10.0
+
+def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """Add `publish`, `context`, `sessions` and `tail` to the parser's `commands`."""
+    publish_command = commands.add_parser(
+        "publish", parents=[common], help="append one message to a session"
+    )
+    publish_command.add_argument("session", help="session id")
+    publish_command.add_argument("--user", required=True, help="user id (the session's owner)")
+    publish_command.add_argument("--role", required=True, choices=[r.value for r in Role])
+    publish_command.add_argument("--content", required=True, help="the message text")
+    publish_command.add_argument("--name", help="author name (for tool or multi-agent messages)")
+    publish_command.set_defaults(handler=publish)
+
+    context_command = commands.add_parser(
+        "context", parents=[common], help="a session's context, as a chat back end reads it"
+    )
+    context_command.add_argument("session", help="session id")
+    context_command.add_argument("--user", required=True, help="the reading user (must own it)")
+    when = context_command.add_mutually_exclusive_group()
+    when.add_argument(
+        "--after", metavar="P:O", help="wait until the projection has applied this position"
+    )
+    when.add_argument(
+        "--as-of",
+        type=as_of_argument,
+        metavar="TIME|P:O",
+        help="the context as it was at TIME (ISO 8601; no timezone means UTC; or epoch "
+        "milliseconds) or right after the event at P:O, folded from the log itself "
+        "(no projector or Redis needed)",
+    )
+    context_command.add_argument(
+        "--max-tokens", type=positive_int, metavar="N", help="trim the oldest turns to fit"
+    )
+    context_command.add_argument("--system", metavar="TEXT", help="a system prompt to put first")
+    context_command.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="S",
+        help="how long --after may wait (default CHATLOG_READ_TIMEOUT_S); with --as-of, how "
+        "long Kafka may stay silent (default 10)",
+    )
+    context_command.set_defaults(handler=context)
+
+    sessions_command = commands.add_parser(
+        "sessions", parents=[common], help="a user's sessions, most recently active first"
+    )
+    sessions_command.add_argument("user", help="user id")
+    sessions_command.add_argument("--limit", type=positive_int, default=50, metavar="N")
+    sessions_command.set_defaults(handler=sessions)
+
+    tail_command = commands.add_parser(
+        "tail", parents=[common], help="a session's events from the log, then new ones"
+    )
+    tail_command.add_argument("session", help="session id")
+    tail_command.add_argument(
+        "--no-follow",
+        dest="follow",
+        action="store_false",
+        help="stop at the end of the log as it was at start",
+    )
+    tail_command.set_defaults(handler=tail)
+
+
+def publish(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """`chatlog publish`: append one message; its position."""
+    with wiring.producer(settings) as producer:
+        position = producer.append(
+            args.session, user_id=args.user, role=args.role, content=args.content, name=args.name
+        )
+    return {"session_id": args.session, "position": str(position)}
 
 
 # -- context ------------------------------------------------------------------------
@@ -90,7 +160,7 @@ def _context_as_of(args: argparse.Namespace, settings: Settings) -> dict[str, An
         codec=wiring.codec(settings),
         config=settings.kafka,
         count_tokens=wiring.token_counter(settings),
-        timeout=args.timeout if args.timeout is not None else _METADATA_TIMEOUT_S,
+        timeout=args.timeout if args.timeout is not None else METADATA_TIMEOUT_S,
     )
     through = read.through
     source = {
@@ -166,59 +236,6 @@ def _as_of_text(as_of: AsOf) -> str:
     return as_of.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
-def context_lines(
-    ctx: Context, messages: Sequence[dict[str, Any]], *, system: str | None = None
-) -> list[str]:
-    """A header line, then one line per message of `messages`.
-
-    `messages` is ``ctx.to_openai(system=system, ...)``: the system prompt and the summary
-    (when there are) come first, then the turns that fit the token budget.
-    """
-    held = len(ctx.messages)
-    overflow = max(0, held - ctx.window_size)
-    turns = len(messages) - bool(system) - bool(ctx.summary)
-    header = [
-        f"session {ctx.session_id}",
-        f"owner {ctx.user_id}",
-        f"position {ctx.position}",
-        f"{ctx.message_count} messages",
-    ]
-    if held != ctx.message_count:
-        header[-1] += f" ({held} held: {overflow} overflow + {held - overflow} window)"
-    elif overflow:
-        header[-1] += f" ({overflow} overflow + {held - overflow} window)"
-    if turns < held:
-        header.append(f"showing the newest {turns}")
-    if ctx.summary:
-        header.append(f"summary through offset {ctx.summary_through}")
-    if ctx.title:
-        header.append(f"title {ctx.title!r}")
-    return ["  ".join(header), *(_message_line(m, ctx) for m in messages)]
-
-
-def _is_summary(message: dict[str, Any], ctx: Context) -> bool:
-    return bool(ctx.summary) and message.get("content") == SUMMARY_PREAMBLE + (ctx.summary or "")
-
-
-def _message_line(message: dict[str, Any], ctx: Context) -> str:
-    if _is_summary(message, ctx):
-        return f"[summary] {_one_line(ctx.summary or '')}"
-    label = message["role"]
-    if message.get("name"):
-        label += f":{message['name']}"
-    parts = [f"[{label}]"]
-    if message.get("content"):
-        parts.append(_one_line(message["content"]))
-    for call in message.get("tool_calls", ()):
-        function = call["function"]
-        parts.append(f"-> {function['name']}({_one_line(function['arguments'])})")
-    return " ".join(parts)
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\n", " ⏎ ")
-
-
 # -- sessions -----------------------------------------------------------------------
 
 
@@ -230,51 +247,12 @@ def sessions(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any
     finally:
         reader.client.close()
     if args.json:
-        return [_session_json(e) for e in entries]
+        return [session_json(e) for e in entries]
     if not entries:
         print(f"no sessions for user {args.user}")
     for line in session_rows(entries):
         print(line)
     return None
-
-
-def _session_json(entry: SessionEntry) -> dict[str, Any]:
-    return {
-        "session_id": entry.session_id,
-        "title": entry.title,
-        "status": entry.status.value,
-        "message_count": entry.message_count,
-        "created_at": iso(entry.created_at_ms),
-        "last_activity": iso(entry.updated_at_ms),
-    }
-
-
-def session_rows(entries: Sequence[SessionEntry]) -> list[str]:
-    """An aligned table of `entries` with a heading; no lines for no entries."""
-    if not entries:
-        return []
-    rows = [("SESSION", "STATUS", "MESSAGES", "LAST ACTIVITY", "TITLE")]
-    rows += [
-        (
-            e.session_id,
-            e.status.value,
-            str(e.message_count),
-            iso(e.updated_at_ms),
-            e.title or "-",
-        )
-        for e in entries
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return [
-        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  "
-        f"{r[3]:<{widths[3]}}  {r[4]}"
-        for r in rows
-    ]
-
-
-def iso(ms: int) -> str:
-    """Epoch milliseconds as an ISO 8601 UTC time with milliseconds."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 # -- tail ---------------------------------------------------------------------------
@@ -333,27 +311,17 @@ def _locate(consumer: Consumer, settings: Settings, session_id: str) -> tuple[in
     partition = partition_for(session_id, partition_count(consumer, settings))
     try:
         low, high = consumer.get_watermark_offsets(
-            TopicPartition(settings.topic, partition), timeout=_METADATA_TIMEOUT_S
+            TopicPartition(settings.topic, partition), timeout=METADATA_TIMEOUT_S
         )
     except KafkaException as exc:
         raise _no_broker(settings, exc) from exc
     return partition, low, high
 
 
-def partition_count(client: Consumer | AdminClient, settings: Settings) -> int:
-    """The events topic's partition count; a missing topic or broker is a one-line error."""
-    return topic_partitions(
-        client,
-        settings.topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        timeout=_METADATA_TIMEOUT_S,
-    )
-
-
 def _no_broker(settings: Settings, exc: KafkaException) -> BrokerUnavailable:
     return BrokerUnavailable(
         f"no Kafka broker answered at {settings.kafka_bootstrap} within "
-        f"{_METADATA_TIMEOUT_S:g} s ({exc.args[0]}); start one (`make services`) or set "
+        f"{METADATA_TIMEOUT_S:g} s ({exc.args[0]}); start one (`make services`) or set "
         f"CHATLOG_KAFKA_BOOTSTRAP",
         bootstrap_servers=settings.kafka_bootstrap,
     )
@@ -390,7 +358,7 @@ def _emit_text(message: Message, event: ConversationEvent) -> None:
     line = f"{message.offset():>8}  {at}  {type(payload).__name__:<15}"
     if isinstance(payload, MessageAppended):
         label = payload.role.value + (f":{payload.name}" if payload.name else "")
-        parts = [f"[{label}]", _one_line(payload.content)]
+        parts = [f"[{label}]", one_line(payload.content)]
         parts += [f"-> {c.name}({c.arguments})" for c in payload.tool_calls]
         line += "  " + " ".join(part for part in parts if part)
     elif isinstance(payload, SummaryUpdated):
@@ -418,31 +386,3 @@ def _emit_json(message: Message, event: ConversationEvent) -> None:
 
 def _warn(text: str) -> None:
     print(f"chatlog: warning: {text}", file=sys.stderr, flush=True)
-
-
-# -- shared -------------------------------------------------------------------------
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM or SIGINT while the block runs; handlers restored after.
-
-    The first signal asks for a clean stop; a second one gets the previous behaviour
-    back (Ctrl-C twice interrupts a stop that hangs).
-    """
-    stop = threading.Event()
-    watched = (signal.SIGTERM, signal.SIGINT)
-    previous = {signum: signal.getsignal(signum) for signum in watched}
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-        for each, handler in previous.items():
-            signal.signal(each, handler)
-
-    for signum in watched:
-        signal.signal(signum, request_stop)
-    try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

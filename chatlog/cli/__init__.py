@@ -1,0 +1,64 @@
+"""The `chatlog` command line: publish, read, tail, run the projector, manage the stack.
+
+Every command prints for people by default and JSON with ``--json`` (for scripts). On
+error it prints one line naming the problem and exits non-zero: 1 for a chatlog error
+(bad input, no broker, ...), 2 for a usage error. This module is the parser and the
+dispatcher; each command group adds its own commands and handlers:
+
+- `chatlog.cli.read`: `publish`, `context`, `sessions`, `tail`
+- `chatlog.cli.run`: `run projector`, `run summarizer`
+- `chatlog.cli.replay`: `replay` (rebuild, `--verify`)
+- `chatlog.cli.admin`: `topics create`, `config`
+
+`chatlog.cli.output` shows results (for people, or JSON); `chatlog.cli.common` holds the
+rest they share (argument types, stopping on a signal, the topic check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from chatlog.cli import admin, read, replay, run
+from chatlog.cli.output import print_result
+from chatlog.schemas.errors import ChatlogError
+from chatlog.settings import Settings
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(arguments)
+    # librdkafka reports transient retries (a coordinator still loading, a reconnect) as
+    # warnings; the CLI's own errors say what matters, so those stay hidden by default.
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("chatlog.kafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    try:
+        settings = Settings.from_env()
+        result = args.handler(args, settings)
+    except ChatlogError as exc:
+        print(f"chatlog: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print_result(result, as_json=args.json)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatlog", description="Event-sourced conversation memory on Kafka and Redis."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Kafka client logs")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for group in (read, run, replay, admin):
+        group.add_commands(commands, common)
+    return parser

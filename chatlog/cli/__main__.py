@@ -1,0 +1,9 @@
+"""`python -m chatlog.cli`: the `chatlog` command, run as a module."""
+
+from __future__ import annotations
+
+import sys
+
+from chatlog.cli import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""What the CLI's command groups share, apart from output: argument types, stopping on a
+signal, and the start-up check that the events topic exists."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, TypeAlias
+
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
+
+from chatlog.producers.kafka_topics import topic_partitions
+from chatlog.settings import Settings
+
+if TYPE_CHECKING:
+    # What `add_subparsers` returns; each command module adds its commands to it.
+    Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+__all__ = [
+    "METADATA_TIMEOUT_S",
+    "partition_count",
+    "positive_float",
+    "positive_int",
+    "stop_on_signals",
+]
+
+METADATA_TIMEOUT_S = 10.0
+
+
+def partition_count(client: Consumer | AdminClient, settings: Settings) -> int:
+    """The events topic's partition count; a missing topic or broker is a one-line error."""
+    return topic_partitions(
+        client,
+        settings.topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        timeout=METADATA_TIMEOUT_S,
+    )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT while the block runs; handlers restored after.
+
+    The first signal asks for a clean stop; a second one gets the previous behaviour
+    back (Ctrl-C twice interrupts a stop that hangs).
+    """
+    stop = threading.Event()
+    watched = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in watched}
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+
+    for signum in watched:
+        signal.signal(signum, request_stop)
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

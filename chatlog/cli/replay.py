@@ -1,0 +1,149 @@
+"""The CLI's `replay` command: rebuild the read-model, or verify the live one (`--verify`).
+
+Progress goes to stderr (rewritten in place on a terminal); the result to stdout, as
+text or JSON. `--verify` exits with 1 when the live generation differs from the log.
+SIGTERM or Ctrl-C stops a rebuild cleanly: the live generation stays untouched, and the
+next run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, TextIO
+
+from chatlog import wiring
+from chatlog.cli.common import partition_count, positive_float, positive_int, stop_on_signals
+from chatlog.processors.kafka_replay import Interrupted, ReplayProgress
+from chatlog.processors.replay import ReplayParts, rebuild, verify
+from chatlog.schemas.errors import ChatlogError
+from chatlog.settings import Settings
+
+if TYPE_CHECKING:
+    from chatlog.cli.common import Commands
+
+__all__ = ["ProgressPrinter", "add_commands", "run"]
+
+
+def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """Add `replay` to the parser's `commands`."""
+    replay = commands.add_parser(
+        "replay",
+        parents=[common],
+        help="rebuild the read-model from the log into a new generation, then switch to it",
+    )
+    replay.add_argument(
+        "--verify",
+        action="store_true",
+        help="rebuild into a scratch generation, compare with the live one, exit 1 if they differ",
+    )
+    replay.add_argument(
+        "--restart", action="store_true", help="start over instead of resuming an interrupted run"
+    )
+    replay.add_argument(
+        "--keep-old", action="store_true", help="keep the replaced generation (default: delete it)"
+    )
+    replay.add_argument(
+        "--handover",
+        type=positive_float,
+        default=3.0,
+        metavar="S",
+        help="seconds to keep projecting after the switch, for the live projector to follow",
+    )
+    replay.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="processes rebuilding partitions in parallel (helps with cores to spare beyond "
+        "Kafka's and Redis's; default 1)",
+    )
+    replay.set_defaults(handler=run)
+
+
+class ProgressPrinter:
+    """Shows a replay's progress on `out`."""
+
+    def __init__(self, out: TextIO = sys.stderr, *, every_s: float | None = None) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.every_s = every_s if every_s is not None else (0.2 if self.tty else 5.0)
+        self._last = 0.0
+
+    def __call__(self, progress: ReplayProgress) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        eta = progress.eta_s
+        share = f" {100 * progress.done / progress.total:3.0f}%" if progress.total else ""
+        line = (
+            f"{progress.phase}: {progress.done:,} / {progress.total:,} events{share}, "
+            f"{progress.rate:,.0f} events/s, ETA {'-' if eta is None else f'{eta:,.0f} s'}"
+        )
+        if self.tty:
+            self.out.write(f"\r\033[K{line}")
+        else:
+            self.out.write(f"{time.strftime('%H:%M:%S')} replay {line}\n")
+        self.out.flush()
+
+    def done(self) -> None:
+        """End the line a terminal display was rewriting."""
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
+    """`chatlog replay [--verify]`."""
+    partition_count(wiring.admin_client(settings), settings)
+    printer = ProgressPrinter(sys.stderr)
+    parts = wiring.replay_parts(settings)
+    with stop_on_signals() as stop:
+        try:
+            if args.verify:
+                return _verify(args, parts, printer, stop)
+            report = rebuild(
+                parts,
+                restart=args.restart,
+                handover_s=args.handover,
+                keep_old=args.keep_old,
+                workers=args.workers,
+                stop=stop,
+                on_progress=printer,
+            )
+        except Interrupted:
+            printer.done()
+            raise ChatlogError(
+                "replay interrupted; the live generation is untouched. Run `chatlog replay` "
+                "again to resume, or `chatlog replay --restart` to start over"
+            ) from None
+    printer.done()
+    result = asdict(report)
+    result["events_per_s"] = round(report.events / report.seconds) if report.seconds else 0
+    return result
+
+
+def _verify(
+    args: argparse.Namespace, parts: ReplayParts, printer: ProgressPrinter, stop: Any
+) -> dict[str, Any] | None:
+    report = verify(parts, stop=stop, on_progress=printer)
+    printer.done()
+    result = asdict(report)
+    if not report.differences:
+        return result
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(
+            f"generation {report.live} differs from the log in "
+            f"{len(report.differences)} keys (of {report.sessions} sessions, "
+            f"{report.users} users):"
+        )
+        for difference in report.differences:
+            print(f"  {difference.kind} {difference.name}: {difference.detail}")
+        print("rebuild it with `chatlog replay`")
+    raise SystemExit(1)

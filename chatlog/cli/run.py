@@ -1,0 +1,80 @@
+"""The CLI's long-lived processes: `run projector` and `run summarizer`.
+
+Each checks at start-up that the events topic exists (a missing one is a one-line error
+with the fix) and then runs until SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TYPE_CHECKING
+
+from chatlog import wiring
+from chatlog.cli.common import partition_count, stop_on_signals
+from chatlog.processors.kafka_projector import tune_garbage_collector
+from chatlog.settings import Settings
+
+if TYPE_CHECKING:
+    from chatlog.cli.common import Commands
+
+__all__ = ["add_commands"]
+
+
+def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """Add `run projector` and `run summarizer` to the parser's `commands`."""
+    run = commands.add_parser("run", help="run a long-lived processor")
+    run_commands = run.add_subparsers(dest="run_command", required=True)
+    projector = run_commands.add_parser(
+        "projector", help="project the events topic into Redis until SIGTERM or Ctrl-C"
+    )
+    projector.set_defaults(handler=_run_projector, json=False)
+    summarizer = run_commands.add_parser(
+        "summarizer",
+        help="keep every session's overflow folded into its rolling summary (faust agent)",
+    )
+    summarizer.set_defaults(handler=_run_summarizer, json=False)
+
+
+def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
+    log = logging.getLogger("chatlog.projector")
+    log.setLevel(logging.INFO)
+    # A long-lived process: its log lines need times.
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Fail at start-up with the fix, rather than with a consumer error later.
+    partition_count(wiring.admin_client(settings), settings)
+    projector = wiring.projector(settings)
+    log.info(
+        "projecting %s (group %s) into Redis prefix %s; dead letters to %s",
+        settings.topic,
+        settings.projector_group,
+        settings.redis_prefix,
+        settings.dlq_topic,
+    )
+    tune_garbage_collector()
+    with stop_on_signals() as stop:
+        projector.run(stop=stop)
+    log.info("stopped: %s", projector.stats)
+
+
+def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
+    log = logging.getLogger("chatlog.summarizer")
+    partition_count(wiring.admin_client(settings), settings)
+    which = (
+        f"{settings.llm_model} at {settings.llm_base_url}"
+        if settings.llm_base_url
+        else "the offline extractive summarizer (set CHATLOG_LLM_BASE_URL for an LLM)"
+    )
+    worker = wiring.summarizer_worker(settings)
+    log.info(
+        "summarizing %s (group %s) with %s: every %d overflow turns, %d in flight at most",
+        settings.topic,
+        settings.summarizer_group,
+        which,
+        settings.summary_threshold,
+        settings.summarizer_concurrency,
+    )
+    status = worker.run()
+    if status:
+        raise SystemExit(status)
