@@ -11,7 +11,7 @@ times, each time in a fresh process, one after the other:
    costs in Python (it also decodes a sample afterwards, for the decode-only rate);
 3. the same `rebuild` call with its views folded into an `InMemoryViewStore` instead of
    Redis: reading, decoding and folding, without the Redis writes;
-4. `chatlog.replay.rebuild` into a fresh Redis prefix: the replay as `chatlog replay`
+4. `chatlog.processors.replay.rebuild` into a fresh Redis prefix: the replay as `chatlog replay`
    runs it; its peak resident memory is that process's own (`VmHWM`; `bench.replay_child`
    says why not `ru_maxrss`).
 
