@@ -50,7 +50,7 @@ from confluent_kafka import (
 from chatlog.processors.dead_letters import dead_letter_headers
 from chatlog.processors.projection import BatchResult, DeadLetter, ProjectionCore, Record
 from chatlog.projections.store import ViewStore
-from chatlog.schemas.errors import BrokerUnavailable, ChatlogError, DataLoss
+from chatlog.schemas.errors import BrokerUnavailable, DataLoss, DeliveryFailed
 
 __all__ = [
     "DataLoss",
@@ -246,7 +246,7 @@ class KafkaProjector:
         left = self._dlq.flush(30)
         if left or failures:
             # Not storing offsets replays the batch: a dead letter may repeat, never vanish.
-            raise ChatlogError(
+            raise DeliveryFailed(
                 f"could not write {len(letters)} dead letters to {self.dlq_topic}: "
                 f"{failures or f'{left} unacknowledged'}",
                 topic=self.dlq_topic,

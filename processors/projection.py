@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from chatlog.projections.store import Change, Outcome, ViewStore
 from chatlog.projections.view import DEFAULT_POLICY, SessionView, WindowPolicy, fold
 from chatlog.schemas.codec import EventCodec
-from chatlog.schemas.errors import ChatlogError, DecodeError, InvalidEvent, InvalidInput
+from chatlog.schemas.errors import ChatlogError, Conflict, DecodeError, InvalidEvent, InvalidInput
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.position import Position
 
@@ -105,7 +105,7 @@ class ProjectionCore:
                 self.store.mark_progress(last)
                 return result
             self.forget(pending)  # someone else wrote these sessions: reload them
-        raise ChatlogError(
+        raise Conflict(
             f"sessions kept changing under the projector for {_MAX_ROUNDS} rounds: "
             f"{sorted(pending)[:5]}; is a second projector writing the same generation?"
         )

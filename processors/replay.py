@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ParamSpec, Protocol, TypeVar
 
-from chatlog.processors.kafka_replay import Interrupted, KafkaReplay, ReplayProgress
+from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.projections.redis_generations import Difference, GenerationStore, next_generation
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
 from chatlog.projections.store import ViewStore
-from chatlog.schemas.errors import ChatlogError
+from chatlog.schemas.errors import Conflict, Incomplete, Interrupted
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -170,7 +170,7 @@ def rebuild(
         while live_store is not None and not replay.caught_up_with(live_store.progress()):
             replay.step(progress)
         if not generations.flip(live, target):
-            raise ChatlogError(
+            raise Conflict(
                 f"the live generation changed from {live} to {generations.live()} while "
                 f"replaying into {target}; another replay won. Run `chatlog replay` again "
                 f"if you still need one",
@@ -281,7 +281,7 @@ def _rebuild_in_parallel(
             process.join(30)
     failed = [p.name for p in processes if p.exitcode != 0]
     if failed:
-        raise ChatlogError(f"replay workers {failed} failed; run `chatlog replay` to resume")
+        raise Incomplete(f"replay workers {failed} failed; run `chatlog replay` to resume")
     progress.done = _records_done(store, starts)
 
 

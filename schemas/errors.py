@@ -35,6 +35,8 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── DecodeError(ValueError)        bytes on the topic are not a chatlog event
     │   │   └── UnknownSchema              ... written with a schema chatlog does not know
     │   └── DataLoss(RuntimeError)         Redis lost part of the read-model
+    ├── Conflict(RuntimeError)             another writer changed the same state first
+    ├── Incomplete(RuntimeError)           a part of a long run failed; run it again to resume
     └── Interrupted(InterruptedError)      a long run (a replay) was asked to stop
 
 What a writer does next follows from the group. After `OutcomeUnknown` the event may be
@@ -54,11 +56,13 @@ __all__ = [
     "BrokerUnavailable",
     "ChatlogError",
     "ConfigError",
+    "Conflict",
     "Corrupt",
     "DataLoss",
     "DecodeError",
     "DeliveryFailed",
     "ForeignEvent",
+    "Incomplete",
     "Interrupted",
     "InvalidEvent",
     "InvalidId",
@@ -273,7 +277,22 @@ class DataLoss(Corrupt, RuntimeError):
     """Redis no longer holds what the projector had written: it must be rebuilt."""
 
 
-# -- asked to stop ------------------------------------------------------------------------
+# -- a long run that did not finish, or lost a race ------------------------------------------
+
+
+class Conflict(ChatlogError, RuntimeError):
+    """Another writer changed what this one was changing, first; nothing was applied over it.
+
+    E.g. a second replay flipped the live generation, or a second projector kept writing the
+    same sessions. Run the operation again if it is still needed.
+    """
+
+
+class Incomplete(ChatlogError, RuntimeError):
+    """A part of a long run (a replay's worker process) failed; what was done stays.
+
+    Running it again resumes from what was written; the failed part logged its own error.
+    """
 
 
 class Interrupted(ChatlogError, InterruptedError):

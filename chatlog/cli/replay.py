@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from chatlog import wiring
 from chatlog.cli.common import partition_count, positive_float, positive_int, stop_on_signals
-from chatlog.processors.kafka_replay import Interrupted, ReplayProgress
+from chatlog.processors.kafka_replay import ReplayProgress
 from chatlog.processors.replay import ReplayParts, rebuild, verify
-from chatlog.schemas.errors import ChatlogError
+from chatlog.schemas.errors import Interrupted
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
             )
         except Interrupted:
             printer.done()
-            raise ChatlogError(
+            raise Interrupted(
                 "replay interrupted; the live generation is untouched. Run `chatlog replay` "
                 "again to resume, or `chatlog replay --restart` to start over"
             ) from None

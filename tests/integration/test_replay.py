@@ -14,10 +14,10 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from chatlog import wiring
-from chatlog.processors.kafka_replay import Interrupted, ReplayProgress
+from chatlog.processors.kafka_replay import ReplayProgress
 from chatlog.processors.replay import rebuild, verify
 from chatlog.producers.commands import append_message, new_event
-from chatlog.schemas.errors import ChatlogError
+from chatlog.schemas.errors import ChatlogError, Interrupted
 from chatlog.schemas.events import MessageRedacted, SessionClosed, SummaryUpdated, UserErased
 from chatlog.settings import Settings
 from tests.processes import (
