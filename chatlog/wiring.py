@@ -13,13 +13,13 @@ import redis
 import redis.asyncio
 from confluent_kafka.admin import AdminClient
 
+from chatlog.processors.extractive import ExtractiveSummarizer
 from chatlog.processors.kafka_projector import KafkaProjector
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
 from chatlog.processors.replay import ReplayParts, rebuild_partitions
 from chatlog.processors.summarizers import (
     CircuitBreaker,
-    ExtractiveSummarizer,
     ResilientSummarizer,
     Summarizer,
 )

@@ -25,8 +25,9 @@ from bench.engine import THRESHOLDS, WINDOW, content_tokens, no_ack, prompt_toke
 from bench.plan import Plan
 from bench.report import Report, Table, say
 from bench.workload import support_chat
+from chatlog.processors.extractive import ExtractiveSummarizer
 from chatlog.processors.projection import Record
-from chatlog.processors.summarizers import ExtractiveSummarizer, SummaryRequest, SummaryResult
+from chatlog.processors.summarizers import SummaryRequest, SummaryResult
 from chatlog.processors.summary_engine import SummaryEngine, SummaryPolicy, SummaryStats
 from chatlog.producers.commands import append_message
 from chatlog.projections.context import Context

@@ -35,6 +35,7 @@ PURE_MODULES = [
     "chatlog.processors.projection",
     "chatlog.processors.dead_letters",
     "chatlog.processors.summarizers",
+    "chatlog.processors.extractive",
     "chatlog.processors.summary_engine",
 ]
 

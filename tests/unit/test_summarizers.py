@@ -11,11 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chatlog.processors.extractive import EXTRACTIVE_MODEL, ExtractiveSummarizer
 from chatlog.processors.summarizers import (
-    EXTRACTIVE_MODEL,
     BreakerState,
     CircuitBreaker,
-    ExtractiveSummarizer,
     ResilientSummarizer,
     RetryableSummarizerError,
     RetryPolicy,
