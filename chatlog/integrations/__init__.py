@@ -3,8 +3,9 @@
 * `chatlog.integrations.langchain`: `ChatlogMessageHistory`, a LangChain
   `BaseChatMessageHistory` (needs ``pip install 'chatlog-memory[langchain]'``).
 * `chatlog.integrations.store`: `ChatlogConversationStore`, an asyncio store of sessions
-  and messages of the shape agent frameworks plug in. Its role (`ConversationStore`),
-  models and in-memory stand-in are in `chatlog.integrations.conversations`.
+  and messages of the shape agent frameworks plug in. Its role (`ConversationStore`) and
+  models are in `chatlog.integrations.conversations`, its in-memory stand-in in
+  `chatlog.integrations.memory_store`.
 
 Nothing here is imported by the rest of chatlog, and this package imports LangChain only
 in `chatlog.integrations.langchain` and `chatlog.integrations.langchain_messages`.

@@ -3,8 +3,9 @@
 What is a conversation store? The asyncio interface an agent framework calls to keep its
 conversations: create, read, update and delete sessions, add messages, page through
 them. `ConversationStore` is that role as a Protocol, with pydantic models for what it
-returns; `InMemoryConversationStore` is the tiny fake beside it (for the tests of code
-that uses a store); `chatlog.integrations.store.ChatlogConversationStore` is the real one.
+returns; `chatlog.integrations.memory_store.InMemoryConversationStore` is the tiny fake
+beside it (for the tests of code that uses a store);
+`chatlog.integrations.store.ChatlogConversationStore` is the real one.
 
 Paging: `get_messages(session_id, user_id=..., limit, before, after)` returns messages
 oldest first. `before` and `after` are message ids, both exclusive. With `after`, the
@@ -24,12 +25,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import Protocol, Self
 
 from pydantic import BaseModel, ConfigDict
 
-from chatlog.producers.commands import append_message
-from chatlog.projections.access import check_owner
 from chatlog.projections.store import SessionEntry
 from chatlog.projections.view import Message, SessionStatus, SessionView, message_of, redacted
 from chatlog.schemas.errors import InvalidInput, SessionExists, UnknownMessage
@@ -43,14 +42,13 @@ from chatlog.schemas.events import (
     UserErased,
     epoch_millis,
 )
-from chatlog.schemas.ids import new_id, validate_id
+from chatlog.schemas.ids import validate_id
 from chatlog.schemas.position import Position
 
 __all__ = [
     "ConversationMessage",
     "ConversationSession",
     "ConversationStore",
-    "InMemoryConversationStore",
     "LogPage",
     "Page",
     "SessionExists",
@@ -59,6 +57,7 @@ __all__ = [
     "page_of",
     "session_of_entry",
     "session_of_view",
+    "utc_datetime",
 ]
 
 
@@ -326,7 +325,7 @@ def conversation_message(
         tool_calls=message.tool_calls,
         tool_call_id=message.tool_call_id,
         metadata=dict(message.metadata),
-        created_at=_datetime(message.occurred_at_ms),
+        created_at=utc_datetime(message.occurred_at_ms),
         partition=partition,
         offset=message.offset,
         redacted=message.redacted,
@@ -341,8 +340,8 @@ def session_of_view(view: SessionView) -> ConversationSession:
         title=view.title,
         status=view.status,
         message_count=view.message_count,
-        created_at=_datetime(view.created_at_ms),
-        updated_at=_datetime(view.updated_at_ms),
+        created_at=utc_datetime(view.created_at_ms),
+        updated_at=utc_datetime(view.updated_at_ms),
     )
 
 
@@ -354,8 +353,8 @@ def session_of_entry(entry: SessionEntry, *, user_id: str) -> ConversationSessio
         title=entry.title,
         status=entry.status,
         message_count=entry.message_count,
-        created_at=_datetime(entry.created_at_ms),
-        updated_at=_datetime(entry.updated_at_ms),
+        created_at=utc_datetime(entry.created_at_ms),
+        updated_at=utc_datetime(entry.updated_at_ms),
     )
 
 
@@ -366,173 +365,6 @@ def _unknown(cursor: str, session_id: str) -> UnknownMessage:
     )
 
 
-def _datetime(epoch_ms: int) -> datetime:
+def utc_datetime(epoch_ms: int) -> datetime:
+    """Epoch milliseconds as an aware UTC datetime, as the store's models carry times."""
     return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-
-
-@dataclass
-class _Session:
-    owner: str
-    title: str | None
-    created_ms: int
-    updated_ms: int
-    messages: list[Message]
-    deleted: bool = False
-
-
-class InMemoryConversationStore:
-    """A `ConversationStore` in a dict: the same contract, no Kafka, no Redis."""
-
-    def __init__(self) -> None:
-        self._sessions: dict[str, _Session] = {}
-        self._offset = -1
-        self._clock_ms = 0
-
-    async def create_session(
-        self, *, user_id: str, session_id: str | None = None, title: str | None = None
-    ) -> ConversationSession:
-        session_id = validate_id(session_id or new_id(), field="session_id")
-        existing = self._owned(session_id, user_id)
-        if existing is not None:
-            raise SessionExists.about(session_id, deleted=existing.deleted)
-        now = self._tick()
-        self._sessions[session_id] = _Session(user_id, title, now, now, [])
-        return self._describe(session_id)
-
-    async def get_session(self, session_id: str, *, user_id: str) -> ConversationSession | None:
-        session = self._owned(session_id, user_id)
-        if session is None or session.deleted:
-            return None
-        return self._describe(session_id)
-
-    async def upsert_session(
-        self, session_id: str, *, user_id: str, title: str | None = None
-    ) -> ConversationSession:
-        session = self._owned(session_id, user_id)
-        if session is None:
-            return await self.create_session(user_id=user_id, session_id=session_id, title=title)
-        if session.deleted:
-            raise SessionExists.about(session_id, deleted=True)
-        session.updated_ms = self._tick()
-        if title is not None:
-            session.title = title
-        return self._describe(session_id)
-
-    async def add_message(
-        self,
-        session_id: str,
-        *,
-        user_id: str,
-        role: Role | str,
-        content: str,
-        name: str | None = None,
-        tool_calls: Iterable[ToolCall | Mapping[str, str]] = (),
-        tool_call_id: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        message_id: str | None = None,
-    ) -> ConversationMessage:
-        event = append_message(
-            session_id,
-            user_id=user_id,
-            role=role,
-            content=content,
-            name=name,
-            tool_calls=tool_calls,
-            tool_call_id=tool_call_id,
-            metadata=metadata,
-            message_id=message_id,
-        )
-        session = self._owned(session_id, user_id)
-        if session is not None and session.deleted:
-            raise SessionExists.about(session_id, deleted=True)
-        now = self._tick()
-        if session is None:
-            session = self._sessions[session_id] = _Session(user_id, None, now, now, [])
-        payload = event.payload
-        assert isinstance(payload, MessageAppended)
-        message = message_of(payload, self._offset, now)
-        session.updated_ms = now
-        if all(m.message_id != message.message_id for m in session.messages):
-            session.messages.append(message)
-        return conversation_message(message, session_id=session_id, partition=0)
-
-    async def get_messages(
-        self,
-        session_id: str,
-        *,
-        user_id: str,
-        limit: int | None = 20,
-        before: str | None = None,
-        after: str | None = None,
-    ) -> list[ConversationMessage]:
-        page = Page(limit=limit, before=before, after=after)
-        session = self._owned(session_id, user_id)
-        if session is None or session.deleted:
-            return []
-        found = page_of(session.messages, page, complete=True, session_id=session_id)
-        assert found is not None  # complete: always answered
-        return [conversation_message(m, session_id=session_id, partition=0) for m in found]
-
-    async def list_sessions(self, user_id: str, *, limit: int = 50) -> list[ConversationSession]:
-        validate_id(user_id, field="user_id")
-        mine = [
-            self._describe(session_id)
-            for session_id, session in self._sessions.items()
-            if session.owner == user_id and not session.deleted
-        ]
-        mine.sort(key=lambda s: s.updated_at, reverse=True)
-        return mine[:limit]
-
-    async def delete_session(self, session_id: str, *, user_id: str) -> bool:
-        session = self._owned(session_id, user_id)
-        if session is None or session.deleted:
-            return False
-        session.deleted = True
-        session.messages.clear()
-        self._tick()
-        return True
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def _owned(self, session_id: str, user_id: str) -> _Session | None:
-        validate_id(session_id, field="session_id")
-        validate_id(user_id, field="user_id")
-        session = self._sessions.get(session_id)
-        if session is not None:
-            check_owner(session.owner, session_id=session_id, user_id=user_id)
-        return session
-
-    def _tick(self) -> int:
-        """A new offset, and the time in ms (strictly increasing, so orders are total)."""
-        self._offset += 1
-        self._clock_ms = max(epoch_millis(datetime.now(UTC)), self._clock_ms + 1)
-        return self._clock_ms
-
-    def _describe(self, session_id: str) -> ConversationSession:
-        session = self._sessions[session_id]
-        return ConversationSession(
-            session_id=session_id,
-            user_id=session.owner,
-            title=session.title,
-            message_count=len(session.messages),
-            created_at=_datetime(session.created_ms),
-            updated_at=_datetime(session.updated_ms),
-        )
-
-
-if TYPE_CHECKING:
-
-    def _is_a_store(store: InMemoryConversationStore) -> ConversationStore:
-        return store  # mypy checks that the fake fulfils the role

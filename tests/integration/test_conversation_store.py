@@ -18,11 +18,11 @@ import redis
 from chatlog import wiring
 from chatlog.integrations.conversations import (
     ConversationStore,
-    InMemoryConversationStore,
     SessionExists,
     UnknownMessage,
 )
 from chatlog.integrations.kafka_log import KafkaSessionLog
+from chatlog.integrations.memory_store import InMemoryConversationStore
 from chatlog.integrations.store import ChatlogConversationStore
 from chatlog.producers.commands import new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
