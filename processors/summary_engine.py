@@ -40,10 +40,11 @@ import itertools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from chatlog.processors.commits import Ack, CommitTracker, Pending
 from chatlog.processors.projection import Record, decode_record
 from chatlog.processors.summarizers import Summarizer, SummaryRequest, SummaryResult
 from chatlog.producers.commands import new_event
@@ -62,8 +63,6 @@ from chatlog.schemas.events import ConversationEvent, ProducerInfo, SummaryUpdat
 from chatlog.schemas.position import Position
 
 __all__ = [
-    "Ack",
-    "CommitTracker",
     "SummaryEngine",
     "SummaryPolicy",
     "SummaryPublisher",
@@ -73,8 +72,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("chatlog.summarizer")
-
-Ack = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,66 +154,6 @@ def check_policy(window: WindowPolicy, policy: SummaryPolicy) -> None:
         )
 
 
-# --------------------------------------------------------------------------- commits
-
-
-class _Pending:
-    __slots__ = ("ack", "done", "offset", "partition")
-
-    def __init__(self, partition: int, offset: int, ack: Ack) -> None:
-        self.partition = partition
-        self.offset = offset
-        self.ack = ack
-        self.done = False
-
-
-class CommitTracker:
-    """Acks a partition's records in offset order, each once it is finished.
-
-    A record finished out of order waits for every record before it: a consumer that
-    commits the highest finished offset would skip a record still being worked on, and a
-    crash would then lose that work.
-    """
-
-    def __init__(self) -> None:
-        self._partitions: dict[int, deque[_Pending]] = {}
-        self._lock = asyncio.Lock()
-        self._moved = asyncio.Event()
-        self.size = 0
-
-    def add(self, partition: int, offset: int, ack: Ack) -> _Pending:
-        """Track a consumed record; finish it with `finish`."""
-        item = _Pending(partition, offset, ack)
-        self._partitions.setdefault(partition, deque()).append(item)
-        self.size += 1
-        return item
-
-    async def finish(self, item: _Pending) -> None:
-        """Mark `item` finished and ack every finished record at the head of its partition."""
-        item.done = True
-        # Acks go out in order even when two tasks finish at once.
-        async with self._lock:
-            # Looked up again after every ack: a revoke while an ack is awaited hands the
-            # partition's remaining records to another consumer.
-            while (queue := self._partitions.get(item.partition)) and queue[0].done:
-                head = queue.popleft()
-                self.size -= 1
-                await head.ack()
-        self._moved.set()
-
-    async def wait_below(self, limit: int) -> None:
-        """Return once fewer than `limit` records are tracked."""
-        while self.size >= limit:
-            self._moved.clear()
-            await self._moved.wait()
-
-    def revoke(self, partitions: Collection[int]) -> None:
-        """Forget `partitions`: their records belong to another consumer now."""
-        for partition in partitions:
-            self.size -= len(self._partitions.pop(partition, ()))
-        self._moved.set()
-
-
 # --------------------------------------------------------------------------- sessions
 
 
@@ -225,7 +162,7 @@ class _Session:
     partition: int
     view: SessionView | None = None
     loading: bool = True
-    backlog: list[tuple[ConversationEvent, Position, _Pending]] = field(default_factory=list)
+    backlog: list[tuple[ConversationEvent, Position, Pending]] = field(default_factory=list)
     in_flight: bool = False
     awaiting: int | None = None  # through_offset of our summary not read back yet
     awaiting_until: float = 0.0
@@ -383,7 +320,7 @@ class SummaryEngine:
         session: _Session,
         event: ConversationEvent,
         position: Position,
-        item: _Pending,
+        item: Pending,
     ) -> None:
         try:
             session.view = evolve(session.view, event, position, self.window)
@@ -395,7 +332,7 @@ class SummaryEngine:
         if not self._start(session_id, session, item):
             await self.tracker.finish(item)
 
-    def _start(self, session_id: str, session: _Session, item: _Pending | None) -> bool:
+    def _start(self, session_id: str, session: _Session, item: Pending | None) -> bool:
         """Start a summary of the session's overflow if one is due; True if started."""
         view = session.view
         if view is None or view.status is SessionStatus.ERASED:
@@ -430,7 +367,7 @@ class SummaryEngine:
         session: _Session,
         view: SessionView,
         request: SummaryRequest,
-        item: _Pending | None,
+        item: Pending | None,
     ) -> None:
         try:
             async with self._slots:

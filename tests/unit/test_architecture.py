@@ -37,6 +37,7 @@ PURE_MODULES = [
     "chatlog.processors.summarizers",
     "chatlog.processors.extractive",
     "chatlog.processors.summary_engine",
+    "chatlog.processors.commits",
 ]
 
 
