@@ -1,6 +1,6 @@
 """Settings: every knob chatlog has, read once from the environment and validated.
 
-Each setting is an environment variable ``CHATLOG_<NAME>`` (see the README's table).
+Each setting is an environment variable ``CHATLOG_<NAME>`` (docs/configuration.md lists them).
 Librdkafka properties pass straight through as ``CHATLOG_KAFKA__<PROPERTY>``, with dots
 written as single underscores (``CHATLOG_KAFKA__SASL_MECHANISM=PLAIN`` sets
 ``sasl.mechanism``), which is how TLS and SASL are configured.

@@ -452,7 +452,7 @@ def _next_steps(settings: Settings, example: Context, long_chat: Script) -> None
     print(f"  {cli} context {long_chat.session_id} --user {long_chat.user_id}   # the long chat")
     print(f"  {cli} run projector        # the projector this demo ran, in the foreground")
     print(f"  {cli} run summarizer       # and the summarizer")
-    print("  README.md: 'Using it from Python', 'Command line', 'Guarantees'")
+    print("  docs/python-api.md, docs/cli.md and docs/guarantees.md: what to read next")
     print("stop the local stack with `make services-stop`")
 
 
