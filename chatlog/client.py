@@ -35,7 +35,13 @@ from chatlog.projections.store import SessionEntry
 from chatlog.projections.view import DEFAULT_POLICY, WindowPolicy
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import ConfigError, InvalidInput
-from chatlog.schemas.events import ConversationEvent, Role, SessionStarted, from_epoch_millis
+from chatlog.schemas.events import (
+    ConversationEvent,
+    ProducerInfo,
+    Role,
+    SessionStarted,
+    from_epoch_millis,
+)
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
@@ -167,7 +173,9 @@ class ChatLog:
 
         Optional: `append` starts a session too, with no title.
         """
-        return self.producer.publish(_session_started(session_id, user_id, title))
+        return self.producer.publish(
+            _session_started(session_id, user_id, title, self.producer.info)
+        )
 
     def context(
         self,
@@ -265,7 +273,9 @@ class AsyncChatLog:
 
         Optional: `append` starts a session too, with no title.
         """
-        return await self.producer.publish(_session_started(session_id, user_id, title))
+        return await self.producer.publish(
+            _session_started(session_id, user_id, title, self.producer.sync.info)
+        )
 
     async def context(
         self,
@@ -316,5 +326,9 @@ class AsyncChatLog:
         await self.aclose()
 
 
-def _session_started(session_id: str, user_id: str, title: str | None) -> ConversationEvent:
-    return new_event(session_id, user_id=user_id, payload=SessionStarted(title=title))
+def _session_started(
+    session_id: str, user_id: str, title: str | None, producer: ProducerInfo
+) -> ConversationEvent:
+    return new_event(
+        session_id, user_id=user_id, payload=SessionStarted(title=title), producer=producer
+    )

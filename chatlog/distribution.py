@@ -7,6 +7,7 @@ here from the installed package's metadata.
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import metadata
 
 __all__ = ["DISTRIBUTION", "installed_version"]
@@ -14,6 +15,7 @@ __all__ = ["DISTRIBUTION", "installed_version"]
 DISTRIBUTION = "chatlog-memory"
 
 
+@cache
 def installed_version() -> str:
     """The installed distribution's version; "0+unknown" for a source tree nobody installed."""
     try:

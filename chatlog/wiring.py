@@ -13,6 +13,7 @@ import redis
 import redis.asyncio
 from confluent_kafka.admin import AdminClient
 
+from chatlog.distribution import installed_version
 from chatlog.processors.extractive import ExtractiveSummarizer
 from chatlog.processors.kafka_projector import KafkaProjector
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
@@ -324,7 +325,11 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
             window=policy(settings),
             policy=summary_policy(settings),
             codec=codec(settings),
-            producer=ProducerInfo(client="chatlog-summarizer", host=socket.gethostname()),
+            producer=ProducerInfo(
+                client="chatlog-summarizer",
+                version=installed_version(),
+                host=socket.gethostname(),
+            ),
         )
 
         async def close() -> None:

@@ -37,7 +37,7 @@ from typing import Any, Self, Unpack
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from chatlog import __version__
+from chatlog.distribution import installed_version
 from chatlog.producers.commands import MessageFields, append_message
 from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.schemas.codec import EventCodec
@@ -88,7 +88,7 @@ class ConversationProducer:
         self.delivery_timeout = delivery_timeout
         self.queue_timeout = queue_timeout
         self.info = ProducerInfo(
-            client="chatlog-python", version=__version__, host=socket.gethostname()
+            client="chatlog-python", version=installed_version(), host=socket.gethostname()
         )
         self._last_broker_error: KafkaError | None = None
         self._producer = _build_producer(

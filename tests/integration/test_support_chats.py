@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from chatlog import wiring
+from chatlog import __version__, wiring
 from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.projections.context import Context
 from chatlog.schemas.codec import EventCodec
-from chatlog.schemas.events import MessageAppended, SummaryUpdated
+from chatlog.schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 from tests.processes import running_processor, unique_settings, wait_until
@@ -163,14 +163,16 @@ def test_concurrent_chats_with_tool_calls_each_show_only_their_own_order(running
         assert listed == own
 
 
-def session_log(kafka, settings: Settings, session_id: str) -> list[tuple[int, object]]:
-    """(offset, payload) of the session's events in the log, in order."""
+def session_events(
+    kafka, settings: Settings, session_id: str
+) -> list[tuple[int, ConversationEvent]]:
+    """(offset, event) of the session's events in the log, in order."""
     codec = EventCodec()
     events = []
     for message in kafka.consume_all(settings.topic):
         event = codec.decode(message.value())
         if event.session_id == session_id:
-            events.append((message.offset(), event.payload))
+            events.append((message.offset(), event))
     return events
 
 
@@ -214,10 +216,14 @@ def test_a_long_chat_appended_turn_by_turn_accounts_for_every_turn_once(running,
     assert all(m.offset > view.summary_through for m in view.messages)
     assert view.summary
 
-    events = session_log(kafka, settings, session)
+    logged = session_events(kafka, settings, session)
+    events = [(o, e.payload) for o, e in logged]
     appended = [o for o, p in events if isinstance(p, MessageAppended)]
     summaries = [(o, p) for o, p in events if isinstance(p, SummaryUpdated)]
     assert len(summaries) >= len(visits)
+    # Each event says which client wrote it, at the installed version.
+    writers = {(e.producer.client, e.producer.version) for _, e in logged}
+    assert writers == {("chatlog-python", __version__), ("chatlog-summarizer", __version__)}
     # The summary covers exactly the turns logged up to its offset, each once.
     assert covered == sum(o <= view.summary_through for o in appended)
     newest = max((p for _, p in summaries), key=lambda p: p.through_offset)
@@ -228,7 +234,7 @@ def test_a_long_chat_appended_turn_by_turn_accounts_for_every_turn_once(running,
     )
 
 
-def test_start_session_titles_a_session_and_retitles_it(running):
+def test_start_session_titles_a_session_and_retitles_it(running, kafka):
     log, settings = running.log, running.settings
     session, user = f"s-{uuid.uuid4().hex[:10]}", "ines"
     log.start_session(session, user_id=user, title="Order #T9001")
@@ -249,3 +255,13 @@ def test_start_session_titles_a_session_and_retitles_it(running):
 
     assert asyncio.run(retitle()) == ("Refund", "Refund")
     assert [e.title for e in log.sessions(user)] == ["Refund"]
+    logged = [e for _, e in session_events(kafka, settings, session)]
+    assert [type(e.payload).__name__ for e in logged] == [
+        "SessionStarted",
+        "MessageAppended",
+        "SessionStarted",
+        "SessionStarted",
+    ]
+    assert {(e.producer.client, e.producer.version) for e in logged} == {
+        ("chatlog-python", __version__)
+    }
