@@ -18,7 +18,7 @@ from typing import TypeVar
 from chatlog.projections.view import SessionStatus, SessionView
 from chatlog.schemas.errors import OwnershipError, SessionNotFound
 
-__all__ = ["check_owner", "may_read", "readable"]
+__all__ = ["check_owner", "may_read", "readable", "visible"]
 
 _View = TypeVar("_View", bound=SessionView | None)
 
@@ -30,20 +30,28 @@ def readable(view: _View, *, user_id: str, as_of: str | None = None) -> _View:
     """
     if view is None:
         return view
-    if view.status is SessionStatus.ERASED:
+    erased = view.status is SessionStatus.ERASED
+    if not visible(session_id=view.session_id, owner=view.user_id, erased=erased, user_id=user_id):
         when = "" if as_of is None else f" as of {as_of}"
         raise SessionNotFound(
             f"session {view.session_id} was erased{when}", session_id=view.session_id
         )
-    check_owner(view.user_id, session_id=view.session_id, user_id=user_id)
     return view
+
+
+def visible(*, session_id: str, owner: str, erased: bool, user_id: str) -> bool:
+    """The rule itself: False for an erased session, whoever asks; True for its owner;
+    `OwnershipError` for anyone else. For paths that answer "none" rather than raise."""
+    if erased:
+        return False
+    check_owner(owner, session_id=session_id, user_id=user_id)
+    return True
 
 
 def check_owner(owner: str, *, session_id: str, user_id: str) -> None:
     """Raise `OwnershipError` unless `user_id` is `owner`, the session's owner.
 
-    The ownership half of the rule alone, for stores that must still see an erased
-    session (to refuse reusing its id) and for folds that know only the owner.
+    The ownership half of the rule alone, for folds of the log that know only the owner.
     """
     if owner != user_id:
         raise OwnershipError(

@@ -24,7 +24,7 @@ from chatlog.integrations.conversations import (
     utc_datetime,
 )
 from chatlog.producers.commands import append_message
-from chatlog.projections.access import check_owner
+from chatlog.projections.access import visible
 from chatlog.projections.view import Message, message_of
 from chatlog.schemas.errors import SessionExists
 from chatlog.schemas.events import (
@@ -60,27 +60,23 @@ class InMemoryConversationStore:
         self, *, user_id: str, session_id: str | None = None, title: str | None = None
     ) -> ConversationSession:
         session_id = validate_id(session_id or new_id(), field="session_id")
-        existing = self._owned(session_id, user_id)
-        if existing is not None:
-            raise SessionExists.about(session_id, deleted=existing.deleted)
+        if self._writable(session_id, user_id) is not None:
+            raise SessionExists.about(session_id, deleted=False)
         now = self._tick()
         self._sessions[session_id] = _Session(user_id, title, now, now, [])
         return self._describe(session_id)
 
     async def get_session(self, session_id: str, *, user_id: str) -> ConversationSession | None:
-        session = self._owned(session_id, user_id)
-        if session is None or session.deleted:
+        if self._readable(session_id, user_id) is None:
             return None
         return self._describe(session_id)
 
     async def upsert_session(
         self, session_id: str, *, user_id: str, title: str | None = None
     ) -> ConversationSession:
-        session = self._owned(session_id, user_id)
+        session = self._writable(session_id, user_id)
         if session is None:
             return await self.create_session(user_id=user_id, session_id=session_id, title=title)
-        if session.deleted:
-            raise SessionExists.about(session_id, deleted=True)
         session.updated_ms = self._tick()
         if title is not None:
             session.title = title
@@ -110,9 +106,7 @@ class InMemoryConversationStore:
             metadata=metadata,
             message_id=message_id,
         )
-        session = self._owned(session_id, user_id)
-        if session is not None and session.deleted:
-            raise SessionExists.about(session_id, deleted=True)
+        session = self._writable(session_id, user_id)
         now = self._tick()
         if session is None:
             session = self._sessions[session_id] = _Session(user_id, None, now, now, [])
@@ -134,8 +128,8 @@ class InMemoryConversationStore:
         after: str | None = None,
     ) -> list[ConversationMessage]:
         page = Page(limit=limit, before=before, after=after)
-        session = self._owned(session_id, user_id)
-        if session is None or session.deleted:
+        session = self._readable(session_id, user_id)
+        if session is None:
             return []
         found = page_of(session.messages, page, complete=True, session_id=session_id)
         assert found is not None  # complete: always answered
@@ -152,8 +146,8 @@ class InMemoryConversationStore:
         return mine[:limit]
 
     async def delete_session(self, session_id: str, *, user_id: str) -> bool:
-        session = self._owned(session_id, user_id)
-        if session is None or session.deleted:
+        session = self._readable(session_id, user_id)
+        if session is None:
             return False
         session.deleted = True
         session.messages.clear()
@@ -174,12 +168,22 @@ class InMemoryConversationStore:
     ) -> None:
         await self.close()
 
-    def _owned(self, session_id: str, user_id: str) -> _Session | None:
+    def _readable(self, session_id: str, user_id: str) -> _Session | None:
+        """The session as the read rule lets `user_id` see it; None if none or erased."""
         validate_id(session_id, field="session_id")
         validate_id(user_id, field="user_id")
         session = self._sessions.get(session_id)
-        if session is not None:
-            check_owner(session.owner, session_id=session_id, user_id=user_id)
+        if session is None or not visible(
+            session_id=session_id, owner=session.owner, erased=session.deleted, user_id=user_id
+        ):
+            return None
+        return session
+
+    def _writable(self, session_id: str, user_id: str) -> _Session | None:
+        """The session `user_id` may write to (None: a new one); an erased id is never reused."""
+        session = self._readable(session_id, user_id)
+        if session is None and session_id in self._sessions:
+            raise SessionExists.about(session_id, deleted=True)
         return session
 
     def _tick(self) -> int:

@@ -56,7 +56,7 @@ from chatlog.integrations.kafka_log import KafkaSessionLog
 from chatlog.integrations.positions import PositionBook
 from chatlog.producers.commands import append_message, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
-from chatlog.projections.access import check_owner
+from chatlog.projections.access import check_owner, visible
 from chatlog.projections.redis_reader import AsyncRedisReader, aload_session
 from chatlog.projections.redis_store import redis_errors
 from chatlog.projections.view import Message, SessionStatus, SessionView, message_of
@@ -130,29 +130,21 @@ class ChatlogConversationStore:
         validate_id(user_id, field="user_id")
         if session_id is None:
             session_id = new_id()
-        else:
-            existing = await self._view(session_id, user_id)
-            if existing is not None:
-                raise SessionExists.about(
-                    session_id, deleted=existing.status is SessionStatus.ERASED
-                )
+        elif await self._writable(session_id, user_id) is not None:
+            raise SessionExists.about(session_id, deleted=False)
         await self._publish(session_id, user_id, SessionStarted(title=title))
         return await self._described(session_id, user_id)
 
     async def get_session(self, session_id: str, *, user_id: str) -> ConversationSession | None:
         """The session, or None if there is none (never created, expired or deleted)."""
-        view = await self._view(session_id, user_id)
-        if view is None or view.status is SessionStatus.ERASED:
-            return None
-        return session_of_view(view)
+        view = await self._readable(session_id, user_id)
+        return None if view is None else session_of_view(view)
 
     async def upsert_session(
         self, session_id: str, *, user_id: str, title: str | None = None
     ) -> ConversationSession:
         """Create the session, or give it `title` if it exists (None keeps the title)."""
-        view = await self._view(session_id, user_id)
-        if view is not None and view.status is SessionStatus.ERASED:
-            raise SessionExists.about(session_id, deleted=True)
+        await self._writable(session_id, user_id)
         await self._publish(session_id, user_id, SessionStarted(title=title))
         return await self._described(session_id, user_id)
 
@@ -171,8 +163,7 @@ class ChatlogConversationStore:
 
     async def delete_session(self, session_id: str, *, user_id: str) -> bool:
         """Erase the session from the read-model (`UserErased`); False if there was none."""
-        view = await self._view(session_id, user_id)
-        if view is None or view.status is SessionStatus.ERASED:
+        if await self._readable(session_id, user_id) is None:
             return False
         await self._publish(session_id, user_id, UserErased(reason=DELETE_REASON))
         return True
@@ -209,9 +200,7 @@ class ChatlogConversationStore:
             message_id=message_id,
             producer=self.producer.sync.info,
         )
-        view = await self._view(session_id, user_id)
-        if view is not None and view.status is SessionStatus.ERASED:
-            raise SessionExists.about(session_id, deleted=True)
+        await self._writable(session_id, user_id)
         position = await self._send(event)
         payload = event.payload
         assert isinstance(payload, MessageAppended)
@@ -234,8 +223,8 @@ class ChatlogConversationStore:
         read from the session's partition (see `KafkaSessionLog` for the cost).
         """
         page = Page(limit=limit, before=before, after=after)
-        view = await self._view(session_id, user_id, messages=True)
-        if view is None or view.status is SessionStatus.ERASED:
+        view = await self._readable(session_id, user_id, messages=True)
+        if view is None:
             return []
         complete = len(view.messages) == view.message_count
         found = page_of(view.messages, page, complete=complete, session_id=session_id)
@@ -284,8 +273,8 @@ class ChatlogConversationStore:
         return position
 
     async def _described(self, session_id: str, user_id: str) -> ConversationSession:
-        view = await self._view(session_id, user_id)
-        if view is None or view.status is SessionStatus.ERASED:
+        view = await self._writable(session_id, user_id)
+        if view is None:
             # Only a deleted session stays without a view after its SessionStarted.
             raise SessionExists.about(session_id, deleted=True)
         return session_of_view(view)
@@ -293,8 +282,9 @@ class ChatlogConversationStore:
     async def _view(
         self, session_id: str, user_id: str, *, messages: bool = False
     ) -> SessionView | None:
-        """The session's view (erased ones included) once this store's writes to it are
-        applied; None if it has none. Another user's session raises `OwnershipError`."""
+        """The session's view (erased ones included, whoever owns it) once this store's
+        writes to it are applied; None if it has none. Callers apply the read rule through
+        `_readable` or `_writable`."""
         validate_id(session_id, field="session_id")
         validate_id(user_id, field="user_id")
         after = self.positions.get((self.log.topic, session_id))
@@ -303,8 +293,32 @@ class ChatlogConversationStore:
                 await self.reader.wait_applied(session_id, after, timeout=self.read_timeout_s)
             keys = await self.reader.keys()
         view, _ = await aload_session(self.reader.client, keys, session_id, messages=messages)
-        if view is not None:
-            check_owner(view.user_id, session_id=session_id, user_id=user_id)
+        return view
+
+    async def _readable(
+        self, session_id: str, user_id: str, *, messages: bool = False
+    ) -> SessionView | None:
+        """The view as the read rule lets `user_id` see it; None if none or erased."""
+        view = await self._view(session_id, user_id, messages=messages)
+        if view is None or not visible(
+            session_id=session_id,
+            owner=view.user_id,
+            erased=view.status is SessionStatus.ERASED,
+            user_id=user_id,
+        ):
+            return None
+        return view
+
+    async def _writable(self, session_id: str, user_id: str) -> SessionView | None:
+        """The view `user_id` may write to (None: a new session); an erased id is never reused."""
+        view = await self._view(session_id, user_id)
+        if view is not None and not visible(
+            session_id=session_id,
+            owner=view.user_id,
+            erased=view.status is SessionStatus.ERASED,
+            user_id=user_id,
+        ):
+            raise SessionExists.about(session_id, deleted=True)
         return view
 
     async def _from_log(self, view: SessionView, page: Page, user_id: str) -> list[Message]:

@@ -246,6 +246,25 @@ class ConversationStoreContract:
                 await call
 
     @in_store
+    async def test_a_deleted_session_hides_even_its_owner_from_others(self, store):
+        # The read rule: an erased session is not found, whoever asks; only its id stays
+        # taken, since ids are never reused.
+        bob, alice, session = uid("bob"), uid("alice"), uid("s")
+        await store.create_session(user_id=bob, session_id=session, title="bob's")
+        await store.add_message(session, user_id=bob, role="user", content="order #B-2")
+        assert await store.delete_session(session, user_id=bob) is True
+        assert await store.get_session(session, user_id=alice) is None
+        assert await store.get_messages(session, user_id=alice) == []
+        assert await store.delete_session(session, user_id=alice) is False
+        for call in (
+            store.create_session(user_id=alice, session_id=session),
+            store.upsert_session(session, user_id=alice, title="mine now"),
+            store.add_message(session, user_id=alice, role="user", content="alice was here"),
+        ):
+            with pytest.raises(SessionExists, match="deleted"):
+                await call
+
+    @in_store
     async def test_bad_input_is_refused_before_anything_is_written(self, store):
         user = uid("u")
         with pytest.raises(InvalidId):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatlog.projections.access import check_owner, may_read, readable
+from chatlog.projections.access import check_owner, may_read, readable, visible
 from chatlog.projections.view import SessionStatus, SessionView
 from chatlog.schemas.errors import OwnershipError, SessionNotFound
 
@@ -61,3 +61,12 @@ def test_the_ownership_half_alone_lets_the_owner_through():
     check_owner("alice", session_id="s-1", user_id="alice")
     with pytest.raises(OwnershipError, match=r"^session s-1 belongs to another user, not bob$"):
         check_owner("alice", session_id="s-1", user_id="bob")
+
+
+def test_visible_hides_an_erased_session_from_everyone_and_refuses_another_user():
+    rule = {"session_id": "s-1", "owner": "alice"}
+    assert visible(**rule, erased=False, user_id="alice") is True
+    assert visible(**rule, erased=True, user_id="alice") is False
+    assert visible(**rule, erased=True, user_id="bob") is False
+    with pytest.raises(OwnershipError, match="belongs to another user"):
+        visible(**rule, erased=False, user_id="bob")
