@@ -1,4 +1,4 @@
-"""The `chatlog` command line: publish, read, tail, run the projector, manage the stack.
+"""The `chatlog` command line: publish, read, tail, run the processors, replay, manage topics.
 
 Every command prints for people by default and JSON with ``--json`` (for scripts). On
 error it prints one line naming the problem and exits non-zero: 1 for a chatlog error

@@ -186,3 +186,33 @@ def test_every_import_names_the_one_root():
         link = root / "chatlog" / layer
         assert link.is_symlink()
         assert link.resolve() == root / layer
+
+
+# What each layer may import of chatlog: dependencies point inward. `chatlog.distribution`
+# (the package's name and version) imports nothing of chatlog, so every layer may use it.
+ALLOWED_IMPORTS = {
+    "schemas": {"schemas", "distribution"},
+    "producers": {"producers", "schemas", "distribution"},
+    "projections": {"projections", "schemas", "distribution"},
+    "processors": {"processors", "producers", "projections", "schemas", "distribution"},
+}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_layers_import_only_inward(layer):
+    root = Path(__file__).resolve().parents[2]
+    # `from chatlog import x` (the facade) is found as the name "".
+    imported = re.compile(r"^\s*(?:from|import)\s+chatlog(?:\.(\w+)|\s+import\b)", re.MULTILINE)
+    outward = {
+        f"{path.relative_to(root)}: chatlog.{name}"
+        for path in (root / layer).rglob("*.py")
+        for name in imported.findall(path.read_text(encoding="utf-8"))
+        if name not in ALLOWED_IMPORTS[layer]
+    }
+    assert outward == set()
+
+
+def test_the_distribution_module_is_a_leaf():
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "chatlog" / "distribution.py").read_text(encoding="utf-8")
+    assert re.search(r"^\s*(?:from|import)\s+chatlog\b", source, re.MULTILINE) is None
