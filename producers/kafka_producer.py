@@ -47,6 +47,7 @@ from chatlog.schemas.errors import (
     DeliveryFailed,
     InvalidEvent,
     InvalidInput,
+    NotQueued,
     PublishTimeout,
     QueueFull,
     TopicMissing,
@@ -229,10 +230,8 @@ class ConversationProducer:
         except BufferError:
             return None
         except KafkaException as exc:
-            # Not queued, so not stored; the fallback's "maybe stored" only over-states
-            # it, and a retry with the same event is right either way.
             raise self._error(
-                exc.args[0], {"topic": self.topic, "session_id": event.session_id}
+                exc.args[0], {"topic": self.topic, "session_id": event.session_id}, sent=False
             ) from exc
         return future
 
@@ -256,10 +255,11 @@ class ConversationProducer:
         else:
             key = msg.key()
             context = {"topic": self.topic, "session_id": key.decode() if key else None}
-            future.set_exception(self._error(err, context))
+            future.set_exception(self._error(err, context, sent=True))
 
-    def _error(self, err: KafkaError, context: dict[str, Any]) -> ChatlogError:
-        """The chatlog error for a failed produce or delivery; `context` names the event."""
+    def _error(self, err: KafkaError, context: dict[str, Any], *, sent: bool) -> ChatlogError:
+        """The chatlog error for a failed produce (`sent` False: librdkafka refused to queue
+        the event) or delivery (`sent` True); `context` names the event."""
         code = err.code()
         if code in _NO_TOPIC:
             return TopicMissing(
@@ -285,6 +285,10 @@ class ConversationProducer:
                 f"not acknowledged within {self.delivery_timeout:g} s: {err.str()}; the "
                 f"event may or may not be stored: retry with the same event",
                 **context,
+            )
+        if not sent:
+            return NotQueued(
+                f"the Kafka client refused the event: {err.str()}; it was not sent", **context
             )
         return DeliveryFailed(
             f"publish failed: {err.str()}; the event may or may not be stored: retry with "

@@ -19,6 +19,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── SessionNotFound(LookupError)   no such session (never existed, expired, erased)
     │   ├── OwnershipError(PermissionError) the session belongs to another user
     │   ├── TopicMissing(LookupError)      the events topic does not exist
+    │   ├── NotQueued(RuntimeError)        the Kafka client refused to queue an event
     │   └── SummarizerError(RuntimeError)  the LLM answered, but not with a summary
     ├── Unavailable                        no answer (in time); nothing happened: retry later
     │   ├── BrokerUnavailable(ConnectionError) no Kafka broker answered
@@ -68,6 +69,7 @@ __all__ = [
     "InvalidId",
     "InvalidInput",
     "MissingExtra",
+    "NotQueued",
     "OutcomeUnknown",
     "OwnershipError",
     "PublishTimeout",
@@ -176,6 +178,10 @@ class OwnershipError(Refused, PermissionError):
 
 class TopicMissing(Refused, LookupError):
     """The events topic does not exist; `chatlog topics create` makes it."""
+
+
+class NotQueued(Refused, RuntimeError):
+    """librdkafka refused to queue the event (e.g. a fatal producer state): it was not sent."""
 
 
 class SummarizerError(Refused, RuntimeError):

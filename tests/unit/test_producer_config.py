@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaError
 
 from chatlog.producers.kafka_producer import ConversationProducer
-from chatlog.schemas.errors import ConfigError
+from chatlog.schemas.errors import ConfigError, DeliveryFailed, NotQueued
 
 
 def _producer(**config):
@@ -37,3 +38,17 @@ def test_compatible_properties_are_accepted_and_close_is_idempotent():
     producer = _producer(**{"acks": "all", "client.id": "mine"})
     producer.close(timeout=1)
     producer.close(timeout=1)
+
+
+def test_an_event_the_client_refuses_to_queue_is_not_sent_but_a_failed_delivery_may_be():
+    producer = _producer()
+    try:
+        fatal = KafkaError(KafkaError._FATAL)
+        refused = producer._error(fatal, {"topic": "t"}, sent=False)
+        assert isinstance(refused, NotQueued)
+        assert "it was not sent" in refused.message
+        failed = producer._error(fatal, {"topic": "t"}, sent=True)
+        assert isinstance(failed, DeliveryFailed)
+        assert "may or may not be stored" in failed.message
+    finally:
+        producer.close(timeout=1)
