@@ -36,7 +36,7 @@ from chatlog.projections.redis_store import RedisViewStore, redis_errors, text
 from chatlog.projections.store import ViewStore
 from chatlog.projections.view import WindowPolicy
 from chatlog.schemas.codec import EventCodec
-from chatlog.schemas.errors import ConfigError
+from chatlog.schemas.errors import ConfigError, MissingExtra
 from chatlog.schemas.events import ProducerInfo
 from chatlog.settings import Settings
 
@@ -282,6 +282,10 @@ def token_counter(settings: Settings) -> TokenCounter:
         return tokens.token_counter(settings.tokenizer)
     except ConfigError as exc:
         raise ConfigError(f"CHATLOG_TOKENIZER: {exc}", setting="CHATLOG_TOKENIZER") from exc
+    except MissingExtra as exc:
+        raise MissingExtra(
+            f"CHATLOG_TOKENIZER: {exc}", setting="CHATLOG_TOKENIZER", **exc.context
+        ) from exc
 
 
 def summary_policy(settings: Settings) -> SummaryPolicy:

@@ -92,7 +92,7 @@ def _tiktoken_counter(encoding_name: str, *, spec: str) -> TokenCounter:
         import tiktoken  # noqa: PLC0415 - optional, and kept out of the pure core's imports
     except ImportError as missing:
         raise MissingExtra.needs(
-            "tokens", f"tokenizer {spec!r} (or the tokenizer 'approx')", missing
+            "tokens", f"tokenizer {spec!r}", missing, instead="use the tokenizer 'approx'"
         ) from missing
     _require_cached_bpe_file(encoding_name, spec=spec)
     try:

@@ -110,13 +110,24 @@ class MissingExtra(ChatlogError, ImportError):
     """A feature needs an extra (a group of optional dependencies) that is not installed."""
 
     @classmethod
-    def needs(cls, extra: str, feature: str, missing: ImportError) -> MissingExtra:
-        """The error for `feature`, whose import failed with `missing`; names the install."""
+    def needs(
+        cls,
+        extra: str,
+        feature: str,
+        missing: ImportError,
+        *,
+        instead: str | None = None,
+        **context: Any,
+    ) -> MissingExtra:
+        """The error for `feature`, whose import failed with `missing`: names the install,
+        and `instead`, a way to do without it, where there is one."""
+        alternative = f", or {instead}" if instead else ""
         return cls(
             f"{feature} needs the {missing.name or 'optional'} package: "
-            f"pip install '{DISTRIBUTION}[{extra}]'",
+            f"pip install '{DISTRIBUTION}[{extra}]'{alternative}",
             extra=extra,
             module=missing.name,
+            **context,
         )
 
 

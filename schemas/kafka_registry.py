@@ -25,7 +25,11 @@ class ConfluentSchemaRegistry:
             )
         except ImportError as missing:
             raise MissingExtra.needs(
-                "schema-registry", "CHATLOG_SCHEMA_REGISTRY_URL", missing
+                "schema-registry",
+                "CHATLOG_SCHEMA_REGISTRY_URL",
+                missing,
+                instead="unset it for single-object encoding",
+                setting="CHATLOG_SCHEMA_REGISTRY_URL",
             ) from missing
         self._client = SchemaRegistryClient({"url": url, **(config or {})})
 

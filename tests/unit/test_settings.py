@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from chatlog import wiring
 from chatlog.projections.context import approx_tokens
-from chatlog.schemas.errors import ConfigError
+from chatlog.schemas.errors import ConfigError, MissingExtra
 from chatlog.settings import Settings
 from dev.services.state import KafkaState, RedisState, StackState, write_state
 
@@ -125,3 +126,12 @@ def test_the_summarizer_refuses_a_threshold_it_could_never_reach_before_starting
     settings = Settings.from_env({"CHATLOG_SUMMARY_THRESHOLD": "50", "CHATLOG_MAX_OVERFLOW": "20"})
     with pytest.raises(ConfigError, match="CHATLOG_SUMMARY_THRESHOLD"):
         wiring.summarizer_worker(settings)
+
+
+def test_a_tokenizer_whose_extra_is_missing_names_the_setting_and_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # makes `import tiktoken` fail
+    settings = Settings.from_env({"CHATLOG_TOKENIZER": "tiktoken:o200k_base"})
+    with pytest.raises(MissingExtra, match=r"^CHATLOG_TOKENIZER: .*\[tokens\]") as raised:
+        wiring.token_counter(settings)
+    assert raised.value.context["setting"] == "CHATLOG_TOKENIZER"
+    assert raised.value.context["extra"] == "tokens"

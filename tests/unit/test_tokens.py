@@ -177,7 +177,9 @@ def test_auto_falls_back_to_approx_when_not_cached(cache_dir, loaded):
 
 def test_without_tiktoken_installed(cache_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "tiktoken", None)  # makes `import tiktoken` fail
-    with pytest.raises(MissingExtra, match=r"pip install .chatlog-memory\[tokens\]."):
+    with pytest.raises(
+        MissingExtra, match=r"pip install .chatlog-memory\[tokens\]., or use the tokenizer .approx."
+    ):
         token_counter("tiktoken:o200k_base")
     assert token_counter("auto") is approx_tokens
 
