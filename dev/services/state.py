@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from chatlog.local_stack import ADDRESSES_FILE
-from chatlog.schemas.errors import ChatlogError
 
 __all__ = [
     "KAFKA_BOOTSTRAP_ENV",
@@ -59,8 +58,16 @@ _LOCK_NAME = ".lock"
 _KILL_WAIT_S = 5.0
 
 
-class ServiceError(ChatlogError, RuntimeError):
-    """A local service (Kafka broker, Redis server) could not be fetched or started."""
+class ServiceError(RuntimeError):
+    """A local service (Kafka broker, Redis server) could not be fetched or started.
+
+    A development tool's error, not chatlog's: the package's errors (`ChatlogError`) are
+    what chatlog raises in production, and this one never reaches an application.
+    """
+
+    def __init__(self, message: str, **context: object) -> None:
+        super().__init__(message)
+        self.context = context
 
 
 @dataclass(frozen=True)
