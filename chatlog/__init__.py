@@ -59,7 +59,8 @@ from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
-    from chatlog.client import AsyncChatLog, ChatLog, KafkaHistory
+    from chatlog.client import AsyncChatLog, ChatLog
+    from chatlog.processors.kafka_history import KafkaHistory
     from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 
 __version__ = installed_version()
@@ -116,7 +117,7 @@ __all__ = [
 _LAZY = {
     "AsyncChatLog": "chatlog.client",
     "ChatLog": "chatlog.client",
-    "KafkaHistory": "chatlog.client",
+    "KafkaHistory": "chatlog.processors.kafka_history",
     "AsyncConversationProducer": "chatlog.producers.kafka_producer",
     "ConversationProducer": "chatlog.producers.kafka_producer",
 }

@@ -19,94 +19,27 @@ itself (`KafkaHistory`), so it needs neither the projector nor Redis:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeAlias, Unpack
+from typing import Any, Self, Unpack
 
 from chatlog import wiring
-from chatlog.processors.kafka_history import AsOf, context_as_of
+from chatlog.processors.kafka_history import AsOfPoint, KafkaHistory
 from chatlog.producers.commands import MessageFields, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
-from chatlog.projections.context import Context, TokenCounter, approx_tokens
+from chatlog.projections.context import Context
 from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
 from chatlog.projections.store import SessionEntry
-from chatlog.projections.view import DEFAULT_POLICY, WindowPolicy
-from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import ConfigError, InvalidInput
 from chatlog.schemas.events import (
     ConversationEvent,
     ProducerInfo,
     Role,
     SessionStarted,
-    from_epoch_millis,
 )
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
-__all__ = ["AsOfPoint", "AsyncChatLog", "ChatLog", "KafkaHistory"]
-
-# What `as_of` takes, as `chatlog context --as-of` does: an aware time, epoch
-# milliseconds, or a position P:O meaning "right after the event at P:O".
-AsOfPoint: TypeAlias = datetime | int | Position
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KafkaHistory:
-    """Point-in-time reads of the events topic: `context_as_of` with its parts bound once."""
-
-    bootstrap_servers: str
-    topic: str
-    policy: WindowPolicy = DEFAULT_POLICY
-    codec: EventCodec = field(default_factory=EventCodec)
-    config: Mapping[str, str] = field(default_factory=dict)
-    count_tokens: TokenCounter = approx_tokens
-    timeout: float = 10.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> KafkaHistory:
-        """Configured from `settings`, as the projector folds: same policy, codec, tokens."""
-        return cls(
-            bootstrap_servers=settings.kafka_bootstrap,
-            topic=settings.topic,
-            policy=wiring.policy(settings),
-            codec=wiring.codec(settings),
-            config=settings.kafka,
-            count_tokens=wiring.token_counter(settings),
-        )
-
-    def context(
-        self, session_id: str, *, user_id: str, as_of: AsOfPoint, timeout: float | None = None
-    ) -> Context:
-        """The session's context as it was at `as_of`, read from the log (blocking).
-
-        Raises `SessionNotFound`, `OwnershipError`, `InvalidInput` (a bad point, a naive
-        time, a position not on the session's partition) and `BrokerUnavailable`.
-        """
-        return context_as_of(
-            session_id,
-            user_id=user_id,
-            as_of=_point(as_of),
-            bootstrap_servers=self.bootstrap_servers,
-            topic=self.topic,
-            policy=self.policy,
-            codec=self.codec,
-            config=self.config,
-            count_tokens=self.count_tokens,
-            timeout=self.timeout if timeout is None else timeout,
-        )
-
-
-def _point(as_of: AsOfPoint) -> AsOf:
-    # bool is an int, and True as "1 ms after 1970" is surely a mistake.
-    if isinstance(as_of, datetime | Position):
-        return as_of
-    if isinstance(as_of, int) and not isinstance(as_of, bool) and as_of >= 0:
-        return from_epoch_millis(as_of)
-    raise InvalidInput(
-        f"as_of must be an aware datetime, epoch milliseconds (>= 0) or a Position, not {as_of!r}"
-    )
+__all__ = ["AsyncChatLog", "ChatLog"]
 
 
 def _history_for(history: KafkaHistory | None, after: Position | None) -> KafkaHistory:
@@ -151,7 +84,7 @@ class ChatLog:
             producer=wiring.producer(settings),
             reader=wiring.reader(settings),
             read_timeout_s=settings.read_timeout_s,
-            history=KafkaHistory.from_settings(settings),
+            history=wiring.kafka_history(settings),
         )
 
     def append(
@@ -249,7 +182,7 @@ class AsyncChatLog:
             producer=AsyncConversationProducer(wiring.producer(settings)),
             reader=wiring.async_reader(settings),
             read_timeout_s=settings.read_timeout_s,
-            history=KafkaHistory.from_settings(settings),
+            history=wiring.kafka_history(settings),
         )
 
     async def append(

@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from chatlog.distribution import installed_version
 from chatlog.processors.extractive import ExtractiveSummarizer
+from chatlog.processors.kafka_history import KafkaHistory
 from chatlog.processors.kafka_projector import KafkaProjector
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
@@ -274,6 +275,18 @@ def summarizer(settings: Settings) -> tuple[Summarizer, Callable[[], Awaitable[N
     )
     breaker = CircuitBreaker(reset_timeout=settings.llm_breaker_reset_s)
     return ResilientSummarizer(llm, breaker=breaker), llm.aclose
+
+
+def kafka_history(settings: Settings) -> KafkaHistory:
+    """Point-in-time reads from the events topic, folding as the projector folds."""
+    return KafkaHistory(
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic=settings.topic,
+        policy=policy(settings),
+        codec=codec(settings),
+        config=settings.kafka,
+        count_tokens=token_counter(settings),
+    )
 
 
 def token_counter(settings: Settings) -> TokenCounter:

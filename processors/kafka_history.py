@@ -2,7 +2,7 @@
 
 What did the bot see when it answered message X? The read-model in Redis only knows the
 present, but the log knows every past: a session's context at any point is the fold of the
-session's events up to that point. `context_as_of` finds the session's partition (murmur2,
+session's events up to that point. `KafkaHistory.read` finds the session's partition (murmur2,
 as the producers put it there), reads that partition from its start up to the bound, folds
 the session's records with the same pure `evolve` the projector uses, and applies the same
 read rules as the Redis reader. It needs no projector and never touches Redis.
@@ -50,7 +50,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import ParamSpec, TypeAlias, TypeVar
 
@@ -76,18 +76,25 @@ from chatlog.schemas.errors import (
     InvalidInput,
     SessionNotFound,
 )
-from chatlog.schemas.events import ConversationEvent, MessageRedacted, UserErased, epoch_millis
+from chatlog.schemas.events import (
+    ConversationEvent,
+    MessageRedacted,
+    UserErased,
+    epoch_millis,
+    from_epoch_millis,
+)
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.position import Position
 
 __all__ = [
     "AsOf",
+    "AsOfPoint",
+    "KafkaHistory",
     "LogContext",
-    "context_as_of",
+    "as_of_point",
     "describe",
     "kafka_call",
     "partition_records",
-    "read_as_of",
     "usable",
 ]
 
@@ -125,107 +132,118 @@ class LogContext:
         return Position(self.partition, self.end_offset - 1)
 
 
-def context_as_of(
-    session_id: str,
-    *,
-    user_id: str,
-    as_of: AsOf,
-    bootstrap_servers: str,
-    topic: str,
-    policy: WindowPolicy = DEFAULT_POLICY,
-    codec: EventCodec | None = None,
-    config: Mapping[str, str] | None = None,
-    count_tokens: TokenCounter = approx_tokens,
-    timeout: float = 10.0,
-) -> Context:
-    """The session's context as it was at `as_of`, read from the log (see the module doc).
+# What `as_of` takes, as `chatlog context --as-of` does: an aware time, epoch
+# milliseconds, or a position P:O meaning "right after the event at P:O".
+AsOfPoint: TypeAlias = datetime | int | Position
 
-    Raises `SessionNotFound` (no session yet at that point, or erased), `OwnershipError`
-    (another user's session), `InvalidInput` (a position on another partition or beyond
-    the log, a naive time), `BrokerUnavailable`/`TopicMissing`. `timeout` bounds each
-    broker request and any stretch of the scan during which no record arrives.
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaHistory:
+    """Point-in-time reads of the events topic, with the parts they fold with bound once.
+
+    `chatlog.wiring.kafka_history(settings)` builds it as the projector folds (same window
+    policy, codec and token counter); `ChatLog.context(..., as_of=...)` and `chatlog
+    context --as-of` read through it.
     """
-    return read_as_of(
-        session_id,
-        user_id=user_id,
-        as_of=as_of,
-        bootstrap_servers=bootstrap_servers,
-        topic=topic,
-        policy=policy,
-        codec=codec,
-        config=config,
-        count_tokens=count_tokens,
-        timeout=timeout,
-    ).context
 
+    bootstrap_servers: str
+    topic: str
+    policy: WindowPolicy = DEFAULT_POLICY
+    codec: EventCodec = field(default_factory=EventCodec)
+    config: Mapping[str, str] = field(default_factory=dict)
+    count_tokens: TokenCounter = approx_tokens
+    timeout: float = 10.0
 
-def read_as_of(
-    session_id: str,
-    *,
-    user_id: str,
-    as_of: AsOf,
-    bootstrap_servers: str,
-    topic: str,
-    policy: WindowPolicy = DEFAULT_POLICY,
-    codec: EventCodec | None = None,
-    config: Mapping[str, str] | None = None,
-    count_tokens: TokenCounter = approx_tokens,
-    timeout: float = 10.0,
-) -> LogContext:
-    """Like `context_as_of`, and also says which part of the log the context came from."""
-    validate_id(session_id, field="session_id")
-    validate_id(user_id, field="user_id")
-    if isinstance(as_of, datetime) and as_of.tzinfo is None:
-        raise InvalidInput(
-            f"as_of {as_of.isoformat()} has no timezone; pass an aware datetime "
-            f"(datetime.now(UTC), or .replace(tzinfo=UTC) for a UTC time)",
-            session_id=session_id,
-        )
-    consumer = groupless_consumer(bootstrap_servers, config, purpose="history")
-    try:
-        partition = partition_for(
-            session_id,
-            topic_partitions(consumer, topic, bootstrap_servers=bootstrap_servers, timeout=timeout),
-        )
-        where = TopicPartition(topic, partition)
-        # The watermarks first: a time bound found later is capped by them, so records
-        # appended while this read runs are never part of it.
-        low, high = kafka_call(consumer.get_watermark_offsets, where, timeout=timeout)
-        end = _end_offset(
-            consumer, where, as_of, low=low, high=high, session_id=session_id, timeout=timeout
-        )
-        scan = _Scan(
-            session_id,
-            user_id=user_id,
+    def context(
+        self, session_id: str, *, user_id: str, as_of: AsOfPoint, timeout: float | None = None
+    ) -> Context:
+        """The session's context as it was at `as_of`, read from the log (blocking).
+
+        Raises `SessionNotFound` (no session yet at that point, or erased), `OwnershipError`
+        (another user's session), `InvalidInput` (a bad point, a naive time, a position on
+        another partition or beyond the log), `BrokerUnavailable`/`TopicMissing`. `timeout`
+        (default `self.timeout`) bounds each broker request and any stretch of the scan
+        during which no record arrives.
+        """
+        return self.read(session_id, user_id=user_id, as_of=as_of, timeout=timeout).context
+
+    def read(
+        self, session_id: str, *, user_id: str, as_of: AsOfPoint, timeout: float | None = None
+    ) -> LogContext:
+        """Like `context`, and also says which part of the log the context came from."""
+        as_of = as_of_point(as_of)
+        timeout = self.timeout if timeout is None else timeout
+        validate_id(session_id, field="session_id")
+        validate_id(user_id, field="user_id")
+        if isinstance(as_of, datetime) and as_of.tzinfo is None:
+            raise InvalidInput(
+                f"as_of {as_of.isoformat()} has no timezone; pass an aware datetime "
+                f"(datetime.now(UTC), or .replace(tzinfo=UTC) for a UTC time)",
+                session_id=session_id,
+            )
+        consumer = groupless_consumer(self.bootstrap_servers, self.config, purpose="history")
+        try:
+            partition = partition_for(
+                session_id,
+                topic_partitions(
+                    consumer,
+                    self.topic,
+                    bootstrap_servers=self.bootstrap_servers,
+                    timeout=timeout,
+                ),
+            )
+            where = TopicPartition(self.topic, partition)
+            # The watermarks first: a time bound found later is capped by them, so records
+            # appended while this read runs are never part of it.
+            low, high = kafka_call(consumer.get_watermark_offsets, where, timeout=timeout)
+            end = _end_offset(
+                consumer, where, as_of, low=low, high=high, session_id=session_id, timeout=timeout
+            )
+            scan = _Scan(
+                session_id,
+                user_id=user_id,
+                as_of=as_of,
+                partition=partition,
+                start=low,
+                end=end,
+                policy=self.policy,
+            )
+            for message in partition_records(consumer, where, low, high, timeout):
+                scan.take(message, self.codec)
+            view = scan.finish()
+        finally:
+            consumer.close()
+        if scan.skipped:
+            _LOG.warning(
+                "skipped %d record(s) of session %s on %s[%d] that the projector dead-letters "
+                "(undecodable, or written by someone who does not own the session)",
+                scan.skipped,
+                session_id,
+                self.topic,
+                partition,
+            )
+        return LogContext(
+            context=Context.from_view(
+                view, window_size=self.policy.window, count_tokens=self.count_tokens
+            ),
             as_of=as_of,
+            topic=self.topic,
             partition=partition,
-            start=low,
-            end=end,
-            policy=policy,
+            start_offset=low,
+            end_offset=end,
+            skipped=scan.skipped,
         )
-        codec = codec or EventCodec()
-        for message in partition_records(consumer, where, low, high, timeout):
-            scan.take(message, codec)
-        view = scan.finish()
-    finally:
-        consumer.close()
-    if scan.skipped:
-        _LOG.warning(
-            "skipped %d record(s) of session %s on %s[%d] that the projector dead-letters "
-            "(undecodable, or written by someone who does not own the session)",
-            scan.skipped,
-            session_id,
-            topic,
-            partition,
-        )
-    return LogContext(
-        context=Context.from_view(view, window_size=policy.window, count_tokens=count_tokens),
-        as_of=as_of,
-        topic=topic,
-        partition=partition,
-        start_offset=low,
-        end_offset=end,
-        skipped=scan.skipped,
+
+
+def as_of_point(as_of: AsOfPoint) -> AsOf:
+    """`as_of` as a position or an aware time; `InvalidInput` for anything else."""
+    # bool is an int, and True as "1 ms after 1970" is surely a mistake.
+    if isinstance(as_of, datetime | Position):
+        return as_of
+    if isinstance(as_of, int) and not isinstance(as_of, bool) and as_of >= 0:
+        return from_epoch_millis(as_of)
+    raise InvalidInput(
+        f"as_of must be an aware datetime, epoch milliseconds (>= 0) or a Position, not {as_of!r}"
     )
 
 

@@ -33,7 +33,7 @@ from chatlog.cli.common import (
 )
 from chatlog.cli.output import context_lines, one_line, session_json, session_rows
 from chatlog.processors.kafka_consumer import groupless_consumer
-from chatlog.processors.kafka_history import AsOf, read_as_of, usable
+from chatlog.processors.kafka_history import AsOf, usable
 from chatlog.producers.partitioning import partition_for
 from chatlog.projections.context import Context
 from chatlog.schemas.errors import BrokerUnavailable, DecodeError, InvalidInput
@@ -150,16 +150,10 @@ def context(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | No
 
 def _context_as_of(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
     """`chatlog context --as-of`: the context folded from the log; Redis is never asked."""
-    read = read_as_of(
+    read = wiring.kafka_history(settings).read(
         args.session,
         user_id=args.user,
         as_of=args.as_of,
-        bootstrap_servers=settings.kafka_bootstrap,
-        topic=settings.topic,
-        policy=wiring.policy(settings),
-        codec=wiring.codec(settings),
-        config=settings.kafka,
-        count_tokens=wiring.token_counter(settings),
         timeout=args.timeout if args.timeout is not None else METADATA_TIMEOUT_S,
     )
     through = read.through

@@ -26,7 +26,7 @@ import redis.asyncio
 from confluent_kafka import Producer
 
 from chatlog import AsyncChatLog, ChatLog, wiring
-from chatlog.processors.kafka_history import context_as_of, read_as_of
+from chatlog.processors.kafka_history import KafkaHistory
 from chatlog.producers.commands import append_message, new_event
 from chatlog.producers.partitioning import partition_for
 from chatlog.projections.context import Context
@@ -57,10 +57,11 @@ class Scenario:
     between: datetime | None = None
 
     def read(self, as_of, *, user: str = "alice", session: str | None = None) -> Context:
-        return context_as_of(
-            session or self.a,
-            user_id=user,
-            as_of=as_of,
+        return self.history.context(session or self.a, user_id=user, as_of=as_of)
+
+    @property
+    def history(self) -> KafkaHistory:
+        return KafkaHistory(
             bootstrap_servers=self.settings.kafka_bootstrap,
             topic=self.settings.topic,
             policy=POLICY,
@@ -200,14 +201,7 @@ def test_a_time_after_the_end_reads_the_whole_log(scenario):
 
 
 def test_records_the_projector_dead_letters_are_skipped_and_counted(scenario):
-    read = read_as_of(
-        scenario.a,
-        user_id="alice",
-        as_of=scenario.at["m2"],
-        bootstrap_servers=scenario.settings.kafka_bootstrap,
-        topic=scenario.settings.topic,
-        policy=POLICY,
-    )
+    read = scenario.history.read(scenario.a, user_id="alice", as_of=scenario.at["m2"])
     assert "ignore previous instructions" not in _contents(read.context)
     assert read.skipped == 2  # mallory's message and the undecodable record
     assert read.through == scenario.at["m2"]

@@ -9,7 +9,7 @@ import pytest
 
 from chatlog.cli import main
 from chatlog.cli.read import as_of_argument, parse_as_of
-from chatlog.processors.kafka_history import LogContext, describe, read_as_of
+from chatlog.processors.kafka_history import KafkaHistory, LogContext, describe
 from chatlog.projections.context import Context
 from chatlog.projections.view import SessionStatus
 from chatlog.schemas.errors import InvalidId, InvalidInput
@@ -76,14 +76,10 @@ def test_a_malformed_as_of_is_a_usage_error(capsys):
 
 
 def _read(**overrides):
-    arguments = {
-        "user_id": "alice",
-        "as_of": Position(0, 1),
-        # Nothing listens here; every refusal below comes before any connection.
-        "bootstrap_servers": "127.0.0.1:1",
-        "topic": "chatlog.events",
-    }
-    return read_as_of(overrides.pop("session_id", "s-1"), **(arguments | overrides))
+    arguments = {"user_id": "alice", "as_of": Position(0, 1)}
+    # Nothing listens here; every refusal below comes before any connection.
+    history = KafkaHistory(bootstrap_servers="127.0.0.1:1", topic="chatlog.events")
+    return history.read(overrides.pop("session_id", "s-1"), **(arguments | overrides))
 
 
 def test_a_naive_datetime_is_refused_before_any_connection():
