@@ -20,17 +20,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import redis
 import redis.asyncio
 
 from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
-from chatlog.projections.encoding import decode_view
 from chatlog.projections.keys import KeySpace
-from chatlog.projections.redis_store import redis_errors, text, text_map
+from chatlog.projections.redis_store import decode_loaded, queue_load, redis_errors, text, text_map
 from chatlog.projections.store import SessionEntry, session_entries
 from chatlog.projections.view import SessionView
 from chatlog.schemas.errors import InvalidInput, ReadTimeout, SessionNotFound
@@ -308,11 +306,13 @@ def load_session(
     `messages=False` leaves the message list unread (the view then has no messages), for
     callers that need only the session's meta.
     """
+    # One MULTI on two keys of one hash slot: the meta and the messages of one state,
+    # never a meta from before a projector's write beside messages from after it.
     pipe = client.pipeline(transaction=True)
-    _queue_load(pipe, keys, session_id, messages=messages)
+    queue_load(pipe, keys, session_id, messages=messages)
     with redis_errors():
         replies = pipe.execute()
-    return _loaded(replies, messages=messages)
+    return decode_loaded(replies, messages=messages)
 
 
 async def aload_session(
@@ -320,24 +320,10 @@ async def aload_session(
 ) -> tuple[SessionView | None, int]:
     """`load_session`, awaited."""
     pipe = client.pipeline(transaction=True)
-    _queue_load(pipe, keys, session_id, messages=messages)
+    queue_load(pipe, keys, session_id, messages=messages)
     with redis_errors():
         replies = await pipe.execute()
-    return _loaded(replies, messages=messages)
-
-
-def _queue_load(pipe: Any, keys: KeySpace, session_id: str, *, messages: bool) -> None:
-    # One MULTI on two keys of one hash slot: the meta and the messages of one state,
-    # never a meta from before a projector's write beside messages from after it.
-    pipe.hgetall(keys.meta(session_id))
-    if messages:
-        pipe.lrange(keys.messages(session_id), 0, -1)
-
-
-def _loaded(replies: Sequence[Any], *, messages: bool) -> tuple[SessionView | None, int]:
-    fields = text_map(replies[0])
-    window = int(fields.get("window", "0") or 0)
-    return decode_view(fields, replies[1] if messages else ()), window
+    return decode_loaded(replies, messages=messages)
 
 
 def _answer(

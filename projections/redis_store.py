@@ -121,14 +121,15 @@ class RedisViewStore:
 
     def load(self, session_ids: Collection[str]) -> dict[str, SessionView | None]:
         ids = list(session_ids)
+        # Not a MULTI: the sessions live in many hash slots, and the projector loading
+        # them is their only writer.
         pipe = self.client.pipeline(transaction=False)
         for session_id in ids:
-            pipe.hgetall(self.keys.meta(session_id))
-            pipe.lrange(self.keys.messages(session_id), 0, -1)
+            queue_load(pipe, self.keys, session_id)
         with redis_errors():
             replies = pipe.execute()
         return {
-            session_id: decode_view(text_map(replies[2 * n]), replies[2 * n + 1])
+            session_id: decode_loaded(replies[2 * n : 2 * n + 2])[0]
             for n, session_id in enumerate(ids)
         }
 
@@ -200,6 +201,24 @@ class RedisViewStore:
             args=[view.session_id, view.updated_at_ms, self.ttl_ms, op],
             client=pipe,
         )
+
+
+def queue_load(pipe: Any, keys: KeySpace, session_id: str, *, messages: bool = True) -> None:
+    """Queue on `pipe` the reads of one session's stored view (its meta, then its
+    messages unless `messages` is False); `decode_loaded` turns their replies into it."""
+    pipe.hgetall(keys.meta(session_id))
+    if messages:
+        pipe.lrange(keys.messages(session_id), 0, -1)
+
+
+def decode_loaded(
+    replies: Sequence[Any], *, messages: bool = True
+) -> tuple[SessionView | None, int]:
+    """The view (None if the session has none) and its window size, from the replies of
+    `queue_load`."""
+    fields = text_map(replies[0])
+    window = int(fields.get("window", "0") or 0)
+    return decode_view(fields, replies[1] if messages else ()), window
 
 
 @contextlib.contextmanager
