@@ -49,20 +49,18 @@ import sys
 import time
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from bench.projector_child import GcPauses, peak_rss_kib
 from chatlog import wiring
 from chatlog.cli.replay import ProgressPrinter
-from chatlog.processors.kafka_replay import ReplayProgress
+from chatlog.processors.kafka_consumer import groupless_consumer
+from chatlog.processors.kafka_replay import REPLAY_FETCH, ReplayProgress
 from chatlog.processors.replay import ReplayParts, rebuild
 from chatlog.projections.store import InMemoryViewStore
 from chatlog.settings import Settings
 
 MODES = ("rebuild", "memory", "read")
-# The replay consumer's fetch settings (chatlog.processors.kafka_replay.KafkaReplay); the bare
-# consumer and ConsumerPerformance are given the same.
-REPLAY_FETCH = {"fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024}
 _DECODE_SAMPLE = 100_000
 
 
@@ -165,15 +163,9 @@ def _views_in_memory(parts: ReplayParts) -> ReplayParts:
 def _read(settings: Settings) -> dict[str, Any]:
     """Every record of the topic through a bare consumer; then decode a sample, apart."""
     called = time.monotonic()
-    consumer = Consumer(
-        {
-            **settings.kafka,
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": settings.projector_group,  # assigned, never committed
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            **REPLAY_FETCH,
-        }
+    # Built as the replay builds its own: no group, the replay's fetch sizes.
+    consumer = groupless_consumer(
+        settings.kafka_bootstrap, settings.kafka, purpose="bench-read", tuning=REPLAY_FETCH
     )
     try:
         topic = settings.topic

@@ -46,11 +46,11 @@ from bench.kafka_tools import (
 from bench.measure import CpuMeter, median_shares
 from bench.plan import Plan
 from bench.projector_child import GcPauses
-from bench.replay_child import REPLAY_FETCH
 from bench.report import Report, say
 from bench.scenarios.memory import peak_memory
 from bench.workload import chat_event_chunks
 from chatlog import wiring
+from chatlog.processors.kafka_replay import REPLAY_FETCH
 from chatlog.settings import Settings
 
 __all__ = ["replay"]
