@@ -1,15 +1,15 @@
 """``python -m bench`` : run every scenario, write the tables and chart.
 
-    python -m bench                  # the full run (about ten minutes), then the README
+    python -m bench                  # the full run (about ten minutes), then the docs' table
     python -m bench --quick          # everything shrunk: checks that it runs (about a minute)
     python -m bench --repeat 5       # more repetitions for a tighter median
-    python -m bench --update-readme  # only copy results/latest.md's table into the README
+    python -m bench --update-readme  # only copy results/latest.md's table into the docs
 
 Kafka and Redis come from the usual settings (``CHATLOG_*``, else the local stack that
 ``make services`` started). Whatever the run creates (topics, consumer groups, Redis keys
 under ``bench:<run id>``) is deleted at the end, also when a scenario fails. A full run of
-every scenario into the default results file also regenerates the README's performance
-table (`bench.readme`).
+every scenario into the default results file also regenerates the performance table of
+docs/performance.md (`bench.readme`).
 """
 
 from __future__ import annotations

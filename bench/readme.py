@@ -1,10 +1,10 @@
-"""Regenerate the README's performance table from the benchmark's latest results.
+"""Regenerate the documentation's performance table from the benchmark's latest results.
 
-The README's "Performance" section holds, between `<!-- bench:start -->` and
+docs/performance.md holds, between `<!-- bench:start -->` and
 `<!-- bench:end -->`, a copy of the part of `bench/results/latest.md` between its own
 `<!-- readme:start -->` and `<!-- readme:end -->` markers (the summary line, the table of
 chatlog beside its peers, the chart). Links in it are relative to the results file, so
-they are rewritten relative to the README. Everything outside the markers is left alone.
+they are rewritten relative to that file. Everything outside the markers is left alone.
 """
 
 from __future__ import annotations
