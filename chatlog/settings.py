@@ -20,7 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from chatlog.local_stack import read_addresses
 from chatlog.schemas.errors import ConfigError
@@ -67,6 +74,11 @@ class Settings(BaseModel):
     )
     read_timeout_s: float = Field(
         5.0, gt=0, description="how long a read waits for its own write (after=position)"
+    )
+    # Without a bound, a stalled Redis (paused, swapping, a fork) holds a read for as
+    # long as it stalls, whatever timeout the reader asked for.
+    redis_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="how long a Redis connect or reply may take"
     )
     projector_group: str = Field("chatlog-projector", description="the projector's group id")
     # Under backlog a larger batch folds several events of a session into one write
@@ -119,6 +131,16 @@ class Settings(BaseModel):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{value!r} must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _redis_timeout_within_reads(self) -> Settings:
+        if self.redis_timeout_s >= self.read_timeout_s:
+            raise ValueError(
+                f"CHATLOG_REDIS_TIMEOUT_S={self.redis_timeout_s:g} must be below "
+                f"CHATLOG_READ_TIMEOUT_S={self.read_timeout_s:g}: one stalled Redis call "
+                f"would otherwise outlast the read's own timeout"
+            )
+        return self
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -192,7 +214,9 @@ def _unknown_message(key: str, known: Mapping[str, str]) -> str:
 def _config_error(exc: ValidationError) -> ConfigError:
     problems = []
     for error in exc.errors(include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        name = Settings.env_name(field)
+        if not error["loc"]:  # a rule between settings: its message names them
+            problems.append(error["msg"].removeprefix("Value error, "))
+            continue
+        name = Settings.env_name(str(error["loc"][0]))
         problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
     return ConfigError("invalid settings: " + "; ".join(problems), setting=problems[0])

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
+import redis.retry
 from confluent_kafka.admin import AdminClient
 
 from chatlog.distribution import installed_version
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "admin_client",
     "async_reader",
+    "async_redis_client",
     "codec",
     "create_topics",
     "generation_store",
@@ -114,8 +118,31 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[TopicRep
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A blocking Redis client for `settings.redis_url`."""
-    return redis.Redis.from_url(settings.redis_url)
+    """A blocking Redis client for `settings.redis_url`, each call bounded in time.
+
+    It connects, and waits for each reply, at most CHATLOG_REDIS_TIMEOUT_S: redis-py's
+    own defaults (5 s, then up to ten retries on a timeout) would hold a read far past
+    the timeout its caller asked for while Redis stalls. It retries once, at once, on a
+    dropped connection only (a pooled socket Redis closed when it restarted); a timeout
+    is the caller's to handle: the projector retries with backoff, a reader raises
+    `StoreUnavailable`.
+    """
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 1, (redis.ConnectionError,)),
+    )
+
+
+def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
+    """`redis_client`, for asyncio (the same bounds)."""
+    return redis.asyncio.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 1, (redis.ConnectionError,)),
+    )
 
 
 def policy(settings: Settings) -> WindowPolicy:
@@ -249,7 +276,7 @@ def reader(settings: Settings, client: redis.Redis | None = None) -> RedisReader
 def async_reader(settings: Settings) -> AsyncRedisReader:
     """An asyncio reader of the live generation."""
     return AsyncRedisReader(
-        redis.asyncio.Redis.from_url(settings.redis_url),
+        async_redis_client(settings),
         prefix=settings.redis_prefix,
         ttl_s=settings.session_ttl_s or None,
         count_tokens=token_counter(settings),

@@ -10,7 +10,20 @@ needs exact offset control). Its loop, per batch:
 4. only then are the batch's offsets stored for the next commit.
 
 A crash anywhere before step 4 replays the batch, which changes nothing (writes are
-idempotent and dead letters may repeat, never vanish). On a rebalance the cached views
+idempotent and dead letters may repeat, never vanish).
+
+Faults of Redis (refused, dropped or stalled connections: `StoreUnavailable`) and of the
+dead-letter topic (`DeliveryFailed`) do not end the process. The step that failed is
+retried as it is, with backoff from 0.1 s doubling to 5 s, until it succeeds: the
+batch's offsets are stored only after that, so no batch is ever skipped. Meanwhile every
+assigned partition is paused, so nothing more is fetched, and the consumer keeps polling,
+so it keeps its place in the group (heartbeats, `max.poll.interval.ms`, rebalances). A
+partition revoked during the wait is dropped from the batch in hand (its new owner
+projects it); one assigned is paused too, and if Redis could not say where it must
+start, it is held until Redis answers. The cached views are forgotten after each failure
+(a write may have half-landed), so they are reloaded from what Redis holds. `stop`
+interrupts the wait within about CHATLOG_REDIS_TIMEOUT_S: the unfinished batch's
+offsets are not stored, so it is projected again after the restart. On a rebalance the cached views
 of moved partitions are dropped and stored offsets are committed before partitions go.
 SIGTERM or SIGINT (through `stop`) finishes the current batch, commits and leaves.
 
@@ -35,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -50,7 +63,13 @@ from confluent_kafka import (
 from chatlog.processors.dead_letters import dead_letter_headers
 from chatlog.processors.projection import BatchResult, DeadLetter, ProjectionCore, Record
 from chatlog.projections.store import ViewStore
-from chatlog.schemas.errors import BrokerUnavailable, DataLoss, DeliveryFailed
+from chatlog.schemas.errors import (
+    BrokerUnavailable,
+    DataLoss,
+    DeliveryFailed,
+    Interrupted,
+    StoreUnavailable,
+)
 
 __all__ = [
     "DataLoss",
@@ -62,6 +81,16 @@ __all__ = [
 ]
 
 OnDataLoss = Literal["stop", "rebuild"]
+T = TypeVar("T")
+
+# Retries of a failing Redis or dead-letter write: soon after a blip, and no more than
+# one attempt every few seconds during a long outage.
+_FIRST_RETRY_S = 0.1
+_MAX_RETRY_S = 5.0
+# How often the wait between retries polls the consumer (serving the group) and looks
+# at `stop`.
+_WAIT_POLL_S = 0.1
+_DLQ_FLUSH_S = 30.0
 
 
 class GenerationPointer(Protocol):
@@ -91,6 +120,10 @@ class ProjectorStats:
     duplicates: int = 0
     conflicts: int = 0
     dead_letters: int = 0
+    # Redis or the dead-letter topic failing: how many times it started to, and how many
+    # attempts failed in all.
+    outages: int = 0
+    retries: int = 0
 
     def add(self, result: BatchResult) -> None:
         """Count one batch."""
@@ -139,6 +172,13 @@ class KafkaProjector:
         self.poll_timeout = poll_timeout
         self.stats = ProjectorStats()
         self.assigned: set[int] = set()
+        # Assigned while Redis could not say where to start them: held paused till it can.
+        self._unstarted: set[int] = set()
+        # Records fetched while paused, kept for the batch in hand (see `_wait`).
+        self._held: list[Record] = []
+        self._reseek = False
+        self._failing_since: float | None = None
+        self._stop = threading.Event()
         extra = dict(config or {})
         self._consumer = Consumer(
             {
@@ -168,6 +208,7 @@ class KafkaProjector:
     def run(self, *, stop: threading.Event | None = None, report_every_s: float = 10.0) -> None:
         """Project until `stop` is set; then commit and leave the group."""
         stop = stop or threading.Event()
+        self._stop = stop
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         last_report = time.monotonic()
         try:
@@ -180,22 +221,125 @@ class KafkaProjector:
             self.close()
 
     def step(self) -> BatchResult:
-        """Consume and project one batch."""
-        self._watch_generation()
+        """Consume and project one batch, riding out Redis and dead-letter faults."""
+        try:
+            return self._step()
+        except Interrupted:
+            # Stopped while retrying: the batch's offsets stay unstored, so whoever owns
+            # its partitions next projects it again, which changes nothing done already.
+            log.info("stopping while retrying; the unfinished batch is left for a replay")
+            return BatchResult()
+
+    def _step(self) -> BatchResult:
+        self._retrying("reading the live generation", self._watch_generation)
+        self._retrying("reading the progress marks", self._start_held)
         # Wait for the first record only, then take whatever else is already fetched:
         # consume(n, timeout) would hold a lone event until the timeout ran out.
         first = self._consumer.poll(self.poll_timeout)
-        if first is None:
-            return BatchResult()
-        messages = [first, *self._consumer.consume(self.batch_size - 1, timeout=0)]
-        records = [r for r in (record_of(m, self.topic) for m in messages) if r is not None]
+        messages = [] if first is None else [first]
+        if first is not None:
+            messages += self._consumer.consume(self.batch_size - 1, timeout=0)
+        records = self._take_held()
+        records += [r for r in (record_of(m, self.topic) for m in messages) if r is not None]
         if not records:
             return BatchResult()
-        result = self.core.handle(records)
-        self._dead_letter(result.dead_letters)
+
+        def project() -> BatchResult:
+            records.extend(self._take_held())
+            # Partitions revoked while Redis was failing belong to another projector.
+            records[:] = [r for r in records if r.partition in self.assigned]
+            return self.core.handle(records)
+
+        result = self._retrying("projecting a batch into Redis", project)
+        self._retrying("writing dead letters", lambda: self._dead_letter(result.dead_letters))
         self._store_offsets(result.last_offsets)
         self.stats.add(result)
         return result
+
+    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """`attempt()`, retried with backoff while Redis or the dead-letter topic fails;
+        consumption stays paused from the first failure until an attempt succeeds."""
+        delay = _FIRST_RETRY_S
+        while True:
+            try:
+                value = attempt()
+            except (StoreUnavailable, DeliveryFailed) as exc:
+                # A failed pipeline may have landed in part: reload views from Redis
+                # rather than trust a cache that may not match what it holds.
+                self.core.forget()
+                self._failed(what, exc)
+                self._wait(delay)
+                delay = min(delay * 2, _MAX_RETRY_S)
+                continue
+            self._recovered()
+            return value
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.stats.retries += 1
+        if self._failing_since is not None:
+            log.debug("%s failed again: %s", what, exc)
+            return
+        self._failing_since = time.monotonic()
+        self.stats.outages += 1
+        log.warning(
+            "%s failed (%s); consumption paused, retrying every %g-%g s until it works",
+            what,
+            exc,
+            _FIRST_RETRY_S,
+            _MAX_RETRY_S,
+        )
+        self._consumer.pause(self._consumer.assignment())
+
+    def _recovered(self) -> None:
+        if self._failing_since is None:
+            return
+        log.warning(
+            "working again after %.1f s (%d failed attempts since start); consumption resumed",
+            time.monotonic() - self._failing_since,
+            self.stats.retries,
+        )
+        self._failing_since = None
+        self._consumer.resume(
+            [tp for tp in self._consumer.assignment() if tp.partition not in self._unstarted]
+        )
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep `seconds` while serving the group; `Interrupted` once `stop` is set."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # Polling keeps the membership (heartbeats, max.poll.interval.ms) and runs
+            # the rebalance callbacks; the partitions are paused, so nothing is fetched.
+            message = self._consumer.poll(min(remaining, _WAIT_POLL_S))
+            record = None if message is None else record_of(message, self.topic)
+            if record is not None:
+                # Fetched just before the pause: the consumer's position is past it
+                # now, so dropping it would skip it.
+                self._held.append(record)
+        raise Interrupted(f"stopped while retrying a step of the projection of {self.topic}")
+
+    def _take_held(self) -> list[Record]:
+        held, self._held = self._held, []
+        return held
+
+    def _start_held(self) -> None:
+        """Start the partitions assigned while Redis could not say where (see `_on_assign`)."""
+        held = [TopicPartition(self.topic, p) for p in sorted(self._unstarted & self.assigned)]
+        self._unstarted.clear()
+        if not held:
+            return
+        try:
+            starts = self._starts(self._consumer, held)
+        except StoreUnavailable:
+            self._unstarted.update(tp.partition for tp in held)
+            raise
+        # Assigning again is how a start is set before fetching begins (as on assign).
+        self._consumer.incremental_unassign(held)
+        self._consumer.incremental_assign(starts)
+        if self._failing_since is not None:
+            self._consumer.pause(starts)
 
     def close(self, *, timeout: float = 15.0) -> bool:
         """Commit what was stored and leave the consumer group, within `timeout` seconds.
@@ -243,7 +387,11 @@ class KafkaProjector:
                 headers=dead_letter_headers(letter),
                 on_delivery=delivered,
             )
-        left = self._dlq.flush(30)
+        # Flushed in slices, so that `stop` is seen while the broker does not answer.
+        deadline = time.monotonic() + _DLQ_FLUSH_S
+        left = self._dlq.flush(1)
+        while left and time.monotonic() < deadline and not self._stop.is_set():
+            left = self._dlq.flush(1)
         if left or failures:
             # Not storing offsets replays the batch: a dead letter may repeat, never vanish.
             raise DeliveryFailed(
@@ -253,10 +401,17 @@ class KafkaProjector:
             )
 
     def _store_offsets(self, last_offsets: Mapping[int, int]) -> None:
+        # Only local: the background commit sends them, and retries a failed commit at
+        # its next interval, so a broker fault here needs no retry of ours.
+        owned = [
+            TopicPartition(self.topic, p, o + 1)
+            for p, o in last_offsets.items()
+            if p in self.assigned
+        ]
+        if not owned:
+            return
         try:
-            self._consumer.store_offsets(
-                offsets=[TopicPartition(self.topic, p, o + 1) for p, o in last_offsets.items()]
-            )
+            self._consumer.store_offsets(offsets=owned)
         except KafkaException as exc:
             # A partition revoked meanwhile: its new owner replays, which is harmless.
             log.info("offsets not stored (%s); the next owner replays them", exc)
@@ -264,10 +419,22 @@ class KafkaProjector:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {tp.partition for tp in partitions}
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
-        if self.generations is not None and partitions:
+        if not partitions:
+            return
+        starts = partitions
+        if self.generations is not None:
             # Start where the committed offsets say, unless the store lacks what they
             # promise; assigning here, before fetching starts, is how the start is set.
-            consumer.incremental_assign(self._starts(consumer, partitions))
+            try:
+                starts = self._starts(consumer, partitions)
+            except StoreUnavailable as exc:
+                # Without the marks the start is unknown: hold them, paused, until
+                # Redis answers (`_start_held`, from the loop).
+                self._unstarted |= {tp.partition for tp in partitions}
+                self._failed("reading the progress marks", exc)
+        consumer.incremental_assign(starts)
+        if self._failing_since is not None:
+            consumer.pause(starts)
 
     def _starts(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
         committed = consumer.committed(partitions, timeout=30)
@@ -304,11 +471,12 @@ class KafkaProjector:
     def _watch_generation(self) -> None:
         if self.generations is None or self._store_for is None:
             return
+        if self._reseek:  # a switch whose marks Redis failed to give
+            self._resume_from_marks()
         self._seek_pending()
         now = time.monotonic()
         if now - self._checked_at < self._generation_check_s:
             return
-        self._checked_at = now
         live = self.generations.live()
         if live is None:
             self._pointer_lost(self.generations)
@@ -319,6 +487,8 @@ class KafkaProjector:
             # Continue where the new generation is, not where this projector was: the
             # events in between went to the old generation only.
             self._resume_from_marks()
+        # Only once all of it is done: after a Redis failure, the retry checks again.
+        self._checked_at = now
 
     def _pointer_lost(self, generations: GenerationPointer) -> None:
         problem = (
@@ -338,8 +508,10 @@ class KafkaProjector:
     def _resume_from_marks(self) -> None:
         """Drop the cached views and read each assigned partition from after its mark."""
         self.core.forget()
+        self._reseek = True
         marks = self.core.store.progress()
         self._seeks = {p: _after(marks.get(p, -1)) for p in self.assigned}
+        self._reseek = False
         self._seek_pending()
 
     def _seek_pending(self) -> None:
@@ -354,6 +526,7 @@ class KafkaProjector:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned -= {tp.partition for tp in partitions}
+        self._unstarted -= {tp.partition for tp in partitions}
         for tp in partitions:
             self._seeks.pop(tp.partition, None)
         # The new owner may write these sessions: our cached views of them go stale.

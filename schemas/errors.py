@@ -38,7 +38,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   └── DataLoss(RuntimeError)         Redis lost part of the read-model
     ├── Conflict(RuntimeError)             another writer changed the same state first
     ├── Incomplete(RuntimeError)           a part of a long run failed; run it again to resume
-    └── Interrupted(InterruptedError)      a long run (a replay) was asked to stop
+    └── Interrupted(InterruptedError)      a long run (a replay, a retry) was asked to stop
 
 What a writer does next follows from the group. After `OutcomeUnknown` the event may be
 in the log: retry with the *same* event (the same ``message_id``), which the projection

@@ -81,6 +81,22 @@ def test_invalid_values_name_the_variable(name, value, expected):
     assert expected in str(caught.value)
 
 
+def test_a_redis_timeout_that_would_outlast_reads_is_refused_naming_both_settings():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {"CHATLOG_KAFKA_BOOTSTRAP": "k:1", "CHATLOG_REDIS_URL": "redis://r:1/0"},
+            redis_timeout_s=5,
+        )
+    assert "CHATLOG_REDIS_TIMEOUT_S=5 must be below CHATLOG_READ_TIMEOUT_S=5" in str(caught.value)
+
+
+def test_redis_clients_are_bounded_by_the_redis_timeout():
+    settings = Settings(kafka_bootstrap="k:1", redis_url="redis://r:1/0", redis_timeout_s=0.25)
+    for client in (wiring.redis_client(settings), wiring.async_redis_client(settings)):
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.25
+
+
 def test_local_stack_addresses_fill_what_is_unset(tmp_path):
     stack = StackState(
         kafka=KafkaState(
