@@ -364,6 +364,8 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
         topic=settings.topic,
         group_id=settings.summarizer_group,
         datadir=settings.state_dir / "faust",
+        instance_id=settings.instance_id,
+        session_timeout_s=settings.session_timeout_s,
     )
 
 

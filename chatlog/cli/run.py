@@ -71,12 +71,15 @@ def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
     )
     worker = wiring.summarizer_worker(settings)
     log.info(
-        "summarizing %s (group %s) with %s: every %d overflow turns, %d in flight at most",
+        "summarizing %s (group %s) with %s: every %d overflow turns, %d in flight at most; "
+        "group member %s (CHATLOG_INSTANCE_ID), session timeout %g s",
         settings.topic,
         settings.summarizer_group,
         which,
         settings.summary_threshold,
         settings.summarizer_concurrency,
+        settings.instance_id,
+        settings.session_timeout_s,
     )
     status = worker.run()
     if status:
