@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +37,13 @@ __all__ = ["ENV_PREFIX", "Settings"]
 
 ENV_PREFIX = "CHATLOG_"
 _KAFKA_PASSTHROUGH = "CHATLOG_KAFKA__"
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+# Kafka's rule for topic names and group.instance.id alike.
+_KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+# The broker's default group.min.session.timeout.ms; a broker set higher refuses the join,
+# which the projector reports naming CHATLOG_SESSION_TIMEOUT_S.
+_MIN_SESSION_TIMEOUT_S = 6.0
+# Beyond a minute a crash costs more than librdkafka's own default (45 s) would.
+_MAX_SESSION_TIMEOUT_S = 60.0
 
 
 class Settings(BaseModel):
@@ -88,6 +95,18 @@ class Settings(BaseModel):
     on_data_loss: Literal["stop", "rebuild"] = Field(
         "stop", description="when Redis lost projected data: stop, or re-project the log"
     )
+    # Static group membership: restarted under the same id, a projector or summarizer gets
+    # its partitions back at once instead of waiting out its own old session. Two live
+    # processes of one group must not share an id: the broker fences the older one out.
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description="group.instance.id of this projector or summarizer; unique within its group",
+    )
+    # Heartbeats come from librdkafka's (aiokafka's) own thread, so a long batch never
+    # expires a session: only a dead or cut-off process does.
+    session_timeout_s: float = Field(
+        10.0, description="how long a processor that stopped answering keeps its partitions"
+    )
     summarizer_group: str = Field("chatlog-summarizer", description="the summarizer's group id")
     summary_threshold: int = Field(
         10, ge=1, le=100_000, description="overflow turns that trigger a summary"
@@ -121,8 +140,40 @@ class Settings(BaseModel):
     @field_validator("topic", "dlq_topic")
     @classmethod
     def _topic_name(cls, value: str) -> str:
-        if _TOPIC.fullmatch(value) is None:
+        if _KAFKA_NAME.fullmatch(value) is None:
             raise ValueError(f"{value!r} is not a valid Kafka topic name (1-249 of [A-Za-z0-9._-])")
+        return value
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, value: str) -> str:
+        if _KAFKA_NAME.fullmatch(value) is None:
+            raise ValueError(
+                f"{value!r} is not a valid group.instance.id (1-249 of [A-Za-z0-9._-]); the "
+                f"default is the host name: set one that is valid and unique within the group"
+            )
+        return value
+
+    @field_validator("session_timeout_s")
+    @classmethod
+    def _session_timeout(cls, value: float) -> float:
+        if not _MIN_SESSION_TIMEOUT_S <= value <= _MAX_SESSION_TIMEOUT_S:
+            raise ValueError(
+                f"must be between {_MIN_SESSION_TIMEOUT_S:g} s (the broker's default "
+                f"group.min.session.timeout.ms) and {_MAX_SESSION_TIMEOUT_S:g} s (longer only "
+                f"delays the takeover of a dead processor's partitions)"
+            )
+        return value
+
+    @field_validator("kafka")
+    @classmethod
+    def _no_group_membership(cls, value: dict[str, str]) -> dict[str, str]:
+        for prop, setting in _MEMBERSHIP_SETTINGS.items():
+            if prop in value:
+                raise ValueError(
+                    f"{prop} is set by {setting}, which the projector and the summarizer both "
+                    f"use; set that instead of {_KAFKA_PASSTHROUGH}{prop.replace('.', '_').upper()}"
+                )
         return value
 
     @field_validator("redis_url")
@@ -190,6 +241,14 @@ class Settings(BaseModel):
         return shown
 
 
+# librdkafka properties that have a setting of their own (the summarizer, on aiokafka,
+# would not see them as passthrough properties).
+_MEMBERSHIP_SETTINGS = {
+    "group.instance.id": "CHATLOG_INSTANCE_ID",
+    "session.timeout.ms": "CHATLOG_SESSION_TIMEOUT_S",
+}
+
+
 def _secret(name: str) -> bool:
     return any(word in name for word in ("password", "secret", "key"))
 
@@ -217,6 +276,10 @@ def _config_error(exc: ValidationError) -> ConfigError:
         if not error["loc"]:  # a rule between settings: its message names them
             problems.append(error["msg"].removeprefix("Value error, "))
             continue
-        name = Settings.env_name(str(error["loc"][0]))
+        field = str(error["loc"][0])
+        if field == "kafka":  # the passthrough properties hold secrets: never echo them
+            problems.append(f"{_KAFKA_PASSTHROUGH}*: {error['msg']}")
+            continue
+        name = Settings.env_name(field)
         problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
     return ConfigError("invalid settings: " + "; ".join(problems), setting=problems[0])

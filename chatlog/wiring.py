@@ -188,6 +188,8 @@ def projector(settings: Settings) -> KafkaProjector:
         topic=settings.topic,
         dlq_topic=settings.dlq_topic,
         group_id=settings.projector_group,
+        instance_id=settings.instance_id,
+        session_timeout_s=settings.session_timeout_s,
         config=settings.kafka,
         batch_size=settings.projector_batch,
         generations=generations(settings, client),
@@ -389,6 +391,8 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
         topic=settings.topic,
         group_id=settings.summarizer_group,
         datadir=settings.state_dir / "faust",
+        instance_id=settings.instance_id,
+        session_timeout_s=settings.session_timeout_s,
     )
 
 

@@ -13,6 +13,14 @@ only moves records and acks between the two. Three faust settings matter:
   topics; chatlog's topics are created by `chatlog topics create`.
 * No tables and no web server: the engine's state is rebuilt from the read-model.
 
+Failover is the projector's: the worker is a static group member (aiokafka's
+``group_instance_id``, through faust's ``consumer_group_instance_id``), so a restart
+under the same id takes its partitions back without waiting for its old session, and
+one that died for good loses them after ``session_timeout_s``. Like the projector it
+does not leave the group when stopped. Unlike the projector its rebalances are eager
+(aiokafka has no cooperative protocol): every member gives up its partitions during
+one, which for a summarizer only delays summaries.
+
 The worker is built inside the event loop (`build` is awaited by the agent), because
 the Redis, Kafka and HTTP clients it uses belong to the loop that runs them.
 """
@@ -58,6 +66,8 @@ class FaustSummarizer:
         topic: str,
         group_id: str,
         datadir: Path,
+        instance_id: str | None = None,
+        session_timeout_s: float = 10.0,
         retry_interval_s: float = 1.0,
         report_interval_s: float = 30.0,
         drain_timeout_s: float = 10.0,
@@ -78,9 +88,10 @@ class FaustSummarizer:
             topic_disable_leader=True,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
-            # A worker that died without leaving the group holds its partitions until this
-            # passes (faust's default is 60 s); the agent's loop never blocks for long.
-            broker_session_timeout=15.0,
+            consumer_group_instance_id=instance_id,
+            # A worker that died holds its partitions until this passes (faust's default
+            # is 60 s); aiokafka heartbeats from a task of its own, every 3 s.
+            broker_session_timeout=session_timeout_s,
         )
         source = self.app.topic(
             topic,

@@ -25,7 +25,16 @@ start, it is held until Redis answers. The cached views are forgotten after each
 interrupts the wait within about CHATLOG_REDIS_TIMEOUT_S: the unfinished batch's
 offsets are not stored, so it is projected again after the restart. On a rebalance the cached views
 of moved partitions are dropped and stored offsets are committed before partitions go.
-SIGTERM or SIGINT (through `stop`) finishes the current batch, commits and leaves.
+SIGTERM or SIGINT (through `stop`) finishes the current batch and commits.
+
+Failover: the projector is a static group member (`instance_id`, KIP-345). Restarted
+under the same id, it gets its partitions back as soon as it rejoins, with no rebalance
+and no wait for its old session, which would otherwise hold them until it expired. A
+static member does not leave the group when it closes either: after a SIGTERM its
+partitions wait for the restart, or `session_timeout_s` at most before the other
+members take them (a scale-down costs that pause once). Partitions move between
+members by the cooperative-sticky protocol: a rebalance revokes only what moves, and
+the callbacks see only that delta.
 
 Generations: about once a second the projector reads the pointer to the live
 generation. When a replay has flipped it, the projector moves to the new generation and
@@ -65,6 +74,7 @@ from chatlog.processors.projection import BatchResult, DeadLetter, ProjectionCor
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import (
     BrokerUnavailable,
+    ConfigError,
     DataLoss,
     DeliveryFailed,
     Interrupted,
@@ -147,6 +157,8 @@ class KafkaProjector:
         topic: str,
         dlq_topic: str,
         group_id: str = "chatlog-projector",
+        instance_id: str | None = None,
+        session_timeout_s: float = 10.0,
         config: Mapping[str, Any] | None = None,
         batch_size: int = 5000,
         poll_timeout: float = 0.05,
@@ -167,6 +179,9 @@ class KafkaProjector:
         self._checked_at = time.monotonic()
         self._seeks: dict[int, int] = {}
         self.topic = topic
+        self.group_id = group_id
+        self.instance_id = instance_id
+        self.session_timeout_s = session_timeout_s
         self.dlq_topic = dlq_topic
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
@@ -180,11 +195,14 @@ class KafkaProjector:
         self._failing_since: float | None = None
         self._stop = threading.Event()
         extra = dict(config or {})
+        membership = {} if instance_id is None else {"group.instance.id": instance_id}
         self._consumer = Consumer(
             {
                 **extra,
+                **membership,
                 "bootstrap.servers": bootstrap_servers,
                 "group.id": group_id,
+                "session.timeout.ms": round(session_timeout_s * 1000),
                 "auto.offset.reset": "earliest",
                 # Offsets are stored by hand after Redis acknowledged, committed in the
                 # background; a crash replays at most the uncommitted tail.
@@ -206,10 +224,15 @@ class KafkaProjector:
         )
 
     def run(self, *, stop: threading.Event | None = None, report_every_s: float = 10.0) -> None:
-        """Project until `stop` is set; then commit and leave the group."""
+        """Project until `stop` is set; then commit and close (see `close`)."""
         stop = stop or threading.Event()
         self._stop = stop
-        self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         last_report = time.monotonic()
         try:
             while not stop.is_set():
@@ -240,7 +263,7 @@ class KafkaProjector:
         if first is not None:
             messages += self._consumer.consume(self.batch_size - 1, timeout=0)
         records = self._take_held()
-        records += [r for r in (record_of(m, self.topic) for m in messages) if r is not None]
+        records += [r for r in (self._record_of(m) for m in messages) if r is not None]
         if not records:
             return BatchResult()
 
@@ -342,7 +365,10 @@ class KafkaProjector:
             self._consumer.pause(starts)
 
     def close(self, *, timeout: float = 15.0) -> bool:
-        """Commit what was stored and leave the consumer group, within `timeout` seconds.
+        """Commit what was stored and close the consumer, within `timeout` seconds.
+
+        With an `instance_id` the projector stays a member of the group until its session
+        times out, so that a restart gets the same partitions back at once.
 
         Returns False if the consumer did not close in time. That is safe to walk away
         from: every write is idempotent, so the uncommitted tail is replayed by the next
@@ -362,6 +388,33 @@ class KafkaProjector:
             )
             return False
         return True
+
+    def _record_of(self, message: Message) -> Record | None:
+        """`record_of`, with the errors a setting causes reported as that setting's."""
+        error = message.error()
+        # librdkafka reports a fenced static member as a generic fatal error (code _FATAL,
+        # not FENCED_INSTANCE_ID): its text is all that tells them apart.
+        if (
+            error is not None
+            and error.code() == KafkaError._FATAL
+            and "group.instance.id" in error.str()
+        ):
+            raise ConfigError(
+                f"another process joined consumer group {self.group_id} with this "
+                f"projector's group.instance.id {self.instance_id!r} and took its partitions: "
+                f"give each projector of the group its own CHATLOG_INSTANCE_ID (the default, "
+                f"the host name, is the same for every projector on one host)",
+                setting="CHATLOG_INSTANCE_ID",
+            )
+        if error is not None and error.code() == KafkaError.INVALID_SESSION_TIMEOUT:
+            raise ConfigError(
+                f"the broker refused to let the projector join group {self.group_id} with a "
+                f"session timeout of {self.session_timeout_s:g} s: set "
+                f"CHATLOG_SESSION_TIMEOUT_S within the broker's group.min.session.timeout.ms "
+                f"and group.max.session.timeout.ms",
+                setting="CHATLOG_SESSION_TIMEOUT_S",
+            )
+        return record_of(message, self.topic)
 
     def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
@@ -524,18 +577,33 @@ class KafkaProjector:
                 continue
             del self._seeks[partition]
 
+    # Cooperative-sticky: `partitions` is only what is added or taken away, never the
+    # whole assignment. The client applies the delta itself (incremental_assign and
+    # incremental_unassign) unless a callback did.
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drop(partitions)
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
+                log.warning("commit on revoke: %s", exc)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked (this member's session expired): another member may be
+        # projecting them already, and the group refuses commits from this one.
+        log.warning(
+            "lost partitions %s (session expired)", sorted(tp.partition for tp in partitions)
+        )
+        self._drop(partitions)
+
+    def _drop(self, partitions: list[TopicPartition]) -> None:
         self.assigned -= {tp.partition for tp in partitions}
         self._unstarted -= {tp.partition for tp in partitions}
         for tp in partitions:
             self._seeks.pop(tp.partition, None)
         # The new owner may write these sessions: our cached views of them go stale.
         self.core.forget()
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
-                log.warning("commit on revoke: %s", exc)
 
 
 def _after(mark: int) -> int:

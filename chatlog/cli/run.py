@@ -46,11 +46,14 @@ def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
     partition_count(wiring.admin_client(settings), settings)
     projector = wiring.projector(settings)
     log.info(
-        "projecting %s (group %s) into Redis prefix %s; dead letters to %s",
+        "projecting %s (group %s) into Redis prefix %s; dead letters to %s; "
+        "group member %s (CHATLOG_INSTANCE_ID), session timeout %g s",
         settings.topic,
         settings.projector_group,
         settings.redis_prefix,
         settings.dlq_topic,
+        settings.instance_id,
+        settings.session_timeout_s,
     )
     tune_garbage_collector()
     with stop_on_signals() as stop:
@@ -68,12 +71,15 @@ def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
     )
     worker = wiring.summarizer_worker(settings)
     log.info(
-        "summarizing %s (group %s) with %s: every %d overflow turns, %d in flight at most",
+        "summarizing %s (group %s) with %s: every %d overflow turns, %d in flight at most; "
+        "group member %s (CHATLOG_INSTANCE_ID), session timeout %g s",
         settings.topic,
         settings.summarizer_group,
         which,
         settings.summary_threshold,
         settings.summarizer_concurrency,
+        settings.instance_id,
+        settings.session_timeout_s,
     )
     status = worker.run()
     if status:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -20,6 +21,9 @@ def test_defaults_when_nothing_is_set(tmp_path):
     assert settings.topic == "chatlog.events"
     assert settings.partitions == 6
     assert settings.kafka == {}
+    # Static membership: stable across a restart on the same host, fast to fail over.
+    assert settings.instance_id == socket.gethostname()
+    assert settings.session_timeout_s == 10.0
 
 
 def test_values_are_read_and_typed(tmp_path):
@@ -73,6 +77,9 @@ def test_unknown_setting_is_an_error_with_a_suggestion():
         ("CHATLOG_TOPIC", "chat log", "not a valid Kafka topic name"),
         ("CHATLOG_REDIS_URL", "localhost:6379", "must start with redis://"),
         ("CHATLOG_DELIVERY_TIMEOUT_S", "-1", "CHATLOG_DELIVERY_TIMEOUT_S='-1'"),
+        ("CHATLOG_INSTANCE_ID", "web 1", "CHATLOG_INSTANCE_ID='web 1': Value error, 'web 1' is"),
+        ("CHATLOG_SESSION_TIMEOUT_S", "5", "group.min.session.timeout.ms"),
+        ("CHATLOG_SESSION_TIMEOUT_S", "61", "CHATLOG_SESSION_TIMEOUT_S='61'"),
     ],
 )
 def test_invalid_values_name_the_variable(name, value, expected):
@@ -95,6 +102,26 @@ def test_redis_clients_are_bounded_by_the_redis_timeout():
     for client in (wiring.redis_client(settings), wiring.async_redis_client(settings)):
         kwargs = client.connection_pool.connection_kwargs
         assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("variable", "setting"),
+    [
+        ("CHATLOG_KAFKA__GROUP_INSTANCE_ID", "CHATLOG_INSTANCE_ID"),
+        ("CHATLOG_KAFKA__SESSION_TIMEOUT_MS", "CHATLOG_SESSION_TIMEOUT_S"),
+    ],
+)
+def test_group_membership_is_refused_as_a_kafka_property_naming_the_setting(variable, setting):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                "CHATLOG_KAFKA_BOOTSTRAP": "k:1",
+                variable: "x",
+                "CHATLOG_KAFKA__SASL_PASSWORD": "p4ss",
+            }
+        )
+    assert f"set by {setting}" in str(caught.value)
+    assert "p4ss" not in str(caught.value)
 
 
 def test_local_stack_addresses_fill_what_is_unset(tmp_path):
