@@ -1,4 +1,5 @@
-"""The one builder of Kafka consumers that read by assignment and join no group.
+"""Kafka consumers: the one builder of those that join no group, and what every consumer
+of the events topic turns a consumed message into (`record_of`).
 
 Which readers are these? Every reader of the log that picks its partitions and offsets
 itself: the point-in-time read, the conversation store's page beyond the window,
@@ -23,13 +24,15 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
-from chatlog.schemas.errors import ConfigError
+from chatlog.processors.projection import Record
+from chatlog.schemas.errors import BrokerUnavailable, ConfigError
 
-__all__ = ["groupless_consumer"]
+__all__ = ["groupless_consumer", "record_of"]
 
 _KAFKA_LOG = logging.getLogger("chatlog.kafka")
+log = logging.getLogger("chatlog.consumer")
 
 
 def groupless_consumer(
@@ -61,3 +64,26 @@ def groupless_consumer(
         )
     except (KafkaException, ValueError) as exc:
         raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
+
+
+def record_of(message: Message, topic: str) -> Record | None:
+    """A consumed message as a `Record`; None for an event that is not a record.
+
+    A fatal or permanent consumer error raises `BrokerUnavailable`; a transient one is
+    logged and skipped (librdkafka retries it).
+    """
+    error = message.error()
+    if error is not None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return None
+        if error.fatal() or not error.retriable():
+            raise BrokerUnavailable(f"consuming {topic} failed: {error.str()}")
+        log.warning("consumer: %s", error.str())
+        return None
+    return Record(
+        topic=message.topic() or topic,
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        key=message.key(),
+        value=message.value(),
+    )

@@ -55,7 +55,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -65,15 +65,14 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
-from chatlog.processors.dead_letters import dead_letter_headers
-from chatlog.processors.projection import BatchResult, DeadLetter, ProjectionCore, Record
+from chatlog.processors.kafka_consumer import record_of
+from chatlog.processors.kafka_dead_letters import KafkaDeadLetters
+from chatlog.processors.projection import BatchResult, ProjectionCore, Record
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import (
-    BrokerUnavailable,
     ConfigError,
     DataLoss,
     DeliveryFailed,
@@ -86,7 +85,6 @@ __all__ = [
     "GenerationPointer",
     "KafkaProjector",
     "ProjectorStats",
-    "record_of",
     "tune_garbage_collector",
 ]
 
@@ -100,7 +98,6 @@ _MAX_RETRY_S = 5.0
 # How often the wait between retries polls the consumer (serving the group) and looks
 # at `stop`.
 _WAIT_POLL_S = 0.1
-_DLQ_FLUSH_S = 30.0
 
 
 class GenerationPointer(Protocol):
@@ -213,15 +210,7 @@ class KafkaProjector:
                 "logger": _KAFKA_LOG,
             }
         )
-        self._dlq = Producer(
-            {
-                **extra,
-                "bootstrap.servers": bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                "logger": _KAFKA_LOG,
-            }
-        )
+        self._dlq = KafkaDeadLetters(bootstrap_servers, dlq_topic, config=extra)
 
     def run(self, *, stop: threading.Event | None = None, report_every_s: float = 10.0) -> None:
         """Project until `stop` is set; then commit and close (see `close`)."""
@@ -274,7 +263,9 @@ class KafkaProjector:
             return self.core.handle(records)
 
         result = self._retrying("projecting a batch into Redis", project)
-        self._retrying("writing dead letters", lambda: self._dead_letter(result.dead_letters))
+        self._retrying(
+            "writing dead letters", lambda: self._dlq.write(result.dead_letters, stop=self._stop)
+        )
         self._store_offsets(result.last_offsets)
         self.stats.add(result)
         return result
@@ -379,7 +370,7 @@ class KafkaProjector:
         )
         closing.start()
         closing.join(timeout)
-        self._dlq.flush(10)
+        self._dlq.close(10)
         if closing.is_alive():
             log.warning(
                 "the consumer did not close within %g s; leaving without the final commit "
@@ -415,43 +406,6 @@ class KafkaProjector:
                 setting="CHATLOG_SESSION_TIMEOUT_S",
             )
         return record_of(message, self.topic)
-
-    def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        if not letters:
-            return
-        failures: list[str] = []
-
-        def delivered(err: KafkaError | None, _: Message) -> None:
-            if err is not None:
-                failures.append(err.str())
-
-        for letter in letters:
-            log.warning(
-                "dead-lettering %s[%d]@%d: %s",
-                letter.record.topic,
-                letter.record.partition,
-                letter.record.offset,
-                letter.error.message,
-            )
-            self._dlq.produce(
-                self.dlq_topic,
-                key=letter.record.key,
-                value=letter.record.value,
-                headers=dead_letter_headers(letter),
-                on_delivery=delivered,
-            )
-        # Flushed in slices, so that `stop` is seen while the broker does not answer.
-        deadline = time.monotonic() + _DLQ_FLUSH_S
-        left = self._dlq.flush(1)
-        while left and time.monotonic() < deadline and not self._stop.is_set():
-            left = self._dlq.flush(1)
-        if left or failures:
-            # Not storing offsets replays the batch: a dead letter may repeat, never vanish.
-            raise DeliveryFailed(
-                f"could not write {len(letters)} dead letters to {self.dlq_topic}: "
-                f"{failures or f'{left} unacknowledged'}",
-                topic=self.dlq_topic,
-            )
 
     def _store_offsets(self, last_offsets: Mapping[int, int]) -> None:
         # Only local: the background commit sends them, and retries a failed commit at
@@ -609,29 +563,6 @@ class KafkaProjector:
 def _after(mark: int) -> int:
     """Where to read a partition from once it is projected up to `mark` (-1: nothing)."""
     return mark + 1 if mark >= 0 else OFFSET_BEGINNING
-
-
-def record_of(message: Message, topic: str) -> Record | None:
-    """A consumed message as a `Record`; None for an event that is not a record.
-
-    A fatal or permanent consumer error raises `BrokerUnavailable`; a transient one is
-    logged and skipped (librdkafka retries it).
-    """
-    error = message.error()
-    if error is not None:
-        if error.code() == KafkaError._PARTITION_EOF:
-            return None
-        if error.fatal() or not error.retriable():
-            raise BrokerUnavailable(f"consuming {topic} failed: {error.str()}")
-        log.warning("consumer: %s", error.str())
-        return None
-    return Record(
-        topic=message.topic() or topic,
-        partition=message.partition() or 0,
-        offset=message.offset() or 0,
-        key=message.key(),
-        value=message.value(),
-    )
 
 
 def tune_garbage_collector() -> None:

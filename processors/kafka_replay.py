@@ -33,8 +33,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from chatlog.processors.kafka_consumer import groupless_consumer
-from chatlog.processors.kafka_projector import record_of
+from chatlog.processors.kafka_consumer import groupless_consumer, record_of
 from chatlog.processors.projection import ProjectionCore
 from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.projections.store import ViewStore
