@@ -327,7 +327,7 @@ class KafkaProjector:
             # Polling keeps the membership (heartbeats, max.poll.interval.ms) and runs
             # the rebalance callbacks; the partitions are paused, so nothing is fetched.
             message = self._consumer.poll(min(remaining, _WAIT_POLL_S))
-            record = None if message is None else record_of(message, self.topic)
+            record = None if message is None else self._record_of(message)
             if record is not None:
                 # Fetched just before the pause: the consumer's position is past it
                 # now, so dropping it would skip it.
