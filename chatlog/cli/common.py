@@ -1,5 +1,5 @@
 """What the CLI's command groups share, apart from output: argument types, stopping on a
-signal, and the start-up check that the events topic exists."""
+signal, the start-up check that the events topic exists, and the exit statuses."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from chatlog.producers.kafka_topics import topic_partitions
+from chatlog.schemas.errors import Incomplete, Interrupted, Unavailable
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
@@ -22,7 +23,11 @@ if TYPE_CHECKING:
     Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 __all__ = [
+    "EXIT_ACT",
+    "EXIT_TEMPORARY",
+    "EXIT_USAGE",
     "METADATA_TIMEOUT_S",
+    "exit_status",
     "partition_count",
     "positive_float",
     "positive_int",
@@ -30,6 +35,26 @@ __all__ = [
 ]
 
 METADATA_TIMEOUT_S = 10.0
+
+# Exit statuses, for people and for supervisors (systemd's RestartPreventExitStatus, a
+# Job's retry policy): 0 is success, and a processor stopped by SIGTERM or Ctrl-C.
+EXIT_ACT = 1
+"""A person must act (a setting, a missing topic, lost data, a bug): a restart fails again."""
+EXIT_USAGE = 2
+"""The command line is wrong (argparse's own status)."""
+EXIT_TEMPORARY = 75
+"""Nothing is wrong that time will not fix: run it again (BSD's EX_TEMPFAIL)."""
+
+
+def exit_status(error: BaseException) -> int:
+    """The exit status for a command that ended with `error`.
+
+    `EXIT_TEMPORARY` when running it again may work with nothing changed: Kafka, Redis
+    or the LLM did not answer (`Unavailable`), or a long run was stopped or lost a part
+    and resumes where it was (`Interrupted`, `Incomplete`); `EXIT_ACT` for anything else.
+    """
+    temporary = isinstance(error, Unavailable | Interrupted | Incomplete)
+    return EXIT_TEMPORARY if temporary else EXIT_ACT
 
 
 def partition_count(client: Consumer | AdminClient, settings: Settings) -> int:
