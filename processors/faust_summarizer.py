@@ -115,9 +115,17 @@ class FaustSummarizer:
         # Sent once faust has stopped fetching, before the consumer's final commit.
         self.app.on_before_shutdown.connect(self._on_shutdown)
 
-    def run(self, *, loglevel: str = "info") -> int:
-        """Run until SIGTERM or Ctrl-C; the exit status."""
-        worker = faust.Worker(self.app, loglevel=loglevel, redirect_stdouts=False)
+    def run(
+        self, *, loglevel: str = "info", on_stop_signal: Callable[[], object] | None = None
+    ) -> int:
+        """Run until SIGTERM or Ctrl-C; the exit status.
+
+        `on_stop_signal` is called once, as the first SIGTERM or SIGINT starts the stop
+        (the CLI arms its deadline there).
+        """
+        worker = _Worker(
+            self.app, loglevel=loglevel, redirect_stdouts=False, on_stop_signal=on_stop_signal
+        )
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
@@ -189,6 +197,21 @@ class FaustSummarizer:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
         if self.engine is not None:
             self.engine.revoke({tp.partition for tp in revoked})
+
+
+class _Worker(faust.Worker):
+    """faust's worker, telling its owner when a signal starts the stop."""
+
+    def __init__(
+        self, *args: Any, on_stop_signal: Callable[[], object] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_stop_signal = on_stop_signal
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        if self._on_stop_signal is not None and not self._signal_stop_time:
+            self._on_stop_signal()
+        super()._schedule_shutdown(signal)
 
 
 async def _ack(stream: StreamT[bytes], event: EventT[bytes]) -> None:

@@ -4,7 +4,9 @@ signal, the start-up check that the events topic exists, and the exit statuses."
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,8 @@ __all__ = [
     "EXIT_TEMPORARY",
     "EXIT_USAGE",
     "METADATA_TIMEOUT_S",
+    "STOP_BOUND_S",
+    "exit_at_deadline",
     "exit_status",
     "partition_count",
     "positive_float",
@@ -44,6 +48,33 @@ EXIT_USAGE = 2
 """The command line is wrong (argparse's own status)."""
 EXIT_TEMPORARY = 75
 """Nothing is wrong that time will not fix: run it again (BSD's EX_TEMPFAIL)."""
+
+
+STOP_BOUND_S = 10.0
+"""How long a processor may take to stop after SIGTERM or Ctrl-C (docs/operations.md)."""
+
+
+def exit_at_deadline(seconds: float = STOP_BOUND_S) -> threading.Timer:
+    """After a stop signal: exit with `EXIT_TEMPORARY` in `seconds` if still running.
+
+    The last resort behind each processor's own bounded stop (a consumer closing against
+    a broker that does not answer can take longer). Walking away is safe because every
+    processor commits only what it finished: the rest is consumed again after a restart.
+    """
+
+    def give_up() -> None:
+        sys.stderr.write(
+            f"chatlog: still stopping {seconds:g} s after the signal; exiting without "
+            f"waiting further (what was unfinished is not committed: it is done again "
+            f"after the restart)\n"
+        )
+        sys.stderr.flush()
+        os._exit(EXIT_TEMPORARY)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def exit_status(error: BaseException) -> int:
@@ -90,11 +121,12 @@ def positive_float(text: str) -> float:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
+def stop_on_signals(*, deadline_s: float | None = STOP_BOUND_S) -> Iterator[threading.Event]:
     """An event set by SIGTERM or SIGINT while the block runs; handlers restored after.
 
-    The first signal asks for a clean stop; a second one gets the previous behaviour
-    back (Ctrl-C twice interrupts a stop that hangs).
+    The first signal asks for a clean stop, and the process exits anyway `deadline_s`
+    later if it is still running (`exit_at_deadline`; None: no deadline). A second
+    signal gets the previous behaviour back (Ctrl-C twice interrupts a stop that hangs).
     """
     stop = threading.Event()
     watched = (signal.SIGTERM, signal.SIGINT)
@@ -102,6 +134,8 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        if deadline_s is not None:
+            exit_at_deadline(deadline_s)
         for each, handler in previous.items():
             signal.signal(each, handler)
 

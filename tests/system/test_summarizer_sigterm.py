@@ -1,5 +1,6 @@
 """SIGTERM stops the summarizer within its bound, whatever it waits for, committing only
-what it finished; a restarted summarizer then summarizes each turn once.
+what it finished; a restarted summarizer then summarizes each turn once. And the last
+resort every processor shares: a clean stop that hangs is cut short at the deadline.
 
 The fault that found it: with no projector running, the summarizer waits to load a
 session for ever, and faust waited (with no limit) for the records the agent held before
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +28,7 @@ from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 from tests.llm_stub import LlmStub, ok, slow
 from tests.processes import (
+    ROOT,
     running_processor,
     running_projector,
     start_processor,
@@ -183,3 +186,33 @@ def test_sigterm_stops_a_stuck_summarizer_within_its_bound_and_a_restart_loses_n
         time.sleep(2)  # a duplicate would be asked for now, if at all
     summaries = _summarized_once(kafka, settings, stub)
     assert summaries[-1].covered_messages == TURNS - WINDOW
+
+
+HANGING_STOP = """
+import time
+from chatlog.cli.common import stop_on_signals
+with stop_on_signals(deadline_s=1.0) as stop:
+    print("ready", flush=True)
+    stop.wait()
+    time.sleep(60)  # a clean stop that hangs, as a consumer closing against a dead broker
+"""
+
+
+def test_a_stop_that_hangs_is_cut_short_at_the_deadline_with_exit_75():
+    process = subprocess.Popen(
+        [sys.executable, "-c", HANGING_STOP],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with process:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=10)
+        took = time.monotonic() - started
+    assert process.returncode == 75
+    assert 1.0 <= took < 5.0, took
+    assert "still stopping 1 s after the signal" in err
