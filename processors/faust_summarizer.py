@@ -15,7 +15,10 @@ only moves records and acks between the two. Four faust settings matter:
   projector, for ever if none runs) or summarizes it, so that wait could last for ever:
   a SIGTERM was still not obeyed a minute later. The engine stops itself instead
   (`SummaryEngine.stop`, from faust's ``on_before_shutdown`` signal): at most
-  ``drain_timeout_s`` for summaries under way, then faust commits what was acked.
+  ``drain_timeout_s`` for summaries under way, then faust commits what was acked. On a
+  rebalance, records acked since faust's last periodic commit (every few seconds) are
+  consumed again by the partition's next owner, which may publish a duplicate summary:
+  harmless, as the engine explains.
 * ``topic_allow_declare=False`` and ``topic_disable_leader=True``: faust creates no
   topics; chatlog's topics are created by `chatlog topics create`.
 * No tables and no web server: the engine's state is rebuilt from the read-model.
