@@ -340,6 +340,10 @@ def summary_policy(settings: Settings) -> SummaryPolicy:
     )
 
 
+# How long the summarizer's producer may flush when it stops (see `summarizer_worker`).
+_SUMMARY_FLUSH_S = 2.0
+
+
 def summarizer_worker(settings: Settings) -> FaustSummarizer:
     """The summarizer process: a faust agent over the events topic, into the same topic."""
     from chatlog.processors.faust_summarizer import FaustSummarizer  # noqa: PLC0415 - imports faust
@@ -379,9 +383,13 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
         )
 
         async def close() -> None:
-            await publisher.aclose()
-            await close_llm()
-            await views.client.aclose()
+            try:
+                # Bounded, so that a SIGTERM is obeyed with the broker down: a summary
+                # not delivered by then has its record uncommitted and is asked again.
+                await publisher.aclose(_SUMMARY_FLUSH_S)
+            finally:
+                await close_llm()
+                await views.client.aclose()
 
         return engine, close
 

@@ -2,13 +2,23 @@
 
 faust consumes the events topic and runs the worker's life (start, rebalances, timers,
 SIGTERM). Everything that decides what to summarize lives in the engine; this module
-only moves records and acks between the two. Three faust settings matter:
+only moves records and acks between the two. Four faust settings matter:
 
 * The agent runs with ``concurrency=1`` over a ``noack()`` stream, and the engine acks
   each record itself, in offset order, once its work is finished. faust commits the
   highest offset below which every record is acked; with several agent instances, or
   with acks out of order, it commits past records still being worked on
   (faust-streaming issue 606), and a crash would lose their summaries.
+* ``stream_wait_empty=False``: on a stop or a rebalance faust would otherwise wait,
+  with no time limit, until every record it handed to the agent is acked. The engine
+  holds records unacked on purpose while it loads a session (which waits for the
+  projector, for ever if none runs) or summarizes it, so that wait could last for ever:
+  a SIGTERM was still not obeyed a minute later. The engine stops itself instead
+  (`SummaryEngine.stop`, from faust's ``on_before_shutdown`` signal): at most
+  ``drain_timeout_s`` for summaries under way, then faust commits what was acked. On a
+  rebalance, records acked since faust's last periodic commit (every few seconds) are
+  consumed again by the partition's next owner, which may publish a duplicate summary:
+  harmless, as the engine explains.
 * ``topic_allow_declare=False`` and ``topic_disable_leader=True``: faust creates no
   topics; chatlog's topics are created by `chatlog topics create`.
 * No tables and no web server: the engine's state is rebuilt from the read-model.
@@ -34,7 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from chatlog.schemas.errors import MissingExtra
+from chatlog.schemas.errors import ChatlogError, MissingExtra
 
 try:
     import faust
@@ -70,7 +80,7 @@ class FaustSummarizer:
         session_timeout_s: float = 10.0,
         retry_interval_s: float = 1.0,
         report_interval_s: float = 30.0,
-        drain_timeout_s: float = 10.0,
+        drain_timeout_s: float = 5.0,
     ) -> None:
         self._build = build
         self._drain_timeout_s = drain_timeout_s
@@ -89,6 +99,7 @@ class FaustSummarizer:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             consumer_group_instance_id=instance_id,
+            stream_wait_empty=False,
             # A worker that died holds its partitions until this passes (faust's default
             # is 60 s); aiokafka heartbeats from a task of its own, every 3 s.
             broker_session_timeout=session_timeout_s,
@@ -104,10 +115,20 @@ class FaustSummarizer:
         self.app.timer(retry_interval_s, name=f"{group_id}.retry")(self._retry)
         self.app.timer(report_interval_s, name=f"{group_id}.report")(self._report)
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        # Sent once faust has stopped fetching, before the consumer's final commit.
+        self.app.on_before_shutdown.connect(self._on_shutdown)
 
-    def run(self, *, loglevel: str = "info") -> int:
-        """Run until SIGTERM or Ctrl-C; the exit status."""
-        worker = faust.Worker(self.app, loglevel=loglevel, redirect_stdouts=False)
+    def run(
+        self, *, loglevel: str = "info", on_stop_signal: Callable[[], object] | None = None
+    ) -> int:
+        """Run until SIGTERM or Ctrl-C; the exit status.
+
+        `on_stop_signal` is called once, as the first SIGTERM or SIGINT starts the stop
+        (the CLI arms its deadline there).
+        """
+        worker = _Worker(
+            self.app, loglevel=loglevel, redirect_stdouts=False, on_stop_signal=on_stop_signal
+        )
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
@@ -144,13 +165,28 @@ class FaustSummarizer:
             await asyncio.shield(self._shut_down(engine, close))
 
     async def _shut_down(self, engine: SummaryEngine, close: Callable[[], Awaitable[None]]) -> None:
+        await self._stop_engine(engine)
+        try:
+            await close()
+        except ChatlogError as exc:  # e.g. summaries the broker never acknowledged
+            log.warning("summarizer: closing its clients: %s", exc)
+        log.info("summarizer stopped")
+
+    async def _stop_engine(self, engine: SummaryEngine) -> None:
         # Summaries under way get a moment to publish and commit; the rest are asked for
         # again by the next worker, since their records stay uncommitted.
-        if not await engine.drain(self._drain_timeout_s):
-            log.warning("summarizer: %d summaries still under way are left", engine.in_flight)
-        await engine.aclose()
-        await close()
-        log.info("summarizer stopped")
+        left = await engine.stop(self._drain_timeout_s)
+        if left:
+            log.warning(
+                "summarizer: %d summaries still under way after %g s are left for the next "
+                "worker (their records are not committed)",
+                left,
+                self._drain_timeout_s,
+            )
+
+    async def _on_shutdown(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        if self.engine is not None:
+            await self._stop_engine(self.engine)
 
     async def _retry(self) -> None:
         if self.engine is not None:
@@ -164,6 +200,21 @@ class FaustSummarizer:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
         if self.engine is not None:
             self.engine.revoke({tp.partition for tp in revoked})
+
+
+class _Worker(faust.Worker):
+    """faust's worker, telling its owner when a signal starts the stop."""
+
+    def __init__(
+        self, *args: Any, on_stop_signal: Callable[[], object] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_stop_signal = on_stop_signal
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        if self._on_stop_signal is not None and not self._signal_stop_time:
+            self._on_stop_signal()
+        super()._schedule_shutdown(signal)
 
 
 async def _ack(stream: StreamT[bytes], event: EventT[bytes]) -> None:

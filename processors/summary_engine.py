@@ -31,6 +31,12 @@ Rules that keep summaries correct and cheap:
 * A result that arrives after the session moved on (erased, or a newer summary already
   there) is dropped, not published. Duplicates that do get published are harmless: the
   projector keeps only a newer ``through_offset``.
+
+How does it stop? `stop` takes no more records and starts no more work, cancels the
+loads at once (a load may wait for a projector that is not running, for ever), gives the
+summaries under way a grace period to publish, and cancels what is left. Records whose
+work was not finished are not acked, so they stay uncommitted and are consumed again by
+the next worker, which asks for their summaries again.
 """
 
 from __future__ import annotations
@@ -211,12 +217,19 @@ class SummaryEngine:
         self._retry: set[str] = set()
         self._slots = asyncio.Semaphore(self.policy.max_in_flight)
         self._load_slots = asyncio.Semaphore(self.policy.max_loads)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._loads: set[asyncio.Task[None]] = set()
+        self._summaries: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # ----------------------------------------------------------------------- intake
 
     async def accept(self, record: Record, ack: Ack) -> None:
-        """Take the next record of a partition (in log order); `ack` commits it later."""
+        """Take the next record of a partition (in log order); `ack` commits it later.
+
+        Once stopping, the record is left alone: never acked, it is consumed again.
+        """
+        if self._stopping:
+            return
         self.stats.records += 1
         item = self.tracker.add(record.partition, record.offset, ack)
         event = self._decode(record)
@@ -229,7 +242,7 @@ class SummaryEngine:
             if session is None:
                 session = _Session(record.partition, backlog=[(event, position, item)])
                 self._sessions[event.session_id] = session
-                self._spawn(self._load(event.session_id, session, position))
+                self._spawn(self._load(event.session_id, session, position), self._loads)
                 self._evict()
             else:
                 self._sessions.move_to_end(event.session_id)
@@ -243,6 +256,8 @@ class SummaryEngine:
 
     async def retry_due(self) -> int:
         """Ask again for summaries that failed, once their cool-down is over."""
+        if self._stopping:
+            return 0
         now = self._clock()
         started = 0
         for session_id in list(self._retry):
@@ -265,23 +280,41 @@ class SummaryEngine:
     @property
     def in_flight(self) -> int:
         """Loads and summaries under way."""
-        return len(self._tasks)
+        return len(self._loads) + len(self._summaries)
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` s for work under way; True if none is left."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # A load that finishes may start a summary: wait for the work it starts too.
-        while self._tasks and (remaining := deadline - loop.time()) > 0:
-            await asyncio.wait(set(self._tasks), timeout=remaining)
-        return not self._tasks
+        while self.in_flight and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(self._loads | self._summaries, timeout=remaining)
+        return not self.in_flight
+
+    async def stop(self, grace_s: float) -> int:
+        """Stop within about `grace_s` seconds; the number of summaries left unfinished.
+
+        No record is taken and no work started from now on. Loads are cancelled at once:
+        one can wait for a projector that has stopped, and it has produced nothing yet.
+        Summaries under way get `grace_s` to publish; the rest are cancelled. A record is
+        acked only if its work finished, so the next worker consumes the others again.
+        Idempotent.
+        """
+        self._stopping = True
+        for task in self._loads:
+            task.cancel()
+        await self.drain(grace_s)
+        left = len(self._summaries)
+        await self.aclose()
+        return left
 
     async def aclose(self) -> None:
         """Cancel work under way; its records stay uncommitted and are consumed again."""
-        for task in list(self._tasks):
+        tasks = self._loads | self._summaries
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        if tasks:
+            await asyncio.wait(tasks)
 
     # ----------------------------------------------------------------------- folding
 
@@ -333,7 +366,12 @@ class SummaryEngine:
             await self.tracker.finish(item)
 
     def _start(self, session_id: str, session: _Session, item: Pending | None) -> bool:
-        """Start a summary of the session's overflow if one is due; True if started."""
+        """Start a summary of the session's overflow if one is due; True if one is due.
+
+        True means `item` now belongs to the summary, which finishes it. Once stopping,
+        a due summary is not started and `item` is never finished: left uncommitted, its
+        record is consumed again by the next worker, which starts the summary.
+        """
         view = session.view
         if view is None or view.status is SessionStatus.ERASED:
             return False
@@ -349,6 +387,8 @@ class SummaryEngine:
         turns = view.overflow(self.window)
         if len(turns) < self.policy.threshold:
             return False
+        if self._stopping:
+            return True
         session.in_flight = True
         request = SummaryRequest(
             session_id=session_id,
@@ -356,7 +396,7 @@ class SummaryEngine:
             turns=turns,
             max_summary_tokens=self.policy.max_summary_tokens,
         )
-        self._spawn(self._summarize(session_id, session, view, request, item))
+        self._spawn(self._summarize(session_id, session, view, request, item), self._summaries)
         return True
 
     # ----------------------------------------------------------------------- summaries
@@ -459,10 +499,10 @@ class SummaryEngine:
 
     # ----------------------------------------------------------------------- housekeeping
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
         task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _evict(self) -> None:
         """Forget the least recently active idle sessions beyond `max_sessions`."""

@@ -355,9 +355,9 @@ class AsyncConversationProducer:
             self.sync._raise_if_queue_stuck(event, deadline)
             await asyncio.sleep(0.005)
 
-    async def aclose(self) -> None:
-        """Flush and stop without blocking the event loop."""
-        await asyncio.to_thread(self.sync.close)
+    async def aclose(self, timeout: float = 30.0) -> None:
+        """Flush and stop without blocking the event loop (see `ConversationProducer.close`)."""
+        await asyncio.to_thread(self.sync.close, timeout)
 
     async def __aenter__(self) -> Self:
         return self

@@ -1,8 +1,10 @@
 """The `chatlog` command line: publish, read, tail, run the processors, replay, manage topics.
 
 Every command prints for people by default and JSON with ``--json`` (for scripts). On
-error it prints one line naming the problem and exits non-zero: 1 for a chatlog error
-(bad input, no broker, ...), 2 for a usage error. This module is the parser and the
+error it prints one line naming the problem and exits non-zero: 75 when running it again
+later may work as it is (Kafka, Redis or the LLM did not answer; a replay was stopped),
+1 when a person must act (bad input or settings, a missing topic, lost data), 2 for a
+usage error (`chatlog.cli.common.exit_status`). This module is the parser and the
 dispatcher; each command group adds its own commands and handlers:
 
 - `chatlog.cli.read`: `publish`, `context`, `sessions`, `tail`
@@ -22,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from chatlog.cli import admin, read, replay, run
+from chatlog.cli.common import exit_status
 from chatlog.cli.output import print_result
 from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
@@ -43,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.handler(args, settings)
     except ChatlogError as exc:
         print(f"chatlog: error: {exc.message}", file=sys.stderr)
-        return 1
+        return exit_status(exc)
     except KeyboardInterrupt:
         return 130
     print_result(result, as_json=args.json)

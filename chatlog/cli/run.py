@@ -1,7 +1,9 @@
 """The CLI's long-lived processes: `run projector` and `run summarizer`.
 
 Each checks at start-up that the events topic exists (a missing one is a one-line error
-with the fix) and then runs until SIGTERM or Ctrl-C.
+with the fix) and then runs until SIGTERM or Ctrl-C, and exits 0 within `STOP_BOUND_S`
+(10 s) of the signal, or 75 if its clean stop had to be cut short there. An error ends
+either with 75 (temporary: restart it) or 1 (a person must act), as for every command.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from chatlog import wiring
-from chatlog.cli.common import partition_count, stop_on_signals
+from chatlog.cli.common import exit_at_deadline, exit_status, partition_count, stop_on_signals
 from chatlog.processors.kafka_projector import tune_garbage_collector
 from chatlog.settings import Settings
 
@@ -81,6 +83,10 @@ def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
         settings.instance_id,
         settings.session_timeout_s,
     )
-    status = worker.run()
+    status = worker.run(on_stop_signal=exit_at_deadline)
+    if worker.error is not None:
+        # The agent failed (and logged why): a broker that did not answer at start-up is
+        # worth a restart; anything else is not.
+        raise SystemExit(exit_status(worker.error))
     if status:
         raise SystemExit(status)

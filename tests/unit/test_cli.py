@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from chatlog.cli import main
+from chatlog.cli.common import exit_status
+from chatlog.schemas.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    DataLoss,
+    Incomplete,
+    Interrupted,
+    PublishTimeout,
+    ReadTimeout,
+    StoreUnavailable,
+    TopicMissing,
+)
 
 
 def test_config_prints_the_effective_settings_as_json(monkeypatch, capsys, tmp_path):
@@ -25,3 +39,31 @@ def test_an_unknown_setting_stops_every_command_in_one_line(monkeypatch, capsys)
         "chatlog: error: unknown setting CHATLOG_TOPICS: did you mean CHATLOG_TOPIC? "
         "(Kafka properties go in CHATLOG_KAFKA__<NAME>)"
     )
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (BrokerUnavailable("no broker answered"), 75),
+        (StoreUnavailable("Redis did not answer"), 75),
+        (ReadTimeout("the projection did not reach 0:5"), 75),
+        (Interrupted("replay interrupted"), 75),
+        (Incomplete("a replay worker failed"), 75),
+        (DataLoss("Redis lost the projection of partition 0"), 1),
+        (ConfigError("bad setting"), 1),
+        (TopicMissing("topic chatlog.events does not exist"), 1),
+        (PublishTimeout("may or may not be stored"), 1),
+        (RuntimeError("a bug"), 1),
+    ],
+)
+def test_exit_status_says_whether_running_again_may_work(error, status):
+    assert exit_status(error) == status
+
+
+def test_a_command_that_finds_no_server_exits_75_restart_me(monkeypatch, capsys):
+    def unavailable() -> None:
+        raise BrokerUnavailable("no Kafka broker answered at k:9092")
+
+    monkeypatch.setattr("chatlog.cli.Settings.from_env", unavailable)
+    assert main(["config"]) == 75
+    assert capsys.readouterr().err.strip() == ("chatlog: error: no Kafka broker answered at k:9092")

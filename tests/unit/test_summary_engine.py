@@ -1104,3 +1104,65 @@ def test_a_threshold_equal_to_the_kept_overflow_is_accepted():
 def test_a_policy_below_one_is_refused(field):
     with pytest.raises(InvalidInput, match=field):
         SummaryPolicy(**{field: 0})
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+@async_test
+async def test_stop_cancels_loads_at_once_and_gives_summaries_under_way_their_grace():
+    h = Harness()
+    gate = h.summarizer.hold()
+    h.turns("s1", 7)  # the seventh turn (offset 6) triggers a summary
+    await h.run()
+    h.projector.gate = asyncio.Event()  # a load on partition 1 that never finishes
+    h.turns("s3", 1, partition=1)
+    await h.run()
+    assert h.engine.in_flight == 2
+
+    stopping = asyncio.ensure_future(h.engine.stop(5.0))
+    await h.settle()
+    assert h.engine.in_flight == 1  # the load is gone; the summary keeps its grace
+    gate.set()
+
+    assert await stopping == 0
+    assert h.engine.stats.published == 1
+    assert h.acked(0) == list(range(7))  # the trigger, now finished
+    assert h.acked(1) == []  # the record whose session never loaded stays uncommitted
+
+
+@async_test
+async def test_stop_past_its_grace_cancels_the_summary_and_leaves_its_trigger_uncommitted():
+    h = Harness()
+    h.summarizer.hold()
+    h.turns("s1", 7)
+    await h.run()
+
+    assert await h.engine.stop(0.01) == 1
+
+    assert h.summarizer.running == 0
+    assert h.publisher.events == []
+    assert h.acked(0) == list(range(6))
+
+
+@async_test
+async def test_once_stopping_no_record_is_taken_and_no_retry_started():
+    h = Harness()
+    gate = h.summarizer.hold()
+    h.turns("s1", 7)
+    await h.run()
+    h.turns("s1", 3)  # 7-9, folded while the summary runs
+    await h.consume()
+    await h.settle()
+
+    stopping = asyncio.ensure_future(h.engine.stop(5.0))
+    await h.settle()
+    h.turns("s2", 1)  # consumed after the stop began: left alone, never acked
+    await h.consume()
+    gate.set()
+    assert await stopping == 0
+
+    assert h.engine.stats.records == 10
+    assert len(h.summarizer.requests) == 1
+    assert h.acked(0) == list(range(10))  # not the summary's read-back (10), nor 11
+    assert await h.engine.retry_due() == 0
