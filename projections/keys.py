@@ -11,6 +11,7 @@ session index has a tag of its own, `{u:<user_id>}`, and is updated separately.
     chatlog:g1:s:{session-42}:msgs              list: overflow then window, oldest first
     chatlog:g1:u:{u:alice}:sessions             sorted set: session id by last activity
     chatlog:g1:progress                         hash: partition -> last projected offset
+    chatlog:g1:epoch                            token written when g1 was created
 
 Ids cannot contain `{`, `}` or `:` (see `chatlog.schemas.ids`), so no id can break out of its tag.
 """
@@ -69,6 +70,12 @@ class KeySpace:
     def progress(self) -> str:
         """The projection's progress: partition -> last offset it has projected."""
         return f"{self.prefix}:{self.generation}:progress"
+
+    @property
+    def epoch(self) -> str:
+        """The generation's epoch: a token written when it is created. A generation the
+        pointer names without its epoch has lost its data (see `chatlog.projections.epochs`)."""
+        return f"{self.prefix}:{self.generation}:epoch"
 
     def generation_pattern(self) -> str:
         """A SCAN pattern for every key of this generation."""
