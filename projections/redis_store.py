@@ -173,9 +173,10 @@ class RedisViewStore:
 
     def _lost(self) -> DataLoss:
         return DataLoss(
-            f"generation {self.keys.generation} of the read-model is lost: its epoch is gone "
-            f"or marked lost, or its progress marks went back (Redis flushed, restarted "
-            f"empty, or restored from an older snapshot); nothing more is written into it",
+            f"Redis has lost part of the read-model: generation {self.keys.generation} lost "
+            f"its epoch, is marked lost, or its progress marks went back (Redis flushed, "
+            f"restarted empty, or restored from an older snapshot); nothing more is written "
+            f"into it",
             generation=self.keys.generation,
         )
 
