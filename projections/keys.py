@@ -3,8 +3,9 @@
 Every key lives under `<prefix>:<generation>:`, and one pointer key `<prefix>:generation`
 names the live generation. A rebuild fills a new generation while readers keep using the
 live one, then flips the pointer. A session's keys share the hash tag `{<session_id>}`, so
-one Lua call can update them atomically, on a single Redis as on Redis Cluster. A user's
-session index has a tag of its own, `{u:<user_id>}`, and is updated separately.
+one Lua call can update them atomically (one slot on Redis Cluster too, though the epoch
+check of that call is not yet). A user's session index has a tag of its own,
+`{u:<user_id>}`, and is updated separately.
 
     chatlog:generation                          -> "g1"
     chatlog:g1:s:{session-42}:meta              hash: owner, counts, summary, last offset
