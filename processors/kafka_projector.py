@@ -570,6 +570,9 @@ class KafkaProjector:
         )
         started = time.monotonic()
         generation = self._retrying("rebuilding the lost read-model", self._rebuild_lost)
+        # Partitions assigned meanwhile found the old generation lost too: they are held,
+        # and `_start_held` checks them again against the new one.
+        self._loss = None
         self.generation = generation
         self.core.store = self._store_for(generation)  # type: ignore[misc]
         self._resume_from_marks()
