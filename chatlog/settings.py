@@ -93,7 +93,7 @@ class Settings(BaseModel):
     # because the projector takes only what has already arrived.
     projector_batch: int = Field(5000, ge=1, le=100_000, description="records per batch")
     on_data_loss: Literal["stop", "rebuild"] = Field(
-        "stop", description="when Redis lost projected data: stop, or re-project the log"
+        "stop", description="when Redis lost projected data: stop, or rebuild it from the log"
     )
     # Static group membership: restarted under the same id, a projector or summarizer gets
     # its partitions back at once instead of waiting out its own old session. Two live

@@ -22,7 +22,7 @@ from chatlog.processors.kafka_history import KafkaHistory
 from chatlog.processors.kafka_projector import KafkaProjector
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
-from chatlog.processors.replay import ReplayParts, rebuild_partitions
+from chatlog.processors.replay import ReplayParts, rebuild, rebuild_partitions
 from chatlog.processors.summarizers import (
     CircuitBreaker,
     ResilientSummarizer,
@@ -36,7 +36,7 @@ from chatlog.projections.context import TokenCounter
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
-from chatlog.projections.redis_store import RedisViewStore, redis_errors, text
+from chatlog.projections.redis_store import RedisViewStore
 from chatlog.projections.store import ViewStore
 from chatlog.projections.view import WindowPolicy
 from chatlog.schemas.codec import EventCodec
@@ -151,13 +151,15 @@ def policy(settings: Settings) -> WindowPolicy:
 
 
 def live_store(settings: Settings, client: redis.Redis | None = None) -> RedisViewStore:
-    """The view store of the live generation (naming the first one if none is live yet)."""
+    """The view store of the live generation (of the first one if none is live yet).
+
+    It creates nothing: a missing pointer is for the projector to judge (a fresh
+    deployment, or lost data), and its store refuses writes into a generation without
+    its epoch.
+    """
     client = client or redis_client(settings)
-    keys = KeySpace(settings.redis_prefix)
-    with redis_errors():
-        client.set(keys.pointer, DEFAULT_GENERATION, nx=True)
-        live = client.get(keys.pointer)
-    return generation_store(settings, text(live) if live else DEFAULT_GENERATION, client)
+    live = generations(settings, client).live()
+    return generation_store(settings, live or DEFAULT_GENERATION, client)
 
 
 def generation_store(
@@ -180,8 +182,14 @@ def generations(settings: Settings, client: redis.Redis | None = None) -> Genera
 def projector(settings: Settings) -> KafkaProjector:
     """The projector: the events topic into the live generation of the read-model."""
     client = redis_client(settings)
-    store = live_store(settings, client)
+    live = generations(settings, client).live()
+    store = generation_store(settings, live or DEFAULT_GENERATION, client)
     core = ProjectionCore(store, codec=codec(settings), policy=policy(settings))
+
+    def rebuild_lost(stop: threading.Event) -> str:
+        # No hand-over: the projector itself continues from the new generation's marks.
+        return rebuild(replay_parts(settings), handover_s=0.0, stop=stop).generation
+
     return KafkaProjector(
         core,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -193,9 +201,10 @@ def projector(settings: Settings) -> KafkaProjector:
         config=settings.kafka,
         batch_size=settings.projector_batch,
         generations=generations(settings, client),
-        generation=store.keys.generation,
+        generation=live,
         store_for=lambda generation: generation_store(settings, generation, client),
         on_data_loss=settings.on_data_loss,
+        rebuild=rebuild_lost,
     )
 
 

@@ -41,12 +41,19 @@ generation. When a replay has flipped it, the projector moves to the new generat
 seeks each of its partitions back to where that generation's progress mark says, so
 nothing the replay had not projected is skipped (what it had is skipped as duplicates).
 
-Lost data: when partitions are assigned, their committed offsets are compared with the
-generation's progress marks. A mark missing or behind the committed offset means Redis
-lost writes (flushed, restarted empty, restored from an old snapshot); so does a pointer
-key that vanished while running. With ``on_data_loss="stop"`` the projector stops with
-an error that says how to rebuild; with ``"rebuild"`` it re-projects the lost range from
-the log into the live generation, and says so loudly.
+Lost data (Redis answers, but holds less than it was given: FLUSHALL, a restart with
+no persistence, an older snapshot restored, a failover that dropped writes) is told
+apart from a fresh deployment by the generation's epoch (`chatlog.projections.epochs`).
+It is found when partitions are assigned (`assess_start`: no pointer although the group
+has committed offsets, an epoch marked lost, marks behind the committed offsets), every
+second while running (the pointer or the epoch gone), and by every write, which refuses
+atomically to touch a generation without its epoch or whose marks went back. With
+``on_data_loss="stop"`` the projector marks the generation lost (so readers refuse it)
+and stops with `DataLoss`, which names the fix; a restart refuses the same way until a
+replay has run. With ``"rebuild"`` it pauses its partitions and rebuilds the whole
+read-model from offset 0 into a new generation, as `chatlog replay` does, while it keeps
+its place in the group; then flips the pointer and continues from the new generation's
+marks. Readers get `ReadModelLost` until the flip, then the whole truth.
 """
 
 from __future__ import annotations
@@ -71,9 +78,11 @@ from confluent_kafka import (
 from chatlog.processors.kafka_consumer import record_of
 from chatlog.processors.kafka_dead_letters import KafkaDeadLetters
 from chatlog.processors.projection import BatchResult, ProjectionCore, Record
+from chatlog.projections.epochs import Lost, assess_start, is_intact
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import (
     ConfigError,
+    Conflict,
     DataLoss,
     DeliveryFailed,
     Interrupted,
@@ -107,9 +116,26 @@ class GenerationPointer(Protocol):
         """The live generation; None if the pointer is gone."""
         ...
 
-    def flip(self, expected: str | None, new: str) -> bool:
-        """Point at `new` if the pointer still names `expected`."""
+    def epoch(self, generation: str) -> str | None:
+        """`generation`'s epoch value; None if it has none (lost, or never created)."""
         ...
+
+    def initialise(self, generation: str) -> str:
+        """Make `generation` live, with a new epoch, if none is; the live one."""
+        ...
+
+    def create(self, generation: str) -> None:
+        """Give `generation` an epoch if it has none."""
+        ...
+
+    def mark_lost(self, generation: str, reason: str) -> None:
+        """Mark `generation` lost, if its epoch is there."""
+        ...
+
+
+# Rebuilds the whole read-model from the log into a new generation and makes it live
+# (`chatlog.processors.replay.rebuild`); returns that generation. Stops when the event is set.
+Rebuild = Callable[[threading.Event], str]
 
 
 log = logging.getLogger("chatlog.projector")
@@ -163,14 +189,21 @@ class KafkaProjector:
         generation: str | None = None,
         store_for: Callable[[str], ViewStore] | None = None,
         on_data_loss: OnDataLoss = "stop",
+        rebuild: Rebuild | None = None,
         generation_check_s: float = 1.0,
     ) -> None:
-        if generations is not None and (generation is None or store_for is None):
-            raise ValueError("watching generations needs the current one and store_for")
+        if generations is not None and store_for is None:
+            raise ValueError("watching generations needs store_for")
+        if on_data_loss == "rebuild" and generations is not None and rebuild is None:
+            raise ValueError('on_data_loss="rebuild" needs rebuild')
         self.core = core
         self.generations = generations
+        # None: no generation was live when it started (a fresh deployment, or lost).
         self.generation = generation
         self.on_data_loss = on_data_loss
+        self._rebuild = rebuild
+        # Lost data found while starting partitions, to rebuild from the loop.
+        self._loss: DataLoss | None = None
         self._store_for = store_for
         self._generation_check_s = generation_check_s
         self._checked_at = time.monotonic()
@@ -235,7 +268,11 @@ class KafkaProjector:
     def step(self) -> BatchResult:
         """Consume and project one batch, riding out Redis and dead-letter faults."""
         try:
-            return self._step()
+            try:
+                return self._step()
+            except DataLoss as exc:
+                self._data_lost(exc)
+                return BatchResult()
         except Interrupted:
             # Stopped while retrying: the batch's offsets stay unstored, so whoever owns
             # its partitions next projects it again, which changes nothing done already.
@@ -243,6 +280,8 @@ class KafkaProjector:
             return BatchResult()
 
     def _step(self) -> BatchResult:
+        if self._loss is not None:
+            raise self._loss
         self._retrying("reading the live generation", self._watch_generation)
         self._retrying("reading the progress marks", self._start_held)
         # Wait for the first record only, then take whatever else is already fetched:
@@ -439,41 +478,150 @@ class KafkaProjector:
                 # Redis answers (`_start_held`, from the loop).
                 self._unstarted |= {tp.partition for tp in partitions}
                 self._failed("reading the progress marks", exc)
+            except DataLoss as exc:
+                # Not here: a rebuild takes long, and stopping is best done from the loop.
+                # Held until the read-model is whole again (`_start_held`).
+                self._unstarted |= {tp.partition for tp in partitions}
+                self._loss = exc
         consumer.incremental_assign(starts)
         if self._failing_since is not None:
             consumer.pause(starts)
 
     def _starts(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
         committed = consumer.committed(partitions, timeout=30)
+        if self.generations is not None:
+            self._check_start({tp.partition: tp.offset for tp in committed})
         marks = self.core.store.progress()
-        starts = []
-        for tp in committed:
-            mark = marks.get(tp.partition, -1)
-            start = tp.offset
-            if tp.offset < 0:  # never committed: a new group, or a generation built by replay
-                start = _after(mark)
-            elif mark + 1 < tp.offset:
-                start = self._lost(tp.partition, committed=tp.offset, mark=mark)
-            starts.append(TopicPartition(self.topic, tp.partition, start))
-        return starts
-
-    def _lost(self, partition: int, *, committed: int, mark: int) -> int:
-        """Where to restart a partition whose projection Redis has lost (or raise)."""
-        have = "nothing" if mark < 0 else f"up to offset {mark}"
-        problem = (
-            f"Redis has lost part of the read-model: partition {partition} of {self.topic} "
-            f"was projected up to offset {committed - 1}, but generation {self.generation} "
-            f"holds {have}"
-        )
-        if self.on_data_loss == "stop":
-            raise DataLoss(
-                f"{problem}. Rebuild it from the log with `chatlog replay` (readers keep "
-                f"being served meanwhile), or set CHATLOG_ON_DATA_LOSS=rebuild to let the "
-                f"projector re-project the lost range into the live generation",
-                partition=partition,
+        # Never committed: a new group, or a generation built by replay: after the mark.
+        return [
+            TopicPartition(
+                self.topic,
+                tp.partition,
+                tp.offset if tp.offset >= 0 else _after(marks.get(tp.partition, -1)),
             )
-        log.error("%s; re-projecting it from the log (CHATLOG_ON_DATA_LOSS=rebuild)", problem)
-        return _after(mark)
+            for tp in committed
+        ]
+
+    def _check_start(self, committed: Mapping[int, int]) -> None:
+        """Find the live generation and make sure it holds what `committed` promises:
+        create the first one in a fresh deployment; `DataLoss` if it lost data."""
+        assert self.generations is not None
+        assert self._store_for is not None
+        live = self.generations.live()
+        epoch = None if live is None else self.generations.epoch(live)
+        if live is not None and live != self.generation:
+            self.generation = live
+            self.core.store = self._store_for(live)
+            self.core.forget()
+        verdict = assess_start(
+            generation=live,
+            epoch=epoch,
+            marks=self.core.store.progress() if live is not None else {},
+            committed=committed,
+        )
+        if isinstance(verdict, Lost):
+            raise DataLoss(
+                f"Redis has lost part of the read-model: {verdict.reason}",
+                partition=verdict.partition,
+                generation=live,
+            )
+        if verdict == "fresh":
+            live = self.generations.initialise(self.generation or "g1")
+            log.info("no read-model in Redis yet: generation %s created", live)
+            if live != self.generation:
+                self.generation = live
+                self.core.store = self._store_for(live)
+        elif verdict == "adopt":
+            assert live is not None
+            log.warning("generation %s has no epoch (written before epochs): given one", live)
+            self.generations.create(live)
+
+    def _data_lost(self, exc: DataLoss) -> None:
+        """Stop (`on_data_loss="stop"`), or rebuild the read-model and continue."""
+        self._loss = None
+        problem = exc.message
+        generations, generation = self.generations, self.generation
+        if generations is not None and generation is not None:
+            live = self._retrying("reading the live generation", generations.live)
+            if live is not None and live != generation and is_intact(generations.epoch(live)):
+                # Not lost: a replay flipped and deleted the old generation before this
+                # projector saw the flip (it was slow). Switch as `_watch_generation` does.
+                log.info("generation %s is live now (was %s): switching", live, generation)
+                self.generation = live
+                self.core.store = self._store_for(live)  # type: ignore[misc]
+                self._resume_from_marks()
+                return
+            # Readers refuse it from now on (a restored snapshot still has its epoch).
+            lost = generation
+            self._retrying(
+                "marking the lost generation", lambda: generations.mark_lost(lost, problem[:300])
+            )
+        if self.on_data_loss == "stop" or self._rebuild is None:
+            raise DataLoss(
+                f"{problem}. Readers get ReadModelLost until it is rebuilt. Rebuild it from "
+                f"the log with `chatlog replay`, or set CHATLOG_ON_DATA_LOSS=rebuild to let "
+                f"the projector rebuild it; until then the projector refuses to start",
+                **exc.context,
+            ) from exc
+        log.error(
+            "%s; rebuilding the whole read-model from the log into a new generation "
+            "(CHATLOG_ON_DATA_LOSS=rebuild); readers get ReadModelLost until it is live",
+            problem,
+        )
+        started = time.monotonic()
+        generation = self._retrying("rebuilding the lost read-model", self._rebuild_lost)
+        # Partitions assigned meanwhile found the old generation lost too: they are held,
+        # and `_start_held` checks them again against the new one.
+        self._loss = None
+        self.generation = generation
+        self.core.store = self._store_for(generation)  # type: ignore[misc]
+        self._resume_from_marks()
+        log.error(
+            "the read-model is whole again: generation %s rebuilt from the log in %.1f s "
+            "and live; projecting continues from its progress marks",
+            generation,
+            time.monotonic() - started,
+        )
+
+    def _rebuild_lost(self) -> str:
+        """Run the rebuild in a thread while polling (paused) to keep the partitions."""
+        assert self._rebuild is not None
+        self.core.forget()
+        self._held.clear()  # read again from the new generation's marks
+        self._consumer.pause(self._consumer.assignment())
+        stop = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["generation"] = self._rebuild(stop)  # type: ignore[misc]
+            except Conflict:  # another projector's rebuild flipped first: use it
+                outcome["generation"] = None
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name="chatlog-projector-rebuild", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                if self._stop.is_set():
+                    stop.set()
+                    thread.join(30)
+                    raise Interrupted("stopped while rebuilding the lost read-model")
+                self._consumer.poll(_WAIT_POLL_S)  # the group; fetched records are read again
+                thread.join(0)
+        finally:
+            self._consumer.resume(
+                [tp for tp in self._consumer.assignment() if tp.partition not in self._unstarted]
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        generation = outcome["generation"]
+        if generation is None:
+            generation = self.generations.live() if self.generations is not None else None
+            if generation is None:
+                raise DataLoss("the rebuild lost a race and no generation is live")
+        return str(generation)
 
     def _watch_generation(self) -> None:
         if self.generations is None or self._store_for is None:
@@ -482,39 +630,35 @@ class KafkaProjector:
             self._resume_from_marks()
         self._seek_pending()
         now = time.monotonic()
-        if now - self._checked_at < self._generation_check_s:
+        if now - self._checked_at < self._generation_check_s or self.generation is None:
             return
         live = self.generations.live()
         if live is None:
-            self._pointer_lost(self.generations)
-        elif live != self.generation:
+            raise DataLoss(
+                f"Redis has lost the read-model: the pointer to the live generation is gone "
+                f"(it was {self.generation})",
+                generation=self.generation,
+            )
+        if live != self.generation:
             log.info("generation %s is live now (was %s): switching", live, self.generation)
             self.generation = live
             self.core.store = self._store_for(live)
             # Continue where the new generation is, not where this projector was: the
             # events in between went to the old generation only.
             self._resume_from_marks()
+        elif not is_intact(self.generations.epoch(live)):
+            # Found here even with no traffic; the writes refuse it on their own.
+            raise DataLoss(
+                f"Redis has lost the read-model: generation {live} has lost its epoch",
+                generation=live,
+            )
         # Only once all of it is done: after a Redis failure, the retry checks again.
         self._checked_at = now
-
-    def _pointer_lost(self, generations: GenerationPointer) -> None:
-        problem = (
-            f"the pointer to the live generation is gone from Redis (it was "
-            f"{self.generation}): Redis lost its data"
-        )
-        if self.on_data_loss == "stop":
-            raise DataLoss(
-                f"{problem}. Rebuild the read-model with `chatlog replay`, or set "
-                f"CHATLOG_ON_DATA_LOSS=rebuild to let the projector re-project the log"
-            )
-        log.error("%s; re-projecting every partition from the log", problem)
-        if self.generation is not None:
-            generations.flip(None, self.generation)
-        self._resume_from_marks()
 
     def _resume_from_marks(self) -> None:
         """Drop the cached views and read each assigned partition from after its mark."""
         self.core.forget()
+        self._held.clear()  # fetched from the old position: the seek reads them again
         self._reseek = True
         marks = self.core.store.progress()
         self._seeks = {p: _after(marks.get(p, -1)) for p in self.assigned}

@@ -209,6 +209,7 @@ def verify(
     generations = parts.generations
     live = generations.live() or DEFAULT_GENERATION
     scratch = f"verify-{uuid.uuid4().hex[:12]}"
+    generations.create(scratch)
     replay = parts.replay_for(parts.store_for(scratch), stop=stop, on_progress=on_progress)
     started = time.monotonic()
     try:
@@ -310,6 +311,7 @@ def _target(generations: GenerationStore, live: str | None, *, restart: bool) ->
     recorded = record.get("generation")
     same_live = record.get("replaces", "") == (live or "")
     if recorded and recorded != live and same_live and not restart:
+        generations.create(recorded)  # kept if it has one
         return recorded, True
     if recorded and recorded != live:
         generations.delete(recorded)  # abandoned, or overtaken by a flip: start afresh
@@ -317,6 +319,7 @@ def _target(generations: GenerationStore, live: str | None, *, restart: bool) ->
     if generations.exists(target):
         generations.delete(target)
     generations.start_rebuild(target, live)
+    generations.create(target)  # its epoch, before anything is written into it
     return target, False
 
 

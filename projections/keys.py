@@ -3,14 +3,16 @@
 Every key lives under `<prefix>:<generation>:`, and one pointer key `<prefix>:generation`
 names the live generation. A rebuild fills a new generation while readers keep using the
 live one, then flips the pointer. A session's keys share the hash tag `{<session_id>}`, so
-one Lua call can update them atomically, on a single Redis as on Redis Cluster. A user's
-session index has a tag of its own, `{u:<user_id>}`, and is updated separately.
+one Lua call can update them atomically (one slot on Redis Cluster too, though the epoch
+check of that call is not yet). A user's session index has a tag of its own,
+`{u:<user_id>}`, and is updated separately.
 
     chatlog:generation                          -> "g1"
     chatlog:g1:s:{session-42}:meta              hash: owner, counts, summary, last offset
     chatlog:g1:s:{session-42}:msgs              list: overflow then window, oldest first
     chatlog:g1:u:{u:alice}:sessions             sorted set: session id by last activity
     chatlog:g1:progress                         hash: partition -> last projected offset
+    chatlog:g1:epoch                            token written when g1 was created
 
 Ids cannot contain `{`, `}` or `:` (see `chatlog.schemas.ids`), so no id can break out of its tag.
 """
@@ -69,6 +71,12 @@ class KeySpace:
     def progress(self) -> str:
         """The projection's progress: partition -> last offset it has projected."""
         return f"{self.prefix}:{self.generation}:progress"
+
+    @property
+    def epoch(self) -> str:
+        """The generation's epoch: a token written when it is created. A generation the
+        pointer names without its epoch has lost its data (see `chatlog.projections.epochs`)."""
+        return f"{self.prefix}:{self.generation}:epoch"
 
     def generation_pattern(self) -> str:
         """A SCAN pattern for every key of this generation."""

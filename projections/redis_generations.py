@@ -10,6 +10,10 @@ found by SCAN, so no single command holds Redis up however large it is.
 A rebuild in progress is recorded in ``chatlog:rebuild`` (which generation, since when),
 so an interrupted one can be resumed: its progress marks say where each partition was.
 
+Each generation is created with an epoch (``chatlog:g2:epoch``, see
+`chatlog.projections.epochs`): `create` writes it before anything else is, and a
+generation the pointer names without it has lost its data.
+
 `compare` checks two generations key by key: every session's meta hash and message
 list, and every user's session index. The progress marks are left out: they say how far
 each generation has read, which is not part of what it shows.
@@ -25,6 +29,7 @@ from typing import Any
 
 import redis
 
+from chatlog.projections.epochs import lost_epoch, new_epoch
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_store import redis_errors, text, text_map
 from chatlog.schemas.position import Position
@@ -42,6 +47,16 @@ local live = redis.call('GET', KEYS[1]) or ''
 if live ~= ARGV[1] then return live end
 redis.call('SET', KEYS[1], ARGV[2])
 return ARGV[2]
+"""
+
+# KEYS: the pointer, the generation's epoch. ARGV: the generation, a new epoch. Names the
+# first generation of an empty deployment; the live one if someone was first.
+_INITIALISE = """
+local live = redis.call('GET', KEYS[1])
+if live then return live end
+redis.call('SET', KEYS[2], ARGV[2], 'NX')
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
 """
 
 _COMPARE_BATCH = 200  # sessions or users compared per pipelined round trip
@@ -82,6 +97,7 @@ class GenerationStore:
         self.keys = KeySpace(prefix)
         self.default = default
         self._flip = client.register_script(_FLIP)
+        self._initialise = client.register_script(_INITIALISE)
 
     @property
     def rebuild_key(self) -> str:
@@ -99,6 +115,35 @@ class GenerationStore:
         with redis_errors():
             now = self._flip(keys=[self.keys.pointer], args=[expected or "", new])
         return text(now) == new
+
+    def epoch(self, generation: str) -> str | None:
+        """`generation`'s epoch value (None: it has none: lost, or never created)."""
+        with redis_errors():
+            value = self.client.get(self.keys.with_generation(generation).epoch)
+        return text(value) if value is not None else None
+
+    def create(self, generation: str) -> None:
+        """Give `generation` its epoch, before anything is written into it (kept if it
+        has one)."""
+        with redis_errors():
+            self.client.set(self.keys.with_generation(generation).epoch, new_epoch(), nx=True)
+
+    def initialise(self, generation: str) -> str:
+        """Make `generation` (with a new epoch) live if no generation is; the live one."""
+        epoch_key = self.keys.with_generation(generation).epoch
+        with redis_errors():
+            live = self._initialise(
+                keys=[self.keys.pointer, epoch_key], args=[generation, new_epoch()]
+            )
+        return text(live)
+
+    def mark_lost(self, generation: str, reason: str) -> None:
+        """Mark `generation` lost (if its epoch is still there), so that readers refuse
+        it and no writer touches it until it is rebuilt."""
+        with redis_errors():
+            self.client.set(
+                self.keys.with_generation(generation).epoch, lost_epoch(reason), xx=True
+            )
 
     def rebuild_in_progress(self) -> dict[str, str]:
         """The rebuild recorded as under way (empty if none)."""

@@ -13,6 +13,10 @@ session's view calls). Two rules hold for every read:
 
 The live generation is looked up through the pointer key and cached for
 `generation_refresh_s`; a rebuild keeps the old generation for longer than that.
+
+Lost data is never served: the same MULTI reads the pointer and the generation's epoch
+(`chatlog.projections.epochs`), and a generation without its epoch, or no pointer at
+all, raises `ReadModelLost` rather than a partial view or a "not found".
 """
 
 from __future__ import annotations
@@ -20,18 +24,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import redis
 import redis.asyncio
 
 from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
+from chatlog.projections.epochs import reader_problem
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_store import decode_loaded, queue_load, redis_errors, text, text_map
 from chatlog.projections.store import SessionEntry, session_entries
 from chatlog.projections.view import SessionView
-from chatlog.schemas.errors import InvalidInput, ReadTimeout, SessionNotFound
+from chatlog.schemas.errors import InvalidInput, ReadModelLost, ReadTimeout, SessionNotFound
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.position import Position
 
@@ -68,10 +74,10 @@ class RedisReader:
         self._refresh_s = generation_refresh_s
         self._checked_at = float("-inf")
 
-    def keys(self) -> KeySpace:
+    def keys(self, *, refresh: bool = False) -> KeySpace:
         """The key space of the live generation (cached briefly)."""
         now = time.monotonic()
-        if now - self._checked_at >= self._refresh_s:
+        if refresh or now - self._checked_at >= self._refresh_s:
             live = self.client.get(self._keys.pointer)
             self._keys = self._keys.with_generation(text(live) if live else DEFAULT_GENERATION)
             self._checked_at = now
@@ -112,13 +118,18 @@ class RedisReader:
             return self._sessions(user_id, limit)
 
     def _sessions(self, user_id: str, limit: int) -> list[SessionEntry]:
-        keys = self.keys()
-        index = keys.user_sessions(user_id)
-        pipe = self.client.pipeline(transaction=False)
-        if self.ttl_ms:
-            pipe.zremrangebyscore(index, "-inf", _now_ms() - self.ttl_ms)
-        pipe.zrevrange(index, 0, limit - 1)
-        session_ids = [text(s) for s in pipe.execute()[-1]]
+        for refresh in (False, True):
+            keys = self.keys(refresh=refresh)
+            index = keys.user_sessions(user_id)
+            pipe = self.client.pipeline(transaction=True)
+            queue_guard(pipe, keys)
+            if self.ttl_ms:
+                pipe.zremrangebyscore(index, "-inf", _now_ms() - self.ttl_ms)
+            pipe.zrevrange(index, 0, limit - 1)
+            replies = pipe.execute()
+            if check_guard(replies[:2], keys, final=refresh):
+                break
+        session_ids = [text(s) for s in replies[-1]]
         pipe = self.client.pipeline(transaction=False)
         for session_id in session_ids:
             pipe.hgetall(keys.meta(session_id))
@@ -133,7 +144,10 @@ class RedisReader:
         return applied is not None and int(applied) >= after.offset
 
     def _load(self, session_id: str) -> tuple[SessionView | None, int]:
-        return load_session(self.client, self.keys(), session_id)
+        loaded = _load_guarded(self.client, self.keys(), session_id, final=False)
+        if loaded is None:  # a replay flipped the pointer since it was cached
+            loaded = load_session(self.client, self.keys(refresh=True), session_id)
+        return loaded
 
 
 class AsyncRedisReader:
@@ -155,10 +169,10 @@ class AsyncRedisReader:
         self._refresh_s = generation_refresh_s
         self._checked_at = float("-inf")
 
-    async def keys(self) -> KeySpace:
+    async def keys(self, *, refresh: bool = False) -> KeySpace:
         """The key space of the live generation (cached briefly)."""
         now = time.monotonic()
-        if now - self._checked_at >= self._refresh_s:
+        if refresh or now - self._checked_at >= self._refresh_s:
             live = await self.client.get(self._keys.pointer)
             self._keys = self._keys.with_generation(text(live) if live else DEFAULT_GENERATION)
             self._checked_at = now
@@ -264,13 +278,18 @@ class AsyncRedisReader:
             delay = min(delay * 2, max_poll_s)
 
     async def _sessions(self, user_id: str, limit: int) -> list[SessionEntry]:
-        keys = await self.keys()
-        index = keys.user_sessions(user_id)
-        pipe = self.client.pipeline(transaction=False)
-        if self.ttl_ms:
-            pipe.zremrangebyscore(index, "-inf", _now_ms() - self.ttl_ms)
-        pipe.zrevrange(index, 0, limit - 1)
-        session_ids = [text(s) for s in (await pipe.execute())[-1]]
+        for refresh in (False, True):
+            keys = await self.keys(refresh=refresh)
+            index = keys.user_sessions(user_id)
+            pipe = self.client.pipeline(transaction=True)
+            queue_guard(pipe, keys)
+            if self.ttl_ms:
+                pipe.zremrangebyscore(index, "-inf", _now_ms() - self.ttl_ms)
+            pipe.zrevrange(index, 0, limit - 1)
+            replies = await pipe.execute()
+            if check_guard(replies[:2], keys, final=refresh):
+                break
+        session_ids = [text(s) for s in replies[-1]]
         pipe = self.client.pipeline(transaction=False)
         for session_id in session_ids:
             pipe.hgetall(keys.meta(session_id))
@@ -290,12 +309,40 @@ class AsyncRedisReader:
         return None if value is None else int(value)
 
     async def _load(self, session_id: str) -> tuple[SessionView | None, int]:
-        return await aload_session(self.client, await self.keys(), session_id)
+        loaded = await _aload_guarded(self.client, await self.keys(), session_id, final=False)
+        if loaded is None:  # a replay flipped the pointer since it was cached
+            loaded = await aload_session(self.client, await self.keys(refresh=True), session_id)
+        return loaded
 
 
 def _check_ids(session_id: str, user_id: str) -> None:
     validate_id(session_id, field="session_id")
     validate_id(user_id, field="user_id")
+
+
+def queue_guard(pipe: Any, keys: KeySpace) -> None:
+    """Queue the reads `check_guard` needs: the pointer and the generation's epoch."""
+    pipe.get(keys.pointer)
+    pipe.get(keys.epoch)
+
+
+def check_guard(replies: Sequence[Any], keys: KeySpace, *, final: bool = True) -> bool:
+    """Whether the generation `keys` names may be served, from `queue_guard`'s replies;
+    `ReadModelLost` if it is lost. False for a generation the pointer has moved away
+    from and that is deleted, unless `final`: then read the new one."""
+    pointer, epoch = (None if r is None else text(r) for r in replies)
+    if pointer is not None and pointer != keys.generation and epoch is None and not final:
+        return False
+    problem = reader_problem(pointer and keys.generation, epoch)
+    if problem is None:
+        return True
+    raise ReadModelLost(
+        f"{problem}. Nothing is served from it until it is rebuilt from the log: by the "
+        f"projector if it runs with CHATLOG_ON_DATA_LOSS=rebuild, else with `chatlog "
+        f"replay` (is the projector running: `chatlog run projector`?). Meanwhile "
+        f"`ChatLog.context(..., as_of=...)` reads the log itself",
+        generation=pointer,
+    )
 
 
 def load_session(
@@ -304,26 +351,57 @@ def load_session(
     """The session's stored view (None if it has none) and window size, in one round trip.
 
     `messages=False` leaves the message list unread (the view then has no messages), for
-    callers that need only the session's meta.
+    callers that need only the session's meta. `ReadModelLost` if the generation is lost
+    (see `check_guard`), never a partial view or a None for a session that existed.
     """
-    # One MULTI on two keys of one hash slot: the meta and the messages of one state,
-    # never a meta from before a projector's write beside messages from after it.
-    pipe = client.pipeline(transaction=True)
-    queue_load(pipe, keys, session_id, messages=messages)
-    with redis_errors():
-        replies = pipe.execute()
-    return decode_loaded(replies, messages=messages)
+    loaded = _load_guarded(client, keys, session_id, messages=messages, final=True)
+    assert loaded is not None  # final: lost raises
+    return loaded
 
 
 async def aload_session(
     client: redis.asyncio.Redis, keys: KeySpace, session_id: str, *, messages: bool = True
 ) -> tuple[SessionView | None, int]:
     """`load_session`, awaited."""
+    loaded = await _aload_guarded(client, keys, session_id, messages=messages, final=True)
+    assert loaded is not None  # final: lost raises
+    return loaded
+
+
+def _load_guarded(
+    client: redis.Redis, keys: KeySpace, session_id: str, *, final: bool, messages: bool = True
+) -> tuple[SessionView | None, int] | None:
+    """`load_session`; None if the pointer has moved away from `keys` (see `check_guard`)."""
+    # One MULTI: the meta and the messages of one state (never a meta from before a
+    # projector's write beside messages from after it), and the epoch that says the
+    # generation still holds everything it was given.
     pipe = client.pipeline(transaction=True)
+    queue_guard(pipe, keys)
+    queue_load(pipe, keys, session_id, messages=messages)
+    with redis_errors():
+        replies = pipe.execute()
+    if not check_guard(replies[:2], keys, final=final):
+        return None
+    return decode_loaded(replies[2:], messages=messages)
+
+
+async def _aload_guarded(
+    client: redis.asyncio.Redis,
+    keys: KeySpace,
+    session_id: str,
+    *,
+    final: bool,
+    messages: bool = True,
+) -> tuple[SessionView | None, int] | None:
+    """`_load_guarded`, awaited."""
+    pipe = client.pipeline(transaction=True)
+    queue_guard(pipe, keys)
     queue_load(pipe, keys, session_id, messages=messages)
     with redis_errors():
         replies = await pipe.execute()
-    return decode_loaded(replies, messages=messages)
+    if not check_guard(replies[:2], keys, final=final):
+        return None
+    return decode_loaded(replies[2:], messages=messages)
 
 
 def _answer(

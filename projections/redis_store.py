@@ -21,18 +21,38 @@ from typing import Any
 import redis
 
 from chatlog.projections.encoding import MessagesDelta, decode_view, diff, encode_meta
+from chatlog.projections.epochs import is_intact
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.store import Change, Outcome
 from chatlog.projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowPolicy
-from chatlog.schemas.errors import StoreUnavailable
+from chatlog.schemas.errors import DataLoss, StoreUnavailable
 
 __all__ = ["RedisViewStore", "redis_errors", "text", "text_map"]
 
-# KEYS: meta, msgs. ARGV: expected offset, new offset, expire-at ms (0: none), mode
+# Every script below that writes into a generation first checks its epoch (see
+# `chatlog.projections.epochs`): KEYS[n] the epoch key, ARGV[n] the token the store
+# read when it first wrote. Without it the generation is lost, and the script returns
+# 3 and writes nothing, so a running projector cannot recreate part of a lost view.
+_GUARD = """
+local function lost(epoch_key, token)
+  return redis.call('GET', epoch_key) ~= token
+end
+"""
+
+# KEYS: meta, msgs, epoch, progress. ARGV: expected offset, new offset, expire-at ms (0: none), mode
 # ("d" delta / "r" replace), trim, #overwrites, #appends, #meta pairs, meta mode ("f"
 # full / "p" only the fields that changed), then the overwrites (index, json)..., the
-# appended json..., the meta pairs.
-_APPLY = """
+# appended json..., the meta pairs, then the epoch token, the session's partition and
+# the lowest progress mark this store has seen there (a mark below it: an older
+# snapshot was restored under the running projector).
+_APPLY = (
+    _GUARD
+    + """
+local n = #ARGV
+if lost(KEYS[3], ARGV[n - 2]) then return 3 end
+if tonumber(redis.call('HGET', KEYS[4], ARGV[n - 1]) or '-1') < tonumber(ARGV[n]) then
+  return 3
+end
 local stored = redis.call('HGET', KEYS[1], 'last_offset')
 local expected = tonumber(ARGV[1])
 local new_last = tonumber(ARGV[2])
@@ -71,10 +91,15 @@ if expire_at > 0 then
 end
 return 1
 """
+)
 
-# KEYS: the user's index. ARGV: session id, score (last activity ms), ttl ms (0: none),
-# "add" or "rem". The index lives as long as its most recently active session.
-_INDEX = """
+# KEYS: the user's index, the epoch. ARGV: session id, score (last activity ms), ttl ms
+# (0: none), "add" or "rem", the epoch token. The index lives as long as its most
+# recently active session.
+_INDEX = (
+    _GUARD
+    + """
+if lost(KEYS[2], ARGV[5]) then return 3 end
 if ARGV[4] == 'rem' then
   redis.call('ZREM', KEYS[1], ARGV[1])
 else
@@ -87,21 +112,33 @@ if ttl > 0 then
 end
 return 1
 """
+)
 
-# KEYS: the progress hash. ARGV: partition, offset, ... A mark only moves forward.
-_PROGRESS = """
-for i = 1, #ARGV, 2 do
+# KEYS: the progress hash, the epoch. ARGV: the epoch token, then partition, offset, ...
+# A mark only moves forward.
+_PROGRESS = (
+    _GUARD
+    + """
+if lost(KEYS[2], ARGV[1]) then return 3 end
+for i = 2, #ARGV, 2 do
   local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
   if tonumber(ARGV[i + 1]) > stored then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 return 1
 """
+)
 
 _OUTCOMES = {0: Outcome.DUPLICATE, 1: Outcome.APPLIED, 2: Outcome.CONFLICT}
+_LOST = 3
 
 
 class RedisViewStore:
-    """The `ViewStore` role on Redis (single node or Cluster)."""
+    """The `ViewStore` role on Redis (one node: the epoch checks span hash slots).
+
+    It writes only into a generation whose epoch it found when it first wrote, and
+    raises `DataLoss` once that epoch is gone, or once a progress mark it has seen goes
+    back (an older snapshot restored): it never writes into a lost generation.
+    """
 
     def __init__(
         self,
@@ -118,6 +155,30 @@ class RedisViewStore:
         self._apply = client.register_script(_APPLY)
         self._index = client.register_script(_INDEX)
         self._progress = client.register_script(_PROGRESS)
+        self._epoch: str | None = None
+        # The highest progress mark seen per partition: Redis holding less is a loss.
+        self._marked: dict[int, int] = {}
+
+    def epoch(self) -> str:
+        """The generation's epoch token (read once); `DataLoss` if it is not there."""
+        if self._epoch is not None:
+            return self._epoch
+        with redis_errors():
+            value = self.client.get(self.keys.epoch)
+        epoch = text(value) if value is not None else None
+        if epoch is None or not is_intact(epoch):
+            raise self._lost()
+        self._epoch = epoch
+        return epoch
+
+    def _lost(self) -> DataLoss:
+        return DataLoss(
+            f"Redis has lost part of the read-model: generation {self.keys.generation} lost "
+            f"its epoch, is marked lost, or its progress marks went back (Redis flushed, "
+            f"restarted empty, or restored from an older snapshot); nothing more is written "
+            f"into it",
+            generation=self.keys.generation,
+        )
 
     def load(self, session_ids: Collection[str]) -> dict[str, SessionView | None]:
         ids = list(session_ids)
@@ -136,28 +197,39 @@ class RedisViewStore:
     def apply(self, changes: Sequence[Change]) -> list[Outcome]:
         if not changes:
             return []
+        epoch = self.epoch()
         pipe = self.client.pipeline(transaction=False)
         for change in changes:
-            self._queue_apply(pipe, change)
+            self._queue_apply(pipe, change, epoch)
         for change in changes:
-            self._queue_index(pipe, change.new)
+            self._queue_index(pipe, change.new, epoch)
         with redis_errors():
             replies = pipe.execute()
+        if any(int(reply) == _LOST for reply in replies):
+            raise self._lost()
         return [_OUTCOMES[int(reply)] for reply in replies[: len(changes)]]
 
     def mark_progress(self, applied: Mapping[int, int]) -> None:
         if not applied:
             return
-        args = [value for pair in sorted(applied.items()) for value in pair]
+        args: list[Any] = [self.epoch()]
+        args += [value for pair in sorted(applied.items()) for value in pair]
         with redis_errors():
-            self._progress(keys=[self.keys.progress], args=args)
+            reply = self._progress(keys=[self.keys.progress, self.keys.epoch], args=args)
+        if int(reply) == _LOST:
+            raise self._lost()
+        for partition, offset in applied.items():
+            self._marked[partition] = max(offset, self._marked.get(partition, -1))
 
     def progress(self) -> dict[int, int]:
         with redis_errors():
             marks = text_map(self.client.hgetall(self.keys.progress))
-        return {int(p): int(o) for p, o in marks.items()}
+        found = {int(p): int(o) for p, o in marks.items()}
+        for partition, seen in found.items():
+            self._marked[partition] = max(seen, self._marked.get(partition, -1))
+        return found
 
-    def _queue_apply(self, pipe: Any, change: Change) -> None:
+    def _queue_apply(self, pipe: Any, change: Change, epoch: str) -> None:
         new = change.new
         old_messages = change.expected.messages if change.expected is not None else ()
         delta = diff(old_messages, new.messages)
@@ -188,17 +260,23 @@ class RedisViewStore:
         args.extend(delta.append)
         for field, value in meta.items():
             args.extend((field, value))
+        args.extend((epoch, new.partition, self._marked.get(new.partition, -1)))
         self._apply(
-            keys=[self.keys.meta(new.session_id), self.keys.messages(new.session_id)],
+            keys=[
+                self.keys.meta(new.session_id),
+                self.keys.messages(new.session_id),
+                self.keys.epoch,
+                self.keys.progress,
+            ],
             args=args,
             client=pipe,
         )
 
-    def _queue_index(self, pipe: Any, view: SessionView) -> None:
+    def _queue_index(self, pipe: Any, view: SessionView, epoch: str) -> None:
         op = "rem" if view.status is SessionStatus.ERASED else "add"
         self._index(
-            keys=[self.keys.user_sessions(view.user_id)],
-            args=[view.session_id, view.updated_at_ms, self.ttl_ms, op],
+            keys=[self.keys.user_sessions(view.user_id), self.keys.epoch],
+            args=[view.session_id, view.updated_at_ms, self.ttl_ms, op, epoch],
             client=pipe,
         )
 

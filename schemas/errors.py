@@ -26,6 +26,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── StoreUnavailable(ConnectionError)  Redis did not answer
     │   ├── QueueFull(BufferError)         the producer's queue stayed full; event not sent
     │   ├── ReadTimeout(TimeoutError)      the projection did not reach a position in time
+    │   ├── ReadModelLost(LookupError)     Redis lost the read-model; served again once rebuilt
     │   ├── RetryableSummarizerError(ConnectionError) the LLM is busy, failing or unreachable
     │   │   └── SummarizerTimeout(TimeoutError)        ... or did not answer in time
     │   └── SummarizerUnavailable(ConnectionError)     the circuit is open: the LLM not called
@@ -74,6 +75,7 @@ __all__ = [
     "OwnershipError",
     "PublishTimeout",
     "QueueFull",
+    "ReadModelLost",
     "ReadTimeout",
     "Refused",
     "RetryableSummarizerError",
@@ -230,6 +232,17 @@ class QueueFull(Unavailable, BufferError):
 
 class ReadTimeout(Unavailable, TimeoutError):
     """The projection did not reach the awaited position within the timeout."""
+
+
+class ReadModelLost(Unavailable, LookupError):
+    """Redis no longer holds the read-model (or never held one): nothing is served from it.
+
+    An `Unavailable`, not a `Corrupt`: the caller did nothing wrong and the log still
+    holds everything, so the same read succeeds once the read-model is rebuilt (by the
+    projector with ``CHATLOG_ON_DATA_LOSS=rebuild``, or by ``chatlog replay``); meanwhile
+    ``ChatLog.context(..., as_of=...)`` reads the log itself. The operator's side of the
+    same event is the projector's `DataLoss`.
+    """
 
 
 class RetryableSummarizerError(Unavailable, ConnectionError):

@@ -58,6 +58,7 @@ def projection_core(stack: BenchStack, plan: Plan, report: Report, published: Pu
             core = ProjectionCore(InMemoryViewStore(), codec=codec, policy=policy)
             memory.add(_fold_all(core, records, batch)[0])
             rep_settings = stack.repetition(settings, f"core-r{n}")
+            wiring.generations(rep_settings, stack.redis).initialise("g1")  # as a projector
             store: ViewStore = wiring.live_store(rep_settings, stack.redis)
             rate, writes = _fold_all(
                 ProjectionCore(store, codec=codec, policy=policy), records, batch

@@ -15,7 +15,7 @@ from chatlog import wiring
 from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.schemas.codec import EventCodec
-from chatlog.schemas.errors import OwnershipError, SessionNotFound
+from chatlog.schemas.errors import OwnershipError, ReadModelLost, SessionNotFound
 from tests.processes import running_projector, unique_settings, wait_until
 
 pytestmark = pytest.mark.integration
@@ -106,6 +106,11 @@ def test_another_users_session_is_refused_and_never_listed(settings, chat):
 
 
 def test_a_missing_session_and_an_unreached_position_say_so(settings, chat):
+    # Before any projector has created the read-model, no read can tell "never
+    # existed" from "lost with Redis's data": it says so rather than "not found".
+    with pytest.raises(ReadModelLost, match="chatlog run projector"):
+        chat.context("s-none", user_id="u")
+    wiring.generations(settings).initialise("g1")  # what a projector's first start does
     with pytest.raises(SessionNotFound, match="no session s-none"):
         chat.context("s-none", user_id="u")
     position = chat.append("s-late", user_id="u", role="user", content="x")

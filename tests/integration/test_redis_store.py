@@ -9,10 +9,12 @@ import redis
 from redis.crc import key_slot
 
 from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_reader import RedisReader
 from chatlog.projections.redis_store import RedisViewStore
 from chatlog.projections.store import Change, Outcome
 from chatlog.projections.view import evolve
+from chatlog.schemas.errors import DataLoss, ReadModelLost
 from chatlog.schemas.position import Position
 from tests.contracts import POLICY, ViewStoreContract, event, message
 
@@ -26,20 +28,26 @@ def client(redis_url):
     client.close()
 
 
+def new_store(client, redis_prefix, **options) -> RedisViewStore:
+    """A store of the live generation of a deployment created as the projector does."""
+    live = GenerationStore(client, prefix=redis_prefix).initialise("g1")
+    return RedisViewStore(client, keys=KeySpace(redis_prefix, live), policy=POLICY, **options)
+
+
 class TestRedisViewStore(ViewStoreContract):
     @pytest.fixture
     def store(self, client, redis_prefix):
-        yield RedisViewStore(client, keys=KeySpace(redis_prefix), policy=POLICY)
+        yield new_store(client, redis_prefix)
         keys = list(client.scan_iter(f"{redis_prefix}:*"))
         if keys:
             client.unlink(*keys)
 
 
 def test_session_keys_share_one_hash_tag(client, redis_prefix):
-    store = RedisViewStore(client, keys=KeySpace(redis_prefix), policy=POLICY)
+    store = new_store(client, redis_prefix)
     view = evolve(None, event("s-1", message("x")), Position(2, 7))
     assert store.apply([Change(None, view)]) == [Outcome.APPLIED]
-    keys = sorted(k.decode() for k in client.scan_iter(f"{redis_prefix}:*"))
+    keys = sorted(k.decode() for k in client.scan_iter(f"{redis_prefix}:g1:[su]:*"))
     assert keys == [
         f"{redis_prefix}:g1:s:{{s-1}}:meta",
         f"{redis_prefix}:g1:s:{{s-1}}:msgs",
@@ -56,7 +64,7 @@ def test_session_keys_share_one_hash_tag(client, redis_prefix):
 def test_ttl_counts_from_the_last_event_and_expiry_removes_session_and_index_entry(
     client, redis_prefix
 ):
-    store = RedisViewStore(client, keys=KeySpace(redis_prefix), policy=POLICY, ttl_s=2)
+    store = new_store(client, redis_prefix, ttl_s=2)
     reader = RedisReader(client, prefix=redis_prefix, ttl_s=2)
     now = time.time()
     view = evolve(None, event("s-ttl", message("x")), Position(0, 0))
@@ -73,7 +81,7 @@ def test_ttl_counts_from_the_last_event_and_expiry_removes_session_and_index_ent
 
 
 def test_events_older_than_the_ttl_leave_nothing_behind(client, redis_prefix):
-    store = RedisViewStore(client, keys=KeySpace(redis_prefix), policy=POLICY, ttl_s=60)
+    store = new_store(client, redis_prefix, ttl_s=60)
     old = evolve(None, event("s-old", message("x")), Position(0, 0))
     stale = old.__class__(**{**_fields(old), "updated_at_ms": int((time.time() - 3600) * 1000)})
     assert store.apply([Change(None, stale)]) == [Outcome.APPLIED]
@@ -127,8 +135,8 @@ def test_one_load_reads_a_sessions_view_sync_and_async_alike(client, redis_url, 
 
     from chatlog.projections.redis_reader import aload_session, load_session
 
-    keys = KeySpace(redis_prefix)
-    store = RedisViewStore(client, keys=keys, policy=POLICY)
+    store = new_store(client, redis_prefix)
+    keys = store.keys
     view = evolve(None, event("s-load", message("x")), Position(1, 4), POLICY)
     view = evolve(view, event("s-load", message("y")), Position(1, 5), POLICY)
     assert store.apply([Change(None, view)]) == [Outcome.APPLIED]
@@ -147,3 +155,45 @@ def test_one_load_reads_a_sessions_view_sync_and_async_alike(client, redis_url, 
     assert load_session(client, keys, "s-load", messages=False) == meta_only
     assert asyncio.run(load_async(messages=False)) == meta_only
     assert load_session(client, keys, "s-none") == (None, 0)
+
+
+def test_a_generation_without_its_epoch_is_never_written_nor_served(client, redis_prefix):
+    store = new_store(client, redis_prefix)
+    reader = RedisReader(client, prefix=redis_prefix)
+    view = evolve(None, event("s-lost", message("x")), Position(0, 1), POLICY)
+    assert store.apply([Change(None, view)]) == [Outcome.APPLIED]
+    store.mark_progress({0: 1})
+    assert [m.content for m in reader.context("s-lost", user_id="u1").messages] == ["x"]
+
+    client.delete(store.keys.epoch)  # as FLUSHDB would, but leaving the view in place
+    later = evolve(view, event("s-lost", message("y")), Position(0, 2), POLICY)
+    again = evolve(None, event("s-new", message("z")), Position(0, 3), POLICY)
+    with pytest.raises(DataLoss):
+        store.apply([Change(view, later), Change(None, again)])
+    with pytest.raises(DataLoss):
+        store.mark_progress({0: 3})
+    fresh = RedisViewStore(client, keys=store.keys, policy=POLICY)  # a restarted projector
+    with pytest.raises(DataLoss):
+        fresh.apply([Change(None, again)])
+    assert client.exists(store.keys.meta("s-new"), store.keys.user_sessions("u1")) == 1
+    assert client.hget(store.keys.progress, "0") == b"1"
+
+    with pytest.raises(ReadModelLost, match="chatlog replay"):
+        reader.context("s-lost", user_id="u1")
+    with pytest.raises(ReadModelLost):
+        reader.sessions("u1")
+    client.delete(store.keys.pointer)  # FLUSHALL: not even the pointer
+    with pytest.raises(ReadModelLost, match="no pointer"):
+        RedisReader(client, prefix=redis_prefix).context("s-new", user_id="u1")
+
+
+def test_progress_marks_going_back_under_a_store_stop_its_writes(client, redis_prefix):
+    store = new_store(client, redis_prefix)
+    view = evolve(None, event("s-old", message("x")), Position(0, 5), POLICY)
+    store.apply([Change(None, view)])
+    store.mark_progress({0: 5})
+    client.hset(store.keys.progress, "0", 2)  # an older snapshot restored under it
+    later = evolve(view, event("s-old", message("y")), Position(0, 6), POLICY)
+    with pytest.raises(DataLoss):
+        store.apply([Change(view, later)])
+    assert client.hget(store.keys.meta("s-old"), "last_offset") == b"5"

@@ -259,6 +259,7 @@ def test_reads_honour_their_timeout_while_redis_stalls(kafka, private_redis):
     timeout = 2.0
     margin = 0.5  # scheduling on a loaded 2-core machine; a Redis call is bounded at 0.5 s
     never = Position(0, 10**9)  # waits for the whole timeout unless Redis fails first
+    wiring.generations(settings).initialise("g1")  # as a projector's first start does
     reader, async_reader = wiring.reader(settings), wiring.async_reader(settings)
     with pytest.raises(ReadTimeout):  # Redis answering: the wait is the read's own
         reader.context("s1", user_id="u1", after=never, timeout=0.2)

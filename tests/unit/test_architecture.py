@@ -28,6 +28,7 @@ PURE_MODULES = [
     "chatlog.projections.view",
     "chatlog.projections.access",
     "chatlog.projections.keys",
+    "chatlog.projections.epochs",
     "chatlog.projections.encoding",
     "chatlog.projections.store",
     "chatlog.projections.context",
