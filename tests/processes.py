@@ -15,6 +15,7 @@ from pathlib import Path
 
 from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 
+from chatlog import wiring
 from chatlog.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,8 +89,21 @@ def _dump_stacks(pid: int) -> None:
 
 @contextlib.contextmanager
 def running_projector(settings: Settings, **kwargs) -> Iterator[subprocess.Popen[bytes]]:
-    """A projector process for the duration of the block."""
+    """A projector process for the duration of the block, once it has made a read-model
+    live (or has exited, for a test that expects it to)."""
     with running_processor("projector", settings, **kwargs) as process:
+        # On a fresh prefix the projector creates the first generation when it starts;
+        # until then reads are refused (`ReadModelLost`), as before any projector ever
+        # ran in production.
+        generations = wiring.generations(settings)
+        try:
+            wait_until(
+                lambda: process.poll() is not None or generations.live() is not None,
+                timeout=60,
+                what="the projector to make a read-model live",
+            )
+        finally:
+            generations.client.close()
         yield process
 
 
