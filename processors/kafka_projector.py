@@ -510,9 +510,7 @@ class KafkaProjector:
         live = self.generations.live()
         epoch = None if live is None else self.generations.epoch(live)
         if live is not None and live != self.generation:
-            self.generation = live
-            self.core.store = self._store_for(live)
-            self.core.forget()
+            self._use(live)
         verdict = assess_start(
             generation=live,
             epoch=epoch,
@@ -529,8 +527,7 @@ class KafkaProjector:
             live = self.generations.initialise(self.generation or "g1")
             log.info("no read-model in Redis yet: generation %s created", live)
             if live != self.generation:
-                self.generation = live
-                self.core.store = self._store_for(live)
+                self._use(live)
         elif verdict == "adopt":
             assert live is not None
             log.warning("generation %s has no epoch (written before epochs): given one", live)
@@ -547,8 +544,7 @@ class KafkaProjector:
                 # Not lost: a replay flipped and deleted the old generation before this
                 # projector saw the flip (it was slow). Switch as `_watch_generation` does.
                 log.info("generation %s is live now (was %s): switching", live, generation)
-                self.generation = live
-                self.core.store = self._store_for(live)  # type: ignore[misc]
+                self._use(live)
                 self._resume_from_marks()
                 return
             # Readers refuse it from now on (a restored snapshot still has its epoch).
@@ -573,8 +569,7 @@ class KafkaProjector:
         # Partitions assigned meanwhile found the old generation lost too: they are held,
         # and `_start_held` checks them again against the new one.
         self._loss = None
-        self.generation = generation
-        self.core.store = self._store_for(generation)  # type: ignore[misc]
+        self._use(generation)
         self._resume_from_marks()
         log.error(
             "the read-model is whole again: generation %s rebuilt from the log in %.1f s "
@@ -641,8 +636,7 @@ class KafkaProjector:
             )
         if live != self.generation:
             log.info("generation %s is live now (was %s): switching", live, self.generation)
-            self.generation = live
-            self.core.store = self._store_for(live)
+            self._use(live)
             # Continue where the new generation is, not where this projector was: the
             # events in between went to the old generation only.
             self._resume_from_marks()
@@ -654,6 +648,13 @@ class KafkaProjector:
             )
         # Only once all of it is done: after a Redis failure, the retry checks again.
         self._checked_at = now
+
+    def _use(self, generation: str) -> None:
+        """Project into `generation` from now on; cached views of the old one are dropped."""
+        assert self._store_for is not None  # watching generations needs it (see __init__)
+        self.generation = generation
+        self.core.store = self._store_for(generation)
+        self.core.forget()
 
     def _resume_from_marks(self) -> None:
         """Drop the cached views and read each assigned partition from after its mark."""

@@ -122,10 +122,7 @@ class RedisReader:
             keys = self.keys(refresh=refresh)
             index = keys.user_sessions(user_id)
             pipe = self.client.pipeline(transaction=True)
-            queue_guard(pipe, keys)
-            if self.ttl_ms:
-                pipe.zremrangebyscore(index, "-inf", _now_ms() - self.ttl_ms)
-            pipe.zrevrange(index, 0, limit - 1)
+            _queue_sessions(pipe, keys, index, limit=limit, ttl_ms=self.ttl_ms)
             replies = pipe.execute()
             if check_guard(replies[:2], keys, final=refresh):
                 break
@@ -282,10 +279,7 @@ class AsyncRedisReader:
             keys = await self.keys(refresh=refresh)
             index = keys.user_sessions(user_id)
             pipe = self.client.pipeline(transaction=True)
-            queue_guard(pipe, keys)
-            if self.ttl_ms:
-                pipe.zremrangebyscore(index, "-inf", _now_ms() - self.ttl_ms)
-            pipe.zrevrange(index, 0, limit - 1)
+            _queue_sessions(pipe, keys, index, limit=limit, ttl_ms=self.ttl_ms)
             replies = await pipe.execute()
             if check_guard(replies[:2], keys, final=refresh):
                 break
@@ -313,6 +307,15 @@ class AsyncRedisReader:
         if loaded is None:  # a replay flipped the pointer since it was cached
             loaded = await aload_session(self.client, await self.keys(refresh=True), session_id)
         return loaded
+
+
+def _queue_sessions(pipe: Any, keys: KeySpace, index: str, *, limit: int, ttl_ms: int) -> None:
+    # The guard first (its two replies lead), then expired sessions out of the index, then
+    # the newest `limit`: one MULTI, so the list is of the generation the guard vouched for.
+    queue_guard(pipe, keys)
+    if ttl_ms:
+        pipe.zremrangebyscore(index, "-inf", _now_ms() - ttl_ms)
+    pipe.zrevrange(index, 0, limit - 1)
 
 
 def _check_ids(session_id: str, user_id: str) -> None:
@@ -372,17 +375,11 @@ def _load_guarded(
     client: redis.Redis, keys: KeySpace, session_id: str, *, final: bool, messages: bool = True
 ) -> tuple[SessionView | None, int] | None:
     """`load_session`; None if the pointer has moved away from `keys` (see `check_guard`)."""
-    # One MULTI: the meta and the messages of one state (never a meta from before a
-    # projector's write beside messages from after it), and the epoch that says the
-    # generation still holds everything it was given.
     pipe = client.pipeline(transaction=True)
-    queue_guard(pipe, keys)
-    queue_load(pipe, keys, session_id, messages=messages)
+    _queue_guarded_load(pipe, keys, session_id, messages=messages)
     with redis_errors():
         replies = pipe.execute()
-    if not check_guard(replies[:2], keys, final=final):
-        return None
-    return decode_loaded(replies[2:], messages=messages)
+    return _guarded_load(replies, keys, final=final, messages=messages)
 
 
 async def _aload_guarded(
@@ -395,10 +392,23 @@ async def _aload_guarded(
 ) -> tuple[SessionView | None, int] | None:
     """`_load_guarded`, awaited."""
     pipe = client.pipeline(transaction=True)
-    queue_guard(pipe, keys)
-    queue_load(pipe, keys, session_id, messages=messages)
+    _queue_guarded_load(pipe, keys, session_id, messages=messages)
     with redis_errors():
         replies = await pipe.execute()
+    return _guarded_load(replies, keys, final=final, messages=messages)
+
+
+def _queue_guarded_load(pipe: Any, keys: KeySpace, session_id: str, *, messages: bool) -> None:
+    # One MULTI: the meta and the messages of one state (never a meta from before a
+    # projector's write beside messages from after it), and the epoch that says the
+    # generation still holds everything it was given.
+    queue_guard(pipe, keys)
+    queue_load(pipe, keys, session_id, messages=messages)
+
+
+def _guarded_load(
+    replies: Sequence[Any], keys: KeySpace, *, final: bool, messages: bool
+) -> tuple[SessionView | None, int] | None:
     if not check_guard(replies[:2], keys, final=final):
         return None
     return decode_loaded(replies[2:], messages=messages)
