@@ -40,7 +40,7 @@ from chatlog.projections.redis_store import RedisViewStore
 from chatlog.projections.store import ViewStore
 from chatlog.projections.view import WindowPolicy
 from chatlog.schemas.codec import EventCodec
-from chatlog.schemas.errors import ConfigError, MissingExtra
+from chatlog.schemas.errors import ConfigError, MissingExtra, StoreUnavailable
 from chatlog.schemas.events import ProducerInfo
 from chatlog.settings import Settings
 
@@ -182,7 +182,14 @@ def generations(settings: Settings, client: redis.Redis | None = None) -> Genera
 def projector(settings: Settings) -> KafkaProjector:
     """The projector: the events topic into the live generation of the read-model."""
     client = redis_client(settings)
-    live = generations(settings, client).live()
+    try:
+        live = generations(settings, client).live()
+    except StoreUnavailable:
+        # Not known yet. The projector looks the live generation up again when it is
+        # assigned partitions, and waits there for Redis as for any Redis fault: a
+        # projector started during a Redis outage keeps its place and starts projecting
+        # when Redis answers, rather than exiting for its supervisor to retry.
+        live = None
     store = generation_store(settings, live or DEFAULT_GENERATION, client)
     core = ProjectionCore(store, codec=codec(settings), policy=policy(settings))
 

@@ -198,7 +198,8 @@ class KafkaProjector:
             raise ValueError('on_data_loss="rebuild" needs rebuild')
         self.core = core
         self.generations = generations
-        # None: no generation was live when it started (a fresh deployment, or lost).
+        # None: no generation was live when it started (a fresh deployment, or lost),
+        # or Redis did not answer then; `_check_start` finds it on the first assignment.
         self.generation = generation
         self.on_data_loss = on_data_loss
         self._rebuild = rebuild
