@@ -28,6 +28,7 @@ from chatlog.schemas.errors import (
     DataLoss,
     DecodeError,
     DeliveryFailed,
+    Erased,
     ForeignEvent,
     Incomplete,
     Interrupted,
@@ -52,6 +53,7 @@ from chatlog.schemas.errors import (
     SummarizerUnavailable,
     TopicMissing,
     Unavailable,
+    Undecryptable,
     UnknownMessage,
     UnknownSchema,
 )
@@ -82,6 +84,7 @@ __all__ = [
     "DataLoss",
     "DecodeError",
     "DeliveryFailed",
+    "Erased",
     "ForeignEvent",
     "Incomplete",
     "Interrupted",
@@ -112,6 +115,7 @@ __all__ = [
     "SummarizerUnavailable",
     "TopicMissing",
     "Unavailable",
+    "Undecryptable",
     "UnknownMessage",
     "UnknownSchema",
 ]

@@ -120,6 +120,9 @@ def from_avro(record: Mapping[str, Any]) -> ConversationEvent:
         raise DecodeError(f"unknown payload type {name!r}") from None
     envelope = dict(record)
     envelope["payload"] = validated(payload_cls, body)
+    sealed = envelope.get("sealed")
+    if isinstance(sealed, tuple):  # a union read with return_record_name: (name, record)
+        envelope["sealed"] = sealed[1]
     return validated(ConversationEvent, envelope)
 
 

@@ -17,6 +17,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   └── UnknownMessage                 a paging cursor is not a message of the session
     ├── Refused                            understood and answered "no"; nothing changed
     │   ├── SessionNotFound(LookupError)   no such session (never existed, expired, erased)
+    │   │   └── Erased                     ... its owner was erased: their keys are destroyed
     │   ├── OwnershipError(PermissionError) the session belongs to another user
     │   ├── TopicMissing(LookupError)      the events topic does not exist
     │   ├── NotQueued(RuntimeError)        the Kafka client refused to queue an event
@@ -36,6 +37,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     ├── Corrupt                            data in the log or the store is unusable as it is
     │   ├── DecodeError(ValueError)        bytes on the topic are not a chatlog event
     │   │   └── UnknownSchema              ... written with a schema chatlog does not know
+    │   ├── Undecryptable(ValueError)      a sealed field does not open: altered, or a wrong key
     │   └── DataLoss(RuntimeError)         Redis lost part of the read-model
     ├── Conflict(RuntimeError)             another writer changed the same state first
     ├── Incomplete(RuntimeError)           a part of a long run failed; run it again to resume
@@ -63,6 +65,7 @@ __all__ = [
     "DataLoss",
     "DecodeError",
     "DeliveryFailed",
+    "Erased",
     "ForeignEvent",
     "Incomplete",
     "Interrupted",
@@ -87,6 +90,7 @@ __all__ = [
     "SummarizerUnavailable",
     "TopicMissing",
     "Unavailable",
+    "Undecryptable",
     "UnknownMessage",
     "UnknownSchema",
 ]
@@ -183,6 +187,14 @@ class Refused(ChatlogError):
 
 class SessionNotFound(Refused, LookupError):
     """No such session: it never existed, expired, or its owner was erased."""
+
+
+class Erased(SessionNotFound):
+    """The session's owner was erased: the keys that sealed their data are destroyed.
+
+    What is left of the session in the log is unreadable for good; nothing can bring it
+    back, and a retry gets the same answer.
+    """
 
 
 class OwnershipError(Refused, PermissionError):
@@ -301,6 +313,11 @@ class DecodeError(Corrupt, ValueError):
 
 class UnknownSchema(DecodeError):
     """The event names a writer schema (fingerprint or registry id) chatlog cannot find."""
+
+
+class Undecryptable(Corrupt, ValueError):
+    """A sealed field does not open: it was altered, moved from another event or field,
+    or sealed under a key or master key this process does not have."""
 
 
 class DataLoss(Corrupt, RuntimeError):

@@ -28,6 +28,7 @@ __all__ = [
     "Payload",
     "ProducerInfo",
     "Role",
+    "Sealed",
     "SessionClosed",
     "SessionStarted",
     "SummaryUpdated",
@@ -167,8 +168,29 @@ Payload: TypeAlias = (
 )
 
 
+class Sealed(_Value):
+    """An event's personal fields, sealed under its owner's data key `key_id`.
+
+    `fields` maps each sealed field's path (``content``, ``tool_calls.0.arguments``,
+    ``metadata.order``) to its ciphertext; the payload keeps an empty placeholder in its
+    place. `chatlog.schemas.sealing` seals and opens them.
+    """
+
+    # JSON (the vectors, logs) carries the ciphertexts as base64.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    key_id: str
+    fields: Mapping[str, bytes]
+
+
 class ConversationEvent(_Value):
-    """The envelope: one event in one session's log. Its Kafka key is `session_id`."""
+    """The envelope: one event in one session's log. Its Kafka key is `session_id`.
+
+    `sealed` is None for an event in the clear (written before encryption, or with
+    nothing personal in it); otherwise its payload holds placeholders until opened.
+    """
 
     event_id: EventId = Field(default_factory=new_id)
     session_id: SessionId
@@ -177,6 +199,7 @@ class ConversationEvent(_Value):
     occurred_at: Timestamp = Field(default_factory=_now)
     producer: ProducerInfo = Field(default_factory=ProducerInfo)
     payload: Payload
+    sealed: Sealed | None = None
 
 
 def validated(model: type[_M], data: Mapping[str, Any]) -> _M:

@@ -14,6 +14,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from chatlog.schemas.codec import EventCodec, schema_versions
 from chatlog.schemas.events import (
     ConversationEvent,
@@ -21,12 +23,14 @@ from chatlog.schemas.events import (
     MessageRedacted,
     Payload,
     ProducerInfo,
+    Sealed,
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
     ToolCall,
     UserErased,
 )
+from chatlog.schemas.sealing import DataKey, KeyScope, field_context
 
 VECTORS = Path(__file__).parent / "vectors"
 
@@ -86,6 +90,59 @@ def sample_events() -> list[ConversationEvent]:
     ]
 
 
+# A fixed data key and nonces, so that sealed samples have stable bytes: the vectors then
+# pin the sealing format too (any implementation that opens them reads it right).
+VECTOR_KEY = DataKey(
+    "00000000-0000-4000-8000-00000000cafe", KeyScope("acme", "user@example.com"), bytes(range(32))
+)
+
+
+def sealed_sample() -> ConversationEvent:
+    """A sealed message (content, name, tool call, metadata), with fixed nonces."""
+    event_id, session_id = "00000000-0000-4000-8000-000000000100", "session-1"
+    clear = {
+        "content": "My card is 4111 1111 1111 1111",
+        "name": "Ada",
+        "tool_calls.0.name": "refund",
+        "tool_calls.0.arguments": '{"order": 7731}',
+        "metadata.order": "7731",
+    }
+    aead = AESGCM(VECTOR_KEY.secret)
+    fields = {}
+    for n, (path, text) in enumerate(clear.items()):
+        nonce = bytes([n]) * 12
+        context = field_context(
+            event_id=event_id,
+            session_id=session_id,
+            user_id="user@example.com",
+            tenant="acme",
+            field=path,
+        )
+        fields[path] = b"\x01" + nonce + aead.encrypt(nonce, text.encode(), context)
+    return ConversationEvent(
+        event_id=event_id,
+        session_id=session_id,
+        user_id="user@example.com",
+        tenant="acme",
+        occurred_at=datetime(2026, 12, 6, 3, 4, 5, tzinfo=UTC),
+        producer=ProducerInfo(client="tests", version="2"),
+        payload=MessageAppended(
+            message_id="m-9",
+            role="user",
+            content="",
+            name="",
+            tool_calls=(ToolCall(id="call_9", name="", arguments=""),),
+            metadata={"order": ""},
+        ),
+        sealed=Sealed(key_id=VECTOR_KEY.key_id, fields=fields),
+    )
+
+
+def vector_events() -> list[ConversationEvent]:
+    """What the newest version's vectors hold: every payload type, and a sealed event."""
+    return [*sample_events(), sealed_sample()]
+
+
 def vector_file(version: int) -> Path:
     return VECTORS / f"ConversationEvent.v{version}.json"
 
@@ -103,7 +160,7 @@ def write_current_vectors() -> Path | None:
             "event": event.model_dump(mode="json"),
             "bytes": codec.encode(event).hex(),
         }
-        for event in sample_events()
+        for event in vector_events()
     ]
     VECTORS.mkdir(exist_ok=True)
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

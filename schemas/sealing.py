@@ -1,0 +1,253 @@
+"""Sealing: what a person wrote, encrypted under that person's own data key.
+
+What is sealed? Every field that carries what a person wrote, or what is derived from
+it: a message's content, name, tool call names and arguments and metadata values; a
+session's title and metadata values; a summary; the reason of a redaction, a close or an
+erasure. Ids, event types, roles, timestamps and metadata *keys* stay clear: Kafka
+partitions by them, the projection routes by them, and none is a person's words.
+
+How? AES-256-GCM (`cryptography`'s AEAD, no hand-made cryptography) under a `DataKey`
+that belongs to one (tenant, user). Each field is sealed on its own, with a fresh 96-bit
+random nonce, and its associated data names the event and the field (event id, session,
+user, tenant, field path): a ciphertext moved into another event, another session or
+another field fails to open. A sealed field travels as ``version byte + nonce +
+ciphertext + tag`` in the event's `sealed.fields` map, keyed by its path
+(``content``, ``tool_calls.0.arguments``, ``metadata.order``), and the clear field keeps
+an empty placeholder.
+
+Why per user? Erasing a user destroys their data keys (crypto-shredding): every copy
+sealed under them, in the log, the dead-letter topic, Redis and backups, is unreadable
+from then on, without rewriting an immutable log.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from chatlog.schemas.errors import Undecryptable
+from chatlog.schemas.events import (
+    ConversationEvent,
+    MessageAppended,
+    MessageRedacted,
+    Payload,
+    Sealed,
+    SessionClosed,
+    SessionStarted,
+    SummaryUpdated,
+    ToolCall,
+    UserErased,
+)
+from chatlog.schemas.ids import new_id
+
+__all__ = [
+    "KEY_BYTES",
+    "DataKey",
+    "KeyScope",
+    "field_context",
+    "open_event",
+    "seal_event",
+]
+
+KEY_BYTES = 32  # AES-256
+_NONCE_BYTES = 12  # GCM's standard nonce; random, so at most 2**32 seals per key (NIST)
+_FORMAT = b"\x01"  # the layout above; a new one gets a new byte, and old ones still open
+_CONTEXT_LABEL = b"chatlog.sealed-field.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyScope:
+    """Whose data a key seals: one user of one tenant."""
+
+    tenant: str
+    user_id: str
+
+    @classmethod
+    def of(cls, event: ConversationEvent) -> KeyScope:
+        """The scope of `event`'s owner."""
+        return cls(event.tenant, event.user_id)
+
+
+class DataKey:
+    """One (tenant, user)'s AES-256-GCM data key, named by `key_id`.
+
+    A user may have more than one (two writers that created one at the same instant
+    both keep theirs); every event names the key that sealed it.
+    """
+
+    __slots__ = ("_aead", "_secret", "key_id", "scope")
+
+    def __init__(self, key_id: str, scope: KeyScope, secret: bytes) -> None:
+        if len(secret) != KEY_BYTES:
+            raise ValueError(f"a data key is {KEY_BYTES} bytes, not {len(secret)}")
+        self.key_id = key_id
+        self.scope = scope
+        self._secret = secret
+        self._aead = AESGCM(secret)
+
+    @classmethod
+    def new(cls, scope: KeyScope) -> DataKey:
+        """A fresh random key for `scope`."""
+        return cls(new_id(), scope, AESGCM.generate_key(bit_length=KEY_BYTES * 8))
+
+    @property
+    def secret(self) -> bytes:
+        """The key itself: only for wrapping it under the master key."""
+        return self._secret
+
+    def seal(self, plaintext: bytes, context: bytes) -> bytes:
+        """`plaintext` encrypted and authenticated, bound to `context`."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return _FORMAT + nonce + self._aead.encrypt(nonce, plaintext, context)
+
+    def open(self, sealed: bytes, context: bytes) -> bytes:
+        """The plaintext of `sealed`; `Undecryptable` if it was tampered with, sealed
+        under another key, or sealed for another context."""
+        if sealed[:1] != _FORMAT or len(sealed) < 1 + _NONCE_BYTES + 16:
+            raise Undecryptable(
+                f"not a sealed value of a known format ({len(sealed)} bytes, "
+                f"starting {sealed[:1].hex() or 'empty'})",
+                key_id=self.key_id,
+            )
+        nonce, body = sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :]
+        try:
+            return self._aead.decrypt(nonce, body, context)
+        except InvalidTag:
+            raise Undecryptable(
+                "a sealed value failed authentication: it was altered, moved from another "
+                "event or field, or sealed under another key",
+                key_id=self.key_id,
+            ) from None
+
+    def __repr__(self) -> str:  # never the secret
+        return f"DataKey({self.key_id!r}, {self.scope!r})"
+
+
+def field_context(
+    *, event_id: str, session_id: str, user_id: str, tenant: str, field: str
+) -> bytes:
+    """The associated data of one sealed field: which event and which field it is.
+
+    Each part is length-prefixed, so no two different tuples encode the same bytes.
+    """
+    parts = [p.encode() for p in (event_id, session_id, user_id, tenant, field)]
+    return _CONTEXT_LABEL + b"".join(struct.pack(">H", len(p)) + p for p in parts)
+
+
+def _context_of(event: ConversationEvent) -> Callable[[str], bytes]:
+    def context(field: str) -> bytes:
+        return field_context(
+            event_id=event.event_id,
+            session_id=event.session_id,
+            user_id=event.user_id,
+            tenant=event.tenant,
+            field=field,
+        )
+
+    return context
+
+
+def seal_event(event: ConversationEvent, key: DataKey) -> ConversationEvent:
+    """`event` with every personal field sealed under `key` (its owner's key)."""
+    if event.sealed is not None:
+        return event
+    if key.scope != KeyScope.of(event):
+        raise ValueError(f"{key!r} is not the key of {KeyScope.of(event)!r}")
+    context = _context_of(event)
+    fields: dict[str, bytes] = {}
+
+    def seal(path: str, value: str) -> str:
+        fields[path] = key.seal(value.encode(), context(path))
+        return ""
+
+    payload = _map_fields(event.payload, seal)
+    if not fields:
+        return event
+    return event.model_copy(
+        update={"payload": payload, "sealed": Sealed(key_id=key.key_id, fields=fields)}
+    )
+
+
+def open_event(event: ConversationEvent, key: DataKey) -> ConversationEvent:
+    """`event` with its sealed fields opened with `key`; `Undecryptable` if one fails.
+
+    The caller finds `key` by `event.sealed.key_id` (an erased user has none left).
+    """
+    sealed = event.sealed
+    if sealed is None:
+        return event
+    if key.key_id != sealed.key_id:
+        raise ValueError(f"{key!r} is not key {sealed.key_id!r}, which sealed the event")
+    context = _context_of(event)
+    opened: set[str] = set()
+
+    def open_(path: str, value: str) -> str:
+        blob = sealed.fields.get(path)
+        if blob is None:
+            return value
+        opened.add(path)
+        try:
+            return key.open(blob, context(path)).decode()
+        except Undecryptable as exc:
+            raise Undecryptable(
+                f"field {path} of event {event.event_id}: {exc.message}",
+                event_id=event.event_id,
+                session_id=event.session_id,
+                field=path,
+                key_id=key.key_id,
+            ) from None
+
+    payload = _map_fields(event.payload, open_)
+    stray = set(sealed.fields) - opened
+    if stray:
+        # A field this payload does not have: added to the map after sealing.
+        raise Undecryptable(
+            f"event {event.event_id} carries sealed fields its payload has no place for: "
+            f"{', '.join(sorted(stray))}",
+            event_id=event.event_id,
+            session_id=event.session_id,
+        )
+    return event.model_copy(update={"payload": payload, "sealed": None})
+
+
+# The one list of what is personal, per payload type: each sealable field, by path, and
+# how to put it back. `convert(path, value)` returns the value to keep in its place.
+def _map_fields(payload: Payload, convert: Callable[[str, str], str]) -> Payload:
+    update: dict[str, Any] = {}
+    if isinstance(payload, SessionStarted):
+        if payload.title is not None:
+            update["title"] = convert("title", payload.title)
+        update["metadata"] = _map_metadata(payload.metadata, convert)
+    elif isinstance(payload, MessageAppended):
+        update["content"] = convert("content", payload.content)
+        if payload.name is not None:
+            update["name"] = convert("name", payload.name)
+        update["tool_calls"] = tuple(
+            ToolCall(
+                id=call.id,
+                name=convert(f"tool_calls.{i}.name", call.name),
+                arguments=convert(f"tool_calls.{i}.arguments", call.arguments),
+            )
+            for i, call in enumerate(payload.tool_calls)
+        )
+        update["metadata"] = _map_metadata(payload.metadata, convert)
+    elif isinstance(payload, SummaryUpdated):
+        update["summary"] = convert("summary", payload.summary)
+    elif (
+        isinstance(payload, MessageRedacted | SessionClosed | UserErased)
+        and payload.reason is not None
+    ):
+        update["reason"] = convert("reason", payload.reason)
+    return payload.model_copy(update=update)
+
+
+def _map_metadata(
+    metadata: Mapping[str, str], convert: Callable[[str, str], str]
+) -> dict[str, str]:
+    return {name: convert(f"metadata.{name}", value) for name, value in metadata.items()}
