@@ -1,0 +1,166 @@
+"""The keyring and the keys topic's records, against in-memory stand-ins for both stores."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+
+from chatlog.schemas.errors import DecodeError, Erased
+from chatlog.schemas.key_records import ErasureRecord, KeyRecord, decode_key_record
+from chatlog.schemas.keyring import KeyEntries, Keyring
+from chatlog.schemas.master_keys import LocalKeyProvider, WrappedKey, new_master_key
+from chatlog.schemas.sealing import KeyScope
+
+SCOPE = KeyScope("t1", "u1")
+
+
+@dataclass
+class MemoryKeyLog:
+    """The keys topic as a list of (key, value) records."""
+
+    records: list[tuple[str, bytes | None]] = field(default_factory=list)
+
+    def publish_key(self, record: KeyRecord) -> None:
+        self.records.append((record.kafka_key, record.encode()))
+
+    def publish_erasure(self, record: ErasureRecord) -> None:
+        for key_id in record.key_ids:
+            self.records.append((f"{record.scope.tenant}/{record.scope.user_id}/{key_id}", None))
+        self.records.append((record.kafka_key, record.encode()))
+
+
+@dataclass
+class MemoryKeyDirectory:
+    keys: dict[KeyScope, dict[str, WrappedKey]] = field(default_factory=dict)
+    erased: dict[KeyScope, datetime] = field(default_factory=dict)
+
+    def entries(self, scope: KeyScope) -> KeyEntries:
+        return KeyEntries(dict(self.keys.get(scope, {})), self.erased.get(scope))
+
+    def put(self, record: KeyRecord) -> bool:
+        if record.scope in self.erased:
+            return False
+        self.keys.setdefault(record.scope, {})[record.key_id] = record.wrapped
+        return True
+
+    def erase(self, record: ErasureRecord) -> None:
+        self.erased[record.scope] = record.erased_at
+        self.keys.pop(record.scope, None)
+
+
+def _ring(log=None, directory=None, **kwargs) -> Keyring:
+    provider = LocalKeyProvider.from_spec(new_master_key("k1"))
+    return Keyring(provider, log=log or MemoryKeyLog(), directory=directory, **kwargs)
+
+
+def test_the_first_write_logs_a_wrapped_key_and_later_writes_reuse_it():
+    log, directory = MemoryKeyLog(), MemoryKeyDirectory()
+    ring = _ring(log, directory)
+    key = ring.for_writing(SCOPE)
+    assert ring.for_writing(SCOPE) is key
+    assert len(log.records) == 1
+    record = decode_key_record(*log.records[0])
+    assert isinstance(record, KeyRecord)
+    assert record.key_id == key.key_id
+    assert key.secret not in log.records[0][1]
+    assert directory.entries(SCOPE).keys == {key.key_id: record.wrapped}
+
+
+def test_another_process_finds_the_key_in_the_directory_instead_of_making_one():
+    log, directory = MemoryKeyLog(), MemoryKeyDirectory()
+    provider = LocalKeyProvider.from_spec(new_master_key("k1"))
+    first = Keyring(provider, log=log, directory=directory).for_writing(SCOPE)
+    second = Keyring(provider, log=log, directory=directory).for_writing(SCOPE)
+    assert second.key_id == first.key_id
+    assert second.secret == first.secret
+    assert len(log.records) == 1
+
+
+def test_two_writers_at_the_same_instant_both_keep_a_usable_key():
+    log, directory = MemoryKeyLog(), MemoryKeyDirectory()
+    provider = LocalKeyProvider.from_spec(new_master_key("k1"))
+    rings = [Keyring(provider, log=log, directory=directory) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    keys = {}
+
+    def write(n: int) -> None:
+        barrier.wait()
+        keys[n] = rings[n].for_writing(SCOPE)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reader = Keyring(provider, log=log, directory=directory)
+    entries = directory.entries(SCOPE).keys
+    for key in keys.values():
+        assert reader.for_reading(SCOPE, key.key_id, entries[key.key_id]).secret == key.secret
+
+
+def test_an_erased_user_is_retired_for_writers():
+    log, directory = MemoryKeyLog(), MemoryKeyDirectory()
+    ring = _ring(log, directory)
+    key = ring.for_writing(SCOPE)
+    record = ring.erase(SCOPE, key_ids=(key.key_id,))
+    directory.erase(record)
+    with pytest.raises(Erased, match="retired"):
+        ring.for_writing(SCOPE)
+    assert log.records[-2] == (f"t1/u1/{key.key_id}", None)  # the tombstone
+    decoded = decode_key_record(*log.records[-1])
+    assert isinstance(decoded, ErasureRecord)
+    assert decoded.key_ids == (key.key_id,)
+    assert decode_key_record(*log.records[-2]) == (SCOPE, key.key_id)
+    # Other users are untouched.
+    assert ring.for_writing(KeyScope("t1", "u2")).scope == KeyScope("t1", "u2")
+
+
+def test_a_key_made_while_its_user_was_being_erased_is_refused():
+    class ErasedMeanwhile(MemoryKeyDirectory):
+        """The erasure lands right after the writer's look-up, before its put."""
+
+        def entries(self, scope):
+            seen = super().entries(scope)
+            self.erased.setdefault(scope, datetime.now(UTC))
+            return seen
+
+    log, directory = MemoryKeyLog(), ErasedMeanwhile()
+    with pytest.raises(Erased):
+        _ring(log, directory).for_writing(SCOPE)
+    assert len(log.records) == 1  # logged, but in no directory: nothing it seals is read
+    assert directory.entries(SCOPE).keys == {}
+
+
+def test_unwrapped_keys_are_cached_bounded_and_forgotten_on_erasure():
+    log = MemoryKeyLog()
+    ring = _ring(log, cache_size=2)
+    scopes = [KeyScope("t1", f"u{n}") for n in range(3)]
+    keys = [ring.for_writing(s) for s in scopes]
+    records = [decode_key_record(*r) for r in log.records]
+    reads = [ring.for_reading(r.scope, r.key_id, r.wrapped) for r in records]
+    assert [k.secret for k in reads] == [k.secret for k in keys]
+    assert len(ring._opened) == 2  # bounded
+    ring.forget(scopes[2])
+    assert all(k.scope != scopes[2] for k in ring._opened.values())
+    assert scopes[2] not in ring._writing
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        (b"t1", b"{}", "not a chatlog.keys record key"),
+        (b"t1//k", b"{}", "not a chatlog.keys record key"),
+        (b"t1/u1", None, "erasures are kept"),
+        (b"t1/u1/k", b"not json", "not JSON"),
+        (b"t1/u1/k", b"[]", "not a JSON object"),
+        (b"t1/u1/k", b'{"v": 2}', "format 2"),
+        (b"t1/u1/k", b'{"v": 1, "kek": "k1"}', "malformed"),
+        (b"t1/u1/k", b'{"v": 1, "kek": "k1", "wrapped": "!!", "created_at": 1}', "malformed"),
+    ],
+)
+def test_a_bad_keys_record_is_a_decode_error_naming_the_problem(key, value, problem):
+    with pytest.raises(DecodeError, match=problem):
+        decode_key_record(key, value)
