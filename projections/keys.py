@@ -13,6 +13,10 @@ check of that call is not yet). A user's session index has a tag of its own,
     chatlog:g1:u:{u:alice}:sessions             sorted set: session id by last activity
     chatlog:g1:progress                         hash: partition -> last projected offset
     chatlog:g1:epoch                            token written when g1 was created
+    chatlog:keys:{k:acme:alice}                 hash: key id -> wrapped data key; !erased
+
+The key directory (`chatlog.projections.redis_keys`) is shared by every generation: it
+copies the `chatlog.keys` topic, not the events, so a rebuild has nothing to redo there.
 
 Ids cannot contain `{`, `}` or `:` (see `chatlog.schemas.ids`), so no id can break out of its tag.
 """
@@ -77,6 +81,10 @@ class KeySpace:
         """The generation's epoch: a token written when it is created. A generation the
         pointer names without its epoch has lost its data (see `chatlog.projections.epochs`)."""
         return f"{self.prefix}:{self.generation}:epoch"
+
+    def user_keys(self, tenant: str, user_id: str) -> str:
+        """A user's wrapped data keys and erasure mark, outside every generation."""
+        return f"{self.prefix}:keys:{{k:{tenant}:{user_id}}}"
 
     def generation_pattern(self) -> str:
         """A SCAN pattern for every key of this generation."""

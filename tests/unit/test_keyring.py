@@ -3,52 +3,18 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
 
 from chatlog.schemas.errors import DecodeError, Erased
 from chatlog.schemas.key_records import ErasureRecord, KeyRecord, decode_key_record
-from chatlog.schemas.keyring import KeyEntries, Keyring
-from chatlog.schemas.master_keys import LocalKeyProvider, WrappedKey, new_master_key
+from chatlog.schemas.keyring import Keyring
+from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key
 from chatlog.schemas.sealing import KeyScope
+from tests.key_fakes import MemoryKeyDirectory, MemoryKeyLog
 
 SCOPE = KeyScope("t1", "u1")
-
-
-@dataclass
-class MemoryKeyLog:
-    """The keys topic as a list of (key, value) records."""
-
-    records: list[tuple[str, bytes | None]] = field(default_factory=list)
-
-    def publish_key(self, record: KeyRecord) -> None:
-        self.records.append((record.kafka_key, record.encode()))
-
-    def publish_erasure(self, record: ErasureRecord) -> None:
-        for key_id in record.key_ids:
-            self.records.append((f"{record.scope.tenant}/{record.scope.user_id}/{key_id}", None))
-        self.records.append((record.kafka_key, record.encode()))
-
-
-@dataclass
-class MemoryKeyDirectory:
-    keys: dict[KeyScope, dict[str, WrappedKey]] = field(default_factory=dict)
-    erased: dict[KeyScope, datetime] = field(default_factory=dict)
-
-    def entries(self, scope: KeyScope) -> KeyEntries:
-        return KeyEntries(dict(self.keys.get(scope, {})), self.erased.get(scope))
-
-    def put(self, record: KeyRecord) -> bool:
-        if record.scope in self.erased:
-            return False
-        self.keys.setdefault(record.scope, {})[record.key_id] = record.wrapped
-        return True
-
-    def erase(self, record: ErasureRecord) -> None:
-        self.erased[record.scope] = record.erased_at
-        self.keys.pop(record.scope, None)
 
 
 def _ring(log=None, directory=None, **kwargs) -> Keyring:
