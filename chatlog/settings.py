@@ -19,10 +19,11 @@ import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -33,7 +34,7 @@ from pydantic import (
 from chatlog.local_stack import read_addresses
 from chatlog.schemas.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings"]
+__all__ = ["ENV_PREFIX", "FOREVER", "Settings"]
 
 ENV_PREFIX = "CHATLOG_"
 _KAFKA_PASSTHROUGH = "CHATLOG_KAFKA__"
@@ -44,6 +45,41 @@ _KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _MIN_SESSION_TIMEOUT_S = 6.0
 # Beyond a minute a crash costs more than librdkafka's own default (45 s) would.
 _MAX_SESSION_TIMEOUT_S = 60.0
+
+
+_DAY_S = 24 * 3600.0
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": _DAY_S}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+# Below a minute, the log cleaner (which runs every 15 s by default) cannot keep a bound.
+_MIN_SHRED_S = 60.0
+
+
+def _retention(value: Any) -> float | None:
+    """Seconds from ``90``, ``90s``, ``15m``, ``24h``, ``7d``; None from ``forever``."""
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    text = str(value).strip().lower()
+    if text in (FOREVER, "-1"):
+        return None
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a duration: write a number with a unit, as 90s, 15m, 24h or 7d"
+        )
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _duration(value: Any) -> float:
+    seconds = _retention(value)
+    if seconds is None:
+        raise ValueError("must be a finite duration, as 90s, 15m, 24h or 7d; not 'forever'")
+    return seconds
+
+
+# A time span written with a unit; a Retention may also be "forever" (None).
+Duration = Annotated[float, BeforeValidator(_duration)]
+Retention = Annotated[float | None, BeforeValidator(_retention)]
+FOREVER = "forever"
 
 
 class Settings(BaseModel):
@@ -60,6 +96,19 @@ class Settings(BaseModel):
     )
     topic: str = Field("chatlog.events", description="the events topic (source of truth)")
     dlq_topic: str = Field("chatlog.events.dlq", description="dead letters from processors")
+    keys_topic: str = Field(
+        "chatlog.keys", description="each user's wrapped data keys (compacted; erasure shreds)"
+    )
+    retention: Retention = Field(
+        None, description="how long the events topic keeps events (unset or 'forever': forever)"
+    )
+    dlq_retention: Retention = Field(
+        7 * _DAY_S, description="how long the dead-letter topic keeps records ('forever' allowed)"
+    )
+    key_shred_within: Duration = Field(
+        _DAY_S,
+        description="the bound within which an erased user's key leaves the Kafka disks",
+    )
     partitions: int = Field(6, ge=1, le=10_000, description="partitions when creating topics")
     replication_factor: int | None = Field(
         None, ge=1, description="replicas when creating topics; unset: min(3, brokers)"
@@ -137,7 +186,7 @@ class Settings(BaseModel):
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"
     )
 
-    @field_validator("topic", "dlq_topic")
+    @field_validator("topic", "dlq_topic", "keys_topic")
     @classmethod
     def _topic_name(cls, value: str) -> str:
         if _KAFKA_NAME.fullmatch(value) is None:
@@ -181,6 +230,16 @@ class Settings(BaseModel):
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{value!r} must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("key_shred_within")
+    @classmethod
+    def _shred_bound(cls, value: float) -> float:
+        if value < _MIN_SHRED_S:
+            raise ValueError(
+                f"must be at least {_MIN_SHRED_S:g} s: the broker's log cleaner cannot keep "
+                f"a tighter bound"
+            )
         return value
 
     @model_validator(mode="after")
@@ -236,6 +295,8 @@ class Settings(BaseModel):
                     )
             elif value and _secret(name):
                 shown[self.env_name(name)] = "***"
+            elif value is None and name in _RETENTIONS:
+                shown[self.env_name(name)] = FOREVER
             else:
                 shown[self.env_name(name)] = None if value is None else str(value)
         return shown
@@ -249,8 +310,15 @@ _MEMBERSHIP_SETTINGS = {
 }
 
 
+# Settings where None means "forever", which `describe` spells out (one has a default).
+_RETENTIONS = {"retention", "dlq_retention"}
+# Named like secrets, but not: the keys topic's name, and a duration.
+_NOT_SECRET = {"keys_topic", "key_shred_within"}
+
+
 def _secret(name: str) -> bool:
-    return any(word in name for word in ("password", "secret", "key"))
+    """A setting or Kafka property whose value is never shown (an API key, a password)."""
+    return name not in _NOT_SECRET and any(w in name for w in ("password", "secret", "key"))
 
 
 def _fill_from_local_stack(values: dict[str, Any]) -> None:

@@ -29,8 +29,17 @@ from chatlog.processors.summarizers import (
     Summarizer,
 )
 from chatlog.processors.summary_engine import SummaryEngine, SummaryPolicy, check_policy
+from chatlog.producers import kafka_topics
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
-from chatlog.producers.kafka_topics import TopicReport, broker_count, chatlog_topics, ensure_topics
+from chatlog.producers.kafka_topics import (
+    Drift,
+    TopicReport,
+    TopicSpec,
+    broker_count,
+    chatlog_topics,
+    config_drift,
+    ensure_topics,
+)
 from chatlog.projections import tokens
 from chatlog.projections.context import TokenCounter
 from chatlog.projections.keys import KeySpace
@@ -107,14 +116,43 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[TopicRep
     """Create chatlog's topics as the settings describe; existing ones are left alone."""
     admin = admin_client(settings)
     replication = settings.replication_factor or min(3, broker_count(admin, timeout=timeout))
-    specs = chatlog_topics(
+    return ensure_topics(admin, topic_specs(settings, replication), timeout=timeout)
+
+
+def topic_specs(settings: Settings, replication_factor: int) -> list[TopicSpec]:
+    """chatlog's topics as the settings describe them."""
+    return chatlog_topics(
         events_topic=settings.topic,
         dlq_topic=settings.dlq_topic,
+        keys_topic=settings.keys_topic,
         partitions=settings.partitions,
-        replication_factor=replication,
+        replication_factor=replication_factor,
         min_insync_replicas=settings.min_insync_replicas,
+        retention_ms=_ms(settings.retention),
+        dlq_retention_ms=_ms(settings.dlq_retention),
+        key_shred_within_ms=_ms(settings.key_shred_within),
     )
-    return ensure_topics(admin, specs, timeout=timeout)
+
+
+def topic_drift(settings: Settings, *, timeout: float = 30.0) -> list[Drift]:
+    """How chatlog's existing topics differ from what the settings say."""
+    admin = admin_client(settings)
+    specs = topic_specs(settings, settings.replication_factor or 1)
+    return config_drift(admin, specs, timeout=timeout)
+
+
+def check_keys_topic(settings: Settings, *, timeout: float = 30.0) -> None:
+    """Refuse to start on a keys topic that would keep erased keys (`ConfigError`)."""
+    kafka_topics.check_keys_topic(
+        admin_client(settings),
+        settings.keys_topic,
+        shred_within_ms=_ms(settings.key_shred_within),
+        timeout=timeout,
+    )
+
+
+def _ms(seconds: float | None) -> int:
+    return -1 if seconds is None else round(seconds * 1000)
 
 
 def redis_client(settings: Settings) -> redis.Redis:

@@ -32,6 +32,7 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, Self, Unpack
 
@@ -64,6 +65,17 @@ _RESERVED = {"bootstrap.servers", "error_cb", "on_delivery", "message.timeout.ms
 _KAFKA_LOG = logging.getLogger("chatlog.kafka")
 _BROKER_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
 _NO_TOPIC = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """One record to produce; `context` names it in errors (topic, session)."""
+
+    topic: str
+    key: str
+    value: bytes | None
+    timestamp: int  # ms; 0 for the client's clock
+    context: dict[str, Any]
 
 
 class ConversationProducer:
@@ -135,8 +147,7 @@ class ConversationProducer:
 
     def publish(self, event: ConversationEvent, *, timeout: float | None = None) -> Position:
         """Publish `event` and wait until the broker acknowledged it."""
-        future = self.send(event)
-        return _result(future, self._wait_limit(timeout), event)
+        return self.wait(self.send(event), what=_event_name(event), timeout=timeout)
 
     def publish_many(
         self, events: Iterable[ConversationEvent], *, timeout: float | None = None
@@ -149,11 +160,29 @@ class ConversationProducer:
         payloads = [(event, self.codec.encode(event)) for event in events]
         futures = [self._send_encoded(event, value) for event, value in payloads]
         limit = self._wait_limit(timeout)
-        return [_result(f, limit, event) for f, (event, _) in zip(futures, payloads, strict=True)]
+        return [
+            _result(f, limit, what=_event_name(event))
+            for f, (event, _) in zip(futures, payloads, strict=True)
+        ]
 
     def send(self, event: ConversationEvent) -> Future[Position]:
         """Publish `event` without waiting; the future resolves to its position."""
         return self._send_encoded(event, self.codec.encode(event))
+
+    def send_record(
+        self, topic: str, *, key: str, value: bytes | None, **context: Any
+    ) -> Future[Position]:
+        """Publish one record of another chatlog topic (`chatlog.keys`) with the same
+        client, guarantees and errors as events; `value` None is a tombstone."""
+        # Timestamp 0: the client's clock.
+        return self._send_record(_Record(topic, key, value, 0, {"topic": topic, **context}))
+
+    def wait(
+        self, future: Future[Position], *, what: str, timeout: float | None = None
+    ) -> Position:
+        """The position `future` resolves to, within the delivery timeout (or `timeout`);
+        `PublishTimeout` naming `what` if no delivery report came."""
+        return _result(future, self._wait_limit(timeout), what=what)
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait until every pending event is acknowledged; returns how many are left."""
@@ -205,65 +234,79 @@ class ConversationProducer:
         _LIVE.discard(self)
 
     def _send_encoded(self, event: ConversationEvent, value: bytes) -> Future[Position]:
+        return self._send_record(self._event_record(event, value))
+
+    def _event_record(self, event: ConversationEvent, value: bytes) -> _Record:
+        return _Record(
+            self.topic,
+            key=event.session_id,
+            value=value,
+            timestamp=epoch_millis(event.occurred_at),
+            context={"topic": self.topic, "session_id": event.session_id},
+        )
+
+    def _send_record(self, record: _Record) -> Future[Position]:
         deadline = time.monotonic() + self.queue_timeout
         while True:
-            future = self._try_produce(event, value)
+            future = self._try_produce(record)
             if future is not None:
                 return future
             # The local queue is full: the poller drains it as the broker acknowledges.
-            self._raise_if_queue_stuck(event, deadline)
+            self._raise_if_queue_stuck(record, deadline)
             time.sleep(0.005)
 
-    def _try_produce(self, event: ConversationEvent, value: bytes) -> Future[Position] | None:
-        """Hand `event` to librdkafka; None when its local queue is full."""
+    def _try_produce(self, record: _Record) -> Future[Position] | None:
+        """Hand `record` to librdkafka; None when its local queue is full."""
         if self._closed.is_set():
-            raise InvalidInput("the producer is closed", topic=self.topic)
+            raise InvalidInput("the producer is closed", topic=record.topic)
         future: Future[Position] = Future()
         try:
             self._producer.produce(
-                self.topic,
-                value=value,
-                key=event.session_id.encode("utf-8"),
-                timestamp=epoch_millis(event.occurred_at),
-                on_delivery=lambda err, msg: self._on_delivery(future, err, msg),
+                record.topic,
+                value=record.value,
+                key=record.key.encode("utf-8"),
+                timestamp=record.timestamp,
+                on_delivery=lambda err, msg: self._on_delivery(future, err, msg, record.context),
             )
         except BufferError:
             return None
         except KafkaException as exc:
-            raise self._error(
-                exc.args[0], {"topic": self.topic, "session_id": event.session_id}, sent=False
-            ) from exc
+            raise self._error(exc.args[0], record.context, sent=False) from exc
         return future
 
-    def _raise_if_queue_stuck(self, event: ConversationEvent, deadline: float) -> None:
+    def _raise_if_queue_stuck(self, record: _Record, deadline: float) -> None:
         if time.monotonic() >= deadline:
             raise QueueFull(
                 f"the producer queue stayed full for {self.queue_timeout:g} s; the broker at "
                 f"{self.bootstrap_servers} is slow or down",
-                topic=self.topic,
-                session_id=event.session_id,
+                **record.context,
             )
 
-    def _on_delivery(self, future: Future[Position], err: KafkaError | None, msg: Message) -> None:
+    def _on_delivery(
+        self,
+        future: Future[Position],
+        err: KafkaError | None,
+        msg: Message,
+        context: dict[str, Any],
+    ) -> None:
         partition, offset = msg.partition(), msg.offset()
         if err is None and partition is not None and offset is not None:
             future.set_result(Position(partition, offset))
         elif err is None:
             future.set_exception(
-                DeliveryFailed(f"acknowledged without a position: {msg!r}", topic=self.topic)
+                DeliveryFailed(f"acknowledged without a position: {msg!r}", **context)
             )
         else:
-            key = msg.key()
-            context = {"topic": self.topic, "session_id": key.decode() if key else None}
             future.set_exception(self._error(err, context, sent=True))
 
     def _error(self, err: KafkaError, context: dict[str, Any], *, sent: bool) -> ChatlogError:
         """The chatlog error for a failed produce (`sent` False: librdkafka refused to queue
-        the event) or delivery (`sent` True); `context` names the event."""
+        the record) or delivery (`sent` True); `context` names the record and its topic."""
         code = err.code()
         if code in _NO_TOPIC:
             return TopicMissing(
-                f"topic {self.topic!r} does not exist; create it with `chatlog topics create`",
+                f"topic {context['topic']!r} does not exist; create it with "
+                f"`chatlog topics create`",
                 **context,
             )
         if code == KafkaError.MSG_SIZE_TOO_LARGE:
@@ -345,14 +388,14 @@ class AsyncConversationProducer:
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
     async def _send(self, event: ConversationEvent) -> Future[Position]:
-        value = self.sync.codec.encode(event)
+        record = self.sync._event_record(event, self.sync.codec.encode(event))
         deadline = time.monotonic() + self.sync.queue_timeout
         while True:
-            future = self.sync._try_produce(event, value)
+            future = self.sync._try_produce(record)
             if future is not None:
                 return future
             # Back-pressure without blocking the event loop.
-            self.sync._raise_if_queue_stuck(event, deadline)
+            self.sync._raise_if_queue_stuck(record, deadline)
             await asyncio.sleep(0.005)
 
     async def aclose(self, timeout: float = 30.0) -> None:
@@ -410,15 +453,19 @@ def _build_producer(
         raise ConfigError(f"invalid Kafka producer settings: {kafka_reason(exc)}") from exc
 
 
-def _result(future: Future[Position], timeout: float, event: ConversationEvent) -> Position:
+def _event_name(event: ConversationEvent) -> str:
+    return f"event {event.event_id} of session {event.session_id}"
+
+
+def _result(future: Future[Position], timeout: float, *, what: str) -> Position:
     try:
         return future.result(timeout=timeout)
     except TimeoutError as exc:
         if isinstance(exc, ChatlogError):
             raise  # the delivery report's own error, which is a TimeoutError too
         raise PublishTimeout(
-            f"no delivery report for event {event.event_id} within {timeout:g} s",
-            session_id=event.session_id,
+            f"no delivery report for {what} within {timeout:g} s; it may or may not be "
+            f"stored: retry the same record"
         ) from None
 
 

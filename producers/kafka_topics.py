@@ -1,10 +1,19 @@
-"""Create chatlog's topics with the configuration its guarantees need.
+"""Create chatlog's topics with the configuration its guarantees need, and keep it so.
 
-`chatlog.events` is the source of truth: infinite retention, delete policy (never
-compacted: every event matters, not just the last per key), and a partition count that
-is fixed for the topic's life, because changing it moves sessions to other partitions
-and breaks their order. So `ensure_topics` creates what is missing and never alters what
-exists; it reports a partition count that differs from the settings instead.
+* `chatlog.events` is the source of truth: delete policy (never compacted: every event
+  matters, not just the last per key), retention from `CHATLOG_RETENTION` (default
+  forever; a replay rebuilds only what is retained), and a partition count that is fixed
+  for the topic's life, because changing it moves sessions to other partitions and
+  breaks their order.
+* `chatlog.events.dlq`: delete policy, retention from `CHATLOG_DLQ_RETENTION`.
+* `chatlog.keys`: compacted, with the cleaner's bounds derived from
+  `CHATLOG_KEY_SHRED_WITHIN` (`keys_topic_config`), so that an erased user's wrapped key
+  is physically removed from every segment within that bound.
+
+`ensure_topics` creates what is missing and sets the configuration of what exists to
+what the settings say (`config_drift` shows what it would change); it never changes a
+partition count, which it reports instead. `check_keys_topic` is what every process
+runs at start: it refuses a keys topic that would keep erased keys.
 """
 
 from __future__ import annotations
@@ -16,21 +25,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from chatlog.schemas.errors import BrokerUnavailable, ConfigError, TopicMissing
 
 __all__ = [
+    "Drift",
     "TopicReport",
     "TopicSpec",
     "broker_count",
     "chatlog_topics",
+    "check_keys_topic",
+    "config_drift",
     "ensure_topics",
     "kafka_reason",
+    "keys_topic_config",
     "topic_partitions",
 ]
 
-DLQ_RETENTION_MS = 7 * 24 * 3600 * 1000
+FOREVER_MS = -1
 
 
 @dataclass(frozen=True)
@@ -53,15 +73,51 @@ class TopicReport:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Drift:
+    """One topic property that differs from what the settings say."""
+
+    topic: str
+    name: str
+    actual: str | None
+    wanted: str
+
+    def __str__(self) -> str:
+        return f"{self.topic}: {self.name} is {self.actual}, settings say {self.wanted}"
+
+
+def keys_topic_config(shred_within_ms: int) -> dict[str, str]:
+    """The keys topic's properties that bound how long an erased key stays on disk.
+
+    A tombstoned record is removed when the log cleaner compacts the segment holding it.
+    `max.compaction.lag.ms` makes it eligible within half the bound, `segment.ms` rolls
+    the active segment (never cleaned) within a quarter, and a low dirty ratio lets the
+    cleaner run on a small topic; the cleaner's own backoff (15 s by default) fits in
+    what is left. Tombstones, which hold no key, stay `delete.retention.ms` longer, for
+    consumers that were behind.
+    """
+    return {
+        "cleanup.policy": "compact",
+        "max.compaction.lag.ms": str(shred_within_ms // 2),
+        "segment.ms": str(shred_within_ms // 4),
+        "min.cleanable.dirty.ratio": "0.01",
+        "delete.retention.ms": str(shred_within_ms),
+    }
+
+
 def chatlog_topics(
     *,
     events_topic: str,
     dlq_topic: str,
+    keys_topic: str,
     partitions: int,
     replication_factor: int,
     min_insync_replicas: int | None = None,
+    retention_ms: int = FOREVER_MS,
+    dlq_retention_ms: int = 7 * 24 * 3600 * 1000,
+    key_shred_within_ms: int = 24 * 3600 * 1000,
 ) -> list[TopicSpec]:
-    """The topics chatlog needs, configured for its guarantees."""
+    """The topics chatlog needs, configured for its guarantees (-1: keep forever)."""
     if partitions < 1:
         raise ConfigError(f"partitions must be at least 1, got {partitions}", setting="partitions")
     if replication_factor < 1:
@@ -83,13 +139,24 @@ def chatlog_topics(
             events_topic,
             partitions,
             replication_factor,
-            {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1", **durable},
+            {
+                "cleanup.policy": "delete",
+                "retention.ms": str(retention_ms),
+                "retention.bytes": "-1",
+                **durable,
+            },
         ),
         TopicSpec(
             dlq_topic,
             partitions,
             replication_factor,
-            {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS), **durable},
+            {"cleanup.policy": "delete", "retention.ms": str(dlq_retention_ms), **durable},
+        ),
+        TopicSpec(
+            keys_topic,
+            partitions,
+            replication_factor,
+            {**keys_topic_config(key_shred_within_ms), **durable},
         ),
     ]
 
@@ -134,10 +201,77 @@ def broker_count(admin: AdminClient, *, timeout: float = 10.0) -> int:
         raise BrokerUnavailable(f"no Kafka broker answered: {exc.args[0]}") from exc
 
 
+def config_drift(
+    admin: AdminClient, specs: Iterable[TopicSpec], *, timeout: float = 30.0
+) -> list[Drift]:
+    """Every property of an existing topic in `specs` that differs from its spec."""
+    specs = list(specs)
+    if not specs:
+        return []
+    resources = [ConfigResource(ResourceType.TOPIC, spec.name) for spec in specs]
+    try:
+        futures = admin.describe_configs(resources, request_timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"no Kafka broker answered: {kafka_reason(exc)}") from exc
+    drift: list[Drift] = []
+    for spec, resource in zip(specs, resources, strict=True):
+        try:
+            actual = futures[resource].result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                continue  # missing: that is for `ensure_topics` to create
+            raise BrokerUnavailable(f"no Kafka broker answered: {kafka_reason(exc)}") from exc
+        for name, wanted in spec.config.items():
+            entry = actual.get(name)
+            value = None if entry is None else entry.value
+            if value != wanted:
+                drift.append(Drift(spec.name, name, value, wanted))
+    return drift
+
+
+def check_keys_topic(
+    admin: AdminClient, topic: str, *, shred_within_ms: int, timeout: float = 30.0
+) -> None:
+    """Refuse to run on a keys topic that would keep an erased user's key beyond the bound."""
+    wanted = TopicSpec(topic, 1, 1, keys_topic_config(shred_within_ms))
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        actual = admin.describe_configs([resource], request_timeout=timeout)[resource].result(
+            timeout
+        )
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise TopicMissing(
+                f"topic {topic!r} (each user's data keys) does not exist; create it with "
+                f"`chatlog topics create`",
+                topic=topic,
+            ) from exc
+        raise BrokerUnavailable(f"no Kafka broker answered: {kafka_reason(exc)}") from exc
+    problems = []
+    for name, value in wanted.config.items():
+        entry = actual.get(name)
+        have = None if entry is None else entry.value
+        if name == "cleanup.policy":
+            if "compact" not in (have or "").split(","):
+                problems.append(f"cleanup.policy is {have}, not compact")
+        elif name in ("max.compaction.lag.ms", "segment.ms") and int(have or 2**63) > int(value):
+            problems.append(f"{name} is {have}, above {value}")
+    if problems:
+        raise ConfigError(
+            f"topic {topic!r} would keep an erased user's key on disk beyond "
+            f"CHATLOG_KEY_SHRED_WITHIN ({'; '.join(problems)}); run `chatlog topics create` "
+            f"to set its configuration from the settings",
+            topic=topic,
+            setting="CHATLOG_KEY_SHRED_WITHIN",
+        )
+
+
 def ensure_topics(
     admin: AdminClient, specs: Iterable[TopicSpec], *, timeout: float = 30.0
 ) -> list[TopicReport]:
-    """Create each missing topic; leave existing ones alone and report how they differ."""
+    """Create each missing topic; set each existing one's configuration to its spec, and
+    report a partition count that differs (it is never changed)."""
+    specs = list(specs)
     try:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
@@ -168,7 +302,47 @@ def ensure_topics(
                 # it is, never as the settings would have made it.
                 count = _listed_partitions(admin, spec.name, timeout=timeout)
                 reports.append(_existing(spec, count))
-    return reports
+    existing_specs = [spec for spec in specs if spec not in missing]
+    changed = _align(admin, config_drift(admin, existing_specs, timeout=timeout), timeout)
+    return [_with_changes(report, changed.get(report.name, [])) for report in reports]
+
+
+def _align(admin: AdminClient, drift: list[Drift], timeout: float) -> dict[str, list[Drift]]:
+    """Set every drifted property to what the settings say; the changes by topic."""
+    by_topic: dict[str, list[Drift]] = {}
+    for item in drift:
+        by_topic.setdefault(item.topic, []).append(item)
+    if not by_topic:
+        return {}
+    resources = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            topic,
+            incremental_configs=[
+                ConfigEntry(d.name, d.wanted, incremental_operation=AlterConfigOpType.SET)
+                for d in items
+            ],
+        )
+        for topic, items in by_topic.items()
+    ]
+    futures = admin.incremental_alter_configs(resources, request_timeout=timeout)
+    for resource, future in futures.items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            raise ConfigError(
+                f"could not set the configuration of topic {resource.name!r}: {kafka_reason(exc)}",
+                topic=resource.name,
+            ) from exc
+    return by_topic
+
+
+def _with_changes(report: TopicReport, changes: list[Drift]) -> TopicReport:
+    if not changes:
+        return report
+    done = "; ".join(f"set {d.name} to {d.wanted} (was {d.actual})" for d in changes)
+    note = f"{report.note}; {done}" if report.note else done
+    return TopicReport(report.name, report.created, report.partitions, note)
 
 
 def _existing(spec: TopicSpec, count: int) -> TopicReport:

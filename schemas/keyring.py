@@ -61,6 +61,10 @@ class KeyLog(Protocol):
         the broker has acknowledged them all."""
         ...
 
+    def publish_tombstone(self, scope: KeyScope, key_id: str) -> None:
+        """Append the tombstone of one key; return once the broker has acknowledged it."""
+        ...
+
 
 class KeyDirectory(Protocol):
     """A fast copy of the key log: each user's wrapped keys, and whether they were erased."""
@@ -156,8 +160,9 @@ class Keyring:
         record = KeyRecord(scope, key.key_id, wrap_data_key(self.provider, key), datetime.now(UTC))
         self._log.publish_key(record)
         if self._directory is not None and not self._directory.put(record):
-            # Erased between the look-up and now: the key is in the log, but no reader will
-            # ever find it in the directory, so nothing sealed with it can be read.
+            # Erased between the look-up and now: nothing was sealed with the key yet, and
+            # no reader will find it in the directory; its tombstone takes it off the disks.
+            self._log.publish_tombstone(scope, key.key_id)
             _refuse_erased(scope, self._directory.entries(scope))
         return key
 

@@ -25,6 +25,9 @@ class MemoryKeyLog:
             self.records.append((key_record_key(record.scope, key_id), None))
         self.records.append((record.kafka_key, record.encode()))
 
+    def publish_tombstone(self, scope: KeyScope, key_id: str) -> None:
+        self.records.append((key_record_key(scope, key_id), None))
+
 
 @dataclass
 class MemoryKeyDirectory:

@@ -1,8 +1,9 @@
-"""The CLI's set-up commands: `topics create` and `config`."""
+"""The CLI's set-up commands: `topics create`, `topics check` and `config`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +21,22 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     topics = commands.add_parser("topics", help="manage chatlog's Kafka topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True)
     create = topic_commands.add_parser(
-        "create", parents=[common], help="create the events and dead-letter topics"
+        "create",
+        parents=[common],
+        help="create the events, dead-letter and keys topics, and set their configuration "
+        "(retention, compaction) to the settings",
     )
     create.add_argument("--partitions", type=int, help="overrides CHATLOG_PARTITIONS")
     create.add_argument(
         "--replication-factor", type=int, help="overrides CHATLOG_REPLICATION_FACTOR"
     )
     create.set_defaults(handler=_topics_create)
+    check = topic_commands.add_parser(
+        "check",
+        parents=[common],
+        help="show how the topics' configuration differs from the settings; exit 1 if it does",
+    )
+    check.set_defaults(handler=_topics_check)
 
     config = commands.add_parser("config", parents=[common], help="show the effective settings")
     config.set_defaults(handler=lambda args, settings: settings.describe())
@@ -43,3 +53,16 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> list[dict[st
     }
     settings = settings.model_copy(update=overrides)
     return [asdict(report) for report in wiring.create_topics(settings)]
+
+
+def _topics_check(args: argparse.Namespace, settings: Settings) -> str | list[Any]:
+    drift = wiring.topic_drift(settings)
+    if not drift:
+        return [] if args.json else "the topics are configured as the settings say"
+    if args.json:
+        print(json.dumps([asdict(item) for item in drift]))
+    else:
+        for item in drift:
+            print(item)
+        print("set them to the settings with `chatlog topics create`")
+    raise SystemExit(1)

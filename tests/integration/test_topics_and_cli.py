@@ -9,12 +9,13 @@ import sys
 import uuid
 
 import pytest
-from confluent_kafka.admin import ConfigResource
+from confluent_kafka.admin import ConfigResource, NewTopic
 
 from chatlog.producers.kafka_topics import chatlog_topics, ensure_topics
 from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import ConfigError, TopicMissing
 from chatlog.settings import Settings
-from chatlog.wiring import create_topics
+from chatlog.wiring import check_keys_topic, create_topics, topic_drift
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +29,14 @@ def _describe(kafka, topic: str) -> dict[str, str]:
 @pytest.fixture
 def settings(kafka, redis_url):
     suffix = uuid.uuid4().hex[:8]
-    topics = [f"cli.{suffix}", f"cli.{suffix}.dlq"]
+    topics = [f"cli.{suffix}", f"cli.{suffix}.dlq", f"cli.{suffix}.keys"]
     kafka.created.extend(topics)  # the session fixture deletes them at the end
     return Settings(
         kafka_bootstrap=kafka.bootstrap,
         redis_url=redis_url,
         topic=topics[0],
         dlq_topic=topics[1],
+        keys_topic=topics[2],
         partitions=4,
     )
 
@@ -50,6 +52,45 @@ def test_create_topics_configures_the_source_of_truth(kafka, settings):
     assert events["min.insync.replicas"] == "1"
     dlq = _describe(kafka, settings.dlq_topic)
     assert dlq["retention.ms"] == str(7 * 24 * 3600 * 1000)
+    keys = _describe(kafka, settings.keys_topic)
+    assert keys["cleanup.policy"] == "compact"
+    day = 24 * 3600 * 1000
+    assert int(keys["max.compaction.lag.ms"]) + int(keys["segment.ms"]) < day
+    check_keys_topic(settings)  # what every process runs at start: it passes
+
+
+def test_retention_comes_from_the_settings_and_drift_is_reported_then_fixed(kafka, settings):
+    create_topics(settings)
+    assert topic_drift(settings) == []
+    month = settings.model_copy(update={"retention": 30 * 24 * 3600.0, "dlq_retention": None})
+    drift = {(d.topic, d.name): d for d in topic_drift(month)}
+    assert set(drift) == {(settings.topic, "retention.ms"), (settings.dlq_topic, "retention.ms")}
+    assert drift[(settings.topic, "retention.ms")].actual == "-1"
+    assert drift[(settings.topic, "retention.ms")].wanted == str(30 * 24 * 3600 * 1000)
+    reports = {r.name: r for r in create_topics(month)}
+    assert "set retention.ms to 2592000000 (was -1)" in reports[settings.topic].note
+    assert _describe(kafka, settings.dlq_topic)["retention.ms"] == "-1"
+    assert topic_drift(month) == []
+
+
+def test_a_keys_topic_that_would_keep_erased_keys_is_refused_with_the_fix(kafka, settings):
+    kafka.admin().create_topics(
+        [NewTopic(settings.keys_topic, 1, 1, config={"cleanup.policy": "delete"})]
+    )[settings.keys_topic].result(30)
+    with pytest.raises(ConfigError, match="would keep an erased user's key") as refused:
+        check_keys_topic(settings)
+    assert "cleanup.policy is delete, not compact" in str(refused.value)
+    assert "chatlog topics create" in str(refused.value)
+    create_topics(settings)
+    check_keys_topic(settings)
+    hour = settings.model_copy(update={"key_shred_within": 3600.0})
+    with pytest.raises(ConfigError, match=r"max\.compaction\.lag\.ms is 43200000, above 1800000"):
+        check_keys_topic(hour)
+
+
+def test_a_missing_keys_topic_names_the_command_that_creates_it(settings):
+    with pytest.raises(TopicMissing, match="chatlog topics create"):
+        check_keys_topic(settings)
 
 
 class _LaggingMetadata:
@@ -77,6 +118,7 @@ def test_a_topic_created_by_someone_else_is_reported_as_it_is(kafka, settings):
     specs = chatlog_topics(
         events_topic=settings.topic,
         dlq_topic=settings.dlq_topic,
+        keys_topic=settings.keys_topic,
         partitions=8,
         replication_factor=1,
     )
@@ -96,13 +138,18 @@ def test_create_topics_is_idempotent_and_never_changes_partitions(kafka, setting
     assert len(partitions.partitions) == 4
 
 
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(
+    settings: Settings, *args: str, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    extra = extra or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLOG_")}
     env |= {
         "CHATLOG_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "CHATLOG_REDIS_URL": settings.redis_url,
         "CHATLOG_TOPIC": settings.topic,
         "CHATLOG_DLQ_TOPIC": settings.dlq_topic,
+        "CHATLOG_KEYS_TOPIC": settings.keys_topic,
+        **extra,
     }
     return subprocess.run(
         [sys.executable, "-m", "chatlog.cli", *args],
@@ -120,7 +167,13 @@ def test_cli_creates_topics_and_publishes(kafka, settings):
     assert {row["name"] for row in json.loads(created.stdout)} == {
         settings.topic,
         settings.dlq_topic,
+        settings.keys_topic,
     }
+    checked = _cli(settings, "topics", "check")
+    assert checked.returncode == 0, checked.stderr
+    drifted = _cli(settings, "topics", "check", extra={"CHATLOG_RETENTION": "90d"})
+    assert drifted.returncode == 1
+    assert f"{settings.topic}: retention.ms is -1, settings say 7776000000" in drifted.stdout
 
     published = _cli(
         settings, "publish", "s-cli", "--user", "u1", "--role", "user", "--content", "hi", "--json"
