@@ -34,7 +34,11 @@ static member does not leave the group when it closes either: after a SIGTERM it
 partitions wait for the restart, or `session_timeout_s` at most before the other
 members take them (a scale-down costs that pause once). Partitions move between
 members by the cooperative-sticky protocol: a rebalance revokes only what moves, and
-the callbacks see only that delta.
+the callbacks see only that delta. Fenced (another member joined under its instance
+id), it stops with `ConfigError`, naming CHATLOG_INSTANCE_ID; fenced just after the group
+expired its own session (the group coordinator's broker died, and the failover outlasted
+the session), its own rejoin did it, and it stops with `BrokerUnavailable` instead: a
+restart rejoins at once.
 
 Generations: about once a second the projector reads the pointer to the live
 generation. When a replay has flipped it, the projector moves to the new generation and
@@ -81,6 +85,7 @@ from chatlog.processors.projection import BatchResult, ProjectionCore, Record
 from chatlog.projections.epochs import Lost, assess_start, is_intact
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import (
+    BrokerUnavailable,
     ConfigError,
     Conflict,
     DataLoss,
@@ -107,6 +112,9 @@ _MAX_RETRY_S = 5.0
 # How often the wait between retries polls the consumer (serving the group) and looks
 # at `stop`.
 _WAIT_POLL_S = 0.1
+# How long after its own session expired a fenced projector blames that expiry, not a
+# second process with its instance id: a rejoin takes a second or two.
+_REJOIN_WINDOW_S = 30.0
 
 
 class GenerationPointer(Protocol):
@@ -224,6 +232,8 @@ class KafkaProjector:
         self._held: list[Record] = []
         self._reseek = False
         self._failing_since: float | None = None
+        # When the group last expired this member's session (`_on_lost`).
+        self._session_lost_at: float | None = None
         self._stop = threading.Event()
         extra = dict(config or {})
         membership = {} if instance_id is None else {"group.instance.id": instance_id}
@@ -430,6 +440,22 @@ class KafkaProjector:
             and error.code() == KafkaError._FATAL
             and "group.instance.id" in error.str()
         ):
+            lost_at = self._session_lost_at
+            if lost_at is not None and time.monotonic() - lost_at <= _REJOIN_WINDOW_S:
+                # Seen when the group coordinator's broker died: the failover outlasted
+                # the session, librdkafka rejoined under the same instance id, and a
+                # request still carrying the old member id was fenced by that rejoin
+                # (librdkafka issue #3437). The consumer is unusable, but a restart
+                # rejoins at once: temporary, not a setting to fix.
+                raise BrokerUnavailable(
+                    f"the group coordinator expired this projector's session in group "
+                    f"{self.group_id} (a broker failover longer than the "
+                    f"{self.session_timeout_s:g} s session timeout), and the Kafka client, "
+                    f"fenced by its own rejoin, cannot continue: restart the projector "
+                    f"(it replays the uncommitted tail, which changes nothing)",
+                    group=self.group_id,
+                    instance_id=self.instance_id,
+                )
             raise ConfigError(
                 f"another process joined consumer group {self.group_id} with this "
                 f"projector's group.instance.id {self.instance_id!r} and took its partitions: "
@@ -695,6 +721,7 @@ class KafkaProjector:
         log.warning(
             "lost partitions %s (session expired)", sorted(tp.partition for tp in partitions)
         )
+        self._session_lost_at = time.monotonic()
         self._drop(partitions)
 
     def _drop(self, partitions: list[TopicPartition]) -> None:

@@ -52,6 +52,11 @@ class KafkaCluster:
             self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
         return self._admin
 
+    def close(self) -> None:
+        """Drop the admin client, before the cluster stops: left alive, it would retry the
+        stopped brokers and log every refused connection until it is collected."""
+        self._admin = None
+
     def create_topic(
         self, prefix: str, *, partitions: int = 6, config: dict[str, str] | None = None
     ) -> str:

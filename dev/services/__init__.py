@@ -13,13 +13,23 @@ run by `redis_local`), both on free loopback ports, both started by `up` and sto
 stale record (a process gone) is cleaned up and the stack started anew. `down` stops only
 the pids it recorded, after checking that each still is the process it started.
 
-From a shell: `python -m dev.services up|down|status|env`. Failures raise
-`dev.services.state.ServiceError`, whose message says what failed and how to fix it.
+For fault drills, one node of a running stack can be stopped and started again:
+`stop_node("kafka-2", kill=True)` SIGKILLs that broker, as a crash would;
+`start_node("kafka-2")` runs it again with the same config, ports and data dir, and
+returns once the cluster reports every broker. `"redis"` names the Redis server, which
+comes back on its port *empty* (its persistence is off). The new pid is recorded, so
+`down` still stops exactly what runs. Meanwhile `status` is None and `stopped_nodes`
+names what is down; note that `up` treats a stack with a node down as stale and starts
+a fresh one, data gone.
+
+From a shell: `python -m dev.services up|down|status|env|stop NODE|start NODE`. Failures
+raise `dev.services.state.ServiceError`, whose message says what failed and how to fix it.
 """
 
 from __future__ import annotations
 
 # Submodules and `__all__` only: the package's namespace is its public surface.
+import dataclasses
 import logging
 import pathlib
 import time
@@ -28,7 +38,20 @@ from chatlog.local_stack import read_addresses, resolve_state_dir
 from dev.services import kafka_local, redis_local, state
 from dev.services.state import Addresses
 
-__all__ = ["Addresses", "down", "read_addresses", "status", "up"]
+__all__ = [
+    "REDIS_NODE",
+    "Addresses",
+    "down",
+    "node_names",
+    "read_addresses",
+    "start_node",
+    "status",
+    "stop_node",
+    "stopped_nodes",
+    "up",
+]
+
+REDIS_NODE = "redis"
 
 _log = logging.getLogger(__name__)
 
@@ -79,6 +102,94 @@ def status(*, state_dir: pathlib.Path | None = None) -> Addresses | None:
     if existing is None or not _answers(existing):
         return None
     return existing.addresses
+
+
+def node_names(*, state_dir: pathlib.Path | None = None) -> list[str]:
+    """The names `stop_node` and `start_node` take for the recorded stack: kafka-1 (to
+    kafka-3) and redis."""
+    return _node_names(_recorded(resolve_state_dir(state_dir)))
+
+
+def stopped_nodes(*, state_dir: pathlib.Path | None = None) -> list[str]:
+    """The recorded stack's nodes whose process does not run (stopped, or crashed)."""
+    stack = _recorded(resolve_state_dir(state_dir))
+    down = [f"kafka-{node_id}" for node_id in kafka_local.stopped_nodes(stack.kafka)]
+    if not state.is_running(stack.redis.pid, marker=stack.redis.data_dir):
+        down.append(REDIS_NODE)
+    return down
+
+
+def stop_node(name: str, *, kill: bool = False, state_dir: pathlib.Path | None = None) -> None:
+    """Stop one node of the running stack (SIGTERM, or SIGKILL with `kill`), keeping its
+    data dir for `start_node`. A node that is not running is left as it is."""
+    directory = resolve_state_dir(state_dir)
+    with state.locked(directory):
+        stack = _recorded(directory)
+        node_id = _node_id(stack, name)
+        started = time.monotonic()
+        if node_id is None:
+            pid = stack.redis.pid
+            was_running = state.is_running(pid, marker=stack.redis.data_dir)
+            redis_local.stop_redis_server(stack.redis, kill=kill)
+        else:
+            pid = stack.kafka.pids[node_id - 1]
+            was_running = node_id not in kafka_local.stopped_nodes(stack.kafka)
+            kafka_local.stop_kafka_node(stack.kafka, node_id, kill=kill)
+    if was_running:
+        how = "killed" if kill else "stopped"
+        _log.info("%s %s (pid %d) in %.1f s", how, name, pid, time.monotonic() - started)
+    else:
+        _log.info("%s (pid %d) was not running", name, pid)
+
+
+def start_node(name: str, *, state_dir: pathlib.Path | None = None) -> None:
+    """Start a stopped node of the stack again as it was, and record its new pid.
+
+    A Kafka node runs its own config on its own ports and log dir and has rejoined when
+    this returns: the cluster reports every broker and the node answers. Redis answers
+    PING on its port, empty. A node that is running is left as it is.
+    """
+    directory = resolve_state_dir(state_dir)
+    with state.locked(directory):
+        stack = _recorded(directory)
+        node_id = _node_id(stack, name)
+        if node_id is None:
+            if state.is_running(stack.redis.pid, marker=stack.redis.data_dir):
+                _log.info("%s (pid %d) is running already", name, stack.redis.pid)
+                return
+            stack = dataclasses.replace(stack, redis=redis_local.restart_redis(stack.redis))
+        else:
+            if node_id not in kafka_local.stopped_nodes(stack.kafka):
+                _log.info("%s (pid %d) is running already", name, stack.kafka.pids[node_id - 1])
+                return
+            kafka = kafka_local.restart_kafka_node(stack.kafka, node_id)
+            stack = dataclasses.replace(stack, kafka=kafka)
+        state.write_state(stack, state_dir=directory)
+
+
+def _recorded(directory: pathlib.Path) -> state.StackState:
+    stack = state.read_state(state_dir=directory)
+    if stack is None:
+        raise state.ServiceError(
+            f"no stack recorded in {directory}; start one with `python -m dev.services up`"
+        )
+    return stack
+
+
+def _node_names(stack: state.StackState) -> list[str]:
+    return [*kafka_local.node_names(stack.kafka), REDIS_NODE]
+
+
+def _node_id(stack: state.StackState, name: str) -> int | None:
+    """The Kafka node id `name` stands for; None for Redis."""
+    names = _node_names(stack)
+    if name not in names:
+        raise state.ServiceError(
+            f"no node {name!r} in the stack at {stack.kafka.bootstrap}; its nodes are "
+            f"{', '.join(names)}",
+            node=name,
+        )
+    return None if name == REDIS_NODE else names.index(name) + 1
 
 
 def _answers(stack: state.StackState) -> bool:

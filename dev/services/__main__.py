@@ -1,9 +1,13 @@
-"""`python -m dev.services up|down|status|env`: the local stack from a shell.
+"""`python -m dev.services up|down|status|env|stop|start`: the local stack from a shell.
 
 Progress goes to stderr, one line a step; stdout carries only what a script may want:
 `up` and `env` print `export KEY=value` lines, so `eval "$(python -m dev.services
 env)"` points a shell at the stack. Exit status 0 means done; 1 means it failed, and
 stderr says why (first line) and, for a start-up failure, shows the log tail after it.
+
+`stop NODE [--kill]` and `start NODE` take one node of the running stack down and back
+for fault drills (`kafka-1` to `kafka-3`, `redis`); `status` then names the node that
+is down and exits 1.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from chatlog.local_stack import read_addresses, resolve_state_dir
-from dev.services import down, status, up
+from dev.services import down, start_node, status, stop_node, stopped_nodes, up
 from dev.services.kafka_local import kafka_answers
 from dev.services.redis_local import redis_answers
 from dev.services.state import ServiceError, read_state
@@ -69,6 +73,28 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("env", help="print export lines for the stack's addresses").set_defaults(
         run=_env
     )
+    halt = commands.add_parser(
+        "stop",
+        help="stop one node, keeping its data (fault drills)",
+        description="Stop one node of the running stack and keep its data dir, so that "
+        "`start NODE` brings it back. `up` would instead replace a stack with a node down "
+        "by a fresh one.",
+    )
+    halt.add_argument("node", metavar="NODE", help="kafka-1, kafka-2, kafka-3 or redis")
+    halt.add_argument(
+        "--kill", action="store_true", help="SIGKILL, as a crash would (default: SIGTERM)"
+    )
+    halt.set_defaults(run=_stop_node)
+    resume = commands.add_parser(
+        "start",
+        help="start a stopped node again as it was",
+        description="Start a stopped node again with its own config, ports and data dir, "
+        "and wait until it answers: a Kafka node has rejoined the cluster, and catches up "
+        "on what it missed. Redis runs without persistence, so it comes back EMPTY: to "
+        "chatlog's projector that is data loss (see docs/replay.md), not an outage.",
+    )
+    resume.add_argument("node", metavar="NODE", help="kafka-1, kafka-2, kafka-3 or redis")
+    resume.set_defaults(run=_start_node)
     return parser
 
 
@@ -96,6 +122,15 @@ def _status(args: argparse.Namespace) -> int:
     if stack is None:
         raise ServiceError(f"not running: no stack recorded in {directory} (run `{_PROG} up`)")
     if status(state_dir=directory) is None:
+        down_nodes = stopped_nodes(state_dir=directory)
+        if down_nodes:
+            names = " and ".join(down_nodes)
+            raise ServiceError(
+                f"not running: {names} of the stack recorded in {directory} "
+                f"{'is' if len(down_nodes) == 1 else 'are'} down (run "
+                f"{' and '.join(f'`{_PROG} start {n}`' for n in down_nodes)} to bring "
+                f"{'it' if len(down_nodes) == 1 else 'them'} back, or `{_PROG} down`)"
+            )
         broken = [
             name
             for name, ok in (
@@ -126,6 +161,16 @@ def _env(args: argparse.Namespace) -> int:
             f"no stack recorded in {resolve_state_dir(args.state_dir)} (run `{_PROG} up`)"
         )
     _print_exports(addresses)
+    return 0
+
+
+def _stop_node(args: argparse.Namespace) -> int:
+    stop_node(args.node, kill=args.kill, state_dir=args.state_dir)
+    return 0
+
+
+def _start_node(args: argparse.Namespace) -> int:
+    start_node(args.node, state_dir=args.state_dir)
     return 0
 
 

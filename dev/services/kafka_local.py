@@ -18,10 +18,16 @@ How it works, step by step:
    log dir.
 4. Run. `kafka.Kafka server.properties` in its own session, detached from this process.
 5. Ready. An AdminClient's `describe_cluster()` reports every broker.
+
+One node can be stopped and started again on its own (`stop_kafka_node`,
+`restart_kafka_node`), for fault drills: the restart runs the same `server.properties`
+on the same ports and log dir, with no format, so the node rejoins the cluster it left
+and catches up on what it missed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -54,8 +60,12 @@ __all__ = [
     "ensure_jars",
     "ensure_tool_jars",
     "kafka_answers",
+    "node_names",
+    "restart_kafka_node",
     "start_kafka",
     "stop_kafka",
+    "stop_kafka_node",
+    "stopped_nodes",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +85,7 @@ _BROKER_JVM_OPTIONS = (
     "-Djava.awt.headless=true",
 )
 _MAVEN_TIMEOUT_S = 900.0
+_NODE_STOP_GRACE_S = 30.0
 _TOOL_TIMEOUT_S = 120.0
 
 
@@ -215,9 +226,77 @@ def stop_kafka(state: KafkaState) -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def node_names(state: KafkaState) -> list[str]:
+    """The nodes' names as `python -m dev.services stop|start` takes them: kafka-<id>."""
+    return [f"kafka-{node_id}" for node_id in range(1, state.brokers + 1)]
+
+
+def stopped_nodes(state: KafkaState) -> list[int]:
+    """The ids of the recorded nodes whose process does not run."""
+    return [
+        index + 1
+        for index, (pid, data_dir) in enumerate(zip(state.pids, state.data_dirs, strict=True))
+        if not is_running(pid, marker=_marker(data_dir))
+    ]
+
+
+def stop_kafka_node(state: KafkaState, node_id: int, *, kill: bool = False) -> None:
+    """Stop node `node_id` (SIGTERM, a controlled shutdown; or SIGKILL, a crash); keep its
+    directory, so `restart_kafka_node` brings it back with its data."""
+    index = node_id - 1
+    # A controlled shutdown hands its partitions' leadership over first, which may take
+    # longer than `down`'s grace on a busy machine; SIGKILL only if it never finishes.
+    stop_processes(
+        [(state.pids[index], _marker(state.data_dirs[index]))], grace=_NODE_STOP_GRACE_S, kill=kill
+    )
+
+
+def restart_kafka_node(state: KafkaState, node_id: int, *, timeout: float = 90.0) -> KafkaState:
+    """Start the stopped node `node_id` again as it was; wait until it answers and the
+    cluster reports every broker. Returns `state` with the node's new pid."""
+    libs = ensure_jars(version=state.version)
+    java = _require_tool("java", package="openjdk-17-jre-headless")
+    nodes = _recorded_nodes(state)
+    node = nodes[node_id - 1]
+    if not node.config_file.is_file():
+        raise ServiceError(
+            f"Kafka node {node_id} has no {node.config_file}; its data is gone, so it cannot "
+            f"be restarted: run `python -m dev.services down` and `up` for a new stack",
+            service="kafka",
+            node_id=node_id,
+        )
+    started = time.monotonic()
+    pid = _spawn_node(node, java=java, libs=libs)
+    pids = list(state.pids)
+    pids[node_id - 1] = pid
+    restarted = dataclasses.replace(state, pids=tuple(pids))
+    try:
+        _wait_node_ready(node, pid, restarted, timeout=timeout)
+    except BaseException:
+        stop_processes([(pid, node.marker)])
+        raise
+    log.info(
+        "kafka node %d (pid %d) is back in the cluster at %s in %.1f s",
+        node_id,
+        pid,
+        state.bootstrap,
+        time.monotonic() - started,
+    )
+    return restarted
+
+
 def _stop_nodes(state: KafkaState) -> None:
     targets = zip(state.pids, state.data_dirs, strict=True)
     stop_processes([(pid, _marker(data_dir)) for pid, data_dir in targets])
+
+
+def _recorded_nodes(state: KafkaState) -> list[_Node]:
+    return [
+        _Node(node_id=index + 1, port=port, controller_port=controller, directory=Path(data_dir))
+        for index, (port, controller, data_dir) in enumerate(
+            zip(state.ports, state.controller_ports, state.data_dirs, strict=True)
+        )
+    ]
 
 
 def _still_running(pid: int, node: _Node) -> bool:
@@ -399,19 +478,7 @@ def _format(node: _Node, *, java: str, libs: Path, cluster_id: str, standalone: 
 
 
 def _launch(nodes: Sequence[_Node], *, java: str, libs: Path, cluster_id: str) -> KafkaState:
-    pids = []
-    for node in nodes:
-        argv = [
-            *_java(
-                java,
-                libs=libs,
-                log_dir=node.directory,
-                main="kafka.Kafka",
-                options=_BROKER_JVM_OPTIONS,
-            ),
-            str(node.config_file),
-        ]
-        pids.append(spawn_detached(argv, log_file=node.directory / "stdout.log"))
+    pids = [_spawn_node(node, java=java, libs=libs) for node in nodes]
     log.info(
         "started Kafka %s node%s (pid %s)",
         KAFKA_VERSION,
@@ -428,6 +495,44 @@ def _launch(nodes: Sequence[_Node], *, java: str, libs: Path, cluster_id: str) -
         controller_ports=tuple(n.controller_port for n in nodes),
         data_dirs=tuple(str(n.directory) for n in nodes),
     )
+
+
+def _spawn_node(node: _Node, *, java: str, libs: Path) -> int:
+    argv = [
+        *_java(
+            java, libs=libs, log_dir=node.directory, main="kafka.Kafka", options=_BROKER_JVM_OPTIONS
+        ),
+        str(node.config_file),
+    ]
+    return spawn_detached(argv, log_file=node.directory / "stdout.log")
+
+
+def _wait_node_ready(node: _Node, pid: int, state: KafkaState, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    admin = None
+    while True:
+        if not is_running(pid, marker=node.marker) and not _still_running(pid, node):
+            raise ServiceError(
+                f"Kafka node {node.node_id} (pid {pid}) exited as it restarted; see its logs "
+                f"in {node.directory}:\n{_log_tails([node])}",
+                service="kafka",
+                node_id=node.node_id,
+            )
+        if port_open(node.port):
+            admin = admin or _admin_client(state.bootstrap)
+            # The broker count alone is not enough: a node killed a moment ago is still
+            # counted until its session with the controller expires (about 9 s), so the
+            # new process must answer a request of its own too.
+            if _broker_count(admin) == state.brokers and _node_serves(admin, node.node_id):
+                return
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"Kafka node {node.node_id} did not rejoin the cluster at {state.bootstrap} "
+                f"within {timeout:g} s; see its logs in {node.directory}:\n{_log_tails([node])}",
+                service="kafka",
+                node_id=node.node_id,
+            )
+        time.sleep(0.2)
 
 
 def _wait_ready(nodes: Sequence[_Node], state: KafkaState, *, timeout: float) -> None:
@@ -476,6 +581,21 @@ def _broker_count(admin: Any, *, timeout: float = 2.0) -> int:
         return len(future.result(timeout=timeout + 1.0).nodes)
     except (KafkaException, TimeoutError):
         return 0
+
+
+def _node_serves(admin: Any, node_id: int, *, timeout: float = 2.0) -> bool:
+    from confluent_kafka import KafkaException  # noqa: PLC0415
+    from confluent_kafka.admin import ConfigResource, ResourceType  # noqa: PLC0415
+
+    # A broker's own configs are described by that broker and no other: an answer means
+    # this node is up and serving requests.
+    resource = ConfigResource(ResourceType.BROKER, str(node_id))
+    try:
+        futures = admin.describe_configs([resource], request_timeout=timeout)
+        futures[resource].result(timeout=timeout + 1.0)
+    except (KafkaException, TimeoutError):
+        return False
+    return True
 
 
 def _log_tails(nodes: Sequence[_Node]) -> str:

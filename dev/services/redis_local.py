@@ -8,6 +8,11 @@ The server runs in the foreground of its own session (`--daemonize no`, detached
 `spawn_detached`) so that the pid recorded is the server's own. Its data dir and log
 live in `<state dir>/redis/`, and its process title names that dir, which is how `down`
 recognises it later even though Redis rewrites its command line.
+
+For fault drills the server can be stopped on its own (`stop_redis_server`) and started
+again on the same port and data dir (`restart_redis`). With persistence off, a restarted
+server is *empty*: what it held is gone, which is what chatlog's projector calls data
+loss (see docs/replay.md), not an outage it waits out.
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ from dev.services.state import (
     tail,
 )
 
-__all__ = ["ensure_redis_server", "find_redis_server", "redis_answers", "start_redis", "stop_redis"]
+__all__ = [
+    "ensure_redis_server",
+    "find_redis_server",
+    "redis_answers",
+    "restart_redis",
+    "start_redis",
+    "stop_redis",
+    "stop_redis_server",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +95,30 @@ def start_redis(*, base_dir: Path, timeout: float = 20.0) -> RedisState:
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     (port,) = free_ports(1)
+    return _launch(binary, port=port, data_dir=data_dir, timeout=timeout)
+
+
+def restart_redis(state: RedisState, *, timeout: float = 20.0) -> RedisState:
+    """Start the recorded server again on its port and data dir; wait until it answers PING.
+
+    Persistence is off, so it starts empty. Returns `state` with the new pid. Fails if
+    another program took the port meanwhile.
+    """
+    binary = ensure_redis_server()
+    data_dir = Path(state.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if port_open(state.port):
+        raise ServiceError(
+            f"port {state.port} is taken by another program, so redis-server cannot start "
+            f"on it again; find it with `ss -ltnp 'sport = :{state.port}'`, or run "
+            f"`python -m dev.services down` and `up` for a new stack",
+            service="redis",
+            port=state.port,
+        )
+    return _launch(binary, port=state.port, data_dir=data_dir, timeout=timeout)
+
+
+def _launch(binary: str, *, port: int, data_dir: Path, timeout: float) -> RedisState:
     argv = [
         binary,
         "--port",
@@ -127,8 +164,13 @@ def redis_answers(state: RedisState, *, timeout: float = 2.0) -> bool:
 
 def stop_redis(state: RedisState) -> None:
     """Stop exactly the recorded server and delete its data dir."""
-    stop_processes([(state.pid, state.data_dir)])
+    stop_redis_server(state)
     shutil.rmtree(state.data_dir, ignore_errors=True)
+
+
+def stop_redis_server(state: RedisState, *, kill: bool = False) -> None:
+    """Stop exactly the recorded server (SIGTERM, or SIGKILL with `kill`); keep its dir."""
+    stop_processes([(state.pid, state.data_dir)], kill=kill)
 
 
 def _wait_ready(state: RedisState, *, timeout: float) -> None:

@@ -242,18 +242,22 @@ def is_running(pid: int, *, marker: str) -> bool:
     return marker in cmdline
 
 
-def stop_processes(targets: Sequence[tuple[int, str]], *, grace: float = 10.0) -> None:
+def stop_processes(
+    targets: Sequence[tuple[int, str]], *, grace: float = 10.0, kill: bool = False
+) -> None:
     """SIGTERM each `(pid, marker)` still running, wait up to `grace` s, then SIGKILL.
 
-    Only pids that pass `is_running` with their marker are signalled, so a pid reused by
-    an unrelated process is left alone.
+    With `kill`, SIGKILL at once: a crash, with no chance to shut down cleanly. Only pids
+    that pass `is_running` with their marker are signalled, so a pid reused by an
+    unrelated process is left alone. Returns once every target has exited.
     """
     alive = [(pid, marker) for pid, marker in targets if is_running(pid, marker=marker)]
-    _signal_all(alive, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [(pid, marker) for pid, marker in alive if is_running(pid, marker=marker)]
+    if not kill:
+        _signal_all(alive, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [(pid, marker) for pid, marker in alive if is_running(pid, marker=marker)]
     _signal_all(alive, signal.SIGKILL)
     deadline = time.monotonic() + _KILL_WAIT_S
     while alive and time.monotonic() < deadline:

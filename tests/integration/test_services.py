@@ -1,4 +1,5 @@
-"""The local stack (`dev.services`) against real processes: up, reuse, status, down.
+"""The local stack (`dev.services`) against real processes: up, reuse, status, down, and
+one node stopped and started again.
 
 Every test works in its own temporary state dir, so a stack someone runs in ./.chatlog is
 left alone. The jar cache (~/.cache/chatlog) is shared: only the first start on a machine
@@ -13,11 +14,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import redis
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from dev import services
 from dev.services import redis_local, state
@@ -177,3 +179,81 @@ def _wait_until(condition, *, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_a_kafka_node_killed_and_started_again_keeps_its_data_ports_and_records_its_pid(
+    stack_dir, addresses
+):
+    admin = AdminClient({"bootstrap.servers": addresses.kafka_bootstrap})
+    topic = f"kept.{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    before = _recorded(stack_dir)
+    (old_pid,) = before["kafka"]["pids"]
+    try:
+        services.stop_node("kafka-1", kill=True, state_dir=stack_dir)
+        assert not _alive(old_pid)
+        assert services.stopped_nodes(state_dir=stack_dir) == ["kafka-1"]
+        assert services.status(state_dir=stack_dir) is None
+        shown = _cli(stack_dir, "status")
+        assert shown.returncode == 1
+        assert "start kafka-1" in shown.stderr, shown.stderr
+        services.start_node("kafka-1", state_dir=stack_dir)
+    finally:
+        services.start_node("kafka-1", state_dir=stack_dir)
+    after = _recorded(stack_dir)
+    (new_pid,) = after["kafka"]["pids"]
+    assert new_pid != old_pid
+    assert _alive(new_pid)
+    # Only the pid changed: same ports, same data dir, so the same cluster.
+    assert {**after["kafka"], "pids": None} == {**before["kafka"], "pids": None}
+    assert after["redis"] == before["redis"]
+    assert services.status(state_dir=stack_dir) == addresses
+    assert _broker_count(addresses.kafka_bootstrap) == 1
+    fresh = AdminClient({"bootstrap.servers": addresses.kafka_bootstrap})
+    assert topic in fresh.list_topics(timeout=10).topics
+
+
+def test_redis_stopped_and_started_again_answers_on_its_port_empty(stack_dir, addresses):
+    with redis.Redis.from_url(addresses.redis_url) as client:
+        client.set("kept", "1")
+    old_pid = _recorded(stack_dir)["redis"]["pid"]
+    try:
+        stopped = _cli(stack_dir, "stop", "redis")
+        assert stopped.returncode == 0, stopped.stderr
+        assert not _alive(old_pid)
+        shown = _cli(stack_dir, "status")
+        assert shown.returncode == 1
+        assert "start redis" in shown.stderr, shown.stderr
+        started = _cli(stack_dir, "start", "redis")
+        assert started.returncode == 0, started.stderr
+    finally:
+        services.start_node("redis", state_dir=stack_dir)
+    new_pid = _recorded(stack_dir)["redis"]["pid"]
+    assert new_pid != old_pid
+    assert _alive(new_pid)
+    assert services.status(state_dir=stack_dir) == addresses
+    with redis.Redis.from_url(addresses.redis_url) as client:
+        assert client.get("kept") is None  # persistence is off: a restart is empty
+
+
+def test_start_and_stop_leave_a_node_already_in_that_state_as_it_is(stack_dir, addresses):
+    before = _recorded(stack_dir)
+    services.start_node("redis", state_dir=stack_dir)
+    services.start_node("kafka-1", state_dir=stack_dir)
+    assert _recorded(stack_dir) == before
+    try:
+        services.stop_node("redis", state_dir=stack_dir)
+        services.stop_node("redis", kill=True, state_dir=stack_dir)
+        assert services.stopped_nodes(state_dir=stack_dir) == ["redis"]
+    finally:
+        services.start_node("redis", state_dir=stack_dir)
+    assert services.status(state_dir=stack_dir) == addresses
+
+
+def test_a_node_the_stack_does_not_have_is_refused_naming_those_it_has(stack_dir, addresses):
+    with pytest.raises(ServiceError, match="kafka-1, redis"):
+        services.stop_node("kafka-2", state_dir=stack_dir)
+    refused = _cli(stack_dir, "start", "zookeeper")
+    assert refused.returncode == 1
+    assert "kafka-1, redis" in refused.stderr
+    assert services.status(state_dir=stack_dir) == addresses
