@@ -291,6 +291,8 @@ class ConversationProducer:
     ) -> None:
         partition, offset = msg.partition(), msg.offset()
         if err is None and partition is not None and offset is not None:
+            # A broker answered: an older connection error no longer explains a timeout.
+            self._last_broker_error = None
             future.set_result(Position(partition, offset))
         elif err is None:
             future.set_exception(
@@ -316,11 +318,12 @@ class ConversationProducer:
             # acknowledgement was lost: the outcome is unknown, not "not stored".
             broker = self._last_broker_error
             if broker is not None and broker.code() in _BROKER_DOWN:
+                # Maybe one broker of several (a partition leader moving), maybe all.
                 return PublishTimeout(
-                    f"no broker at {self.bootstrap_servers} acknowledged within "
-                    f"{self.delivery_timeout:g} s ({broker.str()}); is Kafka running? "
-                    f"check CHATLOG_KAFKA_BOOTSTRAP. The event may or may not be stored: "
-                    f"retry with the same event",
+                    f"not acknowledged within {self.delivery_timeout:g} s; the client last "
+                    f"reported {broker.str()} (if no broker of {self.bootstrap_servers} is "
+                    f"running, check CHATLOG_KAFKA_BOOTSTRAP). The event may or may not be "
+                    f"stored: retry with the same event",
                     broker_error=broker.str(),
                     **context,
                 )
