@@ -26,6 +26,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -181,6 +182,13 @@ class Settings(BaseModel):
     tokenizer: str = Field(
         "approx", description="token counter: approx, auto, or tiktoken:<encoding>"
     )
+    master_key: SecretStr | None = Field(
+        None,
+        description="the master keys that wrap data keys: '<id>:<base64>[,...]', first current",
+    )
+    master_key_file: Path | None = Field(
+        None, description="a file holding CHATLOG_MASTER_KEY's value (the local stack makes one)"
+    )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"
@@ -312,8 +320,8 @@ _MEMBERSHIP_SETTINGS = {
 
 # Settings where None means "forever", which `describe` spells out (one has a default).
 _RETENTIONS = {"retention", "dlq_retention"}
-# Named like secrets, but not: the keys topic's name, and a duration.
-_NOT_SECRET = {"keys_topic", "key_shred_within"}
+# Named like secrets, but not: the keys topic's name, a duration, a path.
+_NOT_SECRET = {"keys_topic", "key_shred_within", "master_key_file"}
 
 
 def _secret(name: str) -> bool:
@@ -322,14 +330,21 @@ def _secret(name: str) -> bool:
 
 
 def _fill_from_local_stack(values: dict[str, Any]) -> None:
-    if "kafka_bootstrap" in values and "redis_url" in values:
+    """What is not set, from the local stack's file: its addresses and its master key."""
+    wants_addresses = not ("kafka_bootstrap" in values and "redis_url" in values)
+    wants_key = "master_key" not in values and "master_key_file" not in values
+    if not (wants_addresses or wants_key):
         return
     state_dir = values.get("state_dir")
     local = read_addresses(state_dir=Path(state_dir) if state_dir else None)
     if local is None:
         return
-    values.setdefault("kafka_bootstrap", local[Settings.env_name("kafka_bootstrap")])
-    values.setdefault("redis_url", local[Settings.env_name("redis_url")])
+    if wants_addresses:
+        values.setdefault("kafka_bootstrap", local[Settings.env_name("kafka_bootstrap")])
+        values.setdefault("redis_url", local[Settings.env_name("redis_url")])
+    key_file = local.get(Settings.env_name("master_key_file"))
+    if wants_key and key_file:
+        values["master_key_file"] = key_file
 
 
 def _unknown_message(key: str, known: Mapping[str, str]) -> str:

@@ -51,6 +51,7 @@ from chatlog.projections.view import WindowPolicy
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import ConfigError, MissingExtra, StoreUnavailable
 from chatlog.schemas.events import ProducerInfo
+from chatlog.schemas.master_keys import LocalKeyProvider
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
@@ -149,6 +150,36 @@ def check_keys_topic(settings: Settings, *, timeout: float = 30.0) -> None:
         shred_within_ms=_ms(settings.key_shred_within),
         timeout=timeout,
     )
+
+
+def key_provider(settings: Settings) -> LocalKeyProvider:
+    """The master keys, from CHATLOG_MASTER_KEY or CHATLOG_MASTER_KEY_FILE.
+
+    `ConfigError`, in one line that says how to make one, when neither is set: every
+    process that writes or reads personal data needs them.
+    """
+    if settings.master_key is not None:
+        return LocalKeyProvider.from_spec(
+            settings.master_key.get_secret_value(), setting="CHATLOG_MASTER_KEY"
+        )
+    path = settings.master_key_file
+    if path is None:
+        raise ConfigError(
+            "no master key is configured, and chatlog seals every user's data under keys it "
+            "wraps: set CHATLOG_MASTER_KEY to the output of `chatlog keys new-master-key` "
+            "(or CHATLOG_MASTER_KEY_FILE to a file holding it); `make services` keeps one "
+            "for the local stack",
+            setting="CHATLOG_MASTER_KEY",
+        )
+    try:
+        spec = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"CHATLOG_MASTER_KEY_FILE={path} cannot be read ({exc.strerror}); point it at the "
+            f"file holding the master keys",
+            setting="CHATLOG_MASTER_KEY_FILE",
+        ) from exc
+    return LocalKeyProvider.from_spec(spec, setting=f"CHATLOG_MASTER_KEY_FILE ({path})")
 
 
 def _ms(seconds: float | None) -> int:

@@ -1,4 +1,5 @@
-"""The CLI's set-up commands: `topics create`, `topics check` and `config`."""
+"""The CLI's set-up commands: `topics create`, `topics check`, `keys new-master-key` and
+`config`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from chatlog import wiring
+from chatlog.schemas.master_keys import new_master_key
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,6 +39,17 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
         help="show how the topics' configuration differs from the settings; exit 1 if it does",
     )
     check.set_defaults(handler=_topics_check)
+
+    keys = commands.add_parser("keys", help="manage the keys that seal each user's data")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    master = key_commands.add_parser(
+        "new-master-key",
+        help="print a new random master key, as CHATLOG_MASTER_KEY takes it",
+    )
+    master.add_argument(
+        "--id", default="k1", help="its id, which names it in every key it wraps (default k1)"
+    )
+    master.set_defaults(handler=lambda args, settings: new_master_key(args.id), json=False)
 
     config = commands.add_parser("config", parents=[common], help="show the effective settings")
     config.set_defaults(handler=lambda args, settings: settings.describe())

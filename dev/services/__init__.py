@@ -69,6 +69,10 @@ def up(*, brokers: int = 1, state_dir: pathlib.Path | None = None) -> Addresses:
         existing = state.read_state(state_dir=directory)
         if existing is not None:
             if _answers(existing):
+                if not existing.master_key_file:  # recorded before the stack kept a key
+                    key_file = str(state.ensure_master_key(state_dir=directory))
+                    existing = dataclasses.replace(existing, master_key_file=key_file)
+                    state.write_state(existing, state_dir=directory)
                 return _reuse(existing, brokers=brokers)
             _log.info("the recorded stack in %s no longer runs; cleaning it up", directory)
             _stop(existing, state_dir=directory)
@@ -222,7 +226,8 @@ def _start(*, brokers: int, state_dir: pathlib.Path) -> state.StackState:
     except BaseException:
         redis_local.stop_redis(redis_state)
         raise
-    stack = state.StackState(kafka=kafka_state, redis=redis_state)
+    key_file = str(state.ensure_master_key(state_dir=state_dir))
+    stack = state.StackState(kafka=kafka_state, redis=redis_state, master_key_file=key_file)
     try:
         state.write_state(stack, state_dir=state_dir)
     except BaseException:

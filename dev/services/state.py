@@ -31,12 +31,14 @@ from chatlog.local_stack import ADDRESSES_FILE
 
 __all__ = [
     "KAFKA_BOOTSTRAP_ENV",
+    "MASTER_KEY_FILE_ENV",
     "REDIS_URL_ENV",
     "Addresses",
     "KafkaState",
     "RedisState",
     "ServiceError",
     "StackState",
+    "ensure_master_key",
     "free_ports",
     "is_running",
     "locked",
@@ -51,6 +53,8 @@ __all__ = [
 
 KAFKA_BOOTSTRAP_ENV = "CHATLOG_KAFKA_BOOTSTRAP"
 REDIS_URL_ENV = "CHATLOG_REDIS_URL"
+MASTER_KEY_FILE_ENV = "CHATLOG_MASTER_KEY_FILE"
+MASTER_KEY_NAME = "master.key"
 
 _JSON_NAME = "services.json"
 _ENV_NAME = ADDRESSES_FILE
@@ -72,14 +76,18 @@ class ServiceError(RuntimeError):
 
 @dataclass(frozen=True)
 class Addresses:
-    """Where the running stack answers."""
+    """Where the running stack answers, and the master key file it keeps."""
 
     kafka_bootstrap: str
     redis_url: str
+    master_key_file: str = ""
 
     def as_env(self) -> dict[str, str]:
         """The addresses as the environment variables chatlog's settings read."""
-        return {KAFKA_BOOTSTRAP_ENV: self.kafka_bootstrap, REDIS_URL_ENV: self.redis_url}
+        env = {KAFKA_BOOTSTRAP_ENV: self.kafka_bootstrap, REDIS_URL_ENV: self.redis_url}
+        if self.master_key_file:
+            env[MASTER_KEY_FILE_ENV] = self.master_key_file
+        return env
 
 
 @dataclass(frozen=True)
@@ -112,17 +120,23 @@ class StackState:
 
     kafka: KafkaState
     redis: RedisState
+    # The local master key (`ensure_master_key`); "" in a state file written before it.
+    master_key_file: str = ""
 
     @property
     def addresses(self) -> Addresses:
         """The addresses clients connect to."""
-        return Addresses(kafka_bootstrap=self.kafka.bootstrap, redis_url=self.redis.url)
+        return Addresses(self.kafka.bootstrap, self.redis.url, self.master_key_file)
 
 
 def write_state(state: StackState, *, state_dir: Path) -> None:
     """Record `state`; each file is replaced whole so a reader never sees half of one."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    record = {"kafka": asdict(state.kafka), "redis": asdict(state.redis)}
+    record = {
+        "kafka": asdict(state.kafka),
+        "redis": asdict(state.redis),
+        "master_key_file": state.master_key_file,
+    }
     _replace_file(state_dir / _JSON_NAME, json.dumps(record, indent=2) + "\n")
     env = "".join(f"{key}={value}\n" for key, value in state.addresses.as_env().items())
     _replace_file(state_dir / _ENV_NAME, env)
@@ -151,6 +165,7 @@ def read_state(*, state_dir: Path) -> StackState | None:
                 port=int(redis["port"]),
                 data_dir=str(redis["data_dir"]),
             ),
+            master_key_file=str(record.get("master_key_file", "")),
         )
     except FileNotFoundError:
         return None
@@ -160,6 +175,27 @@ def read_state(*, state_dir: Path) -> StackState | None:
             f"processes by hand, delete {state_dir} and run `python -m dev.services up`",
             path=str(path),
         ) from exc
+
+
+def ensure_master_key(*, state_dir: Path) -> Path:
+    """The local stack's master key file, made once (mode 0600) and kept across `down`.
+
+    Kept, because what it wrapped may outlive a stack (a copy of the keys topic, a test's
+    data); made here, so that the embedded default seals every user's data with no setup.
+    """
+    # Imported here: reading the state file must stay cheap (standard library only).
+    from chatlog.schemas.master_keys import new_master_key  # noqa: PLC0415
+
+    path = state_dir / MASTER_KEY_NAME
+    if path.exists():
+        return path
+    state_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(new_master_key("local-1") + "\n")
+    os.replace(partial, path)
+    return path
 
 
 def remove_state(*, state_dir: Path) -> None:

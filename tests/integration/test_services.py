@@ -88,8 +88,11 @@ def test_up_writes_the_addresses_where_settings_and_shells_find_them(stack_dir, 
     expected = {
         "CHATLOG_KAFKA_BOOTSTRAP": addresses.kafka_bootstrap,
         "CHATLOG_REDIS_URL": addresses.redis_url,
+        "CHATLOG_MASTER_KEY_FILE": str(stack_dir / "master.key"),
     }
     assert services.read_addresses(state_dir=stack_dir) == expected
+    # The stack keeps a master key of its own, readable by its owner only, across `down`.
+    assert (stack_dir / "master.key").stat().st_mode & 0o777 == 0o600
     env_lines = (stack_dir / "services.env").read_text().splitlines()
     assert env_lines == [f"{key}={value}" for key, value in expected.items()]
 
@@ -114,6 +117,7 @@ def test_cli_status_and_env_print_the_stack(stack_dir, addresses):
     assert exported.stdout.splitlines() == [
         f"export CHATLOG_KAFKA_BOOTSTRAP={addresses.kafka_bootstrap}",
         f"export CHATLOG_REDIS_URL={addresses.redis_url}",
+        f"export CHATLOG_MASTER_KEY_FILE={stack_dir / 'master.key'}",
     ]
 
 

@@ -11,8 +11,15 @@ import pytest
 from chatlog import wiring
 from chatlog.projections.context import approx_tokens
 from chatlog.schemas.errors import ConfigError, MissingExtra
+from chatlog.schemas.master_keys import new_master_key
 from chatlog.settings import Settings
-from dev.services.state import KafkaState, RedisState, StackState, write_state
+from dev.services.state import (
+    KafkaState,
+    RedisState,
+    StackState,
+    ensure_master_key,
+    write_state,
+)
 
 
 def test_defaults_when_nothing_is_set(tmp_path):
@@ -178,3 +185,101 @@ def test_a_tokenizer_whose_extra_is_missing_names_the_setting_and_the_install(mo
         wiring.token_counter(settings)
     assert raised.value.context["setting"] == "CHATLOG_TOKENIZER"
     assert raised.value.context["extra"] == "tokens"
+
+
+def _stack(tmp_path: Path, *, master_key_file: str = "") -> StackState:
+    return StackState(
+        kafka=KafkaState(
+            bootstrap="127.0.0.1:39092",
+            version="4.4.0",
+            brokers=1,
+            cluster_id="c",
+            pids=(1,),
+            ports=(39092,),
+            controller_ports=(39093,),
+            data_dirs=(str(tmp_path / "kafka-1"),),
+        ),
+        redis=RedisState(url="redis://127.0.0.1:36379/0", pid=2, port=36379, data_dir="r"),
+        master_key_file=master_key_file,
+    )
+
+
+def test_the_local_stacks_master_key_is_used_unless_one_is_set(tmp_path):
+    key_file = ensure_master_key(state_dir=tmp_path)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert ensure_master_key(state_dir=tmp_path).read_text() == key_file.read_text()  # kept
+    write_state(_stack(tmp_path, master_key_file=str(key_file)), state_dir=tmp_path)
+    env = {"CHATLOG_STATE_DIR": str(tmp_path)}
+    local = Settings.from_env(env)
+    assert local.master_key_file == key_file
+    assert wiring.key_provider(local).current == "local-1"
+    explicit = Settings.from_env({**env, "CHATLOG_MASTER_KEY": new_master_key("prod-7")})
+    assert explicit.master_key_file is None
+    assert wiring.key_provider(explicit).current == "prod-7"
+    # Addresses given explicitly still take the local key (a test against running services).
+    both = Settings.from_env(
+        {**env, "CHATLOG_KAFKA_BOOTSTRAP": "k:9092", "CHATLOG_REDIS_URL": "redis://r:1/0"}
+    )
+    assert both.master_key_file == key_file
+
+
+def test_no_master_key_is_one_line_that_says_how_to_make_one(tmp_path):
+    settings = Settings.from_env({"CHATLOG_STATE_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError, match="chatlog keys new-master-key") as refused:
+        wiring.key_provider(settings)
+    assert "\n" not in str(refused.value)
+    missing = settings.model_copy(update={"master_key_file": tmp_path / "nope.key"})
+    with pytest.raises(ConfigError, match=r"CHATLOG_MASTER_KEY_FILE=.*cannot be read"):
+        wiring.key_provider(missing)
+
+
+def test_the_master_key_is_never_shown():
+    spec = new_master_key("k1")
+    settings = Settings(master_key=spec)
+    secret = spec.partition(":")[2]
+    assert secret not in repr(settings)
+    assert settings.describe()["CHATLOG_MASTER_KEY"] == "***"
+    damaged = Settings.from_env({"CHATLOG_MASTER_KEY": spec[:-4]})
+    with pytest.raises(ConfigError) as refused:
+        wiring.key_provider(damaged)
+    assert secret[:-4] not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "expected"),
+    [
+        ({}, "retention", None),
+        ({"CHATLOG_RETENTION": "30d"}, "retention", 30 * 86400.0),
+        ({"CHATLOG_RETENTION": "forever"}, "retention", None),
+        ({}, "dlq_retention", 7 * 86400.0),
+        ({"CHATLOG_DLQ_RETENTION": "36h"}, "dlq_retention", 36 * 3600.0),
+        ({"CHATLOG_DLQ_RETENTION": "forever"}, "dlq_retention", None),
+        ({}, "key_shred_within", 86400.0),
+        ({"CHATLOG_KEY_SHRED_WITHIN": "90m"}, "key_shred_within", 5400.0),
+        ({"CHATLOG_KEY_SHRED_WITHIN": "120"}, "key_shred_within", 120.0),
+    ],
+)
+def test_durations_take_units_and_forever_where_it_is_allowed(env, field, expected, tmp_path):
+    settings = Settings.from_env({"CHATLOG_STATE_DIR": str(tmp_path), **env})
+    assert getattr(settings, field) == expected
+    # What `describe` shows reads back as the same (child processes get it so).
+    shown = Settings.env_name(field)
+    again = Settings.from_env(
+        {"CHATLOG_STATE_DIR": str(tmp_path), shown: settings.describe()[shown]}
+    )
+    assert getattr(again, field) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"CHATLOG_KEY_SHRED_WITHIN": "forever"}, "not 'forever'"),
+        ({"CHATLOG_KEY_SHRED_WITHIN": "10s"}, "at least 60 s"),
+        ({"CHATLOG_RETENTION": "3 weeks"}, "as 90s, 15m, 24h or 7d"),
+        ({"CHATLOG_KEYS_TOPIC": "bad topic"}, "not a valid Kafka topic name"),
+    ],
+)
+def test_bad_durations_and_names_are_refused_naming_the_setting(env, expected):
+    with pytest.raises(ConfigError, match=expected) as refused:
+        Settings.from_env(env)
+    assert next(iter(env)) in str(refused.value)
