@@ -1,12 +1,12 @@
 """Redis faults under a running projector: it waits them out, and loses or doubles nothing.
 
-Each test runs its own redis-server on a free port (AOF on, fsync on every write, so a
-SIGKILL loses nothing acknowledged), never the shared test Redis, and a real
-`chatlog run projector` process while a publisher keeps appending. Redis is stalled
-(SIGSTOP, which is what a frozen VM, a swap storm or a long fork look like from the
-outside: connections accepted, nothing answered) or killed and restarted on the same
-port. Afterwards the projector must still run, and every appended message must be in
-the read-model once, in order.
+Each test runs its own redis-server on a free port (`tests.system.traffic.PrivateRedis`:
+AOF on, fsync on every write, so a SIGKILL loses nothing acknowledged), never the
+shared test Redis, and a real `chatlog run projector` process while a publisher keeps
+appending. Redis is stalled (SIGSTOP, which is what a frozen VM, a swap storm or a long
+fork look like from the outside: connections accepted, nothing answered) or killed and
+restarted on the same port. Afterwards the projector must still run, and every
+appended message must be in the read-model once, in order.
 
 The recovery time printed is from Redis answering again until the read-model holds
 every message published before that; the bound asserted on it is only there so a
@@ -17,16 +17,12 @@ caps at 5 s, so recovery is normally that at most plus a batch.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from chatlog import wiring
@@ -34,8 +30,6 @@ from chatlog.producers.commands import append_message
 from chatlog.schemas.errors import ReadTimeout, StoreUnavailable
 from chatlog.schemas.position import Position
 from chatlog.wiring import live_store
-from dev.services.redis_local import ensure_redis_server
-from dev.services.state import free_ports
 from tests.processes import running_projector, stop, unique_settings, wait_until
 
 pytestmark = pytest.mark.system
@@ -43,58 +37,6 @@ pytestmark = pytest.mark.system
 SESSIONS = 8
 REDIS_TIMEOUT_S = 0.5  # how long the projector's and readers' Redis calls may block
 RECOVERY_BOUND_S = 60.0  # generous: see the module docstring
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, which it may stall, kill and restart."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        (self.port,) = free_ports(1)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [ensure_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--dir", str(self.data_dir), "--save", "", "--daemonize", "no"]
-        # Every acknowledged write is on disk, as a production Redis that must not lose
-        # the read-model would be configured: a restart then keeps everything.
-        argv += ["--appendonly", "yes", "--appendfsync", "always"]
-        argv += ["--logfile", str(self.data_dir / "redis.log")]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
-        wait_until(lambda: _pings(client), timeout=20, what=f"redis-server on {self.port}")
-        client.close()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, sig)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.kill()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 class Publisher:
