@@ -42,7 +42,7 @@ from tests.system.traffic import sessions_on_every_partition
 pytestmark = pytest.mark.system
 
 PARTITIONS = 4
-RESTARTS = 4
+RESTARTS = 5
 RESUME_BOUND_S = 5.0
 HEARTBEAT_S = 3.0  # librdkafka's heartbeat.interval.ms, which chatlog leaves as it is
 TAKEOVER_MARGIN_S = 5.0
