@@ -401,9 +401,21 @@ class KafkaProjector:
             raise
         # Assigning again is how a start is set before fetching begins (as on assign).
         self._consumer.incremental_unassign(held)
-        self._consumer.incremental_assign(starts)
+        self._assign(self._consumer, starts)
+        log.info("held partitions %s started", [tp.partition for tp in starts])
+
+    def _assign(self, consumer: Consumer, starts: list[TopicPartition]) -> None:
+        """Add `starts` to the assignment: fetched from their offsets, or paused while
+        Redis is failing (`_recovered` resumes them).
+
+        librdkafka keeps a partition's pause across an unassign and an assign, so one
+        paused before (held here while Redis was out, or revoked during an outage and
+        assigned again since) would never be fetched again. Resumed before the assign,
+        so that the offset the assign sets is the last word on where to fetch from."""
+        consumer.resume(starts)
+        consumer.incremental_assign(starts)
         if self._failing_since is not None:
-            self._consumer.pause(starts)
+            consumer.pause(starts)
 
     def close(self, *, timeout: float = 15.0) -> bool:
         """Commit what was stored and close the consumer, within `timeout` seconds.
@@ -505,14 +517,16 @@ class KafkaProjector:
                 # Redis answers (`_start_held`, from the loop).
                 self._unstarted |= {tp.partition for tp in partitions}
                 self._failed("reading the progress marks", exc)
+                log.info(
+                    "partitions %s held, paused, until Redis says where they start",
+                    sorted(tp.partition for tp in partitions),
+                )
             except DataLoss as exc:
                 # Not here: a rebuild takes long, and stopping is best done from the loop.
                 # Held until the read-model is whole again (`_start_held`).
                 self._unstarted |= {tp.partition for tp in partitions}
                 self._loss = exc
-        consumer.incremental_assign(starts)
-        if self._failing_since is not None:
-            consumer.pause(starts)
+        self._assign(consumer, starts)
 
     def _starts(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
         committed = consumer.committed(partitions, timeout=30)

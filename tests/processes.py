@@ -164,3 +164,15 @@ def wait_for_group(kafka, group_id: str, *, timeout: float = 60.0) -> None:
         )
 
     wait_until(assigned, timeout=timeout, what=f"consumer group {group_id} to get partitions")
+
+
+def owners(kafka, group_id: str, *, stable: bool = False) -> dict[str, set[int]]:
+    """Each member's partitions, by group.instance.id, as the broker sees the group; if
+    `stable`, none while it rebalances (a member listed then may not have joined yet)."""
+    described = kafka.admin().describe_consumer_groups([group_id])[group_id].result(10)
+    if stable and described.state != ConsumerGroupState.STABLE:
+        return {}
+    return {
+        m.group_instance_id: {tp.partition for tp in m.assignment.topic_partitions}
+        for m in described.members
+    }

@@ -29,12 +29,20 @@ from chatlog.producers.commands import append_message
 from chatlog.producers.partitioning import partition_for
 from chatlog.settings import Settings
 from chatlog.wiring import live_store
-from tests.processes import running_projector, start_projector, stop, unique_settings, wait_until
+from tests.processes import (
+    owners,
+    running_projector,
+    start_projector,
+    stop,
+    unique_settings,
+    wait_until,
+)
+from tests.system.traffic import sessions_on_every_partition
 
 pytestmark = pytest.mark.system
 
 PARTITIONS = 4
-RESTARTS = 4
+RESTARTS = 5
 RESUME_BOUND_S = 5.0
 HEARTBEAT_S = 3.0  # librdkafka's heartbeat.interval.ms, which chatlog leaves as it is
 TAKEOVER_MARGIN_S = 5.0
@@ -83,12 +91,8 @@ class Appender:
 
 def _probe_sessions() -> dict[int, str]:
     """A session on each partition, so that a probe per partition covers them all."""
-    probes: dict[int, str] = {}
-    n = 0
-    while len(probes) < PARTITIONS:
-        probes.setdefault(partition_for(f"probe-{n}", PARTITIONS), f"probe-{n}")
-        n += 1
-    return probes
+    probes = sessions_on_every_partition(PARTITIONS, prefix="probe-")
+    return {partition_for(s, PARTITIONS): s for s in probes}
 
 
 def _visible(settings: Settings, offsets: dict[str, int]) -> bool:
@@ -144,15 +148,6 @@ def test_a_projector_killed_and_restarted_at_once_resumes_within_seconds(
     assert max(resumed_after) < RESUME_BOUND_S, resumed_after
 
 
-def _owners(kafka, group: str) -> dict[str, set[int]]:
-    """Each member's partitions, by group.instance.id, as the broker sees the group."""
-    described = kafka.admin().describe_consumer_groups([group])[group].result(10)
-    return {
-        m.group_instance_id: {tp.partition for tp in m.assignment.topic_partitions}
-        for m in described.members
-    }
-
-
 def test_a_projector_that_died_for_good_is_taken_over_within_the_session_timeout(
     kafka, redis_url, redis_prefix, tmp_path
 ):
@@ -166,11 +161,11 @@ def test_a_projector_that_died_for_good_is_taken_over_within_the_session_timeout
         victim = start_projector(doomed, log=tmp_path / "victim.log")
         try:
             wait_until(
-                lambda: all(_owners(kafka, group).get(i) for i in ("projector-a", "projector-b")),
+                lambda: all(owners(kafka, group).get(i) for i in ("projector-a", "projector-b")),
                 timeout=60,
                 what="both projectors to own partitions",
             )
-            orphaned = _owners(kafka, group)["projector-b"]
+            orphaned = owners(kafka, group)["projector-b"]
         finally:
             assert stop(victim, sig=signal.SIGKILL) == -signal.SIGKILL
         died = time.monotonic()
@@ -183,7 +178,7 @@ def test_a_projector_that_died_for_good_is_taken_over_within_the_session_timeout
             f"{took:.2f} s after it died (session timeout {settings.session_timeout_s:g} s, "
             f"bound {bound:g} s)"
         )
-        assert _owners(kafka, group) == {"projector-a": set(range(PARTITIONS))}
+        assert owners(kafka, group) == {"projector-a": set(range(PARTITIONS))}
     assert took < bound, took
 
 
@@ -195,7 +190,7 @@ def test_a_second_projector_with_the_same_instance_id_stops_the_first_naming_the
     first = start_projector(settings, log=log)
     try:
         wait_until(
-            lambda: bool(_owners(kafka, settings.projector_group).get(settings.instance_id)),
+            lambda: bool(owners(kafka, settings.projector_group).get(settings.instance_id)),
             timeout=60,
             what="the first projector to own partitions",
         )

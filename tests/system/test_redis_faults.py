@@ -1,138 +1,66 @@
-"""Redis faults under a running projector: it waits them out, and loses or doubles nothing.
+"""Redis faults under a running projector: it waits them out, loses or doubles nothing,
+and a reader polling all along never gets a partial session.
 
-Each test runs its own redis-server on a free port (AOF on, fsync on every write, so a
-SIGKILL loses nothing acknowledged), never the shared test Redis, and a real
-`chatlog run projector` process while a publisher keeps appending. Redis is stalled
-(SIGSTOP, which is what a frozen VM, a swap storm or a long fork look like from the
-outside: connections accepted, nothing answered) or killed and restarted on the same
-port. Afterwards the projector must still run, and every appended message must be in
-the read-model once, in order.
+Each test runs its own redis-server on a free port (`tests.system.traffic.PrivateRedis`:
+AOF on, fsync on every write, so a SIGKILL loses nothing acknowledged), never the
+shared test Redis, and a real `chatlog run projector` process while a publisher keeps
+appending. Redis is stalled for 20 s (SIGSTOP, which is what a frozen VM, a swap storm
+or a long fork look like from the outside: connections accepted, nothing answered) or
+killed and restarted on the same port. Afterwards the projector must still run, and
+every appended message must be in the read-model once, in order.
+
+Throughout, a reader polls every session's context (`tests.system.traffic.Reader`).
+Each context it gets must hold exactly the session's messages up to the position it
+reports, as the log has them; while Redis is out it may get only the errors that say
+"no answer, retry later" (`StoreUnavailable`, `ReadTimeout`, `ReadModelLost`), and the
+counts of each are printed. What makes this worth checking through a fault: the
+projector retries a batch whose pipeline may have half-landed, and reconnects readers
+and writers to a Redis that has just reloaded its AOF.
 
 The recovery time printed is from Redis answering again until the read-model holds
-every message published before that; the bound asserted on it is only there so a
-projector that never recovers fails in a minute rather than hanging. The retry backoff
-caps at 5 s, so recovery is normally that at most plus a batch.
+every message published before that (and, for the reader, until its first context);
+the bound asserted on it is only there so a projector that never recovers fails in a
+minute rather than hanging. The retry backoff caps at 5 s, so recovery is normally
+that at most plus a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from chatlog import wiring
-from chatlog.producers.commands import append_message
 from chatlog.schemas.errors import ReadTimeout, StoreUnavailable
 from chatlog.schemas.position import Position
 from chatlog.wiring import live_store
-from dev.services.redis_local import ensure_redis_server
-from dev.services.state import free_ports
 from tests.processes import running_projector, stop, unique_settings, wait_until
+from tests.system.traffic import Log, Publisher, Reader
 
 pytestmark = pytest.mark.system
 
-SESSIONS = 8
+SESSIONS = [f"s{n}" for n in range(8)]
 REDIS_TIMEOUT_S = 0.5  # how long the projector's and readers' Redis calls may block
 RECOVERY_BOUND_S = 60.0  # generous: see the module docstring
+STALL_S = 20.0
+# Every message stays in the context (none summarized, none dropped), so a reader's
+# context can be compared with the whole log: ~10 appends a second per session.
+MAX_OVERFLOW = 1000
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, which it may stall, kill and restart."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        (self.port,) = free_ports(1)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [ensure_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--dir", str(self.data_dir), "--save", "", "--daemonize", "no"]
-        # Every acknowledged write is on disk, as a production Redis that must not lose
-        # the read-model would be configured: a restart then keeps everything.
-        argv += ["--appendonly", "yes", "--appendfsync", "always"]
-        argv += ["--logfile", str(self.data_dir / "redis.log")]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
-        wait_until(lambda: _pings(client), timeout=20, what=f"redis-server on {self.port}")
-        client.close()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, sig)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.kill()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-class Publisher:
-    """Appends to `SESSIONS` sessions, one message each every 0.1 s, until stopped."""
-
-    def __init__(self, settings) -> None:
-        self.settings = settings
-        self.sent: dict[str, list[str]] = {f"s{n}": [] for n in range(SESSIONS)}
-        self.last: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="publisher")
-
-    def __enter__(self) -> Publisher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(60)
-        assert not self._thread.is_alive(), "the publisher did not stop"
-
-    def _run(self) -> None:
-        with wiring.producer(self.settings, flush_on_sigterm=False) as producer:
-            n = 0
-            while not self._stop.is_set():
-                sessions = list(self.sent)
-                events = [
-                    append_message(s, user_id="u1", role="user", content=f"{s}:{n}")
-                    for s in sessions
-                ]
-                for session, position in zip(sessions, producer.publish_many(events), strict=True):
-                    self.sent[session].append(f"{session}:{n}")
-                    self.last[session] = position.offset
-                n += 1
-                self._stop.wait(0.1)
+def _settings(kafka, private_redis, partitions: int = 2):
+    return unique_settings(
+        kafka,
+        private_redis.url,
+        "faults",
+        partitions=partitions,
+        redis_timeout_s=REDIS_TIMEOUT_S,
+        max_overflow=MAX_OVERFLOW,
+    )
 
 
 def _caught_up(settings, last: dict[str, int]) -> bool:
@@ -143,9 +71,10 @@ def _caught_up(settings, last: dict[str, int]) -> bool:
     return all(v is not None and v.last_offset == last[s] for s, v in views.items())
 
 
-def _assert_exactly_once_in_order(settings, sent: dict[str, list[str]]) -> None:
-    views = live_store(settings).load(list(sent))
-    for session, contents in sent.items():
+def _assert_exactly_once_in_order(settings, log: Log) -> None:
+    views = live_store(settings).load(list(log.sent))
+    for session in log.sent:
+        contents = log.contents(session)
         view = views[session]
         assert view is not None, f"{session} was never projected"
         assert [m.content for m in view.messages] == contents, f"{session} lost or doubled"
@@ -153,50 +82,71 @@ def _assert_exactly_once_in_order(settings, sent: dict[str, list[str]]) -> None:
 
 
 def _ride_out(fault, settings, tmp_path: Path, name: str) -> None:
-    """Run a projector and a publisher, apply `fault` (it returns once Redis answers
-    again), then check the projector survived and projected everything once."""
-    log = tmp_path / "projector.log"
-    with running_projector(settings, log=log) as projector, Publisher(settings) as publisher:
-        wait_until(lambda: len(publisher.last) == SESSIONS, timeout=30, what="first appends")
-        wait_until(
-            lambda: _caught_up(settings, dict(publisher.last)), timeout=60, what="projection"
-        )
-        fault()
-        back = time.monotonic()
-        publisher.stop()
-        wait_until(
-            lambda: _caught_up(settings, publisher.last),
-            timeout=RECOVERY_BOUND_S,
-            what="the projection to catch up after Redis returned",
-        )
-        recovery = time.monotonic() - back
+    """Run a projector, a publisher and a reader, apply `fault` (it returns once Redis
+    answers again), then check the projector survived and projected everything once,
+    and the reader was never served a partial session."""
+    projector_log = tmp_path / "projector.log"
+    log = Log()
+    with running_projector(settings, log=projector_log) as projector:
+        with Publisher(settings, log, SESSIONS) as publisher:
+            wait_until(lambda: len(log.last()) == len(SESSIONS), timeout=30, what="appends")
+            wait_until(lambda: _caught_up(settings, log.last()), timeout=60, what="projection")
+            # Started once every session exists: from then on a "not found" is a lost one.
+            with Reader(settings, log, SESSIONS) as reader:
+                # Every session read both ways (with and without `after=`) before the fault.
+                wait_until(
+                    lambda: reader.outcomes["served"] >= 2 * len(SESSIONS),
+                    timeout=30,
+                    what="reads before the fault",
+                )
+                fault()
+                back = time.monotonic()
+                publisher.stop()
+                wait_until(
+                    lambda: _caught_up(settings, log.last()),
+                    timeout=RECOVERY_BOUND_S,
+                    what="the projection to catch up after Redis returned",
+                )
+                recovery = time.monotonic() - back
+                served = reader.outcomes["served"]
+                wait_until(
+                    lambda: reader.outcomes["served"] >= served + 2 * len(SESSIONS),
+                    timeout=30,
+                    what="reads after the fault",
+                )
         assert projector.poll() is None, "the projector exited during the fault"
-        _assert_exactly_once_in_order(settings, publisher.sent)
-        sent = sum(len(c) for c in publisher.sent.values())
-        print(f"\n{name}: caught up {recovery:.1f} s after Redis answered again ({sent} appends)")
-    text = log.read_text()
+    _assert_exactly_once_in_order(settings, log)
+    checked = reader.check_against(log)
+    failed = sum(n for outcome, n in reader.outcomes.items() if outcome != "served")
+    assert failed > 0, "the reader never read while Redis was out"
+    print(
+        f"\n{name}: caught up {recovery:.1f} s after Redis answered again ({log.total()} "
+        f"appends); the reader's first context came {reader.served_after(back):.2f} s after, "
+        f"and it got {reader.summary()} ({checked} contexts checked whole)"
+    )
+    text = projector_log.read_text()
     # Logged once when the outage starts and once when it ends, not once per retry.
     assert text.count("consumption paused") == 1, text[-3000:]
     assert text.count("consumption resumed") == 1, text[-3000:]
 
 
-def test_the_projector_rides_out_a_10_s_redis_stall(kafka, private_redis, tmp_path):
-    settings = unique_settings(
-        kafka, private_redis.url, "faults", partitions=2, redis_timeout_s=REDIS_TIMEOUT_S
-    )
+def test_the_projector_rides_out_a_20_s_redis_stall_and_no_read_is_partial(
+    kafka, private_redis, tmp_path
+):
+    settings = _settings(kafka, private_redis)
 
     def stall() -> None:
         private_redis.signal(signal.SIGSTOP)
-        time.sleep(10)
+        time.sleep(STALL_S)
         private_redis.signal(signal.SIGCONT)
 
-    _ride_out(stall, settings, tmp_path, "SIGSTOP 10 s")
+    _ride_out(stall, settings, tmp_path, f"SIGSTOP {STALL_S:g} s")
 
 
-def test_the_projector_rides_out_a_redis_restart(kafka, private_redis, tmp_path):
-    settings = unique_settings(
-        kafka, private_redis.url, "faults", partitions=2, redis_timeout_s=REDIS_TIMEOUT_S
-    )
+def test_the_projector_rides_out_a_redis_restart_and_no_read_is_partial(
+    kafka, private_redis, tmp_path
+):
+    settings = _settings(kafka, private_redis)
 
     def restart() -> None:
         private_redis.kill()
@@ -209,19 +159,19 @@ def test_the_projector_rides_out_a_redis_restart(kafka, private_redis, tmp_path)
 def test_sigterm_while_redis_stalls_stops_promptly_and_stores_no_unfinished_batch(
     kafka, private_redis, tmp_path
 ):
-    settings = unique_settings(
-        kafka, private_redis.url, "faults", partitions=2, redis_timeout_s=REDIS_TIMEOUT_S
-    )
-    log = tmp_path / "projector.log"
-    with running_projector(settings, log=log) as projector, Publisher(settings) as publisher:
-        wait_until(lambda: len(publisher.last) == SESSIONS, timeout=30, what="first appends")
-        wait_until(
-            lambda: _caught_up(settings, dict(publisher.last)), timeout=60, what="projection"
-        )
+    settings = _settings(kafka, private_redis)
+    projector_log = tmp_path / "projector.log"
+    log = Log()
+    publisher = Publisher(settings, log, SESSIONS)
+    with running_projector(settings, log=projector_log) as projector, publisher:
+        wait_until(lambda: len(log.last()) == len(SESSIONS), timeout=30, what="first appends")
+        wait_until(lambda: _caught_up(settings, log.last()), timeout=60, what="projection")
         private_redis.signal(signal.SIGSTOP)
         try:
             wait_until(
-                lambda: "consumption paused" in log.read_text(), timeout=20, what="a failed write"
+                lambda: "consumption paused" in projector_log.read_text(),
+                timeout=20,
+                what="a failed write",
             )
             asked = time.monotonic()
             status = stop(projector)
@@ -248,8 +198,8 @@ def test_sigterm_while_redis_stalls_stops_promptly_and_stores_no_unfinished_batc
         assert tp.offset <= marks.get(tp.partition, -1) + 1, (tp, marks)
 
     with running_projector(settings, log=tmp_path / "restarted.log"):
-        wait_until(lambda: _caught_up(settings, publisher.last), timeout=60, what="the restart")
-    _assert_exactly_once_in_order(settings, publisher.sent)
+        wait_until(lambda: _caught_up(settings, log.last()), timeout=60, what="the restart")
+    _assert_exactly_once_in_order(settings, log)
 
 
 def test_reads_honour_their_timeout_while_redis_stalls(kafka, private_redis):
