@@ -293,8 +293,9 @@ class KafkaProjector:
     def _step(self) -> BatchResult:
         if self._loss is not None:
             raise self._loss
-        self._retrying("reading the live generation", self._watch_generation)
-        self._retrying("reading the progress marks", self._start_held)
+        # One step, so that Redis counts as back only once both work: the generation
+        # check alone may not touch Redis at all (no generation known yet).
+        self._retrying("reading the live generation and progress marks", self._prepare)
         # Wait for the first record only, then take whatever else is already fetched:
         # consume(n, timeout) would hold a lone event until the timeout ran out.
         first = self._consumer.poll(self.poll_timeout)
@@ -319,6 +320,10 @@ class KafkaProjector:
         self._store_offsets(result.last_offsets)
         self.stats.add(result)
         return result
+
+    def _prepare(self) -> None:
+        self._watch_generation()
+        self._start_held()
 
     def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
         """`attempt()`, retried with backoff while Redis or the dead-letter topic fails;

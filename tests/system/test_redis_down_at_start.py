@@ -29,7 +29,7 @@ from chatlog.schemas.errors import StoreUnavailable
 from chatlog.settings import Settings
 from chatlog.wiring import live_store
 from tests.processes import start_projector, stop, unique_settings, wait_until
-from tests.system.test_redis_faults import PrivateRedis, private_redis  # noqa: F401 - fixture
+from tests.system.traffic import PrivateRedis
 
 pytestmark = pytest.mark.system
 
@@ -86,6 +86,10 @@ def _start_during_an_outage(
     finally:
         status = stop(projector)
     assert status == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    # One outage, logged when it starts and when it ends, not a false "working again".
+    assert text.count("consumption paused") == 1, text[-3000:]
+    assert text.count("consumption resumed") == 1, text[-3000:]
     return took
 
 
@@ -98,9 +102,7 @@ def _assert_exactly_once_in_order(settings: Settings, sent: dict[str, list[str]]
 
 
 def test_a_projector_started_while_redis_is_down_waits_and_then_projects(
-    kafka,
-    private_redis,  # noqa: F811 - the fixture
-    tmp_path: Path,
+    kafka, private_redis: PrivateRedis, tmp_path: Path
 ):
     settings = unique_settings(
         kafka, private_redis.url, "atstart", partitions=2, redis_timeout_s=0.5
