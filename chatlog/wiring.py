@@ -17,8 +17,10 @@ import redis.retry
 from confluent_kafka.admin import AdminClient
 
 from chatlog.distribution import installed_version
+from chatlog.processors import kafka_key_log
 from chatlog.processors.extractive import ExtractiveSummarizer
 from chatlog.processors.kafka_history import KafkaHistory
+from chatlog.processors.kafka_key_log import KeysRotated
 from chatlog.processors.kafka_projector import KafkaProjector
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
@@ -30,6 +32,7 @@ from chatlog.processors.summarizers import (
 )
 from chatlog.processors.summary_engine import SummaryEngine, SummaryPolicy, check_policy
 from chatlog.producers import kafka_topics
+from chatlog.producers.kafka_keys import KafkaKeyLog
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 from chatlog.producers.kafka_topics import (
     Drift,
@@ -44,6 +47,7 @@ from chatlog.projections import tokens
 from chatlog.projections.context import TokenCounter
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_generations import GenerationStore
+from chatlog.projections.redis_keys import RedisKeyDirectory
 from chatlog.projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
 from chatlog.projections.redis_store import RedisViewStore
 from chatlog.projections.store import ViewStore
@@ -51,6 +55,7 @@ from chatlog.projections.view import WindowPolicy
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import ConfigError, MissingExtra, StoreUnavailable
 from chatlog.schemas.events import ProducerInfo
+from chatlog.schemas.keyring import Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider
 from chatlog.settings import Settings
 
@@ -180,6 +185,40 @@ def key_provider(settings: Settings) -> LocalKeyProvider:
             setting="CHATLOG_MASTER_KEY_FILE",
         ) from exc
     return LocalKeyProvider.from_spec(spec, setting=f"CHATLOG_MASTER_KEY_FILE ({path})")
+
+
+def key_directory(settings: Settings, client: redis.Redis | None = None) -> RedisKeyDirectory:
+    """Each user's wrapped data keys in Redis, shared by every generation."""
+    return RedisKeyDirectory(client or redis_client(settings), prefix=settings.redis_prefix)
+
+
+def keyring(
+    settings: Settings,
+    producer: ConversationProducer,
+    directory: RedisKeyDirectory | None = None,
+) -> Keyring:
+    """The keyring: keys logged through `producer` to the keys topic, found in Redis."""
+    return Keyring(
+        key_provider(settings),
+        log=KafkaKeyLog(producer, topic=settings.keys_topic),
+        directory=directory or key_directory(settings),
+    )
+
+
+def rotate_keys(settings: Settings) -> KeysRotated:
+    """Re-wrap every live data key under the current master key (`chatlog keys rotate`)."""
+    check_keys_topic(settings)
+    directory = key_directory(settings)
+    with producer(settings, flush_on_sigterm=False) as writer:
+        ring = keyring(settings, writer, directory)
+        return kafka_key_log.rotate_keys(
+            ring,
+            directory,
+            KafkaKeyLog(writer, topic=settings.keys_topic),
+            bootstrap_servers=settings.kafka_bootstrap,
+            topic=settings.keys_topic,
+            config=settings.kafka,
+        )
 
 
 def _ms(seconds: float | None) -> int:

@@ -1,5 +1,5 @@
-"""The CLI's set-up commands: `topics create`, `topics check`, `keys new-master-key` and
-`config`."""
+"""The CLI's set-up commands: `topics create`, `topics check`, `keys new-master-key`,
+`keys rotate` and `config`."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
         "--id", default="k1", help="its id, which names it in every key it wraps (default k1)"
     )
     master.set_defaults(handler=lambda args, settings: new_master_key(args.id), json=False)
+    rotate = key_commands.add_parser(
+        "rotate",
+        parents=[common],
+        help="re-wrap every data key under the current (first) master key of "
+        "CHATLOG_MASTER_KEY; events are not touched",
+    )
+    rotate.set_defaults(handler=lambda args, settings: asdict(wiring.rotate_keys(settings)))
 
     config = commands.add_parser("config", parents=[common], help="show the effective settings")
     config.set_defaults(handler=lambda args, settings: settings.describe())

@@ -1,0 +1,218 @@
+"""Reading the `chatlog.keys` topic: the key directory caught up from it, and rotation.
+
+Why catch up? The directory in Redis (`chatlog.projections.redis_keys`) is a copy,
+written through by the writer that makes a key and by an erasure; the topic is the
+durable record. When Redis loses the directory (a flush, a restart without persistence)
+or a write-through was lost, reading the topic from its start puts every key back, and
+every erasure: it is compacted, so it holds about one record per key and per erased
+user, whatever its age.
+
+How: a consumer that joins no group reads every partition from offset 0 up to the end
+it had when the read began, in each partition's order. `catch_up_keys` applies each
+record: a key is put (refused if its user is erased), a tombstone removes its key, an
+erasure record removes every key of the user and marks them erased. Applying is
+idempotent, and the order between partitions does not matter: a key and its tombstone
+share a partition, and whichever of a key and its user's erasure comes first, the user
+ends up erased with no key. A record that is not a keys record is logged and skipped:
+it names no key a reader could need.
+
+`rotate_keys` re-wraps every live data key under the current master key and publishes
+it under the same Kafka key, so compaction drops the old wrapping; the events are not
+touched (they are sealed with the data keys, which do not change). Once compaction has
+run (within `CHATLOG_KEY_SHRED_WITHIN`), the old master key opens nothing and can be
+destroyed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from chatlog.processors.kafka_consumer import groupless_consumer
+from chatlog.processors.kafka_history import kafka_call
+from chatlog.producers.kafka_topics import topic_partitions
+from chatlog.schemas.errors import BrokerUnavailable, DecodeError
+from chatlog.schemas.key_records import ErasureRecord, KeyRecord, decode_key_record
+from chatlog.schemas.keyring import KeyLog, Keyring
+from chatlog.schemas.master_keys import wrap_data_key
+from chatlog.schemas.sealing import KeyScope
+
+__all__ = ["KeysCaughtUp", "KeysRotated", "catch_up_keys", "read_key_log", "rotate_keys"]
+
+log = logging.getLogger("chatlog.keys")
+
+
+class WritableKeyDirectory(Protocol):
+    """What a catch-up writes to (`RedisKeyDirectory`)."""
+
+    def put(self, record: KeyRecord) -> bool:
+        """Add `record`; False if its user was erased."""
+        ...
+
+    def remove(self, scope: KeyScope, key_id: str) -> None:
+        """Drop one key."""
+        ...
+
+    def erase(self, record: ErasureRecord) -> None:
+        """Remove every key of the user and mark them erased."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeysCaughtUp:
+    """What one catch-up applied."""
+
+    keys: int = 0
+    refused: int = 0  # keys of users erased meanwhile
+    tombstones: int = 0
+    erasures: int = 0
+    skipped: int = 0  # records that are not keys records
+    seconds: float = 0.0
+
+
+def catch_up_keys(
+    directory: WritableKeyDirectory,
+    *,
+    bootstrap_servers: str,
+    topic: str,
+    config: Mapping[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> KeysCaughtUp:
+    """Apply the whole keys topic, as it is now, to `directory`."""
+    started = time.monotonic()
+    counts = dict.fromkeys(("keys", "refused", "tombstones", "erasures", "skipped"), 0)
+    for key, value in read_key_log(
+        bootstrap_servers=bootstrap_servers, topic=topic, config=config, timeout=timeout
+    ):
+        _apply(directory, key, value, counts)
+    caught_up = KeysCaughtUp(**counts, seconds=time.monotonic() - started)
+    log.info("key directory caught up with %s: %s", topic, caught_up)
+    return caught_up
+
+
+@dataclass(frozen=True, slots=True)
+class KeysRotated:
+    """What one rotation did."""
+
+    rewrapped: int = 0
+    current: int = 0  # already wrapped under the current master key
+    erased: int = 0  # keys of erased users: left to their tombstones
+    seconds: float = 0.0
+
+
+def rotate_keys(
+    keyring: Keyring,
+    directory: WritableKeyDirectory,
+    key_log: KeyLog,
+    *,
+    bootstrap_servers: str,
+    topic: str,
+    config: Mapping[str, Any] | None = None,
+    timeout: float = 300.0,
+) -> KeysRotated:
+    """Re-wrap every live data key in the topic under the keyring's current master key."""
+    started = time.monotonic()
+    latest: dict[bytes, bytes | None] = {}
+    for key, value in read_key_log(
+        bootstrap_servers=bootstrap_servers, topic=topic, config=config, timeout=timeout
+    ):
+        latest[key] = value  # compaction's own rule: the last record of a key is the one
+    current = keyring.provider.current
+    counts = dict.fromkeys(("rewrapped", "current", "erased"), 0)
+    for key, value in latest.items():
+        try:
+            record = decode_key_record(key, value)
+        except DecodeError:
+            continue  # logged by the catch-up; nothing to re-wrap
+        if not isinstance(record, KeyRecord):
+            continue
+        if record.wrapped.kek_id == current:
+            counts["current"] += 1
+            continue
+        data_key = keyring.for_reading(record.scope, record.key_id, record.wrapped)
+        rewrapped = replace(record, wrapped=wrap_data_key(keyring.provider, data_key))
+        # The directory first: it refuses an erased user, whose key must not be written
+        # to the topic again; a user erased between the two steps gets the tombstone back.
+        if not directory.put(rewrapped):
+            counts["erased"] += 1
+            continue
+        key_log.publish_key(rewrapped)
+        if not directory.put(rewrapped):
+            key_log.publish_tombstone(record.scope, record.key_id)
+            counts["erased"] += 1
+            continue
+        counts["rewrapped"] += 1
+    rotated = KeysRotated(**counts, seconds=time.monotonic() - started)
+    log.info("keys in %s re-wrapped under master key %s: %s", topic, current, rotated)
+    return rotated
+
+
+def read_key_log(
+    *,
+    bootstrap_servers: str,
+    topic: str,
+    config: Mapping[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> Iterator[tuple[bytes, bytes | None]]:
+    """Every record of the keys topic, from offset 0 to its end when the read began, as
+    ``(key, value)``, each partition in order."""
+    deadline = time.monotonic() + timeout
+    consumer = groupless_consumer(bootstrap_servers, config, purpose="keys")
+    try:
+        count = topic_partitions(consumer, topic, bootstrap_servers=bootstrap_servers)
+        ends: dict[int, int] = {}
+        for partition in range(count):
+            low, high = kafka_call(
+                consumer.get_watermark_offsets, TopicPartition(topic, partition), timeout=10
+            )
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        while ends:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(
+                    f"the keys topic {topic!r} was not read to its end within {timeout:g} s "
+                    f"({len(ends)} partitions left)",
+                    topic=topic,
+                )
+            for message in kafka_call(consumer.consume, 1000, timeout=0.5):
+                error = message.error()
+                if error is not None:
+                    if error.fatal() or not error.retriable():
+                        raise BrokerUnavailable(f"reading {topic} failed: {error.str()}")
+                    continue
+                if message.partition() in ends:
+                    yield message.key() or b"", message.value()
+            # By position, not by the last offset seen: compaction leaves gaps, and the
+            # record before the end may be gone.
+            positions = consumer.position([TopicPartition(topic, p) for p in ends])
+            for tp in positions:
+                if tp.offset >= ends[tp.partition]:
+                    del ends[tp.partition]
+    finally:
+        consumer.close()
+
+
+def _apply(
+    directory: WritableKeyDirectory, key: bytes, value: bytes | None, counts: dict[str, int]
+) -> None:
+    try:
+        record = decode_key_record(key, value)
+    except DecodeError as exc:
+        log.warning("skipped a record of the keys topic: %s", exc.message)
+        counts["skipped"] += 1
+        return
+    if isinstance(record, KeyRecord):
+        counts["keys" if directory.put(record) else "refused"] += 1
+    elif isinstance(record, ErasureRecord):
+        directory.erase(record)
+        counts["erasures"] += 1
+    else:
+        scope, key_id = record
+        directory.remove(scope, key_id)
+        counts["tombstones"] += 1
