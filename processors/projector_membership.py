@@ -1,0 +1,117 @@
+"""The projector's membership of its consumer group: the consumer that joins it, and
+what the errors of a member mean.
+
+Failover: the projector is a static group member (`instance_id`, KIP-345). Restarted
+under the same id, it gets its partitions back as soon as it rejoins, with no rebalance
+and no wait for its old session, which would otherwise hold them until it expired. A
+static member does not leave the group when it closes either: after a SIGTERM its
+partitions wait for the restart, or `session_timeout_s` at most before the other
+members take them (a scale-down costs that pause once). Partitions move between
+members by the cooperative-sticky protocol: a rebalance revokes only what moves, and
+the callbacks see only that delta. Fenced (another member joined under its instance
+id), it stops with `ConfigError`, naming CHATLOG_INSTANCE_ID; fenced just after the group
+expired its own session (the group coordinator's broker died, and the failover outlasted
+the session), its own rejoin did it, and it stops with `BrokerUnavailable` instead: a
+restart rejoins at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message
+
+from chatlog.processors.kafka_consumer import record_of
+from chatlog.processors.projection import Record
+from chatlog.schemas.errors import BrokerUnavailable, ConfigError
+
+__all__ = ["GroupMembership"]
+
+_KAFKA_LOG = logging.getLogger("chatlog.kafka")
+# How long after its own session expired a fenced projector blames that expiry, not a
+# second process with its instance id: a rejoin takes a second or two.
+_REJOIN_WINDOW_S = 30.0
+
+
+class GroupMembership:
+    """The projector's place in consumer group `group_id`: static if it has an
+    `instance_id`."""
+
+    def __init__(self, *, group_id: str, instance_id: str | None, session_timeout_s: float) -> None:
+        self.group_id = group_id
+        self.instance_id = instance_id
+        self.session_timeout_s = session_timeout_s
+        # When the group last expired this member's session (`session_expired`).
+        self._session_lost_at: float | None = None
+
+    def consumer(self, bootstrap_servers: str, config: Mapping[str, Any]) -> Consumer:
+        """A consumer that joins the group as this member; `config` is the user's
+        librdkafka settings, which the membership's own settings win over."""
+        membership = {} if self.instance_id is None else {"group.instance.id": self.instance_id}
+        return Consumer(
+            {
+                **config,
+                **membership,
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": self.group_id,
+                "session.timeout.ms": round(self.session_timeout_s * 1000),
+                "auto.offset.reset": "earliest",
+                # Offsets are stored by hand after Redis acknowledged, committed in the
+                # background; a crash replays at most the uncommitted tail.
+                "enable.auto.commit": True,
+                "enable.auto.offset.store": False,
+                "auto.commit.interval.ms": 1000,
+                "partition.assignment.strategy": "cooperative-sticky",
+                "logger": _KAFKA_LOG,
+            }
+        )
+
+    def session_expired(self) -> None:
+        """Note that the group expired this member's session (its partitions were lost)."""
+        self._session_lost_at = time.monotonic()
+
+    def record_of(self, message: Message, topic: str) -> Record | None:
+        """`record_of`, with the errors a setting causes reported as that setting's."""
+        error = message.error()
+        # librdkafka reports a fenced static member as a generic fatal error (code _FATAL,
+        # not FENCED_INSTANCE_ID): its text is all that tells them apart.
+        if (
+            error is not None
+            and error.code() == KafkaError._FATAL
+            and "group.instance.id" in error.str()
+        ):
+            lost_at = self._session_lost_at
+            if lost_at is not None and time.monotonic() - lost_at <= _REJOIN_WINDOW_S:
+                # Seen when the group coordinator's broker died: the failover outlasted
+                # the session, librdkafka rejoined under the same instance id, and a
+                # request still carrying the old member id was fenced by that rejoin
+                # (librdkafka issue #3437). The consumer is unusable, but a restart
+                # rejoins at once: temporary, not a setting to fix.
+                raise BrokerUnavailable(
+                    f"the group coordinator expired this projector's session in group "
+                    f"{self.group_id} (a broker failover longer than the "
+                    f"{self.session_timeout_s:g} s session timeout), and the Kafka client, "
+                    f"fenced by its own rejoin, cannot continue: restart the projector "
+                    f"(it replays the uncommitted tail, which changes nothing)",
+                    group=self.group_id,
+                    instance_id=self.instance_id,
+                )
+            raise ConfigError(
+                f"another process joined consumer group {self.group_id} with this "
+                f"projector's group.instance.id {self.instance_id!r} and took its partitions: "
+                f"give each projector of the group its own CHATLOG_INSTANCE_ID (the default, "
+                f"the host name, is the same for every projector on one host)",
+                setting="CHATLOG_INSTANCE_ID",
+            )
+        if error is not None and error.code() == KafkaError.INVALID_SESSION_TIMEOUT:
+            raise ConfigError(
+                f"the broker refused to let the projector join group {self.group_id} with a "
+                f"session timeout of {self.session_timeout_s:g} s: set "
+                f"CHATLOG_SESSION_TIMEOUT_S within the broker's group.min.session.timeout.ms "
+                f"and group.max.session.timeout.ms",
+                setting="CHATLOG_SESSION_TIMEOUT_S",
+            )
+        return record_of(message, topic)

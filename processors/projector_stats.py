@@ -1,0 +1,36 @@
+"""What a projector has done since it started, logged as it runs and when it stops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatlog.processors.projection import BatchResult
+
+__all__ = ["ProjectorStats"]
+
+
+@dataclass(slots=True)
+class ProjectorStats:
+    """Running totals since start."""
+
+    batches: int = 0
+    events: int = 0
+    applied: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    dead_letters: int = 0
+    # Redis or the dead-letter topic failing: how many times it started to, and how many
+    # attempts failed in all.
+    outages: int = 0
+    retries: int = 0
+
+    def add(self, result: BatchResult) -> None:
+        """Count one batch."""
+        self.batches += 1
+        self.events += result.events
+        self.applied += result.applied
+        self.unchanged += result.unchanged
+        self.duplicates += result.duplicates
+        self.conflicts += result.conflicts
+        self.dead_letters += len(result.dead_letters)
