@@ -46,6 +46,7 @@ from chatlog.producers.kafka_topics import (
 from chatlog.projections import tokens
 from chatlog.projections.context import TokenCounter
 from chatlog.projections.keys import KeySpace
+from chatlog.projections.opening import EventOpener
 from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_keys import RedisKeyDirectory
 from chatlog.projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
@@ -97,8 +98,15 @@ def codec(settings: Settings) -> EventCodec:
 def producer(
     settings: Settings, *, check_topic: bool = True, flush_on_sigterm: bool = True
 ) -> ConversationProducer:
-    """A producer for the events topic, configured from `settings`."""
-    return ConversationProducer(
+    """A producer for the events topic that seals every event under its owner's key.
+
+    `ConfigError` without a master key; with `check_topic`, the events topic must exist
+    and the keys topic must shred erased keys within `CHATLOG_KEY_SHRED_WITHIN`.
+    """
+    provider = key_provider(settings)  # first: no master key, no producer
+    if check_topic:
+        check_keys_topic(settings)
+    writer = ConversationProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         topic=settings.topic,
         codec=codec(settings),
@@ -108,6 +116,8 @@ def producer(
         check_topic=check_topic,
         flush_on_sigterm=flush_on_sigterm,
     )
+    writer.seal_with(keyring(settings, writer, provider=provider))
+    return writer
 
 
 def admin_client(settings: Settings) -> AdminClient:
@@ -192,14 +202,33 @@ def key_directory(settings: Settings, client: redis.Redis | None = None) -> Redi
     return RedisKeyDirectory(client or redis_client(settings), prefix=settings.redis_prefix)
 
 
+def opener(settings: Settings, client: redis.Redis | None = None) -> EventOpener:
+    """Opens sealed events for a reader of the log; a key the directory lacks is looked
+    for in the keys topic (which rewrites the directory from it) before it is given up."""
+    directory = key_directory(settings, client)
+
+    def catch_up() -> object:
+        return kafka_key_log.catch_up_keys(
+            directory,
+            bootstrap_servers=settings.kafka_bootstrap,
+            topic=settings.keys_topic,
+            config=settings.kafka,
+        )
+
+    reading = Keyring(key_provider(settings), directory=directory)
+    return EventOpener(reading, directory, catch_up=catch_up)
+
+
 def keyring(
     settings: Settings,
     producer: ConversationProducer,
     directory: RedisKeyDirectory | None = None,
+    *,
+    provider: LocalKeyProvider | None = None,
 ) -> Keyring:
     """The keyring: keys logged through `producer` to the keys topic, found in Redis."""
     return Keyring(
-        key_provider(settings),
+        provider or key_provider(settings),
         log=KafkaKeyLog(producer, topic=settings.keys_topic),
         directory=directory or key_directory(settings),
     )
@@ -299,7 +328,9 @@ def projector(settings: Settings) -> KafkaProjector:
         # when Redis answers, rather than exiting for its supervisor to retry.
         live = None
     store = generation_store(settings, live or DEFAULT_GENERATION, client)
-    core = ProjectionCore(store, codec=codec(settings), policy=policy(settings))
+    core = ProjectionCore(
+        store, codec=codec(settings), policy=policy(settings), opener=opener(settings, client)
+    )
 
     def rebuild_lost(stop: threading.Event) -> str:
         # No hand-over: the projector itself continues from the new generation's marks.
@@ -339,7 +370,11 @@ def kafka_replay(
 ) -> KafkaReplay:
     """A reader of the whole events topic (no consumer group) that folds it into `store`."""
     core = ProjectionCore(
-        store, codec=codec(settings), policy=policy(settings), cache_size=_REPLAY_CACHED_VIEWS
+        store,
+        codec=codec(settings),
+        policy=policy(settings),
+        cache_size=_REPLAY_CACHED_VIEWS,
+        opener=opener(settings),
     )
     return KafkaReplay(
         core,
@@ -439,6 +474,7 @@ def kafka_history(settings: Settings) -> KafkaHistory:
         codec=codec(settings),
         config=settings.kafka,
         count_tokens=token_counter(settings),
+        opener=opener(settings),
     )
 
 

@@ -61,6 +61,7 @@ from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.producers.partitioning import partition_for
 from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
+from chatlog.projections.opening import ERASED, EventOpener
 from chatlog.projections.view import (
     DEFAULT_POLICY,
     ForeignEvent,
@@ -73,8 +74,10 @@ from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import (
     BrokerUnavailable,
     DecodeError,
+    Erased,
     InvalidInput,
     SessionNotFound,
+    Undecryptable,
 )
 from chatlog.schemas.events import (
     ConversationEvent,
@@ -84,7 +87,9 @@ from chatlog.schemas.events import (
     from_epoch_millis,
 )
 from chatlog.schemas.ids import validate_id
+from chatlog.schemas.keyring import KeyEntries
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope
 
 __all__ = [
     "AsOf",
@@ -153,6 +158,9 @@ class KafkaHistory:
     config: Mapping[str, str] = field(default_factory=dict)
     count_tokens: TokenCounter = approx_tokens
     timeout: float = 10.0
+    # Opens sealed events (the keys come from the key directory in Redis); without one,
+    # sealed fields read as their empty placeholders.
+    opener: EventOpener | None = None
 
     def context(
         self, session_id: str, *, user_id: str, as_of: AsOfPoint, timeout: float | None = None
@@ -207,6 +215,7 @@ class KafkaHistory:
                 start=low,
                 end=end,
                 policy=self.policy,
+                opener=self.opener,
             )
             for message in partition_records(consumer, where, low, high, timeout):
                 scan.take(message, self.codec)
@@ -267,7 +276,10 @@ class _Scan:
         start: int,
         end: int,
         policy: WindowPolicy,
+        opener: EventOpener | None = None,
     ) -> None:
+        self.opener = opener
+        self.known: dict[KeyScope, KeyEntries] = {}  # the owner's keys, fetched once
         self.session_id = session_id
         self.user_id = user_id
         self.as_of = as_of
@@ -329,12 +341,30 @@ class _Scan:
             event = codec.decode(value) if value is not None else None
         except DecodeError:
             event = None
+        if event is not None and event.session_id == self.session_id:
+            event = self._open(event)
         if event is None or event.session_id != self.session_id:
             # Dead-lettered by the projector, so never part of any view.
             if self.answer is None:
                 self.skipped += 1
             return None
         return event
+
+    def _open(self, event: ConversationEvent) -> ConversationEvent | None:
+        if self.opener is None or event.sealed is None:
+            return event
+        [opened] = self.opener.open_batch([event], known=self.known)
+        if opened is ERASED:
+            raise Erased(
+                f"session {self.session_id} belongs to a user who was erased: its events "
+                f"are sealed under keys that no longer exist",
+                session_id=self.session_id,
+                partition=self.partition,
+            )
+        if isinstance(opened, Undecryptable):
+            return None  # dead-lettered by the projector as undecryptable
+        assert isinstance(opened, ConversationEvent)
+        return opened
 
     def _from_owner(self, event: ConversationEvent) -> bool:
         # The projector refuses an event from anyone else (another user, another tenant).

@@ -19,10 +19,18 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from chatlog.projections.opening import ERASED, EventOpener, Opened
 from chatlog.projections.store import Change, Outcome, ViewStore
 from chatlog.projections.view import DEFAULT_POLICY, SessionView, WindowPolicy, fold
 from chatlog.schemas.codec import EventCodec
-from chatlog.schemas.errors import ChatlogError, Conflict, DecodeError, InvalidEvent, InvalidInput
+from chatlog.schemas.errors import (
+    ChatlogError,
+    Conflict,
+    DecodeError,
+    InvalidEvent,
+    InvalidInput,
+    Undecryptable,
+)
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.position import Position
 
@@ -60,6 +68,7 @@ class BatchResult:
     duplicates: int = 0
     conflicts: int = 0
     events: int = 0
+    erased: int = 0  # sealed under a destroyed key: an erased user's, skipped
     # The last offset of each partition in the batch: all projected once `handle` returns.
     last_offsets: dict[int, int] = field(default_factory=dict)
 
@@ -74,9 +83,12 @@ class ProjectionCore:
         codec: EventCodec | None = None,
         policy: WindowPolicy = DEFAULT_POLICY,
         cache_size: int = 10_000,
+        opener: EventOpener | None = None,
     ) -> None:
         self.store = store
         self.codec = codec or EventCodec()
+        # Opens sealed events; without one they are projected as they are (placeholders).
+        self.opener = opener
         self.policy = policy
         self.cache_size = cache_size
         # Views as last written by this process, so a hot session needs no read per batch.
@@ -87,14 +99,24 @@ class ProjectionCore:
         result = BatchResult()
         by_session: dict[str, list[tuple[ConversationEvent, Position]]] = {}
         last = result.last_offsets
+        decoded: list[tuple[Record, ConversationEvent]] = []
         for record in records:
             if record.offset > last.get(record.partition, -1):
                 last[record.partition] = record.offset
             event = self._decode(record, result)
             if event is not None:
-                result.events += 1
-                position = Position(record.partition, record.offset)
-                by_session.setdefault(event.session_id, []).append((event, position))
+                decoded.append((record, event))
+        for record, opened in self._open(decoded):
+            if opened is ERASED:
+                result.erased += 1  # its owner's key is destroyed: nothing to project
+                continue
+            if isinstance(opened, Undecryptable):
+                result.dead_letters.append(DeadLetter(record, opened))
+                continue
+            assert isinstance(opened, ConversationEvent)
+            result.events += 1
+            position = Position(record.partition, record.offset)
+            by_session.setdefault(opened.session_id, []).append((opened, position))
         pending = by_session
         for _ in range(_MAX_ROUNDS):
             pending = self._write(pending, records, result)
@@ -117,6 +139,12 @@ class ProjectionCore:
         else:
             for session_id in session_ids:
                 self._cache.pop(session_id, None)
+
+    def _open(self, decoded: list[tuple[Record, ConversationEvent]]) -> list[tuple[Record, Opened]]:
+        if self.opener is None or not decoded:
+            return list(decoded)
+        opened = self.opener.open_batch([event for _, event in decoded])
+        return [(record, o) for (record, _), o in zip(decoded, opened, strict=True)]
 
     def _decode(self, record: Record, result: BatchResult) -> ConversationEvent | None:
         try:

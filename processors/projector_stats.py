@@ -20,6 +20,7 @@ class ProjectorStats:
     duplicates: int = 0
     conflicts: int = 0
     dead_letters: int = 0
+    erased: int = 0  # sealed under a destroyed key
     # Redis or the dead-letter topic failing: how many times it started to, and how many
     # attempts failed in all.
     outages: int = 0
@@ -34,3 +35,4 @@ class ProjectorStats:
         self.duplicates += result.duplicates
         self.conflicts += result.conflicts
         self.dead_letters += len(result.dead_letters)
+        self.erased += result.erased

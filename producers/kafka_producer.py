@@ -54,7 +54,9 @@ from chatlog.schemas.errors import (
     TopicMissing,
 )
 from chatlog.schemas.events import ConversationEvent, ProducerInfo, Role, epoch_millis
+from chatlog.schemas.keyring import Keyring
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope, seal_event
 
 __all__ = ["AsyncConversationProducer", "ConversationProducer"]
 
@@ -104,6 +106,7 @@ class ConversationProducer:
             client="chatlog-python", version=installed_version(), host=socket.gethostname()
         )
         self._last_broker_error: KafkaError | None = None
+        self._keyring: Keyring | None = None
         self._producer = _build_producer(
             bootstrap_servers=bootstrap_servers,
             config=config or {},
@@ -157,7 +160,7 @@ class ConversationProducer:
         Events are encoded (and so validated) before the first is sent, so a batch with a
         bad event publishes nothing.
         """
-        payloads = [(event, self.codec.encode(event)) for event in events]
+        payloads = [(event, self.encode(event)) for event in events]
         futures = [self._send_encoded(event, value) for event, value in payloads]
         limit = self._wait_limit(timeout)
         return [
@@ -167,7 +170,25 @@ class ConversationProducer:
 
     def send(self, event: ConversationEvent) -> Future[Position]:
         """Publish `event` without waiting; the future resolves to its position."""
-        return self._send_encoded(event, self.codec.encode(event))
+        return self._send_encoded(event, self.encode(event))
+
+    def seal_with(self, keyring: Keyring) -> None:
+        """Seal every event's personal fields under its owner's key from now on.
+
+        A method rather than an argument: the keyring logs new keys through this very
+        producer (`chatlog.producers.kafka_keys`), so it is made after it.
+        """
+        self._keyring = keyring
+
+    def encode(self, event: ConversationEvent) -> bytes:
+        """`event` as the bytes it is published as: sealed (with a keyring), then encoded.
+
+        Sealing may make the owner's first key, which is logged and acknowledged first;
+        `Erased` if the owner was erased (nothing is sent).
+        """
+        if self._keyring is not None and event.sealed is None:
+            event = seal_event(event, self._keyring.for_writing(KeyScope.of(event)))
+        return self.codec.encode(event)
 
     def send_record(
         self, topic: str, *, key: str, value: bytes | None, **context: Any
@@ -391,7 +412,7 @@ class AsyncConversationProducer:
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
     async def _send(self, event: ConversationEvent) -> Future[Position]:
-        record = self.sync._event_record(event, self.sync.codec.encode(event))
+        record = self.sync._event_record(event, self.sync.encode(event))
         deadline = time.monotonic() + self.sync.queue_timeout
         while True:
             future = self.sync._try_produce(record)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -71,6 +71,18 @@ class RedisKeyDirectory:
         with redis_errors():
             raw = self.client.hgetall(self.key_of(scope))
         return entries_of(scope, raw)
+
+    def entries_many(self, scopes: Iterable[KeyScope]) -> dict[KeyScope, KeyEntries]:
+        """What the directory holds for each of `scopes`, in one round trip."""
+        wanted = list(dict.fromkeys(scopes))
+        if not wanted:
+            return {}
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for scope in wanted:
+                pipe.hgetall(self.key_of(scope))
+            replies = pipe.execute()
+        return {scope: entries_of(scope, raw) for scope, raw in zip(wanted, replies, strict=True)}
 
     def put(self, record: KeyRecord) -> bool:
         """Add `record`; False (nothing added) if its user was erased."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -73,6 +73,10 @@ class KeyDirectory(Protocol):
         """What the directory holds for `scope`."""
         ...
 
+    def entries_many(self, scopes: Iterable[KeyScope]) -> dict[KeyScope, KeyEntries]:
+        """What the directory holds for each of `scopes`, in one round trip."""
+        ...
+
     def put(self, record: KeyRecord) -> bool:
         """Add `record`; False (and nothing added) if its user was erased."""
         ...
@@ -85,7 +89,7 @@ class Keyring:
         self,
         provider: KeyProvider,
         *,
-        log: KeyLog,
+        log: KeyLog | None = None,
         directory: KeyDirectory | None = None,
         cache_size: int = 10_000,
     ) -> None:
@@ -139,6 +143,8 @@ class Keyring:
 
     def erase(self, scope: KeyScope, *, key_ids: tuple[str, ...]) -> ErasureRecord:
         """Destroy `key_ids` of `scope` in the log (tombstones) and record the erasure."""
+        if self._log is None:
+            raise ValueError("this keyring reads only: it has no key log to erase in")
         record = ErasureRecord(scope, datetime.now(UTC), key_ids)
         self._log.publish_erasure(record)
         self.forget(scope)
@@ -156,6 +162,8 @@ class Keyring:
         return self.for_reading(scope, key_id, entries.keys[key_id])
 
     def _create(self, scope: KeyScope) -> DataKey:
+        if self._log is None:
+            raise ValueError("this keyring reads only: it has no key log to make keys in")
         key = DataKey.new(scope)
         record = KeyRecord(scope, key.key_id, wrap_data_key(self.provider, key), datetime.now(UTC))
         self._log.publish_key(record)

@@ -37,6 +37,9 @@ class MemoryKeyDirectory:
     def entries(self, scope: KeyScope) -> KeyEntries:
         return KeyEntries(dict(self.keys.get(scope, {})), self.erased.get(scope))
 
+    def entries_many(self, scopes) -> dict[KeyScope, KeyEntries]:
+        return {scope: self.entries(scope) for scope in scopes}
+
     def put(self, record: KeyRecord) -> bool:
         if record.scope in self.erased:
             return False

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,24 +18,46 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 
 from chatlog import wiring
+from chatlog.producers.kafka_topics import keys_topic_config
+from chatlog.schemas.master_keys import new_master_key
 from chatlog.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def unique_settings(kafka, redis_url: str, redis_prefix: str, **overrides) -> Settings:
-    """Settings on a fresh events topic, DLQ, Redis prefix and consumer group."""
+    """Settings on a fresh events topic, DLQ, keys topic, Redis prefix and consumer group,
+    with the tests' master key."""
     topic = kafka.create_topic("events", partitions=overrides.pop("partitions", 6))
     dlq = kafka.create_topic("dlq", partitions=1)
+    keys = create_keys_topic(kafka)
     return Settings(
         kafka_bootstrap=kafka.bootstrap,
         redis_url=redis_url,
         topic=topic,
         dlq_topic=dlq,
+        keys_topic=keys,
         redis_prefix=redis_prefix,
         projector_group=f"projector-{uuid.uuid4().hex[:8]}",
+        master_key_file=master_key_file(),
         **overrides,
     )
+
+
+def create_keys_topic(kafka, *, partitions: int = 2) -> str:
+    """A fresh keys topic, compacted as `chatlog topics create` makes it."""
+    day_ms = 24 * 3600 * 1000
+    return kafka.create_topic("keys", partitions=partitions, config=keys_topic_config(day_ms))
+
+
+@functools.cache
+def master_key_file() -> Path:
+    """The tests' master key: one random key for the whole test run, in a file of its own."""
+    folder = Path(tempfile.mkdtemp(prefix="chatlog-tests-"))
+    path = folder / "master.key"
+    path.write_text(new_master_key("tests-1") + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path
 
 
 def chatlog_env(settings: Settings) -> dict[str, str]:

@@ -46,6 +46,7 @@ def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Fail at start-up with the fix, rather than with a consumer error later.
     partition_count(wiring.admin_client(settings), settings)
+    wiring.check_keys_topic(settings)
     projector = wiring.projector(settings)
     log.info(
         "projecting %s (group %s) into Redis prefix %s; dead letters to %s; "
@@ -66,6 +67,7 @@ def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
 def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
     log = logging.getLogger("chatlog.summarizer")
     partition_count(wiring.admin_client(settings), settings)
+    wiring.check_keys_topic(settings)
     which = (
         f"{settings.llm_model} at {settings.llm_base_url}"
         if settings.llm_base_url

@@ -26,9 +26,13 @@ from chatlog.processors.kafka_consumer import groupless_consumer
 
 # The point-in-time reader's scan and its handling of librdkafka's errors.
 from chatlog.processors.kafka_history import kafka_call, partition_records
+from chatlog.projections.opening import EventOpener
 from chatlog.projections.view import DEFAULT_POLICY
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import DecodeError
+from chatlog.schemas.events import ConversationEvent
+from chatlog.schemas.keyring import KeyEntries
+from chatlog.schemas.sealing import KeyScope
 
 __all__ = ["KafkaSessionLog"]
 
@@ -45,9 +49,12 @@ class KafkaSessionLog:
         config: Mapping[str, str] | None = None,
         window: int = DEFAULT_POLICY.window,
         timeout: float = 10.0,
+        opener: EventOpener | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
+        # Opens sealed events; without one their fields read as empty placeholders.
+        self.opener = opener
         self.codec = codec or EventCodec()
         self.config = dict(config or {})
         self.window = window
@@ -60,6 +67,7 @@ class KafkaSessionLog:
         start) through `last_offset`, folded into `page`."""
         fold = LogPage(session_id, page, window=self.window)
         key = session_id.encode("utf-8")
+        known: dict[KeyScope, KeyEntries] = {}  # the owner's keys, fetched once
         consumer = groupless_consumer(self.bootstrap_servers, self.config, purpose="session-log")
         try:
             where = TopicPartition(self.topic, partition)
@@ -74,6 +82,10 @@ class KafkaSessionLog:
                     event = self.codec.decode(value) if value is not None else None
                 except DecodeError:
                     event = None  # dead-lettered by the projector: never part of a view
+                if event is not None and self.opener is not None and event.sealed is not None:
+                    [opened] = self.opener.open_batch([event], known=known)
+                    # Erased or undecryptable: the projector never made it part of a view.
+                    event = opened if isinstance(opened, ConversationEvent) else None
                 offset = record.offset()
                 if event is not None and offset is not None:
                     fold.take(event, offset)

@@ -112,6 +112,7 @@ class ChatlogConversationStore:
                 codec=wiring.codec(settings),
                 config=settings.kafka,
                 window=settings.window,
+                opener=wiring.opener(settings),
             ),
             read_timeout_s=settings.read_timeout_s,
         )

@@ -35,14 +35,13 @@ from chatlog.schemas.errors import InvalidInput, OwnershipError, SessionNotFound
 from chatlog.schemas.events import MessageRedacted, SummaryUpdated, UserErased, epoch_millis
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
+from tests.processes import create_keys_topic, master_key_file
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 3
 POLICY = WindowPolicy(window=2, max_overflow=50)
-# Nothing listens here: a read that tried Redis would fail.
-NO_REDIS = "redis://127.0.0.1:1/0"
 
 
 @dataclass
@@ -93,11 +92,16 @@ def _publish_raw(bootstrap: str, topic: str, partition: int, key: str, value: by
 
 
 @pytest.fixture(scope="module")
-def scenario(kafka) -> Scenario:
+def scenario(kafka, redis_url) -> Scenario:
+    # Redis holds the key directory only: no projector ever runs on this prefix, so a
+    # read that went to the read-model instead of the log would fail (ReadModelLost).
     settings = Settings(
         kafka_bootstrap=kafka.bootstrap,
-        redis_url=NO_REDIS,
+        redis_url=redis_url,
+        redis_prefix=f"asof{uuid.uuid4().hex[:10]}",
         topic=kafka.create_topic("asof", partitions=PARTITIONS),
+        keys_topic=create_keys_topic(kafka),
+        master_key_file=master_key_file(),
         window=POLICY.window,
         max_overflow=POLICY.max_overflow,
     )
@@ -286,11 +290,14 @@ def test_the_module_does_not_import_redis():
 
 
 def _client_settings(settings: Settings) -> dict[str, object]:
-    # NO_REDIS: a read that went to the read-model instead of the log would fail.
+    # No read-model on this prefix: a read that went to it instead of the log would fail.
     return {
         "kafka_bootstrap": settings.kafka_bootstrap,
-        "redis_url": NO_REDIS,
+        "redis_url": settings.redis_url,
+        "redis_prefix": settings.redis_prefix,
         "topic": settings.topic,
+        "keys_topic": settings.keys_topic,
+        "master_key_file": settings.master_key_file,
         "window": settings.window,
         "max_overflow": settings.max_overflow,
     }
@@ -369,10 +376,7 @@ def test_async_chatlog_context_as_of_reads_the_log_off_the_event_loop(scenario):
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLOG_")}
     env |= {
-        "CHATLOG_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "CHATLOG_TOPIC": settings.topic,
-        "CHATLOG_REDIS_URL": NO_REDIS,
-        "CHATLOG_WINDOW": str(settings.window),
+        f"CHATLOG_{name.upper()}": str(value) for name, value in _client_settings(settings).items()
     }
     return subprocess.run(
         [sys.executable, "-m", "chatlog.cli", *args],

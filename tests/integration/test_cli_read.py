@@ -30,7 +30,7 @@ from chatlog.producers.kafka_producer import ConversationProducer
 from chatlog.producers.partitioning import partition_for
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from tests.processes import ROOT
+from tests.processes import ROOT, create_keys_topic, master_key_file
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +49,10 @@ class Stack:
             "redis_url",
             "topic",
             "dlq_topic",
+            "keys_topic",
             "redis_prefix",
             "projector_group",
+            "master_key_file",
         ):
             env[Settings.env_name(name)] = str(getattr(self.settings, name))
         return env
@@ -93,8 +95,10 @@ def _stack(kafka, redis_url: str, prefix: str) -> Stack:
             redis_url=redis_url,
             topic=kafka.create_topic("cliread"),
             dlq_topic=kafka.create_topic("cliread.dlq"),
+            keys_topic=create_keys_topic(kafka),
             redis_prefix=prefix,
             projector_group=f"cliread-{uuid.uuid4().hex[:10]}",
+            master_key_file=master_key_file(),
         )
     )
 
@@ -165,6 +169,7 @@ def test_run_projector_refuses_a_missing_topic_in_one_line(kafka, redis_url, red
             redis_url=redis_url,
             topic=f"missing.{uuid.uuid4().hex}",
             redis_prefix=redis_prefix,
+            master_key_file=master_key_file(),
         )
     )
     result = stack.cli("run", "projector")
@@ -232,7 +237,9 @@ def test_run_projector_waits_for_a_redis_that_does_not_answer_and_stops_on_sigte
             kafka_bootstrap=kafka.bootstrap,
             redis_url="redis://127.0.0.1:1/0",
             topic=kafka.create_topic("events", partitions=1),
+            keys_topic=create_keys_topic(kafka),
             redis_prefix=redis_prefix,
+            master_key_file=master_key_file(),
         )
     )
     projector = stack.start("run", "projector")

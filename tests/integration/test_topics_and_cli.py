@@ -16,6 +16,7 @@ from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import ConfigError, TopicMissing
 from chatlog.settings import Settings
 from chatlog.wiring import check_keys_topic, create_topics, topic_drift
+from tests.processes import master_key_file
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +39,7 @@ def settings(kafka, redis_url):
         dlq_topic=topics[1],
         keys_topic=topics[2],
         partitions=4,
+        master_key_file=master_key_file(),
     )
 
 
@@ -149,6 +151,7 @@ def _cli(
         "CHATLOG_TOPIC": settings.topic,
         "CHATLOG_DLQ_TOPIC": settings.dlq_topic,
         "CHATLOG_KEYS_TOPIC": settings.keys_topic,
+        "CHATLOG_MASTER_KEY_FILE": str(settings.master_key_file),
         **extra,
     }
     return subprocess.run(

@@ -65,7 +65,7 @@ from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 from dev import services
 from tests.conftest import KafkaCluster
-from tests.processes import start_projector, stop, wait_until
+from tests.processes import master_key_file, start_projector, stop, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -233,6 +233,7 @@ def _settings(kafka: KafkaCluster, redis_url: str, redis_prefix: str) -> Setting
         projector_group=f"projector-{suffix}",
         delivery_timeout_s=DELIVERY_TIMEOUT_S,
         window=WINDOW,
+        master_key_file=master_key_file(),
     )
 
 
