@@ -535,6 +535,7 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
             window=policy(settings),
             policy=summary_policy(settings),
             codec=codec(settings),
+            opener=opener(settings),
             producer=ProducerInfo(
                 client="chatlog-summarizer",
                 version=installed_version(),

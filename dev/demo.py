@@ -83,10 +83,12 @@ def chatlog_env(settings: Settings) -> dict[str, str]:
     """This environment, with the demo's topic, Redis prefix and consumer groups."""
     env = dict(os.environ)
     for name in (
-        *("kafka_bootstrap", "redis_url", "topic", "dlq_topic", "redis_prefix"),
-        *("projector_group", "summarizer_group"),
+        *("kafka_bootstrap", "redis_url", "topic", "dlq_topic", "keys_topic", "redis_prefix"),
+        *("projector_group", "summarizer_group", "master_key_file"),
     ):
-        env[Settings.env_name(name)] = str(getattr(settings, name))
+        value = getattr(settings, name)
+        if value is not None:
+            env[Settings.env_name(name)] = str(value)
     return env
 
 

@@ -54,6 +54,7 @@ from chatlog.processors.commits import Ack, CommitTracker, Pending
 from chatlog.processors.projection import Record, decode_record
 from chatlog.processors.summarizers import Summarizer, SummaryRequest, SummaryResult
 from chatlog.producers.commands import new_event
+from chatlog.projections.opening import EventOpener
 from chatlog.projections.view import ForeignEvent, SessionStatus, SessionView, WindowPolicy, evolve
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import (
@@ -201,6 +202,7 @@ class SummaryEngine:
         codec: EventCodec | None = None,
         producer: ProducerInfo | None = None,
         clock: Callable[[], float] = time.monotonic,
+        opener: EventOpener | None = None,
     ) -> None:
         self.policy = policy or SummaryPolicy()
         check_policy(window, self.policy)
@@ -209,6 +211,9 @@ class SummaryEngine:
         self.publisher = publisher
         self.window = window
         self.codec = codec or EventCodec()
+        # Opens sealed events: the engine folds the records it consumes into the views
+        # it loaded, and summarizes what they say.
+        self.opener = opener
         self.producer = producer
         self.stats = SummaryStats()
         self.tracker = CommitTracker()
@@ -233,6 +238,10 @@ class SummaryEngine:
         self.stats.records += 1
         item = self.tracker.add(record.partition, record.offset, ack)
         event = self._decode(record)
+        if event is not None and event.sealed is not None:
+            event = await self._open(event)
+            if self._stopping:
+                return  # never acked: consumed again after the restart
         if event is None:
             self.stats.skipped += 1
             await self.tracker.finish(item)
@@ -323,6 +332,26 @@ class SummaryEngine:
             return decode_record(self.codec, record)
         except (DecodeError, InvalidInput):
             return None
+
+    async def _open(self, event: ConversationEvent) -> ConversationEvent | None:
+        """`event` opened; None for one the projector skips (erased) or dead-letters.
+
+        The key directory is read in a thread (a blocking Redis call), and waited for
+        while Redis is away, as a load is; stopping ends the wait.
+        """
+        assert self.opener is not None
+        delay = 0.1
+        while True:
+            try:
+                [opened] = await asyncio.to_thread(self.opener.open_batch, [event])
+                break
+            except ChatlogError as exc:  # Redis is away
+                if self._stopping:
+                    return None
+                log.warning("summarizer: waiting to open an event of %s: %s", event.session_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return opened if isinstance(opened, ConversationEvent) else None
 
     async def _load(self, session_id: str, session: _Session, position: Position) -> None:
         delay = 0.1

@@ -19,6 +19,7 @@ from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 
 from chatlog import wiring
 from chatlog.producers.kafka_topics import keys_topic_config
+from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.master_keys import new_master_key
 from chatlog.settings import Settings
 
@@ -48,6 +49,19 @@ def create_keys_topic(kafka, *, partitions: int = 2) -> str:
     """A fresh keys topic, compacted as `chatlog topics create` makes it."""
     day_ms = 24 * 3600 * 1000
     return kafka.create_topic("keys", partitions=partitions, config=keys_topic_config(day_ms))
+
+
+def log_events(kafka, settings: Settings) -> list[tuple[int, ConversationEvent]]:
+    """(offset, event) of every event in the events topic, opened with the owners' keys,
+    in partition order (an event that does not open is left sealed)."""
+    codec, opener = wiring.codec(settings), wiring.opener(settings)
+    messages = kafka.consume_all(settings.topic)
+    events = [codec.decode(m.value()) for m in messages]
+    opened = opener.open_batch(events)
+    return [
+        (m.offset(), o if isinstance(o, ConversationEvent) else e)
+        for m, e, o in zip(messages, events, opened, strict=True)
+    ]
 
 
 @functools.cache

@@ -36,10 +36,19 @@ from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.processors.kafka_history import AsOf, usable
 from chatlog.producers.partitioning import partition_for
 from chatlog.projections.context import Context
-from chatlog.schemas.errors import BrokerUnavailable, DecodeError, InvalidInput
+from chatlog.projections.opening import ERASED
+from chatlog.schemas.errors import (
+    BrokerUnavailable,
+    DecodeError,
+    Erased,
+    InvalidInput,
+    Undecryptable,
+)
 from chatlog.schemas.events import ConversationEvent, MessageAppended, Role, SummaryUpdated
 from chatlog.schemas.ids import validate_id
+from chatlog.schemas.keyring import KeyEntries
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
@@ -286,7 +295,21 @@ def _read(
     if not args.follow and high <= start.offset:
         return 0
     key = args.session.encode("utf-8")
-    codec = wiring.codec(settings)
+    codec, opener = wiring.codec(settings), wiring.opener(settings)
+    known: dict[KeyScope, KeyEntries] = {}  # the owner's keys, fetched once
+
+    def decode(value: bytes) -> ConversationEvent:
+        event = codec.decode(value)
+        if event.sealed is None:
+            return event
+        [opened] = opener.open_batch([event], known=known)
+        if opened is ERASED:
+            raise Erased("erased: its owner's keys are destroyed")
+        if isinstance(opened, Undecryptable):
+            raise opened
+        assert isinstance(opened, ConversationEvent)
+        return opened
+
     emit = _emit_json if args.json else _emit_text
     shown = 0
     consumer.assign([start])
@@ -294,7 +317,7 @@ def _read(
         while not stop.is_set():
             for message in consumer.consume(500, timeout=0.2):
                 if usable(message, start) and message.key() == key:
-                    shown += _show(message, codec.decode, emit, args.session)
+                    shown += _show(message, decode, emit, args.session)
             if not args.follow and _reached(consumer, start, high):
                 break
     return shown
@@ -338,6 +361,12 @@ def _show(
         event = decode(message.value() or b"")
     except DecodeError as exc:
         _warn(f"{where}: skipped an undecodable record: {exc.message}")
+        return False
+    except Undecryptable as exc:
+        _warn(f"{where}: skipped an undecryptable record: {exc.message}")
+        return False
+    except Erased as exc:
+        _warn(f"{where}: {exc.message}")
         return False
     if event.session_id != session_id:
         _warn(f"{where}: keyed {session_id} but the event names session {event.session_id}")

@@ -403,6 +403,7 @@ def test_the_demo_runs_end_to_end_and_leaves_no_process(kafka, redis_url, tmp_pa
         "CHATLOG_KAFKA_BOOTSTRAP": kafka.bootstrap,
         "CHATLOG_REDIS_URL": redis_url,
         "CHATLOG_STATE_DIR": str(tmp_path),  # the projector's log goes there
+        "CHATLOG_MASTER_KEY_FILE": str(master_key_file()),
     }
     result = subprocess.run(
         [sys.executable, "-m", "dev.demo"],

@@ -320,7 +320,10 @@ def chatlog_store(settings) -> ChatlogConversationStore:
         producer=AsyncConversationProducer(wiring.producer(settings, flush_on_sigterm=False)),
         reader=wiring.async_reader(settings),
         log=KafkaSessionLog(
-            bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic, window=settings.window
+            bootstrap_servers=settings.kafka_bootstrap,
+            topic=settings.topic,
+            window=settings.window,
+            opener=wiring.opener(settings),
         ),
         read_timeout_s=30,
     )

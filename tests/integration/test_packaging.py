@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import chatlog
-from tests.processes import ROOT
+from tests.processes import ROOT, master_key_file
 
 # Building and installing take a minute or two on a loaded machine, more with a cold cache.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -119,12 +119,14 @@ def core_env(kafka, redis_url, redis_prefix, tmp_path) -> dict[str, str]:
         if not k.startswith("CHATLOG_") and k not in {"PYTHONPATH", "VIRTUAL_ENV"}
     }
     topic = f"core.{uuid.uuid4().hex[:10]}"
-    kafka.created.extend([topic, f"{topic}.dlq"])
+    kafka.created.extend([topic, f"{topic}.dlq", f"{topic}.keys"])
     return env | {
         "CHATLOG_KAFKA_BOOTSTRAP": kafka.bootstrap,
         "CHATLOG_REDIS_URL": redis_url,
         "CHATLOG_TOPIC": topic,
         "CHATLOG_DLQ_TOPIC": f"{topic}.dlq",
+        "CHATLOG_KEYS_TOPIC": f"{topic}.keys",
+        "CHATLOG_MASTER_KEY_FILE": str(master_key_file()),
         "CHATLOG_REDIS_PREFIX": redis_prefix,
         "CHATLOG_PROJECTOR_GROUP": f"core-{uuid.uuid4().hex[:8]}",
         "CHATLOG_STATE_DIR": str(tmp_path / "state"),

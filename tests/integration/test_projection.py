@@ -162,7 +162,10 @@ def test_the_async_facade_reads_its_own_writes(settings):
 
 
 def test_decoding_is_shared_with_every_consumer(kafka, settings, chat):
-    position = chat.append("s-raw", user_id="u", role="user", content="raw")
+    position = chat.append("s-raw", user_id="u", role="user", content="a secret")
     [message] = kafka.consume_all(settings.topic)
     assert (message.partition(), message.offset()) == (position.partition, position.offset)
-    assert EventCodec().decode(message.value()).payload.content == "raw"
+    event = EventCodec().decode(message.value())
+    assert b"a secret" not in message.value()  # sealed: no content in the clear
+    [opened] = wiring.opener(settings).open_batch([event])
+    assert opened.payload.content == "a secret"

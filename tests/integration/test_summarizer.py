@@ -13,12 +13,12 @@ import pytest
 from chatlog import wiring
 from chatlog.producers.commands import new_event
 from chatlog.projections.view import SessionView
-from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.events import SummaryUpdated
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 from tests.llm_stub import LlmStub, derived_summary, ok, slow, status
 from tests.processes import (
+    log_events,
     running_processor,
     running_projector,
     start_processor,
@@ -123,8 +123,7 @@ def summarized_turns(view: SessionView, stub: LlmStub) -> list[str]:
 
 
 def summary_events(kafka, settings: Settings) -> list[SummaryUpdated]:
-    codec = EventCodec()
-    events = [codec.decode(m.value()) for m in kafka.consume_all(settings.topic)]
+    events = [event for _, event in log_events(kafka, settings)]
     return [e.payload for e in events if isinstance(e.payload, SummaryUpdated)]
 
 

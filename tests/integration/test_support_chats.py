@@ -26,11 +26,10 @@ from chatlog import __version__, wiring
 from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.projections.context import Context
-from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from tests.processes import running_processor, unique_settings, wait_until
+from tests.processes import log_events, running_processor, unique_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -167,13 +166,7 @@ def session_events(
     kafka, settings: Settings, session_id: str
 ) -> list[tuple[int, ConversationEvent]]:
     """(offset, event) of the session's events in the log, in order."""
-    codec = EventCodec()
-    events = []
-    for message in kafka.consume_all(settings.topic):
-        event = codec.decode(message.value())
-        if event.session_id == session_id:
-            events.append((message.offset(), event))
-    return events
+    return [(o, e) for o, e in log_events(kafka, settings) if e.session_id == session_id]
 
 
 def test_a_long_chat_appended_turn_by_turn_accounts_for_every_turn_once(running, kafka):

@@ -15,7 +15,7 @@ from chatlog.producers.kafka_topics import chatlog_topics, ensure_topics
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import ConfigError, TopicMissing
 from chatlog.settings import Settings
-from chatlog.wiring import check_keys_topic, create_topics, topic_drift
+from chatlog.wiring import check_keys_topic, create_topics, opener, topic_drift
 from tests.processes import master_key_file
 
 pytestmark = pytest.mark.integration
@@ -38,6 +38,7 @@ def settings(kafka, redis_url):
         topic=topics[0],
         dlq_topic=topics[1],
         keys_topic=topics[2],
+        redis_prefix=f"cli{suffix}",
         partitions=4,
         master_key_file=master_key_file(),
     )
@@ -152,6 +153,7 @@ def _cli(
         "CHATLOG_DLQ_TOPIC": settings.dlq_topic,
         "CHATLOG_KEYS_TOPIC": settings.keys_topic,
         "CHATLOG_MASTER_KEY_FILE": str(settings.master_key_file),
+        "CHATLOG_REDIS_PREFIX": settings.redis_prefix,
         **extra,
     }
     return subprocess.run(
@@ -185,7 +187,10 @@ def test_cli_creates_topics_and_publishes(kafka, settings):
     position = json.loads(published.stdout)["position"]
     [message] = kafka.consume_all(settings.topic)
     assert position == f"{message.partition()}:{message.offset()}"
-    assert EventCodec().decode(message.value()).payload.content == "hi"
+    event = EventCodec().decode(message.value())
+    assert event.sealed is not None  # what was written is sealed under the user's key
+    [opened] = opener(settings).open_batch([event])
+    assert opened.payload.content == "hi"
 
     human = _cli(settings, "publish", "s-cli", "--user", "u1", "--role", "user", "--content", "x")
     assert human.stdout.startswith("session_id: s-cli\nposition: ")

@@ -22,13 +22,13 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from chatlog import wiring
-from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.events import SummaryUpdated
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 from tests.llm_stub import LlmStub, ok, slow
 from tests.processes import (
     ROOT,
+    log_events,
     running_processor,
     running_projector,
     start_processor,
@@ -114,8 +114,7 @@ def _sigterm(process: subprocess.Popen[bytes], log: Path) -> tuple[int, float]:
 
 def _summarized_once(kafka, settings: Settings, stub: LlmStub) -> list[SummaryUpdated]:
     """The session's summaries in the log, checked to cover each evicted turn once."""
-    codec = EventCodec()
-    events = [codec.decode(m.value()) for m in kafka.consume_all(settings.topic)]
+    events = [event for _, event in log_events(kafka, settings)]
     summaries = [e.payload for e in events if isinstance(e.payload, SummaryUpdated)]
     assert len(events) - len(summaries) == TURNS
     # Each summary covers the turns after the one before it: through_offsets and the
