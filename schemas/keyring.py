@@ -19,10 +19,15 @@ The rules, written once here:
 * An erased user is retired: the directory refuses new keys for them, and a writer is
   told `Erased`. Nothing written for them afterwards can be read, so nothing of theirs
   reappears (late events, summaries in flight, retries).
+* Appends do not wait for Redis: a writer that cannot reach the directory makes a key
+  without looking (one more key for the user) and logs it. Readers that meet it project
+  it into the directory from the log; if the user was erased meanwhile, the directory
+  refuses it there, and what it sealed reads as erased.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-from chatlog.schemas.errors import Erased
+from chatlog.schemas.errors import Erased, Unavailable
 from chatlog.schemas.key_records import ErasureRecord, KeyRecord
 from chatlog.schemas.master_keys import KeyProvider, WrappedKey, unwrap_data_key, wrap_data_key
 from chatlog.schemas.sealing import DataKey, KeyScope
@@ -38,6 +43,8 @@ from chatlog.schemas.sealing import DataKey, KeyScope
 __all__ = ["KeyDirectory", "KeyEntries", "KeyLog", "Keyring"]
 
 _K = TypeVar("_K")
+
+log = logging.getLogger("chatlog.keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +160,11 @@ class Keyring:
     def _existing(self, scope: KeyScope) -> DataKey | None:
         if self._directory is None:
             return None
-        entries = self._directory.entries(scope)
+        try:
+            entries = self._directory.entries(scope)
+        except Unavailable as exc:
+            log.warning("key directory unavailable (%s); making a new key for %s", exc, scope)
+            return None
         _refuse_erased(scope, entries)
         if not entries.keys:
             return None
@@ -167,12 +178,21 @@ class Keyring:
         key = DataKey.new(scope)
         record = KeyRecord(scope, key.key_id, wrap_data_key(self.provider, key), datetime.now(UTC))
         self._log.publish_key(record)
-        if self._directory is not None and not self._directory.put(record):
+        if self._directory is not None and not self._put(record):
             # Erased between the look-up and now: nothing was sealed with the key yet, and
             # no reader will find it in the directory; its tombstone takes it off the disks.
             self._log.publish_tombstone(scope, key.key_id)
             _refuse_erased(scope, self._directory.entries(scope))
         return key
+
+    def _put(self, record: KeyRecord) -> bool:
+        """Write `record` through to the directory; True if it is there or may be (Redis
+        away: readers project it from the log), False if its user is erased."""
+        assert self._directory is not None
+        try:
+            return self._directory.put(record)
+        except Unavailable:
+            return True
 
 
 def _refuse_erased(scope: KeyScope, entries: KeyEntries) -> None:

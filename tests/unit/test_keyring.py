@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from chatlog.schemas.errors import DecodeError, Erased
+from chatlog.schemas.errors import DecodeError, Erased, StoreUnavailable
 from chatlog.schemas.key_records import ErasureRecord, KeyRecord, decode_key_record
 from chatlog.schemas.keyring import Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key
@@ -131,3 +131,18 @@ def test_unwrapped_keys_are_cached_bounded_and_forgotten_on_erasure():
 def test_a_bad_keys_record_is_a_decode_error_naming_the_problem(key, value, problem):
     with pytest.raises(DecodeError, match=problem):
         decode_key_record(key, value)
+
+
+def test_a_writer_does_not_wait_for_an_unreachable_directory():
+    class Down(MemoryKeyDirectory):
+        def entries(self, scope):
+            raise StoreUnavailable("Redis did not answer")
+
+        def put(self, record):
+            raise StoreUnavailable("Redis did not answer")
+
+    log = MemoryKeyLog()
+    key = _ring(log, Down()).for_writing(SCOPE)
+    [(kafka_key, value)] = log.records  # made without looking, and logged before use
+    assert kafka_key == f"t1/u1/{key.key_id}"
+    assert value is not None
