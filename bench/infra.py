@@ -125,12 +125,13 @@ class BenchStack:
             update={
                 "topic": topic,
                 "dlq_topic": f"{topic}.dlq",
+                "keys_topic": f"{topic}.keys",
                 "partitions": PARTITIONS,
                 "redis_prefix": f"{self.redis_root}:{name}",
                 "projector_group": f"bench-{self.run_id}-{name}",
             }
         )
-        self.topics += [settings.topic, settings.dlq_topic]
+        self.topics += [settings.topic, settings.dlq_topic, settings.keys_topic]
         wiring.create_topics(settings)
         found = self.admin.list_topics(settings.topic, timeout=30).topics[settings.topic]
         self.replication = len(found.partitions[0].replicas) if found.partitions else 0
@@ -215,8 +216,14 @@ def child_env(settings: Settings) -> dict[str, str]:
         "CHATLOG_REDIS_URL": settings.redis_url,
         "CHATLOG_TOPIC": settings.topic,
         "CHATLOG_DLQ_TOPIC": settings.dlq_topic,
+        "CHATLOG_KEYS_TOPIC": settings.keys_topic,
         "CHATLOG_REDIS_PREFIX": settings.redis_prefix,
         "CHATLOG_PROJECTOR_GROUP": settings.projector_group,
+        **(
+            {"CHATLOG_MASTER_KEY_FILE": str(settings.master_key_file)}
+            if settings.master_key_file is not None
+            else {}
+        ),
     }
 
 
