@@ -23,7 +23,6 @@ from then on, without rewriting an immutable log.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -136,19 +135,24 @@ def field_context(
 
     Each part is length-prefixed, so no two different tuples encode the same bytes.
     """
-    parts = [p.encode() for p in (event_id, session_id, user_id, tenant, field)]
-    return _CONTEXT_LABEL + b"".join(struct.pack(">H", len(p)) + p for p in parts)
+    return _event_context(event_id, session_id, user_id, tenant) + _part(field)
+
+
+def _part(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+def _event_context(event_id: str, session_id: str, user_id: str, tenant: str) -> bytes:
+    return _CONTEXT_LABEL + b"".join(map(_part, (event_id, session_id, user_id, tenant)))
 
 
 def _context_of(event: ConversationEvent) -> Callable[[str], bytes]:
+    # The event's part once, each field's appended: sealing is on every event's path.
+    prefix = _event_context(event.event_id, event.session_id, event.user_id, event.tenant)
+
     def context(field: str) -> bytes:
-        return field_context(
-            event_id=event.event_id,
-            session_id=event.session_id,
-            user_id=event.user_id,
-            tenant=event.tenant,
-            field=field,
-        )
+        return prefix + _part(field)
 
     return context
 
