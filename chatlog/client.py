@@ -123,7 +123,8 @@ class ChatLog:
 
         With `as_of` (an aware datetime, epoch milliseconds, or a `Position` meaning
         right after that event), the context as it was then, folded from the log: no
-        projector or Redis is asked. `after` and `as_of` exclude each other.
+        projector or read-model is asked (Redis serves only the owner's keys). `after`
+        and `as_of` exclude each other.
         """
         if as_of is not None:
             history = _history_for(self.history, after)

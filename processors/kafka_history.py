@@ -5,7 +5,8 @@ present, but the log knows every past: a session's context at any point is the f
 session's events up to that point. `KafkaHistory.read` finds the session's partition (murmur2,
 as the producers put it there), reads that partition from its start up to the bound, folds
 the session's records with the same pure `evolve` the projector uses, and applies the same
-read rules as the Redis reader. It needs no projector and never touches Redis.
+read rules as the Redis reader. It needs no projector and never reads the read-model;
+sealed events are opened with the owner's keys (`opener`, which reads the key directory).
 
 The bound, exclusive, is the first offset *not* read:
 
