@@ -31,12 +31,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import TopicPartition
 
 from chatlog.processors.kafka_consumer import groupless_consumer
-from chatlog.processors.kafka_history import kafka_call
+from chatlog.processors.kafka_history import kafka_call, partition_records
 from chatlog.producers.kafka_topics import topic_partitions
-from chatlog.schemas.errors import BrokerUnavailable, DecodeError
+from chatlog.schemas.errors import DecodeError
 from chatlog.schemas.key_records import ErasureRecord, KeyRecord, decode_key_record
 from chatlog.schemas.keyring import KeyLog, Keyring
 from chatlog.schemas.master_keys import wrap_data_key
@@ -159,41 +159,17 @@ def read_key_log(
     config: Mapping[str, Any] | None = None,
     timeout: float = 60.0,
 ) -> Iterator[tuple[bytes, bytes | None]]:
-    """Every record of the keys topic, from offset 0 to its end when the read began, as
-    ``(key, value)``, each partition in order."""
-    deadline = time.monotonic() + timeout
+    """Every record of the keys topic, from its start to its end when the read began, as
+    ``(key, value)``, each partition in order; `timeout` bounds a stall of the read."""
     consumer = groupless_consumer(bootstrap_servers, config, purpose="keys")
     try:
         count = topic_partitions(consumer, topic, bootstrap_servers=bootstrap_servers)
-        ends: dict[int, int] = {}
         for partition in range(count):
-            low, high = kafka_call(
-                consumer.get_watermark_offsets, TopicPartition(topic, partition), timeout=10
-            )
-            if high > low:
-                ends[partition] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        while ends:
-            if time.monotonic() > deadline:
-                raise BrokerUnavailable(
-                    f"the keys topic {topic!r} was not read to its end within {timeout:g} s "
-                    f"({len(ends)} partitions left)",
-                    topic=topic,
-                )
-            for message in kafka_call(consumer.consume, 1000, timeout=0.5):
-                error = message.error()
-                if error is not None:
-                    if error.fatal() or not error.retriable():
-                        raise BrokerUnavailable(f"reading {topic} failed: {error.str()}")
-                    continue
-                if message.partition() in ends:
-                    yield message.key() or b"", message.value()
-            # By position, not by the last offset seen: compaction leaves gaps, and the
-            # record before the end may be gone.
-            positions = consumer.position([TopicPartition(topic, p) for p in ends])
-            for tp in positions:
-                if tp.offset >= ends[tp.partition]:
-                    del ends[tp.partition]
+            where = TopicPartition(topic, partition)
+            low, high = kafka_call(consumer.get_watermark_offsets, where, timeout=10)
+            # By position (`partition_records`): compaction leaves gaps before the end.
+            for message in partition_records(consumer, where, low, high, timeout):
+                yield message.key() or b"", message.value()
     finally:
         consumer.close()
 

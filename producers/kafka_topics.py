@@ -206,56 +206,36 @@ def config_drift(
 ) -> list[Drift]:
     """Every property of an existing topic in `specs` that differs from its spec."""
     specs = list(specs)
-    if not specs:
-        return []
-    resources = [ConfigResource(ResourceType.TOPIC, spec.name) for spec in specs]
-    try:
-        futures = admin.describe_configs(resources, request_timeout=timeout)
-    except KafkaException as exc:
-        raise BrokerUnavailable(f"no Kafka broker answered: {kafka_reason(exc)}") from exc
-    drift: list[Drift] = []
-    for spec, resource in zip(specs, resources, strict=True):
-        try:
-            actual = futures[resource].result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                continue  # missing: that is for `ensure_topics` to create
-            raise BrokerUnavailable(f"no Kafka broker answered: {kafka_reason(exc)}") from exc
-        for name, wanted in spec.config.items():
-            entry = actual.get(name)
-            value = None if entry is None else entry.value
-            if value != wanted:
-                drift.append(Drift(spec.name, name, value, wanted))
-    return drift
+    found = _topic_configs(admin, [spec.name for spec in specs], timeout=timeout)
+    return [
+        Drift(spec.name, name, actual.get(name), wanted)
+        for spec in specs
+        if (actual := found[spec.name]) is not None  # missing: for `ensure_topics`
+        for name, wanted in spec.config.items()
+        if actual.get(name) != wanted
+    ]
 
 
 def check_keys_topic(
     admin: AdminClient, topic: str, *, shred_within_ms: int, timeout: float = 30.0
 ) -> None:
     """Refuse to run on a keys topic that would keep an erased user's key beyond the bound."""
-    wanted = TopicSpec(topic, 1, 1, keys_topic_config(shred_within_ms))
-    resource = ConfigResource(ResourceType.TOPIC, topic)
-    try:
-        actual = admin.describe_configs([resource], request_timeout=timeout)[resource].result(
-            timeout
+    actual = _topic_configs(admin, [topic], timeout=timeout)[topic]
+    if actual is None:
+        raise TopicMissing(
+            f"topic {topic!r} (each user's data keys) does not exist; create it with "
+            f"`chatlog topics create`",
+            topic=topic,
         )
-    except KafkaException as exc:
-        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            raise TopicMissing(
-                f"topic {topic!r} (each user's data keys) does not exist; create it with "
-                f"`chatlog topics create`",
-                topic=topic,
-            ) from exc
-        raise BrokerUnavailable(f"no Kafka broker answered: {kafka_reason(exc)}") from exc
+    wanted = keys_topic_config(shred_within_ms)
     problems = []
-    for name, value in wanted.config.items():
-        entry = actual.get(name)
-        have = None if entry is None else entry.value
-        if name == "cleanup.policy":
-            if "compact" not in (have or "").split(","):
-                problems.append(f"cleanup.policy is {have}, not compact")
-        elif name in ("max.compaction.lag.ms", "segment.ms") and int(have or 2**63) > int(value):
-            problems.append(f"{name} is {have}, above {value}")
+    policy = actual.get("cleanup.policy")
+    if "compact" not in (policy or "").split(","):
+        problems.append(f"cleanup.policy is {policy}, not compact")
+    for name in ("max.compaction.lag.ms", "segment.ms"):
+        have = actual.get(name)
+        if int(have or 2**63) > int(wanted[name]):
+            problems.append(f"{name} is {have}, above {wanted[name]}")
     if problems:
         raise ConfigError(
             f"topic {topic!r} would keep an erased user's key on disk beyond "
@@ -264,6 +244,30 @@ def check_keys_topic(
             topic=topic,
             setting="CHATLOG_KEY_SHRED_WITHIN",
         )
+
+
+def _topic_configs(
+    admin: AdminClient, topics: list[str], *, timeout: float
+) -> dict[str, dict[str, str | None] | None]:
+    """Each topic's properties, by name; None for a topic that does not exist."""
+    if not topics:
+        return {}
+    resources = {topic: ConfigResource(ResourceType.TOPIC, topic) for topic in topics}
+    try:
+        futures = admin.describe_configs(list(resources.values()), request_timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"no Kafka broker answered: {kafka_reason(exc)}") from exc
+    configs: dict[str, dict[str, str | None] | None] = {}
+    for topic, resource in resources.items():
+        try:
+            entries = futures[resource].result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise BrokerUnavailable(f"no Kafka broker answered: {kafka_reason(exc)}") from exc
+            configs[topic] = None
+            continue
+        configs[topic] = {name: entry.value for name, entry in entries.items()}
+    return configs
 
 
 def ensure_topics(

@@ -132,19 +132,7 @@ def test_group_membership_is_refused_as_a_kafka_property_naming_the_setting(vari
 
 
 def test_local_stack_addresses_fill_what_is_unset(tmp_path):
-    stack = StackState(
-        kafka=KafkaState(
-            bootstrap="127.0.0.1:39092",
-            version="4.4.0",
-            brokers=1,
-            cluster_id="c",
-            pids=(1,),
-            ports=(39092,),
-            controller_ports=(39093,),
-            data_dirs=(str(tmp_path / "kafka-1"),),
-        ),
-        redis=RedisState(url="redis://127.0.0.1:36379/0", pid=2, port=36379, data_dir="r"),
-    )
+    stack = _stack(tmp_path)
     write_state(stack, state_dir=tmp_path)
     settings = Settings.from_env({"CHATLOG_STATE_DIR": str(tmp_path)})
     assert settings.kafka_bootstrap == "127.0.0.1:39092"
