@@ -46,7 +46,7 @@ from chatlog.producers.kafka_topics import (
 from chatlog.projections import tokens
 from chatlog.projections.context import TokenCounter
 from chatlog.projections.keys import KeySpace
-from chatlog.projections.opening import EventOpener
+from chatlog.projections.opening import EventOpener, ViewOpener
 from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_keys import RedisKeyDirectory
 from chatlog.projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
@@ -424,6 +424,11 @@ def _replay_worker(
     rebuild_partitions(replay_parts(settings, batch_size=batch_size), generation, partitions, ends)
 
 
+def view_opener(settings: Settings) -> ViewOpener:
+    """Opens stored views for a reader, with keys unwrapped under the master keys."""
+    return ViewOpener(Keyring(key_provider(settings)))
+
+
 def reader(settings: Settings, client: redis.Redis | None = None) -> RedisReader:
     """A blocking reader of the live generation."""
     return RedisReader(
@@ -431,6 +436,7 @@ def reader(settings: Settings, client: redis.Redis | None = None) -> RedisReader
         prefix=settings.redis_prefix,
         ttl_s=settings.session_ttl_s or None,
         count_tokens=token_counter(settings),
+        opener=view_opener(settings),
     )
 
 
@@ -441,6 +447,7 @@ def async_reader(settings: Settings) -> AsyncRedisReader:
         prefix=settings.redis_prefix,
         ttl_s=settings.session_ttl_s or None,
         count_tokens=token_counter(settings),
+        opener=view_opener(settings),
     )
 
 

@@ -87,7 +87,8 @@ class ProjectionCore:
     ) -> None:
         self.store = store
         self.codec = codec or EventCodec()
-        # Opens sealed events; without one they are projected as they are (placeholders).
+        # Checks that sealed events open (those that do not are dead-lettered); they are
+        # folded and stored sealed. Without one, they are projected unchecked.
         self.opener = opener
         self.policy = policy
         self.cache_size = cache_size
@@ -143,7 +144,7 @@ class ProjectionCore:
     def _open(self, decoded: list[tuple[Record, ConversationEvent]]) -> list[tuple[Record, Opened]]:
         if self.opener is None or not decoded:
             return list(decoded)
-        opened = self.opener.open_batch([event for _, event in decoded])
+        opened = self.opener.open_batch([event for _, event in decoded], verify=True)
         return [(record, o) for (record, _), o in zip(decoded, opened, strict=True)]
 
     def _decode(self, record: Record, result: BatchResult) -> ConversationEvent | None:

@@ -61,6 +61,7 @@ from chatlog.schemas.errors import (
     ChatlogError,
     ConfigError,
     DecodeError,
+    Erased,
     InvalidInput,
     RetryableSummarizerError,
     SummarizerError,
@@ -363,6 +364,9 @@ class SummaryEngine:
                     view = await self.views.projected_view(
                         session_id, position, timeout=self.policy.load_timeout_s
                     )
+                    break
+                except Erased:
+                    view = None  # its owner is erased: nothing of it is summarized again
                     break
                 except ChatlogError as exc:  # the projector is behind, or Redis is away
                     log.warning("summarizer: waiting to load session %s: %s", session_id, exc)

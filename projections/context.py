@@ -59,7 +59,13 @@ class Context:
     def from_view(
         cls, view: SessionView, *, window_size: int, count_tokens: TokenCounter = approx_tokens
     ) -> Context:
-        """The context of a stored view."""
+        """The context of a stored view, opened (`ViewOpener`): a context is what a
+        prompt is built from, and a sealed placeholder in it would be silently empty."""
+        if view.sealed:
+            raise ValueError(
+                f"the view of session {view.session_id} is still sealed; open it with its "
+                f"owner's keys first (chatlog.projections.opening.ViewOpener)"
+            )
         return cls(
             session_id=view.session_id,
             user_id=view.user_id,

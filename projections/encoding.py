@@ -5,15 +5,20 @@ each, oldest first). Rewriting the whole list on every event would multiply the 
 volume by the window size, so `diff` computes what changed between the stored view and
 the new one: how many messages to drop from the left (evicted or summarized), which to
 overwrite in place (redacted), which to append. Pure: no Redis here.
+
+Sealed fields are stored as the event carried them (`SealedFields`, base64 in the JSON):
+a message's under ``s``, the title's and the summary's in their own meta fields.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from chatlog.projections.view import Message, SessionStatus, SessionView
+from chatlog.projections.view import Message, SealedFields, SessionStatus, SessionView
 from chatlog.schemas.events import ToolCall
 
 __all__ = ["MessagesDelta", "decode_view", "diff", "encode_message", "encode_meta"]
@@ -40,6 +45,8 @@ def encode_message(message: Message) -> str:
         doc["m"] = dict(message.metadata)
     if message.redacted:
         doc["x"] = 1
+    if message.sealed is not None:
+        doc["s"] = _sealed_doc(message.sealed)
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -57,7 +64,32 @@ def decode_message(raw: str | bytes) -> Message:
         tool_call_id=doc.get("tid"),
         metadata=doc.get("m", {}),
         redacted=bool(doc.get("x")),
+        sealed=_sealed_of(doc.get("s")),
     )
+
+
+def _sealed_doc(sealed: SealedFields) -> list[object]:
+    fields = {path: base64.b64encode(blob).decode() for path, blob in sealed.fields.items()}
+    return [sealed.event_id, sealed.key_id, fields]
+
+
+def _sealed_of(doc: list[Any] | None) -> SealedFields | None:
+    if doc is None:
+        return None
+    event_id, key_id, fields = doc
+    return SealedFields(
+        event_id, key_id, {path: base64.b64decode(b64) for path, b64 in fields.items()}
+    )
+
+
+def _sealed_text(sealed: SealedFields | None) -> str:
+    if sealed is None:
+        return _NONE
+    return json.dumps(_sealed_doc(sealed), separators=(",", ":"))
+
+
+def _sealed_field(text: str | None) -> SealedFields | None:
+    return _sealed_of(json.loads(text)) if text else None
 
 
 def encode_meta(view: SessionView, *, window: int) -> dict[str, str]:
@@ -74,8 +106,10 @@ def encode_meta(view: SessionView, *, window: int) -> dict[str, str]:
         "updated_at": str(view.updated_at_ms),
         "status": view.status.value,
         "title": _NONE if view.title is None else view.title,
+        "title_sealed": _sealed_text(view.title_sealed),
         "message_count": str(view.message_count),
         "summary": _NONE if view.summary is None else view.summary,
+        "summary_sealed": _sealed_text(view.summary_sealed),
         "summary_through": str(view.summary_through),
         "summary_model": _NONE if view.summary_model is None else view.summary_model,
         "summary_covered": str(view.summary_covered),
@@ -88,6 +122,8 @@ def decode_view(meta: Mapping[str, str], messages: Sequence[str | bytes]) -> Ses
     """The view stored as `meta` and `messages`; None when there is no meta."""
     if not meta:
         return None
+    title_sealed = _sealed_field(meta.get("title_sealed"))
+    summary_sealed = _sealed_field(meta.get("summary_sealed"))
     return SessionView(
         session_id=meta["session_id"],
         user_id=meta["user_id"],
@@ -99,14 +135,17 @@ def decode_view(meta: Mapping[str, str], messages: Sequence[str | bytes]) -> Ses
         created_at_ms=int(meta["created_at"]),
         updated_at_ms=int(meta["updated_at"]),
         status=SessionStatus(meta["status"]),
-        title=meta["title"] or None,
+        # A sealed one's placeholder is the empty string, as in the event.
+        title=meta["title"] if title_sealed else meta["title"] or None,
         messages=tuple(decode_message(raw) for raw in messages),
         message_count=int(meta["message_count"]),
-        summary=meta["summary"] or None,
+        summary=meta["summary"] if summary_sealed else meta["summary"] or None,
         summary_through=int(meta["summary_through"]),
         summary_model=meta["summary_model"] or None,
         summary_covered=int(meta["summary_covered"]),
         overflow_dropped=int(meta["overflow_dropped"]),
+        title_sealed=title_sealed,
+        summary_sealed=summary_sealed,
     )
 
 

@@ -16,19 +16,34 @@ each key once (`Keyring`), and opens each event. What it answers for each event:
 A key missing from the directory while its owner is not erased is looked for once in
 the keys topic (`catch_up`, which rewrites the directory from it) before the event is
 given up on: the directory is a copy Redis may have lost.
+
+The projector only verifies (`open_batch(..., verify=True)`): it needs to know that an
+event opens, to dead-letter the ones that do not, but it folds and stores the sealed
+fields as they are, so Redis holds no plaintext. `ViewOpener` opens such a view for a
+reader, with the owner's entries the reader fetched in the same round trip as the view.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Final
 
-from chatlog.schemas.errors import Undecryptable
+from chatlog.projections.view import Message, SealedFields, SessionView
+from chatlog.schemas.errors import Erased, Undecryptable
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.keyring import KeyDirectory, KeyEntries, Keyring
-from chatlog.schemas.sealing import KeyScope, open_event
+from chatlog.schemas.sealing import (
+    METADATA,
+    TOOL_CALLS,
+    DataKey,
+    KeyScope,
+    open_event,
+    open_fields,
+    verify_event,
+)
 
-__all__ = ["ERASED", "EventOpener", "Opened"]
+__all__ = ["ERASED", "EventOpener", "Opened", "ViewOpener"]
 
 
 class _Erased:
@@ -61,11 +76,13 @@ class EventOpener:
         events: Sequence[ConversationEvent],
         *,
         known: dict[KeyScope, KeyEntries] | None = None,
+        verify: bool = False,
     ) -> list[Opened]:
         """Each of `events` opened, `ERASED`, or `Undecryptable` (see the module).
 
         `known` carries owners' entries from one call to the next within one read (a
         session's history: one owner), so they are fetched once; it is filled here.
+        With `verify`, an event that opens is answered as it is, still sealed.
         """
         sealed = [e for e in events if e.sealed is not None]
         if not sealed:
@@ -82,9 +99,11 @@ class EventOpener:
         if unknown and self._catch_up is not None:
             self._catch_up()
             entries.update(self.directory.entries_many(unknown))
-        return [self._open(event, entries) for event in events]
+        return [self._open(event, entries, verify) for event in events]
 
-    def _open(self, event: ConversationEvent, entries: dict[KeyScope, KeyEntries]) -> Opened:
+    def _open(
+        self, event: ConversationEvent, entries: dict[KeyScope, KeyEntries], verify: bool
+    ) -> Opened:
         if event.sealed is None:
             return event
         scope, key_id = KeyScope.of(event), event.sealed.key_id
@@ -101,7 +120,11 @@ class EventOpener:
                 key_id=key_id,
             )
         try:
-            return open_event(event, self.keyring.for_reading(scope, key_id, wrapped))
+            key = self.keyring.for_reading(scope, key_id, wrapped)
+            if verify:
+                verify_event(event, key)
+                return event
+            return open_event(event, key)
         except Undecryptable as exc:
             return exc
 
@@ -109,3 +132,94 @@ class EventOpener:
 def _key_id(event: ConversationEvent) -> str:
     assert event.sealed is not None
     return event.sealed.key_id
+
+
+class ViewOpener:
+    """Opens a stored view's sealed fields with its owner's keys (`Keyring`)."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+
+    def open(self, view: SessionView, entries: KeyEntries) -> SessionView:
+        """`view` with every sealed field opened; `entries` are its owner's, as the
+        directory holds them now. `Erased` if the owner was erased; `Undecryptable` if
+        a field does not open or its key is not in `entries`."""
+        if not view.sealed:
+            return view
+        scope = KeyScope(view.tenant, view.user_id)
+        if entries.erased_at is not None:
+            raise Erased(
+                f"session {view.session_id} belongs to a user who was erased at "
+                f"{entries.erased_at.isoformat()}; its content is gone for good",
+                session_id=view.session_id,
+            )
+        keys: dict[str, DataKey] = {}
+
+        def values(sealed: SealedFields) -> dict[str, str]:
+            key = keys.get(sealed.key_id)
+            if key is None:
+                wrapped = entries.keys.get(sealed.key_id)
+                if wrapped is None:
+                    raise Undecryptable(
+                        f"session {view.session_id} is sealed under data key "
+                        f"{sealed.key_id} of user {view.user_id}, which the key directory "
+                        f"does not hold; the projector puts it back from the keys topic",
+                        session_id=view.session_id,
+                        key_id=sealed.key_id,
+                    )
+                key = keys[sealed.key_id] = self.keyring.for_reading(scope, sealed.key_id, wrapped)
+            return open_fields(
+                key,
+                sealed.fields,
+                event_id=sealed.event_id,
+                session_id=view.session_id,
+                user_id=view.user_id,
+                tenant=view.tenant,
+            )
+
+        changes: dict[str, Any] = {
+            "messages": tuple(
+                m if m.sealed is None else _opened(m, values(m.sealed)) for m in view.messages
+            )
+        }
+        if view.title_sealed is not None:
+            changes.update(title=values(view.title_sealed)["title"], title_sealed=None)
+        if view.summary_sealed is not None:
+            changes.update(summary=values(view.summary_sealed)["summary"], summary_sealed=None)
+        return replace(view, **changes)
+
+
+def _opened(message: Message, values: Mapping[str, str]) -> Message:
+    """`message` with its sealed fields' `values` (by path) in their places."""
+    content, name = message.content, message.name
+    calls, metadata = message.tool_calls, message.metadata
+    for path, value in values.items():
+        if path == "content":
+            content = value
+        elif path == "name":
+            name = value
+        elif path.startswith(TOOL_CALLS):
+            index, _, part = path.removeprefix(TOOL_CALLS).partition(".")
+            at = int(index)
+            calls = (*calls[:at], calls[at].model_copy(update={part: value}), *calls[at + 1 :])
+        elif path.startswith(METADATA):
+            metadata = {**metadata, path.removeprefix(METADATA): value}
+        else:
+            raise Undecryptable(
+                f"message {message.message_id} carries a sealed field {path} that a message "
+                f"has no place for",
+                field=path,
+            )
+    # The constructor, not `dataclasses.replace`: a read opens every message it returns.
+    return Message(
+        offset=message.offset,
+        message_id=message.message_id,
+        role=message.role,
+        content=content,
+        occurred_at_ms=message.occurred_at_ms,
+        name=name,
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id,
+        metadata=metadata,
+        redacted=message.redacted,
+    )

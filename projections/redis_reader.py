@@ -17,6 +17,11 @@ The live generation is looked up through the pointer key and cached for
 Lost data is never served: the same MULTI reads the pointer and the generation's epoch
 (`chatlog.projections.epochs`), and a generation without its epoch, or no pointer at
 all, raises `ReadModelLost` rather than a partial view or a "not found".
+
+Views are stored sealed (`chatlog.projections.view`): the same MULTI fetches the reader's
+key-directory entries (its tenant's, for the user who reads), and `ViewOpener` opens the
+view with them, so a user erased a moment ago reads as `Erased`, whatever is cached. A
+session of another tenant costs one more round trip for its owner's entries.
 """
 
 from __future__ import annotations
@@ -25,21 +30,33 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio
 
 from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
+from chatlog.projections.encoding import decode_view
 from chatlog.projections.epochs import reader_problem
 from chatlog.projections.keys import KeySpace
+from chatlog.projections.opening import ViewOpener
+from chatlog.projections.redis_keys import entries_of
 from chatlog.projections.redis_store import decode_loaded, queue_load, redis_errors, text, text_map
 from chatlog.projections.store import SessionEntry, session_entries
 from chatlog.projections.view import SessionView
-from chatlog.schemas.errors import InvalidInput, ReadModelLost, ReadTimeout, SessionNotFound
+from chatlog.schemas.errors import (
+    ConfigError,
+    Erased,
+    InvalidInput,
+    ReadModelLost,
+    ReadTimeout,
+    SessionNotFound,
+)
 from chatlog.schemas.ids import validate_id
+from chatlog.schemas.keyring import KeyEntries
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope
 
 __all__ = [
     "DEFAULT_GENERATION",
@@ -66,9 +83,14 @@ class RedisReader:
         ttl_s: float | None = None,
         generation_refresh_s: float = 1.0,
         count_tokens: TokenCounter = approx_tokens,
+        opener: ViewOpener | None = None,
+        tenant: str = "default",
     ) -> None:
         self.client = client
         self.count_tokens = count_tokens
+        # Opens sealed views; a reader without one refuses them (`ConfigError`).
+        self.opener = opener
+        self.tenant = tenant
         self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
         self._keys = KeySpace(prefix)
         self._refresh_s = generation_refresh_s
@@ -100,11 +122,15 @@ class RedisReader:
             with redis_errors():
                 # While waiting, poll the applied offset only; read the view once it is there.
                 if after is None or remaining <= 0 or self._reached(session_id, after):
-                    view, window = self._load(session_id)
-                    ready = _answer(view, session_id=session_id, user_id=user_id, after=after)
+                    view, window, entries = self._load(session_id, self._owner(user_id))
+                    ready = _answer(
+                        view, entries, session_id=session_id, user_id=user_id, after=after
+                    )
                     if ready is not None:
                         return Context.from_view(
-                            ready, window_size=window, count_tokens=self.count_tokens
+                            self._open(ready, {self._owner(user_id): entries}),
+                            window_size=window,
+                            count_tokens=self.count_tokens,
                         )
                     if remaining <= 0:
                         raise _not_reached(session_id, after, view, timeout)
@@ -127,11 +153,19 @@ class RedisReader:
             if check_guard(replies[:2], keys, final=refresh):
                 break
         session_ids = [text(s) for s in replies[-1]]
+        owner = self._owner(user_id)
         pipe = self.client.pipeline(transaction=False)
         for session_id in session_ids:
             pipe.hgetall(keys.meta(session_id))
-        metas = [text_map(raw) for raw in pipe.execute()]
-        entries, gone = session_entries(session_ids, metas, user_id)
+        pipe.hgetall(keys.user_keys(owner.tenant, owner.user_id))
+        *raw, raw_entries = pipe.execute()
+        known = {owner: entries_of(owner, raw_entries)}
+        entries, gone = session_entries(
+            session_ids,
+            [text_map(meta) for meta in raw],
+            user_id,
+            open_view=lambda view: self._open(view, known),
+        )
         if gone:
             self.client.zrem(index, *gone)
         return entries
@@ -140,11 +174,28 @@ class RedisReader:
         applied = self.client.hget(self.keys().meta(session_id), "last_offset")
         return applied is not None and int(applied) >= after.offset
 
-    def _load(self, session_id: str) -> tuple[SessionView | None, int]:
-        loaded = _load_guarded(self.client, self.keys(), session_id, final=False)
+    def _owner(self, user_id: str) -> KeyScope:
+        return KeyScope(self.tenant, user_id)
+
+    def _load(self, session_id: str, owner: KeyScope) -> _Loaded:
+        loaded = _load_guarded(self.client, self.keys(), session_id, final=False, owner=owner)
         if loaded is None:  # a replay flipped the pointer since it was cached
-            loaded = load_session(self.client, self.keys(refresh=True), session_id)
+            loaded = _load_guarded(
+                self.client, self.keys(refresh=True), session_id, final=True, owner=owner
+            )
+            assert loaded is not None  # final: lost raises
         return loaded
+
+    def _open(self, view: SessionView, known: dict[KeyScope, KeyEntries]) -> SessionView:
+        """`view` opened with its owner's entries (fetched unless `known` has them)."""
+        if not view.sealed:
+            return view
+        scope = KeyScope(view.tenant, view.user_id)
+        if scope not in known:
+            with redis_errors():
+                raw = self.client.hgetall(self.keys().user_keys(scope.tenant, scope.user_id))
+            known[scope] = entries_of(scope, raw)
+        return _opener(self.opener).open(view, known[scope])
 
 
 class AsyncRedisReader:
@@ -158,9 +209,14 @@ class AsyncRedisReader:
         ttl_s: float | None = None,
         generation_refresh_s: float = 1.0,
         count_tokens: TokenCounter = approx_tokens,
+        opener: ViewOpener | None = None,
+        tenant: str = "default",
     ) -> None:
         self.client = client
         self.count_tokens = count_tokens
+        # Opens sealed views; a reader without one refuses them (`ConfigError`).
+        self.opener = opener
+        self.tenant = tenant
         self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
         self._keys = KeySpace(prefix)
         self._refresh_s = generation_refresh_s
@@ -192,11 +248,15 @@ class AsyncRedisReader:
             with redis_errors():
                 # While waiting, poll the applied offset only; read the view once it is there.
                 if after is None or remaining <= 0 or await self._reached(session_id, after):
-                    view, window = await self._load(session_id)
-                    ready = _answer(view, session_id=session_id, user_id=user_id, after=after)
+                    view, window, entries = await self._load(session_id, self._owner(user_id))
+                    ready = _answer(
+                        view, entries, session_id=session_id, user_id=user_id, after=after
+                    )
                     if ready is not None:
                         return Context.from_view(
-                            ready, window_size=window, count_tokens=self.count_tokens
+                            await self._open(ready, {self._owner(user_id): entries}),
+                            window_size=window,
+                            count_tokens=self.count_tokens,
                         )
                     if remaining <= 0:
                         raise _not_reached(session_id, after, view, timeout)
@@ -221,7 +281,8 @@ class AsyncRedisReader:
         validate_id(session_id, field="session_id")
         await self.wait_projected(position, timeout=timeout)
         with redis_errors():
-            return (await self._load(session_id))[0]
+            view = (await self._load(session_id))[0]
+        return None if view is None else await self.open(view)
 
     async def wait_projected(self, position: Position, *, timeout: float = 5.0) -> None:
         """Return once the projector has applied every record of the partition up to
@@ -284,11 +345,26 @@ class AsyncRedisReader:
             if check_guard(replies[:2], keys, final=refresh):
                 break
         session_ids = [text(s) for s in replies[-1]]
+        owner = self._owner(user_id)
         pipe = self.client.pipeline(transaction=False)
         for session_id in session_ids:
             pipe.hgetall(keys.meta(session_id))
-        metas = [text_map(raw) for raw in await pipe.execute()]
-        entries, gone = session_entries(session_ids, metas, user_id)
+        pipe.hgetall(keys.user_keys(owner.tenant, owner.user_id))
+        *raw, raw_entries = await pipe.execute()
+        known = {owner: entries_of(owner, raw_entries)}
+        metas = [text_map(meta) for meta in raw]
+        for meta in metas:  # owners of another tenant: their entries, before the sync fold
+            view = decode_view(meta, ())
+            if view is not None and view.sealed:
+                await self._open(view, known)
+        entries, gone = session_entries(
+            session_ids,
+            metas,
+            user_id,
+            open_view=lambda view: _opener(self.opener).open(
+                view, known[KeyScope(view.tenant, view.user_id)]
+            ),
+        )
         if gone:
             await self.client.zrem(index, *gone)
         return entries
@@ -302,11 +378,34 @@ class AsyncRedisReader:
         value = await self.client.hget((await self.keys()).meta(session_id), "last_offset")
         return None if value is None else int(value)
 
-    async def _load(self, session_id: str) -> tuple[SessionView | None, int]:
-        loaded = await _aload_guarded(self.client, await self.keys(), session_id, final=False)
+    async def open(self, view: SessionView) -> SessionView:
+        """A stored view (`aload_session`) opened with its owner's keys; `Erased` if the
+        owner was erased. Apply the read rule first: this opens whoever owns it."""
+        return await self._open(view, {})
+
+    def _owner(self, user_id: str) -> KeyScope:
+        return KeyScope(self.tenant, user_id)
+
+    async def _load(self, session_id: str, owner: KeyScope | None = None) -> _Loaded:
+        keys = await self.keys()
+        loaded = await _aload_guarded(self.client, keys, session_id, final=False, owner=owner)
         if loaded is None:  # a replay flipped the pointer since it was cached
-            loaded = await aload_session(self.client, await self.keys(refresh=True), session_id)
+            keys = await self.keys(refresh=True)
+            loaded = await _aload_guarded(self.client, keys, session_id, final=True, owner=owner)
+            assert loaded is not None  # final: lost raises
         return loaded
+
+    async def _open(self, view: SessionView, known: dict[KeyScope, KeyEntries]) -> SessionView:
+        """`view` opened with its owner's entries (fetched unless `known` has them)."""
+        if not view.sealed:
+            return view
+        scope = KeyScope(view.tenant, view.user_id)
+        if scope not in known:
+            with redis_errors():
+                keys = await self.keys()
+                raw = await self.client.hgetall(keys.user_keys(scope.tenant, scope.user_id))
+            known[scope] = entries_of(scope, raw)
+        return _opener(self.opener).open(view, known[scope])
 
 
 def _queue_sessions(pipe: Any, keys: KeySpace, index: str, *, limit: int, ttl_ms: int) -> None:
@@ -348,6 +447,13 @@ def check_guard(replies: Sequence[Any], keys: KeySpace, *, final: bool = True) -
     )
 
 
+class _Loaded(NamedTuple):
+    view: SessionView | None
+    window: int
+    # The key-directory entries of the owner the load was asked to fetch, if any.
+    entries: KeyEntries
+
+
 def load_session(
     client: redis.Redis, keys: KeySpace, session_id: str, *, messages: bool = True
 ) -> tuple[SessionView | None, int]:
@@ -355,11 +461,12 @@ def load_session(
 
     `messages=False` leaves the message list unread (the view then has no messages), for
     callers that need only the session's meta. `ReadModelLost` if the generation is lost
-    (see `check_guard`), never a partial view or a None for a session that existed.
+    (see `check_guard`), never a partial view or a None for a session that existed. The
+    view is as stored: sealed (see `ViewOpener`).
     """
     loaded = _load_guarded(client, keys, session_id, messages=messages, final=True)
     assert loaded is not None  # final: lost raises
-    return loaded
+    return loaded.view, loaded.window
 
 
 async def aload_session(
@@ -368,18 +475,25 @@ async def aload_session(
     """`load_session`, awaited."""
     loaded = await _aload_guarded(client, keys, session_id, messages=messages, final=True)
     assert loaded is not None  # final: lost raises
-    return loaded
+    return loaded.view, loaded.window
 
 
 def _load_guarded(
-    client: redis.Redis, keys: KeySpace, session_id: str, *, final: bool, messages: bool = True
-) -> tuple[SessionView | None, int] | None:
-    """`load_session`; None if the pointer has moved away from `keys` (see `check_guard`)."""
+    client: redis.Redis,
+    keys: KeySpace,
+    session_id: str,
+    *,
+    final: bool,
+    messages: bool = True,
+    owner: KeyScope | None = None,
+) -> _Loaded | None:
+    """`load_session` (and `owner`'s key entries); None if the pointer has moved away
+    from `keys` (see `check_guard`)."""
     pipe = client.pipeline(transaction=True)
-    _queue_guarded_load(pipe, keys, session_id, messages=messages)
+    _queue_guarded_load(pipe, keys, session_id, messages=messages, owner=owner)
     with redis_errors():
         replies = pipe.execute()
-    return _guarded_load(replies, keys, final=final, messages=messages)
+    return _guarded_load(replies, keys, final=final, messages=messages, owner=owner)
 
 
 async def _aload_guarded(
@@ -389,35 +503,67 @@ async def _aload_guarded(
     *,
     final: bool,
     messages: bool = True,
-) -> tuple[SessionView | None, int] | None:
+    owner: KeyScope | None = None,
+) -> _Loaded | None:
     """`_load_guarded`, awaited."""
     pipe = client.pipeline(transaction=True)
-    _queue_guarded_load(pipe, keys, session_id, messages=messages)
+    _queue_guarded_load(pipe, keys, session_id, messages=messages, owner=owner)
     with redis_errors():
         replies = await pipe.execute()
-    return _guarded_load(replies, keys, final=final, messages=messages)
+    return _guarded_load(replies, keys, final=final, messages=messages, owner=owner)
 
 
-def _queue_guarded_load(pipe: Any, keys: KeySpace, session_id: str, *, messages: bool) -> None:
+def _queue_guarded_load(
+    pipe: Any, keys: KeySpace, session_id: str, *, messages: bool, owner: KeyScope | None
+) -> None:
     # One MULTI: the meta and the messages of one state (never a meta from before a
-    # projector's write beside messages from after it), and the epoch that says the
-    # generation still holds everything it was given.
+    # projector's write beside messages from after it), the epoch that says the
+    # generation still holds everything it was given, and the keys that open the view.
     queue_guard(pipe, keys)
     queue_load(pipe, keys, session_id, messages=messages)
+    if owner is not None:
+        pipe.hgetall(keys.user_keys(owner.tenant, owner.user_id))
 
 
 def _guarded_load(
-    replies: Sequence[Any], keys: KeySpace, *, final: bool, messages: bool
-) -> tuple[SessionView | None, int] | None:
+    replies: Sequence[Any], keys: KeySpace, *, final: bool, messages: bool, owner: KeyScope | None
+) -> _Loaded | None:
     if not check_guard(replies[:2], keys, final=final):
         return None
-    return decode_loaded(replies[2:], messages=messages)
+    if owner is None:
+        return _Loaded(*decode_loaded(replies[2:], messages=messages), KeyEntries())
+    view, window = decode_loaded(replies[2:-1], messages=messages)
+    return _Loaded(view, window, entries_of(owner, replies[-1]))
+
+
+def _opener(opener: ViewOpener | None) -> ViewOpener:
+    if opener is None:
+        raise ConfigError(
+            "this reader has no keys to open sealed sessions: build it with "
+            "chatlog.wiring.reader(settings), or pass opener=ViewOpener(keyring)",
+            setting="opener",
+        )
+    return opener
 
 
 def _answer(
-    view: SessionView | None, *, session_id: str, user_id: str, after: Position | None
+    view: SessionView | None,
+    entries: KeyEntries,
+    *,
+    session_id: str,
+    user_id: str,
+    after: Position | None,
 ) -> SessionView | None:
-    """The view if it answers the read, None to wait; raises for reads to refuse."""
+    """The view if it answers the read, None to wait; raises for reads to refuse.
+
+    `entries` are the reader's: an erased reader's session is `Erased`, even once gone.
+    """
+    if entries.erased_at is not None and (view is None or view.user_id == user_id):
+        raise Erased(
+            f"session {session_id}: user {user_id} was erased at "
+            f"{entries.erased_at.isoformat()}; their sessions are gone for good",
+            session_id=session_id,
+        )
     view = readable(view, user_id=user_id)
     if after is None:
         if view is None:

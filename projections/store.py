@@ -12,7 +12,7 @@ behave the same, and one contract test class checks both.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -127,14 +127,19 @@ class InMemoryViewStore:
 
 
 def session_entries(
-    session_ids: Sequence[str], metas: Sequence[Mapping[str, str]], user_id: str
+    session_ids: Sequence[str],
+    metas: Sequence[Mapping[str, str]],
+    user_id: str,
+    *,
+    open_view: Callable[[SessionView], SessionView],
 ) -> tuple[list[SessionEntry], list[str]]:
-    """Session-list lines from meta hashes; and the ids whose meta is gone or not theirs."""
+    """Session-list lines from meta hashes, each view opened with `open_view` (titles
+    are sealed); and the ids whose meta is gone or not theirs."""
     entries, gone = [], []
     for session_id, meta in zip(session_ids, metas, strict=True):
         view = decode_view(meta, ())
         if view is not None and may_read(view, user_id=user_id):
-            entries.append(entry(view))
+            entries.append(entry(open_view(view)))
         else:
             gone.append(session_id)
     return entries, gone

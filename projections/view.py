@@ -15,6 +15,11 @@ The window keeps the last `window` messages; older ones move to the overflow, wh
 summarizer finds them. A `SummaryUpdated` whose `through_offset` is newer than the current
 summary's removes the overflow it covers. The overflow is bounded: past `max_overflow`,
 the oldest overflow messages are dropped from the view (never from the log) and counted.
+
+Sealed events stay sealed here: a view folded from them keeps each personal field's
+ciphertext (`SealedFields`, beside an empty placeholder), exactly as the event carried
+it, so the read-model holds no plaintext and a replay rebuilds it byte for byte. Readers
+open a view with its owner's key (`chatlog.projections.opening.ViewOpener`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
-    Payload,
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
@@ -44,6 +48,7 @@ __all__ = [
     "REDACTED",
     "ForeignEvent",
     "Message",
+    "SealedFields",
     "SessionStatus",
     "SessionView",
     "WindowPolicy",
@@ -79,6 +84,28 @@ class WindowPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedFields:
+    """Personal fields of one event, still sealed: the event and key that sealed them,
+    and each field's ciphertext by its path (see `chatlog.schemas.sealing`)."""
+
+    event_id: str
+    key_id: str
+    fields: Mapping[str, bytes]
+
+    @classmethod
+    def of(cls, event: ConversationEvent, *only: str) -> SealedFields | None:
+        """The sealed fields of `event` (just those named in `only`, if given); None if
+        it has none."""
+        sealed = event.sealed
+        if sealed is None:
+            return None
+        fields = sealed.fields
+        if only:
+            fields = {path: fields[path] for path in only if path in fields}
+        return cls(event.event_id, sealed.key_id, fields) if fields else None
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One chat message as the read-model keeps it, with the offset that wrote it."""
 
@@ -92,6 +119,8 @@ class Message:
     tool_call_id: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     redacted: bool = False
+    # Set while the fields above hold placeholders for what is sealed.
+    sealed: SealedFields | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +149,18 @@ class SessionView:
     summary_model: str | None = None
     summary_covered: int = 0
     overflow_dropped: int = 0
+    # Set while `title` / `summary` is a placeholder for a sealed one.
+    title_sealed: SealedFields | None = None
+    summary_sealed: SealedFields | None = None
+
+    @property
+    def sealed(self) -> bool:
+        """Whether any of the view is still sealed (readers open it before use)."""
+        return (
+            self.title_sealed is not None
+            or self.summary_sealed is not None
+            or any(m.sealed is not None for m in self.messages)
+        )
 
     @property
     def position(self) -> Position:
@@ -170,7 +211,7 @@ def evolve(
         view,
         last_offset=position.offset,
         updated_at_ms=max(view.updated_at_ms, at_ms),
-        **_changes(view, event.payload, position.offset, at_ms, policy),
+        **_changes(view, event, position.offset, at_ms, policy),
     )
 
 
@@ -266,7 +307,7 @@ def _append_run(
         message_id = payload.message_id
         if any(m.message_id == message_id for m in messages[-policy.window :]):
             continue  # a retried append (see `_append`)
-        messages.append(message_of(payload, position.offset, at_ms))
+        messages.append(message_of(payload, position.offset, at_ms, SealedFields.of(event)))
         count += 1
         appended = True
     if not moved:
@@ -286,17 +327,20 @@ def _append_run(
 
 
 def _changes(
-    view: SessionView, payload: Payload, offset: int, at_ms: int, policy: WindowPolicy
+    view: SessionView, event: ConversationEvent, offset: int, at_ms: int, policy: WindowPolicy
 ) -> dict[str, Any]:
-    """The fields `payload` changes, besides the offset and time every event moves."""
+    """The fields `event` changes, besides the offset and time every event moves."""
+    payload = event.payload
     if isinstance(payload, MessageAppended):
-        return _append(view, payload, offset, at_ms, policy)
+        return _append(view, payload, offset, at_ms, policy, sealed=SealedFields.of(event))
     if isinstance(payload, SummaryUpdated):
-        return _summarize(view, payload, policy)
+        return _summarize(view, payload, policy, SealedFields.of(event, "summary"))
     if isinstance(payload, MessageRedacted):
         return _redact(view, payload.message_id)
     if isinstance(payload, SessionStarted):
-        return {"title": payload.title} if payload.title is not None else {}
+        if payload.title is None:
+            return {}
+        return {"title": payload.title, "title_sealed": SealedFields.of(event, "title")}
     if isinstance(payload, SessionClosed):
         return {"status": SessionStatus.CLOSED, "closed_through": offset}
     if isinstance(payload, UserErased):
@@ -305,7 +349,13 @@ def _changes(
 
 
 def _append(
-    view: SessionView, payload: MessageAppended, offset: int, at_ms: int, policy: WindowPolicy
+    view: SessionView,
+    payload: MessageAppended,
+    offset: int,
+    at_ms: int,
+    policy: WindowPolicy,
+    *,
+    sealed: SealedFields | None,
 ) -> dict[str, Any]:
     # A client retrying an append it already made (same message_id) does so right after
     # the failure, so the recent window is where the first copy is.
@@ -313,7 +363,7 @@ def _append(
     for recent in view.messages[-policy.window :]:
         if recent.message_id == message_id:
             return {}
-    messages = (*view.messages, message_of(payload, offset, at_ms))
+    messages = (*view.messages, message_of(payload, offset, at_ms, sealed))
     limit = policy.window + policy.max_overflow
     dropped = max(0, len(messages) - limit)
     # An erased or closed session that gets a new message is in use again.
@@ -325,8 +375,11 @@ def _append(
     }
 
 
-def message_of(payload: MessageAppended, offset: int, at_ms: int) -> Message:
-    """The read-model's message for an appended one at `offset`."""
+def message_of(
+    payload: MessageAppended, offset: int, at_ms: int, sealed: SealedFields | None = None
+) -> Message:
+    """The read-model's message for an appended one at `offset` (`sealed`: its sealed
+    fields, when `payload` holds placeholders)."""
     return Message(
         offset=offset,
         message_id=payload.message_id,
@@ -337,10 +390,13 @@ def message_of(payload: MessageAppended, offset: int, at_ms: int) -> Message:
         tool_calls=payload.tool_calls,
         tool_call_id=payload.tool_call_id,
         metadata=payload.metadata,
+        sealed=sealed,
     )
 
 
-def _summarize(view: SessionView, payload: SummaryUpdated, policy: WindowPolicy) -> dict[str, Any]:
+def _summarize(
+    view: SessionView, payload: SummaryUpdated, policy: WindowPolicy, sealed: SealedFields | None
+) -> dict[str, Any]:
     if payload.through_offset <= view.summary_through:
         return {}  # a stale or duplicate summary: keep the newer one
     # The summary replaces overflow only: the recent window always stays in full.
@@ -349,6 +405,7 @@ def _summarize(view: SessionView, payload: SummaryUpdated, policy: WindowPolicy)
     return {
         "messages": kept,
         "summary": payload.summary,
+        "summary_sealed": sealed,
         "summary_through": payload.through_offset,
         "summary_model": payload.model,
         "summary_covered": payload.covered_messages,
@@ -357,7 +414,9 @@ def _summarize(view: SessionView, payload: SummaryUpdated, policy: WindowPolicy)
 
 def redacted(message: Message) -> Message:
     """`message` as a `MessageRedacted` leaves it: its place kept, its content gone."""
-    return replace(message, content=REDACTED, tool_calls=(), metadata={}, redacted=True)
+    return replace(
+        message, content=REDACTED, name=None, tool_calls=(), metadata={}, redacted=True, sealed=None
+    )
 
 
 def _redact(view: SessionView, message_id: str) -> dict[str, Any]:
@@ -373,10 +432,12 @@ def _erase(view: SessionView) -> dict[str, Any]:
     return {
         "status": SessionStatus.ERASED,
         "title": None,
+        "title_sealed": None,
         "messages": (),
         "message_count": 0,
         "overflow_dropped": 0,
         "summary": None,
+        "summary_sealed": None,
         "summary_through": max(view.summary_through, view.last_offset),
         "summary_model": None,
         "summary_covered": 0,

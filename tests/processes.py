@@ -19,8 +19,10 @@ from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 
 from chatlog import wiring
 from chatlog.producers.kafka_topics import keys_topic_config
+from chatlog.projections.view import SessionView
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.master_keys import new_master_key
+from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +45,14 @@ def unique_settings(kafka, redis_url: str, redis_prefix: str, **overrides) -> Se
         master_key_file=master_key_file(),
         **overrides,
     )
+
+
+def opened(settings: Settings, view: SessionView | None) -> SessionView | None:
+    """A stored (sealed) view opened with its owner's keys, as a reader opens it."""
+    if view is None:
+        return None
+    entries = wiring.key_directory(settings).entries(KeyScope(view.tenant, view.user_id))
+    return wiring.view_opener(settings).open(view, entries)
 
 
 def create_keys_topic(kafka, *, partitions: int = 2) -> str:

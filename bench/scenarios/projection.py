@@ -25,7 +25,6 @@ from bench.report import Report, say
 from bench.scenarios.memory import peak_memory
 from bench.workload import Traffic, chat_events, last_positions, user_of
 from chatlog import wiring
-from chatlog.projections.redis_reader import RedisReader
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
@@ -159,7 +158,7 @@ def _check_first_session(settings: Settings, stack: BenchStack, traffic: Traffic
     """A sanity check that the views hold the messages, not just the right offset."""
     session_id = traffic.sessions[0]
     want = sum(1 for e in traffic.events if e.session_id == session_id)
-    reader = RedisReader(stack.redis, prefix=settings.redis_prefix)
+    reader = wiring.reader(settings, stack.redis)
     context = reader.context(session_id, user_id=user_of(0))
     if context.message_count != want:
         raise AssertionError(f"{session_id}: {context.message_count} messages, expected {want}")

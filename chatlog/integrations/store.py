@@ -278,7 +278,7 @@ class ChatlogConversationStore:
         if view is None:
             # Only a deleted session stays without a view after its SessionStarted.
             raise SessionExists.about(session_id, deleted=True)
-        return session_of_view(view)
+        return session_of_view(await self.reader.open(view))
 
     async def _view(
         self, session_id: str, user_id: str, *, messages: bool = False
@@ -299,7 +299,7 @@ class ChatlogConversationStore:
     async def _readable(
         self, session_id: str, user_id: str, *, messages: bool = False
     ) -> SessionView | None:
-        """The view as the read rule lets `user_id` see it; None if none or erased."""
+        """The view as the read rule lets `user_id` see it, opened; None if none or erased."""
         view = await self._view(session_id, user_id, messages=messages)
         if view is None or not visible(
             session_id=session_id,
@@ -308,7 +308,7 @@ class ChatlogConversationStore:
             user_id=user_id,
         ):
             return None
-        return view
+        return await self.reader.open(view)
 
     async def _writable(self, session_id: str, user_id: str) -> SessionView | None:
         """The view `user_id` may write to (None: a new session); an erased id is never reused."""

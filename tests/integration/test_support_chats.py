@@ -29,7 +29,13 @@ from chatlog.projections.context import Context
 from chatlog.schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from tests.processes import log_events, running_processor, unique_settings, wait_until
+from tests.processes import (
+    log_events,
+    opened,
+    running_processor,
+    unique_settings,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -197,7 +203,7 @@ def test_a_long_chat_appended_turn_by_turn_accounts_for_every_turn_once(running,
 
         wait_until(folded, timeout=60, what=f"the overflow after {sent} turns to be summarized")
 
-    view = store.load([session])[session]
+    view = opened(settings, store.load([session])[session])
     assert view is not None
     held = [m.content for m in view.messages]
     covered = view.summary_covered

@@ -18,7 +18,7 @@ import pytest
 from chatlog import wiring
 from chatlog.producers.commands import append_message
 from chatlog.wiring import live_store
-from tests.processes import start_projector, stop, unique_settings, wait_until
+from tests.processes import opened, start_projector, stop, unique_settings, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -84,6 +84,6 @@ def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
         crashed, clean = crashed_views[session], reference_views[session]
         assert crashed == clean, f"{session} differs after the crash"
         assert crashed.message_count == PER_SESSION, f"{session} lost or duplicated a message"
-        assert [m.content for m in crashed.messages] == [
+        assert [m.content for m in opened(settings, crashed).messages] == [
             f"{session}:{n}" for n in range(PER_SESSION)
         ]

@@ -30,6 +30,7 @@ from chatlog.producers.partitioning import partition_for
 from chatlog.settings import Settings
 from chatlog.wiring import live_store
 from tests.processes import (
+    opened,
     owners,
     running_projector,
     start_projector,
@@ -107,7 +108,9 @@ def _assert_exactly_once(settings: Settings, appender: Appender) -> None:
         view = views[session]
         assert view is not None, f"{session} is missing"
         assert view.message_count == len(contents), f"{session} lost or duplicated a message"
-        assert [m.content for m in view.messages] == contents, f"{session} differs"
+        assert [m.content for m in opened(settings, view).messages] == contents, (
+            f"{session} differs"
+        )
 
 
 def _tail(log: Path) -> str:

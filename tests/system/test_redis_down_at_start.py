@@ -28,7 +28,7 @@ from chatlog.producers.commands import append_message
 from chatlog.schemas.errors import StoreUnavailable
 from chatlog.settings import Settings
 from chatlog.wiring import live_store
-from tests.processes import start_projector, stop, unique_settings, wait_until
+from tests.processes import opened, start_projector, stop, unique_settings, wait_until
 from tests.system.traffic import PrivateRedis
 
 pytestmark = pytest.mark.system
@@ -98,7 +98,9 @@ def _assert_exactly_once_in_order(settings: Settings, sent: dict[str, list[str]]
     for session, contents in sent.items():
         view = views[session]
         assert view is not None, f"{session} was never projected"
-        assert [m.content for m in view.messages] == contents, f"{session} lost or doubled"
+        assert [m.content for m in opened(settings, view).messages] == contents, (
+            f"{session} lost or doubled"
+        )
 
 
 def test_a_projector_started_while_redis_is_down_waits_and_then_projects(

@@ -38,7 +38,7 @@ from chatlog import wiring
 from chatlog.schemas.errors import ReadTimeout, StoreUnavailable
 from chatlog.schemas.position import Position
 from chatlog.wiring import live_store
-from tests.processes import running_projector, stop, unique_settings, wait_until
+from tests.processes import opened, running_projector, stop, unique_settings, wait_until
 from tests.system.traffic import Log, Publisher, Reader
 
 pytestmark = pytest.mark.system
@@ -77,7 +77,9 @@ def _assert_exactly_once_in_order(settings, log: Log) -> None:
         contents = log.contents(session)
         view = views[session]
         assert view is not None, f"{session} was never projected"
-        assert [m.content for m in view.messages] == contents, f"{session} lost or doubled"
+        assert [m.content for m in opened(settings, view).messages] == contents, (
+            f"{session} lost or doubled"
+        )
         assert view.message_count == len(contents)
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import Undecryptable
 from chatlog.schemas.events import ConversationEvent, MessageAppended, Sealed
-from chatlog.schemas.sealing import DataKey, KeyScope, open_event, seal_event
+from chatlog.schemas.sealing import DataKey, KeyScope, field_context, open_event, seal_event
 from tests.samples import VECTOR_KEY, sample_events, sealed_sample
 
 CODEC = EventCodec()
@@ -95,9 +95,22 @@ def test_a_sealed_field_the_payload_has_no_place_for_is_refused():
     key = DataKey.new(KeyScope("t1", "u1"))
     event = seal_event(_message(), key)
     assert event.sealed is not None
-    extra = {**event.sealed.fields, "summary": event.sealed.fields["content"]}
+    # Sealed by the right key for this very event: it opens, but a message has no summary.
+    context = field_context(
+        event_id=event.event_id,
+        session_id=event.session_id,
+        user_id=event.user_id,
+        tenant=event.tenant,
+        field="summary",
+    )
+    extra = {**event.sealed.fields, "summary": key.seal(b"planted", context)}
     forged = event.model_copy(update={"sealed": Sealed(key_id=key.key_id, fields=extra)})
     with pytest.raises(Undecryptable, match="no place for: summary"):
+        open_event(forged, key)
+    # Copied from another field, it does not even open.
+    moved = {**event.sealed.fields, "summary": event.sealed.fields["content"]}
+    forged = event.model_copy(update={"sealed": Sealed(key_id=key.key_id, fields=moved)})
+    with pytest.raises(Undecryptable, match=r"field summary .* failed authentication"):
         open_event(forged, key)
 
 
