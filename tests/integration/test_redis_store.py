@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -10,12 +11,15 @@ from redis.crc import key_slot
 
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_generations import GenerationStore
+from chatlog.projections.redis_keys import RedisKeyDirectory
 from chatlog.projections.redis_reader import RedisReader
 from chatlog.projections.redis_store import RedisViewStore
 from chatlog.projections.store import Change, Outcome
 from chatlog.projections.view import evolve
 from chatlog.schemas.errors import DataLoss, ReadModelLost
+from chatlog.schemas.key_records import ErasureRecord
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope
 from tests.contracts import POLICY, ViewStoreContract, event, message
 
 pytestmark = pytest.mark.integration
@@ -41,6 +45,10 @@ class TestRedisViewStore(ViewStoreContract):
         keys = list(client.scan_iter(f"{redis_prefix}:*"))
         if keys:
             client.unlink(*keys)
+
+    def erase_owner(self, store, tenant, user):
+        directory = RedisKeyDirectory(store.client, prefix=store.keys.prefix)
+        directory.erase(ErasureRecord(KeyScope(tenant, user), datetime.now(UTC), ()))
 
 
 def test_session_keys_share_one_hash_tag(client, redis_prefix):
