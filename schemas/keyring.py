@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from chatlog.schemas.errors import Erased, Unavailable
+from chatlog.schemas.events import epoch_millis, from_epoch_millis
 from chatlog.schemas.key_records import ErasureRecord, KeyRecord
 from chatlog.schemas.master_keys import KeyProvider, WrappedKey, unwrap_data_key, wrap_data_key
 from chatlog.schemas.sealing import DataKey, KeyScope
@@ -168,7 +169,9 @@ class Keyring:
         """Destroy `key_ids` of `scope` in the log (tombstones) and record the erasure."""
         if self._log is None:
             raise ValueError("this keyring reads only: it has no key log to erase in")
-        record = ErasureRecord(scope, datetime.now(UTC), key_ids)
+        # In milliseconds, as the log and the directory keep it: a second erasure answers
+        # with exactly the time the first one did.
+        record = ErasureRecord(scope, from_epoch_millis(epoch_millis(datetime.now(UTC))), key_ids)
         self._log.publish_erasure(record)
         self.forget(scope)
         return record
