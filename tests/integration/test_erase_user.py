@@ -15,6 +15,8 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +33,16 @@ from chatlog.schemas.errors import Erased, SessionNotFound, UnknownUser
 from chatlog.schemas.events import SummaryUpdated, UserErased
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
-from tests.processes import ROOT, chatlog_env, running_projector, unique_settings, wait_until
+from tests.llm_stub import LlmStub, slow
+from tests.processes import (
+    ROOT,
+    chatlog_env,
+    running_processor,
+    running_projector,
+    unique_settings,
+    wait_for_group,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,17 +59,22 @@ def settings(kafka, redis_url, redis_prefix) -> Settings:
     return unique_settings(kafka, redis_url, redis_prefix, window=2, max_overflow=50)
 
 
-@pytest.fixture
-def chat(settings):
+def chatlog(settings: Settings) -> ChatLog:
+    """A `ChatLog` built as `from_env` builds it, reads waiting up to 30 s."""
     producer = wiring.producer(settings, flush_on_sigterm=False)
     reader = wiring.reader(settings)
-    log = ChatLog(
+    return ChatLog(
         producer=producer,
         reader=reader,
         read_timeout_s=30,
         history=wiring.kafka_history(settings),
         eraser=wiring.eraser(settings, producer, reader.client),
     )
+
+
+@pytest.fixture
+def chat(settings):
+    log = chatlog(settings)
     yield log
     log.close()
 
@@ -241,3 +257,107 @@ def test_erasing_an_unknown_user_names_them_and_writes_nothing(
     assert "nothing to erase for user nobody of tenant acme" in shown.stderr
     assert kafka.end_offsets(settings.keys_topic) == ends
     assert redis_dump(redis_url, redis_prefix) == dump
+
+
+# A writer of X and of Y in a process of its own, until the file named by argv[1] exists:
+# it appends in turn to X's and Y's sessions and, once told X is erased, keeps trying X
+# (a client that retries). It prints what happened as JSON.
+WRITER = """
+import json, pathlib, sys, time
+from chatlog import ChatLog, Erased
+stop, counts = pathlib.Path(sys.argv[1]), {"x": 0, "x_erased": 0, "y": 0}
+with ChatLog.from_env() as chat:
+    n = 0
+    while not stop.exists():
+        try:
+            chat.append(f"x-{n % 4}", user_id="xavier", role="user", content=f"secret-xavier-{n}")
+            counts["x"] += 1
+        except Erased:
+            counts["x_erased"] += 1
+        chat.append("y-0", user_id="yvonne", role="user", content=f"secret-yvonne-{n}")
+        counts["y"] += 1
+        n += 1
+        time.sleep(0.01)
+print(json.dumps(counts))
+"""
+
+
+def test_erasing_while_a_projector_summarizer_replay_and_writer_of_x_run_leaves_nothing_of_x(
+    kafka, redis_url, redis_prefix, tmp_path
+):
+    with LlmStub() as stub:
+        settings = unique_settings(
+            kafka,
+            redis_url,
+            redis_prefix,
+            window=2,
+            max_overflow=50,
+            summary_threshold=3,
+            summarizer_group=f"summarizer-{uuid.uuid4().hex[:8]}",
+            llm_base_url=stub.base_url,
+            llm_model="stub-model",
+            llm_timeout_s=10.0,
+            partitions=3,
+        )
+        # Summaries take a while: some of X's are in flight when X is erased.
+        stub.script(*[slow(1.5)] * 40)
+        stop_file = tmp_path / "stop"
+        with (
+            running_projector(settings, log=tmp_path / "projector.log"),
+            running_processor(
+                "summarizer", settings, log=tmp_path / "summarizer.log"
+            ) as summarizer,
+        ):
+            wait_for_group(kafka, settings.summarizer_group)
+            writer = subprocess.Popen(
+                [sys.executable, "-c", WRITER, str(stop_file)],
+                env=chatlog_env(settings),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            wait_until(lambda: len(stub.requests) >= 2, timeout=60, what="summaries under way")
+            # A rebuild into a new generation runs through the erasure too.
+            replay = subprocess.Popen(
+                [sys.executable, "-m", "chatlog.cli", "replay"],
+                env=chatlog_env(settings),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            time.sleep(0.5)
+            with chatlog(settings) as chat:
+                erasure = chat.erase_user(X)
+            time.sleep(3.0)  # late appends, retries, summaries that were in flight
+            stop_file.touch()
+            out, err = writer.communicate(timeout=60)
+            assert writer.returncode == 0, err
+            counts = json.loads(out)
+            replayed, _ = replay.communicate(timeout=120)
+            assert replay.returncode == 0, replayed
+            wait_until(lambda: projected(kafka, settings), timeout=60, what="the projection")
+            quiet = {"requests": -1, "since": time.monotonic()}
+
+            def llm_quiet() -> bool:
+                if len(stub.requests) != quiet["requests"]:
+                    quiet["requests"], quiet["since"] = len(stub.requests), time.monotonic()
+                return time.monotonic() - quiet["since"] > 4.0
+
+            wait_until(llm_quiet, timeout=120, what="the summarizer to settle")
+            wait_until(lambda: projected(kafka, settings), timeout=60, what="the projection")
+            assert summarizer.poll() is None  # it carried on
+        summarizer_log = (tmp_path / "summarizer.log").read_text()
+
+    assert erasure.key_ids
+    assert not erasure.already_erased
+    # The writer was told: X refused within the keyring's recheck time, Y never.
+    assert counts["x"] > 0
+    assert counts["x_erased"] > 0
+    assert counts["y"] > 0
+    dump = redis_dump(redis_url, redis_prefix)
+    assert of_x(dump) == []
+    live = wiring.generations(settings).live()
+    assert f"{redis_prefix}:{live}:s:{{y-0}}:meta" in dump
+    assert "dropped the summary of x-" in summarizer_log, summarizer_log[-3000:]
