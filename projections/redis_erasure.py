@@ -64,27 +64,32 @@ class RedisUserSessions:
 
     def find(self, scope: KeyScope) -> set[str]:
         """The ids of every session of `scope` that any generation holds."""
-        return {session_id for _, session_id in self._owned(scope)}
+        return {session_id for page in self._owned(scope) for _, session_id in page}
 
     def remove(self, scope: KeyScope) -> set[str]:
         """Delete every session of `scope` in every generation, and their index entries;
         the ids of the sessions removed (from one generation or more)."""
         removed: set[str] = set()
         touched: set[str] = set()
-        for generation, session_id in self._owned(scope):
-            keys = self.keys.with_generation(generation)
-            with redis_errors():
-                gone = self._forget(
+        for page in self._owned(scope):
+            pipe = self.client.pipeline(transaction=False)
+            for generation, session_id in page:
+                keys = self.keys.with_generation(generation)
+                self._forget(
                     keys=[
                         keys.meta(session_id),
                         keys.messages(session_id),
                         keys.user_sessions(scope.user_id),
                     ],
                     args=[session_id, scope.user_id, scope.tenant],
+                    client=pipe,
                 )
-            if int(gone):
-                removed.add(session_id)
-                touched.add(generation)
+            with redis_errors():
+                replies = pipe.execute()
+            for (generation, session_id), gone in zip(page, replies, strict=True):
+                if int(gone):
+                    removed.add(session_id)
+                    touched.add(generation)
         # The live generation and a rebuild's, even with none of the user's sessions left:
         # their index may still list sessions that expired.
         live = self.generations.live()
@@ -93,30 +98,34 @@ class RedisUserSessions:
             self._drop_expired(self.keys.with_generation(generation), scope.user_id)
         return removed
 
-    def _owned(self, scope: KeyScope) -> Iterator[tuple[str, str]]:
-        """(generation, session id) of each session meta hash owned by `scope`."""
+    def _owned(self, scope: KeyScope) -> Iterator[list[tuple[str, str]]]:
+        """Pages of (generation, session id), one per page of the SCAN of every session
+        meta hash under the prefix, of the sessions `scope` owns."""
         pattern = f"{self.keys.prefix}:*:s:*:meta"
+        page: list[tuple[str, str, str]] = []
         with redis_errors():
-            page: list[tuple[str, str, str]] = []
             for raw in self.client.scan_iter(match=pattern, count=_SCAN_PAGE):
                 match = self._meta.fullmatch(text(raw))
                 if match is not None:
                     page.append((text(raw), match["generation"], match["session"]))
                 if len(page) >= _SCAN_PAGE:
-                    yield from self._owners_match(page, scope)
+                    yield self._owners_match(page, scope)
                     page = []
-            yield from self._owners_match(page, scope)
+            if page:
+                yield self._owners_match(page, scope)
 
     def _owners_match(
         self, page: list[tuple[str, str, str]], scope: KeyScope
-    ) -> Iterator[tuple[str, str]]:
+    ) -> list[tuple[str, str]]:
         pipe = self.client.pipeline(transaction=False)
         for meta, _, _ in page:
             pipe.hmget(meta, "user_id", "tenant")
-        owners: list[list[Any]] = pipe.execute() if page else []
-        for (_, generation, session_id), (user, tenant) in zip(page, owners, strict=True):
-            if user is not None and text(user) == scope.user_id and text(tenant) == scope.tenant:
-                yield generation, session_id
+        owners: list[list[Any]] = pipe.execute()
+        return [
+            (generation, session_id)
+            for (_, generation, session_id), (user, tenant) in zip(page, owners, strict=True)
+            if user is not None and text(user) == scope.user_id and text(tenant) == scope.tenant
+        ]
 
     def _drop_expired(self, keys: KeySpace, user_id: str) -> None:
         """Remove the index entries whose session has no meta hash any more (expired)."""
