@@ -56,6 +56,7 @@ from chatlog.schemas.errors import (
     Undecryptable,
     UnknownMessage,
     UnknownSchema,
+    UnknownUser,
 )
 from chatlog.schemas.events import ConversationEvent, Role
 from chatlog.schemas.position import Position
@@ -63,6 +64,7 @@ from chatlog.settings import Settings
 
 if TYPE_CHECKING:
     from chatlog.client import AsyncChatLog, ChatLog
+    from chatlog.processors.erasure import Erasure
     from chatlog.processors.kafka_history import KafkaHistory
     from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 
@@ -85,6 +87,7 @@ __all__ = [
     "DecodeError",
     "DeliveryFailed",
     "Erased",
+    "Erasure",
     "ForeignEvent",
     "Incomplete",
     "Interrupted",
@@ -118,11 +121,13 @@ __all__ = [
     "Undecryptable",
     "UnknownMessage",
     "UnknownSchema",
+    "UnknownUser",
 ]
 
 _LAZY = {
     "AsyncChatLog": "chatlog.client",
     "ChatLog": "chatlog.client",
+    "Erasure": "chatlog.processors.erasure",
     "KafkaHistory": "chatlog.processors.kafka_history",
     "AsyncConversationProducer": "chatlog.producers.kafka_producer",
     "ConversationProducer": "chatlog.producers.kafka_producer",

@@ -14,6 +14,11 @@ session of another user is refused.
 itself (`KafkaHistory`), so it needs neither the projector nor Redis:
 
     then = log.context("session-42", user_id="alice", as_of=datetime(2025, 6, 1, tzinfo=UTC))
+
+`erase_user` erases a person: their keys are destroyed, so what the log holds of them
+can never be read again, and their sessions leave Redis (`chatlog.processors.erasure`):
+
+    erasure = log.erase_user("alice")
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from types import TracebackType
 from typing import Any, Self, Unpack
 
 from chatlog import wiring
+from chatlog.processors.erasure import Erasure, UserEraser
 from chatlog.processors.kafka_history import AsOfPoint, KafkaHistory
 from chatlog.producers.commands import MessageFields, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
@@ -40,6 +46,16 @@ from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
 __all__ = ["AsyncChatLog", "ChatLog"]
+
+
+def _eraser_of(eraser: UserEraser | None) -> UserEraser:
+    if eraser is None:
+        raise ConfigError(
+            "this client cannot erase users: build it with eraser=wiring.eraser(settings, "
+            "producer), or with from_env()",
+            setting="eraser",
+        )
+    return eraser
 
 
 def _history_for(history: KafkaHistory | None, after: Position | None) -> KafkaHistory:
@@ -70,21 +86,26 @@ class ChatLog:
         reader: RedisReader,
         read_timeout_s: float = 5.0,
         history: KafkaHistory | None = None,
+        eraser: UserEraser | None = None,
     ) -> None:
         self.producer = producer
         self.reader = reader
         self.read_timeout_s = read_timeout_s
         self.history = history
+        self.eraser = eraser
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ChatLog:
         """Built from `CHATLOG_*` settings (`overrides` win)."""
         settings = Settings.from_env(**overrides)
+        producer = wiring.producer(settings)
+        reader = wiring.reader(settings)
         return cls(
-            producer=wiring.producer(settings),
-            reader=wiring.reader(settings),
+            producer=producer,
+            reader=reader,
             read_timeout_s=settings.read_timeout_s,
             history=wiring.kafka_history(settings),
+            eraser=wiring.eraser(settings, producer, reader.client),
         )
 
     def append(
@@ -140,6 +161,15 @@ class ChatLog:
         """The user's sessions, most recently active first."""
         return self.reader.sessions(user_id, limit=limit)
 
+    def erase_user(self, user_id: str, *, tenant: str = "default") -> Erasure:
+        """Erase the user: destroy their keys and remove their sessions from Redis.
+
+        Returns once the keys' tombstones are acknowledged and no generation of the
+        read-model holds a session of theirs. Harmless when repeated
+        (`already_erased`); `UnknownUser` if chatlog has nothing of them.
+        """
+        return _eraser_of(self.eraser).erase(user_id, tenant=tenant)
+
     def close(self) -> None:
         """Flush pending events and release connections."""
         try:
@@ -169,21 +199,25 @@ class AsyncChatLog:
         reader: AsyncRedisReader,
         read_timeout_s: float = 5.0,
         history: KafkaHistory | None = None,
+        eraser: UserEraser | None = None,
     ) -> None:
         self.producer = producer
         self.reader = reader
         self.read_timeout_s = read_timeout_s
         self.history = history
+        self.eraser = eraser
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncChatLog:
         """Built from `CHATLOG_*` settings (`overrides` win)."""
         settings = Settings.from_env(**overrides)
+        producer = wiring.producer(settings)
         return cls(
-            producer=AsyncConversationProducer(wiring.producer(settings)),
+            producer=AsyncConversationProducer(producer),
             reader=wiring.async_reader(settings),
             read_timeout_s=settings.read_timeout_s,
             history=wiring.kafka_history(settings),
+            eraser=wiring.eraser(settings, producer),
         )
 
     async def append(
@@ -240,6 +274,11 @@ class AsyncChatLog:
     async def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
         """The user's sessions, most recently active first."""
         return await self.reader.sessions(user_id, limit=limit)
+
+    async def erase_user(self, user_id: str, *, tenant: str = "default") -> Erasure:
+        """`ChatLog.erase_user`; the blocking calls run in a worker thread."""
+        eraser = _eraser_of(self.eraser)
+        return await asyncio.to_thread(eraser.erase, user_id, tenant=tenant)
 
     async def aclose(self) -> None:
         """Flush pending events and release connections."""

@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from chatlog.distribution import installed_version
 from chatlog.processors import kafka_key_log
+from chatlog.processors.erasure import Erasure, UserEraser
 from chatlog.processors.extractive import ExtractiveSummarizer
 from chatlog.processors.kafka_history import KafkaHistory
 from chatlog.processors.kafka_key_log import KeysRotated
@@ -47,6 +48,7 @@ from chatlog.projections import tokens
 from chatlog.projections.context import TokenCounter
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.opening import EventOpener, ViewOpener
+from chatlog.projections.redis_erasure import RedisUserSessions
 from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_keys import RedisKeyDirectory
 from chatlog.projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReader, RedisReader
@@ -69,6 +71,8 @@ __all__ = [
     "async_redis_client",
     "codec",
     "create_topics",
+    "erase_user",
+    "eraser",
     "generation_store",
     "generations",
     "kafka_replay",
@@ -206,6 +210,12 @@ def opener(settings: Settings, client: redis.Redis | None = None) -> EventOpener
     """Opens sealed events for a reader of the log; a key the directory lacks is looked
     for in the keys topic (which rewrites the directory from it) before it is given up."""
     directory = key_directory(settings, client)
+    reading = Keyring(key_provider(settings), directory=directory)
+    return EventOpener(reading, directory, catch_up=_catch_up(settings, directory))
+
+
+def _catch_up(settings: Settings, directory: RedisKeyDirectory) -> Callable[[], object]:
+    """Rewrites `directory` from the keys topic when called."""
 
     def catch_up() -> object:
         return kafka_key_log.catch_up_keys(
@@ -215,8 +225,29 @@ def opener(settings: Settings, client: redis.Redis | None = None) -> EventOpener
             config=settings.kafka,
         )
 
-    reading = Keyring(key_provider(settings), directory=directory)
-    return EventOpener(reading, directory, catch_up=catch_up)
+    return catch_up
+
+
+def eraser(
+    settings: Settings, producer: ConversationProducer, client: redis.Redis | None = None
+) -> UserEraser:
+    """Erases users: tombstones and erasure records through `producer` (whose keyring
+    then stops sealing for them), the key directory, and every generation in Redis."""
+    client = client or redis_client(settings)
+    directory = key_directory(settings, client)
+    return UserEraser(
+        keyring=producer.keyring or keyring(settings, producer, directory),
+        directory=directory,
+        catch_up=_catch_up(settings, directory),
+        sessions=RedisUserSessions(client, prefix=settings.redis_prefix),
+        keys_topic=settings.keys_topic,
+    )
+
+
+def erase_user(settings: Settings, user_id: str, *, tenant: str = "default") -> Erasure:
+    """Erase one user (`chatlog erase`)."""
+    with producer(settings, flush_on_sigterm=False) as writer:
+        return eraser(settings, writer).erase(user_id, tenant=tenant)
 
 
 def keyring(

@@ -352,13 +352,13 @@ class _Scan:
         return event
 
     def _open(self, event: ConversationEvent) -> ConversationEvent | None:
-        if self.opener is None or event.sealed is None:
+        if self.opener is None:
             return event
         [opened] = self.opener.open_batch([event], known=self.known)
         if opened is ERASED:
             raise Erased(
-                f"session {self.session_id} belongs to a user who was erased: its events "
-                f"are sealed under keys that no longer exist",
+                f"session {self.session_id} belongs to a user who was erased: the keys that "
+                f"sealed their events no longer exist",
                 session_id=self.session_id,
                 partition=self.partition,
             )

@@ -7,6 +7,9 @@ its view with `evolve`, and writes every changed view in one `ViewStore.apply`. 
 returns the records to dead-letter rather than sending them: the Kafka adapter sends
 them, and only then stores the batch's offsets (Kafka Streams' `forward`, in small).
 
+A view whose owner was erased after the batch was opened is refused by the store
+(`Outcome.ERASED`) and counted with the erased events: it is never retried.
+
 A view written by someone else meanwhile (a zombie projector after a rebalance) makes
 `apply` report a conflict; the session is then reloaded and folded again, and `evolve`
 skips what the stored view already has. So any interleaving of crashes, restarts and
@@ -68,7 +71,9 @@ class BatchResult:
     duplicates: int = 0
     conflicts: int = 0
     events: int = 0
-    erased: int = 0  # sealed under a destroyed key: an erased user's, skipped
+    # An erased user's events: sealed under a destroyed key and skipped, or opened before
+    # the erasure and refused by the store after it.
+    erased: int = 0
     # The last offset of each partition in the batch: all projected once `handle` returns.
     last_offsets: dict[int, int] = field(default_factory=dict)
 
@@ -184,6 +189,12 @@ class ProjectionCore:
             if outcome is Outcome.APPLIED:
                 result.applied += 1
                 self._remember(change.new)
+                continue
+            if outcome is Outcome.ERASED:
+                # Its owner was erased after the batch was opened: the store wrote nothing
+                # (and deleted what it had), and nothing of it may stay here either.
+                result.erased += len(by_session[session_id])
+                self.forget([session_id])
                 continue
             # Someone else wrote the session meanwhile (DUPLICATE: these very events):
             # reload it and fold again; evolve skips what the stored view already has.

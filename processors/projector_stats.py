@@ -20,7 +20,7 @@ class ProjectorStats:
     duplicates: int = 0
     conflicts: int = 0
     dead_letters: int = 0
-    erased: int = 0  # sealed under a destroyed key
+    erased: int = 0  # an erased user's events: under a destroyed key, or refused by the store
     # Redis or the dead-letter topic failing: how many times it started to, and how many
     # attempts failed in all.
     outages: int = 0

@@ -29,8 +29,10 @@ Rules that keep summaries correct and cheap:
   bounded: the projector drops its oldest turns from the read-model (never from the log)
   and counts them.
 * A result that arrives after the session moved on (erased, or a newer summary already
-  there) is dropped, not published. Duplicates that do get published are harmless: the
-  projector keeps only a newer ``through_offset``.
+  there) is dropped, not published. So is one whose owner was erased meanwhile (the
+  publisher's keyring refuses it with `Erased`): it is logged and counted (`erased`),
+  never retried, and the session gets no more summaries. Duplicates that do get
+  published are harmless: the projector keeps only a newer ``through_offset``.
 
 How does it stop? `stop` takes no more records and starts no more work, cancels the
 loads at once (a load may wait for a projector that is not running, for ever), gives the
@@ -116,6 +118,7 @@ class SummaryStats:
     failed: int = 0
     refused: int = 0  # not attempted: the summarizer's circuit was open
     stale: int = 0  # results dropped because the session had moved on
+    erased: int = 0  # summaries dropped because their owner was erased
     turns: int = 0  # turns folded into published summaries
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -127,8 +130,8 @@ class SummaryStats:
         return (
             f"records={self.records} loads={self.loads} requested={self.requested} "
             f"published={self.published} failed={self.failed} refused={self.refused} "
-            f"stale={self.stale} turns={self.turns} prompt_tokens={self.prompt_tokens} "
-            f"completion_tokens={self.completion_tokens}"
+            f"stale={self.stale} erased={self.erased} turns={self.turns} "
+            f"prompt_tokens={self.prompt_tokens} completion_tokens={self.completion_tokens}"
         )
 
 
@@ -175,6 +178,7 @@ class _Session:
     awaiting: int | None = None  # through_offset of our summary not read back yet
     awaiting_until: float = 0.0
     retry_at: float = 0.0
+    erased: bool = False  # its owner was erased: never summarized again
 
     def evictable(self, now: float) -> bool:
         """Nothing under way and nothing to remember: reloaded, it would act the same."""
@@ -366,7 +370,7 @@ class SummaryEngine:
                     )
                     break
                 except Erased:
-                    view = None  # its owner is erased: nothing of it is summarized again
+                    view, session.erased = None, True  # nothing to summarize, ever
                     break
                 except ChatlogError as exc:  # the projector is behind, or Redis is away
                     log.warning("summarizer: waiting to load session %s: %s", session_id, exc)
@@ -406,7 +410,7 @@ class SummaryEngine:
         record is consumed again by the next worker, which starts the summary.
         """
         view = session.view
-        if view is None or view.status is SessionStatus.ERASED:
+        if view is None or view.status is SessionStatus.ERASED or session.erased:
             return False
         if session.loading or session.in_flight:
             return False
@@ -494,6 +498,12 @@ class SummaryEngine:
         session.awaiting_until = self._clock() + self.policy.echo_timeout_s
         try:
             await self.publisher.publish(event)
+        except Erased:
+            # Erased while the summary was being written: drop it, and every later one.
+            session.awaiting, session.erased = None, True
+            log.info("summarizer: dropped the summary of %s: its owner was erased", session_id)
+            self.stats.erased += 1
+            return
         except ChatlogError as exc:
             session.awaiting = None
             log.warning("summarizer: could not publish the summary of %s: %s", session_id, exc)

@@ -180,6 +180,11 @@ class ConversationProducer:
         """
         self._keyring = keyring
 
+    @property
+    def keyring(self) -> Keyring | None:
+        """The keyring that seals this producer's events (None: they go unsealed)."""
+        return self._keyring
+
     def encode(self, event: ConversationEvent) -> bytes:
         """`event` as the bytes it is published as: sealed (with a keyring), then encoded.
 

@@ -28,7 +28,11 @@ from dataclasses import dataclass
 
 from chatlog.schemas.errors import ConfigError
 
-__all__ = ["KeySpace"]
+__all__ = ["ERASED_FIELD", "KeySpace"]
+
+# The field of a user's key directory hash that marks them erased, with the time (ms).
+# `!` is no id character, so no key id can collide with it.
+ERASED_FIELD = "!erased"
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _GENERATION = re.compile(r"[A-Za-z0-9_.-]{1,32}")

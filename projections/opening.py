@@ -6,8 +6,9 @@ opens them: it fetches the key directory's entries of every owner in the batch i
 Redis round trip (so a destroyed key is never used again, whatever is cached), unwraps
 each key once (`Keyring`), and opens each event. What it answers for each event:
 
-* the event, opened (an event in the clear is returned as it is);
-* `ERASED` when the event's key is gone and its owner was erased: an erased event,
+* the event, opened (an event in the clear is returned as it is, unless its owner was
+  erased);
+* `ERASED` when its owner was erased (its key is gone): an erased event,
   never poison; readers drop it;
 * an `Undecryptable` error when a field does not open (altered, or a master key this
   process lacks), or when the key is in neither the directory nor, after a catch-up, the
@@ -84,11 +85,13 @@ class EventOpener:
         session's history: one owner), so they are fetched once; it is filled here.
         With `verify`, an event that opens is answered as it is, still sealed.
         """
+        if not events:
+            return []
         sealed = [e for e in events if e.sealed is not None]
-        if not sealed:
-            return list(events)
         entries = {} if known is None else known
-        missing = {KeyScope.of(e) for e in sealed} - set(entries)
+        # Every owner's entries, the clear events' too: an erased user's events written
+        # before sealing was turned on must not be served either.
+        missing = {KeyScope.of(e) for e in events} - set(entries)
         entries.update(self.directory.entries_many(missing))
         unknown = {
             KeyScope.of(e)
@@ -104,10 +107,11 @@ class EventOpener:
     def _open(
         self, event: ConversationEvent, entries: dict[KeyScope, KeyEntries], verify: bool
     ) -> Opened:
-        if event.sealed is None:
-            return event
-        scope, key_id = KeyScope.of(event), event.sealed.key_id
+        scope = KeyScope.of(event)
         found = entries[scope]
+        if event.sealed is None:
+            return event if found.erased_at is None else ERASED
+        key_id = event.sealed.key_id
         wrapped = found.keys.get(key_id)
         if wrapped is None:
             if found.erased_at is not None:

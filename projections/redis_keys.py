@@ -2,8 +2,8 @@
 
 One hash per user, outside every generation (``chatlog:keys:{k:<tenant>:<user>}``):
 field ``<key id>`` holds ``<master key id>:<base64 of the wrapped key>``, and field
-``!erased`` the time of the user's erasure in epoch milliseconds (``!`` is no id
-character, so no key id can collide with it). It is a copy of the `chatlog.keys` topic,
+``!erased`` (`ERASED_FIELD`) the time of the user's erasure in epoch milliseconds.
+It is a copy of the `chatlog.keys` topic,
 written through by the writer that makes a key and projected from the topic by the
 projector, so losing it loses nothing: it is projected again.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from chatlog.projections.keys import KeySpace
+from chatlog.projections.keys import ERASED_FIELD, KeySpace
 from chatlog.projections.redis_store import redis_errors, text_map
 from chatlog.schemas.errors import DecodeError
 from chatlog.schemas.events import epoch_millis, from_epoch_millis
@@ -35,20 +35,18 @@ from chatlog.schemas.sealing import KeyScope
 
 __all__ = ["ERASED_FIELD", "RedisKeyDirectory", "entries_of"]
 
-ERASED_FIELD = "!erased"
-
 # KEYS: the user's hash. ARGV: the key id, its wrapped form. 1 if added, 0 if erased.
-_PUT = """
-if redis.call('HEXISTS', KEYS[1], '!erased') == 1 then return 0 end
+_PUT = f"""
+if redis.call('HEXISTS', KEYS[1], '{ERASED_FIELD}') == 1 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
 # KEYS: the user's hash. ARGV: the erasure time (ms). Keeps the earliest erasure time.
-_ERASE = """
-local at = redis.call('HGET', KEYS[1], '!erased') or ARGV[1]
+_ERASE = f"""
+local at = redis.call('HGET', KEYS[1], '{ERASED_FIELD}') or ARGV[1]
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], '!erased', at)
+redis.call('HSET', KEYS[1], '{ERASED_FIELD}', at)
 return at
 """
 

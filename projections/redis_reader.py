@@ -39,7 +39,7 @@ from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
 from chatlog.projections.encoding import decode_view
 from chatlog.projections.epochs import reader_problem
-from chatlog.projections.keys import KeySpace
+from chatlog.projections.keys import ERASED_FIELD, KeySpace
 from chatlog.projections.opening import ViewOpener
 from chatlog.projections.redis_keys import entries_of
 from chatlog.projections.redis_store import decode_loaded, queue_load, redis_errors, text, text_map
@@ -121,7 +121,7 @@ class RedisReader:
             remaining = deadline - time.monotonic()
             with redis_errors():
                 # While waiting, poll the applied offset only; read the view once it is there.
-                if after is None or remaining <= 0 or self._reached(session_id, after):
+                if after is None or remaining <= 0 or self._reached(session_id, after, user_id):
                     view, window, entries = self._load(session_id, self._owner(user_id))
                     ready = _answer(
                         view, entries, session_id=session_id, user_id=user_id, after=after
@@ -170,9 +170,12 @@ class RedisReader:
             self.client.zrem(index, *gone)
         return entries
 
-    def _reached(self, session_id: str, after: Position) -> bool:
-        applied = self.client.hget(self.keys().meta(session_id), "last_offset")
-        return applied is not None and int(applied) >= after.offset
+    def _reached(self, session_id: str, after: Position, user_id: str) -> bool:
+        """Whether to read the view now: it has applied `after`, or the reader is erased
+        (its view is gone for good: the read answers `Erased` instead of waiting)."""
+        pipe = self.client.pipeline(transaction=False)
+        _queue_reached(pipe, self.keys(), session_id, self._owner(user_id))
+        return _reached(pipe.execute(), after)
 
     def _owner(self, user_id: str) -> KeyScope:
         return KeyScope(self.tenant, user_id)
@@ -247,7 +250,11 @@ class AsyncRedisReader:
             remaining = deadline - time.monotonic()
             with redis_errors():
                 # While waiting, poll the applied offset only; read the view once it is there.
-                if after is None or remaining <= 0 or await self._reached(session_id, after):
+                if (
+                    after is None
+                    or remaining <= 0
+                    or await self._reached(session_id, after, user_id)
+                ):
                     view, window, entries = await self._load(session_id, self._owner(user_id))
                     ready = _answer(
                         view, entries, session_id=session_id, user_id=user_id, after=after
@@ -369,9 +376,11 @@ class AsyncRedisReader:
             await self.client.zrem(index, *gone)
         return entries
 
-    async def _reached(self, session_id: str, after: Position) -> bool:
-        applied = await self._applied(session_id)
-        return applied is not None and applied >= after.offset
+    async def _reached(self, session_id: str, after: Position, user_id: str) -> bool:
+        """`RedisReader._reached`, awaited."""
+        pipe = self.client.pipeline(transaction=False)
+        _queue_reached(pipe, await self.keys(), session_id, self._owner(user_id))
+        return _reached(await pipe.execute(), after)
 
     async def _applied(self, session_id: str) -> int | None:
         """The offset the session's view has applied (None: no view); one HGET."""
@@ -415,6 +424,17 @@ def _queue_sessions(pipe: Any, keys: KeySpace, index: str, *, limit: int, ttl_ms
     if ttl_ms:
         pipe.zremrangebyscore(index, "-inf", _now_ms() - ttl_ms)
     pipe.zrevrange(index, 0, limit - 1)
+
+
+def _queue_reached(pipe: Any, keys: KeySpace, session_id: str, owner: KeyScope) -> None:
+    # One round trip per poll: the offset the view applied, and the reader's erased mark.
+    pipe.hget(keys.meta(session_id), "last_offset")
+    pipe.hexists(keys.user_keys(owner.tenant, owner.user_id), ERASED_FIELD)
+
+
+def _reached(replies: Sequence[Any], after: Position) -> bool:
+    applied, erased = replies
+    return bool(erased) or (applied is not None and int(applied) >= after.offset)
 
 
 def _check_ids(session_id: str, user_id: str) -> None:

@@ -22,7 +22,7 @@ import redis
 
 from chatlog.projections.encoding import MessagesDelta, decode_view, diff, encode_meta
 from chatlog.projections.epochs import is_intact
-from chatlog.projections.keys import KeySpace
+from chatlog.projections.keys import ERASED_FIELD, KeySpace
 from chatlog.projections.store import Change, Outcome
 from chatlog.projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowPolicy
 from chatlog.schemas.errors import DataLoss, StoreUnavailable
@@ -39,19 +39,37 @@ local function lost(epoch_key, token)
 end
 """
 
-# KEYS: meta, msgs, epoch, progress. ARGV: expected offset, new offset, expire-at ms (0: none), mode
-# ("d" delta / "r" replace), trim, #overwrites, #appends, #meta pairs, meta mode ("f"
-# full / "p" only the fields that changed), then the overwrites (index, json)..., the
-# appended json..., the meta pairs, then the epoch token, the session's partition and
-# the lowest progress mark this store has seen there (a mark below it: an older
-# snapshot was restored under the running projector).
+# An erased owner is never written (see `chatlog.processors.erasure`): both scripts that
+# write a session also read the owner's entry in the key directory (KEYS: its hash) and,
+# if it has the erased mark, delete the session's keys instead and return 4. A batch
+# opened before an erasure and written after it therefore leaves nothing, whichever of
+# its two scripts runs after the mark. Like the epoch check, this spans hash slots: one
+# Redis node (Redis Cluster needs the mark beside each session, or a check per slot).
+_ERASED = f"""
+local function erased(user_keys)
+  return redis.call('HEXISTS', user_keys, '{ERASED_FIELD}') == 1
+end
+"""
+
+# KEYS: meta, msgs, epoch, progress, the owner's key directory hash. ARGV: expected
+# offset, new offset, expire-at ms (0: none), mode ("d" delta / "r" replace), trim,
+# #overwrites, #appends, #meta pairs, meta mode ("f" full / "p" only the fields that
+# changed), then the overwrites (index, json)..., the appended json..., the meta pairs,
+# then the epoch token, the session's partition and the lowest progress mark this store
+# has seen there (a mark below it: an older snapshot was restored under the running
+# projector).
 _APPLY = (
     _GUARD
+    + _ERASED
     + """
 local n = #ARGV
 if lost(KEYS[3], ARGV[n - 2]) then return 3 end
 if tonumber(redis.call('HGET', KEYS[4], ARGV[n - 1]) or '-1') < tonumber(ARGV[n]) then
   return 3
+end
+if erased(KEYS[5]) then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 4
 end
 local stored = redis.call('HGET', KEYS[1], 'last_offset')
 local expected = tonumber(ARGV[1])
@@ -93,13 +111,19 @@ return 1
 """
 )
 
-# KEYS: the user's index, the epoch. ARGV: session id, score (last activity ms), ttl ms
-# (0: none), "add" or "rem", the epoch token. The index lives as long as its most
-# recently active session.
+# KEYS: the user's index, the epoch, the owner's key directory hash, the session's meta
+# and msgs. ARGV: session id, score (last activity ms), ttl ms (0: none), "add" or "rem",
+# the epoch token. The index lives as long as its most recently active session.
 _INDEX = (
     _GUARD
+    + _ERASED
     + """
 if lost(KEYS[2], ARGV[5]) then return 3 end
+if erased(KEYS[3]) then
+  redis.call('DEL', KEYS[4], KEYS[5])
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 4
+end
 if ARGV[4] == 'rem' then
   redis.call('ZREM', KEYS[1], ARGV[1])
 else
@@ -128,8 +152,9 @@ return 1
 """
 )
 
-_OUTCOMES = {0: Outcome.DUPLICATE, 1: Outcome.APPLIED, 2: Outcome.CONFLICT}
+_OUTCOMES = {0: Outcome.DUPLICATE, 1: Outcome.APPLIED, 2: Outcome.CONFLICT, 4: Outcome.ERASED}
 _LOST = 3
+_ERASED_REPLY = 4
 
 
 class RedisViewStore:
@@ -207,7 +232,12 @@ class RedisViewStore:
             replies = pipe.execute()
         if any(int(reply) == _LOST for reply in replies):
             raise self._lost()
-        return [_OUTCOMES[int(reply)] for reply in replies[: len(changes)]]
+        outcomes = [_OUTCOMES[int(reply)] for reply in replies[: len(changes)]]
+        # Written, then its owner erased before the index script ran: it deleted the view.
+        return [
+            Outcome.ERASED if int(indexed) == _ERASED_REPLY else outcome
+            for outcome, indexed in zip(outcomes, replies[len(changes) :], strict=True)
+        ]
 
     def mark_progress(self, applied: Mapping[int, int]) -> None:
         if not applied:
@@ -267,6 +297,7 @@ class RedisViewStore:
                 self.keys.messages(new.session_id),
                 self.keys.epoch,
                 self.keys.progress,
+                self.keys.user_keys(new.tenant, new.user_id),
             ],
             args=args,
             client=pipe,
@@ -275,7 +306,13 @@ class RedisViewStore:
     def _queue_index(self, pipe: Any, view: SessionView, epoch: str) -> None:
         op = "rem" if view.status is SessionStatus.ERASED else "add"
         self._index(
-            keys=[self.keys.user_sessions(view.user_id), self.keys.epoch],
+            keys=[
+                self.keys.user_sessions(view.user_id),
+                self.keys.epoch,
+                self.keys.user_keys(view.tenant, view.user_id),
+                self.keys.meta(view.session_id),
+                self.keys.messages(view.session_id),
+            ],
             args=[view.session_id, view.updated_at_ms, self.ttl_ms, op, epoch],
             client=pipe,
         )

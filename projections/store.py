@@ -5,8 +5,10 @@ back (expected, new) pairs. `apply` writes each new view only if the stored one 
 the expected last offset, which makes every write idempotent and safe against a second,
 zombie projector: an offset at or below the stored one changes nothing (DUPLICATE), and
 a view that changed under our feet is reported (CONFLICT) for the caller to reload and
-fold again. `InMemoryViewStore` is the tiny fake beside the role; the Redis adapter must
-behave the same, and one contract test class checks both.
+fold again. A view whose owner was erased is never written (ERASED), and what was
+stored of it goes: a batch opened before the erasure and written after it must not
+bring the user's views back. `InMemoryViewStore` is the tiny fake beside the role; the
+Redis adapter must behave the same, and one contract test class checks both.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Outcome(enum.Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
+    ERASED = "erased"  # its owner was erased: nothing written, and no view left
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,8 @@ class InMemoryViewStore:
     def __init__(self) -> None:
         self.views: dict[str, SessionView] = {}
         self.marks: dict[int, int] = {}
+        # (tenant, user) of erased owners, as the key directory's erased mark says.
+        self.erased: set[tuple[str, str]] = set()
 
     def load(self, session_ids: Collection[str]) -> dict[str, SessionView | None]:
         return {s: self.views.get(s) for s in session_ids}
@@ -109,7 +114,10 @@ class InMemoryViewStore:
         outcomes = []
         for change in changes:
             stored = self.views.get(change.new.session_id)
-            if stored is not None and stored.last_offset >= change.new.last_offset:
+            if (change.new.tenant, change.new.user_id) in self.erased:
+                self.views.pop(change.new.session_id, None)
+                outcomes.append(Outcome.ERASED)
+            elif stored is not None and stored.last_offset >= change.new.last_offset:
                 outcomes.append(Outcome.DUPLICATE)
             elif _offset(stored) != _offset(change.expected):
                 outcomes.append(Outcome.CONFLICT)

@@ -18,6 +18,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     ├── Refused                            understood and answered "no"; nothing changed
     │   ├── SessionNotFound(LookupError)   no such session (never existed, expired, erased)
     │   │   └── Erased                     ... its owner was erased: their keys are destroyed
+    │   ├── UnknownUser(LookupError)       nothing of the user to erase (no key, no session)
     │   ├── OwnershipError(PermissionError) the session belongs to another user
     │   ├── TopicMissing(LookupError)      the events topic does not exist
     │   ├── NotQueued(RuntimeError)        the Kafka client refused to queue an event
@@ -93,6 +94,7 @@ __all__ = [
     "Undecryptable",
     "UnknownMessage",
     "UnknownSchema",
+    "UnknownUser",
 ]
 
 
@@ -195,6 +197,11 @@ class Erased(SessionNotFound):
     What is left of the session in the log is unreadable for good; nothing can bring it
     back, and a retry gets the same answer.
     """
+
+
+class UnknownUser(Refused, LookupError):
+    """chatlog has nothing of the user: no data key (in the key directory or the keys
+    topic), no erasure, no session in the read-model. Nothing was erased or retired."""
 
 
 class OwnershipError(Refused, PermissionError):

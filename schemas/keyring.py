@@ -17,8 +17,11 @@ The rules, written once here:
   event can name a key the log lacks. Two writers that do so at the same instant both
   keep theirs: events name their key, and both keys stay usable.
 * An erased user is retired: the directory refuses new keys for them, and a writer is
-  told `Erased`. Nothing written for them afterwards can be read, so nothing of theirs
-  reappears (late events, summaries in flight, retries).
+  told `Erased`. A writer that holds the user's key already asks the directory again
+  once its answer is `recheck_s` old (1 s), so it is told too; until then what it seals
+  is sealed under a destroyed key, which nobody can open. Nothing written for them
+  afterwards can be read, so nothing of theirs reappears (late events, summaries in
+  flight, retries).
 * Appends do not wait for Redis: a writer that cannot reach the directory makes a key
   without looking (one more key for the user) and logs it. Readers that meet it project
   it into the directory from the log; if the user was erased meanwhile, the directory
@@ -29,13 +32,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from chatlog.schemas.errors import Erased, Unavailable
+from chatlog.schemas.events import epoch_millis, from_epoch_millis
 from chatlog.schemas.key_records import ErasureRecord, KeyRecord
 from chatlog.schemas.master_keys import KeyProvider, WrappedKey, unwrap_data_key, wrap_data_key
 from chatlog.schemas.sealing import DataKey, KeyScope
@@ -43,6 +48,7 @@ from chatlog.schemas.sealing import DataKey, KeyScope
 __all__ = ["KeyDirectory", "KeyEntries", "KeyLog", "Keyring"]
 
 _K = TypeVar("_K")
+_V = TypeVar("_V")
 
 log = logging.getLogger("chatlog.keys")
 
@@ -99,12 +105,17 @@ class Keyring:
         log: KeyLog | None = None,
         directory: KeyDirectory | None = None,
         cache_size: int = 10_000,
+        recheck_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.provider = provider
         self._log = log
         self._directory = directory
         self._cache_size = cache_size
-        self._writing: OrderedDict[KeyScope, DataKey] = OrderedDict()
+        self._recheck_s = recheck_s
+        self._clock = clock
+        # Each scope's key for writing, and when the directory last said it may be used.
+        self._writing: OrderedDict[KeyScope, tuple[DataKey, float]] = OrderedDict()
         # Unwrapped keys by (key id, master key id, wrapped bytes): an entry is only ever
         # found with the exact record it came from, so a re-wrapped key is unwrapped again.
         self._opened: OrderedDict[tuple[str, str, bytes], DataKey] = OrderedDict()
@@ -115,14 +126,20 @@ class Keyring:
 
         `Erased` if the directory says the user was erased.
         """
+        now = self._clock()
         with self._lock:
             cached = self._writing.get(scope)
             if cached is not None:
                 self._writing.move_to_end(scope)
-                return cached
-        key = self._existing(scope) or self._create(scope)
+        if cached is not None:
+            key, checked_at = cached
+            if now - checked_at < self._recheck_s:
+                return key
+            self._recheck(scope)
+        else:
+            key = self._existing(scope) or self._create(scope)
         with self._lock:
-            self._writing[scope] = key
+            self._writing[scope] = (key, now)
             _trim(self._writing, self._cache_size)
         return key
 
@@ -152,10 +169,27 @@ class Keyring:
         """Destroy `key_ids` of `scope` in the log (tombstones) and record the erasure."""
         if self._log is None:
             raise ValueError("this keyring reads only: it has no key log to erase in")
-        record = ErasureRecord(scope, datetime.now(UTC), key_ids)
+        # In milliseconds, as the log and the directory keep it: a second erasure answers
+        # with exactly the time the first one did.
+        record = ErasureRecord(scope, from_epoch_millis(epoch_millis(datetime.now(UTC))), key_ids)
         self._log.publish_erasure(record)
         self.forget(scope)
         return record
+
+    def _recheck(self, scope: KeyScope) -> None:
+        """Ask the directory again whether `scope` was erased: `Erased` (and the key
+        dropped) if so. Unanswered, the key held stays in use, as a writer that cannot
+        reach the directory makes a key without looking."""
+        if self._directory is None:
+            return
+        try:
+            entries = self._directory.entries(scope)
+        except Unavailable as exc:
+            log.warning("key directory unavailable (%s); still sealing %s's events", exc, scope)
+            return
+        if entries.erased_at is not None:
+            self.forget(scope)
+            _refuse_erased(scope, entries)
 
     def _existing(self, scope: KeyScope) -> DataKey | None:
         if self._directory is None:
@@ -206,6 +240,6 @@ def _refuse_erased(scope: KeyScope, entries: KeyEntries) -> None:
         )
 
 
-def _trim(cache: OrderedDict[_K, DataKey], size: int) -> None:
+def _trim(cache: OrderedDict[_K, _V], size: int) -> None:
     while len(cache) > size:
         cache.popitem(last=False)

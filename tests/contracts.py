@@ -41,7 +41,11 @@ def message(text: str, *, message_id: str | None = None, **fields) -> MessageApp
 
 
 class ViewStoreContract:
-    """Subclasses provide `store` (a fixture returning a fresh, empty `ViewStore`)."""
+    """Subclasses provide `store` (a fixture returning a fresh, empty `ViewStore`) and
+    `erase_owner(store, tenant, user)`, which marks a user erased as an erasure does."""
+
+    def erase_owner(self, store: ViewStore, tenant: str, user: str) -> None:
+        raise NotImplementedError
 
     def evolve_and_apply(self, store: ViewStore, session: str, payloads, start: int = 0):
         view = store.load([session])[session]
@@ -127,3 +131,25 @@ class ViewStoreContract:
         assert store.progress() == {0: 10, 1: 2, 3: 4}
         store.mark_progress({3: 9})
         assert store.progress() == {0: 10, 1: 2, 3: 9}
+
+    def test_a_view_of_an_erased_owner_is_never_written_and_its_stored_view_goes(self, store):
+        kept = self.evolve_and_apply(store, "s1", [message("a")])
+        self.erase_owner(store, kept.tenant, kept.user_id)
+        # A batch opened before the owner's erasure and written after it.
+        late = evolve(kept, event("s1", message("late"), seconds=1), Position(0, 1))
+        fresh = evolve(None, event("s3", message("new")), Position(0, 2))
+        # Another user, and the same user id in another tenant, are written as ever.
+        other = evolve(None, event("s4", message("x"), user="u2"), Position(0, 3))
+        elsewhere = evolve(
+            None, event("s5", message("y")).model_copy(update={"tenant": "t2"}), Position(0, 4)
+        )
+        outcomes = store.apply(
+            [Change(kept, late), Change(None, fresh), Change(None, other), Change(None, elsewhere)]
+        )
+        assert outcomes == [Outcome.ERASED, Outcome.ERASED, Outcome.APPLIED, Outcome.APPLIED]
+        assert store.load(["s1", "s3", "s4", "s5"]) == {
+            "s1": None,
+            "s3": None,
+            "s4": other,
+            "s5": elsewhere,
+        }

@@ -10,7 +10,8 @@ dispatcher; each command group adds its own commands and handlers:
 - `chatlog.cli.read`: `publish`, `context`, `sessions`, `tail`
 - `chatlog.cli.run`: `run projector`, `run summarizer`
 - `chatlog.cli.replay`: `replay` (rebuild, `--verify`)
-- `chatlog.cli.admin`: `topics create`, `topics check`, `keys new-master-key`, `config`
+- `chatlog.cli.admin`: `topics create`, `topics check`, `keys new-master-key`, `keys
+  rotate`, `erase`, `config`
 
 `chatlog.cli.output` shows results (for people, or JSON); `chatlog.cli.common` holds the
 rest they share (argument types, stopping on a signal, the topic check).

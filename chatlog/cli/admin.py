@@ -1,5 +1,5 @@
-"""The CLI's set-up commands: `topics create`, `topics check`, `keys new-master-key`,
-`keys rotate` and `config`."""
+"""The CLI's set-up and privacy commands: `topics create`, `topics check`, `keys
+new-master-key`, `keys rotate`, `erase` and `config`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ __all__ = ["add_commands"]
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
-    """Add `topics create` and `config` to the parser's `commands`."""
+    """Add `topics`, `keys`, `erase` and `config` to the parser's `commands`."""
     topics = commands.add_parser("topics", help="manage chatlog's Kafka topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True)
     create = topic_commands.add_parser(
@@ -57,6 +57,20 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
         "CHATLOG_MASTER_KEY; events are not touched",
     )
     rotate.set_defaults(handler=lambda args, settings: asdict(wiring.rotate_keys(settings)))
+
+    erase = commands.add_parser(
+        "erase",
+        parents=[common],
+        help="erase a user: destroy their data keys (what the log holds of them can never be "
+        "read again) and remove their sessions from Redis",
+    )
+    erase.add_argument("--user", required=True, help="the user id to erase")
+    erase.add_argument("--tenant", default="default", help="their tenant (default: default)")
+    erase.set_defaults(
+        handler=lambda args, settings: wiring.erase_user(
+            settings, args.user, tenant=args.tenant
+        ).as_dict()
+    )
 
     config = commands.add_parser("config", parents=[common], help="show the effective settings")
     config.set_defaults(handler=lambda args, settings: settings.describe())

@@ -299,10 +299,7 @@ def _read(
     known: dict[KeyScope, KeyEntries] = {}  # the owner's keys, fetched once
 
     def decode(value: bytes) -> ConversationEvent:
-        event = codec.decode(value)
-        if event.sealed is None:
-            return event
-        [opened] = opener.open_batch([event], known=known)
+        [opened] = opener.open_batch([codec.decode(value)], known=known)
         if opened is ERASED:
             raise Erased("erased: its owner's keys are destroyed")
         if isinstance(opened, Undecryptable):

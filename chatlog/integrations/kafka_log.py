@@ -82,7 +82,7 @@ class KafkaSessionLog:
                     event = self.codec.decode(value) if value is not None else None
                 except DecodeError:
                     event = None  # dead-lettered by the projector: never part of a view
-                if event is not None and self.opener is not None and event.sealed is not None:
+                if event is not None and self.opener is not None:
                     [opened] = self.opener.open_batch([event], known=known)
                     # Erased or undecryptable: the projector never made it part of a view.
                     event = opened if isinstance(opened, ConversationEvent) else None

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 import redis
 from redis.crc import key_slot
 
 from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_erasure import RedisUserSessions
 from chatlog.projections.redis_generations import GenerationStore
+from chatlog.projections.redis_keys import RedisKeyDirectory
 from chatlog.projections.redis_reader import RedisReader
 from chatlog.projections.redis_store import RedisViewStore
 from chatlog.projections.store import Change, Outcome
 from chatlog.projections.view import evolve
 from chatlog.schemas.errors import DataLoss, ReadModelLost
+from chatlog.schemas.key_records import ErasureRecord
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope
 from tests.contracts import POLICY, ViewStoreContract, event, message
 
 pytestmark = pytest.mark.integration
@@ -41,6 +47,10 @@ class TestRedisViewStore(ViewStoreContract):
         keys = list(client.scan_iter(f"{redis_prefix}:*"))
         if keys:
             client.unlink(*keys)
+
+    def erase_owner(self, store, tenant, user):
+        directory = RedisKeyDirectory(store.client, prefix=store.keys.prefix)
+        directory.erase(ErasureRecord(KeyScope(tenant, user), datetime.now(UTC), ()))
 
 
 def test_session_keys_share_one_hash_tag(client, redis_prefix):
@@ -197,3 +207,34 @@ def test_progress_marks_going_back_under_a_store_stop_its_writes(client, redis_p
     with pytest.raises(DataLoss):
         store.apply([Change(view, later)])
     assert client.hget(store.keys.meta("s-old"), "last_offset") == b"5"
+
+
+def test_a_users_sessions_leave_every_generation_and_no_other_tenants_do(client, redis_prefix):
+    live = new_store(client, redis_prefix)
+    GenerationStore(client, prefix=redis_prefix).create("verify-1")
+    scratch = RedisViewStore(client, keys=KeySpace(redis_prefix, "verify-1"), policy=POLICY)
+
+    def write(store, session, user, tenant="default", offset=0):
+        view = evolve(None, event(session, message(session), user=user), Position(0, offset))
+        view = replace(view, tenant=tenant)
+        assert store.apply([Change(None, view)]) == [Outcome.APPLIED]
+
+    write(live, "x1", "xavier")
+    write(scratch, "x1", "xavier")  # a verify's scratch generation holds it too
+    write(live, "x2", "xavier")
+    write(live, "x-acme", "xavier", tenant="acme")  # the same user id in another tenant
+    write(live, "y1", "yvonne")
+    index = live.keys.user_sessions("xavier")
+    client.zadd(index, {"x-expired": 1})  # its session expired, the entry did not yet
+    sessions = RedisUserSessions(client, prefix=redis_prefix)
+    scope = KeyScope("default", "xavier")
+    assert sessions.find(scope) == {"x1", "x2"}
+
+    assert sessions.remove(scope) == {"x1", "x2"}
+    loaded = live.load(["x1", "x2", "x-acme", "y1"])
+    assert (loaded["x1"], loaded["x2"]) == (None, None)
+    assert loaded["x-acme"] is not None
+    assert loaded["y1"] is not None
+    assert scratch.load(["x1"]) == {"x1": None}
+    assert [s.decode() for s in client.zrange(index, 0, -1)] == ["x-acme"]
+    assert sessions.find(scope) == set()

@@ -39,6 +39,7 @@ PURE_MODULES = [
     "chatlog.processors.extractive",
     "chatlog.processors.summary_engine",
     "chatlog.processors.commits",
+    "chatlog.processors.erasure",
 ]
 
 

@@ -146,3 +146,42 @@ def test_a_writer_does_not_wait_for_an_unreachable_directory():
     [(kafka_key, value)] = log.records  # made without looking, and logged before use
     assert kafka_key == f"t1/u1/{key.key_id}"
     assert value is not None
+
+
+def test_a_writer_holding_the_key_learns_of_the_erasure_within_the_recheck_time():
+    now = [0.0]
+    log, directory = MemoryKeyLog(), MemoryKeyDirectory()
+    writer = _ring(log, directory, recheck_s=1.0, clock=lambda: now[0])
+    key = writer.for_writing(SCOPE)
+    # Erased by another process: this writer's keyring is not the one that erased.
+    eraser = _ring(log, directory)
+    directory.erase(eraser.erase(SCOPE, key_ids=(key.key_id,)))
+    now[0] = 0.5
+    assert writer.for_writing(SCOPE) is key  # its answer is still fresh
+    now[0] = 1.5
+    with pytest.raises(Erased):
+        writer.for_writing(SCOPE)
+    assert SCOPE not in writer._writing
+
+
+def test_a_recheck_the_directory_does_not_answer_keeps_the_key_for_another_interval():
+    class Flaky(MemoryKeyDirectory):
+        down = False
+        asked = 0
+
+        def entries(self, scope):
+            self.asked += 1
+            if self.down:
+                raise StoreUnavailable("Redis did not answer")
+            return super().entries(scope)
+
+    now = [0.0]
+    directory = Flaky()
+    writer = _ring(MemoryKeyLog(), directory, recheck_s=1.0, clock=lambda: now[0])
+    key = writer.for_writing(SCOPE)
+    directory.down, asked = True, directory.asked
+    now[0] = 2.0
+    assert writer.for_writing(SCOPE) is key
+    now[0] = 2.5
+    assert writer.for_writing(SCOPE) is key
+    assert directory.asked == asked + 1  # one wait per interval, not one per append

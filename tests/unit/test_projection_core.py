@@ -116,3 +116,15 @@ def test_progress_marks_the_last_record_of_each_partition_even_a_refused_one(sto
     )
     assert store.views["a"].last_offset == 0
     assert store.progress() == {0: 2, 1: 5}
+
+
+def test_a_session_whose_owner_is_erased_after_opening_is_counted_erased_not_retried(store):
+    core = ProjectionCore(store)
+    core.handle([record(0, msg("a", "a1")), record(1, msg("b", "b1", user="u2"))])
+    store.erased.add(("default", "u1"))  # erased between two batches, views still cached
+    result = core.handle(
+        [record(2, msg("a", "a2")), record(3, msg("a", "a3")), record(4, msg("b", "b2", "u2"))]
+    )
+    assert (result.erased, result.applied, result.conflicts) == (2, 1, 0)
+    assert "a" not in store.views
+    assert [m.content for m in store.views["b"].messages] == ["b1", "b2"]

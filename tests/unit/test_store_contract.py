@@ -12,3 +12,6 @@ class TestInMemoryViewStore(ViewStoreContract):
     @pytest.fixture
     def store(self):
         return InMemoryViewStore()
+
+    def erase_owner(self, store, tenant, user):
+        store.erased.add((tenant, user))

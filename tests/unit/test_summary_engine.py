@@ -35,6 +35,7 @@ from chatlog.schemas.errors import (
     ChatlogError,
     ConfigError,
     DecodeError,
+    Erased,
     InvalidInput,
     ReadTimeout,
     StoreUnavailable,
@@ -1166,3 +1167,34 @@ async def test_once_stopping_no_record_is_taken_and_no_retry_started():
     assert len(h.summarizer.requests) == 1
     assert h.acked(0) == list(range(10))  # not the summary's read-back (10), nor 11
     assert await h.engine.retry_due() == 0
+
+
+@async_test
+async def test_a_summary_whose_owner_was_erased_meanwhile_is_dropped_for_good():
+    h = Harness(failure_cooldown_s=5.0)
+    h.publisher.failures.append(Erased("user u1 was erased", user_id=USER, tenant=TENANT))
+    h.turns("s1", 7)
+    await h.run()
+    stats = h.engine.stats
+    assert (stats.requested, stats.erased, stats.failed, stats.published) == (1, 1, 0, 0)
+    assert h.acked() == list(range(7))  # committed: nothing to ask again after a restart
+
+    # Never retried, and later turns of the session start no summary.
+    h.clock.now += 60.0
+    assert await h.engine.retry_due() == 0
+    h.turns("s1", 6, first=7)
+    await h.run()
+    assert (stats.requested, stats.erased) == (1, 1)
+    assert h.acked() == list(range(13))
+    assert h.publisher.events == []
+
+
+@async_test
+async def test_a_session_whose_owner_is_erased_when_it_loads_is_never_summarized():
+    h = Harness()
+    h.projector.failures.append(Erased("user u1 was erased", user_id=USER, tenant=TENANT))
+    h.turns("s1", 7)
+    await h.run()
+    assert h.projector.loads_of("s1") == 1  # not waited on as if the projector were behind
+    assert h.engine.stats.requested == 0
+    assert h.acked() == list(range(7))

@@ -1,0 +1,153 @@
+"""Erasing a user: their keys destroyed, their sessions out of the read-model.
+
+What does erasing a user do, in this order, and why this order?
+
+1. Find the user's key ids in the key directory. If it has none, read the keys topic
+   into it first (`catch_up`): a Redis that lost the directory must not make an erasure
+   miss a key.
+2. Publish the erasure (`Keyring.erase`): a tombstone for each key, then the erasure
+   record, all acknowledged by the broker before anything else is done. From then on
+   the log says "erased": a directory lost later is projected again from it, erasures
+   included, and compaction takes the keys off the disks.
+3. Mark the user erased in the key directory (`erase`: every key removed, the mark
+   set). Readers of the log get ERASED for the user's events from then on, writers get
+   `Erased`, and the view store refuses to write a view of the user.
+4. Remove every session of the user from every generation of the read-model. After
+   the mark, so that nothing is written back behind the removal: a view written before
+   the mark is found, one written after it is refused by the store, and one written
+   before the mark but indexed after it is deleted by the store's index script.
+
+Erasing twice is harmless: the second call finds the mark, publishes nothing and
+removes whatever sessions are left (say `already_erased`). Erasing a user chatlog has
+nothing of (no key in the directory or the keys topic, no erasure, no session) raises
+`UnknownUser` and writes nothing: a mistyped id must not retire an id silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from chatlog.schemas.errors import UnknownUser
+from chatlog.schemas.ids import validate_id
+from chatlog.schemas.key_records import ErasureRecord
+from chatlog.schemas.keyring import KeyEntries, Keyring
+from chatlog.schemas.sealing import KeyScope
+
+__all__ = ["ErasableDirectory", "Erasure", "ReadModelSessions", "UserEraser"]
+
+log = logging.getLogger("chatlog.keys")
+
+
+class ErasableDirectory(Protocol):
+    """The key directory as an erasure uses it (`RedisKeyDirectory`)."""
+
+    def entries(self, scope: KeyScope) -> KeyEntries:
+        """What the directory holds for `scope`."""
+        ...
+
+    def erase(self, record: ErasureRecord) -> None:
+        """Remove every key of the user and mark them erased."""
+        ...
+
+
+class ReadModelSessions(Protocol):
+    """A user's sessions in every generation of the read-model (`RedisUserSessions`)."""
+
+    def find(self, scope: KeyScope) -> set[str]:
+        """The ids of the sessions of `scope` held anywhere in the read-model."""
+        ...
+
+    def remove(self, scope: KeyScope) -> set[str]:
+        """Delete them all; the ids of those removed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What erasing a user did."""
+
+    tenant: str
+    user_id: str
+    key_ids: tuple[str, ...]  # destroyed by this call (none if already erased)
+    sessions_removed: int  # from the read-model, by this call
+    erased_at: datetime  # the first erasure's time when erased before
+    already_erased: bool
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the CLI and JSON: the time in ISO 8601."""
+        return {
+            "tenant": self.tenant,
+            "user_id": self.user_id,
+            "key_ids": list(self.key_ids),
+            "sessions_removed": self.sessions_removed,
+            "erased_at": self.erased_at.isoformat(timespec="milliseconds"),
+            "already_erased": self.already_erased,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class UserEraser:
+    """Erases users, from built parts (`chatlog.wiring.eraser` builds them from settings)."""
+
+    def __init__(
+        self,
+        *,
+        keyring: Keyring,
+        directory: ErasableDirectory,
+        catch_up: Callable[[], object],
+        sessions: ReadModelSessions,
+        keys_topic: str = "chatlog.keys",
+    ) -> None:
+        # The keyring of the process's producer, so that it stops sealing for the user.
+        self.keyring = keyring
+        self.directory = directory
+        self.catch_up = catch_up
+        self.sessions = sessions
+        self.keys_topic = keys_topic
+
+    def erase(self, user_id: str, *, tenant: str = "default") -> Erasure:
+        """Erase the user (see the module docstring for the steps)."""
+        validate_id(user_id, field="user_id")
+        validate_id(tenant, field="tenant")
+        scope = KeyScope(tenant, user_id)
+        started = time.monotonic()
+        entries = self.directory.entries(scope)
+        if not entries.keys and entries.erased_at is None:
+            self.catch_up()  # the directory is a copy: the keys topic may know more
+            entries = self.directory.entries(scope)
+        already = entries.erased_at is not None
+        key_ids: tuple[str, ...] = ()
+        if entries.erased_at is not None:
+            erased_at = entries.erased_at
+        else:
+            key_ids = tuple(sorted(entries.keys))
+            if not key_ids and not self.sessions.find(scope):
+                raise UnknownUser(
+                    f"nothing to erase for user {user_id} of tenant {tenant}: no data key in "
+                    f"the key directory or in {self.keys_topic}, and no session in the "
+                    f"read-model; nothing was written. Check the user id and the tenant "
+                    f"(`chatlog sessions {user_id}` lists their sessions)",
+                    user_id=user_id,
+                    tenant=tenant,
+                )
+            record = self.keyring.erase(scope, key_ids=key_ids)
+            self.directory.erase(record)
+            erased_at = record.erased_at
+        removed = self.sessions.remove(scope)
+        erasure = Erasure(
+            tenant=tenant,
+            user_id=user_id,
+            key_ids=key_ids,
+            sessions_removed=len(removed),
+            erased_at=erased_at,
+            already_erased=already,
+            seconds=time.monotonic() - started,
+        )
+        log.info("erased user %s of tenant %s: %s", user_id, tenant, erasure)
+        return erasure
