@@ -11,6 +11,10 @@ the window are folded into the session's summary as the chat goes on, so the pro
 stays small however long the chat grows. The demo prints the summary, how many turns it
 covers and what the prompt costs against the whole chat.
 
+Last, one customer is erased: the demo shows a message of theirs as it rests in Kafka
+and in Redis (ciphertext under their own key), calls `ChatLog.erase_user`, and shows
+that their sessions now answer "erased" while every other customer's read as before.
+
 It uses only what an application would: `ChatLog` to append and read,
 `chatlog.wiring.create_topics`, and the ``chatlog`` command: ``chatlog run projector``
 and ``chatlog run summarizer`` as child processes (the offline extractive summarizer
@@ -41,7 +45,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,8 +53,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from confluent_kafka import TopicPartition
+
 from chatlog import ChatLog, ChatlogError, Context, Position, Settings, wiring
 from chatlog.cli.output import context_lines, session_rows
+from chatlog.processors.kafka_consumer import groupless_consumer
+from chatlog.schemas.events import ConversationEvent, MessageAppended
 from dev.demo_chats import Script, read_long_chat, write_scripts
 
 __all__ = ["main"]
@@ -288,6 +296,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         "topic": name,
         "dlq_topic": f"{name}.dlq",
+        # Its own keys topic too: the demo erases a user, and an erased id stays retired.
+        "keys_topic": f"{name}.keys",
         "redis_prefix": name,
         "projector_group": f"chatlog-projector.demo.{run}",
         "summarizer_group": f"chatlog-summarizer.demo.{run}",
@@ -370,7 +380,67 @@ def _steps(
     stale = [s.session_id for s, c in pairs if c.message_count != len(s.turns)]
     if stale:
         raise DemoFailed(f"sessions read back without all their messages: {stale[:5]}")
+    _erasure(log, settings, list(zip(scripts, last, strict=True)), keep=example.user_id)
     return example, long_chat
+
+
+def _erasure(
+    log: ChatLog, settings: Settings, pairs: Sequence[tuple[Script, Position]], *, keep: str
+) -> None:
+    """Show one chat as it rests in Kafka and Redis (sealed), erase its user, read again."""
+    script, position = next((s, p) for s, p in pairs if s.user_id != keep)
+    user, session = script.user_id, script.session_id
+    event = _record_at(settings, position)
+    payload = event.payload
+    if not isinstance(payload, MessageAppended) or event.sealed is None:
+        raise DemoFailed(f"the record at {position} is not a sealed message: {event!r}")
+    sealed = event.sealed.fields["content"]
+    stored = json.loads(log.reader.client.lindex(log.reader.keys().messages(session), -1) or "{}")
+    in_redis = stored["s"][2]["content"]  # the message's sealed fields: [event, key, fields]
+    _say("sealed", f"{user}'s last message, {script.turns[-1].content[:48]!r}..., at rest:")
+    _say("", f"kafka  content={payload.content!r}, sealed {sealed[:10].hex()}... ({len(sealed)} B)")
+    _say("", f'redis  "c": {stored["c"]!r}, sealed {in_redis[:20]}... (the same, in base64)')
+
+    erasure = log.erase_user(user)
+    _say(
+        "erased",
+        f"log.erase_user({user!r}): {len(erasure.key_ids)} data key(s) destroyed, "
+        f"{erasure.sessions_removed} sessions removed from Redis in {_ms(erasure.seconds)}",
+    )
+    answers = []
+    reads: dict[str, Callable[[], object]] = {
+        "context": lambda: log.context(session, user_id=user),
+        "as_of": lambda: log.context(session, user_id=user, as_of=position),
+    }
+    for name, read in reads.items():
+        try:
+            read()
+        except ChatlogError as exc:
+            answers.append(f"{name} -> {type(exc).__name__}")
+        else:
+            raise DemoFailed(f"{name} of {session} still answered after erasing {user}")
+    if log.sessions(user):
+        raise DemoFailed(f"{user} still has sessions listed after the erasure")
+    other = next(s for s, _ in pairs if s.user_id == keep)
+    if log.context(other.session_id, user_id=keep).message_count != len(other.turns):
+        raise DemoFailed(f"{keep}'s session {other.session_id} changed when {user} was erased")
+    _say("", f"then {', '.join(answers)}, sessions -> []; {keep}'s chats read as before")
+    print()
+
+
+def _record_at(settings: Settings, position: Position) -> ConversationEvent:
+    """The event stored at `position`, decoded but not opened: as it rests in the log."""
+    consumer = groupless_consumer(settings.kafka_bootstrap, settings.kafka, purpose="demo")
+    try:
+        consumer.assign([TopicPartition(settings.topic, position.partition, position.offset)])
+        for _ in range(50):
+            for message in consumer.consume(1, timeout=0.2):
+                value = message.value()
+                if message.error() is None and message.offset() == position.offset and value:
+                    return wiring.codec(settings).decode(value)
+    finally:
+        consumer.close()
+    raise DemoFailed(f"no record at {position} of {settings.topic}")
 
 
 def _long_chat(
@@ -446,6 +516,7 @@ def _next_steps(settings: Settings, example: Context, long_chat: Script) -> None
     print(
         f"  export {Settings.env_name('topic')}={settings.topic} \\\n"
         f"         {Settings.env_name('dlq_topic')}={settings.dlq_topic} \\\n"
+        f"         {Settings.env_name('keys_topic')}={settings.keys_topic} \\\n"
         f"         {Settings.env_name('redis_prefix')}={settings.redis_prefix}"
     )
     print(f"  {cli} context {session} --user {user} --after {example.position}")

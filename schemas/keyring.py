@@ -120,6 +120,7 @@ class Keyring:
         # found with the exact record it came from, so a re-wrapped key is unwrapped again.
         self._opened: OrderedDict[tuple[str, str, bytes], DataKey] = OrderedDict()
         self._lock = threading.Lock()
+        self._making: dict[KeyScope, threading.Lock] = {}
 
     def for_writing(self, scope: KeyScope) -> DataKey:
         """The key to seal `scope`'s next event with; made (and logged) if there is none.
@@ -137,11 +138,30 @@ class Keyring:
                 return key
             self._recheck(scope)
         else:
-            key = self._existing(scope) or self._create(scope)
+            key = self._first_key(scope, now)
         with self._lock:
             self._writing[scope] = (key, now)
             _trim(self._writing, self._cache_size)
         return key
+
+    def _first_key(self, scope: KeyScope, now: float) -> DataKey:
+        # One look-up (and at most one new key) per scope at a time in this process:
+        # threads writing a new user's first messages together share the key one made.
+        with self._lock:
+            making = self._making.setdefault(scope, threading.Lock())
+        try:
+            with making:
+                with self._lock:
+                    cached = self._writing.get(scope)
+                if cached is not None:
+                    return cached[0]
+                key = self._existing(scope) or self._create(scope)
+                with self._lock:
+                    self._writing[scope] = (key, now)
+                return key
+        finally:
+            with self._lock:
+                self._making.pop(scope, None)
 
     def for_reading(self, scope: KeyScope, key_id: str, wrapped: WrappedKey) -> DataKey:
         """Data key `key_id` of `scope`, unwrapped from `wrapped` (found by the caller in

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -65,6 +66,31 @@ def test_two_writers_at_the_same_instant_both_keep_a_usable_key():
     entries = directory.entries(SCOPE).keys
     for key in keys.values():
         assert reader.for_reading(SCOPE, key.key_id, entries[key.key_id]).secret == key.secret
+
+
+def test_threads_of_one_process_writing_a_new_user_together_share_one_key():
+    class SlowLog(MemoryKeyLog):
+        def publish_key(self, record: KeyRecord) -> None:
+            time.sleep(0.05)  # a broker's acknowledgement: the window where threads race
+            super().publish_key(record)
+
+    log, directory = SlowLog(), MemoryKeyDirectory()
+    ring = _ring(log, directory)
+    barrier = threading.Barrier(8)
+    keys = []
+
+    def write() -> None:
+        barrier.wait()
+        keys.append(ring.for_writing(SCOPE).key_id)
+
+    threads = [threading.Thread(target=write) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(keys) == 8
+    assert len(set(keys)) == 1
+    assert len(log.records) == 1
 
 
 def test_an_erased_user_is_retired_for_writers():
