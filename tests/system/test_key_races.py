@@ -79,7 +79,9 @@ def test_two_writers_racing_on_a_new_user_leave_every_message_readable(
                 timeout=60,
                 what="both writers to be ready",
             )
-            (barrier / "go").write_text(f"{time.time() + 0.5} {INTERVAL_S}")
+            # Written aside and renamed: a writer polling for `go` must never read it empty.
+            (barrier / "go.new").write_text(f"{time.time() + 0.5} {INTERVAL_S}")
+            (barrier / "go.new").rename(barrier / "go")
             outputs = {name: w.communicate(timeout=120) for name, w in writers.items()}
         finally:
             for w in writers.values():
