@@ -3,11 +3,11 @@
 Crypto-shredding forgets a person by destroying their data key, so the guarantee is
 only as good as the time the wrapped key stays in the keys topic's files. The keys
 topic is created as `chatlog topics create` makes it for the setting's minimum, 60 s
-(`keys_topic_config`), and users X and Y write, which makes their keys. X is erased (a
-tombstone for each key and an erasure record), and new users keep arriving, one every
-half second, as they do in production: Kafka rolls a segment only when a record is
-appended, and the log cleaner never touches the active segment, so without later
-records the key would stay where it is.
+(`keys_topic_config`), and users X and Y write, which makes their keys. X is erased
+(`ChatLog.erase_user`: a tombstone for each key, then an erasure record), and new users
+keep arriving, one every half second, as they do in production: Kafka rolls a segment
+only when a record is appended, and the log cleaner never touches the active segment,
+so without later records the key would stay where it is.
 
 Every file of the topic's partition directories on the local broker's disk (the
 segments, and the cleaner's ``.cleaned``, ``.swap`` and ``.deleted`` files too) is then
@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from chatlog import wiring
+from chatlog.client import ChatLog
 from chatlog.producers.kafka_topics import keys_topic_config
 from chatlog.projections.opening import ERASED
 from chatlog.schemas.sealing import KeyScope
@@ -89,9 +90,14 @@ def test_an_erased_users_key_leaves_the_brokers_disk_within_the_bound(
         for needle in (x_key, y_key):
             assert _holding(files, needle), "the search looks in the wrong place"
 
-        erasure = wiring.keyring(settings, producer).erase(x, key_ids=tuple(wrapped[x]))
-        directory.erase(erasure)
+        chat = ChatLog(
+            producer=producer,
+            reader=wiring.reader(settings, directory.client),
+            eraser=wiring.eraser(settings, producer, directory.client),
+        )
+        erasure = chat.erase_user(x.user_id)
         erased_at = time.monotonic()
+        assert erasure.key_ids == tuple(wrapped[x]), erasure
         newcomers, out_of_segments = 0, None
         deadline = erased_at + 2 * SHRED_WITHIN_S
         while holding := _holding(_topic_files(kafka.bootstrap, keys_topic), x_key):
