@@ -51,6 +51,9 @@ __all__ = [
 ]
 
 FOREVER_MS = -1
+# Kafka's default `file.delete.delay.ms`: how long a segment replaced by the cleaner
+# stays on disk, renamed `.deleted`.
+_FILE_DELETE_DELAY_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,10 @@ def keys_topic_config(shred_within_ms: int) -> dict[str, str]:
     `max.compaction.lag.ms` makes it eligible within half the bound, `segment.ms` rolls
     the active segment (never cleaned) within a quarter, and a low dirty ratio lets the
     cleaner run on a small topic; the cleaner's own backoff (15 s by default) fits in
-    what is left. Tombstones, which hold no key, stay `delete.retention.ms` longer, for
-    consumers that were behind.
+    what is left. The segment the cleaner replaced is kept, renamed ``.deleted`` and key
+    included, for `file.delete.delay.ms` (a minute by default, longer than what is left
+    of the least bound, 60 s): a twelfth of the bound, at most that minute. Tombstones,
+    which hold no key, stay `delete.retention.ms` longer, for consumers that were behind.
     """
     return {
         "cleanup.policy": "compact",
@@ -102,6 +107,7 @@ def keys_topic_config(shred_within_ms: int) -> dict[str, str]:
         "segment.ms": str(shred_within_ms // 4),
         "min.cleanable.dirty.ratio": "0.01",
         "delete.retention.ms": str(shred_within_ms),
+        "file.delete.delay.ms": str(min(_FILE_DELETE_DELAY_MS, shred_within_ms // 12)),
     }
 
 
@@ -232,7 +238,7 @@ def check_keys_topic(
     policy = actual.get("cleanup.policy")
     if "compact" not in (policy or "").split(","):
         problems.append(f"cleanup.policy is {policy}, not compact")
-    for name in ("max.compaction.lag.ms", "segment.ms"):
+    for name in ("max.compaction.lag.ms", "segment.ms", "file.delete.delay.ms"):
         have = actual.get(name)
         if int(have or 2**63) > int(wanted[name]):
             problems.append(f"{name} is {have}, above {wanted[name]}")
