@@ -132,6 +132,10 @@ def rotate_keys(
         if not isinstance(record, KeyRecord):
             continue
         if record.wrapped.kek_id == current:
+            # Written to the directory again too: a catch-up that overlapped an earlier
+            # rotation may have put the old wrapping back there. Running the rotation
+            # once more before destroying the old master key repairs that.
+            directory.put(record)
             counts["current"] += 1
             continue
         data_key = keyring.for_reading(record.scope, record.key_id, record.wrapped)

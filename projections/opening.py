@@ -26,6 +26,7 @@ reader, with the owner's entries the reader fetched in the same round trip as th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
@@ -45,6 +46,8 @@ from chatlog.schemas.sealing import (
 )
 
 __all__ = ["ERASED", "EventOpener", "Opened", "ViewOpener"]
+
+_REWRAPPED_CATCH_UP_S = 60.0
 
 
 class _Erased:
@@ -67,10 +70,13 @@ class EventOpener:
         directory: KeyDirectory,
         *,
         catch_up: Callable[[], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.keyring = keyring
         self.directory = directory
         self._catch_up = catch_up
+        self._clock = clock
+        self._rewrapped_at = float("-inf")
 
     def open_batch(
         self,
@@ -102,7 +108,29 @@ class EventOpener:
         if unknown and self._catch_up is not None:
             self._catch_up()
             entries.update(self.directory.entries_many(unknown))
-        return [self._open(event, entries, verify) for event in events]
+        opened = [self._open(event, entries, verify) for event in events]
+        stale = {KeyScope.of(e) for e, o in zip(events, opened, strict=True) if _unwrap_failed(o)}
+        catch_up = self._catch_up
+        if stale and catch_up is not None and self._may_catch_up_rewrapped():
+            # A wrapping under a master key this process lacks: the directory may hold one
+            # a rotation replaced (a catch-up that overlapped it wrote the old one back).
+            # The keys topic ends with each key's newest wrapping: read it once more.
+            catch_up()
+            entries.update(self.directory.entries_many(stale))
+            opened = [
+                self._open(e, entries, verify) if _unwrap_failed(o) else o
+                for e, o in zip(events, opened, strict=True)
+            ]
+        return opened
+
+    def _may_catch_up_rewrapped(self) -> bool:
+        """At most once a minute: a process given the wrong master key must not read the
+        whole keys topic for every batch."""
+        now = self._clock()
+        if now - self._rewrapped_at < _REWRAPPED_CATCH_UP_S:
+            return False
+        self._rewrapped_at = now
+        return True
 
     def _open(
         self, event: ConversationEvent, entries: dict[KeyScope, KeyEntries], verify: bool
@@ -131,6 +159,11 @@ class EventOpener:
             return open_event(event, key)
         except Undecryptable as exc:
             return exc
+
+
+def _unwrap_failed(opened: Opened) -> bool:
+    # The master key's error names the master key id; a field's names the event.
+    return isinstance(opened, Undecryptable) and "kek_id" in opened.context
 
 
 def _key_id(event: ConversationEvent) -> str:

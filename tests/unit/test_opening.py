@@ -26,7 +26,7 @@ from chatlog.schemas.events import (
     ToolCall,
 )
 from chatlog.schemas.keyring import Keyring
-from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key
+from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key, wrap_data_key
 from chatlog.schemas.position import Position
 from chatlog.schemas.sealing import KeyScope, seal_event
 from tests.key_fakes import MemoryKeyDirectory, MemoryKeyLog
@@ -217,3 +217,34 @@ def test_a_context_is_never_built_from_a_view_still_sealed():
     assert view is not None
     with pytest.raises(ValueError, match="still sealed"):
         Context.from_view(view, window_size=20)
+
+
+def test_a_wrapping_under_a_master_key_this_process_lacks_is_looked_for_once_in_the_log():
+    # The directory kept k1's wrapping (a catch-up overlapping a rotation wrote it back);
+    # the keys topic ends with k2's. This process has only k2.
+    keys = Keys()
+    event = keys.sealed("a", "after the rotation")
+    assert event.sealed is not None
+    scope, key_id = KeyScope.of(event), event.sealed.key_id
+    old = keys.directory.keys[scope][key_id]
+    k2 = LocalKeyProvider.from_spec(new_master_key("k2"))
+    in_topic = [wrap_data_key(k2, Keyring(PROVIDER).for_reading(scope, key_id, old))]
+    now, catch_ups = [0.0], []
+
+    def catch_up() -> None:
+        catch_ups.append(now[0])
+        keys.directory.keys[scope][key_id] = in_topic[0]
+
+    opener = EventOpener(Keyring(k2), keys.directory, catch_up=catch_up, clock=lambda: now[0])
+    [opened] = opener.open_batch([event])
+    assert opened.payload.content == "after the rotation"
+    assert catch_ups == [0.0]
+
+    # A master key that is simply missing (the topic has no newer wrapping either) is
+    # dead-lettered, and the keys topic is read for it at most once a minute.
+    keys.directory.keys[scope][key_id] = in_topic[0] = old
+    for now[0] in (10.0, 30.0, 61.0, 62.0):
+        [opened] = opener.open_batch([event])
+        assert isinstance(opened, Undecryptable)
+        assert "does not have" in opened.message
+    assert catch_ups == [0.0, 61.0]
