@@ -1,8 +1,8 @@
 """Reading the read-model: a session's context and a user's sessions, sync and asyncio.
 
-One context read is one round trip (the session's meta hash and message list in one
-MULTI on keys of one hash slot: `load_session`, `aload_session`, which every reader of a
-session's view calls). Two rules hold for every read:
+One context read is one round trip (`chatlog.projections.redis_loading`: the session's
+meta hash and message list in one MULTI, with the generation's epoch and the reader's
+key entries). Two rules hold for every read:
 
 * Ownership: every read names the user. An erased session is not found, and a session
   owned by someone else raises `OwnershipError` (`chatlog.projections.access.readable`);
@@ -14,9 +14,8 @@ session's view calls). Two rules hold for every read:
 The live generation is looked up through the pointer key and cached for
 `generation_refresh_s`; a rebuild keeps the old generation for longer than that.
 
-Lost data is never served: the same MULTI reads the pointer and the generation's epoch
-(`chatlog.projections.epochs`), and a generation without its epoch, or no pointer at
-all, raises `ReadModelLost` rather than a partial view or a "not found".
+Lost data is never served: a generation without its epoch, or no pointer at all,
+raises `ReadModelLost` rather than a partial view or a "not found".
 
 Views are stored sealed (`chatlog.projections.view`): the same MULTI fetches the reader's
 key-directory entries (its tenant's, for the user who reads), and `ViewOpener` opens the
@@ -30,7 +29,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -38,18 +37,23 @@ import redis.asyncio
 from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
 from chatlog.projections.encoding import decode_view
-from chatlog.projections.epochs import reader_problem
 from chatlog.projections.keys import ERASED_FIELD, KeySpace
 from chatlog.projections.opening import ViewOpener
 from chatlog.projections.redis_keys import entries_of
-from chatlog.projections.redis_store import decode_loaded, queue_load, redis_errors, text, text_map
+from chatlog.projections.redis_loading import (
+    Loaded,
+    aload_guarded,
+    check_guard,
+    load_guarded,
+    queue_guard,
+)
+from chatlog.projections.redis_store import redis_errors, text, text_map
 from chatlog.projections.store import SessionEntry, session_entries
 from chatlog.projections.view import SessionView
 from chatlog.schemas.errors import (
     ConfigError,
     Erased,
     InvalidInput,
-    ReadModelLost,
     ReadTimeout,
     SessionNotFound,
 )
@@ -62,8 +66,6 @@ __all__ = [
     "DEFAULT_GENERATION",
     "AsyncRedisReader",
     "RedisReader",
-    "aload_session",
-    "load_session",
 ]
 
 DEFAULT_GENERATION = "g1"
@@ -180,10 +182,10 @@ class RedisReader:
     def _owner(self, user_id: str) -> KeyScope:
         return KeyScope(self.tenant, user_id)
 
-    def _load(self, session_id: str, owner: KeyScope) -> _Loaded:
-        loaded = _load_guarded(self.client, self.keys(), session_id, final=False, owner=owner)
+    def _load(self, session_id: str, owner: KeyScope) -> Loaded:
+        loaded = load_guarded(self.client, self.keys(), session_id, final=False, owner=owner)
         if loaded is None:  # a replay flipped the pointer since it was cached
-            loaded = _load_guarded(
+            loaded = load_guarded(
                 self.client, self.keys(refresh=True), session_id, final=True, owner=owner
             )
             assert loaded is not None  # final: lost raises
@@ -395,12 +397,12 @@ class AsyncRedisReader:
     def _owner(self, user_id: str) -> KeyScope:
         return KeyScope(self.tenant, user_id)
 
-    async def _load(self, session_id: str, owner: KeyScope | None = None) -> _Loaded:
+    async def _load(self, session_id: str, owner: KeyScope | None = None) -> Loaded:
         keys = await self.keys()
-        loaded = await _aload_guarded(self.client, keys, session_id, final=False, owner=owner)
+        loaded = await aload_guarded(self.client, keys, session_id, final=False, owner=owner)
         if loaded is None:  # a replay flipped the pointer since it was cached
             keys = await self.keys(refresh=True)
-            loaded = await _aload_guarded(self.client, keys, session_id, final=True, owner=owner)
+            loaded = await aload_guarded(self.client, keys, session_id, final=True, owner=owner)
             assert loaded is not None  # final: lost raises
         return loaded
 
@@ -440,120 +442,6 @@ def _reached(replies: Sequence[Any], after: Position) -> bool:
 def _check_ids(session_id: str, user_id: str) -> None:
     validate_id(session_id, field="session_id")
     validate_id(user_id, field="user_id")
-
-
-def queue_guard(pipe: Any, keys: KeySpace) -> None:
-    """Queue the reads `check_guard` needs: the pointer and the generation's epoch."""
-    pipe.get(keys.pointer)
-    pipe.get(keys.epoch)
-
-
-def check_guard(replies: Sequence[Any], keys: KeySpace, *, final: bool = True) -> bool:
-    """Whether the generation `keys` names may be served, from `queue_guard`'s replies;
-    `ReadModelLost` if it is lost. False for a generation the pointer has moved away
-    from and that is deleted, unless `final`: then read the new one."""
-    pointer, epoch = (None if r is None else text(r) for r in replies)
-    if pointer is not None and pointer != keys.generation and epoch is None and not final:
-        return False
-    problem = reader_problem(pointer and keys.generation, epoch)
-    if problem is None:
-        return True
-    raise ReadModelLost(
-        f"{problem}. Nothing is served from it until it is rebuilt from the log: by the "
-        f"projector if it runs with CHATLOG_ON_DATA_LOSS=rebuild, else with `chatlog "
-        f"replay` (is the projector running: `chatlog run projector`?). Meanwhile "
-        f"`ChatLog.context(..., as_of=...)` reads the log itself",
-        generation=pointer,
-    )
-
-
-class _Loaded(NamedTuple):
-    view: SessionView | None
-    window: int
-    # The key-directory entries of the owner the load was asked to fetch, if any.
-    entries: KeyEntries
-
-
-def load_session(
-    client: redis.Redis, keys: KeySpace, session_id: str, *, messages: bool = True
-) -> tuple[SessionView | None, int]:
-    """The session's stored view (None if it has none) and window size, in one round trip.
-
-    `messages=False` leaves the message list unread (the view then has no messages), for
-    callers that need only the session's meta. `ReadModelLost` if the generation is lost
-    (see `check_guard`), never a partial view or a None for a session that existed. The
-    view is as stored: sealed (see `ViewOpener`).
-    """
-    loaded = _load_guarded(client, keys, session_id, messages=messages, final=True)
-    assert loaded is not None  # final: lost raises
-    return loaded.view, loaded.window
-
-
-async def aload_session(
-    client: redis.asyncio.Redis, keys: KeySpace, session_id: str, *, messages: bool = True
-) -> tuple[SessionView | None, int]:
-    """`load_session`, awaited."""
-    loaded = await _aload_guarded(client, keys, session_id, messages=messages, final=True)
-    assert loaded is not None  # final: lost raises
-    return loaded.view, loaded.window
-
-
-def _load_guarded(
-    client: redis.Redis,
-    keys: KeySpace,
-    session_id: str,
-    *,
-    final: bool,
-    messages: bool = True,
-    owner: KeyScope | None = None,
-) -> _Loaded | None:
-    """`load_session` (and `owner`'s key entries); None if the pointer has moved away
-    from `keys` (see `check_guard`)."""
-    pipe = client.pipeline(transaction=True)
-    _queue_guarded_load(pipe, keys, session_id, messages=messages, owner=owner)
-    with redis_errors():
-        replies = pipe.execute()
-    return _guarded_load(replies, keys, final=final, messages=messages, owner=owner)
-
-
-async def _aload_guarded(
-    client: redis.asyncio.Redis,
-    keys: KeySpace,
-    session_id: str,
-    *,
-    final: bool,
-    messages: bool = True,
-    owner: KeyScope | None = None,
-) -> _Loaded | None:
-    """`_load_guarded`, awaited."""
-    pipe = client.pipeline(transaction=True)
-    _queue_guarded_load(pipe, keys, session_id, messages=messages, owner=owner)
-    with redis_errors():
-        replies = await pipe.execute()
-    return _guarded_load(replies, keys, final=final, messages=messages, owner=owner)
-
-
-def _queue_guarded_load(
-    pipe: Any, keys: KeySpace, session_id: str, *, messages: bool, owner: KeyScope | None
-) -> None:
-    # One MULTI: the meta and the messages of one state (never a meta from before a
-    # projector's write beside messages from after it), the epoch that says the
-    # generation still holds everything it was given, and the keys that open the view.
-    queue_guard(pipe, keys)
-    queue_load(pipe, keys, session_id, messages=messages)
-    if owner is not None:
-        pipe.hgetall(keys.user_keys(owner.tenant, owner.user_id))
-
-
-def _guarded_load(
-    replies: Sequence[Any], keys: KeySpace, *, final: bool, messages: bool, owner: KeyScope | None
-) -> _Loaded | None:
-    if not check_guard(replies[:2], keys, final=final):
-        return None
-    if owner is None:
-        return _Loaded(*decode_loaded(replies[2:], messages=messages), KeyEntries())
-    view, window = decode_loaded(replies[2:-1], messages=messages)
-    return _Loaded(view, window, entries_of(owner, replies[-1]))
 
 
 def _opener(opener: ViewOpener | None) -> ViewOpener:

@@ -57,7 +57,8 @@ from chatlog.integrations.positions import PositionBook
 from chatlog.producers.commands import append_message, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.projections.access import check_owner, visible
-from chatlog.projections.redis_reader import AsyncRedisReader, aload_session
+from chatlog.projections.redis_loading import aload_session
+from chatlog.projections.redis_reader import AsyncRedisReader
 from chatlog.projections.redis_store import redis_errors
 from chatlog.projections.view import Message, SessionStatus, SessionView, message_of
 from chatlog.schemas.events import (

@@ -143,7 +143,7 @@ def test_one_load_reads_a_sessions_view_sync_and_async_alike(client, redis_url, 
 
     import redis.asyncio
 
-    from chatlog.projections.redis_reader import aload_session, load_session
+    from chatlog.projections.redis_loading import aload_session, load_session
 
     store = new_store(client, redis_prefix)
     keys = store.keys

@@ -1,0 +1,151 @@
+"""Loading one session's stored view from Redis: one MULTI, guarded by the epoch.
+
+Every reader of a view (`RedisReader`, the summarizer, the conversation store) loads it
+here, in one round trip: the generation pointer and epoch (`check_guard`: a lost
+generation raises `ReadModelLost`, never a partial view or a "not found"), the meta hash
+and the message list of one state, and, when asked, the key-directory entries of the
+user who reads, which open the view (`chatlog.projections.opening.ViewOpener`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import redis
+import redis.asyncio
+
+from chatlog.projections.epochs import reader_problem
+from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_keys import entries_of
+from chatlog.projections.redis_store import decode_loaded, queue_load, redis_errors, text
+from chatlog.projections.view import SessionView
+from chatlog.schemas.errors import ReadModelLost
+from chatlog.schemas.keyring import KeyEntries
+from chatlog.schemas.sealing import KeyScope
+
+__all__ = [
+    "Loaded",
+    "aload_guarded",
+    "aload_session",
+    "check_guard",
+    "load_guarded",
+    "load_session",
+    "queue_guard",
+]
+
+
+def queue_guard(pipe: Any, keys: KeySpace) -> None:
+    """Queue the reads `check_guard` needs: the pointer and the generation's epoch."""
+    pipe.get(keys.pointer)
+    pipe.get(keys.epoch)
+
+
+def check_guard(replies: Sequence[Any], keys: KeySpace, *, final: bool = True) -> bool:
+    """Whether the generation `keys` names may be served, from `queue_guard`'s replies;
+    `ReadModelLost` if it is lost. False for a generation the pointer has moved away
+    from and that is deleted, unless `final`: then read the new one."""
+    pointer, epoch = (None if r is None else text(r) for r in replies)
+    if pointer is not None and pointer != keys.generation and epoch is None and not final:
+        return False
+    problem = reader_problem(pointer and keys.generation, epoch)
+    if problem is None:
+        return True
+    raise ReadModelLost(
+        f"{problem}. Nothing is served from it until it is rebuilt from the log: by the "
+        f"projector if it runs with CHATLOG_ON_DATA_LOSS=rebuild, else with `chatlog "
+        f"replay` (is the projector running: `chatlog run projector`?). Meanwhile "
+        f"`ChatLog.context(..., as_of=...)` reads the log itself",
+        generation=pointer,
+    )
+
+
+class Loaded(NamedTuple):
+    """A session's stored view, its window size, and the owner's key entries asked for."""
+
+    view: SessionView | None
+    window: int
+    # The key-directory entries of the owner the load was asked to fetch, if any.
+    entries: KeyEntries
+
+
+def load_session(
+    client: redis.Redis, keys: KeySpace, session_id: str, *, messages: bool = True
+) -> tuple[SessionView | None, int]:
+    """The session's stored view (None if it has none) and window size, in one round trip.
+
+    `messages=False` leaves the message list unread (the view then has no messages), for
+    callers that need only the session's meta. `ReadModelLost` if the generation is lost
+    (see `check_guard`), never a partial view or a None for a session that existed. The
+    view is as stored: sealed (see `ViewOpener`).
+    """
+    loaded = load_guarded(client, keys, session_id, messages=messages, final=True)
+    assert loaded is not None  # final: lost raises
+    return loaded.view, loaded.window
+
+
+async def aload_session(
+    client: redis.asyncio.Redis, keys: KeySpace, session_id: str, *, messages: bool = True
+) -> tuple[SessionView | None, int]:
+    """`load_session`, awaited."""
+    loaded = await aload_guarded(client, keys, session_id, messages=messages, final=True)
+    assert loaded is not None  # final: lost raises
+    return loaded.view, loaded.window
+
+
+def load_guarded(
+    client: redis.Redis,
+    keys: KeySpace,
+    session_id: str,
+    *,
+    final: bool,
+    messages: bool = True,
+    owner: KeyScope | None = None,
+) -> Loaded | None:
+    """`load_session` (and `owner`'s key entries); None if the pointer has moved away
+    from `keys` (see `check_guard`)."""
+    pipe = client.pipeline(transaction=True)
+    _queue_guarded_load(pipe, keys, session_id, messages=messages, owner=owner)
+    with redis_errors():
+        replies = pipe.execute()
+    return _guarded_load(replies, keys, final=final, messages=messages, owner=owner)
+
+
+async def aload_guarded(
+    client: redis.asyncio.Redis,
+    keys: KeySpace,
+    session_id: str,
+    *,
+    final: bool,
+    messages: bool = True,
+    owner: KeyScope | None = None,
+) -> Loaded | None:
+    """`load_guarded`, awaited."""
+    pipe = client.pipeline(transaction=True)
+    _queue_guarded_load(pipe, keys, session_id, messages=messages, owner=owner)
+    with redis_errors():
+        replies = await pipe.execute()
+    return _guarded_load(replies, keys, final=final, messages=messages, owner=owner)
+
+
+def _queue_guarded_load(
+    pipe: Any, keys: KeySpace, session_id: str, *, messages: bool, owner: KeyScope | None
+) -> None:
+    # One MULTI: the meta and the messages of one state (never a meta from before a
+    # projector's write beside messages from after it), the epoch that says the
+    # generation still holds everything it was given, and the keys that open the view.
+    queue_guard(pipe, keys)
+    queue_load(pipe, keys, session_id, messages=messages)
+    if owner is not None:
+        pipe.hgetall(keys.user_keys(owner.tenant, owner.user_id))
+
+
+def _guarded_load(
+    replies: Sequence[Any], keys: KeySpace, *, final: bool, messages: bool, owner: KeyScope | None
+) -> Loaded | None:
+    if not check_guard(replies[:2], keys, final=final):
+        return None
+    if owner is None:
+        return Loaded(*decode_loaded(replies[2:], messages=messages), KeyEntries())
+    view, window = decode_loaded(replies[2:-1], messages=messages)
+    return Loaded(view, window, entries_of(owner, replies[-1]))
