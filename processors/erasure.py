@@ -50,8 +50,8 @@ class ErasableDirectory(Protocol):
         """What the directory holds for `scope`."""
         ...
 
-    def erase(self, record: ErasureRecord) -> None:
-        """Remove every key of the user and mark them erased."""
+    def erase(self, record: ErasureRecord) -> tuple[str, ...]:
+        """Remove every key of the user and mark them erased; the key ids removed."""
         ...
 
 
@@ -137,7 +137,12 @@ class UserEraser:
                     tenant=tenant,
                 )
             record = self.keyring.erase(scope, key_ids=key_ids)
-            self.directory.erase(record)
+            # A writer may have made a key between the look-up and the mark: it is in the
+            # directory but has no tombstone yet, and would stay on the keys topic's disks.
+            made_meanwhile = tuple(set(self.directory.erase(record)) - set(key_ids))
+            if made_meanwhile:
+                self.keyring.destroy(scope, made_meanwhile)
+                key_ids += made_meanwhile
             erased_at = record.erased_at
         removed = self.sessions.remove(scope)
         erasure = Erasure(

@@ -58,8 +58,8 @@ class WritableKeyDirectory(Protocol):
         """Drop one key."""
         ...
 
-    def erase(self, record: ErasureRecord) -> None:
-        """Remove every key of the user and mark them erased."""
+    def erase(self, record: ErasureRecord) -> tuple[str, ...]:
+        """Remove every key of the user and mark them erased; the key ids removed."""
         ...
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import redis
 
 from chatlog.projections.keys import ERASED_FIELD, KeySpace
-from chatlog.projections.redis_store import redis_errors, text_map
+from chatlog.projections.redis_store import redis_errors, text, text_map
 from chatlog.schemas.errors import DecodeError
 from chatlog.schemas.events import epoch_millis, from_epoch_millis
 from chatlog.schemas.key_records import ErasureRecord, KeyRecord
@@ -42,12 +42,17 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: the user's hash. ARGV: the erasure time (ms). Keeps the earliest erasure time.
+# KEYS: the user's hash. ARGV: the erasure time (ms). Keeps the earliest erasure time;
+# returns the key ids it removed.
 _ERASE = f"""
 local at = redis.call('HGET', KEYS[1], '{ERASED_FIELD}') or ARGV[1]
+local removed = {{}}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if field ~= '{ERASED_FIELD}' then table.insert(removed, field) end
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], '{ERASED_FIELD}', at)
-return at
+return removed
 """
 
 
@@ -93,10 +98,14 @@ class RedisKeyDirectory:
         with redis_errors():
             self.client.hdel(self.key_of(scope), key_id)
 
-    def erase(self, record: ErasureRecord) -> None:
-        """Remove every key of the user and mark them erased; idempotent."""
+    def erase(self, record: ErasureRecord) -> tuple[str, ...]:
+        """Remove every key of the user and mark them erased; idempotent. Returns the ids
+        of the keys it removed (one made while the erasure ran may be among them)."""
         with redis_errors():
-            self._erase(keys=[self.key_of(record.scope)], args=[epoch_millis(record.erased_at)])
+            removed = self._erase(
+                keys=[self.key_of(record.scope)], args=[epoch_millis(record.erased_at)]
+            )
+        return tuple(sorted(text(key_id) for key_id in removed))
 
 
 def entries_of(scope: KeyScope, raw: Mapping[Any, Any]) -> KeyEntries:

@@ -211,6 +211,14 @@ class Keyring:
             self.forget(scope)
             _refuse_erased(scope, entries)
 
+    def destroy(self, scope: KeyScope, key_ids: tuple[str, ...]) -> None:
+        """Tombstone `key_ids` of `scope` in the log (keys an erasure found only later)."""
+        if self._log is None:
+            raise ValueError("this keyring reads only: it has no key log to destroy keys in")
+        for key_id in key_ids:
+            self._log.publish_tombstone(scope, key_id)
+        self.forget(scope)
+
     def _existing(self, scope: KeyScope) -> DataKey | None:
         if self._directory is None:
             return None

@@ -46,6 +46,6 @@ class MemoryKeyDirectory:
         self.keys.setdefault(record.scope, {})[record.key_id] = record.wrapped
         return True
 
-    def erase(self, record: ErasureRecord) -> None:
-        self.erased[record.scope] = record.erased_at
-        self.keys.pop(record.scope, None)
+    def erase(self, record: ErasureRecord) -> tuple[str, ...]:
+        self.erased.setdefault(record.scope, record.erased_at)
+        return tuple(sorted(self.keys.pop(record.scope, {})))

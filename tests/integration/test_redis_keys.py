@@ -48,9 +48,11 @@ def test_keys_are_kept_per_user_and_read_back_exactly(directory):
 
 def test_erasing_removes_every_key_keeps_the_first_time_and_refuses_new_keys(directory):
     directory.put(_record(SCOPE, "key-1"))
+    directory.put(_record(SCOPE, "key-0"))
     first = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
-    directory.erase(ErasureRecord(SCOPE, first, ("key-1",)))
-    directory.erase(ErasureRecord(SCOPE, first + timedelta(hours=1), ("key-1",)))  # twice
+    assert directory.erase(ErasureRecord(SCOPE, first, ("key-1",))) == ("key-0", "key-1")
+    # Twice: nothing left to remove.
+    assert directory.erase(ErasureRecord(SCOPE, first + timedelta(hours=1), ("key-1",))) == ()
     assert not directory.put(_record(SCOPE, "key-2"))
     entries = directory.entries(SCOPE)
     assert entries.keys == {}

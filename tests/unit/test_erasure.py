@@ -29,9 +29,9 @@ class Directory(MemoryKeyDirectory):
         super().__init__()
         self.journal = journal
 
-    def erase(self, record: ErasureRecord) -> None:
+    def erase(self, record: ErasureRecord) -> tuple[str, ...]:
         self.journal.steps.append("mark")
-        super().erase(record)
+        return super().erase(record)
 
 
 class Log(MemoryKeyLog):
@@ -105,6 +105,26 @@ def test_keys_are_destroyed_before_the_mark_and_sessions_go_after_it():
         parts.keyring.for_writing(X)
     assert parts.keyring.for_writing(Y) is y_key
     assert parts.sessions.held == {Y: {"y1"}}
+
+
+def test_a_key_made_between_the_look_up_and_the_mark_gets_its_tombstone_too():
+    parts = Parts()
+    first = parts.keyring.for_writing(X)
+    # Another process, whose Redis look-up found nothing, makes a second key of X ...
+    other = Keyring(parts.keyring.provider, log=parts.log, directory=MemoryKeyDirectory())
+    late = other.for_writing(X)
+    late_record = decode_key_record(*parts.log.records[-1])
+    mark = parts.directory.erase
+
+    def put_then_mark(record: ErasureRecord) -> tuple[str, ...]:
+        parts.directory.put(late_record)  # ... and writes it through just before the mark
+        return mark(record)
+
+    parts.directory.erase = put_then_mark
+    erasure = parts.eraser().erase("xavier", tenant="acme")
+    assert erasure.key_ids == (first.key_id, late.key_id)
+    tombstones = {key for key, value in parts.log.records if value is None}
+    assert tombstones == {f"acme/xavier/{first.key_id}", f"acme/xavier/{late.key_id}"}
 
 
 def test_erasing_twice_publishes_nothing_and_removes_what_is_left():
