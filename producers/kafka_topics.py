@@ -54,6 +54,7 @@ FOREVER_MS = -1
 # Kafka's default `file.delete.delay.ms`: how long a segment replaced by the cleaner
 # stays on disk, renamed `.deleted`.
 _FILE_DELETE_DELAY_MS = 60_000
+_SETTLE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,21 @@ def ensure_topics(
                 reports.append(_existing(spec, count))
     existing_specs = [spec for spec in specs if spec not in missing]
     changed = _align(admin, config_drift(admin, existing_specs, timeout=timeout), timeout)
+    created = {report.name for report in reports if report.created}
+    _await_configs(admin, [s for s in specs if s.name in created or s.name in changed], timeout)
     return [_with_changes(report, changed.get(report.name, [])) for report in reports]
+
+
+def _await_configs(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:
+    """Return once the brokers describe `specs`' topics as configured (at most
+    `_SETTLE_S`): a broker applies a new configuration a moment after the controller
+    acknowledged it, and a process started right after `chatlog topics create` checks
+    the keys topic's configuration at once."""
+    deadline = time.monotonic() + min(timeout, _SETTLE_S)
+    while specs and config_drift(admin, specs, timeout=timeout):
+        if time.monotonic() >= deadline:
+            return  # the report says what was set; `chatlog topics check` shows the rest
+        time.sleep(0.1)
 
 
 def _align(admin: AdminClient, drift: list[Drift], timeout: float) -> dict[str, list[Drift]]:
