@@ -274,9 +274,10 @@ class KafkaProjector:
             target=self._consumer.close, name="chatlog-projector-close", daemon=True
         )
         closing.start()
+        deadline = time.monotonic() + timeout
         if self.keys_ticker is not None:
-            self.keys_ticker.close()  # while the consumer closes
-        closing.join(timeout)
+            self.keys_ticker.close()  # while the consumer closes, within its bound
+        closing.join(max(0.0, deadline - time.monotonic()))
         self._dlq.close(10)
         if closing.is_alive():
             log.warning(
