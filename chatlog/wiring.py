@@ -22,6 +22,7 @@ from chatlog.processors.erasure import Erasure, UserEraser
 from chatlog.processors.extractive import ExtractiveSummarizer
 from chatlog.processors.kafka_history import KafkaHistory
 from chatlog.processors.kafka_key_log import KeysRotated
+from chatlog.processors.kafka_keys_tick import KafkaKeysTicker
 from chatlog.processors.kafka_projector import KafkaProjector
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
@@ -43,6 +44,7 @@ from chatlog.producers.kafka_topics import (
     chatlog_topics,
     config_drift,
     ensure_topics,
+    keys_tick_interval_ms,
 )
 from chatlog.projections import tokens
 from chatlog.projections.context import TokenCounter
@@ -76,6 +78,7 @@ __all__ = [
     "generation_store",
     "generations",
     "kafka_replay",
+    "keys_ticker",
     "live_store",
     "policy",
     "producer",
@@ -382,6 +385,18 @@ def projector(settings: Settings) -> KafkaProjector:
         store_for=lambda generation: generation_store(settings, generation, client),
         on_data_loss=settings.on_data_loss,
         rebuild=rebuild_lost,
+        keys_ticker=keys_ticker(settings),
+    )
+
+
+def keys_ticker(settings: Settings) -> KafkaKeysTicker:
+    """Ticks on the keys topic, often enough for `CHATLOG_KEY_SHRED_WITHIN` to hold when
+    nothing else is written there (the projector runs it)."""
+    return KafkaKeysTicker.connect(
+        settings.kafka_bootstrap,
+        settings.keys_topic,
+        interval_s=keys_tick_interval_ms(_ms(settings.key_shred_within)) / 1000,
+        config=settings.kafka,
     )
 
 

@@ -13,8 +13,9 @@ record: a key is put (refused if its user is erased), a tombstone removes its ke
 erasure record removes every key of the user and marks them erased. Applying is
 idempotent, and the order between partitions does not matter: a key and its tombstone
 share a partition, and whichever of a key and its user's erasure comes first, the user
-ends up erased with no key. A record that is not a keys record is logged and skipped:
-it names no key a reader could need.
+ends up erased with no key. A projector's tick (`KeysTick`, there only to make the
+broker roll segments) is skipped and counted. A record that is not a keys record is
+logged and skipped: it names no key a reader could need.
 
 `rotate_keys` re-wraps every live data key under the current master key and publishes
 it under the same Kafka key, so compaction drops the old wrapping; the events are not
@@ -37,7 +38,7 @@ from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.processors.kafka_history import kafka_call, partition_records
 from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.schemas.errors import DecodeError
-from chatlog.schemas.key_records import ErasureRecord, KeyRecord, decode_key_record
+from chatlog.schemas.key_records import ErasureRecord, KeyRecord, KeysTick, decode_key_record
 from chatlog.schemas.keyring import KeyLog, Keyring
 from chatlog.schemas.master_keys import wrap_data_key
 from chatlog.schemas.sealing import KeyScope
@@ -71,6 +72,7 @@ class KeysCaughtUp:
     refused: int = 0  # keys of users erased meanwhile
     tombstones: int = 0
     erasures: int = 0
+    ticks: int = 0  # projectors' ticks (`KeysTick`): nothing to apply
     skipped: int = 0  # records that are not keys records
     seconds: float = 0.0
 
@@ -85,7 +87,7 @@ def catch_up_keys(
 ) -> KeysCaughtUp:
     """Apply the whole keys topic, as it is now, to `directory`."""
     started = time.monotonic()
-    counts = dict.fromkeys(("keys", "refused", "tombstones", "erasures", "skipped"), 0)
+    counts = dict.fromkeys(("keys", "refused", "tombstones", "erasures", "ticks", "skipped"), 0)
     for key, value in read_key_log(
         bootstrap_servers=bootstrap_servers, topic=topic, config=config, timeout=timeout
     ):
@@ -130,7 +132,7 @@ def rotate_keys(
         except DecodeError:
             continue  # logged by the catch-up; nothing to re-wrap
         if not isinstance(record, KeyRecord):
-            continue
+            continue  # tombstones, erasures and ticks: nothing wrapped
         if record.wrapped.kek_id == current:
             # Written to the directory again too: a catch-up that overlapped an earlier
             # rotation may have put the old wrapping back there. Running the rotation
@@ -192,6 +194,8 @@ def _apply(
     elif isinstance(record, ErasureRecord):
         directory.erase(record)
         counts["erasures"] += 1
+    elif isinstance(record, KeysTick):
+        counts["ticks"] += 1
     else:
         scope, key_id = record
         directory.remove(scope, key_id)

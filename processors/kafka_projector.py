@@ -22,6 +22,8 @@ The rest is told beside its code:
   means.
 - `projector_generations`: following the live generation when a replay flips it; lost
   data found, then a stop or a rebuild.
+- `kafka_keys_tick`: ticks on the keys topic, so that an erased user's key leaves the
+  disks in bounded time even when nothing else is written there.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from confluent_kafka import (
 )
 
 from chatlog.processors.kafka_dead_letters import KafkaDeadLetters
+from chatlog.processors.kafka_keys_tick import KafkaKeysTicker
 from chatlog.processors.projection import BatchResult, ProjectionCore, Record
 from chatlog.processors.projector_generations import (
     GenerationPointer,
@@ -89,6 +92,7 @@ class KafkaProjector:
         on_data_loss: OnDataLoss = "stop",
         rebuild: Rebuild | None = None,
         generation_check_s: float = 1.0,
+        keys_ticker: KafkaKeysTicker | None = None,
     ) -> None:
         if generations is not None and store_for is None:
             raise ValueError("watching generations needs store_for")
@@ -115,6 +119,7 @@ class KafkaProjector:
         )
         self._consumer = self._membership.consumer(bootstrap_servers, extra)
         self._dlq = KafkaDeadLetters(bootstrap_servers, dlq_topic, config=extra)
+        self.keys_ticker = keys_ticker
         self._outages = Outages(
             self._consumer,
             self.stats,
@@ -162,6 +167,8 @@ class KafkaProjector:
             on_lost=self._on_lost,
         )
         last_report = time.monotonic()
+        if self.keys_ticker is not None:
+            self.keys_ticker.start(stop)  # ends with `stop`; `close` waits for it
         try:
             while not stop.is_set():
                 self.step()
@@ -267,7 +274,10 @@ class KafkaProjector:
             target=self._consumer.close, name="chatlog-projector-close", daemon=True
         )
         closing.start()
-        closing.join(timeout)
+        deadline = time.monotonic() + timeout
+        if self.keys_ticker is not None:
+            self.keys_ticker.close()  # while the consumer closes, within its bound
+        closing.join(max(0.0, deadline - time.monotonic()))
         self._dlq.close(10)
         if closing.is_alive():
             log.warning(

@@ -46,6 +46,7 @@ __all__ = [
     "config_drift",
     "ensure_topics",
     "kafka_reason",
+    "keys_tick_interval_ms",
     "keys_topic_config",
     "topic_partitions",
 ]
@@ -101,6 +102,9 @@ def keys_topic_config(shred_within_ms: int) -> dict[str, str]:
     included, for `file.delete.delay.ms` (a minute by default, longer than what is left
     of the least bound, 60 s): a twelfth of the bound, at most that minute. Tombstones,
     which hold no key, stay `delete.retention.ms` longer, for consumers that were behind.
+
+    Kafka checks `segment.ms` only when a record is appended: a quiet topic needs a
+    record at least that often, which projectors write (`keys_tick_interval_ms`).
     """
     return {
         "cleanup.policy": "compact",
@@ -110,6 +114,17 @@ def keys_topic_config(shred_within_ms: int) -> dict[str, str]:
         "delete.retention.ms": str(shred_within_ms),
         "file.delete.delay.ms": str(min(_FILE_DELETE_DELAY_MS, shred_within_ms // 12)),
     }
+
+
+def keys_tick_interval_ms(shred_within_ms: int) -> int:
+    """How often projectors append a tick to each partition of the keys topic.
+
+    Half of `segment.ms`: the broker rolls the active segment at the first append after
+    `segment.ms` has passed, so with a tick at least every half of it the roll comes
+    within one and a half `segment.ms` of a tombstone (three eighths of the bound), before
+    `max.compaction.lag.ms` makes the tombstone's segment due.
+    """
+    return int(keys_topic_config(shred_within_ms)["segment.ms"]) // 2
 
 
 def chatlog_topics(

@@ -9,6 +9,12 @@ The topic is compacted and keyed so that compaction keeps exactly what is still 
 * ``<tenant>/<user>`` → an `ErasureRecord`: the user was erased, when, and which keys
   were destroyed. Ids only, nothing personal; it stays, so that every process can answer
   "erased" rather than "not found", and so that a replay knows.
+* ``tick:<partition>`` → a `KeysTick`: nothing but the time it was written. Projectors
+  append one to every partition periodically (`chatlog.processors.kafka_keys_tick`),
+  because Kafka rolls a segment only when a record arrives, and never compacts the
+  segment being written: without them a tombstone on a quiet topic would never be
+  compacted. One fixed key per partition, so compaction keeps one tick per partition.
+  The ``:`` is in no id, so the key is no user's; a reader skips a tick.
 
 Values are small JSON documents (a producer in any language can write them), with a
 format number ``v`` so that later formats can be told apart. Ids never contain ``/``
@@ -29,9 +35,18 @@ from chatlog.schemas.events import epoch_millis, from_epoch_millis
 from chatlog.schemas.master_keys import WrappedKey
 from chatlog.schemas.sealing import KeyScope
 
-__all__ = ["ErasureRecord", "KeyRecord", "decode_key_record", "erasure_key", "key_record_key"]
+__all__ = [
+    "ErasureRecord",
+    "KeyRecord",
+    "KeysTick",
+    "decode_key_record",
+    "erasure_key",
+    "key_record_key",
+    "tick_key",
+]
 
 _FORMAT = 1
+_TICK_PREFIX = "tick:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +95,23 @@ class ErasureRecord:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class KeysTick:
+    """A record that exists to make the broker roll a segment of `partition` (see above)."""
+
+    partition: int
+    at: datetime
+
+    @property
+    def kafka_key(self) -> str:
+        """The record's key in the topic: one per partition."""
+        return tick_key(self.partition)
+
+    def encode(self) -> bytes:
+        """The record's value."""
+        return _dump({"v": _FORMAT, "kind": "tick", "at": epoch_millis(self.at)})
+
+
 def key_record_key(scope: KeyScope, key_id: str) -> str:
     """``<tenant>/<user>/<key_id>``."""
     return f"{scope.tenant}/{scope.user_id}/{key_id}"
@@ -90,12 +122,20 @@ def erasure_key(scope: KeyScope) -> str:
     return f"{scope.tenant}/{scope.user_id}"
 
 
+def tick_key(partition: int) -> str:
+    """``tick:<partition>``."""
+    return f"{_TICK_PREFIX}{partition}"
+
+
 def decode_key_record(
     kafka_key: bytes | str, value: bytes | None
-) -> KeyRecord | ErasureRecord | tuple[KeyScope, str]:
-    """A record of the keys topic: a `KeyRecord`, an `ErasureRecord`, or, for a
-    tombstone, the ``(scope, key_id)`` it destroys. `DecodeError` names what is wrong."""
+) -> KeyRecord | ErasureRecord | KeysTick | tuple[KeyScope, str]:
+    """A record of the keys topic: a `KeyRecord`, an `ErasureRecord`, a `KeysTick`, or,
+    for a tombstone, the ``(scope, key_id)`` it destroys. `DecodeError` names what is
+    wrong."""
     text = kafka_key.decode("utf-8", "replace") if isinstance(kafka_key, bytes) else kafka_key
+    if text.startswith(_TICK_PREFIX):
+        return _tick(text, value)
     parts = text.split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise DecodeError(f"not a chatlog.keys record key: {text[:100]!r}")
@@ -116,6 +156,22 @@ def decode_key_record(
         return ErasureRecord(scope, from_epoch_millis(int(body["erased_at"])), keys)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise DecodeError(f"keys record {text!r} is malformed: {exc!r}") from exc
+
+
+def _tick(key: str, value: bytes | None) -> KeysTick:
+    if value is None:
+        raise DecodeError(f"a tombstone for tick {key!r}: ticks are never deleted")
+    body = _load(value, key)
+    if body.get("v") != _FORMAT or body.get("kind") != "tick":
+        raise DecodeError(
+            f"keys record {key!r} is not a tick of format {_FORMAT}: "
+            f"format {body.get('v')!r}, kind {body.get('kind')!r}"
+        )
+    try:
+        partition = int(key.removeprefix(_TICK_PREFIX))
+        return KeysTick(partition, from_epoch_millis(int(body["at"])))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"keys record {key!r} is malformed: {exc!r}") from exc
 
 
 def _dump(body: dict[str, Any]) -> bytes:

@@ -58,6 +58,14 @@ def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
         settings.instance_id,
         settings.session_timeout_s,
     )
+    if projector.keys_ticker is not None:
+        log.info(
+            "a tick on every partition of %s every %g s, so that an erased key leaves the "
+            "disks within CHATLOG_KEY_SHRED_WITHIN (%g s) on a quiet topic too",
+            settings.keys_topic,
+            projector.keys_ticker.interval_s,
+            settings.key_shred_within,
+        )
     tune_garbage_collector()
     with stop_on_signals() as stop:
         projector.run(stop=stop)
