@@ -204,7 +204,7 @@ def _header(
     mode = "quick (shrunk: checks that it runs, not the numbers)" if plan.quick else "full"
     record = (
         f"record: value {statistics.mean(sizes):.0f} B mean ({min(sizes)}-{max(sizes)} B, "
-        f"Avro single-object encoding), key {key} B"
+        f"Avro single-object encoding, sealed as published), key {key} B"
         if sizes
         else "record: no chat events published by the scenarios run"
     )

@@ -70,7 +70,7 @@ def projection(stack: BenchStack, plan: Plan, report: Report) -> Published:
         started = time.perf_counter()
         positions = publish_bulk(producer, traffic.events)
         publish_rate = len(positions) / (time.perf_counter() - started)
-        report.value_sizes += [len(producer.codec.encode(e)) for e in traffic.events[:1_000]]
+        report.value_sizes += [len(producer.encode(e)) for e in traffic.events[:1_000]]
     expected = last_positions(traffic.events, positions)
     report.metric("projection", "publish_many, bulk pre-fill (1 run)", "events/s").add(publish_rate)
     rate = report.metric(

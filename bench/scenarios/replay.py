@@ -115,7 +115,7 @@ def _publish_share(settings: Settings, plan: Plan, share: tuple[int, int]) -> tu
         )
         for chunk in chunks:
             if not sizes:
-                sizes = [len(producer.codec.encode(e)) for e in chunk[:1_000]]
+                sizes = [len(producer.encode(e)) for e in chunk[:1_000]]
             count += len(producer.publish_many(chunk))
     return count, sizes
 
