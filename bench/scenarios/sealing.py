@@ -416,7 +416,7 @@ def _erase(
         f"{ERASED_SESSIONS} sealed sessions each (2 messages a session), one after the other "
         f"(each erasure's time: {', '.join(f'{s * 1000:.0f} ms' for s in seconds)}); the "
         f"prefix held {others:,} other sessions and Redis {keys:,} keys in all when it began "
-        f"(the other scenarios' keys are gone by then); its removal SCANs every key of the "
+        f"(every scenario's keys of the run so far included); its removal SCANs every key of the "
         f"database a page of 1,000 at a time, so it grows with the database, not the user"
     )
 
