@@ -40,6 +40,7 @@ from bench.scenarios.projection import projection
 from bench.scenarios.projection_core import projection_core
 from bench.scenarios.reads import context_reads
 from bench.scenarios.replay import replay
+from bench.scenarios.sealing import sealing
 from bench.scenarios.summary_cost import summary_cost
 from bench.scenarios.summary_throughput import summary_throughput
 from bench.workload import session_name
@@ -60,9 +61,18 @@ SCENARIOS = (
     "summary_cost",
     "summary_throughput",
     "replay",
+    "sealing",
 )
 # The order of the first table, whatever order the scenarios ran in.
-TABLE_ORDER = ("append", "context read", "publish→visible", "projection", "replay", "memory")
+TABLE_ORDER = (
+    "append",
+    "context read",
+    "publish→visible",
+    "projection",
+    "replay",
+    "memory",
+    "sealing",
+)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") -> int:
@@ -104,6 +114,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
             ("summary_cost", lambda: summary_cost(plan, report)),
             ("summary_throughput", lambda: summary_throughput(stack, plan, report)),
             ("replay", lambda: replay(stack, plan, report)),
+            ("sealing", lambda: sealing(stack, plan, report)),
         ]
         for name, run in steps:
             if name in args.only or (name == "reads" and "memory" in args.only):
@@ -193,7 +204,7 @@ def _header(
     mode = "quick (shrunk: checks that it runs, not the numbers)" if plan.quick else "full"
     record = (
         f"record: value {statistics.mean(sizes):.0f} B mean ({min(sizes)}-{max(sizes)} B, "
-        f"Avro single-object encoding), key {key} B"
+        f"Avro single-object encoding, sealed as published), key {key} B"
         if sizes
         else "record: no chat events published by the scenarios run"
     )
@@ -263,7 +274,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="chatlog beside its peers (LangChain's Redis history, a plain Redis list) "
         "and Kafka's own tools: append, read, publish-to-visible, projection, replay, memory, "
-        "summaries.",
+        "summaries; and sealing, beside the same path unsealed.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="shrink everything (about a minute; for CI)"

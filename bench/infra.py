@@ -45,6 +45,8 @@ __all__ = [
     "ReadModelProbe",
     "Versions",
     "child_env",
+    "clear_producer",
+    "copy_key_directory",
     "publish_bulk",
     "running",
     "source_digest",
@@ -165,14 +167,23 @@ class BenchStack:
         problems: list[str] = []
         # Each name once: the admin client refuses a request that repeats one.
         groups, topics = sorted(set(self.groups)), sorted(set(self.topics))
-        if groups:
+        # A projector with static membership (`instance_id`) stays in its group until its
+        # session times out after it stopped: such a group is deleted once it has.
+        deadline = time.monotonic() + self.base.session_timeout_s + 10
+        while groups:
             futures = self.admin.delete_consumer_groups(groups, request_timeout=30)
+            busy: list[str] = []
             for group, future in futures.items():
                 try:
                     future.result(30)
                 except Exception as exc:  # report, and go on deleting the rest
-                    if not _gone(exc):
+                    if _still_in_use(exc) and time.monotonic() < deadline:
+                        busy.append(group)
+                    elif not _gone(exc):
                         problems.append(f"group {group}: {exc}")
+            groups = sorted(busy)
+            if groups:
+                time.sleep(1.0)
         if topics:
             futures = self.admin.delete_topics(topics, operation_timeout=30)
             for topic, future in futures.items():
@@ -225,6 +236,42 @@ def child_env(settings: Settings) -> dict[str, str]:
             else {}
         ),
     }
+
+
+def clear_producer(settings: Settings) -> ConversationProducer:
+    """A producer like `wiring.producer`'s, without a keyring: its events go unsealed.
+
+    The path before sealing (and of events written before it was turned on), for the
+    sealing scenario to measure the sealed one beside; everything else is the same.
+    """
+    return ConversationProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic=settings.topic,
+        codec=wiring.codec(settings),
+        config=settings.kafka,
+        delivery_timeout=settings.delivery_timeout_s,
+        linger_ms=settings.linger_ms,
+        flush_on_sigterm=False,
+    )
+
+
+def copy_key_directory(client: redis.Redis, source: str, target: str) -> int:
+    """Copy the key directory of prefix `source` to prefix `target`; how many users.
+
+    A repetition reads the scenario's topic into a read-model prefix of its own, and the
+    key directory lives under the prefix: without a copy, the projector or replay would
+    start on an empty directory and read the whole keys topic first (`catch_up_keys`,
+    seconds), on the clock. Deployed, the writers write their keys through to the
+    projector's own prefix, so the directory is there already: copied, off the clock.
+    """
+    # `<prefix>:keys:`, the part of a user's hash name before the user.
+    head, into = (KeySpace(prefix).user_keys("", "").split("{")[0] for prefix in (source, target))
+    names = [text(raw) for raw in client.scan_iter(match=f"{head}*", count=1000)]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.copy(name, into + name[len(head) :], replace=True)
+    pipe.execute()
+    return len(names)
 
 
 def publish_bulk(
@@ -398,6 +445,12 @@ def _gone(exc: Exception) -> bool:
     """
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     return isinstance(error, KafkaError) and error.code() in _NOTHING_THERE
+
+
+def _still_in_use(exc: Exception) -> bool:
+    """True when a group could not be deleted only because it still has a member."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(error, KafkaError) and error.code() == KafkaError.NON_EMPTY_GROUP
 
 
 @contextlib.contextmanager

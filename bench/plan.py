@@ -38,6 +38,15 @@ class Plan:
     summary_in_flight: tuple[int, ...]
     replay_events: int
     replay_sessions: int
+    # The sealing scenario: the same events sealed and clear, side by side.
+    sealing_events: int
+    sealing_sessions: int
+    sealing_core: int  # of those, how many go through the core in-process
+    sealing_reads: int  # timed context reads of each kind (20-message sessions)
+    sealing_append_each: int
+    sealing_append_batched: int
+    erase_users: int  # users of 100 sessions each, erased one by one
+    erase_others: int  # other sessions in the read-model meanwhile
 
     @classmethod
     def full(cls, repeat: int = 3) -> Plan:
@@ -67,6 +76,14 @@ class Plan:
             summary_in_flight=(1, 8, 32, 128),
             replay_events=500_000,
             replay_sessions=5_000,
+            sealing_events=30_000,
+            sealing_sessions=600,
+            sealing_core=10_000,
+            sealing_reads=3_000,
+            sealing_append_each=300,
+            sealing_append_batched=10_000,
+            erase_users=5,
+            erase_others=10_000,
         )
 
     @classmethod
@@ -97,4 +114,12 @@ class Plan:
             summary_in_flight=(1, 8, 128),
             replay_events=50_000,
             replay_sessions=1_000,
+            sealing_events=3_000,
+            sealing_sessions=100,
+            sealing_core=1_000,
+            sealing_reads=200,
+            sealing_append_each=30,
+            sealing_append_batched=1_000,
+            erase_users=2,
+            erase_others=500,
         )

@@ -128,6 +128,8 @@ class Comparison:
     peer: str = "—"
     theirs: Metric | None = None
     better: Literal["higher", "lower"] = "higher"
+    # The peer is chatlog itself another way (sealing off): no competitor, never "trails".
+    itself: bool = False
 
     def advantage(self) -> float:
         """How many times better chatlog is (below 1: the peer is better); NaN if unknown.
@@ -244,9 +246,13 @@ class Report:
         theirs: Metric | None = None,
         *,
         better: Literal["higher", "lower"] = "higher",
+        itself: bool = False,
     ) -> Comparison:
-        """A new row of the first table, appended in order."""
-        row = Comparison(scenario, metric, ours, peer, theirs, better)
+        """A new row of the first table, appended in order.
+
+        `itself`: the peer is chatlog another way (its cost of a feature, not a rival).
+        """
+        row = Comparison(scenario, metric, ours, peer, theirs, better, itself)
         self.comparisons.append(row)
         return row
 
@@ -255,8 +261,13 @@ class Report:
         self.points.append(ChartPoint(panel, group, series, metric))
 
     def trailing(self) -> Comparison | None:
-        """The row where chatlog trails its peer the most (None if it trails nowhere)."""
-        rows = [row for row in self.comparisons if not math.isnan(row.advantage())]
+        """The row where chatlog trails a peer the most (None if it trails nowhere).
+
+        Rows that put chatlog beside itself (`itself`) are left out: they price a feature.
+        """
+        rows = [
+            row for row in self.comparisons if not row.itself and not math.isnan(row.advantage())
+        ]
         worst = min(rows, key=Comparison.advantage, default=None)
         return worst if worst is not None and worst.advantage() < 1 else None
 

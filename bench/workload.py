@@ -268,24 +268,30 @@ def last_positions(
 def records_for(
     events: Sequence[ConversationEvent],
     positions: Sequence[Position],
-    codec: EventCodec,
+    codec: EventCodec | None = None,
     *,
     topic: str,
+    values: Sequence[bytes] | None = None,
 ) -> list[Record]:
     """The records a consumer of `topic` sees for `events`, in publish order.
 
     The positions are the ones the broker acknowledged, so the pure core folds exactly
-    what the projector consumed.
+    what the projector consumed. The values are `values` when given (a producer's own
+    encoding: sealed), else `codec`'s encoding of each event (clear).
     """
+    if values is None:
+        if codec is None:
+            raise TypeError("records_for needs a codec or the values")
+        values = [codec.encode(event) for event in events]
     return [
         Record(
             topic=topic,
             partition=position.partition,
             offset=position.offset,
             key=event.session_id.encode(),
-            value=codec.encode(event),
+            value=value,
         )
-        for event, position in zip(events, positions, strict=True)
+        for event, position, value in zip(events, positions, values, strict=True)
     ]
 
 

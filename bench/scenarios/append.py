@@ -85,7 +85,7 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
             seed=23,
         )
         sample = [_event(producer, turn) for turn in turns[:1_000]]
-        sizes = [len(producer.codec.encode(event)) for event in sample]
+        sizes = [len(producer.encode(event)) for event in sample]
         if not report.value_sizes:
             report.value_sizes += sizes
         record_size = round(statistics.mean(sizes))

@@ -147,7 +147,7 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
                     first += sessions
                     if not report.value_sizes:
                         report.value_sizes += [
-                            len(producer.codec.encode(e)) for e in traffic.events[:1_000]
+                            len(producer.encode(e)) for e in traffic.events[:1_000]
                         ]
                     with frozen_heap():
                         meter.start()

@@ -16,7 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.infra import BenchStack, ProjectorProcess, ReadModelProbe, publish_bulk
+from bench.infra import (
+    BenchStack,
+    ProjectorProcess,
+    ReadModelProbe,
+    copy_key_directory,
+    publish_bulk,
+)
 from bench.kafka_tools import cp_peer, find_tools
 from bench.measure import CpuMeter, median_shares
 from bench.plan import Plan
@@ -64,7 +70,7 @@ def projection(stack: BenchStack, plan: Plan, report: Report) -> Published:
         started = time.perf_counter()
         positions = publish_bulk(producer, traffic.events)
         publish_rate = len(positions) / (time.perf_counter() - started)
-        report.value_sizes += [len(producer.codec.encode(e)) for e in traffic.events[:1_000]]
+        report.value_sizes += [len(producer.encode(e)) for e in traffic.events[:1_000]]
     expected = last_positions(traffic.events, positions)
     report.metric("projection", "publish_many, bulk pre-fill (1 run)", "events/s").add(publish_rate)
     rate = report.metric(
@@ -90,6 +96,7 @@ def projection(stack: BenchStack, plan: Plan, report: Report) -> Published:
     busy: list[dict[str, float]] = []
     for rep in ["warmup", *(f"r{n}" for n in range(1, plan.repeat + 1))]:
         rep_settings = stack.repetition(settings, rep)
+        copy_key_directory(stack.redis, settings.redis_prefix, rep_settings.redis_prefix)
         projector = ProjectorProcess(rep_settings, stack)
         try:
             spawned = projector.start()
@@ -137,7 +144,9 @@ def projection(stack: BenchStack, plan: Plan, report: Report) -> Published:
             f"projection: {plan.events:,} events over {plan.sessions:,} sessions; mean batch "
             f"{statistics.mean(batches):,.0f} records (setting {settings.projector_batch}), "
             f"{statistics.mean(applied):,.0f} session writes per run; done = every "
-            f"session's meta last_offset equals its last event's offset; CPU while "
+            f"session's meta last_offset equals its last event's offset; each repetition's "
+            f"prefix gets the writers' key directory copied in before the projector starts "
+            f"(as deployed: no catch-up from the keys topic); CPU while "
             f"projecting (median, 100% = one core): {CpuMeter.describe(median_shares(busy))}"
             f"{gc_note(gc_runs)}; "
             + (

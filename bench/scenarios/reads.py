@@ -76,7 +76,7 @@ def context_reads(
             per_session=per_session,
         )
         if not report.value_sizes:
-            report.value_sizes += [len(producer.codec.encode(e)) for e in traffic.events[:1_000]]
+            report.value_sizes += [len(producer.encode(e)) for e in traffic.events[:1_000]]
         say(f"context read: projecting {len(traffic.events):,} events, and writing the peers")
         expected = last_positions(traffic.events, publish_bulk(producer, traffic.events))
         with running(settings, stack) as projector:

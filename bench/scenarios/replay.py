@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.infra import BenchStack, child_env
+from bench.infra import BenchStack, child_env, copy_key_directory
 from bench.kafka_tools import (
     CONSUMER_PERFORMANCE,
     JVM_OPTIONS,
@@ -115,7 +115,7 @@ def _publish_share(settings: Settings, plan: Plan, share: tuple[int, int]) -> tu
         )
         for chunk in chunks:
             if not sizes:
-                sizes = [len(producer.codec.encode(e)) for e in chunk[:1_000]]
+                sizes = [len(producer.encode(e)) for e in chunk[:1_000]]
             count += len(producer.publish_many(chunk))
     return count, sizes
 
@@ -189,6 +189,8 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
         seen["read"].append(reading)
         # A prefix of its own: its flip must not leave a live generation to the rebuild's.
         memory_rep = stack.repetition(settings, f"r{n}-memory")
+        for warmed in (memory_rep, rep):  # as deployed: the writers' keys already there
+            copy_key_directory(stack.redis, settings.redis_prefix, warmed.redis_prefix)
         in_memory = _child("memory", memory_rep, stack, timeout=timeout).totals()
         stack.forget_keys(memory_rep.redis_prefix)
         _check(in_memory, events)
@@ -298,7 +300,8 @@ def _notes(
     notes.append("replay, the readers: " + "; ".join(peers))
     notes.append(
         f"replay, the rebuild: `rebuild(settings, handover_s=0, keep_old=False)` into a "
-        f"fresh prefix per repetition (nothing live: no catch-up), the phase's start and end "
+        f"fresh prefix per repetition (nothing live: no catch-up; the writers' key directory "
+        f"copied into it first, as deployed), the phase's start and end "
         f"taken from its ReplayProgress reports; the whole call "
         f"{statistics.median(rebuild_calls):.1f} s (start-up and flip included); first "
         f"batch applied {statistics.median(first_ms):,.0f} ms after the assignment; peak "

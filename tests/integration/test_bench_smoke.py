@@ -36,6 +36,7 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "| replay |",
         "| memory |",
         "| summary throughput |",
+        "| sealing |",
         "## summary cost",
     ):
         assert scenario in table
@@ -47,12 +48,15 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "LangChain RedisChatMessageHistory.messages",
         "Kafka EndToEndLatency",
         "Kafka ConsumerPerformance",
+        "the same, not sealed (no keyring)",
     ):
         assert peer in beside
     for size in ("20-message session", "100-message session", "1,000-message session"):
         assert size in beside
     for rate in ("500 events/s", "2,000 events/s", "4,000 events/s"):
         assert rate in beside
+    for sealing in ("projection, events/s", "replay, events/s", "context read p50", "erase_user"):
+        assert f"| sealing | {sealing}" in beside
     assert "n/a" not in table.split("Notes:")[0]
     assert "blocked" not in beside
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
