@@ -93,23 +93,24 @@ class EventOpener:
         """
         if not events:
             return []
-        sealed = [e for e in events if e.sealed is not None]
+        scopes = [KeyScope(e.tenant, e.user_id) for e in events]  # once: a batch is large
         entries = {} if known is None else known
         # Every owner's entries, the clear events' too: an erased user's events written
         # before sealing was turned on must not be served either.
-        missing = {KeyScope.of(e) for e in events} - set(entries)
-        entries.update(self.directory.entries_many(missing))
+        entries.update(self.directory.entries_many(set(scopes) - set(entries)))
         unknown = {
-            KeyScope.of(e)
-            for e in sealed
-            if _key_id(e) not in entries[KeyScope.of(e)].keys
-            and entries[KeyScope.of(e)].erased_at is None
+            scope
+            for event, scope in zip(events, scopes, strict=True)
+            if event.sealed is not None
+            and event.sealed.key_id not in entries[scope].keys
+            and entries[scope].erased_at is None
         }
         if unknown and self._catch_up is not None:
             self._catch_up()
             entries.update(self.directory.entries_many(unknown))
-        opened = [self._open(event, entries, verify) for event in events]
-        stale = {KeyScope.of(e) for e, o in zip(events, opened, strict=True) if _unwrap_failed(o)}
+        batch = _Batch(self.keyring, entries, verify)
+        opened = list(map(batch.open, events, scopes))
+        stale = {s for s, o in zip(scopes, opened, strict=True) if _unwrap_failed(o)}
         catch_up = self._catch_up
         if stale and catch_up is not None and self._may_catch_up_rewrapped():
             # A wrapping under a master key this process lacks: the directory may hold one
@@ -117,9 +118,10 @@ class EventOpener:
             # The keys topic ends with each key's newest wrapping: read it once more.
             catch_up()
             entries.update(self.directory.entries_many(stale))
+            batch = _Batch(self.keyring, entries, verify)
             opened = [
-                self._open(e, entries, verify) if _unwrap_failed(o) else o
-                for e, o in zip(events, opened, strict=True)
+                batch.open(e, s) if _unwrap_failed(o) else o
+                for e, s, o in zip(events, scopes, opened, strict=True)
             ]
         return opened
 
@@ -132,11 +134,23 @@ class EventOpener:
         self._rewrapped_at = now
         return True
 
-    def _open(
-        self, event: ConversationEvent, entries: dict[KeyScope, KeyEntries], verify: bool
-    ) -> Opened:
-        scope = KeyScope.of(event)
-        found = entries[scope]
+
+def _unwrap_failed(opened: Opened) -> bool:
+    # The master key's error names the master key id; a field's names the event.
+    return isinstance(opened, Undecryptable) and "kek_id" in opened.context
+
+
+class _Batch:
+    """Opens the events of one batch, each data key unwrapped (or found) once."""
+
+    def __init__(
+        self, keyring: Keyring, entries: Mapping[KeyScope, KeyEntries], verify: bool
+    ) -> None:
+        self.keyring, self.entries, self.verify = keyring, entries, verify
+        self.keys: dict[tuple[KeyScope, str], DataKey] = {}
+
+    def open(self, event: ConversationEvent, scope: KeyScope) -> Opened:
+        found = self.entries[scope]
         if event.sealed is None:
             return event if found.erased_at is None else ERASED
         key_id = event.sealed.key_id
@@ -152,23 +166,15 @@ class EventOpener:
                 key_id=key_id,
             )
         try:
-            key = self.keyring.for_reading(scope, key_id, wrapped)
-            if verify:
+            key = self.keys.get((scope, key_id))
+            if key is None:
+                key = self.keys[scope, key_id] = self.keyring.for_reading(scope, key_id, wrapped)
+            if self.verify:
                 verify_event(event, key)
                 return event
             return open_event(event, key)
         except Undecryptable as exc:
             return exc
-
-
-def _unwrap_failed(opened: Opened) -> bool:
-    # The master key's error names the master key id; a field's names the event.
-    return isinstance(opened, Undecryptable) and "kek_id" in opened.context
-
-
-def _key_id(event: ConversationEvent) -> str:
-    assert event.sealed is not None
-    return event.sealed.key_id
 
 
 class ViewOpener:

@@ -219,7 +219,7 @@ def verify_event(event: ConversationEvent, key: DataKey) -> None:
     one does not), without building the opened event: for a projector that stores the
     sealed fields as they are."""
     if event.sealed is not None:
-        _open_sealed(event, key)
+        _open_sealed(event, key, decode=False)
 
 
 def open_fields(
@@ -230,13 +230,15 @@ def open_fields(
     session_id: str,
     user_id: str,
     tenant: str,
+    decode: bool = True,
 ) -> dict[str, str]:
-    """Each of `fields` (path -> ciphertext) of one event, opened with `key`."""
+    """Each of `fields` (path -> ciphertext) of one event, opened with `key` (checked
+    only, and answered empty, unless `decode`)."""
     prefix = _event_context(event_id, session_id, user_id, tenant)
     opened = {}
     for path, blob in fields.items():
         try:
-            opened[path] = key.open(blob, prefix + _part(path)).decode()
+            plain = key.open(blob, prefix + _part(path))
         except Undecryptable as exc:
             raise Undecryptable(
                 f"field {path} of event {event_id}: {exc.message}",
@@ -245,10 +247,12 @@ def open_fields(
                 field=path,
                 key_id=key.key_id,
             ) from None
+        if decode:
+            opened[path] = plain.decode()
     return opened
 
 
-def _open_sealed(event: ConversationEvent, key: DataKey) -> dict[str, str]:
+def _open_sealed(event: ConversationEvent, key: DataKey, *, decode: bool = True) -> dict[str, str]:
     sealed = event.sealed
     assert sealed is not None
     if key.key_id != sealed.key_id:
@@ -260,6 +264,7 @@ def _open_sealed(event: ConversationEvent, key: DataKey) -> dict[str, str]:
         session_id=event.session_id,
         user_id=event.user_id,
         tenant=event.tenant,
+        decode=decode,
     )
 
 
