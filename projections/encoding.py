@@ -16,11 +16,17 @@ import base64
 import json
 import re
 from binascii import a2b_base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatlog.projections.view import Message, SealedFields, SessionStatus, SessionView
+from chatlog.projections.view import (
+    Message,
+    SealedFields,
+    SessionStatus,
+    SessionView,
+    place_values,
+)
 from chatlog.schemas.events import ToolCall
 
 __all__ = ["MessagesDelta", "decode_view", "diff", "encode_message", "encode_meta"]
@@ -71,22 +77,38 @@ def _quoted(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def decode_message(raw: str | bytes) -> Message:
-    """The message `encode_message` wrote."""
+def decode_message(
+    raw: str | bytes, open_values: Callable[[SealedFields], Mapping[str, str]] | None = None
+) -> Message:
+    """The message `encode_message` wrote; with `open_values` (which opens sealed fields,
+    `chatlog.projections.opening.ViewOpener.values_for`), opened as it is decoded."""
     # Text, not bytes: `json.loads` of bytes first guesses their encoding, in Python.
     doc = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    content, name, metadata = doc["c"], doc.get("n"), doc.get("m", {})
+    calls = tuple(ToolCall(id=i, name=n, arguments=a) for i, n, a in doc.get("tc", ()))
+    sealed = _sealed_of(doc.get("s"))
+    if sealed is not None and open_values is not None:
+        content, name, calls, metadata = place_values(
+            open_values(sealed),
+            message_id=doc["id"],
+            content=content,
+            name=name,
+            calls=calls,
+            metadata=metadata,
+        )
+        sealed = None
     return Message(
         offset=doc["o"],
         message_id=doc["id"],
         role=doc["r"],
-        content=doc["c"],
+        content=content,
         occurred_at_ms=doc["t"],
-        name=doc.get("n"),
-        tool_calls=tuple(ToolCall(id=i, name=n, arguments=a) for i, n, a in doc.get("tc", ())),
+        name=name,
+        tool_calls=calls,
         tool_call_id=doc.get("tid"),
-        metadata=doc.get("m", {}),
+        metadata=metadata,
         redacted=bool(doc.get("x")),
-        sealed=_sealed_of(doc.get("s")),
+        sealed=sealed,
     )
 
 

@@ -31,13 +31,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
-from chatlog.projections.view import Message, SealedFields, SessionView
+from chatlog.projections.encoding import decode_message
+from chatlog.projections.view import Message, SealedFields, SessionView, place_values
 from chatlog.schemas.errors import Erased, Undecryptable
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.keyring import KeyDirectory, KeyEntries, Keyring
 from chatlog.schemas.sealing import (
-    METADATA,
-    TOOL_CALLS,
     DataKey,
     KeyScope,
     open_event,
@@ -189,6 +188,26 @@ class ViewOpener:
         a field does not open or its key is not in `entries`."""
         if not view.sealed:
             return view
+        values = self.values_for(view, entries)
+        messages = tuple(
+            m if m.sealed is None else _opened(m, values(m.sealed)) for m in view.messages
+        )
+        return self._opened_meta(replace(view, messages=messages), values)
+
+    def open_stored(
+        self, view: SessionView, messages: Sequence[str | bytes], entries: KeyEntries
+    ) -> SessionView:
+        """`view` (decoded without its messages) with its stored `messages` decoded and
+        every sealed field opened, each message built once: a read's hot path."""
+        values = self.values_for(view, entries)
+        decoded = tuple(decode_message(raw, values) for raw in messages)
+        return self._opened_meta(replace(view, messages=decoded), values)
+
+    def values_for(
+        self, view: SessionView, entries: KeyEntries
+    ) -> Callable[[SealedFields], dict[str, str]]:
+        """What opens `view`'s sealed fields: each one's values by path. `Erased` if its
+        owner was erased."""
         scope = KeyScope(view.tenant, view.user_id)
         if entries.erased_at is not None:
             raise Erased(
@@ -220,39 +239,30 @@ class ViewOpener:
                 tenant=view.tenant,
             )
 
-        changes: dict[str, Any] = {
-            "messages": tuple(
-                m if m.sealed is None else _opened(m, values(m.sealed)) for m in view.messages
-            )
-        }
+        return values
+
+    @staticmethod
+    def _opened_meta(
+        view: SessionView, values: Callable[[SealedFields], dict[str, str]]
+    ) -> SessionView:
+        changes: dict[str, Any] = {}
         if view.title_sealed is not None:
             changes.update(title=values(view.title_sealed)["title"], title_sealed=None)
         if view.summary_sealed is not None:
             changes.update(summary=values(view.summary_sealed)["summary"], summary_sealed=None)
-        return replace(view, **changes)
+        return replace(view, **changes) if changes else view
 
 
 def _opened(message: Message, values: Mapping[str, str]) -> Message:
     """`message` with its sealed fields' `values` (by path) in their places."""
-    content, name = message.content, message.name
-    calls, metadata = message.tool_calls, message.metadata
-    for path, value in values.items():
-        if path == "content":
-            content = value
-        elif path == "name":
-            name = value
-        elif path.startswith(TOOL_CALLS):
-            index, _, part = path.removeprefix(TOOL_CALLS).partition(".")
-            at = int(index)
-            calls = (*calls[:at], calls[at].model_copy(update={part: value}), *calls[at + 1 :])
-        elif path.startswith(METADATA):
-            metadata = {**metadata, path.removeprefix(METADATA): value}
-        else:
-            raise Undecryptable(
-                f"message {message.message_id} carries a sealed field {path} that a message "
-                f"has no place for",
-                field=path,
-            )
+    content, name, calls, metadata = place_values(
+        values,
+        message_id=message.message_id,
+        content=message.content,
+        name=message.name,
+        calls=message.tool_calls,
+        metadata=message.metadata,
+    )
     # The constructor, not `dataclasses.replace`: a read opens every message it returns.
     return Message(
         offset=message.offset,

@@ -67,6 +67,9 @@ class Loaded(NamedTuple):
     window: int
     # The key-directory entries of the owner the load was asked to fetch, if any.
     entries: KeyEntries
+    # With an owner, the messages are left as stored (the view has none yet), so that
+    # they are decoded once, opened, after the read rule has let the reader see them.
+    raw: Sequence[Any] = ()
 
 
 def load_session(
@@ -147,5 +150,6 @@ def _guarded_load(
         return None
     if owner is None:
         return Loaded(*decode_loaded(replies[2:], messages=messages), KeyEntries())
-    view, window = decode_loaded(replies[2:-1], messages=messages)
-    return Loaded(view, window, entries_of(owner, replies[-1]))
+    view, window = decode_loaded(replies[2:-1], messages=False)
+    raw = replies[3] if messages else ()
+    return Loaded(view, window, entries_of(owner, replies[-1]), raw)

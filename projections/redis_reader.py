@@ -29,6 +29,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -36,7 +37,7 @@ import redis.asyncio
 
 from chatlog.projections.access import readable
 from chatlog.projections.context import Context, TokenCounter, approx_tokens
-from chatlog.projections.encoding import decode_view
+from chatlog.projections.encoding import decode_message, decode_view
 from chatlog.projections.keys import ERASED_FIELD, KeySpace
 from chatlog.projections.opening import ViewOpener
 from chatlog.projections.redis_keys import entries_of
@@ -124,13 +125,13 @@ class RedisReader:
             with redis_errors():
                 # While waiting, poll the applied offset only; read the view once it is there.
                 if after is None or remaining <= 0 or self._reached(session_id, after, user_id):
-                    view, window, entries = self._load(session_id, self._owner(user_id))
+                    view, window, entries, raw = self._load(session_id, self._owner(user_id))
                     ready = _answer(
                         view, entries, session_id=session_id, user_id=user_id, after=after
                     )
                     if ready is not None:
                         return Context.from_view(
-                            self._open(ready, {self._owner(user_id): entries}),
+                            self._open_stored(ready, raw, {self._owner(user_id): entries}),
                             window_size=window,
                             count_tokens=self.count_tokens,
                         )
@@ -195,12 +196,23 @@ class RedisReader:
         """`view` opened with its owner's entries (fetched unless `known` has them)."""
         if not view.sealed:
             return view
+        return _opener(self.opener).open(view, self._entries(view, known))
+
+    def _open_stored(
+        self, view: SessionView, raw: Sequence[Any], known: dict[KeyScope, KeyEntries]
+    ) -> SessionView:
+        """`view` (decoded without messages) with its stored messages `raw`, opened."""
+        if self.opener is None:
+            return _unopened(view, raw)
+        return self.opener.open_stored(view, raw, self._entries(view, known))
+
+    def _entries(self, view: SessionView, known: dict[KeyScope, KeyEntries]) -> KeyEntries:
         scope = KeyScope(view.tenant, view.user_id)
         if scope not in known:
             with redis_errors():
                 raw = self.client.hgetall(self.keys().user_keys(scope.tenant, scope.user_id))
             known[scope] = entries_of(scope, raw)
-        return _opener(self.opener).open(view, known[scope])
+        return known[scope]
 
 
 class AsyncRedisReader:
@@ -257,13 +269,13 @@ class AsyncRedisReader:
                     or remaining <= 0
                     or await self._reached(session_id, after, user_id)
                 ):
-                    view, window, entries = await self._load(session_id, self._owner(user_id))
+                    view, window, entries, raw = await self._load(session_id, self._owner(user_id))
                     ready = _answer(
                         view, entries, session_id=session_id, user_id=user_id, after=after
                     )
                     if ready is not None:
                         return Context.from_view(
-                            await self._open(ready, {self._owner(user_id): entries}),
+                            await self._open_stored(ready, raw, {self._owner(user_id): entries}),
                             window_size=window,
                             count_tokens=self.count_tokens,
                         )
@@ -410,13 +422,24 @@ class AsyncRedisReader:
         """`view` opened with its owner's entries (fetched unless `known` has them)."""
         if not view.sealed:
             return view
+        return _opener(self.opener).open(view, await self._entries(view, known))
+
+    async def _open_stored(
+        self, view: SessionView, raw: Sequence[Any], known: dict[KeyScope, KeyEntries]
+    ) -> SessionView:
+        """`RedisReader._open_stored`, awaited."""
+        if self.opener is None:
+            return _unopened(view, raw)
+        return self.opener.open_stored(view, raw, await self._entries(view, known))
+
+    async def _entries(self, view: SessionView, known: dict[KeyScope, KeyEntries]) -> KeyEntries:
         scope = KeyScope(view.tenant, view.user_id)
         if scope not in known:
             with redis_errors():
                 keys = await self.keys()
                 raw = await self.client.hgetall(keys.user_keys(scope.tenant, scope.user_id))
             known[scope] = entries_of(scope, raw)
-        return _opener(self.opener).open(view, known[scope])
+        return known[scope]
 
 
 def _queue_sessions(pipe: Any, keys: KeySpace, index: str, *, limit: int, ttl_ms: int) -> None:
@@ -442,6 +465,15 @@ def _reached(replies: Sequence[Any], after: Position) -> bool:
 def _check_ids(session_id: str, user_id: str) -> None:
     validate_id(session_id, field="session_id")
     validate_id(user_id, field="user_id")
+
+
+def _unopened(view: SessionView, raw: Sequence[Any]) -> SessionView:
+    """`view` with its stored messages decoded, for a reader without keys: refused
+    (`ConfigError`) if anything in it is sealed."""
+    decoded = replace(view, messages=tuple(decode_message(r) for r in raw))
+    if decoded.sealed:
+        _opener(None)
+    return decoded
 
 
 def _opener(opener: ViewOpener | None) -> ViewOpener:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from chatlog.schemas.errors import ForeignEvent
+from chatlog.schemas.errors import ForeignEvent, Undecryptable
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
@@ -42,6 +42,7 @@ from chatlog.schemas.events import (
     epoch_millis,
 )
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import METADATA, TOOL_CALLS
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -55,6 +56,7 @@ __all__ = [
     "evolve",
     "fold",
     "message_of",
+    "place_values",
     "redacted",
 ]
 
@@ -392,6 +394,37 @@ def message_of(
         metadata=payload.metadata,
         sealed=sealed,
     )
+
+
+def place_values(
+    values: Mapping[str, str],
+    *,
+    message_id: str,
+    content: str,
+    name: str | None,
+    calls: tuple[ToolCall, ...],
+    metadata: Mapping[str, str],
+) -> tuple[str, str | None, tuple[ToolCall, ...], Mapping[str, str]]:
+    """A message's content, name, tool calls and metadata with its sealed fields'
+    `values` (by path, `chatlog.schemas.sealing`) in their places."""
+    for path, value in values.items():
+        if path == "content":
+            content = value
+        elif path == "name":
+            name = value
+        elif path.startswith(TOOL_CALLS):
+            index, _, part = path.removeprefix(TOOL_CALLS).partition(".")
+            at = int(index)
+            calls = (*calls[:at], calls[at].model_copy(update={part: value}), *calls[at + 1 :])
+        elif path.startswith(METADATA):
+            metadata = {**metadata, path.removeprefix(METADATA): value}
+        else:
+            raise Undecryptable(
+                f"message {message_id} carries a sealed field {path} that a message has no "
+                f"place for",
+                field=path,
+            )
+    return content, name, calls, metadata
 
 
 def _summarize(

@@ -33,6 +33,7 @@ from chatlog.schemas.events import (
     MessageAppended,
     MessageRedacted,
     Payload,
+    Sealed,
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
@@ -122,7 +123,9 @@ def from_avro(record: Mapping[str, Any]) -> ConversationEvent:
     envelope["payload"] = validated(payload_cls, body)
     sealed = envelope.get("sealed")
     if isinstance(sealed, tuple):  # a union read with return_record_name: (name, record)
-        envelope["sealed"] = sealed[1]
+        # Built without validation: the Avro schema already typed both fields (a string
+        # and a map of bytes), and every event a projector reads has one.
+        envelope["sealed"] = Sealed.model_construct(**sealed[1])
     return validated(ConversationEvent, envelope)
 
 
