@@ -101,6 +101,7 @@ __all__ = [
     "describe",
     "kafka_call",
     "partition_records",
+    "ranges_records",
     "usable",
 ]
 
@@ -445,40 +446,60 @@ def _end_offset(
 def partition_records(
     consumer: Consumer, where: TopicPartition, start: int, stop: int, timeout: float
 ) -> Iterator[Message]:
-    """The partition's records from `start` up to `stop` (exclusive), in offset order.
+    """The partition's records from `start` up to `stop` (exclusive), in offset order."""
+    return ranges_records(consumer, where.topic, {where.partition: (start, stop)}, timeout)
+
+
+def ranges_records(
+    consumer: Consumer, topic: str, ranges: Mapping[int, tuple[int, int]], timeout: float
+) -> Iterator[Message]:
+    """Each partition's records from its start up to its stop (exclusive), each partition
+    in offset order (partitions interleaved), all partitions fetched at once.
 
     Each poll asks for no more records than remain, so the last batch comes back as soon
     as it has arrived rather than at the end of the poll: a short scan takes milliseconds.
+    `BrokerUnavailable` when nothing arrives for `timeout` seconds before the stops.
     """
-    if stop <= start:
+    stops = {p: stop for p, (start, stop) in ranges.items() if stop > start}
+    if not stops:
         return
-    consumer.assign([TopicPartition(where.topic, where.partition, start)])
-    heard_at, at = time.monotonic(), start
-    while True:
-        batch = kafka_call(consumer.consume, min(_BATCH, max(1, stop - at)), timeout=_POLL_S)
+    at = {p: ranges[p][0] for p in stops}
+    consumer.assign([TopicPartition(topic, p, at[p]) for p in stops])
+    heard_at = time.monotonic()
+    while stops:
+        left = sum(stops[p] - at[p] for p in stops)
+        batch = kafka_call(consumer.consume, min(_BATCH, max(1, left)), timeout=_POLL_S)
         if batch:
             heard_at = time.monotonic()
         for message in batch:
-            if not usable(message, where):
+            partition = message.partition()
+            if partition is None:  # an error about no partition in particular
+                usable(message, TopicPartition(topic, -1))
                 continue
+            stop = stops.get(partition)
+            if not usable(message, TopicPartition(topic, partition)) or stop is None:
+                continue  # an error logged, or a partition read up to its stop already
             offset = _offset(message)
-            if offset >= stop:
-                return
-            yield message
-            at = offset + 1
-            if at >= stop:
-                return
-        # Offsets may have gaps (transaction markers, aborted records): the position
-        # tells when the partition is read up to `stop` even if no record sits there.
-        [position] = kafka_call(consumer.position, [TopicPartition(where.topic, where.partition)])
-        if position.offset >= stop:
+            if offset < stop:
+                yield message
+                at[partition] = offset + 1
+            if offset + 1 >= stop:
+                del stops[partition]
+        if not stops:
             return
-        if time.monotonic() - heard_at > timeout:
+        # Offsets may have gaps (transaction markers, aborted or compacted records): the
+        # position tells when a partition is read up to its stop even if no record sits there.
+        positions = kafka_call(consumer.position, [TopicPartition(topic, p) for p in stops])
+        for position in positions:
+            if position.offset >= stops.get(position.partition, position.offset + 1):
+                del stops[position.partition]
+        if stops and time.monotonic() - heard_at > timeout:
+            lagging = ", ".join(f"[{p}] at {at[p]} of {stop}" for p, stop in sorted(stops.items()))
             raise BrokerUnavailable(
-                f"reading {where.topic}[{where.partition}] stalled: nothing arrived for "
-                f"{timeout:g} s before offset {stop} (at {max(position.offset, start)})",
-                topic=where.topic,
-                partition=where.partition,
+                f"reading {topic} stalled: nothing arrived for {timeout:g} s before the end "
+                f"of {lagging}",
+                topic=topic,
+                partition=min(stops),
             )
 
 
