@@ -60,7 +60,7 @@ from chatlog.projections.view import WindowPolicy
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import ConfigError, MissingExtra, StoreUnavailable
 from chatlog.schemas.events import ProducerInfo
-from chatlog.schemas.keyring import Keyring
+from chatlog.schemas.keyring import KeyLog, Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider
 from chatlog.settings import Settings
 
@@ -217,8 +217,11 @@ def opener(settings: Settings, client: redis.Redis | None = None) -> EventOpener
     return EventOpener(reading, directory, catch_up=_catch_up(settings, directory))
 
 
-def _catch_up(settings: Settings, directory: RedisKeyDirectory) -> Callable[[], object]:
-    """Rewrites `directory` from the keys topic when called."""
+def _catch_up(
+    settings: Settings, directory: RedisKeyDirectory, key_log: KeyLog | None = None
+) -> Callable[[], object]:
+    """Rewrites `directory` from the keys topic when called (tombstoning, through
+    `key_log` if given, erased users' keys that the topic still holds alive)."""
 
     def catch_up() -> object:
         return kafka_key_log.catch_up_keys(
@@ -226,6 +229,7 @@ def _catch_up(settings: Settings, directory: RedisKeyDirectory) -> Callable[[], 
             bootstrap_servers=settings.kafka_bootstrap,
             topic=settings.keys_topic,
             config=settings.kafka,
+            key_log=key_log,
         )
 
     return catch_up
@@ -241,7 +245,7 @@ def eraser(
     return UserEraser(
         keyring=producer.keyring or keyring(settings, producer, directory),
         directory=directory,
-        catch_up=_catch_up(settings, directory),
+        catch_up=_catch_up(settings, directory, KafkaKeyLog(producer, topic=settings.keys_topic)),
         sessions=RedisUserSessions(client, prefix=settings.redis_prefix),
         keys_topic=settings.keys_topic,
     )

@@ -117,10 +117,10 @@ class UserEraser:
         validate_id(tenant, field="tenant")
         scope = KeyScope(tenant, user_id)
         started = time.monotonic()
+        # The directory is a copy: the keys topic may hold a key it lacks (a writer that
+        # could not reach Redis made one), and a key missed here would never be shredded.
+        self.catch_up()
         entries = self.directory.entries(scope)
-        if not entries.keys and entries.erased_at is None:
-            self.catch_up()  # the directory is a copy: the keys topic may know more
-            entries = self.directory.entries(scope)
         already = entries.erased_at is not None
         key_ids: tuple[str, ...] = ()
         if entries.erased_at is not None:

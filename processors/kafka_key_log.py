@@ -74,6 +74,7 @@ class KeysCaughtUp:
     erasures: int = 0
     ticks: int = 0  # projectors' ticks (`KeysTick`): nothing to apply
     skipped: int = 0  # records that are not keys records
+    shredded: int = 0  # tombstones published for erased users' keys still alive here
     seconds: float = 0.0
 
 
@@ -84,14 +85,22 @@ def catch_up_keys(
     topic: str,
     config: Mapping[str, Any] | None = None,
     timeout: float = 60.0,
+    key_log: KeyLog | None = None,
 ) -> KeysCaughtUp:
-    """Apply the whole keys topic, as it is now, to `directory`."""
+    """Apply the whole keys topic, as it is now, to `directory`.
+
+    With `key_log`, a key of an erased user that the topic still holds alive (made by a
+    writer that could not reach Redis, or missed by an erasure) gets its tombstone, so
+    that compaction takes it off the disks.
+    """
     started = time.monotonic()
-    counts = dict.fromkeys(("keys", "refused", "tombstones", "erasures", "ticks", "skipped"), 0)
+    counts = dict.fromkeys(
+        ("keys", "refused", "tombstones", "erasures", "ticks", "skipped", "shredded"), 0
+    )
     for key, value in read_key_log(
         bootstrap_servers=bootstrap_servers, topic=topic, config=config, timeout=timeout
     ):
-        _apply(directory, key, value, counts)
+        _apply(directory, key, value, counts, key_log)
     caught_up = KeysCaughtUp(**counts, seconds=time.monotonic() - started)
     log.info("key directory caught up with %s: %s", topic, caught_up)
     return caught_up
@@ -145,6 +154,8 @@ def rotate_keys(
         # The directory first: it refuses an erased user, whose key must not be written
         # to the topic again; a user erased between the two steps gets the tombstone back.
         if not directory.put(rewrapped):
+            # Erased, yet its last record here is alive: its tombstone was missed.
+            key_log.publish_tombstone(record.scope, record.key_id)
             counts["erased"] += 1
             continue
         key_log.publish_key(rewrapped)
@@ -156,6 +167,17 @@ def rotate_keys(
     rotated = KeysRotated(**counts, seconds=time.monotonic() - started)
     log.info("keys in %s re-wrapped under master key %s: %s", topic, current, rotated)
     return rotated
+
+
+def _shred(
+    key_log: KeyLog | None, scope: KeyScope, key_ids: tuple[str, ...], counts: dict[str, int]
+) -> None:
+    """Tombstone keys of an erased user that the topic still holds alive (if it may)."""
+    if key_log is None:
+        return
+    for key_id in key_ids:
+        key_log.publish_tombstone(scope, key_id)
+        counts["shredded"] += 1
 
 
 def read_key_log(
@@ -185,7 +207,11 @@ def read_key_log(
 
 
 def _apply(
-    directory: WritableKeyDirectory, key: bytes, value: bytes | None, counts: dict[str, int]
+    directory: WritableKeyDirectory,
+    key: bytes,
+    value: bytes | None,
+    counts: dict[str, int],
+    key_log: KeyLog | None,
 ) -> None:
     try:
         record = decode_key_record(key, value)
@@ -194,10 +220,15 @@ def _apply(
         counts["skipped"] += 1
         return
     if isinstance(record, KeyRecord):
-        counts["keys" if directory.put(record) else "refused"] += 1
+        if directory.put(record):
+            counts["keys"] += 1
+            return
+        counts["refused"] += 1
+        _shred(key_log, record.scope, (record.key_id,), counts)
     elif isinstance(record, ErasureRecord):
-        directory.erase(record)
+        removed = directory.erase(record)
         counts["erasures"] += 1
+        _shred(key_log, record.scope, tuple(set(removed) - set(record.key_ids)), counts)
     elif isinstance(record, KeysTick):
         counts["ticks"] += 1
     else:

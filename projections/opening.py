@@ -47,6 +47,8 @@ from chatlog.schemas.sealing import (
 __all__ = ["ERASED", "EventOpener", "Opened", "ViewOpener"]
 
 _REWRAPPED_CATCH_UP_S = 60.0
+_LOOK_AGAIN_S = 60.0  # a key id a catch-up did not find is looked for again after this
+_LOOKED_FOR_KEPT = 10_000
 
 
 class _Erased:
@@ -76,6 +78,7 @@ class EventOpener:
         self._catch_up = catch_up
         self._clock = clock
         self._rewrapped_at = float("-inf")
+        self._looked_for: dict[str, float] = {}  # key id -> when a catch-up looked for it
 
     def open_batch(
         self,
@@ -97,14 +100,16 @@ class EventOpener:
         # Every owner's entries, the clear events' too: an erased user's events written
         # before sealing was turned on must not be served either.
         entries.update(self.directory.entries_many(set(scopes) - set(entries)))
-        unknown = {
-            scope
+        missing = [
+            (scope, event.sealed.key_id)
             for event, scope in zip(events, scopes, strict=True)
             if event.sealed is not None
             and event.sealed.key_id not in entries[scope].keys
             and entries[scope].erased_at is None
-        }
-        if unknown and self._catch_up is not None:
+        ]
+        unknown = {scope for scope, _ in missing}
+        unknown_ids = {key_id for _, key_id in missing}
+        if unknown and self._catch_up is not None and self._may_look_for(unknown_ids):
             self._catch_up()
             entries.update(self.directory.entries_many(unknown))
         batch = _Batch(self.keyring, entries, verify)
@@ -123,6 +128,21 @@ class EventOpener:
                 for e, s, o in zip(events, scopes, opened, strict=True)
             ]
         return opened
+
+    def _may_look_for(self, key_ids: set[str]) -> bool:
+        """Whether a catch-up may find `key_ids`: not if each was looked for in the last
+        minute and was not there (a forged key id must not make every batch or request
+        read the whole keys topic)."""
+        now = self._clock()
+        fresh = {
+            k for k in key_ids if now - self._looked_for.get(k, float("-inf")) >= _LOOK_AGAIN_S
+        }
+        if not fresh:
+            return False
+        self._looked_for.update(dict.fromkeys(fresh, now))
+        if len(self._looked_for) > _LOOKED_FOR_KEPT:
+            self._looked_for = dict(list(self._looked_for.items())[-_LOOKED_FOR_KEPT // 2 :])
+        return True
 
     def _may_catch_up_rewrapped(self) -> bool:
         """At most once a minute: a process given the wrong master key must not read the
@@ -147,16 +167,20 @@ class _Batch:
     ) -> None:
         self.keyring, self.entries, self.verify = keyring, entries, verify
         self.keys: dict[tuple[KeyScope, str], DataKey] = {}
+        self.forgotten: set[KeyScope] = set()
 
     def open(self, event: ConversationEvent, scope: KeyScope) -> Opened:
         found = self.entries[scope]
+        if found.erased_at is not None:
+            if scope not in self.forgotten:  # its keys are destroyed: drop the copies here
+                self.keyring.forget(scope)
+                self.forgotten.add(scope)
+            return ERASED  # sealed or not: an erased owner's events are erased events
         if event.sealed is None:
-            return event if found.erased_at is None else ERASED
+            return event
         key_id = event.sealed.key_id
         wrapped = found.keys.get(key_id)
         if wrapped is None:
-            if found.erased_at is not None:
-                return ERASED
             return Undecryptable(
                 f"event {event.event_id} is sealed under data key {key_id} of user "
                 f"{scope.user_id}, which is in neither the key directory nor the keys topic",
@@ -186,9 +210,9 @@ class ViewOpener:
         """`view` with every sealed field opened; `entries` are its owner's, as the
         directory holds them now. `Erased` if the owner was erased; `Undecryptable` if
         a field does not open or its key is not in `entries`."""
+        values = self.values_for(view, entries)  # `Erased` first, sealed or not
         if not view.sealed:
             return view
-        values = self.values_for(view, entries)
         messages = tuple(
             m if m.sealed is None else _opened(m, values(m.sealed)) for m in view.messages
         )
@@ -210,6 +234,7 @@ class ViewOpener:
         owner was erased."""
         scope = KeyScope(view.tenant, view.user_id)
         if entries.erased_at is not None:
+            self.keyring.forget(scope)  # its keys are destroyed: drop the copies held here
             raise Erased(
                 f"session {view.session_id} belongs to a user who was erased at "
                 f"{entries.erased_at.isoformat()}; its content is gone for good",

@@ -163,6 +163,8 @@ class RedisReader:
         pipe.hgetall(keys.user_keys(owner.tenant, owner.user_id))
         *raw, raw_entries = pipe.execute()
         known = {owner: entries_of(owner, raw_entries)}
+        if known[owner].erased_at is not None:
+            return []  # erased: nothing of theirs is listed, whatever Redis still holds
         entries, gone = session_entries(
             session_ids,
             [text_map(meta) for meta in raw],
@@ -193,8 +195,9 @@ class RedisReader:
         return loaded
 
     def _open(self, view: SessionView, known: dict[KeyScope, KeyEntries]) -> SessionView:
-        """`view` opened with its owner's entries (fetched unless `known` has them)."""
-        if not view.sealed:
+        """`view` opened with its owner's entries (fetched unless `known` has them);
+        `Erased` if its owner was erased, sealed or not."""
+        if self.opener is None and not view.sealed:
             return view
         return _opener(self.opener).open(view, self._entries(view, known))
 
@@ -373,11 +376,13 @@ class AsyncRedisReader:
         pipe.hgetall(keys.user_keys(owner.tenant, owner.user_id))
         *raw, raw_entries = await pipe.execute()
         known = {owner: entries_of(owner, raw_entries)}
+        if known[owner].erased_at is not None:
+            return []  # erased: nothing of theirs is listed, whatever Redis still holds
         metas = [text_map(meta) for meta in raw]
         for meta in metas:  # owners of another tenant: their entries, before the sync fold
             view = decode_view(meta, ())
-            if view is not None and view.sealed:
-                await self._open(view, known)
+            if view is not None:
+                await self._entries(view, known)
         entries, gone = session_entries(
             session_ids,
             metas,
@@ -419,8 +424,8 @@ class AsyncRedisReader:
         return loaded
 
     async def _open(self, view: SessionView, known: dict[KeyScope, KeyEntries]) -> SessionView:
-        """`view` opened with its owner's entries (fetched unless `known` has them)."""
-        if not view.sealed:
+        """`RedisReader._open`, awaited."""
+        if self.opener is None and not view.sealed:
             return view
         return _opener(self.opener).open(view, await self._entries(view, known))
 

@@ -31,7 +31,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from chatlog.schemas.errors import Undecryptable
+from chatlog.schemas.errors import InvalidInput, Undecryptable
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
@@ -66,6 +66,7 @@ _CONTEXT_LABEL = b"chatlog.sealed-field.v1"
 # The path of a tool call's part is ``tool_calls.<index>.<name|arguments>``, of a metadata
 # value ``metadata.<key>``; the other paths are the field's own name.
 TOOL_CALLS = "tool_calls."
+_MAX_PART = 0xFFFF  # each part of the associated data carries a 2-byte length
 METADATA = "metadata."
 
 
@@ -149,6 +150,11 @@ def field_context(
 
 def _part(text: str) -> bytes:
     data = text.encode()
+    if len(data) > _MAX_PART:
+        raise InvalidInput(
+            f"a sealed field's path or id is {len(data):,} bytes long; the limit is "
+            f"{_MAX_PART:,} (a metadata key that long?)"
+        )
     return len(data).to_bytes(2, "big") + data
 
 
@@ -218,8 +224,27 @@ def verify_event(event: ConversationEvent, key: DataKey) -> None:
     """Check that every sealed field of `event` opens with `key` (`Undecryptable` if
     one does not), without building the opened event: for a projector that stores the
     sealed fields as they are."""
-    if event.sealed is not None:
-        _open_sealed(event, key, decode=False)
+    sealed = event.sealed
+    if sealed is None:
+        return
+    _open_sealed(event, key, decode=False)
+    # Every sealed path must have a place in the payload (as `open_event` requires): a
+    # stray one that reached Redis would fail every read of the session.
+    places: set[str] = set()
+
+    def place(path: str, value: str) -> str:
+        places.add(path)
+        return value
+
+    _map_fields(event.payload, place, rebuild=False)
+    stray = set(sealed.fields) - places
+    if stray:
+        raise Undecryptable(
+            f"event {event.event_id} carries sealed fields its payload has no place for: "
+            f"{', '.join(sorted(stray))}",
+            event_id=event.event_id,
+            session_id=event.session_id,
+        )
 
 
 def open_fields(
@@ -270,7 +295,11 @@ def _open_sealed(event: ConversationEvent, key: DataKey, *, decode: bool = True)
 
 # The one list of what is personal, per payload type: each sealable field, by path, and
 # how to put it back. `convert(path, value)` returns the value to keep in its place.
-def _map_fields(payload: Payload, convert: Callable[[str, str], str]) -> Payload:
+def _map_fields(
+    payload: Payload, convert: Callable[[str, str], str], *, rebuild: bool = True
+) -> Payload:
+    """`payload` with each sealable field replaced by `convert(path, value)`; without
+    `rebuild`, `convert` only sees each field and `payload` comes back as it is."""
     update: dict[str, Any] = {}
     if isinstance(payload, SessionStarted):
         if payload.title is not None:
@@ -296,7 +325,7 @@ def _map_fields(payload: Payload, convert: Callable[[str, str], str]) -> Payload
         and payload.reason is not None
     ):
         update["reason"] = convert("reason", payload.reason)
-    return payload.model_copy(update=update)
+    return payload.model_copy(update=update) if rebuild else payload
 
 
 def _map_metadata(

@@ -46,6 +46,9 @@ class MemoryKeyDirectory:
         self.keys.setdefault(record.scope, {})[record.key_id] = record.wrapped
         return True
 
+    def remove(self, scope: KeyScope, key_id: str) -> None:
+        self.keys.get(scope, {}).pop(key_id, None)
+
     def erase(self, record: ErasureRecord) -> tuple[str, ...]:
         self.erased.setdefault(record.scope, record.erased_at)
         return tuple(sorted(self.keys.pop(record.scope, {})))

@@ -296,7 +296,8 @@ def _read(
         return 0
     key = args.session.encode("utf-8")
     codec, opener = wiring.codec(settings), wiring.opener(settings)
-    known: dict[KeyScope, KeyEntries] = {}  # the owner's keys, fetched once
+    # The owner's keys, fetched once per poll: a follower sees an erasure within one.
+    known: dict[KeyScope, KeyEntries] = {}
 
     def decode(value: bytes) -> ConversationEvent:
         [opened] = opener.open_batch([codec.decode(value)], known=known)
@@ -312,6 +313,7 @@ def _read(
     consumer.assign([start])
     with stop_on_signals() as stop:
         while not stop.is_set():
+            known.clear()
             for message in consumer.consume(500, timeout=0.2):
                 if usable(message, start) and message.key() == key:
                     shown += _show(message, decode, emit, args.session)

@@ -91,7 +91,7 @@ def test_keys_are_destroyed_before_the_mark_and_sessions_go_after_it():
     y_key = parts.keyring.for_writing(Y)
     parts.sessions.held = {X: {"x1", "x2"}, Y: {"y1"}}
     erasure = parts.eraser().erase("xavier", tenant="acme")
-    assert parts.journal.steps == ["publish", "mark", "remove"]
+    assert parts.journal.steps == ["catch up", "publish", "mark", "remove"]
     assert (erasure.key_ids, erasure.sessions_removed, erasure.already_erased) == (
         (x_key.key_id,),
         2,
@@ -139,7 +139,7 @@ def test_erasing_twice_publishes_nothing_and_removes_what_is_left():
     assert second.erased_at == first.erased_at
 
 
-def test_an_empty_directory_is_caught_up_from_the_keys_topic_first():
+def test_the_directory_is_caught_up_from_the_keys_topic_first():
     parts = Parts()
     key = parts.keyring.for_writing(X)
     parts.topic = Directory(Journal())

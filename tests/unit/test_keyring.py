@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from chatlog.processors import kafka_key_log
 from chatlog.schemas.errors import DecodeError, Erased, StoreUnavailable
 from chatlog.schemas.key_records import ErasureRecord, KeyRecord, decode_key_record
 from chatlog.schemas.keyring import Keyring
@@ -211,3 +212,29 @@ def test_a_recheck_the_directory_does_not_answer_keeps_the_key_for_another_inter
     now[0] = 2.5
     assert writer.for_writing(SCOPE) is key
     assert directory.asked == asked + 1  # one wait per interval, not one per append
+
+
+def test_a_catch_up_tombstones_an_erased_users_keys_the_topic_still_holds_alive():
+    # A writer that could not reach Redis made `late` for a user being erased; the
+    # erasure record names only the key the eraser saw. Both must leave the disks.
+    log, directory = MemoryKeyLog(), MemoryKeyDirectory()
+    ring = _ring(log, directory)
+    seen = ring.for_writing(SCOPE)
+    late = _ring(log, MemoryKeyDirectory()).for_writing(SCOPE)
+    late_record = log.records[-1]
+    ring.erase(SCOPE, key_ids=(seen.key_id,))
+    topic = [late_record, *log.records[2:]]  # the late key, then the erasure's records
+    shredder = MemoryKeyLog()
+    counts = dict.fromkeys(
+        ("keys", "refused", "tombstones", "erasures", "ticks", "skipped", "shredded"), 0
+    )
+    fresh = MemoryKeyDirectory()  # a directory caught up from the topic
+    for key, value in topic:
+        kafka_key_log._apply(fresh, key.encode(), value, counts, shredder)
+    assert shredder.records == [(f"t1/u1/{late.key_id}", None)]
+    # Read again (the late key now refused: the user is erased): its tombstone once more,
+    # which compaction makes harmless.
+    for key, value in topic:
+        kafka_key_log._apply(fresh, key.encode(), value, counts, shredder)
+    assert set(shredder.records) == {(f"t1/u1/{late.key_id}", None)}
+    assert counts["refused"] == 1

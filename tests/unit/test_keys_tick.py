@@ -66,10 +66,11 @@ def test_the_interval_for_the_least_and_the_default_bound():
 def test_a_catch_up_counts_ticks_and_skips_them_silently(caplog):
     counts = dict.fromkeys(("keys", "refused", "tombstones", "erasures", "ticks", "skipped"), 0)
     directory = MemoryKeyDirectory()
+    counts["shredded"] = 0
     with caplog.at_level(logging.DEBUG, logger="chatlog.keys"):
         for partition in range(3):
             tick = KeysTick(partition, AT)
-            kafka_key_log._apply(directory, tick.kafka_key.encode(), tick.encode(), counts)
+            kafka_key_log._apply(directory, tick.kafka_key.encode(), tick.encode(), counts, None)
     assert counts["ticks"] == 3
     assert counts["skipped"] == 0
     assert not caplog.records

@@ -248,3 +248,25 @@ def test_a_wrapping_under_a_master_key_this_process_lacks_is_looked_for_once_in_
         assert isinstance(opened, Undecryptable)
         assert "does not have" in opened.message
     assert catch_ups == [0.0, 61.0]
+
+
+def test_an_erased_owners_view_is_erased_sealed_or_not_and_their_keys_leave_the_caches():
+    keys = Keys()
+    clear = append_message("a", user_id="u1", role="user", content="written before sealing")
+    sealed = keys.sealed("a", "sealed later")
+    reading = Keyring(PROVIDER)
+    opener = EventOpener(reading, keys.directory)
+    assert all(isinstance(o, ConversationEvent) for o in opener.open_batch([clear, sealed]))
+    assert len(reading._opened) == 1  # the owner's key, unwrapped once
+
+    scope = KeyScope.of(sealed)
+    assert sealed.sealed is not None
+    keys.directory.erase(keys.writer.erase(scope, key_ids=(sealed.sealed.key_id,)))
+    assert opener.open_batch([clear, sealed]) == [ERASED, ERASED]
+    assert reading._opened == {}  # dropped as soon as the erasure was seen
+
+    view, _ = fold(None, [(clear, Position(0, 0))])
+    assert view is not None
+    assert not view.sealed
+    with pytest.raises(Erased):
+        ViewOpener(reading).open(view, keys.directory.entries(scope))

@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import Undecryptable
 from chatlog.schemas.events import ConversationEvent, MessageAppended, Sealed
-from chatlog.schemas.sealing import DataKey, KeyScope, field_context, open_event, seal_event
+from chatlog.schemas.sealing import (
+    DataKey,
+    KeyScope,
+    field_context,
+    open_event,
+    seal_event,
+    verify_event,
+)
 from tests.samples import VECTOR_KEY, sample_events, sealed_sample
 
 CODEC = EventCodec()
@@ -107,6 +114,11 @@ def test_a_sealed_field_the_payload_has_no_place_for_is_refused():
     forged = event.model_copy(update={"sealed": Sealed(key_id=key.key_id, fields=extra)})
     with pytest.raises(Undecryptable, match="no place for: summary"):
         open_event(forged, key)
+    # The projector's check, which builds nothing, refuses it too: stored, it would fail
+    # every read of the session.
+    with pytest.raises(Undecryptable, match="no place for: summary"):
+        verify_event(forged, key)
+    verify_event(event, key)
     # Copied from another field, it does not even open.
     moved = {**event.sealed.fields, "summary": event.sealed.fields["content"]}
     forged = event.model_copy(update={"sealed": Sealed(key_id=key.key_id, fields=moved)})
