@@ -22,6 +22,7 @@ PURE_MODULES = [
     "chatlog.schemas.ids",
     "chatlog.schemas.errors",
     "chatlog.schemas.registry",
+    "chatlog.schemas.pii",
     "chatlog.producers.commands",
     "chatlog.producers.partitioning",
     "chatlog.projections",
