@@ -57,6 +57,7 @@ from chatlog.schemas.errors import (
     UnknownMessage,
     UnknownSchema,
     UnknownUser,
+    UnwrapFailed,
 )
 from chatlog.schemas.events import ConversationEvent, Role
 from chatlog.schemas.position import Position
@@ -122,6 +123,7 @@ __all__ = [
     "UnknownMessage",
     "UnknownSchema",
     "UnknownUser",
+    "UnwrapFailed",
 ]
 
 _LAZY = {

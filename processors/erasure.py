@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from chatlog.schemas.errors import UnknownUser
+from chatlog.schemas.errors import Unavailable, UnknownUser
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.key_records import ErasureRecord
 from chatlog.schemas.keyring import KeyEntries, Keyring
@@ -111,6 +111,17 @@ class UserEraser:
         self.sessions = sessions
         self.keys_topic = keys_topic
 
+    def _mark(
+        self, scope: KeyScope, record: ErasureRecord, key_ids: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """Mark the user erased in the directory; the keys made meanwhile, tombstoned."""
+        # A writer may have made a key between the look-up and the mark: it is in the
+        # directory but has no tombstone yet, and would stay on the keys topic's disks.
+        made_meanwhile = tuple(set(self.directory.erase(record)) - set(key_ids))
+        if made_meanwhile:
+            self.keyring.destroy(scope, made_meanwhile)
+        return made_meanwhile
+
     def erase(self, user_id: str, *, tenant: str = "default") -> Erasure:
         """Erase the user (see the module docstring for the steps)."""
         validate_id(user_id, field="user_id")
@@ -123,6 +134,7 @@ class UserEraser:
         entries = self.directory.entries(scope)
         already = entries.erased_at is not None
         key_ids: tuple[str, ...] = ()
+        record: ErasureRecord | None = None
         if entries.erased_at is not None:
             erased_at = entries.erased_at
         else:
@@ -137,14 +149,19 @@ class UserEraser:
                     tenant=tenant,
                 )
             record = self.keyring.erase(scope, key_ids=key_ids)
-            # A writer may have made a key between the look-up and the mark: it is in the
-            # directory but has no tombstone yet, and would stay on the keys topic's disks.
-            made_meanwhile = tuple(set(self.directory.erase(record)) - set(key_ids))
-            if made_meanwhile:
-                self.keyring.destroy(scope, made_meanwhile)
-                key_ids += made_meanwhile
             erased_at = record.erased_at
-        removed = self.sessions.remove(scope)
+        try:
+            if record is not None:
+                key_ids += self._mark(scope, record, key_ids)
+            removed = self.sessions.remove(scope)
+        except Unavailable as exc:
+            # The keys are destroyed in the log already: say so, not just "unavailable".
+            raise type(exc)(
+                f"{exc.message}. User {user_id}'s keys are destroyed (their tombstones are "
+                f"in {self.keys_topic}), but the erasure is not finished: run it again "
+                f"until it returns",
+                **exc.context,
+            ) from exc
         erasure = Erasure(
             tenant=tenant,
             user_id=user_id,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from chatlog.processors.erasure import UserEraser
-from chatlog.schemas.errors import Erased, InvalidId, UnknownUser
+from chatlog.schemas.errors import Erased, InvalidId, StoreUnavailable, UnknownUser
 from chatlog.schemas.key_records import ErasureRecord, decode_key_record
 from chatlog.schemas.keyring import Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key
@@ -189,3 +189,16 @@ def test_ids_are_checked_before_anything_is_asked():
     with pytest.raises(InvalidId):
         parts.eraser().erase("x:y", tenant="acme")
     assert parts.journal.steps == []
+
+
+def test_an_erasure_cut_short_after_the_log_says_the_keys_are_gone_and_to_run_it_again():
+    parts = Parts()
+    parts.keyring.for_writing(X)
+
+    def unreachable(record: ErasureRecord) -> tuple[str, ...]:
+        raise StoreUnavailable("Redis did not answer")
+
+    parts.directory.erase = unreachable
+    with pytest.raises(StoreUnavailable, match=r"keys are destroyed .* run it again"):
+        parts.eraser().erase("xavier", tenant="acme")
+    assert any(value is None for _, value in parts.log.records)  # the tombstone is out
