@@ -57,7 +57,6 @@ from chatlog.schemas.errors import (
     UnknownMessage,
     UnknownSchema,
     UnknownUser,
-    UnwrapFailed,
 )
 from chatlog.schemas.events import ConversationEvent, Role
 from chatlog.schemas.position import Position
@@ -123,7 +122,6 @@ __all__ = [
     "UnknownMessage",
     "UnknownSchema",
     "UnknownUser",
-    "UnwrapFailed",
 ]
 
 _LAZY = {

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from chatlog.projections.encoding import decode_message
 from chatlog.projections.view import Message, SealedFields, SessionView, place_values
-from chatlog.schemas.errors import Erased, Undecryptable, UnwrapFailed
+from chatlog.schemas.errors import Erased, Undecryptable
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.keyring import KeyDirectory, KeyEntries, Keyring
 from chatlog.schemas.sealing import (
@@ -155,7 +155,8 @@ class EventOpener:
 
 
 def _unwrap_failed(opened: Opened) -> bool:
-    return isinstance(opened, UnwrapFailed)
+    # The master key's error names the master key id; a field's names the event.
+    return isinstance(opened, Undecryptable) and "kek_id" in opened.context
 
 
 class _Batch:

@@ -39,7 +39,6 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── DecodeError(ValueError)        bytes on the topic are not a chatlog event
     │   │   └── UnknownSchema              ... written with a schema chatlog does not know
     │   ├── Undecryptable(ValueError)      a sealed field does not open: altered, or a wrong key
-    │   │   └── UnwrapFailed               ... its data key's wrapping does not open here
     │   └── DataLoss(RuntimeError)         Redis lost part of the read-model
     ├── Conflict(RuntimeError)             another writer changed the same state first
     ├── Incomplete(RuntimeError)           a part of a long run failed; run it again to resume
@@ -96,7 +95,6 @@ __all__ = [
     "UnknownMessage",
     "UnknownSchema",
     "UnknownUser",
-    "UnwrapFailed",
 ]
 
 
@@ -327,13 +325,6 @@ class UnknownSchema(DecodeError):
 class Undecryptable(Corrupt, ValueError):
     """A sealed field does not open: it was altered, moved from another event or field,
     or sealed under a key or master key this process does not have."""
-
-
-class UnwrapFailed(Undecryptable):
-    """A wrapped data key does not open under this process's master keys: the master key
-    of its id is missing here or is another one, or the record was altered. A key
-    provider raises it from `unwrap`; a reader may find a newer wrapping in the keys
-    topic (after a rotation)."""
 
 
 class DataLoss(Corrupt, RuntimeError):

@@ -30,7 +30,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from chatlog.schemas.errors import ConfigError, UnwrapFailed
+from chatlog.schemas.errors import ConfigError, Undecryptable
 from chatlog.schemas.sealing import KEY_BYTES, DataKey, KeyScope
 
 __all__ = [
@@ -68,7 +68,7 @@ class KeyProvider(Protocol):
         ...
 
     def unwrap(self, wrapped: WrappedKey, *, context: bytes) -> bytes:
-        """The secret in `wrapped`; `UnwrapFailed` for an unknown master key, a wrong
+        """The secret in `wrapped`; `Undecryptable` for an unknown master key, a wrong
         context or altered bytes."""
         ...
 
@@ -135,10 +135,10 @@ class LocalKeyProvider:
         return WrappedKey(self._current, nonce + sealed)
 
     def unwrap(self, wrapped: WrappedKey, *, context: bytes) -> bytes:
-        """The secret in `wrapped`; `UnwrapFailed` if it cannot be opened here."""
+        """The secret in `wrapped`; `Undecryptable` if it cannot be opened here."""
         aead = self._aeads.get(wrapped.kek_id)
         if aead is None:
-            raise UnwrapFailed(
+            raise Undecryptable(
                 f"the data key is wrapped under master key {wrapped.kek_id!r}, which this "
                 f"process does not have (it has {', '.join(self._aeads)}); add it to "
                 f"CHATLOG_MASTER_KEY, after the current one",
@@ -148,7 +148,7 @@ class LocalKeyProvider:
         try:
             return aead.decrypt(nonce, sealed, context)
         except InvalidTag:
-            raise UnwrapFailed(
+            raise Undecryptable(
                 f"a data key wrapped under master key {wrapped.kek_id!r} does not open: the "
                 f"master key of that id is another one, or the record was altered",
                 kek_id=wrapped.kek_id,
