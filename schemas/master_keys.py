@@ -13,6 +13,12 @@ data keys are wrapped under the current one; every listed one unwraps, so a rota
 lists the new key first and the old one after it until `chatlog keys rotate` has
 re-wrapped every data key, after which the old one can be destroyed.
 
+The provider also computes keyed MACs (HMAC-SHA256, as a KMS's `GenerateMac` does) under a
+key derived from each master key for one purpose: the audit trail names a user by such a
+MAC instead of their id, and a redaction keeps one of what it removed. `Mac` says which
+master key made it, so a lookup (`macs`) matches it after a rotation too, for as long as
+the old master key is configured.
+
 The spec of a master key list is ``<id>:<base64 of 32 bytes>[,<id>:<base64>...]``.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import os
 import re
 import struct
@@ -28,7 +35,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from chatlog.schemas.errors import ConfigError, Undecryptable
 from chatlog.schemas.sealing import KEY_BYTES, DataKey, KeyScope
@@ -36,14 +45,19 @@ from chatlog.schemas.sealing import KEY_BYTES, DataKey, KeyScope
 __all__ = [
     "KeyProvider",
     "LocalKeyProvider",
+    "Mac",
     "WrappedKey",
     "new_master_key",
     "unwrap_data_key",
+    "user_pseudonym",
+    "user_pseudonyms",
     "wrap_data_key",
 ]
 
 _KEK_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _WRAP_LABEL = b"chatlog.data-key.v1"
+_MAC_LABEL = b"chatlog.mac.v1:"
+_PURPOSE = re.compile(r"[a-z][a-z0-9.-]{0,63}")
 _NONCE_BYTES = 12
 
 
@@ -53,6 +67,17 @@ class WrappedKey:
 
     kek_id: str
     blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Mac:
+    """A keyed HMAC-SHA256 `digest`, made with the MAC key of master key `kek_id`."""
+
+    kek_id: str
+    digest: bytes
+
+    def __str__(self) -> str:
+        return f"{self.kek_id}:{self.digest.hex()}"
 
 
 class KeyProvider(Protocol):
@@ -72,6 +97,14 @@ class KeyProvider(Protocol):
         context or altered bytes."""
         ...
 
+    def mac(self, purpose: str, data: bytes) -> Mac:
+        """The HMAC-SHA256 of `data` under the current master key's MAC key for `purpose`."""
+        ...
+
+    def macs(self, purpose: str, data: bytes) -> tuple[Mac, ...]:
+        """`data`'s MAC under every master key this provider has (to look one up)."""
+        ...
+
 
 class LocalKeyProvider:
     """Master keys held by this process, from `CHATLOG_MASTER_KEY` or a key file."""
@@ -87,6 +120,8 @@ class LocalKeyProvider:
                 )
         self._current = current
         self._aeads = {kek_id: AESGCM(secret) for kek_id, secret in keys.items()}
+        self._secrets = dict(keys)
+        self._mac_keys: dict[tuple[str, str], bytes] = {}
 
     @classmethod
     def from_spec(cls, spec: str, *, setting: str = "CHATLOG_MASTER_KEY") -> LocalKeyProvider:
@@ -154,6 +189,25 @@ class LocalKeyProvider:
                 kek_id=wrapped.kek_id,
             ) from None
 
+    def mac(self, purpose: str, data: bytes) -> Mac:
+        """The HMAC-SHA256 of `data` under the current master key's MAC key for `purpose`."""
+        return self._mac(self._current, purpose, data)
+
+    def macs(self, purpose: str, data: bytes) -> tuple[Mac, ...]:
+        """`data`'s MAC under every master key this provider has, the current one first."""
+        return tuple(self._mac(kek_id, purpose, data) for kek_id in self._aeads)
+
+    def _mac(self, kek_id: str, purpose: str, data: bytes) -> Mac:
+        key = self._mac_keys.get((kek_id, purpose))
+        if key is None:
+            if _PURPOSE.fullmatch(purpose) is None:
+                raise ValueError(f"MAC purpose {purpose!r}: use 1-64 of [a-z0-9.-]")
+            # A key of its own per purpose: a MAC made for one use never matches another's,
+            # and the master key itself never keys an HMAC.
+            hkdf = HKDF(hashes.SHA256(), 32, salt=None, info=_MAC_LABEL + purpose.encode())
+            key = self._mac_keys[(kek_id, purpose)] = hkdf.derive(self._secrets[kek_id])
+        return Mac(kek_id, hmac.digest(key, data, "sha256"))
+
     def __repr__(self) -> str:  # never the keys
         return f"LocalKeyProvider(current={self._current!r}, known={list(self._aeads)!r})"
 
@@ -182,3 +236,22 @@ def unwrap_data_key(
     """The data key `key_id` of `scope` from its wrapped form."""
     secret = provider.unwrap(wrapped, context=_wrap_context(key_id, scope))
     return DataKey(key_id, scope, secret)
+
+
+_USER_PURPOSE = "user"
+
+
+def _user_data(tenant: str, user_id: str) -> bytes:
+    parts = [p.encode() for p in (tenant, user_id)]
+    return b"".join(struct.pack(">H", len(p)) + p for p in parts)
+
+
+def user_pseudonym(provider: KeyProvider, *, tenant: str, user_id: str) -> Mac:
+    """How records that outlive an erasure (the audit trail) name a user: a MAC of the
+    tenant and id, which nobody without the master key can link to the person."""
+    return provider.mac(_USER_PURPOSE, _user_data(tenant, user_id))
+
+
+def user_pseudonyms(provider: KeyProvider, *, tenant: str, user_id: str) -> tuple[Mac, ...]:
+    """The user's pseudonym under every master key `provider` has (to find their records)."""
+    return provider.macs(_USER_PURPOSE, _user_data(tenant, user_id))
