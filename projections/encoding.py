@@ -149,6 +149,8 @@ def encode_meta(view: SessionView, *, window: int) -> dict[str, str]:
         "summary_model": _NONE if view.summary_model is None else view.summary_model,
         "summary_covered": str(view.summary_covered),
         "overflow_dropped": str(view.overflow_dropped),
+        "summary_withheld": "1" if view.summary_withheld else "0",
+        "redacted_at": str(view.redacted_at),
         "window": str(window),
     }
 
@@ -179,6 +181,9 @@ def decode_view(meta: Mapping[str, str], messages: Sequence[str | bytes]) -> Ses
         summary_model=meta["summary_model"] or None,
         summary_covered=int(meta["summary_covered"]),
         overflow_dropped=int(meta["overflow_dropped"]),
+        # Absent from views stored before redactions reached summaries.
+        summary_withheld=meta.get("summary_withheld") == "1",
+        redacted_at=int(meta.get("redacted_at", -1)),
         title_sealed=title_sealed,
         summary_sealed=summary_sealed,
     )

@@ -371,6 +371,7 @@ async def test_an_overflow_at_the_threshold_asks_for_one_summary_of_exactly_the_
         prompt_tokens=30,
         completion_tokens=3,
         covered_messages=2 + 3,
+        redactions_through=9,  # the record its view had folded when it asked
     )
     # It went to the topic keyed by the session, and was read back by the engine.
     echo = h.topic.partitions[0][11]
