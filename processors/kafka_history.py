@@ -249,16 +249,11 @@ class KafkaHistory:
         )
 
     def session_events(
-        self,
-        session_id: str,
-        *,
-        partition: int,
-        start: int,
-        stop: int,
-        timeout: float | None = None,
-    ) -> list[tuple[ConversationEvent, Position]]:
-        """The session's events at offsets `start` up to `stop` (exclusive) of its
-        `partition`, decoded and opened, in log order (blocking).
+        self, session_id: str, *, partition: int, start: int, timeout: float | None = None
+    ) -> tuple[list[tuple[ConversationEvent, Position]], int]:
+        """The session's events from offset `start` of its `partition` to the partition's
+        end as it is now, decoded and opened, in log order, and the last offset read
+        (blocking).
 
         What the projector dead-letters (undecodable, undecryptable) is left out; other
         users' events are kept, for `evolve` to refuse as it does. `Erased` if the
@@ -271,6 +266,7 @@ class KafkaHistory:
         consumer = groupless_consumer(self.bootstrap_servers, self.config, purpose="history")
         try:
             where = TopicPartition(self.topic, partition)
+            _, stop = kafka_call(consumer.get_watermark_offsets, where, timeout=timeout)
             for message in partition_records(consumer, where, start, stop, timeout):
                 value = message.value()
                 if message.key() != key or value is None:
@@ -295,7 +291,7 @@ class KafkaHistory:
                 events.append((event, Position(partition, _offset(message))))
         finally:
             consumer.close()
-        return events
+        return events, stop - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,11 +301,11 @@ class KafkaSessionLog:
     history: KafkaHistory
 
     async def session_events(
-        self, session_id: str, *, partition: int, start: int, stop: int
-    ) -> list[tuple[ConversationEvent, Position]]:
-        """The session's events in `start..stop-1`, read in a worker thread."""
+        self, session_id: str, *, partition: int, start: int
+    ) -> tuple[list[tuple[ConversationEvent, Position]], int]:
+        """`KafkaHistory.session_events`, read in a worker thread."""
         return await asyncio.to_thread(
-            self.history.session_events, session_id, partition=partition, start=start, stop=stop
+            self.history.session_events, session_id, partition=partition, start=start
         )
 
 

@@ -37,12 +37,12 @@ Rules that keep summaries correct and cheap:
 What if a redaction touches a summary? The fold withholds it (`chatlog.projections.view`:
 its text leaves the view until a clean summary with its coverage lands). The engine then
 rebuilds it from the log, never from the summary it replaces: it reads the session's
-events from the log (`SessionLog`) up to the record it has folded, folds them with the
+events from the log (`SessionLog`) up to the partition's end, folds them with the
 same `evolve` (redactions applied, retries and foreign events left out), keeps the turns
 the withheld summary covered minus every redacted one, and summarizes them afresh in
 chunks of `threshold` turns, rolling, as they were summarized the first time. The result
 is published with the withheld summary's `through_offset` and a `redactions_through` at
-the record folded, so the projector takes it as the rebuild and lifts the withholding.
+the last offset read, so the projector takes it as the rebuild and lifts the withholding.
 While a session's summary is withheld, no rolling summary is asked for: without the
 previous summary it would lose every older turn. Without a `SessionLog` the engine cannot
 rebuild, and the summary stays withheld.
@@ -181,10 +181,11 @@ class SessionLog(Protocol):
     """Where a withheld summary is rebuilt from: the session's events in the log."""
 
     async def session_events(
-        self, session_id: str, *, partition: int, start: int, stop: int
-    ) -> list[tuple[ConversationEvent, Position]]:
-        """The session's events at offsets `start` up to `stop` (exclusive) of
-        `partition`, opened, in log order; what the projector dead-letters left out."""
+        self, session_id: str, *, partition: int, start: int
+    ) -> tuple[list[tuple[ConversationEvent, Position]], int]:
+        """The session's events from offset `start` of `partition` to its end as it is
+        now, opened, in log order (what the projector dead-letters left out), and the
+        last offset read."""
         ...
 
 
@@ -557,12 +558,12 @@ class SummaryEngine:
     ) -> None:
         """Rebuild the withheld summary of `view` from the log, without redacted turns."""
         started = self._clock()
-        events = await source.session_events(
-            session_id,
-            partition=view.partition,
-            start=max(view.first_offset, 0),
-            stop=view.last_offset + 1,
+        # Read to the partition's end, not just to the record folded: a redaction already
+        # in the log is honoured now rather than by a second rebuild.
+        events, read_through = await source.session_events(
+            session_id, partition=view.partition, start=max(view.first_offset, 0)
         )
+        honoured = max(view.last_offset, read_through)
         turns = covered_turns(events, through=view.summary_through, window=self.window)
         summary, model, prompt_tokens, completion_tokens = "", view.summary_model or "none", 0, 0
         step = self.policy.threshold
@@ -600,11 +601,11 @@ class SummaryEngine:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 covered_messages=view.summary_covered,
-                # Every redaction up to the record folded was applied to `turns`.
-                redactions_through=view.last_offset,
+                # Every redaction up to the end read was applied to `turns`.
+                redactions_through=honoured,
             ),
         )
-        session.rebuilt = view.last_offset
+        session.rebuilt = honoured
         session.awaiting_until = self._clock() + self.policy.echo_timeout_s
         if await self._publish(session_id, session, event):
             self.stats.rebuilt += 1
