@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 
 from chatlog import ChatLog, wiring
 from chatlog.cli import main
@@ -255,3 +256,11 @@ def test_redact_refuses_another_users_session_and_the_cli_redacts(
         ]
         assert event.payload == MessageRedacted(message_id="m0", reason="pasted a card")
         assert main(["redact", "--session", SESSION, "--message", "m0", "--user", "mallory"]) == 1
+
+        # A view stored before these meta fields existed lacks them: it reads, and
+        # verifies against a replay, as their defaults.
+        client = redis.Redis.from_url(settings.redis_url)
+        meta = wiring.live_store(settings).keys.meta(SESSION)
+        assert client.hdel(meta, "summary_withheld", "redacted_at") == 2
+        assert log.context(SESSION, user_id=USER).summary_withheld is False
+        assert verify(wiring.replay_parts(settings)).differences == []
