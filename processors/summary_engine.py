@@ -560,9 +560,14 @@ class SummaryEngine:
         started = self._clock()
         # Read to the partition's end, not just to the record folded: a redaction already
         # in the log is honoured now rather than by a second rebuild.
-        events, read_through = await source.session_events(
-            session_id, partition=view.partition, start=max(view.first_offset, 0)
-        )
+        try:
+            events, read_through = await source.session_events(
+                session_id, partition=view.partition, start=max(view.first_offset, 0)
+            )
+        except Erased:
+            session.erased = True  # its keys are gone: nothing to rebuild, ever
+            self.stats.erased += 1
+            return
         honoured = max(view.last_offset, read_through)
         turns = covered_turns(events, through=view.summary_through, window=self.window)
         summary, model, prompt_tokens, completion_tokens = "", view.summary_model or "none", 0, 0

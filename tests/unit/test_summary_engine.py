@@ -279,10 +279,13 @@ class TopicLog:
     def __init__(self, topic: Topic) -> None:
         self.topic = topic
         self.reads: list[tuple[str, int, int]] = []
+        self.failures: list[ChatlogError] = []
 
     async def session_events(
         self, session_id: str, *, partition: int, start: int
     ) -> tuple[list[tuple[ConversationEvent, Position]], int]:
+        if self.failures:
+            raise self.failures.pop(0)
         log = self.topic.partitions[partition]
         self.reads.append((session_id, start, len(log)))
         events = [
@@ -1356,3 +1359,27 @@ async def test_a_rebuild_overtaken_by_another_redaction_is_withheld_and_done_aga
     assert view is not None
     assert (view.summary, view.summary_withheld) == ("2", False)
     assert h.engine.stats.rebuilt == 2
+
+
+@async_test
+async def test_a_rebuild_that_cannot_read_the_log_is_tried_again_and_an_erased_owner_never():
+    h = Harness()
+    turns = h.turns("s1", 7)
+    await h.run()
+    h.log.failures.append(BrokerUnavailable("Kafka did not answer"))
+    h.write(redaction_of(turns[1]))
+    await h.run()
+    assert (h.engine.stats.failed, h.engine.stats.rebuilt) == (1, 0)
+    h.clock.now += h.policy.failure_cooldown_s
+    assert await h.engine.retry_due() == 1
+    await h.run()
+    assert h.engine.stats.rebuilt == 1
+
+    turns = h.turns("s2", 7, partition=1)
+    await h.run()
+    h.log.failures.append(Erased("its keys are gone"))
+    h.write(redaction_of(turns[1]).model_copy(update={"session_id": "s2"}))
+    await h.run()
+    assert (h.engine.stats.erased, h.engine.stats.rebuilt) == (1, 1)
+    h.clock.now += h.policy.failure_cooldown_s
+    assert await h.engine.retry_due() == 0  # never asked again
