@@ -9,6 +9,7 @@ summary from the log without it, and the LLM never receives it again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -19,9 +20,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from chatlog import ChatLog, wiring
+from chatlog import AsyncChatLog, ChatLog, wiring
 from chatlog.cli import main
 from chatlog.processors.replay import rebuild, verify
+from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.projections.context import Context
 from chatlog.schemas.errors import OwnershipError, SessionNotFound
 from chatlog.schemas.events import MessageRedacted, SummaryUpdated
@@ -264,3 +266,23 @@ def test_redact_refuses_another_users_session_and_the_cli_redacts(
         assert client.hdel(meta, "summary_withheld", "redacted_at") == 2
         assert log.context(SESSION, user_id=USER).summary_withheld is False
         assert verify(wiring.replay_parts(settings)).differences == []
+
+
+def test_async_redact_checks_ownership_then_redacts(settings):
+    async def scenario() -> None:
+        async with AsyncChatLog(
+            producer=AsyncConversationProducer(wiring.producer(settings, flush_on_sigterm=False)),
+            reader=wiring.async_reader(settings),
+            read_timeout_s=30.0,
+            history=wiring.kafka_history(settings),
+        ) as log:
+            await log.append(SESSION, user_id=USER, role="user", content=SECRET, message_id="m1")
+            # Not projected yet, or never: the owner is looked up in the log.
+            with pytest.raises(OwnershipError):
+                await log.redact(SESSION, "m1", user_id="mallory")
+            redaction = await log.redact(SESSION, "m1", user_id=USER)
+            context = await log.context(SESSION, user_id=USER, after=redaction)
+            assert [(m.content, m.redacted) for m in context.messages] == [("[redacted]", True)]
+
+    with running_projector(settings):
+        asyncio.run(scenario())
