@@ -84,6 +84,7 @@ from chatlog.schemas.errors import (
 )
 from chatlog.schemas.events import (
     ConversationEvent,
+    MessageAppended,
     MessageRedacted,
     UserErased,
     epoch_millis,
@@ -356,6 +357,9 @@ class _Scan:
         self.view: SessionView | None = None
         self.answer: SessionView | None = None  # set once the bound is passed
         self.redacted_later: dict[str, int] = {}  # message id -> offset of its redaction
+        # The ids of the messages appended up to the bound: a later redaction of any other
+        # is of a message that did not exist yet, which no summary then could hold.
+        self.appended: set[str] = set()
         self.skipped = 0
 
     def take(self, message: Message, codec: EventCodec) -> None:
@@ -373,6 +377,9 @@ class _Scan:
                 self.view = evolve(self.view, event, Position(self.partition, offset), self.policy)
             except ForeignEvent:
                 self.skipped += 1
+            else:
+                if isinstance(event.payload, MessageAppended):
+                    self.appended.add(event.payload.message_id)
             return
         if not self._from_owner(event):
             return  # the projector would refuse it: it hides nothing
@@ -395,7 +402,8 @@ class _Scan:
         # A message redacted after the bound must no longer be shown, even as it was then,
         # nor the summary that may hold it: applied as the projector applies a redaction.
         for message_id, offset in self.redacted_later.items():
-            view = redact(view, message_id, offset, self.policy)
+            if message_id in self.appended:
+                view = redact(view, message_id, offset, self.policy)
         return view
 
     def _decode(self, message: Message, codec: EventCodec) -> ConversationEvent | None:

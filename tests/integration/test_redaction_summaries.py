@@ -23,6 +23,7 @@ import redis
 from chatlog import AsyncChatLog, ChatLog, wiring
 from chatlog.cli import main
 from chatlog.processors.replay import rebuild, verify
+from chatlog.producers.commands import new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.projections.context import Context
 from chatlog.schemas.errors import OwnershipError, SessionNotFound
@@ -286,3 +287,44 @@ def test_async_redact_checks_ownership_then_redacts(settings):
 
     with running_projector(settings):
         asyncio.run(scenario())
+
+
+def test_a_past_read_withholds_only_for_messages_that_existed_then(kafka, settings):
+    with chat_log(settings) as log, running_projector(settings):
+        append_turns(log, range(7))
+        # A summary of turns 0-2, published by hand (no summarizer runs here).
+        [offsets] = [[o for o, e in log_events(kafka, settings) if e.session_id == SESSION]]
+        summary = new_event(
+            SESSION,
+            user_id=USER,
+            payload=SummaryUpdated(
+                summary=f"turns 0-2 {CANARY_ID}", through_offset=offsets[2], model="hand"
+            ),
+        )
+        summarized = log.producer.publish(summary)
+        later = log.append(SESSION, user_id=USER, role="user", content="later", message_id="m7")
+        redaction = log.redact(SESSION, "m7", user_id=USER)  # in the window: no summary holds it
+        assert (
+            log.context(SESSION, user_id=USER, after=redaction).summary == summary.payload.summary
+        )
+
+        # m7 did not exist at the summary: the past read serves the summary as it was.
+        then = log.context(SESSION, user_id=USER, as_of=summarized)
+        assert (then.summary, then.summary_withheld) == (summary.payload.summary, False)
+        # Once it existed it is shown redacted, and the summary still does not hold it.
+        after = log.context(SESSION, user_id=USER, as_of=later)
+        assert after.messages[-1].redacted
+        assert not after.summary_withheld
+
+        # m1 is in the summary: redacting it withholds the summary for every past read
+        # from the summary on, and live (no summarizer runs to rebuild it).
+        redaction = log.redact(SESSION, "m1", user_id=USER)
+        live = log.context(SESSION, user_id=USER, after=redaction)
+        assert (live.summary, live.summary_withheld) == (None, True)
+        for point in (summarized, later, redaction):
+            past = log.context(SESSION, user_id=USER, as_of=point)
+            assert (past.summary, past.summary_withheld) == (None, True)
+        report = rebuild(wiring.replay_parts(settings), handover_s=0.5)
+        assert report.generation == "g2"
+        replayed = log.context(SESSION, user_id=USER)
+        assert (replayed.summary, replayed.summary_withheld) == (None, True)
