@@ -15,6 +15,12 @@ itself (`KafkaHistory`), so it needs neither the projector nor Redis:
 
     then = log.context("session-42", user_id="alice", as_of=datetime(2025, 6, 1, tzinfo=UTC))
 
+`redact` takes one message out of every context: blanked where it stands, and the
+rolling summary that may hold it withheld until the summarizer has rebuilt it from the
+log without it (`Context.summary_withheld` says so meanwhile):
+
+    position = log.redact("session-42", message_id, user_id="alice", reason="card number")
+
 `erase_user` erases a person: their keys are destroyed, so what the log holds of them
 can never be read again, and their sessions leave Redis (`chatlog.processors.erasure`):
 
@@ -24,6 +30,7 @@ can never be read again, and their sessions leave Redis (`chatlog.processors.era
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, Unpack
 
@@ -35,13 +42,15 @@ from chatlog.producers.kafka_producer import AsyncConversationProducer, Conversa
 from chatlog.projections.context import Context
 from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
 from chatlog.projections.store import SessionEntry
-from chatlog.schemas.errors import ConfigError, InvalidInput
+from chatlog.schemas.errors import ConfigError, Erased, InvalidInput, SessionNotFound
 from chatlog.schemas.events import (
     ConversationEvent,
+    MessageRedacted,
     ProducerInfo,
     Role,
     SessionStarted,
 )
+from chatlog.schemas.ids import validate_id
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 
@@ -161,6 +170,29 @@ class ChatLog:
         """The user's sessions, most recently active first."""
         return self.reader.sessions(user_id, limit=limit)
 
+    def redact(
+        self, session_id: str, message_id: str, *, user_id: str, reason: str | None = None
+    ) -> Position:
+        """Redact a message of the user's session; returns the redaction's position.
+
+        Reads as for `context` first, so another user's session raises `OwnershipError`
+        and an erased or unknown one `SessionNotFound` (a session gone from Redis is
+        looked up in the log), and nothing is published. From the position on, the
+        message reads as ``[redacted]`` and a summary that may hold it is withheld until
+        the summarizer has rebuilt it without it (`Context.summary_withheld`).
+        """
+        event = _redaction(session_id, message_id, user_id, reason, self.producer.info)
+        try:
+            self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
+        except Erased:
+            raise  # the owner's keys are gone: the log must not be asked either
+        except SessionNotFound:
+            if self.history is None:
+                raise
+            # Expired from Redis: the log knows the owner. Raises as a read would.
+            self.history.context(session_id, user_id=user_id, as_of=datetime.now(UTC))
+        return self.producer.publish(event)
+
     def erase_user(self, user_id: str, *, tenant: str = "default") -> Erasure:
         """Erase the user: destroy their keys and remove their sessions from Redis.
 
@@ -275,6 +307,23 @@ class AsyncChatLog:
         """The user's sessions, most recently active first."""
         return await self.reader.sessions(user_id, limit=limit)
 
+    async def redact(
+        self, session_id: str, message_id: str, *, user_id: str, reason: str | None = None
+    ) -> Position:
+        """`ChatLog.redact`; a look-up in the log runs in a worker thread."""
+        event = _redaction(session_id, message_id, user_id, reason, self.producer.sync.info)
+        try:
+            await self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
+        except Erased:
+            raise  # the owner's keys are gone: the log must not be asked either
+        except SessionNotFound:
+            if self.history is None:
+                raise
+            await asyncio.to_thread(
+                self.history.context, session_id, user_id=user_id, as_of=datetime.now(UTC)
+            )
+        return await self.producer.publish(event)
+
     async def erase_user(self, user_id: str, *, tenant: str = "default") -> Erasure:
         """`ChatLog.erase_user`; the blocking calls run in a worker thread."""
         eraser = _eraser_of(self.eraser)
@@ -304,4 +353,17 @@ def _session_started(
 ) -> ConversationEvent:
     return new_event(
         session_id, user_id=user_id, payload=SessionStarted(title=title), producer=producer
+    )
+
+
+def _redaction(
+    session_id: str, message_id: str, user_id: str, reason: str | None, producer: ProducerInfo
+) -> ConversationEvent:
+    # Built first, so a bad id is refused before anything is read.
+    validate_id(message_id, field="message_id")
+    return new_event(
+        session_id,
+        user_id=user_id,
+        payload=MessageRedacted(message_id=message_id, reason=reason),
+        producer=producer,
     )

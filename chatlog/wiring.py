@@ -20,7 +20,7 @@ from chatlog.distribution import installed_version
 from chatlog.processors import kafka_key_log
 from chatlog.processors.erasure import Erasure, UserEraser
 from chatlog.processors.extractive import ExtractiveSummarizer
-from chatlog.processors.kafka_history import KafkaHistory
+from chatlog.processors.kafka_history import KafkaHistory, KafkaSessionLog
 from chatlog.processors.kafka_key_log import KeysRotated
 from chatlog.processors.kafka_keys_tick import KafkaKeysTicker
 from chatlog.processors.kafka_projector import KafkaProjector
@@ -593,6 +593,8 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
             policy=summary_policy(settings),
             codec=codec(settings),
             opener=opener(settings),
+            # Withheld summaries are rebuilt from the log, never from what they replace.
+            log=KafkaSessionLog(kafka_history(settings)),
             producer=ProducerInfo(
                 client="chatlog-summarizer",
                 version=installed_version(),

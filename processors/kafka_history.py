@@ -32,7 +32,8 @@ that protects privacy: an erased session is not found, another user's session is
 and a session that did not exist yet at that point is not found. Because the log still
 holds what a `UserErased` or a `MessageRedacted` made the read-model forget (there is no
 crypto-shredding yet), a session its owner erased *after* the bound is refused too, and a
-message redacted after the bound is shown redacted: a point-in-time read must not bring
+message redacted after the bound is shown redacted, and a summary that may hold it is
+withheld (`chatlog.projections.view.redact`): a point-in-time read must not bring
 forgotten content back. Checking that means reading on from the bound to the partition's
 end as it was when the read began (decoding only this session's records).
 
@@ -48,10 +49,11 @@ DESIGN.md), so this module does not guard against it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ParamSpec, TypeAlias, TypeVar
 
@@ -69,7 +71,7 @@ from chatlog.projections.view import (
     SessionView,
     WindowPolicy,
     evolve,
-    redacted,
+    redact,
 )
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import (
@@ -82,6 +84,7 @@ from chatlog.schemas.errors import (
 )
 from chatlog.schemas.events import (
     ConversationEvent,
+    MessageAppended,
     MessageRedacted,
     UserErased,
     epoch_millis,
@@ -96,6 +99,7 @@ __all__ = [
     "AsOf",
     "AsOfPoint",
     "KafkaHistory",
+    "KafkaSessionLog",
     "LogContext",
     "as_of_point",
     "describe",
@@ -245,6 +249,66 @@ class KafkaHistory:
             skipped=scan.skipped,
         )
 
+    def session_events(
+        self, session_id: str, *, partition: int, start: int, timeout: float | None = None
+    ) -> tuple[list[tuple[ConversationEvent, Position]], int]:
+        """The session's events from offset `start` of its `partition` to the partition's
+        end as it is now, decoded and opened, in log order, and the last offset read
+        (blocking).
+
+        What the projector dead-letters (undecodable, undecryptable) is left out; other
+        users' events are kept, for `evolve` to refuse as it does. `Erased` if the
+        owner's keys are gone. The summarizer rebuilds a withheld summary from these.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        key = session_id.encode("utf-8")
+        known: dict[KeyScope, KeyEntries] = {}
+        events: list[tuple[ConversationEvent, Position]] = []
+        consumer = groupless_consumer(self.bootstrap_servers, self.config, purpose="history")
+        try:
+            where = TopicPartition(self.topic, partition)
+            _, stop = kafka_call(consumer.get_watermark_offsets, where, timeout=timeout)
+            for message in partition_records(consumer, where, start, stop, timeout):
+                value = message.value()
+                if message.key() != key or value is None:
+                    continue
+                try:
+                    event = self.codec.decode(value)
+                except DecodeError:
+                    continue
+                if event.session_id != session_id:
+                    continue
+                if self.opener is not None:
+                    [opened] = self.opener.open_batch([event], known=known)
+                    if opened is ERASED:
+                        raise Erased(
+                            f"session {session_id} belongs to a user who was erased",
+                            session_id=session_id,
+                            partition=partition,
+                        )
+                    if not isinstance(opened, ConversationEvent):
+                        continue  # undecryptable: dead-lettered by the projector
+                    event = opened
+                events.append((event, Position(partition, _offset(message))))
+        finally:
+            consumer.close()
+        return events, stop - 1
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSessionLog:
+    """`KafkaHistory.session_events` for asyncio callers (the summarizer's `SessionLog`)."""
+
+    history: KafkaHistory
+
+    async def session_events(
+        self, session_id: str, *, partition: int, start: int
+    ) -> tuple[list[tuple[ConversationEvent, Position]], int]:
+        """`KafkaHistory.session_events`, read in a worker thread."""
+        return await asyncio.to_thread(
+            self.history.session_events, session_id, partition=partition, start=start
+        )
+
 
 def as_of_point(as_of: AsOfPoint) -> AsOf:
     """`as_of` as a position or an aware time; `InvalidInput` for anything else."""
@@ -292,7 +356,10 @@ class _Scan:
         self.key = session_id.encode("utf-8")
         self.view: SessionView | None = None
         self.answer: SessionView | None = None  # set once the bound is passed
-        self.redacted_later: set[str] = set()
+        self.redacted_later: dict[str, int] = {}  # message id -> offset of its redaction
+        # The ids of the messages appended up to the bound: a later redaction of any other
+        # is of a message that did not exist yet, which no summary then could hold.
+        self.appended: set[str] = set()
         self.skipped = 0
 
     def take(self, message: Message, codec: EventCodec) -> None:
@@ -310,11 +377,14 @@ class _Scan:
                 self.view = evolve(self.view, event, Position(self.partition, offset), self.policy)
             except ForeignEvent:
                 self.skipped += 1
+            else:
+                if isinstance(event.payload, MessageAppended):
+                    self.appended.add(event.payload.message_id)
             return
         if not self._from_owner(event):
             return  # the projector would refuse it: it hides nothing
         if isinstance(event.payload, MessageRedacted):
-            self.redacted_later.add(event.payload.message_id)
+            self.redacted_later.setdefault(event.payload.message_id, offset)
         elif isinstance(event.payload, UserErased):
             raise SessionNotFound(
                 f"session {self.session_id} was erased later (at position "
@@ -329,13 +399,12 @@ class _Scan:
         view = self.answer if self.answer is not None else self._answer()
         if not self.redacted_later:
             return view
-        # A message redacted after the bound must no longer be shown, even as it was then.
-        return replace(
-            view,
-            messages=tuple(
-                redacted(m) if m.message_id in self.redacted_later else m for m in view.messages
-            ),
-        )
+        # A message redacted after the bound must no longer be shown, even as it was then,
+        # nor the summary that may hold it: applied as the projector applies a redaction.
+        for message_id, offset in self.redacted_later.items():
+            if message_id in self.appended:
+                view = redact(view, message_id, offset, self.policy)
+        return view
 
     def _decode(self, message: Message, codec: EventCodec) -> ConversationEvent | None:
         value = message.value()

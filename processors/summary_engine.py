@@ -34,6 +34,19 @@ Rules that keep summaries correct and cheap:
   never retried, and the session gets no more summaries. Duplicates that do get
   published are harmless: the projector keeps only a newer ``through_offset``.
 
+What if a redaction touches a summary? The fold withholds it (`chatlog.projections.view`:
+its text leaves the view until a clean summary with its coverage lands). The engine then
+rebuilds it from the log, never from the summary it replaces: it reads the session's
+events from the log (`SessionLog`) up to the partition's end, folds them with the
+same `evolve` (redactions applied, retries and foreign events left out), keeps the turns
+the withheld summary covered minus every redacted one, and summarizes them afresh in
+chunks of `threshold` turns, rolling, as they were summarized the first time. The result
+is published with the withheld summary's `through_offset` and a `redactions_through` at
+the last offset read, so the projector takes it as the rebuild and lifts the withholding.
+While a session's summary is withheld, no rolling summary is asked for: without the
+previous summary it would lose every older turn. Without a `SessionLog` the engine cannot
+rebuild, and the summary stays withheld.
+
 How does it stop? `stop` takes no more records and starts no more work, cancels the
 loads at once (a load may wait for a projector that is not running, for ever), gives the
 summaries under way a grace period to publish, and cancels what is left. Records whose
@@ -57,7 +70,15 @@ from chatlog.processors.projection import Record, decode_record
 from chatlog.processors.summarizers import Summarizer, SummaryRequest, SummaryResult
 from chatlog.producers.commands import new_event
 from chatlog.projections.opening import EventOpener
-from chatlog.projections.view import ForeignEvent, SessionStatus, SessionView, WindowPolicy, evolve
+from chatlog.projections.view import (
+    ForeignEvent,
+    Message,
+    SessionStatus,
+    SessionView,
+    WindowPolicy,
+    evolve,
+    fold,
+)
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import (
     ChatlogError,
@@ -73,12 +94,14 @@ from chatlog.schemas.events import ConversationEvent, ProducerInfo, SummaryUpdat
 from chatlog.schemas.position import Position
 
 __all__ = [
+    "SessionLog",
     "SummaryEngine",
     "SummaryPolicy",
     "SummaryPublisher",
     "SummaryStats",
     "ViewSource",
     "check_policy",
+    "covered_turns",
 ]
 
 log = logging.getLogger("chatlog.summarizer")
@@ -119,6 +142,7 @@ class SummaryStats:
     refused: int = 0  # not attempted: the summarizer's circuit was open
     stale: int = 0  # results dropped because the session had moved on
     erased: int = 0  # summaries dropped because their owner was erased
+    rebuilt: int = 0  # withheld summaries rebuilt from the log and published
     turns: int = 0  # turns folded into published summaries
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -130,7 +154,7 @@ class SummaryStats:
         return (
             f"records={self.records} loads={self.loads} requested={self.requested} "
             f"published={self.published} failed={self.failed} refused={self.refused} "
-            f"stale={self.stale} erased={self.erased} turns={self.turns} "
+            f"stale={self.stale} erased={self.erased} rebuilt={self.rebuilt} turns={self.turns} "
             f"prompt_tokens={self.prompt_tokens} completion_tokens={self.completion_tokens}"
         )
 
@@ -151,6 +175,33 @@ class SummaryPublisher(Protocol):
     async def publish(self, event: ConversationEvent) -> Position:
         """Publish `event`; its position once the broker has it."""
         ...
+
+
+class SessionLog(Protocol):
+    """Where a withheld summary is rebuilt from: the session's events in the log."""
+
+    async def session_events(
+        self, session_id: str, *, partition: int, start: int
+    ) -> tuple[list[tuple[ConversationEvent, Position]], int]:
+        """The session's events from offset `start` of `partition` to its end as it is
+        now, opened, in log order (what the projector dead-letters left out), and the
+        last offset read."""
+        ...
+
+
+def covered_turns(
+    events: list[tuple[ConversationEvent, Position]], *, through: int, window: WindowPolicy
+) -> tuple[Message, ...]:
+    """The turns a summary through `through` covers, as the log has them now: folded with
+    the projector's `evolve` (retries, foreign events and erasures as it treats them)
+    with no summary and no overflow limit, minus every redacted turn."""
+    unbounded = WindowPolicy(window=window.window, max_overflow=len(events))
+    # Summaries are left out: the turns are wanted, not what any summary made of them.
+    plain = [(e, p) for e, p in events if not isinstance(e.payload, SummaryUpdated)]
+    view, _ = fold(None, plain, unbounded)
+    if view is None:
+        return ()
+    return tuple(m for m in view.messages if m.offset <= through and not m.redacted)
 
 
 def check_policy(window: WindowPolicy, policy: SummaryPolicy) -> None:
@@ -179,6 +230,8 @@ class _Session:
     awaiting_until: float = 0.0
     retry_at: float = 0.0
     erased: bool = False  # its owner was erased: never summarized again
+    # The redactions_through of our rebuild of a withheld summary, not read back yet.
+    rebuilt: int | None = None
 
     def evictable(self, now: float) -> bool:
         """Nothing under way and nothing to remember: reloaded, it would act the same."""
@@ -188,7 +241,7 @@ class _Session:
             self.loading
             or self.in_flight
             or self.backlog
-            or (self.awaiting is not None and now < self.awaiting_until)
+            or ((self.awaiting, self.rebuilt) != (None, None) and now < self.awaiting_until)
             or now < self.retry_at
         )
 
@@ -208,8 +261,11 @@ class SummaryEngine:
         producer: ProducerInfo | None = None,
         clock: Callable[[], float] = time.monotonic,
         opener: EventOpener | None = None,
+        log: SessionLog | None = None,
     ) -> None:
         self.policy = policy or SummaryPolicy()
+        # Where withheld summaries are rebuilt from; without it they stay withheld.
+        self.log = log
         check_policy(window, self.policy)
         self.summarizer = summarizer
         self.views = views
@@ -399,6 +455,11 @@ class SummaryEngine:
         view, awaiting = session.view, session.awaiting
         if awaiting is not None and view is not None and view.summary_through >= awaiting:
             session.awaiting = None  # our summary is back (or a newer one is)
+        rebuilt = session.rebuilt
+        if rebuilt is not None and (
+            view is None or not view.summary_withheld or view.redacted_at > rebuilt
+        ):
+            session.rebuilt = None  # our rebuild is back, or a later redaction needs another
         if not self._start(session_id, session, item):
             await self.tracker.finish(item)
 
@@ -421,6 +482,16 @@ class SummaryEngine:
             session.awaiting = None  # never read back (lost, or revoked): ask again
         if now < session.retry_at:
             return False
+        if view.summary_withheld:
+            # Rebuild first: a rolling summary now would be one without the older turns.
+            if self.log is None or (session.rebuilt is not None and now < session.awaiting_until):
+                return False
+            if self._stopping:
+                return True
+            session.in_flight, session.rebuilt = True, None
+            work = self._rebuild_now(session_id, session, view, self.log)
+            self._spawn(self._summarize(session_id, session, work, item), self._summaries)
+            return True
         turns = view.overflow(self.window)
         if len(turns) < self.policy.threshold:
             return False
@@ -433,7 +504,8 @@ class SummaryEngine:
             turns=turns,
             max_summary_tokens=self.policy.max_summary_tokens,
         )
-        self._spawn(self._summarize(session_id, session, view, request, item), self._summaries)
+        work = self._summarize_now(session_id, session, view, request)
+        self._spawn(self._summarize(session_id, session, work, item), self._summaries)
         return True
 
     # ----------------------------------------------------------------------- summaries
@@ -442,13 +514,12 @@ class SummaryEngine:
         self,
         session_id: str,
         session: _Session,
-        view: SessionView,
-        request: SummaryRequest,
+        work: Coroutine[Any, Any, None],
         item: Pending | None,
     ) -> None:
         try:
             async with self._slots:
-                await self._summarize_now(session_id, session, view, request)
+                await work
         except asyncio.CancelledError:
             session.in_flight = False  # shutting down: leave the record uncommitted, to redo it
             raise
@@ -467,21 +538,113 @@ class SummaryEngine:
         if not followed and item is not None:
             await self.tracker.finish(item)
 
-    async def _summarize_now(
-        self, session_id: str, session: _Session, view: SessionView, request: SummaryRequest
-    ) -> None:
+    async def _ask(
+        self, session_id: str, session: _Session, request: SummaryRequest
+    ) -> SummaryResult | None:
+        """The summarizer's answer to `request`; None if it failed (retried later)."""
         self.stats.requested += 1
-        started = self._clock()
         try:
-            result = await self.summarizer.summarize(request)
+            return await self.summarizer.summarize(request)
         except SummarizerUnavailable:
             self.stats.refused += 1
-            self._retry_later(session_id, session)
-            return
         except (SummarizerError, RetryableSummarizerError) as exc:  # final, or out of retries
             log.warning("summarizer: no summary for session %s: %s", session_id, exc)
             self.stats.failed += 1
+        self._retry_later(session_id, session)
+        return None
+
+    async def _rebuild_now(
+        self, session_id: str, session: _Session, view: SessionView, source: SessionLog
+    ) -> None:
+        """Rebuild the withheld summary of `view` from the log, without redacted turns."""
+        started = self._clock()
+        # Read to the partition's end, not just to the record folded: a redaction already
+        # in the log is honoured now rather than by a second rebuild.
+        try:
+            events, read_through = await source.session_events(
+                session_id, partition=view.partition, start=max(view.first_offset, 0)
+            )
+        except Erased:
+            session.erased = True  # its keys are gone: nothing to rebuild, ever
+            self.stats.erased += 1
+            return
+        honoured = max(view.last_offset, read_through)
+        turns = covered_turns(events, through=view.summary_through, window=self.window)
+        summary, model, prompt_tokens, completion_tokens = "", view.summary_model or "none", 0, 0
+        step = self.policy.threshold
+        for at in range(0, len(turns), step):
+            request = SummaryRequest(
+                session_id=session_id,
+                previous_summary=summary or None,
+                turns=turns[at : at + step],
+                max_summary_tokens=self.policy.max_summary_tokens,
+            )
+            result = await self._ask(session_id, session, request)
+            if result is None:
+                return
+            summary, model = result.summary, result.model
+            prompt_tokens += result.prompt_tokens
+            completion_tokens += result.completion_tokens
+        current = session.view
+        if (
+            current is None
+            or current.status is SessionStatus.ERASED
+            or not current.summary_withheld
+            or current.summary_through != view.summary_through
+        ):
+            self.stats.stale += 1  # erased, lifted or covered further meanwhile
+            return
+        event = new_event(
+            view.session_id,
+            user_id=view.user_id,
+            tenant=view.tenant,
+            producer=self.producer,
+            payload=SummaryUpdated(
+                summary=summary,
+                through_offset=view.summary_through,
+                model=model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                covered_messages=view.summary_covered,
+                # Every redaction up to the end read was applied to `turns`.
+                redactions_through=honoured,
+            ),
+        )
+        session.rebuilt = honoured
+        session.awaiting_until = self._clock() + self.policy.echo_timeout_s
+        if await self._publish(session_id, session, event):
+            self.stats.rebuilt += 1
+            self.stats.turns += len(turns)
+            self.stats.prompt_tokens += prompt_tokens
+            self.stats.completion_tokens += completion_tokens
+            self.stats.latencies.append(self._clock() - started)
+        else:
+            session.rebuilt = None
+
+    async def _publish(self, session_id: str, session: _Session, event: ConversationEvent) -> bool:
+        """Publish a summary; False if it was dropped (owner erased) or failed (retried)."""
+        try:
+            await self.publisher.publish(event)
+        except Erased:
+            # Erased while the summary was being written: drop it, and every later one.
+            session.awaiting, session.erased = None, True
+            log.info("summarizer: dropped the summary of %s: its owner was erased", session_id)
+            self.stats.erased += 1
+            return False
+        except ChatlogError as exc:
+            session.awaiting = None
+            log.warning("summarizer: could not publish the summary of %s: %s", session_id, exc)
+            self.stats.failed += 1
             self._retry_later(session_id, session)
+            return False
+        return True
+
+    async def _summarize_now(
+        self, session_id: str, session: _Session, view: SessionView, request: SummaryRequest
+    ) -> None:
+        started = self._clock()
+        result = await self._ask(session_id, session, request)
+        if result is None:
             return
         through = request.turns[-1].offset
         current = session.view
@@ -496,19 +659,7 @@ class SummaryEngine:
         # Awaited from before the publish: its read-back may be folded before it returns.
         session.awaiting = through
         session.awaiting_until = self._clock() + self.policy.echo_timeout_s
-        try:
-            await self.publisher.publish(event)
-        except Erased:
-            # Erased while the summary was being written: drop it, and every later one.
-            session.awaiting, session.erased = None, True
-            log.info("summarizer: dropped the summary of %s: its owner was erased", session_id)
-            self.stats.erased += 1
-            return
-        except ChatlogError as exc:
-            session.awaiting = None
-            log.warning("summarizer: could not publish the summary of %s: %s", session_id, exc)
-            self.stats.failed += 1
-            self._retry_later(session_id, session)
+        if not await self._publish(session_id, session, event):
             return
         self.stats.published += 1
         self.stats.turns += len(request.turns)
@@ -533,6 +684,9 @@ class SummaryEngine:
                 # Cumulative: with the turns dropped unsummarized and the turns still held,
                 # it adds up to every message the session ever had.
                 covered_messages=view.summary_covered + len(request.turns),
+                # The turns and the previous summary honour every redaction folded so far;
+                # one folded after this view reads the summary as not clean.
+                redactions_through=view.last_offset,
             ),
         )
 

@@ -5,7 +5,9 @@ yet (the overflow, then the recent window), plus the position the projection had
 when it was read. `to_openai` renders it as the ``messages`` list of the OpenAI chat API:
 the caller's system prompt, the summary (as a system message that says it is a summary
 of earlier turns, and data rather than instructions), then the turns, trimmed from the
-oldest to fit a token budget. Pure: the readers fill a `Context` from Redis.
+oldest to fit a token budget. A summary withheld because a redaction touched it is not
+in the context at all (`summary_withheld` says so), so no prompt can carry it. Pure: the
+readers fill a `Context` from Redis.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class Context:
     updated_at_ms: int
     # The offset of the session's last close (-1: never closed); see `SessionView`.
     closed_through: int = -1
+    # True while a redaction keeps the summary out (`summary` is then None): the turns it
+    # covered are in no message and no summary until the summarizer rebuilds it.
+    summary_withheld: bool = False
     # How `to_openai` counts tokens unless told otherwise: the reader's configured counter.
     count_tokens: TokenCounter = field(default=approx_tokens, compare=False, repr=False)
 
@@ -79,6 +84,7 @@ class Context:
             message_count=view.message_count,
             updated_at_ms=view.updated_at_ms,
             closed_through=view.closed_through,
+            summary_withheld=view.summary_withheld,
             count_tokens=count_tokens,
         )
 

@@ -29,9 +29,26 @@ from chatlog.projections.view import (
 )
 from chatlog.schemas.events import ToolCall
 
-__all__ = ["MessagesDelta", "decode_view", "diff", "encode_message", "encode_meta"]
+__all__ = [
+    "META_DEFAULTS",
+    "MessagesDelta",
+    "decode_view",
+    "diff",
+    "encode_message",
+    "encode_meta",
+]
 
 _NONE = ""
+
+# Meta fields added after views were first stored, with the value a view stored before
+# them has: absent means this. The projector writes only the fields that change, so an
+# older view may lack them for good.
+META_DEFAULTS = {
+    "first_offset": "-1",
+    "closed_through": "-1",
+    "summary_withheld": "0",
+    "redacted_at": "-1",
+}
 _PLAIN = re.compile(r"[A-Za-z0-9_.@-]*")  # ids, and paths of plain names: nothing to escape
 
 
@@ -149,6 +166,8 @@ def encode_meta(view: SessionView, *, window: int) -> dict[str, str]:
         "summary_model": _NONE if view.summary_model is None else view.summary_model,
         "summary_covered": str(view.summary_covered),
         "overflow_dropped": str(view.overflow_dropped),
+        "summary_withheld": "1" if view.summary_withheld else "0",
+        "redacted_at": str(view.redacted_at),
         "window": str(window),
     }
 
@@ -165,8 +184,8 @@ def decode_view(meta: Mapping[str, str], messages: Sequence[str | bytes]) -> Ses
         tenant=meta["tenant"],
         partition=int(meta["partition"]),
         last_offset=int(meta["last_offset"]),
-        first_offset=int(meta.get("first_offset", -1)),
-        closed_through=int(meta.get("closed_through", -1)),
+        first_offset=int(meta.get("first_offset", META_DEFAULTS["first_offset"])),
+        closed_through=int(meta.get("closed_through", META_DEFAULTS["closed_through"])),
         created_at_ms=int(meta["created_at"]),
         updated_at_ms=int(meta["updated_at"]),
         status=SessionStatus(meta["status"]),
@@ -179,6 +198,8 @@ def decode_view(meta: Mapping[str, str], messages: Sequence[str | bytes]) -> Ses
         summary_model=meta["summary_model"] or None,
         summary_covered=int(meta["summary_covered"]),
         overflow_dropped=int(meta["overflow_dropped"]),
+        summary_withheld=meta.get("summary_withheld", META_DEFAULTS["summary_withheld"]) == "1",
+        redacted_at=int(meta.get("redacted_at", META_DEFAULTS["redacted_at"])),
         title_sealed=title_sealed,
         summary_sealed=summary_sealed,
     )

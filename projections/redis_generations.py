@@ -29,6 +29,7 @@ from typing import Any
 
 import redis
 
+from chatlog.projections.encoding import META_DEFAULTS
 from chatlog.projections.epochs import lost_epoch, new_epoch
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_store import redis_errors, text, text_map
@@ -244,6 +245,8 @@ class GenerationStore:
                 missing = left if not meta_a else right
                 yield session_id, f"missing in {missing}"
                 continue
+            # A view stored before a meta field existed lacks it, meaning its default.
+            meta_a, meta_b = {**META_DEFAULTS, **meta_a}, {**META_DEFAULTS, **meta_b}
             fields = sorted(
                 k for k in meta_a.keys() | meta_b.keys() if meta_a.get(k) != meta_b.get(k)
             )

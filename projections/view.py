@@ -16,6 +16,19 @@ summarizer finds them. A `SummaryUpdated` whose `through_offset` is newer than t
 summary's removes the overflow it covers. The overflow is bounded: past `max_overflow`,
 the oldest overflow messages are dropped from the view (never from the log) and counted.
 
+Redactions reach the summary. A summary is written over every message at or below its
+`through_offset` (and, rolling, over the summaries before it), so redacting a message that
+is not in the recent window may remove something the summary still says. Where the
+redacted message is no longer in the view (folded into the summary, or dropped from the
+overflow) its offset is unknown, so any summary the session has is taken to cover it. Such
+a redaction withholds the summary: its text leaves the view (`summary` None,
+`summary_withheld` True) while its coverage stays, until the summarizer rebuilds it from
+the log without the redacted messages. A summary counts as clean only if it honours every
+redaction that may concern it (`SummaryUpdated.redactions_through` at or past the view's
+`redacted_at`): one computed before a redaction but published after it is withheld on
+arrival. A clean summary with the same coverage as the withheld one (the rebuild) lifts
+the withholding.
+
 Sealed events stay sealed here: a view folded from them keeps each personal field's
 ciphertext (`SealedFields`, beside an empty placeholder), exactly as the event carried
 it, so the read-model holds no plaintext and a replay rebuilds it byte for byte. Readers
@@ -57,6 +70,7 @@ __all__ = [
     "fold",
     "message_of",
     "place_values",
+    "redact",
     "redacted",
 ]
 
@@ -151,6 +165,12 @@ class SessionView:
     summary_model: str | None = None
     summary_covered: int = 0
     overflow_dropped: int = 0
+    # A redaction touched what the summary covers: its text is gone from the view (summary
+    # None) and must not be served until a clean summary with at least its coverage lands.
+    summary_withheld: bool = False
+    # The offset of the latest redaction of a message outside the window (-1: none): a
+    # summary is clean only if its `redactions_through` reaches it.
+    redacted_at: int = -1
     # Set while `title` / `summary` is a placeholder for a sealed one.
     title_sealed: SealedFields | None = None
     summary_sealed: SealedFields | None = None
@@ -338,7 +358,7 @@ def _changes(
     if isinstance(payload, SummaryUpdated):
         return _summarize(view, payload, policy, SealedFields.of(event, "summary"))
     if isinstance(payload, MessageRedacted):
-        return _redact(view, payload.message_id)
+        return _redact(view, payload.message_id, offset, policy)
     if isinstance(payload, SessionStarted):
         if payload.title is None:
             return {}
@@ -430,15 +450,21 @@ def place_values(
 def _summarize(
     view: SessionView, payload: SummaryUpdated, policy: WindowPolicy, sealed: SealedFields | None
 ) -> dict[str, Any]:
-    if payload.through_offset <= view.summary_through:
+    # Clean: it saw every redaction that may concern it (see the module's docstring).
+    clean = payload.redactions_through >= view.redacted_at
+    rebuilt = view.summary_withheld and clean and payload.through_offset == view.summary_through
+    if payload.through_offset <= view.summary_through and not rebuilt:
         return {}  # a stale or duplicate summary: keep the newer one
     # The summary replaces overflow only: the recent window always stays in full.
     overflow, window = view.overflow(policy), view.window(policy)
     kept = tuple(m for m in overflow if m.offset > payload.through_offset) + window
     return {
         "messages": kept,
-        "summary": payload.summary,
-        "summary_sealed": sealed,
+        # Withheld on arrival, it still covers its turns (they are not asked for again),
+        # but its text never enters the view: the rebuild replaces it.
+        "summary": payload.summary if clean else None,
+        "summary_sealed": sealed if clean else None,
+        "summary_withheld": not clean,
         "summary_through": payload.through_offset,
         "summary_model": payload.model,
         "summary_covered": payload.covered_messages,
@@ -452,9 +478,38 @@ def redacted(message: Message) -> Message:
     )
 
 
-def _redact(view: SessionView, message_id: str) -> dict[str, Any]:
+def redact(
+    view: SessionView, message_id: str, offset: int, policy: WindowPolicy = DEFAULT_POLICY
+) -> SessionView:
+    """`view` after the message `message_id` was redacted at `offset`: the message blanked
+    in place and, if the summary may cover it, the summary withheld.
+
+    `evolve` applies a `MessageRedacted` with it; a read of the past applies a redaction
+    made after its point with it too, so the summary it shows is withheld alike.
+    """
+    return replace(view, **_redact(view, message_id, offset, policy))
+
+
+def _redact(
+    view: SessionView, message_id: str, offset: int, policy: WindowPolicy
+) -> dict[str, Any]:
     messages = tuple(redacted(m) if m.message_id == message_id else m for m in view.messages)
-    return {"messages": messages}
+    changes: dict[str, Any] = {"messages": messages}
+    if view.status is SessionStatus.ERASED:
+        return changes  # nothing left to summarize or to withhold
+    found = next((m for m in view.messages if m.message_id == message_id), None)
+    if found is not None and found in view.window(policy):
+        # No summary covers a window message, and none in flight can: the summarizer
+        # only reads the overflow, and a message leaves the window, never enters it.
+        return changes
+    # A summary in flight may have read this message: it must see this redaction.
+    changes["redacted_at"] = offset
+    # Gone from the view (summarized, or dropped from the overflow), its offset is
+    # unknown: any summary the session has may hold it.
+    covered = view.summary_through >= 0 if found is None else found.offset <= view.summary_through
+    if covered and view.summary is not None:  # a withheld one stays withheld
+        changes.update(summary=None, summary_sealed=None, summary_withheld=True)
+    return changes
 
 
 def _erase(view: SessionView) -> dict[str, Any]:
@@ -474,4 +529,5 @@ def _erase(view: SessionView) -> dict[str, Any]:
         "summary_through": max(view.summary_through, view.last_offset),
         "summary_model": None,
         "summary_covered": 0,
+        "summary_withheld": False,
     }

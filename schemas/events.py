@@ -149,6 +149,11 @@ class SummaryUpdated(_Value):
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
     covered_messages: int = Field(default=0, ge=0)
+    # v3. Which redactions the summary honours: none of the messages redacted at or before
+    # this offset of the session's partition reached it (nor the summaries it built on).
+    # A summary that did not see a redaction of a message it may cover is withheld
+    # (`chatlog.projections.view`); -1 (older events) claims nothing.
+    redactions_through: int = Field(default=-1, ge=-1)
 
 
 class SessionClosed(_Value):

@@ -69,6 +69,14 @@ PAYLOADS: list[Payload] = [
     ),
     SessionClosed(),
     SessionClosed(reason="idle"),
+    # v3: a summary rebuilt without a redacted message, honouring redactions through 57.
+    SummaryUpdated(
+        summary="User asked about an order; it shipped.",
+        through_offset=41,
+        model="gpt-4o-mini",
+        covered_messages=12,
+        redactions_through=57,
+    ),
     UserErased(reason="GDPR article 17 request"),
 ]
 

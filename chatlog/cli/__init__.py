@@ -7,7 +7,7 @@ later may work as it is (Kafka, Redis or the LLM did not answer; a replay was st
 usage error (`chatlog.cli.common.exit_status`). This module is the parser and the
 dispatcher; each command group adds its own commands and handlers:
 
-- `chatlog.cli.read`: `publish`, `context`, `sessions`, `tail`
+- `chatlog.cli.read`: `publish`, `redact`, `context`, `sessions`, `tail`
 - `chatlog.cli.run`: `run projector`, `run summarizer`
 - `chatlog.cli.replay`: `replay` (rebuild, `--verify`)
 - `chatlog.cli.admin`: `topics create`, `topics check`, `keys new-master-key`, `keys

@@ -63,6 +63,11 @@ def context_lines(
         header.append(f"showing the newest {turns}")
     if ctx.summary:
         header.append(f"summary through offset {ctx.summary_through}")
+    elif ctx.summary_withheld:
+        # Said out loud: the turns it covered are in no message and no summary for now.
+        header.append(
+            f"summary through offset {ctx.summary_through} withheld (a redaction; being rebuilt)"
+        )
     if ctx.title:
         header.append(f"title {ctx.title!r}")
     return ["  ".join(header), *(_message_line(m, ctx) for m in messages)]

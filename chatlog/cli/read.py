@@ -1,4 +1,5 @@
-"""The CLI's session commands: `publish`, and the reads `context`, `sessions` and `tail`.
+"""The CLI's session commands: `publish`, `redact`, and the reads `context`, `sessions`
+and `tail`.
 
 `context` and `sessions` read the Redis read-model, exactly as a chat back end does
 (ownership checked, read-your-writes with ``--after``). `tail` reads the log itself: the
@@ -32,6 +33,7 @@ from chatlog.cli.common import (
     stop_on_signals,
 )
 from chatlog.cli.output import context_lines, one_line, session_json, session_rows
+from chatlog.client import ChatLog
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.processors.kafka_history import AsOf, usable
 from chatlog.producers.partitioning import partition_for
@@ -60,13 +62,14 @@ __all__ = [
     "context",
     "parse_as_of",
     "publish",
+    "redact",
     "sessions",
     "tail",
 ]
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
-    """Add `publish`, `context`, `sessions` and `tail` to the parser's `commands`."""
+    """Add `publish`, `redact`, `context`, `sessions` and `tail` to the parser's `commands`."""
     publish_command = commands.add_parser(
         "publish", parents=[common], help="append one message to a session"
     )
@@ -76,6 +79,17 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     publish_command.add_argument("--content", required=True, help="the message text")
     publish_command.add_argument("--name", help="author name (for tool or multi-agent messages)")
     publish_command.set_defaults(handler=publish)
+
+    redact_command = commands.add_parser(
+        "redact",
+        parents=[common],
+        help="redact one message of a session (and withhold a summary that may hold it)",
+    )
+    redact_command.add_argument("--session", required=True, help="session id")
+    redact_command.add_argument("--message", required=True, help="the message id to redact")
+    redact_command.add_argument("--user", required=True, help="user id (the session's owner)")
+    redact_command.add_argument("--reason", help="why (kept sealed in the log)")
+    redact_command.set_defaults(handler=redact)
 
     context_command = commands.add_parser(
         "context", parents=[common], help="a session's context, as a chat back end reads it"
@@ -136,6 +150,18 @@ def publish(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return {"session_id": args.session, "position": str(position)}
 
 
+def redact(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """`chatlog redact`: redact one message of the user's session; its position."""
+    with ChatLog(
+        producer=wiring.producer(settings),
+        reader=wiring.reader(settings),
+        read_timeout_s=settings.read_timeout_s,
+        history=wiring.kafka_history(settings),
+    ) as log:
+        position = log.redact(args.session, args.message, user_id=args.user, reason=args.reason)
+    return {"session_id": args.session, "message_id": args.message, "position": str(position)}
+
+
 # -- context ------------------------------------------------------------------------
 
 
@@ -193,6 +219,7 @@ def _show_context(
         "position": str(ctx.position),
         "message_count": ctx.message_count,
         "summary": ctx.summary,
+        "summary_withheld": ctx.summary_withheld,
         "messages": messages,
     }
     if as_of is not None:

@@ -199,6 +199,7 @@ def test_context_json_holds_the_messages_in_order_with_the_position(projected):
         "position": str(positions[-1]),
         "message_count": 3,
         "summary": None,
+        "summary_withheld": False,
         "messages": [{"role": role, "content": content} for role, content in turns],
     }
 

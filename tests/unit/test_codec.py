@@ -69,8 +69,14 @@ def test_every_released_version_still_decodes(version):
         dumped = decoded.model_dump(mode="json")
         # Envelope fields added since the version was released read as their default.
         added = {name: dumped.pop(name) for name in set(dumped) - set(row["event"])}
+        # So do payload fields added since (v3's SummaryUpdated.redactions_through).
+        payload, fields = dumped["payload"], type(decoded.payload).model_fields
+        added_to_payload = {
+            name: payload.pop(name) for name in set(payload) - set(row["event"]["payload"])
+        }
         assert dumped == row["event"]
         assert added == dict.fromkeys(added)
+        assert added_to_payload == {name: fields[name].default for name in added_to_payload}
 
 
 def test_the_newest_version_reproduces_its_vectors_byte_for_byte():

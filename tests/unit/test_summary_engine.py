@@ -40,7 +40,13 @@ from chatlog.schemas.errors import (
     ReadTimeout,
     StoreUnavailable,
 )
-from chatlog.schemas.events import ConversationEvent, SummaryUpdated, UserErased
+from chatlog.schemas.events import (
+    ConversationEvent,
+    MessageAppended,
+    MessageRedacted,
+    SummaryUpdated,
+    UserErased,
+)
 from chatlog.schemas.position import Position
 
 CODEC = EventCodec()
@@ -267,6 +273,29 @@ class Clock:
         return self.now
 
 
+class TopicLog:
+    """The topic as the engine's `SessionLog`: a session's decoded events in a range."""
+
+    def __init__(self, topic: Topic) -> None:
+        self.topic = topic
+        self.reads: list[tuple[str, int, int]] = []
+        self.failures: list[ChatlogError] = []
+
+    async def session_events(
+        self, session_id: str, *, partition: int, start: int
+    ) -> tuple[list[tuple[ConversationEvent, Position]], int]:
+        if self.failures:
+            raise self.failures.pop(0)
+        log = self.topic.partitions[partition]
+        self.reads.append((session_id, start, len(log)))
+        events = [
+            (CODEC.decode(r.value), Position(partition, r.offset))
+            for r in log[start:]
+            if r.key == session_id.encode() and r.value is not None
+        ]
+        return events, len(log) - 1
+
+
 class Harness:
     """An engine wired to the fakes, and a consumer that feeds it the topic in log order."""
 
@@ -276,6 +305,7 @@ class Harness:
         window: WindowPolicy = WINDOW,
         ahead: bool = False,
         yielding_acks: bool = False,
+        log: bool = True,
         **policy: Any,
     ) -> None:
         self.window = window
@@ -287,6 +317,7 @@ class Harness:
         self.acks = Acks(self.journal, yielding=yielding_acks)
         self.clock = Clock()
         self.policy = SummaryPolicy(**{"threshold": THRESHOLD, **policy})
+        self.log = TopicLog(self.topic)
         self.engine = SummaryEngine(
             self.summarizer,
             self.projector,
@@ -294,6 +325,7 @@ class Harness:
             window=window,
             policy=self.policy,
             clock=self.clock,
+            log=self.log if log else None,
         )
         self.next: defaultdict[int, int] = defaultdict(int)  # the consumer's position
 
@@ -371,6 +403,7 @@ async def test_an_overflow_at_the_threshold_asks_for_one_summary_of_exactly_the_
         prompt_tokens=30,
         completion_tokens=3,
         covered_messages=2 + 3,
+        redactions_through=9,  # the record its view had folded when it asked
     )
     # It went to the topic keyed by the session, and was read back by the engine.
     echo = h.topic.partitions[0][11]
@@ -1198,3 +1231,155 @@ async def test_a_session_whose_owner_is_erased_when_it_loads_is_never_summarized
     assert h.projector.loads_of("s1") == 1  # not waited on as if the projector were behind
     assert h.engine.stats.requested == 0
     assert h.acked() == list(range(7))
+
+
+# --------------------------------------------------------------------------- redactions
+
+
+def redaction_of(record: Record) -> ConversationEvent:
+    """The redaction of the message appended at `record`."""
+    assert record.value is not None
+    payload = CODEC.decode(record.value).payload
+    assert isinstance(payload, MessageAppended)
+    return new_event(
+        "s1", user_id=USER, tenant=TENANT, payload=MessageRedacted(message_id=payload.message_id)
+    )
+
+
+def contents_asked(h: Harness) -> list[list[str]]:
+    return [[t.content for t in r.turns] for r in h.summarizer.requests]
+
+
+@async_test
+async def test_a_withheld_summary_is_rebuilt_from_the_log_without_the_redacted_turn():
+    h = Harness()
+    turns = h.turns("s1", 7)  # offset 6 triggers a summary of 0-2, read back at 7
+    await h.run()
+    assert h.publisher.summaries[-1].summary == "0,1,2"
+    h.write(redaction_of(turns[1]))  # offset 8: turn 1 is in the summary
+    await h.run()
+
+    # The rebuild read the session's log up to the redaction, and never sent turn 1.
+    assert h.log.reads == [("s1", 0, 9)]
+    assert contents_asked(h)[-1] == ["s1 turn 0", "s1 turn 2"]
+    rebuilt = h.publisher.summaries[-1]
+    assert (rebuilt.summary, rebuilt.through_offset, rebuilt.redactions_through) == ("0,2", 2, 8)
+    assert rebuilt.covered_messages == 3
+    view = h.topic.view("s1", 0)
+    assert view is not None
+    assert (view.summary, view.summary_withheld, view.summary_through) == ("0,2", False, 2)
+    assert h.engine.stats.rebuilt == 1
+    assert h.acked() == list(range(10))
+    # Once lifted, summaries roll on as before: no second rebuild.
+    h.turns("s1", 3, first=7)
+    await h.run()
+    assert h.engine.stats.rebuilt == 1
+    assert h.publisher.summaries[-1].summary == "0,2|3,4,5"
+
+
+@async_test
+async def test_a_summary_in_flight_when_its_turn_is_redacted_is_withheld_then_rebuilt():
+    h = Harness()
+    gate = h.summarizer.hold()
+    turns = h.turns("s1", 7)
+    await h.run()  # the summary of 0-2 is asked for, and held
+    h.write(redaction_of(turns[2]))  # offset 7, before the summary lands
+    await h.run()
+    h.summarizer.gate = None
+    gate.set()
+    await h.run()
+
+    first, rebuilt = h.publisher.summaries
+    assert (first.summary, first.redactions_through) == ("0,1,2", 6)  # raced the redaction
+    assert (rebuilt.summary, rebuilt.through_offset, rebuilt.redactions_through) == ("0,1", 2, 8)
+    assert contents_asked(h)[-1] == ["s1 turn 0", "s1 turn 1"]
+    view = h.topic.view("s1", 0)
+    assert view is not None
+    assert (view.summary, view.summary_withheld) == ("0,1", False)
+    # The raced summary's text was never part of any view in between.
+    for upto in range(len(h.topic.partitions[0])):
+        seen = h.topic.view("s1", 0, upto)
+        assert seen is None or seen.summary in (None, "0,1")
+
+
+@async_test
+async def test_without_a_log_a_withheld_summary_stays_withheld():
+    h = Harness(log=False)
+    turns = h.turns("s1", 7)
+    await h.run()
+    h.write(redaction_of(turns[0]))
+    h.turns("s1", 3, first=7)  # enough overflow for another rolling summary
+    await h.run()
+    assert len(h.summarizer.requests) == 1  # no rolling summary without the older turns
+    view = h.topic.view("s1", 0)
+    assert view is not None
+    assert (view.summary, view.summary_withheld) == (None, True)
+    assert h.acked() == list(range(len(h.topic.partitions[0])))
+
+
+@async_test
+async def test_a_rebuild_with_every_covered_turn_redacted_publishes_an_empty_summary():
+    h = Harness()
+    turns = h.turns("s1", 7)
+    await h.run()
+    for record in turns[:3]:
+        h.write(redaction_of(record))
+    await h.run()
+    rebuilt = h.publisher.summaries[-1]
+    assert (rebuilt.summary, rebuilt.through_offset) == ("", 2)
+    # The rebuild read the log to its end: every redaction already there was honoured
+    # at once, so there was nothing left to send.
+    assert len(h.summarizer.requests) == 1
+    assert h.engine.stats.rebuilt == 1
+    view = h.topic.view("s1", 0)
+    assert view is not None
+    assert (view.summary, view.summary_withheld) == ("", False)
+
+
+@async_test
+async def test_a_rebuild_overtaken_by_another_redaction_is_withheld_and_done_again():
+    h = Harness()
+    turns = h.turns("s1", 7)
+    await h.run()
+    gate = h.summarizer.hold()
+    h.write(redaction_of(turns[0]))  # offset 8: the rebuild reads the log up to here
+    await h.run()
+    h.write(redaction_of(turns[1]))  # offset 9, while the rebuild's call is held
+    await h.run()
+    h.summarizer.gate = None
+    gate.set()
+    await h.run()
+
+    assert contents_asked(h)[1:] == [["s1 turn 1", "s1 turn 2"], ["s1 turn 2"]]
+    assert [(s.summary, s.redactions_through) for s in h.publisher.summaries[1:]] == [
+        ("1,2", 8),
+        ("2", 10),
+    ]
+    view = h.topic.view("s1", 0)
+    assert view is not None
+    assert (view.summary, view.summary_withheld) == ("2", False)
+    assert h.engine.stats.rebuilt == 2
+
+
+@async_test
+async def test_a_rebuild_that_cannot_read_the_log_is_tried_again_and_an_erased_owner_never():
+    h = Harness()
+    turns = h.turns("s1", 7)
+    await h.run()
+    h.log.failures.append(BrokerUnavailable("Kafka did not answer"))
+    h.write(redaction_of(turns[1]))
+    await h.run()
+    assert (h.engine.stats.failed, h.engine.stats.rebuilt) == (1, 0)
+    h.clock.now += h.policy.failure_cooldown_s
+    assert await h.engine.retry_due() == 1
+    await h.run()
+    assert h.engine.stats.rebuilt == 1
+
+    turns = h.turns("s2", 7, partition=1)
+    await h.run()
+    h.log.failures.append(Erased("its keys are gone"))
+    h.write(redaction_of(turns[1]).model_copy(update={"session_id": "s2"}))
+    await h.run()
+    assert (h.engine.stats.erased, h.engine.stats.rebuilt) == (1, 1)
+    h.clock.now += h.policy.failure_cooldown_s
+    assert await h.engine.retry_due() == 0  # never asked again

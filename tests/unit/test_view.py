@@ -26,6 +26,7 @@ from chatlog.projections.view import (
     WindowPolicy,
     evolve,
     fold,
+    redact,
 )
 from chatlog.schemas.errors import InvalidEvent
 from chatlog.schemas.events import (
@@ -111,7 +112,12 @@ def exact_ms(moment: datetime) -> int:
 payloads = st.one_of(
     st.builds(appended, st.text(max_size=3), message_id=st.sampled_from(MESSAGE_IDS)),
     st.builds(MessageRedacted, message_id=st.sampled_from((*MESSAGE_IDS, "unknown"))),
-    st.builds(summary, st.integers(0, 80), covered_messages=st.integers(0, 9)),
+    st.builds(
+        summary,
+        st.integers(0, 80),
+        covered_messages=st.integers(0, 9),
+        redactions_through=st.integers(-1, 80),
+    ),
     st.builds(SessionStarted, title=st.none() | st.just("a title")),
     st.just(SessionClosed()),
     st.just(UserErased()),
@@ -598,3 +604,123 @@ def test_a_close_is_remembered_after_a_later_message_reopens_the_session():
     assert view.status is SessionStatus.OPEN
     assert view.closed_through == 1
     assert [m.offset for m in view.messages if m.offset > view.closed_through] == [2]
+
+
+# ---------------------------------------------------------------- redactions reach summaries
+
+TWO = WindowPolicy(window=2, max_overflow=10)
+
+
+def summarized_six(**fields: object) -> SessionView:
+    """Six turns (offsets 0-5) with window 2, and at 6 a summary of turns 0-3."""
+    return folded(*chat(6), summary(3, "m1 said canary-7Q2X", **fields), policy=TWO)
+
+
+def redacting(view: SessionView, message_id: str, offset: int) -> SessionView:
+    after = evolve(view, event(MessageRedacted(message_id=message_id)), at(offset), TWO)
+    assert after is not None
+    return after
+
+
+def test_redacting_a_message_the_summary_covers_withholds_the_summary():
+    before = summarized_six()
+    after = redacting(before, "m1", 7)  # m1 (offset 1) is in the summary, gone from the view
+    assert (after.summary, after.summary_sealed, after.summary_withheld) == (None, None, True)
+    # Its coverage stays: the covered turns are not put back, nor asked for again.
+    assert (after.summary_through, after.summary_covered) == (3, before.summary_covered)
+    assert after.messages == before.messages
+    assert after.redacted_at == 7
+
+
+def test_redacting_a_message_no_longer_in_the_view_withholds_any_summary():
+    # Its offset is unknown once it left the view: any summary may hold it.
+    after = redacting(summarized_six(), "m-never-seen", 7)
+    assert after.summary is None
+    assert after.summary_withheld
+
+
+def test_redacting_a_window_message_leaves_the_summary_alone():
+    before = summarized_six()
+    after = redacting(before, "m5", 7)
+    assert after.messages[-1].redacted
+    assert (after.summary, after.summary_withheld, after.redacted_at) == (before.summary, False, -1)
+
+
+def test_redacting_an_overflow_message_no_summary_covers_keeps_the_summary_but_marks_the_race():
+    seven = folded(*chat(7), summary(1, "turns 0-1"), policy=TWO)  # overflow 2, 3, 4
+    after = redacting(seven, "m3", 8)
+    assert [m.redacted for m in after.messages] == [False, True, False, False, False]
+    assert (after.summary, after.summary_withheld) == ("turns 0-1", False)
+    assert after.redacted_at == 8  # a summary in flight may have read m3
+
+
+def test_a_summary_computed_before_a_redaction_and_published_after_it_is_withheld():
+    # Overflow 0-3; the summarizer reads it at offset 5; m2 is redacted at 6; the summary
+    # of turns 0-3 it computed from m2's text lands at 7.
+    view = redacting(folded(*chat(6), policy=TWO), "m2", 6)
+    raced = evolve(view, event(summary(3, "m2 said canary", redactions_through=5)), at(7), TWO)
+    assert raced is not None
+    assert (raced.summary, raced.summary_withheld, raced.summary_through) == (None, True, 3)
+    assert [m.offset for m in raced.messages] == [4, 5]  # its coverage is taken all the same
+
+
+@pytest.mark.parametrize("seen", [6, 7])
+def test_a_summary_that_saw_the_redaction_is_served(seen):
+    view = redacting(folded(*chat(6), policy=TWO), "m2", 6)
+    clean = evolve(view, event(summary(3, "clean", redactions_through=seen)), at(7), TWO)
+    assert clean is not None
+    assert (clean.summary, clean.summary_withheld) == ("clean", False)
+
+
+def test_a_summary_from_before_redactions_existed_is_withheld_only_after_one():
+    # -1 claims nothing: fine while the session has no such redaction (old logs replay
+    # as before), withheld once it has.
+    assert summarized_six().summary_withheld is False
+    view = redacting(folded(*chat(6), policy=TWO), "m2", 6)
+    after = evolve(view, event(summary(3, "old")), at(7), TWO)
+    assert after is not None
+    assert after.summary_withheld
+
+
+def test_a_clean_rebuild_with_the_same_coverage_lifts_the_withholding():
+    withheld = redacting(summarized_six(), "m1", 7)
+    rebuilt = evolve(withheld, event(summary(3, "rebuilt", redactions_through=7)), at(8), TWO)
+    assert rebuilt is not None
+    assert (rebuilt.summary, rebuilt.summary_withheld, rebuilt.summary_through) == (
+        "rebuilt",
+        False,
+        3,
+    )
+    assert rebuilt.messages == withheld.messages
+    # Once lifted, the same coverage again is a duplicate, as before.
+    again = evolve(rebuilt, event(summary(3, "dup", redactions_through=9)), at(9), TWO)
+    assert again is not None
+    assert again.summary == "rebuilt"
+
+
+def test_a_rebuild_that_missed_a_later_redaction_keeps_the_summary_withheld():
+    withheld = redacting(redacting(summarized_six(), "m1", 7), "m0", 8)
+    stale = evolve(withheld, event(summary(3, "has m0", redactions_through=7)), at(9), TWO)
+    assert stale is not None
+    assert (stale.summary, stale.summary_withheld) == (None, True)
+
+
+def test_redacting_in_an_erased_session_withholds_nothing():
+    erased = folded(*chat(6), summary(3), UserErased(), policy=TWO)
+    after = redacting(erased, "m1", 8)
+    assert (after.summary_withheld, after.redacted_at) == (False, -1)
+
+
+def test_redact_is_the_rule_evolve_applies():
+    before = summarized_six()
+    by_event = redacting(before, "m1", 7)
+    assert redact(before, "m1", 7, TWO) == replace(
+        by_event, last_offset=before.last_offset, updated_at_ms=before.updated_at_ms
+    )
+
+
+@given(history=histories(foreign=False))
+def test_a_withheld_summary_has_no_text_in_the_view(history):
+    view, _ = fold(None, history)
+    if view is not None and view.summary_withheld:
+        assert (view.summary, view.summary_sealed) == (None, None)
