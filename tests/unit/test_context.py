@@ -16,8 +16,8 @@ from chatlog.projections.context import (
     approx_tokens,
     render_summary,
 )
-from chatlog.schemas.errors import InvalidInput
 from chatlog.projections.view import Message, SessionStatus
+from chatlog.schemas.errors import InvalidInput
 from chatlog.schemas.events import ToolCall
 from chatlog.schemas.position import Position
 
