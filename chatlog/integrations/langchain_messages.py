@@ -18,7 +18,7 @@ what kind of message it is, and its tool calls alone which tools it called. A
 ``langchain.fields`` entry that would say otherwise (a user's message restored as a
 `SystemMessage` or a ``developer`` `ChatMessage`, an `AIMessage` with tool calls the event
 does not have, in ``tool_calls``, ``invalid_tool_calls`` or the OpenAI-style
-``additional_kwargs``) is ignored as a whole: the message is rebuilt from the event's own
+``additional_kwargs``, or tool-call content blocks) is ignored as a whole: the message is rebuilt from the event's own
 fields and marked ``response_metadata["chatlog_ignored_metadata"]`` with the key and the
 reason. Ignored rather than refused, so that one forged message cannot make a whole
 session unreadable. Writers other than this integration cannot write ``langchain.*`` keys
@@ -313,7 +313,7 @@ def _contradiction(restored: BaseMessage, stored: StoredFields) -> str | None:
         role = None
     if role is not stored.role:
         shown = role.value if role else restored.type
-        return f"it would make a {stored.role.value} message a {shown} message"
+        return f"it says {shown!r} where the event's role is {stored.role.value!r}"
     native = _native(stored)
     if _calls(restored) != _calls(native):
         return "it would give the message tool calls the event does not have"
@@ -326,8 +326,10 @@ def _contradiction(restored: BaseMessage, stored: StoredFields) -> str | None:
     )
     if function_call is not None:
         claimed.append(_openai_call({"id": "", "function": function_call}))
+    if isinstance(restored.content, list):
+        claimed += [_block_call(block) for block in restored.content if _is_call_block(block)]
     if any(c is None or (c not in called and ("", c[1]) not in called) for c in claimed):
-        return "its additional_kwargs name tool calls the event does not have"
+        return "its additional_kwargs or content blocks name tool calls the event does not have"
     return None
 
 
@@ -350,6 +352,25 @@ def _calls(message: BaseMessage) -> list[tuple[str, str, str]]:
 
 def _canonical(args: Any) -> str:
     return json.dumps(args, sort_keys=True, ensure_ascii=False)
+
+
+# Content blocks that converters send as tool calls (Anthropic's, OpenAI Responses', and
+# LangChain's own standard blocks).
+_CALL_BLOCKS = frozenset(
+    ("tool_use", "function_call", "tool_call", "tool_call_chunk", "server_tool_call")
+)
+
+
+def _is_call_block(block: object) -> bool:
+    return isinstance(block, dict) and block.get("type") in _CALL_BLOCKS
+
+
+def _block_call(block: dict[str, Any]) -> tuple[str, str] | None:
+    """(id, name) of a tool-call content block; None if it names no function."""
+    name = block.get("name")
+    if not isinstance(name, str):
+        return None
+    return (str(block.get("id") or block.get("call_id") or ""), name)
 
 
 def _openai_call(call: object) -> tuple[str, str] | None:
