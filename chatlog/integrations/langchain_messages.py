@@ -17,16 +17,18 @@ Can stored metadata make a message something it is not? No. The event's role alo
 what kind of message it is, and its tool calls alone which tools it called. A
 ``langchain.fields`` entry that would say otherwise (a user's message restored as a
 `SystemMessage` or a ``developer`` `ChatMessage`, an `AIMessage` with tool calls the event
-does not have, in ``tool_calls``, ``invalid_tool_calls`` or the OpenAI-style
-``additional_kwargs``, or tool-call content blocks) is ignored as a whole: the message is rebuilt from the event's own
-fields and marked ``response_metadata["chatlog_ignored_metadata"]`` with the key and the
-reason. Ignored rather than refused, so that one forged message cannot make a whole
-session unreadable. Writers other than this integration cannot write ``langchain.*`` keys
-at all (`chatlog.producers.commands`); this check covers events that reached the log by
-another road.
+does not have, in ``tool_calls``, ``invalid_tool_calls``, the OpenAI-style
+``additional_kwargs`` or tool-call content blocks) is ignored as a whole: the message is
+rebuilt from the event's own fields and marked
+``response_metadata["chatlog_ignored_metadata"]`` with the key and the reason. Ignored
+rather than refused, so that one forged message cannot make a whole session unreadable.
+Writers other than this integration cannot write ``langchain.*`` keys at all
+(`chatlog.producers.commands`); this check covers events that reached the log by another
+road.
 
 Two more things travel in messages and never reach LangChain: the summary, shown as a
-leading `SystemMessage` marked with ``additional_kwargs["chatlog_summary"]`` (and never
+leading message marked with ``additional_kwargs["chatlog_summary"]`` (quoted data in a
+`HumanMessage` by default, a `SystemMessage` with ``CHATLOG_SUMMARY_ROLE=system``; never
 stored back), and the ``langchain.cleared_through`` mark that `clear()` relies on (see
 `chatlog.integrations.langchain`). Messages written by other chatlog clients have no
 ``langchain.*`` entries; their metadata shows as ``response_metadata["chatlog_metadata"]``.
@@ -327,7 +329,11 @@ def _contradiction(restored: BaseMessage, stored: StoredFields) -> str | None:
     if function_call is not None:
         claimed.append(_openai_call({"id": "", "function": function_call}))
     if isinstance(restored.content, list):
-        claimed += [_block_call(block) for block in restored.content if _is_call_block(block)]
+        claimed += [
+            _block_call(block)
+            for block in restored.content
+            if isinstance(block, dict) and block.get("type") in _CALL_BLOCKS
+        ]
     if any(c is None or (c not in called and ("", c[1]) not in called) for c in claimed):
         return "its additional_kwargs or content blocks name tool calls the event does not have"
     return None
@@ -359,10 +365,6 @@ def _canonical(args: Any) -> str:
 _CALL_BLOCKS = frozenset(
     ("tool_use", "function_call", "tool_call", "tool_call_chunk", "server_tool_call")
 )
-
-
-def _is_call_block(block: object) -> bool:
-    return isinstance(block, dict) and block.get("type") in _CALL_BLOCKS
 
 
 def _block_call(block: dict[str, Any]) -> tuple[str, str] | None:
