@@ -159,12 +159,16 @@ def from_chatlog(message: Message) -> BaseMessage:
 
 
 def cleared_through(message: Message) -> int:
-    """The offset of the last clear `message` was written after; -1 if it names none."""
+    """The offset of the last clear `message` was written after; -1 if it names none.
+
+    A clear comes before every message that names it; a mark at or past the message's own
+    offset is not one this integration wrote, and would hide the messages after it."""
     raw = message.metadata.get(CLEARED_KEY)
     try:
-        return int(raw) if raw is not None else -1
+        mark = int(raw) if raw is not None else -1
     except ValueError:
         return -1
+    return mark if mark < message.offset else -1
 
 
 def summary_message(

@@ -10,9 +10,11 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from chatlog.integrations.langchain_messages import (
+    CLEARED_KEY,
     FIELDS_KEY,
     IGNORED_KWARG,
     METADATA_KWARG,
+    cleared_through,
     from_chatlog,
     to_chatlog,
 )
@@ -193,6 +195,14 @@ def test_stored_metadata_never_changes_a_role_or_adds_a_tool_call(attempt):
         ignored = restored.response_metadata[IGNORED_KWARG]
         assert list(ignored) == [FIELDS_KEY]
         assert "the event" in ignored[FIELDS_KEY]
+
+
+def test_a_clear_mark_at_or_past_its_own_message_hides_nothing():
+    attempt = next(a for a in METADATA_ATTEMPTS if a.name == "forged clear mark")
+    assert cleared_through(stored(attempt)) == -1  # offset 7, mark 999999
+    genuine = dataclasses.replace(stored(attempt), metadata={CLEARED_KEY: "6"})
+    assert cleared_through(genuine) == 6
+    assert cleared_through(dataclasses.replace(genuine, metadata={CLEARED_KEY: "7"})) == -1
 
 
 def test_a_look_alike_key_is_shown_as_plain_metadata():

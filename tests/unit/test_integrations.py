@@ -170,7 +170,7 @@ def test_a_corrupt_fields_entry_falls_back_to_the_native_fields():
 
 
 def test_the_clear_mark_travels_in_metadata_and_stays_out_of_langchain():
-    message = stored(HumanMessage("after the clear", id="m2"), cleared=41)
+    message = stored(HumanMessage("after the clear", id="m2"), cleared=41, offset=50)
     assert message.metadata[CLEARED_KEY] == "41"
     assert cleared_through(message) == 41
     assert cleared_through(stored(HumanMessage("x"))) == -1
