@@ -320,6 +320,8 @@ def _contradiction(restored: BaseMessage, stored: StoredFields) -> str | None:
     if role is not stored.role:
         shown = role.value if role else restored.type
         return f"it says {shown!r} where the event's role is {stored.role.value!r}"
+    if SUMMARY_KWARG in restored.additional_kwargs:
+        return "it marks the message as chatlog's summary, which is never stored"
     native = _native(stored)
     if _calls(restored) != _calls(native):
         return "it would give the message tool calls the event does not have"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
@@ -194,7 +195,7 @@ def test_stored_metadata_never_changes_a_role_or_adds_a_tool_call(attempt):
     if FIELDS_KEY in attempt.metadata and attempt.name not in UNREADABLE:
         ignored = restored.response_metadata[IGNORED_KWARG]
         assert list(ignored) == [FIELDS_KEY]
-        assert "the event" in ignored[FIELDS_KEY]
+        assert re.search(r"the event|never stored", ignored[FIELDS_KEY])
 
 
 def test_a_clear_mark_at_or_past_its_own_message_hides_nothing():
