@@ -106,8 +106,9 @@ def append_message(
 
     Raises `InvalidEvent` for a metadata key in a reserved namespace (see the module).
     """
-    check_metadata(fields.get("metadata") or {}, owner=None)
-    return _message_event(session_id, user_id, role, content, producer=producer, **fields)
+    return _message_event(
+        session_id, user_id, role, content, owner=None, producer=producer, **fields
+    )
 
 
 def append_owned_message(
@@ -122,8 +123,9 @@ def append_owned_message(
 ) -> ConversationEvent:
     """`append_message` for the integration that owns `owner`: it may write its own
     reserved keys, and still no other namespace's. Only that integration calls this."""
-    check_metadata(fields.get("metadata") or {}, owner=owner)
-    return _message_event(session_id, user_id, role, content, producer=producer, **fields)
+    return _message_event(
+        session_id, user_id, role, content, owner=owner, producer=producer, **fields
+    )
 
 
 def check_metadata(metadata: Mapping[str, str], *, owner: ReservedNamespace | None) -> None:
@@ -132,7 +134,8 @@ def check_metadata(metadata: Mapping[str, str], *, owner: ReservedNamespace | No
         # Folded so that "LangChain.fields" or a full-width look-alike is no way around it.
         folded = unicodedata.normalize("NFKC", key).casefold()
         for namespace in RESERVED_NAMESPACES:
-            if folded.startswith(namespace.prefix) and namespace != owner:
+            # By identity: the right is the integration's own object, not an equal copy.
+            if folded.startswith(namespace.prefix) and namespace is not owner:
                 raise InvalidEvent(
                     f"metadata key {key!r} is in the reserved namespace {namespace.prefix}* "
                     f"that only {namespace.owner} writes (it restores a message's fields); "
@@ -148,6 +151,7 @@ def _message_event(
     role: Role | str,
     content: str,
     *,
+    owner: ReservedNamespace | None,
     producer: ProducerInfo | None,
     **fields: Unpack[MessageFields],
 ) -> ConversationEvent:
@@ -163,6 +167,9 @@ def _message_event(
     if message_id is not None:
         payload_fields["message_id"] = message_id
     payload = validated(MessageAppended, payload_fields)
+    # Checked as validated, so that no other shape of metadata (pairs, a dict subclass)
+    # carries a reserved key past the check.
+    check_metadata(payload.metadata, owner=owner)
     return new_event(
         session_id,
         user_id=user_id,

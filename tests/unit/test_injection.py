@@ -175,6 +175,15 @@ def test_an_owner_writes_only_its_own_namespace():
         append_owned_message(
             other, "s1", user_id="u", role="user", content="x", metadata={FIELDS_KEY: "{}"}
         )
+    # The right is the integration's own object, not an equal copy of it.
+    copy = ReservedNamespace(LANGCHAIN_METADATA.prefix, LANGCHAIN_METADATA.owner)
+    with pytest.raises(InvalidEvent, match="reserved namespace"):
+        append_owned_message(
+            copy, "s1", user_id="u", role="user", content="x", metadata={FIELDS_KEY: "{}"}
+        )
+    # Metadata given as pairs is checked as it would be stored.
+    with pytest.raises(InvalidEvent, match="reserved namespace"):
+        append_message("s1", user_id="u", role="user", content="x", metadata=[(FIELDS_KEY, "{}")])
     # Keys outside every reserved namespace stay free for applications.
     plain = append_message("s1", user_id="u", role="user", content="x", metadata={"app.k": "v"})
     assert plain.payload.metadata == {"app.k": "v"}
