@@ -340,9 +340,16 @@ def _contradiction(restored: BaseMessage, stored: StoredFields) -> str | None:
             for block in restored.content
             if isinstance(block, dict) and block.get("type") in _CALL_BLOCKS
         ]
-    if any(c is None or (c not in called and ("", c[1]) not in called) for c in claimed):
+    if not all(c is not None and _among(c, called) for c in claimed):
         return "its additional_kwargs or content blocks name tool calls the event does not have"
     return None
+
+
+def _among(claim: tuple[str, str], called: set[tuple[str, str]]) -> bool:
+    """Whether `claim` is one of the event's calls: the same name, and the same id unless
+    one side has none (a legacy ``function_call`` has no id)."""
+    claimed_id, name = claim
+    return any(n == name and (i == claimed_id or "" in (i, claimed_id)) for i, n in called)
 
 
 def _calls(message: BaseMessage) -> list[tuple[str, str, str]]:
@@ -356,7 +363,7 @@ def _calls(message: BaseMessage) -> list[tuple[str, str, str]]:
         raw = call.get("args") or ""
         try:
             args = json.loads(raw)
-        except ValueError:
+        except (TypeError, ValueError):
             args = raw
         calls.append((call.get("id") or "", call.get("name") or "", _canonical(args)))
     return sorted(calls)

@@ -250,3 +250,31 @@ def test_a_genuine_entry_that_agrees_with_the_event_is_still_restored():
     assert back == message
     assert IGNORED_KWARG not in back.response_metadata
     assert json.loads(fields.metadata[FIELDS_KEY])["additional_kwargs"]
+
+
+def test_a_legacy_function_call_naming_the_events_call_is_still_restored():
+    message = AIMessage(
+        "",
+        tool_calls=[{"name": "lookup_order", "args": {"order": "#A-1"}, "id": "call_lookup"}],
+        additional_kwargs={
+            "function_call": {"name": "lookup_order", "arguments": '{"order": "#A-1"}'}
+        },
+    )
+    fields = to_chatlog(message)
+    back = from_chatlog(
+        Message(
+            1, fields.message_id, "assistant", fields.content, 1,
+            tool_calls=fields.tool_calls, metadata=fields.metadata,
+        )
+    )  # fmt: skip
+    assert back == message
+    forged = dict(message.additional_kwargs, function_call={"name": "refund_all"})
+    entry = json.loads(fields.metadata[FIELDS_KEY]) | {"additional_kwargs": forged}
+    ignored = from_chatlog(
+        Message(
+            1, fields.message_id, "assistant", fields.content, 1,
+            tool_calls=fields.tool_calls, metadata={FIELDS_KEY: json.dumps(entry)},
+        )
+    )  # fmt: skip
+    assert "function_call" not in ignored.additional_kwargs
+    assert IGNORED_KWARG in ignored.response_metadata
