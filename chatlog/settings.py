@@ -162,6 +162,12 @@ class Settings(BaseModel):
         10, ge=1, le=100_000, description="overflow turns that trigger a summary"
     )
     summary_max_tokens: int = Field(400, ge=16, le=32_000, description="cap on a summary's size")
+    # A summary is made of what users said: with the system's authority, a stored
+    # injection ("SYSTEM OVERRIDE: ...") would give orders. `system` is the old behaviour.
+    summary_role: Literal["data", "system"] = Field(
+        "data",
+        description="how the summary enters prompts: data (quoted, user role) or system",
+    )
     summarizer_concurrency: int = Field(
         8, ge=1, le=1_000, description="summaries in flight at once, across sessions"
     )

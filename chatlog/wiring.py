@@ -47,7 +47,7 @@ from chatlog.producers.kafka_topics import (
     keys_tick_interval_ms,
 )
 from chatlog.projections import tokens
-from chatlog.projections.context import TokenCounter
+from chatlog.projections.context import SummaryRole, TokenCounter
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.opening import EventOpener, ViewOpener
 from chatlog.projections.redis_erasure import RedisUserSessions
@@ -486,6 +486,7 @@ def reader(settings: Settings, client: redis.Redis | None = None) -> RedisReader
         prefix=settings.redis_prefix,
         ttl_s=settings.session_ttl_s or None,
         count_tokens=token_counter(settings),
+        summary_role=SummaryRole(settings.summary_role),
         opener=view_opener(settings),
     )
 
@@ -497,6 +498,7 @@ def async_reader(settings: Settings) -> AsyncRedisReader:
         prefix=settings.redis_prefix,
         ttl_s=settings.session_ttl_s or None,
         count_tokens=token_counter(settings),
+        summary_role=SummaryRole(settings.summary_role),
         opener=view_opener(settings),
     )
 
@@ -531,6 +533,7 @@ def kafka_history(settings: Settings) -> KafkaHistory:
         codec=codec(settings),
         config=settings.kafka,
         count_tokens=token_counter(settings),
+        summary_role=SummaryRole(settings.summary_role),
         opener=opener(settings),
     )
 

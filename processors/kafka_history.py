@@ -63,7 +63,7 @@ from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.producers.partitioning import partition_for
 from chatlog.projections.access import readable
-from chatlog.projections.context import Context, TokenCounter, approx_tokens
+from chatlog.projections.context import Context, SummaryRole, TokenCounter, approx_tokens
 from chatlog.projections.opening import ERASED, EventOpener
 from chatlog.projections.view import (
     DEFAULT_POLICY,
@@ -163,6 +163,7 @@ class KafkaHistory:
     codec: EventCodec = field(default_factory=EventCodec)
     config: Mapping[str, str] = field(default_factory=dict)
     count_tokens: TokenCounter = approx_tokens
+    summary_role: SummaryRole = SummaryRole.DATA
     timeout: float = 10.0
     # Opens sealed events (the keys come from the key directory in Redis); without one,
     # sealed fields read as their empty placeholders.
@@ -239,7 +240,10 @@ class KafkaHistory:
             )
         return LogContext(
             context=Context.from_view(
-                view, window_size=self.policy.window, count_tokens=self.count_tokens
+                view,
+                window_size=self.policy.window,
+                count_tokens=self.count_tokens,
+                summary_role=self.summary_role,
             ),
             as_of=as_of,
             topic=self.topic,

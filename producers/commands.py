@@ -5,13 +5,27 @@ These functions are the pure step between: they check every field against the ev
 contract, fill in generated ids and timestamps, and raise `InvalidId` / `InvalidEvent`
 with the offending field named. Nothing here does I/O, so a rejected command provably
 publishes nothing.
+
+Reserved metadata: an integration may keep fields of its own in a message's metadata
+under a namespace it owns (the LangChain integration's ``langchain.*`` keys rebuild a
+LangChain message). What reads them back trusts them to describe the message, so no
+other writer may write them: `append_message` refuses a key in a reserved namespace
+(`InvalidEvent`, naming the key), and only `append_owned_message`, called by the owning
+integration with its `ReservedNamespace`, writes that namespace's keys. That entry point
+is not re-exported by `chatlog.producers` and no public client passes its argument
+through, so no caller writes reserved keys by accident; readers check what they read
+anyway (`chatlog.integrations.langchain_messages`), since events reach the log by other
+roads too (an older producer, another language).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
+from chatlog.schemas.errors import InvalidEvent
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageAppended,
@@ -22,7 +36,30 @@ from chatlog.schemas.events import (
     validated,
 )
 
-__all__ = ["MessageFields", "append_message", "new_event"]
+__all__ = [
+    "LANGCHAIN_METADATA",
+    "RESERVED_NAMESPACES",
+    "MessageFields",
+    "ReservedNamespace",
+    "append_message",
+    "append_owned_message",
+    "check_metadata",
+    "new_event",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ReservedNamespace:
+    """A prefix of metadata keys that one integration alone writes and reads back."""
+
+    prefix: str
+    owner: str  # who writes it, named in a refusal
+
+
+LANGCHAIN_METADATA = ReservedNamespace(
+    "langchain.", "the LangChain integration (chatlog.integrations.langchain)"
+)
+RESERVED_NAMESPACES = (LANGCHAIN_METADATA,)
 
 
 def new_event(
@@ -65,7 +102,59 @@ def append_message(
     producer: ProducerInfo | None = None,
     **fields: Unpack[MessageFields],
 ) -> ConversationEvent:
-    """The `MessageAppended` event for one chat message (the AppendMessage command)."""
+    """The `MessageAppended` event for one chat message (the AppendMessage command).
+
+    Raises `InvalidEvent` for a metadata key in a reserved namespace (see the module).
+    """
+    return _message_event(
+        session_id, user_id, role, content, owner=None, producer=producer, **fields
+    )
+
+
+def append_owned_message(
+    owner: ReservedNamespace,
+    session_id: str,
+    *,
+    user_id: str,
+    role: Role | str,
+    content: str,
+    producer: ProducerInfo | None = None,
+    **fields: Unpack[MessageFields],
+) -> ConversationEvent:
+    """`append_message` for the integration that owns `owner`: it may write its own
+    reserved keys, and still no other namespace's. Only that integration calls this."""
+    return _message_event(
+        session_id, user_id, role, content, owner=owner, producer=producer, **fields
+    )
+
+
+def check_metadata(metadata: Mapping[str, str], *, owner: ReservedNamespace | None) -> None:
+    """Refuse a key in a reserved namespace that `owner` (None: any writer) does not own."""
+    for key in metadata:
+        # Folded so that "LangChain.fields" or a full-width look-alike is no way around it.
+        folded = unicodedata.normalize("NFKC", key).casefold()
+        for namespace in RESERVED_NAMESPACES:
+            # By identity: the right is the integration's own object, not an equal copy.
+            if folded.startswith(namespace.prefix) and namespace is not owner:
+                raise InvalidEvent(
+                    f"metadata key {key!r} is in the reserved namespace {namespace.prefix}* "
+                    f"that only {namespace.owner} writes (it restores a message's fields); "
+                    f"nothing was published. Rename the key (for example 'app.{key}'), or "
+                    f"write the message through that integration",
+                    field=f"metadata.{key}",
+                )
+
+
+def _message_event(
+    session_id: str,
+    user_id: str,
+    role: Role | str,
+    content: str,
+    *,
+    owner: ReservedNamespace | None,
+    producer: ProducerInfo | None,
+    **fields: Unpack[MessageFields],
+) -> ConversationEvent:
     payload_fields: dict[str, Any] = {
         "role": role,
         "content": content,
@@ -78,6 +167,9 @@ def append_message(
     if message_id is not None:
         payload_fields["message_id"] = message_id
     payload = validated(MessageAppended, payload_fields)
+    # Checked as validated, so that no other shape of metadata (pairs, a dict subclass)
+    # carries a reserved key past the check.
+    check_metadata(payload.metadata, owner=owner)
     return new_event(
         session_id,
         user_id=user_id,

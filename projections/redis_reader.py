@@ -36,7 +36,7 @@ import redis
 import redis.asyncio
 
 from chatlog.projections.access import readable
-from chatlog.projections.context import Context, TokenCounter, approx_tokens
+from chatlog.projections.context import Context, SummaryRole, TokenCounter, approx_tokens
 from chatlog.projections.encoding import decode_message, decode_view
 from chatlog.projections.keys import ERASED_FIELD, KeySpace
 from chatlog.projections.opening import ViewOpener
@@ -86,11 +86,13 @@ class RedisReader:
         ttl_s: float | None = None,
         generation_refresh_s: float = 1.0,
         count_tokens: TokenCounter = approx_tokens,
+        summary_role: SummaryRole = SummaryRole.DATA,
         opener: ViewOpener | None = None,
         tenant: str = "default",
     ) -> None:
         self.client = client
         self.count_tokens = count_tokens
+        self.summary_role = summary_role
         # Opens sealed views; a reader without one refuses them (`ConfigError`).
         self.opener = opener
         self.tenant = tenant
@@ -134,6 +136,7 @@ class RedisReader:
                             self._open_stored(ready, raw, {self._owner(user_id): entries}),
                             window_size=window,
                             count_tokens=self.count_tokens,
+                            summary_role=self.summary_role,
                         )
                     if remaining <= 0:
                         raise _not_reached(session_id, after, view, timeout)
@@ -229,11 +232,13 @@ class AsyncRedisReader:
         ttl_s: float | None = None,
         generation_refresh_s: float = 1.0,
         count_tokens: TokenCounter = approx_tokens,
+        summary_role: SummaryRole = SummaryRole.DATA,
         opener: ViewOpener | None = None,
         tenant: str = "default",
     ) -> None:
         self.client = client
         self.count_tokens = count_tokens
+        self.summary_role = summary_role
         # Opens sealed views; a reader without one refuses them (`ConfigError`).
         self.opener = opener
         self.tenant = tenant
@@ -281,6 +286,7 @@ class AsyncRedisReader:
                             await self._open_stored(ready, raw, {self._owner(user_id): entries}),
                             window_size=window,
                             count_tokens=self.count_tokens,
+                            summary_role=self.summary_role,
                         )
                     if remaining <= 0:
                         raise _not_reached(session_id, after, view, timeout)

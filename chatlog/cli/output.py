@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from chatlog.projections.context import SUMMARY_PREAMBLE, Context
+from chatlog.projections.context import Context, render_summary
 from chatlog.projections.store import SessionEntry
 
 __all__ = [
@@ -74,7 +74,7 @@ def context_lines(
 
 
 def _is_summary(message: dict[str, Any], ctx: Context) -> bool:
-    return bool(ctx.summary) and message.get("content") == SUMMARY_PREAMBLE + (ctx.summary or "")
+    return bool(ctx.summary) and message == render_summary(ctx.summary or "", ctx.summary_role)
 
 
 def _message_line(message: dict[str, Any], ctx: Context) -> str:

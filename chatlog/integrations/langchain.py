@@ -22,10 +22,13 @@ is (typically milliseconds behind); pass it the writer's position as ``after=`` 
 
 What `messages` returns: the read-model's unsummarized messages (the overflow, then the
 recent window), oldest first, preceded by the rolling summary of older turns when there
-is one, as a `SystemMessage` marked ``additional_kwargs["chatlog_summary"]`` whose text
-says it is a summary of earlier turns and not instructions (``include_summary=False``
-leaves it out). The summary is what keeps older turns in the model's view once they
-leave the window; without it, a long conversation would silently lose its beginning.
+is one, marked ``additional_kwargs["chatlog_summary"]``: by default a `HumanMessage` that
+quotes the summary as data between delimiters it cannot close, under a label saying it is
+a record of earlier turns and not instructions; a `SystemMessage` only with
+``CHATLOG_SUMMARY_ROLE=system`` (`chatlog.projections.context.render_summary`;
+``include_summary=False`` leaves it out). The summary is what keeps older turns in the
+model's view once they leave the window; without it, a long conversation would silently
+lose its beginning.
 The marked message is never stored back by `add_messages`.
 
 What `clear()` does: it publishes `SessionClosed` (the log keeps every message; replay
@@ -66,7 +69,7 @@ from chatlog.integrations.langchain_messages import (
     to_chatlog,
 )
 from chatlog.integrations.positions import PositionBook, SessionKey, newest
-from chatlog.producers.commands import append_message, new_event
+from chatlog.producers.commands import LANGCHAIN_METADATA, append_owned_message, new_event
 from chatlog.projections.context import Context
 from chatlog.projections.view import SessionStatus
 from chatlog.schemas.errors import ConfigError, SessionNotFound
@@ -264,9 +267,10 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         self._note_cleared(Position(context.position.partition, cleared))
         history = [from_chatlog(m) for m in context.messages if m.offset > cleared]
         if self.include_summary and context.summary and cleared < 0:
-            history.insert(
-                0, summary_message(context.summary, through_offset=context.summary_through)
+            summary = summary_message(
+                context.summary, through_offset=context.summary_through, role=context.summary_role
             )
+            history.insert(0, summary)
         return history
 
     def _absent(self) -> list[BaseMessage]:
@@ -285,7 +289,9 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
                 continue  # the summary is derived from the log, never written to it
             stored = to_chatlog(message, cleared_through=-1 if cleared is None else cleared)
             events.append(
-                append_message(
+                # The one writer of the reserved langchain.* keys (see producers.commands).
+                append_owned_message(
+                    LANGCHAIN_METADATA,
                     self.session_id,
                     user_id=self.user_id,
                     role=stored.role,

@@ -13,8 +13,22 @@ metadata entry, ``langchain.fields``, holding only what the native fields cannot
 Reading rebuilds the message from the native fields and lays that entry over them, so
 `from_chatlog(to_chatlog(m)) == m` for every message whose fields are JSON values.
 
+Can stored metadata make a message something it is not? No. The event's role alone says
+what kind of message it is, and its tool calls alone which tools it called. A
+``langchain.fields`` entry that would say otherwise (a user's message restored as a
+`SystemMessage` or a ``developer`` `ChatMessage`, an `AIMessage` with tool calls the event
+does not have, in ``tool_calls``, ``invalid_tool_calls``, the OpenAI-style
+``additional_kwargs`` or tool-call content blocks) is ignored as a whole: the message is
+rebuilt from the event's own fields and marked
+``response_metadata["chatlog_ignored_metadata"]`` with the key and the reason. Ignored
+rather than refused, so that one forged message cannot make a whole session unreadable.
+Writers other than this integration cannot write ``langchain.*`` keys at all
+(`chatlog.producers.commands`); this check covers events that reached the log by another
+road.
+
 Two more things travel in messages and never reach LangChain: the summary, shown as a
-leading `SystemMessage` marked with ``additional_kwargs["chatlog_summary"]`` (and never
+leading message marked with ``additional_kwargs["chatlog_summary"]`` (quoted data in a
+`HumanMessage` by default, a `SystemMessage` with ``CHATLOG_SUMMARY_ROLE=system``; never
 stored back), and the ``langchain.cleared_through`` mark that `clear()` relies on (see
 `chatlog.integrations.langchain`). Messages written by other chatlog clients have no
 ``langchain.*`` entries; their metadata shows as ``response_metadata["chatlog_metadata"]``.
@@ -43,7 +57,8 @@ try:
 except ImportError as missing:
     raise MissingExtra.needs("langchain", "the LangChain message conversion", missing) from missing
 
-from chatlog.projections.context import SUMMARY_PREAMBLE
+from chatlog.producers.commands import LANGCHAIN_METADATA
+from chatlog.projections.context import SummaryRole, render_summary
 from chatlog.projections.view import Message
 from chatlog.schemas.errors import InvalidId, InvalidInput
 from chatlog.schemas.events import Role, ToolCall
@@ -52,6 +67,7 @@ from chatlog.schemas.ids import new_id, validate_id
 __all__ = [
     "CLEARED_KEY",
     "FIELDS_KEY",
+    "IGNORED_KWARG",
     "METADATA_KWARG",
     "REDACTED_KWARG",
     "SUMMARY_KWARG",
@@ -63,12 +79,13 @@ __all__ = [
     "to_chatlog",
 ]
 
-FIELDS_KEY = "langchain.fields"
-CLEARED_KEY = "langchain.cleared_through"
+_OURS = LANGCHAIN_METADATA.prefix
+FIELDS_KEY = _OURS + "fields"
+CLEARED_KEY = _OURS + "cleared_through"
 SUMMARY_KWARG = "chatlog_summary"
 METADATA_KWARG = "chatlog_metadata"
 REDACTED_KWARG = "chatlog_redacted"
-_OURS = "langchain."
+IGNORED_KWARG = "chatlog_ignored_metadata"
 
 _ROLES = frozenset(role.value for role in Role)
 # OpenAI's "developer" role is its new name for "system".
@@ -125,11 +142,14 @@ def from_chatlog(message: Message) -> BaseMessage:
         tool_call_id=message.tool_call_id,
     )
     raw = message.metadata.get(FIELDS_KEY)
+    notes: dict[str, Any] = {}
     if raw is not None:
         restored = _restore(stored, raw)
-        if restored is not None:
+        contradiction = None if restored is None else _contradiction(restored, stored)
+        if restored is not None and contradiction is None:
             return restored
-    notes: dict[str, Any] = {}
+        if contradiction is not None:
+            notes[IGNORED_KWARG] = {FIELDS_KEY: contradiction}
     foreign = {k: v for k, v in message.metadata.items() if not k.startswith(_OURS)}
     if foreign:
         notes[METADATA_KWARG] = foreign
@@ -139,18 +159,27 @@ def from_chatlog(message: Message) -> BaseMessage:
 
 
 def cleared_through(message: Message) -> int:
-    """The offset of the last clear `message` was written after; -1 if it names none."""
+    """The offset of the last clear `message` was written after; -1 if it names none.
+
+    A clear comes before every message that names it; a mark at or past the message's own
+    offset is not one this integration wrote, and would hide the messages after it."""
     raw = message.metadata.get(CLEARED_KEY)
     try:
-        return int(raw) if raw is not None else -1
+        mark = int(raw) if raw is not None else -1
     except ValueError:
         return -1
+    return mark if mark < message.offset else -1
 
 
-def summary_message(summary: str, *, through_offset: int) -> SystemMessage:
-    """The rolling summary as the leading message of a history."""
-    return SystemMessage(
-        content=SUMMARY_PREAMBLE + summary,
+def summary_message(
+    summary: str, *, through_offset: int, role: SummaryRole | str = SummaryRole.DATA
+) -> HumanMessage | SystemMessage:
+    """The rolling summary as the leading message of a history, rendered as `to_openai`
+    renders it: quoted data in a `HumanMessage`, or (`SummaryRole.SYSTEM`) a `SystemMessage`."""
+    rendered = render_summary(summary, role)
+    cls = SystemMessage if rendered["role"] == "system" else HumanMessage
+    return cls(
+        content=rendered["content"],
         id=f"chatlog-summary-{through_offset}",
         additional_kwargs={SUMMARY_KWARG: {"through_offset": through_offset}},
     )
@@ -158,7 +187,10 @@ def summary_message(summary: str, *, through_offset: int) -> SystemMessage:
 
 def is_summary(message: BaseMessage) -> bool:
     """Whether `message` is a summary `summary_message` made (never stored again)."""
-    return isinstance(message, SystemMessage) and SUMMARY_KWARG in message.additional_kwargs
+    return (
+        isinstance(message, HumanMessage | SystemMessage)
+        and SUMMARY_KWARG in message.additional_kwargs
+    )
 
 
 def _role(message: BaseMessage) -> Role:
@@ -196,6 +228,8 @@ def _message_id(langchain_id: str | None) -> str:
 
 
 def _tool_calls(message: AIMessage) -> tuple[ToolCall, ...]:
+    """Every call the message makes, valid or not: LangChain's OpenAI converters send its
+    invalid calls as tool calls too, so the event must say them (their arguments raw)."""
     calls = []
     for call in message.tool_calls:
         try:
@@ -206,6 +240,14 @@ def _tool_calls(message: AIMessage) -> tuple[ToolCall, ...]:
                 f"JSON values, so chatlog cannot store them: {exc}"
             ) from exc
         calls.append(ToolCall(id=call.get("id") or "", name=call["name"], arguments=arguments))
+    for invalid in message.invalid_tool_calls:
+        calls.append(
+            ToolCall(
+                id=invalid.get("id") or "",
+                name=invalid.get("name") or "",
+                arguments=invalid.get("args") or "",
+            )
+        )
     return tuple(calls)
 
 
@@ -266,6 +308,94 @@ def _restore(stored: StoredFields, raw: str) -> BaseMessage | None:
         return messages_from_dict([{"type": data["type"], "data": data}])[0]
     except (ValueError, TypeError, KeyError):
         return None  # not written by this module: show the native fields
+
+
+def _contradiction(restored: BaseMessage, stored: StoredFields) -> str | None:
+    """Why `restored` says something the event does not (another role, other tool calls);
+    None when it agrees with the event's own fields."""
+    try:
+        role = _role(restored)
+    except InvalidInput:
+        role = None
+    if role is not stored.role:
+        shown = role.value if role else restored.type
+        return f"it says {shown!r} where the event's role is {stored.role.value!r}"
+    if SUMMARY_KWARG in restored.additional_kwargs:
+        return "it marks the message as chatlog's summary, which is never stored"
+    native = _native(stored)
+    if _calls(restored) != _calls(native):
+        return "it would give the message tool calls the event does not have"
+    called = {(call.id, call.name) for call in stored.tool_calls}
+    # What OpenAI-style converters send as tool calls when the message's own list is empty.
+    raw_calls = restored.additional_kwargs.get("tool_calls") or []
+    function_call = restored.additional_kwargs.get("function_call")
+    claimed: list[tuple[str, str] | None] = (
+        [_openai_call(call) for call in raw_calls] if isinstance(raw_calls, list) else [None]
+    )
+    if function_call is not None:
+        claimed.append(_openai_call({"id": "", "function": function_call}))
+    if isinstance(restored.content, list):
+        claimed += [
+            _block_call(block)
+            for block in restored.content
+            if isinstance(block, dict) and block.get("type") in _CALL_BLOCKS
+        ]
+    if not all(c is not None and _among(c, called) for c in claimed):
+        return "its additional_kwargs or content blocks name tool calls the event does not have"
+    return None
+
+
+def _among(claim: tuple[str, str], called: set[tuple[str, str]]) -> bool:
+    """Whether `claim` is one of the event's calls: the same name, and the same id unless
+    one side has none (a legacy ``function_call`` has no id)."""
+    claimed_id, name = claim
+    return any(n == name and (i == claimed_id or "" in (i, claimed_id)) for i, n in called)
+
+
+def _calls(message: BaseMessage) -> list[tuple[str, str, str]]:
+    """The tool calls a message makes, valid or not, as comparable values: whether a call
+    is valid is LangChain's parsing of its arguments, not a different call."""
+    calls = [
+        (call.get("id") or "", call["name"], _canonical(call["args"]))
+        for call in getattr(message, "tool_calls", ())
+    ]
+    for call in getattr(message, "invalid_tool_calls", ()):
+        raw = call.get("args") or ""
+        try:
+            args = json.loads(raw)
+        except (TypeError, ValueError):
+            args = raw
+        calls.append((call.get("id") or "", call.get("name") or "", _canonical(args)))
+    return sorted(calls)
+
+
+def _canonical(args: Any) -> str:
+    return json.dumps(args, sort_keys=True, ensure_ascii=False)
+
+
+# Content blocks that converters send as tool calls (Anthropic's, OpenAI Responses', and
+# LangChain's own standard blocks).
+_CALL_BLOCKS = frozenset(
+    ("tool_use", "function_call", "tool_call", "tool_call_chunk", "server_tool_call")
+)
+
+
+def _block_call(block: dict[str, Any]) -> tuple[str, str] | None:
+    """(id, name) of a tool-call content block; None if it names no function."""
+    name = block.get("name")
+    if not isinstance(name, str):
+        return None
+    return (str(block.get("id") or block.get("call_id") or ""), name)
+
+
+def _openai_call(call: object) -> tuple[str, str] | None:
+    """(id, function name) of an OpenAI-style tool call; None if it is not one."""
+    if not isinstance(call, dict):
+        return None
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        return None
+    return (str(call.get("id") or ""), function["name"])
 
 
 def _json(extras: dict[str, Any], message: BaseMessage) -> str:

@@ -38,6 +38,7 @@ from chatlog.integrations.langchain import ChatlogMessageHistory, HistoryBook
 from chatlog.integrations.langchain_messages import SUMMARY_KWARG
 from chatlog.producers.commands import new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
+from chatlog.projections.context import SUMMARY_LABEL
 from chatlog.projections.view import SessionStatus
 from chatlog.schemas.errors import OwnershipError
 from chatlog.schemas.events import SummaryUpdated
@@ -372,6 +373,9 @@ def test_the_rolling_summary_leads_the_history_and_is_never_stored_back(
                 "through_offset": first.messages[1].offset
             }
             assert "alice asked about turns 0 and 1" in messages[0].content
+            # Quoted data by default, not a system message.
+            assert type(messages[0]) is HumanMessage
+            assert messages[0].content.startswith(SUMMARY_LABEL)
             assert [m.content for m in messages[1:]] == ["turn 2", "turn 3"]
             plain = ChatlogMessageHistory("s-sum", "alice", log=chat, include_summary=False)
             assert [m.content for m in plain.messages] == ["turn 2", "turn 3"]
@@ -379,6 +383,7 @@ def test_the_rolling_summary_leads_the_history_and_is_never_stored_back(
             history.add_messages(messages)
             after = chat.context("s-sum", user_id="alice", after=history.last_position)
             assert all(m.role != "system" for m in after.messages)
+            assert not [m for m in after.messages if m.content.startswith(SUMMARY_LABEL)]
     finally:
         chat.close()
 

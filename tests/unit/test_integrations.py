@@ -32,8 +32,13 @@ from chatlog.integrations.langchain_messages import (
     to_chatlog,
 )
 from chatlog.integrations.positions import PositionBook
-from chatlog.producers.commands import append_message, new_event
-from chatlog.projections.context import SUMMARY_PREAMBLE
+from chatlog.producers.commands import (
+    LANGCHAIN_METADATA,
+    append_message,
+    append_owned_message,
+    new_event,
+)
+from chatlog.projections.context import SUMMARY_PREAMBLE, render_summary
 from chatlog.projections.encoding import decode_message, encode_message
 from chatlog.projections.view import Message
 from chatlog.schemas.errors import InvalidInput
@@ -44,7 +49,8 @@ from chatlog.schemas.position import Position
 def stored(message: BaseMessage, *, cleared: int = -1, offset: int = 7) -> Message:
     """`message` as the read-model holds it: the event's fields, through Redis's encoding."""
     fields = to_chatlog(message, cleared_through=cleared)
-    event = append_message(
+    event = append_owned_message(
+        LANGCHAIN_METADATA,
         "s1",
         user_id="u1",
         role=fields.role,
@@ -164,7 +170,7 @@ def test_a_corrupt_fields_entry_falls_back_to_the_native_fields():
 
 
 def test_the_clear_mark_travels_in_metadata_and_stays_out_of_langchain():
-    message = stored(HumanMessage("after the clear", id="m2"), cleared=41)
+    message = stored(HumanMessage("after the clear", id="m2"), cleared=41, offset=50)
     assert message.metadata[CLEARED_KEY] == "41"
     assert cleared_through(message) == 41
     assert cleared_through(stored(HumanMessage("x"))) == -1
@@ -174,8 +180,15 @@ def test_the_clear_mark_travels_in_metadata_and_stays_out_of_langchain():
 def test_the_summary_message_is_marked_and_recognised():
     summary = summary_message("they talked about order 7731", through_offset=12)
     assert is_summary(summary)
-    assert summary.content == SUMMARY_PREAMBLE + "they talked about order 7731"
+    # By default quoted data with no system authority, exactly as to_openai renders it.
+    assert type(summary) is HumanMessage
+    assert summary.content == render_summary("they talked about order 7731")["content"]
+    old = summary_message("they talked about order 7731", through_offset=12, role="system")
+    assert type(old) is SystemMessage
+    assert is_summary(old)
+    assert old.content == SUMMARY_PREAMBLE + "they talked about order 7731"
     assert not is_summary(SystemMessage("a real system message"))
+    assert not is_summary(HumanMessage("a real user message"))
 
 
 json_values = st.recursive(
