@@ -54,7 +54,20 @@ from chatlog.schemas.position import Position
 __all__ = ["AuditScan", "KafkaAuditWriter", "read_audit", "transactional_id"]
 
 log = logging.getLogger("chatlog.audit")
-_KAFKA_LOG = logging.getLogger("chatlog.kafka")
+
+
+class _ExpectedFencing(logging.Filter):
+    """Drops librdkafka's reports of this producer being fenced: another writer took the
+    partition, which is how the chain is kept, not a fault (the writer logs that it
+    starts over, at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("fenced" in text or "old epoch" in text)
+
+
+_KAFKA_LOG = logging.getLogger("chatlog.kafka.audit")
+_KAFKA_LOG.addFilter(_ExpectedFencing())
 _ATTEMPTS = 8
 # The last record is usually the one before the partition's last commit marker.
 _LOOK_BACK = 16
