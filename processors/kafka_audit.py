@@ -31,14 +31,15 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from chatlog.processors.kafka_consumer import groupless_consumer
-from chatlog.processors.kafka_history import kafka_call, ranges_records
+from chatlog.processors.kafka_history import kafka_call, ranges_records, usable
 from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.schemas.audit import (
     GENESIS,
@@ -151,14 +152,33 @@ class KafkaAuditWriter:
 
     def _open(self) -> _Chain:
         """A producer that owns the partition's chain, and the chain's head."""
-        partitions = self._partitions()
+        # One read_committed consumer counts the partitions and reads the chain's head.
+        consumer = groupless_consumer(
+            self.bootstrap_servers, self.config, purpose="audit", tuning=_READ_COMMITTED
+        )
+        try:
+            partition = self._choose(consumer)
+            producer = self._producer(partition)
+            chain = _Chain(partition, producer, self._last_hash(consumer, partition))
+        finally:
+            consumer.close()
+        self._chain = chain
+        return chain
+
+    def _choose(self, consumer: Consumer) -> int:
+        partitions = topic_partitions(
+            consumer, self.topic, bootstrap_servers=self.bootstrap_servers, timeout=self.timeout
+        )
         if self.partition is None:
             self.partition = random.randrange(partitions)
         elif not 0 <= self.partition < partitions:
             raise ConfigError(
                 f"audit partition {self.partition} is not one of {self.topic}'s {partitions}"
             )
-        partition = self.partition
+        return self.partition
+
+    def _producer(self, partition: int) -> Producer:
+        """The partition's transactional producer, every other writer of it fenced."""
         try:
             producer = Producer(
                 {
@@ -183,45 +203,51 @@ class KafkaAuditWriter:
                 topic=self.topic,
                 partition=partition,
             ) from exc
-        chain = _Chain(partition, producer, self._last_hash(partition))
-        self._chain = chain
-        return chain
+        return producer
 
-    def _partitions(self) -> int:
-        consumer = groupless_consumer(self.bootstrap_servers, self.config, purpose="audit")
-        try:
-            return topic_partitions(
-                consumer,
-                self.topic,
-                bootstrap_servers=self.bootstrap_servers,
-                timeout=self.timeout,
-            )
-        finally:
-            consumer.close()
+    def _last_hash(self, consumer: Consumer, partition: int) -> bytes:
+        """The hash of the partition's last committed record (`GENESIS` if it has none).
 
-    def _last_hash(self, partition: int) -> bytes:
-        """The hash of the partition's last committed record (`GENESIS` if it has none)."""
+        Read after `init_transactions`: nobody else can commit to the partition now, and
+        a transaction another writer had under way is committed or aborted by then.
+        """
         where = TopicPartition(self.topic, partition)
-        consumer = groupless_consumer(
-            self.bootstrap_servers, self.config, purpose="audit", tuning=_READ_COMMITTED
+        low, high = kafka_call(consumer.get_watermark_offsets, where, timeout=self.timeout)
+        stop, back = high, _LOOK_BACK
+        while stop > low:
+            start = max(low, stop - back)
+            found = self._last_in(consumer, partition, start, stop)
+            if found is not None:
+                return record_hash(found)
+            # Only markers or aborted records there: look further back.
+            stop, back = start, back * 4
+        return GENESIS
+
+    def _last_in(self, consumer: Consumer, partition: int, start: int, stop: int) -> bytes | None:
+        """The value of the last committed record in start..stop (exclusive), if any.
+
+        Not `ranges_records`: the range usually ends with a commit marker, which is never
+        delivered, and waiting a poll's full timeout for it would double a writer's start.
+        Short polls and the consumer's position say when the range is read.
+        """
+        where = TopicPartition(self.topic, partition, start)
+        consumer.assign([where])
+        last: bytes | None = None
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            for message in kafka_call(consumer.consume, 100, timeout=0.01):
+                offset = message.offset()
+                if usable(message, where) and offset is not None and offset < stop:
+                    last = message.value() or b""
+            [position] = kafka_call(consumer.position, [TopicPartition(self.topic, partition)])
+            if position.offset >= stop:
+                return last
+        raise BrokerUnavailable(
+            f"reading the head of the audit trail {self.topic}[{partition}] stalled at "
+            f"{start}..{stop} for {self.timeout:g} s",
+            topic=self.topic,
+            partition=partition,
         )
-        try:
-            low, high = kafka_call(consumer.get_watermark_offsets, where, timeout=self.timeout)
-            stop, back = high, _LOOK_BACK
-            while stop > low:
-                start = max(low, stop - back)
-                last: Message | None = None
-                for message in ranges_records(
-                    consumer, self.topic, {partition: (start, stop)}, self.timeout
-                ):
-                    last = message
-                if last is not None:
-                    return record_hash(last.value() or b"")
-                # Only markers or aborted records there: look further back.
-                stop, back = start, back * 4
-            return GENESIS
-        finally:
-            consumer.close()
 
     def _write(self, chain: _Chain, records: Sequence[AuditRecord]) -> list[Position]:
         producer = chain.producer
