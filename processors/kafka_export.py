@@ -4,10 +4,12 @@ Why the log? The read-model forgets: sessions expire from Redis (TTL), the overf
 `CHATLOG_MAX_OVERFLOW` is dropped from it. The log keeps everything, so an export reads
 every partition of the events topic from its start up to its end as it was when the
 export began, decodes every record (the user is in each event's envelope, which is not
-sealed), opens the user's events with their keys and folds them (`UserExport`).
+sealed), opens the user's events with their keys and folds them (`UserExport`). A
+record of a session known to be someone else's is skipped by its key, undecoded.
 
-What it costs: a whole-topic scan, like a replay without writes: every record is decoded
-(about 10 µs each), and only the user's events are opened. Memory holds the user's
+What it costs: a whole-topic scan, like a replay without writes: every record is read,
+the first of each session decoded, and only the user's events opened (docs/privacy.md
+has the figures). Memory holds the user's
 sessions and the ids of the sessions owned by others. An admin operation, not a hot path.
 
 An erased user is refused (`Erased`) before anything is read, and if an erasure lands
@@ -101,10 +103,16 @@ class KafkaExporter:
                 )
             undecodable = 0
             for message in ranges_records(consumer, self.topic, ranges, self.timeout):
+                key = message.key()
+                if key is not None and key.decode("utf-8", "replace") in fold.others:
+                    continue  # a session someone else owns: not even decoded
                 try:
                     event = self.codec.decode(message.value() or b"")
                 except DecodeError:
                     undecodable += 1  # dead-lettered by the projector: in no view
+                    continue
+                if key is None or key.decode("utf-8", "replace") != event.session_id:
+                    undecodable += 1  # keyed other than its session: dead-lettered too
                     continue
                 position = Position(message.partition() or 0, message.offset() or 0)
                 if not fold.wants(event, position):
