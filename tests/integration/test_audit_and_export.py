@@ -12,6 +12,7 @@ in; an erased user is refused.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -22,11 +23,12 @@ import redis
 from confluent_kafka import Producer, TopicPartition
 
 from chatlog import wiring
-from chatlog.client import ChatLog
+from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.processors.kafka_audit import KafkaAuditWriter, read_audit
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.processors.kafka_history import ranges_records
 from chatlog.producers.commands import new_event
+from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.schemas.audit import AuditAction, AuditCodec, AuditRecord
 from chatlog.schemas.errors import Erased, UnknownUser
 from chatlog.schemas.events import MessageRedacted, SummaryUpdated
@@ -334,3 +336,27 @@ def test_replay_and_key_rotation_are_recorded(settings):
     assert records[1]["details"]["mode"] == "rebuild"
     assert records[1]["details"]["events"] == "1"
     assert records[2]["details"]["current"] == "1"  # gil's key, already under the current one
+
+
+def test_the_asyncio_client_exports_and_audits_too(settings):
+    async def run() -> dict:
+        producer = wiring.producer(settings, flush_on_sigterm=False)
+        log = AsyncChatLog(
+            producer=AsyncConversationProducer(producer),
+            reader=wiring.async_reader(settings),
+            exporter=wiring.exporter(settings),
+            audit=wiring.audit_trail(settings),
+            principal="async:ida",
+        )
+        async with log:
+            await log.start_session("ida-1", user_id="ida", title="Hi")
+            await log.append("ida-1", user_id="ida", role="user", content="async hello")
+            return await log.export_user("ida")
+
+    document = asyncio.run(run())
+    assert [m["content"] for m in document["sessions"][0]["messages"]] == ["async hello"]
+    records = [r for _, r in scan(settings).records]
+    assert [(r.action, r.principal) for r in records] == [
+        ("session_created", "async:ida"),
+        ("user_exported", "async:ida"),
+    ]
