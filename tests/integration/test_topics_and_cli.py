@@ -177,6 +177,7 @@ def test_cli_creates_topics_and_publishes(kafka, settings):
         settings.topic,
         settings.dlq_topic,
         settings.keys_topic,
+        settings.audit_topic,
     }
     checked = _cli(settings, "topics", "check")
     assert checked.returncode == 0, checked.stderr
