@@ -119,24 +119,26 @@ class KafkaAuditWriter:
     def append(self, records: Sequence[AuditRecord]) -> list[Position]:
         """Append `records` in one transaction, chained in order; their positions.
 
-        `BrokerUnavailable` or `TopicMissing` if nothing was written; `OutcomeUnknown` if
-        the commit's outcome is not known (the chain stays intact either way).
+        `BrokerUnavailable` or `TopicMissing` if nothing was written; `OutcomeUnknown`
+        after repeated failures, when the outcome is not known. The chain stays intact
+        either way; a retry after a commit whose answer was lost may store the records
+        twice, with the same `audit_id`.
         """
         if not records:
             return []
         with self._lock:
-            last: KafkaException | None = None
+            last: Exception | None = None
             for _ in range(_ATTEMPTS):
                 chain = self._chain or self._open()
                 try:
                     return self._write(chain, records)
-                except KafkaException as exc:
+                except (KafkaException, BufferError) as exc:  # BufferError: queue full
                     last = exc
                     self._drop(exc)
             assert last is not None
             raise OutcomeUnknown(
                 f"could not append to the audit trail {self.topic}[{self._partition_hint()}] "
-                f"after {_ATTEMPTS} attempts: {kafka_reason(last)}",
+                f"after {_ATTEMPTS} attempts: {_reason(last)}",
                 topic=self.topic,
             ) from last
 
@@ -282,7 +284,7 @@ class KafkaAuditWriter:
         chain.head = head
         return [p if p is not None else Position(chain.partition, -1) for p in positions]
 
-    def _drop(self, exc: KafkaException) -> None:
+    def _drop(self, exc: Exception) -> None:
         """After a failed transaction: abort it, or give up the producer if it is fenced."""
         chain, error = self._chain, exc.args[0] if exc.args else None
         if chain is None:
@@ -301,9 +303,13 @@ class KafkaAuditWriter:
             "audit writer of %s[%d] starts over: %s",
             self.topic,
             chain.partition,
-            kafka_reason(exc),
+            _reason(exc),
         )
         self._chain = None
+
+
+def _reason(exc: Exception) -> str:
+    return kafka_reason(exc) if isinstance(exc, KafkaException) else f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True, slots=True)
