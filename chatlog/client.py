@@ -25,7 +25,10 @@ decrypted, redactions applied, as one JSON-ready document (docs/privacy.md, "Exp
 
 With an audit trail (`from_env` builds one; `principal` names who acts), `start_session`,
 `erase_user` and `export_user` are recorded in it; `append` is not, so it costs nothing
-more. Other operations record with one call, `log.audit.record(AuditAction...., ...)`.
+more. Another operation records itself with one call:
+
+    log.audit.record(AuditAction.MESSAGE_REDACTED, user_id="alice", session_id="s-1",
+                     details={"message_id": "m-7"})
 """
 
 from __future__ import annotations
