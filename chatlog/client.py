@@ -25,6 +25,15 @@ log without it (`Context.summary_withheld` says so meanwhile):
 can never be read again, and their sessions leave Redis (`chatlog.processors.erasure`):
 
     erasure = log.erase_user("alice")
+
+`export_user` hands a person their data: every session of theirs, read from the log,
+decrypted, redactions applied, as one JSON-ready document (docs/privacy.md, "Export").
+
+With an audit trail (`from_env` builds one; `principal` names who acts), `start_session`,
+`redact`, `erase_user` and `export_user` are recorded in it; `append` is not, so it costs
+nothing more. An operation of the application's own records itself with one call:
+
+    log.audit.record(AuditAction.OPERATOR_READ, user_id="alice", session_id="s-1")
 """
 
 from __future__ import annotations
@@ -35,14 +44,23 @@ from types import TracebackType
 from typing import Any, Self, Unpack
 
 from chatlog import wiring
+from chatlog.processors.audit import AuditTrail
 from chatlog.processors.erasure import Erasure, UserEraser
+from chatlog.processors.kafka_export import KafkaExporter
 from chatlog.processors.kafka_history import AsOfPoint, KafkaHistory
 from chatlog.producers.commands import MessageFields, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 from chatlog.projections.context import Context
 from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
 from chatlog.projections.store import SessionEntry
-from chatlog.schemas.errors import ConfigError, Erased, InvalidInput, SessionNotFound
+from chatlog.schemas.audit import AuditAction
+from chatlog.schemas.errors import (
+    ChatlogError,
+    ConfigError,
+    Erased,
+    InvalidInput,
+    SessionNotFound,
+)
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageRedacted,
@@ -65,6 +83,52 @@ def _eraser_of(eraser: UserEraser | None) -> UserEraser:
             setting="eraser",
         )
     return eraser
+
+
+def _exporter_of(exporter: KafkaExporter | None) -> KafkaExporter:
+    if exporter is None:
+        raise ConfigError(
+            "this client cannot export users: build it with exporter=wiring.exporter(settings), "
+            "or with from_env()",
+            setting="exporter",
+        )
+    return exporter
+
+
+def _export(
+    exporter: KafkaExporter | None, audit: AuditTrail | None, user_id: str, tenant: str
+) -> dict[str, Any]:
+    return _exporter_of(exporter).export(user_id, tenant=tenant, audit=audit)
+
+
+def _audit_started(audit: AuditTrail | None, event: ConversationEvent) -> None:
+    if audit is not None:
+        audit.record(
+            AuditAction.SESSION_CREATED,
+            tenant=event.tenant,
+            user_id=event.user_id,
+            session_id=event.session_id,
+        )
+
+
+def _audit_redaction(
+    audit: AuditTrail | None,
+    event: ConversationEvent,
+    message_id: str,
+    *,
+    position: Position | None = None,
+    error: ChatlogError | None = None,
+) -> None:
+    """Record a redaction, or its refusal (another user's session, say) or failure."""
+    if audit is None:
+        return
+    details: dict[str, object] = {"message_id": message_id}
+    target = {"tenant": event.tenant, "user_id": event.user_id, "session_id": event.session_id}
+    if error is not None:
+        audit.failed(AuditAction.MESSAGE_REDACTED, error, details=details, **target)
+    else:
+        details["position"] = str(position)
+        audit.record(AuditAction.MESSAGE_REDACTED, details=details, **target)
 
 
 def _history_for(history: KafkaHistory | None, after: Position | None) -> KafkaHistory:
@@ -96,12 +160,18 @@ class ChatLog:
         read_timeout_s: float = 5.0,
         history: KafkaHistory | None = None,
         eraser: UserEraser | None = None,
+        exporter: KafkaExporter | None = None,
+        audit: AuditTrail | None = None,
+        principal: str | None = None,
     ) -> None:
         self.producer = producer
         self.reader = reader
         self.read_timeout_s = read_timeout_s
         self.history = history
         self.eraser = eraser
+        self.exporter = exporter
+        # Who acts: the caller's principal (the gateway will pass the one it authenticated).
+        self.audit = audit.as_principal(principal) if audit is not None else None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ChatLog:
@@ -115,6 +185,8 @@ class ChatLog:
             read_timeout_s=settings.read_timeout_s,
             history=wiring.kafka_history(settings),
             eraser=wiring.eraser(settings, producer, reader.client),
+            exporter=wiring.exporter(settings, reader.client),
+            audit=wiring.audit_trail(settings),
         )
 
     def append(
@@ -134,11 +206,12 @@ class ChatLog:
     def start_session(self, session_id: str, *, user_id: str, title: str | None = None) -> Position:
         """Start the session, or retitle it (None keeps the title); returns its position.
 
-        Optional: `append` starts a session too, with no title.
+        Optional: `append` starts a session too, with no title (and no audit record).
         """
-        return self.producer.publish(
-            _session_started(session_id, user_id, title, self.producer.info)
-        )
+        event = _session_started(session_id, user_id, title, self.producer.info)
+        position = self.producer.publish(event)
+        _audit_started(self.audit, event)
+        return position
 
     def context(
         self,
@@ -183,15 +256,21 @@ class ChatLog:
         """
         event = _redaction(session_id, message_id, user_id, reason, self.producer.info)
         try:
-            self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
-        except Erased:
-            raise  # the owner's keys are gone: the log must not be asked either
-        except SessionNotFound:
-            if self.history is None:
-                raise
-            # Expired from Redis: the log knows the owner. Raises as a read would.
-            self.history.context(session_id, user_id=user_id, as_of=datetime.now(UTC))
-        return self.producer.publish(event)
+            try:
+                self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
+            except Erased:
+                raise  # the owner's keys are gone: the log must not be asked either
+            except SessionNotFound:
+                if self.history is None:
+                    raise
+                # Expired from Redis: the log knows the owner. Raises as a read would.
+                self.history.context(session_id, user_id=user_id, as_of=datetime.now(UTC))
+            position = self.producer.publish(event)
+        except ChatlogError as exc:
+            _audit_redaction(self.audit, event, message_id, error=exc)
+            raise
+        _audit_redaction(self.audit, event, message_id, position=position)
+        return position
 
     def erase_user(self, user_id: str, *, tenant: str = "default") -> Erasure:
         """Erase the user: destroy their keys and remove their sessions from Redis.
@@ -200,7 +279,16 @@ class ChatLog:
         read-model holds a session of theirs. Harmless when repeated
         (`already_erased`); `UnknownUser` if chatlog has nothing of them.
         """
-        return _eraser_of(self.eraser).erase(user_id, tenant=tenant)
+        return _eraser_of(self.eraser).erase(user_id, tenant=tenant, audit=self.audit)
+
+    def export_user(self, user_id: str, *, tenant: str = "default") -> dict[str, Any]:
+        """Every session of the user, read from the log, as a JSON-ready document.
+
+        Decrypted, redactions applied, current summaries included (the format is in
+        docs/privacy.md, "Export"). Reads the whole events topic: an admin operation.
+        `Erased` for an erased user, `UnknownUser` if the log holds no session of theirs.
+        """
+        return _export(self.exporter, self.audit, user_id, tenant)
 
     def close(self) -> None:
         """Flush pending events and release connections."""
@@ -208,6 +296,8 @@ class ChatLog:
             self.producer.close()
         finally:
             self.reader.client.close()
+            if self.audit is not None:
+                self.audit.close()
 
     def __enter__(self) -> Self:
         return self
@@ -232,12 +322,18 @@ class AsyncChatLog:
         read_timeout_s: float = 5.0,
         history: KafkaHistory | None = None,
         eraser: UserEraser | None = None,
+        exporter: KafkaExporter | None = None,
+        audit: AuditTrail | None = None,
+        principal: str | None = None,
     ) -> None:
         self.producer = producer
         self.reader = reader
         self.read_timeout_s = read_timeout_s
         self.history = history
         self.eraser = eraser
+        self.exporter = exporter
+        # Who acts: the caller's principal (the gateway will pass the one it authenticated).
+        self.audit = audit.as_principal(principal) if audit is not None else None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncChatLog:
@@ -250,6 +346,8 @@ class AsyncChatLog:
             read_timeout_s=settings.read_timeout_s,
             history=wiring.kafka_history(settings),
             eraser=wiring.eraser(settings, producer),
+            exporter=wiring.exporter(settings),
+            audit=wiring.audit_trail(settings),
         )
 
     async def append(
@@ -271,11 +369,12 @@ class AsyncChatLog:
     ) -> Position:
         """Start the session, or retitle it (None keeps the title); returns its position.
 
-        Optional: `append` starts a session too, with no title.
+        Optional: `append` starts a session too, with no title (and no audit record).
         """
-        return await self.producer.publish(
-            _session_started(session_id, user_id, title, self.producer.sync.info)
-        )
+        event = _session_started(session_id, user_id, title, self.producer.sync.info)
+        position = await self.producer.publish(event)
+        await asyncio.to_thread(_audit_started, self.audit, event)
+        return position
 
     async def context(
         self,
@@ -313,21 +412,31 @@ class AsyncChatLog:
         """`ChatLog.redact`; a look-up in the log runs in a worker thread."""
         event = _redaction(session_id, message_id, user_id, reason, self.producer.sync.info)
         try:
-            await self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
-        except Erased:
-            raise  # the owner's keys are gone: the log must not be asked either
-        except SessionNotFound:
-            if self.history is None:
-                raise
-            await asyncio.to_thread(
-                self.history.context, session_id, user_id=user_id, as_of=datetime.now(UTC)
-            )
-        return await self.producer.publish(event)
+            try:
+                await self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
+            except Erased:
+                raise  # the owner's keys are gone: the log must not be asked either
+            except SessionNotFound:
+                if self.history is None:
+                    raise
+                await asyncio.to_thread(
+                    self.history.context, session_id, user_id=user_id, as_of=datetime.now(UTC)
+                )
+            position = await self.producer.publish(event)
+        except ChatlogError as exc:
+            await asyncio.to_thread(_audit_redaction, self.audit, event, message_id, error=exc)
+            raise
+        await asyncio.to_thread(_audit_redaction, self.audit, event, message_id, position=position)
+        return position
 
     async def erase_user(self, user_id: str, *, tenant: str = "default") -> Erasure:
         """`ChatLog.erase_user`; the blocking calls run in a worker thread."""
         eraser = _eraser_of(self.eraser)
-        return await asyncio.to_thread(eraser.erase, user_id, tenant=tenant)
+        return await asyncio.to_thread(eraser.erase, user_id, tenant=tenant, audit=self.audit)
+
+    async def export_user(self, user_id: str, *, tenant: str = "default") -> dict[str, Any]:
+        """`ChatLog.export_user`; the scan runs in a worker thread."""
+        return await asyncio.to_thread(_export, self.exporter, self.audit, user_id, tenant)
 
     async def aclose(self) -> None:
         """Flush pending events and release connections."""
@@ -335,6 +444,8 @@ class AsyncChatLog:
             await self.producer.aclose()
         finally:
             await self.reader.client.aclose()
+            if self.audit is not None:
+                await asyncio.to_thread(self.audit.close)
 
     async def __aenter__(self) -> Self:
         return self

@@ -100,11 +100,17 @@ class Settings(BaseModel):
     keys_topic: str = Field(
         "chatlog.keys", description="each user's wrapped data keys (compacted; erasure shreds)"
     )
+    audit_topic: str = Field(
+        "chatlog.audit", description="the audit trail (hash-chained, no personal data)"
+    )
     retention: Retention = Field(
         None, description="how long the events topic keeps events (unset or 'forever': forever)"
     )
     dlq_retention: Retention = Field(
         7 * _DAY_S, description="how long the dead-letter topic keeps records ('forever' allowed)"
+    )
+    audit_retention: Retention = Field(
+        400 * _DAY_S, description="how long the audit topic keeps records ('forever' allowed)"
     )
     key_shred_within: Duration = Field(
         _DAY_S,
@@ -188,6 +194,10 @@ class Settings(BaseModel):
     tokenizer: str = Field(
         "approx", description="token counter: approx, auto, or tiktoken:<encoding>"
     )
+    # No authenticated principals yet: the HTTP gateway (planned) will pass its own.
+    principal: str | None = Field(
+        None, description="who the audit trail names for this process; unset: <os user>@<host>"
+    )
     master_key: SecretStr | None = Field(
         None,
         description="the master keys that wrap data keys: '<id>:<base64>[,...]', first current",
@@ -200,7 +210,7 @@ class Settings(BaseModel):
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"
     )
 
-    @field_validator("topic", "dlq_topic", "keys_topic")
+    @field_validator("topic", "dlq_topic", "keys_topic", "audit_topic")
     @classmethod
     def _topic_name(cls, value: str) -> str:
         if _KAFKA_NAME.fullmatch(value) is None:
@@ -325,7 +335,7 @@ _MEMBERSHIP_SETTINGS = {
 
 
 # Settings where None means "forever", which `describe` spells out (one has a default).
-_RETENTIONS = {"retention", "dlq_retention"}
+_RETENTIONS = {"retention", "dlq_retention", "audit_retention"}
 # Named like secrets, but not: the keys topic's name, a duration, a path.
 _NOT_SECRET = {"keys_topic", "key_shred_within", "master_key_file"}
 

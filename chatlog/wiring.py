@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import getpass
 import os
 import socket
 import threading
@@ -18,8 +19,11 @@ from confluent_kafka.admin import AdminClient
 
 from chatlog.distribution import installed_version
 from chatlog.processors import kafka_key_log
+from chatlog.processors.audit import AuditTrail
 from chatlog.processors.erasure import Erasure, UserEraser
 from chatlog.processors.extractive import ExtractiveSummarizer
+from chatlog.processors.kafka_audit import KafkaAuditWriter
+from chatlog.processors.kafka_export import KafkaExporter
 from chatlog.processors.kafka_history import KafkaHistory, KafkaSessionLog
 from chatlog.processors.kafka_key_log import KeysRotated
 from chatlog.processors.kafka_keys_tick import KafkaKeysTicker
@@ -57,6 +61,7 @@ from chatlog.projections.redis_reader import DEFAULT_GENERATION, AsyncRedisReade
 from chatlog.projections.redis_store import RedisViewStore
 from chatlog.projections.store import ViewStore
 from chatlog.projections.view import WindowPolicy
+from chatlog.schemas.audit import AuditAction
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import ConfigError, MissingExtra, StoreUnavailable
 from chatlog.schemas.events import ProducerInfo
@@ -71,16 +76,19 @@ __all__ = [
     "admin_client",
     "async_reader",
     "async_redis_client",
+    "audit_trail",
     "codec",
     "create_topics",
     "erase_user",
     "eraser",
+    "exporter",
     "generation_store",
     "generations",
     "kafka_replay",
     "keys_ticker",
     "live_store",
     "policy",
+    "principal",
     "producer",
     "projector",
     "reader",
@@ -154,6 +162,8 @@ def topic_specs(settings: Settings, replication_factor: int) -> list[TopicSpec]:
         retention_ms=_ms(settings.retention),
         dlq_retention_ms=_ms(settings.dlq_retention),
         key_shred_within_ms=_ms(settings.key_shred_within),
+        audit_topic=settings.audit_topic,
+        audit_retention_ms=_ms(settings.audit_retention),
     )
 
 
@@ -252,9 +262,49 @@ def eraser(
 
 
 def erase_user(settings: Settings, user_id: str, *, tenant: str = "default") -> Erasure:
-    """Erase one user (`chatlog erase`)."""
+    """Erase one user (`chatlog erase`), recorded in the audit trail."""
     with producer(settings, flush_on_sigterm=False) as writer:
-        return eraser(settings, writer).erase(user_id, tenant=tenant)
+        return eraser(settings, writer).erase(user_id, tenant=tenant, audit=audit_trail(settings))
+
+
+def principal(settings: Settings) -> str:
+    """Who the audit trail names for this process: `CHATLOG_PRINCIPAL`, else
+    ``<os user>@<host>`` (no principal is authenticated yet; the gateway will pass one)."""
+    if settings.principal:
+        return settings.principal
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name: a container's bare uid
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def audit_trail(settings: Settings, *, principal_name: str | None = None) -> AuditTrail:
+    """The audit trail, for `principal_name` (default `principal(settings)`).
+
+    Free to build: its producer connects at the first record.
+    """
+    return AuditTrail(
+        KafkaAuditWriter(
+            bootstrap_servers=settings.kafka_bootstrap,
+            topic=settings.audit_topic,
+            config=settings.kafka,
+            timeout=settings.delivery_timeout_s,
+        ),
+        key_provider(settings),
+        principal_name or principal(settings),
+    )
+
+
+def exporter(settings: Settings, client: redis.Redis | None = None) -> KafkaExporter:
+    """Exports a user's sessions from the events topic (`ChatLog.export_user`)."""
+    return KafkaExporter(
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic=settings.topic,
+        opener=opener(settings, client),
+        codec=codec(settings),
+        config=settings.kafka,
+    )
 
 
 def keyring(
@@ -276,9 +326,13 @@ def rotate_keys(settings: Settings) -> KeysRotated:
     """Re-wrap every live data key under the current master key (`chatlog keys rotate`)."""
     check_keys_topic(settings)
     directory = key_directory(settings)
-    with producer(settings, flush_on_sigterm=False) as writer:
+    trail = audit_trail(settings)
+    with (
+        producer(settings, flush_on_sigterm=False) as writer,
+        trail.operation(AuditAction.KEYS_ROTATED) as details,
+    ):
         ring = keyring(settings, writer, directory)
-        return kafka_key_log.rotate_keys(
+        rotated = kafka_key_log.rotate_keys(
             ring,
             directory,
             KafkaKeyLog(writer, topic=settings.keys_topic),
@@ -286,6 +340,13 @@ def rotate_keys(settings: Settings) -> KeysRotated:
             topic=settings.keys_topic,
             config=settings.kafka,
         )
+        details.update(
+            master_key=ring.provider.current,
+            rewrapped=rotated.rewrapped,
+            current=rotated.current,
+            erased=rotated.erased,
+        )
+        return rotated
 
 
 def _ms(seconds: float | None) -> int:

@@ -11,9 +11,12 @@ the window are folded into the session's summary as the chat goes on, so the pro
 stays small however long the chat grows. The demo prints the summary, how many turns it
 covers and what the prompt costs against the whole chat.
 
-Last, one customer is erased: the demo shows a message of theirs as it rests in Kafka
-and in Redis (ciphertext under their own key), calls `ChatLog.erase_user`, and shows
-that their sessions now answer "erased" while every other customer's read as before.
+Last, one customer is exported and erased: the demo shows a message of theirs as it
+rests in Kafka and in Redis (ciphertext under their own key), exports their sessions
+from the log (`ChatLog.export_user`), calls `ChatLog.erase_user`, and shows that their
+sessions now answer "erased" while every other customer's read as before; then the
+audit trail's records of the export and the erasure (`chatlog audit --user ...
+--verify`), which name the customer by a pseudonym only, and that its chains hold.
 
 It uses only what an application would: `ChatLog` to append and read,
 `chatlog.wiring.create_topics`, and the ``chatlog`` command: ``chatlog run projector``
@@ -57,8 +60,11 @@ from confluent_kafka import TopicPartition
 
 from chatlog import ChatLog, ChatlogError, Context, Position, Settings, wiring
 from chatlog.cli.output import context_lines, session_rows
+from chatlog.cli.privacy import audit_lines, verify_lines
+from chatlog.processors.kafka_audit import read_audit
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.schemas.events import ConversationEvent, MessageAppended
+from chatlog.schemas.master_keys import user_pseudonyms
 from dev.demo_chats import Script, read_long_chat, write_scripts
 
 __all__ = ["main"]
@@ -298,6 +304,8 @@ def _run(args: argparse.Namespace) -> int:
         "dlq_topic": f"{name}.dlq",
         # Its own keys topic too: the demo erases a user, and an erased id stays retired.
         "keys_topic": f"{name}.keys",
+        # And its own audit trail, so that the listing at the end shows this run only.
+        "audit_topic": f"{name}.audit",
         "redis_prefix": name,
         "projector_group": f"chatlog-projector.demo.{run}",
         "summarizer_group": f"chatlog-summarizer.demo.{run}",
@@ -401,6 +409,12 @@ def _erasure(
     _say("", f"kafka  content={payload.content!r}, sealed {sealed[:10].hex()}... ({len(sealed)} B)")
     _say("", f'redis  "c": {stored["c"]!r}, sealed {in_redis[:20]}... (the same, in base64)')
 
+    exported = log.export_user(user)
+    _say(
+        "exported",
+        f"log.export_user({user!r}): {len(exported['sessions'])} sessions, "
+        f"{sum(len(s['messages']) for s in exported['sessions'])} messages, from the log",
+    )
     erasure = log.erase_user(user)
     _say(
         "erased",
@@ -425,6 +439,31 @@ def _erasure(
     if log.context(other.session_id, user_id=keep).message_count != len(other.turns):
         raise DemoFailed(f"{keep}'s session {other.session_id} changed when {user} was erased")
     _say("", f"then {', '.join(answers)}, sessions -> []; {keep}'s chats read as before")
+    print()
+    _audit_listing(settings, user)
+
+
+def _audit_listing(settings: Settings, user: str) -> None:
+    """What `chatlog audit --user <user> --verify` shows: the export and the erasure,
+    the user named by a pseudonym, and every chain intact."""
+    scan = read_audit(
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic=settings.audit_topic,
+        config=settings.kafka,
+    )
+    names = {
+        str(m)
+        for m in user_pseudonyms(wiring.key_provider(settings), tenant="default", user_id=user)
+    }
+    theirs = [(p, r) for p, r in scan.records if r.user in names]
+    if not scan.intact or not any(r.action == "user_erased" for _, r in theirs):
+        raise DemoFailed(f"the audit trail lacks {user}'s erasure or is broken: {scan.chains}")
+    started = [pr for pr in theirs if pr[1].action == "session_created"]
+    _say("audit", f"chatlog audit --user {user} --verify  ({len(theirs)} records; no user ids):")
+    _indent([f"  ({len(started)} session_created records by start_session, then)"], width=200)
+    rest = [pr for pr in theirs if pr[1].action != "session_created"]
+    _indent(_excerpt(audit_lines(rest), head=4, tail=0, what="records"), width=200)
+    _say("", verify_lines(scan)[-1])
     print()
 
 
@@ -517,11 +556,13 @@ def _next_steps(settings: Settings, example: Context, long_chat: Script) -> None
         f"  export {Settings.env_name('topic')}={settings.topic} \\\n"
         f"         {Settings.env_name('dlq_topic')}={settings.dlq_topic} \\\n"
         f"         {Settings.env_name('keys_topic')}={settings.keys_topic} \\\n"
+        f"         {Settings.env_name('audit_topic')}={settings.audit_topic} \\\n"
         f"         {Settings.env_name('redis_prefix')}={settings.redis_prefix}"
     )
     print(f"  {cli} context {session} --user {user} --after {example.position}")
     print(f"  {cli} sessions {user}")
-    print(f"  {cli} tail {session} --no-follow")
+    print(f"  {cli} tail {session} --no-follow   # an operator's read: audited")
+    print(f"  {cli} audit --verify   # the audit trail: who did what, chains verified")
     print(f"  {cli} context {long_chat.session_id} --user {long_chat.user_id}   # the long chat")
     print(f"  {cli} run projector        # the projector this demo ran, in the foreground")
     print(f"  {cli} run summarizer       # and the summarizer")

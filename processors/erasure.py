@@ -17,6 +17,10 @@ What does erasing a user do, in this order, and why this order?
    the mark is found, one written after it is refused by the store, and one written
    before the mark but indexed after it is deleted by the store's index script.
 
+With an audit trail (`erase(..., audit=trail)`), one transaction records the user erased,
+each key destroyed and each session removed from the read-model (a refusal or a failure
+is recorded too); the records name the user by their pseudonym only.
+
 Erasing twice is harmless: the second call finds the mark, publishes nothing and
 removes whatever sessions are left (say `already_erased`). Erasing a user chatlog has
 nothing of (no key in the directory or the keys topic, no erasure, no session) raises
@@ -32,6 +36,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from chatlog.processors.audit import AuditTrail
+from chatlog.schemas.audit import AuditAction
 from chatlog.schemas.errors import Unavailable, UnknownUser
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.key_records import ErasureRecord
@@ -91,6 +97,15 @@ class Erasure:
             "seconds": round(self.seconds, 3),
         }
 
+    def audit_details(self) -> dict[str, object]:
+        """What the audit trail records of it: counts and times, nothing personal."""
+        return {
+            "keys_destroyed": len(self.key_ids),
+            "sessions_removed": self.sessions_removed,
+            "already_erased": self.already_erased,
+            "erased_at": self.erased_at.isoformat(timespec="milliseconds"),
+        }
+
 
 class UserEraser:
     """Erases users, from built parts (`chatlog.wiring.eraser` builds them from settings)."""
@@ -122,10 +137,52 @@ class UserEraser:
             self.keyring.destroy(scope, made_meanwhile)
         return made_meanwhile
 
-    def erase(self, user_id: str, *, tenant: str = "default") -> Erasure:
-        """Erase the user (see the module docstring for the steps)."""
+    def erase(
+        self, user_id: str, *, tenant: str = "default", audit: AuditTrail | None = None
+    ) -> Erasure:
+        """Erase the user (see the module docstring for the steps), recorded in `audit`."""
         validate_id(user_id, field="user_id")
         validate_id(tenant, field="tenant")
+        if audit is None:
+            return self._erase(user_id, tenant, removed_ids=set())
+        removed: set[str] = set()
+        try:
+            erasure = self._erase(user_id, tenant, removed_ids=removed)
+        except BaseException as exc:
+            audit.failed(AuditAction.USER_ERASED, exc, tenant=tenant, user_id=user_id)
+            raise
+        # One transaction: the user, each key destroyed, each session removed.
+        audit.record_many(
+            [
+                audit.entry(
+                    AuditAction.USER_ERASED,
+                    tenant=tenant,
+                    user_id=user_id,
+                    details=erasure.audit_details(),
+                ),
+                *(
+                    audit.entry(
+                        AuditAction.KEY_DESTROYED,
+                        tenant=tenant,
+                        user_id=user_id,
+                        details={"key_id": key_id},
+                    )
+                    for key_id in erasure.key_ids
+                ),
+                *(
+                    audit.entry(
+                        AuditAction.SESSION_ERASED,
+                        tenant=tenant,
+                        user_id=user_id,
+                        session_id=session,
+                    )
+                    for session in sorted(removed)
+                ),
+            ]
+        )
+        return erasure
+
+    def _erase(self, user_id: str, tenant: str, *, removed_ids: set[str]) -> Erasure:
         scope = KeyScope(tenant, user_id)
         started = time.monotonic()
         # The directory is a copy: the keys topic may hold a key it lacks (a writer that
@@ -162,6 +219,7 @@ class UserEraser:
                 f"until it returns",
                 **exc.context,
             ) from exc
+        removed_ids.update(removed)
         erasure = Erasure(
             tenant=tenant,
             user_id=user_id,

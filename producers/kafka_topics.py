@@ -6,6 +6,8 @@
   for the topic's life, because changing it moves sessions to other partitions and
   breaks their order.
 * `chatlog.events.dlq`: delete policy, retention from `CHATLOG_DLQ_RETENTION`.
+* `chatlog.audit`: delete policy, retention from `CHATLOG_AUDIT_RETENTION` (default 400
+  days), set apart from the events' so that the trail can outlive what it describes.
 * `chatlog.keys`: compacted, with the cleaner's bounds derived from
   `CHATLOG_KEY_SHRED_WITHIN` (`keys_topic_config`), so that an erased user's wrapped key
   is physically removed from every segment within that bound.
@@ -138,6 +140,8 @@ def chatlog_topics(
     retention_ms: int = FOREVER_MS,
     dlq_retention_ms: int = 7 * 24 * 3600 * 1000,
     key_shred_within_ms: int = 24 * 3600 * 1000,
+    audit_topic: str | None = None,
+    audit_retention_ms: int = 400 * 24 * 3600 * 1000,
 ) -> list[TopicSpec]:
     """The topics chatlog needs, configured for its guarantees (-1: keep forever)."""
     if partitions < 1:
@@ -156,6 +160,24 @@ def chatlog_topics(
             setting="min_insync_replicas",
         )
     durable = {"min.insync.replicas": str(min_isr)}
+    # The trail's retention is its own: it must outlive the erasures it records.
+    audit = (
+        []
+        if audit_topic is None
+        else [
+            TopicSpec(
+                audit_topic,
+                partitions,
+                replication_factor,
+                {
+                    "cleanup.policy": "delete",
+                    "retention.ms": str(audit_retention_ms),
+                    "retention.bytes": "-1",
+                    **durable,
+                },
+            )
+        ]
+    )
     return [
         TopicSpec(
             events_topic,
@@ -180,6 +202,7 @@ def chatlog_topics(
             replication_factor,
             {**keys_topic_config(key_shred_within_ms), **durable},
         ),
+        *audit,
     ]
 
 

@@ -18,7 +18,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     ├── Refused                            understood and answered "no"; nothing changed
     │   ├── SessionNotFound(LookupError)   no such session (never existed, expired, erased)
     │   │   └── Erased                     ... its owner was erased: their keys are destroyed
-    │   ├── UnknownUser(LookupError)       nothing of the user to erase (no key, no session)
+    │   ├── UnknownUser(LookupError)       nothing of the user to erase or export
     │   ├── OwnershipError(PermissionError) the session belongs to another user
     │   ├── TopicMissing(LookupError)      the events topic does not exist
     │   ├── NotQueued(RuntimeError)        the Kafka client refused to queue an event
@@ -200,8 +200,9 @@ class Erased(SessionNotFound):
 
 
 class UnknownUser(Refused, LookupError):
-    """chatlog has nothing of the user: no data key (in the key directory or the keys
-    topic), no erasure, no session in the read-model. Nothing was erased or retired."""
+    """chatlog has nothing of the user: for an erasure, no data key (in the key directory
+    or the keys topic), no erasure, no session in the read-model, and nothing was erased
+    or retired; for an export, no session of theirs in the log."""
 
 
 class OwnershipError(Refused, PermissionError):

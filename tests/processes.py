@@ -29,17 +29,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def unique_settings(kafka, redis_url: str, redis_prefix: str, **overrides) -> Settings:
-    """Settings on a fresh events topic, DLQ, keys topic, Redis prefix and consumer group,
-    with the tests' master key."""
+    """Settings on a fresh events topic, DLQ, keys topic, audit topic, Redis prefix and
+    consumer group, with the tests' master key."""
     topic = kafka.create_topic("events", partitions=overrides.pop("partitions", 6))
     dlq = kafka.create_topic("dlq", partitions=1)
     keys = create_keys_topic(kafka)
+    audit = kafka.create_topic("audit", partitions=overrides.pop("audit_partitions", 2))
     return Settings(
         kafka_bootstrap=kafka.bootstrap,
         redis_url=redis_url,
         topic=topic,
         dlq_topic=dlq,
         keys_topic=keys,
+        audit_topic=audit,
         redis_prefix=redis_prefix,
         projector_group=f"projector-{uuid.uuid4().hex[:8]}",
         master_key_file=master_key_file(),

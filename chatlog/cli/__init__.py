@@ -12,6 +12,7 @@ dispatcher; each command group adds its own commands and handlers:
 - `chatlog.cli.replay`: `replay` (rebuild, `--verify`)
 - `chatlog.cli.admin`: `topics create`, `topics check`, `keys new-master-key`, `keys
   rotate`, `erase`, `config`
+- `chatlog.cli.privacy`: `audit` (list and verify the trail), `export`
 
 `chatlog.cli.output` shows results (for people, or JSON); `chatlog.cli.common` holds the
 rest they share (argument types, stopping on a signal, the topic check).
@@ -24,7 +25,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chatlog.cli import admin, read, replay, run
+from chatlog.cli import admin, privacy, read, replay, run
 from chatlog.cli.common import exit_status
 from chatlog.cli.output import print_result
 from chatlog.schemas.errors import ChatlogError
@@ -63,6 +64,6 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (read, run, replay, admin):
+    for group in (read, run, replay, admin, privacy):
         group.add_commands(commands, common)
     return parser

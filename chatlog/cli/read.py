@@ -39,6 +39,7 @@ from chatlog.processors.kafka_history import AsOf, usable
 from chatlog.producers.partitioning import partition_for
 from chatlog.projections.context import Context
 from chatlog.projections.opening import ERASED
+from chatlog.schemas.audit import AuditAction
 from chatlog.schemas.errors import (
     BrokerUnavailable,
     DecodeError,
@@ -184,7 +185,16 @@ def context(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | No
 
 
 def _context_as_of(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
-    """`chatlog context --as-of`: the context folded from the log; Redis is never asked."""
+    """`chatlog context --as-of`: the context folded from the log; Redis is never asked.
+
+    An operator's read of any user's past: audited before anything is read.
+    """
+    _audit_read(
+        settings,
+        session_id=args.session,
+        user_id=args.user,
+        details={"via": "context --as-of", "as_of": _as_of_text(args.as_of)},
+    )
     read = wiring.kafka_history(settings).read(
         args.session,
         user_id=args.user,
@@ -288,9 +298,29 @@ def sessions(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any
 # -- tail ---------------------------------------------------------------------------
 
 
+def _audit_read(
+    settings: Settings,
+    *,
+    session_id: str,
+    details: dict[str, object],
+    user_id: str | None = None,
+) -> None:
+    """Record an operator's read that bypasses ownership, before it reads: no record, no
+    read (an audit trail that cannot be written refuses the read, never skips the record)."""
+    validate_id(session_id, field="session_id")
+    trail = wiring.audit_trail(settings)
+    try:
+        trail.record(
+            AuditAction.OPERATOR_READ, user_id=user_id, session_id=session_id, details=details
+        )
+    finally:
+        trail.close()
+
+
 def tail(args: argparse.Namespace, settings: Settings) -> None:
-    """`chatlog tail`: print the session's events from the log, then follow new ones."""
-    validate_id(args.session, field="session_id")
+    """`chatlog tail`: print the session's events from the log, then follow new ones
+    (audited first: it shows any user's session)."""
+    _audit_read(settings, session_id=args.session, details={"via": "tail", "follow": args.follow})
     consumer = groupless_consumer(settings.kafka_bootstrap, settings.kafka, purpose="tail")
     try:
         partition, low, high = _locate(consumer, settings, args.session)

@@ -1,5 +1,8 @@
 """The CLI's `replay` command: rebuild the read-model, or verify the live one (`--verify`).
 
+Both are recorded in the audit trail: `replay_started`, then `replay_finished` with its
+outcome (a verification's differences are counted in it).
+
 Progress goes to stderr (rewritten in place on a terminal); the result to stdout, as
 text or JSON. `--verify` exits with 1 when the live generation differs from the log.
 SIGTERM or Ctrl-C stops a rebuild cleanly: the live generation stays untouched, and the
@@ -18,7 +21,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 from chatlog import wiring
 from chatlog.cli.common import partition_count, positive_float, positive_int, stop_on_signals
 from chatlog.processors.kafka_replay import ReplayProgress
-from chatlog.processors.replay import ReplayParts, rebuild, verify
+from chatlog.processors.replay import (
+    RebuildReport,
+    ReplayParts,
+    VerifyReport,
+    rebuild,
+    verify,
+)
+from chatlog.schemas.audit import AuditAction
 from chatlog.schemas.errors import Interrupted
 from chatlog.settings import Settings
 
@@ -98,40 +108,58 @@ class ProgressPrinter:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
-    """`chatlog replay [--verify]`."""
+    """`chatlog replay [--verify]`, recorded in the audit trail (started, then finished
+    with its outcome)."""
     partition_count(wiring.admin_client(settings), settings)
     printer = ProgressPrinter(sys.stderr)
     parts = wiring.replay_parts(settings)
-    with stop_on_signals() as stop:
-        try:
+    trail = wiring.audit_trail(settings)
+    mode = {"mode": "verify" if args.verify else "rebuild"}
+    checked: VerifyReport | None = None
+    try:
+        trail.record(AuditAction.REPLAY_STARTED, details={**mode, "workers": args.workers})
+        with stop_on_signals() as stop, trail.operation(AuditAction.REPLAY_FINISHED) as details:
+            details.update(mode)
             if args.verify:
-                return _verify(args, parts, printer, stop)
-            report = rebuild(
-                parts,
-                restart=args.restart,
-                handover_s=args.handover,
-                keep_old=args.keep_old,
-                workers=args.workers,
-                stop=stop,
-                on_progress=printer,
-            )
-        except Interrupted:
-            printer.done()
-            raise Interrupted(
-                "replay interrupted; the live generation is untouched. Run `chatlog replay` "
-                "again to resume, or `chatlog replay --restart` to start over"
-            ) from None
+                # Differences are a finding, not a failure: recorded as such, then exit 1.
+                checked = verify(parts, stop=stop, on_progress=printer)
+                details.update(generation=checked.live, differences=len(checked.differences))
+            else:
+                report = _rebuild(args, parts, printer, stop)
+                details.update(generation=report.generation, events=report.events)
+    finally:
+        trail.close()
     printer.done()
+    if checked is not None:
+        return _verified(args, checked)
     result = asdict(report)
     result["events_per_s"] = round(report.events / report.seconds) if report.seconds else 0
     return result
 
 
-def _verify(
+def _rebuild(
     args: argparse.Namespace, parts: ReplayParts, printer: ProgressPrinter, stop: Any
-) -> dict[str, Any] | None:
-    report = verify(parts, stop=stop, on_progress=printer)
-    printer.done()
+) -> RebuildReport:
+    try:
+        return rebuild(
+            parts,
+            restart=args.restart,
+            handover_s=args.handover,
+            keep_old=args.keep_old,
+            workers=args.workers,
+            stop=stop,
+            on_progress=printer,
+        )
+    except Interrupted:
+        printer.done()
+        raise Interrupted(
+            "replay interrupted; the live generation is untouched. Run `chatlog replay` "
+            "again to resume, or `chatlog replay --restart` to start over"
+        ) from None
+
+
+def _verified(args: argparse.Namespace, report: VerifyReport) -> dict[str, Any] | None:
+    """The result of `--verify`; exit status 1 when the live generation differs."""
     result = asdict(report)
     if not report.differences:
         return result

@@ -30,7 +30,7 @@ def _describe(kafka, topic: str) -> dict[str, str]:
 @pytest.fixture
 def settings(kafka, redis_url):
     suffix = uuid.uuid4().hex[:8]
-    topics = [f"cli.{suffix}", f"cli.{suffix}.dlq", f"cli.{suffix}.keys"]
+    topics = [f"cli.{suffix}", f"cli.{suffix}.dlq", f"cli.{suffix}.keys", f"cli.{suffix}.audit"]
     kafka.created.extend(topics)  # the session fixture deletes them at the end
     return Settings(
         kafka_bootstrap=kafka.bootstrap,
@@ -38,6 +38,7 @@ def settings(kafka, redis_url):
         topic=topics[0],
         dlq_topic=topics[1],
         keys_topic=topics[2],
+        audit_topic=topics[3],
         redis_prefix=f"cli{suffix}",
         partitions=4,
         master_key_file=master_key_file(),
@@ -59,6 +60,8 @@ def test_create_topics_configures_the_source_of_truth(kafka, settings):
     assert keys["cleanup.policy"] == "compact"
     day = 24 * 3600 * 1000
     assert int(keys["max.compaction.lag.ms"]) + int(keys["segment.ms"]) < day
+    audit = _describe(kafka, settings.audit_topic)  # its own retention, not the events'
+    assert (audit["cleanup.policy"], audit["retention.ms"]) == ("delete", str(400 * day))
     check_keys_topic(settings)  # what every process runs at start: it passes
 
 
@@ -152,6 +155,7 @@ def _cli(
         "CHATLOG_TOPIC": settings.topic,
         "CHATLOG_DLQ_TOPIC": settings.dlq_topic,
         "CHATLOG_KEYS_TOPIC": settings.keys_topic,
+        "CHATLOG_AUDIT_TOPIC": settings.audit_topic,
         "CHATLOG_MASTER_KEY_FILE": str(settings.master_key_file),
         "CHATLOG_REDIS_PREFIX": settings.redis_prefix,
         **extra,
@@ -173,6 +177,7 @@ def test_cli_creates_topics_and_publishes(kafka, settings):
         settings.topic,
         settings.dlq_topic,
         settings.keys_topic,
+        settings.audit_topic,
     }
     checked = _cli(settings, "topics", "check")
     assert checked.returncode == 0, checked.stderr

@@ -41,6 +41,9 @@ PURE_MODULES = [
     "chatlog.processors.summary_engine",
     "chatlog.processors.commits",
     "chatlog.processors.erasure",
+    "chatlog.schemas.audit",
+    "chatlog.processors.audit",
+    "chatlog.processors.export",
 ]
 
 
