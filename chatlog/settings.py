@@ -34,6 +34,7 @@ from pydantic import (
 
 from chatlog.local_stack import read_addresses
 from chatlog.schemas.errors import ConfigError
+from chatlog.schemas.pii import Detector
 
 __all__ = ["ENV_PREFIX", "FOREVER", "Settings"]
 
@@ -76,6 +77,30 @@ def _duration(value: Any) -> float:
         raise ValueError("must be a finite duration, as 90s, 15m, 24h or 7d; not 'forever'")
     return seconds
 
+
+def _lines(value: Any) -> Any:
+    """A list setting from the environment: one entry a line (a regular expression may
+    hold commas, so no other separator is safe), blank lines skipped."""
+    if not isinstance(value, str):
+        return value
+    return [line.strip() for line in value.splitlines() if line.strip()]
+
+
+def _patterns(value: Any) -> Any:
+    """``NAME=regex`` lines as a mapping (a mapping is taken as it is)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    entries = {}
+    for line in _lines(value):
+        name, equals, pattern = line.partition("=")
+        if not equals or not name.strip() or not pattern:
+            raise ValueError(f"{line!r} is not NAME=regex")
+        entries[name.strip()] = pattern
+    return entries
+
+
+# A custom kind names its placeholders ([NAME], [NAME#1]), so it is a plain word.
+_KIND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 
 # A time span written with a unit; a Retention may also be "forever" (None).
 Duration = Annotated[float, BeforeValidator(_duration)]
@@ -189,6 +214,22 @@ class Settings(BaseModel):
     master_key_file: Path | None = Field(
         None, description="a file holding CHATLOG_MASTER_KEY's value (the local stack makes one)"
     )
+    pii_mode: Literal["off", "redact", "mask", "tokenize"] = Field(
+        "redact",
+        description="what the producer writes in place of personal data: off, redact, mask, "
+        "tokenize",
+    )
+    pii_patterns: Annotated[dict[str, str], BeforeValidator(_patterns)] = Field(
+        default_factory=dict,
+        description="more kinds to redact, one NAME=regex a line",
+    )
+    pii_allow: Annotated[tuple[str, ...], BeforeValidator(_lines)] = Field(
+        (), description="exact strings never redacted, one a line"
+    )
+    pii_phone_region: str | None = Field(
+        None,
+        description="ISO country whose national phone numbers count too; unset: only +CC numbers",
+    )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"
@@ -232,6 +273,30 @@ class Settings(BaseModel):
                     f"use; set that instead of {_KAFKA_PASSTHROUGH}{prop.replace('.', '_').upper()}"
                 )
         return value
+
+    @field_validator("pii_patterns")
+    @classmethod
+    def _pii_patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        checked = {}
+        for name, pattern in value.items():
+            if _KIND_NAME.fullmatch(name) is None:
+                raise ValueError(
+                    f"pattern name {name!r}: use a letter then up to 31 letters, digits or "
+                    f"'_' (it names the placeholder, [{name.upper()}])"
+                )
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {name} does not compile: {exc}") from None
+            checked[name.upper()] = pattern
+        return checked
+
+    @field_validator("pii_phone_region")
+    @classmethod
+    def _pii_phone_region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return Detector(region=value).region  # its ValueError names the region
 
     @field_validator("redis_url")
     @classmethod

@@ -23,6 +23,7 @@ PURE_MODULES = [
     "chatlog.schemas.errors",
     "chatlog.schemas.registry",
     "chatlog.schemas.pii",
+    "chatlog.schemas.redaction",
     "chatlog.producers.commands",
     "chatlog.producers.partitioning",
     "chatlog.projections",
