@@ -87,15 +87,16 @@ def _lines(value: Any) -> Any:
 
 
 def _patterns(value: Any) -> Any:
-    """``NAME=regex`` lines as a mapping (a mapping is taken as it is)."""
+    """``NAME=regex`` lines as a mapping, spaces around either part ignored (a mapping
+    is taken as it is)."""
     if isinstance(value, Mapping):
         return dict(value)
     entries = {}
     for line in _lines(value):
-        name, equals, pattern = line.partition("=")
-        if not equals or not name.strip() or not pattern:
+        name, equals, pattern = (part.strip() for part in line.partition("="))
+        if not equals or not name or not pattern:
             raise ValueError(f"{line!r} is not NAME=regex")
-        entries[name.strip()] = pattern
+        entries[name] = pattern
     return entries
 
 
