@@ -371,6 +371,10 @@ class Settings(BaseModel):
                 shown[self.env_name(name)] = "***"
             elif value is None and name in _RETENTIONS:
                 shown[self.env_name(name)] = FOREVER
+            elif name == "pii_patterns":  # as it is written: one entry a line
+                shown[self.env_name(name)] = "\n".join(f"{k}={v}" for k, v in value.items())
+            elif name == "pii_allow":
+                shown[self.env_name(name)] = "\n".join(value)
             else:
                 shown[self.env_name(name)] = None if value is None else str(value)
         return shown
