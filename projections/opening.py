@@ -290,7 +290,10 @@ class ViewOpener:
                 for path, value in opened.items()
                 if path.startswith(TOKENS)
             }
-            changes.update(title=redaction.reveal(opened["title"], originals), title_sealed=None)
+            changes.update(
+                title=redaction.reveal_field("title", opened["title"], originals),
+                title_sealed=None,
+            )
         if view.summary_sealed is not None:
             changes.update(summary=values(view.summary_sealed)["summary"], summary_sealed=None)
         return replace(view, **changes) if changes else view

@@ -42,7 +42,7 @@ from chatlog.schemas.events import (
     epoch_millis,
 )
 from chatlog.schemas.position import Position
-from chatlog.schemas.redaction import reveal, reveal_arguments
+from chatlog.schemas.redaction import reveal_field
 from chatlog.schemas.sealing import METADATA, TOKENS, TOOL_CALLS
 
 __all__ = [
@@ -433,13 +433,20 @@ def place_values(
                 field=path,
             )
     if originals:
-        content = reveal(content, originals)
-        name = None if name is None else reveal(name, originals)
+        content = reveal_field("content", content, originals)
+        name = None if name is None else reveal_field("name", name, originals)
         calls = tuple(
-            c.model_copy(update={"arguments": reveal_arguments(c.arguments, originals)})
-            for c in calls
+            c.model_copy(
+                update={
+                    "arguments": reveal_field(f"{TOOL_CALLS}{i}.arguments", c.arguments, originals)
+                }
+            )
+            for i, c in enumerate(calls)
         )
-        metadata = {key: reveal(value, originals) for key, value in metadata.items()}
+        metadata = {
+            key: reveal_field(f"{METADATA}{key}", value, originals)
+            for key, value in metadata.items()
+        }
     return content, name, calls, metadata
 
 

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 from chatlog.schemas.events import ConversationEvent, Redaction
 from chatlog.schemas.master_keys import Mac
 from chatlog.schemas.pii import Detector, Finding, Kind
-from chatlog.schemas.sealing import TOOL_CALLS, map_fields
+from chatlog.schemas.sealing import METADATA, TOOL_CALLS, map_fields
 
 __all__ = [
     "MAC_PURPOSE",
@@ -56,7 +56,7 @@ __all__ = [
     "Redactor",
     "mask",
     "reveal",
-    "reveal_arguments",
+    "reveal_field",
     "revealed",
 ]
 
@@ -65,6 +65,22 @@ _DOT = "•"
 # A tokenize placeholder: a kind's name, '#', a number, in brackets.
 _TOKEN = re.compile(r"\[([A-Za-z][A-Za-z0-9_]*#[0-9]+)\]")
 _ARGUMENTS = ".arguments"
+_NOT_JSON = object()
+
+
+def _json_of(path: str, text: str) -> Any:
+    """The JSON document `text` holds, if the field is one: tool call arguments (JSON by
+    contract), or a metadata value written as an object or array (LangChain's fields);
+    `_NOT_JSON` otherwise. Placeholders go inside such a document's strings, and
+    originals come back escaped, so it stays valid JSON both ways."""
+    arguments = path.startswith(TOOL_CALLS) and path.endswith(_ARGUMENTS)
+    structured = path.startswith(METADATA) and text.lstrip()[:1] in ("{", "[")
+    if not (arguments or structured):
+        return _NOT_JSON
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _NOT_JSON
 
 
 class Mode(enum.StrEnum):
@@ -130,16 +146,12 @@ def reveal(text: str, originals: Mapping[str, str], *, json_text: bool = False) 
     return _TOKEN.sub(original, text)
 
 
-def reveal_arguments(text: str, originals: Mapping[str, str]) -> str:
-    """`reveal` for tool call arguments: JSON ones had their placeholders put inside
-    strings (`RedactionPolicy`), so their originals go back escaped."""
-    if not originals:
+def reveal_field(path: str, text: str, originals: Mapping[str, str]) -> str:
+    """`reveal` for the field at `path` (a sealing path): a JSON field's originals go
+    back escaped, as its placeholders were put inside its strings."""
+    if not originals or "[" not in text:
         return text
-    try:
-        json.loads(text)
-    except ValueError:
-        return reveal(text, originals)
-    return reveal(text, originals, json_text=True)
+    return reveal(text, originals, json_text=_json_of(path, text) is not _NOT_JSON)
 
 
 def revealed(event: ConversationEvent) -> ConversationEvent:
@@ -149,9 +161,7 @@ def revealed(event: ConversationEvent) -> ConversationEvent:
     originals = event.tokens
 
     def put_back(path: str, value: str) -> str:
-        if path.startswith(TOOL_CALLS) and path.endswith(_ARGUMENTS):
-            return reveal_arguments(value, originals)
-        return reveal(value, originals)
+        return reveal_field(path, value, originals)
 
     return event.model_copy(update={"payload": map_fields(event.payload, put_back)})
 
@@ -198,8 +208,9 @@ class _Run:
     def field(self, path: str, value: str) -> str:
         if path.startswith(TOOL_CALLS) and path.endswith(".name"):
             return value  # a function's name: changing it would break the call
-        if path.startswith(TOOL_CALLS) and path.endswith(_ARGUMENTS):
-            return self._arguments(path, value)
+        document = _json_of(path, value)
+        if document is not _NOT_JSON:
+            return self._json(path, value, document)
         return self._text(path, value)
 
     def _text(self, path: str, text: str) -> str:
@@ -214,14 +225,10 @@ class _Run:
         parts.append(text[at:])
         return "".join(parts)
 
-    def _arguments(self, path: str, text: str) -> str:
-        """Tool call arguments are JSON: redacting the text as it is could cut through
-        its syntax (a card written as a bare number), so JSON is redacted leaf by leaf,
-        every placeholder inside a string, and written again only if something changed."""
-        try:
-            document = json.loads(text)
-        except ValueError:
-            return self._text(path, text)
+    def _json(self, path: str, text: str, document: Any) -> str:
+        """A JSON field: redacting its text as it is could cut through its syntax (a card
+        written as a bare number), so it is redacted leaf by leaf, every placeholder
+        inside a string, and written again only if something changed."""
         before = len(self.redactions)
         redacted = self._leaves(path, document)
         if len(self.redactions) == before:

@@ -224,3 +224,19 @@ def test_reveal_leaves_unknown_placeholders_and_escapes_into_json():
     assert json.loads(reveal('{"k": "[SECRET#1]"}', {"SECRET#1": pem}, json_text=True)) == {
         "k": pem
     }
+
+
+def test_a_metadata_value_holding_json_stays_json_both_ways():
+    fields = json.dumps({"additional_kwargs": {"card": 4111111111111111, "note": f"to {EMAIL}"}})
+    event = redact(
+        message("hi", metadata={"langchain.fields": fields, "plain": "7731"}), Mode.TOKENIZE
+    )
+    assert isinstance(event.payload, MessageAppended)
+    stored = json.loads(event.payload.metadata["langchain.fields"])
+    assert stored == {"additional_kwargs": {"card": "[CARD#1]", "note": "to [EMAIL#1]"}}
+    assert event.payload.metadata["plain"] == "7731"
+    back = revealed(event).payload
+    assert isinstance(back, MessageAppended)
+    assert (
+        json.loads(back.metadata["langchain.fields"])["additional_kwargs"]["note"] == f"to {EMAIL}"
+    )
