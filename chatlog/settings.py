@@ -34,7 +34,6 @@ from pydantic import (
 
 from chatlog.local_stack import read_addresses
 from chatlog.schemas.errors import ConfigError
-from chatlog.schemas.pii import Detector
 
 __all__ = ["ENV_PREFIX", "FOREVER", "Settings"]
 
@@ -297,6 +296,9 @@ class Settings(BaseModel):
     def _pii_phone_region(cls, value: str | None) -> str | None:
         if value is None:
             return None
+        # Imported here: the detector loads phonenumbers, which `import chatlog` need not.
+        from chatlog.schemas.pii import Detector  # noqa: PLC0415
+
         return Detector(region=value).region  # its ValueError names the region
 
     @field_validator("redis_url")

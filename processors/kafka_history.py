@@ -89,8 +89,8 @@ from chatlog.schemas.events import (
 )
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.keyring import KeyEntries
+from chatlog.schemas.placeholders import revealed
 from chatlog.schemas.position import Position
-from chatlog.schemas.redaction import revealed
 from chatlog.schemas.sealing import KeyScope
 
 __all__ = [

@@ -33,10 +33,10 @@ from typing import Any, Final
 
 from chatlog.projections.encoding import decode_message
 from chatlog.projections.view import Message, SealedFields, SessionView, place_values
-from chatlog.schemas import redaction
 from chatlog.schemas.errors import Erased, Undecryptable
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.keyring import KeyDirectory, KeyEntries, Keyring
+from chatlog.schemas.placeholders import reveal_field
 from chatlog.schemas.sealing import (
     TOKENS,
     DataKey,
@@ -291,7 +291,7 @@ class ViewOpener:
                 if path.startswith(TOKENS)
             }
             changes.update(
-                title=redaction.reveal_field("title", opened["title"], originals),
+                title=reveal_field("title", opened["title"], originals),
                 title_sealed=None,
             )
         if view.summary_sealed is not None:

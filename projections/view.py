@@ -41,8 +41,8 @@ from chatlog.schemas.events import (
     UserErased,
     epoch_millis,
 )
+from chatlog.schemas.placeholders import reveal_field
 from chatlog.schemas.position import Position
-from chatlog.schemas.redaction import reveal_field
 from chatlog.schemas.sealing import METADATA, TOKENS, TOOL_CALLS
 
 __all__ = [

@@ -21,8 +21,9 @@ The modes (`Mode`, ``CHATLOG_PII_MODE``):
   (`mask`); secrets and custom kinds are hidden whole;
 * ``tokenize``: a numbered placeholder, ``[EMAIL#1]`` (the same original gets the same
   number within an event), whose original goes into the event's `tokens`, which the
-  producer seals under the owner's data key: `reveal` puts it back for a reader who asks
-  (``context(..., reveal=True)``), and erasing the owner destroys it with the key.
+  producer seals under the owner's data key: `chatlog.schemas.placeholders.reveal_field`
+  puts it back for a reader who asks (``context(..., reveal=True)``), and erasing the
+  owner destroys it with the key.
 
 Whatever the mode (but off), each redaction is recorded in the event (`Redaction`): the
 field, the kind, the placeholder, and a keyed HMAC-SHA256 of the original under the key
@@ -40,14 +41,15 @@ import enum
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chatlog.schemas.events import ConversationEvent, Redaction
 from chatlog.schemas.master_keys import Mac
 from chatlog.schemas.pii import Detector, Finding, Kind
-from chatlog.schemas.sealing import METADATA, TOOL_CALLS, map_fields
+from chatlog.schemas.placeholders import NOT_JSON, json_of, token
+from chatlog.schemas.sealing import TOOL_CALLS, map_fields
 
 __all__ = [
     "MAC_PURPOSE",
@@ -55,32 +57,10 @@ __all__ = [
     "RedactionPolicy",
     "Redactor",
     "mask",
-    "reveal",
-    "reveal_field",
-    "revealed",
 ]
 
 MAC_PURPOSE = "pii"
 _DOT = "•"
-# A tokenize placeholder: a kind's name, '#', a number, in brackets.
-_TOKEN = re.compile(r"\[([A-Za-z][A-Za-z0-9_]*#[0-9]+)\]")
-_ARGUMENTS = ".arguments"
-_NOT_JSON = object()
-
-
-def _json_of(path: str, text: str) -> Any:
-    """The JSON document `text` holds, if the field is one: tool call arguments (JSON by
-    contract), or a metadata value written as an object or array (LangChain's fields);
-    `_NOT_JSON` otherwise. Placeholders go inside such a document's strings, and
-    originals come back escaped, so it stays valid JSON both ways."""
-    arguments = path.startswith(TOOL_CALLS) and path.endswith(_ARGUMENTS)
-    structured = path.startswith(METADATA) and text.lstrip()[:1] in ("{", "[")
-    if not (arguments or structured):
-        return _NOT_JSON
-    try:
-        return json.loads(text)
-    except ValueError:
-        return _NOT_JSON
 
 
 class Mode(enum.StrEnum):
@@ -130,42 +110,6 @@ def _network(address: str) -> str:
     return str(ipaddress.ip_network(f"{address}/48", strict=False).network_address) + _DOT
 
 
-def reveal(text: str, originals: Mapping[str, str], *, json_text: bool = False) -> str:
-    """`text` with each ``[NAME#n]`` placeholder of `originals` (name -> original) put
-    back; `json_text`: the placeholders lie inside JSON strings, so the originals are
-    escaped as JSON string content."""
-    if not originals or "[" not in text:
-        return text
-
-    def original(match: re.Match[str]) -> str:
-        value = originals.get(match.group(1))
-        if value is None:
-            return match.group()
-        return json.dumps(value, ensure_ascii=False)[1:-1] if json_text else value
-
-    return _TOKEN.sub(original, text)
-
-
-def reveal_field(path: str, text: str, originals: Mapping[str, str]) -> str:
-    """`reveal` for the field at `path` (a sealing path): a JSON field's originals go
-    back escaped, as its placeholders were put inside its strings."""
-    if not originals or "[" not in text:
-        return text
-    return reveal(text, originals, json_text=_json_of(path, text) is not _NOT_JSON)
-
-
-def revealed(event: ConversationEvent) -> ConversationEvent:
-    """An opened event with its tokenized originals (`event.tokens`) back in place."""
-    if not event.tokens:
-        return event
-    originals = event.tokens
-
-    def put_back(path: str, value: str) -> str:
-        return reveal_field(path, value, originals)
-
-    return event.model_copy(update={"payload": map_fields(event.payload, put_back)})
-
-
 @dataclass(frozen=True)
 class RedactionPolicy:
     """A mode and a redactor: what the producer applies to every event."""
@@ -208,8 +152,8 @@ class _Run:
     def field(self, path: str, value: str) -> str:
         if path.startswith(TOOL_CALLS) and path.endswith(".name"):
             return value  # a function's name: changing it would break the call
-        document = _json_of(path, value)
-        if document is not _NOT_JSON:
+        document = json_of(path, value)
+        if document is not NOT_JSON:
             return self._json(path, value, document)
         return self._text(path, value)
 
@@ -256,7 +200,7 @@ class _Run:
                 number = 1 + sum(1 for k, _ in self._names if k == kind)
                 name = self._names[kind, finding.text] = f"{kind}#{number}"
                 self.tokens[name] = finding.text
-            placeholder = f"[{name}]"
+            placeholder = token(name)
         elif self.mode is Mode.MASK:
             placeholder = mask(kind, finding.text)
         else:

@@ -24,6 +24,7 @@ PURE_MODULES = [
     "chatlog.schemas.registry",
     "chatlog.schemas.pii",
     "chatlog.schemas.redaction",
+    "chatlog.schemas.placeholders",
     "chatlog.producers.commands",
     "chatlog.producers.partitioning",
     "chatlog.projections",

@@ -15,15 +15,9 @@ from chatlog.schemas.events import ConversationEvent, MessageAppended, SessionSt
 from chatlog.schemas.keyring import KeyEntries, Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key, wrap_data_key
 from chatlog.schemas.pii import Detector
+from chatlog.schemas.placeholders import reveal, revealed
 from chatlog.schemas.position import Position
-from chatlog.schemas.redaction import (
-    MAC_PURPOSE,
-    Mode,
-    RedactionPolicy,
-    mask,
-    reveal,
-    revealed,
-)
+from chatlog.schemas.redaction import MAC_PURPOSE, Mode, RedactionPolicy, mask
 from chatlog.schemas.sealing import DataKey, KeyScope, open_event, seal_event, verify_event
 
 PROVIDER = LocalKeyProvider.from_spec(new_master_key("k1"))
