@@ -121,10 +121,10 @@ class RedactionPolicy:
         """`event` with the personal data of its personal fields replaced, and what was
         replaced recorded; `mac` is the key provider's MAC for purpose ``pii``.
 
-        An event already sealed, already redacted, or with nothing found is returned as
-        it is (a retried publish redacts nothing twice).
+        An event already sealed or redacted (it has redaction records or tokens), or
+        with nothing found, is returned as it is (a retried publish redacts nothing twice).
         """
-        if self.mode is Mode.OFF or event.sealed is not None or event.redactions:
+        if self.mode is Mode.OFF or event.sealed is not None or event.redactions or event.tokens:
             return event
         run = _Run(self.mode, self.redactor, mac)
         payload = map_fields(event.payload, run.field)
@@ -134,7 +134,7 @@ class RedactionPolicy:
             update={
                 "payload": payload,
                 "redactions": tuple(run.redactions),
-                "tokens": {**event.tokens, **run.tokens},
+                "tokens": run.tokens,
             }
         )
 

@@ -97,7 +97,7 @@ def _bare_finder() -> Finder:
 def _scrubadub() -> tuple[Finder, Callable[[str], str]] | str:
     """scrubadub's finder and its `clean`, or why it cannot run here."""
     try:
-        import scrubadub  # type: ignore[import-untyped]  # noqa: PLC0415 - bench-only peer
+        import scrubadub  # noqa: PLC0415 - bench-only peer
     except ImportError as exc:
         return f"not installed ({exc}); it is in the dev extra: pip install -e '.[dev]'"
     scrubber = scrubadub.Scrubber()
@@ -266,7 +266,7 @@ def pii(stack: BenchStack, plan: Plan, report: Report) -> None:
                 added[mode].add(means[mode] - means["off"])
             if isinstance(scrub, tuple):
                 clean = scrub[1]
-                contents = [e.payload.content for e in events]  # type: ignore[union-attr]
+                contents = [e.payload.content for e in events]
                 began = time.perf_counter()
                 for content in contents:
                     clean(content)
