@@ -36,6 +36,7 @@ from bench.readme import update_readme
 from bench.report import Report, say
 from bench.scenarios.append import append
 from bench.scenarios.latency import visibility
+from bench.scenarios.pii import pii
 from bench.scenarios.projection import projection
 from bench.scenarios.projection_core import projection_core
 from bench.scenarios.reads import context_reads
@@ -62,6 +63,7 @@ SCENARIOS = (
     "summary_throughput",
     "replay",
     "sealing",
+    "pii",
 )
 # The order of the first table, whatever order the scenarios ran in.
 TABLE_ORDER = (
@@ -72,6 +74,7 @@ TABLE_ORDER = (
     "replay",
     "memory",
     "sealing",
+    "pii",
 )
 
 
@@ -115,6 +118,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
             ("summary_throughput", lambda: summary_throughput(stack, plan, report)),
             ("replay", lambda: replay(stack, plan, report)),
             ("sealing", lambda: sealing(stack, plan, report)),
+            ("pii", lambda: pii(stack, plan, report)),
         ]
         for name, run in steps:
             if name in args.only or (name == "reads" and "memory" in args.only):

@@ -47,6 +47,7 @@ class Plan:
     sealing_append_batched: int
     erase_users: int  # users of 100 sessions each, erased one by one
     erase_others: int  # other sessions in the read-model meanwhile
+    pii_events: int  # events encoded in every redaction mode, per repetition
 
     @classmethod
     def full(cls, repeat: int = 3) -> Plan:
@@ -84,6 +85,7 @@ class Plan:
             sealing_append_batched=10_000,
             erase_users=5,
             erase_others=10_000,
+            pii_events=3_000,
         )
 
     @classmethod
@@ -122,4 +124,5 @@ class Plan:
             sealing_append_batched=1_000,
             erase_users=2,
             erase_others=500,
+            pii_events=300,
         )

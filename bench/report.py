@@ -150,6 +150,8 @@ class Comparison:
         if self.theirs is None:
             return "—"
         good, bad = ("smaller", "larger") if self.ours.unit in _SIZE_UNITS else ("faster", "slower")
+        if self.ours.unit == "share":  # a rate of mistakes: fewer is better
+            good, bad = ("fewer", "more") if self.better == "lower" else ("more", "fewer")
         if self.theirs.unit == WHOLE_MS and self.theirs.values and self.ours.values:
             return _interval_ratio(self.ours.median, self.theirs.median, good, bad)
         factor = self.advantage()

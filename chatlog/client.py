@@ -221,6 +221,7 @@ class ChatLog:
         after: Position | None = None,
         as_of: AsOfPoint | None = None,
         timeout: float | None = None,
+        reveal: bool = False,
     ) -> Context:
         """The session's summary and recent messages; waits for `after` if given.
 
@@ -228,15 +229,23 @@ class ChatLog:
         right after that event), the context as it was then, folded from the log: no
         projector or read-model is asked (Redis serves only the owner's keys). `after`
         and `as_of` exclude each other.
+
+        With `reveal`, personal data the producer tokenized (``CHATLOG_PII_MODE=tokenize``)
+        comes back in place of its ``[EMAIL#1]`` placeholders, opened with the owner's
+        key: for the owner's own views (a receipt, a form to fill), never for a prompt.
+        Once the owner is erased nothing reveals it.
         """
         if as_of is not None:
             history = _history_for(self.history, after)
-            return history.context(session_id, user_id=user_id, as_of=as_of, timeout=timeout)
+            return history.context(
+                session_id, user_id=user_id, as_of=as_of, timeout=timeout, reveal=reveal
+            )
         return self.reader.context(
             session_id,
             user_id=user_id,
             after=after,
             timeout=self.read_timeout_s if timeout is None else timeout,
+            reveal=reveal,
         )
 
     def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
@@ -384,22 +393,30 @@ class AsyncChatLog:
         after: Position | None = None,
         as_of: AsOfPoint | None = None,
         timeout: float | None = None,
+        reveal: bool = False,
     ) -> Context:
         """The session's summary and recent messages; waits for `after` if given.
 
         `as_of` reads the context as it was at a past point, as `ChatLog.context` does;
-        the blocking read of the log runs in a worker thread.
+        the blocking read of the log runs in a worker thread. `reveal` as in
+        `ChatLog.context`.
         """
         if as_of is not None:
             history = _history_for(self.history, after)
             return await asyncio.to_thread(
-                history.context, session_id, user_id=user_id, as_of=as_of, timeout=timeout
+                history.context,
+                session_id,
+                user_id=user_id,
+                as_of=as_of,
+                timeout=timeout,
+                reveal=reveal,
             )
         return await self.reader.context(
             session_id,
             user_id=user_id,
             after=after,
             timeout=self.read_timeout_s if timeout is None else timeout,
+            reveal=reveal,
         )
 
     async def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:

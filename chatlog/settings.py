@@ -77,6 +77,31 @@ def _duration(value: Any) -> float:
     return seconds
 
 
+def _lines(value: Any) -> Any:
+    """A list setting from the environment: one entry a line (a regular expression may
+    hold commas, so no other separator is safe), blank lines skipped."""
+    if not isinstance(value, str):
+        return value
+    return [line.strip() for line in value.splitlines() if line.strip()]
+
+
+def _patterns(value: Any) -> Any:
+    """``NAME=regex`` lines as a mapping, spaces around either part ignored (a mapping
+    is taken as it is)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    entries = {}
+    for line in _lines(value):
+        name, equals, pattern = (part.strip() for part in line.partition("="))
+        if not equals or not name or not pattern:
+            raise ValueError(f"{line!r} is not NAME=regex")
+        entries[name] = pattern
+    return entries
+
+
+# A custom kind names its placeholders ([NAME], [NAME#1]), so it is a plain word.
+_KIND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+
 # A time span written with a unit; a Retention may also be "forever" (None).
 Duration = Annotated[float, BeforeValidator(_duration)]
 Retention = Annotated[float | None, BeforeValidator(_retention)]
@@ -205,6 +230,22 @@ class Settings(BaseModel):
     master_key_file: Path | None = Field(
         None, description="a file holding CHATLOG_MASTER_KEY's value (the local stack makes one)"
     )
+    pii_mode: Literal["off", "redact", "mask", "tokenize"] = Field(
+        "redact",
+        description="what the producer writes in place of personal data: off, redact, mask, "
+        "tokenize",
+    )
+    pii_patterns: Annotated[dict[str, str], BeforeValidator(_patterns)] = Field(
+        default_factory=dict,
+        description="more kinds to redact, one NAME=regex a line",
+    )
+    pii_allow: Annotated[tuple[str, ...], BeforeValidator(_lines)] = Field(
+        (), description="exact strings never redacted, one a line"
+    )
+    pii_phone_region: str | None = Field(
+        None,
+        description="ISO country whose national phone numbers count too; unset: only +CC numbers",
+    )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"
@@ -248,6 +289,33 @@ class Settings(BaseModel):
                     f"use; set that instead of {_KAFKA_PASSTHROUGH}{prop.replace('.', '_').upper()}"
                 )
         return value
+
+    @field_validator("pii_patterns")
+    @classmethod
+    def _pii_patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        checked = {}
+        for name, pattern in value.items():
+            if _KIND_NAME.fullmatch(name) is None:
+                raise ValueError(
+                    f"pattern name {name!r}: use a letter then up to 31 letters, digits or "
+                    f"'_' (it names the placeholder, [{name.upper()}])"
+                )
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {name} does not compile: {exc}") from None
+            checked[name.upper()] = pattern
+        return checked
+
+    @field_validator("pii_phone_region")
+    @classmethod
+    def _pii_phone_region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Imported here: the detector loads phonenumbers, which `import chatlog` need not.
+        from chatlog.schemas.pii import Detector  # noqa: PLC0415
+
+        return Detector(region=value).region  # its ValueError names the region
 
     @field_validator("redis_url")
     @classmethod
@@ -321,6 +389,10 @@ class Settings(BaseModel):
                 shown[self.env_name(name)] = "***"
             elif value is None and name in _RETENTIONS:
                 shown[self.env_name(name)] = FOREVER
+            elif name == "pii_patterns":  # as it is written: one entry a line
+                shown[self.env_name(name)] = "\n".join(f"{k}={v}" for k, v in value.items())
+            elif name == "pii_allow":
+                shown[self.env_name(name)] = "\n".join(value)
             else:
                 shown[self.env_name(name)] = None if value is None else str(value)
         return shown

@@ -67,6 +67,8 @@ from chatlog.schemas.errors import ConfigError, MissingExtra, StoreUnavailable
 from chatlog.schemas.events import ProducerInfo
 from chatlog.schemas.keyring import KeyLog, Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider
+from chatlog.schemas.pii import Detector
+from chatlog.schemas.redaction import Mode, RedactionPolicy
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
@@ -92,6 +94,7 @@ __all__ = [
     "producer",
     "projector",
     "reader",
+    "redaction_policy",
     "redis_client",
     "replay_parts",
     "summarizer",
@@ -132,7 +135,20 @@ def producer(
         flush_on_sigterm=flush_on_sigterm,
     )
     writer.seal_with(keyring(settings, writer, provider=provider))
+    writer.redact_with(redaction_policy(settings))
     return writer
+
+
+def redaction_policy(settings: Settings) -> RedactionPolicy:
+    """What the producer does with personal data (CHATLOG_PII_*), checked at start."""
+    return RedactionPolicy(
+        mode=Mode(settings.pii_mode),
+        redactor=Detector(
+            region=settings.pii_phone_region,
+            custom=settings.pii_patterns,
+            allow=settings.pii_allow,
+        ),
+    )
 
 
 def admin_client(settings: Settings) -> AdminClient:

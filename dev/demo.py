@@ -398,6 +398,7 @@ def _erasure(
     """Show one chat as it rests in Kafka and Redis (sealed), erase its user, read again."""
     script, position = next((s, p) for s, p in pairs if s.user_id != keep)
     user, session = script.user_id, script.session_id
+    _redaction(log, settings, user, session)
     event = _record_at(settings, position)
     payload = event.payload
     if not isinstance(payload, MessageAppended) or event.sealed is None:
@@ -465,6 +466,18 @@ def _audit_listing(settings: Settings, user: str) -> None:
     _indent(_excerpt(audit_lines(rest), head=4, tail=0, what="records"), width=200)
     _say("", verify_lines(scan)[-1])
     print()
+
+
+def _redaction(log: ChatLog, settings: Settings, user: str, session: str) -> None:
+    """Append a card number: the producer redacts it before anything stores it."""
+    card = "4111 1111 1111 1111"
+    typed = f"My card is {card}, please refund it"
+    position = log.append(session, user_id=user, role="user", content=typed)
+    read = log.context(session, user_id=user, after=position, timeout=30.0).messages[-1].content
+    if settings.pii_mode != "off" and card in read:
+        raise DemoFailed(f"the card number was stored as typed: {read!r}")
+    _say("redacted", f"{user} typed {typed!r}")
+    _say("", f"kafka and redis hold, readers get {read!r} (CHATLOG_PII_MODE={settings.pii_mode})")
 
 
 def _record_at(settings: Settings, position: Position) -> ConversationEvent:

@@ -92,6 +92,7 @@ from chatlog.schemas.events import (
 )
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.keyring import KeyEntries
+from chatlog.schemas.placeholders import revealed
 from chatlog.schemas.position import Position
 from chatlog.schemas.sealing import KeyScope
 
@@ -170,7 +171,13 @@ class KafkaHistory:
     opener: EventOpener | None = None
 
     def context(
-        self, session_id: str, *, user_id: str, as_of: AsOfPoint, timeout: float | None = None
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        as_of: AsOfPoint,
+        timeout: float | None = None,
+        reveal: bool = False,
     ) -> Context:
         """The session's context as it was at `as_of`, read from the log (blocking).
 
@@ -178,12 +185,21 @@ class KafkaHistory:
         (another user's session), `InvalidInput` (a bad point, a naive time, a position on
         another partition or beyond the log), `BrokerUnavailable`/`TopicMissing`. `timeout`
         (default `self.timeout`) bounds each broker request and any stretch of the scan
-        during which no record arrives.
+        during which no record arrives. With `reveal`, tokenized personal data is restored
+        in place of its placeholders, as `RedisReader.context` does.
         """
-        return self.read(session_id, user_id=user_id, as_of=as_of, timeout=timeout).context
+        return self.read(
+            session_id, user_id=user_id, as_of=as_of, timeout=timeout, reveal=reveal
+        ).context
 
     def read(
-        self, session_id: str, *, user_id: str, as_of: AsOfPoint, timeout: float | None = None
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        as_of: AsOfPoint,
+        timeout: float | None = None,
+        reveal: bool = False,
     ) -> LogContext:
         """Like `context`, and also says which part of the log the context came from."""
         as_of = as_of_point(as_of)
@@ -223,6 +239,7 @@ class KafkaHistory:
                 end=end,
                 policy=self.policy,
                 opener=self.opener,
+                reveal=reveal,
             )
             for message in partition_records(consumer, where, low, high, timeout):
                 scan.take(message, self.codec)
@@ -347,8 +364,10 @@ class _Scan:
         end: int,
         policy: WindowPolicy,
         opener: EventOpener | None = None,
+        reveal: bool = False,
     ) -> None:
         self.opener = opener
+        self.reveal = reveal
         self.known: dict[KeyScope, KeyEntries] = {}  # the owner's keys, fetched once
         self.session_id = session_id
         self.user_id = user_id
@@ -439,7 +458,7 @@ class _Scan:
         if isinstance(opened, Undecryptable):
             return None  # dead-lettered by the projector as undecryptable
         assert isinstance(opened, ConversationEvent)
-        return opened
+        return revealed(opened) if self.reveal else opened
 
     def _from_owner(self, event: ConversationEvent) -> bool:
         # The projector refuses an event from anyone else (another user, another tenant).

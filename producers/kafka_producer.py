@@ -14,6 +14,9 @@ What this adds to a bare confluent-kafka Producer:
   `DeliveryFailed`): it may be stored, so it is retried as the same event. A publish
   never hangs past its timeout.
 * Pending events are flushed on `close`, at interpreter exit, and on SIGTERM.
+* Personal data is redacted (`redact_with`, `chatlog.schemas.redaction`), then every
+  personal field sealed (`seal_with`), before an event is encoded: nothing downstream,
+  the topic, the dead-letter topic, Redis or a summarizer's LLM, sees an original.
 
 One background thread serves librdkafka's delivery reports, so callers on any thread (or
 an asyncio loop) only wait on futures.
@@ -55,7 +58,9 @@ from chatlog.schemas.errors import (
 )
 from chatlog.schemas.events import ConversationEvent, ProducerInfo, Role, epoch_millis
 from chatlog.schemas.keyring import Keyring
+from chatlog.schemas.master_keys import Mac
 from chatlog.schemas.position import Position
+from chatlog.schemas.redaction import MAC_PURPOSE, Mode, RedactionPolicy
 from chatlog.schemas.sealing import KeyScope, seal_event
 
 __all__ = ["AsyncConversationProducer", "ConversationProducer"]
@@ -107,6 +112,7 @@ class ConversationProducer:
         )
         self._last_broker_error: KafkaError | None = None
         self._keyring: Keyring | None = None
+        self._redaction: RedactionPolicy | None = None
         self._producer = _build_producer(
             bootstrap_servers=bootstrap_servers,
             config=config or {},
@@ -185,15 +191,55 @@ class ConversationProducer:
         """The keyring that seals this producer's events (None: they go unsealed)."""
         return self._keyring
 
+    def redact_with(self, policy: RedactionPolicy) -> None:
+        """Redact every event's personal data as `policy` says from now on.
+
+        After `seal_with`: each redaction keeps a MAC made with the keyring's master
+        key, and tokenize's originals are sealed under the owner's key. `ConfigError`
+        without a keyring (unless the mode is off).
+        """
+        if policy.mode is not Mode.OFF and self._keyring is None:
+            why = (
+                "keeps each original sealed under its owner's data key"
+                if policy.mode is Mode.TOKENIZE
+                else "records a keyed HMAC of each original, made with the master key"
+            )
+            raise ConfigError(
+                f"CHATLOG_PII_MODE={policy.mode.value} {why}, but this producer has no "
+                f"keyring (it seals nothing): call seal_with(keyring) first, or set "
+                f"CHATLOG_PII_MODE=off",
+                setting="CHATLOG_PII_MODE",
+            )
+        self._redaction = policy
+
+    @property
+    def redaction(self) -> RedactionPolicy | None:
+        """The policy that redacts this producer's events (None: nothing is redacted)."""
+        return self._redaction
+
     def encode(self, event: ConversationEvent) -> bytes:
-        """`event` as the bytes it is published as: sealed (with a keyring), then encoded.
+        """`event` as the bytes it is published as: redacted and sealed (as configured),
+        then encoded.
 
         Sealing may make the owner's first key, which is logged and acknowledged first;
         `Erased` if the owner was erased (nothing is sent).
         """
+        if self._redaction is not None:
+            event = self._redaction.apply(event, self._mac)
         if self._keyring is not None and event.sealed is None:
             event = seal_event(event, self._keyring.for_writing(KeyScope.of(event)))
+        if event.tokens and event.sealed is None:
+            # A token's original is personal data by definition: it never travels clear.
+            raise InvalidInput(
+                f"event {event.event_id} carries tokenized originals but is not sealed; "
+                f"publish it through a producer with a keyring",
+                session_id=event.session_id,
+            )
         return self.codec.encode(event)
+
+    def _mac(self, data: bytes) -> Mac:
+        assert self._keyring is not None  # redact_with refuses a producer without one
+        return self._keyring.provider.mac(MAC_PURPOSE, data)
 
     def send_record(
         self, topic: str, *, key: str, value: bytes | None, **context: Any

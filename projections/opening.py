@@ -36,7 +36,9 @@ from chatlog.projections.view import Message, SealedFields, SessionView, place_v
 from chatlog.schemas.errors import Erased, Undecryptable
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.keyring import KeyDirectory, KeyEntries, Keyring
+from chatlog.schemas.placeholders import reveal_field
 from chatlog.schemas.sealing import (
+    TOKENS,
     DataKey,
     KeyScope,
     open_event,
@@ -206,11 +208,12 @@ class ViewOpener:
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
 
-    def open(self, view: SessionView, entries: KeyEntries) -> SessionView:
+    def open(self, view: SessionView, entries: KeyEntries, *, reveal: bool = False) -> SessionView:
         """`view` with every sealed field opened; `entries` are its owner's, as the
         directory holds them now. `Erased` if the owner was erased; `Undecryptable` if
-        a field does not open or its key is not in `entries`."""
-        values = self.values_for(view, entries)  # `Erased` first, sealed or not
+        a field does not open or its key is not in `entries`. With `reveal`, tokenized
+        originals replace their placeholders (the caller decides who may ask)."""
+        values = self.values_for(view, entries, reveal=reveal)  # `Erased` first
         if not view.sealed:
             return view
         messages = tuple(
@@ -219,19 +222,25 @@ class ViewOpener:
         return self._opened_meta(replace(view, messages=messages), values)
 
     def open_stored(
-        self, view: SessionView, messages: Sequence[str | bytes], entries: KeyEntries
+        self,
+        view: SessionView,
+        messages: Sequence[str | bytes],
+        entries: KeyEntries,
+        *,
+        reveal: bool = False,
     ) -> SessionView:
         """`view` (decoded without its messages) with its stored `messages` decoded and
         every sealed field opened, each message built once: a read's hot path."""
-        values = self.values_for(view, entries)
+        values = self.values_for(view, entries, reveal=reveal)
         decoded = tuple(decode_message(raw, values) for raw in messages)
         return self._opened_meta(replace(view, messages=decoded), values)
 
     def values_for(
-        self, view: SessionView, entries: KeyEntries
+        self, view: SessionView, entries: KeyEntries, *, reveal: bool = False
     ) -> Callable[[SealedFields], dict[str, str]]:
         """What opens `view`'s sealed fields: each one's values by path. `Erased` if its
-        owner was erased."""
+        owner was erased. Tokenized originals (``tokens.<name>``) are opened only with
+        `reveal`: a read that does not ask never holds them in memory."""
         scope = KeyScope(view.tenant, view.user_id)
         if entries.erased_at is not None:
             self.keyring.forget(scope)  # its keys are destroyed: drop the copies held here
@@ -255,9 +264,12 @@ class ViewOpener:
                         key_id=sealed.key_id,
                     )
                 key = keys[sealed.key_id] = self.keyring.for_reading(scope, sealed.key_id, wrapped)
+            fields = sealed.fields
+            if not reveal and any(path.startswith(TOKENS) for path in fields):
+                fields = {p: blob for p, blob in fields.items() if not p.startswith(TOKENS)}
             return open_fields(
                 key,
-                sealed.fields,
+                fields,
                 event_id=sealed.event_id,
                 session_id=view.session_id,
                 user_id=view.user_id,
@@ -272,7 +284,16 @@ class ViewOpener:
     ) -> SessionView:
         changes: dict[str, Any] = {}
         if view.title_sealed is not None:
-            changes.update(title=values(view.title_sealed)["title"], title_sealed=None)
+            opened = values(view.title_sealed)
+            originals = {
+                path.removeprefix(TOKENS): value
+                for path, value in opened.items()
+                if path.startswith(TOKENS)
+            }
+            changes.update(
+                title=reveal_field("title", opened["title"], originals),
+                title_sealed=None,
+            )
         if view.summary_sealed is not None:
             changes.update(summary=values(view.summary_sealed)["summary"], summary_sealed=None)
         return replace(view, **changes) if changes else view

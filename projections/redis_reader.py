@@ -117,8 +117,12 @@ class RedisReader:
         user_id: str,
         after: Position | None = None,
         timeout: float = 5.0,
+        reveal: bool = False,
     ) -> Context:
-        """The session's context, once the projection has applied `after` (if given)."""
+        """The session's context, once the projection has applied `after` (if given);
+        with `reveal`, tokenized personal data (``CHATLOG_PII_MODE=tokenize``) restored
+        in place of its placeholders (the read is the owner's: another user's session
+        is refused whatever `reveal` says)."""
         _check_ids(session_id, user_id)
         deadline = time.monotonic() + timeout
         delay = _FIRST_POLL_S
@@ -133,7 +137,9 @@ class RedisReader:
                     )
                     if ready is not None:
                         return Context.from_view(
-                            self._open_stored(ready, raw, {self._owner(user_id): entries}),
+                            self._open_stored(
+                                ready, raw, {self._owner(user_id): entries}, reveal=reveal
+                            ),
                             window_size=window,
                             count_tokens=self.count_tokens,
                             summary_role=self.summary_role,
@@ -205,12 +211,17 @@ class RedisReader:
         return _opener(self.opener).open(view, self._entries(view, known))
 
     def _open_stored(
-        self, view: SessionView, raw: Sequence[Any], known: dict[KeyScope, KeyEntries]
+        self,
+        view: SessionView,
+        raw: Sequence[Any],
+        known: dict[KeyScope, KeyEntries],
+        *,
+        reveal: bool = False,
     ) -> SessionView:
         """`view` (decoded without messages) with its stored messages `raw`, opened."""
         if self.opener is None:
             return _unopened(view, raw)
-        return self.opener.open_stored(view, raw, self._entries(view, known))
+        return self.opener.open_stored(view, raw, self._entries(view, known), reveal=reveal)
 
     def _entries(self, view: SessionView, known: dict[KeyScope, KeyEntries]) -> KeyEntries:
         scope = KeyScope(view.tenant, view.user_id)
@@ -263,8 +274,12 @@ class AsyncRedisReader:
         user_id: str,
         after: Position | None = None,
         timeout: float = 5.0,
+        reveal: bool = False,
     ) -> Context:
-        """The session's context, once the projection has applied `after` (if given)."""
+        """The session's context, once the projection has applied `after` (if given);
+        with `reveal`, tokenized personal data (``CHATLOG_PII_MODE=tokenize``) restored
+        in place of its placeholders (the read is the owner's: another user's session
+        is refused whatever `reveal` says)."""
         _check_ids(session_id, user_id)
         deadline = time.monotonic() + timeout
         delay = _FIRST_POLL_S
@@ -283,7 +298,9 @@ class AsyncRedisReader:
                     )
                     if ready is not None:
                         return Context.from_view(
-                            await self._open_stored(ready, raw, {self._owner(user_id): entries}),
+                            await self._open_stored(
+                                ready, raw, {self._owner(user_id): entries}, reveal=reveal
+                            ),
                             window_size=window,
                             count_tokens=self.count_tokens,
                             summary_role=self.summary_role,
@@ -436,12 +453,18 @@ class AsyncRedisReader:
         return _opener(self.opener).open(view, await self._entries(view, known))
 
     async def _open_stored(
-        self, view: SessionView, raw: Sequence[Any], known: dict[KeyScope, KeyEntries]
+        self,
+        view: SessionView,
+        raw: Sequence[Any],
+        known: dict[KeyScope, KeyEntries],
+        *,
+        reveal: bool = False,
     ) -> SessionView:
         """`RedisReader._open_stored`, awaited."""
         if self.opener is None:
             return _unopened(view, raw)
-        return self.opener.open_stored(view, raw, await self._entries(view, known))
+        entries = await self._entries(view, known)
+        return self.opener.open_stored(view, raw, entries, reveal=reveal)
 
     async def _entries(self, view: SessionView, known: dict[KeyScope, KeyEntries]) -> KeyEntries:
         scope = KeyScope(view.tenant, view.user_id)

@@ -54,8 +54,9 @@ from chatlog.schemas.events import (
     UserErased,
     epoch_millis,
 )
+from chatlog.schemas.placeholders import reveal_field
 from chatlog.schemas.position import Position
-from chatlog.schemas.sealing import METADATA, TOOL_CALLS
+from chatlog.schemas.sealing import METADATA, TOKENS, TOOL_CALLS
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -362,7 +363,9 @@ def _changes(
     if isinstance(payload, SessionStarted):
         if payload.title is None:
             return {}
-        return {"title": payload.title, "title_sealed": SealedFields.of(event, "title")}
+        # The title's tokenized originals travel with it, for a reader who may reveal them.
+        tokens = [f"{TOKENS}{name}" for name in event.tokens]
+        return {"title": payload.title, "title_sealed": SealedFields.of(event, "title", *tokens)}
     if isinstance(payload, SessionClosed):
         return {"status": SessionStatus.CLOSED, "closed_through": offset}
     if isinstance(payload, UserErased):
@@ -426,7 +429,10 @@ def place_values(
     metadata: Mapping[str, str],
 ) -> tuple[str, str | None, tuple[ToolCall, ...], Mapping[str, str]]:
     """A message's content, name, tool calls and metadata with its sealed fields'
-    `values` (by path, `chatlog.schemas.sealing`) in their places."""
+    `values` (by path, `chatlog.schemas.sealing`) in their places; tokenized originals
+    among them (``tokens.<name>``, opened only for a reader who reveals) go back in
+    place of their placeholders."""
+    originals: dict[str, str] = {}
     for path, value in values.items():
         if path == "content":
             content = value
@@ -438,12 +444,29 @@ def place_values(
             calls = (*calls[:at], calls[at].model_copy(update={part: value}), *calls[at + 1 :])
         elif path.startswith(METADATA):
             metadata = {**metadata, path.removeprefix(METADATA): value}
+        elif path.startswith(TOKENS):
+            originals[path.removeprefix(TOKENS)] = value
         else:
             raise Undecryptable(
                 f"message {message_id} carries a sealed field {path} that a message has no "
                 f"place for",
                 field=path,
             )
+    if originals:
+        content = reveal_field("content", content, originals)
+        name = None if name is None else reveal_field("name", name, originals)
+        calls = tuple(
+            c.model_copy(
+                update={
+                    "arguments": reveal_field(f"{TOOL_CALLS}{i}.arguments", c.arguments, originals)
+                }
+            )
+            for i, c in enumerate(calls)
+        )
+        metadata = {
+            key: reveal_field(f"{METADATA}{key}", value, originals)
+            for key, value in metadata.items()
+        }
     return content, name, calls, metadata
 
 

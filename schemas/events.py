@@ -27,6 +27,7 @@ __all__ = [
     "MessageRedacted",
     "Payload",
     "ProducerInfo",
+    "Redaction",
     "Role",
     "Sealed",
     "SessionClosed",
@@ -190,11 +191,35 @@ class Sealed(_Value):
     fields: Mapping[str, bytes]
 
 
+class Redaction(_Value):
+    """One piece of personal data the producer took out of a field before storing it.
+
+    It keeps no personal data: the field's path (as sealing names it: ``content``,
+    ``tool_calls.0.arguments``, ``metadata.order``, ``title``), the kind (``EMAIL``, or a
+    custom pattern's name), the placeholder written in its place, and a keyed
+    HMAC-SHA256 of the original (`mac`, under master key `mac_kek_id`'s MAC key for
+    redactions), which an audit can match against a value it is given, never reverse.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    field: str
+    kind: str
+    placeholder: str
+    mac_kek_id: str
+    mac: bytes
+
+
 class ConversationEvent(_Value):
     """The envelope: one event in one session's log. Its Kafka key is `session_id`.
 
     `sealed` is None for an event in the clear (written before encryption, or with
     nothing personal in it); otherwise its payload holds placeholders until opened.
+    `redactions` lists what the producer redacted (schema v3); `tokens` maps each
+    reversible placeholder's name (``EMAIL#1``, written ``[EMAIL#1]``) to its original,
+    which is always sealed (``tokens.EMAIL#1``), so only the owner's key restores it.
     """
 
     event_id: EventId = Field(default_factory=new_id)
@@ -205,6 +230,8 @@ class ConversationEvent(_Value):
     producer: ProducerInfo = Field(default_factory=ProducerInfo)
     payload: Payload
     sealed: Sealed | None = None
+    redactions: tuple[Redaction, ...] = ()
+    tokens: Mapping[str, str] = Field(default_factory=dict)
 
 
 def validated(model: type[_M], data: Mapping[str, Any]) -> _M:

@@ -1,14 +1,15 @@
 """Finding personal data and secrets in what a person wrote (issue 14, first step).
 
-What does it find? Emails; phone numbers in international form (``+`` and a country
-code) or, with a default region, in that region's national form (`phonenumbers`, the
-port of Google's libphonenumber, decides what a valid number is); payment card numbers
-(13 to 19 digits that pass the Luhn check); IBANs (a country's length and the mod-97
-check); US social security numbers (the ranges the SSA never issues are left alone); IP
-addresses (`ipaddress` validates them); and secrets people paste into chats: OpenAI-style
-``sk-`` keys, AWS access key ids, GitHub and Slack tokens, bearer tokens and PEM private
-key blocks. Custom patterns add kinds of their own, and an allow-list keeps exact strings
-(a support desk's own phone number, say) as they are.
+What does it find? Emails; phone numbers in international form (``+`` or ``00`` and a
+country code) or, with a default region, in that region's national form
+(`phonenumbers`, the port of Google's libphonenumber, decides what a valid number is);
+payment card numbers (13 to 19 digits that pass the Luhn check and start as cards of
+their length do); IBANs (a country's length and the mod-97 check); US social security
+numbers (the ranges the SSA never issues are left alone); IP addresses (`ipaddress`
+validates them); and secrets people paste into chats: ``sk-`` keys (OpenAI, Anthropic),
+Stripe keys, AWS access key ids, GitHub, GitLab, Google and Slack tokens, bearer tokens
+and PEM private key blocks. Custom patterns add kinds of their own, and an allow-list
+keeps exact strings (a support desk's own phone number, say) as they are.
 
 Why validated patterns and not bare regular expressions? Support chats are full of
 numbers that look personal and are not: order numbers (``#BW-48213``), tracking ids
@@ -17,7 +18,8 @@ checksum says so, an IBAN only if its mod-97 does: the checks keep false positiv
 without losing recall.
 
 `Detector.find` answers the findings, sorted and never overlapping (the earlier, then
-the longer one wins). Pure: no I/O; the producer applies it before sealing (next step).
+the longer one wins). Pure: no I/O; the producer applies it before sealing
+(`chatlog.schemas.redaction`).
 """
 
 from __future__ import annotations
@@ -59,21 +61,52 @@ _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
     r"[A-Za-z]{2,24}(?![\w-])"
 )
-# 13-19 digits, optionally grouped by single spaces or dashes (4 4 4 4, 4 6 5, ...).
-_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
+# 13-19 digits, optionally grouped by single spaces or dashes (4 4 4 4, 4 6 5, ...). No
+# card number starts with 0 (ISO/IEC 7812 gives that major industry id no cards), and a
+# phone number written with the 00 international prefix often passes Luhn by chance.
+_CARD = re.compile(r"(?<![\w-])[1-9](?:[ -]?\d){12,18}(?![\w-])")
 _IBAN = re.compile(r"(?<![\w])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![\w])", re.IGNORECASE)
+# Which first digits each card length is issued with (Visa 13 and 16-19 from 4; Diners
+# 14 from 3; Amex 15 from 3, UATP from 1; Mastercard 2 and 5, Discover, UnionPay and
+# Maestro 6, JCB 35...): a barcode or a customer number of the right length and checksum
+# but another start is not a card (an EAN-13 from 5 often passes Luhn).
+_CARD_FIRST_DIGITS = {13: "4", 14: "3", 15: "123", 16: "23456", 17: "3456", 18: "3456", 19: "3456"}
+# 00 starting a number: not after a word, a '+' or a group of digits ("677 0095").
+_DIAL_00 = re.compile(r"(?<![\w+])(?<!\d[ .-])00(?=[1-9])")
 _SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-_SECRETS = (
-    re.compile(r"\bsk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}"),  # OpenAI, Stripe
-    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key ids
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),  # GitHub tokens
-    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),  # Slack tokens
-    re.compile(r"\bBearer\s+[A-Za-z0-9._~+/-]{20,}=*", re.IGNORECASE),
-    re.compile(
-        r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----.*?-----END (?:[A-Z]+ )?PRIVATE KEY-----",
-        re.DOTALL,
+# The last part may be an IPv4 address (``::ffff:192.0.2.128``, IPv4-mapped).
+_IPV6 = re.compile(
+    r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:])"
+)
+# Each secret's pattern, and the strings one of its matches must contain: a substring
+# test is far cheaper than a scan with the pattern, and most chat turns hold no secret.
+_SECRETS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    # OpenAI, Anthropic
+    (re.compile(r"\bsk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}"), ("sk-",)),
+    # Stripe secret and restricted keys
+    (re.compile(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"), ("k_live_", "k_test_")),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), ("AKIA", "ASIA")),  # AWS access key ids
+    (
+        re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),  # GitHub tokens
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    ),
+    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"), ("github_pat_",)),  # GitHub fine-grained
+    (re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"), ("glpat-",)),  # GitLab access tokens
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), ("AIza",)),  # Google API keys
+    (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), ("xox",)),  # Slack tokens
+    # A token never ends with a '.': one there ends the sentence. (Looked for in the
+    # lower-cased text, as the pattern ignores case.)
+    (
+        re.compile(r"\bBearer\s+[A-Za-z0-9._~+/-]{19,}[A-Za-z0-9_~+/-]=*", re.IGNORECASE),
+        ("bearer",),
+    ),
+    (
+        re.compile(
+            r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----.*?-----END (?:[A-Z]+ )?PRIVATE KEY-----",
+            re.DOTALL,
+        ),
+        ("-----BEGIN ",),
     ),
 )
 
@@ -160,18 +193,29 @@ class Detector:
         return kept
 
     def _candidates(self, text: str) -> Iterator[Finding]:
-        for pattern in _SECRETS:
-            yield from _matches(Kind.SECRET, pattern, text)
-        yield from _matches(Kind.EMAIL, _EMAIL, text)
+        # Each kind is looked for only in a text that holds what every match of it must
+        # (an '@', a '-', a '+'...): the common chat turn costs substring tests only.
+        folded = text.lower()
+        for pattern, needles in _SECRETS:
+            haystack = folded if pattern.flags & re.IGNORECASE else text
+            if any(needle in haystack for needle in needles):
+                yield from _matches(Kind.SECRET, pattern, text)
+        if "@" in text:
+            yield from _matches(Kind.EMAIL, _EMAIL, text)
         for match in _IBAN.finditer(text):
             iban = _iban_prefix(match.group())  # the pattern may run into the next words
             if iban and iban_valid(iban):
                 yield Finding(Kind.IBAN, match.start(), match.start() + len(iban), iban)
         for match in _CARD.finditer(text):
             digits = re.sub(r"[ -]", "", match.group())
-            if 13 <= len(digits) <= 19 and luhn_valid(digits) and len(set(digits)) > 1:
+            if (
+                digits[0] in _CARD_FIRST_DIGITS.get(len(digits), "")
+                and luhn_valid(digits)
+                and len(set(digits)) > 1
+            ):
                 yield Finding(Kind.CARD, match.start(), match.end(), match.group())
-        yield from _matches(Kind.SSN, _SSN, text)
+        if "-" in text:
+            yield from _matches(Kind.SSN, _SSN, text)
         yield from self._ips(text)
         yield from self._phones(text)
         for name, pattern in self.custom.items():
@@ -180,13 +224,24 @@ class Detector:
     def _phones(self, text: str) -> Iterator[Finding]:
         # Without a region only numbers written with their country code are recognised:
         # "+49 30 901820", not "030 901820", which could be anything in a support chat.
+        # The code may follow the 00 most of the world dials first ("0044 20 ..."), read
+        # as a '+' (one space before it keeps every position where it was).
         region = self.region or "ZZ"
-        for match in phonenumbers.PhoneNumberMatcher(text, region, phonenumbers.Leniency.VALID):
-            yield Finding(Kind.PHONE, match.start, match.end, match.raw_string)
+        dialled = _DIAL_00.sub(" +", text) if "00" in text else text
+        if self.region is None and "+" not in dialled:
+            return  # no country code, and no region to read a national number with
+        for match in phonenumbers.PhoneNumberMatcher(dialled, region, phonenumbers.Leniency.VALID):
+            start = match.start
+            if dialled[start] == "+" and text[start - 1 : start + 1] == "00":
+                start -= 1
+            yield Finding(Kind.PHONE, start, match.end, text[start : match.end])
 
     @staticmethod
     def _ips(text: str) -> Iterator[Finding]:
-        for pattern in (_IPV4, _IPV6):
+        patterns = [_IPV4] if "." in text else []
+        if text.count(":") >= 2:
+            patterns.append(_IPV6)
+        for pattern in patterns:
             for match in pattern.finditer(text):
                 try:
                     address = ipaddress.ip_address(match.group())

@@ -49,10 +49,12 @@ from chatlog.schemas.ids import new_id
 __all__ = [
     "KEY_BYTES",
     "METADATA",
+    "TOKENS",
     "TOOL_CALLS",
     "DataKey",
     "KeyScope",
     "field_context",
+    "map_fields",
     "open_event",
     "open_fields",
     "seal_event",
@@ -68,6 +70,9 @@ _CONTEXT_LABEL = b"chatlog.sealed-field.v1"
 TOOL_CALLS = "tool_calls."
 _MAX_PART = 0xFFFF  # each part of the associated data carries a 2-byte length
 METADATA = "metadata."
+# The original of a reversible placeholder (`ConversationEvent.tokens`, redaction's
+# tokenize mode) is sealed at ``tokens.<name>``: always sealed, never stored clear.
+TOKENS = "tokens."
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +196,16 @@ def seal_event(event: ConversationEvent, key: DataKey) -> ConversationEvent:
         fields[path] = key.seal(value.encode(), context(path))
         return ""
 
-    payload = _map_fields(event.payload, seal)
+    payload = map_fields(event.payload, seal)
+    tokens = _map_tokens(event.tokens, seal)
     if not fields:
         return event
     return event.model_copy(
-        update={"payload": payload, "sealed": Sealed(key_id=key.key_id, fields=fields)}
+        update={
+            "payload": payload,
+            "tokens": tokens,
+            "sealed": Sealed(key_id=key.key_id, fields=fields),
+        }
     )
 
 
@@ -208,7 +218,8 @@ def open_event(event: ConversationEvent, key: DataKey) -> ConversationEvent:
     if sealed is None:
         return event
     values = _open_sealed(event, key)
-    payload = _map_fields(event.payload, values.pop)
+    payload = map_fields(event.payload, values.pop)
+    tokens = _map_tokens(event.tokens, values.pop)
     if values:
         # A field this payload does not have: added to the map after sealing.
         raise Undecryptable(
@@ -217,7 +228,7 @@ def open_event(event: ConversationEvent, key: DataKey) -> ConversationEvent:
             event_id=event.event_id,
             session_id=event.session_id,
         )
-    return event.model_copy(update={"payload": payload, "sealed": None})
+    return event.model_copy(update={"payload": payload, "tokens": tokens, "sealed": None})
 
 
 def verify_event(event: ConversationEvent, key: DataKey) -> None:
@@ -236,7 +247,8 @@ def verify_event(event: ConversationEvent, key: DataKey) -> None:
         places.add(path)
         return value
 
-    _map_fields(event.payload, place, rebuild=False)
+    map_fields(event.payload, place, rebuild=False)
+    _map_tokens(event.tokens, place)
     stray = set(sealed.fields) - places
     if stray:
         raise Undecryptable(
@@ -295,7 +307,7 @@ def _open_sealed(event: ConversationEvent, key: DataKey, *, decode: bool = True)
 
 # The one list of what is personal, per payload type: each sealable field, by path, and
 # how to put it back. `convert(path, value)` returns the value to keep in its place.
-def _map_fields(
+def map_fields(
     payload: Payload, convert: Callable[[str, str], str], *, rebuild: bool = True
 ) -> Payload:
     """`payload` with each sealable field replaced by `convert(path, value)`; without
@@ -326,6 +338,10 @@ def _map_fields(
     ):
         update["reason"] = convert("reason", payload.reason)
     return payload.model_copy(update=update) if rebuild else payload
+
+
+def _map_tokens(tokens: Mapping[str, str], convert: Callable[[str, str], str]) -> dict[str, str]:
+    return {name: convert(f"{TOKENS}{name}", value) for name, value in tokens.items()}
 
 
 def _map_metadata(

@@ -9,6 +9,7 @@ implementations).
 
 from __future__ import annotations
 
+import hmac
 import json
 import sys
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from chatlog.schemas.events import (
     MessageRedacted,
     Payload,
     ProducerInfo,
+    Redaction,
     Sealed,
     SessionClosed,
     SessionStarted,
@@ -105,16 +107,8 @@ VECTOR_KEY = DataKey(
 )
 
 
-def sealed_sample() -> ConversationEvent:
-    """A sealed message (content, name, tool call, metadata), with fixed nonces."""
-    event_id, session_id = "00000000-0000-4000-8000-000000000100", "session-1"
-    clear = {
-        "content": "My card is 4111 1111 1111 1111",
-        "name": "Ada",
-        "tool_calls.0.name": "refund",
-        "tool_calls.0.arguments": '{"order": 7731}',
-        "metadata.order": "7731",
-    }
+def _sealed_fields(event_id: str, session_id: str, clear: dict[str, str]) -> dict[str, bytes]:
+    """`clear` (path -> text) sealed under the vector key, the n-th with nonce n * 12."""
     aead = AESGCM(VECTOR_KEY.secret)
     fields = {}
     for n, (path, text) in enumerate(clear.items()):
@@ -127,6 +121,20 @@ def sealed_sample() -> ConversationEvent:
             field=path,
         )
         fields[path] = b"\x01" + nonce + aead.encrypt(nonce, text.encode(), context)
+    return fields
+
+
+def sealed_sample() -> ConversationEvent:
+    """A sealed message (content, name, tool call, metadata), with fixed nonces."""
+    event_id, session_id = "00000000-0000-4000-8000-000000000100", "session-1"
+    clear = {
+        "content": "My card is 4111 1111 1111 1111",
+        "name": "Ada",
+        "tool_calls.0.name": "refund",
+        "tool_calls.0.arguments": '{"order": 7731}',
+        "metadata.order": "7731",
+    }
+    fields = _sealed_fields(event_id, session_id, clear)
     return ConversationEvent(
         event_id=event_id,
         session_id=session_id,
@@ -146,9 +154,48 @@ def sealed_sample() -> ConversationEvent:
     )
 
 
+# The MAC key of the redaction sample: HMAC-SHA256 under it, as a key provider's MAC key
+# for purpose "pii" would make it.
+VECTOR_MAC_KEY = bytes(range(32, 64))
+
+
+def redacted_sample() -> ConversationEvent:
+    """A tokenized message (v3): its placeholders, their redaction records, and the
+    originals sealed at ``tokens.<name>``, with fixed nonces."""
+    event_id, session_id = "00000000-0000-4000-8000-000000000101", "session-1"
+    originals = {"CARD#1": "4111 1111 1111 1111", "EMAIL#1": "ada@example.com"}
+    clear = {
+        "content": "My card is [CARD#1], mail [EMAIL#1]",
+        **{f"tokens.{name}": original for name, original in originals.items()},
+    }
+    redactions = tuple(
+        Redaction(
+            field="content",
+            kind=name.partition("#")[0],
+            placeholder=f"[{name}]",
+            mac_kek_id="k1",
+            mac=hmac.digest(VECTOR_MAC_KEY, original.encode(), "sha256"),
+        )
+        for name, original in originals.items()
+    )
+    return ConversationEvent(
+        event_id=event_id,
+        session_id=session_id,
+        user_id="user@example.com",
+        tenant="acme",
+        occurred_at=datetime(2026, 12, 6, 3, 4, 6, tzinfo=UTC),
+        producer=ProducerInfo(client="tests", version="3"),
+        payload=MessageAppended(message_id="m-10", role="user", content=""),
+        sealed=Sealed(key_id=VECTOR_KEY.key_id, fields=_sealed_fields(event_id, session_id, clear)),
+        redactions=redactions,
+        tokens=dict.fromkeys(originals, ""),
+    )
+
+
 def vector_events() -> list[ConversationEvent]:
-    """What the newest version's vectors hold: every payload type, and a sealed event."""
-    return [*sample_events(), sealed_sample()]
+    """What the newest version's vectors hold: every payload type, a sealed event and a
+    redacted one."""
+    return [*sample_events(), sealed_sample(), redacted_sample()]
 
 
 def vector_file(version: int) -> Path:

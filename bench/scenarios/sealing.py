@@ -68,6 +68,13 @@ _READ_SIZE = 20
 _KINDS = ("sealed", "clear")
 
 
+def _sealing_producer(settings: Settings) -> ConversationProducer:
+    """`wiring.producer`, with redaction off: the clear producer has no keyring and so
+    redacts nothing, and these rows price sealing alone (the pii scenario prices
+    redaction)."""
+    return wiring.producer(settings.model_copy(update={"pii_mode": "off"}), flush_on_sigterm=False)
+
+
 def _order(n: int) -> tuple[str, str]:
     """Sealed first in odd repetitions, clear first in even ones."""
     return _KINDS if n % 2 else (_KINDS[1], _KINDS[0])
@@ -77,7 +84,7 @@ def sealing(stack: BenchStack, plan: Plan, report: Report) -> None:
     """The sealing scenario: see the module docstring."""
     topics = {kind: stack.scenario(f"sealing_{kind}") for kind in _KINDS}
     producers: dict[str, ConversationProducer] = {
-        "sealed": wiring.producer(topics["sealed"], flush_on_sigterm=False),
+        "sealed": _sealing_producer(topics["sealed"]),
         "clear": clear_producer(topics["clear"]),
     }
     try:
@@ -281,7 +288,7 @@ def _core(
 def _reads_and_erasure(stack: BenchStack, plan: Plan, report: Report) -> None:
     """Context reads sealed vs clear, then users of 100 sessions erased among others."""
     settings = stack.scenario("sealing")
-    sealed = wiring.producer(settings, flush_on_sigterm=False)
+    sealed = _sealing_producer(settings)
     clear = clear_producer(settings)
     log = ChatLog(
         producer=sealed,
@@ -432,7 +439,7 @@ def _append(stack: BenchStack, plan: Plan, report: Report) -> None:
     clear = clear_producer(settings)
     logs = {
         "sealed": ChatLog(
-            producer=wiring.producer(settings, flush_on_sigterm=False),
+            producer=_sealing_producer(settings),
             reader=wiring.reader(settings),
         ),
         "clear": ChatLog(producer=clear, reader=wiring.reader(settings)),

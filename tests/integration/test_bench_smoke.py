@@ -37,7 +37,9 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "| memory |",
         "| summary throughput |",
         "| sealing |",
+        "| pii |",
         "## summary cost",
+        "## pii redaction quality",
     ):
         assert scenario in table
     beside = table.split("## Details")[0]
@@ -49,6 +51,7 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "Kafka EndToEndLatency",
         "Kafka ConsumerPerformance",
         "the same, not sealed (no keyring)",
+        "scrubadub 2.0.1 Scrubber().clean",
     ):
         assert peer in beside
     for size in ("20-message session", "100-message session", "1,000-message session"):

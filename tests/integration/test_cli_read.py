@@ -426,6 +426,8 @@ def test_the_demo_runs_end_to_end_and_leaves_no_process(kafka, redis_url, tmp_pa
     # What it shows is checked by tests (test_support_chats.py); it says it saw it all.
     assert "sanity: every session read back with all its messages" in result.stdout
     assert "the long chat's 127 turns = " in result.stdout
+    # The card number appended is redacted before it is stored (the default mode).
+    assert "readers get 'My card is [CARD], please refund it'" in result.stdout
     assert "make services-stop" in result.stdout
     for name in ("projector", "summarizer"):
         pid = re.search(rf"{name} +pid (\d+)", result.stdout)

@@ -23,6 +23,8 @@ PURE_MODULES = [
     "chatlog.schemas.errors",
     "chatlog.schemas.registry",
     "chatlog.schemas.pii",
+    "chatlog.schemas.redaction",
+    "chatlog.schemas.placeholders",
     "chatlog.producers.commands",
     "chatlog.producers.partitioning",
     "chatlog.projections",

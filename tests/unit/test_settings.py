@@ -271,3 +271,41 @@ def test_bad_durations_and_names_are_refused_naming_the_setting(env, expected):
     with pytest.raises(ConfigError, match=expected) as refused:
         Settings.from_env(env)
     assert next(iter(env)) in str(refused.value)
+
+
+def test_pii_settings_default_to_redact_and_read_one_entry_a_line(tmp_path):
+    base = {"CHATLOG_STATE_DIR": str(tmp_path)}
+    assert Settings.from_env(base).pii_mode == "redact"
+    settings = Settings.from_env(
+        {
+            **base,
+            "CHATLOG_PII_MODE": "mask",
+            "CHATLOG_PII_PATTERNS": "order=#BW-\\d{5}\n\n  RMA = RMA-\\d{3,6}  \n",
+            "CHATLOG_PII_ALLOW": "help@shop.example\n+1 800 555 0100\n",
+            "CHATLOG_PII_PHONE_REGION": "de",
+        }
+    )
+    assert settings.pii_patterns == {"ORDER": "#BW-\\d{5}", "RMA": "RMA-\\d{3,6}"}
+    assert settings.pii_allow == ("help@shop.example", "+1 800 555 0100")
+    assert settings.pii_phone_region == "DE"
+    policy = wiring.redaction_policy(settings)
+    assert policy.mode == "mask"
+    assert [f.kind for f in policy.redactor.find("#BW-48213, 030 901820")] == ["ORDER", "PHONE"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("CHATLOG_PII_MODE", "scrub", "CHATLOG_PII_MODE='scrub': Input should be 'off', 'redact'"),
+        ("CHATLOG_PII_PATTERNS", "ORDER=#BW-(\\d", "CHATLOG_PII_PATTERNS='ORDER=#BW-(\\\\d'"),
+        ("CHATLOG_PII_PATTERNS", "ORDER=#BW-(\\d", "pattern ORDER does not compile"),
+        ("CHATLOG_PII_PATTERNS", "just a regex", "is not NAME=regex"),
+        ("CHATLOG_PII_PATTERNS", "ORDER NO=\\d+", "pattern name 'ORDER NO'"),
+        ("CHATLOG_PII_PHONE_REGION", "XX", "CHATLOG_PII_PHONE_REGION='XX'"),
+    ],
+)
+def test_bad_pii_settings_are_refused_at_start_in_one_line(name, value, expected, tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"CHATLOG_STATE_DIR": str(tmp_path), name: value})
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)

@@ -1,0 +1,220 @@
+"""Redaction: personal data taken out of what a person wrote, before it is stored.
+
+Why before storage? The events topic keeps everything forever, and its copies (replicas,
+the dead-letter topic, Redis, backups, the summarizer's LLM) are many. Sealing hides a
+card number from whoever holds a disk; redaction means it is not there at all, not even
+for chatlog's own readers, which build prompts from what the log holds. The producer
+applies it to every event before sealing and encoding, so nothing downstream ever sees
+the original.
+
+What is looked at? Every field sealing treats as personal (`chatlog.schemas.sealing`'s
+one list): a message's content, its name, tool call arguments and metadata values; a
+session's title and metadata values; a summary; a reason. Tool call *names* are left
+alone: they name functions, and a changed one would break the call. Ids and metadata
+keys are never redacted (nor sealed): do not put personal data in them.
+
+The modes (`Mode`, ``CHATLOG_PII_MODE``):
+
+* ``off``: nothing is changed;
+* ``redact`` (the default): a typed placeholder, ``[EMAIL]``, ``[CARD]``;
+* ``mask``: a placeholder that keeps what support staff commonly see, ``[CARD ••••1111]``
+  (`mask`); secrets and custom kinds are hidden whole;
+* ``tokenize``: a numbered placeholder, ``[EMAIL#1]`` (the same original gets the same
+  number within an event), whose original goes into the event's `tokens`, which the
+  producer seals under the owner's data key: `chatlog.schemas.placeholders.reveal_field`
+  puts it back for a reader who asks (``context(..., reveal=True)``), and erasing the
+  owner destroys it with the key.
+
+Whatever the mode (but off), each redaction is recorded in the event (`Redaction`): the
+field, the kind, the placeholder, and a keyed HMAC-SHA256 of the original under the key
+provider's MAC key for purpose ``pii`` (never Python's `hash`, which is neither keyed
+nor stable), so an audit can tell whether a given value was redacted without the event
+keeping it.
+
+Pure: finding is the `Redactor`'s (`chatlog.schemas.pii.Detector` by default), the MAC
+is a function the producer passes in (its key provider's).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from chatlog.schemas.events import ConversationEvent, Redaction
+from chatlog.schemas.master_keys import Mac
+from chatlog.schemas.pii import Detector, Finding, Kind
+from chatlog.schemas.placeholders import NOT_JSON, json_of, token
+from chatlog.schemas.sealing import TOOL_CALLS, map_fields
+
+__all__ = [
+    "MAC_PURPOSE",
+    "Mode",
+    "RedactionPolicy",
+    "Redactor",
+    "mask",
+]
+
+MAC_PURPOSE = "pii"
+_DOT = "•"
+
+
+class Mode(enum.StrEnum):
+    """What redaction writes in place of what it finds (see the module docstring)."""
+
+    OFF = "off"
+    REDACT = "redact"
+    MASK = "mask"
+    TOKENIZE = "tokenize"
+
+
+class Redactor(Protocol):
+    """Finds the personal data in a text; `chatlog.schemas.pii.Detector` is the default."""
+
+    def find(self, text: str) -> Sequence[Finding]:
+        """The findings in `text`, sorted by position, none overlapping another."""
+        ...
+
+
+def mask(kind: str, original: str) -> str:
+    """The ``mask`` mode's placeholder: enough for a person to recognise their own
+    value (the last digits), too little to use it."""
+    digits = re.sub(r"\D", "", original)
+    if kind == Kind.CARD:
+        return f"[CARD {_DOT * 4}{digits[-4:]}]"  # what receipts print (PCI DSS allows it)
+    if kind == Kind.IBAN:
+        compact = original.replace(" ", "").upper()
+        return f"[IBAN {compact[:2]}{_DOT * 2} {_DOT * 4}{compact[-4:]}]"  # as banks show it
+    if kind == Kind.SSN:
+        return f"[SSN {_DOT * 3}-{_DOT * 2}-{digits[-4:]}]"
+    if kind == Kind.PHONE:
+        return f"[PHONE {_DOT * 4}{digits[-2:]}]"
+    if kind == Kind.EMAIL:
+        local, _, domain = original.partition("@")
+        return f"[EMAIL {local[:1]}{_DOT * 3}@{domain}]"
+    if kind == Kind.IP:
+        return f"[IP {_network(original)}]"
+    return f"[{kind}]"  # secrets and custom kinds: no part of them is safe to show
+
+
+def _network(address: str) -> str:
+    """The address with its host part hidden: IPv4's last octet, IPv6's last 80 bits
+    (the anonymisation analytics tools apply)."""
+    parsed = ipaddress.ip_address(address)
+    if parsed.version == 4:
+        return ".".join(address.split(".")[:3]) + f".{_DOT}"
+    return str(ipaddress.ip_network(f"{address}/48", strict=False).network_address) + _DOT
+
+
+@dataclass(frozen=True)
+class RedactionPolicy:
+    """A mode and a redactor: what the producer applies to every event."""
+
+    mode: Mode = Mode.REDACT
+    redactor: Redactor = field(default_factory=Detector)
+
+    def apply(self, event: ConversationEvent, mac: Callable[[bytes], Mac]) -> ConversationEvent:
+        """`event` with the personal data of its personal fields replaced, and what was
+        replaced recorded; `mac` is the key provider's MAC for purpose ``pii``.
+
+        An event already sealed or redacted (it has redaction records or tokens), or
+        with nothing found, is returned as it is (a retried publish redacts nothing twice).
+        """
+        if self.mode is Mode.OFF or event.sealed is not None or event.redactions or event.tokens:
+            return event
+        run = _Run(self.mode, self.redactor, mac)
+        payload = map_fields(event.payload, run.field)
+        if not run.redactions:
+            return event
+        return event.model_copy(
+            update={
+                "payload": payload,
+                "redactions": tuple(run.redactions),
+                "tokens": run.tokens,
+            }
+        )
+
+
+class _Run:
+    """One event's redaction: its placeholders, records and tokens."""
+
+    def __init__(self, mode: Mode, redactor: Redactor, mac: Callable[[bytes], Mac]) -> None:
+        self.mode, self.redactor, self.mac = mode, redactor, mac
+        self.redactions: list[Redaction] = []
+        self.tokens: dict[str, str] = {}
+        self._names: dict[tuple[str, str], str] = {}  # (kind, original) -> token name
+        self._macs: dict[str, Mac] = {}
+
+    def field(self, path: str, value: str) -> str:
+        if path.startswith(TOOL_CALLS) and path.endswith(".name"):
+            return value  # a function's name: changing it would break the call
+        document = json_of(path, value)
+        if document is not NOT_JSON:
+            return self._json(path, value, document)
+        return self._text(path, value)
+
+    def _text(self, path: str, text: str) -> str:
+        findings = self.redactor.find(text)
+        if not findings:
+            return text
+        parts: list[str] = []
+        at = 0
+        for finding in findings:
+            parts += (text[at : finding.start], self._placeholder(path, finding))
+            at = finding.end
+        parts.append(text[at:])
+        return "".join(parts)
+
+    def _json(self, path: str, text: str, document: Any) -> str:
+        """A JSON field: redacting its text as it is could cut through its syntax (a card
+        written as a bare number), so it is redacted leaf by leaf, every placeholder
+        inside a string, and written again only if something changed."""
+        before = len(self.redactions)
+        redacted = self._leaves(path, document)
+        if len(self.redactions) == before:
+            return text
+        return json.dumps(redacted, ensure_ascii=False)
+
+    def _leaves(self, path: str, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._text(path, value)
+        if isinstance(value, dict):
+            return {key: self._leaves(path, item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._leaves(path, item) for item in value]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            text = json.dumps(value)
+            redacted = self._text(path, text)
+            return value if redacted == text else redacted
+        return value
+
+    def _placeholder(self, path: str, finding: Finding) -> str:
+        kind = str(finding.kind)
+        if self.mode is Mode.TOKENIZE:
+            name = self._names.get((kind, finding.text))
+            if name is None:
+                number = 1 + sum(1 for k, _ in self._names if k == kind)
+                name = self._names[kind, finding.text] = f"{kind}#{number}"
+                self.tokens[name] = finding.text
+            placeholder = token(name)
+        elif self.mode is Mode.MASK:
+            placeholder = mask(kind, finding.text)
+        else:
+            placeholder = f"[{kind}]"
+        digest = self._macs.get(finding.text)
+        if digest is None:
+            digest = self._macs[finding.text] = self.mac(finding.text.encode())
+        self.redactions.append(
+            Redaction(
+                field=path,
+                kind=kind,
+                placeholder=placeholder,
+                mac_kek_id=digest.kek_id,
+                mac=digest.digest,
+            )
+        )
+        return placeholder
