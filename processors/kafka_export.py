@@ -38,6 +38,7 @@ from chatlog.schemas.errors import DecodeError, Erased, Undecryptable, UnknownUs
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.keyring import KeyEntries
+from chatlog.schemas.placeholders import revealed
 from chatlog.schemas.position import Position
 from chatlog.schemas.sealing import KeyScope
 
@@ -123,7 +124,8 @@ class KafkaExporter:
                     continue
                 if not isinstance(opened, ConversationEvent):  # ERASED
                     raise _erased(tenant, user_id, None)
-                fold.take(opened, position)
+                # The user's own copy: tokenized originals go back in (the owner's reveal).
+                fold.take(revealed(opened), position)
         finally:
             consumer.close()
         if not fold.views:

@@ -80,6 +80,7 @@ def _chat(settings: Settings) -> ChatLog:
         read_timeout_s=30,
         history=wiring.kafka_history(settings),
         eraser=wiring.eraser(settings, producer, reader.client),
+        exporter=wiring.exporter(settings, reader.client),
     )
 
 
@@ -211,6 +212,11 @@ def test_tokenized_data_is_nowhere_but_sealed_and_only_its_owner_reveals_it(
             await reader.reader.client.aclose()
 
     assert asyncio.run(read_async()) == f"Refund to {EMAIL}"
+
+    # The owner's export is their own data: the tokenized originals are back in it.
+    [exported] = chat.export_user(USER)["sessions"]
+    assert exported["title"] == f"Refund to {EMAIL}"
+    assert exported["messages"][0]["content"] == f"My card is {CARD}, mail {EMAIL}"
 
     # Erased: the key that sealed the originals is gone, and nothing reveals them.
     chat.erase_user(USER)
