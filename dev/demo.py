@@ -97,7 +97,8 @@ def chatlog_env(settings: Settings) -> dict[str, str]:
     """This environment, with the demo's topic, Redis prefix and consumer groups."""
     env = dict(os.environ)
     for name in (
-        *("kafka_bootstrap", "redis_url", "topic", "dlq_topic", "keys_topic", "redis_prefix"),
+        *("kafka_bootstrap", "redis_url", "topic", "dlq_topic", "keys_topic", "audit_topic"),
+        *("redis_prefix",),
         *("projector_group", "summarizer_group", "master_key_file"),
     ):
         value = getattr(settings, name)
