@@ -158,6 +158,7 @@ def redact(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         reader=wiring.reader(settings),
         read_timeout_s=settings.read_timeout_s,
         history=wiring.kafka_history(settings),
+        audit=wiring.audit_trail(settings),
     ) as log:
         position = log.redact(args.session, args.message, user_id=args.user, reason=args.reason)
     return {"session_id": args.session, "message_id": args.message, "position": str(position)}

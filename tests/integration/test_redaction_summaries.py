@@ -22,10 +22,12 @@ import redis
 
 from chatlog import AsyncChatLog, ChatLog, wiring
 from chatlog.cli import main
+from chatlog.processors.kafka_audit import read_audit
 from chatlog.processors.replay import rebuild, verify
 from chatlog.producers.commands import new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.projections.context import Context
+from chatlog.schemas.audit import AuditAction
 from chatlog.schemas.errors import OwnershipError, SessionNotFound
 from chatlog.schemas.events import MessageRedacted, SummaryUpdated
 from chatlog.schemas.position import Position
@@ -259,6 +261,14 @@ def test_redact_refuses_another_users_session_and_the_cli_redacts(
         ]
         assert event.payload == MessageRedacted(message_id="m0", reason="pasted a card")
         assert main(["redact", "--session", SESSION, "--message", "m0", "--user", "mallory"]) == 1
+        # The command's redaction is in the audit trail, and so is the refused one.
+        trail = read_audit(bootstrap_servers=settings.kafka_bootstrap, topic=settings.audit_topic)
+        assert trail.intact
+        assert [
+            (r.outcome, r.details.get("position"))
+            for _, r in trail.records
+            if r.action == AuditAction.MESSAGE_REDACTED and r.session_id == SESSION
+        ] == [("ok", printed["position"]), ("refused", None)]
 
         # A view stored before these meta fields existed lacks them: it reads, and
         # verifies against a replay, as their defaults.
