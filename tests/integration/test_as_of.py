@@ -97,6 +97,7 @@ def scenario(kafka, redis_url) -> Scenario:
         redis_prefix=f"asof{uuid.uuid4().hex[:10]}",
         topic=kafka.create_topic("asof", partitions=PARTITIONS),
         keys_topic=create_keys_topic(kafka),
+        audit_topic=kafka.create_topic("audit", partitions=1),
         master_key_file=master_key_file(),
         window=POLICY.window,
         max_overflow=POLICY.max_overflow,
@@ -290,6 +291,7 @@ def _client_settings(settings: Settings) -> dict[str, object]:
         "redis_prefix": settings.redis_prefix,
         "topic": settings.topic,
         "keys_topic": settings.keys_topic,
+        "audit_topic": settings.audit_topic,  # an operator's as-of read is audited
         "master_key_file": settings.master_key_file,
         "window": settings.window,
         "max_overflow": settings.max_overflow,
