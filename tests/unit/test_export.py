@@ -45,7 +45,11 @@ def test_every_message_of_every_session_of_the_user_with_redactions_and_summarie
     summary = new_event(
         "a",
         user_id="ann",
-        payload=SummaryUpdated(summary="they asked", through_offset=5, model="m"),
+        # Made after the redaction (at offset 32) and honouring it, as the summarizer's
+        # are: one that claims nothing is withheld, as the read-model withholds it.
+        payload=SummaryUpdated(
+            summary="they asked", through_offset=5, model="m", redactions_through=32
+        ),
     )
     log = [(new_event("a", user_id="ann", payload=SessionStarted(title="Order")), Position(0, 0))]
     log += [(e, Position(0, n + 1)) for n, e in enumerate([*said, tool, redact, summary])]
@@ -68,6 +72,32 @@ def test_every_message_of_every_session_of_the_user_with_redactions_and_summarie
         {"id": "c1", "name": "lookup", "arguments": "{}"}
     ]
     assert session["summary"] == {"text": "they asked", "model": "m", "through_offset": 5}
+
+
+def test_a_summary_that_may_hold_a_message_redacted_since_is_left_out_until_rebuilt():
+    said = [append_message("a", user_id="ann", role="user", content=f"turn {n}") for n in range(30)]
+    log = [(e, Position(0, n)) for n, e in enumerate(said)]
+
+    def summary(text: str, *, at: int, honours: int) -> tuple[ConversationEvent, Position]:
+        payload = SummaryUpdated(
+            summary=text, through_offset=5, model="m", redactions_through=honours
+        )
+        return new_event("a", user_id="ann", payload=payload), Position(0, at)
+
+    log.append(summary("turn 3 said 4111 1111 1111 1111", at=30, honours=29))
+    redact = MessageRedacted(message_id=said[3].payload.message_id)
+    log.append((new_event("a", user_id="ann", payload=redact), Position(0, 31)))
+    export = UserExport(tenant="default", user_id="ann")
+    feed(export, log)
+    [session] = document(export)["sessions"]
+    # The read-model withholds it (it covers turn 3): the export does not hand it out.
+    assert session["summary"] is None
+    assert "4111" not in json.dumps(session)
+
+    feed(export, [summary("the rebuild", at=32, honours=31)])
+    [session] = document(export)["sessions"]
+    assert session["summary"] == {"text": "the rebuild", "model": "m", "through_offset": 5}
+    assert session["message_count"] == 30  # every message still, under any window
 
 
 def test_only_sessions_the_user_owns_and_only_their_own_events():
