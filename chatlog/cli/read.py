@@ -152,12 +152,14 @@ def publish(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def redact(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """`chatlog redact`: redact one message of the user's session; its position."""
+    """`chatlog redact`: redact one message of the user's session; its position.
+    Recorded in the audit trail, a refusal too, as `ChatLog.redact` records it."""
     with ChatLog(
         producer=wiring.producer(settings),
         reader=wiring.reader(settings),
         read_timeout_s=settings.read_timeout_s,
         history=wiring.kafka_history(settings),
+        audit=wiring.audit_trail(settings),
     ) as log:
         position = log.redact(args.session, args.message, user_id=args.user, reason=args.reason)
     return {"session_id": args.session, "message_id": args.message, "position": str(position)}
