@@ -131,6 +131,11 @@ class KafkaExporter:
                 fold.take(revealed(opened), position)
         finally:
             consumer.close()
+        # The user's entries were read once, before the scan, and the opener keeps using
+        # them: an erasure that landed meanwhile is seen here, before anything is handed out.
+        erased_at = self.opener.directory.entries_many([scope])[scope].erased_at
+        if erased_at is not None:
+            raise _erased(tenant, user_id, erased_at)
         if not fold.views:
             raise UnknownUser(
                 f"no session of user {user_id} of tenant {tenant} in {self.topic}; nothing "
