@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -118,3 +120,31 @@ def test_redact_is_recorded_in_the_audit_trail(monkeypatch, capsys, tmp_path):
         ("message_redacted", "ok", "s-1", {"message_id": "m-1", "position": "0:7"}),
         ("message_redacted", "refused", "s-1", {"message_id": "m-1", "error": "OwnershipError"}),
     ]
+
+
+def test_export_writes_a_file_only_its_owner_can_read(monkeypatch, capsys, tmp_path):
+    """The export holds a person's every message in clear: not for other local users."""
+
+    class Exporter:
+        def export(self, user_id: str, *, tenant: str, audit: object) -> dict:
+            return {"sessions": [{"messages": [{"content": "card 4111 1111 1111 1111"}]}]}
+
+    monkeypatch.setenv("CHATLOG_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(wiring, "exporter", lambda settings: Exporter())
+    monkeypatch.setattr(
+        wiring,
+        "audit_trail",
+        lambda settings, **_: AuditTrail(
+            ListLog(), LocalKeyProvider.from_spec(new_master_key("k1")), "ops"
+        ),
+    )
+    out = tmp_path / "ann.json"
+    out.write_text("an older export")  # replaced, and made private too
+    out.chmod(0o644)
+    umask = os.umask(0o022)  # the usual default: files readable by everyone
+    try:
+        assert main(["export", "--user", "ann", "--output", str(out), "--json"]) == 0
+    finally:
+        os.umask(umask)
+    assert json.loads(out.read_text())["sessions"][0]["messages"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
