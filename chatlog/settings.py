@@ -301,9 +301,14 @@ class Settings(BaseModel):
                     f"'_' (it names the placeholder, [{name.upper()}])"
                 )
             try:
-                re.compile(pattern)
+                compiled = re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"pattern {name} does not compile: {exc}") from None
+            if compiled.fullmatch("") is not None:
+                raise ValueError(
+                    f"pattern {name} matches the empty string: it must match at least one "
+                    f"character (write + for *, drop a trailing ?)"
+                )
             checked[name.upper()] = pattern
         return checked
 

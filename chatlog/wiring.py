@@ -320,6 +320,7 @@ def exporter(settings: Settings, client: redis.Redis | None = None) -> KafkaExpo
         opener=opener(settings, client),
         codec=codec(settings),
         config=settings.kafka,
+        policy=policy(settings),
     )
 
 

@@ -5,9 +5,12 @@ opened with their owners' keys) and keeps the sessions the user owns: the sessio
 event names its owner, as the projector decides, and every later event of another user is
 refused the same way (`evolve`'s `ForeignEvent`). It folds with the projector's own
 `evolve`, under a window no session reaches, so every message is kept, a redacted one
-shows as redacted (its content gone), a session erased on its own shows as erased, and
-the summary is the session's current one (an older summary may cover a message redacted
-since: it is left out). `document` gives the format docs/privacy.md describes
+shows as redacted (its content gone), and a session erased on its own shows as erased.
+The summary is the one the read-model serves: whether a redaction withholds a summary
+depends on the window (`chatlog.projections.view`), so each session is folded a second
+time under the read-model's own policy, and a summary that may hold a message redacted
+since is left out until its rebuild lands, as a context read leaves it out (older
+summaries are always left out). `document` gives the format docs/privacy.md describes
 (``"format": "chatlog-export"``, ``"version": 1``). Pure: the Kafka scan is
 `chatlog.processors.kafka_export`.
 """
@@ -19,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chatlog.projections.view import (
+    DEFAULT_POLICY,
     ForeignEvent,
     Message,
     SessionView,
@@ -43,10 +47,12 @@ def _time(ms: int) -> str:
 class UserExport:
     """The sessions of one user, folded from the events given to `take`."""
 
-    def __init__(self, *, tenant: str, user_id: str) -> None:
+    def __init__(self, *, tenant: str, user_id: str, policy: WindowPolicy = DEFAULT_POLICY) -> None:
         self.tenant = tenant
         self.user_id = user_id
+        self.policy = policy  # the read-model's: which summary it serves, or withholds
         self.views: dict[str, SessionView] = {}
+        self.served: dict[str, SessionView] = {}  # folded as the read-model folds them
         self.others: set[str] = set()  # sessions that exist and belong to someone else
         self.refused = 0  # the user's events the projector would refuse (foreign)
 
@@ -72,11 +78,14 @@ class UserExport:
         session = event.session_id
         try:
             view = evolve(self.views.get(session), event, position, _EVERYTHING)
+            served = evolve(self.served.get(session), event, position, self.policy)
         except ForeignEvent:
             self.refused += 1
             return
         if view is not None:
             self.views[session] = view
+        if served is not None:
+            self.served[session] = served
 
     def document(
         self, *, topic: str, through: Mapping[int, int], exported_at: datetime
@@ -93,17 +102,17 @@ class UserExport:
                 "topic": topic,
                 "through": {str(p): offset for p, offset in sorted(through.items())},
             },
-            "sessions": [_session(view) for view in sessions],
+            "sessions": [_session(view, self.served.get(view.session_id)) for view in sessions],
         }
 
 
-def _session(view: SessionView) -> dict[str, Any]:
+def _session(view: SessionView, served: SessionView | None) -> dict[str, Any]:
     summary = None
-    if view.summary is not None:
+    if served is not None and served.summary is not None:  # not withheld by a redaction
         summary = {
-            "text": view.summary,
-            "model": view.summary_model,
-            "through_offset": view.summary_through,
+            "text": served.summary,
+            "model": served.summary_model,
+            "through_offset": served.summary_through,
         }
     return {
         "session_id": view.session_id,

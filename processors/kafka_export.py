@@ -32,6 +32,7 @@ from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.processors.kafka_history import kafka_call, ranges_records
 from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.projections.opening import EventOpener
+from chatlog.projections.view import DEFAULT_POLICY, WindowPolicy
 from chatlog.schemas.audit import AuditAction
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import DecodeError, Erased, Undecryptable, UnknownUser
@@ -67,6 +68,8 @@ class KafkaExporter:
     codec: EventCodec = field(default_factory=EventCodec)
     config: Mapping[str, str] = field(default_factory=dict)
     timeout: float = 30.0
+    # The read-model's window policy: the summary exported is the one it serves.
+    policy: WindowPolicy = DEFAULT_POLICY
 
     def export(
         self, user_id: str, *, tenant: str = "default", audit: AuditTrail | None = None
@@ -89,7 +92,7 @@ class KafkaExporter:
         if known[scope].erased_at is not None:
             raise _erased(tenant, user_id, known[scope].erased_at)
         exported_at = datetime.now(UTC)
-        fold = UserExport(tenant=tenant, user_id=user_id)
+        fold = UserExport(tenant=tenant, user_id=user_id, policy=self.policy)
         consumer = groupless_consumer(self.bootstrap_servers, self.config, purpose="export")
         try:
             count = topic_partitions(
@@ -128,6 +131,11 @@ class KafkaExporter:
                 fold.take(revealed(opened), position)
         finally:
             consumer.close()
+        # The user's entries were read once, before the scan, and the opener keeps using
+        # them: an erasure that landed meanwhile is seen here, before anything is handed out.
+        erased_at = self.opener.directory.entries_many([scope])[scope].erased_at
+        if erased_at is not None:
+            raise _erased(tenant, user_id, erased_at)
         if not fold.views:
             raise UnknownUser(
                 f"no session of user {user_id} of tenant {tenant} in {self.topic}; nothing "

@@ -278,13 +278,15 @@ class KafkaHistory:
         (blocking).
 
         What the projector dead-letters (undecodable, undecryptable) is left out; other
-        users' events are kept, for `evolve` to refuse as it does. `Erased` if the
-        owner's keys are gone. The summarizer rebuilds a withheld summary from these.
+        users' events are kept, for `evolve` to refuse as it does (an erased one is skipped,
+        as the projector skips it). `Erased` if the owner's keys are gone. The summarizer
+        rebuilds a withheld summary from these.
         """
         timeout = self.timeout if timeout is None else timeout
         key = session_id.encode("utf-8")
         known: dict[KeyScope, KeyEntries] = {}
         events: list[tuple[ConversationEvent, Position]] = []
+        owner: KeyScope | None = None
         consumer = groupless_consumer(self.bootstrap_servers, self.config, purpose="history")
         try:
             where = TopicPartition(self.topic, partition)
@@ -299,8 +301,12 @@ class KafkaHistory:
                     continue
                 if event.session_id != session_id:
                     continue
+                scope = KeyScope.of(event)
+                owner = owner or scope  # the session's first event names its owner
                 if self.opener is not None:
                     [opened] = self.opener.open_batch([event], known=known)
+                    if opened is ERASED and scope != owner:
+                        continue  # an erased intruder's event: skipped, as the projector does
                     if opened is ERASED:
                         raise Erased(
                             f"session {session_id} belongs to a user who was erased",

@@ -15,7 +15,7 @@ removed by anyone writing to the topic outside chatlog breaks the chain at a pos
 `verify_partition` names. The hash covers the record's value exactly as it is on the
 topic, so the check needs no schema knowledge beyond reading `prev_hash`.
 
-Who keeps one chain per partition? The writer (`chatlog.producers.kafka_audit`): one
+Who keeps one chain per partition? The writer (`chatlog.processors.kafka_audit`): one
 transactional producer per partition, which fences every other writer of that partition
 before it reads the last record's hash.
 """

@@ -254,4 +254,5 @@ class Detector:
 
 def _matches(kind: str, pattern: re.Pattern[str], text: str) -> Iterator[Finding]:
     for match in pattern.finditer(text):
-        yield Finding(kind, match.start(), match.end(), match.group())
+        if match.end() > match.start():  # an empty match (a custom `x?`) finds nothing
+            yield Finding(kind, match.start(), match.end(), match.group())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,6 +173,15 @@ def _chains(scan: AuditScan) -> list[dict[str, Any]]:
     ]
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (mode 0600, an existing file's
+    too): an export holds a person's every message in clear."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # O_CREAT's mode applies to a new file only
+    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
 def export(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
     """`chatlog export`: the user's document, to --output or stdout."""
     trail = wiring.audit_trail(settings)
@@ -182,7 +192,7 @@ def export(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | Non
     if args.output is None:
         print(json.dumps(document, indent=2, ensure_ascii=False))
         return None
-    args.output.write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
+    _write_private(args.output, json.dumps(document, indent=2, ensure_ascii=False))
     summary = {
         "user_id": args.user,
         "tenant": args.tenant,

@@ -152,7 +152,8 @@ def publish(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def redact(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """`chatlog redact`: redact one message of the user's session; its position."""
+    """`chatlog redact`: redact one message of the user's session; its position.
+    Recorded in the audit trail, a refusal too, as `ChatLog.redact` records it."""
     with ChatLog(
         producer=wiring.producer(settings),
         reader=wiring.reader(settings),

@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
+from chatlog.processors import kafka_export
 from chatlog.processors.export import EXPORT_FORMAT, EXPORT_VERSION, UserExport
+from chatlog.processors.kafka_export import KafkaExporter
 from chatlog.producers.commands import append_message, new_event
+from chatlog.projections.opening import EventOpener
+from chatlog.schemas.codec import EventCodec
+from chatlog.schemas.errors import Erased
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageRedacted,
@@ -15,7 +22,12 @@ from chatlog.schemas.events import (
     ToolCall,
     UserErased,
 )
+from chatlog.schemas.key_records import ErasureRecord
+from chatlog.schemas.keyring import Keyring
+from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope, seal_event
+from tests.key_fakes import MemoryKeyDirectory, MemoryKeyLog
 
 
 def feed(export: UserExport, log: list[tuple[ConversationEvent, Position]]) -> None:
@@ -45,7 +57,11 @@ def test_every_message_of_every_session_of_the_user_with_redactions_and_summarie
     summary = new_event(
         "a",
         user_id="ann",
-        payload=SummaryUpdated(summary="they asked", through_offset=5, model="m"),
+        # Made after the redaction (at offset 32) and honouring it, as the summarizer's
+        # are: one that claims nothing is withheld, as the read-model withholds it.
+        payload=SummaryUpdated(
+            summary="they asked", through_offset=5, model="m", redactions_through=32
+        ),
     )
     log = [(new_event("a", user_id="ann", payload=SessionStarted(title="Order")), Position(0, 0))]
     log += [(e, Position(0, n + 1)) for n, e in enumerate([*said, tool, redact, summary])]
@@ -68,6 +84,32 @@ def test_every_message_of_every_session_of_the_user_with_redactions_and_summarie
         {"id": "c1", "name": "lookup", "arguments": "{}"}
     ]
     assert session["summary"] == {"text": "they asked", "model": "m", "through_offset": 5}
+
+
+def test_a_summary_that_may_hold_a_message_redacted_since_is_left_out_until_rebuilt():
+    said = [append_message("a", user_id="ann", role="user", content=f"turn {n}") for n in range(30)]
+    log = [(e, Position(0, n)) for n, e in enumerate(said)]
+
+    def summary(text: str, *, at: int, honours: int) -> tuple[ConversationEvent, Position]:
+        payload = SummaryUpdated(
+            summary=text, through_offset=5, model="m", redactions_through=honours
+        )
+        return new_event("a", user_id="ann", payload=payload), Position(0, at)
+
+    log.append(summary("turn 3 said 4111 1111 1111 1111", at=30, honours=29))
+    redact = MessageRedacted(message_id=said[3].payload.message_id)
+    log.append((new_event("a", user_id="ann", payload=redact), Position(0, 31)))
+    export = UserExport(tenant="default", user_id="ann")
+    feed(export, log)
+    [session] = document(export)["sessions"]
+    # The read-model withholds it (it covers turn 3): the export does not hand it out.
+    assert session["summary"] is None
+    assert "4111" not in json.dumps(session)
+
+    feed(export, [summary("the rebuild", at=32, honours=31)])
+    [session] = document(export)["sessions"]
+    assert session["summary"] == {"text": "the rebuild", "model": "m", "through_offset": 5}
+    assert session["message_count"] == 30  # every message still, under any window
 
 
 def test_only_sessions_the_user_owns_and_only_their_own_events():
@@ -112,3 +154,63 @@ def test_a_session_erased_on_its_own_shows_as_erased_without_content():
     assert session["status"] == "erased"
     assert session["messages"] == []
     assert "secret" not in json.dumps(session)
+
+
+class _Record:
+    """A consumed record of the events topic, as the exporter reads it."""
+
+    def __init__(self, offset: int, event: ConversationEvent) -> None:
+        self._offset, self._event = offset, event
+
+    def key(self) -> bytes:
+        return self._event.session_id.encode()
+
+    def value(self) -> bytes:
+        return EventCodec().encode(self._event)
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def test_an_erasure_that_lands_while_the_export_scans_refuses_the_export(monkeypatch):
+    """An export racing an erasure hands nothing out: the user's entries, read once at
+    the start, are checked again once the scan is done."""
+    provider = LocalKeyProvider.from_spec(new_master_key("k1"))
+    directory = MemoryKeyDirectory()
+    writer = Keyring(provider, log=MemoryKeyLog(), directory=directory)
+    scope = KeyScope("default", "ann")
+    events = [
+        seal_event(e, writer.for_writing(scope))
+        for e in [
+            append_message("a", user_id="ann", role="user", content=f"turn {n}") for n in range(3)
+        ]
+    ]
+
+    def scan(consumer, topic, ranges, timeout):
+        for offset, event in enumerate(events):
+            yield _Record(offset, event)
+            if offset == 0:  # the erasure lands once the scan has begun
+                directory.erase(ErasureRecord(scope, datetime.now(UTC), ()))
+
+    monkeypatch.setattr(kafka_export, "groupless_consumer", lambda *a, **k: _Closable())
+    monkeypatch.setattr(kafka_export, "topic_partitions", lambda *a, **k: 1)
+    monkeypatch.setattr(kafka_export, "kafka_call", lambda *a, **k: (0, len(events)))
+    monkeypatch.setattr(kafka_export, "ranges_records", scan)
+    exporter = KafkaExporter(
+        bootstrap_servers="unused:9092",
+        topic="events",
+        opener=EventOpener(Keyring(provider, directory=directory), directory),
+    )
+    with pytest.raises(Erased):
+        exporter.export("ann")
+
+
+class _Closable:
+    def close(self) -> None:
+        pass
+
+    def get_watermark_offsets(self, *args: object, **kwargs: object) -> None:
+        pass

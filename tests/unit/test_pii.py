@@ -55,6 +55,13 @@ def test_a_region_makes_national_numbers_count_and_an_unknown_one_is_refused():
         Detector(region="XX")
 
 
+def test_a_custom_pattern_never_finds_an_empty_string():
+    # Each empty match would put a placeholder between every two characters.
+    detector = Detector(custom={"ORDER": r"(?:ORD-\d+)?"})
+    found = detector.find("hi ORD-12 x")
+    assert [(f.kind, f.text) for f in found] == [("ORDER", "ORD-12")]
+
+
 def test_custom_patterns_and_an_allow_list():
     detector = Detector(custom={"EMPLOYEE": r"\bEMP-\d{6}\b"}, allow={"support@example-shop.com"})
     found = detector.find("EMP-123456 wrote from support@example-shop.com to bob@example.com")

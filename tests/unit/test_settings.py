@@ -301,6 +301,7 @@ def test_pii_settings_default_to_redact_and_read_one_entry_a_line(tmp_path):
         ("CHATLOG_PII_PATTERNS", "ORDER=#BW-(\\d", "pattern ORDER does not compile"),
         ("CHATLOG_PII_PATTERNS", "just a regex", "is not NAME=regex"),
         ("CHATLOG_PII_PATTERNS", "ORDER NO=\\d+", "pattern name 'ORDER NO'"),
+        ("CHATLOG_PII_PATTERNS", "ORDER=(?:ORD-\\d+)?", "pattern ORDER matches the empty"),
         ("CHATLOG_PII_PHONE_REGION", "XX", "CHATLOG_PII_PHONE_REGION='XX'"),
     ],
 )
