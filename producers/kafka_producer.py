@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -58,10 +59,9 @@ from chatlog.schemas.errors import (
 )
 from chatlog.schemas.events import ConversationEvent, ProducerInfo, Role, epoch_millis
 from chatlog.schemas.keyring import Keyring
-from chatlog.schemas.master_keys import Mac
 from chatlog.schemas.position import Position
 from chatlog.schemas.redaction import MAC_PURPOSE, Mode, RedactionPolicy
-from chatlog.schemas.sealing import KeyScope, seal_event
+from chatlog.schemas.sealing import KeyScope, Mac, seal_event
 
 __all__ = ["AsyncConversationProducer", "ConversationProducer"]
 
@@ -194,15 +194,15 @@ class ConversationProducer:
     def redact_with(self, policy: RedactionPolicy) -> None:
         """Redact every event's personal data as `policy` says from now on.
 
-        After `seal_with`: each redaction keeps a MAC made with the keyring's master
-        key, and tokenize's originals are sealed under the owner's key. `ConfigError`
+        After `seal_with`: each redaction keeps a MAC made with the owner's data key,
+        and tokenize's originals are sealed under it. `ConfigError`
         without a keyring (unless the mode is off).
         """
         if policy.mode is not Mode.OFF and self._keyring is None:
             why = (
                 "keeps each original sealed under its owner's data key"
                 if policy.mode is Mode.TOKENIZE
-                else "records a keyed HMAC of each original, made with the master key"
+                else "records a keyed HMAC of each original, made with its owner's data key"
             )
             raise ConfigError(
                 f"CHATLOG_PII_MODE={policy.mode.value} {why}, but this producer has no "
@@ -225,7 +225,7 @@ class ConversationProducer:
         `Erased` if the owner was erased (nothing is sent).
         """
         if self._redaction is not None:
-            event = self._redaction.apply(event, self._mac)
+            event = self._redaction.apply(event, functools.partial(self._mac, KeyScope.of(event)))
         if self._keyring is not None and event.sealed is None:
             event = seal_event(event, self._keyring.for_writing(KeyScope.of(event)))
         if event.tokens and event.sealed is None:
@@ -237,9 +237,11 @@ class ConversationProducer:
             )
         return self.codec.encode(event)
 
-    def _mac(self, data: bytes) -> Mac:
+    def _mac(self, scope: KeyScope, data: bytes) -> Mac:
         assert self._keyring is not None  # redact_with refuses a producer without one
-        return self._keyring.provider.mac(MAC_PURPOSE, data)
+        # The owner's own key: equal values of two users never match, and the user's
+        # erasure leaves nothing to test a guess against.
+        return self._keyring.for_writing(scope).mac(MAC_PURPOSE, data)
 
     def send_record(
         self, topic: str, *, key: str, value: bytes | None, **context: Any

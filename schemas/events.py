@@ -197,8 +197,9 @@ class Redaction(_Value):
     It keeps no personal data: the field's path (as sealing names it: ``content``,
     ``tool_calls.0.arguments``, ``metadata.order``, ``title``), the kind (``EMAIL``, or a
     custom pattern's name), the placeholder written in its place, and a keyed
-    HMAC-SHA256 of the original (`mac`, under master key `mac_kek_id`'s MAC key for
-    redactions), which an audit can match against a value it is given, never reverse.
+    HMAC-SHA256 of the original (`mac`, under a MAC key derived from the owner's data key
+    `mac_key_id`), which an audit holding that key can match against a value it is
+    given, never reverse; once the user is erased, nobody can.
     """
 
     model_config = ConfigDict(
@@ -208,7 +209,7 @@ class Redaction(_Value):
     field: str
     kind: str
     placeholder: str
-    mac_kek_id: str
+    mac_key_id: str
     mac: bytes
 
 

@@ -15,9 +15,8 @@ re-wrapped every data key, after which the old one can be destroyed.
 
 The provider also computes keyed MACs (HMAC-SHA256, as a KMS's `GenerateMac` does) under a
 key derived from each master key for one purpose: the audit trail names a user by such a
-MAC instead of their id, and a redaction keeps one of what it removed. `Mac` says which
-master key made it, so a lookup (`macs`) matches it after a rotation too, for as long as
-the old master key is configured.
+MAC instead of their id. `Mac` says which master key made it, so a lookup (`macs`)
+matches it after a rotation too, for as long as the old master key is configured.
 
 The spec of a master key list is ``<id>:<base64 of 32 bytes>[,<id>:<base64>...]``.
 """
@@ -35,12 +34,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from chatlog.schemas.errors import ConfigError, Undecryptable
-from chatlog.schemas.sealing import KEY_BYTES, DataKey, KeyScope
+from chatlog.schemas.sealing import KEY_BYTES, DataKey, KeyScope, Mac, mac_key
 
 __all__ = [
     "KeyProvider",
@@ -56,8 +53,6 @@ __all__ = [
 
 _KEK_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _WRAP_LABEL = b"chatlog.data-key.v1"
-_MAC_LABEL = b"chatlog.mac.v1:"
-_PURPOSE = re.compile(r"[a-z][a-z0-9.-]{0,63}")
 _NONCE_BYTES = 12
 
 
@@ -67,17 +62,6 @@ class WrappedKey:
 
     kek_id: str
     blob: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Mac:
-    """A keyed HMAC-SHA256 `digest`, made with the MAC key of master key `kek_id`."""
-
-    kek_id: str
-    digest: bytes
-
-    def __str__(self) -> str:
-        return f"{self.kek_id}:{self.digest.hex()}"
 
 
 class KeyProvider(Protocol):
@@ -200,12 +184,7 @@ class LocalKeyProvider:
     def _mac(self, kek_id: str, purpose: str, data: bytes) -> Mac:
         key = self._mac_keys.get((kek_id, purpose))
         if key is None:
-            if _PURPOSE.fullmatch(purpose) is None:
-                raise ValueError(f"MAC purpose {purpose!r}: use 1-64 of [a-z0-9.-]")
-            # A key of its own per purpose: a MAC made for one use never matches another's,
-            # and the master key itself never keys an HMAC.
-            hkdf = HKDF(hashes.SHA256(), 32, salt=None, info=_MAC_LABEL + purpose.encode())
-            key = self._mac_keys[(kek_id, purpose)] = hkdf.derive(self._secrets[kek_id])
+            key = self._mac_keys[(kek_id, purpose)] = mac_key(self._secrets[kek_id], purpose)
         return Mac(kek_id, hmac.digest(key, data, "sha256"))
 
     def __repr__(self) -> str:  # never the keys

@@ -26,13 +26,15 @@ The modes (`Mode`, ``CHATLOG_PII_MODE``):
   owner destroys it with the key.
 
 Whatever the mode (but off), each redaction is recorded in the event (`Redaction`): the
-field, the kind, the placeholder, and a keyed HMAC-SHA256 of the original under the key
-provider's MAC key for purpose ``pii`` (never Python's `hash`, which is neither keyed
-nor stable), so an audit can tell whether a given value was redacted without the event
-keeping it.
+field, the kind, the placeholder, and a keyed HMAC-SHA256 of the original (never
+Python's `hash`, which is neither keyed nor stable), so an audit can tell whether a given
+value was redacted without the event keeping it. The MAC key is derived from the owner's
+own data key (purpose ``pii``): a card two users both typed gets two unrelated MACs, so
+the records link nobody, and once the user is erased nothing is left to test a guess
+against (a masked card's last four digits leave only a few guesses).
 
 Pure: finding is the `Redactor`'s (`chatlog.schemas.pii.Detector` by default), the MAC
-is a function the producer passes in (its key provider's).
+is a function the producer passes in (the owner's data key's).
 """
 
 from __future__ import annotations
@@ -46,10 +48,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chatlog.schemas.events import ConversationEvent, Redaction
-from chatlog.schemas.master_keys import Mac
 from chatlog.schemas.pii import Detector, Finding, Kind
 from chatlog.schemas.placeholders import NOT_JSON, json_of, token
-from chatlog.schemas.sealing import TOOL_CALLS, map_fields
+from chatlog.schemas.sealing import TOOL_CALLS, Mac, map_fields
 
 __all__ = [
     "MAC_PURPOSE",
@@ -119,7 +120,7 @@ class RedactionPolicy:
 
     def apply(self, event: ConversationEvent, mac: Callable[[bytes], Mac]) -> ConversationEvent:
         """`event` with the personal data of its personal fields replaced, and what was
-        replaced recorded; `mac` is the key provider's MAC for purpose ``pii``.
+        replaced recorded; `mac` is the owner's data key's MAC for purpose ``pii``.
 
         An event already sealed or redacted (it has redaction records or tokens), or
         with nothing found, is returned as it is (a retried publish redacts nothing twice).
@@ -213,7 +214,7 @@ class _Run:
                 field=path,
                 kind=kind,
                 placeholder=placeholder,
-                mac_kek_id=digest.kek_id,
+                mac_key_id=digest.key_id,
                 mac=digest.digest,
             )
         )

@@ -23,13 +23,17 @@ from then on, without rewriting an immutable log.
 from __future__ import annotations
 
 import functools
+import hmac
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from chatlog.schemas.errors import InvalidInput, Undecryptable
 from chatlog.schemas.events import (
@@ -53,7 +57,9 @@ __all__ = [
     "TOOL_CALLS",
     "DataKey",
     "KeyScope",
+    "Mac",
     "field_context",
+    "mac_key",
     "map_fields",
     "open_event",
     "open_fields",
@@ -73,6 +79,31 @@ METADATA = "metadata."
 # The original of a reversible placeholder (`ConversationEvent.tokens`, redaction's
 # tokenize mode) is sealed at ``tokens.<name>``: always sealed, never stored clear.
 TOKENS = "tokens."
+
+
+_MAC_LABEL = b"chatlog.mac.v1:"
+_PURPOSE = re.compile(r"[a-z][a-z0-9.-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class Mac:
+    """A keyed HMAC-SHA256 `digest`, made with a MAC key derived from key `key_id` (a
+    master key's id, or a user's data key's)."""
+
+    key_id: str
+    digest: bytes
+
+    def __str__(self) -> str:
+        return f"{self.key_id}:{self.digest.hex()}"
+
+
+def mac_key(secret: bytes, purpose: str) -> bytes:
+    """The HMAC key for `purpose` derived from `secret` (HKDF-SHA256): a MAC made for one
+    use never matches another's, and the key itself never keys an HMAC."""
+    if _PURPOSE.fullmatch(purpose) is None:
+        raise ValueError(f"MAC purpose {purpose!r}: use 1-64 of [a-z0-9.-]")
+    hkdf = HKDF(hashes.SHA256(), 32, salt=None, info=_MAC_LABEL + purpose.encode())
+    return hkdf.derive(secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +126,7 @@ class DataKey:
     both keep theirs); every event names the key that sealed it.
     """
 
-    __slots__ = ("_aead", "_secret", "key_id", "scope")
+    __slots__ = ("_aead", "_mac_keys", "_secret", "key_id", "scope")
 
     def __init__(self, key_id: str, scope: KeyScope, secret: bytes) -> None:
         if len(secret) != KEY_BYTES:
@@ -104,6 +135,7 @@ class DataKey:
         self.scope = scope
         self._secret = secret
         self._aead = AESGCM(secret)
+        self._mac_keys: dict[str, bytes] = {}
 
     @classmethod
     def new(cls, scope: KeyScope) -> DataKey:
@@ -114,6 +146,14 @@ class DataKey:
     def secret(self) -> bytes:
         """The key itself: only for wrapping it under the master key."""
         return self._secret
+
+    def mac(self, purpose: str, data: bytes) -> Mac:
+        """`data`'s HMAC-SHA256 under this key's MAC key for `purpose`: only this user's
+        equal values match, and destroying the key leaves nothing to match them with."""
+        key = self._mac_keys.get(purpose)
+        if key is None:
+            key = self._mac_keys[purpose] = mac_key(self._secret, purpose)
+        return Mac(self.key_id, hmac.digest(key, data, "sha256"))
 
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
         """`plaintext` encrypted and authenticated, bound to `context`."""

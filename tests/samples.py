@@ -9,7 +9,6 @@ implementations).
 
 from __future__ import annotations
 
-import hmac
 import json
 import sys
 from datetime import UTC, datetime
@@ -154,11 +153,6 @@ def sealed_sample() -> ConversationEvent:
     )
 
 
-# The MAC key of the redaction sample: HMAC-SHA256 under it, as a key provider's MAC key
-# for purpose "pii" would make it.
-VECTOR_MAC_KEY = bytes(range(32, 64))
-
-
 def redacted_sample() -> ConversationEvent:
     """A tokenized message (v3): its placeholders, their redaction records, and the
     originals sealed at ``tokens.<name>``, with fixed nonces."""
@@ -173,8 +167,9 @@ def redacted_sample() -> ConversationEvent:
             field="content",
             kind=name.partition("#")[0],
             placeholder=f"[{name}]",
-            mac_kek_id="k1",
-            mac=hmac.digest(VECTOR_MAC_KEY, original.encode(), "sha256"),
+            # As the producer makes it: under the owner's data key, purpose "pii".
+            mac_key_id=VECTOR_KEY.key_id,
+            mac=VECTOR_KEY.mac("pii", original.encode()).digest,
         )
         for name, original in originals.items()
     )

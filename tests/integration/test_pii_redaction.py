@@ -27,6 +27,7 @@ from chatlog.schemas.errors import ConfigError, Erased, InvalidInput, OwnershipE
 from chatlog.schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
 from chatlog.schemas.position import Position
 from chatlog.schemas.redaction import MAC_PURPOSE, Mode, RedactionPolicy
+from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
 from tests.llm_stub import LlmStub
 from tests.processes import (
@@ -168,11 +169,21 @@ def test_tokenized_data_is_nowhere_but_sealed_and_only_its_owner_reveals_it(
     assert _leaks(" ".join(e.payload.model_dump_json() for e in events)) == []
     first = next(e for e in events if isinstance(e.payload, MessageAppended))
     assert first.payload.content == "My card is [CARD#1], mail [EMAIL#1]"
-    provider = wiring.key_provider(settings)
-    assert [(r.field, r.kind, r.mac) for r in first.redactions] == [
-        ("content", "CARD", provider.mac(MAC_PURPOSE, CARD.encode()).digest),
-        ("content", "EMAIL", provider.mac(MAC_PURPOSE, EMAIL.encode()).digest),
+    # MACed under the owner's own data key (the one that sealed the event), not a key
+    # every user shares: a card typed by two users links neither.
+    owner_key = chat.producer.keyring.for_writing(KeyScope.of(first))
+    assert [(r.field, r.kind, r.mac_key_id, r.mac) for r in first.redactions] == [
+        ("content", "CARD", owner_key.key_id, owner_key.mac(MAC_PURPOSE, CARD.encode()).digest),
+        (
+            "content",
+            "EMAIL",
+            owner_key.key_id,
+            owner_key.mac(MAC_PURPOSE, EMAIL.encode()).digest,
+        ),
     ]
+    assert wiring.key_provider(settings).mac(MAC_PURPOSE, CARD.encode()).digest != (
+        first.redactions[0].mac
+    )
     codec, opener = wiring.codec(settings), wiring.opener(settings)
     [letter] = opener.open_batch([codec.decode(dead[0])])
     assert isinstance(letter, ConversationEvent)

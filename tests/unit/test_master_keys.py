@@ -100,13 +100,13 @@ def test_a_mac_is_keyed_per_master_key_and_purpose_and_found_again_after_rotatio
     old, new = new_master_key("k1"), new_master_key("k2")
     before = LocalKeyProvider.from_spec(old)
     mac = before.mac("pii", b"4111111111111111")
-    assert mac.kek_id == "k1"
+    assert mac.key_id == "k1"
     assert len(mac.digest) == 32
     assert before.mac("pii", b"4111111111111111") == mac  # deterministic: it can be looked up
     assert before.mac("user", b"4111111111111111").digest != mac.digest  # one key per purpose
     assert LocalKeyProvider.from_spec(new).mac("pii", b"4111111111111111").digest != mac.digest
     during = LocalKeyProvider.from_spec(f"{new},{old}")
-    assert during.mac("pii", b"x").kek_id == "k2"
+    assert during.mac("pii", b"x").key_id == "k2"
     assert mac in during.macs("pii", b"4111111111111111")
     with pytest.raises(ValueError, match="MAC purpose"):
         before.mac("Not A Purpose", b"x")

@@ -26,12 +26,14 @@ from chatlog.schemas.redaction import MAC_PURPOSE, Mode, RedactionPolicy, mask
 from chatlog.schemas.sealing import DataKey, KeyScope, open_event, seal_event, verify_event
 
 PROVIDER = LocalKeyProvider.from_spec(new_master_key("k1"))
+# The data key of u1, the owner of `message`'s events: redactions are MACed under it.
+OWNER_KEY = DataKey.new(KeyScope("default", "u1"))
 CARD, EMAIL, KEY = "4111 1111 1111 1111", "ada@example.com", "sk-proj-a1B2c3D4e5F6g7H8i9J0kLmN"
 CODEC = EventCodec()
 
 
 def mac(data: bytes):
-    return PROVIDER.mac(MAC_PURPOSE, data)
+    return OWNER_KEY.mac(MAC_PURPOSE, data)
 
 
 def redact(event: ConversationEvent, mode: Mode, **detector) -> ConversationEvent:
@@ -79,10 +81,13 @@ def test_each_redaction_is_recorded_with_its_kind_field_and_keyed_hmac():
         ("metadata.contact", "EMAIL", "[EMAIL]"),
     ]
     card = event.redactions[0]
-    assert (card.mac_kek_id, card.mac) == ("k1", PROVIDER.mac("pii", CARD.encode()).digest)
-    # Keyed: another master key gives another digest; the record holds no original.
-    other = LocalKeyProvider.from_spec(new_master_key("k2")).mac("pii", CARD.encode())
-    assert other.digest != card.mac
+    assert (card.mac_key_id, card.mac) == (OWNER_KEY.key_id, mac(CARD.encode()).digest)
+    # Keyed by the owner's own key: the same card typed by another user gets an unrelated
+    # digest (the records link nobody), as it does under any other key; the record holds
+    # no original.
+    another_user = DataKey.new(KeyScope("default", "u2"))
+    assert another_user.mac(MAC_PURPOSE, CARD.encode()).digest != card.mac
+    assert PROVIDER.mac(MAC_PURPOSE, CARD.encode()).digest != card.mac
     assert CARD not in event.model_dump_json()
     assert EMAIL not in event.model_dump_json()
 
