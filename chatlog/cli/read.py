@@ -169,10 +169,14 @@ def redact(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def context(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
-    """`chatlog context`: the session's context; JSON, or printed as a transcript."""
+    """`chatlog context`: the session's context; JSON, or printed as a transcript.
+
+    The operator names the user, so it shows any user's session: audited before it reads.
+    """
     if getattr(args, "as_of", None) is not None:
         return _context_as_of(args, settings)
     after = Position.parse(args.after) if args.after is not None else None
+    _audit_read(settings, session_id=args.session, user_id=args.user, details={"via": "context"})
     reader = wiring.reader(settings)
     try:
         ctx = reader.context(
@@ -282,7 +286,9 @@ def _as_of_text(as_of: AsOf) -> str:
 
 
 def sessions(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]] | None:
-    """`chatlog sessions`: the user's sessions, most recently active first."""
+    """`chatlog sessions`: the user's sessions, most recently active first (audited: the
+    operator names any user)."""
+    _audit_read(settings, user_id=args.user, details={"via": "sessions"})
     reader = wiring.reader(settings)
     try:
         entries = reader.sessions(args.user, limit=args.limit)
@@ -303,13 +309,19 @@ def sessions(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any
 def _audit_read(
     settings: Settings,
     *,
-    session_id: str,
     details: dict[str, object],
+    session_id: str | None = None,
     user_id: str | None = None,
 ) -> None:
     """Record an operator's read that bypasses ownership, before it reads: no record, no
-    read (an audit trail that cannot be written refuses the read, never skips the record)."""
-    validate_id(session_id, field="session_id")
+    read (an audit trail that cannot be written refuses the read, never skips the record).
+
+    Every read command is one: whoever runs it names the user (or none, for `tail`); the
+    HTTP gateway will read as the authenticated principal instead."""
+    if session_id is not None:
+        validate_id(session_id, field="session_id")
+    if user_id is not None:
+        validate_id(user_id, field="user_id")
     trail = wiring.audit_trail(settings)
     try:
         trail.record(

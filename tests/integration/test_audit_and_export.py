@@ -262,6 +262,11 @@ def test_export_reads_every_session_from_the_log_and_the_trail_records_it_all(se
                 principal="oncall:ed",
             )
             assert as_of.returncode == 0, as_of.stderr
+            # Every read command shows whichever user the operator names: audited too.
+            live = cli(settings, "context", "erin-2", "--user", "erin", principal="oncall:ed")
+            assert live.returncode == 0, live.stderr
+            listing = cli(settings, "sessions", "erin", principal="oncall:ed")
+            assert listing.returncode == 0, listing.stderr
 
             erasure = chat.erase_user("erin")
             assert erasure.sessions_removed >= 1  # erin-2; erin-1 had left Redis
@@ -292,6 +297,12 @@ def test_export_reads_every_session_from_the_log_and_the_trail_records_it_all(se
     assert seen.count(("key_destroyed", "ok", dana, None)) == len(erasure.key_ids)
     assert "erin-2" in {s for a, _, _, s in seen if a == "session_erased"}
     assert seen[-1] == ("user_exported", "refused", dana, None)
+    reads = [
+        (r["session_id"], r["details"]["via"])
+        for r in result["records"]
+        if r["action"] == "operator_read" and r["principal"] == "oncall:ed"
+    ]
+    assert reads == [("erin-2", "context --as-of"), ("erin-2", "context"), (None, "sessions")]
     exported = next(r for r in result["records"] if r["action"] == "user_exported")
     assert exported["details"] == {"sessions": "2"}
 
