@@ -95,6 +95,8 @@ _SECRETS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
     (re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"), ("glpat-",)),  # GitLab access tokens
     (re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), ("AIza",)),  # Google API keys
     (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), ("xox",)),  # Slack tokens
+    # A JSON Web Token pasted bare: a header and a claims part, both base64url JSON.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), ("eyJ",)),
     # A token never ends with a '.': one there ends the sentence. (Looked for in the
     # lower-cased text, as the pattern ignores case.)
     (
@@ -109,6 +111,13 @@ _SECRETS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
         ("-----BEGIN ",),
     ),
 )
+# An AWS secret access key is 40 characters of base64 with no prefix of its own: only
+# where the text names one is such a run taken for it (mixed case, so a SHA-1 is not).
+_AWS_SECRET = re.compile(
+    r"(?<![A-Za-z0-9/+])(?=[A-Za-z0-9/+]*[a-z])(?=[A-Za-z0-9/+]*[A-Z])[A-Za-z0-9/+]{40}"
+    r"(?![A-Za-z0-9/+=])"
+)
+_AWS_SECRET_HINTS = ("aws_secret", "secret_access_key", "secret access key", "aws secret")
 
 # Each country's IBAN length (ISO 13616 registry): a wrong length is no IBAN, whatever
 # its checksum.
@@ -200,6 +209,8 @@ class Detector:
             haystack = folded if pattern.flags & re.IGNORECASE else text
             if any(needle in haystack for needle in needles):
                 yield from _matches(Kind.SECRET, pattern, text)
+        if any(hint in folded for hint in _AWS_SECRET_HINTS):
+            yield from _matches(Kind.SECRET, _AWS_SECRET, text)
         if "@" in text:
             yield from _matches(Kind.EMAIL, _EMAIL, text)
         for match in _IBAN.finditer(text):

@@ -43,7 +43,7 @@ import enum
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -122,19 +122,23 @@ class RedactionPolicy:
         """`event` with the personal data of its personal fields replaced, and what was
         replaced recorded; `mac` is the owner's data key's MAC for purpose ``pii``.
 
-        An event already sealed or redacted (it has redaction records or tokens), or
-        with nothing found, is returned as it is (a retried publish redacts nothing twice).
+        An event already sealed (its fields are ciphertext), or with nothing found, is
+        returned as it is. One that already carries redactions (read back from the log
+        and published again, or built by hand) is searched all the same: what it says it
+        redacted is kept, what it still holds is redacted too, and new tokens are
+        numbered after its own. Placeholders are not personal data, so nothing is
+        redacted twice.
         """
-        if self.mode is Mode.OFF or event.sealed is not None or event.redactions or event.tokens:
+        if self.mode is Mode.OFF or event.sealed is not None:
             return event
-        run = _Run(self.mode, self.redactor, mac)
+        run = _Run(self.mode, self.redactor, mac, event.tokens)
         payload = map_fields(event.payload, run.field)
         if not run.redactions:
             return event
         return event.model_copy(
             update={
                 "payload": payload,
-                "redactions": tuple(run.redactions),
+                "redactions": (*event.redactions, *run.redactions),
                 "tokens": run.tokens,
             }
         )
@@ -143,11 +147,19 @@ class RedactionPolicy:
 class _Run:
     """One event's redaction: its placeholders, records and tokens."""
 
-    def __init__(self, mode: Mode, redactor: Redactor, mac: Callable[[bytes], Mac]) -> None:
+    def __init__(
+        self,
+        mode: Mode,
+        redactor: Redactor,
+        mac: Callable[[bytes], Mac],
+        tokens: Mapping[str, str],
+    ) -> None:
         self.mode, self.redactor, self.mac = mode, redactor, mac
         self.redactions: list[Redaction] = []
-        self.tokens: dict[str, str] = {}
-        self._names: dict[tuple[str, str], str] = {}  # (kind, original) -> token name
+        self.tokens: dict[str, str] = dict(tokens)
+        # (kind, original) -> token name; the event's own tokens first, so new ones
+        # are numbered after them and an original it already tokenized keeps its name.
+        self._names = {(name.partition("#")[0], text): name for name, text in tokens.items()}
         self._macs: dict[str, Mac] = {}
 
     def field(self, path: str, value: str) -> str:
@@ -198,7 +210,9 @@ class _Run:
         if self.mode is Mode.TOKENIZE:
             name = self._names.get((kind, finding.text))
             if name is None:
-                number = 1 + sum(1 for k, _ in self._names if k == kind)
+                number = 1 + max(
+                    (_number(n) for (k, _), n in self._names.items() if k == kind), default=0
+                )
                 name = self._names[kind, finding.text] = f"{kind}#{number}"
                 self.tokens[name] = finding.text
             placeholder = token(name)
@@ -219,3 +233,9 @@ class _Run:
             )
         )
         return placeholder
+
+
+def _number(name: str) -> int:
+    """The n of a token name ``KIND#n`` (0 if it has none)."""
+    digits = name.partition("#")[2]
+    return int(digits) if digits.isdecimal() else 0

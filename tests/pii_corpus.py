@@ -96,6 +96,9 @@ SECRETS = [
     "xoxp-2389416573-1234567890-abcdefABCDEF",
     "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY",
     "Bearer 3f9a1c2e7b6d4a8f9e0c1b2a3d4e5f6a7b8c9d0e",
+    # Added after review: JSON Web Tokens pasted without "Bearer".
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
+    "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJhdXRoLmV4YW1wbGUifQ.c2lnbmF0dXJlLXZhbHVlLWhlcmU",
     "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
     "-----END OPENSSH PRIVATE KEY-----",
     "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg\n-----END EC PRIVATE KEY-----",
@@ -119,6 +122,21 @@ KINDS = {
 }  # fmt: skip
 
 
+# Secrets found only where the text says what they are: (text, kind, the secret).
+IN_CONTEXT = [
+    (f"aws_secret_access_key = {key}", "SECRET", key)
+    for key in (
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY",
+    )
+] + [
+    ("AWS_SECRET_ACCESS_KEY=Xk9pQ2rT7vW1yZ3bD5fH8jL0nM4sA6cE/gI+uO2w", "SECRET",
+     "Xk9pQ2rT7vW1yZ3bD5fH8jL0nM4sA6cE/gI+uO2w"),
+    ("here is my AWS secret access key: 7Hn2Kq9Lw4Rt6Yp8Zs1Xv3Bm5Nc0Dd/Ff+Gg2Hh4", "SECRET",
+     "7Hn2Kq9Lw4Rt6Yp8Zs1Xv3Bm5Nc0Dd/Ff+Gg2Hh4"),
+]  # fmt: skip
+
+
 def positives() -> list[tuple[str, str, str]]:
     """(text, kind, the exact personal string in it)."""
     return [
@@ -126,10 +144,12 @@ def positives() -> list[tuple[str, str, str]]:
         for kind, values in KINDS.items()
         for value in values
         for template in TEMPLATES
-    ]
+    ] + IN_CONTEXT
 
 
 HARD_NEGATIVES = [
+    # A SHA-1 beside the words that make a 40-character run a secret: not one.
+    "The aws secret rotation landed in commit 3f9a1c2e7b6d4a8f9e0c1b2a3d4e5f6a7b8c9d0e.",
     "Your order #BW-48213 shipped today.",
     "Tracking number JJD0002249, DHL.",
     "RMA-77120 is open for the espresso machine.",

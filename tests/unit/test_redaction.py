@@ -251,3 +251,34 @@ def test_a_metadata_value_holding_json_stays_json_both_ways():
     assert (
         json.loads(back.metadata["langchain.fields"])["additional_kwargs"]["note"] == f"to {EMAIL}"
     )
+
+
+def test_an_event_that_says_it_was_redacted_is_searched_all_the_same():
+    # Built by hand with a redaction record (or read back and published again): what it
+    # still holds is found; its own records and tokens stay, new tokens come after them.
+    once = redact(message(f"card {CARD}"), Mode.TOKENIZE)
+    assert isinstance(once.payload, MessageAppended)
+    assert once.payload.content == "card [CARD#1]"
+    forged = once.model_copy(
+        update={"payload": once.payload.model_copy(update={"content": f"[CARD#1] and {EMAIL}"})}
+    )
+    again = redact(forged, Mode.TOKENIZE)
+    assert isinstance(again.payload, MessageAppended)
+    assert again.payload.content == "[CARD#1] and [EMAIL#1]"
+    assert again.tokens == {"CARD#1": CARD, "EMAIL#1": EMAIL}
+    assert [r.kind for r in again.redactions] == ["CARD", "EMAIL"]
+    # A second card is numbered after the event's own; the same card keeps its name.
+    more = forged.model_copy(
+        update={
+            "payload": forged.payload.model_copy(update={"content": f"{CARD} 4000 0566 5566 5556"})
+        }
+    )
+    numbered = redact(more, Mode.TOKENIZE)
+    assert isinstance(numbered.payload, MessageAppended)
+    assert numbered.payload.content == "[CARD#1] [CARD#2]"
+    # Placeholders are not personal data: redacting a redacted event changes nothing.
+    assert redact(again, Mode.TOKENIZE) == again
+    assert (
+        redact(message(f"x {EMAIL}"), Mode.REDACT).redactions
+        == redact(redact(message(f"x {EMAIL}"), Mode.REDACT), Mode.REDACT).redactions
+    )
