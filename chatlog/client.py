@@ -39,6 +39,8 @@ nothing more. An operation of the application's own records itself with one call
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, Unpack
@@ -59,6 +61,7 @@ from chatlog.schemas.errors import (
     ConfigError,
     Erased,
     InvalidInput,
+    NotAudited,
     SessionNotFound,
 )
 from chatlog.schemas.events import (
@@ -101,14 +104,30 @@ def _export(
     return _exporter_of(exporter).export(user_id, tenant=tenant, audit=audit)
 
 
-def _audit_started(audit: AuditTrail | None, event: ConversationEvent) -> None:
+def _audit_started(audit: AuditTrail | None, event: ConversationEvent, position: Position) -> None:
     if audit is not None:
-        audit.record(
-            AuditAction.SESSION_CREATED,
-            tenant=event.tenant,
-            user_id=event.user_id,
-            session_id=event.session_id,
-        )
+        with _not_audited("the session's start", position):
+            audit.record(
+                AuditAction.SESSION_CREATED,
+                tenant=event.tenant,
+                user_id=event.user_id,
+                session_id=event.session_id,
+            )
+
+
+@contextlib.contextmanager
+def _not_audited(what: str, position: Position) -> Iterator[None]:
+    """An audit record of something already stored that fails is `NotAudited`: the
+    caller must not read it as "not stored" (and retry it as something new)."""
+    try:
+        yield
+    except ChatlogError as exc:
+        raise NotAudited(
+            f"{what} is stored at {position}, but its audit record could not be written "
+            f"({exc.message}); run the call again once the audit trail is writable: it "
+            f"repeats harmlessly and is recorded",
+            position=str(position),
+        ) from exc
 
 
 def _audit_redaction(
@@ -127,8 +146,10 @@ def _audit_redaction(
     if error is not None:
         audit.failed(AuditAction.MESSAGE_REDACTED, error, details=details, **target)
     else:
+        assert position is not None
         details["position"] = str(position)
-        audit.record(AuditAction.MESSAGE_REDACTED, details=details, **target)
+        with _not_audited("the redaction", position):
+            audit.record(AuditAction.MESSAGE_REDACTED, details=details, **target)
 
 
 def _history_for(history: KafkaHistory | None, after: Position | None) -> KafkaHistory:
@@ -210,7 +231,7 @@ class ChatLog:
         """
         event = _session_started(session_id, user_id, title, self.producer.info)
         position = self.producer.publish(event)
-        _audit_started(self.audit, event)
+        _audit_started(self.audit, event, position)
         return position
 
     def context(
@@ -382,7 +403,7 @@ class AsyncChatLog:
         """
         event = _session_started(session_id, user_id, title, self.producer.sync.info)
         position = await self.producer.publish(event)
-        await asyncio.to_thread(_audit_started, self.audit, event)
+        await asyncio.to_thread(_audit_started, self.audit, event, position)
         return position
 
     async def context(

@@ -42,6 +42,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   └── DataLoss(RuntimeError)         Redis lost part of the read-model
     ├── Conflict(RuntimeError)             another writer changed the same state first
     ├── Incomplete(RuntimeError)           a part of a long run failed; run it again to resume
+    │   └── NotAudited                     done and stored, but its audit record failed
     └── Interrupted(InterruptedError)      a long run (a replay, a retry) was asked to stop
 
 What a writer does next follows from the group. After `OutcomeUnknown` the event may be
@@ -74,6 +75,7 @@ __all__ = [
     "InvalidId",
     "InvalidInput",
     "MissingExtra",
+    "NotAudited",
     "NotQueued",
     "OutcomeUnknown",
     "OwnershipError",
@@ -348,6 +350,11 @@ class Incomplete(ChatlogError, RuntimeError):
 
     Running it again resumes from what was written; the failed part logged its own error.
     """
+
+
+class NotAudited(Incomplete):
+    """The operation is done (its event stored, at `position`), but its audit record could
+    not be written. Running it again repeats it harmlessly and records it."""
 
 
 class Interrupted(ChatlogError, InterruptedError):

@@ -16,6 +16,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,10 @@ from chatlog.processors.kafka_history import ranges_records
 from chatlog.producers.commands import new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.schemas.audit import AuditAction, AuditCodec, AuditRecord
-from chatlog.schemas.errors import Erased, OwnershipError, UnknownUser
+from chatlog.schemas.errors import Erased, NotAudited, OwnershipError, UnknownUser
 from chatlog.schemas.events import SummaryUpdated
 from chatlog.settings import Settings
-from tests.processes import ROOT, chatlog_env, running_projector, unique_settings
+from tests.processes import ROOT, chatlog_env, log_events, running_projector, unique_settings
 
 pytestmark = pytest.mark.integration
 
@@ -377,3 +378,23 @@ def test_the_asyncio_client_exports_and_audits_too(settings):
         ("session_created", "async:ida"),
         ("user_exported", "async:ida"),
     ]
+
+
+def test_a_stored_operation_whose_audit_record_fails_says_so_and_is_not_lost(settings, kafka):
+    # The audit topic is missing (an upgrade before `chatlog topics create`): the
+    # session's start and the redaction are stored all the same, and the caller is told
+    # exactly that (`NotAudited`, with the position), not "not stored".
+    unaudited = settings.model_copy(update={"audit_topic": f"missing.{uuid.uuid4().hex}"})
+    chat = chatlog(unaudited, principal="support:dana")
+    try:
+        with running_projector(settings):
+            with pytest.raises(NotAudited, match=r"stored at \d+:0, but its audit record") as why:
+                chat.start_session("lea-1", user_id="lea", title="Hi")
+            partition = why.value.context["position"].partition(":")[0]
+            chat.append("lea-1", user_id="lea", role="user", content="hello", message_id="m-1")
+            with pytest.raises(NotAudited, match=f"the redaction is stored at {partition}:2"):
+                chat.redact("lea-1", "m-1", user_id="lea")
+    finally:
+        chat.close()
+    kinds = [type(e.payload).__name__ for _, e in log_events(kafka, settings)]
+    assert kinds == ["SessionStarted", "MessageAppended", "MessageRedacted"]
