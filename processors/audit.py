@@ -141,7 +141,7 @@ class AuditTrail:
         details: dict[str, object] = {}
         try:
             yield details
-        except BaseException as exc:
+        except Exception as exc:  # not on Ctrl-C: a blocking write must not hold it up
             self.failed(
                 action, exc, tenant=tenant, user_id=user_id, session_id=session_id, details=details
             )
