@@ -301,20 +301,11 @@ class KafkaHistory:
                     continue
                 if event.session_id != session_id:
                     continue
-                scope = KeyScope.of(event)
-                owner = owner or scope  # the session's first event names its owner
+                owner = owner or KeyScope.of(event)  # the session's first event names it
                 if self.opener is not None:
-                    [opened] = self.opener.open_batch([event], known=known)
-                    if opened is ERASED and scope != owner:
-                        continue  # an erased intruder's event: skipped, as the projector does
-                    if opened is ERASED:
-                        raise Erased(
-                            f"session {session_id} belongs to a user who was erased",
-                            session_id=session_id,
-                            partition=partition,
-                        )
-                    if not isinstance(opened, ConversationEvent):
-                        continue  # undecryptable: dead-lettered by the projector
+                    opened = _open_as_projected(self.opener, event, known, owner, partition)
+                    if opened is None:
+                        continue
                     event = opened
                 events.append((event, Position(partition, _offset(message))))
         finally:
@@ -335,6 +326,33 @@ class KafkaSessionLog:
         return await asyncio.to_thread(
             self.history.session_events, session_id, partition=partition, start=start
         )
+
+
+def _open_as_projected(
+    opener: EventOpener,
+    event: ConversationEvent,
+    known: dict[KeyScope, KeyEntries],
+    owner: KeyScope,
+    partition: int,
+) -> ConversationEvent | None:
+    """`event` opened with its writer's keys, as the projector opens it; None for what the
+    projector leaves out: an undecryptable event (dead-lettered), or one of another user
+    who was erased (an intruder's event, skipped). `Erased` if `owner`, the session's
+    owner, was erased: nothing of the session can be read."""
+    [opened] = opener.open_batch([event], known=known)
+    if opened is ERASED:
+        if KeyScope.of(event) != owner:
+            return None
+        raise Erased(
+            f"session {event.session_id} belongs to a user who was erased: the keys that "
+            f"sealed their events no longer exist",
+            session_id=event.session_id,
+            partition=partition,
+        )
+    if isinstance(opened, Undecryptable):
+        return None
+    assert isinstance(opened, ConversationEvent)
+    return opened
 
 
 def as_of_point(as_of: AsOfPoint) -> AsOf:
@@ -453,17 +471,12 @@ class _Scan:
     def _open(self, event: ConversationEvent) -> ConversationEvent | None:
         if self.opener is None:
             return event
-        [opened] = self.opener.open_batch([event], known=self.known)
-        if opened is ERASED:
-            raise Erased(
-                f"session {self.session_id} belongs to a user who was erased: the keys that "
-                f"sealed their events no longer exist",
-                session_id=self.session_id,
-                partition=self.partition,
-            )
-        if isinstance(opened, Undecryptable):
-            return None  # dead-lettered by the projector as undecryptable
-        assert isinstance(opened, ConversationEvent)
+        # The session's owner: its first event's (the view keeps it once there is one).
+        view = self.view
+        owner = KeyScope.of(event) if view is None else KeyScope(view.tenant, view.user_id)
+        opened = _open_as_projected(self.opener, event, self.known, owner, self.partition)
+        if opened is None:
+            return None
         return revealed(opened) if self.reveal else opened
 
     def _from_owner(self, event: ConversationEvent) -> bool:
