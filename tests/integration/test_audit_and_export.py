@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,16 @@ from chatlog import wiring
 from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.processors.kafka_audit import KafkaAuditWriter, read_audit
 from chatlog.processors.kafka_consumer import groupless_consumer
+from chatlog.processors.kafka_export import KafkaExporter
 from chatlog.processors.kafka_history import ranges_records
 from chatlog.producers.commands import new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
+from chatlog.projections.opening import EventOpener
 from chatlog.schemas.audit import AuditAction, AuditCodec, AuditRecord
 from chatlog.schemas.errors import Erased, NotAudited, OwnershipError, UnknownUser
 from chatlog.schemas.events import SummaryUpdated
+from chatlog.schemas.key_records import ErasureRecord
+from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
 from tests.processes import ROOT, chatlog_env, log_events, running_projector, unique_settings
 
@@ -398,3 +403,39 @@ def test_a_stored_operation_whose_audit_record_fails_says_so_and_is_not_lost(set
         chat.close()
     kinds = [type(e.payload).__name__ for _, e in log_events(kafka, settings)]
     assert kinds == ["SessionStarted", "MessageAppended", "MessageRedacted"]
+
+
+def test_an_erasure_that_lands_while_the_export_scans_refuses_the_export(settings):
+    """An export racing an erasure hands nothing out: the user's keys, read once before
+    the scan, are checked again once it is done."""
+    chat = chatlog(settings, principal="support:dana")
+    try:
+        for n in range(3):
+            chat.append("ann-1", user_id="ann", role="user", content=f"turn {n}")
+    finally:
+        chat.close()
+    directory = wiring.key_directory(settings)
+    reading = wiring.opener(settings)
+
+    class ErasedMidScan(EventOpener):
+        """Opens as the exporter's opener does; the erasure lands at the first event."""
+
+        erased = False
+
+        def open_batch(self, events, **kwargs):
+            if not self.erased:
+                self.erased = True
+                directory.erase(ErasureRecord(KeyScope("default", "ann"), datetime.now(UTC), ()))
+            return super().open_batch(events, **kwargs)
+
+    opener = ErasedMidScan(reading.keyring, directory)
+    exporter = KafkaExporter(
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic=settings.topic,
+        opener=opener,
+        codec=wiring.codec(settings),
+        config=settings.kafka,
+    )
+    with pytest.raises(Erased):
+        exporter.export("ann")
+    assert opener.erased  # the erasure did land during the scan

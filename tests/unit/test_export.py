@@ -5,15 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-import pytest
-
-from chatlog.processors import kafka_export
 from chatlog.processors.export import EXPORT_FORMAT, EXPORT_VERSION, UserExport
-from chatlog.processors.kafka_export import KafkaExporter
 from chatlog.producers.commands import append_message, new_event
-from chatlog.projections.opening import EventOpener
-from chatlog.schemas.codec import EventCodec
-from chatlog.schemas.errors import Erased
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageRedacted,
@@ -22,12 +15,7 @@ from chatlog.schemas.events import (
     ToolCall,
     UserErased,
 )
-from chatlog.schemas.key_records import ErasureRecord
-from chatlog.schemas.keyring import Keyring
-from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key
 from chatlog.schemas.position import Position
-from chatlog.schemas.sealing import KeyScope, seal_event
-from tests.key_fakes import MemoryKeyDirectory, MemoryKeyLog
 
 
 def feed(export: UserExport, log: list[tuple[ConversationEvent, Position]]) -> None:
@@ -154,63 +142,3 @@ def test_a_session_erased_on_its_own_shows_as_erased_without_content():
     assert session["status"] == "erased"
     assert session["messages"] == []
     assert "secret" not in json.dumps(session)
-
-
-class _Record:
-    """A consumed record of the events topic, as the exporter reads it."""
-
-    def __init__(self, offset: int, event: ConversationEvent) -> None:
-        self._offset, self._event = offset, event
-
-    def key(self) -> bytes:
-        return self._event.session_id.encode()
-
-    def value(self) -> bytes:
-        return EventCodec().encode(self._event)
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-
-def test_an_erasure_that_lands_while_the_export_scans_refuses_the_export(monkeypatch):
-    """An export racing an erasure hands nothing out: the user's entries, read once at
-    the start, are checked again once the scan is done."""
-    provider = LocalKeyProvider.from_spec(new_master_key("k1"))
-    directory = MemoryKeyDirectory()
-    writer = Keyring(provider, log=MemoryKeyLog(), directory=directory)
-    scope = KeyScope("default", "ann")
-    events = [
-        seal_event(e, writer.for_writing(scope))
-        for e in [
-            append_message("a", user_id="ann", role="user", content=f"turn {n}") for n in range(3)
-        ]
-    ]
-
-    def scan(consumer, topic, ranges, timeout):
-        for offset, event in enumerate(events):
-            yield _Record(offset, event)
-            if offset == 0:  # the erasure lands once the scan has begun
-                directory.erase(ErasureRecord(scope, datetime.now(UTC), ()))
-
-    monkeypatch.setattr(kafka_export, "groupless_consumer", lambda *a, **k: _Closable())
-    monkeypatch.setattr(kafka_export, "topic_partitions", lambda *a, **k: 1)
-    monkeypatch.setattr(kafka_export, "kafka_call", lambda *a, **k: (0, len(events)))
-    monkeypatch.setattr(kafka_export, "ranges_records", scan)
-    exporter = KafkaExporter(
-        bootstrap_servers="unused:9092",
-        topic="events",
-        opener=EventOpener(Keyring(provider, directory=directory), directory),
-    )
-    with pytest.raises(Erased):
-        exporter.export("ann")
-
-
-class _Closable:
-    def close(self) -> None:
-        pass
-
-    def get_watermark_offsets(self, *args: object, **kwargs: object) -> None:
-        pass
