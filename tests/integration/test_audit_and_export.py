@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 import subprocess
 import sys
 import uuid
@@ -330,11 +331,15 @@ def test_cli_export_writes_the_document_and_refuses_an_unknown_user(settings, tm
     )
     assert published.returncode == 0, published.stderr
     out = tmp_path / "fay.json"
+    out.write_text("an older export")  # replaced, and made private too
+    out.chmod(0o644)  # as the usual umask (022) leaves a new file: readable by everyone
     exported = cli(settings, "export", "--user", "fay", "--output", str(out), "--json")
     assert exported.returncode == 0, exported.stderr
     assert json.loads(exported.stdout)["sessions"] == 1
     document = json.loads(out.read_text())
     assert [m["content"] for m in document["sessions"][0]["messages"]] == ["hi"]
+    # Every message of a person in clear: not for the machine's other users.
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
     unknown = cli(settings, "export", "--user", "nobody")
     assert unknown.returncode == 1
     assert "nothing to export" in unknown.stderr

@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import stat
 
 import pytest
 
-from chatlog import wiring
 from chatlog.cli import main
 from chatlog.cli.common import exit_status
-from chatlog.processors.audit import AuditTrail
 from chatlog.schemas.errors import (
     BrokerUnavailable,
     ConfigError,
     DataLoss,
     Incomplete,
     Interrupted,
-    OwnershipError,
     PublishTimeout,
     ReadTimeout,
     StoreUnavailable,
     TopicMissing,
 )
-from chatlog.schemas.events import ProducerInfo
-from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key
-from chatlog.schemas.position import Position
-from tests.unit.test_audit import ListLog
 
 
 def test_config_prints_the_effective_settings_as_json(monkeypatch, capsys, tmp_path):
@@ -76,75 +67,3 @@ def test_a_command_that_finds_no_server_exits_75_restart_me(monkeypatch, capsys)
     monkeypatch.setattr("chatlog.cli.Settings.from_env", unavailable)
     assert main(["config"]) == 75
     assert capsys.readouterr().err.strip() == ("chatlog: error: no Kafka broker answered at k:9092")
-
-
-def test_redact_is_recorded_in_the_audit_trail(monkeypatch, capsys, tmp_path):
-    """`chatlog redact` is an operation the audit trail lists (docs/privacy.md): the
-    redaction and its refusals, under the CLI's principal."""
-
-    class Producer:
-        info = ProducerInfo()
-
-        def publish(self, event: object) -> Position:
-            return Position(0, 7)
-
-        def close(self) -> None:
-            pass
-
-    class Reader:
-        class client:  # noqa: N801 - what ChatLog closes
-            @staticmethod
-            def close() -> None:
-                pass
-
-        def context(self, session_id: str, *, user_id: str, timeout: float) -> None:
-            if user_id != "ann":
-                raise OwnershipError(f"session {session_id} belongs to another user")
-
-    trail = ListLog()
-    provider = LocalKeyProvider.from_spec(new_master_key("k1"))
-    monkeypatch.setenv("CHATLOG_STATE_DIR", str(tmp_path))
-    monkeypatch.setattr(wiring, "producer", lambda settings: Producer())
-    monkeypatch.setattr(wiring, "reader", lambda settings: Reader())
-    monkeypatch.setattr(wiring, "kafka_history", lambda settings: None)
-    monkeypatch.setattr(
-        wiring,
-        "audit_trail",
-        lambda settings, **_: AuditTrail(trail, provider, "ops@host"),
-    )
-    assert main(["redact", "--session", "s-1", "--message", "m-1", "--user", "ann"]) == 0
-    assert main(["redact", "--session", "s-1", "--message", "m-1", "--user", "eve"]) == 1
-    capsys.readouterr()
-    records = [(r.action, r.outcome, r.session_id, dict(r.details)) for r in trail.records()]
-    assert records == [
-        ("message_redacted", "ok", "s-1", {"message_id": "m-1", "position": "0:7"}),
-        ("message_redacted", "refused", "s-1", {"message_id": "m-1", "error": "OwnershipError"}),
-    ]
-
-
-def test_export_writes_a_file_only_its_owner_can_read(monkeypatch, capsys, tmp_path):
-    """The export holds a person's every message in clear: not for other local users."""
-
-    class Exporter:
-        def export(self, user_id: str, *, tenant: str, audit: object) -> dict:
-            return {"sessions": [{"messages": [{"content": "card 4111 1111 1111 1111"}]}]}
-
-    monkeypatch.setenv("CHATLOG_STATE_DIR", str(tmp_path))
-    monkeypatch.setattr(wiring, "exporter", lambda settings: Exporter())
-    monkeypatch.setattr(
-        wiring,
-        "audit_trail",
-        lambda settings, **_: AuditTrail(
-            ListLog(), LocalKeyProvider.from_spec(new_master_key("k1")), "ops"
-        ),
-    )
-    out = tmp_path / "ann.json"
-    out.write_text("an older export")  # replaced, and made private too
-    out.chmod(0o644)
-    umask = os.umask(0o022)  # the usual default: files readable by everyone
-    try:
-        assert main(["export", "--user", "ann", "--output", str(out), "--json"]) == 0
-    finally:
-        os.umask(umask)
-    assert json.loads(out.read_text())["sessions"][0]["messages"]
-    assert stat.S_IMODE(out.stat().st_mode) == 0o600
