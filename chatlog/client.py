@@ -197,8 +197,15 @@ class ChatLog:
     @classmethod
     def from_env(cls, **overrides: Any) -> ChatLog:
         """Built from `CHATLOG_*` settings (`overrides` win)."""
-        settings = Settings.from_env(**overrides)
-        producer = wiring.producer(settings)
+        return cls.from_settings(Settings.from_env(**overrides))
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, principal: str | None = None, flush_on_sigterm: bool = True
+    ) -> ChatLog:
+        """Built from `settings` with every part: history, eraser, exporter, audit trail
+        (acting as `principal`, else the settings' principal)."""
+        producer = wiring.producer(settings, flush_on_sigterm=flush_on_sigterm)
         reader = wiring.reader(settings)
         return cls(
             producer=producer,
@@ -208,6 +215,7 @@ class ChatLog:
             eraser=wiring.eraser(settings, producer, reader.client),
             exporter=wiring.exporter(settings, reader.client),
             audit=wiring.audit_trail(settings),
+            principal=principal,
         )
 
     def append(
@@ -368,8 +376,14 @@ class AsyncChatLog:
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncChatLog:
         """Built from `CHATLOG_*` settings (`overrides` win)."""
-        settings = Settings.from_env(**overrides)
-        producer = wiring.producer(settings)
+        return cls.from_settings(Settings.from_env(**overrides))
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, principal: str | None = None, flush_on_sigterm: bool = True
+    ) -> AsyncChatLog:
+        """Built from `settings` with every part, as `ChatLog.from_settings`."""
+        producer = wiring.producer(settings, flush_on_sigterm=flush_on_sigterm)
         return cls(
             producer=AsyncConversationProducer(producer),
             reader=wiring.async_reader(settings),
@@ -378,6 +392,7 @@ class AsyncChatLog:
             eraser=wiring.eraser(settings, producer),
             exporter=wiring.exporter(settings),
             audit=wiring.audit_trail(settings),
+            principal=principal,
         )
 
     async def append(

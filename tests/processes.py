@@ -18,6 +18,7 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 
 from chatlog import wiring
+from chatlog.client import ChatLog
 from chatlog.producers.kafka_topics import keys_topic_config
 from chatlog.projections.view import SessionView
 from chatlog.schemas.events import ConversationEvent
@@ -47,6 +48,13 @@ def unique_settings(kafka, redis_url: str, redis_prefix: str, **overrides) -> Se
         master_key_file=master_key_file(),
         **overrides,
     )
+
+
+def full_chatlog(settings: Settings, *, principal: str | None = None) -> ChatLog:
+    """`ChatLog.from_settings` (every part, the audit trail included), its reads waiting
+    up to 30 s: a loaded test machine can take longer than the default to project."""
+    slow_reads = settings.model_copy(update={"read_timeout_s": 30.0})
+    return ChatLog.from_settings(slow_reads, principal=principal, flush_on_sigterm=False)
 
 
 def opened(settings: Settings, view: SessionView | None) -> SessionView | None:

@@ -26,7 +26,7 @@ import redis
 from confluent_kafka import Producer, TopicPartition
 
 from chatlog import wiring
-from chatlog.client import AsyncChatLog, ChatLog
+from chatlog.client import AsyncChatLog
 from chatlog.processors.kafka_audit import KafkaAuditWriter, read_audit
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.processors.kafka_export import KafkaExporter
@@ -40,7 +40,14 @@ from chatlog.schemas.events import SummaryUpdated
 from chatlog.schemas.key_records import ErasureRecord
 from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
-from tests.processes import ROOT, chatlog_env, log_events, running_projector, unique_settings
+from tests.processes import (
+    ROOT,
+    chatlog_env,
+    full_chatlog,
+    log_events,
+    running_projector,
+    unique_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -199,24 +206,9 @@ def test_a_forged_record_fails_verification_naming_its_partition_and_offset(sett
     assert cli(settings, "audit").returncode == 0  # listing alone does not judge
 
 
-def chatlog(settings: Settings, *, principal: str) -> ChatLog:
-    producer = wiring.producer(settings, flush_on_sigterm=False)
-    reader = wiring.reader(settings)
-    return ChatLog(
-        producer=producer,
-        reader=reader,
-        read_timeout_s=30,
-        history=wiring.kafka_history(settings),
-        eraser=wiring.eraser(settings, producer, reader.client),
-        exporter=wiring.exporter(settings, reader.client),
-        audit=wiring.audit_trail(settings),
-        principal=principal,
-    )
-
-
 def test_export_reads_every_session_from_the_log_and_the_trail_records_it_all(settings, kafka):
     card = "my card is 4111 1111 1111 1111"
-    chat = chatlog(settings, principal="support:dana")
+    chat = full_chatlog(settings, principal="support:dana")
     try:
         with running_projector(settings):
             chat.start_session("erin-1", user_id="erin", title="Refund")
@@ -395,7 +387,7 @@ def test_a_stored_operation_whose_audit_record_fails_says_so_and_is_not_lost(set
     # session's start and the redaction are stored all the same, and the caller is told
     # exactly that (`NotAudited`, with the position), not "not stored".
     unaudited = settings.model_copy(update={"audit_topic": f"missing.{uuid.uuid4().hex}"})
-    chat = chatlog(unaudited, principal="support:dana")
+    chat = full_chatlog(unaudited, principal="support:dana")
     try:
         with running_projector(settings):
             with pytest.raises(NotAudited, match=r"stored at \d+:0, but its audit record") as why:
@@ -413,7 +405,7 @@ def test_a_stored_operation_whose_audit_record_fails_says_so_and_is_not_lost(set
 def test_an_erasure_that_lands_while_the_export_scans_refuses_the_export(settings):
     """An export racing an erasure hands nothing out: the user's keys, read once before
     the scan, are checked again once it is done."""
-    chat = chatlog(settings, principal="support:dana")
+    chat = full_chatlog(settings, principal="support:dana")
     try:
         for n in range(3):
             chat.append("ann-1", user_id="ann", role="user", content=f"turn {n}")

@@ -37,6 +37,7 @@ from tests.llm_stub import LlmStub, slow
 from tests.processes import (
     ROOT,
     chatlog_env,
+    full_chatlog,
     running_processor,
     running_projector,
     unique_settings,
@@ -63,22 +64,9 @@ def settings(kafka, redis_url, redis_prefix) -> Settings:
     )
 
 
-def chatlog(settings: Settings) -> ChatLog:
-    """A `ChatLog` built as `from_env` builds it, reads waiting up to 30 s."""
-    producer = wiring.producer(settings, flush_on_sigterm=False)
-    reader = wiring.reader(settings)
-    return ChatLog(
-        producer=producer,
-        reader=reader,
-        read_timeout_s=30,
-        history=wiring.kafka_history(settings),
-        eraser=wiring.eraser(settings, producer, reader.client),
-    )
-
-
 @pytest.fixture
 def chat(settings):
-    log = chatlog(settings)
+    log = full_chatlog(settings)
     yield log
     log.close()
 
@@ -332,7 +320,7 @@ def test_erasing_while_a_projector_summarizer_replay_and_writer_of_x_run_leaves_
                 text=True,
             )
             time.sleep(0.5)
-            with chatlog(settings) as chat:
+            with full_chatlog(settings) as chat:
                 erasure = chat.erase_user(X)
             time.sleep(3.0)  # late appends, retries, summaries that were in flight
             stop_file.touch()

@@ -28,10 +28,10 @@ from chatlog.schemas.events import ConversationEvent, MessageAppended, SummaryUp
 from chatlog.schemas.position import Position
 from chatlog.schemas.redaction import MAC_PURPOSE, Mode, RedactionPolicy
 from chatlog.schemas.sealing import KeyScope
-from chatlog.settings import Settings
 from tests.llm_stub import LlmStub
 from tests.processes import (
     chatlog_env,
+    full_chatlog,
     log_events,
     running_processor,
     running_projector,
@@ -70,19 +70,6 @@ def _redis_values(client: redis.Redis, prefix: str) -> bytes:
             values.extend(client.zrange(key, 0, -1))
     assert values, f"nothing under {prefix}: the search would prove nothing"
     return b"\n".join(values)
-
-
-def _chat(settings: Settings) -> ChatLog:
-    producer = wiring.producer(settings, flush_on_sigterm=False)
-    reader = wiring.reader(settings)
-    return ChatLog(
-        producer=producer,
-        reader=reader,
-        read_timeout_s=30,
-        history=wiring.kafka_history(settings),
-        eraser=wiring.eraser(settings, producer, reader.client),
-        exporter=wiring.exporter(settings, reader.client),
-    )
 
 
 def _publish_the_conversation(chat: ChatLog) -> list[Position]:
@@ -128,7 +115,7 @@ def test_tokenized_data_is_nowhere_but_sealed_and_only_its_owner_reveals_it(
             llm_model="stub-model",
             partitions=3,
         )
-        chat = _chat(settings)
+        chat = full_chatlog(settings)
         with (
             running_projector(settings),
             running_processor("summarizer", settings, log=tmp_path / "summarizer.log"),
