@@ -162,7 +162,8 @@ def running_children(settings: Settings, names: Sequence[str]) -> Iterator[dict[
 def summaries_in_log(settings: Settings, session_id: str) -> list[dict[str, Any]]:
     """The session's `SummaryUpdated` payloads in the log, oldest first (`chatlog tail`)."""
     tail = subprocess.run(  # noqa: S603 - our own CLI, names from this module
-        [chatlog_command(), "tail", session_id, "--no-follow", "--json"],
+        # The demo reads as the operator: whoever owns the session (audited as such).
+        [chatlog_command(), "tail", session_id, "--operator", "--no-follow", "--json"],
         env=chatlog_env(settings),
         capture_output=True,
         text=True,
@@ -575,7 +576,7 @@ def _next_steps(settings: Settings, example: Context, long_chat: Script) -> None
     )
     print(f"  {cli} context {session} --user {user} --after {example.position}")
     print(f"  {cli} sessions {user}")
-    print(f"  {cli} tail {session} --no-follow   # an operator's read: audited")
+    print(f"  {cli} tail {session} --operator --no-follow   # an operator's read: audited")
     print(f"  {cli} audit --verify   # the audit trail: who did what, chains verified")
     print(f"  {cli} context {long_chat.session_id} --user {long_chat.user_id}   # the long chat")
     print(f"  {cli} run projector        # the projector this demo ran, in the foreground")

@@ -45,6 +45,7 @@ from chatlog.schemas.errors import (
     DecodeError,
     Erased,
     InvalidInput,
+    SessionNotFound,
     Undecryptable,
 )
 from chatlog.schemas.events import ConversationEvent, MessageAppended, Role, SummaryUpdated
@@ -133,6 +134,18 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
         "tail", parents=[common], help="a session's events from the log, then new ones"
     )
     tail_command.add_argument("session", help="session id")
+    reader = tail_command.add_mutually_exclusive_group(required=True)
+    reader.add_argument(
+        "--user", metavar="U", help="show the session only if it is U's (else: not found)"
+    )
+    reader.add_argument(
+        "--operator",
+        action="store_true",
+        help="show the session whoever owns it: an operator's read, recorded as such",
+    )
+    tail_command.add_argument(
+        "--tenant", default="default", metavar="T", help="the tenant of --user (default: default)"
+    )
     tail_command.add_argument(
         "--no-follow",
         dest="follow",
@@ -332,9 +345,16 @@ def _audit_read(
 
 
 def tail(args: argparse.Namespace, settings: Settings) -> None:
-    """`chatlog tail`: print the session's events from the log, then follow new ones
-    (audited first: it shows any user's session)."""
-    _audit_read(settings, session_id=args.session, details={"via": "tail", "follow": args.follow})
+    """`chatlog tail`: print the session's events from the log, then follow new ones.
+
+    For `--user` only if the session is theirs (another user's answers as a missing one
+    does); with `--operator`, whoever owns it. Audited first either way."""
+    _audit_read(
+        settings,
+        session_id=args.session,
+        user_id=args.user,
+        details={"via": "tail", "follow": args.follow, "operator": args.operator},
+    )
     consumer = groupless_consumer(settings.kafka_bootstrap, settings.kafka, purpose="tail")
     try:
         partition, low, high = _locate(consumer, settings, args.session)
@@ -363,15 +383,27 @@ def _read(
     high: int,
 ) -> int:
     """Print the session's events from `start`; returns how many were shown."""
+    reader = None if args.operator else KeyScope(args.tenant, args.user)
     if not args.follow and high <= start.offset:
+        if reader is not None:
+            raise _not_theirs(args.session, reader)  # an empty partition holds no session
         return 0
     key = args.session.encode("utf-8")
     codec, opener = wiring.codec(settings), wiring.opener(settings)
     # The owner's keys, fetched once per poll: a follower sees an erasure within one.
     known: dict[KeyScope, KeyEntries] = {}
+    owner: list[KeyScope] = []  # the session's first event names it
 
-    def decode(value: bytes) -> ConversationEvent:
-        [opened] = opener.open_batch([codec.decode(value)], known=known)
+    def decode(value: bytes) -> ConversationEvent | None:
+        event = codec.decode(value)
+        if event.session_id == args.session and reader is not None:
+            # Checked on the clear envelope, before anything of the event is opened.
+            owner[:] = owner or [KeyScope.of(event)]
+            if owner[0] != reader:
+                raise _not_theirs(args.session, reader)
+            if KeyScope.of(event) != reader:
+                return None  # written into the session by someone else: refused by the projector
+        [opened] = opener.open_batch([event], known=known)
         if opened is ERASED:
             raise Erased("erased: its owner's keys are destroyed")
         if isinstance(opened, Undecryptable):
@@ -390,7 +422,17 @@ def _read(
                     shown += _show(message, decode, emit, args.session)
             if not args.follow and _reached(consumer, start, high):
                 break
+    if reader is not None and not owner:
+        raise _not_theirs(args.session, reader)  # as for another user's: no existence oracle
     return shown
+
+
+def _not_theirs(session_id: str, reader: KeyScope) -> SessionNotFound:
+    return SessionNotFound(
+        f"no session {session_id} of user {reader.user_id} (tenant {reader.tenant}) in the "
+        f"log; an operator reads any session with --operator",
+        session_id=session_id,
+    )
 
 
 def _locate(consumer: Consumer, settings: Settings, session_id: str) -> tuple[int, int, int]:
@@ -422,7 +464,7 @@ def _reached(consumer: Consumer, start: TopicPartition, high: int) -> bool:
 
 def _show(
     message: Message,
-    decode: Callable[[bytes], ConversationEvent],
+    decode: Callable[[bytes], ConversationEvent | None],
     emit: Callable[[Message, ConversationEvent], None],
     session_id: str,
 ) -> bool:
@@ -438,6 +480,8 @@ def _show(
     except Erased as exc:
         _warn(f"{where}: {exc.message}")
         return False
+    if event is None:
+        return False  # not the reader's to see
     if event.session_id != session_id:
         _warn(f"{where}: keyed {session_id} but the event names session {event.session_id}")
         return False

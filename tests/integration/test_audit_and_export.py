@@ -248,7 +248,9 @@ def test_export_reads_every_session_from_the_log_and_the_trail_records_it_all(se
             assert [m["content"] for m in second["messages"]] == ["refunded"]
             assert "bob" not in json.dumps(document["sessions"])
 
-            tail = cli(settings, "tail", "erin-1", "--no-follow", principal="oncall:ed")
+            tail = cli(
+                settings, "tail", "erin-1", "--operator", "--no-follow", principal="oncall:ed"
+            )
             assert tail.returncode == 0, tail.stderr
             as_of = cli(
                 settings,

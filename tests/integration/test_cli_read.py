@@ -363,7 +363,7 @@ def test_tail_no_follow_json_shows_exactly_the_sessions_events(projected, kafka)
         raw.flush(10)
         mine.append(producer.append(session, user_id="erin", role="assistant", content="hi"))
 
-    result = projected.cli("tail", session, "--no-follow", "--json")
+    result = projected.cli("tail", session, "--user", "erin", "--no-follow", "--json")
 
     assert result.returncode == 0, result.stderr
     shown = [json.loads(line) for line in result.stdout.splitlines()]
@@ -376,12 +376,25 @@ def test_tail_no_follow_json_shows_exactly_the_sessions_events(projected, kafka)
     [warning] = result.stderr.strip().splitlines()
     assert warning.startswith(f"chatlog: warning: {partition}:{mine[0].offset + 2}: skipped")
 
+    # Another user's session answers as a missing one: nothing of it, no existence oracle.
+    theirs = projected.cli("tail", session, "--user", "frank", "--no-follow", "--json")
+    missing = projected.cli("tail", _session(), "--user", "frank", "--no-follow", "--json")
+    for refused in (theirs, missing):
+        assert refused.returncode == 1
+        assert refused.stdout == ""
+        assert "no session " in refused.stderr
+        assert "of user frank (tenant default) in the log" in refused.stderr
+    assert f"no session {session} of user frank" in theirs.stderr
+    # The operator sees it whoever owns it, and neither flag is a usage error.
+    assert projected.cli("tail", session, "--operator", "--no-follow").returncode == 0
+    assert projected.cli("tail", session, "--no-follow").returncode == 2
+
 
 def test_tail_follows_new_events_until_sigterm(projected):
     session = _session()
     with projected.producer() as producer:
         producer.append(session, user_id="grace", role="user", content="before")
-        tail = projected.start("tail", session, "--json")
+        tail = projected.start("tail", session, "--user", "grace", "--json")
         try:
             assert _read_json_line(tail, timeout=20)["payload"]["content"] == "before"
             producer.append(session, user_id="grace", role="user", content="while following")

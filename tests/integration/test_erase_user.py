@@ -154,7 +154,7 @@ def everything_y_reads(chat: ChatLog, settings: Settings, at: Position) -> dict[
         "store session": session,
         "store page": page,
         "langchain": ChatlogMessageHistory("y-live", Y, log=chat).messages,
-        "tail": cli(settings, "tail", "y-live", "--no-follow", "--json").stdout,
+        "tail": cli(settings, "tail", "y-live", "--user", Y, "--no-follow", "--json").stdout,
     }
 
 
@@ -192,8 +192,8 @@ def test_every_read_path_answers_erased_for_x_and_y_reads_as_before(
             with pytest.raises(Erased):
                 chat.context(session, user_id=X, as_of=now)
             for args in (
-                ("tail", session, "--no-follow"),
-                ("tail", session, "--no-follow", "--json"),
+                ("tail", session, "--operator", "--no-follow"),
+                ("tail", session, "--user", X, "--no-follow", "--json"),
             ):
                 shown = cli(settings, *args)
                 assert f"secret-{X}" not in shown.stdout + shown.stderr

@@ -154,7 +154,16 @@ def test_two_writers_racing_on_a_new_user_leave_every_message_readable(
     raced = [u for u in users if len(sealed_by[u]) > 1]
     session = f"race-{(raced or users)[0].removeprefix('u')}"
     tail = subprocess.run(
-        [sys.executable, "-m", "chatlog.cli", "tail", "--no-follow", "--json", session],
+        [
+            sys.executable,
+            "-m",
+            "chatlog.cli",
+            "tail",
+            "--operator",
+            "--no-follow",
+            "--json",
+            session,
+        ],
         env=chatlog_env(settings),
         cwd=ROOT,
         capture_output=True,
