@@ -53,6 +53,7 @@ from chatlog.processors.kafka_history import AsOfPoint, KafkaHistory
 from chatlog.producers.commands import MessageFields, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 from chatlog.projections.context import Context
+from chatlog.projections.redis_claims import AsyncRedisSessionClaims, RedisSessionClaims
 from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
 from chatlog.projections.store import SessionEntry
 from chatlog.schemas.audit import AuditAction
@@ -73,6 +74,7 @@ from chatlog.schemas.events import (
 )
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
 
 __all__ = ["AsyncChatLog", "ChatLog"]
@@ -184,6 +186,7 @@ class ChatLog:
         exporter: KafkaExporter | None = None,
         audit: AuditTrail | None = None,
         principal: str | None = None,
+        claims: RedisSessionClaims | None = None,
     ) -> None:
         self.producer = producer
         self.reader = reader
@@ -193,6 +196,9 @@ class ChatLog:
         self.exporter = exporter
         # Who acts: the caller's principal (the gateway will pass the one it authenticated).
         self.audit = audit.as_principal(principal) if audit is not None else None
+        # Without claims, an append into another user's session is refused only by the
+        # projector, after it is in the log.
+        self.claims = claims
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ChatLog:
@@ -216,6 +222,7 @@ class ChatLog:
             exporter=wiring.exporter(settings, reader.client),
             audit=wiring.audit_trail(settings),
             principal=principal,
+            claims=wiring.claims(settings, reader.client),
         )
 
     def append(
@@ -227,7 +234,11 @@ class ChatLog:
         content: str,
         **fields: Unpack[MessageFields],
     ) -> Position:
-        """Append one message; returns its position once the broker has it."""
+        """Append one message; returns its position once the broker has it.
+
+        `OwnershipError`, nothing published, if the session is another user's."""
+        if self.claims is not None:
+            self.claims.claim(KeyScope(fields.get("tenant", "default"), user_id), session_id)
         return self.producer.append(
             session_id, user_id=user_id, role=role, content=content, **fields
         )
@@ -238,6 +249,8 @@ class ChatLog:
         Optional: `append` starts a session too, with no title (and no audit record).
         """
         event = _session_started(session_id, user_id, title, self.producer.info)
+        if self.claims is not None:
+            self.claims.claim(KeyScope.of(event), session_id)
         position = self.producer.publish(event)
         _audit_started(self.audit, event, position)
         return position
@@ -363,6 +376,7 @@ class AsyncChatLog:
         exporter: KafkaExporter | None = None,
         audit: AuditTrail | None = None,
         principal: str | None = None,
+        claims: AsyncRedisSessionClaims | None = None,
     ) -> None:
         self.producer = producer
         self.reader = reader
@@ -372,6 +386,9 @@ class AsyncChatLog:
         self.exporter = exporter
         # Who acts: the caller's principal (the gateway will pass the one it authenticated).
         self.audit = audit.as_principal(principal) if audit is not None else None
+        # Without claims, an append into another user's session is refused only by the
+        # projector, after it is in the log.
+        self.claims = claims
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncChatLog:
@@ -384,15 +401,17 @@ class AsyncChatLog:
     ) -> AsyncChatLog:
         """Built from `settings` with every part, as `ChatLog.from_settings`."""
         producer = wiring.producer(settings, flush_on_sigterm=flush_on_sigterm)
+        reader = wiring.async_reader(settings)
         return cls(
             producer=AsyncConversationProducer(producer),
-            reader=wiring.async_reader(settings),
+            reader=reader,
             read_timeout_s=settings.read_timeout_s,
             history=wiring.kafka_history(settings),
             eraser=wiring.eraser(settings, producer),
             exporter=wiring.exporter(settings),
             audit=wiring.audit_trail(settings),
             principal=principal,
+            claims=wiring.async_claims(settings, reader.client),
         )
 
     async def append(
@@ -404,7 +423,12 @@ class AsyncChatLog:
         content: str,
         **fields: Unpack[MessageFields],
     ) -> Position:
-        """Append one message; returns its position once the broker has it."""
+        """Append one message; returns its position once the broker has it.
+
+        `OwnershipError`, nothing published, if the session is another user's."""
+        if self.claims is not None:
+            scope = KeyScope(fields.get("tenant", "default"), user_id)
+            await self.claims.claim(scope, session_id)
         return await self.producer.append(
             session_id, user_id=user_id, role=role, content=content, **fields
         )
@@ -417,6 +441,8 @@ class AsyncChatLog:
         Optional: `append` starts a session too, with no title (and no audit record).
         """
         event = _session_started(session_id, user_id, title, self.producer.sync.info)
+        if self.claims is not None:
+            await self.claims.claim(KeyScope.of(event), session_id)
         position = await self.producer.publish(event)
         await asyncio.to_thread(_audit_started, self.audit, event, position)
         return position

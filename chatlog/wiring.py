@@ -54,6 +54,7 @@ from chatlog.projections import tokens
 from chatlog.projections.context import SummaryRole, TokenCounter
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.opening import EventOpener, ViewOpener
+from chatlog.projections.redis_claims import AsyncRedisSessionClaims, RedisSessionClaims
 from chatlog.projections.redis_erasure import RedisUserSessions
 from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_keys import RedisKeyDirectory
@@ -76,10 +77,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "admin_client",
+    "async_claims",
     "async_reader",
     "async_redis_client",
     "audit_trail",
     "audit_writer",
+    "claims",
     "codec",
     "create_topics",
     "erase_user",
@@ -580,6 +583,26 @@ def _replay_worker(
 def view_opener(settings: Settings) -> ViewOpener:
     """Opens stored views for a reader, with keys unwrapped under the master keys."""
     return ViewOpener(Keyring(key_provider(settings)))
+
+
+def claims(settings: Settings, client: redis.Redis | None = None) -> RedisSessionClaims:
+    """Session claims: an append into another user's session is refused before it is sent."""
+    return RedisSessionClaims(
+        client or redis_client(settings),
+        prefix=settings.redis_prefix,
+        ttl_s=settings.session_ttl_s or None,
+    )
+
+
+def async_claims(
+    settings: Settings, client: redis.asyncio.Redis | None = None
+) -> AsyncRedisSessionClaims:
+    """`claims` for asyncio callers."""
+    return AsyncRedisSessionClaims(
+        client or async_redis_client(settings),
+        prefix=settings.redis_prefix,
+        ttl_s=settings.session_ttl_s or None,
+    )
 
 
 def reader(settings: Settings, client: redis.Redis | None = None) -> RedisReader:

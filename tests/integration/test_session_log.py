@@ -32,8 +32,9 @@ def test_an_erased_intruder_leaves_the_owners_session_readable_and_rebuildable(
     try:
         with running_projector(settings):
             chat.append("ann-1", user_id="ann", role="user", content="hello")
-            # Another user writing into ann's session: the projector refuses it, the log keeps it.
-            chat.append("ann-1", user_id="mallory", role="user", content="intruding")
+            # Another user writing into ann's session, past the client's claim check (a raw
+            # producer): the projector refuses it, the log keeps it.
+            chat.producer.append("ann-1", user_id="mallory", role="user", content="intruding")
             last = chat.append("ann-1", user_id="ann", role="user", content="more")
             chat.context("ann-1", user_id="ann", after=last)
             chat.erase_user("mallory")
