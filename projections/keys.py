@@ -14,6 +14,7 @@ check of that call is not yet). A user's session index has a tag of its own,
     chatlog:g1:progress                         hash: partition -> last projected offset
     chatlog:g1:epoch                            token written when g1 was created
     chatlog:keys:{k:acme:alice}                 hash: key id -> wrapped data key; !erased
+    chatlog:owner:{session-42}                  "acme<US>alice": the session's claim
 
 The key directory (`chatlog.projections.redis_keys`) is shared by every generation: it
 copies the `chatlog.keys` topic, not the events, so a rebuild has nothing to redo there.
