@@ -375,8 +375,7 @@ def _cap_chars(
     if value is not None and len(value) > limit:
         _refuse(
             where,
-            f"is {len(value)} characters long; the limit is {limit} ({name}). "
-            f"Shorten it before appending",
+            f"is {len(value)} characters long; the limit is {limit} ({name}). Shorten it",
             field=field,
             limit=limit,
             size=len(value),
@@ -425,7 +424,7 @@ def _translate(model: type[BaseModel], exc: ValidationError) -> InvalidInput:
         if isinstance(cause, InvalidId):
             return InvalidId(cause.message, **cause.context)
         if isinstance(cause, InvalidEvent):  # a cap: its message is already complete
-            return InvalidEvent(cause.message, **cause.context)
+            return type(cause)(cause.message, **cause.context)
         where = ".".join(str(part) for part in error["loc"]) or model.__name__
         problems.append(f"{where}: {error['msg']}")
     return InvalidEvent(f"invalid {model.__name__}: " + "; ".join(problems))
