@@ -70,7 +70,25 @@ def new_event(
     tenant: str = "default",
     producer: ProducerInfo | None = None,
 ) -> ConversationEvent:
-    """A validated event for `session_id` carrying `payload`."""
+    """A validated event for `session_id` carrying `payload`.
+
+    Raises `InvalidEvent` for a part over its cap (`chatlog.schemas.events.MAX_NAME_CHARS`
+    and the caps beside it), naming the field, the limit and the size.
+    """
+    return _new_event(
+        session_id, user_id=user_id, payload=payload, tenant=tenant, producer=producer, owner=None
+    )
+
+
+def _new_event(
+    session_id: str,
+    *,
+    user_id: str,
+    payload: Payload,
+    tenant: str,
+    producer: ProducerInfo | None,
+    owner: ReservedNamespace | None,
+) -> ConversationEvent:
     fields: dict[str, Any] = {
         "session_id": session_id,
         "user_id": user_id,
@@ -79,7 +97,10 @@ def new_event(
     }
     if producer is not None:
         fields["producer"] = producer
-    return validated(ConversationEvent, fields)
+    # The owning integration's reserved values carry a whole message's extra fields, so
+    # they are exempt from the per-value cap (`check_caps`).
+    context = None if owner is None else {"unbounded_prefix": owner.prefix}
+    return validated(ConversationEvent, fields, context=context)
 
 
 class MessageFields(TypedDict, total=False):
@@ -104,7 +125,8 @@ def append_message(
 ) -> ConversationEvent:
     """The `MessageAppended` event for one chat message (the AppendMessage command).
 
-    Raises `InvalidEvent` for a metadata key in a reserved namespace (see the module).
+    Raises `InvalidEvent` for a metadata key in a reserved namespace (see the module), or
+    for a part over its cap (`chatlog.schemas.events.check_caps`).
     """
     return _message_event(
         session_id, user_id, role, content, owner=None, producer=producer, **fields
@@ -170,10 +192,11 @@ def _message_event(
     # Checked as validated, so that no other shape of metadata (pairs, a dict subclass)
     # carries a reserved key past the check.
     check_metadata(payload.metadata, owner=owner)
-    return new_event(
+    return _new_event(
         session_id,
         user_id=user_id,
         payload=payload,
         tenant=fields.get("tenant", "default"),
         producer=producer,
+        owner=owner,
     )

@@ -29,6 +29,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from chatlog.schemas.errors import ConfigError, DecodeError, InvalidInput, UnknownSchema
 from chatlog.schemas.events import (
+    READ_FROM_LOG,
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -120,13 +121,15 @@ def from_avro(record: Mapping[str, Any]) -> ConversationEvent:
     except KeyError:
         raise DecodeError(f"unknown payload type {name!r}") from None
     envelope = dict(record)
-    envelope["payload"] = validated(payload_cls, body)
+    # Read leniently: a cap added after an event was written must not turn it into a dead
+    # letter on the next replay (`READ_FROM_LOG`).
+    envelope["payload"] = validated(payload_cls, body, context=READ_FROM_LOG)
     sealed = envelope.get("sealed")
     if isinstance(sealed, tuple):  # a union read with return_record_name: (name, record)
         # Built without validation: the Avro schema already typed both fields (a string
         # and a map of bytes), and every event a projector reads has one.
         envelope["sealed"] = Sealed.model_construct(**sealed[1])
-    return validated(ConversationEvent, envelope)
+    return validated(ConversationEvent, envelope, context=READ_FROM_LOG)
 
 
 class EventCodec:

@@ -14,13 +14,31 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeAlias, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from chatlog.schemas.errors import InvalidEvent, InvalidId, InvalidInput
 from chatlog.schemas.ids import new_id, validate_id
 
 __all__ = [
     "MAX_CONTENT_CHARS",
+    "MAX_METADATA_KEYS",
+    "MAX_METADATA_KEY_CHARS",
+    "MAX_METADATA_VALUE_BYTES",
+    "MAX_NAME_CHARS",
+    "MAX_REASON_CHARS",
+    "MAX_TITLE_CHARS",
+    "MAX_TOOL_CALLS",
+    "MAX_TOOL_CALL_ARGUMENTS_BYTES",
+    "MAX_TOOL_CALL_ID_CHARS",
+    "READ_FROM_LOG",
     "ConversationEvent",
     "EventId",
     "MessageAppended",
@@ -35,6 +53,7 @@ __all__ = [
     "SummaryUpdated",
     "ToolCall",
     "UserErased",
+    "check_caps",
     "epoch_millis",
     "from_epoch_millis",
     "validated",
@@ -45,6 +64,41 @@ _M = TypeVar("_M", bound=BaseModel)
 # Kafka's default message.max.bytes is 1 MB; a 256 Ki-character message stays well below it
 # even in 4-byte UTF-8, and a chat turn larger than that is a bug upstream, not a memory.
 MAX_CONTENT_CHARS = 256 * 1024
+
+# Caps on the other parts of an event. Why caps at all: metadata, tool calls and titles
+# were unbounded, and one append with 40,000 metadata keys made a 918 KB Redis element
+# that every read of the session then loads. Each cap is generous beside what real chat
+# front ends and model APIs send, so that it stops only abuse and bugs:
+#
+# - names: OpenAI allows 64 characters for a message's and a function's name; twice that
+#   leaves room for other providers and MCP-style prefixed tool names.
+# - tool calls: OpenAI accepts at most 128 tools per request, so a model calls no more
+#   distinct ones in a turn.
+# - tool call ids: providers send 9 to about 40 characters; 256 is never reached by one.
+# - metadata: a few dozen short labels per message (OpenAI's own metadata allows 16 keys
+#   of 64 characters with 512-character values); 64 keys of 128 characters with values up
+#   to 8 KiB of UTF-8 keep a maximal map near 530 KB, inside Kafka's 1 MB message.
+# - tool call arguments: JSON the model wrote, bounded like a message's content is, but
+#   in UTF-8 bytes (64 KiB), since the size on the wire is what a cap protects.
+#
+# These caps bind what is written, not what is read: `validated` applies them unless its
+# context is `READ_FROM_LOG`, which the decoder passes, so an event already in the log
+# that exceeds a cap added after it was written still decodes and projects. (The content
+# cap is a field constraint from the first schema and binds reads too, as it always has:
+# a replay must dead-letter what the live projector dead-lettered.)
+MAX_NAME_CHARS = 128
+MAX_TOOL_CALLS = 128
+MAX_TOOL_CALL_ID_CHARS = 256
+MAX_TOOL_CALL_ARGUMENTS_BYTES = 64 * 1024
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_BYTES = 8 * 1024
+MAX_TITLE_CHARS = 512
+MAX_REASON_CHARS = 1024
+
+# The validation context under which the caps above are not applied: events read back
+# from the log (`chatlog.schemas.codec`), which were accepted by whatever wrote them.
+READ_FROM_LOG: Mapping[str, bool] = {"read_from_log": True}
 
 
 def _id_field(field: str) -> AfterValidator:
@@ -234,15 +288,131 @@ class ConversationEvent(_Value):
     redactions: tuple[Redaction, ...] = ()
     tokens: Mapping[str, str] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _within_caps(self, info: ValidationInfo) -> ConversationEvent:
+        # On the envelope, not on each payload model: every event written goes through
+        # `validated(ConversationEvent, ...)` (`chatlog.producers.commands.new_event`),
+        # however its payload was built, while payload values built on the read side
+        # (a ToolCall rebuilt from Redis or from sealed fields) are never refused.
+        context = info.context or {}
+        if not context.get("read_from_log"):
+            check_caps(self.payload, unbounded_prefix=context.get("unbounded_prefix"))
+        return self
 
-def validated(model: type[_M], data: Mapping[str, Any]) -> _M:
+
+def check_caps(payload: Payload, *, unbounded_prefix: str | None = None) -> None:
+    """Raise `InvalidEvent` for the first part of `payload` over its cap.
+
+    `unbounded_prefix` names a reserved metadata namespace whose values are exempt from
+    `MAX_METADATA_VALUE_BYTES`: the LangChain integration keeps a whole message's extra
+    fields (content blocks, response metadata) in one value, bounded by the message
+    itself and, in the end, by the broker's message size.
+    """
+    if isinstance(payload, SessionStarted):
+        _cap_chars("payload.title", payload.title, MAX_TITLE_CHARS, "MAX_TITLE_CHARS")
+        _cap_metadata(payload.metadata, unbounded_prefix)
+    elif isinstance(payload, MessageAppended):
+        _cap_chars("payload.name", payload.name, MAX_NAME_CHARS, "MAX_NAME_CHARS")
+        _cap_chars(
+            "payload.tool_call_id",
+            payload.tool_call_id,
+            MAX_TOOL_CALL_ID_CHARS,
+            "MAX_TOOL_CALL_ID_CHARS",
+        )
+        if len(payload.tool_calls) > MAX_TOOL_CALLS:
+            _refuse(
+                "payload.tool_calls",
+                f"has {len(payload.tool_calls)} tool calls; the limit is {MAX_TOOL_CALLS} "
+                f"per message (MAX_TOOL_CALLS). Split the calls over several messages",
+                limit=MAX_TOOL_CALLS,
+                size=len(payload.tool_calls),
+            )
+        for at, call in enumerate(payload.tool_calls):
+            where = f"payload.tool_calls.{at}"
+            _cap_chars(f"{where}.id", call.id, MAX_TOOL_CALL_ID_CHARS, "MAX_TOOL_CALL_ID_CHARS")
+            _cap_chars(f"{where}.name", call.name, MAX_NAME_CHARS, "MAX_NAME_CHARS")
+            _cap_bytes(
+                f"{where}.arguments",
+                call.arguments,
+                MAX_TOOL_CALL_ARGUMENTS_BYTES,
+                "MAX_TOOL_CALL_ARGUMENTS_BYTES",
+            )
+        _cap_metadata(payload.metadata, unbounded_prefix)
+    elif isinstance(payload, MessageRedacted | SessionClosed | UserErased):
+        _cap_chars("payload.reason", payload.reason, MAX_REASON_CHARS, "MAX_REASON_CHARS")
+
+
+def _cap_metadata(metadata: Mapping[str, str], unbounded_prefix: str | None) -> None:
+    if len(metadata) > MAX_METADATA_KEYS:
+        _refuse(
+            "payload.metadata",
+            f"has {len(metadata)} keys; the limit is {MAX_METADATA_KEYS} "
+            f"(MAX_METADATA_KEYS). Keep fewer labels per event, or store bulky data "
+            f"elsewhere and put its reference in one key",
+            limit=MAX_METADATA_KEYS,
+            size=len(metadata),
+        )
+    for key, value in metadata.items():
+        _cap_chars(
+            f"payload.metadata key {key[:40]!r}",
+            key,
+            MAX_METADATA_KEY_CHARS,
+            "MAX_METADATA_KEY_CHARS",
+            field=f"payload.metadata.{key[:MAX_METADATA_KEY_CHARS]}",
+        )
+        if unbounded_prefix is None or not key.startswith(unbounded_prefix):
+            _cap_bytes(
+                f"payload.metadata.{key}",
+                value,
+                MAX_METADATA_VALUE_BYTES,
+                "MAX_METADATA_VALUE_BYTES",
+            )
+
+
+def _cap_chars(
+    where: str, value: str | None, limit: int, name: str, *, field: str | None = None
+) -> None:
+    if value is not None and len(value) > limit:
+        _refuse(
+            where,
+            f"is {len(value)} characters long; the limit is {limit} ({name}). Shorten it",
+            field=field,
+            limit=limit,
+            size=len(value),
+        )
+
+
+def _cap_bytes(where: str, value: str, limit: int, name: str) -> None:
+    # Measured in UTF-8 bytes only when it could matter: a string of at most limit/4
+    # characters fits whatever it holds.
+    if len(value) * 4 > limit and (size := len(value.encode("utf-8"))) > limit:
+        _refuse(
+            where,
+            f"is {size} bytes of UTF-8; the limit is {limit} ({name}). "
+            f"Shorten it, or store it elsewhere and keep a reference here",
+            limit=limit,
+            size=size,
+        )
+
+
+def _refuse(where: str, problem: str, *, limit: int, size: int, field: str | None = None) -> None:
+    raise InvalidEvent(
+        f"{where} {problem}; nothing was published", field=field or where, limit=limit, size=size
+    )
+
+
+def validated(
+    model: type[_M], data: Mapping[str, Any], *, context: Mapping[str, Any] | None = None
+) -> _M:
     """Build `model` from `data`, raising chatlog's own errors instead of pydantic's.
 
-    An id problem raises `InvalidId` (its message names the id and the rule); anything
-    else raises `InvalidEvent` listing each bad field and why.
+    An id problem raises `InvalidId` (its message names the id and the rule); a part over
+    its cap raises `InvalidEvent` naming the field, the limit and the size; anything else
+    raises `InvalidEvent` listing each bad field and why. `context` is pydantic's
+    validation context: `READ_FROM_LOG` waives the caps (see `MAX_NAME_CHARS`).
     """
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=dict(context) if context else None)
     except ValidationError as exc:
         raise _translate(model, exc) from exc
 
@@ -253,6 +423,8 @@ def _translate(model: type[BaseModel], exc: ValidationError) -> InvalidInput:
         cause = error.get("ctx", {}).get("error")
         if isinstance(cause, InvalidId):
             return InvalidId(cause.message, **cause.context)
+        if isinstance(cause, InvalidEvent):  # a cap: its message is already complete
+            return type(cause)(cause.message, **cause.context)
         where = ".".join(str(part) for part in error["loc"]) or model.__name__
         problems.append(f"{where}: {error['msg']}")
     return InvalidEvent(f"invalid {model.__name__}: " + "; ".join(problems))
