@@ -61,8 +61,10 @@ __all__ = [
 
 _M = TypeVar("_M", bound=BaseModel)
 
-# Kafka's default message.max.bytes is 1 MB; a 256 Ki-character message stays well below it
-# even in 4-byte UTF-8, and a chat turn larger than that is a bug upstream, not a memory.
+# A chat turn larger than 256 Ki characters is a bug upstream, not a memory. In UTF-8 that
+# is 256 KiB to 1 MiB: below Kafka's default message.max.bytes (1,000,000) unless nearly
+# every character takes 4 bytes, and such an event is refused whole by the producer
+# ("too large for the broker"), never stored in part.
 MAX_CONTENT_CHARS = 256 * 1024
 
 # Caps on the other parts of an event. Why caps at all: metadata, tool calls and titles
