@@ -76,6 +76,7 @@ from chatlog.schemas.errors import ConfigError, SessionNotFound
 from chatlog.schemas.events import ConversationEvent, ProducerInfo, SessionClosed
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope
 
 __all__ = ["ChatlogMessageHistory", "HistoryBook", "shared_log"]
 
@@ -136,7 +137,8 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         self.include_summary = include_summary
         self.read_timeout = read_timeout
         self._book = book or _BOOK
-        self._key: SessionKey = (_topic(log, async_log), session_id)
+        # Keyed by user too: one user's writes and clear marks never move another's reads.
+        self._key: SessionKey = (_topic(log, async_log), self.user_id, session_id)
         self._written: Position | None = self._book.written.note(self._key, after)
         self._cleared: Position | None = self._book.cleared.get(self._key)
 
@@ -161,6 +163,8 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
             _ = self.messages  # learn whether, and where, the session was cleared
         events = self._events(messages, log.producer.info)
         if events:
+            if log.claims is not None:  # another user's session: refused, nothing sent
+                log.claims.claim(KeyScope("default", self.user_id), self.session_id)
             self._note_written(max(log.producer.publish_many(events)))
 
     def clear(self) -> None:
@@ -195,6 +199,9 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         producer = self.async_log.producer
         events = self._events(messages, producer.sync.info)
         if events:
+            claims = self.async_log.claims
+            if claims is not None:  # another user's session: refused, nothing sent
+                await claims.claim(KeyScope("default", self.user_id), self.session_id)
             self._note_written(max(await producer.publish_many(events)))
 
     async def aclear(self) -> None:

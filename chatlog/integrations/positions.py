@@ -4,7 +4,7 @@ Read-your-writes needs the position of one's own last write. A LangChain
 `RunnableWithMessageHistory` builds a new history object for every call, so the position
 cannot live only in the object that wrote: the book keeps it per session, for the whole
 process, and the next history object of the session reads after it. Positions are kept
-per (topic, session_id), never move back, and the book forgets the least recently used
+per (topic, session_id) key, never move back, and the book forgets the least recently used
 sessions past `max_sessions`, so its memory stays bounded. Thread-safe; no I/O.
 """
 
@@ -17,8 +17,9 @@ from chatlog.schemas.position import Position
 
 __all__ = ["PositionBook", "SessionKey", "newest"]
 
-SessionKey = tuple[str, str]
-"""(topic, session_id): positions are only comparable within one session of one topic."""
+SessionKey = tuple[str, ...]
+"""(topic, ..., session_id): positions are only comparable within one session of one
+topic; a user of the key may narrow it further (the LangChain history's is per user)."""
 
 
 class PositionBook:

@@ -390,7 +390,11 @@ def test_the_rolling_summary_leads_the_history_and_is_never_stored_back(
 
 def test_another_users_session_is_refused(settings, chat):
     with running_projector(settings):
-        ChatlogMessageHistory("s-alice", "alice", log=chat).add_user_message("order #A-1")
+        alice = ChatlogMessageHistory("s-alice", "alice", log=chat)
+        alice.add_user_message("order #A-1")
+        # Alice reads her own write (positions are noted per user: bob's history of the
+        # session does not wait for alice's writes, so it must be projected first).
+        assert [m.content for m in alice.messages] == ["order #A-1"]
         with pytest.raises(OwnershipError):
             _ = ChatlogMessageHistory("s-alice", "bob", log=chat).messages
         with pytest.raises(OwnershipError):

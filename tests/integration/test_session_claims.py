@@ -121,3 +121,27 @@ def test_the_asyncio_client_claims_too(settings):
     assert wiring.claims(settings).client.get(f"{settings.redis_prefix}:owner:{{s-async}}") == (
         b"default\x1fida"
     )
+
+
+def test_the_langchain_history_claims_and_keeps_positions_per_user(settings):
+    from langchain_core.messages import HumanMessage
+
+    from chatlog.integrations.langchain import ChatlogMessageHistory, HistoryBook
+
+    chat = full_chatlog(settings)
+    book = HistoryBook()
+    try:
+        with running_projector(settings):
+            mine = ChatlogMessageHistory("s-lc", "kim", log=chat, book=book)
+            mine.add_messages([HumanMessage("hello")])
+            published = end_offsets(settings)
+            theirs = ChatlogMessageHistory("s-lc", "lou", log=chat, book=book)
+            with pytest.raises(OwnershipError):
+                theirs.add_messages([HumanMessage("squatting")])
+            assert end_offsets(settings) == published
+            # Kim's write is noted for kim only: lou's history of the session knows nothing.
+            assert mine.last_position is not None
+            assert theirs.last_position is None
+            assert [m.content for m in mine.messages] == ["hello"]
+    finally:
+        chat.close()
