@@ -34,7 +34,7 @@ from chatlog.projections.redis_store import redis_errors
 from chatlog.schemas.errors import OwnershipError
 from chatlog.schemas.sealing import KeyScope
 
-__all__ = ["AsyncRedisSessionClaims", "RedisSessionClaims"]
+__all__ = ["AsyncRedisSessionClaims", "RedisSessionClaims", "drop_claims"]
 
 _SEP = "\x1f"  # no id character: "tenant<US>user" cannot be confused
 # The claim if it is the writer's, refreshed; else whatever it holds (or nil).
@@ -45,6 +45,12 @@ if owner == ARGV[1] and tonumber(ARGV[2]) > 0 then
 end
 return owner
 """
+# Deletes the claim only if it is still the erased user's.
+_DROP_IF_THEIRS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_SCAN_PAGE = 1000
 _REMEMBER_S = 60.0
 _REMEMBERED = 100_000
 
@@ -184,3 +190,15 @@ class AsyncRedisSessionClaims(_Claims):
         meta = self.keys.with_generation(generation).meta(session_id)
         tenant, user_id = (_text(v) for v in await self.client.hmget(meta, ["tenant", "user_id"]))
         return None if tenant is None or user_id is None else _value(KeyScope(tenant, user_id))
+
+
+def drop_claims(client: redis.Redis, *, prefix: str, scope: KeyScope) -> int:
+    """Delete every claim `scope` holds (an erasure: no id of theirs stays behind); how
+    many. A SCAN of the claims, like the erasure's SCAN of the sessions."""
+    drop = client.register_script(_DROP_IF_THEIRS)
+    value, dropped = _value(scope), 0
+    with redis_errors():
+        for raw in client.scan_iter(match=f"{prefix}:owner:*", count=_SCAN_PAGE):
+            if _text(client.get(raw)) == value:
+                dropped += int(drop(keys=[raw], args=[value]))
+    return dropped

@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_claims import drop_claims
 from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_store import redis_errors, text
 from chatlog.schemas.sealing import KeyScope
@@ -96,6 +97,8 @@ class RedisUserSessions:
         rebuilding = self.generations.rebuild_in_progress().get("generation")
         for generation in touched | {g for g in (live, rebuilding) if g}:
             self._drop_expired(self.keys.with_generation(generation), scope.user_id)
+        # Their sessions' claims name them too (and would keep the ids theirs).
+        drop_claims(self.client, prefix=self.keys.prefix, scope=scope)
         return removed
 
     def _owned(self, scope: KeyScope) -> Iterator[list[tuple[str, str]]]:
