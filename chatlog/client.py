@@ -232,12 +232,19 @@ class ChatLog:
             session_id, user_id=user_id, role=role, content=content, **fields
         )
 
-    def start_session(self, session_id: str, *, user_id: str, title: str | None = None) -> Position:
+    def start_session(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        title: str | None = None,
+        tenant: str = "default",
+    ) -> Position:
         """Start the session, or retitle it (None keeps the title); returns its position.
 
         Optional: `append` starts a session too, with no title (and no audit record).
         """
-        event = _session_started(session_id, user_id, title, self.producer.info)
+        event = _session_started(session_id, user_id, title, self.producer.info, tenant)
         position = self.producer.publish(event)
         _audit_started(self.audit, event, position)
         return position
@@ -410,13 +417,18 @@ class AsyncChatLog:
         )
 
     async def start_session(
-        self, session_id: str, *, user_id: str, title: str | None = None
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        title: str | None = None,
+        tenant: str = "default",
     ) -> Position:
         """Start the session, or retitle it (None keeps the title); returns its position.
 
         Optional: `append` starts a session too, with no title (and no audit record).
         """
-        event = _session_started(session_id, user_id, title, self.producer.sync.info)
+        event = _session_started(session_id, user_id, title, self.producer.sync.info, tenant)
         position = await self.producer.publish(event)
         await asyncio.to_thread(_audit_started, self.audit, event, position)
         return position
@@ -513,10 +525,14 @@ class AsyncChatLog:
 
 
 def _session_started(
-    session_id: str, user_id: str, title: str | None, producer: ProducerInfo
+    session_id: str, user_id: str, title: str | None, producer: ProducerInfo, tenant: str
 ) -> ConversationEvent:
     return new_event(
-        session_id, user_id=user_id, payload=SessionStarted(title=title), producer=producer
+        session_id,
+        user_id=user_id,
+        payload=SessionStarted(title=title),
+        tenant=tenant,
+        producer=producer,
     )
 
 
