@@ -9,6 +9,7 @@ import argparse
 import asyncio
 from typing import TYPE_CHECKING
 
+from chatlog.cli.common import stop_on_signals
 from chatlog.schemas.errors import ChatlogError, ConfigError, MissingExtra
 from chatlog.settings import Settings
 
@@ -90,4 +91,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         )
         await uvicorn.Server(config).serve()
 
-    asyncio.run(run())
+    # uvicorn stops gracefully on SIGTERM or Ctrl-C, then raises the signal again for the
+    # handler it found: this one, which only notes it, so a stop asked for exits 0 as the
+    # processors do (a supervisor reads any other status as a failure).
+    with stop_on_signals(deadline_s=None):
+        asyncio.run(run())
