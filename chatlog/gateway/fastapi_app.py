@@ -30,7 +30,7 @@ from chatlog.client import AsyncChatLog
 from chatlog.gateway.http_errors import HttpError, http_error
 from chatlog.gateway.tokens import Principal, TokenVerifier
 from chatlog.projections.context import Context
-from chatlog.schemas.errors import ChatlogError, Unauthenticated
+from chatlog.schemas.errors import ChatlogError, SessionNotFound, Unauthenticated
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
 
@@ -232,6 +232,17 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
+    async def own_context(session_id: str, caller: Principal, after: Position | None) -> Context:
+        """The caller's session's context; another tenant's answers as a missing one.
+
+        The library checks the user but not yet the tenant (issue 15), so the same
+        ``sub`` in two tenants would be one owner there: the gateway checks the tenant.
+        """
+        context = await log.context(session_id, user_id=caller.user_id, after=after)
+        if context.tenant != caller.tenant:
+            raise SessionNotFound(f"no session {session_id} in this tenant", session_id=session_id)
+        return context
+
     @app.post("/v1/sessions", status_code=201, tags=["sessions"])
     async def create_session(caller: Caller, body: NewSession | None = None) -> dict[str, Any]:
         """Start a session of the caller's; its id is made here, unguessable.
@@ -244,7 +255,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         position = await log.start_session(
             session_id, user_id=caller.user_id, title=title, tenant=caller.tenant
         )
-        await log.context(session_id, user_id=caller.user_id, after=position)
+        await own_context(session_id, caller, position)
         return {"session_id": session_id, "position": str(position)}
 
     @app.post("/v1/sessions/{session_id}/messages", status_code=201, tags=["sessions"])
@@ -267,7 +278,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         )
         # Another user's session, or one never started here, is refused before anything
         # is published (until the producer itself checks ownership: issue 15).
-        await log.context(session_id, user_id=caller.user_id)
+        await own_context(session_id, caller, None)
         position = await log.append(
             session_id,
             user_id=caller.user_id,
@@ -293,7 +304,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         """The session's context; with ``after`` (a position an append returned), once
         the projector has applied it (read-your-writes). ``format=openai`` gives the
         ``messages`` for a chat completion, trimmed to ``max_tokens``."""
-        context = await log.context(session_id, user_id=caller.user_id, after=_position(after))
+        context = await own_context(session_id, caller, _position(after))
         if format == "openai":
             return {
                 "session_id": context.session_id,
@@ -308,7 +319,11 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         caller: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50
     ) -> dict[str, Any]:
         """The caller's sessions, most recently active first."""
-        entries = await log.sessions(caller.user_id, limit=limit)
+        # Filtered after the limit: a user with sessions in several tenants (the same
+        # sub) may get fewer than `limit` here until the library scopes lists by tenant.
+        entries = [
+            e for e in await log.sessions(caller.user_id, limit=limit) if e.tenant == caller.tenant
+        ]
         return {
             "sessions": [
                 {

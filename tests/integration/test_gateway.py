@@ -345,3 +345,35 @@ def test_the_curl_examples_in_the_docs_run(gateway):
     assert '"content":"Where is my order 7731?"' in lines[0]
     assert '"title":"Refund"' in lines[1]
     assert lines[-1] == "401"
+
+
+def test_the_same_sub_in_another_tenant_sees_nothing_of_the_session(gateway):
+    sub = user()
+    acme = {"Authorization": f"Bearer {gateway.issuer.mint(sub, tenant='acme')}"}
+    home = gateway.auth(sub)  # the same sub, tenant "default"
+    created = httpx.post(f"{gateway.url}/v1/sessions", json={"title": "acme"}, headers=acme)
+    assert created.status_code == 201
+    session = created.json()["session_id"]
+    canary = f"canary-{uuid.uuid4().hex}"
+    posted = post(gateway, sub, session, "from the other tenant")
+    assert posted.status_code == 404  # refused before anything is published
+    stored = httpx.post(
+        f"{gateway.url}/v1/sessions/{session}/messages",
+        json={"role": "user", "content": canary},
+        headers=acme,
+    )
+    assert stored.status_code == 201
+
+    read = httpx.get(f"{gateway.url}/v1/sessions/{session}/context", headers=home)
+    assert read.status_code == 404
+    assert canary not in read.text
+    assert httpx.get(f"{gateway.url}/v1/sessions", headers=home).json() == {"sessions": []}
+    mine = httpx.get(f"{gateway.url}/v1/sessions", headers=acme).json()["sessions"]
+    assert [s["session_id"] for s in mine] == [session]
+    context = httpx.get(
+        f"{gateway.url}/v1/sessions/{session}/context",
+        params={"after": stored.json()["position"]},
+        headers=acme,
+        timeout=60,
+    ).json()
+    assert [m["content"] for m in context["messages"]] == [canary]
