@@ -243,12 +243,19 @@ class ChatLog:
             session_id, user_id=user_id, role=role, content=content, **fields
         )
 
-    def start_session(self, session_id: str, *, user_id: str, title: str | None = None) -> Position:
+    def start_session(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        title: str | None = None,
+        tenant: str = "default",
+    ) -> Position:
         """Start the session, or retitle it (None keeps the title); returns its position.
 
         Optional: `append` starts a session too, with no title (and no audit record).
         """
-        event = _session_started(session_id, user_id, title, self.producer.info)
+        event = _session_started(session_id, user_id, title, self.producer.info, tenant)
         if self.claims is not None:
             self.claims.claim(KeyScope.of(event), session_id)
         position = self.producer.publish(event)
@@ -434,13 +441,18 @@ class AsyncChatLog:
         )
 
     async def start_session(
-        self, session_id: str, *, user_id: str, title: str | None = None
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        title: str | None = None,
+        tenant: str = "default",
     ) -> Position:
         """Start the session, or retitle it (None keeps the title); returns its position.
 
         Optional: `append` starts a session too, with no title (and no audit record).
         """
-        event = _session_started(session_id, user_id, title, self.producer.sync.info)
+        event = _session_started(session_id, user_id, title, self.producer.sync.info, tenant)
         if self.claims is not None:
             await self.claims.claim(KeyScope.of(event), session_id)
         position = await self.producer.publish(event)
@@ -539,10 +551,14 @@ class AsyncChatLog:
 
 
 def _session_started(
-    session_id: str, user_id: str, title: str | None, producer: ProducerInfo
+    session_id: str, user_id: str, title: str | None, producer: ProducerInfo, tenant: str
 ) -> ConversationEvent:
     return new_event(
-        session_id, user_id=user_id, payload=SessionStarted(title=title), producer=producer
+        session_id,
+        user_id=user_id,
+        payload=SessionStarted(title=title),
+        tenant=tenant,
+        producer=producer,
     )
 
 

@@ -53,6 +53,7 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": _DAY_S}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 # Below a minute, the log cleaner (which runs every 15 s by default) cannot keep a bound.
 _MIN_SHRED_S = 60.0
+_MIN_AUTH_SECRET = 32
 
 
 def _retention(value: Any) -> float | None:
@@ -246,6 +247,18 @@ class Settings(BaseModel):
         None,
         description="ISO country whose national phone numbers count too; unset: only +CC numbers",
     )
+    # The HTTP gateway (`chatlog serve`) checks bearer JWTs signed with this (HS256); no
+    # default, since a default secret would be one every deployment shares.
+    auth_secret: SecretStr | None = Field(
+        None,
+        description="shared HS256 secret of the gateway's JWTs (at least 32 characters); "
+        "required by chatlog serve and chatlog token",
+    )
+    auth_issuer: str = Field("chatlog", description="the iss every gateway JWT must carry")
+    auth_audience: str = Field("chatlog", description="the aud every gateway JWT must carry")
+    auth_tenant_claim: str = Field(
+        "tenant", description="the JWT claim naming the caller's tenant; absent: default"
+    )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"
@@ -321,6 +334,17 @@ class Settings(BaseModel):
         from chatlog.schemas.pii import Detector  # noqa: PLC0415
 
         return Detector(region=value).region  # its ValueError names the region
+
+    @field_validator("auth_secret")
+    @classmethod
+    def _auth_secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        # RFC 7518 3.2: an HS256 key shorter than the hash (32 bytes) can be brute-forced.
+        if value is not None and len(value.get_secret_value().encode()) < _MIN_AUTH_SECRET:
+            raise ValueError(
+                f"must be at least {_MIN_AUTH_SECRET} bytes; make one with "
+                f"python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -457,5 +481,6 @@ def _config_error(exc: ValidationError) -> ConfigError:
             problems.append(f"{_KAFKA_PASSTHROUGH}*: {error['msg']}")
             continue
         name = Settings.env_name(field)
-        problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
+        shown = "***" if _secret(field) else repr(error.get("input"))  # never echo a secret
+        problems.append(f"{name}={shown}: {error['msg']}")
     return ConfigError("invalid settings: " + "; ".join(problems), setting=problems[0])

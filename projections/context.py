@@ -106,6 +106,8 @@ class Context:
     # True while a redaction keeps the summary out (`summary` is then None): the turns it
     # covered are in no message and no summary until the summarizer rebuilds it.
     summary_withheld: bool = False
+    # The owner's tenant (the gateway refuses a session of another tenant than its caller's).
+    tenant: str = "default"
     # How `to_openai` counts tokens unless told otherwise: the reader's configured counter.
     count_tokens: TokenCounter = field(default=approx_tokens, compare=False, repr=False)
     # How `to_openai` renders the summary unless told otherwise: the reader's setting.
@@ -141,6 +143,7 @@ class Context:
             updated_at_ms=view.updated_at_ms,
             closed_through=view.closed_through,
             summary_withheld=view.summary_withheld,
+            tenant=view.tenant,
             count_tokens=count_tokens,
             summary_role=summary_role,
         )

@@ -60,6 +60,9 @@ class SessionEntry:
     message_count: int
     created_at_ms: int
     updated_at_ms: int
+    # Whose tenant the session is: reads are not tenant-scoped yet, so a caller that
+    # knows its tenant (the gateway) filters on it.
+    tenant: str = "default"
 
 
 class ViewStore(Protocol):
@@ -95,6 +98,7 @@ def entry(view: SessionView) -> SessionEntry:
         message_count=view.message_count,
         created_at_ms=view.created_at_ms,
         updated_at_ms=view.updated_at_ms,
+        tenant=view.tenant,
     )
 
 

@@ -20,6 +20,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   │   └── Erased                     ... its owner was erased: their keys are destroyed
     │   ├── UnknownUser(LookupError)       nothing of the user to erase or export
     │   ├── OwnershipError(PermissionError) the session belongs to another user
+    │   ├── Unauthenticated(PermissionError) no acceptable credentials (the gateway's token)
     │   ├── TopicMissing(LookupError)      the events topic does not exist
     │   ├── NotQueued(RuntimeError)        the Kafka client refused to queue an event
     │   └── SummarizerError(RuntimeError)  the LLM answered, but not with a summary
@@ -92,6 +93,7 @@ __all__ = [
     "SummarizerTimeout",
     "SummarizerUnavailable",
     "TopicMissing",
+    "Unauthenticated",
     "Unavailable",
     "Undecryptable",
     "UnknownMessage",
@@ -209,6 +211,13 @@ class UnknownUser(Refused, LookupError):
 
 class OwnershipError(Refused, PermissionError):
     """The session belongs to another user; nothing of it is returned."""
+
+
+class Unauthenticated(Refused, PermissionError):
+    """A request carries no acceptable credentials: no token, or one that does not check.
+
+    Its message is safe to show the caller (it says why, never what the secret is).
+    """
 
 
 class TopicMissing(Refused, LookupError):

@@ -7,6 +7,7 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,8 @@ def chatlog_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.describe().items():
         if value is not None:
             env[name] = str(value)
+    if settings.auth_secret is not None:  # `describe` masks it, as `chatlog config` shows it
+        env["CHATLOG_AUTH_SECRET"] = settings.auth_secret.get_secret_value()
     return env
 
 
@@ -234,3 +237,51 @@ def owners(kafka, group_id: str, *, stable: bool = False) -> dict[str, set[int]]
         m.group_instance_id: {tp.partition for tp in m.assignment.topic_partitions}
         for m in described.members
     }
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_gateway(
+    settings: Settings, *, log: Path | None = None, timeout: float = 60.0
+) -> Iterator[str]:
+    """`chatlog serve` as a child process on a free port for the duration of the block,
+    once it answers /healthz; yields its base URL."""
+    import httpx
+
+    assert settings.auth_secret is not None, "the gateway needs settings.auth_secret"
+    port = free_port()
+    with open(log or os.devnull, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chatlog.cli", "serve", "--port", str(port)],
+            env=chatlog_env(settings),
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"chatlog serve exited with {process.returncode}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(answers, timeout=timeout, what="chatlog serve to answer /healthz", every=0.1)
+        yield url
+    except BaseException:
+        stop(process)
+        if log is not None and Path(log).exists():
+            tail = Path(log).read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            print("--- the last lines of chatlog serve's log ---", *tail, sep="\n")
+        raise
+    else:
+        assert stop(process) == 0, "chatlog serve did not stop cleanly on SIGTERM"

@@ -13,6 +13,7 @@ dispatcher; each command group adds its own commands and handlers:
 - `chatlog.cli.admin`: `topics create`, `topics check`, `keys new-master-key`, `keys
   rotate`, `erase`, `config`
 - `chatlog.cli.privacy`: `audit` (list and verify the trail), `export`
+- `chatlog.cli.serve`: `serve` (the HTTP gateway), `token` (a development JWT)
 
 `chatlog.cli.output` shows results (for people, or JSON); `chatlog.cli.common` holds the
 rest they share (argument types, stopping on a signal, the topic check).
@@ -25,7 +26,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chatlog.cli import admin, privacy, read, replay, run
+from chatlog.cli import admin, privacy, read, replay, run, serve
 from chatlog.cli.common import exit_status
 from chatlog.cli.output import print_result
 from chatlog.schemas.errors import ChatlogError
@@ -64,6 +65,6 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (read, run, replay, admin, privacy):
+    for group in (read, run, replay, admin, privacy, serve):
         group.add_commands(commands, common)
     return parser

@@ -209,3 +209,11 @@ def test_the_core_appends_and_reads_with_no_extra_and_names_the_extra_it_lacks(
     [line] = summarizer.stderr.strip().splitlines()
     assert line.startswith("chatlog: error: ")
     assert "pip install 'chatlog-memory[summarizer]'" in line
+
+    # The gateway's commands name the server extra, as the summarizer names its own.
+    for command in (["serve"], ["token", "--user", "alice"]):
+        ran = _run([core_venv / "chatlog", *command], core_env, cwd)
+        assert ran.returncode == 1, ran.stdout + ran.stderr
+        [line] = ran.stderr.strip().splitlines()
+        assert line.startswith("chatlog: error: ")
+        assert "pip install 'chatlog-memory[server]'" in line

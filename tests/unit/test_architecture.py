@@ -46,6 +46,9 @@ PURE_MODULES = [
     "chatlog.schemas.audit",
     "chatlog.processors.audit",
     "chatlog.processors.export",
+    "chatlog.gateway",
+    "chatlog.gateway.tokens",
+    "chatlog.gateway.http_errors",
 ]
 
 
@@ -224,3 +227,33 @@ def test_the_distribution_module_is_a_leaf():
     root = Path(__file__).resolve().parents[2]
     source = (root / "chatlog" / "distribution.py").read_text(encoding="utf-8")
     assert re.search(r"^\s*(?:from|import)\s+chatlog\b", source, re.MULTILINE) is None
+
+
+# The web stack of the gateway (the server extra), imported only where named for it.
+WEB_LIBRARIES = ("fastapi", "starlette", "uvicorn")
+
+
+def test_web_libraries_only_in_modules_named_for_them():
+    root = Path(__file__).resolve().parents[2]
+    imports = re.compile(rf"^\s*(?:from|import)\s+({'|'.join(WEB_LIBRARIES)})\b", re.MULTILINE)
+    found = {
+        str(path.relative_to(root / "chatlog")): set(imports.findall(path.read_text("utf-8")))
+        for path in (root / "chatlog").rglob("*.py")
+        if imports.search(path.read_text("utf-8"))
+    }
+    # The routes (FastAPI) and the command that serves them (uvicorn, imported lazily).
+    assert found == {
+        "gateway/fastapi_app.py": {"fastapi", "starlette"},
+        "cli/serve.py": {"uvicorn"},
+    }
+
+
+def test_import_chatlog_loads_no_web_library():
+    code = (
+        "import sys, chatlog, chatlog.cli; "
+        f"print([m for m in {WEB_LIBRARIES!r} if m in sys.modules])"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"

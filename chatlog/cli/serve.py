@@ -1,0 +1,98 @@
+"""The CLI's gateway commands: `serve` (the HTTP gateway) and `token` (a development JWT).
+
+Both need the ``server`` extra; without it they stop with one line naming the install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import TYPE_CHECKING
+
+from chatlog.cli.common import stop_on_signals
+from chatlog.schemas.errors import ChatlogError, ConfigError, MissingExtra
+from chatlog.settings import Settings
+
+if TYPE_CHECKING:
+    from chatlog.cli.common import Commands
+
+__all__ = ["add_commands", "parse_ttl"]
+
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """Add `serve` and `token` to the parser's `commands`."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP gateway (JSON API for chat front ends; needs the server extra)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    serve.set_defaults(handler=_serve, json=False)
+
+    token = commands.add_parser(
+        "token",
+        parents=[common],
+        help="mint a development JWT for the gateway, signed with CHATLOG_AUTH_SECRET",
+    )
+    token.add_argument("--user", required=True, help="the user (the token's sub)")
+    token.add_argument("--tenant", default="default", help="their tenant (default: default)")
+    token.add_argument(
+        "--ttl", type=parse_ttl, default=3600, help="how long it is valid: 90s, 15m, 1h (1h)"
+    )
+    token.set_defaults(handler=_token)
+
+
+def parse_ttl(text: str) -> int:
+    """An argparse type: a lifetime as ``90``, ``90s``, ``15m``, ``1h`` or ``7d``, in seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _TTL_UNITS else (text, "s")
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lifetime such as 90s, 15m or 1h")
+    return int(number) * _TTL_UNITS[unit]
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> str:
+    try:
+        from chatlog.gateway.tokens import TokenIssuer  # noqa: PLC0415 (the server extra)
+    except ImportError as exc:
+        raise MissingExtra.needs("server", "chatlog token", exc) from exc
+    issuer = TokenIssuer.from_settings(settings)
+    return issuer.mint(args.user, tenant=args.tenant, ttl_s=args.ttl)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    try:
+        # Imported here: `chatlog` without the server extra must still run every other command.
+        import uvicorn  # noqa: PLC0415
+
+        from chatlog.gateway.fastapi_app import create_app  # noqa: PLC0415
+        from chatlog.gateway.tokens import TokenVerifier  # noqa: PLC0415
+    except ImportError as exc:
+        raise MissingExtra.needs("server", "chatlog serve", exc) from exc
+    from chatlog.client import AsyncChatLog  # noqa: PLC0415
+
+    # Checked before listening: a gateway without a secret must not start at all.
+    verifier = TokenVerifier.from_settings(settings)
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port} is not a TCP port (1-65535)", setting="--port")
+
+    async def run() -> None:
+        # Built inside the event loop that serves it: the asyncio Redis client binds to it.
+        # uvicorn handles SIGTERM; the app's shutdown flushes pending events.
+        log = AsyncChatLog.from_settings(settings, flush_on_sigterm=False)
+        try:
+            app = create_app(log, verifier)
+        except ChatlogError:
+            await log.aclose()
+            raise
+        config = uvicorn.Config(
+            app, host=args.host, port=args.port, lifespan="on", log_level="info"
+        )
+        await uvicorn.Server(config).serve()
+
+    # uvicorn stops gracefully on SIGTERM or Ctrl-C, then raises the signal again for the
+    # handler it found: this one, which only notes it, so a stop asked for exits 0 as the
+    # processors do (a supervisor reads any other status as a failure).
+    with stop_on_signals(deadline_s=None):
+        asyncio.run(run())

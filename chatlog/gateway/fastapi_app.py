@@ -1,0 +1,367 @@
+"""The gateway's routes, on FastAPI: `create_app(log, verifier)` is the ASGI application.
+
+FastAPI (on Starlette, served by uvicorn) because it is well kept, asyncio-native like
+`AsyncChatLog`, and derives request validation and the OpenAPI document (``/docs``,
+``/openapi.json``) from the same type hints the handlers are written with.
+
+Every ``/v1`` route depends on `principal`: the bearer token decides the user and the
+tenant, and no route reads a user from its body or path. Failures become HTTP answers
+in one place (`chatlog.gateway.http_errors`), as do FastAPI's own (a bad body, an
+unknown route), so every error has the same JSON shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from chatlog.client import AsyncChatLog
+from chatlog.gateway.http_errors import HttpError, http_error
+from chatlog.gateway.tokens import Principal, TokenVerifier
+from chatlog.projections.context import Context
+from chatlog.schemas.errors import ChatlogError, SessionNotFound, Unauthenticated
+from chatlog.schemas.ids import new_id, validate_id
+from chatlog.schemas.position import Position
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+MAX_BODY_BYTES = 1024 * 1024
+"""The largest request body accepted (413 above it): a chat message, not an upload."""
+
+_SESSION_ID_BYTES = 16  # 128 random bits, 22 URL-safe characters: valid ids, unguessable
+_READY_TIMEOUT_S = 2.0
+
+_log = logging.getLogger("chatlog.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class NewSession(BaseModel):
+    """The body of ``POST /v1/sessions`` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    title: str | None = Field(None, max_length=200)
+
+
+class ToolCallIn(BaseModel):
+    """A function call an assistant message asked for; `arguments` is JSON text."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class NewMessage(BaseModel):
+    """The body of ``POST /v1/sessions/{id}/messages``; no user: the token says who."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: str
+    content: str
+    name: str | None = None
+    tool_calls: list[ToolCallIn] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class _BodyLimit:
+    """Refuses a request body above `limit` bytes with 413, declared or streamed.
+
+    A ``Content-Length`` above the limit is refused before a byte is read; a chunked
+    body is read up to the limit and refused as soon as it passes it, so no more than
+    `limit` bytes are ever held. A body within the limit is handed on as it came.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._too_large(scope, receive, send)
+            return
+        received: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return received.pop(0) if received else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = HttpError(413, "too_large", f"the request body is over {self.limit} bytes")
+        await _json(error)(scope, receive, send)
+
+
+def _json(error: HttpError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def _position(text: str | None) -> Position | None:
+    return None if text is None else Position.parse(text)
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "role": message.role,
+        "content": message.content,
+        "name": message.name,
+        "tool_calls": [call.model_dump() for call in message.tool_calls],
+        "tool_call_id": message.tool_call_id,
+        "metadata": dict(message.metadata),
+        "occurred_at_ms": message.occurred_at_ms,
+        "redacted": message.redacted,
+    }
+
+
+def _context_dict(context: Context) -> dict[str, Any]:
+    return {
+        "session_id": context.session_id,
+        "title": context.title,
+        "status": context.status.value,
+        "summary": context.summary,
+        "summary_through": context.summary_through,
+        "summary_withheld": context.summary_withheld,
+        "messages": [_message_dict(m) for m in context.messages],
+        "position": str(context.position),
+        "message_count": context.message_count,
+        "updated_at_ms": context.updated_at_ms,
+    }
+
+
+_bearer = HTTPBearer(auto_error=False, description="a JWT: chatlog token --user U")
+
+
+def _principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Who the request is, from its bearer token alone (`Unauthenticated` if none checks)."""
+    if credentials is None:
+        raise Unauthenticated("no bearer token: send Authorization: Bearer <JWT>")
+    verifier: TokenVerifier = request.app.state.verifier
+    return verifier.verify(credentials.credentials)
+
+
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+def create_app(
+    log: AsyncChatLog, verifier: TokenVerifier, *, max_body_bytes: int = MAX_BODY_BYTES
+) -> ASGIApp:
+    """The gateway's ASGI application over `log`, its callers checked by `verifier`.
+
+    The application closes `log` when it shuts down (flushing pending events).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await log.aclose()
+
+    app = FastAPI(
+        title="chatlog",
+        version="1",
+        summary="Conversation memory for chat front ends: append messages, read contexts.",
+        lifespan=lifespan,
+    )
+    app.state.verifier = verifier
+    _add_error_handlers(app)
+    _add_session_routes(app, log)
+    _add_health_routes(app, log)
+    return _BodyLimit(app, limit=max_body_bytes)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ChatlogError)
+    async def chatlog_error(request: Request, exc: ChatlogError) -> JSONResponse:
+        error = http_error(exc)
+        if error.status >= 500:
+            _log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        return _json(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The locations and rules only, never the input itself (it may be personal data).
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return _json(HttpError(422, "invalid", problems))
+
+    @app.exception_handler(HTTPException)
+    async def http_exception(request: Request, exc: HTTPException) -> JSONResponse:
+        return _json(HttpError(exc.status_code, "http", str(exc.detail), dict(exc.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        _log.exception("%s %s failed", request.method, request.url.path)
+        return _json(http_error(exc))
+
+
+def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
+    async def own_context(session_id: str, caller: Principal, after: Position | None) -> Context:
+        """The caller's session's context; another tenant's answers as a missing one.
+
+        The library checks the user but not yet the tenant (issue 15), so the same
+        ``sub`` in two tenants would be one owner there: the gateway checks the tenant.
+        """
+        context = await log.context(session_id, user_id=caller.user_id, after=after)
+        if context.tenant != caller.tenant:
+            raise SessionNotFound(f"no session {session_id} in this tenant", session_id=session_id)
+        return context
+
+    @app.post("/v1/sessions", status_code=201, tags=["sessions"])
+    async def create_session(caller: Caller, body: NewSession | None = None) -> dict[str, Any]:
+        """Start a session of the caller's; its id is made here, unguessable.
+
+        Answers once the session is readable (the projector has applied its start), so
+        the next request of the caller finds it.
+        """
+        session_id = secrets.token_urlsafe(_SESSION_ID_BYTES)
+        title = body.title if body is not None else None
+        position = await log.start_session(
+            session_id, user_id=caller.user_id, title=title, tenant=caller.tenant
+        )
+        await own_context(session_id, caller, position)
+        return {"session_id": session_id, "position": str(position)}
+
+    @app.post("/v1/sessions/{session_id}/messages", status_code=201, tags=["sessions"])
+    async def append_message(
+        session_id: str,
+        body: NewMessage,
+        caller: Caller,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        """Append a message to the caller's session; returns its position.
+
+        An ``Idempotency-Key`` becomes the message id, so a retried request is stored
+        once (the projection keeps a message id once within the session's window).
+        """
+        validate_id(session_id, field="session_id")
+        message_id = (
+            new_id()
+            if idempotency_key is None
+            else validate_id(idempotency_key, field="Idempotency-Key")
+        )
+        # Another user's session, or one never started here, is refused before anything
+        # is published (until the producer itself checks ownership: issue 15).
+        await own_context(session_id, caller, None)
+        position = await log.append(
+            session_id,
+            user_id=caller.user_id,
+            role=body.role,
+            content=body.content,
+            name=body.name,
+            tool_calls=[call.model_dump() for call in body.tool_calls],
+            tool_call_id=body.tool_call_id,
+            metadata=body.metadata,
+            message_id=message_id,
+            tenant=caller.tenant,
+        )
+        return {"position": str(position), "message_id": message_id}
+
+    @app.get("/v1/sessions/{session_id}/context", tags=["sessions"])
+    async def read_context(
+        session_id: str,
+        caller: Caller,
+        after: Annotated[str | None, Query(description="P:O: wait until applied")] = None,
+        max_tokens: Annotated[int | None, Query(ge=1, le=10_000_000)] = None,
+        format: Annotated[Literal["openai"] | None, Query()] = None,
+    ) -> dict[str, Any]:
+        """The session's context; with ``after`` (a position an append returned), once
+        the projector has applied it (read-your-writes). ``format=openai`` gives the
+        ``messages`` for a chat completion, trimmed to ``max_tokens``."""
+        context = await own_context(session_id, caller, _position(after))
+        if format == "openai":
+            return {
+                "session_id": context.session_id,
+                "position": str(context.position),
+                "summary_withheld": context.summary_withheld,
+                "messages": context.to_openai(max_tokens=max_tokens),
+            }
+        return _context_dict(context)
+
+    @app.get("/v1/sessions", tags=["sessions"])
+    async def list_sessions(
+        caller: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50
+    ) -> dict[str, Any]:
+        """The caller's sessions, most recently active first."""
+        # Filtered after the limit: a user with sessions in several tenants (the same
+        # sub) may get fewer than `limit` here until the library scopes lists by tenant.
+        entries = [
+            e for e in await log.sessions(caller.user_id, limit=limit) if e.tenant == caller.tenant
+        ]
+        return {
+            "sessions": [
+                {
+                    "session_id": e.session_id,
+                    "title": e.title,
+                    "status": e.status.value,
+                    "message_count": e.message_count,
+                    "created_at_ms": e.created_at_ms,
+                    "updated_at_ms": e.updated_at_ms,
+                }
+                for e in entries
+            ]
+        }
+
+
+def _add_health_routes(app: FastAPI, log: AsyncChatLog) -> None:
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up (it checks nothing else)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """Kafka and Redis answer: 200, else 503 naming which does not."""
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.to_thread(log.producer.sync.check, timeout=_READY_TIMEOUT_S)
+            checks["kafka"] = "ok"
+        except ChatlogError as exc:
+            checks["kafka"] = type(exc).__name__
+        try:
+            await asyncio.wait_for(log.reader.client.ping(), _READY_TIMEOUT_S)
+            checks["redis"] = "ok"
+        except Exception as exc:  # any failure means not ready; its kind is enough
+            checks["redis"] = type(exc).__name__
+        ready = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", **checks},
+            status_code=200 if ready else 503,
+            headers={} if ready else {"Retry-After": "1"},
+        )
