@@ -46,8 +46,10 @@ from chatlog.schemas.errors import (
 from chatlog.schemas.secrets import RedactingFilter
 
 # httpx logs every request's URL at INFO, userinfo included (CHATLOG_LLM_BASE_URL may
-# carry a proxy's password): masked on that logger, whoever's handlers format it.
-logging.getLogger("httpx").addFilter(RedactingFilter())
+# carry a proxy's password): masked on that logger, whoever's handlers format it. The
+# openai client runs on httpx or, from its 3.x releases, on its fork httpx2.
+for _http_logger in ("httpx", "httpx2"):
+    logging.getLogger(_http_logger).addFilter(RedactingFilter())
 
 __all__ = ["SYSTEM_PROMPT", "OpenAISummarizer", "summary_messages"]
 
