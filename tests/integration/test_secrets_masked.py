@@ -255,8 +255,13 @@ def test_the_llm_client_and_httpx_logs_show_no_secret(tmp_path, every_log_record
     assert_no_secret("the logs", every_log_record.text)
 
 
-def test_cli_errors_and_verbose_logs_show_no_secret(kafka, redis_url, tmp_path):
-    env = planted_env(redis=urlsplit(redis_url).netloc, kafka=kafka.bootstrap)
+def test_cli_errors_and_verbose_logs_show_no_secret(settings, redis_url, tmp_path):
+    planted = planted_env(redis=urlsplit(redis_url).netloc, kafka=settings.kafka_bootstrap)
+    topics = {
+        Settings.env_name(name): getattr(settings, name)
+        for name in ("topic", "dlq_topic", "keys_topic", "audit_topic", "redis_prefix")
+    }
+    env = {**planted, **topics}
     for args in (
         ("--verbose", "context", "s-secrets", "--user", "u1"),
         ("--verbose", "config", "--json"),
@@ -265,7 +270,17 @@ def test_cli_errors_and_verbose_logs_show_no_secret(kafka, redis_url, tmp_path):
         assert result.returncode == 1  # the ConfigError of the window, beside the secrets
         assert "CHATLOG_WINDOW='0'" in result.stderr
         assert_no_secret(f"chatlog {' '.join(args)}", result.stdout + result.stderr)
-    read = cli(env, "--verbose", "context", "s-secrets", "--user", "u1", tmp_path=tmp_path)
-    assert read.returncode == 75, read.stderr  # Redis refused the planted user
-    assert "chatlog: error:" in read.stderr
-    assert_no_secret("chatlog context", read.stdout + read.stderr)
+
+    # The real broker, a plaintext listener, fails the planted SASL handshake: librdkafka
+    # logs its attempts (shown with --verbose), then the CLI gives up.
+    handshake = cli(env, "--verbose", "context", "s-secrets", "--user", "u1", tmp_path=tmp_path)
+    assert handshake.returncode == 75, handshake.stderr
+    assert "no Kafka broker answered" in handshake.stderr
+    assert_no_secret("chatlog context (SASL refused)", handshake.stdout + handshake.stderr)
+
+    # Kafka answers (no SASL), the real Redis refuses the planted user and password.
+    plaintext = {k: v for k, v in env.items() if not k.startswith("CHATLOG_KAFKA__")}
+    read = cli(plaintext, "--verbose", "context", "s-secrets", "--user", "u1", tmp_path=tmp_path)
+    assert read.returncode == 75, read.stderr
+    assert "Redis did not answer" in read.stderr
+    assert_no_secret("chatlog context (Redis refused)", read.stdout + read.stderr)
