@@ -34,6 +34,7 @@ from pydantic import (
 
 from chatlog.local_stack import read_addresses
 from chatlog.schemas.errors import ConfigError
+from chatlog.schemas.secrets import MASK, is_secret, redacted_url
 
 __all__ = ["ENV_PREFIX", "FOREVER", "Settings"]
 
@@ -112,7 +113,9 @@ FOREVER = "forever"
 class Settings(BaseModel):
     """chatlog's configuration; `Settings.from_env()` is the usual way to get one."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: pydantic's own message (a Settings built directly, not through
+    # from_env) would otherwise quote a rejected value, a URL with its password included.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     redis_url: str = Field(
@@ -207,7 +210,7 @@ class Settings(BaseModel):
         None, description="OpenAI-compatible API for summaries; unset: offline extractive"
     )
     llm_model: str = Field("gpt-4o-mini", description="the model that writes summaries")
-    llm_api_key: str | None = Field(
+    llm_api_key: SecretStr | None = Field(
         None, description="API key of the LLM endpoint; unset: OPENAI_API_KEY, else none"
     )
     llm_timeout_s: float = Field(30.0, gt=0, description="how long one summary call may take")
@@ -350,7 +353,9 @@ class Settings(BaseModel):
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{value!r} must start with redis://, rediss:// or unix://")
+            raise ValueError(
+                f"{redacted_url(value)!r} must start with redis://, rediss:// or unix://"
+            )
         return value
 
     @field_validator("key_shred_within")
@@ -404,18 +409,22 @@ class Settings(BaseModel):
         except ValidationError as exc:
             raise _config_error(exc) from exc
 
+    def __repr_args__(self) -> Any:
+        # repr() and str() of a Settings land in logs and tracebacks: the same masking as
+        # `describe` (SecretStr fields mask themselves).
+        for name, value in super().__repr_args__():
+            yield name, _shown(name or "", value)
+
     def describe(self) -> dict[str, Any]:
-        """The settings as environment variables, secrets (the LLM key, Kafka's) masked."""
+        """The settings as environment variables, secrets masked (`_shown`)."""
         shown: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
             if name == "kafka":
-                for prop, prop_value in value.items():
-                    shown[_KAFKA_PASSTHROUGH + prop.replace(".", "_").upper()] = (
-                        "***" if _secret(prop) else prop_value
-                    )
-            elif value and _secret(name):
-                shown[self.env_name(name)] = "***"
+                for prop, prop_value in _shown(name, value).items():
+                    shown[_KAFKA_PASSTHROUGH + prop.replace(".", "_").upper()] = prop_value
+            elif value and is_secret(name):
+                shown[self.env_name(name)] = MASK
             elif value is None and name in _RETENTIONS:
                 shown[self.env_name(name)] = FOREVER
             elif name == "pii_patterns":  # as it is written: one entry a line
@@ -423,7 +432,7 @@ class Settings(BaseModel):
             elif name == "pii_allow":
                 shown[self.env_name(name)] = "\n".join(value)
             else:
-                shown[self.env_name(name)] = None if value is None else str(value)
+                shown[self.env_name(name)] = None if value is None else _shown(name, str(value))
         return shown
 
 
@@ -437,13 +446,20 @@ _MEMBERSHIP_SETTINGS = {
 
 # Settings where None means "forever", which `describe` spells out (one has a default).
 _RETENTIONS = {"retention", "dlq_retention", "audit_retention"}
-# Named like secrets, but not: the keys topic's name, a duration, a path.
-_NOT_SECRET = {"keys_topic", "key_shred_within", "master_key_file"}
 
 
-def _secret(name: str) -> bool:
-    """A setting or Kafka property whose value is never shown (an API key, a password)."""
-    return name not in _NOT_SECRET and any(w in name for w in ("password", "secret", "key"))
+def _shown(name: str, value: Any) -> Any:
+    """How setting (or Kafka property) `name` holding `value` may be shown: `MASK` for a
+    secret, URL credentials masked in text (`chatlog.schemas.secrets` has the rule)."""
+    if isinstance(value, SecretStr):
+        return value  # its str and repr are masked already
+    if value and is_secret(name):
+        return MASK
+    if isinstance(value, str):
+        return redacted_url(value)
+    if name == "kafka":  # librdkafka properties, each judged by its own name
+        return {prop: _shown(prop, item) for prop, item in value.items()}
+    return value
 
 
 def _fill_from_local_stack(values: dict[str, Any]) -> None:
@@ -481,6 +497,5 @@ def _config_error(exc: ValidationError) -> ConfigError:
             problems.append(f"{_KAFKA_PASSTHROUGH}*: {error['msg']}")
             continue
         name = Settings.env_name(field)
-        shown = "***" if _secret(field) else repr(error.get("input"))  # never echo a secret
-        problems.append(f"{name}={shown}: {error['msg']}")
+        problems.append(f"{name}={_shown(field, error.get('input'))!r}: {error['msg']}")
     return ConfigError("invalid settings: " + "; ".join(problems), setting=problems[0])

@@ -639,7 +639,8 @@ def summarizer(settings: Settings) -> tuple[Summarizer, Callable[[], Awaitable[N
         return ExtractiveSummarizer(count_tokens=token_counter(settings)), _nothing_to_close
     from chatlog.processors.openai_summarizer import OpenAISummarizer  # noqa: PLC0415 - optional
 
-    api_key = settings.llm_api_key or os.environ.get("OPENAI_API_KEY") or "unused"
+    configured = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    api_key = configured or os.environ.get("OPENAI_API_KEY") or "unused"
     llm = OpenAISummarizer(
         base_url=settings.llm_base_url,
         api_key=api_key,

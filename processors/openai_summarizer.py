@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import math
 import time
 from types import TracebackType
@@ -42,6 +43,13 @@ from chatlog.schemas.errors import (
     SummarizerError,
     SummarizerTimeout,
 )
+from chatlog.schemas.secrets import RedactingFilter
+
+# httpx logs every request's URL at INFO, userinfo included (CHATLOG_LLM_BASE_URL may
+# carry a proxy's password): masked on that logger, whoever's handlers format it. The
+# openai client runs on httpx or, from its 3.x releases, on its fork httpx2.
+for _http_logger in ("httpx", "httpx2"):
+    logging.getLogger(_http_logger).addFilter(RedactingFilter())
 
 __all__ = ["SYSTEM_PROMPT", "OpenAISummarizer", "summary_messages"]
 

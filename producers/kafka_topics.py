@@ -306,6 +306,12 @@ def _topic_configs(
     for topic, resource in resources.items():
         try:
             entries = futures[resource].result(timeout)
+        except TimeoutError as exc:
+            # The future's own timeout: with no broker up, the admin client never answers.
+            raise BrokerUnavailable(
+                f"no Kafka broker answered within {timeout:g} s (describing topic {topic!r})",
+                topic=topic,
+            ) from exc
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise BrokerUnavailable(f"no Kafka broker answered: {kafka_reason(exc)}") from exc

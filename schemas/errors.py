@@ -58,6 +58,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatlog.distribution import DISTRIBUTION
+from chatlog.schemas.secrets import redacted_url
 
 __all__ = [
     "BrokerUnavailable",
@@ -106,9 +107,16 @@ class ChatlogError(Exception):
     """Root of every error chatlog raises; `context` holds what the error is about."""
 
     def __init__(self, message: str, **context: Any) -> None:
+        # Messages often name a URL (Redis, the registry, the LLM) or quote a library's
+        # error about one: its credentials are masked here, once, for every error.
+        message = redacted_url(message)
         super().__init__(message)
         self.message = message
-        self.context: dict[str, Any] = {k: v for k, v in context.items() if v is not None}
+        self.context: dict[str, Any] = {
+            k: redacted_url(v) if isinstance(v, str) else v
+            for k, v in context.items()
+            if v is not None
+        }
 
 
 # -- the deployment or the caller is wrong -----------------------------------------------

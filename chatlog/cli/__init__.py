@@ -30,6 +30,7 @@ from chatlog.cli import admin, privacy, read, replay, run, serve
 from chatlog.cli.common import exit_status
 from chatlog.cli.output import print_result
 from chatlog.schemas.errors import ChatlogError
+from chatlog.schemas.secrets import RedactingFilter
 from chatlog.settings import Settings
 
 __all__ = ["main"]
@@ -43,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # librdkafka reports transient retries (a coordinator still loading, a reconnect) as
     # warnings; the CLI's own errors say what matters, so those stay hidden by default.
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    # Whatever logger a record comes from (a library's too), a URL's credentials in it
+    # are masked before it is printed.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     logging.getLogger("chatlog.kafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         settings = Settings.from_env()

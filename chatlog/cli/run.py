@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from chatlog import wiring
 from chatlog.cli.common import exit_at_deadline, exit_status, partition_count, stop_on_signals
 from chatlog.processors.kafka_projector import tune_garbage_collector
+from chatlog.schemas.secrets import redacted_url
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
     partition_count(wiring.admin_client(settings), settings)
     wiring.check_keys_topic(settings)
     which = (
-        f"{settings.llm_model} at {settings.llm_base_url}"
+        f"{settings.llm_model} at {redacted_url(settings.llm_base_url)}"
         if settings.llm_base_url
         else "the offline extractive summarizer (set CHATLOG_LLM_BASE_URL for an LLM)"
     )

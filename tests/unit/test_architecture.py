@@ -25,6 +25,7 @@ PURE_MODULES = [
     "chatlog.schemas.pii",
     "chatlog.schemas.redaction",
     "chatlog.schemas.placeholders",
+    "chatlog.schemas.secrets",
     "chatlog.producers.commands",
     "chatlog.producers.partitioning",
     "chatlog.projections",
