@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import getpass
+import logging
 import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
@@ -157,8 +158,15 @@ def redaction_policy(settings: Settings) -> RedactionPolicy:
 
 def admin_client(settings: Settings) -> AdminClient:
     """An AdminClient with the same connection properties as the producer."""
+    conf: dict[str, Any] = {
+        **settings.kafka,
+        "bootstrap.servers": settings.kafka_bootstrap,
+        # Through `logging` (masked, filtered), not straight to stderr, as the producer's
+        # and the consumers' reports go.
+        "logger": logging.getLogger("chatlog.kafka"),
+    }
     try:
-        return AdminClient({**settings.kafka, "bootstrap.servers": settings.kafka_bootstrap})
+        return AdminClient(conf)
     except Exception as exc:
         raise ConfigError(f"invalid Kafka admin settings: {exc}") from exc
 
