@@ -58,7 +58,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from chatlog import ChatLog, ChatlogError, Context, Position, Settings, wiring
+from chatlog import ChatLog, ChatlogError, Context, OutcomeUnknown, Position, Settings, wiring
 from chatlog.cli.output import context_lines, session_rows
 from chatlog.cli.privacy import audit_lines, verify_lines
 from chatlog.processors.kafka_audit import read_audit
@@ -193,11 +193,26 @@ def _sigterm_as_exit() -> Iterator[None]:
 # -- the steps ----------------------------------------------------------------------
 
 
+def append(log: ChatLog, session_id: str, **message: Any) -> Position:
+    """`log.append`, as a chat back end should call it: with its own message id, so that
+    an append whose outcome is unknown (`OutcomeUnknown`, e.g. a retried send the broker
+    acknowledged without its position) is retried as the same message, stored once."""
+    message.setdefault("message_id", str(uuid.uuid4()))
+    for attempt in range(3):
+        try:
+            return log.append(session_id, **message)
+        except OutcomeUnknown:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def publish(log: ChatLog, script: Script) -> Position:
     """Start the script's session (its title) and append its turns; the last position."""
     position = log.start_session(script.session_id, user_id=script.user_id, title=script.title)
     for turn in script.turns:
-        position = log.append(
+        position = append(
+            log,
             script.session_id,
             user_id=script.user_id,
             role=turn.role,
@@ -474,7 +489,7 @@ def _redaction(log: ChatLog, settings: Settings, user: str, session: str) -> Non
     """Append a card number: the producer redacts it before anything stores it."""
     card = "4111 1111 1111 1111"
     typed = f"My card is {card}, please refund it"
-    position = log.append(session, user_id=user, role="user", content=typed)
+    position = append(log, session, user_id=user, role="user", content=typed)
     read = log.context(session, user_id=user, after=position, timeout=30.0).messages[-1].content
     if settings.pii_mode != "off" and card in read:
         raise DemoFailed(f"the card number was stored as typed: {read!r}")
@@ -507,8 +522,8 @@ def _long_chat(
     waits = []
     for size in visits:
         for turn in itertools.islice(turns, size):
-            position = log.append(
-                script.session_id, user_id=script.user_id, role=turn.role, content=turn.content
+            position = append(
+                log, script.session_id, user_id=script.user_id, role=turn.role, content=turn.content
             )
         # The visits are days apart in the story: the summarizer folds the overflow between.
         ctx, waited = wait_for_summary(

@@ -369,8 +369,15 @@ class ConversationProducer:
             self._last_broker_error = None
             future.set_result(Position(partition, offset))
         elif err is None:
+            # A retried send that the broker had already written (librdkafka's duplicate
+            # sequence): stored, but the broker did not say where.
             future.set_exception(
-                DeliveryFailed(f"acknowledged without a position: {msg!r}", **context)
+                DeliveryFailed(
+                    "the broker acknowledged the event without its position (a retried send "
+                    "it had already stored); retry with the same event (the same message_id) "
+                    "to learn a position: the projection keeps it once",
+                    **context,
+                )
             )
         else:
             future.set_exception(self._error(err, context, sent=True))
