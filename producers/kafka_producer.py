@@ -121,6 +121,10 @@ class ConversationProducer:
             error_cb=self._on_client_error,
         )
         self._closed = threading.Event()
+        # Records handed to librdkafka whose delivery report has not come: what close()
+        # reports as unacknowledged (librdkafka's own count includes error events too).
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
         self._poller = threading.Thread(
             target=self._serve_delivery_reports, name="chatlog-producer-poll", daemon=True
         )
@@ -275,7 +279,9 @@ class ConversationProducer:
         """Flush pending events and stop; idempotent."""
         if self._closed.is_set():
             return
-        left = self.flush(timeout)
+        self.flush(timeout)
+        with self._in_flight_lock:
+            left = self._in_flight
         if left:
             # Fail the undelivered events' futures now rather than keep them (and this
             # client, which their callbacks reference) queued and retrying until exit.
@@ -346,6 +352,8 @@ class ConversationProducer:
             return None
         except KafkaException as exc:
             raise self._error(exc.args[0], record.context, sent=False) from exc
+        with self._in_flight_lock:
+            self._in_flight += 1
         return future
 
     def _raise_if_queue_stuck(self, record: _Record, deadline: float) -> None:
@@ -363,6 +371,8 @@ class ConversationProducer:
         msg: Message,
         context: dict[str, Any],
     ) -> None:
+        with self._in_flight_lock:
+            self._in_flight -= 1
         partition, offset = msg.partition(), msg.offset()
         if err is None and partition is not None and offset is not None:
             # A broker answered: an older connection error no longer explains a timeout.
