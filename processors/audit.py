@@ -20,14 +20,14 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
 from chatlog.schemas.audit import AuditRecord, Outcome
 from chatlog.schemas.errors import ChatlogError, Refused
 from chatlog.schemas.master_keys import KeyProvider, user_pseudonym
 from chatlog.schemas.position import Position
 
-__all__ = ["AuditLog", "AuditTrail"]
+__all__ = ["AuditFields", "AuditLog", "AuditSubject", "AuditTrail"]
 
 log = logging.getLogger("chatlog.audit")
 
@@ -42,6 +42,22 @@ class AuditLog(Protocol):
     def close(self) -> None:
         """Release its connections."""
         ...
+
+
+class AuditSubject(TypedDict, total=False):
+    """Whom a record is about, each part optional."""
+
+    tenant: str | None
+    user_id: str | None
+    session_id: str | None
+
+
+class AuditFields(AuditSubject, total=False):
+    """What a record says beside its action: written once, for every method that makes
+    a record."""
+
+    outcome: str
+    details: Mapping[str, object] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,53 +85,28 @@ class AuditTrail:
             self._pseudonyms[(tenant, user_id)] = found
         return found
 
-    def entry(
-        self,
-        action: str,
-        *,
-        outcome: str = Outcome.OK,
-        tenant: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        details: Mapping[str, object] | None = None,
-    ) -> AuditRecord:
+    def entry(self, action: str, **fields: Unpack[AuditFields]) -> AuditRecord:
         """The record of `action`, not yet written (see `record`)."""
+        tenant, user_id = fields.get("tenant"), fields.get("user_id")
         if user_id is not None and tenant is None:
             tenant = "default"
         return AuditRecord(
             action=action,
-            outcome=outcome,
+            outcome=fields.get("outcome", Outcome.OK),
             principal=self.principal,
             tenant=tenant,
             user=None if user_id is None else self.pseudonym(tenant=tenant or "", user_id=user_id),
-            session_id=session_id,
-            details={k: str(v) for k, v in (details or {}).items()},
+            session_id=fields.get("session_id"),
+            details={k: str(v) for k, v in (fields.get("details") or {}).items()},
         )
 
-    def record(
-        self,
-        action: str,
-        *,
-        outcome: str = Outcome.OK,
-        tenant: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        details: Mapping[str, object] | None = None,
-    ) -> Position:
+    def record(self, action: str, **fields: Unpack[AuditFields]) -> Position:
         """Write one record; returns its position once it is stored (chained).
 
         `details` must hold nothing personal: ids, counts, times. A user is named by
         `user_id` (and `tenant`, default "default"), which is written as its pseudonym.
         """
-        record = self.entry(
-            action,
-            outcome=outcome,
-            tenant=tenant,
-            user_id=user_id,
-            session_id=session_id,
-            details=details,
-        )
-        [position] = self.log.append([record])
+        [position] = self.log.append([self.entry(action, **fields)])
         return position
 
     def close(self) -> None:
@@ -130,10 +121,7 @@ class AuditTrail:
     def operation(
         self,
         action: str,
-        *,
-        tenant: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
+        **subject: Unpack[AuditSubject],
     ) -> Iterator[dict[str, object]]:
         """Record `action` once the block ends, with its outcome; the block may add
         details to the dict it is given. An error of the block is re-raised as it was,
@@ -142,22 +130,11 @@ class AuditTrail:
         try:
             yield details
         except Exception as exc:  # not on Ctrl-C: a blocking write must not hold it up
-            self.failed(
-                action, exc, tenant=tenant, user_id=user_id, session_id=session_id, details=details
-            )
+            self.failed(action, exc, **subject, details=details)
             raise
-        self.record(action, tenant=tenant, user_id=user_id, session_id=session_id, details=details)
+        self.record(action, **subject, details=details)
 
-    def failed(
-        self,
-        action: str,
-        error: BaseException,
-        *,
-        tenant: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        details: Mapping[str, object] | None = None,
-    ) -> None:
+    def failed(self, action: str, error: BaseException, **fields: Unpack[AuditFields]) -> None:
         """Record that `action` ended with `error`: refused (a `Refused` error) or failed.
 
         Never raises: the caller re-raises `error`, which must not be masked by an audit
@@ -165,13 +142,11 @@ class AuditTrail:
         """
         outcome = Outcome.REFUSED if isinstance(error, Refused) else Outcome.FAILED
         try:
-            self.record(
-                action,
-                outcome=outcome,
-                tenant=tenant,
-                user_id=user_id,
-                session_id=session_id,
-                details={**(details or {}), "error": type(error).__name__},
-            )
+            marked: AuditFields = {
+                **fields,
+                "outcome": outcome,
+                "details": {**(fields.get("details") or {}), "error": type(error).__name__},
+            }
+            self.record(action, **marked)
         except ChatlogError as audit_error:
             log.error("could not audit the %s %s: %s", outcome, action, audit_error)

@@ -31,6 +31,7 @@ from chatlog.gateway.http_errors import HttpError, http_error
 from chatlog.gateway.tokens import Principal, TokenVerifier
 from chatlog.projections.context import Context
 from chatlog.schemas.errors import ChatlogError, SessionNotFound, Unauthenticated
+from chatlog.schemas.events import MAX_TITLE_CHARS
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
 
@@ -55,7 +56,7 @@ class NewSession(BaseModel):
     """The body of ``POST /v1/sessions`` (optional)."""
 
     model_config = ConfigDict(extra="forbid")
-    title: str | None = Field(None, max_length=200)
+    title: str | None = Field(None, max_length=MAX_TITLE_CHARS)
 
 
 class ToolCallIn(BaseModel):
