@@ -25,7 +25,7 @@ from chatlog.projections.epochs import is_intact
 from chatlog.projections.keys import ERASED_FIELD, KeySpace
 from chatlog.projections.store import Change, Outcome
 from chatlog.projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowPolicy
-from chatlog.schemas.errors import DataLoss, StoreUnavailable
+from chatlog.schemas.errors import ConfigError, DataLoss, StoreUnavailable
 
 __all__ = ["RedisViewStore", "redis_errors", "text", "text_map"]
 
@@ -341,6 +341,13 @@ def redis_errors() -> Iterator[None]:
     """Redis client errors as chatlog's `StoreUnavailable`, with the fix in the message."""
     try:
         yield
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        # Not an outage: retrying will not help, the credentials or the ACL must change.
+        raise ConfigError(
+            f"Redis refused chatlog's credentials ({type(exc).__name__}); check the user and "
+            f"password in CHATLOG_REDIS_URL and that its ACL allows chatlog's keys and commands",
+            setting="CHATLOG_REDIS_URL",
+        ) from exc
     except redis.RedisError as exc:
         raise StoreUnavailable(
             f"Redis did not answer ({type(exc).__name__}: {exc}); is it running "
