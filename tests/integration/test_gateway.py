@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from chatlog.gateway.fastapi_app import MAX_BODY_BYTES
-from chatlog.gateway.tokens import TokenIssuer
+from chatlog.gateway.tokens import TokenIssuer, TokenSettings
 from chatlog.schemas.ids import validate_id
 from chatlog.settings import Settings
 from tests.processes import (
@@ -170,15 +170,8 @@ def test_authorization_matrix_answers_401_or_404_and_no_data(gateway):
     assert stored.status_code == 201
 
     now = time.time()
-    other_audience = TokenIssuer(
-        secret=SECRET, issuer="chatlog", audience="elsewhere", tenant_claim="tenant"
-    )
-    other_secret = TokenIssuer(
-        secret="another-secret-of-enough-length-0123456789",
-        issuer="chatlog",
-        audience="chatlog",
-        tenant_claim="tenant",
-    )
+    other_audience = TokenIssuer(TokenSettings(secret=SECRET, audience="elsewhere"))
+    other_secret = TokenIssuer(TokenSettings(secret="another-secret-of-enough-length-0123456789"))
     callers = {
         "no token": ({}, 401),
         "expired": (gateway.auth(alice, ttl_s=60, now=now - 3600), 401),
