@@ -17,10 +17,10 @@ import difflib
 import os
 import re
 import socket
-from urllib.parse import urlsplit
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -554,6 +554,8 @@ def check_auth_algorithms(
     beside RSA keys lets a token signed with the *public* key as an HMAC secret pass
     (algorithm confusion). Without a JWKS only HS*: there is no public key to check with.
     """
+    allowed: tuple[str, ...]
+    default: tuple[str, ...]
     if jwks_url is None:
         allowed, default, source = SHARED_SECRET_ALGORITHMS, ("HS256",), "CHATLOG_AUTH_SECRET"
     else:
@@ -580,10 +582,15 @@ def check_auth_algorithms(
         raise ValueError("CHATLOG_AUTH_ALGORITHMS is empty: name at least one algorithm")
     for name in algorithms:
         if name not in allowed:
-            known = "none: an unsigned token is never accepted" if name.lower() == "none" else (
-                f"with {source} the gateway accepts {', '.join(allowed)}"
+            if name.lower() == "none":
+                raise ValueError(
+                    "CHATLOG_AUTH_ALGORITHMS names 'none', which is never accepted: an "
+                    "unsigned token would let anyone claim to be anyone"
+                )
+            raise ValueError(
+                f"CHATLOG_AUTH_ALGORITHMS names {name!r}; with {source} the gateway accepts "
+                f"{', '.join(allowed)}"
             )
-            raise ValueError(f"CHATLOG_AUTH_ALGORITHMS names {name!r}; {known}")
     return algorithms
 
 

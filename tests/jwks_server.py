@@ -67,7 +67,9 @@ class SigningKey:
             "exp": issued + ttl_s,
             **claims,
         }
-        return jwt.encode(payload, self.private, algorithm=self.algorithm, headers={"kid": self.kid})
+        return jwt.encode(
+            payload, self.private, algorithm=self.algorithm, headers={"kid": self.kid}
+        )
 
 
 class JwksServer:
@@ -93,7 +95,7 @@ def running_jwks(*keys: SigningKey) -> Iterator[JwksServer]:
     server = JwksServer(list(keys))
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             server.fetches += 1
             if server.failing or self.path != "/.well-known/jwks.json":
                 self.send_response(503 if server.failing else 404)

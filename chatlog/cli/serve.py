@@ -107,7 +107,7 @@ def _apikey_create(args: argparse.Namespace, settings: Settings) -> dict[str, An
 
 
 def _apikey_list(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]]:
-    return [_shown(key.shown()) for key in ApiKeys.from_settings(settings).keys()]
+    return [_shown(key.shown()) for key in ApiKeys.from_settings(settings).stored()]
 
 
 def _apikey_revoke(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     # Checked before listening: a gateway with neither a secret nor a JWKS URL, or with a
     # keys file it cannot read, must not start at all.
     api_keys = ApiKeys.from_settings(settings)
-    api_keys.keys()
+    api_keys.stored()
     auth = Authenticator(TokenVerifier.from_settings(settings), api_keys)
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port (1-65535)", setting="--port")

@@ -83,7 +83,7 @@ class ApiKey:
 
 
 class ApiKeys:
-    """The API keys file: `create`, `revoke` and `keys` for the CLI, `check` for the gateway."""
+    """The API keys file: `create`, `revoke` and `stored` for the CLI, `check` for the gateway."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -95,7 +95,7 @@ class ApiKeys:
     def from_settings(cls, settings: Settings) -> ApiKeys:
         return cls(settings.api_keys_path)
 
-    def keys(self) -> list[ApiKey]:
+    def stored(self) -> list[ApiKey]:
         """The keys (no secrets in them), oldest first."""
         return list(self._current())
 

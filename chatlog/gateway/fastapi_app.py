@@ -6,9 +6,9 @@ FastAPI (on Starlette, served by uvicorn) because it is well kept, asyncio-nativ
 
 Every ``/v1`` route depends on `_principal`: the credentials decide the user and the
 tenant (a user's JWT, or a service API key with the ``Chatlog-User`` it acts for), an
-operator's key is refused, and no route reads a user from its body or path. Failures become HTTP answers
-in one place (`chatlog.gateway.http_errors`), as do FastAPI's own (a bad body, an
-unknown route), so every error has the same JSON shape.
+operator's key is refused, and no route reads a user from its body or path. Failures
+become HTTP answers in one place (`chatlog.gateway.http_errors`), as do FastAPI's own (a
+bad body, an unknown route), so every error has the same JSON shape.
 """
 
 from __future__ import annotations

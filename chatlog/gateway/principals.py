@@ -90,14 +90,10 @@ class Authenticator:
         Errors never quote a credential.
         """
         if bearer and api_key:
-            raise InvalidInput(
-                "send one credential: Authorization: Bearer or X-API-Key, not both"
-            )
+            raise InvalidInput("send one credential: Authorization: Bearer or X-API-Key, not both")
         credential = bearer or api_key
         if not credential:
-            raise Unauthenticated(
-                "no credentials: send Authorization: Bearer <JWT or API key>"
-            )
+            raise Unauthenticated("no credentials: send Authorization: Bearer <JWT or API key>")
         if api_key is not None or is_api_key(credential):
             key = self.api_keys.check(credential)
             if key.scope == "operator":

@@ -82,12 +82,13 @@ class TokenSettings:
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenSettings:
         """The token settings of the ``CHATLOG_AUTH_*`` settings."""
+        secret = settings.auth_secret
         return cls(
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
             tenant_claim=settings.auth_tenant_claim,
             algorithms=settings.auth_algorithms,
-            secret=None if settings.auth_secret is None else settings.auth_secret.get_secret_value(),
+            secret=None if secret is None else secret.get_secret_value(),
             jwks_url=settings.auth_jwks_url,
             jwks_timeout_s=settings.auth_jwks_timeout_s,
             jwks_refresh_s=settings.auth_jwks_refresh_s,

@@ -197,7 +197,9 @@ def test_service_and_operator_keys_through_the_cli_and_the_gateway(gateway):
     by_header = read(gateway, session, {"X-API-Key": service_key, "Chatlog-User": alice})
     assert by_header.status_code == 200
     # Acting for another user of the tenant is acting as them: alice's session is not theirs.
-    assert read(gateway, session, {**bearer(service_key), "Chatlog-User": user()}).status_code == 404
+    assert (
+        read(gateway, session, {**bearer(service_key), "Chatlog-User": user()}).status_code == 404
+    )
     # The same user id in another tenant is someone else.
     assert read(gateway, session, bearer(gateway.rs256.mint(alice))).status_code == 404
 

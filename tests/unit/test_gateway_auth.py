@@ -72,7 +72,7 @@ def test_the_same_rules_hold_for_token_settings_built_directly():
 def test_chatlog_token_cannot_mint_with_a_jwks_and_the_verifier_needs_a_key():
     with pytest.raises(ConfigError, match="identity provider's tokens"):
         TokenIssuer(TokenSettings(jwks_url=JWKS))
-    with pytest.raises(ConfigError, match="CHATLOG_AUTH_SECRET is not set.*JWKS_URL"):
+    with pytest.raises(ConfigError, match=r"CHATLOG_AUTH_SECRET is not set.*JWKS_URL"):
         TokenVerifier(TokenSettings())
 
 
@@ -86,7 +86,8 @@ def test_http_answers_to_forbidden_and_to_keys_that_cannot_be_fetched():
     assert (down.status, down.headers) == (503, {"Retry-After": "1"})
     message = down.body()["error"]["message"]
     assert "idp.example/jwks" in message
-    assert "pa55" not in message and "abc" not in message
+    assert "pa55" not in message
+    assert "abc" not in message
 
 
 # -- principals -----------------------------------------------------------------------
@@ -151,7 +152,8 @@ def test_no_unknown_or_revoked_key_passes_and_no_error_quotes_one(auth, keys):
     for guess in guesses:
         with pytest.raises(Unauthenticated) as refused:
             auth.user(bearer=guess, api_key=None, acting_user="alice")
-        assert key not in str(refused.value) and "xxxx" not in str(refused.value)
+        assert key not in str(refused.value)
+        assert "xxxx" not in str(refused.value)
     keys.revoke("backend")
     with pytest.raises(Unauthenticated, match="unknown or revoked"):
         auth.user(bearer=key, api_key=None, acting_user="alice")
@@ -164,13 +166,15 @@ def test_no_unknown_or_revoked_key_passes_and_no_error_quotes_one(auth, keys):
 
 def test_the_file_is_private_and_holds_only_hashes(keys):
     key, stored = keys.create("backend", tenant="acme")
-    assert key.startswith(API_KEY_PREFIX) and len(key) == len(API_KEY_PREFIX) + 43
+    assert key.startswith(API_KEY_PREFIX)
+    assert len(key) == len(API_KEY_PREFIX) + 43
     text = keys.path.read_text()
-    assert key not in text and key[len(API_KEY_PREFIX) :] not in text
+    assert key not in text
+    assert key[len(API_KEY_PREFIX) :] not in text
     assert stat.S_IMODE(keys.path.stat().st_mode) == 0o600
     entry = json.loads(text)["keys"][0]
     assert set(entry) == {"name", "tenant", "scope", "sha256", "created_at_ms"}
-    assert [k.shown() for k in keys.keys()] == [stored.shown()]
+    assert [k.shown() for k in keys.stored()] == [stored.shown()]
     assert "sha256" not in stored.shown()
     other, _ = keys.create("bot", tenant="acme")
     assert other != key
@@ -188,7 +192,7 @@ def test_names_are_unique_and_revoking_an_unknown_one_says_which_exist(keys):
 
 def test_a_reader_sees_keys_written_by_another_process_at_once(keys):
     gateway = ApiKeys(keys.path)  # another instance: as `chatlog serve` beside the CLI
-    assert gateway.keys() == []
+    assert gateway.stored() == []
     key, _ = keys.create("backend", tenant="acme")
     assert gateway.check(key).name == "backend"
     keys.revoke("backend")
@@ -199,9 +203,9 @@ def test_a_reader_sees_keys_written_by_another_process_at_once(keys):
 def test_a_keys_file_others_can_write_or_that_is_not_one_is_refused(keys):
     keys.create("backend", tenant="acme")
     os.chmod(keys.path, 0o666)
-    with pytest.raises(ConfigError, match="writable by others.*chmod 600"):
-        keys.keys()
+    with pytest.raises(ConfigError, match=r"writable by others.*chmod 600"):
+        keys.stored()
     os.chmod(keys.path, 0o600)
     keys.path.write_text("[]")
     with pytest.raises(ConfigError, match="not an API keys file"):
-        ApiKeys(keys.path).keys()
+        ApiKeys(keys.path).stored()
