@@ -9,6 +9,7 @@ One gateway serves the module; each test uses users of its own.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -245,3 +246,26 @@ def test_service_and_operator_keys_through_the_cli_and_the_gateway(gateway):
         assert not any(key in text for text in elsewhere)
         assert not any(key[len("clk_") :] in text for text in elsewhere)
     assert any("GET /v1/sessions" in text for text in elsewhere)  # the gateway's log was read
+
+
+def test_the_api_key_curl_example_in_the_docs_runs(gateway):
+    text = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
+    block = text.split("A back end acting for a user", 1)[1].split("```sh\n", 1)[1]
+    block = block.split("```", 1)[0]
+    env = chatlog_env(gateway.settings)
+    env["GATEWAY"] = gateway.url
+    # `chatlog` as installed beside this interpreter, as a reader's shell would find it.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert [s["title"] for s in json.loads(lines[0])["sessions"]] == ["Bot"]
+    assert lines[-1] == "401"
