@@ -9,7 +9,6 @@ One gateway serves the module; each test uses users of its own.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -19,11 +18,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from chatlog.settings import Settings
 from tests.jwks_server import JwksServer, SigningKey, running_jwks
-from tests.processes import ROOT, chatlog_env, running_gateway, running_projector, unique_settings
+from tests.processes import (
+    ROOT,
+    chatlog_env,
+    delete_prefix,
+    run_docs_block,
+    running_gateway,
+    running_projector,
+    unique_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -77,13 +83,7 @@ def gateway(kafka, redis_url, tmp_path_factory) -> Iterator[Gateway]:
             ):
                 yield Gateway(url, settings, idp, rs256, es256, logs, [])
     finally:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(f"{prefix}*", count=1000))
-            if keys:
-                client.unlink(*keys)
-        finally:
-            client.close()
+        delete_prefix(redis_url, prefix)
 
 
 def user() -> str:
@@ -249,23 +249,8 @@ def test_service_and_operator_keys_through_the_cli_and_the_gateway(gateway):
 
 
 def test_the_api_key_curl_example_in_the_docs_runs(gateway):
-    text = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
-    block = text.split("A back end acting for a user", 1)[1].split("```sh\n", 1)[1]
-    block = block.split("```", 1)[0]
-    env = chatlog_env(gateway.settings)
-    env["GATEWAY"] = gateway.url
-    # `chatlog` as installed beside this interpreter, as a reader's shell would find it.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    ran = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    lines = run_docs_block(
+        "http.md", "A back end acting for a user", gateway.settings, gateway=gateway.url
     )
-    assert ran.returncode == 0, ran.stderr
-    lines = ran.stdout.splitlines()
     assert [s["title"] for s in json.loads(lines[0])["sessions"]] == ["Bot"]
     assert lines[-1] == "401"
