@@ -14,6 +14,7 @@ and calls `AsyncChatLog` for that user. Its parts:
 - `chatlog.gateway.http_errors`: the one table from chatlog's errors to HTTP answers;
 - `chatlog.gateway.fastapi_app`: the routes, on FastAPI (the only module importing it).
 
-It needs the ``server`` extra (``pip install 'chatlog-memory[server]'``); nothing here is
-imported by ``import chatlog``.
+The routes and the tokens need the ``server`` extra (``pip install
+'chatlog-memory[server]'``); the API keys need nothing more (``chatlog apikey`` runs
+without it). Nothing here is imported by ``import chatlog``.
 """
