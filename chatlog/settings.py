@@ -20,6 +20,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -36,7 +37,14 @@ from chatlog.local_stack import read_addresses
 from chatlog.schemas.errors import ConfigError
 from chatlog.schemas.secrets import MASK, is_secret, redacted_url
 
-__all__ = ["ENV_PREFIX", "FOREVER", "Settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "FOREVER",
+    "PUBLIC_KEY_ALGORITHMS",
+    "SHARED_SECRET_ALGORITHMS",
+    "Settings",
+    "check_auth_algorithms",
+]
 
 ENV_PREFIX = "CHATLOG_"
 _KAFKA_PASSTHROUGH = "CHATLOG_KAFKA__"
@@ -99,6 +107,13 @@ def _patterns(value: Any) -> Any:
             raise ValueError(f"{line!r} is not NAME=regex")
         entries[name] = pattern
     return entries
+
+
+def _names(value: Any) -> Any:
+    """A list setting of plain names (JWT algorithms): separated by commas or spaces."""
+    if not isinstance(value, str):
+        return value
+    return tuple(name for name in re.split(r"[,\s]+", value) if name)
 
 
 # A custom kind names its placeholders ([NAME], [NAME#1]), so it is a plain word.
@@ -262,6 +277,32 @@ class Settings(BaseModel):
     auth_tenant_claim: str = Field(
         "tenant", description="the JWT claim naming the caller's tenant; absent: default"
     )
+    # Production: the identity provider's public keys, fetched (and cached) from its JWKS.
+    auth_jwks_url: str | None = Field(
+        None,
+        description="JWKS URL of the identity provider whose RS256/ES256 JWTs the gateway "
+        "accepts; unset: HS256 with CHATLOG_AUTH_SECRET",
+    )
+    auth_algorithms: Annotated[tuple[str, ...] | None, BeforeValidator(_names)] = Field(
+        None,
+        description="the JWT algorithms accepted, comma-separated; unset: HS256, or RS256,ES256 "
+        "with a JWKS URL",
+    )
+    auth_jwks_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="how long one fetch of the JWKS may take"
+    )
+    auth_jwks_refresh_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="the least time between two fetches of the JWKS that a token with an "
+        "unknown kid triggers",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="the gateway's service API keys (hashes only); unset: "
+        "<CHATLOG_STATE_DIR>/api-keys.json",
+    )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"
@@ -369,6 +410,20 @@ class Settings(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _auth_keys(self) -> Settings:
+        check_auth_algorithms(
+            self.auth_algorithms,
+            jwks_url=self.auth_jwks_url,
+            has_secret=self.auth_secret is not None,
+        )
+        return self
+
+    @property
+    def api_keys_path(self) -> Path:
+        """Where the gateway's API keys are: `api_keys_file`, else in the state dir."""
+        return self.api_keys_file or self.state_dir / "api-keys.json"
+
+    @model_validator(mode="after")
     def _redis_timeout_within_reads(self) -> Settings:
         if self.redis_timeout_s >= self.read_timeout_s:
             raise ValueError(
@@ -431,6 +486,8 @@ class Settings(BaseModel):
                 shown[self.env_name(name)] = "\n".join(f"{k}={v}" for k, v in value.items())
             elif name == "pii_allow":
                 shown[self.env_name(name)] = "\n".join(value)
+            elif name == "auth_algorithms" and value is not None:
+                shown[self.env_name(name)] = ",".join(value)
             else:
                 shown[self.env_name(name)] = None if value is None else _shown(name, str(value))
         return shown
@@ -478,6 +535,68 @@ def _fill_from_local_stack(values: dict[str, Any]) -> None:
     key_file = local.get(Settings.env_name("master_key_file"))
     if wants_key and key_file:
         values["master_key_file"] = key_file
+
+
+# JWT algorithms by the key that checks them. "none" is in neither: never accepted.
+SHARED_SECRET_ALGORITHMS = ("HS256", "HS384", "HS512")
+PUBLIC_KEY_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+
+
+def check_auth_algorithms(
+    algorithms: tuple[str, ...] | None, *, jwks_url: str | None, has_secret: bool
+) -> tuple[str, ...]:
+    """The JWT algorithms the gateway accepts (the default when `algorithms` is None);
+    `ValueError` naming the setting to fix when they do not fit the key source.
+
+    With a JWKS only public-key algorithms, and no shared secret at all: an HS256 key
+    beside RSA keys lets a token signed with the *public* key as an HMAC secret pass
+    (algorithm confusion). Without a JWKS only HS*: there is no public key to check with.
+    """
+    allowed: tuple[str, ...]
+    default: tuple[str, ...]
+    if jwks_url is None:
+        allowed, default, source = SHARED_SECRET_ALGORITHMS, ("HS256",), "CHATLOG_AUTH_SECRET"
+    else:
+        if has_secret:
+            raise ValueError(
+                "CHATLOG_AUTH_SECRET and CHATLOG_AUTH_JWKS_URL are both set: with a JWKS the "
+                "gateway accepts only the identity provider's signed tokens, and a shared "
+                "secret beside it would invite algorithm confusion; unset CHATLOG_AUTH_SECRET"
+            )
+        if not jwks_url.lower().startswith(("https://", "http://")):
+            raise ValueError(
+                f"CHATLOG_AUTH_JWKS_URL={redacted_url(jwks_url)!r} must be an https:// URL"
+            )
+        if jwks_url.lower().startswith("http://") and not _is_loopback(jwks_url):
+            raise ValueError(
+                f"CHATLOG_AUTH_JWKS_URL={redacted_url(jwks_url)!r}: keys fetched over plain "
+                f"http could be replaced on the way, and with them every token; use https:// "
+                f"(http is allowed on the loopback interface only)"
+            )
+        allowed, default, source = PUBLIC_KEY_ALGORITHMS, ("RS256", "ES256"), "a JWKS"
+    if algorithms is None:
+        return default
+    if not algorithms:
+        raise ValueError("CHATLOG_AUTH_ALGORITHMS is empty: name at least one algorithm")
+    for name in algorithms:
+        if name not in allowed:
+            if name.lower() == "none":
+                raise ValueError(
+                    "CHATLOG_AUTH_ALGORITHMS names 'none', which is never accepted: an "
+                    "unsigned token would let anyone claim to be anyone"
+                )
+            raise ValueError(
+                f"CHATLOG_AUTH_ALGORITHMS names {name!r}; with {source} the gateway accepts "
+                f"{', '.join(allowed)}"
+            )
+    return algorithms
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _unknown_message(key: str, known: Mapping[str, str]) -> str:

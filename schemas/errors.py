@@ -21,12 +21,14 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── UnknownUser(LookupError)       nothing of the user to erase or export
     │   ├── OwnershipError(PermissionError) the session belongs to another user
     │   ├── Unauthenticated(PermissionError) no acceptable credentials (the gateway's token)
+    │   ├── Forbidden(PermissionError)     authenticated, but not allowed this (an operator key)
     │   ├── TopicMissing(LookupError)      the events topic does not exist
     │   ├── NotQueued(RuntimeError)        the Kafka client refused to queue an event
     │   └── SummarizerError(RuntimeError)  the LLM answered, but not with a summary
     ├── Unavailable                        no answer (in time); nothing happened: retry later
     │   ├── BrokerUnavailable(ConnectionError) no Kafka broker answered
     │   ├── StoreUnavailable(ConnectionError)  Redis did not answer
+    │   ├── JwksUnavailable(ConnectionError)   the identity provider's keys could not be fetched
     │   ├── QueueFull(BufferError)         the producer's queue stayed full; event not sent
     │   ├── ReadTimeout(TimeoutError)      the projection did not reach a position in time
     │   ├── ReadModelLost(LookupError)     Redis lost the read-model; served again once rebuilt
@@ -70,12 +72,14 @@ __all__ = [
     "DecodeError",
     "DeliveryFailed",
     "Erased",
+    "Forbidden",
     "ForeignEvent",
     "Incomplete",
     "Interrupted",
     "InvalidEvent",
     "InvalidId",
     "InvalidInput",
+    "JwksUnavailable",
     "MissingExtra",
     "NotAudited",
     "NotQueued",
@@ -228,6 +232,11 @@ class Unauthenticated(Refused, PermissionError):
     """
 
 
+class Forbidden(Refused, PermissionError):
+    """The credentials check, but they may not do this: an operator's API key on a route
+    of user data, a user's token naming another user. Asking again gets the same answer."""
+
+
 class TopicMissing(Refused, LookupError):
     """The events topic does not exist; `chatlog topics create` makes it."""
 
@@ -260,6 +269,11 @@ class BrokerUnavailable(Unavailable, ConnectionError):
 
 class StoreUnavailable(Unavailable, ConnectionError):
     """The read-model's store (Redis) did not answer, to a read or to a projector's write."""
+
+
+class JwksUnavailable(Unavailable, ConnectionError):
+    """The identity provider's signing keys (its JWKS URL, in `context`) could not be
+    fetched, or were no key set: no token can be checked until they can."""
 
 
 class QueueFull(Unavailable, BufferError):

@@ -254,7 +254,7 @@ def running_gateway(
     once it answers /healthz; yields its base URL."""
     import httpx
 
-    assert settings.auth_secret is not None, "the gateway needs settings.auth_secret"
+    assert settings.auth_secret or settings.auth_jwks_url, "the gateway needs a token key"
     port = free_port()
     with open(log or os.devnull, "ab") as out:
         process = subprocess.Popen(
@@ -285,3 +285,38 @@ def running_gateway(
         raise
     else:
         assert stop(process) == 0, "chatlog serve did not stop cleanly on SIGTERM"
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every Redis key under `prefix` (a module's own, at its end)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(f"{prefix}*", count=1000))
+        if keys:
+            client.unlink(*keys)
+    finally:
+        client.close()
+
+
+def run_docs_block(page: str, after: str, settings: Settings, *, gateway: str) -> list[str]:
+    """Run the first ``sh`` block after the text `after` in docs/`page` with bash, as a
+    reader would against the gateway at `gateway`; its output lines (it must succeed)."""
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    block = text.split(after, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    env = chatlog_env(settings)
+    env["GATEWAY"] = gateway
+    # `chatlog` as installed beside this interpreter, as a reader's shell would find it.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout.splitlines()

@@ -1,15 +1,20 @@
-"""The CLI's gateway commands: `serve` (the HTTP gateway) and `token` (a development JWT).
+"""The CLI's gateway commands: `serve` (the HTTP gateway), `token` (a development JWT)
+and `apikey` (the service API keys of back ends: create, list, revoke).
 
-Both need the ``server`` extra; without it they stop with one line naming the install.
+`serve` and `token` need the ``server`` extra; without it they stop with one line naming
+the install. `apikey` needs nothing more: it only writes the keys file.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 from chatlog.cli.common import stop_on_signals
+from chatlog.cli.output import iso
+from chatlog.gateway.api_keys import ApiKeys
 from chatlog.schemas.errors import ChatlogError, ConfigError, MissingExtra
 from chatlog.settings import Settings
 
@@ -43,6 +48,33 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     token.set_defaults(handler=_token)
 
+    apikey = commands.add_parser(
+        "apikey", help="service API keys of back ends for the gateway: create, list, revoke"
+    )
+    actions = apikey.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        parents=[common],
+        help="make a key and print it once (only its SHA-256 is kept)",
+    )
+    create.add_argument("--name", required=True, help="the key's name (in the audit trail)")
+    create.add_argument(
+        "--tenant", default="default", help="the tenant whose users it acts for (default)"
+    )
+    create.add_argument(
+        "--operator",
+        action="store_true",
+        help="an operator key: operator routes only, refused on every route of user data",
+    )
+    create.set_defaults(handler=_apikey_create)
+    listing = actions.add_parser("list", parents=[common], help="the keys, without secrets")
+    listing.set_defaults(handler=_apikey_list)
+    revoke = actions.add_parser(
+        "revoke", parents=[common], help="revoke a key: refused from the next request on"
+    )
+    revoke.add_argument("name", help="the key's name")
+    revoke.set_defaults(handler=_apikey_revoke)
+
 
 def parse_ttl(text: str) -> int:
     """An argparse type: a lifetime as ``90``, ``90s``, ``15m``, ``1h`` or ``7d``, in seconds."""
@@ -61,19 +93,49 @@ def _token(args: argparse.Namespace, settings: Settings) -> str:
     return issuer.mint(args.user, tenant=args.tenant, ttl_s=args.ttl)
 
 
+def _apikey_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    keys = ApiKeys.from_settings(settings)
+    key, stored = keys.create(
+        args.name, tenant=args.tenant, scope="operator" if args.operator else "service"
+    )
+    print(
+        f"chatlog: the key is shown this once; store it now (only its SHA-256 is kept, "
+        f"in {keys.path})",
+        file=sys.stderr,
+    )
+    return {"key": key, **_shown(stored.shown())}
+
+
+def _apikey_list(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]]:
+    return [_shown(key.shown()) for key in ApiKeys.from_settings(settings).stored()]
+
+
+def _apikey_revoke(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    return {"revoked": ApiKeys.from_settings(settings).revoke(args.name).name}
+
+
+def _shown(key: dict[str, Any]) -> dict[str, Any]:
+    created = key.pop("created_at_ms")
+    return {**key, "created_at": iso(created)}
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
     try:
         # Imported here: `chatlog` without the server extra must still run every other command.
         import uvicorn  # noqa: PLC0415
 
         from chatlog.gateway.fastapi_app import create_app  # noqa: PLC0415
+        from chatlog.gateway.principals import Authenticator  # noqa: PLC0415
         from chatlog.gateway.tokens import TokenVerifier  # noqa: PLC0415
     except ImportError as exc:
         raise MissingExtra.needs("server", "chatlog serve", exc) from exc
     from chatlog.client import AsyncChatLog  # noqa: PLC0415
 
-    # Checked before listening: a gateway without a secret must not start at all.
-    verifier = TokenVerifier.from_settings(settings)
+    # Checked before listening: a gateway with neither a secret nor a JWKS URL, or with a
+    # keys file it cannot read, must not start at all.
+    api_keys = ApiKeys.from_settings(settings)
+    api_keys.stored()
+    auth = Authenticator(TokenVerifier.from_settings(settings), api_keys)
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port (1-65535)", setting="--port")
 
@@ -82,7 +144,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         # uvicorn handles SIGTERM; the app's shutdown flushes pending events.
         log = AsyncChatLog.from_settings(settings, flush_on_sigterm=False)
         try:
-            app = create_app(log, verifier)
+            app = create_app(log, auth)
         except ChatlogError:
             await log.aclose()
             raise

@@ -2,13 +2,19 @@
 
 What is the gateway? A browser or a mobile app cannot speak Kafka, and must not be
 trusted to say which user it is. The gateway is an ASGI application (`chatlog serve`)
-that authenticates each request with a bearer JWT, takes the user from the token's
-``sub`` (never from a body or a path), and calls `AsyncChatLog` for that user. Its parts:
+that authenticates each request (a user's bearer JWT, or a back end's API key acting for
+a user of its tenant), takes the user from the credential (never from a body or a path),
+and calls `AsyncChatLog` for that user. Its parts:
 
-- `chatlog.gateway.tokens`: checking and minting the JWTs (PyJWT; no web framework);
+- `chatlog.gateway.principals`: who a request is (user, service acting for a user,
+  operator), found from its credentials by one rule;
+- `chatlog.gateway.tokens`: checking and minting the JWTs (PyJWT; HS256, or RS256/ES256
+  from a JWKS; no web framework);
+- `chatlog.gateway.api_keys`: the service and operator API keys, stored hashed in a file;
 - `chatlog.gateway.http_errors`: the one table from chatlog's errors to HTTP answers;
 - `chatlog.gateway.fastapi_app`: the routes, on FastAPI (the only module importing it).
 
-It needs the ``server`` extra (``pip install 'chatlog-memory[server]'``); nothing here is
-imported by ``import chatlog``.
+The routes and the tokens need the ``server`` extra (``pip install
+'chatlog-memory[server]'``); the API keys need nothing more (``chatlog apikey`` runs
+without it). Nothing here is imported by ``import chatlog``.
 """

@@ -4,10 +4,11 @@ FastAPI (on Starlette, served by uvicorn) because it is well kept, asyncio-nativ
 `AsyncChatLog`, and derives request validation and the OpenAPI document (``/docs``,
 ``/openapi.json``) from the same type hints the handlers are written with.
 
-Every ``/v1`` route depends on `principal`: the bearer token decides the user and the
-tenant, and no route reads a user from its body or path. Failures become HTTP answers
-in one place (`chatlog.gateway.http_errors`), as do FastAPI's own (a bad body, an
-unknown route), so every error has the same JSON shape.
+Every ``/v1`` route depends on `_principal`: the credentials decide the user and the
+tenant (a user's JWT, or a service API key with the ``Chatlog-User`` it acts for), an
+operator's key is refused, and no route reads a user from its body or path. Failures
+become HTTP answers in one place (`chatlog.gateway.http_errors`), as do FastAPI's own (a
+bad body, an unknown route), so every error has the same JSON shape.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from chatlog.client import AsyncChatLog
 from chatlog.gateway.http_errors import HttpError, http_error
-from chatlog.gateway.tokens import Principal, TokenVerifier
+from chatlog.gateway.principals import ACTING_USER_HEADER, Authenticator, Principal
 from chatlog.projections.context import Context
-from chatlog.schemas.errors import ChatlogError, SessionNotFound, Unauthenticated
+from chatlog.schemas.errors import ChatlogError, SessionNotFound
 from chatlog.schemas.events import MAX_TITLE_CHARS
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
@@ -161,27 +162,43 @@ def _context_dict(context: Context) -> dict[str, Any]:
     }
 
 
-_bearer = HTTPBearer(auto_error=False, description="a JWT: chatlog token --user U")
+_bearer = HTTPBearer(
+    auto_error=False, description="a user's JWT (chatlog token --user U), or a service API key"
+)
+_api_key = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="a service API key (clk_...)"
+)
 
 
 def _principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+    acting_user: Annotated[
+        str | None,
+        Header(
+            alias=ACTING_USER_HEADER,
+            description="the user a service API key acts for (refused with a user's JWT)",
+        ),
+    ] = None,
 ) -> Principal:
-    """Who the request is, from its bearer token alone (`Unauthenticated` if none checks)."""
-    if credentials is None:
-        raise Unauthenticated("no bearer token: send Authorization: Bearer <JWT>")
-    verifier: TokenVerifier = request.app.state.verifier
-    return verifier.verify(credentials.credentials)
+    """Who the request is, from its credentials alone (`chatlog.gateway.principals`): a
+    user's JWT, or a service key acting for the user it names; an operator is refused."""
+    auth: Authenticator = request.app.state.auth
+    return auth.user(
+        bearer=None if credentials is None else credentials.credentials,
+        api_key=api_key,
+        acting_user=acting_user,
+    )
 
 
 Caller = Annotated[Principal, Depends(_principal)]
 
 
 def create_app(
-    log: AsyncChatLog, verifier: TokenVerifier, *, max_body_bytes: int = MAX_BODY_BYTES
+    log: AsyncChatLog, auth: Authenticator, *, max_body_bytes: int = MAX_BODY_BYTES
 ) -> ASGIApp:
-    """The gateway's ASGI application over `log`, its callers checked by `verifier`.
+    """The gateway's ASGI application over `log`, its callers found by `auth`.
 
     The application closes `log` when it shuts down (flushing pending events).
     """
@@ -199,7 +216,7 @@ def create_app(
         summary="Conversation memory for chat front ends: append messages, read contexts.",
         lifespan=lifespan,
     )
-    app.state.verifier = verifier
+    app.state.auth = auth
     _add_error_handlers(app)
     _add_session_routes(app, log)
     _add_health_routes(app, log)

@@ -17,7 +17,9 @@ from typing import Any
 
 from chatlog.schemas.errors import (
     ChatlogError,
+    Forbidden,
     InvalidInput,
+    JwksUnavailable,
     OutcomeUnknown,
     OwnershipError,
     ReadModelLost,
@@ -56,6 +58,23 @@ def _unauthenticated(error: ChatlogError) -> HttpError:
     return HttpError(401, "unauthenticated", error.message, {"WWW-Authenticate": "Bearer"})
 
 
+def _forbidden(error: ChatlogError) -> HttpError:
+    # Authenticated, so no WWW-Authenticate: other credentials would not help the same caller.
+    return HttpError(403, "forbidden", error.message)
+
+
+def _jwks_unavailable(error: ChatlogError) -> HttpError:
+    # Names the URL (its credentials masked by ChatlogError), which a front end's
+    # developer needs; the identity provider publishes it anyway.
+    return HttpError(
+        503,
+        "auth_unavailable",
+        f"the identity provider's signing keys ({error.context.get('url')}) could not be "
+        f"fetched, so no token can be checked; retry later",
+        {"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 def _invalid(error: ChatlogError) -> HttpError:
     # Its message names the field and the rule, from the caller's own input.
     return HttpError(422, "invalid", error.message)
@@ -92,11 +111,13 @@ def _outcome_unknown(error: ChatlogError) -> HttpError:
 # Checked in order: the first class `error` is an instance of decides.
 _TABLE: tuple[tuple[type[ChatlogError], Any], ...] = (
     (Unauthenticated, _unauthenticated),
+    (Forbidden, _forbidden),
     (OwnershipError, lambda error: not_found()),
     (SessionNotFound, lambda error: not_found()),  # Erased too: no oracle either way
     (InvalidInput, _invalid),
     (ReadTimeout, _read_timeout),
     (ReadModelLost, _unavailable),
+    (JwksUnavailable, _jwks_unavailable),
     (Unavailable, _unavailable),
     (OutcomeUnknown, _outcome_unknown),
 )

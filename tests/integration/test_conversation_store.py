@@ -31,7 +31,7 @@ from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
 from chatlog.schemas.errors import InvalidEvent, InvalidId, InvalidInput, OwnershipError
 from chatlog.schemas.events import MessageRedacted, SessionStarted, ToolCall
-from tests.processes import running_projector, unique_settings
+from tests.processes import delete_prefix, running_projector, unique_settings
 
 Check = Callable[..., Awaitable[None]]
 
@@ -306,13 +306,7 @@ def store_settings(kafka, redis_url):
     settings = unique_settings(kafka, redis_url, prefix, window=4, max_overflow=3, partitions=2)
     with running_projector(settings):
         yield settings
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(f"{prefix}*", count=1000))
-        if keys:
-            client.unlink(*keys)
-    finally:
-        client.close()
+    delete_prefix(redis_url, prefix)
 
 
 def chatlog_store(settings) -> ChatlogConversationStore:

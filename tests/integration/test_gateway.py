@@ -8,26 +8,21 @@ test uses users of its own, so the tests do not see each other's sessions.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from chatlog.gateway.fastapi_app import MAX_BODY_BYTES
-from chatlog.gateway.tokens import TokenIssuer
+from chatlog.gateway.tokens import TokenIssuer, TokenSettings
 from chatlog.schemas.ids import validate_id
 from chatlog.settings import Settings
 from tests.processes import (
-    ROOT,
-    chatlog_env,
+    delete_prefix,
+    run_docs_block,
     running_gateway,
     running_projector,
     unique_settings,
@@ -61,13 +56,7 @@ def gateway(kafka, redis_url, tmp_path_factory) -> Iterator[Gateway]:
         ):
             yield Gateway(url, settings, TokenIssuer.from_settings(settings))
     finally:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(f"{prefix}*", count=1000))
-            if keys:
-                client.unlink(*keys)
-        finally:
-            client.close()
+        delete_prefix(redis_url, prefix)
 
 
 def user() -> str:
@@ -170,15 +159,8 @@ def test_authorization_matrix_answers_401_or_404_and_no_data(gateway):
     assert stored.status_code == 201
 
     now = time.time()
-    other_audience = TokenIssuer(
-        secret=SECRET, issuer="chatlog", audience="elsewhere", tenant_claim="tenant"
-    )
-    other_secret = TokenIssuer(
-        secret="another-secret-of-enough-length-0123456789",
-        issuer="chatlog",
-        audience="chatlog",
-        tenant_claim="tenant",
-    )
+    other_audience = TokenIssuer(TokenSettings(secret=SECRET, audience="elsewhere"))
+    other_secret = TokenIssuer(TokenSettings(secret="another-secret-of-enough-length-0123456789"))
     callers = {
         "no token": ({}, 401),
         "expired": (gateway.auth(alice, ttl_s=60, now=now - 3600), 401),
@@ -325,23 +307,7 @@ def test_twenty_concurrent_users_each_read_only_their_own_canaries(gateway):
 
 
 def test_the_curl_examples_in_the_docs_run(gateway):
-    text = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
-    block = text.split("## With curl", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
-    env = chatlog_env(gateway.settings)
-    env["GATEWAY"] = gateway.url
-    # `chatlog` as installed beside this interpreter, as a reader's shell would find it.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    ran = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert ran.returncode == 0, ran.stderr
-    lines = ran.stdout.splitlines()
+    lines = run_docs_block("http.md", "## With curl", gateway.settings, gateway=gateway.url)
     assert '"content":"Where is my order 7731?"' in lines[0]
     assert '"title":"Refund"' in lines[1]
     assert lines[-1] == "401"

@@ -50,6 +50,8 @@ PURE_MODULES = [
     "chatlog.gateway",
     "chatlog.gateway.tokens",
     "chatlog.gateway.http_errors",
+    "chatlog.gateway.principals",
+    "chatlog.gateway.api_keys",
 ]
 
 

@@ -8,7 +8,7 @@ import jwt
 import pytest
 
 from chatlog.gateway.http_errors import http_error
-from chatlog.gateway.tokens import Principal, TokenIssuer, TokenVerifier
+from chatlog.gateway.tokens import Principal, TokenIssuer, TokenSettings, TokenVerifier
 from chatlog.schemas.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -23,15 +23,14 @@ from chatlog.schemas.errors import (
 from chatlog.settings import Settings
 
 SECRET = "unit-test-secret-of-at-least-32-bytes!"
-PARTS = {"issuer": "chatlog", "audience": "chatlog", "tenant_claim": "tenant"}
 
 
 def verifier(**overrides: str) -> TokenVerifier:
-    return TokenVerifier(**{"secret": SECRET, **PARTS, **overrides})
+    return TokenVerifier(TokenSettings(**{"secret": SECRET, **overrides}))
 
 
 def issuer(**overrides: str) -> TokenIssuer:
-    return TokenIssuer(**{"secret": SECRET, **PARTS, **overrides})
+    return TokenIssuer(TokenSettings(**{"secret": SECRET, **overrides}))
 
 
 def test_a_minted_token_names_its_user_and_tenant():
