@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from chatlog.local_stack import read_addresses
+from chatlog.logs import LogFormat
 from chatlog.schemas.errors import ConfigError
 from chatlog.schemas.secrets import MASK, is_secret, redacted_url
 
@@ -261,6 +262,10 @@ class Settings(BaseModel):
     auth_audience: str = Field("chatlog", description="the aud every gateway JWT must carry")
     auth_tenant_claim: str = Field(
         "tenant", description="the JWT claim naming the caller's tenant; absent: default"
+    )
+    # A collector parses JSON lines; a person reads plain ones (chatlog.logs has the fields).
+    log_format: LogFormat = Field(
+        "plain", description="how processes log: plain lines, or json (one object a line)"
     )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
