@@ -82,7 +82,11 @@ class ProgressPrinter:
     when `out` is one), else a log line every few seconds (`chatlog.logs`' format)."""
 
     def __init__(
-        self, out: TextIO = sys.stderr, *, every_s: float | None = None, in_place: bool | None = None
+        self,
+        out: TextIO = sys.stderr,
+        *,
+        every_s: float | None = None,
+        in_place: bool | None = None,
     ) -> None:
         self.out = out
         self.tty = out.isatty() if in_place is None else in_place

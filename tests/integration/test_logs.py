@@ -43,7 +43,7 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             pytest.fail(f"{path.name}: not a JSON line: {line!r}")
-        assert REQUIRED <= record.keys(), f"{path.name}: fields missing in {line!r}"
+        assert record.keys() >= REQUIRED, f"{path.name}: fields missing in {line!r}"
         assert set(record) <= REQUIRED | set(CONTEXT_FIELDS) | {"exception"}, line
         records.append(record)
     return records

@@ -33,7 +33,8 @@ def test_a_json_line_has_the_fields_and_the_context_known(restore_logging):
         "dead-lettering %s", "x", extra=context(partition=3, session_id="s-1")
     )
     record = json.loads(out.getvalue())
-    assert record["time"].endswith("Z") and record["time"][10] == "T"
+    assert record["time"].endswith("Z")
+    assert record["time"][10] == "T"
     assert {k: record[k] for k in ("level", "logger", "process", "message")} == {
         "level": "WARNING",
         "logger": "chatlog.projector",
@@ -48,7 +49,7 @@ def test_a_plain_line_has_the_same_fields(restore_logging):
     out = io.StringIO()
     setup_logging("summarizer", stream=out)
     logging.getLogger("chatlog.summarizer").info("loaded", extra=context(event_id="e-9"))
-    time_, level, process, rest = out.getvalue().split(" ", 3)
+    _time, level, process, rest = out.getvalue().split(" ", 3)
     assert (level, process) == ("INFO", "summarizer")
     assert rest == "chatlog.summarizer: loaded [event_id=e-9]\n"
 
@@ -77,5 +78,5 @@ def test_a_second_setup_replaces_the_first_and_warnings_become_records(restore_l
 
 def test_the_log_format_setting_is_validated():
     assert Settings.from_env({"CHATLOG_LOG_FORMAT": "json"}).log_format == "json"
-    with pytest.raises(ConfigError, match="CHATLOG_LOG_FORMAT='yaml'.*'plain' or 'json'"):
+    with pytest.raises(ConfigError, match=r"CHATLOG_LOG_FORMAT='yaml'.*'plain' or 'json'"):
         Settings.from_env({"CHATLOG_LOG_FORMAT": "yaml"})
