@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 from chatlog import wiring
+from chatlog.logs import setup_logging
 from chatlog.processors.kafka_projector import tune_garbage_collector
 from chatlog.settings import Settings
 
@@ -92,10 +93,10 @@ def gc_note(runs: Sequence[Mapping[str, Any]]) -> str:
 
 def main() -> int:
     """Project until SIGTERM or SIGINT, then print the totals."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # librdkafka's transient warnings (a coordinator still loading) are noise here; the
-    # benchmark notices real trouble by the read-model not advancing.
-    logging.getLogger("chatlog.kafka").setLevel(logging.ERROR)
+    # librdkafka's transient warnings (a coordinator still loading) are noise here
+    # (setup_logging keeps them out); the benchmark notices real trouble by the
+    # read-model not advancing.
+    setup_logging("bench-projector", level=logging.WARNING)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

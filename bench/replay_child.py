@@ -54,6 +54,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from bench.projector_child import GcPauses, peak_rss_kib
 from chatlog import wiring
 from chatlog.cli.replay import ProgressPrinter
+from chatlog.logs import setup_logging
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.processors.kafka_replay import REPLAY_FETCH, ReplayProgress
 from chatlog.processors.replay import ReplayParts, rebuild
@@ -95,8 +96,8 @@ class PhaseClock:
 
 def main() -> int:
     """Run the mode named on the command line; print its totals as one JSON line."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("chatlog.kafka").setLevel(logging.ERROR)
+    setup_logging("bench-replay", level=logging.WARNING)
+    logging.getLogger("chatlog.replay").setLevel(logging.INFO)  # its progress lines
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode not in MODES:
         print(f"usage: python -m bench.replay_child {'|'.join(MODES)}", file=sys.stderr)

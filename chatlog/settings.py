@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from chatlog.local_stack import read_addresses
+from chatlog.logs import LogFormat
 from chatlog.schemas.errors import ConfigError
 from chatlog.schemas.secrets import MASK, is_secret, redacted_url
 
@@ -302,6 +303,10 @@ class Settings(BaseModel):
         None,
         description="the gateway's service API keys (hashes only); unset: "
         "<CHATLOG_STATE_DIR>/api-keys.json",
+    )
+    # A collector parses JSON lines; a person reads plain ones (chatlog.logs has the fields).
+    log_format: LogFormat = Field(
+        "plain", description="how processes log: plain lines, or json (one object a line)"
     )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(

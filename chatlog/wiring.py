@@ -19,6 +19,7 @@ import redis.retry
 from confluent_kafka.admin import AdminClient
 
 from chatlog.distribution import installed_version
+from chatlog.logs import setup_logging
 from chatlog.processors import kafka_key_log
 from chatlog.processors.audit import AuditTrail
 from chatlog.processors.erasure import Erasure, UserEraser
@@ -585,6 +586,8 @@ def _replay_worker(
 ) -> None:
     """A replay worker process: its own clients, built from the parent's settings."""
     settings = Settings.model_validate(data)
+    # A spawned process starts with no logging of its own.
+    setup_logging("replay", log_format=settings.log_format)
     rebuild_partitions(replay_parts(settings, batch_size=batch_size), generation, partitions, ends)
 
 

@@ -61,6 +61,7 @@ from confluent_kafka import TopicPartition
 from chatlog import ChatLog, ChatlogError, Context, OutcomeUnknown, Position, Settings, wiring
 from chatlog.cli.output import context_lines, session_rows
 from chatlog.cli.privacy import audit_lines, verify_lines
+from chatlog.logs import setup_logging
 from chatlog.processors.kafka_audit import read_audit
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.schemas.events import ConversationEvent, MessageAppended
@@ -299,9 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Order numbers are #X9-NNNN with NNNN = 1000 + the session's number: four digits each.
     if not (1 <= args.sessions <= 9000 and args.users >= 1 and args.threads >= 1):
         parser.error("--sessions must be 1-9000, --users and --threads at least 1")
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    # librdkafka's transient retry warnings would bury the demo's output (as in the CLI).
-    logging.getLogger("chatlog.kafka").setLevel(logging.ERROR)
+    # librdkafka's transient retry warnings would bury the demo's output: setup_logging
+    # keeps them out, as in the CLI.
+    setup_logging("demo", level=logging.WARNING)
     try:
         with _sigterm_as_exit():
             return _run(args)

@@ -118,16 +118,21 @@ class FaustSummarizer:
         # Sent once faust has stopped fetching, before the consumer's final commit.
         self.app.on_before_shutdown.connect(self._on_shutdown)
 
-    def run(
-        self, *, loglevel: str = "info", on_stop_signal: Callable[[], object] | None = None
-    ) -> int:
+    def run(self, *, on_stop_signal: Callable[[], object] | None = None) -> int:
         """Run until SIGTERM or Ctrl-C; the exit status.
 
-        `on_stop_signal` is called once, as the first SIGTERM or SIGINT starts the stop
-        (the CLI arms its deadline there).
+        Logging is the caller's (`chatlog.logs.setup_logging`, before this): the worker
+        leaves it alone. `on_stop_signal` is called once, as the first SIGTERM or SIGINT
+        starts the stop (the CLI arms its deadline there).
         """
         worker = _Worker(
-            self.app, loglevel=loglevel, redirect_stdouts=False, on_stop_signal=on_stop_signal
+            self.app,
+            # mode would clear the root handlers and log in colour to stdout, and faust
+            # prints a banner and a spinner there: one format for every process instead.
+            override_logging=False,
+            quiet=True,
+            redirect_stdouts=False,
+            on_stop_signal=on_stop_signal,
         )
         try:
             worker.execute_from_commandline()
@@ -210,6 +215,8 @@ class _Worker(faust.Worker):
     ) -> None:
         super().__init__(*args, **kwargs)
         self._on_stop_signal = on_stop_signal
+        # Written to stdout between log lines on a terminal (not silenced by `quiet`).
+        self.spinner = None
 
     def _schedule_shutdown(self, signal: Any) -> None:
         if self._on_stop_signal is not None and not self._signal_stop_time:

@@ -15,6 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from chatlog.logs import context
 from chatlog.processors.dead_letters import dead_letter_headers
 from chatlog.processors.projection import DeadLetter
 from chatlog.schemas.errors import DeliveryFailed
@@ -62,6 +63,7 @@ class KafkaDeadLetters:
                 letter.record.partition,
                 letter.record.offset,
                 letter.error.message,
+                extra=context(partition=letter.record.partition),
             )
             self._producer.produce(
                 self.topic,

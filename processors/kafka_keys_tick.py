@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from chatlog.logs import context
 from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.schemas.errors import ChatlogError
 from chatlog.schemas.key_records import KeysTick
@@ -195,4 +196,5 @@ class KafkaKeysTicker:
             message.partition(),
             err.str(),
             self.interval_s,
+            extra=context(partition=message.partition()),
         )

@@ -65,6 +65,7 @@ from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from chatlog.logs import context
 from chatlog.processors.commits import Ack, CommitTracker, Pending
 from chatlog.processors.projection import Record, decode_record
 from chatlog.processors.summarizers import Summarizer, SummaryRequest, SummaryResult
@@ -409,7 +410,12 @@ class SummaryEngine:
             except ChatlogError as exc:  # Redis is away
                 if self._stopping:
                     return None
-                log.warning("summarizer: waiting to open an event of %s: %s", event.session_id, exc)
+                log.warning(
+                    "summarizer: waiting to open an event of %s: %s",
+                    event.session_id,
+                    exc,
+                    extra=context(session_id=event.session_id, event_id=event.event_id),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         return opened if isinstance(opened, ConversationEvent) else None
@@ -429,7 +435,12 @@ class SummaryEngine:
                     view, session.erased = None, True  # nothing to summarize, ever
                     break
                 except ChatlogError as exc:  # the projector is behind, or Redis is away
-                    log.warning("summarizer: waiting to load session %s: %s", session_id, exc)
+                    log.warning(
+                        "summarizer: waiting to load session %s: %s",
+                        session_id,
+                        exc,
+                        extra=context(session_id=session_id),
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         self.stats.loads += 1
@@ -524,7 +535,11 @@ class SummaryEngine:
             session.in_flight = False  # shutting down: leave the record uncommitted, to redo it
             raise
         except Exception:
-            log.exception("summarizer: summary of session %s failed", session_id)
+            log.exception(
+                "summarizer: summary of session %s failed",
+                session_id,
+                extra=context(session_id=session_id),
+            )
             self.stats.failed += 1
             self._retry_later(session_id, session)
         session.in_flight = False
@@ -548,7 +563,12 @@ class SummaryEngine:
         except SummarizerUnavailable:
             self.stats.refused += 1
         except (SummarizerError, RetryableSummarizerError) as exc:  # final, or out of retries
-            log.warning("summarizer: no summary for session %s: %s", session_id, exc)
+            log.warning(
+                "summarizer: no summary for session %s: %s",
+                session_id,
+                exc,
+                extra=context(session_id=session_id),
+            )
             self.stats.failed += 1
         self._retry_later(session_id, session)
         return None
@@ -628,12 +648,21 @@ class SummaryEngine:
         except Erased:
             # Erased while the summary was being written: drop it, and every later one.
             session.awaiting, session.erased = None, True
-            log.info("summarizer: dropped the summary of %s: its owner was erased", session_id)
+            log.info(
+                "summarizer: dropped the summary of %s: its owner was erased",
+                session_id,
+                extra=context(session_id=session_id),
+            )
             self.stats.erased += 1
             return False
         except ChatlogError as exc:
             session.awaiting = None
-            log.warning("summarizer: could not publish the summary of %s: %s", session_id, exc)
+            log.warning(
+                "summarizer: could not publish the summary of %s: %s",
+                session_id,
+                exc,
+                extra=context(session_id=session_id),
+            )
             self.stats.failed += 1
             self._retry_later(session_id, session)
             return False

@@ -14,8 +14,10 @@ Tests never share names: `kafka.create_topic(prefix)` adds a unique suffix and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -29,6 +31,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dev import services
+from dev.services import kafka_local
 
 # Property tests check behaviour, not speed: a loaded 2-core machine must not fail them.
 hypothesis.settings.register_profile("chatlog", deadline=None, print_blob=True)
@@ -147,6 +150,54 @@ def _docker_engine_answers() -> bool:
         return False
 
 
+# The same Kafka as the local stack and docker-compose.yml (tests/unit/test_compose.py
+# checks the compose file against it); the Redis of docker-compose.yml.
+KAFKA_IMAGE = f"apache/kafka:{kafka_local.KAFKA_VERSION}"
+REDIS_IMAGE = "redis:7.4"
+
+
+@contextlib.contextmanager
+def _apache_kafka() -> Iterator[str]:
+    """Kafka in KRaft mode from the apache/kafka image; yields its bootstrap address.
+
+    testcontainers' KafkaContainer is written around Confluent's cp-kafka images (3.x
+    brokers). The apache image is configured by KAFKA_* variables, as in
+    docker-compose.yml; the listener is advertised on a host port picked before the
+    start, bound to the same port inside, so the advertised address is right on both sides.
+    """
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.docker_client import DockerClient
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    host = DockerClient().host()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    container = (
+        DockerContainer(KAFKA_IMAGE)
+        .with_bind_ports(port, port)
+        .with_envs(
+            KAFKA_NODE_ID="1",
+            KAFKA_PROCESS_ROLES="broker,controller",
+            KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9093",
+            KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
+            KAFKA_LISTENERS=f"PLAINTEXT://:{port},CONTROLLER://:9093",
+            KAFKA_ADVERTISED_LISTENERS=f"PLAINTEXT://{host}:{port}",
+            KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            KAFKA_AUTO_CREATE_TOPICS_ENABLE="false",
+            KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
+            KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
+            KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
+            KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR="1",
+            KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR="1",
+            KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
+        )
+        .waiting_for(LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(120))
+    )
+    with container:
+        yield f"{host}:{port}"
+
+
 @pytest.fixture(scope="session")
 def _services() -> Iterator[tuple[str, str]]:
     """(kafka bootstrap, redis url) for the whole session, from the first source that has them."""
@@ -154,15 +205,12 @@ def _services() -> Iterator[tuple[str, str]]:
         yield os.environ[KAFKA_ENV], os.environ[REDIS_ENV]
         return
     if _docker_engine_answers():
-        from testcontainers.community.kafka import KafkaContainer
         from testcontainers.community.redis import RedisContainer
 
-        # testcontainers configures KRaft for the cp-kafka image it is written around.
-        kafka_image = "confluentinc/cp-kafka:7.9.0"
-        with KafkaContainer(kafka_image).with_kraft() as kafka, RedisContainer("redis:7") as redis:
+        with _apache_kafka() as bootstrap, RedisContainer(REDIS_IMAGE) as redis:
             host = redis.get_container_host_ip()
             port = redis.get_exposed_port(6379)
-            yield kafka.get_bootstrap_server(), f"redis://{host}:{port}/0"
+            yield bootstrap, f"redis://{host}:{port}/0"
         return
     already_running = services.status() is not None
     addresses = services.up()

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from chatlog.cli import admin, privacy, read, replay, run, serve
 from chatlog.cli.common import exit_status
 from chatlog.cli.output import print_result
+from chatlog.logs import LogFormat, setup_logging
 from chatlog.schemas.errors import ChatlogError
-from chatlog.schemas.secrets import RedactingFilter
 from chatlog.settings import Settings
 
 __all__ = ["main"]
@@ -41,19 +41,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(arguments)
+    # A long-lived process (`run`, `serve`, `replay`) names itself and logs at INFO; a
+    # one-shot command only warns. Plain until the settings say otherwise: an invalid
+    # setting is reported before they could.
+    process = getattr(args, "process", None) or args.command
+    level = logging.INFO if hasattr(args, "process") else logging.WARNING
     # librdkafka reports transient retries (a coordinator still loading, a reconnect) as
     # warnings; the CLI's own errors say what matters, so those stay hidden by default.
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    # Whatever logger a record comes from (a library's too), a URL's credentials in it
-    # are masked before it is printed.
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
-    logging.getLogger("chatlog.kafka").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    kafka_level = logging.DEBUG if args.verbose else logging.ERROR
+    setup_logging(process, level=level, kafka_level=kafka_level)
+    log_format: LogFormat = "plain"
     try:
         settings = Settings.from_env()
+        log_format = settings.log_format
+        if log_format != "plain":
+            setup_logging(process, log_format=log_format, level=level, kafka_level=kafka_level)
         result = args.handler(args, settings)
     except ChatlogError as exc:
-        print(f"chatlog: error: {exc.message}", file=sys.stderr)
+        if log_format == "json":  # a collector reads it as the process's last line
+            logging.getLogger("chatlog.cli").error("chatlog: error: %s", exc.message)
+        else:
+            print(f"chatlog: error: {exc.message}", file=sys.stderr)
         return exit_status(exc)
     except KeyboardInterrupt:
         return 130

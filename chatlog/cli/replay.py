@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from chatlog.cli.common import Commands
 
 __all__ = ["ProgressPrinter", "add_commands", "run"]
+
+log = logging.getLogger("chatlog.replay")
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -71,15 +74,22 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
         help="processes rebuilding partitions in parallel (helps with cores to spare beyond "
         "Kafka's and Redis's; default 1)",
     )
-    replay.set_defaults(handler=run)
+    replay.set_defaults(handler=run, process="replay")
 
 
 class ProgressPrinter:
-    """Shows a replay's progress on `out`."""
+    """Shows a replay's progress: rewritten in place on a terminal (`in_place`, by default
+    when `out` is one), else a log line every few seconds (`chatlog.logs`' format)."""
 
-    def __init__(self, out: TextIO = sys.stderr, *, every_s: float | None = None) -> None:
+    def __init__(
+        self,
+        out: TextIO = sys.stderr,
+        *,
+        every_s: float | None = None,
+        in_place: bool | None = None,
+    ) -> None:
         self.out = out
-        self.tty = out.isatty()
+        self.tty = out.isatty() if in_place is None else in_place
         self.every_s = every_s if every_s is not None else (0.2 if self.tty else 5.0)
         self._last = 0.0
 
@@ -96,9 +106,9 @@ class ProgressPrinter:
         )
         if self.tty:
             self.out.write(f"\r\033[K{line}")
+            self.out.flush()
         else:
-            self.out.write(f"{time.strftime('%H:%M:%S')} replay {line}\n")
-        self.out.flush()
+            log.info("%s", line)
 
     def done(self) -> None:
         """End the line a terminal display was rewriting."""
@@ -111,7 +121,10 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
     """`chatlog replay [--verify]`, recorded in the audit trail (started, then finished
     with its outcome)."""
     partition_count(wiring.admin_client(settings), settings)
-    printer = ProgressPrinter(sys.stderr)
+    # A line rewritten in place would break JSON lines (CHATLOG_LOG_FORMAT=json).
+    printer = ProgressPrinter(
+        sys.stderr, in_place=sys.stderr.isatty() and settings.log_format == "plain"
+    )
     parts = wiring.replay_parts(settings)
     trail = wiring.audit_trail(settings)
     mode = {"mode": "verify" if args.verify else "rebuild"}

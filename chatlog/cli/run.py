@@ -31,20 +31,16 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     projector = run_commands.add_parser(
         "projector", help="project the events topic into Redis until SIGTERM or Ctrl-C"
     )
-    projector.set_defaults(handler=_run_projector, json=False)
+    projector.set_defaults(handler=_run_projector, json=False, process="projector")
     summarizer = run_commands.add_parser(
         "summarizer",
         help="keep every session's overflow folded into its rolling summary (faust agent)",
     )
-    summarizer.set_defaults(handler=_run_summarizer, json=False)
+    summarizer.set_defaults(handler=_run_summarizer, json=False, process="summarizer")
 
 
 def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
     log = logging.getLogger("chatlog.projector")
-    log.setLevel(logging.INFO)
-    # A long-lived process: its log lines need times.
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Fail at start-up with the fix, rather than with a consumer error later.
     partition_count(wiring.admin_client(settings), settings)
     wiring.check_keys_topic(settings)

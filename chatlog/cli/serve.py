@@ -34,7 +34,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
-    serve.set_defaults(handler=_serve, json=False)
+    serve.set_defaults(handler=_serve, json=False, process="gateway")
 
     token = commands.add_parser(
         "token",
@@ -148,8 +148,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         except ChatlogError:
             await log.aclose()
             raise
+        # log_config=None: uvicorn's loggers propagate to the one handler that
+        # `chatlog.logs.setup_logging` set up, in CHATLOG_LOG_FORMAT, instead of its own.
         config = uvicorn.Config(
-            app, host=args.host, port=args.port, lifespan="on", log_level="info"
+            app, host=args.host, port=args.port, lifespan="on", log_level="info", log_config=None
         )
         await uvicorn.Server(config).serve()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import pytest
 import redis
@@ -84,12 +85,12 @@ def test_session_position_reads_the_meta_alone_of_one_generation(generations):
     assert generations.session_position("g1", "s2") is None
 
 
-def test_progress_is_a_line_every_few_seconds_when_not_on_a_terminal():
+def test_progress_is_a_log_line_every_few_seconds_when_not_on_a_terminal(caplog):
     out = io.StringIO()
     printer = ProgressPrinter(out, every_s=0)
-    printer(ReplayProgress("rebuild", done=250, total=1_000))
-    printer.done()
-    line = out.getvalue()
-    assert "replay rebuild: 250 / 1,000 events  25%" in line
-    assert line.endswith("\n")
-    assert "\r" not in line
+    with caplog.at_level(logging.INFO, logger="chatlog.replay"):
+        printer(ReplayProgress("rebuild", done=250, total=1_000))
+        printer.done()
+    assert out.getvalue() == ""  # nothing rewritten in place: a log line instead
+    [record] = [r for r in caplog.records if r.name == "chatlog.replay"]
+    assert "rebuild: 250 / 1,000 events  25%" in record.getMessage()
