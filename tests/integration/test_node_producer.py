@@ -28,7 +28,9 @@ STAMP = EXAMPLE / "node_modules" / ".chatlog-installed-from"
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(NODE is None, reason="node is not installed: the Node.js example cannot run"),
+    pytest.mark.skipif(
+        NODE is None, reason="node is not installed: the Node.js example cannot run"
+    ),
 ]
 
 
@@ -57,7 +59,13 @@ def node(example: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run `node args...` in the example; its stdout, or a failure showing its stderr."""
     assert NODE is not None
     done = subprocess.run(
-        [NODE, *args], cwd=example, env=env, capture_output=True, text=True, timeout=120, check=False
+        [NODE, *args],
+        cwd=example,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, f"node {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
     return done.stdout
@@ -112,4 +120,7 @@ def test_a_node_published_message_is_projected_and_read_back(node_example, setti
         reply = chat.append(session, user_id="alice-node", role="assistant", content="Hi, Python")
         assert reply.partition == published[session]["partition"]
         context = chat.context(session, user_id="alice-node", after=reply)
-        assert [m.content for m in context.messages] == [published[session]["content"], "Hi, Python"]
+        assert [m.content for m in context.messages] == [
+            published[session]["content"],
+            "Hi, Python",
+        ]
