@@ -42,39 +42,37 @@ def node_example() -> Path:
         return EXAMPLE
     npm = shutil.which("npm")
     assert npm is not None, "node is installed but npm is not: install npm (Debian: npm)"
-    installed = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=EXAMPLE,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert installed.returncode == 0, f"npm ci failed in {EXAMPLE}:\n{installed.stderr[-3000:]}"
+    run(npm, "ci", "--no-audit", "--no-fund", "--loglevel=error", timeout=600)
     STAMP.write_text(lock, encoding="utf-8")
     return EXAMPLE
 
 
-def node(example: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run `node args...` in the example; its stdout, or a failure showing its stderr."""
+def node(*args: str, env: dict[str, str] | None = None) -> str:
+    """`node args...` in the example; its stdout."""
     assert NODE is not None
+    return run(NODE, *args, env=env, timeout=120)
+
+
+def run(*command: str, env: dict[str, str] | None = None, timeout: float) -> str:
+    """`command` in the example's folder; its stdout, or a failure showing its stderr."""
     done = subprocess.run(
-        [NODE, *args],
-        cwd=example,
+        command,
+        cwd=EXAMPLE,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
-    assert done.returncode == 0, f"node {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
+    shown = " ".join(command[:3])
+    assert done.returncode == 0, f"{shown} exited {done.returncode}:\n{done.stderr[-3000:]}"
     return done.stdout
 
 
 def test_the_node_example_encodes_every_vector_as_the_python_codec(node_example):
     version = schema_versions()[-1].version
     vectors = json.loads((ROOT / f"tests/vectors/ConversationEvent.v{version}.json").read_text())
-    report = node(node_example, "--test", "test/")
+    report = node("--test", "test/")
     # One test per vector, plus the fingerprint, the event builder and the refusals.
     assert f"# pass {len(vectors) + 3}\n" in report
     assert "# fail 0\n" in report
@@ -89,7 +87,6 @@ def test_a_node_published_message_is_projected_and_read_back(node_example, setti
     for session in sessions:
         content = f"Hello from Node.js in {session}: ✓ 日本語 🙂"
         line = node(
-            node_example,
             "publish.mjs",
             *("--session", session, "--user", "alice-node", "--content", content),
             env=env,
