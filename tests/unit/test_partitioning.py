@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chatlog.producers.partitioning import murmur2, partition_for
+from tests import partition_vectors
 
 # Kafka's own test vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest).
 JAVA_MURMUR2 = {
@@ -39,3 +40,17 @@ def test_partition_is_in_range_and_stable(session_id, partitions):
 def test_partition_for_refuses_zero_partitions():
     with pytest.raises(ValueError, match="at least 1"):
         partition_for("s1", 0)
+
+
+def test_the_documented_partition_vectors_are_what_partition_for_computes():
+    text = partition_vectors.DOC.read_text(encoding="utf-8")
+    begin, end = partition_vectors.BEGIN, partition_vectors.END
+    documented = text[text.index(begin) + len(begin) : text.index(end)].strip()
+    assert documented == partition_vectors.table(), (
+        "the table of docs/other-languages.md is not what the code computes: replace it "
+        "with the output of `python -m tests.partition_vectors`"
+    )
+    # The parser the integration test reads the table with sees every row and column.
+    rows = partition_vectors.documented()
+    assert list(rows) == list(partition_vectors.SESSION_IDS)
+    assert all(len(numbers) == 5 for numbers in rows.values())
