@@ -21,6 +21,9 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── UnknownUser(LookupError)       nothing of the user to erase or export
     │   ├── OwnershipError(PermissionError) the session belongs to another user
     │   ├── Unauthenticated(PermissionError) no acceptable credentials (the gateway's token)
+    │   ├── LimitExceeded                  a limit the deployment sets was reached
+    │   │   ├── RateLimited(RuntimeError)  ... too many requests: retry after `retry_after_s`
+    │   │   └── TooManySessions(RuntimeError) ... the user has the most sessions allowed
     │   ├── TopicMissing(LookupError)      the events topic does not exist
     │   ├── NotQueued(RuntimeError)        the Kafka client refused to queue an event
     │   └── SummarizerError(RuntimeError)  the LLM answered, but not with a summary
@@ -76,6 +79,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidId",
     "InvalidInput",
+    "LimitExceeded",
     "MissingExtra",
     "NotAudited",
     "NotQueued",
@@ -83,6 +87,7 @@ __all__ = [
     "OwnershipError",
     "PublishTimeout",
     "QueueFull",
+    "RateLimited",
     "ReadModelLost",
     "ReadTimeout",
     "Refused",
@@ -93,6 +98,7 @@ __all__ = [
     "SummarizerError",
     "SummarizerTimeout",
     "SummarizerUnavailable",
+    "TooManySessions",
     "TopicMissing",
     "Unauthenticated",
     "Unavailable",
@@ -225,6 +231,33 @@ class Unauthenticated(Refused, PermissionError):
     """A request carries no acceptable credentials: no token, or one that does not check.
 
     Its message is safe to show the caller (it says why, never what the secret is).
+    """
+
+
+class LimitExceeded(Refused):
+    """A limit the deployment sets (``CHATLOG_RATE_*``, ``CHATLOG_MAX_SESSIONS_PER_USER``)
+    was reached: nothing was done. The same call succeeds once the count is back under it."""
+
+
+class RateLimited(LimitExceeded, RuntimeError):
+    """Too many requests of a user or a tenant in too short a time (a token bucket).
+
+    `retry_after_s` says when the next request would be let through; `scope` says
+    whose bucket was empty (``user`` or ``tenant``).
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float, scope: str, **context: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, scope=scope, **context)
+        self.retry_after_s = retry_after_s
+        self.scope = scope
+
+
+class TooManySessions(LimitExceeded, RuntimeError):
+    """The user has as many sessions as ``CHATLOG_MAX_SESSIONS_PER_USER`` allows; the new
+    one was not started and nothing was published.
+
+    Waiting does not lift it (a session counts until it expires, idle for
+    ``CHATLOG_SESSION_TTL_S``, or its user is erased): the caller ends sessions first.
     """
 
 
