@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from chatlog.client import AsyncChatLog
+from chatlog.gateway.fastapi_limits import RateLimiter, limited
 from chatlog.gateway.http_errors import HttpError, http_error
 from chatlog.gateway.tokens import Principal, TokenVerifier
 from chatlog.projections.context import Context
@@ -174,13 +175,18 @@ def _principal(
     return verifier.verify(credentials.credentials)
 
 
-Caller = Annotated[Principal, Depends(_principal)]
+Caller = Annotated[Principal, Depends(limited(_principal))]  # counted by the rate limits
 
 
 def create_app(
-    log: AsyncChatLog, verifier: TokenVerifier, *, max_body_bytes: int = MAX_BODY_BYTES
+    log: AsyncChatLog,
+    verifier: TokenVerifier,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    limiter: RateLimiter | None = None,
 ) -> ASGIApp:
-    """The gateway's ASGI application over `log`, its callers checked by `verifier`.
+    """The gateway's ASGI application over `log`, its callers checked by `verifier` and
+    counted by `limiter` (`chatlog.gateway.fastapi_limits`; None: no rate limits).
 
     The application closes `log` when it shuts down (flushing pending events).
     """
@@ -199,6 +205,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.verifier = verifier
+    app.state.limiter = limiter
     _add_error_handlers(app)
     _add_session_routes(app, log)
     _add_health_routes(app, log)
