@@ -7,7 +7,9 @@ that authenticates each request with a bearer JWT, takes the user from the token
 
 - `chatlog.gateway.tokens`: checking and minting the JWTs (PyJWT; no web framework);
 - `chatlog.gateway.http_errors`: the one table from chatlog's errors to HTTP answers;
-- `chatlog.gateway.fastapi_app`: the routes, on FastAPI (the only module importing it).
+- `chatlog.gateway.redis_ratelimit`: request rates per user and tenant, buckets in Redis;
+- `chatlog.gateway.fastapi_limits`: those rates as a FastAPI dependency;
+- `chatlog.gateway.fastapi_app`: the routes, on FastAPI.
 
 It needs the ``server`` extra (``pip install 'chatlog-memory[server]'``); nothing here is
 imported by ``import chatlog``.
