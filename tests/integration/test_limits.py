@@ -21,15 +21,24 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import redis
+import redis.asyncio
 from confluent_kafka import TopicPartition
 
+from chatlog.gateway.http_errors import http_error
+from chatlog.gateway.redis_ratelimit import RedisRateLimiter
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.projections.keys import KeySpace
-from chatlog.schemas.errors import TooManySessions
+from chatlog.schemas.errors import StoreUnavailable, TooManySessions
 from chatlog.schemas.limits import Rate
 from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
-from tests.processes import full_chatlog, running_gateway, running_projector, unique_settings
+from tests.processes import (
+    free_port,
+    full_chatlog,
+    running_gateway,
+    running_projector,
+    unique_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +187,22 @@ def test_redis_holds_the_buckets_under_the_tenant_tag_and_lets_idle_ones_expire(
         assert 0 < client.pttl(tenant_key) <= 2001
     finally:
         client.close()
+
+
+def test_the_limiter_fails_closed_when_redis_does_not_answer():
+    # Nothing listens on the port: the request is refused (503), never let through.
+    client = redis.asyncio.Redis(port=free_port(), socket_connect_timeout=1)
+    limiter = RedisRateLimiter(client, user=USER_RATE, tenant=TENANT_RATE)
+
+    async def take() -> None:
+        try:
+            await limiter.take("acme", "alice")
+        finally:
+            await client.aclose()
+
+    with pytest.raises(StoreUnavailable) as refused:
+        asyncio.run(take())
+    assert http_error(refused.value).status == 503
 
 
 def published(settings: Settings) -> int:
