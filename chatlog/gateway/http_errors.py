@@ -106,7 +106,8 @@ def _too_many_sessions(error: ChatlogError) -> HttpError:
     return HttpError(
         409,
         "too_many_sessions",
-        "you have as many sessions as this service allows; delete some to start another",
+        "you have as many sessions as this service allows; a new one can start once one "
+        "is deleted or expires",
     )
 
 

@@ -32,6 +32,7 @@ from chatlog.schemas.errors import StoreUnavailable, TooManySessions
 from chatlog.schemas.limits import Rate
 from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
+from tests.conftest import delete_prefix
 from tests.processes import (
     free_port,
     full_chatlog,
@@ -84,13 +85,7 @@ def gateways(kafka, redis_url, tmp_path_factory) -> Iterator[Gateways]:
         ):
             yield Gateways([first, second], settings)
     finally:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(f"{prefix}*", count=1000))
-            if keys:
-                client.unlink(*keys)
-        finally:
-            client.close()
+        delete_prefix(redis_url, prefix)
 
 
 def fresh(kind: str) -> str:
