@@ -36,6 +36,7 @@ from pydantic import (
 from chatlog.local_stack import read_addresses
 from chatlog.logs import LogFormat
 from chatlog.schemas.errors import ConfigError
+from chatlog.schemas.limits import OFF, Rate, parse_rate
 from chatlog.schemas.secrets import MASK, is_secret, redacted_url
 
 __all__ = [
@@ -64,6 +65,8 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 # Below a minute, the log cleaner (which runs every 15 s by default) cannot keep a bound.
 _MIN_SHRED_S = 60.0
 _MIN_AUTH_SECRET = 32
+# A cap above this is a typo, not a plan: no user holds ten million sessions at once.
+_MAX_SESSION_CAP = 10_000_000
 
 
 def _retention(value: Any) -> float | None:
@@ -120,6 +123,8 @@ def _names(value: Any) -> Any:
 # A custom kind names its placeholders ([NAME], [NAME#1]), so it is a plain word.
 _KIND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 
+# A request rate (`chatlog.schemas.limits`); None: no limit ("off").
+RateSetting = Annotated[Rate | None, BeforeValidator(parse_rate)]
 # A time span written with a unit; a Retention may also be "forever" (None).
 Duration = Annotated[float, BeforeValidator(_duration)]
 Retention = Annotated[float | None, BeforeValidator(_retention)]
@@ -308,6 +313,20 @@ class Settings(BaseModel):
     log_format: LogFormat = Field(
         "plain", description="how processes log: plain lines, or json (one object a line)"
     )
+    # Limits (issue 15). A human chatting sends well under a request a second; the burst
+    # lets a page load and a client's retries through, the rate stops one user's loop
+    # from taking the gateway. A tenant's right size depends on its plan: no default.
+    rate_user: RateSetting = Field(
+        Rate(count=20, unit="s", burst=60),
+        description="requests a user may make of the gateway: N/s|m|h [burst=B], or off",
+    )
+    rate_tenant: RateSetting = Field(
+        None, description="requests all users of a tenant may make together; off: none"
+    )
+    max_sessions_per_user: int = Field(
+        1000,
+        description="sessions a user may hold at once (started, not expired or erased); 0: any",
+    )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"
@@ -392,6 +411,16 @@ class Settings(BaseModel):
             raise ValueError(
                 f"must be at least {_MIN_AUTH_SECRET} bytes; make one with "
                 f"python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
+    @field_validator("max_sessions_per_user")
+    @classmethod
+    def _session_cap(cls, value: int) -> int:
+        if not 0 <= value <= _MAX_SESSION_CAP:
+            raise ValueError(
+                f"must be between 1 and {_MAX_SESSION_CAP} sessions a user may hold at once, "
+                f"or 0 for no cap"
             )
         return value
 
@@ -487,6 +516,8 @@ class Settings(BaseModel):
                 shown[self.env_name(name)] = MASK
             elif value is None and name in _RETENTIONS:
                 shown[self.env_name(name)] = FOREVER
+            elif value is None and name in _RATES:
+                shown[self.env_name(name)] = OFF
             elif name == "pii_patterns":  # as it is written: one entry a line
                 shown[self.env_name(name)] = "\n".join(f"{k}={v}" for k, v in value.items())
             elif name == "pii_allow":
@@ -508,6 +539,8 @@ _MEMBERSHIP_SETTINGS = {
 
 # Settings where None means "forever", which `describe` spells out (one has a default).
 _RETENTIONS = {"retention", "dlq_retention", "audit_retention"}
+# Settings where None means "no limit", shown as "off" (one has a default).
+_RATES = {"rate_user", "rate_tenant"}
 
 
 def _shown(name: str, value: Any) -> Any:

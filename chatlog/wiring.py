@@ -597,11 +597,13 @@ def view_opener(settings: Settings) -> ViewOpener:
 
 
 def claims(settings: Settings, client: redis.Redis | None = None) -> RedisSessionClaims:
-    """Session claims: an append into another user's session is refused before it is sent."""
+    """Session claims: an append into another user's session, or a session over the user's
+    ``CHATLOG_MAX_SESSIONS_PER_USER``, is refused before it is sent."""
     return RedisSessionClaims(
         client or redis_client(settings),
         prefix=settings.redis_prefix,
         ttl_s=settings.session_ttl_s or None,
+        max_sessions=settings.max_sessions_per_user,
     )
 
 
@@ -613,6 +615,7 @@ def async_claims(
         client or async_redis_client(settings),
         prefix=settings.redis_prefix,
         ttl_s=settings.session_ttl_s or None,
+        max_sessions=settings.max_sessions_per_user,
     )
 
 

@@ -15,6 +15,18 @@ check of that call is not yet). A user's session index has a tag of its own,
     chatlog:g1:epoch                            token written when g1 was created
     chatlog:keys:{k:acme:alice}                 hash: key id -> wrapped data key; !erased
     chatlog:owner:{session-42}                  "acme<US>alice": the session's claim
+    chatlog:claimed:{c:acme:alice}              sorted set: her claimed sessions by expiry
+    chatlog:rate:{t:acme}:tenant                hash: the tenant's request bucket
+    chatlog:rate:{t:acme}:u:alice               hash: alice's request bucket in acme
+
+The claims and the rate buckets are outside every generation too: they are no
+projection of the log, and a rebuild must not reset them. A user's claimed sessions
+count them against ``CHATLOG_MAX_SESSIONS_PER_USER``; the one Lua call that takes a
+claim counts it, so it spans the session's slot and the user's (one Redis node; on
+Cluster it is for the Cluster issue, as the erasure's calls are). The rate buckets of
+one tenant share the tag `{t:<tenant>}`, so the gateway checks a user's bucket and
+their tenant's in one call, on one Cluster node: a tenant's whole request load lands on
+that node, the price of taking both tokens atomically.
 
 The key directory (`chatlog.projections.redis_keys`) is shared by every generation: it
 copies the `chatlog.keys` topic, not the events, so a rebuild has nothing to redo there.
@@ -90,6 +102,22 @@ class KeySpace:
     def user_keys(self, tenant: str, user_id: str) -> str:
         """A user's wrapped data keys and erasure mark, outside every generation."""
         return f"{self.prefix}:keys:{{k:{tenant}:{user_id}}}"
+
+    def claim(self, session_id: str) -> str:
+        """Who owns the session: "<tenant><US><user>" (`chatlog.projections.redis_claims`)."""
+        return f"{self.prefix}:owner:{{{session_id}}}"
+
+    def claimed_sessions(self, tenant: str, user_id: str) -> str:
+        """The sessions a user has claimed, scored by when each claim expires (ms)."""
+        return f"{self.prefix}:claimed:{{c:{tenant}:{user_id}}}"
+
+    def tenant_rate(self, tenant: str) -> str:
+        """The tenant's request bucket (`chatlog.gateway.redis_ratelimit`)."""
+        return f"{self.prefix}:rate:{{t:{tenant}}}:tenant"
+
+    def user_rate(self, tenant: str, user_id: str) -> str:
+        """A user's request bucket, in their tenant's slot."""
+        return f"{self.prefix}:rate:{{t:{tenant}}}:u:{user_id}"
 
     def generation_pattern(self) -> str:
         """A SCAN pattern for every key of this generation."""

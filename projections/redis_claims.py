@@ -18,6 +18,18 @@ A claim lives as long as the session's view (`CHATLOG_SESSION_TTL_S`, refreshed 
 checked append; forever when views never expire). A process remembers for a minute the
 sessions it has checked, so a chat's appends cost one Redis round trip a minute, not one
 each.
+
+How many sessions may a user hold? ``CHATLOG_MAX_SESSIONS_PER_USER``. Each claim of a
+user's is counted in a sorted set of theirs (``chatlog:claimed:{c:acme:alice}``), scored
+by when the claim expires, so a session leaves the count when its claim does. The same
+Lua call that takes a claim for a new session drops the expired entries, counts, and
+either takes the claim and counts it or refuses (`TooManySessions`, nothing set, nothing
+published): two starts racing for the last place cannot both pass. Only a new session
+is capped; a claim of one the read-model holds already (an older session whose claim
+expired) is counted but never refused, and an append into a session of one's own never
+is. An erasure (`drop_claims`) deletes the user's count with their claims; `release`
+takes one deleted session out of it. Counting happens whatever the cap (even none), so
+a cap set later finds the counts right.
 """
 
 from __future__ import annotations
@@ -31,20 +43,69 @@ import redis.asyncio
 
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_store import redis_errors
-from chatlog.schemas.errors import OwnershipError
+from chatlog.schemas.errors import OwnershipError, TooManySessions
 from chatlog.schemas.sealing import KeyScope
 
 __all__ = ["AsyncRedisSessionClaims", "RedisSessionClaims", "drop_claims"]
 
 _SEP = "\x1f"  # no id character: "tenant<US>user" cannot be confused
-# The claim if it is the writer's, refreshed; else whatever it holds (or nil).
-_MINE_REFRESHED = """
+# Shared by the scripts: count session ARGV[3] in the user's claimed set KEYS[2] until
+# ttl ms from Redis's clock (one clock for every writer process), or for good.
+_COUNT = """
+local function count(ttl)
+  if ttl > 0 then
+    local now = redis.call('TIME')
+    local expires = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl
+    redis.call('ZADD', KEYS[2], expires, ARGV[3])
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  else
+    redis.call('ZADD', KEYS[2], '+inf', ARGV[3])
+  end
+end
+"""
+# KEYS: the claim, the writer's claimed set. ARGV: the writer, ttl ms, session id.
+# The claim if it is the writer's, refreshed with its count; else whatever it holds (nil).
+_MINE_REFRESHED = (
+    _COUNT
+    + """
 local owner = redis.call('GET', KEYS[1])
-if owner == ARGV[1] and tonumber(ARGV[2]) > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if owner == ARGV[1] then
+  local ttl = tonumber(ARGV[2])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  count(ttl)
 end
 return owner
 """
+)
+# KEYS as above. ARGV: the writer, ttl ms, session id, cap (0: none), the read-model's
+# owner of the session ('' if it holds none: a new session). Takes the claim unless one
+# appeared meanwhile (then returns it); a new session of the writer's is counted, or
+# refused at the cap: then nothing is set and the count is returned, not an owner.
+_TAKE = (
+    _COUNT
+    + """
+local owner = redis.call('GET', KEYS[1])
+if owner then return owner end
+local ttl, cap = tonumber(ARGV[2]), tonumber(ARGV[4])
+owner = ARGV[5]
+if owner == '' then
+  owner = ARGV[1]
+  if cap > 0 then
+    local now = redis.call('TIME')
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(now[1]) * 1000)
+    local held = redis.call('ZCARD', KEYS[2])
+    if held >= cap and not redis.call('ZSCORE', KEYS[2], ARGV[3]) then return held end
+  end
+end
+if owner == ARGV[1] then count(ttl) end
+if ttl > 0 then
+  redis.call('SET', KEYS[1], owner, 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], owner)
+end
+return owner
+"""
+)
 # Deletes the claim only if it is still the erased user's.
 _DROP_IF_THEIRS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -61,11 +122,6 @@ def _value(scope: KeyScope) -> str:
 
 def _text(raw: bytes | str | None) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
-
-
-def _claimed(answer: object) -> str | None:
-    """What `SET NX GET` answers: the claim that was there (then nothing was set)."""
-    return _text(answer) if isinstance(answer, bytes | str) else None
 
 
 class _Checked:
@@ -100,19 +156,48 @@ class _Claims:
     """What the sync and asyncio claims share: the key layout and the answers."""
 
     def __init__(
-        self, *, prefix: str, ttl_s: float | None, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        prefix: str,
+        ttl_s: float | None,
+        max_sessions: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.keys = KeySpace(prefix)
         self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
+        self.max_sessions = max_sessions
         self.checked = _Checked(clock)
 
-    def claim_key(self, session_id: str) -> str:
-        return f"{self.keys.prefix}:owner:{{{session_id}}}"
+    def counted(self, scope: KeyScope) -> str:
+        """The key of the sessions `scope` has claimed."""
+        return self.keys.claimed_sessions(scope.tenant, scope.user_id)
 
-    @property
-    def px(self) -> int | None:
-        """The claim's time to live (ms), None: forever."""
-        return self.ttl_ms or None
+    def mine_call(self, scope: KeyScope, session_id: str) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of `_MINE_REFRESHED`."""
+        keys = [self.keys.claim(session_id), self.counted(scope)]
+        return keys, [_value(scope), self.ttl_ms, session_id]
+
+    def take_call(
+        self, scope: KeyScope, session_id: str, first: str | None
+    ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of `_TAKE`, `first` the read-model's owner of the session."""
+        keys, args = self.mine_call(scope, session_id)
+        return keys, [*args, self.max_sessions, first or ""]
+
+    def owner(self, scope: KeyScope, session_id: str, answer: object) -> str:
+        """The owner `_TAKE` answered; `TooManySessions` if it answered a count instead."""
+        if isinstance(answer, int):
+            raise TooManySessions(
+                f"user {scope.user_id} has {answer} sessions, the most "
+                f"CHATLOG_MAX_SESSIONS_PER_USER={self.max_sessions} allows: session "
+                f"{session_id} was not started and nothing was published. A session counts "
+                f"until it is idle for CHATLOG_SESSION_TTL_S or its user is erased",
+                session_id=session_id,
+                held=answer,
+                max_sessions=self.max_sessions,
+            )
+        assert isinstance(answer, bytes | str), "the claim script answers an owner or a count"
+        return answer.decode() if isinstance(answer, bytes) else answer
 
 
 class RedisSessionClaims(_Claims):
@@ -124,25 +209,33 @@ class RedisSessionClaims(_Claims):
         *,
         prefix: str = "chatlog",
         ttl_s: float | None = None,
+        max_sessions: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(prefix=prefix, ttl_s=ttl_s, clock=clock)
+        super().__init__(prefix=prefix, ttl_s=ttl_s, max_sessions=max_sessions, clock=clock)
         self.client = client
         self._mine = client.register_script(_MINE_REFRESHED)
+        self._take = client.register_script(_TAKE)
 
     def claim(self, scope: KeyScope, session_id: str) -> None:
-        """Claim `session_id` for `scope`, or `OwnershipError` if another user owns it."""
+        """Claim `session_id` for `scope`: `OwnershipError` if another user owns it,
+        `TooManySessions` if it is new and `scope` holds the most sessions allowed."""
         if self.checked.fresh(scope, session_id):
             return
-        key, value = self.claim_key(session_id), _value(scope)
+        keys, args = self.mine_call(scope, session_id)
         with redis_errors():
-            owner = _text(self._mine(keys=[key], args=[value, self.ttl_ms]))
+            owner = _text(self._mine(keys=keys, args=args))
             if owner is None:
-                owner = self._first(session_id) or value
-                taken = self.client.set(key, owner, nx=True, get=True, px=self.px)
-                owner = _claimed(taken) or owner
+                keys, args = self.take_call(scope, session_id, self._first(session_id))
+                owner = self.owner(scope, session_id, self._take(keys=keys, args=args))
         _refuse(session_id, scope, owner)
         self.checked.remember(scope, session_id)
+
+    def release(self, scope: KeyScope, session_id: str) -> None:
+        """Take a deleted session of `scope` out of their count (its claim stays: the id
+        is not given to anyone else)."""
+        with redis_errors():
+            self.client.zrem(self.counted(scope), session_id)
 
     def _first(self, session_id: str) -> str | None:
         """The live read-model's owner of the session, if it holds the session."""
@@ -163,25 +256,32 @@ class AsyncRedisSessionClaims(_Claims):
         *,
         prefix: str = "chatlog",
         ttl_s: float | None = None,
+        max_sessions: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(prefix=prefix, ttl_s=ttl_s, clock=clock)
+        super().__init__(prefix=prefix, ttl_s=ttl_s, max_sessions=max_sessions, clock=clock)
         self.client = client
         self._mine = client.register_script(_MINE_REFRESHED)
+        self._take = client.register_script(_TAKE)
 
     async def claim(self, scope: KeyScope, session_id: str) -> None:
-        """Claim `session_id` for `scope`, or `OwnershipError` if another user owns it."""
+        """`RedisSessionClaims.claim`."""
         if self.checked.fresh(scope, session_id):
             return
-        key, value = self.claim_key(session_id), _value(scope)
+        keys, args = self.mine_call(scope, session_id)
         with redis_errors():
-            owner = _text(await self._mine(keys=[key], args=[value, self.ttl_ms]))
+            owner = _text(await self._mine(keys=keys, args=args))
             if owner is None:
-                owner = await self._first(session_id) or value
-                taken = await self.client.set(key, owner, nx=True, get=True, px=self.px)
-                owner = _claimed(taken) or owner
+                first = await self._first(session_id)
+                keys, args = self.take_call(scope, session_id, first)
+                owner = self.owner(scope, session_id, await self._take(keys=keys, args=args))
         _refuse(session_id, scope, owner)
         self.checked.remember(scope, session_id)
+
+    async def release(self, scope: KeyScope, session_id: str) -> None:
+        """`RedisSessionClaims.release`."""
+        with redis_errors():
+            await self.client.zrem(self.counted(scope), session_id)
 
     async def _first(self, session_id: str) -> str | None:
         generation = _text(await self.client.get(self.keys.pointer))
@@ -193,12 +293,16 @@ class AsyncRedisSessionClaims(_Claims):
 
 
 def drop_claims(client: redis.Redis, *, prefix: str, scope: KeyScope) -> int:
-    """Delete every claim `scope` holds (an erasure: no id of theirs stays behind); how
-    many. A SCAN of the claims, like the erasure's SCAN of the sessions."""
+    """Delete every claim `scope` holds, and their count (an erasure: no id of theirs
+    stays behind, and the sessions no longer count); how many claims. A SCAN of the
+    claims, like the erasure's SCAN of the sessions."""
     drop = client.register_script(_DROP_IF_THEIRS)
+    keys = KeySpace(prefix)
     value, dropped = _value(scope), 0
     with redis_errors():
-        for raw in client.scan_iter(match=f"{prefix}:owner:*", count=_SCAN_PAGE):
+        # Glob has no braces: "{*}" matches every claim's tag as it is written.
+        for raw in client.scan_iter(match=keys.claim("*"), count=_SCAN_PAGE):
             if _text(client.get(raw)) == value:
                 dropped += int(drop(keys=[raw], args=[value]))
+        client.delete(keys.claimed_sessions(scope.tenant, scope.user_id))
     return dropped

@@ -22,6 +22,9 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── OwnershipError(PermissionError) the session belongs to another user
     │   ├── Unauthenticated(PermissionError) no acceptable credentials (the gateway's token)
     │   ├── Forbidden(PermissionError)     authenticated, but not allowed this (an operator key)
+    │   ├── LimitExceeded                  a limit the deployment sets was reached
+    │   │   ├── RateLimited(RuntimeError)  ... too many requests: retry after `retry_after_s`
+    │   │   └── TooManySessions(RuntimeError) ... the user has the most sessions allowed
     │   ├── TopicMissing(LookupError)      the events topic does not exist
     │   ├── NotQueued(RuntimeError)        the Kafka client refused to queue an event
     │   └── SummarizerError(RuntimeError)  the LLM answered, but not with a summary
@@ -80,6 +83,7 @@ __all__ = [
     "InvalidId",
     "InvalidInput",
     "JwksUnavailable",
+    "LimitExceeded",
     "MissingExtra",
     "NotAudited",
     "NotQueued",
@@ -87,6 +91,7 @@ __all__ = [
     "OwnershipError",
     "PublishTimeout",
     "QueueFull",
+    "RateLimited",
     "ReadModelLost",
     "ReadTimeout",
     "Refused",
@@ -97,6 +102,7 @@ __all__ = [
     "SummarizerError",
     "SummarizerTimeout",
     "SummarizerUnavailable",
+    "TooManySessions",
     "TopicMissing",
     "Unauthenticated",
     "Unavailable",
@@ -235,6 +241,33 @@ class Unauthenticated(Refused, PermissionError):
 class Forbidden(Refused, PermissionError):
     """The credentials check, but they may not do this: an operator's API key on a route
     of user data, a user's token naming another user. Asking again gets the same answer."""
+
+
+class LimitExceeded(Refused):
+    """A limit the deployment sets (``CHATLOG_RATE_*``, ``CHATLOG_MAX_SESSIONS_PER_USER``)
+    was reached: nothing was done. The same call succeeds once the count is back under it."""
+
+
+class RateLimited(LimitExceeded, RuntimeError):
+    """Too many requests of a user or a tenant in too short a time (a token bucket).
+
+    `retry_after_s` says when the next request would be let through; `scope` says
+    whose bucket was empty (``user`` or ``tenant``).
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float, scope: str, **context: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, scope=scope, **context)
+        self.retry_after_s = retry_after_s
+        self.scope = scope
+
+
+class TooManySessions(LimitExceeded, RuntimeError):
+    """The user has as many sessions as ``CHATLOG_MAX_SESSIONS_PER_USER`` allows; the new
+    one was not started and nothing was published.
+
+    Waiting does not lift it (a session counts until it expires, idle for
+    ``CHATLOG_SESSION_TTL_S``, or its user is erased): the caller ends sessions first.
+    """
 
 
 class TopicMissing(Refused, LookupError):

@@ -239,6 +239,11 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix no other test uses; its keys are deleted afterwards."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
     yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key under `prefix` (a test's, or a module's)."""
     client = redis.Redis.from_url(redis_url)
     try:
         for batch in _batched(client.scan_iter(f"{prefix}*", count=1000), 500):

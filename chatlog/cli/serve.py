@@ -126,6 +126,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
         from chatlog.gateway.fastapi_app import create_app  # noqa: PLC0415
         from chatlog.gateway.principals import Authenticator  # noqa: PLC0415
+        from chatlog.gateway.redis_ratelimit import RedisRateLimiter  # noqa: PLC0415
         from chatlog.gateway.tokens import TokenVerifier  # noqa: PLC0415
     except ImportError as exc:
         raise MissingExtra.needs("server", "chatlog serve", exc) from exc
@@ -144,7 +145,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         # uvicorn handles SIGTERM; the app's shutdown flushes pending events.
         log = AsyncChatLog.from_settings(settings, flush_on_sigterm=False)
         try:
-            app = create_app(log, auth)
+            limiter = RedisRateLimiter.from_settings(settings, log.reader.client)
+            app = create_app(log, auth, limiter=limiter)
         except ChatlogError:
             await log.aclose()
             raise

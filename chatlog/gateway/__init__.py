@@ -12,7 +12,9 @@ and calls `AsyncChatLog` for that user. Its parts:
   from a JWKS; no web framework);
 - `chatlog.gateway.api_keys`: the service and operator API keys, stored hashed in a file;
 - `chatlog.gateway.http_errors`: the one table from chatlog's errors to HTTP answers;
-- `chatlog.gateway.fastapi_app`: the routes, on FastAPI (the only module importing it).
+- `chatlog.gateway.redis_ratelimit`: request rates per user and tenant, buckets in Redis;
+- `chatlog.gateway.fastapi_limits`: those rates as a FastAPI dependency;
+- `chatlog.gateway.fastapi_app`: the routes, on FastAPI.
 
 The routes and the tokens need the ``server`` extra (``pip install
 'chatlog-memory[server]'``); the API keys need nothing more (``chatlog apikey`` runs

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from chatlog.client import AsyncChatLog
+from chatlog.gateway.fastapi_limits import RateLimiter, limited
 from chatlog.gateway.http_errors import HttpError, http_error
 from chatlog.gateway.principals import ACTING_USER_HEADER, Authenticator, Principal
 from chatlog.projections.context import Context
@@ -192,13 +193,18 @@ def _principal(
     )
 
 
-Caller = Annotated[Principal, Depends(_principal)]
+Caller = Annotated[Principal, Depends(limited(_principal))]  # counted by the rate limits
 
 
 def create_app(
-    log: AsyncChatLog, auth: Authenticator, *, max_body_bytes: int = MAX_BODY_BYTES
+    log: AsyncChatLog,
+    auth: Authenticator,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    limiter: RateLimiter | None = None,
 ) -> ASGIApp:
-    """The gateway's ASGI application over `log`, its callers found by `auth`.
+    """The gateway's ASGI application over `log`, its callers found by `auth` and
+    counted by `limiter` (`chatlog.gateway.fastapi_limits`; None: no rate limits).
 
     The application closes `log` when it shuts down (flushing pending events).
     """
@@ -217,6 +223,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.auth = auth
+    app.state.limiter = limiter
     _add_error_handlers(app)
     _add_session_routes(app, log)
     _add_health_routes(app, log)

@@ -22,9 +22,11 @@ from chatlog.schemas.errors import (
     JwksUnavailable,
     OutcomeUnknown,
     OwnershipError,
+    RateLimited,
     ReadModelLost,
     ReadTimeout,
     SessionNotFound,
+    TooManySessions,
     Unauthenticated,
     Unavailable,
 )
@@ -108,6 +110,26 @@ def _outcome_unknown(error: ChatlogError) -> HttpError:
     )
 
 
+def _rate_limited(error: ChatlogError) -> HttpError:
+    assert isinstance(error, RateLimited)
+    # Whole seconds, rounded up (`chatlog.schemas.limits.retry_after_s`): a client that
+    # waits that long finds a token.
+    return HttpError(
+        429, "rate_limited", error.message, {"Retry-After": str(int(error.retry_after_s))}
+    )
+
+
+def _too_many_sessions(error: ChatlogError) -> HttpError:
+    # 409, not 429: waiting does not lift the cap (a session counts until it expires or
+    # its user is erased), and clients retry a 429 on their own after Retry-After.
+    return HttpError(
+        409,
+        "too_many_sessions",
+        "you have as many sessions as this service allows; a new one can start once one "
+        "is deleted or expires",
+    )
+
+
 # Checked in order: the first class `error` is an instance of decides.
 _TABLE: tuple[tuple[type[ChatlogError], Any], ...] = (
     (Unauthenticated, _unauthenticated),
@@ -115,6 +137,8 @@ _TABLE: tuple[tuple[type[ChatlogError], Any], ...] = (
     (OwnershipError, lambda error: not_found()),
     (SessionNotFound, lambda error: not_found()),  # Erased too: no oracle either way
     (InvalidInput, _invalid),
+    (RateLimited, _rate_limited),
+    (TooManySessions, _too_many_sessions),
     (ReadTimeout, _read_timeout),
     (ReadModelLost, _unavailable),
     (JwksUnavailable, _jwks_unavailable),

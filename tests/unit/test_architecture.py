@@ -53,6 +53,7 @@ PURE_MODULES = [
     "chatlog.gateway.http_errors",
     "chatlog.gateway.principals",
     "chatlog.gateway.api_keys",
+    "chatlog.schemas.limits",
 ]
 
 
@@ -81,7 +82,14 @@ def test_public_surface_is_exactly_all(package):
 
 # The nodes of the tree that group errors by what went wrong; only leaves are raised,
 # so only they need to resemble a builtin.
-ERROR_GROUPS = {"ChatlogError", "Refused", "Unavailable", "OutcomeUnknown", "Corrupt"}
+ERROR_GROUPS = {
+    "ChatlogError",
+    "Refused",
+    "LimitExceeded",
+    "Unavailable",
+    "OutcomeUnknown",
+    "Corrupt",
+}
 
 
 def _errors_defined_in_chatlog() -> dict[str, type[BaseException]]:
@@ -251,6 +259,7 @@ def test_web_libraries_only_in_modules_named_for_them():
     # The routes (FastAPI) and the command that serves them (uvicorn, imported lazily).
     assert found == {
         "gateway/fastapi_app.py": {"fastapi", "starlette"},
+        "gateway/fastapi_limits.py": {"fastapi"},
         "cli/serve.py": {"uvicorn"},
     }
 
