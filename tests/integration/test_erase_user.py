@@ -172,7 +172,7 @@ def test_every_read_path_answers_erased_for_x_and_y_reads_as_before(
         keys = wiring.live_store(settings).keys
         client = redis.Redis.from_url(redis_url)
         client.delete(keys.meta("x-expired"), keys.messages("x-expired"))
-        client.zrem(keys.user_sessions(X), "x-expired")
+        client.zrem(keys.user_sessions("default", X), "x-expired")
         assert of_x(redis_dump(redis_url, redis_prefix))  # x-live and x-deleted's tombstone
         before = everything_y_reads(chat, settings, y_at)
         assert secret(Y, "y-live-5") in before["tail"]
