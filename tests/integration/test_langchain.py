@@ -388,9 +388,7 @@ def test_the_rolling_summary_leads_the_history_and_is_never_stored_back(
         chat.close()
 
 
-def test_another_users_or_tenants_session_reads_as_none_and_refuses_writes(
-    settings, chat, kafka
-):
+def test_another_users_or_tenants_session_reads_as_none_and_refuses_writes(settings, chat, kafka):
     chat.claims = wiring.claims(settings, chat.reader.client)  # as from_settings builds it
     with running_projector(settings):
         alice = ChatlogMessageHistory("s-alice", "alice", log=chat)

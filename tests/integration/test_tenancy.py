@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -30,7 +28,7 @@ from chatlog.schemas.errors import LayoutMismatch, OwnershipError, SessionNotFou
 from chatlog.schemas.position import Position
 from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
-from tests.processes import ROOT, chatlog_env, running_projector, unique_settings, wait_until
+from tests.processes import chatlog_cli, running_projector, unique_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -149,18 +147,6 @@ async def _async_reads(settings: Settings, sessions: dict[str, str]) -> None:
         same_answer(theirs.value, missing.value, acme)
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chatlog.cli", *args],
-        env=chatlog_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-
 def test_a_replay_migrates_a_read_model_of_the_first_key_layout(settings, tmp_path: Path):
     client = redis.Redis.from_url(settings.redis_url)
     generations = wiring.generations(settings, client)
@@ -194,14 +180,14 @@ def test_a_replay_migrates_a_read_model_of_the_first_key_layout(settings, tmp_pa
             assert "key layout 1" in str(outdated.value)
             with pytest.raises(LayoutMismatch, match="chatlog replay"):
                 asyncio.run(_async_sessions(settings))
-            checked = cli(settings, "replay", "--verify")
+            checked = chatlog_cli(settings, "replay", "--verify")
             assert checked.returncode == 1, checked.stderr
             assert (
                 "layout g1: built with key layout 1, not 2: run `chatlog replay`" in checked.stdout
             )
 
             # The replay builds the current layout and the live projector follows it.
-            replayed = cli(settings, "replay", "--handover", "1")
+            replayed = chatlog_cli(settings, "replay", "--handover", "1")
             assert replayed.returncode == 0, replayed.stderr
             assert "generation: g2" in replayed.stdout
             assert generations.live() == "g2"
