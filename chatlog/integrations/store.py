@@ -163,7 +163,7 @@ class ChatlogConversationStore:
             await self.reader.wait_projected(
                 Position(partition, offset), timeout=self.read_timeout_s
             )
-        entries = await self.reader.sessions(user_id, limit=limit)
+        entries = await self.reader.sessions(user_id, tenant=_TENANT, limit=limit)
         return [session_of_entry(entry, user_id=user_id) for entry in entries]
 
     async def delete_session(self, session_id: str, *, user_id: str) -> bool:
