@@ -225,3 +225,21 @@ def test_a_replay_migrates_a_read_model_of_the_first_key_layout(settings, tmp_pa
 async def _async_sessions(settings: Settings) -> None:
     async with AsyncChatLog.from_settings(settings, flush_on_sigterm=False) as log:
         await log.sessions(ALICE, tenant="acme")
+
+
+def test_a_generation_from_before_epochs_is_adopted_in_the_first_layout(settings):
+    client = redis.Redis.from_url(settings.redis_url)
+    generations = wiring.generations(settings, client)
+    try:
+        assert generations.flip(None, "g1")  # a pointer and no epoch: from before epochs
+        with running_projector(settings):
+            wait_until(lambda: generations.epoch("g1") is not None, timeout=60, what="an epoch")
+            # Written before epochs, so before layouts: its lists wait for a replay.
+            assert generations.layout("g1") == LEGACY_LAYOUT
+            with (
+                ChatLog.from_settings(settings, flush_on_sigterm=False) as log,
+                pytest.raises(LayoutMismatch, match="chatlog replay"),
+            ):
+                log.sessions(ALICE, tenant="acme")
+    finally:
+        client.close()
