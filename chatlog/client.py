@@ -7,8 +7,10 @@
 
 `append` publishes an event and returns its position; `context` reads the projection,
 waiting for that position when given one (read-your-writes); `sessions` lists a user's
-sessions, with the title `start_session` gave them. Every read names the user, and a
-session of another user is refused.
+sessions, with the title `start_session` gave them. A session belongs to one user of one
+tenant (``tenant=``, "default" unless given, on every call). Every read names them, and
+a session of another user or tenant is not found, exactly as a missing one; an append
+into it is refused (`OwnershipError`) before anything is published.
 
 `context(..., as_of=...)` answers what the bot saw at a past point, folded from the log
 itself (`KafkaHistory`), so it needs neither the projector nor Redis:
@@ -234,9 +236,11 @@ class ChatLog:
         content: str,
         **fields: Unpack[MessageFields],
     ) -> Position:
-        """Append one message; returns its position once the broker has it.
+        """Append one message (of `user_id` of ``tenant=``, "default" unless given);
+        returns its position once the broker has it.
 
-        `OwnershipError`, nothing published, if the session is another user's."""
+        `OwnershipError`, nothing published, if the session is another user's or
+        another tenant's."""
         if self.claims is not None:
             self.claims.claim(KeyScope(fields.get("tenant", "default"), user_id), session_id)
         return self.producer.append(
@@ -267,12 +271,16 @@ class ChatLog:
         session_id: str,
         *,
         user_id: str,
+        tenant: str = "default",
         after: Position | None = None,
         as_of: AsOfPoint | None = None,
         timeout: float | None = None,
         reveal: bool = False,
     ) -> Context:
         """The session's summary and recent messages; waits for `after` if given.
+
+        The session of `user_id` of `tenant`: anyone else's raises `SessionNotFound`,
+        exactly as a session that does not exist.
 
         With `as_of` (an aware datetime, epoch milliseconds, or a `Position` meaning
         right after that event), the context as it was then, folded from the log: no
@@ -287,42 +295,67 @@ class ChatLog:
         if as_of is not None:
             history = _history_for(self.history, after)
             return history.context(
-                session_id, user_id=user_id, as_of=as_of, timeout=timeout, reveal=reveal
+                session_id,
+                user_id=user_id,
+                tenant=tenant,
+                as_of=as_of,
+                timeout=timeout,
+                reveal=reveal,
             )
         return self.reader.context(
             session_id,
             user_id=user_id,
+            tenant=tenant,
             after=after,
             timeout=self.read_timeout_s if timeout is None else timeout,
             reveal=reveal,
         )
 
-    def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
-        """The user's sessions, most recently active first."""
-        return self.reader.sessions(user_id, limit=limit)
+    def sessions(
+        self, user_id: str, *, tenant: str = "default", limit: int = 50
+    ) -> list[SessionEntry]:
+        """The sessions of `user_id` of `tenant`, most recently active first."""
+        return self.reader.sessions(user_id, tenant=tenant, limit=limit)
 
     def redact(
-        self, session_id: str, message_id: str, *, user_id: str, reason: str | None = None
+        self,
+        session_id: str,
+        message_id: str,
+        *,
+        user_id: str,
+        tenant: str = "default",
+        reason: str | None = None,
     ) -> Position:
         """Redact a message of the user's session; returns the redaction's position.
 
-        Reads as for `context` first, so another user's session raises `OwnershipError`
-        and an erased or unknown one `SessionNotFound` (a session gone from Redis is
-        looked up in the log), and nothing is published. From the position on, the
-        message reads as ``[redacted]`` and a summary that may hold it is withheld until
-        the summarizer has rebuilt it without it (`Context.summary_withheld`).
+        Reads as for `context` first, so another's session, an erased or an unknown one
+        raise `SessionNotFound` (a session gone from Redis is looked up in the log), and
+        nothing is published. From the position on, the message reads as ``[redacted]``
+        and a summary that may hold it is withheld until the summarizer has rebuilt it
+        without it (`Context.summary_withheld`).
         """
-        event = _redaction(session_id, message_id, user_id, reason, self.producer.info)
+        event = _redaction(
+            session_id,
+            message_id,
+            user_id=user_id,
+            tenant=tenant,
+            reason=reason,
+            producer=self.producer.info,
+        )
         try:
             try:
-                self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
+                self.reader.context(
+                    session_id, user_id=user_id, tenant=tenant, timeout=self.read_timeout_s
+                )
             except Erased:
                 raise  # the owner's keys are gone: the log must not be asked either
             except SessionNotFound:
                 if self.history is None:
                     raise
                 # Expired from Redis: the log knows the owner. Raises as a read would.
-                self.history.context(session_id, user_id=user_id, as_of=datetime.now(UTC))
+                self.history.context(
+                    session_id, user_id=user_id, tenant=tenant, as_of=datetime.now(UTC)
+                )
             position = self.producer.publish(event)
         except ChatlogError as exc:
             _audit_redaction(self.audit, event, message_id, error=exc)
@@ -430,9 +463,11 @@ class AsyncChatLog:
         content: str,
         **fields: Unpack[MessageFields],
     ) -> Position:
-        """Append one message; returns its position once the broker has it.
+        """Append one message (of `user_id` of ``tenant=``, "default" unless given);
+        returns its position once the broker has it.
 
-        `OwnershipError`, nothing published, if the session is another user's."""
+        `OwnershipError`, nothing published, if the session is another user's or
+        another tenant's."""
         if self.claims is not None:
             scope = KeyScope(fields.get("tenant", "default"), user_id)
             await self.claims.claim(scope, session_id)
@@ -464,6 +499,7 @@ class AsyncChatLog:
         session_id: str,
         *,
         user_id: str,
+        tenant: str = "default",
         after: Position | None = None,
         as_of: AsOfPoint | None = None,
         timeout: float | None = None,
@@ -472,8 +508,8 @@ class AsyncChatLog:
         """The session's summary and recent messages; waits for `after` if given.
 
         `as_of` reads the context as it was at a past point, as `ChatLog.context` does;
-        the blocking read of the log runs in a worker thread. `reveal` as in
-        `ChatLog.context`.
+        the blocking read of the log runs in a worker thread. `tenant` and `reveal` as
+        in `ChatLog.context`.
         """
         if as_of is not None:
             history = _history_for(self.history, after)
@@ -481,6 +517,7 @@ class AsyncChatLog:
                 history.context,
                 session_id,
                 user_id=user_id,
+                tenant=tenant,
                 as_of=as_of,
                 timeout=timeout,
                 reveal=reveal,
@@ -488,30 +525,52 @@ class AsyncChatLog:
         return await self.reader.context(
             session_id,
             user_id=user_id,
+            tenant=tenant,
             after=after,
             timeout=self.read_timeout_s if timeout is None else timeout,
             reveal=reveal,
         )
 
-    async def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
-        """The user's sessions, most recently active first."""
-        return await self.reader.sessions(user_id, limit=limit)
+    async def sessions(
+        self, user_id: str, *, tenant: str = "default", limit: int = 50
+    ) -> list[SessionEntry]:
+        """The sessions of `user_id` of `tenant`, most recently active first."""
+        return await self.reader.sessions(user_id, tenant=tenant, limit=limit)
 
     async def redact(
-        self, session_id: str, message_id: str, *, user_id: str, reason: str | None = None
+        self,
+        session_id: str,
+        message_id: str,
+        *,
+        user_id: str,
+        tenant: str = "default",
+        reason: str | None = None,
     ) -> Position:
         """`ChatLog.redact`; a look-up in the log runs in a worker thread."""
-        event = _redaction(session_id, message_id, user_id, reason, self.producer.sync.info)
+        event = _redaction(
+            session_id,
+            message_id,
+            user_id=user_id,
+            tenant=tenant,
+            reason=reason,
+            producer=self.producer.sync.info,
+        )
         try:
             try:
-                await self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
+                await self.reader.context(
+                    session_id, user_id=user_id, tenant=tenant, timeout=self.read_timeout_s
+                )
             except Erased:
                 raise  # the owner's keys are gone: the log must not be asked either
             except SessionNotFound:
                 if self.history is None:
                     raise
                 await asyncio.to_thread(
-                    self.history.context, session_id, user_id=user_id, as_of=datetime.now(UTC)
+                    self.history.context,
+                    session_id,
+                    user_id=user_id,
+                    tenant=tenant,
+                    as_of=datetime.now(UTC),
                 )
             position = await self.producer.publish(event)
         except ChatlogError as exc:
@@ -563,7 +622,13 @@ def _session_started(
 
 
 def _redaction(
-    session_id: str, message_id: str, user_id: str, reason: str | None, producer: ProducerInfo
+    session_id: str,
+    message_id: str,
+    *,
+    user_id: str,
+    tenant: str,
+    reason: str | None,
+    producer: ProducerInfo,
 ) -> ConversationEvent:
     # Built first, so a bad id is refused before anything is read.
     validate_id(message_id, field="message_id")
@@ -571,5 +636,6 @@ def _redaction(
         session_id,
         user_id=user_id,
         payload=MessageRedacted(message_id=message_id, reason=reason),
+        tenant=tenant,
         producer=producer,
     )

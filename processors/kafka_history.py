@@ -28,8 +28,9 @@ here too, and counted. Other sessions' records on the partition are skipped by k
 anything is decoded, so memory holds one session's view, whatever the partition's size.
 
 The read rules are the Redis reader's (`chatlog.projections.access`), with one addition
-that protects privacy: an erased session is not found, another user's session is refused,
-and a session that did not exist yet at that point is not found. Because the log still
+that protects privacy: a session of another user or tenant, an erased one, and one that
+did not exist yet at that point are not found (the first and the last with the same
+answer, so a read of the past is no existence oracle either). Because the log still
 holds what a `UserErased` or a `MessageRedacted` made the read-model forget (there is no
 crypto-shredding yet), a session its owner erased *after* the bound is refused too, and a
 message redacted after the bound is shown redacted, and a summary that may hold it is
@@ -62,7 +63,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.producers.kafka_topics import kafka_reason, topic_partitions
 from chatlog.producers.partitioning import partition_for
-from chatlog.projections.access import readable
+from chatlog.projections.access import no_session, readable
 from chatlog.projections.context import Context, SummaryRole, TokenCounter, approx_tokens
 from chatlog.projections.opening import ERASED, EventOpener
 from chatlog.projections.view import (
@@ -175,21 +176,23 @@ class KafkaHistory:
         session_id: str,
         *,
         user_id: str,
+        tenant: str = "default",
         as_of: AsOfPoint,
         timeout: float | None = None,
         reveal: bool = False,
     ) -> Context:
-        """The session's context as it was at `as_of`, read from the log (blocking).
+        """The session of `user_id` of `tenant`: its context as it was at `as_of`, read
+        from the log (blocking).
 
-        Raises `SessionNotFound` (no session yet at that point, or erased), `OwnershipError`
-        (another user's session), `InvalidInput` (a bad point, a naive time, a position on
+        Raises `SessionNotFound` (no session yet at that point, erased, or another user's
+        or tenant's), `InvalidInput` (a bad point, a naive time, a position on
         another partition or beyond the log), `BrokerUnavailable`/`TopicMissing`. `timeout`
         (default `self.timeout`) bounds each broker request and any stretch of the scan
         during which no record arrives. With `reveal`, tokenized personal data is restored
         in place of its placeholders, as `RedisReader.context` does.
         """
         return self.read(
-            session_id, user_id=user_id, as_of=as_of, timeout=timeout, reveal=reveal
+            session_id, user_id=user_id, tenant=tenant, as_of=as_of, timeout=timeout, reveal=reveal
         ).context
 
     def read(
@@ -197,6 +200,7 @@ class KafkaHistory:
         session_id: str,
         *,
         user_id: str,
+        tenant: str = "default",
         as_of: AsOfPoint,
         timeout: float | None = None,
         reveal: bool = False,
@@ -206,6 +210,7 @@ class KafkaHistory:
         timeout = self.timeout if timeout is None else timeout
         validate_id(session_id, field="session_id")
         validate_id(user_id, field="user_id")
+        validate_id(tenant, field="tenant")
         if isinstance(as_of, datetime) and as_of.tzinfo is None:
             raise InvalidInput(
                 f"as_of {as_of.isoformat()} has no timezone; pass an aware datetime "
@@ -232,10 +237,9 @@ class KafkaHistory:
             )
             scan = _Scan(
                 session_id,
-                user_id=user_id,
+                reader=KeyScope(tenant, user_id),
                 as_of=as_of,
                 partition=partition,
-                start=low,
                 end=end,
                 policy=self.policy,
                 opener=self.opener,
@@ -381,10 +385,9 @@ class _Scan:
         self,
         session_id: str,
         *,
-        user_id: str,
+        reader: KeyScope,
         as_of: AsOf,
         partition: int,
-        start: int,
         end: int,
         policy: WindowPolicy,
         opener: EventOpener | None = None,
@@ -394,10 +397,9 @@ class _Scan:
         self.reveal = reveal
         self.known: dict[KeyScope, KeyEntries] = {}  # the owner's keys, fetched once
         self.session_id = session_id
-        self.user_id = user_id
+        self.reader = reader
         self.as_of = as_of
         self.partition = partition
-        self.start = start
         self.end = end
         self.policy = policy
         self.key = session_id.encode("utf-8")
@@ -485,21 +487,14 @@ class _Scan:
         return view is not None and event.user_id == view.user_id and event.tenant == view.tenant
 
     def _answer(self) -> SessionView:
-        """The Redis reader's rules, applied to the view at the bound."""
-        view, session_id = self.view, self.session_id
-        if view is None:
-            read = (
-                f"offsets {self.start}..{self.end - 1} of partition {self.partition} hold"
-                if self.end > self.start
-                else f"partition {self.partition} held nothing by then, so"
+        """The Redis reader's rules, applied to the view at the bound: no session yet
+        answers as another's session does."""
+        reader, when = self.reader, describe(self.as_of)
+        if self.view is None:
+            raise no_session(
+                self.session_id, tenant=reader.tenant, user_id=reader.user_id, as_of=when
             )
-            raise SessionNotFound(
-                f"no session {session_id} as of {describe(self.as_of)}: it did not exist yet "
-                f"at that time ({read} none of its events)",
-                session_id=session_id,
-                partition=self.partition,
-            )
-        return readable(view, user_id=self.user_id, as_of=describe(self.as_of))
+        return readable(self.view, tenant=reader.tenant, user_id=reader.user_id, as_of=when)
 
 
 def _end_offset(

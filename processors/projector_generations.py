@@ -19,6 +19,10 @@ replay has run. With ``"rebuild"`` it pauses its partitions and rebuilds the who
 read-model from offset 0 into a new generation, as `chatlog replay` does, while it keeps
 its place in the group; then flips the pointer and continues from the new generation's
 marks. Readers get `ReadModelLost` until the flip, then the whole truth.
+
+Key layouts: a generation built with an older key layout (`chatlog.projections.keys`) is
+continued in that layout (its store reads it from the epoch), and the projector says at
+start that `chatlog replay` migrates it; until then readers refuse its session lists.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from typing import Literal, Protocol
 
 from chatlog.processors.projection import ProjectionCore
 from chatlog.processors.projector_outages import Outages
-from chatlog.projections.epochs import Lost, assess_start, is_intact
+from chatlog.projections.epochs import Lost, assess_start, is_intact, layout_problem
+from chatlog.projections.keys import LAYOUT, LEGACY_LAYOUT
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import Conflict, DataLoss
 
@@ -57,8 +62,8 @@ class GenerationPointer(Protocol):
         """Make `generation` live, with a new epoch, if none is; the live one."""
         ...
 
-    def create(self, generation: str) -> None:
-        """Give `generation` an epoch if it has none."""
+    def create(self, generation: str, *, layout: int = LAYOUT) -> None:
+        """Give `generation` an epoch, of key `layout`, if it has none."""
         ...
 
     def mark_lost(self, generation: str, reason: str) -> None:
@@ -141,7 +146,12 @@ class GenerationWatch:
         elif verdict == "adopt":
             assert live is not None
             log.warning("generation %s has no epoch (written before epochs): given one", live)
-            self.pointer.create(live)
+            # Written before epochs, so before layouts: the first layout.
+            self.pointer.create(live, layout=LEGACY_LAYOUT)
+            epoch = self.pointer.epoch(live)
+        problem = None if live is None or epoch is None else layout_problem(live, epoch)
+        if problem is not None:
+            log.warning("%s", problem)
 
     def watch(self) -> None:
         """About once every `check_s`: follow a flip of the pointer; `DataLoss` if the

@@ -20,14 +20,23 @@ without it, so nothing can rebuild a partial session into a lost generation. Eve
 (`chatlog.projections.redis_reader`) reads the epoch in the same MULTI as the view and
 raises `ReadModelLost` without it, so nothing partial is served.
 
+The epoch value also records the key layout the generation was built with
+(`chatlog.projections.keys.LAYOUT`): ``v2-<token>``. An epoch with no ``v<n>-`` is of a
+generation built before layouts were recorded: layout 1. Readers read it in the same
+MULTI as everything else, so knowing the layout costs nothing; a read the layout cannot
+answer correctly is refused (`layout_problem`) rather than served partly.
+
 This module holds the decisions, with no I/O.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from chatlog.projections.keys import LAYOUT, LEGACY_LAYOUT
 
 __all__ = [
     "LOST",
@@ -35,17 +44,46 @@ __all__ = [
     "StartVerdict",
     "assess_start",
     "is_intact",
+    "layout_of",
+    "layout_problem",
     "lost_epoch",
     "new_epoch",
     "reader_problem",
 ]
 
 LOST = "lost:"  # an epoch value starting with this marks the generation lost (and why)
+_LAYOUT = re.compile(r"v([0-9]+)-")
 
 
-def new_epoch() -> str:
-    """A fresh epoch token."""
-    return uuid.uuid4().hex
+def new_epoch(layout: int = LAYOUT) -> str:
+    """A fresh epoch token, of a generation built with key `layout`."""
+    token = uuid.uuid4().hex
+    return token if layout == LEGACY_LAYOUT else f"v{layout}-{token}"
+
+
+def layout_of(epoch: str) -> int:
+    """The key layout of the generation whose epoch value is `epoch`."""
+    match = _LAYOUT.match(epoch)
+    return int(match.group(1)) if match else LEGACY_LAYOUT
+
+
+def layout_problem(generation: str, epoch: str) -> str | None:
+    """Why a read that depends on the key layout must not be served from `generation`
+    (None: it may): it was built with a layout other than the one this code reads."""
+    layout = layout_of(epoch)
+    if layout == LAYOUT:
+        return None
+    if layout < LAYOUT:
+        return (
+            f"generation {generation} of the read-model was built with key layout {layout}, "
+            f"in which users of different tenants share a session index; this chatlog reads "
+            f"layout {LAYOUT}. Rebuild it with `chatlog replay` (contexts are served "
+            f"meanwhile, session lists are not)"
+        )
+    return (
+        f"generation {generation} of the read-model was built with key layout {layout} by a "
+        f"newer chatlog; this one knows layout {LAYOUT}. Upgrade it"
+    )
 
 
 def lost_epoch(reason: str) -> str:

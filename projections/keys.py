@@ -5,14 +5,16 @@ names the live generation. A rebuild fills a new generation while readers keep u
 live one, then flips the pointer. A session's keys share the hash tag `{<session_id>}`, so
 one Lua call can update them atomically (one slot on Redis Cluster too, though the epoch
 check of that call is not yet). A user's session index has a tag of its own,
-`{u:<user_id>}`, and is updated separately.
+`{u:<tenant>:<user_id>}` (one index per user of a tenant, as the key directory's
+`{k:<tenant>:<user_id>}`), and is updated separately.
 
     chatlog:generation                          -> "g1"
-    chatlog:g1:s:{session-42}:meta              hash: owner, counts, summary, last offset
+    chatlog:g1:s:{session-42}:meta              hash: owner and tenant, counts, summary, ...
     chatlog:g1:s:{session-42}:msgs              list: overflow then window, oldest first
-    chatlog:g1:u:{u:alice}:sessions             sorted set: session id by last activity
+    chatlog:g1:u:{u:acme:alice}:sessions        sorted set: session id by last activity
     chatlog:g1:progress                         hash: partition -> last projected offset
-    chatlog:g1:epoch                            token written when g1 was created
+    chatlog:g1:epoch                            "v2-<token>": the layout, a token written
+                                                when g1 was created
     chatlog:keys:{k:acme:alice}                 hash: key id -> wrapped data key; !erased
     chatlog:owner:{session-42}                  "acme<US>alice": the session's claim
     chatlog:claimed:{c:acme:alice}              sorted set: her claimed sessions by expiry
@@ -32,6 +34,19 @@ The key directory (`chatlog.projections.redis_keys`) is shared by every generati
 copies the `chatlog.keys` topic, not the events, so a rebuild has nothing to redo there.
 
 Ids cannot contain `{`, `}` or `:` (see `chatlog.schemas.ids`), so no id can break out of its tag.
+
+Why are session keys not scoped by tenant? A session id is one Kafka key, one partition,
+one claim and one fold, whoever writes it: two tenants cannot both have a session
+`session-42` (the second writer is refused, `chatlog.projections.redis_claims`). The
+session's meta records its tenant, and every read compares it
+(`chatlog.projections.access`). Only a user's index needed the tenant in its name.
+
+Layouts. `LAYOUT` is the layout this code writes; a generation records the one it was
+built with in its epoch value (`chatlog.projections.epochs.layout_of`). Layout 1 (before
+the tenant-scoped index) had one index per user id, `u:{u:<user_id>}`, shared by every
+tenant: a generation built with it keeps being written in it (its readers read it so),
+its contexts are served (their keys did not change), and its session lists are refused
+until `chatlog replay` builds a generation of the current layout.
 """
 
 from __future__ import annotations
@@ -41,7 +56,12 @@ from dataclasses import dataclass
 
 from chatlog.schemas.errors import ConfigError
 
-__all__ = ["ERASED_FIELD", "KeySpace"]
+__all__ = ["ERASED_FIELD", "LAYOUT", "LEGACY_LAYOUT", "KeySpace"]
+
+LAYOUT = 2
+"""The key layout this code writes: 2, the user index scoped by tenant."""
+LEGACY_LAYOUT = 1
+"""The layout of a generation whose epoch names none: one user index per user id."""
 
 # The field of a user's key directory hash that marks them erased, with the time (ms).
 # `!` is no id character, so no key id can collide with it.
@@ -84,9 +104,12 @@ class KeySpace:
         """A session's message list (overflow then window, oldest first)."""
         return f"{self.prefix}:{self.generation}:s:{{{session_id}}}:msgs"
 
-    def user_sessions(self, user_id: str) -> str:
-        """A user's sessions, scored by last activity (ms)."""
-        return f"{self.prefix}:{self.generation}:u:{{u:{user_id}}}:sessions"
+    def user_sessions(self, tenant: str, user_id: str, *, layout: int = LAYOUT) -> str:
+        """A user's sessions in their tenant, scored by last activity (ms); in a generation
+        of `layout` 1, the index of the user id, shared by every tenant."""
+        if layout == LEGACY_LAYOUT:
+            return f"{self.prefix}:{self.generation}:u:{{u:{user_id}}}:sessions"
+        return f"{self.prefix}:{self.generation}:u:{{u:{tenant}:{user_id}}}:sessions"
 
     @property
     def progress(self) -> str:

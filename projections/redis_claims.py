@@ -3,7 +3,8 @@
 The projector binds a session to the user of its first event and dead-letters anyone
 else's, but only after the event is in the log, with its text. A claim answers before
 anything is published: `ChatLog.append` (and `start_session`) claim the session for the
-writer, and a session claimed by another user raises `OwnershipError`, nothing sent.
+writer, and a session claimed by another user, or by the same user id in another
+tenant, raises `OwnershipError`, nothing sent (`chatlog.projections.access.refuse_writer`).
 
     chatlog:owner:{session-42}    "acme\\x1falice"   (expires with the session's view)
 
@@ -41,9 +42,10 @@ from collections.abc import Callable
 import redis
 import redis.asyncio
 
+from chatlog.projections.access import refuse_writer
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_store import redis_errors
-from chatlog.schemas.errors import OwnershipError, TooManySessions
+from chatlog.schemas.errors import TooManySessions
 from chatlog.schemas.sealing import KeyScope
 
 __all__ = ["AsyncRedisSessionClaims", "RedisSessionClaims", "drop_claims"]
@@ -143,13 +145,9 @@ class _Checked:
 
 
 def _refuse(session_id: str, scope: KeyScope, owner: str) -> None:
-    """`OwnershipError` unless `owner` (a claim's value) is `scope`."""
-    if owner != _value(scope):
-        raise OwnershipError(
-            f"session {session_id} belongs to another user, not {scope.user_id}; nothing "
-            f"was published. Start a session of your own (a new session id)",
-            session_id=session_id,
-        )
+    """`OwnershipError` unless `owner` (a claim's value: tenant and user) is `scope`."""
+    tenant, _, user_id = owner.partition(_SEP)
+    refuse_writer(session_id, owner=KeyScope(tenant, user_id), writer=scope)
 
 
 class _Claims:

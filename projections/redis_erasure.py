@@ -12,8 +12,10 @@ the store's scripts refuse an erased owner (`chatlog.projections.redis_store`).
 
 Each session is removed by one Lua call that checks its owner again (the meta hash's
 user and tenant) and deletes the meta hash and the message list, and its entry in that
-generation's user index, together. The index is shared by every tenant's user of that
-id, so only this tenant's sessions leave it, and entries whose session has expired.
+generation's user index, together. Which index? The user's of their tenant; a generation
+built with key layout 1 has one per user id, shared by every tenant's user of that id,
+so the entry is removed from both names (one of them does not exist), and only this
+tenant's sessions leave the shared one, and entries whose session has expired.
 
 One Redis node: the call spans the session's slot and the index's. On Redis Cluster a
 SCAN also covers one node only; both are for the Cluster issue.
@@ -27,7 +29,7 @@ from typing import Any
 
 import redis
 
-from chatlog.projections.keys import KeySpace
+from chatlog.projections.keys import LAYOUT, LEGACY_LAYOUT, KeySpace
 from chatlog.projections.redis_claims import drop_claims
 from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_store import redis_errors, text
@@ -35,13 +37,15 @@ from chatlog.schemas.sealing import KeyScope
 
 __all__ = ["RedisUserSessions"]
 
-# KEYS: meta, msgs, the user's index in the same generation. ARGV: session id, user id,
-# tenant. 1 if the session was the user's and is gone, 0 if it was someone else's.
+# KEYS: meta, msgs, the user's index in the same generation under each key layout.
+# ARGV: session id, user id, tenant. 1 if the session was the user's and is gone, 0 if
+# it was someone else's.
 _FORGET = """
 local owner = redis.call('HMGET', KEYS[1], 'user_id', 'tenant')
 if owner[1] ~= ARGV[2] or owner[2] ~= ARGV[3] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
 """
 
@@ -77,11 +81,7 @@ class RedisUserSessions:
             for generation, session_id in page:
                 keys = self.keys.with_generation(generation)
                 self._forget(
-                    keys=[
-                        keys.meta(session_id),
-                        keys.messages(session_id),
-                        keys.user_sessions(scope.user_id),
-                    ],
+                    keys=[keys.meta(session_id), keys.messages(session_id), *_indexes(keys, scope)],
                     args=[session_id, scope.user_id, scope.tenant],
                     client=pipe,
                 )
@@ -96,7 +96,9 @@ class RedisUserSessions:
         live = self.generations.live()
         rebuilding = self.generations.rebuild_in_progress().get("generation")
         for generation in touched | {g for g in (live, rebuilding) if g}:
-            self._drop_expired(self.keys.with_generation(generation), scope.user_id)
+            keys = self.keys.with_generation(generation)
+            for index in _indexes(keys, scope):
+                self._drop_expired(keys, index)
         # Their sessions' claims name them too (and would keep the ids theirs).
         drop_claims(self.client, prefix=self.keys.prefix, scope=scope)
         return removed
@@ -130,9 +132,8 @@ class RedisUserSessions:
             if user is not None and text(user) == scope.user_id and text(tenant) == scope.tenant
         ]
 
-    def _drop_expired(self, keys: KeySpace, user_id: str) -> None:
+    def _drop_expired(self, keys: KeySpace, index: str) -> None:
         """Remove the index entries whose session has no meta hash any more (expired)."""
-        index = keys.user_sessions(user_id)
         with redis_errors():
             members: list[Any] = self.client.zrange(index, 0, -1)
             listed = [text(s) for s in members]
@@ -144,3 +145,11 @@ class RedisUserSessions:
             gone = [s for s, exists in zip(listed, pipe.execute(), strict=True) if not exists]
             if gone:
                 self.client.zrem(index, *gone)
+
+
+def _indexes(keys: KeySpace, scope: KeyScope) -> tuple[str, str]:
+    """The user's index in the generation `keys` names, under either key layout."""
+    return (
+        keys.user_sessions(scope.tenant, scope.user_id, layout=LAYOUT),
+        keys.user_sessions(scope.tenant, scope.user_id, layout=LEGACY_LAYOUT),
+    )

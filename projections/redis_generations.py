@@ -14,9 +14,13 @@ Each generation is created with an epoch (``chatlog:g2:epoch``, see
 `chatlog.projections.epochs`): `create` writes it before anything else is, and a
 generation the pointer names without it has lost its data.
 
+Its epoch also records the key layout it was built with (`layout`): a rebuild always
+builds this code's layout, which is how `chatlog replay` migrates an older one.
+
 `compare` checks two generations key by key: every session's meta hash and message
 list, and every user's session index. The progress marks are left out: they say how far
-each generation has read, which is not part of what it shows.
+each generation has read, which is not part of what it shows. Two generations of
+different key layouts differ in that alone: their indexes are not compared.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from typing import Any
 import redis
 
 from chatlog.projections.encoding import META_DEFAULTS
-from chatlog.projections.epochs import lost_epoch, new_epoch
-from chatlog.projections.keys import KeySpace
+from chatlog.projections.epochs import layout_of, lost_epoch, new_epoch
+from chatlog.projections.keys import LAYOUT, LEGACY_LAYOUT, KeySpace
 from chatlog.projections.redis_store import redis_errors, text, text_map
 from chatlog.schemas.position import Position
 
@@ -63,7 +67,7 @@ return ARGV[1]
 _COMPARE_BATCH = 200  # sessions or users compared per pipelined round trip
 _GENERATION_NUMBER = re.compile(r"g(\d+)")
 _SESSION_META = re.compile(r":s:\{(?P<session>[^}]*)\}:meta$")
-_USER_INDEX = re.compile(r":u:\{u:(?P<user>[^}]*)\}:sessions$")
+_USER_INDEX = re.compile(r":u:\{u:(?P<owner>[^}]*)\}:sessions$")
 
 
 def next_generation(live: str) -> str:
@@ -76,8 +80,8 @@ def next_generation(live: str) -> str:
 class Difference:
     """One key that differs between two generations."""
 
-    kind: str  # "session" or "user index"
-    name: str  # the session id or the user id
+    kind: str  # "session", "user index" or "layout"
+    name: str  # the session id, the index's owner ("tenant:user"), or the generation
     detail: str
 
 
@@ -123,11 +127,17 @@ class GenerationStore:
             value = self.client.get(self.keys.with_generation(generation).epoch)
         return text(value) if value is not None else None
 
-    def create(self, generation: str) -> None:
-        """Give `generation` its epoch, before anything is written into it (kept if it
-        has one)."""
+    def create(self, generation: str, *, layout: int = LAYOUT) -> None:
+        """Give `generation` its epoch, of key `layout`, before anything is written into
+        it (kept if it has one)."""
+        epoch = new_epoch(layout)
         with redis_errors():
-            self.client.set(self.keys.with_generation(generation).epoch, new_epoch(), nx=True)
+            self.client.set(self.keys.with_generation(generation).epoch, epoch, nx=True)
+
+    def layout(self, generation: str) -> int | None:
+        """The key layout `generation` was built with (None: it has no epoch)."""
+        epoch = self.epoch(generation)
+        return None if epoch is None else layout_of(epoch)
 
     def initialise(self, generation: str) -> str:
         """Make `generation` (with a new epoch) live if no generation is; the live one."""
@@ -212,8 +222,14 @@ class GenerationStore:
                 if (match := _SESSION_META.search(name)) is not None:
                     sessions.add(match.group("session"))
                 elif (match := _USER_INDEX.search(name)) is not None:
-                    users.add(match.group("user"))
+                    users.add(match.group("owner"))
         result.sessions, result.users = len(sessions), len(users)
+        layouts = {g: self.layout(g) or LEGACY_LAYOUT for g in (left, right)}
+        if layouts[left] != layouts[right]:
+            old = left if layouts[left] != LAYOUT else right
+            detail = f"built with key layout {layouts[old]}, not {LAYOUT}: run `chatlog replay`"
+            result.differences.append(Difference("layout", old, detail))
+            users = set()  # each layout names its indexes its own way
         # One pipelined round trip per batch of sessions, then per batch of users.
         for kind, names, check in (
             ("session", sessions, self._compare_sessions),
@@ -259,16 +275,21 @@ class GenerationStore:
                 yield session_id, f"messages differ ({len(msgs_a)} vs {len(msgs_b)} stored)"
 
     def _compare_indexes(
-        self, left: str, right: str, user_ids: list[str]
+        self, left: str, right: str, owners: list[str]
     ) -> Iterator[tuple[str, str]]:
+        """Compare the indexes of `owners` (their hash tags: "tenant:user", or "user" in
+        layout 1) of two generations of the same layout."""
         a, b = self.keys.with_generation(left), self.keys.with_generation(right)
+        layout = self.layout(left) or LEGACY_LAYOUT
         pipe = self.client.pipeline(transaction=False)
-        for user_id in user_ids:
+        for owner in owners:
+            tenant, _, user_id = owner.rpartition(":")  # no tenant in layout 1
             for keys in (a, b):
-                pipe.zrange(keys.user_sessions(user_id), 0, -1, withscores=True)
+                index = keys.user_sessions(tenant, user_id, layout=layout)
+                pipe.zrange(index, 0, -1, withscores=True)
         with redis_errors():
             replies = pipe.execute()
-        for n, user_id in enumerate(user_ids):
+        for n, user_id in enumerate(owners):
             index_a, index_b = replies[2 * n : 2 * n + 2]
             if _entries(index_a) != _entries(index_b):
                 yield (

@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 import redis
 import redis.asyncio
 
-from chatlog.projections.epochs import reader_problem
+from chatlog.projections.epochs import layout_problem, reader_problem
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_keys import entries_of
 from chatlog.projections.redis_store import decode_loaded, queue_load, redis_errors, text
 from chatlog.projections.view import SessionView
-from chatlog.schemas.errors import ReadModelLost
+from chatlog.schemas.errors import LayoutMismatch, ReadModelLost
 from chatlog.schemas.keyring import KeyEntries
 from chatlog.schemas.sealing import KeyScope
 
@@ -29,6 +29,7 @@ __all__ = [
     "aload_guarded",
     "aload_session",
     "check_guard",
+    "check_layout",
     "load_guarded",
     "load_session",
     "queue_guard",
@@ -58,6 +59,16 @@ def check_guard(replies: Sequence[Any], keys: KeySpace, *, final: bool = True) -
         f"`ChatLog.context(..., as_of=...)` reads the log itself",
         generation=pointer,
     )
+
+
+def check_layout(replies: Sequence[Any], keys: KeySpace) -> None:
+    """`LayoutMismatch` unless the generation `keys` names has this code's key layout,
+    from `queue_guard`'s replies (once `check_guard` has passed them), for the reads that
+    depend on the layout: a session list."""
+    epoch = text(replies[1])
+    problem = layout_problem(keys.generation, epoch)
+    if problem is not None:
+        raise LayoutMismatch(problem, generation=keys.generation)
 
 
 class Loaded(NamedTuple):

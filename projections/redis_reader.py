@@ -4,9 +4,10 @@ One context read is one round trip (`chatlog.projections.redis_loading`: the ses
 meta hash and message list in one MULTI, with the generation's epoch and the reader's
 key entries). Two rules hold for every read:
 
-* Ownership: every read names the user. An erased session is not found, and a session
-  owned by someone else raises `OwnershipError` (`chatlog.projections.access.readable`);
-  none of its content leaves Redis through this reader.
+* Ownership: every read names the user and the tenant. A session of another user, or
+  of the same user id in another tenant, is not found, exactly as a missing one
+  (`chatlog.projections.access.readable`): none of its content, and not even its
+  existence, leaves Redis through this reader. An erased session is not found either.
 * Read-your-writes: `context(..., after=position)` waits, bounded by `timeout`, until the
   projection has applied the event at `position` (the one `append` returned), so a prompt
   built right after a user's message always contains it.
@@ -15,12 +16,14 @@ The live generation is looked up through the pointer key and cached for
 `generation_refresh_s`; a rebuild keeps the old generation for longer than that.
 
 Lost data is never served: a generation without its epoch, or no pointer at all,
-raises `ReadModelLost` rather than a partial view or a "not found".
+raises `ReadModelLost` rather than a partial view or a "not found". A session list
+reads the user's index of their tenant, which a generation built with an older key
+layout does not have: it raises `LayoutMismatch` (run `chatlog replay`) rather than
+list nothing.
 
 Views are stored sealed (`chatlog.projections.view`): the same MULTI fetches the reader's
-key-directory entries (its tenant's, for the user who reads), and `ViewOpener` opens the
-view with them, so a user erased a moment ago reads as `Erased`, whatever is cached. A
-session of another tenant costs one more round trip for its owner's entries.
+key-directory entries (of the tenant and user who read), and `ViewOpener` opens the view
+with them, so a user erased a moment ago reads as `Erased`, whatever is cached.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from chatlog.projections.access import readable
+from chatlog.projections.access import no_session, readable
 from chatlog.projections.context import Context, SummaryRole, TokenCounter, approx_tokens
-from chatlog.projections.encoding import decode_message, decode_view
+from chatlog.projections.encoding import decode_message
 from chatlog.projections.keys import ERASED_FIELD, KeySpace
 from chatlog.projections.opening import ViewOpener
 from chatlog.projections.redis_keys import entries_of
@@ -45,6 +48,7 @@ from chatlog.projections.redis_loading import (
     Loaded,
     aload_guarded,
     check_guard,
+    check_layout,
     load_guarded,
     queue_guard,
 )
@@ -56,7 +60,6 @@ from chatlog.schemas.errors import (
     Erased,
     InvalidInput,
     ReadTimeout,
-    SessionNotFound,
 )
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.keyring import KeyEntries
@@ -88,14 +91,12 @@ class RedisReader:
         count_tokens: TokenCounter = approx_tokens,
         summary_role: SummaryRole = SummaryRole.DATA,
         opener: ViewOpener | None = None,
-        tenant: str = "default",
     ) -> None:
         self.client = client
         self.count_tokens = count_tokens
         self.summary_role = summary_role
         # Opens sealed views; a reader without one refuses them (`ConfigError`).
         self.opener = opener
-        self.tenant = tenant
         self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
         self._keys = KeySpace(prefix)
         self._refresh_s = generation_refresh_s
@@ -115,31 +116,30 @@ class RedisReader:
         session_id: str,
         *,
         user_id: str,
+        tenant: str = "default",
         after: Position | None = None,
         timeout: float = 5.0,
         reveal: bool = False,
     ) -> Context:
-        """The session's context, once the projection has applied `after` (if given);
-        with `reveal`, tokenized personal data (``CHATLOG_PII_MODE=tokenize``) restored
-        in place of its placeholders (the read is the owner's: another user's session
-        is refused whatever `reveal` says)."""
-        _check_ids(session_id, user_id)
+        """The session of `user_id` of `tenant`: its context, once the projection has
+        applied `after` (if given); with `reveal`, tokenized personal data
+        (``CHATLOG_PII_MODE=tokenize``) restored in place of its placeholders (the read
+        is the owner's: another's session is not found whatever `reveal` says)."""
+        reader = _reader(session_id, tenant, user_id)
         deadline = time.monotonic() + timeout
         delay = _FIRST_POLL_S
         while True:
             remaining = deadline - time.monotonic()
             with redis_errors():
                 # While waiting, poll the applied offset only; read the view once it is there.
-                if after is None or remaining <= 0 or self._reached(session_id, after, user_id):
-                    view, window, entries, raw = self._load(session_id, self._owner(user_id))
+                if after is None or remaining <= 0 or self._reached(session_id, after, reader):
+                    view, window, entries, raw = self._load(session_id, reader)
                     ready = _answer(
-                        view, entries, session_id=session_id, user_id=user_id, after=after
+                        view, entries, session_id=session_id, reader=reader, after=after
                     )
                     if ready is not None:
                         return Context.from_view(
-                            self._open_stored(
-                                ready, raw, {self._owner(user_id): entries}, reveal=reveal
-                            ),
+                            self._open_stored(ready, raw, {reader: entries}, reveal=reveal),
                             window_size=window,
                             count_tokens=self.count_tokens,
                             summary_role=self.summary_role,
@@ -149,23 +149,26 @@ class RedisReader:
             time.sleep(min(delay, max(remaining, 0.0)))
             delay = min(delay * 2, _MAX_POLL_S)
 
-    def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
-        """The user's sessions, most recently active first (expired ones left out)."""
-        validate_id(user_id, field="user_id")
+    def sessions(
+        self, user_id: str, *, tenant: str = "default", limit: int = 50
+    ) -> list[SessionEntry]:
+        """The sessions of `user_id` of `tenant`, most recently active first (expired
+        ones left out); `LayoutMismatch` from a generation of an older key layout."""
+        owner = _scope(tenant, user_id)
         with redis_errors():
-            return self._sessions(user_id, limit)
+            return self._sessions(owner, limit)
 
-    def _sessions(self, user_id: str, limit: int) -> list[SessionEntry]:
+    def _sessions(self, owner: KeyScope, limit: int) -> list[SessionEntry]:
         for refresh in (False, True):
             keys = self.keys(refresh=refresh)
-            index = keys.user_sessions(user_id)
+            index = keys.user_sessions(owner.tenant, owner.user_id)
             pipe = self.client.pipeline(transaction=True)
             _queue_sessions(pipe, keys, index, limit=limit, ttl_ms=self.ttl_ms)
             replies = pipe.execute()
             if check_guard(replies[:2], keys, final=refresh):
                 break
+        check_layout(replies[:2], keys)
         session_ids = [text(s) for s in replies[-1]]
-        owner = self._owner(user_id)
         pipe = self.client.pipeline(transaction=False)
         for session_id in session_ids:
             pipe.hgetall(keys.meta(session_id))
@@ -177,22 +180,20 @@ class RedisReader:
         entries, gone = session_entries(
             session_ids,
             [text_map(meta) for meta in raw],
-            user_id,
+            tenant=owner.tenant,
+            user_id=owner.user_id,
             open_view=lambda view: self._open(view, known),
         )
         if gone:
             self.client.zrem(index, *gone)
         return entries
 
-    def _reached(self, session_id: str, after: Position, user_id: str) -> bool:
+    def _reached(self, session_id: str, after: Position, reader: KeyScope) -> bool:
         """Whether to read the view now: it has applied `after`, or the reader is erased
         (its view is gone for good: the read answers `Erased` instead of waiting)."""
         pipe = self.client.pipeline(transaction=False)
-        _queue_reached(pipe, self.keys(), session_id, self._owner(user_id))
+        _queue_reached(pipe, self.keys(), session_id, reader)
         return _reached(pipe.execute(), after)
-
-    def _owner(self, user_id: str) -> KeyScope:
-        return KeyScope(self.tenant, user_id)
 
     def _load(self, session_id: str, owner: KeyScope) -> Loaded:
         loaded = load_guarded(self.client, self.keys(), session_id, final=False, owner=owner)
@@ -245,14 +246,12 @@ class AsyncRedisReader:
         count_tokens: TokenCounter = approx_tokens,
         summary_role: SummaryRole = SummaryRole.DATA,
         opener: ViewOpener | None = None,
-        tenant: str = "default",
     ) -> None:
         self.client = client
         self.count_tokens = count_tokens
         self.summary_role = summary_role
         # Opens sealed views; a reader without one refuses them (`ConfigError`).
         self.opener = opener
-        self.tenant = tenant
         self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
         self._keys = KeySpace(prefix)
         self._refresh_s = generation_refresh_s
@@ -272,15 +271,16 @@ class AsyncRedisReader:
         session_id: str,
         *,
         user_id: str,
+        tenant: str = "default",
         after: Position | None = None,
         timeout: float = 5.0,
         reveal: bool = False,
     ) -> Context:
-        """The session's context, once the projection has applied `after` (if given);
-        with `reveal`, tokenized personal data (``CHATLOG_PII_MODE=tokenize``) restored
-        in place of its placeholders (the read is the owner's: another user's session
-        is refused whatever `reveal` says)."""
-        _check_ids(session_id, user_id)
+        """The session of `user_id` of `tenant`: its context, once the projection has
+        applied `after` (if given); with `reveal`, tokenized personal data
+        (``CHATLOG_PII_MODE=tokenize``) restored in place of its placeholders (the read
+        is the owner's: another's session is not found whatever `reveal` says)."""
+        reader = _reader(session_id, tenant, user_id)
         deadline = time.monotonic() + timeout
         delay = _FIRST_POLL_S
         while True:
@@ -290,17 +290,15 @@ class AsyncRedisReader:
                 if (
                     after is None
                     or remaining <= 0
-                    or await self._reached(session_id, after, user_id)
+                    or await self._reached(session_id, after, reader)
                 ):
-                    view, window, entries, raw = await self._load(session_id, self._owner(user_id))
+                    view, window, entries, raw = await self._load(session_id, reader)
                     ready = _answer(
-                        view, entries, session_id=session_id, user_id=user_id, after=after
+                        view, entries, session_id=session_id, reader=reader, after=after
                     )
                     if ready is not None:
                         return Context.from_view(
-                            await self._open_stored(
-                                ready, raw, {self._owner(user_id): entries}, reveal=reveal
-                            ),
+                            await self._open_stored(ready, raw, {reader: entries}, reveal=reveal),
                             window_size=window,
                             count_tokens=self.count_tokens,
                             summary_role=self.summary_role,
@@ -310,11 +308,13 @@ class AsyncRedisReader:
             await asyncio.sleep(min(delay, max(remaining, 0.0)))
             delay = min(delay * 2, _MAX_POLL_S)
 
-    async def sessions(self, user_id: str, *, limit: int = 50) -> list[SessionEntry]:
-        """The user's sessions, most recently active first (expired ones left out)."""
-        validate_id(user_id, field="user_id")
+    async def sessions(
+        self, user_id: str, *, tenant: str = "default", limit: int = 50
+    ) -> list[SessionEntry]:
+        """`RedisReader.sessions`, awaited."""
+        owner = _scope(tenant, user_id)
         with redis_errors():
-            return await self._sessions(user_id, limit)
+            return await self._sessions(owner, limit)
 
     async def projected_view(
         self, session_id: str, position: Position, *, timeout: float = 5.0
@@ -382,17 +382,17 @@ class AsyncRedisReader:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, max_poll_s)
 
-    async def _sessions(self, user_id: str, limit: int) -> list[SessionEntry]:
+    async def _sessions(self, owner: KeyScope, limit: int) -> list[SessionEntry]:
         for refresh in (False, True):
             keys = await self.keys(refresh=refresh)
-            index = keys.user_sessions(user_id)
+            index = keys.user_sessions(owner.tenant, owner.user_id)
             pipe = self.client.pipeline(transaction=True)
             _queue_sessions(pipe, keys, index, limit=limit, ttl_ms=self.ttl_ms)
             replies = await pipe.execute()
             if check_guard(replies[:2], keys, final=refresh):
                 break
+        check_layout(replies[:2], keys)
         session_ids = [text(s) for s in replies[-1]]
-        owner = self._owner(user_id)
         pipe = self.client.pipeline(transaction=False)
         for session_id in session_ids:
             pipe.hgetall(keys.meta(session_id))
@@ -401,27 +401,22 @@ class AsyncRedisReader:
         known = {owner: entries_of(owner, raw_entries)}
         if known[owner].erased_at is not None:
             return []  # erased: nothing of theirs is listed, whatever Redis still holds
-        metas = [text_map(meta) for meta in raw]
-        for meta in metas:  # owners of another tenant: their entries, before the sync fold
-            view = decode_view(meta, ())
-            if view is not None:
-                await self._entries(view, known)
         entries, gone = session_entries(
             session_ids,
-            metas,
-            user_id,
-            open_view=lambda view: _opener(self.opener).open(
-                view, known[KeyScope(view.tenant, view.user_id)]
-            ),
+            [text_map(meta) for meta in raw],
+            tenant=owner.tenant,
+            user_id=owner.user_id,
+            # Only the owner's sessions are opened, and `known` has the owner's entries.
+            open_view=lambda view: _opener(self.opener).open(view, known[owner]),
         )
         if gone:
             await self.client.zrem(index, *gone)
         return entries
 
-    async def _reached(self, session_id: str, after: Position, user_id: str) -> bool:
+    async def _reached(self, session_id: str, after: Position, reader: KeyScope) -> bool:
         """`RedisReader._reached`, awaited."""
         pipe = self.client.pipeline(transaction=False)
-        _queue_reached(pipe, await self.keys(), session_id, self._owner(user_id))
+        _queue_reached(pipe, await self.keys(), session_id, reader)
         return _reached(await pipe.execute(), after)
 
     async def _applied(self, session_id: str) -> int | None:
@@ -433,9 +428,6 @@ class AsyncRedisReader:
         """A stored view (`aload_session`) opened with its owner's keys; `Erased` if the
         owner was erased. Apply the read rule first: this opens whoever owns it."""
         return await self._open(view, {})
-
-    def _owner(self, user_id: str) -> KeyScope:
-        return KeyScope(self.tenant, user_id)
 
     async def _load(self, session_id: str, owner: KeyScope | None = None) -> Loaded:
         keys = await self.keys()
@@ -496,9 +488,14 @@ def _reached(replies: Sequence[Any], after: Position) -> bool:
     return bool(erased) or (applied is not None and int(applied) >= after.offset)
 
 
-def _check_ids(session_id: str, user_id: str) -> None:
+def _reader(session_id: str, tenant: str, user_id: str) -> KeyScope:
     validate_id(session_id, field="session_id")
-    validate_id(user_id, field="user_id")
+    return _scope(tenant, user_id)
+
+
+def _scope(tenant: str, user_id: str) -> KeyScope:
+    """Who reads: `user_id` of `tenant`, both valid ids."""
+    return KeyScope(validate_id(tenant, field="tenant"), validate_id(user_id, field="user_id"))
 
 
 def _unopened(view: SessionView, raw: Sequence[Any]) -> SessionView:
@@ -525,25 +522,25 @@ def _answer(
     entries: KeyEntries,
     *,
     session_id: str,
-    user_id: str,
+    reader: KeyScope,
     after: Position | None,
 ) -> SessionView | None:
     """The view if it answers the read, None to wait; raises for reads to refuse.
 
     `entries` are the reader's: an erased reader's session is `Erased`, even once gone.
     """
-    if entries.erased_at is not None and (view is None or view.user_id == user_id):
+    if entries.erased_at is not None and (
+        view is None or KeyScope(view.tenant, view.user_id) == reader
+    ):
         raise Erased(
-            f"session {session_id}: user {user_id} was erased at "
-            f"{entries.erased_at.isoformat()}; their sessions are gone for good",
+            f"session {session_id}: user {reader.user_id} of tenant {reader.tenant} was "
+            f"erased at {entries.erased_at.isoformat()}; their sessions are gone for good",
             session_id=session_id,
         )
-    view = readable(view, user_id=user_id)
+    view = readable(view, tenant=reader.tenant, user_id=reader.user_id)
     if after is None:
         if view is None:
-            raise SessionNotFound(
-                f"no session {session_id} (never created, or expired)", session_id=session_id
-            )
+            raise no_session(session_id, tenant=reader.tenant, user_id=reader.user_id)
         return view
     if view is None:
         return None

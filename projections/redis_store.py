@@ -10,6 +10,8 @@ from the moment of the write, so a replay rebuilds exactly the expiry the live
 projector produced. The per-user index has its own hash tag (another slot on a
 cluster), so it is maintained by a second small script in the same pipeline; its
 entries are scored by last activity, which lets a read drop expired sessions from it.
+The index's key is that of the generation's key layout (read from its epoch), so a
+generation built with an older layout stays whole in it until a replay replaces it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from typing import Any
 import redis
 
 from chatlog.projections.encoding import MessagesDelta, decode_view, diff, encode_meta
-from chatlog.projections.epochs import is_intact
-from chatlog.projections.keys import ERASED_FIELD, KeySpace
+from chatlog.projections.epochs import is_intact, layout_of, layout_problem
+from chatlog.projections.keys import ERASED_FIELD, LAYOUT, KeySpace
 from chatlog.projections.store import Change, Outcome
 from chatlog.projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowPolicy
-from chatlog.schemas.errors import ConfigError, DataLoss, StoreUnavailable
+from chatlog.schemas.errors import ConfigError, DataLoss, LayoutMismatch, StoreUnavailable
 
 __all__ = ["RedisViewStore", "redis_errors", "text", "text_map"]
 
@@ -181,11 +183,13 @@ class RedisViewStore:
         self._index = client.register_script(_INDEX)
         self._progress = client.register_script(_PROGRESS)
         self._epoch: str | None = None
+        self._layout = LAYOUT  # the generation's key layout, from its epoch
         # The highest progress mark seen per partition: Redis holding less is a loss.
         self._marked: dict[int, int] = {}
 
     def epoch(self) -> str:
-        """The generation's epoch token (read once); `DataLoss` if it is not there."""
+        """The generation's epoch token (read once); `DataLoss` if it is not there,
+        `LayoutMismatch` if the generation has a key layout newer than this code's."""
         if self._epoch is not None:
             return self._epoch
         with redis_errors():
@@ -193,6 +197,10 @@ class RedisViewStore:
         epoch = text(value) if value is not None else None
         if epoch is None or not is_intact(epoch):
             raise self._lost()
+        if layout_of(epoch) > LAYOUT:
+            problem = layout_problem(self.keys.generation, epoch)
+            raise LayoutMismatch(f"{problem}; nothing is written into it")
+        self._layout = layout_of(epoch)
         self._epoch = epoch
         return epoch
 
@@ -307,7 +315,7 @@ class RedisViewStore:
         op = "rem" if view.status is SessionStatus.ERASED else "add"
         self._index(
             keys=[
-                self.keys.user_sessions(view.user_id),
+                self.keys.user_sessions(view.tenant, view.user_id, layout=self._layout),
                 self.keys.epoch,
                 self.keys.user_keys(view.tenant, view.user_id),
                 self.keys.meta(view.session_id),

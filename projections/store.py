@@ -60,8 +60,7 @@ class SessionEntry:
     message_count: int
     created_at_ms: int
     updated_at_ms: int
-    # Whose tenant the session is: reads are not tenant-scoped yet, so a caller that
-    # knows its tenant (the gateway) filters on it.
+    # The session's tenant: always the tenant the list was asked for.
     tenant: str = "default"
 
 
@@ -141,8 +140,9 @@ class InMemoryViewStore:
 def session_entries(
     session_ids: Sequence[str],
     metas: Sequence[Mapping[str, str]],
-    user_id: str,
     *,
+    tenant: str,
+    user_id: str,
     open_view: Callable[[SessionView], SessionView],
 ) -> tuple[list[SessionEntry], list[str]]:
     """Session-list lines from meta hashes, each view opened with `open_view` (titles
@@ -150,7 +150,7 @@ def session_entries(
     entries, gone = [], []
     for session_id, meta in zip(session_ids, metas, strict=True):
         view = decode_view(meta, ())
-        if view is not None and may_read(view, user_id=user_id):
+        if view is not None and may_read(view, tenant=tenant, user_id=user_id):
             entries.append(entry(open_view(view)))
         else:
             gone.append(session_id)

@@ -35,6 +35,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── QueueFull(BufferError)         the producer's queue stayed full; event not sent
     │   ├── ReadTimeout(TimeoutError)      the projection did not reach a position in time
     │   ├── ReadModelLost(LookupError)     Redis lost the read-model; served again once rebuilt
+    │   ├── LayoutMismatch(LookupError)    the live read-model has another key layout: replay it
     │   ├── RetryableSummarizerError(ConnectionError) the LLM is busy, failing or unreachable
     │   │   └── SummarizerTimeout(TimeoutError)        ... or did not answer in time
     │   └── SummarizerUnavailable(ConnectionError)     the circuit is open: the LLM not called
@@ -83,6 +84,7 @@ __all__ = [
     "InvalidId",
     "InvalidInput",
     "JwksUnavailable",
+    "LayoutMismatch",
     "LimitExceeded",
     "MissingExtra",
     "NotAudited",
@@ -328,6 +330,17 @@ class ReadModelLost(Unavailable, LookupError):
     projector with ``CHATLOG_ON_DATA_LOSS=rebuild``, or by ``chatlog replay``); meanwhile
     ``ChatLog.context(..., as_of=...)`` reads the log itself. The operator's side of the
     same event is the projector's `DataLoss`.
+    """
+
+
+class LayoutMismatch(Unavailable, LookupError):
+    """The live generation of the read-model was built with a key layout other than the
+    one this code reads, and the read depends on it (a session list): refused rather
+    than served partly.
+
+    An `Unavailable`: the log holds everything, and the read succeeds once ``chatlog
+    replay`` has rebuilt the read-model in the current layout (or, for a layout newer
+    than this code's, once chatlog is upgraded).
     """
 
 

@@ -106,6 +106,21 @@ def chatlog_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def chatlog_cli(
+    settings: Settings, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`chatlog ARGS...` run to its end on `settings`: its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatlog.cli", *args],
+        env=chatlog_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def start_projector(settings: Settings, *, log: Path | None = None) -> subprocess.Popen[bytes]:
     """`chatlog run projector` as a child process (its output appended to `log`)."""
     return start_processor("projector", settings, log=log)

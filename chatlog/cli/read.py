@@ -80,6 +80,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     publish_command.add_argument("--role", required=True, choices=[r.value for r in Role])
     publish_command.add_argument("--content", required=True, help="the message text")
     publish_command.add_argument("--name", help="author name (for tool or multi-agent messages)")
+    _add_tenant(publish_command)
     publish_command.set_defaults(handler=publish)
 
     redact_command = commands.add_parser(
@@ -91,6 +92,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     redact_command.add_argument("--message", required=True, help="the message id to redact")
     redact_command.add_argument("--user", required=True, help="user id (the session's owner)")
     redact_command.add_argument("--reason", help="why (kept sealed in the log)")
+    _add_tenant(redact_command)
     redact_command.set_defaults(handler=redact)
 
     context_command = commands.add_parser(
@@ -98,6 +100,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     context_command.add_argument("session", help="session id")
     context_command.add_argument("--user", required=True, help="the reading user (must own it)")
+    _add_tenant(context_command)
     when = context_command.add_mutually_exclusive_group()
     when.add_argument(
         "--after", metavar="P:O", help="wait until the projection has applied this position"
@@ -128,6 +131,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     sessions_command.add_argument("user", help="user id")
     sessions_command.add_argument("--limit", type=positive_int, default=50, metavar="N")
+    _add_tenant(sessions_command)
     sessions_command.set_defaults(handler=sessions)
 
     tail_command = commands.add_parser(
@@ -143,9 +147,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="show the session whoever owns it: an operator's read, recorded as such",
     )
-    tail_command.add_argument(
-        "--tenant", default="default", metavar="T", help="the tenant of --user (default: default)"
-    )
+    _add_tenant(tail_command)
     tail_command.add_argument(
         "--no-follow",
         dest="follow",
@@ -155,11 +157,22 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     tail_command.set_defaults(handler=tail)
 
 
+def _add_tenant(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--tenant", default="default", metavar="T", help="the tenant of the user (default: default)"
+    )
+
+
 def publish(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """`chatlog publish`: append one message; its position."""
     with wiring.producer(settings) as producer:
         position = producer.append(
-            args.session, user_id=args.user, role=args.role, content=args.content, name=args.name
+            args.session,
+            user_id=args.user,
+            role=args.role,
+            content=args.content,
+            name=args.name,
+            tenant=args.tenant,
         )
     return {"session_id": args.session, "position": str(position)}
 
@@ -174,7 +187,9 @@ def redact(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         history=wiring.kafka_history(settings),
         audit=wiring.audit_trail(settings),
     ) as log:
-        position = log.redact(args.session, args.message, user_id=args.user, reason=args.reason)
+        position = log.redact(
+            args.session, args.message, user_id=args.user, tenant=args.tenant, reason=args.reason
+        )
     return {"session_id": args.session, "message_id": args.message, "position": str(position)}
 
 
@@ -195,6 +210,7 @@ def context(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | No
         ctx = reader.context(
             args.session,
             user_id=args.user,
+            tenant=args.tenant,
             after=after,
             timeout=args.timeout if args.timeout is not None else settings.read_timeout_s,
         )
@@ -217,6 +233,7 @@ def _context_as_of(args: argparse.Namespace, settings: Settings) -> dict[str, An
     read = wiring.kafka_history(settings).read(
         args.session,
         user_id=args.user,
+        tenant=args.tenant,
         as_of=args.as_of,
         timeout=args.timeout if args.timeout is not None else METADATA_TIMEOUT_S,
     )
@@ -304,7 +321,7 @@ def sessions(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any
     _audit_read(settings, user_id=args.user, details={"via": "sessions"})
     reader = wiring.reader(settings)
     try:
-        entries = reader.sessions(args.user, limit=args.limit)
+        entries = reader.sessions(args.user, tenant=args.tenant, limit=args.limit)
     finally:
         reader.client.close()
     if args.json:

@@ -32,7 +32,7 @@ from chatlog.gateway.fastapi_limits import RateLimiter, limited
 from chatlog.gateway.http_errors import HttpError, http_error
 from chatlog.gateway.principals import ACTING_USER_HEADER, Authenticator, Principal
 from chatlog.projections.context import Context
-from chatlog.schemas.errors import ChatlogError, SessionNotFound
+from chatlog.schemas.errors import ChatlogError
 from chatlog.schemas.events import MAX_TITLE_CHARS
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
@@ -258,15 +258,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
     async def own_context(session_id: str, caller: Principal, after: Position | None) -> Context:
-        """The caller's session's context; another tenant's answers as a missing one.
-
-        The library checks the user but not yet the tenant (issue 15), so the same
-        ``sub`` in two tenants would be one owner there: the gateway checks the tenant.
-        """
-        context = await log.context(session_id, user_id=caller.user_id, after=after)
-        if context.tenant != caller.tenant:
-            raise SessionNotFound(f"no session {session_id} in this tenant", session_id=session_id)
-        return context
+        """The caller's session's context; another user's or tenant's answers as a missing
+        one (the library's read rule: `SessionNotFound` either way)."""
+        return await log.context(
+            session_id, user_id=caller.user_id, tenant=caller.tenant, after=after
+        )
 
     @app.post("/v1/sessions", status_code=201, tags=["sessions"])
     async def create_session(caller: Caller, body: NewSession | None = None) -> dict[str, Any]:
@@ -301,8 +297,8 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
             if idempotency_key is None
             else validate_id(idempotency_key, field="Idempotency-Key")
         )
-        # Another user's session, or one never started here, is refused before anything
-        # is published (until the producer itself checks ownership: issue 15).
+        # A session never started (the ids are the server's) is refused as another's is:
+        # an append would start it. Another's is refused again at publish (claims).
         await own_context(session_id, caller, None)
         position = await log.append(
             session_id,
@@ -344,11 +340,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         caller: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50
     ) -> dict[str, Any]:
         """The caller's sessions, most recently active first."""
-        # Filtered after the limit: a user with sessions in several tenants (the same
-        # sub) may get fewer than `limit` here until the library scopes lists by tenant.
-        entries = [
-            e for e in await log.sessions(caller.user_id, limit=limit) if e.tenant == caller.tenant
-        ]
+        entries = await log.sessions(caller.user_id, tenant=caller.tenant, limit=limit)
         return {
             "sessions": [
                 {

@@ -102,8 +102,9 @@ class ConversationMessage(BaseModel):
 class ConversationStore(Protocol):
     """Sessions and messages, per user; see the module docstring for paging.
 
-    Every call names the user: another user's session raises `OwnershipError`. Writes
-    are read by the next read of the same store.
+    Every call names the user. Another user's session reads as a missing one (None, no
+    messages, nothing to delete), and a write into it raises `OwnershipError`, nothing
+    written. Writes are read by the next read of the same store.
     """
 
     async def create_session(

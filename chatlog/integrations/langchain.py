@@ -8,8 +8,10 @@ factory of `RunnableWithMessageHistory`::
 
 Writes are events: `add_messages` publishes one `MessageAppended` per message to the
 session's partition and waits for the broker. Reads are the projection: `messages` reads
-the session's read-model in Redis (ownership checked: another user's session raises
-`OwnershipError`). Message types and every field round-trip (`langchain_messages`).
+the session's read-model in Redis. A history is one user's of one tenant (``tenant=``,
+"default" unless given): another user's or tenant's session reads as a missing one (no
+messages; `clear` does nothing), and `add_messages` into it raises `OwnershipError`,
+nothing published. Message types and every field round-trip (`langchain_messages`).
 
 How does a read see the last write? Every write's position is noted in a process-wide
 `HistoryBook`, per session, and the next read of that session (by this object or by any
@@ -110,9 +112,9 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
 
     `log` serves the blocking methods and `async_log` the asyncio ones; with only `log`,
     the asyncio methods run the blocking ones in a thread, and with neither, a shared
-    `ChatLog.from_env()` is used. `after` is a position to read after (another process's
-    write); `read_timeout` bounds that wait (default: the client's). `book` is where
-    positions are noted (default: one per process).
+    `ChatLog.from_env()` is used. `tenant` is the user's tenant. `after` is a position to
+    read after (another process's write); `read_timeout` bounds that wait (default: the
+    client's). `book` is where positions are noted (default: one per process).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         session_id: str,
         user_id: str,
         *,
+        tenant: str = "default",
         log: ChatLog | None = None,
         async_log: AsyncChatLog | None = None,
         include_summary: bool = True,
@@ -130,6 +133,7 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         super().__init__()
         self.session_id = validate_id(session_id, field="session_id")
         self.user_id = validate_id(user_id, field="user_id")
+        self.tenant = validate_id(tenant, field="tenant")
         if log is None and async_log is None:
             log = shared_log()
         self.log = log
@@ -137,8 +141,9 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         self.include_summary = include_summary
         self.read_timeout = read_timeout
         self._book = book or _BOOK
-        # Keyed by user too: one user's writes and clear marks never move another's reads.
-        self._key: SessionKey = (_topic(log, async_log), self.user_id, session_id)
+        # Keyed by tenant and user too: one user's writes and clear marks never move
+        # another's reads.
+        self._key: SessionKey = (_topic(log, async_log), self.tenant, self.user_id, session_id)
         self._written: Position | None = self._book.written.note(self._key, after)
         self._cleared: Position | None = self._book.cleared.get(self._key)
 
@@ -164,7 +169,7 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         events = self._events(messages, log.producer.info)
         if events:
             if log.claims is not None:  # another user's session: refused, nothing sent
-                log.claims.claim(KeyScope("default", self.user_id), self.session_id)
+                log.claims.claim(self._scope, self.session_id)
             self._note_written(max(log.producer.publish_many(events)))
 
     def clear(self) -> None:
@@ -201,7 +206,7 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         if events:
             claims = self.async_log.claims
             if claims is not None:  # another user's session: refused, nothing sent
-                await claims.claim(KeyScope("default", self.user_id), self.session_id)
+                await claims.claim(self._scope, self.session_id)
             self._note_written(max(await producer.publish_many(events)))
 
     async def aclear(self) -> None:
@@ -222,6 +227,10 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
 
     # -- internals -------------------------------------------------------------------
 
+    @property
+    def _scope(self) -> KeyScope:
+        return KeyScope(self.tenant, self.user_id)
+
     def _sync_log(self) -> ChatLog:
         if self.log is None:
             raise ConfigError(
@@ -238,6 +247,7 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
             return log.context(
                 self.session_id,
                 user_id=self.user_id,
+                tenant=self.tenant,
                 after=self.last_position,
                 timeout=self.read_timeout,
             )
@@ -250,6 +260,7 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
             return await log.context(
                 self.session_id,
                 user_id=self.user_id,
+                tenant=self.tenant,
                 after=self.last_position,
                 timeout=self.read_timeout,
             )
@@ -301,6 +312,7 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
                     LANGCHAIN_METADATA,
                     self.session_id,
                     user_id=self.user_id,
+                    tenant=self.tenant,
                     role=stored.role,
                     content=stored.content,
                     producer=producer,
@@ -317,6 +329,7 @@ class ChatlogMessageHistory(BaseChatMessageHistory):
         return new_event(
             self.session_id,
             user_id=self.user_id,
+            tenant=self.tenant,
             payload=SessionClosed(reason=CLEAR_REASON),
             producer=info.model_copy(update={"client": "chatlog-langchain"}),
         )

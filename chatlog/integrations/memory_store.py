@@ -24,7 +24,7 @@ from chatlog.integrations.conversations import (
     utc_datetime,
 )
 from chatlog.producers.commands import append_message
-from chatlog.projections.access import visible
+from chatlog.projections.access import refuse_writer, visible
 from chatlog.projections.view import Message, message_of
 from chatlog.schemas.errors import SessionExists
 from chatlog.schemas.events import (
@@ -34,6 +34,7 @@ from chatlog.schemas.events import (
     epoch_millis,
 )
 from chatlog.schemas.ids import new_id, validate_id
+from chatlog.schemas.sealing import KeyScope
 
 __all__ = ["InMemoryConversationStore"]
 
@@ -169,21 +170,28 @@ class InMemoryConversationStore:
         await self.close()
 
     def _readable(self, session_id: str, user_id: str) -> _Session | None:
-        """The session as the read rule lets `user_id` see it; None if none or erased."""
+        """The session as the read rule lets `user_id` see it; None if none, erased, or
+        not theirs."""
         validate_id(session_id, field="session_id")
         validate_id(user_id, field="user_id")
         session = self._sessions.get(session_id)
         if session is None or not visible(
-            session_id=session_id, owner=session.owner, erased=session.deleted, user_id=user_id
+            owner=_scope(session.owner), erased=session.deleted, reader=_scope(user_id)
         ):
             return None
         return session
 
     def _writable(self, session_id: str, user_id: str) -> _Session | None:
-        """The session `user_id` may write to (None: a new one); an erased id is never reused."""
-        session = self._readable(session_id, user_id)
-        if session is None and session_id in self._sessions:
+        """The session `user_id` may write to (None: a new one); an erased id is never
+        reused, and another user's session is refused (`OwnershipError`)."""
+        validate_id(session_id, field="session_id")
+        validate_id(user_id, field="user_id")
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        if session.deleted:
             raise SessionExists.about(session_id, deleted=True)
+        refuse_writer(session_id, owner=_scope(session.owner), writer=_scope(user_id))
         return session
 
     def _tick(self) -> int:
@@ -202,6 +210,10 @@ class InMemoryConversationStore:
             created_at=utc_datetime(session.created_ms),
             updated_at=utc_datetime(session.updated_ms),
         )
+
+
+def _scope(user_id: str) -> KeyScope:
+    return KeyScope("default", user_id)  # the tenant of every session of this store
 
 
 if TYPE_CHECKING:

@@ -24,12 +24,13 @@ between the first offset and the last offset the read-model records for the sess
 (`KafkaSessionLog` says what that costs). A page within the recent messages costs one
 Redis round trip.
 
-Every call names the user; another user's session raises `OwnershipError` and nothing
-of it is returned or written. Each write's position is noted, and the store's next read
-of that session waits until the projector has applied it (read-your-writes, bounded by
-``read_timeout_s``; `ReadTimeout` means the projector is not running). Session
-metadata is not kept: the read-model keeps a session's title, not the metadata of
-`SessionStarted`.
+Every call names the user (the store writes and reads the tenant "default"); another
+user's session reads as a missing one (`chatlog.projections.access`), and a write into it
+raises `OwnershipError`: nothing of it is returned or written. Each write's position is
+noted, and the store's next read of that session waits until the projector has applied
+it (read-your-writes, bounded by ``read_timeout_s``; `ReadTimeout` means the projector is
+not running). Session metadata is not kept: the read-model keeps a session's title, not
+the metadata of `SessionStarted`.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from chatlog.integrations.kafka_log import KafkaSessionLog
 from chatlog.integrations.positions import PositionBook
 from chatlog.producers.commands import append_message, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
-from chatlog.projections.access import check_owner, visible
+from chatlog.projections.access import may_read, refuse_writer, visible
 from chatlog.projections.redis_loading import aload_session
 from chatlog.projections.redis_reader import AsyncRedisReader
 from chatlog.projections.redis_store import redis_errors
@@ -73,11 +74,13 @@ from chatlog.schemas.events import (
 )
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
 
 __all__ = ["ChatlogConversationStore"]
 
 DELETE_REASON = "deleted through the conversation store"
+_TENANT = "default"  # the tenant of every event this store writes
 
 
 class ChatlogConversationStore:
@@ -160,7 +163,7 @@ class ChatlogConversationStore:
             await self.reader.wait_projected(
                 Position(partition, offset), timeout=self.read_timeout_s
             )
-        entries = await self.reader.sessions(user_id, limit=limit)
+        entries = await self.reader.sessions(user_id, tenant=_TENANT, limit=limit)
         return [session_of_entry(entry, user_id=user_id) for entry in entries]
 
     async def delete_session(self, session_id: str, *, user_id: str) -> bool:
@@ -300,27 +303,27 @@ class ChatlogConversationStore:
     async def _readable(
         self, session_id: str, user_id: str, *, messages: bool = False
     ) -> SessionView | None:
-        """The view as the read rule lets `user_id` see it, opened; None if none or erased."""
+        """The view as the read rule lets `user_id` see it, opened; None if none, erased,
+        or not theirs."""
         view = await self._view(session_id, user_id, messages=messages)
-        if view is None or not visible(
-            session_id=session_id,
-            owner=view.user_id,
-            erased=view.status is SessionStatus.ERASED,
-            user_id=user_id,
-        ):
+        if not may_read(view, tenant=_TENANT, user_id=user_id):
             return None
+        assert view is not None  # may_read: it exists
         return await self.reader.open(view)
 
     async def _writable(self, session_id: str, user_id: str) -> SessionView | None:
-        """The view `user_id` may write to (None: a new session); an erased id is never reused."""
+        """The view `user_id` may write to (None: a new session); an erased id is never
+        reused, and another user's session is refused (`OwnershipError`)."""
         view = await self._view(session_id, user_id)
-        if view is not None and not visible(
-            session_id=session_id,
-            owner=view.user_id,
-            erased=view.status is SessionStatus.ERASED,
-            user_id=user_id,
-        ):
+        if view is None:
+            return None
+        if view.status is SessionStatus.ERASED:
             raise SessionExists.about(session_id, deleted=True)
+        refuse_writer(
+            session_id,
+            owner=KeyScope(view.tenant, view.user_id),
+            writer=KeyScope(_TENANT, user_id),
+        )
         return view
 
     async def _from_log(self, view: SessionView, page: Page, user_id: str) -> list[Message]:
@@ -333,7 +336,10 @@ class ChatlogConversationStore:
             last_offset=view.last_offset,
         )
         if fold.owner is not None:
-            check_owner(fold.owner[0], session_id=view.session_id, user_id=user_id)
+            owner, tenant = fold.owner
+            mine = KeyScope(_TENANT, user_id)
+            if not visible(owner=KeyScope(tenant, owner), erased=False, reader=mine):
+                return []  # as for a session that is not theirs: nothing
         return fold.result()
 
 

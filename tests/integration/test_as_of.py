@@ -29,7 +29,7 @@ from chatlog.producers.commands import append_message, new_event
 from chatlog.producers.partitioning import partition_for
 from chatlog.projections.context import Context
 from chatlog.projections.view import REDACTED, WindowPolicy
-from chatlog.schemas.errors import InvalidInput, OwnershipError, SessionNotFound
+from chatlog.schemas.errors import InvalidInput, SessionNotFound
 from chatlog.schemas.events import MessageRedacted, SummaryUpdated, UserErased, epoch_millis
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
@@ -209,11 +209,17 @@ def test_records_the_projector_dead_letters_are_skipped_and_counted(scenario):
     assert read.start_offset == 0
 
 
-def test_another_users_read_is_refused(scenario):
-    with pytest.raises(OwnershipError, match="belongs to another user"):
-        scenario.read(scenario.at["m4"], user="bob")
+def test_another_users_read_answers_as_a_missing_session(scenario):
+    with pytest.raises(SessionNotFound) as theirs:
+        scenario.read(scenario.between, user="bob")
+    with pytest.raises(SessionNotFound) as missing:
+        scenario.read(scenario.between, user="bob", session="s-never")
+    # The same answer, but for the session id: nothing tells bob that alice's exists.
+    assert type(theirs.value) is type(missing.value) is SessionNotFound
+    assert str(theirs.value).replace(scenario.a, "X") == str(missing.value).replace("s-never", "X")
+    assert "alice" not in str(theirs.value)
     # The session's first writer owns it, even when someone else writes to it later.
-    with pytest.raises(OwnershipError):
+    with pytest.raises(SessionNotFound):
         scenario.read(scenario.at["mallory"], user="mallory")
 
 
@@ -232,9 +238,9 @@ def test_a_position_beyond_the_log_is_refused(scenario):
 
 
 def test_before_the_session_existed_it_is_not_found(scenario):
-    with pytest.raises(SessionNotFound, match="did not exist yet"):
+    with pytest.raises(SessionNotFound, match=f"^no session {scenario.a} of user alice"):
         scenario.read(scenario.at["b0"])
-    with pytest.raises(SessionNotFound, match="did not exist yet"):
+    with pytest.raises(SessionNotFound, match=f"^no session {scenario.a} of user alice"):
         scenario.read(scenario.before_all)
 
 
@@ -320,9 +326,13 @@ def test_chatlog_context_as_of_a_datetime_or_epoch_milliseconds(chat, scenario):
     assert _contents(chat.context(scenario.a, user_id="alice", as_of=stamped - 1))[-1] == "m3"
 
 
-def test_chatlog_as_of_refuses_another_users_session(chat, scenario):
-    with pytest.raises(OwnershipError, match="belongs to another user"):
+def test_chatlog_as_of_answers_another_users_or_tenants_session_as_a_missing_one(chat, scenario):
+    with pytest.raises(SessionNotFound, match=f"^no session {scenario.a} of user bob "):
         chat.context(scenario.a, user_id="bob", as_of=scenario.at["m4"])
+    with pytest.raises(
+        SessionNotFound, match=f"^no session {scenario.a} of user alice in tenant acme"
+    ):
+        chat.context(scenario.a, user_id="alice", tenant="acme", as_of=scenario.at["m4"])
 
 
 def test_chatlog_refuses_after_with_as_of_and_a_point_that_is_none(chat, scenario):
@@ -353,7 +363,7 @@ def test_async_chatlog_context_as_of_reads_the_log_off_the_event_loop(scenario):
             reading = False
             await ticker
             at_time = await log.context(scenario.a, user_id="alice", as_of=scenario.between)
-            with pytest.raises(OwnershipError):
+            with pytest.raises(SessionNotFound):
                 await log.context(scenario.a, user_id="bob", as_of=scenario.between)
             with pytest.raises(InvalidInput, match="not both"):
                 await log.context(
@@ -420,8 +430,12 @@ def test_cli_context_as_of_a_time_and_its_refusals(scenario):
     assert [m["content"] for m in shown["messages"]][-1] == "m4"
     assert shown["as_of"]["requested"] == scenario.between.isoformat(timespec="milliseconds")
 
-    result = _cli(scenario.settings, "context", scenario.a, "--user", "bob", "--as-of", between)
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
-        f"chatlog: error: session {scenario.a} belongs to another user, not bob"
-    )
+    when = scenario.between.isoformat(timespec="milliseconds")
+    for who in (["--user", "bob"], ["--user", "alice", "--tenant", "acme"]):
+        result = _cli(scenario.settings, "context", scenario.a, *who, "--as-of", between)
+        assert result.returncode == 1
+        user, tenant = who[1], who[3] if len(who) > 2 else "default"
+        assert result.stderr.strip() == (
+            f"chatlog: error: no session {scenario.a} of user {user} in tenant {tenant} as of "
+            f"{when}; check the session id, the user and the tenant"
+        )

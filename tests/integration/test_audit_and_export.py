@@ -35,7 +35,7 @@ from chatlog.producers.commands import new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.projections.opening import EventOpener
 from chatlog.schemas.audit import AuditAction, AuditCodec, AuditRecord
-from chatlog.schemas.errors import Erased, NotAudited, OwnershipError, UnknownUser
+from chatlog.schemas.errors import Erased, NotAudited, SessionNotFound, UnknownUser
 from chatlog.schemas.events import SummaryUpdated
 from chatlog.schemas.key_records import ErasureRecord
 from chatlog.schemas.sealing import KeyScope
@@ -215,7 +215,7 @@ def test_export_reads_every_session_from_the_log_and_the_trail_records_it_all(se
             chat.append("erin-1", user_id="erin", role="user", content="hello")
             chat.append("erin-1", user_id="erin", role="user", content=card, message_id="m-card")
             redaction = chat.redact("erin-1", "m-card", user_id="erin")
-            with pytest.raises(OwnershipError):  # refused, and recorded as refused
+            with pytest.raises(SessionNotFound):  # refused, and recorded as refused
                 chat.redact("erin-1", "m-card", user_id="mallory")
             chat.producer.publish(
                 new_event(
@@ -313,7 +313,7 @@ def test_export_reads_every_session_from_the_log_and_the_trail_records_it_all(se
     assert (tail_read["session_id"], tail_read["user"]) == ("erin-1", None)
     assert any(r["action"] == "user_exported" and r["outcome"] == "refused" for r in records)
     [mallory] = [r for r in records if r["action"] == "message_redacted" and r["outcome"] != "ok"]
-    assert (mallory["outcome"], mallory["details"]["error"]) == ("refused", "OwnershipError")
+    assert (mallory["outcome"], mallory["details"]["error"]) == ("refused", "SessionNotFound")
     # No user id anywhere in the trail's bytes: pseudonyms only.
     raw = b"".join(raw_values(settings))
     assert b"erin" not in raw.replace(b"erin-1", b"").replace(b"erin-2", b"")

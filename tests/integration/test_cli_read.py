@@ -260,18 +260,23 @@ def test_run_projector_waits_for_a_redis_that_does_not_answer_and_stops_on_sigte
     assert "held, paused, until Redis says where they start" in stderr
 
 
-def test_context_of_another_users_session_is_refused_in_one_line(projected):
+def test_context_of_another_users_session_is_refused_in_one_line_as_a_missing_one(projected):
     session = _session()
     with projected.producer() as producer:
         position = producer.append(session, user_id="alice", role="user", content="secret #Z9-0001")
     projected.wait_projected(session, "alice", position)
 
-    result = projected.cli("context", session, "--user", "mallory")
+    theirs = projected.cli("context", session, "--user", "mallory")
+    missing = projected.cli("context", "s-missing", "--user", "mallory")
 
-    assert result.returncode == 1
-    assert result.stdout == ""
-    [line] = result.stderr.strip().splitlines()
-    assert line == f"chatlog: error: session {session} belongs to another user, not mallory"
+    assert theirs.returncode == missing.returncode == 1
+    assert theirs.stdout == ""
+    [line] = theirs.stderr.strip().splitlines()
+    assert line == (
+        f"chatlog: error: no session {session} of user mallory in tenant default; check the "
+        f"session id, the user and the tenant"
+    )
+    assert line.replace(session, "s-missing") == missing.stderr.strip()
 
 
 def test_context_after_waits_for_the_write(projected):

@@ -193,19 +193,23 @@ class ConversationStoreContract:
                 await store.get_messages(session, user_id=user, after=cursor, limit=2)
 
     @in_store
-    async def test_another_users_session_is_refused_everywhere(self, store):
+    async def test_another_users_session_reads_as_none_and_refuses_writes(self, store):
         alice, bob, session = uid("alice"), uid("bob"), uid("s")
         await store.create_session(user_id=alice, session_id=session, title="private")
         await store.add_message(session, user_id=alice, role="user", content="order #A-1")
-        for call in (
-            store.get_session(session, user_id=bob),
-            store.get_messages(session, user_id=bob),
+        # Read (and delete) as a session that does not exist: no existence oracle.
+        missing = uid("s")
+        for read in ("get_session", "get_messages", "delete_session"):
+            call = getattr(store, read)
+            assert await call(session, user_id=bob) == await call(missing, user_id=bob)
+        assert await store.get_session(session, user_id=bob) is None
+        # A write is refused before anything is published.
+        for write in (
             store.upsert_session(session, user_id=bob, title="mine now"),
             store.add_message(session, user_id=bob, role="user", content="bob was here"),
-            store.delete_session(session, user_id=bob),
         ):
             with pytest.raises(OwnershipError):
-                await call
+                await write
         assert await store.list_sessions(bob) == []
         assert [m.content for m in await store.get_messages(session, user_id=alice)] == [
             "order #A-1"

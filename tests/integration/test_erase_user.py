@@ -36,6 +36,7 @@ from chatlog.settings import Settings
 from tests.llm_stub import LlmStub, slow
 from tests.processes import (
     ROOT,
+    chatlog_cli,
     chatlog_env,
     full_chatlog,
     running_processor,
@@ -119,21 +120,10 @@ def of_x(dump: dict[str, str]) -> list[str]:
         key
         for key, value in dump.items()
         if any(f"{{{s}}}" in key for s in X_SESSIONS)
+        or f"{{u:default:{X}}}" in key  # their index (of the first key layout: {u:X})
         or f"{{u:{X}}}" in key
         or f"secret-{X}" in value
     ]
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chatlog.cli", *args],
-        env=chatlog_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def everything_y_reads(chat: ChatLog, settings: Settings, at: Position) -> dict[str, Any]:
@@ -154,7 +144,9 @@ def everything_y_reads(chat: ChatLog, settings: Settings, at: Position) -> dict[
         "store session": session,
         "store page": page,
         "langchain": ChatlogMessageHistory("y-live", Y, log=chat).messages,
-        "tail": cli(settings, "tail", "y-live", "--user", Y, "--no-follow", "--json").stdout,
+        "tail": chatlog_cli(
+            settings, "tail", "y-live", "--user", Y, "--no-follow", "--json"
+        ).stdout,
     }
 
 
@@ -172,7 +164,7 @@ def test_every_read_path_answers_erased_for_x_and_y_reads_as_before(
         keys = wiring.live_store(settings).keys
         client = redis.Redis.from_url(redis_url)
         client.delete(keys.meta("x-expired"), keys.messages("x-expired"))
-        client.zrem(keys.user_sessions(X), "x-expired")
+        client.zrem(keys.user_sessions("default", X), "x-expired")
         assert of_x(redis_dump(redis_url, redis_prefix))  # x-live and x-deleted's tombstone
         before = everything_y_reads(chat, settings, y_at)
         assert secret(Y, "y-live-5") in before["tail"]
@@ -195,7 +187,7 @@ def test_every_read_path_answers_erased_for_x_and_y_reads_as_before(
                 ("tail", session, "--operator", "--no-follow"),
                 ("tail", session, "--user", X, "--no-follow", "--json"),
             ):
-                shown = cli(settings, *args)
+                shown = chatlog_cli(settings, *args)
                 assert f"secret-{X}" not in shown.stdout + shown.stderr
                 assert "erased" in shown.stderr
         assert chat.sessions(X) == []
@@ -222,7 +214,7 @@ def test_every_read_path_answers_erased_for_x_and_y_reads_as_before(
         assert rebuilt.generation != "g1"
         assert of_x(redis_dump(redis_url, redis_prefix)) == []
         assert verify(wiring.replay_parts(settings)).differences == []
-        checked = cli(settings, "replay", "--verify")
+        checked = chatlog_cli(settings, "replay", "--verify")
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
         assert everything_y_reads(chat, settings, y_at) == before
@@ -231,7 +223,7 @@ def test_every_read_path_answers_erased_for_x_and_y_reads_as_before(
         again = chat.erase_user(X)
         assert (again.already_erased, again.key_ids, again.sessions_removed) == (True, (), 0)
         assert again.erased_at == erasure.erased_at
-        shown = cli(settings, "erase", "--user", X, "--json")
+        shown = chatlog_cli(settings, "erase", "--user", X, "--json")
         assert shown.returncode == 0, shown.stderr
         assert json.loads(shown.stdout)["already_erased"] is True
 
@@ -244,7 +236,7 @@ def test_erasing_an_unknown_user_names_them_and_writes_nothing(
     dump = redis_dump(redis_url, redis_prefix)
     with pytest.raises(UnknownUser, match="user nobody of tenant default"):
         chat.erase_user("nobody")
-    shown = cli(settings, "erase", "--user", "nobody", "--tenant", "acme")
+    shown = chatlog_cli(settings, "erase", "--user", "nobody", "--tenant", "acme")
     assert shown.returncode == 1
     assert "nothing to erase for user nobody of tenant acme" in shown.stderr
     assert kafka.end_offsets(settings.keys_topic) == ends

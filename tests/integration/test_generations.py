@@ -10,7 +10,7 @@ import redis
 
 from chatlog.cli.replay import ProgressPrinter
 from chatlog.processors.kafka_replay import ReplayProgress
-from chatlog.projections.keys import KeySpace
+from chatlog.projections.keys import LAYOUT, LEGACY_LAYOUT, KeySpace
 from chatlog.projections.redis_generations import GenerationStore, next_generation
 from chatlog.schemas.position import Position
 
@@ -55,23 +55,46 @@ def test_delete_unlinks_one_generation_in_batches_and_refuses_the_live_one(gener
     assert generations.exists("g10")  # g1's pattern does not reach g10
 
 
-def test_compare_finds_sessions_and_user_indexes_that_differ(generations):
+@pytest.mark.parametrize(("layout", "owner"), [(LAYOUT, "acme:alice"), (LEGACY_LAYOUT, "alice")])
+def test_compare_finds_sessions_and_user_indexes_that_differ(generations, layout, owner):
     client = generations.client
     a, b = (KeySpace(generations.keys.prefix, g) for g in ("g1", "g2"))
     for keys in (a, b):
+        generations.create(keys.generation, layout=layout)
         client.hset(keys.meta("same"), mapping={"session_id": "same", "last_offset": 3})
         client.rpush(keys.messages("same"), "m1", "m2")
-        client.zadd(keys.user_sessions("alice"), {"same": 10})
+        client.zadd(keys.user_sessions("acme", "alice", layout=layout), {"same": 10})
+        client.zadd(keys.user_sessions("acme", "bob", layout=layout), {"bobs": 10})
     client.hset(a.meta("only-in-g1"), "session_id", "only-in-g1")
     client.rpush(b.messages("same"), "m3")
-    client.zadd(b.user_sessions("alice"), {"other": 11})
+    client.zadd(b.user_sessions("acme", "alice", layout=layout), {"other": 11})
     comparison = generations.compare("g1", "g2")
-    assert (comparison.sessions, comparison.users) == (2, 1)
+    assert (comparison.sessions, comparison.users) == (2, 2)
     assert sorted((d.kind, d.name) for d in comparison.differences) == [
         ("session", "only-in-g1"),
         ("session", "same"),
-        ("user index", "alice"),
+        ("user index", owner),
     ]
+
+
+def test_generations_of_two_key_layouts_differ_in_that_and_name_the_fix(generations):
+    client = generations.client
+    old, new = (KeySpace(generations.keys.prefix, g) for g in ("g1", "g2"))
+    generations.create("g1", layout=LEGACY_LAYOUT)
+    generations.create("g2")
+    assert (generations.layout("g1"), generations.layout("g2")) == (LEGACY_LAYOUT, LAYOUT)
+    assert generations.layout("g3") is None
+    for keys in (old, new):
+        client.hset(keys.meta("s1"), mapping={"session_id": "s1", "last_offset": 3})
+        client.zadd(
+            keys.user_sessions("acme", "alice", layout=generations.layout(keys.generation)),
+            {"s1": 1},
+        )
+    comparison = generations.compare("g1", "g2")
+    [difference] = comparison.differences
+    assert (difference.kind, difference.name) == ("layout", "g1")
+    assert "key layout 1" in difference.detail
+    assert "chatlog replay" in difference.detail
 
 
 def test_session_position_reads_the_meta_alone_of_one_generation(generations):

@@ -388,17 +388,26 @@ def test_the_rolling_summary_leads_the_history_and_is_never_stored_back(
         chat.close()
 
 
-def test_another_users_session_is_refused(settings, chat):
+def test_another_users_or_tenants_session_reads_as_none_and_refuses_writes(settings, chat, kafka):
+    chat.claims = wiring.claims(settings, chat.reader.client)  # as from_settings builds it
     with running_projector(settings):
         alice = ChatlogMessageHistory("s-alice", "alice", log=chat)
         alice.add_user_message("order #A-1")
         # Alice reads her own write (positions are noted per user: bob's history of the
         # session does not wait for alice's writes, so it must be projected first).
         assert [m.content for m in alice.messages] == ["order #A-1"]
-        with pytest.raises(OwnershipError):
-            _ = ChatlogMessageHistory("s-alice", "bob", log=chat).messages
-        with pytest.raises(OwnershipError):
-            ChatlogMessageHistory("s-alice", "bob", log=chat).clear()
+        # Bob's history of it reads as one that does not exist, and clearing it sends
+        # nothing; writing into it is refused before anything is published.
+        for bob in (
+            ChatlogMessageHistory("s-alice", "bob", log=chat),
+            ChatlogMessageHistory("s-alice", "alice", tenant="acme", log=chat),
+        ):
+            assert bob.messages == []
+            bob.clear()
+            with pytest.raises(OwnershipError):
+                bob.add_user_message("mine now")
+        assert [m.content for m in alice.messages] == ["order #A-1"]
+    assert sum(kafka.end_offsets(settings.topic).values()) == 1  # alice's message alone
 
 
 def test_with_no_client_given_the_history_uses_one_shared_from_the_environment(

@@ -23,7 +23,7 @@ from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.producers.commands import append_message
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 from chatlog.projections.opening import ERASED
-from chatlog.schemas.errors import ConfigError, Erased, InvalidInput, OwnershipError
+from chatlog.schemas.errors import ConfigError, Erased, InvalidInput, SessionNotFound
 from chatlog.schemas.events import ConversationEvent, MessageAppended, SummaryUpdated
 from chatlog.schemas.position import Position
 from chatlog.schemas.redaction import MAC_PURPOSE, Mode, RedactionPolicy
@@ -196,7 +196,7 @@ def test_tokenized_data_is_nowhere_but_sealed_and_only_its_owner_reveals_it(
     assert as_of.messages[3].metadata == {"contact": EMAIL}
     assert _leaks(str(chat.context(SESSION, user_id=USER, as_of=fourth).messages)) == []
     # The read is the owner's: another user reveals nothing, with or without asking.
-    with pytest.raises(OwnershipError):
+    with pytest.raises(SessionNotFound, match=f"^no session {SESSION} of user mallory"):
         chat.context(SESSION, user_id="mallory", reveal=True)
 
     async def read_async() -> str | None:

@@ -15,7 +15,7 @@ from chatlog import wiring
 from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.schemas.codec import EventCodec
-from chatlog.schemas.errors import OwnershipError, ReadModelLost, SessionNotFound
+from chatlog.schemas.errors import ReadModelLost, SessionNotFound
 from tests.processes import running_projector, unique_settings, wait_until
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,7 @@ def test_another_users_session_is_refused_and_never_listed(settings, chat):
     with running_projector(settings):
         position = chat.append("s-alice", user_id="alice", role="user", content="order #A-1")
         chat.context("s-alice", user_id="alice", after=position)
-        with pytest.raises(OwnershipError, match="belongs to another user"):
+        with pytest.raises(SessionNotFound, match=r"^no session s-alice of user bob in tenant"):
             chat.context("s-alice", user_id="bob")
         # A write into alice's session by bob is dead-lettered, never shown to anyone.
         intrusion = chat.append("s-alice", user_id="bob", role="user", content="bob was here")

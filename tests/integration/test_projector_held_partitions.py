@@ -51,7 +51,7 @@ class UnreachablePointer:
         self._reach()
         return "g1"
 
-    def create(self, generation: str) -> None:
+    def create(self, generation: str, *, layout: int = 2) -> None:
         self._reach()
 
     def mark_lost(self, generation: str, reason: str) -> None:

@@ -28,7 +28,7 @@ from chatlog.producers.commands import new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 from chatlog.projections.context import Context
 from chatlog.schemas.audit import AuditAction
-from chatlog.schemas.errors import OwnershipError, SessionNotFound
+from chatlog.schemas.errors import SessionNotFound
 from chatlog.schemas.events import MessageRedacted, SummaryUpdated
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
@@ -237,7 +237,7 @@ def test_redact_refuses_another_users_session_and_the_cli_redacts(
         position = append_turns(log, range(2))
         log.context(SESSION, user_id=USER, after=position)
         before = len(log_events(kafka, settings))
-        with pytest.raises(OwnershipError):
+        with pytest.raises(SessionNotFound, match=f"^no session {SESSION} of user mallory"):
             log.redact(SESSION, "m0", user_id="mallory")
         with pytest.raises(SessionNotFound):
             log.redact("no-such-session", "m0", user_id=USER)
@@ -289,7 +289,7 @@ def test_async_redact_checks_ownership_then_redacts(settings):
         ) as log:
             await log.append(SESSION, user_id=USER, role="user", content=SECRET, message_id="m1")
             # Not projected yet, or never: the owner is looked up in the log.
-            with pytest.raises(OwnershipError):
+            with pytest.raises(SessionNotFound, match=f"^no session {SESSION} of user mallory"):
                 await log.redact(SESSION, "m1", user_id="mallory")
             redaction = await log.redact(SESSION, "m1", user_id=USER)
             context = await log.context(SESSION, user_id=USER, after=redaction)

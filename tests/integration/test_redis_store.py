@@ -10,7 +10,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from chatlog.projections.keys import KeySpace
+from chatlog.projections.keys import LEGACY_LAYOUT, KeySpace
 from chatlog.projections.redis_erasure import RedisUserSessions
 from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_keys import RedisKeyDirectory
@@ -61,7 +61,7 @@ def test_session_keys_share_one_hash_tag(client, redis_prefix):
     assert keys == [
         f"{redis_prefix}:g1:s:{{s-1}}:meta",
         f"{redis_prefix}:g1:s:{{s-1}}:msgs",
-        f"{redis_prefix}:g1:u:{{u:u1}}:sessions",
+        f"{redis_prefix}:g1:u:{{u:default:u1}}:sessions",
     ]
     # Same slot on a Redis Cluster, so one Lua call may touch both.
     assert key_slot(keys[0].encode()) == key_slot(keys[1].encode())
@@ -87,7 +87,7 @@ def test_ttl_counts_from_the_last_event_and_expiry_removes_session_and_index_ent
     time.sleep(2.3)
     assert client.exists(meta_key) == 0
     assert reader.sessions("u1") == []
-    assert client.zcard(store.keys.user_sessions("u1")) == 0
+    assert client.zcard(store.keys.user_sessions("default", "u1")) == 0
 
 
 def test_events_older_than_the_ttl_leave_nothing_behind(client, redis_prefix):
@@ -185,7 +185,7 @@ def test_a_generation_without_its_epoch_is_never_written_nor_served(client, redi
     fresh = RedisViewStore(client, keys=store.keys, policy=POLICY)  # a restarted projector
     with pytest.raises(DataLoss):
         fresh.apply([Change(None, again)])
-    assert client.exists(store.keys.meta("s-new"), store.keys.user_sessions("u1")) == 1
+    assert client.exists(store.keys.meta("s-new"), store.keys.user_sessions("default", "u1")) == 1
     assert client.hget(store.keys.progress, "0") == b"1"
 
     with pytest.raises(ReadModelLost, match="chatlog replay"):
@@ -213,6 +213,9 @@ def test_a_users_sessions_leave_every_generation_and_no_other_tenants_do(client,
     live = new_store(client, redis_prefix)
     GenerationStore(client, prefix=redis_prefix).create("verify-1")
     scratch = RedisViewStore(client, keys=KeySpace(redis_prefix, "verify-1"), policy=POLICY)
+    # A generation built with the first key layout: one index per user id, every tenant's.
+    GenerationStore(client, prefix=redis_prefix).create("g0", layout=LEGACY_LAYOUT)
+    old = RedisViewStore(client, keys=KeySpace(redis_prefix, "g0"), policy=POLICY)
 
     def write(store, session, user, tenant="default", offset=0):
         view = evolve(None, event(session, message(session), user=user), Position(0, offset))
@@ -224,17 +227,25 @@ def test_a_users_sessions_leave_every_generation_and_no_other_tenants_do(client,
     write(live, "x2", "xavier")
     write(live, "x-acme", "xavier", tenant="acme")  # the same user id in another tenant
     write(live, "y1", "yvonne")
-    index = live.keys.user_sessions("xavier")
+    write(old, "x0", "xavier")
+    write(old, "x0-acme", "xavier", tenant="acme")
+    shared = old.keys.user_sessions("default", "xavier", layout=LEGACY_LAYOUT)
+    assert {s.decode() for s in client.zrange(shared, 0, -1)} == {"x0", "x0-acme"}
+    index = live.keys.user_sessions("default", "xavier")
     client.zadd(index, {"x-expired": 1})  # its session expired, the entry did not yet
     sessions = RedisUserSessions(client, prefix=redis_prefix)
     scope = KeyScope("default", "xavier")
-    assert sessions.find(scope) == {"x1", "x2"}
+    assert sessions.find(scope) == {"x0", "x1", "x2"}
 
-    assert sessions.remove(scope) == {"x1", "x2"}
+    assert sessions.remove(scope) == {"x0", "x1", "x2"}
     loaded = live.load(["x1", "x2", "x-acme", "y1"])
     assert (loaded["x1"], loaded["x2"]) == (None, None)
     assert loaded["x-acme"] is not None
     assert loaded["y1"] is not None
     assert scratch.load(["x1"]) == {"x1": None}
-    assert [s.decode() for s in client.zrange(index, 0, -1)] == ["x-acme"]
+    assert client.zrange(index, 0, -1) == []  # x-acme is in acme's index
+    acme = live.keys.user_sessions("acme", "xavier")
+    assert [s.decode() for s in client.zrange(acme, 0, -1)] == ["x-acme"]
+    assert [s.decode() for s in client.zrange(shared, 0, -1)] == ["x0-acme"]
+    assert old.load(["x0"]) == {"x0": None}
     assert sessions.find(scope) == set()

@@ -8,10 +8,13 @@ from chatlog.projections.epochs import (
     Lost,
     assess_start,
     is_intact,
+    layout_of,
+    layout_problem,
     lost_epoch,
     new_epoch,
     reader_problem,
 )
+from chatlog.projections.keys import LAYOUT, LEGACY_LAYOUT
 
 EPOCH = new_epoch()
 
@@ -82,3 +85,25 @@ def test_readers_are_told_what_is_missing():
 
 def test_epochs_are_unique():
     assert len({new_epoch() for _ in range(100)}) == 100
+
+
+def test_an_epoch_records_the_key_layout_and_one_from_before_layouts_is_the_first():
+    assert LAYOUT == 2
+    assert layout_of(new_epoch()) == LAYOUT
+    assert new_epoch().startswith("v2-")
+    assert layout_of(new_epoch(LEGACY_LAYOUT)) == LEGACY_LAYOUT
+    assert layout_of("0123456789abcdef0123456789abcdef") == LEGACY_LAYOUT  # before layouts
+    assert layout_of("v3-abc") == 3
+    assert is_intact(new_epoch())
+    assert is_intact(new_epoch(LEGACY_LAYOUT))
+
+
+def test_a_read_that_depends_on_the_layout_is_refused_naming_the_fix():
+    assert layout_problem("g2", new_epoch()) is None
+    older = layout_problem("g1", new_epoch(LEGACY_LAYOUT)) or ""
+    assert "generation g1" in older
+    assert "key layout 1" in older
+    assert "chatlog replay" in older
+    newer = layout_problem("g3", "v3-abc") or ""
+    assert "newer chatlog" in newer
+    assert "Upgrade" in newer
