@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from chatlog.cli.common import stop_on_signals
@@ -77,19 +79,34 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port (1-65535)", setting="--port")
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, which also tells the app when it is asked to stop: uvicorn
+        waits for every response to end first, and a live stream only ends when told."""
+
+        def __init__(self, config: uvicorn.Config, on_exit: Callable[[], object]) -> None:
+            super().__init__(config)
+            self.on_exit = on_exit
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            self.on_exit()
+            super().handle_exit(sig, frame)
+
     async def run() -> None:
         # Built inside the event loop that serves it: the asyncio Redis client binds to it.
         # uvicorn handles SIGTERM; the app's shutdown flushes pending events.
         log = AsyncChatLog.from_settings(settings, flush_on_sigterm=False)
+        stopping = asyncio.Event()
         try:
-            app = create_app(log, verifier)
+            app = create_app(log, verifier, stopping=stopping)
         except ChatlogError:
             await log.aclose()
             raise
         config = uvicorn.Config(
             app, host=args.host, port=args.port, lifespan="on", log_level="info"
         )
-        await uvicorn.Server(config).serve()
+        loop = asyncio.get_running_loop()
+        # From a signal handler: the loop may be asleep in select, so wake it.
+        await Server(config, lambda: loop.call_soon_threadsafe(stopping.set)).serve()
 
     # uvicorn stops gracefully on SIGTERM or Ctrl-C, then raises the signal again for the
     # handler it found: this one, which only notes it, so a stop asked for exits 0 as the

@@ -34,7 +34,7 @@ from chatlog.schemas.errors import ChatlogError, SessionNotFound, Unauthenticate
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "Caller", "create_app", "own_context"]
 
 MAX_BODY_BYTES = 1024 * 1024
 """The largest request body accepted (413 above it): a chat message, not an upload."""
@@ -177,13 +177,35 @@ def _principal(
 Caller = Annotated[Principal, Depends(_principal)]
 
 
+async def own_context(
+    log: AsyncChatLog, session_id: str, caller: Principal, after: Position | None
+) -> Context:
+    """The caller's session's context; another tenant's answers as a missing one.
+
+    The library checks the user but not yet the tenant (issue 15), so the same
+    ``sub`` in two tenants would be one owner there: the gateway checks the tenant.
+    """
+    context = await log.context(session_id, user_id=caller.user_id, after=after)
+    if context.tenant != caller.tenant:
+        raise SessionNotFound(f"no session {session_id} in this tenant", session_id=session_id)
+    return context
+
+
 def create_app(
-    log: AsyncChatLog, verifier: TokenVerifier, *, max_body_bytes: int = MAX_BODY_BYTES
+    log: AsyncChatLog,
+    verifier: TokenVerifier,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    stopping: asyncio.Event | None = None,
 ) -> ASGIApp:
     """The gateway's ASGI application over `log`, its callers checked by `verifier`.
 
-    The application closes `log` when it shuts down (flushing pending events).
+    The application closes `log` when it shuts down (flushing pending events). Set
+    `stopping` when the server is asked to stop: live streams end then, as they
+    otherwise never would.
     """
+    # Imported here: the route modules import this one's shared parts.
+    from chatlog.gateway.fastapi_live import live_routes  # noqa: PLC0415
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -201,6 +223,7 @@ def create_app(
     app.state.verifier = verifier
     _add_error_handlers(app)
     _add_session_routes(app, log)
+    app.include_router(live_routes(log, stopping=stopping))
     _add_health_routes(app, log)
     return _BodyLimit(app, limit=max_body_bytes)
 
@@ -232,17 +255,6 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
-    async def own_context(session_id: str, caller: Principal, after: Position | None) -> Context:
-        """The caller's session's context; another tenant's answers as a missing one.
-
-        The library checks the user but not yet the tenant (issue 15), so the same
-        ``sub`` in two tenants would be one owner there: the gateway checks the tenant.
-        """
-        context = await log.context(session_id, user_id=caller.user_id, after=after)
-        if context.tenant != caller.tenant:
-            raise SessionNotFound(f"no session {session_id} in this tenant", session_id=session_id)
-        return context
-
     @app.post("/v1/sessions", status_code=201, tags=["sessions"])
     async def create_session(caller: Caller, body: NewSession | None = None) -> dict[str, Any]:
         """Start a session of the caller's; its id is made here, unguessable.
@@ -255,7 +267,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         position = await log.start_session(
             session_id, user_id=caller.user_id, title=title, tenant=caller.tenant
         )
-        await own_context(session_id, caller, position)
+        await own_context(log, session_id, caller, position)
         return {"session_id": session_id, "position": str(position)}
 
     @app.post("/v1/sessions/{session_id}/messages", status_code=201, tags=["sessions"])
@@ -278,7 +290,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         )
         # Another user's session, or one never started here, is refused before anything
         # is published (until the producer itself checks ownership: issue 15).
-        await own_context(session_id, caller, None)
+        await own_context(log, session_id, caller, None)
         position = await log.append(
             session_id,
             user_id=caller.user_id,
@@ -304,7 +316,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         """The session's context; with ``after`` (a position an append returned), once
         the projector has applied it (read-your-writes). ``format=openai`` gives the
         ``messages`` for a chat completion, trimmed to ``max_tokens``."""
-        context = await own_context(session_id, caller, _position(after))
+        context = await own_context(log, session_id, caller, _position(after))
         if format == "openai":
             return {
                 "session_id": context.session_id,
