@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from chatlog.processors.kafka_audit import read_audit
 from chatlog.projections.keys import KeySpace
 from tests.integration.test_gateway import Gateway, create, gateway_stack, user
 
@@ -229,3 +230,87 @@ def test_the_projector_publishes_a_notice_on_the_sessions_shard_channel(gateway,
     finally:
         listener.close()
         client.close()
+
+
+def test_closing_the_session_ends_its_stream_and_it_stays_readable(gateway):
+    alice = user()
+    session = create(gateway, alice, "Closing")
+
+    async def scenario() -> None:
+        async with client_of(gateway) as client:
+            async with stream(client, gateway, alice, session) as response:
+                events = events_of(response)
+                assert (await next_event(events)).event == "reset"
+                bob = user()
+                refused = await client.post(
+                    f"/v1/sessions/{session}/close", headers=gateway.auth(bob)
+                )
+                assert refused.status_code == 404
+                closed = await client.post(
+                    f"/v1/sessions/{session}/close", headers=gateway.auth(alice)
+                )
+                assert closed.status_code == 200, closed.text
+                assert closed.json()["status"] == "closed"
+                last = await next_event(events)
+                assert (last.event, last.id) == ("session", closed.json()["position"])
+                assert last.data == {"status": "closed", "title": "Closing"}
+                with pytest.raises(StopAsyncIteration):
+                    await next_event(events)  # the stream has ended
+            read = await client.get(f"/v1/sessions/{session}/context", headers=gateway.auth(alice))
+            assert read.status_code == 200
+            assert read.json()["status"] == "closed"
+            # A stream opened on a closed session says so and ends.
+            async with stream(client, gateway, alice, session) as response:
+                got = [e async for e in events_of(response)]
+            assert [e.event for e in got] == ["reset", "session"]
+            assert got[-1].data["status"] == "closed"
+
+    asyncio.run(scenario())
+
+
+def test_deleting_the_session_ends_its_stream_and_every_read_answers_404(gateway):
+    alice, bob = user(), user()
+    session = create(gateway, alice)
+
+    async def scenario() -> None:
+        async with client_of(gateway) as client:
+            await append(client, gateway, alice, session, "to be deleted")
+            async with stream(client, gateway, alice, session) as response:
+                events = events_of(response)
+                assert (await next_event(events)).event == "reset"
+                refused = await client.delete(f"/v1/sessions/{session}", headers=gateway.auth(bob))
+                assert refused.status_code == 404
+                deleted = await client.delete(
+                    f"/v1/sessions/{session}", headers=gateway.auth(alice)
+                )
+                assert deleted.status_code == 200, deleted.text
+                assert deleted.json()["status"] == "erased"
+                last = await next_event(events)
+                assert last.event == "session"
+                assert last.data == {"status": "erased", "title": None}
+                with pytest.raises(StopAsyncIteration):
+                    await next_event(events)
+            for method, path in (
+                ("GET", f"/v1/sessions/{session}/context"),
+                ("GET", f"/v1/sessions/{session}/events"),
+                ("POST", f"/v1/sessions/{session}/close"),
+                ("DELETE", f"/v1/sessions/{session}"),
+            ):
+                answer = await client.request(method, path, headers=gateway.auth(alice))
+                assert answer.status_code == 404, (method, path, answer.text)
+            listed = await client.get("/v1/sessions", headers=gateway.auth(alice))
+            assert listed.json()["sessions"] == []
+
+    asyncio.run(scenario())
+    records = [
+        r
+        for _, r in read_audit(
+            bootstrap_servers=gateway.settings.kafka_bootstrap, topic=gateway.settings.audit_topic
+        ).records
+    ]
+    erased = [r for r in records if r.action == "session_erased"]
+    # The refused attempt of bob's never reached the library (the gateway answered 404
+    # first); alice's erasure is recorded with her as the actor.
+    assert [(r.outcome, r.principal, r.session_id) for r in erased] == [
+        ("ok", f"jwt:default/{alice}", session)
+    ]
