@@ -205,7 +205,9 @@ def create_app(
     otherwise never would.
     """
     # Imported here: the route modules import this one's shared parts.
+    from chatlog.gateway.fastapi_lifecycle import lifecycle_routes  # noqa: PLC0415
     from chatlog.gateway.fastapi_live import live_routes  # noqa: PLC0415
+    from chatlog.gateway.fastapi_me import me_routes  # noqa: PLC0415
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -224,6 +226,8 @@ def create_app(
     _add_error_handlers(app)
     _add_session_routes(app, log)
     app.include_router(live_routes(log, stopping=stopping))
+    app.include_router(lifecycle_routes(log))
+    app.include_router(me_routes(log))
     _add_health_routes(app, log)
     return _BodyLimit(app, limit=max_body_bytes)
 
