@@ -28,6 +28,7 @@ from chatlog.processors.kafka_export import KafkaExporter
 from chatlog.processors.kafka_history import KafkaHistory, KafkaSessionLog
 from chatlog.processors.kafka_key_log import KeysRotated
 from chatlog.processors.kafka_keys_tick import KafkaKeysTicker
+from chatlog.processors.kafka_lag import KafkaTopicEnds
 from chatlog.processors.kafka_projector import KafkaProjector
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
@@ -357,6 +358,13 @@ def exporter(settings: Settings, client: redis.Redis | None = None) -> KafkaExpo
         codec=codec(settings),
         config=settings.kafka,
         policy=policy(settings),
+    )
+
+
+def topic_ends(settings: Settings) -> KafkaTopicEnds:
+    """The events topic's partition ends, for the projector's lag (the gateway's /readyz)."""
+    return KafkaTopicEnds(
+        bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic, config=settings.kafka
     )
 
 

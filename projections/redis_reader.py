@@ -316,6 +316,12 @@ class AsyncRedisReader:
         with redis_errors():
             return await self._sessions(user_id, limit)
 
+    async def progress(self) -> dict[int, int]:
+        """The live generation's progress marks: partition -> last offset projected."""
+        with redis_errors():
+            marks = text_map(await self.client.hgetall((await self.keys()).progress))
+        return {int(partition): int(offset) for partition, offset in marks.items()}
+
     async def projected_view(
         self, session_id: str, position: Position, *, timeout: float = 5.0
     ) -> SessionView | None:

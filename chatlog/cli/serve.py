@@ -11,6 +11,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from chatlog import wiring
 from chatlog.cli.common import stop_on_signals
 from chatlog.schemas.errors import ChatlogError, ConfigError, MissingExtra
 from chatlog.settings import Settings
@@ -68,7 +69,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         # Imported here: `chatlog` without the server extra must still run every other command.
         import uvicorn  # noqa: PLC0415
 
-        from chatlog.gateway.fastapi_app import create_app  # noqa: PLC0415
+        from chatlog.gateway.fastapi_app import LagBound, create_app  # noqa: PLC0415
         from chatlog.gateway.tokens import TokenVerifier  # noqa: PLC0415
     except ImportError as exc:
         raise MissingExtra.needs("server", "chatlog serve", exc) from exc
@@ -97,7 +98,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         log = AsyncChatLog.from_settings(settings, flush_on_sigterm=False)
         stopping = asyncio.Event()
         try:
-            app = create_app(log, verifier, stopping=stopping)
+            lag = LagBound(wiring.topic_ends(settings), settings.ready_max_lag)
+            app = create_app(log, verifier, stopping=stopping, lag=lag)
         except ChatlogError:
             await log.aclose()
             raise

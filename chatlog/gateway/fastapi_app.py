@@ -17,6 +17,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -29,12 +30,14 @@ from starlette.exceptions import HTTPException
 from chatlog.client import AsyncChatLog
 from chatlog.gateway.http_errors import HttpError, http_error
 from chatlog.gateway.tokens import Principal, TokenVerifier
+from chatlog.processors.kafka_lag import KafkaTopicEnds
+from chatlog.processors.projector_stats import records_behind
 from chatlog.projections.context import Context
 from chatlog.schemas.errors import ChatlogError, SessionNotFound, Unauthenticated
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
 
-__all__ = ["MAX_BODY_BYTES", "Caller", "create_app", "own_context"]
+__all__ = ["MAX_BODY_BYTES", "Caller", "LagBound", "create_app", "own_context"]
 
 MAX_BODY_BYTES = 1024 * 1024
 """The largest request body accepted (413 above it): a chat message, not an upload."""
@@ -49,6 +52,15 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class LagBound:
+    """What ``/readyz`` checks of the projector: at most `max_lag` records of the events
+    topic (whose partition ends `ends` reads) not yet projected."""
+
+    ends: KafkaTopicEnds
+    max_lag: int
 
 
 class NewSession(BaseModel):
@@ -197,12 +209,13 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     stopping: asyncio.Event | None = None,
+    lag: LagBound | None = None,
 ) -> ASGIApp:
     """The gateway's ASGI application over `log`, its callers checked by `verifier`.
 
     The application closes `log` when it shuts down (flushing pending events). Set
     `stopping` when the server is asked to stop: live streams end then, as they
-    otherwise never would.
+    otherwise never would. With `lag`, ``/readyz`` also checks the projector's lag.
     """
     # Imported here: the route modules import this one's shared parts.
     from chatlog.gateway.fastapi_lifecycle import lifecycle_routes  # noqa: PLC0415
@@ -214,6 +227,8 @@ def create_app(
         try:
             yield
         finally:
+            if lag is not None:
+                await asyncio.to_thread(lag.ends.close)
             await log.aclose()
 
     app = FastAPI(
@@ -228,7 +243,7 @@ def create_app(
     app.include_router(live_routes(log, stopping=stopping))
     app.include_router(lifecycle_routes(log))
     app.include_router(me_routes(log))
-    _add_health_routes(app, log)
+    _add_health_routes(app, log, lag)
     return _BodyLimit(app, limit=max_body_bytes)
 
 
@@ -355,7 +370,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         }
 
 
-def _add_health_routes(app: FastAPI, log: AsyncChatLog) -> None:
+def _add_health_routes(app: FastAPI, log: AsyncChatLog, lag: LagBound | None) -> None:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """The process is up (it checks nothing else)."""
@@ -363,8 +378,9 @@ def _add_health_routes(app: FastAPI, log: AsyncChatLog) -> None:
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        """Kafka and Redis answer: 200, else 503 naming which does not."""
-        checks: dict[str, str] = {}
+        """Kafka and Redis answer and the projector is not too far behind: 200, else
+        503 naming what is wrong."""
+        checks: dict[str, Any] = {}
         try:
             await asyncio.to_thread(log.producer.sync.check, timeout=_READY_TIMEOUT_S)
             checks["kafka"] = "ok"
@@ -375,9 +391,30 @@ def _add_health_routes(app: FastAPI, log: AsyncChatLog) -> None:
             checks["redis"] = "ok"
         except Exception as exc:  # any failure means not ready; its kind is enough
             checks["redis"] = type(exc).__name__
-        ready = all(value == "ok" for value in checks.values())
+        if lag is not None and checks["kafka"] == checks["redis"] == "ok":
+            checks.update(await _projector_lag(log, lag))
+        ready = all(value == "ok" for key, value in checks.items() if key in _CHECKS)
         return JSONResponse(
             {"status": "ready" if ready else "not ready", **checks},
             status_code=200 if ready else 503,
             headers={} if ready else {"Retry-After": "1"},
         )
+
+
+_CHECKS = ("kafka", "redis", "projector")  # what /readyz says ok or not; the rest is detail
+
+
+async def _projector_lag(log: AsyncChatLog, lag: LagBound) -> dict[str, Any]:
+    """The projector's check for /readyz: how many records it has left, and whether
+    that is within the bound."""
+    try:
+        ends = await asyncio.to_thread(lag.ends.ends, timeout=_READY_TIMEOUT_S)
+        marks = await asyncio.wait_for(log.reader.progress(), _READY_TIMEOUT_S)
+    except Exception as exc:  # any failure means not ready; its kind is enough
+        return {"projector": type(exc).__name__}
+    behind = records_behind(ends, marks)
+    return {
+        "projector": "ok" if behind <= lag.max_lag else "behind",
+        "projector_lag": behind,
+        "max_lag": lag.max_lag,
+    }
