@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,8 +21,15 @@ import redis
 
 from chatlog.processors.kafka_audit import read_audit
 from chatlog.projections.keys import KeySpace
-from tests.integration.test_gateway import Gateway, create, gateway_stack, user
-from tests.processes import ROOT, chatlog_env, wait_until
+from tests.integration.test_gateway import (
+    Gateway,
+    create,
+    curl_blocks,
+    gateway_stack,
+    run_shell,
+    user,
+)
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -345,21 +348,8 @@ def test_deleting_the_session_ends_its_stream_and_every_read_answers_404(gateway
 
 
 def test_the_curl_example_of_the_live_stream_runs(gateway):
-    text = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
-    blocks = [b.split("```", 1)[0] for b in text.split("## With curl", 1)[1].split("```sh\n")[1:3]]
-    env = chatlog_env(gateway.settings)
-    env["GATEWAY"] = gateway.url
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    ran = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", "\n".join(blocks)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert ran.returncode == 0, ran.stderr
+    # The session of the first block, then the stream, its close and the export.
+    ran = run_shell(gateway, curl_blocks(2))
     out = ran.stdout
     assert "event: reset" in out
     assert '"content":"Where is my order 7731?"' in out.split("event: reset", 1)[1]
