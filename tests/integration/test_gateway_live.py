@@ -357,3 +357,37 @@ def test_the_curl_example_of_the_live_stream_runs(gateway):
     # The close's own answer (the stream and the close share stdout: no line order).
     assert re.search(r'\{"session_id":"[\w-]+","position":"\d+:\d+","status":"closed"\}', out)
     assert out.splitlines()[-1] == "1 session(s)"
+
+
+def test_a_lost_notice_connection_delays_updates_but_drops_none(gateway):
+    alice = user()
+    session = create(gateway, alice)
+    channel = KeySpace(gateway.settings.redis_prefix).applied(session)
+    client = redis.Redis.from_url(gateway.settings.redis_url)
+
+    def listeners() -> int:
+        return int(client.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1])
+
+    async def scenario() -> None:
+        async with client_of(gateway) as http:
+            async with stream(http, gateway, alice, session) as response:
+                events = events_of(response)
+                assert (await next_event(events)).event == "reset"
+                assert listeners() == 1
+                # The gateway's pub/sub connection dies: notices sent meanwhile are lost.
+                assert client.client_kill_filter(_type="pubsub") >= 1
+                for n in range(3):
+                    posted = await append(http, gateway, alice, session, f"after the kill {n}")
+                    event = await next_event(events)  # from a recheck, or a new notice
+                    assert (event.event, event.id) == ("message", posted["position"])
+                # The connection comes back, subscribed again.
+                wait_until(lambda: listeners() == 1, timeout=10, what="the resubscription")
+                posted = await append(http, gateway, alice, session, "notified again")
+                event = await next_event(events)
+                assert (event.event, event.id) == ("message", posted["position"])
+            wait_until(lambda: listeners() == 0, timeout=10, what="the unsubscribe")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        client.close()
