@@ -117,7 +117,9 @@ async def _stream(
         channel = (await log.reader.keys()).applied(session_id)
         # Subscribed before the first read: a change applied after that read is notified.
         async with feed.watch(channel) as watch:
-            yield _encode(tracker.start(await own_context(log, session_id, caller, None), after))
+            first = tracker.start(await own_context(log, session_id, caller, None), after)
+            if first:  # nothing when the client is up to date
+                yield _encode(first)
             sent_at = time.monotonic()
             while not tracker.ended:
                 woken = await watch.wait(RECHECK_S)
