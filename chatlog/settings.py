@@ -262,6 +262,11 @@ class Settings(BaseModel):
     auth_tenant_claim: str = Field(
         "tenant", description="the JWT claim naming the caller's tenant; absent: default"
     )
+    applied_notices: bool = Field(
+        True,
+        description="the projector publishes a notice per session it writes, for the "
+        "gateway's live updates; off, streams find changes by their 3 s rechecks only",
+    )
     ready_max_lag: int = Field(
         10_000,
         ge=0,

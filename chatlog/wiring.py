@@ -493,7 +493,8 @@ def projector(settings: Settings) -> KafkaProjector:
         # projector started during a Redis outage keeps its place and starts projecting
         # when Redis answers, rather than exiting for its supervisor to retry.
         live = None
-    store = generation_store(settings, live or DEFAULT_GENERATION, client, notify=True)
+    notify = settings.applied_notices
+    store = generation_store(settings, live or DEFAULT_GENERATION, client, notify=notify)
     core = ProjectionCore(
         store, codec=codec(settings), policy=policy(settings), opener=opener(settings, client)
     )
@@ -515,7 +516,7 @@ def projector(settings: Settings) -> KafkaProjector:
         generations=generations(settings, client),
         generation=live,
         # Notices for gateways (`RedisViewStore.notify`): this store is the live one.
-        store_for=lambda generation: generation_store(settings, generation, client, notify=True),
+        store_for=lambda generation: generation_store(settings, generation, client, notify=notify),
         on_data_loss=settings.on_data_loss,
         rebuild=rebuild_lost,
         keys_ticker=keys_ticker(settings),

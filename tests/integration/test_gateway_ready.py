@@ -1,18 +1,31 @@
-"""The gateway's readiness and its stop, on a real `chatlog serve`, projector, Kafka and
-Redis: ``/readyz`` says 503 while the projector is further behind than the bound, and a
-gateway with an open live stream still stops at once, and cleanly, on SIGTERM."""
+"""The gateway on stacks of their own, with a real `chatlog serve`, projector, Kafka and
+Redis: ``/readyz`` says 503 while the projector is further behind than the bound; a
+gateway with an open live stream still stops at once, and cleanly, on SIGTERM; and with
+the projector's notices off, streams still get every update."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 
 import httpx
 import pytest
+import redis
 
+from chatlog.gateway.fastapi_live import RECHECK_S
 from chatlog.gateway.tokens import TokenIssuer
-from tests.integration.test_gateway import SECRET, Gateway, create, post, user
+from chatlog.projections.keys import KeySpace
+from tests.integration.test_gateway import SECRET, Gateway, create, gateway_stack, post, user
+from tests.integration.test_gateway_live import (
+    ARRIVES_WITHIN_S,
+    append,
+    client_of,
+    events_of,
+    next_event,
+    stream,
+)
 from tests.processes import (
     running_gateway,
     running_projector,
@@ -109,3 +122,32 @@ def test_a_gateway_with_an_open_stream_stops_at_once_on_sigterm(kafka, redis_url
     took = time.monotonic() - started
     assert ended.wait(10), "the stream did not end when the gateway stopped"
     assert took < 10, f"the gateway took {took:.1f} s to stop"
+
+
+def test_without_notices_a_stream_still_gets_every_update_from_its_rechecks(
+    kafka, redis_url, tmp_path
+):
+    with gateway_stack(kafka, redis_url, tmp_path, applied_notices=False) as gw:
+        alice = user()
+        session = create(gw, alice)
+        client = redis.Redis.from_url(redis_url)
+        listener = client.pubsub()
+        listener.ssubscribe(KeySpace(gw.settings.redis_prefix).applied(session))
+        assert listener.get_sharded_message(timeout=10)["type"] == "ssubscribe"
+
+        async def scenario() -> None:
+            async with client_of(gw) as http, stream(http, gw, alice, session) as response:
+                events = events_of(response)
+                assert (await next_event(events)).event == "reset"
+                for n in range(3):
+                    posted = await append(http, gw, alice, session, f"unnotified {n}")
+                    event = await next_event(events, timeout=RECHECK_S + ARRIVES_WITHIN_S)
+                    assert (event.event, event.id) == ("message", posted["position"])
+
+        try:
+            asyncio.run(scenario())
+            # Found by the rechecks: the projector published no notice at all.
+            assert listener.get_sharded_message(timeout=1) is None
+        finally:
+            listener.close()
+            client.close()
