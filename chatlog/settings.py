@@ -327,6 +327,17 @@ class Settings(BaseModel):
         1000,
         description="sessions a user may hold at once (started, not expired or erased); 0: any",
     )
+    applied_notices: bool = Field(
+        True,
+        description="the projector publishes a notice per session it writes, for the "
+        "gateway's live updates; off, streams find changes by their 3 s rechecks only",
+    )
+    ready_max_lag: int = Field(
+        10_000,
+        ge=0,
+        description="the gateway's /readyz answers 503 while the projector has more records "
+        "than this left to project",
+    )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"

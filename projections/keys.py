@@ -30,6 +30,8 @@ one tenant share the tag `{t:<tenant>}`, so the gateway checks a user's bucket a
 their tenant's in one call, on one Cluster node: a tenant's whole request load lands on
 that node, the price of taking both tokens atomically.
 
+    chatlog:applied:{session-42}                sharded pub/sub channel: "applied" notices
+
 The key directory (`chatlog.projections.redis_keys`) is shared by every generation: it
 copies the `chatlog.keys` topic, not the events, so a rebuild has nothing to redo there.
 
@@ -141,6 +143,12 @@ class KeySpace:
     def user_rate(self, tenant: str, user_id: str) -> str:
         """A user's request bucket, in their tenant's slot."""
         return f"{self.prefix}:rate:{{t:{tenant}}}:u:{user_id}"
+
+    def applied(self, session_id: str) -> str:
+        """The shard channel (SPUBLISH) on which the projector says it applied events of
+        the session. Outside every generation, so a listener keeps it across a rebuild;
+        in the session's hash tag, so on Redis Cluster it lives on the session's shard."""
+        return f"{self.prefix}:applied:{{{session_id}}}"
 
     def generation_pattern(self) -> str:
         """A SCAN pattern for every key of this generation."""

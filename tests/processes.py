@@ -315,11 +315,15 @@ def delete_prefix(redis_url: str, prefix: str) -> None:
         client.close()
 
 
-def run_docs_block(page: str, after: str, settings: Settings, *, gateway: str) -> list[str]:
-    """Run the first ``sh`` block after the text `after` in docs/`page` with bash, as a
-    reader would against the gateway at `gateway`; its output lines (it must succeed)."""
+def run_docs_block(
+    page: str, after: str, settings: Settings, *, gateway: str, count: int = 1
+) -> list[str]:
+    """Run the first `count` ``sh`` blocks after the text `after` in docs/`page` with
+    bash, as one script, as a reader would against the gateway at `gateway`; its output
+    lines (it must succeed)."""
     text = (ROOT / "docs" / page).read_text(encoding="utf-8")
-    block = text.split(after, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    blocks = text.split(after, 1)[1].split("```sh\n")[1 : count + 1]
+    block = "\n".join(part.split("```", 1)[0] for part in blocks)
     env = chatlog_env(settings)
     env["GATEWAY"] = gateway
     # `chatlog` as installed beside this interpreter, as a reader's shell would find it.

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from chatlog import wiring
 from chatlog.cli.common import stop_on_signals
 from chatlog.cli.output import iso
 from chatlog.gateway.api_keys import ApiKeys
@@ -124,7 +127,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         # Imported here: `chatlog` without the server extra must still run every other command.
         import uvicorn  # noqa: PLC0415
 
-        from chatlog.gateway.fastapi_app import create_app  # noqa: PLC0415
+        from chatlog.gateway.fastapi_app import LagBound, create_app  # noqa: PLC0415
         from chatlog.gateway.principals import Authenticator  # noqa: PLC0415
         from chatlog.gateway.redis_ratelimit import RedisRateLimiter  # noqa: PLC0415
         from chatlog.gateway.tokens import TokenVerifier  # noqa: PLC0415
@@ -140,13 +143,27 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port (1-65535)", setting="--port")
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, which also tells the app when it is asked to stop: uvicorn
+        waits for every response to end first, and a live stream only ends when told."""
+
+        def __init__(self, config: uvicorn.Config, on_exit: Callable[[], object]) -> None:
+            super().__init__(config)
+            self.on_exit = on_exit
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            self.on_exit()
+            super().handle_exit(sig, frame)
+
     async def run() -> None:
         # Built inside the event loop that serves it: the asyncio Redis client binds to it.
         # uvicorn handles SIGTERM; the app's shutdown flushes pending events.
         log = AsyncChatLog.from_settings(settings, flush_on_sigterm=False)
+        stopping = asyncio.Event()
         try:
             limiter = RedisRateLimiter.from_settings(settings, log.reader.client)
-            app = create_app(log, auth, limiter=limiter)
+            lag = LagBound(wiring.topic_ends(settings), settings.ready_max_lag)
+            app = create_app(log, auth, stopping=stopping, lag=lag, limiter=limiter)
         except ChatlogError:
             await log.aclose()
             raise
@@ -155,7 +172,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         config = uvicorn.Config(
             app, host=args.host, port=args.port, lifespan="on", log_level="info", log_config=None
         )
-        await uvicorn.Server(config).serve()
+        loop = asyncio.get_running_loop()
+        # From a signal handler: the loop may be asleep in select, so wake it.
+        await Server(config, lambda: loop.call_soon_threadsafe(stopping.set)).serve()
 
     # uvicorn stops gracefully on SIGTERM or Ctrl-C, then raises the signal again for the
     # handler it found: this one, which only notes it, so a stop asked for exits 0 as the

@@ -1,4 +1,4 @@
-"""The gateway's routes, on FastAPI: `create_app(log, verifier)` is the ASGI application.
+"""The gateway's routes, on FastAPI: `create_app(log, auth)` is the ASGI application.
 
 FastAPI (on Starlette, served by uvicorn) because it is well kept, asyncio-native like
 `AsyncChatLog`, and derives request validation and the OpenAPI document (``/docs``,
@@ -18,6 +18,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -31,13 +32,15 @@ from chatlog.client import AsyncChatLog
 from chatlog.gateway.fastapi_limits import RateLimiter, limited
 from chatlog.gateway.http_errors import HttpError, http_error
 from chatlog.gateway.principals import ACTING_USER_HEADER, Authenticator, Principal
+from chatlog.processors.kafka_lag import KafkaTopicEnds
+from chatlog.processors.projector_stats import records_behind
 from chatlog.projections.context import Context
 from chatlog.schemas.errors import ChatlogError
 from chatlog.schemas.events import MAX_TITLE_CHARS
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "Caller", "LagBound", "create_app", "own_context"]
 
 MAX_BODY_BYTES = 1024 * 1024
 """The largest request body accepted (413 above it): a chat message, not an upload."""
@@ -52,6 +55,15 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class LagBound:
+    """What ``/readyz`` checks of the projector: at most `max_lag` records of the events
+    topic (whose partition ends `ends` reads) not yet projected."""
+
+    ends: KafkaTopicEnds
+    max_lag: int
 
 
 class NewSession(BaseModel):
@@ -196,24 +208,42 @@ def _principal(
 Caller = Annotated[Principal, Depends(limited(_principal))]  # counted by the rate limits
 
 
+async def own_context(
+    log: AsyncChatLog, session_id: str, caller: Principal, after: Position | None
+) -> Context:
+    """The caller's session's context; another user's or tenant's answers as a missing
+    one (the library's read rule: `SessionNotFound` either way)."""
+    return await log.context(session_id, user_id=caller.user_id, tenant=caller.tenant, after=after)
+
+
 def create_app(
     log: AsyncChatLog,
     auth: Authenticator,
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     limiter: RateLimiter | None = None,
+    stopping: asyncio.Event | None = None,
+    lag: LagBound | None = None,
 ) -> ASGIApp:
     """The gateway's ASGI application over `log`, its callers found by `auth` and
     counted by `limiter` (`chatlog.gateway.fastapi_limits`; None: no rate limits).
 
-    The application closes `log` when it shuts down (flushing pending events).
+    The application closes `log` when it shuts down (flushing pending events). Set
+    `stopping` when the server is asked to stop: live streams end then, as they
+    otherwise never would. With `lag`, ``/readyz`` also checks the projector's lag.
     """
+    # Imported here: the route modules import this one's shared parts.
+    from chatlog.gateway.fastapi_lifecycle import lifecycle_routes  # noqa: PLC0415
+    from chatlog.gateway.fastapi_live import live_routes  # noqa: PLC0415
+    from chatlog.gateway.fastapi_me import me_routes  # noqa: PLC0415
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            if lag is not None:
+                await asyncio.to_thread(lag.ends.close)
             await log.aclose()
 
     app = FastAPI(
@@ -226,7 +256,10 @@ def create_app(
     app.state.limiter = limiter
     _add_error_handlers(app)
     _add_session_routes(app, log)
-    _add_health_routes(app, log)
+    app.include_router(live_routes(log, stopping=stopping))
+    app.include_router(lifecycle_routes(log))
+    app.include_router(me_routes(log))
+    _add_health_routes(app, log, lag)
     return _BodyLimit(app, limit=max_body_bytes)
 
 
@@ -257,13 +290,6 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
-    async def own_context(session_id: str, caller: Principal, after: Position | None) -> Context:
-        """The caller's session's context; another user's or tenant's answers as a missing
-        one (the library's read rule: `SessionNotFound` either way)."""
-        return await log.context(
-            session_id, user_id=caller.user_id, tenant=caller.tenant, after=after
-        )
-
     @app.post("/v1/sessions", status_code=201, tags=["sessions"])
     async def create_session(caller: Caller, body: NewSession | None = None) -> dict[str, Any]:
         """Start a session of the caller's; its id is made here, unguessable.
@@ -276,7 +302,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         position = await log.start_session(
             session_id, user_id=caller.user_id, title=title, tenant=caller.tenant
         )
-        await own_context(session_id, caller, position)
+        await own_context(log, session_id, caller, position)
         return {"session_id": session_id, "position": str(position)}
 
     @app.post("/v1/sessions/{session_id}/messages", status_code=201, tags=["sessions"])
@@ -299,7 +325,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         )
         # A session never started (the ids are the server's) is refused as another's is:
         # an append would start it. Another's is refused again at publish (claims).
-        await own_context(session_id, caller, None)
+        await own_context(log, session_id, caller, None)
         position = await log.append(
             session_id,
             user_id=caller.user_id,
@@ -325,7 +351,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         """The session's context; with ``after`` (a position an append returned), once
         the projector has applied it (read-your-writes). ``format=openai`` gives the
         ``messages`` for a chat completion, trimmed to ``max_tokens``."""
-        context = await own_context(session_id, caller, _position(after))
+        context = await own_context(log, session_id, caller, _position(after))
         if format == "openai":
             return {
                 "session_id": context.session_id,
@@ -356,7 +382,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         }
 
 
-def _add_health_routes(app: FastAPI, log: AsyncChatLog) -> None:
+def _add_health_routes(app: FastAPI, log: AsyncChatLog, lag: LagBound | None) -> None:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """The process is up (it checks nothing else)."""
@@ -364,8 +390,9 @@ def _add_health_routes(app: FastAPI, log: AsyncChatLog) -> None:
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        """Kafka and Redis answer: 200, else 503 naming which does not."""
-        checks: dict[str, str] = {}
+        """Kafka and Redis answer and the projector is not too far behind: 200, else
+        503 naming what is wrong."""
+        checks: dict[str, Any] = {}
         try:
             await asyncio.to_thread(log.producer.sync.check, timeout=_READY_TIMEOUT_S)
             checks["kafka"] = "ok"
@@ -376,9 +403,30 @@ def _add_health_routes(app: FastAPI, log: AsyncChatLog) -> None:
             checks["redis"] = "ok"
         except Exception as exc:  # any failure means not ready; its kind is enough
             checks["redis"] = type(exc).__name__
-        ready = all(value == "ok" for value in checks.values())
+        if lag is not None and checks["kafka"] == checks["redis"] == "ok":
+            checks.update(await _projector_lag(log, lag))
+        ready = all(value == "ok" for key, value in checks.items() if key in _CHECKS)
         return JSONResponse(
             {"status": "ready" if ready else "not ready", **checks},
             status_code=200 if ready else 503,
             headers={} if ready else {"Retry-After": "1"},
         )
+
+
+_CHECKS = ("kafka", "redis", "projector")  # what /readyz says ok or not; the rest is detail
+
+
+async def _projector_lag(log: AsyncChatLog, lag: LagBound) -> dict[str, Any]:
+    """The projector's check for /readyz: how many records it has left, and whether
+    that is within the bound."""
+    try:
+        ends = await asyncio.to_thread(lag.ends.ends, timeout=_READY_TIMEOUT_S)
+        marks = await asyncio.wait_for(log.reader.progress(), _READY_TIMEOUT_S)
+    except Exception as exc:  # any failure means not ready; its kind is enough
+        return {"projector": type(exc).__name__}
+    behind = records_behind(ends, marks)
+    return {
+        "projector": "ok" if behind <= lag.max_lag else "behind",
+        "projector_lag": behind,
+        "max_lag": lag.max_lag,
+    }

@@ -19,7 +19,7 @@ from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
-from chatlog.gateway.tokens import Principal
+from chatlog.gateway.principals import Principal
 from chatlog.schemas.errors import RateLimited
 from chatlog.schemas.limits import Verdict, retry_after_s
 

@@ -29,6 +29,7 @@ from chatlog.schemas.errors import (
     TooManySessions,
     Unauthenticated,
     Unavailable,
+    UnknownUser,
 )
 
 __all__ = ["RETRY_AFTER_S", "HttpError", "http_error", "not_found"]
@@ -80,6 +81,11 @@ def _jwks_unavailable(error: ChatlogError) -> HttpError:
 def _invalid(error: ChatlogError) -> HttpError:
     # Its message names the field and the rule, from the caller's own input.
     return HttpError(422, "invalid", error.message)
+
+
+def _unknown_user(error: ChatlogError) -> HttpError:
+    # Only ever about the caller themself (erase me, export me): no oracle to avoid.
+    return HttpError(404, "unknown_user", "chatlog holds nothing of you (no session, no key)")
 
 
 def _unavailable(error: ChatlogError) -> HttpError:
@@ -136,6 +142,7 @@ _TABLE: tuple[tuple[type[ChatlogError], Any], ...] = (
     (Forbidden, _forbidden),
     (OwnershipError, lambda error: not_found()),
     (SessionNotFound, lambda error: not_found()),  # Erased too: no oracle either way
+    (UnknownUser, _unknown_user),
     (InvalidInput, _invalid),
     (RateLimited, _rate_limited),
     (TooManySessions, _too_many_sessions),

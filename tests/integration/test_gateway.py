@@ -8,10 +8,12 @@ test uses users of its own, so the tests do not see each other's sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -45,10 +47,17 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(kafka, redis_url, tmp_path_factory) -> Iterator[Gateway]:
+    with gateway_stack(kafka, redis_url, tmp_path_factory.mktemp("gateway")) as gw:
+        yield gw
+
+
+@contextlib.contextmanager
+def gateway_stack(kafka, redis_url: str, logs: Path, **overrides) -> Iterator[Gateway]:
+    """A projector and a gateway on fresh topics and prefix (`overrides`: settings)."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
     # Reads wait up to 30 s: a loaded test machine can take longer than 5 s to project.
-    settings = unique_settings(kafka, redis_url, prefix, auth_secret=SECRET, read_timeout_s=30.0)
-    logs = tmp_path_factory.mktemp("gateway")
+    overrides = {"read_timeout_s": 30.0, **overrides}
+    settings = unique_settings(kafka, redis_url, prefix, auth_secret=SECRET, **overrides)
     try:
         with (
             running_projector(settings, log=logs / "projector.log"),
@@ -252,12 +261,25 @@ def test_health_readiness_and_the_openapi_document(gateway):
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz", timeout=10)
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "kafka": "ok", "redis": "ok"}
+    body = ready.json()
+    assert body.pop("projector_lag") <= body["max_lag"]  # the projector keeps up
+    assert body == {
+        "status": "ready",
+        "kafka": "ok",
+        "redis": "ok",
+        "projector": "ok",
+        "max_lag": 10_000,
+    }
     paths = httpx.get(f"{gateway.url}/openapi.json").json()["paths"]
     assert {
         "/v1/sessions",
         "/v1/sessions/{session_id}/messages",
         "/v1/sessions/{session_id}/context",
+        "/v1/sessions/{session_id}/events",
+        "/v1/sessions/{session_id}/close",
+        "/v1/sessions/{session_id}",
+        "/v1/me",
+        "/v1/me/export",
     } <= set(paths)
 
 
