@@ -440,6 +440,10 @@ class ChatLog:
             _audit_write(audit, AuditAction.SESSION_ERASED, _ERASED_SESSION, event, error=exc)
             raise
         _audit_write(audit, AuditAction.SESSION_ERASED, _ERASED_SESSION, event, position=position)
+        if self.claims is not None:
+            # Its id stays claimed (never given to another), but no longer counts
+            # against the user's CHATLOG_MAX_SESSIONS_PER_USER.
+            self.claims.release(KeyScope(tenant, user_id), session_id)
         return position
 
     def _check_owned(self, session_id: str, user_id: str, tenant: str) -> None:
@@ -708,6 +712,8 @@ class AsyncChatLog:
             await asyncio.to_thread(_audit_write, audit, action, what, event, error=exc)
             raise
         await asyncio.to_thread(_audit_write, audit, action, what, event, position=position)
+        if self.claims is not None:
+            await self.claims.release(KeyScope(tenant, user_id), session_id)  # see ChatLog's
         return position
 
     async def _check_owned(self, session_id: str, user_id: str, tenant: str) -> None:

@@ -231,6 +231,21 @@ def test_the_session_cap_refuses_a_start_over_it_through_http(gateways):
     assert other.status_code == 201
 
 
+def test_deleting_a_session_gives_its_place_back(gateways):
+    tenant, hal = fresh("t"), fresh("hal")
+    auth = gateways.auth(hal, tenant)
+    url = gateways.urls[0]
+    sessions = [
+        httpx.post(f"{url}/v1/sessions", headers=auth, timeout=60).json()["session_id"]
+        for _ in range(MAX_SESSIONS)
+    ]
+    assert httpx.post(f"{url}/v1/sessions", headers=auth, timeout=60).status_code == 409
+    deleted = httpx.delete(f"{url}/v1/sessions/{sessions[0]}", headers=auth, timeout=60)
+    assert deleted.status_code in (200, 202), deleted.text
+    again = httpx.post(f"{url}/v1/sessions", headers=auth, timeout=60)
+    assert again.status_code == 201, again.text  # five requests: within the user's burst
+
+
 def test_parallel_starts_through_http_respect_the_session_cap(gateways):
     tenant, hal = fresh("t"), fresh("hal")
     auth = gateways.auth(hal, tenant)
