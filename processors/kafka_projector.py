@@ -55,7 +55,7 @@ from chatlog.processors.projector_generations import (
 )
 from chatlog.processors.projector_membership import GroupMembership
 from chatlog.processors.projector_outages import Outages
-from chatlog.processors.projector_stats import ProjectorStats
+from chatlog.processors.projector_stats import LIVENESS_BOUND_S, ProjectorStats
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import DataLoss, Interrupted, StoreUnavailable
 
@@ -68,6 +68,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("chatlog.projector")
+
+# How often the lag is measured: often enough for a scrape, rarely enough to cost nothing.
+_LAG_EVERY_S = 1.0
+_LAG_QUERY_TIMEOUT_S = 2.0
 
 
 class KafkaProjector:
@@ -109,6 +113,8 @@ class KafkaProjector:
         self.poll_timeout = poll_timeout
         self.stats = ProjectorStats()
         self.assigned: set[int] = set()
+        # The offset each assigned partition is projected from next, where known (lag).
+        self._next: dict[int, int] = {}
         # Assigned while Redis could not say where to start them: held paused till it can.
         self._unstarted: set[int] = set()
         self._reseek = False
@@ -180,10 +186,12 @@ class KafkaProjector:
 
     def step(self) -> BatchResult:
         """Consume and project one batch, riding out Redis and dead-letter faults."""
+        self.stats.beat()
         try:
             try:
                 return self._step()
             except DataLoss as exc:
+                self.stats.data_losses += 1
                 self._generations.data_lost(exc)
                 return BatchResult()
         except Interrupted:
@@ -204,10 +212,12 @@ class KafkaProjector:
         messages = [] if first is None else [first]
         if first is not None:
             messages += self._consumer.consume(self.batch_size - 1, timeout=0)
+        self._measure_lag()
         records = self._outages.take_held()
         records += [r for r in (self._record_of(m) for m in messages) if r is not None]
         if not records:
             return BatchResult()
+        started = time.monotonic()
 
         def project() -> BatchResult:
             records.extend(self._outages.take_held())
@@ -220,8 +230,72 @@ class KafkaProjector:
             "writing dead letters", lambda: self._dlq.write(result.dead_letters, stop=self._stop)
         )
         self._store_offsets(result.last_offsets)
-        self.stats.add(result)
+        self._next.update({p: o + 1 for p, o in result.last_offsets.items() if p in self.assigned})
+        self.stats.add(
+            result,
+            records=len(records),
+            seconds=time.monotonic() - started,
+            now_ms=time.time_ns() // 1_000_000,
+        )
         return result
+
+    def _measure_lag(self) -> None:
+        """Each assigned partition's lag: its end, as the last fetch saw it (no request to
+        the broker), minus the offset projected next (`_next`)."""
+        now = time.monotonic()
+        if now - self.stats.lag_at < _LAG_EVERY_S:
+            return
+        lag = {}
+        try:
+            for partition in sorted(self.assigned):
+                tp = TopicPartition(self.topic, partition)
+                _, end = self._consumer.get_watermark_offsets(tp, cached=True)
+                start = self._next.get(partition)
+                if start is None:
+                    start = self._next[partition] = self._first_offset(tp)
+                # Nothing fetched yet (just assigned): unknown, not zero; readiness waits.
+                if end >= 0:
+                    lag[partition] = max(0, end - start)
+        except KafkaException as exc:
+            log.debug("lag not measured: %s", exc)
+            return
+        self.stats.lag = lag  # replaced whole: the metrics thread reads it
+        self.stats.lag_at = now
+
+    def _first_offset(self, tp: TopicPartition) -> int:
+        """Where a partition assigned with no known start is read from: the group's
+        committed offset, else its first offset (a new group reads from the beginning).
+        Asked of the broker once per assignment."""
+        [committed] = self._consumer.committed([tp], timeout=_LAG_QUERY_TIMEOUT_S)
+        if committed.offset >= 0:
+            return int(committed.offset)
+        low, _ = self._consumer.get_watermark_offsets(tp, timeout=_LAG_QUERY_TIMEOUT_S)
+        return int(low)
+
+    def liveness(self) -> str | None:
+        """Why this projector is not alive (its loop stopped turning); None if it is."""
+        if self.stats.alive(time.monotonic()):
+            return None
+        return f"the projector's loop has not turned for {LIVENESS_BOUND_S:g} s"
+
+    def readiness(self, max_lag: int) -> str | None:
+        """Why this projector is not ready to be relied on; None when it is: partitions
+        assigned, each within `max_lag` events of its end, Redis and the dead-letter
+        topic working. Called from the health server's thread: it only reads."""
+        assigned, lag = set(self.assigned), dict(self.stats.lag)
+        if self._generations.loss is not None:
+            return "the read-model has lost data"
+        if self._outages.failing:
+            return "Redis or the dead-letter topic is failing; consumption is paused"
+        if not assigned:
+            return "no partitions assigned"
+        unknown = sorted(assigned - set(lag))
+        if unknown:
+            return f"lag not known yet on partitions {unknown}"
+        behind = {p: n for p, n in lag.items() if p in assigned and n > max_lag}
+        if behind:
+            return f"behind by more than {max_lag} events (CHATLOG_READY_MAX_LAG): {behind}"
+        return None
 
     def _prepare(self) -> None:
         if self._generations.watching:
@@ -257,6 +331,11 @@ class KafkaProjector:
         so that the offset the assign sets is the last word on where to fetch from."""
         consumer.resume(starts)
         consumer.incremental_assign(starts)
+        for tp in starts:  # an unknown start (the committed offset) is found when measured
+            if tp.offset >= 0:
+                self._next[tp.partition] = tp.offset
+            else:
+                self._next.pop(tp.partition, None)
         if self._outages.failing:
             consumer.pause(starts)
 
@@ -357,6 +436,7 @@ class KafkaProjector:
         self._reseek = True
         marks = self.core.store.progress()
         self._seeks = {p: _after(marks.get(p, -1)) for p in self.assigned}
+        self._next = {p: o for p, o in self._seeks.items() if o >= 0}
         self._reseek = False
         self._seek_pending()
 
@@ -396,6 +476,7 @@ class KafkaProjector:
         self._unstarted -= {tp.partition for tp in partitions}
         for tp in partitions:
             self._seeks.pop(tp.partition, None)
+            self._next.pop(tp.partition, None)
         # The new owner may write these sessions: our cached views of them go stale.
         self.core.forget()
 
