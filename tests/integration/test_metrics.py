@@ -192,3 +192,89 @@ def test_a_projector_far_behind_is_not_ready_until_it_catches_up(
         assert behind.returncode in (0, 1)  # it may have caught up since
         wait_until(lambda: answered(200), timeout=120, what="the projector to catch up")
         assert health(settings).returncode == 0
+
+
+def test_summarizer_metrics_show_llm_calls_tokens_breaker_and_cost(
+    kafka, redis_url, redis_prefix, tmp_path
+):
+    with LlmStub() as stub:
+        settings = unique_settings(
+            kafka,
+            redis_url,
+            redis_prefix,
+            partitions=2,
+            window=20,
+            summary_threshold=10,
+            summarizer_group=f"summarizer-{uuid.uuid4().hex[:8]}",
+            llm_base_url=stub.base_url,
+            llm_model="stub-model",
+            llm_timeout_s=5.0,
+            llm_price_input_per_mtok=2.0,
+            llm_price_output_per_mtok=8.0,
+        )
+        summarizer = settings.model_copy(update={"metrics_port": free_port()})
+        base = base_of(summarizer)
+        with (
+            running_projector(settings, log=tmp_path / "projector.log"),
+            running_processor("summarizer", summarizer, log=tmp_path / "summarizer.log"),
+        ):
+            wait_until(
+                lambda: status(base, "/readyz")[0] == 200,
+                timeout=90,
+                what="the summarizer to be ready",
+                every=0.2,
+            )
+            with full_chatlog(settings) as chat:
+                for n in range(30):
+                    chat.append("long", user_id="u", role="user", content=f"turn {n} #ZZ-{n:04d}")
+            wait_until(
+                lambda: value(scrape(base), "chatlog_summarizer_summaries_published_total") >= 1,
+                timeout=90,
+                what="a summary published",
+                every=0.2,
+            )
+            samples = scrape(base)
+        calls = len(stub.requests)
+        assert value(samples, "chatlog_summarizer_llm_calls_total") == calls
+        assert value(samples, "chatlog_summarizer_llm_errors_total") == 0
+        assert value(samples, "chatlog_summarizer_llm_seconds_count") == calls
+        tokens_in = value(samples, "chatlog_summarizer_llm_tokens_total", direction="in")
+        tokens_out = value(samples, "chatlog_summarizer_llm_tokens_total", direction="out")
+        assert tokens_in > 0
+        assert tokens_out > 0
+        cost = value(samples, "chatlog_summarizer_llm_cost_dollars_total")
+        assert cost == pytest.approx((tokens_in * 2.0 + tokens_out * 8.0) / 1e6)
+        assert value(samples, "chatlog_summarizer_breaker_state", state="closed") == 1
+        assert value(samples, "chatlog_summarizer_breaker_state", state="open") == 0
+        assert value(samples, "chatlog_summarizer_records_total") >= 30
+
+
+def test_gateway_metrics_are_on_the_metrics_port_by_route_template(
+    kafka, redis_url, redis_prefix, tmp_path
+):
+    settings = unique_settings(
+        kafka,
+        redis_url,
+        redis_prefix,
+        auth_secret="metrics-tests-" + uuid.uuid4().hex,
+        metrics_port=free_port(),
+    )
+    base = base_of(settings)
+    with running_gateway(settings, log=tmp_path / "serve.log") as url:
+        for _ in range(3):
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        session = uuid.uuid4().hex
+        assert httpx.get(f"{url}/v1/sessions/{session}/context", timeout=5).status_code == 401
+        # Not on the public API port.
+        assert httpx.get(f"{url}/metrics", timeout=5).status_code == 404
+        samples = scrape(base)
+        assert status(base, "/readyz")[0] == 200
+    requests = {
+        dict(labels)["route"]: v
+        for (name, labels), v in samples.items()
+        if name == "chatlog_gateway_requests_total"
+    }
+    assert requests["/healthz"] == 3 + 1  # and running_gateway's first answered wait
+    # The template, never the path: a session id is no label.
+    assert requests["/v1/sessions/{session_id}/context"] == 1
+    assert not any(session in route for route in requests)
