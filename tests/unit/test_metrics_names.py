@@ -19,7 +19,7 @@ from chatlog.prom_metrics import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("", "_bucket", "_sum", "_count")}
 
 
 def _families() -> dict[str, str]:
