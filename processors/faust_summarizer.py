@@ -214,7 +214,6 @@ class FaustSummarizer:
         if self.engine is not None:
             self.engine.revoke({tp.partition for tp in revoked})
 
-
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # Eager rebalances: each assignment is the whole of what this worker holds.
         assigned: set[TP] = args[0] if args else kwargs.get("assigned", set())
