@@ -278,3 +278,41 @@ def test_gateway_metrics_are_on_the_metrics_port_by_route_template(
     # The template, never the path: a session id is no label.
     assert requests["/v1/sessions/{session_id}/context"] == 1
     assert not any(session in route for route in requests)
+
+
+def test_a_replay_serves_its_progress_while_it_runs(kafka, redis_url, redis_prefix):
+    settings = unique_settings(kafka, redis_url, redis_prefix, partitions=2)
+    with wiring.producer(settings, flush_on_sigterm=False) as producer:
+        producer.publish_many(
+            new_event(f"s-{n % 7}", user_id="u", payload=MessageAppended(role="user", content="x"))
+            for n in range(200)
+        )
+    replay = settings.model_copy(update={"metrics_port": free_port()})
+    base = base_of(replay)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatlog.cli", "replay", "--handover", "3"],
+        env=chatlog_env(replay),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # The hand-over holds the replay for 3 s after the events are in: scraped then.
+        wait_until(
+            lambda: value(scrape_or_empty(base), "chatlog_replay_events_total") == 200,
+            timeout=60,
+            what="the replay's 200 events in its metrics",
+            every=0.1,
+        )
+        assert value(scrape(base), "chatlog_replay_events_expected") == 200
+    finally:
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+
+
+def scrape_or_empty(base: str) -> Samples:
+    try:
+        return scrape(base)
+    except httpx.TransportError:
+        return {}

@@ -3,12 +3,15 @@ dashboard querying only metrics the code exposes (no dashboard drift)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from chatlog.gateway.request_stats import GatewayStats
+from chatlog.gateway.request_stats import UNMATCHED, GatewayStats, RequestStats
+from chatlog.processors.kafka_replay import ReplayProgress
+from chatlog.processors.measures import Histogram
 from chatlog.processors.projector_stats import ProjectorStats
 from chatlog.prom_metrics import (
     GatewayCollector,
@@ -87,3 +90,52 @@ def test_the_dashboard_queries_only_metrics_the_code_exposes():
     charted = {re.sub(r"_(bucket|sum|count|total)$", "", m) for m in used}
     exposed = {n for n in _families() if n.startswith("chatlog_")}
     assert exposed - charted == set()
+
+
+def test_a_histogram_counts_each_value_in_the_bucket_of_its_upper_bound():
+    histogram = Histogram(bounds=(0.1, 1.0))
+    for seconds in (0.05, 0.1, 0.5, 3.0):
+        histogram.observe(seconds)
+    assert histogram.cumulative() == [(0.1, 2), (1.0, 3), (float("inf"), 4)]
+    assert (histogram.count, histogram.total) == (4, 3.65)
+
+
+def test_the_gateway_counts_requests_by_route_template_and_status():
+    stats = GatewayStats()
+
+    class Route:
+        path = "/v1/sessions/{session_id}/context"
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/nowhere":
+            scope["route"] = Route()  # as FastAPI's router sets it
+        await send(
+            {"type": "http.response.start", "status": 404 if "nowhere" in scope["path"] else 200}
+        )
+
+    async def send(message):
+        pass
+
+    async def requests():
+        counted = RequestStats(app, stats)
+        for path in ("/v1/sessions/s-1/context", "/v1/sessions/s-2/context", "/nowhere"):
+            await counted({"type": "http", "method": "GET", "path": path}, None, send)
+        await counted({"type": "lifespan"}, None, send)  # not a request
+
+    asyncio.run(requests())
+    assert stats.requests == {
+        ("GET", "/v1/sessions/{session_id}/context", "200"): 2,
+        ("GET", UNMATCHED, "404"): 1,
+    }
+    assert stats.seconds["/v1/sessions/{session_id}/context"].count == 2
+
+
+def test_a_replays_progress_is_exposed():
+    collector = ReplayCollector()
+    collector(ReplayProgress("replaying", done=40, total=100, dead_letters=1))
+    samples = {s.name: s.value for f in collector.collect() for s in f.samples}
+    assert samples["chatlog_replay_events_total"] == 40
+    assert samples["chatlog_replay_events_expected"] == 100
+    assert samples["chatlog_replay_dead_letters_total"] == 1
