@@ -509,6 +509,8 @@ def projector(settings: Settings) -> KafkaProjector:
         on_data_loss=settings.on_data_loss,
         rebuild=rebuild_lost,
         keys_ticker=keys_ticker(settings),
+        # Measured for the metrics and readiness only: a second is finer than a scrape.
+        lag_every_s=1.0 if settings.metrics_port else None,
     )
 
 

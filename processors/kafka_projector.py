@@ -69,8 +69,7 @@ __all__ = [
 
 log = logging.getLogger("chatlog.projector")
 
-# How often the lag is measured: often enough for a scrape, rarely enough to cost nothing.
-_LAG_EVERY_S = 1.0
+# The broker's answer about a partition's start, wanted once per assignment for its lag.
 _LAG_QUERY_TIMEOUT_S = 2.0
 
 
@@ -97,6 +96,7 @@ class KafkaProjector:
         rebuild: Rebuild | None = None,
         generation_check_s: float = 1.0,
         keys_ticker: KafkaKeysTicker | None = None,
+        lag_every_s: float | None = None,
     ) -> None:
         if generations is not None and store_for is None:
             raise ValueError("watching generations needs store_for")
@@ -113,6 +113,8 @@ class KafkaProjector:
         self.poll_timeout = poll_timeout
         self.stats = ProjectorStats()
         self.assigned: set[int] = set()
+        # How often the lag is measured (for metrics and readiness); None: never.
+        self.lag_every_s = lag_every_s
         # The offset each assigned partition is projected from next, where known (lag).
         self._next: dict[int, int] = {}
         # Assigned while Redis could not say where to start them: held paused till it can.
@@ -243,34 +245,39 @@ class KafkaProjector:
         """Each assigned partition's lag: its end, as the last fetch saw it (no request to
         the broker), minus the offset projected next (`_next`)."""
         now = time.monotonic()
-        if now - self.stats.lag_at < _LAG_EVERY_S:
+        if self.lag_every_s is None or now - self.stats.lag_at < self.lag_every_s:
             return
         lag = {}
         try:
+            unknown = sorted(self.assigned - set(self._next))
+            if unknown:
+                self._next.update(self._first_offsets(unknown))
             for partition in sorted(self.assigned):
                 tp = TopicPartition(self.topic, partition)
                 _, end = self._consumer.get_watermark_offsets(tp, cached=True)
-                start = self._next.get(partition)
-                if start is None:
-                    start = self._next[partition] = self._first_offset(tp)
                 # Nothing fetched yet (just assigned): unknown, not zero; readiness waits.
-                if end >= 0:
-                    lag[partition] = max(0, end - start)
+                if end >= 0 and partition in self._next:
+                    lag[partition] = max(0, end - self._next[partition])
         except KafkaException as exc:
             log.debug("lag not measured: %s", exc)
+            self.stats.lag_at = now  # not again at once: the loop has a batch to project
             return
         self.stats.lag = lag  # replaced whole: the metrics thread reads it
         self.stats.lag_at = now
 
-    def _first_offset(self, tp: TopicPartition) -> int:
-        """Where a partition assigned with no known start is read from: the group's
-        committed offset, else its first offset (a new group reads from the beginning).
-        Asked of the broker once per assignment."""
-        [committed] = self._consumer.committed([tp], timeout=_LAG_QUERY_TIMEOUT_S)
-        if committed.offset >= 0:
-            return int(committed.offset)
-        low, _ = self._consumer.get_watermark_offsets(tp, timeout=_LAG_QUERY_TIMEOUT_S)
-        return int(low)
+    def _first_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """Where partitions assigned with no known start are read from: the group's
+        committed offsets, else their first offsets (a new group reads from the
+        beginning). Asked of the broker once per assignment, in one request."""
+        owned = [TopicPartition(self.topic, p) for p in partitions]
+        starts = {}
+        for tp in self._consumer.committed(owned, timeout=_LAG_QUERY_TIMEOUT_S):
+            if tp.offset >= 0:
+                starts[tp.partition] = int(tp.offset)
+            else:
+                low, _ = self._consumer.get_watermark_offsets(tp, timeout=_LAG_QUERY_TIMEOUT_S)
+                starts[tp.partition] = int(low)
+        return starts
 
     def liveness(self) -> str | None:
         """Why this projector is not alive (its loop stopped turning); None if it is."""
