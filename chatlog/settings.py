@@ -309,6 +309,32 @@ class Settings(BaseModel):
         description="the gateway's service API keys (hashes only); unset: "
         "<CHATLOG_STATE_DIR>/api-keys.json",
     )
+    # Metrics and health of a long-lived process (chatlog.prom_metrics), never on the
+    # gateway's public port: /metrics tells a stranger the traffic and the partitions.
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port of /metrics, /livez and /readyz of a long-lived process; 0: none",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="address the metrics port listens on (0.0.0.0: every one)"
+    )
+    ready_max_lag: int = Field(
+        1000,
+        ge=0,
+        description="records left to project while still ready: a projector's /readyz, on "
+        "any of its partitions; the gateway's /readyz, on the whole events topic",
+    )
+    llm_price_input_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        description="price of a million prompt tokens, in dollars; set with the output price "
+        "to count the LLM's cost",
+    )
+    llm_price_output_per_mtok: float | None = Field(
+        None, ge=0, description="price of a million completion tokens, in dollars"
+    )
     # A collector parses JSON lines; a person reads plain ones (chatlog.logs has the fields).
     log_format: LogFormat = Field(
         "plain", description="how processes log: plain lines, or json (one object a line)"
@@ -331,12 +357,6 @@ class Settings(BaseModel):
         True,
         description="the projector publishes a notice per session it writes, for the "
         "gateway's live updates; off, streams find changes by their 3 s rechecks only",
-    )
-    ready_max_lag: int = Field(
-        10_000,
-        ge=0,
-        description="the gateway's /readyz answers 503 while the projector has more records "
-        "than this left to project",
     )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
@@ -467,6 +487,16 @@ class Settings(BaseModel):
     def api_keys_path(self) -> Path:
         """Where the gateway's API keys are: `api_keys_file`, else in the state dir."""
         return self.api_keys_file or self.state_dir / "api-keys.json"
+
+    @model_validator(mode="after")
+    def _llm_prices_together(self) -> Settings:
+        # One price alone would count half the cost and call it the cost.
+        if (self.llm_price_input_per_mtok is None) != (self.llm_price_output_per_mtok is None):
+            raise ValueError(
+                "CHATLOG_LLM_PRICE_INPUT_PER_MTOK and CHATLOG_LLM_PRICE_OUTPUT_PER_MTOK go "
+                "together: set both (0 for a side that is free), or neither"
+            )
+        return self
 
     @model_validator(mode="after")
     def _redis_timeout_within_reads(self) -> Settings:

@@ -77,6 +77,7 @@ from chatlog.settings import Settings
 
 if TYPE_CHECKING:
     from chatlog.processors.faust_summarizer import FaustSummarizer
+    from chatlog.prom_metrics import Collector, MetricsServer
 
 __all__ = [
     "admin_client",
@@ -96,12 +97,15 @@ __all__ = [
     "kafka_replay",
     "keys_ticker",
     "live_store",
+    "llm_prices",
+    "metrics_server",
     "policy",
     "principal",
     "producer",
     "projector",
     "reader",
     "redaction_policy",
+    "redis_answers",
     "redis_client",
     "replay_parts",
     "summarizer",
@@ -521,6 +525,8 @@ def projector(settings: Settings) -> KafkaProjector:
         on_data_loss=settings.on_data_loss,
         rebuild=rebuild_lost,
         keys_ticker=keys_ticker(settings),
+        # Measured for the metrics and readiness only: a second is finer than a scrape.
+        lag_every_s=1.0 if settings.metrics_port else None,
     )
 
 
@@ -786,3 +792,45 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
 
 async def _nothing_to_close() -> None:
     return None
+
+
+def redis_answers(client: redis.Redis) -> str | None:
+    """Why Redis does not answer a PING (a readiness check); None when it does."""
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return f"Redis does not answer: {exc}"
+    return None
+
+
+def metrics_server(
+    settings: Settings,
+    *collectors: Collector,
+    live: Callable[[], str | None],
+    ready: Callable[[], str | None],
+) -> MetricsServer | None:
+    """The metrics and health server of a long-lived process, serving from a thread;
+    None when ``CHATLOG_METRICS_PORT`` is unset or 0. Needs the ``metrics`` extra."""
+    if not settings.metrics_port:
+        return None
+    from chatlog.prom_metrics import MetricsServer, registry_of  # noqa: PLC0415 - the extra
+
+    host, port = settings.metrics_host, settings.metrics_port
+    try:
+        server = MetricsServer(
+            registry_of(*collectors), host=host, port=port, live=live, ready=ready
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"CHATLOG_METRICS_PORT={port}: cannot listen on {host}:{port} ({exc.strerror}); "
+            f"another process holds it? Give each process on a host a port of its own",
+            setting="CHATLOG_METRICS_PORT",
+        ) from exc
+    return server.start()
+
+
+def llm_prices(settings: Settings) -> tuple[float, float] | None:
+    """Dollars per million prompt and completion tokens, when both are configured."""
+    if settings.llm_price_input_per_mtok is None or settings.llm_price_output_per_mtok is None:
+        return None
+    return settings.llm_price_input_per_mtok, settings.llm_price_output_per_mtok

@@ -47,6 +47,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,7 @@ from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.schemas.events import ConversationEvent, MessageAppended
 from chatlog.schemas.master_keys import user_pseudonyms
 from dev.demo_chats import Script, read_long_chat, write_scripts
+from dev.services.state import free_ports
 
 __all__ = ["main"]
 
@@ -115,6 +117,7 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    metrics_url: str  # its /metrics, /livez and /readyz (CHATLOG_METRICS_PORT)
 
     def problem(self) -> str:
         """Why it may not have done its part, for a failure message."""
@@ -130,8 +133,10 @@ def running_children(settings: Settings, names: Sequence[str]) -> Iterator[dict[
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     command, env = chatlog_command(), chatlog_env(settings)
     children: dict[str, Child] = {}
+    ports = free_ports(len(names))
     try:
-        for name in names:
+        for name, port in zip(names, ports, strict=True):
+            env[Settings.env_name("metrics_port")] = str(port)
             log_path = settings.state_dir / f"demo-{name}.log"
             with log_path.open("wb") as log_file:
                 # A session of its own: Ctrl-C in the terminal reaches the demo only, which
@@ -144,7 +149,7 @@ def running_children(settings: Settings, names: Sequence[str]) -> Iterator[dict[
                     stderr=log_file,
                     start_new_session=True,
                 )
-            children[name] = Child(name, process, log_path)
+            children[name] = Child(name, process, log_path, f"http://127.0.0.1:{port}")
         yield children
     finally:
         # Signalled together, they stop side by side: the summarizer takes a second or so.
@@ -342,9 +347,11 @@ def _run(args: argparse.Namespace) -> int:
             _say(
                 child.name, f"pid {child.process.pid}: chatlog run {child.name}  ({child.log_path})"
             )
+            _say("", f"curl -s {child.metrics_url}/metrics | grep ^chatlog_   # while it runs")
         print()
         with ChatLog.from_env(**overrides) as log:
             example, long_chat = _steps(log, args, settings, children)
+        _say("metrics", _scraped(children["projector"].metrics_url))
     for child in children.values():
         _say(child.name, f"stopped by SIGTERM, exit status {child.process.returncode}")
         if child.process.returncode != 0:
@@ -575,6 +582,20 @@ def _long_chat(
         f"{len(script.turns)} turns = {covered} summarized + {held} held\n"
     )
     return script
+
+
+def _scraped(url: str) -> str:
+    """What the projector's /metrics and /readyz say now, in one line."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as answer:  # noqa: S310
+            text = answer.read().decode()
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as answer:  # noqa: S310
+            ready = answer.read().decode().strip()
+    except OSError as exc:  # HTTPError (a 503) included
+        return f"{url} did not answer as expected: {exc}"
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("chatlog_"))
+    applied = float(values.get("chatlog_projector_events_applied_total", "0"))
+    return f"the projector's {url}/metrics: {applied:,.0f} events applied; /readyz: {ready}"
 
 
 def _next_steps(settings: Settings, example: Context, long_chat: Script) -> None:

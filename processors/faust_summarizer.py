@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -55,6 +56,7 @@ except ImportError as missing:
     ) from missing
 
 from chatlog.processors.projection import Record
+from chatlog.processors.projector_stats import LIVENESS_BOUND_S
 from chatlog.processors.summary_engine import SummaryEngine
 
 __all__ = ["EngineFactory", "FaustSummarizer"]
@@ -86,6 +88,9 @@ class FaustSummarizer:
         self._drain_timeout_s = drain_timeout_s
         self.engine: SummaryEngine | None = None
         self.error: BaseException | None = None
+        # The partitions this worker holds (its metrics and readiness read it).
+        self.assigned: frozenset[int] = frozenset()
+        self.beat_at = time.monotonic()
         brokers = ";".join(f"kafka://{server}" for server in bootstrap_servers.split(","))
         self.app = faust.App(
             group_id,
@@ -115,6 +120,7 @@ class FaustSummarizer:
         self.app.timer(retry_interval_s, name=f"{group_id}.retry")(self._retry)
         self.app.timer(report_interval_s, name=f"{group_id}.report")(self._report)
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
         # Sent once faust has stopped fetching, before the consumer's final commit.
         self.app.on_before_shutdown.connect(self._on_shutdown)
 
@@ -194,6 +200,7 @@ class FaustSummarizer:
             await self._stop_engine(self.engine)
 
     async def _retry(self) -> None:
+        self.beat_at = time.monotonic()  # the loop turns: liveness
         if self.engine is not None:
             await self.engine.retry_due()
 
@@ -203,8 +210,30 @@ class FaustSummarizer:
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
+        self.assigned = self.assigned - {tp.partition for tp in revoked}
         if self.engine is not None:
             self.engine.revoke({tp.partition for tp in revoked})
+
+    async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Eager rebalances: each assignment is the whole of what this worker holds.
+        assigned: set[TP] = args[0] if args else kwargs.get("assigned", set())
+        self.assigned = frozenset(tp.partition for tp in assigned)
+
+    def liveness(self, bound_s: float = LIVENESS_BOUND_S) -> str | None:
+        """Why this worker is not alive (its event loop stopped turning); None if it is."""
+        stalled = time.monotonic() - self.beat_at
+        return None if stalled < bound_s else f"the event loop has not turned for {stalled:.0f} s"
+
+    def readiness(self) -> str | None:
+        """Why this worker is not ready; None when it is (its engine runs, partitions
+        assigned). Called from the health server's thread: it only reads."""
+        if self.error is not None:
+            return f"the agent failed: {self.error}"
+        if self.engine is None:
+            return "not started yet"
+        if not self.assigned:
+            return "no partitions assigned"
+        return None
 
 
 class _Worker(faust.Worker):

@@ -55,7 +55,7 @@ from chatlog.processors.projector_generations import (
 )
 from chatlog.processors.projector_membership import GroupMembership
 from chatlog.processors.projector_outages import Outages
-from chatlog.processors.projector_stats import ProjectorStats
+from chatlog.processors.projector_stats import LIVENESS_BOUND_S, ProjectorStats
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import DataLoss, Interrupted, StoreUnavailable
 
@@ -68,6 +68,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("chatlog.projector")
+
+# The broker's answer about a partition's start, wanted once per assignment for its lag.
+_LAG_QUERY_TIMEOUT_S = 2.0
 
 
 class KafkaProjector:
@@ -93,6 +96,7 @@ class KafkaProjector:
         rebuild: Rebuild | None = None,
         generation_check_s: float = 1.0,
         keys_ticker: KafkaKeysTicker | None = None,
+        lag_every_s: float | None = None,
     ) -> None:
         if generations is not None and store_for is None:
             raise ValueError("watching generations needs store_for")
@@ -109,6 +113,10 @@ class KafkaProjector:
         self.poll_timeout = poll_timeout
         self.stats = ProjectorStats()
         self.assigned: set[int] = set()
+        # How often the lag is measured (for metrics and readiness); None: never.
+        self.lag_every_s = lag_every_s
+        # The offset each assigned partition is projected from next, where known (lag).
+        self._next: dict[int, int] = {}
         # Assigned while Redis could not say where to start them: held paused till it can.
         self._unstarted: set[int] = set()
         self._reseek = False
@@ -180,10 +188,12 @@ class KafkaProjector:
 
     def step(self) -> BatchResult:
         """Consume and project one batch, riding out Redis and dead-letter faults."""
+        self.stats.beat()
         try:
             try:
                 return self._step()
             except DataLoss as exc:
+                self.stats.data_losses += 1
                 self._generations.data_lost(exc)
                 return BatchResult()
         except Interrupted:
@@ -204,10 +214,12 @@ class KafkaProjector:
         messages = [] if first is None else [first]
         if first is not None:
             messages += self._consumer.consume(self.batch_size - 1, timeout=0)
+        self._measure_lag()
         records = self._outages.take_held()
         records += [r for r in (self._record_of(m) for m in messages) if r is not None]
         if not records:
             return BatchResult()
+        started = time.monotonic()
 
         def project() -> BatchResult:
             records.extend(self._outages.take_held())
@@ -220,8 +232,77 @@ class KafkaProjector:
             "writing dead letters", lambda: self._dlq.write(result.dead_letters, stop=self._stop)
         )
         self._store_offsets(result.last_offsets)
-        self.stats.add(result)
+        self._next.update({p: o + 1 for p, o in result.last_offsets.items() if p in self.assigned})
+        self.stats.add(
+            result,
+            records=len(records),
+            seconds=time.monotonic() - started,
+            now_ms=time.time_ns() // 1_000_000,
+        )
         return result
+
+    def _measure_lag(self) -> None:
+        """Each assigned partition's lag: its end, as the last fetch saw it (no request to
+        the broker), minus the offset projected next (`_next`)."""
+        now = time.monotonic()
+        if self.lag_every_s is None or now - self.stats.lag_at < self.lag_every_s:
+            return
+        lag = {}
+        try:
+            unknown = sorted(self.assigned - set(self._next))
+            if unknown:
+                self._next.update(self._first_offsets(unknown))
+            for partition in sorted(self.assigned):
+                tp = TopicPartition(self.topic, partition)
+                _, end = self._consumer.get_watermark_offsets(tp, cached=True)
+                # Nothing fetched yet (just assigned): unknown, not zero; readiness waits.
+                if end >= 0 and partition in self._next:
+                    lag[partition] = max(0, end - self._next[partition])
+        except KafkaException as exc:
+            log.debug("lag not measured: %s", exc)
+            self.stats.lag_at = now  # not again at once: the loop has a batch to project
+            return
+        self.stats.lag = lag  # replaced whole: the metrics thread reads it
+        self.stats.lag_at = now
+
+    def _first_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """Where partitions assigned with no known start are read from: the group's
+        committed offsets, else their first offsets (a new group reads from the
+        beginning). Asked of the broker once per assignment, in one request."""
+        owned = [TopicPartition(self.topic, p) for p in partitions]
+        starts = {}
+        for tp in self._consumer.committed(owned, timeout=_LAG_QUERY_TIMEOUT_S):
+            if tp.offset >= 0:
+                starts[tp.partition] = int(tp.offset)
+            else:
+                low, _ = self._consumer.get_watermark_offsets(tp, timeout=_LAG_QUERY_TIMEOUT_S)
+                starts[tp.partition] = int(low)
+        return starts
+
+    def liveness(self) -> str | None:
+        """Why this projector is not alive (its loop stopped turning); None if it is."""
+        if self.stats.alive(time.monotonic()):
+            return None
+        return f"the projector's loop has not turned for {LIVENESS_BOUND_S:g} s"
+
+    def readiness(self, max_lag: int) -> str | None:
+        """Why this projector is not ready to be relied on; None when it is: partitions
+        assigned, each within `max_lag` events of its end, Redis and the dead-letter
+        topic working. Called from the health server's thread: it only reads."""
+        assigned, lag = set(self.assigned), dict(self.stats.lag)
+        if self._generations.loss is not None:
+            return "the read-model has lost data"
+        if self._outages.failing:
+            return "Redis or the dead-letter topic is failing; consumption is paused"
+        if not assigned:
+            return "no partitions assigned"
+        unknown = sorted(assigned - set(lag))
+        if unknown:
+            return f"lag not known yet on partitions {unknown}"
+        behind = {p: n for p, n in lag.items() if p in assigned and n > max_lag}
+        if behind:
+            return f"behind by more than {max_lag} events (CHATLOG_READY_MAX_LAG): {behind}"
+        return None
 
     def _prepare(self) -> None:
         if self._generations.watching:
@@ -257,6 +338,11 @@ class KafkaProjector:
         so that the offset the assign sets is the last word on where to fetch from."""
         consumer.resume(starts)
         consumer.incremental_assign(starts)
+        for tp in starts:  # an unknown start (the committed offset) is found when measured
+            if tp.offset >= 0:
+                self._next[tp.partition] = tp.offset
+            else:
+                self._next.pop(tp.partition, None)
         if self._outages.failing:
             consumer.pause(starts)
 
@@ -357,6 +443,7 @@ class KafkaProjector:
         self._reseek = True
         marks = self.core.store.progress()
         self._seeks = {p: _after(marks.get(p, -1)) for p in self.assigned}
+        self._next = {p: o for p, o in self._seeks.items() if o >= 0}
         self._reseek = False
         self._seek_pending()
 
@@ -396,6 +483,7 @@ class KafkaProjector:
         self._unstarted -= {tp.partition for tp in partitions}
         for tp in partitions:
             self._seeks.pop(tp.partition, None)
+            self._next.pop(tp.partition, None)
         # The new owner may write these sessions: our cached views of them go stale.
         self.core.forget()
 

@@ -34,7 +34,7 @@ from chatlog.schemas.errors import (
     InvalidInput,
     Undecryptable,
 )
-from chatlog.schemas.events import ConversationEvent
+from chatlog.schemas.events import ConversationEvent, epoch_millis
 from chatlog.schemas.position import Position
 
 __all__ = ["BatchResult", "DeadLetter", "ProjectionCore", "Record", "decode_record"]
@@ -76,6 +76,10 @@ class BatchResult:
     erased: int = 0
     # The last offset of each partition in the batch: all projected once `handle` returns.
     last_offsets: dict[int, int] = field(default_factory=dict)
+    # Events that a written view took in (`applied` counts the views), and when each was
+    # appended (`occurred_at`, epoch ms): the metrics' publish-to-visible latency.
+    events_applied: int = 0
+    applied_at_ms: list[int] = field(default_factory=list)
 
 
 class ProjectionCore:
@@ -168,9 +172,16 @@ class ProjectionCore:
         views = self._views(by_session)
         records_at: dict[tuple[int, int], Record] | None = None  # built only if needed
         changes = []
+        taken: dict[str, list[ConversationEvent]] = {}
         for session_id, events in by_session.items():
             before = views[session_id]
             after, refused = fold(before, events, self.policy)
+            # What the view did not have yet: a replayed range is skipped by `evolve`.
+            skipped = {id(event) for event, _, _ in refused}
+            seen = before.last_offset if before is not None else -1
+            taken[session_id] = [
+                event for event, at in events if id(event) not in skipped and at.offset > seen
+            ]
             for _, position, error in refused:
                 if records_at is None:
                     records_at = {(r.partition, r.offset): r for r in records}
@@ -188,6 +199,8 @@ class ProjectionCore:
             session_id = change.new.session_id
             if outcome is Outcome.APPLIED:
                 result.applied += 1
+                result.events_applied += len(taken[session_id])
+                result.applied_at_ms += [epoch_millis(e.occurred_at) for e in taken[session_id]]
                 self._remember(change.new)
                 continue
             if outcome is Outcome.ERASED:

@@ -103,6 +103,8 @@ class Outages:
     def failed(self, what: str, exc: Exception) -> None:
         """Count a failed attempt; the first of an outage pauses consumption."""
         self._stats.retries += 1
+        if isinstance(exc, StoreUnavailable):
+            self._stats.redis_errors += 1
         if self._failing_since is not None:
             log.debug("%s failed again: %s", what, exc)
             return
@@ -132,6 +134,7 @@ class Outages:
         """Sleep `seconds` while serving the group; `Interrupted` once `stop` is set."""
         deadline = time.monotonic() + seconds
         while not self._stopping():
+            self._stats.beat()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -182,6 +185,7 @@ class Outages:
                     thread.join(30)
                     raise Interrupted(f"stopped while {what}")
                 self._consumer.poll(_WAIT_POLL_S)  # the group; fetched records are read again
+                self._stats.beat()
                 thread.join(0)
         finally:
             self._resume()

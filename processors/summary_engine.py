@@ -67,6 +67,7 @@ from typing import Any, Protocol
 
 from chatlog.logs import context
 from chatlog.processors.commits import Ack, CommitTracker, Pending
+from chatlog.processors.measures import Histogram
 from chatlog.processors.projection import Record, decode_record
 from chatlog.processors.summarizers import Summarizer, SummaryRequest, SummaryResult
 from chatlog.producers.commands import new_event
@@ -145,8 +146,12 @@ class SummaryStats:
     erased: int = 0  # summaries dropped because their owner was erased
     rebuilt: int = 0  # withheld summaries rebuilt from the log and published
     turns: int = 0  # turns folded into published summaries
+    # Of every answered summarizer call, published or not: what an LLM bills.
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    llm_failed: int = 0  # calls that ended without a summary (after the retries)
+    # Seconds per summarizer call (retries included), for the metrics.
+    llm_seconds: Histogram = field(default_factory=Histogram)
     # Seconds per published summary, the most recent ones.
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
@@ -558,11 +563,14 @@ class SummaryEngine:
     ) -> SummaryResult | None:
         """The summarizer's answer to `request`; None if it failed (retried later)."""
         self.stats.requested += 1
+        started = self._clock()
         try:
-            return await self.summarizer.summarize(request)
+            result = await self.summarizer.summarize(request)
         except SummarizerUnavailable:
             self.stats.refused += 1
         except (SummarizerError, RetryableSummarizerError) as exc:  # final, or out of retries
+            self.stats.llm_seconds.observe(self._clock() - started)
+            self.stats.llm_failed += 1
             log.warning(
                 "summarizer: no summary for session %s: %s",
                 session_id,
@@ -570,6 +578,11 @@ class SummaryEngine:
                 extra=context(session_id=session_id),
             )
             self.stats.failed += 1
+        else:
+            self.stats.llm_seconds.observe(self._clock() - started)
+            self.stats.prompt_tokens += result.prompt_tokens
+            self.stats.completion_tokens += result.completion_tokens
+            return result
         self._retry_later(session_id, session)
         return None
 
@@ -635,8 +648,6 @@ class SummaryEngine:
         if await self._publish(session_id, session, event):
             self.stats.rebuilt += 1
             self.stats.turns += len(turns)
-            self.stats.prompt_tokens += prompt_tokens
-            self.stats.completion_tokens += completion_tokens
             self.stats.latencies.append(self._clock() - started)
         else:
             session.rebuilt = None
@@ -692,8 +703,6 @@ class SummaryEngine:
             return
         self.stats.published += 1
         self.stats.turns += len(request.turns)
-        self.stats.prompt_tokens += result.prompt_tokens
-        self.stats.completion_tokens += result.completion_tokens
         self.stats.latencies.append(self._clock() - started)
 
     def _summary_event(

@@ -14,6 +14,7 @@ dispatcher; each command group adds its own commands and handlers:
   rotate`, `erase`, `config`
 - `chatlog.cli.privacy`: `audit` (list and verify the trail), `export`
 - `chatlog.cli.serve`: `serve` (the HTTP gateway), `token` (a development JWT)
+- `chatlog.cli.health`: `health` (is a running process ready?)
 
 `chatlog.cli.output` shows results (for people, or JSON); `chatlog.cli.common` holds the
 rest they share (argument types, stopping on a signal, the topic check).
@@ -26,7 +27,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chatlog.cli import admin, privacy, read, replay, run, serve
+from chatlog.cli import admin, health, privacy, read, replay, run, serve
 from chatlog.cli.common import exit_status
 from chatlog.cli.output import print_result
 from chatlog.logs import LogFormat, setup_logging
@@ -78,6 +79,6 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (read, run, replay, admin, privacy, serve):
+    for group in (read, run, replay, admin, privacy, serve, health):
         group.add_commands(commands, common)
     return parser

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -35,6 +36,7 @@ from chatlog.settings import Settings
 
 if TYPE_CHECKING:
     from chatlog.cli.common import Commands
+    from chatlog.prom_metrics import MetricsServer
 
 __all__ = ["ProgressPrinter", "add_commands", "run"]
 
@@ -89,11 +91,15 @@ class ProgressPrinter:
         in_place: bool | None = None,
     ) -> None:
         self.out = out
+        # Also handed every report, not only those shown (the metrics).
+        self.also: Callable[[ReplayProgress], None] | None = None
         self.tty = out.isatty() if in_place is None else in_place
         self.every_s = every_s if every_s is not None else (0.2 if self.tty else 5.0)
         self._last = 0.0
 
     def __call__(self, progress: ReplayProgress) -> None:
+        if self.also is not None:
+            self.also(progress)
         now = time.monotonic()
         if now - self._last < self.every_s:
             return
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
     )
     parts = wiring.replay_parts(settings)
     trail = wiring.audit_trail(settings)
+    metrics, printer = _replay_metrics(settings, printer)
     mode = {"mode": "verify" if args.verify else "rebuild"}
     checked: VerifyReport | None = None
     try:
@@ -142,12 +149,29 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
                 details.update(generation=report.generation, events=report.events)
     finally:
         trail.close()
+        if metrics is not None:
+            metrics.close()
     printer.done()
     if checked is not None:
         return _verified(args, checked)
     result = asdict(report)
     result["events_per_s"] = round(report.events / report.seconds) if report.seconds else 0
     return result
+
+
+def _replay_metrics(
+    settings: Settings, printer: ProgressPrinter
+) -> tuple[MetricsServer | None, ProgressPrinter]:
+    """The replay's metrics server (CHATLOG_METRICS_PORT), fed by the progress reports
+    the printer gets; (None, `printer`) when unset."""
+    if not settings.metrics_port:
+        return None, printer
+    from chatlog.prom_metrics import ReplayCollector  # noqa: PLC0415 - the metrics extra
+
+    collector = ReplayCollector()
+    server = wiring.metrics_server(settings, collector, live=lambda: None, ready=lambda: None)
+    printer.also = collector
+    return server, printer
 
 
 def _rebuild(

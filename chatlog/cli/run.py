@@ -20,6 +20,8 @@ from chatlog.settings import Settings
 
 if TYPE_CHECKING:
     from chatlog.cli.common import Commands
+    from chatlog.processors.kafka_projector import KafkaProjector
+    from chatlog.prom_metrics import MetricsServer
 
 __all__ = ["add_commands"]
 
@@ -63,10 +65,30 @@ def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
             projector.keys_ticker.interval_s,
             settings.key_shred_within,
         )
+    metrics = _projector_metrics(settings, projector)
     tune_garbage_collector()
-    with stop_on_signals() as stop:
-        projector.run(stop=stop)
+    try:
+        with stop_on_signals() as stop:
+            projector.run(stop=stop)
+    finally:
+        if metrics is not None:
+            metrics.close()
     log.info("stopped: %s", projector.stats)
+
+
+def _projector_metrics(settings: Settings, projector: KafkaProjector) -> MetricsServer | None:
+    """The projector's metrics and health (CHATLOG_METRICS_PORT); None when unset."""
+    if not settings.metrics_port:
+        return None
+    from chatlog.prom_metrics import ProjectorCollector  # noqa: PLC0415 - the metrics extra
+
+    client = wiring.redis_client(settings)  # its own: pings come from the server's thread
+    return wiring.metrics_server(
+        settings,
+        ProjectorCollector(projector),
+        live=projector.liveness,
+        ready=lambda: projector.readiness(settings.ready_max_lag) or wiring.redis_answers(client),
+    )
 
 
 def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
@@ -79,6 +101,17 @@ def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
         else "the offline extractive summarizer (set CHATLOG_LLM_BASE_URL for an LLM)"
     )
     worker = wiring.summarizer_worker(settings)
+    metrics = None
+    if settings.metrics_port:
+        from chatlog.prom_metrics import SummarizerCollector  # noqa: PLC0415 - the extra
+
+        client = wiring.redis_client(settings)
+        metrics = wiring.metrics_server(
+            settings,
+            SummarizerCollector(worker, prices=wiring.llm_prices(settings)),
+            live=worker.liveness,
+            ready=lambda: worker.readiness() or wiring.redis_answers(client),
+        )
     log.info(
         "summarizing %s (group %s) with %s: every %d overflow turns, %d in flight at most; "
         "group member %s (CHATLOG_INSTANCE_ID), session timeout %g s",
@@ -90,7 +123,11 @@ def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
         settings.instance_id,
         settings.session_timeout_s,
     )
-    status = worker.run(on_stop_signal=exit_at_deadline)
+    try:
+        status = worker.run(on_stop_signal=exit_at_deadline)
+    finally:
+        if metrics is not None:
+            metrics.close()
     if worker.error is not None:
         # The agent failed (and logged why): a broker that did not answer at start-up is
         # worth a restart; anything else is not.

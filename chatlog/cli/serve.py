@@ -18,11 +18,13 @@ from chatlog import wiring
 from chatlog.cli.common import stop_on_signals
 from chatlog.cli.output import iso
 from chatlog.gateway.api_keys import ApiKeys
+from chatlog.gateway.request_stats import GatewayStats, RequestStats
 from chatlog.schemas.errors import ChatlogError, ConfigError, MissingExtra
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
     from chatlog.cli.common import Commands
+    from chatlog.prom_metrics import MetricsServer
 
 __all__ = ["add_commands", "parse_ttl"]
 
@@ -155,6 +157,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
             self.on_exit()
             super().handle_exit(sig, frame)
 
+    # /metrics on a port of its own (CHATLOG_METRICS_PORT), never on the public API port.
+    requests = GatewayStats()
+    metrics = _gateway_metrics(settings, requests)
+
     async def run() -> None:
         # Built inside the event loop that serves it: the asyncio Redis client binds to it.
         # uvicorn handles SIGTERM; the app's shutdown flushes pending events.
@@ -169,8 +175,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
             raise
         # log_config=None: uvicorn's loggers propagate to the one handler that
         # `chatlog.logs.setup_logging` set up, in CHATLOG_LOG_FORMAT, instead of its own.
+        served: Any = app if metrics is None else RequestStats(app, requests)
         config = uvicorn.Config(
-            app, host=args.host, port=args.port, lifespan="on", log_level="info", log_config=None
+            served, host=args.host, port=args.port, lifespan="on", log_level="info", log_config=None
         )
         loop = asyncio.get_running_loop()
         # From a signal handler: the loop may be asleep in select, so wake it.
@@ -179,5 +186,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     # uvicorn stops gracefully on SIGTERM or Ctrl-C, then raises the signal again for the
     # handler it found: this one, which only notes it, so a stop asked for exits 0 as the
     # processors do (a supervisor reads any other status as a failure).
-    with stop_on_signals(deadline_s=None):
-        asyncio.run(run())
+    try:
+        with stop_on_signals(deadline_s=None):
+            asyncio.run(run())
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _gateway_metrics(settings: Settings, requests: GatewayStats) -> MetricsServer | None:
+    """The gateway's metrics and health server; None when CHATLOG_METRICS_PORT is unset."""
+    if not settings.metrics_port:
+        return None
+    from chatlog.prom_metrics import GatewayCollector  # noqa: PLC0415 - the metrics extra
+
+    client = wiring.redis_client(settings)
+    return wiring.metrics_server(
+        settings,
+        GatewayCollector(requests),
+        live=lambda: None,  # the server's thread answering is all there is to tell
+        ready=lambda: wiring.redis_answers(client),
+    )

@@ -39,6 +39,8 @@ PURE_MODULES = [
     "chatlog.projections.context",
     "chatlog.projections.tokens",
     "chatlog.processors.projection",
+    "chatlog.processors.measures",
+    "chatlog.processors.projector_stats",
     "chatlog.processors.dead_letters",
     "chatlog.processors.summarizers",
     "chatlog.processors.extractive",
@@ -55,6 +57,7 @@ PURE_MODULES = [
     "chatlog.gateway.api_keys",
     "chatlog.schemas.limits",
     "chatlog.gateway.live_events",
+    "chatlog.gateway.request_stats",
 ]
 
 
@@ -273,3 +276,28 @@ def test_import_chatlog_loads_no_web_library():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_the_metrics_library_only_in_modules_named_for_it():
+    # Rule: prometheus_client (the metrics extra) is imported only by modules named
+    # prom_*; the processes count in their own stats objects, which those modules read.
+    root = Path(__file__).resolve().parents[2]
+    imports = re.compile(r"^\s*(?:from|import)\s+prometheus_client\b", re.MULTILINE)
+    found = {
+        str(path.relative_to(root / "chatlog"))
+        for path in (root / "chatlog").rglob("*.py")
+        if imports.search(path.read_text("utf-8"))
+    }
+    assert found == {"prom_metrics.py"}
+    assert all(Path(name).name.startswith("prom_") for name in found)
+
+
+def test_import_chatlog_and_its_processors_loads_no_metrics_library():
+    code = (
+        "import sys, chatlog, chatlog.cli, chatlog.processors.kafka_projector; "
+        "print('prometheus_client' in sys.modules)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "False"
