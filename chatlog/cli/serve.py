@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import TYPE_CHECKING
 
 from chatlog.cli.common import stop_on_signals
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["add_commands", "parse_ttl"]
 
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The names of `chatlog.gateway.bots.BOTS`, here so that `--help` needs no server extra.
+_BOT_NAMES = ("echo",)
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -29,6 +33,17 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode, NEVER in production: POST /dev/token mints a token for "
+        "anyone who asks (the chat page's login); loopback addresses only",
+    )
+    serve.add_argument(
+        "--bot",
+        choices=sorted(_BOT_NAMES),
+        help="with --dev: a stand-in bot answers each user message (echo: offline, no key)",
+    )
     serve.set_defaults(handler=_serve, json=False)
 
     token = commands.add_parser(
@@ -66,8 +81,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         # Imported here: `chatlog` without the server extra must still run every other command.
         import uvicorn  # noqa: PLC0415
 
+        from chatlog.gateway.bots import BOTS  # noqa: PLC0415
         from chatlog.gateway.fastapi_app import create_app  # noqa: PLC0415
-        from chatlog.gateway.tokens import TokenVerifier  # noqa: PLC0415
+        from chatlog.gateway.tokens import TokenIssuer, TokenVerifier  # noqa: PLC0415
     except ImportError as exc:
         raise MissingExtra.needs("server", "chatlog serve", exc) from exc
     from chatlog.client import AsyncChatLog  # noqa: PLC0415
@@ -76,13 +92,25 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     verifier = TokenVerifier.from_settings(settings)
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port (1-65535)", setting="--port")
+    _check_dev(args)
+    # Dev mode mints with the embedded HS256 secret the verifier checks.
+    dev_issuer = TokenIssuer.from_settings(settings) if args.dev else None
+    bot = BOTS[args.bot]() if args.bot is not None else None
+    if args.dev:
+        print(
+            f"chatlog serve: DEVELOPMENT MODE: POST /dev/token gives anyone any user's "
+            f"token{f', the {args.bot} bot answers' if bot else ''}; never in production. "
+            f"The chat page: http://{_url_host(args.host)}:{args.port}/",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async def run() -> None:
         # Built inside the event loop that serves it: the asyncio Redis client binds to it.
         # uvicorn handles SIGTERM; the app's shutdown flushes pending events.
         log = AsyncChatLog.from_settings(settings, flush_on_sigterm=False)
         try:
-            app = create_app(log, verifier)
+            app = create_app(log, verifier, dev_issuer=dev_issuer, bot=bot)
         except ChatlogError:
             await log.aclose()
             raise
@@ -96,3 +124,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     # processors do (a supervisor reads any other status as a failure).
     with stop_on_signals(deadline_s=None):
         asyncio.run(run())
+
+
+def _check_dev(args: argparse.Namespace) -> None:
+    """``--bot`` needs ``--dev``, and ``--dev`` listens on a loopback address only: a
+    development login reachable from another machine would let anyone be anyone."""
+    if args.bot is not None and not args.dev:
+        raise ConfigError(
+            f"--bot {args.bot} is a development aid: add --dev (never in production)",
+            setting="--bot",
+        )
+    if args.dev and args.host not in _LOOPBACK_HOSTS:
+        raise ConfigError(
+            f"--dev with --host {args.host}: development mode hands out tokens to anyone "
+            f"who asks, so it listens on a loopback address only "
+            f"({', '.join(_LOOPBACK_HOSTS)}); drop --dev to serve other machines",
+            setting="--dev",
+        )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

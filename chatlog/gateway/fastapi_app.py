@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -27,8 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from chatlog.client import AsyncChatLog
+from chatlog.gateway.bots import Bot, answer
+from chatlog.gateway.fastapi_page import page_router
 from chatlog.gateway.http_errors import HttpError, http_error
-from chatlog.gateway.tokens import Principal, TokenVerifier
+from chatlog.gateway.tokens import Principal, TokenIssuer, TokenVerifier
 from chatlog.projections.context import Context
 from chatlog.schemas.errors import ChatlogError, SessionNotFound, Unauthenticated
 from chatlog.schemas.ids import new_id, validate_id
@@ -178,11 +180,19 @@ Caller = Annotated[Principal, Depends(_principal)]
 
 
 def create_app(
-    log: AsyncChatLog, verifier: TokenVerifier, *, max_body_bytes: int = MAX_BODY_BYTES
+    log: AsyncChatLog,
+    verifier: TokenVerifier,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    dev_issuer: TokenIssuer | None = None,
+    bot: Bot | None = None,
 ) -> ASGIApp:
     """The gateway's ASGI application over `log`, its callers checked by `verifier`.
 
-    The application closes `log` when it shuts down (flushing pending events).
+    It serves the chat page at ``/``. Development mode only (``chatlog serve --dev``):
+    `dev_issuer` mints tokens at ``POST /dev/token`` for anyone who asks, and `bot`
+    answers each user message (`chatlog.gateway.bots`). The application closes `log`
+    when it shuts down (flushing pending events).
     """
 
     @asynccontextmanager
@@ -200,8 +210,9 @@ def create_app(
     )
     app.state.verifier = verifier
     _add_error_handlers(app)
-    _add_session_routes(app, log)
+    _add_session_routes(app, log, bot)
     _add_health_routes(app, log)
+    app.include_router(page_router(dev_issuer=dev_issuer))
     return _BodyLimit(app, limit=max_body_bytes)
 
 
@@ -231,7 +242,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _json(http_error(exc))
 
 
-def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
+def _add_session_routes(app: FastAPI, log: AsyncChatLog, bot: Bot | None) -> None:
     async def own_context(session_id: str, caller: Principal, after: Position | None) -> Context:
         """The caller's session's context; another tenant's answers as a missing one.
 
@@ -263,6 +274,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         session_id: str,
         body: NewMessage,
         caller: Caller,
+        background: BackgroundTasks,
         idempotency_key: Annotated[str | None, Header()] = None,
     ) -> dict[str, Any]:
         """Append a message to the caller's session; returns its position.
@@ -291,6 +303,11 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
             message_id=message_id,
             tenant=caller.tenant,
         )
+        if bot is not None and body.role == "user":
+            # After the answer is sent: the caller has its position while the bot thinks.
+            background.add_task(
+                answer, bot, log, caller, session_id, message_id=message_id, position=position
+            )
         return {"position": str(position), "message_id": message_id}
 
     @app.get("/v1/sessions/{session_id}/context", tags=["sessions"])

@@ -50,6 +50,7 @@ PURE_MODULES = [
     "chatlog.gateway",
     "chatlog.gateway.tokens",
     "chatlog.gateway.http_errors",
+    "chatlog.gateway.bots",
 ]
 
 
@@ -242,9 +243,10 @@ def test_web_libraries_only_in_modules_named_for_them():
         for path in (root / "chatlog").rglob("*.py")
         if imports.search(path.read_text("utf-8"))
     }
-    # The routes (FastAPI) and the command that serves them (uvicorn, imported lazily).
+    # The routes and the chat page (FastAPI), the command that serves them (uvicorn, lazily).
     assert found == {
         "gateway/fastapi_app.py": {"fastapi", "starlette"},
+        "gateway/fastapi_page.py": {"fastapi"},
         "cli/serve.py": {"uvicorn"},
     }
 
