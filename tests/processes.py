@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
@@ -248,17 +248,21 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_gateway(
-    settings: Settings, *, log: Path | None = None, timeout: float = 60.0
+    settings: Settings,
+    *,
+    log: Path | None = None,
+    timeout: float = 60.0,
+    args: Sequence[str] = (),
 ) -> Iterator[str]:
-    """`chatlog serve` as a child process on a free port for the duration of the block,
-    once it answers /healthz; yields its base URL."""
+    """`chatlog serve [args]` as a child process on a free port for the duration of the
+    block, once it answers /healthz; yields its base URL."""
     import httpx
 
     assert settings.auth_secret is not None, "the gateway needs settings.auth_secret"
     port = free_port()
     with open(log or os.devnull, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "chatlog.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "chatlog.cli", "serve", "--port", str(port), *args],
             env=chatlog_env(settings),
             cwd=ROOT,
             stdout=out,
