@@ -16,16 +16,18 @@ From a shell: ``python -m dev.browser`` installs what is missing and prints the 
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 from typing import TYPE_CHECKING
 
 from dev.services.debian import ensure_programs
+from dev.services.state import ServiceError
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
 
-__all__ = ["CHROMIUM_FLAGS", "ensure_chromium", "headless_chromium"]
+__all__ = ["CHROMIUM_FLAGS", "ensure_chromium", "headless_chromium", "main"]
 
 CHROMIUM_FLAGS = (
     "--headless=new",
@@ -75,6 +77,17 @@ def headless_chromium(*, page_load_timeout_s: float = 30.0) -> WebDriver:
     return browser
 
 
+def main() -> int:
+    """Install what is missing (root) and print the two paths; 1 with the reason if not."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        chromium, driver = ensure_chromium()
+    except ServiceError as exc:
+        print(f"dev.browser: {exc}", file=sys.stderr)
+        return 1
+    print(f"chromium {chromium}\nchromedriver {driver}")
+    return 0
+
+
 if __name__ == "__main__":
-    print("\n".join(ensure_chromium()))
-    sys.exit(0)
+    sys.exit(main())
