@@ -9,7 +9,9 @@ API, and shows what the event stream brings, the stand-in bot's replies included
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ import redis
 from chatlog.gateway.bots import reply_id
 from chatlog.gateway.fastapi_page import CONTENT_SECURITY_POLICY
 from dev.browser import headless_chromium
-from tests.processes import running_gateway, running_projector, unique_settings
+from tests.processes import ROOT, running_gateway, running_projector, unique_settings
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -118,6 +120,30 @@ def test_the_dev_login_mints_a_token_the_api_accepts_for_that_user_only(gateway)
     bad = httpx.post(f"{gateway.url}/dev/token", json={"user": "a:b"}, timeout=30)
     assert bad.status_code == 422
     assert "user_id contains ':'" in bad.json()["error"]["message"]
+
+
+def test_the_dev_login_curl_of_the_docs_runs(gateway):
+    text = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
+    section = text.split("## The chat page and development mode", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    # The curl command and its continuation line; the servers above it run until stopped.
+    curl = block[block.index("curl ") :].replace("http://127.0.0.1:8000", gateway.url)
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", curl],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    answer = json.loads(ran.stdout)
+    assert answer["expires_in"] == 28800
+    listed = httpx.get(
+        f"{gateway.url}/v1/sessions",
+        headers={"Authorization": f"Bearer {answer['token']}"},
+        timeout=30,
+    )
+    assert listed.status_code == 200
 
 
 def test_the_echo_bot_answers_each_user_message_once_as_that_user(gateway):
