@@ -68,9 +68,12 @@ from chatlog.schemas.errors import (
 from chatlog.schemas.events import (
     ConversationEvent,
     MessageRedacted,
+    Payload,
     ProducerInfo,
     Role,
+    SessionClosed,
     SessionStarted,
+    UserErased,
 )
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.position import Position
@@ -78,6 +81,8 @@ from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
 
 __all__ = ["AsyncChatLog", "ChatLog"]
+
+_ERASED_SESSION = "the session's erasure"  # what a `NotAudited` says was stored
 
 
 def _eraser_of(eraser: UserEraser | None) -> UserEraser:
@@ -141,17 +146,45 @@ def _audit_redaction(
     error: ChatlogError | None = None,
 ) -> None:
     """Record a redaction, or its refusal (another user's session, say) or failure."""
+    _audit_write(
+        audit,
+        AuditAction.MESSAGE_REDACTED,
+        "the redaction",
+        event,
+        details={"message_id": message_id},
+        position=position,
+        error=error,
+    )
+
+
+def _audit_write(
+    audit: AuditTrail | None,
+    action: AuditAction,
+    what: str,
+    event: ConversationEvent,
+    *,
+    details: dict[str, object] | None = None,
+    position: Position | None = None,
+    error: ChatlogError | None = None,
+) -> None:
+    """Record an audited write of `event` (`what` it is, stored at `position`), or its
+    refusal (another user's session, say) or failure."""
     if audit is None:
         return
-    details: dict[str, object] = {"message_id": message_id}
+    details = dict(details or {})
     target = {"tenant": event.tenant, "user_id": event.user_id, "session_id": event.session_id}
     if error is not None:
-        audit.failed(AuditAction.MESSAGE_REDACTED, error, details=details, **target)
+        audit.failed(action, error, details=details, **target)
     else:
         assert position is not None
         details["position"] = str(position)
-        with _not_audited("the redaction", position):
-            audit.record(AuditAction.MESSAGE_REDACTED, details=details, **target)
+        with _not_audited(what, position):
+            audit.record(action, details=details, **target)
+
+
+def _as(audit: AuditTrail | None, principal: str | None) -> AuditTrail | None:
+    """`audit` acting for `principal` (None: the client's own)."""
+    return None if audit is None else audit.as_principal(principal)
 
 
 def _history_for(history: KafkaHistory | None, after: Position | None) -> KafkaHistory:
@@ -255,7 +288,9 @@ class ChatLog:
 
         Optional: `append` starts a session too, with no title (and no audit record).
         """
-        event = _session_started(session_id, user_id, title, self.producer.info, tenant)
+        event = _session_event(
+            session_id, user_id, SessionStarted(title=title), self.producer.info, tenant
+        )
         if self.claims is not None:
             self.claims.claim(KeyScope.of(event), session_id)
         position = self.producer.publish(event)
@@ -314,15 +349,7 @@ class ChatLog:
         """
         event = _redaction(session_id, message_id, user_id, reason, self.producer.info)
         try:
-            try:
-                self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
-            except Erased:
-                raise  # the owner's keys are gone: the log must not be asked either
-            except SessionNotFound:
-                if self.history is None:
-                    raise
-                # Expired from Redis: the log knows the owner. Raises as a read would.
-                self.history.context(session_id, user_id=user_id, as_of=datetime.now(UTC))
+            self._check_owned(session_id, user_id)
             position = self.producer.publish(event)
         except ChatlogError as exc:
             _audit_redaction(self.audit, event, message_id, error=exc)
@@ -330,23 +357,94 @@ class ChatLog:
         _audit_redaction(self.audit, event, message_id, position=position)
         return position
 
-    def erase_user(self, user_id: str, *, tenant: str = "default") -> Erasure:
+    def close_session(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        reason: str | None = None,
+        tenant: str = "default",
+    ) -> Position:
+        """Close the user's session (`SessionClosed`); returns the close's position.
+
+        Refused as `redact` is (another user's session, an erased or unknown one), with
+        nothing published. A closed session stays readable until it expires; a message
+        appended later opens it again.
+        """
+        event = _session_event(
+            session_id, user_id, SessionClosed(reason=reason), self.producer.info, tenant
+        )
+        self._check_owned(session_id, user_id)
+        return self.producer.publish(event)
+
+    def erase_session(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        reason: str | None = None,
+        tenant: str = "default",
+        principal: str | None = None,
+    ) -> Position:
+        """Erase one session of the user (`UserErased`); returns the erasure's position.
+
+        Refused as `redact` is, with nothing published. From the position on the
+        read-model holds only a tombstone and every read answers `SessionNotFound`; the
+        log keeps the events, and reads of the past honour the erasure. To make a
+        person's words unreadable for good, erase the user (`erase_user`). Audited, as
+        `principal` (None: the client's own).
+        """
+        event = _session_event(
+            session_id, user_id, UserErased(reason=reason), self.producer.info, tenant
+        )
+        audit = _as(self.audit, principal)
+        try:
+            self._check_owned(session_id, user_id)
+            position = self.producer.publish(event)
+        except ChatlogError as exc:
+            _audit_write(audit, AuditAction.SESSION_ERASED, _ERASED_SESSION, event, error=exc)
+            raise
+        _audit_write(audit, AuditAction.SESSION_ERASED, _ERASED_SESSION, event, position=position)
+        return position
+
+    def _check_owned(self, session_id: str, user_id: str) -> None:
+        """Raise as a read would unless the session is the user's: `OwnershipError` for
+        another user's, `SessionNotFound` for an erased or unknown one (a session gone
+        from Redis is looked up in the log)."""
+        try:
+            self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
+        except Erased:
+            raise  # the owner's keys are gone: the log must not be asked either
+        except SessionNotFound:
+            if self.history is None:
+                raise
+            # Expired from Redis: the log knows the owner. Raises as a read would.
+            self.history.context(session_id, user_id=user_id, as_of=datetime.now(UTC))
+
+    def erase_user(
+        self, user_id: str, *, tenant: str = "default", principal: str | None = None
+    ) -> Erasure:
         """Erase the user: destroy their keys and remove their sessions from Redis.
 
         Returns once the keys' tombstones are acknowledged and no generation of the
         read-model holds a session of theirs. Harmless when repeated
-        (`already_erased`); `UnknownUser` if chatlog has nothing of them.
+        (`already_erased`); `UnknownUser` if chatlog has nothing of them. Audited, as
+        `principal` (None: the client's own).
         """
-        return _eraser_of(self.eraser).erase(user_id, tenant=tenant, audit=self.audit)
+        eraser = _eraser_of(self.eraser)
+        return eraser.erase(user_id, tenant=tenant, audit=_as(self.audit, principal))
 
-    def export_user(self, user_id: str, *, tenant: str = "default") -> dict[str, Any]:
+    def export_user(
+        self, user_id: str, *, tenant: str = "default", principal: str | None = None
+    ) -> dict[str, Any]:
         """Every session of the user, read from the log, as a JSON-ready document.
 
         Decrypted, redactions applied, current summaries included (the format is in
         docs/privacy.md, "Export"). Reads the whole events topic: an admin operation.
         `Erased` for an erased user, `UnknownUser` if the log holds no session of theirs.
+        Audited, as `principal` (None: the client's own).
         """
-        return _export(self.exporter, self.audit, user_id, tenant)
+        return _export(self.exporter, _as(self.audit, principal), user_id, tenant)
 
     def close(self) -> None:
         """Flush pending events and release connections."""
@@ -452,7 +550,9 @@ class AsyncChatLog:
 
         Optional: `append` starts a session too, with no title (and no audit record).
         """
-        event = _session_started(session_id, user_id, title, self.producer.sync.info, tenant)
+        event = _session_event(
+            session_id, user_id, SessionStarted(title=title), self.producer.sync.info, tenant
+        )
         if self.claims is not None:
             await self.claims.claim(KeyScope.of(event), session_id)
         position = await self.producer.publish(event)
@@ -503,16 +603,7 @@ class AsyncChatLog:
         """`ChatLog.redact`; a look-up in the log runs in a worker thread."""
         event = _redaction(session_id, message_id, user_id, reason, self.producer.sync.info)
         try:
-            try:
-                await self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
-            except Erased:
-                raise  # the owner's keys are gone: the log must not be asked either
-            except SessionNotFound:
-                if self.history is None:
-                    raise
-                await asyncio.to_thread(
-                    self.history.context, session_id, user_id=user_id, as_of=datetime.now(UTC)
-                )
+            await self._check_owned(session_id, user_id)
             position = await self.producer.publish(event)
         except ChatlogError as exc:
             await asyncio.to_thread(_audit_redaction, self.audit, event, message_id, error=exc)
@@ -520,14 +611,73 @@ class AsyncChatLog:
         await asyncio.to_thread(_audit_redaction, self.audit, event, message_id, position=position)
         return position
 
-    async def erase_user(self, user_id: str, *, tenant: str = "default") -> Erasure:
+    async def close_session(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        reason: str | None = None,
+        tenant: str = "default",
+    ) -> Position:
+        """`ChatLog.close_session`; a look-up in the log runs in a worker thread."""
+        event = _session_event(
+            session_id, user_id, SessionClosed(reason=reason), self.producer.sync.info, tenant
+        )
+        await self._check_owned(session_id, user_id)
+        return await self.producer.publish(event)
+
+    async def erase_session(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        reason: str | None = None,
+        tenant: str = "default",
+        principal: str | None = None,
+    ) -> Position:
+        """`ChatLog.erase_session`; the look-up in the log and the audit record run in a
+        worker thread."""
+        event = _session_event(
+            session_id, user_id, UserErased(reason=reason), self.producer.sync.info, tenant
+        )
+        audit = _as(self.audit, principal)
+        action, what = AuditAction.SESSION_ERASED, _ERASED_SESSION
+        try:
+            await self._check_owned(session_id, user_id)
+            position = await self.producer.publish(event)
+        except ChatlogError as exc:
+            await asyncio.to_thread(_audit_write, audit, action, what, event, error=exc)
+            raise
+        await asyncio.to_thread(_audit_write, audit, action, what, event, position=position)
+        return position
+
+    async def _check_owned(self, session_id: str, user_id: str) -> None:
+        """`ChatLog._check_owned`, awaited; a look-up in the log runs in a worker thread."""
+        try:
+            await self.reader.context(session_id, user_id=user_id, timeout=self.read_timeout_s)
+        except Erased:
+            raise  # the owner's keys are gone: the log must not be asked either
+        except SessionNotFound:
+            if self.history is None:
+                raise
+            await asyncio.to_thread(
+                self.history.context, session_id, user_id=user_id, as_of=datetime.now(UTC)
+            )
+
+    async def erase_user(
+        self, user_id: str, *, tenant: str = "default", principal: str | None = None
+    ) -> Erasure:
         """`ChatLog.erase_user`; the blocking calls run in a worker thread."""
         eraser = _eraser_of(self.eraser)
-        return await asyncio.to_thread(eraser.erase, user_id, tenant=tenant, audit=self.audit)
+        audit = _as(self.audit, principal)
+        return await asyncio.to_thread(eraser.erase, user_id, tenant=tenant, audit=audit)
 
-    async def export_user(self, user_id: str, *, tenant: str = "default") -> dict[str, Any]:
+    async def export_user(
+        self, user_id: str, *, tenant: str = "default", principal: str | None = None
+    ) -> dict[str, Any]:
         """`ChatLog.export_user`; the scan runs in a worker thread."""
-        return await asyncio.to_thread(_export, self.exporter, self.audit, user_id, tenant)
+        audit = _as(self.audit, principal)
+        return await asyncio.to_thread(_export, self.exporter, audit, user_id, tenant)
 
     async def aclose(self) -> None:
         """Flush pending events and release connections."""
@@ -550,16 +700,10 @@ class AsyncChatLog:
         await self.aclose()
 
 
-def _session_started(
-    session_id: str, user_id: str, title: str | None, producer: ProducerInfo, tenant: str
+def _session_event(
+    session_id: str, user_id: str, payload: Payload, producer: ProducerInfo, tenant: str
 ) -> ConversationEvent:
-    return new_event(
-        session_id,
-        user_id=user_id,
-        payload=SessionStarted(title=title),
-        tenant=tenant,
-        producer=producer,
-    )
+    return new_event(session_id, user_id=user_id, payload=payload, tenant=tenant, producer=producer)
 
 
 def _redaction(

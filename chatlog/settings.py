@@ -262,6 +262,12 @@ class Settings(BaseModel):
     auth_tenant_claim: str = Field(
         "tenant", description="the JWT claim naming the caller's tenant; absent: default"
     )
+    ready_max_lag: int = Field(
+        10_000,
+        ge=0,
+        description="the gateway's /readyz answers 503 while the projector has more records "
+        "than this left to project",
+    )
     state_dir: Path = Field(Path(".chatlog"), description="where the local stack keeps state")
     kafka: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka properties (CHATLOG_KAFKA__*)"

@@ -28,6 +28,7 @@ from chatlog.processors.kafka_export import KafkaExporter
 from chatlog.processors.kafka_history import KafkaHistory, KafkaSessionLog
 from chatlog.processors.kafka_key_log import KeysRotated
 from chatlog.processors.kafka_keys_tick import KafkaKeysTicker
+from chatlog.processors.kafka_lag import KafkaTopicEnds
 from chatlog.processors.kafka_projector import KafkaProjector
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
@@ -360,6 +361,13 @@ def exporter(settings: Settings, client: redis.Redis | None = None) -> KafkaExpo
     )
 
 
+def topic_ends(settings: Settings) -> KafkaTopicEnds:
+    """The events topic's partition ends, for the projector's lag (the gateway's /readyz)."""
+    return KafkaTopicEnds(
+        bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic, config=settings.kafka
+    )
+
+
 def keyring(
     settings: Settings,
     producer: ConversationProducer,
@@ -452,14 +460,20 @@ def live_store(settings: Settings, client: redis.Redis | None = None) -> RedisVi
 
 
 def generation_store(
-    settings: Settings, generation: str, client: redis.Redis | None = None
+    settings: Settings,
+    generation: str,
+    client: redis.Redis | None = None,
+    *,
+    notify: bool = False,
 ) -> RedisViewStore:
-    """The view store of one generation, live or not."""
+    """The view store of one generation, live or not; with `notify`, it publishes a
+    notice for each session it writes (the live projector's, for the gateway)."""
     return RedisViewStore(
         client or redis_client(settings),
         keys=KeySpace(settings.redis_prefix, generation),
         policy=policy(settings),
         ttl_s=settings.session_ttl_s or None,
+        notify=notify,
     )
 
 
@@ -479,7 +493,7 @@ def projector(settings: Settings) -> KafkaProjector:
         # projector started during a Redis outage keeps its place and starts projecting
         # when Redis answers, rather than exiting for its supervisor to retry.
         live = None
-    store = generation_store(settings, live or DEFAULT_GENERATION, client)
+    store = generation_store(settings, live or DEFAULT_GENERATION, client, notify=True)
     core = ProjectionCore(
         store, codec=codec(settings), policy=policy(settings), opener=opener(settings, client)
     )
@@ -500,7 +514,8 @@ def projector(settings: Settings) -> KafkaProjector:
         batch_size=settings.projector_batch,
         generations=generations(settings, client),
         generation=live,
-        store_for=lambda generation: generation_store(settings, generation, client),
+        # Notices for gateways (`RedisViewStore.notify`): this store is the live one.
+        store_for=lambda generation: generation_store(settings, generation, client, notify=True),
         on_data_loss=settings.on_data_loss,
         rebuild=rebuild_lost,
         keys_ticker=keys_ticker(settings),

@@ -1,12 +1,14 @@
-"""What a projector has done since it started, logged as it runs and when it stops."""
+"""What a projector has done since it started, logged as it runs and when it stops; and
+how far behind the topic it is (`records_behind`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from chatlog.processors.projection import BatchResult
 
-__all__ = ["ProjectorStats"]
+__all__ = ["ProjectorStats", "records_behind"]
 
 
 @dataclass(slots=True)
@@ -36,3 +38,16 @@ class ProjectorStats:
         self.conflicts += result.conflicts
         self.dead_letters += len(result.dead_letters)
         self.erased += result.erased
+
+
+def records_behind(ends: Mapping[int, tuple[int, int]], marks: Mapping[int, int]) -> int:
+    """How many records of the topic the projector has not projected yet, in all.
+
+    `ends` are each partition's (low, high) watermarks, `marks` the projector's progress
+    marks (the last offset projected; a partition without one has nothing projected).
+    Records before the low watermark are gone from the topic: they count for nothing.
+    """
+    return sum(
+        max(0, high - max(low, marks.get(partition, -1) + 1))
+        for partition, (low, high) in ends.items()
+    )

@@ -15,6 +15,7 @@ check of that call is not yet). A user's session index has a tag of its own,
     chatlog:g1:epoch                            token written when g1 was created
     chatlog:keys:{k:acme:alice}                 hash: key id -> wrapped data key; !erased
     chatlog:owner:{session-42}                  "acme<US>alice": the session's claim
+    chatlog:applied:{session-42}                sharded pub/sub channel: "applied" notices
 
 The key directory (`chatlog.projections.redis_keys`) is shared by every generation: it
 copies the `chatlog.keys` topic, not the events, so a rebuild has nothing to redo there.
@@ -90,6 +91,12 @@ class KeySpace:
     def user_keys(self, tenant: str, user_id: str) -> str:
         """A user's wrapped data keys and erasure mark, outside every generation."""
         return f"{self.prefix}:keys:{{k:{tenant}:{user_id}}}"
+
+    def applied(self, session_id: str) -> str:
+        """The shard channel (SPUBLISH) on which the projector says it applied events of
+        the session. Outside every generation, so a listener keeps it across a rebuild;
+        in the session's hash tag, so on Redis Cluster it lives on the session's shard."""
+        return f"{self.prefix}:applied:{{{session_id}}}"
 
     def generation_pattern(self) -> str:
         """A SCAN pattern for every key of this generation."""

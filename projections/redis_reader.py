@@ -316,6 +316,12 @@ class AsyncRedisReader:
         with redis_errors():
             return await self._sessions(user_id, limit)
 
+    async def progress(self) -> dict[int, int]:
+        """The live generation's progress marks: partition -> last offset projected."""
+        with redis_errors():
+            marks = text_map(await self.client.hgetall((await self.keys()).progress))
+        return {int(partition): int(offset) for partition, offset in marks.items()}
+
     async def projected_view(
         self, session_id: str, position: Position, *, timeout: float = 5.0
     ) -> SessionView | None:
@@ -347,7 +353,7 @@ class AsyncRedisReader:
     async def wait_applied(self, session_id: str, after: Position, *, timeout: float = 5.0) -> None:
         """Return once the session's view has applied `after`; `ReadTimeout` after `timeout`."""
         await self._poll(
-            functools.partial(self._applied, session_id),
+            functools.partial(self.applied_offset, session_id),
             after,
             timeout,
             f"the projection of session {session_id}",
@@ -424,9 +430,13 @@ class AsyncRedisReader:
         _queue_reached(pipe, await self.keys(), session_id, self._owner(user_id))
         return _reached(await pipe.execute(), after)
 
-    async def _applied(self, session_id: str) -> int | None:
-        """The offset the session's view has applied (None: no view); one HGET."""
-        value = await self.client.hget((await self.keys()).meta(session_id), "last_offset")
+    async def applied_offset(self, session_id: str) -> int | None:
+        """The offset the session's view has applied (None: no view); one HGET.
+
+        A probe for "has anything changed", with no read rule: it says an offset, never
+        content, so its caller reads through `context` before showing anything."""
+        with redis_errors():
+            value = await self.client.hget((await self.keys()).meta(session_id), "last_offset")
         return None if value is None else int(value)
 
     async def open(self, view: SessionView) -> SessionView:

@@ -10,6 +10,11 @@ from the moment of the write, so a replay rebuilds exactly the expiry the live
 projector produced. The per-user index has its own hash tag (another slot on a
 cluster), so it is maintained by a second small script in the same pipeline; its
 entries are scored by last activity, which lets a read drop expired sessions from it.
+
+The live projector's store also says, after each batch, which sessions it wrote: one
+SPUBLISH per session on the session's shard channel (`KeySpace.applied`), in the same
+pipeline, so it costs no round trip. Gateways listen there to stream updates; a notice
+is a hint to read through the normal read path, and a lost one only delays the read.
 """
 
 from __future__ import annotations
@@ -26,8 +31,16 @@ from chatlog.projections.keys import ERASED_FIELD, KeySpace
 from chatlog.projections.store import Change, Outcome
 from chatlog.projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowPolicy
 from chatlog.schemas.errors import DataLoss, StoreUnavailable
+from chatlog.schemas.position import Position
 
-__all__ = ["RedisViewStore", "redis_errors", "text", "text_map"]
+__all__ = [
+    "RedisViewStore",
+    "applied_notice",
+    "parse_applied_notice",
+    "redis_errors",
+    "text",
+    "text_map",
+]
 
 # Every script below that writes into a generation first checks its epoch (see
 # `chatlog.projections.epochs`): KEYS[n] the epoch key, ARGV[n] the token the store
@@ -172,10 +185,15 @@ class RedisViewStore:
         keys: KeySpace,
         policy: WindowPolicy = DEFAULT_POLICY,
         ttl_s: float | None = None,
+        notify: bool = False,
     ) -> None:
         self.client = client
         self.keys = keys
         self.policy = policy
+        # Say on each written session's channel that it moved (`applied_notice`): the live
+        # projector does, so that gateways stream updates; a replay filling a generation
+        # nobody reads yet does not.
+        self.notify = notify
         self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
         self._apply = client.register_script(_APPLY)
         self._index = client.register_script(_INDEX)
@@ -228,15 +246,25 @@ class RedisViewStore:
             self._queue_apply(pipe, change, epoch)
         for change in changes:
             self._queue_index(pipe, change.new, epoch)
+        if self.notify:
+            # Last in the pipeline, so a listener that reads on a notice finds the write.
+            # Sent whatever the outcome: a notice for a write that did not happen only
+            # costs its listeners a read that finds nothing new.
+            for change in changes:
+                new = change.new
+                pipe.spublish(
+                    self.keys.applied(new.session_id), applied_notice(new.session_id, new.position)
+                )
         with redis_errors():
             replies = pipe.execute()
-        if any(int(reply) == _LOST for reply in replies):
+        scripts = replies[: 2 * len(changes)]  # the notices' replies count their listeners
+        if any(int(reply) == _LOST for reply in scripts):
             raise self._lost()
-        outcomes = [_OUTCOMES[int(reply)] for reply in replies[: len(changes)]]
+        outcomes = [_OUTCOMES[int(reply)] for reply in scripts[: len(changes)]]
         # Written, then its owner erased before the index script ran: it deleted the view.
         return [
             Outcome.ERASED if int(indexed) == _ERASED_REPLY else outcome
-            for outcome, indexed in zip(outcomes, replies[len(changes) :], strict=True)
+            for outcome, indexed in zip(outcomes, scripts[len(changes) :], strict=True)
         ]
 
     def mark_progress(self, applied: Mapping[int, int]) -> None:
@@ -316,6 +344,22 @@ class RedisViewStore:
             args=[view.session_id, view.updated_at_ms, self.ttl_ms, op, epoch],
             client=pipe,
         )
+
+
+def applied_notice(session_id: str, position: Position) -> str:
+    """What the projector publishes on a session's channel once it wrote the session:
+    ``<session id> <partition>:<offset>``, the position its view has now applied."""
+    return f"{session_id} {position}"
+
+
+def parse_applied_notice(data: str | bytes) -> Position | None:
+    """The position an `applied_notice` names; None for anything else (a listener
+    treats that as "something changed" and reads)."""
+    _, _, position = text(data).partition(" ")
+    try:
+        return Position.parse(position)
+    except ValueError:
+        return None
 
 
 def queue_load(pipe: Any, keys: KeySpace, session_id: str, *, messages: bool = True) -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING
 
+from chatlog import wiring
 from chatlog.cli.common import stop_on_signals
 from chatlog.schemas.errors import ChatlogError, ConfigError, MissingExtra
 from chatlog.settings import Settings
@@ -82,7 +85,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         import uvicorn  # noqa: PLC0415
 
         from chatlog.gateway.bots import BOTS  # noqa: PLC0415
-        from chatlog.gateway.fastapi_app import create_app  # noqa: PLC0415
+        from chatlog.gateway.fastapi_app import LagBound, create_app  # noqa: PLC0415
         from chatlog.gateway.tokens import TokenIssuer, TokenVerifier  # noqa: PLC0415
     except ImportError as exc:
         raise MissingExtra.needs("server", "chatlog serve", exc) from exc
@@ -105,19 +108,37 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
             flush=True,
         )
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, which also tells the app when it is asked to stop: uvicorn
+        waits for every response to end first, and a live stream only ends when told."""
+
+        def __init__(self, config: uvicorn.Config, on_exit: Callable[[], object]) -> None:
+            super().__init__(config)
+            self.on_exit = on_exit
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            self.on_exit()
+            super().handle_exit(sig, frame)
+
     async def run() -> None:
         # Built inside the event loop that serves it: the asyncio Redis client binds to it.
         # uvicorn handles SIGTERM; the app's shutdown flushes pending events.
         log = AsyncChatLog.from_settings(settings, flush_on_sigterm=False)
+        stopping = asyncio.Event()
         try:
-            app = create_app(log, verifier, dev_issuer=dev_issuer, bot=bot)
+            lag = LagBound(wiring.topic_ends(settings), settings.ready_max_lag)
+            app = create_app(
+                log, verifier, stopping=stopping, lag=lag, dev_issuer=dev_issuer, bot=bot
+            )
         except ChatlogError:
             await log.aclose()
             raise
         config = uvicorn.Config(
             app, host=args.host, port=args.port, lifespan="on", log_level="info"
         )
-        await uvicorn.Server(config).serve()
+        loop = asyncio.get_running_loop()
+        # From a signal handler: the loop may be asleep in select, so wake it.
+        await Server(config, lambda: loop.call_soon_threadsafe(stopping.set)).serve()
 
     # uvicorn stops gracefully on SIGTERM or Ctrl-C, then raises the signal again for the
     # handler it found: this one, which only notes it, so a stop asked for exits 0 as the

@@ -17,6 +17,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, Query, Request
@@ -31,12 +32,14 @@ from chatlog.gateway.bots import Bot, answer
 from chatlog.gateway.fastapi_page import page_router
 from chatlog.gateway.http_errors import HttpError, http_error
 from chatlog.gateway.tokens import Principal, TokenIssuer, TokenVerifier
+from chatlog.processors.kafka_lag import KafkaTopicEnds
+from chatlog.processors.projector_stats import records_behind
 from chatlog.projections.context import Context
 from chatlog.schemas.errors import ChatlogError, SessionNotFound, Unauthenticated
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "Caller", "LagBound", "create_app", "own_context"]
 
 MAX_BODY_BYTES = 1024 * 1024
 """The largest request body accepted (413 above it): a chat message, not an upload."""
@@ -51,6 +54,15 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class LagBound:
+    """What ``/readyz`` checks of the projector: at most `max_lag` records of the events
+    topic (whose partition ends `ends` reads) not yet projected."""
+
+    ends: KafkaTopicEnds
+    max_lag: int
 
 
 class NewSession(BaseModel):
@@ -179,27 +191,52 @@ def _principal(
 Caller = Annotated[Principal, Depends(_principal)]
 
 
+async def own_context(
+    log: AsyncChatLog, session_id: str, caller: Principal, after: Position | None
+) -> Context:
+    """The caller's session's context; another tenant's answers as a missing one.
+
+    The library checks the user but not yet the tenant (issue 15), so the same
+    ``sub`` in two tenants would be one owner there: the gateway checks the tenant.
+    """
+    context = await log.context(session_id, user_id=caller.user_id, after=after)
+    if context.tenant != caller.tenant:
+        raise SessionNotFound(f"no session {session_id} in this tenant", session_id=session_id)
+    return context
+
+
 def create_app(
     log: AsyncChatLog,
     verifier: TokenVerifier,
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
+    stopping: asyncio.Event | None = None,
+    lag: LagBound | None = None,
     dev_issuer: TokenIssuer | None = None,
     bot: Bot | None = None,
 ) -> ASGIApp:
     """The gateway's ASGI application over `log`, its callers checked by `verifier`.
 
+    The application closes `log` when it shuts down (flushing pending events). Set
+    `stopping` when the server is asked to stop: live streams end then, as they
+    otherwise never would. With `lag`, ``/readyz`` also checks the projector's lag.
+
     It serves the chat page at ``/``. Development mode only (``chatlog serve --dev``):
     `dev_issuer` mints tokens at ``POST /dev/token`` for anyone who asks, and `bot`
-    answers each user message (`chatlog.gateway.bots`). The application closes `log`
-    when it shuts down (flushing pending events).
+    answers each user message (`chatlog.gateway.bots`).
     """
+    # Imported here: the route modules import this one's shared parts.
+    from chatlog.gateway.fastapi_lifecycle import lifecycle_routes  # noqa: PLC0415
+    from chatlog.gateway.fastapi_live import live_routes  # noqa: PLC0415
+    from chatlog.gateway.fastapi_me import me_routes  # noqa: PLC0415
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            if lag is not None:
+                await asyncio.to_thread(lag.ends.close)
             await log.aclose()
 
     app = FastAPI(
@@ -211,7 +248,10 @@ def create_app(
     app.state.verifier = verifier
     _add_error_handlers(app)
     _add_session_routes(app, log, bot)
-    _add_health_routes(app, log)
+    app.include_router(live_routes(log, stopping=stopping))
+    app.include_router(lifecycle_routes(log))
+    app.include_router(me_routes(log))
+    _add_health_routes(app, log, lag)
     app.include_router(page_router(dev_issuer=dev_issuer))
     return _BodyLimit(app, limit=max_body_bytes)
 
@@ -243,17 +283,6 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_session_routes(app: FastAPI, log: AsyncChatLog, bot: Bot | None) -> None:
-    async def own_context(session_id: str, caller: Principal, after: Position | None) -> Context:
-        """The caller's session's context; another tenant's answers as a missing one.
-
-        The library checks the user but not yet the tenant (issue 15), so the same
-        ``sub`` in two tenants would be one owner there: the gateway checks the tenant.
-        """
-        context = await log.context(session_id, user_id=caller.user_id, after=after)
-        if context.tenant != caller.tenant:
-            raise SessionNotFound(f"no session {session_id} in this tenant", session_id=session_id)
-        return context
-
     @app.post("/v1/sessions", status_code=201, tags=["sessions"])
     async def create_session(caller: Caller, body: NewSession | None = None) -> dict[str, Any]:
         """Start a session of the caller's; its id is made here, unguessable.
@@ -266,7 +295,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog, bot: Bot | None) -> Non
         position = await log.start_session(
             session_id, user_id=caller.user_id, title=title, tenant=caller.tenant
         )
-        await own_context(session_id, caller, position)
+        await own_context(log, session_id, caller, position)
         return {"session_id": session_id, "position": str(position)}
 
     @app.post("/v1/sessions/{session_id}/messages", status_code=201, tags=["sessions"])
@@ -290,7 +319,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog, bot: Bot | None) -> Non
         )
         # Another user's session, or one never started here, is refused before anything
         # is published (until the producer itself checks ownership: issue 15).
-        await own_context(session_id, caller, None)
+        await own_context(log, session_id, caller, None)
         position = await log.append(
             session_id,
             user_id=caller.user_id,
@@ -321,7 +350,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog, bot: Bot | None) -> Non
         """The session's context; with ``after`` (a position an append returned), once
         the projector has applied it (read-your-writes). ``format=openai`` gives the
         ``messages`` for a chat completion, trimmed to ``max_tokens``."""
-        context = await own_context(session_id, caller, _position(after))
+        context = await own_context(log, session_id, caller, _position(after))
         if format == "openai":
             return {
                 "session_id": context.session_id,
@@ -356,7 +385,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog, bot: Bot | None) -> Non
         }
 
 
-def _add_health_routes(app: FastAPI, log: AsyncChatLog) -> None:
+def _add_health_routes(app: FastAPI, log: AsyncChatLog, lag: LagBound | None) -> None:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """The process is up (it checks nothing else)."""
@@ -364,8 +393,9 @@ def _add_health_routes(app: FastAPI, log: AsyncChatLog) -> None:
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        """Kafka and Redis answer: 200, else 503 naming which does not."""
-        checks: dict[str, str] = {}
+        """Kafka and Redis answer and the projector is not too far behind: 200, else
+        503 naming what is wrong."""
+        checks: dict[str, Any] = {}
         try:
             await asyncio.to_thread(log.producer.sync.check, timeout=_READY_TIMEOUT_S)
             checks["kafka"] = "ok"
@@ -376,9 +406,30 @@ def _add_health_routes(app: FastAPI, log: AsyncChatLog) -> None:
             checks["redis"] = "ok"
         except Exception as exc:  # any failure means not ready; its kind is enough
             checks["redis"] = type(exc).__name__
-        ready = all(value == "ok" for value in checks.values())
+        if lag is not None and checks["kafka"] == checks["redis"] == "ok":
+            checks.update(await _projector_lag(log, lag))
+        ready = all(value == "ok" for key, value in checks.items() if key in _CHECKS)
         return JSONResponse(
             {"status": "ready" if ready else "not ready", **checks},
             status_code=200 if ready else 503,
             headers={} if ready else {"Retry-After": "1"},
         )
+
+
+_CHECKS = ("kafka", "redis", "projector")  # what /readyz says ok or not; the rest is detail
+
+
+async def _projector_lag(log: AsyncChatLog, lag: LagBound) -> dict[str, Any]:
+    """The projector's check for /readyz: how many records it has left, and whether
+    that is within the bound."""
+    try:
+        ends = await asyncio.to_thread(lag.ends.ends, timeout=_READY_TIMEOUT_S)
+        marks = await asyncio.wait_for(log.reader.progress(), _READY_TIMEOUT_S)
+    except Exception as exc:  # any failure means not ready; its kind is enough
+        return {"projector": type(exc).__name__}
+    behind = records_behind(ends, marks)
+    return {
+        "projector": "ok" if behind <= lag.max_lag else "behind",
+        "projector_lag": behind,
+        "max_lag": lag.max_lag,
+    }

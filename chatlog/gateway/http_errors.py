@@ -25,6 +25,7 @@ from chatlog.schemas.errors import (
     SessionNotFound,
     Unauthenticated,
     Unavailable,
+    UnknownUser,
 )
 
 __all__ = ["RETRY_AFTER_S", "HttpError", "http_error", "not_found"]
@@ -61,6 +62,11 @@ def _invalid(error: ChatlogError) -> HttpError:
     return HttpError(422, "invalid", error.message)
 
 
+def _unknown_user(error: ChatlogError) -> HttpError:
+    # Only ever about the caller themself (erase me, export me): no oracle to avoid.
+    return HttpError(404, "unknown_user", "chatlog holds nothing of you (no session, no key)")
+
+
 def _unavailable(error: ChatlogError) -> HttpError:
     return HttpError(
         503,
@@ -94,6 +100,7 @@ _TABLE: tuple[tuple[type[ChatlogError], Any], ...] = (
     (Unauthenticated, _unauthenticated),
     (OwnershipError, lambda error: not_found()),
     (SessionNotFound, lambda error: not_found()),  # Erased too: no oracle either way
+    (UnknownUser, _unknown_user),
     (InvalidInput, _invalid),
     (ReadTimeout, _read_timeout),
     (ReadModelLost, _unavailable),

@@ -38,6 +38,7 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "| summary throughput |",
         "| sealing |",
         "| pii |",
+        "| gateway sse |",
         "## summary cost",
         "## pii redaction quality",
     ):

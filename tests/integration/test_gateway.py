@@ -8,6 +8,7 @@ test uses users of its own, so the tests do not see each other's sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -50,10 +51,17 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(kafka, redis_url, tmp_path_factory) -> Iterator[Gateway]:
+    with gateway_stack(kafka, redis_url, tmp_path_factory.mktemp("gateway")) as gw:
+        yield gw
+
+
+@contextlib.contextmanager
+def gateway_stack(kafka, redis_url: str, logs: Path, **overrides) -> Iterator[Gateway]:
+    """A projector and a gateway on fresh topics and prefix (`overrides`: settings)."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
     # Reads wait up to 30 s: a loaded test machine can take longer than 5 s to project.
-    settings = unique_settings(kafka, redis_url, prefix, auth_secret=SECRET, read_timeout_s=30.0)
-    logs = tmp_path_factory.mktemp("gateway")
+    overrides = {"read_timeout_s": 30.0, **overrides}
+    settings = unique_settings(kafka, redis_url, prefix, auth_secret=SECRET, **overrides)
     try:
         with (
             running_projector(settings, log=logs / "projector.log"),

@@ -53,6 +53,40 @@ class TestRedisViewStore(ViewStoreContract):
         directory.erase(ErasureRecord(KeyScope(tenant, user), datetime.now(UTC), ()))
 
 
+class TestNotifyingRedisViewStore(TestRedisViewStore):
+    """The live projector's store publishes a notice per written session: the contract
+    holds all the same."""
+
+    @pytest.fixture
+    def store(self, client, redis_prefix):
+        yield new_store(client, redis_prefix, notify=True)
+        keys = list(client.scan_iter(f"{redis_prefix}:*"))
+        if keys:
+            client.unlink(*keys)
+
+
+def test_a_write_notifies_its_sessions_channel_whatever_the_number_of_listeners(
+    client, redis_prefix
+):
+    store = new_store(client, redis_prefix, notify=True)
+    channel = store.keys.applied("s-n")
+    assert key_slot(channel.encode()) == key_slot(store.keys.meta("s-n").encode())
+    listeners = [client.pubsub() for _ in range(3)]  # a notice's reply counts them: 3
+    try:
+        for listener in listeners:
+            listener.ssubscribe(channel)
+            assert listener.get_sharded_message(timeout=5)["type"] == "ssubscribe"
+        view = evolve(None, event("s-n", message("x")), Position(2, 7))
+        # Three listeners must not read as the "generation lost" reply (3) of a script.
+        assert store.apply([Change(None, view)]) == [Outcome.APPLIED]
+        for listener in listeners:
+            notice = listener.get_sharded_message(timeout=5)
+            assert (notice["type"], notice["data"]) == ("smessage", b"s-n 2:7")
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
 def test_session_keys_share_one_hash_tag(client, redis_prefix):
     store = new_store(client, redis_prefix)
     view = evolve(None, event("s-1", message("x")), Position(2, 7))
