@@ -25,6 +25,7 @@
     messages: new Map(),
     lastEventId: null,
     stream: null, // the AbortController of the open session's stream or poll
+    following: null, // its signal while the stream is followed; null once it has ended
     listTimer: null,
   };
 
@@ -186,6 +187,7 @@
     state.sessionId = null;
     state.messages.clear();
     state.lastEventId = null;
+    state.following = null;
     $("messages").replaceChildren();
     $("summary").hidden = true;
     $("session-title").textContent = "No session open";
@@ -211,6 +213,7 @@
       return;
     }
     $("message-input").disabled = false;
+    $("message-input").placeholder = "Type a message; Enter sends, Shift+Enter is a new line";
     $("send").disabled = false;
     $("message-input").focus();
     follow(sessionId, controller.signal);
@@ -222,7 +225,14 @@
     $("session-title").textContent = context.title || context.session_id;
     showSummary(context.summary);
     for (const message of context.messages) addMessage(message);
-    if (context.position) state.lastEventId = context.position;
+    if (context.position && offsetOf(context.position) > offsetOf(state.lastEventId)) {
+      state.lastEventId = context.position;
+    }
+  }
+
+  function offsetOf(position) {
+    // A session stays on one partition: its positions compare by offset ("P:O").
+    return position ? Number(position.split(":")[1]) : -1;
   }
 
   function showSummary(summary) {
@@ -265,6 +275,7 @@
 
   async function follow(sessionId, signal) {
     // Read the stream; reconnect after a break, resuming at the last event id seen.
+    state.following = signal;
     let wait = RETRY_MIN_MS;
     while (!signal.aborted) {
       let answer;
@@ -284,6 +295,11 @@
         continue;
       }
       if (answer.status === 404 || answer.status === 405) {
+        const error = ((await answer.json().catch(() => ({}))).error || {});
+        if (error.code === "not_found") {
+          ended("This session no longer exists.");
+          return;
+        }
         // A gateway without the event stream: read the context every second instead.
         return poll(sessionId, signal);
       }
@@ -304,7 +320,8 @@
       } catch (e) {
         if (signal.aborted) return;
       }
-      if (signal.aborted) return;
+      // A closed or erased session's stream ends after its `session` event: no reconnect.
+      if (signal.aborted || state.following !== signal) return;
       setLive("reconnecting", "reconnecting…");
       await sleep(wait, signal);
     }
@@ -362,11 +379,35 @@
       reset(data);
       refreshSessionsSoon();
     } else if (type === "summary") {
-      if (data && typeof data.summary === "string") showSummary(data.summary);
+      // The summary now covers some of the messages shown: the context says which are
+      // left (a message event carries no offset to compare with `summary_through`).
+      showSummary(data.summary);
+      reload();
     } else if (type === "session") {
-      if (data && data.title) $("session-title").textContent = data.title;
+      if (data.title) $("session-title").textContent = data.title;
+      if (data.status === "erased") ended("This session was erased.");
+      else if (data.status === "closed") ended("This session is closed; a new message reopens it.", true);
       refreshSessionsSoon();
     }
+  }
+
+  async function reload() {
+    const sessionId = state.sessionId;
+    try {
+      const context = await api("GET", `/v1/sessions/${encodeURIComponent(sessionId)}/context`);
+      if (sessionId === state.sessionId) reset(context);
+    } catch (e) {
+      showError(e);
+    }
+  }
+
+  function ended(why, canSend) {
+    // The stream is over for this session; a send to a closed one follows it again.
+    state.following = null;
+    setLive("off", canSend ? "closed" : "ended");
+    $("chat-error").textContent = why;
+    $("message-input").disabled = !canSend;
+    $("send").disabled = !canSend;
   }
 
   async function poll(sessionId, signal) {
@@ -417,6 +458,10 @@
       }
       input.value = "";
       refreshSessionsSoon();
+      if (!state.following && state.stream && sessionId === state.sessionId) {
+        $("chat-error").textContent = "";
+        follow(sessionId, state.stream.signal);
+      }
     } catch (e) {
       showError(e);
     } finally {
