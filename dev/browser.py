@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dev.services.debian import ensure_programs
@@ -53,12 +54,11 @@ def ensure_chromium() -> tuple[str, str]:
     return chromium, driver
 
 
-def headless_chromium(*, page_load_timeout_s: float = 30.0) -> WebDriver:
-    """A headless Chromium with a fresh profile (a temporary dir), driven by selenium.
-
-    The caller quits it (``driver.quit()``); the profile dir is left to the system's
-    temporary files, as the browser may still write to it while quitting.
-    """
+def headless_chromium(
+    *, profile_dir: Path | None = None, page_load_timeout_s: float = 30.0
+) -> WebDriver:
+    """A headless Chromium driven by selenium, its profile in `profile_dir` (an empty
+    dir; default: a new temporary one). The caller quits it (``driver.quit()``)."""
     # Imported here: selenium is a test dependency (the dev extra), not the stack's.
     from selenium import webdriver  # noqa: PLC0415
     from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
@@ -68,7 +68,9 @@ def headless_chromium(*, page_load_timeout_s: float = 30.0) -> WebDriver:
     options.binary_location = chromium
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='chatlog-chromium-')}")
+    if profile_dir is None:
+        profile_dir = Path(tempfile.mkdtemp(prefix="chatlog-chromium-"))
+    options.add_argument(f"--user-data-dir={profile_dir}")
     # The console's messages (`browser.get_log("browser")`): a page error or a refused
     # script (CSP) shows there, so a test can fail on it.
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

@@ -51,6 +51,19 @@ def unique_settings(kafka, redis_url: str, redis_prefix: str, **overrides) -> Se
     )
 
 
+def drop_redis_keys(redis_url: str, prefix: str) -> None:
+    """Delete every Redis key under `prefix` (a module's own prefix, after its tests)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(f"{prefix}*", count=1000))
+        if keys:
+            client.unlink(*keys)
+    finally:
+        client.close()
+
+
 def full_chatlog(settings: Settings, *, principal: str | None = None) -> ChatLog:
     """`ChatLog.from_settings` (every part, the audit trail included), its reads waiting
     up to 30 s: a loaded test machine can take longer than the default to project."""

@@ -20,12 +20,17 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import redis
 
 from chatlog.gateway.bots import reply_id
 from chatlog.gateway.fastapi_page import CONTENT_SECURITY_POLICY
 from dev.browser import headless_chromium
-from tests.processes import ROOT, running_gateway, running_projector, unique_settings
+from tests.processes import (
+    ROOT,
+    drop_redis_keys,
+    running_gateway,
+    running_projector,
+    unique_settings,
+)
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -65,13 +70,7 @@ def gateway(kafka, redis_url, tmp_path_factory) -> Iterator[DevGateway]:
         ):
             yield DevGateway(url)
     finally:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(f"{prefix}*", count=1000))
-            if keys:
-                client.unlink(*keys)
-        finally:
-            client.close()
+        drop_redis_keys(redis_url, prefix)
 
 
 def user() -> str:
@@ -249,10 +248,13 @@ class Browser:
 
 
 @pytest.fixture
-def browsers() -> Iterator[tuple[Browser, Browser]]:
-    first = headless_chromium()
+def browsers(tmp_path) -> Iterator[tuple[Browser, Browser]]:
+    # Two profiles: two users with nothing shared, not even the tab's storage.
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = headless_chromium(profile_dir=tmp_path / "first")
     try:
-        second = headless_chromium()
+        second = headless_chromium(profile_dir=tmp_path / "second")
         try:
             yield Browser(first, user()), Browser(second, user())
         finally:
