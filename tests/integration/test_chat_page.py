@@ -326,3 +326,30 @@ def test_what_a_user_types_is_shown_as_text_never_run(gateway, browsers):
         "return document.querySelectorAll('#messages img, #messages b').length;"
     )
     assert markup == 0
+
+
+def test_the_page_follows_a_close_a_reopening_message_and_an_erasure(gateway, browsers):
+    alice, _ = browsers
+    alice.sign_in(gateway.url)
+    session = alice.new_session()
+    alice.send("before-close")
+    wait_for(lambda: len(alice.messages()) == 2, what="the bot's reply", shown=alice.messages)
+    url = f"{gateway.url}/v1/sessions/{session}"
+    headers = gateway.auth(alice.name)
+
+    assert httpx.post(f"{url}/close", headers=headers, timeout=60).status_code == 200
+    wait_for(lambda: alice.live_state() == "closed", what="the page to see the close")
+    # A message opens it again, and the page follows its stream again.
+    alice.send("after-close")
+    wait_for(
+        lambda: ("assistant", "You said: after-close (turn 3 of this chat)") in alice.messages(),
+        what="the reply in the reopened session",
+        shown=alice.messages,
+    )
+    assert alice.live_state() == "live"
+
+    assert httpx.delete(url, headers=headers, timeout=60).status_code == 200
+    wait_for(lambda: alice.live_state() == "ended", what="the page to see the erasure")
+    assert alice.find("chat-error").text == "This session was erased."
+    assert not alice.find("message-input").is_enabled()
+    wait_for(lambda: alice.session_ids() == [], what="the erased session to leave the list")

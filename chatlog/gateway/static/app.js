@@ -404,7 +404,8 @@
   function ended(why, canSend) {
     // The stream is over for this session; a send to a closed one follows it again.
     state.following = null;
-    setLive("off", canSend ? "closed" : "ended");
+    const kind = canSend ? "closed" : "ended";
+    setLive(kind, kind);
     $("chat-error").textContent = why;
     $("message-input").disabled = !canSend;
     $("send").disabled = !canSend;
