@@ -21,6 +21,11 @@ log without it (`Context.summary_withheld` says so meanwhile):
 
     position = log.redact("session-42", message_id, user_id="alice", reason="card number")
 
+`close_session` closes a session (it stays readable; a new message opens it again), and
+`erase_session` erases one session from the read-model (reads answer not found):
+
+    log.close_session("session-42", user_id="alice")
+
 `erase_user` erases a person: their keys are destroyed, so what the log holds of them
 can never be read again, and their sessions leave Redis (`chatlog.processors.erasure`):
 
@@ -29,8 +34,9 @@ can never be read again, and their sessions leave Redis (`chatlog.processors.era
 `export_user` hands a person their data: every session of theirs, read from the log,
 decrypted, redactions applied, as one JSON-ready document (docs/privacy.md, "Export").
 
-With an audit trail (`from_env` builds one; `principal` names who acts), `start_session`,
-`redact`, `erase_user` and `export_user` are recorded in it; `append` is not, so it costs
+With an audit trail (`from_env` builds one; `principal` names who acts, and `erase_user`,
+`export_user` and `erase_session` take one for the call), `start_session`, `redact`,
+`erase_session`, `erase_user` and `export_user` are recorded in it; `append` is not, so it costs
 nothing more. An operation of the application's own records itself with one call:
 
     log.audit.record(AuditAction.OPERATOR_READ, user_id="alice", session_id="s-1")

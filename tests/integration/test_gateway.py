@@ -278,12 +278,25 @@ def test_health_readiness_and_the_openapi_document(gateway):
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz", timeout=10)
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "kafka": "ok", "redis": "ok"}
+    body = ready.json()
+    assert body.pop("projector_lag") <= body["max_lag"]  # the projector keeps up
+    assert body == {
+        "status": "ready",
+        "kafka": "ok",
+        "redis": "ok",
+        "projector": "ok",
+        "max_lag": 10_000,
+    }
     paths = httpx.get(f"{gateway.url}/openapi.json").json()["paths"]
     assert {
         "/v1/sessions",
         "/v1/sessions/{session_id}/messages",
         "/v1/sessions/{session_id}/context",
+        "/v1/sessions/{session_id}/events",
+        "/v1/sessions/{session_id}/close",
+        "/v1/sessions/{session_id}",
+        "/v1/me",
+        "/v1/me/export",
     } <= set(paths)
 
 

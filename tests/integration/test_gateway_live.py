@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +25,7 @@ import redis
 from chatlog.processors.kafka_audit import read_audit
 from chatlog.projections.keys import KeySpace
 from tests.integration.test_gateway import Gateway, create, gateway_stack, user
+from tests.processes import ROOT, chatlog_env
 
 pytestmark = pytest.mark.integration
 
@@ -314,3 +319,29 @@ def test_deleting_the_session_ends_its_stream_and_every_read_answers_404(gateway
     assert [(r.outcome, r.principal, r.session_id) for r in erased] == [
         ("ok", f"jwt:default/{alice}", session)
     ]
+
+
+def test_the_curl_example_of_the_live_stream_runs(gateway):
+    text = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("## With curl", 1)[1].split("```sh\n")[1:3]]
+    env = chatlog_env(gateway.settings)
+    env["GATEWAY"] = gateway.url
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", "\n".join(blocks)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    out = ran.stdout
+    assert "event: reset" in out
+    assert '"content":"Where is my order 7731?"' in out.split("event: reset", 1)[1]
+    assert 'event: session\ndata: {"status":"closed","title":"Refund"}' in out
+    closed = [line for line in out.splitlines() if line.endswith('"status":"closed"}')]
+    assert len(closed) == 1  # the close's own answer
+    assert closed[0].startswith('{"session_id"')
+    assert out.splitlines()[-1] == "1 session(s)"
