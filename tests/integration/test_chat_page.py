@@ -286,6 +286,10 @@ def test_two_users_chat_at_once_and_each_sees_only_their_own(gateway, browsers):
                 what=f"{b.name} to see the bot's reply to turn {turn}",
                 shown=b.messages,
             )
+        # After every turn as well as at the end: a word shown and later replaced leaks too.
+        for me, other in [(alice, bob), (bob, alice)]:
+            text = me.page_text()
+            assert not any(word in text for word in canary[other.name]), "cross-talk"
 
     for me, other in [(alice, bob), (bob, alice)]:
         shown = me.messages()
