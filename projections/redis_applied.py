@@ -114,7 +114,10 @@ class RedisAppliedFeed:
             watches.discard(watch)
             if not watches and self._watches.get(channel) is watches:
                 del self._watches[channel]
-                await self._unsubscribe(channel)
+                # Shielded: a watch usually ends because its listener was cancelled (the
+                # client went away), and a cancelled SUNSUBSCRIBE would leave the channel
+                # subscribed, its notices read for nobody.
+                await asyncio.shield(self._unsubscribe(channel))
 
     async def aclose(self) -> None:
         """Wake every watch for good, stop reading and release the connection."""

@@ -113,38 +113,31 @@ async def _stream(
     after: Position | None,
 ) -> AsyncIterator[str]:
     tracker = LiveTracker(_context_dict, _message_dict)
-    channel = (await log.reader.keys()).applied(session_id)
-    # Subscribed before the first read: a change applied after that read is notified.
-    async with feed.watch(channel) as watch:
-        try:
-            context = await own_context(log, session_id, caller, None)
-        except (SessionNotFound, OwnershipError):
-            yield tracker.gone().encode()
-            return
-        yield _encode(tracker.start(context, after))
-        sent_at = time.monotonic()
-        while not tracker.ended:
-            woken = await watch.wait(RECHECK_S)
-            if watch.closed:
-                return  # the gateway is stopping: the client resumes elsewhere
-            notified = watch.take_notified() if woken else None
-            try:
+    try:
+        channel = (await log.reader.keys()).applied(session_id)
+        # Subscribed before the first read: a change applied after that read is notified.
+        async with feed.watch(channel) as watch:
+            yield _encode(tracker.start(await own_context(log, session_id, caller, None), after))
+            sent_at = time.monotonic()
+            while not tracker.ended:
+                woken = await watch.wait(RECHECK_S)
+                if watch.closed:
+                    return  # the gateway is stopping: the client resumes elsewhere
+                notified = watch.take_notified() if woken else None
                 if await _moved(log, session_id, tracker, notified, woken=woken):
                     events = tracker.update(await own_context(log, session_id, caller, None))
                     if events:
                         yield _encode(events)
                         sent_at = time.monotonic()
-            except (SessionNotFound, OwnershipError):
-                yield tracker.gone().encode()
-                return
-            except ChatlogError as exc:
-                # Redis failing, say: end the stream; the client resumes from its
-                # Last-Event-ID once it answers (503 meanwhile).
-                _log.warning("live stream of %s ended: %s", session_id, exc.message)
-                return
-            if time.monotonic() - sent_at >= HEARTBEAT_S:
-                yield HEARTBEAT
-                sent_at = time.monotonic()
+                if time.monotonic() - sent_at >= HEARTBEAT_S:
+                    yield HEARTBEAT
+                    sent_at = time.monotonic()
+    except (SessionNotFound, OwnershipError):
+        yield tracker.gone().encode()  # erased (or its owner) since the stream began
+    except ChatlogError as exc:
+        # Redis failing, say: the stream ends (the answer has begun, so no error status
+        # can be sent), and the client resumes from its Last-Event-ID once Redis answers.
+        _log.warning("the live stream of %s ended: %s", session_id, exc.message)
 
 
 async def _moved(

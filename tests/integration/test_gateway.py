@@ -366,15 +366,22 @@ def test_twenty_concurrent_users_each_read_only_their_own_canaries(gateway):
         assert "canary" not in refused.text
 
 
-def test_the_curl_examples_in_the_docs_run(gateway):
+def curl_blocks(count: int) -> str:
+    """The first `count` sh blocks of the "With curl" section of docs/http.md, as one."""
     text = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
-    block = text.split("## With curl", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
-    env = chatlog_env(gateway.settings)
-    env["GATEWAY"] = gateway.url
+    blocks = text.split("## With curl", 1)[1].split("```sh\n")[1 : count + 1]
+    return "\n".join(block.split("```", 1)[0] for block in blocks)
+
+
+def run_shell(gw: Gateway, script: str) -> subprocess.CompletedProcess[str]:
+    """`script` in bash (-euo pipefail) with `$GATEWAY` and the gateway's settings; its
+    exit status must be 0."""
+    env = chatlog_env(gw.settings)
+    env["GATEWAY"] = gw.url
     # `chatlog` as installed beside this interpreter, as a reader's shell would find it.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     ran = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block],
+        ["bash", "-euo", "pipefail", "-c", script],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -383,6 +390,11 @@ def test_the_curl_examples_in_the_docs_run(gateway):
         check=False,
     )
     assert ran.returncode == 0, ran.stderr
+    return ran
+
+
+def test_the_curl_examples_in_the_docs_run(gateway):
+    ran = run_shell(gateway, curl_blocks(1))
     lines = ran.stdout.splitlines()
     assert '"content":"Where is my order 7731?"' in lines[0]
     assert '"title":"Refund"' in lines[1]

@@ -12,7 +12,7 @@ import pytest
 
 from chatlog.processors.kafka_audit import read_audit
 from tests.integration.test_gateway import Gateway, create, gateway_stack, post, user
-from tests.integration.test_gateway_live import client_of, events_of, next_event, stream
+from tests.integration.test_gateway_live import applied, client_of, events_of, next_event, stream
 
 pytestmark = pytest.mark.integration
 
@@ -67,12 +67,13 @@ def test_export_gives_the_caller_their_sessions_with_their_personal_data_reveale
 def test_erasing_me_ends_my_streams_and_every_read_of_mine_answers_404(gateway):
     alice, bob = user(), user()
     sessions = [create(gateway, alice, f"Chat {n}") for n in range(2)]
-    for session in sessions:
-        assert post(gateway, alice, session, "something personal").status_code == 201
     others = create(gateway, bob, "Bob's")
 
     async def scenario() -> dict:
         async with client_of(gateway) as client:
+            for session in sessions:
+                # Applied before the stream opens: its first event after the reset is the end.
+                await applied(client, gateway, alice, session, "something personal")
             async with stream(client, gateway, alice, sessions[0]) as response:
                 events = events_of(response)
                 assert (await next_event(events)).event == "reset"
