@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +22,9 @@ import pytest
 
 from chatlog.gateway.bots import reply_id
 from chatlog.gateway.fastapi_page import CONTENT_SECURITY_POLICY
+from chatlog.settings import Settings
 from dev.browser import headless_chromium
+from tests.integration.test_gateway import run_shell
 from tests.processes import (
     ROOT,
     drop_redis_keys,
@@ -44,6 +45,7 @@ WAIT_S = 60.0  # a loaded 2-core machine projects in well under this
 @dataclass
 class DevGateway:
     url: str
+    settings: Settings
 
     def token(self, user: str, tenant: str = "default") -> str:
         answer = httpx.post(
@@ -68,7 +70,7 @@ def gateway(kafka, redis_url, tmp_path_factory) -> Iterator[DevGateway]:
                 settings, log=logs / "serve.log", args=["--dev", "--bot", "echo"]
             ) as url,
         ):
-            yield DevGateway(url)
+            yield DevGateway(url, settings)
     finally:
         drop_redis_keys(redis_url, prefix)
 
@@ -127,15 +129,7 @@ def test_the_dev_login_curl_of_the_docs_runs(gateway):
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     # The curl command and its continuation line; the servers above it run until stopped.
     curl = block[block.index("curl ") :].replace("http://127.0.0.1:8000", gateway.url)
-    ran = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", curl],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert ran.returncode == 0, ran.stderr
-    answer = json.loads(ran.stdout)
+    answer = json.loads(run_shell(gateway, curl).stdout)
     assert answer["expires_in"] == 28800
     listed = httpx.get(
         f"{gateway.url}/v1/sessions",
