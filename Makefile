@@ -7,14 +7,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint services services-3 services-stop services-status topics test demo bench clean
+.PHONY: help venv lint services services-3 services-stop services-status topics browser test demo demo-stop bench clean
 
 help:
-	@echo "make demo           set everything up and run the demo on the embedded default"
+	@echo "make demo           set everything up, run the demo, leave the chat page running"
+	@echo "make demo-stop      stop the chat page the demo left running"
 	@echo "make test           set everything up, lint, and run every test (real Kafka + Redis)"
 	@echo "make services       start the local Kafka broker and Redis (no Docker needed)"
 	@echo "make services-3     the same with a three-broker Kafka cluster (fault tests)"
-	@echo "make services-stop  stop exactly what make services started"
+	@echo "make services-stop  stop exactly what make services (and make demo) started"
 	@echo "make lint           ruff + mypy --strict on the package code"
 	@echo "make bench          chatlog beside its peers and Kafka's limits (~9 min; BENCH_ARGS=--quick)"
 
@@ -40,6 +41,7 @@ services-3: venv
 	$(PY) -m dev.services up --brokers 3
 
 services-stop: venv
+	$(PY) -m dev.demo_page stop
 	$(PY) -m dev.services down
 
 services-status: venv
@@ -48,13 +50,21 @@ services-status: venv
 topics: services
 	$(VENV)/bin/chatlog topics create
 
+# Debian's chromium and chromedriver for the chat page's browser test (apt-get, first run).
+browser: venv
+	$(PY) -m dev.browser
+
 # The stack stays up after the tests so a second run is fast; `make services-stop` ends it.
-test: lint services
+test: lint services browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The demo starts what it needs, stops the projector it ran, and leaves the stack up.
+# The demo starts what it needs, stops the projector it ran, and leaves the stack up and
+# the chat page running (a dev-mode gateway and its projector: `make demo-stop`).
 demo: services
 	$(PY) -m dev.demo
+
+demo-stop: venv
+	$(PY) -m dev.demo_page stop
 
 bench: services
 	$(PY) -m bench $(BENCH_ARGS)

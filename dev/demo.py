@@ -28,6 +28,11 @@ isolation and the long chat's summary by ``tests/integration/test_support_chats.
 read-your-writes by ``test_projection.py``. The demo ends with one sanity line and the
 commands to look further.
 
+Last, it leaves the chat page running on this run's data, as it leaves the stack up
+(`dev.demo_page`: ``chatlog serve --dev --bot echo`` and a projector, detached), and
+prints its URL and a ``curl`` line with a token for one of the customers.
+``make demo-stop`` stops them; ``make services-stop`` stops them and the stack.
+
 Each run writes to a fresh topic and Redis prefix (``chatlog.demo.<time>-<random>``),
 so runs never mix; they are left in place for those commands to read.
 """
@@ -41,6 +46,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -58,17 +64,20 @@ from types import FrameType
 from typing import Any
 
 from confluent_kafka import TopicPartition
+from pydantic import SecretStr
 
 from chatlog import ChatLog, ChatlogError, Context, OutcomeUnknown, Position, Settings, wiring
 from chatlog.cli.output import context_lines, session_rows
 from chatlog.cli.privacy import audit_lines, verify_lines
+from chatlog.gateway.tokens import TokenIssuer
 from chatlog.logs import setup_logging
 from chatlog.processors.kafka_audit import read_audit
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.schemas.events import ConversationEvent, MessageAppended
 from chatlog.schemas.master_keys import user_pseudonyms
+from dev import demo_page
 from dev.demo_chats import Script, read_long_chat, write_scripts
-from dev.services.state import free_ports
+from dev.services.state import ServiceError, free_ports
 
 __all__ = ["main"]
 
@@ -301,6 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=300, help="chats (default 300)")
     parser.add_argument("--threads", type=int, default=8, help="publishing threads (default 8)")
     parser.add_argument("--seed", type=int, help="for the same chats every run")
+    parser.add_argument(
+        "--page-port",
+        type=int,
+        help=f"the chat page's port (default {demo_page.DEFAULT_PORT} if free, else any; 0: any)",
+    )
     args = parser.parse_args(argv)
     # Order numbers are #X9-NNNN with NNNN = 1000 + the session's number: four digits each.
     if not (1 <= args.sessions <= 9000 and args.users >= 1 and args.threads >= 1):
@@ -357,6 +371,10 @@ def _run(args: argparse.Namespace) -> int:
         if child.process.returncode != 0:
             raise DemoFailed(child.problem())
     _next_steps(settings, example, long_chat)
+    _chat_page(settings, example, port=args.page_port)
+    print(
+        "stop the chat page with `make demo-stop`, it and the local stack with `make services-stop`"
+    )
     return 0
 
 
@@ -619,7 +637,62 @@ def _next_steps(settings: Settings, example: Context, long_chat: Script) -> None
     print(f"  {cli} run projector        # the projector this demo ran, in the foreground")
     print(f"  {cli} run summarizer       # and the summarizer")
     print("  docs/python-api.md, docs/cli.md and docs/guarantees.md: what to read next")
-    print("stop the local stack with `make services-stop`")
+    print()
+
+
+def _chat_page(settings: Settings, example: Context, *, port: int | None) -> None:
+    """Leave the chat page running on this run's data; print its URL and a curl line."""
+    secret = _auth_secret(settings)
+    env = {**chatlog_env(settings), Settings.env_name("auth_secret"): secret}
+    try:
+        page = demo_page.start_page(
+            command=chatlog_command(), env=env, state_dir=settings.state_dir.resolve(), port=port
+        )
+    except ServiceError as exc:
+        raise DemoFailed(f"the chat page did not start: {exc}") from exc
+    user = example.user_id
+    issuer = TokenIssuer.from_settings(
+        settings.model_copy(update={"auth_secret": SecretStr(secret)})
+    )
+    token = issuer.mint(user, ttl_s=3600)
+    logs = _shown_path(Path(page.log_dir))
+    _say("chat page", f"{page.url}  left running for you (development mode, this run's data):")
+    _say(
+        "",
+        f"chatlog serve --dev --bot echo (pid {page.gateway_pid}) and a projector "
+        f"(pid {page.projector_pid}); logs in {logs}/",
+    )
+    _say("", f"sign in as {user} to see that customer's chats, or as anyone to chat with the")
+    _say("", "echo bot; the development login gives anyone any user's token: never in production")
+    _say("curl", f'curl -H "Authorization: Bearer {token}" {page.url}v1/sessions')
+    _say("", f"({user}'s token, valid 1 hour; mint others with `chatlog token --user U` and")
+    _say("", f"CHATLOG_AUTH_SECRET from {_shown_path(_secret_file(settings))} or your environment)")
+    print()
+
+
+def _secret_file(settings: Settings) -> Path:
+    return settings.state_dir.resolve() / "demo-page" / "auth-secret"
+
+
+def _auth_secret(settings: Settings) -> str:
+    """CHATLOG_AUTH_SECRET if set, else the demo's own, kept in the state dir (0600) so
+    that `chatlog token` can mint tokens the page's gateway accepts."""
+    if settings.auth_secret is not None:
+        return settings.auth_secret.get_secret_value()
+    path = _secret_file(settings)
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n", encoding="utf-8")
+    return secret
+
+
+def _shown_path(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
 
 
 if __name__ == "__main__":

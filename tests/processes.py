@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
@@ -49,6 +49,19 @@ def unique_settings(kafka, redis_url: str, redis_prefix: str, **overrides) -> Se
         master_key_file=master_key_file(),
         **overrides,
     )
+
+
+def drop_redis_keys(redis_url: str, prefix: str) -> None:
+    """Delete every Redis key under `prefix` (a module's own prefix, after its tests)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(f"{prefix}*", count=1000))
+        if keys:
+            client.unlink(*keys)
+    finally:
+        client.close()
 
 
 def full_chatlog(settings: Settings, *, principal: str | None = None) -> ChatLog:
@@ -263,17 +276,21 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_gateway(
-    settings: Settings, *, log: Path | None = None, timeout: float = 60.0
+    settings: Settings,
+    *,
+    log: Path | None = None,
+    timeout: float = 60.0,
+    args: Sequence[str] = (),
 ) -> Iterator[str]:
-    """`chatlog serve` as a child process on a free port for the duration of the block,
-    once it answers /healthz; yields its base URL."""
+    """`chatlog serve [args]` as a child process on a free port for the duration of the
+    block, once it answers /healthz; yields its base URL."""
     import httpx
 
     assert settings.auth_secret or settings.auth_jwks_url, "the gateway needs a token key"
     port = free_port()
     with open(log or os.devnull, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "chatlog.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "chatlog.cli", "serve", "--port", str(port), *args],
             env=chatlog_env(settings),
             cwd=ROOT,
             stdout=out,

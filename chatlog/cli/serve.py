@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["add_commands", "parse_ttl"]
 
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The names of `chatlog.gateway.bots.BOTS`, here so that `--help` needs no server extra.
+_BOT_NAMES = ("echo",)
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -39,6 +42,17 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode, NEVER in production: POST /dev/token mints a token for "
+        "anyone who asks (the chat page's login); loopback addresses only",
+    )
+    serve.add_argument(
+        "--bot",
+        choices=sorted(_BOT_NAMES),
+        help="with --dev: a stand-in bot answers each user message (echo: offline, no key)",
+    )
     serve.set_defaults(handler=_serve, json=False, process="gateway")
 
     token = commands.add_parser(
@@ -129,10 +143,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         # Imported here: `chatlog` without the server extra must still run every other command.
         import uvicorn  # noqa: PLC0415
 
+        from chatlog.gateway.bots import BOTS  # noqa: PLC0415
         from chatlog.gateway.fastapi_app import LagBound, create_app  # noqa: PLC0415
         from chatlog.gateway.principals import Authenticator  # noqa: PLC0415
         from chatlog.gateway.redis_ratelimit import RedisRateLimiter  # noqa: PLC0415
-        from chatlog.gateway.tokens import TokenVerifier  # noqa: PLC0415
+        from chatlog.gateway.tokens import TokenIssuer, TokenVerifier  # noqa: PLC0415
     except ImportError as exc:
         raise MissingExtra.needs("server", "chatlog serve", exc) from exc
     from chatlog.client import AsyncChatLog  # noqa: PLC0415
@@ -144,6 +159,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     auth = Authenticator(TokenVerifier.from_settings(settings), api_keys)
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port (1-65535)", setting="--port")
+    _check_dev(args)
+    # Dev mode mints with the embedded HS256 secret the verifier checks.
+    dev_issuer = TokenIssuer.from_settings(settings) if args.dev else None
+    bot = BOTS[args.bot]() if args.bot is not None else None
+    if args.dev:
+        print(
+            f"chatlog serve: DEVELOPMENT MODE: POST /dev/token gives anyone any user's "
+            f"token{f', the {args.bot} bot answers' if bot else ''}; never in production. "
+            f"The chat page: http://{_url_host(args.host)}:{args.port}/",
+            file=sys.stderr,
+            flush=True,
+        )
 
     class Server(uvicorn.Server):
         """uvicorn's server, which also tells the app when it is asked to stop: uvicorn
@@ -169,7 +196,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         try:
             limiter = RedisRateLimiter.from_settings(settings, log.reader.client)
             lag = LagBound(wiring.topic_ends(settings), settings.ready_max_lag)
-            app = create_app(log, auth, stopping=stopping, lag=lag, limiter=limiter)
+            app = create_app(
+                log,
+                auth,
+                stopping=stopping,
+                lag=lag,
+                limiter=limiter,
+                dev_issuer=dev_issuer,
+                bot=bot,
+            )
         except ChatlogError:
             await log.aclose()
             raise
@@ -207,3 +242,24 @@ def _gateway_metrics(settings: Settings, requests: GatewayStats) -> MetricsServe
         live=lambda: None,  # the server's thread answering is all there is to tell
         ready=lambda: wiring.redis_answers(client),
     )
+
+
+def _check_dev(args: argparse.Namespace) -> None:
+    """``--bot`` needs ``--dev``, and ``--dev`` listens on a loopback address only: a
+    development login reachable from another machine would let anyone be anyone."""
+    if args.bot is not None and not args.dev:
+        raise ConfigError(
+            f"--bot {args.bot} is a development aid: add --dev (never in production)",
+            setting="--bot",
+        )
+    if args.dev and args.host not in _LOOPBACK_HOSTS:
+        raise ConfigError(
+            f"--dev with --host {args.host}: development mode hands out tokens to anyone "
+            f"who asks, so it listens on a loopback address only "
+            f"({', '.join(_LOOPBACK_HOSTS)}); drop --dev to serve other machines",
+            setting="--dev",
+        )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

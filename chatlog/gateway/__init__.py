@@ -14,12 +14,14 @@ and calls `AsyncChatLog` for that user. Its parts:
 - `chatlog.gateway.http_errors`: the one table from chatlog's errors to HTTP answers;
 - `chatlog.gateway.redis_ratelimit`: request rates per user and tenant, buckets in Redis;
 - `chatlog.gateway.fastapi_limits`: those rates as a FastAPI dependency;
-- `chatlog.gateway.fastapi_app`: the routes, on FastAPI.
 - `chatlog.gateway.live_events`: what a session's live stream sends (pure);
 - `chatlog.gateway.fastapi_app`: the application and the session routes, on FastAPI;
   beside it, in modules of their own, `fastapi_live` (the live stream),
   `fastapi_lifecycle` (closing and erasing a session) and `fastapi_me` (erase me,
-  export me). Only the `fastapi_*` modules import FastAPI.
+  export me). Only the `fastapi_*` modules import FastAPI;
+- `chatlog.gateway.fastapi_page`: the chat page at ``/`` (``static/``) and, with
+  ``chatlog serve --dev`` only, its development login ``POST /dev/token``;
+- `chatlog.gateway.bots`: the stand-in bots of development mode (``--bot echo``).
 
 The routes and the tokens need the ``server`` extra (``pip install
 'chatlog-memory[server]'``); the API keys need nothing more (``chatlog apikey`` runs

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -29,9 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from chatlog.client import AsyncChatLog
+from chatlog.gateway.bots import Bot, answer
 from chatlog.gateway.fastapi_limits import RateLimiter, limited
+from chatlog.gateway.fastapi_page import page_router
 from chatlog.gateway.http_errors import HttpError, http_error
 from chatlog.gateway.principals import ACTING_USER_HEADER, Authenticator, Principal
+from chatlog.gateway.tokens import TokenIssuer
 from chatlog.processors.kafka_lag import KafkaTopicEnds
 from chatlog.processors.projector_stats import records_behind
 from chatlog.projections.context import Context
@@ -224,6 +227,8 @@ def create_app(
     limiter: RateLimiter | None = None,
     stopping: asyncio.Event | None = None,
     lag: LagBound | None = None,
+    dev_issuer: TokenIssuer | None = None,
+    bot: Bot | None = None,
 ) -> ASGIApp:
     """The gateway's ASGI application over `log`, its callers found by `auth` and
     counted by `limiter` (`chatlog.gateway.fastapi_limits`; None: no rate limits).
@@ -231,6 +236,10 @@ def create_app(
     The application closes `log` when it shuts down (flushing pending events). Set
     `stopping` when the server is asked to stop: live streams end then, as they
     otherwise never would. With `lag`, ``/readyz`` also checks the projector's lag.
+
+    It serves the chat page at ``/``. Development mode only (``chatlog serve --dev``):
+    `dev_issuer` mints tokens at ``POST /dev/token`` for anyone who asks, and `bot`
+    answers each user message (`chatlog.gateway.bots`).
     """
     # Imported here: the route modules import this one's shared parts.
     from chatlog.gateway.fastapi_lifecycle import lifecycle_routes  # noqa: PLC0415
@@ -255,11 +264,12 @@ def create_app(
     app.state.auth = auth
     app.state.limiter = limiter
     _add_error_handlers(app)
-    _add_session_routes(app, log)
+    _add_session_routes(app, log, bot)
     app.include_router(live_routes(log, stopping=stopping))
     app.include_router(lifecycle_routes(log))
     app.include_router(me_routes(log))
     _add_health_routes(app, log, lag)
+    app.include_router(page_router(dev_issuer=dev_issuer))
     return _BodyLimit(app, limit=max_body_bytes)
 
 
@@ -289,7 +299,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _json(http_error(exc))
 
 
-def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
+def _add_session_routes(app: FastAPI, log: AsyncChatLog, bot: Bot | None) -> None:
     @app.post("/v1/sessions", status_code=201, tags=["sessions"])
     async def create_session(caller: Caller, body: NewSession | None = None) -> dict[str, Any]:
         """Start a session of the caller's; its id is made here, unguessable.
@@ -310,6 +320,7 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
         session_id: str,
         body: NewMessage,
         caller: Caller,
+        background: BackgroundTasks,
         idempotency_key: Annotated[str | None, Header()] = None,
     ) -> dict[str, Any]:
         """Append a message to the caller's session; returns its position.
@@ -338,6 +349,11 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog) -> None:
             message_id=message_id,
             tenant=caller.tenant,
         )
+        if bot is not None and body.role == "user":
+            # After the answer is sent: the caller has its position while the bot thinks.
+            background.add_task(
+                answer, bot, log, caller, session_id, message_id=message_id, position=position
+            )
         return {"position": str(position), "message_id": message_id}
 
     @app.get("/v1/sessions/{session_id}/context", tags=["sessions"])

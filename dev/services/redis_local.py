@@ -2,7 +2,8 @@
 
 `redis-server` comes from Debian's package. A machine that has never run the project
 lacks it, so when this process is root it installs the package with apt-get (the same
-command a developer would type); otherwise it says which command to run.
+command a developer would type; `dev.services.debian`); otherwise it says which command
+to run.
 
 The server runs in the foreground of its own session (`--daemonize no`, detached by
 `spawn_detached`) so that the pid recorded is the server's own. Its data dir and log
@@ -18,12 +19,11 @@ loss (see docs/replay.md), not an outage it waits out.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
+from dev.services.debian import ensure_programs, find_program
 from dev.services.state import (
     RedisState,
     ServiceError,
@@ -47,43 +47,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_SEARCH_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin")
-_INSTALL_COMMAND = (
-    "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server"
-)
-_APT_TIMEOUT_S = 600.0
-
 
 def find_redis_server() -> str | None:
     """The path of `redis-server` on PATH or in the usual system dirs, or None."""
-    return shutil.which("redis-server") or shutil.which(
-        "redis-server", path=os.pathsep.join(_SEARCH_DIRS)
-    )
+    return find_program("redis-server")
 
 
 def ensure_redis_server() -> str:
     """The path of `redis-server`, installed from Debian's packages if missing."""
-    found = find_redis_server()
-    if found is not None:
-        return found
-    if os.geteuid() != 0:
-        raise ServiceError(
-            f"redis-server is not installed; install it with `sudo sh -c '{_INSTALL_COMMAND}'`",
-            service="redis",
-        )
-    started = time.monotonic()
-    log.info("installing redis-server with apt-get (first run only)…")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _apt(["apt-get", "update"], env=env)
-    _apt(["apt-get", "install", "-y", "--no-install-recommends", "redis-server"], env=env)
-    found = find_redis_server()
-    if found is None:
-        raise ServiceError(
-            f"apt-get installed redis-server but no redis-server binary was found in "
-            f"PATH or {', '.join(_SEARCH_DIRS)}; run `{_INSTALL_COMMAND}` by hand",
-            service="redis",
-        )
-    log.info("installed %s in %.1f s", found, time.monotonic() - started)
+    (found,) = ensure_programs(["redis-server"], packages=["redis-server"], service="redis")
     return found
 
 
@@ -205,29 +177,3 @@ def _ping(port: int, *, timeout: float) -> bool:
         return False
     finally:
         client.close()
-
-
-def _apt(argv: list[str], *, env: dict[str, str]) -> None:
-    try:
-        result = subprocess.run(  # noqa: S603 - fixed argv
-            argv,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=_APT_TIMEOUT_S,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ServiceError(
-            f"`{' '.join(argv)}` did not finish within {_APT_TIMEOUT_S:.0f} s; "
-            f"run `{_INSTALL_COMMAND}` by hand",
-            service="redis",
-        ) from exc
-    if result.returncode != 0:
-        output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise ServiceError(
-            f"`{' '.join(argv)}` failed (exit {result.returncode}); run "
-            f"`{_INSTALL_COMMAND}` by hand to see why:\n{output}",
-            service="redis",
-        )

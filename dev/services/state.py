@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -241,8 +241,11 @@ def port_open(port: int, *, timeout: float = 0.5) -> bool:
         return False
 
 
-def spawn_detached(argv: Sequence[str], *, log_file: Path) -> int:
-    """Start `argv` in its own session with stdout and stderr appended to `log_file`.
+def spawn_detached(
+    argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None
+) -> int:
+    """Start `argv` in its own session with stdout and stderr appended to `log_file`, in
+    `env` (default: this process's environment).
 
     posix_spawn rather than subprocess.Popen: the process must outlive this one, and a
     Popen object dropped while its child runs warns (ResourceWarning) on collection.
@@ -255,7 +258,11 @@ def spawn_detached(argv: Sequence[str], *, log_file: Path) -> int:
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
     return os.posix_spawn(
-        argv[0], list(argv), dict(os.environ), file_actions=file_actions, setsid=True
+        argv[0],
+        list(argv),
+        dict(os.environ if env is None else env),
+        file_actions=file_actions,
+        setsid=True,
     )
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import selectors
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+import httpx
 import pytest
 import redis
 from confluent_kafka import Producer
@@ -30,6 +32,7 @@ from chatlog.producers.kafka_producer import ConversationProducer
 from chatlog.producers.partitioning import partition_for
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
+from dev.services.state import is_running
 from tests.processes import ROOT, create_keys_topic, master_key_file
 
 pytestmark = pytest.mark.integration
@@ -418,7 +421,7 @@ def _read_json_line(process: subprocess.Popen[str], *, timeout: float) -> dict:
     return json.loads(process.stdout.readline())
 
 
-def test_the_demo_runs_end_to_end_and_leaves_no_process(kafka, redis_url, tmp_path):
+def test_the_demo_runs_end_to_end_and_leaves_only_its_chat_page_running(kafka, redis_url, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLOG_")}
     env |= {
         "CHATLOG_KAFKA_BOOTSTRAP": kafka.bootstrap,
@@ -426,31 +429,85 @@ def test_the_demo_runs_end_to_end_and_leaves_no_process(kafka, redis_url, tmp_pa
         "CHATLOG_STATE_DIR": str(tmp_path),  # the projector's log goes there
         "CHATLOG_MASTER_KEY_FILE": str(master_key_file()),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "dev.demo"],
+    result = None
+    try:
+        result = subprocess.run(
+            # Any free port: a developer's own demo may have the default one.
+            [sys.executable, "-m", "dev.demo", "--page-port", "0"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        _check_the_demo(result.stdout)
+        _check_its_chat_page(result.stdout)
+    finally:
+        stopped = subprocess.run(
+            [sys.executable, "-m", "dev.demo_page", "stop"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        if result is not None:
+            _drop_the_demos_data(kafka, redis_url, result.stdout)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped the demo's chat page" in stopped.stdout
+    for name in ("chatlog serve --dev --bot echo", "a projector"):
+        pid = re.search(rf"{name} \(pid (\d+)\)", result.stdout)
+        assert pid is not None, result.stdout
+        # Detached, so their parent is init: a stopped one may be a zombie for a moment.
+        assert not is_running(int(pid.group(1)), marker="chatlog"), f"{name} still runs"
+
+
+def _check_the_demo(stdout: str) -> None:
+    # What it shows is checked by tests (test_support_chats.py); it says it saw it all.
+    assert "sanity: every session read back with all its messages" in stdout
+    assert "the long chat's 127 turns = " in stdout
+    # The card number appended is redacted before it is stored (the default mode).
+    assert "readers get 'My card is [CARD], please refund it'" in stdout
+    assert "make services-stop" in stdout
+    for name in ("projector", "summarizer"):
+        pid = re.search(rf"{name} +pid (\d+)", stdout)
+        assert pid is not None, stdout
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid.group(1)), 0)
+
+
+def _check_its_chat_page(stdout: str) -> None:
+    """The URL it prints serves the page, and its curl line answers the customer's list."""
+    url = re.search(r"chat page +(http://127\.0\.0\.1:\d+/) ", stdout)
+    curl = re.search(r"^curl +(curl .*)$", stdout, re.MULTILINE)
+    user = re.search(r"sign in as (\S+) to see", stdout)
+    assert url is not None, stdout
+    assert curl is not None, stdout
+    assert user is not None, stdout
+    page = httpx.get(url.group(1), timeout=30)
+    assert page.status_code == 200
+    assert "<title>chatlog</title>" in page.text
+    answer = subprocess.run(
+        [*shlex.split(curl.group(1)), "-sf"],
         capture_output=True,
         text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=90,
+        timeout=30,
         check=False,
     )
-    topic = re.search(r"CHATLOG_TOPIC=(\S+)", result.stdout)
-    prefix = re.search(r"CHATLOG_REDIS_PREFIX=(\S+)", result.stdout)
+    assert answer.returncode == 0, answer.stderr
+    sessions = json.loads(answer.stdout)["sessions"]
+    assert sessions, f"{user.group(1)} has no sessions"
+    dev_token = httpx.post(f"{url.group(1)}dev/token", json={"user": user.group(1)}, timeout=30)
+    assert dev_token.status_code == 200
+
+
+def _drop_the_demos_data(kafka, redis_url, stdout: str) -> None:
+    topic = re.search(r"CHATLOG_TOPIC=(\S+)", stdout)
+    prefix = re.search(r"CHATLOG_REDIS_PREFIX=(\S+)", stdout)
     if topic:
         kafka.created.extend([topic.group(1), f"{topic.group(1)}.dlq"])
     if prefix:
         _drop_keys(redis_url, prefix.group(1))
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    # What it shows is checked by tests (test_support_chats.py); it says it saw it all.
-    assert "sanity: every session read back with all its messages" in result.stdout
-    assert "the long chat's 127 turns = " in result.stdout
-    # The card number appended is redacted before it is stored (the default mode).
-    assert "readers get 'My card is [CARD], please refund it'" in result.stdout
-    assert "make services-stop" in result.stdout
-    for name in ("projector", "summarizer"):
-        pid = re.search(rf"{name} +pid (\d+)", result.stdout)
-        assert pid is not None, result.stdout
-        with pytest.raises(ProcessLookupError):
-            os.kill(int(pid.group(1)), 0)

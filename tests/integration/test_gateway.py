@@ -283,6 +283,27 @@ def test_health_readiness_and_the_openapi_document(gateway):
     } <= set(paths)
 
 
+def test_without_dev_the_page_is_served_but_the_dev_login_is_404_and_no_bot_answers(gateway):
+    page = httpx.get(f"{gateway.url}/", timeout=30)
+    assert page.status_code == 200
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    login = httpx.post(f"{gateway.url}/dev/token", json={"user": "mallory"}, timeout=30)
+    assert login.status_code == 404
+    assert login.json() == {"error": {"code": "http", "message": "Not Found"}}
+    assert "/dev/token" not in httpx.get(f"{gateway.url}/openapi.json").json()["paths"]
+    alice = user()
+    session = create(gateway, alice)
+    position = post(gateway, alice, session, "anyone there?").json()["position"]
+    time.sleep(1.0)  # a bot, were there one, would have answered by now
+    context = httpx.get(
+        f"{gateway.url}/v1/sessions/{session}/context",
+        params={"after": position},
+        headers=gateway.auth(alice),
+        timeout=60,
+    ).json()
+    assert [m["role"] for m in context["messages"]] == ["user"]
+
+
 def test_twenty_concurrent_users_each_read_only_their_own_canaries(gateway):
     users = [user() for _ in range(20)]
 

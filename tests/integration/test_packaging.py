@@ -77,6 +77,9 @@ def test_the_wheel_holds_the_chatlog_package_and_nothing_else(wheel):
     assert top_level == ["chatlog"]
     assert "chatlog/schemas/avro/ConversationEvent.v1.avsc" in names
     assert "chatlog/py.typed" in names
+    # The chat page the gateway serves at / (package data, no build step).
+    for page_file in ("index.html", "app.js", "style.css", "favicon.svg"):
+        assert f"chatlog/gateway/static/{page_file}" in names
     # The layers are files inside chatlog/, not links out of it.
     assert "chatlog/projections/view.py" in names
     shipped_tools = [n for n in names if _NOT_SHIPPED & set(n.split("/")[:-1])]

@@ -56,6 +56,7 @@ PURE_MODULES = [
     "chatlog.gateway.principals",
     "chatlog.gateway.api_keys",
     "chatlog.schemas.limits",
+    "chatlog.gateway.bots",
     "chatlog.gateway.live_events",
     "chatlog.gateway.request_stats",
 ]
