@@ -5,6 +5,10 @@ and yields a `Gateway`: its URL, its settings and a token issuer for the same se
 test can act as any user of any tenant. The test modules of the gateway each start one
 (the `gateway` fixture of tests/integration/conftest.py) and give every test users of its
 own, so the tests do not see each other's sessions.
+
+`ROUTES` says how to call each route of the API (the authorization matrix and the fuzz
+tests call them all, and fail on a route of the OpenAPI document it does not list);
+`PUBLIC` lists the routes anyone may call.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 from chatlog.gateway.tokens import TokenIssuer
@@ -68,3 +73,81 @@ def gateway_stack(kafka, redis_url: str, logs: Path, **overrides: Any) -> Iterat
                 client.unlink(*keys)
         finally:
             client.close()
+
+
+# Routes anyone may call: no token, no data of anyone's.
+PUBLIC = {"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+PUBLIC_PREFIXES = ("/static/",)
+
+
+@dataclass(frozen=True)
+class Route:
+    """How to call one route: on a session (its path's ``{session_id}``) or on the
+    caller's own data (no session in the path), with a body and query of that shape."""
+
+    on_session: bool
+    body: dict[str, Any] | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# Every route of the API, by (method, OpenAPI path template). Routes issue 15 names that a
+# gateway may not serve yet are listed too; only those in the document are called.
+ROUTES: dict[tuple[str, str], Route] = {
+    ("POST", "/v1/sessions"): Route(on_session=False, body={"title": "intruder"}),
+    ("GET", "/v1/sessions"): Route(on_session=False, params={"limit": "200"}),
+    ("POST", "/v1/sessions/{session_id}/messages"): Route(
+        on_session=True,
+        body={"role": "user", "content": "intruder"},
+        headers={"Idempotency-Key": "intruder-1"},
+    ),
+    ("GET", "/v1/sessions/{session_id}/context"): Route(on_session=True),
+    ("POST", "/v1/sessions/{session_id}/close"): Route(on_session=True),
+    ("DELETE", "/v1/sessions/{session_id}"): Route(on_session=True),
+    ("GET", "/v1/sessions/{session_id}/events"): Route(on_session=True),
+    ("DELETE", "/v1/me"): Route(on_session=False),
+    ("GET", "/v1/me/export"): Route(on_session=False),
+}
+
+SUCCESS = frozenset({200, 201, 202, 204})
+
+
+def served_routes(gateway: Gateway) -> set[tuple[str, str]]:
+    """(method, path template) of every route in the gateway's OpenAPI document."""
+    document = httpx.get(f"{gateway.url}/openapi.json", timeout=30).json()
+    return {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+        if method in {"get", "put", "post", "delete", "patch"}
+    }
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC or path.startswith(PUBLIC_PREFIXES)
+
+
+def call(
+    client: httpx.Client,
+    method: str,
+    template: str,
+    route: Route,
+    headers: dict[str, str],
+    session: str,
+) -> tuple[int, str, httpx.Headers]:
+    """Send the route's request; (status, body, headers). An event stream is not read."""
+    path = template.replace("{session_id}", session)
+    request = client.build_request(
+        method,
+        path,
+        json=route.body,
+        params=route.params,
+        headers={**route.headers, **headers},
+    )
+    response = client.send(request, stream=True)
+    try:
+        streaming = response.headers.get("content-type", "").startswith("text/event-stream")
+        body = "" if streaming and response.status_code in SUCCESS else response.read().decode()
+    finally:
+        response.close()
+    return response.status_code, body, response.headers

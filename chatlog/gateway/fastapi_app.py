@@ -31,6 +31,7 @@ from chatlog.gateway.http_errors import HttpError, http_error
 from chatlog.gateway.tokens import Principal, TokenVerifier
 from chatlog.projections.context import Context
 from chatlog.schemas.errors import ChatlogError, SessionNotFound, Unauthenticated
+from chatlog.schemas.events import Role
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
 
@@ -71,7 +72,7 @@ class NewMessage(BaseModel):
     """The body of ``POST /v1/sessions/{id}/messages``; no user: the token says who."""
 
     model_config = ConfigDict(extra="forbid")
-    role: str
+    role: Role  # an enum, so the OpenAPI document lists the roles
     content: str
     name: str | None = None
     tool_calls: list[ToolCallIn] = Field(default_factory=list)

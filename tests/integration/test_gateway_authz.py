@@ -2,10 +2,10 @@
 the owner answers 401, 403 or 404, returns none of the owner's data, and stores nothing.
 
 The routes come from the running gateway's own OpenAPI document, not from a list kept
-here: a route the document has and `ROUTES` does not know how to call fails the test
-(`test_every_route_of_the_openapi_document_is_in_the_matrix`), so no new route can go
-unchecked. Public routes (health, the docs, the chat page and its files) are listed in
-`PUBLIC`. Each route in `ROUTES` is also called once by its owner
+here: a route the document has and `tests.gateways.ROUTES` does not know how to call
+fails the test (`test_every_route_of_the_openapi_document_is_in_the_matrix`), so no new
+route can go unchecked. Public routes (health, the docs, the chat page and its files) are
+listed in `tests.gateways.PUBLIC`. Each route in `ROUTES` is also called once by its owner
 (`test_the_owner_gets_2xx_from_every_route`), which proves the request it builds is a
 valid one: a 404 for a malformed request would prove nothing.
 
@@ -33,45 +33,17 @@ import httpx
 import pytest
 
 from chatlog.gateway.tokens import TokenIssuer
-from tests.gateways import Gateway, new_user
+from tests.gateways import (
+    ROUTES,
+    SUCCESS,
+    Gateway,
+    call,
+    is_public,
+    new_user,
+    served_routes,
+)
 
 pytestmark = pytest.mark.integration
-
-# Routes anyone may call: no token, no data of anyone's.
-PUBLIC = {"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-PUBLIC_PREFIXES = ("/static/",)
-
-
-@dataclass(frozen=True)
-class Route:
-    """How to call one route: on a session (its path's ``{session_id}``) or on the
-    caller's own data (no session in the path), with a body and query of that shape."""
-
-    on_session: bool
-    body: dict[str, Any] | None = None
-    params: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-# Every route of the API, by (method, OpenAPI path template). Routes issue 15 names that a
-# gateway may not serve yet are listed too; only those in the document are called.
-ROUTES: dict[tuple[str, str], Route] = {
-    ("POST", "/v1/sessions"): Route(on_session=False, body={"title": "intruder"}),
-    ("GET", "/v1/sessions"): Route(on_session=False, params={"limit": "200"}),
-    ("POST", "/v1/sessions/{session_id}/messages"): Route(
-        on_session=True,
-        body={"role": "user", "content": "intruder"},
-        headers={"Idempotency-Key": "intruder-1"},
-    ),
-    ("GET", "/v1/sessions/{session_id}/context"): Route(on_session=True),
-    ("POST", "/v1/sessions/{session_id}/close"): Route(on_session=True),
-    ("DELETE", "/v1/sessions/{session_id}"): Route(on_session=True),
-    ("GET", "/v1/sessions/{session_id}/events"): Route(on_session=True),
-    ("DELETE", "/v1/me"): Route(on_session=False),
-    ("GET", "/v1/me/export"): Route(on_session=False),
-}
-
-SUCCESS = frozenset({200, 201, 202, 204})
 
 
 @dataclass
@@ -176,47 +148,6 @@ CALLERS: dict[str, CallerKind] = {
 }
 
 
-def served_routes(gateway: Gateway) -> set[tuple[str, str]]:
-    """(method, path template) of every route in the gateway's OpenAPI document."""
-    document = httpx.get(f"{gateway.url}/openapi.json", timeout=30).json()
-    return {
-        (method.upper(), path)
-        for path, operations in document["paths"].items()
-        for method in operations
-        if method in {"get", "put", "post", "delete", "patch"}
-    }
-
-
-def is_public(path: str) -> bool:
-    return path in PUBLIC or path.startswith(PUBLIC_PREFIXES)
-
-
-def call(
-    client: httpx.Client,
-    method: str,
-    template: str,
-    route: Route,
-    headers: dict[str, str],
-    session: str,
-) -> tuple[int, str, httpx.Headers]:
-    """Send the route's request; (status, body, headers). An event stream is not read."""
-    path = template.replace("{session_id}", session)
-    request = client.build_request(
-        method,
-        path,
-        json=route.body,
-        params=route.params,
-        headers={**route.headers, **headers},
-    )
-    response = client.send(request, stream=True)
-    try:
-        streaming = response.headers.get("content-type", "").startswith("text/event-stream")
-        body = "" if streaming and response.status_code in SUCCESS else response.read().decode()
-    finally:
-        response.close()
-    return response.status_code, body, response.headers
-
-
 @pytest.fixture
 def client(gateway) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=60) as http:
@@ -236,7 +167,7 @@ def test_every_route_of_the_openapi_document_is_in_the_matrix(gateway):
     unknown = served - set(ROUTES)
     assert not unknown, (
         f"routes the authorization matrix does not know how to call: {sorted(unknown)}; "
-        "add each to ROUTES in tests/integration/test_gateway_authz.py (or to PUBLIC)"
+        "add each to ROUTES in tests/gateways.py (or to PUBLIC)"
     )
     # Not vacuous: the matrix does call the routes this gateway serves.
     assert ("POST", "/v1/sessions/{session_id}/messages") in served
