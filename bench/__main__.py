@@ -35,6 +35,7 @@ from bench.plan import Plan
 from bench.readme import update_readme
 from bench.report import Report, say
 from bench.scenarios.append import append
+from bench.scenarios.gateway import gateway
 from bench.scenarios.latency import visibility
 from bench.scenarios.pii import pii
 from bench.scenarios.projection import projection
@@ -64,6 +65,7 @@ SCENARIOS = (
     "replay",
     "sealing",
     "pii",
+    "gateway",
 )
 # The order of the first table, whatever order the scenarios ran in.
 TABLE_ORDER = (
@@ -75,6 +77,7 @@ TABLE_ORDER = (
     "memory",
     "sealing",
     "pii",
+    "gateway",
 )
 
 
@@ -119,6 +122,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
             ("replay", lambda: replay(stack, plan, report)),
             ("sealing", lambda: sealing(stack, plan, report)),
             ("pii", lambda: pii(stack, plan, report)),
+            ("gateway", lambda: gateway(stack, plan, report)),
         ]
         for name, run in steps:
             if name in args.only or (name == "reads" and "memory" in args.only):
