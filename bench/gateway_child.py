@@ -36,7 +36,6 @@ from chatlog.schemas.errors import ChatlogError
 from chatlog.settings import Settings
 
 _CONTENT = "Where is my order 7731? It was due on Tuesday and the tracking page shows nothing. " * 2
-_DRAIN_S = 30.0  # how long the requests still in flight at the end may take
 
 
 def _operation(job: dict[str, Any], client: httpx.AsyncClient | None, log: AsyncChatLog | None):
@@ -71,13 +70,13 @@ def _operation(job: dict[str, Any], client: httpx.AsyncClient | None, log: Async
 
 
 async def _run(job: dict[str, Any]) -> dict[str, Any]:
-    rate, warmup, duration = job["rate"], job["warmup_s"], job["duration_s"]
+    rate, warmup, duration, drain = job["rate"], job["warmup_s"], job["duration_s"], job["drain_s"]
     count = math.ceil(rate * (warmup + duration))
     client = log = None
     if job["mode"] == "gateway":
         # Enough connections that the client's pool is not the bottleneck at 1,000/s.
         limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-        client = httpx.AsyncClient(base_url=job["url"], timeout=_DRAIN_S, limits=limits)
+        client = httpx.AsyncClient(base_url=job["url"], timeout=drain, limits=limits)
     else:
         log = AsyncChatLog.from_settings(Settings.from_env(), flush_on_sigterm=False)
     call: Callable[[int], Awaitable[None]] = _operation(job, client, log)
@@ -109,7 +108,7 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(delay)
         lateness.append(time.perf_counter() - due[i])
         tasks.append(asyncio.create_task(one(i)))
-    _, pending = await asyncio.wait(tasks, timeout=_DRAIN_S)
+    _, pending = await asyncio.wait(tasks, timeout=drain)
     for task in pending:
         task.cancel()
     cpu = time.process_time() - cpu

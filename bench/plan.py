@@ -53,6 +53,7 @@ class Plan:
     gateway_rates: tuple[int, ...]
     gateway_warmup_s: float
     gateway_duration_s: float
+    gateway_drain_s: float  # how long requests still in flight at the end may take
     gateway_users: int
     gateway_messages: int  # in each session that is read
 
@@ -96,6 +97,7 @@ class Plan:
             gateway_rates=(200, 500, 1_000),
             gateway_warmup_s=1.0,
             gateway_duration_s=5.0,
+            gateway_drain_s=30.0,
             gateway_users=100,
             gateway_messages=10,
         )
@@ -140,6 +142,7 @@ class Plan:
             gateway_rates=(200, 500, 1_000),
             gateway_warmup_s=0.3,
             gateway_duration_s=1.0,
+            gateway_drain_s=5.0,
             gateway_users=20,
             gateway_messages=5,
         )

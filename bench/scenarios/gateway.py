@@ -102,6 +102,7 @@ def gateway(stack: BenchStack, plan: Plan, report: Report) -> None:
                             "rate": rate,
                             "warmup_s": plan.gateway_warmup_s,
                             "duration_s": plan.gateway_duration_s,
+                            "drain_s": plan.gateway_drain_s,
                             "url": url,
                             "targets": targets[route],
                         }
@@ -199,7 +200,8 @@ def _fill(
         f"`AsyncChatLog` in the load generator's process; both on {plan.gateway_users} "
         f"users' sessions (one to append to and one of {plan.gateway_messages} messages to "
         f"read, each), one projector process",
-        f"requests that failed or did not finish within 30 s: {errors or 'none'}",
+        f"requests that failed (HTTP errors, dropped connections) or did not finish within "
+        f"{plan.gateway_drain_s:g} s of the last one due: {errors or 'none'}",
         f"CPU during the gateway runs (median, 100% = one core): {cpu}",
     ]
     report.tables.append(table)
