@@ -200,6 +200,7 @@ def _fill(
         f"`AsyncChatLog` in the load generator's process; both on {plan.gateway_users} "
         f"users' sessions (one to append to and one of {plan.gateway_messages} messages to "
         f"read, each), one projector process",
+        f"n/a: none of the measured requests was answered before the drain ended. "
         f"requests that failed (HTTP errors, dropped connections) or did not finish within "
         f"{plan.gateway_drain_s:g} s of the last one due: {errors or 'none'}",
         f"CPU during the gateway runs (median, 100% = one core): {cpu}",
@@ -273,25 +274,39 @@ async def _prepare(settings: Settings, url: str, plan: Plan) -> dict[str, list[l
     limits = httpx.Limits(max_connections=50)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
+        async def send(method: str, path: str, **kwargs: Any) -> httpx.Response:
+            # A kept-alive connection the server closes as it is reused fails the request
+            # (more often on a loaded machine); the messages carry an Idempotency-Key, so
+            # sending again stores them once.
+            for attempt in range(3):
+                try:
+                    answer = await client.request(method, path, **kwargs)
+                    return answer.raise_for_status()
+                except httpx.TransportError:
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
         async def session(user: str, fill: int) -> list[str]:
             auth = {"Authorization": f"Bearer {tokens[user]}"}
-            created = await client.post("/v1/sessions", json={"title": "bench"}, headers=auth)
-            created.raise_for_status()
+            created = await send("POST", "/v1/sessions", json={"title": "bench"}, headers=auth)
             session_id = created.json()["session_id"]
             position = None
             for n in range(fill):
-                posted = await client.post(
+                posted = await send(
+                    "POST",
                     f"/v1/sessions/{session_id}/messages",
                     json={"role": "user" if n % 2 == 0 else "assistant", "content": f"turn {n}"},
-                    headers=auth,
+                    headers={**auth, "Idempotency-Key": f"turn-{n}"},
                 )
-                posted.raise_for_status()
                 position = posted.json()["position"]
             if position is not None:  # readable before the clock starts
-                read = await client.get(
-                    f"/v1/sessions/{session_id}/context", params={"after": position}, headers=auth
+                await send(
+                    "GET",
+                    f"/v1/sessions/{session_id}/context",
+                    params={"after": position},
+                    headers=auth,
                 )
-                read.raise_for_status()
             return [session_id, user, tokens[user]]
 
         say(f"gateway: {len(users)} users, a session to append to and one to read each")
