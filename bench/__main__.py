@@ -35,6 +35,7 @@ from bench.plan import Plan
 from bench.readme import update_readme
 from bench.report import Report, say
 from bench.scenarios.append import append
+from bench.scenarios.gateway import gateway
 from bench.scenarios.gateway_sse import gateway_sse
 from bench.scenarios.latency import visibility
 from bench.scenarios.pii import pii
@@ -66,6 +67,7 @@ SCENARIOS = (
     "sealing",
     "pii",
     "gateway_sse",
+    "gateway",
 )
 # The order of the first table, whatever order the scenarios ran in.
 TABLE_ORDER = (
@@ -77,6 +79,7 @@ TABLE_ORDER = (
     "memory",
     "sealing",
     "pii",
+    "gateway",
 )
 
 
@@ -122,6 +125,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
             ("sealing", lambda: sealing(stack, plan, report)),
             ("pii", lambda: pii(stack, plan, report)),
             ("gateway_sse", lambda: gateway_sse(stack, plan, report)),
+            ("gateway", lambda: gateway(stack, plan, report)),
         ]
         for name, run in steps:
             if name in args.only or (name == "reads" and "memory" in args.only):

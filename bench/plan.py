@@ -48,6 +48,14 @@ class Plan:
     erase_users: int  # users of 100 sessions each, erased one by one
     erase_others: int  # other sessions in the read-model meanwhile
     pii_events: int  # events encoded in every redaction mode, per repetition
+    # The gateway scenario: offered loads (requests/s), open loop, each for a warm-up and
+    # a measured duration; the users' sessions it runs on.
+    gateway_rates: tuple[int, ...]
+    gateway_warmup_s: float
+    gateway_duration_s: float
+    gateway_drain_s: float  # how long requests still in flight at the end may take
+    gateway_users: int
+    gateway_messages: int  # in each session that is read
 
     @classmethod
     def full(cls, repeat: int = 3) -> Plan:
@@ -86,6 +94,12 @@ class Plan:
             erase_users=5,
             erase_others=10_000,
             pii_events=3_000,
+            gateway_rates=(200, 500, 1_000),
+            gateway_warmup_s=1.0,
+            gateway_duration_s=5.0,
+            gateway_drain_s=30.0,
+            gateway_users=100,
+            gateway_messages=10,
         )
 
     @classmethod
@@ -125,4 +139,10 @@ class Plan:
             erase_users=2,
             erase_others=500,
             pii_events=300,
+            gateway_rates=(200, 500, 1_000),
+            gateway_warmup_s=0.3,
+            gateway_duration_s=1.0,
+            gateway_drain_s=5.0,
+            gateway_users=20,
+            gateway_messages=5,
         )

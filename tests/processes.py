@@ -51,7 +51,7 @@ def unique_settings(kafka, redis_url: str, redis_prefix: str, **overrides) -> Se
     )
 
 
-def drop_redis_keys(redis_url: str, prefix: str) -> None:
+def delete_prefix(redis_url: str, prefix: str) -> None:
     """Delete every Redis key under `prefix` (a module's own prefix, after its tests)."""
     import redis
 
@@ -319,34 +319,15 @@ def running_gateway(
         assert stop(process) == 0, "chatlog serve did not stop cleanly on SIGTERM"
 
 
-def delete_prefix(redis_url: str, prefix: str) -> None:
-    """Delete every Redis key under `prefix` (a module's own, at its end)."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(f"{prefix}*", count=1000))
-        if keys:
-            client.unlink(*keys)
-    finally:
-        client.close()
-
-
-def run_docs_block(
-    page: str, after: str, settings: Settings, *, gateway: str, count: int = 1
-) -> list[str]:
-    """Run the first `count` ``sh`` blocks after the text `after` in docs/`page` with
-    bash, as one script, as a reader would against the gateway at `gateway`; its output
-    lines (it must succeed)."""
-    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
-    blocks = text.split(after, 1)[1].split("```sh\n")[1 : count + 1]
-    block = "\n".join(part.split("```", 1)[0] for part in blocks)
+def run_shell(settings: Settings, script: str, *, gateway: str) -> subprocess.CompletedProcess[str]:
+    """`script` in bash (-euo pipefail), as a reader's shell would run it: `chatlog` on
+    the PATH, the settings' environment and ``$GATEWAY``; it must succeed."""
     env = chatlog_env(settings)
     env["GATEWAY"] = gateway
     # `chatlog` as installed beside this interpreter, as a reader's shell would find it.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     ran = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block],
+        ["bash", "-euo", "pipefail", "-c", script],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -355,4 +336,15 @@ def run_docs_block(
         check=False,
     )
     assert ran.returncode == 0, ran.stderr
-    return ran.stdout.splitlines()
+    return ran
+
+
+def run_docs_block(
+    page: str, after: str, settings: Settings, *, gateway: str, count: int = 1
+) -> list[str]:
+    """Run the first `count` ``sh`` blocks after the text `after` in docs/`page` as one
+    script (`run_shell`); its output lines."""
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    blocks = text.split(after, 1)[1].split("```sh\n")[1 : count + 1]
+    script = "\n".join(part.split("```", 1)[0] for part in blocks)
+    return run_shell(settings, script, gateway=gateway).stdout.splitlines()

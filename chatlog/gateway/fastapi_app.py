@@ -39,7 +39,7 @@ from chatlog.processors.kafka_lag import KafkaTopicEnds
 from chatlog.processors.projector_stats import records_behind
 from chatlog.projections.context import Context
 from chatlog.schemas.errors import ChatlogError
-from chatlog.schemas.events import MAX_TITLE_CHARS
+from chatlog.schemas.events import MAX_TITLE_CHARS, Role
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
 
@@ -89,7 +89,7 @@ class NewMessage(BaseModel):
     """The body of ``POST /v1/sessions/{id}/messages``; no user: the token says who."""
 
     model_config = ConfigDict(extra="forbid")
-    role: str
+    role: Role  # an enum, so the OpenAPI document lists the roles
     content: str
     name: str | None = None
     tool_calls: list[ToolCallIn] = Field(default_factory=list)

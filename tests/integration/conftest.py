@@ -6,6 +6,7 @@ import pytest
 
 from chatlog import wiring
 from chatlog.client import ChatLog
+from tests.gateways import gateway_stack
 from tests.processes import unique_settings
 
 
@@ -26,3 +27,11 @@ def chat(settings):
     )
     yield log
     log.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(kafka, redis_url, tmp_path_factory):
+    """A running `chatlog serve` and projector for the module (starting them costs
+    seconds); each test uses users of its own (`tests.gateways.new_user`)."""
+    with gateway_stack(kafka, redis_url, tmp_path_factory.mktemp("gateway")) as running:
+        yield running

@@ -13,6 +13,7 @@ from tests.processes import ROOT
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(330)
 def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, redis_url):
     output = tmp_path / "bench.md"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLOG_")}
@@ -23,7 +24,7 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -39,6 +40,7 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "| sealing |",
         "| pii |",
         "| gateway sse |",
+        "| gateway |",
         "## summary cost",
         "## pii redaction quality",
     ):
@@ -53,15 +55,27 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "Kafka ConsumerPerformance",
         "the same, not sealed (no keyring)",
         "scrubadub 2.0.1 Scrubber().clean",
+        "AsyncChatLog.append in process",
+        "AsyncChatLog.context in process",
     ):
         assert peer in beside
     for size in ("20-message session", "100-message session", "1,000-message session"):
         assert size in beside
     for rate in ("500 events/s", "2,000 events/s", "4,000 events/s"):
         assert rate in beside
+    for offered in (
+        "offered 200/s (achieved",
+        "offered 500/s (achieved",
+        "offered 1,000/s (achieved",
+    ):
+        assert offered in beside
+    assert "## gateway overhead" in table
     for sealing in ("projection, events/s", "replay, events/s", "context read p50", "erase_user"):
         assert f"| sealing | {sealing}" in beside
-    assert "n/a" not in table.split("Notes:")[0]
+    # A gateway row may say n/a: on a loaded machine, a quick run at 1,000/s may see none
+    # of its measured requests answered before the drain ends (the notes count them).
+    measured = [line for line in table.split("Notes:")[0].splitlines() if "| gateway |" not in line]
+    assert "n/a" not in "\n".join(measured)
     assert "blocked" not in beside
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
     # The README part is between its markers, for `--update-readme`.

@@ -24,10 +24,10 @@ from chatlog.gateway.bots import reply_id
 from chatlog.gateway.fastapi_page import CONTENT_SECURITY_POLICY
 from chatlog.settings import Settings
 from dev.browser import headless_chromium
-from tests.integration.test_gateway import run_shell
 from tests.processes import (
     ROOT,
-    drop_redis_keys,
+    delete_prefix,
+    run_shell,
     running_gateway,
     running_projector,
     unique_settings,
@@ -72,7 +72,7 @@ def gateway(kafka, redis_url, tmp_path_factory) -> Iterator[DevGateway]:
         ):
             yield DevGateway(url, settings)
     finally:
-        drop_redis_keys(redis_url, prefix)
+        delete_prefix(redis_url, prefix)
 
 
 def user() -> str:
@@ -129,7 +129,7 @@ def test_the_dev_login_curl_of_the_docs_runs(gateway):
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     # The curl command and its continuation line; the servers above it run until stopped.
     curl = block[block.index("curl ") :].replace("http://127.0.0.1:8000", gateway.url)
-    answer = json.loads(run_shell(gateway, curl).stdout)
+    answer = json.loads(run_shell(gateway.settings, curl, gateway=gateway.url).stdout)
     assert answer["expires_in"] == 28800
     listed = httpx.get(
         f"{gateway.url}/v1/sessions",

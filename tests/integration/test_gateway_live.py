@@ -21,12 +21,9 @@ import redis
 
 from chatlog.processors.kafka_audit import read_audit
 from chatlog.projections.keys import KeySpace
-from tests.integration.test_gateway import (
-    Gateway,
-    create,
-    gateway_stack,
-    user,
-)
+from tests.gateways import Gateway, gateway_stack
+from tests.gateways import new_user as user
+from tests.integration.test_gateway import create
 from tests.processes import run_docs_block, wait_until
 
 pytestmark = pytest.mark.integration

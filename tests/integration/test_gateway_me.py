@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from chatlog.processors.kafka_audit import read_audit
-from tests.integration.test_gateway import Gateway, create, gateway_stack, post, user
+from tests.gateways import Gateway, gateway_stack
+from tests.gateways import new_user as user
+from tests.integration.test_gateway import create, post
 from tests.integration.test_gateway_live import applied, client_of, events_of, next_event, stream
 
 pytestmark = pytest.mark.integration

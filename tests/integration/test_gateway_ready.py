@@ -17,7 +17,9 @@ import redis
 from chatlog.gateway.fastapi_live import RECHECK_S
 from chatlog.gateway.tokens import TokenIssuer
 from chatlog.projections.keys import KeySpace
-from tests.integration.test_gateway import SECRET, Gateway, create, gateway_stack, post, user
+from tests.gateways import Gateway, gateway_stack
+from tests.gateways import new_user as user
+from tests.integration.test_gateway import create, post
 from tests.integration.test_gateway_live import (
     ARRIVES_WITHIN_S,
     append,
@@ -36,6 +38,8 @@ from tests.processes import (
 )
 
 pytestmark = pytest.mark.integration
+
+SECRET = "ready-tests-" + uuid.uuid4().hex  # 44 characters, fresh each run
 
 MAX_LAG = 3
 
