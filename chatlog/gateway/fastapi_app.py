@@ -186,7 +186,7 @@ _api_key = APIKeyHeader(
 )
 
 
-def _principal(
+async def _principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
@@ -201,11 +201,17 @@ def _principal(
     """Who the request is, from its credentials alone (`chatlog.gateway.principals`): a
     user's JWT, or a service key acting for the user it names; an operator is refused."""
     auth: Authenticator = request.app.state.auth
-    return auth.user(
-        bearer=None if credentials is None else credentials.credentials,
-        api_key=api_key,
-        acting_user=acting_user,
-    )
+
+    def check() -> Principal:
+        return auth.user(
+            bearer=None if credentials is None else credentials.credentials,
+            api_key=api_key,
+            acting_user=acting_user,
+        )
+
+    # A JWKS fetch may wait on the identity provider: then off the event loop. A shared
+    # secret's check is ~0.1 ms of CPU, cheaper inline than a hop to a worker thread.
+    return await asyncio.to_thread(check) if auth.may_block else check()
 
 
 Caller = Annotated[Principal, Depends(limited(_principal))]  # counted by the rate limits
@@ -260,6 +266,9 @@ def create_app(
         version="1",
         summary="Conversation memory for chat front ends: append messages, read contexts.",
         lifespan=lifespan,
+        # A JSON API answers a path as it is: "/v1/sessions/" is no session id, a 404,
+        # not a 307 to another route that a client would follow with its token.
+        redirect_slashes=False,
     )
     app.state.auth = auth
     app.state.limiter = limiter

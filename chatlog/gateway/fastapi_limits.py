@@ -46,7 +46,7 @@ def refusal(verdict: Verdict) -> RateLimited:
 
 
 def limited(
-    principal: Callable[..., Principal],
+    principal: Callable[..., Principal | Awaitable[Principal]],
 ) -> Callable[..., Awaitable[Principal]]:
     """A dependency giving what `principal` gives, once the request is within the limits."""
 

@@ -79,6 +79,11 @@ class Authenticator:
         self.tokens = tokens
         self.api_keys = api_keys
 
+    @property
+    def may_block(self) -> bool:
+        """Whether a check may wait on the network: a JWKS fetch, for a key not cached."""
+        return self.tokens.config.jwks_url is not None
+
     def authenticate(
         self, *, bearer: str | None, api_key: str | None, acting_user: str | None
     ) -> Principal | Operator:

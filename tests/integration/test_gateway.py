@@ -156,7 +156,7 @@ def test_health_readiness_and_the_openapi_document(gateway):
         "kafka": "ok",
         "redis": "ok",
         "projector": "ok",
-        "max_lag": 10_000,
+        "max_lag": 1000,
     }
     paths = httpx.get(f"{gateway.url}/openapi.json").json()["paths"]
     assert {

@@ -5,7 +5,9 @@ the real ``curl``, ``GATEWAY`` set to a running gateway's URL and ``chatlog`` on
 ``PATH`` (so ``chatlog token`` mints tokens it accepts). A shim in front of ``curl``
 records the HTTP status of every call: each must be a 2xx, unless the line of the call
 ends with a comment naming the status it shows (``# 401: no token``). A block that
-streams must bound itself (``--max-time``), as a reader's terminal would not.
+streams must bound itself (``--max-time``, or a request that ends the stream), as a
+reader's terminal would not. How a block that continues another, or one that starts
+servers, is taken: `curl_blocks`.
 """
 
 from __future__ import annotations
@@ -39,11 +41,26 @@ exit $status
 """
 
 
+CONTINUES = "# continues the block above"
+STARTS_SERVERS = re.compile(r"^\s*chatlog (serve|run)\b", re.MULTILINE)
+
+
 def curl_blocks(text: str) -> list[tuple[int, str]]:
-    """(line number, code) of every ```sh block of `text` that calls curl."""
+    """(line number, code) of every ```sh block of `text` that calls curl.
+
+    A block whose first line is `CONTINUES` runs after the block before it (it uses its
+    variables). A block that starts servers itself (``chatlog serve``, ``chatlog run``) is
+    a terminal session, not a request against a running gateway: it is left to the test
+    of what it starts (the chat page's)."""
     found = []
+    previous = ""
     for match in re.finditer(r"^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
         code = match.group(1)
+        if code.startswith(CONTINUES):
+            code = previous + code
+        previous = code
+        if STARTS_SERVERS.search(code):
+            continue
         if any(CURL_CALL.search(line.split("#")[0]) for line in code.splitlines()):
             found.append((text.count("\n", 0, match.start()) + 1, code))
     return found
