@@ -27,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     ValidationError,
     field_validator,
@@ -124,7 +125,13 @@ def _names(value: Any) -> Any:
 _KIND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 
 # A request rate (`chatlog.schemas.limits`); None: no limit ("off").
-RateSetting = Annotated[Rate | None, BeforeValidator(parse_rate)]
+# Dumped as the text it is written in, so that settings sent to a child process as data
+# (a replay worker) read back as the same rate.
+RateSetting = Annotated[
+    Rate | None,
+    BeforeValidator(parse_rate),
+    PlainSerializer(lambda rate: OFF if rate is None else str(rate)),
+]
 # A time span written with a unit; a Retention may also be "forever" (None).
 Duration = Annotated[float, BeforeValidator(_duration)]
 Retention = Annotated[float | None, BeforeValidator(_retention)]

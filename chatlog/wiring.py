@@ -607,8 +607,9 @@ def replay_parts(
         generations=generations(settings, client),
         store_for=lambda generation: generation_store(settings, generation, client),
         replay_for=replay_for,
-        # Pickled into each spawned worker: the settings travel as data, not as clients.
-        worker=functools.partial(_replay_worker, settings.model_dump(mode="json"), batch_size),
+        # Pickled into each spawned worker: the settings travel as data, not as clients;
+        # as Python values, not JSON, whose dump masks the secrets (SecretStr).
+        worker=functools.partial(_replay_worker, settings.model_dump(), batch_size),
     )
 
 

@@ -310,3 +310,29 @@ def test_bad_pii_settings_are_refused_at_start_in_one_line(name, value, expected
         Settings.from_env({"CHATLOG_STATE_DIR": str(tmp_path), name: value})
     assert expected in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_replay_worker_gets_the_very_settings_of_its_parent_secrets_and_rates_included():
+    import pickle
+
+    from chatlog import wiring
+
+    settings = Settings(
+        auth_secret="s" * 40,
+        llm_api_key="sk-parent-key",
+        rate_tenant="5/m burst=3",
+        redis_url="redis://127.0.0.1:1/0",
+    )
+    parts = wiring.replay_parts(settings, batch_size=10)
+    try:
+        # As the spawned worker receives it: pickled, then validated again.
+        data = pickle.loads(pickle.dumps(parts.worker.args[0]))
+        child = Settings.model_validate(data)
+    finally:
+        parts.generations.client.close()
+    assert child == settings
+    assert child.auth_secret is not None
+    assert child.auth_secret.get_secret_value() == "s" * 40
+    assert child.llm_api_key is not None
+    assert child.llm_api_key.get_secret_value() == "sk-parent-key"
+    assert str(child.rate_tenant) == "5/m burst=3"
