@@ -208,23 +208,36 @@ def _sigterm_as_exit() -> Iterator[None]:
 # -- the steps ----------------------------------------------------------------------
 
 
-def append(log: ChatLog, session_id: str, **message: Any) -> Position:
-    """`log.append`, as a chat back end should call it: with its own message id, so that
-    an append whose outcome is unknown (`OutcomeUnknown`, e.g. a retried send the broker
-    acknowledged without its position) is retried as the same message, stored once."""
-    message.setdefault("message_id", str(uuid.uuid4()))
+def stored_once(call: Callable[[], Position]) -> Position:
+    """`call`'s position, as a chat back end should publish: an event whose outcome is
+    unknown (`OutcomeUnknown`, e.g. a retried send the broker acknowledged without its
+    position) is sent again as the same event, which the projection keeps once."""
     for attempt in range(3):
         try:
-            return log.append(session_id, **message)
+            return call()
         except OutcomeUnknown:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
+def append(log: ChatLog, session_id: str, **message: Any) -> Position:
+    """`log.append` with the caller's own message id, so that a retry is the same message."""
+    message.setdefault("message_id", str(uuid.uuid4()))
+    return stored_once(lambda: log.append(session_id, **message))
+
+
+def start(log: ChatLog, script: Script) -> Position:
+    """Start the script's session; starting again is a retitle to the same title, so a
+    retry changes nothing."""
+    return stored_once(
+        lambda: log.start_session(script.session_id, user_id=script.user_id, title=script.title)
+    )
+
+
 def publish(log: ChatLog, script: Script) -> Position:
     """Start the script's session (its title) and append its turns; the last position."""
-    position = log.start_session(script.session_id, user_id=script.user_id, title=script.title)
+    position = start(log, script)
     for turn in script.turns:
         position = append(
             log,
@@ -543,7 +556,7 @@ def _long_chat(
 ) -> Script:
     """Publish the long chat a visit at a time, show its summary and prompt; it."""
     script, visits = read_long_chat(rng)
-    log.start_session(script.session_id, user_id=script.user_id, title=script.title)
+    start(log, script)
     turns = iter(script.turns)
     waits = []
     for size in visits:

@@ -396,8 +396,9 @@ def redis_errors() -> Iterator[None]:
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
         # Not an outage: retrying will not help, the credentials or the ACL must change.
         raise ConfigError(
-            f"Redis refused chatlog's credentials ({type(exc).__name__}); check the user and "
-            f"password in CHATLOG_REDIS_URL and that its ACL allows chatlog's keys and commands",
+            f"Redis refused chatlog's credentials ({type(exc).__name__}: {exc}); check the "
+            f"user and password in CHATLOG_REDIS_URL and that its ACL allows chatlog's keys "
+            f"and commands",
             setting="CHATLOG_REDIS_URL",
         ) from exc
     except redis.RedisError as exc:
