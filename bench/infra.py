@@ -35,11 +35,13 @@ from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
 from chatlog.projections.redis_store import text
 from chatlog.schemas.events import ConversationEvent
+from chatlog.schemas.limits import Rate
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 from dev.services.state import read_state
 
 __all__ = [
+    "GATEWAY_RATE",
     "BenchStack",
     "ProjectorProcess",
     "ReadModelProbe",
@@ -217,6 +219,11 @@ class BenchStack:
         found = re.search(r"<kafka.version>([^<]+)</kafka.version>", _POM.read_text("utf-8"))
         pinned = found.group(1) if found else "?"
         return f"unknown (not the local stack; the local stack would run {pinned})"
+
+
+# The gateway scenarios measure the gateway, not its limits: a user's bucket that no load
+# here empties, so each request still pays the limiter's Redis call.
+GATEWAY_RATE = Rate(count=100_000, unit="s", burst=100_000)
 
 
 def child_env(settings: Settings) -> dict[str, str]:

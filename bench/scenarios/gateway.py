@@ -29,7 +29,7 @@ from typing import IO, Any
 import httpx
 from pydantic import SecretStr
 
-from bench.infra import REPO, BenchStack, child_env, running
+from bench.infra import GATEWAY_RATE, REPO, BenchStack, child_env, running
 from bench.measure import CpuMeter, median_shares, percentile
 from bench.plan import Plan
 from bench.report import Metric, Report, Table, say
@@ -64,6 +64,7 @@ def gateway(stack: BenchStack, plan: Plan, report: Report) -> None:
             "audit_topic": f"{base.topic}.audit",  # the gateway audits the sessions it starts
             # model_copy does not validate: the secret goes in as the type the field has.
             "auth_secret": SecretStr(secrets.token_urlsafe(32)),
+            "rate_user": GATEWAY_RATE,
         }
     )
     wiring.create_topics(settings)
@@ -219,6 +220,7 @@ def _env(settings: Settings) -> dict[str, str]:
         **child_env(settings),
         "CHATLOG_AUDIT_TOPIC": settings.audit_topic,
         "CHATLOG_AUTH_SECRET": secret.get_secret_value(),
+        "CHATLOG_RATE_USER": str(settings.rate_user),
     }
 
 

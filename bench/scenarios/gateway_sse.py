@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 import httpx
 from pydantic import SecretStr
 
-from bench.infra import BenchStack, running
+from bench.infra import GATEWAY_RATE, BenchStack, running
 from bench.measure import percentile
 from bench.plan import Plan
 from bench.report import Report, say
@@ -59,6 +59,7 @@ def gateway_sse(stack: BenchStack, plan: Plan, report: Report) -> None:
         update={
             "auth_secret": SecretStr(secrets.token_urlsafe(32)),
             "audit_topic": f"{settings.topic}.audit",
+            "rate_user": GATEWAY_RATE,
         }
     )
     stack.topics.append(settings.audit_topic)
