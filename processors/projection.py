@@ -22,6 +22,13 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from chatlog.projections.checkpoints import (
+    CheckpointKind,
+    CheckpointRecord,
+    CheckpointSink,
+    checkpoint_records,
+    is_thread_event,
+)
 from chatlog.projections.opening import ERASED, EventOpener, Opened
 from chatlog.projections.store import Change, Outcome, ViewStore
 from chatlog.projections.view import DEFAULT_POLICY, SessionView, WindowPolicy, fold
@@ -194,6 +201,7 @@ class ProjectionCore:
                     self._remember(before)  # a replayed range: next batch needs no reload
                 continue
             changes.append(Change(before, after))
+        self._keep_checkpoints(taken, by_session, records)
         retry: dict[str, list[tuple[ConversationEvent, Position]]] = {}
         for change, outcome in zip(changes, self.store.apply(changes), strict=True):
             session_id = change.new.session_id
@@ -208,6 +216,7 @@ class ProjectionCore:
                 # (and deleted what it had), and nothing of it may stay here either.
                 result.erased += len(by_session[session_id])
                 self.forget([session_id])
+                self._drop_checkpoints(session_id, change.new.position)
                 continue
             # Someone else wrote the session meanwhile (DUPLICATE: these very events):
             # reload it and fold again; evolve skips what the stored view already has.
@@ -217,6 +226,33 @@ class ProjectionCore:
                 result.conflicts += 1
             retry[session_id] = by_session[session_id]
         return retry
+
+    def _keep_checkpoints(
+        self,
+        taken: dict[str, list[ConversationEvent]],
+        by_session: dict[str, list[tuple[ConversationEvent, Position]]],
+        records: Sequence[Record],
+    ) -> None:
+        """Hand the LangGraph threads' events the views took in to the store that keeps
+        them, before the views: a reader that sees a view's offset finds them."""
+        if not isinstance(self.store, CheckpointSink):
+            return
+        found = []
+        values: dict[tuple[int, int], bytes] | None = None
+        for session_id, events in taken.items():
+            chosen = {id(event) for event in events if is_thread_event(event)}
+            if not chosen:
+                continue
+            if values is None:
+                values = {(r.partition, r.offset): r.value or b"" for r in records}
+            kept = [(e, at) for e, at in by_session[session_id] if id(e) in chosen]
+            found += checkpoint_records(session_id, kept, values)
+        self.store.apply_checkpoints(found)
+
+    def _drop_checkpoints(self, session_id: str, position: Position) -> None:
+        if isinstance(self.store, CheckpointSink):
+            erased = CheckpointRecord(CheckpointKind.ERASED, session_id, position)
+            self.store.apply_checkpoints([erased])
 
     def _views(self, session_ids: Iterable[str]) -> dict[str, SessionView | None]:
         views: dict[str, SessionView | None] = {}

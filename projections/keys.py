@@ -106,6 +106,15 @@ class KeySpace:
         """A session's message list (overflow then window, oldest first)."""
         return f"{self.prefix}:{self.generation}:s:{{{session_id}}}:msgs"
 
+    def checkpoints(self, session_id: str) -> str:
+        """The hash of the session's LangGraph thread: each namespace's latest checkpoint
+        and its pending writes (`chatlog.projections.checkpoints`)."""
+        return f"{self.prefix}:{self.generation}:s:{{{session_id}}}:ckpt"
+
+    def checkpoint_index(self, session_id: str) -> str:
+        """The hash of where each of the thread's checkpoints is in the log (its offset)."""
+        return f"{self.prefix}:{self.generation}:s:{{{session_id}}}:ckpti"
+
     def user_sessions(self, tenant: str, user_id: str, *, layout: int = LAYOUT) -> str:
         """A user's sessions in their tenant, scored by last activity (ms); in a generation
         of `layout` 1, the index of the user id, shared by every tenant."""

@@ -87,10 +87,17 @@ class RedisUserSessions:
                 )
             with redis_errors():
                 replies = pipe.execute()
+            drop = self.client.pipeline(transaction=False)
             for (generation, session_id), gone in zip(page, replies, strict=True):
                 if int(gone):
                     removed.add(session_id)
                     touched.add(generation)
+                    # The session's LangGraph thread state goes with it (sealed under the
+                    # destroyed key already: this leaves no ciphertext behind either).
+                    keys = self.keys.with_generation(generation)
+                    drop.delete(keys.checkpoints(session_id), keys.checkpoint_index(session_id))
+            with redis_errors():
+                drop.execute()
         # The live generation and a rebuild's, even with none of the user's sessions left:
         # their index may still list sessions that expired.
         live = self.generations.live()

@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from chatlog.projections.checkpoints import CheckpointRecord
 from chatlog.projections.encoding import MessagesDelta, decode_view, diff, encode_meta
 from chatlog.projections.epochs import is_intact, layout_of, layout_problem
 from chatlog.projections.keys import ERASED_FIELD, LAYOUT, KeySpace
@@ -36,6 +37,7 @@ from chatlog.schemas.errors import ConfigError, DataLoss, LayoutMismatch, StoreU
 from chatlog.schemas.position import Position
 
 __all__ = [
+    "CHECKPOINT_FIELD_SEP",
     "RedisViewStore",
     "applied_notice",
     "parse_applied_notice",
@@ -172,6 +174,63 @@ _LOST = 3
 _ERASED_REPLY = 4
 
 
+# KEYS: the thread's hash, its index. ARGV: kind, namespace, checkpoint id, offset, the
+# event's bytes, the sliding TTL in ms (0: none).
+# A LangGraph thread's hashes (`chatlog.projections.redis_checkpoints` describes and reads
+# them): fields join their parts with this byte, in no namespace or id LangGraph makes.
+CHECKPOINT_FIELD_SEP = "\x00"
+
+_CHECKPOINT = r"""
+local kind, ns, id, offset, value, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+if kind == 'e' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 0
+end
+local latest = redis.call('HGET', KEYS[1], 'l\0' .. ns)
+if kind == 'c' then
+  redis.call('HSET', KEYS[2], 'p\0' .. ns .. '\0' .. id, offset)
+  local first = redis.call('HGET', KEYS[2], 'first')
+  if not first or tonumber(offset) < tonumber(first) then
+    redis.call('HSET', KEYS[2], 'first', offset)
+  end
+  if not latest or id > latest then
+    local writes = 'w\0' .. ns .. '\0'
+    for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+      if string.sub(f, 1, #writes) == writes then redis.call('HDEL', KEYS[1], f) end
+    end
+    redis.call('HSET', KEYS[1], 'l\0' .. ns, id, 'c\0' .. ns, value)
+  end
+elseif kind == 'w' and latest == id then
+  redis.call('HSET', KEYS[1], 'w\0' .. ns .. '\0' .. offset, value)
+end
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return 1
+"""
+
+
+def _queue_checkpoints(
+    script: Any, pipe: Any, keys: KeySpace, records: Sequence[CheckpointRecord], ttl_ms: int
+) -> None:
+    """Queue on `pipe` one call of the registered `_CHECKPOINT` `script` per record."""
+    for record in records:
+        script(
+            keys=[keys.checkpoints(record.session_id), keys.checkpoint_index(record.session_id)],
+            args=[
+                record.kind.value,
+                record.checkpoint_ns,
+                record.checkpoint_id,
+                record.position.offset,
+                record.value,
+                ttl_ms,
+            ],
+            client=pipe,
+        )
+
+
+
 class RedisViewStore:
     """The `ViewStore` role on Redis (one node: the epoch checks span hash slots).
 
@@ -200,6 +259,7 @@ class RedisViewStore:
         self._apply = client.register_script(_APPLY)
         self._index = client.register_script(_INDEX)
         self._progress = client.register_script(_PROGRESS)
+        self._checkpoint = client.register_script(_CHECKPOINT)
         self._epoch: str | None = None
         self._layout = LAYOUT  # the generation's key layout, from its epoch
         # The highest progress mark seen per partition: Redis holding less is a loss.
@@ -274,6 +334,17 @@ class RedisViewStore:
             Outcome.ERASED if int(indexed) == _ERASED_REPLY else outcome
             for outcome, indexed in zip(outcomes, scripts[len(changes) :], strict=True)
         ]
+
+    def apply_checkpoints(self, records: Sequence[CheckpointRecord]) -> None:
+        """Keep threads' checkpoints beside their views (`chatlog.projections.checkpoints`);
+        the projector calls it before `apply`, so a reader that sees a view's offset finds
+        the checkpoints up to it."""
+        if not records:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        _queue_checkpoints(self._checkpoint, pipe, self.keys, records, self.ttl_ms)
+        with redis_errors():
+            pipe.execute()
 
     def mark_progress(self, applied: Mapping[int, int]) -> None:
         if not applied:

@@ -44,6 +44,8 @@ from typing import Any
 
 from chatlog.schemas.errors import ForeignEvent, Undecryptable
 from chatlog.schemas.events import (
+    CheckpointSaved,
+    CheckpointWritesSaved,
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -370,6 +372,11 @@ def _changes(
         return {"status": SessionStatus.CLOSED, "closed_through": offset}
     if isinstance(payload, UserErased):
         return _erase(view)
+    if isinstance(payload, CheckpointSaved | CheckpointWritesSaved):
+        # A LangGraph thread's state: it makes the session (its owner, its partition, its
+        # offset, which read-your-writes waits on) but no message; the store keeps it
+        # beside the view (`chatlog.projections.checkpoints`).
+        return {}
     raise AssertionError(f"unhandled payload {type(payload).__name__}")  # pragma: no cover
 
 

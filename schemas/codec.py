@@ -30,6 +30,8 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from chatlog.schemas.errors import ConfigError, DecodeError, InvalidInput, UnknownSchema
 from chatlog.schemas.events import (
     READ_FROM_LOG,
+    CheckpointSaved,
+    CheckpointWritesSaved,
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -67,6 +69,8 @@ _PAYLOADS: dict[str, type[Payload]] = {
         SummaryUpdated,
         SessionClosed,
         UserErased,
+        CheckpointSaved,
+        CheckpointWritesSaved,
     )
 }
 _PAYLOAD_NAMES = {cls: name for name, cls in _PAYLOADS.items()}

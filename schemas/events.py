@@ -2,7 +2,8 @@
 
 An event is a fact that already happened, so its class is named in the past tense and
 it is immutable. `ConversationEvent` is the envelope every event shares (who, which
-session, when, written by what); `payload` is one of the six payload types. The models
+session, when, written by what); `payload` is one of the eight payload types (the last
+two, a LangGraph thread's checkpoints and pending writes, since schema v4). The models
 know nothing of Avro: `chatlog.schemas.codec` converts them to and from the wire format, and
 `schemas/avro/ConversationEvent.v*.avsc` is the language-neutral contract they mirror.
 """
@@ -28,6 +29,7 @@ from chatlog.schemas.errors import InvalidEvent, InvalidId, InvalidInput
 from chatlog.schemas.ids import new_id, validate_id
 
 __all__ = [
+    "MAX_CHECKPOINT_BYTES",
     "MAX_CONTENT_CHARS",
     "MAX_METADATA_KEYS",
     "MAX_METADATA_KEY_CHARS",
@@ -39,6 +41,9 @@ __all__ = [
     "MAX_TOOL_CALL_ARGUMENTS_BYTES",
     "MAX_TOOL_CALL_ID_CHARS",
     "READ_FROM_LOG",
+    "CheckpointSaved",
+    "CheckpointWrite",
+    "CheckpointWritesSaved",
     "ConversationEvent",
     "EventId",
     "MessageAppended",
@@ -97,6 +102,16 @@ MAX_METADATA_KEY_CHARS = 128
 MAX_METADATA_VALUE_BYTES = 8 * 1024
 MAX_TITLE_CHARS = 512
 MAX_REASON_CHARS = 1024
+
+# A LangGraph checkpoint (or one call's pending writes) travels as one record of the events
+# topic, so its serialized size is bounded by the broker's record limit: Kafka's default
+# `message.max.bytes` and the topic's `max.message.bytes` are 1,048,588 bytes, and the
+# local stack keeps that default. The serialized state is carried as base64 (4/3 of its
+# size) and sealed (29 bytes a field), beside the envelope and the metadata: 700 KiB of
+# serialized state is the most that still makes a record under 1 MB with room to spare.
+# Past it the saver refuses before anything is published (`InvalidEvent`); keep large
+# artefacts (files, embeddings) outside the graph's state and put their reference in it.
+MAX_CHECKPOINT_BYTES = 700 * 1024
 
 # The validation context under which the caps above are not applied: events read back
 # from the log (`chatlog.schemas.codec`), which were accepted by whatever wrote them.
@@ -225,8 +240,52 @@ class UserErased(_Value):
     reason: str | None = None
 
 
+class CheckpointSaved(_Value):
+    """A LangGraph checkpoint of the session's thread was saved (schema v4).
+
+    The session is the thread (`thread_id`); `checkpoint` and `metadata` are what the
+    saver's serializer made of them (`type` names its format, the bytes travel as base64
+    text), both sealed under the owner's key like a message's content. The ids and the
+    namespace stay clear: readers find a checkpoint by them.
+    """
+
+    checkpoint_ns: str = ""
+    checkpoint_id: str
+    parent_checkpoint_id: str | None = None
+    checkpoint_type: str
+    checkpoint: str
+    metadata_type: str
+    metadata: str
+
+
+class CheckpointWrite(_Value):
+    """One pending write of a task: a value for a channel (serialized, sealed)."""
+
+    channel: str
+    idx: int
+    value_type: str
+    value: str
+
+
+class CheckpointWritesSaved(_Value):
+    """A task's pending writes against one checkpoint of the thread (schema v4)."""
+
+    checkpoint_ns: str = ""
+    checkpoint_id: str
+    task_id: str
+    task_path: str = ""
+    writes: tuple[CheckpointWrite, ...] = ()
+
+
 Payload: TypeAlias = (
-    SessionStarted | MessageAppended | MessageRedacted | SummaryUpdated | SessionClosed | UserErased
+    SessionStarted
+    | MessageAppended
+    | MessageRedacted
+    | SummaryUpdated
+    | SessionClosed
+    | UserErased
+    | CheckpointSaved
+    | CheckpointWritesSaved
 )
 
 
@@ -342,6 +401,25 @@ def check_caps(payload: Payload, *, unbounded_prefix: str | None = None) -> None
         _cap_metadata(payload.metadata, unbounded_prefix)
     elif isinstance(payload, MessageRedacted | SessionClosed | UserErased):
         _cap_chars("payload.reason", payload.reason, MAX_REASON_CHARS, "MAX_REASON_CHARS")
+    elif isinstance(payload, CheckpointSaved):
+        _cap_state("payload.checkpoint", len(payload.checkpoint) + len(payload.metadata))
+    elif isinstance(payload, CheckpointWritesSaved):
+        _cap_state("payload.writes", sum(len(w.value) for w in payload.writes))
+
+
+def _cap_state(where: str, encoded: int) -> None:
+    # The fields hold base64 text: 4 characters for every 3 bytes of serialized state.
+    size = encoded * 3 // 4
+    if size > MAX_CHECKPOINT_BYTES:
+        _refuse(
+            where,
+            f"is {size} bytes of serialized state; the limit is {MAX_CHECKPOINT_BYTES} "
+            f"(MAX_CHECKPOINT_BYTES), what one Kafka record carries. Keep large artefacts "
+            f"(files, embeddings, documents) outside the graph's state and store their "
+            f"reference in it",
+            limit=MAX_CHECKPOINT_BYTES,
+            size=size,
+        )
 
 
 def _cap_metadata(metadata: Mapping[str, str], unbounded_prefix: str | None) -> None:

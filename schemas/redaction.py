@@ -47,7 +47,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chatlog.schemas.events import ConversationEvent, Redaction
+from chatlog.schemas.events import (
+    CheckpointSaved,
+    CheckpointWritesSaved,
+    ConversationEvent,
+    Redaction,
+)
 from chatlog.schemas.pii import Detector, Finding, Kind
 from chatlog.schemas.placeholders import NOT_JSON, json_of, token
 from chatlog.schemas.sealing import TOOL_CALLS, Mac, map_fields
@@ -130,6 +135,10 @@ class RedactionPolicy:
         redacted twice.
         """
         if self.mode is Mode.OFF or event.sealed is not None:
+            return event
+        if isinstance(event.payload, CheckpointSaved | CheckpointWritesSaved):
+            # Serialized graph state: a placeholder written into it would corrupt it.
+            # It is sealed whole instead, and erased with its owner.
             return event
         run = _Run(self.mode, self.redactor, mac, event.tokens)
         payload = map_fields(event.payload, run.field)

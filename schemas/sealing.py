@@ -3,8 +3,9 @@
 What is sealed? Every field that carries what a person wrote, or what is derived from
 it: a message's content, name, tool call names and arguments and metadata values; a
 session's title and metadata values; a summary; the reason of a redaction, a close or an
-erasure. Ids, event types, roles, timestamps and metadata *keys* stay clear: Kafka
-partitions by them, the projection routes by them, and none is a person's words.
+erasure; a LangGraph checkpoint, its metadata and each pending write's value. Ids, event
+types, roles, timestamps and metadata *keys* stay clear: Kafka partitions by them, the
+projection routes by them, and none is a person's words.
 
 How? AES-256-GCM (`cryptography`'s AEAD, no hand-made cryptography) under a `DataKey`
 that belongs to one (tenant, user). Each field is sealed on its own, with a fresh 96-bit
@@ -37,6 +38,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from chatlog.schemas.errors import InvalidInput, Undecryptable
 from chatlog.schemas.events import (
+    CheckpointSaved,
+    CheckpointWritesSaved,
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -55,6 +58,7 @@ __all__ = [
     "METADATA",
     "TOKENS",
     "TOOL_CALLS",
+    "WRITES",
     "DataKey",
     "KeyScope",
     "Mac",
@@ -79,6 +83,8 @@ METADATA = "metadata."
 # The original of a reversible placeholder (`ConversationEvent.tokens`, redaction's
 # tokenize mode) is sealed at ``tokens.<name>``: always sealed, never stored clear.
 TOKENS = "tokens."
+# A LangGraph write's value: ``writes.<index>.value``.
+WRITES = "writes."
 
 
 _MAC_LABEL = b"chatlog.mac.v1:"
@@ -372,6 +378,15 @@ def map_fields(
         update["metadata"] = _map_metadata(payload.metadata, convert)
     elif isinstance(payload, SummaryUpdated):
         update["summary"] = convert("summary", payload.summary)
+    elif isinstance(payload, CheckpointSaved):
+        # A graph's state holds the conversation (and whatever its tools fetched).
+        update["checkpoint"] = convert("checkpoint", payload.checkpoint)
+        update["metadata"] = convert("metadata", payload.metadata)
+    elif isinstance(payload, CheckpointWritesSaved):
+        update["writes"] = tuple(
+            write.model_copy(update={"value": convert(f"{WRITES}{i}.value", write.value)})
+            for i, write in enumerate(payload.writes)
+        )
     elif (
         isinstance(payload, MessageRedacted | SessionClosed | UserErased)
         and payload.reason is not None

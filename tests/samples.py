@@ -18,6 +18,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from chatlog.schemas.codec import EventCodec, schema_versions
 from chatlog.schemas.events import (
+    CheckpointSaved,
+    CheckpointWrite,
+    CheckpointWritesSaved,
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
@@ -79,6 +82,26 @@ PAYLOADS: list[Payload] = [
         redactions_through=57,
     ),
     UserErased(reason="GDPR article 17 request"),
+    # v4: a LangGraph thread's checkpoint and a task's pending writes (base64 of msgpack).
+    CheckpointSaved(
+        checkpoint_ns="",
+        checkpoint_id="1f0c2d6e-5d3a-6b2e-8001-1b2c3d4e5f60",
+        parent_checkpoint_id="1f0c2d6e-5d3a-6b2e-8000-1b2c3d4e5f60",
+        checkpoint_type="msgpack",
+        checkpoint="gqF2AaJpZA==",
+        metadata_type="msgpack",
+        metadata="gaZzb3VyY2WkbG9vcA==",
+    ),
+    CheckpointWritesSaved(
+        checkpoint_ns="tools:2",
+        checkpoint_id="1f0c2d6e-5d3a-6b2e-8001-1b2c3d4e5f60",
+        task_id="5f1e0a2b-0000-4000-8000-000000000001",
+        task_path="~__pregel_pull, tools",
+        writes=(
+            CheckpointWrite(channel="messages", idx=0, value_type="msgpack", value="kaJoaQ=="),
+            CheckpointWrite(channel="__interrupt__", idx=-3, value_type="null", value=""),
+        ),
+    ),
 ]
 
 

@@ -32,6 +32,7 @@ PURE_MODULES = [
     "chatlog.projections",
     "chatlog.projections.view",
     "chatlog.projections.access",
+    "chatlog.projections.checkpoints",
     "chatlog.projections.keys",
     "chatlog.projections.epochs",
     "chatlog.projections.encoding",

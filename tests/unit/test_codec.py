@@ -62,7 +62,10 @@ def test_a_registry_codec_reads_single_object_events_too():
 @pytest.mark.parametrize("version", [v.version for v in schema_versions()])
 def test_every_released_version_still_decodes(version):
     rows = json.loads(vector_file(version).read_text(encoding="utf-8"))
-    assert {row["payload_type"] for row in rows} == {type(p).__name__ for p in PAYLOADS}
+    # Every payload type of its day: the union grows (v4 added the LangGraph checkpoints),
+    # and the newest version's vectors hold every one.
+    held, known = {row["payload_type"] for row in rows}, {type(p).__name__ for p in PAYLOADS}
+    assert held == known if version == schema_versions()[-1].version else held <= known
     for row in rows:
         decoded = CODEC.decode(bytes.fromhex(row["bytes"]))
         assert type(decoded.payload).__name__ == row["payload_type"]
