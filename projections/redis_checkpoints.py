@@ -27,6 +27,7 @@ from chatlog.projections.checkpoints import CheckpointKind
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_store import CHECKPOINT_FIELD_SEP as _SEP
 from chatlog.projections.redis_store import redis_errors, text
+from chatlog.schemas.errors import ConfigError
 
 __all__ = ["LatestCheckpoint", "RedisCheckpoints"]
 
@@ -52,7 +53,9 @@ class RedisCheckpoints:
         """The namespace's newest checkpoint, None if the thread has none there."""
         with redis_errors():
             stored = self.client.hgetall(self._keys().checkpoints(session_id))
-        fields = {text(name): value for name, value in stored.items()}
+        # Events are binary: a client that decodes replies cannot read them (chatlog's
+        # clients never do).
+        fields: dict[str, bytes] = {text(name): _binary(value) for name, value in stored.items()}
         saved = fields.get(f"{CheckpointKind.SAVED.value}{_SEP}{checkpoint_ns}")
         if saved is None:
             return None
@@ -62,7 +65,7 @@ class RedisCheckpoints:
             for name, value in fields.items()
             if name.startswith(prefix)
         )
-        return LatestCheckpoint(bytes(saved), tuple(bytes(value) for _, value in writes))
+        return LatestCheckpoint(saved, tuple(value for _, value in writes))
 
     def latest_id(self, session_id: str, checkpoint_ns: str) -> str | None:
         """The id of the namespace's newest checkpoint."""
@@ -86,3 +89,13 @@ class RedisCheckpoints:
         with redis_errors():
             found = self.client.hget(self._keys().checkpoint_index(session_id), "first")
         return None if found is None else int(found)
+
+
+def _binary(value: bytes | str) -> bytes:
+    if isinstance(value, str):
+        raise ConfigError(
+            "the Redis client decodes replies (decode_responses=True), but checkpoints are "
+            "binary: build it with chatlog.wiring.redis_client(settings)",
+            setting="redis_client",
+        )
+    return value

@@ -181,7 +181,8 @@ _ERASED_REPLY = 4
 CHECKPOINT_FIELD_SEP = "\x00"
 
 _CHECKPOINT = r"""
-local kind, ns, id, offset, value, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local kind, ns, id, offset, value = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ttl = tonumber(ARGV[6])
 if kind == 'e' then
   redis.call('DEL', KEYS[1], KEYS[2])
   return 0
@@ -228,7 +229,6 @@ def _queue_checkpoints(
             ],
             client=pipe,
         )
-
 
 
 class RedisViewStore:

@@ -87,6 +87,8 @@ __all__ = ["ChatlogCheckpointSaver"]
 
 DELETE_REASON = "deleted through LangGraph (ChatlogCheckpointSaver.delete_thread)"
 
+_Events = list[tuple[ConversationEvent, Position]]  # `list` is a method name in the class
+
 # Positions of this process's writes per thread, shared by every saver of the process:
 # LangGraph may build a new saver per request, and a read must still wait for the write.
 _BOOK = PositionBook()
@@ -272,7 +274,7 @@ class ChatlogCheckpointSaver(BaseCheckpointSaver[int]):
         self,
         config: RunnableConfig | None,
         *,
-        filter: dict[str, Any] | None = None,  # noqa: A002 - LangGraph's name
+        filter: dict[str, Any] | None = None,
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
@@ -313,7 +315,7 @@ class ChatlogCheckpointSaver(BaseCheckpointSaver[int]):
             ):
                 continue
             found = self._tuple(thread, saved, item.writes)
-            if any(found.metadata.get(k) != v for k, v in wanted.items()):  # type: ignore[misc]
+            if any(found.metadata.get(k) != v for k, v in wanted.items()):
                 continue
             if limit is not None and listed >= limit:
                 return
@@ -334,16 +336,14 @@ class ChatlogCheckpointSaver(BaseCheckpointSaver[int]):
         except SessionNotFound:
             return None
 
-    def _log_events(
-        self, thread: _Thread, context: Context, start: int
-    ) -> list[tuple[ConversationEvent, Position]]:
+    def _log_events(self, thread: _Thread, context: Context, start: int) -> _Events:
         """The owner's events of the thread from `start` on, read from the log and opened."""
         events, _ = self.history.session_events(
             thread.session_id, partition=context.position.partition, start=start
         )
         return [(e, at) for e, at in events if KeyScope.of(e) == thread.owner]
 
-    def _open(self, stored: Iterable[bytes]) -> list[ConversationEvent]:
+    def _open(self, stored: Iterable[bytes]) -> Sequence[ConversationEvent]:
         """Events stored in Redis as logged (sealed), decoded and opened."""
         events = [self.history.codec.decode(value) for value in stored]
         if self.history.opener is None:
@@ -411,7 +411,7 @@ class ChatlogCheckpointSaver(BaseCheckpointSaver[int]):
         self,
         config: RunnableConfig | None,
         *,
-        filter: dict[str, Any] | None = None,  # noqa: A002 - LangGraph's name
+        filter: dict[str, Any] | None = None,
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
