@@ -228,16 +228,42 @@ class ChatlogCheckpointSaver(BaseCheckpointSaver[int]):
             return
         self.book.note(thread.key, position)
 
-    def _publish(self, thread: _Thread, payload: Payload) -> None:
-        # Built (and so checked against the caps) before the claim: a refused checkpoint
-        # claims nothing either.
-        event = new_event(
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint of the source thread, with its writes, to the target
+        thread (both the saver's user's), in the source's order: read from the log,
+        published again to the target's log (sealed for it). Nothing to copy from a thread
+        that does not exist or is not the user's."""
+        source = self._thread({"configurable": {"thread_id": source_thread_id}})
+        target = self._thread({"configurable": {"thread_id": target_thread_id}})
+        context = self._visible(source)
+        first = None if context is None else self.checkpoints.first_offset(source.session_id)
+        if context is None or first is None:
+            return
+        history = thread_history(self._log_events(source, context, first))
+        payloads: list[Payload] = []
+        for item in sorted(history.values(), key=lambda c: c.position.offset):
+            payloads += [item.saved, *item.writes]
+        events = [self._event(target, payload) for payload in payloads]
+        if not events:
+            return
+        if self.log.claims is not None:
+            self.log.claims.claim(target.owner, target.session_id)
+        positions = self.log.producer.publish_many(events)
+        self.book.note(target.key, positions[-1])
+
+    def _event(self, thread: _Thread, payload: Payload) -> ConversationEvent:
+        return new_event(
             thread.session_id,
             user_id=thread.owner.user_id,
             payload=payload,
             tenant=thread.owner.tenant,
             producer=self.log.producer.info,
         )
+
+    def _publish(self, thread: _Thread, payload: Payload) -> None:
+        # Built (and so checked against the caps) before the claim: a refused checkpoint
+        # claims nothing either.
+        event = self._event(thread, payload)
         if self.log.claims is not None:
             self.log.claims.claim(thread.owner, thread.session_id)
         self.book.note(thread.key, self.log.producer.publish(event))
@@ -445,6 +471,10 @@ class ChatlogCheckpointSaver(BaseCheckpointSaver[int]):
     async def adelete_thread(self, thread_id: str) -> None:
         """`delete_thread`, in a worker thread."""
         await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """`copy_thread`, in a worker thread."""
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
 
 
 def _namespace(config: RunnableConfig) -> str:
