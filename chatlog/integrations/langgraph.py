@@ -67,7 +67,7 @@ from chatlog.client import ChatLog
 from chatlog.integrations.positions import PositionBook, SessionKey
 from chatlog.processors.kafka_history import KafkaHistory
 from chatlog.producers.commands import new_event
-from chatlog.projections.checkpoints import pending_writes, thread_history
+from chatlog.projections.checkpoints import ThreadCheckpoint, pending_writes, thread_history
 from chatlog.projections.context import Context
 from chatlog.projections.opening import ERASED
 from chatlog.projections.redis_checkpoints import RedisCheckpoints
@@ -235,11 +235,7 @@ class ChatlogCheckpointSaver(BaseCheckpointSaver[int]):
         that does not exist or is not the user's."""
         source = self._thread({"configurable": {"thread_id": source_thread_id}})
         target = self._thread({"configurable": {"thread_id": target_thread_id}})
-        context = self._visible(source)
-        first = None if context is None else self.checkpoints.first_offset(source.session_id)
-        if context is None or first is None:
-            return
-        history = thread_history(self._log_events(source, context, first))
+        history = self._history(source)
         payloads: list[Payload] = []
         for item in sorted(history.values(), key=lambda c: c.position.offset):
             payloads += [item.saved, *item.writes]
@@ -323,14 +319,10 @@ class ChatlogCheckpointSaver(BaseCheckpointSaver[int]):
         before: RunnableConfig | None,
         limit: int | None,
     ) -> Iterator[CheckpointTuple]:
-        context = self._visible(thread)
-        first = None if context is None else self.checkpoints.first_offset(thread.session_id)
-        if context is None or first is None:
-            return
+        history = self._history(thread)
         namespace = config.get("configurable", {}).get("checkpoint_ns")
         only = get_checkpoint_id(config)
         until = None if before is None else get_checkpoint_id(before)
-        history = thread_history(self._log_events(thread, context, first))
         listed = 0
         for item in sorted(history.values(), key=lambda c: c.saved.checkpoint_id, reverse=True):
             saved = item.saved
@@ -347,6 +339,15 @@ class ChatlogCheckpointSaver(BaseCheckpointSaver[int]):
                 return
             listed += 1
             yield found
+
+    def _history(self, thread: _Thread) -> dict[tuple[str, str], ThreadCheckpoint]:
+        """Every checkpoint of the thread, read from the log from its first one (none for
+        a thread that is missing, erased or another's)."""
+        context = self._visible(thread)
+        first = None if context is None else self.checkpoints.first_offset(thread.session_id)
+        if context is None or first is None:
+            return {}
+        return thread_history(self._log_events(thread, context, first))
 
     def _visible(self, thread: _Thread) -> Context | None:
         """The thread's session once the projector has applied this process's last write

@@ -87,7 +87,7 @@ def test_the_bound_fits_the_brokers_record_limit_and_a_bigger_checkpoint_is_refu
         saver.put(thread, _checkpoint(blob=b"x" * (MAX_CHECKPOINT_BYTES + 1)), {}, {"blob": 1})
     assert refused.value.context["limit"] == MAX_CHECKPOINT_BYTES
     assert "nothing was published" in refused.value.message
-    with pytest.raises(InvalidEvent, match="payload.writes"):
+    with pytest.raises(InvalidEvent, match=r"payload\.writes"):
         saver.put_writes(
             {"configurable": {**thread["configurable"], "checkpoint_id": "c1"}},
             [("big", b"y" * (MAX_CHECKPOINT_BYTES + 1))],
@@ -163,7 +163,8 @@ def test_a_read_waits_for_the_projector_to_apply_its_own_write(kafka, redis_url,
             reader.join(timeout=90)
     finally:
         log.close()
-    assert found and found[0].checkpoint["channel_values"] == {"step": 1}
+    assert len(found) == 1
+    assert found[0].checkpoint["channel_values"] == {"step": 1}
 
 
 def test_delete_thread_erases_the_session_and_erasing_the_user_leaves_nothing(

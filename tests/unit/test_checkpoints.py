@@ -124,7 +124,8 @@ def test_the_projector_makes_the_session_and_hands_the_thread_to_a_sink():
     ]
     ProjectionCore(sink, codec=codec).handle(records)
     view = sink.load(["thread-1"])["thread-1"]
-    assert view is not None and view.user_id == "alice" and view.status is SessionStatus.ERASED
+    assert view is not None
+    assert (view.user_id, view.status) == ("alice", SessionStatus.ERASED)
     assert [(r.kind, r.checkpoint_ns, r.checkpoint_id) for r in sink.records] == [
         (CheckpointKind.SAVED, "child:1", "c1"),
         (CheckpointKind.WRITES, "", "c1"),
