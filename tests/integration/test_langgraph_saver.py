@@ -13,9 +13,11 @@ import redis
 from confluent_kafka.admin import ConfigResource
 from langgraph.checkpoint.base import empty_checkpoint
 
+from chatlog import wiring
 from chatlog.client import ChatLog
 from chatlog.integrations.langgraph import ChatlogCheckpointSaver
 from chatlog.integrations.positions import PositionBook
+from chatlog.processors.replay import rebuild
 from chatlog.schemas.errors import InvalidEvent, OwnershipError, ReadTimeout, SessionNotFound
 from chatlog.schemas.events import MAX_CHECKPOINT_BYTES
 from tests.processes import delete_prefix, running_projector, unique_settings
@@ -189,3 +191,21 @@ def test_delete_thread_erases_the_session_and_erasing_the_user_leaves_nothing(
         assert list(client.scan_iter(f"{stack.redis_prefix}:*{{{thread}}}*")) == []
     finally:
         client.close()
+
+
+def test_a_replay_rebuilds_the_threads_checkpoints_from_the_log(stack, log, projector):
+    saver = ChatlogCheckpointSaver(log, user_id="replayed-lg")
+    first = saver.put(_thread(), _checkpoint(step=1), {"step": 1}, {"step": 1})
+    second_config = {"configurable": {**first["configurable"]}}
+    second = saver.put(second_config, _checkpoint(step=2), {"step": 2}, {"step": 1})
+    saver.put_writes(second, [("step", 3)], "task-1")
+    assert saver.get_tuple(second).pending_writes == [("task-1", "step", 3)]
+
+    report = rebuild(wiring.replay_parts(stack), handover_s=0.5)
+    assert report.generation != "g1"
+    log.reader.keys(refresh=True)
+    thread = {"configurable": {"thread_id": first["configurable"]["thread_id"]}}
+    latest = saver.get_tuple(thread)  # from the new generation's hashes
+    assert latest.config == second
+    assert latest.pending_writes == [("task-1", "step", 3)]
+    assert [t.metadata["step"] for t in saver.list(thread)] == [2, 1]
