@@ -40,7 +40,7 @@ def stack(kafka, redis_url):
     delete_prefix(redis_url, prefix)
 
 
-def test_every_base_capability_of_the_conformance_suite_passes(stack, capsys):
+def test_every_base_capability_of_the_conformance_suite_passes(stack):
     # One user per run: the suite makes a hundred threads, all of one owner.
     user = f"lg-{uuid.uuid4().hex[:8]}"
     log = ChatLog.from_settings(stack, flush_on_sigterm=False)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from chatlog.processors.projection import ProjectionCore, Record
@@ -133,3 +136,15 @@ def test_the_projector_makes_the_session_and_hands_the_thread_to_a_sink():
     ]
     assert sink.records[0].value == records[0].value  # stored as logged
     assert checkpoint_records("thread-1", [], {}) == []
+
+
+def test_the_saver_without_langgraph_names_the_extra_to_install():
+    code = (
+        "import sys; sys.modules['langgraph'] = None\n"
+        "try:\n"
+        "    import chatlog.integrations.langgraph\n"
+        "except ImportError as missing:\n"
+        "    print(missing)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert "pip install 'chatlog-memory[langgraph]'" in done.stdout, done.stderr
