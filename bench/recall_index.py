@@ -9,8 +9,9 @@ indexer would), then reports the index's memory per 1,000 vectors (FT.INFO's vec
 index and the documents' MEMORY USAGE, sampled), and the latency of a search as the
 recall API makes it: the 5 nearest turns of one user (p50 and p99 over 1,000 searches,
 one client, wall time around the call). Each is run with the vectors spread over 100
-users, and with one user holding them all (the worst case of the filter). The Redis is ``CHATLOG_RECALL_REDIS_URL``, else the local
-stack's; everything is written under ``bench-recall:<run>`` and dropped at the end.
+users, and with one user holding them all (the worst case of the filter). The Redis is
+``CHATLOG_RECALL_REDIS_URL``, else the local stack's; everything is written under
+``bench-recall:<run>`` and dropped at the end.
 """
 
 from __future__ import annotations

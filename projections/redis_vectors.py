@@ -285,12 +285,9 @@ def _documents(reply: Any) -> list[dict[str, Any]]:
     if isinstance(reply, dict):
         reply = {text(k): v for k, v in reply.items()}
         documents = ({text(k): v for k, v in doc.items()} for doc in reply["results"])
-        return [
-            {text(k): v for k, v in doc["extra_attributes"].items()} for doc in documents
-        ]
+        return [{text(k): v for k, v in doc["extra_attributes"].items()} for doc in documents]
     return [
-        {text(fields[i]): fields[i + 1] for i in range(0, len(fields), 2)}
-        for fields in reply[2::2]
+        {text(fields[i]): fields[i + 1] for i in range(0, len(fields), 2)} for fields in reply[2::2]
     ]
 
 
@@ -312,6 +309,12 @@ def _check(state: IndexState, model: EmbeddingModel) -> None:
     mismatch = model_mismatch(state.generation, built_with, model)
     if mismatch is not None:
         raise mismatch
+
+
+def _command(client: redis.Redis | Any, *args: Any) -> Any:
+    """`execute_command` (untyped in redis-py) on a client or a pipeline: the search
+    module's commands (FT._LIST, FT.SEARCH, FT.DROPINDEX) have no typed method."""
+    return client.execute_command(*args)
 
 
 def _is_missing_index(exc: redis.ResponseError) -> bool:
@@ -352,7 +355,7 @@ class RedisVectorIndex:
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.keys.recall_meta)
             pipe.hgetall(self.keys.recall_progress)
-            pipe.execute_command("FT._LIST")
+            _command(pipe, "FT._LIST")
             meta, marks, names = pipe.execute()
         return IndexState(
             self.keys.generation,
@@ -367,7 +370,7 @@ class RedisVectorIndex:
         `RecallIndexLost` when Redis holds one without the other."""
         state = self.state()
         if not state.exists and not state.meta:
-            meta = {
+            meta: dict[str, str | int] = {
                 "model": self.model.name,
                 "dimension": self.model.dimension,
                 "algorithm": self.algorithm,
@@ -396,7 +399,7 @@ class RedisVectorIndex:
         """Delete the index, its documents, metadata and progress (before a rebuild)."""
         with redis_errors():
             try:
-                self.client.execute_command("FT.DROPINDEX", self.name, "DD")
+                _command(self.client, "FT.DROPINDEX", self.name, "DD")
             except redis.ResponseError as exc:
                 if not _is_missing_index(exc):
                     raise
@@ -480,7 +483,7 @@ class RedisVectorIndex:
         with redis_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.keys.recall_meta)
-            pipe.execute_command(*command)
+            _command(pipe, *command)
             try:
                 meta, reply = pipe.execute()
             except redis.ResponseError as exc:
@@ -494,7 +497,8 @@ class RedisVectorIndex:
     def info(self) -> dict[str, Any]:
         """FT.INFO of the index (documents, memory), for the operator and the benchmark."""
         with redis_errors():
-            return self._index.info()
+            info: dict[str, Any] = self._index.info()
+        return info
 
 
 class AsyncRedisVectorSearch:
@@ -529,7 +533,7 @@ class AsyncRedisVectorSearch:
         with redis_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.keys.recall_meta)
-            pipe.execute_command(*command)
+            _command(pipe, *command)
             try:
                 meta, reply = await pipe.execute()
             except redis.ResponseError as exc:
@@ -545,7 +549,7 @@ def recall_generations(client: redis.Redis, *, prefix: str) -> list[str]:
     """The generations that have a recall index on this server, under `prefix`."""
     head, tail = f"{prefix}:", ":recall"
     with redis_errors():
-        names = [text(n) for n in client.execute_command("FT._LIST")]
+        names = [text(n) for n in _command(client, "FT._LIST")]
     return sorted(
         n[len(head) : -len(tail)]
         for n in names

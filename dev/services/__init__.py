@@ -237,10 +237,9 @@ def _node_id(stack: state.StackState, name: str) -> int | None:
 def _answers(stack: state.StackState) -> bool:
     # Redis first: it answers in milliseconds, Kafka's check may wait a few seconds. A
     # stack recorded before the recall index had none: `up` adds it.
-    return (
-        all(redis_local.redis_answers(server) for server in _redis_nodes(stack).values())
-        and kafka_local.kafka_answers(stack.kafka)
-    )
+    return all(
+        redis_local.redis_answers(server) for server in _redis_nodes(stack).values()
+    ) and kafka_local.kafka_answers(stack.kafka)
 
 
 def _reuse(stack: state.StackState, *, brokers: int) -> Addresses:
@@ -251,8 +250,7 @@ def _reuse(stack: state.StackState, *, brokers: int) -> Addresses:
             brokers=stack.kafka.brokers,
         )
     _log.info(
-        "reusing the running stack: kafka at %s (pid %s), redis at %s (pid %d), "
-        "redis-stack at %s",
+        "reusing the running stack: kafka at %s (pid %s), redis at %s (pid %d), redis-stack at %s",
         stack.kafka.bootstrap,
         ", ".join(map(str, stack.kafka.pids)),
         stack.redis.url,

@@ -80,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
         "`start NODE` brings it back. `up` would instead replace a stack with a node down "
         "by a fresh one.",
     )
-    halt.add_argument("node", metavar="NODE", help="kafka-1, kafka-2, kafka-3, redis or redis-stack")
+    halt.add_argument(
+        "node", metavar="NODE", help="kafka-1, kafka-2, kafka-3, redis or redis-stack"
+    )
     halt.add_argument(
         "--kill", action="store_true", help="SIGKILL, as a crash would (default: SIGTERM)"
     )
@@ -93,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
         "on what it missed. Redis runs without persistence, so it comes back EMPTY: to "
         "chatlog's projector that is data loss (see docs/replay.md), not an outage.",
     )
-    resume.add_argument("node", metavar="NODE", help="kafka-1, kafka-2, kafka-3, redis or redis-stack")
+    resume.add_argument(
+        "node", metavar="NODE", help="kafka-1, kafka-2, kafka-3, redis or redis-stack"
+    )
     resume.set_defaults(run=_start_node)
     return parser
 

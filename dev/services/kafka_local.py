@@ -31,7 +31,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
 import re
 import shutil
 import subprocess

@@ -74,8 +74,7 @@ def security_archive() -> str:
         except OSError:
             continue
         for line in text.splitlines():
-            line = line.split("#", 1)[0]
-            match = _SECURITY_URI.search(line)
+            match = _SECURITY_URI.search(line.split("#", 1)[0])
             if match is not None:
                 return match.group().rstrip("/")
     raise ServiceError(

@@ -172,7 +172,9 @@ def read_state(*, state_dir: Path) -> StackState | None:
             ),
             redis=_redis_state(redis),
             master_key_file=str(record.get("master_key_file", "")),
-            recall_redis=_redis_state(record["recall_redis"]) if record.get("recall_redis") else None,
+            recall_redis=_redis_state(record["recall_redis"])
+            if record.get("recall_redis")
+            else None,
         )
     except FileNotFoundError:
         return None

@@ -15,6 +15,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from chatlog.producers.commands import append_message
 from chatlog.projections.epochs import Lost
 from chatlog.projections.opening import ViewOpener
 from chatlog.projections.recall import EmbeddingModel, IndexedTurn
@@ -25,7 +26,6 @@ from chatlog.projections.redis_vectors import (
     erase_user,
     recall_generations,
 )
-from chatlog.producers.commands import append_message
 from chatlog.projections.view import Message, SealedFields, SessionView, message_of
 from chatlog.schemas.errors import EmbeddingModelMismatch, InvalidInput, RecallIndexLost
 from chatlog.schemas.events import MessageAppended
@@ -97,7 +97,8 @@ def test_a_search_finds_the_nearest_turns_of_that_user_only(index):
     assert hits[0].score > hits[1].score > hits[2].score
     assert hits[0].session_id == "a1"
     assert hits[0].message.content == "turn 1"
-    assert hits[0].position.partition == 1 and hits[0].position.offset == 1
+    assert hits[0].position.partition == 1
+    assert hits[0].position.offset == 1
     # One session only.
     hits = index.search(axis(0), tenant="acme", user_id="alice", session_id="a2", k=5)
     assert [h.message.message_id for h in hits] == ["m3"]
@@ -159,7 +160,9 @@ def test_delete_paths(index, client, prefix):
     assert ids == {"m2", "m3"}
     # A session's erasure: in every generation.
     # g1 still holds m2 of it, g2 both m1 and m2.
-    assert erase_session(client, prefix=prefix, tenant="acme", user_id="alice", session_id="a1") == 3
+    assert (
+        erase_session(client, prefix=prefix, tenant="acme", user_id="alice", session_id="a1") == 3
+    )
     for built in (index, g2):
         ids = {h.message.message_id for h in built.search(axis(0), tenant="acme", user_id="alice")}
         assert ids == {"m3"}
@@ -211,7 +214,8 @@ def test_a_lost_index_is_detected(index, client, prefix):
     index.drop()
     assert index.state().assess({}) == "fresh"
     verdict = index.state().assess({0: 6})
-    assert isinstance(verdict, Lost) and "offset 5" in verdict.reason
+    assert isinstance(verdict, Lost)
+    assert "offset 5" in verdict.reason
     with pytest.raises(RecallIndexLost, match="holds no recall index"):
         index.search(axis(0), tenant="acme", user_id="alice")
     # A writer that read the epoch before the loss writes nothing into a rebuilt index.
@@ -230,9 +234,9 @@ def test_generations_are_separate_indexes(index, client, prefix):
     index.apply([turn("alice", "a1", 1, axis(0))])
     g2.apply([turn("alice", "a1", 2, axis(0))])
     assert recall_generations(client, prefix=prefix) == ["g1", "g2"]
-    assert [h.message.message_id for h in index.search(axis(0), tenant="acme", user_id="alice")] == [
-        "m1"
-    ]
+    assert [
+        h.message.message_id for h in index.search(axis(0), tenant="acme", user_id="alice")
+    ] == ["m1"]
     assert [h.message.message_id for h in g2.search(axis(0), tenant="acme", user_id="alice")] == [
         "m2"
     ]
