@@ -1,7 +1,7 @@
 """``python -m bench.recall_index``: the recall index's cost, HNSW beside FLAT.
 
     python -m bench.recall_index                       # 10,000 vectors of 384 and of 64 numbers
-    python -m bench.recall_index --vectors 100000 --dims 384
+    python -m bench.recall_index --vectors 100000 --dims 384 --algorithms FLAT --users 100
 
 For each algorithm and dimension it fills one fresh index (random unit vectors spread
 over 100 users of one tenant, written in batches through `RedisVectorIndex.apply`, as an
@@ -110,6 +110,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--vectors", type=int, default=10_000)
     parser.add_argument("--dims", type=int, nargs="+", default=[384, 64])
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
+    parser.add_argument(
+        "--users", type=int, nargs="+", default=[_USERS, 1], help="users the vectors belong to"
+    )
     args = parser.parse_args()
     client = redis.Redis.from_url(Settings.from_env().recall_redis)
     print(
@@ -118,8 +122,8 @@ def main() -> None:
         f"{'p99 ms':>7}"
     )
     for dimension in args.dims:
-        for algorithm in ALGORITHMS:
-            for users in (_USERS, 1):
+        for algorithm in args.algorithms:
+            for users in args.users:
                 r = run(
                     client,
                     vectors=args.vectors,
