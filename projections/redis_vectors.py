@@ -55,10 +55,16 @@ from typing import Any
 import redis
 import redis.asyncio
 from redis.commands.search.query import Query
-from redisvl.index import SearchIndex
-from redisvl.query import VectorQuery
-from redisvl.query.filter import FilterExpression, Tag
-from redisvl.schema import IndexSchema
+
+from chatlog.schemas.errors import InvalidInput, MissingExtra, RecallIndexLost
+
+try:
+    from redisvl.index import SearchIndex
+    from redisvl.query import VectorQuery
+    from redisvl.query.filter import FilterExpression, Tag
+    from redisvl.schema import IndexSchema
+except ImportError as missing:
+    raise MissingExtra.needs("recall", "the recall index", missing) from missing
 
 from chatlog.projections.encoding import decode_message, encode_message
 from chatlog.projections.epochs import LOST, StartVerdict, assess_start, lost_epoch
@@ -73,7 +79,6 @@ from chatlog.projections.recall import (
     vector_bytes,
 )
 from chatlog.projections.redis_store import redis_errors, text, text_map
-from chatlog.schemas.errors import InvalidInput, RecallIndexLost
 
 __all__ = [
     "DEFAULT_ALGORITHM",

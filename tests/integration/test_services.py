@@ -300,7 +300,8 @@ def test_a_stack_recorded_before_the_recall_index_gets_one_on_up(tmp_path):
             addresses.kafka_bootstrap,
             addresses.redis_url,
         )
-        assert upgraded.recall_redis_url and _pings(upgraded.recall_redis_url)
+        assert upgraded.recall_redis_url
+        assert _pings(upgraded.recall_redis_url)
         assert _recorded(tmp_path)["kafka"] == record["kafka"]
     finally:
         services.down(state_dir=tmp_path)

@@ -43,7 +43,8 @@ def test_a_mismatch_names_both_models_and_the_fix(wanted):
     assert isinstance(error, EmbeddingModelMismatch)
     assert isinstance(error, ConfigError)  # refuses to start, as a bad setting does
     assert "generation g3" in error.message
-    assert str(MODEL) in error.message and str(wanted) in error.message
+    assert str(MODEL) in error.message
+    assert str(wanted) in error.message
     assert "chatlog replay" in error.message
     assert error.context["index_dimension"] == 4
 
