@@ -178,7 +178,7 @@ class IndexState:
             return f"it was marked lost ({epoch[len(LOST) :]})"
         if self.exists and epoch is None:
             return "its metadata (embedding model, epoch) is gone from Redis"
-        if epoch is not None and not self.exists:
+        if self.meta and not self.exists:
             return "its search index is gone from Redis (a restart, a flush, or FT.DROPINDEX)"
         return None
 
@@ -269,9 +269,14 @@ class _Knn:
             *params,
         ]
 
-    def hits(self, meta: Mapping[Any, Any], reply: Any) -> list[RecallHit]:
-        state = IndexState(self.keys.generation, exists=True, meta=text_map(dict(meta)))
+    def hits(self, meta: Mapping[Any, Any], reply: Any | None) -> list[RecallHit]:
+        """The hits of a search's reply (None: Redis answered that the index does not
+        exist), once the metadata read beside it says the index may be used."""
+        state = IndexState(
+            self.keys.generation, exists=reply is not None, meta=text_map(dict(meta))
+        )
         _check(state, self.model)
+        assert reply is not None  # _check refused an index that does not exist
         hits = []
         for doc in _documents(reply):
             hits.append(
@@ -498,8 +503,6 @@ class RedisVectorIndex:
                 if not _is_missing_index(exc):
                     raise
                 meta, reply = self.client.hgetall(self.keys.recall_meta), None
-        if reply is None:
-            _check(IndexState(self.keys.generation, exists=False, meta=text_map(meta)), self.model)
         return self._knn.hits(meta, reply)
 
     def info(self) -> dict[str, Any]:
@@ -548,8 +551,6 @@ class AsyncRedisVectorSearch:
                 if not _is_missing_index(exc):
                     raise
                 meta, reply = await self.client.hgetall(self.keys.recall_meta), None
-        if reply is None:
-            _check(IndexState(self.keys.generation, exists=False, meta=text_map(meta)), self.model)
         return self._knn.hits(meta, reply)
 
 
