@@ -19,6 +19,12 @@ How it works, step by step:
 4. Run. `kafka.Kafka server.properties` in its own session, detached from this process.
 5. Ready. An AdminClient's `describe_cluster()` reports every broker.
 
+A one-node cluster may also get TLS listeners (`TlsListeners`, for the secure-transport
+tests): an SSL listener that asks for a client certificate, and a SASL_SSL listener
+taking PLAIN and SCRAM-SHA-256/512, whose users are written at format time
+(``--add-scram``). Both read the caller's PEM files (``ssl.keystore.type=PEM``); the
+PLAINTEXT listener stays, for the broker's own readiness check and the tests' set-up.
+
 One node can be stopped and started again on its own (`stop_kafka_node`,
 `restart_kafka_node`), for fault drills: the restart runs the same `server.properties`
 on the same ports and log dir, with no format, so the node rejoins the cluster it left
@@ -57,6 +63,7 @@ from dev.services.state import (
 
 __all__ = [
     "KAFKA_VERSION",
+    "TlsListeners",
     "ensure_jars",
     "ensure_tool_jars",
     "kafka_answers",
@@ -117,6 +124,43 @@ class _Node:
         return str(self.config_file)
 
 
+@dataclass(frozen=True)
+class TlsListeners:
+    """Two more listeners of a one-node cluster, on ports the caller chose."""
+
+    ssl_port: int  # SSL, with a client certificate required
+    sasl_ssl_port: int  # SASL_SSL: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
+    keystore: Path  # PEM: the broker's private key (PKCS#8, unencrypted), then its certificate
+    truststore: Path  # PEM: the CA that signs the clients' certificates
+    users: tuple[tuple[str, str], ...]  # (name, password): SASL users, every mechanism
+
+    def properties(self) -> list[str]:
+        """The lines of server.properties that set the two listeners up."""
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.users)
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return [
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.keystore}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.truststore}",
+            "listener.name.ssl.ssl.client.auth=required",
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+        ]
+
+    def scram_arguments(self) -> list[str]:
+        """StorageTool format's arguments that create the SCRAM users."""
+        return [
+            argument
+            for name, password in self.users
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+
+
 def ensure_jars(*, version: str = KAFKA_VERSION) -> Path:
     """The folder holding every jar the broker needs, fetched with Maven on first use."""
     return _ensure(_POM, "libs", expect="kafka_2.13-*.jar", version=version)
@@ -168,21 +212,27 @@ def _fetch_jars(
     log.info("fetched %d jars in %.1f s into %s", count, time.monotonic() - started, libs)
 
 
-def start_kafka(*, brokers: int, base_dir: Path, timeout: float = 90.0) -> KafkaState:
+def start_kafka(
+    *, brokers: int, base_dir: Path, timeout: float = 90.0, tls: TlsListeners | None = None
+) -> KafkaState:
     """Fetch, configure, format and start a `brokers`-node cluster; wait until it answers.
 
     Node directories `base_dir/kafka-<id>` are wiped first. If the cluster does not come
     up, the nodes started are stopped again and ServiceError carries their log tails.
+    With `tls` (one node only) the node also listens with SSL and SASL_SSL.
     """
     if brokers not in (1, 3):
         raise ServiceError(f"brokers must be 1 or 3, not {brokers}", brokers=brokers)
+    if tls is not None and brokers != 1:
+        raise ServiceError("TLS listeners are for a one-node cluster", brokers=brokers)
     libs = ensure_jars()
     java = _require_tool("java", package="openjdk-17-jre-headless")
     nodes = _plan_nodes(brokers=brokers, base_dir=base_dir)
     for node in nodes:
-        node.config_file.write_text(_server_properties(node, nodes), encoding="utf-8")
+        node.config_file.write_text(_server_properties(node, nodes, tls), encoding="utf-8")
     cluster_id = _random_uuid(java=java, libs=libs, log_dir=nodes[0].directory)
-    _format_all(nodes, java=java, libs=libs, cluster_id=cluster_id)
+    scram = tls.scram_arguments() if tls is not None else []
+    _format_all(nodes, java=java, libs=libs, cluster_id=cluster_id, extra=scram)
     state = _launch(nodes, java=java, libs=libs, cluster_id=cluster_id)
     started = time.monotonic()
     try:
@@ -381,7 +431,7 @@ def _plan_nodes(*, brokers: int, base_dir: Path) -> list[_Node]:
     return nodes
 
 
-def _server_properties(node: _Node, nodes: Sequence[_Node]) -> str:
+def _server_properties(node: _Node, nodes: Sequence[_Node], tls: TlsListeners | None) -> str:
     replicas = len(nodes)
     min_isr = 1 if replicas == 1 else 2
     if replicas == 1:
@@ -390,6 +440,10 @@ def _server_properties(node: _Node, nodes: Sequence[_Node]) -> str:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
         quorum = f"controller.quorum.voters={voters}"
     listeners = f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if tls is not None:
+        listeners += f",SSL://127.0.0.1:{tls.ssl_port},SASL_SSL://127.0.0.1:{tls.sasl_ssl_port}"
+        protocols += ",SSL:SSL,SASL_SSL:SASL_SSL"
     lines = [
         "# Written by dev.services.kafka_local; rewritten on every `up`.",
         "process.roles=broker,controller",
@@ -397,7 +451,7 @@ def _server_properties(node: _Node, nodes: Sequence[_Node]) -> str:
         quorum,
         f"listeners={listeners}",
         f"advertised.listeners={listeners}",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map={protocols}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
         f"log.dirs={node.directory / 'data'}",
@@ -420,6 +474,7 @@ def _server_properties(node: _Node, nodes: Sequence[_Node]) -> str:
         "group.initial.rebalance.delay.ms=0",
         # The log cleaner allocates this buffer up front; the 128 MB default is wasted here.
         "log.cleaner.dedupe.buffer.size=8388608",
+        *(tls.properties() if tls is not None else []),
     ]
     return "\n".join(lines) + "\n"
 
@@ -444,10 +499,17 @@ def _random_uuid(*, java: str, libs: Path, log_dir: Path) -> str:
     return result.stdout.strip().splitlines()[-1].strip()
 
 
-def _format_all(nodes: Sequence[_Node], *, java: str, libs: Path, cluster_id: str) -> None:
+def _format_all(
+    nodes: Sequence[_Node], *, java: str, libs: Path, cluster_id: str, extra: Sequence[str] = ()
+) -> None:
     started = time.monotonic()
     format_node = functools.partial(
-        _format, java=java, libs=libs, cluster_id=cluster_id, standalone=len(nodes) == 1
+        _format,
+        java=java,
+        libs=libs,
+        cluster_id=cluster_id,
+        standalone=len(nodes) == 1,
+        extra=extra,
     )
     # Each format is a JVM start (about a second); format the nodes in parallel. list()
     # collects the results so that a failed format raises here.
@@ -461,7 +523,9 @@ def _format_all(nodes: Sequence[_Node], *, java: str, libs: Path, cluster_id: st
     )
 
 
-def _format(node: _Node, *, java: str, libs: Path, cluster_id: str, standalone: bool) -> None:
+def _format(
+    node: _Node, *, java: str, libs: Path, cluster_id: str, standalone: bool, extra: Sequence[str]
+) -> None:
     argv = [
         *_java(java, libs=libs, log_dir=node.directory, main="kafka.tools.StorageTool"),
         "format",
@@ -474,6 +538,7 @@ def _format(node: _Node, *, java: str, libs: Path, cluster_id: str, standalone: 
         # A single dynamic-quorum controller must be told it is the whole quorum; with
         # static controller.quorum.voters the flag is refused.
         argv.append("--standalone")
+    argv.extend(extra)
     _checked(argv, what=f"StorageTool format for Kafka node {node.node_id}")
 
 
