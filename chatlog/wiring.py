@@ -75,8 +75,8 @@ from chatlog.schemas.keyring import KeyLog, Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider
 from chatlog.schemas.pii import Detector
 from chatlog.schemas.redaction import Mode, RedactionPolicy
-from chatlog.settings import Settings
 from chatlog.schemas.transport import kafka_security, redis_tls_options, schema_registry_config
+from chatlog.settings import Settings
 
 if TYPE_CHECKING:
     from chatlog.processors.faust_summarizer import FaustSummarizer

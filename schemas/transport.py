@@ -83,11 +83,10 @@ def kafka_security(properties: Mapping[str, str]) -> KafkaSecurity:
     raw = properties.get("security.protocol", "PLAINTEXT").upper()
     if raw not in _PROTOCOLS:
         raise ConfigError(
-            f"{kafka_setting('security.protocol')}={raw!r} is not one of "
-            f"{', '.join(_PROTOCOLS)}",
+            f"{kafka_setting('security.protocol')}={raw!r} is not one of {', '.join(_PROTOCOLS)}",
             setting=kafka_setting("security.protocol"),
         )
-    protocol: Protocol = raw  # type: ignore[assignment]  # checked just above
+    protocol: Protocol = raw  # narrowed by the check above
     context = _ssl_context(properties) if protocol in ("SSL", "SASL_SSL") else None
     if not protocol.startswith("SASL_"):
         return KafkaSecurity(protocol=protocol, ssl_context=context)
@@ -130,9 +129,9 @@ def _ssl_context(properties: Mapping[str, str]) -> ssl.SSLContext:
     ca_pem = properties.get("ssl.ca.pem")
     try:
         if ca and ca != "probe":  # probe: the system's CAs, which the default has
-            path = Path(ca)
+            folder = Path(ca).is_dir()
             context.load_verify_locations(
-                cafile=None if path.is_dir() else str(path), capath=str(path) if path.is_dir() else None
+                cafile=None if folder else ca, capath=ca if folder else None
             )
         if ca_pem:
             context.load_verify_locations(cadata=ca_pem)

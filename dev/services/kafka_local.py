@@ -14,8 +14,8 @@ How it works, step by step:
    output). Every node is broker and controller at once (combined mode). One node uses the
    dynamic quorum (`controller.quorum.bootstrap.servers`, formatted `--standalone`);
    three nodes use static `controller.quorum.voters`, so killing one keeps the quorum.
-3. Format. `StorageTool random-uuid` names the cluster, `StorageTool format` prepares each
-   log dir.
+3. Format. A random id names the cluster (made as `StorageTool random-uuid` makes it,
+   without a JVM start), `StorageTool format` prepares each log dir.
 4. Run. `kafka.Kafka server.properties` in its own session, detached from this process.
 5. Ready. An AdminClient's `describe_cluster()` reports every broker.
 
@@ -33,6 +33,7 @@ and catches up on what it missed.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
@@ -43,6 +44,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -230,7 +232,7 @@ def start_kafka(
     nodes = _plan_nodes(brokers=brokers, base_dir=base_dir)
     for node in nodes:
         node.config_file.write_text(_server_properties(node, nodes, tls), encoding="utf-8")
-    cluster_id = _random_uuid(java=java, libs=libs, log_dir=nodes[0].directory)
+    cluster_id = _random_uuid()
     scram = tls.scram_arguments() if tls is not None else []
     _format_all(nodes, java=java, libs=libs, cluster_id=cluster_id, extra=scram)
     state = _launch(nodes, java=java, libs=libs, cluster_id=cluster_id)
@@ -493,10 +495,13 @@ def _java(
     ]
 
 
-def _random_uuid(*, java: str, libs: Path, log_dir: Path) -> str:
-    argv = [*_java(java, libs=libs, log_dir=log_dir, main="kafka.tools.StorageTool"), "random-uuid"]
-    result = _checked(argv, what="StorageTool random-uuid")
-    return result.stdout.strip().splitlines()[-1].strip()
+def _random_uuid() -> str:
+    """A cluster id as `StorageTool random-uuid` makes one (16 random bytes, URL-safe
+    base64 unpadded, never starting with '-'), without the second of a JVM start."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _format_all(

@@ -346,7 +346,7 @@ def test_tls_files_need_a_tls_url_and_must_be_readable(tmp_path):
         Settings.from_env(
             {"CHATLOG_REDIS_URL": "redis://r:6379/0", "CHATLOG_REDIS_TLS_CA_FILE": str(ca)}
         )
-    with pytest.raises(ConfigError, match="CHATLOG_SCHEMA_REGISTRY_CA_FILE=.* is not a readable"):
+    with pytest.raises(ConfigError, match=r"CHATLOG_SCHEMA_REGISTRY_CA_FILE=.* is not a readable"):
         Settings.from_env(
             {
                 "CHATLOG_SCHEMA_REGISTRY_URL": "https://registry:8081",

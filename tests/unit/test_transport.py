@@ -43,7 +43,8 @@ def test_sasl_ssl_gives_the_mechanism_credentials_and_a_verifying_context(certs,
     assert "hunter2-secret" not in repr(security)
     context = security.ssl_context
     assert context is not None
-    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
     assert any("chatlog test CA" in str(ca["subject"]) for ca in context.get_ca_certs())
 
 
