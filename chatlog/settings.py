@@ -260,6 +260,11 @@ class Settings(BaseModel):
     llm_base_url: str | None = Field(
         None, description="OpenAI-compatible API for summaries; unset: offline extractive"
     )
+    llm_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA that signed the LLM endpoint's certificate; unset: "
+        "the usual CAs",
+    )
     llm_model: str = Field("gpt-4o-mini", description="the model that writes summaries")
     llm_api_key: SecretStr | None = Field(
         None, description="API key of the LLM endpoint; unset: OPENAI_API_KEY, else none"
@@ -514,11 +519,15 @@ class Settings(BaseModel):
                 (self.schema_registry_url or "").lower().startswith("https://"),
                 "CHATLOG_SCHEMA_REGISTRY_URL=https://...",
             ),
+            "llm": (
+                (self.llm_base_url or "").lower().startswith("https://"),
+                "CHATLOG_LLM_BASE_URL=https://...",
+            ),
         }
         for prefix, (secure, needs) in groups.items():
             for part in ("ca_file", "cert_file", "key_file"):
                 name = f"{prefix}_{part}"
-                path: Path | None = getattr(self, name)
+                path: Path | None = getattr(self, name, None)
                 if path is None:
                     continue
                 if not secure:

@@ -721,6 +721,7 @@ def summarizer(settings: Settings) -> tuple[Summarizer, Callable[[], Awaitable[N
         api_key=api_key,
         model=settings.llm_model,
         timeout=settings.llm_timeout_s,
+        ca_file=None if settings.llm_ca_file is None else str(settings.llm_ca_file),
     )
     breaker = CircuitBreaker(reset_timeout=settings.llm_breaker_reset_s)
     return ResilientSummarizer(llm, breaker=breaker), llm.aclose

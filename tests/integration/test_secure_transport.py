@@ -9,6 +9,8 @@ chatlog process then connects only through the secured ones.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import subprocess
 import time
 import uuid
@@ -20,12 +22,15 @@ import pytest
 import redis
 
 from chatlog import wiring
-from chatlog.schemas.errors import ConfigError
+from chatlog.processors.summarizers import SummaryRequest, SummaryResult
+from chatlog.projections.view import Message
+from chatlog.schemas.errors import ConfigError, RetryableSummarizerError
 from chatlog.settings import Settings
 from dev.services import kafka_local
 from dev.services.redis_local import ensure_redis_server
 from dev.services.state import free_ports
 from tests.conftest import KafkaCluster
+from tests.llm_stub import LlmStub
 from tests.processes import (
     full_chatlog,
     master_key_file,
@@ -54,10 +59,16 @@ class SecureStack:
 
 
 @pytest.fixture(scope="module")
-def secure(tmp_path_factory) -> Iterator[SecureStack]:
+def certs(tmp_path_factory) -> tuple[Certificates, Certificates]:
+    """The servers' CA and certificates, and another CA that signed none of them."""
+    base = tmp_path_factory.mktemp("certs")
+    return make_certificates(base / "ours"), make_certificates(base / "other", name="another CA")
+
+
+@pytest.fixture(scope="module")
+def secure(certs, tmp_path_factory) -> Iterator[SecureStack]:
     base = tmp_path_factory.mktemp("secure")
-    certs = make_certificates(base / "certs")
-    other_ca = make_certificates(base / "other", name="another CA")
+    certs, other_ca = certs
     ssl_port, sasl_port, redis_port = free_ports(3)
     tls = kafka_local.TlsListeners(
         ssl_port=ssl_port,
@@ -254,3 +265,25 @@ def test_rediss_with_the_wrong_ca_is_a_setting_to_fix(secure):
     with pytest.raises(ConfigError, match="CHATLOG_REDIS_TLS_CA_FILE") as refused:
         wiring.reader(settings).context("s-any", user_id="u1")
     assert "certificate verify failed" in str(refused.value)
+
+
+def test_the_llm_endpoint_over_https_with_a_private_ca(certs):
+    ours, other = certs
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(ours.server_cert, ours.server_key)
+    request = SummaryRequest("s1", None, (Message(1, "m1", "user", "hello", 1_000),), 100)
+    with LlmStub(tls=server) as stub:
+        settings = Settings(llm_base_url=stub.base_url, llm_ca_file=ours.ca, llm_api_key="sk-t")
+        untrusted = settings.model_copy(update={"llm_ca_file": other.ca})
+
+        async def summarize(settings: Settings) -> SummaryResult:
+            llm, close = wiring.summarizer(settings)
+            try:
+                return await llm.summarize(request)
+            finally:
+                await close()
+
+        assert asyncio.run(summarize(settings)).summary
+        with pytest.raises(RetryableSummarizerError, match=r"not trusted.*CHATLOG_LLM_CA_FILE"):
+            asyncio.run(summarize(untrusted))
+    assert len(stub.requests) == 1  # the untrusted call never reached it
