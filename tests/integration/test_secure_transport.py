@@ -170,31 +170,27 @@ def secure_settings(secure: SecureStack, mechanism: str = "SCRAM-SHA-256", **ove
     )
 
 
-def test_append_project_and_read_over_sasl_ssl_and_rediss(secure, tmp_path):
-    settings = secure_settings(secure)
-    with running_projector(settings, log=tmp_path / "projector.log") as projector:
-        assert projector.poll() is None, (tmp_path / "projector.log").read_text()
-        with full_chatlog(settings) as chat:
-            position = chat.append("s-tls", user_id="alice", role="user", content="over TLS")
-            context = chat.context("s-tls", user_id="alice", after=position)
-    assert [m["content"] for m in context.to_openai()] == ["over TLS"]
-
-
-def test_the_summarizer_consumes_over_sasl_ssl_and_writes_a_summary(secure, tmp_path):
+def test_append_project_read_and_summarize_over_sasl_ssl_and_rediss(secure, tmp_path):
+    # One projector serves both checks (each start costs seconds); the summarizer
+    # authenticates with the other SCRAM mechanism.
     settings = secure_settings(
         secure,
-        "SCRAM-SHA-512",
         partitions=2,
         window=4,
         summary_threshold=2,
         summarizer_group=f"summarizer-{uuid.uuid4().hex[:8]}",
     )
-    summarizer_log = tmp_path / "summarizer.log"
+    summarizing = settings.model_copy(update={"kafka": sasl(secure, "SCRAM-SHA-512")})
+    projector_log, summarizer_log = tmp_path / "projector.log", tmp_path / "summarizer.log"
     with (
-        running_projector(settings, log=tmp_path / "projector.log"),
-        running_processor("summarizer", settings, log=summarizer_log) as summarizer,
+        running_projector(settings, log=projector_log) as projector,
+        running_processor("summarizer", summarizing, log=summarizer_log) as summarizer,
     ):
+        assert projector.poll() is None, projector_log.read_text()
         with full_chatlog(settings) as chat:
+            position = chat.append("s-tls", user_id="alice", role="user", content="over TLS")
+            context = chat.context("s-tls", user_id="alice", after=position)
+            assert [m["content"] for m in context.to_openai()] == ["over TLS"]
             for n in range(10):
                 role = "user" if n % 2 == 0 else "assistant"
                 chat.append("s-sum", user_id="bob", role=role, content=f"turn {n} about TLS")
@@ -205,7 +201,7 @@ def test_the_summarizer_consumes_over_sasl_ssl_and_writes_a_summary(secure, tmp_
             return view is not None and view.summary is not None
 
         wait_until(summarized, timeout=60, what="the summarizer to summarize over SASL_SSL")
-    assert PASSWORD not in summarizer_log.read_text()
+    assert PASSWORD not in summarizer_log.read_text() + projector_log.read_text()
 
 
 def test_a_wrong_password_stops_each_process_naming_the_setting(secure, tmp_path):
