@@ -828,7 +828,8 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
 
 def check_kafka_access(settings: Settings, *, timeout: float = 10.0) -> None:
     """Fail fast, naming the setting, when Kafka refuses chatlog's credentials or TLS
-    (`ConfigError`); `BrokerUnavailable` when no broker answers."""
+    (`ConfigError`); returns when the brokers answer, or when none does (an outage is
+    the caller's to report or wait out)."""
     check_access(settings.kafka_bootstrap, settings.kafka, timeout=timeout)
 
 
