@@ -158,6 +158,29 @@ class Settings(BaseModel):
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible Schema Registry; unset: single-object encoding"
     )
+    # TLS and authentication of the clients other than librdkafka (chatlog.schemas.transport maps
+    # them, and the CHATLOG_KAFKA__* properties for the summarizer, to each client).
+    schema_registry_basic_auth: SecretStr | None = Field(
+        None, description="the Schema Registry's basic auth, as user:password"
+    )
+    schema_registry_ca_file: Path | None = Field(
+        None, description="PEM file of the CA that signed the Schema Registry's certificate"
+    )
+    schema_registry_cert_file: Path | None = Field(
+        None, description="PEM client certificate for the Schema Registry (mutual TLS)"
+    )
+    schema_registry_key_file: Path | None = Field(
+        None, description="PEM private key of that client certificate"
+    )
+    redis_tls_ca_file: Path | None = Field(
+        None, description="PEM file of the CA that signed Redis's certificate (rediss://)"
+    )
+    redis_tls_cert_file: Path | None = Field(
+        None, description="PEM client certificate for Redis (tls-auth-clients yes)"
+    )
+    redis_tls_key_file: Path | None = Field(
+        None, description="PEM private key of that client certificate"
+    )
     topic: str = Field("chatlog.events", description="the events topic (source of truth)")
     dlq_topic: str = Field("chatlog.events.dlq", description="dead letters from processors")
     keys_topic: str = Field(
@@ -242,6 +265,11 @@ class Settings(BaseModel):
     )
     llm_base_url: str | None = Field(
         None, description="OpenAI-compatible API for summaries; unset: offline extractive"
+    )
+    llm_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA that signed the LLM endpoint's certificate; unset: "
+        "the usual CAs",
     )
     llm_model: str = Field("gpt-4o-mini", description="the model that writes summaries")
     llm_api_key: SecretStr | None = Field(
@@ -486,6 +514,36 @@ class Settings(BaseModel):
                 f"a tighter bound"
             )
         return value
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Settings:
+        # A file that cannot be read would otherwise fail at the first connection, inside
+        # a client's own error; and TLS files beside a plain URL would be ignored.
+        groups = {
+            "redis_tls": (self.redis_url.startswith("rediss://"), "CHATLOG_REDIS_URL=rediss://..."),
+            "schema_registry": (
+                (self.schema_registry_url or "").lower().startswith("https://"),
+                "CHATLOG_SCHEMA_REGISTRY_URL=https://...",
+            ),
+            "llm": (
+                (self.llm_base_url or "").lower().startswith("https://"),
+                "CHATLOG_LLM_BASE_URL=https://...",
+            ),
+        }
+        for prefix, (secure, needs) in groups.items():
+            for part in ("ca_file", "cert_file", "key_file"):
+                name = f"{prefix}_{part}"
+                path: Path | None = getattr(self, name, None)
+                if path is None:
+                    continue
+                if not secure:
+                    raise ValueError(f"{self.env_name(name)} is set: it needs {needs}")
+                if not os.access(path, os.R_OK) or not path.is_file():
+                    raise ValueError(
+                        f"{self.env_name(name)}={path} is not a readable file: point it at a "
+                        f"PEM file"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _auth_keys(self) -> Settings:

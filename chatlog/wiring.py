@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import logging
 import os
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -41,6 +42,7 @@ from chatlog.processors.summarizers import (
 )
 from chatlog.processors.summary_engine import SummaryEngine, SummaryPolicy, check_policy
 from chatlog.producers import kafka_topics
+from chatlog.producers.kafka_access import check_access
 from chatlog.producers.kafka_keys import KafkaKeyLog
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 from chatlog.producers.kafka_topics import (
@@ -67,12 +69,13 @@ from chatlog.projections.store import ViewStore
 from chatlog.projections.view import WindowPolicy
 from chatlog.schemas.audit import AuditAction
 from chatlog.schemas.codec import EventCodec
-from chatlog.schemas.errors import ConfigError, MissingExtra, StoreUnavailable
+from chatlog.schemas.errors import BrokerUnavailable, ConfigError, MissingExtra, StoreUnavailable
 from chatlog.schemas.events import ProducerInfo
 from chatlog.schemas.keyring import KeyLog, Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider
 from chatlog.schemas.pii import Detector
 from chatlog.schemas.redaction import Mode, RedactionPolicy
+from chatlog.schemas.transport import kafka_security, redis_tls_options, schema_registry_config
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
@@ -86,6 +89,7 @@ __all__ = [
     "async_redis_client",
     "audit_trail",
     "audit_writer",
+    "check_kafka_access",
     "claims",
     "codec",
     "create_topics",
@@ -94,6 +98,7 @@ __all__ = [
     "exporter",
     "generation_store",
     "generations",
+    "kafka_diagnosed",
     "kafka_replay",
     "keys_ticker",
     "live_store",
@@ -107,6 +112,7 @@ __all__ = [
     "redaction_policy",
     "redis_answers",
     "redis_client",
+    "redis_tls",
     "replay_parts",
     "summarizer",
     "summarizer_worker",
@@ -121,7 +127,13 @@ def codec(settings: Settings) -> EventCodec:
         return EventCodec()
     from chatlog.schemas.kafka_registry import ConfluentSchemaRegistry  # noqa: PLC0415 - optional
 
-    return EventCodec(registry=ConfluentSchemaRegistry(settings.schema_registry_url))
+    config = schema_registry_config(
+        basic_auth=settings.schema_registry_basic_auth,
+        ca=settings.schema_registry_ca_file,
+        cert=settings.schema_registry_cert_file,
+        key=settings.schema_registry_key_file,
+    )
+    return EventCodec(registry=ConfluentSchemaRegistry(settings.schema_registry_url, config=config))
 
 
 def producer(
@@ -133,18 +145,19 @@ def producer(
     and the keys topic must shred erased keys within `CHATLOG_KEY_SHRED_WITHIN`.
     """
     provider = key_provider(settings)  # first: no master key, no producer
-    if check_topic:
-        check_keys_topic(settings)
-    writer = ConversationProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        topic=settings.topic,
-        codec=codec(settings),
-        config=settings.kafka,
-        delivery_timeout=settings.delivery_timeout_s,
-        linger_ms=settings.linger_ms,
-        check_topic=check_topic,
-        flush_on_sigterm=flush_on_sigterm,
-    )
+    with kafka_diagnosed(settings):
+        if check_topic:
+            check_keys_topic(settings)
+        writer = ConversationProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            topic=settings.topic,
+            codec=codec(settings),
+            config=settings.kafka,
+            delivery_timeout=settings.delivery_timeout_s,
+            linger_ms=settings.linger_ms,
+            check_topic=check_topic,
+            flush_on_sigterm=flush_on_sigterm,
+        )
     writer.seal_with(keyring(settings, writer, provider=provider))
     writer.redact_with(redaction_policy(settings))
     return writer
@@ -435,6 +448,17 @@ def redis_client(settings: Settings, *, url: str | None = None) -> redis.Redis:
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         retry=redis.retry.Retry(redis.backoff.NoBackoff(), 1, (redis.ConnectionError,)),
+        **redis_tls(settings),
+    )
+
+
+def redis_tls(settings: Settings) -> dict[str, Any]:
+    """redis-py's TLS options for ``rediss://`` (``CHATLOG_REDIS_TLS_*``); none otherwise."""
+    return redis_tls_options(
+        settings.redis_url,
+        ca=settings.redis_tls_ca_file,
+        cert=settings.redis_tls_cert_file,
+        key=settings.redis_tls_key_file,
     )
 
 
@@ -457,6 +481,7 @@ def async_redis_client(settings: Settings, *, url: str | None = None) -> redis.a
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 1, (redis.ConnectionError,)),
+        **redis_tls(settings),
     )
     return redis.asyncio.Redis.from_pool(pool)
 
@@ -697,6 +722,7 @@ def summarizer(settings: Settings) -> tuple[Summarizer, Callable[[], Awaitable[N
         api_key=api_key,
         model=settings.llm_model,
         timeout=settings.llm_timeout_s,
+        ca_file=None if settings.llm_ca_file is None else str(settings.llm_ca_file),
     )
     breaker = CircuitBreaker(reset_timeout=settings.llm_breaker_reset_s)
     return ResilientSummarizer(llm, breaker=breaker), llm.aclose
@@ -749,16 +775,11 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
     # Checked here, before faust starts: inside the worker an error only stops the agent.
     check_policy(policy(settings), summary_policy(settings))
     token_counter(settings)
-    protocol = settings.kafka.get("security.protocol", "plaintext").lower()
-    if protocol != "plaintext":
-        # faust consumes with aiokafka, which these librdkafka properties do not reach:
-        # refuse rather than connect without the security the deployment asked for.
-        raise ConfigError(
-            f"the summarizer connects to Kafka over plain TCP only, but "
-            f"CHATLOG_KAFKA__SECURITY_PROTOCOL is {protocol!r}; run it where a plaintext "
-            f"listener is reachable, or leave summaries to a later version",
-            setting="CHATLOG_KAFKA__SECURITY_PROTOCOL",
-        )
+    # faust consumes with aiokafka: the same security, read from the same properties.
+    security = kafka_security(settings.kafka)
+    # A refused password or certificate is a setting to fix: found here, by the
+    # producers' client, rather than by aiokafka retrying inside faust.
+    check_kafka_access(settings)
 
     async def build() -> tuple[SummaryEngine, Callable[[], Awaitable[None]]]:
         # Built in the worker's event loop: the asyncio clients belong to it.
@@ -802,7 +823,31 @@ def summarizer_worker(settings: Settings) -> FaustSummarizer:
         datadir=settings.state_dir / "faust",
         instance_id=settings.instance_id,
         session_timeout_s=settings.session_timeout_s,
+        security=security,
     )
+
+
+def check_kafka_access(settings: Settings, *, timeout: float = 10.0) -> None:
+    """Fail fast, naming the setting, when Kafka refuses chatlog's credentials or TLS
+    (`ConfigError`); returns when the brokers answer, or when none does (an outage is
+    the caller's to report or wait out)."""
+    check_access(settings.kafka_bootstrap, settings.kafka, timeout=timeout)
+
+
+@contextlib.contextmanager
+def kafka_diagnosed(settings: Settings) -> Iterator[None]:
+    """`BrokerUnavailable` raised in the block becomes the `ConfigError` of a broker that
+    refuses the credentials or the TLS, when that is why it did not answer: librdkafka
+    reports both as an unreachable broker, which a retry cannot mend."""
+    try:
+        yield
+    except BrokerUnavailable:
+        check_kafka_access(settings, timeout=_DIAGNOSIS_S)
+        raise
+
+
+# Enough for a refusal to come back (a few hundred ms) on a loaded machine.
+_DIAGNOSIS_S = 5.0
 
 
 async def _nothing_to_close() -> None:

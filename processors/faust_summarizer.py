@@ -31,6 +31,11 @@ does not leave the group when stopped. Unlike the projector its rebalances are e
 (aiokafka has no cooperative protocol): every member gives up its partitions during
 one, which for a summarizer only delays summaries.
 
+Kafka's TLS and SASL reach faust as its ``broker_credentials``: `KafkaSecurity` (read
+from the same ``CHATLOG_KAFKA__*`` properties as the other clients, `chatlog.schemas.transport`)
+becomes faust's `SASLCredentials` (with the SSL context for SASL_SSL) or
+`SSLCredentials`, which faust hands to aiokafka's consumer and producer.
+
 The worker is built inside the event loop (`build` is awaited by the agent), because
 the Redis, Kafka and HTTP clients it uses belong to the loop that runs them.
 """
@@ -46,10 +51,12 @@ from pathlib import Path
 from typing import Any
 
 from chatlog.schemas.errors import ChatlogError, MissingExtra
+from chatlog.schemas.transport import KafkaSecurity
 
 try:
     import faust
     from faust.types import TP, EventT, StreamT
+    from faust.types.auth import CredentialsT
 except ImportError as missing:
     raise MissingExtra.needs(
         "summarizer", "the summarizer (chatlog run summarizer)", missing
@@ -83,6 +90,7 @@ class FaustSummarizer:
         retry_interval_s: float = 1.0,
         report_interval_s: float = 30.0,
         drain_timeout_s: float = 5.0,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self._build = build
         self._drain_timeout_s = drain_timeout_s
@@ -108,6 +116,7 @@ class FaustSummarizer:
             # A worker that died holds its partitions until this passes (faust's default
             # is 60 s); aiokafka heartbeats from a task of its own, every 3 s.
             broker_session_timeout=session_timeout_s,
+            broker_credentials=_credentials(security or KafkaSecurity()),
         )
         source = self.app.topic(
             topic,
@@ -251,6 +260,22 @@ class _Worker(faust.Worker):
         if self._on_stop_signal is not None and not self._signal_stop_time:
             self._on_stop_signal()
         super()._schedule_shutdown(signal)
+
+
+def _credentials(security: KafkaSecurity) -> CredentialsT | None:
+    """faust's credentials for `security`; None for plaintext."""
+    if security.sasl:
+        password = security.password.get_secret_value() if security.password else None
+        # SASL_SSL with a context, SASL_PLAINTEXT without; faust's repr shows the user only.
+        return faust.SASLCredentials(
+            username=security.username,
+            password=password,
+            mechanism=security.mechanism,
+            ssl_context=security.ssl_context,
+        )
+    if security.ssl_context is not None:
+        return faust.SSLCredentials(security.ssl_context)
+    return None
 
 
 async def _ack(stream: StreamT[bytes], event: EventT[bytes]) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from chatlog.processors.projection import Record
+from chatlog.producers.kafka_access import broker_refusal
 from chatlog.schemas.errors import BrokerUnavailable, ConfigError
 
 __all__ = ["groupless_consumer", "record_of"]
@@ -69,13 +70,17 @@ def groupless_consumer(
 def record_of(message: Message, topic: str) -> Record | None:
     """A consumed message as a `Record`; None for an event that is not a record.
 
-    A fatal or permanent consumer error raises `BrokerUnavailable`; a transient one is
-    logged and skipped (librdkafka retries it).
+    A refused password or certificate raises `ConfigError`; a fatal or permanent consumer
+    error `BrokerUnavailable`; a transient one is logged and skipped (librdkafka retries
+    it).
     """
     error = message.error()
     if error is not None:
         if error.code() == KafkaError._PARTITION_EOF:
             return None
+        refusal = broker_refusal(error)  # a password or certificate to fix, not an outage
+        if refusal is not None:
+            raise refusal
         if error.fatal() or not error.retriable():
             raise BrokerUnavailable(f"consuming {topic} failed: {error.str()}")
         log.warning("consumer: %s", error.str())

@@ -20,6 +20,7 @@ import email.utils
 import json
 import logging
 import math
+import ssl
 import time
 from types import TracebackType
 from typing import Any, Literal
@@ -114,6 +115,7 @@ class OpenAISummarizer:
         timeout: float,
         client: openai.AsyncOpenAI | None = None,
         cap_field: CapField = "max_completion_tokens",
+        ca_file: str | None = None,
     ) -> None:
         if not model:
             raise ConfigError("the summarizer's model is empty; name the model to use")
@@ -128,8 +130,20 @@ class OpenAISummarizer:
         self.cap_field = cap_field
         self._owns_client = client is None
         if client is None:
+            # A private CA (CHATLOG_LLM_CA_FILE); else httpx trusts the usual CAs.
+            http_client = (
+                None
+                if ca_file is None
+                else openai.DefaultAsyncHttpxClient(
+                    verify=ssl.create_default_context(cafile=ca_file)
+                )
+            )
             client = openai.AsyncOpenAI(
-                base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0
+                base_url=base_url,
+                api_key=api_key,
+                timeout=timeout,
+                max_retries=0,
+                http_client=http_client,
             )
         else:
             client = client.with_options(timeout=timeout, max_retries=0)
@@ -174,7 +188,7 @@ class OpenAISummarizer:
             ) from exc
         except openai.APIConnectionError as exc:
             raise RetryableSummarizerError(
-                f"could not reach the summarizer's LLM: {exc}",
+                f"could not reach the summarizer's LLM: {exc}{_untrusted(exc)}",
                 session_id=request.session_id,
                 model=self.model,
             ) from exc
@@ -244,6 +258,20 @@ def _truncate(text: str, max_chars: int) -> str:
     if " " in cut:
         cut = cut.rsplit(" ", 1)[0]
     return cut.rstrip() + "…"
+
+
+def _untrusted(exc: BaseException) -> str:
+    """The fix, when the endpoint's certificate was not trusted (openai's own message
+    says only "Connection error")."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f" (its TLS certificate is not trusted: {cause.verify_message}; set "
+                f"CHATLOG_LLM_CA_FILE to the CA that signed it)"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return ""
 
 
 def _status_error(

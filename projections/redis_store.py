@@ -473,6 +473,12 @@ def redis_errors() -> Iterator[None]:
             setting="CHATLOG_REDIS_URL",
         ) from exc
     except redis.RedisError as exc:
+        if "certificate verify failed" in str(exc).lower():  # rediss:// with a CA to fix
+            raise ConfigError(
+                f"Redis's TLS certificate is not trusted ({exc}); set "
+                f"CHATLOG_REDIS_TLS_CA_FILE to the CA that signed it",
+                setting="CHATLOG_REDIS_TLS_CA_FILE",
+            ) from exc
         raise StoreUnavailable(
             f"Redis did not answer ({type(exc).__name__}: {exc}); is it running "
             f"(`make services`)? check CHATLOG_REDIS_URL"

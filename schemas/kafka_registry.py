@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chatlog.schemas.errors import MissingExtra, UnknownSchema
+from chatlog.schemas.errors import ConfigError, MissingExtra, UnknownSchema
 
 __all__ = ["ConfluentSchemaRegistry"]
 
@@ -31,7 +31,14 @@ class ConfluentSchemaRegistry:
                 instead="unset it for single-object encoding",
                 setting="CHATLOG_SCHEMA_REGISTRY_URL",
             ) from missing
-        self._client = SchemaRegistryClient({"url": url, **(config or {})})
+        try:
+            self._client = SchemaRegistryClient({"url": url, **(config or {})})
+        except ValueError as exc:  # its own check: unknown or conflicting properties
+            raise ConfigError(
+                f"the Schema Registry client refused its settings ({exc}); check "
+                f"CHATLOG_SCHEMA_REGISTRY_URL and CHATLOG_SCHEMA_REGISTRY_*",
+                setting="CHATLOG_SCHEMA_REGISTRY_URL",
+            ) from exc
 
     def register(self, subject: str, schema: str) -> int:
         from confluent_kafka.schema_registry import Schema  # noqa: PLC0415 - optional extra

@@ -34,7 +34,15 @@ _REFERENCE_WORDS = frozenset({"file", "location", "path", "url", "endpoint"})
 # Named like secrets, but not: a duration. Whole strings, not words, which librdkafka's
 # free-form properties need: sasl.oauthbearer.config may carry a client secret.
 _NOT_SECRET = frozenset({"key_shred_within"})
-_ALWAYS_SECRET = frozenset({"sasl.oauthbearer.config", "sasl.jaas.config"})
+_ALWAYS_SECRET = frozenset(
+    {
+        "sasl.oauthbearer.config",
+        "sasl.jaas.config",
+        # user:password, for the Schema Registry (the setting, and confluent's property).
+        "schema_registry_basic_auth",
+        "basic.auth.user.info",
+    }
+)
 
 _WORD = re.compile(r"[._\-\s]+")
 # librdkafka writes its protocols as schemes too (SASL_SSL://host:9092), with a "_".

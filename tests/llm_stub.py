@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import ssl
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def derived_summary(body: dict[str, Any]) -> str:
 class LlmStub:
     """The server; a context manager that starts and stops it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[dict[str, Any]] = []
         # What a request gets when nothing is scripted: `status(500)` takes the LLM down.
         self.default: Behaviour = ok()
@@ -91,6 +92,10 @@ class LlmStub:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._scheme = "http"
+        if tls is not None:  # https, with the server certificate `tls` holds
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self._scheme = "https"
         # Join handler threads on close: a test leaves no thread behind.
         self._server.daemon_threads = False
         self._thread = threading.Thread(
@@ -101,7 +106,7 @@ class LlmStub:
     def base_url(self) -> str:
         """The URL to give the openai client."""
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
+        return f"{self._scheme}://{host!s}:{port}/v1"
 
     def script(self, *behaviours: Behaviour) -> None:
         """Queue behaviours for the next requests, in order."""

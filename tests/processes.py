@@ -25,6 +25,7 @@ from chatlog.projections.view import SessionView
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.master_keys import new_master_key
 from chatlog.schemas.sealing import KeyScope
+from chatlog.schemas.transport import kafka_setting
 from chatlog.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,8 +115,11 @@ def chatlog_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.describe().items():
         if value is not None:
             env[name] = str(value)
-    if settings.auth_secret is not None:  # `describe` masks it, as `chatlog config` shows it
+    # `describe` masks the secrets, as `chatlog config` shows them.
+    if settings.auth_secret is not None:
         env["CHATLOG_AUTH_SECRET"] = settings.auth_secret.get_secret_value()
+    for prop, value in settings.kafka.items():
+        env[kafka_setting(prop)] = value
     return env
 
 

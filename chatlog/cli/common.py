@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
+from chatlog import wiring
 from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.schemas.errors import Incomplete, Interrupted, Unavailable
 from chatlog.settings import Settings
@@ -89,13 +90,15 @@ def exit_status(error: BaseException) -> int:
 
 
 def partition_count(client: Consumer | AdminClient, settings: Settings) -> int:
-    """The events topic's partition count; a missing topic or broker is a one-line error."""
-    return topic_partitions(
-        client,
-        settings.topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        timeout=METADATA_TIMEOUT_S,
-    )
+    """The events topic's partition count; a missing topic or broker is a one-line error,
+    and so is a broker that refuses the credentials or the TLS (`ConfigError`)."""
+    with wiring.kafka_diagnosed(settings):
+        return topic_partitions(
+            client,
+            settings.topic,
+            bootstrap_servers=settings.kafka_bootstrap,
+            timeout=METADATA_TIMEOUT_S,
+        )
 
 
 def positive_int(text: str) -> int:

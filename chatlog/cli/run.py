@@ -43,7 +43,9 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
     log = logging.getLogger("chatlog.projector")
-    # Fail at start-up with the fix, rather than with a consumer error later.
+    # Fail at start-up with the fix, rather than with a consumer error later; a refused
+    # password first, in a moment, rather than after the metadata wait.
+    wiring.check_kafka_access(settings)
     partition_count(wiring.admin_client(settings), settings)
     wiring.check_keys_topic(settings)
     projector = wiring.projector(settings)
@@ -93,6 +95,7 @@ def _projector_metrics(settings: Settings, projector: KafkaProjector) -> Metrics
 
 def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
     log = logging.getLogger("chatlog.summarizer")
+    wiring.check_kafka_access(settings)
     partition_count(wiring.admin_client(settings), settings)
     wiring.check_keys_topic(settings)
     which = (

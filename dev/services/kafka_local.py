@@ -14,10 +14,16 @@ How it works, step by step:
    output). Every node is broker and controller at once (combined mode). One node uses the
    dynamic quorum (`controller.quorum.bootstrap.servers`, formatted `--standalone`);
    three nodes use static `controller.quorum.voters`, so killing one keeps the quorum.
-3. Format. `StorageTool random-uuid` names the cluster, `StorageTool format` prepares each
-   log dir.
+3. Format. A random id names the cluster (made as `StorageTool random-uuid` makes it,
+   without a JVM start), `StorageTool format` prepares each log dir.
 4. Run. `kafka.Kafka server.properties` in its own session, detached from this process.
 5. Ready. An AdminClient's `describe_cluster()` reports every broker.
+
+A one-node cluster may also get TLS listeners (`TlsListeners`, for the secure-transport
+tests): an SSL listener that asks for a client certificate, and a SASL_SSL listener
+taking PLAIN and SCRAM-SHA-256/512, whose users are written at format time
+(``--add-scram``). Both read the caller's PEM files (``ssl.keystore.type=PEM``); the
+PLAINTEXT listener stays, for the broker's own readiness check and the tests' set-up.
 
 One node can be stopped and started again on its own (`stop_kafka_node`,
 `restart_kafka_node`), for fault drills: the restart runs the same `server.properties`
@@ -27,6 +33,7 @@ and catches up on what it missed.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
@@ -36,6 +43,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +65,7 @@ from dev.services.state import (
 
 __all__ = [
     "KAFKA_VERSION",
+    "TlsListeners",
     "ensure_jars",
     "ensure_tool_jars",
     "kafka_answers",
@@ -117,6 +126,43 @@ class _Node:
         return str(self.config_file)
 
 
+@dataclass(frozen=True)
+class TlsListeners:
+    """Two more listeners of a one-node cluster, on ports the caller chose."""
+
+    ssl_port: int  # SSL, with a client certificate required
+    sasl_ssl_port: int  # SASL_SSL: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
+    keystore: Path  # PEM: the broker's private key (PKCS#8, unencrypted), then its certificate
+    truststore: Path  # PEM: the CA that signs the clients' certificates
+    users: tuple[tuple[str, str], ...]  # (name, password): SASL users, every mechanism
+
+    def properties(self) -> list[str]:
+        """The lines of server.properties that set the two listeners up."""
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.users)
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return [
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.keystore}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.truststore}",
+            "listener.name.ssl.ssl.client.auth=required",
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+        ]
+
+    def scram_arguments(self) -> list[str]:
+        """StorageTool format's arguments that create the SCRAM users."""
+        return [
+            argument
+            for name, password in self.users
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+
+
 def ensure_jars(*, version: str = KAFKA_VERSION) -> Path:
     """The folder holding every jar the broker needs, fetched with Maven on first use."""
     return _ensure(_POM, "libs", expect="kafka_2.13-*.jar", version=version)
@@ -168,21 +214,27 @@ def _fetch_jars(
     log.info("fetched %d jars in %.1f s into %s", count, time.monotonic() - started, libs)
 
 
-def start_kafka(*, brokers: int, base_dir: Path, timeout: float = 90.0) -> KafkaState:
+def start_kafka(
+    *, brokers: int, base_dir: Path, timeout: float = 90.0, tls: TlsListeners | None = None
+) -> KafkaState:
     """Fetch, configure, format and start a `brokers`-node cluster; wait until it answers.
 
     Node directories `base_dir/kafka-<id>` are wiped first. If the cluster does not come
     up, the nodes started are stopped again and ServiceError carries their log tails.
+    With `tls` (one node only) the node also listens with SSL and SASL_SSL.
     """
     if brokers not in (1, 3):
         raise ServiceError(f"brokers must be 1 or 3, not {brokers}", brokers=brokers)
+    if tls is not None and brokers != 1:
+        raise ServiceError("TLS listeners are for a one-node cluster", brokers=brokers)
     libs = ensure_jars()
     java = _require_tool("java", package="openjdk-17-jre-headless")
     nodes = _plan_nodes(brokers=brokers, base_dir=base_dir)
     for node in nodes:
-        node.config_file.write_text(_server_properties(node, nodes), encoding="utf-8")
-    cluster_id = _random_uuid(java=java, libs=libs, log_dir=nodes[0].directory)
-    _format_all(nodes, java=java, libs=libs, cluster_id=cluster_id)
+        node.config_file.write_text(_server_properties(node, nodes, tls), encoding="utf-8")
+    cluster_id = _random_uuid()
+    scram = tls.scram_arguments() if tls is not None else []
+    _format_all(nodes, java=java, libs=libs, cluster_id=cluster_id, extra=scram)
     state = _launch(nodes, java=java, libs=libs, cluster_id=cluster_id)
     started = time.monotonic()
     try:
@@ -376,7 +428,7 @@ def _plan_nodes(*, brokers: int, base_dir: Path) -> list[_Node]:
     return nodes
 
 
-def _server_properties(node: _Node, nodes: Sequence[_Node]) -> str:
+def _server_properties(node: _Node, nodes: Sequence[_Node], tls: TlsListeners | None) -> str:
     replicas = len(nodes)
     min_isr = 1 if replicas == 1 else 2
     if replicas == 1:
@@ -385,6 +437,10 @@ def _server_properties(node: _Node, nodes: Sequence[_Node]) -> str:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
         quorum = f"controller.quorum.voters={voters}"
     listeners = f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if tls is not None:
+        listeners += f",SSL://127.0.0.1:{tls.ssl_port},SASL_SSL://127.0.0.1:{tls.sasl_ssl_port}"
+        protocols += ",SSL:SSL,SASL_SSL:SASL_SSL"
     lines = [
         "# Written by dev.services.kafka_local; rewritten on every `up`.",
         "process.roles=broker,controller",
@@ -392,7 +448,7 @@ def _server_properties(node: _Node, nodes: Sequence[_Node]) -> str:
         quorum,
         f"listeners={listeners}",
         f"advertised.listeners={listeners}",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map={protocols}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
         f"log.dirs={node.directory / 'data'}",
@@ -415,6 +471,7 @@ def _server_properties(node: _Node, nodes: Sequence[_Node]) -> str:
         "group.initial.rebalance.delay.ms=0",
         # The log cleaner allocates this buffer up front; the 128 MB default is wasted here.
         "log.cleaner.dedupe.buffer.size=8388608",
+        *(tls.properties() if tls is not None else []),
     ]
     return "\n".join(lines) + "\n"
 
@@ -433,16 +490,26 @@ def _java(
     ]
 
 
-def _random_uuid(*, java: str, libs: Path, log_dir: Path) -> str:
-    argv = [*_java(java, libs=libs, log_dir=log_dir, main="kafka.tools.StorageTool"), "random-uuid"]
-    result = _checked(argv, what="StorageTool random-uuid")
-    return result.stdout.strip().splitlines()[-1].strip()
+def _random_uuid() -> str:
+    """A cluster id as `StorageTool random-uuid` makes one (16 random bytes, URL-safe
+    base64 unpadded, never starting with '-'), without the second of a JVM start."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
-def _format_all(nodes: Sequence[_Node], *, java: str, libs: Path, cluster_id: str) -> None:
+def _format_all(
+    nodes: Sequence[_Node], *, java: str, libs: Path, cluster_id: str, extra: Sequence[str] = ()
+) -> None:
     started = time.monotonic()
     format_node = functools.partial(
-        _format, java=java, libs=libs, cluster_id=cluster_id, standalone=len(nodes) == 1
+        _format,
+        java=java,
+        libs=libs,
+        cluster_id=cluster_id,
+        standalone=len(nodes) == 1,
+        extra=extra,
     )
     # Each format is a JVM start (about a second); format the nodes in parallel. list()
     # collects the results so that a failed format raises here.
@@ -456,7 +523,9 @@ def _format_all(nodes: Sequence[_Node], *, java: str, libs: Path, cluster_id: st
     )
 
 
-def _format(node: _Node, *, java: str, libs: Path, cluster_id: str, standalone: bool) -> None:
+def _format(
+    node: _Node, *, java: str, libs: Path, cluster_id: str, standalone: bool, extra: Sequence[str]
+) -> None:
     argv = [
         *_java(java, libs=libs, log_dir=node.directory, main="kafka.tools.StorageTool"),
         "format",
@@ -469,6 +538,7 @@ def _format(node: _Node, *, java: str, libs: Path, cluster_id: str, standalone: 
         # A single dynamic-quorum controller must be told it is the whole quorum; with
         # static controller.quorum.voters the flag is refused.
         argv.append("--standalone")
+    argv.extend(extra)
     _checked(argv, what=f"StorageTool format for Kafka node {node.node_id}")
 
 

@@ -44,6 +44,7 @@ MASTER_KEY = new_master_key("planted-1")
 SECRETS = {
     "redis password": "s3cretRedisPW-4b1d",
     "schema registry password": "s3cretRegistryPW-77c2",
+    "schema registry basic auth": "s3cretRegistryBasic-3a7f",
     "LLM URL password": "s3cretLlmProxyPW-0e9a",
     "LLM API key": "sk-planted-llm-key-9f3e71",
     "OPENAI_API_KEY": "sk-planted-openai-fallback-c41d",
@@ -117,7 +118,10 @@ def every_log_record(caplog) -> Iterator[pytest.LogCaptureFixture]:
 
 
 def test_chatlog_config_masks_every_secret_and_keeps_the_rest(tmp_path):
-    env = planted_env()
+    # Basic auth as its own setting (beside the URL's, which the registry client would
+    # refuse, so planted here only).
+    basic_auth = f"reader:{SECRETS['schema registry basic auth']}"
+    env = {**planted_env(), "CHATLOG_SCHEMA_REGISTRY_BASIC_AUTH": basic_auth}
     human = cli(env, "config", tmp_path=tmp_path)
     as_json = cli(env, "--verbose", "config", "--json", tmp_path=tmp_path)
     assert human.returncode == as_json.returncode == 0, human.stderr + as_json.stderr
@@ -135,6 +139,7 @@ def test_chatlog_config_masks_every_secret_and_keeps_the_rest(tmp_path):
         "CHATLOG_KAFKA__SASL_PASSWORD",
         "CHATLOG_KAFKA__SSL_KEY_PASSWORD",
         "CHATLOG_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET",
+        "CHATLOG_SCHEMA_REGISTRY_BASIC_AUTH",
     ):
         assert shown[name] == "***", name
     assert shown["CHATLOG_KAFKA__SASL_USERNAME"] == "chatlog"

@@ -26,6 +26,7 @@ PURE_MODULES = [
     "chatlog.schemas.redaction",
     "chatlog.schemas.placeholders",
     "chatlog.schemas.secrets",
+    "chatlog.schemas.transport",
     "chatlog.logs",
     "chatlog.producers.commands",
     "chatlog.producers.partitioning",

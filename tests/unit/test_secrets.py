@@ -26,6 +26,8 @@ from chatlog.schemas.secrets import MASK, RedactingFilter, is_secret, redacted_u
         "apikey",
         "access_token",
         "PASSWORD",
+        "schema_registry_basic_auth",  # user:password
+        "basic.auth.user.info",  # the same, as the registry client's property
     ],
 )
 def test_names_of_secrets(name):
@@ -45,6 +47,9 @@ def test_names_of_secrets(name):
         "sasl.username",
         "sasl.mechanism",
         "redis_url",
+        "redis_tls_key_file",  # a path, as master_key_file
+        "schema_registry_key_file",
+        "ssl.key.location",
     ],
 )
 def test_names_that_only_look_like_secrets(name):
