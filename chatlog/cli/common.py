@@ -136,7 +136,10 @@ def stop_on_signals(*, deadline_s: float | None = STOP_BOUND_S) -> Iterator[thre
     previous = {signum: signal.getsignal(signum) for signum in watched}
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        # Not `stop.set()` here: a handler runs in the main thread between two bytecodes,
+        # possibly while that thread holds the event's own lock inside `stop.wait()`, and
+        # the lock is not reentrant: the process would hang, deaf to further signals.
+        threading.Thread(target=stop.set, name="chatlog-stop-signal", daemon=True).start()
         if deadline_s is not None:
             exit_at_deadline(deadline_s)
         for each, handler in previous.items():

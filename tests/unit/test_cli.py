@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -67,3 +69,22 @@ def test_a_command_that_finds_no_server_exits_75_restart_me(monkeypatch, capsys)
     monkeypatch.setattr("chatlog.cli.Settings.from_env", unavailable)
     assert main(["config"]) == 75
     assert capsys.readouterr().err.strip() == ("chatlog: error: no Kafka broker answered at k:9092")
+
+
+STOP_WHILE_WAITING = """
+import os, signal, sys
+from chatlog.cli.common import stop_on_signals
+with stop_on_signals(deadline_s=None) as stop:
+    # The main thread holds the event's lock, as it does inside `stop.wait()`, when
+    # SIGTERM arrives: the handler runs right here, on this thread.
+    with stop._cond:
+        os.kill(os.getpid(), signal.SIGTERM)
+    sys.exit(0 if stop.wait(5) else 3)
+"""
+
+
+def test_a_stop_signal_arriving_inside_the_wait_is_seen_not_a_hang():
+    done = subprocess.run(
+        [sys.executable, "-c", STOP_WHILE_WAITING], check=False, capture_output=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr.decode()
