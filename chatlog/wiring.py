@@ -9,12 +9,14 @@ import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.backoff
+import redis.cluster
 import redis.retry
 from confluent_kafka.admin import AdminClient
 
@@ -420,7 +422,8 @@ def _ms(seconds: float | None) -> int:
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A blocking Redis client for `settings.redis_url`, each call bounded in time.
+    """A blocking Redis client for `settings.redis_url`, each call bounded in time: the
+    Redis Cluster client when CHATLOG_REDIS_CLUSTER is set (the one place either is made).
 
     It connects, and waits for each reply, at most CHATLOG_REDIS_TIMEOUT_S: redis-py's
     own defaults (5 s, then up to ten retries on a timeout) would hold a read far past
@@ -429,11 +432,25 @@ def redis_client(settings: Settings) -> redis.Redis:
     is the caller's to handle: the projector retries with backoff, a reader raises
     `StoreUnavailable`.
     """
+    retry = redis.retry.Retry(redis.backoff.NoBackoff(), 1, (redis.ConnectionError,))
+    if settings.redis_cluster:
+        # Typed as the one-node client that chatlog's Redis parts take: it answers every
+        # command they send, and the parts that must work otherwise on a cluster (one
+        # slot per call) ask `chatlog.projections.redis_cluster.is_cluster`.
+        return cast(
+            "redis.Redis",
+            redis.cluster.RedisCluster.from_url(
+                settings.redis_url,
+                socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_timeout_s,
+                retry=retry,
+            ),
+        )
     return redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
-        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 1, (redis.ConnectionError,)),
+        retry=retry,
     )
 
 
@@ -449,6 +466,21 @@ def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
     (``MaxConnectionsError``), so a gateway serving more than 100 requests at a time
     answered the rest 503 while Redis was idle (measured by the gateway benchmark).
     """
+    if settings.redis_cluster:
+        # One pool per node, of the same bound; the cluster client waits for a free
+        # connection rather than refusing the call.
+        return cast(
+            "redis.asyncio.Redis",
+            redis.asyncio.cluster.RedisCluster.from_url(
+                settings.redis_url,
+                max_connections=_ASYNC_REDIS_CONNECTIONS,
+                socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_timeout_s,
+                retry=redis.asyncio.retry.Retry(
+                    redis.backoff.NoBackoff(), 1, (redis.ConnectionError,)
+                ),
+            ),
+        )
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=_ASYNC_REDIS_CONNECTIONS,

@@ -9,7 +9,7 @@ user who reads, which open the view (`chatlog.projections.opening.ViewOpener`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import redis
@@ -17,6 +17,7 @@ import redis.asyncio
 
 from chatlog.projections.epochs import layout_problem, reader_problem
 from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_cluster import is_cluster, stamp
 from chatlog.projections.redis_keys import entries_of
 from chatlog.projections.redis_store import decode_loaded, queue_load, redis_errors, text
 from chatlog.projections.view import SessionView
@@ -28,11 +29,13 @@ __all__ = [
     "Loaded",
     "aload_guarded",
     "aload_session",
+    "arun_guarded",
     "check_guard",
     "check_layout",
     "load_guarded",
     "load_session",
     "queue_guard",
+    "run_guarded",
 ]
 
 
@@ -118,10 +121,14 @@ def load_guarded(
 ) -> Loaded | None:
     """`load_session` (and `owner`'s key entries); None if the pointer has moved away
     from `keys` (see `check_guard`)."""
-    pipe = client.pipeline(transaction=True)
-    _queue_guarded_load(pipe, keys, session_id, messages=messages, owner=owner)
     with redis_errors():
-        replies = pipe.execute()
+        replies = run_guarded(
+            client,
+            keys,
+            keys.meta(session_id),
+            lambda pipe: queue_load(pipe, keys, session_id, messages=messages),
+            lambda pipe: _queue_entries(pipe, keys, owner),
+        )
     return _guarded_load(replies, keys, final=final, messages=messages, owner=owner)
 
 
@@ -135,23 +142,76 @@ async def aload_guarded(
     owner: KeyScope | None = None,
 ) -> Loaded | None:
     """`load_guarded`, awaited."""
-    pipe = client.pipeline(transaction=True)
-    _queue_guarded_load(pipe, keys, session_id, messages=messages, owner=owner)
     with redis_errors():
-        replies = await pipe.execute()
+        replies = await arun_guarded(
+            client,
+            keys,
+            keys.meta(session_id),
+            lambda pipe: queue_load(pipe, keys, session_id, messages=messages),
+            lambda pipe: _queue_entries(pipe, keys, owner),
+        )
     return _guarded_load(replies, keys, final=final, messages=messages, owner=owner)
 
 
-def _queue_guarded_load(
-    pipe: Any, keys: KeySpace, session_id: str, *, messages: bool, owner: KeyScope | None
-) -> None:
-    # One MULTI: the meta and the messages of one state (never a meta from before a
-    # projector's write beside messages from after it), the epoch that says the
-    # generation still holds everything it was given, and the keys that open the view.
-    queue_guard(pipe, keys)
-    queue_load(pipe, keys, session_id, messages=messages)
+def _queue_entries(pipe: Any, keys: KeySpace, owner: KeyScope | None) -> None:
     if owner is not None:
         pipe.hgetall(keys.user_keys(owner.tenant, owner.user_id))
+
+
+# One MULTI on one node: the meta and the messages of one state (never a meta from
+# before a projector's write beside messages from after it), the epoch that says the
+# generation still holds everything it was given, and the keys that open the view.
+# On a cluster the MULTI holds what shares the slot of `near` (with that slot's epoch
+# stamp, `chatlog.projections.redis_cluster`); the pointer and `then` (the reader's key
+# entries, another slot) are read right after it.
+Queue = Callable[[Any], object]
+
+
+def run_guarded(
+    client: Any, keys: KeySpace, near: str, queue: Queue, then: Queue | None = None
+) -> list[Any]:
+    """The replies of `queue_guard` (pointer, epoch), of `queue`, then of `then`, read
+    as one state of the key `near`'s slot (see above)."""
+    if not is_cluster(client):
+        pipe = client.pipeline(transaction=True)
+        queue_guard(pipe, keys)
+        queue(pipe)
+        if then is not None:
+            then(pipe)
+        return list(pipe.execute())
+    pipe = client.pipeline(transaction=True)
+    pipe.get(stamp(keys, near))
+    queue(pipe)
+    epoch, *held = pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.pointer)
+    if then is not None:
+        then(pipe)
+    pointer, *rest = pipe.execute()
+    return [pointer, epoch, *held, *rest]
+
+
+async def arun_guarded(
+    client: Any, keys: KeySpace, near: str, queue: Queue, then: Queue | None = None
+) -> list[Any]:
+    """`run_guarded`, awaited."""
+    if not is_cluster(client):
+        pipe = client.pipeline(transaction=True)
+        queue_guard(pipe, keys)
+        queue(pipe)
+        if then is not None:
+            then(pipe)
+        return list(await pipe.execute())
+    pipe = client.pipeline(transaction=True)
+    pipe.get(stamp(keys, near))
+    queue(pipe)
+    epoch, *held = await pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.pointer)
+    if then is not None:
+        then(pipe)
+    pointer, *rest = await pipe.execute()
+    return [pointer, epoch, *held, *rest]
 
 
 def _guarded_load(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from dev.services.debian import ensure_programs, find_program
@@ -38,6 +39,7 @@ from dev.services.state import (
 __all__ = [
     "ensure_redis_server",
     "find_redis_server",
+    "launch",
     "redis_answers",
     "restart_redis",
     "start_redis",
@@ -67,7 +69,7 @@ def start_redis(*, base_dir: Path, timeout: float = 20.0) -> RedisState:
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     (port,) = free_ports(1)
-    return _launch(binary, port=port, data_dir=data_dir, timeout=timeout)
+    return launch(binary, port=port, data_dir=data_dir, timeout=timeout)
 
 
 def restart_redis(state: RedisState, *, timeout: float = 20.0) -> RedisState:
@@ -87,10 +89,12 @@ def restart_redis(state: RedisState, *, timeout: float = 20.0) -> RedisState:
             service="redis",
             port=state.port,
         )
-    return _launch(binary, port=state.port, data_dir=data_dir, timeout=timeout)
+    return launch(binary, port=state.port, data_dir=data_dir, timeout=timeout)
 
 
-def _launch(binary: str, *, port: int, data_dir: Path, timeout: float) -> RedisState:
+def launch(
+    binary: str, *, port: int, data_dir: Path, timeout: float, extra: Sequence[str] = ()
+) -> RedisState:
     argv = [
         binary,
         "--port",
@@ -111,6 +115,7 @@ def _launch(binary: str, *, port: int, data_dir: Path, timeout: float) -> RedisS
         # liveness check can tell this server from any other redis-server.
         "--proc-title-template",
         f"{{title}} {{listen-addr}} {data_dir}",
+        *extra,
     ]
     started = time.monotonic()
     pid = spawn_detached(argv, log_file=data_dir / "stdout.log")
