@@ -39,6 +39,7 @@ hypothesis.settings.load_profile("chatlog")
 
 KAFKA_ENV = "CHATLOG_KAFKA_BOOTSTRAP"
 REDIS_ENV = "CHATLOG_REDIS_URL"
+REDIS_CLUSTER_ENV = "CHATLOG_TEST_REDIS_CLUSTER_URL"
 
 
 @dataclass
@@ -232,6 +233,23 @@ def kafka(_services: tuple[str, str]) -> Iterator[KafkaCluster]:
 @pytest.fixture(scope="session")
 def redis_url(_services: tuple[str, str]) -> str:
     return _services[1]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A node of a three-master Redis Cluster: ``CHATLOG_TEST_REDIS_CLUSTER_URL`` when set,
+    else the local stack's (`python -m dev.services up --redis-cluster`), started here if
+    it is not running (about a second) and stopped at the end if this session started it."""
+    if os.environ.get(REDIS_CLUSTER_ENV):
+        yield os.environ[REDIS_CLUSTER_ENV]
+        return
+    already_running = services.cluster_status() is not None
+    url = services.cluster_up()
+    try:
+        yield url
+    finally:
+        if not already_running:
+            services.cluster_down()
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from dev.services.state import Addresses
 __all__ = [
     "REDIS_NODE",
     "Addresses",
+    "cluster_down",
     "cluster_status",
     "cluster_up",
     "down",
@@ -95,6 +96,13 @@ def cluster_up(*, state_dir: pathlib.Path | None = None) -> str:
             _log.info("the recorded redis cluster no longer runs; starting it anew")
             redis_cluster_local.stop_cluster(base_dir=directory)
         return redis_cluster_local.start_cluster(base_dir=directory).url
+
+
+def cluster_down(*, state_dir: pathlib.Path | None = None) -> None:
+    """Stop the recorded Redis Cluster only (the stack keeps running)."""
+    directory = resolve_state_dir(state_dir)
+    with state.locked(directory):
+        redis_cluster_local.stop_cluster(base_dir=directory)
 
 
 def cluster_status(*, state_dir: pathlib.Path | None = None) -> str | None:
