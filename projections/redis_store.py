@@ -323,7 +323,9 @@ class RedisViewStore:
             for change in changes:
                 new = change.new
                 if (new.tenant, new.user_id) in erased:
-                    pipe.delete(self.keys.meta(new.session_id), self.keys.messages(new.session_id))
+                    # One key a DEL: a cluster pipeline sends each command to one node.
+                    pipe.delete(self.keys.meta(new.session_id))
+                    pipe.delete(self.keys.messages(new.session_id))
                     index = self.keys.user_sessions(new.tenant, new.user_id, layout=self._layout)
                     pipe.zrem(index, new.session_id)
             pipe.execute()

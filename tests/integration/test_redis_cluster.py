@@ -14,6 +14,7 @@ import asyncio
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -28,10 +29,16 @@ from chatlog.processors.replay import rebuild, verify
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_applied import RedisAppliedFeed
 from chatlog.projections.redis_cluster import is_cluster, stamp
+from chatlog.projections.redis_generations import GenerationStore
+from chatlog.projections.redis_keys import RedisKeyDirectory
+from chatlog.projections.redis_store import RedisViewStore
 from chatlog.schemas.errors import Erased, ReadModelLost, TooManySessions
+from chatlog.schemas.key_records import ErasureRecord
 from chatlog.schemas.limits import parse_rate
 from chatlog.schemas.position import Position
+from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
+from tests.contracts import POLICY, ViewStoreContract
 from tests.processes import full_chatlog, running_projector, unique_settings, wait_until
 
 pytestmark = pytest.mark.integration
@@ -73,6 +80,7 @@ def settings(kafka, redis_cluster_url: str, prefix: str) -> Settings:
 def projector(settings: Settings, tmp_path_factory) -> Iterator[subprocess.Popen[bytes]]:
     log = tmp_path_factory.mktemp("cluster") / "projector.log"
     with running_projector(settings, log=log) as process:
+        process.log = log  # type: ignore[attr-defined]
         yield process
 
 
@@ -306,4 +314,25 @@ def test_a_master_that_lost_its_data_refuses_its_slots_and_only_those(
     chat.append(session, user_id=session.split("-")[0], role="user", content="into the void")
     wait_until(lambda: projector.poll() is not None, timeout=60, what="the projector to stop")
     assert projector.returncode != 0
+    assert "Redis has lost" in projector.log.read_text()  # its epoch, or a slot's stamp
     assert not cluster.exists(keys.meta(session))  # nothing partial was written there
+
+
+class TestClusterViewStore(ViewStoreContract):
+    """The view store contract (as `tests.integration.test_redis_store` runs it on one
+    node), on the cluster: the same outcomes, each session's write one slot."""
+
+    @pytest.fixture
+    def store(self, redis_cluster_url: str) -> Iterator[RedisViewStore]:
+        client = redis.cluster.RedisCluster.from_url(redis_cluster_url)
+        name = f"t{uuid.uuid4().hex[:12]}"
+        live = GenerationStore(client, prefix=name).initialise("g1")
+        yield RedisViewStore(client, keys=KeySpace(name, live), policy=POLICY, notify=True)
+        keys = list(client.scan_iter(match=f"{name}:*", count=5000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        client.close()
+
+    def erase_owner(self, store: Any, tenant: str, user: str) -> None:
+        directory = RedisKeyDirectory(store.client, prefix=store.keys.prefix)
+        directory.erase(ErasureRecord(KeyScope(tenant, user), datetime.now(UTC), ()))
