@@ -110,7 +110,7 @@ return owner
 """
 )
 # On Redis Cluster the claim ({session}) and the count ({c:tenant:user}) are in two
-# slots, so the two scripts above are split in two steps each (`_ClusterSteps`): the
+# slots, so the two scripts above are split in two steps (`_claim_on_cluster`): the
 # count's step is the one that decides the cap, atomically in the user's slot.
 # KEYS: the claim. ARGV: the writer, ttl ms. The claim, refreshed if it is the writer's.
 _MINE_CLUSTER = """

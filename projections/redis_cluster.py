@@ -16,6 +16,12 @@ same call from other slots is moved next to the session, or done as a separate s
   the owners it wrote, and deletes what it wrote for an owner found erased (see
   `chatlog.projections.redis_store`). The erasure sets the mark before its SCAN, so a
   write is either seen by the SCAN or sees the mark.
+* A session's claim and its owner's count of sessions are in two slots: the count is
+  taken first, in the user's slot, which is where the cap is decided, then the claim
+  (`chatlog.projections.redis_claims`).
+* A progress mark going back (an older snapshot restored under a running projector) is
+  not checked by each session's write, as it is on one node: the marks are in a slot of
+  their own. The projector finds it when it starts (`chatlog.projections.epochs`).
 * Everything over many keys (the deletion of a generation, an erasure's pages, the load
   of a batch's sessions) goes through redis-py's cluster pipeline, which splits the
   commands by node; SCAN runs on every master (`RedisCluster.scan_iter`).

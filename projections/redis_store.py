@@ -17,6 +17,10 @@ The live projector's store also says, after each batch, which sessions it wrote:
 SPUBLISH per session on the session's shard channel (`KeySpace.applied`), in the same
 pipeline, so it costs no round trip. Gateways listen there to stream updates; a notice
 is a hint to read through the normal read path, and a lost one only delays the read.
+
+On Redis Cluster every script here touches one slot: the epoch it checks is its slot's
+stamp, and the checks a single node makes across slots are made as separate steps
+(`chatlog.projections.redis_cluster` says which and why).
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ end
 # if it has the erased mark, delete the session's keys instead and return 4. A batch
 # opened before an erasure and written after it therefore leaves nothing, whichever of
 # its two scripts runs after the mark. Like the epoch check, this spans hash slots: one
-# Redis node (Redis Cluster needs the mark beside each session, or a check per slot).
+# Redis node. On a cluster the store reads the marks after the write instead
+# (`RedisViewStore._unwrite_erased`).
 _ERASED = f"""
 local function erased(user_keys)
   return redis.call('HEXISTS', user_keys, '{ERASED_FIELD}') == 1
