@@ -172,45 +172,41 @@ def run_guarded(
 ) -> list[Any]:
     """The replies of `queue_guard` (pointer, epoch), of `queue`, then of `then`, read
     as one state of the key `near`'s slot (see above)."""
-    if not is_cluster(client):
-        pipe = client.pipeline(transaction=True)
-        queue_guard(pipe, keys)
-        queue(pipe)
-        if then is not None:
-            then(pipe)
-        return list(pipe.execute())
-    pipe = client.pipeline(transaction=True)
-    pipe.get(stamp(keys, near))
-    queue(pipe)
-    epoch, *held = pipe.execute()
-    pipe = client.pipeline(transaction=False)
-    pipe.get(keys.pointer)
-    if then is not None:
-        then(pipe)
-    pointer, *rest = pipe.execute()
-    return [pointer, epoch, *held, *rest]
+    return _in_order([pipe.execute() for pipe in _guarded(client, keys, near, queue, then)])
 
 
 async def arun_guarded(
     client: Any, keys: KeySpace, near: str, queue: Queue, then: Queue | None = None
 ) -> list[Any]:
     """`run_guarded`, awaited."""
+    return _in_order([await pipe.execute() for pipe in _guarded(client, keys, near, queue, then)])
+
+
+def _guarded(client: Any, keys: KeySpace, near: str, queue: Queue, then: Queue | None) -> list[Any]:
+    """The pipelines of `run_guarded`, to execute one after the other: one MULTI on one
+    node; on a cluster, the MULTI of `near`'s slot, then the pointer and `then`."""
     if not is_cluster(client):
         pipe = client.pipeline(transaction=True)
         queue_guard(pipe, keys)
         queue(pipe)
         if then is not None:
             then(pipe)
-        return list(await pipe.execute())
-    pipe = client.pipeline(transaction=True)
-    pipe.get(stamp(keys, near))
-    queue(pipe)
-    epoch, *held = await pipe.execute()
-    pipe = client.pipeline(transaction=False)
-    pipe.get(keys.pointer)
+        return [pipe]
+    held = client.pipeline(transaction=True)
+    held.get(stamp(keys, near))
+    queue(held)
+    rest = client.pipeline(transaction=False)
+    rest.get(keys.pointer)
     if then is not None:
-        then(pipe)
-    pointer, *rest = await pipe.execute()
+        then(rest)
+    return [held, rest]
+
+
+def _in_order(replies: list[Any]) -> list[Any]:
+    """The replies of `_guarded`'s pipelines as one node's MULTI answers them."""
+    if len(replies) == 1:
+        return list(replies[0])
+    (epoch, *held), (pointer, *rest) = replies
     return [pointer, epoch, *held, *rest]
 
 
