@@ -38,6 +38,8 @@ from chatlog.schemas.limits import parse_rate
 from chatlog.schemas.position import Position
 from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
+from dev import services
+from dev.services import redis_cluster_local, state
 from tests.contracts import POLICY, ViewStoreContract
 from tests.processes import full_chatlog, running_projector, unique_settings, wait_until
 
@@ -336,3 +338,22 @@ class TestClusterViewStore(ViewStoreContract):
     def erase_owner(self, store: Any, tenant: str, user: str) -> None:
         directory = RedisKeyDirectory(store.client, prefix=store.keys.prefix)
         directory.erase(ErasureRecord(KeyScope(tenant, user), datetime.now(UTC), ()))
+
+
+def test_the_local_cluster_is_reused_while_it_runs_and_down_stops_it(tmp_path):
+    try:
+        url = services.cluster_up(state_dir=tmp_path)
+        recorded = redis_cluster_local.read_cluster(base_dir=tmp_path)
+        assert recorded is not None
+        assert services.cluster_up(state_dir=tmp_path) == url
+        assert services.cluster_status(state_dir=tmp_path) == url
+        client = redis.cluster.RedisCluster.from_url(url)
+        try:
+            assert len(client.get_primaries()) == 3
+            assert client.set("{x}:probe", "1")
+        finally:
+            client.close()
+    finally:
+        services.down(state_dir=tmp_path)  # no stack recorded there: the cluster alone
+    assert services.cluster_status(state_dir=tmp_path) is None
+    assert not any(state.is_running(node.pid, marker=node.data_dir) for node in recorded.nodes)
