@@ -239,7 +239,12 @@ def redis_url(_services: tuple[str, str]) -> str:
 def redis_cluster_url() -> Iterator[str]:
     """A node of a three-master Redis Cluster: ``CHATLOG_TEST_REDIS_CLUSTER_URL`` when set,
     else the local stack's (`python -m dev.services up --redis-cluster`), started here if
-    it is not running (about a second) and stopped at the end if this session started it."""
+    it is not running (about a second).
+
+    It lives as long as the local stack: `down` stops both (this session's, when it
+    started the stack; else `make services-stop`), so no test process stops it under
+    another that still uses it. With no local stack running it is stopped at the end if
+    this session started it."""
     if os.environ.get(REDIS_CLUSTER_ENV):
         yield os.environ[REDIS_CLUSTER_ENV]
         return
@@ -248,7 +253,7 @@ def redis_cluster_url() -> Iterator[str]:
     try:
         yield url
     finally:
-        if not already_running:
+        if not already_running and services.status() is None:
             services.cluster_down()
 
 
