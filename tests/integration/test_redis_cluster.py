@@ -33,8 +33,9 @@ from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_keys import RedisKeyDirectory
 from chatlog.projections.redis_store import RedisViewStore
 from chatlog.schemas.errors import Erased, ReadModelLost, TooManySessions
-from chatlog.schemas.key_records import ErasureRecord
+from chatlog.schemas.key_records import ErasureRecord, KeyRecord
 from chatlog.schemas.limits import parse_rate
+from chatlog.schemas.master_keys import WrappedKey
 from chatlog.schemas.position import Position
 from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
@@ -248,6 +249,37 @@ def test_the_rate_limiter_takes_both_tokens_in_the_tenants_slot(settings):
             await client.aclose()
 
     assert asyncio.run(takes()) == [True, True, True, False]
+
+
+def test_the_key_directory_reads_many_users_at_once_and_shreds_one(cluster, settings):
+    directory = RedisKeyDirectory(wiring.redis_client(settings), prefix=settings.redis_prefix)
+    scopes = [KeyScope("acme", f"kd-{n}") for n in range(12)]
+    for scope in scopes:
+        wrapped = WrappedKey("k1", scope.user_id.encode())
+        assert directory.put(KeyRecord(scope, "key-1", wrapped, datetime.now(UTC)))
+    assert len({node_of(cluster, directory.key_of(s)) for s in scopes}) == 3
+    entries = directory.entries_many(scopes)
+    assert [entries[s].keys["key-1"].blob for s in scopes] == [s.user_id.encode() for s in scopes]
+    assert directory.erase(ErasureRecord(scopes[0], datetime.now(UTC), ())) == ("key-1",)
+    shredded = KeyRecord(scopes[0], "key-2", WrappedKey("k1", b"x"), datetime.now(UTC))
+    assert not directory.put(shredded)  # an erased user gets no key again
+    assert directory.entries(scopes[0]).erased_at is not None
+    assert directory.entries(scopes[0]).keys == {}
+
+
+def test_a_processor_waits_for_the_projection_and_loads_the_view(settings, chat, written):
+    session, (user, position) = next((s, v) for s, v in written.items() if v[0] == "cy")
+
+    async def load() -> Any:
+        reader = wiring.async_reader(settings)
+        try:
+            return await reader.projected_view(session, position, timeout=30)
+        finally:
+            await reader.client.aclose()
+
+    view = asyncio.run(load())
+    assert view is not None
+    assert (view.user_id, view.last_offset >= position.offset) == (user, True)
 
 
 def test_a_replay_rebuilds_into_a_new_generation_and_flips_the_pointer(
