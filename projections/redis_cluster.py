@@ -101,13 +101,15 @@ def stamps(keys: KeySpace) -> list[str]:
     return [f"{keys.epoch}:{{{tag}}}" for tag in _tags()]
 
 
-def write_stamps(client: Any, keys: KeySpace, value: str) -> None:
-    """Set every epoch stamp of the generation to `value` (the epoch's own value)."""
+def write_stamps(client: Any, keys: KeySpace, value: str, *, only_existing: bool = False) -> None:
+    """Set every epoch stamp of the generation to `value` (the epoch's own value, or its
+    lost mark); with `only_existing`, only the stamps that are there (a slot that lost its
+    stamp stays lost, and a generation never created gets none)."""
     names = stamps(keys)
     for start in range(0, len(names), 2048):
         pipe = client.pipeline(transaction=False)
         for name in names[start : start + 2048]:
-            pipe.set(name, value)
+            pipe.set(name, value, xx=only_existing)
         pipe.execute()
 
 

@@ -171,9 +171,11 @@ class GenerationStore:
         it and no writer touches it until it is rebuilt."""
         keys = self.keys.with_generation(generation)
         with redis_errors():
-            marked = self.client.set(keys.epoch, lost_epoch(reason), xx=True)
-            if marked and is_cluster(self.client):
-                write_stamps(self.client, keys, lost_epoch(reason))
+            self.client.set(keys.epoch, lost_epoch(reason), xx=True)
+            if is_cluster(self.client):
+                # Every slot's stamp too, whether or not the epoch itself survived (it
+                # lives on one master): readers of every slot refuse the generation.
+                write_stamps(self.client, keys, lost_epoch(reason), only_existing=True)
 
     def rebuild_in_progress(self) -> dict[str, str]:
         """The rebuild recorded as under way (empty if none)."""

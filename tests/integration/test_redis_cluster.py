@@ -350,6 +350,10 @@ def test_a_master_that_lost_its_data_refuses_its_slots_and_only_those(
     assert projector.returncode != 0
     assert "Redis has lost" in projector.log.read_text()  # its epoch, or a slot's stamp
     assert not cluster.exists(keys.meta(session))  # nothing partial was written there
+    # It marked the whole generation lost, every slot's stamp: no slot serves it now.
+    survivor = by_node[other_nodes[0]][0]
+    with pytest.raises(ReadModelLost):
+        chat.context(survivor, user_id=survivor.split("-")[0])
 
 
 @pytest.fixture(scope="module")
