@@ -213,6 +213,10 @@ class Settings(BaseModel):
         30.0, gt=0, description="how long a publish may take before it fails"
     )
     linger_ms: int = Field(2, ge=0, le=1000, description="producer batching delay")
+    redis_cluster: bool = Field(
+        False,
+        description="CHATLOG_REDIS_URL names a node of a Redis Cluster: use the cluster client",
+    )
     redis_prefix: str = Field("chatlog", description="prefix of every read-model key")
     window: int = Field(20, ge=1, le=10_000, description="recent messages kept per session")
     max_overflow: int = Field(
@@ -581,6 +585,20 @@ class Settings(BaseModel):
                 f"CHATLOG_REDIS_TIMEOUT_S={self.redis_timeout_s:g} must be below "
                 f"CHATLOG_READ_TIMEOUT_S={self.read_timeout_s:g}: one stalled Redis call "
                 f"would otherwise outlast the read's own timeout"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _redis_cluster_url(self) -> Settings:
+        # A cluster has database 0 only, and its client connects over TCP to find the nodes.
+        if self.redis_cluster and (
+            self.redis_url.startswith("unix://")
+            or urlsplit(self.redis_url).path.strip("/") not in ("", "0")
+        ):
+            raise ValueError(
+                f"CHATLOG_REDIS_CLUSTER=true needs CHATLOG_REDIS_URL to name one node of the "
+                f"cluster as redis://host:port or rediss://host:port (database 0 only), not "
+                f"{redacted_url(self.redis_url)!r}"
             )
         return self
 

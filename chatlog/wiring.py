@@ -10,12 +10,14 @@ import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.backoff
+import redis.cluster
 import redis.retry
 from confluent_kafka.admin import AdminClient
 
@@ -434,7 +436,8 @@ def _ms(seconds: float | None) -> int:
 
 def redis_client(settings: Settings, *, url: str | None = None) -> redis.Redis:
     """A blocking Redis client for `settings.redis_url` (or `url`: the recall index's,
-    `settings.recall_redis`), each call bounded in time.
+    `settings.recall_redis`), each call bounded in time: the Redis Cluster client when
+    CHATLOG_REDIS_CLUSTER is set, for the read-model (the one place either is made).
 
     It connects, and waits for each reply, at most CHATLOG_REDIS_TIMEOUT_S: redis-py's
     own defaults (5 s, then up to ten retries on a timeout) would hold a read far past
@@ -443,19 +446,34 @@ def redis_client(settings: Settings, *, url: str | None = None) -> redis.Redis:
     is the caller's to handle: the projector retries with backoff, a reader raises
     `StoreUnavailable`.
     """
+    retry = redis.retry.Retry(redis.backoff.NoBackoff(), 1, (redis.ConnectionError,))
+    if settings.redis_cluster and url is None:
+        # Typed as the one-node client that chatlog's Redis parts take: it answers every
+        # command they send, and the parts that must work otherwise on a cluster (one
+        # slot per call) ask `chatlog.projections.redis_cluster.is_cluster`.
+        return cast(
+            "redis.Redis",
+            redis.cluster.RedisCluster.from_url(
+                settings.redis_url,
+                socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_timeout_s,
+                retry=retry,
+                **redis_tls(settings),
+            ),
+        )
     return redis.Redis.from_url(
         url or settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
-        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 1, (redis.ConnectionError,)),
-        **redis_tls(settings),
+        retry=retry,
+        **redis_tls(settings, url),
     )
 
 
-def redis_tls(settings: Settings) -> dict[str, Any]:
+def redis_tls(settings: Settings, url: str | None = None) -> dict[str, Any]:
     """redis-py's TLS options for ``rediss://`` (``CHATLOG_REDIS_TLS_*``); none otherwise."""
     return redis_tls_options(
-        settings.redis_url,
+        url or settings.redis_url,
         ca=settings.redis_tls_ca_file,
         cert=settings.redis_tls_cert_file,
         key=settings.redis_tls_key_file,
@@ -474,6 +492,22 @@ def async_redis_client(settings: Settings, *, url: str | None = None) -> redis.a
     (``MaxConnectionsError``), so a gateway serving more than 100 requests at a time
     answered the rest 503 while Redis was idle (measured by the gateway benchmark).
     """
+    if settings.redis_cluster and url is None:
+        # One pool per node, of the same bound; the cluster client waits for a free
+        # connection rather than refusing the call.
+        return cast(
+            "redis.asyncio.Redis",
+            redis.asyncio.cluster.RedisCluster.from_url(
+                settings.redis_url,
+                max_connections=_ASYNC_REDIS_CONNECTIONS,
+                socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_timeout_s,
+                retry=redis.asyncio.retry.Retry(
+                    redis.backoff.NoBackoff(), 1, (redis.ConnectionError,)
+                ),
+                **redis_tls(settings),
+            ),
+        )
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url or settings.redis_url,
         max_connections=_ASYNC_REDIS_CONNECTIONS,
@@ -481,7 +515,7 @@ def async_redis_client(settings: Settings, *, url: str | None = None) -> redis.a
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 1, (redis.ConnectionError,)),
-        **redis_tls(settings),
+        **redis_tls(settings, url),
     )
     return redis.asyncio.Redis.from_pool(pool)
 

@@ -3,8 +3,9 @@
 Every key lives under `<prefix>:<generation>:`, and one pointer key `<prefix>:generation`
 names the live generation. A rebuild fills a new generation while readers keep using the
 live one, then flips the pointer. A session's keys share the hash tag `{<session_id>}`, so
-one Lua call can update them atomically (one slot on Redis Cluster too, though the epoch
-check of that call is not yet). A user's session index has a tag of its own,
+one Lua call can update them atomically (one slot on Redis Cluster too, where the
+epoch that call checks is the stamp of its slot: `chatlog.projections.redis_cluster`).
+A user's session index has a tag of its own,
 `{u:<tenant>:<user_id>}` (one index per user of a tenant, as the key directory's
 `{k:<tenant>:<user_id>}`), and is updated separately.
 
@@ -15,6 +16,7 @@ check of that call is not yet). A user's session index has a tag of its own,
     chatlog:g1:progress                         hash: partition -> last projected offset
     chatlog:g1:epoch                            "v2-<token>": the layout, a token written
                                                 when g1 was created
+    chatlog:g1:epoch:{<tag>}                    on Redis Cluster, a copy of it in each slot
     chatlog:keys:{k:acme:alice}                 hash: key id -> wrapped data key; !erased
     chatlog:owner:{session-42}                  "acme<US>alice": the session's claim
     chatlog:claimed:{c:acme:alice}              sorted set: her claimed sessions by expiry
@@ -24,8 +26,9 @@ check of that call is not yet). A user's session index has a tag of its own,
 The claims and the rate buckets are outside every generation too: they are no
 projection of the log, and a rebuild must not reset them. A user's claimed sessions
 count them against ``CHATLOG_MAX_SESSIONS_PER_USER``; the one Lua call that takes a
-claim counts it, so it spans the session's slot and the user's (one Redis node; on
-Cluster it is for the Cluster issue, as the erasure's calls are). The rate buckets of
+claim counts it, so it spans the session's slot and the user's on one Redis node; on a
+Cluster the count is taken first on the user's slot, where the cap is decided, then the
+claim (`chatlog.projections.redis_claims`). The rate buckets of
 one tenant share the tag `{t:<tenant>}`, so the gateway checks a user's bucket and
 their tenant's in one call, on one Cluster node: a tenant's whole request load lands on
 that node, the price of taking both tokens atomically.

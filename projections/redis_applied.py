@@ -10,7 +10,8 @@ per client. A channel is subscribed while at least one `Watch` is on it.
 Why sharded pub/sub (SSUBSCRIBE, Redis 7)? On Redis Cluster a shard channel lives on the
 shard of its hash slot, which is the session's (the channel carries the session's hash
 tag), so a notice travels within that shard only, where a classic PUBLISH is broadcast
-to every node of the cluster. On one node the two behave alike.
+to every node of the cluster. On one node the two behave alike. On a cluster the feed's
+connection is redis-py's cluster pub/sub: one connection per shard it listens to.
 
 A notice is a hint, never the data: the listener reads through the normal read path
 (ownership and erasure checked there). Pub/sub delivers at most once, so a notice can be
@@ -31,6 +32,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from chatlog.projections.redis_cluster import is_cluster
 from chatlog.projections.redis_store import parse_applied_notice, text
 from chatlog.schemas.position import Position
 
@@ -40,7 +42,10 @@ log = logging.getLogger("chatlog.applied")
 
 _CONFIRM_TIMEOUT_S = 2.0  # a subscription Redis has not confirmed by then: rely on rechecks
 _READ_IDLE_S = 5.0  # how long one read of the connection waits for a message
-_RETRY_S = 1.0  # after the connection failed, before reading (and reconnecting) again
+_RETRY_S = 1.0
+# On a cluster one read polls each shard's connection in turn, sharing its wait between
+# them: a short wait, so a notice on one shard never waits out the others' idle time.
+_CLUSTER_READ_S = 0.05  # after the connection failed, before reading (and reconnecting) again
 
 
 class Watch:
@@ -90,6 +95,9 @@ class RedisAppliedFeed:
         self._reader: asyncio.Task[None] | None = None
         self._sending = asyncio.Lock()  # SSUBSCRIBE and SUNSUBSCRIBE, one at a time
         self.closed = False
+        # A cluster's pub/sub holds one connection per shard that has a subscribed
+        # channel (redis-py's ClusterPubSub, which follows a channel to its slot's node).
+        self.cluster = is_cluster(client)
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[Watch]:
@@ -161,7 +169,10 @@ class RedisAppliedFeed:
     async def _read(self) -> None:
         while not self.closed:
             try:
-                message = await self._pubsub.get_message(timeout=_READ_IDLE_S)
+                if self.cluster:
+                    message = await self._pubsub.get_sharded_message(timeout=_CLUSTER_READ_S)
+                else:
+                    message = await self._pubsub.get_message(timeout=_READ_IDLE_S)
             except (redis.RedisError, OSError) as exc:
                 log.warning("the notice connection failed (%s); reconnecting", exc)
                 self._wake_all()  # notices may have been lost meanwhile: look now

@@ -44,6 +44,7 @@ import redis.asyncio
 
 from chatlog.projections.access import refuse_writer
 from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_cluster import is_cluster
 from chatlog.projections.redis_store import redis_errors
 from chatlog.schemas.errors import TooManySessions
 from chatlog.schemas.sealing import KeyScope
@@ -108,6 +109,45 @@ end
 return owner
 """
 )
+# On Redis Cluster the claim ({session}) and the count ({c:tenant:user}) are in two
+# slots, so the two scripts above are split in two steps (`_claim_on_cluster`): the
+# count's step is the one that decides the cap, atomically in the user's slot.
+# KEYS: the claim. ARGV: the writer, ttl ms. The claim, refreshed if it is the writer's.
+_MINE_CLUSTER = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] and tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return owner
+"""
+# KEYS: the claim. ARGV: the owner to set, ttl ms. The claim already there, else sets it.
+_SET_CLUSTER = """
+local owner = redis.call('GET', KEYS[1])
+if owner then return owner end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return ARGV[1]
+"""
+# KEYS: the writer's claimed set. ARGV: ttl ms, session id, cap (0: none). Counts the
+# session (-1), or, at the cap and not counted yet, refuses with the count.
+_COUNT_CLUSTER = """
+local ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[3])
+local now = redis.call('TIME')
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(now[1]) * 1000)
+  local held = redis.call('ZCARD', KEYS[1])
+  if held >= cap and not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return held end
+end
+if ttl > 0 then
+  local expires = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl
+  redis.call('ZADD', KEYS[1], expires, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+else
+  redis.call('ZADD', KEYS[1], '+inf', ARGV[2])
+end
+return -1
+"""
 # Deletes the claim only if it is still the erased user's.
 _DROP_IF_THEIRS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -182,6 +222,17 @@ class _Claims:
         keys, args = self.mine_call(scope, session_id)
         return keys, [*args, self.max_sessions, first or ""]
 
+    def count_call(
+        self, scope: KeyScope, session_id: str, cap: int
+    ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of `_COUNT_CLUSTER`."""
+        return [self.counted(scope)], [self.ttl_ms, session_id, cap]
+
+    def counted_or_refuse(self, scope: KeyScope, session_id: str, answer: object) -> None:
+        """`TooManySessions` unless `_COUNT_CLUSTER` answered -1 (counted)."""
+        if int(str(answer)) >= 0:
+            self.owner(scope, session_id, int(str(answer)))
+
     def owner(self, scope: KeyScope, session_id: str, answer: object) -> str:
         """The owner `_TAKE` answered; `TooManySessions` if it answered a count instead."""
         if isinstance(answer, int):
@@ -214,6 +265,10 @@ class RedisSessionClaims(_Claims):
         self.client = client
         self._mine = client.register_script(_MINE_REFRESHED)
         self._take = client.register_script(_TAKE)
+        self.cluster = is_cluster(client)
+        self._mine_c = client.register_script(_MINE_CLUSTER)
+        self._set_c = client.register_script(_SET_CLUSTER)
+        self._count_c = client.register_script(_COUNT_CLUSTER)
 
     def claim(self, scope: KeyScope, session_id: str) -> None:
         """Claim `session_id` for `scope`: `OwnershipError` if another user owns it,
@@ -222,12 +277,38 @@ class RedisSessionClaims(_Claims):
             return
         keys, args = self.mine_call(scope, session_id)
         with redis_errors():
-            owner = _text(self._mine(keys=keys, args=args))
-            if owner is None:
-                keys, args = self.take_call(scope, session_id, self._first(session_id))
-                owner = self.owner(scope, session_id, self._take(keys=keys, args=args))
+            if self.cluster:
+                owner = self._claim_on_cluster(scope, session_id)
+            else:
+                held = _text(self._mine(keys=keys, args=args))
+                if held is None:
+                    keys, args = self.take_call(scope, session_id, self._first(session_id))
+                    held = self.owner(scope, session_id, self._take(keys=keys, args=args))
+                owner = held
         _refuse(session_id, scope, owner)
         self.checked.remember(scope, session_id)
+
+    def _claim_on_cluster(self, scope: KeyScope, session_id: str) -> str:
+        """`claim`'s scripts split by slot (see `_MINE_CLUSTER`): the claim is read (and
+        refreshed), a new one is counted first, in the user's slot, where the cap is
+        decided, and then set; a count whose claim someone else took is given back."""
+        writer, claim = _value(scope), self.keys.claim(session_id)
+        held = _text(self._mine_c(keys=[claim], args=[writer, self.ttl_ms]))
+        if held is not None:
+            if held == writer:
+                self._count_c(*self.count_call(scope, session_id, 0))
+            return held
+        first = self._first(session_id)
+        wanted = first or writer
+        if wanted == writer:
+            cap = self.max_sessions if first is None else 0
+            self.counted_or_refuse(
+                scope, session_id, self._count_c(*self.count_call(scope, session_id, cap))
+            )
+        owner = _text(self._set_c(keys=[claim], args=[wanted, self.ttl_ms])) or wanted
+        if wanted == writer and owner != writer:
+            self.release(scope, session_id)
+        return owner
 
     def release(self, scope: KeyScope, session_id: str) -> None:
         """Take a deleted session of `scope` out of their count (its claim stays: the id
@@ -261,6 +342,10 @@ class AsyncRedisSessionClaims(_Claims):
         self.client = client
         self._mine = client.register_script(_MINE_REFRESHED)
         self._take = client.register_script(_TAKE)
+        self.cluster = is_cluster(client)
+        self._mine_c = client.register_script(_MINE_CLUSTER)
+        self._set_c = client.register_script(_SET_CLUSTER)
+        self._count_c = client.register_script(_COUNT_CLUSTER)
 
     async def claim(self, scope: KeyScope, session_id: str) -> None:
         """`RedisSessionClaims.claim`."""
@@ -268,13 +353,36 @@ class AsyncRedisSessionClaims(_Claims):
             return
         keys, args = self.mine_call(scope, session_id)
         with redis_errors():
-            owner = _text(await self._mine(keys=keys, args=args))
-            if owner is None:
-                first = await self._first(session_id)
-                keys, args = self.take_call(scope, session_id, first)
-                owner = self.owner(scope, session_id, await self._take(keys=keys, args=args))
+            if self.cluster:
+                owner = await self._claim_on_cluster(scope, session_id)
+            else:
+                held = _text(await self._mine(keys=keys, args=args))
+                if held is None:
+                    first = await self._first(session_id)
+                    keys, args = self.take_call(scope, session_id, first)
+                    held = self.owner(scope, session_id, await self._take(keys=keys, args=args))
+                owner = held
         _refuse(session_id, scope, owner)
         self.checked.remember(scope, session_id)
+
+    async def _claim_on_cluster(self, scope: KeyScope, session_id: str) -> str:
+        """`RedisSessionClaims._claim_on_cluster`, awaited."""
+        writer, claim = _value(scope), self.keys.claim(session_id)
+        held = _text(await self._mine_c(keys=[claim], args=[writer, self.ttl_ms]))
+        if held is not None:
+            if held == writer:
+                await self._count_c(*self.count_call(scope, session_id, 0))
+            return held
+        first = await self._first(session_id)
+        wanted = first or writer
+        if wanted == writer:
+            cap = self.max_sessions if first is None else 0
+            counted = await self._count_c(*self.count_call(scope, session_id, cap))
+            self.counted_or_refuse(scope, session_id, counted)
+        owner = _text(await self._set_c(keys=[claim], args=[wanted, self.ttl_ms])) or wanted
+        if wanted == writer and owner != writer:
+            await self.release(scope, session_id)
+        return owner
 
     async def release(self, scope: KeyScope, session_id: str) -> None:
         """`RedisSessionClaims.release`."""

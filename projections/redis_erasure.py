@@ -8,17 +8,19 @@ A SCAN of every generation's session meta hashes finds them all; it costs one pa
 the prefix's keys (non-blocking, a page at a time), which an erasure, a rare operation,
 can afford. SCAN returns every key that exists for the whole scan, so a view written
 before the user's erased mark was set is found; one written after it never is, because
-the store's scripts refuse an erased owner (`chatlog.projections.redis_store`).
+the store's scripts refuse an erased owner (`chatlog.projections.redis_store`; on a
+cluster the store deletes what it wrote for an owner it then finds erased).
 
-Each session is removed by one Lua call that checks its owner again (the meta hash's
-user and tenant) and deletes the meta hash and the message list, and its entry in that
-generation's user index, together. Which index? The user's of their tenant; a generation
-built with key layout 1 has one per user id, shared by every tenant's user of that id,
-so the entry is removed from both names (one of them does not exist), and only this
-tenant's sessions leave the shared one, and entries whose session has expired.
+Each session is removed by one Lua call on its slot that checks its owner again (the
+meta hash's user and tenant) and deletes the meta hash and the message list; then its
+entry in that generation's user index (another slot) is removed. Which index? The
+user's of their tenant; a generation built with key layout 1 has one per user id,
+shared by every tenant's user of that id, so the entry is removed from both names (one
+of them does not exist), and only this tenant's sessions leave the shared one, and
+entries whose session has expired.
 
-One Redis node: the call spans the session's slot and the index's. On Redis Cluster a
-SCAN also covers one node only; both are for the Cluster issue.
+On Redis Cluster the SCAN runs on every master (redis-py's cluster `scan_iter`) and
+each page's calls are split by node (`chatlog.projections.redis_cluster.execute`).
 """
 
 from __future__ import annotations
@@ -31,21 +33,19 @@ import redis
 
 from chatlog.projections.keys import LAYOUT, LEGACY_LAYOUT, KeySpace
 from chatlog.projections.redis_claims import drop_claims
+from chatlog.projections.redis_cluster import execute
 from chatlog.projections.redis_generations import GenerationStore
 from chatlog.projections.redis_store import redis_errors, text
 from chatlog.schemas.sealing import KeyScope
 
 __all__ = ["RedisUserSessions"]
 
-# KEYS: meta, msgs, the user's index in the same generation under each key layout.
-# ARGV: session id, user id, tenant. 1 if the session was the user's and is gone, 0 if
-# it was someone else's.
+# KEYS: meta, msgs (one slot). ARGV: user id, tenant. 1 if the session was the user's
+# and is gone, 0 if it was someone else's. Its index entries go in a second step.
 _FORGET = """
 local owner = redis.call('HMGET', KEYS[1], 'user_id', 'tenant')
-if owner[1] ~= ARGV[2] or owner[2] ~= ARGV[3] then return 0 end
+if owner[1] ~= ARGV[1] or owner[2] ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
 """
 
@@ -77,27 +77,32 @@ class RedisUserSessions:
         removed: set[str] = set()
         touched: set[str] = set()
         for page in self._owned(scope):
-            pipe = self.client.pipeline(transaction=False)
-            for generation, session_id in page:
-                keys = self.keys.with_generation(generation)
-                self._forget(
-                    keys=[keys.meta(session_id), keys.messages(session_id), *_indexes(keys, scope)],
-                    args=[session_id, scope.user_id, scope.tenant],
-                    client=pipe,
-                )
-            with redis_errors():
-                replies = pipe.execute()
-            drop = self.client.pipeline(transaction=False)
-            for (generation, session_id), gone in zip(page, replies, strict=True):
-                if int(gone):
-                    removed.add(session_id)
-                    touched.add(generation)
-                    # The session's LangGraph thread state goes with it (sealed under the
-                    # destroyed key already: this leaves no ciphertext behind either).
+
+            def forget(pipe: Any, page: list[tuple[str, str]] = page) -> None:
+                for generation, session_id in page:
                     keys = self.keys.with_generation(generation)
-                    drop.delete(keys.checkpoints(session_id), keys.checkpoint_index(session_id))
+                    self._forget(
+                        keys=[keys.meta(session_id), keys.messages(session_id)],
+                        args=[scope.user_id, scope.tenant],
+                        client=pipe,
+                    )
+
             with redis_errors():
-                drop.execute()
+                replies = execute(self.client, forget, (self._forget,))
+                gone = [entry for entry, reply in zip(page, replies, strict=True) if int(reply)]
+                pipe = self.client.pipeline(transaction=False)
+                for generation, session_id in gone:
+                    keys = self.keys.with_generation(generation)
+                    for index in _indexes(keys, scope):
+                        pipe.zrem(index, session_id)
+                    # The session's LangGraph thread state goes with it (sealed under the
+                    # destroyed key already: this leaves no ciphertext behind either). One
+                    # key per DEL: a cluster pipeline refuses a multi-key one.
+                    pipe.delete(keys.checkpoints(session_id))
+                    pipe.delete(keys.checkpoint_index(session_id))
+                pipe.execute()
+            removed.update(session_id for _, session_id in gone)
+            touched.update(generation for generation, _ in gone)
         # The live generation and a rebuild's, even with none of the user's sessions left:
         # their index may still list sessions that expired.
         live = self.generations.live()

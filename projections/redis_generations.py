@@ -36,6 +36,7 @@ import redis
 from chatlog.projections.encoding import META_DEFAULTS
 from chatlog.projections.epochs import layout_of, lost_epoch, new_epoch
 from chatlog.projections.keys import LAYOUT, LEGACY_LAYOUT, KeySpace
+from chatlog.projections.redis_cluster import is_cluster, write_stamps
 from chatlog.projections.redis_store import redis_errors, text, text_map
 from chatlog.schemas.position import Position
 
@@ -130,9 +131,14 @@ class GenerationStore:
     def create(self, generation: str, *, layout: int = LAYOUT) -> None:
         """Give `generation` its epoch, of key `layout`, before anything is written into
         it (kept if it has one)."""
-        epoch = new_epoch(layout)
+        keys = self.keys.with_generation(generation)
         with redis_errors():
-            self.client.set(self.keys.with_generation(generation).epoch, epoch, nx=True)
+            self.client.set(keys.epoch, new_epoch(layout), nx=True)
+            if is_cluster(self.client):
+                # Every slot's stamp, before anything is written into the generation.
+                epoch = self.client.get(keys.epoch)
+                if epoch is not None:
+                    write_stamps(self.client, keys, text(epoch))
 
     def layout(self, generation: str) -> int | None:
         """The key layout `generation` was built with (None: it has no epoch)."""
@@ -141,6 +147,18 @@ class GenerationStore:
 
     def initialise(self, generation: str) -> str:
         """Make `generation` (with a new epoch) live if no generation is; the live one."""
+        if is_cluster(self.client):
+            # The pointer and the epoch are in two slots: the epoch (and its stamps) first,
+            # then the pointer if none is set; of two racing starts, the second finds the
+            # first's pointer. A generation named only by a losing start keeps an epoch
+            # and stamps, and no data.
+            live = self.live()
+            if live is not None:
+                return live
+            self.create(generation)
+            with redis_errors():
+                won = self.client.set(self.keys.pointer, generation, nx=True)
+            return generation if won else (self.live() or generation)
         epoch_key = self.keys.with_generation(generation).epoch
         with redis_errors():
             live = self._initialise(
@@ -151,10 +169,13 @@ class GenerationStore:
     def mark_lost(self, generation: str, reason: str) -> None:
         """Mark `generation` lost (if its epoch is still there), so that readers refuse
         it and no writer touches it until it is rebuilt."""
+        keys = self.keys.with_generation(generation)
         with redis_errors():
-            self.client.set(
-                self.keys.with_generation(generation).epoch, lost_epoch(reason), xx=True
-            )
+            self.client.set(keys.epoch, lost_epoch(reason), xx=True)
+            if is_cluster(self.client):
+                # Every slot's stamp too, whether or not the epoch itself survived (it
+                # lives on one master): readers of every slot refuse the generation.
+                write_stamps(self.client, keys, lost_epoch(reason), only_existing=True)
 
     def rebuild_in_progress(self) -> dict[str, str]:
         """The rebuild recorded as under way (empty if none)."""

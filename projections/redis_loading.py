@@ -9,7 +9,7 @@ user who reads, which open the view (`chatlog.projections.opening.ViewOpener`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import redis
@@ -17,6 +17,7 @@ import redis.asyncio
 
 from chatlog.projections.epochs import layout_problem, reader_problem
 from chatlog.projections.keys import KeySpace
+from chatlog.projections.redis_cluster import is_cluster, stamp
 from chatlog.projections.redis_keys import entries_of
 from chatlog.projections.redis_store import decode_loaded, queue_load, redis_errors, text
 from chatlog.projections.view import SessionView
@@ -28,11 +29,13 @@ __all__ = [
     "Loaded",
     "aload_guarded",
     "aload_session",
+    "arun_guarded",
     "check_guard",
     "check_layout",
     "load_guarded",
     "load_session",
     "queue_guard",
+    "run_guarded",
 ]
 
 
@@ -118,10 +121,14 @@ def load_guarded(
 ) -> Loaded | None:
     """`load_session` (and `owner`'s key entries); None if the pointer has moved away
     from `keys` (see `check_guard`)."""
-    pipe = client.pipeline(transaction=True)
-    _queue_guarded_load(pipe, keys, session_id, messages=messages, owner=owner)
     with redis_errors():
-        replies = pipe.execute()
+        replies = run_guarded(
+            client,
+            keys,
+            keys.meta(session_id),
+            lambda pipe: queue_load(pipe, keys, session_id, messages=messages),
+            lambda pipe: _queue_entries(pipe, keys, owner),
+        )
     return _guarded_load(replies, keys, final=final, messages=messages, owner=owner)
 
 
@@ -135,23 +142,72 @@ async def aload_guarded(
     owner: KeyScope | None = None,
 ) -> Loaded | None:
     """`load_guarded`, awaited."""
-    pipe = client.pipeline(transaction=True)
-    _queue_guarded_load(pipe, keys, session_id, messages=messages, owner=owner)
     with redis_errors():
-        replies = await pipe.execute()
+        replies = await arun_guarded(
+            client,
+            keys,
+            keys.meta(session_id),
+            lambda pipe: queue_load(pipe, keys, session_id, messages=messages),
+            lambda pipe: _queue_entries(pipe, keys, owner),
+        )
     return _guarded_load(replies, keys, final=final, messages=messages, owner=owner)
 
 
-def _queue_guarded_load(
-    pipe: Any, keys: KeySpace, session_id: str, *, messages: bool, owner: KeyScope | None
-) -> None:
-    # One MULTI: the meta and the messages of one state (never a meta from before a
-    # projector's write beside messages from after it), the epoch that says the
-    # generation still holds everything it was given, and the keys that open the view.
-    queue_guard(pipe, keys)
-    queue_load(pipe, keys, session_id, messages=messages)
+def _queue_entries(pipe: Any, keys: KeySpace, owner: KeyScope | None) -> None:
     if owner is not None:
         pipe.hgetall(keys.user_keys(owner.tenant, owner.user_id))
+
+
+# One MULTI on one node: the meta and the messages of one state (never a meta from
+# before a projector's write beside messages from after it), the epoch that says the
+# generation still holds everything it was given, and the keys that open the view.
+# On a cluster the MULTI holds what shares the slot of `near` (with that slot's epoch
+# stamp, `chatlog.projections.redis_cluster`); the pointer and `then` (the reader's key
+# entries, another slot) are read right after it.
+Queue = Callable[[Any], object]
+
+
+def run_guarded(
+    client: Any, keys: KeySpace, near: str, queue: Queue, then: Queue | None = None
+) -> list[Any]:
+    """The replies of `queue_guard` (pointer, epoch), of `queue`, then of `then`, read
+    as one state of the key `near`'s slot (see above)."""
+    return _in_order([pipe.execute() for pipe in _guarded(client, keys, near, queue, then)])
+
+
+async def arun_guarded(
+    client: Any, keys: KeySpace, near: str, queue: Queue, then: Queue | None = None
+) -> list[Any]:
+    """`run_guarded`, awaited."""
+    return _in_order([await pipe.execute() for pipe in _guarded(client, keys, near, queue, then)])
+
+
+def _guarded(client: Any, keys: KeySpace, near: str, queue: Queue, then: Queue | None) -> list[Any]:
+    """The pipelines of `run_guarded`, to execute one after the other: one MULTI on one
+    node; on a cluster, the MULTI of `near`'s slot, then the pointer and `then`."""
+    if not is_cluster(client):
+        pipe = client.pipeline(transaction=True)
+        queue_guard(pipe, keys)
+        queue(pipe)
+        if then is not None:
+            then(pipe)
+        return [pipe]
+    held = client.pipeline(transaction=True)
+    held.get(stamp(keys, near))
+    queue(held)
+    rest = client.pipeline(transaction=False)
+    rest.get(keys.pointer)
+    if then is not None:
+        then(rest)
+    return [held, rest]
+
+
+def _in_order(replies: list[Any]) -> list[Any]:
+    """The replies of `_guarded`'s pipelines as one node's MULTI answers them."""
+    if len(replies) == 1:
+        return list(replies[0])
+    (epoch, *held), (pointer, *rest) = replies
+    return [pointer, epoch, *held, *rest]
 
 
 def _guarded_load(

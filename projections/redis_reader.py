@@ -47,10 +47,11 @@ from chatlog.projections.redis_keys import entries_of
 from chatlog.projections.redis_loading import (
     Loaded,
     aload_guarded,
+    arun_guarded,
     check_guard,
     check_layout,
     load_guarded,
-    queue_guard,
+    run_guarded,
 )
 from chatlog.projections.redis_store import redis_errors, text, text_map
 from chatlog.projections.store import SessionEntry, session_entries
@@ -162,9 +163,14 @@ class RedisReader:
         for refresh in (False, True):
             keys = self.keys(refresh=refresh)
             index = keys.user_sessions(owner.tenant, owner.user_id)
-            pipe = self.client.pipeline(transaction=True)
-            _queue_sessions(pipe, keys, index, limit=limit, ttl_ms=self.ttl_ms)
-            replies = pipe.execute()
+            replies = run_guarded(
+                self.client,
+                keys,
+                index,
+                functools.partial(
+                    _queue_sessions, keys=keys, index=index, limit=limit, ttl_ms=self.ttl_ms
+                ),
+            )
             if check_guard(replies[:2], keys, final=refresh):
                 break
         check_layout(replies[:2], keys)
@@ -392,9 +398,14 @@ class AsyncRedisReader:
         for refresh in (False, True):
             keys = await self.keys(refresh=refresh)
             index = keys.user_sessions(owner.tenant, owner.user_id)
-            pipe = self.client.pipeline(transaction=True)
-            _queue_sessions(pipe, keys, index, limit=limit, ttl_ms=self.ttl_ms)
-            replies = await pipe.execute()
+            replies = await arun_guarded(
+                self.client,
+                keys,
+                index,
+                functools.partial(
+                    _queue_sessions, keys=keys, index=index, limit=limit, ttl_ms=self.ttl_ms
+                ),
+            )
             if check_guard(replies[:2], keys, final=refresh):
                 break
         check_layout(replies[:2], keys)
@@ -478,10 +489,10 @@ class AsyncRedisReader:
         return known[scope]
 
 
-def _queue_sessions(pipe: Any, keys: KeySpace, index: str, *, limit: int, ttl_ms: int) -> None:
-    # The guard first (its two replies lead), then expired sessions out of the index, then
-    # the newest `limit`: one MULTI, so the list is of the generation the guard vouched for.
-    queue_guard(pipe, keys)
+def _queue_sessions(pipe: Any, *, keys: KeySpace, index: str, limit: int, ttl_ms: int) -> None:
+    # After the guard (`run_guarded`: its two replies lead), expired sessions out of the
+    # index, then the newest `limit`: one MULTI, so the list is of the generation the
+    # guard vouched for.
     if ttl_ms:
         pipe.zremrangebyscore(index, "-inf", _now_ms() - ttl_ms)
     pipe.zrevrange(index, 0, limit - 1)

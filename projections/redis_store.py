@@ -17,11 +17,16 @@ The live projector's store also says, after each batch, which sessions it wrote:
 SPUBLISH per session on the session's shard channel (`KeySpace.applied`), in the same
 pipeline, so it costs no round trip. Gateways listen there to stream updates; a notice
 is a hint to read through the normal read path, and a lost one only delays the read.
+
+On Redis Cluster every script here touches one slot: the epoch it checks is its slot's
+stamp, and the checks a single node makes across slots are made as separate steps
+(`chatlog.projections.redis_cluster` says which and why).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +36,7 @@ from chatlog.projections.checkpoints import CheckpointRecord
 from chatlog.projections.encoding import MessagesDelta, decode_view, diff, encode_meta
 from chatlog.projections.epochs import is_intact, layout_of, layout_problem
 from chatlog.projections.keys import ERASED_FIELD, LAYOUT, KeySpace
+from chatlog.projections.redis_cluster import execute, is_cluster, stamp
 from chatlog.projections.store import Change, Outcome
 from chatlog.projections.view import DEFAULT_POLICY, SessionStatus, SessionView, WindowPolicy
 from chatlog.schemas.errors import ConfigError, DataLoss, LayoutMismatch, StoreUnavailable
@@ -61,7 +67,8 @@ end
 # if it has the erased mark, delete the session's keys instead and return 4. A batch
 # opened before an erasure and written after it therefore leaves nothing, whichever of
 # its two scripts runs after the mark. Like the epoch check, this spans hash slots: one
-# Redis node (Redis Cluster needs the mark beside each session, or a check per slot).
+# Redis node. On a cluster the store reads the marks after the write instead
+# (`RedisViewStore._unwrite_erased`).
 _ERASED = f"""
 local function erased(user_keys)
   return redis.call('HEXISTS', user_keys, '{ERASED_FIELD}') == 1
@@ -75,19 +82,7 @@ end
 # then the epoch token, the session's partition and the lowest progress mark this store
 # has seen there (a mark below it: an older snapshot was restored under the running
 # projector).
-_APPLY = (
-    _GUARD
-    + _ERASED
-    + """
-local n = #ARGV
-if lost(KEYS[3], ARGV[n - 2]) then return 3 end
-if tonumber(redis.call('HGET', KEYS[4], ARGV[n - 1]) or '-1') < tonumber(ARGV[n]) then
-  return 3
-end
-if erased(KEYS[5]) then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  return 4
-end
+_APPLY_BODY = """
 local stored = redis.call('HGET', KEYS[1], 'last_offset')
 local expected = tonumber(ARGV[1])
 local new_last = tonumber(ARGV[2])
@@ -126,21 +121,37 @@ if expire_at > 0 then
 end
 return 1
 """
+_APPLY = (
+    _GUARD
+    + _ERASED
+    + """
+local n = #ARGV
+if lost(KEYS[3], ARGV[n - 2]) then return 3 end
+if tonumber(redis.call('HGET', KEYS[4], ARGV[n - 1]) or '-1') < tonumber(ARGV[n]) then
+  return 3
+end
+if erased(KEYS[5]) then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 4
+end
+"""
+    + _APPLY_BODY
+)
+# On Redis Cluster (`chatlog.projections.redis_cluster`): KEYS meta, msgs and the epoch
+# stamp of their slot, ARGV as above. The progress marks and the erased mark live in
+# other slots: the store checks the erased mark after the write instead.
+_APPLY_CLUSTER = (
+    _GUARD
+    + """
+if lost(KEYS[3], ARGV[#ARGV - 2]) then return 3 end
+"""
+    + _APPLY_BODY
 )
 
 # KEYS: the user's index, the epoch, the owner's key directory hash, the session's meta
 # and msgs. ARGV: session id, score (last activity ms), ttl ms (0: none), "add" or "rem",
 # the epoch token. The index lives as long as its most recently active session.
-_INDEX = (
-    _GUARD
-    + _ERASED
-    + """
-if lost(KEYS[2], ARGV[5]) then return 3 end
-if erased(KEYS[3]) then
-  redis.call('DEL', KEYS[4], KEYS[5])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return 4
-end
+_INDEX_BODY = """
 if ARGV[4] == 'rem' then
   redis.call('ZREM', KEYS[1], ARGV[1])
 else
@@ -153,6 +164,26 @@ if ttl > 0 then
 end
 return 1
 """
+_INDEX = (
+    _GUARD
+    + _ERASED
+    + """
+if lost(KEYS[2], ARGV[5]) then return 3 end
+if erased(KEYS[3]) then
+  redis.call('DEL', KEYS[4], KEYS[5])
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 4
+end
+"""
+    + _INDEX_BODY
+)
+# On Redis Cluster: KEYS the user's index and the epoch stamp of its slot.
+_INDEX_CLUSTER = (
+    _GUARD
+    + """
+if lost(KEYS[2], ARGV[5]) then return 3 end
+"""
+    + _INDEX_BODY
 )
 
 # KEYS: the progress hash, the epoch. ARGV: the epoch token, then partition, offset, ...
@@ -232,7 +263,7 @@ def _queue_checkpoints(
 
 
 class RedisViewStore:
-    """The `ViewStore` role on Redis (one node: the epoch checks span hash slots).
+    """The `ViewStore` role on Redis, one node or a Cluster (`chatlog.projections.redis_cluster`).
 
     It writes only into a generation whose epoch it found when it first wrote, and
     raises `DataLoss` once that epoch is gone, or once a progress mark it has seen goes
@@ -256,8 +287,10 @@ class RedisViewStore:
         # nobody reads yet does not.
         self.notify = notify
         self.ttl_ms = int(ttl_s * 1000) if ttl_s else 0
-        self._apply = client.register_script(_APPLY)
-        self._index = client.register_script(_INDEX)
+        # On a cluster each script touches one slot (`chatlog.projections.redis_cluster`).
+        self.cluster = is_cluster(client)
+        self._apply = client.register_script(_APPLY_CLUSTER if self.cluster else _APPLY)
+        self._index = client.register_script(_INDEX_CLUSTER if self.cluster else _INDEX)
         self._progress = client.register_script(_PROGRESS)
         self._checkpoint = client.register_script(_CHECKPOINT)
         self._epoch: str | None = None
@@ -295,11 +328,8 @@ class RedisViewStore:
         ids = list(session_ids)
         # Not a MULTI: the sessions live in many hash slots, and the projector loading
         # them is their only writer.
-        pipe = self.client.pipeline(transaction=False)
-        for session_id in ids:
-            queue_load(pipe, self.keys, session_id)
         with redis_errors():
-            replies = pipe.execute()
+            replies = execute(self.client, functools.partial(_queue_loads, self.keys, ids))
         return {
             session_id: decode_loaded(replies[2 * n : 2 * n + 2])[0]
             for n, session_id in enumerate(ids)
@@ -309,30 +339,64 @@ class RedisViewStore:
         if not changes:
             return []
         epoch = self.epoch()
-        pipe = self.client.pipeline(transaction=False)
-        for change in changes:
-            self._queue_apply(pipe, change, epoch)
-        for change in changes:
-            self._queue_index(pipe, change.new, epoch)
-        if self.notify:
-            # Last in the pipeline, so a listener that reads on a notice finds the write.
-            # Sent whatever the outcome: a notice for a write that did not happen only
-            # costs its listeners a read that finds nothing new.
+
+        def queue(pipe: Any) -> None:
             for change in changes:
-                new = change.new
-                pipe.spublish(
-                    self.keys.applied(new.session_id), applied_notice(new.session_id, new.position)
-                )
+                self._queue_apply(pipe, change, epoch)
+            for change in changes:
+                self._queue_index(pipe, change.new, epoch)
+            if self.notify:
+                # Last in the pipeline, so a listener that reads on a notice finds the
+                # write (on a cluster, the notice goes to the session's own shard, after
+                # the write there). Sent whatever the outcome: a notice for a write that
+                # did not happen only costs its listeners a read that finds nothing new.
+                for change in changes:
+                    new = change.new
+                    pipe.spublish(
+                        self.keys.applied(new.session_id),
+                        applied_notice(new.session_id, new.position),
+                    )
+
         with redis_errors():
-            replies = pipe.execute()
+            replies = execute(self.client, queue, (self._apply, self._index))
         scripts = replies[: 2 * len(changes)]  # the notices' replies count their listeners
         if any(int(reply) == _LOST for reply in scripts):
             raise self._lost()
         outcomes = [_OUTCOMES[int(reply)] for reply in scripts[: len(changes)]]
         # Written, then its owner erased before the index script ran: it deleted the view.
-        return [
+        outcomes = [
             Outcome.ERASED if int(indexed) == _ERASED_REPLY else outcome
             for outcome, indexed in zip(outcomes, scripts[len(changes) :], strict=True)
+        ]
+        return self._unwrite_erased(changes, outcomes) if self.cluster else outcomes
+
+    def _unwrite_erased(self, changes: Sequence[Change], outcomes: list[Outcome]) -> list[Outcome]:
+        """On a cluster: read the erased marks of the owners just written (other slots
+        than their sessions', so not in the write's own call) and delete what was written
+        for an owner found erased. The erasure sets the mark before it SCANs the
+        sessions, so a view written before this read is found by that SCAN, and one whose
+        owner's mark this read sees is deleted here: none is left behind."""
+        owners = list(dict.fromkeys((c.new.tenant, c.new.user_id) for c in changes))
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for tenant, user_id in owners:
+                pipe.hexists(self.keys.user_keys(tenant, user_id), ERASED_FIELD)
+            erased = {owner for owner, marked in zip(owners, pipe.execute(), strict=True) if marked}
+            if not erased:
+                return outcomes
+            pipe = self.client.pipeline(transaction=False)
+            for change in changes:
+                new = change.new
+                if (new.tenant, new.user_id) in erased:
+                    # One key a DEL: a cluster pipeline sends each command to one node.
+                    pipe.delete(self.keys.meta(new.session_id))
+                    pipe.delete(self.keys.messages(new.session_id))
+                    index = self.keys.user_sessions(new.tenant, new.user_id, layout=self._layout)
+                    pipe.zrem(index, new.session_id)
+            pipe.execute()
+        return [
+            Outcome.ERASED if (c.new.tenant, c.new.user_id) in erased else outcome
+            for c, outcome in zip(changes, outcomes, strict=True)
         ]
 
     def apply_checkpoints(self, records: Sequence[CheckpointRecord]) -> None:
@@ -351,8 +415,9 @@ class RedisViewStore:
             return
         args: list[Any] = [self.epoch()]
         args += [value for pair in sorted(applied.items()) for value in pair]
+        epoch_key = stamp(self.keys, self.keys.progress) if self.cluster else self.keys.epoch
         with redis_errors():
-            reply = self._progress(keys=[self.keys.progress, self.keys.epoch], args=args)
+            reply = self._progress(keys=[self.keys.progress, epoch_key], args=args)
         if int(reply) == _LOST:
             raise self._lost()
         for partition, offset in applied.items():
@@ -398,28 +463,33 @@ class RedisViewStore:
         for field, value in meta.items():
             args.extend((field, value))
         args.extend((epoch, new.partition, self._marked.get(new.partition, -1)))
-        self._apply(
-            keys=[
-                self.keys.meta(new.session_id),
-                self.keys.messages(new.session_id),
+        meta_key = self.keys.meta(new.session_id)
+        keys = [meta_key, self.keys.messages(new.session_id)]
+        if self.cluster:
+            keys.append(stamp(self.keys, meta_key))
+        else:
+            keys += [
                 self.keys.epoch,
                 self.keys.progress,
                 self.keys.user_keys(new.tenant, new.user_id),
-            ],
-            args=args,
-            client=pipe,
-        )
+            ]
+        self._apply(keys=keys, args=args, client=pipe)
 
     def _queue_index(self, pipe: Any, view: SessionView, epoch: str) -> None:
         op = "rem" if view.status is SessionStatus.ERASED else "add"
-        self._index(
-            keys=[
-                self.keys.user_sessions(view.tenant, view.user_id, layout=self._layout),
+        index = self.keys.user_sessions(view.tenant, view.user_id, layout=self._layout)
+        if self.cluster:
+            keys = [index, stamp(self.keys, index)]
+        else:
+            keys = [
+                index,
                 self.keys.epoch,
                 self.keys.user_keys(view.tenant, view.user_id),
                 self.keys.meta(view.session_id),
                 self.keys.messages(view.session_id),
-            ],
+            ]
+        self._index(
+            keys=keys,
             args=[view.session_id, view.updated_at_ms, self.ttl_ms, op, epoch],
             client=pipe,
         )
@@ -439,6 +509,11 @@ def parse_applied_notice(data: str | bytes) -> Position | None:
         return Position.parse(position)
     except ValueError:
         return None
+
+
+def _queue_loads(keys: KeySpace, session_ids: Sequence[str], pipe: Any) -> None:
+    for session_id in session_ids:
+        queue_load(pipe, keys, session_id)
 
 
 def queue_load(pipe: Any, keys: KeySpace, session_id: str, *, messages: bool = True) -> None:

@@ -42,6 +42,7 @@ hypothesis.settings.load_profile("chatlog")
 KAFKA_ENV = "CHATLOG_KAFKA_BOOTSTRAP"
 REDIS_ENV = "CHATLOG_REDIS_URL"
 RECALL_REDIS_ENV = "CHATLOG_RECALL_REDIS_URL"
+REDIS_CLUSTER_ENV = "CHATLOG_TEST_REDIS_CLUSTER_URL"
 
 
 @dataclass
@@ -256,6 +257,28 @@ def recall_redis_url(_services: tuple[str, str, str]) -> str:
             f"starts one and prints its URL"
         )
     return _services[2]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A node of a three-master Redis Cluster: ``CHATLOG_TEST_REDIS_CLUSTER_URL`` when set,
+    else the local stack's (`python -m dev.services up --redis-cluster`), started here if
+    it is not running (about a second).
+
+    It lives as long as the local stack: `down` stops both (this session's, when it
+    started the stack; else `make services-stop`), so no test process stops it under
+    another that still uses it. With no local stack running it is stopped at the end if
+    this session started it."""
+    if os.environ.get(REDIS_CLUSTER_ENV):
+        yield os.environ[REDIS_CLUSTER_ENV]
+        return
+    already_running = services.cluster_status() is not None
+    url = services.cluster_up()
+    try:
+        yield url
+    finally:
+        if not already_running and services.status() is None:
+            services.cluster_down()
 
 
 @pytest.fixture

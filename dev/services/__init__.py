@@ -39,7 +39,7 @@ import pathlib
 import time
 
 from chatlog.local_stack import read_addresses, resolve_state_dir
-from dev.services import kafka_local, redis_local, redis_stack_local, state
+from dev.services import kafka_local, redis_cluster_local, redis_local, redis_stack_local, state
 from dev.services.redis_local import RedisProgram
 from dev.services.state import Addresses, RedisState
 
@@ -47,6 +47,9 @@ __all__ = [
     "RECALL_REDIS_NODE",
     "REDIS_NODE",
     "Addresses",
+    "cluster_down",
+    "cluster_status",
+    "cluster_up",
     "down",
     "node_names",
     "read_addresses",
@@ -91,13 +94,48 @@ def up(*, brokers: int = 1, state_dir: pathlib.Path | None = None) -> Addresses:
         return _start(brokers=brokers, state_dir=directory).addresses
 
 
+def cluster_up(*, state_dir: pathlib.Path | None = None) -> str:
+    """Start the local three-master Redis Cluster (`redis_cluster_local`), or reuse the
+    running one; return the URL of one of its nodes (the cluster client finds the rest).
+    It lives in the stack's state dir and `down` stops it, with or without the stack."""
+    directory = resolve_state_dir(state_dir)
+    with state.locked(directory):
+        existing = redis_cluster_local.read_cluster(base_dir=directory)
+        if existing is not None:
+            if redis_cluster_local.cluster_answers(existing):
+                _log.info("reusing the running redis cluster at %s", existing.url)
+                return existing.url
+            _log.info("the recorded redis cluster no longer runs; starting it anew")
+            redis_cluster_local.stop_cluster(base_dir=directory)
+        return redis_cluster_local.start_cluster(base_dir=directory).url
+
+
+def cluster_down(*, state_dir: pathlib.Path | None = None) -> None:
+    """Stop the recorded Redis Cluster only (the stack keeps running)."""
+    directory = resolve_state_dir(state_dir)
+    with state.locked(directory):
+        redis_cluster_local.stop_cluster(base_dir=directory)
+
+
+def cluster_status(*, state_dir: pathlib.Path | None = None) -> str | None:
+    """The URL of the recorded Redis Cluster if it runs and is ok, else None."""
+    existing = redis_cluster_local.read_cluster(base_dir=resolve_state_dir(state_dir))
+    if existing is None or not redis_cluster_local.cluster_answers(existing):
+        return None
+    return existing.url
+
+
 def down(*, state_dir: pathlib.Path | None = None) -> None:
-    """Stop the recorded stack's processes, delete their data dirs and the state file."""
+    """Stop the recorded stack's processes (and its Redis Cluster, if one was started),
+    delete their data dirs and the state file."""
     directory = resolve_state_dir(state_dir)
     if not directory.is_dir():
         _log.info("nothing to stop: %s does not exist", directory)
         return
     with state.locked(directory):
+        if redis_cluster_local.read_cluster(base_dir=directory) is not None:
+            redis_cluster_local.stop_cluster(base_dir=directory)
+            _log.info("stopped the redis cluster")
         existing = state.read_state(state_dir=directory)
         if existing is None:
             _log.info("nothing to stop: no stack recorded in %s", directory)

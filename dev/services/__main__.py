@@ -5,6 +5,9 @@ Progress goes to stderr, one line a step; stdout carries only what a script may 
 env)"` points a shell at the stack. Exit status 0 means done; 1 means it failed, and
 stderr says why (first line) and, for a start-up failure, shows the log tail after it.
 
+`up --redis-cluster` also starts a local three-master Redis Cluster and prints its
+address as ``CHATLOG_TEST_REDIS_CLUSTER_URL``; `down` stops it too.
+
 `stop NODE [--kill]` and `start NODE` take one node of the running stack down and back
 for fault drills (`kafka-1` to `kafka-3`, `redis`, `redis-stack`); `status` then names
 the node that is down and exits 1.
@@ -20,12 +23,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from chatlog.local_stack import read_addresses, resolve_state_dir
-from dev.services import down, start_node, status, stop_node, stopped_nodes, up
+from dev.services import (
+    cluster_status,
+    cluster_up,
+    down,
+    start_node,
+    status,
+    stop_node,
+    stopped_nodes,
+    up,
+)
 from dev.services.kafka_local import kafka_answers
 from dev.services.redis_local import redis_answers
 from dev.services.state import ServiceError, read_state
 
 _PROG = "python -m dev.services"
+# Where the tests look for a Redis Cluster to use (tests/conftest.py).
+CLUSTER_URL_ENV = "CHATLOG_TEST_REDIS_CLUSTER_URL"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=(1, 3),
         default=1,
         help="Kafka nodes to run (3 for fault tests; default 1)",
+    )
+    start.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="also start a local three-master Redis Cluster (for chatlog's cluster tests); "
+        f"its address is printed as {CLUSTER_URL_ENV}",
     )
     start.set_defaults(run=_up)
     commands.add_parser("down", help="stop the stack and delete its data").set_defaults(run=_down)
@@ -111,7 +131,10 @@ def _log_to_stderr() -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    _print_exports(up(brokers=args.brokers, state_dir=args.state_dir).as_env())
+    exports = up(brokers=args.brokers, state_dir=args.state_dir).as_env()
+    if args.redis_cluster:
+        exports[CLUSTER_URL_ENV] = cluster_up(state_dir=args.state_dir)
+    _print_exports(exports)
     return 0
 
 
@@ -162,6 +185,9 @@ def _status(args: argparse.Namespace) -> int:
     if stack.recall_redis is not None:
         recall = stack.recall_redis
         print(f"redis-stack  {recall.url}  (pid {recall.pid}; the recall index)")
+    cluster = cluster_status(state_dir=directory)
+    if cluster is not None:
+        print(f"redis cluster  {cluster}  (3 masters)")
     print(f"state  {directory}")
     return 0
 
@@ -172,7 +198,8 @@ def _env(args: argparse.Namespace) -> int:
         raise ServiceError(
             f"no stack recorded in {resolve_state_dir(args.state_dir)} (run `{_PROG} up`)"
         )
-    _print_exports(addresses)
+    cluster = cluster_status(state_dir=args.state_dir)
+    _print_exports(addresses if cluster is None else {**addresses, CLUSTER_URL_ENV: cluster})
     return 0
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "RedisProgram",
     "ensure_redis_server",
     "find_redis_server",
+    "launch",
     "redis_answers",
     "restart_redis",
     "start_redis",
@@ -98,7 +99,7 @@ def start_redis(
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     (port,) = free_ports(1)
-    return _launch(program, port=port, data_dir=data_dir, timeout=timeout)
+    return launch(program, port=port, data_dir=data_dir, timeout=timeout)
 
 
 def restart_redis(
@@ -120,10 +121,10 @@ def restart_redis(
             service="redis",
             port=state.port,
         )
-    return _launch(program, port=state.port, data_dir=data_dir, timeout=timeout)
+    return launch(program, port=state.port, data_dir=data_dir, timeout=timeout)
 
 
-def _launch(program: RedisProgram, *, port: int, data_dir: Path, timeout: float) -> RedisState:
+def launch(program: RedisProgram, *, port: int, data_dir: Path, timeout: float) -> RedisState:
     argv = [
         program.binary,
         "--port",
