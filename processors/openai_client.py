@@ -83,9 +83,7 @@ def translated_errors(
     except openai.APITimeoutError as exc:
         raise timeout(f"{service} did not answer within {timeout_s:g} s", **context) from exc
     except openai.APIConnectionError as exc:
-        raise transient(
-            f"could not reach {service}: {masked(str(exc))}", **context
-        ) from cause(exc)
+        raise transient(f"could not reach {service}: {masked(str(exc))}", **context) from cause(exc)
     except (openai.APIResponseValidationError, ValueError) as exc:
         # The client parses the body before we see it: a body that is not JSON ends here.
         raise final(
