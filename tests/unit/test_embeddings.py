@@ -26,25 +26,7 @@ from chatlog.schemas.errors import (
     RetryableEmbeddingError,
 )
 from chatlog.settings import Settings
-
-
-class FakeTime:
-    """A clock that only moves when something sleeps on it (blocking or not)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def block(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.block(seconds)
-
+from tests.fake_time import FakeTime
 
 Outcome = BaseException | EmbeddingBatch | None
 
