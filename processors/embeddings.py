@@ -62,7 +62,7 @@ Provider = Literal["offline", "openai"]
 
 # The offline model (`chatlog.processors.wordllama_embeddings`): the weights its wheel
 # ships are 256 wide, and Matryoshka-trained, so that their first 64 or 128 numbers work
-# alone. 256 is the default: measured best of the three (docs/recall.md), at 1 KB a turn.
+# alone. 256 is the default: the best recall@5 of the three (docs/recall.md), 1 KB a turn.
 OFFLINE_MODEL = "wordllama/l2_supercat"
 OFFLINE_DIMENSIONS = (256, 128, 64)
 # An endpoint's default model, and the vector sizes of OpenAI's models (another model's

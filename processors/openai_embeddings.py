@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from chatlog.schemas.errors import MissingExtra
@@ -118,7 +119,7 @@ class OpenAIEmbedder:
             "dimensions": self.dimension if self.send_dimension else openai.omit,
         }
 
-    def _errors(self) -> Any:
+    def _errors(self) -> AbstractContextManager[None]:
         return translated_errors(
             "the embeddings endpoint",
             answer="an embedding list",
