@@ -42,6 +42,7 @@ from bench.scenarios.pii import pii
 from bench.scenarios.projection import projection
 from bench.scenarios.projection_core import projection_core
 from bench.scenarios.reads import context_reads
+from bench.scenarios.recall_quality import recall_quality
 from bench.scenarios.replay import replay
 from bench.scenarios.sealing import sealing
 from bench.scenarios.summary_cost import summary_cost
@@ -66,6 +67,7 @@ SCENARIOS = (
     "replay",
     "sealing",
     "pii",
+    "recall_quality",
     "gateway_sse",
     "gateway",
 )
@@ -79,6 +81,7 @@ TABLE_ORDER = (
     "memory",
     "sealing",
     "pii",
+    "recall_quality",
     "gateway",
 )
 
@@ -124,6 +127,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
             ("replay", lambda: replay(stack, plan, report)),
             ("sealing", lambda: sealing(stack, plan, report)),
             ("pii", lambda: pii(stack, plan, report)),
+            ("recall_quality", lambda: recall_quality(plan, report)),
             ("gateway_sse", lambda: gateway_sse(stack, plan, report)),
             ("gateway", lambda: gateway(stack, plan, report)),
         ]

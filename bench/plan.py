@@ -48,6 +48,7 @@ class Plan:
     erase_users: int  # users of 100 sessions each, erased one by one
     erase_others: int  # other sessions in the read-model meanwhile
     pii_events: int  # events encoded in every redaction mode, per repetition
+    recall_users: int  # users of the recall evaluation set (3 visits, 6 questions each)
     # The gateway scenario: offered loads (requests/s), open loop, each for a warm-up and
     # a measured duration; the users' sessions it runs on.
     gateway_rates: tuple[int, ...]
@@ -94,6 +95,7 @@ class Plan:
             erase_users=5,
             erase_others=10_000,
             pii_events=3_000,
+            recall_users=40,
             gateway_rates=(200, 500, 1_000),
             gateway_warmup_s=1.0,
             gateway_duration_s=5.0,
@@ -139,6 +141,7 @@ class Plan:
             erase_users=2,
             erase_others=500,
             pii_events=300,
+            recall_users=8,
             gateway_rates=(200, 500, 1_000),
             gateway_warmup_s=0.3,
             gateway_duration_s=1.0,

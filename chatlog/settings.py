@@ -36,6 +36,14 @@ from pydantic import (
 
 from chatlog.local_stack import read_addresses
 from chatlog.logs import LogFormat
+from chatlog.processors.embeddings import (
+    DEFAULT_MAX_CHARS,
+    OFFLINE_MODEL,
+    OPENAI_DEFAULT_MODEL,
+    EmbeddingSpec,
+    Provider,
+    embedding_spec,
+)
 from chatlog.schemas.errors import ConfigError
 from chatlog.schemas.limits import OFF, Rate, parse_rate
 from chatlog.schemas.secrets import MASK, is_secret, redacted_url
@@ -380,6 +388,48 @@ class Settings(BaseModel):
     llm_price_output_per_mtok: float | None = Field(
         None, ge=0, description="price of a million completion tokens, in dollars"
     )
+    # Semantic recall (docs/recall.md): the model that embeds turns and queries. Its name and
+    # size are recorded with the vector index; another model means a rebuild.
+    embedding_provider: Provider = Field(
+        "offline",
+        description="who embeds turns: offline (wordllama, in-process, no key, no download) "
+        "or openai (any OpenAI-compatible embeddings endpoint)",
+    )
+    embedding_model: str | None = Field(
+        None,
+        description=f"the embedding model; unset: {OFFLINE_MODEL} offline, "
+        f"{OPENAI_DEFAULT_MODEL} for an endpoint",
+    )
+    embedding_dimension: int | None = Field(
+        None,
+        ge=1,
+        le=16_384,
+        description="numbers in a vector; unset: 256 offline (64 and 128 allowed), the "
+        "model's own for OpenAI's models, else required",
+    )
+    embedding_base_url: str | None = Field(
+        None, description="the OpenAI-compatible API for embeddings; unset: OpenAI's"
+    )
+    embedding_api_key: SecretStr | None = Field(
+        None, description="API key of the embeddings endpoint; unset: OPENAI_API_KEY, else none"
+    )
+    embedding_send_dimension: bool = Field(
+        False,
+        description="ask the endpoint for vectors of CHATLOG_EMBEDDING_DIMENSION numbers "
+        "(OpenAI's dimensions parameter; text-embedding-3 models shorten theirs)",
+    )
+    embedding_batch_size: int = Field(
+        64, ge=1, le=2048, description="texts embedded in one call at most"
+    )
+    embedding_max_chars: int = Field(
+        DEFAULT_MAX_CHARS,
+        ge=1,
+        le=1_000_000,
+        description="characters of a turn that are embedded; the rest is cut",
+    )
+    embedding_timeout_s: float = Field(
+        30.0, gt=0, description="how long one call to the embeddings endpoint may take"
+    )
     # A collector parses JSON lines; a person reads plain ones (chatlog.logs has the fields).
     log_format: LogFormat = Field(
         "plain", description="how processes log: plain lines, or json (one object a line)"
@@ -577,6 +627,26 @@ class Settings(BaseModel):
                 "together: set both (0 for a side that is free), or neither"
             )
         return self
+
+    @model_validator(mode="after")
+    def _embedding_choice(self) -> Settings:
+        if self.embedding_provider == "offline":
+            for name in ("embedding_base_url", "embedding_api_key"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{self.env_name(name)} is set, but the embedding provider is "
+                        f"offline: set CHATLOG_EMBEDDING_PROVIDER=openai to use an endpoint, "
+                        f"or unset it"
+                    )
+        self.embedding  # noqa: B018 - checks the model and its size
+        return self
+
+    @property
+    def embedding(self) -> EmbeddingSpec:
+        """The embedding model and the size of its vectors, defaults filled in."""
+        return embedding_spec(
+            self.embedding_provider, self.embedding_model, self.embedding_dimension
+        )
 
     @model_validator(mode="after")
     def _redis_timeout_within_reads(self) -> Settings:

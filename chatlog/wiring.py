@@ -25,6 +25,7 @@ from chatlog.distribution import installed_version
 from chatlog.logs import setup_logging
 from chatlog.processors import kafka_key_log
 from chatlog.processors.audit import AuditTrail
+from chatlog.processors.embeddings import EmbeddingModel, ResilientEmbedder
 from chatlog.processors.erasure import Erasure, UserEraser
 from chatlog.processors.extractive import ExtractiveSummarizer
 from chatlog.processors.kafka_audit import KafkaAuditWriter
@@ -760,6 +761,39 @@ def summarizer(settings: Settings) -> tuple[Summarizer, Callable[[], Awaitable[N
     )
     breaker = CircuitBreaker(reset_timeout=settings.llm_breaker_reset_s)
     return ResilientSummarizer(llm, breaker=breaker), llm.aclose
+
+
+def embedder(settings: Settings) -> ResilientEmbedder:
+    """The embedder the settings name, with batching, retries and a circuit breaker.
+
+    ``CHATLOG_EMBEDDING_PROVIDER=offline`` (the default): wordllama, in-process; ``openai``:
+    an OpenAI-compatible endpoint. Close it with `close` (threads) or `aclose` (asyncio).
+    """
+    spec = settings.embedding
+    model: EmbeddingModel
+    if spec.provider == "offline":
+        from chatlog.processors.wordllama_embeddings import (  # noqa: PLC0415 - optional
+            WordLlamaEmbedder,
+        )
+
+        model = WordLlamaEmbedder(dimension=spec.dimension)
+    else:
+        from chatlog.processors.openai_embeddings import OpenAIEmbedder  # noqa: PLC0415
+
+        configured = settings.embedding_api_key
+        model = OpenAIEmbedder(
+            base_url=settings.embedding_base_url,
+            api_key=(configured.get_secret_value() if configured else None)
+            or os.environ.get("OPENAI_API_KEY")
+            or "unused",
+            model=spec.model,
+            dimension=spec.dimension,
+            timeout=settings.embedding_timeout_s,
+            send_dimension=settings.embedding_send_dimension,
+        )
+    return ResilientEmbedder(
+        model, batch_size=settings.embedding_batch_size, max_chars=settings.embedding_max_chars
+    )
 
 
 def kafka_history(settings: Settings) -> KafkaHistory:

@@ -9,19 +9,16 @@ string that cannot close its delimiters or pose as another role.
 
 The client is built with ``max_retries=0``: retrying is `ResilientSummarizer`'s job, and
 two layers retrying multiply each other's attempts. Library errors become summarizer
-errors: a rate limit, a server error, a timeout or a lost connection is a
-`RetryableSummarizerError` (with the server's ``Retry-After``); any other 4xx, or an
-answer that holds no summary, is a `SummarizerError`.
+errors (`chatlog.processors.openai_client` has the rule): a rate limit, a server error, a
+timeout or a lost connection is a `RetryableSummarizerError` (with the server's
+``Retry-After``); any other 4xx, or an answer that holds no summary, is a `SummarizerError`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
-import logging
 import math
 import ssl
-import time
 from types import TracebackType
 from typing import Any, Literal
 
@@ -35,6 +32,7 @@ except ImportError as missing:
         "summarizer", "the LLM summarizer (CHATLOG_LLM_BASE_URL)", missing
     ) from missing
 
+from chatlog.processors.openai_client import translated_errors
 from chatlog.processors.summarizers import SummaryRequest, SummaryResult
 from chatlog.projections.context import approx_tokens
 from chatlog.projections.view import Message
@@ -44,13 +42,6 @@ from chatlog.schemas.errors import (
     SummarizerError,
     SummarizerTimeout,
 )
-from chatlog.schemas.secrets import RedactingFilter
-
-# httpx logs every request's URL at INFO, userinfo included (CHATLOG_LLM_BASE_URL may
-# carry a proxy's password): masked on that logger, whoever's handlers format it. The
-# openai client runs on httpx or, from its 3.x releases, on its fork httpx2.
-for _http_logger in ("httpx", "httpx2"):
-    logging.getLogger(_http_logger).addFilter(RedactingFilter())
 
 __all__ = ["SYSTEM_PROMPT", "OpenAISummarizer", "summary_messages"]
 
@@ -129,6 +120,7 @@ class OpenAISummarizer:
         self.timeout = timeout
         self.cap_field = cap_field
         self._owns_client = client is None
+        self._api_key = api_key
         if client is None:
             # A private CA (CHATLOG_LLM_CA_FILE); else httpx trusts the usual CAs.
             http_client = (
@@ -170,7 +162,18 @@ class OpenAISummarizer:
         messages = summary_messages(request)
         cap = request.max_summary_tokens
         legacy = self.cap_field == "max_tokens"
-        try:
+        with translated_errors(
+            "the summarizer's LLM",
+            answer="a chat completion",
+            timeout_s=self.timeout,
+            final=SummarizerError,
+            transient=RetryableSummarizerError,
+            timeout=SummarizerTimeout,
+            secret=self._api_key,
+            ca_setting="CHATLOG_LLM_CA_FILE",
+            session_id=request.session_id,
+            model=self.model,
+        ):
             response = await self._client.chat.completions.create(
                 model=self.model,
                 messages=messages,
@@ -178,27 +181,6 @@ class OpenAISummarizer:
                 max_completion_tokens=openai.omit if legacy else cap,
                 max_tokens=cap if legacy else openai.omit,
             )
-        except openai.APIStatusError as exc:
-            raise _status_error(exc, request) from exc
-        except openai.APITimeoutError as exc:
-            raise SummarizerTimeout(
-                f"the summarizer's LLM did not answer within {self.timeout} s",
-                session_id=request.session_id,
-                model=self.model,
-            ) from exc
-        except openai.APIConnectionError as exc:
-            raise RetryableSummarizerError(
-                f"could not reach the summarizer's LLM: {exc}{_untrusted(exc)}",
-                session_id=request.session_id,
-                model=self.model,
-            ) from exc
-        except (openai.APIResponseValidationError, ValueError) as exc:
-            # The client parses the body before we see it: a body that is not JSON ends here.
-            raise SummarizerError(
-                f"the summarizer's LLM answered with a body that is not a chat completion: {exc}",
-                session_id=request.session_id,
-                model=self.model,
-            ) from exc
         return self._result(response, request, messages)
 
     def _result(
@@ -258,56 +240,3 @@ def _truncate(text: str, max_chars: int) -> str:
     if " " in cut:
         cut = cut.rsplit(" ", 1)[0]
     return cut.rstrip() + "…"
-
-
-def _untrusted(exc: BaseException) -> str:
-    """The fix, when the endpoint's certificate was not trusted (openai's own message
-    says only "Connection error")."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return (
-                f" (its TLS certificate is not trusted: {cause.verify_message}; set "
-                f"CHATLOG_LLM_CA_FILE to the CA that signed it)"
-            )
-        cause = cause.__cause__ or cause.__context__
-    return ""
-
-
-def _status_error(
-    exc: openai.APIStatusError, request: SummaryRequest
-) -> SummarizerError | RetryableSummarizerError:
-    status = exc.status_code
-    context = {"session_id": request.session_id, "status_code": status}
-    if status == 429 or status >= 500:
-        return RetryableSummarizerError(
-            f"the summarizer's LLM answered {status}: {exc.message}",
-            retry_after=_retry_after(exc.response.headers),
-            **context,
-        )
-    return SummarizerError(
-        f"the summarizer's LLM refused the request with {status}: {exc.message}", **context
-    )
-
-
-def _retry_after(headers: Any) -> float | None:
-    """The server's ``Retry-After`` (or ``retry-after-ms``) in seconds, if it sent one."""
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds is not None:
-        try:
-            return max(0.0, float(milliseconds) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        # The other form the header allows: an HTTP date.
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None

@@ -28,7 +28,8 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   │   └── TooManySessions(RuntimeError) ... the user has the most sessions allowed
     │   ├── TopicMissing(LookupError)      the events topic does not exist
     │   ├── NotQueued(RuntimeError)        the Kafka client refused to queue an event
-    │   └── SummarizerError(RuntimeError)  the LLM answered, but not with a summary
+    │   ├── SummarizerError(RuntimeError)  the LLM answered, but not with a summary
+    │   └── EmbeddingError(RuntimeError)   the embedding model answered, but not with the vectors
     ├── Unavailable                        no answer (in time); nothing happened: retry later
     │   ├── BrokerUnavailable(ConnectionError) no Kafka broker answered
     │   ├── StoreUnavailable(ConnectionError)  Redis did not answer
@@ -40,7 +41,10 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── LayoutMismatch(LookupError)    the live read-model has another key layout: replay it
     │   ├── RetryableSummarizerError(ConnectionError) the LLM is busy, failing or unreachable
     │   │   └── SummarizerTimeout(TimeoutError)        ... or did not answer in time
-    │   └── SummarizerUnavailable(ConnectionError)     the circuit is open: the LLM not called
+    │   ├── SummarizerUnavailable(ConnectionError)     the circuit is open: the LLM not called
+    │   ├── RetryableEmbeddingError(ConnectionError) the embeddings endpoint is busy, failing...
+    │   │   └── EmbeddingTimeout(TimeoutError)          ... or did not answer in time
+    │   └── EmbedderUnavailable(ConnectionError)       the circuit is open: the endpoint not called
     ├── OutcomeUnknown                     an event was sent, but may or may not be stored
     │   ├── PublishTimeout(TimeoutError)   the broker did not acknowledge it in time
     │   └── DeliveryFailed(RuntimeError)   the client gave up on it for another reason
@@ -77,7 +81,10 @@ __all__ = [
     "DataLoss",
     "DecodeError",
     "DeliveryFailed",
+    "EmbedderUnavailable",
+    "EmbeddingError",
     "EmbeddingModelMismatch",
+    "EmbeddingTimeout",
     "Erased",
     "Forbidden",
     "ForeignEvent",
@@ -101,6 +108,7 @@ __all__ = [
     "ReadTimeout",
     "RecallIndexLost",
     "Refused",
+    "RetryableEmbeddingError",
     "RetryableSummarizerError",
     "SessionExists",
     "SessionNotFound",
@@ -298,6 +306,14 @@ class SummarizerError(Refused, RuntimeError):
     """
 
 
+class EmbeddingError(Refused, RuntimeError):
+    """The embedding model answered, but not with the vectors asked for (a 4xx, a body
+    that is no embedding list, a vector count or size other than asked).
+
+    Retrying the same texts will not help; transient failures are `Unavailable`.
+    """
+
+
 # -- no answer (in time): nothing happened, retry later ----------------------------------
 
 
@@ -380,6 +396,23 @@ class SummarizerTimeout(RetryableSummarizerError, TimeoutError):
 
 class SummarizerUnavailable(Unavailable, ConnectionError):
     """The circuit breaker is open: the summarizer was not called at all."""
+
+
+class RetryableEmbeddingError(Unavailable, ConnectionError):
+    """A transient failure of the embeddings endpoint (rate limit, server error, lost
+    connection). `retry_after` is the server's hint, in seconds, when it gave one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **context: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **context)
+        self.retry_after = retry_after
+
+
+class EmbeddingTimeout(RetryableEmbeddingError, TimeoutError):
+    """The embeddings endpoint did not answer within its timeout."""
+
+
+class EmbedderUnavailable(Unavailable, ConnectionError):
+    """The circuit breaker is open: the embeddings endpoint was not called at all."""
 
 
 # -- sent, but maybe not stored: retry with the same event -------------------------------

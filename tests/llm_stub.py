@@ -1,8 +1,9 @@
-"""A local OpenAI-compatible chat completions server for the tests.
+"""A local OpenAI-compatible server for the tests: chat completions and embeddings.
 
-`LlmStub` serves ``POST /v1/chat/completions`` on 127.0.0.1 from a thread, so the real
-`openai` client talks HTTP to it. Each request takes the next behaviour from a queue
-(`ok` when the queue is empty) and every request body is recorded, parsed::
+`LlmStub` serves ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` on 127.0.0.1
+from a thread, so the real `openai` client talks HTTP to it. Each request (of either
+route) takes the next behaviour from a queue (`ok` when the queue is empty) and every
+request body is recorded, parsed, with its headers::
 
     with LlmStub() as stub:
         stub.script(status(429, retry_after=0.1), status(500), ok())
@@ -10,23 +11,37 @@
         ...
         assert stub.requests[-1]["max_completion_tokens"] == 200
 
-`ok` answers with a deterministic summary derived from the request: the ``#XX-NNNN``
-identifiers found in its messages, and how many turns its JSON data message holds.
+`ok` answers a chat completion with a deterministic summary derived from the request: the
+``#XX-NNNN`` identifiers found in its messages, and how many turns its JSON data message
+holds. It answers an embeddings request with `stub_vector(text, size)` for each input, of
+the request's ``dimensions`` or else `embedding_dimension` numbers.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import re
 import ssl
+import struct
 import threading
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Behaviour", "LlmStub", "empty", "malformed", "ok", "slow", "status"]
+__all__ = [
+    "Behaviour",
+    "LlmStub",
+    "empty",
+    "malformed",
+    "ok",
+    "slow",
+    "status",
+    "stub_vector",
+]
 
 _ID = re.compile(r"#[A-Z0-9]{2}-\d{4}")
 
@@ -40,6 +55,7 @@ class Behaviour:
     retry_after: float | None = None
     seconds: float = 0.0
     text: str | None = None
+    quote_key: bool = False
 
 
 def ok(text: str | None = None) -> Behaviour:
@@ -47,9 +63,10 @@ def ok(text: str | None = None) -> Behaviour:
     return Behaviour("ok", text=text)
 
 
-def status(code: int, *, retry_after: float | None = None) -> Behaviour:
-    """An error status with an OpenAI-style error body (and ``Retry-After`` if given)."""
-    return Behaviour("status", status=code, retry_after=retry_after)
+def status(code: int, *, retry_after: float | None = None, quote_key: bool = False) -> Behaviour:
+    """An error status with an OpenAI-style error body (and ``Retry-After`` if given);
+    `quote_key`: the body quotes the request's API key back, as careless servers do."""
+    return Behaviour("status", status=code, retry_after=retry_after, quote_key=quote_key)
 
 
 def slow(seconds: float) -> Behaviour:
@@ -63,8 +80,19 @@ def malformed() -> Behaviour:
 
 
 def empty() -> Behaviour:
-    """200 with a well-formed completion that has no choices."""
+    """200 with a well-formed completion that has no choices (embeddings: no vectors)."""
     return Behaviour("empty")
+
+
+def stub_vector(text: str, size: int) -> list[float]:
+    """The vector `ok` answers for `text`: numbers in [-1, 1) drawn from its hash."""
+    numbers: list[float] = []
+    counter = 0
+    while len(numbers) < size:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        numbers += [byte / 128 - 1 for byte in digest]
+        counter += 1
+    return numbers[:size]
 
 
 def derived_summary(body: dict[str, Any]) -> str:
@@ -84,8 +112,11 @@ def derived_summary(body: dict[str, Any]) -> str:
 class LlmStub:
     """The server; a context manager that starts and stops it."""
 
-    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None, embedding_dimension: int = 8) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        # The size of the vectors `ok` answers when the request names none.
+        self.embedding_dimension = embedding_dimension
         # What a request gets when nothing is scripted: `status(500)` takes the LLM down.
         self.default: Behaviour = ok()
         self._queue: deque[Behaviour] = deque()
@@ -123,9 +154,10 @@ class LlmStub:
         self._server.server_close()
         self._thread.join(5)
 
-    def _next(self, body: dict[str, Any]) -> Behaviour:
+    def _next(self, body: dict[str, Any], headers: dict[str, str]) -> Behaviour:
         with self._lock:
             self.requests.append(body)
+            self.headers.append(headers)
             return self._queue.popleft() if self._queue else self.default
 
 
@@ -139,30 +171,37 @@ def _handler(stub: LlmStub) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             raw = self.rfile.read(length)
-            if self.path != "/v1/chat/completions":
+            if self.path not in _ROUTES:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
                 return
             body = json.loads(raw)
-            behaviour = stub._next(body)
+            behaviour = stub._next(body, {k.lower(): v for k, v in self.headers.items()})
             # The client may have given up (a timeout test): then there is no one to answer.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self._answer(behaviour, body)
 
         def _answer(self, behaviour: Behaviour, body: dict[str, Any]) -> None:
+            embeddings = self.path == "/v1/embeddings"
             if behaviour.kind == "status":
                 headers = {}
                 if behaviour.retry_after is not None:
                     headers["Retry-After"] = str(behaviour.retry_after)
-                error = {"message": f"stub error {behaviour.status}", "type": "stub"}
+                message = f"stub error {behaviour.status}"
+                if behaviour.quote_key:
+                    message += f": incorrect API key {self.headers.get('Authorization', '')}"
+                error = {"message": message, "type": "stub"}
                 self._send(behaviour.status, {"error": error}, headers)
             elif behaviour.kind == "malformed":
                 self._send_raw(200, b'{"id": "chatcmpl-stub", "choices": [')
             elif behaviour.kind == "empty":
-                self._send(200, _completion(body, None))
+                self._send(200, _embeddings(body, 0) if embeddings else _completion(body, None))
             else:
                 if behaviour.kind == "slow" and stub._stopping.wait(behaviour.seconds):
                     return
-                self._send(200, _completion(body, behaviour.text or derived_summary(body)))
+                if embeddings:
+                    self._send(200, _embeddings(body, stub.embedding_dimension))
+                else:
+                    self._send(200, _completion(body, behaviour.text or derived_summary(body)))
 
         def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
             self._send_raw(code, json.dumps(payload).encode(), headers)
@@ -177,6 +216,34 @@ def _handler(stub: LlmStub) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
     return Handler
+
+
+_ROUTES = ("/v1/chat/completions", "/v1/embeddings")
+
+
+def _embeddings(body: dict[str, Any], default_size: int) -> dict[str, Any]:
+    """An embeddings answer: `stub_vector` of each input (none when `default_size` is 0)."""
+    texts = body.get("input", [])
+    texts = [texts] if isinstance(texts, str) else texts
+    size = body.get("dimensions") or default_size
+    data = []
+    for index, text in enumerate(texts if default_size else []):
+        vector = stub_vector(text, size)
+        if body.get("encoding_format") == "base64":  # the openai client's default
+            packed = struct.pack(f"<{len(vector)}f", *vector)
+            embedding: Any = base64.b64encode(packed).decode()
+        else:
+            embedding = vector
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    # Listed last first: the order that counts is `index`'s, which a client must follow.
+    data.reverse()
+    tokens = sum(len(text) for text in texts) // 4
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model", "stub"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def _completion(body: dict[str, Any], summary: str | None) -> dict[str, Any]:

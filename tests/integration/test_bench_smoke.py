@@ -39,10 +39,13 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "| summary throughput |",
         "| sealing |",
         "| pii |",
+        "| recall_quality |",
         "| gateway sse |",
         "| gateway |",
         "## summary cost",
         "## pii redaction quality",
+        "## recall quality: evidence recall",
+        "## recall quality by kind of fact",
     ):
         assert scenario in table
     beside = table.split("## Details")[0]

@@ -46,6 +46,8 @@ PURE_MODULES = [
     "chatlog.processors.projector_stats",
     "chatlog.processors.dead_letters",
     "chatlog.processors.summarizers",
+    "chatlog.processors.resilience",
+    "chatlog.processors.embeddings",
     "chatlog.processors.extractive",
     "chatlog.processors.summary_engine",
     "chatlog.processors.commits",

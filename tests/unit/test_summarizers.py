@@ -29,6 +29,7 @@ from chatlog.projections.context import approx_tokens
 from chatlog.projections.view import REDACTED, Message
 from chatlog.schemas.errors import ChatlogError, InvalidInput, Refused, Unavailable
 from chatlog.schemas.events import ToolCall
+from tests.fake_time import FakeTime
 
 SUPPORT_CHAT = [
     ("user", "Hi, I'm Maria Lopez. My Acme Router X2 from order #A7-1042 stopped working."),
@@ -253,21 +254,6 @@ def test_summarizer_errors_are_grouped_by_what_went_wrong():
 
 OK = SummaryResult("fine", "fake", 1, 1)
 REQUEST = SummaryRequest("s1", None, (), 100)
-
-
-class FakeTime:
-    """A clock that only moves when something sleeps on it (or a test moves it)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class ScriptedSummarizer:
