@@ -52,6 +52,11 @@ from chatlog.schemas.events import (
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
+    TaskCancelled,
+    TaskFailed,
+    TaskFinished,
+    TaskProgressed,
+    TaskStarted,
     ToolCall,
     UserErased,
     epoch_millis,
@@ -376,6 +381,8 @@ def _changes(
         # A LangGraph thread's state: it makes the session (its owner, its partition, its
         # offset, which read-your-writes waits on) but no message; the store keeps it
         # beside the view (`chatlog.projections.checkpoints`).
+        return {}
+    if isinstance(payload, TaskStarted | TaskProgressed | TaskFinished | TaskFailed | TaskCancelled):
         return {}
     raise AssertionError(f"unhandled payload {type(payload).__name__}")  # pragma: no cover
 
