@@ -33,6 +33,7 @@ PURE_MODULES = [
     "chatlog.projections.view",
     "chatlog.projections.access",
     "chatlog.projections.checkpoints",
+    "chatlog.projections.tasks",
     "chatlog.projections.keys",
     "chatlog.projections.epochs",
     "chatlog.projections.encoding",
