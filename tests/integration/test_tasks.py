@@ -4,6 +4,7 @@ replay, the async client. Real Kafka, Redis and projector; sealed as in producti
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -15,7 +16,7 @@ from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.processors.replay import rebuild
 from chatlog.projections.tasks import TaskStatus
 from chatlog.schemas.errors import InvalidTransition, OwnershipError, SessionNotFound
-from tests.processes import delete_prefix, running_projector, unique_settings
+from tests.processes import chatlog_cli, delete_prefix, running_projector, unique_settings
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +91,28 @@ def test_a_task_runs_to_its_end_and_cannot_move_after(stack, redis_url, log, pro
 
     # Sealed at rest like content: Redis holds no input in the clear.
     assert CANARY.encode() not in _raw_redis(redis_url, stack.redis_prefix)
+
+
+def test_the_cli_lists_a_users_tasks(stack, log, projector):
+    session = _session()
+    task_id = log.start_task(session, user_id="gus", kind="export", input={"a": 1})
+    log.progress(task_id, session_id=session, user_id="gus", progress=0.4)
+
+    listed = chatlog_cli(stack, "tasks", "--user", "gus", "--session", session, "--json")
+    human = chatlog_cli(stack, "tasks", "--user", "gus", "--session", session)
+    refused = chatlog_cli(stack, "tasks", "--user", "mallory", "--session", session)
+
+    assert listed.returncode == 0, listed.stderr
+    [shown] = json.loads(listed.stdout)
+    assert (shown["task_id"], shown["status"], shown["progress"], shown["input"]) == (
+        task_id,
+        "running",
+        0.4,
+        {"a": 1},
+    )
+    assert human.stdout.split() == [task_id, "export", "running", "40%", session]
+    assert refused.returncode != 0
+    assert "not found" in refused.stderr.lower() or "no session" in refused.stderr.lower()
 
 
 def test_a_task_without_heartbeats_reads_as_stalled_until_one_arrives(log, projector):
