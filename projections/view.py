@@ -53,11 +53,7 @@ from chatlog.schemas.events import (
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
-    TaskCancelled,
-    TaskFailed,
-    TaskFinished,
-    TaskProgressed,
-    TaskStarted,
+    TaskEvent,
     ToolCall,
     UserErased,
     epoch_millis,
@@ -386,9 +382,7 @@ def _changes(
         # offset, which read-your-writes waits on) but no message; the store keeps it
         # beside the view (`chatlog.projections.checkpoints`).
         return {}
-    if isinstance(
-        payload, TaskStarted | TaskProgressed | TaskFinished | TaskFailed | TaskCancelled
-    ):
+    if isinstance(payload, TaskEvent):
         # A long-running task of the session (`chatlog.projections.tasks`).
         sealed = SealedFields.of(event)
         return {"tasks": apply_task(view.tasks, payload, offset=offset, at_ms=at_ms, sealed=sealed)}

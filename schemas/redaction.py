@@ -52,11 +52,7 @@ from chatlog.schemas.events import (
     CheckpointWritesSaved,
     ConversationEvent,
     Redaction,
-    TaskCancelled,
-    TaskFailed,
-    TaskFinished,
-    TaskProgressed,
-    TaskStarted,
+    TaskEvent,
 )
 from chatlog.schemas.pii import Detector, Finding, Kind
 from chatlog.schemas.placeholders import NOT_JSON, json_of, token
@@ -121,15 +117,7 @@ def _network(address: str) -> str:
     return str(ipaddress.ip_network(f"{address}/48", strict=False).network_address) + _DOT
 
 
-_MACHINE_DATA = (
-    CheckpointSaved
-    | CheckpointWritesSaved
-    | TaskStarted
-    | TaskProgressed
-    | TaskFinished
-    | TaskFailed
-    | TaskCancelled
-)
+_MACHINE_DATA = CheckpointSaved | CheckpointWritesSaved | TaskEvent
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,13 @@ def test_a_task_runs_to_its_end_and_cannot_move_after(stack, redis_url, log, pro
     assert log.finish(task_id, session_id=session, user_id="ana", result={"url": "r.pdf"}) is None
     with pytest.raises(InvalidTransition, match=f"cannot cancel task {task_id}: it is succeeded"):
         log.cancel(task_id, session_id=session, user_id="ana")
+    # An unknown task is waited for up to the read timeout (another process may have
+    # started it), then refused.
+    log.read_timeout_s = 1
+    started = time.monotonic()
     with pytest.raises(InvalidTransition, match="no such task"):
         log.fail("t-unknown", session_id=session, user_id="ana", error="x")
+    assert time.monotonic() - started < 5
     assert log.context(session, user_id="ana").position == position  # nothing published
 
     # Sealed at rest like content: Redis holds no input in the clear.
