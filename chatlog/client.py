@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import TracebackType
@@ -64,6 +65,7 @@ from chatlog.projections.context import Context
 from chatlog.projections.redis_claims import AsyncRedisSessionClaims, RedisSessionClaims
 from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
 from chatlog.projections.store import SessionEntry
+from chatlog.projections.tasks import Task, TaskInfo
 from chatlog.schemas.audit import AuditAction
 from chatlog.schemas.errors import (
     ChatlogError,
@@ -81,12 +83,19 @@ from chatlog.schemas.events import (
     Role,
     SessionClosed,
     SessionStarted,
+    TaskCancelled,
+    TaskEvent,
+    TaskFailed,
+    TaskFinished,
+    TaskProgressed,
+    TaskStarted,
     UserErased,
 )
-from chatlog.schemas.ids import validate_id
+from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
 from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
+from chatlog.task_commands import json_text, listed, must_publish, now_ms, task_id_of
 
 __all__ = ["AsyncChatLog", "ChatLog"]
 
@@ -228,6 +237,7 @@ class ChatLog:
         audit: AuditTrail | None = None,
         principal: str | None = None,
         claims: RedisSessionClaims | None = None,
+        task_stall_s: float = 300.0,
     ) -> None:
         self.producer = producer
         self.reader = reader
@@ -240,6 +250,11 @@ class ChatLog:
         # Without claims, an append into another user's session is refused only by the
         # projector, after it is in the log.
         self.claims = claims
+        # A running task without a heartbeat for this long reads as stalled.
+        self.task_stall_ms = int(task_stall_s * 1000)
+        # Each session's last task event this client published: the next task command
+        # reads the session after it (read-your-writes). Bounded: see `_remember`.
+        self._task_positions: dict[tuple[str, str], Position] = {}
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ChatLog:
@@ -264,6 +279,7 @@ class ChatLog:
             audit=wiring.audit_trail(settings),
             principal=principal,
             claims=wiring.claims(settings, reader.client),
+            task_stall_s=settings.task_stall_s,
         )
 
     def append(
@@ -489,6 +505,137 @@ class ChatLog:
         """
         return _export(self.exporter, _as(self.audit, principal), user_id, tenant)
 
+    # -- long-running tasks (`chatlog.projections.tasks`) ----------------------------------
+
+    def start_task(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        kind: str,
+        input: Any = None,
+        tenant: str = "default",
+        task_id: str | None = None,
+    ) -> str:
+        """Start a long-running task in the user's session; returns its id (`task_id`, or
+        a new one). `input` (JSON-serializable) is sealed under the user's key.
+
+        The session is claimed as `append` claims it (`OwnershipError` for another's).
+        Starting a `task_id` the session has, with the same `kind`, is a retry: nothing is
+        published again; with another kind, `InvalidTransition`."""
+        task_id = task_id_of(task_id, new_id())
+        payload = TaskStarted(task_id=task_id, kind=kind, input=json_text("input", input))
+        event = _session_event(session_id, user_id, payload, self.producer.info, tenant)
+        if self.claims is not None:
+            self.claims.claim(KeyScope.of(event), session_id)
+        try:
+            tasks = self._tasks_of(session_id, user_id, tenant, task_id, wait=False)
+        except SessionNotFound:
+            tasks = ()  # a new session: the task starts it
+        if must_publish(tasks, payload):
+            self._remember(event, self.producer.publish(event))
+        return task_id
+
+    def progress(
+        self,
+        task_id: str,
+        *,
+        session_id: str,
+        user_id: str,
+        tenant: str = "default",
+        progress: float | None = None,
+        note: str | None = None,
+    ) -> Position | None:
+        """A heartbeat of the running task, with how far it is (`progress`, 0 to 1) and a
+        `note` (sealed); returns its position. `InvalidTransition` once it has ended."""
+        payload = TaskProgressed(task_id=task_id, progress=progress, note=note)
+        return self._task_command(session_id, user_id, tenant, payload)
+
+    def finish(
+        self,
+        task_id: str,
+        *,
+        session_id: str,
+        user_id: str,
+        tenant: str = "default",
+        result: Any = None,
+    ) -> Position | None:
+        """The task succeeded with `result` (JSON-serializable, sealed); its position, or
+        None for a repeat. `InvalidTransition` if it failed or was cancelled."""
+        payload = TaskFinished(task_id=task_id, result=json_text("result", result))
+        return self._task_command(session_id, user_id, tenant, payload)
+
+    def fail(
+        self, task_id: str, *, session_id: str, user_id: str, error: str, tenant: str = "default"
+    ) -> Position | None:
+        """The task failed (`error`, sealed); as `finish`."""
+        payload = TaskFailed(task_id=task_id, error=error)
+        return self._task_command(session_id, user_id, tenant, payload)
+
+    def cancel(
+        self,
+        task_id: str,
+        *,
+        session_id: str,
+        user_id: str,
+        reason: str | None = None,
+        tenant: str = "default",
+    ) -> Position | None:
+        """Cancel the task (`reason`, sealed); as `finish`."""
+        payload = TaskCancelled(task_id=task_id, reason=reason)
+        return self._task_command(session_id, user_id, tenant, payload)
+
+    def tasks(
+        self,
+        user_id: str,
+        *,
+        session_id: str | None = None,
+        tenant: str = "default",
+        limit: int = 50,
+    ) -> list[TaskInfo]:
+        """The user's tasks (of `session_id` only, if given; else of their `limit` most
+        recently active sessions), newest first, with their status now: a running task
+        without a heartbeat for `CHATLOG_TASK_STALL_S` reads as `stalled`. Another's
+        session raises `SessionNotFound`, as a read does."""
+        if session_id is not None:
+            by_session = [(session_id, self._tasks_of(session_id, user_id, tenant, None))]
+        else:
+            entries = self.sessions(user_id, tenant=tenant, limit=limit)
+            by_session = [(entry.session_id, entry.tasks) for entry in entries]
+        return listed(by_session, now_ms=now_ms(), stall_ms=self.task_stall_ms)
+
+    def _task_command(
+        self, session_id: str, user_id: str, tenant: str, payload: TaskEvent
+    ) -> Position | None:
+        event = _session_event(session_id, user_id, payload, self.producer.info, tenant)
+        tasks = self._tasks_of(session_id, user_id, tenant, payload.task_id)
+        if not must_publish(tasks, payload):
+            return None
+        position = self.producer.publish(event)
+        self._remember(event, position)
+        return position
+
+    def _tasks_of(
+        self, session_id: str, user_id: str, tenant: str, task_id: str | None, *, wait: bool = True
+    ) -> tuple[Task, ...]:
+        """The session's tasks as the read-model has them, after this client's last task
+        event there; with `wait`, up to the read timeout for `task_id` to appear (started
+        by another process, not yet projected)."""
+        after = self._task_positions.get((tenant, session_id))
+        deadline = time.monotonic() + self.read_timeout_s
+        delay = _TASK_POLL_S
+        while True:
+            tasks = self.context(session_id, user_id=user_id, tenant=tenant, after=after).tasks
+            if not wait or task_id is None or any(t.task_id == task_id for t in tasks):
+                return tasks
+            if time.monotonic() + delay > deadline:
+                return tasks  # the transition check names the missing task
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _remember(self, event: ConversationEvent, position: Position) -> None:
+        remember_position(self._task_positions, event, position)
+
     def close(self) -> None:
         """Flush pending events and release connections."""
         try:
@@ -525,6 +672,7 @@ class AsyncChatLog:
         audit: AuditTrail | None = None,
         principal: str | None = None,
         claims: AsyncRedisSessionClaims | None = None,
+        task_stall_s: float = 300.0,
     ) -> None:
         self.producer = producer
         self.reader = reader
@@ -537,6 +685,11 @@ class AsyncChatLog:
         # Without claims, an append into another user's session is refused only by the
         # projector, after it is in the log.
         self.claims = claims
+        # A running task without a heartbeat for this long reads as stalled.
+        self.task_stall_ms = int(task_stall_s * 1000)
+        # Each session's last task event this client published: the next task command
+        # reads the session after it (read-your-writes). Bounded: see `_remember`.
+        self._task_positions: dict[tuple[str, str], Position] = {}
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncChatLog:
@@ -560,6 +713,7 @@ class AsyncChatLog:
             audit=wiring.audit_trail(settings),
             principal=principal,
             claims=wiring.async_claims(settings, reader.client),
+            task_stall_s=settings.task_stall_s,
         )
 
     async def append(
@@ -750,6 +904,127 @@ class AsyncChatLog:
         audit = _as(self.audit, principal)
         return await asyncio.to_thread(_export, self.exporter, audit, user_id, tenant)
 
+    # -- long-running tasks: as `ChatLog`'s, awaited --------------------------------------
+
+    async def start_task(
+        self,
+        session_id: str,
+        *,
+        user_id: str,
+        kind: str,
+        input: Any = None,
+        tenant: str = "default",
+        task_id: str | None = None,
+    ) -> str:
+        """`ChatLog.start_task`."""
+        task_id = task_id_of(task_id, new_id())
+        payload = TaskStarted(task_id=task_id, kind=kind, input=json_text("input", input))
+        event = _session_event(session_id, user_id, payload, self.producer.sync.info, tenant)
+        if self.claims is not None:
+            await self.claims.claim(KeyScope.of(event), session_id)
+        try:
+            tasks = await self._tasks_of(session_id, user_id, tenant, task_id, wait=False)
+        except SessionNotFound:
+            tasks = ()
+        if must_publish(tasks, payload):
+            self._remember(event, await self.producer.publish(event))
+        return task_id
+
+    async def progress(
+        self,
+        task_id: str,
+        *,
+        session_id: str,
+        user_id: str,
+        tenant: str = "default",
+        progress: float | None = None,
+        note: str | None = None,
+    ) -> Position | None:
+        """`ChatLog.progress`."""
+        payload = TaskProgressed(task_id=task_id, progress=progress, note=note)
+        return await self._task_command(session_id, user_id, tenant, payload)
+
+    async def finish(
+        self,
+        task_id: str,
+        *,
+        session_id: str,
+        user_id: str,
+        tenant: str = "default",
+        result: Any = None,
+    ) -> Position | None:
+        """`ChatLog.finish`."""
+        payload = TaskFinished(task_id=task_id, result=json_text("result", result))
+        return await self._task_command(session_id, user_id, tenant, payload)
+
+    async def fail(
+        self, task_id: str, *, session_id: str, user_id: str, error: str, tenant: str = "default"
+    ) -> Position | None:
+        """`ChatLog.fail`."""
+        payload = TaskFailed(task_id=task_id, error=error)
+        return await self._task_command(session_id, user_id, tenant, payload)
+
+    async def cancel(
+        self,
+        task_id: str,
+        *,
+        session_id: str,
+        user_id: str,
+        reason: str | None = None,
+        tenant: str = "default",
+    ) -> Position | None:
+        """`ChatLog.cancel`."""
+        payload = TaskCancelled(task_id=task_id, reason=reason)
+        return await self._task_command(session_id, user_id, tenant, payload)
+
+    async def tasks(
+        self,
+        user_id: str,
+        *,
+        session_id: str | None = None,
+        tenant: str = "default",
+        limit: int = 50,
+    ) -> list[TaskInfo]:
+        """`ChatLog.tasks`."""
+        if session_id is not None:
+            tasks = await self._tasks_of(session_id, user_id, tenant, None)
+            by_session = [(session_id, tasks)]
+        else:
+            entries = await self.sessions(user_id, tenant=tenant, limit=limit)
+            by_session = [(entry.session_id, entry.tasks) for entry in entries]
+        return listed(by_session, now_ms=now_ms(), stall_ms=self.task_stall_ms)
+
+    async def _task_command(
+        self, session_id: str, user_id: str, tenant: str, payload: TaskEvent
+    ) -> Position | None:
+        event = _session_event(session_id, user_id, payload, self.producer.sync.info, tenant)
+        tasks = await self._tasks_of(session_id, user_id, tenant, payload.task_id)
+        if not must_publish(tasks, payload):
+            return None
+        position = await self.producer.publish(event)
+        self._remember(event, position)
+        return position
+
+    async def _tasks_of(
+        self, session_id: str, user_id: str, tenant: str, task_id: str | None, *, wait: bool = True
+    ) -> tuple[Task, ...]:
+        """`ChatLog._tasks_of`, awaited."""
+        after = self._task_positions.get((tenant, session_id))
+        deadline = time.monotonic() + self.read_timeout_s
+        delay = _TASK_POLL_S
+        while True:
+            context = await self.context(session_id, user_id=user_id, tenant=tenant, after=after)
+            tasks = context.tasks
+            if not wait or task_id is None or any(t.task_id == task_id for t in tasks):
+                return tasks
+            if time.monotonic() + delay > deadline:
+                return tasks
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _remember(self, event: ConversationEvent, position: Position) -> None:
+        remember_position(self._task_positions, event, position)
+
     async def aclose(self) -> None:
         """Flush pending events and release connections."""
         try:
@@ -769,6 +1044,22 @@ class AsyncChatLog:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+_TASK_POLL_S = 0.02
+_TASK_POSITIONS_KEPT = 10_000
+
+
+def remember_position(
+    positions: dict[tuple[str, str], Position], event: ConversationEvent, position: Position
+) -> None:
+    """Keep `position` as the session's last task event; the oldest go past a bound (a
+    forgotten one only means the next command waits for the task to appear)."""
+    key = (event.tenant, event.session_id)
+    positions.pop(key, None)
+    positions[key] = position
+    if len(positions) > _TASK_POSITIONS_KEPT:
+        del positions[next(iter(positions))]
 
 
 def _session_event(

@@ -236,6 +236,12 @@ class Settings(BaseModel):
     read_timeout_s: float = Field(
         5.0, gt=0, description="how long a read waits for its own write (after=position)"
     )
+    task_stall_s: float = Field(
+        300.0,
+        gt=0,
+        description="how long a running task may go without a heartbeat before reads "
+        "show it stalled",
+    )
     # Without a bound, a stalled Redis (paused, swapping, a fork) holds a read for as
     # long as it stalls, whatever timeout the reader asked for.
     redis_timeout_s: float = Field(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from chatlog.projections.tasks import Task
 from chatlog.projections.view import Message, SessionStatus, SessionView
 from chatlog.schemas.errors import InvalidInput
 from chatlog.schemas.position import Position
@@ -108,6 +109,8 @@ class Context:
     summary_withheld: bool = False
     # The owner's tenant (the gateway refuses a session of another tenant than its caller's).
     tenant: str = "default"
+    # The session's long-running tasks, opened (`chatlog.projections.tasks`).
+    tasks: tuple[Task, ...] = ()
     # How `to_openai` counts tokens unless told otherwise: the reader's configured counter.
     count_tokens: TokenCounter = field(default=approx_tokens, compare=False, repr=False)
     # How `to_openai` renders the summary unless told otherwise: the reader's setting.
@@ -144,6 +147,7 @@ class Context:
             closed_through=view.closed_through,
             summary_withheld=view.summary_withheld,
             tenant=view.tenant,
+            tasks=view.tasks,
             count_tokens=count_tokens,
             summary_role=summary_role,
         )

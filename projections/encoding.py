@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatlog.projections.tasks import Task, TaskStatus
 from chatlog.projections.view import (
     Message,
     SealedFields,
@@ -32,10 +33,12 @@ from chatlog.schemas.events import ToolCall
 __all__ = [
     "META_DEFAULTS",
     "MessagesDelta",
+    "decode_tasks",
     "decode_view",
     "diff",
     "encode_message",
     "encode_meta",
+    "encode_tasks",
 ]
 
 _NONE = ""
@@ -48,6 +51,7 @@ META_DEFAULTS = {
     "closed_through": "-1",
     "summary_withheld": "0",
     "redacted_at": "-1",
+    "tasks": "[]",
 }
 _PLAIN = re.compile(r"[A-Za-z0-9_.@-]*")  # ids, and paths of plain names: nothing to escape
 
@@ -168,6 +172,7 @@ def encode_meta(view: SessionView, *, window: int) -> dict[str, str]:
         "overflow_dropped": str(view.overflow_dropped),
         "summary_withheld": "1" if view.summary_withheld else "0",
         "redacted_at": str(view.redacted_at),
+        "tasks": encode_tasks(view.tasks),
         "window": str(window),
     }
 
@@ -202,7 +207,47 @@ def decode_view(meta: Mapping[str, str], messages: Sequence[str | bytes]) -> Ses
         redacted_at=int(meta.get("redacted_at", META_DEFAULTS["redacted_at"])),
         title_sealed=title_sealed,
         summary_sealed=summary_sealed,
+        tasks=decode_tasks(meta.get("tasks", META_DEFAULTS["tasks"])),
     )
+
+
+_TASK_FIELDS = (
+    "task_id",
+    "kind",
+    "status",
+    "offset",
+    "started_at_ms",
+    "updated_at_ms",
+    "heartbeat_at_ms",
+    "ended_at_ms",
+    "progress",
+    "input",
+    "note",
+    "result",
+    "error",
+    "reason",
+)
+
+
+def encode_tasks(tasks: Sequence[Task]) -> str:
+    """A session's tasks as one JSON list (a meta field: a session has few tasks)."""
+    docs = []
+    for task in tasks:
+        doc: dict[str, Any] = {name: getattr(task, name) for name in _TASK_FIELDS}
+        doc["status"] = task.status.value
+        doc["sealed"] = [json.loads(_sealed_json(entry)) for entry in task.sealed]
+        docs.append(doc)
+    return json.dumps(docs, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_tasks(text: str) -> tuple[Task, ...]:
+    """The tasks `encode_tasks` wrote."""
+    tasks = []
+    for doc in json.loads(text or "[]"):
+        sealed = tuple(entry for entry in map(_sealed_of, doc.pop("sealed", ())) if entry)
+        doc["status"] = TaskStatus(doc["status"])
+        tasks.append(Task(**doc, sealed=sealed))
+    return tuple(tasks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -296,6 +296,11 @@ class ViewOpener:
             )
         if view.summary_sealed is not None:
             changes.update(summary=values(view.summary_sealed)["summary"], summary_sealed=None)
+        if any(task.sealed for task in view.tasks):
+            changes["tasks"] = tuple(
+                task.opened({p: v for s in task.sealed for p, v in values(s).items()})
+                for task in view.tasks
+            )
         return replace(view, **changes) if changes else view
 
 

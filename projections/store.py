@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from chatlog.projections.access import may_read
 from chatlog.projections.encoding import decode_view
+from chatlog.projections.tasks import Task
 from chatlog.projections.view import SessionStatus, SessionView
 
 __all__ = [
@@ -62,6 +63,8 @@ class SessionEntry:
     updated_at_ms: int
     # The session's tenant: always the tenant the list was asked for.
     tenant: str = "default"
+    # The session's long-running tasks, opened (`chatlog.projections.tasks`).
+    tasks: tuple[Task, ...] = field(default=(), repr=False)
 
 
 class ViewStore(Protocol):
@@ -98,6 +101,7 @@ def entry(view: SessionView) -> SessionEntry:
         created_at_ms=view.created_at_ms,
         updated_at_ms=view.updated_at_ms,
         tenant=view.tenant,
+        tasks=view.tasks,
     )
 
 

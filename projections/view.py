@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from chatlog.projections.tasks import Task, apply_task
 from chatlog.schemas.errors import ForeignEvent, Undecryptable
 from chatlog.schemas.events import (
     CheckpointSaved,
@@ -52,6 +53,7 @@ from chatlog.schemas.events import (
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
+    TaskEvent,
     ToolCall,
     UserErased,
     epoch_millis,
@@ -177,6 +179,8 @@ class SessionView:
     # Set while `title` / `summary` is a placeholder for a sealed one.
     title_sealed: SealedFields | None = None
     summary_sealed: SealedFields | None = None
+    # The session's long-running tasks, oldest first (`chatlog.projections.tasks`).
+    tasks: tuple[Task, ...] = ()
 
     @property
     def sealed(self) -> bool:
@@ -185,6 +189,7 @@ class SessionView:
             self.title_sealed is not None
             or self.summary_sealed is not None
             or any(m.sealed is not None for m in self.messages)
+            or any(task.sealed for task in self.tasks)
         )
 
     @property
@@ -377,6 +382,10 @@ def _changes(
         # offset, which read-your-writes waits on) but no message; the store keeps it
         # beside the view (`chatlog.projections.checkpoints`).
         return {}
+    if isinstance(payload, TaskEvent):
+        # A long-running task of the session (`chatlog.projections.tasks`).
+        sealed = SealedFields.of(event)
+        return {"tasks": apply_task(view.tasks, payload, offset=offset, at_ms=at_ms, sealed=sealed)}
     raise AssertionError(f"unhandled payload {type(payload).__name__}")  # pragma: no cover
 
 
@@ -560,4 +569,5 @@ def _erase(view: SessionView) -> dict[str, Any]:
         "summary_model": None,
         "summary_covered": 0,
         "summary_withheld": False,
+        "tasks": (),
     }

@@ -40,6 +40,11 @@ from chatlog.schemas.events import (
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
+    TaskCancelled,
+    TaskFailed,
+    TaskFinished,
+    TaskProgressed,
+    TaskStarted,
     UserErased,
     validated,
 )
@@ -71,6 +76,11 @@ _PAYLOADS: dict[str, type[Payload]] = {
         UserErased,
         CheckpointSaved,
         CheckpointWritesSaved,
+        TaskStarted,
+        TaskProgressed,
+        TaskFinished,
+        TaskFailed,
+        TaskCancelled,
     )
 }
 _PAYLOAD_NAMES = {cls: name for name, cls in _PAYLOADS.items()}

@@ -15,7 +15,8 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── InvalidEvent                   an event or command breaks the contract
     │   │   └── ForeignEvent               ... changing a session not its own (owner, partition)
     │   ├── SessionExists                  a new session's id is taken (or was, once)
-    │   └── UnknownMessage                 a paging cursor is not a message of the session
+    │   ├── UnknownMessage                 a paging cursor is not a message of the session
+    │   └── InvalidTransition              a task's state forbids the event (finish after cancel)
     ├── Refused                            understood and answered "no"; nothing changed
     │   ├── SessionNotFound(LookupError)   no such session (never existed, expired, erased)
     │   │   └── Erased                     ... its owner was erased: their keys are destroyed
@@ -93,6 +94,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidId",
     "InvalidInput",
+    "InvalidTransition",
     "JwksUnavailable",
     "LayoutMismatch",
     "LimitExceeded",
@@ -217,6 +219,12 @@ class SessionExists(InvalidInput):
 
 class UnknownMessage(InvalidInput):
     """A paging cursor (`before` / `after`) is not a message of the session."""
+
+
+class InvalidTransition(InvalidInput):
+    """A task event its task's state does not allow (finishing a cancelled task, a
+    heartbeat of a finished one, a task the session does not have); nothing published.
+    Its context names the `task_id` and the task's `status` (absent: no such task)."""
 
 
 # -- understood, and answered "no" -------------------------------------------------------

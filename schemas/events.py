@@ -2,8 +2,9 @@
 
 An event is a fact that already happened, so its class is named in the past tense and
 it is immutable. `ConversationEvent` is the envelope every event shares (who, which
-session, when, written by what); `payload` is one of the eight payload types (the last
-two, a LangGraph thread's checkpoints and pending writes, since schema v4). The models
+session, when, written by what); `payload` is one of the thirteen payload types (a
+LangGraph thread's checkpoints and pending writes since schema v4, a long-running task's
+life since v5). The models
 know nothing of Avro: `chatlog.schemas.codec` converts them to and from the wire format, and
 `schemas/avro/ConversationEvent.v*.avsc` is the language-neutral contract they mirror.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_METADATA_VALUE_BYTES",
     "MAX_NAME_CHARS",
     "MAX_REASON_CHARS",
+    "MAX_TASK_DATA_BYTES",
     "MAX_TITLE_CHARS",
     "MAX_TOOL_CALLS",
     "MAX_TOOL_CALL_ARGUMENTS_BYTES",
@@ -56,6 +58,13 @@ __all__ = [
     "SessionClosed",
     "SessionStarted",
     "SummaryUpdated",
+    "TaskCancelled",
+    "TaskEvent",
+    "TaskFailed",
+    "TaskFinished",
+    "TaskId",
+    "TaskProgressed",
+    "TaskStarted",
     "ToolCall",
     "UserErased",
     "check_caps",
@@ -113,6 +122,10 @@ MAX_REASON_CHARS = 1024
 # artefacts (files, embeddings) outside the graph's state and put their reference in it.
 MAX_CHECKPOINT_BYTES = 700 * 1024
 
+# A task's input, result or error travels in one record of the events topic, beside the
+# chat; larger artefacts belong elsewhere (an object store), with their reference here.
+MAX_TASK_DATA_BYTES = 256 * 1024
+
 # The validation context under which the caps above are not applied: events read back
 # from the log (`chatlog.schemas.codec`), which were accepted by whatever wrote them.
 READ_FROM_LOG: Mapping[str, bool] = {"read_from_log": True}
@@ -127,6 +140,7 @@ SessionId = Annotated[str, _id_field("session_id")]
 UserId = Annotated[str, _id_field("user_id")]
 TenantId = Annotated[str, _id_field("tenant")]
 MessageId = Annotated[str, _id_field("message_id")]
+TaskId = Annotated[str, _id_field("task_id")]
 
 
 def _utc(value: datetime) -> datetime:
@@ -277,6 +291,49 @@ class CheckpointWritesSaved(_Value):
     writes: tuple[CheckpointWrite, ...] = ()
 
 
+class TaskStarted(_Value):
+    """A long-running task of the session was started (schema v5).
+
+    `kind` names what sort of task it is (clear: listings show it); `input` is JSON text,
+    sealed under the owner's key like a message's content.
+    """
+
+    task_id: TaskId
+    kind: str
+    input: str = ""
+
+
+class TaskProgressed(_Value):
+    """A heartbeat of the task's worker, with how far it got (`progress`, 0 to 1)."""
+
+    task_id: TaskId
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    note: str | None = None
+
+
+class TaskFinished(_Value):
+    """The task succeeded; `result` is JSON text, sealed."""
+
+    task_id: TaskId
+    result: str = ""
+
+
+class TaskFailed(_Value):
+    """The task failed; `error` says why, sealed (it may quote the input)."""
+
+    task_id: TaskId
+    error: str
+
+
+class TaskCancelled(_Value):
+    """The task was cancelled."""
+
+    task_id: TaskId
+    reason: str | None = None
+
+
+TaskEvent: TypeAlias = TaskStarted | TaskProgressed | TaskFinished | TaskFailed | TaskCancelled
+
 Payload: TypeAlias = (
     SessionStarted
     | MessageAppended
@@ -286,6 +343,11 @@ Payload: TypeAlias = (
     | UserErased
     | CheckpointSaved
     | CheckpointWritesSaved
+    | TaskStarted
+    | TaskProgressed
+    | TaskFinished
+    | TaskFailed
+    | TaskCancelled
 )
 
 
@@ -399,8 +461,17 @@ def check_caps(payload: Payload, *, unbounded_prefix: str | None = None) -> None
                 "MAX_TOOL_CALL_ARGUMENTS_BYTES",
             )
         _cap_metadata(payload.metadata, unbounded_prefix)
-    elif isinstance(payload, MessageRedacted | SessionClosed | UserErased):
+    elif isinstance(payload, MessageRedacted | SessionClosed | UserErased | TaskCancelled):
         _cap_chars("payload.reason", payload.reason, MAX_REASON_CHARS, "MAX_REASON_CHARS")
+    elif isinstance(payload, TaskStarted):
+        _cap_chars("payload.kind", payload.kind, MAX_NAME_CHARS, "MAX_NAME_CHARS")
+        _cap_bytes("payload.input", payload.input, MAX_TASK_DATA_BYTES, "MAX_TASK_DATA_BYTES")
+    elif isinstance(payload, TaskProgressed):
+        _cap_chars("payload.note", payload.note, MAX_REASON_CHARS, "MAX_REASON_CHARS")
+    elif isinstance(payload, TaskFinished):
+        _cap_bytes("payload.result", payload.result, MAX_TASK_DATA_BYTES, "MAX_TASK_DATA_BYTES")
+    elif isinstance(payload, TaskFailed):
+        _cap_bytes("payload.error", payload.error, MAX_TASK_DATA_BYTES, "MAX_TASK_DATA_BYTES")
     elif isinstance(payload, CheckpointSaved):
         _cap_state("payload.checkpoint", len(payload.checkpoint) + len(payload.metadata))
     elif isinstance(payload, CheckpointWritesSaved):

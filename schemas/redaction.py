@@ -52,6 +52,7 @@ from chatlog.schemas.events import (
     CheckpointWritesSaved,
     ConversationEvent,
     Redaction,
+    TaskEvent,
 )
 from chatlog.schemas.pii import Detector, Finding, Kind
 from chatlog.schemas.placeholders import NOT_JSON, json_of, token
@@ -116,6 +117,9 @@ def _network(address: str) -> str:
     return str(ipaddress.ip_network(f"{address}/48", strict=False).network_address) + _DOT
 
 
+_MACHINE_DATA = CheckpointSaved | CheckpointWritesSaved | TaskEvent
+
+
 @dataclass(frozen=True)
 class RedactionPolicy:
     """A mode and a redactor: what the producer applies to every event."""
@@ -136,9 +140,9 @@ class RedactionPolicy:
         """
         if self.mode is Mode.OFF or event.sealed is not None:
             return event
-        if isinstance(event.payload, CheckpointSaved | CheckpointWritesSaved):
-            # Serialized graph state: a placeholder written into it would corrupt it.
-            # It is sealed whole instead, and erased with its owner.
+        if isinstance(event.payload, _MACHINE_DATA):
+            # Serialized graph state, a task's JSON: a placeholder written into it would
+            # corrupt it. It is sealed whole instead, and erased with its owner.
             return event
         run = _Run(self.mode, self.redactor, mac, event.tokens)
         payload = map_fields(event.payload, run.field)

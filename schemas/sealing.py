@@ -3,7 +3,8 @@
 What is sealed? Every field that carries what a person wrote, or what is derived from
 it: a message's content, name, tool call names and arguments and metadata values; a
 session's title and metadata values; a summary; the reason of a redaction, a close or an
-erasure; a LangGraph checkpoint, its metadata and each pending write's value. Ids, event
+erasure; a LangGraph checkpoint, its metadata and each pending write's value; a task's
+input, progress note, result, error and cancel reason. Ids, event
 types, roles, timestamps and metadata *keys* stay clear: Kafka partitions by them, the
 projection routes by them, and none is a person's words.
 
@@ -48,6 +49,11 @@ from chatlog.schemas.events import (
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
+    TaskCancelled,
+    TaskFailed,
+    TaskFinished,
+    TaskProgressed,
+    TaskStarted,
     ToolCall,
     UserErased,
 )
@@ -387,8 +393,18 @@ def map_fields(
             write.model_copy(update={"value": convert(f"{WRITES}{i}.value", write.value)})
             for i, write in enumerate(payload.writes)
         )
+    elif isinstance(payload, TaskStarted):
+        # What a task works on and what it makes are the user's (a report on their data).
+        update["input"] = convert("input", payload.input)
+    elif isinstance(payload, TaskProgressed):
+        if payload.note is not None:
+            update["note"] = convert("note", payload.note)
+    elif isinstance(payload, TaskFinished):
+        update["result"] = convert("result", payload.result)
+    elif isinstance(payload, TaskFailed):
+        update["error"] = convert("error", payload.error)
     elif (
-        isinstance(payload, MessageRedacted | SessionClosed | UserErased)
+        isinstance(payload, MessageRedacted | SessionClosed | UserErased | TaskCancelled)
         and payload.reason is not None
     ):
         update["reason"] = convert("reason", payload.reason)

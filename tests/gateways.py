@@ -107,6 +107,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/sessions/{session_id}/events"): Route(on_session=True),
     ("DELETE", "/v1/me"): Route(on_session=False),
     ("GET", "/v1/me/export"): Route(on_session=False),
+    ("GET", "/v1/tasks"): Route(on_session=False, params={"limit": "200"}),
+    ("GET", "/v1/sessions/{session_id}/tasks"): Route(on_session=True),
 }
 
 SUCCESS = frozenset({200, 201, 202, 204})

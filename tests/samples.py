@@ -31,6 +31,11 @@ from chatlog.schemas.events import (
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
+    TaskCancelled,
+    TaskFailed,
+    TaskFinished,
+    TaskProgressed,
+    TaskStarted,
     ToolCall,
     UserErased,
 )
@@ -102,6 +107,14 @@ PAYLOADS: list[Payload] = [
             CheckpointWrite(channel="__interrupt__", idx=-3, value_type="null", value=""),
         ),
     ),
+    # v5: a long-running task's life (input, result and error as JSON text).
+    TaskStarted(task_id="t-1", kind="report", input='{"month": "2026-11"}'),
+    TaskProgressed(task_id="t-1", progress=0.25, note="3 of 12 files"),
+    TaskProgressed(task_id="t-1"),
+    TaskFinished(task_id="t-1", result='{"url": "s3://reports/11.pdf"}'),
+    TaskFailed(task_id="t-2", error="timeout after 3600 s"),
+    TaskCancelled(task_id="t-3", reason="user asked"),
+    TaskCancelled(task_id="t-4"),
 ]
 
 

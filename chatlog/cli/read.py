@@ -54,6 +54,7 @@ from chatlog.schemas.keyring import KeyEntries
 from chatlog.schemas.position import Position
 from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
+from chatlog.task_commands import listed, now_ms
 
 if TYPE_CHECKING:
     from chatlog.cli.common import Commands
@@ -67,11 +68,13 @@ __all__ = [
     "redact",
     "sessions",
     "tail",
+    "tasks",
 ]
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
-    """Add `publish`, `redact`, `context`, `sessions` and `tail` to the parser's `commands`."""
+    """Add `publish`, `redact`, `context`, `sessions`, `tasks` and `tail` to the parser's
+    `commands`."""
     publish_command = commands.add_parser(
         "publish", parents=[common], help="append one message to a session"
     )
@@ -133,6 +136,19 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     sessions_command.add_argument("--limit", type=positive_int, default=50, metavar="N")
     _add_tenant(sessions_command)
     sessions_command.set_defaults(handler=sessions)
+
+    tasks_command = commands.add_parser(
+        "tasks",
+        parents=[common],
+        help="a user's long-running tasks (of one session with --session), newest first",
+    )
+    tasks_command.add_argument("--user", required=True, help="user id (the tasks' owner)")
+    tasks_command.add_argument("--session", help="only this session's tasks")
+    tasks_command.add_argument(
+        "--limit", type=positive_int, default=50, metavar="N", help="sessions looked at"
+    )
+    _add_tenant(tasks_command)
+    tasks_command.set_defaults(handler=tasks)
 
     tail_command = commands.add_parser(
         "tail", parents=[common], help="a session's events from the log, then new ones"
@@ -330,6 +346,39 @@ def sessions(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any
         print(f"no sessions for user {args.user}")
     for line in session_rows(entries):
         print(line)
+    return None
+
+
+# -- tasks --------------------------------------------------------------------------
+
+
+def tasks(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]] | None:
+    """`chatlog tasks`: the user's tasks with their status now (`stalled` included),
+    newest first (audited, as `sessions`)."""
+    _audit_read(settings, user_id=args.user, session_id=args.session, details={"via": "tasks"})
+    reader = wiring.reader(settings)
+    try:
+        if args.session is not None:
+            context = reader.context(
+                args.session,
+                user_id=args.user,
+                tenant=args.tenant,
+                timeout=settings.read_timeout_s,
+            )
+            by_session = [(args.session, context.tasks)]
+        else:
+            entries = reader.sessions(args.user, tenant=args.tenant, limit=args.limit)
+            by_session = [(entry.session_id, entry.tasks) for entry in entries]
+    finally:
+        reader.client.close()
+    found = listed(by_session, now_ms=now_ms(), stall_ms=int(settings.task_stall_s * 1000))
+    if args.json:
+        return [task.to_dict() for task in found]
+    if not found:
+        print(f"no tasks for user {args.user}")
+    for task in found:
+        progress = "" if task.progress is None else f"{task.progress:.0%}"
+        print(f"{task.task_id}  {task.kind}  {task.status.value}  {progress}  {task.session_id}")
     return None
 
 

@@ -406,6 +406,22 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog, bot: Bot | None) -> Non
             ]
         }
 
+    @app.get("/v1/tasks", tags=["tasks"])
+    async def list_tasks(
+        caller: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50
+    ) -> dict[str, Any]:
+        """The caller's long-running tasks (in their ``limit`` most recently active
+        sessions), newest first, each with its status now (``stalled``: no heartbeat
+        for ``CHATLOG_TASK_STALL_S``)."""
+        tasks = await log.tasks(caller.user_id, tenant=caller.tenant, limit=limit)
+        return {"tasks": [task.to_dict() for task in tasks]}
+
+    @app.get("/v1/sessions/{session_id}/tasks", tags=["tasks"])
+    async def list_session_tasks(session_id: str, caller: Caller) -> dict[str, Any]:
+        """The session's tasks; another's session is not found, as for its context."""
+        tasks = await log.tasks(caller.user_id, session_id=session_id, tenant=caller.tenant)
+        return {"session_id": session_id, "tasks": [task.to_dict() for task in tasks]}
+
 
 def _add_health_routes(app: FastAPI, log: AsyncChatLog, lag: LagBound | None) -> None:
     @app.get("/healthz", tags=["health"])

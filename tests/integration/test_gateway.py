@@ -13,6 +13,7 @@ import uuid
 import httpx
 import pytest
 
+from chatlog.client import ChatLog
 from chatlog.gateway.fastapi_app import MAX_BODY_BYTES
 from chatlog.schemas.ids import validate_id
 from tests.gateways import Gateway
@@ -168,6 +169,8 @@ def test_health_readiness_and_the_openapi_document(gateway):
         "/v1/sessions/{session_id}",
         "/v1/me",
         "/v1/me/export",
+        "/v1/tasks",
+        "/v1/sessions/{session_id}/tasks",
     } <= set(paths)
 
 
@@ -222,3 +225,36 @@ def test_the_same_sub_in_another_tenant_sees_nothing_of_the_session(gateway):
         timeout=60,
     ).json()
     assert [m["content"] for m in context["messages"]] == [canary]
+
+
+def test_the_callers_tasks_are_listed_and_no_one_elses(gateway):
+    owner, other = user(), user()
+    session = create(gateway, owner, "report")
+    with ChatLog.from_settings(gateway.settings, flush_on_sigterm=False) as log:
+        task_id = log.start_task(session, user_id=owner, kind="report", input={"m": 11})
+        log.finish(task_id, session_id=session, user_id=owner, result={"pages": 3})
+        log.tasks(owner, session_id=session)  # read-your-writes: projected from here on
+
+    in_session = httpx.get(
+        f"{gateway.url}/v1/sessions/{session}/tasks", headers=gateway.auth(owner), timeout=60
+    )
+    assert in_session.status_code == 200, in_session.text
+    [task] = in_session.json()["tasks"]
+    assert (task["task_id"], task["status"], task["input"], task["result"]) == (
+        task_id,
+        "succeeded",
+        {"m": 11},
+        {"pages": 3},
+    )
+    mine = httpx.get(f"{gateway.url}/v1/tasks", headers=gateway.auth(owner), timeout=60)
+    assert [t["task_id"] for t in mine.json()["tasks"]] == [task_id]
+
+    # Another user, and the same user in another tenant: nothing of it.
+    refused = httpx.get(
+        f"{gateway.url}/v1/sessions/{session}/tasks", headers=gateway.auth(other), timeout=60
+    )
+    assert refused.status_code == 404
+    assert "pages" not in refused.text
+    assert httpx.get(f"{gateway.url}/v1/tasks", headers=gateway.auth(other)).json() == {"tasks": []}
+    acme = {"Authorization": f"Bearer {gateway.issuer.mint(owner, tenant='acme')}"}
+    assert httpx.get(f"{gateway.url}/v1/tasks", headers=acme).json() == {"tasks": []}

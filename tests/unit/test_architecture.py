@@ -34,6 +34,7 @@ PURE_MODULES = [
     "chatlog.projections.view",
     "chatlog.projections.access",
     "chatlog.projections.checkpoints",
+    "chatlog.projections.tasks",
     "chatlog.projections.keys",
     "chatlog.projections.epochs",
     "chatlog.projections.recall",
