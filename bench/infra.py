@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from confluent_kafka import KafkaError, KafkaException
@@ -42,6 +42,7 @@ from dev.services.state import read_state
 
 __all__ = [
     "GATEWAY_RATE",
+    "Alive",
     "BenchStack",
     "ProjectorProcess",
     "ReadModelProbe",
@@ -122,7 +123,7 @@ class BenchStack:
         """The prefix under which every Redis key of this run lives."""
         return f"bench:{self.run_id}"
 
-    def scenario(self, name: str) -> Settings:
+    def scenario(self, name: str, *, partitions: int = PARTITIONS) -> Settings:
         """Settings for scenario `name`, with its topics created (and recorded)."""
         topic = f"bench.{self.run_id}.{name}"
         settings = self.base.model_copy(
@@ -130,7 +131,7 @@ class BenchStack:
                 "topic": topic,
                 "dlq_topic": f"{topic}.dlq",
                 "keys_topic": f"{topic}.keys",
-                "partitions": PARTITIONS,
+                "partitions": partitions,
                 "redis_prefix": f"{self.redis_root}:{name}",
                 "projector_group": f"bench-{self.run_id}-{name}",
             }
@@ -230,6 +231,9 @@ def child_env(settings: Settings) -> dict[str, str]:
     """The environment of a child process whose `Settings.from_env()` are `settings`' own."""
     return {
         **os.environ,
+        # Each projector of a group its own static member id (the default, the host
+        # name, is one for every process of this machine, and the broker fences all but one).
+        "CHATLOG_INSTANCE_ID": settings.instance_id,
         "CHATLOG_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "CHATLOG_REDIS_URL": settings.redis_url,
         "CHATLOG_TOPIC": settings.topic,
@@ -294,9 +298,12 @@ def publish_bulk(
 class ProjectorProcess:
     """`bench.projector_child` in a child process, stopped by SIGTERM."""
 
-    def __init__(self, settings: Settings, stack: BenchStack) -> None:
+    def __init__(
+        self, settings: Settings, stack: BenchStack, *, env: Mapping[str, str] | None = None
+    ) -> None:
         self.settings = settings
         self.stack = stack
+        self.env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
         self.totals: dict[str, Any] = {}
         # Files, not pipes: nobody reads the child while it runs, and a full pipe would
@@ -311,7 +318,7 @@ class ProjectorProcess:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "bench.projector_child"],
             cwd=REPO,
-            env=child_env(self.settings),
+            env={**child_env(self.settings), **self.env},
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,
@@ -330,28 +337,36 @@ class ProjectorProcess:
                 f"the projector exited with {self._process.returncode}:\n{self._tail()}"
             )
 
-    def wait_assigned(self, *, timeout: float = 60.0) -> float:
+    def wait_assigned(
+        self, *, timeout: float = 60.0, partitions: int = PARTITIONS, members: int = 1
+    ) -> float:
         """Wait until the group has every partition assigned; returns when (perf_counter).
 
         The broker's view of the group is the observable moment the projector can start
         fetching; it is seen at most one poll (20 ms) late, which slightly flatters the
-        throughput over a run of several seconds.
+        throughput over a run of several seconds. With `members` > 1 (several projectors
+        in the group), it waits until that many members each hold some of them.
         """
-        group = self.settings.projector_group
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
             with contextlib.suppress(Exception):  # the group does not exist yet
-                described = self.stack.admin.describe_consumer_groups([group], request_timeout=5)[
-                    group
-                ].result(5)
-                assigned = sum(
-                    len(member.assignment.topic_partitions) for member in described.members
-                )
-                if assigned >= PARTITIONS:
+                held = self.assignment()
+                if len(held) >= members and min(held) > 0 and sum(held) >= partitions:
                     return time.perf_counter()
             time.sleep(0.02)
-        raise TimeoutError(f"the projector got no partitions within {timeout:g} s:\n{self._tail()}")
+        raise TimeoutError(
+            f"the group {self.settings.projector_group} did not have {partitions} partitions "
+            f"over {members} member(s) within {timeout:g} s:\n{self._tail()}"
+        )
+
+    def assignment(self) -> list[int]:
+        """How many partitions each member of the projector's group holds (broker's view)."""
+        group = self.settings.projector_group
+        described = self.stack.admin.describe_consumer_groups([group], request_timeout=5)[
+            group
+        ].result(5)
+        return sorted(len(member.assignment.topic_partitions) for member in described.members)
 
     def stop(self) -> dict[str, Any]:
         """SIGTERM, wait, then kill if it hangs; returns its totals (empty if none).
@@ -382,6 +397,13 @@ class ProjectorProcess:
         return "\n".join(self._err.read().decode(errors="replace").splitlines()[-lines:])
 
 
+class Alive(Protocol):
+    """What a probe checks while it waits: a projector, or a group of them, still runs."""
+
+    def check_alive(self) -> None:
+        """Raise, with the last words, if it has exited."""
+
+
 class ReadModelProbe:
     """Reads `last_offset` straight from the meta hashes, to see how far a projection got."""
 
@@ -410,7 +432,7 @@ class ReadModelProbe:
     def wait_applied(
         self,
         expected: Mapping[str, Position],
-        projector: ProjectorProcess,
+        projector: Alive,
         *,
         timeout: float,
         poll_s: float = 0.01,
