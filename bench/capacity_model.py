@@ -24,7 +24,8 @@ __all__ = ["Assumptions", "Line", "Measured", "worked"]
 class Measured:
     """The per-unit costs measured (medians)."""
 
-    projector_us: float  # projector CPU per event, live (paced publishing), the dearer layout
+    projector_us: float  # projector CPU per event, live (paced publishing)
+    projector_drain_us: float  # the same draining a backlog: large batches, the floor
     redis_us: float  # Redis CPU per event, same runs
     kafka_us: float  # every broker's CPU per event together, same runs (produce + fetch)
     record_bytes: float  # an event as published (sealed, Avro)
@@ -67,8 +68,10 @@ def worked(m: Measured, a: Assumptions = Assumptions()) -> list[Line]:
     lines.append(
         Line(
             "projector CPU",
-            f"{a.rate:,.0f}/s x {m.projector_us:,.0f} µs",
-            f"{cores:.2f} cores at 100% busy",
+            f"{a.rate:,.0f}/s x {m.projector_us:,.0f} µs (live; draining a backlog "
+            f"{m.projector_drain_us:,.0f} µs)",
+            f"{cores:.2f} cores at 100% busy ({a.rate * m.projector_drain_us / 1e6:.2f} at the "
+            f"backlog's cost)",
         )
     )
     lines.append(
