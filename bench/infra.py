@@ -53,6 +53,7 @@ __all__ = [
     "publish_bulk",
     "running",
     "source_digest",
+    "terminate",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -295,6 +296,17 @@ def publish_bulk(
     return positions
 
 
+def terminate(process: subprocess.Popen[Any], wait_s: float = _STOP_WAIT_S) -> None:
+    """SIGTERM a child that still runs, wait up to `wait_s`, then kill it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class ProjectorProcess:
     """`bench.projector_child` in a child process, stopped by SIGTERM."""
 
@@ -376,13 +388,7 @@ class ProjectorProcess:
         process = self._process
         if process is None:
             return {}
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(_STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process)
         self._out.seek(0)
         lines = self._out.read().decode(errors="replace").strip().splitlines()
         self._out.close()

@@ -16,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bench.infra import REPO, BenchStack
+from bench.infra import REPO, BenchStack, terminate
 from bench.measure import CpuMeter, frozen_heap, load_average, percentile
 from bench.plan import Plan
 from bench.report import Figure, say
@@ -31,8 +30,6 @@ from chatlog import wiring
 from chatlog.producers.kafka_producer import AsyncConversationProducer
 
 __all__ = ["SlotRun", "stand_in_llm", "summarizer_slots"]
-
-_STOP_WAIT_S = 10.0
 
 
 @dataclass
@@ -62,13 +59,7 @@ def stand_in_llm(latency: float) -> Iterator[str]:
             raise RuntimeError(f"the stand-in LLM did not start (exit {process.poll()})")
         yield url
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(_STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process)
         if process.stdout is not None:
             process.stdout.close()
 
