@@ -34,6 +34,7 @@ from chatlog.producers.kafka_producer import ConversationProducer
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
 from chatlog.projections.redis_store import text
+from chatlog.schemas.errors import TopicMissing
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.limits import Rate
 from chatlog.schemas.position import Position
@@ -50,6 +51,7 @@ __all__ = [
     "child_env",
     "clear_producer",
     "copy_key_directory",
+    "fresh_producer",
     "publish_bulk",
     "running",
     "source_digest",
@@ -284,6 +286,19 @@ def copy_key_directory(client: redis.Redis, source: str, target: str) -> int:
         pipe.copy(name, into + name[len(head) :], replace=True)
     pipe.execute()
     return len(names)
+
+
+def fresh_producer(settings: Settings, *, timeout: float = 30.0) -> ConversationProducer:
+    """`wiring.producer` for topics just created: on three brokers, the broker it asks may
+    not list the keys topic yet for a moment (seen under load), which is `TopicMissing`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return wiring.producer(settings, flush_on_sigterm=False)
+        except TopicMissing:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def publish_bulk(

@@ -41,6 +41,7 @@ from bench.infra import (
     ProjectorProcess,
     ReadModelProbe,
     copy_key_directory,
+    fresh_producer,
     publish_bulk,
 )
 from bench.measure import CpuMeter, frozen_heap, load_average, percentile
@@ -157,7 +158,7 @@ def capacity(stack: BenchStack, plan: Plan, report: Report) -> None:
 
 def _projectors(stack: BenchStack, plan: Plan, settings: Settings, report: Report) -> list[_Layout]:
     """Drain a backlog, then run live, with each layout of projectors."""
-    with wiring.producer(settings, flush_on_sigterm=False) as producer:
+    with fresh_producer(settings) as producer:
         say(
             f"capacity: publishing {plan.capacity_events:,} events over "
             f"{plan.capacity_sessions:,} sessions, {plan.capacity_partitions} partitions"
@@ -278,7 +279,7 @@ def _live(stack: BenchStack, plan: Plan, layout: _Layout, first_session: int) ->
         }
     with (
         _group(settings, stack, layout.projectors) as group,
-        wiring.producer(settings, flush_on_sigterm=False) as producer,
+        fresh_producer(settings) as producer,
     ):
         group.members[0].wait_assigned(
             partitions=plan.capacity_partitions, members=layout.projectors, timeout=120

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bench.infra import REPO, BenchStack, terminate
+from bench.infra import REPO, BenchStack, fresh_producer, terminate
 from bench.measure import CpuMeter, frozen_heap, load_average, percentile
 from bench.plan import Plan
 from bench.report import Figure, say
@@ -94,7 +94,7 @@ def summarizer_slots(stack: BenchStack, plan: Plan) -> SlotRun:
             Figure(f"summarizer, {call}, {top} slots: one summary (call + publish) p50", "ms"),
             Figure(f"summarizer, {call}, {top} slots: one summary (call + publish) p99", "ms"),
         )
-    producer = wiring.producer(settings, flush_on_sigterm=False)
+    producer = fresh_producer(settings)
     try:
         due = due_sessions(
             max(counts.values()), topic=settings.topic, codec=codec, info=producer.info

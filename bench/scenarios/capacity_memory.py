@@ -23,7 +23,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.infra import BenchStack, ReadModelProbe, publish_bulk, running
+from bench.infra import BenchStack, ReadModelProbe, fresh_producer, publish_bulk, running
 from bench.measure import load_average
 from bench.plan import Plan
 from bench.report import Figure, say
@@ -78,7 +78,7 @@ def redis_bytes(stack: BenchStack, plan: Plan) -> MemoryRun:
     claims = wiring.claims(settings, stack.redis)
     positions: dict[str, list[Position]] = {s: [] for s in owners}
     last: dict[str, Position] = {}
-    with wiring.producer(settings, flush_on_sigterm=False) as producer:
+    with fresh_producer(settings) as producer:
         turn_events = {
             session: [
                 append_message(
