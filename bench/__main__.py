@@ -35,6 +35,7 @@ from bench.plan import Plan
 from bench.readme import update_readme
 from bench.report import Report, say
 from bench.scenarios.append import append
+from bench.scenarios.capacity import capacity
 from bench.scenarios.gateway import gateway
 from bench.scenarios.gateway_sse import gateway_sse
 from bench.scenarios.latency import visibility
@@ -70,6 +71,7 @@ SCENARIOS = (
     "recall_quality",
     "gateway_sse",
     "gateway",
+    "capacity",
 )
 # The order of the first table, whatever order the scenarios ran in.
 TABLE_ORDER = (
@@ -130,6 +132,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
             ("recall_quality", lambda: recall_quality(plan, report)),
             ("gateway_sse", lambda: gateway_sse(stack, plan, report)),
             ("gateway", lambda: gateway(stack, plan, report)),
+            ("capacity", lambda: capacity(stack, plan, report)),
         ]
         for name, run in steps:
             if name in args.only or (name == "reads" and "memory" in args.only):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from confluent_kafka import KafkaError, KafkaException
@@ -34,6 +34,7 @@ from chatlog.producers.kafka_producer import ConversationProducer
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
 from chatlog.projections.redis_store import text
+from chatlog.schemas.errors import TopicMissing
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.limits import Rate
 from chatlog.schemas.position import Position
@@ -42,6 +43,7 @@ from dev.services.state import read_state
 
 __all__ = [
     "GATEWAY_RATE",
+    "Alive",
     "BenchStack",
     "ProjectorProcess",
     "ReadModelProbe",
@@ -49,9 +51,11 @@ __all__ = [
     "child_env",
     "clear_producer",
     "copy_key_directory",
+    "fresh_producer",
     "publish_bulk",
     "running",
     "source_digest",
+    "terminate",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +126,7 @@ class BenchStack:
         """The prefix under which every Redis key of this run lives."""
         return f"bench:{self.run_id}"
 
-    def scenario(self, name: str) -> Settings:
+    def scenario(self, name: str, *, partitions: int = PARTITIONS) -> Settings:
         """Settings for scenario `name`, with its topics created (and recorded)."""
         topic = f"bench.{self.run_id}.{name}"
         settings = self.base.model_copy(
@@ -130,7 +134,7 @@ class BenchStack:
                 "topic": topic,
                 "dlq_topic": f"{topic}.dlq",
                 "keys_topic": f"{topic}.keys",
-                "partitions": PARTITIONS,
+                "partitions": partitions,
                 "redis_prefix": f"{self.redis_root}:{name}",
                 "projector_group": f"bench-{self.run_id}-{name}",
             }
@@ -230,6 +234,9 @@ def child_env(settings: Settings) -> dict[str, str]:
     """The environment of a child process whose `Settings.from_env()` are `settings`' own."""
     return {
         **os.environ,
+        # Each projector of a group its own static member id (the default, the host
+        # name, is one for every process of this machine, and the broker fences all but one).
+        "CHATLOG_INSTANCE_ID": settings.instance_id,
         "CHATLOG_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "CHATLOG_REDIS_URL": settings.redis_url,
         "CHATLOG_TOPIC": settings.topic,
@@ -281,6 +288,19 @@ def copy_key_directory(client: redis.Redis, source: str, target: str) -> int:
     return len(names)
 
 
+def fresh_producer(settings: Settings, *, timeout: float = 30.0) -> ConversationProducer:
+    """`wiring.producer` for topics just created: on three brokers, the broker it asks may
+    not list the keys topic yet for a moment (seen under load), which is `TopicMissing`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return wiring.producer(settings, flush_on_sigterm=False)
+        except TopicMissing:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def publish_bulk(
     producer: ConversationProducer, events: Sequence[ConversationEvent]
 ) -> list[Position]:
@@ -291,12 +311,26 @@ def publish_bulk(
     return positions
 
 
+def terminate(process: subprocess.Popen[Any], wait_s: float = _STOP_WAIT_S) -> None:
+    """SIGTERM a child that still runs, wait up to `wait_s`, then kill it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class ProjectorProcess:
     """`bench.projector_child` in a child process, stopped by SIGTERM."""
 
-    def __init__(self, settings: Settings, stack: BenchStack) -> None:
+    def __init__(
+        self, settings: Settings, stack: BenchStack, *, env: Mapping[str, str] | None = None
+    ) -> None:
         self.settings = settings
         self.stack = stack
+        self.env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
         self.totals: dict[str, Any] = {}
         # Files, not pipes: nobody reads the child while it runs, and a full pipe would
@@ -311,7 +345,7 @@ class ProjectorProcess:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "bench.projector_child"],
             cwd=REPO,
-            env=child_env(self.settings),
+            env={**child_env(self.settings), **self.env},
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,
@@ -330,28 +364,36 @@ class ProjectorProcess:
                 f"the projector exited with {self._process.returncode}:\n{self._tail()}"
             )
 
-    def wait_assigned(self, *, timeout: float = 60.0) -> float:
+    def wait_assigned(
+        self, *, timeout: float = 60.0, partitions: int = PARTITIONS, members: int = 1
+    ) -> float:
         """Wait until the group has every partition assigned; returns when (perf_counter).
 
         The broker's view of the group is the observable moment the projector can start
         fetching; it is seen at most one poll (20 ms) late, which slightly flatters the
-        throughput over a run of several seconds.
+        throughput over a run of several seconds. With `members` > 1 (several projectors
+        in the group), it waits until that many members each hold some of them.
         """
-        group = self.settings.projector_group
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
             with contextlib.suppress(Exception):  # the group does not exist yet
-                described = self.stack.admin.describe_consumer_groups([group], request_timeout=5)[
-                    group
-                ].result(5)
-                assigned = sum(
-                    len(member.assignment.topic_partitions) for member in described.members
-                )
-                if assigned >= PARTITIONS:
+                held = self.assignment()
+                if len(held) >= members and min(held) > 0 and sum(held) >= partitions:
                     return time.perf_counter()
             time.sleep(0.02)
-        raise TimeoutError(f"the projector got no partitions within {timeout:g} s:\n{self._tail()}")
+        raise TimeoutError(
+            f"the group {self.settings.projector_group} did not have {partitions} partitions "
+            f"over {members} member(s) within {timeout:g} s:\n{self._tail()}"
+        )
+
+    def assignment(self) -> list[int]:
+        """How many partitions each member of the projector's group holds (broker's view)."""
+        group = self.settings.projector_group
+        described = self.stack.admin.describe_consumer_groups([group], request_timeout=5)[
+            group
+        ].result(5)
+        return sorted(len(member.assignment.topic_partitions) for member in described.members)
 
     def stop(self) -> dict[str, Any]:
         """SIGTERM, wait, then kill if it hangs; returns its totals (empty if none).
@@ -361,13 +403,7 @@ class ProjectorProcess:
         process = self._process
         if process is None:
             return {}
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(_STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process)
         self._out.seek(0)
         lines = self._out.read().decode(errors="replace").strip().splitlines()
         self._out.close()
@@ -380,6 +416,13 @@ class ProjectorProcess:
     def _tail(self, lines: int = 20) -> str:
         self._err.seek(0)
         return "\n".join(self._err.read().decode(errors="replace").splitlines()[-lines:])
+
+
+class Alive(Protocol):
+    """What a probe checks while it waits: a projector, or a group of them, still runs."""
+
+    def check_alive(self) -> None:
+        """Raise, with the last words, if it has exited."""
 
 
 class ReadModelProbe:
@@ -410,7 +453,7 @@ class ReadModelProbe:
     def wait_applied(
         self,
         expected: Mapping[str, Position],
-        projector: ProjectorProcess,
+        projector: Alive,
         *,
         timeout: float,
         poll_s: float = 0.01,

@@ -18,7 +18,7 @@ from dev.services.state import read_state
 if TYPE_CHECKING:
     from bench.infra import BenchStack
 
-__all__ = ["CpuMeter", "frozen_heap", "median_shares", "percentile"]
+__all__ = ["CpuMeter", "frozen_heap", "load_average", "median_shares", "percentile"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -28,6 +28,11 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def load_average() -> float:
+    """The 1-minute load average, as `uptime` prints it (NaN where unknown)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
 
 
 @contextlib.contextmanager
@@ -85,16 +90,23 @@ class CpuMeter:
         processes named): on a shared machine, it says how noisy the run was.
         """
         wall = time.perf_counter() - self._started_at
+        if wall <= 0:
+            return {}
+        return {name: seconds / wall for name, seconds in self.seconds().items()}
+
+    def seconds(self) -> dict[str, float]:
+        """Per process, the CPU seconds (user + system) used since `start`.
+
+        What a core-count needs: on a busy two-core machine a process's wall-clock rate
+        says how much CPU it got, its CPU seconds per unit of work what it needs. `other`
+        is the rest of the machine, as in `busy`.
+        """
         now = self._read()
-        shares = {
-            name: (now[name] - self._start[name]) / wall
-            for name in now
-            if name in self._start and wall > 0
-        }
-        machine = shares.pop("machine", None)
+        used = {name: now[name] - self._start[name] for name in now if name in self._start}
+        machine = used.pop("machine", None)
         if machine is not None:
-            shares["other"] = max(0.0, machine - sum(shares.values()))
-        return shares
+            used["other"] = max(0.0, machine - sum(used.values()))
+        return used
 
     @staticmethod
     def describe(busy: Mapping[str, float]) -> str:

@@ -57,6 +57,23 @@ class Plan:
     gateway_drain_s: float  # how long requests still in flight at the end may take
     gateway_users: int
     gateway_messages: int  # in each session that is read
+    # The capacity scenario: a topic of its own partitions, drained by each layout of
+    # projector processes (1, then 3 in one group), then live at paced rates (events/s,
+    # every n-th sampled); the summarizer against a stand-in LLM of each latency (s) with
+    # each number of slots, whole rounds; typical sessions for the Redis bytes.
+    capacity_partitions: int
+    capacity_events: int
+    capacity_sessions: int
+    capacity_projectors: tuple[int, ...]
+    capacity_rates: tuple[tuple[float, int], ...]
+    capacity_live_s: float
+    capacity_idle_s: float  # the processes' idle CPU, measured before the live runs
+    capacity_llm_latencies: tuple[float, ...]
+    capacity_llm_slots: tuple[int, ...]
+    capacity_llm_rounds: int
+    capacity_users: int
+    capacity_sessions_per_user: int
+    capacity_turns: int
 
     @classmethod
     def full(cls, repeat: int = 3) -> Plan:
@@ -102,6 +119,19 @@ class Plan:
             gateway_drain_s=30.0,
             gateway_users=100,
             gateway_messages=10,
+            capacity_partitions=12,
+            capacity_events=60_000,
+            capacity_sessions=1_200,
+            capacity_projectors=(1, 3),
+            capacity_rates=((1_000.0, 5), (2_000.0, 10)),
+            capacity_live_s=5.0,
+            capacity_idle_s=3.0,
+            capacity_llm_latencies=(0.2, 1.0),
+            capacity_llm_slots=(8, 64),
+            capacity_llm_rounds=4,
+            capacity_users=250,
+            capacity_sessions_per_user=4,
+            capacity_turns=40,
         )
 
     @classmethod
@@ -148,4 +178,17 @@ class Plan:
             gateway_drain_s=5.0,
             gateway_users=20,
             gateway_messages=5,
+            capacity_partitions=6,
+            capacity_events=5_000,
+            capacity_sessions=200,
+            capacity_projectors=(1, 3),
+            capacity_rates=((1_000.0, 5),),
+            capacity_live_s=0.6,
+            capacity_idle_s=0.5,
+            capacity_llm_latencies=(0.2,),
+            capacity_llm_slots=(8,),
+            capacity_llm_rounds=2,
+            capacity_users=10,
+            capacity_sessions_per_user=2,
+            capacity_turns=40,
         )

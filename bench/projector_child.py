@@ -22,6 +22,7 @@ import gc
 import json
 import logging
 import math
+import os
 import resource
 import signal
 import statistics
@@ -37,6 +38,10 @@ from chatlog import wiring
 from chatlog.logs import setup_logging
 from chatlog.processors.kafka_projector import tune_garbage_collector
 from chatlog.settings import Settings
+
+# Names a file: the projector is built, says so in `<file>.<instance id>.ready`, and
+# joins its group once the file exists (`bench.scenarios.capacity` starts several).
+GO_ENV = "BENCH_PROJECTOR_GO"
 
 
 class GcPauses:
@@ -106,8 +111,16 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     pauses = GcPauses()
     gc.callbacks.append(pauses)
-    projector = wiring.projector(Settings.from_env())
+    settings = Settings.from_env()
+    projector = wiring.projector(settings)
     tune_garbage_collector()  # as `chatlog run projector` does
+    go = os.environ.get(GO_ENV)
+    if go:
+        # Several projectors of one group join it together, so that none drains the
+        # backlog alone while the others are still starting (Python takes seconds).
+        Path(f"{go}.{settings.instance_id}.ready").touch()
+        while not Path(go).exists() and not stop.wait(0.005):
+            pass
     projector.run(stop=stop, report_every_s=3600.0)
     totals = {**dataclasses.asdict(projector.stats), **pauses.totals()}
     print(json.dumps({**totals, "peak_rss_kib": peak_rss_kib()}), flush=True)

@@ -30,6 +30,7 @@ __all__ = [
     "README_START",
     "ChartPoint",
     "Comparison",
+    "Figure",
     "Metric",
     "Report",
     "Table",
@@ -43,6 +44,8 @@ README_END = "<!-- readme:end -->"
 # A unit for values a tool reports in whole milliseconds, truncated: 6 means 6 to 7 ms.
 WHOLE_MS = "whole ms"
 _SIZE_UNITS = {"B", "KB", "MB"}
+# The unit of a load average (`os.getloadavg`, as `uptime` prints it).
+LOAD = "load"
 
 
 def say(message: str) -> None:
@@ -111,7 +114,46 @@ class Metric:
             return f"{value:,.1f} KB" if value < 100 else f"{value:,.0f} KB"
         if self.unit == "share":
             return f"{value:.0%}" if value >= 0.1 else f"{value:.1%}"
+        if self.unit == LOAD:
+            return f"{value:.2f}"
         return f"{value:g}"
+
+
+@dataclass
+class Figure:
+    """A measured figure with the machine's load average at each repetition beside it.
+
+    For tables whose figures come from a shared machine at different moments (the
+    capacity scenario's): each value is read beside what else was running then.
+    """
+
+    name: str
+    unit: str
+    metric: Metric = field(init=False)
+    loads: Metric = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metric = Metric("", self.name, self.unit)
+        self.loads = Metric("", "load average", LOAD)
+
+    def add(self, value: float, load: float) -> None:
+        """One repetition's value, and the load average (1 min) when it was taken."""
+        self.metric.add(value)
+        self.loads.add(load)
+
+    @property
+    def values(self) -> list[float]:
+        """The repetitions' values."""
+        return self.metric.values
+
+    @property
+    def median(self) -> float:
+        """The median of the repetitions (NaN for none)."""
+        return self.metric.median
+
+    def row(self) -> list[str]:
+        """The figure, its median (range), the load average's median (range)."""
+        return [self.name, self.metric.cell(), self.loads.cell()]
 
 
 @dataclass

@@ -109,6 +109,12 @@ def derived_summary(body: dict[str, Any]) -> str:
     return f"Stub summary of {turns} turns. Ids: {', '.join(ids) or 'none'}."
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: many calls connecting at once (the
+    # capacity benchmark keeps 64 in flight) would find connections refused.
+    request_queue_size = 128
+
+
 class LlmStub:
     """The server; a context manager that starts and stops it."""
 
@@ -122,7 +128,7 @@ class LlmStub:
         self._queue: deque[Behaviour] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._scheme = "http"
         if tls is not None:  # https, with the server certificate `tls` holds
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)

@@ -31,7 +31,7 @@ from chatlog.schemas.errors import ChatlogError
 from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.position import Position
 
-__all__ = ["visibility"]
+__all__ = ["paced_run", "visibility"]
 
 _WAITERS = 32
 
@@ -151,7 +151,7 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
                         ]
                     with frozen_heap():
                         meter.start()
-                        achieved, samples = _paced_run(
+                        achieved, samples = paced_run(
                             producer,
                             reader,
                             traffic.events,
@@ -254,7 +254,7 @@ def _end_to_end(
     )
 
 
-def _paced_run(
+def paced_run(
     producer: ConversationProducer,
     reader: RedisReader,
     events: Sequence[ConversationEvent],

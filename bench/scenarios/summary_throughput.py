@@ -24,7 +24,7 @@ from bench.workload import session_name, support_chat, user_of
 from chatlog import wiring
 from chatlog.processors.openai_summarizer import summary_messages
 from chatlog.processors.projection import Record
-from chatlog.processors.summarizers import SummaryRequest, SummaryResult
+from chatlog.processors.summarizers import Summarizer, SummaryRequest, SummaryResult
 from chatlog.processors.summary_engine import SummaryEngine, SummaryPolicy
 from chatlog.producers.commands import append_message
 from chatlog.producers.kafka_producer import AsyncConversationProducer
@@ -34,7 +34,7 @@ from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.events import ProducerInfo
 from chatlog.schemas.position import Position
 
-__all__ = ["summary_throughput"]
+__all__ = ["Due", "MemoryViews", "due_sessions", "summarize_due", "summary_throughput"]
 
 LATENCY_S = 0.2
 
@@ -88,7 +88,7 @@ class MemoryViews:
 
 
 @dataclass(frozen=True, slots=True)
-class _Due:
+class Due:
     """Sessions whose overflow just reached the threshold, and the record of their last turn."""
 
     views: dict[str, SessionView]
@@ -96,7 +96,7 @@ class _Due:
     threshold: int
 
 
-def _due_sessions(count: int, *, topic: str, codec: EventCodec, info: ProducerInfo) -> _Due:
+def due_sessions(count: int, *, topic: str, codec: EventCodec, info: ProducerInfo) -> Due:
     """`count` sessions of window + threshold turns: each record is a session's last turn.
 
     The views already hold that turn (the projector is ahead of the engine, as it is when
@@ -131,7 +131,7 @@ def _due_sessions(count: int, *, topic: str, codec: EventCodec, info: ProducerIn
                 value=codec.encode(events[-1]),
             )
         )
-    return _Due(views, records, threshold)
+    return Due(views, records, threshold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,17 +141,19 @@ class _Run:
     latencies: list[float]
 
 
-async def _summarize_all(
-    due: _Due,
+async def summarize_due(
+    due: Due,
     count: int,
     publisher: AsyncConversationProducer,
+    llm: Summarizer,
     *,
     in_flight: int,
+    latency: float,
     codec: EventCodec,
     info: ProducerInfo,
-) -> _Run:
-    """Feed `count` due sessions' records; time until every summary is published."""
-    llm = SlowLLM(LATENCY_S)
+) -> tuple[float, list[float]]:
+    """Feed `count` due sessions' records to a real `SummaryEngine` over `llm`; time
+    until every summary is published. Returns sessions/s and the seconds per summary."""
     engine = SummaryEngine(
         llm,
         MemoryViews(due.views),
@@ -161,7 +163,7 @@ async def _summarize_all(
         codec=codec,
         producer=info,
     )
-    limit = 30 + 2 * LATENCY_S * count / in_flight
+    limit = 30 + 2 * latency * count / in_flight
     try:
         started = time.perf_counter()
         for record in due.records[:count]:
@@ -171,11 +173,30 @@ async def _summarize_all(
     finally:
         await engine.aclose()
     stats = engine.stats
-    if stats.published != count or llm.calls != count or stats.failed or stats.stale:
-        raise AssertionError(f"{count} sessions due, but {stats.line()} ({llm.calls} LLM calls)")
+    if stats.published != count or stats.failed or stats.stale:
+        raise AssertionError(f"{count} sessions due, but {stats.line()}")
+    return count / elapsed, list(stats.latencies)
+
+
+async def _summarize_all(
+    due: Due,
+    count: int,
+    publisher: AsyncConversationProducer,
+    *,
+    in_flight: int,
+    codec: EventCodec,
+    info: ProducerInfo,
+) -> _Run:
+    """`summarize_due` with the fake LLM, checking its calls and the engine's bound."""
+    llm = SlowLLM(LATENCY_S)
+    rate, latencies = await summarize_due(
+        due, count, publisher, llm, in_flight=in_flight, latency=LATENCY_S, codec=codec, info=info
+    )
+    if llm.calls != count:
+        raise AssertionError(f"{count} sessions due, but {llm.calls} LLM calls")
     if llm.peak > in_flight:
         raise AssertionError(f"{llm.peak} LLM calls at once with max_in_flight {in_flight}")
-    return _Run(count / elapsed, llm.peak, list(stats.latencies))
+    return _Run(rate, llm.peak, latencies)
 
 
 def summary_throughput(stack: BenchStack, plan: Plan, report: Report) -> None:
@@ -207,7 +228,7 @@ def summary_throughput(stack: BenchStack, plan: Plan, report: Report) -> None:
     producer = wiring.producer(settings, flush_on_sigterm=False)
     try:
         say(f"summary throughput: building {max(counts.values()):,} due sessions")
-        due = _due_sessions(
+        due = due_sessions(
             max(counts.values()), topic=settings.topic, codec=codec, info=producer.info
         )
         publisher = AsyncConversationProducer(producer)

@@ -46,6 +46,10 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "## pii redaction quality",
         "## recall quality: evidence recall",
         "## recall quality by kind of fact",
+        "## capacity: measured",
+        "## capacity: worked example for 10,000 messages/s",
+        "| 3 projectors: backlog drained |",
+        "LLM slots at 0.2 s a call",
     ):
         assert scenario in table
     beside = table.split("## Details")[0]
