@@ -12,6 +12,14 @@
 
 `ok` answers with a deterministic summary derived from the request: the ``#XX-NNNN``
 identifiers found in its messages, and how many turns its JSON data message holds.
+
+`planned` makes it an agent's model that calls tools: it reads a plan from the request's
+first user message (``plan: flight, hotel | dinner``: the calls of each turn, ``|``
+between turns), counts the tool results the request already holds, and answers with the
+next turn's calls to the request's first tool (one argument, its first parameter), or,
+once every call has a result, with a text that lists the results. Its answer depends on
+the request alone, so an agent resumed in another process gets the answer it would have
+got.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Behaviour", "LlmStub", "empty", "malformed", "ok", "slow", "status"]
+__all__ = ["Behaviour", "LlmStub", "empty", "malformed", "ok", "planned", "slow", "status"]
 
 _ID = re.compile(r"#[A-Z0-9]{2}-\d{4}")
 
@@ -61,6 +69,11 @@ def malformed() -> Behaviour:
     return Behaviour("malformed")
 
 
+def planned() -> Behaviour:
+    """200 with the next tool calls of the plan in the request (see the module docstring)."""
+    return Behaviour("planned")
+
+
 def empty() -> Behaviour:
     """200 with a well-formed completion that has no choices."""
     return Behaviour("empty")
@@ -78,6 +91,32 @@ def derived_summary(body: dict[str, Any]) -> str:
             except (ValueError, AttributeError):
                 turns = 0
     return f"Stub summary of {turns} turns. Ids: {', '.join(ids) or 'none'}."
+
+
+def planned_message(body: dict[str, Any]) -> dict[str, Any]:
+    """The assistant message `planned` answers with: the next turn's tool calls, or the
+    closing text once every planned call has a result."""
+    messages = body.get("messages", [])
+    asked = next((m.get("content") or "" for m in messages if m.get("role") == "user"), "")
+    _, _, plan = asked.partition("plan:")
+    turns = [[item.strip() for item in turn.split(",") if item.strip()] for turn in plan.split("|")]
+    results = [m.get("content") or "" for m in messages if m.get("role") == "tool"]
+    done = 0
+    for turn in turns:
+        if done == len(results):
+            tool = body["tools"][0]["function"]
+            argument = next(iter(tool["parameters"]["properties"]))
+            calls = [
+                {
+                    "id": f"call_{item}",
+                    "type": "function",
+                    "function": {"name": tool["name"], "arguments": json.dumps({argument: item})},
+                }
+                for item in turn
+            ]
+            return {"role": "assistant", "content": None, "tool_calls": calls}
+        done += len(turn)
+    return {"role": "assistant", "content": "done: " + "; ".join(results)}
 
 
 class LlmStub:
@@ -154,10 +193,16 @@ def _handler(stub: LlmStub) -> type[BaseHTTPRequestHandler]:
                 self._send_raw(200, b'{"id": "chatcmpl-stub", "choices": [')
             elif behaviour.kind == "empty":
                 self._send(200, _completion(body, None))
+            elif behaviour.kind == "planned":
+                # An agent's client keeps its connection for the next turn; closing it
+                # here lets the stub's close join every handler thread at once.
+                message = planned_message(body)
+                self._send(200, _completion(body, message), {"Connection": "close"})
             else:
                 if behaviour.kind == "slow" and stub._stopping.wait(behaviour.seconds):
                     return
-                self._send(200, _completion(body, behaviour.text or derived_summary(body)))
+                text = behaviour.text or derived_summary(body)
+                self._send(200, _completion(body, {"role": "assistant", "content": text}))
 
         def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
             self._send_raw(code, json.dumps(payload).encode(), headers)
@@ -174,19 +219,15 @@ def _handler(stub: LlmStub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _completion(body: dict[str, Any], summary: str | None) -> dict[str, Any]:
+def _completion(body: dict[str, Any], message: dict[str, Any] | None) -> dict[str, Any]:
     prompt = sum(len(m.get("content") or "") for m in body.get("messages", [])) // 4
     choices = []
     completion = 0
-    if summary is not None:
-        completion = max(1, len(summary) // 4)
-        choices.append(
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": summary},
-                "finish_reason": "stop",
-            }
-        )
+    if message is not None:
+        said = message.get("content") or json.dumps(message.get("tool_calls"))
+        completion = max(1, len(said) // 4)
+        finish = "tool_calls" if message.get("tool_calls") else "stop"
+        choices.append({"index": 0, "message": message, "finish_reason": finish})
     return {
         "id": "chatcmpl-stub",
         "object": "chat.completion",
