@@ -149,6 +149,12 @@ class Settings(BaseModel):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://)"
     )
+    # The recall index needs Redis's query engine (Redis Stack, or Redis 8); the read-model
+    # runs on any Redis. One Redis 8 can hold both: leave this unset.
+    recall_redis_url: str | None = Field(
+        None,
+        description="Redis with the query engine for the recall index; unset: CHATLOG_REDIS_URL",
+    )
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible Schema Registry; unset: single-object encoding"
     )
@@ -462,10 +468,10 @@ class Settings(BaseModel):
             )
         return value
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "recall_redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(
                 f"{redacted_url(value)!r} must start with redis://, rediss:// or unix://"
             )
@@ -489,6 +495,11 @@ class Settings(BaseModel):
             has_secret=self.auth_secret is not None,
         )
         return self
+
+    @property
+    def recall_redis(self) -> str:
+        """The URL of the Redis that holds the recall index: its own, else the read-model's."""
+        return self.recall_redis_url or self.redis_url
 
     @property
     def api_keys_path(self) -> Path:
@@ -617,6 +628,11 @@ def _fill_from_local_stack(values: dict[str, Any]) -> None:
         return
     if wants_addresses:
         values.setdefault("kafka_bootstrap", local[Settings.env_name("kafka_bootstrap")])
+        recall = local.get(Settings.env_name("recall_redis_url"))
+        if "redis_url" not in values and recall and "recall_redis_url" not in values:
+            # Only beside the stack's own read-model Redis: a read-model Redis set by
+            # hand is not paired with the stack's recall Redis behind its back.
+            values["recall_redis_url"] = recall
         values.setdefault("redis_url", local[Settings.env_name("redis_url")])
     key_file = local.get(Settings.env_name("master_key_file"))
     if wants_key and key_file:

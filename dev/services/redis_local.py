@@ -14,13 +14,20 @@ For fault drills the server can be stopped on its own (`stop_redis_server`) and 
 again on the same port and data dir (`restart_redis`). With persistence off, a restarted
 server is *empty*: what it held is gone, which is what chatlog's projector calls data
 loss (see docs/replay.md), not an outage it waits out.
+
+The same code runs another Redis program (`RedisProgram`): the stack's second server,
+Redis Stack with the query engine for the recall index (`dev.services.redis_stack_local`),
+is started here with its own binary, module and library path.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dev.services.debian import ensure_programs, find_program
@@ -36,6 +43,7 @@ from dev.services.state import (
 )
 
 __all__ = [
+    "RedisProgram",
     "ensure_redis_server",
     "find_redis_server",
     "redis_answers",
@@ -46,6 +54,22 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RedisProgram:
+    """How to run one kind of redis-server: its binary, the arguments it needs beyond the
+    port, data dir and log (modules to load), and what its environment adds."""
+
+    binary: str
+    arguments: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    name: str = "redis-server"
+
+
+def debian_redis() -> RedisProgram:
+    """Debian's redis-server, installed with apt-get if missing."""
+    return RedisProgram(ensure_redis_server())
 
 
 def find_redis_server() -> str | None:
@@ -59,40 +83,49 @@ def ensure_redis_server() -> str:
     return found
 
 
-def start_redis(*, base_dir: Path, timeout: float = 20.0) -> RedisState:
-    """Start redis-server in `base_dir/redis` on a free port; wait until it answers PING."""
-    binary = ensure_redis_server()
-    data_dir = base_dir / "redis"
+def start_redis(
+    *,
+    base_dir: Path,
+    folder: str = "redis",
+    program: RedisProgram | None = None,
+    timeout: float = 20.0,
+) -> RedisState:
+    """Start `program` (Debian's redis-server) in `base_dir/folder` on a free port; wait
+    until it answers PING."""
+    program = program or debian_redis()
+    data_dir = base_dir / folder
     # The dir of a stopped stack holds nothing worth keeping (persistence is off).
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     (port,) = free_ports(1)
-    return _launch(binary, port=port, data_dir=data_dir, timeout=timeout)
+    return _launch(program, port=port, data_dir=data_dir, timeout=timeout)
 
 
-def restart_redis(state: RedisState, *, timeout: float = 20.0) -> RedisState:
+def restart_redis(
+    state: RedisState, *, program: RedisProgram | None = None, timeout: float = 20.0
+) -> RedisState:
     """Start the recorded server again on its port and data dir; wait until it answers PING.
 
     Persistence is off, so it starts empty. Returns `state` with the new pid. Fails if
     another program took the port meanwhile.
     """
-    binary = ensure_redis_server()
+    program = program or debian_redis()
     data_dir = Path(state.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     if port_open(state.port):
         raise ServiceError(
-            f"port {state.port} is taken by another program, so redis-server cannot start "
+            f"port {state.port} is taken by another program, so {program.name} cannot start "
             f"on it again; find it with `ss -ltnp 'sport = :{state.port}'`, or run "
             f"`python -m dev.services down` and `up` for a new stack",
             service="redis",
             port=state.port,
         )
-    return _launch(binary, port=state.port, data_dir=data_dir, timeout=timeout)
+    return _launch(program, port=state.port, data_dir=data_dir, timeout=timeout)
 
 
-def _launch(binary: str, *, port: int, data_dir: Path, timeout: float) -> RedisState:
+def _launch(program: RedisProgram, *, port: int, data_dir: Path, timeout: float) -> RedisState:
     argv = [
-        binary,
+        program.binary,
         "--port",
         str(port),
         "--bind",
@@ -111,19 +144,21 @@ def _launch(binary: str, *, port: int, data_dir: Path, timeout: float) -> RedisS
         # liveness check can tell this server from any other redis-server.
         "--proc-title-template",
         f"{{title}} {{listen-addr}} {data_dir}",
+        *program.arguments,
     ]
     started = time.monotonic()
-    pid = spawn_detached(argv, log_file=data_dir / "stdout.log")
+    env = {**os.environ, **program.env} if program.env else None
+    pid = spawn_detached(argv, log_file=data_dir / "stdout.log", env=env)
     state = RedisState(
         url=f"redis://127.0.0.1:{port}/0", pid=pid, port=port, data_dir=str(data_dir)
     )
     try:
-        _wait_ready(state, timeout=timeout)
+        _wait_ready(state, name=program.name, timeout=timeout)
     except BaseException:
         # Keep the data dir: the error quotes its log, and the next `up` wipes it.
         stop_processes([(state.pid, state.data_dir)])
         raise
-    log.info("redis ready at %s in %.1f s", state.url, time.monotonic() - started)
+    log.info("%s ready at %s in %.1f s", program.name, state.url, time.monotonic() - started)
     return state
 
 
@@ -145,19 +180,19 @@ def stop_redis_server(state: RedisState, *, kill: bool = False) -> None:
     stop_processes([(state.pid, state.data_dir)], kill=kill)
 
 
-def _wait_ready(state: RedisState, *, timeout: float) -> None:
+def _wait_ready(state: RedisState, *, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     data_dir = Path(state.data_dir)
     while not (port_open(state.port) and _ping(state.port, timeout=1.0)):
         if not is_running(state.pid, marker=state.data_dir):
             raise ServiceError(
-                f"redis-server (pid {state.pid}) exited during start-up; its log:\n"
+                f"{name} (pid {state.pid}) exited during start-up; its log:\n"
                 f"{tail(data_dir / 'redis.log')}\n{tail(data_dir / 'stdout.log')}",
                 service="redis",
             )
         if time.monotonic() > deadline:
             raise ServiceError(
-                f"redis-server did not answer PING on 127.0.0.1:{state.port} within "
+                f"{name} did not answer PING on 127.0.0.1:{state.port} within "
                 f"{timeout:g} s; its log:\n{tail(data_dir / 'redis.log')}",
                 service="redis",
             )

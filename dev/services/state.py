@@ -1,7 +1,7 @@
 """What the local stack is: the state file, and the processes it names.
 
 `up` records what it started in `<state dir>/services.json` (the full record: pids, ports,
-data dirs, Kafka version) and `<state dir>/services.env` (the two addresses, one
+data dirs, Kafka version) and `<state dir>/services.env` (the addresses, one
 `KEY=value` a line, for shells and for tools that read dotenv files). The state dir is
 `$CHATLOG_STATE_DIR`, else `./.chatlog` relative to the working directory, so each
 checkout has its own stack and a test can use a temporary one.
@@ -32,12 +32,14 @@ from chatlog.local_stack import ADDRESSES_FILE
 __all__ = [
     "KAFKA_BOOTSTRAP_ENV",
     "MASTER_KEY_FILE_ENV",
+    "RECALL_REDIS_URL_ENV",
     "REDIS_URL_ENV",
     "Addresses",
     "KafkaState",
     "RedisState",
     "ServiceError",
     "StackState",
+    "cache_root",
     "ensure_master_key",
     "free_ports",
     "is_running",
@@ -53,6 +55,7 @@ __all__ = [
 
 KAFKA_BOOTSTRAP_ENV = "CHATLOG_KAFKA_BOOTSTRAP"
 REDIS_URL_ENV = "CHATLOG_REDIS_URL"
+RECALL_REDIS_URL_ENV = "CHATLOG_RECALL_REDIS_URL"
 MASTER_KEY_FILE_ENV = "CHATLOG_MASTER_KEY_FILE"
 MASTER_KEY_NAME = "master.key"
 
@@ -81,10 +84,14 @@ class Addresses:
     kafka_bootstrap: str
     redis_url: str
     master_key_file: str = ""
+    # The Redis with the query engine that holds the recall index ("": none recorded).
+    recall_redis_url: str = ""
 
     def as_env(self) -> dict[str, str]:
         """The addresses as the environment variables chatlog's settings read."""
         env = {KAFKA_BOOTSTRAP_ENV: self.kafka_bootstrap, REDIS_URL_ENV: self.redis_url}
+        if self.recall_redis_url:
+            env[RECALL_REDIS_URL_ENV] = self.recall_redis_url
         if self.master_key_file:
             env[MASTER_KEY_FILE_ENV] = self.master_key_file
         return env
@@ -122,11 +129,14 @@ class StackState:
     redis: RedisState
     # The local master key (`ensure_master_key`); "" in a state file written before it.
     master_key_file: str = ""
+    # Redis Stack, for the recall index; None in a state file written before it.
+    recall_redis: RedisState | None = None
 
     @property
     def addresses(self) -> Addresses:
         """The addresses clients connect to."""
-        return Addresses(self.kafka.bootstrap, self.redis.url, self.master_key_file)
+        recall = self.recall_redis.url if self.recall_redis else ""
+        return Addresses(self.kafka.bootstrap, self.redis.url, self.master_key_file, recall)
 
 
 def write_state(state: StackState, *, state_dir: Path) -> None:
@@ -136,6 +146,7 @@ def write_state(state: StackState, *, state_dir: Path) -> None:
         "kafka": asdict(state.kafka),
         "redis": asdict(state.redis),
         "master_key_file": state.master_key_file,
+        "recall_redis": asdict(state.recall_redis) if state.recall_redis else None,
     }
     _replace_file(state_dir / _JSON_NAME, json.dumps(record, indent=2) + "\n")
     env = "".join(f"{key}={value}\n" for key, value in state.addresses.as_env().items())
@@ -159,13 +170,11 @@ def read_state(*, state_dir: Path) -> StackState | None:
                 controller_ports=tuple(int(port) for port in kafka["controller_ports"]),
                 data_dirs=tuple(str(d) for d in kafka["data_dirs"]),
             ),
-            redis=RedisState(
-                url=str(redis["url"]),
-                pid=int(redis["pid"]),
-                port=int(redis["port"]),
-                data_dir=str(redis["data_dir"]),
-            ),
+            redis=_redis_state(redis),
             master_key_file=str(record.get("master_key_file", "")),
+            recall_redis=_redis_state(record["recall_redis"])
+            if record.get("recall_redis")
+            else None,
         )
     except FileNotFoundError:
         return None
@@ -175,6 +184,15 @@ def read_state(*, state_dir: Path) -> StackState | None:
             f"processes by hand, delete {state_dir} and run `python -m dev.services up`",
             path=str(path),
         ) from exc
+
+
+def _redis_state(record: Mapping[str, object]) -> RedisState:
+    return RedisState(
+        url=str(record["url"]),
+        pid=int(str(record["pid"])),
+        port=int(str(record["port"])),
+        data_dir=str(record["data_dir"]),
+    )
 
 
 def ensure_master_key(*, state_dir: Path) -> Path:
@@ -196,6 +214,13 @@ def ensure_master_key(*, state_dir: Path) -> Path:
         handle.write(new_master_key("local-1") + "\n")
     os.replace(partial, path)
     return path
+
+
+def cache_root() -> Path:
+    """Where downloads shared by every state dir are kept: ~/.cache/chatlog (or under
+    $XDG_CACHE_HOME). A cache only saves time: each user marks what it completed."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "chatlog"
 
 
 def remove_state(*, state_dir: Path) -> None:

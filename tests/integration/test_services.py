@@ -45,7 +45,7 @@ def _recorded(directory: Path) -> dict:
 
 
 def _own_pids(record: dict) -> list[int]:
-    return [*record["kafka"]["pids"], record["redis"]["pid"]]
+    return [*record["kafka"]["pids"], record["redis"]["pid"], record["recall_redis"]["pid"]]
 
 
 def _alive(pid: int) -> bool:
@@ -84,10 +84,30 @@ def test_up_gives_a_broker_and_a_redis_that_answer(addresses):
     assert _pings(addresses.redis_url)
 
 
+def test_up_gives_a_redis_with_the_query_engine_for_the_recall_index(addresses):
+    assert addresses.recall_redis_url not in ("", addresses.redis_url)
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+    with redis.Redis.from_url(addresses.recall_redis_url) as client:
+        assert client.info("server")["redis_version"] == "7.4.1"
+        created = client.execute_command(
+            "FT.CREATE", name, "ON", "HASH", "PREFIX", "1", f"{name}:", "SCHEMA",
+            "v", "VECTOR", "HNSW", "6", "TYPE", "FLOAT32", "DIM", "4", "DISTANCE_METRIC", "COSINE",
+        )  # fmt: skip
+        client.execute_command("FT.DROPINDEX", name)
+    assert created == b"OK"
+    # The read-model's Redis is Debian's plain one: the recall index needs the other.
+    with (
+        redis.Redis.from_url(addresses.redis_url) as plain,
+        pytest.raises(redis.ResponseError, match="unknown command"),
+    ):
+        plain.execute_command("FT._LIST")
+
+
 def test_up_writes_the_addresses_where_settings_and_shells_find_them(stack_dir, addresses):
     expected = {
         "CHATLOG_KAFKA_BOOTSTRAP": addresses.kafka_bootstrap,
         "CHATLOG_REDIS_URL": addresses.redis_url,
+        "CHATLOG_RECALL_REDIS_URL": addresses.recall_redis_url,
         "CHATLOG_MASTER_KEY_FILE": str(stack_dir / "master.key"),
     }
     assert services.read_addresses(state_dir=stack_dir) == expected
@@ -112,11 +132,13 @@ def test_cli_status_and_env_print_the_stack(stack_dir, addresses):
     assert shown.returncode == 0, shown.stderr
     assert addresses.kafka_bootstrap in shown.stdout
     assert addresses.redis_url in shown.stdout
+    assert addresses.recall_redis_url in shown.stdout
     exported = _cli(stack_dir, "env")
     assert exported.returncode == 0, exported.stderr
     assert exported.stdout.splitlines() == [
         f"export CHATLOG_KAFKA_BOOTSTRAP={addresses.kafka_bootstrap}",
         f"export CHATLOG_REDIS_URL={addresses.redis_url}",
+        f"export CHATLOG_RECALL_REDIS_URL={addresses.recall_redis_url}",
         f"export CHATLOG_MASTER_KEY_FILE={stack_dir / 'master.key'}",
     ]
 
@@ -171,7 +193,11 @@ def test_down_stops_exactly_its_own_processes(tmp_path):
         assert decoy.poll() is None
         assert _pings(decoy_url)
         assert services.read_addresses(state_dir=tmp_path) is None
-        data_dirs = [*record["kafka"]["data_dirs"], record["redis"]["data_dir"]]
+        data_dirs = [
+            *record["kafka"]["data_dirs"],
+            record["redis"]["data_dir"],
+            record["recall_redis"]["data_dir"],
+        ]
         assert not any(Path(data_dir).exists() for data_dir in data_dirs)
     finally:
         decoy.terminate()
@@ -238,6 +264,47 @@ def test_redis_stopped_and_started_again_answers_on_its_port_empty(stack_dir, ad
     assert services.status(state_dir=stack_dir) == addresses
     with redis.Redis.from_url(addresses.redis_url) as client:
         assert client.get("kept") is None  # persistence is off: a restart is empty
+
+
+def test_the_recall_redis_stopped_and_started_again_has_its_module_and_is_empty(
+    stack_dir, addresses
+):
+    with redis.Redis.from_url(addresses.recall_redis_url) as client:
+        client.set("kept", "1")
+    old_pid = _recorded(stack_dir)["recall_redis"]["pid"]
+    try:
+        services.stop_node("redis-stack", kill=True, state_dir=stack_dir)
+        assert services.stopped_nodes(state_dir=stack_dir) == ["redis-stack"]
+        shown = _cli(stack_dir, "status")
+        assert shown.returncode == 1
+        assert "start redis-stack" in shown.stderr, shown.stderr
+    finally:
+        services.start_node("redis-stack", state_dir=stack_dir)
+    assert _recorded(stack_dir)["recall_redis"]["pid"] != old_pid
+    assert services.status(state_dir=stack_dir) == addresses
+    with redis.Redis.from_url(addresses.recall_redis_url) as client:
+        assert client.get("kept") is None
+        assert client.execute_command("FT._LIST") == []
+
+
+def test_a_stack_recorded_before_the_recall_index_gets_one_on_up(tmp_path):
+    addresses = services.up(state_dir=tmp_path)
+    try:
+        services.stop_node("redis-stack", state_dir=tmp_path)
+        record = _recorded(tmp_path)
+        del record["recall_redis"]
+        (tmp_path / "services.json").write_text(json.dumps(record))
+        upgraded = services.up(state_dir=tmp_path)
+        # The rest is reused as it ran; only the recall index's Redis is new.
+        assert (upgraded.kafka_bootstrap, upgraded.redis_url) == (
+            addresses.kafka_bootstrap,
+            addresses.redis_url,
+        )
+        assert upgraded.recall_redis_url
+        assert _pings(upgraded.recall_redis_url)
+        assert _recorded(tmp_path)["kafka"] == record["kafka"]
+    finally:
+        services.down(state_dir=tmp_path)
 
 
 def test_start_and_stop_leave_a_node_already_in_that_state_as_it_is(stack_dir, addresses):

@@ -13,7 +13,7 @@ import pytest
 
 import chatlog.schemas.errors as errors
 
-NETWORK_LIBRARIES = ("confluent_kafka", "redis", "openai", "faust", "aiokafka")
+NETWORK_LIBRARIES = ("confluent_kafka", "redis", "redisvl", "openai", "faust", "aiokafka")
 PURE_MODULES = [
     "chatlog",
     "chatlog.schemas",
@@ -35,6 +35,7 @@ PURE_MODULES = [
     "chatlog.projections.checkpoints",
     "chatlog.projections.keys",
     "chatlog.projections.epochs",
+    "chatlog.projections.recall",
     "chatlog.projections.encoding",
     "chatlog.projections.store",
     "chatlog.projections.context",
