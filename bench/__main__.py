@@ -35,6 +35,7 @@ from bench.plan import Plan
 from bench.readme import update_readme
 from bench.report import Report, say
 from bench.scenarios.append import append
+from bench.scenarios.checkpoints import checkpoints
 from bench.scenarios.gateway import gateway
 from bench.scenarios.gateway_sse import gateway_sse
 from bench.scenarios.latency import visibility
@@ -68,6 +69,7 @@ SCENARIOS = (
     "pii",
     "gateway_sse",
     "gateway",
+    "checkpoints",
 )
 # The order of the first table, whatever order the scenarios ran in.
 TABLE_ORDER = (
@@ -80,6 +82,7 @@ TABLE_ORDER = (
     "sealing",
     "pii",
     "gateway",
+    "checkpoint",
 )
 
 
@@ -126,6 +129,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
             ("pii", lambda: pii(stack, plan, report)),
             ("gateway_sse", lambda: gateway_sse(stack, plan, report)),
             ("gateway", lambda: gateway(stack, plan, report)),
+            ("checkpoints", lambda: checkpoints(stack, plan, report)),
         ]
         for name, run in steps:
             if name in args.only or (name == "reads" and "memory" in args.only):

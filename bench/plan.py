@@ -56,6 +56,8 @@ class Plan:
     gateway_drain_s: float  # how long requests still in flight at the end may take
     gateway_users: int
     gateway_messages: int  # in each session that is read
+    # LangGraph checkpoints: (serialized state in bytes, timed puts and as many reads).
+    checkpoint_calls: tuple[tuple[int, int], ...]
 
     @classmethod
     def full(cls, repeat: int = 3) -> Plan:
@@ -100,6 +102,7 @@ class Plan:
             gateway_drain_s=30.0,
             gateway_users=100,
             gateway_messages=10,
+            checkpoint_calls=((2_000, 1_000), (200_000, 200)),
         )
 
     @classmethod
@@ -145,4 +148,5 @@ class Plan:
             gateway_drain_s=5.0,
             gateway_users=20,
             gateway_messages=5,
+            checkpoint_calls=((2_000, 50), (200_000, 10)),
         )
