@@ -36,6 +36,7 @@ from bench.readme import update_readme
 from bench.report import Report, say
 from bench.scenarios.append import append
 from bench.scenarios.capacity import capacity
+from bench.scenarios.checkpoints import checkpoints
 from bench.scenarios.gateway import gateway
 from bench.scenarios.gateway_sse import gateway_sse
 from bench.scenarios.latency import visibility
@@ -72,6 +73,7 @@ SCENARIOS = (
     "gateway_sse",
     "gateway",
     "capacity",
+    "checkpoints",
 )
 # The order of the first table, whatever order the scenarios ran in.
 TABLE_ORDER = (
@@ -85,6 +87,7 @@ TABLE_ORDER = (
     "pii",
     "recall_quality",
     "gateway",
+    "checkpoint",
 )
 
 
@@ -133,6 +136,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
             ("gateway_sse", lambda: gateway_sse(stack, plan, report)),
             ("gateway", lambda: gateway(stack, plan, report)),
             ("capacity", lambda: capacity(stack, plan, report)),
+            ("checkpoints", lambda: checkpoints(stack, plan, report)),
         ]
         for name, run in steps:
             if name in args.only or (name == "reads" and "memory" in args.only):

@@ -154,18 +154,20 @@ class BenchStack:
             }
         )
 
-    def forget_keys(self, prefix: str) -> int:
-        """UNLINK every key under `prefix`; returns how many there were."""
+    def forget_keys(self, prefix: str, *, client: redis.Redis | None = None) -> int:
+        """UNLINK every key under `prefix` (in `client`'s Redis, else the run's); returns
+        how many there were."""
+        on = self.redis if client is None else client
         removed = 0
         batch: list[bytes] = []
         # Our prefixes hold no glob characters (KeySpace allows [A-Za-z0-9_.:-] only).
-        for key in self.redis.scan_iter(match=f"{prefix}:*", count=1000):
+        for key in on.scan_iter(match=f"{prefix}:*", count=1000):
             batch.append(key)
             if len(batch) >= _UNLINK_CHUNK:
-                removed += int(self.redis.unlink(*batch))
+                removed += int(on.unlink(*batch))
                 batch.clear()
         if batch:
-            removed += int(self.redis.unlink(*batch))
+            removed += int(on.unlink(*batch))
         return removed
 
     def cleanup(self) -> list[str]:

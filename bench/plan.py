@@ -74,6 +74,8 @@ class Plan:
     capacity_users: int
     capacity_sessions_per_user: int
     capacity_turns: int
+    # LangGraph checkpoints: (serialized state in bytes, timed puts and as many reads).
+    checkpoint_calls: tuple[tuple[int, int], ...]
 
     @classmethod
     def full(cls, repeat: int = 3) -> Plan:
@@ -132,6 +134,7 @@ class Plan:
             capacity_users=250,
             capacity_sessions_per_user=4,
             capacity_turns=40,
+            checkpoint_calls=((2_000, 1_000), (200_000, 200)),
         )
 
     @classmethod
@@ -191,4 +194,5 @@ class Plan:
             capacity_users=10,
             capacity_sessions_per_user=2,
             capacity_turns=40,
+            checkpoint_calls=((2_000, 50), (200_000, 10)),
         )

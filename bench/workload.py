@@ -28,6 +28,7 @@ __all__ = [
     "Turn",
     "chat_event_chunks",
     "chat_events",
+    "chat_text",
     "chat_turns",
     "last_positions",
     "records_for",
@@ -191,7 +192,7 @@ def _turns(
     rng: random.Random,
 ) -> Iterator[tuple[int, str, str]]:
     """(session number, role, content) of each message, in publishing order."""
-    pool = [_text(rng, length) for _ in range(_POOL_SIZE)]
+    pool = [chat_text(rng, length) for _ in range(_POOL_SIZE)]
     if per_session is None:
         order = [n % sessions for n in range(count)]
     else:
@@ -295,7 +296,8 @@ def records_for(
     ]
 
 
-def _text(rng: random.Random, length: int) -> str:
+def chat_text(rng: random.Random, length: int) -> str:
+    """`length` characters of chat-like words (support vocabulary), drawn from `rng`."""
     words: list[str] = []
     size = 0
     while size < length:

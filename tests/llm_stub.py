@@ -15,6 +15,14 @@ request body is recorded, parsed, with its headers::
 ``#XX-NNNN`` identifiers found in its messages, and how many turns its JSON data message
 holds. It answers an embeddings request with `stub_vector(text, size)` for each input, of
 the request's ``dimensions`` or else `embedding_dimension` numbers.
+
+`planned` makes it an agent's model that calls tools: it reads a plan from the request's
+first user message (``plan: flight, hotel | dinner``: the calls of each turn, ``|``
+between turns), counts the tool results the request already holds, and answers with the
+next turn's calls to the request's first tool (one argument, its first parameter), or,
+once every call has a result, with a text that lists the results. Its answer depends on
+the request alone, so an agent resumed in another process gets the answer it would have
+got.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ __all__ = [
     "empty",
     "malformed",
     "ok",
+    "planned",
     "slow",
     "status",
     "stub_vector",
@@ -79,6 +88,11 @@ def malformed() -> Behaviour:
     return Behaviour("malformed")
 
 
+def planned() -> Behaviour:
+    """200 with the next tool calls of the plan in the request (see the module docstring)."""
+    return Behaviour("planned")
+
+
 def empty() -> Behaviour:
     """200 with a well-formed completion that has no choices (embeddings: no vectors)."""
     return Behaviour("empty")
@@ -113,6 +127,32 @@ class _Server(ThreadingHTTPServer):
     # socketserver listens with a backlog of 5: many calls connecting at once (the
     # capacity benchmark keeps 64 in flight) would find connections refused.
     request_queue_size = 128
+
+
+def planned_message(body: dict[str, Any]) -> dict[str, Any]:
+    """The assistant message `planned` answers with: the next turn's tool calls, or the
+    closing text once every planned call has a result."""
+    messages = body.get("messages", [])
+    asked = next((m.get("content") or "" for m in messages if m.get("role") == "user"), "")
+    _, _, plan = asked.partition("plan:")
+    turns = [[item.strip() for item in turn.split(",") if item.strip()] for turn in plan.split("|")]
+    results = [m.get("content") or "" for m in messages if m.get("role") == "tool"]
+    done = 0
+    for turn in turns:
+        if done == len(results):
+            tool = body["tools"][0]["function"]
+            argument = next(iter(tool["parameters"]["properties"]))
+            calls = [
+                {
+                    "id": f"call_{item}",
+                    "type": "function",
+                    "function": {"name": tool["name"], "arguments": json.dumps({argument: item})},
+                }
+                for item in turn
+            ]
+            return {"role": "assistant", "content": None, "tool_calls": calls}
+        done += len(turn)
+    return {"role": "assistant", "content": "done: " + "; ".join(results)}
 
 
 class LlmStub:
@@ -201,13 +241,19 @@ def _handler(stub: LlmStub) -> type[BaseHTTPRequestHandler]:
                 self._send_raw(200, b'{"id": "chatcmpl-stub", "choices": [')
             elif behaviour.kind == "empty":
                 self._send(200, _embeddings(body, 0) if embeddings else _completion(body, None))
+            elif behaviour.kind == "planned":
+                # An agent's client keeps its connection for the next turn; closing it
+                # here lets the stub's close join every handler thread at once.
+                message = planned_message(body)
+                self._send(200, _completion(body, message), {"Connection": "close"})
             else:
                 if behaviour.kind == "slow" and stub._stopping.wait(behaviour.seconds):
                     return
                 if embeddings:
                     self._send(200, _embeddings(body, stub.embedding_dimension))
                 else:
-                    self._send(200, _completion(body, behaviour.text or derived_summary(body)))
+                    text = behaviour.text or derived_summary(body)
+                    self._send(200, _completion(body, {"role": "assistant", "content": text}))
 
         def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
             self._send_raw(code, json.dumps(payload).encode(), headers)
@@ -252,19 +298,15 @@ def _embeddings(body: dict[str, Any], default_size: int) -> dict[str, Any]:
     }
 
 
-def _completion(body: dict[str, Any], summary: str | None) -> dict[str, Any]:
+def _completion(body: dict[str, Any], message: dict[str, Any] | None) -> dict[str, Any]:
     prompt = sum(len(m.get("content") or "") for m in body.get("messages", [])) // 4
     choices = []
     completion = 0
-    if summary is not None:
-        completion = max(1, len(summary) // 4)
-        choices.append(
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": summary},
-                "finish_reason": "stop",
-            }
-        )
+    if message is not None:
+        said = message.get("content") or json.dumps(message.get("tool_calls"))
+        completion = max(1, len(said) // 4)
+        finish = "tool_calls" if message.get("tool_calls") else "stop"
+        choices.append({"index": 0, "message": message, "finish_reason": finish})
     return {
         "id": "chatcmpl-stub",
         "object": "chat.completion",

@@ -19,6 +19,8 @@ entry point taking the stack, the plan and the report (`bench.__main__` runs the
   ideal rate;
 * `replay` (`replay`): `chatlog replay` rebuilding the read-model, beside
   ConsumerPerformance and a bare Python consumer.
+* `checkpoints` (`checkpoints`): LangGraph checkpoints, `ChatlogCheckpointSaver`'s put and
+  get_tuple beside `InMemorySaver` and langgraph-checkpoint-redis's `RedisSaver`.
 
 What they stand on is shared, one module each: `bench.plan` (sizes), `bench.infra` (the
 stack, topics, the projector process, clean-up), `bench.workload` (the traffic),

@@ -8,7 +8,9 @@ extra installs it). Its binary links OpenSSL 1.1, which bookworm no longer ships
 `libssl1.1` package is downloaded once from the machine's Debian security archive,
 bullseye suite (`dev.services.debian.fetch_deb`: a private source list, nothing
 installed), unpacked into `~/.cache/chatlog/libssl1.1/`, and the server runs with
-``LD_LIBRARY_PATH`` pointing there. Only the search module is loaded.
+``LD_LIBRARY_PATH`` pointing there. Two of its modules are loaded: search, and JSON
+(RedisJSON), which LangGraph's Redis saver (`langgraph-checkpoint-redis`) stores its
+checkpoints in; the bench's `checkpoints` scenario measures it on this server.
 
 The server itself is run like the stack's other Redis (`dev.services.redis_local`): on a
 free loopback port, persistence off, its data dir in ``<state dir>/redis-stack/``.
@@ -42,10 +44,12 @@ _SEARCH_ARGUMENTS = ("MAXSEARCHRESULTS", "10000", "MAXAGGREGATERESULTS", "10000"
 
 
 def redis_stack_program() -> RedisProgram:
-    """Redis Stack's redis-server with the search module, OpenSSL 1.1 fetched if missing."""
+    """Redis Stack's redis-server with the search and JSON modules, OpenSSL 1.1 fetched if
+    missing."""
     root = _wheel_root()
-    server, module = root / "bin" / "redis-server", root / "lib" / "redisearch.so"
-    for path in (server, module):
+    server = root / "bin" / "redis-server"
+    search, json = root / "lib" / "redisearch.so", root / "lib" / "rejson.so"
+    for path in (server, search, json):
         if not os.access(path, os.X_OK):
             raise ServiceError(
                 f"{path} is missing or not executable; reinstall the dev extra "
@@ -55,7 +59,7 @@ def redis_stack_program() -> RedisProgram:
     libraries = _libssl()
     return RedisProgram(
         binary=str(server),
-        arguments=("--loadmodule", str(module), *_SEARCH_ARGUMENTS),
+        arguments=("--loadmodule", str(search), *_SEARCH_ARGUMENTS, "--loadmodule", str(json)),
         env={"LD_LIBRARY_PATH": str(libraries)},
         name="redis-stack-server",
     )

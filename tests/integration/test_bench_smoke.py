@@ -14,10 +14,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.timeout(330)
-def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, redis_url):
+def test_the_quick_benchmark_runs_and_writes_every_scenario(
+    tmp_path, kafka, redis_url, recall_redis_url
+):
     output = tmp_path / "bench.md"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLOG_")}
     env |= {"CHATLOG_KAFKA_BOOTSTRAP": kafka.bootstrap, "CHATLOG_REDIS_URL": redis_url}
+    # The checkpoint scenario's Redis saver needs the JSON and search modules.
+    env["CHATLOG_RECALL_REDIS_URL"] = recall_redis_url
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
         cwd=ROOT,
@@ -42,6 +46,7 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "| recall_quality |",
         "| gateway sse |",
         "| gateway |",
+        "| checkpoint |",
         "## summary cost",
         "## pii redaction quality",
         "## recall quality: evidence recall",
@@ -64,8 +69,13 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(tmp_path, kafka, red
         "scrubadub 2.0.1 Scrubber().clean",
         "AsyncChatLog.append in process",
         "AsyncChatLog.context in process",
+        "LangGraph InMemorySaver",
+        "RedisSaver (langgraph-checkpoint-redis)",
     ):
         assert peer in beside
+    for size in ("2 KB state", "200 KB state"):
+        assert f"| checkpoint | put p99, {size}" in beside
+        assert f"| checkpoint | get_tuple p99, {size}" in beside
     for size in ("20-message session", "100-message session", "1,000-message session"):
         assert size in beside
     for rate in ("500 events/s", "2,000 events/s", "4,000 events/s"):

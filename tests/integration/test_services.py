@@ -285,6 +285,7 @@ def test_the_recall_redis_stopped_and_started_again_has_its_module_and_is_empty(
     with redis.Redis.from_url(addresses.recall_redis_url) as client:
         assert client.get("kept") is None
         assert client.execute_command("FT._LIST") == []
+        assert client.json().get("nothing") is None  # RedisJSON, for LangGraph's Redis saver
 
 
 def test_a_stack_recorded_before_the_recall_index_gets_one_on_up(tmp_path):
