@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import hypothesis
 import pytest
@@ -39,6 +40,15 @@ hypothesis.settings.load_profile("chatlog")
 
 KAFKA_ENV = "CHATLOG_KAFKA_BOOTSTRAP"
 REDIS_ENV = "CHATLOG_REDIS_URL"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: its name's prefix, its partition count and its config."""
+
+    prefix: str
+    partitions: int = 6
+    config: dict[str, str] | None = None
 
 
 @dataclass
@@ -64,20 +74,28 @@ class KafkaCluster:
         self, prefix: str, *, partitions: int = 6, config: dict[str, str] | None = None
     ) -> str:
         """Create `prefix.<unique>` and wait until it is usable; returns its name."""
-        name = f"{prefix}.{uuid.uuid4().hex[:10]}"
-        futures = self.admin().create_topics(
-            [NewTopic(name, partitions, 1, config=config or {})], operation_timeout=30
-        )
-        futures[name].result(30)
-        self.created.append(name)
+        return self.create_topics([TopicSpec(prefix, partitions, config)])[0]
+
+    def create_topics(self, specs: list[TopicSpec]) -> list[str]:
+        """Create a `prefix.<unique>` topic for each spec in one request (one round trip
+        to the controller, not one a topic) and wait until all are usable; their names."""
+        topics = [
+            NewTopic(f"{s.prefix}.{uuid.uuid4().hex[:10]}", s.partitions, 1, config=s.config or {})
+            for s in specs
+        ]
+        futures = self.admin().create_topics(topics, operation_timeout=30)
+        for topic in topics:
+            futures[topic.topic].result(30)
+            self.created.append(topic.topic)
         # The controller's answer can come before the broker's metadata has the topic: a
         # client that looks it up at once would be told it does not exist.
         deadline = time.monotonic() + 30
-        while not self._listed(name, partitions):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"topic {name} was created but never listed")
-            time.sleep(0.05)
-        return name
+        for topic in topics:
+            while not self._listed(topic.topic, topic.num_partitions):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"topic {topic.topic} was created but never listed")
+                time.sleep(0.05)
+        return [topic.topic for topic in topics]
 
     def _listed(self, name: str, partitions: int) -> bool:
         found = self.admin().list_topics(name, timeout=10).topics.get(name)
@@ -198,9 +216,9 @@ def _apache_kafka() -> Iterator[str]:
         yield f"{host}:{port}"
 
 
-@pytest.fixture(scope="session")
-def _services() -> Iterator[tuple[str, str]]:
-    """(kafka bootstrap, redis url) for the whole session, from the first source that has them."""
+@contextlib.contextmanager
+def _service_source() -> Iterator[tuple[str, str]]:
+    """(kafka bootstrap, redis url) from the first source that has them, for the block."""
     if os.environ.get(KAFKA_ENV) and os.environ.get(REDIS_ENV):
         yield os.environ[KAFKA_ENV], os.environ[REDIS_ENV]
         return
@@ -219,6 +237,82 @@ def _services() -> Iterator[tuple[str, str]]:
     finally:
         if not already_running:
             services.down()
+
+
+# Under pytest-xdist (`-n N`, as `make test` runs the suite) the controller finds the
+# services once, before the workers start, and hands their addresses to every worker:
+# workers each finding them would start the local stack or the containers N times over.
+_WORKER_SERVICES = "chatlog_services"
+_controller_addresses = pytest.StashKey[tuple[str, str]]()
+_controller_services = contextlib.ExitStack()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config) -> None:
+    config.stash[_controller_addresses] = _controller_services.enter_context(_service_source())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # an xdist WorkerController
+    node.workerinput[_WORKER_SERVICES] = list(node.config.stash[_controller_addresses])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _controller_services.close()  # stops what the controller started, if it did
+
+
+# How `make test` spreads the suite over workers (`-n 3 --dist loadgroup`): a test goes to
+# any free worker, except that
+# * the system tests form one group, run one after another by one worker: they stop,
+#   kill and restart servers and processes and time failovers, each as the only fault;
+# * the tests of a module that share a module-scoped fixture (a gateway, a projector, a
+#   stack of their own) form a group, so that the fixture starts once, not once a worker.
+# The system tests go first: the longest group, run by one worker, would run alone at the
+# end while the others idle; the rest keep their order (pass --no-loadscope-reorder).
+SYSTEM_GROUP = "system"
+SYSTEM_TESTS = Path(__file__).parent / "system"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):
+        return  # not distributed: the collection order, unchanged
+    for item in items:
+        group = _xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=_schedule_rank)  # stable: a module's tests keep their order
+
+
+def _xdist_group(item: pytest.Item) -> str | None:
+    if item.get_closest_marker(SYSTEM_GROUP) is not None or SYSTEM_TESTS in item.path.parents:
+        return SYSTEM_GROUP
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures is None:
+        return None
+    shared = any(
+        definition.scope in ("module", "package", "class")
+        for definitions in fixtures.name2fixturedefs.values()
+        for definition in definitions
+    )
+    return item.module.__name__ if shared and item.module is not None else None
+
+
+def _schedule_rank(item: pytest.Item) -> int:
+    groups = {m.args[0] for m in item.iter_markers("xdist_group") if m.args}
+    return 0 if SYSTEM_GROUP in groups else 1
+
+
+@pytest.fixture(scope="session")
+def _services(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(kafka bootstrap, redis url) for the whole session: from the xdist controller, or
+    from the first source that has them."""
+    handed = getattr(request.config, "workerinput", {}).get(_WORKER_SERVICES)
+    if handed is not None:
+        yield handed[0], handed[1]
+        return
+    with _service_source() as addresses:
+        yield addresses
 
 
 @pytest.fixture(scope="session")
