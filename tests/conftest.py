@@ -261,32 +261,38 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     _controller_services.close()  # stops what the controller started, if it did
 
 
-# How `make test` spreads the suite over workers (`-n 3 --dist loadgroup`): a test goes to
-# any free worker, except that
-# * the system tests form one group, run one after another by one worker: they stop,
-#   kill and restart servers and processes and time failovers, each as the only fault;
-# * the tests of a module that share a module-scoped fixture (a gateway, a projector, a
-#   stack of their own) form a group, so that the fixture starts once, not once a worker.
-# The system tests go first: the longest group, run by one worker, would run alone at the
-# end while the others idle; the rest keep their order (pass --no-loadscope-reorder).
-SYSTEM_GROUP = "system"
+# How `make test` runs the suite: first every test but the system tests, spread over
+# pytest-xdist workers (`-n 3 --dist loadgroup -m "not system"`), then the system tests
+# alone, one at a time (`-m system`): they stop, kill and restart servers and processes
+# and time failovers and stops, which tests running beside them would slow. Every test
+# under tests/system is marked `system`, whether its module says so or not.
+#
+# Under xdist a test goes to any free worker, except that the tests of a module that
+# share a module-scoped fixture (a gateway, a projector, a stack of their own) form a
+# group, run by one worker, so that the fixture starts once, not once a worker. Were the
+# system tests distributed too (`pytest -n 3` with no -m), they form one group, sent out
+# first: run last by one worker, the longest group would run alone while the others idle.
+SYSTEM = "system"
 SYSTEM_TESTS = Path(__file__).parent / "system"
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SYSTEM_TESTS in item.path.parents and item.get_closest_marker(SYSTEM) is None:
+            item.add_marker(getattr(pytest.mark, SYSTEM))
     if not hasattr(config, "workerinput"):
         return  # not distributed: the collection order, unchanged
     for item in items:
         group = _xdist_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=_schedule_rank)  # stable: a module's tests keep their order
+    items.sort(key=lambda item: item.get_closest_marker(SYSTEM) is None)  # stable
 
 
 def _xdist_group(item: pytest.Item) -> str | None:
-    if item.get_closest_marker(SYSTEM_GROUP) is not None or SYSTEM_TESTS in item.path.parents:
-        return SYSTEM_GROUP
+    if item.get_closest_marker(SYSTEM) is not None:
+        return SYSTEM
     fixtures = getattr(item, "_fixtureinfo", None)
     if fixtures is None:
         return None
@@ -296,11 +302,6 @@ def _xdist_group(item: pytest.Item) -> str | None:
         for definition in definitions
     )
     return item.module.__name__ if shared and item.module is not None else None
-
-
-def _schedule_rank(item: pytest.Item) -> int:
-    groups = {m.args[0] for m in item.iter_markers("xdist_group") if m.args}
-    return 0 if SYSTEM_GROUP in groups else 1
 
 
 @pytest.fixture(scope="session")
