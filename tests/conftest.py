@@ -42,15 +42,6 @@ KAFKA_ENV = "CHATLOG_KAFKA_BOOTSTRAP"
 REDIS_ENV = "CHATLOG_REDIS_URL"
 
 
-@dataclass(frozen=True)
-class TopicSpec:
-    """A topic to create: its name's prefix, its partition count and its config."""
-
-    prefix: str
-    partitions: int = 6
-    config: dict[str, str] | None = None
-
-
 @dataclass
 class KafkaCluster:
     """A reachable Kafka cluster and helpers to make and read unique topics."""
@@ -74,28 +65,20 @@ class KafkaCluster:
         self, prefix: str, *, partitions: int = 6, config: dict[str, str] | None = None
     ) -> str:
         """Create `prefix.<unique>` and wait until it is usable; returns its name."""
-        return self.create_topics([TopicSpec(prefix, partitions, config)])[0]
-
-    def create_topics(self, specs: list[TopicSpec]) -> list[str]:
-        """Create a `prefix.<unique>` topic for each spec in one request (one round trip
-        to the controller, not one a topic) and wait until all are usable; their names."""
-        topics = [
-            NewTopic(f"{s.prefix}.{uuid.uuid4().hex[:10]}", s.partitions, 1, config=s.config or {})
-            for s in specs
-        ]
-        futures = self.admin().create_topics(topics, operation_timeout=30)
-        for topic in topics:
-            futures[topic.topic].result(30)
-            self.created.append(topic.topic)
+        name = f"{prefix}.{uuid.uuid4().hex[:10]}"
+        futures = self.admin().create_topics(
+            [NewTopic(name, partitions, 1, config=config or {})], operation_timeout=30
+        )
+        futures[name].result(30)
+        self.created.append(name)
         # The controller's answer can come before the broker's metadata has the topic: a
         # client that looks it up at once would be told it does not exist.
         deadline = time.monotonic() + 30
-        for topic in topics:
-            while not self._listed(topic.topic, topic.num_partitions):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"topic {topic.topic} was created but never listed")
-                time.sleep(0.05)
-        return [topic.topic for topic in topics]
+        while not self._listed(name, partitions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {name} was created but never listed")
+            time.sleep(0.05)
+        return name
 
     def _listed(self, name: str, partitions: int) -> bool:
         found = self.admin().list_topics(name, timeout=10).topics.get(name)

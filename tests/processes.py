@@ -26,7 +26,6 @@ from chatlog.schemas.events import ConversationEvent
 from chatlog.schemas.master_keys import new_master_key
 from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
-from tests.conftest import TopicSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,14 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def unique_settings(kafka, redis_url: str, redis_prefix: str, **overrides) -> Settings:
     """Settings on a fresh events topic, DLQ, keys topic, audit topic, Redis prefix and
     consumer group, with the tests' master key."""
-    topic, dlq, keys, audit = kafka.create_topics(
-        [
-            TopicSpec("events", overrides.pop("partitions", 6)),
-            TopicSpec("dlq", 1),
-            keys_topic_spec(),
-            TopicSpec("audit", overrides.pop("audit_partitions", 2)),
-        ]
-    )
+    topic = kafka.create_topic("events", partitions=overrides.pop("partitions", 6))
+    dlq = kafka.create_topic("dlq", partitions=1)
+    keys = create_keys_topic(kafka)
+    audit = kafka.create_topic("audit", partitions=overrides.pop("audit_partitions", 2))
     return Settings(
         kafka_bootstrap=kafka.bootstrap,
         redis_url=redis_url,
@@ -86,13 +81,8 @@ def opened(settings: Settings, view: SessionView | None) -> SessionView | None:
 
 def create_keys_topic(kafka, *, partitions: int = 2) -> str:
     """A fresh keys topic, compacted as `chatlog topics create` makes it."""
-    return kafka.create_topics([keys_topic_spec(partitions=partitions)])[0]
-
-
-def keys_topic_spec(*, partitions: int = 2) -> TopicSpec:
-    """A keys topic as `chatlog topics create` makes it: compacted."""
     day_ms = 24 * 3600 * 1000
-    return TopicSpec("keys", partitions, keys_topic_config(day_ms))
+    return kafka.create_topic("keys", partitions=partitions, config=keys_topic_config(day_ms))
 
 
 def log_events(kafka, settings: Settings) -> list[tuple[int, ConversationEvent]]:
