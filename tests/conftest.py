@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import hypothesis
 import pytest
@@ -204,10 +205,10 @@ def _apache_kafka() -> Iterator[str]:
         yield f"{host}:{port}"
 
 
-@pytest.fixture(scope="session")
-def _services() -> Iterator[tuple[str, str, str]]:
-    """(kafka bootstrap, redis url, recall redis url: "" when unknown) for the whole
-    session, from the first source that has them."""
+@contextlib.contextmanager
+def _service_source() -> Iterator[tuple[str, str, str]]:
+    """(kafka bootstrap, redis url, recall redis url: "" when unknown) from the first
+    source that has them, for the block."""
     if os.environ.get(KAFKA_ENV) and os.environ.get(REDIS_ENV):
         yield os.environ[KAFKA_ENV], os.environ[REDIS_ENV], os.environ.get(RECALL_REDIS_ENV, "")
         return
@@ -232,6 +233,83 @@ def _services() -> Iterator[tuple[str, str, str]]:
     finally:
         if not already_running:
             services.down()
+
+
+# Under pytest-xdist (`-n N`, as `make test` runs the suite) the controller finds the
+# services once, before the workers start, and hands their addresses to every worker:
+# workers each finding them would start the local stack or the containers N times over.
+_WORKER_SERVICES = "chatlog_services"
+_controller_addresses = pytest.StashKey[tuple[str, str, str]]()
+_controller_services = contextlib.ExitStack()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config) -> None:
+    config.stash[_controller_addresses] = _controller_services.enter_context(_service_source())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # an xdist WorkerController
+    node.workerinput[_WORKER_SERVICES] = list(node.config.stash[_controller_addresses])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _controller_services.close()  # stops what the controller started, if it did
+
+
+# How `make test` runs the suite: first every test but the system tests, spread over
+# pytest-xdist workers (`-n 3 --dist loadgroup -m "not system"`), then the system tests
+# alone, one at a time (`-m system`): they stop, kill and restart servers and processes
+# and time failovers and stops, which tests running beside them would slow. Every test
+# under tests/system is marked `system`, whether its module says so or not.
+#
+# Under xdist a test goes to any free worker, except that the tests of a module that
+# share a module-scoped fixture (a gateway, a projector, a stack of their own) form a
+# group, run by one worker, so that the fixture starts once, not once a worker. Were the
+# system tests distributed too (`pytest -n 3` with no -m), they form one group, sent out
+# first: run last by one worker, the longest group would run alone while the others idle.
+SYSTEM = "system"
+SYSTEM_TESTS = Path(__file__).parent / "system"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SYSTEM_TESTS in item.path.parents and item.get_closest_marker(SYSTEM) is None:
+            item.add_marker(getattr(pytest.mark, SYSTEM))
+    if not hasattr(config, "workerinput"):
+        return  # not distributed: the collection order, unchanged
+    for item in items:
+        group = _xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker(SYSTEM) is None)  # stable
+
+
+def _xdist_group(item: pytest.Item) -> str | None:
+    if item.get_closest_marker(SYSTEM) is not None:
+        return SYSTEM
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures is None:
+        return None
+    shared = any(
+        definition.scope in ("module", "package", "class")
+        for definitions in fixtures.name2fixturedefs.values()
+        for definition in definitions
+    )
+    return item.module.__name__ if shared and item.module is not None else None
+
+
+@pytest.fixture(scope="session")
+def _services(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str]]:
+    """(kafka bootstrap, redis url, recall redis url: "" when unknown) for the whole
+    session: from the xdist controller, or from the first source that has them."""
+    handed = getattr(request.config, "workerinput", {}).get(_WORKER_SERVICES)
+    if handed is not None:
+        yield handed[0], handed[1], handed[2]
+        return
+    with _service_source() as addresses:
+        yield addresses
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +30,15 @@ from tests.processes import run_docs_block, wait_until
 pytestmark = pytest.mark.integration
 
 ARRIVES_WITHIN_S = 10.0  # a message appended elsewhere reaches the stream by then
+# This module's gateway names its Redis connections, so that a test can kill its pub/sub
+# connection and no other: tests of other modules run beside it (pytest-xdist).
+CONNECTION_NAME = f"live-tests-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
 def gateway(kafka, redis_url, tmp_path_factory) -> Iterator[Gateway]:
-    with gateway_stack(kafka, redis_url, tmp_path_factory.mktemp("live")) as gw:
+    named = f"{redis_url}?client_name={CONNECTION_NAME}"
+    with gateway_stack(kafka, named, tmp_path_factory.mktemp("live")) as gw:
         yield gw
 
 
@@ -372,7 +377,7 @@ def test_a_lost_notice_connection_delays_updates_but_drops_none(gateway):
                 assert (await next_event(events)).event == "reset"
                 assert listeners() == 1
                 # The gateway's pub/sub connection dies: notices sent meanwhile are lost.
-                assert client.client_kill_filter(_type="pubsub") >= 1
+                assert kill_pubsub_connections(client, CONNECTION_NAME) >= 1
                 for n in range(3):
                     posted = await append(http, gateway, alice, session, f"after the kill {n}")
                     event = await next_event(events)  # from a recheck, or a new notice
@@ -388,3 +393,9 @@ def test_a_lost_notice_connection_delays_updates_but_drops_none(gateway):
         asyncio.run(scenario())
     finally:
         client.close()
+
+
+def kill_pubsub_connections(client: redis.Redis, name: str) -> int:
+    """Kill the pub/sub connections named `name`; how many there were."""
+    ids = [c["id"] for c in client.client_list(_type="pubsub") if c["name"] == name]
+    return sum(client.client_kill_filter(_id=i) for i in ids)

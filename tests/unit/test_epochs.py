@@ -69,7 +69,9 @@ def test_a_generation_from_before_epochs_with_every_mark_is_adopted():
 
 
 @pytest.mark.parametrize(
-    ("epoch", "intact"), [(EPOCH, True), (None, False), (lost_epoch("x"), False)]
+    ("epoch", "intact"),
+    # A random value gets an id: every xdist worker must collect the same test names.
+    [pytest.param(EPOCH, True, id="epoch"), (None, False), (lost_epoch("x"), False)],
 )
 def test_only_a_present_unmarked_epoch_is_intact(epoch, intact):
     assert is_intact(epoch) is intact

@@ -12,7 +12,15 @@ from chatlog.schemas.ids import MAX_ID_LENGTH, new_id, validate_id
 
 @pytest.mark.parametrize(
     "value",
-    ["s1", "user@example.com", "a.b-c_d", "0", "x" * MAX_ID_LENGTH, str(uuid.uuid4())],
+    # A random value gets an id: every xdist worker must collect the same test names.
+    [
+        "s1",
+        "user@example.com",
+        "a.b-c_d",
+        "0",
+        "x" * MAX_ID_LENGTH,
+        pytest.param(str(uuid.uuid4()), id="uuid4"),
+    ],
 )
 def test_valid_ids_pass_unchanged(value):
     assert validate_id(value, field="session_id") == value
