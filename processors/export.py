@@ -10,7 +10,8 @@ The summary is the one the read-model serves: whether a redaction withholds a su
 depends on the window (`chatlog.projections.view`), so each session is folded a second
 time under the read-model's own policy, and a summary that may hold a message redacted
 since is left out until its rebuild lands, as a context read leaves it out (older
-summaries are always left out). `document` gives the format docs/privacy.md describes
+summaries are always left out). A session's long-running tasks come with it, opened.
+`document` gives the format docs/privacy.md describes
 (``"format": "chatlog-export"``, ``"version": 1``). Pure: the Kafka scan is
 `chatlog.processors.kafka_export`.
 """
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from chatlog.projections.tasks import Task, TaskInfo
 from chatlog.projections.view import (
     DEFAULT_POLICY,
     ForeignEvent,
@@ -124,7 +126,16 @@ def _session(view: SessionView, served: SessionView | None) -> dict[str, Any]:
         "message_count": len(view.messages),
         "summary": summary,
         "messages": [_message(view.partition, m) for m in view.messages],
+        "tasks": [_task(view.session_id, task) for task in view.tasks],
     }
+
+
+def _task(session_id: str, task: Task) -> dict[str, Any]:
+    # As recorded in the log: whether a running task has stalled is a reader's judgement
+    # at its own time (`Task.status_at`), not something the person's data holds.
+    shown = TaskInfo.of(session_id, task, now_ms=None).to_dict()
+    del shown["session_id"]  # the session it is listed under
+    return shown
 
 
 def _message(partition: int, message: Message) -> dict[str, Any]:

@@ -243,13 +243,14 @@ class TaskInfo:
     reason: str | None
 
     @classmethod
-    def of(cls, session_id: str, task: Task, *, now_ms: int, stall_ms: int) -> TaskInfo:
-        """What `task` (of an opened view) looks like at `now_ms`."""
+    def of(cls, session_id: str, task: Task, *, now_ms: int | None, stall_ms: int = 0) -> TaskInfo:
+        """What `task` (of an opened view) looks like at `now_ms` (None: as recorded,
+        never `stalled`)."""
         return cls(
             session_id=session_id,
             task_id=task.task_id,
             kind=task.kind,
-            status=task.status_at(now_ms, stall_ms),
+            status=task.status if now_ms is None else task.status_at(now_ms, stall_ms),
             started_at_ms=task.started_at_ms,
             updated_at_ms=task.updated_at_ms,
             heartbeat_at_ms=task.heartbeat_at_ms,

@@ -97,6 +97,16 @@ def test_a_task_runs_to_its_end_and_cannot_move_after(stack, redis_url, log, pro
     # Sealed at rest like content: Redis holds no input in the clear.
     assert CANARY.encode() not in _raw_redis(redis_url, stack.redis_prefix)
 
+    # The person's export (read from the log, opened with their key) holds the task.
+    document = log.export_user("ana")
+    [exported] = [s for s in document["sessions"] if s["session_id"] == session]
+    [shown] = [t for t in exported["tasks"] if t["task_id"] == task_id]
+    assert (shown["status"], shown["input"], shown["result"]) == (
+        "succeeded",
+        {"q": CANARY},
+        {"url": "r.pdf"},
+    )
+
 
 def test_the_cli_lists_a_users_tasks(stack, log, projector):
     session = _session()
