@@ -13,7 +13,9 @@ from tests.processes import ROOT
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.timeout(330)
+# Every scenario, quick: about 3 minutes alone, over 4 beside the other tests (make test
+# runs it on one of three workers), more on a loaded machine.
+@pytest.mark.timeout(630)
 def test_the_quick_benchmark_runs_and_writes_every_scenario(
     tmp_path, kafka, redis_url, recall_redis_url
 ):
@@ -28,7 +30,7 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
