@@ -138,6 +138,10 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("chatlog.kafka").setLevel(kafka_level)
+    # Off, then on: `captureWarnings(True)` does nothing while it believes itself on, and
+    # whoever replaced `warnings.showwarning` since (a `catch_warnings` block that ended, a
+    # test runner) would keep the warnings from the log.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught if log_format == "json" else sys.__excepthook__
 

@@ -32,6 +32,8 @@ _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # The names of `chatlog.gateway.bots.BOTS`, here so that `--help` needs no server extra.
 _BOT_NAMES = ("echo",)
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Longer than the idle timeout of the usual proxies and clients (60 s): see `run`.
+_KEEP_ALIVE_S = 75
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -211,8 +213,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         # log_config=None: uvicorn's loggers propagate to the one handler that
         # `chatlog.logs.setup_logging` set up, in CHATLOG_LOG_FORMAT, instead of its own.
         served: Any = app if metrics is None else RequestStats(app, requests)
+        # timeout_keep_alive: uvicorn's 5 s closes an idle connection while a client (or a
+        # proxy: 60 s idle is common) may be sending its next request on it, which then
+        # fails with a reset (seen under load). A server keeps connections longer than its
+        # clients do, so they, not it, close them.
         config = uvicorn.Config(
-            served, host=args.host, port=args.port, lifespan="on", log_level="info", log_config=None
+            served,
+            host=args.host,
+            port=args.port,
+            lifespan="on",
+            log_level="info",
+            log_config=None,
+            timeout_keep_alive=_KEEP_ALIVE_S,
         )
         loop = asyncio.get_running_loop()
         # From a signal handler: the loop may be asleep in select, so wake it.
