@@ -494,8 +494,10 @@ def async_redis_client(settings: Settings, *, url: str | None = None) -> redis.a
     answered the rest 503 while Redis was idle (measured by the gateway benchmark).
     """
     if settings.redis_cluster and url is None:
-        # One pool per node, of the same bound; the cluster client waits for a free
-        # connection rather than refusing the call.
+        # One pool per node, of the same bound. Unlike the one-node pool below, redis-py's
+        # cluster client refuses a call made while all of a node's connections are busy
+        # (`MaxConnectionsError`, answered as `StoreUnavailable`): more than 100 requests
+        # in flight on one node get a 503 on a cluster.
         return cast(
             "redis.asyncio.Redis",
             redis.asyncio.cluster.RedisCluster.from_url(

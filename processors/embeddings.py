@@ -34,7 +34,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from chatlog.processors.resilience import CircuitBreaker, Resilience, RetryPolicy
+from chatlog.processors.resilience import (
+    CircuitBreaker,
+    Resilience,
+    RetryPolicy,
+    refusal_text,
+)
 from chatlog.schemas.errors import (
     ConfigError,
     EmbedderUnavailable,
@@ -345,10 +350,8 @@ class ResilientEmbedder:
         return vectors
 
     def _refusal(self, retry_in: float, cause: Exception | None) -> EmbedderUnavailable:
-        reason = f" (last error: {cause})" if cause is not None else ""
         return EmbedderUnavailable(
-            f"the embedding model {self.model!r} failed {self.breaker.failure_threshold} "
-            f"times in a row{reason}; not calling it for another {retry_in:.1f} s",
+            refusal_text(f"the embedding model {self.model!r}", self.breaker, retry_in, cause),
             model=self.model,
             retry_in=retry_in,
         )

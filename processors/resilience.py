@@ -35,12 +35,24 @@ __all__ = [
     "Resilience",
     "RetryPolicy",
     "Transient",
+    "refusal_text",
 ]
 
 T = TypeVar("T")
 # What a caller raises while the circuit is open: made of the seconds until a trial call
 # may go through, and the last error (None when no call was attempted).
 Refusal = Callable[[float, Exception | None], Unavailable]
+
+
+def refusal_text(
+    what: str, breaker: CircuitBreaker, retry_in: float, cause: Exception | None
+) -> str:
+    """A `Refusal`'s message: `what` ("the summarizer") failed, and when it is tried again."""
+    reason = f" (last error: {cause})" if cause is not None else ""
+    return (
+        f"{what} failed {breaker.failure_threshold} times in a row{reason}; not calling it "
+        f"for another {retry_in:.1f} s"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

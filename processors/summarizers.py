@@ -31,7 +31,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from chatlog.processors.resilience import BreakerState, CircuitBreaker, Resilience, RetryPolicy
+from chatlog.processors.resilience import (
+    BreakerState,
+    CircuitBreaker,
+    Resilience,
+    RetryPolicy,
+    refusal_text,
+)
 from chatlog.projections.view import Message
 from chatlog.schemas.errors import (
     InvalidInput,
@@ -139,10 +145,8 @@ class ResilientSummarizer:
         """`inner`'s summary, after retries; `SummarizerUnavailable` while the circuit is open."""
 
         def refusal(retry_in: float, cause: Exception | None) -> SummarizerUnavailable:
-            reason = f" (last error: {cause})" if cause is not None else ""
             return SummarizerUnavailable(
-                f"the summarizer failed {self.breaker.failure_threshold} times in a row"
-                f"{reason}; not calling it for another {retry_in:.1f} s",
+                refusal_text("the summarizer", self.breaker, retry_in, cause),
                 session_id=request.session_id,
                 retry_in=retry_in,
             )

@@ -405,10 +405,13 @@ class RedisViewStore:
         the checkpoints up to it."""
         if not records:
             return
-        pipe = self.client.pipeline(transaction=False)
-        _queue_checkpoints(self._checkpoint, pipe, self.keys, records, self.ttl_ms)
+
+        def queue(pipe: Any) -> None:
+            _queue_checkpoints(self._checkpoint, pipe, self.keys, records, self.ttl_ms)
+
+        # Through `execute`: a cluster pipeline sends the script's hash without loading it.
         with redis_errors():
-            pipe.execute()
+            execute(self.client, queue, (self._checkpoint,))
 
     def mark_progress(self, applied: Mapping[int, int]) -> None:
         if not applied:

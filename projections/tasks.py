@@ -149,8 +149,9 @@ def check_transition(current: Task | None, payload: TaskEvent) -> None:
         return
     if current is None:
         raise InvalidTransition(
-            f"cannot {verb} task {payload.task_id}: the session has no such task (start it "
-            f"with start_task first, in this session)",
+            f"cannot {verb} task {payload.task_id}: the session has no such task in the "
+            f"read-model (start it with start_task first, in this session; if it was "
+            f"started elsewhere, it is not projected yet: retry)",
             task_id=payload.task_id,
             status=None,
         )

@@ -423,6 +423,13 @@ class ChatlogCheckpointSaver(BaseCheckpointSaver[int]):
                 setting="user_id",
             )
         tenant = configurable.get("tenant") or self.tenant
+        if self.user_id is not None and (user_id, tenant) != (self.user_id, self.tenant):
+            # A saver made for one user acts for that user only: a config (which a graph's
+            # caller may shape) never turns it into another's.
+            raise InvalidInput(
+                "this saver acts for the user it was made with; the config names another "
+                "user or tenant: make a saver without user_id to pass them per call"
+            )
         return _Thread(
             validate_id(str(thread_id), field="thread_id"),
             KeyScope(validate_id(tenant, field="tenant"), validate_id(user_id, field="user_id")),

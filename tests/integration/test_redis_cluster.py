@@ -26,6 +26,7 @@ from chatlog import wiring
 from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.gateway.redis_ratelimit import RedisRateLimiter
 from chatlog.processors.replay import rebuild, verify
+from chatlog.projections.checkpoints import CheckpointKind, CheckpointRecord
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.redis_applied import RedisAppliedFeed
 from chatlog.projections.redis_cluster import is_cluster, stamp
@@ -386,6 +387,18 @@ class TestClusterViewStore(ViewStoreContract):
     def erase_owner(self, store: Any, tenant: str, user: str) -> None:
         directory = RedisKeyDirectory(store.client, prefix=store.keys.prefix)
         directory.erase(ErasureRecord(KeyScope(tenant, user), datetime.now(UTC), ()))
+
+
+def test_threads_checkpoints_are_kept_on_a_fresh_pipeline_of_the_cluster(contract_generation):
+    # A cluster pipeline sends a script by its hash alone: a store's first checkpoint
+    # must still land (the script is loaded on the node that lacked it).
+    client, keys = contract_generation
+    store = RedisViewStore(client, keys=keys, policy=POLICY, notify=True)
+    client.script_flush()  # on every master: no script is loaded anywhere
+    thread = f"s-{uuid.uuid4().hex[:12]}"
+    saved = CheckpointRecord(CheckpointKind.SAVED, thread, Position(0, 7), "", "c-1", b"state")
+    store.apply_checkpoints([saved])
+    assert client.hget(keys.checkpoints(thread), "l\x00") == b"c-1"
 
 
 def test_the_local_cluster_is_reused_while_it_runs_and_down_stops_it(tmp_path):
