@@ -633,9 +633,21 @@ def _offset(message: Message) -> int:
     return offset
 
 
+# A partition whose leader is moving (a new topic, a broker restart) answers these for a
+# moment; the call is read-only, so it is asked again before it counts as a failure.
+_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+_LEADER_RETRIES_S = (0.1, 0.3, 0.9, 2.0)
+
+
 def kafka_call(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
     """Call a consumer method, turning librdkafka's failures into `BrokerUnavailable`."""
-    try:
-        return function(*args, **kwargs)
-    except KafkaException as exc:
-        raise BrokerUnavailable(f"Kafka did not answer: {kafka_reason(exc)}") from exc
+    for pause in (*_LEADER_RETRIES_S, None):
+        try:
+            return function(*args, **kwargs)
+        except KafkaException as exc:
+            error = exc.args[0]
+            moving = isinstance(error, KafkaError) and error.code() in _LEADER_MOVING
+            if not moving or pause is None:
+                raise BrokerUnavailable(f"Kafka did not answer: {kafka_reason(exc)}") from exc
+            time.sleep(pause)
+    raise AssertionError("unreachable: the last pause is None")

@@ -365,15 +365,34 @@ def ensure_topics(
 
 
 def _await_configs(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:
-    """Return once the brokers describe `specs`' topics as configured (at most
-    `_SETTLE_S`): a broker applies a new configuration a moment after the controller
-    acknowledged it, and a process started right after `chatlog topics create` checks
-    the keys topic's configuration at once."""
+    """Return once the brokers list `specs`' topics with a leader for every partition and
+    describe them as configured (at most `_SETTLE_S`): the controller acknowledges a new
+    topic or configuration a moment before the brokers serve it, and a process started
+    right after `chatlog topics create` reads its partitions and checks the keys topic's
+    configuration at once."""
     deadline = time.monotonic() + min(timeout, _SETTLE_S)
-    while specs and config_drift(admin, specs, timeout=timeout):
+    while specs and not (
+        all(_led(admin, spec.name, timeout) for spec in specs)
+        and not config_drift(admin, specs, timeout=timeout)
+        and None not in _topic_configs(admin, [s.name for s in specs], timeout=timeout).values()
+    ):
         if time.monotonic() >= deadline:
             return  # the report says what was set; `chatlog topics check` shows the rest
         time.sleep(0.1)
+
+
+def _led(admin: AdminClient, topic: str, timeout: float) -> bool:
+    """True when metadata lists `topic` with a leader for each of its partitions."""
+    try:
+        found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"no Kafka broker answered: {exc.args[0]}") from exc
+    return (
+        found is not None
+        and found.error is None
+        and bool(found.partitions)
+        and all(p.leader >= 0 for p in found.partitions.values())
+    )
 
 
 def _align(admin: AdminClient, drift: list[Drift], timeout: float) -> dict[str, list[Drift]]:

@@ -75,14 +75,18 @@ class KafkaCluster:
         )
         futures[name].result(30)
         self.created.append(name)
-        # The controller's answer can come before the broker's metadata has the topic: a
-        # client that looks it up at once would be told it does not exist.
+        self.wait_listed(name, partitions)
+        return name
+
+    def wait_listed(self, name: str, partitions: int) -> None:
+        """Wait until metadata lists `name` with a leader for each partition: the
+        controller's answer to a create can come before the broker's metadata has the
+        topic, and a client that looks it up at once would be told it does not exist."""
         deadline = time.monotonic() + 30
         while not self._listed(name, partitions):
             if time.monotonic() > deadline:
                 raise AssertionError(f"topic {name} was created but never listed")
             time.sleep(0.05)
-        return name
 
     def _listed(self, name: str, partitions: int) -> bool:
         found = self.admin().list_topics(name, timeout=10).topics.get(name)

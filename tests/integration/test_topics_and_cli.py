@@ -83,6 +83,7 @@ def test_a_keys_topic_that_would_keep_erased_keys_is_refused_with_the_fix(kafka,
     kafka.admin().create_topics(
         [NewTopic(settings.keys_topic, 1, 1, config={"cleanup.policy": "delete"})]
     )[settings.keys_topic].result(30)
+    kafka.wait_listed(settings.keys_topic, 1)
     with pytest.raises(ConfigError, match="would keep an erased user's key") as refused:
         check_keys_topic(settings)
     assert "cleanup.policy is delete, not compact" in str(refused.value)
