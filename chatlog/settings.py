@@ -394,8 +394,15 @@ class Settings(BaseModel):
     llm_price_output_per_mtok: float | None = Field(
         None, ge=0, description="price of a million completion tokens, in dollars"
     )
-    # Semantic recall (docs/recall.md): the model that embeds turns and queries. Its name and
-    # size are recorded with the vector index; another model means a rebuild.
+    # Semantic recall (docs/recall.md). Off, nothing needs Redis's query engine; on, the
+    # embedder fills the index, replay rebuilds it with the read-model, and reads may recall.
+    recall: bool = Field(
+        False,
+        description="semantic recall over past turns (needs `chatlog run embedder` and a "
+        "Redis with the query engine: CHATLOG_RECALL_REDIS_URL)",
+    )
+    # The model that embeds turns and queries. Its name and size are recorded with the
+    # vector index; another model means a rebuild.
     embedding_provider: Provider = Field(
         "offline",
         description="who embeds turns: offline (wordllama, in-process, no key, no download) "

@@ -49,6 +49,7 @@ PURE_MODULES = [
     "chatlog.processors.summarizers",
     "chatlog.processors.resilience",
     "chatlog.processors.embeddings",
+    "chatlog.processors.recall_indexing",
     "chatlog.processors.extractive",
     "chatlog.processors.summary_engine",
     "chatlog.processors.commits",
