@@ -426,6 +426,11 @@ class Settings(BaseModel):
     embedding_api_key: SecretStr | None = Field(
         None, description="API key of the embeddings endpoint; unset: OPENAI_API_KEY, else none"
     )
+    embedding_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA that signed the embeddings endpoint's certificate; "
+        "unset: the usual CAs",
+    )
     embedding_send_dimension: bool = Field(
         False,
         description="ask the endpoint for vectors of CHATLOG_EMBEDDING_DIMENSION numbers "
@@ -644,7 +649,7 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _embedding_choice(self) -> Settings:
         if self.embedding_provider == "offline":
-            for name in ("embedding_base_url", "embedding_api_key"):
+            for name in ("embedding_base_url", "embedding_api_key", "embedding_ca_file"):
                 if getattr(self, name) is not None:
                     raise ValueError(
                         f"{self.env_name(name)} is set, but the embedding provider is "

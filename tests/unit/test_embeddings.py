@@ -266,6 +266,10 @@ def test_the_spec_fills_in_what_is_known(provider, model, dimension, expected):
             {"CHATLOG_EMBEDDING_BASE_URL": "http://127.0.0.1:8000/v1"},
             "CHATLOG_EMBEDDING_BASE_URL is set, but the embedding provider is offline",
         ),
+        (
+            {"CHATLOG_EMBEDDING_CA_FILE": "/etc/ssl/private-ca.pem"},
+            "CHATLOG_EMBEDDING_CA_FILE is set, but the embedding provider is offline",
+        ),
         ({"CHATLOG_EMBEDDING_PROVIDER": "torch"}, "CHATLOG_EMBEDDING_PROVIDER='torch'"),
         ({"CHATLOG_EMBEDDING_BATCH_SIZE": "0"}, "CHATLOG_EMBEDDING_BATCH_SIZE"),
         ({"CHATLOG_EMBEDDING_TIMEOUT_S": "0"}, "CHATLOG_EMBEDDING_TIMEOUT_S"),
