@@ -688,6 +688,14 @@ class Settings(BaseModel):
                 f"cluster as redis://host:port or rediss://host:port (database 0 only), not "
                 f"{redacted_url(self.redis_url)!r}"
             )
+        if self.redis_cluster and self.recall and self.recall_redis_url is None:
+            # The open-source query engine searches one node's keys: an index on a
+            # cluster would see a third of the turns on each master and answer partly.
+            raise ValueError(
+                "CHATLOG_RECALL=true with CHATLOG_REDIS_CLUSTER=true needs "
+                "CHATLOG_RECALL_REDIS_URL: the recall index lives on one Redis with the query "
+                "engine (Redis Stack or Redis 8, not a cluster); name it there"
+            )
         return self
 
     @classmethod
