@@ -22,7 +22,12 @@ from chatlog.processors.replay import rebuild, verify
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.recall import EmbeddingModel
 from chatlog.projections.redis_vectors import RedisVectorIndex, recall_generations
-from chatlog.schemas.errors import EmbeddingModelMismatch, Interrupted, RecallIndexLost
+from chatlog.schemas.errors import (
+    ConfigError,
+    EmbeddingModelMismatch,
+    Interrupted,
+    RecallIndexLost,
+)
 from chatlog.settings import Settings
 from tests.processes import (
     chatlog_cli,
@@ -260,3 +265,13 @@ def test_an_interrupted_replay_resumes_the_index_from_its_marks(kafka, settings,
     total = sum(kafka.end_offsets(settings.topic).values())
     assert report.events == total - sum(offset + 1 for offset in marks.values())
     assert documents(recall_client, settings, "g2") == expected
+
+
+def test_recall_on_a_redis_without_the_query_engine_is_refused_naming_the_setting(
+    settings, redis_url
+):
+    plain = settings.model_copy(update={"recall_redis_url": redis_url})
+    with pytest.raises(ConfigError, match="CHATLOG_RECALL_REDIS_URL") as raised:
+        rebuild(wiring.replay_parts(plain), handover_s=0)
+    assert "no query engine" in str(raised.value)
+    assert wiring.generations(plain).live() is None
