@@ -412,8 +412,7 @@ def _target(parts: ReplayParts, live: str | None, *, restart: bool) -> tuple[str
 def _delete(parts: ReplayParts, generation: str) -> int:
     """Delete a generation that is not live, its recall index first (on its own Redis,
     or among the generation's keys); the number of read-model keys removed."""
-    if generation == parts.generations.live():
-        raise ValueError(f"generation {generation} is live; flip the pointer first")
+    parts.generations.refuse_live(generation)
     if parts.recall is not None:
         parts.recall.drop(generation)
     return parts.generations.delete(generation)
