@@ -193,6 +193,56 @@ def test_a_replay_builds_the_new_generations_index_and_a_lost_one_is_rebuilt(
     assert recall_client.exists(old.recall_meta, old.recall_progress) == 0
 
 
+def test_turns_appended_during_the_replay_are_indexed_by_its_catch_up_and_hand_over(
+    kafka, settings, recall_client
+):
+    with running_projector(settings):
+        expected = publish(kafka, settings)
+        done = threading.Event()
+        appended: list[tuple[str, str]] = []
+
+        def traffic() -> None:
+            with wiring.producer(settings, flush_on_sigterm=False) as producer:
+                n = 0
+                while not done.is_set():
+                    session, message_id = f"live{n % 5}", f"t{n}"
+                    producer.append(
+                        session,
+                        user_id="carol",
+                        role="user" if n % 2 == 0 else "assistant",
+                        content=f"{FILLER[n % len(FILLER)]} ({n})",
+                        message_id=message_id,
+                    )
+                    appended.append((session, message_id))
+                    n += 1
+
+        started_with: list[int] = []  # turns appended when the end offsets were read
+
+        def stop_traffic_at_the_hand_over(progress: ReplayProgress) -> None:
+            if not started_with:
+                started_with.append(len(appended))
+            if progress.phase == "hand over":
+                done.set()
+
+        writer = threading.Thread(target=traffic)
+        writer.start()
+        try:
+            wait_until(lambda: len(appended) >= 20, timeout=30, what="live traffic")
+            report = rebuild(
+                wiring.replay_parts(settings),
+                handover_s=3.0,
+                on_progress=stop_traffic_at_the_hand_over,
+            )
+        finally:
+            done.set()
+            writer.join(30)
+    assert report.generation == "g2"
+    # Every turn written before the hand-over ended: those the rebuild read, and those
+    # appended after the end offsets it started from, read by the catch-up and hand-over.
+    assert len(appended) > started_with[0] + 5
+    assert documents(recall_client, settings, "g2") == expected | set(appended)
+
+
 def test_worker_processes_build_the_same_index(kafka, settings, recall_client):
     with running_projector(settings):
         expected = publish(kafka, settings)
