@@ -37,7 +37,9 @@ from chatlog.processors.kafka_lag import KafkaTopicEnds
 from chatlog.processors.kafka_projector import KafkaProjector
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
+from chatlog.processors.recall_indexing import RecallIndexing
 from chatlog.processors.replay import ReplayParts, rebuild, rebuild_partitions
+from chatlog.processors.replay_recall import RecallSink
 from chatlog.processors.summarizers import (
     CircuitBreaker,
     ResilientSummarizer,
@@ -62,6 +64,7 @@ from chatlog.projections import tokens
 from chatlog.projections.context import SummaryRole, TokenCounter
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.opening import EventOpener, ViewOpener
+from chatlog.projections.recall import EmbeddingModel as IndexedModel
 from chatlog.projections.redis_claims import AsyncRedisSessionClaims, RedisSessionClaims
 from chatlog.projections.redis_erasure import RedisUserSessions
 from chatlog.projections.redis_generations import GenerationStore
@@ -83,6 +86,7 @@ from chatlog.settings import Settings
 
 if TYPE_CHECKING:
     from chatlog.processors.faust_summarizer import FaustSummarizer
+    from chatlog.processors.redis_recall import RedisRecallGenerations
     from chatlog.prom_metrics import Collector, MetricsServer
 
 __all__ = [
@@ -117,6 +121,7 @@ __all__ = [
     "redis_client",
     "redis_tls",
     "replay_parts",
+    "replay_recall",
     "summarizer",
     "summarizer_worker",
     "summary_policy",
@@ -628,10 +633,12 @@ def kafka_replay(
     store: ViewStore,
     *,
     batch_size: int = 20_000,
+    recall: RecallSink | None = None,
     stop: threading.Event | None = None,
     on_progress: Callable[[ReplayProgress], None] | None = None,
 ) -> KafkaReplay:
-    """A reader of the whole events topic (no consumer group) that folds it into `store`."""
+    """A reader of the whole events topic (no consumer group) that folds it into `store`
+    (and indexes it with `recall`, when given)."""
     core = ProjectionCore(
         store,
         codec=codec(settings),
@@ -647,6 +654,7 @@ def kafka_replay(
         batch_size=batch_size,
         on_progress=on_progress,
         stop=stop,
+        recall=recall,
     )
 
 
@@ -659,11 +667,17 @@ def replay_parts(
     def replay_for(
         store: ViewStore,
         *,
+        recall: RecallSink | None = None,
         stop: threading.Event | None = None,
         on_progress: Callable[[ReplayProgress], None] | None = None,
     ) -> KafkaReplay:
         return kafka_replay(
-            settings, store, batch_size=batch_size, stop=stop, on_progress=on_progress
+            settings,
+            store,
+            batch_size=batch_size,
+            recall=recall,
+            stop=stop,
+            on_progress=on_progress,
         )
 
     return ReplayParts(
@@ -673,6 +687,33 @@ def replay_parts(
         # Pickled into each spawned worker: the settings travel as data, not as clients;
         # as Python values, not JSON, whose dump masks the secrets (SecretStr).
         worker=functools.partial(_replay_worker, settings.model_dump(), batch_size),
+        recall=replay_recall(settings) if settings.recall else None,
+    )
+
+
+def replay_recall(settings: Settings) -> RedisRecallGenerations:
+    """The recall indexes a replay builds, drops and compares (CHATLOG_RECALL on), on
+    CHATLOG_RECALL_REDIS_URL; the embedder is loaded at the first index built."""
+    # The recall extra (redisvl): imported only with recall on.
+    from chatlog.processors.redis_recall import RedisRecallGenerations  # noqa: PLC0415
+
+    made: list[ResilientEmbedder] = []
+
+    def indexing() -> RecallIndexing:
+        made.append(embedder(settings))
+        return RecallIndexing(made[-1], codec=codec(settings), opener=opener(settings))
+
+    def close() -> None:
+        while made:
+            made.pop().close()
+
+    spec = settings.embedding
+    return RedisRecallGenerations(
+        redis_client(settings, url=settings.recall_redis),
+        prefix=settings.redis_prefix,
+        model=IndexedModel(spec.model, spec.dimension),
+        indexing=indexing,
+        close=close,
     )
 
 

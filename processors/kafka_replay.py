@@ -17,8 +17,12 @@ What does a replay do, in order?
    generation from that generation's progress marks.
 5. **Clean up.** It deletes the old generation with UNLINK in batches.
 
+With semantic recall on, each batch is also indexed into the new generation's recall
+index (`chatlog.processors.replay_recall`), so the flip moves both at once.
+
 Interrupted anywhere before step 3, the live generation is untouched; running it again
-resumes from the new generation's progress marks. The verify mode stops after step 1,
+resumes from the new generation's progress marks (the lower of the read-model's and the
+recall index's, each skipping what it has). The verify mode stops after step 1,
 compares the rebuilt generation with the live one, and deletes it.
 """
 
@@ -35,6 +39,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from chatlog.processors.kafka_consumer import groupless_consumer, record_of
 from chatlog.processors.projection import ProjectionCore
+from chatlog.processors.replay_recall import RecallSink
 from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import Interrupted
@@ -83,8 +88,11 @@ class KafkaReplay:
         batch_size: int = 20_000,
         on_progress: Callable[[ReplayProgress], None] | None = None,
         stop: threading.Event | None = None,
+        recall: RecallSink | None = None,
     ) -> None:
         self.core = core
+        # Indexes every batch into the same generation's recall index too (recall on).
+        self.recall = recall
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.batch_size = batch_size
@@ -109,7 +117,7 @@ class KafkaReplay:
             self._consumer, self.topic, bootstrap_servers=self.bootstrap_servers, timeout=timeout
         )
         partitions = [p for p in range(count) if only is None or p in only]
-        marks = self.store.progress()
+        marks = self._start_marks()
         ends: dict[int, int] = {}
         assignment = []
         for partition in partitions:
@@ -123,6 +131,15 @@ class KafkaReplay:
             assignment.append(TopicPartition(self.topic, partition, offset))
         self._consumer.assign(assignment)
         return ends
+
+    def _start_marks(self) -> dict[int, int]:
+        """Partition -> the last offset every sink has: the read-model's progress marks,
+        lowered to the recall index's (a partition either lacks starts from the start)."""
+        marks = dict(self.store.progress())
+        if self.recall is not None:
+            indexed = self.recall.start()
+            marks = {p: min(o, indexed[p]) for p, o in marks.items() if p in indexed}
+        return marks
 
     def run_to(self, ends: Mapping[int, int], progress: ReplayProgress) -> None:
         """Project until every partition has been read up to `ends` (exclusive)."""
@@ -142,6 +159,8 @@ class KafkaReplay:
         if records:
             result = self.core.handle(records)
             progress.dead_letters += len(result.dead_letters)
+            if self.recall is not None:
+                self.recall.handle(records)
             progress.done += len(records)
             for partition, offset in result.last_offsets.items():
                 self.position[partition] = max(self.position.get(partition, 0), offset + 1)

@@ -6,28 +6,36 @@ builds a scratch generation up to the log's end offsets, compares it key by key 
 live one, and deletes it. Both report their progress to a callback.
 
 Both take their parts built (`ReplayParts`: the generation store, a view store per
-generation, a factory of Kafka readers, a worker for parallel partitions) rather than
-settings, so a test or a benchmark can hand them other stores; `chatlog.wiring.replay_parts`
-builds them from `Settings`.
+generation, a factory of Kafka readers, a worker for parallel partitions, and with
+semantic recall on the recall indexes) rather than settings, so a test or a benchmark
+can hand them other stores; `chatlog.wiring.replay_parts` builds them from `Settings`.
+
+With recall on, every generation a replay builds gets its recall index built from the
+same batches (`chatlog.processors.replay_recall`), one deleted loses its index too, and
+`verify` compares the indexes document by document beside the read-model's keys.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import logging
 import multiprocessing
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ParamSpec, Protocol, TypeVar
 
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
+from chatlog.processors.replay_recall import RecallSink
 from chatlog.projections.redis_generations import Difference, GenerationStore, next_generation
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import Conflict, Incomplete, Interrupted
+
+log = logging.getLogger("chatlog.replay")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,6 +43,7 @@ R = TypeVar("R")
 __all__ = [
     "PartitionWorker",
     "RebuildReport",
+    "RecallGenerations",
     "ReplayFactory",
     "ReplayParts",
     "VerifyReport",
@@ -51,9 +60,51 @@ class ReplayFactory(Protocol):
         self,
         store: ViewStore,
         *,
+        recall: RecallSink | None = None,
         stop: threading.Event | None = None,
         on_progress: Callable[[ReplayProgress], None] | None = None,
     ) -> KafkaReplay: ...
+
+
+class RecallCounts(Protocol):
+    """What comparing two recall indexes found."""
+
+    documents: int
+    sessions: int
+    differences: list[Difference]
+
+
+class RecallGenerations(Protocol):
+    """Every generation's recall index, as a replay builds, drops and compares them
+    (`chatlog.processors.redis_recall.RedisRecallGenerations`)."""
+
+    def sink(self, generation: str) -> RecallSink:
+        """A sink indexing into `generation`, which is being built."""
+        ...
+
+    def drop(self, generation: str) -> None:
+        """Delete `generation`'s index, its documents, metadata and progress."""
+        ...
+
+    def progress(self, generation: str) -> Mapping[int, int]:
+        """How far `generation`'s index has indexed: partition -> last offset."""
+        ...
+
+    def problem(self, generation: str) -> str | None:
+        """Why `generation`'s index is lost (None: whole, or never built)."""
+        ...
+
+    def documents(self, generation: str) -> int:
+        """How many turns `generation`'s index holds."""
+        ...
+
+    def compare(self, live: str, rebuilt: str) -> RecallCounts:
+        """`live`'s index against `rebuilt`'s, document by document."""
+        ...
+
+    def close(self) -> None:
+        """Release the embedder."""
+        ...
 
 
 # Rebuilds some partitions of a generation up to their end offsets, in a process of its
@@ -69,6 +120,7 @@ class ReplayParts:
     store_for: Callable[[str], ViewStore]  # the view store of one generation
     replay_for: ReplayFactory
     worker: PartitionWorker | None = None  # needed for `rebuild(workers=...)` > 1
+    recall: RecallGenerations | None = None  # semantic recall on: build its index too
 
 
 @dataclass(slots=True)
@@ -82,6 +134,7 @@ class RebuildReport:
     seconds: float
     deleted_keys: int
     dead_letters: int
+    recall_documents: int | None = None  # in the new recall index (None: recall off)
 
 
 @dataclass(slots=True)
@@ -95,6 +148,7 @@ class VerifyReport:
     seconds: float
     differences: list[Difference] = field(default_factory=list)
     moved_on: int = 0  # sessions that changed after the verification started
+    recall_documents: int | None = None  # in the rebuilt recall index (None: recall off)
 
 
 def _collector_paused(function: Callable[P, R]) -> Callable[P, R]:
@@ -140,9 +194,11 @@ def rebuild(
         raise ValueError("a rebuild with workers needs ReplayParts.worker")
     generations = parts.generations
     live = generations.live()
-    target, resumed = _target(generations, live, restart=restart)
+    _say_if_recall_lost(parts, live)
+    target, resumed = _target(parts, live, restart=restart)
     target_store = parts.store_for(target)
-    replay = parts.replay_for(target_store, stop=stop, on_progress=on_progress)
+    sink = parts.recall.sink(target) if parts.recall is not None else None
+    replay = parts.replay_for(target_store, recall=sink, stop=stop, on_progress=on_progress)
     started = time.monotonic()
     try:
         ends = replay.start()
@@ -162,7 +218,8 @@ def rebuild(
                 stop=stop,
                 on_progress=on_progress,
             )
-            replay = parts.replay_for(target_store, stop=stop, on_progress=on_progress)
+            # The sink reads the marks the workers left when this reader starts.
+            replay = parts.replay_for(target_store, recall=sink, stop=stop, on_progress=on_progress)
             replay.start()
         replay.run_to(ends, progress)
         progress.phase = "catch up"
@@ -183,9 +240,11 @@ def rebuild(
             replay.step(progress)
     finally:
         replay.close()
+        if parts.recall is not None:
+            parts.recall.close()
     deleted = 0
     if live is not None and not keep_old:
-        deleted = generations.delete(live)
+        deleted = _delete(parts, live)
     return RebuildReport(
         generation=target,
         replaced=live,
@@ -194,6 +253,7 @@ def rebuild(
         seconds=time.monotonic() - started,
         deleted_keys=deleted,
         dead_letters=progress.dead_letters,
+        recall_documents=_documents(parts, target),
     )
 
 
@@ -207,12 +267,16 @@ def verify(
 ) -> VerifyReport:
     """Rebuild into a scratch generation and compare it with the live one."""
     generations = parts.generations
+    recall = parts.recall
     live = generations.live() or DEFAULT_GENERATION
     scratch = f"verify-{uuid.uuid4().hex[:12]}"
     generations.create(scratch)
-    replay = parts.replay_for(parts.store_for(scratch), stop=stop, on_progress=on_progress)
     started = time.monotonic()
     try:
+        sink = recall.sink(scratch) if recall is not None else None
+        replay = parts.replay_for(
+            parts.store_for(scratch), recall=sink, stop=stop, on_progress=on_progress
+        )
         try:
             ends = replay.start()
             progress = ReplayProgress(
@@ -221,8 +285,13 @@ def verify(
             replay.run_to(ends, progress)
         finally:
             replay.close()
-        _wait_for_live(parts.store_for(live), ends, wait_for_live_s)
+        marks: list[Callable[[], Mapping[int, int]]] = [parts.store_for(live).progress]
+        if recall is not None and recall.progress(live):
+            # An index never built, or lost, is reported as such: nothing to wait for.
+            marks.append(functools.partial(recall.progress, live))
+        _wait_for_live(marks, ends, wait_for_live_s)
         comparison = generations.compare(live, scratch)
+        differences = list(comparison.differences)
         report = VerifyReport(
             live=live,
             sessions=comparison.sessions,
@@ -230,15 +299,25 @@ def verify(
             events=progress.done,
             seconds=time.monotonic() - started,
         )
+        if recall is not None:
+            indexed = recall.compare(live, scratch)
+            report.recall_documents = indexed.documents
+            differences += indexed.differences
         moved_on = _moved_on(generations, live, ends)
-        for difference in comparison.differences:
-            if difference.kind == "session" and moved_on(difference.name):
+        for difference in differences:
+            if difference.kind in _PER_SESSION and moved_on(difference.name):
                 report.moved_on += 1
             else:
                 report.differences.append(difference)
         return report
     finally:
-        generations.delete(scratch)
+        if recall is not None:
+            recall.close()
+        _delete(parts, scratch)
+
+
+# The kinds of difference named by a session (which may have moved on since).
+_PER_SESSION = ("session", "recall session")
 
 
 def _rebuild_in_parallel(
@@ -297,16 +376,20 @@ def rebuild_partitions(
 ) -> None:
     """A replay worker process's job: rebuild `partitions` of `generation` up to `ends`."""
     gc.disable()  # a process of its own: see `_collector_paused`
-    replay = parts.replay_for(parts.store_for(generation))
+    sink = parts.recall.sink(generation) if parts.recall is not None else None
+    replay = parts.replay_for(parts.store_for(generation), recall=sink)
     try:
         replay.start(only=partitions)
         replay.run_to(ends, ReplayProgress("rebuild"))
     finally:
         replay.close()
+        if parts.recall is not None:
+            parts.recall.close()
 
 
-def _target(generations: GenerationStore, live: str | None, *, restart: bool) -> tuple[str, bool]:
+def _target(parts: ReplayParts, live: str | None, *, restart: bool) -> tuple[str, bool]:
     """The generation to build, and whether an interrupted rebuild is resumed."""
+    generations = parts.generations
     record = generations.rebuild_in_progress()
     recorded = record.get("generation")
     same_live = record.get("replaces", "") == (live or "")
@@ -314,21 +397,57 @@ def _target(generations: GenerationStore, live: str | None, *, restart: bool) ->
         generations.create(recorded)  # kept if it has one
         return recorded, True
     if recorded and recorded != live:
-        generations.delete(recorded)  # abandoned, or overtaken by a flip: start afresh
+        _delete(parts, recorded)  # abandoned, or overtaken by a flip: start afresh
     target = next_generation(live or DEFAULT_GENERATION)
     if generations.exists(target):
         generations.delete(target)
+    if parts.recall is not None:
+        # Left from an earlier life of the name (the recall index may be on another Redis).
+        parts.recall.drop(target)
     generations.start_rebuild(target, live)
     generations.create(target)  # its epoch, before anything is written into it
     return target, False
 
 
-def _wait_for_live(live: ViewStore, ends: dict[int, int], timeout: float) -> None:
-    """Wait (bounded) until the live projection has read as far as the scratch one."""
+def _delete(parts: ReplayParts, generation: str) -> int:
+    """Delete a generation that is not live, its recall index first (on its own Redis,
+    or among the generation's keys); the number of read-model keys removed."""
+    parts.generations.refuse_live(generation)
+    if parts.recall is not None:
+        parts.recall.drop(generation)
+    return parts.generations.delete(generation)
+
+
+def _documents(parts: ReplayParts, generation: str) -> int | None:
+    """How many turns `generation`'s recall index holds (None: recall off)."""
+    return parts.recall.documents(generation) if parts.recall is not None else None
+
+
+def _say_if_recall_lost(parts: ReplayParts, live: str | None) -> None:
+    """Log that the live recall index was lost and is rebuilt by this replay."""
+    if parts.recall is None or live is None:
+        return
+    problem = parts.recall.problem(live)
+    if problem is not None:
+        log.warning(
+            "the recall index of the live generation %s was lost (%s): this replay builds "
+            "the next generation's from the log",
+            live,
+            problem,
+        )
+
+
+def _wait_for_live(
+    marks: list[Callable[[], Mapping[int, int]]], ends: dict[int, int], timeout: float
+) -> None:
+    """Wait (bounded) until the live projection, and the live recall index when given,
+    have read as far as the scratch one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        marks = live.progress()
-        if all(marks.get(p, -1) >= end - 1 for p, end in ends.items() if end > 0):
+        if all(
+            all(found.get(p, -1) >= end - 1 for p, end in ends.items() if end > 0)
+            for found in (read() for read in marks)
+        ):
             return
         time.sleep(0.2)
 

@@ -199,13 +199,17 @@ class GenerationStore:
         """Whether any key of `generation` exists."""
         return next(self._scan(generation, count=100), None) is not None
 
+    def refuse_live(self, generation: str) -> None:
+        """`ValueError` if `generation` is live: what is deleted must not be read."""
+        if generation == self.live():
+            raise ValueError(f"generation {generation} is live; flip the pointer first")
+
     def delete(self, generation: str, *, batch: int = 500, pause_s: float = 0.0) -> int:
         """UNLINK every key of `generation`, `batch` at a time; the number of keys removed.
 
         Refuses to delete the live generation.
         """
-        if generation == self.live():
-            raise ValueError(f"generation {generation} is live; flip the pointer first")
+        self.refuse_live(generation)
         removed = 0
         keys: list[Any] = []
         for key in self._scan(generation, count=batch):

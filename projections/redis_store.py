@@ -551,6 +551,13 @@ def redis_errors() -> Iterator[None]:
             setting="CHATLOG_REDIS_URL",
         ) from exc
     except redis.RedisError as exc:
+        if "unknown command 'ft." in str(exc).lower():  # the recall index on a plain Redis
+            raise ConfigError(
+                f"this Redis has no query engine, which the recall index needs ({exc}); set "
+                f"CHATLOG_RECALL_REDIS_URL to a Redis Stack 7.4 or Redis 8, or turn "
+                f"CHATLOG_RECALL off",
+                setting="CHATLOG_RECALL_REDIS_URL",
+            ) from exc
         if "certificate verify failed" in str(exc).lower():  # rediss:// with a CA to fix
             raise ConfigError(
                 f"Redis's TLS certificate is not trusted ({exc}); set "

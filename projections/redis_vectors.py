@@ -269,6 +269,11 @@ class _Knn:
             *params,
         ]
 
+    def refuse(self, meta: Mapping[Any, Any]) -> None:
+        """Raise what the metadata says of an index that refused a search: a query vector
+        of another size than the index's is another model (`EmbeddingModelMismatch`)."""
+        _check(IndexState(self.keys.generation, exists=True, meta=text_map(dict(meta))), self.model)
+
     def hits(self, meta: Mapping[Any, Any], reply: Any | None) -> list[RecallHit]:
         """The hits of a search's reply (None: Redis answered that the index does not
         exist), once the metadata read beside it says the index may be used."""
@@ -500,9 +505,10 @@ class RedisVectorIndex:
             try:
                 meta, reply = pipe.execute()
             except redis.ResponseError as exc:
-                if not _is_missing_index(exc):
-                    raise
                 meta, reply = self.client.hgetall(self.keys.recall_meta), None
+                if not _is_missing_index(exc):
+                    self._knn.refuse(meta)
+                    raise
         return self._knn.hits(meta, reply)
 
     def info(self) -> dict[str, Any]:
@@ -548,9 +554,10 @@ class AsyncRedisVectorSearch:
             try:
                 meta, reply = await pipe.execute()
             except redis.ResponseError as exc:
-                if not _is_missing_index(exc):
-                    raise
                 meta, reply = await self.client.hgetall(self.keys.recall_meta), None
+                if not _is_missing_index(exc):
+                    self._knn.refuse(meta)
+                    raise
         return self._knn.hits(meta, reply)
 
 

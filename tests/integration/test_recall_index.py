@@ -179,7 +179,7 @@ def test_delete_paths(index, client, prefix):
     assert erase_user(client, prefix=prefix, tenant="acme", user_id="alice") == 0  # idempotent
 
 
-def test_a_model_mismatch_is_refused_naming_both(index, client, prefix):
+def test_a_model_mismatch_is_refused_naming_both(index, client, prefix, recall_redis_url):
     other = EmbeddingModel("another-embedder", 16)
     with pytest.raises(EmbeddingModelMismatch) as raised:
         RedisVectorIndex(client, prefix=prefix, generation="g1", model=other).ensure()
@@ -193,6 +193,20 @@ def test_a_model_mismatch_is_refused_naming_both(index, client, prefix):
     reader = RedisVectorIndex(client, prefix=prefix, generation="g1", model=renamed)
     with pytest.raises(EmbeddingModelMismatch):
         reader.search(axis(0), tenant="acme", user_id="alice")
+    # And with a vector of its own model's size, which Redis itself refuses first (a
+    # reader still set for the model a replay has just replaced): the mismatch, named.
+    index.apply([turn("alice", "a1", 1, axis(0))])  # Redis checks the size against a turn
+    wider = RedisVectorIndex(client, prefix=prefix, generation="g1", model=other)
+    with pytest.raises(EmbeddingModelMismatch, match="another-embedder"):
+        wider.search([1.0] + [0.0] * 15, tenant="acme", user_id="alice")
+
+    async def search_async() -> None:
+        async with redis.asyncio.Redis.from_url(recall_redis_url) as aio:
+            reader = AsyncRedisVectorSearch(aio, prefix=prefix, generation="g1", model=other)
+            await reader.search([1.0] + [0.0] * 15, tenant="acme", user_id="alice")
+
+    with pytest.raises(EmbeddingModelMismatch, match="another-embedder"):
+        asyncio.run(search_async())
     # A vector that does not fit the model is bad input, not a Redis error.
     with pytest.raises(InvalidInput, match="does not fit embedding model"):
         index.search([1.0, 0.0], tenant="acme", user_id="alice")

@@ -50,6 +50,7 @@ PURE_MODULES = [
     "chatlog.processors.resilience",
     "chatlog.processors.embeddings",
     "chatlog.processors.recall_indexing",
+    "chatlog.processors.replay_recall",
     "chatlog.processors.extractive",
     "chatlog.processors.summary_engine",
     "chatlog.processors.commits",
