@@ -16,7 +16,8 @@ removes it (`chatlog.projections.redis_vectors`).
 What is never indexed, and counted instead: records that do not decode (the projector
 dead-letters them; the embedder does not write a second dead letter), events of an erased
 owner (their key is destroyed), events that do not open, tool and system messages, turns
-with no text. A turn appended and redacted in one batch is neither embedded nor written.
+with no text. A turn appended and redacted in one batch is not embedded; its deletion is
+written all the same.
 Pure: the model, the opener and the codec are handed in.
 """
 
@@ -125,8 +126,10 @@ class RecallIndexing:
                 else:
                     work.not_embedded += 1
             elif isinstance(payload, MessageRedacted):
-                if turns.pop((opened.session_id, payload.message_id), None) is None:
-                    work.deletions.append((opened.session_id, payload.message_id))
+                # Deleted even when this batch held the turn: another writer of the same
+                # index (a replay's hand-over beside the live embedder) may have written it.
+                turns.pop((opened.session_id, payload.message_id), None)
+                work.deletions.append((opened.session_id, payload.message_id))
             elif isinstance(payload, UserErased):
                 for key in [key for key in turns if key[0] == opened.session_id]:
                     del turns[key]

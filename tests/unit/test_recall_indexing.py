@@ -69,7 +69,7 @@ def test_user_and_assistant_turns_are_embedded_in_one_call_tool_and_blank_ones_c
     assert work.marks == {0: 4}
 
 
-def test_a_redaction_deletes_the_vector_and_one_in_the_same_batch_keeps_it_from_being_written():
+def test_a_redaction_deletes_the_vector_and_one_in_the_same_batch_keeps_it_from_being_embedded():
     early = say("a", "user", "written in an earlier batch")
     late = say("a", "user", "my card is 4111")
     redact = [
@@ -80,7 +80,7 @@ def test_a_redaction_deletes_the_vector_and_one_in_the_same_batch_keeps_it_from_
     work = RecallIndexing(embedder).plan(records(late, *redact, start=10))
     assert work.upserts == []
     assert embedder.calls == []
-    assert work.deletions == [("a", early.payload.message_id)]
+    assert work.deletions == [("a", early.payload.message_id), ("a", late.payload.message_id)]
     assert work.marks == {0: 12}
 
 
