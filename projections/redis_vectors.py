@@ -71,10 +71,12 @@ from chatlog.projections.epochs import LOST, StartVerdict, assess_start, lost_ep
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.recall import (
     ALGORITHMS,
+    MAX_K,
     Algorithm,
     EmbeddingModel,
     IndexedTurn,
     RecallHit,
+    check_k,
     model_mismatch,
     vector_bytes,
 )
@@ -82,6 +84,7 @@ from chatlog.projections.redis_store import redis_errors, text, text_map
 
 __all__ = [
     "DEFAULT_ALGORITHM",
+    "MAX_K",
     "ApplyResult",
     "AsyncRedisVectorSearch",
     "IndexState",
@@ -92,7 +95,6 @@ __all__ = [
 ]
 
 DEFAULT_ALGORITHM: Algorithm = "FLAT"
-MAX_K = 100  # a prompt holds a handful of recalled turns; more is a mistake
 _DELETE_BATCH = 1000
 # What a search returns of each document: never the vector.
 _RETURNED = ("tenant", "user", "session", "partition", "doc")
@@ -249,8 +251,7 @@ class _Knn:
     def command(
         self, vector: Sequence[float], *, tenant: str, user_id: str, session_id: str | None, k: int
     ) -> list[Any]:
-        if not 1 <= k <= MAX_K:
-            raise InvalidInput(f"k={k}: ask for 1 to {MAX_K} recalled turns")
+        check_k(k)
         query = VectorQuery(
             vector=vector_bytes(vector, self.model),
             vector_field_name="vector",
@@ -309,14 +310,15 @@ def _check(state: IndexState, model: EmbeddingModel) -> None:
     if state.problem is not None:
         raise RecallIndexLost(
             f"the recall index of generation {state.generation} was lost: {state.problem}; "
-            f"a replay rebuilds it from the log",
+            f"a replay rebuilds it from the log (`chatlog replay`)",
             generation=state.generation,
         )
     built_with = state.model
     if built_with is None:
         raise RecallIndexLost(
-            f"Redis holds no recall index for generation {state.generation}: no indexer has "
-            f"built it yet, or Redis lost it",
+            f"Redis holds no recall index for generation {state.generation}: no embedder has "
+            f"built it yet (is `chatlog run embedder` running?), or Redis lost it (`chatlog "
+            f"replay` rebuilds it)",
             generation=state.generation,
         )
     mismatch = model_mismatch(state.generation, built_with, model)
