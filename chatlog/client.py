@@ -457,8 +457,9 @@ class ChatLog:
         """The `k` earlier turns of `user_id` of `tenant` nearest in meaning to `query`,
         most relevant first: from all their sessions, or from `session_id` only.
 
-        Never another user's or tenant's. A `session_id` that is not theirs raises
-        `SessionNotFound`, as a read of it does; an erased user, `Erased`. `InvalidInput`
+        Never another user's or tenant's. A `session_id` that is not theirs (or is no
+        longer in the read-model) raises `SessionNotFound`, as a read of it does; an
+        erased user, `Erased`. `InvalidInput`
         for an empty query or one over 2,000 characters, or `k` outside 1 to 100;
         `ConfigError` if recall is off (``CHATLOG_RECALL``); `RecallIndexLost` if the
         index is gone (`chatlog replay` rebuilds it); `EmbeddingModelMismatch` if it was
@@ -469,7 +470,9 @@ class ChatLog:
         recall_query(query)
         check_k(k)
         if session_id is not None:
-            self._check_owned(session_id, user_id, tenant)
+            # The read rule, as a read of the session applies it (the read-model only: a
+            # refusal must not cost a scan of the log).
+            self.reader.context(session_id, user_id=user_id, tenant=tenant)
         turns: list[RecalledTurn] = recaller.recall(
             user_id, query, tenant=tenant, k=k, session_id=session_id
         )
@@ -934,7 +937,7 @@ class AsyncChatLog:
         recall_query(query)
         check_k(k)
         if session_id is not None:
-            await self._check_owned(session_id, user_id, tenant)
+            await self.reader.context(session_id, user_id=user_id, tenant=tenant)
         turns: list[RecalledTurn] = await recaller.recall(
             user_id, query, tenant=tenant, k=k, session_id=session_id
         )

@@ -270,13 +270,22 @@ class _Knn:
             *params,
         ]
 
-    def hits(self, meta: Mapping[Any, Any], reply: Any | None) -> list[RecallHit]:
-        """The hits of a search's reply (None: Redis answered that the index does not
-        exist), once the metadata read beside it says the index may be used."""
+    def hits(self, meta: Any, reply: Any) -> list[RecallHit]:
+        """The hits of a search's reply, once the metadata read beside it says the index
+        may be used (the pipeline's replies, errors in place: a query the index refuses,
+        such as a vector of another size, is answered by what the metadata says first,
+        another model or a lost index, and only then raised)."""
+        if isinstance(meta, Exception):
+            raise meta
+        refused = isinstance(reply, redis.ResponseError)
+        if refused and _is_missing_index(reply):
+            reply = None
         state = IndexState(
             self.keys.generation, exists=reply is not None, meta=text_map(dict(meta))
         )
         _check(state, self.model)
+        if refused:
+            raise reply
         assert reply is not None  # _check refused an index that does not exist
         hits = []
         for doc in _documents(reply):
@@ -499,13 +508,8 @@ class RedisVectorIndex:
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.keys.recall_meta)
             _command(pipe, *command)
-            try:
-                meta, reply = pipe.execute()
-            except redis.ResponseError as exc:
-                if not _is_missing_index(exc):
-                    raise
-                meta, reply = self.client.hgetall(self.keys.recall_meta), None
-        return self._knn.hits(meta, reply)
+            meta, reply = pipe.execute(raise_on_error=False)
+            return self._knn.hits(meta, reply)
 
     def info(self) -> dict[str, Any]:
         """FT.INFO of the index (documents, memory), for the operator and the benchmark."""
@@ -547,13 +551,8 @@ class AsyncRedisVectorSearch:
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.keys.recall_meta)
             _command(pipe, *command)
-            try:
-                meta, reply = await pipe.execute()
-            except redis.ResponseError as exc:
-                if not _is_missing_index(exc):
-                    raise
-                meta, reply = await self.client.hgetall(self.keys.recall_meta), None
-        return self._knn.hits(meta, reply)
+            meta, reply = await pipe.execute(raise_on_error=False)
+            return self._knn.hits(meta, reply)
 
 
 def recall_generations(client: redis.Redis, *, prefix: str) -> list[str]:
