@@ -51,12 +51,13 @@ from chatlog.projections.redis_vectors import AsyncRedisVectorSearch, RedisVecto
 from chatlog.projections.view import Message, SessionStatus, SessionView
 from chatlog.schemas.errors import ConfigError, Erased
 from chatlog.schemas.ids import validate_id
+from chatlog.schemas.keyring import KeyEntries
 from chatlog.schemas.sealing import KeyScope
 
-__all__ = ["AsyncRedisRecall", "RedisRecall"]
+__all__ = ["AsyncRedisRecall", "RecallRequest", "RedisRecall"]
 
 
-class _Request:
+class RecallRequest:
     """One recall request, checked: who asks, for what, how many."""
 
     def __init__(
@@ -85,16 +86,28 @@ class _Request:
             pipe.hget(keys.meta(session_id), "status")
         return sessions
 
+    def checked(
+        self, sessions: Sequence[str], replies: Sequence[Any]
+    ) -> tuple[KeyEntries, set[str]]:
+        """The owner's key entries and the erased sessions among `sessions`, from the
+        replies to `queue_checks`."""
+        raw_entries, *statuses = replies
+        erased = {
+            session_id
+            for session_id, status in zip(sessions, statuses, strict=True)
+            if status is not None and text(status) == SessionStatus.ERASED.value
+        }
+        return entries_of(self.owner, raw_entries), erased
+
     def opened(
         self,
         hits: Sequence[RecallHit],
-        sessions: Sequence[str],
-        replies: Sequence[Any],
+        entries: KeyEntries,
+        erased: set[str],
         opener: ViewOpener,
     ) -> list[RecalledTurn]:
-        """The hits the owner may see, opened with their keys (`replies`: `queue_checks`')."""
-        raw_entries, *statuses = replies
-        entries = entries_of(self.owner, raw_entries)
+        """The hits the owner may see, opened with their keys: `entries` are the owner's,
+        `erased` the sessions that were erased."""
         if entries.erased_at is not None:
             opener.keyring.forget(self.owner)  # its keys are destroyed: drop the copies here
             raise Erased(
@@ -102,11 +115,6 @@ class _Request:
                 f"{entries.erased_at.isoformat()}; their turns are gone for good, nothing "
                 f"is recalled"
             )
-        erased = {
-            session_id
-            for session_id, status in zip(sessions, statuses, strict=True)
-            if status is not None and text(status) == SessionStatus.ERASED.value
-        }
         mine = [
             hit
             for hit in hits
@@ -173,7 +181,7 @@ class RedisRecall:
     ) -> list[RecalledTurn]:
         """The `k` turns of `user_id` of `tenant` (in `session_id` only, if given)
         nearest in meaning to `query`, most relevant first (see the module)."""
-        request = _Request(user_id, query, tenant, k, session_id)
+        request = RecallRequest(user_id, query, tenant, k, session_id)
         [vector] = self.embedder.embed([request.query])
         keys = self.reader.keys()
         hits = self._index(keys.generation).search(vector, **request.search_args())
@@ -181,7 +189,8 @@ class RedisRecall:
             pipe = self.reader.client.pipeline(transaction=False)
             sessions = request.queue_checks(pipe, keys, hits)
             replies = pipe.execute()
-        return request.opened(hits, sessions, replies, self.opener)
+        entries, erased = request.checked(sessions, replies)
+        return request.opened(hits, entries, erased, self.opener)
 
     def _index(self, generation: str) -> RedisVectorIndex:
         index = self._indexes.get(generation)
@@ -224,7 +233,7 @@ class AsyncRedisRecall:
         session_id: str | None = None,
     ) -> list[RecalledTurn]:
         """`RedisRecall.recall`, awaited."""
-        request = _Request(user_id, query, tenant, k, session_id)
+        request = RecallRequest(user_id, query, tenant, k, session_id)
         [vector] = await self.embedder.aembed([request.query])
         keys = await self.reader.keys()
         search = self._searches.get(keys.generation)
@@ -237,7 +246,8 @@ class AsyncRedisRecall:
             pipe = self.reader.client.pipeline(transaction=False)
             sessions = request.queue_checks(pipe, keys, hits)
             replies = await pipe.execute()
-        return request.opened(hits, sessions, replies, self.opener)
+        entries, erased = request.checked(sessions, replies)
+        return request.opened(hits, entries, erased, self.opener)
 
     async def aclose(self) -> None:
         """Release the index's connections and what the embedder holds."""
