@@ -68,7 +68,9 @@ class RecallRequest:
         )
         self.query = recall_query(query)
         self.k = check_k(k)
-        self.session_id = None if session_id is None else validate_id(session_id, field="session_id")
+        self.session_id = (
+            None if session_id is None else validate_id(session_id, field="session_id")
+        )
 
     def search_args(self) -> dict[str, Any]:
         return {
@@ -196,7 +198,10 @@ class RedisRecall:
         index = self._indexes.get(generation)
         if index is None:
             index = self._indexes[generation] = RedisVectorIndex(
-                self.client, prefix=self.reader.keys().prefix, generation=generation, model=self.model
+                self.client,
+                prefix=self.reader.keys().prefix,
+                generation=generation,
+                model=self.model,
             )
         return index
 
