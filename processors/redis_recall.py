@@ -186,7 +186,7 @@ class RedisRecall:
         request = RecallRequest(user_id, query, tenant, k, session_id)
         [vector] = self.embedder.embed([request.query])
         keys = self.reader.keys()
-        hits = self._index(keys.generation).search(vector, **request.search_args())
+        hits = self._index(keys).search(vector, **request.search_args())
         with redis_errors():
             pipe = self.reader.client.pipeline(transaction=False)
             sessions = request.queue_checks(pipe, keys, hits)
@@ -194,14 +194,12 @@ class RedisRecall:
         entries, erased = request.checked(sessions, replies)
         return request.opened(hits, entries, erased, self.opener)
 
-    def _index(self, generation: str) -> RedisVectorIndex:
-        index = self._indexes.get(generation)
+    def _index(self, keys: KeySpace) -> RedisVectorIndex:
+        """The live generation's index (one per generation seen: a replay flips it)."""
+        index = self._indexes.get(keys.generation)
         if index is None:
-            index = self._indexes[generation] = RedisVectorIndex(
-                self.client,
-                prefix=self.reader.keys().prefix,
-                generation=generation,
-                model=self.model,
+            index = self._indexes[keys.generation] = RedisVectorIndex(
+                self.client, prefix=keys.prefix, generation=keys.generation, model=self.model
             )
         return index
 

@@ -435,3 +435,20 @@ def test_the_gateway_recalls_for_the_authenticated_caller_only(settings, history
         ).json()
         assert all(RECALL_OPEN not in m["content"] for m in tight["messages"])
         assert tight["messages"][-1]["content"] == QUESTION
+
+
+def test_a_gateway_without_recall_says_so(gateway):
+    """The shared gateway runs with CHATLOG_RECALL unset: no route, and a clear 400."""
+    headers = gateway.auth(BOB)
+    with httpx.Client(base_url=gateway.url, timeout=60) as http:
+        assert "/v1/recall" not in http.get("/openapi.json").json()["paths"]
+        assert http.get("/v1/recall", params={"q": QUESTION}, headers=headers).status_code == 404
+        session = http.post("/v1/sessions", headers=headers).json()["session_id"]
+        refused = http.get(
+            f"/v1/sessions/{session}/context", params={"recall": QUESTION}, headers=headers
+        )
+        assert refused.status_code == 400
+        assert "CHATLOG_RECALL" in refused.json()["error"]["message"]
+        served = http.get(f"/v1/sessions/{session}/context", headers=headers)
+        assert served.status_code == 200
+        assert served.json()["recalled"] == []

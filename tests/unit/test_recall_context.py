@@ -13,7 +13,6 @@ from chatlog.projections.context import (
     RECALL_CLOSE,
     RECALL_LABEL,
     RECALL_OPEN,
-    Context,
     approx_tokens,
     render_recalled,
 )
@@ -25,29 +24,10 @@ from chatlog.projections.recall import (
     check_k,
     recall_query,
 )
-from chatlog.projections.view import Message, SessionStatus
+from chatlog.projections.view import Message
 from chatlog.schemas.errors import InvalidInput
 from chatlog.schemas.position import Position
-
-
-def m(offset: int, role: str = "user", content: str = "x" * 40) -> Message:
-    return Message(offset, f"m{offset}", role, content, offset * 1000)
-
-
-def ctx(messages, *, summary=None, window=3, session="s") -> Context:
-    return Context(
-        session_id=session,
-        user_id="u",
-        title=None,
-        status=SessionStatus.OPEN,
-        summary=summary,
-        summary_through=-1,
-        messages=tuple(messages),
-        window_size=window,
-        position=Position(0, messages[-1].offset if messages else 0),
-        message_count=len(messages),
-        updated_at_ms=0,
-    )
+from tests.unit.test_context import ctx, m
 
 
 def turn(
