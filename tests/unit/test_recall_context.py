@@ -27,6 +27,7 @@ from chatlog.projections.recall import (
 from chatlog.projections.view import Message
 from chatlog.schemas.errors import InvalidInput
 from chatlog.schemas.position import Position
+from tests.injection_corpus import TEXT_ATTEMPTS, check_openai_prompt
 from tests.unit.test_context import ctx, m
 
 
@@ -168,3 +169,19 @@ def test_a_recalled_turn_is_made_from_its_hit_and_opened_message():
         "position": "2:12",
         "occurred_at": "2025-11-24T16:00:00.123+00:00",
     }
+
+
+@pytest.mark.parametrize("attempt", TEXT_ATTEMPTS, ids=lambda a: a.name)
+def test_every_attempt_of_the_corpus_recalled_stays_a_closed_quote(attempt):
+    context = ctx([m(1)]).with_recalled([turn("a", content=attempt.content), turn("b")])
+    rendered = context.to_openai(system="You are a shop assistant.")
+    check_openai_prompt(rendered, system="You are a shop assistant.")
+    [block] = [r for r in rendered if r["content"].startswith(RECALL_LABEL)]
+    assert block["role"] == "user"
+    body = block["content"].removeprefix(f"{RECALL_LABEL}\n{RECALL_OPEN}\n")
+    assert body.endswith(f"\n{RECALL_CLOSE}")
+    body = body.removesuffix(f"\n{RECALL_CLOSE}")
+    turns = re.findall(r"<turn [^<>]*>\n(.*?)\n</turn>", body, flags=re.DOTALL)
+    assert len(turns) == 2  # each turn's element closes where it should, no more
+    assert attempt.marker in turns[0]  # quoted, not dropped
+    assert re.search(f"[<>{_LOOKALIKE_ANGLES}]", turns[0]) is None
