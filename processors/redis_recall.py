@@ -10,11 +10,13 @@ How does one recall go?
    neighbours filtered by tenant and user (and session), one round trip, the messages
    still sealed (`chatlog.projections.redis_vectors`).
 3. One round trip to the read-model's Redis fetches the user's key entries and the
-   status of each session a hit is in. An erased user is refused with `Erased`, as a
-   read of their session is; a hit in an erased session is left out (the embedder may
-   not have deleted its vectors yet); a hit that is not the user's own is left out (the
-   filter already says so: the read rule, `chatlog.projections.access.visible`, is
-   applied again here, where the content is opened).
+   owner and status of each session a hit is in. An erased user is refused with
+   `Erased`, as a read of their session is. The read rule
+   (`chatlog.projections.access.visible`) is applied again here, where the content is
+   opened: a hit that is not the user's own is left out (the filter already says so),
+   and so is a hit in a session the read-model holds as erased (the embedder may not
+   have deleted its vectors yet) or as someone else's (the user wrote into another's
+   session past the claims: the projector refused it).
 4. The hits are opened with the owner's keys, as a session read opens its view
    (`ViewOpener`), and returned most relevant first as `RecalledTurn`s.
 
@@ -81,35 +83,42 @@ class RecallRequest:
         }
 
     def queue_checks(self, pipe: Any, keys: KeySpace, hits: Sequence[RecallHit]) -> list[str]:
-        """Queue the owner's key entries and each hit session's status; the sessions."""
+        """Queue the owner's key entries and each hit session's owner and status (as
+        the read-model holds them); the sessions."""
         sessions = list(dict.fromkeys(hit.session_id for hit in hits))
         pipe.hgetall(keys.user_keys(self.owner.tenant, self.owner.user_id))
         for session_id in sessions:
-            pipe.hget(keys.meta(session_id), "status")
+            pipe.hmget(keys.meta(session_id), "tenant", "user_id", "status")
         return sessions
 
     def checked(
         self, sessions: Sequence[str], replies: Sequence[Any]
     ) -> tuple[KeyEntries, set[str]]:
-        """The owner's key entries and the erased sessions among `sessions`, from the
-        replies to `queue_checks`."""
-        raw_entries, *statuses = replies
-        erased = {
-            session_id
-            for session_id, status in zip(sessions, statuses, strict=True)
-            if status is not None and text(status) == SessionStatus.ERASED.value
-        }
-        return entries_of(self.owner, raw_entries), erased
+        """The owner's key entries, and the sessions among `sessions` whose hits are
+        left out, from the replies to `queue_checks`: those the read-model holds as
+        erased, or as someone else's (a turn written into another's session, which the
+        projector refused). A session the read-model no longer holds (expired) is kept:
+        its turns are what recall is for."""
+        raw_entries, *metas = replies
+        refused = set()
+        for session_id, (tenant, user_id, status) in zip(sessions, metas, strict=True):
+            if status is None:
+                continue
+            owner = KeyScope(text(tenant), text(user_id))
+            erased = text(status) == SessionStatus.ERASED.value
+            if not visible(owner=owner, erased=erased, reader=self.owner):
+                refused.add(session_id)
+        return entries_of(self.owner, raw_entries), refused
 
     def opened(
         self,
         hits: Sequence[RecallHit],
         entries: KeyEntries,
-        erased: set[str],
+        refused: set[str],
         opener: ViewOpener,
     ) -> list[RecalledTurn]:
         """The hits the owner may see, opened with their keys: `entries` are the owner's,
-        `erased` the sessions that were erased."""
+        `refused` the sessions whose hits are left out (`checked`)."""
         if entries.erased_at is not None:
             opener.keyring.forget(self.owner)  # its keys are destroyed: drop the copies here
             raise Erased(
@@ -120,11 +129,8 @@ class RecallRequest:
         mine = [
             hit
             for hit in hits
-            if visible(
-                owner=KeyScope(hit.tenant, hit.user_id),
-                erased=hit.session_id in erased,
-                reader=self.owner,
-            )
+            if hit.session_id not in refused
+            and visible(owner=KeyScope(hit.tenant, hit.user_id), erased=False, reader=self.owner)
         ]
         messages: dict[tuple[str, str], Message] = {}
         for session_id in dict.fromkeys(hit.session_id for hit in mine):
@@ -191,8 +197,8 @@ class RedisRecall:
             pipe = self.reader.client.pipeline(transaction=False)
             sessions = request.queue_checks(pipe, keys, hits)
             replies = pipe.execute()
-        entries, erased = request.checked(sessions, replies)
-        return request.opened(hits, entries, erased, self.opener)
+        entries, refused = request.checked(sessions, replies)
+        return request.opened(hits, entries, refused, self.opener)
 
     def _index(self, keys: KeySpace) -> RedisVectorIndex:
         """The live generation's index (one per generation seen: a replay flips it)."""
@@ -249,8 +255,8 @@ class AsyncRedisRecall:
             pipe = self.reader.client.pipeline(transaction=False)
             sessions = request.queue_checks(pipe, keys, hits)
             replies = await pipe.execute()
-        entries, erased = request.checked(sessions, replies)
-        return request.opened(hits, entries, erased, self.opener)
+        entries, refused = request.checked(sessions, replies)
+        return request.opened(hits, entries, refused, self.opener)
 
     async def aclose(self) -> None:
         """Release the index's connections and what the embedder holds."""

@@ -98,3 +98,18 @@ def test_a_request_is_checked_before_anything_is_asked():
         request(query=" ")
     with pytest.raises(InvalidInput, match="k="):
         request(k=0)
+
+
+def test_the_sessions_left_out_are_the_erased_and_the_others_as_the_read_model_says():
+    sessions = ["mine", "erased", "bobs", "other-tenant", "expired"]
+    replies = [
+        {},  # the owner's key entries: none yet, not erased
+        [b"acme", b"alice", b"open"],
+        [b"acme", b"alice", b"erased"],
+        [b"acme", b"bob", b"open"],  # alice wrote into bob's session; the projector refused
+        [b"other", b"alice", b"closed"],
+        [None, None, None],  # gone from the read-model: its turns are what recall is for
+    ]
+    entries, refused = request().checked(sessions, replies)
+    assert entries.erased_at is None
+    assert refused == {"erased", "bobs", "other-tenant"}
