@@ -426,6 +426,11 @@ class Settings(BaseModel):
     embedding_api_key: SecretStr | None = Field(
         None, description="API key of the embeddings endpoint; unset: OPENAI_API_KEY, else none"
     )
+    embedding_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA that signed the embeddings endpoint's certificate; "
+        "unset: the usual CAs",
+    )
     embedding_send_dimension: bool = Field(
         False,
         description="ask the endpoint for vectors of CHATLOG_EMBEDDING_DIMENSION numbers "
@@ -644,7 +649,7 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _embedding_choice(self) -> Settings:
         if self.embedding_provider == "offline":
-            for name in ("embedding_base_url", "embedding_api_key"):
+            for name in ("embedding_base_url", "embedding_api_key", "embedding_ca_file"):
                 if getattr(self, name) is not None:
                     raise ValueError(
                         f"{self.env_name(name)} is set, but the embedding provider is "
@@ -682,6 +687,14 @@ class Settings(BaseModel):
                 f"CHATLOG_REDIS_CLUSTER=true needs CHATLOG_REDIS_URL to name one node of the "
                 f"cluster as redis://host:port or rediss://host:port (database 0 only), not "
                 f"{redacted_url(self.redis_url)!r}"
+            )
+        if self.redis_cluster and self.recall and self.recall_redis_url is None:
+            # The open-source query engine searches one node's keys: an index on a
+            # cluster would see a third of the turns on each master and answer partly.
+            raise ValueError(
+                "CHATLOG_RECALL=true with CHATLOG_REDIS_CLUSTER=true needs "
+                "CHATLOG_RECALL_REDIS_URL: the recall index lives on one Redis with the query "
+                "engine (Redis Stack or Redis 8, not a cluster); name it there"
             )
         return self
 

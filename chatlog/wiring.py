@@ -820,6 +820,7 @@ def embedder(settings: Settings) -> ResilientEmbedder:
             dimension=spec.dimension,
             timeout=settings.embedding_timeout_s,
             send_dimension=settings.embedding_send_dimension,
+            ca_file=None if settings.embedding_ca_file is None else str(settings.embedding_ca_file),
         )
     return ResilientEmbedder(
         model, batch_size=settings.embedding_batch_size, max_chars=settings.embedding_max_chars

@@ -14,6 +14,7 @@ asked for, since servers whose model cannot shorten refuse it.
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -58,6 +59,7 @@ class OpenAIEmbedder:
         dimension: int,
         timeout: float,
         send_dimension: bool = False,
+        ca_file: str | None = None,
     ) -> None:
         if not model:
             raise ConfigError("the embedding model is empty; name the model to use")
@@ -71,13 +73,19 @@ class OpenAIEmbedder:
         self.send_dimension = send_dimension
         self._base_url = base_url
         self._api_key = api_key
+        self._ca_file = ca_file
         self._client: openai.OpenAI | None = None
         self._async_client: openai.AsyncOpenAI | None = None
 
     def embed_batch(self, texts: Sequence[str]) -> EmbeddingBatch:
         """The endpoint's vectors of `texts`, in order."""
         if self._client is None:
-            self._client = openai.OpenAI(**self._client_options())
+            self._client = openai.OpenAI(
+                **self._client_options(),
+                http_client=None
+                if self._tls is None
+                else openai.DefaultHttpxClient(verify=self._tls),
+            )
         with self._errors():
             response = self._client.embeddings.create(**self._request(texts))
         return self._batch(response, texts)
@@ -85,7 +93,12 @@ class OpenAIEmbedder:
     async def aembed_batch(self, texts: Sequence[str]) -> EmbeddingBatch:
         """`embed_batch` for asyncio."""
         if self._async_client is None:
-            self._async_client = openai.AsyncOpenAI(**self._client_options())
+            self._async_client = openai.AsyncOpenAI(
+                **self._client_options(),
+                http_client=(
+                    None if self._tls is None else openai.DefaultAsyncHttpxClient(verify=self._tls)
+                ),
+            )
         with self._errors():
             response = await self._async_client.embeddings.create(**self._request(texts))
         return self._batch(response, texts)
@@ -102,6 +115,12 @@ class OpenAIEmbedder:
         if self._async_client is not None:
             await self._async_client.close()
             self._async_client = None
+
+    @property
+    def _tls(self) -> ssl.SSLContext | None:
+        """A private CA's context (CHATLOG_EMBEDDING_CA_FILE); None: httpx trusts the
+        usual CAs."""
+        return None if self._ca_file is None else ssl.create_default_context(cafile=self._ca_file)
 
     def _client_options(self) -> dict[str, Any]:
         return {
@@ -128,6 +147,7 @@ class OpenAIEmbedder:
             transient=RetryableEmbeddingError,
             timeout=EmbeddingTimeout,
             secret=self._api_key,
+            ca_setting="CHATLOG_EMBEDDING_CA_FILE",
             model=self.model,
         )
 

@@ -24,7 +24,7 @@ import redis
 from chatlog import wiring
 from chatlog.processors.summarizers import SummaryRequest, SummaryResult
 from chatlog.projections.view import Message
-from chatlog.schemas.errors import ConfigError, RetryableSummarizerError
+from chatlog.schemas.errors import ChatlogError, ConfigError, RetryableSummarizerError
 from chatlog.settings import Settings
 from dev.services import kafka_local
 from dev.services.redis_local import ensure_redis_server
@@ -283,3 +283,31 @@ def test_the_llm_endpoint_over_https_with_a_private_ca(certs):
         with pytest.raises(RetryableSummarizerError, match=r"not trusted.*CHATLOG_LLM_CA_FILE"):
             asyncio.run(summarize(untrusted))
     assert len(stub.requests) == 1  # the untrusted call never reached it
+
+
+def test_the_embeddings_endpoint_over_https_with_a_private_ca(certs):
+    ours, other = certs
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(ours.server_cert, ours.server_key)
+    with LlmStub(tls=server) as stub:
+        settings = Settings(
+            embedding_provider="openai",
+            embedding_base_url=stub.base_url,
+            embedding_ca_file=ours.ca,
+            embedding_api_key="sk-t",
+            embedding_send_dimension=True,  # the stand-in answers the size asked for
+        )
+        untrusted = settings.model_copy(update={"embedding_ca_file": other.ca})
+        trusted_embedder = wiring.embedder(settings)
+        try:
+            [vector] = trusted_embedder.embed(["hello"])
+            assert len(vector) == settings.embedding.dimension
+        finally:
+            trusted_embedder.close()
+        refused = wiring.embedder(untrusted)
+        try:
+            with pytest.raises(ChatlogError, match=r"not trusted.*CHATLOG_EMBEDDING_CA_FILE"):
+                refused.embed(["hello"])
+        finally:
+            refused.close()
+    assert len(stub.requests) == 1  # the untrusted calls never reached it

@@ -266,6 +266,10 @@ def test_the_spec_fills_in_what_is_known(provider, model, dimension, expected):
             {"CHATLOG_EMBEDDING_BASE_URL": "http://127.0.0.1:8000/v1"},
             "CHATLOG_EMBEDDING_BASE_URL is set, but the embedding provider is offline",
         ),
+        (
+            {"CHATLOG_EMBEDDING_CA_FILE": "/etc/ssl/private-ca.pem"},
+            "CHATLOG_EMBEDDING_CA_FILE is set, but the embedding provider is offline",
+        ),
         ({"CHATLOG_EMBEDDING_PROVIDER": "torch"}, "CHATLOG_EMBEDDING_PROVIDER='torch'"),
         ({"CHATLOG_EMBEDDING_BATCH_SIZE": "0"}, "CHATLOG_EMBEDDING_BATCH_SIZE"),
         ({"CHATLOG_EMBEDDING_TIMEOUT_S": "0"}, "CHATLOG_EMBEDDING_TIMEOUT_S"),
@@ -290,3 +294,11 @@ def test_the_embedding_api_key_is_masked_and_the_url_password_too():
     for text in (repr(settings), str(shown)):
         assert "sk-very-secret-42" not in text
         assert "hunter22" not in text
+
+
+def test_recall_on_a_redis_cluster_needs_a_recall_redis_of_its_own():
+    cluster = {"CHATLOG_REDIS_CLUSTER": "true", "CHATLOG_RECALL": "true"}
+    with pytest.raises(ConfigError, match="needs CHATLOG_RECALL_REDIS_URL"):
+        Settings.from_env(cluster)
+    own = Settings.from_env(cluster | {"CHATLOG_RECALL_REDIS_URL": "redis://127.0.0.1:6380/0"})
+    assert own.recall_redis == "redis://127.0.0.1:6380/0"
