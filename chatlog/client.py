@@ -459,12 +459,12 @@ class ChatLog:
 
         Never another user's or tenant's. A `session_id` that is not theirs (or is no
         longer in the read-model) raises `SessionNotFound`, as a read of it does; an
-        erased user, `Erased`. `InvalidInput`
-        for an empty query or one over 2,000 characters, or `k` outside 1 to 100;
-        `ConfigError` if recall is off (``CHATLOG_RECALL``); `RecallIndexLost` if the
-        index is gone (`chatlog replay` rebuilds it); `EmbeddingModelMismatch` if it was
-        built with another model. A search, not a read-your-writes read: a turn appended
-        a moment ago is found once the embedder has indexed it (docs/recall.md).
+        erased user, `Erased`. `InvalidInput` for an empty query or one over 2,000
+        characters, or `k` outside 1 to 100; `ConfigError` if recall is off
+        (``CHATLOG_RECALL``); `RecallIndexLost` if the index is gone (`chatlog replay`
+        rebuilds it); `EmbeddingModelMismatch` if it was built with another model. A
+        search, not a read-your-writes read: a turn appended a moment ago is found once
+        the embedder has indexed it (docs/recall.md).
         """
         recaller = _recaller_of(self.recaller)
         recall_query(query)
