@@ -75,6 +75,7 @@ class RecallRequest:
         )
 
     def search_args(self) -> dict[str, Any]:
+        """What the index's search is asked: whose turns, which session, how many."""
         return {
             "tenant": self.owner.tenant,
             "user_id": self.owner.user_id,
