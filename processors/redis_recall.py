@@ -21,7 +21,7 @@ How does one recall go?
    (`ViewOpener`), and returned most relevant first as `RecalledTurn`s.
 
 Recall is a search, not a read-your-writes read: the embedder indexes a turn when it
-reads it from the log, usually within a second of its append, so a turn appended a
+reads it from the log, some time after its append, so a turn appended a
 moment ago may not be found yet. The recent turns are in the session's window, which
 recall supplements (docs/recall.md). Whether a session given is the user's own is the
 client's check (`ChatLog.recall`), the one a session read makes.
