@@ -3,8 +3,8 @@
 The one import root. Its sub-packages are the layers (`chatlog.schemas`,
 `chatlog.producers`, `chatlog.projections`, `chatlog.processors`) and the integrations
 (`chatlog.integrations`); this module is the facade a chat back end imports: `ChatLog` /
-`AsyncChatLog` (append, context, sessions), `Settings`, the error tree and the values they
-return.
+`AsyncChatLog` (append, context, sessions, recall), `Settings`, the error tree and the
+values they return.
 
 Importing `chatlog` loads no network library: the clients that need confluent-kafka or
 redis (`ChatLog`, `AsyncChatLog` and the producers) are loaded on first use.
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatlog.distribution import DISTRIBUTION, installed_version
 from chatlog.projections.context import Context
+from chatlog.projections.recall import RecalledTurn
 from chatlog.projections.store import SessionEntry
 from chatlog.projections.view import Message
 from chatlog.schemas.errors import (
@@ -132,6 +133,7 @@ __all__ = [
     "ReadModelLost",
     "ReadTimeout",
     "RecallIndexLost",
+    "RecalledTurn",
     "Refused",
     "RetryableEmbeddingError",
     "RetryableSummarizerError",

@@ -12,6 +12,13 @@ tenant (``tenant=``, "default" unless given, on every call). Every read names th
 a session of another user or tenant is not found, exactly as a missing one; an append
 into it is refused (`OwnershipError`) before anything is published.
 
+With ``CHATLOG_RECALL=true`` (and `chatlog run embedder` filling the index), `recall`
+finds a user's earlier turns by meaning, across their sessions, and `context(...,
+recall=query)` adds them to the prompt as a quoted data block (docs/recall.md):
+
+    turns = log.recall("alice", "which order was late?", k=5)
+    context = log.context("session-42", user_id="alice", recall="which order was late?")
+
 `context(..., as_of=...)` answers what the bot saw at a past point, folded from the log
 itself (`KafkaHistory`), so it needs neither the projector nor Redis:
 
@@ -48,11 +55,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self, Unpack
+from typing import TYPE_CHECKING, Any, Self, Unpack
 
 from chatlog import wiring
 from chatlog.processors.audit import AuditTrail
@@ -62,6 +70,7 @@ from chatlog.processors.kafka_history import AsOfPoint, KafkaHistory
 from chatlog.producers.commands import MessageFields, new_event
 from chatlog.producers.kafka_producer import AsyncConversationProducer, ConversationProducer
 from chatlog.projections.context import Context
+from chatlog.projections.recall import MAX_K, RecalledTurn, check_k, recall_query
 from chatlog.projections.redis_claims import AsyncRedisSessionClaims, RedisSessionClaims
 from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
 from chatlog.projections.store import SessionEntry
@@ -74,6 +83,7 @@ from chatlog.schemas.errors import (
     InvalidInput,
     NotAudited,
     SessionNotFound,
+    Unavailable,
 )
 from chatlog.schemas.events import (
     ConversationEvent,
@@ -97,7 +107,12 @@ from chatlog.schemas.sealing import KeyScope
 from chatlog.settings import Settings
 from chatlog.task_commands import json_text, listed, must_publish, now_ms, task_id_of
 
+if TYPE_CHECKING:
+    from chatlog.processors.redis_recall_reader import AsyncRedisRecall, RedisRecall
+
 __all__ = ["AsyncChatLog", "ChatLog"]
+
+_log = logging.getLogger("chatlog.client")
 
 _ERASED_SESSION = "the session's erasure"  # what a `NotAudited` says was stored
 
@@ -204,6 +219,46 @@ def _as(audit: AuditTrail | None, principal: str | None) -> AuditTrail | None:
     return None if audit is None else audit.as_principal(principal)
 
 
+def _recaller_of(recaller: RedisRecall | AsyncRedisRecall | None) -> Any:
+    if recaller is None:
+        raise ConfigError(
+            "semantic recall is off: set CHATLOG_RECALL=true (with CHATLOG_RECALL_REDIS_URL "
+            "naming a Redis with the query engine) and run `chatlog run embedder` to fill "
+            "the recall index; or build the client with recall=wiring.recall(settings, reader)",
+            setting="CHATLOG_RECALL",
+        )
+    return recaller
+
+
+def _recall_asked(
+    query: str | None, k: int, recaller: RedisRecall | AsyncRedisRecall | None, as_of: object
+) -> Any:
+    """The recaller when a context read recalls too, else None; refuses a request it
+    could not honour before anything is read."""
+    if query is None:
+        return None
+    if as_of is not None:
+        raise InvalidInput(
+            "pass recall or as_of, not both: recall searches the index as it is now, as_of "
+            "reads the log as it was at a past point"
+        )
+    recall_query(query)
+    check_k(k)
+    return _recaller_of(recaller)
+
+
+def _recall_depth(k: int, context: Context) -> int:
+    """How many turns to ask the index for, so that `k` remain once those the context
+    holds are left out (the latest message, just appended, is the nearest of all)."""
+    return min(MAX_K, k + len(context.messages))
+
+
+def _recall_failed(context: Context, exc: Unavailable) -> Context:
+    # A prompt without recalled turns still works; the chat turn must not fail for it.
+    _log.warning("recall gave nothing for session %s: %s", context.session_id, exc.message)
+    return context.recall_failed(exc.message)
+
+
 def _history_for(history: KafkaHistory | None, after: Position | None) -> KafkaHistory:
     """Where an `as_of` read goes; refuses the combinations it cannot honour."""
     if after is not None:
@@ -238,9 +293,12 @@ class ChatLog:
         principal: str | None = None,
         claims: RedisSessionClaims | None = None,
         task_stall_s: float = 300.0,
+        recall: RedisRecall | None = None,
     ) -> None:
         self.producer = producer
         self.reader = reader
+        # Semantic recall (None: CHATLOG_RECALL is off, and `recall` says so).
+        self.recaller = recall
         self.read_timeout_s = read_timeout_s
         self.history = history
         self.eraser = eraser
@@ -280,6 +338,7 @@ class ChatLog:
             principal=principal,
             claims=wiring.claims(settings, reader.client),
             task_stall_s=settings.task_stall_s,
+            recall=wiring.recall(settings, reader),
         )
 
     def append(
@@ -333,11 +392,19 @@ class ChatLog:
         as_of: AsOfPoint | None = None,
         timeout: float | None = None,
         reveal: bool = False,
+        recall: str | None = None,
+        recall_k: int = 5,
     ) -> Context:
         """The session's summary and recent messages; waits for `after` if given.
 
         The session of `user_id` of `tenant`: anyone else's raises `SessionNotFound`,
         exactly as a session that does not exist.
+
+        With `recall` (a query: the user's latest message, say), up to `recall_k` earlier
+        turns of the user's, from any of their sessions, nearest to it in meaning and not
+        already in the context (`Context.recalled`; `to_openai` quotes them as data). If
+        the embedder or the index does not answer, the context comes without them and
+        `Context.recall_error` says why: the prompt still works.
 
         With `as_of` (an aware datetime, epoch milliseconds, or a `Position` meaning
         right after that event), the context as it was then, folded from the log: no
@@ -349,6 +416,7 @@ class ChatLog:
         key: for the owner's own views (a receipt, a form to fill), never for a prompt.
         Once the owner is erased nothing reveals it.
         """
+        recaller = _recall_asked(recall, recall_k, self.recaller, as_of)
         if as_of is not None:
             history = _history_for(self.history, after)
             return history.context(
@@ -359,7 +427,7 @@ class ChatLog:
                 timeout=timeout,
                 reveal=reveal,
             )
-        return self.reader.context(
+        context = self.reader.context(
             session_id,
             user_id=user_id,
             tenant=tenant,
@@ -367,6 +435,48 @@ class ChatLog:
             timeout=self.read_timeout_s if timeout is None else timeout,
             reveal=reveal,
         )
+        if recaller is None:
+            return context
+        try:
+            turns = recaller.recall(
+                user_id, recall, tenant=tenant, k=_recall_depth(recall_k, context)
+            )
+        except Unavailable as exc:
+            return _recall_failed(context, exc)
+        return context.with_recalled(turns, k=recall_k)
+
+    def recall(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        k: int = 5,
+        session_id: str | None = None,
+        tenant: str = "default",
+    ) -> list[RecalledTurn]:
+        """The `k` earlier turns of `user_id` of `tenant` nearest in meaning to `query`,
+        most relevant first: from all their sessions, or from `session_id` only.
+
+        Never another user's or tenant's. A `session_id` that is not theirs (or is no
+        longer in the read-model) raises `SessionNotFound`, as a read of it does; an
+        erased user, `Erased`. `InvalidInput` for an empty query or one over 2,000
+        characters, or `k` outside 1 to 100; `ConfigError` if recall is off
+        (``CHATLOG_RECALL``); `RecallIndexLost` if the index is gone (`chatlog replay`
+        rebuilds it); `EmbeddingModelMismatch` if it was built with another model. A
+        search, not a read-your-writes read: a turn appended a moment ago is found once
+        the embedder has indexed it (docs/recall.md).
+        """
+        recaller = _recaller_of(self.recaller)
+        recall_query(query)
+        check_k(k)
+        if session_id is not None:
+            # The read rule, as a read of the session applies it (the read-model only: a
+            # refusal must not cost a scan of the log).
+            self.reader.context(session_id, user_id=user_id, tenant=tenant)
+        turns: list[RecalledTurn] = recaller.recall(
+            user_id, query, tenant=tenant, k=k, session_id=session_id
+        )
+        return turns
 
     def sessions(
         self, user_id: str, *, tenant: str = "default", limit: int = 50
@@ -644,6 +754,8 @@ class ChatLog:
             self.reader.client.close()
             if self.audit is not None:
                 self.audit.close()
+            if self.recaller is not None:
+                self.recaller.close()
 
     def __enter__(self) -> Self:
         return self
@@ -673,9 +785,12 @@ class AsyncChatLog:
         principal: str | None = None,
         claims: AsyncRedisSessionClaims | None = None,
         task_stall_s: float = 300.0,
+        recall: AsyncRedisRecall | None = None,
     ) -> None:
         self.producer = producer
         self.reader = reader
+        # Semantic recall (None: CHATLOG_RECALL is off, and `recall` says so).
+        self.recaller = recall
         self.read_timeout_s = read_timeout_s
         self.history = history
         self.eraser = eraser
@@ -714,6 +829,7 @@ class AsyncChatLog:
             principal=principal,
             claims=wiring.async_claims(settings, reader.client),
             task_stall_s=settings.task_stall_s,
+            recall=wiring.async_recall(settings, reader),
         )
 
     async def append(
@@ -768,13 +884,16 @@ class AsyncChatLog:
         as_of: AsOfPoint | None = None,
         timeout: float | None = None,
         reveal: bool = False,
+        recall: str | None = None,
+        recall_k: int = 5,
     ) -> Context:
         """The session's summary and recent messages; waits for `after` if given.
 
         `as_of` reads the context as it was at a past point, as `ChatLog.context` does;
-        the blocking read of the log runs in a worker thread. `tenant` and `reveal` as
-        in `ChatLog.context`.
+        the blocking read of the log runs in a worker thread. `tenant`, `reveal`,
+        `recall` and `recall_k` as in `ChatLog.context`.
         """
+        recaller = _recall_asked(recall, recall_k, self.recaller, as_of)
         if as_of is not None:
             history = _history_for(self.history, after)
             return await asyncio.to_thread(
@@ -786,7 +905,7 @@ class AsyncChatLog:
                 timeout=timeout,
                 reveal=reveal,
             )
-        return await self.reader.context(
+        context = await self.reader.context(
             session_id,
             user_id=user_id,
             tenant=tenant,
@@ -794,6 +913,35 @@ class AsyncChatLog:
             timeout=self.read_timeout_s if timeout is None else timeout,
             reveal=reveal,
         )
+        if recaller is None:
+            return context
+        try:
+            turns = await recaller.recall(
+                user_id, recall, tenant=tenant, k=_recall_depth(recall_k, context)
+            )
+        except Unavailable as exc:
+            return _recall_failed(context, exc)
+        return context.with_recalled(turns, k=recall_k)
+
+    async def recall(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        k: int = 5,
+        session_id: str | None = None,
+        tenant: str = "default",
+    ) -> list[RecalledTurn]:
+        """`ChatLog.recall`, awaited (an in-process model embeds in a worker thread)."""
+        recaller = _recaller_of(self.recaller)
+        recall_query(query)
+        check_k(k)
+        if session_id is not None:
+            await self.reader.context(session_id, user_id=user_id, tenant=tenant)
+        turns: list[RecalledTurn] = await recaller.recall(
+            user_id, query, tenant=tenant, k=k, session_id=session_id
+        )
+        return turns
 
     async def sessions(
         self, user_id: str, *, tenant: str = "default", limit: int = 50
@@ -1033,6 +1181,8 @@ class AsyncChatLog:
             await self.reader.client.aclose()
             if self.audit is not None:
                 await asyncio.to_thread(self.audit.close)
+            if self.recaller is not None:
+                await self.recaller.aclose()
 
     async def __aenter__(self) -> Self:
         return self

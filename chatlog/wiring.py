@@ -87,12 +87,14 @@ from chatlog.settings import Settings
 if TYPE_CHECKING:
     from chatlog.processors.faust_summarizer import FaustSummarizer
     from chatlog.processors.redis_recall import RedisRecallGenerations
+    from chatlog.processors.redis_recall_reader import AsyncRedisRecall, RedisRecall
     from chatlog.prom_metrics import Collector, MetricsServer
 
 __all__ = [
     "admin_client",
     "async_claims",
     "async_reader",
+    "async_recall",
     "async_redis_client",
     "audit_trail",
     "audit_writer",
@@ -116,6 +118,7 @@ __all__ = [
     "producer",
     "projector",
     "reader",
+    "recall",
     "redaction_policy",
     "redis_answers",
     "redis_client",
@@ -780,6 +783,31 @@ def async_reader(settings: Settings) -> AsyncRedisReader:
         count_tokens=token_counter(settings),
         summary_role=SummaryRole(settings.summary_role),
         opener=view_opener(settings),
+    )
+
+
+def recall(settings: Settings, reader: RedisReader) -> RedisRecall | None:
+    """Recall over the recall index (``CHATLOG_RECALL_REDIS_URL``) of `reader`'s live
+    generation, embedding queries as the settings say; None while ``CHATLOG_RECALL`` is
+    off. Needs the recall extra."""
+    if not settings.recall:
+        return None
+    from chatlog.processors.redis_recall_reader import RedisRecall  # noqa: PLC0415 - the recall extra
+
+    client = redis_client(settings, url=settings.recall_redis)
+    return RedisRecall(client, reader=reader, embedder=embedder(settings))
+
+
+def async_recall(settings: Settings, reader: AsyncRedisReader) -> AsyncRedisRecall | None:
+    """`recall` for asyncio callers."""
+    if not settings.recall:
+        return None
+    from chatlog.processors.redis_recall_reader import AsyncRedisRecall  # noqa: PLC0415
+
+    return AsyncRedisRecall(
+        async_redis_client(settings, url=settings.recall_redis),
+        reader=reader,
+        embedder=embedder(settings),
     )
 
 

@@ -20,7 +20,13 @@ deletes it, and a user's erasure mark keeps any late write of theirs out
 
 The model that made the vectors is recorded with the index (`EmbeddingModel`): vectors of
 two models are not comparable, so an index is refused by a process whose settings name
-another (`model_mismatch`). Pure: no I/O.
+another (`model_mismatch`).
+
+What a caller gets back is a `RecalledTurn`: a hit opened with its owner's keys, with the
+score and the turn's place in the log, and nothing of the index's own (no vector, no
+tenant: it is always the caller's). The rules a recall request must meet before anything
+is embedded (`recall_query`, `check_k`) are here too, so every path (the client, the
+gateway, the CLI, the LangChain retriever) refuses alike. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -29,25 +35,39 @@ import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from chatlog.projections.view import Message
 from chatlog.schemas.errors import EmbeddingModelMismatch, InvalidInput
+from chatlog.schemas.events import from_epoch_millis
 from chatlog.schemas.position import Position
 
 __all__ = [
     "ALGORITHMS",
+    "MAX_K",
+    "MAX_QUERY_CHARS",
     "Algorithm",
     "EmbeddingModel",
     "IndexedTurn",
     "RecallHit",
+    "RecalledTurn",
+    "check_k",
     "model_mismatch",
+    "recall_query",
     "vector_bytes",
 ]
 
 Algorithm = Literal["HNSW", "FLAT"]
 ALGORITHMS: tuple[Algorithm, ...] = ("HNSW", "FLAT")
 _MAX_DIMENSION = 8192  # above every embedding model in use; a typo beyond it
+MAX_K = 100  # a prompt holds a handful of recalled turns; more is a mistake
+# A query is a question or one chat message, not a document. Longer, a static model's
+# average of token vectors blurs toward no topic at all; 2,000 characters (about 500
+# tokens) is also within every embedding model's input (the turns' own cut,
+# CHATLOG_EMBEDDING_MAX_CHARS, is 8,000 by default, 2,000 for 512-token models), so a
+# query is never silently cut; and it bounds the work one HTTP request may ask for.
+MAX_QUERY_CHARS = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +160,64 @@ def vector_bytes(vector: Sequence[float], model: EmbeddingModel) -> bytes:
     if array("f", [1.0]).tobytes() != b"\x00\x00\x80?":  # pragma: no cover - big-endian host
         packed.byteswap()
     return packed.tobytes()
+
+
+@dataclass(frozen=True, slots=True)
+class RecalledTurn:
+    """An earlier turn of the caller's that a recall found, opened: `score` is the cosine
+    similarity to the query (1: same direction), `position` where the turn is in the log."""
+
+    session_id: str
+    message_id: str
+    role: str
+    content: str
+    score: float
+    position: Position
+    occurred_at: datetime
+
+    @classmethod
+    def of(cls, hit: RecallHit, opened: Message) -> RecalledTurn:
+        """The turn `hit` found, with `opened`, its message opened with its owner's keys."""
+        return cls(
+            session_id=hit.session_id,
+            message_id=opened.message_id,
+            role=opened.role,
+            content=opened.content,
+            score=hit.score,
+            position=hit.position,
+            occurred_at=from_epoch_millis(opened.occurred_at_ms),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The turn as JSON-ready values (the gateway's and the CLI's shape)."""
+        return {
+            "session_id": self.session_id,
+            "message_id": self.message_id,
+            "role": self.role,
+            "content": self.content,
+            "score": round(self.score, 6),
+            "position": str(self.position),
+            "occurred_at": self.occurred_at.isoformat(timespec="milliseconds"),
+        }
+
+
+def recall_query(query: object) -> str:
+    """`query` if a recall may embed it: text, not blank, at most `MAX_QUERY_CHARS`."""
+    if not isinstance(query, str):
+        raise InvalidInput(f"a recall query must be text, not {type(query).__name__}")
+    if not query.strip():
+        raise InvalidInput("the recall query is empty: pass the question or message to recall for")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidInput(
+            f"the recall query has {len(query)} characters, over {MAX_QUERY_CHARS}: pass the "
+            f"question or the latest message, not a document",
+            length=len(query),
+        )
+    return query
+
+
+def check_k(k: object) -> int:
+    """`k` if it is a number of turns a recall may return: 1 to `MAX_K`."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k={k!r}: ask for 1 to {MAX_K} recalled turns")
+    return k

@@ -71,10 +71,12 @@ from chatlog.projections.epochs import LOST, StartVerdict, assess_start, lost_ep
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.recall import (
     ALGORITHMS,
+    MAX_K,
     Algorithm,
     EmbeddingModel,
     IndexedTurn,
     RecallHit,
+    check_k,
     model_mismatch,
     vector_bytes,
 )
@@ -82,6 +84,7 @@ from chatlog.projections.redis_store import redis_errors, text, text_map
 
 __all__ = [
     "DEFAULT_ALGORITHM",
+    "MAX_K",
     "ApplyResult",
     "AsyncRedisVectorSearch",
     "IndexState",
@@ -92,7 +95,6 @@ __all__ = [
 ]
 
 DEFAULT_ALGORITHM: Algorithm = "FLAT"
-MAX_K = 100  # a prompt holds a handful of recalled turns; more is a mistake
 _DELETE_BATCH = 1000
 # What a search returns of each document: never the vector.
 _RETURNED = ("tenant", "user", "session", "partition", "doc")
@@ -249,8 +251,7 @@ class _Knn:
     def command(
         self, vector: Sequence[float], *, tenant: str, user_id: str, session_id: str | None, k: int
     ) -> list[Any]:
-        if not 1 <= k <= MAX_K:
-            raise InvalidInput(f"k={k}: ask for 1 to {MAX_K} recalled turns")
+        check_k(k)
         query = VectorQuery(
             vector=vector_bytes(vector, self.model),
             vector_field_name="vector",
@@ -269,18 +270,22 @@ class _Knn:
             *params,
         ]
 
-    def refuse(self, meta: Mapping[Any, Any]) -> None:
-        """Raise what the metadata says of an index that refused a search: a query vector
-        of another size than the index's is another model (`EmbeddingModelMismatch`)."""
-        _check(IndexState(self.keys.generation, exists=True, meta=text_map(dict(meta))), self.model)
-
-    def hits(self, meta: Mapping[Any, Any], reply: Any | None) -> list[RecallHit]:
-        """The hits of a search's reply (None: Redis answered that the index does not
-        exist), once the metadata read beside it says the index may be used."""
+    def hits(self, meta: Any, reply: Any) -> list[RecallHit]:
+        """The hits of a search's reply, once the metadata read beside it says the index
+        may be used (the pipeline's replies, errors in place: a query the index refuses,
+        such as a vector of another size, is answered by what the metadata says first,
+        another model or a lost index, and only then raised)."""
+        if isinstance(meta, Exception):
+            raise meta
+        refused = isinstance(reply, redis.ResponseError)
+        if refused and _is_missing_index(reply):
+            reply = None
         state = IndexState(
             self.keys.generation, exists=reply is not None, meta=text_map(dict(meta))
         )
         _check(state, self.model)
+        if refused:
+            raise reply
         assert reply is not None  # _check refused an index that does not exist
         hits = []
         for doc in _documents(reply):
@@ -314,14 +319,15 @@ def _check(state: IndexState, model: EmbeddingModel) -> None:
     if state.problem is not None:
         raise RecallIndexLost(
             f"the recall index of generation {state.generation} was lost: {state.problem}; "
-            f"a replay rebuilds it from the log",
+            f"a replay rebuilds it from the log (`chatlog replay`)",
             generation=state.generation,
         )
     built_with = state.model
     if built_with is None:
         raise RecallIndexLost(
-            f"Redis holds no recall index for generation {state.generation}: no indexer has "
-            f"built it yet, or Redis lost it",
+            f"Redis holds no recall index for generation {state.generation}: no embedder has "
+            f"built it yet (is `chatlog run embedder` running?), or Redis lost it (`chatlog "
+            f"replay` rebuilds it)",
             generation=state.generation,
         )
     mismatch = model_mismatch(state.generation, built_with, model)
@@ -502,14 +508,8 @@ class RedisVectorIndex:
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.keys.recall_meta)
             _command(pipe, *command)
-            try:
-                meta, reply = pipe.execute()
-            except redis.ResponseError as exc:
-                meta, reply = self.client.hgetall(self.keys.recall_meta), None
-                if not _is_missing_index(exc):
-                    self._knn.refuse(meta)
-                    raise
-        return self._knn.hits(meta, reply)
+            meta, reply = pipe.execute(raise_on_error=False)
+            return self._knn.hits(meta, reply)
 
     def info(self) -> dict[str, Any]:
         """FT.INFO of the index (documents, memory), for the operator and the benchmark."""
@@ -551,14 +551,8 @@ class AsyncRedisVectorSearch:
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.keys.recall_meta)
             _command(pipe, *command)
-            try:
-                meta, reply = await pipe.execute()
-            except redis.ResponseError as exc:
-                meta, reply = await self.client.hgetall(self.keys.recall_meta), None
-                if not _is_missing_index(exc):
-                    self._knn.refuse(meta)
-                    raise
-        return self._knn.hits(meta, reply)
+            meta, reply = await pipe.execute(raise_on_error=False)
+            return self._knn.hits(meta, reply)
 
 
 def recall_generations(client: redis.Redis, *, prefix: str) -> list[str]:

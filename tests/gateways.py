@@ -109,6 +109,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/me/export"): Route(on_session=False),
     ("GET", "/v1/tasks"): Route(on_session=False, params={"limit": "200"}),
     ("GET", "/v1/sessions/{session_id}/tasks"): Route(on_session=True),
+    # Served only with CHATLOG_RECALL=true.
+    ("GET", "/v1/recall"): Route(on_session=False, params={"q": "intruder"}),
 }
 
 SUCCESS = frozenset({200, 201, 202, 204})

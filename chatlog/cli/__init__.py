@@ -8,6 +8,7 @@ usage error (`chatlog.cli.common.exit_status`). This module is the parser and th
 dispatcher; each command group adds its own commands and handlers:
 
 - `chatlog.cli.read`: `publish`, `redact`, `context`, `sessions`, `tail`
+- `chatlog.cli.recall`: `recall` (semantic recall of a user's earlier turns)
 - `chatlog.cli.run`: `run projector`, `run summarizer`
 - `chatlog.cli.replay`: `replay` (rebuild, `--verify`)
 - `chatlog.cli.admin`: `topics create`, `topics check`, `keys new-master-key`, `keys
@@ -27,7 +28,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chatlog.cli import admin, health, privacy, read, replay, run, serve
+from chatlog.cli import admin, health, privacy, read, recall, replay, run, serve
 from chatlog.cli.common import exit_status
 from chatlog.cli.output import print_result
 from chatlog.logs import LogFormat, setup_logging
@@ -79,6 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (read, run, replay, admin, privacy, serve, health):
+    for group in (read, recall, run, replay, admin, privacy, serve, health):
         group.add_commands(commands, common)
     return parser

@@ -61,7 +61,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_commands",
+    "add_tenant",
     "as_of_argument",
+    "audit_read",
     "context",
     "parse_as_of",
     "publish",
@@ -83,7 +85,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     publish_command.add_argument("--role", required=True, choices=[r.value for r in Role])
     publish_command.add_argument("--content", required=True, help="the message text")
     publish_command.add_argument("--name", help="author name (for tool or multi-agent messages)")
-    _add_tenant(publish_command)
+    add_tenant(publish_command)
     publish_command.set_defaults(handler=publish)
 
     redact_command = commands.add_parser(
@@ -95,7 +97,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     redact_command.add_argument("--message", required=True, help="the message id to redact")
     redact_command.add_argument("--user", required=True, help="user id (the session's owner)")
     redact_command.add_argument("--reason", help="why (kept sealed in the log)")
-    _add_tenant(redact_command)
+    add_tenant(redact_command)
     redact_command.set_defaults(handler=redact)
 
     context_command = commands.add_parser(
@@ -103,7 +105,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     context_command.add_argument("session", help="session id")
     context_command.add_argument("--user", required=True, help="the reading user (must own it)")
-    _add_tenant(context_command)
+    add_tenant(context_command)
     when = context_command.add_mutually_exclusive_group()
     when.add_argument(
         "--after", metavar="P:O", help="wait until the projection has applied this position"
@@ -134,7 +136,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     sessions_command.add_argument("user", help="user id")
     sessions_command.add_argument("--limit", type=positive_int, default=50, metavar="N")
-    _add_tenant(sessions_command)
+    add_tenant(sessions_command)
     sessions_command.set_defaults(handler=sessions)
 
     tasks_command = commands.add_parser(
@@ -147,7 +149,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     tasks_command.add_argument(
         "--limit", type=positive_int, default=50, metavar="N", help="sessions looked at"
     )
-    _add_tenant(tasks_command)
+    add_tenant(tasks_command)
     tasks_command.set_defaults(handler=tasks)
 
     tail_command = commands.add_parser(
@@ -163,7 +165,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="show the session whoever owns it: an operator's read, recorded as such",
     )
-    _add_tenant(tail_command)
+    add_tenant(tail_command)
     tail_command.add_argument(
         "--no-follow",
         dest="follow",
@@ -173,7 +175,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
     tail_command.set_defaults(handler=tail)
 
 
-def _add_tenant(command: argparse.ArgumentParser) -> None:
+def add_tenant(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--tenant", default="default", metavar="T", help="the tenant of the user (default: default)"
     )
@@ -220,7 +222,7 @@ def context(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | No
     if getattr(args, "as_of", None) is not None:
         return _context_as_of(args, settings)
     after = Position.parse(args.after) if args.after is not None else None
-    _audit_read(settings, session_id=args.session, user_id=args.user, details={"via": "context"})
+    audit_read(settings, session_id=args.session, user_id=args.user, details={"via": "context"})
     reader = wiring.reader(settings)
     try:
         ctx = reader.context(
@@ -240,7 +242,7 @@ def _context_as_of(args: argparse.Namespace, settings: Settings) -> dict[str, An
 
     An operator's read of any user's past: audited before anything is read.
     """
-    _audit_read(
+    audit_read(
         settings,
         session_id=args.session,
         user_id=args.user,
@@ -334,7 +336,7 @@ def _as_of_text(as_of: AsOf) -> str:
 def sessions(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]] | None:
     """`chatlog sessions`: the user's sessions, most recently active first (audited: the
     operator names any user)."""
-    _audit_read(settings, user_id=args.user, details={"via": "sessions"})
+    audit_read(settings, user_id=args.user, details={"via": "sessions"})
     reader = wiring.reader(settings)
     try:
         entries = reader.sessions(args.user, tenant=args.tenant, limit=args.limit)
@@ -355,7 +357,7 @@ def sessions(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any
 def tasks(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]] | None:
     """`chatlog tasks`: the user's tasks with their status now (`stalled` included),
     newest first (audited, as `sessions`)."""
-    _audit_read(settings, user_id=args.user, session_id=args.session, details={"via": "tasks"})
+    audit_read(settings, user_id=args.user, session_id=args.session, details={"via": "tasks"})
     reader = wiring.reader(settings)
     try:
         if args.session is not None:
@@ -385,7 +387,7 @@ def tasks(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]] 
 # -- tail ---------------------------------------------------------------------------
 
 
-def _audit_read(
+def audit_read(
     settings: Settings,
     *,
     details: dict[str, object],
@@ -415,7 +417,7 @@ def tail(args: argparse.Namespace, settings: Settings) -> None:
 
     For `--user` only if the session is theirs (another user's answers as a missing one
     does); with `--operator`, whoever owns it. Audited first either way."""
-    _audit_read(
+    audit_read(
         settings,
         session_id=args.session,
         user_id=args.user,

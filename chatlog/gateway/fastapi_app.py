@@ -38,6 +38,7 @@ from chatlog.gateway.tokens import TokenIssuer
 from chatlog.processors.kafka_lag import KafkaTopicEnds
 from chatlog.processors.projector_stats import records_behind
 from chatlog.projections.context import Context
+from chatlog.projections.recall import MAX_K, MAX_QUERY_CHARS
 from chatlog.schemas.errors import ChatlogError
 from chatlog.schemas.events import MAX_TITLE_CHARS, Role
 from chatlog.schemas.ids import new_id, validate_id
@@ -175,6 +176,15 @@ def _context_dict(context: Context) -> dict[str, Any]:
         "position": str(context.position),
         "message_count": context.message_count,
         "updated_at_ms": context.updated_at_ms,
+        **_recall_dict(context),
+    }
+
+
+def _recall_dict(context: Context) -> dict[str, Any]:
+    """What a context read that recalled says of it: the turns, or why there are none."""
+    return {
+        "recalled": [turn.to_dict() for turn in context.recalled],
+        "recall_error": context.recall_error,
     }
 
 
@@ -218,11 +228,31 @@ Caller = Annotated[Principal, Depends(limited(_principal))]  # counted by the ra
 
 
 async def own_context(
-    log: AsyncChatLog, session_id: str, caller: Principal, after: Position | None
+    log: AsyncChatLog,
+    session_id: str,
+    caller: Principal,
+    after: Position | None,
+    *,
+    recall: str | None = None,
+    recall_k: int = 5,
 ) -> Context:
-    """The caller's session's context; another user's or tenant's answers as a missing
-    one (the library's read rule: `SessionNotFound` either way)."""
-    return await log.context(session_id, user_id=caller.user_id, tenant=caller.tenant, after=after)
+    """The caller's session's context (with turns recalled for `recall`); another user's
+    or tenant's answers as a missing one (the library's read rule: `SessionNotFound`
+    either way)."""
+    if recall is not None and log.recaller is None:
+        raise HTTPException(
+            400,
+            "semantic recall is not enabled on this server (CHATLOG_RECALL): read the "
+            "context without recall",
+        )
+    return await log.context(
+        session_id,
+        user_id=caller.user_id,
+        tenant=caller.tenant,
+        after=after,
+        recall=recall,
+        recall_k=recall_k,
+    )
 
 
 def create_app(
@@ -251,6 +281,7 @@ def create_app(
     from chatlog.gateway.fastapi_lifecycle import lifecycle_routes  # noqa: PLC0415
     from chatlog.gateway.fastapi_live import live_routes  # noqa: PLC0415
     from chatlog.gateway.fastapi_me import me_routes  # noqa: PLC0415
+    from chatlog.gateway.fastapi_recall import recall_routes  # noqa: PLC0415
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -277,6 +308,7 @@ def create_app(
     app.include_router(live_routes(log, stopping=stopping))
     app.include_router(lifecycle_routes(log))
     app.include_router(me_routes(log))
+    app.include_router(recall_routes(log))
     _add_health_routes(app, log, lag)
     app.include_router(page_router(dev_issuer=dev_issuer))
     return _BodyLimit(app, limit=max_body_bytes)
@@ -369,20 +401,37 @@ def _add_session_routes(app: FastAPI, log: AsyncChatLog, bot: Bot | None) -> Non
     async def read_context(
         session_id: str,
         caller: Caller,
+        *,
         after: Annotated[str | None, Query(description="P:O: wait until applied")] = None,
         max_tokens: Annotated[int | None, Query(ge=1, le=10_000_000)] = None,
         format: Annotated[Literal["openai"] | None, Query()] = None,
+        recall: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=MAX_QUERY_CHARS,
+                description="add the caller's earlier turns nearest to this text",
+            ),
+        ] = None,
+        recall_k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
     ) -> dict[str, Any]:
         """The session's context; with ``after`` (a position an append returned), once
         the projector has applied it (read-your-writes). ``format=openai`` gives the
-        ``messages`` for a chat completion, trimmed to ``max_tokens``."""
-        context = await own_context(log, session_id, caller, _position(after))
+        ``messages`` for a chat completion, trimmed to ``max_tokens``. With ``recall``
+        (the latest message, say), up to ``recall_k`` earlier turns of the caller's from
+        any of their sessions, nearest to it in meaning and not already in the context
+        (``recalled``; in ``messages`` as one quoted data block). If recall does not
+        answer, ``recall_error`` says why and the context comes without them."""
+        context = await own_context(
+            log, session_id, caller, _position(after), recall=recall, recall_k=recall_k
+        )
         if format == "openai":
             return {
                 "session_id": context.session_id,
                 "position": str(context.position),
                 "summary_withheld": context.summary_withheld,
                 "messages": context.to_openai(max_tokens=max_tokens),
+                **_recall_dict(context),
             }
         return _context_dict(context)
 
