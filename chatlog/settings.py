@@ -403,6 +403,7 @@ class Settings(BaseModel):
     )
     # The model that embeds turns and queries. Its name and size are recorded with the
     # vector index; another model means a rebuild.
+    embedder_group: str = Field("chatlog-embedder", description="the embedder's group id")
     embedding_provider: Provider = Field(
         "offline",
         description="who embeds turns: offline (wordllama, in-process, no key, no download) "

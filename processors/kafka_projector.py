@@ -64,6 +64,7 @@ __all__ = [
     "GenerationPointer",
     "KafkaProjector",
     "ProjectorStats",
+    "after_mark",
     "tune_garbage_collector",
 ]
 
@@ -431,7 +432,7 @@ class KafkaProjector:
             TopicPartition(
                 self.topic,
                 tp.partition,
-                tp.offset if tp.offset >= 0 else _after(marks.get(tp.partition, -1)),
+                tp.offset if tp.offset >= 0 else after_mark(marks.get(tp.partition, -1)),
             )
             for tp in committed
         ]
@@ -442,7 +443,7 @@ class KafkaProjector:
         self._outages.drop_held()  # fetched from the old position: the seek reads them again
         self._reseek = True
         marks = self.core.store.progress()
-        self._seeks = {p: _after(marks.get(p, -1)) for p in self.assigned}
+        self._seeks = {p: after_mark(marks.get(p, -1)) for p in self.assigned}
         self._next = {p: o for p, o in self._seeks.items() if o >= 0}
         self._reseek = False
         self._seek_pending()
@@ -488,7 +489,7 @@ class KafkaProjector:
         self.core.forget()
 
 
-def _after(mark: int) -> int:
+def after_mark(mark: int) -> int:
     """Where to read a partition from once it is projected up to `mark` (-1: nothing)."""
     return mark + 1 if mark >= 0 else OFFSET_BEGINNING
 
