@@ -124,6 +124,8 @@ def documents(recall: redis.Redis, prefix: str, generation: str = "g1") -> dict[
     keys = KeySpace(prefix, generation)
     for key in recall.scan_iter(f"{keys.recall_documents}*", count=1000):
         fields = {k.decode(): v for k, v in recall.hgetall(key).items()}
+        if not fields:
+            continue  # deleted since the scan found it
         session, message_id = key.decode().rsplit(":", 2)[1:]
         found[f"{session}/{message_id}"] = {
             name: fields[name].decode() for name in ("tenant", "user", "session", "role")
@@ -368,3 +370,34 @@ def test_erasure_on_a_redis_without_the_query_engine_erases_nothing_there(
         assert log.erase_user("kim").vectors_removed == 0
     finally:
         log.close()
+
+
+def test_a_flip_of_the_live_generation_moves_it_to_that_generations_index(settings, chat, recall):
+    generations = wiring.generations(settings)
+    generations.initialise("g1")
+    before = write_visits(chat, "lea")
+    with running_embedder(settings) as (embedder, failed):
+        wait_for_documents(recall, settings.redis_prefix, len(before), what="g1", failed=failed)
+        # A replay flips the pointer (its recall index not built: the embedder fills it
+        # from its progress marks, none here, so from offset 0).
+        generations.create("g2")
+        assert generations.flip("g1", "g2")
+        after = write_visits(chat, "max")
+
+        def in_g2() -> bool:
+            assert not failed, f"the embedder stopped: {failed[0]!r}"
+            return len(documents(recall, settings.redis_prefix, "g2")) == len(before) + len(after)
+
+        wait_until(in_g2, timeout=60, what="g2's index filled", every=0.2)
+        assert embedder.generation == "g2"
+    assert set(documents(recall, settings.redis_prefix, "g2")) == set(before) | set(after)
+    # g1 keeps what it had (and what was indexed in the second before the flip was seen).
+    assert set(before) <= set(documents(recall, settings.redis_prefix, "g1"))
+    assert (
+        index_of(settings, recall, "g2")
+        .search(
+            stub_vector(after["max-visit-1/u10"], DIMENSION), tenant="default", user_id="max", k=1
+        )[0]
+        .message.message_id
+        == "u10"
+    )

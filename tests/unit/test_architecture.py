@@ -50,6 +50,7 @@ PURE_MODULES = [
     "chatlog.processors.resilience",
     "chatlog.processors.embeddings",
     "chatlog.processors.recall_indexing",
+    "chatlog.processors.embedder_stats",
     "chatlog.processors.extractive",
     "chatlog.processors.summary_engine",
     "chatlog.processors.commits",
