@@ -388,7 +388,9 @@ class KafkaEmbedder:
         closing.start()
         closing.join(timeout)
         if closing.is_alive():
-            log.warning("the consumer did not close within %g s; leaving without committing", timeout)
+            log.warning(
+                "the consumer did not close within %g s; leaving without committing", timeout
+            )
             return False
         return True
 
@@ -402,7 +404,9 @@ class KafkaEmbedder:
 
     def _store_offsets(self, marks: Mapping[int, int]) -> None:
         # Only local: the background commit sends them (the projector's discipline).
-        owned = [TopicPartition(self.topic, p, o + 1) for p, o in marks.items() if p in self.assigned]
+        owned = [
+            TopicPartition(self.topic, p, o + 1) for p, o in marks.items() if p in self.assigned
+        ]
         if not owned:
             return
         try:

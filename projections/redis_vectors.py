@@ -633,4 +633,6 @@ class RedisRecallErasure:
         """Delete the user's vectors and set their erasure mark; the number deleted."""
         if not has_query_engine(self.client):
             return 0
-        return erase_user(self.client, prefix=self.prefix, tenant=scope.tenant, user_id=scope.user_id)
+        return erase_user(
+            self.client, prefix=self.prefix, tenant=scope.tenant, user_id=scope.user_id
+        )

@@ -10,11 +10,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from chatlog.gateway.request_stats import UNMATCHED, GatewayStats, RequestStats
+from chatlog.processors.embedder_stats import EmbedderStats
+from chatlog.processors.embeddings import EmbeddingStats
 from chatlog.processors.kafka_replay import ReplayProgress
 from chatlog.processors.measures import Histogram
 from chatlog.processors.projector_stats import ProjectorStats
-from chatlog.processors.embedder_stats import EmbedderStats
-from chatlog.processors.embeddings import EmbeddingStats
 from chatlog.processors.resilience import CircuitBreaker
 from chatlog.prom_metrics import (
     EmbedderCollector,
