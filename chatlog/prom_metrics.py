@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +99,24 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
+def _partitions(
+    prefix: str, unit: str, member: str, lags: Mapping[int, int], assigned: list[int]
+) -> Iterator[Metric]:
+    """A group member's lag per assigned partition, and how many it holds."""
+    lag = GaugeMetricFamily(
+        prefix + "lag",
+        f"{unit.capitalize()} behind the partition's end, per assigned partition",
+        labels=["partition"],
+    )
+    for partition, behind in sorted(lags.items()):
+        if partition in assigned:
+            lag.add_metric([str(partition)], behind)
+    yield lag
+    yield GaugeMetricFamily(
+        prefix + "assigned_partitions", f"Partitions assigned to this {member}", value=len(assigned)
+    )
+
+
 class ProjectorCollector(Collector):
     """The projector's metrics (``chatlog_projector_*``), from its stats."""
 
@@ -149,18 +167,7 @@ class ProjectorCollector(Collector):
             "Redis calls that failed (refused, dropped, timed out)",
             stats.redis_errors,
         )
-        lag = GaugeMetricFamily(
-            p + "lag",
-            "Events behind the partition's end, per assigned partition",
-            labels=["partition"],
-        )
-        for partition, behind in sorted(stats.lag.items()):
-            if partition in assigned:
-                lag.add_metric([str(partition)], behind)
-        yield lag
-        yield GaugeMetricFamily(
-            p + "assigned_partitions", "Partitions assigned to this projector", value=len(assigned)
-        )
+        yield from _partitions(p, "events", "projector", stats.lag, assigned)
         yield _histogram(
             p + "batch_seconds",
             "Time to project one batch into Redis, retries included",
@@ -326,18 +333,7 @@ class EmbedderCollector(Collector):
             "1 for the embedding model's circuit breaker state",
             model.breaker.state(time.monotonic()),
         )
-        lag = GaugeMetricFamily(
-            p + "lag",
-            "Records behind the partition's end, per assigned partition",
-            labels=["partition"],
-        )
-        for partition, behind in sorted(stats.lag.items()):
-            if partition in assigned:
-                lag.add_metric([str(partition)], behind)
-        yield lag
-        yield GaugeMetricFamily(
-            p + "assigned_partitions", "Partitions assigned to this embedder", value=len(assigned)
-        )
+        yield from _partitions(p, "records", "embedder", stats.lag, assigned)
         yield _histogram(
             p + "batch_seconds",
             "Time to embed and index one batch, retries included",

@@ -43,12 +43,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from chatlog.processors.embedder_stats import EmbedderStats
 from chatlog.processors.embeddings import Embedder, ResilientEmbedder
+from chatlog.processors.kafka_consumer import poll_batch
 from chatlog.processors.kafka_projector import after_mark
 from chatlog.processors.measures import Histogram
 from chatlog.processors.projection import Record
 from chatlog.processors.projector_membership import GroupMembership
 from chatlog.processors.projector_outages import Outages
-from chatlog.processors.projector_stats import LIVENESS_BOUND_S
+from chatlog.processors.projector_stats import LIVENESS_BOUND_S, lag_problem
 from chatlog.processors.recall_indexing import RecallIndexing
 from chatlog.processors.redis_recall_writer import Applied, RedisRecallWriter
 from chatlog.producers.kafka_topics import topic_partitions
@@ -243,11 +244,7 @@ class KafkaEmbedder:
 
     def _step(self) -> int:
         self._outages.retrying("reading the live generation and its recall index", self._prepare)
-        # Wait for the first record only, then take whatever else is already fetched.
-        first = self._consumer.poll(self.poll_timeout)
-        messages = [] if first is None else [first]
-        if first is not None:
-            messages += self._consumer.consume(self.batch_size - 1, timeout=0)
+        messages = poll_batch(self._consumer, self.batch_size, self.poll_timeout)
         self._measure_lag()
         records = self._outages.take_held()
         records += [r for r in (self._record_of(m) for m in messages) if r is not None]
@@ -365,15 +362,7 @@ class KafkaEmbedder:
                 "the embeddings endpoint or the recall index's Redis is failing; "
                 "consumption is paused"
             )
-        if not assigned:
-            return "no partitions assigned"
-        unknown = sorted(assigned - set(lag))
-        if unknown:
-            return f"lag not known yet on partitions {unknown}"
-        behind = {p: n for p, n in lag.items() if p in assigned and n > max_lag}
-        if behind:
-            return f"behind by more than {max_lag} records (CHATLOG_READY_MAX_LAG): {behind}"
-        return None
+        return lag_problem(assigned, lag, max_lag, unit="records")
 
     def close(self, *, timeout: float = 15.0) -> bool:
         """Commit what was stored and close the consumer, within `timeout` seconds;
@@ -403,16 +392,7 @@ class KafkaEmbedder:
         return self._membership.record_of(message, self.topic)
 
     def _store_offsets(self, marks: Mapping[int, int]) -> None:
-        # Only local: the background commit sends them (the projector's discipline).
-        owned = [
-            TopicPartition(self.topic, p, o + 1) for p, o in marks.items() if p in self.assigned
-        ]
-        if not owned:
-            return
-        try:
-            self._consumer.store_offsets(offsets=owned)
-        except KafkaException as exc:
-            log.info("offsets not stored (%s); the next owner indexes them again", exc)
+        self._membership.store_offsets(self._consumer, self.topic, marks, self.assigned)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {tp.partition for tp in partitions}
@@ -436,11 +416,7 @@ class KafkaEmbedder:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drop(partitions)
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
-                log.warning("commit on revoke: %s", exc)
+        self._membership.commit_revoked(consumer)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning(

@@ -13,16 +13,20 @@ id), it stops with `ConfigError`, naming CHATLOG_INSTANCE_ID; fenced just after 
 expired its own session (the group coordinator's broker died, and the failover outlasted
 the session), its own rejoin did it, and it stops with `BrokerUnavailable` instead: a
 restart rejoins at once.
+
+The embedder (`chatlog.processors.kafka_embedder`) is a member of a group of its own in
+the same way, and shares the duties written here: offsets stored after the work is done,
+and a commit when partitions are revoked.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from chatlog.processors.kafka_consumer import record_of
 from chatlog.processors.projection import Record
@@ -31,6 +35,7 @@ from chatlog.schemas.errors import BrokerUnavailable, ConfigError
 __all__ = ["GroupMembership"]
 
 _KAFKA_LOG = logging.getLogger("chatlog.kafka")
+log = logging.getLogger("chatlog.consumer")
 # How long after its own session expired a fenced projector blames that expiry, not a
 # second process with its instance id: a rejoin takes a second or two.
 _REJOIN_WINDOW_S = 30.0
@@ -68,6 +73,32 @@ class GroupMembership:
                 "logger": _KAFKA_LOG,
             }
         )
+
+    @staticmethod
+    def store_offsets(
+        consumer: Consumer, topic: str, last_offsets: Mapping[int, int], assigned: Set[int]
+    ) -> None:
+        """Store, for the next commit, the offsets after `last_offsets` (partition -> the
+        last offset done) of the partitions still `assigned`."""
+        # Only local: the background commit sends them, and retries a failed commit at
+        # its next interval, so a broker fault here needs no retry of ours.
+        owned = [TopicPartition(topic, p, o + 1) for p, o in last_offsets.items() if p in assigned]
+        if not owned:
+            return
+        try:
+            consumer.store_offsets(offsets=owned)
+        except KafkaException as exc:
+            # A partition revoked meanwhile: its new owner does it again, which is harmless.
+            log.info("offsets not stored (%s); the next owner does them again", exc)
+
+    @staticmethod
+    def commit_revoked(consumer: Consumer) -> None:
+        """Commit what was stored, as partitions are revoked (their new owner starts there)."""
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
+                log.warning("commit on revoke: %s", exc)
 
     def session_expired(self) -> None:
         """Note that the group expired this member's session (its partitions were lost)."""
