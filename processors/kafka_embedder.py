@@ -151,6 +151,7 @@ class KafkaEmbedder:
         self._next: dict[int, int] = {}
         # Assigned while Redis could not say where they start: held paused till it can.
         self._unstarted: set[int] = set()
+        self._reseek = False  # a move to another generation not finished yet
         self._checked_at = time.monotonic()
         self._stop = threading.Event()
         self._closed = False
@@ -276,33 +277,35 @@ class KafkaEmbedder:
         return finished
 
     def _prepare(self) -> None:
-        """Start held partitions; about once a second, follow a flip of the live
-        generation, and check that the index is whole."""
-        held = sorted(self._unstarted & self.assigned)
-        self._unstarted.clear()
-        if held:
-            try:
-                self._reposition(held)
-            except StoreUnavailable:
-                self._unstarted.update(held)
-                raise
-            log.info("held partitions %s started", held)
+        """About once a second, follow a flip of the live generation and check that the
+        index is whole; start the partitions held while Redis could not say where."""
         now = time.monotonic()
-        if now - self._checked_at < self.check_s:
-            return
-        live = self.writer.live()
-        if live != self.writer.generation:
-            log.info(
-                "generation %s is live now (was %s): indexing into its recall index from "
-                "its progress marks",
-                live,
-                self.writer.generation,
-            )
-            self.writer.use(live)
+        if now - self._checked_at >= self.check_s:
+            live = self.writer.live()
+            if live != self.writer.generation:
+                log.info(
+                    "generation %s is live now (was %s): indexing into its recall index "
+                    "from its progress marks",
+                    live,
+                    self.writer.generation,
+                )
+                # Set first: a Redis failure from here on leaves the move to the retry.
+                self._reseek = True
+                self.writer.use(live)
+            else:
+                self.writer.check()
+            self._checked_at = now
+        if self._reseek:
+            # Continue where the new generation's index is, not where this embedder
+            # was: what was fetched from the old position is read again.
+            self._outages.drop_held()
             self._reposition(sorted(self.assigned))
-        else:
-            self.writer.check()
-        self._checked_at = now
+            self._reseek = False
+            return
+        held = sorted(self._unstarted & self.assigned)
+        if held:
+            self._reposition(held)
+            log.info("held partitions %s started", held)
 
     def _reposition(self, partitions: list[int]) -> None:
         """Read `partitions` from after their marks in the index written to. Assigning
@@ -310,10 +313,10 @@ class KafkaEmbedder:
         if not partitions:
             return
         marks = self.writer.marks()
-        self._outages.drop_held()  # fetched from the old position: read again
         starts = [TopicPartition(self.topic, p, after_mark(marks.get(p, -1))) for p in partitions]
         self._consumer.incremental_unassign(starts)
         self._assign(starts)
+        self._unstarted -= set(partitions)
 
     def _assign(self, starts: list[TopicPartition]) -> None:
         # Resumed first: librdkafka keeps a pause across an unassign and an assign.
