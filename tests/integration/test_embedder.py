@@ -261,8 +261,18 @@ def test_the_endpoint_down_pauses_the_embedder_and_it_catches_up_when_it_returns
         wait_for_documents(
             recall, settings.redis_prefix, len(turns) + 1, what="the catch-up", failed=failed
         )
-        assert embedder.embedder.stats.failed + embedder.embedder.stats.refused >= 1
-        assert embedder.stats.outages == 1  # one outage, however many attempts
+        from chatlog.prom_metrics import EmbedderCollector, registry_of  # the metrics extra
+
+        samples = {
+            s.name: s.value
+            for f in registry_of(EmbedderCollector(embedder)).collect()
+            for s in f.samples
+        }
+        assert samples["chatlog_embedder_outages_total"] == 1  # however many attempts
+        assert samples["chatlog_embedder_retries_total"] >= 2
+        failed_calls = samples["chatlog_embedder_embed_failures_total"]
+        assert failed_calls + samples["chatlog_embedder_embed_refused_total"] >= 2
+        assert samples["chatlog_embedder_turns_written_total"] == len(turns) + 1
 
 
 def test_a_restart_neither_duplicates_nor_drops(settings, chat, recall, tmp_path):
