@@ -156,7 +156,10 @@ class KafkaEmbedder:
         self._stop = threading.Event()
         self._closed = False
         self._membership = GroupMembership(
-            group_id=group_id, instance_id=instance_id, session_timeout_s=session_timeout_s
+            group_id=group_id,
+            instance_id=instance_id,
+            session_timeout_s=session_timeout_s,
+            member="embedder",
         )
         self._consumer = self._membership.consumer(bootstrap_servers, dict(config or {}))
         self._outages = Outages(

@@ -45,8 +45,16 @@ class GroupMembership:
     """The projector's place in consumer group `group_id`: static if it has an
     `instance_id`."""
 
-    def __init__(self, *, group_id: str, instance_id: str | None, session_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        group_id: str,
+        instance_id: str | None,
+        session_timeout_s: float,
+        member: str = "projector",
+    ) -> None:
         self.group_id = group_id
+        self.member = member  # what the errors call this process
         self.instance_id = instance_id
         self.session_timeout_s = session_timeout_s
         # When the group last expired this member's session (`session_expired`).
@@ -122,24 +130,24 @@ class GroupMembership:
                 # (librdkafka issue #3437). The consumer is unusable, but a restart
                 # rejoins at once: temporary, not a setting to fix.
                 raise BrokerUnavailable(
-                    f"the group coordinator expired this projector's session in group "
+                    f"the group coordinator expired this {self.member}'s session in group "
                     f"{self.group_id} (a broker failover longer than the "
                     f"{self.session_timeout_s:g} s session timeout), and the Kafka client, "
-                    f"fenced by its own rejoin, cannot continue: restart the projector "
+                    f"fenced by its own rejoin, cannot continue: restart the {self.member} "
                     f"(it replays the uncommitted tail, which changes nothing)",
                     group=self.group_id,
                     instance_id=self.instance_id,
                 )
             raise ConfigError(
                 f"another process joined consumer group {self.group_id} with this "
-                f"projector's group.instance.id {self.instance_id!r} and took its partitions: "
-                f"give each projector of the group its own CHATLOG_INSTANCE_ID (the default, "
-                f"the host name, is the same for every projector on one host)",
+                f"{self.member}'s group.instance.id {self.instance_id!r} and took its partitions: "
+                f"give each {self.member} of the group its own CHATLOG_INSTANCE_ID (the default, "
+                f"the host name, is the same for every {self.member} on one host)",
                 setting="CHATLOG_INSTANCE_ID",
             )
         if error is not None and error.code() == KafkaError.INVALID_SESSION_TIMEOUT:
             raise ConfigError(
-                f"the broker refused to let the projector join group {self.group_id} with a "
+                f"the broker refused to let the {self.member} join group {self.group_id} with a "
                 f"session timeout of {self.session_timeout_s:g} s: set "
                 f"CHATLOG_SESSION_TIMEOUT_S within the broker's group.min.session.timeout.ms "
                 f"and group.max.session.timeout.ms",
