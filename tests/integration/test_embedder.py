@@ -286,10 +286,14 @@ def test_a_restart_neither_duplicates_nor_drops(settings, chat, recall, tmp_path
     finally:
         stop(process, sig=signal.SIGKILL)
     third = write_visits(chat, "hal")
-    with running_processor("embedder", settings, log=log):
+    with running_processor("embedder", settings, log=log) as process:
         wait_for_documents(
             recall, settings.redis_prefix, len(first) + len(second) + len(third), what="all turns"
         )
+        # SIGTERM: it commits and exits 0, within the 10 s bound.
+        signalled = time.monotonic()
+        assert stop(process) == 0, log.read_text()[-3000:]
+        assert time.monotonic() - signalled < 10
     # One document per turn, by name; and the index counts no second copy either.
     assert set(documents(recall, settings.redis_prefix)) == set(first) | set(second) | set(third)
     info = index_of(settings, recall).info()
