@@ -1,7 +1,7 @@
 """Prometheus metrics and health checks of chatlog's long-lived processes.
 
 Every process counts in its own stats objects (`ProjectorStats`, `SummaryStats`,
-`GatewayStats`, a replay's `ReplayProgress`), which its log lines read too. The
+`EmbedderStats`, `GatewayStats`, a replay's `ReplayProgress`), which its log lines read too. The
 collectors here read those objects at each scrape and expose them; nothing is counted
 twice, and the processors never import a metrics library (this module, named for it,
 is the only one that does: the ``metrics`` extra).
@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ try:
 except ImportError as missing:
     raise MissingExtra.needs("metrics", "metrics (CHATLOG_METRICS_PORT)", missing) from missing
 
+from chatlog.processors.embedder_stats import SKIP_REASONS
 from chatlog.processors.measures import Histogram
 from chatlog.processors.summarizers import BreakerState
 from chatlog.processors.summary_engine import SummaryStats
@@ -49,12 +50,14 @@ from chatlog.processors.summary_engine import SummaryStats
 if TYPE_CHECKING:
     from chatlog.gateway.request_stats import GatewayStats
     from chatlog.processors.faust_summarizer import FaustSummarizer
+    from chatlog.processors.kafka_embedder import KafkaEmbedder
     from chatlog.processors.kafka_projector import KafkaProjector
     from chatlog.processors.kafka_replay import ReplayProgress
 
 __all__ = [
     "Check",
     "Collector",
+    "EmbedderCollector",
     "GatewayCollector",
     "MetricsServer",
     "ProjectorCollector",
@@ -94,6 +97,24 @@ def _histogram(
 
 def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def _partitions(
+    prefix: str, unit: str, member: str, lags: Mapping[int, int], assigned: list[int]
+) -> Iterator[Metric]:
+    """A group member's lag per assigned partition, and how many it holds."""
+    lag = GaugeMetricFamily(
+        prefix + "lag",
+        f"{unit.capitalize()} behind the partition's end, per assigned partition",
+        labels=["partition"],
+    )
+    for partition, behind in sorted(lags.items()):
+        if partition in assigned:
+            lag.add_metric([str(partition)], behind)
+    yield lag
+    yield GaugeMetricFamily(
+        prefix + "assigned_partitions", f"Partitions assigned to this {member}", value=len(assigned)
+    )
 
 
 class ProjectorCollector(Collector):
@@ -146,18 +167,7 @@ class ProjectorCollector(Collector):
             "Redis calls that failed (refused, dropped, timed out)",
             stats.redis_errors,
         )
-        lag = GaugeMetricFamily(
-            p + "lag",
-            "Events behind the partition's end, per assigned partition",
-            labels=["partition"],
-        )
-        for partition, behind in sorted(stats.lag.items()):
-            if partition in assigned:
-                lag.add_metric([str(partition)], behind)
-        yield lag
-        yield GaugeMetricFamily(
-            p + "assigned_partitions", "Partitions assigned to this projector", value=len(assigned)
-        )
+        yield from _partitions(p, "events", "projector", stats.lag, assigned)
         yield _histogram(
             p + "batch_seconds",
             "Time to project one batch into Redis, retries included",
@@ -248,21 +258,94 @@ class SummarizerCollector(Collector):
             "Partitions assigned to this worker",
             value=len(self._worker.assigned),
         )
-        breaker = GaugeMetricFamily(
+        yield _breaker_gauge(
             p + "breaker_state",
             "1 for the circuit breaker's state (none: no LLM)",
-            labels=["state"],
+            _breaker_state(engine),
         )
-        current = _breaker_state(engine)
-        if current is not None:
-            for state in BreakerState:
-                breaker.add_metric([state.value], 1 if state is current else 0)
-        yield breaker
+
+
+def _breaker_gauge(name: str, doc: str, current: BreakerState | None) -> GaugeMetricFamily:
+    breaker = GaugeMetricFamily(name, doc, labels=["state"])
+    if current is not None:
+        for state in BreakerState:
+            breaker.add_metric([state.value], 1 if state is current else 0)
+    return breaker
 
 
 def _breaker_state(engine: Any) -> BreakerState | None:
     circuit = getattr(getattr(engine, "summarizer", None), "breaker", None)
     return None if circuit is None else circuit.state(time.monotonic())
+
+
+class EmbedderCollector(Collector):
+    """The embedder's metrics (``chatlog_embedder_*``), from its stats and its model's."""
+
+    def __init__(self, embedder: KafkaEmbedder) -> None:
+        self._embedder = embedder
+
+    def collect(self) -> Iterator[Metric]:
+        stats, assigned = self._embedder.stats, sorted(self._embedder.assigned)
+        model = self._embedder.embedder
+        p = "chatlog_embedder_"
+        yield _counter(
+            p + "records", "Records consumed and finished (indexed, offsets stored)", stats.records
+        )
+        yield _counter(p + "batches", "Batches written to the recall index", stats.batches)
+        yield _counter(p + "turns_embedded", "Turns embedded", stats.embedded)
+        yield _counter(p + "turns_written", "Turns written to the recall index", stats.written)
+        yield _counter(p + "deletions", "Vectors deleted by redactions", stats.deleted)
+        yield _counter(p + "erased", "Vectors deleted by session erasures", stats.erased)
+        skipped = CounterMetricFamily(
+            p + "skipped", "Records or turns not indexed, by reason", labels=["reason"]
+        )
+        for reason in SKIP_REASONS:
+            skipped.add_metric([reason], stats.skipped.get(reason, 0))
+        yield skipped
+        yield _counter(
+            p + "embed_failures",
+            "Embedding calls that ended with no vectors, after the model's retries",
+            model.stats.failed,
+        )
+        yield _counter(
+            p + "embed_refused",
+            "Embedding calls refused at once: the circuit breaker was open",
+            model.stats.refused,
+        )
+        yield _counter(
+            p + "retries",
+            "Failed attempts at a batch, retried (the endpoint or the recall Redis failing)",
+            stats.retries,
+        )
+        yield _counter(
+            p + "outages",
+            "Times the endpoint or the recall Redis started failing (consumption paused)",
+            stats.outages,
+        )
+        yield _counter(p + "index_lost", "Times a lost recall index was found", stats.index_lost)
+        yield _counter(
+            p + "redis_errors",
+            "Redis calls that failed (refused, dropped, timed out), retried",
+            stats.redis_errors,
+        )
+        yield _breaker_gauge(
+            p + "breaker_state",
+            "1 for the embedding model's circuit breaker state",
+            model.breaker.state(time.monotonic()),
+        )
+        yield from _partitions(p, "records", "embedder", stats.lag, assigned)
+        yield _histogram(
+            p + "batch_seconds",
+            "Time to embed and index one batch, retries included",
+            [([], stats.batch_seconds)],
+            [],
+        )
+        yield _histogram(
+            p + "embed_seconds",
+            "Time of one batch's embedding call (answered ones), the model's retries included",
+            [([], stats.embed_seconds)],
+            [],
+        )
 
 
 class ReplayCollector(Collector):

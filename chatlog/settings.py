@@ -260,7 +260,8 @@ class Settings(BaseModel):
     # processes of one group must not share an id: the broker fences the older one out.
     instance_id: str = Field(
         default_factory=socket.gethostname,
-        description="group.instance.id of this projector or summarizer; unique within its group",
+        description="group.instance.id of this projector, summarizer or embedder; unique within "
+        "its group",
     )
     # Heartbeats come from librdkafka's (aiokafka's) own thread, so a long batch never
     # expires a session: only a dead or cut-off process does.
@@ -403,6 +404,7 @@ class Settings(BaseModel):
     )
     # The model that embeds turns and queries. Its name and size are recorded with the
     # vector index; another model means a rebuild.
+    embedder_group: str = Field("chatlog-embedder", description="the embedder's group id")
     embedding_provider: Provider = Field(
         "offline",
         description="who embeds turns: offline (wordllama, in-process, no key, no download) "

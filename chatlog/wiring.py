@@ -26,7 +26,7 @@ from chatlog.logs import setup_logging
 from chatlog.processors import kafka_key_log
 from chatlog.processors.audit import AuditTrail
 from chatlog.processors.embeddings import EmbeddingModel, ResilientEmbedder
-from chatlog.processors.erasure import Erasure, UserEraser
+from chatlog.processors.erasure import Erasure, RecallVectors, UserEraser
 from chatlog.processors.extractive import ExtractiveSummarizer
 from chatlog.processors.kafka_audit import KafkaAuditWriter
 from chatlog.processors.kafka_export import KafkaExporter
@@ -37,6 +37,7 @@ from chatlog.processors.kafka_lag import KafkaTopicEnds
 from chatlog.processors.kafka_projector import KafkaProjector
 from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
+from chatlog.processors.projector_stats import LIVENESS_BOUND_S
 from chatlog.processors.recall_indexing import RecallIndexing
 from chatlog.processors.replay import ReplayParts, rebuild, rebuild_partitions
 from chatlog.processors.replay_recall import RecallSink
@@ -64,7 +65,7 @@ from chatlog.projections import tokens
 from chatlog.projections.context import SummaryRole, TokenCounter
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.opening import EventOpener, ViewOpener
-from chatlog.projections.recall import EmbeddingModel as IndexedModel
+from chatlog.projections.recall import EmbeddingModel as IndexModel
 from chatlog.projections.redis_claims import AsyncRedisSessionClaims, RedisSessionClaims
 from chatlog.projections.redis_erasure import RedisUserSessions
 from chatlog.projections.redis_generations import GenerationStore
@@ -81,11 +82,13 @@ from chatlog.schemas.keyring import KeyLog, Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider
 from chatlog.schemas.pii import Detector
 from chatlog.schemas.redaction import Mode, RedactionPolicy
+from chatlog.schemas.secrets import redacted_url
 from chatlog.schemas.transport import kafka_security, redis_tls_options, schema_registry_config
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
     from chatlog.processors.faust_summarizer import FaustSummarizer
+    from chatlog.processors.kafka_embedder import KafkaEmbedder
     from chatlog.processors.redis_recall import RedisRecallGenerations
     from chatlog.processors.redis_recall_reader import AsyncRedisRecall, RedisRecall
     from chatlog.prom_metrics import Collector, MetricsServer
@@ -99,6 +102,7 @@ __all__ = [
     "audit_trail",
     "audit_writer",
     "check_kafka_access",
+    "check_recall",
     "claims",
     "codec",
     "create_topics",
@@ -119,6 +123,9 @@ __all__ = [
     "projector",
     "reader",
     "recall",
+    "recall_client",
+    "recall_embedder",
+    "recall_erasure",
     "redaction_policy",
     "redis_answers",
     "redis_client",
@@ -316,6 +323,83 @@ def eraser(
         catch_up=_catch_up(settings, directory, KafkaKeyLog(producer, topic=settings.keys_topic)),
         sessions=RedisUserSessions(client, prefix=settings.redis_prefix),
         keys_topic=settings.keys_topic,
+        vectors=recall_erasure(settings),
+    )
+
+
+def recall_erasure(settings: Settings) -> RecallVectors | None:
+    """Erases a user's vectors on the recall index's Redis, in every generation; None
+    when the `recall` extra is not installed and recall is off (no vector was written by
+    this deployment's processes: they could not have)."""
+    try:
+        from chatlog.projections.redis_vectors import RedisRecallErasure  # noqa: PLC0415
+    except MissingExtra:
+        if settings.recall:
+            raise
+        return None
+    return RedisRecallErasure(recall_client(settings), prefix=settings.redis_prefix)
+
+
+def recall_client(settings: Settings) -> redis.Redis:
+    """A client of the Redis that holds the recall index (CHATLOG_RECALL_REDIS_URL, else
+    the read-model's)."""
+    return redis_client(settings, url=settings.recall_redis)
+
+
+def check_recall(settings: Settings, client: redis.Redis) -> None:
+    """`ConfigError`, naming the setting and the fix, unless recall is on and `client`
+    (the recall index's Redis) has the query engine."""
+    if not settings.recall:
+        raise ConfigError(
+            "semantic recall is off (CHATLOG_RECALL=false), so there is nothing to embed: "
+            "set CHATLOG_RECALL=true (with a Redis that has the query engine in "
+            "CHATLOG_RECALL_REDIS_URL) to run the embedder",
+            setting="CHATLOG_RECALL",
+        )
+    from chatlog.projections.redis_vectors import has_query_engine  # noqa: PLC0415 - recall extra
+
+    if not has_query_engine(client):
+        raise ConfigError(
+            f"the Redis at CHATLOG_RECALL_REDIS_URL ({redacted_url(settings.recall_redis)}) "
+            f"has no query engine (RediSearch), which the recall index needs: point "
+            f"CHATLOG_RECALL_REDIS_URL at a Redis Stack 7.4 or a Redis 8 (`make services` "
+            f"starts one locally; docker-compose.yml runs redis-stack)",
+            setting="CHATLOG_RECALL_REDIS_URL",
+        )
+
+
+def recall_embedder(settings: Settings) -> KafkaEmbedder:
+    """The embedder process: the events topic into the live generation's recall index.
+    Refuses to be built unless recall is on and its Redis has the query engine."""
+    from chatlog.processors.kafka_embedder import KafkaEmbedder  # noqa: PLC0415 - recall extra
+    from chatlog.processors.redis_recall_writer import RedisRecallWriter  # noqa: PLC0415
+    from chatlog.projections.recall import EmbeddingModel as IndexModel  # noqa: PLC0415
+
+    recall = recall_client(settings)
+    check_recall(settings, recall)
+    client = redis_client(settings)
+    model = embedder(settings)
+    writer = RedisRecallWriter(
+        recall,
+        prefix=settings.redis_prefix,
+        model=IndexModel(model.model, model.dimension),
+        pointer=generations(settings, client),
+    )
+    # An endpoint's call may take its timeout on each of its 4 attempts: not a hang.
+    bound = LIVENESS_BOUND_S + 4 * settings.embedding_timeout_s
+    return KafkaEmbedder(
+        model,
+        writer,
+        codec=codec(settings),
+        opener=opener(settings, client),
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic=settings.topic,
+        group_id=settings.embedder_group,
+        instance_id=settings.instance_id,
+        session_timeout_s=settings.session_timeout_s,
+        config=settings.kafka,
+        lag_every_s=1.0 if settings.metrics_port else None,
+        liveness_bound_s=bound,
     )
 
 
@@ -712,9 +796,9 @@ def replay_recall(settings: Settings) -> RedisRecallGenerations:
 
     spec = settings.embedding
     return RedisRecallGenerations(
-        redis_client(settings, url=settings.recall_redis),
+        recall_client(settings),
         prefix=settings.redis_prefix,
-        model=IndexedModel(spec.model, spec.dimension),
+        model=IndexModel(spec.model, spec.dimension),
         indexing=indexing,
         close=close,
     )
@@ -794,8 +878,7 @@ def recall(settings: Settings, reader: RedisReader) -> RedisRecall | None:
         return None
     from chatlog.processors.redis_recall_reader import RedisRecall  # noqa: PLC0415 - the recall extra
 
-    client = redis_client(settings, url=settings.recall_redis)
-    return RedisRecall(client, reader=reader, embedder=embedder(settings))
+    return RedisRecall(recall_client(settings), reader=reader, embedder=embedder(settings))
 
 
 def async_recall(settings: Settings, reader: AsyncRedisReader) -> AsyncRedisRecall | None:

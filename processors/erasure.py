@@ -16,6 +16,9 @@ What does erasing a user do, in this order, and why this order?
    the mark, so that nothing is written back behind the removal: a view written before
    the mark is found, one written after it is refused by the store, and one written
    before the mark but indexed after it is deleted by the store's index script.
+5. Remove every vector of the user from every generation's recall index (`vectors`):
+   vectors are derived personal data in clear. Their own erasure mark is set first, so
+   an embedder's write already under way cannot bring one back.
 
 With an audit trail (`erase(..., audit=trail)`), one transaction records the user erased,
 each key destroyed and each session removed from the read-model (a refusal or a failure
@@ -44,7 +47,7 @@ from chatlog.schemas.key_records import ErasureRecord
 from chatlog.schemas.keyring import KeyEntries, Keyring
 from chatlog.schemas.sealing import KeyScope
 
-__all__ = ["ErasableDirectory", "Erasure", "ReadModelSessions", "UserEraser"]
+__all__ = ["ErasableDirectory", "Erasure", "ReadModelSessions", "RecallVectors", "UserEraser"]
 
 log = logging.getLogger("chatlog.keys")
 
@@ -73,6 +76,14 @@ class ReadModelSessions(Protocol):
         ...
 
 
+class RecallVectors(Protocol):
+    """A user's vectors in every generation's recall index (`RedisRecallErasure`)."""
+
+    def erase(self, scope: KeyScope) -> int:
+        """Delete them all, and keep later writes of theirs out; the number deleted."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Erasure:
     """What erasing a user did."""
@@ -84,6 +95,7 @@ class Erasure:
     erased_at: datetime  # the first erasure's time when erased before
     already_erased: bool
     seconds: float
+    vectors_removed: int = 0  # from the recall index, by this call
 
     def as_dict(self) -> dict[str, Any]:
         """For the CLI and JSON: the time in ISO 8601."""
@@ -92,6 +104,7 @@ class Erasure:
             "user_id": self.user_id,
             "key_ids": list(self.key_ids),
             "sessions_removed": self.sessions_removed,
+            "vectors_removed": self.vectors_removed,
             "erased_at": self.erased_at.isoformat(timespec="milliseconds"),
             "already_erased": self.already_erased,
             "seconds": round(self.seconds, 3),
@@ -102,6 +115,7 @@ class Erasure:
         return {
             "keys_destroyed": len(self.key_ids),
             "sessions_removed": self.sessions_removed,
+            "vectors_removed": self.vectors_removed,
             "already_erased": self.already_erased,
             "erased_at": self.erased_at.isoformat(timespec="milliseconds"),
         }
@@ -118,6 +132,7 @@ class UserEraser:
         catch_up: Callable[[], object],
         sessions: ReadModelSessions,
         keys_topic: str = "chatlog.keys",
+        vectors: RecallVectors | None = None,
     ) -> None:
         # The keyring of the process's producer, so that it stops sealing for the user.
         self.keyring = keyring
@@ -125,6 +140,7 @@ class UserEraser:
         self.catch_up = catch_up
         self.sessions = sessions
         self.keys_topic = keys_topic
+        self.vectors = vectors
 
     def _mark(
         self, scope: KeyScope, record: ErasureRecord, key_ids: tuple[str, ...]
@@ -211,6 +227,7 @@ class UserEraser:
             if record is not None:
                 key_ids += self._mark(scope, record, key_ids)
             removed = self.sessions.remove(scope)
+            vectors = 0 if self.vectors is None else self.vectors.erase(scope)
         except Unavailable as exc:
             # The keys are destroyed in the log already: say so, not just "unavailable".
             raise type(exc)(
@@ -228,6 +245,7 @@ class UserEraser:
             erased_at=erased_at,
             already_erased=already,
             seconds=time.monotonic() - started,
+            vectors_removed=vectors,
         )
         log.info("erased user %s of tenant %s: %s", user_id, tenant, erasure)
         return erasure

@@ -30,7 +30,7 @@ from chatlog.processors.projection import Record
 from chatlog.producers.kafka_access import broker_refusal
 from chatlog.schemas.errors import BrokerUnavailable, ConfigError
 
-__all__ = ["groupless_consumer", "record_of"]
+__all__ = ["groupless_consumer", "poll_batch", "record_of"]
 
 _KAFKA_LOG = logging.getLogger("chatlog.kafka")
 log = logging.getLogger("chatlog.consumer")
@@ -65,6 +65,16 @@ def groupless_consumer(
         )
     except (KafkaException, ValueError) as exc:
         raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
+
+
+def poll_batch(consumer: Consumer, batch_size: int, timeout: float) -> list[Message]:
+    """Up to `batch_size` messages: waits up to `timeout` for the first only, then takes
+    whatever else is fetched already (consume(n, timeout) would hold a lone event until
+    the timeout ran out). A group member's batch (the projector's, the embedder's)."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(batch_size - 1, timeout=0)]
 
 
 def record_of(message: Message, topic: str) -> Record | None:

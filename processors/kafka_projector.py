@@ -38,12 +38,12 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    KafkaError,
     KafkaException,
     Message,
     TopicPartition,
 )
 
+from chatlog.processors.kafka_consumer import poll_batch
 from chatlog.processors.kafka_dead_letters import KafkaDeadLetters
 from chatlog.processors.kafka_keys_tick import KafkaKeysTicker
 from chatlog.processors.projection import BatchResult, ProjectionCore, Record
@@ -55,7 +55,7 @@ from chatlog.processors.projector_generations import (
 )
 from chatlog.processors.projector_membership import GroupMembership
 from chatlog.processors.projector_outages import Outages
-from chatlog.processors.projector_stats import LIVENESS_BOUND_S, ProjectorStats
+from chatlog.processors.projector_stats import LIVENESS_BOUND_S, ProjectorStats, lag_problem
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import DataLoss, Interrupted, StoreUnavailable
 
@@ -64,6 +64,7 @@ __all__ = [
     "GenerationPointer",
     "KafkaProjector",
     "ProjectorStats",
+    "after_mark",
     "tune_garbage_collector",
 ]
 
@@ -208,12 +209,7 @@ class KafkaProjector:
         # One step, so that Redis counts as back only once both work: the generation
         # check alone may not touch Redis at all (no generation known yet).
         self._outages.retrying("reading the live generation and progress marks", self._prepare)
-        # Wait for the first record only, then take whatever else is already fetched:
-        # consume(n, timeout) would hold a lone event until the timeout ran out.
-        first = self._consumer.poll(self.poll_timeout)
-        messages = [] if first is None else [first]
-        if first is not None:
-            messages += self._consumer.consume(self.batch_size - 1, timeout=0)
+        messages = poll_batch(self._consumer, self.batch_size, self.poll_timeout)
         self._measure_lag()
         records = self._outages.take_held()
         records += [r for r in (self._record_of(m) for m in messages) if r is not None]
@@ -294,15 +290,7 @@ class KafkaProjector:
             return "the read-model has lost data"
         if self._outages.failing:
             return "Redis or the dead-letter topic is failing; consumption is paused"
-        if not assigned:
-            return "no partitions assigned"
-        unknown = sorted(assigned - set(lag))
-        if unknown:
-            return f"lag not known yet on partitions {unknown}"
-        behind = {p: n for p, n in lag.items() if p in assigned and n > max_lag}
-        if behind:
-            return f"behind by more than {max_lag} events (CHATLOG_READY_MAX_LAG): {behind}"
-        return None
+        return lag_problem(assigned, lag, max_lag)
 
     def _prepare(self) -> None:
         if self._generations.watching:
@@ -379,20 +367,7 @@ class KafkaProjector:
         return self._membership.record_of(message, self.topic)
 
     def _store_offsets(self, last_offsets: Mapping[int, int]) -> None:
-        # Only local: the background commit sends them, and retries a failed commit at
-        # its next interval, so a broker fault here needs no retry of ours.
-        owned = [
-            TopicPartition(self.topic, p, o + 1)
-            for p, o in last_offsets.items()
-            if p in self.assigned
-        ]
-        if not owned:
-            return
-        try:
-            self._consumer.store_offsets(offsets=owned)
-        except KafkaException as exc:
-            # A partition revoked meanwhile: its new owner replays, which is harmless.
-            log.info("offsets not stored (%s); the next owner replays them", exc)
+        self._membership.store_offsets(self._consumer, self.topic, last_offsets, self.assigned)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {tp.partition for tp in partitions}
@@ -431,7 +406,7 @@ class KafkaProjector:
             TopicPartition(
                 self.topic,
                 tp.partition,
-                tp.offset if tp.offset >= 0 else _after(marks.get(tp.partition, -1)),
+                tp.offset if tp.offset >= 0 else after_mark(marks.get(tp.partition, -1)),
             )
             for tp in committed
         ]
@@ -442,7 +417,7 @@ class KafkaProjector:
         self._outages.drop_held()  # fetched from the old position: the seek reads them again
         self._reseek = True
         marks = self.core.store.progress()
-        self._seeks = {p: _after(marks.get(p, -1)) for p in self.assigned}
+        self._seeks = {p: after_mark(marks.get(p, -1)) for p in self.assigned}
         self._next = {p: o for p, o in self._seeks.items() if o >= 0}
         self._reseek = False
         self._seek_pending()
@@ -463,11 +438,7 @@ class KafkaProjector:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drop(partitions)
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
-                log.warning("commit on revoke: %s", exc)
+        self._membership.commit_revoked(consumer)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked (this member's session expired): another member may be
@@ -488,7 +459,7 @@ class KafkaProjector:
         self.core.forget()
 
 
-def _after(mark: int) -> int:
+def after_mark(mark: int) -> int:
     """Where to read a partition from once it is projected up to `mark` (-1: nothing)."""
     return mark + 1 if mark >= 0 else OFFSET_BEGINNING
 

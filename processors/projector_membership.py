@@ -13,16 +13,20 @@ id), it stops with `ConfigError`, naming CHATLOG_INSTANCE_ID; fenced just after 
 expired its own session (the group coordinator's broker died, and the failover outlasted
 the session), its own rejoin did it, and it stops with `BrokerUnavailable` instead: a
 restart rejoins at once.
+
+The embedder (`chatlog.processors.kafka_embedder`) is a member of a group of its own in
+the same way, and shares the duties written here: offsets stored after the work is done,
+and a commit when partitions are revoked.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from chatlog.processors.kafka_consumer import record_of
 from chatlog.processors.projection import Record
@@ -31,6 +35,7 @@ from chatlog.schemas.errors import BrokerUnavailable, ConfigError
 __all__ = ["GroupMembership"]
 
 _KAFKA_LOG = logging.getLogger("chatlog.kafka")
+log = logging.getLogger("chatlog.consumer")
 # How long after its own session expired a fenced projector blames that expiry, not a
 # second process with its instance id: a rejoin takes a second or two.
 _REJOIN_WINDOW_S = 30.0
@@ -40,8 +45,16 @@ class GroupMembership:
     """The projector's place in consumer group `group_id`: static if it has an
     `instance_id`."""
 
-    def __init__(self, *, group_id: str, instance_id: str | None, session_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        group_id: str,
+        instance_id: str | None,
+        session_timeout_s: float,
+        member: str = "projector",
+    ) -> None:
         self.group_id = group_id
+        self.member = member  # what the errors call this process
         self.instance_id = instance_id
         self.session_timeout_s = session_timeout_s
         # When the group last expired this member's session (`session_expired`).
@@ -69,6 +82,32 @@ class GroupMembership:
             }
         )
 
+    @staticmethod
+    def store_offsets(
+        consumer: Consumer, topic: str, last_offsets: Mapping[int, int], assigned: Set[int]
+    ) -> None:
+        """Store, for the next commit, the offsets after `last_offsets` (partition -> the
+        last offset done) of the partitions still `assigned`."""
+        # Only local: the background commit sends them, and retries a failed commit at
+        # its next interval, so a broker fault here needs no retry of ours.
+        owned = [TopicPartition(topic, p, o + 1) for p, o in last_offsets.items() if p in assigned]
+        if not owned:
+            return
+        try:
+            consumer.store_offsets(offsets=owned)
+        except KafkaException as exc:
+            # A partition revoked meanwhile: its new owner does it again, which is harmless.
+            log.info("offsets not stored (%s); the next owner does them again", exc)
+
+    @staticmethod
+    def commit_revoked(consumer: Consumer) -> None:
+        """Commit what was stored, as partitions are revoked (their new owner starts there)."""
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
+                log.warning("commit on revoke: %s", exc)
+
     def session_expired(self) -> None:
         """Note that the group expired this member's session (its partitions were lost)."""
         self._session_lost_at = time.monotonic()
@@ -91,24 +130,24 @@ class GroupMembership:
                 # (librdkafka issue #3437). The consumer is unusable, but a restart
                 # rejoins at once: temporary, not a setting to fix.
                 raise BrokerUnavailable(
-                    f"the group coordinator expired this projector's session in group "
+                    f"the group coordinator expired this {self.member}'s session in group "
                     f"{self.group_id} (a broker failover longer than the "
                     f"{self.session_timeout_s:g} s session timeout), and the Kafka client, "
-                    f"fenced by its own rejoin, cannot continue: restart the projector "
+                    f"fenced by its own rejoin, cannot continue: restart the {self.member} "
                     f"(it replays the uncommitted tail, which changes nothing)",
                     group=self.group_id,
                     instance_id=self.instance_id,
                 )
             raise ConfigError(
                 f"another process joined consumer group {self.group_id} with this "
-                f"projector's group.instance.id {self.instance_id!r} and took its partitions: "
-                f"give each projector of the group its own CHATLOG_INSTANCE_ID (the default, "
-                f"the host name, is the same for every projector on one host)",
+                f"{self.member}'s group.instance.id {self.instance_id!r} and took its partitions: "
+                f"give each {self.member} of the group its own CHATLOG_INSTANCE_ID (the default, "
+                f"the host name, is the same for every {self.member} on one host)",
                 setting="CHATLOG_INSTANCE_ID",
             )
         if error is not None and error.code() == KafkaError.INVALID_SESSION_TIMEOUT:
             raise ConfigError(
-                f"the broker refused to let the projector join group {self.group_id} with a "
+                f"the broker refused to let the {self.member} join group {self.group_id} with a "
                 f"session timeout of {self.session_timeout_s:g} s: set "
                 f"CHATLOG_SESSION_TIMEOUT_S within the broker's group.min.session.timeout.ms "
                 f"and group.max.session.timeout.ms",

@@ -15,6 +15,9 @@ offsets are not stored, so it is projected again after the restart.
 
 A rebuild of a lost read-model (`chatlog.processors.projector_generations`) is waited
 out the same way, paused and polling, with what was fetched before it read again after.
+
+The embedder (`chatlog.processors.kafka_embedder`) rides out its own faults the same way:
+the recall index's Redis, and an embeddings endpoint that fails or times out (`retried`).
 """
 
 from __future__ import annotations
@@ -23,15 +26,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Set
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from confluent_kafka import Consumer, Message
 
 from chatlog.processors.projection import Record
-from chatlog.processors.projector_stats import ProjectorStats
 from chatlog.schemas.errors import DeliveryFailed, Interrupted, StoreUnavailable
 
-__all__ = ["Outages"]
+__all__ = ["OutageStats", "Outages"]
 
 T = TypeVar("T")
 
@@ -45,6 +47,18 @@ _WAIT_POLL_S = 0.1
 log = logging.getLogger("chatlog.projector")
 
 
+class OutageStats(Protocol):
+    """What an outage counts (`ProjectorStats`, `EmbedderStats`)."""
+
+    outages: int  # times a dependency started to fail
+    retries: int  # failed attempts in all
+    redis_errors: int  # of which Redis's
+
+    def beat(self) -> None:
+        """The loop turned (liveness)."""
+        ...
+
+
 class Outages:
     """Retries the projector's steps while Redis or the dead-letter topic fails, and
     keeps consumption paused meanwhile.
@@ -52,20 +66,26 @@ class Outages:
     It pauses and resumes the projector's `consumer`, and polls it while paused;
     `record_of` reads what a poll returns. `unstarted` gives the partitions that stay
     paused when consumption resumes (their start is not known yet); `forget` drops the
-    cached views; `stopping` says when to give up waiting.
+    cached views; `stopping` says when to give up waiting. `retried` are the errors that
+    mean a dependency is failing (Redis's and the dead-letter topic's by default); the
+    warnings go to `logger`.
     """
 
     def __init__(
         self,
         consumer: Consumer,
-        stats: ProjectorStats,
+        stats: OutageStats,
         *,
         topic: str,
         record_of: Callable[[Message], Record | None],
         unstarted: Callable[[], Set[int]],
         forget: Callable[[], None],
         stopping: Callable[[], bool],
+        retried: tuple[type[Exception], ...] = (StoreUnavailable, DeliveryFailed),
+        logger: logging.Logger = log,
     ) -> None:
+        self._retried = retried
+        self._log = logger
         self._consumer = consumer
         self._stats = stats
         self._topic = topic
@@ -89,7 +109,7 @@ class Outages:
         while True:
             try:
                 value = attempt()
-            except (StoreUnavailable, DeliveryFailed) as exc:
+            except self._retried as exc:
                 # A failed pipeline may have landed in part: reload views from Redis
                 # rather than trust a cache that may not match what it holds.
                 self._forget()
@@ -106,11 +126,11 @@ class Outages:
         if isinstance(exc, StoreUnavailable):
             self._stats.redis_errors += 1
         if self._failing_since is not None:
-            log.debug("%s failed again: %s", what, exc)
+            self._log.debug("%s failed again: %s", what, exc)
             return
         self._failing_since = time.monotonic()
         self._stats.outages += 1
-        log.warning(
+        self._log.warning(
             "%s failed (%s); consumption paused, retrying every %g-%g s until it works",
             what,
             exc,
@@ -122,7 +142,7 @@ class Outages:
     def _recovered(self) -> None:
         if self._failing_since is None:
             return
-        log.warning(
+        self._log.warning(
             "working again after %.1f s (%d failed attempts since start); consumption resumed",
             time.monotonic() - self._failing_since,
             self._stats.retries,
@@ -146,7 +166,7 @@ class Outages:
                 # Fetched just before the pause: the consumer's position is past it
                 # now, so dropping it would skip it.
                 self._held.append(record)
-        raise Interrupted(f"stopped while retrying a step of the projection of {self._topic}")
+        raise Interrupted(f"stopped while retrying a step of the consumer of {self._topic}")
 
     def take_held(self) -> list[Record]:
         """The records fetched just before a pause, for the batch in hand."""

@@ -1,19 +1,20 @@
 """What a projector has done since it started, logged as it runs and when it stops, and
 read by its metrics (`chatlog.prom_metrics`) and its health checks: the one place where
-the projector counts; and how far behind the topic it is (`records_behind`)."""
+the projector counts; how far behind the topic it is (`records_behind`); and when a
+group member's lag makes it not ready (`lag_problem`, the embedder's too)."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
 from chatlog.processors.dead_letters import dead_letter_reason
 from chatlog.processors.measures import Histogram
 from chatlog.processors.projection import BatchResult
 
-__all__ = ["LIVENESS_BOUND_S", "ProjectorStats", "records_behind"]
+__all__ = ["LIVENESS_BOUND_S", "ProjectorStats", "lag_problem", "records_behind"]
 
 LIVENESS_BOUND_S = 60.0
 """A projector whose loop has not turned for this long is not alive (a hang, a deadlock):
@@ -96,3 +97,20 @@ def records_behind(ends: Mapping[int, tuple[int, int]], marks: Mapping[int, int]
         max(0, high - max(low, marks.get(partition, -1) + 1))
         for partition, (low, high) in ends.items()
     )
+
+
+def lag_problem(
+    assigned: Set[int], lag: Mapping[int, int], max_lag: int, *, unit: str = "events"
+) -> str | None:
+    """Why a group member holding `assigned` with `lag` (partition -> records behind) is
+    not ready (None: it is): no partitions, a lag not known yet, or more than `max_lag`
+    behind on a partition."""
+    if not assigned:
+        return "no partitions assigned"
+    unknown = sorted(set(assigned) - set(lag))
+    if unknown:
+        return f"lag not known yet on partitions {unknown}"
+    behind = {p: n for p, n in lag.items() if p in assigned and n > max_lag}
+    if behind:
+        return f"behind by more than {max_lag} {unit} (CHATLOG_READY_MAX_LAG): {behind}"
+    return None

@@ -81,6 +81,7 @@ from chatlog.projections.recall import (
     vector_bytes,
 )
 from chatlog.projections.redis_store import redis_errors, text, text_map
+from chatlog.schemas.sealing import KeyScope
 
 __all__ = [
     "DEFAULT_ALGORITHM",
@@ -88,9 +89,11 @@ __all__ = [
     "ApplyResult",
     "AsyncRedisVectorSearch",
     "IndexState",
+    "RedisRecallErasure",
     "RedisVectorIndex",
     "erase_session",
     "erase_user",
+    "has_query_engine",
     "recall_generations",
 ]
 
@@ -555,6 +558,19 @@ class AsyncRedisVectorSearch:
             return self._knn.hits(meta, reply)
 
 
+def has_query_engine(client: redis.Redis) -> bool:
+    """Whether this Redis has the query engine the recall index needs (Redis Stack, or
+    Redis 8); a plain Redis answers its commands "unknown command"."""
+    with redis_errors():
+        try:
+            _command(client, "FT._LIST")
+        except redis.ResponseError as exc:
+            if "unknown command" in str(exc).lower():
+                return False
+            raise
+    return True
+
+
 def recall_generations(client: redis.Redis, *, prefix: str) -> list[str]:
     """The generations that have a recall index on this server, under `prefix`."""
     head, tail = f"{prefix}:", ":recall"
@@ -603,3 +619,21 @@ def _delete_matching(client: redis.Redis, prefix: str, where: FilterExpression) 
             if len(documents) < _DELETE_BATCH:
                 break
     return removed
+
+
+class RedisRecallErasure:
+    """A user's erasure, as far as the recall index goes (`UserEraser`'s `vectors`): every
+    vector of theirs in every generation (`erase_user`). A Redis without the query engine
+    holds no index, so there is nothing to erase there (recall was never on)."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def erase(self, scope: KeyScope) -> int:
+        """Delete the user's vectors and set their erasure mark; the number deleted."""
+        if not has_query_engine(self.client):
+            return 0
+        return erase_user(
+            self.client, prefix=self.prefix, tenant=scope.tenant, user_id=scope.user_id
+        )

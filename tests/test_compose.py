@@ -67,16 +67,21 @@ def _image_tag(image: str) -> str:
 
 
 def test_the_compose_file_runs_the_whole_system():
-    assert CHATLOG_SERVICES == ["gateway", "projector", "summarizer", "topics"]
+    assert CHATLOG_SERVICES == ["embedder", "gateway", "projector", "summarizer", "topics"]
     assert {"kafka", "redis", "redis-stack"} <= set(SERVICES)
     commands = {name: SERVICES[name]["command"] for name in CHATLOG_SERVICES}
     assert commands["topics"] == ["topics", "create"]
     assert commands["projector"] == ["run", "projector"]
     assert commands["summarizer"] == ["run", "summarizer"]
+    assert commands["embedder"] == ["run", "embedder"]
     assert commands["gateway"][0] == "serve"
     # The offline summarizer unless the shell names an LLM.
     summarizer = _environment(SERVICES["summarizer"], shell={})
     assert Settings.from_env(summarizer).llm_base_url is None
+    # The embedder with recall on, offline unless the shell names an endpoint.
+    embedder = Settings.from_env(_environment(SERVICES["embedder"], shell={}))
+    assert embedder.recall
+    assert embedder.embedding_provider == "offline"
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))

@@ -1,4 +1,4 @@
-"""The CLI's long-lived processes: `run projector` and `run summarizer`.
+"""The CLI's long-lived processes: `run projector`, `run summarizer` and `run embedder`.
 
 Each checks at start-up that the events topic exists (a missing one is a one-line error
 with the fix) and then runs until SIGTERM or Ctrl-C, and exits 0 within `STOP_BOUND_S`
@@ -20,6 +20,7 @@ from chatlog.settings import Settings
 
 if TYPE_CHECKING:
     from chatlog.cli.common import Commands
+    from chatlog.processors.kafka_embedder import KafkaEmbedder
     from chatlog.processors.kafka_projector import KafkaProjector
     from chatlog.prom_metrics import MetricsServer
 
@@ -27,7 +28,7 @@ __all__ = ["add_commands"]
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
-    """Add `run projector` and `run summarizer` to the parser's `commands`."""
+    """Add `run projector`, `run summarizer` and `run embedder` to the parser's `commands`."""
     run = commands.add_parser("run", help="run a long-lived processor")
     run_commands = run.add_subparsers(dest="run_command", required=True)
     projector = run_commands.add_parser(
@@ -39,6 +40,11 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
         help="keep every session's overflow folded into its rolling summary (faust agent)",
     )
     summarizer.set_defaults(handler=_run_summarizer, json=False, process="summarizer")
+    embedder = run_commands.add_parser(
+        "embedder",
+        help="embed every turn into the recall index (CHATLOG_RECALL=true) until SIGTERM",
+    )
+    embedder.set_defaults(handler=_run_embedder, json=False, process="embedder")
 
 
 def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
@@ -137,3 +143,51 @@ def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
         raise SystemExit(exit_status(worker.error))
     if status:
         raise SystemExit(status)
+
+
+def _run_embedder(args: argparse.Namespace, settings: Settings) -> None:
+    log = logging.getLogger("chatlog.embedder")
+    wiring.check_kafka_access(settings)
+    partition_count(wiring.admin_client(settings), settings)
+    wiring.check_keys_topic(settings)
+    embedder = wiring.recall_embedder(settings)  # refuses: recall off, no query engine
+    try:
+        state = embedder.open()  # refuses: another model's index, a lost one
+        metrics = _embedder_metrics(settings, embedder)
+        log.info(
+            "embedding %s (group %s) with %s (dimension %d) into the recall index of "
+            "generation %s at %s (%s); group member %s (CHATLOG_INSTANCE_ID)",
+            settings.topic,
+            settings.embedder_group,
+            embedder.embedder.model,
+            embedder.embedder.dimension,
+            embedder.generation,
+            redacted_url(settings.recall_redis),
+            "created" if not state.marks else f"{len(state.marks)} partitions indexed so far",
+            settings.instance_id,
+        )
+        try:
+            with stop_on_signals() as stop:
+                embedder.run(stop=stop)
+        finally:
+            if metrics is not None:
+                metrics.close()
+    finally:
+        embedder.close()
+        embedder.embedder.close()
+    log.info("stopped: %s", embedder.stats)
+
+
+def _embedder_metrics(settings: Settings, embedder: KafkaEmbedder) -> MetricsServer | None:
+    """The embedder's metrics and health (CHATLOG_METRICS_PORT); None when unset."""
+    if not settings.metrics_port:
+        return None
+    from chatlog.prom_metrics import EmbedderCollector  # noqa: PLC0415 - the metrics extra
+
+    client = wiring.recall_client(settings)  # its own: pings come from the server's thread
+    return wiring.metrics_server(
+        settings,
+        EmbedderCollector(embedder),
+        live=embedder.liveness,
+        ready=lambda: embedder.readiness(settings.ready_max_lag) or wiring.redis_answers(client),
+    )

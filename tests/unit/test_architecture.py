@@ -51,6 +51,7 @@ PURE_MODULES = [
     "chatlog.processors.embeddings",
     "chatlog.processors.recall_indexing",
     "chatlog.processors.replay_recall",
+    "chatlog.processors.embedder_stats",
     "chatlog.processors.extractive",
     "chatlog.processors.summary_engine",
     "chatlog.processors.commits",

@@ -10,10 +10,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from chatlog.gateway.request_stats import UNMATCHED, GatewayStats, RequestStats
+from chatlog.processors.embedder_stats import EmbedderStats
+from chatlog.processors.embeddings import EmbeddingStats
 from chatlog.processors.kafka_replay import ReplayProgress
 from chatlog.processors.measures import Histogram
 from chatlog.processors.projector_stats import ProjectorStats
+from chatlog.processors.resilience import CircuitBreaker
 from chatlog.prom_metrics import (
+    EmbedderCollector,
     GatewayCollector,
     ProjectorCollector,
     ReplayCollector,
@@ -29,9 +33,12 @@ def _families() -> dict[str, str]:
     """Every family the processes expose (the cost one included), by name: its type."""
     projector = SimpleNamespace(stats=ProjectorStats(), assigned={0})
     worker = SimpleNamespace(engine=None, assigned=frozenset())
+    model = SimpleNamespace(stats=EmbeddingStats(), breaker=CircuitBreaker())
+    embedder = SimpleNamespace(stats=EmbedderStats(), assigned={0}, embedder=model)
     registry = registry_of(
         ProjectorCollector(projector),  # type: ignore[arg-type]
         SummarizerCollector(worker, prices=(1.0, 2.0)),  # type: ignore[arg-type]
+        EmbedderCollector(embedder),  # type: ignore[arg-type]
         ReplayCollector(),
         GatewayCollector(GatewayStats()),
     )
