@@ -50,6 +50,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -67,6 +68,7 @@ from bench.measure import percentile
 from bench.plan import Plan
 from bench.recall_eval import EvalSet, build
 from bench.report import Report, Table, say
+from bench.scenarios.recall_quality import offline_settings
 from chatlog import wiring
 from chatlog.processors.embeddings import Embedder
 from chatlog.processors.projection import Record
@@ -151,7 +153,7 @@ class _Keys:
         for user, session, role, text in turns:
             event = append_message(session, user_id=user, role=role, content=text)
             event = seal_event(event, self.writer.for_writing(KeyScope.of(event)))
-            partition = hash(session) % _PARTITIONS
+            partition = zlib.crc32(session.encode()) % _PARTITIONS
             found.append(
                 Record(
                     "bench",
@@ -282,27 +284,13 @@ def recall_cost(stack: BenchStack, plan: Plan, report: Report) -> None:
             return
         evalset = build(plan.recall_users)
         keys = _Keys.of(settings, stack.redis)
-        offline = _offline(settings)
-        embedder = wiring.embedder(offline)
+        embedder = wiring.embedder(offline_settings(settings))
         try:
             turns, sizes = _throughput(plan, report, recall, keys, evalset, embedder)
             table = _sizes(report, recall, turns, sizes, embedder.dimension)
             _latency(plan, report, recall, keys, evalset, embedder, table)
         finally:
             embedder.close()
-
-
-def _offline(settings: Settings) -> Settings:
-    """The offline model whatever the run's settings name (they may name an endpoint)."""
-    return settings.model_copy(
-        update={
-            "embedding_provider": "offline",
-            "embedding_model": None,
-            "embedding_dimension": None,
-            "embedding_base_url": None,
-            "embedding_api_key": None,
-        }
-    )
 
 
 # ---------------------------------------------------------------------- 1. throughput

@@ -50,7 +50,7 @@ from chatlog.projections.view import Message
 from chatlog.schemas.errors import ConfigError
 from chatlog.settings import Settings
 
-__all__ = ["recall_quality"]
+__all__ = ["offline_settings", "recall_quality"]
 
 _KS = (5, 10)
 _RRF_K = 60
@@ -194,16 +194,7 @@ def recall_quality(plan: Plan, report: Report) -> None:
     bm25 = _bm25(evalset)
     results["BM25 (bm25s)"] = _recall(evalset, bm25) if not isinstance(bm25, str) else bm25
     base = Settings.from_env()
-    # The offline model whatever the run's settings name (they may name an endpoint).
-    offline = base.model_copy(
-        update={
-            "embedding_provider": "offline",
-            "embedding_model": None,
-            "embedding_dimension": None,
-            "embedding_base_url": None,
-            "embedding_api_key": None,
-        }
-    )
+    offline = offline_settings(base)
     rankers: dict[str, Ranker] = {}
     if not isinstance(bm25, str):
         rankers["BM25"] = bm25
@@ -296,6 +287,19 @@ def _compare(report: Report, results: dict[str, dict[int, float] | str]) -> None
             "BM25 (bm25s) on the same turns" if theirs else "—",
             theirs,
         )
+
+
+def offline_settings(settings: Settings) -> Settings:
+    """`settings` with the offline model, whatever they name (they may name an endpoint)."""
+    return settings.model_copy(
+        update={
+            "embedding_provider": "offline",
+            "embedding_model": None,
+            "embedding_dimension": None,
+            "embedding_base_url": None,
+            "embedding_api_key": None,
+        }
+    )
 
 
 def _endpoint(base: Settings) -> Settings | None:
