@@ -78,7 +78,7 @@ from chatlog.projections.encoding import encode_message
 from chatlog.projections.opening import EventOpener, ViewOpener
 from chatlog.projections.recall import EmbeddingModel, IndexedTurn, vector_bytes
 from chatlog.projections.redis_keys import RedisKeyDirectory
-from chatlog.projections.redis_vectors import RedisVectorIndex
+from chatlog.projections.redis_vectors import DEFAULT_ALGORITHM, RedisVectorIndex
 from chatlog.projections.view import Message, SessionView
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.key_records import ErasureRecord, KeyRecord
@@ -272,6 +272,18 @@ def _search_module(client: redis.Redis) -> str | None:
     return None if "search" in loaded else "it has no search module (Redis Stack or Redis 8 has)"
 
 
+def _server(client: redis.Redis) -> str:
+    """The recall Redis's version and its search module's (the header's is the
+    read-model's)."""
+    version = str(client.info("server").get("redis_version", "?"))
+    modules = {str(m[b"name"], "utf-8"): m[b"ver"] for m in client.module_list()}
+    search = int(modules.get("search", 0))
+    return (
+        f"Redis {version}, search module {search // 10000}.{search // 100 % 100}."
+        f"{search % 100}; {DEFAULT_ALGORITHM}, cosine, float32"
+    )
+
+
 def recall_cost(stack: BenchStack, plan: Plan, report: Report) -> None:
     """The recall_cost scenario: see the module docstring."""
     settings = stack.base.model_copy(update={"redis_prefix": f"{stack.redis_root}:{SCENARIO}"})
@@ -282,6 +294,7 @@ def recall_cost(stack: BenchStack, plan: Plan, report: Report) -> None:
             report.notes.append(f"recall_cost: not run: the recall Redis {problem}")
             say(f"recall_cost: not run: {problem}")
             return
+        report.notes.append(f"recall_cost: the recall index on {_server(recall.client)}")
         evalset = build(plan.recall_users)
         keys = _Keys.of(settings, stack.redis)
         embedder = wiring.embedder(offline_settings(settings))
