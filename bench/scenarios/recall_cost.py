@@ -204,35 +204,14 @@ class _Recall:
         self.indexes.append(index)
         return index
 
-    def peer(self, name: str, dimension: int) -> SearchIndex:
-        """redisvl's own index of the same schema, for its hashes with the text in clear."""
-        peer = SearchIndex.from_dict(
-            {
-                "index": {
-                    "name": f"{self.prefix}:{name}",
-                    "prefix": f"{self.prefix}:{name}:doc",
-                    "storage_type": "hash",
-                },
-                "fields": [
-                    {"name": "tenant", "type": "tag"},
-                    {"name": "user", "type": "tag"},
-                    {"name": "session", "type": "tag"},
-                    {"name": "role", "type": "tag"},
-                    {"name": "created", "type": "numeric"},
-                    {
-                        "name": "vector",
-                        "type": "vector",
-                        "attrs": {
-                            "algorithm": "flat",
-                            "dims": dimension,
-                            "distance_metric": "cosine",
-                            "datatype": "float32",
-                        },
-                    },
-                ],
-            },
-            redis_client=self.client,
-        )
+    def peer(self, name: str, like: RedisVectorIndex) -> SearchIndex:
+        """redisvl's own index with the schema of `like` (read back from Redis, as
+        redisvl's `from_existing` reads it), under its own name and prefix: for its
+        hashes with the text in clear."""
+        schema = SearchIndex.from_existing(like.name, redis_client=self.client).schema
+        schema.index.name = f"{self.prefix}:{name}"
+        schema.index.prefix = f"{self.prefix}:{name}:doc"
+        peer = SearchIndex(schema, redis_client=self.client)
         peer.create(overwrite=True, drop=True)
         self.peers.append(peer)
         return peer
@@ -354,7 +333,7 @@ def _throughput(
         turns = _fill(index, indexing, records)
         whole.add(len(turns) / (time.perf_counter() - started))
 
-        peer = recall.peer(f"peer-w{n}", model.dimension)
+        peer = recall.peer(f"peer-w{n}", index)
         started = time.perf_counter()
         vectors = embedder.embed(texts)
         peer.load(_clear_hashes(evalset, vectors), keys=_peer_keys(peer, evalset))
@@ -373,13 +352,13 @@ def _throughput(
             again.apply(turns[start : start + _RECORDS_PER_BATCH])
         write.add(len(turns) / (time.perf_counter() - started))
         hashes = [_hash(turn, model) for turn in turns]
-        peer = recall.peer(f"peer-a{n}", model.dimension)
+        peer = recall.peer(f"peer-a{n}", again)
         names = [f"{peer.prefix}:{turn.session_id}:{turn.message.message_id}" for turn in turns]
         started = time.perf_counter()
         peer.load(hashes, keys=names)
         peer_write.add(len(turns) / (time.perf_counter() - started))
         recall.drop(peer)
-        peer = recall.peer(f"peer-h{n}", model.dimension)
+        peer = recall.peer(f"peer-h{n}", again)
         started = time.perf_counter()
         _hset_pipeline(recall.client, names, hashes)
         bare.add(len(turns) / (time.perf_counter() - started))
