@@ -44,6 +44,7 @@ from bench.scenarios.pii import pii
 from bench.scenarios.projection import projection
 from bench.scenarios.projection_core import projection_core
 from bench.scenarios.reads import context_reads
+from bench.scenarios.recall_cost import recall_cost
 from bench.scenarios.recall_quality import recall_quality
 from bench.scenarios.replay import replay
 from bench.scenarios.sealing import sealing
@@ -70,6 +71,7 @@ SCENARIOS = (
     "sealing",
     "pii",
     "recall_quality",
+    "recall_cost",
     "gateway_sse",
     "gateway",
     "capacity",
@@ -86,6 +88,7 @@ TABLE_ORDER = (
     "sealing",
     "pii",
     "recall_quality",
+    "recall_cost",
     "gateway",
     "checkpoint",
 )
@@ -133,6 +136,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
             ("sealing", lambda: sealing(stack, plan, report)),
             ("pii", lambda: pii(stack, plan, report)),
             ("recall_quality", lambda: recall_quality(plan, report)),
+            ("recall_cost", lambda: recall_cost(stack, plan, report)),
             ("gateway_sse", lambda: gateway_sse(stack, plan, report)),
             ("gateway", lambda: gateway(stack, plan, report)),
             ("capacity", lambda: capacity(stack, plan, report)),

@@ -49,6 +49,11 @@ class Plan:
     erase_others: int  # other sessions in the read-model meanwhile
     pii_events: int  # events encoded in every redaction mode, per repetition
     recall_users: int  # users of the recall evaluation set (3 visits, 6 questions each)
+    # The recall_cost scenario's latency: the index grown to each size (turns), spread
+    # evenly over so many users; timed recalls per size and repetition.
+    recall_latency_turns: tuple[int, ...]
+    recall_latency_users: int
+    recall_latency_queries: int
     # The gateway scenario: offered loads (requests/s), open loop, each for a warm-up and
     # a measured duration; the users' sessions it runs on.
     gateway_rates: tuple[int, ...]
@@ -115,6 +120,9 @@ class Plan:
             erase_others=10_000,
             pii_events=3_000,
             recall_users=40,
+            recall_latency_turns=(10_000, 100_000),
+            recall_latency_users=1_000,
+            recall_latency_queries=1_000,
             gateway_rates=(200, 500, 1_000),
             gateway_warmup_s=1.0,
             gateway_duration_s=5.0,
@@ -175,6 +183,9 @@ class Plan:
             erase_others=500,
             pii_events=300,
             recall_users=8,
+            recall_latency_turns=(2_000,),
+            recall_latency_users=100,
+            recall_latency_queries=100,
             gateway_rates=(200, 500, 1_000),
             gateway_warmup_s=0.3,
             gateway_duration_s=1.0,

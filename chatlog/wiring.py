@@ -373,7 +373,6 @@ def recall_embedder(settings: Settings) -> KafkaEmbedder:
     Refuses to be built unless recall is on and its Redis has the query engine."""
     from chatlog.processors.kafka_embedder import KafkaEmbedder  # noqa: PLC0415 - recall extra
     from chatlog.processors.redis_recall_writer import RedisRecallWriter  # noqa: PLC0415
-    from chatlog.projections.recall import EmbeddingModel as IndexModel  # noqa: PLC0415
 
     recall = recall_client(settings)
     check_recall(settings, recall)

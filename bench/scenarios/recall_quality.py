@@ -17,20 +17,27 @@ questions. The methods, side by side on the same turns:
   `wiring.embedder`) at 256, 128 and 64 numbers, brute-force cosine (numpy): the vector
   index (HNSW or FLAT in Redis) returns the same neighbours, or nearly so;
 * BM25 and the offline model fused (reciprocal rank fusion, k = 60);
-* an endpoint model, when ``CHATLOG_EMBEDDING_PROVIDER=openai`` is set for the run.
+* an endpoint model, when one is configured: ``BENCH_EMBEDDING_BASE_URL`` (with
+  ``BENCH_EMBEDDING_MODEL``, ``BENCH_EMBEDDING_API_KEY``, ``BENCH_EMBEDDING_DIMENSION``)
+  for this benchmark alone, else the run's own settings when they name one
+  (``CHATLOG_EMBEDDING_PROVIDER=openai`` and its ``CHATLOG_EMBEDDING_*``); its row says
+  "not configured" otherwise.
 
-Throughput: every turn of the set embedded by `wiring.embedder` (the offline model,
-batches of ``CHATLOG_EMBEDDING_BATCH_SIZE``), timed, once per repetition; and each
-question embedded alone, as a recall embeds its query (p50 and p99).
+Also timed: each question embedded alone by the offline model, as a recall embeds its
+query (p50 and p99). The embedding throughput, the index's size and the recall latency
+are `bench.scenarios.recall_cost`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from pydantic import ValidationError
 
 from bench.measure import percentile
 from bench.plan import Plan
@@ -40,14 +47,18 @@ from chatlog import wiring
 from chatlog.processors.extractive import ExtractiveSummarizer
 from chatlog.processors.summarizers import SummaryRequest
 from chatlog.projections.view import Message
+from chatlog.schemas.errors import ConfigError
 from chatlog.settings import Settings
 
-__all__ = ["recall_quality"]
+__all__ = ["offline_settings", "recall_quality"]
 
 _KS = (5, 10)
 _RRF_K = 60
 _SUMMARY_EVERY = 10  # CHATLOG_SUMMARY_THRESHOLD's default
 _SUMMARY_TOKENS = 400  # CHATLOG_SUMMARY_MAX_TOKENS's default
+# An endpoint model for this benchmark only (not CHATLOG_*: chatlog's settings refuse
+# names they do not know).
+_ENDPOINT_ENV = "BENCH_EMBEDDING_"
 
 # For each question, the user's turns best first (message ids), at least max(_KS) long.
 Ranker = Callable[[Question], list[str]]
@@ -183,16 +194,7 @@ def recall_quality(plan: Plan, report: Report) -> None:
     bm25 = _bm25(evalset)
     results["BM25 (bm25s)"] = _recall(evalset, bm25) if not isinstance(bm25, str) else bm25
     base = Settings.from_env()
-    # The offline model whatever the run's settings name (they may name an endpoint).
-    offline = base.model_copy(
-        update={
-            "embedding_provider": "offline",
-            "embedding_model": None,
-            "embedding_dimension": None,
-            "embedding_base_url": None,
-            "embedding_api_key": None,
-        }
-    )
+    offline = offline_settings(base)
     rankers: dict[str, Ranker] = {}
     if not isinstance(bm25, str):
         rankers["BM25"] = bm25
@@ -207,16 +209,20 @@ def recall_quality(plan: Plan, report: Report) -> None:
     if not isinstance(bm25, str) and dense_256 is not None:
         rankers["BM25 + offline 256"] = _fused(bm25, dense_256)
         results["BM25 + offline 256 (RRF)"] = _recall(evalset, rankers["BM25 + offline 256"])
-    if base.embedding_provider == "openai":
-        endpoint = wiring.embedder(base)
+    chosen = _endpoint(base)
+    if chosen is not None:
+        endpoint = wiring.embedder(chosen)
         try:
-            results[f"endpoint: {endpoint.model}"] = _recall(
+            results[f"endpoint model: {endpoint.model} ({endpoint.dimension} numbers)"] = _recall(
                 evalset, _dense(evalset, endpoint.embed)
             )
         finally:
             endpoint.close()
     else:
-        results["endpoint model: not configured (CHATLOG_EMBEDDING_PROVIDER=openai)"] = ""
+        results[
+            f"endpoint model: not configured ({_ENDPOINT_ENV}BASE_URL, or "
+            f"CHATLOG_EMBEDDING_PROVIDER=openai)"
+        ] = ""
     say(f"recall quality counted in {time.perf_counter() - started:.1f} s")
     for method, result in results.items():
         if isinstance(result, str):
@@ -226,13 +232,16 @@ def recall_quality(plan: Plan, report: Report) -> None:
     report.tables.append(table)
     report.tables.append(_kinds_table(evalset, rankers))
     _compare(report, results)
-    _throughput(plan, report, evalset, offline)
+    _query_embedding(plan, report, evalset, offline)
+    back, earlier = _distances(evalset)
     table.notes += [
         f"Set: `bench/recall_eval.py` build({plan.recall_users}), seed 17: "
         f"{len(evalset.turns):,} turns (3 visits of 50-70 turns a user), "
-        f"{len(evalset.questions)} questions asked in the last visit, each answered by one "
-        f"turn stated once, earlier, never in the last {WINDOW} turns of the visit asked in; "
-        f"distractors state the same kinds of fact about something else.",
+        f"{len(evalset.questions)} questions asked at the end of the last visit, each "
+        f"answered by one turn stated once, earlier, never in the last {WINDOW} turns of "
+        f"the visit asked in: {statistics.median(back):.0f} turns back in the user's "
+        f"history (median; {min(back)}-{max(back)}), {earlier} of {len(back)} in an "
+        f"earlier visit; distractors state the same kinds of fact about something else.",
         "Recall@k: the share of labelled turns among the first k of the user's turns "
         "(all visits) as the method ranks them. Dense methods: brute-force cosine. The "
         "offline model at 256 numbers (wordllama l2_supercat) is the default.",
@@ -280,29 +289,80 @@ def _compare(report: Report, results: dict[str, dict[int, float] | str]) -> None
         )
 
 
-def _throughput(plan: Plan, report: Report, evalset: EvalSet, settings: Settings) -> None:
-    texts = [t.content for t in evalset.turns]
-    embedder = wiring.embedder(settings)
-    embedder.embed(texts[:256])  # warm-up
-    rate = report.metric(
-        "recall_quality", "embed throughput, offline model (turns/s)", "events/s", ">= 500"
+def offline_settings(settings: Settings) -> Settings:
+    """`settings` with the offline model, whatever they name (they may name an endpoint)."""
+    return settings.model_copy(
+        update={
+            "embedding_provider": "offline",
+            "embedding_model": None,
+            "embedding_dimension": None,
+            "embedding_base_url": None,
+            "embedding_api_key": None,
+        }
     )
-    for n in range(plan.repeat):
-        started = time.perf_counter()
-        embedder.embed(texts)
-        took = time.perf_counter() - started
-        rate.add(len(texts) / took)
-        say(f"recall repetition {n + 1}: {len(texts) / took:,.0f} turns/s embedded")
-    report.compare("recall_quality", "embed throughput, offline model (turns/s)", rate)
-    # A recall embeds its query first: that time is inside the recall's latency budget.
+
+
+def _endpoint(base: Settings) -> Settings | None:
+    """The endpoint model's settings: ``BENCH_EMBEDDING_*`` if set, else the run's own when
+    they name an endpoint; None when neither does."""
+    url = os.environ.get(f"{_ENDPOINT_ENV}BASE_URL")
+    if not url:
+        return base if base.embedding_provider == "openai" else None
+    dimension = os.environ.get(f"{_ENDPOINT_ENV}DIMENSION")
+    key = os.environ.get(f"{_ENDPOINT_ENV}API_KEY")
+    try:
+        chosen = Settings.model_validate(
+            {
+                **{name: getattr(base, name) for name in type(base).model_fields},
+                "embedding_provider": "openai",
+                "embedding_base_url": url,
+                "embedding_model": os.environ.get(f"{_ENDPOINT_ENV}MODEL") or None,
+                "embedding_api_key": key or None,
+                "embedding_dimension": int(dimension) if dimension else None,
+            }
+        )
+    except (ValueError, ConfigError) as exc:
+        why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise ConfigError(
+            f"the benchmark's endpoint model ({_ENDPOINT_ENV}BASE_URL={url}) is not usable: "
+            f"{why}; set {_ENDPOINT_ENV}MODEL, and {_ENDPOINT_ENV}DIMENSION (a whole number) "
+            f"for a model other than OpenAI's",
+            setting=f"{_ENDPOINT_ENV}BASE_URL",
+        ) from None
+    return chosen
+
+
+def _distances(evalset: EvalSet) -> tuple[list[int], int]:
+    """How many turns of the user's history lie between each answer and the end of the
+    visit its question is asked at; and how many answers are in an earlier visit."""
+    back: list[int] = []
+    earlier = 0
+    for question in evalset.questions:
+        turns = evalset.of_user(question.user_id)
+        where = {t.message_id: n for n, t in enumerate(turns)}
+        end = max(n for n, t in enumerate(turns) if t.session_id == question.session_id)
+        for message_id in question.evidence:
+            back.append(end + 1 - where[message_id])
+            earlier += turns[where[message_id]].session_id != question.session_id
+    return back, earlier
+
+
+def _query_embedding(plan: Plan, report: Report, evalset: EvalSet, settings: Settings) -> None:
+    """Each question embedded alone, as a recall embeds its query: that time is inside
+    the recall's latency budget."""
+    embedder = wiring.embedder(settings)
+    queries = [q.query for q in evalset.questions]
+    embedder.embed(queries[:32])  # warm-up
     p50 = report.metric("recall_quality", "embed one query, offline model, p50", "ms")
     p99 = report.metric("recall_quality", "embed one query, offline model, p99", "ms")
-    queries = [q.query for q in evalset.questions]
-    for _ in range(plan.repeat):
-        took_ms = []
-        for query in queries:
-            started = time.perf_counter()
-            embedder.embed([query])
-            took_ms.append((time.perf_counter() - started) * 1000)
-        p50.add(percentile(took_ms, 50))
-        p99.add(percentile(took_ms, 99))
+    try:
+        for _ in range(plan.repeat):
+            took_ms = []
+            for query in queries:
+                started = time.perf_counter()
+                embedder.embed([query])
+                took_ms.append((time.perf_counter() - started) * 1000)
+            p50.add(percentile(took_ms, 50))
+            p99.add(percentile(took_ms, 99))
+    finally:
+        embedder.close()

@@ -46,6 +46,7 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(
         "| sealing |",
         "| pii |",
         "| recall_quality |",
+        "| recall_cost |",
         "| gateway sse |",
         "| gateway |",
         "| checkpoint |",
@@ -53,6 +54,7 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(
         "## pii redaction quality",
         "## recall quality: evidence recall",
         "## recall quality by kind of fact",
+        "## recall index: memory per 1,000 turns",
         "## capacity: measured",
         "## capacity: worked example for 10,000 messages/s",
         "| 3 projectors: backlog drained |",
@@ -73,6 +75,8 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(
         "AsyncChatLog.context in process",
         "LangGraph InMemorySaver",
         "RedisSaver (langgraph-checkpoint-redis)",
+        "redisvl SearchIndex.load of the same hashes",
+        "redisvl SearchIndex.query(VectorQuery)",
     ):
         assert peer in beside
     for size in ("2 KB state", "200 KB state"):
