@@ -450,6 +450,12 @@ class Settings(BaseModel):
     embedding_timeout_s: float = Field(
         30.0, gt=0, description="how long one call to the embeddings endpoint may take"
     )
+    embedding_breaker_reset_s: float = Field(
+        30.0,
+        ge=0,
+        description="after 5 failed embedding calls in a row, how long to stop calling "
+        "before one trial call",
+    )
     # A collector parses JSON lines; a person reads plain ones (chatlog.logs has the fields).
     log_format: LogFormat = Field(
         "plain", description="how processes log: plain lines, or json (one object a line)"

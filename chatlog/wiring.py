@@ -946,7 +946,10 @@ def embedder(settings: Settings) -> ResilientEmbedder:
             ca_file=None if settings.embedding_ca_file is None else str(settings.embedding_ca_file),
         )
     return ResilientEmbedder(
-        model, batch_size=settings.embedding_batch_size, max_chars=settings.embedding_max_chars
+        model,
+        batch_size=settings.embedding_batch_size,
+        max_chars=settings.embedding_max_chars,
+        breaker=CircuitBreaker(reset_timeout=settings.embedding_breaker_reset_s),
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from chatlog import wiring
 from chatlog.processors.embeddings import (
     OFFLINE_MODEL,
     EmbeddingBatch,
@@ -302,3 +303,8 @@ def test_recall_on_a_redis_cluster_needs_a_recall_redis_of_its_own():
         Settings.from_env(cluster)
     own = Settings.from_env(cluster | {"CHATLOG_RECALL_REDIS_URL": "redis://127.0.0.1:6380/0"})
     assert own.recall_redis == "redis://127.0.0.1:6380/0"
+
+
+def test_the_breakers_pause_is_the_setting():
+    embedder = wiring.embedder(Settings.from_env({"CHATLOG_EMBEDDING_BREAKER_RESET_S": "7"}))
+    assert embedder.breaker.reset_timeout == 7.0
