@@ -536,19 +536,24 @@ def _recall(log: ChatLog, script: Script, *, width: int, embedder: Child) -> Non
     waited = time.perf_counter() - started
     if any(_RECALL_FACT in (m.content or "").lower() for m in ctx.messages):
         raise DemoFailed(f"the long chat still holds its {_RECALL_FACT!r} turns: it changed?")
-    summary = "also in" if _RECALL_FACT in (ctx.summary or "").lower() else "not in"
+    kept = (
+        f"the {len(ctx.messages)} turns the session holds do not keep that (its summary does)"
+        if _RECALL_FACT in (ctx.summary or "").lower()
+        else f"neither the {len(ctx.messages)} turns the session holds nor its summary keep that"
+    )
     started = time.perf_counter()
     turns = log.recall(script.user_id, RECALL_QUERY, k=_RECALL_K)
     took = time.perf_counter() - started
     prompt = ctx.to_openai(max_tokens=_PROMPT_TOKENS)
     in_prompt = sum(ctx.count_tokens(m.get("content") or "") for m in prompt)
 
-    _say(
-        "recall",
-        f"chatlog run embedder embeds every turn it reads. In the first visit {script.user_id} was",
+    first = f"chatlog run embedder embeds every turn it reads. In the first visit, {script.user_id}"
+    _say("recall", first)
+    _indent(
+        _wrapped(f"was told where loan machines are lent; {kept}.", width=width - _LABEL),
+        width=width,
     )
-    _say("", f"told where loan machines are lent: not in the {len(ctx.messages)} turns the")
-    _say("", f"session holds, {summary} its summary. Asked about it, recall finds it by meaning:")
+    _say("", "Asked about it, recall finds it by meaning:")
     _say(
         "",
         f"log.context({script.session_id!r}, user_id={script.user_id!r}, "
@@ -565,6 +570,7 @@ def _recall(log: ChatLog, script: Script, *, width: int, embedder: Child) -> Non
         f"to_openai(max_tokens={_PROMPT_TOKENS:,}): {len(prompt)} messages, ~{in_prompt:,} "
         f"tokens, the {len(ctx.recalled)} recalled turns quoted as data in one user message",
     )
+    _say("", "the same from a shell: the `chatlog recall` line at the end")
     print()
 
 
