@@ -11,6 +11,14 @@ the window are folded into the session's summary as the chat goes on, so the pro
 stays small however long the chat grows. The demo prints the summary, how many turns it
 covers and what the prompt costs against the whole chat.
 
+Then semantic recall (docs/recall.md), when the local stack has a Redis with the query
+engine (`make services` starts Redis Stack): ``chatlog run embedder`` runs beside the
+projector and the summarizer and embeds every turn into the recall index, and the demo
+asks for something the customer of the long chat learnt in its first visit, which
+neither the window nor the summary holds any more; `ChatLog.context(..., recall=...)`
+finds it, with its score, and the demo prints the `chatlog recall` command that asks the
+same. Without such a Redis the demo says that recall is skipped, and why.
+
 Last, one customer is exported and erased: the demo shows a message of theirs as it
 rests in Kafka and in Redis (ciphertext under their own key), exports their sessions
 from the log (`ChatLog.export_user`), calls `ChatLog.erase_user`, and shows that their
@@ -18,15 +26,16 @@ sessions now answer "erased" while every other customer's read as before; then t
 audit trail's records of the export and the erasure (`chatlog audit --user ...
 --verify`), which name the customer by a pseudonym only, and that its chains hold.
 
-It uses only what an application would: `ChatLog` to append and read,
-`chatlog.wiring.create_topics`, and the ``chatlog`` command: ``chatlog run projector``
-and ``chatlog run summarizer`` as child processes (the offline extractive summarizer
-unless ``CHATLOG_LLM_BASE_URL`` names an LLM; both stopped with SIGTERM at the end
-whatever happens), ``chatlog tail`` to count the summaries in the log, and the CLI's
-own formatting for contexts and session lists. What the demo shows is checked by tests:
-isolation and the long chat's summary by ``tests/integration/test_support_chats.py``,
-read-your-writes by ``test_projection.py``. The demo ends with one sanity line and the
-commands to look further.
+It uses only what an application would: `ChatLog` to append, read and recall,
+`chatlog.wiring.create_topics`, and the ``chatlog`` command: ``chatlog run projector``,
+``chatlog run summarizer`` (and ``chatlog run embedder``) as child processes (the offline
+extractive summarizer unless ``CHATLOG_LLM_BASE_URL`` names an LLM; all stopped with
+SIGTERM at the end whatever happens), ``chatlog tail`` to count the summaries in the log,
+and the CLI's own formatting for contexts, session lists and recalled turns. What the
+demo shows is checked by tests: isolation and the long chat's summary by
+``tests/integration/test_support_chats.py``, read-your-writes by ``test_projection.py``,
+recall by ``test_recall.py``. The demo ends with one sanity line and the commands to look
+further.
 
 Last, it leaves the chat page running on this run's data, as it leaves the stack up
 (`dev.demo_page`: ``chatlog serve --dev --bot echo`` and a projector, detached), and
@@ -47,6 +56,7 @@ import logging
 import os
 import random
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -66,15 +76,27 @@ from typing import Any
 from confluent_kafka import TopicPartition
 from pydantic import SecretStr
 
-from chatlog import ChatLog, ChatlogError, Context, OutcomeUnknown, Position, Settings, wiring
+from chatlog import (
+    ChatLog,
+    ChatlogError,
+    ConfigError,
+    Context,
+    MissingExtra,
+    OutcomeUnknown,
+    Position,
+    Settings,
+    wiring,
+)
 from chatlog.cli.output import context_lines, session_rows
 from chatlog.cli.privacy import audit_lines, verify_lines
+from chatlog.cli.recall import recall_rows
 from chatlog.gateway.tokens import TokenIssuer
 from chatlog.logs import setup_logging
 from chatlog.processors.kafka_audit import read_audit
 from chatlog.processors.kafka_consumer import groupless_consumer
 from chatlog.schemas.events import ConversationEvent, MessageAppended
 from chatlog.schemas.master_keys import user_pseudonyms
+from chatlog.schemas.secrets import redacted_url
 from dev import demo_page
 from dev.demo_chats import Script, read_long_chat, write_scripts
 from dev.services.state import ServiceError, free_ports
@@ -87,6 +109,16 @@ _STOP_TIMEOUT_S = 15.0
 _SUMMARY_TIMEOUT_S = 60.0
 # The prompt budget of the long chat's context: its summary and every turn held fit.
 _PROMPT_TOKENS = 2_000
+# What the long chat's customer might ask next. The answer was given in the first visit
+# (dev/long_chat.txt): neither the window nor the summary holds it by the last one (the
+# summary names the cities, not what was said of them). The offline model ranks both
+# turns of that answer in its first 3 (k).
+RECALL_QUERY = "If the new one breaks, can I get a loan machine?"
+_RECALL_FACT = "loan machine"
+_RECALL_K = 3
+# The embedder runs beside the chats; it is usually caught up by the time the long chat
+# is summarized, and this bounds the wait when it is not.
+_RECALL_TIMEOUT_S = 30.0
 
 
 class DemoFailed(Exception):
@@ -106,17 +138,41 @@ def chatlog_command() -> str:
 
 
 def chatlog_env(settings: Settings) -> dict[str, str]:
-    """This environment, with the demo's topic, Redis prefix and consumer groups."""
+    """This environment, with the demo's topic, Redis prefix, consumer groups and recall."""
     env = dict(os.environ)
     for name in (
         *("kafka_bootstrap", "redis_url", "topic", "dlq_topic", "keys_topic", "audit_topic"),
-        *("redis_prefix",),
-        *("projector_group", "summarizer_group", "master_key_file"),
+        *("redis_prefix", "recall", "recall_redis_url"),
+        *("projector_group", "summarizer_group", "embedder_group", "master_key_file"),
     ):
         value = getattr(settings, name)
-        if value is not None:
+        if isinstance(value, bool):
+            env[Settings.env_name(name)] = str(value).lower()
+        elif value is not None:
             env[Settings.env_name(name)] = str(value)
     return env
+
+
+def with_recall(overrides: dict[str, Any]) -> tuple[Settings, str | None]:
+    """The demo's settings (`overrides` over the environment's) with recall on when a
+    Redis with the query engine is known; else with recall off, and why it is skipped."""
+    try:
+        on = Settings.from_env(**overrides, recall=True)
+        client = wiring.recall_client(on)
+        try:
+            wiring.check_recall(on, client)  # the query engine, as the embedder checks it
+        finally:
+            client.close()
+    except (ConfigError, MissingExtra) as exc:
+        off = Settings.from_env(**overrides, recall=False)
+        if isinstance(exc, MissingExtra) or off.recall_redis_url is not None:
+            return off, str(exc)
+        return off, (
+            f"no Redis with the query engine is known: CHATLOG_RECALL_REDIS_URL is not set, "
+            f"and the read-model's Redis ({redacted_url(off.redis_url)}) has none; `make "
+            f"services` starts Redis Stack for it"
+        )
+    return on, None
 
 
 @dataclass(frozen=True)
@@ -342,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"demo FAILED: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("demo: interrupted; the projector and the summarizer were stopped", file=sys.stderr)
+        print("demo: interrupted; the processes it ran were stopped", file=sys.stderr)
         return 130
 
 
@@ -359,17 +415,27 @@ def _run(args: argparse.Namespace) -> int:
         "redis_prefix": name,
         "projector_group": f"chatlog-projector.demo.{run}",
         "summarizer_group": f"chatlog-summarizer.demo.{run}",
+        "embedder_group": f"chatlog-embedder.demo.{run}",
     }
-    settings = Settings.from_env(**overrides)
+    settings, recall_skipped = with_recall(overrides)
+    overrides["recall"] = settings.recall
+    recalled = "" if recall_skipped else ", and a fact from its first visit recalled"
     print(
         f"chatlog demo: {args.sessions} customer-support chats of {args.users} users, "
-        f"published concurrently and projected; then one long chat summarized\n"
+        f"published concurrently and projected; then one long chat summarized{recalled}\n"
     )
     reports = {r.name: r for r in wiring.create_topics(settings)}
     _say("kafka", f"{settings.kafka_bootstrap}  topic {settings.topic}")
     _say("", f"({reports[settings.topic].partitions} partitions, key = session id)")
     _say("redis", f"{settings.redis_url}  prefix {settings.redis_prefix}")
-    with running_children(settings, ("projector", "summarizer")) as children:
+    if recall_skipped:
+        _say("recall", f"skipped: {recall_skipped}")
+    else:
+        model = settings.embedding
+        _say("recall", f"{redacted_url(settings.recall_redis)}  the recall index (query engine),")
+        _say("", f"the offline model {model.model} ({model.dimension} numbers) unless set")
+    names = ("projector", "summarizer") + (("embedder",) if settings.recall else ())
+    with running_children(settings, names) as children:
         for child in children.values():
             _say(
                 child.name, f"pid {child.process.pid}: chatlog run {child.name}  ({child.log_path})"
@@ -444,8 +510,68 @@ def _steps(
     stale = [s.session_id for s, c in pairs if c.message_count != len(s.turns)]
     if stale:
         raise DemoFailed(f"sessions read back without all their messages: {stale[:5]}")
+    if settings.recall:
+        _recall(log, long_chat, width=width, embedder=children["embedder"])
     _erasure(log, settings, list(zip(scripts, last, strict=True)), keep=example.user_id)
     return example, long_chat
+
+
+def _recall(log: ChatLog, script: Script, *, width: int, embedder: Child) -> None:
+    """Recall, for the long chat's customer, what they were told in the first visit and
+    the prompt no longer holds; waits (bounded) for the embedder to have indexed it."""
+    started = time.perf_counter()
+    while True:
+        ctx = log.context(
+            script.session_id, user_id=script.user_id, recall=RECALL_QUERY, recall_k=_RECALL_K
+        )
+        if any(_RECALL_FACT in turn.content.lower() for turn in ctx.recalled):
+            break
+        if embedder.process.poll() is not None or time.perf_counter() - started > _RECALL_TIMEOUT_S:
+            found = "; ".join(recall_rows(list(ctx.recalled))) or ctx.recall_error or "nothing"
+            raise DemoFailed(
+                f"recall did not find the long chat's {_RECALL_FACT!r} turns within "
+                f"{_RECALL_TIMEOUT_S:.0f} s (it found: {found}); {embedder.problem()}"
+            )
+        time.sleep(0.1)
+    waited = time.perf_counter() - started
+    if any(_RECALL_FACT in (m.content or "").lower() for m in ctx.messages):
+        raise DemoFailed(f"the long chat still holds its {_RECALL_FACT!r} turns: it changed?")
+    kept = (
+        f"the {len(ctx.messages)} turns the session holds do not keep that (its summary does)"
+        if _RECALL_FACT in (ctx.summary or "").lower()
+        else f"neither the {len(ctx.messages)} turns the session holds nor its summary keep that"
+    )
+    started = time.perf_counter()
+    turns = log.recall(script.user_id, RECALL_QUERY, k=_RECALL_K)
+    took = time.perf_counter() - started
+    prompt = ctx.to_openai(max_tokens=_PROMPT_TOKENS)
+    in_prompt = sum(ctx.count_tokens(m.get("content") or "") for m in prompt)
+
+    first = f"chatlog run embedder embeds every turn it reads. In the first visit, {script.user_id}"
+    _say("recall", first)
+    _indent(
+        _wrapped(f"was told where loan machines are lent; {kept}.", width=width - _LABEL),
+        width=width,
+    )
+    _say("", "Asked about it, recall finds it by meaning:")
+    _say(
+        "",
+        f"log.context({script.session_id!r}, user_id={script.user_id!r}, "
+        f"recall={RECALL_QUERY!r}, recall_k={_RECALL_K})",
+    )
+    _indent(recall_rows(list(ctx.recalled)), width=width)
+    _say(
+        "",
+        f"found {_ms(waited)} after asking; then log.recall({script.user_id!r}, ..., "
+        f"k={_RECALL_K}): {len(turns)} turns in {_ms(took)}",
+    )
+    _say(
+        "",
+        f"to_openai(max_tokens={_PROMPT_TOKENS:,}): {len(prompt)} messages, ~{in_prompt:,} "
+        f"tokens, the {len(ctx.recalled)} recalled turns quoted as data in one user message",
+    )
+    _say("", "the same from a shell: the `chatlog recall` line at the end")
+    print()
 
 
 def _erasure(
@@ -476,7 +602,8 @@ def _erasure(
     _say(
         "erased",
         f"log.erase_user({user!r}): {len(erasure.key_ids)} data key(s) destroyed, "
-        f"{erasure.sessions_removed} sessions removed from Redis in {_ms(erasure.seconds)}",
+        f"{erasure.sessions_removed} sessions removed from Redis in {_ms(erasure.seconds)}"
+        + (f", {erasure.vectors_removed} vectors from the recall index" if settings.recall else ""),
     )
     answers = []
     reads: dict[str, Callable[[], object]] = {
@@ -649,6 +776,12 @@ def _next_steps(settings: Settings, example: Context, long_chat: Script) -> None
     print(f"  {cli} context {long_chat.session_id} --user {long_chat.user_id}   # the long chat")
     print(f"  {cli} run projector        # the projector this demo ran, in the foreground")
     print(f"  {cli} run summarizer       # and the summarizer")
+    if settings.recall:
+        print(f"  {cli} run embedder         # and the embedder (CHATLOG_RECALL=true)")
+        print(
+            f"  CHATLOG_RECALL=true {cli} recall --user {long_chat.user_id} "
+            f"{shlex.quote(RECALL_QUERY)}   # semantic recall"
+        )
     print("  docs/python-api.md, docs/cli.md and docs/guarantees.md: what to read next")
     print()
 
@@ -656,7 +789,12 @@ def _next_steps(settings: Settings, example: Context, long_chat: Script) -> None
 def _chat_page(settings: Settings, example: Context, *, port: int | None) -> None:
     """Leave the chat page running on this run's data; print its URL and a curl line."""
     secret = _auth_secret(settings)
-    env = {**chatlog_env(settings), Settings.env_name("auth_secret"): secret}
+    env = {
+        **chatlog_env(settings),
+        Settings.env_name("auth_secret"): secret,
+        # No embedder runs beside the page: its recall would miss every turn chatted there.
+        Settings.env_name("recall"): "false",
+    }
     try:
         page = demo_page.start_page(
             command=chatlog_command(), env=env, state_dir=settings.state_dir.resolve(), port=port

@@ -31,27 +31,29 @@ the key directory, the keys topic is not what is measured).
    tenant: turns spread evenly over 1,000 users (quick: 100) in 3 sessions each, filled
    through the indexing path with synthetic unit vectors (an embedding of 100k turns
    would take longer than the run), each size in one index grown from the previous.
-   A recall is timed whole: the query (the evaluation set's questions, in turn) embedded
-   by the offline model, the KNN of the 5 nearest turns of a user drawn at random
-   (`RedisVectorIndex.search`: tenant and user as tag filters, the metadata in the same
-   round trip), the user's keys from the key directory and the hits opened
-   (`ViewOpener`): the search path ``ChatLog.recall`` takes. `_RecallPath` is that path;
-   when ``ChatLog.recall(user_id, query, k)`` is on main, `_recall_path` returns the
-   ChatLog's bound ``recall`` instead (one line), the rest unchanged. Beside it, on the
-   same index and the same queries, interleaved: redisvl's ``SearchIndex.query
-   (VectorQuery)`` with the same filter, after the same query embedding (it opens
-   nothing).
+   A recall is timed whole, through the public API: ``ChatLog.recall(user_id, query,
+   k=5)`` of a user drawn at random (the query, the evaluation set's questions in turn,
+   checked and embedded by the offline model; the KNN of the user's 5 nearest turns in
+   the live generation's index, tenant and user as tag filters, the metadata in the same
+   round trip; the user's keys and each hit session's status from the read-model in one
+   round trip; the hits opened with the owner's keys), and ``await
+   AsyncChatLog.recall(...)`` the same (its query embedded in a worker thread). Beside
+   them, on the same index and the same queries, interleaved: redisvl's
+   ``SearchIndex.query(VectorQuery)`` with the same filter, after the same query
+   embedding (it opens nothing), and, a detail row, the KNN alone
+   (`RedisVectorIndex.search` of a vector embedded beforehand).
 
 Every index and key it makes is dropped at the end, also after a failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
@@ -70,16 +72,16 @@ from bench.recall_eval import EvalSet, build
 from bench.report import Report, Table, say
 from bench.scenarios.recall_quality import offline_settings
 from chatlog import wiring
+from chatlog.client import AsyncChatLog, ChatLog
 from chatlog.processors.embeddings import Embedder
 from chatlog.processors.projection import Record
 from chatlog.processors.recall_indexing import IndexWork, RecallIndexing
 from chatlog.producers.commands import append_message
 from chatlog.projections.encoding import encode_message
-from chatlog.projections.opening import EventOpener, ViewOpener
-from chatlog.projections.recall import EmbeddingModel, IndexedTurn, vector_bytes
+from chatlog.projections.opening import EventOpener
+from chatlog.projections.recall import EmbeddingModel, IndexedTurn, RecalledTurn, vector_bytes
 from chatlog.projections.redis_keys import RedisKeyDirectory
 from chatlog.projections.redis_vectors import DEFAULT_ALGORITHM, RedisVectorIndex
-from chatlog.projections.view import Message, SessionView
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.key_records import ErasureRecord, KeyRecord
 from chatlog.schemas.keyring import Keyring
@@ -265,9 +267,12 @@ def _server(client: redis.Redis) -> str:
 
 def recall_cost(stack: BenchStack, plan: Plan, report: Report) -> None:
     """The recall_cost scenario: see the module docstring."""
-    settings = stack.base.model_copy(update={"redis_prefix": f"{stack.redis_root}:{SCENARIO}"})
-    prefix = f"{stack.redis_root}:{SCENARIO}:recall"
-    with _on_recall_redis(stack, prefix) as recall:
+    # Its topics too: `ChatLog.from_settings` checks that the keys topic exists (nothing
+    # is published to them).
+    settings = stack.scenario(SCENARIO)
+    # The read-model's prefix: `ChatLog.recall` looks for the live generation's index under
+    # it (the key directory is on the read-model's Redis, the indexes on the recall one).
+    with _on_recall_redis(stack, settings.redis_prefix) as recall:
         problem = _search_module(recall.client)
         if problem is not None:
             report.notes.append(f"recall_cost: not run: the recall Redis {problem}")
@@ -280,7 +285,7 @@ def recall_cost(stack: BenchStack, plan: Plan, report: Report) -> None:
         try:
             turns, sizes = _throughput(plan, report, recall, keys, evalset, embedder)
             table = _sizes(report, recall, turns, sizes, embedder.dimension)
-            _latency(plan, report, recall, keys, evalset, embedder, table)
+            _latency(plan, report, recall, keys, evalset, embedder, table, settings)
         finally:
             embedder.close()
 
@@ -565,56 +570,59 @@ def _kb_cells(sizes: _Bytes) -> list[str]:
 # ------------------------------------------------------------------------- 3. latency
 
 
-class _RecallPath:
-    """A recall as ``ChatLog.recall(user_id, query, k)`` makes it: embed the query, KNN of
-    the user's turns (`RedisVectorIndex.search`), the user's keys from the directory,
-    the hits opened (`ViewOpener`). Returns the opened messages, nearest first."""
-
-    def __init__(
-        self, embedder: Embedder, index: RedisVectorIndex, keys: _Keys, tenant: str = _TENANT
-    ) -> None:
-        self.embedder = embedder
-        self.index = index
-        self.directory = keys.directory
-        self.opener = ViewOpener(Keyring(keys.writer.provider))
-        self.tenant = tenant
-
-    def __call__(self, user_id: str, query: str, k: int = _K) -> list[Message]:
-        [vector] = self.embedder.embed([query])
-        hits = self.index.search(vector, tenant=self.tenant, user_id=user_id, k=k)
-        if not hits:
-            return []
-        entries = self.directory.entries(KeyScope(self.tenant, user_id))
-        # A sealed field opens only in its own session (the session is in its context):
-        # one view per session, as a read of each would open it.
-        sessions: dict[str, list[Message]] = {}
-        for hit in hits:
-            sessions.setdefault(hit.session_id, []).append(hit.message)
-        opened: dict[tuple[str, str], Message] = {}
-        for session_id, messages in sessions.items():
-            view = SessionView(
-                session_id, user_id, self.tenant, 0, 0, 0, 0, messages=tuple(messages)
-            )
-            for message in self.opener.open(view, entries).messages:
-                opened[session_id, message.message_id] = message
-        return [opened[hit.session_id, hit.message.message_id] for hit in hits]
+# One recall through the API: (milliseconds, the turns found).
+_Timed = tuple[float, list[RecalledTurn]]
 
 
-def _recall_path(
-    embedder: Embedder, index: RedisVectorIndex, keys: _Keys
-) -> Callable[[str, str], list[Message]]:
-    """What is timed. Once ``ChatLog.recall`` exists: ``return chat.recall`` (its
-    `(user_id, query, k=5)` is this signature)."""
-    return _RecallPath(embedder, index, keys)
+@contextmanager
+def _recall_api(
+    settings: Settings,
+) -> Iterator[tuple[ChatLog, AsyncChatLog, Callable[[Coroutine[Any, Any, _Timed]], _Timed]]]:
+    """`ChatLog` and `AsyncChatLog` as an application builds them (`from_settings`),
+    with recall on and the offline model, and what runs a coroutine on the async one's
+    event loop; closed after."""
+    settings = offline_settings(settings).model_copy(update={"recall": True})
+    loop = asyncio.new_event_loop()
+    log = ChatLog.from_settings(settings, flush_on_sigterm=False)
+    alog = AsyncChatLog.from_settings(settings, flush_on_sigterm=False)
+    try:
+        yield log, alog, loop.run_until_complete
+    finally:
+        log.close()
+        loop.run_until_complete(alog.aclose())
+        loop.close()
+
+
+def _timed_sync(log: ChatLog) -> Callable[[str, str], _Timed]:
+    def call(user_id: str, query: str) -> _Timed:
+        began = time.perf_counter()
+        found = log.recall(user_id, query, k=_K)
+        return (time.perf_counter() - began) * 1000, found
+
+    return call
+
+
+def _timed_async(
+    alog: AsyncChatLog, run: Callable[[Coroutine[Any, Any, _Timed]], _Timed]
+) -> Callable[[str, str], _Timed]:
+    """The await alone is timed, inside the loop `run` drives."""
+
+    async def timed(user_id: str, query: str) -> _Timed:
+        began = time.perf_counter()
+        found = await alog.recall(user_id, query, k=_K)
+        return (time.perf_counter() - began) * 1000, found
+
+    return lambda user_id, query: run(timed(user_id, query))
 
 
 def _peer_query(
     embedder: Embedder, index: RedisVectorIndex, client: redis.Redis
-) -> Callable[[str, str], list[dict[str, Any]]]:
+) -> Callable[[str, str], tuple[float, list[dict[str, Any]]]]:
     """redisvl's query of the same index, the same filter, after the same embedding."""
     peer = SearchIndex.from_existing(index.name, redis_client=client)
 
-    def query(user_id: str, text: str) -> list[dict[str, Any]]:
+    def query(user_id: str, text: str) -> tuple[float, list[dict[str, Any]]]:
+        began = time.perf_counter()
         [vector] = embedder.embed([text])
         found = (Tag("tenant") == _TENANT) & (Tag("user") == user_id)
         hits: list[dict[str, Any]] = peer.query(
@@ -627,7 +635,7 @@ def _peer_query(
                 dtype="float32",
             )
         )
-        return hits
+        return (time.perf_counter() - began) * 1000, hits
 
     return query
 
@@ -651,85 +659,126 @@ def _latency(
     evalset: EvalSet,
     embedder: Embedder,
     sizes: Table,
+    settings: Settings,
 ) -> None:
-    model = EmbeddingModel(embedder.model, embedder.dimension)
-    index = recall.index("latency", model)
-    synthetic = keys.indexing(_SyntheticEmbedder(model.dimension))
-    texts = [t.content for t in evalset.turns]
-    queries = [q.query for q in evalset.questions]
-    users = plan.recall_latency_users
-    filled = 0
-    rng = random.Random(17)
-    for size in plan.recall_latency_turns:
-        started = time.perf_counter()
-        records = keys.records(_synthetic_turns(filled, size, users, texts))
-        _fill(index, synthetic, records)
-        filled = size
-        say(f"recall_cost: {size:,} turns indexed ({time.perf_counter() - started:.0f} s)")
-        grown = _measure_bytes(recall.client, index.info(), index.keys.recall_documents, "doc")
-        sizes.rows.append(
-            [
-                f"chatlog, {model.dimension} numbers (synthetic vectors), sealed, at {size:,} "
-                f"turns of {users:,} users",
-                *_kb_cells(grown),
-            ]
+    with _recall_api(settings) as (log, alog, run):
+        # The index `ChatLog.recall` searches: the live generation's of the read-model.
+        model = EmbeddingModel(embedder.model, embedder.dimension)
+        index = recall.index(log.reader.keys().generation, model)
+        apis = (
+            _timed_sync(log),
+            _timed_async(alog, run),
+            _peer_query(embedder, index, recall.client),
         )
-        ours = _recall_path(embedder, index, keys)
-        theirs = _peer_query(embedder, index, recall.client)
-        label = f"{size:,} turns, {users:,} users"
-        p50, p99 = (report.measure(SCENARIO, f"recall {q} {label}", "ms") for q in ("p50", "p99"))
-        peer50, peer99 = (
-            report.measure(SCENARIO, f"redisvl {q} {label}", "ms") for q in ("p50", "p99")
-        )
-        search50, search99 = (
-            report.metric(
-                SCENARIO, f"recall {q} at {label}: the KNN alone (RedisVectorIndex.search)", "ms"
-            )
-            for q in ("p50", "p99")
-        )
-        for _ in range(plan.repeat):
-            mine: list[float] = []
-            peers: list[float] = []
-            knn: list[float] = []
-            for n in range(plan.recall_latency_queries):
-                user, query = f"u{rng.randrange(users)}", queries[n % len(queries)]
-                order = ((ours, mine), (theirs, peers))
-                for call, into in order if n % 2 == 0 else order[::-1]:
-                    began = time.perf_counter()
-                    found = call(user, query)
-                    into.append((time.perf_counter() - began) * 1000)
-                    if len(found) != _K:
-                        raise AssertionError(f"recall of {user} found {len(found)} turns")
-                vector = embedder.embed([query])[0]
-                began = time.perf_counter()
-                index.search(vector, tenant=_TENANT, user_id=user, k=_K)
-                knn.append((time.perf_counter() - began) * 1000)
-            p50.add(percentile(mine, 50))
-            p99.add(percentile(mine, 99))
-            peer50.add(percentile(peers, 50))
-            peer99.add(percentile(peers, 99))
-            search50.add(percentile(knn, 50))
-            search99.add(percentile(knn, 99))
-        peer_name = "redisvl SearchIndex.query(VectorQuery), same index, filter and embedding"
-        for q, mine_q, theirs_q in (("p50", p50, peer50), ("p99", p99, peer99)):
-            report.compare(
-                SCENARIO,
-                f"recall {q}, {label} (embed + KNN + open)",
-                mine_q,
-                peer_name,
-                theirs_q,
-                better="lower",
-            )
-        say(
-            f"recall_cost {label}: p50 {p50.median:.2f} ms p99 {p99.median:.2f} ms "
-            f"(redisvl {peer50.median:.2f} / {peer99.median:.2f} ms)"
-        )
+        filled = 0
+        for size in plan.recall_latency_turns:
+            _grow(index, keys, evalset, (filled, size), plan.recall_latency_users, recall, sizes)
+            filled = size
+            _time_recalls(plan, report, evalset, index, embedder, apis, size)
     report.notes.append(
-        f"recall_cost latency: one tenant, {users:,} users, turns spread evenly (turn n to "
-        f"user n mod {users:,}, 3 sessions each), synthetic unit vectors written through "
-        f"the indexing path; {plan.recall_latency_queries:,} recalls per size and "
-        f"repetition, each of a user drawn at random, the k={_K} nearest; the queries are "
-        f"the evaluation set's questions, embedded by the offline model inside the timing "
-        f"(both sides). Ours opens the hits (key directory round trip + unsealing); "
-        f"redisvl's returns them sealed. One client, one thread, wall time"
+        f"recall_cost latency: one tenant, {plan.recall_latency_users:,} users, turns spread "
+        f"evenly (turn n to user n mod {plan.recall_latency_users:,}, 3 sessions each), "
+        f"synthetic unit vectors written through the indexing path; "
+        f"{plan.recall_latency_queries:,} recalls per size and repetition, each of a user "
+        f"drawn at random, the k={_K} nearest; the queries are the evaluation set's "
+        f"questions, embedded by the offline model inside the timing (every side). "
+        f"ChatLog.recall and AsyncChatLog.recall are built by from_settings (recall on) and "
+        f"open the hits (one read-model round trip for the user's keys and the sessions' "
+        f"status, then unsealing); redisvl's query returns them sealed. The three "
+        f"interleaved, in turn first; one client each, one thread, wall time around the "
+        f"call (around the await for the async one)"
+    )
+
+
+def _grow(
+    index: RedisVectorIndex,
+    keys: _Keys,
+    evalset: EvalSet,
+    turns: tuple[int, int],
+    users: int,
+    recall: _Recall,
+    sizes: Table,
+) -> None:
+    """Turns `filled` to `size` into `index` (synthetic vectors); its bytes as a row of
+    `sizes`."""
+    started = time.perf_counter()
+    filled, size = turns
+    texts = [t.content for t in evalset.turns]
+    records = keys.records(_synthetic_turns(filled, size, users, texts))
+    _fill(index, keys.indexing(_SyntheticEmbedder(index.model.dimension)), records)
+    say(f"recall_cost: {size:,} turns indexed ({time.perf_counter() - started:.0f} s)")
+    grown = _measure_bytes(recall.client, index.info(), index.keys.recall_documents, "doc")
+    sizes.rows.append(
+        [
+            f"chatlog, {index.model.dimension} numbers (synthetic vectors), sealed, at "
+            f"{size:,} turns of {users:,} users",
+            *_kb_cells(grown),
+        ]
+    )
+
+
+def _time_recalls(
+    plan: Plan,
+    report: Report,
+    evalset: EvalSet,
+    index: RedisVectorIndex,
+    embedder: Embedder,
+    apis: tuple[Callable[[str, str], tuple[float, Sequence[Any]]], ...],
+    size: int,
+) -> None:
+    """p50 and p99 of each of `apis` (ChatLog, AsyncChatLog, redisvl), interleaved, and of
+    the KNN alone, at `size` turns."""
+    users = plan.recall_latency_users
+    queries = [q.query for q in evalset.questions]
+    rng = random.Random(17 + size)
+    label = f"{size:,} turns, {users:,} users"
+    names = ("ChatLog.recall", "AsyncChatLog.recall", "redisvl")
+    p50s, p99s = (
+        [report.measure(SCENARIO, f"{name} {q} {label}", "ms") for name in names]
+        for q in ("p50", "p99")
+    )
+    for q, row in (("p50", p50s), ("p99", p99s)):
+        row[1] = report.metric(
+            SCENARIO, f"recall {q} at {label}: await AsyncChatLog.recall (embed + KNN + open)", "ms"
+        )
+    knn50, knn99 = (
+        report.metric(
+            SCENARIO, f"recall {q} at {label}: the KNN alone (RedisVectorIndex.search)", "ms"
+        )
+        for q in ("p50", "p99")
+    )
+    for _ in range(plan.repeat):
+        timings: list[list[float]] = [[] for _ in apis]
+        knn: list[float] = []
+        for n in range(plan.recall_latency_queries):
+            user, query = f"u{rng.randrange(users)}", queries[n % len(queries)]
+            for i in range(len(apis)):
+                turn = (n + i) % len(apis)  # each first in turn
+                took, found = apis[turn](user, query)
+                timings[turn].append(took)
+                if len(found) != _K:
+                    raise AssertionError(f"{names[turn]} of {user} found {len(found)} turns")
+            vector = embedder.embed([query])[0]
+            began = time.perf_counter()
+            index.search(vector, tenant=_TENANT, user_id=user, k=_K)
+            knn.append((time.perf_counter() - began) * 1000)
+        for samples, at50, at99 in zip(timings, p50s, p99s, strict=True):
+            at50.add(percentile(samples, 50))
+            at99.add(percentile(samples, 99))
+        knn50.add(percentile(knn, 50))
+        knn99.add(percentile(knn, 99))
+    peer_name = "redisvl SearchIndex.query(VectorQuery), same index, filter and embedding"
+    for q, row in (("p50", p50s), ("p99", p99s)):
+        report.compare(
+            SCENARIO,
+            f"recall {q}, {label}: ChatLog.recall (embed + KNN + open)",
+            row[0],
+            peer_name,
+            row[2],
+            better="lower",
+        )
+    say(
+        f"recall_cost {label}: ChatLog.recall p50 {p50s[0].median:.2f} ms p99 "
+        f"{p99s[0].median:.2f} ms, AsyncChatLog.recall {p50s[1].median:.2f} / "
+        f"{p99s[1].median:.2f} ms (redisvl {p50s[2].median:.2f} / {p99s[2].median:.2f} ms)"
     )

@@ -30,6 +30,7 @@ from confluent_kafka import Producer
 from chatlog import wiring
 from chatlog.producers.kafka_producer import ConversationProducer
 from chatlog.producers.partitioning import partition_for
+from chatlog.projections.redis_vectors import recall_generations
 from chatlog.schemas.position import Position
 from chatlog.settings import Settings
 from dev.services.state import is_running
@@ -421,11 +422,14 @@ def _read_json_line(process: subprocess.Popen[str], *, timeout: float) -> dict:
     return json.loads(process.stdout.readline())
 
 
-def test_the_demo_runs_end_to_end_and_leaves_only_its_chat_page_running(kafka, redis_url, tmp_path):
+def test_the_demo_runs_end_to_end_and_leaves_only_its_chat_page_running(
+    kafka, redis_url, recall_redis_url, tmp_path
+):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLOG_")}
     env |= {
         "CHATLOG_KAFKA_BOOTSTRAP": kafka.bootstrap,
         "CHATLOG_REDIS_URL": redis_url,
+        "CHATLOG_RECALL_REDIS_URL": recall_redis_url,  # the demo shows recall with it
         "CHATLOG_STATE_DIR": str(tmp_path),  # the projector's log goes there
         "CHATLOG_MASTER_KEY_FILE": str(master_key_file()),
     }
@@ -443,6 +447,7 @@ def test_the_demo_runs_end_to_end_and_leaves_only_its_chat_page_running(kafka, r
         )
         assert result.returncode == 0, result.stdout + result.stderr
         _check_the_demo(result.stdout)
+        _check_its_recall(result.stdout, env)
         _check_its_chat_page(result.stdout)
     finally:
         stopped = subprocess.run(
@@ -455,7 +460,7 @@ def test_the_demo_runs_end_to_end_and_leaves_only_its_chat_page_running(kafka, r
             check=False,
         )
         if result is not None:
-            _drop_the_demos_data(kafka, redis_url, result.stdout)
+            _drop_the_demos_data(kafka, redis_url, result.stdout, recall_redis_url)
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped the demo's chat page" in stopped.stdout
     for name in ("chatlog serve --dev --bot echo", "a projector"):
@@ -472,11 +477,50 @@ def _check_the_demo(stdout: str) -> None:
     # The card number appended is redacted before it is stored (the default mode).
     assert "readers get 'My card is [CARD], please refund it'" in stdout
     assert "make services-stop" in stdout
-    for name in ("projector", "summarizer"):
+    for name in ("projector", "summarizer", "embedder"):
         pid = re.search(rf"{name} +pid (\d+)", stdout)
         assert pid is not None, stdout
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid.group(1)), 0)
+
+
+def _check_its_recall(stdout: str, env: dict[str, str]) -> None:
+    """It recalled the first visit's answer, and its `chatlog recall` line finds it too."""
+    assert "Asked about it, recall finds it by meaning:" in stdout
+    assert re.search(r"^ +0\.\d+ .*\[assistant\] Unfortunately not: loan machines", stdout, re.M)
+    command = re.search(
+        r"^  (CHATLOG_RECALL=true (\S+) recall .*?)   # semantic recall$", stdout, re.M
+    )
+    assert command is not None, stdout
+    exported = dict(re.findall(r"^ +(?:export )?(CHATLOG_[A-Z_]+)=(\S+)(?: \\)?$", stdout, re.M))
+    variable, *argv = shlex.split(command.group(1))
+    answer = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=env | exported | dict([variable.split("=", 1)]),
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert answer.returncode == 0, answer.stderr
+    assert "loan machines are only offered in Berlin and Munich" in answer.stdout
+
+
+def test_the_demo_skips_recall_saying_why_without_a_query_engine(redis_url, tmp_path):
+    from dev.demo import with_recall
+
+    base = {"redis_url": redis_url, "state_dir": tmp_path}
+    settings, skipped = with_recall({**base, "recall_redis_url": redis_url})
+    assert not settings.recall
+    assert skipped is not None
+    assert "has no query engine" in skipped
+    assert "CHATLOG_RECALL_REDIS_URL" in skipped
+    settings, skipped = with_recall({**base, "recall_redis_url": None})
+    assert not settings.recall
+    assert skipped is not None
+    assert "no Redis with the query engine is known" in skipped
+    assert "make services" in skipped
 
 
 def _check_its_chat_page(stdout: str) -> None:
@@ -504,10 +548,17 @@ def _check_its_chat_page(stdout: str) -> None:
     assert dev_token.status_code == 200
 
 
-def _drop_the_demos_data(kafka, redis_url, stdout: str) -> None:
+def _drop_the_demos_data(kafka, redis_url, stdout: str, recall_redis_url: str) -> None:
     topic = re.search(r"CHATLOG_TOPIC=(\S+)", stdout)
     prefix = re.search(r"CHATLOG_REDIS_PREFIX=(\S+)", stdout)
     if topic:
         kafka.created.extend([topic.group(1), f"{topic.group(1)}.dlq"])
     if prefix:
         _drop_keys(redis_url, prefix.group(1))
+        recall = redis.Redis.from_url(recall_redis_url)
+        try:
+            for generation in recall_generations(recall, prefix=prefix.group(1)):
+                recall.execute_command("FT.DROPINDEX", f"{prefix.group(1)}:{generation}:recall")
+        finally:
+            recall.close()
+        _drop_keys(recall_redis_url, prefix.group(1))
