@@ -298,7 +298,13 @@ def test_the_embedding_api_key_is_masked_and_the_url_password_too():
 
 
 def test_recall_on_a_redis_cluster_needs_a_recall_redis_of_its_own():
-    cluster = {"CHATLOG_REDIS_CLUSTER": "true", "CHATLOG_RECALL": "true"}
+    # Both addresses named: a local stack's file would otherwise fill in its recall Redis.
+    cluster = {
+        "CHATLOG_REDIS_CLUSTER": "true",
+        "CHATLOG_RECALL": "true",
+        "CHATLOG_REDIS_URL": "redis://127.0.0.1:7000/0",
+        "CHATLOG_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+    }
     with pytest.raises(ConfigError, match="needs CHATLOG_RECALL_REDIS_URL"):
         Settings.from_env(cluster)
     own = Settings.from_env(cluster | {"CHATLOG_RECALL_REDIS_URL": "redis://127.0.0.1:6380/0"})
