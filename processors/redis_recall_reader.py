@@ -111,6 +111,18 @@ class RecallRequest:
                 refused.add(session_id)
         return entries_of(self.owner, raw_entries), refused
 
+    def answer(
+        self,
+        hits: Sequence[RecallHit],
+        sessions: Sequence[str],
+        replies: Sequence[Any],
+        opener: ViewOpener,
+    ) -> list[RecalledTurn]:
+        """The turns recalled: the `hits` the owner may see, opened, from the `replies`
+        to `queue_checks` about `sessions` (`checked`, then `opened`)."""
+        entries, refused = self.checked(sessions, replies)
+        return self.opened(hits, entries, refused, opener)
+
     def opened(
         self,
         hits: Sequence[RecallHit],
@@ -198,8 +210,7 @@ class RedisRecall:
             pipe = self.reader.client.pipeline(transaction=False)
             sessions = request.queue_checks(pipe, keys, hits)
             replies = pipe.execute()
-        entries, refused = request.checked(sessions, replies)
-        return request.opened(hits, entries, refused, self.opener)
+        return request.answer(hits, sessions, replies, self.opener)
 
     def _index(self, keys: KeySpace) -> RedisVectorIndex:
         """The live generation's index (one per generation seen: a replay flips it)."""
@@ -256,8 +267,7 @@ class AsyncRedisRecall:
             pipe = self.reader.client.pipeline(transaction=False)
             sessions = request.queue_checks(pipe, keys, hits)
             replies = await pipe.execute()
-        entries, refused = request.checked(sessions, replies)
-        return request.opened(hits, entries, refused, self.opener)
+        return request.answer(hits, sessions, replies, self.opener)
 
     async def aclose(self) -> None:
         """Release the index's connections and what the embedder holds."""
