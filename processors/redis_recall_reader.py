@@ -47,11 +47,11 @@ from chatlog.projections.recall import (
     recall_query,
 )
 from chatlog.projections.redis_keys import entries_of
-from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
+from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader, opener_of
 from chatlog.projections.redis_store import redis_errors, text
 from chatlog.projections.redis_vectors import AsyncRedisVectorSearch, RedisVectorIndex
 from chatlog.projections.view import Message, SessionStatus, SessionView
-from chatlog.schemas.errors import ConfigError, Erased
+from chatlog.schemas.errors import Erased
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.keyring import KeyEntries
 from chatlog.schemas.sealing import KeyScope
@@ -168,16 +168,6 @@ class RecallRequest:
         ]
 
 
-def _opener_of(opener: ViewOpener | None) -> ViewOpener:
-    if opener is None:
-        raise ConfigError(
-            "recall opens what it finds with the owner's keys, and this reader has none: "
-            "build it with chatlog.wiring.reader(settings), or pass opener=ViewOpener(keyring)",
-            setting="opener",
-        )
-    return opener
-
-
 class RedisRecall:
     """Recalls a user's earlier turns (blocking): `client` holds the recall index,
     `reader` the read-model (its generation pointer, key directory and keys), `embedder`
@@ -187,7 +177,7 @@ class RedisRecall:
         self.client = client
         self.reader = reader
         self.embedder = embedder
-        self.opener = _opener_of(reader.opener)
+        self.opener = opener_of(reader.opener, what="the turns recall finds")
         self.model = EmbeddingModel(embedder.model, embedder.dimension)
         self._indexes: dict[str, RedisVectorIndex] = {}  # by generation
 
@@ -240,7 +230,7 @@ class AsyncRedisRecall:
         self.client = client
         self.reader = reader
         self.embedder = embedder
-        self.opener = _opener_of(reader.opener)
+        self.opener = opener_of(reader.opener, what="the turns recall finds")
         self.model = EmbeddingModel(embedder.model, embedder.dimension)
         self._searches: dict[str, AsyncRedisVectorSearch] = {}  # by generation
 
