@@ -230,6 +230,15 @@ def _recaller_of(recaller: RedisRecall | AsyncRedisRecall | None) -> Any:
     return recaller
 
 
+def _recaller_for(recaller: RedisRecall | AsyncRedisRecall | None, query: str, k: int) -> Any:
+    """The recaller that answers `query` for `k` turns; refuses, before anything is read,
+    a request it could not honour."""
+    recaller = _recaller_of(recaller)
+    recall_query(query)
+    check_k(k)
+    return recaller
+
+
 def _recall_asked(
     query: str | None, k: int, recaller: RedisRecall | AsyncRedisRecall | None, as_of: object
 ) -> Any:
@@ -242,9 +251,7 @@ def _recall_asked(
             "pass recall or as_of, not both: recall searches the index as it is now, as_of "
             "reads the log as it was at a past point"
         )
-    recall_query(query)
-    check_k(k)
-    return _recaller_of(recaller)
+    return _recaller_for(recaller, query, k)
 
 
 def _recall_depth(k: int, context: Context) -> int:
@@ -466,9 +473,7 @@ class ChatLog:
         search, not a read-your-writes read: a turn appended a moment ago is found once
         the embedder has indexed it (docs/recall.md).
         """
-        recaller = _recaller_of(self.recaller)
-        recall_query(query)
-        check_k(k)
+        recaller = _recaller_for(self.recaller, query, k)
         if session_id is not None:
             # The read rule, as a read of the session applies it (the read-model only: a
             # refusal must not cost a scan of the log).
@@ -933,9 +938,7 @@ class AsyncChatLog:
         tenant: str = "default",
     ) -> list[RecalledTurn]:
         """`ChatLog.recall`, awaited (an in-process model embeds in a worker thread)."""
-        recaller = _recaller_of(self.recaller)
-        recall_query(query)
-        check_k(k)
+        recaller = _recaller_for(self.recaller, query, k)
         if session_id is not None:
             await self.reader.context(session_id, user_id=user_id, tenant=tenant)
         turns: list[RecalledTurn] = await recaller.recall(

@@ -33,20 +33,20 @@ index stops it with `DataLoss` naming `chatlog replay`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from chatlog.processors.embedder_stats import EmbedderStats
 from chatlog.processors.embeddings import Embedder, ResilientEmbedder
 from chatlog.processors.kafka_consumer import poll_batch
 from chatlog.processors.kafka_projector import after_mark
 from chatlog.processors.measures import Histogram
-from chatlog.processors.projection import Record
 from chatlog.processors.projector_membership import GroupMembership
 from chatlog.processors.projector_outages import Outages
 from chatlog.processors.projector_stats import LIVENESS_BOUND_S, lag_problem
@@ -166,7 +166,7 @@ class KafkaEmbedder:
             self._consumer,
             self.stats,
             topic=topic,
-            record_of=self._record_of,
+            record_of=functools.partial(self._membership.record_of, topic=topic),
             unstarted=lambda: self._unstarted,
             forget=lambda: None,  # nothing cached: the index is read afresh
             stopping=lambda: self._stop.is_set(),  # noqa: PLW0108 - `run` replaces _stop
@@ -224,12 +224,7 @@ class KafkaEmbedder:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
-            last_report = time.monotonic()
-            while not stop.is_set():
-                self.step()
-                if time.monotonic() - last_report >= report_every_s:
-                    log.info("embedder: %s", self.stats)
-                    last_report = time.monotonic()
+            self._membership.serve(self.step, stop, stats=self.stats, every_s=report_every_s)
         finally:
             self.close()
 
@@ -250,16 +245,13 @@ class KafkaEmbedder:
         self._outages.retrying("reading the live generation and its recall index", self._prepare)
         messages = poll_batch(self._consumer, self.batch_size, self.poll_timeout)
         self._measure_lag()
-        records = self._outages.take_held()
-        records += [r for r in (self._record_of(m) for m in messages) if r is not None]
+        records = self._outages.batch(messages)
         if not records:
             return 0
         started = time.monotonic()
 
         def index() -> tuple[int, Mapping[int, int], Applied]:
-            records.extend(self._outages.take_held())
-            # Partitions revoked during an outage belong to another embedder now.
-            records[:] = [r for r in records if r.partition in self.assigned]
+            self._outages.in_hand(records, self.assigned)
             work = self.indexing.plan(records)
             applied = self.writer.apply(work)
             self.stats.add(
@@ -275,7 +267,7 @@ class KafkaEmbedder:
         finished, marks, _ = self._outages.retrying(
             "embedding a batch into the recall index", index
         )
-        self._store_offsets(marks)
+        self._membership.store_offsets(self._consumer, self.topic, marks, self.assigned)
         self._next.update({p: o + 1 for p, o in marks.items() if p in self.assigned})
         return finished
 
@@ -322,16 +314,9 @@ class KafkaEmbedder:
         self._unstarted -= set(partitions)
 
     def _assign(self, starts: list[TopicPartition]) -> None:
-        # Resumed first: librdkafka keeps a pause across an unassign and an assign.
-        self._consumer.resume(starts)
-        self._consumer.incremental_assign(starts)
-        for tp in starts:
-            if tp.offset >= 0:
-                self._next[tp.partition] = tp.offset
-            else:
-                self._next.pop(tp.partition, None)
-        if self._outages.failing:
-            self._consumer.pause(starts)
+        self._membership.assign(
+            self._consumer, starts, next_offsets=self._next, paused=self._outages.failing
+        )
 
     def _measure_lag(self) -> None:
         """Each assigned partition's lag: its end, as the last fetch saw it, minus the
@@ -377,28 +362,12 @@ class KafkaEmbedder:
         if self._closed:
             return True
         self._closed = True
-        closing = threading.Thread(
-            target=self._consumer.close, name="chatlog-embedder-close", daemon=True
-        )
-        closing.start()
-        closing.join(timeout)
-        if closing.is_alive():
-            log.warning(
-                "the consumer did not close within %g s; leaving without committing", timeout
-            )
-            return False
-        return True
+        return self._membership.close(self._consumer, timeout=timeout)
 
     def _found_lost(self, exc: DataLoss) -> None:
         if self.lost is None:
             self.stats.index_lost += 1
         self.lost = exc
-
-    def _record_of(self, message: Message) -> Record | None:
-        return self._membership.record_of(message, self.topic)
-
-    def _store_offsets(self, marks: Mapping[int, int]) -> None:
-        self._membership.store_offsets(self._consumer, self.topic, marks, self.assigned)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {tp.partition for tp in partitions}
@@ -425,10 +394,7 @@ class KafkaEmbedder:
         self._membership.commit_revoked(consumer)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning(
-            "lost partitions %s (session expired)", sorted(tp.partition for tp in partitions)
-        )
-        self._membership.session_expired()
+        self._membership.session_expired(partitions)
         self._drop(partitions)
 
     def _drop(self, partitions: list[TopicPartition]) -> None:

@@ -28,6 +28,7 @@ The rest is told beside its code:
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -39,14 +40,13 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaException,
-    Message,
     TopicPartition,
 )
 
 from chatlog.processors.kafka_consumer import poll_batch
 from chatlog.processors.kafka_dead_letters import KafkaDeadLetters
 from chatlog.processors.kafka_keys_tick import KafkaKeysTicker
-from chatlog.processors.projection import BatchResult, ProjectionCore, Record
+from chatlog.processors.projection import BatchResult, ProjectionCore
 from chatlog.processors.projector_generations import (
     GenerationPointer,
     GenerationWatch,
@@ -133,7 +133,7 @@ class KafkaProjector:
             self._consumer,
             self.stats,
             topic=topic,
-            record_of=self._record_of,
+            record_of=functools.partial(self._membership.record_of, topic=topic),
             unstarted=lambda: self._unstarted,
             forget=core.forget,
             stopping=lambda: self._stop.is_set(),  # noqa: PLW0108 - `run` replaces _stop
@@ -175,15 +175,10 @@ class KafkaProjector:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        last_report = time.monotonic()
         if self.keys_ticker is not None:
             self.keys_ticker.start(stop)  # ends with `stop`; `close` waits for it
         try:
-            while not stop.is_set():
-                self.step()
-                if time.monotonic() - last_report >= report_every_s:
-                    log.info("projector: %s", self.stats)
-                    last_report = time.monotonic()
+            self._membership.serve(self.step, stop, stats=self.stats, every_s=report_every_s)
         finally:
             self.close()
 
@@ -211,23 +206,22 @@ class KafkaProjector:
         self._outages.retrying("reading the live generation and progress marks", self._prepare)
         messages = poll_batch(self._consumer, self.batch_size, self.poll_timeout)
         self._measure_lag()
-        records = self._outages.take_held()
-        records += [r for r in (self._record_of(m) for m in messages) if r is not None]
+        records = self._outages.batch(messages)
         if not records:
             return BatchResult()
         started = time.monotonic()
 
         def project() -> BatchResult:
-            records.extend(self._outages.take_held())
-            # Partitions revoked while Redis was failing belong to another projector.
-            records[:] = [r for r in records if r.partition in self.assigned]
+            self._outages.in_hand(records, self.assigned)
             return self.core.handle(records)
 
         result = self._outages.retrying("projecting a batch into Redis", project)
         self._outages.retrying(
             "writing dead letters", lambda: self._dlq.write(result.dead_letters, stop=self._stop)
         )
-        self._store_offsets(result.last_offsets)
+        self._membership.store_offsets(
+            self._consumer, self.topic, result.last_offsets, self.assigned
+        )
         self._next.update({p: o + 1 for p, o in result.last_offsets.items() if p in self.assigned})
         self.stats.add(
             result,
@@ -317,22 +311,11 @@ class KafkaProjector:
         log.info("held partitions %s started", [tp.partition for tp in starts])
 
     def _assign(self, consumer: Consumer, starts: list[TopicPartition]) -> None:
-        """Add `starts` to the assignment: fetched from their offsets, or paused while
-        Redis is failing (the end of the outage resumes them).
-
-        librdkafka keeps a partition's pause across an unassign and an assign, so one
-        paused before (held here while Redis was out, or revoked during an outage and
-        assigned again since) would never be fetched again. Resumed before the assign,
-        so that the offset the assign sets is the last word on where to fetch from."""
-        consumer.resume(starts)
-        consumer.incremental_assign(starts)
-        for tp in starts:  # an unknown start (the committed offset) is found when measured
-            if tp.offset >= 0:
-                self._next[tp.partition] = tp.offset
-            else:
-                self._next.pop(tp.partition, None)
-        if self._outages.failing:
-            consumer.pause(starts)
+        """Add `starts` to the assignment (`GroupMembership.assign`), paused while Redis
+        is failing."""
+        self._membership.assign(
+            consumer, starts, next_offsets=self._next, paused=self._outages.failing
+        )
 
     def close(self, *, timeout: float = 15.0) -> bool:
         """Commit what was stored and close the consumer, within `timeout` seconds.
@@ -344,30 +327,15 @@ class KafkaProjector:
         from: every write is idempotent, so the uncommitted tail is replayed by the next
         owner of the partitions and changes nothing.
         """
-        closing = threading.Thread(
-            target=self._consumer.close, name="chatlog-projector-close", daemon=True
+        ticker = self.keys_ticker
+        closed = self._membership.close(
+            self._consumer,
+            timeout=timeout,
+            # While the consumer closes, within its bound.
+            meanwhile=None if ticker is None else ticker.close,
         )
-        closing.start()
-        deadline = time.monotonic() + timeout
-        if self.keys_ticker is not None:
-            self.keys_ticker.close()  # while the consumer closes, within its bound
-        closing.join(max(0.0, deadline - time.monotonic()))
         self._dlq.close(10)
-        if closing.is_alive():
-            log.warning(
-                "the consumer did not close within %g s; leaving without the final commit "
-                "(the next owner replays the uncommitted tail, which changes nothing)",
-                timeout,
-            )
-            return False
-        return True
-
-    def _record_of(self, message: Message) -> Record | None:
-        """`record_of`, with the errors of membership reported as such (`GroupMembership`)."""
-        return self._membership.record_of(message, self.topic)
-
-    def _store_offsets(self, last_offsets: Mapping[int, int]) -> None:
-        self._membership.store_offsets(self._consumer, self.topic, last_offsets, self.assigned)
+        return closed
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {tp.partition for tp in partitions}
@@ -441,12 +409,7 @@ class KafkaProjector:
         self._membership.commit_revoked(consumer)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Lost, not revoked (this member's session expired): another member may be
-        # projecting them already, and the group refuses commits from this one.
-        log.warning(
-            "lost partitions %s (session expired)", sorted(tp.partition for tp in partitions)
-        )
-        self._membership.session_expired()
+        self._membership.session_expired(partitions)
         self._drop(partitions)
 
     def _drop(self, partitions: list[TopicPartition]) -> None:

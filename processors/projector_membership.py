@@ -15,15 +15,17 @@ the session), its own rejoin did it, and it stops with `BrokerUnavailable` inste
 restart rejoins at once.
 
 The embedder (`chatlog.processors.kafka_embedder`) is a member of a group of its own in
-the same way, and shares the duties written here: offsets stored after the work is done,
-and a commit when partitions are revoked.
+the same way, and shares the duties written here: partitions assigned resumed, offsets
+stored after the work is done, a commit when partitions are revoked, the loss of a
+session noted, and a close within a bound.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, MutableMapping, Sequence, Set
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -55,6 +57,7 @@ class GroupMembership:
     ) -> None:
         self.group_id = group_id
         self.member = member  # what the errors call this process
+        self._log = logging.getLogger(f"chatlog.{member}")
         self.instance_id = instance_id
         self.session_timeout_s = session_timeout_s
         # When the group last expired this member's session (`session_expired`).
@@ -108,9 +111,75 @@ class GroupMembership:
             if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
                 log.warning("commit on revoke: %s", exc)
 
-    def session_expired(self) -> None:
-        """Note that the group expired this member's session (its partitions were lost)."""
+    @staticmethod
+    def assign(
+        consumer: Consumer,
+        starts: list[TopicPartition],
+        *,
+        next_offsets: MutableMapping[int, int],
+        paused: bool,
+    ) -> None:
+        """Add `starts` to the assignment: fetched from their offsets, or `paused` (during
+        an outage: its end resumes them). `next_offsets` (partition -> the offset done
+        next, for the lag) learns each known start and forgets each unknown one.
+
+        librdkafka keeps a partition's pause across an unassign and an assign, so one
+        paused before (held while Redis was out, or revoked during an outage and
+        assigned again since) would never be fetched again. Resumed before the assign,
+        so that the offset the assign sets is the last word on where to fetch from."""
+        consumer.resume(starts)
+        consumer.incremental_assign(starts)
+        for tp in starts:  # an unknown start (committed, or the beginning) is found by the lag
+            if tp.offset >= 0:
+                next_offsets[tp.partition] = tp.offset
+            else:
+                next_offsets.pop(tp.partition, None)
+        if paused:
+            consumer.pause(starts)
+
+    def serve(
+        self, step: Callable[[], object], stop: threading.Event, *, stats: object, every_s: float
+    ) -> None:
+        """`step()` until `stop` is set; `stats` logged every `every_s` seconds."""
+        last_report = time.monotonic()
+        while not stop.is_set():
+            step()
+            if time.monotonic() - last_report >= every_s:
+                self._log.info("%s: %s", self.member, stats)
+                last_report = time.monotonic()
+
+    def session_expired(self, partitions: Sequence[TopicPartition]) -> None:
+        """Note that the group expired this member's session: `partitions` were lost."""
+        # Lost, not revoked: another member may be working on them already, and the
+        # group refuses commits from this one.
+        self._log.warning(
+            "lost partitions %s (session expired)", sorted(tp.partition for tp in partitions)
+        )
         self._session_lost_at = time.monotonic()
+
+    def close(
+        self, consumer: Consumer, *, timeout: float, meanwhile: Callable[[], None] | None = None
+    ) -> bool:
+        """Commit what was stored and close `consumer`, within `timeout` seconds, running
+        `meanwhile` as it closes; False if it did not close in time. That is safe to walk
+        away from: the next owner of the partitions does the uncommitted tail again, which
+        changes nothing (every write is idempotent)."""
+        closing = threading.Thread(
+            target=consumer.close, name=f"chatlog-{self.member}-close", daemon=True
+        )
+        closing.start()
+        deadline = time.monotonic() + timeout
+        if meanwhile is not None:
+            meanwhile()
+        closing.join(max(0.0, deadline - time.monotonic()))
+        if closing.is_alive():
+            self._log.warning(
+                "the consumer did not close within %g s; leaving without the final commit "
+                "(the next owner does the uncommitted tail again, which changes nothing)",
+                timeout,
+            )
+            return False
+        return True
 
     def record_of(self, message: Message, topic: str) -> Record | None:
         """`record_of`, with the errors a setting causes reported as that setting's."""

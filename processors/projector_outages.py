@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Set
+from collections.abc import Callable, Sequence, Set
 from typing import Protocol, TypeVar
 
 from confluent_kafka import Consumer, Message
@@ -172,6 +172,19 @@ class Outages:
         """The records fetched just before a pause, for the batch in hand."""
         held, self._held = self._held, []
         return held
+
+    def batch(self, messages: Sequence[Message]) -> list[Record]:
+        """The batch in hand: the records held from before a pause, then `messages`'."""
+        records = self.take_held()
+        records += [r for r in (self._record_of(m) for m in messages) if r is not None]
+        return records
+
+    def in_hand(self, records: list[Record], assigned: Set[int]) -> None:
+        """Bring the batch `records` up to date for another attempt at it: with what was
+        fetched just before a pause since, without the partitions no longer `assigned`
+        (revoked during an outage: another member's now)."""
+        records.extend(self.take_held())
+        records[:] = [r for r in records if r.partition in assigned]
 
     def drop_held(self) -> None:
         """Forget the records fetched before a pause: a seek is about to read them again."""

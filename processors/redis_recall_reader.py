@@ -47,11 +47,11 @@ from chatlog.projections.recall import (
     recall_query,
 )
 from chatlog.projections.redis_keys import entries_of
-from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader
+from chatlog.projections.redis_reader import AsyncRedisReader, RedisReader, opener_of
 from chatlog.projections.redis_store import redis_errors, text
 from chatlog.projections.redis_vectors import AsyncRedisVectorSearch, RedisVectorIndex
 from chatlog.projections.view import Message, SessionStatus, SessionView
-from chatlog.schemas.errors import ConfigError, Erased
+from chatlog.schemas.errors import Erased
 from chatlog.schemas.ids import validate_id
 from chatlog.schemas.keyring import KeyEntries
 from chatlog.schemas.sealing import KeyScope
@@ -111,6 +111,18 @@ class RecallRequest:
                 refused.add(session_id)
         return entries_of(self.owner, raw_entries), refused
 
+    def answer(
+        self,
+        hits: Sequence[RecallHit],
+        sessions: Sequence[str],
+        replies: Sequence[Any],
+        opener: ViewOpener,
+    ) -> list[RecalledTurn]:
+        """The turns recalled: the `hits` the owner may see, opened, from the `replies`
+        to `queue_checks` about `sessions` (`checked`, then `opened`)."""
+        entries, refused = self.checked(sessions, replies)
+        return self.opened(hits, entries, refused, opener)
+
     def opened(
         self,
         hits: Sequence[RecallHit],
@@ -156,16 +168,6 @@ class RecallRequest:
         ]
 
 
-def _opener_of(opener: ViewOpener | None) -> ViewOpener:
-    if opener is None:
-        raise ConfigError(
-            "recall opens what it finds with the owner's keys, and this reader has none: "
-            "build it with chatlog.wiring.reader(settings), or pass opener=ViewOpener(keyring)",
-            setting="opener",
-        )
-    return opener
-
-
 class RedisRecall:
     """Recalls a user's earlier turns (blocking): `client` holds the recall index,
     `reader` the read-model (its generation pointer, key directory and keys), `embedder`
@@ -175,7 +177,7 @@ class RedisRecall:
         self.client = client
         self.reader = reader
         self.embedder = embedder
-        self.opener = _opener_of(reader.opener)
+        self.opener = opener_of(reader.opener, what="the turns recall finds")
         self.model = EmbeddingModel(embedder.model, embedder.dimension)
         self._indexes: dict[str, RedisVectorIndex] = {}  # by generation
 
@@ -198,8 +200,7 @@ class RedisRecall:
             pipe = self.reader.client.pipeline(transaction=False)
             sessions = request.queue_checks(pipe, keys, hits)
             replies = pipe.execute()
-        entries, refused = request.checked(sessions, replies)
-        return request.opened(hits, entries, refused, self.opener)
+        return request.answer(hits, sessions, replies, self.opener)
 
     def _index(self, keys: KeySpace) -> RedisVectorIndex:
         """The live generation's index (one per generation seen: a replay flips it)."""
@@ -229,7 +230,7 @@ class AsyncRedisRecall:
         self.client = client
         self.reader = reader
         self.embedder = embedder
-        self.opener = _opener_of(reader.opener)
+        self.opener = opener_of(reader.opener, what="the turns recall finds")
         self.model = EmbeddingModel(embedder.model, embedder.dimension)
         self._searches: dict[str, AsyncRedisVectorSearch] = {}  # by generation
 
@@ -256,8 +257,7 @@ class AsyncRedisRecall:
             pipe = self.reader.client.pipeline(transaction=False)
             sessions = request.queue_checks(pipe, keys, hits)
             replies = await pipe.execute()
-        entries, refused = request.checked(sessions, replies)
-        return request.opened(hits, entries, refused, self.opener)
+        return request.answer(hits, sessions, replies, self.opener)
 
     async def aclose(self) -> None:
         """Release the index's connections and what the embedder holds."""

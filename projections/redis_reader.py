@@ -71,6 +71,7 @@ __all__ = [
     "DEFAULT_GENERATION",
     "AsyncRedisReader",
     "RedisReader",
+    "opener_of",
 ]
 
 DEFAULT_GENERATION = "g1"
@@ -215,7 +216,7 @@ class RedisReader:
         `Erased` if its owner was erased, sealed or not."""
         if self.opener is None and not view.sealed:
             return view
-        return _opener(self.opener).open(view, self._entries(view, known))
+        return opener_of(self.opener).open(view, self._entries(view, known))
 
     def _open_stored(
         self,
@@ -424,7 +425,7 @@ class AsyncRedisReader:
             tenant=owner.tenant,
             user_id=owner.user_id,
             # Only the owner's sessions are opened, and `known` has the owner's entries.
-            open_view=lambda view: _opener(self.opener).open(view, known[owner]),
+            open_view=lambda view: opener_of(self.opener).open(view, known[owner]),
         )
         if gone:
             await self.client.zrem(index, *gone)
@@ -463,7 +464,7 @@ class AsyncRedisReader:
         """`RedisReader._open`, awaited."""
         if self.opener is None and not view.sealed:
             return view
-        return _opener(self.opener).open(view, await self._entries(view, known))
+        return opener_of(self.opener).open(view, await self._entries(view, known))
 
     async def _open_stored(
         self,
@@ -524,14 +525,15 @@ def _unopened(view: SessionView, raw: Sequence[Any]) -> SessionView:
     (`ConfigError`) if anything in it is sealed."""
     decoded = replace(view, messages=tuple(decode_message(r) for r in raw))
     if decoded.sealed:
-        _opener(None)
+        opener_of(None)
     return decoded
 
 
-def _opener(opener: ViewOpener | None) -> ViewOpener:
+def opener_of(opener: ViewOpener | None, *, what: str = "sealed sessions") -> ViewOpener:
+    """A reader's `opener`; `ConfigError` with the fix if it has none to open `what`."""
     if opener is None:
         raise ConfigError(
-            "this reader has no keys to open sealed sessions: build it with "
+            f"this reader has no keys to open {what}: build it with "
             "chatlog.wiring.reader(settings), or pass opener=ViewOpener(keyring)",
             setting="opener",
         )

@@ -65,6 +65,22 @@ def delete_prefix(redis_url: str, prefix: str) -> None:
         client.close()
 
 
+def delete_recall_prefix(recall_redis_url: str, prefix: str) -> None:
+    """Drop the recall index of every generation under `prefix`, then delete its keys
+    (the documents with them)."""
+    import redis
+
+    from chatlog.projections.redis_vectors import recall_generations
+
+    client = redis.Redis.from_url(recall_redis_url)
+    try:
+        for generation in recall_generations(client, prefix=prefix):
+            client.execute_command("FT.DROPINDEX", f"{prefix}:{generation}:recall")
+    finally:
+        client.close()
+    delete_prefix(recall_redis_url, prefix)
+
+
 def full_chatlog(settings: Settings, *, principal: str | None = None) -> ChatLog:
     """`ChatLog.from_settings` (every part, the audit trail included), its reads waiting
     up to 30 s: a loaded test machine can take longer than the default to project."""

@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING
 
 from chatlog import wiring
 from chatlog.cli.common import exit_at_deadline, exit_status, partition_count, stop_on_signals
-from chatlog.processors.kafka_projector import tune_garbage_collector
+from chatlog.processors.kafka_projector import KafkaProjector, tune_garbage_collector
 from chatlog.schemas.secrets import redacted_url
 from chatlog.settings import Settings
 
 if TYPE_CHECKING:
     from chatlog.cli.common import Commands
     from chatlog.processors.kafka_embedder import KafkaEmbedder
-    from chatlog.processors.kafka_projector import KafkaProjector
-    from chatlog.prom_metrics import MetricsServer
+    from chatlog.prom_metrics import Collector, MetricsServer
 
 __all__ = ["add_commands"]
 
@@ -49,11 +48,7 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
 
 def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
     log = logging.getLogger("chatlog.projector")
-    # Fail at start-up with the fix, rather than with a consumer error later; a refused
-    # password first, in a moment, rather than after the metadata wait.
-    wiring.check_kafka_access(settings)
-    partition_count(wiring.admin_client(settings), settings)
-    wiring.check_keys_topic(settings)
+    _check_topics(settings)
     projector = wiring.projector(settings)
     log.info(
         "projecting %s (group %s) into Redis prefix %s; dead letters to %s; "
@@ -73,37 +68,15 @@ def _run_projector(args: argparse.Namespace, settings: Settings) -> None:
             projector.keys_ticker.interval_s,
             settings.key_shred_within,
         )
-    metrics = _projector_metrics(settings, projector)
+    metrics = _member_metrics(settings, projector)
     tune_garbage_collector()
-    try:
-        with stop_on_signals() as stop:
-            projector.run(stop=stop)
-    finally:
-        if metrics is not None:
-            metrics.close()
+    _run_until_stopped(projector, metrics)
     log.info("stopped: %s", projector.stats)
-
-
-def _projector_metrics(settings: Settings, projector: KafkaProjector) -> MetricsServer | None:
-    """The projector's metrics and health (CHATLOG_METRICS_PORT); None when unset."""
-    if not settings.metrics_port:
-        return None
-    from chatlog.prom_metrics import ProjectorCollector  # noqa: PLC0415 - the metrics extra
-
-    client = wiring.redis_client(settings)  # its own: pings come from the server's thread
-    return wiring.metrics_server(
-        settings,
-        ProjectorCollector(projector),
-        live=projector.liveness,
-        ready=lambda: projector.readiness(settings.ready_max_lag) or wiring.redis_answers(client),
-    )
 
 
 def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
     log = logging.getLogger("chatlog.summarizer")
-    wiring.check_kafka_access(settings)
-    partition_count(wiring.admin_client(settings), settings)
-    wiring.check_keys_topic(settings)
+    _check_topics(settings)
     which = (
         f"{settings.llm_model} at {redacted_url(settings.llm_base_url)}"
         if settings.llm_base_url
@@ -147,13 +120,11 @@ def _run_summarizer(args: argparse.Namespace, settings: Settings) -> None:
 
 def _run_embedder(args: argparse.Namespace, settings: Settings) -> None:
     log = logging.getLogger("chatlog.embedder")
-    wiring.check_kafka_access(settings)
-    partition_count(wiring.admin_client(settings), settings)
-    wiring.check_keys_topic(settings)
+    _check_topics(settings)
     embedder = wiring.recall_embedder(settings)  # refuses: recall off, no query engine
     try:
         state = embedder.open()  # refuses: another model's index, a lost one
-        metrics = _embedder_metrics(settings, embedder)
+        metrics = _member_metrics(settings, embedder)
         log.info(
             "embedding %s (group %s) with %s (dimension %d) into the recall index of "
             "generation %s at %s (%s); group member %s (CHATLOG_INSTANCE_ID)",
@@ -166,28 +137,55 @@ def _run_embedder(args: argparse.Namespace, settings: Settings) -> None:
             "created" if not state.marks else f"{len(state.marks)} partitions indexed so far",
             settings.instance_id,
         )
-        try:
-            with stop_on_signals() as stop:
-                embedder.run(stop=stop)
-        finally:
-            if metrics is not None:
-                metrics.close()
+        _run_until_stopped(embedder, metrics)
     finally:
         embedder.close()
         embedder.embedder.close()
     log.info("stopped: %s", embedder.stats)
 
 
-def _embedder_metrics(settings: Settings, embedder: KafkaEmbedder) -> MetricsServer | None:
-    """The embedder's metrics and health (CHATLOG_METRICS_PORT); None when unset."""
+def _member_metrics(
+    settings: Settings, member: KafkaProjector | KafkaEmbedder
+) -> MetricsServer | None:
+    """The projector's or the embedder's metrics and health (CHATLOG_METRICS_PORT); None
+    when unset. Alive while its loop turns; ready while its partitions are within
+    CHATLOG_READY_MAX_LAG and the Redis it writes answers."""
     if not settings.metrics_port:
         return None
-    from chatlog.prom_metrics import EmbedderCollector  # noqa: PLC0415 - the metrics extra
+    from chatlog.prom_metrics import (  # noqa: PLC0415 - the metrics extra
+        EmbedderCollector,
+        ProjectorCollector,
+    )
 
-    client = wiring.recall_client(settings)  # its own: pings come from the server's thread
+    # Its own client: pings come from the server's thread.
+    collector: Collector
+    if isinstance(member, KafkaProjector):
+        collector, client = ProjectorCollector(member), wiring.redis_client(settings)
+    else:
+        collector, client = EmbedderCollector(member), wiring.recall_client(settings)
     return wiring.metrics_server(
         settings,
-        EmbedderCollector(embedder),
-        live=embedder.liveness,
-        ready=lambda: embedder.readiness(settings.ready_max_lag) or wiring.redis_answers(client),
+        collector,
+        live=member.liveness,
+        ready=lambda: member.readiness(settings.ready_max_lag) or wiring.redis_answers(client),
     )
+
+
+def _check_topics(settings: Settings) -> None:
+    """Fail at start-up with the fix, rather than with a consumer error later; a refused
+    password first, in a moment, rather than after the metadata wait."""
+    wiring.check_kafka_access(settings)
+    partition_count(wiring.admin_client(settings), settings)
+    wiring.check_keys_topic(settings)
+
+
+def _run_until_stopped(
+    member: KafkaProjector | KafkaEmbedder, metrics: MetricsServer | None
+) -> None:
+    """Run `member` until SIGTERM or Ctrl-C; its metrics server closed after."""
+    try:
+        with stop_on_signals() as stop:
+            member.run(stop=stop)
+    finally:
+        if metrics is not None:
+            metrics.close()

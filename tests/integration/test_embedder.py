@@ -29,14 +29,14 @@ from chatlog.processors.kafka_embedder import KafkaEmbedder
 from chatlog.producers.commands import new_event
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.recall import EmbeddingModel
-from chatlog.projections.redis_vectors import RedisVectorIndex, recall_generations
+from chatlog.projections.redis_vectors import RedisVectorIndex
 from chatlog.schemas.errors import DataLoss
 from chatlog.schemas.events import MessageRedacted, UserErased
 from chatlog.settings import Settings
-from tests.conftest import delete_prefix
 from tests.llm_stub import LlmStub, ok, status, stub_vector
 from tests.processes import (
     chatlog_cli,
+    delete_recall_prefix,
     free_port,
     full_chatlog,
     running_processor,
@@ -67,7 +67,7 @@ def recall(recall_redis_url) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def settings(kafka, redis_url, redis_prefix, recall_redis_url, recall, stub) -> Iterator[Settings]:
+def settings(kafka, redis_url, redis_prefix, recall_redis_url, stub) -> Iterator[Settings]:
     yield unique_settings(
         kafka,
         redis_url,
@@ -83,9 +83,7 @@ def settings(kafka, redis_url, redis_prefix, recall_redis_url, recall, stub) -> 
         embedder_group=f"embedder-{uuid.uuid4().hex[:8]}",
         pii_mode="off",
     )
-    for generation in recall_generations(recall, prefix=redis_prefix):
-        recall.execute_command("FT.DROPINDEX", f"{redis_prefix}:{generation}:recall")
-    delete_prefix(recall_redis_url, redis_prefix)
+    delete_recall_prefix(recall_redis_url, redis_prefix)
 
 
 @pytest.fixture

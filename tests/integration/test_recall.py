@@ -28,7 +28,7 @@ from chatlog.processors.recall_indexing import RecallIndexing
 from chatlog.projections.context import RECALL_CLOSE, RECALL_LABEL, RECALL_OPEN
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.recall import EmbeddingModel
-from chatlog.projections.redis_vectors import RedisVectorIndex, erase_session, recall_generations
+from chatlog.projections.redis_vectors import RedisVectorIndex, erase_session
 from chatlog.schemas.errors import (
     ConfigError,
     EmbeddingModelMismatch,
@@ -38,7 +38,13 @@ from chatlog.schemas.errors import (
     SessionNotFound,
 )
 from tests.conftest import delete_prefix
-from tests.processes import chatlog_cli, running_gateway, running_projector, unique_settings
+from tests.processes import (
+    chatlog_cli,
+    delete_recall_prefix,
+    running_gateway,
+    running_projector,
+    unique_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -81,13 +87,7 @@ def settings(kafka, redis_url, recall_redis_url):
         rate_user="off",
     )
     yield built
-    client = redis.Redis.from_url(recall_redis_url)
-    try:
-        for generation in recall_generations(client, prefix=prefix):
-            client.execute_command("FT.DROPINDEX", f"{prefix}:{generation}:recall")
-    finally:
-        client.close()
-    delete_prefix(recall_redis_url, prefix)
+    delete_recall_prefix(recall_redis_url, prefix)
     delete_prefix(redis_url, prefix)
 
 

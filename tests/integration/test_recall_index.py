@@ -32,8 +32,8 @@ from chatlog.schemas.events import MessageAppended
 from chatlog.schemas.keyring import Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key
 from chatlog.schemas.sealing import KeyScope, seal_event
-from tests.conftest import delete_prefix
 from tests.key_fakes import MemoryKeyDirectory, MemoryKeyLog
+from tests.processes import delete_recall_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -65,12 +65,10 @@ def client(recall_redis_url):
 
 
 @pytest.fixture
-def prefix(recall_redis_url, client):
+def prefix(recall_redis_url):
     name = f"t{uuid.uuid4().hex[:12]}"
     yield name
-    for generation in recall_generations(client, prefix=name):
-        client.execute_command("FT.DROPINDEX", f"{name}:{generation}:recall")
-    delete_prefix(recall_redis_url, name)
+    delete_recall_prefix(recall_redis_url, name)
 
 
 @pytest.fixture

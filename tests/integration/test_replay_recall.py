@@ -31,7 +31,7 @@ from chatlog.schemas.errors import (
 from chatlog.settings import Settings
 from tests.processes import (
     chatlog_cli,
-    delete_prefix,
+    delete_recall_prefix,
     full_chatlog,
     running_projector,
     unique_settings,
@@ -68,13 +68,7 @@ def settings(kafka, redis_url, recall_redis_url, redis_prefix) -> Settings:
         recall_redis_url=recall_redis_url,
     )
     yield built
-    client = redis.Redis.from_url(recall_redis_url)
-    try:
-        for generation in recall_generations(client, prefix=redis_prefix):
-            client.execute_command("FT.DROPINDEX", f"{redis_prefix}:{generation}:recall", "DD")
-    finally:
-        client.close()
-    delete_prefix(recall_redis_url, redis_prefix)
+    delete_recall_prefix(recall_redis_url, redis_prefix)
 
 
 @pytest.fixture

@@ -59,13 +59,13 @@ def _fenced() -> _ErrorMessage:
 
 def test_fenced_with_its_session_intact_names_the_duplicate_instance_id(projector):
     with pytest.raises(ConfigError, match="CHATLOG_INSTANCE_ID") as raised:
-        projector._record_of(_fenced())
+        projector._membership.record_of(_fenced(), projector.topic)
     assert exit_status(raised.value) == EXIT_ACT
 
 
 def test_fenced_right_after_its_session_expired_is_a_failover_to_restart(projector):
     projector._on_lost(None, [TopicPartition("events", 0)])
     with pytest.raises(BrokerUnavailable, match="session timeout") as raised:
-        projector._record_of(_fenced())
+        projector._membership.record_of(_fenced(), projector.topic)
     assert not isinstance(raised.value, ConfigError)
     assert exit_status(raised.value) == EXIT_TEMPORARY
