@@ -269,6 +269,7 @@ class KafkaEmbedder:
                 deleted=applied.deleted,
                 erased=applied.erased,
                 seconds=time.monotonic() - started,
+                foreign=applied.foreign,
             )
             return work.records, work.marks, applied
 

@@ -16,9 +16,11 @@ Running, the embedder checks again about once a second (`check`), and every writ
 the epoch atomically. An index built by another embedding model is refused
 (`EmbeddingModelMismatch`).
 
-A batch's work (`apply`): the erased sessions first (their vectors in every
-generation), then the batch's upserts, deletions and progress marks in one atomic call.
-Both steps are idempotent, so a batch applied again after a crash changes nothing.
+A batch's work (`apply_work`, the one rule the embedder and a replay both write with):
+the erased sessions first (their owner's vectors in every generation), then the batch's
+upserts, deletions and progress marks in one atomic call, which refuses what another
+user's event asks of a document it does not own. Both steps are idempotent, so a batch
+applied again after a crash changes nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from chatlog.projections.redis_vectors import (
 )
 from chatlog.schemas.errors import DataLoss, RecallIndexLost
 
-__all__ = ["Applied", "LivePointer", "RedisRecallWriter", "index_lost"]
+__all__ = ["Applied", "LivePointer", "RedisRecallWriter", "apply_work", "index_lost"]
 
 log = logging.getLogger("chatlog.embedder")
 
@@ -63,6 +65,28 @@ class Applied:
     refused: int = 0  # turns of a user whose erasure mark was set
     deleted: int = 0  # by redactions
     erased: int = 0  # by session erasures, in every generation
+    # Upserts and deletions refused: the document belongs to another tenant or user.
+    foreign: int = 0
+
+
+def apply_work(index: RedisVectorIndex, work: IndexWork) -> Applied:
+    """Apply one batch's `work` to `index`: the sessions it erased first (each only its
+    owner's vectors, in every generation: erasure reaches a rebuild in progress too),
+    then its upserts, deletions and marks in the index's one atomic call (skipped when
+    there are none, so an empty batch needs no index)."""
+    erased = 0
+    for ref in work.erased_sessions:
+        erased += erase_session(
+            index.client,
+            prefix=index.keys.prefix,
+            tenant=ref.tenant,
+            user_id=ref.user_id,
+            session_id=ref.session_id,
+        )
+    if not (work.upserts or work.deletions or work.marks):
+        return Applied(erased=erased)
+    result = index.apply(work.upserts, work.deletions, work.marks)
+    return Applied(result.written, result.skipped, result.deleted, erased, result.foreign)
 
 
 def index_lost(generation: str, problem: str) -> DataLoss:
@@ -142,20 +166,10 @@ class RedisRecallWriter:
     def apply(self, work: IndexWork) -> Applied:
         """Apply one batch's work: its erased sessions, then the rest at once."""
         index = self._opened()
-        erased = 0
-        for ref in work.erased_sessions:
-            erased += erase_session(
-                self.client,
-                prefix=self.prefix,
-                tenant=ref.tenant,
-                user_id=ref.user_id,
-                session_id=ref.session_id,
-            )
         try:
-            result = index.apply(work.upserts, work.deletions, work.marks)
+            return apply_work(index, work)
         except RecallIndexLost as exc:
             raise self._lost(index, exc.message) from exc
-        return Applied(result.written, result.skipped, result.deleted, erased)
 
     def _opened(self) -> RedisVectorIndex:
         if self.index is None:
