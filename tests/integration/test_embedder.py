@@ -458,8 +458,11 @@ def test_events_forged_into_another_users_session_change_nothing_of_hers(setting
         stub_vector(text, DIMENSION), tenant="default", user_id="alice", k=1
     )
     assert (hits[0].message.message_id, hits[0].score) == ("u10", pytest.approx(1.0, abs=1e-5))
-    assert index_of(settings, recall).search(
-        stub_vector("forged by bob", DIMENSION), tenant="default", user_id="bob", k=5
-    ) == []
+    assert (
+        index_of(settings, recall).search(
+            stub_vector("forged by bob", DIMENSION), tenant="default", user_id="bob", k=5
+        )
+        == []
+    )
     assert stats.skipped["other_owner"] == 2  # the turn and the redaction
     assert (stats.deleted, stats.erased) == (0, 0)

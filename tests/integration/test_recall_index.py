@@ -15,11 +15,11 @@ import pytest
 import redis
 import redis.asyncio
 
+from chatlog.processors.recall_indexing import RecallIndexing
+from chatlog.processors.redis_recall_writer import apply_work
 from chatlog.producers.commands import append_message
 from chatlog.projections.epochs import Lost
 from chatlog.projections.opening import ViewOpener
-from chatlog.processors.recall_indexing import RecallIndexing
-from chatlog.processors.redis_recall_writer import apply_work
 from chatlog.projections.recall import EmbeddingModel, IndexedTurn, TurnRef
 from chatlog.projections.redis_vectors import (
     ApplyResult,
@@ -157,7 +157,9 @@ def test_a_document_is_its_first_owners_alone(index, client, prefix):
     # Both in one call, for a document nobody held: the first one written keeps it.
     both = index.apply([turn("alice", "a1", 2, axis(1)), turn("bob", "a1", 2, axis(1))])
     assert (both.written, both.foreign) == (1, 1)
-    assert "m2" in {h.message.message_id for h in index.search(axis(1), tenant="acme", user_id="alice")}
+    assert "m2" in {
+        h.message.message_id for h in index.search(axis(1), tenant="acme", user_id="alice")
+    }
     assert index.search(axis(1), tenant="acme", user_id="bob") == []
     # Deletions: only the owner's.
     refused = index.apply(

@@ -8,9 +8,9 @@ import pytest
 
 from chatlog.processors.projection import Record
 from chatlog.processors.recall_indexing import RecallIndexing, SessionRef
-from chatlog.projections.recall import TurnRef
 from chatlog.producers.commands import append_message, new_event
 from chatlog.projections.opening import ViewOpener
+from chatlog.projections.recall import TurnRef
 from chatlog.projections.view import SessionView
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import EmbedderUnavailable
