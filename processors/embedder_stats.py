@@ -19,8 +19,8 @@ __all__ = ["SKIP_REASONS", "EmbedderStats"]
 # undecodable (the projector dead-letters it), undecryptable, owner_erased (the event's
 # key is destroyed), not_a_turn (tool and system messages, turns with no text),
 # user_erased (the index refused it: the user's erasure mark was set meanwhile),
-# other_owner (the index refused a turn or a redaction naming a document of another
-# tenant or user: someone wrote into a session that is not theirs).
+# other_owner (an event in a session someone else owns, as the read-model holds it; or
+# a turn or a redaction the index refused as naming another tenant's or user's document).
 SKIP_REASONS = (
     "undecodable",
     "undecryptable",

@@ -260,7 +260,7 @@ class KafkaEmbedder:
             records.extend(self._outages.take_held())
             # Partitions revoked during an outage belong to another embedder now.
             records[:] = [r for r in records if r.partition in self.assigned]
-            work = self.indexing.plan(records)
+            work = self.indexing.plan(records, owners=self.writer.owners)
             applied = self.writer.apply(work)
             self.stats.add(
                 work,
@@ -269,7 +269,7 @@ class KafkaEmbedder:
                 deleted=applied.deleted,
                 erased=applied.erased,
                 seconds=time.monotonic() - started,
-                foreign=applied.foreign,
+                foreign=work.foreign + applied.foreign,
             )
             return work.records, work.marks, applied
 

@@ -25,13 +25,16 @@ step is keyed by the event's owner (tenant and user) as well: a turn of Bob's ne
 replaces Alice's turn of the same id in the batch, Bob's redaction deletes only Bob's
 turn of that id (`TurnRef`), and Bob's `UserErased` in Alice's session drops only Bob's
 turns of it. The index applies the same rule to what it already holds
-(`chatlog.projections.redis_vectors`: the first owner of a document keeps it).
+(`chatlog.projections.redis_vectors`: the first owner of a document keeps it). Where the
+caller knows sessions' owners (the live embedder reads them from the read-model's views:
+`owners`), an event of anyone else in such a session is left out altogether, counted
+`foreign`, as the projector refuses it.
 Pure: the model, the opener and the codec are handed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from chatlog.processors.embeddings import Embedder
@@ -49,8 +52,13 @@ from chatlog.schemas.events import (
     UserErased,
     epoch_millis,
 )
+from chatlog.schemas.sealing import KeyScope
 
-__all__ = ["EMBEDDED_ROLES", "IndexWork", "RecallIndexing", "SessionRef", "TurnRef"]
+__all__ = ["EMBEDDED_ROLES", "IndexWork", "Owners", "RecallIndexing", "SessionRef", "TurnRef"]
+
+# The owners of those of the given sessions whose owner is known (a session's owner is
+# the tenant and user of its first event, and never changes).
+Owners = Callable[[Collection[str]], Mapping[str, KeyScope]]
 
 # The turns a later question may be about; tool results and system prompts are not
 # conversation memory.
@@ -82,11 +90,12 @@ class IndexWork:
     undecryptable: int = 0
     erased: int = 0  # events of an owner whose key is destroyed
     not_embedded: int = 0  # turns of other roles, or with no text
+    foreign: int = 0  # events in a session someone else owns (`plan`'s `owners`)
 
     @property
     def records(self) -> int:
         """Every record of the batch, whatever became of it."""
-        return self.events + self.undecodable + self.undecryptable + self.erased
+        return self.events + self.undecodable + self.undecryptable + self.erased + self.foreign
 
 
 class RecallIndexing:
@@ -104,9 +113,11 @@ class RecallIndexing:
         # Opens sealed content to embed it; without one, only events in the clear embed.
         self.opener = opener
 
-    def plan(self, records: Sequence[Record]) -> IndexWork:
-        """The index work for `records` (in log order per partition). Raises what the
-        embedder raises (`EmbedderUnavailable`): nothing of the batch is then done, and
+    def plan(self, records: Sequence[Record], *, owners: Owners | None = None) -> IndexWork:
+        """The index work for `records` (in log order per partition). `owners` tells the
+        owners of the batch's sessions, where known: an event of anyone else in one of
+        them is left out (`foreign`). Raises what the embedder raises
+        (`EmbedderUnavailable`) or `owners` does: nothing of the batch is then done, and
         the caller tries the same batch again later."""
         work = IndexWork()
         decoded: list[tuple[Record, ConversationEvent]] = []
@@ -121,6 +132,7 @@ class RecallIndexing:
         # message: another user's event of the same ids is another turn (the index keeps
         # the first owner's).
         turns: dict[TurnRef, tuple[ConversationEvent, ConversationEvent, Record]] = {}
+        known = {} if owners is None else owners({e.session_id for _, e in decoded})
         for (record, event), opened in zip(decoded, self._open(decoded), strict=True):
             if opened is ERASED:
                 work.erased += 1
@@ -129,6 +141,10 @@ class RecallIndexing:
                 work.undecryptable += 1
                 continue
             assert isinstance(opened, ConversationEvent)
+            owner = known.get(opened.session_id)
+            if owner is not None and owner != KeyScope(opened.tenant, opened.user_id):
+                work.foreign += 1
+                continue
             work.events += 1
             payload = opened.payload
             if isinstance(payload, MessageAppended):

@@ -16,6 +16,12 @@ Running, the embedder checks again about once a second (`check`), and every writ
 the epoch atomically. An index built by another embedding model is refused
 (`EmbeddingModelMismatch`).
 
+Whose sessions? `owners` reads the owners of a batch's sessions from the read-model's
+views of the generation written (on CHATLOG_REDIS_URL, `views`), so that the embedder
+leaves out an event the projector refuses as foreign (`RecallIndexing.plan`). A session
+the read-model does not hold (the projector is behind, or it expired) has no known
+owner there; the index's own rule still holds for it (`apply_work`).
+
 A batch's work (`apply_work`, the one rule the embedder and a replay both write with):
 the erased sessions first (their owner's vectors in every generation), then the batch's
 upserts, deletions and progress marks in one atomic call, which refuses what another
@@ -26,7 +32,7 @@ applied again after a crash changes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,8 +40,10 @@ import redis
 
 from chatlog.processors.recall_indexing import IndexWork
 from chatlog.projections.epochs import Lost
+from chatlog.projections.keys import KeySpace
 from chatlog.projections.recall import Algorithm, EmbeddingModel
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
+from chatlog.projections.redis_store import redis_errors, text
 from chatlog.projections.redis_vectors import (
     DEFAULT_ALGORITHM,
     IndexState,
@@ -43,6 +51,7 @@ from chatlog.projections.redis_vectors import (
     erase_session,
 )
 from chatlog.schemas.errors import DataLoss, RecallIndexLost
+from chatlog.schemas.sealing import KeyScope
 
 __all__ = ["Applied", "LivePointer", "RedisRecallWriter", "apply_work", "index_lost"]
 
@@ -111,12 +120,14 @@ class RedisRecallWriter:
         model: EmbeddingModel,
         pointer: LivePointer,
         algorithm: Algorithm = DEFAULT_ALGORITHM,
+        views: redis.Redis | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.model = model
         self.pointer = pointer
         self.algorithm = algorithm
+        self.views = views  # the read-model (None: no session's owner is known here)
         self.index: RedisVectorIndex | None = None
 
     @property
@@ -170,6 +181,25 @@ class RedisRecallWriter:
             return apply_work(index, work)
         except RecallIndexLost as exc:
             raise self._lost(index, exc.message) from exc
+
+    def owners(self, session_ids: Collection[str]) -> dict[str, KeyScope]:
+        """The owners of those of `session_ids` the read-model holds, in the generation
+        written: one pipelined round trip."""
+        generation = self.generation
+        if self.views is None or generation is None or not session_ids:
+            return {}
+        keys = KeySpace(self.prefix, generation)
+        sessions = list(session_ids)
+        with redis_errors():
+            pipe = self.views.pipeline(transaction=False)
+            for session_id in sessions:
+                pipe.hmget(keys.meta(session_id), "tenant", "user_id")
+            replies = pipe.execute()
+        return {
+            session_id: KeyScope(text(tenant), text(user_id))
+            for session_id, (tenant, user_id) in zip(sessions, replies, strict=True)
+            if tenant is not None and user_id is not None
+        }
 
     def _opened(self) -> RedisVectorIndex:
         if self.index is None:

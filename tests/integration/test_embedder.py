@@ -466,3 +466,45 @@ def test_events_forged_into_another_users_session_change_nothing_of_hers(setting
     )
     assert stats.skipped["other_owner"] == 2  # the turn and the redaction
     assert (stats.deleted, stats.erased) == (0, 0)
+
+
+def test_with_the_read_model_holding_her_sessions_a_forged_event_is_not_even_planned(
+    settings, chat, recall
+):
+    """The projector holds Alice's sessions as hers: the embedder reads their owners and
+    leaves out Bob's events in them altogether, a turn under a message id of his own
+    too (which the index alone would keep as his)."""
+    prefix = settings.redis_prefix
+    with running_projector(settings):
+        turns = write_visits(chat, "alice")
+        for session in ("alice-visit-1", "alice-visit-2"):
+            last = chat.append(session, user_id="alice", role="user", content="projected?")
+            chat.context(session, user_id="alice", after=last)  # her views are there
+        forged = [
+            append_message(
+                "alice-visit-1", user_id="bob", role="user", content="new", message_id="b"
+            ),
+            append_message(
+                "alice-visit-1", user_id="bob", role="user", content="forged", message_id="u10"
+            ),
+            new_event("alice-visit-1", user_id="bob", payload=MessageRedacted(message_id="a11")),
+        ]
+        raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+        for event in forged:
+            raw.produce(
+                settings.topic,
+                key=event.session_id.encode(),
+                value=EventCodec().encode(event),
+                partition=partition_for(event.session_id, 3),
+            )
+        assert raw.flush(30) == 0
+        chat.append("alice-visit-1", user_id="alice", role="user", content="later", message_id="z")
+        chat.producer.flush()
+        with running_embedder(settings) as (embedder, failed):
+            wait_for_documents(recall, prefix, len(turns) + 3, what="alice's turns", failed=failed)
+            stats = embedder.stats
+    docs = documents(recall, prefix)
+    assert "alice-visit-1/b" not in docs
+    assert {d["user"] for d in docs.values()} == {"alice"}
+    assert "alice-visit-1/a11" in docs
+    assert stats.skipped["other_owner"] == 3  # left out by the plan, none reached the index

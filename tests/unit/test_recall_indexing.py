@@ -115,6 +115,30 @@ def test_another_users_redaction_or_erasure_in_the_batch_keeps_the_owners_turn()
     assert work.erased_sessions == [SessionRef("default", "bob", "a")]
 
 
+def test_with_the_sessions_owners_known_anyone_elses_events_in_them_are_left_out():
+    alice = say("a", "user", "my order is A7-1042", user="alice")
+    forged = [
+        say("a", "user", "a new id of bob's", user="bob"),
+        new_event("a", user_id="bob", payload=MessageRedacted(message_id="m1")),
+        new_event("a", user_id="bob", payload=UserErased()),
+    ]
+    bobs_own = say("b", "user", "in his own session", user="bob")
+    asked: list[set[str]] = []
+
+    def owners(sessions):
+        asked.append(set(sessions))
+        return {"a": KeyScope("default", "alice")}  # "b": not in the read-model yet
+
+    work = RecallIndexing(Recorder()).plan(records(alice, *forged, bobs_own), owners=owners)
+    assert asked == [{"a", "b"}]
+    assert [(t.user_id, t.message.content) for t in work.upserts] == [
+        ("alice", "my order is A7-1042"),
+        ("bob", "in his own session"),
+    ]
+    assert (work.deletions, work.erased_sessions) == ([], [])
+    assert (work.foreign, work.events, work.records) == (3, 2, 5)
+
+
 def test_a_sessions_erasure_drops_its_earlier_turns_and_keeps_a_later_one():
     before = say("a", "user", "before the erasure")
     other = say("b", "user", "another session", user="u2")
