@@ -34,7 +34,7 @@ from chatlog.projections.recall import EmbeddingModel
 from chatlog.projections.redis_vectors import RedisVectorIndex, recall_generations
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import DataLoss
-from chatlog.schemas.events import MessageRedacted, UserErased
+from chatlog.schemas.events import ConversationEvent, MessageRedacted, UserErased
 from chatlog.settings import Settings
 from tests.conftest import delete_prefix
 from tests.llm_stub import LlmStub, ok, status, stub_vector
@@ -420,6 +420,20 @@ def test_a_flip_of_the_live_generation_moves_it_to_that_generations_index(settin
     )
 
 
+def publish_raw(settings: Settings, events: list[ConversationEvent]) -> None:
+    """Publish `events` with a bare confluent-kafka producer: no claims, no checks, each on
+    its session's own partition (librdkafka's default partitioner is not murmur2)."""
+    raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for event in events:
+        raw.produce(
+            settings.topic,
+            key=event.session_id.encode(),
+            value=EventCodec().encode(event),
+            partition=partition_for(event.session_id, 3),
+        )
+    assert raw.flush(30) == 0
+
+
 def test_events_forged_into_another_users_session_change_nothing_of_hers(settings, chat, recall):
     """Bob, with a bare Kafka producer (no claims, no gateway), publishes into Alice's
     sessions: a turn with the message id of one of hers, a redaction of another, and an
@@ -434,15 +448,7 @@ def test_events_forged_into_another_users_session_change_nothing_of_hers(setting
         new_event("alice-visit-1", user_id="bob", payload=MessageRedacted(message_id="a11")),
         new_event("alice-visit-2", user_id="bob", payload=UserErased()),
     ]
-    raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-    for event in forged:
-        raw.produce(
-            settings.topic,
-            key=event.session_id.encode(),
-            value=EventCodec().encode(event),
-            partition=partition_for(event.session_id, 3),  # the session's own partition
-        )
-    assert raw.flush(30) == 0
+    publish_raw(settings, forged)
     with running_embedder(settings) as (embedder, failed):
         # Alice's next turn, after the forged events in both sessions' partitions.
         for session in ("alice-visit-1", "alice-visit-2"):
@@ -489,15 +495,7 @@ def test_with_the_read_model_holding_her_sessions_a_forged_event_is_not_even_pla
             ),
             new_event("alice-visit-1", user_id="bob", payload=MessageRedacted(message_id="a11")),
         ]
-        raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-        for event in forged:
-            raw.produce(
-                settings.topic,
-                key=event.session_id.encode(),
-                value=EventCodec().encode(event),
-                partition=partition_for(event.session_id, 3),
-            )
-        assert raw.flush(30) == 0
+        publish_raw(settings, forged)
         chat.append("alice-visit-1", user_id="alice", role="user", content="later", message_id="z")
         chat.producer.flush()
         with running_embedder(settings) as (embedder, failed):
