@@ -20,7 +20,9 @@ of work, and one reset missed would stamp the wrong session on unrelated lines. 
 ``extra`` is only ever on the record it was given to.
 
 What never goes into a log: a message's content (log ids, counts and reasons, never
-``content``), and secrets (masked by the filter, `chatlog.schemas.secrets`). Pure: only
+``content``), secrets (masked by the filter, `chatlog.schemas.secrets`), and a request's
+query string: the gateway's access lines (uvicorn's) name the path only, because a query
+can hold the user's own words (``GET /v1/recall?q=...``, a context's ``recall=``). Pure: only
 ``logging`` and ``json``.
 """
 
@@ -112,6 +114,19 @@ _FORMATTERS: Mapping[str, type[PlainFormatter | JsonFormatter]] = {
 }
 
 
+class _PathOnly(logging.Filter):
+    """Drops the query string from uvicorn's access lines, whose arguments are (client,
+    method, path with query, HTTP version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            target = str(args[2])
+            if "?" in target:
+                record.args = (args[0], args[1], target.split("?", 1)[0] + "?…", *args[3:])
+        return True
+
+
 def setup_logging(
     process: str,
     *,
@@ -131,6 +146,7 @@ def setup_logging(
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     # The filter masks the message before any formatter (or a library's handler) sees it.
     handler.addFilter(RedactingFilter())
+    handler.addFilter(_PathOnly())
     handler.setFormatter(_FORMATTERS[log_format](process))
     root = logging.getLogger()
     for old in root.handlers[:]:

@@ -383,6 +383,7 @@ def recall_embedder(settings: Settings) -> KafkaEmbedder:
         prefix=settings.redis_prefix,
         model=IndexModel(model.model, model.dimension),
         pointer=generations(settings, client),
+        views=client,  # the sessions' owners, as the projector holds them
     )
     # An endpoint's call may take its timeout on each of its 4 attempts: not a hang.
     bound = LIVENESS_BOUND_S + 4 * settings.embedding_timeout_s

@@ -18,8 +18,17 @@ __all__ = ["SKIP_REASONS", "EmbedderStats"]
 # Why a record or a turn was not written to the index (each counted, none silent):
 # undecodable (the projector dead-letters it), undecryptable, owner_erased (the event's
 # key is destroyed), not_a_turn (tool and system messages, turns with no text),
-# user_erased (the index refused it: the user's erasure mark was set meanwhile).
-SKIP_REASONS = ("undecodable", "undecryptable", "owner_erased", "not_a_turn", "user_erased")
+# user_erased (the index refused it: the user's erasure mark was set meanwhile),
+# other_owner (an event in a session someone else owns, as the read-model holds it; or
+# a turn or a redaction the index refused as naming another tenant's or user's document).
+SKIP_REASONS = (
+    "undecodable",
+    "undecryptable",
+    "owner_erased",
+    "not_a_turn",
+    "user_erased",
+    "other_owner",
+)
 
 
 @dataclass(slots=True)
@@ -63,10 +72,12 @@ class EmbedderStats:
         refused: int,
         deleted: int,
         erased: int,
+        foreign: int,
         seconds: float,
     ) -> None:
         """Count one batch applied to the index: `written` turns written, `refused` of an
-        erased user, `deleted` by redactions, `erased` by session erasures."""
+        erased user, `deleted` by redactions, `erased` by session erasures, `foreign`
+        upserts and deletions refused as another user's document."""
         self.batches += 1
         self.records += work.records
         self.embedded += len(work.upserts)
@@ -80,6 +91,7 @@ class EmbedderStats:
                 "owner_erased": work.erased,
                 "not_a_turn": work.not_embedded,
                 "user_erased": refused,
+                "other_owner": foreign,
             }
         )
         self.batch_seconds.observe(seconds)

@@ -252,7 +252,7 @@ class KafkaEmbedder:
 
         def index() -> tuple[int, Mapping[int, int], Applied]:
             self._outages.in_hand(records, self.assigned)
-            work = self.indexing.plan(records)
+            work = self.indexing.plan(records, owners=self.writer.owners)
             applied = self.writer.apply(work)
             self.stats.add(
                 work,
@@ -261,6 +261,7 @@ class KafkaEmbedder:
                 deleted=applied.deleted,
                 erased=applied.erased,
                 seconds=time.monotonic() - started,
+                foreign=work.foreign + applied.foreign,
             )
             return work.records, work.marks, applied
 

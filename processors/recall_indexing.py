@@ -18,18 +18,29 @@ dead-letters them; the embedder does not write a second dead letter), events of 
 owner (their key is destroyed), events that do not open, tool and system messages, turns
 with no text. A turn appended and redacted in one batch is not embedded; its deletion is
 written all the same.
+
+Whose turn is it? Anyone who can publish can name another user's session and message
+id (a producer sets the message id; a bare Kafka producer sets anything), so every
+step is keyed by the event's owner (tenant and user) as well: a turn of Bob's never
+replaces Alice's turn of the same id in the batch, Bob's redaction deletes only Bob's
+turn of that id (`TurnRef`), and Bob's `UserErased` in Alice's session drops only Bob's
+turns of it. The index applies the same rule to what it already holds
+(`chatlog.projections.redis_vectors`: the first owner of a document keeps it). Where the
+caller knows sessions' owners (the live embedder reads them from the read-model's views:
+`owners`), an event of anyone else in such a session is left out altogether, counted
+`foreign`, as the projector refuses it.
 Pure: the model, the opener and the codec are handed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from chatlog.processors.embeddings import Embedder
 from chatlog.processors.projection import Record, decode_record
 from chatlog.projections.opening import ERASED, EventOpener, Opened
-from chatlog.projections.recall import IndexedTurn
+from chatlog.projections.recall import IndexedTurn, TurnRef
 from chatlog.projections.view import SealedFields, message_of
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import DecodeError, InvalidInput, Undecryptable
@@ -41,8 +52,13 @@ from chatlog.schemas.events import (
     UserErased,
     epoch_millis,
 )
+from chatlog.schemas.sealing import KeyScope
 
-__all__ = ["EMBEDDED_ROLES", "IndexWork", "RecallIndexing", "SessionRef"]
+__all__ = ["EMBEDDED_ROLES", "IndexWork", "Owners", "RecallIndexing", "SessionRef", "TurnRef"]
+
+# The owners of those of the given sessions whose owner is known (a session's owner is
+# the tenant and user of its first event, and never changes).
+Owners = Callable[[Collection[str]], Mapping[str, KeyScope]]
 
 # The turns a later question may be about; tool results and system prompts are not
 # conversation memory.
@@ -65,7 +81,8 @@ class IndexWork:
     # Erased first: a session in use again after its erasure keeps its new turns.
     erased_sessions: list[SessionRef] = field(default_factory=list)
     upserts: list[IndexedTurn] = field(default_factory=list)
-    deletions: list[tuple[str, str]] = field(default_factory=list)  # (session, message id)
+    # Redactions: each deletes its turn if the redacting user owns it.
+    deletions: list[TurnRef] = field(default_factory=list)
     # partition -> last offset in the batch: all of it is indexed once the work is applied.
     marks: dict[int, int] = field(default_factory=dict)
     events: int = 0  # records that decoded and opened
@@ -73,11 +90,12 @@ class IndexWork:
     undecryptable: int = 0
     erased: int = 0  # events of an owner whose key is destroyed
     not_embedded: int = 0  # turns of other roles, or with no text
+    foreign: int = 0  # events in a session someone else owns (`plan`'s `owners`)
 
     @property
     def records(self) -> int:
         """Every record of the batch, whatever became of it."""
-        return self.events + self.undecodable + self.undecryptable + self.erased
+        return self.events + self.undecodable + self.undecryptable + self.erased + self.foreign
 
 
 class RecallIndexing:
@@ -95,9 +113,11 @@ class RecallIndexing:
         # Opens sealed content to embed it; without one, only events in the clear embed.
         self.opener = opener
 
-    def plan(self, records: Sequence[Record]) -> IndexWork:
-        """The index work for `records` (in log order per partition). Raises what the
-        embedder raises (`EmbedderUnavailable`): nothing of the batch is then done, and
+    def plan(self, records: Sequence[Record], *, owners: Owners | None = None) -> IndexWork:
+        """The index work for `records` (in log order per partition). `owners` tells the
+        owners of the batch's sessions, where known: an event of anyone else in one of
+        them is left out (`foreign`). Raises what the embedder raises
+        (`EmbedderUnavailable`) or `owners` does: nothing of the batch is then done, and
         the caller tries the same batch again later."""
         work = IndexWork()
         decoded: list[tuple[Record, ConversationEvent]] = []
@@ -108,8 +128,11 @@ class RecallIndexing:
                 decoded.append((record, decode_record(self.codec, record)))
             except (DecodeError, InvalidInput):
                 work.undecodable += 1
-        # (sealed event, opened event, record) of each turn to embed, by (session, message).
-        turns: dict[tuple[str, str], tuple[ConversationEvent, ConversationEvent, Record]] = {}
+        # (sealed event, opened event, record) of each turn to embed, by owner, session and
+        # message: another user's event of the same ids is another turn (the index keeps
+        # the first owner's).
+        turns: dict[TurnRef, tuple[ConversationEvent, ConversationEvent, Record]] = {}
+        known = {} if owners is None else owners({e.session_id for _, e in decoded})
         for (record, event), opened in zip(decoded, self._open(decoded), strict=True):
             if opened is ERASED:
                 work.erased += 1
@@ -118,24 +141,28 @@ class RecallIndexing:
                 work.undecryptable += 1
                 continue
             assert isinstance(opened, ConversationEvent)
+            owner = known.get(opened.session_id)
+            if owner is not None and owner != KeyScope(opened.tenant, opened.user_id):
+                work.foreign += 1
+                continue
             work.events += 1
             payload = opened.payload
             if isinstance(payload, MessageAppended):
                 if payload.role in EMBEDDED_ROLES and payload.content.strip():
-                    turns[(opened.session_id, payload.message_id)] = (event, opened, record)
+                    turns[_ref(opened, payload.message_id)] = (event, opened, record)
                 else:
                     work.not_embedded += 1
             elif isinstance(payload, MessageRedacted):
                 # Deleted even when this batch held the turn: another writer of the same
                 # index (a replay's hand-over beside the live embedder) may have written it.
-                turns.pop((opened.session_id, payload.message_id), None)
-                work.deletions.append((opened.session_id, payload.message_id))
+                ref = _ref(opened, payload.message_id)
+                turns.pop(ref, None)
+                work.deletions.append(ref)
             elif isinstance(payload, UserErased):
-                for key in [key for key in turns if key[0] == opened.session_id]:
+                erased = SessionRef(opened.tenant, opened.user_id, opened.session_id)
+                for key in [key for key in turns if _session_of(key) == erased]:
                     del turns[key]
-                work.erased_sessions.append(
-                    SessionRef(opened.tenant, opened.user_id, opened.session_id)
-                )
+                work.erased_sessions.append(erased)
         if turns:
             texts = [_content(opened) for _, opened, _ in turns.values()]
             vectors = self.embedder.embed(texts)
@@ -148,6 +175,14 @@ class RecallIndexing:
         if self.opener is None or not events:
             return list(events)
         return self.opener.open_batch(events)
+
+
+def _ref(event: ConversationEvent, message_id: str) -> TurnRef:
+    return TurnRef(event.tenant, event.user_id, event.session_id, message_id)
+
+
+def _session_of(ref: TurnRef) -> SessionRef:
+    return SessionRef(ref.tenant, ref.user_id, ref.session_id)
 
 
 def _content(opened: ConversationEvent) -> str:

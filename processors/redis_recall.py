@@ -1,8 +1,9 @@
 """The recall indexes a replay builds, drops and compares, on the recall index's Redis.
 
-`RedisRecallTarget` writes one batch's `IndexWork` into one generation's index: the
-erased sessions first (in every generation, as erasure always reaches), then the
-upserts, deletions and progress marks in the index's one atomic call.
+`RedisRecallTarget` writes one batch's `IndexWork` into one generation's index by the
+embedder's own rule (`chatlog.processors.redis_recall_writer.apply_work`): the erased
+sessions first (in every generation, as erasure always reaches), then the upserts,
+deletions and progress marks in the index's one atomic call.
 
 `RedisRecallGenerations` is what `chatlog.processors.replay` asks of the recall side
 (`RecallGenerations`): a sink for the generation being built, dropping a generation's
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping
 import redis
 
 from chatlog.processors.recall_indexing import IndexWork, RecallIndexing
+from chatlog.processors.redis_recall_writer import apply_work
 from chatlog.processors.replay_recall import RecallSink
 from chatlog.projections.recall import EmbeddingModel
 from chatlog.projections.redis_generations import Difference
@@ -28,7 +30,7 @@ from chatlog.projections.redis_recall_compare import (
     compare_documents,
     counted,
 )
-from chatlog.projections.redis_vectors import RedisVectorIndex, erase_session
+from chatlog.projections.redis_vectors import RedisVectorIndex
 
 __all__ = ["RedisRecallGenerations", "RedisRecallTarget"]
 
@@ -46,18 +48,8 @@ class RedisRecallTarget:
         return self.index.state().marks
 
     def write(self, work: IndexWork) -> int:
-        """Apply `work`: erased sessions, then one atomic call; the turns written."""
-        for ref in work.erased_sessions:
-            erase_session(
-                self.index.client,
-                prefix=self.index.keys.prefix,
-                tenant=ref.tenant,
-                user_id=ref.user_id,
-                session_id=ref.session_id,
-            )
-        if not (work.upserts or work.deletions or work.marks):
-            return 0
-        return self.index.apply(work.upserts, work.deletions, work.marks).written
+        """Apply `work` (`apply_work`); the turns written."""
+        return apply_work(self.index, work).written
 
 
 class RedisRecallGenerations:

@@ -16,15 +16,23 @@ Running, the embedder checks again about once a second (`check`), and every writ
 the epoch atomically. An index built by another embedding model is refused
 (`EmbeddingModelMismatch`).
 
-A batch's work (`apply`): the erased sessions first (their vectors in every
-generation), then the batch's upserts, deletions and progress marks in one atomic call.
-Both steps are idempotent, so a batch applied again after a crash changes nothing.
+Whose sessions? `owners` reads the owners of a batch's sessions from the read-model's
+views of the generation written (on CHATLOG_REDIS_URL, `views`), so that the embedder
+leaves out an event the projector refuses as foreign (`RecallIndexing.plan`). A session
+the read-model does not hold (the projector is behind, or it expired) has no known
+owner there; the index's own rule still holds for it (`apply_work`).
+
+A batch's work (`apply_work`, the one rule the embedder and a replay both write with):
+the erased sessions first (their owner's vectors in every generation), then the batch's
+upserts, deletions and progress marks in one atomic call, which refuses what another
+user's event asks of a document it does not own. Both steps are idempotent, so a batch
+applied again after a crash changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,8 +40,10 @@ import redis
 
 from chatlog.processors.recall_indexing import IndexWork
 from chatlog.projections.epochs import Lost
+from chatlog.projections.keys import KeySpace
 from chatlog.projections.recall import Algorithm, EmbeddingModel
 from chatlog.projections.redis_reader import DEFAULT_GENERATION
+from chatlog.projections.redis_store import redis_errors, text
 from chatlog.projections.redis_vectors import (
     DEFAULT_ALGORITHM,
     IndexState,
@@ -41,8 +51,9 @@ from chatlog.projections.redis_vectors import (
     erase_session,
 )
 from chatlog.schemas.errors import DataLoss, RecallIndexLost
+from chatlog.schemas.sealing import KeyScope
 
-__all__ = ["Applied", "LivePointer", "RedisRecallWriter", "index_lost"]
+__all__ = ["Applied", "LivePointer", "RedisRecallWriter", "apply_work", "index_lost"]
 
 log = logging.getLogger("chatlog.embedder")
 
@@ -63,6 +74,28 @@ class Applied:
     refused: int = 0  # turns of a user whose erasure mark was set
     deleted: int = 0  # by redactions
     erased: int = 0  # by session erasures, in every generation
+    # Upserts and deletions refused: the document belongs to another tenant or user.
+    foreign: int = 0
+
+
+def apply_work(index: RedisVectorIndex, work: IndexWork) -> Applied:
+    """Apply one batch's `work` to `index`: the sessions it erased first (each only its
+    owner's vectors, in every generation: erasure reaches a rebuild in progress too),
+    then its upserts, deletions and marks in the index's one atomic call (skipped when
+    there are none, so an empty batch needs no index)."""
+    erased = 0
+    for ref in work.erased_sessions:
+        erased += erase_session(
+            index.client,
+            prefix=index.keys.prefix,
+            tenant=ref.tenant,
+            user_id=ref.user_id,
+            session_id=ref.session_id,
+        )
+    if not (work.upserts or work.deletions or work.marks):
+        return Applied(erased=erased)
+    result = index.apply(work.upserts, work.deletions, work.marks)
+    return Applied(result.written, result.skipped, result.deleted, erased, result.foreign)
 
 
 def index_lost(generation: str, problem: str) -> DataLoss:
@@ -87,12 +120,14 @@ class RedisRecallWriter:
         model: EmbeddingModel,
         pointer: LivePointer,
         algorithm: Algorithm = DEFAULT_ALGORITHM,
+        views: redis.Redis | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.model = model
         self.pointer = pointer
         self.algorithm = algorithm
+        self.views = views  # the read-model (None: no session's owner is known here)
         self.index: RedisVectorIndex | None = None
 
     @property
@@ -142,20 +177,29 @@ class RedisRecallWriter:
     def apply(self, work: IndexWork) -> Applied:
         """Apply one batch's work: its erased sessions, then the rest at once."""
         index = self._opened()
-        erased = 0
-        for ref in work.erased_sessions:
-            erased += erase_session(
-                self.client,
-                prefix=self.prefix,
-                tenant=ref.tenant,
-                user_id=ref.user_id,
-                session_id=ref.session_id,
-            )
         try:
-            result = index.apply(work.upserts, work.deletions, work.marks)
+            return apply_work(index, work)
         except RecallIndexLost as exc:
             raise self._lost(index, exc.message) from exc
-        return Applied(result.written, result.skipped, result.deleted, erased)
+
+    def owners(self, session_ids: Collection[str]) -> dict[str, KeyScope]:
+        """The owners of those of `session_ids` the read-model holds, in the generation
+        written: one pipelined round trip."""
+        generation = self.generation
+        if self.views is None or generation is None or not session_ids:
+            return {}
+        keys = KeySpace(self.prefix, generation)
+        sessions = list(session_ids)
+        with redis_errors():
+            pipe = self.views.pipeline(transaction=False)
+            for session_id in sessions:
+                pipe.hmget(keys.meta(session_id), "tenant", "user_id")
+            replies = pipe.execute()
+        return {
+            session_id: KeyScope(text(tenant), text(user_id))
+            for session_id, (tenant, user_id) in zip(sessions, replies, strict=True)
+            if tenant is not None and user_id is not None
+        }
 
     def _opened(self) -> RedisVectorIndex:
         if self.index is None:

@@ -52,6 +52,7 @@ __all__ = [
     "IndexedTurn",
     "RecallHit",
     "RecalledTurn",
+    "TurnRef",
     "check_k",
     "model_mismatch",
     "recall_query",
@@ -105,6 +106,19 @@ class IndexedTurn:
     def position(self) -> Position:
         """Where the turn is in the log."""
         return Position(self.partition, self.message.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRef:
+    """One turn of one owner, as a deletion names it. The owner is part of it because a
+    document is keyed by session and message id only, and anyone who can publish can
+    name another user's session and message id: the index deletes a document only for
+    the user who owns it (`chatlog.projections.redis_vectors`)."""
+
+    tenant: str
+    user_id: str
+    session_id: str
+    message_id: str
 
 
 @dataclass(frozen=True, slots=True)

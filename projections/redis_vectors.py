@@ -34,7 +34,11 @@ partition was indexed (``...:recall:progress``). Like the read-model's epoch
 Writes go in one Lua call per batch (`apply`): it checks the epoch (a lost index is not
 partly rebuilt by a running writer), skips the turns of users marked erased, deletes,
 and records the progress marks, atomically. Upserts are keyed by session and message id,
-so writing a turn twice leaves one document.
+so writing a turn twice leaves one document. A document belongs to the tenant and user
+who wrote it first: another user's upsert or deletion of the same session and message
+id is refused inside the same call, however the events reached the writer (the ids are
+the publisher's to choose); a session's or a user's erasure selects by tenant and user
+too, so it deletes only that owner's documents.
 
 Erasure (`erase_user`, `erase_session`) works on every generation's index found on the
 server (FT._LIST), so a rebuild in progress loses the vectors too; a user's erasure
@@ -48,7 +52,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +80,7 @@ from chatlog.projections.recall import (
     EmbeddingModel,
     IndexedTurn,
     RecallHit,
+    TurnRef,
     check_k,
     model_mismatch,
     vector_bytes,
@@ -105,17 +110,29 @@ _RETURNED = ("tenant", "user", "session", "partition", "doc")
 # KEYS: meta, progress, then per upsert its document and its user's erasure mark, then
 # per deletion its document. ARGV: the epoch token, #upserts, #deletions, #marks, then
 # per upsert its 9 values (vector, tenant, user, session, role, created, partition,
-# offset, doc), then per mark (partition, offset). Returns {written, skipped, deleted};
-# -1 when the epoch is not the one this writer read: the index was lost.
+# offset, doc), then per deletion its owner (tenant, user), then per mark (partition,
+# offset). Returns {written, skipped, deleted, foreign}; -1 when the epoch is not the one
+# this writer read: the index was lost.
+#
+# A document belongs to the tenant and user who first wrote it (the session claims'
+# rule: first owner wins). A document is named by session and message id, both of which
+# anyone who can publish can choose, so an upsert of another owner never replaces it
+# and a deletion by another owner never deletes it: both are counted as `foreign`.
 _APPLY = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
 local n_up, n_del, n_marks = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local written, skipped, deleted = 0, 0, 0
+local written, skipped, deleted, foreign = 0, 0, 0, 0
+local function owned_by_another(doc, tenant, user)
+  local owner = redis.call('HMGET', doc, 'tenant', 'user')
+  return owner[1] and (owner[1] ~= tenant or owner[2] ~= user)
+end
 local a = 5
 for u = 1, n_up do
   local doc, erased = KEYS[1 + 2 * u], KEYS[2 + 2 * u]
   if redis.call('EXISTS', erased) == 1 then
     skipped = skipped + 1
+  elseif owned_by_another(doc, ARGV[a + 1], ARGV[a + 2]) then
+    foreign = foreign + 1
   else
     redis.call('HSET', doc, 'vector', ARGV[a], 'tenant', ARGV[a + 1], 'user', ARGV[a + 2],
       'session', ARGV[a + 3], 'role', ARGV[a + 4], 'created', ARGV[a + 5],
@@ -125,14 +142,20 @@ for u = 1, n_up do
   a = a + 9
 end
 for d = 1, n_del do
-  deleted = deleted + redis.call('DEL', KEYS[2 + 2 * n_up + d])
+  local doc = KEYS[2 + 2 * n_up + d]
+  if owned_by_another(doc, ARGV[a], ARGV[a + 1]) then
+    foreign = foreign + 1
+  else
+    deleted = deleted + redis.call('DEL', doc)
+  end
+  a = a + 2
 end
 for _ = 1, n_marks do
   local stored = tonumber(redis.call('HGET', KEYS[2], ARGV[a]) or '-1')
   if tonumber(ARGV[a + 1]) > stored then redis.call('HSET', KEYS[2], ARGV[a], ARGV[a + 1]) end
   a = a + 2
 end
-return {written, skipped, deleted}
+return {written, skipped, deleted, foreign}
 """
 
 
@@ -151,12 +174,14 @@ def _now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """What one `apply` did: turns written, turns skipped (their user was erased), and
-    documents deleted."""
+    """What one `apply` did: turns written, turns skipped (their user was erased),
+    documents deleted, and writes refused because the document belongs to another user
+    (an upsert or a deletion naming another owner's session and message id)."""
 
     written: int = 0
     skipped: int = 0
     deleted: int = 0
+    foreign: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,19 +465,19 @@ class RedisVectorIndex:
     def apply(
         self,
         upserts: Sequence[IndexedTurn] = (),
-        deletions: Iterable[tuple[str, str]] = (),
+        deletions: Sequence[TurnRef] = (),
         marks: Mapping[int, int] | None = None,
     ) -> ApplyResult:
-        """Write `upserts`, delete `deletions` ((session id, message id) pairs) and record
-        `marks` (partition -> last offset indexed), in one atomic call. A turn whose user
-        was erased is skipped. `RecallIndexLost` if the index was lost since `ensure`."""
+        """Write `upserts`, delete `deletions` and record `marks` (partition -> last
+        offset indexed), in one atomic call. A turn whose user was erased is skipped; an
+        upsert or a deletion of a document another user owns is refused (`foreign`).
+        `RecallIndexLost` if the index was lost since `ensure`."""
         if self._epoch is None:
             self.ensure()
         assert self._epoch is not None  # ensure() sets it or raises
-        deleted = [self.keys.recall_document(s, m) for s, m in deletions]
         marks = marks or {}
         keys = [self.keys.recall_meta, self.keys.recall_progress]
-        args: list[Any] = [self._epoch, len(upserts), len(deleted), len(marks)]
+        args: list[Any] = [self._epoch, len(upserts), len(deletions), len(marks)]
         for turn in upserts:
             keys += [
                 self.keys.recall_document(turn.session_id, turn.message.message_id),
@@ -469,7 +494,9 @@ class RedisVectorIndex:
                 turn.message.offset,
                 encode_message(turn.message),
             ]
-        keys += deleted
+        for ref in deletions:
+            keys.append(self.keys.recall_document(ref.session_id, ref.message_id))
+            args += [ref.tenant, ref.user_id]
         for partition, offset in sorted(marks.items()):
             args += [partition, offset]
         with redis_errors():
@@ -481,17 +508,18 @@ class RedisVectorIndex:
                 f"was being written (its epoch changed); a replay rebuilds it",
                 generation=self.keys.generation,
             )
-        written, skipped, removed = (int(n) for n in reply)
-        return ApplyResult(written, skipped, removed)
+        written, skipped, removed, foreign = (int(n) for n in reply)
+        return ApplyResult(written, skipped, removed, foreign)
 
     def upsert(self, turn: IndexedTurn) -> bool:
-        """Write one turn (again: it replaces the same session's same message id); False
-        if its user was erased."""
+        """Write one turn (again: it replaces its owner's turn of the same session and
+        message id); False if its user was erased or another user owns that document."""
         return self.apply([turn]).written == 1
 
-    def delete(self, session_id: str, message_id: str) -> bool:
-        """Delete one turn's vector (a redaction); False if it was not indexed."""
-        return self.apply(deletions=[(session_id, message_id)]).deleted == 1
+    def delete(self, turn: TurnRef) -> bool:
+        """Delete one turn's vector (a redaction); False if it was not indexed, or is
+        another user's."""
+        return self.apply(deletions=[turn]).deleted == 1
 
     def search(
         self,

@@ -22,16 +22,19 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
+from confluent_kafka import Producer
 
 from chatlog import wiring
 from chatlog.client import ChatLog
 from chatlog.processors.kafka_embedder import KafkaEmbedder
-from chatlog.producers.commands import new_event
+from chatlog.producers.commands import append_message, new_event
+from chatlog.producers.partitioning import partition_for
 from chatlog.projections.keys import KeySpace
 from chatlog.projections.recall import EmbeddingModel
 from chatlog.projections.redis_vectors import RedisVectorIndex
+from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import DataLoss
-from chatlog.schemas.events import MessageRedacted, UserErased
+from chatlog.schemas.events import ConversationEvent, MessageRedacted, UserErased
 from chatlog.settings import Settings
 from tests.llm_stub import LlmStub, ok, status, stub_vector
 from tests.processes import (
@@ -413,3 +416,91 @@ def test_a_flip_of_the_live_generation_moves_it_to_that_generations_index(settin
         .message.message_id
         == "u10"
     )
+
+
+def publish_raw(settings: Settings, events: list[ConversationEvent]) -> None:
+    """Publish `events` with a bare confluent-kafka producer: no claims, no checks, each on
+    its session's own partition (librdkafka's default partitioner is not murmur2)."""
+    raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for event in events:
+        raw.produce(
+            settings.topic,
+            key=event.session_id.encode(),
+            value=EventCodec().encode(event),
+            partition=partition_for(event.session_id, 3),
+        )
+    assert raw.flush(30) == 0
+
+
+def test_events_forged_into_another_users_session_change_nothing_of_hers(settings, chat, recall):
+    """Bob, with a bare Kafka producer (no claims, no gateway), publishes into Alice's
+    sessions: a turn with the message id of one of hers, a redaction of another, and an
+    erasure of a whole session. The projector refuses all three as foreign; the index
+    must too: her vectors stay as they were, and the refusals are counted."""
+    turns = write_visits(chat, "alice")
+    prefix = settings.redis_prefix
+    forged = [
+        append_message(
+            "alice-visit-1", user_id="bob", role="user", content="forged by bob", message_id="u10"
+        ),
+        new_event("alice-visit-1", user_id="bob", payload=MessageRedacted(message_id="a11")),
+        new_event("alice-visit-2", user_id="bob", payload=UserErased()),
+    ]
+    publish_raw(settings, forged)
+    with running_embedder(settings) as (embedder, failed):
+        # Alice's next turn, after the forged events in both sessions' partitions.
+        for session in ("alice-visit-1", "alice-visit-2"):
+            chat.append(session, user_id="alice", role="user", content="later", message_id="z")
+        chat.producer.flush()
+        wait_for_documents(recall, prefix, len(turns) + 2, what="alice's turns", failed=failed)
+        stats = embedder.stats
+    docs = documents(recall, prefix)
+    assert set(docs) == set(turns) | {"alice-visit-1/z", "alice-visit-2/z"}
+    assert {d["user"] for d in docs.values()} == {"alice"}
+    text = turns["alice-visit-1/u10"]
+    hits = index_of(settings, recall).search(
+        stub_vector(text, DIMENSION), tenant="default", user_id="alice", k=1
+    )
+    assert (hits[0].message.message_id, hits[0].score) == ("u10", pytest.approx(1.0, abs=1e-5))
+    assert (
+        index_of(settings, recall).search(
+            stub_vector("forged by bob", DIMENSION), tenant="default", user_id="bob", k=5
+        )
+        == []
+    )
+    assert stats.skipped["other_owner"] == 2  # the turn and the redaction
+    assert (stats.deleted, stats.erased) == (0, 0)
+
+
+def test_with_the_read_model_holding_her_sessions_a_forged_event_is_not_even_planned(
+    settings, chat, recall
+):
+    """The projector holds Alice's sessions as hers: the embedder reads their owners and
+    leaves out Bob's events in them altogether, a turn under a message id of his own
+    too (which the index alone would keep as his)."""
+    prefix = settings.redis_prefix
+    with running_projector(settings):
+        turns = write_visits(chat, "alice")
+        for session in ("alice-visit-1", "alice-visit-2"):
+            last = chat.append(session, user_id="alice", role="user", content="projected?")
+            chat.context(session, user_id="alice", after=last)  # her views are there
+        forged = [
+            append_message(
+                "alice-visit-1", user_id="bob", role="user", content="new", message_id="b"
+            ),
+            append_message(
+                "alice-visit-1", user_id="bob", role="user", content="forged", message_id="u10"
+            ),
+            new_event("alice-visit-1", user_id="bob", payload=MessageRedacted(message_id="a11")),
+        ]
+        publish_raw(settings, forged)
+        chat.append("alice-visit-1", user_id="alice", role="user", content="later", message_id="z")
+        chat.producer.flush()
+        with running_embedder(settings) as (embedder, failed):
+            wait_for_documents(recall, prefix, len(turns) + 3, what="alice's turns", failed=failed)
+            stats = embedder.stats
+    docs = documents(recall, prefix)
+    assert "alice-visit-1/b" not in docs
+    assert {d["user"] for d in docs.values()} == {"alice"}
+    assert "alice-visit-1/a11" in docs
+    assert stats.skipped["other_owner"] == 3  # left out by the plan, none reached the index

@@ -453,6 +453,12 @@ def test_the_gateway_recalls_for_the_authenticated_caller_only(settings, history
         ).json()
         assert all(RECALL_OPEN not in m["content"] for m in tight["messages"])
         assert tight["messages"][-1]["content"] == QUESTION
+    # The query is the user's own words (personal data): the gateway's log holds neither
+    # it nor what was recalled, however it is encoded in a request line.
+    logged = (tmp_path / "serve.log").read_text()
+    assert '"GET /v1/recall?… HTTP/1.1" 200' in logged  # the request is logged, its path only
+    for secret in (QUESTION, FACT, "A7-1042", str(httpx.QueryParams({"q": QUESTION}))):
+        assert secret not in logged
 
 
 def test_a_gateway_without_recall_says_so(gateway):

@@ -15,11 +15,14 @@ import pytest
 import redis
 import redis.asyncio
 
+from chatlog.processors.recall_indexing import RecallIndexing
+from chatlog.processors.redis_recall_writer import apply_work
 from chatlog.producers.commands import append_message
 from chatlog.projections.epochs import Lost
 from chatlog.projections.opening import ViewOpener
-from chatlog.projections.recall import EmbeddingModel, IndexedTurn
+from chatlog.projections.recall import EmbeddingModel, IndexedTurn, TurnRef
 from chatlog.projections.redis_vectors import (
+    ApplyResult,
     AsyncRedisVectorSearch,
     RedisVectorIndex,
     erase_session,
@@ -34,6 +37,7 @@ from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key
 from chatlog.schemas.sealing import KeyScope, seal_event
 from tests.key_fakes import MemoryKeyDirectory, MemoryKeyLog
 from tests.processes import delete_recall_prefix
+from tests.unit.test_recall_indexing import records, say
 
 pytestmark = pytest.mark.integration
 
@@ -133,6 +137,76 @@ def test_writing_a_turn_again_keeps_one_document(index):
     assert len(index.search(axis(2), tenant="acme", user_id="alice", k=5)) == 2
 
 
+def test_a_document_is_its_first_owners_alone(index, client, prefix):
+    """A document is named by session and message id, which whoever publishes chooses:
+    another user's (or another tenant's same user id's) upsert or deletion of it is
+    refused, and counted; its owner's own still work."""
+    index.upsert(turn("alice", "a1", 1, axis(0)))
+
+    def alices() -> list[tuple[str, str, float]]:
+        hits = index.search(axis(0), tenant="acme", user_id="alice", k=5)
+        return [(h.message.message_id, h.message.content, round(h.score, 4)) for h in hits]
+
+    forged = [turn("bob", "a1", 1, axis(3)), turn("alice", "a1", 1, axis(3), tenant="other")]
+    assert index.apply(forged) == ApplyResult(written=0, foreign=2)
+    assert alices() == [("m1", "turn 1", 1.0)]
+    assert index.search(axis(3), tenant="acme", user_id="bob", k=5) == []
+    assert index.search(axis(3), tenant="other", user_id="alice", k=5) == []
+    # Both in one call, for a document nobody held: the first one written keeps it.
+    both = index.apply([turn("alice", "a1", 2, axis(1)), turn("bob", "a1", 2, axis(1))])
+    assert (both.written, both.foreign) == (1, 1)
+    assert "m2" in {
+        h.message.message_id for h in index.search(axis(1), tenant="acme", user_id="alice")
+    }
+    assert index.search(axis(1), tenant="acme", user_id="bob") == []
+    # Deletions: only the owner's.
+    refused = index.apply(
+        deletions=[TurnRef("acme", "bob", "a1", "m1"), TurnRef("other", "alice", "a1", "m1")]
+    )
+    assert refused == ApplyResult(deleted=0, foreign=2)
+    assert index.apply(deletions=[TurnRef("acme", "bob", "a1", "m9")]) == ApplyResult()
+    assert alices()[0] == ("m1", "turn 1", 1.0)
+    # A session's erasure in Bob's name deletes nothing of Alice's.
+    assert erase_session(client, prefix=prefix, tenant="acme", user_id="bob", session_id="a1") == 0
+    assert len(alices()) == 2
+    # The owner's own replace and delete.
+    assert index.upsert(turn("alice", "a1", 1, axis(2)))
+    assert index.delete(TurnRef("acme", "alice", "a1", "m1")) is True
+    assert [m for m, _, _ in alices()] == ["m2"]
+
+
+class _AxisEmbedder:
+    """Embeds every text as the first axis (only the writing is under test)."""
+
+    model, dimension = MODEL.name, MODEL.dimension
+
+    def embed(self, texts):
+        return [axis(0) for _ in texts]
+
+    async def aembed(self, texts):
+        return self.embed(texts)
+
+
+def test_a_batch_planned_before_a_users_erasure_and_applied_after_writes_nothing_of_theirs(
+    index, client, prefix
+):
+    # The embedder opened and embedded Alice's turns (her key was still there), then her
+    # erasure ran, then the batch reached Redis: the erasure's mark stops every turn.
+    batch = records(
+        say("s-alice", "user", "my PIN is 4321", user="alice"),
+        say("s-alice", "assistant", "noted", user="alice"),
+        say("s-bob", "user", "hello", user="bob"),
+    )
+    work = RecallIndexing(_AxisEmbedder()).plan(batch)
+    assert len(work.upserts) == 3
+    assert erase_user(client, prefix=prefix, tenant="default", user_id="alice") == 0
+    applied = apply_work(index, work)
+    assert (applied.written, applied.refused) == (1, 2)
+    assert index.search(axis(0), tenant="default", user_id="alice") == []
+    assert [h.user_id for h in index.search(axis(0), tenant="default", user_id="bob")] == ["bob"]
+    assert index.state().marks == {0: 2}  # the batch is done: it is not tried again
+
+
 def test_progress_marks_only_move_forward(index):
     index.apply(marks={0: 10, 1: 4})
     index.apply(marks={0: 7, 2: 1})
@@ -152,8 +226,8 @@ def test_delete_paths(index, client, prefix):
             ]
         )
     # A redaction: one turn.
-    assert index.delete("a1", "m1") is True
-    assert index.delete("a1", "m1") is False
+    assert index.delete(TurnRef("acme", "alice", "a1", "m1")) is True
+    assert index.delete(TurnRef("acme", "alice", "a1", "m1")) is False
     ids = {h.message.message_id for h in index.search(axis(0), tenant="acme", user_id="alice")}
     assert ids == {"m2", "m3"}
     # A session's erasure: in every generation.

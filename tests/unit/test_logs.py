@@ -80,3 +80,17 @@ def test_the_log_format_setting_is_validated():
     assert Settings.from_env({"CHATLOG_LOG_FORMAT": "json"}).log_format == "json"
     with pytest.raises(ConfigError, match=r"CHATLOG_LOG_FORMAT='yaml'.*'plain' or 'json'"):
         Settings.from_env({"CHATLOG_LOG_FORMAT": "yaml"})
+
+
+def test_an_access_line_names_the_path_never_the_query(restore_logging):
+    # uvicorn's access line, as uvicorn logs it: the query is the user's words.
+    out = io.StringIO()
+    setup_logging("gateway", stream=out)
+    access = logging.getLogger("uvicorn.access")
+    line = '%s - "%s %s HTTP/%s" %d'
+    access.info(line, "127.0.0.1:1", "GET", "/v1/recall?q=my+PIN+is+4321&k=5", "1.1", 200)
+    access.info(line, "127.0.0.1:1", "GET", "/v1/sessions/s-1/context", "1.1", 200)
+    logged = out.getvalue()
+    assert "4321" not in logged
+    assert '"GET /v1/recall?… HTTP/1.1" 200' in logged
+    assert '"GET /v1/sessions/s-1/context HTTP/1.1" 200' in logged

@@ -10,6 +10,7 @@ from chatlog.processors.projection import Record
 from chatlog.processors.recall_indexing import RecallIndexing, SessionRef
 from chatlog.producers.commands import append_message, new_event
 from chatlog.projections.opening import ViewOpener
+from chatlog.projections.recall import TurnRef
 from chatlog.projections.view import SessionView
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import EmbedderUnavailable
@@ -80,8 +81,62 @@ def test_a_redaction_deletes_the_vector_and_one_in_the_same_batch_keeps_it_from_
     work = RecallIndexing(embedder).plan(records(late, *redact, start=10))
     assert work.upserts == []
     assert embedder.calls == []
-    assert work.deletions == [("a", early.payload.message_id), ("a", late.payload.message_id)]
+    assert work.deletions == [
+        TurnRef("default", "u1", "a", early.payload.message_id),
+        TurnRef("default", "u1", "a", late.payload.message_id),
+    ]
     assert work.marks == {0: 12}
+
+
+def test_another_users_turn_of_the_same_ids_does_not_replace_the_owners_in_the_batch():
+    # Bob names Alice's session and her message id: two turns, Alice's first, so the
+    # index (first owner wins) keeps hers.
+    alice = say("a", "user", "my order is A7-1042", user="alice")
+    bob = append_message(
+        "a", user_id="bob", role="user", content="forged", message_id=alice.payload.message_id
+    )
+    work = RecallIndexing(Recorder()).plan(records(alice, bob))
+    assert [(t.user_id, t.message.content) for t in work.upserts] == [
+        ("alice", "my order is A7-1042"),
+        ("bob", "forged"),
+    ]
+
+
+def test_another_users_redaction_or_erasure_in_the_batch_keeps_the_owners_turn():
+    alice = say("a", "user", "my order is A7-1042", user="alice")
+    redaction = new_event(
+        "a", user_id="bob", payload=MessageRedacted(message_id=alice.payload.message_id)
+    )
+    erasure = new_event("a", user_id="bob", payload=UserErased())
+    work = RecallIndexing(Recorder()).plan(records(alice, redaction, erasure))
+    assert [t.message.content for t in work.upserts] == ["my order is A7-1042"]
+    # What they ask is asked in Bob's name: the index deletes only Bob's documents.
+    assert work.deletions == [TurnRef("default", "bob", "a", alice.payload.message_id)]
+    assert work.erased_sessions == [SessionRef("default", "bob", "a")]
+
+
+def test_with_the_sessions_owners_known_anyone_elses_events_in_them_are_left_out():
+    alice = say("a", "user", "my order is A7-1042", user="alice")
+    forged = [
+        say("a", "user", "a new id of bob's", user="bob"),
+        new_event("a", user_id="bob", payload=MessageRedacted(message_id="m1")),
+        new_event("a", user_id="bob", payload=UserErased()),
+    ]
+    bobs_own = say("b", "user", "in his own session", user="bob")
+    asked: list[set[str]] = []
+
+    def owners(sessions):
+        asked.append(set(sessions))
+        return {"a": KeyScope("default", "alice")}  # "b": not in the read-model yet
+
+    work = RecallIndexing(Recorder()).plan(records(alice, *forged, bobs_own), owners=owners)
+    assert asked == [{"a", "b"}]
+    assert [(t.user_id, t.message.content) for t in work.upserts] == [
+        ("alice", "my order is A7-1042"),
+        ("bob", "in his own session"),
+    ]
+    assert (work.deletions, work.erased_sessions) == ([], [])
+    assert (work.foreign, work.events, work.records) == (3, 2, 5)
 
 
 def test_a_sessions_erasure_drops_its_earlier_turns_and_keeps_a_later_one():
