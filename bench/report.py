@@ -196,6 +196,14 @@ class Comparison:
             good, bad = ("fewer", "more") if self.better == "lower" else ("more", "fewer")
         if self.theirs.unit == WHOLE_MS and self.theirs.values and self.ours.values:
             return _interval_ratio(self.ours.median, self.theirs.median, good, bad)
+        if (
+            self.better == "lower"
+            and self.ours.values
+            and self.ours.median <= 0 < (self.theirs.median if self.theirs.values else 0)
+        ):
+            # An added cost measured as a difference of two noisy means can come out at
+            # or below zero: no ratio to give, but not a missing measurement either.
+            return "none measurable (within the noise)"
         factor = self.advantage()
         if math.isnan(factor):
             return "n/a"

@@ -1,0 +1,25 @@
+"""The benchmark's ratios in words, for the cases a noisy machine produces."""
+
+from __future__ import annotations
+
+from bench.report import Comparison, Metric
+
+
+def comparison(ours: list[float], theirs: list[float], better: str = "lower") -> Comparison:
+    return Comparison(
+        "pii",
+        "redaction added per append, µs",
+        Metric("pii", "ours", "µs", ours),
+        "a scrubber",
+        Metric("pii", "theirs", "µs", theirs),
+        better=better,  # type: ignore[arg-type]
+    )
+
+
+def test_an_added_cost_at_or_below_zero_is_said_to_be_within_the_noise_not_missing():
+    assert comparison([-3.0, -1.0, 2.0], [40.0]).ratio() == "none measurable (within the noise)"
+
+
+def test_a_measured_cost_keeps_its_ratio_and_a_missing_one_says_so():
+    assert comparison([10.0], [40.0]).ratio() == "4.0x faster"
+    assert comparison([], [40.0]).ratio() == "n/a"
