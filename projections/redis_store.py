@@ -538,17 +538,18 @@ def decode_loaded(
 
 
 @contextlib.contextmanager
-def redis_errors() -> Iterator[None]:
-    """Redis client errors as chatlog's `StoreUnavailable`, with the fix in the message."""
+def redis_errors(setting: str = "CHATLOG_REDIS_URL") -> Iterator[None]:
+    """Redis client errors as chatlog's `StoreUnavailable`, with the fix in the message;
+    `setting` names the Redis (the recall index's is CHATLOG_RECALL_REDIS_URL)."""
     try:
         yield
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
         # Not an outage: retrying will not help, the credentials or the ACL must change.
         raise ConfigError(
             f"Redis refused chatlog's credentials ({type(exc).__name__}: {exc}); check the "
-            f"user and password in CHATLOG_REDIS_URL and that its ACL allows chatlog's keys "
+            f"user and password in {setting} and that its ACL allows chatlog's keys "
             f"and commands",
-            setting="CHATLOG_REDIS_URL",
+            setting=setting,
         ) from exc
     except redis.RedisError as exc:
         if "unknown command 'ft." in str(exc).lower():  # the recall index on a plain Redis
@@ -566,7 +567,7 @@ def redis_errors() -> Iterator[None]:
             ) from exc
         raise StoreUnavailable(
             f"Redis did not answer ({type(exc).__name__}: {exc}); is it running "
-            f"(`make services`)? check CHATLOG_REDIS_URL"
+            f"(`make services`)? check {setting}"
         ) from exc
 
 

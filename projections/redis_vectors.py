@@ -103,6 +103,8 @@ __all__ = [
 ]
 
 DEFAULT_ALGORITHM: Algorithm = "FLAT"
+# Which Redis a failure names: the recall index has its own.
+RECALL_URL_SETTING = "CHATLOG_RECALL_REDIS_URL"
 _DELETE_BATCH = 1000
 # What a search returns of each document: never the vector.
 _RETURNED = ("tenant", "user", "session", "partition", "doc")
@@ -403,7 +405,7 @@ class RedisVectorIndex:
 
     def state(self) -> IndexState:
         """What Redis holds of this index now: definition, metadata, progress marks."""
-        with redis_errors():
+        with redis_errors(RECALL_URL_SETTING):
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.keys.recall_meta)
             pipe.hgetall(self.keys.recall_progress)
@@ -429,7 +431,7 @@ class RedisVectorIndex:
                 "epoch": uuid.uuid4().hex,
                 "created_ms": _now_ms(),
             }
-            with redis_errors():
+            with redis_errors(RECALL_URL_SETTING):
                 self._index.create()  # kept as it is if a concurrent creator was first
                 self._create_meta(
                     keys=[self.keys.recall_meta],
@@ -443,13 +445,13 @@ class RedisVectorIndex:
     def mark_lost(self, reason: str) -> None:
         """Mark the index lost (if its metadata is there), so that no writer adds to it
         and readers refuse it until it is rebuilt."""
-        with redis_errors():
+        with redis_errors(RECALL_URL_SETTING):
             if self.client.hexists(self.keys.recall_meta, "epoch"):
                 self.client.hset(self.keys.recall_meta, "epoch", lost_epoch(reason))
 
     def drop(self) -> None:
         """Delete the index, its documents, metadata and progress (before a rebuild)."""
-        with redis_errors():
+        with redis_errors(RECALL_URL_SETTING):
             try:
                 _command(self.client, "FT.DROPINDEX", self.name, "DD")
             except redis.ResponseError as exc:
@@ -499,7 +501,7 @@ class RedisVectorIndex:
             args += [ref.tenant, ref.user_id]
         for partition, offset in sorted(marks.items()):
             args += [partition, offset]
-        with redis_errors():
+        with redis_errors(RECALL_URL_SETTING):
             reply = self._apply(keys=keys, args=args)
         if reply == -1:
             self._epoch = None
@@ -535,7 +537,7 @@ class RedisVectorIndex:
         command = self._knn.command(
             vector, tenant=tenant, user_id=user_id, session_id=session_id, k=k
         )
-        with redis_errors():
+        with redis_errors(RECALL_URL_SETTING):
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.keys.recall_meta)
             _command(pipe, *command)
@@ -544,7 +546,7 @@ class RedisVectorIndex:
 
     def info(self) -> dict[str, Any]:
         """FT.INFO of the index (documents, memory), for the operator and the benchmark."""
-        with redis_errors():
+        with redis_errors(RECALL_URL_SETTING):
             info: dict[str, Any] = self._index.info()
         return info
 
@@ -578,7 +580,7 @@ class AsyncRedisVectorSearch:
         command = self._knn.command(
             vector, tenant=tenant, user_id=user_id, session_id=session_id, k=k
         )
-        with redis_errors():
+        with redis_errors(RECALL_URL_SETTING):
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self.keys.recall_meta)
             _command(pipe, *command)
@@ -589,7 +591,7 @@ class AsyncRedisVectorSearch:
 def has_query_engine(client: redis.Redis) -> bool:
     """Whether this Redis has the query engine the recall index needs (Redis Stack, or
     Redis 8); a plain Redis answers its commands "unknown command"."""
-    with redis_errors():
+    with redis_errors(RECALL_URL_SETTING):
         try:
             _command(client, "FT._LIST")
         except redis.ResponseError as exc:
@@ -602,7 +604,7 @@ def has_query_engine(client: redis.Redis) -> bool:
 def recall_generations(client: redis.Redis, *, prefix: str) -> list[str]:
     """The generations that have a recall index on this server, under `prefix`."""
     head, tail = f"{prefix}:", ":recall"
-    with redis_errors():
+    with redis_errors(RECALL_URL_SETTING):
         names = [text(n) for n in _command(client, "FT._LIST")]
     return sorted(
         n[len(head) : -len(tail)]
@@ -618,7 +620,7 @@ def erase_user(client: redis.Redis, *, prefix: str, tenant: str, user_id: str) -
     before the erasure) cannot bring a vector back once this returns. Idempotent.
     """
     keys = KeySpace(prefix)
-    with redis_errors():
+    with redis_errors(RECALL_URL_SETTING):
         client.set(keys.recall_erased(tenant, user_id), _now_ms(), nx=True)
     return _delete_matching(client, prefix, _owner_filter(tenant, user_id, None))
 
@@ -638,7 +640,7 @@ def _delete_matching(client: redis.Redis, prefix: str, where: FilterExpression) 
     for generation in recall_generations(client, prefix=prefix):
         name = KeySpace(prefix, generation).recall_index
         while True:
-            with redis_errors():
+            with redis_errors(RECALL_URL_SETTING):
                 found = client.ft(name).search(query)
                 documents = [doc.id for doc in found.docs]
                 if not documents:

@@ -30,13 +30,18 @@ from chatlog.projections.redis_vectors import (
     recall_generations,
 )
 from chatlog.projections.view import Message, SealedFields, SessionView, message_of
-from chatlog.schemas.errors import EmbeddingModelMismatch, InvalidInput, RecallIndexLost
+from chatlog.schemas.errors import (
+    EmbeddingModelMismatch,
+    InvalidInput,
+    RecallIndexLost,
+    StoreUnavailable,
+)
 from chatlog.schemas.events import MessageAppended
 from chatlog.schemas.keyring import Keyring
 from chatlog.schemas.master_keys import LocalKeyProvider, new_master_key
 from chatlog.schemas.sealing import KeyScope, seal_event
 from tests.key_fakes import MemoryKeyDirectory, MemoryKeyLog
-from tests.processes import delete_recall_prefix
+from tests.processes import delete_recall_prefix, free_port
 from tests.unit.test_recall_indexing import records, say
 
 pytestmark = pytest.mark.integration
@@ -351,3 +356,10 @@ def test_a_sealed_turn_is_stored_sealed_and_opens_with_its_owners_key(index, cli
     entries = directory.entries(KeyScope(event.tenant, "alice"))
     values = ViewOpener(Keyring(provider)).values_for(view, entries)(hit.message.sealed)
     assert values["content"] == "my PIN is 4321"
+
+
+def test_a_recall_redis_that_does_not_answer_names_its_own_setting():
+    gone = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    index = RedisVectorIndex(gone, prefix="chatlog", generation="g1", model=MODEL)
+    with pytest.raises(StoreUnavailable, match="check CHATLOG_RECALL_REDIS_URL"):
+        index.state()
