@@ -524,7 +524,12 @@ def _recall(log: ChatLog, script: Script, *, width: int, embedder: Child) -> Non
         ctx = log.context(
             script.session_id, user_id=script.user_id, recall=RECALL_QUERY, recall_k=_RECALL_K
         )
-        if any(_RECALL_FACT in turn.content.lower() for turn in ctx.recalled):
+        # The answer, not only the question that mentions it: the embedder may have
+        # indexed one and not yet the other.
+        if any(
+            turn.role == "assistant" and _RECALL_FACT in turn.content.lower()
+            for turn in ctx.recalled
+        ):
             break
         if embedder.process.poll() is not None or time.perf_counter() - started > _RECALL_TIMEOUT_S:
             found = "; ".join(recall_rows(list(ctx.recalled))) or ctx.recall_error or "nothing"
