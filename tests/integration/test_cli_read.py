@@ -432,6 +432,9 @@ def test_the_demo_runs_end_to_end_and_leaves_only_its_chat_page_running(
         "CHATLOG_RECALL_REDIS_URL": recall_redis_url,  # the demo shows recall with it
         "CHATLOG_STATE_DIR": str(tmp_path),  # the projector's log goes there
         "CHATLOG_MASTER_KEY_FILE": str(master_key_file()),
+        # The demo cuts its lines to the terminal's width; xdist's workers set COLUMNS=80,
+        # which would cut the recalled rows this test reads.
+        "COLUMNS": "120",
     }
     result = None
     try:
