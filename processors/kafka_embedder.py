@@ -50,7 +50,7 @@ from chatlog.processors.measures import Histogram
 from chatlog.processors.projector_membership import GroupMembership
 from chatlog.processors.projector_outages import Outages
 from chatlog.processors.projector_stats import LIVENESS_BOUND_S, lag_problem
-from chatlog.processors.recall_indexing import RecallIndexing
+from chatlog.processors.recall_indexing import IndexWork, RecallIndexing
 from chatlog.processors.redis_recall_writer import Applied, RedisRecallWriter
 from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.projections.opening import EventOpener
@@ -249,10 +249,18 @@ class KafkaEmbedder:
         if not records:
             return 0
         started = time.monotonic()
+        # The batch's work, planned once for the records still in hand: a retry after a
+        # failed write (the recall Redis down) does not embed the batch again, which an
+        # endpoint model would bill each time.
+        planned: dict[tuple[tuple[int, int], ...], IndexWork] = {}
 
         def index() -> tuple[int, Mapping[int, int], Applied]:
             self._outages.in_hand(records, self.assigned)
-            work = self.indexing.plan(records, owners=self.writer.owners)
+            held = tuple((r.partition, r.offset) for r in records)
+            if held not in planned:
+                planned.clear()
+                planned[held] = self.indexing.plan(records, owners=self.writer.owners)
+            work = planned[held]
             applied = self.writer.apply(work)
             self.stats.add(
                 work,
