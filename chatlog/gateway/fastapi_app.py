@@ -19,7 +19,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +43,9 @@ from chatlog.schemas.errors import ChatlogError
 from chatlog.schemas.events import MAX_TITLE_CHARS, Role
 from chatlog.schemas.ids import new_id, validate_id
 from chatlog.schemas.position import Position
+
+if TYPE_CHECKING:
+    from chatlog.processors.redis_recall_reader import AsyncRedisRecall
 
 __all__ = ["MAX_BODY_BYTES", "Caller", "LagBound", "create_app", "own_context"]
 
@@ -495,6 +498,8 @@ def _add_health_routes(app: FastAPI, log: AsyncChatLog, lag: LagBound | None) ->
             checks["redis"] = type(exc).__name__
         if lag is not None and checks["kafka"] == checks["redis"] == "ok":
             checks.update(await _projector_lag(log, lag))
+        if log.recaller is not None:
+            checks["recall"] = await _recall_redis(log.recaller)
         ready = all(value == "ok" for key, value in checks.items() if key in _CHECKS)
         return JSONResponse(
             {"status": "ready" if ready else "not ready", **checks},
@@ -503,7 +508,19 @@ def _add_health_routes(app: FastAPI, log: AsyncChatLog, lag: LagBound | None) ->
         )
 
 
-_CHECKS = ("kafka", "redis", "projector")  # what /readyz says ok or not; the rest is detail
+# What /readyz says ok or not; the rest is detail. The recall Redis is detail: a context
+# is still served without recalled turns (`recall_error`), so an index that does not
+# answer must not take the chat out of the load balancer.
+_CHECKS = ("kafka", "redis", "projector")
+
+
+async def _recall_redis(recaller: AsyncRedisRecall) -> str:
+    """The recall index's Redis for /readyz: "ok", or the kind of failure."""
+    try:
+        await asyncio.wait_for(recaller.client.ping(), _READY_TIMEOUT_S)
+    except Exception as exc:  # any failure is reported; its kind is enough
+        return type(exc).__name__
+    return "ok"
 
 
 async def _projector_lag(log: AsyncChatLog, lag: LagBound) -> dict[str, Any]:

@@ -403,6 +403,9 @@ def test_the_gateway_recalls_for_the_authenticated_caller_only(settings, history
         running_gateway(settings, log=tmp_path / "serve.log") as url,
         httpx.Client(base_url=url, timeout=60) as http,
     ):
+        ready = http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["recall"] == "ok"  # the recall index's Redis is reported
         answer = http.get("/v1/recall", params={"q": QUESTION, "k": 5}, headers=auth(ALICE))
         assert answer.status_code == 200, answer.text
         turns = answer.json()["recalled"]
@@ -466,6 +469,7 @@ def test_a_gateway_without_recall_says_so(gateway):
     headers = gateway.auth(BOB)
     with httpx.Client(base_url=gateway.url, timeout=60) as http:
         assert "/v1/recall" not in http.get("/openapi.json").json()["paths"]
+        assert "recall" not in http.get("/readyz").json()
         assert http.get("/v1/recall", params={"q": QUESTION}, headers=headers).status_code == 404
         session = http.post("/v1/sessions", headers=headers).json()["session_id"]
         refused = http.get(
