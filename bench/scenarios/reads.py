@@ -38,11 +38,15 @@ from bench.scenarios.memory import redis_memory
 from bench.workload import Traffic, Turn, chat_events, last_positions, user_of
 from chatlog import wiring
 from chatlog.client import ChatLog
+from chatlog.projections.opening import CACHED_MESSAGES, ViewOpener
+from chatlog.projections.redis_reader import opener_of
 from chatlog.schemas.events import ConversationEvent, MessageAppended
 
 __all__ = ["context_reads"]
 
 TARGET_READ = "p99 <= 2 ms"
+# The rows of a reader that keeps no opened message between reads.
+COLD = "every message opened (a reader that keeps none)"
 
 
 _LANGCHAIN_READ = "LangChain RedisChatMessageHistory.messages"
@@ -59,6 +63,9 @@ class _ReadRows:
     langchain: tuple[Metric, Metric]
     plain: tuple[Metric, Metric]
     raw: Metric
+    # The same reads by a reader that keeps nothing opened between reads (every message
+    # decoded and opened at every read, as at a session's first read in a process).
+    cold: tuple[Metric, Metric]
     # The same reads of the same messages published with sealing off (`--sealing both`).
     clear: tuple[Metric, Metric] | None = None
 
@@ -131,6 +138,13 @@ def context_reads(
         def clear_read(session_id: str, user_id: str) -> object:
             return logs[CLEAR].context(session_id, user_id=user_id)
 
+        # The same reader on the same connection, keeping nothing opened between reads.
+        cold = ChatLog(producer=log.producer, reader=wiring.reader(settings, log.reader.client))
+        cold.reader.opener = ViewOpener(opener_of(log.reader.opener).keyring, cached_messages=0)
+
+        def cold_read(session_id: str, user_id: str) -> object:
+            return cold.context(session_id, user_id=user_id)
+
         def plain_read(session_id: str, user_id: str) -> object:
             return plain.read(session_id)
 
@@ -155,6 +169,7 @@ def context_reads(
                     _add(row.context, _time_calls(chatlog_read, calls, reads, warmup))
                     if row.clear is not None:
                         _add(row.clear, _time_calls(clear_read, calls, reads, warmup))
+                    _add(row.cold, _time_calls(cold_read, calls, reads, warmup))
                     raw_ms = _time_calls(round_trip, calls, reads, warmup)
                     row.raw.add(percentile(raw_ms, 50))
                     if langchain is not None:
@@ -183,7 +198,11 @@ def context_reads(
         f"(no summarizer ran; with one, they would be a summary and fewer than "
         f"{settings.summary_threshold} turns), the peers all 1,000. `ChatLog.context` is "
         f"a MULTI (HGETALL + LRANGE) and the messages decoded into a `Context`; the "
-        f"round-trip row is the same MULTI without decoding. LangChain: `.messages` (LRANGE, "
+        f"round-trip row is the same MULTI without decoding. A reader keeps the messages "
+        f"each session's last read opened (`OpenedMessages`, up to "
+        f"{CACHED_MESSAGES:,}), so after the warm-up each timed read opens none; the rows "
+        f"'{COLD}' are the same reads by a reader that keeps none (`cached_messages=0`), "
+        f"timed in the same repetitions. LangChain: `.messages` (LRANGE, "
         f"json.loads, `messages_from_dict`); plain list: LRANGE and json.loads per item"
         + (
             "; sealing off (`--sealing both`): the same messages published without a keyring "
@@ -228,7 +247,11 @@ def _read_rows(
             if clear
             else None
         )
-        rows[size] = _ReadRows(context, langchain, plain, raw, twin)
+        cold = (
+            report.measure("context read", f"ChatLog.context p50, {msgs}, cold", "ms"),
+            report.measure("context read", f"ChatLog.context p99, {msgs}, cold", "ms"),
+        )
+        rows[size] = _ReadRows(context, langchain, plain, raw, cold, twin)
         for k, q in enumerate(("p50", "p99")):
             report.compare(
                 "context read",
@@ -240,6 +263,14 @@ def _read_rows(
             )
             report.compare(
                 "context read", f"{q}, {msgs}", context[k], _PLAIN_READ, plain[k], better="lower"
+            )
+            report.compare(
+                "context read",
+                f"{q}, {msgs}, {COLD}",
+                cold[k],
+                langchain_peer(_LANGCHAIN_READ, blocked),
+                langchain[k] if blocked is None else None,
+                better="lower",
             )
             if twin is not None:
                 report.twin("context read", f"{q}, {msgs}", context[k], twin[k], better="lower")
