@@ -22,6 +22,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +34,8 @@ import confluent_kafka
 from bench.infra import PARTITIONS, REPO, BenchStack, Versions, source_digest
 from bench.plan import Plan
 from bench.readme import update_readme
-from bench.report import Report, say
+from bench.regression import THRESHOLD, compare, drift_table, rows_of
+from bench.report import Report, comparison_lines, say
 from bench.scenarios.append import append
 from bench.scenarios.capacity import capacity
 from bench.scenarios.checkpoints import checkpoints
@@ -107,6 +109,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
         plan = dataclasses.replace(plan, repeat=args.repeat)
     if args.events is not None:
         plan = dataclasses.replace(plan, events=args.events)
+    plan = dataclasses.replace(plan, sealing=args.sealing)
+    # Read before the run: a full run rewrites the file.
+    baseline = _baseline(args.baseline)
     try:
         stack = BenchStack(Settings.from_env())
     except ChatlogError as exc:
@@ -167,6 +172,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
             f"{code_now} at the end): the rows mix two versions; run it again",
         )
         say(f"warning: the code under test changed during the run ({code} -> {code_now})")
+    _guard(report, baseline, plan)
     # A quick run's numbers mean nothing: by default they never replace the real ones.
     output = Path(args.output) if args.output else (QUICK if plan.quick else RESULTS)
     chart = Path(args.chart) if args.chart else _chart_beside(output)
@@ -188,6 +194,63 @@ def _projection(stack: BenchStack, plan: Plan, report: Report) -> None:
     # The same records through the core; then they go (100,000 events: not to be carried
     # through the other scenarios).
     projection_core(stack, plan, report, published)
+
+
+def _baseline(path: str | None) -> tuple[str, str] | None:
+    """What to compare this run with (`bench.regression`), and how to name it: `path`,
+    else the results as last committed (``git show HEAD:bench/results/latest.md``), else
+    the file as it is now; None if there is none."""
+    if path is not None:
+        return Path(path).read_text(encoding="utf-8"), path
+    committed = RESULTS.relative_to(REPO).as_posix()
+    try:
+        shown = subprocess.run(
+            ["git", "show", f"HEAD:{committed}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        head = subprocess.run(
+            ["git", "log", "-1", "--format=%h, %cs", "--", committed],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        if not RESULTS.exists():
+            return None
+        return RESULTS.read_text(encoding="utf-8"), f"{committed} as it was before this run"
+    return shown.stdout, f"{committed} as last committed ({head.stdout.strip()})"
+
+
+def _guard(report: Report, baseline: tuple[str, str] | None, plan: Plan) -> None:
+    """The regression guard's section: what moved beside `baseline` (a report only)."""
+    if plan.quick:
+        return  # a quick run's numbers are not the numbers: nothing to compare
+    if baseline is None:
+        say("regression guard: no committed results to compare with")
+        return
+    text, name = baseline
+    rows = report.comparisons + report.sealing_twins
+    drift = compare(
+        rows_of(text),
+        rows_of("\n".join(comparison_lines(rows))),
+        more_is_better={(r.scenario, r.metric, r.peer) for r in rows if r.words()[0] == "more"},
+    )
+    report.tables.append(drift_table(drift, baseline=name))
+    say(
+        f"regression guard: {drift.compared} ratios compared with {name}, "
+        f"{len(drift.moved)} moved by more than {THRESHOLD:.0%}"
+        + "".join(
+            f"; {m.now.scenario}, {m.now.metric} beside {m.now.peer}: {m.then.ratio} -> "
+            f"{m.now.ratio}"
+            for m in drift.moved
+        )
+    )
 
 
 def _chart_beside(output: Path) -> Path:
@@ -322,6 +385,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="run nothing: copy the table of --output into docs/performance.md "
         "(a full run of every scenario into the default output does it by itself)",
+    )
+    parser.add_argument(
+        "--sealing",
+        choices=("both", "on"),
+        default="both",
+        help="both (default): the headline rows also with sealing off, side by side; "
+        "on: sealed only (as deployed), a shorter run",
+    )
+    parser.add_argument(
+        "--baseline",
+        help="the results file to compare the ratios with (default: "
+        f"{RESULTS.relative_to(REPO)} as last committed); moves over 20%% are reported",
     )
     parser.add_argument(
         "--only",

@@ -28,6 +28,7 @@ import redis
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from bench.plan import Plan
 from chatlog import wiring
 from chatlog.local_stack import resolve_state_dir
 from chatlog.producers.kafka_producer import ConversationProducer
@@ -42,7 +43,9 @@ from chatlog.settings import Settings
 from dev.services.state import read_state
 
 __all__ = [
+    "CLEAR",
     "GATEWAY_RATE",
+    "SEALED",
     "Alive",
     "BenchStack",
     "ProjectorProcess",
@@ -54,8 +57,11 @@ __all__ = [
     "fresh_producer",
     "publish_bulk",
     "running",
+    "sealing_variants",
     "source_digest",
     "terminate",
+    "variant_producer",
+    "variant_settings",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,6 +275,32 @@ def clear_producer(settings: Settings) -> ConversationProducer:
         linger_ms=settings.linger_ms,
         flush_on_sigterm=False,
     )
+
+
+SEALED = "sealed"
+CLEAR = "clear"
+
+
+def sealing_variants(plan: Plan) -> tuple[str, ...]:
+    """The ways a headline row is measured in this run: sealed (as deployed, the row
+    itself) and, with `--sealing both`, clear (its twin, `Report.twin`)."""
+    return (SEALED, CLEAR) if plan.sealing == "both" else (SEALED,)
+
+
+def variant_settings(stack: BenchStack, name: str, variant: str, **topic: Any) -> Settings:
+    """Scenario `name`'s settings for `variant`, with topics and a prefix of their own:
+    the sealed variant is the scenario itself; the clear one is `<name>_clear`."""
+    return stack.scenario(name if variant == SEALED else f"{name}_{CLEAR}", **topic)
+
+
+def variant_producer(settings: Settings, variant: str) -> ConversationProducer:
+    """`wiring.producer` (sealed, as deployed) or, for the clear variant, the same
+    without a keyring (`clear_producer`). Without a keyring there is no redaction either:
+    it records a keyed HMAC of each original under the owner's data key, so a deployment
+    with sealing off runs with ``CHATLOG_PII_MODE=off``, and so does the clear variant."""
+    if variant == SEALED:
+        return wiring.producer(settings, flush_on_sigterm=False)
+    return clear_producer(settings)
 
 
 def copy_key_directory(client: redis.Redis, source: str, target: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["Plan"]
 
@@ -81,6 +82,17 @@ class Plan:
     capacity_turns: int
     # LangGraph checkpoints: (serialized state in bytes, timed puts and as many reads).
     checkpoint_calls: tuple[tuple[int, int], ...]
+    # `--sealing both` (the default): the headline rows measured with sealing off too,
+    # beside the sealed ones (`bench.infra.sealing_variants`, `Report.twin`); "on": sealed
+    # only. The clear twin of a heavy row (publish-to-visible, projection, replay) runs
+    # `clear_repeat` repetitions (at most `repeat`), a cheap one as many as the sealed.
+    sealing: Literal["on", "both"] = "both"
+    clear_repeat: int = 2
+
+    @property
+    def clear_repetitions(self) -> int:
+        """How many repetitions a heavy row's clear twin runs."""
+        return max(1, min(self.repeat, self.clear_repeat))
 
     @classmethod
     def full(cls, repeat: int = 3) -> Plan:

@@ -26,14 +26,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "CLEAR_TWIN",
+    "COMPARISON_COLUMNS",
     "README_END",
     "README_START",
+    "SEALING_TWINS",
     "ChartPoint",
     "Comparison",
     "Figure",
     "Metric",
     "Report",
     "Table",
+    "comparison_lines",
     "say",
 ]
 
@@ -46,6 +50,27 @@ WHOLE_MS = "whole ms"
 _SIZE_UNITS = {"B", "KB", "MB"}
 # The unit of a load average (`os.getloadavg`, as `uptime` prints it).
 LOAD = "load"
+# The columns of the first table (and of every table laid out like it: the regression
+# guard, `bench.regression`, reads the rows of each).
+COMPARISON_COLUMNS = (
+    "scenario",
+    "metric",
+    "chatlog: median (range)",
+    "peer or limit",
+    "peer: median (range)",
+    "ratio",
+)
+# The sealing on/off table: each headline row's value sealed (as deployed) beside clear.
+SEALING_TWINS = "Sealing on and off: the headline rows measured both ways"
+CLEAR_TWIN = "the same, sealing off (no keyring, so no redaction)"
+SEALING_TWINS_NOTE = (
+    "`python -m bench --sealing both` (what `make bench` runs): each row's first value is "
+    "the headline's, every personal field sealed and redacted as deployed; beside it the "
+    "same measurement of events published without a keyring (clear; redaction needs the "
+    "keyring, so it is off too, as in any deployment without sealing), on the same code, "
+    "in the same repetitions unless its note says fewer. The ratio is what sealing costs "
+    "there."
+)
 
 
 def say(message: str) -> None:
@@ -187,13 +212,17 @@ class Comparison:
             return math.nan
         return ours / theirs if self.better == "higher" else theirs / ours
 
+    def words(self) -> tuple[str, str]:
+        """What the ratio says when chatlog is ahead, and when it is behind."""
+        if self.ours.unit == "share":  # a rate of mistakes: fewer is better; a recall: more
+            return ("fewer", "more") if self.better == "lower" else ("more", "fewer")
+        return ("smaller", "larger") if self.ours.unit in _SIZE_UNITS else ("faster", "slower")
+
     def ratio(self) -> str:
         """The ratio in words: `3.2x slower`, `1.4x faster`, `7.1x smaller`."""
         if self.theirs is None:
             return "—"
-        good, bad = ("smaller", "larger") if self.ours.unit in _SIZE_UNITS else ("faster", "slower")
-        if self.ours.unit == "share":  # a rate of mistakes: fewer is better
-            good, bad = ("fewer", "more") if self.better == "lower" else ("more", "fewer")
+        good, bad = self.words()
         if self.theirs.unit == WHOLE_MS and self.theirs.values and self.ours.values:
             return _interval_ratio(self.ours.median, self.theirs.median, good, bad)
         if (
@@ -210,6 +239,18 @@ class Comparison:
         if 1 / 1.05 <= factor <= 1.05:
             return "about the same"
         return f"{factor:.1f}x {good}" if factor >= 1 else f"{1 / factor:.1f}x {bad}"
+
+
+def comparison_lines(rows: list[Comparison]) -> list[str]:
+    """`rows` as the lines of a table laid out as the first one (header first)."""
+    lines = ["| " + " | ".join(COMPARISON_COLUMNS) + " |", "|---|---|--:|---|--:|---|"]
+    for row in rows:
+        theirs = row.theirs.cell() if row.theirs is not None else "—"
+        lines.append(
+            f"| {row.scenario} | {row.metric} | {row.ours.cell()} | {row.peer} "
+            f"| {theirs} | {row.ratio()} |"
+        )
+    return lines
 
 
 def _interval_ratio(ours: float, whole: float, good: str, bad: str) -> str:
@@ -278,6 +319,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     value_sizes: list[int] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
+    # Headline rows measured again with sealing off (`twin`), in a table of their own.
+    sealing_twins: list[Comparison] = field(default_factory=list)
 
     def metric(self, scenario: str, name: str, unit: str, target: str = "") -> Metric:
         """A new row of the details table, appended in order."""
@@ -306,6 +349,22 @@ class Report:
         """
         row = Comparison(scenario, metric, ours, peer, theirs, better, itself)
         self.comparisons.append(row)
+        return row
+
+    def twin(
+        self,
+        scenario: str,
+        metric: str,
+        sealed: Metric,
+        clear: Metric,
+        *,
+        better: Literal["higher", "lower"] = "higher",
+    ) -> Comparison:
+        """A headline row's value with sealing on (the default, as the headline measured
+        it) beside the same with sealing off (`bench.plan.Plan.sealing`): a row of the
+        sealing on/off table, its ratio what sealing costs there."""
+        row = Comparison(scenario, metric, sealed, CLEAR_TWIN, clear, better, itself=True)
+        self.sealing_twins.append(row)
         return row
 
     def chart(self, panel: str, group: str, series: str, metric: Metric) -> None:
@@ -339,17 +398,7 @@ class Report:
             lines += ["", README_START, ""]
             if self.summary:
                 lines += [self.summary, ""]
-            lines += [
-                "| scenario | metric | chatlog: median (range) | peer or limit "
-                "| peer: median (range) | ratio |",
-                "|---|---|--:|---|--:|---|",
-            ]
-            for row in self._ordered():
-                theirs = row.theirs.cell() if row.theirs is not None else "—"
-                lines.append(
-                    f"| {row.scenario} | {row.metric} | {row.ours.cell()} | {row.peer} "
-                    f"| {theirs} | {row.ratio()} |"
-                )
+            lines += comparison_lines(self._ordered())
             worst = self.trailing()
             if worst is not None:
                 lines += [
@@ -360,6 +409,9 @@ class Report:
             if chart:
                 lines += ["", f"![latency percentiles, chatlog beside its peers]({chart})"]
             lines += ["", README_END]
+        if self.sealing_twins:
+            lines += ["", f"## {SEALING_TWINS}", "", SEALING_TWINS_NOTE, ""]
+            lines += comparison_lines(self.sealing_twins)
         if self.metrics:
             lines += [
                 "",

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from chatlog.projections.tasks import Task, TaskStatus
 from chatlog.projections.view import (
     Message,
@@ -39,6 +41,7 @@ __all__ = [
     "encode_message",
     "encode_meta",
     "encode_tasks",
+    "loads",
 ]
 
 _NONE = ""
@@ -103,10 +106,13 @@ def decode_message(
 ) -> Message:
     """The message `encode_message` wrote; with `open_values` (which opens sealed fields,
     `chatlog.projections.opening.ViewOpener.values_for`), opened as it is decoded."""
-    # Text, not bytes: `json.loads` of bytes first guesses their encoding, in Python.
-    doc = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    content, name, metadata = doc["c"], doc.get("n"), doc.get("m", {})
-    calls = tuple(ToolCall(id=i, name=n, arguments=a) for i, n, a in doc.get("tc", ()))
+    # A read decodes every message it returns: no generator or default dict made for
+    # fields a message does not have, and the positional constructor (the field order of
+    # `Message`), about a quarter cheaper than keywords.
+    doc = loads(raw)
+    content, name, metadata = doc["c"], doc.get("n"), doc.get("m") or {}
+    listed = doc.get("tc")
+    calls = tuple(ToolCall(id=i, name=n, arguments=a) for i, n, a in listed) if listed else ()
     sealed = _sealed_of(doc.get("s"))
     if sealed is not None and open_values is not None:
         content, name, calls, metadata = place_values(
@@ -119,18 +125,32 @@ def decode_message(
         )
         sealed = None
     return Message(
-        offset=doc["o"],
-        message_id=doc["id"],
-        role=doc["r"],
-        content=content,
-        occurred_at_ms=doc["t"],
-        name=name,
-        tool_calls=calls,
-        tool_call_id=doc.get("tid"),
-        metadata=metadata,
-        redacted=bool(doc.get("x")),
-        sealed=sealed,
+        doc["o"],
+        doc["id"],
+        doc["r"],
+        content,
+        doc["t"],
+        name,
+        calls,
+        doc.get("tid"),
+        metadata,
+        bool(doc.get("x")),
+        sealed,
     )
+
+
+def loads(raw: str | bytes) -> Any:
+    """A stored JSON document (a message, sealed fields), parsed.
+
+    orjson parses a message in about a quarter of `json.loads`'s time, from bytes as
+    Redis returns them. What it refuses and `json.loads` accepts (lone surrogates, NaN,
+    numbers beyond a double) `json.loads` still parses, so no stored document reads
+    differently than before.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 def _sealed_of(doc: list[Any] | None) -> SealedFields | None:
@@ -145,7 +165,7 @@ def _sealed_text(sealed: SealedFields | None) -> str:
 
 
 def _sealed_field(text: str | None) -> SealedFields | None:
-    return _sealed_of(json.loads(text)) if text else None
+    return _sealed_of(loads(text)) if text else None
 
 
 def encode_meta(view: SessionView, *, window: int) -> dict[str, str]:

@@ -26,7 +26,9 @@ reader, with the owner's entries the reader fetched in the same round trip as th
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
@@ -46,7 +48,7 @@ from chatlog.schemas.sealing import (
     verify_event,
 )
 
-__all__ = ["ERASED", "EventOpener", "Opened", "ViewOpener"]
+__all__ = ["CACHED_MESSAGES", "ERASED", "EventOpener", "Opened", "OpenedMessages", "ViewOpener"]
 
 _REWRAPPED_CATCH_UP_S = 60.0
 _LOOK_AGAIN_S = 60.0  # a key id a catch-up did not find is looked for again after this
@@ -202,11 +204,21 @@ class _Batch:
             return exc
 
 
-class ViewOpener:
-    """Opens a stored view's sealed fields with its owner's keys (`Keyring`)."""
+# How many opened messages a reader process keeps (`OpenedMessages`): about 0.7 KB
+# each, so about 14 MB; the window and overflow of 90 long sessions, or of 1,000 of 20.
+CACHED_MESSAGES = 20_000
 
-    def __init__(self, keyring: Keyring) -> None:
+
+class ViewOpener:
+    """Opens a stored view's sealed fields with its owner's keys (`Keyring`).
+
+    `cached_messages` bounds the messages kept opened between reads (`OpenedMessages`;
+    0: none kept, every read opens every message).
+    """
+
+    def __init__(self, keyring: Keyring, *, cached_messages: int = CACHED_MESSAGES) -> None:
         self.keyring = keyring
+        self.opened = OpenedMessages(cached_messages)
 
     def open(self, view: SessionView, entries: KeyEntries, *, reveal: bool = False) -> SessionView:
         """`view` with every sealed field opened; `entries` are its owner's, as the
@@ -230,9 +242,14 @@ class ViewOpener:
         reveal: bool = False,
     ) -> SessionView:
         """`view` (decoded without its messages) with its stored `messages` decoded and
-        every sealed field opened, each message built once: a read's hot path."""
-        values = self.values_for(view, entries, reveal=reveal)
-        decoded = tuple(decode_message(raw, values) for raw in messages)
+        every sealed field opened, each message built once: a read's hot path. A message
+        stored as it was at this session's last read comes from `opened` (see there);
+        with `reveal`, none does, and none is kept."""
+        values = self.values_for(view, entries, reveal=reveal)  # `Erased` first
+        if reveal or not self.opened.limit:
+            decoded = tuple(decode_message(raw, values) for raw in messages)
+        else:
+            decoded = self.opened.decoded(view, messages, entries, values)
         return self._opened_meta(replace(view, messages=decoded), values)
 
     def values_for(
@@ -243,37 +260,44 @@ class ViewOpener:
         `reveal`: a read that does not ask never holds them in memory."""
         scope = KeyScope(view.tenant, view.user_id)
         if entries.erased_at is not None:
-            self.keyring.forget(scope)  # its keys are destroyed: drop the copies held here
+            # Its keys are destroyed: drop the copies held here, and what they opened.
+            self.keyring.forget(scope)
+            self.opened.forget(scope)
             raise Erased(
                 f"session {view.session_id} belongs to a user who was erased at "
                 f"{entries.erased_at.isoformat()}; its content is gone for good",
                 session_id=view.session_id,
             )
         keys: dict[str, DataKey] = {}
+        session_id, user_id, tenant = view.session_id, view.user_id, view.tenant
 
+        # Called once per sealed message of a read: no generator, no attribute chains.
         def values(sealed: SealedFields) -> dict[str, str]:
             key = keys.get(sealed.key_id)
             if key is None:
                 wrapped = entries.keys.get(sealed.key_id)
                 if wrapped is None:
                     raise Undecryptable(
-                        f"session {view.session_id} is sealed under data key "
-                        f"{sealed.key_id} of user {view.user_id}, which the key directory "
+                        f"session {session_id} is sealed under data key "
+                        f"{sealed.key_id} of user {user_id}, which the key directory "
                         f"does not hold; the projector puts it back from the keys topic",
-                        session_id=view.session_id,
+                        session_id=session_id,
                         key_id=sealed.key_id,
                     )
                 key = keys[sealed.key_id] = self.keyring.for_reading(scope, sealed.key_id, wrapped)
             fields = sealed.fields
-            if not reveal and any(path.startswith(TOKENS) for path in fields):
-                fields = {p: blob for p, blob in fields.items() if not p.startswith(TOKENS)}
+            if not reveal:
+                for path in fields:
+                    if path.startswith(TOKENS):
+                        fields = {p: b for p, b in fields.items() if not p.startswith(TOKENS)}
+                        break
             return open_fields(
                 key,
                 fields,
                 event_id=sealed.event_id,
-                session_id=view.session_id,
-                user_id=view.user_id,
-                tenant=view.tenant,
+                session_id=session_id,
+                user_id=user_id,
+                tenant=tenant,
             )
 
         return values
@@ -302,6 +326,87 @@ class ViewOpener:
                 for task in view.tasks
             )
         return replace(view, **changes) if changes else view
+
+
+# A session's messages as its last read opened them: each by its stored bytes, with the
+# id of the data key that sealed it (None: stored clear).
+_Held = dict[str | bytes, tuple[str | None, Message]]
+
+
+class OpenedMessages:
+    """The messages each session's last read opened, by their stored bytes: a reader's
+    cache, so that a session read turn after turn opens only what is new.
+
+    Opening is most of a read's time (decoding the JSON, an AES-GCM open and a `Message`
+    per message, about 6 µs each); a chat session is read at every turn, and all but the
+    newest messages are stored exactly as at the turn before. A message is served from
+    here only when all of these hold:
+
+    * the read passed every check on what Redis holds now, first: the reader's and the
+      owner's tenant and user (`chatlog.projections.access`), the owner not erased (the
+      key directory's entries, read in the same MULTI as the view);
+    * its stored bytes are byte for byte those this session's last read opened (so the
+      same event, field, ciphertext and associated data: a redacted message is stored
+      anew, and is opened anew);
+    * the data key that sealed it is still in the owner's entries (a destroyed key opens
+      nothing, cached or not).
+
+    Each read replaces its session's messages here with its own, so what left the
+    session in Redis (summarized, redacted) leaves this cache at the session's next
+    read. An erasure met by `ViewOpener.values_for` drops the user's sessions, as the
+    keyring drops their keys. Bounded by `limit` messages, least recently read sessions
+    dropped first; reads that `reveal` tokenized data neither use nor fill it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._sessions: OrderedDict[tuple[str, str, str], _Held] = OrderedDict()
+        self._count = 0
+        self._lock = threading.Lock()  # one reader may serve several threads
+
+    def decoded(
+        self,
+        view: SessionView,
+        messages: Sequence[str | bytes],
+        entries: KeyEntries,
+        values: Callable[[SealedFields], dict[str, str]],
+    ) -> tuple[Message, ...]:
+        """`messages` of `view` decoded and opened, the ones held here as they were."""
+        slot = (view.tenant, view.user_id, view.session_id)
+        with self._lock:
+            held = self._sessions.get(slot, {})  # never changed once stored: read freely
+        keys = entries.keys
+        sealing: list[str] = []
+
+        def opening(sealed: SealedFields) -> dict[str, str]:
+            sealing.append(sealed.key_id)
+            return values(sealed)
+
+        now: _Held = {}
+        decoded = []
+        for raw in messages:
+            found = held.get(raw)
+            if found is None or (found[0] is not None and found[0] not in keys):
+                sealing.clear()
+                message = decode_message(raw, opening)
+                found = (sealing[0] if sealing else None, message)
+            now[raw] = found
+            decoded.append(found[1])
+        self._keep(slot, now)
+        return tuple(decoded)
+
+    def forget(self, scope: KeyScope) -> None:
+        """Drop every session of `scope` (it was erased)."""
+        with self._lock:
+            for slot in [s for s in self._sessions if s[:2] == (scope.tenant, scope.user_id)]:
+                self._count -= len(self._sessions.pop(slot))
+
+    def _keep(self, slot: tuple[str, str, str], now: _Held) -> None:
+        with self._lock:
+            self._count += len(now) - len(self._sessions.pop(slot, {}))
+            self._sessions[slot] = now
+            while self._count > self.limit and self._sessions:
+                self._count -= len(self._sessions.popitem(last=False)[1])
 
 
 def _opened(message: Message, values: Mapping[str, str]) -> Message:

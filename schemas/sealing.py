@@ -219,6 +219,10 @@ def _event_context(event_id: str, session_id: str, user_id: str, tenant: str) ->
     return _CONTEXT_LABEL + _part(event_id) + _session_part(session_id, user_id, tenant)
 
 
+# A read opens the same few paths (`content`, ...) in every message.
+_path_part = functools.lru_cache(maxsize=1024)(_part)
+
+
 @functools.lru_cache(maxsize=4096)
 def _session_part(session_id: str, user_id: str, tenant: str) -> bytes:
     # The same for every event of a session: a read opens 20 of them, a batch hundreds.
@@ -327,7 +331,7 @@ def open_fields(
     opened = {}
     for path, blob in fields.items():
         try:
-            plain = key.open(blob, prefix + _part(path))
+            plain = key.open(blob, prefix + _path_part(path))
         except Undecryptable as exc:
             raise Undecryptable(
                 f"field {path} of event {event_id}: {exc.message}",

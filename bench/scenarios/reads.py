@@ -13,7 +13,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bench.infra import BenchStack, ReadModelProbe, publish_bulk, running
+from bench.infra import (
+    CLEAR,
+    SEALED,
+    BenchStack,
+    ReadModelProbe,
+    publish_bulk,
+    running,
+    sealing_variants,
+    variant_producer,
+    variant_settings,
+)
 from bench.measure import CpuMeter, frozen_heap, median_shares, percentile
 from bench.peers import (
     LangChainHistory,
@@ -28,11 +38,15 @@ from bench.scenarios.memory import redis_memory
 from bench.workload import Traffic, Turn, chat_events, last_positions, user_of
 from chatlog import wiring
 from chatlog.client import ChatLog
+from chatlog.projections.opening import CACHED_MESSAGES, ViewOpener
+from chatlog.projections.redis_reader import opener_of
 from chatlog.schemas.events import ConversationEvent, MessageAppended
 
 __all__ = ["context_reads"]
 
 TARGET_READ = "p99 <= 2 ms"
+# The rows of a reader that keeps no opened message between reads.
+COLD = "every message opened (a reader that keeps none)"
 
 
 _LANGCHAIN_READ = "LangChain RedisChatMessageHistory.messages"
@@ -49,6 +63,11 @@ class _ReadRows:
     langchain: tuple[Metric, Metric]
     plain: tuple[Metric, Metric]
     raw: Metric
+    # The same reads by a reader that keeps nothing opened between reads (every message
+    # decoded and opened at every read, as at a session's first read in a process).
+    cold: tuple[Metric, Metric]
+    # The same reads of the same messages published with sealing off (`--sealing both`).
+    clear: tuple[Metric, Metric] | None = None
 
 
 def context_reads(
@@ -58,15 +77,21 @@ def context_reads(
 
     With `timed` False only the memory rows are filled; with `memory` False only the reads.
     """
-    settings = stack.scenario("reads")
+    variants = sealing_variants(plan) if timed else (SEALED,)
     sizes = [size for size, _ in plan.reads]
     per_session = [size for size in sizes for _ in range(plan.read_sessions)]
     blocked = langchain_available()
-    rows = _read_rows(report, sizes, blocked) if timed else {}
-    producer = wiring.producer(settings, flush_on_sigterm=False)
-    log = ChatLog(producer=producer, reader=wiring.reader(settings))
+    rows = _read_rows(report, sizes, blocked, clear=CLEAR in variants) if timed else {}
+    scenario = {variant: variant_settings(stack, "reads", variant) for variant in variants}
+    settings = scenario[SEALED]
+    logs: dict[str, ChatLog] = {}
     langchain, plain = open_peers(settings, stack.redis, prefix=f"{stack.redis_root}:reads")
     try:
+        for variant in variants:
+            producer = variant_producer(scenario[variant], variant)
+            logs[variant] = ChatLog(producer=producer, reader=wiring.reader(scenario[variant]))
+        producer = logs[SEALED].producer
+        # Built once, published by each variant's producer: the same messages sealed and clear.
         traffic = chat_events(
             sessions=len(per_session),
             count=0,
@@ -77,22 +102,28 @@ def context_reads(
         )
         if not report.value_sizes:
             report.value_sizes += [len(producer.encode(e)) for e in traffic.events[:1_000]]
-        say(f"context read: projecting {len(traffic.events):,} events, and writing the peers")
-        expected = last_positions(traffic.events, publish_bulk(producer, traffic.events))
-        with running(settings, stack) as projector:
-            projector.wait_assigned()
-            for event in traffic.events:  # meanwhile, the same messages to the peers
-                turn = _turn(event)
-                plain.add(turn)
-                if langchain is not None:
-                    langchain.add(turn)
-            ReadModelProbe(stack.redis, settings.redis_prefix).wait_applied(
-                expected, projector, timeout=120
-            )
-        by_size = {size: [i for i, n in enumerate(per_session) if n == size] for size in sizes}
-        _check_reads(
-            log, langchain, plain, traffic, by_size, settings.window + settings.max_overflow
+        say(
+            f"context read: projecting {len(traffic.events):,} events ({', '.join(variants)}), "
+            f"and writing the peers"
         )
+        for variant, log in logs.items():
+            expected = last_positions(traffic.events, publish_bulk(log.producer, traffic.events))
+            with running(scenario[variant], stack) as projector:
+                projector.wait_assigned()
+                if variant == SEALED:  # meanwhile, the same messages to the peers
+                    for event in traffic.events:
+                        turn = _turn(event)
+                        plain.add(turn)
+                        if langchain is not None:
+                            langchain.add(turn)
+                ReadModelProbe(stack.redis, scenario[variant].redis_prefix).wait_applied(
+                    expected, projector, timeout=120
+                )
+        log = logs[SEALED]
+        by_size = {size: [i for i, n in enumerate(per_session) if n == size] for size in sizes}
+        kept = settings.window + settings.max_overflow
+        for variant_log in logs.values():
+            _check_reads(variant_log, langchain, plain, traffic, by_size, kept)
         if memory:
             redis_memory(report, log.reader, langchain, plain, traffic, by_size, blocked)
         if not timed:
@@ -103,6 +134,16 @@ def context_reads(
 
         def chatlog_read(session_id: str, user_id: str) -> object:
             return log.context(session_id, user_id=user_id)
+
+        def clear_read(session_id: str, user_id: str) -> object:
+            return logs[CLEAR].context(session_id, user_id=user_id)
+
+        # The same reader on the same connection, keeping nothing opened between reads.
+        cold = ChatLog(producer=log.producer, reader=wiring.reader(settings, log.reader.client))
+        cold.reader.opener = ViewOpener(opener_of(log.reader.opener).keyring, cached_messages=0)
+
+        def cold_read(session_id: str, user_id: str) -> object:
+            return cold.context(session_id, user_id=user_id)
 
         def plain_read(session_id: str, user_id: str) -> object:
             return plain.read(session_id)
@@ -126,6 +167,9 @@ def context_reads(
                     reads, warmup = counts[size], max(10, counts[size] // 10)
                     row = rows[size]
                     _add(row.context, _time_calls(chatlog_read, calls, reads, warmup))
+                    if row.clear is not None:
+                        _add(row.clear, _time_calls(clear_read, calls, reads, warmup))
+                    _add(row.cold, _time_calls(cold_read, calls, reads, warmup))
                     raw_ms = _time_calls(round_trip, calls, reads, warmup)
                     row.raw.add(percentile(raw_ms, 50))
                     if langchain is not None:
@@ -139,7 +183,8 @@ def context_reads(
                     )
                 busy.append(meter.busy())
     finally:
-        log.close()
+        for variant_log in logs.values():
+            variant_log.close()
         if langchain is not None:
             langchain.close()
         stack.forget_keys(f"{stack.redis_root}:reads")
@@ -153,8 +198,19 @@ def context_reads(
         f"(no summarizer ran; with one, they would be a summary and fewer than "
         f"{settings.summary_threshold} turns), the peers all 1,000. `ChatLog.context` is "
         f"a MULTI (HGETALL + LRANGE) and the messages decoded into a `Context`; the "
-        f"round-trip row is the same MULTI without decoding. LangChain: `.messages` (LRANGE, "
+        f"round-trip row is the same MULTI without decoding. A reader keeps the messages "
+        f"each session's last read opened (`OpenedMessages`, up to "
+        f"{CACHED_MESSAGES:,}), so after the warm-up each timed read opens none; the rows "
+        f"'{COLD}' are the same reads by a reader that keeps none (`cached_messages=0`), "
+        f"timed in the same repetitions. LangChain: `.messages` (LRANGE, "
         f"json.loads, `messages_from_dict`); plain list: LRANGE and json.loads per item"
+        + (
+            "; sealing off (`--sealing both`): the same messages published without a keyring "
+            "into a topic and read-model of their own, read in the same repetitions right "
+            "after the sealed ones"
+            if CLEAR in variants
+            else ""
+        )
         + (f"; LangChain blocked: {blocked}" if blocked else "")
         + (
             f"; CPU (median, 100% = one core): {CpuMeter.describe(median_shares(busy))}"
@@ -164,7 +220,9 @@ def context_reads(
     )
 
 
-def _read_rows(report: Report, sizes: Sequence[int], blocked: str | None) -> dict[int, _ReadRows]:
+def _read_rows(
+    report: Report, sizes: Sequence[int], blocked: str | None, *, clear: bool
+) -> dict[int, _ReadRows]:
     rows: dict[int, _ReadRows] = {}
     for size in sizes:
         msgs = f"{size:,}-message session"
@@ -181,19 +239,35 @@ def _read_rows(report: Report, sizes: Sequence[int], blocked: str | None) -> dic
             report.measure("context read", f"plain p99, {msgs}", "ms"),
         )
         raw = report.metric("context read", f"chatlog Redis round trip only, p50, {msgs}", "ms")
-        rows[size] = _ReadRows(context, langchain, plain, raw)
+        twin = (
+            (
+                report.measure("context read", f"ChatLog.context p50, {msgs}, clear", "ms"),
+                report.measure("context read", f"ChatLog.context p99, {msgs}, clear", "ms"),
+            )
+            if clear
+            else None
+        )
+        cold = (
+            report.measure("context read", f"ChatLog.context p50, {msgs}, cold", "ms"),
+            report.measure("context read", f"ChatLog.context p99, {msgs}, cold", "ms"),
+        )
+        rows[size] = _ReadRows(context, langchain, plain, raw, cold, twin)
         for k, q in enumerate(("p50", "p99")):
-            report.compare(
-                "context read",
-                f"{q}, {msgs}",
-                context[k],
-                langchain_peer(_LANGCHAIN_READ, blocked),
-                langchain[k] if blocked is None else None,
-                better="lower",
-            )
-            report.compare(
-                "context read", f"{q}, {msgs}", context[k], _PLAIN_READ, plain[k], better="lower"
-            )
+            for metric, ours in ((f"{q}, {msgs}", context[k]), (f"{q}, {msgs}, {COLD}", cold[k])):
+                report.compare(
+                    "context read",
+                    metric,
+                    ours,
+                    langchain_peer(_LANGCHAIN_READ, blocked),
+                    langchain[k] if blocked is None else None,
+                    better="lower",
+                )
+                if ours is context[k]:
+                    report.compare(
+                        "context read", metric, ours, _PLAIN_READ, plain[k], better="lower"
+                    )
+            if twin is not None:
+                report.twin("context read", f"{q}, {msgs}", context[k], twin[k], better="lower")
         group = f"{size:,} msgs"
         for store, pair in (("chatlog", context), ("LangChain", langchain), ("plain list", plain)):
             if store != "LangChain" or blocked is None:

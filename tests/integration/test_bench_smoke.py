@@ -95,6 +95,10 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(
     assert "## gateway overhead" in table
     for sealing in ("projection, events/s", "replay, events/s", "context read p50", "erase_user"):
         assert f"| sealing | {sealing}" in beside
+    # `--sealing both` is the default: the headline rows again with sealing off, beside.
+    twins = table.split("## Sealing on and off")[1].split("## Details")[0]
+    for size in ("20-message session", "100-message session", "1,000-message session"):
+        assert f"| context read | p99, {size} |" in twins
     # A gateway row may say n/a: on a loaded machine, a quick run at 1,000/s may see none
     # of its measured requests answered before the drain ends (the notes count them).
     measured = [line for line in table.split("Notes:")[0].splitlines() if "| gateway |" not in line]
