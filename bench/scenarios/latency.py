@@ -27,14 +27,14 @@ import multiprocessing
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from threading import Thread
 from typing import Any
 
-from bench.infra import PARTITIONS, BenchStack, running
+from bench.infra import PARTITIONS, Alive, BenchStack, ReadModelProbe, running
 from bench.kafka_tools import KafkaTools, find_tools
 from bench.measure import CpuMeter, frozen_heap, median_shares, percentile
 from bench.plan import Plan
@@ -88,6 +88,7 @@ class _RateRows:
     achieved: Metric
     ack50: Metric
     ack99: Metric
+    cpu: Metric
 
 
 def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
@@ -122,6 +123,11 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
             ),
             ack50=report.metric("publish→visible", f"of which send → broker ack, p50 {at}", "ms"),
             ack99=report.metric("publish→visible", f"of which send → broker ack, p99 {at}", "ms"),
+            cpu=report.metric(
+                "publish→visible",
+                f"projector CPU per event {at} (the run and its catch-up)",
+                "µs",
+            ),
         )
         for name in ("p50", "p99", "p99.9", "mean"):
             ours = getattr(rows[rate], name.replace(".", ""))
@@ -158,6 +164,7 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
         projector.wait_assigned()
         meter = CpuMeter.for_stack(stack, projector=projector.pid, publisher=publisher.pid)
         reader = wiring.reader(settings)
+        progress = _Progress(ReadModelProbe(stack.redis, settings.redis_prefix))
 
         def offer(rate: float, every: int, warmup_s: float, measured_s: float, seed: int) -> Run:
             nonlocal first
@@ -185,7 +192,12 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
                 )
                 used = meter.busy()
             projector.check_alive()
-            return Run(achieved, samples, used)
+            # The next run starts on a projector that has caught up, not on this one's
+            # backlog.
+            progress.wait_for(publisher.ends, projector)
+            # The projector's CPU for this run's events, whenever it projected them.
+            cpu_s = meter.seconds().get("projector", math.nan)
+            return Run(achieved, samples, used, cpu_s / count * 1e6)
 
         try:
             for n in range(1, plan.repeat + 1):
@@ -205,10 +217,12 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
                     row.achieved.add(run.achieved)
                     row.ack50.add(percentile(acked, 50))
                     row.ack99.add(percentile(acked, 99))
+                    row.cpu.add(run.cpu_us)
                     say(
                         f"publish→visible r{n} at {rate:,.0f}/s: p50 {row.p50.values[-1]:.1f} ms, "
                         f"p99 {row.p99.values[-1]:.1f} ms, p99.9 {percentile(visible, 99.9):.1f} "
-                        f"ms ({len(visible):,} samples), rate {run.achieved:,.0f}/s; "
+                        f"ms ({len(visible):,} samples), rate {run.achieved:,.0f}/s, projector "
+                        f"{run.cpu_us:.0f} µs CPU an event; "
                         f"CPU {CpuMeter.describe(run.busy)}"
                     )
                 crossing, steps = _sweep(
@@ -239,13 +253,17 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
         f"sampled events not visible within {_READ_TIMEOUT_S:g} s; one publisher process "
         f"sending events built, sealed and encoded before the run, {_WAITERS} waiter threads "
         f"in the benchmark process, one projector process; per rate (100% CPU = one core): "
-        f"{per_rate}{gc_note([projector.totals])}. The sweep, once a repetition after the "
+        f"{per_rate}{gc_note([projector.totals])}; after each run the benchmark waits "
+        f"until the projector has caught up (its progress marks at the last offsets sent: "
+        f"{_seconds(progress.waited_s)}), so that no run starts on the last one's backlog. "
+        f"The sweep, once a repetition after the "
         f"rates above: offered rates {', '.join(f'{r:,.0f}' for r in plan.sweep_rates)}/s "
         f"in turn, each a warm-up of {plan.warmup_s / 2:g} s and {plan.sweep_s:g} s "
         f"measured (about {_SAMPLES_PER_S} events a second sampled), until p99 passes "
         f"{SATURATED_MS:g} ms (an event not visible within {_READ_TIMEOUT_S:g} s counts as "
         f"later than any); the saturation rate is interpolated linearly between the last "
-        f"rate under the bound and the first over it (offered rate: p99, achieved rate): "
+        f"rate under the bound and the first over it (offered rate: p99, achieved rate, "
+        f"projector CPU an event): "
         f"{'; '.join(sweeps)}. EndToEndLatency: {limit_note}"
     )
 
@@ -257,10 +275,39 @@ class Run:
     achieved: float
     samples: list[Sample]
     busy: dict[str, float]
+    cpu_us: float  # the projector's CPU per event sent, until it had caught up
 
     def visible_ms(self) -> list[float]:
         """The sampled events' latencies (ms), those not visible in time left out."""
         return [s.visible_s * 1000 for s in self.samples if s.visible_s is not None]
+
+
+def _seconds(waits: Sequence[float]) -> str:
+    """`median X s, longest Y s` of waits."""
+    if not waits:
+        return "no run"
+    return f"median {statistics.median(waits):.2f} s, longest {max(waits):.2f} s"
+
+
+@dataclass
+class _Progress:
+    """Waits until the projector has caught up with a run (its progress marks)."""
+
+    probe: ReadModelProbe
+    waited_s: list[float] = field(default_factory=list)
+
+    def wait_for(self, ends: Mapping[int, int], projector: Alive, timeout: float = 120.0) -> None:
+        """Until every partition's mark reaches `ends` (partition -> last offset)."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            raw = self.probe.client.hgetall(self.probe.keys().progress)
+            marks = {int(p): int(o) for p, o in raw.items()}
+            if all(marks.get(p, -1) >= offset for p, offset in ends.items()):
+                self.waited_s.append(time.monotonic() - started)
+                return
+            projector.check_alive()
+            time.sleep(0.05)
+        raise TimeoutError(f"the projector did not catch up within {timeout:g} s")
 
 
 def _sweep(
@@ -275,7 +322,9 @@ def _sweep(
         # Not visible in time: later than any visible one.
         late = [math.inf] * (len(run.samples) - len(run.visible_ms()))
         p99 = percentile(run.visible_ms() + late, 99)
-        steps.append(f"{rate:,.0f}: {p99:.1f} ms, {run.achieved:,.0f}/s")
+        steps.append(
+            f"{rate:,.0f}: {p99:.1f} ms, {run.achieved:,.0f}/s, projector {run.cpu_us:.0f} µs"
+        )
         if p99 > SATURATED_MS:
             low_rate, low_p99 = below
             if math.isinf(p99):
@@ -437,6 +486,8 @@ class PublisherProcess:
         )
         self._process.start()
         child.close()
+        # The last offset each partition's records reached in the last run.
+        self.ends: dict[int, int] = {}
         if not self._conn.poll(start_timeout_s):
             self.close()
             raise TimeoutError(f"the publisher process did not start in {start_timeout_s:g} s")
@@ -469,7 +520,7 @@ class PublisherProcess:
                     raise TimeoutError("the publisher process said nothing for 60 s")
                 message = self._conn.recv()
                 if message[0] == "done":
-                    _, sent_at, start = message
+                    _, sent_at, start, self.ends = message
                     break
                 _, i, sent, acked, where = message
                 if isinstance(where, str):  # not delivered: the error's name
@@ -544,6 +595,7 @@ def _publish_on_schedule(conn: Connection, producing: _Producing) -> None:
         while (job := conn.recv()) is not None:
             records, rate, every = job
             sent_at = [math.nan] * len(records)
+            futures: list[Future[Position]] = []
             start = time.perf_counter() + 0.01
             for i, (key, value) in enumerate(records):
                 delay = start + i / rate - time.perf_counter()
@@ -552,10 +604,18 @@ def _publish_on_schedule(conn: Connection, producing: _Producing) -> None:
                 sent = time.perf_counter()
                 future = producer.send_record(producing.topic, key=key, value=value)
                 sent_at[i] = sent
+                futures.append(future)
                 if i % every == 0:
                     future.add_done_callback(functools.partial(delivered, i, sent))
             producer.flush(60)
-            tell(("done", sent_at, start))
+            ends: dict[int, int] = {}
+            for future in futures:
+                with contextlib.suppress(ChatlogError, TimeoutError):
+                    position = future.result(0)
+                    ends[position.partition] = max(
+                        ends.get(position.partition, -1), position.offset
+                    )
+            tell(("done", sent_at, start, ends))
     finally:
         producer.close(10)
 
