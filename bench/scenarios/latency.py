@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection
 from threading import Thread
 from typing import Any
 
-from bench.infra import PARTITIONS, Alive, BenchStack, ReadModelProbe, running
+from bench.infra import PARTITIONS, Alive, BenchStack, ReadModelProbe, clear_producer, running
 from bench.kafka_tools import KafkaTools, find_tools
 from bench.measure import CpuMeter, frozen_heap, median_shares, percentile
 from bench.plan import Plan
@@ -456,17 +456,6 @@ def _wait_visible(
         return Sample(sent, math.nan, None, type(exc).__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _Producing:
-    """What the publisher process builds its producer from (the benchmark's settings)."""
-
-    bootstrap_servers: str
-    topic: str
-    config: dict[str, str]
-    delivery_timeout_s: float
-    linger_ms: int
-
-
 class PublisherProcess:
     """A process of its own that sends encoded records on a schedule (see the module
     docstring for why); the acknowledgements of sampled ones come back as they arrive."""
@@ -474,15 +463,8 @@ class PublisherProcess:
     def __init__(self, settings: Settings, *, start_timeout_s: float = 120.0) -> None:
         context = multiprocessing.get_context("spawn")  # no fork of librdkafka's threads
         self._conn, child = context.Pipe()
-        producing = _Producing(
-            bootstrap_servers=settings.kafka_bootstrap,
-            topic=settings.topic,
-            config=dict(settings.kafka),
-            delivery_timeout_s=settings.delivery_timeout_s,
-            linger_ms=settings.linger_ms,
-        )
         self._process = context.Process(
-            target=_publish_on_schedule, args=(child, producing), name="bench-publisher"
+            target=_publish_on_schedule, args=(child, settings), name="bench-publisher"
         )
         self._process.start()
         child.close()
@@ -562,19 +544,13 @@ class PublisherProcess:
 _SLEEP_FROM_S = 0.0005
 
 
-def _publish_on_schedule(conn: Connection, producing: _Producing) -> None:
+def _publish_on_schedule(conn: Connection, settings: Settings) -> None:
     """The publisher process: for each run it is sent, record i goes out at
     start + i/rate (a late one at once, never skipped), by `send_record`; the delivery
     of every `every`-th is reported back as (i, sent, seconds to the ack, (partition,
     offset) or the error's name), and at the end every send time and the start."""
-    producer = ConversationProducer(
-        bootstrap_servers=producing.bootstrap_servers,
-        topic=producing.topic,
-        config=producing.config,
-        delivery_timeout=producing.delivery_timeout_s,
-        linger_ms=producing.linger_ms,
-        flush_on_sigterm=False,
-    )
+    # The records come sealed and encoded: no keyring needed, chatlog's settings else.
+    producer = clear_producer(settings)
     lock = threading.Lock()  # acknowledgements come from the producer's poller thread
 
     def tell(message: tuple[Any, ...]) -> None:
@@ -602,7 +578,7 @@ def _publish_on_schedule(conn: Connection, producing: _Producing) -> None:
                 if delay > _SLEEP_FROM_S:
                     time.sleep(delay)
                 sent = time.perf_counter()
-                future = producer.send_record(producing.topic, key=key, value=value)
+                future = producer.send_record(settings.topic, key=key, value=value)
                 sent_at[i] = sent
                 futures.append(future)
                 if i % every == 0:
