@@ -316,7 +316,7 @@ def _sweep(
     """Offer `rates` in turn until p99 passes `SATURATED_MS`; returns the rate where it
     did (interpolated; None if it never did) and each step, for the note."""
     steps: list[str] = []
-    below: tuple[float, float] = (0.0, 0.0)  # (rate, p99 ms) of the last step under
+    below: tuple[float, float] | None = None  # (rate, p99 ms) of the last step under
     for k, rate in enumerate(rates):
         run = offer(rate, max(1, round(rate / _SAMPLES_PER_S)), seed=seed + k)
         # Not visible in time: later than any visible one.
@@ -326,6 +326,10 @@ def _sweep(
             f"{rate:,.0f}: {p99:.1f} ms, {run.achieved:,.0f}/s, projector {run.cpu_us:.0f} µs"
         )
         if p99 > SATURATED_MS:
+            if below is None:
+                # Over at the first rate already: it is a bound, the crossing is below it.
+                steps.append(f"over at the first rate: saturated at {rate:,.0f}/s or below")
+                return rate, ", ".join(steps)
             low_rate, low_p99 = below
             if math.isinf(p99):
                 return rate, ", ".join(steps)
