@@ -24,7 +24,10 @@ class Plan:
     latency_samples: int  # sampled events per rate and repetition, at least
     min_duration_s: float
     warmup_s: float
-    publishers: int
+    # The latency scenario's sweep for the saturation rate (where p99 passes 100 ms):
+    # offered rates in order, each for a warm-up and a measured span, once a repetition.
+    sweep_rates: tuple[float, ...]
+    sweep_s: float
     end_to_end_records: int
     reads: tuple[tuple[int, int], ...]  # (messages in the session, timed reads)
     read_sessions: int
@@ -107,7 +110,8 @@ class Plan:
             latency_samples=1_700,
             min_duration_s=5.0,
             warmup_s=1.0,
-            publishers=1,
+            sweep_rates=(500.0, 1_000.0, 2_000.0, 3_000.0, 4_000.0, 6_000.0, 8_000.0),
+            sweep_s=2.5,
             end_to_end_records=5_000,
             reads=((20, 3_000), (100, 2_000), (1_000, 500)),
             read_sessions=10,
@@ -170,7 +174,8 @@ class Plan:
             latency_samples=300,
             min_duration_s=0.6,
             warmup_s=0.3,
-            publishers=1,
+            sweep_rates=(1_000.0, 4_000.0),
+            sweep_s=0.6,
             end_to_end_records=300,
             reads=((20, 200), (100, 100), (1_000, 30)),
             read_sessions=2,

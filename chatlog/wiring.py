@@ -686,6 +686,7 @@ def projector(settings: Settings) -> KafkaProjector:
         session_timeout_s=settings.session_timeout_s,
         config=settings.kafka,
         batch_size=settings.projector_batch,
+        max_hold_s=settings.projector_hold_ms / 1000,
         generations=generations(settings, client),
         generation=live,
         # Notices for gateways (`RedisViewStore.notify`): this store is the live one.

@@ -20,6 +20,7 @@ and librdkafka logs through the ``chatlog.kafka`` logger. Invalid settings are a
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from chatlog.processors.projection import Record
+from chatlog.processors.projector_coalescing import Coalescing
 from chatlog.producers.kafka_access import broker_refusal
 from chatlog.schemas.errors import BrokerUnavailable, ConfigError
 
@@ -67,14 +69,28 @@ def groupless_consumer(
         raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
 
 
-def poll_batch(consumer: Consumer, batch_size: int, timeout: float) -> list[Message]:
+def poll_batch(
+    consumer: Consumer, batch_size: int, timeout: float, *, coalescing: Coalescing | None = None
+) -> list[Message]:
     """Up to `batch_size` messages: waits up to `timeout` for the first only, then takes
     whatever else is fetched already (consume(n, timeout) would hold a lone event until
-    the timeout ran out). A group member's batch (the projector's, the embedder's)."""
+    the timeout ran out). A group member's batch (the projector's, the embedder's).
+
+    With `coalescing`, a small batch is held for the records on their way, as long as it
+    says (`chatlog.processors.projector_coalescing`): the projector's live batches."""
     first = consumer.poll(timeout)
     if first is None:
         return []
-    return [first, *consumer.consume(batch_size - 1, timeout=0)]
+    batch = [first, *consumer.consume(batch_size - 1, timeout=0)]
+    if coalescing is None:
+        return batch
+    hold = coalescing.hold(len(batch), time.monotonic())
+    if hold > 0:
+        # Returns once the target is in hand, or when the hold is over.
+        wanted = min(coalescing.target, batch_size) - len(batch)
+        batch += consumer.consume(wanted, timeout=hold)
+    coalescing.taken(len(batch), time.monotonic())
+    return batch
 
 
 def record_of(message: Message, topic: str) -> Record | None:

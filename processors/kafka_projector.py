@@ -3,7 +3,8 @@
 It is a plain confluent-kafka consumer group member (not faust: the projection path
 needs exact offset control). Its loop, per batch:
 
-1. consume up to `batch_size` records;
+1. consume up to `batch_size` records (a small live batch held a moment for more:
+   `projector_coalescing`);
 2. `ProjectionCore.handle` folds them into the view store (one atomic, idempotent write
    per session);
 3. dead letters are produced to the DLQ topic and acknowledged;
@@ -47,6 +48,7 @@ from chatlog.processors.kafka_consumer import poll_batch
 from chatlog.processors.kafka_dead_letters import KafkaDeadLetters
 from chatlog.processors.kafka_keys_tick import KafkaKeysTicker
 from chatlog.processors.projection import BatchResult, ProjectionCore
+from chatlog.processors.projector_coalescing import Coalescing
 from chatlog.processors.projector_generations import (
     GenerationPointer,
     GenerationWatch,
@@ -90,6 +92,7 @@ class KafkaProjector:
         config: Mapping[str, Any] | None = None,
         batch_size: int = 5000,
         poll_timeout: float = 0.05,
+        max_hold_s: float = 0.002,
         generations: GenerationPointer | None = None,
         generation: str | None = None,
         store_for: Callable[[str], ViewStore] | None = None,
@@ -112,6 +115,8 @@ class KafkaProjector:
         self.dlq_topic = dlq_topic
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
+        # Live batches held a little for the records on their way (`Coalescing`).
+        self._coalescing = Coalescing(max_hold_s=max_hold_s)
         self.stats = ProjectorStats()
         self.assigned: set[int] = set()
         # How often the lag is measured (for metrics and readiness); None: never.
@@ -204,7 +209,9 @@ class KafkaProjector:
         # One step, so that Redis counts as back only once both work: the generation
         # check alone may not touch Redis at all (no generation known yet).
         self._outages.retrying("reading the live generation and progress marks", self._prepare)
-        messages = poll_batch(self._consumer, self.batch_size, self.poll_timeout)
+        messages = poll_batch(
+            self._consumer, self.batch_size, self.poll_timeout, coalescing=self._coalescing
+        )
         self._measure_lag()
         records = self._outages.batch(messages)
         if not records:

@@ -29,6 +29,8 @@ same call from other slots is moved next to the session, or done as a separate s
 Scripts in a cluster pipeline are sent as EVALSHA with no load step (redis-py loads a
 script for a plain pipeline, not a cluster one), so `execute` loads them on every
 master and runs the pipeline again when a node answers NOSCRIPT (a master restarted).
+A plain pipeline is run the same way, rather than asking first (SCRIPT EXISTS, a
+round trip per pipeline).
 Every script chatlog pipelines is idempotent (offset-guarded, ZADD GT, ZREM), so
 running one twice changes nothing.
 """
@@ -114,16 +116,23 @@ def write_stamps(client: Any, keys: KeySpace, value: str, *, only_existing: bool
 
 
 def execute(client: Any, queue: Callable[[Any], None], scripts: Iterable[Script] = ()) -> list[Any]:
-    """Queue commands on a fresh pipeline of `client` (`queue(pipe)`) and run it; on a
-    cluster, load `scripts` on every master and run it again if a node lacked one."""
+    """Queue commands on a fresh pipeline of `client` (`queue(pipe)`) and run it, its
+    scripts sent by hash alone; if a node lacked one, load `scripts` (and those queued)
+    on every master and run it again."""
     pipe = client.pipeline(transaction=False)
     queue(pipe)
+    # A plain pipeline would first ask whether its scripts are loaded (SCRIPT EXISTS): a
+    # round trip more for every batch the projector writes. A node that lacks one
+    # answers NOSCRIPT instead, as on a cluster, and the run below loads it.
+    queued = getattr(pipe, "scripts", None)
+    needed = [*scripts, *(queued or ())]
+    if queued:
+        queued.clear()
     try:
         return list(pipe.execute())
     except redis.exceptions.NoScriptError:
-        if not is_cluster(client):
-            raise
-    for script in scripts:
+        pass
+    for script in dict.fromkeys(needed):
         script.sha = client.script_load(script.script)
     pipe = client.pipeline(transaction=False)
     queue(pipe)

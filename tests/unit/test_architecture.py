@@ -45,6 +45,7 @@ PURE_MODULES = [
     "chatlog.processors.projection",
     "chatlog.processors.measures",
     "chatlog.processors.projector_stats",
+    "chatlog.processors.projector_coalescing",
     "chatlog.processors.dead_letters",
     "chatlog.processors.summarizers",
     "chatlog.processors.resilience",
