@@ -80,7 +80,7 @@ def _compiled(model: type[BaseModel]) -> Callable[[Mapping[str, Any]], BaseModel
         "_new": model.__new__,
         "_set": object.__setattr__,
         "_model": model,
-        "_names": frozenset(model.model_fields),
+        "_names": set(model.model_fields),  # a set: pydantic updates `fields_set` in place
     }
     lines = ["def build(data):", " get = data.get"]
     for n, (name, info) in enumerate(model.model_fields.items()):
@@ -177,7 +177,7 @@ def _container(annotation: Any, origin: Any, args: tuple[Any, ...], where: str) 
         item = _converter(args[0], [], where)
         if item is None:
             return tuple
-        return lambda value: tuple(map(item, value))
+        return lambda value: tuple(map(item, value)) if value else ()
     if origin in (collections.abc.Mapping, dict):
         if any(_converter(a, [], where) is not None for a in args):
             raise TypeError(f"{where}: typed_builder keeps maps of plain values only")

@@ -260,3 +260,11 @@ def test_a_model_with_a_rule_the_builder_cannot_apply_is_refused_at_build_time()
 
     with pytest.raises(TypeError, match="cannot apply the rule"):
         typed.typed_builder(Odd)
+
+
+def test_decoded_events_copy_as_validated_ones_do():
+    # `model_copy(update=...)` adds to the copy's fields_set in place (sealing does it).
+    event = CODEC.decode(CODEC.encode(sealed_sample()))
+    copied = event.model_copy(update={"tenant": "other", "sealed": None})
+    assert (copied.tenant, copied.sealed, copied.event_id) == ("other", None, event.event_id)
+    assert copied.payload.model_copy(update={"content": "x"}).model_fields_set >= {"content"}
