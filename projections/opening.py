@@ -99,11 +99,20 @@ class EventOpener:
         """
         if not events:
             return []
-        scopes = [KeyScope(e.tenant, e.user_id) for e in events]  # once: a batch is large
+        # One `KeyScope` per owner, not per event: a batch holds thousands of events of a
+        # few hundred owners, and each scope built and hashed was a Python call.
+        owners: dict[tuple[str, str], KeyScope] = {}
+        scopes = []
+        for event in events:
+            owner = (event.tenant, event.user_id)
+            scope = owners.get(owner)
+            if scope is None:
+                scope = owners[owner] = KeyScope(*owner)
+            scopes.append(scope)
         entries = {} if known is None else known
         # Every owner's entries, the clear events' too: an erased user's events written
         # before sealing was turned on must not be served either.
-        entries.update(self.directory.entries_many(set(scopes) - set(entries)))
+        entries.update(self.directory.entries_many(set(owners.values()) - set(entries)))
         missing = [
             (scope, event.sealed.key_id)
             for event, scope in zip(events, scopes, strict=True)
@@ -170,7 +179,8 @@ class _Batch:
         self, keyring: Keyring, entries: Mapping[KeyScope, KeyEntries], verify: bool
     ) -> None:
         self.keyring, self.entries, self.verify = keyring, entries, verify
-        self.keys: dict[tuple[KeyScope, str], DataKey] = {}
+        # By (tenant, user, key id): strings hash in C, a `KeyScope` in Python.
+        self.keys: dict[tuple[str, str, str], DataKey] = {}
         self.forgotten: set[KeyScope] = set()
 
     def open(self, event: ConversationEvent, scope: KeyScope) -> Opened:
@@ -193,9 +203,10 @@ class _Batch:
                 key_id=key_id,
             )
         try:
-            key = self.keys.get((scope, key_id))
+            at = (scope.tenant, scope.user_id, key_id)
+            key = self.keys.get(at)
             if key is None:
-                key = self.keys[scope, key_id] = self.keyring.for_reading(scope, key_id, wrapped)
+                key = self.keys[at] = self.keyring.for_reading(scope, key_id, wrapped)
             if self.verify:
                 verify_event(event, key)
                 return event

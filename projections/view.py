@@ -318,6 +318,10 @@ def _append_run(
 ) -> tuple[SessionView, int]:
     """Fold the appends from `index` on, as `evolve` would one by one; the next index."""
     messages = list(view.messages)
+    # The ids at the end of `messages`, where a retried append is looked for: compared in
+    # C (`in` on a list of strings) rather than by a generator over the messages.
+    window = policy.window
+    recent = [m.message_id for m in messages[-window:]]
     last_offset, updated_at_ms = view.last_offset, view.updated_at_ms
     count, moved, appended = view.message_count, False, False
     while index < len(events):
@@ -335,9 +339,10 @@ def _append_run(
         at_ms = epoch_millis(event.occurred_at)
         last_offset, updated_at_ms, moved = position.offset, max(updated_at_ms, at_ms), True
         message_id = payload.message_id
-        if any(m.message_id == message_id for m in messages[-policy.window :]):
+        if message_id in recent[-window:]:
             continue  # a retried append (see `_append`)
         messages.append(message_of(payload, position.offset, at_ms, SealedFields.of(event)))
+        recent.append(message_id)
         count += 1
         appended = True
     if not moved:

@@ -29,14 +29,13 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from chatlog.schemas.errors import ConfigError, DecodeError, InvalidInput, UnknownSchema
 from chatlog.schemas.events import (
-    READ_FROM_LOG,
     CheckpointSaved,
     CheckpointWritesSaved,
     ConversationEvent,
     MessageAppended,
     MessageRedacted,
     Payload,
-    Sealed,
+    ProducerInfo,
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
@@ -46,9 +45,9 @@ from chatlog.schemas.events import (
     TaskProgressed,
     TaskStarted,
     UserErased,
-    validated,
 )
 from chatlog.schemas.registry import SchemaRegistry
+from chatlog.schemas.typed import typed_builder
 
 __all__ = [
     "CONFLUENT_MAGIC",
@@ -84,6 +83,11 @@ _PAYLOADS: dict[str, type[Payload]] = {
     )
 }
 _PAYLOAD_NAMES = {cls: name for name, cls in _PAYLOADS.items()}
+_PAYLOAD_BUILDERS = {name: typed_builder(cls) for name, cls in _PAYLOADS.items()}
+_build_event = typed_builder(ConversationEvent)
+_build_producer = typed_builder(ProducerInfo)
+_PRODUCERS: dict[tuple[Any, ...], ProducerInfo] = {}
+_PRODUCERS_KEPT = 1024
 _CONFLUENT_HEADER = struct.Struct(">bI")
 
 
@@ -128,22 +132,36 @@ def to_avro(event: ConversationEvent) -> dict[str, Any]:
 
 
 def from_avro(record: Mapping[str, Any]) -> ConversationEvent:
-    """The event from a dict fastavro read with ``return_record_name=True``."""
+    """The event from a dict fastavro read with ``return_record_name=True``.
+
+    The schema typed every value already, so only the models' own rules are applied
+    (`chatlog.schemas.typed`): the ids, the content's length, the counters' bounds. The
+    caps are not (`READ_FROM_LOG`): a cap added after an event was written must not turn
+    it into a dead letter on the next replay.
+    """
     name, body = record["payload"]
-    try:
-        payload_cls = _PAYLOADS[name]
-    except KeyError:
-        raise DecodeError(f"unknown payload type {name!r}") from None
+    build_payload = _PAYLOAD_BUILDERS.get(name)
+    if build_payload is None:
+        raise DecodeError(f"unknown payload type {name!r}")
     envelope = dict(record)
-    # Read leniently: a cap added after an event was written must not turn it into a dead
-    # letter on the next replay (`READ_FROM_LOG`).
-    envelope["payload"] = validated(payload_cls, body, context=READ_FROM_LOG)
+    envelope["payload"] = build_payload(body)
+    envelope["producer"] = _producer(record["producer"])
     sealed = envelope.get("sealed")
     if isinstance(sealed, tuple):  # a union read with return_record_name: (name, record)
-        # Built without validation: the Avro schema already typed both fields (a string
-        # and a map of bytes), and every event a projector reads has one.
-        envelope["sealed"] = Sealed.model_construct(**sealed[1])
-    return validated(ConversationEvent, envelope, context=READ_FROM_LOG)
+        envelope["sealed"] = sealed[1]
+    return _build_event(envelope)
+
+
+def _producer(fields: Mapping[str, Any]) -> ProducerInfo:
+    # A handful of writers make every event of a log: their `ProducerInfo` (a frozen
+    # value) is built once each and shared, one object fewer per event read.
+    key = tuple(fields.values())
+    found = _PRODUCERS.get(key)
+    if found is None:
+        if len(_PRODUCERS) >= _PRODUCERS_KEPT:
+            _PRODUCERS.clear()
+        found = _PRODUCERS[key] = _build_producer(fields)
+    return found
 
 
 class EventCodec:

@@ -144,6 +144,8 @@ TaskId = Annotated[str, _id_field("task_id")]
 
 
 def _utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC and not value.microsecond % 1000:
+        return value  # already what the rest makes of it: every event read from the log
     if value.tzinfo is None:
         raise ValueError("occurred_at must be timezone-aware (use datetime.now(UTC))")
     # Avro timestamp-millis keeps milliseconds; truncate now so a round trip is exact.

@@ -18,6 +18,7 @@ PURE_MODULES = [
     "chatlog",
     "chatlog.schemas",
     "chatlog.schemas.codec",
+    "chatlog.schemas.typed",
     "chatlog.schemas.events",
     "chatlog.schemas.ids",
     "chatlog.schemas.errors",
