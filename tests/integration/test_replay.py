@@ -106,9 +106,18 @@ def test_a_replay_by_worker_processes_equals_the_live_read_model(settings):
     with running_projector(settings):
         until = publish(settings, events(4_000, 200))
         wait_until(lambda: projected(settings, until), timeout=60, what="live projection")
-        report = rebuild(wiring.replay_parts(settings), keep_old=True, handover_s=0.5, workers=2)
+        reports: list[tuple[str, int]] = []
+        report = rebuild(
+            wiring.replay_parts(settings),
+            keep_old=True,
+            handover_s=0.5,
+            workers=2,
+            on_progress=lambda progress: reports.append((progress.phase, progress.done)),
+        )
     assert (report.replaced, report.generation) == ("g1", "g2")
     assert report.events == 4_004
+    # The rebuild phase's last report counts the workers' last records too.
+    assert [done for phase, done in reports if phase == "rebuild"][-1] == 4_004
     comparison = wiring.generations(settings).compare("g1", "g2")
     assert comparison.sessions == 200
     assert comparison.differences == []
