@@ -201,26 +201,16 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
         read.add(_rate(reading))
         decode.add(reading["decoded"] / reading["decode_s"])
         seen["read"].append(reading)
-        # A prefix of its own: its flip must not leave a live generation to the rebuild's.
-        memory_rep = stack.repetition(settings, f"r{n}-memory")
-        for warmed in (memory_rep, rep):  # as deployed: the writers' keys already there
-            copy_key_directory(stack.redis, settings.redis_prefix, warmed.redis_prefix)
-        in_memory = _child("memory", memory_rep, stack, timeout=timeout).totals()
-        stack.forget_keys(memory_rep.redis_prefix)
-        _check(in_memory, events)
+        # Each a prefix of its own: a flip must not leave a live generation to the next.
+        in_memory = _rebuilt("memory", stack, settings, f"r{n}-memory", events, timeout)[1]
         memory.add(_rate(in_memory))
         seen["memory"].append(in_memory)
-        one_rep = stack.repetition(settings, f"r{n}-one")
-        copy_key_directory(stack.redis, settings.redis_prefix, one_rep.redis_prefix)
-        alone = _child("rebuild", one_rep, stack, timeout=timeout).totals()
-        stack.forget_keys(one_rep.redis_prefix)
-        _check(alone, events)
+        alone = _rebuilt("rebuild", stack, settings, f"r{n}-one", events, timeout)[1]
         one.add(_rate(alone))
         seen["one"].append(alone)
-        finished = _child("rebuild", rep, stack, timeout=timeout, workers=_WORKERS)
-        stack.forget_keys(rep.redis_prefix)
-        totals = finished.totals()
-        _check(totals, events)
+        finished, totals = _rebuilt(
+            "rebuild", stack, settings, f"r{n}", events, timeout, workers=_WORKERS
+        )
         rebuilt.add(_rate(totals))
         rss.add(_largest_process_kib(totals) / 1024)
         cpu.add((totals["cpu_s"] + totals["workers_cpu_s"]) / events * 1e6)
@@ -247,6 +237,27 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
             missing=missing,
         )
     )
+
+
+def _rebuilt(
+    mode: str,
+    stack: BenchStack,
+    settings: Settings,
+    rep: str,
+    events: int,
+    timeout: float,
+    *,
+    workers: int = 1,
+) -> tuple[Finished, dict[str, Any]]:
+    """One rebuild child (`mode` rebuild or memory) into repetition `rep`'s own prefix,
+    with the writers' key directory copied in first, as deployed; its keys removed after."""
+    into = stack.repetition(settings, rep)
+    copy_key_directory(stack.redis, settings.redis_prefix, into.redis_prefix)
+    finished = _child(mode, into, stack, timeout=timeout, workers=workers)
+    stack.forget_keys(into.redis_prefix)
+    totals = finished.totals()
+    _check(totals, events)
+    return finished, totals
 
 
 def _check(totals: Mapping[str, Any], events: int) -> None:
