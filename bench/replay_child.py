@@ -1,6 +1,7 @@
 """One reading of the replay scenario's topic, in a process of its own, configured by CHATLOG_*.
 
     python -m bench.replay_child rebuild   # chatlog.processors.replay.rebuild into a fresh prefix
+    python -m bench.replay_child rebuild 2 # the same with 2 worker processes (`--workers 2`)
     python -m bench.replay_child memory    # the same pieces, views kept in memory
     python -m bench.replay_child read      # a bare confluent-kafka consumer, no decoding
 
@@ -13,8 +14,10 @@ offsets) comes before it and is reported apart. ConsumerPerformance's `fetch.nMs
 covers the same span: from the partitions assigned to the last record.
 
 - `rebuild` calls `chatlog.processors.replay.rebuild` with `wiring.replay_parts(settings)`,
-  `handover_s=0, keep_old=False`: the code `chatlog replay` runs; it takes the rebuild
-  phase from its progress reports. The prefix is fresh, so nothing is live: no catch-up,
+  `handover_s=0, keep_old=False` and the workers named (1 by default): the code
+  `chatlog replay --workers N` runs; it takes the rebuild phase from its progress reports.
+  The worker processes' peak resident memory is sampled from /proc while they run
+  (`WorkerPeaks`). The prefix is fresh, so nothing is live: no catch-up,
   and the flip is one command.
 - `memory` runs the same `rebuild` call with one change: the parts' `store_for` gives an
   `InMemoryViewStore` per generation. So the `KafkaReplay` and `ProjectionCore` are
@@ -27,8 +30,8 @@ covers the same span: from the partitions assigned to the last record.
 
 On exit it prints one JSON line: counts, monotonic timestamps (CLOCK_MONOTONIC, shared
 with the parent on Linux), the peak resident memory, also as it was before the reading
-started and that of the largest worker process a rebuild may have started, CPU seconds,
-and the garbage collector's pauses.
+started and that of each worker process a rebuild may have started, CPU seconds (its
+own and its workers'), and the garbage collector's pauses.
 
 Why is the peak `VmHWM` (/proc/self/status) rather than `getrusage().ru_maxrss`? On
 Linux, exec saves the high-water mark of the address space it replaces into the
@@ -44,9 +47,12 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import resource
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -56,7 +62,7 @@ from chatlog import wiring
 from chatlog.cli.replay import ProgressPrinter
 from chatlog.logs import setup_logging
 from chatlog.processors.kafka_consumer import groupless_consumer
-from chatlog.processors.kafka_replay import REPLAY_FETCH, ReplayProgress
+from chatlog.processors.kafka_replay import REPLAY_FETCH, REPLAY_QUEUE, ReplayProgress
 from chatlog.processors.replay import ReplayParts, rebuild
 from chatlog.projections.store import InMemoryViewStore
 from chatlog.settings import Settings
@@ -94,21 +100,67 @@ class PhaseClock:
         self.printer(progress)
 
 
+class WorkerPeaks:
+    """Samples the peak resident memory (`VmHWM`) of this process's children while they
+    run: a spawned replay worker's own, which its `ru_maxrss` is not (see the module
+    docstring). `VmHWM` only grows, so the last sample before a worker exits is its peak
+    give or take what it allocated in its last `every_s`."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        self.every_s = every_s
+        self.peaks_kib: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="worker-peaks", daemon=True)
+
+    def __enter__(self) -> WorkerPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = str(os.getpid())
+        while not self._stop.wait(self.every_s):
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    # The parent pid is the 2nd field after the command name's ")".
+                    if stat.read_text().rpartition(")")[2].split()[1] != me:
+                        continue
+                    pid = int(stat.parent.name)
+                    kib = _vm_hwm_kib(stat.parent / "status")
+                except (OSError, IndexError, ValueError, StopIteration):
+                    continue  # it exited meanwhile
+                self.peaks_kib[pid] = max(kib, self.peaks_kib.get(pid, 0))
+
+
+def _vm_hwm_kib(status: Path) -> int:
+    line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1])
+
+
 def main() -> int:
     """Run the mode named on the command line; print its totals as one JSON line."""
     setup_logging("bench-replay", level=logging.WARNING)
     logging.getLogger("chatlog.replay").setLevel(logging.INFO)  # its progress lines
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
-    if mode not in MODES:
-        print(f"usage: python -m bench.replay_child {'|'.join(MODES)}", file=sys.stderr)
+    if mode not in MODES or not all(arg.isdigit() for arg in sys.argv[2:3]):
+        print(f"usage: python -m bench.replay_child {'|'.join(MODES)} [WORKERS]", file=sys.stderr)
         return 2
+    workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     pauses = GcPauses()
     settings = Settings.from_env()
     before = peak_rss_kib()
     began = time.monotonic()
     gc.callbacks.append(pauses)
-    totals = _read(settings) if mode == "read" else _replay(settings, in_memory=mode == "memory")
+    with WorkerPeaks() as peaks:
+        if mode == "read":
+            totals = _read(settings)
+        else:
+            totals = _replay(settings, in_memory=mode == "memory", workers=workers)
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     totals |= {
         "mode": mode,
         "began": began,
@@ -118,21 +170,24 @@ def main() -> int:
         "ru_maxrss_kib": usage.ru_maxrss,
         # Worker processes (`rebuild(workers=n)`): the largest one's ru_maxrss, which on
         # Linux is at least this process's resident size when it started them.
-        "workers_ru_maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        "workers_ru_maxrss_kib": children.ru_maxrss,
+        "workers": workers,
+        "workers_peak_rss_kib": sorted(peaks.peaks_kib.values()),
         "cpu_s": usage.ru_utime + usage.ru_stime,
+        "workers_cpu_s": children.ru_utime + children.ru_stime,
         **pauses.totals(),
     }
     print(json.dumps(totals), flush=True)
     return 0
 
 
-def _replay(settings: Settings, *, in_memory: bool) -> dict[str, Any]:
+def _replay(settings: Settings, *, in_memory: bool, workers: int) -> dict[str, Any]:
     clock = PhaseClock()
     called = time.monotonic()
     parts = wiring.replay_parts(settings)
     if in_memory:
         parts = _views_in_memory(parts)
-    report = rebuild(parts, handover_s=0.0, keep_old=False, on_progress=clock)
+    report = rebuild(parts, handover_s=0.0, keep_old=False, workers=workers, on_progress=clock)
     returned = time.monotonic()
     if clock.started is None or clock.done_at is None:
         raise RuntimeError(f"the replay reported no records (events {report.events})")
@@ -166,7 +221,10 @@ def _read(settings: Settings) -> dict[str, Any]:
     called = time.monotonic()
     # Built as the replay builds its own: no group, the replay's fetch sizes.
     consumer = groupless_consumer(
-        settings.kafka_bootstrap, settings.kafka, purpose="bench-read", tuning=REPLAY_FETCH
+        settings.kafka_bootstrap,
+        settings.kafka,
+        purpose="bench-read",
+        tuning={**REPLAY_FETCH, **REPLAY_QUEUE},
     )
     try:
         topic = settings.topic

@@ -35,7 +35,7 @@ from chatlog.processors.kafka_key_log import KeysRotated
 from chatlog.processors.kafka_keys_tick import KafkaKeysTicker
 from chatlog.processors.kafka_lag import KafkaTopicEnds
 from chatlog.processors.kafka_projector import KafkaProjector
-from chatlog.processors.kafka_replay import KafkaReplay, ReplayProgress
+from chatlog.processors.kafka_replay import REPLAY_BATCH, KafkaReplay, ReplayProgress
 from chatlog.processors.projection import ProjectionCore
 from chatlog.processors.projector_stats import LIVENESS_BOUND_S
 from chatlog.processors.recall_indexing import RecallIndexing
@@ -710,9 +710,10 @@ def keys_ticker(settings: Settings) -> KafkaKeysTicker:
     )
 
 
-# Bounded memory: beyond this many sessions, the least recent views are reloaded from
-# the generation being built. A view holds at most window + max_overflow messages, so
-# this bounds the replay's memory whatever the topic's size.
+# Bounded memory: beyond this many sessions of the partition being read (the replay
+# reads one at a time and drops a partition's views when done), the least recent views
+# are reloaded from the generation being built. A view holds at most window +
+# max_overflow messages, so this bounds the replay's memory whatever the topic's size.
 _REPLAY_CACHED_VIEWS = 10_000
 
 
@@ -720,7 +721,7 @@ def kafka_replay(
     settings: Settings,
     store: ViewStore,
     *,
-    batch_size: int = 20_000,
+    batch_size: int = REPLAY_BATCH,
     recall: RecallSink | None = None,
     stop: threading.Event | None = None,
     on_progress: Callable[[ReplayProgress], None] | None = None,
@@ -747,7 +748,7 @@ def kafka_replay(
 
 
 def replay_parts(
-    settings: Settings, client: redis.Redis | None = None, *, batch_size: int = 20_000
+    settings: Settings, client: redis.Redis | None = None, *, batch_size: int = REPLAY_BATCH
 ) -> ReplayParts:
     """What `chatlog.processors.replay.rebuild` and `verify` work with, from `settings`."""
     client = client or redis_client(settings)

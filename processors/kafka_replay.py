@@ -6,8 +6,13 @@ What does a replay do, in order?
    resuming, from where the interrupted run's progress marks say) up to the end offsets
    it saw when it started, and folds the records into a generation nobody reads yet.
    It runs the projector's own `ProjectionCore`, with batches large enough that a
-   session's events are folded in memory and written once per batch. Memory stays
-   bounded: a batch, and the core's bounded cache of views.
+   session's events are folded in memory and written once per batch.
+   It reads **one partition at a time**: a session's events all sit in one partition,
+   so the views a partition needs are cached only while it is read, and dropped once it
+   is done. Memory stays bounded by one partition's active sessions (and the core's
+   bounded cache of views), a batch, and librdkafka's queue of one partition, whatever
+   the number of partitions; and the batches of one partition hold more events per
+   session than batches mixed from every partition, so fewer writes.
 2. **Catch up.** It keeps reading new records until, on every partition, the new
    generation has projected at least as far as the live projector has in the live one.
 3. **Flip.** It moves the pointer to the new generation with a compare-and-set, so
@@ -44,12 +49,27 @@ from chatlog.producers.kafka_topics import topic_partitions
 from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import Interrupted
 
-__all__ = ["REPLAY_FETCH", "Interrupted", "KafkaReplay", "ReplayProgress"]
+__all__ = [
+    "REPLAY_BATCH",
+    "REPLAY_FETCH",
+    "REPLAY_QUEUE",
+    "Interrupted",
+    "KafkaReplay",
+    "ReplayProgress",
+]
 
 log = logging.getLogger("chatlog.replay")
 
 # Fetches far larger than librdkafka's defaults: a replay reads whole partitions at once.
 REPLAY_FETCH = {"fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024}
+# What librdkafka prefetches ahead of the replay, far below its defaults (100,000 records
+# and 64 MB a partition): the replay folds 20,000 to 60,000 records a second, so 8 MB
+# (about 30,000 records) keeps it fed, and its defaults held 100 MB more (measured with
+# one partition assigned; `bench/README.md`).
+REPLAY_QUEUE = {"queued.min.messages": 10_000, "queued.max.messages.kbytes": 8 * 1024}
+# Records per batch: each decoded record is alive until its batch is written (about 10 KB
+# of Python objects), while larger batches fold more events of a session per write.
+REPLAY_BATCH = 10_000
 
 
 @dataclass(slots=True)
@@ -85,7 +105,7 @@ class KafkaReplay:
         bootstrap_servers: str,
         topic: str,
         config: Mapping[str, Any] | None = None,
-        batch_size: int = 20_000,
+        batch_size: int = REPLAY_BATCH,
         on_progress: Callable[[ReplayProgress], None] | None = None,
         stop: threading.Event | None = None,
         recall: RecallSink | None = None,
@@ -99,8 +119,11 @@ class KafkaReplay:
         self.on_progress = on_progress or (lambda progress: None)
         self.stop = stop or threading.Event()
         self.position: dict[int, int] = {}  # next offset to read, per partition
+        # Partitions nothing was read from yet: assigned from their beginning.
+        self._fresh: dict[int, bool] = {}
+        self._assigned: list[int] | None = None  # None: not yet (`start` reads no records)
         self._consumer = groupless_consumer(
-            bootstrap_servers, config, purpose="replay", tuning=REPLAY_FETCH
+            bootstrap_servers, config, purpose="replay", tuning={**REPLAY_FETCH, **REPLAY_QUEUE}
         )
 
     @property
@@ -119,7 +142,6 @@ class KafkaReplay:
         partitions = [p for p in range(count) if only is None or p in only]
         marks = self._start_marks()
         ends: dict[int, int] = {}
-        assignment = []
         for partition in partitions:
             low, high = self._consumer.get_watermark_offsets(
                 TopicPartition(self.topic, partition), timeout=timeout
@@ -127,10 +149,26 @@ class KafkaReplay:
             start = marks[partition] + 1 if partition in marks else low
             self.position[partition] = max(start, low)
             ends[partition] = high
-            offset = self.position[partition] if partition in marks else OFFSET_BEGINNING
-            assignment.append(TopicPartition(self.topic, partition, offset))
-        self._consumer.assign(assignment)
+            self._fresh[partition] = partition not in marks
+        # Assigned when read (`run_to`, `step`): an assignment of every partition here
+        # would have librdkafka prefetch them all before `run_to` reads them one by one.
+        self._assigned = None
         return ends
+
+    def _assign(self, partitions: Collection[int]) -> None:
+        """Read `partitions` (only those) from their positions; one never read from its
+        beginning, wherever retention has moved that."""
+        self._assigned = list(partitions)
+        self._consumer.assign(
+            [
+                TopicPartition(
+                    self.topic,
+                    partition,
+                    OFFSET_BEGINNING if self._fresh.get(partition) else self.position[partition],
+                )
+                for partition in partitions
+            ]
+        )
 
     def _start_marks(self) -> dict[int, int]:
         """Partition -> the last offset every sink has: the read-model's progress marks,
@@ -142,14 +180,24 @@ class KafkaReplay:
         return marks
 
     def run_to(self, ends: Mapping[int, int], progress: ReplayProgress) -> None:
-        """Project until every partition has been read up to `ends` (exclusive)."""
-        while any(self.position[p] < end for p, end in ends.items()):
-            self.step(progress)
+        """Project until every partition has been read up to `ends` (exclusive), one
+        partition at a time (see the module docstring); then read them all again, for
+        the catch-up."""
+        behind = [p for p, end in sorted(ends.items()) if self.position[p] < end]
+        for partition in behind:
+            self._assign([partition])
+            while self.position[partition] < ends[partition]:
+                self.step(progress)
+            # No other partition holds its sessions: their views are not needed again.
+            self.core.forget()
+        self._assign(sorted(self.position))
 
     def step(self, progress: ReplayProgress, *, timeout: float = 0.2) -> int:
         """Project one batch of whatever has arrived; the number of records."""
         if self.stop.is_set():
             raise Interrupted("the replay was interrupted")
+        if self._assigned is None:
+            self._assign(sorted(self.position))
         first = self._consumer.poll(timeout)
         if first is None:
             self.on_progress(progress)
@@ -164,6 +212,7 @@ class KafkaReplay:
             progress.done += len(records)
             for partition, offset in result.last_offsets.items():
                 self.position[partition] = max(self.position.get(partition, 0), offset + 1)
+                self._fresh[partition] = False
         self.on_progress(progress)
         return len(records)
 

@@ -363,6 +363,8 @@ def _rebuild_in_parallel(
     if failed:
         raise Incomplete(f"replay workers {failed} failed; run `chatlog replay` to resume")
     progress.done = _records_done(store, starts)
+    if on_progress is not None:
+        on_progress(progress)  # the workers' last records, done since the last report
 
 
 def _records_done(store: ViewStore, starts: dict[int, int]) -> int:

@@ -1,7 +1,7 @@
 """The replay scenario: how fast `chatlog replay` rebuilds the read-model, beside Kafka's reader.
 
 What is measured? A topic is filled once with `MessageAppended` events (500,000 over
-5,000 sessions in the full run). Each repetition then reads the whole topic from offset 0 four
+5,000 sessions in the full run). Each repetition then reads the whole topic from offset 0 five
 times, each time in a fresh process, one after the other:
 
 1. Kafka's `ConsumerPerformance` (the JVM tool behind kafka-consumer-perf-test.sh, run
@@ -11,9 +11,12 @@ times, each time in a fresh process, one after the other:
    costs in Python (it also decodes a sample afterwards, for the decode-only rate);
 3. the same `rebuild` call with its views folded into an `InMemoryViewStore` instead of
    Redis: reading, decoding and folding, without the Redis writes;
-4. `chatlog.processors.replay.rebuild` into a fresh Redis prefix: the replay as `chatlog replay`
-   runs it; its peak resident memory is that process's own (`VmHWM`; `bench.replay_child`
-   says why not `ru_maxrss`).
+4. `chatlog.processors.replay.rebuild` into a fresh Redis prefix in one process: the replay
+   as `chatlog replay` runs it;
+5. the same with as many worker processes as the machine has cores (`chatlog replay
+   --workers N`, N at most the partitions): the rebuild row. Its peak resident memory is
+   the largest of its processes' own (`VmHWM`; `bench.replay_child` says why not
+   `ru_maxrss`), the parent's and each worker's.
 
 Every rate covers the same span: from the partitions assigned (and the end offsets
 known) until the last record is read, or applied. For ConsumerPerformance that is
@@ -33,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.infra import BenchStack, child_env, copy_key_directory
+from bench.infra import PARTITIONS, BenchStack, child_env, copy_key_directory
 from bench.kafka_tools import (
     CONSUMER_PERFORMANCE,
     JVM_OPTIONS,
@@ -64,11 +67,16 @@ _ROW_READ = "Python confluent-kafka consumer, no decoding"
 _ROW_DECODE = "decode only (EventCodec.decode, no Kafka)"
 _ROW_MEMORY = "the same rebuild into an InMemoryViewStore (no Redis writes)"
 _ROW_REBUILD = "chatlog.replay.rebuild into Redis: assigned → last applied"
+_ROW_ONE = "the same rebuild in one process (--workers 1)"
+# Processes over partitions: one a core, as `chatlog replay --workers N` would be run here.
+_WORKERS = max(1, min(os.cpu_count() or 1, PARTITIONS))
 
 
-def _child(mode: str, settings: Settings, stack: BenchStack, *, timeout: float) -> Finished:
+def _child(
+    mode: str, settings: Settings, stack: BenchStack, *, timeout: float, workers: int = 1
+) -> Finished:
     return run_process(
-        [sys.executable, "-m", "bench.replay_child", mode],
+        [sys.executable, "-m", "bench.replay_child", mode, str(workers)],
         env=child_env(settings),
         stack=stack,
         name={"rebuild": "replay", "memory": "in-memory", "read": "consumer"}[mode],
@@ -92,7 +100,9 @@ def _prefill(settings: Settings, plan: Plan, report: Report) -> tuple[int, float
     else:
         # Spawned, not forked: this process runs librdkafka threads, which fork would copy.
         with multiprocessing.get_context("spawn").Pool(processes) as pool:  # exit: terminate
-            done = pool.starmap_async(_publish_share, jobs).get(60.0 + plan.replay_events / 2_000)
+            # A guard against a hung publisher, not a measure: generous, as a machine shared
+            # with other work builds events several times slower (seen at a load of 12).
+            done = pool.starmap_async(_publish_share, jobs).get(60.0 + plan.replay_events / 200)
     if not report.value_sizes:
         report.value_sizes += done[0][1]
     return sum(count for count, _ in done), time.perf_counter() - started, processes
@@ -141,7 +151,11 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
     read = report.metric("replay", _ROW_READ, "events/s")
     decode = report.metric("replay", _ROW_DECODE, "events/s")
     memory = report.metric("replay", _ROW_MEMORY, "events/s")
-    rebuilt = report.metric("replay", _ROW_REBUILD, "events/s", TARGET_REPLAY)
+    one = report.metric("replay", _ROW_ONE, "events/s")
+    rebuilt = report.metric(
+        "replay", f"{_ROW_REBUILD}, {_WORKERS} worker processes", "events/s", TARGET_REPLAY
+    )
+    cpu = report.metric("replay", "rebuild CPU per event, all its processes", "µs")
     share = (
         report.metric("replay", "rebuild ÷ ConsumerPerformance", "share", TARGET_SHARE)
         if cp is not None
@@ -149,8 +163,8 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
     )
     report.compare(
         "replay",
-        f"events/s, `chatlog replay` of {plan.replay_events:,} events from offset 0 into "
-        f"Redis: partitions assigned → last applied",
+        f"events/s, `chatlog replay --workers {_WORKERS}` of {plan.replay_events:,} events "
+        f"from offset 0 into Redis: partitions assigned → last applied",
         rebuilt,
         cp_peer(missing),
         cp,
@@ -158,7 +172,7 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
     rss = peak_memory(report, "replay", events=plan.replay_events, sessions=plan.replay_sessions)
     startup = report.metric("replay", "rebuild start-up: spawn → partitions assigned", "s")
     timeout = 60.0 + plan.replay_events / 2_000  # 560 s for a million: 5 times the slowest seen
-    seen: dict[str, list[dict[str, Any]]] = {"rebuild": [], "memory": [], "read": []}
+    seen: dict[str, list[dict[str, Any]]] = {"rebuild": [], "one": [], "memory": [], "read": []}
     cp_runs: list[ConsumerPerformanceResult] = []
     busy: list[dict[str, float]] = []
 
@@ -187,21 +201,19 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
         read.add(_rate(reading))
         decode.add(reading["decoded"] / reading["decode_s"])
         seen["read"].append(reading)
-        # A prefix of its own: its flip must not leave a live generation to the rebuild's.
-        memory_rep = stack.repetition(settings, f"r{n}-memory")
-        for warmed in (memory_rep, rep):  # as deployed: the writers' keys already there
-            copy_key_directory(stack.redis, settings.redis_prefix, warmed.redis_prefix)
-        in_memory = _child("memory", memory_rep, stack, timeout=timeout).totals()
-        stack.forget_keys(memory_rep.redis_prefix)
-        _check(in_memory, events)
+        # Each a prefix of its own: a flip must not leave a live generation to the next.
+        in_memory = _rebuilt("memory", stack, settings, f"r{n}-memory", events, timeout)[1]
         memory.add(_rate(in_memory))
         seen["memory"].append(in_memory)
-        finished = _child("rebuild", rep, stack, timeout=timeout)
-        stack.forget_keys(rep.redis_prefix)
-        totals = finished.totals()
-        _check(totals, events)
+        alone = _rebuilt("rebuild", stack, settings, f"r{n}-one", events, timeout)[1]
+        one.add(_rate(alone))
+        seen["one"].append(alone)
+        finished, totals = _rebuilt(
+            "rebuild", stack, settings, f"r{n}", events, timeout, workers=_WORKERS
+        )
         rebuilt.add(_rate(totals))
-        rss.add(totals["peak_rss_kib"] / 1024)
+        rss.add(_largest_process_kib(totals) / 1024)
+        cpu.add((totals["cpu_s"] + totals["workers_cpu_s"]) / events * 1e6)
         startup.add(totals["assigned"] - finished.spawned)
         busy.append(finished.busy)
         seen["rebuild"].append(totals)
@@ -209,8 +221,9 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
             share.add(rebuilt.values[-1] / cp.values[-1])
         line.append(
             f"Python consumer {read.values[-1]:,.0f}/s, decode {decode.values[-1]:,.0f}/s, "
-            f"in memory {memory.values[-1]:,.0f}/s, rebuild {rebuilt.values[-1]:,.0f}/s "
-            f"({rss.values[-1]:,.0f} MB peak)"
+            f"in memory {memory.values[-1]:,.0f}/s, rebuild in one process "
+            f"{one.values[-1]:,.0f}/s, with {_WORKERS} workers {rebuilt.values[-1]:,.0f}/s "
+            f"({rss.values[-1]:,.0f} MB peak, {cpu.values[-1]:.0f} µs CPU an event)"
         )
         say(" ".join(line))
     report.notes.extend(
@@ -226,6 +239,27 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
     )
 
 
+def _rebuilt(
+    mode: str,
+    stack: BenchStack,
+    settings: Settings,
+    rep: str,
+    events: int,
+    timeout: float,
+    *,
+    workers: int = 1,
+) -> tuple[Finished, dict[str, Any]]:
+    """One rebuild child (`mode` rebuild or memory) into repetition `rep`'s own prefix,
+    with the writers' key directory copied in first, as deployed; its keys removed after."""
+    into = stack.repetition(settings, rep)
+    copy_key_directory(stack.redis, settings.redis_prefix, into.redis_prefix)
+    finished = _child(mode, into, stack, timeout=timeout, workers=workers)
+    stack.forget_keys(into.redis_prefix)
+    totals = finished.totals()
+    _check(totals, events)
+    return finished, totals
+
+
 def _check(totals: Mapping[str, Any], events: int) -> None:
     if totals["events"] != events or totals["dead_letters"]:
         raise AssertionError(
@@ -234,14 +268,34 @@ def _check(totals: Mapping[str, Any], events: int) -> None:
         )
 
 
+def _cpu_us(runs: Sequence[Mapping[str, Any]], events: int) -> float:
+    """The median CPU an event of `runs`, their worker processes included, in µs."""
+    if not runs:
+        return float("nan")
+    return statistics.median(
+        (run["cpu_s"] + run.get("workers_cpu_s", 0.0)) / events * 1e6 for run in runs
+    )
+
+
+def _largest_process_kib(totals: Mapping[str, Any]) -> int:
+    """The peak of the replay's largest process: the parent, or one of its workers."""
+    return max([int(totals["peak_rss_kib"]), *totals.get("workers_peak_rss_kib", [])])
+
+
 def _workers(runs: Sequence[Mapping[str, Any]]) -> str:
-    """The largest worker process's peak, if `rebuild` started workers."""
-    peaks = [run.get("workers_ru_maxrss_kib", 0) for run in runs]
+    """The worker processes' peaks (the largest, and all of them added), if `rebuild`
+    started workers."""
+    peaks = [run.get("workers_peak_rss_kib", []) for run in runs]
     if not any(peaks):
         return ""
+    largest = statistics.median(max(p, default=0) for p in peaks) / 1024
+    added = (
+        statistics.median(sum(p) + run["peak_rss_kib"] for p, run in zip(peaks, runs, strict=True))
+        / 1024
+    )
     return (
-        f", and its largest worker process at most {statistics.median(peaks) / 1024:,.0f} MB "
-        f"(ru_maxrss, which counts the parent's size when it started the worker)"
+        f"; its largest worker process {largest:,.0f} MB (VmHWM, sampled from /proc every "
+        f"0.2 s), the parent and all its workers added {added:,.0f} MB"
     )
 
 
@@ -299,20 +353,24 @@ def _notes(
     )
     notes.append("replay, the readers: " + "; ".join(peers))
     notes.append(
-        f"replay, the rebuild: `rebuild(settings, handover_s=0, keep_old=False)` into a "
-        f"fresh prefix per repetition (nothing live: no catch-up; the writers' key directory "
-        f"copied into it first, as deployed), the phase's start and end "
-        f"taken from its ReplayProgress reports; the whole call "
+        f"replay, the rebuild: `rebuild(settings, handover_s=0, keep_old=False, "
+        f"workers={_WORKERS})` into a fresh prefix per repetition (nothing live: no catch-up; "
+        f"the writers' key directory copied into it first, as deployed), the phase's start "
+        f"and end taken from its ReplayProgress reports (with workers, the parent's, from "
+        f"their progress marks every 0.2 s); the whole call "
         f"{statistics.median(rebuild_calls):.1f} s (start-up and flip included); first "
         f"batch applied {statistics.median(first_ms):,.0f} ms after the assignment; peak "
-        f"resident memory {mb('rebuild', 'peak_rss_kib'):,.0f} MB, of which "
+        f"resident memory of the parent {mb('rebuild', 'peak_rss_kib'):,.0f} MB, of which "
         f"{mb('rebuild', 'peak_rss_before_kib'):,.0f} MB before it started (interpreter and "
-        f"imports){_workers(seen['rebuild'])}, the in-memory variant's "
-        f"{mb('memory', 'peak_rss_kib'):,.0f} MB (its store holds every view); CPU from the "
-        f"first batch to the last: rebuild "
-        f"{median('rebuild', 'cpu_share'):.0%} of a core, in-memory "
-        f"{median('memory', 'cpu_share'):.0%}; over the rebuild process's life (100% = one "
-        f"core): {CpuMeter.describe(median_shares(busy))}; garbage collector: rebuild "
-        f"{GcPauses.describe(seen['rebuild'])}; in-memory {GcPauses.describe(seen['memory'])}"
+        f"imports){_workers(seen['rebuild'])}; in one process "
+        f"{mb('one', 'peak_rss_kib'):,.0f} MB; the in-memory variant's "
+        f"{mb('memory', 'peak_rss_kib'):,.0f} MB (its store holds every view); CPU an event, "
+        f"all processes, from the start of each process to its end: one process "
+        f"{_cpu_us(seen['one'], events):.0f} µs, in-memory {_cpu_us(seen['memory'], events):.0f} "
+        f"µs; CPU from the first batch to the last: one process "
+        f"{median('one', 'cpu_share'):.0%} of a core, in-memory "
+        f"{median('memory', 'cpu_share'):.0%}; over the rebuild's life with workers (100% = "
+        f"one core): {CpuMeter.describe(median_shares(busy))}; garbage collector: one process "
+        f"{GcPauses.describe(seen['one'])}; in-memory {GcPauses.describe(seen['memory'])}"
     )
     return notes

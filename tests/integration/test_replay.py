@@ -106,12 +106,54 @@ def test_a_replay_by_worker_processes_equals_the_live_read_model(settings):
     with running_projector(settings):
         until = publish(settings, events(4_000, 200))
         wait_until(lambda: projected(settings, until), timeout=60, what="live projection")
-        report = rebuild(wiring.replay_parts(settings), keep_old=True, handover_s=0.5, workers=2)
+        reports: list[tuple[str, int]] = []
+        report = rebuild(
+            wiring.replay_parts(settings),
+            keep_old=True,
+            handover_s=0.5,
+            workers=2,
+            on_progress=lambda progress: reports.append((progress.phase, progress.done)),
+        )
     assert (report.replaced, report.generation) == ("g1", "g2")
     assert report.events == 4_004
+    # The rebuild phase's last report counts the workers' last records too.
+    assert [done for phase, done in reports if phase == "rebuild"][-1] == 4_004
     comparison = wiring.generations(settings).compare("g1", "g2")
     assert comparison.sessions == 200
     assert comparison.differences == []
+
+
+def test_a_rebuild_reads_one_partition_at_a_time_and_drops_its_views_when_done(settings):
+    until = publish(settings, events(2_000, 40))
+    store = wiring.generation_store(settings, "g1")
+    wiring.generations(settings).create("g1")
+    replay = wiring.kafka_replay(settings, store, batch_size=300)
+    batches: list[set[int]] = []
+    cached: list[int] = []  # views cached when each partition began
+    handle, forget = replay.core.handle, replay.core.forget
+
+    def recorded(records):  # type: ignore[no-untyped-def]
+        batches.append({r.partition for r in records})
+        return handle(records)
+
+    def forgotten(session_ids=None):  # type: ignore[no-untyped-def]
+        forget(session_ids)
+        cached.append(len(replay.core._cache))
+
+    replay.core.handle = recorded  # type: ignore[method-assign]
+    replay.core.forget = forgotten  # type: ignore[method-assign]
+    try:
+        ends_seen = replay.start()
+        assert ends_seen == until
+        replay.run_to(ends_seen, ReplayProgress("rebuild"))
+    finally:
+        replay.close()
+    order = [next(iter(b)) for b in batches]
+    assert all(len(b) == 1 for b in batches)  # never two partitions in one batch
+    assert order == sorted(order)  # each partition whole before the next
+    assert sorted(set(order)) == sorted(p for p, end in until.items() if end)
+    assert cached == [0] * len(set(order))
+    assert store.progress() == {p: end - 1 for p, end in until.items() if end}
 
 
 def test_a_replay_during_live_traffic_switches_without_a_failed_read(settings):
