@@ -84,6 +84,7 @@ _PAYLOADS: dict[str, type[Payload]] = {
     )
 }
 _PAYLOAD_NAMES = {cls: name for name, cls in _PAYLOADS.items()}
+_SEALED_NAME = f"{NAMESPACE}.{Sealed.__name__}"
 _CONFLUENT_HEADER = struct.Struct(">bI")
 
 
@@ -120,10 +121,13 @@ def schema_versions() -> tuple[SchemaVersion, ...]:
 
 
 def to_avro(event: ConversationEvent) -> dict[str, Any]:
-    """The event as the dict fastavro writes (payload as a named union branch)."""
-    record = event.model_dump(mode="python", exclude={"payload"})
-    payload = event.payload
-    record["payload"] = (_PAYLOAD_NAMES[type(payload)], payload.model_dump(mode="python"))
+    """The event as the dict fastavro writes (payload and seal as named union branches)."""
+    record = event.model_dump(mode="python")
+    record["payload"] = (_PAYLOAD_NAMES[type(event.payload)], record["payload"])
+    if record["sealed"] is not None:
+        # Named, as the payload is: fastavro writes a named branch at once, where it
+        # would first check the record against each branch of the union.
+        record["sealed"] = (_SEALED_NAME, record["sealed"])
     return record
 
 
