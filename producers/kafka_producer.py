@@ -241,10 +241,11 @@ class ConversationProducer:
         Sealing may make the owner's first key, which is logged and acknowledged first;
         `Erased` if the owner was erased (nothing is sent).
         """
+        scope = KeyScope.of(event)  # redaction keeps the owner
         if self._redaction is not None:
-            event = self._redaction.apply(event, functools.partial(self._mac, KeyScope.of(event)))
+            event = self._redaction.apply(event, functools.partial(self._mac, scope))
         if self._keyring is not None and event.sealed is None:
-            event = seal_event(event, self._keyring.for_writing(KeyScope.of(event)))
+            event = seal_event(event, self._keyring.for_writing(scope))
         if event.tokens and event.sealed is None:
             # A token's original is personal data by definition: it never travels clear.
             raise InvalidInput(
