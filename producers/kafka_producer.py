@@ -331,7 +331,10 @@ class ConversationProducer:
 
     def _waited(self, records: Sequence[_Record]) -> list[Future[Position]]:
         """Produce `records`, which the caller waits for next: at once, when nothing else
-        is pending (see `_hurry`), else batched as linger.ms says."""
+        is pending (see `_hurry`), else batched as linger.ms says.
+
+        Encoded before: encoding may publish the owner's first key and wait for it, which
+        must not happen inside the hurry (the poller stays out until `_end_hurry`)."""
         lone = self._begin_hurry()
         try:
             futures = [self._send_record(record) for record in records]
@@ -390,9 +393,11 @@ class ConversationProducer:
             future = self._try_produce(record)
             if future is not None:
                 return future
-            # The local queue is full: the poller drains it as the broker acknowledges.
+            # The local queue is full: it drains as the broker acknowledges and the
+            # reports are served, here too (the poller stays out while a caller of
+            # `_waited` hurries, and that caller may be this one).
             self._raise_if_queue_stuck(record, deadline)
-            time.sleep(0.005)
+            self._producer.poll(0.005)
 
     def _try_produce(self, record: _Record) -> Future[Position] | None:
         """Hand `record` to librdkafka; None when its local queue is full."""
@@ -544,18 +549,13 @@ class AsyncConversationProducer:
         return await self.publish(event)
 
     async def publish(self, event: ConversationEvent) -> Position:
-        """Publish `event` and await its position (sent at once when nothing else is
-        pending, as `ConversationProducer.publish` does)."""
-        lone = self.sync._begin_hurry()
-        try:
-            future = await self._send(event)
-            if lone:
-                # Off the loop: librdkafka's flush blocks for as long as it lasts.
-                await asyncio.to_thread(self.sync._hurry)
-        finally:
-            if lone:
-                self.sync._end_hurry()
-        return await asyncio.wrap_future(future)
+        """Publish `event` and await its position.
+
+        Batched by linger.ms, unlike a lone `ConversationProducer.publish`: its flush
+        would block the loop, and off the loop (a worker thread) the poller would stay out
+        until that thread ran, while the loop may wait on a report itself (a user's
+        first key is published and waited for while encoding)."""
+        return await asyncio.wrap_future(await self._send(event))
 
     async def publish_many(self, events: Sequence[ConversationEvent]) -> list[Position]:
         """Publish a batch without awaiting per event."""
@@ -569,8 +569,10 @@ class AsyncConversationProducer:
             future = self.sync._try_produce(record)
             if future is not None:
                 return future
-            # Back-pressure without blocking the event loop.
+            # Back-pressure without blocking the event loop; the reports served here
+            # too, without waiting (see `ConversationProducer._send_record`).
             self.sync._raise_if_queue_stuck(record, deadline)
+            self.sync._producer.poll(0)
             await asyncio.sleep(0.005)
 
     async def aclose(self, timeout: float = 30.0) -> None:

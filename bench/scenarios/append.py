@@ -8,7 +8,8 @@ of messages over the time until the last one is stored:
   every position awaited at the end (the broker acknowledged all of them);
 * chatlog, one at a time: `ChatLog.append`, which returns only once the broker has
   acknowledged the message and its position is known (the read-your-writes token);
-  also with `linger.ms` 0 instead of chatlog's 2 ms, to show what the batching delay costs;
+  also with `linger.ms` 0 instead of chatlog's 2 ms (a lone append goes out at once either
+  way: the producer's linger is adaptive);
 * LangChain's `RedisChatMessageHistory.add_message`, and a plain Redis list (RPUSH +
   EXPIRE), one message at a time, each call waiting for Redis (`bench.peers`);
 * Kafka's ProducerPerformance with the same record size and producer settings: the
