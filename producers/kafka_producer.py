@@ -8,6 +8,9 @@ What this adds to a bare confluent-kafka Producer:
 * Every publish resolves to a `Position` (partition, offset), the token a reader passes to
   wait for its own write. `publish` waits for it; `send` returns a future at once;
   `publish_many` sends a batch and waits once; `AsyncConversationProducer` awaits it.
+* Adaptive linger: what a caller waits for (`publish`, `publish_many`) goes out at once
+  when nothing else is pending, rather than after linger.ms; records sent back to back
+  batch as linger.ms says (see `ConversationProducer._waited`).
 * Failures become chatlog errors that say what to do: no broker (`BrokerUnavailable`), no
   topic (`TopicMissing`), a full local queue for too long (`QueueFull`), and so on. An
   event sent but not acknowledged is an `OutcomeUnknown` (`PublishTimeout`,
@@ -19,7 +22,8 @@ What this adds to a bare confluent-kafka Producer:
   the topic, the dead-letter topic, Redis or a summarizer's LLM, sees an original.
 
 One background thread serves librdkafka's delivery reports, so callers on any thread (or
-an asyncio loop) only wait on futures.
+an asyncio loop) only wait on futures; a caller whose records go out at once serves its
+own, and the thread stays out of its way meanwhile.
 """
 
 from __future__ import annotations
@@ -113,6 +117,9 @@ class ConversationProducer:
         self._last_broker_error: KafkaError | None = None
         self._keyring: Keyring | None = None
         self._redaction: RedactionPolicy | None = None
+        # The linger librdkafka applies (a Kafka property may override the setting).
+        given = [config.get(key) for key in ("linger.ms", "queue.buffering.max.ms") if config]
+        self._linger_s = float(next((v for v in given if v is not None), linger_ms)) / 1000
         self._producer = _build_producer(
             bootstrap_servers=bootstrap_servers,
             config=config or {},
@@ -125,6 +132,10 @@ class ConversationProducer:
         # reports as unacknowledged (librdkafka's own count includes error events too).
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
+        # Callers serving their own delivery reports (`_waited`), and the poller's cue that
+        # it has reports to serve again (a first record in flight, or the callers done).
+        self._hurrying = 0
+        self._poll_cue = threading.Condition(self._in_flight_lock)
         self._poller = threading.Thread(
             target=self._serve_delivery_reports, name="chatlog-producer-poll", daemon=True
         )
@@ -160,7 +171,9 @@ class ConversationProducer:
 
     def publish(self, event: ConversationEvent, *, timeout: float | None = None) -> Position:
         """Publish `event` and wait until the broker acknowledged it."""
-        return self.wait(self.send(event), what=_event_name(event), timeout=timeout)
+        record = self._event_record(event, self.encode(event))
+        (future,) = self._waited([record])
+        return self.wait(future, what=_event_name(event), timeout=timeout)
 
     def publish_many(
         self, events: Iterable[ConversationEvent], *, timeout: float | None = None
@@ -171,7 +184,7 @@ class ConversationProducer:
         bad event publishes nothing.
         """
         payloads = [(event, self.encode(event)) for event in events]
-        futures = [self._send_encoded(event, value) for event, value in payloads]
+        futures = self._waited([self._event_record(event, value) for event, value in payloads])
         limit = self._wait_limit(timeout)
         return [
             _result(f, limit, what=_event_name(event))
@@ -228,10 +241,11 @@ class ConversationProducer:
         Sealing may make the owner's first key, which is logged and acknowledged first;
         `Erased` if the owner was erased (nothing is sent).
         """
+        scope = KeyScope.of(event)  # redaction keeps the owner
         if self._redaction is not None:
-            event = self._redaction.apply(event, functools.partial(self._mac, KeyScope.of(event)))
+            event = self._redaction.apply(event, functools.partial(self._mac, scope))
         if self._keyring is not None and event.sealed is None:
-            event = seal_event(event, self._keyring.for_writing(KeyScope.of(event)))
+            event = seal_event(event, self._keyring.for_writing(scope))
         if event.tokens and event.sealed is None:
             # A token's original is personal data by definition: it never travels clear.
             raise InvalidInput(
@@ -310,8 +324,56 @@ class ConversationProducer:
 
     def _stop(self) -> None:
         self._closed.set()
+        with self._poll_cue:
+            self._poll_cue.notify()
         self._poller.join()
         _LIVE.discard(self)
+
+    def _waited(self, records: Sequence[_Record]) -> list[Future[Position]]:
+        """Produce `records`, which the caller waits for next: at once, when nothing else
+        is pending (see `_hurry`), else batched as linger.ms says.
+
+        Encoded before: encoding may publish the owner's first key and wait for it, which
+        must not happen inside the hurry (the poller stays out until `_end_hurry`)."""
+        lone = self._begin_hurry()
+        try:
+            futures = [self._send_record(record) for record in records]
+            if lone:
+                self._hurry()
+        finally:
+            if lone:
+                self._end_hurry()
+        return futures
+
+    def _begin_hurry(self) -> bool:
+        """Whether the records about to be produced go out at once: True when nothing is
+        pending (and linger.ms is not 0 already); then call `_hurry`, and `_end_hurry`."""
+        if self._linger_s <= 0:
+            return False
+        with self._poll_cue:
+            if self._in_flight:
+                # Others are pending: linger.ms gathers these records with them.
+                return False
+            self._hurrying += 1
+            return True
+
+    def _hurry(self) -> None:
+        """Send what is queued now, and serve the delivery reports until it is acknowledged.
+
+        A lone append (a chat turn) need not wait out linger.ms for company that is not
+        coming. librdkafka's `flush` sends what is queued without waiting out linger.ms
+        for as long as the call lasts, and serves the delivery reports in this thread;
+        the poller thread stays out meanwhile (`_serve_delivery_reports`), or it could
+        take the report this call waits for. Bounded by linger.ms: after that the
+        records would have gone anyway, and the caller waits for them as usual.
+        """
+        self._producer.flush(self._linger_s)
+
+    def _end_hurry(self) -> None:
+        with self._poll_cue:
+            self._hurrying -= 1
+            if self._in_flight and not self._hurrying:
+                self._poll_cue.notify()  # reports left to serve (linger.ms passed first)
 
     def _send_encoded(self, event: ConversationEvent, value: bytes) -> Future[Position]:
         return self._send_record(self._event_record(event, value))
@@ -331,9 +393,11 @@ class ConversationProducer:
             future = self._try_produce(record)
             if future is not None:
                 return future
-            # The local queue is full: the poller drains it as the broker acknowledges.
+            # The local queue is full: it drains as the broker acknowledges and the
+            # reports are served, here too (the poller stays out while a caller of
+            # `_waited` hurries, and that caller may be this one).
             self._raise_if_queue_stuck(record, deadline)
-            time.sleep(0.005)
+            self._producer.poll(0.005)
 
     def _try_produce(self, record: _Record) -> Future[Position] | None:
         """Hand `record` to librdkafka; None when its local queue is full."""
@@ -352,8 +416,10 @@ class ConversationProducer:
             return None
         except KafkaException as exc:
             raise self._error(exc.args[0], record.context, sent=False) from exc
-        with self._in_flight_lock:
+        with self._poll_cue:
             self._in_flight += 1
+            if self._in_flight == 1 and not self._hurrying:
+                self._poll_cue.notify()  # the poller has reports to wait for again
         return future
 
     def _raise_if_queue_stuck(self, record: _Record, deadline: float) -> None:
@@ -438,7 +504,17 @@ class ConversationProducer:
 
     def _serve_delivery_reports(self) -> None:
         while not self._closed.is_set():
-            self._producer.poll(0.1)
+            with self._poll_cue:
+                if self._hurrying or not self._in_flight:
+                    # Nothing to wait for, or a caller serves the reports (`_hurry`): a
+                    # poll here could take the one it waits for. Woken when that changes;
+                    # else, every 0.1 s, the client's errors and logs are served below.
+                    if self._poll_cue.wait(0.1) or self._hurrying:
+                        continue
+                    timeout = 0.0
+                else:
+                    timeout = 0.1
+            self._producer.poll(timeout)
 
     def _wait_limit(self, timeout: float | None) -> float:
         # librdkafka fails the delivery itself at delivery_timeout; the margin covers the
@@ -473,7 +549,12 @@ class AsyncConversationProducer:
         return await self.publish(event)
 
     async def publish(self, event: ConversationEvent) -> Position:
-        """Publish `event` and await its position."""
+        """Publish `event` and await its position.
+
+        Batched by linger.ms, unlike a lone `ConversationProducer.publish`: its flush
+        would block the loop, and off the loop (a worker thread) the poller would stay out
+        until that thread ran, while the loop may wait on a report itself (a user's
+        first key is published and waited for while encoding)."""
         return await asyncio.wrap_future(await self._send(event))
 
     async def publish_many(self, events: Sequence[ConversationEvent]) -> list[Position]:
@@ -488,8 +569,10 @@ class AsyncConversationProducer:
             future = self.sync._try_produce(record)
             if future is not None:
                 return future
-            # Back-pressure without blocking the event loop.
+            # Back-pressure without blocking the event loop; the reports served here
+            # too, without waiting (see `ConversationProducer._send_record`).
             self.sync._raise_if_queue_stuck(record, deadline)
+            self.sync._producer.poll(0)
             await asyncio.sleep(0.005)
 
     async def aclose(self, timeout: float = 30.0) -> None:

@@ -88,6 +88,7 @@ _build_event = typed_builder(ConversationEvent)
 _build_producer = typed_builder(ProducerInfo)
 _PRODUCERS: dict[tuple[Any, ...], ProducerInfo] = {}
 _PRODUCERS_KEPT = 1024
+_SEALED_NAME = f"{NAMESPACE}.{Sealed.__name__}"
 _CONFLUENT_HEADER = struct.Struct(">bI")
 
 
@@ -124,10 +125,13 @@ def schema_versions() -> tuple[SchemaVersion, ...]:
 
 
 def to_avro(event: ConversationEvent) -> dict[str, Any]:
-    """The event as the dict fastavro writes (payload as a named union branch)."""
-    record = event.model_dump(mode="python", exclude={"payload"})
-    payload = event.payload
-    record["payload"] = (_PAYLOAD_NAMES[type(payload)], payload.model_dump(mode="python"))
+    """The event as the dict fastavro writes (payload and seal as named union branches)."""
+    record = event.model_dump(mode="python")
+    record["payload"] = (_PAYLOAD_NAMES[type(event.payload)], record["payload"])
+    if record["sealed"] is not None:
+        # Named, as the payload is: fastavro writes a named branch at once, where it
+        # would first check the record against each branch of the union.
+        record["sealed"] = (_SEALED_NAME, record["sealed"])
     return record
 
 

@@ -8,8 +8,8 @@ patterns), whitespace and control characters. Generated ids are uuid4.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from chatlog.schemas.errors import InvalidId
 
@@ -21,9 +21,19 @@ _ID = re.compile(r"[A-Za-z0-9_.@-]+")
 _BAD_CHAR = re.compile(r"[^A-Za-z0-9_.@-]")
 
 
+# uuid4's fixed bits: version 4 (bits 76-79) and the RFC 4122 variant (bits 62-63).
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_id() -> str:
-    """A fresh random id (uuid4, canonical text form)."""
-    return str(uuid.uuid4())
+    """A fresh random id (uuid4, canonical text form).
+
+    What `str(uuid.uuid4())` makes, from the same 16 bytes of `os.urandom`, without
+    building a `UUID` on every event's path (it made two ids an event half as fast).
+    """
+    digits = f"{int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def validate_id(value: object, *, field: str = "id") -> str:

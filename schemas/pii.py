@@ -119,6 +119,30 @@ _AWS_SECRET = re.compile(
 )
 _AWS_SECRET_HINTS = ("aws_secret", "secret_access_key", "secret access key", "aws secret")
 
+
+def _any_of(needles: Iterable[str]) -> re.Pattern[str]:
+    """One pattern that finds any of `needles` (as they are): a single scan of a text
+    answers "does any needle occur" for every secret at once."""
+    return re.compile("|".join(re.escape(needle) for needle in needles))
+
+
+# Which haystack each secret's needles are looked for in: the lower-cased text when its
+# pattern ignores case, the text itself otherwise (decided once, not per text).
+_SECRET_CHECKS = tuple(
+    (pattern, needles, bool(pattern.flags & re.IGNORECASE)) for pattern, needles in _SECRETS
+)
+# Most chat turns hold no needle at all: one scan of the text and one of its lower-cased
+# form rule every secret out (the same test as each needle's own `in`, all at once).
+_NEEDLES_IN_TEXT = _any_of(
+    n for _, needles, folded in _SECRET_CHECKS if not folded for n in needles
+)
+_NEEDLES_IN_FOLDED = _any_of(
+    (*(n for _, needles, folded in _SECRET_CHECKS if folded for n in needles), *_AWS_SECRET_HINTS)
+)
+# Every match of the card, IBAN, SSN and IPv4 patterns holds a decimal digit (`\d`, as
+# they use it): a text without one skips their scans.
+_DIGIT = re.compile(r"\d")
+
 # Each country's IBAN length (ISO 13616 registry): a wrong length is no IBAN, whatever
 # its checksum.
 _IBAN_LENGTHS = {
@@ -205,14 +229,25 @@ class Detector:
         # Each kind is looked for only in a text that holds what every match of it must
         # (an '@', a '-', a '+'...): the common chat turn costs substring tests only.
         folded = text.lower()
-        for pattern, needles in _SECRETS:
-            haystack = folded if pattern.flags & re.IGNORECASE else text
-            if any(needle in haystack for needle in needles):
-                yield from _matches(Kind.SECRET, pattern, text)
-        if any(hint in folded for hint in _AWS_SECRET_HINTS):
-            yield from _matches(Kind.SECRET, _AWS_SECRET, text)
+        if _NEEDLES_IN_TEXT.search(text) or _NEEDLES_IN_FOLDED.search(folded):
+            for pattern, needles, in_folded in _SECRET_CHECKS:
+                haystack = folded if in_folded else text
+                if any(needle in haystack for needle in needles):
+                    yield from _matches(Kind.SECRET, pattern, text)
+            if any(hint in folded for hint in _AWS_SECRET_HINTS):
+                yield from _matches(Kind.SECRET, _AWS_SECRET, text)
         if "@" in text:
             yield from _matches(Kind.EMAIL, _EMAIL, text)
+        if _DIGIT.search(text) is not None:
+            yield from self._numbers(text)
+        yield from self._ipv6(text)
+        yield from self._phones(text)
+        for name, pattern in self.custom.items():
+            yield from _matches(name, pattern, text)
+
+    @staticmethod
+    def _numbers(text: str) -> Iterator[Finding]:
+        """IBANs, cards, SSNs and IPv4 addresses: every one holds a digit."""
         for match in _IBAN.finditer(text):
             iban = _iban_prefix(match.group())  # the pattern may run into the next words
             if iban and iban_valid(iban):
@@ -227,10 +262,8 @@ class Detector:
                 yield Finding(Kind.CARD, match.start(), match.end(), match.group())
         if "-" in text:
             yield from _matches(Kind.SSN, _SSN, text)
-        yield from self._ips(text)
-        yield from self._phones(text)
-        for name, pattern in self.custom.items():
-            yield from _matches(name, pattern, text)
+        if "." in text:
+            yield from _addresses(_IPV4, text)
 
     def _phones(self, text: str) -> Iterator[Finding]:
         # Without a region only numbers written with their country code are recognised:
@@ -248,19 +281,22 @@ class Detector:
             yield Finding(Kind.PHONE, start, match.end, text[start : match.end])
 
     @staticmethod
-    def _ips(text: str) -> Iterator[Finding]:
-        patterns = [_IPV4] if "." in text else []
+    def _ipv6(text: str) -> Iterator[Finding]:
+        # Not among the numbers: an IPv6 address may hold no digit ("fe80::abcd").
         if text.count(":") >= 2:
-            patterns.append(_IPV6)
-        for pattern in patterns:
-            for match in pattern.finditer(text):
-                try:
-                    address = ipaddress.ip_address(match.group())
-                except ValueError:
-                    continue
-                if address.version == 6 and match.group().count(":") < 2:
-                    continue
-                yield Finding(Kind.IP, match.start(), match.end(), match.group())
+            yield from _addresses(_IPV6, text)
+
+
+def _addresses(pattern: re.Pattern[str], text: str) -> Iterator[Finding]:
+    """The IP addresses among `pattern`'s matches (`ipaddress` decides)."""
+    for match in pattern.finditer(text):
+        try:
+            address = ipaddress.ip_address(match.group())
+        except ValueError:
+            continue
+        if address.version == 6 and match.group().count(":") < 2:
+            continue
+        yield Finding(Kind.IP, match.start(), match.end(), match.group())
 
 
 def _matches(kind: str, pattern: re.Pattern[str], text: str) -> Iterator[Finding]:

@@ -145,12 +145,14 @@ class RedactionPolicy:
             # corrupt it. It is sealed whole instead, and erased with its owner.
             return event
         run = _Run(self.mode, self.redactor, mac, event.tokens)
-        payload = map_fields(event.payload, run.field)
+        # Searched first without building a payload: most events hold nothing to redact,
+        # and then the event is returned as it is.
+        map_fields(event.payload, run.field, rebuild=False)
         if not run.redactions:
             return event
         return event.model_copy(
             update={
-                "payload": payload,
+                "payload": map_fields(event.payload, run.result),
                 "redactions": (*event.redactions, *run.redactions),
                 "tokens": run.tokens,
             }
@@ -174,14 +176,25 @@ class _Run:
         # are numbered after them and an original it already tokenized keeps its name.
         self._names = {(name.partition("#")[0], text): name for name, text in tokens.items()}
         self._macs: dict[str, Mac] = {}
+        # Each field's value after redaction, by path (`field` fills it, `result` reads it).
+        self._results: dict[str, str] = {}
 
     def field(self, path: str, value: str) -> str:
+        """`value` of field `path` redacted (and remembered for `result`)."""
         if path.startswith(TOOL_CALLS) and path.endswith(".name"):
-            return value  # a function's name: changing it would break the call
-        document = json_of(path, value)
-        if document is not NOT_JSON:
-            return self._json(path, value, document)
-        return self._text(path, value)
+            result = value  # a function's name: changing it would break the call
+        else:
+            document = json_of(path, value)
+            if document is not NOT_JSON:
+                result = self._json(path, value, document)
+            else:
+                result = self._text(path, value)
+        self._results[path] = result
+        return result
+
+    def result(self, path: str, value: str) -> str:
+        """What `field` made of field `path` (`value` if it never saw it)."""
+        return self._results.get(path, value)
 
     def _text(self, path: str, text: str) -> str:
         findings = self.redactor.find(text)

@@ -8,12 +8,17 @@ of messages over the time until the last one is stored:
   every position awaited at the end (the broker acknowledged all of them);
 * chatlog, one at a time: `ChatLog.append`, which returns only once the broker has
   acknowledged the message and its position is known (the read-your-writes token);
-  also with `linger.ms` 0 instead of chatlog's 2 ms, to show what the batching delay costs;
+  also with `linger.ms` 0 instead of chatlog's 2 ms (a lone append goes out at once either
+  way: the producer's linger is adaptive);
 * LangChain's `RedisChatMessageHistory.add_message`, and a plain Redis list (RPUSH +
   EXPIRE), one message at a time, each call waiting for Redis (`bench.peers`);
 * Kafka's ProducerPerformance with the same record size and producer settings: the
   rate the broker takes records at from a Java producer, the limit for a Kafka producer
-  on this machine.
+  on this machine;
+* a bare confluent-kafka `Producer.produce` + `flush` of one record at a time, with
+  chatlog's producer settings (acks=all, idempotence, lz4, its linger.ms, which `flush`
+  does not wait out) and the very bytes chatlog sends: the limit for one append that
+  waits for the broker (`ChatLog.append` one at a time is compared with it, p50 and rate).
 
 Each repetition runs them all in that order, after one warm-up pass of each; chatlog's
 time includes building and validating the event and encoding it (Avro), as the peers'
@@ -26,6 +31,8 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+
+from confluent_kafka import Producer
 
 from bench.infra import BenchStack
 from bench.kafka_tools import find_tools
@@ -45,6 +52,8 @@ __all__ = ["append"]
 
 _BATCHED = "events/s, batched (send per message, positions awaited at the end)"
 _ONE = "events/s, one at a time (ChatLog.append waits for the position)"
+_ONE_P50 = "p50 of one call, one at a time (ChatLog.append waits for the position)"
+_BARE = "bare confluent-kafka produce + flush, one record at a time (limit)"
 
 
 def append(stack: BenchStack, plan: Plan, report: Report) -> None:
@@ -67,10 +76,14 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
     for row, ours in ((_BATCHED, batched), (_ONE, one)):
         report.compare("append", row, ours, lc_name, langchain if blocked is None else None)
         report.compare("append", row, ours, "plain Redis list: RPUSH + EXPIRE", plain)
+    bare = report.measure("append", "bare produce + flush", "events/s")
+    bare_p50 = report.measure("append", "bare produce + flush: one call, p50", "ms")
+    one_p50 = report.measure("append", "ChatLog.append one at a time: one call, p50", "ms")
+    report.compare("append", _ONE_P50, one_p50, _BARE, bare_p50, better="lower")
+    report.compare("append", _ONE, one, _BARE, bare)
     unlingered = report.metric(
         "append", "ChatLog.append one at a time, with linger.ms 0 (chatlog: 2)", "events/s"
     )
-    one_p50 = report.metric("append", "ChatLog.append one at a time: one call, p50", "ms")
     one_p99 = report.metric("append", "ChatLog.append one at a time: one call, p99", "ms")
     peer_p50 = report.metric("append", "plain list RPUSH + EXPIRE: one call, p50", "ms")
 
@@ -92,6 +105,13 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
         log = ChatLog(producer=producer, reader=wiring.reader(settings))
         quick = wiring.producer(settings.model_copy(update={"linger_ms": 0}))
         lingerless = ChatLog(producer=quick, reader=wiring.reader(settings))
+        # The limit's records: the bytes chatlog sends for the same turns (sealed,
+        # redacted), encoded off the clock.
+        values = [
+            (turn.session_id.encode(), producer.encode(_event(producer, turn)))
+            for turn in turns[: plan.append_each]
+        ]
+        raw = _bare_producer(settings.kafka_bootstrap, settings.kafka, settings.linger_ms)
         lc, listed = open_peers(settings, stack.redis, prefix=f"{stack.redis_root}:append")
         meter = CpuMeter.for_stack(stack)
         busy: list[dict[str, float]] = []
@@ -103,6 +123,7 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
             _send_all(producer, warm)
             _one_at_a_time(log, warm[: plan.append_sessions])
             _one_at_a_time(lingerless, warm[: plan.append_sessions])
+            _produce_flush(raw, settings.topic, values[: plan.append_sessions])
             for store in (lc, listed):
                 if store is not None:
                     _each(store.add, warm)
@@ -123,6 +144,9 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
                     one.add(rate)
                     one_p50.add(percentile(calls, 50))
                     one_p99.add(percentile(calls, 99))
+                    rate, calls = _produce_flush(raw, settings.topic, values)
+                    bare.add(rate)
+                    bare_p50.add(percentile(calls, 50))
                     unlingered.add(_one_at_a_time(lingerless, turns[: plan.append_each])[0])
                     if lc is not None:
                         langchain.add(_each(lc.add, turns[: plan.append_peers])[0])
@@ -141,11 +165,14 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
                         pp_latency.append(result.avg_ms)
                     say(
                         f"append r{n}: chatlog batched {batched.values[-1]:,.0f}/s, one at a "
-                        f"time {one.values[-1]:,.0f}/s (linger 0: {unlingered.values[-1]:,.0f}/s)"
+                        f"time {one.values[-1]:,.0f}/s, p50 {one_p50.values[-1]:.2f} ms (linger "
+                        f"0: {unlingered.values[-1]:,.0f}/s); bare produce + flush "
+                        f"{bare.values[-1]:,.0f}/s, p50 {bare_p50.values[-1]:.2f} ms"
                         f"; LangChain {_last(langchain)}, plain list {plain.values[-1]:,.0f}/s, "
                         f"ProducerPerformance {_last(limit)}"
                     )
         finally:
+            raw.flush(30)
             lingerless.close()
             log.reader.client.close()
             if lc is not None:
@@ -160,6 +187,11 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
         f"encoding; acks=all, idempotent, lz4, linger.ms {settings.linger_ms}. The peers "
         f"wait for each Redis reply; LangChain's `add_message` is LPUSH then EXPIRE (two "
         f"round trips, ttl {listed.ttl_s} s), the plain list RPUSH + EXPIRE in one pipeline. "
+        f"The bare produce + flush (the limit of one waited append): a confluent-kafka "
+        f"Producer with chatlog's settings produces the {plan.append_each:,} values chatlog "
+        f"sent one at a time (sealed and redacted, keyed by session), each followed by "
+        f"`flush()` (which sends at once whatever linger.ms says), on chatlog's topic, "
+        f"measured right after chatlog's one-at-a-time pass. "
         + (
             f"ProducerPerformance: {plan.producer_records:,} records of {record_size} B "
             f"(`--record-size`: random letters, no key, so lz4 compresses them differently "
@@ -189,6 +221,37 @@ def _event(producer: ConversationProducer, turn: Turn) -> ConversationEvent:
         content=turn.content,
         producer=producer.info,
     )
+
+
+def _bare_producer(bootstrap: str, extra: dict[str, str], linger_ms: int) -> Producer:
+    """A confluent-kafka producer with chatlog's producer settings (see
+    `chatlog.producers.kafka_producer`), and nothing of chatlog's around it."""
+    return Producer(
+        {
+            **extra,
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",
+            "compression.type": "lz4",
+            "linger.ms": linger_ms,
+        }
+    )
+
+
+def _produce_flush(
+    raw: Producer, topic: str, values: Sequence[tuple[bytes, bytes]]
+) -> tuple[float, list[float]]:
+    """`produce` + `flush` per record: the rate and each round trip's time (ms)."""
+    calls: list[float] = []
+    started = time.perf_counter()
+    for key, value in values:
+        before = time.perf_counter()
+        raw.produce(topic, value=value, key=key)
+        if raw.flush(30):
+            raise RuntimeError("bare produce + flush: a record was not acknowledged in 30 s")
+        calls.append((time.perf_counter() - before) * 1000)
+    return len(values) / (time.perf_counter() - started), calls
 
 
 def _send_all(producer: ConversationProducer, turns: Sequence[Turn]) -> float:

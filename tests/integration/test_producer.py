@@ -244,3 +244,28 @@ def test_a_failed_start_leaves_no_thread_behind(kafka):
             bootstrap_servers=f"127.0.0.1:{_closed_port()}", check_timeout=1, flush_on_sigterm=False
         )
     assert len(pollers()) == before
+
+
+def test_a_lone_waited_publish_goes_out_at_once_and_sends_keep_lingering(kafka, topic):
+    # linger.ms of a minute: any publish that waited it out would miss its 10 s timeout.
+    with ConversationProducer(
+        bootstrap_servers=kafka.bootstrap,
+        topic=topic,
+        linger_ms=60_000,
+        delivery_timeout=120,
+        flush_on_sigterm=False,
+    ) as producer:
+        alone = producer.append("s-lone", user_id="u", role="user", content="hi", timeout=10)
+        batch = producer.publish_many(
+            [append_message("s-lone", user_id="u", role="user", content=str(i)) for i in (1, 2)],
+            timeout=10,
+        )
+        assert [alone.offset, *(p.offset for p in batch)] == [0, 1, 2]
+        # Behind a pending send, a publish is not alone: it lingers with it for the batch.
+        pending = producer.send(append_message("s-lone", user_id="u", role="user", content="a"))
+        with pytest.raises(PublishTimeout):
+            producer.append("s-lone", user_id="u", role="user", content="b", timeout=1)
+        assert not pending.done()
+        assert producer.flush(30) == 0
+    contents = [CODEC.decode(m.value()).payload.content for m in kafka.consume_all(topic)]
+    assert contents == ["hi", "1", "2", "a", "b"]

@@ -60,5 +60,7 @@ def test_new_id_is_a_valid_uuid4():
     ids = {new_id() for _ in range(100)}
     assert len(ids) == 100
     for value in ids:
-        assert uuid.UUID(value).version == 4
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == value  # the canonical form: lower-case, grouped 8-4-4-4-12
         assert validate_id(value) == value
