@@ -36,6 +36,7 @@ from chatlog.schemas.events import (
     MessageRedacted,
     Payload,
     ProducerInfo,
+    Sealed,
     SessionClosed,
     SessionStarted,
     SummaryUpdated,
