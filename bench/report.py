@@ -119,6 +119,10 @@ class Metric:
         """`value` written for this metric's unit."""
         if math.isnan(value):
             return "n/a"
+        if math.isinf(value):
+            # A bound that was never reached (a sweep that stayed under it): measured,
+            # not missing.
+            return "not reached"
         if self.unit == "events/s":
             return f"{value:,.0f}"
         if self.unit == "ms":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from bench.report import Comparison, Metric
 
 
@@ -23,3 +25,15 @@ def test_an_added_cost_at_or_below_zero_is_said_to_be_within_the_noise_not_missi
 def test_a_measured_cost_keeps_its_ratio_and_a_missing_one_says_so():
     assert comparison([10.0], [40.0]).ratio() == "4.0x faster"
     assert comparison([], [40.0]).ratio() == "n/a"
+
+
+def test_a_bound_never_reached_is_said_so_not_missing():
+    # The latency sweep stayed under its p99 bound at every rate it offered.
+    saturation = Metric("publish→visible", "saturation (sweep)", "events/s", [math.inf])
+    saturation.add(math.inf)
+    assert saturation.cell() == "not reached"
+    saturation.add(3_100.0)
+    assert saturation.cell() == "not reached (3,100 - not reached)"
+    assert Metric("x", "y", "events/s", [2_500.0, math.inf, 3_000.0]).cell() == (
+        "3,000 (2,500 - not reached)"
+    )
