@@ -107,9 +107,11 @@ def leaks(context: Context) -> bool:
     return CANARY in shown or CANARY_ID in shown
 
 
-def summary_holding(log: ChatLog, text: str) -> Callable[[], bool]:
+def summary_holding(log: ChatLog, text: str, after: Position) -> Callable[[], bool]:
+    # Read after the turns just appended (read-your-writes): appends return within a
+    # broker round trip, before the projector may have made the session.
     def check() -> bool:
-        summary = log.context(SESSION, user_id=USER).summary
+        summary = log.context(SESSION, user_id=USER, after=after).summary
         return summary is not None and text in summary
 
     return check
@@ -130,8 +132,10 @@ def test_a_redacted_canary_leaves_the_summary_on_every_read_path(kafka, settings
         running_processor("summarizer", settings, log=tmp_path / "summarizer.log"),
     ):
         # 7 turns, window 4: turns 0-2 overflow and are summarized, the canary with them.
-        append_turns(log, range(7))
-        wait_until(summary_holding(log, CANARY_ID), timeout=60, what="the canary's summary")
+        written = append_turns(log, range(7))
+        wait_until(
+            summary_holding(log, CANARY_ID, written), timeout=60, what="the canary's summary"
+        )
         assert any(CANARY in json.dumps(body) for body in stub.requests)
         asked_before = len(stub.requests)
 
@@ -158,8 +162,8 @@ def test_a_redacted_canary_leaves_the_summary_on_every_read_path(kafka, settings
         assert [m.message_id for m in live.messages] == ["m3", "m4", "m5", "m6"]
 
         # Summaries roll on from the rebuilt one, and the canary never reaches the LLM again.
-        append_turns(log, range(7, 10))
-        wait_until(summary_holding(log, "#ZZ-0005"), timeout=60, what="the next summary")
+        written = append_turns(log, range(7, 10))
+        wait_until(summary_holding(log, "#ZZ-0005", written), timeout=60, what="the next summary")
         final = log.context(SESSION, user_id=USER)
         assert not leaks(final)
         assert "#ZZ-0000" in (final.summary or "")  # the older turns are kept in the chain
