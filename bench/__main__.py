@@ -31,6 +31,7 @@ from pathlib import Path
 
 import confluent_kafka
 
+from bench.goals import goals_table
 from bench.infra import PARTITIONS, REPO, BenchStack, Versions, source_digest
 from bench.plan import Plan
 from bench.readme import update_readme
@@ -173,6 +174,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bench") ->
         )
         say(f"warning: the code under test changed during the run ({code} -> {code_now})")
     _guard(report, baseline, plan)
+    report.goals = goals_table(report)
     # A quick run's numbers mean nothing: by default they never replace the real ones.
     output = Path(args.output) if args.output else (QUICK if plan.quick else RESULTS)
     chart = Path(args.chart) if args.chart else _chart_beside(output)

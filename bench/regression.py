@@ -25,9 +25,20 @@ from dataclasses import dataclass, field
 
 from bench.report import COMPARISON_COLUMNS, Table
 
-__all__ = ["THRESHOLD", "Drift", "Moved", "Row", "advantage", "compare", "drift_table", "rows_of"]
+__all__ = [
+    "DRIFT_TITLE",
+    "THRESHOLD",
+    "Drift",
+    "Moved",
+    "Row",
+    "advantage",
+    "compare",
+    "drift_table",
+    "rows_of",
+]
 
 THRESHOLD = 0.2
+DRIFT_TITLE = "Against the last committed results"
 # The words `Comparison.ratio` uses when chatlog is ahead; their opposites when behind.
 # "fewer" is ahead for a rate of mistakes; for a share where more is better (a recall),
 # the caller names the row in `more_is_better`.
@@ -152,7 +163,7 @@ def drift_table(drift: Drift, *, baseline: str, threshold: float = THRESHOLD) ->
     """The guard's section of the results: the rows that moved, then what was added and
     removed, in notes."""
     table = Table(
-        f"Against the last committed results: ratios that moved by more than {threshold:.0%}",
+        f"{DRIFT_TITLE}: ratios that moved by more than {threshold:.0%}",
         ["scenario", "metric", "peer or limit", "then", "now", "chatlog's advantage"],
         labels=3,
     )

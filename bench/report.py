@@ -292,10 +292,10 @@ class Table:
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def markdown(self) -> list[str]:
-        """The table's lines, from its title to its notes."""
+    def markdown(self, *, heading: str = "##") -> list[str]:
+        """The table's lines, from its title (a `heading`) to its notes."""
         aligns = ["---"] * self.labels + ["--:"] * (len(self.columns) - self.labels)
-        lines = ["", f"## {self.title}", ""]
+        lines = ["", f"{heading} {self.title}", ""]
         lines.append("| " + " | ".join(self.columns) + " |")
         lines.append("|" + "|".join(aligns) + "|")
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
@@ -325,6 +325,8 @@ class Report:
     tables: list[Table] = field(default_factory=list)
     # Headline rows measured again with sealing off (`twin`), in a table of their own.
     sealing_twins: list[Comparison] = field(default_factory=list)
+    # The performance goals read off the rows (`bench.goals`), under the first table.
+    goals: Table | None = None
 
     def metric(self, scenario: str, name: str, unit: str, target: str = "") -> Metric:
         """A new row of the details table, appended in order."""
@@ -410,6 +412,8 @@ class Report:
                     f"Where chatlog trails most: {worst.scenario}, {worst.metric}, beside "
                     f"{worst.peer}: {worst.ratio()}.",
                 ]
+            if self.goals is not None:
+                lines += self.goals.markdown(heading="###")
             if chart:
                 lines += ["", f"![latency percentiles, chatlog beside its peers]({chart})"]
             lines += ["", README_END]
