@@ -135,6 +135,8 @@ class ConversationProducer:
         # Callers serving their own delivery reports (`_waited`), and the poller's cue that
         # it has reports to serve again (a first record in flight, or the callers done).
         self._hurrying = 0
+        # A lone record an asyncio caller awaits: the poller sends it at once (`_rush`).
+        self._rushed = False
         self._poll_cue = threading.Condition(self._in_flight_lock)
         self._poller = threading.Thread(
             target=self._serve_delivery_reports, name="chatlog-producer-poll", daemon=True
@@ -399,11 +401,19 @@ class ConversationProducer:
             self._raise_if_queue_stuck(record, deadline)
             self._producer.poll(0.005)
 
-    def _try_produce(self, record: _Record) -> Future[Position] | None:
-        """Hand `record` to librdkafka; None when its local queue is full."""
+    def _try_produce(self, record: _Record, *, rush: bool = False) -> Future[Position] | None:
+        """Hand `record` to librdkafka; None when its local queue is full.
+
+        `rush`: the caller awaits it and cannot flush itself (an event loop); if it is
+        the only record pending, the poller sends it at once (`_serve_delivery_reports`).
+        """
         if self._closed.is_set():
             raise InvalidInput("the producer is closed", topic=record.topic)
         future: Future[Position] = Future()
+        # Running from the start: a record handed to librdkafka goes whatever its caller
+        # does, so an await that is cancelled (a timeout, a client gone) must not cancel
+        # this future; its delivery report could not set a cancelled one's result.
+        future.set_running_or_notify_cancel()
         try:
             self._producer.produce(
                 record.topic,
@@ -419,6 +429,8 @@ class ConversationProducer:
         with self._poll_cue:
             self._in_flight += 1
             if self._in_flight == 1 and not self._hurrying:
+                # Decided with the count, so that the poller, woken here, sees it.
+                self._rushed = rush and self._linger_s > 0
                 self._poll_cue.notify()  # the poller has reports to wait for again
         return future
 
@@ -505,6 +517,7 @@ class ConversationProducer:
     def _serve_delivery_reports(self) -> None:
         while not self._closed.is_set():
             with self._poll_cue:
+                rushed, self._rushed = self._rushed, False
                 if self._hurrying or not self._in_flight:
                     # Nothing to wait for, or a caller serves the reports (`_hurry`): a
                     # poll here could take the one it waits for. Woken when that changes;
@@ -514,7 +527,14 @@ class ConversationProducer:
                     timeout = 0.0
                 else:
                     timeout = 0.1
-            self._producer.poll(timeout)
+            if rushed:
+                # What `_hurry` does for a blocking caller, done here for an asyncio one:
+                # its loop must not block in a flush, and a flush in a thread of its own
+                # would leave the reports it waits for to nobody (the poller stays out
+                # while a caller hurries). Bounded by linger.ms, as there.
+                self._producer.flush(self._linger_s)
+            else:
+                self._producer.poll(timeout)
 
     def _wait_limit(self, timeout: float | None) -> float:
         # librdkafka fails the delivery itself at delivery_timeout; the margin covers the
@@ -549,24 +569,21 @@ class AsyncConversationProducer:
         return await self.publish(event)
 
     async def publish(self, event: ConversationEvent) -> Position:
-        """Publish `event` and await its position.
-
-        Batched by linger.ms, unlike a lone `ConversationProducer.publish`: its flush
-        would block the loop, and off the loop (a worker thread) the poller would stay out
-        until that thread ran, while the loop may wait on a report itself (a user's
-        first key is published and waited for while encoding)."""
-        return await asyncio.wrap_future(await self._send(event))
+        """Publish `event` and await its position: at once when nothing else is pending,
+        as a lone `ConversationProducer.publish`, but sent by the poller thread (a flush
+        here would block the loop); else batched by linger.ms."""
+        return await asyncio.wrap_future(await self._send(event, rush=True))
 
     async def publish_many(self, events: Sequence[ConversationEvent]) -> list[Position]:
         """Publish a batch without awaiting per event."""
         futures = [await self._send(event) for event in events]
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
-    async def _send(self, event: ConversationEvent) -> Future[Position]:
+    async def _send(self, event: ConversationEvent, *, rush: bool = False) -> Future[Position]:
         record = self.sync._event_record(event, self.sync.encode(event))
         deadline = time.monotonic() + self.sync.queue_timeout
         while True:
-            future = self.sync._try_produce(record)
+            future = self.sync._try_produce(record, rush=rush)
             if future is not None:
                 return future
             # Back-pressure without blocking the event loop; the reports served here

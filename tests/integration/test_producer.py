@@ -269,3 +269,44 @@ def test_a_lone_waited_publish_goes_out_at_once_and_sends_keep_lingering(kafka, 
         assert producer.flush(30) == 0
     contents = [CODEC.decode(m.value()).payload.content for m in kafka.consume_all(topic)]
     assert contents == ["hi", "1", "2", "a", "b"]
+
+
+def test_a_lone_awaited_async_publish_goes_out_at_once_without_blocking_the_loop(kafka, topic):
+    # As the blocking one above, with an event loop: the poller thread sends the lone
+    # record at once (a flush on the loop would block it); behind a pending record, the
+    # awaited one lingers with it for the batch.
+    with ConversationProducer(
+        bootstrap_servers=kafka.bootstrap,
+        topic=topic,
+        linger_ms=60_000,
+        delivery_timeout=120,
+        flush_on_sigterm=False,
+    ) as producer:
+        aproducer = AsyncConversationProducer(producer)
+
+        async def run() -> tuple[int, bool]:
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            ticker = asyncio.create_task(tick())
+            alone = await asyncio.wait_for(
+                aproducer.append("s-lone", user_id="u", role="user", content="hi"), 10
+            )
+            ticker.cancel()
+            pending = producer.send(append_message("s-lone", user_id="u", role="user", content="a"))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(
+                    aproducer.append("s-lone", user_id="u", role="user", content="b"), 1
+                )
+            assert ticks > 0  # the loop ran while the lone record was on its way
+            return alone.offset, pending.done()
+
+        assert asyncio.run(run()) == (0, False)
+        assert producer.flush(30) == 0
+    contents = [CODEC.decode(m.value()).payload.content for m in kafka.consume_all(topic)]
+    assert contents == ["hi", "a", "b"]
