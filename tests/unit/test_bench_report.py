@@ -37,3 +37,23 @@ def test_a_bound_never_reached_is_said_so_not_missing():
     assert Metric("x", "y", "events/s", [2_500.0, math.inf, 3_000.0]).cell() == (
         "3,000 (2,500 - not reached)"
     )
+
+
+def test_a_bound_one_side_never_reached_says_which_side_is_ahead_without_a_factor():
+    # A saturation rate sealed beside clear (higher is better): the clear sweep stayed
+    # under the bound at every rate it offered.
+    def saturation(ours: list[float], theirs: list[float]) -> Comparison:
+        return Comparison(
+            "publish→visible",
+            "saturation",
+            Metric("publish→visible", "sealed", "events/s", ours),
+            "sealing off",
+            Metric("publish→visible", "clear", "events/s", theirs),
+            better="higher",
+        )
+
+    assert saturation([5_000.0], [math.inf]).ratio() == "slower (one side not reached)"
+    assert saturation([math.inf], [5_000.0]).ratio() == "faster (one side not reached)"
+    assert saturation([math.inf], [math.inf]).ratio() == "neither reached it"
+    assert math.isnan(saturation([5_000.0], [math.inf]).advantage())
+    assert saturation([4_000.0], [5_000.0]).ratio() == "1.2x slower"
