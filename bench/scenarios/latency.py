@@ -259,6 +259,24 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
             cpu_s = lane.meter.seconds().get("projector", math.nan)
             return Run(achieved, samples, used, cpu_s / count * 1e6)
 
+        def at_rate(lane: _Lane, n: int, k: int) -> Run:
+            """Repetition `n`'s run at the plan's `k`-th rate (a twin's seed is the sealed
+            run's: events built alike)."""
+            rate, every = plan.rates[k]
+            duration = max(plan.min_duration_s, plan.latency_samples * every / rate)
+            return offer(lane, rate, every, plan.warmup_s, duration, seed=100 * n + k)
+
+        def sweep(lane: _Lane, n: int) -> tuple[float, str]:
+            """Repetition `n`'s sweep: the saturation rate (never over the bound within
+            it: infinite, "not reached", a measurement rather than a missing one; the note
+            gives the highest rate offered) and its steps."""
+            crossing, steps = _sweep(
+                functools.partial(offer, lane, warmup_s=plan.warmup_s / 2, measured_s=plan.sweep_s),
+                plan.sweep_rates,
+                seed=1_000 * n,
+            )
+            return math.inf if crossing is None else crossing, steps
+
         def twin_runs(n: int) -> str:
             """Repetition `n`'s sealing-off part: the goals' rates, then the sweep, by a
             projector started for it; what it saw, for the note."""
@@ -277,12 +295,10 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
                     clear_first,
                 )
                 steps = []
-                for k, (rate, every) in enumerate(plan.rates):
+                for k, (rate, _) in enumerate(plan.rates):
                     if rate not in twins:
                         continue
-                    duration = max(plan.min_duration_s, plan.latency_samples * every / rate)
-                    # The sealed run's seed: events built the same way.
-                    run = offer(lane, rate, every, plan.warmup_s, duration, seed=100 * n + k)
+                    run = at_rate(lane, n, k)
                     visible = run.visible_ms()
                     twins[rate][0].add(percentile(visible, 50))
                     twins[rate][1].add(percentile(visible, 99))
@@ -291,23 +307,16 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
                         f"{twins[rate][1].values[-1]:.1f} ms, {run.achieved:,.0f}/s, projector "
                         f"{run.cpu_us:.0f} µs"
                     )
-                crossing, swept = _sweep(
-                    functools.partial(
-                        offer, lane, warmup_s=plan.warmup_s / 2, measured_s=plan.sweep_s
-                    ),
-                    plan.sweep_rates,
-                    seed=1_000 * n,
-                )
-                clear_saturation.add(math.inf if crossing is None else crossing)
+                crossing, swept = sweep(lane, n)
+                clear_saturation.add(crossing)
                 clear_first = lane.first
             return f"r{n}: {'; '.join(steps)}; sweep {swept}"
 
         try:
             for n in range(1, plan.repeat + 1):
-                for k, (rate, every) in enumerate(plan.rates):
+                for k, (rate, _) in enumerate(plan.rates):
                     row = rows[rate]
-                    duration = max(plan.min_duration_s, plan.latency_samples * every / rate)
-                    run = offer(sealed, rate, every, plan.warmup_s, duration, seed=100 * n + k)
+                    run = at_rate(sealed, n, k)
                     busy[rate].append(run.busy)
                     visible = run.visible_ms()
                     acked = [s.acked_s * 1000 for s in run.samples if not math.isnan(s.acked_s)]
@@ -328,16 +337,8 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
                         f"{run.cpu_us:.0f} µs CPU an event; "
                         f"CPU {CpuMeter.describe(run.busy)}"
                     )
-                crossing, steps = _sweep(
-                    functools.partial(
-                        offer, sealed, warmup_s=plan.warmup_s / 2, measured_s=plan.sweep_s
-                    ),
-                    plan.sweep_rates,
-                    seed=1_000 * n,
-                )
-                # Never over the bound within the sweep: "not reached" (the note gives
-                # the highest rate offered), a measurement rather than a missing one.
-                saturation.add(math.inf if crossing is None else crossing)
+                crossing, steps = sweep(sealed, n)
+                saturation.add(crossing)
                 sweeps.append(f"r{n}: {steps}")
                 say(f"publish→visible r{n}, sweep: {steps}")
                 if CLEAR in variants and n <= plan.clear_repetitions:

@@ -40,20 +40,10 @@ def test_a_bound_never_reached_is_said_so_not_missing():
 
 
 def test_a_bound_one_side_never_reached_says_which_side_is_ahead_without_a_factor():
-    # A saturation rate sealed beside clear (higher is better): the clear sweep stayed
+    # As a saturation rate sealed beside clear (higher is better) whose clear sweep stayed
     # under the bound at every rate it offered.
-    def saturation(ours: list[float], theirs: list[float]) -> Comparison:
-        return Comparison(
-            "publish→visible",
-            "saturation",
-            Metric("publish→visible", "sealed", "events/s", ours),
-            "sealing off",
-            Metric("publish→visible", "clear", "events/s", theirs),
-            better="higher",
-        )
-
-    assert saturation([5_000.0], [math.inf]).ratio() == "slower (one side not reached)"
-    assert saturation([math.inf], [5_000.0]).ratio() == "faster (one side not reached)"
-    assert saturation([math.inf], [math.inf]).ratio() == "neither reached it"
-    assert math.isnan(saturation([5_000.0], [math.inf]).advantage())
-    assert saturation([4_000.0], [5_000.0]).ratio() == "1.2x slower"
+    assert comparison([5_000.0], [math.inf], "higher").ratio() == "slower (one side not reached)"
+    assert comparison([math.inf], [5_000.0], "higher").ratio() == "faster (one side not reached)"
+    assert comparison([math.inf], [math.inf], "higher").ratio() == "neither reached it"
+    assert math.isnan(comparison([5_000.0], [math.inf], "higher").advantage())
+    assert comparison([4_000.0], [5_000.0], "higher").ratio() == "1.2x slower"
