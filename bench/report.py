@@ -210,6 +210,8 @@ class Comparison:
         if self.theirs is None or not self.ours.values or not self.theirs.values:
             return math.nan
         ours, theirs = self.ours.median, self.theirs.median
+        if math.isinf(ours) or math.isinf(theirs):  # a bound one side never reached
+            return math.nan
         if self.theirs.unit == WHOLE_MS:
             theirs += 0.5
         if ours <= 0 or theirs <= 0:
@@ -238,6 +240,14 @@ class Comparison:
             # or below zero: no ratio to give, but not a missing measurement either.
             return "none measurable (within the noise)"
         factor = self.advantage()
+        if math.isnan(factor) and self.ours.values and self.theirs.values:
+            infinite = [math.isinf(m.median) for m in (self.ours, self.theirs)]
+            if infinite == [True, True]:
+                return "neither reached it"
+            if any(infinite):
+                # A bound one side never reached within a sweep: no factor, but a side.
+                ahead = infinite[0] == (self.better == "higher")
+                return f"{good if ahead else bad} (one side not reached)"
         if math.isnan(factor):
             return "n/a"
         if 1 / 1.05 <= factor <= 1.05:

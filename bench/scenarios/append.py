@@ -20,6 +20,10 @@ of messages over the time until the last one is stored:
   does not wait out) and the very bytes chatlog sends: the limit for one append that
   waits for the broker (`ChatLog.append` one at a time is compared with it, p50 and rate).
 
+With `--sealing both` (the default), chatlog's batched and one-at-a-time passes are each
+run again right after, on the same messages, by a producer without a keyring into a topic
+of its own: the sealing on/off twins (`Report.twin`).
+
 Each repetition runs them all in that order, after one warm-up pass of each; chatlog's
 time includes building and validating the event and encoding it (Avro), as the peers'
 includes making their message and its JSON.
@@ -34,7 +38,7 @@ from concurrent.futures import Future
 
 from confluent_kafka import Producer
 
-from bench.infra import BenchStack
+from bench.infra import CLEAR, BenchStack, sealing_variants, variant_producer, variant_settings
 from bench.kafka_tools import find_tools
 from bench.measure import CpuMeter, frozen_heap, median_shares, percentile
 from bench.peers import langchain_available, langchain_peer, open_peers
@@ -86,6 +90,17 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
     )
     one_p99 = report.metric("append", "ChatLog.append one at a time: one call, p99", "ms")
     peer_p50 = report.metric("append", "plain list RPUSH + EXPIRE: one call, p50", "ms")
+    twinned = CLEAR in sealing_variants(plan)
+    if twinned:
+        clear_settings = variant_settings(stack, "append", CLEAR)
+        twins = {
+            row: report.measure("append", f"{row}, {CLEAR}", unit)
+            for row, unit in ((_ONE_P50, "ms"), (_ONE, "events/s"), (_BATCHED, "events/s"))
+        }
+        for (row, clear), sealed in zip(twins.items(), (one_p50, one, batched), strict=True):
+            report.twin(
+                "append", row, sealed, clear, better="lower" if row == _ONE_P50 else "higher"
+            )
 
     count = max(plan.append_batched, plan.append_each, plan.append_peers)
     with wiring.producer(settings, flush_on_sigterm=False) as producer:
@@ -105,6 +120,20 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
         log = ChatLog(producer=producer, reader=wiring.reader(settings))
         quick = wiring.producer(settings.model_copy(update={"linger_ms": 0}))
         lingerless = ChatLog(producer=quick, reader=wiring.reader(settings))
+        # The twin: the same messages, without a keyring (so unsealed and unredacted).
+        unsealed = (
+            ChatLog(
+                producer=variant_producer(clear_settings, CLEAR),
+                reader=wiring.reader(clear_settings),
+            )
+            if twinned
+            else None
+        )
+        clear_record = (
+            round(statistics.mean(len(unsealed.producer.encode(event)) for event in sample))
+            if unsealed is not None
+            else 0
+        )
         # The limit's records: the bytes chatlog sends for the same turns (sealed,
         # redacted), encoded off the clock.
         values = [
@@ -122,6 +151,9 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
             warm = turns[: max(plan.append_sessions, plan.append_each // 10)]
             _send_all(producer, warm)
             _one_at_a_time(log, warm[: plan.append_sessions])
+            if unsealed is not None:
+                _send_all(unsealed.producer, warm)
+                _one_at_a_time(unsealed, warm[: plan.append_sessions])
             _one_at_a_time(lingerless, warm[: plan.append_sessions])
             _produce_flush(raw, settings.topic, values[: plan.append_sessions])
             for store in (lc, listed):
@@ -140,10 +172,18 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
                     meter.start()
                     batched.add(_send_all(producer, turns[: plan.append_batched]))
                     busy.append(meter.busy())
+                    if unsealed is not None:
+                        twins[_BATCHED].add(
+                            _send_all(unsealed.producer, turns[: plan.append_batched])
+                        )
                     rate, calls = _one_at_a_time(log, turns[: plan.append_each])
                     one.add(rate)
                     one_p50.add(percentile(calls, 50))
                     one_p99.add(percentile(calls, 99))
+                    if unsealed is not None:
+                        rate, calls = _one_at_a_time(unsealed, turns[: plan.append_each])
+                        twins[_ONE].add(rate)
+                        twins[_ONE_P50].add(percentile(calls, 50))
                     rate, calls = _produce_flush(raw, settings.topic, values)
                     bare.add(rate)
                     bare_p50.add(percentile(calls, 50))
@@ -170,10 +210,18 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
                         f"{bare.values[-1]:,.0f}/s, p50 {bare_p50.values[-1]:.2f} ms"
                         f"; LangChain {_last(langchain)}, plain list {plain.values[-1]:,.0f}/s, "
                         f"ProducerPerformance {_last(limit)}"
+                        + (
+                            f"; sealing off: batched {_last(twins[_BATCHED])}, one at a time "
+                            f"{_last(twins[_ONE])}, p50 {twins[_ONE_P50].values[-1]:.2f} ms"
+                            if twinned
+                            else ""
+                        )
                     )
         finally:
             raw.flush(30)
             lingerless.close()
+            if unsealed is not None:
+                unsealed.close()
             log.reader.client.close()
             if lc is not None:
                 lc.close()
@@ -202,6 +250,14 @@ def append(stack: BenchStack, plan: Plan, report: Report) -> None:
             f"as fast as it can). "
             if pp_latency
             else f"ProducerPerformance not run: {missing}. "
+        )
+        + (
+            f"Sealing off (the twins): chatlog's batched and one-at-a-time passes again, "
+            f"each right after the sealed one in every repetition, on the same messages, by "
+            f"a producer without a keyring (neither sealed nor redacted: {clear_record} B "
+            f"a value) into a topic of its own, after a warm-up pass of each. "
+            if twinned
+            else ""
         )
         + (f"LangChain blocked: {blocked}. " if blocked else "")
         + f"CPU during the batched run (median, 100% = one core): "

@@ -16,6 +16,13 @@ one thread in the benchmark's process, sharing its GIL with the waiters, reached
 (the append scenario measures that part), and a process of its own hands the encoded
 records to the producer on schedule; the achieved rate is reported beside each offered
 one.
+
+With `--sealing both` (the default), the first `Plan.clear_repetitions` repetitions end
+with the sealing-off twin: the rates the goals name (`TARGETS`: 2,000 and 4,000 events/s)
+and the sweep again, on events built the same way but encoded without a keyring, sent by
+a publisher process of their own into a topic of their own, and projected by a projector
+of its own, started for that part of the repetition only (so that it never runs beside
+the sealed measurements).
 """
 
 from __future__ import annotations
@@ -34,7 +41,20 @@ from multiprocessing.connection import Connection
 from threading import Thread
 from typing import Any
 
-from bench.infra import PARTITIONS, Alive, BenchStack, ReadModelProbe, clear_producer, running
+from bench.infra import (
+    CLEAR,
+    PARTITIONS,
+    SEALED,
+    Alive,
+    BenchStack,
+    ProjectorProcess,
+    ReadModelProbe,
+    clear_producer,
+    running,
+    sealing_variants,
+    variant_producer,
+    variant_settings,
+)
 from bench.kafka_tools import KafkaTools, find_tools
 from bench.measure import CpuMeter, frozen_heap, median_shares, percentile
 from bench.plan import Plan
@@ -91,9 +111,25 @@ class _RateRows:
     cpu: Metric
 
 
+@dataclass
+class _Lane:
+    """What one variant's runs go through: the producer that encodes its events, its
+    publisher process, projector, reader, CPU meter and progress marks."""
+
+    producer: ConversationProducer
+    publisher: PublisherProcess
+    projector: ProjectorProcess
+    reader: RedisReader
+    meter: CpuMeter
+    progress: _Progress
+    first: int = 0  # the next run's first session number: each run has sessions of its own
+
+
 def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
     """Scenario 2: paced sends at three rates; sampled events read back with `context(after=)`."""
-    settings = stack.scenario("latency")
+    variants = sealing_variants(plan)
+    scenario = {variant: variant_settings(stack, "latency", variant) for variant in variants}
+    settings = scenario[SEALED]
     tools, missing = find_tools(stack, "publish→visible")
     limit = {
         name: report.measure("publish→visible", f"EndToEndLatency {name}", WHOLE_MS)
@@ -150,24 +186,48 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
         "events/s",
         "above 4,000 events/s",
     )
+    # The twins: the rates the goals name, p50 and p99, and the saturation rate.
+    twins: dict[float, tuple[Metric, Metric]] = {}
+    clear_saturation = report.measure("publish→visible", f"saturation, {CLEAR}", "events/s")
+    if CLEAR in variants:
+        for rate in (rate for rate, _ in plan.rates if rate in TARGETS):
+            at = f"at {rate:,.0f} events/s"
+            twins[rate] = (
+                report.measure("publish→visible", f"p50 {at}, {CLEAR}", "ms"),
+                report.measure("publish→visible", f"p99 {at}, {CLEAR}", "ms"),
+            )
+            for sealed, clear in zip((rows[rate].p50, rows[rate].p99), twins[rate], strict=True):
+                report.twin("publish→visible", sealed.name, sealed, clear, better="lower")
+        report.twin("publish→visible", saturation.name, saturation, clear_saturation)
+    clear_runs: list[str] = []
     failures = 0
     pooled: dict[float, list[float]] = {rate: [] for rate, _ in plan.rates}
     samples_total = {rate: 0 for rate, _ in plan.rates}
     busy: dict[float, list[dict[str, float]]] = {rate: [] for rate, _ in plan.rates}
     sweeps: list[str] = []
-    first = 0
     with (
         running(settings, stack) as projector,
-        wiring.producer(settings, flush_on_sigterm=False) as producer,
+        variant_producer(settings, SEALED) as producer,
         PublisherProcess(settings) as publisher,
+        contextlib.ExitStack() as twin_stack,
     ):
         projector.wait_assigned()
         meter = CpuMeter.for_stack(stack, projector=projector.pid, publisher=publisher.pid)
-        reader = wiring.reader(settings)
         progress = _Progress(ReadModelProbe(stack.redis, settings.redis_prefix))
+        sealed = _Lane(producer, publisher, projector, wiring.reader(settings), meter, progress)
+        if CLEAR in variants:
+            # Idle until its part of a repetition: it waits on its pipe, using no CPU.
+            clear_settings = scenario[CLEAR]
+            clear_publisher = twin_stack.enter_context(PublisherProcess(clear_settings))
+            clear_encoder = twin_stack.enter_context(variant_producer(clear_settings, CLEAR))
+            clear_reader = wiring.reader(clear_settings)
+            twin_stack.callback(clear_reader.client.close)
+            clear_progress = _Progress(ReadModelProbe(stack.redis, clear_settings.redis_prefix))
+            clear_first = 0
 
-        def offer(rate: float, every: int, warmup_s: float, measured_s: float, seed: int) -> Run:
-            nonlocal first
+        def offer(
+            lane: _Lane, rate: float, every: int, warmup_s: float, measured_s: float, seed: int
+        ) -> Run:
             count = math.ceil(rate * (warmup_s + measured_s))
             sessions = max(100, count // 10)
             # Sessions of their own for each run: every read is of a session of a few
@@ -179,32 +239,84 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
                 codec=producer.codec,
                 info=producer.info,
                 seed=seed,
-                first_session=first,
+                first_session=lane.first,
             )
-            first += sessions
-            values = [producer.encode(event) for event in traffic.events]
+            lane.first += sessions
+            values = [lane.producer.encode(event) for event in traffic.events]
             if not report.value_sizes:
                 report.value_sizes += [len(value) for value in values[:1_000]]
             with frozen_heap():
-                meter.start()
-                achieved, samples = publisher.run(
-                    reader, traffic.events, values, rate=rate, every=every, warmup_s=warmup_s
+                lane.meter.start()
+                achieved, samples = lane.publisher.run(
+                    lane.reader, traffic.events, values, rate=rate, every=every, warmup_s=warmup_s
                 )
-                used = meter.busy()
-            projector.check_alive()
+                used = lane.meter.busy()
+            lane.projector.check_alive()
             # The next run starts on a projector that has caught up, not on this one's
             # backlog.
-            progress.wait_for(publisher.ends, projector)
+            lane.progress.wait_for(lane.publisher.ends, lane.projector)
             # The projector's CPU for this run's events, whenever it projected them.
-            cpu_s = meter.seconds().get("projector", math.nan)
+            cpu_s = lane.meter.seconds().get("projector", math.nan)
             return Run(achieved, samples, used, cpu_s / count * 1e6)
+
+        def at_rate(lane: _Lane, n: int, k: int) -> Run:
+            """Repetition `n`'s run at the plan's `k`-th rate (a twin's seed is the sealed
+            run's: events built alike)."""
+            rate, every = plan.rates[k]
+            duration = max(plan.min_duration_s, plan.latency_samples * every / rate)
+            return offer(lane, rate, every, plan.warmup_s, duration, seed=100 * n + k)
+
+        def sweep(lane: _Lane, n: int) -> tuple[float, str]:
+            """Repetition `n`'s sweep: the saturation rate (never over the bound within
+            it: infinite, "not reached", a measurement rather than a missing one; the note
+            gives the highest rate offered) and its steps."""
+            crossing, steps = _sweep(
+                functools.partial(offer, lane, warmup_s=plan.warmup_s / 2, measured_s=plan.sweep_s),
+                plan.sweep_rates,
+                seed=1_000 * n,
+            )
+            return math.inf if crossing is None else crossing, steps
+
+        def twin_runs(n: int) -> str:
+            """Repetition `n`'s sealing-off part: the goals' rates, then the sweep, by a
+            projector started for it; what it saw, for the note."""
+            nonlocal clear_first
+            with running(clear_settings, stack) as clear_projector:
+                clear_projector.wait_assigned()
+                lane = _Lane(
+                    clear_encoder,
+                    clear_publisher,
+                    clear_projector,
+                    clear_reader,
+                    CpuMeter.for_stack(
+                        stack, projector=clear_projector.pid, publisher=clear_publisher.pid
+                    ),
+                    clear_progress,
+                    clear_first,
+                )
+                steps = []
+                for k, (rate, _) in enumerate(plan.rates):
+                    if rate not in twins:
+                        continue
+                    run = at_rate(lane, n, k)
+                    visible = run.visible_ms()
+                    twins[rate][0].add(percentile(visible, 50))
+                    twins[rate][1].add(percentile(visible, 99))
+                    steps.append(
+                        f"{rate:,.0f}: p50 {twins[rate][0].values[-1]:.1f} ms, p99 "
+                        f"{twins[rate][1].values[-1]:.1f} ms, {run.achieved:,.0f}/s, projector "
+                        f"{run.cpu_us:.0f} µs"
+                    )
+                crossing, swept = sweep(lane, n)
+                clear_saturation.add(crossing)
+                clear_first = lane.first
+            return f"r{n}: {'; '.join(steps)}; sweep {swept}"
 
         try:
             for n in range(1, plan.repeat + 1):
-                for k, (rate, every) in enumerate(plan.rates):
+                for k, (rate, _) in enumerate(plan.rates):
                     row = rows[rate]
-                    duration = max(plan.min_duration_s, plan.latency_samples * every / rate)
-                    run = offer(rate, every, plan.warmup_s, duration, seed=100 * n + k)
+                    run = at_rate(sealed, n, k)
                     busy[rate].append(run.busy)
                     visible = run.visible_ms()
                     acked = [s.acked_s * 1000 for s in run.samples if not math.isnan(s.acked_s)]
@@ -225,18 +337,15 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
                         f"{run.cpu_us:.0f} µs CPU an event; "
                         f"CPU {CpuMeter.describe(run.busy)}"
                     )
-                crossing, steps = _sweep(
-                    functools.partial(offer, warmup_s=plan.warmup_s / 2, measured_s=plan.sweep_s),
-                    plan.sweep_rates,
-                    seed=1_000 * n,
-                )
-                # Never over the bound within the sweep: "not reached" (the note gives
-                # the highest rate offered), a measurement rather than a missing one.
-                saturation.add(math.inf if crossing is None else crossing)
+                crossing, steps = sweep(sealed, n)
+                saturation.add(crossing)
                 sweeps.append(f"r{n}: {steps}")
                 say(f"publish→visible r{n}, sweep: {steps}")
+                if CLEAR in variants and n <= plan.clear_repetitions:
+                    clear_runs.append(twin_runs(n))
+                    say(f"publish→visible, sealing off: {clear_runs[-1]}")
         finally:
-            reader.client.close()
+            sealed.reader.client.close()
     for rate, visible in pooled.items():
         # One p99.9 over every repetition's samples: a repetition alone has too few.
         rows[rate].p999.add(percentile(visible, 99.9))
@@ -265,7 +374,19 @@ def visibility(stack: BenchStack, plan: Plan, report: Report) -> None:
         f"later than any); the saturation rate is interpolated linearly between the last "
         f"rate under the bound and the first over it (offered rate: p99, achieved rate, "
         f"projector CPU an event): "
-        f"{'; '.join(sweeps)}. EndToEndLatency: {limit_note}"
+        f"{'; '.join(sweeps)}. "
+        + (
+            f"Sealing off (the twins): in the first {len(clear_runs)} repetition(s), after "
+            f"the sweep, the rates {', '.join(f'{r:,.0f}' for r in twins)}/s and the sweep "
+            f"again, the same way, on events built alike (the same seeds) but encoded "
+            f"without a keyring (neither sealed nor redacted), sent by a publisher process of "
+            f"their own into a topic of their own and projected by a projector process "
+            f"started for that part only (the sealed one idles meanwhile): "
+            f"{' '.join(clear_runs)}. "
+            if clear_runs
+            else ""
+        )
+        + f"EndToEndLatency: {limit_note}"
     )
 
 

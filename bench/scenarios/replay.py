@@ -23,6 +23,11 @@ known) until the last record is read, or applied. For ConsumerPerformance that i
 `fetch.nMsg.sec`, which leaves out its consumer group join; for the Python processes
 the start-up (interpreter, imports, metadata, end offsets) is reported apart. The
 ratio of (4) to (1) is taken within each repetition, and its median reported.
+
+With `--sealing both` (the default) the same events are also published without a keyring
+into a topic of their own, and in the first `Plan.clear_repetitions` repetitions (5) runs
+again on that topic, right after: the sealing-off twin of the rebuild row (the other rows
+are not twinned, to keep the added time down).
 """
 
 from __future__ import annotations
@@ -36,7 +41,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.infra import PARTITIONS, BenchStack, child_env, copy_key_directory
+from bench.infra import (
+    CLEAR,
+    PARTITIONS,
+    SEALED,
+    BenchStack,
+    child_env,
+    copy_key_directory,
+    sealing_variants,
+    variant_producer,
+    variant_settings,
+)
 from bench.kafka_tools import (
     CONSUMER_PERFORMANCE,
     JVM_OPTIONS,
@@ -52,7 +67,6 @@ from bench.projector_child import GcPauses
 from bench.report import Report, say
 from bench.scenarios.memory import peak_memory
 from bench.workload import chat_event_chunks
-from chatlog import wiring
 from chatlog.processors.kafka_replay import REPLAY_FETCH
 from chatlog.settings import Settings
 
@@ -84,8 +98,11 @@ def _child(
     )
 
 
-def _prefill(settings: Settings, plan: Plan, report: Report) -> tuple[int, float, int]:
-    """Publish the scenario's events; (count, seconds, processes).
+def _prefill(
+    settings: Settings, plan: Plan, report: Report, variant: str = SEALED
+) -> tuple[int, float, int]:
+    """Publish the scenario's events (`variant`: sealed, or clear for the twin); (count,
+    seconds, processes).
 
     Building a million events and encoding them is CPU work (about 75 µs an event with
     the publishing), so up to `_PREFILL_PROCESSES` processes share it, each building and
@@ -94,7 +111,7 @@ def _prefill(settings: Settings, plan: Plan, report: Report) -> tuple[int, float
     """
     processes = max(1, min(_PREFILL_PROCESSES, os.cpu_count() or 1, plan.replay_events // 200_000))
     started = time.perf_counter()
-    jobs = [(settings, plan, (k, processes)) for k in range(processes)]
+    jobs = [(settings, plan, (k, processes), variant) for k in range(processes)]
     if processes == 1:
         done = [_publish_share(*jobs[0])]
     else:
@@ -103,16 +120,18 @@ def _prefill(settings: Settings, plan: Plan, report: Report) -> tuple[int, float
             # A guard against a hung publisher, not a measure: generous, as a machine shared
             # with other work builds events several times slower (seen at a load of 12).
             done = pool.starmap_async(_publish_share, jobs).get(60.0 + plan.replay_events / 200)
-    if not report.value_sizes:
+    if variant == SEALED and not report.value_sizes:
         report.value_sizes += done[0][1]
     return sum(count for count, _ in done), time.perf_counter() - started, processes
 
 
-def _publish_share(settings: Settings, plan: Plan, share: tuple[int, int]) -> tuple[int, list[int]]:
+def _publish_share(
+    settings: Settings, plan: Plan, share: tuple[int, int], variant: str
+) -> tuple[int, list[int]]:
     """One pre-fill process: its share of the sessions; (events published, sample sizes)."""
     count = 0
     sizes: list[int] = []
-    with wiring.producer(settings, flush_on_sigterm=False) as producer:
+    with variant_producer(settings, variant) as producer:
         chunks = chat_event_chunks(
             sessions=plan.replay_sessions,
             count=plan.replay_events,
@@ -137,10 +156,15 @@ def _rate(totals: Mapping[str, Any]) -> float:
 
 def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
     """The replay scenario: see the module docstring."""
-    settings = stack.scenario("replay")
+    variants = sealing_variants(plan)
+    scenario = {variant: variant_settings(stack, "replay", variant) for variant in variants}
+    settings = scenario[SEALED]
     say(f"replay: publishing {plan.replay_events:,} events over {plan.replay_sessions:,} sessions")
     events, prefill_s, processes = _prefill(settings, plan, report)
     say(f"replay: published in {prefill_s:.1f} s ({events / prefill_s:,.0f} events/s)")
+    if CLEAR in variants:
+        clear_events, clear_s, _ = _prefill(scenario[CLEAR], plan, report, CLEAR)
+        say(f"replay: published again without a keyring (the sealing-off twin) in {clear_s:.1f} s")
     tools, missing = find_tools(stack, "replay")
     # Without the tool, its rows are left out rather than printed empty.
     cp = (
@@ -161,18 +185,24 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
         if cp is not None
         else None
     )
-    report.compare(
-        "replay",
+    headline = (
         f"events/s, `chatlog replay --workers {_WORKERS}` of {plan.replay_events:,} events "
-        f"from offset 0 into Redis: partitions assigned → last applied",
-        rebuilt,
-        cp_peer(missing),
-        cp,
+        f"from offset 0 into Redis: partitions assigned → last applied"
     )
+    report.compare("replay", headline, rebuilt, cp_peer(missing), cp)
+    twin = report.measure("replay", f"{_ROW_REBUILD}, {CLEAR}", "events/s")
+    if CLEAR in variants:
+        report.twin("replay", headline, rebuilt, twin)
     rss = peak_memory(report, "replay", events=plan.replay_events, sessions=plan.replay_sessions)
     startup = report.metric("replay", "rebuild start-up: spawn → partitions assigned", "s")
     timeout = 60.0 + plan.replay_events / 2_000  # 560 s for a million: 5 times the slowest seen
-    seen: dict[str, list[dict[str, Any]]] = {"rebuild": [], "one": [], "memory": [], "read": []}
+    seen: dict[str, list[dict[str, Any]]] = {
+        "rebuild": [],
+        "one": [],
+        "memory": [],
+        "read": [],
+        "clear": [],
+    }
     cp_runs: list[ConsumerPerformanceResult] = []
     busy: list[dict[str, float]] = []
 
@@ -219,11 +249,19 @@ def replay(stack: BenchStack, plan: Plan, report: Report) -> None:
         seen["rebuild"].append(totals)
         if share is not None and cp is not None:
             share.add(rebuilt.values[-1] / cp.values[-1])
+        if CLEAR in variants and n <= plan.clear_repetitions:
+            # The twin, right after: the same rebuild of the same events published clear.
+            clear = _rebuilt(
+                "rebuild", stack, scenario[CLEAR], f"r{n}", clear_events, timeout, workers=_WORKERS
+            )[1]
+            twin.add(_rate(clear))
+            seen["clear"].append(clear)
         line.append(
             f"Python consumer {read.values[-1]:,.0f}/s, decode {decode.values[-1]:,.0f}/s, "
             f"in memory {memory.values[-1]:,.0f}/s, rebuild in one process "
             f"{one.values[-1]:,.0f}/s, with {_WORKERS} workers {rebuilt.values[-1]:,.0f}/s "
             f"({rss.values[-1]:,.0f} MB peak, {cpu.values[-1]:.0f} µs CPU an event)"
+            + (f"; sealing off {twin.values[-1]:,.0f}/s" if len(seen["clear"]) == n else "")
         )
         say(" ".join(line))
     report.notes.extend(
@@ -373,4 +411,13 @@ def _notes(
         f"one core): {CpuMeter.describe(median_shares(busy))}; garbage collector: one process "
         f"{GcPauses.describe(seen['one'])}; in-memory {GcPauses.describe(seen['memory'])}"
     )
+    if seen["clear"]:
+        notes.append(
+            f"replay, sealing off (the twin): the same events published again without a "
+            f"keyring (neither sealed nor redacted) into a topic of their own, rebuilt the "
+            f"same way ({_WORKERS} workers) right after the sealed rebuild in the first "
+            f"{len(seen['clear'])} repetition(s); CPU an event, all processes: "
+            f"{_cpu_us(seen['clear'], events):.0f} µs (sealed: "
+            f"{_cpu_us(seen['rebuild'], events):.0f} µs)"
+        )
     return notes

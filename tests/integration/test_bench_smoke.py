@@ -99,6 +99,18 @@ def test_the_quick_benchmark_runs_and_writes_every_scenario(
     twins = table.split("## Sealing on and off")[1].split("## Details")[0]
     for size in ("20-message session", "100-message session", "1,000-message session"):
         assert f"| context read | p99, {size} |" in twins
+    for row in (
+        "| append | p50 of one call, one at a time",
+        "| append | events/s, one at a time",
+        "| append | events/s, batched",
+        "| publish→visible | p50 at 2,000 events/s |",
+        "| publish→visible | p99 at 2,000 events/s |",
+        "| publish→visible | p99 at 4,000 events/s |",
+        "| publish→visible | saturation: ",
+        "| projection | events/s, one projector process",
+        "| replay | events/s, `chatlog replay --workers",
+    ):
+        assert row in twins
     # A gateway row may say n/a: on a loaded machine, a quick run at 1,000/s may see none
     # of its measured requests answered before the drain ends (the notes count them).
     measured = [line for line in table.split("Notes:")[0].splitlines() if "| gateway |" not in line]

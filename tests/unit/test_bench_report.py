@@ -37,3 +37,13 @@ def test_a_bound_never_reached_is_said_so_not_missing():
     assert Metric("x", "y", "events/s", [2_500.0, math.inf, 3_000.0]).cell() == (
         "3,000 (2,500 - not reached)"
     )
+
+
+def test_a_bound_one_side_never_reached_says_which_side_is_ahead_without_a_factor():
+    # As a saturation rate sealed beside clear (higher is better) whose clear sweep stayed
+    # under the bound at every rate it offered.
+    assert comparison([5_000.0], [math.inf], "higher").ratio() == "slower (one side not reached)"
+    assert comparison([math.inf], [5_000.0], "higher").ratio() == "faster (one side not reached)"
+    assert comparison([math.inf], [math.inf], "higher").ratio() == "neither reached it"
+    assert math.isnan(comparison([5_000.0], [math.inf], "higher").advantage())
+    assert comparison([4_000.0], [5_000.0], "higher").ratio() == "1.2x slower"
