@@ -246,15 +246,21 @@ def test_a_failed_start_leaves_no_thread_behind(kafka):
     assert len(pollers()) == before
 
 
-def test_a_lone_waited_publish_goes_out_at_once_and_sends_keep_lingering(kafka, topic):
-    # linger.ms of a minute: any publish that waited it out would miss its 10 s timeout.
-    with ConversationProducer(
+def lingering_producer(kafka, topic: str) -> ConversationProducer:
+    """A producer whose linger.ms is a minute: a record that waited it out would miss
+    any of the tests' timeouts."""
+    return ConversationProducer(
         bootstrap_servers=kafka.bootstrap,
         topic=topic,
         linger_ms=60_000,
         delivery_timeout=120,
         flush_on_sigterm=False,
-    ) as producer:
+    )
+
+
+def test_a_lone_waited_publish_goes_out_at_once_and_sends_keep_lingering(kafka, topic):
+    # linger.ms of a minute: any publish that waited it out would miss its 10 s timeout.
+    with lingering_producer(kafka, topic) as producer:
         alone = producer.append("s-lone", user_id="u", role="user", content="hi", timeout=10)
         batch = producer.publish_many(
             [append_message("s-lone", user_id="u", role="user", content=str(i)) for i in (1, 2)],
@@ -275,13 +281,7 @@ def test_a_lone_awaited_async_publish_goes_out_at_once_without_blocking_the_loop
     # As the blocking one above, with an event loop: the poller thread sends the lone
     # record at once (a flush on the loop would block it); behind a pending record, the
     # awaited one lingers with it for the batch.
-    with ConversationProducer(
-        bootstrap_servers=kafka.bootstrap,
-        topic=topic,
-        linger_ms=60_000,
-        delivery_timeout=120,
-        flush_on_sigterm=False,
-    ) as producer:
+    with lingering_producer(kafka, topic) as producer:
         aproducer = AsyncConversationProducer(producer)
 
         async def run() -> tuple[int, bool]:
