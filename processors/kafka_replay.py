@@ -7,12 +7,16 @@ What does a replay do, in order?
    it saw when it started, and folds the records into a generation nobody reads yet.
    It runs the projector's own `ProjectionCore`, with batches large enough that a
    session's events are folded in memory and written once per batch.
-   It reads **one partition at a time**: a session's events all sit in one partition,
-   so the views a partition needs are cached only while it is read, and dropped once it
-   is done. Memory stays bounded by one partition's active sessions (and the core's
-   bounded cache of views), a batch, and librdkafka's queue of one partition, whatever
-   the number of partitions; and the batches of one partition hold more events per
-   session than batches mixed from every partition, so fewer writes.
+   It reads **one partition at a time**, with the next one already fetched: a
+   session's events all sit in one partition, so the views a partition needs are cached
+   only while it is read, and dropped once it is done. Memory stays bounded by two
+   partitions' active sessions (and the core's bounded cache of views), a batch, and
+   librdkafka's capped queue, whatever the number of partitions; and the batches of one
+   partition hold more events per session than batches mixed from every partition, so
+   fewer writes. The next partition is assigned beside the current one (`READ_AHEAD`)
+   rather than after it: a partition assigned alone waited for its first fetch, 0.2 to
+   0.6 s each (the broker holds the previous fetch up to `fetch.wait.max.ms`), which made
+   a replay of 30,000 events over six partitions half idle.
 2. **Catch up.** It keeps reading new records until, on every partition, the new
    generation has projected at least as far as the live projector has in the live one.
 3. **Flip.** It moves the pointer to the new generation with a compare-and-set, so
@@ -50,6 +54,7 @@ from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import Interrupted
 
 __all__ = [
+    "READ_AHEAD",
     "REPLAY_BATCH",
     "REPLAY_FETCH",
     "REPLAY_QUEUE",
@@ -66,7 +71,18 @@ REPLAY_FETCH = {"fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes"
 # and 64 MB a partition): the replay folds 20,000 to 60,000 records a second, so 8 MB
 # (about 30,000 records) keeps it fed, and its defaults held 100 MB more (measured with
 # one partition assigned; `bench/README.md`).
-REPLAY_QUEUE = {"queued.min.messages": 10_000, "queued.max.messages.kbytes": 8 * 1024}
+# That queue is the consumer's one, shared by the partitions assigned: reading ahead adds
+# no memory to it. A partition's fetch that has reached its end waits at the broker for
+# new records up to `fetch.wait.max.ms` (librdkafka's default 500 ms), and a partition
+# assigned meanwhile joins only the next fetch: 50 ms keeps that short while a replay
+# moves on, for one fetch request every 50 ms when it has read everything.
+REPLAY_QUEUE = {
+    "queued.min.messages": 10_000,
+    "queued.max.messages.kbytes": 8 * 1024,
+    "fetch.wait.max.ms": 50,
+}
+# Partitions fetched beside the one being read, so that it never waits for a first fetch.
+READ_AHEAD = 1
 # Records per batch: each decoded record is alive until its batch is written (about 10 KB
 # of Python objects), while larger batches fold more events of a session per write.
 REPLAY_BATCH = 10_000
@@ -156,19 +172,25 @@ class KafkaReplay:
         return ends
 
     def _assign(self, partitions: Collection[int]) -> None:
-        """Read `partitions` (only those) from their positions; one never read from its
-        beginning, wherever retention has moved that."""
+        """Read `partitions` (only those) from their positions."""
         self._assigned = list(partitions)
-        self._consumer.assign(
-            [
-                TopicPartition(
-                    self.topic,
-                    partition,
-                    OFFSET_BEGINNING if self._fresh.get(partition) else self.position[partition],
-                )
-                for partition in partitions
-            ]
-        )
+        self._consumer.assign([self._from_position(p) for p in partitions])
+
+    def _move_on(self, done: int, coming: int | None) -> None:
+        """Stop reading `done` and start fetching `coming`, keeping what librdkafka has
+        already fetched of the other partitions assigned (`assign` would drop it)."""
+        assert self._assigned is not None
+        self._consumer.incremental_unassign([TopicPartition(self.topic, done)])
+        self._assigned.remove(done)
+        if coming is not None:
+            self._consumer.incremental_assign([self._from_position(coming)])
+            self._assigned.append(coming)
+
+    def _from_position(self, partition: int) -> TopicPartition:
+        """`partition` at its position; one never read from its beginning, wherever
+        retention has moved that."""
+        start = OFFSET_BEGINNING if self._fresh.get(partition) else self.position[partition]
+        return TopicPartition(self.topic, partition, start)
 
     def _start_marks(self) -> dict[int, int]:
         """Partition -> the last offset every sink has: the read-model's progress marks,
@@ -181,15 +203,18 @@ class KafkaReplay:
 
     def run_to(self, ends: Mapping[int, int], progress: ReplayProgress) -> None:
         """Project until every partition has been read up to `ends` (exclusive), one
-        partition at a time (see the module docstring); then read them all again, for
-        the catch-up."""
+        partition at a time with the next `READ_AHEAD` fetched beside it (see the module
+        docstring); then read them all again, for the catch-up."""
         behind = [p for p, end in sorted(ends.items()) if self.position[p] < end]
-        for partition in behind:
-            self._assign([partition])
+        self._assign(behind[: 1 + READ_AHEAD])
+        for n, partition in enumerate(behind):
+            # Records of the partitions read ahead are projected as they come, in order.
             while self.position[partition] < ends[partition]:
                 self.step(progress)
             # No other partition holds its sessions: their views are not needed again.
-            self.core.forget()
+            self.core.forget_partitions([partition])
+            coming = n + 1 + READ_AHEAD
+            self._move_on(partition, behind[coming] if coming < len(behind) else None)
         self._assign(sorted(self.position))
 
     def step(self, progress: ReplayProgress, *, timeout: float = 0.2) -> int:

@@ -19,7 +19,7 @@ rebalances ends in the same views as one uninterrupted run.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from chatlog.projections.checkpoints import (
@@ -156,6 +156,11 @@ class ProjectionCore:
         else:
             for session_id in session_ids:
                 self._cache.pop(session_id, None)
+
+    def forget_partitions(self, partitions: Collection[int]) -> None:
+        """Drop the cached views of the sessions of `partitions` (a replay done with them)."""
+        gone = [s for s, view in self._cache.items() if view.partition in partitions]
+        self.forget(gone)
 
     def _open(self, decoded: list[tuple[Record, ConversationEvent]]) -> list[tuple[Record, Opened]]:
         if self.opener is None or not decoded:

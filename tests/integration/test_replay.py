@@ -14,7 +14,7 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from chatlog import wiring
-from chatlog.processors.kafka_replay import ReplayProgress
+from chatlog.processors.kafka_replay import READ_AHEAD, ReplayProgress
 from chatlog.processors.replay import rebuild, verify
 from chatlog.producers.commands import append_message, new_event
 from chatlog.schemas.errors import ChatlogError, Interrupted
@@ -129,30 +129,41 @@ def test_a_rebuild_reads_one_partition_at_a_time_and_drops_its_views_when_done(s
     wiring.generations(settings).create("g1")
     replay = wiring.kafka_replay(settings, store, batch_size=300)
     batches: list[set[int]] = []
-    cached: list[int] = []  # views cached when each partition began
-    handle, forget = replay.core.handle, replay.core.forget
+    done: list[int] = []  # partitions whose views were dropped, in order
+    left: list[set[int]] = []  # the partitions of the views cached after each drop
+    read_by: list[int] = []  # how many batches had been read at each drop
+    handle, forget = replay.core.handle, replay.core.forget_partitions
 
     def recorded(records):  # type: ignore[no-untyped-def]
         batches.append({r.partition for r in records})
         return handle(records)
 
-    def forgotten(session_ids=None):  # type: ignore[no-untyped-def]
-        forget(session_ids)
-        cached.append(len(replay.core._cache))
+    def forgotten(partitions):  # type: ignore[no-untyped-def]
+        forget(partitions)
+        done.extend(partitions)
+        read_by.append(len(batches))
+        left.append({view.partition for view in replay.core._cache.values()})
 
     replay.core.handle = recorded  # type: ignore[method-assign]
-    replay.core.forget = forgotten  # type: ignore[method-assign]
+    replay.core.forget_partitions = forgotten  # type: ignore[method-assign]
     try:
         ends_seen = replay.start()
         assert ends_seen == until
         replay.run_to(ends_seen, ReplayProgress("rebuild"))
     finally:
         replay.close()
-    order = [next(iter(b)) for b in batches]
-    assert all(len(b) == 1 for b in batches)  # never two partitions in one batch
-    assert order == sorted(order)  # each partition whole before the next
-    assert sorted(set(order)) == sorted(p for p, end in until.items() if end)
-    assert cached == [0] * len(set(order))
+    read = sorted(p for p, end in until.items() if end)
+    assert len(read) > 1 + READ_AHEAD  # so that the window moves
+    # Never more than the partition being read and those fetched ahead of it: each
+    # begins only once the partition `READ_AHEAD` + 1 before it is done, ...
+    assert all(len(b) <= 1 + READ_AHEAD for b in batches)
+    begun = [min(n for n, b in enumerate(batches) if p in b) for p in read]
+    for k in range(1 + READ_AHEAD, len(read)):
+        assert begun[k] >= read_by[k - 1 - READ_AHEAD]
+    assert done == read  # ... each done in turn, its views then dropped,
+    assert all(not (left[n] & set(done[: n + 1])) for n in range(len(done)))
+    for partition, count in zip(done, read_by, strict=True):  # and never read again
+        assert all(partition not in b for b in batches[count:])
     assert store.progress() == {p: end - 1 for p, end in until.items() if end}
 
 

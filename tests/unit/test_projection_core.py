@@ -128,3 +128,20 @@ def test_a_session_whose_owner_is_erased_after_opening_is_counted_erased_not_ret
     assert (result.erased, result.applied, result.conflicts) == (2, 1, 0)
     assert "a" not in store.views
     assert [m.content for m in store.views["b"].messages] == ["b1", "b2"]
+
+
+def test_forgetting_partitions_drops_only_their_sessions_views(store):
+    core = ProjectionCore(store)
+    core.handle(
+        [
+            record(0, msg("a", "a1"), partition=0),
+            record(0, msg("b", "b1"), partition=1),
+            record(1, msg("c", "c1"), partition=1),
+            record(0, msg("d", "d1"), partition=2),
+        ]
+    )
+    core.forget_partitions([1])
+    assert sorted(core._cache) == ["a", "d"]
+    # A forgotten session is reloaded from the store on its next event.
+    core.handle([record(2, msg("b", "b2"), partition=1)])
+    assert [m.content for m in store.views["b"].messages] == ["b1", "b2"]
