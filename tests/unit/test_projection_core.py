@@ -145,3 +145,16 @@ def test_forgetting_partitions_drops_only_their_sessions_views(store):
     # A forgotten session is reloaded from the store on its next event.
     core.handle([record(2, msg("b", "b2"), partition=1)])
     assert [m.content for m in store.views["b"].messages] == ["b1", "b2"]
+
+
+def test_a_batch_reports_when_each_event_it_applied_was_appended(store):
+    from chatlog.schemas.events import epoch_millis
+
+    first, second = msg("a", "a1"), msg("b", "b1")
+    result = ProjectionCore(store).handle([record(0, first), record(1, second)])
+    assert result.applied_at_ms == [
+        epoch_millis(first.occurred_at),
+        epoch_millis(second.occurred_at),
+    ]
+    # A replayed range is taken in by no view: no time is reported for it.
+    assert ProjectionCore(store).handle([record(0, first)]).applied_at_ms == []
