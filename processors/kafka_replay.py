@@ -7,16 +7,19 @@ What does a replay do, in order?
    it saw when it started, and folds the records into a generation nobody reads yet.
    It runs the projector's own `ProjectionCore`, with batches large enough that a
    session's events are folded in memory and written once per batch.
-   It reads **one partition at a time**, with the next one already fetched: a
-   session's events all sit in one partition, so the views a partition needs are cached
-   only while it is read, and dropped once it is done. Memory stays bounded by two
-   partitions' active sessions (and the core's bounded cache of views), a batch, and
-   librdkafka's capped queue, whatever the number of partitions; and the batches of one
-   partition hold more events per session than batches mixed from every partition, so
-   fewer writes. The next partition is assigned beside the current one (`READ_AHEAD`)
-   rather than after it: a partition assigned alone waited for its first fetch, 0.2 to
-   0.6 s each (the broker holds the previous fetch up to `fetch.wait.max.ms`), which made
-   a replay of 30,000 events over six partitions half idle.
+   It reads **one partition at a time**: a session's events all sit in one partition,
+   so the views a partition needs are cached only while it is read, and dropped once it
+   is done. Memory stays bounded by one partition's active sessions (and the core's
+   bounded cache of views), a batch, and librdkafka's capped queue, whatever the number
+   of partitions; and the batches of one partition hold more events per session than
+   batches mixed from every partition, so fewer writes. The next partition is fetched
+   before the current one ends, once at most `READ_AHEAD_RECORDS` of it are left: a
+   partition assigned only after the last one was done waited for its first fetch, 0.2
+   to 0.6 s each (the broker holds the previous fetch up to `fetch.wait.max.ms`), which
+   left a replay of 30,000 events over six partitions idle a third of the time. Not
+   earlier: two partitions read side by side hold both partitions' growing views (with
+   the next partition assigned from the start, 500,000 events peaked at 390 MB against
+   260 MB), while the views of a partition's first records are small.
 2. **Catch up.** It keeps reading new records until, on every partition, the new
    generation has projected at least as far as the live projector has in the live one.
 3. **Flip.** It moves the pointer to the new generation with a compare-and-set, so
@@ -54,7 +57,7 @@ from chatlog.projections.store import ViewStore
 from chatlog.schemas.errors import Interrupted
 
 __all__ = [
-    "READ_AHEAD",
+    "READ_AHEAD_RECORDS",
     "REPLAY_BATCH",
     "REPLAY_FETCH",
     "REPLAY_QUEUE",
@@ -81,11 +84,13 @@ REPLAY_QUEUE = {
     "queued.max.messages.kbytes": 8 * 1024,
     "fetch.wait.max.ms": 50,
 }
-# Partitions fetched beside the one being read, so that it never waits for a first fetch.
-READ_AHEAD = 1
 # Records per batch: each decoded record is alive until its batch is written (about 10 KB
 # of Python objects), while larger batches fold more events of a session per write.
 REPLAY_BATCH = 10_000
+# The next partition is assigned when at most this many records of the one being read are
+# left: a batch, much longer to fold than a first fetch takes (`fetch.wait.max.ms` and a
+# round trip), so the next partition's records are waiting when the current one ends.
+READ_AHEAD_RECORDS = REPLAY_BATCH
 
 
 @dataclass(slots=True)
@@ -176,15 +181,18 @@ class KafkaReplay:
         self._assigned = list(partitions)
         self._consumer.assign([self._from_position(p) for p in partitions])
 
-    def _move_on(self, done: int, coming: int | None) -> None:
-        """Stop reading `done` and start fetching `coming`, keeping what librdkafka has
-        already fetched of the other partitions assigned (`assign` would drop it)."""
+    def _fetch(self, partition: int) -> None:
+        """Start fetching `partition` too, keeping what librdkafka has already fetched of
+        the partitions assigned (`assign` would drop it)."""
         assert self._assigned is not None
-        self._consumer.incremental_unassign([TopicPartition(self.topic, done)])
-        self._assigned.remove(done)
-        if coming is not None:
-            self._consumer.incremental_assign([self._from_position(coming)])
-            self._assigned.append(coming)
+        self._consumer.incremental_assign([self._from_position(partition)])
+        self._assigned.append(partition)
+
+    def _unfetch(self, partition: int) -> None:
+        """Stop fetching `partition`, keeping the others."""
+        assert self._assigned is not None
+        self._consumer.incremental_unassign([TopicPartition(self.topic, partition)])
+        self._assigned.remove(partition)
 
     def _from_position(self, partition: int) -> TopicPartition:
         """`partition` at its position; one never read from its beginning, wherever
@@ -203,18 +211,24 @@ class KafkaReplay:
 
     def run_to(self, ends: Mapping[int, int], progress: ReplayProgress) -> None:
         """Project until every partition has been read up to `ends` (exclusive), one
-        partition at a time with the next `READ_AHEAD` fetched beside it (see the module
-        docstring); then read them all again, for the catch-up."""
+        partition at a time, the next fetched before it ends (see the module docstring);
+        then read them all again, for the catch-up."""
         behind = [p for p, end in sorted(ends.items()) if self.position[p] < end]
-        self._assign(behind[: 1 + READ_AHEAD])
+        self._assign(behind[:1])
+        coming = 1  # behind[coming]: the next partition to assign
         for n, partition in enumerate(behind):
-            # Records of the partitions read ahead are projected as they come, in order.
-            while self.position[partition] < ends[partition]:
+            while True:
+                left = ends[partition] - self.position[partition]
+                # Records of the next partition are projected as they come, in order.
+                if coming == n + 1 < len(behind) and left <= READ_AHEAD_RECORDS:
+                    self._fetch(behind[coming])
+                    coming += 1
+                if left <= 0:
+                    break
                 self.step(progress)
             # No other partition holds its sessions: their views are not needed again.
             self.core.forget_partitions([partition])
-            coming = n + 1 + READ_AHEAD
-            self._move_on(partition, behind[coming] if coming < len(behind) else None)
+            self._unfetch(partition)
         self._assign(sorted(self.position))
 
     def step(self, progress: ReplayProgress, *, timeout: float = 0.2) -> int:

@@ -14,7 +14,8 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from chatlog import wiring
-from chatlog.processors.kafka_replay import READ_AHEAD, ReplayProgress
+from chatlog.processors import kafka_replay
+from chatlog.processors.kafka_replay import ReplayProgress
 from chatlog.processors.replay import rebuild, verify
 from chatlog.producers.commands import append_message, new_event
 from chatlog.schemas.errors import ChatlogError, Interrupted
@@ -123,16 +124,22 @@ def test_a_replay_by_worker_processes_equals_the_live_read_model(settings):
     assert comparison.differences == []
 
 
-def test_a_rebuild_reads_one_partition_at_a_time_and_drops_its_views_when_done(settings):
+def test_a_rebuild_reads_one_partition_at_a_time_and_drops_its_views_when_done(
+    settings, monkeypatch
+):
     until = publish(settings, events(2_000, 40))
     store = wiring.generation_store(settings, "g1")
     wiring.generations(settings).create("g1")
-    replay = wiring.kafka_replay(settings, store, batch_size=300)
+    # Fewer than a partition's ~500 records, so that each is read alone at first.
+    monkeypatch.setattr(kafka_replay, "READ_AHEAD_RECORDS", 200)
+    replay = wiring.kafka_replay(settings, store, batch_size=100)
     batches: list[set[int]] = []
     done: list[int] = []  # partitions whose views were dropped, in order
     left: list[set[int]] = []  # the partitions of the views cached after each drop
     read_by: list[int] = []  # how many batches had been read at each drop
+    fetched: list[tuple[int, dict[int, int]]] = []  # each partition assigned, and positions
     handle, forget = replay.core.handle, replay.core.forget_partitions
+    fetch = replay._fetch
 
     def recorded(records):  # type: ignore[no-untyped-def]
         batches.append({r.partition for r in records})
@@ -144,8 +151,13 @@ def test_a_rebuild_reads_one_partition_at_a_time_and_drops_its_views_when_done(s
         read_by.append(len(batches))
         left.append({view.partition for view in replay.core._cache.values()})
 
+    def fetching(partition):  # type: ignore[no-untyped-def]
+        fetched.append((partition, dict(replay.position)))
+        fetch(partition)
+
     replay.core.handle = recorded  # type: ignore[method-assign]
     replay.core.forget_partitions = forgotten  # type: ignore[method-assign]
+    replay._fetch = fetching  # type: ignore[method-assign]
     try:
         ends_seen = replay.start()
         assert ends_seen == until
@@ -153,13 +165,18 @@ def test_a_rebuild_reads_one_partition_at_a_time_and_drops_its_views_when_done(s
     finally:
         replay.close()
     read = sorted(p for p, end in until.items() if end)
-    assert len(read) > 1 + READ_AHEAD  # so that the window moves
-    # Never more than the partition being read and those fetched ahead of it: each
-    # begins only once the partition `READ_AHEAD` + 1 before it is done, ...
-    assert all(len(b) <= 1 + READ_AHEAD for b in batches)
+    assert len(read) > 2
+    # Each partition after the first is assigned once the one before it has at most
+    # READ_AHEAD_RECORDS left, never earlier: ...
+    assert [p for p, _ in fetched] == read[1:]
+    for (_, position), before in zip(fetched, read, strict=False):
+        assert 0 <= until[before] - position[before] <= 200
+    # ... so batches mix at most two partitions, begun in order, ...
+    assert all(len(b) <= 2 for b in batches)
     begun = [min(n for n, b in enumerate(batches) if p in b) for p in read]
-    for k in range(1 + READ_AHEAD, len(read)):
-        assert begun[k] >= read_by[k - 1 - READ_AHEAD]
+    assert begun == sorted(begun)
+    for k in range(2, len(read)):
+        assert begun[k] >= read_by[k - 2]
     assert done == read  # ... each done in turn, its views then dropped,
     assert all(not (left[n] & set(done[: n + 1])) for n in range(len(done)))
     for partition, count in zip(done, read_by, strict=True):  # and never read again
