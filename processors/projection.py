@@ -19,7 +19,7 @@ rebalances ends in the same views as one uninterrupted run.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from chatlog.projections.checkpoints import (
@@ -83,10 +83,17 @@ class BatchResult:
     erased: int = 0
     # The last offset of each partition in the batch: all projected once `handle` returns.
     last_offsets: dict[int, int] = field(default_factory=dict)
-    # Events that a written view took in (`applied` counts the views), and when each was
-    # appended (`occurred_at`, epoch ms): the metrics' publish-to-visible latency.
+    # Events that a written view took in (`applied` counts the views), kept for
+    # `applied_at_ms`.
     events_applied: int = 0
-    applied_at_ms: list[int] = field(default_factory=list)
+    applied_events: list[ConversationEvent] = field(default_factory=list)
+
+    @property
+    def applied_at_ms(self) -> list[int]:
+        """When each applied event was appended (`occurred_at`, epoch ms): the metrics'
+        publish-to-visible latency. Computed when asked: a replay never asks, and the
+        conversion was about 5% of its CPU."""
+        return [epoch_millis(event.occurred_at) for event in self.applied_events]
 
 
 class ProjectionCore:
@@ -157,6 +164,11 @@ class ProjectionCore:
             for session_id in session_ids:
                 self._cache.pop(session_id, None)
 
+    def forget_partitions(self, partitions: Collection[int]) -> None:
+        """Drop the cached views of the sessions of `partitions` (a replay done with them)."""
+        gone = [s for s, view in self._cache.items() if view.partition in partitions]
+        self.forget(gone)
+
     def _open(self, decoded: list[tuple[Record, ConversationEvent]]) -> list[tuple[Record, Opened]]:
         if self.opener is None or not decoded:
             return list(decoded)
@@ -208,7 +220,7 @@ class ProjectionCore:
             if outcome is Outcome.APPLIED:
                 result.applied += 1
                 result.events_applied += len(taken[session_id])
-                result.applied_at_ms += [epoch_millis(e.occurred_at) for e in taken[session_id]]
+                result.applied_events += taken[session_id]
                 self._remember(change.new)
                 continue
             if outcome is Outcome.ERASED:

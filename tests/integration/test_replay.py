@@ -14,6 +14,7 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from chatlog import wiring
+from chatlog.processors import kafka_replay
 from chatlog.processors.kafka_replay import ReplayProgress
 from chatlog.processors.replay import rebuild, verify
 from chatlog.producers.commands import append_message, new_event
@@ -123,36 +124,63 @@ def test_a_replay_by_worker_processes_equals_the_live_read_model(settings):
     assert comparison.differences == []
 
 
-def test_a_rebuild_reads_one_partition_at_a_time_and_drops_its_views_when_done(settings):
+def test_a_rebuild_reads_one_partition_at_a_time_and_drops_its_views_when_done(
+    settings, monkeypatch
+):
     until = publish(settings, events(2_000, 40))
     store = wiring.generation_store(settings, "g1")
     wiring.generations(settings).create("g1")
-    replay = wiring.kafka_replay(settings, store, batch_size=300)
+    # Fewer than a partition's ~500 records, so that each is read alone at first.
+    monkeypatch.setattr(kafka_replay, "READ_AHEAD_RECORDS", 200)
+    replay = wiring.kafka_replay(settings, store, batch_size=100)
     batches: list[set[int]] = []
-    cached: list[int] = []  # views cached when each partition began
-    handle, forget = replay.core.handle, replay.core.forget
+    done: list[int] = []  # partitions whose views were dropped, in order
+    left: list[set[int]] = []  # the partitions of the views cached after each drop
+    read_by: list[int] = []  # how many batches had been read at each drop
+    fetched: list[tuple[int, dict[int, int]]] = []  # each partition assigned, and positions
+    handle, forget = replay.core.handle, replay.core.forget_partitions
+    fetch = replay._fetch
 
     def recorded(records):  # type: ignore[no-untyped-def]
         batches.append({r.partition for r in records})
         return handle(records)
 
-    def forgotten(session_ids=None):  # type: ignore[no-untyped-def]
-        forget(session_ids)
-        cached.append(len(replay.core._cache))
+    def forgotten(partitions):  # type: ignore[no-untyped-def]
+        forget(partitions)
+        done.extend(partitions)
+        read_by.append(len(batches))
+        left.append({view.partition for view in replay.core._cache.values()})
+
+    def fetching(partition):  # type: ignore[no-untyped-def]
+        fetched.append((partition, dict(replay.position)))
+        fetch(partition)
 
     replay.core.handle = recorded  # type: ignore[method-assign]
-    replay.core.forget = forgotten  # type: ignore[method-assign]
+    replay.core.forget_partitions = forgotten  # type: ignore[method-assign]
+    replay._fetch = fetching  # type: ignore[method-assign]
     try:
         ends_seen = replay.start()
         assert ends_seen == until
         replay.run_to(ends_seen, ReplayProgress("rebuild"))
     finally:
         replay.close()
-    order = [next(iter(b)) for b in batches]
-    assert all(len(b) == 1 for b in batches)  # never two partitions in one batch
-    assert order == sorted(order)  # each partition whole before the next
-    assert sorted(set(order)) == sorted(p for p, end in until.items() if end)
-    assert cached == [0] * len(set(order))
+    read = sorted(p for p, end in until.items() if end)
+    assert len(read) > 2
+    # Each partition after the first is assigned once the one before it has at most
+    # READ_AHEAD_RECORDS left, never earlier: ...
+    assert [p for p, _ in fetched] == read[1:]
+    for (_, position), before in zip(fetched, read, strict=False):
+        assert 0 <= until[before] - position[before] <= 200
+    # ... so batches mix at most two partitions, begun in order, ...
+    assert all(len(b) <= 2 for b in batches)
+    begun = [min(n for n, b in enumerate(batches) if p in b) for p in read]
+    assert begun == sorted(begun)
+    for k in range(2, len(read)):
+        assert begun[k] >= read_by[k - 2]
+    assert done == read  # ... each done in turn, its views then dropped,
+    assert all(not (left[n] & set(done[: n + 1])) for n in range(len(done)))
+    for partition, count in zip(done, read_by, strict=True):  # and never read again
+        assert all(partition not in b for b in batches[count:])
     assert store.progress() == {p: end - 1 for p, end in until.items() if end}
 
 

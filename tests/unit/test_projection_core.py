@@ -128,3 +128,33 @@ def test_a_session_whose_owner_is_erased_after_opening_is_counted_erased_not_ret
     assert (result.erased, result.applied, result.conflicts) == (2, 1, 0)
     assert "a" not in store.views
     assert [m.content for m in store.views["b"].messages] == ["b1", "b2"]
+
+
+def test_forgetting_partitions_drops_only_their_sessions_views(store):
+    core = ProjectionCore(store)
+    core.handle(
+        [
+            record(0, msg("a", "a1"), partition=0),
+            record(0, msg("b", "b1"), partition=1),
+            record(1, msg("c", "c1"), partition=1),
+            record(0, msg("d", "d1"), partition=2),
+        ]
+    )
+    core.forget_partitions([1])
+    assert sorted(core._cache) == ["a", "d"]
+    # A forgotten session is reloaded from the store on its next event.
+    core.handle([record(2, msg("b", "b2"), partition=1)])
+    assert [m.content for m in store.views["b"].messages] == ["b1", "b2"]
+
+
+def test_a_batch_reports_when_each_event_it_applied_was_appended(store):
+    from chatlog.schemas.events import epoch_millis
+
+    first, second = msg("a", "a1"), msg("b", "b1")
+    result = ProjectionCore(store).handle([record(0, first), record(1, second)])
+    assert result.applied_at_ms == [
+        epoch_millis(first.occurred_at),
+        epoch_millis(second.occurred_at),
+    ]
+    # A replayed range is taken in by no view: no time is reported for it.
+    assert ProjectionCore(store).handle([record(0, first)]).applied_at_ms == []
