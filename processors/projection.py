@@ -30,7 +30,7 @@ from chatlog.projections.checkpoints import (
     is_thread_event,
 )
 from chatlog.projections.opening import ERASED, EventOpener, Opened
-from chatlog.projections.store import Change, Outcome, ViewStore
+from chatlog.projections.store import Change, MarksWithWrites, Outcome, ViewStore
 from chatlog.projections.view import DEFAULT_POLICY, SessionView, WindowPolicy, fold
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import (
@@ -135,13 +135,17 @@ class ProjectionCore:
             position = Position(record.partition, record.offset)
             by_session.setdefault(opened.session_id, []).append((opened, position))
         pending = by_session
+        marked = False
         for _ in range(_MAX_ROUNDS):
-            pending = self._write(pending, records, result)
+            pending, marked_now = self._write(pending, records, result)
+            marked = marked or marked_now
             if not pending:
                 # Readers that must know a whole partition is projected up to an offset
                 # (the summarizer, a replay catching up) read this mark, not the views:
-                # an event refused as foreign moves no view.
-                self.store.mark_progress(last)
+                # an event refused as foreign moves no view. A store that marks with its
+                # writes did so once every session it wrote stood at its new offset.
+                if not marked:
+                    self.store.mark_progress(last)
                 return result
             self.forget(pending)  # someone else wrote these sessions: reload them
         raise Conflict(
@@ -175,7 +179,9 @@ class ProjectionCore:
         by_session: dict[str, list[tuple[ConversationEvent, Position]]],
         records: Sequence[Record],
         result: BatchResult,
-    ) -> dict[str, list[tuple[ConversationEvent, Position]]]:
+    ) -> tuple[dict[str, list[tuple[ConversationEvent, Position]]], bool]:
+        """Fold and write `by_session`: the sessions to fold again (written by someone
+        else meanwhile), and whether the store marked the batch's progress."""
         views = self._views(by_session)
         records_at: dict[tuple[int, int], Record] | None = None  # built only if needed
         changes = []
@@ -202,8 +208,13 @@ class ProjectionCore:
                 continue
             changes.append(Change(before, after))
         self._keep_checkpoints(taken, by_session, records)
+        marked = False
+        if changes and isinstance(self.store, MarksWithWrites):
+            outcomes, marked = self.store.apply_marking(changes, result.last_offsets)
+        else:
+            outcomes = self.store.apply(changes)
         retry: dict[str, list[tuple[ConversationEvent, Position]]] = {}
-        for change, outcome in zip(changes, self.store.apply(changes), strict=True):
+        for change, outcome in zip(changes, outcomes, strict=True):
             session_id = change.new.session_id
             if outcome is Outcome.APPLIED:
                 result.applied += 1
@@ -225,7 +236,7 @@ class ProjectionCore:
             else:
                 result.conflicts += 1
             retry[session_id] = by_session[session_id]
-        return retry
+        return retry, marked
 
     def _keep_checkpoints(
         self,

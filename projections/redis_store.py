@@ -201,19 +201,48 @@ return 1
 """
 )
 
+# Moves the progress marks in KEYS[1] (partition, offset, ... from index `first` of
+# `pairs`): a mark only moves forward.
+_MARK = """
+local function mark(pairs, first)
+  for i = first, #pairs, 2 do
+    local stored = tonumber(redis.call('HGET', KEYS[1], pairs[i]) or '-1')
+    if tonumber(pairs[i + 1]) > stored then redis.call('HSET', KEYS[1], pairs[i], pairs[i + 1]) end
+  end
+end
+"""
+
 # KEYS: the progress hash, the epoch. ARGV: the epoch token, then partition, offset, ...
-# A mark only moves forward.
 _PROGRESS = (
     _GUARD
+    + _MARK
     + """
 if lost(KEYS[2], ARGV[1]) then return 3 end
-for i = 2, #ARGV, 2 do
-  local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
-  if tonumber(ARGV[i + 1]) > stored then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
+mark(ARGV, 2)
 return 1
 """
 )
+
+# One node, last in a batch's pipeline: KEYS the progress hash, the epoch, then the meta
+# of each session the pipeline wrote. ARGV: the epoch token, then a JSON list: the new
+# last offset of each of those sessions, then partition, offset, ... Marks only if every
+# session stands at or past its new offset (`MarksWithWrites`), else returns 5.
+_PROGRESS_AFTER = (
+    _GUARD
+    + _MARK
+    + """
+if lost(KEYS[2], ARGV[1]) then return 3 end
+local M = cjson.decode(ARGV[2])
+local n = #KEYS - 2
+for s = 1, n do
+  local stored = redis.call('HGET', KEYS[s + 2], 'last_offset')
+  if not stored or tonumber(stored) < M[s] then return 5 end
+end
+mark(M, n + 1)
+return 1
+"""
+)
+_NOT_MARKED = 5
 
 _OUTCOMES = {0: Outcome.DUPLICATE, 1: Outcome.APPLIED, 2: Outcome.CONFLICT, 4: Outcome.ERASED}
 _LOST = 3
@@ -307,6 +336,7 @@ class RedisViewStore:
         self._apply = client.register_script(_APPLY_CLUSTER if self.cluster else _APPLY)
         self._index = client.register_script(_INDEX)  # its own call on a cluster only
         self._progress = client.register_script(_PROGRESS)
+        self._progress_after = client.register_script(_PROGRESS_AFTER)
         self._checkpoint = client.register_script(_CHECKPOINT)
         self._epoch: str | None = None
         self._layout = LAYOUT  # the generation's key layout, from its epoch
@@ -351,9 +381,28 @@ class RedisViewStore:
         }
 
     def apply(self, changes: Sequence[Change]) -> list[Outcome]:
+        return self._apply_changes(changes, None)[0]
+
+    def apply_marking(
+        self, changes: Sequence[Change], applied: Mapping[int, int]
+    ) -> tuple[list[Outcome], bool]:
+        """See `MarksWithWrites`: on one node, the mark is the last call of the writes'
+        pipeline; on a cluster it is in a slot of its own, so never (the caller marks)."""
+        if self.cluster or not changes or not applied:
+            return self.apply(changes), False
+        return self._apply_changes(changes, applied)
+
+    def _apply_changes(
+        self, changes: Sequence[Change], applied: Mapping[int, int] | None
+    ) -> tuple[list[Outcome], bool]:
         if not changes:
-            return []
+            return [], False
         epoch = self.epoch()
+        marks: list[Any] = []
+        if applied is not None:
+            marks = [change.new.last_offset for change in changes]
+            for partition, offset in sorted(applied.items()):
+                marks += (str(partition), offset)
 
         def queue(pipe: Any) -> None:
             for change in changes:
@@ -373,22 +422,38 @@ class RedisViewStore:
                         self.keys.applied(new.session_id),
                         applied_notice(new.session_id, new.position),
                     )
+            if applied is not None:
+                pipe.execute_command(
+                    "EVALSHA",
+                    self._progress_after.sha,
+                    2 + len(changes),
+                    self.keys.progress,
+                    self.keys.epoch,
+                    *[self.keys.meta(change.new.session_id) for change in changes],
+                    epoch,
+                    orjson.dumps(marks),
+                )
 
+        scripts = (self._apply, self._index, self._progress_after)
         with redis_errors():
-            replies = execute(self.client, queue, (self._apply, self._index))
+            replies = execute(self.client, queue, scripts)
         # The notices' replies (after the scripts') count their listeners.
-        scripts = replies[: 2 * len(changes) if self.cluster else len(changes)]
-        if any(int(reply) == _LOST for reply in scripts):
+        writes = replies[: 2 * len(changes) if self.cluster else len(changes)]
+        mark_reply = int(replies[-1]) if applied is not None else _NOT_MARKED
+        if mark_reply == _LOST or any(int(reply) == _LOST for reply in writes):
             raise self._lost()
-        outcomes = [_OUTCOMES[int(reply)] for reply in scripts[: len(changes)]]
+        outcomes = [_OUTCOMES[int(reply)] for reply in writes[: len(changes)]]
+        marked = mark_reply != _NOT_MARKED
+        if applied is not None and marked:
+            self._saw_marks(applied)
         if not self.cluster:
-            return outcomes
+            return outcomes, marked
         # Written, then its owner erased before the index script ran: it deleted the view.
         outcomes = [
             Outcome.ERASED if int(indexed) == _ERASED_REPLY else outcome
-            for outcome, indexed in zip(outcomes, scripts[len(changes) :], strict=True)
+            for outcome, indexed in zip(outcomes, writes[len(changes) :], strict=True)
         ]
-        return self._unwrite_erased(changes, outcomes)
+        return self._unwrite_erased(changes, outcomes), False
 
     def _unwrite_erased(self, changes: Sequence[Change], outcomes: list[Outcome]) -> list[Outcome]:
         """On a cluster: read the erased marks of the owners just written (other slots
@@ -443,6 +508,9 @@ class RedisViewStore:
             reply = self._progress(keys=[self.keys.progress, epoch_key], args=args)
         if int(reply) == _LOST:
             raise self._lost()
+        self._saw_marks(applied)
+
+    def _saw_marks(self, applied: Mapping[int, int]) -> None:
         for partition, offset in applied.items():
             self._marked[partition] = max(offset, self._marked.get(partition, -1))
 
