@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from chatlog.projections.checkpoints import (
     CheckpointKind,
@@ -110,6 +111,21 @@ class ProjectionCore:
         self.cache_size = cache_size
         # Views as last written by this process, so a hot session needs no read per batch.
         self._cache: OrderedDict[str, SessionView] = OrderedDict()
+        # Which optional roles `store` has, checked once per store (it changes when the
+        # live generation does): an isinstance of a runtime-checkable protocol takes
+        # 6-15 µs, twice a batch, and a live batch holds a few events.
+        self._roles_of: ViewStore | None = None
+        self._roles = (False, False)
+
+    def _store_roles(self) -> tuple[bool, bool]:
+        """Whether the store is a `CheckpointSink`, and whether it `MarksWithWrites`."""
+        if self._roles_of is not self.store:
+            self._roles_of = self.store
+            self._roles = (
+                isinstance(self.store, CheckpointSink),
+                isinstance(self.store, MarksWithWrites),
+            )
+        return self._roles
 
     def handle(self, records: Sequence[Record]) -> BatchResult:
         """Project `records` (in log order per partition); see the module docstring."""
@@ -209,8 +225,10 @@ class ProjectionCore:
             changes.append(Change(before, after))
         self._keep_checkpoints(taken, by_session, records)
         marked = False
-        if changes and isinstance(self.store, MarksWithWrites):
-            outcomes, marked = self.store.apply_marking(changes, result.last_offsets)
+        if changes and self._store_roles()[1]:
+            outcomes, marked = cast(MarksWithWrites, self.store).apply_marking(
+                changes, result.last_offsets
+            )
         else:
             outcomes = self.store.apply(changes)
         retry: dict[str, list[tuple[ConversationEvent, Position]]] = {}
@@ -246,7 +264,7 @@ class ProjectionCore:
     ) -> None:
         """Hand the LangGraph threads' events the views took in to the store that keeps
         them, before the views: a reader that sees a view's offset finds them."""
-        if not isinstance(self.store, CheckpointSink):
+        if not self._store_roles()[0]:
             return
         found = []
         values: dict[tuple[int, int], bytes] | None = None
@@ -258,12 +276,12 @@ class ProjectionCore:
                 values = {(r.partition, r.offset): r.value or b"" for r in records}
             kept = [(e, at) for e, at in by_session[session_id] if id(e) in chosen]
             found += checkpoint_records(session_id, kept, values)
-        self.store.apply_checkpoints(found)
+        cast(CheckpointSink, self.store).apply_checkpoints(found)
 
     def _drop_checkpoints(self, session_id: str, position: Position) -> None:
-        if isinstance(self.store, CheckpointSink):
+        if self._store_roles()[0]:
             erased = CheckpointRecord(CheckpointKind.ERASED, session_id, position)
-            self.store.apply_checkpoints([erased])
+            cast(CheckpointSink, self.store).apply_checkpoints([erased])
 
     def _views(self, session_ids: Iterable[str]) -> dict[str, SessionView | None]:
         views: dict[str, SessionView | None] = {}
