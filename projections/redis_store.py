@@ -401,8 +401,10 @@ class RedisViewStore:
         marks: list[Any] = []
         if applied is not None:
             marks = [change.new.last_offset for change in changes]
+            # Text, as Redis stores it: a Lua number handed to HSET may come out as
+            # 5e+07 on newer Redis versions.
             for partition, offset in sorted(applied.items()):
-                marks += (str(partition), offset)
+                marks += (str(partition), str(offset))
 
         def queue(pipe: Any) -> None:
             for change in changes:
