@@ -296,6 +296,11 @@ def test_the_mark_rides_with_the_writes_only_when_every_written_session_stands_a
         True,
     )
     assert store.progress() == {0: 4, 1: 2}
+    # A mark as Redis stores it, text (a Lua number could be written as 5e+07).
+    far = evolve(None, event("s-mf", message("f")), Position(2, 50_000_000), POLICY)
+    assert store.apply_marking([Change(None, far)], {2: 50_000_000})[1]
+    assert client.hget(store.keys.progress, "2") == b"50000000"
+    client.hdel(store.keys.progress, "2")
     # A conflict (s-mb changed under the store: its expected view is stale): s-ma is
     # written, the mark is not, for the caller to set once s-mb is written.
     a2 = evolve(a, event("s-ma", message("x2")), Position(0, 6), POLICY)
