@@ -3,13 +3,15 @@
 Each write of one session is one Lua call on the session's two keys (same hash tag),
 so it is atomic, and it carries the expected and the new last offset, so it is
 idempotent (see `chatlog.projections.store`). Ids travel as KEYS and ARGV, never inside the
-script text. All the writes of a batch go in one pipeline: one round trip per batch.
+script text. All the writes of a batch go in one pipeline: one round trip per batch; on
+one node the batch's progress mark is the pipeline's last call (`apply_marking`).
 
 Time-to-live slides with activity and counts from the session's last event time, not
 from the moment of the write, so a replay rebuilds exactly the expiry the live
-projector produced. The per-user index has its own hash tag (another slot on a
-cluster), so it is maintained by a second small script in the same pipeline; its
-entries are scored by last activity, which lets a read drop expired sessions from it.
+projector produced. The per-user index has its own hash tag: on one node the session's
+call writes its entry too, on a cluster (another slot) a second small script in the same
+pipeline does; its entries are scored by last activity, which lets a read drop expired
+sessions from it.
 The index's key is that of the generation's key layout (read from its epoch), so a
 generation built with an older layout stays whole in it until a replay replaces it.
 
