@@ -65,12 +65,12 @@ local function lost(epoch_key, token)
 end
 """
 
-# An erased owner is never written (see `chatlog.processors.erasure`): both scripts that
-# write a session also read the owner's entry in the key directory (KEYS: its hash) and,
-# if it has the erased mark, delete the session's keys instead and return 4. A batch
-# opened before an erasure and written after it therefore leaves nothing, whichever of
-# its two scripts runs after the mark. Like the epoch check, this spans hash slots: one
-# Redis node. On a cluster the store reads the marks after the write instead
+# An erased owner is never written (see `chatlog.processors.erasure`): the script that
+# writes a session (its view and its index entry, in one call) also reads the owner's
+# entry in the key directory (KEYS: its hash) and, if it has the erased mark, deletes the
+# session's keys and index entry instead and returns 4. A batch opened before an erasure
+# and written after it therefore leaves nothing. Like the epoch check, this spans hash
+# slots: one Redis node. On a cluster the store reads the marks after the write instead
 # (`RedisViewStore._unwrite_erased`).
 _ERASED = f"""
 local function erased(user_keys)
@@ -248,7 +248,6 @@ _NOT_MARKED = 5
 
 _OUTCOMES = {0: Outcome.DUPLICATE, 1: Outcome.APPLIED, 2: Outcome.CONFLICT, 4: Outcome.ERASED}
 _LOST = 3
-_ERASED_REPLY = 4
 
 
 # KEYS: the thread's hash, its index. ARGV: kind, namespace, checkpoint id, offset, the
@@ -452,11 +451,6 @@ class RedisViewStore:
             self._saw_marks(applied)
         if not self.cluster:
             return outcomes, marked
-        # Written, then its owner erased before the index script ran: it deleted the view.
-        outcomes = [
-            Outcome.ERASED if int(indexed) == _ERASED_REPLY else outcome
-            for outcome, indexed in zip(outcomes, writes[len(changes) :], strict=True)
-        ]
         return self._unwrite_erased(changes, outcomes), False
 
     def _unwrite_erased(self, changes: Sequence[Change], outcomes: list[Outcome]) -> list[Outcome]:
