@@ -11,6 +11,9 @@ partition) and runs each MODE over them, printing the CPU time per event:
 * ``core_redis_sealed``: the same into the live `RedisViewStore` of a fresh prefix
   (needs the local stack's environment: ``. .chatlog/services.env``; its keys stay
   under a fresh ``core-...`` prefix of that Redis);
+* ``live_redis_sealed``: the same as the live projector writes at a paced rate: the
+  records in publish order, in batches of ``LIVE_BATCH`` (default 20, so nearly every
+  event is its own session write), with the applied notices on;
 * ``none``: only the workload, for subtracting from a callgrind count.
 
 Instructions per event, repeatable on a busy machine (issue 19's before/after)::
@@ -48,7 +51,15 @@ from tests.key_fakes import MemoryKeyDirectory, MemoryKeyLog
 
 _PARTITIONS = 6
 _BATCH = 500
-_MODES = ("none", "decode", "decode_sealed", "core", "core_sealed", "core_redis_sealed")
+_MODES = (
+    "none",
+    "decode",
+    "decode_sealed",
+    "core",
+    "core_sealed",
+    "core_redis_sealed",
+    "live_redis_sealed",
+)
 
 
 def main(modes: Sequence[str]) -> None:
@@ -71,6 +82,7 @@ def main(modes: Sequence[str]) -> None:
     sealed_events = [seal_event(e, writer.for_writing(KeyScope.of(e))) for e in traffic.events]
     clear = _records(traffic.events, [codec.encode(e) for e in traffic.events])
     sealed = _records(traffic.events, [codec.encode(e) for e in sealed_events])
+    live = _records(traffic.events, [codec.encode(e) for e in sealed_events], lagging=False)
 
     def opener() -> EventOpener:
         return EventOpener(Keyring(provider, directory=directory), directory)
@@ -79,11 +91,15 @@ def main(modes: Sequence[str]) -> None:
         for record in records:
             codec.decode(record.value or b"")
 
-    def core(store: Callable[[], ViewStore], opener: Callable[[], EventOpener] | None) -> _Run:
+    def core(
+        store: Callable[[], ViewStore],
+        opener: Callable[[], EventOpener] | None,
+        batch: int = _BATCH,
+    ) -> _Run:
         def run(records: Sequence[Record]) -> None:
             projection = ProjectionCore(store(), codec=codec, opener=opener and opener())
-            for start in range(0, len(records), _BATCH):
-                result = projection.handle(records[start : start + _BATCH])
+            for start in range(0, len(records), batch):
+                result = projection.handle(records[start : start + batch])
                 if result.dead_letters:
                     raise AssertionError(f"dead letters: {result.dead_letters[:1]}")
 
@@ -97,6 +113,9 @@ def main(modes: Sequence[str]) -> None:
     }
     if "core_redis_sealed" in modes:
         runs["core_redis_sealed"] = (core(_fresh_redis_store, opener), sealed)
+    if "live_redis_sealed" in modes:
+        live_batch = int(os.environ.get("LIVE_BATCH", "20"))
+        runs["live_redis_sealed"] = (core(_live_redis_store, opener, live_batch), live)
     # Warm: imports, compiled builders, unwrapped keys (a callgrind `none` run does it too).
     core(InMemoryViewStore, None)(clear[:2000])
     core(InMemoryViewStore, opener)(sealed[:2000])
@@ -113,8 +132,11 @@ def main(modes: Sequence[str]) -> None:
 _Run = Callable[[Sequence[Record]], None]
 
 
-def _records(events: Sequence[ConversationEvent], values: Sequence[bytes]) -> list[Record]:
-    """The records a lagging consumer gets, partition by partition (as the bench's core)."""
+def _records(
+    events: Sequence[ConversationEvent], values: Sequence[bytes], *, lagging: bool = True
+) -> list[Record]:
+    """The records a lagging consumer gets, partition by partition (as the bench's core);
+    not `lagging`: in publish order, as a consumer that keeps up gets them."""
     next_offset: dict[int, int] = {}
     records = []
     for event, value in zip(events, values, strict=True):
@@ -122,16 +144,21 @@ def _records(events: Sequence[ConversationEvent], values: Sequence[bytes]) -> li
         offset = next_offset.get(partition, 0)
         next_offset[partition] = offset + 1
         records.append(Record("events", partition, offset, event.session_id.encode(), value))
-    records.sort(key=lambda record: (record.partition, record.offset))
+    if lagging:
+        records.sort(key=lambda record: (record.partition, record.offset))
     return records
 
 
-def _fresh_redis_store() -> ViewStore:
+def _fresh_redis_store(*, notify: bool = False) -> ViewStore:
     settings = Settings.from_env()
     settings = settings.model_copy(update={"redis_prefix": f"core-{uuid.uuid4().hex[:8]}"})
     client = wiring.redis_client(settings)
     wiring.generations(settings, client).initialise("g1")
-    return wiring.live_store(settings, client)
+    return wiring.generation_store(settings, "g1", client, notify=notify)
+
+
+def _live_redis_store() -> ViewStore:
+    return _fresh_redis_store(notify=True)
 
 
 def _measure(mode: str, run: _Run, records: list[Record]) -> None:

@@ -14,8 +14,9 @@ What does erasing a user do, in this order, and why this order?
    `Erased`, and the view store refuses to write a view of the user.
 4. Remove every session of the user from every generation of the read-model. After
    the mark, so that nothing is written back behind the removal: a view written before
-   the mark is found, one written after it is refused by the store, and one written
-   before the mark but indexed after it is deleted by the store's index script.
+   the mark is found, and one written after it is refused by the store (on one node a
+   session's view and its index entry are one script's write; on a cluster the store
+   reads the mark after writing and deletes what it wrote).
 5. Remove every vector of the user from every generation's recall index (`vectors`):
    vectors are derived personal data in clear. Their own erasure mark is set first, so
    an embedder's write already under way cannot bring one back.

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from chatlog.projections.checkpoints import (
     CheckpointKind,
@@ -30,7 +31,7 @@ from chatlog.projections.checkpoints import (
     is_thread_event,
 )
 from chatlog.projections.opening import ERASED, EventOpener, Opened
-from chatlog.projections.store import Change, Outcome, ViewStore
+from chatlog.projections.store import Change, MarksWithWrites, Outcome, ViewStore
 from chatlog.projections.view import DEFAULT_POLICY, SessionView, WindowPolicy, fold
 from chatlog.schemas.codec import EventCodec
 from chatlog.schemas.errors import (
@@ -117,6 +118,21 @@ class ProjectionCore:
         self.cache_size = cache_size
         # Views as last written by this process, so a hot session needs no read per batch.
         self._cache: OrderedDict[str, SessionView] = OrderedDict()
+        # Which optional roles `store` has, checked once per store (it changes when the
+        # live generation does): an isinstance of a runtime-checkable protocol takes
+        # 6-15 µs, twice a batch, and a live batch holds a few events.
+        self._roles_of: ViewStore | None = None
+        self._roles = (False, False)
+
+    def _store_roles(self) -> tuple[bool, bool]:
+        """Whether the store is a `CheckpointSink`, and whether it `MarksWithWrites`."""
+        if self._roles_of is not self.store:
+            self._roles_of = self.store
+            self._roles = (
+                isinstance(self.store, CheckpointSink),
+                isinstance(self.store, MarksWithWrites),
+            )
+        return self._roles
 
     def handle(self, records: Sequence[Record]) -> BatchResult:
         """Project `records` (in log order per partition); see the module docstring."""
@@ -142,13 +158,17 @@ class ProjectionCore:
             position = Position(record.partition, record.offset)
             by_session.setdefault(opened.session_id, []).append((opened, position))
         pending = by_session
+        marked = False
         for _ in range(_MAX_ROUNDS):
-            pending = self._write(pending, records, result)
+            pending, marked_now = self._write(pending, records, result)
+            marked = marked or marked_now
             if not pending:
                 # Readers that must know a whole partition is projected up to an offset
                 # (the summarizer, a replay catching up) read this mark, not the views:
-                # an event refused as foreign moves no view.
-                self.store.mark_progress(last)
+                # an event refused as foreign moves no view. A store that marks with its
+                # writes did so once every session it wrote stood at its new offset.
+                if not marked:
+                    self.store.mark_progress(last)
                 return result
             self.forget(pending)  # someone else wrote these sessions: reload them
         raise Conflict(
@@ -187,7 +207,9 @@ class ProjectionCore:
         by_session: dict[str, list[tuple[ConversationEvent, Position]]],
         records: Sequence[Record],
         result: BatchResult,
-    ) -> dict[str, list[tuple[ConversationEvent, Position]]]:
+    ) -> tuple[dict[str, list[tuple[ConversationEvent, Position]]], bool]:
+        """Fold and write `by_session`: the sessions to fold again (written by someone
+        else meanwhile), and whether the store marked the batch's progress."""
         views = self._views(by_session)
         records_at: dict[tuple[int, int], Record] | None = None  # built only if needed
         changes = []
@@ -214,8 +236,15 @@ class ProjectionCore:
                 continue
             changes.append(Change(before, after))
         self._keep_checkpoints(taken, by_session, records)
+        marked = False
+        if changes and self._store_roles()[1]:
+            outcomes, marked = cast(MarksWithWrites, self.store).apply_marking(
+                changes, result.last_offsets
+            )
+        else:
+            outcomes = self.store.apply(changes)
         retry: dict[str, list[tuple[ConversationEvent, Position]]] = {}
-        for change, outcome in zip(changes, self.store.apply(changes), strict=True):
+        for change, outcome in zip(changes, outcomes, strict=True):
             session_id = change.new.session_id
             if outcome is Outcome.APPLIED:
                 result.applied += 1
@@ -237,7 +266,7 @@ class ProjectionCore:
             else:
                 result.conflicts += 1
             retry[session_id] = by_session[session_id]
-        return retry
+        return retry, marked
 
     def _keep_checkpoints(
         self,
@@ -247,7 +276,7 @@ class ProjectionCore:
     ) -> None:
         """Hand the LangGraph threads' events the views took in to the store that keeps
         them, before the views: a reader that sees a view's offset finds them."""
-        if not isinstance(self.store, CheckpointSink):
+        if not self._store_roles()[0]:
             return
         found = []
         values: dict[tuple[int, int], bytes] | None = None
@@ -259,12 +288,12 @@ class ProjectionCore:
                 values = {(r.partition, r.offset): r.value or b"" for r in records}
             kept = [(e, at) for e, at in by_session[session_id] if id(e) in chosen]
             found += checkpoint_records(session_id, kept, values)
-        self.store.apply_checkpoints(found)
+        cast(CheckpointSink, self.store).apply_checkpoints(found)
 
     def _drop_checkpoints(self, session_id: str, position: Position) -> None:
-        if isinstance(self.store, CheckpointSink):
+        if self._store_roles()[0]:
             erased = CheckpointRecord(CheckpointKind.ERASED, session_id, position)
-            self.store.apply_checkpoints([erased])
+            cast(CheckpointSink, self.store).apply_checkpoints([erased])
 
     def _views(self, session_ids: Iterable[str]) -> dict[str, SessionView | None]:
         views: dict[str, SessionView | None] = {}

@@ -3,13 +3,15 @@
 Each write of one session is one Lua call on the session's two keys (same hash tag),
 so it is atomic, and it carries the expected and the new last offset, so it is
 idempotent (see `chatlog.projections.store`). Ids travel as KEYS and ARGV, never inside the
-script text. All the writes of a batch go in one pipeline: one round trip per batch.
+script text. All the writes of a batch go in one pipeline: one round trip per batch; on
+one node the batch's progress mark is the pipeline's last call (`apply_marking`).
 
 Time-to-live slides with activity and counts from the session's last event time, not
 from the moment of the write, so a replay rebuilds exactly the expiry the live
-projector produced. The per-user index has its own hash tag (another slot on a
-cluster), so it is maintained by a second small script in the same pipeline; its
-entries are scored by last activity, which lets a read drop expired sessions from it.
+projector produced. The per-user index has its own hash tag: on one node the session's
+call writes its entry too, on a cluster (another slot) a second small script in the same
+pipeline does; its entries are scored by last activity, which lets a read drop expired
+sessions from it.
 The index's key is that of the generation's key layout (read from its epoch), so a
 generation built with an older layout stays whole in it until a replay replaces it.
 
@@ -30,6 +32,7 @@ import functools
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
+import orjson
 import redis
 
 from chatlog.projections.checkpoints import CheckpointRecord
@@ -62,12 +65,12 @@ local function lost(epoch_key, token)
 end
 """
 
-# An erased owner is never written (see `chatlog.processors.erasure`): both scripts that
-# write a session also read the owner's entry in the key directory (KEYS: its hash) and,
-# if it has the erased mark, delete the session's keys instead and return 4. A batch
-# opened before an erasure and written after it therefore leaves nothing, whichever of
-# its two scripts runs after the mark. Like the epoch check, this spans hash slots: one
-# Redis node. On a cluster the store reads the marks after the write instead
+# An erased owner is never written (see `chatlog.processors.erasure`): the script that
+# writes a session (its view and its index entry, in one call) also reads the owner's
+# entry in the key directory (KEYS: its hash) and, if it has the erased mark, deletes the
+# session's keys and index entry instead and returns 4. A batch opened before an erasure
+# and written after it therefore leaves nothing. Like the epoch check, this spans hash
+# slots: one Redis node. On a cluster the store reads the marks after the write instead
 # (`RedisViewStore._unwrite_erased`).
 _ERASED = f"""
 local function erased(user_keys)
@@ -75,134 +78,176 @@ local function erased(user_keys)
 end
 """
 
-# KEYS: meta, msgs, epoch, progress, the owner's key directory hash. ARGV: expected
-# offset, new offset, expire-at ms (0: none), mode ("d" delta / "r" replace), trim,
-# #overwrites, #appends, #meta pairs, meta mode ("f" full / "p" only the fields that
-# changed), then the overwrites (index, json)..., the appended json..., the meta pairs,
-# then the epoch token, the session's partition and the lowest progress mark this store
+# A session's write travels as one argument: a JSON list (`_write_args`) that the script
+# decodes with Redis' built-in cjson into the table W. Forty-odd arguments a session, each
+# packed by redis-py in Python, cost the live projector a fifth of its CPU; one orjson
+# call packs them in C. Values the script hands to Redis commands unconverted are
+# strings in W, as they were as ARGV, so Redis stores exactly the same bytes.
+# W: the epoch token, the session's partition (text), the lowest progress mark this store
 # has seen there (a mark below it: an older snapshot was restored under the running
-# projector).
-_APPLY_BODY = """
-local stored = redis.call('HGET', KEYS[1], 'last_offset')
-local expected = tonumber(ARGV[1])
-local new_last = tonumber(ARGV[2])
-if stored then
-  stored = tonumber(stored)
-  if stored >= new_last then return 0 end
-  if stored ~= expected then return 2 end
-elseif expected ~= -1 then
-  return 2
+# projector), the session id, the index score (last activity ms, text), the index's ttl
+# ms (0: none), "add" or "rem" (its index entry), then the expected offset, the new
+# offset, expire-at ms (0: none), mode ("d" delta / "r" replace), trim, #overwrites,
+# #appends, #meta pairs, meta mode ("f" full / "p" only the fields that changed), then the
+# overwrites (index, json)..., the appended json..., the meta pairs.
+# `write_view` (KEYS[1] meta, KEYS[2] msgs) returns 0 duplicate, 1 written, 2 conflict.
+_WRITE_VIEW = """
+local function write_view(W)
+  local stored = redis.call('HGET', KEYS[1], 'last_offset')
+  local expected = tonumber(W[8])
+  local new_last = tonumber(W[9])
+  if stored then
+    stored = tonumber(stored)
+    if stored >= new_last then return 0 end
+    if stored ~= expected then return 2 end
+  elseif expected ~= -1 then
+    return 2
+  end
+  local n_over, n_app, n_meta = tonumber(W[13]), tonumber(W[14]), tonumber(W[15])
+  local i = 17
+  if W[11] == 'r' then
+    redis.call('DEL', KEYS[2])
+  else
+    local trim = tonumber(W[12])
+    if trim > 0 then redis.call('LTRIM', KEYS[2], trim, -1) end
+    for _ = 1, n_over do
+      redis.call('LSET', KEYS[2], tonumber(W[i]), W[i + 1])
+      i = i + 2
+    end
+  end
+  local j = 0
+  while j < n_app do
+    local k = math.min(j + 500, n_app)
+    redis.call('RPUSH', KEYS[2], unpack(W, i + j, i + k - 1))
+    j = k
+  end
+  i = i + n_app
+  if W[16] == 'f' then redis.call('DEL', KEYS[1]) end
+  if n_meta > 0 then redis.call('HSET', KEYS[1], unpack(W, i, i + 2 * n_meta - 1)) end
+  local expire_at = tonumber(W[10])
+  if expire_at > 0 then
+    redis.call('PEXPIREAT', KEYS[1], expire_at)
+    redis.call('PEXPIREAT', KEYS[2], expire_at)
+  end
+  return 1
 end
-local n_over, n_app, n_meta = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local i = 10
-if ARGV[4] == 'r' then
-  redis.call('DEL', KEYS[2])
-else
-  local trim = tonumber(ARGV[5])
-  if trim > 0 then redis.call('LTRIM', KEYS[2], trim, -1) end
-  for _ = 1, n_over do
-    redis.call('LSET', KEYS[2], tonumber(ARGV[i]), ARGV[i + 1])
-    i = i + 2
+"""
+
+# The per-user index entry of a session: scored by last activity, removed for an erased
+# session; the index lives as long as its most recently active session.
+_INDEX_ENTRY = """
+local function index_entry(index, session_id, score, ttl, op)
+  if op == 'rem' then
+    redis.call('ZREM', index, session_id)
+  else
+    redis.call('ZADD', index, 'GT', score, session_id)
+  end
+  ttl = tonumber(ttl)
+  if ttl > 0 then
+    local top = redis.call('ZREVRANGE', index, 0, 0, 'WITHSCORES')
+    if top[2] then redis.call('PEXPIREAT', index, tonumber(top[2]) + ttl) end
   end
 end
-local j = 0
-while j < n_app do
-  local k = math.min(j + 500, n_app)
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, i + j, i + k - 1))
-  j = k
-end
-i = i + n_app
-if ARGV[9] == 'f' then redis.call('DEL', KEYS[1]) end
-if n_meta > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n_meta - 1)) end
-local expire_at = tonumber(ARGV[3])
-if expire_at > 0 then
-  redis.call('PEXPIREAT', KEYS[1], expire_at)
-  redis.call('PEXPIREAT', KEYS[2], expire_at)
-end
-return 1
 """
+
+# One node: the whole of a session's write in one call. KEYS: meta, msgs, epoch,
+# progress, the owner's key directory hash, the user's index. ARGV[1]: W. Returns as
+# `write_view`, 3 (generation lost) or 4 (owner erased: the session's keys and its index
+# entry deleted instead). The index entry is written whatever the view's outcome (ZADD
+# GT: a replay or a duplicate moves nothing back).
 _APPLY = (
     _GUARD
     + _ERASED
+    + _WRITE_VIEW
+    + _INDEX_ENTRY
     + """
-local n = #ARGV
-if lost(KEYS[3], ARGV[n - 2]) then return 3 end
-if tonumber(redis.call('HGET', KEYS[4], ARGV[n - 1]) or '-1') < tonumber(ARGV[n]) then
+local W = cjson.decode(ARGV[1])
+if lost(KEYS[3], W[1]) then return 3 end
+if tonumber(redis.call('HGET', KEYS[4], W[2]) or '-1') < tonumber(W[3]) then
   return 3
 end
 if erased(KEYS[5]) then
   redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('ZREM', KEYS[6], W[4])
   return 4
 end
+local outcome = write_view(W)
+index_entry(KEYS[6], W[4], W[5], W[6], W[7])
+return outcome
 """
-    + _APPLY_BODY
 )
 # On Redis Cluster (`chatlog.projections.redis_cluster`): KEYS meta, msgs and the epoch
-# stamp of their slot, ARGV as above. The progress marks and the erased mark live in
-# other slots: the store checks the erased mark after the write instead.
+# stamp of their slot, ARGV[1] W as above. The index is in the user's slot (`_INDEX`),
+# the progress marks and the erased mark in others: the store checks the erased mark
+# after the write instead.
 _APPLY_CLUSTER = (
     _GUARD
+    + _WRITE_VIEW
     + """
-if lost(KEYS[3], ARGV[#ARGV - 2]) then return 3 end
+local W = cjson.decode(ARGV[1])
+if lost(KEYS[3], W[1]) then return 3 end
+return write_view(W)
 """
-    + _APPLY_BODY
 )
 
-# KEYS: the user's index, the epoch, the owner's key directory hash, the session's meta
-# and msgs. ARGV: session id, score (last activity ms), ttl ms (0: none), "add" or "rem",
-# the epoch token. The index lives as long as its most recently active session.
-_INDEX_BODY = """
-if ARGV[4] == 'rem' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-else
-  redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
-end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  local top = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if top[2] then redis.call('PEXPIREAT', KEYS[1], tonumber(top[2]) + ttl) end
-end
-return 1
-"""
+# On Redis Cluster, the index entry in the user's slot: KEYS the user's index and the
+# epoch stamp of its slot. ARGV: session id, score (last activity ms), ttl ms (0: none),
+# "add" or "rem", the epoch token.
 _INDEX = (
     _GUARD
-    + _ERASED
+    + _INDEX_ENTRY
     + """
 if lost(KEYS[2], ARGV[5]) then return 3 end
-if erased(KEYS[3]) then
-  redis.call('DEL', KEYS[4], KEYS[5])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return 4
-end
-"""
-    + _INDEX_BODY
-)
-# On Redis Cluster: KEYS the user's index and the epoch stamp of its slot.
-_INDEX_CLUSTER = (
-    _GUARD
-    + """
-if lost(KEYS[2], ARGV[5]) then return 3 end
-"""
-    + _INDEX_BODY
-)
-
-# KEYS: the progress hash, the epoch. ARGV: the epoch token, then partition, offset, ...
-# A mark only moves forward.
-_PROGRESS = (
-    _GUARD
-    + """
-if lost(KEYS[2], ARGV[1]) then return 3 end
-for i = 2, #ARGV, 2 do
-  local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
-  if tonumber(ARGV[i + 1]) > stored then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
+index_entry(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 )
+
+# Moves the progress marks in KEYS[1] (partition, offset, ... from index `first` of
+# `pairs`): a mark only moves forward.
+_MARK = """
+local function mark(pairs, first)
+  for i = first, #pairs, 2 do
+    local stored = tonumber(redis.call('HGET', KEYS[1], pairs[i]) or '-1')
+    if tonumber(pairs[i + 1]) > stored then redis.call('HSET', KEYS[1], pairs[i], pairs[i + 1]) end
+  end
+end
+"""
+
+# KEYS: the progress hash, the epoch. ARGV: the epoch token, then partition, offset, ...
+_PROGRESS = (
+    _GUARD
+    + _MARK
+    + """
+if lost(KEYS[2], ARGV[1]) then return 3 end
+mark(ARGV, 2)
+return 1
+"""
+)
+
+# One node, last in a batch's pipeline: KEYS the progress hash, the epoch, then the meta
+# of each session the pipeline wrote. ARGV: the epoch token, then a JSON list: the new
+# last offset of each of those sessions, then partition, offset, ... Marks only if every
+# session stands at or past its new offset (`MarksWithWrites`), else returns 5.
+_PROGRESS_AFTER = (
+    _GUARD
+    + _MARK
+    + """
+if lost(KEYS[2], ARGV[1]) then return 3 end
+local M = cjson.decode(ARGV[2])
+local n = #KEYS - 2
+for s = 1, n do
+  local stored = redis.call('HGET', KEYS[s + 2], 'last_offset')
+  if not stored or tonumber(stored) < M[s] then return 5 end
+end
+mark(M, n + 1)
+return 1
+"""
+)
+_NOT_MARKED = 5
 
 _OUTCOMES = {0: Outcome.DUPLICATE, 1: Outcome.APPLIED, 2: Outcome.CONFLICT, 4: Outcome.ERASED}
 _LOST = 3
-_ERASED_REPLY = 4
 
 
 # KEYS: the thread's hash, its index. ARGV: kind, namespace, checkpoint id, offset, the
@@ -290,8 +335,9 @@ class RedisViewStore:
         # On a cluster each script touches one slot (`chatlog.projections.redis_cluster`).
         self.cluster = is_cluster(client)
         self._apply = client.register_script(_APPLY_CLUSTER if self.cluster else _APPLY)
-        self._index = client.register_script(_INDEX_CLUSTER if self.cluster else _INDEX)
+        self._index = client.register_script(_INDEX)  # its own call on a cluster only
         self._progress = client.register_script(_PROGRESS)
+        self._progress_after = client.register_script(_PROGRESS_AFTER)
         self._checkpoint = client.register_script(_CHECKPOINT)
         self._epoch: str | None = None
         self._layout = LAYOUT  # the generation's key layout, from its epoch
@@ -336,15 +382,37 @@ class RedisViewStore:
         }
 
     def apply(self, changes: Sequence[Change]) -> list[Outcome]:
+        return self._apply_changes(changes, None)[0]
+
+    def apply_marking(
+        self, changes: Sequence[Change], applied: Mapping[int, int]
+    ) -> tuple[list[Outcome], bool]:
+        """See `MarksWithWrites`: on one node, the mark is the last call of the writes'
+        pipeline; on a cluster it is in a slot of its own, so never (the caller marks)."""
+        if self.cluster or not changes or not applied:
+            return self.apply(changes), False
+        return self._apply_changes(changes, applied)
+
+    def _apply_changes(
+        self, changes: Sequence[Change], applied: Mapping[int, int] | None
+    ) -> tuple[list[Outcome], bool]:
         if not changes:
-            return []
+            return [], False
         epoch = self.epoch()
+        marks: list[Any] = []
+        if applied is not None:
+            marks = [change.new.last_offset for change in changes]
+            # Text, as Redis stores it: a Lua number handed to HSET may come out as
+            # 5e+07 on newer Redis versions.
+            for partition, offset in sorted(applied.items()):
+                marks += (str(partition), str(offset))
 
         def queue(pipe: Any) -> None:
             for change in changes:
                 self._queue_apply(pipe, change, epoch)
-            for change in changes:
-                self._queue_index(pipe, change.new, epoch)
+            if self.cluster:
+                for change in changes:
+                    self._queue_index(pipe, change.new, epoch)
             if self.notify:
                 # Last in the pipeline, so a listener that reads on a notice finds the
                 # write (on a cluster, the notice goes to the session's own shard, after
@@ -352,23 +420,38 @@ class RedisViewStore:
                 # did not happen only costs its listeners a read that finds nothing new.
                 for change in changes:
                     new = change.new
-                    pipe.spublish(
+                    pipe.execute_command(
+                        "SPUBLISH",
                         self.keys.applied(new.session_id),
                         applied_notice(new.session_id, new.position),
                     )
+            if applied is not None:
+                pipe.execute_command(
+                    "EVALSHA",
+                    self._progress_after.sha,
+                    2 + len(changes),
+                    self.keys.progress,
+                    self.keys.epoch,
+                    *[self.keys.meta(change.new.session_id) for change in changes],
+                    epoch,
+                    orjson.dumps(marks),
+                )
 
+        scripts = (self._apply, self._index, self._progress_after)
         with redis_errors():
-            replies = execute(self.client, queue, (self._apply, self._index))
-        scripts = replies[: 2 * len(changes)]  # the notices' replies count their listeners
-        if any(int(reply) == _LOST for reply in scripts):
+            replies = execute(self.client, queue, scripts)
+        # The notices' replies (after the scripts') count their listeners.
+        writes = replies[: 2 * len(changes) if self.cluster else len(changes)]
+        mark_reply = int(replies[-1]) if applied is not None else _NOT_MARKED
+        if mark_reply == _LOST or any(int(reply) == _LOST for reply in writes):
             raise self._lost()
-        outcomes = [_OUTCOMES[int(reply)] for reply in scripts[: len(changes)]]
-        # Written, then its owner erased before the index script ran: it deleted the view.
-        outcomes = [
-            Outcome.ERASED if int(indexed) == _ERASED_REPLY else outcome
-            for outcome, indexed in zip(outcomes, scripts[len(changes) :], strict=True)
-        ]
-        return self._unwrite_erased(changes, outcomes) if self.cluster else outcomes
+        outcomes = [_OUTCOMES[int(reply)] for reply in writes[: len(changes)]]
+        marked = mark_reply != _NOT_MARKED
+        if applied is not None and marked:
+            self._saw_marks(applied)
+        if not self.cluster:
+            return outcomes, marked
+        return self._unwrite_erased(changes, outcomes), False
 
     def _unwrite_erased(self, changes: Sequence[Change], outcomes: list[Outcome]) -> list[Outcome]:
         """On a cluster: read the erased marks of the owners just written (other slots
@@ -423,6 +506,9 @@ class RedisViewStore:
             reply = self._progress(keys=[self.keys.progress, epoch_key], args=args)
         if int(reply) == _LOST:
             raise self._lost()
+        self._saw_marks(applied)
+
+    def _saw_marks(self, applied: Mapping[int, int]) -> None:
         for partition, offset in applied.items():
             self._marked[partition] = max(offset, self._marked.get(partition, -1))
 
@@ -449,7 +535,15 @@ class RedisViewStore:
         mode = "d"
         if delta.replace_all is not None:
             mode, delta = "r", MessagesDelta(append=delta.replace_all)
-        args: list[Any] = [
+        # W, in the order the scripts read it (`_WRITE_VIEW`).
+        write: list[Any] = [
+            epoch,
+            str(new.partition),
+            self._marked.get(new.partition, -1),
+            new.session_id,
+            str(new.updated_at_ms),
+            self.ttl_ms,
+            "rem" if new.status is SessionStatus.ERASED else "add",
             -1 if change.expected is None else change.expected.last_offset,
             new.last_offset,
             new.updated_at_ms + self.ttl_ms if self.ttl_ms else 0,
@@ -461,40 +555,53 @@ class RedisViewStore:
             meta_mode,
         ]
         for index, doc in delta.overwrite:
-            args.extend((index, doc))
-        args.extend(delta.append)
-        for field, value in meta.items():
-            args.extend((field, value))
-        args.extend((epoch, new.partition, self._marked.get(new.partition, -1)))
+            write += (index, doc)
+        write += delta.append
+        for pair in meta.items():
+            write += pair
         meta_key = self.keys.meta(new.session_id)
-        keys = [meta_key, self.keys.messages(new.session_id)]
+        messages_key = self.keys.messages(new.session_id)
+        # EVALSHA queued directly: `Script.__call__` copies the arguments and imports
+        # redis-py's pipeline classes on every call; `execute` loads a missing script.
         if self.cluster:
-            keys.append(stamp(self.keys, meta_key))
-        else:
-            keys += [
-                self.keys.epoch,
-                self.keys.progress,
-                self.keys.user_keys(new.tenant, new.user_id),
-            ]
-        self._apply(keys=keys, args=args, client=pipe)
+            pipe.execute_command(
+                "EVALSHA",
+                self._apply.sha,
+                3,
+                meta_key,
+                messages_key,
+                stamp(self.keys, meta_key),
+                orjson.dumps(write),
+            )
+            return
+        pipe.execute_command(
+            "EVALSHA",
+            self._apply.sha,
+            6,
+            meta_key,
+            messages_key,
+            self.keys.epoch,
+            self.keys.progress,
+            self.keys.user_keys(new.tenant, new.user_id),
+            self.keys.user_sessions(new.tenant, new.user_id, layout=self._layout),
+            orjson.dumps(write),
+        )
 
     def _queue_index(self, pipe: Any, view: SessionView, epoch: str) -> None:
+        """On a cluster: the session's entry in its owner's index, in the owner's slot."""
         op = "rem" if view.status is SessionStatus.ERASED else "add"
         index = self.keys.user_sessions(view.tenant, view.user_id, layout=self._layout)
-        if self.cluster:
-            keys = [index, stamp(self.keys, index)]
-        else:
-            keys = [
-                index,
-                self.keys.epoch,
-                self.keys.user_keys(view.tenant, view.user_id),
-                self.keys.meta(view.session_id),
-                self.keys.messages(view.session_id),
-            ]
-        self._index(
-            keys=keys,
-            args=[view.session_id, view.updated_at_ms, self.ttl_ms, op, epoch],
-            client=pipe,
+        pipe.execute_command(
+            "EVALSHA",
+            self._index.sha,
+            2,
+            index,
+            stamp(self.keys, index),
+            view.session_id,
+            view.updated_at_ms,
+            self.ttl_ms,
+            op,
+            epoch,
         )
 
 

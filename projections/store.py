@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from chatlog.projections.access import may_read
 from chatlog.projections.encoding import decode_view
@@ -26,6 +26,7 @@ from chatlog.projections.view import SessionStatus, SessionView
 __all__ = [
     "Change",
     "InMemoryViewStore",
+    "MarksWithWrites",
     "Outcome",
     "SessionEntry",
     "ViewStore",
@@ -88,6 +89,22 @@ class ViewStore(Protocol):
 
     def progress(self) -> dict[int, int]:
         """The last projected offset of each partition with a mark."""
+        ...
+
+
+@runtime_checkable
+class MarksWithWrites(Protocol):
+    """A view store that can mark progress in the same round trip as the writes (the
+    Redis store on one node does): the live projector's batches are small, and a round
+    trip of their own for the mark was a tenth of its CPU."""
+
+    def apply_marking(
+        self, changes: Sequence[Change], applied: Mapping[int, int]
+    ) -> tuple[list[Outcome], bool]:
+        """`apply(changes)`, then `mark_progress(applied)` only if every change's session
+        now stands at or past its new offset (what a reader of the mark relies on: a
+        conflict leaves it for the caller to mark once the session is written); the
+        outcomes, and whether it marked."""
         ...
 
 

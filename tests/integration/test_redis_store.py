@@ -283,3 +283,43 @@ def test_a_users_sessions_leave_every_generation_and_no_other_tenants_do(client,
     assert [s.decode() for s in client.zrange(shared, 0, -1)] == ["x0-acme"]
     assert old.load(["x0"]) == {"x0": None}
     assert sessions.find(scope) == set()
+
+
+def test_the_mark_rides_with_the_writes_only_when_every_written_session_stands_at_its_offset(
+    client, redis_prefix
+):
+    store = new_store(client, redis_prefix, notify=True)
+    a = evolve(None, event("s-ma", message("x")), Position(0, 4), POLICY)
+    b = evolve(None, event("s-mb", message("y")), Position(1, 2), POLICY)
+    assert store.apply_marking([Change(None, a), Change(None, b)], {0: 4, 1: 2}) == (
+        [Outcome.APPLIED, Outcome.APPLIED],
+        True,
+    )
+    assert store.progress() == {0: 4, 1: 2}
+    # A mark as Redis stores it, text (a Lua number could be written as 5e+07).
+    far = evolve(None, event("s-mf", message("f")), Position(2, 50_000_000), POLICY)
+    assert store.apply_marking([Change(None, far)], {2: 50_000_000})[1]
+    assert client.hget(store.keys.progress, "2") == b"50000000"
+    client.hdel(store.keys.progress, "2")
+    # A conflict (s-mb changed under the store: its expected view is stale): s-ma is
+    # written, the mark is not, for the caller to set once s-mb is written.
+    a2 = evolve(a, event("s-ma", message("x2")), Position(0, 6), POLICY)
+    stale = evolve(None, event("s-mb", message("y2")), Position(1, 5), POLICY)
+    assert store.apply_marking([Change(a, a2), Change(None, stale)], {0: 6, 1: 5}) == (
+        [Outcome.APPLIED, Outcome.CONFLICT],
+        False,
+    )
+    assert store.progress() == {0: 4, 1: 2}
+    # A duplicate (the stored view already has these events) lets the mark move.
+    assert store.apply_marking([Change(None, a2)], {0: 6}) == ([Outcome.DUPLICATE], True)
+    assert store.progress() == {0: 6, 1: 2}
+    # An erased owner's session is gone, not at its offset: the caller marks.
+    RedisKeyDirectory(client, prefix=redis_prefix).erase(
+        ErasureRecord(KeyScope("default", "u1"), datetime.now(UTC), ())
+    )
+    a3 = evolve(a2, event("s-ma", message("x3")), Position(0, 7), POLICY)
+    assert store.apply_marking([Change(a2, a3)], {0: 7}) == ([Outcome.ERASED], False)
+    assert store.progress() == {0: 6, 1: 2}
+    client.delete(store.keys.epoch)
+    with pytest.raises(DataLoss):
+        store.apply_marking([Change(None, b)], {1: 9})

@@ -158,3 +158,48 @@ def test_a_batch_reports_when_each_event_it_applied_was_appended(store):
     ]
     # A replayed range is taken in by no view: no time is reported for it.
     assert ProjectionCore(store).handle([record(0, first)]).applied_at_ms == []
+class MarkingStore(InMemoryViewStore):
+    """A store that marks progress with its writes (`MarksWithWrites`), as the Redis one
+    does on one node: only if every written session stands at its new offset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def apply_marking(self, changes, applied):
+        outcomes = self.apply(changes)
+        self.calls.append("apply_marking")
+        for change in changes:
+            stored = self.views.get(change.new.session_id)
+            if stored is None or stored.last_offset < change.new.last_offset:
+                return outcomes, False
+        super().mark_progress(applied)
+        return outcomes, True
+
+    def mark_progress(self, applied):
+        self.calls.append("mark_progress")
+        super().mark_progress(applied)
+
+
+def test_a_store_that_marks_with_its_writes_is_not_asked_to_mark_again():
+    store = MarkingStore()
+    ProjectionCore(store).handle([record(0, msg("a", "a0")), record(3, msg("b", "b0"))])
+    assert store.calls == ["apply_marking"]
+    assert store.progress() == {0: 3}
+    # Nothing to write (a replayed batch): the mark has a call of its own.
+    ProjectionCore(store).handle([record(0, msg("a", "a0"))])
+    assert store.calls == ["apply_marking", "mark_progress"]
+
+
+def test_a_conflict_leaves_the_mark_to_the_core_once_the_session_is_written():
+    store = MarkingStore()
+    zombie, owner = ProjectionCore(store), ProjectionCore(store)
+    zombie.handle([record(0, msg("a", "0"))])
+    owner.handle([record(1, msg("a", "1")), record(2, msg("a", "2"))])
+    store.calls.clear()
+    result = zombie.handle([record(n, msg("a", str(n))) for n in (1, 2, 3)])
+    assert result.conflicts == 1
+    # The first write conflicted (not marked); the retry's write stands at 3 and marks.
+    assert store.calls == ["apply_marking", "apply_marking"]
+    assert store.progress() == {0: 3}
+    assert [m.content for m in store.views["a"].messages] == ["0", "1", "2", "3"]
