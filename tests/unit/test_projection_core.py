@@ -158,6 +158,8 @@ def test_a_batch_reports_when_each_event_it_applied_was_appended(store):
     ]
     # A replayed range is taken in by no view: no time is reported for it.
     assert ProjectionCore(store).handle([record(0, first)]).applied_at_ms == []
+
+
 class MarkingStore(InMemoryViewStore):
     """A store that marks progress with its writes (`MarksWithWrites`), as the Redis one
     does on one node: only if every written session stands at its new offset."""
