@@ -10,6 +10,7 @@ they are rewritten relative to that file. Everything outside the markers is left
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from pathlib import Path
 
@@ -38,7 +39,10 @@ def readme_block(results: Path, readme: Path) -> str:
         target = match.group(2)
         if re.match(r"^([a-z]+:|/|#)", target):
             return match.group(0)
-        return f"{match.group(1)}{Path(base, target).as_posix()}{match.group(3)}"
+        # Normalised: a link out of the results' folder reads ../bench/README.md, not
+        # ../bench/results/../README.md.
+        moved = posixpath.normpath(Path(base, target).as_posix())
+        return f"{match.group(1)}{moved}{match.group(3)}"
 
     return _LINK.sub(relink, text[start:end].strip())
 
