@@ -543,7 +543,7 @@ class RedisViewStore:
             new.session_id,
             str(new.updated_at_ms),
             self.ttl_ms,
-            "rem" if new.status is SessionStatus.ERASED else "add",
+            _index_op(new),
             -1 if change.expected is None else change.expected.last_offset,
             new.last_offset,
             new.updated_at_ms + self.ttl_ms if self.ttl_ms else 0,
@@ -589,7 +589,6 @@ class RedisViewStore:
 
     def _queue_index(self, pipe: Any, view: SessionView, epoch: str) -> None:
         """On a cluster: the session's entry in its owner's index, in the owner's slot."""
-        op = "rem" if view.status is SessionStatus.ERASED else "add"
         index = self.keys.user_sessions(view.tenant, view.user_id, layout=self._layout)
         pipe.execute_command(
             "EVALSHA",
@@ -600,7 +599,7 @@ class RedisViewStore:
             view.session_id,
             view.updated_at_ms,
             self.ttl_ms,
-            op,
+            _index_op(view),
             epoch,
         )
 
@@ -686,3 +685,9 @@ def text(value: str | bytes) -> str:
 def text_map(raw: dict[Any, Any]) -> dict[str, str]:
     """A Redis hash reply as text."""
     return {text(k): text(v) for k, v in raw.items()}
+
+
+def _index_op(view: SessionView) -> str:
+    """What the scripts do with the session's entry in its owner's index (`_INDEX_ENTRY`):
+    an erased session leaves it, any other is scored by its last activity."""
+    return "rem" if view.status is SessionStatus.ERASED else "add"
