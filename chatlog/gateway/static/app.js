@@ -443,9 +443,10 @@
     // One key for every attempt: a retry after an unknown outcome is stored once.
     const key = newIdempotencyKey();
     try {
+      let sent;
       for (let attempt = 1; ; attempt++) {
         try {
-          await api(
+          sent = await api(
             "POST",
             `/v1/sessions/${encodeURIComponent(sessionId)}/messages`,
             { role: "user", content },
@@ -461,7 +462,13 @@
       refreshSessionsSoon();
       if (!state.following && state.stream && sessionId === state.sessionId) {
         $("chat-error").textContent = "";
-        follow(sessionId, state.stream.signal);
+        // A stream starts from what is projected, and a closed session's ends at once:
+        // wait for this message (the one reopening it) to be projected first.
+        const path = `/v1/sessions/${encodeURIComponent(sessionId)}/context`;
+        await api("GET", `${path}?after=${encodeURIComponent(sent.position)}`);
+        if (!state.following && state.stream && sessionId === state.sessionId) {
+          follow(sessionId, state.stream.signal);
+        }
       }
     } catch (e) {
       showError(e);
